@@ -1,0 +1,1 @@
+"""The I/O shell and public API of DagNats."""

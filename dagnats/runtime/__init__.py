@@ -1,0 +1,1 @@
+"""The runtime on NATS JetStream: embedded server, resources, event log, engine, timers."""

@@ -1,0 +1,89 @@
+"""Commands: what clients, workers and timers ask of a run (imperative names).
+
+The shell stamps `at_ms` (the time) and `seed` (randomness, e.g. retry jitter) into every
+command; `decide` copies what it needs into events, so a run replays with no clock. Commands
+are recorded in history with the events decided from them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from kernel.workflow import WorkflowDef
+
+FailureKind = Literal["error", "non_retryable", "heartbeat_timeout", "invalid_output"]
+TimerKind = Literal["step_timeout", "retry", "run_timeout"]
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every command: which run, when (stamped by the shell), and a seed."""
+
+    run_id: str
+    at_ms: int
+    seed: int = 0
+
+
+class StartRun(Command, frozen=True, kw_only=True, tag="start_run"):
+    """Start a run of `workflow` (the definition itself, so the run replays on its own)."""
+
+    workflow: WorkflowDef
+    input: msgspec.Raw = msgspec.Raw(b"null")
+    parent_run_id: str | None = None
+
+
+class TaskStarted(Command, frozen=True, kw_only=True, tag="task_started"):
+    step_id: str
+    attempt: int
+    worker_id: str = ""
+
+
+class CompleteTask(Command, frozen=True, kw_only=True, tag="complete_task"):
+    step_id: str
+    attempt: int
+    output: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class FailTask(Command, frozen=True, kw_only=True, tag="fail_task"):
+    """An attempt failed. `retry_after_ms` is a worker's RetryAfter, replacing the backoff."""
+
+    step_id: str
+    attempt: int
+    error: str
+    kind: FailureKind = "error"
+    traceback: str = ""
+    retry_after_ms: int | None = None
+
+
+class FireTimer(Command, frozen=True, kw_only=True, tag="fire_timer"):
+    """A durable timer fired. `timer_id` is stable, so a duplicate fire decides to nothing."""
+
+    timer_id: str
+    kind: TimerKind
+    step_id: str = ""
+    attempt: int = 0
+
+
+class CancelRun(Command, frozen=True, kw_only=True, tag="cancel_run"):
+    reason: str = ""
+
+
+AnyCommand = StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun
+
+COMMAND_TYPES: tuple[type[Command], ...] = (
+    StartRun,
+    TaskStarted,
+    CompleteTask,
+    FailTask,
+    FireTimer,
+    CancelRun,
+)
+
+
+class Rejection(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a command does not apply, for a caller that must learn it. Never stored."""
+
+    run_id: str
+    code: Literal["unknown_run", "run_exists", "run_finished", "unknown_step", "invalid"]
+    message: str

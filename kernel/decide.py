@@ -1,0 +1,556 @@
+"""decide(state, command) -> events | Rejection: every rule of a DAG run lives here.
+
+Pure: no I/O, no clock (time is the command's `at_ms`), no randomness (the command's `seed`).
+A command that does not apply (a duplicate, a stale attempt, anything for a finished run)
+decides to `()`. A caller that must learn why gets a `Rejection` value (never stored).
+
+Decide works by emitting events into a local builder that evolves its own copy of the state, so
+every later rule sees the effect of the earlier ones, exactly as replay will.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, assert_never
+
+import msgspec
+
+from kernel import limits, registry
+from kernel.commands import (
+    AnyCommand,
+    CancelRun,
+    CompleteTask,
+    FailTask,
+    FireTimer,
+    Rejection,
+    StartRun,
+    TaskStarted,
+)
+from kernel.events import (
+    AnyEvent,
+    CompensationStarted,
+    ErrorInfo,
+    ErrorKind,
+    RunCancelled,
+    RunCancelRequested,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    StepCompensated,
+    StepCompleted,
+    StepFailed,
+    StepRecovered,
+    StepRetryScheduled,
+    StepSkipped,
+    StepStarted,
+    StepTimedOut,
+)
+from kernel.payloads import NULL, compose_object, encode, skip_applies
+from kernel.reducer import evolve
+from kernel.retry import backoff_ms
+from kernel.state import (
+    ACTIVE_STEP_STATUSES,
+    DONE_STEP_STATUSES,
+    RunState,
+    StepState,
+    is_terminal,
+)
+from kernel.step_api import schedule_attempt
+from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
+
+HandlerRole = tuple[Literal["on_failure", "compensate"], str]
+Decided = tuple[AnyEvent, ...] | Rejection
+
+
+class _Builder:
+    """Events decided so far and the state they lead to. Local to one `decide` call."""
+
+    __slots__ = ("events", "state")
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self.events: list[AnyEvent] = []
+
+    def emit(self, event: AnyEvent) -> None:
+        assert len(self.events) < limits.events_per_decision_max, "decision too large"
+        self.events.append(event)
+        self.state = evolve(self.state, event)
+
+
+def decide(state: RunState, command: AnyCommand) -> Decided:
+    """The events a command leads to, given the run's state.
+
+    Args:
+        state: the fold of the run's history so far.
+        command: what is asked, stamped with `at_ms` and `seed` by the shell.
+
+    Returns:
+        The events to append (possibly none), or a Rejection saying why the command is refused.
+    """
+    if isinstance(command, StartRun):
+        return _start_run(state, command)
+    if state.status == "new":
+        return Rejection(run_id=command.run_id, code="unknown_run", message=_no_run(command))
+    assert command.run_id == state.run_id, f"command for {command.run_id!r} on {state.run_id!r}"
+    if is_terminal(state):
+        if isinstance(command, CancelRun):
+            message = f"run {state.run_id!r} already ended as {state.status}; nothing to cancel"
+            return Rejection(run_id=state.run_id, code="run_finished", message=message)
+        return ()
+    builder = _Builder(state)
+    rejection = _apply(builder, command)
+    if rejection is not None:
+        return rejection
+    if builder.events:
+        _advance(builder, command.at_ms)
+    return tuple(builder.events)
+
+
+def _apply(builder: _Builder, command: AnyCommand) -> Rejection | None:
+    match command:
+        case StartRun():
+            raise AssertionError("StartRun is decided before")
+        case TaskStarted():
+            return _task_started(builder, command)
+        case CompleteTask():
+            return _complete_task(builder, command)
+        case FailTask():
+            return _fail_task(builder, command)
+        case FireTimer():
+            _fire_timer(builder, command)
+            return None
+        case CancelRun():
+            _cancel_run(builder, command)
+            return None
+        case _:
+            assert_never(command)
+
+
+def _no_run(command: AnyCommand) -> str:
+    return f"run {command.run_id!r} does not exist (no run.started in its history)"
+
+
+def _start_run(state: RunState, command: StartRun) -> Decided:
+    if state.status != "new":
+        if state.workflow == command.workflow and state.input == command.input:
+            return ()  # the same start again: idempotent
+        message = f"run {command.run_id!r} already exists with another workflow or input"
+        return Rejection(run_id=command.run_id, code="run_exists", message=message)
+    if len(command.input) > limits.payload_bytes_max:
+        message = (
+            f"input is {len(command.input)} bytes; the limit is {limits.payload_bytes_max} bytes"
+        )
+        return Rejection(run_id=command.run_id, code="invalid", message=message)
+    builder = _Builder(state)
+    builder.emit(
+        RunStarted(
+            run_id=command.run_id,
+            workflow=command.workflow,
+            input=command.input,
+            at_ms=command.at_ms,
+            seed=command.seed,
+            parent_run_id=command.parent_run_id,
+        )
+    )
+    _advance(builder, command.at_ms)
+    return tuple(builder.events)
+
+
+def _unknown_step(state: RunState, step_id: str) -> Rejection:
+    known = ", ".join(state.step_ids[:20])
+    message = f"run {state.run_id!r} has no step {step_id!r} (known: {known})"
+    return Rejection(run_id=state.run_id, code="unknown_step", message=message)
+
+
+def _current_attempt(state: RunState, step_id: str, attempt: int) -> StepState | None:
+    """The step when `attempt` is its live attempt (scheduled or running), else None."""
+    step = state.step(step_id)
+    if step is None or step.attempt != attempt:
+        return None
+    return step if step.status in ("scheduled", "running") else None
+
+
+def _task_started(builder: _Builder, command: TaskStarted) -> Rejection | None:
+    state = builder.state
+    step = state.step(command.step_id)
+    if step is None:
+        return _unknown_step(state, command.step_id)
+    if step.status == "scheduled" and step.attempt == command.attempt:
+        builder.emit(
+            StepStarted(
+                step_id=command.step_id,
+                attempt=command.attempt,
+                worker_id=command.worker_id,
+                at_ms=command.at_ms,
+            )
+        )
+    return None
+
+
+def _complete_task(builder: _Builder, command: CompleteTask) -> Rejection | None:
+    state = builder.state
+    if state.step(command.step_id) is None:
+        return _unknown_step(state, command.step_id)
+    if _current_attempt(state, command.step_id, command.attempt) is None:
+        return None  # stale attempt or a second completion
+    size = len(command.output)
+    if size > limits.payload_bytes_max:
+        message = f"output is {size} bytes; the limit is {limits.payload_bytes_max} bytes"
+        error = ErrorInfo(message=message, kind="invalid_output")
+        _attempt_failed(builder, command.step_id, error, retryable=False, at_ms=command.at_ms)
+        return None
+    builder.emit(
+        StepCompleted(
+            step_id=command.step_id,
+            attempt=command.attempt,
+            output=command.output,
+            at_ms=command.at_ms,
+        )
+    )
+    _after_completed(builder, command.step_id, command.at_ms)
+    return None
+
+
+def _fail_task(builder: _Builder, command: FailTask) -> Rejection | None:
+    state = builder.state
+    if state.step(command.step_id) is None:
+        return _unknown_step(state, command.step_id)
+    if _current_attempt(state, command.step_id, command.attempt) is None:
+        return None
+    kind: ErrorKind = command.kind
+    error = ErrorInfo(
+        message=_truncate(command.error), kind=kind, traceback=_truncate(command.traceback)
+    )
+    retryable = command.kind in ("error", "heartbeat_timeout")
+    _attempt_failed(
+        builder,
+        command.step_id,
+        error,
+        retryable=retryable,
+        at_ms=command.at_ms,
+        seed=command.seed,
+        retry_after_ms=command.retry_after_ms,
+    )
+    return None
+
+
+def _truncate(text: str) -> str:
+    data = text.encode()
+    if len(data) <= limits.error_message_bytes_max:
+        return text
+    return data[: limits.error_message_bytes_max].decode(errors="ignore") + "…"
+
+
+def _fire_timer(builder: _Builder, command: FireTimer) -> None:
+    state = builder.state
+    if command.kind == "run_timeout":
+        if state.status == "running":
+            assert state.workflow is not None and state.workflow.timeout_ms is not None
+            message = f"run timed out after {state.workflow.timeout_ms} ms"
+            error = ErrorInfo(message=message, kind="timeout")
+            _fail_run(builder, error, failed_step_id="", at_ms=command.at_ms)
+        return
+    step = state.step(command.step_id)
+    if step is None:
+        return
+    if command.kind == "retry":
+        due = step.status == "retry_wait" and step.attempt + 1 == command.attempt
+        may_run = state.status == "running" or _handler_role(state, command.step_id) is not None
+        if due and may_run:
+            assert step.input is not None
+            builder.emit(
+                schedule_attempt(state, command.step_id, command.attempt, step.input, command.at_ms)
+            )
+        return
+    assert command.kind == "step_timeout", command.kind
+    if _current_attempt(state, command.step_id, command.attempt) is not None:
+        _attempt_failed(
+            builder,
+            command.step_id,
+            ErrorInfo(message=f"attempt {command.attempt} timed out", kind="timeout"),
+            retryable=True,
+            at_ms=command.at_ms,
+            seed=command.seed,
+            timed_out=True,
+        )
+
+
+def _cancel_run(builder: _Builder, command: CancelRun) -> None:
+    if builder.state.cancel_reason is not None:
+        return  # already requested
+    builder.emit(RunCancelRequested(reason=command.reason, at_ms=command.at_ms))
+    if builder.state.status == "running":
+        error = ErrorInfo(message=f"cancelled: {command.reason}".rstrip(": "), kind="cancelled")
+        _fail_run(builder, error, failed_step_id="", at_ms=command.at_ms, outcome="cancelled")
+
+
+def _retry_policy(state: RunState, step_def: StepDef) -> RetryPolicy:
+    if step_def.retry is not None:
+        return step_def.retry
+    assert state.workflow is not None
+    return state.workflow.default_retry or NO_RETRY
+
+
+def _attempt_failed(
+    builder: _Builder,
+    step_id: str,
+    error: ErrorInfo,
+    *,
+    retryable: bool,
+    at_ms: int,
+    seed: int = 0,
+    retry_after_ms: int | None = None,
+    timed_out: bool = False,
+) -> None:
+    state = builder.state
+    step = state.step(step_id)
+    step_def = state.step_def(step_id)
+    assert step is not None and step_def is not None
+    policy = _retry_policy(state, step_def)
+    may_continue = state.status == "running" or _handler_role(state, step_id) is not None
+    will_retry = retryable and may_continue and step.attempt < policy.max_attempts
+    attempt = step.attempt
+    if timed_out:
+        builder.emit(
+            StepTimedOut(
+                step_id=step_id, attempt=attempt, will_retry=will_retry, at_ms=at_ms, error=error
+            )
+        )
+    else:
+        builder.emit(
+            StepFailed(
+                step_id=step_id, attempt=attempt, error=error, will_retry=will_retry, at_ms=at_ms
+            )
+        )
+    if will_retry:
+        delay = retry_after_ms if retry_after_ms is not None else backoff_ms(policy, attempt, seed)
+        delay = max(0, min(delay, limits.delay_ms_max))
+        builder.emit(
+            StepRetryScheduled(
+                step_id=step_id,
+                attempt=attempt + 1,
+                delay_ms=delay,
+                due_at_ms=at_ms + delay,
+                at_ms=at_ms,
+            )
+        )
+        return
+    _failed_for_good(builder, step_id, error, at_ms)
+
+
+def _failed_for_good(builder: _Builder, step_id: str, error: ErrorInfo, at_ms: int) -> None:
+    state = builder.state
+    role = _handler_role(state, step_id)
+    if role is not None:
+        kind, owner = role
+        message = f"{kind} handler {step_id!r} of step {owner!r} failed: {error.message}"
+        handler_error = ErrorInfo(message=message, kind="handler_failed")
+        if kind == "on_failure":
+            _fail_run(builder, handler_error, failed_step_id=owner, at_ms=at_ms)
+        elif state.status == "compensating":
+            builder.emit(
+                RunFailed(
+                    error=handler_error,
+                    status="compensate_failed",
+                    failed_step_id=state.failed_step_id,
+                    at_ms=at_ms,
+                )
+            )
+        return
+    if state.status != "running":
+        return  # a straggler failing while the run compensates: nothing more to do
+    step_def = state.step_def(step_id)
+    assert step_def is not None
+    if step_def.on_failure is not None:
+        handler_input = encode(
+            {"failed_step": step_id, "error": {"message": error.message, "kind": error.kind}}
+        )
+        _start_step(builder, step_def.on_failure, handler_input, at_ms)
+        return
+    _fail_run(builder, error, failed_step_id=step_id, at_ms=at_ms)
+
+
+def _after_completed(builder: _Builder, step_id: str, at_ms: int) -> None:
+    state = builder.state
+    role = _handler_role(state, step_id)
+    if role is None:
+        return
+    kind, owner = role
+    if kind == "on_failure":
+        if state.status == "running":
+            step = state.step(step_id)
+            assert step is not None and step.output is not None
+            builder.emit(
+                StepRecovered(
+                    step_id=owner, handler_step_id=step_id, output=step.output, at_ms=at_ms
+                )
+            )
+        return
+    if state.status == "compensating":
+        builder.emit(StepCompensated(step_id=owner, handler_step_id=step_id, at_ms=at_ms))
+        _continue_compensation(builder, at_ms)
+
+
+def _compensable(state: RunState) -> tuple[str, ...]:
+    """Completed, not yet compensated steps that have a compensate handler, latest first."""
+    candidates = [
+        (step.completion_index, step.step_id)
+        for step, step_def in zip(state.steps, state.step_defs, strict=True)
+        if step.status == "completed" and not step.compensated and step_def.compensate
+    ]
+    return tuple(step_id for _, step_id in sorted(candidates, reverse=True))
+
+
+def _fail_run(
+    builder: _Builder,
+    error: ErrorInfo,
+    *,
+    failed_step_id: str,
+    at_ms: int,
+    outcome: Literal["failed", "cancelled"] = "failed",
+) -> None:
+    assert builder.state.status == "running", builder.state.status
+    pending = _compensable(builder.state)
+    if pending:
+        builder.emit(
+            CompensationStarted(
+                steps=pending,
+                outcome=outcome,
+                error=error,
+                failed_step_id=failed_step_id,
+                at_ms=at_ms,
+            )
+        )
+        _continue_compensation(builder, at_ms)
+    elif outcome == "cancelled":
+        builder.emit(RunCancelled(reason=builder.state.cancel_reason or "", at_ms=at_ms))
+    else:
+        builder.emit(RunFailed(error=error, failed_step_id=failed_step_id, at_ms=at_ms))
+
+
+def _continue_compensation(builder: _Builder, at_ms: int) -> None:
+    state = builder.state
+    assert state.status == "compensating", state.status
+    pending = _compensable(state)
+    if not pending:
+        if state.compensation_outcome == "cancelled":
+            builder.emit(RunCancelled(reason=state.cancel_reason or "", at_ms=at_ms))
+        else:
+            error = state.error or ErrorInfo(message="run failed")
+            builder.emit(RunFailed(error=error, failed_step_id=state.failed_step_id, at_ms=at_ms))
+        return
+    step = state.step(pending[0])
+    step_def = state.step_def(pending[0])
+    assert step is not None and step_def is not None and step_def.compensate is not None
+    handler = state.step(step_def.compensate)
+    assert handler is not None
+    if handler.status == "pending":
+        handler_input = compose_object((("step_id", encode(step.step_id)), ("output", step.output)))
+        _start_step(builder, step_def.compensate, handler_input, at_ms)
+
+
+def _handler_role(state: RunState, step_id: str) -> HandlerRole | None:
+    """Whether `step_id` is some step's on_failure or compensate handler, and whose."""
+    for step_def in state.step_defs:
+        if step_def.on_failure == step_id:
+            return ("on_failure", step_def.id)
+        if step_def.compensate == step_id:
+            return ("compensate", step_def.id)
+    return None
+
+
+def _handler_ids(state: RunState) -> frozenset[str]:
+    ids: set[str] = set()
+    for step_def in state.step_defs:
+        if step_def.on_failure:
+            ids.add(step_def.on_failure)
+        if step_def.compensate:
+            ids.add(step_def.compensate)
+    return frozenset(ids)
+
+
+def _start_step(builder: _Builder, step_id: str, input: msgspec.Raw, at_ms: int) -> None:
+    size = len(input)
+    if size > limits.payload_bytes_max:
+        # Record the attempt that could not run, then fail it for good.
+        builder.emit(schedule_attempt(builder.state, step_id, 1, NULL, at_ms))
+        message = f"resolved input is {size} bytes; the limit is {limits.payload_bytes_max} bytes"
+        error = ErrorInfo(message=message, kind="invalid_input")
+        _attempt_failed(builder, step_id, error, retryable=False, at_ms=at_ms)
+        return
+    step_def = builder.state.step_def(step_id)
+    assert step_def is not None
+    for event in registry.get(step_def.type).start(builder.state, step_id, input, at_ms):
+        builder.emit(event)
+
+
+def _advance(builder: _Builder, at_ms: int) -> None:
+    """Start every ready step (skipping those whose skip_if holds) until nothing changes,
+    then complete the run when every step outside the handlers is done."""
+    for _ in range(limits.advance_iterations_max):
+        if builder.state.status != "running" or not _advance_once(builder, at_ms):
+            break
+    else:
+        raise AssertionError(f"advance did not settle in {limits.advance_iterations_max} passes")
+    state = builder.state
+    if state.status != "running":
+        return
+    handlers = _handler_ids(state)
+    body = [s for s in state.steps if s.step_id not in handlers]
+    if all(step.status in DONE_STEP_STATUSES for step in body):
+        builder.emit(RunCompleted(output=_run_output(state, handlers), at_ms=at_ms))
+
+
+def _advance_once(builder: _Builder, at_ms: int) -> bool:
+    state = builder.state
+    assert state.workflow is not None
+    handlers = _handler_ids(state)
+    by_id = dict(zip(state.step_ids, state.steps, strict=True))
+    limit = state.workflow.max_concurrent_steps
+    active = sum(1 for step in state.steps if step.status in ACTIVE_STEP_STATUSES)
+    progressed = False
+    for step_def in state.step_defs:
+        step = by_id[step_def.id]
+        if step.status != "pending" or step_def.id in handlers:
+            continue
+        if not all(by_id[dep].status in DONE_STEP_STATUSES for dep in step_def.depends_on):
+            continue
+        condition = step_def.skip_if
+        if condition is not None and skip_applies(condition, by_id[condition.step_id].output):
+            reason = f"skip_if {condition.step_id}.{condition.field} {condition.op} " + (
+                bytes(condition.value).decode()
+            )
+            builder.emit(StepSkipped(step_id=step_def.id, reason=reason, at_ms=at_ms))
+            progressed = True
+            continue
+        if limit is not None and active >= limit:
+            continue
+        _start_step(builder, step_def.id, _resolve_input(state, step_def, by_id), at_ms)
+        active += 1
+        progressed = True
+        if builder.state.status != "running":
+            break
+    return progressed
+
+
+def _resolve_input(state: RunState, step_def: StepDef, by_id: dict[str, StepState]) -> msgspec.Raw:
+    """Root: the run input; one dependency: its output; several: an object keyed by step id."""
+    deps = step_def.depends_on
+    if not deps:
+        return state.input if state.input is not None else NULL
+    if len(deps) == 1:
+        output = by_id[deps[0]].output
+        return output if output is not None else NULL
+    return compose_object((dep, by_id[dep].output) for dep in deps)
+
+
+def _run_output(state: RunState, handlers: frozenset[str]) -> msgspec.Raw:
+    """Outputs of the terminal steps (no dependents): one as is, several keyed by step id."""
+    depended_on = {dep for step_def in state.step_defs for dep in step_def.depends_on}
+    terminal = [
+        step
+        for step in state.steps
+        if step.step_id not in depended_on and step.step_id not in handlers
+    ]
+    if len(terminal) == 1:
+        return terminal[0].output if terminal[0].output is not None else NULL
+    return compose_object((step.step_id, step.output) for step in terminal)

@@ -1,0 +1,224 @@
+"""The event catalog: the storage contract of every run's history.
+
+Every event is a frozen, keyword-only, tagged msgspec Struct with a past-tense name and a dotted
+tag, and carries its schema version `v` on the wire. A rename or type change is a new version
+with a pure upcaster in `kernel/codec.py` and a golden file of the old bytes; new fields get
+defaults. Events accept unknown fields, so an old reader skips what a newer writer added.
+
+A history message is a `Decision`: the command and every event decided from it, appended
+together in one publish so an audit can re-run `decide` and compare.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from kernel.commands import AnyCommand
+from kernel.workflow import WorkflowDef
+
+NULL = msgspec.Raw(b"null")
+
+ErrorKind = Literal[
+    "error",  # the handler raised; retryable
+    "non_retryable",  # the handler said: do not retry
+    "timeout",  # the step or run deadline passed
+    "heartbeat_timeout",  # the worker stopped heartbeating
+    "invalid_output",  # the output could not be encoded or was over the payload limit
+    "invalid_input",  # the step's resolved input was over the payload limit
+    "handler_failed",  # an on_failure or compensation handler failed
+    "cancelled",
+]
+RunFailureStatus = Literal["failed", "compensate_failed"]
+CompensationOutcome = Literal["failed", "cancelled"]
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What went wrong: a message, its kind, and a short traceback when there was one."""
+
+    message: str
+    kind: ErrorKind = "error"
+    traceback: str = ""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event; `v` is the schema version of the event's tag."""
+
+    v: int = 1
+
+
+class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
+    run_id: str
+    workflow: WorkflowDef
+    input: msgspec.Raw
+    at_ms: int
+    seed: int = 0
+    parent_run_id: str | None = None
+
+
+class StepScheduled(Event, frozen=True, kw_only=True, tag="step.scheduled"):
+    step_id: str
+    attempt: int
+    input: msgspec.Raw
+    at_ms: int
+    deadline_ms: int | None = None
+
+
+class StepStarted(Event, frozen=True, kw_only=True, tag="step.started"):
+    step_id: str
+    attempt: int
+    worker_id: str
+    at_ms: int
+
+
+class StepCompleted(Event, frozen=True, kw_only=True, tag="step.completed"):
+    step_id: str
+    attempt: int
+    output: msgspec.Raw
+    at_ms: int
+
+
+class StepFailed(Event, frozen=True, kw_only=True, tag="step.failed"):
+    """An attempt failed; `will_retry` says whether a `step.retry_scheduled` follows.
+
+    Version 2 replaced v1's `error: str` and `retryable: bool` with a structured `error`.
+    """
+
+    v: int = 2
+    step_id: str
+    attempt: int
+    error: ErrorInfo
+    will_retry: bool
+    at_ms: int
+
+
+class StepRetryScheduled(Event, frozen=True, kw_only=True, tag="step.retry_scheduled"):
+    step_id: str
+    attempt: int  # the attempt that will run at `due_at_ms`
+    delay_ms: int
+    due_at_ms: int
+    at_ms: int
+
+
+class StepTimedOut(Event, frozen=True, kw_only=True, tag="step.timed_out"):
+    step_id: str
+    attempt: int
+    will_retry: bool
+    at_ms: int
+    error: ErrorInfo = ErrorInfo(message="step timed out", kind="timeout")
+
+
+class StepSkipped(Event, frozen=True, kw_only=True, tag="step.skipped"):
+    step_id: str
+    reason: str
+    at_ms: int
+
+
+class StepRecovered(Event, frozen=True, kw_only=True, tag="step.recovered"):
+    """A failed step's on_failure handler completed; the run goes on with its output."""
+
+    step_id: str
+    handler_step_id: str
+    output: msgspec.Raw
+    at_ms: int
+
+
+class CompensationStarted(Event, frozen=True, kw_only=True, tag="run.compensation_started"):
+    """The run is failing (or cancelled); these steps are compensated in this order."""
+
+    steps: tuple[str, ...]
+    outcome: CompensationOutcome
+    error: ErrorInfo
+    failed_step_id: str = ""
+    at_ms: int
+
+
+class StepCompensated(Event, frozen=True, kw_only=True, tag="step.compensated"):
+    step_id: str
+    handler_step_id: str
+    at_ms: int
+
+
+class RunCompleted(Event, frozen=True, kw_only=True, tag="run.completed"):
+    output: msgspec.Raw
+    at_ms: int
+
+
+class RunFailed(Event, frozen=True, kw_only=True, tag="run.failed"):
+    error: ErrorInfo
+    status: RunFailureStatus = "failed"
+    failed_step_id: str = ""
+    at_ms: int
+
+
+class RunCancelRequested(Event, frozen=True, kw_only=True, tag="run.cancel_requested"):
+    reason: str
+    at_ms: int
+
+
+class RunCancelled(Event, frozen=True, kw_only=True, tag="run.cancelled"):
+    reason: str
+    at_ms: int
+
+
+AnyEvent = (
+    RunStarted
+    | StepScheduled
+    | StepStarted
+    | StepCompleted
+    | StepFailed
+    | StepRetryScheduled
+    | StepTimedOut
+    | StepSkipped
+    | StepRecovered
+    | CompensationStarted
+    | StepCompensated
+    | RunCompleted
+    | RunFailed
+    | RunCancelRequested
+    | RunCancelled
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    RunStarted,
+    StepScheduled,
+    StepStarted,
+    StepCompleted,
+    StepFailed,
+    StepRetryScheduled,
+    StepTimedOut,
+    StepSkipped,
+    StepRecovered,
+    CompensationStarted,
+    StepCompensated,
+    RunCompleted,
+    RunFailed,
+    RunCancelRequested,
+    RunCancelled,
+)
+
+TERMINAL_EVENT_TYPES: tuple[type[Event], ...] = (RunCompleted, RunFailed, RunCancelled)
+
+
+def event_tag(event_type: type[Event]) -> str:
+    """The dotted tag of an event type."""
+    tag = event_type.__struct_config__.tag
+    assert isinstance(tag, str), f"{event_type.__name__} has no string tag"
+    return tag
+
+
+def current_version(event_type: type[Event]) -> int:
+    """The schema version this code writes for an event type."""
+    for field in msgspec.structs.fields(event_type):
+        if field.name == "v":
+            assert isinstance(field.default, int) and field.default >= 1
+            return field.default
+    raise AssertionError(f"{event_type.__name__} has no version field")
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """One history message: the command and the events decided from it (never empty)."""
+
+    command: AnyCommand
+    events: tuple[AnyEvent, ...]

@@ -1,0 +1,34 @@
+"""Every bound of the system, named once.
+
+Each maximum is a `Final` with its unit last. Checks happen at the edge (parsing a workflow,
+accepting a command, encoding a payload) with an error that names the field, the value and
+the limit. Nothing here may import anything of the project.
+"""
+
+from typing import Final
+
+# Workflow definitions.
+steps_per_workflow_max: Final = 1_000
+dependencies_per_step_max: Final = 100
+step_id_length_max: Final = 128
+workflow_name_length_max: Final = 128
+task_name_length_max: Final = 128
+workflow_bytes_max: Final = 1_048_576
+validation_problems_max: Final = 50
+metadata_bytes_max: Final = 16_384
+
+# Retries and time.
+attempts_max: Final = 100
+delay_ms_max: Final = 7 * 24 * 3_600_000  # one week: the longest retry backoff
+timeout_ms_max: Final = 365 * 24 * 3_600_000  # one year: the longest step or run timeout
+retry_multiplier_max: Final = 100.0
+
+# Payloads.
+payload_bytes_max: Final = 1_048_576  # one step input or output, one run input
+error_message_bytes_max: Final = 8_192
+
+# Runs.
+timers_per_run_max: Final = 10_000
+events_per_decision_max: Final = 10_000
+advance_iterations_max: Final = 10_000  # fixpoint passes of one decision over a run's DAG
+run_id_length_max: Final = 128

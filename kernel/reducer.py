@@ -1,0 +1,202 @@
+"""The reducer: `evolve(state, event) -> state` and the folds built on it.
+
+`evolve` is total over every event `decide` can emit and trusting: it validates no intent (that
+is `decide`'s job) and never reads a clock. Invariants that are cheap are asserted: attempts
+only grow, a terminal run stays terminal, a step completes at most once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import reduce
+from typing import assert_never
+
+import msgspec
+
+from kernel.events import (
+    AnyEvent,
+    CompensationStarted,
+    ErrorInfo,
+    RunCancelled,
+    RunCancelRequested,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    StepCompensated,
+    StepCompleted,
+    StepFailed,
+    StepRecovered,
+    StepRetryScheduled,
+    StepScheduled,
+    StepSkipped,
+    StepStarted,
+    StepTimedOut,
+)
+from kernel.state import INITIAL_STATE, RunState, StepState, is_terminal
+
+replace = msgspec.structs.replace
+
+
+def evolve(state: RunState, event: AnyEvent) -> RunState:
+    """Apply one event to a run's state and return the new state."""
+    assert not is_terminal(state), f"run {state.run_id!r} is terminal; got {type(event).__name__}"
+    counted = replace(state, event_count=state.event_count + 1)
+    match event:
+        case RunStarted():
+            assert state.status == "new", f"run {state.run_id!r} started twice"
+            return _run_started(event)
+        case StepScheduled():
+            return _step(counted, event.step_id, lambda s: _scheduled(s, event))
+        case StepStarted():
+            return _step(
+                counted,
+                event.step_id,
+                lambda s: replace(s, status="running", worker_id=event.worker_id),
+            )
+        case StepCompleted():
+            return _completed(counted, event)
+        case StepFailed():
+            return _attempt_failed(
+                counted, event.step_id, event.error, event.will_retry, event.at_ms
+            )
+        case StepTimedOut():
+            return _attempt_failed(
+                counted, event.step_id, event.error, event.will_retry, event.at_ms
+            )
+        case StepRetryScheduled():
+            return _step(
+                counted,
+                event.step_id,
+                lambda s: replace(
+                    s, status="retry_wait", retry_at_ms=event.due_at_ms, deadline_ms=None
+                ),
+            )
+        case StepSkipped():
+            return _step(
+                counted,
+                event.step_id,
+                lambda s: replace(
+                    s, status="skipped", output=msgspec.Raw(b"null"), ended_at_ms=event.at_ms
+                ),
+            )
+        case StepRecovered():
+            return _step(
+                counted,
+                event.step_id,
+                lambda s: replace(
+                    s, status="recovered", output=event.output, ended_at_ms=event.at_ms
+                ),
+            )
+        case CompensationStarted():
+            return replace(
+                counted,
+                status="compensating",
+                compensation_outcome=event.outcome,
+                error=event.error,
+                failed_step_id=event.failed_step_id,
+            )
+        case StepCompensated():
+            return _step(counted, event.step_id, lambda s: replace(s, compensated=True))
+        case RunCompleted():
+            return replace(
+                counted, status="completed", output=event.output, ended_at_ms=event.at_ms
+            )
+        case RunFailed():
+            return replace(
+                counted,
+                status=event.status,
+                error=event.error,
+                failed_step_id=event.failed_step_id,
+                ended_at_ms=event.at_ms,
+            )
+        case RunCancelRequested():
+            return replace(counted, cancel_reason=event.reason)
+        case RunCancelled():
+            return replace(counted, status="cancelled", ended_at_ms=event.at_ms)
+        case _:
+            assert_never(event)
+
+
+def fold(events: Iterable[AnyEvent]) -> RunState:
+    """The state of a run after all of `events`, from the initial state."""
+    return reduce(evolve, events, INITIAL_STATE)
+
+
+def fold_from(state: RunState, events: Iterable[AnyEvent]) -> RunState:
+    """Continue a fold from `state`: `fold(a + b) == fold_from(fold(a), b)`."""
+    return reduce(evolve, events, state)
+
+
+def _run_started(event: RunStarted) -> RunState:
+    workflow = event.workflow
+    return RunState(
+        run_id=event.run_id,
+        status="running",
+        workflow=workflow,
+        input=event.input,
+        seed=event.seed,
+        parent_run_id=event.parent_run_id,
+        started_at_ms=event.at_ms,
+        step_ids=tuple(step.id for step in workflow.steps),
+        step_defs=workflow.steps,
+        steps=tuple(StepState(step_id=step.id) for step in workflow.steps),
+        event_count=1,
+    )
+
+
+def _step(state: RunState, step_id: str, update: Callable[[StepState], StepState]) -> RunState:
+    index = state.index_of(step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
+    new_step = update(state.steps[index])
+    steps = (*state.steps[:index], new_step, *state.steps[index + 1 :])
+    return replace(state, steps=steps)
+
+
+def _scheduled(step: StepState, event: StepScheduled) -> StepState:
+    assert event.attempt > step.attempt, (
+        f"step {step.step_id!r}: attempt {event.attempt} after {step.attempt} (attempts only grow)"
+    )
+    return replace(
+        step,
+        status="scheduled",
+        attempt=event.attempt,
+        input=event.input,
+        deadline_ms=event.deadline_ms,
+        retry_at_ms=None,
+        error=None,
+        first_scheduled_at_ms=(
+            step.first_scheduled_at_ms if step.first_scheduled_at_ms is not None else event.at_ms
+        ),
+    )
+
+
+def _completed(state: RunState, event: StepCompleted) -> RunState:
+    def update(step: StepState) -> StepState:
+        assert step.status in ("scheduled", "running"), (
+            f"step {step.step_id!r} completed while {step.status} (a step completes at most once)"
+        )
+        return replace(
+            step,
+            status="completed",
+            output=event.output,
+            ended_at_ms=event.at_ms,
+            deadline_ms=None,
+            completion_index=state.completions,
+        )
+
+    stepped = _step(state, event.step_id, update)
+    return replace(stepped, completions=state.completions + 1)
+
+
+def _attempt_failed(
+    state: RunState, step_id: str, error: ErrorInfo, will_retry: bool, at_ms: int
+) -> RunState:
+    def update(step: StepState) -> StepState:
+        assert step.status in ("scheduled", "running"), (
+            f"step {step_id!r} failed while {step.status}"
+        )
+        if will_retry:
+            return replace(step, error=error, deadline_ms=None)
+        return replace(step, status="failed", error=error, deadline_ms=None, ended_at_ms=at_ms)
+
+    return _step(state, step_id, update)

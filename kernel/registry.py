@@ -1,0 +1,97 @@
+"""The step table: the one place where `kernel/` and `steps/` meet.
+
+Each module in `steps/` defines one `StepType` and registers it here when the `steps` package is
+imported. The kernel looks step types up by name; it never imports a step module directly. The
+first look-up loads the `steps` package, so a caller of the kernel needs no set-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import msgspec
+
+    from kernel.effects import AnyEffect
+    from kernel.errors import Problem
+    from kernel.events import AnyEvent
+    from kernel.state import RunState
+    from kernel.workflow import StepDef
+
+STEPS_PACKAGE = "steps"
+
+
+class StepType(Protocol):
+    """What a step type provides: validation, and its decide/evolve/react/resume parts."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_task(self) -> bool:
+        """Whether `task` (the worker task name) is required for this type."""
+        ...
+
+    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
+        """Problems with this type's own fields and `config` (`path` is e.g. `steps[3]`)."""
+        ...
+
+    def start(
+        self, state: RunState, step_id: str, input: msgspec.Raw, at_ms: int
+    ) -> tuple[AnyEvent, ...]:
+        """Decide part: the events that begin a ready step with its resolved input."""
+        ...
+
+    def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+        """React part: effects of a step event of this type (state is after the event)."""
+        ...
+
+    def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
+        """Resume part: effects to issue again for an unfinished step after a restart."""
+        ...
+
+
+_table: dict[str, StepType] = {}
+_loaded: list[bool] = [False]
+
+
+def register(step_type: StepType) -> StepType:
+    """Add a step type to the table (called once per module of `steps/`).
+
+    Raises:
+        ValueError: a different step type is already registered under that name.
+    """
+    existing = _table.get(step_type.name)
+    if existing is not None and existing is not step_type:
+        raise ValueError(f"step type {step_type.name!r} is registered twice")
+    _table[step_type.name] = step_type
+    return step_type
+
+
+def _load() -> None:
+    if not _loaded[0]:
+        _loaded[0] = True
+        importlib.import_module(STEPS_PACKAGE)
+
+
+def names() -> tuple[str, ...]:
+    """Every registered step type name, sorted."""
+    _load()
+    return tuple(sorted(_table))
+
+
+def get(name: str) -> StepType:
+    """The step type registered under `name`.
+
+    Raises:
+        KeyError: no such step type (callers validate names first; see `names()`).
+    """
+    _load()
+    return _table[name]
+
+
+def lookup(name: str) -> StepType | None:
+    """The step type registered under `name`, or None."""
+    _load()
+    return _table.get(name)

@@ -1,0 +1,102 @@
+"""Run state: the fold of a run's history. Frozen all the way down.
+
+`RunState.steps` is aligned with `step_ids` (the workflow's steps in the order written), so a
+step's state is found by position; updates build a new tuple.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from kernel.events import ErrorInfo
+from kernel.workflow import StepDef, WorkflowDef
+
+RunStatus = Literal[
+    "new",  # no run.started yet
+    "running",
+    "compensating",
+    "completed",
+    "failed",
+    "compensate_failed",
+    "cancelled",
+]
+StepStatus = Literal[
+    "pending",  # waiting on dependencies (or a handler waiting to be called)
+    "scheduled",  # a task message is out for `attempt`
+    "running",  # a worker took `attempt`
+    "retry_wait",  # `attempt` will be scheduled at `retry_at_ms`
+    "completed",
+    "failed",  # failed for good (its on_failure handler may still recover it)
+    "skipped",
+    "recovered",  # failed, and its on_failure handler completed
+]
+
+TERMINAL_RUN_STATUSES: frozenset[str] = frozenset(
+    {"completed", "failed", "compensate_failed", "cancelled"}
+)
+DONE_STEP_STATUSES: frozenset[str] = frozenset({"completed", "skipped", "recovered"})
+ACTIVE_STEP_STATUSES: frozenset[str] = frozenset({"scheduled", "running", "retry_wait"})
+
+
+class StepState(msgspec.Struct, frozen=True, kw_only=True):
+    step_id: str
+    status: StepStatus = "pending"
+    attempt: int = 0
+    input: msgspec.Raw | None = None
+    output: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    deadline_ms: int | None = None
+    retry_at_ms: int | None = None
+    worker_id: str = ""
+    first_scheduled_at_ms: int | None = None
+    ended_at_ms: int | None = None
+    completion_index: int = -1  # order of completion, for compensation in reverse
+    compensated: bool = False
+
+
+class RunState(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str = ""
+    status: RunStatus = "new"
+    workflow: WorkflowDef | None = None
+    input: msgspec.Raw | None = None
+    seed: int = 0
+    parent_run_id: str | None = None
+    started_at_ms: int = 0
+    ended_at_ms: int | None = None
+    step_ids: tuple[str, ...] = ()
+    step_defs: tuple[StepDef, ...] = ()
+    steps: tuple[StepState, ...] = ()
+    completions: int = 0
+    output: msgspec.Raw | None = None
+    error: ErrorInfo | None = None
+    failed_step_id: str = ""
+    cancel_reason: str | None = None
+    compensation_outcome: str | None = None
+    event_count: int = 0
+
+    def index_of(self, step_id: str) -> int:
+        """Position of `step_id` in `steps`, or -1."""
+        try:
+            return self.step_ids.index(step_id)
+        except ValueError:
+            return -1
+
+    def step(self, step_id: str) -> StepState | None:
+        """The state of `step_id`, or None when the run has no such step."""
+        index = self.index_of(step_id)
+        return self.steps[index] if index >= 0 else None
+
+    def step_def(self, step_id: str) -> StepDef | None:
+        """The definition of `step_id`, or None."""
+        index = self.index_of(step_id)
+        return self.step_defs[index] if index >= 0 else None
+
+
+INITIAL_STATE = RunState()
+
+
+def is_terminal(state: RunState) -> bool:
+    """Whether the run has ended (completed, failed, compensate_failed, cancelled)."""
+    return state.status in TERMINAL_RUN_STATUSES

@@ -1,0 +1,77 @@
+"""What step modules build on: the shared parts of starting an attempt and dispatching it.
+
+Step modules in `steps/` import this (and the rest of `kernel/`); the kernel never imports a
+step module (it looks step types up in `kernel.registry`).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from kernel import limits
+from kernel.commands import FireTimer
+from kernel.effects import ArmTimer, EnqueueTask, task_msg_id
+from kernel.events import StepScheduled
+from kernel.state import RunState
+
+
+def schedule_attempt(
+    state: RunState, step_id: str, attempt: int, input: msgspec.Raw, at_ms: int
+) -> StepScheduled:
+    """The `step.scheduled` event of `attempt`, with its deadline when the step has a timeout."""
+    step_def = state.step_def(step_id)
+    assert step_def is not None, f"run {state.run_id!r} has no step {step_id!r}"
+    assert 1 <= attempt <= limits.attempts_max, f"attempt {attempt} out of 1..{limits.attempts_max}"
+    deadline = at_ms + step_def.timeout_ms if step_def.timeout_ms is not None else None
+    return StepScheduled(
+        step_id=step_id, attempt=attempt, input=input, at_ms=at_ms, deadline_ms=deadline
+    )
+
+
+def enqueue_task(state: RunState, step_id: str) -> EnqueueTask:
+    """The task message for the step's current attempt."""
+    step_def = state.step_def(step_id)
+    step = state.step(step_id)
+    assert step_def is not None and step is not None, f"no step {step_id!r}"
+    assert step.attempt >= 1 and step.input is not None, f"step {step_id!r} is not scheduled"
+    return EnqueueTask(
+        run_id=state.run_id,
+        step_id=step_id,
+        attempt=step.attempt,
+        task=step_def.task,
+        input=step.input,
+        metadata=step_def.metadata,
+        msg_id=task_msg_id(state.run_id, step_id, step.attempt),
+        deadline_ms=step.deadline_ms,
+    )
+
+
+def step_timeout_timer_id(step_id: str, attempt: int) -> str:
+    return f"step_timeout.{step_id}.{attempt}"
+
+
+def retry_timer_id(step_id: str, attempt: int) -> str:
+    return f"retry.{step_id}.{attempt}"
+
+
+RUN_TIMEOUT_TIMER_ID = "run_timeout"
+
+
+def step_timeout_timer(state: RunState, step_id: str) -> ArmTimer | None:
+    """The timer of the current attempt's deadline, if the step has one."""
+    step = state.step(step_id)
+    assert step is not None, f"no step {step_id!r}"
+    if step.deadline_ms is None:
+        return None
+    timer_id = step_timeout_timer_id(step_id, step.attempt)
+    command = FireTimer(
+        run_id=state.run_id,
+        at_ms=step.deadline_ms,
+        timer_id=timer_id,
+        kind="step_timeout",
+        step_id=step_id,
+        attempt=step.attempt,
+    )
+    return ArmTimer(
+        run_id=state.run_id, timer_id=timer_id, fire_at_ms=step.deadline_ms, command=command
+    )

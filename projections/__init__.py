@@ -1,0 +1,1 @@
+"""Projections: consumers of the history stream (snapshots, SQLite tables, users' own)."""

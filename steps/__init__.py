@@ -1,0 +1,9 @@
+"""Step types: one module per type, each registering itself in the kernel's step table.
+
+Importing this package registers every step type. Adding a step type means one new module
+here, one import line below, its event tags in `kernel/events.py`, and its tests.
+"""
+
+from steps import task
+
+__all__ = ["task"]

@@ -1,0 +1,58 @@
+"""The `task` step type: runs a worker handler once per attempt (retries are the kernel's).
+
+decide: a ready task step schedules attempt 1 with its resolved input.
+evolve: nothing of its own (the common step events carry it).
+react: a scheduled attempt becomes a task message for the worker.
+resume: a scheduled or running attempt's task message is published again (deduplicated).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from kernel import registry
+from kernel.effects import AnyEffect
+from kernel.errors import Problem
+from kernel.events import AnyEvent, StepScheduled
+from kernel.state import RunState
+from kernel.step_api import enqueue_task, schedule_attempt
+from kernel.workflow import EMPTY_OBJECT, StepDef
+
+
+class TaskStep:
+    """A unit of work run by a worker handler for `task`."""
+
+    name = "task"
+    needs_task = True
+
+    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
+        if step.config != EMPTY_OBJECT:
+            return (
+                Problem(
+                    path=f"{path}.config",
+                    value=bytes(step.config).decode()[:80],
+                    rule="a task step takes no config",
+                ),
+            )
+        return ()
+
+    # decide
+    def start(
+        self, state: RunState, step_id: str, input: msgspec.Raw, at_ms: int
+    ) -> tuple[AnyEvent, ...]:
+        step = state.step(step_id)
+        assert step is not None and step.status == "pending", f"step {step_id!r} is not pending"
+        return (schedule_attempt(state, step_id, 1, input, at_ms),)
+
+    # react
+    def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+        if isinstance(event, StepScheduled):
+            return (enqueue_task(state, event.step_id),)
+        return ()
+
+    # resume
+    def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
+        return (enqueue_task(state, step_id),)
+
+
+TASK = registry.register(TaskStep())
