@@ -1,0 +1,298 @@
+"""The Python client: register workflows, start, inspect, wait for and cancel runs.
+
+```python
+async with await Client.connect() as client:
+    await client.register_workflow(Path("examples/order/workflow.json").read_bytes())
+    run_id = await client.start("order", {"order_id": "A-1"})
+    state = await client.wait(run_id, timeout_s=60)
+```
+
+Every read of a run folds its history (the only source of truth); writes are commands to the
+engine, stamped here with the time and a seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Self
+
+import msgspec
+import nats.js.errors
+
+from dagnats.connection import Connection
+from dagnats.runtime.resources import check_run_id
+from dagnats.worker import new_seed, now_ms
+from kernel import codec, limits
+from kernel.commands import AnyCommand, CancelRun, StartRun
+from kernel.errors import DagnatsError, PayloadTooLargeError
+from kernel.events import Decision
+from kernel.reducer import evolve
+from kernel.state import INITIAL_STATE, RunState, is_terminal
+from kernel.workflow import WorkflowDef, parse_workflow
+
+start_wait_s_default = 10.0
+workflow_revisions_max = 16
+
+
+class RunNotFoundError(DagnatsError):
+    """No run with that id has any history."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} does not exist (no history); check the id")
+
+
+class WorkflowNotFoundError(DagnatsError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        shown = ", ".join(known[:20]) or "none registered"
+        super().__init__(f"workflow {name!r} is not registered (known: {shown})")
+
+
+class RunExistsError(DagnatsError):
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} already exists with another workflow or input")
+
+
+class RunFinishedError(DagnatsError):
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id!r} already ended as {status}")
+
+
+class WaitTimeoutError(DagnatsError):
+    def __init__(self, run_id: str, timeout_s: float, state: RunState) -> None:
+        self.run_id = run_id
+        self.state = state
+        super().__init__(f"run {run_id!r} did not end within {timeout_s}s (it is {state.status})")
+
+
+class Client:
+    """Talks to a DagNats deployment over NATS."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def connect(cls, url: str | None = None) -> Client:
+        """Connect to the NATS server of a `dagnats serve` (or a cluster).
+
+        Args:
+            url: the NATS URL; default `$DAGNATS_NATS_URL`, else the URL the local
+                `dagnats serve` wrote into its data dir.
+        """
+        return cls(await Connection.open(url))
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- workflows -----------------------------------------------------------------------
+
+    @staticmethod
+    def validate_workflow(source: bytes | str | object) -> WorkflowDef:
+        """Parse and validate a definition offline (no server).
+
+        Raises:
+            WorkflowInvalidError: every problem, each naming its path, value and rule.
+        """
+        return parse_workflow(source)
+
+    async def register_workflow(self, source: WorkflowDef | bytes | str | object) -> int:
+        """Store a workflow definition under its name (a new revision); returns the revision."""
+        workflow = source if isinstance(source, WorkflowDef) else parse_workflow(source)
+        kv = await self.connection.workflows()
+        return await kv.put(workflow.name, codec.encode(workflow))
+
+    async def get_workflow(self, name: str, revision: int | None = None) -> WorkflowDef:
+        """The registered definition (the latest revision unless one is given)."""
+        kv = await self.connection.workflows()
+        try:
+            entry = await kv.get(name, revision=revision)
+        except nats.js.errors.KeyNotFoundError:
+            raise WorkflowNotFoundError(name, await self.list_workflows()) from None
+        assert entry.value is not None
+        return msgspec.json.decode(entry.value, type=WorkflowDef)
+
+    async def workflow_revisions(self, name: str) -> list[int]:
+        kv = await self.connection.workflows()
+        try:
+            entries = await kv.history(name)
+        except nats.js.errors.NoKeysError:
+            return []
+        revisions = [e.revision for e in entries if e.value and e.revision is not None]
+        return revisions[-workflow_revisions_max:]
+
+    async def list_workflows(self) -> list[str]:
+        kv = await self.connection.workflows()
+        try:
+            return sorted(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+    # -- runs ----------------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: str | WorkflowDef,
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        wait_started_s: float = start_wait_s_default,
+    ) -> str:
+        """Start a run; idempotent on a caller-given `run_id` (the same start twice is one run).
+
+        Raises:
+            WorkflowNotFoundError: no workflow of that name is registered.
+            PayloadTooLargeError: the input is over the payload limit.
+            RunExistsError: `run_id` names a run of another workflow or input.
+        """
+        definition = (
+            workflow if isinstance(workflow, WorkflowDef) else (await self.get_workflow(workflow))
+        )
+        run_id = check_run_id(run_id or uuid.uuid4().hex)
+        data = msgspec.json.encode(input)
+        if len(data) > limits.payload_bytes_max:
+            raise PayloadTooLargeError("input", len(data), limits.payload_bytes_max)
+        command = StartRun(
+            run_id=run_id,
+            at_ms=now_ms(),
+            seed=new_seed(),
+            workflow=definition,
+            input=msgspec.Raw(data),
+        )
+        existing = await self._first_decision(run_id)
+        if existing is None:
+            await self.send(command, msg_id=f"start:{run_id}")
+            existing = await self._await_first_decision(run_id, wait_started_s)
+        if existing is not None and not _same_start(existing, command):
+            raise RunExistsError(run_id)
+        return run_id
+
+    async def send(self, command: AnyCommand, *, msg_id: str | None = None) -> None:
+        """Publish a command for the engine (deduplicated on `msg_id` when given)."""
+        msg_id = msg_id or f"{type(command).__name__}:{command.run_id}:{uuid.uuid4().hex}"
+        await self.connection.commands.publish_command(
+            command.run_id, codec.encode(command), msg_id
+        )
+
+    async def _first_decision(self, run_id: str) -> Decision | None:
+        async for _, data in self.connection.history.read(run_id):
+            return codec.decode_decision(data)
+        return None
+
+    async def _await_first_decision(self, run_id: str, timeout_s: float) -> Decision | None:
+        if timeout_s <= 0:
+            return None
+        async for _, decision in self.watch(run_id, timeout_s=timeout_s):
+            return decision
+        return None
+
+    async def history(self, run_id: str) -> AsyncIterator[tuple[int, Decision]]:
+        """Every history message of the run, in order, as (stream sequence, decision)."""
+        async for seq, data in self.connection.history.read(check_run_id(run_id)):
+            yield seq, codec.decode_decision(data)
+
+    async def get_run(self, run_id: str) -> RunState:
+        """The run's state, folded from its history.
+
+        Raises:
+            RunNotFoundError: the run has no history.
+        """
+        state = INITIAL_STATE
+        async for _, decision in self.history(run_id):
+            for event in decision.events:
+                state = evolve(state, event)
+        if state.status == "new":
+            raise RunNotFoundError(run_id)
+        return state
+
+    async def watch(
+        self, run_id: str, *, timeout_s: float, after_seq: int = 0
+    ) -> AsyncIterator[tuple[int, Decision]]:
+        """History messages of the run as they are appended, until `timeout_s` passes."""
+        deadline = time.monotonic() + timeout_s
+        async for seq, data in self.connection.watch_history(
+            check_run_id(run_id), after_seq=after_seq, deadline=deadline
+        ):
+            yield seq, codec.decode_decision(data)
+
+    async def wait(
+        self,
+        run_id: str,
+        *,
+        timeout_s: float = 60.0,
+        on_update: Callable[[RunState, Decision], None] | None = None,
+    ) -> RunState:
+        """Wait until the run ends; returns its final state.
+
+        Raises:
+            RunNotFoundError: the run has no history when the wait ends.
+            WaitTimeoutError: the run did not end within `timeout_s`.
+        """
+        state = INITIAL_STATE
+        async for _, decision in self.watch(run_id, timeout_s=timeout_s):
+            for event in decision.events:
+                state = evolve(state, event)
+            if on_update is not None:
+                on_update(state, decision)
+            if is_terminal(state):
+                return state
+        if state.status == "new":
+            raise RunNotFoundError(run_id)
+        raise WaitTimeoutError(run_id, timeout_s, state)
+
+    async def cancel(self, run_id: str, reason: str = "") -> None:
+        """Ask the engine to cancel a run.
+
+        Raises:
+            RunNotFoundError: no such run.
+            RunFinishedError: the run has already ended.
+        """
+        state = await self.get_run(run_id)
+        if is_terminal(state):
+            raise RunFinishedError(run_id, state.status)
+        command = CancelRun(run_id=run_id, at_ms=now_ms(), seed=new_seed(), reason=reason)
+        await self.send(command, msg_id=f"cancel:{run_id}")
+
+    async def list_runs(self, limit: int = 100) -> list[RunState]:
+        """The most recent runs' states (folded from history), newest first, at most `limit`."""
+        assert 1 <= limit <= 10_000, f"limit {limit} out of 1..10000"
+        run_ids = await self.connection.history.list_runs(limit=10_000)
+        slots = asyncio.Semaphore(32)
+
+        async def one(run_id: str) -> RunState | None:
+            async with slots:
+                try:
+                    return await self.get_run(run_id)
+                except (RunNotFoundError, DagnatsError):
+                    return None
+
+        states = [s for s in await asyncio.gather(*(one(r) for r in run_ids)) if s is not None]
+        states.sort(key=lambda s: s.started_at_ms, reverse=True)
+        return states[:limit]
+
+
+def _same_start(decision: Decision, command: StartRun) -> bool:
+    first = decision.command
+    return (
+        isinstance(first, StartRun)
+        and first.workflow == command.workflow
+        and first.input == command.input
+    )

@@ -1,0 +1,93 @@
+"""`make demo`: the example order workflow end to end, from nothing, in one process.
+
+Starts an embedded nats-server in a temporary data dir, the engine, and the example worker;
+registers `examples/order/workflow.json`; runs it with live progress (the charge step fails
+once and is retried); prints the history; shuts everything down; exits 0 when the run completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+
+from dagnats import render
+from dagnats.client import Client
+from dagnats.serve import Server
+from kernel.events import Decision
+from kernel.state import RunState
+
+EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "order"
+run_timeout_s = 60.0
+
+
+async def run_demo(console: Console) -> RunState:
+    """Run the demo; returns the run's final state."""
+    sys.path.insert(0, str(EXAMPLE_DIR.parent.parent))
+    from examples.order.worker import worker
+
+    with tempfile.TemporaryDirectory(prefix="dagnats-demo-") as data_dir:
+        server = Server(Path(data_dir))
+        info = await server.start()
+        console.print(f"embedded NATS at {info.nats_url} (data in {info.data_dir})")
+        stop = asyncio.Event()
+        engine_task = asyncio.create_task(server.run(stop))
+        worker_client = await Client.connect(info.nats_url)
+        connection = worker_client.connection
+        worker_task = asyncio.create_task(
+            worker.serve(connection.tasks, connection.commands, connection.commands, stop)
+        )
+        client = await Client.connect(info.nats_url)
+        try:
+            return await _run_example(client, console)
+        finally:
+            stop.set()
+            for task in (worker_task, engine_task):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=10)
+            await client.close()
+            await worker_client.close()
+            await server.stop()
+
+
+async def _run_example(client: Client, console: Console) -> RunState:
+    revision = await client.register_workflow((EXAMPLE_DIR / "workflow.json").read_bytes())
+    console.print(f"registered workflow 'order' (revision {revision})")
+    order = json.loads((EXAMPLE_DIR / "input.json").read_text())
+    run_id = await client.start("order", order)
+    console.print(f"started run {run_id} with input {json.dumps(order)}")
+    last_shown: dict[str, tuple[str, int]] = {}
+
+    def progress(state: RunState, _decision: Decision) -> None:
+        for step in state.steps:
+            seen = (step.status, step.attempt)
+            if last_shown.get(step.step_id) != seen and step.status != "pending":
+                last_shown[step.step_id] = seen
+                detail = ""
+                if step.error is not None and step.status == "retry_wait":
+                    detail = f" ({step.error.message}; retrying)"
+                console.print(
+                    f"  {step.step_id:<15} {step.status:<11} attempt {step.attempt}{detail}"
+                )
+
+    final = await client.wait(run_id, timeout_s=run_timeout_s, on_update=progress)
+    console.print(render.run_table(final))
+    history = [item async for item in client.history(run_id)]
+    console.print(render.history_table(history))
+    return final
+
+
+def main() -> int:
+    console = Console()
+    final = asyncio.run(run_demo(console))
+    console.print(f"run ended as [bold]{final.status}[/bold]")
+    return 0 if final.status == "completed" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""How runs, histories and workflows look in a terminal (rich) and as JSON (--json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from rich.table import Table
+from rich.text import Text
+
+from kernel.events import Decision
+from kernel.state import RunState, StepState
+from kernel.workflow import WorkflowDef
+
+STATUS_STYLES = {
+    "completed": "green",
+    "recovered": "green",
+    "running": "cyan",
+    "scheduled": "cyan",
+    "retry_wait": "yellow",
+    "compensating": "yellow",
+    "skipped": "dim",
+    "pending": "dim",
+    "failed": "red",
+    "compensate_failed": "red",
+    "cancelled": "magenta",
+}
+output_chars_max = 60
+
+
+def styled(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def _short(raw: msgspec.Raw | None) -> str:
+    if raw is None:
+        return ""
+    text = bytes(raw).decode(errors="replace")
+    return text if len(text) <= output_chars_max else text[: output_chars_max - 1] + "…"
+
+
+def step_row(step: StepState) -> list[Any]:
+    detail = _short(step.output)
+    if step.error is not None and step.status != "completed":
+        detail = f"{step.error.kind}: {step.error.message}"
+    return [step.step_id, styled(step.status), str(step.attempt or ""), detail]
+
+
+def run_table(state: RunState) -> Table:
+    """The steps of a run with their status, attempt and output or error."""
+    name = state.workflow.name if state.workflow is not None else "?"
+    title = Text.assemble(f"run {state.run_id} · {name} · ", styled(state.status))
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in ("step", "status", "attempt", "output / error"):
+        table.add_column(column)
+    for step in state.steps:
+        table.add_row(*step_row(step))
+    if state.error is not None and state.status != "running":
+        table.caption = f"{state.error.kind}: {state.error.message}"
+    return table
+
+
+def runs_table(states: list[RunState]) -> Table:
+    table = Table(title="runs", title_justify="left")
+    for column in ("run", "workflow", "status", "steps done", "started (ms)"):
+        table.add_column(column)
+    for state in states:
+        done = sum(1 for s in state.steps if s.status in ("completed", "skipped", "recovered"))
+        name = state.workflow.name if state.workflow is not None else "?"
+        table.add_row(
+            state.run_id,
+            name,
+            styled(state.status),
+            f"{done}/{len(state.steps)}",
+            str(state.started_at_ms),
+        )
+    return table
+
+
+def history_table(decisions: list[tuple[int, Decision]]) -> Table:
+    table = Table(title="history", title_justify="left")
+    for column in ("seq", "command", "events"):
+        table.add_column(column)
+    for seq, decision in decisions:
+        command = decision.command
+        label = type(command).__name__
+        step = getattr(command, "step_id", "")
+        attempt = getattr(command, "attempt", 0)
+        if step:
+            label += f" {step}#{attempt}"
+        events = ", ".join(_event_label(event) for event in decision.events)
+        table.add_row(str(seq), label, events)
+    return table
+
+
+def _event_label(event: object) -> str:
+    tag = type(event).__struct_config__.tag  # type: ignore[attr-defined]
+    step = getattr(event, "step_id", "")
+    attempt = getattr(event, "attempt", 0)
+    if step and attempt:
+        return f"{tag}({step}#{attempt})"
+    if step:
+        return f"{tag}({step})"
+    return str(tag)
+
+
+def to_plain(value: msgspec.Struct) -> Any:
+    """A struct as plain JSON values (raw JSON payloads become values)."""
+    return msgspec.json.decode(msgspec.json.encode(value))
+
+
+def state_document(state: RunState) -> dict[str, Any]:
+    """A run state as plain JSON values (for --json), the workflow by name only."""
+    document: dict[str, Any] = to_plain(msgspec.structs.replace(state, workflow=None))
+    document["workflow"] = state.workflow.name if state.workflow is not None else None
+    document.pop("step_defs", None)
+    return document
+
+
+def workflow_document(workflow: WorkflowDef) -> dict[str, Any]:
+    from kernel.workflow import workflow_to_document
+
+    return workflow_to_document(workflow)

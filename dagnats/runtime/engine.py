@@ -1,0 +1,347 @@
+"""The orchestrator: read -> evolve -> decide -> append -> react -> effects -> ack.
+
+The engine is the only writer of history. For each command it loads the run's state (from a
+bounded cache, or by folding the run's history subject), decides, appends the command and its
+events as one history message under the subject's expected last sequence, executes the effects
+the new events call for, and only then lets the command be acked. It talks to the world through
+the small protocols of `dagnats.runtime.protocols`, so the same code runs on NATS and in the
+simulator.
+
+A command that cannot be decoded, or that names an unknown run, is set aside on a dead-letter
+subject with its reason. A failed assertion parks that one run (no append, no ack, a loud log
+line); the other runs go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+from typing import Literal, assert_never
+
+import msgspec
+
+from dagnats.runtime.protocols import (
+    CommandMessage,
+    CommandQueue,
+    DeadLetters,
+    EventLog,
+    TaskPublisher,
+    Timers,
+)
+from dagnats.runtime.settings import (
+    append_attempts_max,
+    command_batch_max,
+    command_fetch_timeout_ms,
+    effects_in_flight_max,
+    resume_concurrency_max,
+    run_cache_max,
+    runs_listed_max,
+)
+from kernel import codec
+from kernel.commands import AnyCommand, Rejection, StartRun
+from kernel.decide import decide
+from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask
+from kernel.errors import AppendConflictError, DagnatsError, DecodeError
+from kernel.events import AnyEvent
+from kernel.react import react, resume
+from kernel.reducer import evolve
+from kernel.state import INITIAL_STATE, RunState, is_terminal
+from kernel.workflow import validate_workflow
+
+Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
+
+log = logging.getLogger("dagnats.engine")
+
+
+class RunParkedError(DagnatsError):
+    """A run whose history cannot be folded, or whose decision broke an invariant."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} is parked: {reason}")
+
+
+class Loaded(msgspec.Struct, frozen=True):
+    """A run's state and the stream sequence of its last history message (0: none)."""
+
+    state: RunState
+    last_seq: int
+
+
+class Engine:
+    """Decides commands for runs and executes the effects of what it appended."""
+
+    def __init__(
+        self,
+        history: EventLog,
+        tasks: TaskPublisher,
+        timers: Timers,
+        dead: DeadLetters,
+        *,
+        cache_runs_max: int = run_cache_max,
+    ) -> None:
+        assert cache_runs_max >= 1
+        self.history = history
+        self.tasks = tasks
+        self.timers = timers
+        self.dead = dead
+        self.cache_runs_max = cache_runs_max
+        self._cache: OrderedDict[str, Loaded] = OrderedDict()
+        self.needs_resume: set[str] = set()
+        self.parked: dict[str, str] = {}
+        self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
+        self.counters: dict[str, int] = {}
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def load(self, run_id: str) -> Loaded:
+        """The run's state: from the cache, or folded from its history subject."""
+        cached = self._cache.get(run_id)
+        if cached is not None:
+            self._cache.move_to_end(run_id)
+            return cached
+        loaded = await self.fold_history(run_id)
+        self._remember(run_id, loaded)
+        return loaded
+
+    async def fold_history(self, run_id: str) -> Loaded:
+        """Fold the run's whole history (bounded memory: one message at a time).
+
+        Raises:
+            RunParkedError: a history message does not decode or does not fold.
+        """
+        state = INITIAL_STATE
+        last_seq = 0
+        async for seq, data in self.history.read(run_id):
+            try:
+                decision = codec.decode_decision(data)
+                for event in decision.events:
+                    state = evolve(state, event)
+            except (DecodeError, AssertionError) as error:
+                raise RunParkedError(
+                    run_id, f"history message {seq} does not fold: {error}"
+                ) from None
+            last_seq = seq
+        return Loaded(state=state, last_seq=last_seq)
+
+    def _remember(self, run_id: str, loaded: Loaded) -> None:
+        self._cache[run_id] = loaded
+        self._cache.move_to_end(run_id)
+        while len(self._cache) > self.cache_runs_max:
+            self._cache.popitem(last=False)
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run from the cache (the next command folds its history again)."""
+        self._cache.pop(run_id, None)
+
+    def cached_runs(self) -> int:
+        return len(self._cache)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # -- one command ---------------------------------------------------------------------
+
+    async def handle(self, data: bytes) -> Outcome:
+        """Decide one encoded command and append what it decides; never raises for bad input.
+
+        Returns:
+            What happened, so the caller acks (all but "parked" and "retry") or not.
+        """
+        try:
+            command = codec.decode_command(data)
+        except DecodeError as error:
+            await self.dead.publish_dead("command", data, str(error))
+            self._count("dead")
+            return "dead"
+        if command.run_id in self.parked:
+            return "parked"
+        return await self._handle_command(command, data)
+
+    async def _handle_command(self, command: AnyCommand, data: bytes) -> Outcome:
+        run_id = command.run_id
+        if isinstance(command, StartRun):
+            problems = validate_workflow(command.workflow)
+            if problems:
+                reason = "start_run carries an invalid workflow: " + "; ".join(map(str, problems))
+                await self.dead.publish_dead("command", data, reason)
+                return "dead"
+        for _ in range(append_attempts_max):
+            try:
+                loaded = await self.load(run_id)
+                decided = decide(loaded.state, command)
+            except RunParkedError as error:
+                return self._park(run_id, error.reason)
+            except AssertionError as error:
+                return self._park(run_id, f"decide broke an invariant: {error}")
+            if isinstance(decided, Rejection):
+                return await self._rejected(decided, data)
+            if not decided:
+                self._count("ignored")
+                return "ignored"
+            try:
+                effects = await self._append(loaded, command, decided)
+            except AppendConflictError:
+                self._count("conflicts")
+                self.forget(run_id)
+                continue
+            except AssertionError as error:
+                return self._park(run_id, f"evolve broke an invariant: {error}")
+            try:
+                await self.execute(effects)
+            except Exception as error:  # appended, but effects failed: resume re-derives them
+                log.warning("run %s: effects failed (%s); the run will be resumed", run_id, error)
+                self.needs_resume.add(run_id)
+            self._count("applied")
+            return "applied"
+        log.warning("run %s: %d append conflicts in a row; will retry", run_id, append_attempts_max)
+        return "retry"
+
+    async def _append(
+        self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
+    ) -> list[AnyEffect]:
+        """Append one decision under the expected last sequence; return its effects."""
+        payload = codec.encode_decision(command, events)
+        digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
+        msg_id = f"{command.run_id}:{loaded.last_seq}:{digest}"
+        state = loaded.state
+        effects: list[AnyEffect] = []
+        for event in events:
+            state = evolve(state, event)
+            effects.extend(react(state, event))
+        seq = await self.history.append(
+            command.run_id, payload, msg_id=msg_id, expected_last_seq=loaded.last_seq
+        )
+        assert seq > loaded.last_seq, f"append returned {seq} after {loaded.last_seq}"
+        self._remember(command.run_id, Loaded(state=state, last_seq=seq))
+        return effects
+
+    async def _rejected(self, rejection: Rejection, data: bytes) -> Outcome:
+        self._count("rejected")
+        if rejection.code == "unknown_run":
+            await self.dead.publish_dead("unknown_run", data, rejection.message)
+            return "dead"
+        log.info("run %s: command rejected: %s", rejection.run_id, rejection.message)
+        return "rejected"
+
+    def _park(self, run_id: str, reason: str) -> Outcome:
+        log.error("PARKED run %s: %s (no append, no ack; other runs go on)", run_id, reason)
+        self.parked[run_id] = reason
+        self.forget(run_id)
+        self._count("parked")
+        return "parked"
+
+    # -- effects -------------------------------------------------------------------------
+
+    async def execute(self, effects: list[AnyEffect]) -> None:
+        """Run effects concurrently (each is idempotent); raises the first failure."""
+        if not effects:
+            return
+        if len(effects) == 1:
+            await self._execute_one(effects[0])
+            return
+        await asyncio.gather(*(self._execute_one(effect) for effect in effects))
+
+    async def _execute_one(self, effect: AnyEffect) -> None:
+        async with self._effect_slots:
+            match effect:
+                case EnqueueTask():
+                    await self.tasks.publish(effect.task, codec.encode(effect), effect.msg_id)
+                case ArmTimer():
+                    await self.timers.arm(
+                        effect.run_id,
+                        effect.timer_id,
+                        effect.fire_at_ms,
+                        codec.encode(effect.command),
+                    )
+                case CancelTimer():
+                    await self.timers.cancel(effect.run_id, effect.timer_id)
+                case _:
+                    assert_never(effect)
+
+    # -- restart -------------------------------------------------------------------------
+
+    async def resume_run(self, run_id: str) -> bool:
+        """Issue again every outstanding effect of one run; False when it has ended."""
+        try:
+            loaded = await self.load(run_id)
+        except RunParkedError as error:
+            self._park(run_id, error.reason)
+            return False
+        if is_terminal(loaded.state) or loaded.state.status == "new":
+            self.forget(run_id)
+            return False
+        await self.execute(list(resume(loaded.state)))
+        return True
+
+    async def resume_pending(self) -> None:
+        """Resume the runs whose effects failed earlier; keep those that fail again."""
+        for run_id in list(self.needs_resume)[:resume_concurrency_max]:
+            try:
+                await self.resume_run(run_id)
+            except Exception as error:
+                log.warning("run %s: resume failed again (%s)", run_id, error)
+                continue
+            self.needs_resume.discard(run_id)
+
+    async def resume_all(self) -> int:
+        """Issue again the effects of every unfinished run (after a start or restart).
+
+        Returns:
+            How many unfinished runs were resumed.
+        """
+        run_ids = await self.history.list_runs(runs_listed_max)
+        slots = asyncio.Semaphore(resume_concurrency_max)
+        resumed = 0
+
+        async def one(run_id: str) -> None:
+            nonlocal resumed
+            async with slots:
+                if await self.resume_run(run_id):
+                    resumed += 1
+
+        await asyncio.gather(*(one(run_id) for run_id in run_ids))
+        log.info("resumed %d unfinished run(s) of %d", resumed, len(run_ids))
+        return resumed
+
+    # -- the pump ------------------------------------------------------------------------
+
+    async def handle_batch(self, messages: list[CommandMessage]) -> None:
+        """Handle a fetched batch: runs in parallel, each run's commands in order; ack each
+        command only after its events are appended and its effects executed."""
+        groups: dict[str, list[CommandMessage]] = {}
+        for message in messages:
+            groups.setdefault(message.subject, []).append(message)
+        await asyncio.gather(*(self._handle_group(group) for group in groups.values()))
+
+    async def _handle_group(self, group: list[CommandMessage]) -> None:
+        for message in group:
+            try:
+                outcome = await self.handle(message.data)
+            except Exception as error:  # the transport failed: let the command come back
+                log.warning("command on %s not handled: %s", message.subject, error)
+                self.forget_subject(message.subject)
+                await message.nak(1_000)
+                continue
+            if outcome in ("parked", "retry"):
+                await message.nak(5_000 if outcome == "retry" else 60_000)
+            else:
+                await message.ack()
+
+    def forget_subject(self, subject: str) -> None:
+        self.forget(subject.rsplit(".", 1)[-1])
+
+    async def serve(self, commands: CommandQueue, stop: asyncio.Event) -> None:
+        """Resume every unfinished run, then handle commands until `stop` is set."""
+        await self.resume_all()
+        while not stop.is_set():
+            messages = await commands.fetch_commands(
+                batch=command_batch_max, timeout_ms=command_fetch_timeout_ms
+            )
+            if messages:
+                await self.handle_batch(list(messages))
+            if self.needs_resume:
+                await self.resume_pending()

@@ -1,0 +1,209 @@
+"""The EventLog on JetStream: run histories on `dagnats.history.<run_id>` in DAGNATS_HISTORY.
+
+Appends are conditional and deduplicated (STYLE 11): one publish per decision with
+`Nats-Msg-Id` and `Nats-Expected-Last-Subject-Sequence`. Reads use ordered consumers
+(ARCHITECTURE §9: about 5x a pull fetch) bounded by the run's last sequence at the start.
+
+Behaviour verified on nats-server 2.15.1 (tests/test_runtime_log.py):
+- expected last subject sequence 0 means "the subject has no message yet";
+- a conflict is a JetStream API error with err_code 10071 ("wrong last sequence: N");
+- the sequence check runs BEFORE deduplication: re-publishing a stored message with its
+  original (now stale) expected sequence is answered 10071, not as a duplicate. So on 10071
+  `append` looks at the subject's last message: if it carries our msg id, the earlier append
+  did land (say its ack was lost) and its sequence is returned; otherwise the conflict is
+  real. A duplicate whose expected sequence matches (PubAck.duplicate) also returns the
+  sequence of the original, which the ack carries.
+- the duplicate window is per STREAM, not per subject: a msg id must name its run (the
+  engine's `<run_id>:<last_seq>:<digest>` does), or another run's append swallows it.
+
+This module may publish to and read the history stream only; it does not decode payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from dagnats.runtime import settings
+from dagnats.runtime.resources import (
+    HISTORY_STREAM,
+    HISTORY_SUBJECTS,
+    history_subject,
+    run_id_of_history_subject,
+)
+from kernel.errors import AppendConflictError, DagnatsError, PayloadTooLargeError
+
+WRONG_LAST_SEQUENCE: Final = 10071
+MSG_ID_HEADER: Final = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
+
+
+class HistoryReadError(DagnatsError):
+    """A bounded read of a run's history stalled (the server stopped delivering)."""
+
+    def __init__(self, run_id: str, seq: int, last_seq: int, timeout_ms: int) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        self.last_seq = last_seq
+        super().__init__(
+            f"run {run_id!r}: history read stalled after sequence {seq} of {last_seq} "
+            f"(nothing for {timeout_ms} ms)"
+        )
+
+
+class JetStreamEventLog:
+    """`protocols.EventLog` over the DAGNATS_HISTORY stream."""
+
+    def __init__(
+        self, js: JetStreamContext, *, read_idle_timeout_ms: int = settings.read_idle_timeout_ms
+    ) -> None:
+        assert read_idle_timeout_ms > 0
+        self.js = js
+        self.read_idle_timeout_ms = read_idle_timeout_ms
+
+    async def append(
+        self, run_id: str, payload: bytes, *, msg_id: str, expected_last_seq: int
+    ) -> int:
+        """Append one message if the run's last sequence is `expected_last_seq` (0: none).
+
+        Returns:
+            The new message's stream sequence, or the original's for a duplicate msg_id.
+        Raises:
+            AppendConflictError: the run's history moved past expected_last_seq.
+            PayloadTooLargeError: payload over settings.history_message_bytes_max.
+        """
+        assert expected_last_seq >= 0, expected_last_seq
+        assert msg_id, "an append needs a msg id"
+        if len(payload) > settings.history_message_bytes_max:
+            raise PayloadTooLargeError(
+                "history message", len(payload), settings.history_message_bytes_max
+            )
+        subject = history_subject(run_id)
+        headers = {
+            MSG_ID_HEADER: msg_id,
+            EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(expected_last_seq),
+        }
+        try:
+            ack = await self.js.publish(subject, payload, stream=HISTORY_STREAM, headers=headers)
+        except nats.js.errors.APIError as error:
+            if error.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            landed = await self._seq_if_last_is(run_id, msg_id)
+            if landed is None:
+                raise AppendConflictError(run_id, expected_last_seq) from None
+            return landed
+        # A duplicate's original may be the very message expected_last_seq names.
+        assert ack.seq > expected_last_seq or ack.duplicate, (ack.seq, expected_last_seq)
+        return ack.seq
+
+    async def _seq_if_last_is(self, run_id: str, msg_id: str) -> int | None:
+        """The sequence of the run's last message if it carries msg_id, else None."""
+        last = await self._last_message(run_id)
+        if last is None or last.headers is None or last.headers.get(MSG_ID_HEADER) != msg_id:
+            return None
+        return last.seq
+
+    async def _last_message(self, run_id: str) -> api.RawStreamMsg | None:
+        try:
+            return await self.js.get_last_msg(HISTORY_STREAM, history_subject(run_id), direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+
+    async def last_seq(self, run_id: str) -> int:
+        """The stream sequence of the run's last history message; 0 if it has none."""
+        last = await self._last_message(run_id)
+        if last is None:
+            return 0
+        assert last.seq is not None and last.seq > 0
+        return last.seq
+
+    async def read(
+        self, run_id: str, *, after_seq: int = 0
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
+        """Yield (seq, payload) of each run message with seq > after_seq, in order, up to the
+        run's last sequence when the read began. Memory is bounded by the subscription's
+        pending limits and flow control; each wait is bounded by read_idle_timeout_ms.
+
+        Raises:
+            HistoryReadError: no message arrived within read_idle_timeout_ms.
+        """
+        assert after_seq >= 0, after_seq
+        last_seq = await self.last_seq(run_id)
+        if last_seq <= after_seq:
+            return
+        subscription = await self._ordered(history_subject(run_id), after_seq)
+        try:
+            seq = after_seq
+            while seq < last_seq:
+                message = await self._next(subscription, run_id, seq, last_seq)
+                metadata = message.metadata
+                seq = metadata.sequence.stream
+                if seq > last_seq:  # appended after the read began
+                    break
+                yield seq, message.data
+                if metadata.num_pending == 0:  # the rest was deleted meanwhile
+                    break
+        finally:
+            await self._close(subscription)
+
+    async def tail(self, after_seq: int) -> AsyncGenerator[tuple[int, str, bytes], None]:
+        """Yield (seq, run_id, payload) of every history message with seq > after_seq, live
+        (waits for new messages forever; close the iterator to stop)."""
+        assert after_seq >= 0, after_seq
+        subscription = await self._ordered(HISTORY_SUBJECTS, after_seq)
+        try:
+            while True:
+                try:
+                    message = await subscription.next_msg(timeout=None)
+                except nats.errors.TimeoutError:  # pragma: no cover - no timeout was given
+                    continue
+                seq = message.metadata.sequence.stream
+                yield seq, run_id_of_history_subject(message.subject), message.data
+        finally:
+            await self._close(subscription)
+
+    async def list_runs(self, limit: int) -> list[str]:
+        """Ids of runs with history (sorted), at most min(limit, settings.runs_listed_max)."""
+        assert limit > 0, limit
+        bound = min(limit, settings.runs_listed_max)
+        info = await self.js.stream_info(HISTORY_STREAM, subjects_filter=HISTORY_SUBJECTS)
+        subjects = info.state.subjects or {}
+        runs = sorted(run_id_of_history_subject(subject) for subject in subjects)
+        return runs[:bound]
+
+    async def _ordered(
+        self, subject: str, after_seq: int
+    ) -> JetStreamContext.PushSubscription:
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
+        )
+        return await self.js.subscribe(
+            subject,
+            stream=HISTORY_STREAM,
+            ordered_consumer=True,
+            config=config,
+            pending_msgs_limit=settings.read_pending_messages_max,
+            pending_bytes_limit=settings.read_pending_bytes_max,
+        )
+
+    async def _close(self, subscription: JetStreamContext.PushSubscription) -> None:
+        """Unsubscribe and delete the ephemeral consumer without waiting for the reply (the
+        server would otherwise keep it until its inactivity threshold)."""
+        consumer = subscription._consumer  # the current name: ordered consumers get recreated
+        await subscription.unsubscribe()
+        if not self.js._nc.is_closed:
+            delete = f"{self.js._prefix}.CONSUMER.DELETE.{HISTORY_STREAM}.{consumer}"
+            await self.js._nc.publish(delete)
+
+    async def _next(
+        self, subscription: JetStreamContext.PushSubscription, run_id: str, seq: int, last: int
+    ) -> Msg:
+        try:
+            return await subscription.next_msg(timeout=self.read_idle_timeout_ms / 1000)
+        except nats.errors.TimeoutError:
+            raise HistoryReadError(run_id, seq, last, self.read_idle_timeout_ms) from None

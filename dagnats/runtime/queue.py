@@ -1,0 +1,264 @@
+"""Work queues on JetStream: task messages for workers, commands for the engine, dead letters.
+
+- `JetStreamTaskQueue` (`protocols.TaskQueue`): tasks on `dagnats.task.<task_type>` in
+  DAGNATS_TASKS, deduplicated on `Nats-Msg-Id`; one durable pull consumer per task type whose
+  ack wait is the heartbeat timeout (`in_progress` restarts it) and whose deliveries are
+  bounded (`max_deliver`).
+- `JetStreamCommandQueue` (`protocols.CommandQueue` and `protocols.DeadLetters`): commands on
+  `dagnats.cmd.<partition>.<run_id>` in DAGNATS_COMMANDS, fetched in batches by the engine's
+  durable pull consumer on `dagnats.cmd.>` (or on the partitions one engine owns), acked by
+  the engine after processing; dead letters on `dagnats.dead.<kind>` with a reason header.
+
+Consumers are created idempotently; an existing consumer whose settings differ raises
+`ResourceConfigError` (never silently changed). This module may publish and consume on these
+streams only; it does not decode payloads.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from dagnats.runtime import settings
+from dagnats.runtime.resources import (
+    COMMAND_SUBJECTS,
+    COMMANDS_STREAM,
+    DEAD_REASON_HEADER,
+    DEAD_STREAM,
+    ENGINE_CONSUMER,
+    TASKS_STREAM,
+    ResourceConfigError,
+    check_config,
+    command_subject,
+    dead_subject,
+    task_subject,
+)
+from kernel.errors import PayloadTooLargeError
+
+MSG_ID_HEADER: Final = "Nats-Msg-Id"
+CONSUMER_CHECKED_FIELDS: Final = ("ack_wait", "max_deliver", "filter_subject", "filter_subjects")
+
+
+class JetStreamMessage:
+    """`protocols.QueueMessage` over a delivered JetStream message."""
+
+    __slots__ = ("_message", "num_delivered")
+
+    def __init__(self, message: Msg) -> None:
+        self._message = message
+        self.num_delivered: int = message.metadata.num_delivered
+        assert self.num_delivered >= 1
+
+    @property
+    def subject(self) -> str:
+        return self._message.subject
+
+    @property
+    def data(self) -> bytes:
+        return self._message.data
+
+    @property
+    def msg_id(self) -> str | None:
+        """The publisher's Nats-Msg-Id, if it set one."""
+        headers = self._message.headers
+        return None if headers is None else headers.get(MSG_ID_HEADER)
+
+    @property
+    def stream_seq(self) -> int:
+        """The message's sequence in its stream."""
+        return self._message.metadata.sequence.stream
+
+    async def ack(self) -> None:
+        """Done (fire-and-forget: a lost ack means one redelivery, which decide absorbs)."""
+        await self._message.ack()
+
+    async def nak(self, delay_ms: int = 0) -> None:
+        """Deliver again after delay_ms."""
+        assert 0 <= delay_ms <= settings.nak_delay_ms_max, delay_ms
+        await self._message.nak(delay=delay_ms / 1000 if delay_ms else None)
+
+    async def in_progress(self) -> None:
+        """Still working: restart the ack wait (the heartbeat)."""
+        await self._message.in_progress()
+
+    async def term(self) -> None:
+        """Never deliver again."""
+        await self._message.term()
+
+
+def task_consumer_name(task_type: str) -> str:
+    """The durable consumer of a task type. Consumer names cannot hold '.', so dots become
+    '_' and the crc32 of the real name keeps `a.b` and `a_b` apart."""
+    task_subject(task_type)  # validates
+    checksum = zlib.crc32(task_type.encode())
+    return f"dagnats_task_{task_type.replace('.', '_')}_{checksum:08x}"
+
+
+class JetStreamTaskQueue:
+    """`protocols.TaskQueue`: publish tasks, fetch them per task type, settle each message."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        ack_wait_ms: int = settings.task_ack_wait_ms_default,
+        deliver_max: int = settings.task_deliver_max_default,
+    ) -> None:
+        assert 0 < ack_wait_ms <= settings.timer_horizon_ms_max, ack_wait_ms
+        assert 1 <= deliver_max <= settings.command_deliver_max, deliver_max
+        self.js = js
+        self.ack_wait_ms = ack_wait_ms
+        self.deliver_max = deliver_max
+        self._subscriptions: dict[str, JetStreamContext.PullSubscription] = {}
+
+    async def publish(self, task_type: str, payload: bytes, msg_id: str) -> None:
+        """Enqueue a task; a msg_id seen within the tasks' duplicate window is dropped."""
+        _check_size("task message", payload)
+        subject = task_subject(task_type)
+        headers = {MSG_ID_HEADER: msg_id}
+        await self.js.publish(subject, payload, stream=TASKS_STREAM, headers=headers)
+
+    async def fetch(
+        self, task_type: str, *, batch: int, timeout_ms: int
+    ) -> Sequence[JetStreamMessage]:
+        """Up to `batch` tasks of `task_type`, waiting at most timeout_ms; [] if none came."""
+        subscription = self._subscriptions.get(task_type)
+        if subscription is None:
+            assert len(self._subscriptions) < settings.task_types_per_queue_max
+            config = api.ConsumerConfig(
+                durable_name=task_consumer_name(task_type),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait_ms / 1000,
+                max_deliver=self.deliver_max,
+                max_ack_pending=settings.ack_pending_max,
+                filter_subject=task_subject(task_type),
+            )
+            subscription = await bind_pull_consumer(self.js, TASKS_STREAM, config)
+            self._subscriptions[task_type] = subscription
+        return await fetch_batch(subscription, batch=batch, timeout_ms=timeout_ms)
+
+    async def close(self) -> None:
+        """Unsubscribe the pull subscriptions (the durable consumers stay)."""
+        for subscription in self._subscriptions.values():
+            await subscription.unsubscribe()
+        self._subscriptions.clear()
+
+
+class JetStreamCommandQueue:
+    """`protocols.CommandQueue` and `protocols.DeadLetters` on DAGNATS_COMMANDS / DAGNATS_DEAD.
+
+    Publishing needs no consumer; the engine's durable consumer is bound on the first
+    `fetch_commands`. `filter_subjects` narrows it to the partitions one engine owns
+    (`resources.command_partition_filter`); all engines share the consumer name.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        partitions: int = settings.partitions_default,
+        consumer: str = ENGINE_CONSUMER,
+        filter_subjects: Sequence[str] = (COMMAND_SUBJECTS,),
+        ack_wait_ms: int = settings.command_ack_wait_ms,
+    ) -> None:
+        assert 1 <= partitions <= settings.partitions_max
+        assert filter_subjects, "the engine consumer needs a filter"
+        self.js = js
+        self.partitions = partitions
+        self.consumer = consumer
+        self.filter_subjects = tuple(filter_subjects)
+        self.ack_wait_ms = ack_wait_ms
+        self._subscription: JetStreamContext.PullSubscription | None = None
+
+    async def publish_command(self, run_id: str, payload: bytes, msg_id: str) -> None:
+        """Enqueue a command for the run; a msg_id seen within the duplicate window is dropped."""
+        _check_size("command", payload)
+        subject = command_subject(run_id, self.partitions)
+        headers = {MSG_ID_HEADER: msg_id}
+        await self.js.publish(subject, payload, stream=COMMANDS_STREAM, headers=headers)
+
+    async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[JetStreamMessage]:
+        """Up to `batch` commands in stream order, waiting at most timeout_ms; [] if none."""
+        if self._subscription is None:
+            single = len(self.filter_subjects) == 1
+            config = api.ConsumerConfig(
+                durable_name=self.consumer,
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait_ms / 1000,
+                max_deliver=settings.command_deliver_max,
+                max_ack_pending=settings.ack_pending_max,
+                filter_subject=self.filter_subjects[0] if single else None,
+                filter_subjects=None if single else list(self.filter_subjects),
+            )
+            self._subscription = await bind_pull_consumer(self.js, COMMANDS_STREAM, config)
+        return await fetch_batch(self._subscription, batch=batch, timeout_ms=timeout_ms)
+
+    async def publish_dead(self, kind: str, payload: bytes, reason: str) -> None:
+        """Keep `payload` on `dagnats.dead.<kind>` with its reason (one line, bounded)."""
+        line = " ".join(reason.split())  # header values cannot hold line breaks
+        encoded = line.encode()[: settings.dead_reason_bytes_max]
+        headers = {DEAD_REASON_HEADER: encoded.decode(errors="ignore")}
+        _check_size("dead letter", payload)
+        await self.js.publish(dead_subject(kind), payload, stream=DEAD_STREAM, headers=headers)
+
+    async def close(self) -> None:
+        """Unsubscribe the engine's pull subscription (the durable consumer stays)."""
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+            self._subscription = None
+
+
+async def bind_pull_consumer(
+    js: JetStreamContext, stream: str, config: api.ConsumerConfig
+) -> JetStreamContext.PullSubscription:
+    """Create the durable pull consumer if missing (or check it), then bind to it.
+
+    Raises:
+        ResourceConfigError: the consumer exists with other ack_wait/max_deliver/filters.
+    """
+    name = config.durable_name
+    assert name is not None
+    try:
+        info = await js.consumer_info(stream, name)
+    except nats.js.errors.NotFoundError:
+        config.name = name
+        info = await js.add_consumer(stream, config)
+    wanted = {field: getattr(config, field) for field in CONSUMER_CHECKED_FIELDS}
+    check_config(f"consumer {stream}/{name}", info.config, wanted)
+    return await js.pull_subscribe_bind(name, stream)
+
+
+async def fetch_batch(
+    subscription: JetStreamContext.PullSubscription, *, batch: int, timeout_ms: int
+) -> list[JetStreamMessage]:
+    """Fetch up to `batch` messages within timeout_ms; [] when none came."""
+    assert 1 <= batch <= settings.fetch_batch_max, batch
+    assert 0 < timeout_ms <= settings.fetch_timeout_ms_max, timeout_ms
+    try:
+        messages = await subscription.fetch(batch, timeout=timeout_ms / 1000)
+    except (nats.errors.TimeoutError, TimeoutError):
+        return []
+    assert len(messages) <= batch
+    return [JetStreamMessage(message) for message in messages]
+
+
+def _check_size(field: str, payload: bytes) -> None:
+    if len(payload) > settings.history_message_bytes_max:
+        raise PayloadTooLargeError(field, len(payload), settings.history_message_bytes_max)
+
+
+__all__ = [
+    "JetStreamCommandQueue",
+    "JetStreamMessage",
+    "JetStreamTaskQueue",
+    "ResourceConfigError",
+    "bind_pull_consumer",
+    "fetch_batch",
+    "task_consumer_name",
+]

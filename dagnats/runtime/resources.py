@@ -1,0 +1,290 @@
+"""Names of the NATS resources (ARCHITECTURE §5), subject builders, and their idempotent creation.
+
+Every stream, bucket and subject the runtime uses is named here once. `ensure_resources`
+creates what is missing and checks what exists; it never changes an existing resource:
+one whose configuration differs in a field we set raises `ResourceConfigError`.
+Subject builders validate their tokens so no id can inject wildcards or extra tokens.
+
+This module may talk to the JetStream API (create, inspect); it may not publish messages.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Final
+
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+
+from dagnats.runtime import settings
+from kernel.errors import DagnatsError
+
+HISTORY_STREAM: Final = "DAGNATS_HISTORY"
+COMMANDS_STREAM: Final = "DAGNATS_COMMANDS"
+TASKS_STREAM: Final = "DAGNATS_TASKS"
+DEAD_STREAM: Final = "DAGNATS_DEAD"
+
+HISTORY_PREFIX: Final = "dagnats.history"
+COMMAND_PREFIX: Final = "dagnats.cmd"
+SCHEDULE_PREFIX: Final = "dagnats.sched"
+TASK_PREFIX: Final = "dagnats.task"
+DEAD_PREFIX: Final = "dagnats.dead"
+HISTORY_SUBJECTS: Final = f"{HISTORY_PREFIX}.>"
+COMMAND_SUBJECTS: Final = f"{COMMAND_PREFIX}.>"
+SCHEDULE_SUBJECTS: Final = f"{SCHEDULE_PREFIX}.>"
+TASK_SUBJECTS: Final = f"{TASK_PREFIX}.>"
+DEAD_SUBJECTS: Final = f"{DEAD_PREFIX}.>"
+
+WORKFLOWS_BUCKET: Final = "dagnats_workflows"
+RUNS_BUCKET: Final = "dagnats_runs"
+PROJECTIONS_BUCKET: Final = "dagnats_projections"
+WORKFLOWS_HISTORY: Final = 16
+
+ENGINE_CONSUMER: Final = "dagnats_engine"
+DEAD_REASON_HEADER: Final = "Dagnats-Dead-Reason"
+
+_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]+")
+_DOTTED: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+_TOKEN_RULE: Final = "must be 1..{max} characters of A-Z a-z 0-9 '_' '-'"
+_DOTTED_RULE: Final = (
+    "must be 1..{max} characters of A-Z a-z 0-9 '_' '-', with '.' only between such characters"
+)
+
+
+class SubjectTokenError(DagnatsError):
+    """An id that cannot be a NATS subject token (run id, task type, timer id, kind)."""
+
+    def __init__(self, field: str, value: str, rule: str) -> None:
+        self.field = field
+        self.value = value
+        self.rule = rule
+        super().__init__(f"{field} {value!r} {rule}")
+
+
+class ResourceConfigError(DagnatsError):
+    """An existing stream or bucket whose configuration differs from what DagNats needs."""
+
+    def __init__(self, resource: str, field: str, found: object, wanted: object) -> None:
+        self.resource = resource
+        self.field = field
+        self.found = found
+        self.wanted = wanted
+        super().__init__(
+            f"{resource}: {field} is {found!r}, DagNats needs {wanted!r}; "
+            "it will not change an existing resource (fix or delete it by hand)"
+        )
+
+
+# -- subjects ---------------------------------------------------------------------------------
+
+
+def check_token(field: str, value: str, length_max: int, *, dotted: bool = False) -> str:
+    """Return `value` if it is a safe subject token (or dotted tokens), else raise.
+
+    Raises:
+        SubjectTokenError: naming the field, the value and the rule.
+    """
+    pattern, rule = (_DOTTED, _DOTTED_RULE) if dotted else (_TOKEN, _TOKEN_RULE)
+    if len(value) > length_max or pattern.fullmatch(value) is None:
+        raise SubjectTokenError(field, value, rule.format(max=length_max))
+    return value
+
+
+def check_run_id(run_id: str) -> str:
+    """Return run_id if it is a safe single subject token, else raise SubjectTokenError."""
+    return check_token("run_id", run_id, settings.run_id_length_max)
+
+
+def partition_of(run_id: str, partitions: int) -> int:
+    """The stable partition of a run: crc32 of its id modulo the partition count."""
+    assert 1 <= partitions <= settings.partitions_max, f"partitions {partitions} out of range"
+    partition = zlib.crc32(run_id.encode()) % partitions
+    assert 0 <= partition < partitions
+    return partition
+
+
+def history_subject(run_id: str) -> str:
+    """`dagnats.history.<run_id>`: the run's whole story."""
+    return f"{HISTORY_PREFIX}.{check_run_id(run_id)}"
+
+
+def command_subject(run_id: str, partitions: int = settings.partitions_default) -> str:
+    """`dagnats.cmd.<partition>.<run_id>`: where the run's commands go."""
+    return f"{COMMAND_PREFIX}.{partition_of(check_run_id(run_id), partitions)}.{run_id}"
+
+
+def command_partition_filter(partition: int) -> str:
+    """`dagnats.cmd.<partition>.*`: the filter of an engine owning one partition."""
+    assert 0 <= partition < settings.partitions_max
+    return f"{COMMAND_PREFIX}.{partition}.*"
+
+
+def task_subject(task_type: str) -> str:
+    """`dagnats.task.<task_type>` (task types may be dotted: `email.send`)."""
+    check_token("task_type", task_type, settings.task_type_length_max, dotted=True)
+    return f"{TASK_PREFIX}.{task_type}"
+
+
+def schedule_subject(run_id: str, timer_id: str) -> str:
+    """`dagnats.sched.<run_id>.<timer_id>`: the one schedule of a timer (timer ids may be
+    dotted; the run id is one token, so the subject names the pair unambiguously)."""
+    check_token("timer_id", timer_id, settings.timer_id_length_max, dotted=True)
+    return f"{SCHEDULE_PREFIX}.{check_run_id(run_id)}.{timer_id}"
+
+
+def dead_subject(kind: str) -> str:
+    """`dagnats.dead.<kind>`: dead letters of one kind (`command`, `unknown_run`, ...)."""
+    return f"{DEAD_PREFIX}.{check_token('kind', kind, settings.dead_kind_length_max)}"
+
+
+def run_id_of_history_subject(subject: str) -> str:
+    """The run id of a `dagnats.history.<run_id>` subject."""
+    prefix = HISTORY_PREFIX + "."
+    assert subject.startswith(prefix), f"{subject!r} is not a history subject"
+    return subject[len(prefix) :]
+
+
+# -- resources ------------------------------------------------------------------------------
+
+
+# The StreamConfig fields DagNats sets; an existing stream must match each one set (not None).
+CHECKED_STREAM_FIELDS: Final = (
+    "subjects", "retention", "storage", "num_replicas", "max_msg_size", "duplicate_window",
+    "max_age", "allow_direct", "allow_msg_schedules",
+)  # fmt: skip
+
+
+def stream_configs(replicas: int = 1) -> tuple[api.StreamConfig, ...]:
+    """The streams of ARCHITECTURE §5 plus dead letters, with `replicas` copies each."""
+    assert 1 <= replicas <= 5, f"replicas {replicas} out of 1..5"
+    storage = api.StorageType.FILE
+    size = settings.stream_message_bytes_max
+    return (
+        api.StreamConfig(
+            name=HISTORY_STREAM, subjects=[HISTORY_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS, allow_direct=True,
+            duplicate_window=settings.history_duplicate_window_ms / 1000,
+            storage=storage, num_replicas=replicas, max_msg_size=size,
+        ),
+        api.StreamConfig(
+            name=COMMANDS_STREAM, subjects=[COMMAND_SUBJECTS, SCHEDULE_SUBJECTS],
+            retention=api.RetentionPolicy.WORK_QUEUE, allow_msg_schedules=True,
+            duplicate_window=settings.command_duplicate_window_ms / 1000,
+            storage=storage, num_replicas=replicas, max_msg_size=size,
+        ),
+        api.StreamConfig(
+            name=TASKS_STREAM, subjects=[TASK_SUBJECTS],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            duplicate_window=settings.task_duplicate_window_ms / 1000,
+            storage=storage, num_replicas=replicas, max_msg_size=size,
+        ),
+        api.StreamConfig(
+            name=DEAD_STREAM, subjects=[DEAD_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=settings.dead_letter_age_ms_max / 1000,
+            duplicate_window=settings.command_duplicate_window_ms / 1000,
+            storage=storage, num_replicas=replicas, max_msg_size=size,
+        ),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """A KV bucket we need."""
+
+    bucket: str
+    history: int
+
+
+BUCKETS: Final = (
+    BucketSpec(WORKFLOWS_BUCKET, WORKFLOWS_HISTORY),
+    BucketSpec(RUNS_BUCKET, 1),
+    BucketSpec(PROJECTIONS_BUCKET, 1),
+)
+
+
+async def ensure_resources(connection: Client | JetStreamContext, *, replicas: int = 1) -> None:
+    """Create every stream and KV bucket DagNats needs, or check the existing ones.
+
+    Args:
+        connection: a connected client, or its JetStream context.
+        replicas: copies of each stream (1 on one machine, 3 on a cluster).
+    Raises:
+        ResourceConfigError: an existing resource differs in a field we set, or the
+            server's max_payload is below `settings.stream_message_bytes_max`.
+    """
+    js = connection.jetstream() if isinstance(connection, Client) else connection
+    max_payload = js._nc.max_payload  # the client learnt it from the server's INFO
+    if max_payload < settings.stream_message_bytes_max:
+        raise ResourceConfigError(
+            "nats-server", "max_payload", max_payload, settings.stream_message_bytes_max
+        )
+    for config in stream_configs(replicas):
+        await ensure_stream(js, config)
+    for bucket in BUCKETS:
+        await ensure_bucket(js, bucket, replicas=replicas)
+
+
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    """Create the stream if missing; raise ResourceConfigError if it exists and differs."""
+    assert config.name is not None
+    try:
+        info = await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError:  # created meanwhile with another config
+            info = await js.stream_info(config.name)
+    wanted = {field: getattr(config, field) for field in CHECKED_STREAM_FIELDS}
+    check_config(config.name, info.config, wanted)
+
+
+async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int) -> None:
+    """Create the KV bucket if missing; raise ResourceConfigError if it exists and differs."""
+    stream = f"KV_{spec.bucket}"
+    wanted: dict[str, object] = {
+        "max_msgs_per_subject": spec.history,
+        "storage": api.StorageType.FILE,
+        "num_replicas": replicas,
+    }
+    try:
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        config = api.KeyValueConfig(
+            bucket=spec.bucket,
+            history=spec.history,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
+            max_value_size=settings.stream_message_bytes_max,
+        )
+        try:
+            await js.create_key_value(config)
+            return
+        except nats.js.errors.BadRequestError:
+            info = await js.stream_info(stream)
+    check_config(f"KV bucket {spec.bucket}", info.config, wanted)
+
+
+def check_config(resource: str, found: object, wanted: dict[str, object]) -> None:
+    """Raise ResourceConfigError on the first field of `wanted` (not None) whose value in
+    `found` (a StreamConfig or ConsumerConfig) differs; lists compare as sets."""
+    for field, value in wanted.items():
+        if value is None:  # not set by DagNats: whatever the operator chose
+            continue
+        actual = getattr(found, field)
+        if isinstance(value, list) and isinstance(actual, list):
+            same = sorted(map(str, value)) == sorted(map(str, actual))
+        else:
+            same = actual == value
+        if not same:
+            raise ResourceConfigError(resource, field, _plain(actual), _plain(value))
+
+
+def _plain(value: object) -> object:
+    """Enum members as their value, so errors read `'limits'`, not `<RetentionPolicy...>`."""
+    enum_value = getattr(value, "value", None)
+    return enum_value if isinstance(enum_value, str) else value

@@ -1,0 +1,74 @@
+"""Bounds and defaults of the NATS runtime, named once.
+
+The runtime's own maxima and defaults (server start-up, stream sizes, consumer settings,
+subject token lengths). Each is a `Final` with its unit last, like `kernel.limits`, which
+holds the bounds of the pure core; values here derive from it where they must agree.
+Nothing here may do I/O or import anything of the project but `kernel.limits`.
+"""
+
+from typing import Final
+
+from kernel import limits
+
+# History: one message per decision (the command and the events decided from it).
+history_message_bytes_max: Final = limits.payload_bytes_max * 4
+# Room for headers (Nats-Msg-Id, expected sequence, reasons) on top of a message body.
+message_header_bytes_max: Final = 16_384
+# The max_msg_size of every stream; a message body plus its headers.
+stream_message_bytes_max: Final = history_message_bytes_max + message_header_bytes_max
+# The embedded server's max_payload; must be >= stream_message_bytes_max.
+server_payload_bytes_max: Final = 8 * 1_048_576
+
+# Duplicate windows (Nats-Msg-Id dedup).
+history_duplicate_window_ms: Final = 2 * 60_000
+command_duplicate_window_ms: Final = 2 * 60_000
+# Long enough that effects issued again by resume() after an engine restart are deduplicated.
+task_duplicate_window_ms: Final = 10 * 60_000
+dead_letter_age_ms_max: Final = 30 * 24 * 3_600_000
+
+# Partitions of the command subject space (ARCHITECTURE §8).
+partitions_default: Final = 16
+partitions_max: Final = 4_096
+
+# Subject tokens.
+run_id_length_max: Final = limits.run_id_length_max
+task_type_length_max: Final = limits.task_name_length_max
+timer_id_length_max: Final = 512  # dotted: "retry.<planner>.<step>.<attempt>"
+dead_kind_length_max: Final = 64
+dead_reason_bytes_max: Final = 1_024
+
+# Reading history.
+runs_listed_max: Final = 100_000  # one page of the server's per-subject stream info
+read_idle_timeout_ms: Final = 5_000  # longest wait for the next message of a bounded read
+read_pending_messages_max: Final = 65_536  # client-side buffer of one ordered consumer
+read_pending_bytes_max: Final = 64 * 1_048_576
+
+# Queues.
+task_ack_wait_ms_default: Final = 30_000  # the heartbeat timeout of a task
+task_deliver_max_default: Final = 20  # deliveries of one task message (lost workers)
+command_ack_wait_ms: Final = 30_000
+command_deliver_max: Final = 100
+fetch_batch_max: Final = 1_000
+fetch_timeout_ms_max: Final = 60_000
+nak_delay_ms_max: Final = limits.delay_ms_max
+ack_pending_max: Final = 10_000
+task_types_per_queue_max: Final = 1_000  # task types one worker process consumes
+
+# The engine (dagnats/runtime/engine.py).
+append_attempts_max: Final = 10  # OCC conflicts in a row before a command is retried later
+effects_in_flight_max: Final = 256
+resume_concurrency_max: Final = 16
+run_cache_max: Final = 10_000
+
+# Timers.
+timer_horizon_ms_max: Final = limits.timeout_ms_max
+
+# The embedded server.
+server_start_timeout_ms: Final = 15_000
+server_stop_timeout_ms: Final = 10_000
+port_pick_attempts_max: Final = 5
+server_log_tail_lines_max: Final = 20
+
+# The engine's command pump.
+command_batch_max: Final = 256  # commands fetched at once
+command_fetch_timeout_ms: Final = 1_000

@@ -1,0 +1,135 @@
+"""`dagnats serve`: the embedded nats-server (or an external one), resources, the engine.
+
+One asyncio process runs the nats-server child (its data under the data dir, loopback only,
+killed with its parent), creates the streams and buckets, and runs the engine until SIGINT or
+SIGTERM. If the nats-server child dies, serve stops with a clear message and a non-zero exit:
+its data is on disk, and starting serve again on the same data dir resumes every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from dagnats.connection import URL_FILE, Connection
+from dagnats.runtime.engine import Engine
+from dagnats.runtime.resources import ensure_resources
+from dagnats.runtime.server import EmbeddedNats, NatsServerError
+
+log = logging.getLogger("dagnats.serve")
+child_poll_interval_s = 0.5
+
+
+class ServeInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a started serve tells its user (printed, or as JSON with --json)."""
+
+    nats_url: str
+    data_dir: str
+    embedded: bool
+    nats_log: str = ""
+    resumed_runs: int = 0
+
+
+class Server:
+    """The serve process's parts, started and stopped together."""
+
+    def __init__(self, data_dir: Path, *, nats_port: int = 0, nats_url: str | None = None) -> None:
+        self.data_dir = data_dir.expanduser().absolute()
+        self.nats_port = nats_port
+        self.external_url = nats_url
+        self.nats: EmbeddedNats | None = None
+        self.connection: Connection | None = None
+        self.engine: Engine | None = None
+        self.url = ""
+
+    async def start(self) -> ServeInfo:
+        """Start nats-server (unless an external URL was given), connect, create resources.
+
+        Raises:
+            NatsServerError: the embedded server could not start (one clear line + hint).
+            ConnectError: the external server cannot be reached.
+            ResourceConfigError: an existing stream or bucket differs from what we need.
+        """
+        if self.external_url is None:
+            self.nats = EmbeddedNats(self.data_dir, port=self.nats_port)
+            await self.nats.start()
+            self.url = self.nats.url
+            (self.data_dir / URL_FILE).write_text(self.url + "\n", encoding="utf-8")
+        else:
+            self.url = self.external_url
+        self.connection = await Connection.open(self.url)
+        await ensure_resources(self.connection.js)
+        commands = self.connection.commands
+        self.engine = Engine(
+            self.connection.history, self.connection.tasks, self.connection.timers, commands
+        )
+        return ServeInfo(
+            nats_url=self.url,
+            data_dir=str(self.data_dir),
+            embedded=self.nats is not None,
+            nats_log=str(self.nats.log_path) if self.nats is not None else "",
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the engine until `stop` is set or the nats-server child dies.
+
+        Raises:
+            NatsServerError: the embedded nats-server exited while serving.
+        """
+        assert self.engine is not None and self.connection is not None
+        engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, stop))
+        watch_task = asyncio.create_task(self._watch_child(stop))
+        done, _ = await asyncio.wait({engine_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        for task in (engine_task, watch_task):
+            if task not in done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for task in done:
+            task.result()  # raise what ended it
+
+    async def _watch_child(self, stop: asyncio.Event) -> None:
+        if self.nats is None:
+            await stop.wait()
+            return
+        while not stop.is_set():
+            if not self.nats.is_running():
+                raise NatsServerError(
+                    f"the embedded nats-server exited unexpectedly (log: {self.nats.log_path})",
+                    hint=f"start `dagnats serve` again on {self.data_dir}: no data is lost",
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=child_poll_interval_s)
+
+    async def stop(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+            self.connection = None
+        if self.nats is not None:
+            await self.nats.stop()
+            url_file = self.data_dir / URL_FILE
+            url_file.unlink(missing_ok=True)
+            self.nats = None
+
+
+def install_stop_signals(
+    stop: asyncio.Event, on_signal: Callable[[str], None] | None = None
+) -> None:
+    """Set `stop` on SIGINT and SIGTERM."""
+    loop = asyncio.get_running_loop()
+
+    def handler(name: str) -> None:
+        if on_signal is not None:
+            on_signal(name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler, sig.name)

@@ -1,0 +1,313 @@
+"""The Python worker SDK: register async handlers per task type and serve them.
+
+```python
+worker = Worker()
+
+@worker.task("payments.charge")
+async def charge(ctx: TaskContext) -> dict[str, object]:
+    ...
+```
+
+A handler returns any JSON-encodable value (the step's output), or raises `NonRetryableError`
+(fail the step for good), `RetryAfter(seconds)` (retry no sooner than that) or any other
+exception (a retryable failure, recorded with a short traceback). While it runs, the worker
+heartbeats the task message so it stays with this worker; if the worker dies, the message is
+delivered to another worker after the heartbeat timeout, which reports the lost attempt so the
+engine schedules the next one. On SIGTERM the worker drains: in-flight handlers finish, nothing
+new is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from dagnats.runtime.protocols import CommandPublisher, DeadLetters, TaskMessage, TaskQueue
+from kernel import codec, limits
+from kernel.commands import CompleteTask, FailTask, FailureKind, TaskStarted
+from kernel.effects import EnqueueTask
+from kernel.errors import DagnatsError, DecodeError
+
+T = TypeVar("T")
+Handler = Callable[["TaskContext"], Awaitable[object]]
+TaskResult = CompleteTask | FailTask
+
+heartbeat_interval_ms_default = 10_000
+fetch_timeout_ms = 1_000
+concurrency_default = 16
+traceback_lines_max = 12
+
+_task_decoder = msgspec.json.Decoder(EnqueueTask)
+
+
+class NonRetryableError(DagnatsError):
+    """Raise from a handler to fail the step without further attempts."""
+
+
+class RetryAfter(DagnatsError):  # noqa: N818 (the name users know from other engines)
+    """Raise from a handler to retry the step no sooner than `seconds` from now."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        assert seconds >= 0, f"RetryAfter seconds {seconds} must be >= 0"
+        self.seconds = seconds
+        super().__init__(message or f"retry after {seconds}s")
+
+
+class TaskContext:
+    """What a handler knows about the attempt it runs."""
+
+    def __init__(self, task: EnqueueTask, worker_id: str) -> None:
+        self.task_type = task.task
+        self.run_id = task.run_id
+        self.step_id = task.step_id
+        self.attempt = task.attempt
+        self.input_raw = bytes(task.input)
+        self.metadata: dict[str, Any] = msgspec.json.decode(bytes(task.metadata))
+        self.deadline_ms = task.deadline_ms
+        self.worker_id = worker_id
+        self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"dagnats.task.{task.task}"),
+            {"run_id": task.run_id, "step_id": task.step_id, "attempt": task.attempt},
+        )
+
+    @property
+    def input(self) -> Any:
+        """The step input, decoded from JSON into plain Python values."""
+        return msgspec.json.decode(self.input_raw)
+
+    def input_as(self, type_: type[T]) -> T:
+        """The step input decoded and validated as `type_` (a msgspec Struct, dataclass, ...).
+
+        Raises:
+            NonRetryableError: the input does not match `type_` (retrying cannot fix it).
+        """
+        try:
+            return msgspec.json.decode(self.input_raw, type=type_)
+        except msgspec.ValidationError as error:
+            raise NonRetryableError(f"input does not match {type_.__name__}: {error}") from None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_seed() -> int:
+    return random.getrandbits(63)
+
+
+def short_traceback(error: BaseException) -> str:
+    lines = traceback.format_exception(error)
+    text = "".join(lines[-traceback_lines_max:])
+    return text[: limits.error_message_bytes_max]
+
+
+class Worker:
+    """Runs registered handlers for task messages, with bounded concurrency."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = concurrency_default,
+        worker_id: str | None = None,
+        heartbeat_interval_ms: int = heartbeat_interval_ms_default,
+        report_started: bool = True,
+    ) -> None:
+        assert 1 <= concurrency <= 10_000, f"concurrency {concurrency} out of 1..10000"
+        self.concurrency = concurrency
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.report_started = report_started
+        self.handlers: dict[str, Handler] = {}
+        self.log = logging.getLogger("dagnats.worker")
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.handled = 0
+
+    def task(self, name: str) -> Callable[[Handler], Handler]:
+        """Register the decorated async function as the handler of task type `name`."""
+
+        def register(handler: Handler) -> Handler:
+            if name in self.handlers:
+                raise ValueError(f"task {name!r} already has a handler")
+            self.handlers[name] = handler
+            return handler
+
+        return register
+
+    def add(self, name: str, handler: Handler) -> None:
+        """Register `handler` for task type `name` (the undecorated form)."""
+        self.task(name)(handler)
+
+    async def serve(
+        self,
+        tasks: TaskQueue,
+        commands: CommandPublisher,
+        dead: DeadLetters,
+        stop: asyncio.Event,
+    ) -> None:
+        """Fetch and run tasks of every registered type until `stop` is set, then drain."""
+        if not self.handlers:
+            raise DagnatsError("the worker has no handlers; register one with @worker.task(name)")
+        slots = asyncio.Semaphore(self.concurrency)
+        loops = [
+            asyncio.create_task(self._fetch_loop(name, tasks, commands, dead, slots, stop))
+            for name in sorted(self.handlers)
+        ]
+        try:
+            await asyncio.gather(*loops)
+        finally:
+            for loop in loops:
+                loop.cancel()
+            if self._in_flight:
+                self.log.info("draining %d in-flight task(s)", len(self._in_flight))
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _fetch_loop(
+        self,
+        name: str,
+        tasks: TaskQueue,
+        commands: CommandPublisher,
+        dead: DeadLetters,
+        slots: asyncio.Semaphore,
+        stop: asyncio.Event,
+    ) -> None:
+        while not stop.is_set():
+            await slots.acquire()
+            try:
+                messages = await tasks.fetch(name, batch=1, timeout_ms=fetch_timeout_ms)
+            except Exception as error:
+                slots.release()
+                if stop.is_set():
+                    return
+                self.log.warning("fetching %s failed: %s", name, error)
+                await asyncio.sleep(0.5)  # back off before the next fetch; not a wait on state
+                continue
+            if not messages:
+                slots.release()
+                continue
+            for message in messages:
+                job = asyncio.create_task(self._run_message(message, commands, dead))
+                self._in_flight.add(job)
+                job.add_done_callback(self._in_flight.discard)
+                job.add_done_callback(lambda _job: slots.release())
+
+    async def _run_message(
+        self, message: TaskMessage, commands: CommandPublisher, dead: DeadLetters
+    ) -> None:
+        try:
+            task = decode_task(message.data)
+        except DecodeError as error:
+            await dead.publish_dead("task", message.data, str(error))
+            await message.term()
+            return
+        if message.num_delivered > 1:
+            # The worker that had this attempt was lost: report it, so the engine schedules
+            # the next attempt under a new message id, and let this delivery go.
+            reason = f"worker lost: the task was delivered again (delivery {message.num_delivered})"
+            await self._send(commands, _fail(task, reason, kind="heartbeat_timeout"), "lost")
+            await message.ack()
+            return
+        if self.report_started:
+            started = TaskStarted(
+                run_id=task.run_id,
+                at_ms=now_ms(),
+                step_id=task.step_id,
+                attempt=task.attempt,
+                worker_id=self.worker_id,
+            )
+            await self._send(commands, started, "started")
+        result = await self._call_with_heartbeat(task, message)
+        await self._send(commands, result, "result")
+        await message.ack()
+        self.handled += 1
+
+    async def _call_with_heartbeat(self, task: EnqueueTask, message: TaskMessage) -> TaskResult:
+        beat = asyncio.create_task(self._heartbeat(message))
+        try:
+            return await self._call(task)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _heartbeat(self, message: TaskMessage) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_ms / 1000)
+            try:
+                await message.in_progress()
+            except Exception as error:
+                self.log.warning("heartbeat failed: %s", error)
+
+    async def _call(self, task: EnqueueTask) -> TaskResult:
+        handler = self.handlers.get(task.task)
+        if handler is None:
+            return _fail(task, f"no handler for task {task.task!r} in this worker", "error")
+        context = TaskContext(task, self.worker_id)
+        try:
+            value = await handler(context)
+        except NonRetryableError as error:
+            return _fail(task, str(error), "non_retryable", short_traceback(error))
+        except RetryAfter as error:
+            failed = _fail(task, str(error), "error", short_traceback(error))
+            return msgspec.structs.replace(failed, retry_after_ms=int(error.seconds * 1000))
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            return _fail(task, message, "error", short_traceback(error))
+        try:
+            output = msgspec.json.encode(value)
+        except (TypeError, ValueError, OverflowError) as error:
+            return _fail(task, f"the output cannot be encoded as JSON: {error}", "invalid_output")
+        if len(output) > limits.payload_bytes_max:
+            message = (
+                f"the output is {len(output)} bytes; the limit is {limits.payload_bytes_max} bytes"
+            )
+            return _fail(task, message, "invalid_output")
+        return CompleteTask(
+            run_id=task.run_id,
+            at_ms=now_ms(),
+            seed=new_seed(),
+            step_id=task.step_id,
+            attempt=task.attempt,
+            output=msgspec.Raw(output),
+        )
+
+    async def _send(
+        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str
+    ) -> None:
+        msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
+        await commands.publish_command(command.run_id, codec.encode(command), msg_id)
+
+
+def _fail(task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
+    return FailTask(
+        run_id=task.run_id,
+        at_ms=now_ms(),
+        seed=new_seed(),
+        step_id=task.step_id,
+        attempt=task.attempt,
+        error=error,
+        kind=kind,
+        traceback=trace,
+    )
+
+
+def decode_task(data: bytes) -> EnqueueTask:
+    """A task message from its bytes.
+
+    Raises:
+        DecodeError: the bytes are not a task message.
+    """
+    try:
+        return _task_decoder.decode(data)
+    except msgspec.DecodeError as error:
+        raise DecodeError(f"not a valid task message: {error}") from None
