@@ -44,7 +44,7 @@ from kernel.events import (
     StepStarted,
     StepTimedOut,
 )
-from kernel.payloads import NULL, compose_object, encode, skip_applies
+from kernel.payloads import compose_object, encode, skip_applies
 from kernel.reducer import evolve
 from kernel.retry import backoff_ms
 from kernel.state import (
@@ -92,7 +92,7 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
         return Rejection(run_id=command.run_id, code="unknown_run", message=_no_run(command))
     assert command.run_id == state.run_id, f"command for {command.run_id!r} on {state.run_id!r}"
     if is_terminal(state):
-        if isinstance(command, CancelRun):
+        if isinstance(command, CancelRun) and state.cancel_reason is None:
             message = f"run {state.run_id!r} already ended as {state.status}; nothing to cancel"
             return Rejection(run_id=state.run_id, code="run_finished", message=message)
         return ()
@@ -234,17 +234,22 @@ def _fail_task(builder: _Builder, command: FailTask) -> Rejection | None:
 
 
 def _truncate(text: str) -> str:
+    """`text` cut to limits.error_message_bytes_max bytes (an ellipsis included)."""
     data = text.encode()
     if len(data) <= limits.error_message_bytes_max:
         return text
-    return data[: limits.error_message_bytes_max].decode(errors="ignore") + "…"
+    ellipsis = "…"
+    room = limits.error_message_bytes_max - len(ellipsis.encode())
+    result = data[:room].decode(errors="ignore") + ellipsis
+    assert len(result.encode()) <= limits.error_message_bytes_max
+    return result
 
 
 def _fire_timer(builder: _Builder, command: FireTimer) -> None:
     state = builder.state
     if command.kind == "run_timeout":
-        if state.status == "running":
-            assert state.workflow is not None and state.workflow.timeout_ms is not None
+        assert state.workflow is not None
+        if state.status == "running" and state.workflow.timeout_ms is not None:
             message = f"run timed out after {state.workflow.timeout_ms} ms"
             error = ErrorInfo(message=message, kind="timeout")
             _fail_run(builder, error, failed_step_id="", at_ms=command.at_ms)
@@ -254,9 +259,7 @@ def _fire_timer(builder: _Builder, command: FireTimer) -> None:
         return
     if command.kind == "retry":
         due = step.status == "retry_wait" and step.attempt + 1 == command.attempt
-        may_run = state.status == "running" or _handler_role(state, command.step_id) is not None
-        if due and may_run:
-            assert step.input is not None
+        if due and _may_run(state, command.step_id):
             builder.emit(
                 schedule_attempt(state, command.step_id, command.attempt, step.input, command.at_ms)
             )
@@ -277,9 +280,10 @@ def _fire_timer(builder: _Builder, command: FireTimer) -> None:
 def _cancel_run(builder: _Builder, command: CancelRun) -> None:
     if builder.state.cancel_reason is not None:
         return  # already requested
-    builder.emit(RunCancelRequested(reason=command.reason, at_ms=command.at_ms))
+    builder.emit(RunCancelRequested(reason=_truncate(command.reason), at_ms=command.at_ms))
     if builder.state.status == "running":
-        error = ErrorInfo(message=f"cancelled: {command.reason}".rstrip(": "), kind="cancelled")
+        message = _truncate(f"cancelled: {command.reason}" if command.reason else "cancelled")
+        error = ErrorInfo(message=message, kind="cancelled")
         _fail_run(builder, error, failed_step_id="", at_ms=command.at_ms, outcome="cancelled")
 
 
@@ -306,7 +310,7 @@ def _attempt_failed(
     step_def = state.step_def(step_id)
     assert step is not None and step_def is not None
     policy = _retry_policy(state, step_def)
-    may_continue = state.status == "running" or _handler_role(state, step_id) is not None
+    may_continue = _may_run(state, step_id)
     will_retry = retryable and may_continue and step.attempt < policy.max_attempts
     attempt = step.attempt
     if timed_out:
@@ -337,13 +341,24 @@ def _attempt_failed(
     _failed_for_good(builder, step_id, error, at_ms)
 
 
+def _may_run(state: RunState, step_id: str) -> bool:
+    """Whether a step may start another attempt: body steps and on_failure handlers while the
+    run is running, compensation handlers while it compensates."""
+    role = _handler_role(state, step_id)
+    if role is not None and role[0] == "compensate":
+        return state.status == "compensating"
+    return state.status == "running"
+
+
 def _failed_for_good(builder: _Builder, step_id: str, error: ErrorInfo, at_ms: int) -> None:
     state = builder.state
     role = _handler_role(state, step_id)
+    if role is not None and not _may_run(state, step_id):
+        return  # a handler failing after its run moved on (e.g. started compensating)
     if role is not None:
         kind, owner = role
         message = f"{kind} handler {step_id!r} of step {owner!r} failed: {error.message}"
-        handler_error = ErrorInfo(message=message, kind="handler_failed")
+        handler_error = ErrorInfo(message=_truncate(message), kind="handler_failed")
         if kind == "on_failure":
             _fail_run(builder, handler_error, failed_step_id=owner, at_ms=at_ms)
         elif state.status == "compensating":
@@ -378,7 +393,7 @@ def _after_completed(builder: _Builder, step_id: str, at_ms: int) -> None:
     if kind == "on_failure":
         if state.status == "running":
             step = state.step(step_id)
-            assert step is not None and step.output is not None
+            assert step is not None
             builder.emit(
                 StepRecovered(
                     step_id=owner, handler_step_id=step_id, output=step.output, at_ms=at_ms
@@ -471,11 +486,13 @@ def _handler_ids(state: RunState) -> frozenset[str]:
 def _start_step(builder: _Builder, step_id: str, input: msgspec.Raw, at_ms: int) -> None:
     size = len(input)
     if size > limits.payload_bytes_max:
-        # Record the attempt that could not run, then fail it for good.
-        builder.emit(schedule_attempt(builder.state, step_id, 1, NULL, at_ms))
+        # No attempt can run: the step fails for good before its first attempt (attempt 0).
         message = f"resolved input is {size} bytes; the limit is {limits.payload_bytes_max} bytes"
         error = ErrorInfo(message=message, kind="invalid_input")
-        _attempt_failed(builder, step_id, error, retryable=False, at_ms=at_ms)
+        builder.emit(
+            StepFailed(step_id=step_id, attempt=0, error=error, will_retry=False, at_ms=at_ms)
+        )
+        _failed_for_good(builder, step_id, error, at_ms)
         return
     step_def = builder.state.step_def(step_id)
     assert step_def is not None
@@ -497,7 +514,16 @@ def _advance(builder: _Builder, at_ms: int) -> None:
     handlers = _handler_ids(state)
     body = [s for s in state.steps if s.step_id not in handlers]
     if all(step.status in DONE_STEP_STATUSES for step in body):
-        builder.emit(RunCompleted(output=_run_output(state, handlers), at_ms=at_ms))
+        output = _run_output(state, handlers)
+        if len(output) > limits.payload_bytes_max:
+            message = (
+                f"the run output (the terminal steps' outputs) is {len(output)} bytes; "
+                f"the limit is {limits.payload_bytes_max} bytes"
+            )
+            error = ErrorInfo(message=message, kind="invalid_output")
+            builder.emit(RunFailed(error=error, at_ms=at_ms))
+            return
+        builder.emit(RunCompleted(output=output, at_ms=at_ms))
 
 
 def _advance_once(builder: _Builder, at_ms: int) -> bool:
@@ -536,10 +562,9 @@ def _resolve_input(state: RunState, step_def: StepDef, by_id: dict[str, StepStat
     """Root: the run input; one dependency: its output; several: an object keyed by step id."""
     deps = step_def.depends_on
     if not deps:
-        return state.input if state.input is not None else NULL
+        return state.input
     if len(deps) == 1:
-        output = by_id[deps[0]].output
-        return output if output is not None else NULL
+        return by_id[deps[0]].output
     return compose_object((dep, by_id[dep].output) for dep in deps)
 
 
@@ -552,5 +577,5 @@ def _run_output(state: RunState, handlers: frozenset[str]) -> msgspec.Raw:
         if step.step_id not in depended_on and step.step_id not in handlers
     ]
     if len(terminal) == 1:
-        return terminal[0].output if terminal[0].output is not None else NULL
+        return terminal[0].output
     return compose_object((step.step_id, step.output) for step in terminal)

@@ -35,6 +35,7 @@ from kernel.step_api import (
     retry_timer_id,
     step_timeout_timer,
     step_timeout_timer_id,
+    timer_seed,
 )
 
 
@@ -51,6 +52,8 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             timer = step_timeout_timer(state, event.step_id)
             return effects + ((timer,) if timer is not None else ())
         case StepCompleted() | StepFailed():
+            if event.attempt == 0:
+                return ()  # failed before any attempt: nothing was armed
             return _cancel_step_timeout(state, event.step_id, event.attempt)
         case StepRetryScheduled():
             return (_retry_timer(state, event.step_id, event.attempt, event.due_at_ms),)
@@ -96,7 +99,11 @@ def _run_timeout_timer(state: RunState) -> ArmTimer | None:
         return None
     fire_at = state.started_at_ms + state.workflow.timeout_ms
     command = FireTimer(
-        run_id=state.run_id, at_ms=fire_at, timer_id=RUN_TIMEOUT_TIMER_ID, kind="run_timeout"
+        run_id=state.run_id,
+        at_ms=fire_at,
+        seed=timer_seed(state.seed, RUN_TIMEOUT_TIMER_ID),
+        timer_id=RUN_TIMEOUT_TIMER_ID,
+        kind="run_timeout",
     )
     return ArmTimer(
         run_id=state.run_id, timer_id=RUN_TIMEOUT_TIMER_ID, fire_at_ms=fire_at, command=command
@@ -108,6 +115,7 @@ def _retry_timer(state: RunState, step_id: str, attempt: int, due_at_ms: int) ->
     command = FireTimer(
         run_id=state.run_id,
         at_ms=due_at_ms,
+        seed=timer_seed(state.seed, timer_id),
         timer_id=timer_id,
         kind="retry",
         step_id=step_id,

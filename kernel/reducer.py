@@ -192,9 +192,9 @@ def _attempt_failed(
     state: RunState, step_id: str, error: ErrorInfo, will_retry: bool, at_ms: int
 ) -> RunState:
     def update(step: StepState) -> StepState:
-        assert step.status in ("scheduled", "running"), (
-            f"step {step_id!r} failed while {step.status}"
-        )
+        live = step.status in ("scheduled", "running")
+        never_ran = step.status == "pending" and not will_retry  # e.g. its input was too large
+        assert live or never_ran, f"step {step_id!r} failed while {step.status}"
         if will_retry:
             return replace(step, error=error, deadline_ms=None)
         return replace(step, status="failed", error=error, deadline_ms=None, ended_at_ms=at_ms)

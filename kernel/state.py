@@ -10,7 +10,7 @@ from typing import Literal
 
 import msgspec
 
-from kernel.events import ErrorInfo
+from kernel.events import NULL, ErrorInfo
 from kernel.workflow import StepDef, WorkflowDef
 
 RunStatus = Literal[
@@ -44,8 +44,8 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str
     status: StepStatus = "pending"
     attempt: int = 0
-    input: msgspec.Raw | None = None
-    output: msgspec.Raw | None = None
+    input: msgspec.Raw = NULL  # the input of the current attempt
+    output: msgspec.Raw = NULL
     error: ErrorInfo | None = None
     deadline_ms: int | None = None
     retry_at_ms: int | None = None
@@ -60,7 +60,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str = ""
     status: RunStatus = "new"
     workflow: WorkflowDef | None = None
-    input: msgspec.Raw | None = None
+    input: msgspec.Raw = NULL
     seed: int = 0
     parent_run_id: str | None = None
     started_at_ms: int = 0
@@ -69,7 +69,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     step_defs: tuple[StepDef, ...] = ()
     steps: tuple[StepState, ...] = ()
     completions: int = 0
-    output: msgspec.Raw | None = None
+    output: msgspec.Raw = NULL
     error: ErrorInfo | None = None
     failed_step_id: str = ""
     cancel_reason: str | None = None

@@ -6,6 +6,8 @@ step module (it looks step types up in `kernel.registry`).
 
 from __future__ import annotations
 
+import zlib
+
 import msgspec
 
 from kernel import limits
@@ -33,7 +35,7 @@ def enqueue_task(state: RunState, step_id: str) -> EnqueueTask:
     step_def = state.step_def(step_id)
     step = state.step(step_id)
     assert step_def is not None and step is not None, f"no step {step_id!r}"
-    assert step.attempt >= 1 and step.input is not None, f"step {step_id!r} is not scheduled"
+    assert step.attempt >= 1, f"step {step_id!r} is not scheduled"
     return EnqueueTask(
         run_id=state.run_id,
         step_id=step_id,
@@ -57,6 +59,12 @@ def retry_timer_id(step_id: str, attempt: int) -> str:
 RUN_TIMEOUT_TIMER_ID = "run_timeout"
 
 
+def timer_seed(run_seed: int, timer_id: str) -> int:
+    """The seed a timer's FireTimer carries (for jitter of the retry it may cause): derived from
+    the run's seed and the timer id, so it differs per timer and replays identically."""
+    return (run_seed ^ zlib.crc32(timer_id.encode())) & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def step_timeout_timer(state: RunState, step_id: str) -> ArmTimer | None:
     """The timer of the current attempt's deadline, if the step has one."""
     step = state.step(step_id)
@@ -67,6 +75,7 @@ def step_timeout_timer(state: RunState, step_id: str) -> ArmTimer | None:
     command = FireTimer(
         run_id=state.run_id,
         at_ms=step.deadline_ms,
+        seed=timer_seed(state.seed, timer_id),
         timer_id=timer_id,
         kind="step_timeout",
         step_id=step_id,
