@@ -95,6 +95,7 @@ def emit_json(value: Any) -> None:
 
 
 async def with_client(url: str | None, action: Callable[[Client], Awaitable[T]]) -> T:
+    logging.getLogger("dagnats.connection").setLevel(logging.ERROR)  # one error line suffices
     client = await Client.connect(url)
     try:
         return await action(client)
@@ -431,3 +432,7 @@ def demo() -> None:
 def main() -> None:
     """Entry point of the `dagnats` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ The URL comes from the caller, else `$DAGNATS_NATS_URL`, else the file `nats.url
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,20 @@ URL_ENV = "DAGNATS_NATS_URL"
 DATA_DIR_ENV = "DAGNATS_DATA_DIR"
 URL_FILE = "nats.url"
 connect_timeout_s = 5.0
+initial_connect_attempts_max = 1
+log = logging.getLogger("dagnats.connection")
+
+
+async def _log_error(error: Exception) -> None:
+    log.warning("nats: %s", error or type(error).__name__)
+
+
+async def _log_disconnected() -> None:
+    log.warning("nats: disconnected; reconnecting")
+
+
+async def _log_reconnected() -> None:
+    log.info("nats: reconnected")
 
 
 class ConnectError(DagnatsError):
@@ -82,14 +97,19 @@ class Connection:
             nc = await nats.connect(
                 target,
                 connect_timeout=connect_timeout_s,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=initial_connect_attempts_max,
                 allow_reconnect=True,
+                error_cb=_log_error,
+                disconnected_cb=_log_disconnected,
+                reconnected_cb=_log_reconnected,
             )
         except (OSError, nats.errors.Error, TimeoutError) as error:
             raise ConnectError(
                 f"cannot connect to NATS at {target}: {error or type(error).__name__}",
                 "is `dagnats serve` running? check --nats-url",
             ) from None
+        # Once connected, ride out server restarts: reconnect without a bound on attempts.
+        nc.options["max_reconnect_attempts"] = -1
         return cls(nc)
 
     async def close(self) -> None:

@@ -97,6 +97,9 @@ def _too_large(size: int, problems: Problems) -> None:
     problems.add_shown("$", f"{size} bytes", f"is larger than the limit of {limit} bytes")
 
 
+WORKFLOW_NAME: Final = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*(?<!\.)")
+
+
 def parse_document(document: object, problems: Problems) -> WorkflowDef | None:
     """The workflow of a decoded document, adding each problem found to `problems`."""
     fields = read_object(document, "", TOP_FIELDS, problems)
@@ -105,6 +108,8 @@ def parse_document(document: object, problems: Problems) -> WorkflowDef | None:
     name = read_text(fields, "name", "", problems, required=True)
     if len(name) > limits.workflow_name_length_max:
         problems.add("name", name, f"is longer than {limits.workflow_name_length_max} characters")
+    elif name and not WORKFLOW_NAME.fullmatch(name):
+        problems.add("name", name, "may hold only A-Z a-z 0-9 _ - . = (it is a key of the store)")
     version = _version(fields.get("version", MISSING), problems)
     default_retry = read_retry(fields, "default_retry", "", problems)
     timeout_ms = read_timeout(fields, "", problems)

@@ -368,3 +368,19 @@ def test_validate_workflow_checks_typed_values_by_the_same_rules() -> None:
         "steps[0].retry.max_attempts",
     ]
     assert validate_workflow(parse_workflow(flow(step("a")))) == ()
+
+
+@pytest.mark.parametrize("name", ["my order", "a*b", ".hidden", "trailing.", "a>b", "é"])
+def test_a_workflow_name_must_be_a_store_key(name: str) -> None:
+    document = {"name": name, "steps": [{"id": "a", "task": "t"}]}
+    with pytest.raises(WorkflowInvalidError) as caught:
+        parse_workflow(document)
+    paths = [problem.path for problem in caught.value.problems]
+    assert paths == ["name"], paths
+    assert "key of the store" in caught.value.problems[0].rule
+
+
+@pytest.mark.parametrize("name", ["order", "order-v2", "team.order", "a_b=c"])
+def test_a_store_key_name_is_accepted(name: str) -> None:
+    document = {"name": name, "steps": [{"id": "a", "task": "t"}]}
+    assert parse_workflow(document).name == name

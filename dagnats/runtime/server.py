@@ -239,7 +239,8 @@ class EmbeddedNats:
         self._prepare_data_dir()
         try:
             await self._spawn_until_ready(binary, poll)
-        except BaseException:
+        except BaseException:  # including cancellation: leave no child and no lock behind
+            _run_sync(self._kill_child(_sync_poll))
             self._release_lock()
             raise
 
@@ -247,7 +248,14 @@ class EmbeddedNats:
         attempts = settings.port_pick_attempts_max if self.requested_port == 0 else 1
         for attempt in range(attempts):
             port = self.requested_port or pick_free_port()
-            if is_port_busy(port):
+            try:
+                busy = is_port_busy(port)
+            except OSError as error:
+                raise NatsServerError(
+                    f"port {port} on {LOOPBACK_HOST} cannot be bound: {error.strerror or error}",
+                    hint="pass another port (0 picks a free one)",
+                ) from error
+            if busy:
                 if self.requested_port == 0:
                     continue
                 raise _busy_port_error(port)
