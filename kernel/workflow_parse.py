@@ -97,6 +97,7 @@ def _too_large(size: int, problems: Problems) -> None:
     problems.add_shown("$", f"{size} bytes", f"is larger than the limit of {limit} bytes")
 
 
+TASK_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 WORKFLOW_NAME: Final = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*(?<!\.)")
 
 
@@ -204,6 +205,9 @@ def _task(
         problems.add(f"{path}.task", value, rule)
     if len(task) > limits.task_name_length_max:
         rule = f"is longer than {limits.task_name_length_max} characters"
+        problems.add(f"{path}.task", task, rule)
+    elif task and not TASK_NAME.fullmatch(task):
+        rule = "must be words of A-Z a-z 0-9 _ - joined by single dots, e.g. 'payments.charge'"
         problems.add(f"{path}.task", task, rule)
     return task
 

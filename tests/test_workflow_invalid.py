@@ -384,3 +384,12 @@ def test_a_workflow_name_must_be_a_store_key(name: str) -> None:
 def test_a_store_key_name_is_accepted(name: str) -> None:
     document = {"name": name, "steps": [{"id": "a", "task": "t"}]}
     assert parse_workflow(document).name == name
+
+
+@pytest.mark.parametrize("task", ["a b", "a..b", ".a", "a.", "a*", "a>b"])
+def test_a_task_name_must_be_a_subject_token_path(task: str) -> None:
+    document = {"name": "w", "steps": [{"id": "a", "task": task}]}
+    with pytest.raises(WorkflowInvalidError) as caught:
+        parse_workflow(document)
+    assert [problem.path for problem in caught.value.problems] == ["steps[0].task"]
+    assert parse_workflow({"name": "w", "steps": [{"id": "a", "task": "pay.charge-v2"}]})
