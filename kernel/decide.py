@@ -521,7 +521,7 @@ def _advance(builder: _Builder, at_ms: int) -> None:
                 f"the limit is {limits.payload_bytes_max} bytes"
             )
             error = ErrorInfo(message=message, kind="invalid_output")
-            builder.emit(RunFailed(error=error, at_ms=at_ms))
+            _fail_run(builder, error, failed_step_id="", at_ms=at_ms)
             return
         builder.emit(RunCompleted(output=output, at_ms=at_ms))
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints one JSON line with `bench`, `value`, `unit` and `ratio`."""
