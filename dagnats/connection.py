@@ -37,7 +37,7 @@ async def _log_error(error: Exception) -> None:
 
 
 async def _log_disconnected() -> None:
-    log.warning("nats: disconnected; reconnecting")
+    log.info("nats: disconnected")
 
 
 async def _log_reconnected() -> None:

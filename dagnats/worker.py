@@ -45,6 +45,7 @@ TaskResult = CompleteTask | FailTask
 heartbeat_interval_ms_default = 10_000
 fetch_timeout_ms = 1_000
 concurrency_default = 16
+fetch_batch_default = 64  # task messages fetched at once, bounded by the free handler slots
 traceback_lines_max = 12
 
 _task_decoder = msgspec.json.Decoder(EnqueueTask)
@@ -121,13 +122,16 @@ class Worker:
         concurrency: int = concurrency_default,
         worker_id: str | None = None,
         heartbeat_interval_ms: int = heartbeat_interval_ms_default,
-        report_started: bool = True,
+        report_started: bool = False,
+        fetch_batch_max: int = fetch_batch_default,
     ) -> None:
         assert 1 <= concurrency <= 10_000, f"concurrency {concurrency} out of 1..10000"
         self.concurrency = concurrency
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.report_started = report_started
+        assert 1 <= fetch_batch_max <= 1_000, f"fetch_batch_max {fetch_batch_max} out of 1..1000"
+        self.fetch_batch_max = fetch_batch_max
         self.handlers: dict[str, Handler] = {}
         self.log = logging.getLogger("dagnats.worker")
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -183,18 +187,23 @@ class Worker:
     ) -> None:
         while not stop.is_set():
             await slots.acquire()
+            taken = 1
+            while taken < self.fetch_batch_max and not slots.locked():
+                await slots.acquire()  # free now: does not wait
+                taken += 1
             try:
-                messages = await tasks.fetch(name, batch=1, timeout_ms=fetch_timeout_ms)
+                messages = await tasks.fetch(name, batch=taken, timeout_ms=fetch_timeout_ms)
             except Exception as error:
-                slots.release()
+                for _ in range(taken):
+                    slots.release()
                 if stop.is_set():
                     return
                 self.log.warning("fetching %s failed: %s", name, error)
                 await asyncio.sleep(0.5)  # back off before the next fetch; not a wait on state
                 continue
-            if not messages:
+            assert len(messages) <= taken
+            for _ in range(taken - len(messages)):
                 slots.release()
-                continue
             for message in messages:
                 job = asyncio.create_task(self._run_message(message, commands, dead))
                 self._in_flight.add(job)
@@ -226,7 +235,12 @@ class Worker:
                 worker_id=self.worker_id,
             )
             await self._send(commands, started, "started")
+        started_at_ms = now_ms()
         result = await self._call_with_heartbeat(task, message)
+        if not self.report_started:
+            result = msgspec.structs.replace(
+                result, worker_id=self.worker_id, started_at_ms=started_at_ms
+            )
         await self._send(commands, result, "result")
         await message.ack()
         self.handled += 1

@@ -40,9 +40,14 @@ class TaskStarted(Command, frozen=True, kw_only=True, tag="task_started"):
 
 
 class CompleteTask(Command, frozen=True, kw_only=True, tag="complete_task"):
+    """An attempt finished. A worker that did not report TaskStarted says here who ran it and
+    since when, so history still records `step.started` without an extra round trip."""
+
     step_id: str
     attempt: int
     output: msgspec.Raw = msgspec.Raw(b"null")
+    worker_id: str = ""
+    started_at_ms: int | None = None
 
 
 class FailTask(Command, frozen=True, kw_only=True, tag="fail_task"):
@@ -54,6 +59,8 @@ class FailTask(Command, frozen=True, kw_only=True, tag="fail_task"):
     kind: FailureKind = "error"
     traceback: str = ""
     retry_after_ms: int | None = None
+    worker_id: str = ""
+    started_at_ms: int | None = None
 
 
 class FireTimer(Command, frozen=True, kw_only=True, tag="fire_timer"):

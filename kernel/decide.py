@@ -192,6 +192,7 @@ def _complete_task(builder: _Builder, command: CompleteTask) -> Rejection | None
         return _unknown_step(state, command.step_id)
     if _current_attempt(state, command.step_id, command.attempt) is None:
         return None  # stale attempt or a second completion
+    _record_start(builder, command)
     size = len(command.output)
     if size > limits.payload_bytes_max:
         message = f"output is {size} bytes; the limit is {limits.payload_bytes_max} bytes"
@@ -216,6 +217,7 @@ def _fail_task(builder: _Builder, command: FailTask) -> Rejection | None:
         return _unknown_step(state, command.step_id)
     if _current_attempt(state, command.step_id, command.attempt) is None:
         return None
+    _record_start(builder, command)
     kind: ErrorKind = command.kind
     error = ErrorInfo(
         message=_truncate(command.error), kind=kind, traceback=_truncate(command.traceback)
@@ -231,6 +233,21 @@ def _fail_task(builder: _Builder, command: FailTask) -> Rejection | None:
         retry_after_ms=command.retry_after_ms,
     )
     return None
+
+
+def _record_start(builder: _Builder, command: CompleteTask | FailTask) -> None:
+    """Record `step.started` from a result whose worker did not report it separately."""
+    step = builder.state.step(command.step_id)
+    assert step is not None and step.attempt == command.attempt
+    if step.status == "scheduled" and command.started_at_ms is not None:
+        builder.emit(
+            StepStarted(
+                step_id=command.step_id,
+                attempt=command.attempt,
+                worker_id=command.worker_id,
+                at_ms=command.started_at_ms,
+            )
+        )
 
 
 def _truncate(text: str) -> str:
