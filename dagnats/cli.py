@@ -421,6 +421,24 @@ def run_cancel(
         out.print(f"cancel requested for run {run_id}")
 
 
+@run_app.command("signal")
+def run_signal(
+    run_id: str,
+    name: Annotated[str, typer.Argument(help="The signal's name.")],
+    payload: Annotated[str | None, typer.Option("--payload", help="JSON payload.")] = None,
+    payload_file: Annotated[Path | None, typer.Option(help="Read the payload from a file.")] = None,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send a named signal (with a JSON payload) to a run."""
+    value = load_json_argument(payload, payload_file, "payload")
+    run_async(with_client(nats_url, lambda client: client.signal(run_id, name, value)))
+    if as_json:
+        emit_json({"run_id": run_id, "signal": name, "sent": True})
+    else:
+        out.print(f"signal {name!r} sent to run {run_id}")
+
+
 @app.command()
 def demo() -> None:
     """Run the example order workflow end to end on a throwaway embedded server."""

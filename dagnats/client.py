@@ -27,7 +27,7 @@ from dagnats.connection import Connection
 from dagnats.runtime.resources import check_run_id
 from dagnats.worker import new_seed, now_ms
 from kernel import codec, limits
-from kernel.commands import AnyCommand, CancelRun, StartRun
+from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.errors import DagnatsError, PayloadTooLargeError
 from kernel.events import Decision
 from kernel.reducer import evolve
@@ -270,6 +270,25 @@ class Client:
             raise RunFinishedError(run_id, state.status)
         command = CancelRun(run_id=run_id, at_ms=now_ms(), seed=new_seed(), reason=reason)
         await self.send(command, msg_id=f"cancel:{run_id}")
+
+    async def signal(self, run_id: str, name: str, payload: object = None) -> None:
+        """Send a named signal with a JSON payload to a run (recorded in its history, in order).
+
+        Raises:
+            RunNotFoundError: no such run.
+            RunFinishedError: the run has already ended.
+            PayloadTooLargeError: the payload is over `limits.signal_bytes_max`.
+        """
+        data = msgspec.json.encode(payload)
+        if len(data) > limits.signal_bytes_max:
+            raise PayloadTooLargeError("signal payload", len(data), limits.signal_bytes_max)
+        state = await self.get_run(run_id)
+        if is_terminal(state):
+            raise RunFinishedError(run_id, state.status)
+        command = SendSignal(
+            run_id=run_id, at_ms=now_ms(), seed=new_seed(), name=name, payload=msgspec.Raw(data)
+        )
+        await self.send(command)
 
     async def list_runs(self, limit: int = 100) -> list[RunState]:
         """The most recent runs' states (folded from history), newest first, at most `limit`."""

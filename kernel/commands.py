@@ -14,7 +14,7 @@ import msgspec
 from kernel.workflow import WorkflowDef
 
 FailureKind = Literal["error", "non_retryable", "heartbeat_timeout", "invalid_output"]
-TimerKind = Literal["step_timeout", "retry", "run_timeout"]
+TimerKind = Literal["step_timeout", "retry", "run_timeout", "step"]
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -76,7 +76,14 @@ class CancelRun(Command, frozen=True, kw_only=True, tag="cancel_run"):
     reason: str = ""
 
 
-AnyCommand = StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun
+class SendSignal(Command, frozen=True, kw_only=True, tag="send_signal"):
+    """Deliver a named signal with a JSON payload to a run."""
+
+    name: str
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+
+
+AnyCommand = StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
     StartRun,
@@ -85,6 +92,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     FailTask,
     FireTimer,
     CancelRun,
+    SendSignal,
 )
 
 

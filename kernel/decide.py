@@ -22,6 +22,7 @@ from kernel.commands import (
     FailTask,
     FireTimer,
     Rejection,
+    SendSignal,
     StartRun,
     TaskStarted,
 )
@@ -35,6 +36,7 @@ from kernel.events import (
     RunCompleted,
     RunFailed,
     RunStarted,
+    SignalReceived,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -54,7 +56,6 @@ from kernel.state import (
     StepState,
     is_terminal,
 )
-from kernel.step_api import schedule_attempt
 from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
 
 HandlerRole = tuple[Literal["on_failure", "compensate"], str]
@@ -62,18 +63,58 @@ Decided = tuple[AnyEvent, ...] | Rejection
 
 
 class _Builder:
-    """Events decided so far and the state they lead to. Local to one `decide` call."""
+    """Events decided so far and the state they lead to. Local to one `decide` call.
 
-    __slots__ = ("events", "state")
+    It is the `DecideContext` step types decide through (kernel.registry).
+    """
 
-    def __init__(self, state: RunState) -> None:
+    __slots__ = ("at_ms", "events", "seed", "state")
+
+    def __init__(self, state: RunState, at_ms: int, seed: int) -> None:
         self.state = state
+        self.at_ms = at_ms
+        self.seed = seed
         self.events: list[AnyEvent] = []
 
     def emit(self, event: AnyEvent) -> None:
         assert len(self.events) < limits.events_per_decision_max, "decision too large"
         self.events.append(event)
         self.state = evolve(self.state, event)
+
+    def complete(self, step_id: str, output: msgspec.Raw) -> None:
+        """End the step's live attempt with `output`, then apply the rules that follow."""
+        step = self.state.step(step_id)
+        assert step is not None and step.status in ("scheduled", "running"), step
+        if len(output) > limits.payload_bytes_max:
+            message = (
+                f"output is {len(output)} bytes; the limit is {limits.payload_bytes_max} bytes"
+            )
+            error = ErrorInfo(message=message, kind="invalid_output")
+            _attempt_failed(self, step_id, error, retryable=False, at_ms=self.at_ms)
+            return
+        self.emit(
+            StepCompleted(step_id=step_id, attempt=step.attempt, output=output, at_ms=self.at_ms)
+        )
+        _after_completed(self, step_id, self.at_ms)
+
+    def fail(
+        self,
+        step_id: str,
+        error: ErrorInfo,
+        *,
+        retryable: bool,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        """Fail the step's live attempt (retried under its policy when `retryable`)."""
+        _attempt_failed(
+            self,
+            step_id,
+            error,
+            retryable=retryable,
+            at_ms=self.at_ms,
+            seed=self.seed,
+            retry_after_ms=retry_after_ms,
+        )
 
 
 def decide(state: RunState, command: AnyCommand) -> Decided:
@@ -96,7 +137,7 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
             message = f"run {state.run_id!r} already ended as {state.status}; nothing to cancel"
             return Rejection(run_id=state.run_id, code="run_finished", message=message)
         return ()
-    builder = _Builder(state)
+    builder = _Builder(state, command.at_ms, command.seed)
     rejection = _apply(builder, command)
     if rejection is not None:
         return rejection
@@ -121,6 +162,8 @@ def _apply(builder: _Builder, command: AnyCommand) -> Rejection | None:
         case CancelRun():
             _cancel_run(builder, command)
             return None
+        case SendSignal():
+            return _send_signal(builder, command)
         case _:
             assert_never(command)
 
@@ -140,7 +183,7 @@ def _start_run(state: RunState, command: StartRun) -> Decided:
             f"input is {len(command.input)} bytes; the limit is {limits.payload_bytes_max} bytes"
         )
         return Rejection(run_id=command.run_id, code="invalid", message=message)
-    builder = _Builder(state)
+    builder = _Builder(state, command.at_ms, command.seed)
     builder.emit(
         RunStarted(
             run_id=command.run_id,
@@ -193,21 +236,7 @@ def _complete_task(builder: _Builder, command: CompleteTask) -> Rejection | None
     if _current_attempt(state, command.step_id, command.attempt) is None:
         return None  # stale attempt or a second completion
     _record_start(builder, command)
-    size = len(command.output)
-    if size > limits.payload_bytes_max:
-        message = f"output is {size} bytes; the limit is {limits.payload_bytes_max} bytes"
-        error = ErrorInfo(message=message, kind="invalid_output")
-        _attempt_failed(builder, command.step_id, error, retryable=False, at_ms=command.at_ms)
-        return None
-    builder.emit(
-        StepCompleted(
-            step_id=command.step_id,
-            attempt=command.attempt,
-            output=command.output,
-            at_ms=command.at_ms,
-        )
-    )
-    _after_completed(builder, command.step_id, command.at_ms)
+    builder.complete(command.step_id, command.output)
     return None
 
 
@@ -277,9 +306,15 @@ def _fire_timer(builder: _Builder, command: FireTimer) -> None:
     if command.kind == "retry":
         due = step.status == "retry_wait" and step.attempt + 1 == command.attempt
         if due and _may_run(state, command.step_id):
-            builder.emit(
-                schedule_attempt(state, command.step_id, command.attempt, step.input, command.at_ms)
-            )
+            step_def = state.step_def(command.step_id)
+            assert step_def is not None
+            registry.get(step_def.type).start(builder, command.step_id, step.input, command.attempt)
+        return
+    if command.kind == "step":
+        if _current_attempt(state, command.step_id, command.attempt) is not None:
+            step_def = state.step_def(command.step_id)
+            assert step_def is not None
+            registry.get(step_def.type).fire(builder, command.step_id, command)
         return
     assert command.kind == "step_timeout", command.kind
     if _current_attempt(state, command.step_id, command.attempt) is not None:
@@ -292,6 +327,37 @@ def _fire_timer(builder: _Builder, command: FireTimer) -> None:
             seed=command.seed,
             timed_out=True,
         )
+
+
+def _send_signal(builder: _Builder, command: SendSignal) -> Rejection | None:
+    """Record the signal in order, then offer it to the active steps (one may consume it)."""
+    state = builder.state
+    problem = _signal_problem(state, command)
+    if problem is not None:
+        return Rejection(run_id=state.run_id, code="invalid", message=problem)
+    builder.emit(SignalReceived(name=command.name, payload=command.payload, at_ms=command.at_ms))
+    index = len(builder.state.signals) - 1
+    for step_def in builder.state.step_defs:
+        step = builder.state.step(step_def.id)
+        assert step is not None
+        if step.status in ("scheduled", "running"):
+            registry.get(step_def.type).signal(builder, step_def.id, index)
+            if builder.state.signals[index].consumed_by is not None:
+                break
+    return None
+
+
+def _signal_problem(state: RunState, command: SendSignal) -> str | None:
+    if not command.name or len(command.name) > limits.signal_name_length_max:
+        return f"signal name {command.name!r} must be 1..{limits.signal_name_length_max} characters"
+    if len(command.payload) > limits.signal_bytes_max:
+        size = len(command.payload)
+        return f"signal payload is {size} bytes; the limit is {limits.signal_bytes_max} bytes"
+    if len(state.signals) >= limits.signals_per_run_max:
+        return (
+            f"run {state.run_id!r} already holds {limits.signals_per_run_max} signals (the limit)"
+        )
+    return None
 
 
 def _cancel_run(builder: _Builder, command: CancelRun) -> None:
@@ -513,8 +579,7 @@ def _start_step(builder: _Builder, step_id: str, input: msgspec.Raw, at_ms: int)
         return
     step_def = builder.state.step_def(step_id)
     assert step_def is not None
-    for event in registry.get(step_def.type).start(builder.state, step_id, input, at_ms):
-        builder.emit(event)
+    registry.get(step_def.type).start(builder, step_id, input, 1)
 
 
 def _advance(builder: _Builder, at_ms: int) -> None:

@@ -48,6 +48,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     v: int = 1
 
 
+class StepEvent(Event, frozen=True, kw_only=True):
+    """Base of the events a step type owns (evolved by its module in `steps/`)."""
+
+    step_id: str
+
+
 class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     run_id: str
     workflow: WorkflowDef
@@ -162,6 +168,34 @@ class RunCancelled(Event, frozen=True, kw_only=True, tag="run.cancelled"):
     at_ms: int
 
 
+class TimerStarted(StepEvent, frozen=True, kw_only=True, tag="timer.started"):
+    """A durable timer of a step (a `sleep`) was armed to fire at `fire_at_ms`."""
+
+    timer_id: str
+    fire_at_ms: int
+    at_ms: int
+
+
+class TimerFired(StepEvent, frozen=True, kw_only=True, tag="timer.fired"):
+    timer_id: str
+    at_ms: int
+
+
+class SignalReceived(Event, frozen=True, kw_only=True, tag="signal.received"):
+    """A named signal arrived for the run (kept in order; consumed by `wait_signal` steps)."""
+
+    name: str
+    payload: msgspec.Raw
+    at_ms: int
+
+
+class SignalConsumed(StepEvent, frozen=True, kw_only=True, tag="signal.consumed"):
+    """A `wait_signal` step took the signal at `signal_index` (its position in the run)."""
+
+    signal_index: int
+    at_ms: int
+
+
 AnyEvent = (
     RunStarted
     | StepScheduled
@@ -178,6 +212,10 @@ AnyEvent = (
     | RunFailed
     | RunCancelRequested
     | RunCancelled
+    | TimerStarted
+    | TimerFired
+    | SignalReceived
+    | SignalConsumed
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -196,6 +234,10 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RunFailed,
     RunCancelRequested,
     RunCancelled,
+    TimerStarted,
+    TimerFired,
+    SignalReceived,
+    SignalConsumed,
 )
 
 TERMINAL_EVENT_TYPES: tuple[type[Event], ...] = (RunCompleted, RunFailed, RunCancelled)

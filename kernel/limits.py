@@ -32,3 +32,9 @@ timers_per_run_max: Final = 10_000
 events_per_decision_max: Final = 10_000
 advance_iterations_max: Final = 10_000  # fixpoint passes of one decision over a run's DAG
 run_id_length_max: Final = 128
+
+# Signals and step timers.
+signal_name_length_max: Final = 128
+signal_bytes_max: Final = 65_536  # one signal's payload
+signals_per_run_max: Final = 1_000
+sleep_ms_max: Final = 365 * 24 * 3_600_000  # one year: the longest durable sleep

@@ -19,6 +19,8 @@ from kernel.events import (
     RunCompleted,
     RunFailed,
     RunStarted,
+    SignalConsumed,
+    SignalReceived,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -28,6 +30,8 @@ from kernel.events import (
     StepSkipped,
     StepStarted,
     StepTimedOut,
+    TimerFired,
+    TimerStarted,
 )
 from kernel.state import RunState, StepState, is_terminal
 from kernel.step_api import (
@@ -35,6 +39,7 @@ from kernel.step_api import (
     retry_timer_id,
     step_timeout_timer,
     step_timeout_timer_id,
+    step_timer_id,
     timer_seed,
 )
 
@@ -59,8 +64,13 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             return (_retry_timer(state, event.step_id, event.attempt, event.due_at_ms),)
         case RunCompleted() | RunFailed() | RunCancelled():
             return _cancel_all_timers(state)
+        case TimerStarted() | TimerFired() | SignalConsumed():
+            step_def = state.step_def(event.step_id)
+            assert step_def is not None
+            return registry.get(step_def.type).react(state, event)
         case (
             StepStarted()
+            | SignalReceived()
             | StepTimedOut()
             | StepSkipped()
             | StepRecovered()
@@ -133,8 +143,13 @@ def _cancel_step_timeout(state: RunState, step_id: str, attempt: int) -> tuple[A
 
 
 def _live_timer_ids(state: RunState, step: StepState) -> tuple[str, ...]:
-    if step.status in ("scheduled", "running") and step.deadline_ms is not None:
-        return (step_timeout_timer_id(step.step_id, step.attempt),)
+    ids: list[str] = []
+    if step.status in ("scheduled", "running"):
+        if step.deadline_ms is not None:
+            ids.append(step_timeout_timer_id(step.step_id, step.attempt))
+        if step.wake_at_ms is not None:
+            ids.append(step_timer_id(step.step_id, step.attempt))
+        return tuple(ids)
     if step.status == "retry_wait":
         return (retry_timer_id(step.step_id, step.attempt + 1),)
     return ()

@@ -13,6 +13,7 @@ from typing import assert_never
 
 import msgspec
 
+from kernel import registry
 from kernel.events import (
     AnyEvent,
     CompensationStarted,
@@ -22,6 +23,8 @@ from kernel.events import (
     RunCompleted,
     RunFailed,
     RunStarted,
+    SignalConsumed,
+    SignalReceived,
     StepCompensated,
     StepCompleted,
     StepFailed,
@@ -31,8 +34,10 @@ from kernel.events import (
     StepSkipped,
     StepStarted,
     StepTimedOut,
+    TimerFired,
+    TimerStarted,
 )
-from kernel.state import INITIAL_STATE, RunState, StepState, is_terminal
+from kernel.state import INITIAL_STATE, ReceivedSignal, RunState, StepState, is_terminal
 
 replace = msgspec.structs.replace
 
@@ -113,6 +118,13 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             return replace(counted, cancel_reason=event.reason)
         case RunCancelled():
             return replace(counted, status="cancelled", ended_at_ms=event.at_ms)
+        case SignalReceived():
+            signal = ReceivedSignal(name=event.name, payload=event.payload, at_ms=event.at_ms)
+            return replace(counted, signals=(*counted.signals, signal))
+        case TimerStarted() | TimerFired() | SignalConsumed():
+            step_def = counted.step_def(event.step_id)
+            assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
+            return registry.get(step_def.type).evolve(counted, event)
         case _:
             assert_never(event)
 

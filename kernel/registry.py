@@ -13,13 +13,45 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import msgspec
 
+    from kernel.commands import FireTimer
     from kernel.effects import AnyEffect
     from kernel.errors import Problem
-    from kernel.events import AnyEvent
+    from kernel.events import AnyEvent, ErrorInfo, StepEvent
     from kernel.state import RunState
     from kernel.workflow import StepDef
 
 STEPS_PACKAGE = "steps"
+
+
+class DecideContext(Protocol):
+    """What a step type's decide parts may do: read the state and decide events.
+
+    `complete` and `fail` end the step's live attempt and apply every kernel rule that follows
+    (retries, on_failure, compensation, readiness of dependents); `emit` records one of the
+    step type's own events.
+    """
+
+    @property
+    def state(self) -> RunState: ...
+
+    @property
+    def at_ms(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    def emit(self, event: AnyEvent) -> None: ...
+
+    def complete(self, step_id: str, output: msgspec.Raw) -> None: ...
+
+    def fail(
+        self,
+        step_id: str,
+        error: ErrorInfo,
+        *,
+        retryable: bool,
+        retry_after_ms: int | None = None,
+    ) -> None: ...
 
 
 class StepType(Protocol):
@@ -37,10 +69,21 @@ class StepType(Protocol):
         """Problems with this type's own fields and `config` (`path` is e.g. `steps[3]`)."""
         ...
 
-    def start(
-        self, state: RunState, step_id: str, input: msgspec.Raw, at_ms: int
-    ) -> tuple[AnyEvent, ...]:
-        """Decide part: the events that begin a ready step with its resolved input."""
+    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
+        """Decide part: begin `attempt` of a step with its resolved input (attempt 1 when it
+        becomes ready, later ones when a retry is due)."""
+        ...
+
+    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
+        """Decide part: one of the step's own timers (kind "step") fired."""
+        ...
+
+    def signal(self, context: DecideContext, step_id: str, signal_index: int) -> None:
+        """Decide part: a signal arrived while the step is active (it may consume it)."""
+        ...
+
+    def evolve(self, state: RunState, event: StepEvent) -> RunState:
+        """Evolve part: apply one of the step type's own events."""
         ...
 
     def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:

@@ -54,6 +54,16 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     ended_at_ms: int | None = None
     completion_index: int = -1  # order of completion, for compensation in reverse
     compensated: bool = False
+    wake_at_ms: int | None = None  # a step type's own timer (a sleep), while armed
+
+
+class ReceivedSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """A signal of the run, in arrival order, and the step that consumed it (if any)."""
+
+    name: str
+    payload: msgspec.Raw
+    at_ms: int
+    consumed_by: str | None = None
 
 
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +84,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     failed_step_id: str = ""
     cancel_reason: str | None = None
     compensation_outcome: str | None = None
+    signals: tuple[ReceivedSignal, ...] = ()
     event_count: int = 0
 
     def index_of(self, step_id: str) -> int:

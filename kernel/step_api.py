@@ -12,8 +12,9 @@ import msgspec
 
 from kernel import limits
 from kernel.commands import FireTimer
-from kernel.effects import ArmTimer, EnqueueTask, task_msg_id
-from kernel.events import StepScheduled
+from kernel.effects import AnyEffect, ArmTimer, EnqueueTask, task_msg_id
+from kernel.events import AnyEvent, StepEvent, StepScheduled
+from kernel.registry import DecideContext
 from kernel.state import RunState
 
 
@@ -56,6 +57,11 @@ def retry_timer_id(step_id: str, attempt: int) -> str:
     return f"retry.{step_id}.{attempt}"
 
 
+def step_timer_id(step_id: str, attempt: int) -> str:
+    """The id of a step type's own timer (one per attempt), e.g. a sleep's wake-up."""
+    return f"step.{step_id}.{attempt}"
+
+
 RUN_TIMEOUT_TIMER_ID = "run_timeout"
 
 
@@ -84,3 +90,45 @@ def step_timeout_timer(state: RunState, step_id: str) -> ArmTimer | None:
     return ArmTimer(
         run_id=state.run_id, timer_id=timer_id, fire_at_ms=step.deadline_ms, command=command
     )
+
+
+def step_timer(state: RunState, step_id: str) -> ArmTimer | None:
+    """The step type's own timer for the current attempt, if one is armed (`wake_at_ms`)."""
+    step = state.step(step_id)
+    assert step is not None, f"no step {step_id!r}"
+    if step.wake_at_ms is None:
+        return None
+    timer_id = step_timer_id(step_id, step.attempt)
+    command = FireTimer(
+        run_id=state.run_id,
+        at_ms=step.wake_at_ms,
+        seed=timer_seed(state.seed, timer_id),
+        timer_id=timer_id,
+        kind="step",
+        step_id=step_id,
+        attempt=step.attempt,
+    )
+    return ArmTimer(
+        run_id=state.run_id, timer_id=timer_id, fire_at_ms=step.wake_at_ms, command=command
+    )
+
+
+class StepTypeBase:
+    """Defaults for the optional parts of a step type: no own timers, signals or events."""
+
+    needs_task = False
+
+    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
+        """A timer of a kind this type never arms: nothing to decide."""
+
+    def signal(self, context: DecideContext, step_id: str, signal_index: int) -> None:
+        """Signals do not concern this type."""
+
+    def evolve(self, state: RunState, event: StepEvent) -> RunState:
+        raise AssertionError(f"{type(self).__name__} owns no event {type(event).__name__}")
+
+    def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+        return ()
+
+    def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
+        return ()

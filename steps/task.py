@@ -14,12 +14,13 @@ from kernel import registry
 from kernel.effects import AnyEffect
 from kernel.errors import Problem
 from kernel.events import AnyEvent, StepScheduled
+from kernel.registry import DecideContext
 from kernel.state import RunState
-from kernel.step_api import enqueue_task, schedule_attempt
+from kernel.step_api import StepTypeBase, enqueue_task, schedule_attempt
 from kernel.workflow import EMPTY_OBJECT, StepDef
 
 
-class TaskStep:
+class TaskStep(StepTypeBase):
     """A unit of work run by a worker handler for `task`."""
 
     name = "task"
@@ -37,12 +38,8 @@ class TaskStep:
         return ()
 
     # decide
-    def start(
-        self, state: RunState, step_id: str, input: msgspec.Raw, at_ms: int
-    ) -> tuple[AnyEvent, ...]:
-        step = state.step(step_id)
-        assert step is not None and step.status == "pending", f"step {step_id!r} is not pending"
-        return (schedule_attempt(state, step_id, 1, input, at_ms),)
+    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
+        context.emit(schedule_attempt(context.state, step_id, attempt, input, context.at_ms))
 
     # react
     def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:

@@ -26,6 +26,7 @@ from kernel.commands import (
     FailureKind,
     FireTimer,
     Rejection,
+    SendSignal,
     StartRun,
     TaskStarted,
 )
@@ -35,7 +36,12 @@ from kernel.events import AnyEvent, Event
 from kernel.react import react
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, StepStatus
-from kernel.step_api import RUN_TIMEOUT_TIMER_ID, retry_timer_id, step_timeout_timer_id
+from kernel.step_api import (
+    RUN_TIMEOUT_TIMER_ID,
+    retry_timer_id,
+    step_timeout_timer_id,
+    step_timer_id,
+)
 from kernel.workflow import RetryPolicy, RetryStrategy, SkipIf, SkipOp, StepDef, WorkflowDef
 
 RUN_ID: Final = "r1"
@@ -232,6 +238,39 @@ def fire_run_timeout(*, run_id: str = RUN_ID, at_ms: int = UNSTAMPED) -> FireTim
 
 def cancel(reason: str = "", *, run_id: str = RUN_ID, at_ms: int = UNSTAMPED) -> CancelRun:
     return CancelRun(run_id=run_id, at_ms=at_ms, reason=reason)
+
+
+def step_of(
+    step_id: str, step_type: str, config: object, *depends_on: str, timeout_ms: int | None = None
+) -> StepDef:
+    """A step of any type with its config (as JSON), built directly (no parser)."""
+    return StepDef(
+        id=step_id,
+        type=step_type,
+        depends_on=depends_on,
+        config=raw(config),
+        timeout_ms=timeout_ms,
+    )
+
+
+def fire_step_timer(
+    step_id: str, attempt: int = 1, *, run_id: str = RUN_ID, at_ms: int = UNSTAMPED
+) -> FireTimer:
+    """A step type's own timer (a sleep's wake-up) firing."""
+    return FireTimer(
+        run_id=run_id,
+        at_ms=at_ms,
+        timer_id=step_timer_id(step_id, attempt),
+        kind="step",
+        step_id=step_id,
+        attempt=attempt,
+    )
+
+
+def signal(
+    name: str, payload: object = None, *, run_id: str = RUN_ID, at_ms: int = UNSTAMPED
+) -> SendSignal:
+    return SendSignal(run_id=run_id, at_ms=at_ms, name=name, payload=raw(payload))
 
 
 # --- scenarios ----------------------------------------------------------------------------

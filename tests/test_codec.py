@@ -36,10 +36,13 @@ from tests.kernel_dsl import (
     fail,
     fire_run_timeout,
     fire_step_timeout,
+    fire_step_timer,
     given,
     retry,
+    signal,
     skip_if,
     start,
+    step_of,
     task,
     workflow,
 )
@@ -72,8 +75,18 @@ def _reachable() -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
         complete("a", {"x": 1}),
         fire_run_timeout(),
     ).history
+    step_types = given(
+        start(
+            workflow(
+                step_of("nap", "sleep", {"duration": "1s"}),
+                step_of("gate", "wait_signal", {"signal": "go"}, "nap"),
+            )
+        ),
+        fire_step_timer("nap"),
+        signal("go", {"ok": True}),
+    ).history
     decisions = [d for commands in SCENARIOS.values() for d in history(commands)]
-    for command, events in (*extra, *more):
+    for command, events in (*extra, *more, *step_types):
         assert command is not None
         if events:
             decisions.append((command, events))

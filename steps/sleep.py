@@ -1,0 +1,157 @@
+"""The `sleep` step type: a durable delay with no worker.
+
+Config: exactly one of `duration` (`"30s"`, or integer nanoseconds as in workflow files) or
+`until_input_path` (a dotted path into the run input holding an RFC 3339 time or epoch
+milliseconds). The step's output is its input, so `a -> sleep -> b` hands `a`'s output to `b`.
+
+decide: start schedules the attempt and starts a timer (`timer.started`); its firing
+(`timer.fired`) completes the step. A wake-up time in the past fires at once, once.
+evolve: `timer.started` sets the step's `wake_at_ms`; `timer.fired` clears it.
+react: `timer.started` arms the durable timer.
+resume: a sleeping step's timer is armed again (it fires at once if it came due meanwhile).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from kernel import limits, registry
+from kernel.commands import FireTimer
+from kernel.durations import parse_duration, show_value
+from kernel.effects import AnyEffect
+from kernel.errors import Problem
+from kernel.events import AnyEvent, ErrorInfo, StepEvent, TimerFired, TimerStarted
+from kernel.payloads import read_field
+from kernel.registry import DecideContext
+from kernel.state import RunState
+from kernel.step_api import StepTypeBase, schedule_attempt, step_timer, step_timer_id
+from kernel.timestamps import parse_timestamp_ms
+from kernel.workflow import StepDef
+
+CONFIG_FIELDS = ("duration", "until_input_path")
+
+
+class SleepConfig(msgspec.Struct, frozen=True, kw_only=True):
+    duration_ms: int | None = None
+    until_input_path: str | None = None
+
+
+def read_config(step: StepDef, path: str) -> SleepConfig | tuple[Problem, ...]:
+    """The sleep's config, or every problem with it."""
+    document = msgspec.json.decode(bytes(step.config))
+    assert isinstance(document, dict)
+    problems = [
+        Problem(
+            path=f"{path}.config.{key}",
+            value=show_value(document[key]),
+            rule=f"unknown field (allowed: {', '.join(CONFIG_FIELDS)})",
+        )
+        for key in document
+        if key not in CONFIG_FIELDS
+    ]
+    given = [key for key in CONFIG_FIELDS if document.get(key) is not None]
+    if len(given) != 1:
+        rule = "a sleep needs exactly one of duration, until_input_path"
+        problems.append(Problem(path=f"{path}.config", value=show_value(document), rule=rule))
+        return tuple(problems)
+    if given == ["duration"]:
+        parsed = parse_duration(document["duration"], f"{path}.config.duration")
+        if isinstance(parsed, Problem):
+            return (*problems, parsed)
+        if parsed > limits.sleep_ms_max:
+            rule = f"must be at most {limits.sleep_ms_max} ms (sleep_ms_max)"
+            problems.append(Problem(path=f"{path}.config.duration", value=str(parsed), rule=rule))
+        return tuple(problems) or SleepConfig(duration_ms=parsed)
+    field = document["until_input_path"]
+    if not isinstance(field, str) or not field:
+        rule = "must be a dotted path into the run input, e.g. 'deadline'"
+        problems.append(
+            Problem(path=f"{path}.config.until_input_path", value=show_value(field), rule=rule)
+        )
+    return tuple(problems) or SleepConfig(until_input_path=str(field))
+
+
+class SleepStep(StepTypeBase):
+    """Wait durably until a time, then pass the input on."""
+
+    name = "sleep"
+    needs_task = False
+
+    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
+        config = read_config(step, path)
+        return config if isinstance(config, tuple) else ()
+
+    # decide
+    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
+        state = context.state
+        step_def = state.step_def(step_id)
+        assert step_def is not None
+        config = read_config(step_def, step_id)
+        assert isinstance(config, SleepConfig), "validated at registration"
+        context.emit(schedule_attempt(state, step_id, attempt, input, context.at_ms))
+        wake = _wake_at(state, config, context.at_ms)
+        if isinstance(wake, str):
+            context.fail(step_id, ErrorInfo(message=wake, kind="non_retryable"), retryable=False)
+            return
+        timer_id = step_timer_id(step_id, attempt)
+        context.emit(
+            TimerStarted(step_id=step_id, timer_id=timer_id, fire_at_ms=wake, at_ms=context.at_ms)
+        )
+
+    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
+        step = context.state.step(step_id)
+        assert step is not None
+        if step.wake_at_ms is None:
+            return
+        context.emit(TimerFired(step_id=step_id, timer_id=command.timer_id, at_ms=context.at_ms))
+        context.complete(step_id, step.input)
+
+    # evolve
+    def evolve(self, state: RunState, event: StepEvent) -> RunState:
+        match event:
+            case TimerStarted():
+                return _set_wake(state, event.step_id, event.fire_at_ms)
+            case TimerFired():
+                return _set_wake(state, event.step_id, None)
+        raise AssertionError(f"sleep owns no event {type(event).__name__}")
+
+    # react
+    def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+        if isinstance(event, TimerStarted):
+            timer = step_timer(state, event.step_id)
+            assert timer is not None
+            return (timer,)
+        return ()
+
+    # resume
+    def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
+        timer = step_timer(state, step_id)
+        return (timer,) if timer is not None else ()
+
+
+def _set_wake(state: RunState, step_id: str, wake_at_ms: int | None) -> RunState:
+    index = state.index_of(step_id)
+    assert index >= 0
+    step = msgspec.structs.replace(state.steps[index], wake_at_ms=wake_at_ms)
+    steps = (*state.steps[:index], step, *state.steps[index + 1 :])
+    return msgspec.structs.replace(state, steps=steps)
+
+
+def _wake_at(state: RunState, config: SleepConfig, at_ms: int) -> int | str:
+    """When to wake, or why that cannot be known (a message for the step's failure)."""
+    if config.duration_ms is not None:
+        return at_ms + config.duration_ms
+    assert config.until_input_path is not None
+    value = read_field(state.input, config.until_input_path)
+    wake = parse_timestamp_ms(value)
+    if wake is None:
+        return (
+            f"run input field {config.until_input_path!r} is {show_value(value)}: "
+            "expected an RFC 3339 time or epoch milliseconds"
+        )
+    if wake - at_ms > limits.sleep_ms_max:
+        return f"wake-up time {wake} is more than sleep_ms_max ({limits.sleep_ms_max} ms) away"
+    return wake
+
+
+SLEEP = registry.register(SleepStep())

@@ -1,0 +1,98 @@
+"""The `wait_signal` step type: waits for a named signal sent to its run; no worker.
+
+Config: `signal`, the name to wait for. Signals are events in the run's history, in arrival
+order (`signal.received`); one sent before the step started waits for it there. The step
+consumes the first unconsumed signal of its name and completes with its payload. A `timeout` on
+the step bounds the wait like any attempt.
+
+decide: start schedules the attempt and consumes a waiting signal if there is one; a signal
+arriving later is offered to the active steps in order, and the first waiting step takes it.
+evolve: `signal.consumed` marks the signal taken by the step.
+react / resume: nothing (no timer, no task).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from kernel import limits, registry
+from kernel.durations import show_value
+from kernel.errors import Problem
+from kernel.events import SignalConsumed, StepEvent
+from kernel.registry import DecideContext
+from kernel.state import RunState
+from kernel.step_api import StepTypeBase, schedule_attempt
+from kernel.workflow import StepDef
+
+CONFIG_FIELDS = ("signal",)
+
+
+def signal_name(step: StepDef) -> str | Problem:
+    """The signal a step waits for, or the problem with its config."""
+    document = msgspec.json.decode(bytes(step.config))
+    assert isinstance(document, dict)
+    unknown = [key for key in document if key not in CONFIG_FIELDS]
+    if unknown:
+        return Problem(
+            path=f"config.{unknown[0]}",
+            value=show_value(document[unknown[0]]),
+            rule=f"unknown field (allowed: {', '.join(CONFIG_FIELDS)})",
+        )
+    name = document.get("signal")
+    if not isinstance(name, str) or not name or len(name) > limits.signal_name_length_max:
+        bound = limits.signal_name_length_max
+        rule = f"is required: the name of the signal to wait for (1..{bound} characters)"
+        return Problem(path="config.signal", value=show_value(name), rule=rule)
+    return name
+
+
+class WaitSignalStep(StepTypeBase):
+    """Complete with the payload of the first signal of a name."""
+
+    name = "wait_signal"
+    needs_task = False
+
+    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
+        name = signal_name(step)
+        if isinstance(name, Problem):
+            return (msgspec.structs.replace(name, path=f"{path}.{name.path}"),)
+        return ()
+
+    # decide
+    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
+        context.emit(schedule_attempt(context.state, step_id, attempt, input, context.at_ms))
+        wanted = self._wanted(context.state, step_id)
+        for index, signal in enumerate(context.state.signals):
+            if signal.consumed_by is None and signal.name == wanted:
+                self._consume(context, step_id, index)
+                return
+
+    def signal(self, context: DecideContext, step_id: str, signal_index: int) -> None:
+        signal = context.state.signals[signal_index]
+        if signal.consumed_by is None and signal.name == self._wanted(context.state, step_id):
+            self._consume(context, step_id, signal_index)
+
+    def _wanted(self, state: RunState, step_id: str) -> str:
+        step_def = state.step_def(step_id)
+        assert step_def is not None
+        name = signal_name(step_def)
+        assert isinstance(name, str), "validated at registration"
+        return name
+
+    def _consume(self, context: DecideContext, step_id: str, index: int) -> None:
+        payload = context.state.signals[index].payload
+        context.emit(SignalConsumed(step_id=step_id, signal_index=index, at_ms=context.at_ms))
+        context.complete(step_id, payload)
+
+    # evolve
+    def evolve(self, state: RunState, event: StepEvent) -> RunState:
+        assert isinstance(event, SignalConsumed), type(event).__name__
+        signal = state.signals[event.signal_index]
+        assert signal.consumed_by is None, f"signal {event.signal_index} consumed twice"
+        taken = msgspec.structs.replace(signal, consumed_by=event.step_id)
+        index = event.signal_index
+        signals = (*state.signals[:index], taken, *state.signals[index + 1 :])
+        return msgspec.structs.replace(state, signals=signals)
+
+
+WAIT_SIGNAL = registry.register(WaitSignalStep())
