@@ -240,10 +240,22 @@ async def fetch_batch(
     """Fetch up to `batch` messages within timeout_ms; [] when none came."""
     assert 1 <= batch <= settings.fetch_batch_max, batch
     assert 0 < timeout_ms <= settings.fetch_timeout_ms_max, timeout_ms
+    # nats-py's fetch(n) waits, once it long-polls, until n messages came or the time is up,
+    # which would hold a lone message back for the whole timeout. So long-poll for one, then
+    # take at once as many more as its metadata says are waiting (num_pending).
     try:
-        messages = await subscription.fetch(batch, timeout=timeout_ms / 1000)
+        messages = await subscription.fetch(1, timeout=timeout_ms / 1000)
     except (nats.errors.TimeoutError, TimeoutError):
         return []
+    waiting = messages[-1].metadata.num_pending if messages else 0
+    if batch > 1 and waiting > 0:
+        try:
+            more = await subscription.fetch(
+                min(batch - 1, waiting), timeout=settings.fetch_drain_timeout_ms / 1000
+            )
+        except (nats.errors.TimeoutError, TimeoutError):
+            more = []  # taken meanwhile by another consumer
+        messages.extend(more)
     assert len(messages) <= batch
     return [JetStreamMessage(message) for message in messages]
 
