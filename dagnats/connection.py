@@ -29,6 +29,7 @@ DATA_DIR_ENV = "DAGNATS_DATA_DIR"
 URL_FILE = "nats.url"
 connect_timeout_s = 5.0
 initial_connect_attempts_max = 1
+reconnect_wait_s = 0.1  # between reconnect attempts: a restarted server is back in ~0.2 s
 log = logging.getLogger("dagnats.connection")
 
 
@@ -102,6 +103,7 @@ class Connection:
                 error_cb=_log_error,
                 disconnected_cb=_log_disconnected,
                 reconnected_cb=_log_reconnected,
+                reconnect_time_wait=reconnect_wait_s,
             )
         except (OSError, nats.errors.Error, TimeoutError) as error:
             raise ConnectError(

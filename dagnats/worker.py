@@ -32,7 +32,13 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from dagnats.runtime.protocols import CommandPublisher, DeadLetters, TaskMessage, TaskQueue
+from dagnats.runtime.protocols import (
+    Clock,
+    CommandPublisher,
+    DeadLetters,
+    TaskMessage,
+    TaskQueue,
+)
 from kernel import codec, limits
 from kernel.commands import CompleteTask, FailTask, FailureKind, TaskStarted
 from kernel.effects import EnqueueTask
@@ -43,7 +49,7 @@ Handler = Callable[["TaskContext"], Awaitable[object]]
 TaskResult = CompleteTask | FailTask
 
 heartbeat_interval_ms_default = 10_000
-fetch_timeout_ms = 1_000
+fetch_timeout_ms = 250  # short, so a pull lost with a restarted server is soon made again
 concurrency_default = 16
 fetch_batch_default = 64  # task messages fetched at once, bounded by the free handler slots
 traceback_lines_max = 12
@@ -124,12 +130,18 @@ class Worker:
         heartbeat_interval_ms: int = heartbeat_interval_ms_default,
         report_started: bool = False,
         fetch_batch_max: int = fetch_batch_default,
+        clock: Clock | None = None,
+        seeds: Callable[[], int] | None = None,
     ) -> None:
+        """`clock` stamps `at_ms` and `seeds` draws command seeds: the wall clock and `random`
+        unless given (the simulator passes virtual time and a seeded source)."""
         assert 1 <= concurrency <= 10_000, f"concurrency {concurrency} out of 1..10000"
         self.concurrency = concurrency
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.report_started = report_started
+        self.now_ms: Callable[[], int] = clock.now_ms if clock is not None else now_ms
+        self.new_seed: Callable[[], int] = seeds if seeds is not None else new_seed
         assert 1 <= fetch_batch_max <= 1_000, f"fetch_batch_max {fetch_batch_max} out of 1..1000"
         self.fetch_batch_max = fetch_batch_max
         self.handlers: dict[str, Handler] = {}
@@ -223,19 +235,19 @@ class Worker:
             # The worker that had this attempt was lost: report it, so the engine schedules
             # the next attempt under a new message id, and let this delivery go.
             reason = f"worker lost: the task was delivered again (delivery {message.num_delivered})"
-            await self._send(commands, _fail(task, reason, kind="heartbeat_timeout"), "lost")
+            await self._send(commands, self._fail(task, reason, kind="heartbeat_timeout"), "lost")
             await message.ack()
             return
         if self.report_started:
             started = TaskStarted(
                 run_id=task.run_id,
-                at_ms=now_ms(),
+                at_ms=self.now_ms(),
                 step_id=task.step_id,
                 attempt=task.attempt,
                 worker_id=self.worker_id,
             )
             await self._send(commands, started, "started")
-        started_at_ms = now_ms()
+        started_at_ms = self.now_ms()
         result = await self._call_with_heartbeat(task, message)
         if not self.report_started:
             result = msgspec.structs.replace(
@@ -265,31 +277,32 @@ class Worker:
     async def _call(self, task: EnqueueTask) -> TaskResult:
         handler = self.handlers.get(task.task)
         if handler is None:
-            return _fail(task, f"no handler for task {task.task!r} in this worker", "error")
+            return self._fail(task, f"no handler for task {task.task!r} in this worker", "error")
         context = TaskContext(task, self.worker_id)
         try:
             value = await handler(context)
         except NonRetryableError as error:
-            return _fail(task, str(error), "non_retryable", short_traceback(error))
+            return self._fail(task, str(error), "non_retryable", short_traceback(error))
         except RetryAfter as error:
-            failed = _fail(task, str(error), "error", short_traceback(error))
+            failed = self._fail(task, str(error), "error", short_traceback(error))
             return msgspec.structs.replace(failed, retry_after_ms=int(error.seconds * 1000))
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
-            return _fail(task, message, "error", short_traceback(error))
+            return self._fail(task, message, "error", short_traceback(error))
         try:
             output = msgspec.json.encode(value)
         except (TypeError, ValueError, OverflowError) as error:
-            return _fail(task, f"the output cannot be encoded as JSON: {error}", "invalid_output")
+            message = f"the output cannot be encoded as JSON: {error}"
+            return self._fail(task, message, "invalid_output")
         if len(output) > limits.payload_bytes_max:
             message = (
                 f"the output is {len(output)} bytes; the limit is {limits.payload_bytes_max} bytes"
             )
-            return _fail(task, message, "invalid_output")
+            return self._fail(task, message, "invalid_output")
         return CompleteTask(
             run_id=task.run_id,
-            at_ms=now_ms(),
-            seed=new_seed(),
+            at_ms=self.now_ms(),
+            seed=self.new_seed(),
             step_id=task.step_id,
             attempt=task.attempt,
             output=msgspec.Raw(output),
@@ -301,12 +314,17 @@ class Worker:
         msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
         await commands.publish_command(command.run_id, codec.encode(command), msg_id)
 
+    def _fail(self, task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
+        return _fail(task, error, kind, trace, at_ms=self.now_ms(), seed=self.new_seed())
 
-def _fail(task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
+
+def _fail(
+    task: EnqueueTask, error: str, kind: FailureKind, trace: str, *, at_ms: int, seed: int
+) -> FailTask:
     return FailTask(
         run_id=task.run_id,
-        at_ms=now_ms(),
-        seed=new_seed(),
+        at_ms=at_ms,
+        seed=seed,
         step_id=task.step_id,
         attempt=task.attempt,
         error=error,

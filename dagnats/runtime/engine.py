@@ -33,11 +33,13 @@ from dagnats.runtime.protocols import (
 from dagnats.runtime.settings import (
     append_attempts_max,
     command_batch_max,
+    command_batches_in_flight_max,
     command_fetch_timeout_ms,
     effects_in_flight_max,
     resume_concurrency_max,
     run_cache_max,
     runs_listed_max,
+    valid_workflows_cached_max,
 )
 from kernel import codec
 from kernel.commands import AnyCommand, Rejection, StartRun
@@ -49,6 +51,7 @@ from kernel.react import react, resume
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 from kernel.workflow import validate_workflow
+from projections.snapshot import SnapshotReader
 
 Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
 
@@ -82,15 +85,19 @@ class Engine:
         dead: DeadLetters,
         *,
         cache_runs_max: int = run_cache_max,
+        snapshots: SnapshotReader | None = None,
     ) -> None:
         assert cache_runs_max >= 1
         self.history = history
+        self.snapshots = snapshots  # run snapshots (a cache): load = snapshot + tail
         self.tasks = tasks
         self.timers = timers
         self.dead = dead
         self.cache_runs_max = cache_runs_max
         self._cache: OrderedDict[str, Loaded] = OrderedDict()
         self.needs_resume: set[str] = set()
+        self._tails: dict[str, asyncio.Future[None]] = {}  # per run subject: the last group
+        self._valid_workflows: OrderedDict[bytes, bool] = OrderedDict()
         self.parked: dict[str, str] = {}
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
@@ -108,14 +115,29 @@ class Engine:
         return loaded
 
     async def fold_history(self, run_id: str) -> Loaded:
-        """Fold the run's whole history (bounded memory: one message at a time).
+        """The run's state: its snapshot (when there is a usable one) plus the history after
+        it, else the fold of its whole history (bounded memory: one message at a time). A
+        snapshot that does not agree with the history is ignored.
 
         Raises:
             RunParkedError: a history message does not decode or does not fold.
         """
-        state = INITIAL_STATE
-        last_seq = 0
-        async for seq, data in self.history.read(run_id):
+        snapshot = await self.snapshots.get(run_id) if self.snapshots is not None else None
+        if snapshot is not None:
+            try:
+                loaded = await self._fold_from(run_id, snapshot.state, snapshot.last_seq)
+                if loaded.last_seq != snapshot.last_seq:
+                    return loaded
+                if await self.history.last_seq(run_id) == snapshot.last_seq:
+                    return loaded
+            except RunParkedError:
+                pass  # the snapshot may be what is wrong: fold the whole history
+            log.warning("run %s: its snapshot disagrees with history; ignored", run_id)
+        return await self._fold_from(run_id, INITIAL_STATE, 0)
+
+    async def _fold_from(self, run_id: str, state: RunState, after_seq: int) -> Loaded:
+        last_seq = after_seq
+        async for seq, data in self.history.read(run_id, after_seq=after_seq):
             try:
                 decision = codec.decode_decision(data)
                 for event in decision.events:
@@ -164,9 +186,8 @@ class Engine:
     async def _handle_command(self, command: AnyCommand, data: bytes) -> Outcome:
         run_id = command.run_id
         if isinstance(command, StartRun):
-            problems = validate_workflow(command.workflow)
-            if problems:
-                reason = "start_run carries an invalid workflow: " + "; ".join(map(str, problems))
+            reason = self._workflow_problems(command)
+            if reason:
                 await self.dead.publish_dead("command", data, reason)
                 return "dead"
         for _ in range(append_attempts_max):
@@ -177,6 +198,9 @@ class Engine:
                 return self._park(run_id, error.reason)
             except AssertionError as error:
                 return self._park(run_id, f"decide broke an invariant: {error}")
+            nothing = isinstance(decided, Rejection) or not decided
+            if nothing and await self._moved(loaded, run_id):
+                continue  # decided on a stale state: another engine appended since
             if isinstance(decided, Rejection):
                 return await self._rejected(decided, data)
             if not decided:
@@ -200,6 +224,21 @@ class Engine:
         log.warning("run %s: %d append conflicts in a row; will retry", run_id, append_attempts_max)
         return "retry"
 
+    def _workflow_problems(self, command: StartRun) -> str:
+        """Why a StartRun's workflow is invalid ("" when valid); valid ones are remembered by
+        their encoding, so a workflow started many times is validated once."""
+        key = hashlib.blake2b(codec.encode(command.workflow), digest_size=16).digest()
+        if key in self._valid_workflows:
+            self._valid_workflows.move_to_end(key)
+            return ""
+        problems = validate_workflow(command.workflow)
+        if problems:
+            return "start_run carries an invalid workflow: " + "; ".join(map(str, problems))
+        self._valid_workflows[key] = True
+        while len(self._valid_workflows) > valid_workflows_cached_max:
+            self._valid_workflows.popitem(last=False)
+        return ""
+
     async def _append(
         self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
     ) -> list[AnyEffect]:
@@ -218,6 +257,16 @@ class Engine:
         assert seq > loaded.last_seq, f"append returned {seq} after {loaded.last_seq}"
         self._remember(command.run_id, Loaded(state=state, last_seq=seq))
         return effects
+
+    async def _moved(self, loaded: Loaded, run_id: str) -> bool:
+        """Whether the run's history moved past `loaded` (then forget it). A command that
+        decides to nothing is acked and gone, so when engines race (ownership moving) the
+        state it was decided on must be checked against the history first (found by
+        `dagnats sim`: a cached state missing another engine's append dropped a result)."""
+        if await self.history.last_seq(run_id) == loaded.last_seq:
+            return False
+        self.forget(run_id)
+        return True
 
     async def _rejected(self, rejection: Rejection, data: bytes) -> Outcome:
         self._count("rejected")
@@ -312,10 +361,39 @@ class Engine:
     async def handle_batch(self, messages: list[CommandMessage]) -> None:
         """Handle a fetched batch: runs in parallel, each run's commands in order; ack each
         command only after its events are appended and its effects executed."""
+        await self._schedule_batch(messages)
+
+    def _schedule_batch(self, messages: list[CommandMessage]) -> asyncio.Future[list[None]]:
+        """Start handling a batch now. Each run's commands wait for that run's commands of
+        earlier batches (a chain of futures, set up here before anything awaits), so batches
+        overlap while every run still sees its commands in order."""
         groups: dict[str, list[CommandMessage]] = {}
         for message in messages:
             groups.setdefault(message.subject, []).append(message)
-        await asyncio.gather(*(self._handle_group(group) for group in groups.values()))
+        loop = asyncio.get_running_loop()
+        jobs = []
+        for subject, group in groups.items():
+            previous = self._tails.get(subject)
+            done: asyncio.Future[None] = loop.create_future()
+            self._tails[subject] = done
+            jobs.append(self._run_group(subject, group, previous, done))
+        return asyncio.gather(*jobs)
+
+    async def _run_group(
+        self,
+        subject: str,
+        group: list[CommandMessage],
+        previous: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+    ) -> None:
+        try:
+            if previous is not None:
+                await previous
+            await self._handle_group(group)
+        finally:
+            done.set_result(None)
+            if self._tails.get(subject) is done:
+                del self._tails[subject]
 
     async def _handle_group(self, group: list[CommandMessage]) -> None:
         for message in group:
@@ -337,11 +415,21 @@ class Engine:
     async def serve(self, commands: CommandQueue, stop: asyncio.Event) -> None:
         """Resume every unfinished run, then handle commands until `stop` is set."""
         await self.resume_all()
-        while not stop.is_set():
-            messages = await commands.fetch_commands(
-                batch=command_batch_max, timeout_ms=command_fetch_timeout_ms
-            )
-            if messages:
-                await self.handle_batch(list(messages))
-            if self.needs_resume:
-                await self.resume_pending()
+        in_flight: set[asyncio.Future[list[None]]] = set()
+        try:
+            while not stop.is_set():
+                if len(in_flight) >= command_batches_in_flight_max:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                messages = await commands.fetch_commands(
+                    batch=command_batch_max, timeout_ms=command_fetch_timeout_ms
+                )
+                if messages:
+                    batch = self._schedule_batch(list(messages))
+                    in_flight.add(batch)
+                    batch.add_done_callback(in_flight.discard)
+                if self.needs_resume:
+                    await self.resume_pending()
+        finally:
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)

@@ -74,3 +74,5 @@ server_log_tail_lines_max: Final = 20
 # The engine's command pump.
 command_batch_max: Final = 256  # commands fetched at once
 command_fetch_timeout_ms: Final = 1_000
+command_batches_in_flight_max: Final = 2  # fetched batches handled at once (runs stay ordered)
+valid_workflows_cached_max: Final = 1_024  # workflow encodings known to be valid
