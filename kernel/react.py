@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import assert_never
 
 from kernel import registry
-from kernel.commands import FireTimer
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer
 from kernel.events import (
     AnyEvent,
@@ -36,11 +35,11 @@ from kernel.events import (
 from kernel.state import RunState, StepState, is_terminal
 from kernel.step_api import (
     RUN_TIMEOUT_TIMER_ID,
+    arm_timer,
     retry_timer_id,
     step_timeout_timer,
     step_timeout_timer_id,
     step_timer_id,
-    timer_seed,
 )
 
 
@@ -108,30 +107,12 @@ def _run_timeout_timer(state: RunState) -> ArmTimer | None:
     if state.workflow.timeout_ms is None:
         return None
     fire_at = state.started_at_ms + state.workflow.timeout_ms
-    command = FireTimer(
-        run_id=state.run_id,
-        at_ms=fire_at,
-        seed=timer_seed(state.seed, RUN_TIMEOUT_TIMER_ID),
-        timer_id=RUN_TIMEOUT_TIMER_ID,
-        kind="run_timeout",
-    )
-    return ArmTimer(
-        run_id=state.run_id, timer_id=RUN_TIMEOUT_TIMER_ID, fire_at_ms=fire_at, command=command
-    )
+    return arm_timer(state, RUN_TIMEOUT_TIMER_ID, "run_timeout", fire_at)
 
 
 def _retry_timer(state: RunState, step_id: str, attempt: int, due_at_ms: int) -> ArmTimer:
     timer_id = retry_timer_id(step_id, attempt)
-    command = FireTimer(
-        run_id=state.run_id,
-        at_ms=due_at_ms,
-        seed=timer_seed(state.seed, timer_id),
-        timer_id=timer_id,
-        kind="retry",
-        step_id=step_id,
-        attempt=attempt,
-    )
-    return ArmTimer(run_id=state.run_id, timer_id=timer_id, fire_at_ms=due_at_ms, command=command)
+    return arm_timer(state, timer_id, "retry", due_at_ms, step_id=step_id, attempt=attempt)
 
 
 def _cancel_step_timeout(state: RunState, step_id: str, attempt: int) -> tuple[AnyEffect, ...]:

@@ -11,7 +11,7 @@ import zlib
 import msgspec
 
 from kernel import limits
-from kernel.commands import FireTimer
+from kernel.commands import FireTimer, TimerKind
 from kernel.effects import AnyEffect, ArmTimer, EnqueueTask, task_msg_id
 from kernel.events import AnyEvent, StepEvent, StepScheduled
 from kernel.registry import DecideContext
@@ -71,6 +71,28 @@ def timer_seed(run_seed: int, timer_id: str) -> int:
     return (run_seed ^ zlib.crc32(timer_id.encode())) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def arm_timer(
+    state: RunState,
+    timer_id: str,
+    kind: TimerKind,
+    fire_at_ms: int,
+    *,
+    step_id: str = "",
+    attempt: int = 0,
+) -> ArmTimer:
+    """The effect arming a durable timer whose firing is a FireTimer command of the run."""
+    command = FireTimer(
+        run_id=state.run_id,
+        at_ms=fire_at_ms,
+        seed=timer_seed(state.seed, timer_id),
+        timer_id=timer_id,
+        kind=kind,
+        step_id=step_id,
+        attempt=attempt,
+    )
+    return ArmTimer(run_id=state.run_id, timer_id=timer_id, fire_at_ms=fire_at_ms, command=command)
+
+
 def step_timeout_timer(state: RunState, step_id: str) -> ArmTimer | None:
     """The timer of the current attempt's deadline, if the step has one."""
     step = state.step(step_id)
@@ -78,17 +100,8 @@ def step_timeout_timer(state: RunState, step_id: str) -> ArmTimer | None:
     if step.deadline_ms is None:
         return None
     timer_id = step_timeout_timer_id(step_id, step.attempt)
-    command = FireTimer(
-        run_id=state.run_id,
-        at_ms=step.deadline_ms,
-        seed=timer_seed(state.seed, timer_id),
-        timer_id=timer_id,
-        kind="step_timeout",
-        step_id=step_id,
-        attempt=step.attempt,
-    )
-    return ArmTimer(
-        run_id=state.run_id, timer_id=timer_id, fire_at_ms=step.deadline_ms, command=command
+    return arm_timer(
+        state, timer_id, "step_timeout", step.deadline_ms, step_id=step_id, attempt=step.attempt
     )
 
 
@@ -99,17 +112,8 @@ def step_timer(state: RunState, step_id: str) -> ArmTimer | None:
     if step.wake_at_ms is None:
         return None
     timer_id = step_timer_id(step_id, step.attempt)
-    command = FireTimer(
-        run_id=state.run_id,
-        at_ms=step.wake_at_ms,
-        seed=timer_seed(state.seed, timer_id),
-        timer_id=timer_id,
-        kind="step",
-        step_id=step_id,
-        attempt=step.attempt,
-    )
-    return ArmTimer(
-        run_id=state.run_id, timer_id=timer_id, fire_at_ms=step.wake_at_ms, command=command
+    return arm_timer(
+        state, timer_id, "step", step.wake_at_ms, step_id=step_id, attempt=step.attempt
     )
 
 
