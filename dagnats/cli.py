@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from dagnats import render
+from dagnats import cli_projections, render
 from dagnats.client import Client
 from dagnats.connection import default_data_dir
 from dagnats.serve import Server, install_stop_signals
@@ -46,6 +46,7 @@ workflow_app = typer.Typer(
 run_app = typer.Typer(help="Start, inspect, wait for and cancel runs.", no_args_is_help=True)
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(run_app, name="run")
+cli_projections.register(app, run_app)  # query, projection, history export, replay, run audit
 
 out = Console()
 err = Console(stderr=True)
@@ -355,18 +356,29 @@ def run_show(run_id: str, nats_url: UrlOption = None, as_json: JsonOption = Fals
         out.print(render.run_table(state))
 
 
+# -- run list: served from the SQLite query tables (issue 8; dagnats/cli_projections.py) --
 @run_app.command("list")
 def run_list(
     limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
+    status: Annotated[str | None, typer.Option(help="Only runs in this status.")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Started since: a duration back (2h, 7d) or an ISO date.")
+    ] = None,
+    failed_step: Annotated[
+        str | None, typer.Option(help="Only runs where this step failed.")
+    ] = None,
+    data_dir: cli_projections.DataDirOption = None,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List recent runs."""
-    states = run_async(with_client(nats_url, lambda client: client.list_runs(limit)))
-    if as_json:
-        emit_json([render.state_document(state) for state in states])
-    else:
-        out.print(render.runs_table(states))
+    """List recent runs, newest first (from <data dir>/dagnats.sqlite when it exists)."""
+    cli_projections.run_list(
+        limit, status, workflow, since, failed_step, data_dir, nats_url, as_json
+    )
+
+
+# -- end of run list -----------------------------------------------------------------------
 
 
 @run_app.command("history")

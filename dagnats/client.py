@@ -17,6 +17,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -24,15 +25,19 @@ import msgspec
 import nats.js.errors
 
 from dagnats.connection import Connection
+from dagnats.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import check_run_id
 from dagnats.worker import new_seed, now_ms
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
+from kernel.decide import decide
 from kernel.errors import DagnatsError, PayloadTooLargeError
 from kernel.events import Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 from kernel.workflow import WorkflowDef, parse_workflow
+from projections.audit import AuditReport, Decide, audit_history
+from projections.sqlite import stored_rows
 
 start_wait_s_default = 10.0
 workflow_revisions_max = 16
@@ -78,6 +83,7 @@ class Client:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._snapshots = KvSnapshotStore(connection.js)
 
     @classmethod
     async def connect(cls, url: str | None = None) -> Client:
@@ -215,13 +221,47 @@ class Client:
         Raises:
             RunNotFoundError: the run has no history.
         """
-        state = INITIAL_STATE
-        async for _, decision in self.history(run_id):
-            for event in decision.events:
-                state = evolve(state, event)
+        # snapshot + tail (dagnats.projector.load_state); the whole history without a snapshot
+        state, _ = await load_state(
+            self.connection.history, self._snapshots, check_run_id(run_id)
+        )
         if state.status == "new":
             raise RunNotFoundError(run_id)
         return state
+
+    async def history_bytes(self, run_id: str) -> AsyncIterator[tuple[int, bytes]]:
+        """Every history message of the run as (stream sequence, the exact stored bytes)."""
+        async for seq, data in self.connection.history.read(check_run_id(run_id)):
+            yield seq, data
+
+    async def audit(
+        self,
+        run_id: str,
+        *,
+        sqlite_path: Path | None = None,
+        decide_function: Decide = decide,
+    ) -> AuditReport:
+        """Replay-audit a run: re-decide every recorded command and fold with the current
+        code, and compare its snapshot and (when `sqlite_path` exists) its SQLite rows.
+
+        Raises:
+            RunNotFoundError: the run has no history.
+        """
+        messages = [item async for item in self.history_bytes(run_id)]
+        if not messages:
+            raise RunNotFoundError(run_id)
+        snapshot = await self._snapshots.get(run_id)
+        rows = None
+        if sqlite_path is not None and sqlite_path.exists():
+            db = open_database(sqlite_path, readonly=True)
+            try:
+                if "runs" in db.table_names():
+                    rows = stored_rows(db, run_id)
+            finally:
+                db.close()
+        return audit_history(
+            run_id, messages, decide_function=decide_function, snapshot=snapshot, rows=rows
+        )
 
     async def watch(
         self, run_id: str, *, timeout_s: float, after_seq: int = 0

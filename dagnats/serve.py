@@ -83,17 +83,36 @@ class Server:
             NatsServerError: the embedded nats-server exited while serving.
         """
         assert self.engine is not None and self.connection is not None
+        projection_tasks = self.start_projections(stop)
         engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, stop))
         watch_task = asyncio.create_task(self._watch_child(stop))
         done, _ = await asyncio.wait({engine_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        for task in (engine_task, watch_task):
+        for task in (engine_task, watch_task, *projection_tasks):
             if task not in done:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         for task in done:
             task.result()  # raise what ended it
+
+    # -- projections (issue 8) ------------------------------------------------------------
+
+    def start_projections(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        """Run the built-in projections until `stop`: run snapshots in KV (which the engine
+        then loads, plus the history after them) and the SQLite query tables in
+        `<data dir>/dagnats.sqlite`. Each catches up from its checkpoint, then tails."""
+        from dagnats import projector
+        from projections.sqlite import QueryTables
+
+        assert self.engine is not None and self.connection is not None
+        js = self.connection.js
+        self.engine.snapshots = projector.KvSnapshotStore(js)
+        targets: tuple[projector.ProjectionTarget, ...] = (
+            projector.SnapshotTarget(js),
+            projector.SqliteTarget(self.data_dir / projector.SQLITE_FILE, QueryTables()),
+        )
+        return [asyncio.create_task(projector.Projector(js, t).run(stop)) for t in targets]
 
     async def _watch_child(self, stop: asyncio.Event) -> None:
         if self.nats is None:

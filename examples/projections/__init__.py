@@ -1,0 +1,1 @@
+"""Example custom projections (run one with `dagnats projection run MODULE:CLASS`)."""

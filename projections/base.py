@@ -1,0 +1,347 @@
+"""What a projection is, and the pure, synchronous part of running one into SQLite.
+
+A projection consumes the history stream: every history message (one decision: a command and
+its events) has a stream sequence, and each event a position `(seq, index, run_id)`. A
+projection has a `name`, a `version` (a change rebuilds it from sequence 0), the event tags it
+wants (`events`, None for all) and `apply(store, event, at)`.
+
+`SqliteRunner` applies batches of history messages to a `SqliteProjection` and stores the
+checkpoint (the last applied sequence) in the same SQLite transaction as the projection's
+writes, so a crash anywhere leaves both or neither: a redelivered message (seq <= checkpoint)
+is never applied twice and none is missed. The NATS side (reading the stream, timing, lag)
+lives in `dagnats/projector.py`; this module may import only `kernel`, the standard library,
+msgspec and sqlite-utils, and does no I/O of its own beyond the `Database` it is handed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Final, Protocol, TypeVar
+
+import msgspec
+from sqlite_utils import Database
+
+from kernel import codec
+from kernel.errors import DagnatsError
+from kernel.events import AnyEvent, Event
+
+CHECKPOINTS_TABLE: Final = "_dagnats_projections"
+batch_messages_max: Final = 1_000  # history messages applied in one transaction
+
+Message = tuple[int, str, bytes]  # (stream sequence, run id, history message bytes)
+StoreT_contra = TypeVar("StoreT_contra", contravariant=True)
+
+_tags: dict[type[Event], str] = {}
+
+
+def tag_of(event: AnyEvent) -> str:
+    """The dotted tag of an event (`step.completed`)."""
+    event_type = type(event)
+    tag = _tags.get(event_type)
+    if tag is None:
+        found = event_type.__struct_config__.tag
+        assert isinstance(found, str), event_type
+        tag = _tags[event_type] = found
+    return tag
+
+
+class Position(msgspec.Struct, frozen=True):
+    """Where an event is: its message's stream sequence, its index there, its run."""
+
+    seq: int
+    index: int
+    run_id: str
+
+
+class Projection(Protocol[StoreT_contra]):
+    """A consumer of the history stream writing into a store of type `StoreT_contra`."""
+
+    @property
+    def name(self) -> str:
+        """Unique name; the key of its checkpoint."""
+        ...
+
+    @property
+    def version(self) -> int:
+        """Bump it when `apply` changes meaning: the projection is rebuilt from sequence 0."""
+        ...
+
+    @property
+    def events(self) -> frozenset[str] | None:
+        """The event tags it wants (`{"step.failed"}`), or None for every event."""
+        ...
+
+    def apply(self, store: StoreT_contra, event: AnyEvent, at: Position) -> None:
+        """Apply one event found at `at`. Called once per event, in stream order."""
+        ...
+
+
+class SqliteProjection(Projection[Database], Protocol):
+    """A projection into tables of a SQLite database (sqlite-utils)."""
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables it owns: dropped when it is rebuilt."""
+        ...
+
+    def create(self, db: Database) -> None:
+        """Create its tables and indexes if missing (inside the runner's transaction)."""
+        ...
+
+    def flush(self, db: Database) -> None:
+        """Write what `apply` buffered; called once per batch, before the checkpoint."""
+        ...
+
+    def discard(self) -> None:
+        """Forget what `apply` buffered: the batch's transaction was rolled back."""
+        ...
+
+
+class SqliteProjectionBase:
+    """Defaults for a SqliteProjection: every event, nothing buffered. Subclass it."""
+
+    name: str = ""
+    version: int = 1
+    events: frozenset[str] | None = None
+    tables: tuple[str, ...] = ()
+
+    def create(self, db: Database) -> None:
+        """Create the tables; override."""
+
+    def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
+        """Apply one event; override."""
+
+    def flush(self, db: Database) -> None:
+        """Nothing buffered by default."""
+
+    def discard(self) -> None:
+        """Nothing buffered by default."""
+
+
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A projection's stored position: the last applied stream sequence."""
+
+    name: str
+    version: int
+    seq: int
+    events: int = 0  # events applied since the last rebuild
+    updated_at_ms: int = 0
+    tables: tuple[str, ...] = ()
+
+
+class CheckpointMovedError(DagnatsError):
+    """The stored checkpoint is not where the runner left it (someone rebuilt it)."""
+
+    def __init__(self, name: str, expected_seq: int, stored_seq: int) -> None:
+        self.name = name
+        self.expected_seq = expected_seq
+        self.stored_seq = stored_seq
+        super().__init__(
+            f"projection {name!r}: checkpoint is {stored_seq}, the runner expected {expected_seq}"
+        )
+
+
+class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What one batch did: the new checkpoint, events applied, messages skipped as bad."""
+
+    seq: int
+    applied: int
+    problems: tuple[str, ...] = ()
+
+
+def positioned_events(
+    messages: Iterable[Message], after_seq: int, wants: frozenset[str] | None, problems: list[str]
+) -> Iterator[tuple[Position, AnyEvent]]:
+    """The wanted events of messages with seq > after_seq (older ones are redeliveries), with
+    their positions. A message that does not decode is skipped and named in `problems`."""
+    for seq, run_id, data in messages:
+        if seq <= after_seq:
+            continue
+        try:
+            decision = codec.decode_decision(data)
+        except DagnatsError as error:
+            problems.append(f"history message {seq} of run {run_id!r} skipped: {error}")
+            continue
+        for index, event in enumerate(decision.events):
+            if wants is None or tag_of(event) in wants:
+                yield Position(seq, index, run_id), event
+
+
+@contextlib.contextmanager
+def write_transaction(db: Database) -> Iterator[None]:
+    """One write transaction, taken at once (BEGIN IMMEDIATE): a deferred one that read first
+    could not upgrade to write when another writer committed meanwhile (SQLITE_BUSY). Writes
+    by sqlite-utils inside it nest as savepoints."""
+    connection = db.conn
+    assert not connection.in_transaction, "a write transaction is already open"
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        connection.rollback()  # a no-op when an error already ended the transaction
+        raise
+    connection.commit()
+
+
+def read_checkpoint(db: Database, name: str) -> Checkpoint | None:
+    """The stored checkpoint of projection `name`, or None."""
+    if CHECKPOINTS_TABLE not in db.table_names():
+        return None
+    row = db.execute(
+        f"SELECT version, seq, events, updated_at_ms, tables FROM {CHECKPOINTS_TABLE} "
+        "WHERE name = ?",
+        [name],
+    ).fetchone()
+    if row is None:
+        return None
+    version, seq, events, updated_at_ms, tables = row
+    return Checkpoint(
+        name=name,
+        version=version,
+        seq=seq,
+        events=events,
+        updated_at_ms=updated_at_ms,
+        tables=tuple(msgspec.json.decode(tables or "[]", type=list[str])),
+    )
+
+
+def read_checkpoints(db: Database) -> list[Checkpoint]:
+    """Every checkpoint stored in the database, by name."""
+    if CHECKPOINTS_TABLE not in db.table_names():
+        return []
+    names = [row[0] for row in db.execute(f"SELECT name FROM {CHECKPOINTS_TABLE} ORDER BY name")]
+    return [c for c in (read_checkpoint(db, name) for name in names) if c is not None]
+
+
+def _ensure_checkpoints_table(db: Database) -> None:
+    db.execute(
+        f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (name TEXT PRIMARY KEY, "
+        "version INTEGER NOT NULL, seq INTEGER NOT NULL, events INTEGER NOT NULL, "
+        "updated_at_ms INTEGER NOT NULL, tables TEXT NOT NULL)"
+    )
+
+
+def _write_checkpoint(db: Database, checkpoint: Checkpoint) -> None:
+    db.execute(
+        f"INSERT INTO {CHECKPOINTS_TABLE} (name, version, seq, events, updated_at_ms, tables) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET version = excluded.version, "
+        "seq = excluded.seq, events = excluded.events, updated_at_ms = excluded.updated_at_ms, "
+        "tables = excluded.tables",
+        [
+            checkpoint.name,
+            checkpoint.version,
+            checkpoint.seq,
+            checkpoint.events,
+            checkpoint.updated_at_ms,
+            msgspec.json.encode(list(checkpoint.tables)).decode(),
+        ],
+    )
+
+
+def reset_projection(db: Database, name: str, tables: Iterable[str] = ()) -> None:
+    """Drop a projection's tables (those given and those its checkpoint names) and set its
+    checkpoint back to 0, in one transaction: it is rebuilt from sequence 0."""
+    with write_transaction(db):
+        _ensure_checkpoints_table(db)
+        stored = read_checkpoint(db, name)
+        owned = set(tables) | set(stored.tables if stored is not None else ())
+        for table in sorted(owned):
+            db.execute(f'DROP TABLE IF EXISTS "{table}"')
+        db.execute(f"DELETE FROM {CHECKPOINTS_TABLE} WHERE name = ?", [name])
+
+
+class SqliteRunner:
+    """Applies history messages to one SqliteProjection, checkpoint in the same transaction."""
+
+    def __init__(self, db: Database, projection: SqliteProjection) -> None:
+        assert projection.name, "a projection needs a name"
+        assert projection.version >= 1, f"{projection.name}: version must be >= 1"
+        self.db = db
+        self.projection = projection
+
+    def open(self, now_ms: int = 0) -> int:
+        """Create the projection's tables; rebuild it when its stored version differs.
+
+        Returns:
+            The sequence to resume after (0: from the beginning).
+        """
+        projection = self.projection
+        with write_transaction(self.db):
+            _ensure_checkpoints_table(self.db)
+        stored = read_checkpoint(self.db, projection.name)
+        if stored is not None and stored.version != projection.version:
+            reset_projection(self.db, projection.name, projection.tables)
+            stored = None
+        with write_transaction(self.db):
+            projection.create(self.db)
+            if stored is None:
+                stored = Checkpoint(
+                    name=projection.name,
+                    version=projection.version,
+                    seq=0,
+                    updated_at_ms=now_ms,
+                    tables=projection.tables,
+                )
+                _write_checkpoint(self.db, stored)
+        return stored.seq
+
+    def checkpoint(self) -> Checkpoint | None:
+        return read_checkpoint(self.db, self.projection.name)
+
+    def apply_batch(self, messages: list[Message], *, after_seq: int, now_ms: int) -> BatchResult:
+        """Apply the messages with seq > after_seq and store the new checkpoint, atomically.
+
+        Args:
+            messages: history messages in stream order (at most `batch_messages_max`).
+            after_seq: the checkpoint the caller believes is stored.
+            now_ms: the time to record with the checkpoint.
+        Raises:
+            CheckpointMovedError: the stored checkpoint is not `after_seq` (a rebuild); nothing
+                is applied.
+        """
+        assert len(messages) <= batch_messages_max, len(messages)
+        projection = self.projection
+        problems: list[str] = []
+        with write_transaction(self.db):
+            stored = read_checkpoint(self.db, projection.name)
+            if stored is None or stored.seq != after_seq or stored.version != projection.version:
+                raise CheckpointMovedError(
+                    projection.name, after_seq, stored.seq if stored is not None else 0
+                )
+            applied = 0
+            try:
+                for at, event in positioned_events(
+                    messages, after_seq, projection.events, problems
+                ):
+                    projection.apply(self.db, event, at)
+                    applied += 1
+                projection.flush(self.db)
+            except BaseException:
+                projection.discard()
+                raise
+            last_seq = max([after_seq, *(message[0] for message in messages)])
+            _write_checkpoint(
+                self.db,
+                msgspec.structs.replace(
+                    stored, seq=last_seq, events=stored.events + applied, updated_at_ms=now_ms
+                ),
+            )
+        return BatchResult(seq=last_seq, applied=applied, problems=tuple(problems))
+
+    def apply_all(self, messages: Iterable[Message], *, now_ms: int = 0) -> int:
+        """Apply messages in batches from the stored checkpoint (tests, offline rebuilds).
+
+        Returns:
+            The last checkpoint.
+        """
+        seq = self.open(now_ms)
+        batch: list[Message] = []
+        for message in messages:
+            batch.append(message)
+            if len(batch) == batch_messages_max:
+                seq = self.apply_batch(batch, after_seq=seq, now_ms=now_ms).seq
+                batch = []
+        if batch:
+            seq = self.apply_batch(batch, after_seq=seq, now_ms=now_ms).seq
+        return seq

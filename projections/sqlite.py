@@ -1,0 +1,291 @@
+"""The query tables: runs, steps, events, approvals, agent turns and tool calls, in SQLite.
+
+`QueryTables` is the built-in SQLite projection (name `dagnats`). It folds each run's events
+with the kernel's own `evolve` (its state kept in `_run_states`, written in the same
+transaction), so a `runs` or `steps` row is by construction a function of the folded state:
+`run_row(state, last_seq)` and `step_row(state, index, last_seq)`, which the replay audit uses
+to check the rows. `events` holds one row per event with its JSON body.
+
+`approvals`, `agent_turns` and `tool_calls` are created (with their indexes) but stay empty
+until those step types exist; their mapping points are `approval_rows` (from a run's state) and
+`agent_rows` (from one event). This module may import only `kernel`, the standard library,
+msgspec and sqlite-utils.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+from sqlite_utils import Database
+
+from kernel import codec
+from kernel.events import AnyEvent, RunStarted
+from kernel.reducer import evolve
+from kernel.state import DONE_STEP_STATUSES, INITIAL_STATE, RunState
+from projections.base import Position, SqliteProjectionBase, tag_of
+
+NAME: Final = "dagnats"
+VERSION: Final = 1
+STATES_TABLE: Final = "_run_states"
+error_message_chars_max: Final = 1_000  # error text kept in a row (the event keeps it whole)
+
+RUN_COLUMNS: Final = (
+    "run_id", "workflow", "workflow_version", "status", "parent_run_id", "started_at_ms",
+    "ended_at_ms", "failed_step_id", "error_kind", "error_message", "cancel_reason",
+    "steps_total", "steps_done", "steps_failed", "event_count", "last_seq", "input", "output",
+)  # fmt: skip
+STEP_COLUMNS: Final = (
+    "run_id", "step_id", "workflow", "type", "task", "status", "attempt", "worker_id",
+    "first_scheduled_at_ms", "ended_at_ms", "error_kind", "error_message",
+)  # fmt: skip
+EVENT_COLUMNS: Final = ("seq", "idx", "run_id", "type", "step_id", "attempt", "at_ms", "body")
+
+Row = tuple[object, ...]
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL,
+    workflow_version TEXT NOT NULL, status TEXT NOT NULL, parent_run_id TEXT,
+    started_at_ms INTEGER NOT NULL, ended_at_ms INTEGER, failed_step_id TEXT,
+    error_kind TEXT, error_message TEXT, cancel_reason TEXT, steps_total INTEGER NOT NULL,
+    steps_done INTEGER NOT NULL, steps_failed INTEGER NOT NULL, event_count INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL, input TEXT, output TEXT)""",
+    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, started_at_ms)",
+    "CREATE INDEX IF NOT EXISTS runs_by_workflow ON runs (workflow, started_at_ms)",
+    "CREATE INDEX IF NOT EXISTS runs_by_started ON runs (started_at_ms)",
+    "CREATE INDEX IF NOT EXISTS runs_by_failed_step ON runs (failed_step_id) "
+    "WHERE failed_step_id IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS steps (run_id TEXT NOT NULL, step_id TEXT NOT NULL,
+    workflow TEXT NOT NULL, type TEXT NOT NULL, task TEXT NOT NULL, status TEXT NOT NULL,
+    attempt INTEGER NOT NULL, worker_id TEXT, first_scheduled_at_ms INTEGER,
+    ended_at_ms INTEGER, error_kind TEXT, error_message TEXT,
+    PRIMARY KEY (run_id, step_id))""",
+    "CREATE INDEX IF NOT EXISTS steps_by_status ON steps (status, workflow, step_id)",
+    "CREATE INDEX IF NOT EXISTS steps_by_task ON steps (task, status)",
+    """CREATE TABLE IF NOT EXISTS events (seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+    run_id TEXT NOT NULL, type TEXT NOT NULL, step_id TEXT, attempt INTEGER,
+    at_ms INTEGER, body TEXT NOT NULL, PRIMARY KEY (seq, idx))""",
+    "CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq)",
+    "CREATE INDEX IF NOT EXISTS events_by_type ON events (type, at_ms)",
+    """CREATE TABLE IF NOT EXISTS approvals (run_id TEXT NOT NULL, step_id TEXT NOT NULL,
+    question TEXT, requested_at_ms INTEGER NOT NULL, timeout_at_ms INTEGER,
+    resolved_at_ms INTEGER, outcome TEXT, resolved_by TEXT, last_seq INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step_id))""",
+    "CREATE INDEX IF NOT EXISTS approvals_pending ON approvals (requested_at_ms) "
+    "WHERE resolved_at_ms IS NULL",
+    """CREATE TABLE IF NOT EXISTS agent_turns (run_id TEXT NOT NULL, step_id TEXT NOT NULL,
+    turn INTEGER NOT NULL, at_ms INTEGER NOT NULL, model TEXT, input_tokens INTEGER,
+    output_tokens INTEGER, cost_usd REAL, tool_calls INTEGER, duration_ms INTEGER,
+    seq INTEGER NOT NULL, PRIMARY KEY (run_id, step_id, turn))""",
+    "CREATE INDEX IF NOT EXISTS agent_turns_by_time ON agent_turns (at_ms)",
+    "CREATE INDEX IF NOT EXISTS agent_turns_by_model ON agent_turns (model, at_ms)",
+    """CREATE TABLE IF NOT EXISTS tool_calls (run_id TEXT NOT NULL, step_id TEXT NOT NULL,
+    call_id TEXT NOT NULL, turn INTEGER NOT NULL, tool TEXT NOT NULL, status TEXT NOT NULL,
+    scheduled_at_ms INTEGER, completed_at_ms INTEGER, error TEXT, seq INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step_id, call_id))""",
+    "CREATE INDEX IF NOT EXISTS tool_calls_by_tool ON tool_calls (tool, status)",
+    f"""CREATE TABLE IF NOT EXISTS {STATES_TABLE} (run_id TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL, state BLOB NOT NULL)""",
+)
+
+
+def _text(raw: msgspec.Raw) -> str:
+    return bytes(raw).decode()
+
+
+def _error_text(message: str) -> str:
+    return message[:error_message_chars_max]
+
+
+def run_row(state: RunState, last_seq: int) -> Row:
+    """The `runs` row of a run's state (columns in RUN_COLUMNS order)."""
+    workflow = state.workflow
+    assert workflow is not None, f"run {state.run_id!r} has not started"
+    error = state.error
+    return (
+        state.run_id,
+        workflow.name,
+        workflow.version,
+        state.status,
+        state.parent_run_id,
+        state.started_at_ms,
+        state.ended_at_ms,
+        state.failed_step_id or None,
+        error.kind if error is not None else None,
+        _error_text(error.message) if error is not None else None,
+        state.cancel_reason,
+        len(state.steps),
+        sum(1 for step in state.steps if step.status in DONE_STEP_STATUSES),
+        sum(1 for step in state.steps if step.status == "failed"),
+        state.event_count,
+        last_seq,
+        _text(state.input),
+        _text(state.output),
+    )
+
+
+def step_row(state: RunState, index: int) -> Row:
+    """The `steps` row of the run's step at `index` (columns in STEP_COLUMNS order)."""
+    workflow = state.workflow
+    assert workflow is not None
+    step, step_def = state.steps[index], state.step_defs[index]
+    error = step.error
+    return (
+        state.run_id,
+        step.step_id,
+        workflow.name,
+        step_def.type,
+        step_def.task,
+        step.status,
+        step.attempt,
+        step.worker_id or None,
+        step.first_scheduled_at_ms,
+        step.ended_at_ms,
+        error.kind if error is not None else None,
+        _error_text(error.message) if error is not None else None,
+    )
+
+
+def approval_rows(state: RunState, last_seq: int) -> list[Row]:
+    """Mapping point: the `approvals` rows of a run (none until the approval step exists)."""
+    return []
+
+
+def agent_rows(event: AnyEvent, at: Position) -> tuple[list[Row], list[Row]]:
+    """Mapping point: (`agent_turns` rows, `tool_calls` rows) of one event (none until the
+    agent_loop step type exists)."""
+    return [], []
+
+
+def event_row(event: AnyEvent, at: Position) -> Row:
+    """The `events` row of one event (columns in EVENT_COLUMNS order)."""
+    return (
+        at.seq,
+        at.index,
+        at.run_id,
+        tag_of(event),
+        getattr(event, "step_id", None),
+        getattr(event, "attempt", None),
+        getattr(event, "at_ms", None),
+        codec.encode(event).decode(),
+    )
+
+
+def _upsert_sql(table: str, columns: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    names = ", ".join(columns)
+    marks = ", ".join("?" for _ in columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+        f"ON CONFLICT({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+
+
+RUN_UPSERT: Final = _upsert_sql("runs", RUN_COLUMNS, ("run_id",))
+STEP_UPSERT: Final = _upsert_sql("steps", STEP_COLUMNS, ("run_id", "step_id"))
+EVENT_INSERT: Final = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES "
+    f"({', '.join('?' for _ in EVENT_COLUMNS)})"
+)
+STATE_UPSERT: Final = _upsert_sql(STATES_TABLE, ("run_id", "last_seq", "state"), ("run_id",))
+APPROVAL_UPSERT: Final = _upsert_sql(
+    "approvals",
+    ("run_id", "step_id", "question", "requested_at_ms", "timeout_at_ms", "resolved_at_ms",
+     "outcome", "resolved_by", "last_seq"),
+    ("run_id", "step_id"),
+)  # fmt: skip
+
+
+class _Touched:
+    __slots__ = ("before", "last_seq", "state")
+
+    def __init__(self, before: RunState, state: RunState, last_seq: int) -> None:
+        self.before = before
+        self.state = state
+        self.last_seq = last_seq
+
+
+class QueryTables(SqliteProjectionBase):
+    """The built-in SQLite projection: the tables `dagnats run list` and `dagnats query` read."""
+
+    name = NAME
+    version = VERSION
+    events = None
+    tables = ("runs", "steps", "events", "approvals", "agent_turns", "tool_calls", STATES_TABLE)
+
+    def __init__(self) -> None:
+        self._touched: dict[str, _Touched] = {}
+        self._events: list[Row] = []
+        self._turns: list[Row] = []
+        self._calls: list[Row] = []
+        self.problems: list[str] = []
+
+    def create(self, db: Database) -> None:
+        for statement in _SCHEMA:
+            db.execute(statement)
+
+    def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
+        touched = self._touched.get(at.run_id)
+        if touched is None:
+            before = _stored_state(db, at.run_id)
+            if before is None:
+                if not isinstance(event, RunStarted):
+                    self.problems.append(f"run {at.run_id!r}: {tag_of(event)} before run.started")
+                    return
+                before = INITIAL_STATE
+            touched = self._touched[at.run_id] = _Touched(before, before, at.seq)
+        try:
+            touched.state = evolve(touched.state, event)
+        except AssertionError as error:
+            self.problems.append(f"run {at.run_id!r}: message {at.seq} does not fold: {error}")
+            return
+        touched.last_seq = at.seq
+        self._events.append(event_row(event, at))
+        turns, calls = agent_rows(event, at)
+        self._turns.extend(turns)
+        self._calls.extend(calls)
+
+    def flush(self, db: Database) -> None:
+        connection = db.conn
+        connection.executemany(EVENT_INSERT, self._events)
+        runs: list[Row] = []
+        steps: list[Row] = []
+        states: list[Row] = []
+        approvals: list[Row] = []
+        for touched in self._touched.values():
+            state, before = touched.state, touched.before
+            if state.workflow is None:
+                continue
+            runs.append(run_row(state, touched.last_seq))
+            states.append((state.run_id, touched.last_seq, codec.encode(state)))
+            for index, step in enumerate(state.steps):
+                if index >= len(before.steps) or before.steps[index] is not step:
+                    steps.append(step_row(state, index))
+            approvals.extend(approval_rows(state, touched.last_seq))
+        connection.executemany(RUN_UPSERT, runs)
+        connection.executemany(STEP_UPSERT, steps)
+        connection.executemany(STATE_UPSERT, states)
+        connection.executemany(APPROVAL_UPSERT, approvals)
+        self.discard()
+
+    def discard(self) -> None:
+        self._touched.clear()
+        self._events.clear()
+        self._turns.clear()
+        self._calls.clear()
+
+
+def _stored_state(db: Database, run_id: str) -> RunState | None:
+    row = db.execute(f"SELECT state FROM {STATES_TABLE} WHERE run_id = ?", [run_id]).fetchone()
+    return codec.decode_state(row[0]) if row is not None else None
+
+
+def stored_rows(db: Database, run_id: str) -> tuple[Row | None, list[Row]]:
+    """The `runs` row and the `steps` rows (in the run's step order) stored for a run."""
+    run = db.execute(
+        f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id]
+    ).fetchone()
+    steps = db.execute(
+        f"SELECT {', '.join(STEP_COLUMNS)} FROM steps WHERE run_id = ?", [run_id]
+    ).fetchall()
+    return (tuple(run) if run is not None else None), [tuple(row) for row in steps]
