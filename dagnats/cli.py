@@ -190,15 +190,28 @@ def worker(
     spec: Annotated[str, typer.Argument(help="MODULE:ATTR of a dagnats.Worker.")],
     nats_url: UrlOption = None,
     concurrency: Annotated[int | None, typer.Option(help="Handlers run at once.")] = None,
+    heartbeat_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds without a heartbeat before a task goes to another worker "
+            "(the task consumer's ack wait; every worker of a task must use the same)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the task handlers of a Worker until SIGTERM (then drain)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     the_worker = load_worker(spec)
     if concurrency is not None:
         the_worker.concurrency = concurrency
+    ack_wait_ms: int | None = None
+    if heartbeat_timeout is not None:
+        if not 0.5 <= heartbeat_timeout <= 3600:
+            raise fail(f"--heartbeat-timeout {heartbeat_timeout} is outside 0.5..3600 s", "", 2)
+        ack_wait_ms = int(heartbeat_timeout * 1000)
+        the_worker.heartbeat_interval_ms = max(100, ack_wait_ms // 3)
 
     async def main() -> None:
-        client = await Client.connect(nats_url)
+        client = await Client.connect(nats_url, task_ack_wait_ms=ack_wait_ms)
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: draining"))
         tasks = ", ".join(sorted(the_worker.handlers))

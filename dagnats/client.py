@@ -14,9 +14,10 @@ engine, stamped here with the time and a seed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -86,14 +87,16 @@ class Client:
         self._snapshots = KvSnapshotStore(connection.js)
 
     @classmethod
-    async def connect(cls, url: str | None = None) -> Client:
+    async def connect(
+        cls, url: str | None = None, *, task_ack_wait_ms: int | None = None
+    ) -> Client:
         """Connect to the NATS server of a `dagnats serve` (or a cluster).
 
         Args:
             url: the NATS URL; default `$DAGNATS_NATS_URL`, else the URL the local
                 `dagnats serve` wrote into its data dir.
         """
-        return cls(await Connection.open(url))
+        return cls(await Connection.open(url, task_ack_wait_ms=task_ack_wait_ms))
 
     async def close(self) -> None:
         await self.connection.close()
@@ -199,18 +202,20 @@ class Client:
         )
 
     async def _first_decision(self, run_id: str) -> Decision | None:
-        async for _, data in self.connection.history.read(run_id):
-            return codec.decode_decision(data)
+        async with contextlib.aclosing(self.connection.history.read(run_id)) as messages:
+            async for _, data in messages:
+                return codec.decode_decision(data)
         return None
 
     async def _await_first_decision(self, run_id: str, timeout_s: float) -> Decision | None:
         if timeout_s <= 0:
             return None
-        async for _, decision in self.watch(run_id, timeout_s=timeout_s):
-            return decision
+        async with contextlib.aclosing(self.watch(run_id, timeout_s=timeout_s)) as decisions:
+            async for _, decision in decisions:
+                return decision
         return None
 
-    async def history(self, run_id: str) -> AsyncIterator[tuple[int, Decision]]:
+    async def history(self, run_id: str) -> AsyncGenerator[tuple[int, Decision], None]:
         """Every history message of the run, in order, as (stream sequence, decision)."""
         async for seq, data in self.connection.history.read(check_run_id(run_id)):
             yield seq, codec.decode_decision(data)
@@ -222,9 +227,7 @@ class Client:
             RunNotFoundError: the run has no history.
         """
         # snapshot + tail (dagnats.projector.load_state); the whole history without a snapshot
-        state, _ = await load_state(
-            self.connection.history, self._snapshots, check_run_id(run_id)
-        )
+        state, _ = await load_state(self.connection.history, self._snapshots, check_run_id(run_id))
         if state.status == "new":
             raise RunNotFoundError(run_id)
         return state
@@ -265,13 +268,15 @@ class Client:
 
     async def watch(
         self, run_id: str, *, timeout_s: float, after_seq: int = 0
-    ) -> AsyncIterator[tuple[int, Decision]]:
+    ) -> AsyncGenerator[tuple[int, Decision], None]:
         """History messages of the run as they are appended, until `timeout_s` passes."""
         deadline = time.monotonic() + timeout_s
-        async for seq, data in self.connection.watch_history(
+        messages = self.connection.watch_history(
             check_run_id(run_id), after_seq=after_seq, deadline=deadline
-        ):
-            yield seq, codec.decode_decision(data)
+        )
+        async with contextlib.aclosing(messages):
+            async for seq, data in messages:
+                yield seq, codec.decode_decision(data)
 
     async def wait(
         self,
@@ -286,14 +291,18 @@ class Client:
             RunNotFoundError: the run has no history when the wait ends.
             WaitTimeoutError: the run did not end within `timeout_s`.
         """
+        if await self.connection.history.last_seq(check_run_id(run_id)) == 0:
+            raise RunNotFoundError(run_id)
         state = INITIAL_STATE
-        async for _, decision in self.watch(run_id, timeout_s=timeout_s):
-            for event in decision.events:
-                state = evolve(state, event)
-            if on_update is not None:
-                on_update(state, decision)
-            if is_terminal(state):
-                return state
+        decisions = self.watch(run_id, timeout_s=timeout_s)
+        async with contextlib.aclosing(decisions):
+            async for _, decision in decisions:
+                for event in decision.events:
+                    state = evolve(state, event)
+                if on_update is not None:
+                    on_update(state, decision)
+                if is_terminal(state):
+                    return state
         if state.status == "new":
             raise RunNotFoundError(run_id)
         raise WaitTimeoutError(run_id, timeout_s, state)

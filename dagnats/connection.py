@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import nats
@@ -77,17 +77,23 @@ def resolve_url(url: str | None) -> str:
 class Connection:
     """A connected NATS client with the DagNats JetStream implementations on top."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, *, task_ack_wait_ms: int | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.history = JetStreamEventLog(self.js)
         self.commands = JetStreamCommandQueue(self.js)
-        self.tasks = JetStreamTaskQueue(self.js)
+        self.tasks = (
+            JetStreamTaskQueue(self.js, ack_wait_ms=task_ack_wait_ms)
+            if task_ack_wait_ms is not None
+            else JetStreamTaskQueue(self.js)
+        )
         self.timers = JetStreamTimers(self.js)
         self._workflows: KeyValue | None = None
 
     @classmethod
-    async def open(cls, url: str | None = None) -> Connection:
+    async def open(
+        cls, url: str | None = None, *, task_ack_wait_ms: int | None = None
+    ) -> Connection:
         """Connect to `url` (see `resolve_url`).
 
         Raises:
@@ -112,7 +118,7 @@ class Connection:
             ) from None
         # Once connected, ride out server restarts: reconnect without a bound on attempts.
         nc.options["max_reconnect_attempts"] = -1
-        return cls(nc)
+        return cls(nc, task_ack_wait_ms=task_ack_wait_ms)
 
     async def close(self) -> None:
         await self.tasks.close()
@@ -128,7 +134,7 @@ class Connection:
 
     async def watch_history(
         self, run_id: str, *, after_seq: int, deadline: float
-    ) -> AsyncIterator[tuple[int, bytes]]:
+    ) -> AsyncGenerator[tuple[int, bytes], None]:
         """History messages of one run with seq > after_seq, live, until the monotonic
         `deadline` passes."""
         config = api.ConsumerConfig(

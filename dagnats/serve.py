@@ -33,7 +33,6 @@ class ServeInfo(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str
     embedded: bool
     nats_log: str = ""
-    resumed_runs: int = 0
 
 
 class Server:

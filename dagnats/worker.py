@@ -27,6 +27,7 @@ import random
 import socket
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -53,6 +54,7 @@ fetch_timeout_ms = 250  # short, so a pull lost with a restarted server is soon 
 concurrency_default = 16
 fetch_batch_default = 64  # task messages fetched at once, bounded by the free handler slots
 traceback_lines_max = 12
+finished_attempts_remembered_max = 10_000
 
 _task_decoder = msgspec.json.Decoder(EnqueueTask)
 
@@ -147,6 +149,10 @@ class Worker:
         self.handlers: dict[str, Handler] = {}
         self.log = logging.getLogger("dagnats.worker")
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Deliveries of each attempt this process runs, and recently finished attempts: a
+        # repeat delivery after a server crash must not run a handler twice.
+        self._running: dict[str, list[TaskMessage]] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
@@ -231,6 +237,16 @@ class Worker:
             await dead.publish_dead("task", message.data, str(error))
             await message.term()
             return
+        key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+        riding = self._running.get(key)
+        if riding is not None:
+            # The server lost its delivery state (a crash) and sent a running attempt again:
+            # it rides along, heartbeated and acked with the delivery that runs.
+            riding.append(message)
+            return
+        if key in self._finished:  # its result was sent; the server forgot our ack
+            await message.ack()
+            return
         if message.num_delivered > 1:
             # The worker that had this attempt was lost: report it, so the engine schedules
             # the next attempt under a new message id, and let this delivery go.
@@ -248,17 +264,27 @@ class Worker:
             )
             await self._send(commands, started, "started")
         started_at_ms = self.now_ms()
-        result = await self._call_with_heartbeat(task, message)
-        if not self.report_started:
-            result = msgspec.structs.replace(
-                result, worker_id=self.worker_id, started_at_ms=started_at_ms
-            )
-        await self._send(commands, result, "result")
-        await message.ack()
+        deliveries = self._running[key] = [message]
+        try:
+            result = await self._call_with_heartbeat(task, deliveries)
+            if not self.report_started:
+                result = msgspec.structs.replace(
+                    result, worker_id=self.worker_id, started_at_ms=started_at_ms
+                )
+            await self._send(commands, result, "result")
+        finally:
+            del self._running[key]
+        self._finished[key] = None
+        while len(self._finished) > finished_attempts_remembered_max:
+            self._finished.popitem(last=False)
+        for delivery in deliveries:
+            await delivery.ack()
         self.handled += 1
 
-    async def _call_with_heartbeat(self, task: EnqueueTask, message: TaskMessage) -> TaskResult:
-        beat = asyncio.create_task(self._heartbeat(message))
+    async def _call_with_heartbeat(
+        self, task: EnqueueTask, deliveries: list[TaskMessage]
+    ) -> TaskResult:
+        beat = asyncio.create_task(self._heartbeat(deliveries))
         try:
             return await self._call(task)
         finally:
@@ -266,13 +292,14 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
 
-    async def _heartbeat(self, message: TaskMessage) -> None:
+    async def _heartbeat(self, deliveries: list[TaskMessage]) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval_ms / 1000)
-            try:
-                await message.in_progress()
-            except Exception as error:
-                self.log.warning("heartbeat failed: %s", error)
+            for message in list(deliveries):
+                try:
+                    await message.in_progress()
+                except Exception as error:
+                    self.log.warning("heartbeat failed: %s", error)
 
     async def _call(self, task: EnqueueTask) -> TaskResult:
         handler = self.handlers.get(task.task)

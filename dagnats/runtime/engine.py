@@ -36,9 +36,12 @@ from dagnats.runtime.settings import (
     command_batches_in_flight_max,
     command_fetch_timeout_ms,
     effects_in_flight_max,
+    parked_retry_delay_ms,
     resume_concurrency_max,
+    retry_delay_ms,
     run_cache_max,
     runs_listed_max,
+    unknown_run_deliveries_max,
     valid_workflows_cached_max,
 )
 from kernel import codec
@@ -96,6 +99,7 @@ class Engine:
         self.cache_runs_max = cache_runs_max
         self._cache: OrderedDict[str, Loaded] = OrderedDict()
         self.needs_resume: set[str] = set()
+        self._parked_news: list[tuple[str, str]] = []  # parked runs not yet dead-lettered
         self._tails: dict[str, asyncio.Future[None]] = {}  # per run subject: the last group
         self._valid_workflows: OrderedDict[bytes, bool] = OrderedDict()
         self.parked: dict[str, str] = {}
@@ -167,7 +171,7 @@ class Engine:
 
     # -- one command ---------------------------------------------------------------------
 
-    async def handle(self, data: bytes) -> Outcome:
+    async def handle(self, data: bytes, deliveries: int = 1) -> Outcome:
         """Decide one encoded command and append what it decides; never raises for bad input.
 
         Returns:
@@ -181,9 +185,18 @@ class Engine:
             return "dead"
         if command.run_id in self.parked:
             return "parked"
-        return await self._handle_command(command, data)
+        outcome = await self._handle_command(command, data, deliveries)
+        await self._report_parked()
+        return outcome
 
-    async def _handle_command(self, command: AnyCommand, data: bytes) -> Outcome:
+    async def _report_parked(self) -> None:
+        """Set a newly parked run aside on the dead-letter stream too, with its reason."""
+        while self._parked_news:
+            run_id, reason = self._parked_news.pop()
+            note = f"run {run_id} parked: {reason}"
+            await self.dead.publish_dead("parked", run_id.encode(), note)
+
+    async def _handle_command(self, command: AnyCommand, data: bytes, deliveries: int) -> Outcome:
         run_id = command.run_id
         if isinstance(command, StartRun):
             reason = self._workflow_problems(command)
@@ -202,7 +215,7 @@ class Engine:
             if nothing and await self._moved(loaded, run_id):
                 continue  # decided on a stale state: another engine appended since
             if isinstance(decided, Rejection):
-                return await self._rejected(decided, data)
+                return await self._rejected(decided, data, deliveries)
             if not decided:
                 self._count("ignored")
                 return "ignored"
@@ -268,8 +281,10 @@ class Engine:
         self.forget(run_id)
         return True
 
-    async def _rejected(self, rejection: Rejection, data: bytes) -> Outcome:
+    async def _rejected(self, rejection: Rejection, data: bytes, deliveries: int) -> Outcome:
         self._count("rejected")
+        if rejection.code == "unknown_run" and deliveries < unknown_run_deliveries_max:
+            return "retry"  # it may have overtaken its run's StartRun (engines race): retry
         if rejection.code == "unknown_run":
             await self.dead.publish_dead("unknown_run", data, rejection.message)
             return "dead"
@@ -278,6 +293,8 @@ class Engine:
 
     def _park(self, run_id: str, reason: str) -> Outcome:
         log.error("PARKED run %s: %s (no append, no ack; other runs go on)", run_id, reason)
+        if run_id not in self.parked:
+            self._parked_news.append((run_id, reason))
         self.parked[run_id] = reason
         self.forget(run_id)
         self._count("parked")
@@ -353,6 +370,7 @@ class Engine:
                     resumed += 1
 
         await asyncio.gather(*(one(run_id) for run_id in run_ids))
+        await self._report_parked()
         log.info("resumed %d unfinished run(s) of %d", resumed, len(run_ids))
         return resumed
 
@@ -398,14 +416,14 @@ class Engine:
     async def _handle_group(self, group: list[CommandMessage]) -> None:
         for message in group:
             try:
-                outcome = await self.handle(message.data)
+                outcome = await self.handle(message.data, message.num_delivered)
             except Exception as error:  # the transport failed: let the command come back
                 log.warning("command on %s not handled: %s", message.subject, error)
                 self.forget_subject(message.subject)
                 await message.nak(1_000)
                 continue
             if outcome in ("parked", "retry"):
-                await message.nak(5_000 if outcome == "retry" else 60_000)
+                await message.nak(retry_delay_ms if outcome == "retry" else parked_retry_delay_ms)
             else:
                 await message.ack()
 

@@ -71,7 +71,7 @@ class NatsServerError(DagnatsError):
 
     def __init__(self, message: str, *, hint: str = "") -> None:
         self.hint = hint
-        super().__init__(f"{message} — {hint}" if hint else message)
+        super().__init__(message)
 
 
 def find_nats_server_binary() -> Path:
