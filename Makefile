@@ -33,3 +33,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# The long simulation: every example 10,000 seeds, the mutants, the real engine (tests/test_sim*.py).
+.PHONY: sim
+sim: $(STAMP)
+	DAGNATS_SIM_FULL=1 $(BIN)/python -m pytest tests/test_sim.py tests/test_sim_mutants.py

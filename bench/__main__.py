@@ -21,7 +21,18 @@ from rich.console import Console
 from rich.table import Table
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
-ORDER: Final = ("floor", "kernel_fold", "chain", "fanout", "recovery", "throughput", "memory")
+ORDER: Final = (
+    "floor",
+    "kernel_fold",
+    "chain",
+    "fanout",
+    "recovery",
+    "throughput",
+    "memory",
+    "replay",
+    "projection_rebuild",
+    "sim",
+)
 BENCH_TIMEOUT_S: Final = 120.0
 ERROR_LINES_MAX: Final = 15
 
@@ -50,6 +61,12 @@ TARGETS: Final = {
         "<= 300 MB @ 10k runs",
         lambda line: _number(line, "value") <= 300 and line.get("cache_within_bound") is True,
     ),
+    "replay": Target(
+        ">= 150k events/s, ratio >= 0.9",
+        lambda line: _number(line, "value") >= 150_000 and _number(line, "ratio") >= 0.9,
+    ),
+    "projection_rebuild": Target(">= 50k events/s", lambda line: _number(line, "value") >= 50_000),
+    "sim": Target(">= 1000 runs/s", lambda line: _number(line, "value") >= 1_000),
 }
 
 

@@ -25,6 +25,7 @@ from dagnats import cli_projections, render
 from dagnats.client import Client
 from dagnats.connection import default_data_dir
 from dagnats.serve import Server, install_stop_signals
+from dagnats.sim.cli import sim_command
 from dagnats.worker import Worker
 from kernel.errors import DagnatsError, WorkflowInvalidError
 from kernel.events import Decision
@@ -46,6 +47,7 @@ workflow_app = typer.Typer(
 run_app = typer.Typer(help="Start, inspect, wait for and cancel runs.", no_args_is_help=True)
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(run_app, name="run")
+app.command("sim")(sim_command)
 cli_projections.register(app, run_app)  # query, projection, history export, replay, run audit
 
 out = Console()

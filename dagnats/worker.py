@@ -222,6 +222,11 @@ class Worker:
             assert len(messages) <= taken
             for _ in range(taken - len(messages)):
                 slots.release()
+            if stop.is_set():  # draining: hand what came back to other workers at once
+                for message in messages:
+                    await message.nak()
+                    slots.release()
+                return
             for message in messages:
                 job = asyncio.create_task(self._run_message(message, commands, dead))
                 self._in_flight.add(job)

@@ -228,3 +228,100 @@ async def _wait_for_status(client: Client, run_id: str, step_id: str, status: st
         if step is not None and step.status == status:
             return state
     raise AssertionError(f"step {step_id!r} of run {run_id} never reached {status!r}")
+
+
+async def test_retry_after_and_bad_outputs_fail_or_retry_as_the_handler_said(
+    stack: Stack,
+) -> None:
+    from dagnats import RetryAfter
+    from kernel import limits
+    from kernel.events import StepFailed, StepRetryScheduled
+
+    worker = stack.worker
+
+    @worker.task("later")
+    async def later(ctx: TaskContext) -> Any:
+        if ctx.attempt == 1:
+            raise RetryAfter(0.2, "rate limited")
+        return "ok"
+
+    @worker.task("unencodable")
+    async def unencodable(ctx: TaskContext) -> Any:
+        return {"when": object()}
+
+    @worker.task("huge")
+    async def huge(ctx: TaskContext) -> Any:
+        return "x" * (limits.payload_bytes_max + 10)
+
+    # The worker serves only the types it had when it started: restart its fetch loops by
+    # running a second worker with these handlers on the same connection.
+    extra = Worker(concurrency=4)
+    extra.add("later", later)
+    extra.add("unencodable", unencodable)
+    extra.add("huge", huge)
+    stop = asyncio.Event()
+    connection = stack.client.connection
+    serving = asyncio.create_task(
+        extra.serve(connection.tasks, connection.commands, connection.commands, stop)
+    )
+    policy = Retry(max_attempts=3, initial_delay="30s")
+    outcomes: dict[str, tuple[Any, list[Any]]] = {}
+    try:
+        for task in ("later", "unencodable", "huge"):
+            workflow = Workflow(f"says-{task}").task("s", task=task, retry=policy).build()
+            run_id = await stack.client.start(workflow)
+            state = await stack.client.wait(run_id, timeout_s=WAIT_S)
+            outcomes[task] = (state, await stack.events(run_id))
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, timeout=10)
+    later_state, later_events = outcomes["later"]
+    retry = next(e for e in later_events if isinstance(e, StepRetryScheduled))
+    assert retry.delay_ms == 200  # RetryAfter replaced the 30 s backoff
+    assert later_state.status == "completed"
+    for task, rule in (
+        ("unencodable", "cannot be encoded as JSON"),
+        ("huge", f"the limit is {limits.payload_bytes_max} bytes"),
+    ):
+        state, events = outcomes[task]
+        failed = [e for e in events if isinstance(e, StepFailed)]
+        assert len(failed) == 1 and not failed[0].will_retry, failed  # no retry: it cannot help
+        assert failed[0].error.kind == "invalid_output" and rule in failed[0].error.message
+        assert state.status == "failed"
+
+
+async def test_a_draining_worker_finishes_its_handler_and_takes_nothing_new(
+    stack: Stack,
+) -> None:
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    drained = Worker(concurrency=2)
+
+    @drained.task("slow_drain")
+    async def slow(ctx: TaskContext) -> Any:
+        entered.set()
+        await gate.wait()
+        return {"finished": ctx.step_id}
+
+    stop = asyncio.Event()
+    connection = stack.client.connection
+    serving = asyncio.create_task(
+        drained.serve(connection.tasks, connection.commands, connection.commands, stop)
+    )
+    workflow = (
+        Workflow("drain")
+        .task("first", task="slow_drain")
+        .task("second", task="slow_drain", depends_on=["first"])
+        .build()
+    )
+    run_id = await stack.client.start(workflow)
+    await asyncio.wait_for(entered.wait(), timeout=WAIT_S)
+    stop.set()  # what SIGTERM does
+    gate.set()
+    await asyncio.wait_for(serving, timeout=WAIT_S)  # drained: the handler finished
+    assert drained.handled == 1
+    state = await _wait_for_status(stack.client, run_id, "second", "scheduled")
+    first = state.step("first")
+    assert first is not None and first.status == "completed"
+    second = state.step("second")
+    assert second is not None and second.status == "scheduled"  # nobody took it

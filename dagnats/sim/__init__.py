@@ -1,0 +1,32 @@
+"""Deterministic simulation: the real engine and worker SDK over in-memory protocols.
+
+`dagnats sim WORKFLOW --worker MODULE:ATTR` and `dagnats.testing.simulate(...)` run a
+workflow with its real handlers under a seeded scheduler that injects faults and checks
+invariants after every step; a failing seed replays exactly. See docs/simulation.md.
+
+Modules: `memory` (the protocols in memory, over virtual time), `faults` (kinds, plans,
+dice), `invariants` (the oracle), `scheduler` (one seed), `runner` (many seeds, reports),
+`trace`, `cli` (`dagnats sim`), `settings` (every bound of the simulator).
+"""
+
+from dagnats.sim.faults import FAULT_KINDS, FaultPlan, InjectedHandlerError, SimulatedCrash
+from dagnats.sim.invariants import RunView, UserInvariant, Violation
+from dagnats.sim.runner import SimReport, run_bound_ms, run_seed, run_seeds
+from dagnats.sim.scheduler import EngineFactory, SeedResult, SimCase
+
+__all__ = [
+    "FAULT_KINDS",
+    "EngineFactory",
+    "FaultPlan",
+    "InjectedHandlerError",
+    "RunView",
+    "SeedResult",
+    "SimCase",
+    "SimReport",
+    "SimulatedCrash",
+    "UserInvariant",
+    "Violation",
+    "run_bound_ms",
+    "run_seed",
+    "run_seeds",
+]

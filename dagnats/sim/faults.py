@@ -1,0 +1,160 @@
+"""Faults: what can go wrong, how often (a `FaultPlan`), and the seeded dice that decide.
+
+Each fault kind has a probability in a plan. Per seed, `SeedFaults` draws the probability
+each kind actually gets in that run (swarm testing, as in TigerBeetle's VOPR: some seeds have
+a kind switched off, others have it at up to twice the plan's value), so different seeds
+stress different mixes. Every decision comes from the seed's one `random.Random`, so a seed
+replays the same faults at the same points.
+
+Kinds and where they strike (the probability is per opportunity):
+
+- engine_crash: each engine call into the world (a read, before an append, after it and
+  before the effects, each effect, before the ack);
+- worker_crash: each worker call (task started, result, ack) and each handler in flight;
+- duplicate_delivery: each ack (lost: the message comes back after its ack wait), each timer
+  fire (it fires twice), each client start (sent twice);
+- late_delivery: each publish and timer fire (it arrives up to `late_delivery_ms_max` late);
+- lost_heartbeat: each task delivery (its worker stops heartbeating it);
+- racing_engine: each seed (a second engine over the same log and queues);
+- clock_jump: each scheduler step (one process clock jumps, either way);
+- handler_error: each handler call (it raises instead of running);
+- handler_hang: each handler call (it never returns; its worker stops heartbeating it);
+- snapshot_lost: each engine step (a cached run is forgotten: it folds history again);
+- client_cancel: each run (the client cancels it at a random time).
+
+This module may draw randomness only from the `random.Random` it is given.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Final
+
+import msgspec
+
+FAULT_KINDS: Final = (
+    "engine_crash",
+    "worker_crash",
+    "duplicate_delivery",
+    "late_delivery",
+    "lost_heartbeat",
+    "racing_engine",
+    "clock_jump",
+    "handler_error",
+    "handler_hang",
+    "snapshot_lost",
+    "client_cancel",
+)
+SWARM_OFF_FRACTION: Final = 0.25  # seeds in which a kind is switched off
+SWARM_SCALE_MAX: Final = 2.0  # a kind gets up to this times its planned probability
+
+
+class SimulatedCrash(BaseException):
+    """A process dies here. A BaseException, so it passes through every `except Exception`
+    of the code under test, exactly as a SIGKILL would stop it."""
+
+    def __init__(self, process: str, point: str) -> None:
+        self.process = process
+        self.point = point
+        super().__init__(f"{process} crashed at {point}")
+
+
+class InjectedHandlerError(Exception):
+    """What a handler raises when the simulator injects a handler exception."""
+
+
+class FaultPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """The probability of each fault kind (0 switches it off)."""
+
+    engine_crash: float = 0.01
+    worker_crash: float = 0.01
+    duplicate_delivery: float = 0.03
+    late_delivery: float = 0.03
+    lost_heartbeat: float = 0.05
+    racing_engine: float = 0.3
+    clock_jump: float = 0.005
+    handler_error: float = 0.05
+    handler_hang: float = 0.01
+    snapshot_lost: float = 0.02
+    client_cancel: float = 0.05
+
+    def __post_init__(self) -> None:
+        for kind in FAULT_KINDS:
+            value = getattr(self, kind)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"fault {kind}={value}: a probability must be within 0..1")
+
+    @classmethod
+    def none(cls) -> FaultPlan:
+        """No faults at all: the happy path, interleavings only."""
+        return cls(**dict.fromkeys(FAULT_KINDS, 0.0))
+
+    @classmethod
+    def parse(cls, spec: str, base: FaultPlan | None = None) -> FaultPlan:
+        """A plan from `kind=p,kind=p` (`none` or `default` first to start from those).
+
+        Raises:
+            ValueError: an unknown kind or a value that is not a probability (names both).
+        """
+        plan = base if base is not None else cls()
+        changes: dict[str, float] = {}
+        for part in (piece.strip() for piece in spec.split(",")):
+            if not part:
+                continue
+            if part in ("none", "default"):
+                plan = cls.none() if part == "none" else cls()
+                changes.clear()
+                continue
+            kind, sep, value = part.partition("=")
+            if not sep or kind.strip() not in FAULT_KINDS:
+                known = ", ".join(FAULT_KINDS)
+                raise ValueError(f"fault {part!r} is not KIND=P (kinds: {known})")
+            try:
+                changes[kind.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"fault {part!r}: {value!r} is not a number") from None
+        return msgspec.structs.replace(plan, **changes)
+
+    def spec(self) -> str:
+        """The plan as `--faults` text; `parse(plan.spec()) == plan`."""
+        default = FaultPlan()
+        changed = [
+            f"{kind}={getattr(self, kind):g}"
+            for kind in FAULT_KINDS
+            if getattr(self, kind) != getattr(default, kind)
+        ]
+        return ",".join(changed) if changed else "default"
+
+    def probabilities(self) -> dict[str, float]:
+        return {kind: float(getattr(self, kind)) for kind in FAULT_KINDS}
+
+
+class SeedFaults:
+    """The fault dice of one seed: per-kind probabilities drawn from the plan, and counts."""
+
+    __slots__ = ("counts", "enabled", "probability", "rng")
+
+    def __init__(self, plan: FaultPlan, rng: random.Random, *, swarm: bool = True) -> None:
+        self.rng = rng
+        self.probability: dict[str, float] = {}
+        for kind, planned in plan.probabilities().items():
+            scale = 1.0
+            if swarm:
+                off = rng.random() < SWARM_OFF_FRACTION
+                scale = 0.0 if off else rng.random() * SWARM_SCALE_MAX
+            self.probability[kind] = min(1.0, planned * scale)
+        self.enabled = any(p > 0.0 for p in self.probability.values())
+        self.counts: dict[str, int] = {}
+
+    def hit(self, kind: str, label: str = "") -> bool:
+        """Roll for `kind`; count it (under `kind:label` when labelled) when it strikes."""
+        probability = self.probability[kind]
+        if probability <= 0.0 or self.rng.random() >= probability:
+            return False
+        name = f"{kind}:{label}" if label else kind
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return True
+
+    def count(self, name: str) -> None:
+        """Count something the substrate did on its own (a redelivery after an ack wait)."""
+        self.counts[name] = self.counts.get(name, 0) + 1

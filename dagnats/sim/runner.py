@@ -1,0 +1,249 @@
+"""Run seeds: one event loop for many seeds, a report over all of them, failure text.
+
+`run_seeds(case, seeds)` simulates each seed of a `SimCase` and sums what happened (runs,
+faults by kind, virtual time covered); it stops after `failures_max` failing seeds. Each
+seed's bound of virtual time per run is computed from the workflow (`run_bound_ms`) unless the
+case names one. Logging of the engine and the worker is quieted while seeds run (a crash is
+their daily bread here); each seed's own trace says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final
+
+import msgspec
+
+from dagnats.sim import settings
+from dagnats.sim.faults import SimulatedCrash
+from dagnats.sim.loop import SimLoop
+from dagnats.sim.scheduler import SeedResult, SimCase, Simulation
+from kernel import limits
+from kernel.retry import backoff_ms
+from kernel.workflow import NO_RETRY, RetryPolicy, WorkflowDef
+
+QUIET_LOGGERS: Final = ("dagnats.engine", "dagnats.worker", "dagnats.task", "asyncio")
+JOBS_MAX: Final = 64  # processes one call may spread its seeds over
+SEEDS_PER_CHUNK: Final = 100  # seeds a process simulates per hand-out (with jobs > 1)
+
+
+class SimReport(msgspec.Struct, kw_only=True):
+    """What a batch of seeds covered, and the seeds that failed."""
+
+    seeds: int = 0
+    runs: int = 0
+    steps: int = 0
+    virtual_ms: int = 0
+    elapsed_s: float = 0.0
+    faults: dict[str, int] = msgspec.field(default_factory=dict)
+    statuses: dict[str, int] = msgspec.field(default_factory=dict)
+    failures: list[SeedResult] = msgspec.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def add(self, result: SeedResult) -> None:
+        self.seeds += 1
+        self.runs += len(result.runs)
+        self.steps += result.steps
+        self.virtual_ms += result.virtual_ms
+        for name, count in result.faults.items():
+            self.faults[name] = self.faults.get(name, 0) + count
+        for status in result.runs.values():
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+        if not result.ok:
+            self.failures.append(result)
+
+
+def _attempt_bound_ms(timeout_ms: int | None) -> int:
+    """The longest one attempt can last: a slow or hung handler found by its heartbeat loss
+    (or cut by its timeout), a command held by a crashed engine, restarts, clock error."""
+    handler = settings.slow_handler_ms_max + 2 * settings.task_ack_wait_ms
+    if timeout_ms is not None:
+        handler = min(handler, timeout_ms + settings.late_delivery_ms_max)
+    dispatch = (
+        2 * settings.command_ack_wait_ms
+        + settings.engine_restart_ms_max
+        + settings.worker_restart_ms_max
+        + 2 * settings.late_delivery_ms_max
+    )
+    return handler + dispatch + 2 * settings.clock_jump_ms_max
+
+
+def _retry_delays_ms(policy: RetryPolicy) -> int:
+    total = 0
+    flat = msgspec.structs.replace(policy, jitter=0.0)
+    for attempt in range(1, policy.max_attempts):
+        delay = backoff_ms(flat, attempt, 0) * (1.0 + policy.jitter)
+        total += min(int(delay) + 1, limits.delay_ms_max)
+    return total
+
+
+def run_bound_ms(workflow: WorkflowDef) -> int:
+    """The virtual time by which a run of `workflow` must end under the simulated faults.
+
+    Every step (fallback and compensation handlers too) in a row, each with all its attempts
+    at their longest and its retry delays at their longest; with a workflow timeout, no more
+    than the timeout plus the handlers. A handler raising `RetryAfter` longer than its policy
+    needs a bound passed in (`SimCase.bound_ms`).
+    """
+    handler_ids = {s.on_failure for s in workflow.steps} | {s.compensate for s in workflow.steps}
+    body = handlers = 0
+    for step in workflow.steps:
+        policy = step.retry or workflow.default_retry or NO_RETRY
+        attempts = max(1, policy.max_attempts)
+        step_ms = attempts * _attempt_bound_ms(step.timeout_ms) + _retry_delays_ms(policy)
+        if step.id in handler_ids:
+            handlers += step_ms
+        else:
+            body += step_ms
+    bound = body + handlers + settings.run_bound_slack_ms
+    if workflow.timeout_ms is not None:
+        timed = workflow.timeout_ms + _attempt_bound_ms(None) + handlers
+        bound = min(bound, timed + settings.run_bound_slack_ms)
+    return min(bound, settings.horizon_ms_max - settings.run_bound_slack_ms)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _ignore_crashes(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A dead process's leftover task ends in SimulatedCrash: expected, not worth a word."""
+    if isinstance(context.get("exception"), SimulatedCrash):
+        return
+    loop.default_exception_handler(context)
+
+
+def run_seeds(
+    case: SimCase,
+    seeds: Iterable[int],
+    *,
+    on_result: Callable[[SeedResult], None] | None = None,
+    failures_max: int = 1,
+    keep_trace: bool = False,
+    jobs: int = 1,
+) -> SimReport:
+    """Simulate each seed; stop after `failures_max` failing seeds.
+
+    With `jobs` > 1 the seeds are spread over that many forked processes (each seed is still
+    simulated alone, so its result does not depend on `jobs`); results arrive in seed order.
+    Safe to call from inside a running event loop (pytest-asyncio): the seeds then run on a
+    thread of their own.
+    """
+    assert failures_max >= 1 and 1 <= jobs <= JOBS_MAX, (failures_max, jobs)
+    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
+        return _run_parallel(case, list(seeds), on_result, failures_max, keep_trace, jobs)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_seeds(case, seeds, on_result, failures_max, keep_trace)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_run_seeds, case, seeds, on_result, failures_max, keep_trace).result()
+
+
+_forked_case: list[SimCase] = []  # the case a forked process simulates (inherited, not pickled)
+
+
+def _run_chunk(task: tuple[list[int], bool]) -> list[SeedResult]:
+    seeds, keep_trace = task
+    results: list[SeedResult] = []
+    _run_seeds(_forked_case[0], seeds, results.append, len(seeds) + 1, keep_trace)
+    return results
+
+
+def _run_parallel(
+    case: SimCase,
+    seeds: list[int],
+    on_result: Callable[[SeedResult], None] | None,
+    failures_max: int,
+    keep_trace: bool,
+    jobs: int,
+) -> SimReport:
+    _forked_case[:] = [case]  # handlers are closures: the processes inherit the case by fork
+    chunks = [seeds[i : i + SEEDS_PER_CHUNK] for i in range(0, len(seeds), SEEDS_PER_CHUNK)]
+    report = SimReport()
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        for results in pool.imap(_run_chunk, [(chunk, keep_trace) for chunk in chunks]):
+            for result in results:
+                report.add(result)
+                if on_result is not None:
+                    on_result(result)
+                if len(report.failures) >= failures_max:
+                    break
+            if len(report.failures) >= failures_max:
+                break
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def _run_seeds(
+    case: SimCase,
+    seeds: Iterable[int],
+    on_result: Callable[[SeedResult], None] | None,
+    failures_max: int,
+    keep_trace: bool,
+) -> SimReport:
+    bound_ms = case.bound_ms if case.bound_ms is not None else run_bound_ms(case.workflow)
+    report = SimReport()
+    loop = SimLoop()  # type: ignore[abstract]  # (no I/O: the abstract I/O methods go unused)
+    loop.set_exception_handler(_ignore_crashes)
+    started = time.perf_counter()
+    try:
+        with _quiet():
+            for count, seed in enumerate(seeds):
+                assert count < settings.seeds_per_call_max, "too many seeds in one call"
+                simulation = Simulation(case, seed, bound_ms=bound_ms, keep_trace=keep_trace)
+                result = loop.run_until_complete(simulation.run())
+                report.add(result)
+                if on_result is not None:
+                    on_result(result)
+                if len(report.failures) >= failures_max:
+                    break
+    finally:
+        loop.close()
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+def run_seed(case: SimCase, seed: int, *, keep_trace: bool = True) -> SeedResult:
+    """One seed on its own (a replay with `--seed N`), its trace kept."""
+    results: list[SeedResult] = []
+    run_seeds(case, [seed], on_result=results.append, keep_trace=keep_trace)
+    assert len(results) == 1
+    return results[0]
+
+
+def failure_text(result: SeedResult, reproduce: str, trace_lines: int) -> str:
+    """What a failing seed prints: the broken invariants, the command that reproduces it, and
+    the last `trace_lines` lines of its trace."""
+    lines = [f"seed {result.seed} FAILED after {result.steps} steps, {result.virtual_ms} ms:"]
+    for violation in result.violations:
+        where = f" [{violation.run_id}]" if violation.run_id else ""
+        lines.append(f"  {violation.invariant}{where}: {violation.message} (step {violation.step})")
+    if result.faults:
+        faults = ", ".join(f"{name}={count}" for name, count in result.faults.items())
+        lines.append(f"  faults injected: {faults}")
+    lines.append(f"  reproduce: {reproduce}")
+    tail = result.trace[-trace_lines:] if trace_lines else ()
+    if tail:
+        lines.append(f"  last {len(tail)} trace lines:")
+        lines.extend(f"    {line}" for line in tail)
+    return "\n".join(lines)

@@ -1,0 +1,718 @@
+"""The seeded scheduler: one simulated seed of engines, workers, timers, a client and faults.
+
+Every step, the scheduler lists what could happen now (an engine takes a batch of commands, a
+worker is handed a task, a handler finishes, a timer fires, a crashed process restarts, the
+client sends a command), picks one with the seed's `random.Random`, and does it; when nothing
+can happen now, virtual time jumps to the next moment something can. Faults strike inside
+those actions, at the points `faults.py` lists. After every step the oracle's invariants are
+checked; the seed ends when every run has ended and the queues are empty, when an invariant
+breaks, or at its bounds (steps, virtual time).
+
+What runs is the real code: `dagnats.runtime.engine.Engine` (or a factory the caller passes,
+for mutation tests) over the in-memory ports, and each task through `Worker._run_message`, the
+worker SDK's own path, with the user's handlers. The whole seed is one coroutine on a private
+event loop with no I/O and no timers, so the loop's FIFO order is deterministic: the same seed
+gives byte-identical histories and the same trace.
+
+A crash is `SimulatedCrash` (a BaseException) raised from a port; the process's gate dies, so
+nothing it still has in flight touches the world again, and a new incarnation starts later
+(an engine then runs `resume_all`, as after a real restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Final
+
+import msgspec
+
+from dagnats.runtime.engine import Engine
+from dagnats.runtime.protocols import (
+    CommandMessage,
+    DeadLetters,
+    EventLog,
+    TaskPublisher,
+    Timers,
+)
+from dagnats.sim import settings
+from dagnats.sim.faults import FaultPlan, InjectedHandlerError, SeedFaults, SimulatedCrash
+from dagnats.sim.invariants import Oracle, UserInvariant, Violation
+from dagnats.sim.memory import (
+    NEVER_MS,
+    CommandPort,
+    DeadLetter,
+    HistoryMessage,
+    LogPort,
+    MemoryEventLog,
+    MemoryMessage,
+    MemorySnapshots,
+    MemoryTimers,
+    ProcessClock,
+    QueueEntry,
+    SnapshotPort,
+    TaskPort,
+    TimerPort,
+    VirtualTime,
+    new_command_queue,
+    new_task_queue,
+)
+from dagnats.sim.trace import Trace
+from dagnats.worker import Handler, TaskContext, Worker
+from kernel import codec
+from kernel.commands import CancelRun, StartRun
+from kernel.state import is_terminal
+from kernel.workflow import WorkflowDef
+
+EngineFactory = Callable[[EventLog, TaskPublisher, Timers, DeadLetters], Engine]
+Action = Callable[[], Awaitable[None]]
+DRAIN_ROUNDS_MAX: Final = 8  # loop turns for a dead process's leftover tasks to finish
+CLIENT_CANCEL_MS_MAX: Final = 60_000  # a client cancel comes this long after the start, at most
+SNAPSHOT_WRITE_FRACTION: Final = 0.3  # appends after which the snapshot projection writes one
+
+
+def default_engine(
+    history: EventLog, tasks: TaskPublisher, timers: Timers, dead: DeadLetters
+) -> Engine:
+    """The engine that runs on NATS, unchanged."""
+    return Engine(history, tasks, timers, dead)
+
+
+@dataclass(frozen=True)
+class SimCase:
+    """What to simulate: a workflow, the handlers, the input, the faults and the bounds."""
+
+    workflow: WorkflowDef
+    worker: Worker
+    input: bytes = b"null"
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    runs: int = 1
+    workers: int = settings.workers_default
+    steps_max: int = settings.steps_per_seed_default
+    bound_ms: int | None = None  # each run's bound of virtual time (None: computed)
+    invariants: tuple[UserInvariant, ...] = ()
+    engine_factory: EngineFactory = default_engine
+    swarm: bool = True
+
+    def __post_init__(self) -> None:
+        assert 1 <= self.runs <= settings.runs_per_seed_max, f"runs {self.runs}"
+        assert 1 <= self.workers <= settings.workers_max, f"workers {self.workers}"
+        assert 1 <= self.steps_max <= settings.steps_per_seed_max, f"steps {self.steps_max}"
+        if self.bound_ms is not None:
+            assert 1 <= self.bound_ms <= settings.horizon_ms_max, f"bound {self.bound_ms}"
+        missing = sorted(
+            {s.task for s in self.workflow.steps if s.task} - set(self.worker.handlers)
+        )
+        if missing:
+            raise ValueError(
+                f"the worker has no handler for task(s) {', '.join(missing)} of workflow "
+                f"{self.workflow.name!r} (it has: {', '.join(sorted(self.worker.handlers))})"
+            )
+
+
+class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of one seed."""
+
+    seed: int
+    violations: tuple[Violation, ...]
+    faults: dict[str, int]
+    probabilities: dict[str, float]
+    virtual_ms: int
+    steps: int
+    runs: dict[str, str]  # run id -> final status
+    digest: str  # of every history message appended, in order
+    trace: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+class _Gate:
+    """`memory.Gate` of one process incarnation: its crash points and delivery faults."""
+
+    __slots__ = ("alive", "crash_kind", "name", "sim")
+
+    def __init__(self, sim: Simulation, name: str, crash_kind: str) -> None:
+        self.sim = sim
+        self.name = name
+        self.crash_kind = crash_kind  # "" for a process that never crashes (the client)
+        self.alive = True
+
+    def check(self, point: str) -> None:
+        if not self.alive:
+            raise SimulatedCrash(self.name, "after its death")
+        if self.crash_kind and self.sim.faults.hit(self.crash_kind, point):
+            self.alive = False
+            self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT crash {point}")
+            raise SimulatedCrash(self.name, point)
+
+    def delay_ms(self, point: str) -> int:
+        if not self.sim.faults.hit("late_delivery", point):
+            return 0
+        delay = self.sim.rng.randint(1, settings.late_delivery_ms_max)
+        self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT {point} late by {delay} ms")
+        return delay
+
+    def lose(self, point: str) -> bool:
+        if not self.sim.faults.hit("duplicate_delivery", f"{point}_lost"):
+            return False
+        self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT {point} lost")
+        return True
+
+
+@dataclass(eq=False)
+class EngineProcess:
+    name: str
+    engine: Engine | None = None
+    gate: _Gate | None = None
+    restart_at_ms: int | None = None
+    incarnation: int = 0
+
+
+@dataclass(eq=False)
+class WorkerProcess:
+    name: str
+    clock: ProcessClock
+    worker: Worker | None = None
+    gate: _Gate | None = None
+    commands: CommandPort | None = None
+    restart_at_ms: int | None = None
+    incarnation: int = 0
+    calls: list[HandlerCall] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class HandlerCall:
+    """One delivery of a task to a worker, from delivery to the end of its handler."""
+
+    process: WorkerProcess
+    entry: QueueEntry
+    finish_at_ms: int | None  # None: the handler hangs
+    inject_error: bool
+    entered: asyncio.Future[None]
+    release: asyncio.Future[None]
+    task: asyncio.Task[None] | None = None
+
+
+CURRENT_CALL: contextvars.ContextVar[HandlerCall | None] = contextvars.ContextVar(
+    "dagnats_sim_call", default=None
+)
+
+
+def simulated_handler(handler: Handler) -> Handler:
+    """The user's handler as the simulator runs it: called at delivery (or replaced by an
+    injected exception), then held until its virtual duration has passed."""
+
+    async def run(context: TaskContext) -> object:
+        call = CURRENT_CALL.get()
+        assert call is not None, "a simulated handler runs only inside a simulated delivery"
+        error: Exception | None = None
+        value: object = None
+        if call.inject_error:
+            error = InjectedHandlerError(
+                f"simulated failure of {context.task_type} (attempt {context.attempt})"
+            )
+        else:
+            try:
+                value = await handler(context)
+            except Exception as caught:
+                error = caught
+        if not call.entered.done():
+            call.entered.set_result(None)
+        await call.release
+        if error is not None:
+            raise error
+        return value
+
+    return run
+
+
+@dataclass(eq=False)
+class ClientAction:
+    at_ms: int
+    run_id: str
+    payload: bytes
+    msg_id: str
+    label: str
+
+
+class Simulation:
+    """One seed of one case. `await run()` once."""
+
+    def __init__(
+        self, case: SimCase, seed: int, *, bound_ms: int, keep_trace: bool = False
+    ) -> None:
+        self.case = case
+        self.keep_trace = keep_trace
+        self.seed = seed
+        self.bound_ms = bound_ms
+        self.rng = random.Random(seed)
+        self.faults = SeedFaults(case.faults, self.rng, swarm=case.swarm)
+        self.time = VirtualTime()
+        self.start_ms = self.time.now_ms
+        self.trace = Trace()
+        self.log = MemoryEventLog(self.time)
+        self.commands = new_command_queue(self.time)
+        self.tasks = new_task_queue(self.time)
+        self.timers = MemoryTimers(self.time, self.commands)
+        self.dead: list[DeadLetter] = []
+        self.snapshots = MemorySnapshots()
+        self.oracle = Oracle(self.time, case.invariants, keep_events=False)
+        self.log.listeners.append(self.oracle.on_append)
+        self.log.listeners.append(self._traced_append)
+        self.log.listeners.append(self._snapshot)
+        self.tasks.on_publish.append(self.oracle.on_task_published)
+        self.commands.on_ack.append(self.oracle.on_command_acked)
+        self.client_clock = ProcessClock(self.time)
+        self.client = CommandPort(self.commands, self.dead, "client", _Gate(self, "client", ""))
+        engines = settings.engines_max if self.faults.hit("racing_engine") else 1
+        self.engines = [EngineProcess(name=f"engine-{i + 1}") for i in range(engines)]
+        self.workers = [
+            WorkerProcess(name=f"worker-{i + 1}", clock=ProcessClock(self.time))
+            for i in range(case.workers)
+        ]
+        self.handlers = {name: simulated_handler(h) for name, h in case.worker.handlers.items()}
+        self.calls: list[HandlerCall] = []
+        self.client_actions: list[ClientAction] = []
+        self.started_at_ms: dict[str, int] = {}
+        self.actor = "sim"
+        self.steps = 0
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> SeedResult:
+        """Simulate the seed to its end; never raises for what the code under test does."""
+        self._plan_client()
+        for process in self.engines:
+            await self._start_engine(process)
+        for worker in self.workers:
+            self._start_worker(worker)
+        settled = False
+        horizon = self.start_ms + min(
+            self.bound_ms + settings.run_bound_slack_ms, settings.horizon_ms_max
+        )
+        try:
+            # Each pass is a step or a jump of time to the next moment something can happen;
+            # at most steps_max steps, and at most as many jumps (each jump precedes a step).
+            for _ in range(2 * self.case.steps_max + 1):
+                self._expire()
+                actions = self._enabled()
+                if not actions:
+                    if self._settled():
+                        settled = True
+                        break
+                    due = self._next_due()
+                    if due is None or due > horizon or self._overdue(due):
+                        break
+                    self.time.advance_to(due)
+                    continue
+                if self.steps >= self.case.steps_max:
+                    break
+                self.steps += 1
+                self.oracle.step = self.steps
+                await self._clock_jump()
+                await actions[int(self.rng.random() * len(actions))]()
+                if self.oracle.violations:
+                    break
+        finally:
+            await self._stop_all()
+        return self._result(settled)
+
+    def _overdue(self, due: int) -> bool:
+        """Whether some run will be past its bound by `due` (stop early: it will not end)."""
+        return any(
+            not is_terminal(self.oracle.state(run_id)) and due > started + self.bound_ms
+            for run_id, started in self.started_at_ms.items()
+        )
+
+    def _enabled(self) -> list[Action]:
+        """Everything that could happen now, in a fixed order (the dice pick one)."""
+        now = self.time.now_ms
+        actions: list[Action] = []
+        if self.commands.ready():
+            actions.extend(partial(self._engine_step, p) for p in self.engines if p.engine)
+        if any(w.worker is not None for w in self.workers):
+            subjects = sorted({entry.subject for entry in self.tasks.ready()})
+            actions.extend(partial(self._deliver, subject) for subject in subjects)
+        for call in self.calls:
+            if call.finish_at_ms is not None and call.finish_at_ms <= now:
+                actions.append(partial(self._finish, call))
+        if self.timers.due():
+            actions.append(self._fire_timer)
+        for process in self.engines:
+            if process.restart_at_ms is not None and process.restart_at_ms <= now:
+                actions.append(partial(self._start_engine, process))
+        for worker in self.workers:
+            if worker.restart_at_ms is not None and worker.restart_at_ms <= now:
+                actions.append(partial(self._restart_worker, worker))
+        for client_action in self.client_actions:
+            if client_action.at_ms <= now:
+                actions.append(partial(self._client_send, client_action))
+        return actions
+
+    def _next_due(self) -> int | None:
+        now = self.time.now_ms
+        candidates = [
+            self.commands.next_due_ms(),
+            self.tasks.next_due_ms(),
+            self.timers.next_due_ms(),
+            *(call.finish_at_ms for call in self.calls),
+            *(p.restart_at_ms for p in self.engines),
+            *(w.restart_at_ms for w in self.workers),
+            *(a.at_ms for a in self.client_actions),
+        ]
+        future = [at for at in candidates if at is not None and now < at < NEVER_MS]
+        return min(future, default=None)
+
+    def _settled(self) -> bool:
+        """Every run ended, nothing queued, no handler running but hung ones."""
+        return (
+            not self.client_actions
+            and all(is_terminal(self.oracle.state(run_id)) for run_id in self.started_at_ms)
+            and self.commands.pending() == 0
+            and self.tasks.pending() == 0
+            and all(call.finish_at_ms is None for call in self.calls)
+        )
+
+    def _expire(self) -> None:
+        for entry in self.commands.expire():
+            self.faults.count("redelivery_after_ack_wait:command")
+            self.trace.add(self.time.now_ms, "queue", f"command #{entry.number} redelivered")
+        for entry in self.tasks.expire():
+            self.faults.count("redelivery_after_ack_wait:task")
+            self.trace.add(self.time.now_ms, "queue", f"task #{entry.number} redelivered")
+
+    async def _clock_jump(self) -> None:
+        if not self.faults.hit("clock_jump"):
+            return
+        clocks = [self.client_clock] + [worker.clock for worker in self.workers]
+        names = ["client"] + [worker.name for worker in self.workers]
+        index = self.rng.randrange(len(clocks))
+        jump = self.rng.randint(-settings.clock_jump_ms_max, settings.clock_jump_ms_max)
+        clocks[index].offset_ms = jump
+        self.trace.add(self.time.now_ms, names[index], f"FAULT clock jumps to {jump:+d} ms")
+
+    # -- the client -----------------------------------------------------------------------
+
+    def _plan_client(self) -> None:
+        workflow = self.case.workflow
+        for index in range(self.case.runs):
+            run_id = f"run-{index + 1}"
+            at_ms = self.time.now_ms + self.rng.randint(0, 10 * index)
+            start = StartRun(
+                run_id=run_id,
+                at_ms=at_ms,
+                seed=self.rng.getrandbits(63),
+                workflow=workflow,
+                input=msgspec.Raw(self.case.input),
+            )
+            payload = codec.encode(start)
+            self.client_actions.append(
+                ClientAction(at_ms, run_id, payload, f"start:{run_id}", "start")
+            )
+            if self.faults.hit("duplicate_delivery", "client_start_twice"):
+                again = at_ms + self.rng.randint(1, settings.late_delivery_ms_max)
+                self.client_actions.append(
+                    ClientAction(again, run_id, payload, f"start:{run_id}:again", "start again")
+                )
+            if self.faults.hit("client_cancel"):
+                at = at_ms + self.rng.randint(0, CLIENT_CANCEL_MS_MAX)
+                cancel = CancelRun(run_id=run_id, at_ms=at, reason="simulated client cancel")
+                self.client_actions.append(
+                    ClientAction(at, run_id, codec.encode(cancel), f"cancel:{run_id}", "cancel")
+                )
+
+    async def _client_send(self, action: ClientAction) -> None:
+        self.client_actions.remove(action)
+        self.started_at_ms.setdefault(action.run_id, self.time.now_ms)
+        command = codec.decode_command(action.payload)  # stamped now, by the client's clock
+        payload = codec.encode(msgspec.structs.replace(command, at_ms=self.client_clock.now_ms()))
+        self.trace.add(self.time.now_ms, "client", f"{action.label} {action.run_id}")
+        await self.client.publish_command(action.run_id, payload, action.msg_id)
+
+    # -- engines --------------------------------------------------------------------------
+
+    async def _start_engine(self, process: EngineProcess) -> None:
+        process.incarnation += 1
+        gate = _Gate(self, f"{process.name}.{process.incarnation}", "engine_crash")
+        commands = CommandPort(self.commands, self.dead, gate, gate)
+        engine = self.case.engine_factory(
+            LogPort(self.log, gate),
+            TaskPort(self.tasks, gate, gate),
+            TimerPort(self.timers, gate),
+            commands,
+        )
+        engine.snapshots = SnapshotPort(self.snapshots, gate)
+        process.engine, process.gate, process.restart_at_ms = engine, gate, None
+        self.actor = gate.name
+        self.trace.add(self.time.now_ms, gate.name, "starts (resume_all)")
+        try:
+            await engine.resume_all()
+        except SimulatedCrash as crash:
+            await self._engine_crashed(process, crash)
+            return
+        self.oracle.check_engine(gate.name, engine)
+
+    async def _engine_step(self, process: EngineProcess) -> None:
+        engine, gate = process.engine, process.gate
+        assert engine is not None and gate is not None
+        self.actor = gate.name
+        cache: dict[str, object] = getattr(engine, "_cache", {})
+        held = sorted(set(cache) | set(self.snapshots.stored))
+        if held and self.faults.hit("snapshot_lost"):
+            run_id = held[self.rng.randrange(len(held))]
+            engine.forget(run_id)
+            self.snapshots.delete(run_id)
+            text = f"FAULT lost its state and the snapshot of {run_id}"
+            self.trace.add(self.time.now_ms, gate.name, text)
+        batch = self.rng.randint(1, settings.command_batch_max)
+        commands = CommandPort(self.commands, self.dead, gate, gate)
+        try:
+            messages = await commands.fetch_commands(batch=batch, timeout_ms=1)
+            self.trace.add(self.time.now_ms, gate.name, _describe_batch(messages))
+            batch_messages: list[CommandMessage] = list(messages)
+            await engine.handle_batch(batch_messages)
+            if engine.needs_resume:
+                await engine.resume_pending()
+        except SimulatedCrash as crash:
+            await self._engine_crashed(process, crash)
+            return
+        self.oracle.check_engine(gate.name, engine)
+
+    async def _engine_crashed(self, process: EngineProcess, crash: SimulatedCrash) -> None:
+        gate = process.gate
+        assert gate is not None
+        gate.alive = False
+        process.engine = None
+        delay = self.rng.randint(1, settings.engine_restart_ms_max)
+        process.restart_at_ms = self.time.now_ms + delay
+        self.trace.add(self.time.now_ms, gate.name, f"dies ({crash.point}); back in {delay} ms")
+        await _drain()
+
+    # -- workers --------------------------------------------------------------------------
+
+    def _start_worker(self, process: WorkerProcess) -> None:
+        process.incarnation += 1
+        name = f"{process.name}.{process.incarnation}"
+        gate = _Gate(self, name, "worker_crash")
+        user = self.case.worker
+        worker = Worker(
+            concurrency=user.concurrency,
+            worker_id=name,
+            heartbeat_interval_ms=settings.worker_heartbeat_interval_ms,
+            report_started=user.report_started,
+            clock=process.clock,
+            seeds=lambda: self.rng.getrandbits(63),
+        )
+        worker.handlers = dict(self.handlers)
+        process.worker, process.gate, process.restart_at_ms = worker, gate, None
+        process.commands = CommandPort(self.commands, self.dead, gate, gate)
+
+    async def _restart_worker(self, process: WorkerProcess) -> None:
+        self._start_worker(process)
+        self.trace.add(self.time.now_ms, process.name, "restarts")
+
+    async def _deliver(self, subject: str) -> None:
+        alive = [w for w in self.workers if w.worker is not None]
+        process = alive[self.rng.randrange(len(alive))]
+        worker, gate, commands = process.worker, process.gate, process.commands
+        assert worker is not None and gate is not None and commands is not None
+        self.actor = gate.name
+        entry = self.tasks.ready(subject)[0]
+        first = entry.deliveries == 0
+        hang = first and self.faults.hit("handler_hang")
+        heartbeat_lost = hang or self.faults.hit("lost_heartbeat")
+        deadline = self.time.now_ms + self.tasks.ack_wait_ms if heartbeat_lost else NEVER_MS
+        delivery = self.tasks.deliver(entry, gate, deadline)
+        finish_at = None if hang else self.time.now_ms + self._handler_ms(first)
+        loop = asyncio.get_running_loop()
+        call = HandlerCall(
+            process=process,
+            entry=entry,
+            finish_at_ms=finish_at,
+            inject_error=first and self.faults.hit("handler_error"),
+            entered=loop.create_future(),
+            release=loop.create_future(),
+        )
+        faults = " hangs" if hang else (" heartbeat lost" if heartbeat_lost else "")
+        faults += " raises" if call.inject_error else ""
+        text = f"takes task #{entry.number} (delivery {delivery}){faults}"
+        self.trace.add(self.time.now_ms, gate.name, text)
+        message = MemoryMessage(self.tasks, entry, gate, gate)
+        token = CURRENT_CALL.set(call)
+        try:
+            call.task = loop.create_task(worker._run_message(message, commands, commands))
+        finally:
+            CURRENT_CALL.reset(token)
+        call.task.add_done_callback(partial(_enter, call))
+        await call.entered
+        if call.task.done():
+            await self._settle(call)
+            return
+        process.calls.append(call)
+        self.calls.append(call)
+
+    def _handler_ms(self, first: bool) -> int:
+        if not first:  # a redelivery: the worker reports the lost attempt at once
+            return self.rng.randint(0, settings.delivery_ms_max)
+        if self.rng.random() < settings.slow_handler_fraction:
+            return self.rng.randint(settings.handler_ms_max, settings.slow_handler_ms_max)
+        return self.rng.randint(1, settings.handler_ms_max)
+
+    async def _finish(self, call: HandlerCall) -> None:
+        process = call.process
+        assert process.gate is not None
+        self.actor = process.gate.name
+        if self.faults.hit("worker_crash", "mid_task"):
+            self.trace.add(self.time.now_ms, process.gate.name, "FAULT crash mid-task")
+            await self._worker_crashed(process, "mid_task")
+            return
+        call.release.set_result(None)
+        await self._settle(call)
+
+    async def _settle(self, call: HandlerCall) -> None:
+        """Wait for the call's task to end and account for how it ended."""
+        task = call.task
+        assert task is not None
+        process = call.process
+        if call in self.calls:
+            self.calls.remove(call)
+            process.calls.remove(call)
+        try:
+            await task
+        except SimulatedCrash as crash:
+            await self._worker_crashed(process, crash.point)
+            return
+        except asyncio.CancelledError:
+            return
+        except Exception as error:  # the worker SDK failed: its message comes back later
+            self.trace.add(self.time.now_ms, process.name, f"task failed: {error!r}")
+        entry = call.entry  # unacked (an ack lost): its heartbeats stop with the call
+        if not entry.done and entry.holder is process.gate:
+            deadline = self.time.now_ms + self.tasks.ack_wait_ms
+            entry.deadline_ms = min(entry.deadline_ms, deadline)
+
+    async def _worker_crashed(self, process: WorkerProcess, point: str) -> None:
+        gate = process.gate
+        assert gate is not None
+        gate.alive = False
+        for call in list(process.calls):
+            self.calls.remove(call)
+            if call.task is not None and not call.task.done():
+                call.task.cancel()
+        process.calls.clear()
+        self.tasks.release_holder(gate, self.time.now_ms + self.tasks.ack_wait_ms)
+        process.worker, process.commands = None, None
+        delay = self.rng.randint(1, settings.worker_restart_ms_max)
+        process.restart_at_ms = self.time.now_ms + delay
+        self.trace.add(self.time.now_ms, gate.name, f"dies ({point}); back in {delay} ms")
+        await _drain()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    async def _fire_timer(self) -> None:
+        timer = self.timers.due()[0]
+        self.actor = "timers"
+        delay = settings.delivery_ms_max
+        if self.faults.hit("late_delivery", "timer"):
+            delay += self.rng.randint(1, settings.late_delivery_ms_max)
+        self.trace.add(
+            self.time.now_ms, "timers", f"fires {timer.run_id} {timer.timer_id} (+{delay} ms)"
+        )
+        self.timers.fire(timer, delay)
+        if self.faults.hit("duplicate_delivery", "timer_twice"):
+            again = delay + self.rng.randint(1, settings.late_delivery_ms_max)
+            self.timers.fire(timer, again)
+            self.trace.add(self.time.now_ms, "timers", f"FAULT fires {timer.timer_id} again")
+
+    # -- the end --------------------------------------------------------------------------
+
+    async def _stop_all(self) -> None:
+        for call in self.calls:
+            if call.task is not None and not call.task.done():
+                call.task.cancel()
+        self.calls.clear()
+        for worker in self.workers:
+            worker.calls.clear()
+        await _drain()
+
+    def _result(self, settled: bool) -> SeedResult:
+        oracle = self.oracle
+        if not oracle.violations:
+            if not settled and self.steps >= self.case.steps_max:
+                oracle.violate(
+                    "settles_in_steps",
+                    f"the seed did not settle within {self.case.steps_max} scheduler steps",
+                )
+            self._check_bounds()
+            oracle.check_final()
+        keep = self.keep_trace or bool(oracle.violations)
+        digest = hashlib.blake2b(digest_size=16)
+        for message in self.log.messages:
+            digest.update(message.payload)
+        return SeedResult(
+            seed=self.seed,
+            violations=tuple(oracle.violations),
+            faults=dict(sorted(self.faults.counts.items())),
+            probabilities=self.faults.probability,
+            virtual_ms=self.time.now_ms - self.start_ms,
+            steps=self.steps,
+            runs={run_id: oracle.state(run_id).status for run_id in sorted(self.started_at_ms)},
+            digest=digest.hexdigest(),
+            trace=self.trace.lines(self.start_ms) if keep else (),
+        )
+
+    def _check_bounds(self) -> None:
+        for run_id, started in sorted(self.started_at_ms.items()):
+            track = self.oracle.runs.get(run_id)
+            status = track.state.status if track is not None else "new"
+            ended = track.ended_at_ms if track is not None else None
+            if ended is None:
+                elapsed = self.time.now_ms - started
+                self.oracle.violate(
+                    "run_ends_in_bound",
+                    f"the run is still {status} after {elapsed} ms of virtual time "
+                    f"(its bound is {self.bound_ms} ms)",
+                    run_id,
+                )
+            elif ended - started > self.bound_ms:
+                self.oracle.violate(
+                    "run_ends_in_bound",
+                    f"the run ended {ended - started} ms after its start; its bound is "
+                    f"{self.bound_ms} ms",
+                    run_id,
+                )
+
+    def _snapshot(self, message: HistoryMessage) -> None:
+        """The snapshot projection, lagging: after some appends it stores the run's fold."""
+        if self.rng.random() >= SNAPSHOT_WRITE_FRACTION:
+            return
+        track = self.oracle.runs.get(message.run_id)
+        state = track.states.get(message.seq) if track is not None else None
+        if state is not None and state.run_id:
+            self.snapshots.put(state, message.seq)
+
+    def _traced_append(self, message: HistoryMessage) -> None:
+        self.trace.add_append(self.time.now_ms, self.actor, message)
+
+
+def _enter(call: HandlerCall, _task: object) -> None:
+    if not call.entered.done():
+        call.entered.set_result(None)
+
+
+async def _drain() -> None:
+    """Let a dead process's leftover tasks run to their end (each dies at its next call)."""
+    for _ in range(DRAIN_ROUNDS_MAX):
+        await asyncio.sleep(0)
+
+
+def _describe_batch(messages: list[MemoryMessage]) -> str:
+    numbers = ", ".join(f"#{m.entry.number}" for m in messages)
+    return f"takes command(s) {numbers}"

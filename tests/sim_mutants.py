@@ -1,0 +1,129 @@
+"""Engine variants with a planted bug, and the workflow the simulator must catch them on.
+
+Each variant subclasses the real `Engine` and breaks one rule a correct system must keep; the
+mutation tests (tests/test_sim_mutants.py) require the simulator to catch each within 200
+seeds, while the real engine passes thousands. The last one is the engine as it was before
+the simulator found its bug (a command decided to nothing on a stale cached state was acked).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from dagnats.runtime.engine import Engine, Loaded
+from dagnats.runtime.protocols import CommandMessage
+from dagnats.worker import TaskContext, Worker
+from kernel import codec
+from kernel.builder import Retry, Workflow
+from kernel.commands import AnyCommand, FireTimer
+from kernel.effects import AnyEffect, EnqueueTask, task_msg_id
+from kernel.events import AnyEvent
+from kernel.workflow import WorkflowDef
+
+CHAIN_STEPS: Final = 10
+
+
+def chain_workflow(steps: int = CHAIN_STEPS) -> WorkflowDef:
+    """s0 -> s1 -> ... with retries (3 attempts) and a step timeout: every fault heals."""
+    builder = Workflow("sim-chain", timeout="1h")
+    for index in range(steps):
+        builder = builder.task(
+            f"s{index}",
+            task="work",
+            depends_on=[f"s{index - 1}"] if index else [],
+            retry=Retry(max_attempts=3, initial_delay="100ms"),
+            timeout="30s",
+        )
+    return builder.build()
+
+
+def chain_worker() -> Worker:
+    worker = Worker()
+
+    @worker.task("work")
+    async def work(context: TaskContext) -> dict[str, object]:
+        return {"step": context.step_id, "attempt": context.attempt}
+
+    return worker
+
+
+class AckBeforeAppend(Engine):
+    """Acks each command before deciding it: a crash in between loses the command."""
+
+    async def _handle_group(self, group: list[CommandMessage]) -> None:
+        for message in group:
+            await message.ack()
+            await self.handle(message.data)
+
+
+class IgnoreExpectedSequence(Engine):
+    """Appends under whatever the history's last sequence is now, not the one it decided on."""
+
+    async def _append(
+        self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
+    ) -> list[AnyEffect]:
+        current = await self.history.last_seq(command.run_id)
+        unchecked = Loaded(state=loaded.state, last_seq=current)
+        return await super()._append(unchecked, command, events)
+
+
+class RedispatchCompletedOnResume(Engine):
+    """After a restart, dispatches completed steps again (as a next attempt)."""
+
+    async def resume_run(self, run_id: str) -> bool:
+        resumed = await super().resume_run(run_id)
+        if not resumed:
+            return resumed
+        state = (await self.load(run_id)).state
+        for step, step_def in zip(state.steps, state.step_defs, strict=True):
+            if step.status != "completed" or step_def.task is None:
+                continue
+            attempt = step.attempt + 1
+            task = EnqueueTask(
+                run_id=run_id,
+                step_id=step.step_id,
+                attempt=attempt,
+                task=step_def.task,
+                input=step.input,
+                metadata=step_def.metadata,
+                msg_id=task_msg_id(run_id, step.step_id, attempt),
+            )
+            await self.tasks.publish(step_def.task, codec.encode(task), task.msg_id)
+        return resumed
+
+
+class TimerFiresTwice(Engine):
+    """Issues the effects of a timer's decision twice, the second time outside the stable
+    message ids (so the dedup that makes a double fire harmless cannot help)."""
+
+    async def _append(
+        self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
+    ) -> list[AnyEffect]:
+        effects = await super()._append(loaded, command, events)
+        if not isinstance(command, FireTimer):
+            return effects
+        again = [
+            msgspec.structs.replace(effect, msg_id=f"{effect.msg_id}:again")
+            for effect in effects
+            if isinstance(effect, EnqueueTask)
+        ]
+        return effects + again
+
+
+class TrustStaleCache(Engine):
+    """Decides on its cached state without checking the history moved (the bug `dagnats sim`
+    found: with two engines, a result decided to nothing on a stale state was acked, lost)."""
+
+    async def _moved(self, loaded: Loaded, run_id: str) -> bool:
+        return False
+
+
+MUTANTS: Final[dict[str, type[Engine]]] = {
+    "ack_before_append": AckBeforeAppend,
+    "ignore_expected_sequence": IgnoreExpectedSequence,
+    "redispatch_completed_on_resume": RedispatchCompletedOnResume,
+    "timer_fires_twice": TimerFiresTwice,
+    "trust_stale_cache": TrustStaleCache,
+}
