@@ -7,11 +7,8 @@ stderr, with exit code 1 (2 for usage errors). `workflow validate` works offline
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import json
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -24,6 +21,7 @@ from rich.live import Live
 from dagnats import cli_projections, render
 from dagnats.client import Client
 from dagnats.connection import default_data_dir
+from dagnats.loading import LoadError, load_attribute
 from dagnats.serve import Server, install_stop_signals
 from dagnats.sim.cli import sim_command
 from dagnats.worker import Worker
@@ -162,28 +160,14 @@ def serve(
 
 def load_worker(spec: str) -> Worker:
     """The Worker named by `MODULE:ATTR` (a module path or a .py file)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise fail(f"worker {spec!r} is not MODULE:ATTR", "e.g. examples.order.worker:worker", 2)
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
-        if module_name.endswith(".py"):
-            module_spec = importlib.util.spec_from_file_location("dagnats_user_worker", module_name)
-            if module_spec is None or module_spec.loader is None:
-                raise ImportError(f"cannot load {module_name}")
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except (ImportError, OSError) as error:
-        raise fail(
-            f"cannot import {module_name!r}: {error}", "run from your project's root"
-        ) from None
-    worker = getattr(module, attr, None)
+        worker = load_attribute(spec, "worker")
+    except LoadError as error:
+        raise fail(str(error), error.hint, 2) from None
     if not isinstance(worker, Worker):
-        found = type(worker).__name__
-        raise fail(f"{spec} is a {found}, not a dagnats.Worker", "name the Worker object")
+        raise fail(
+            f"{spec} is a {type(worker).__name__}, not a dagnats.Worker", "name the Worker object"
+        )
     return worker
 
 

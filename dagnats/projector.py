@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import logging
 import sqlite3
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from sqlite_utils import Database
 
+from dagnats.loading import load_attribute
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
@@ -493,25 +491,9 @@ def load_projection(spec: str) -> SqliteProjection:
     Raises:
         DagnatsError: the module or class cannot be loaded, or is not a projection.
     """
-    module_name, _, class_name = spec.partition(":")
-    if not module_name or not class_name:
-        raise DagnatsError(f"projection {spec!r} is not MODULE:CLASS")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        if module_name.endswith(".py"):
-            module_spec = importlib.util.spec_from_file_location("dagnats_projection", module_name)
-            if module_spec is None or module_spec.loader is None:
-                raise ImportError(f"cannot load {module_name}")
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except (ImportError, OSError) as error:
-        raise DagnatsError(f"cannot import {module_name!r}: {error}") from None
-    cls = getattr(module, class_name, None)
+    cls = load_attribute(spec, "projection")
     if not isinstance(cls, type):
-        raise DagnatsError(f"{spec}: {class_name!r} is not a class of {module_name}")
+        raise DagnatsError(f"{spec} is a {type(cls).__name__}, not a projection class")
     projection = cls()
     missing = [
         attribute
