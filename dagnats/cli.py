@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from dagnats import cli_projections, render
+from dagnats import cli_projections, logs, render
 from dagnats.client import Client
 from dagnats.connection import default_data_dir
 from dagnats.loading import LoadError, load_attribute
@@ -52,6 +52,9 @@ out = Console()
 err = Console(stderr=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+LogJsonOption = Annotated[
+    bool, typer.Option("--log-json", help="Log one JSON object per line (default key=value).")
+]
 UrlOption = Annotated[
     str | None,
     typer.Option("--nats-url", envvar="DAGNATS_NATS_URL", help="NATS URL (default: local serve)."),
@@ -132,9 +135,10 @@ def serve(
     nats_port: Annotated[int, typer.Option(help="Port of the embedded NATS; 0 = a free one.")] = 0,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
+    log_json: LogJsonOption = False,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(json_lines=log_json)
     server = Server(data_dir or default_data_dir(), nats_port=nats_port, nats_url=nats_url)
 
     async def main() -> None:
@@ -183,9 +187,10 @@ def worker(
             "(the task consumer's ack wait; every worker of a task must use the same)."
         ),
     ] = None,
+    log_json: LogJsonOption = False,
 ) -> None:
     """Serve the task handlers of a Worker until SIGTERM (then drain)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(json_lines=log_json)
     the_worker = load_worker(spec)
     if concurrency is not None:
         the_worker.concurrency = concurrency
