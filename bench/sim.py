@@ -4,13 +4,16 @@ The simulator (`dagnats.sim`) runs SEEDS seeds of a 10-step chain (each step ret
 times, with a step timeout) through the real engine and worker SDK, RUNS_PER_SEED runs per seed
 sharing the engines, queues and workers, with the default fault plan (crashes, duplicate and
 late deliveries, lost heartbeats, racing engines, clock jumps, handler errors and hangs, lost
-snapshots, client cancels). Every seed must pass its invariants.
+snapshots, client cancels, projector crashes). Every seed must pass its invariants, the
+projections' among them (the SQLite query tables fed in batches and compared with a rebuild
+from zero at the end of each seed; the snapshot projection's states with the fold).
 
 Seeds are spread over one process per core (`run_seeds(jobs=...)`; a seed's result does not
 depend on it). Prints one JSON line: `value` is simulated runs/s over all cores; `ratio` is
 that over the target of 1,000 runs/s (`ratio_to: "target"`); `runs_per_s_one_process` is the
-rate of one process; `fold_runs_per_s` is how fast the pure kernel decodes and folds the same
-histories (what any replay costs at least), for scale.
+rate of one process; `runs_per_s_one_process_without_tables` the same without the SQLite
+projection (what its invariant costs); `fold_runs_per_s` is how fast the pure kernel decodes and
+folds the same histories (what any replay costs at least), for scale.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from kernel.workflow import WorkflowDef
 STEPS: Final = 10
 SEEDS: Final = 4_000
 SEEDS_ONE_PROCESS: Final = 1_000
+SEEDS_WITHOUT_TABLES: Final = 500
 JOBS_MAX: Final = 8
 RUNS_PER_SEED: Final = 1
 TARGET_RUNS_PER_S: Final = 1_000.0
@@ -88,9 +92,14 @@ def fold_rate(case: SimCase) -> float:
 def main() -> dict[str, object]:
     case = SimCase(workflow=chain(), worker=chain_worker(), faults=FaultPlan(), runs=RUNS_PER_SEED)
     one = run_seeds(case, range(SEEDS_ONE_PROCESS), failures_max=SEEDS)
+    bare = SimCase(
+        workflow=case.workflow, worker=case.worker, faults=case.faults, runs=RUNS_PER_SEED,
+        projection=None,
+    )  # fmt: skip
+    without_tables = run_seeds(bare, range(SEEDS_WITHOUT_TABLES), failures_max=SEEDS)
     jobs = max(1, min(os.cpu_count() or 1, JOBS_MAX))
     report = run_seeds(case, range(SEEDS), failures_max=SEEDS, jobs=jobs)
-    for done in (one, report):
+    for done in (one, without_tables, report):
         assert done.ok, f"{len(done.failures)} failing seed(s), first {done.failures[0].seed}"
     runs_per_s = report.runs / report.elapsed_s
     faults = sum(report.faults.values())
@@ -102,6 +111,9 @@ def main() -> dict[str, object]:
         "ratio_to": "target",
         "jobs": jobs,
         "runs_per_s_one_process": round(one.runs / one.elapsed_s),
+        "runs_per_s_one_process_without_tables": round(
+            without_tables.runs / without_tables.elapsed_s
+        ),
         "seeds_per_s": round(report.seeds / report.elapsed_s),
         "runs": report.runs,
         "seeds": report.seeds,

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 
 from dagnats import cli_projections, logs, render
-from dagnats.client import Client
+from dagnats.client import ChildLink, Client
 from dagnats.connection import default_data_dir
 from dagnats.loading import LoadError, load_attribute
 from dagnats.serve import Server, install_stop_signals
@@ -353,11 +353,25 @@ async def wait_with_progress(client: Client, run_id: str, timeout: float, quiet:
 @run_app.command("show")
 def run_show(run_id: str, nats_url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Show a run's state (folded from its history)."""
-    state = run_async(with_client(nats_url, lambda client: client.get_run(run_id)))
+
+    async def show(client: Client) -> tuple[RunState, list[ChildLink]]:
+        return await client.get_run(run_id), await client.children(run_id)
+
+    state, links = run_async(with_client(nats_url, show))
     if as_json:
-        emit_json(render.state_document(state))
+        document = render.state_document(state)
+        if links:  # a run without children reads as `run wait --json` does
+            document["children"] = [msgspec.to_builtins(link) for link in links]
+        emit_json(document)
     else:
         out.print(render.run_table(state))
+        if state.parent_run_id:
+            out.print(f"parent: {state.parent_run_id} (step {state.parent_step_id})")
+        for link in links:
+            how = "detached" if link.detached else "attached"
+            out.print(
+                f"  └─ {link.step_id}: {link.child_run_id} ({link.workflow}, {how}) {link.status}"
+            )
 
 
 # -- run list: served from the SQLite query tables (issue 8; dagnats/cli_projections.py) --
@@ -453,6 +467,32 @@ def run_signal(
         emit_json({"run_id": run_id, "signal": name, "sent": True})
     else:
         out.print(f"signal {name!r} sent to run {run_id}")
+
+
+event_app = typer.Typer(help="Publish external events.", no_args_is_help=True)
+app.add_typer(event_app, name="event")
+
+
+@event_app.command("publish")
+def event_publish(
+    name: Annotated[str, typer.Argument(help="The event's name (e.g. order.paid).")],
+    payload: Annotated[str | None, typer.Option("--payload", help="JSON payload.")] = None,
+    payload_file: Annotated[Path | None, typer.Option(help="Read the payload from a file.")] = None,
+    event_id: Annotated[
+        str | None, typer.Option(help="Idempotency key: the same id again is one event.")
+    ] = None,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish an external event to every run waiting for its name."""
+    value = load_json_argument(payload, payload_file, "payload")
+    seq = run_async(
+        with_client(nats_url, lambda client: client.publish_event(name, value, event_id=event_id))
+    )
+    if as_json:
+        emit_json({"event": name, "seq": seq})
+    else:
+        out.print(f"event {name!r} published (seq {seq})")
 
 
 @app.command()

@@ -23,17 +23,19 @@ from types import TracebackType
 from typing import Self
 
 import msgspec
+import nats.errors
 import nats.js.errors
 
 from dagnats.connection import Connection
 from dagnats.projector import KvSnapshotStore, load_state, open_database
+from dagnats.runtime.events import JetStreamEvents
 from dagnats.runtime.resources import check_run_id
 from dagnats.worker import new_seed, now_ms
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
 from kernel.errors import DagnatsError, PayloadTooLargeError
-from kernel.events import Decision
+from kernel.events import ChildStarted, Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 from kernel.workflow import WorkflowDef, parse_workflow
@@ -41,6 +43,7 @@ from projections.audit import AuditReport, Decide, audit_history
 from projections.sqlite import stored_rows
 
 start_wait_s_default = 10.0
+children_listed_max = 1_000
 workflow_revisions_max = 16
 
 
@@ -77,6 +80,16 @@ class WaitTimeoutError(DagnatsError):
         self.run_id = run_id
         self.state = state
         super().__init__(f"run {run_id!r} did not end within {timeout_s}s (it is {state.status})")
+
+
+class ChildLink(msgspec.Struct, frozen=True, kw_only=True):
+    """A child run started by a `sub_workflow` step, and its status."""
+
+    step_id: str
+    child_run_id: str
+    workflow: str
+    detached: bool
+    status: str
 
 
 class Client:
@@ -338,6 +351,48 @@ class Client:
             run_id=run_id, at_ms=now_ms(), seed=new_seed(), name=name, payload=msgspec.Raw(data)
         )
         await self.send(command)
+
+    async def publish_event(
+        self, name: str, payload: object = None, *, event_id: str | None = None
+    ) -> int:
+        """Publish an external event by name (not to a run): every run waiting for `name`
+        (a `wait_for_event` step, a workflow's `cancel_on`) gets it. Returns its sequence.
+
+        Args:
+            event_id: an idempotency key: the same id again (within two minutes) is one event.
+        Raises:
+            PayloadTooLargeError: the payload is over `limits.event_bytes_max`.
+            SubjectTokenError: `name` is not 1..128 of A-Z a-z 0-9 '_' '-' (dotted).
+            DagnatsError: no events stream (is `dagnats serve` running?).
+        """
+        feed = JetStreamEvents(self.connection.js)
+        try:
+            return await feed.publish(name, payload, event_id=event_id)
+        except (nats.errors.NoRespondersError, nats.js.errors.NotFoundError):
+            raise DagnatsError(
+                f"cannot publish event {name!r}: no events stream (start `dagnats serve` first)"
+            ) from None
+
+    async def children(self, run_id: str) -> list[ChildLink]:
+        """The child runs a run started (`child.started` in its history), in order, with
+        their status now ("starting" while the child has no history yet)."""
+        links: list[ChildLink] = []
+        async for _, decision in self.history(run_id):
+            for event in decision.events:
+                if isinstance(event, ChildStarted):
+                    status = "starting"
+                    with contextlib.suppress(RunNotFoundError):
+                        status = (await self.get_run(event.child_run_id)).status
+                    links.append(
+                        ChildLink(
+                            step_id=event.step_id,
+                            child_run_id=event.child_run_id,
+                            workflow=event.workflow,
+                            detached=event.detached,
+                            status=status,
+                        )
+                    )
+        return links[:children_listed_max]
 
     async def list_runs(self, limit: int = 100) -> list[RunState]:
         """The most recent runs' states (folded from history), newest first, at most `limit`."""

@@ -18,8 +18,10 @@ from pathlib import Path
 import msgspec
 
 from dagnats.connection import URL_FILE, Connection
+from dagnats.runtime import events
 from dagnats.runtime.engine import Engine
-from dagnats.runtime.resources import ensure_resources
+from dagnats.runtime.links import KvWorkflows, RunLinks
+from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.server import EmbeddedNats, NatsServerError
 
 log = logging.getLogger("dagnats.serve")
@@ -45,6 +47,7 @@ class Server:
         self.nats: EmbeddedNats | None = None
         self.connection: Connection | None = None
         self.engine: Engine | None = None
+        self.links: RunLinks | None = None
         self.url = ""
 
     async def start(self) -> ServeInfo:
@@ -65,8 +68,15 @@ class Server:
         self.connection = await Connection.open(self.url)
         await ensure_resources(self.connection.js)
         commands = self.connection.commands
+        js = self.connection.js
+        await ensure_stream(js, events.stream_config())
+        self.links = RunLinks(commands, KvWorkflows(js), events.JetStreamEvents(js))
         self.engine = Engine(
-            self.connection.history, self.connection.tasks, self.connection.timers, commands
+            self.connection.history,
+            self.connection.tasks,
+            self.connection.timers,
+            commands,
+            links=self.links,
         )
         return ServeInfo(
             nats_url=self.url,
@@ -83,6 +93,9 @@ class Server:
         """
         assert self.engine is not None and self.connection is not None
         projection_tasks = self.start_projections(stop)
+        assert self.links is not None
+        await self.links.open_routing()  # before the engine resumes runs (see RunLinks)
+        projection_tasks.append(asyncio.create_task(self.links.route(stop)))
         engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, stop))
         watch_task = asyncio.create_task(self._watch_child(stop))
         done, _ = await asyncio.wait({engine_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)

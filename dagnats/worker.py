@@ -83,6 +83,8 @@ class TaskContext:
         self.input_raw = bytes(task.input)
         self.metadata: dict[str, Any] = msgspec.json.decode(bytes(task.metadata))
         self.deadline_ms = task.deadline_ms
+        # A planner's retry: the problems of the plan its previous attempt returned.
+        self.previous_errors: tuple[str, ...] = task.previous_errors
         self.worker_id = worker_id
         self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
         self.logger = logging.LoggerAdapter(

@@ -31,6 +31,9 @@ class StartRun(Command, frozen=True, kw_only=True, tag="start_run"):
     workflow: WorkflowDef
     input: msgspec.Raw = msgspec.Raw(b"null")
     parent_run_id: str | None = None
+    parent_step_id: str = ""  # the parent's sub_workflow step (with parent_run_id)
+    depth: int = 0  # 0 for a root run; a child is one deeper than its parent
+    detached: bool = False  # a detached child does not report its end to its parent
 
 
 class TaskStarted(Command, frozen=True, kw_only=True, tag="task_started"):
@@ -83,7 +86,34 @@ class SendSignal(Command, frozen=True, kw_only=True, tag="send_signal"):
     payload: msgspec.Raw = msgspec.Raw(b"null")
 
 
-AnyCommand = StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
+ChildStatus = Literal["started", "completed", "failed", "cancelled"]
+
+
+class RecordChild(Command, frozen=True, kw_only=True, tag="record_child"):
+    """A child run of a `sub_workflow` step reports to its parent: it started (a detached
+    child) or ended. `error` says why a child failed or could not start."""
+
+    step_id: str
+    child_run_id: str
+    status: ChildStatus
+    output: msgspec.Raw = msgspec.Raw(b"null")
+    error: str = ""
+    retryable: bool = True  # False when the child could not start (its workflow is missing)
+
+
+class DeliverEvent(Command, frozen=True, kw_only=True, tag="deliver_event"):
+    """An external event (published by name, not to a run) for a run that may wait for it.
+    `event_seq` is its sequence in the events stream (its identity); `at_ms` its publish time."""
+
+    name: str
+    payload: msgspec.Raw = msgspec.Raw(b"null")
+    event_seq: int
+
+
+AnyCommand = (
+    StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
+    | RecordChild | DeliverEvent
+)  # fmt: skip
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
     StartRun,
@@ -93,6 +123,8 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     FireTimer,
     CancelRun,
     SendSignal,
+    RecordChild,
+    DeliverEvent,
 )
 
 

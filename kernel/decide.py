@@ -14,13 +14,15 @@ from typing import Literal, assert_never
 
 import msgspec
 
-from kernel import limits, registry
+from kernel import dynamic, limits, registry
 from kernel.commands import (
     AnyCommand,
     CancelRun,
     CompleteTask,
+    DeliverEvent,
     FailTask,
     FireTimer,
+    RecordChild,
     Rejection,
     SendSignal,
     StartRun,
@@ -147,6 +149,8 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
 
 
 def _apply(builder: _Builder, command: AnyCommand) -> Rejection | None:
+    if dynamic.route_item(builder, command):
+        return None  # a map item's result or timer: the map decided it
     match command:
         case StartRun():
             raise AssertionError("StartRun is decided before")
@@ -164,8 +168,36 @@ def _apply(builder: _Builder, command: AnyCommand) -> Rejection | None:
             return None
         case SendSignal():
             return _send_signal(builder, command)
+        case RecordChild():
+            return _record_child(builder, command)
+        case DeliverEvent():
+            _deliver_event(builder, command)
+            return None
         case _:
             assert_never(command)
+
+
+def _record_child(builder: _Builder, command: RecordChild) -> Rejection | None:
+    """A child run reports to the step that started it (stale reports decide to nothing)."""
+    step = builder.state.step(command.step_id)
+    if step is None:
+        return _unknown_step(builder.state, command.step_id)
+    step_def = builder.state.step_def(command.step_id)
+    assert step_def is not None
+    if step.status in ("scheduled", "running"):
+        registry.get(step_def.type).child_reported(builder, command.step_id, command)
+    return None
+
+
+def _deliver_event(builder: _Builder, command: DeliverEvent) -> None:
+    """An external event: the workflow's cancel_on, then each live step, may take it."""
+    for step_def in builder.state.step_defs:
+        if builder.state.status != "running":
+            return
+        step = builder.state.step(step_def.id)
+        assert step is not None
+        if step.status in ("scheduled", "running"):
+            registry.get(step_def.type).external_event(builder, step_def.id, command)
 
 
 def _no_run(command: AnyCommand) -> str:
@@ -192,6 +224,9 @@ def _start_run(state: RunState, command: StartRun) -> Decided:
             at_ms=command.at_ms,
             seed=command.seed,
             parent_run_id=command.parent_run_id,
+            parent_step_id=command.parent_step_id,
+            depth=command.depth,
+            detached=command.detached,
         )
     )
     _advance(builder, command.at_ms)
@@ -236,7 +271,9 @@ def _complete_task(builder: _Builder, command: CompleteTask) -> Rejection | None
     if _current_attempt(state, command.step_id, command.attempt) is None:
         return None  # stale attempt or a second completion
     _record_start(builder, command)
-    builder.complete(command.step_id, command.output)
+    step_def = state.step_def(command.step_id)
+    assert step_def is not None
+    registry.get(step_def.type).task_completed(builder, command.step_id, command.output)
     return None
 
 
@@ -317,7 +354,8 @@ def _fire_timer(builder: _Builder, command: FireTimer) -> None:
             registry.get(step_def.type).fire(builder, command.step_id, command)
         return
     assert command.kind == "step_timeout", command.kind
-    if _current_attempt(state, command.step_id, command.attempt) is not None:
+    live = _current_attempt(state, command.step_id, command.attempt)
+    if live is not None and live.deadline_ms is not None:  # a planner's plan has no deadline
         _attempt_failed(
             builder,
             command.step_id,
@@ -443,7 +481,8 @@ def _failed_for_good(builder: _Builder, step_id: str, error: ErrorInfo, at_ms: i
         message = f"{kind} handler {step_id!r} of step {owner!r} failed: {error.message}"
         handler_error = ErrorInfo(message=_truncate(message), kind="handler_failed")
         if kind == "on_failure":
-            _fail_run(builder, handler_error, failed_step_id=owner, at_ms=at_ms)
+            if not dynamic.child_failed(builder, owner, handler_error):
+                _fail_run(builder, handler_error, failed_step_id=owner, at_ms=at_ms)
         elif state.status == "compensating":
             builder.emit(
                 RunFailed(
@@ -464,7 +503,8 @@ def _failed_for_good(builder: _Builder, step_id: str, error: ErrorInfo, at_ms: i
         )
         _start_step(builder, step_def.on_failure, handler_input, at_ms)
         return
-    _fail_run(builder, error, failed_step_id=step_id, at_ms=at_ms)
+    if not dynamic.child_failed(builder, step_id, error):
+        _fail_run(builder, error, failed_step_id=step_id, at_ms=at_ms)
 
 
 def _after_completed(builder: _Builder, step_id: str, at_ms: int) -> None:
@@ -595,7 +635,7 @@ def _advance(builder: _Builder, at_ms: int) -> None:
         return
     handlers = _handler_ids(state)
     body = [s for s in state.steps if s.step_id not in handlers]
-    if all(step.status in DONE_STEP_STATUSES for step in body):
+    if all(dynamic.finished(step) for step in body):
         output = _run_output(state, handlers)
         if len(output) > limits.payload_bytes_max:
             message = (
@@ -609,13 +649,15 @@ def _advance(builder: _Builder, at_ms: int) -> None:
 
 
 def _advance_once(builder: _Builder, at_ms: int) -> bool:
+    progressed = dynamic.settle(builder)  # planners whose plans are all done complete
     state = builder.state
+    if state.status != "running":
+        return progressed
     assert state.workflow is not None
     handlers = _handler_ids(state)
     by_id = dict(zip(state.step_ids, state.steps, strict=True))
     limit = state.workflow.max_concurrent_steps
     active = sum(1 for step in state.steps if step.status in ACTIVE_STEP_STATUSES)
-    progressed = False
     for step_def in state.step_defs:
         step = by_id[step_def.id]
         if step.status != "pending" or step_def.id in handlers:
@@ -644,7 +686,8 @@ def _resolve_input(state: RunState, step_def: StepDef, by_id: dict[str, StepStat
     """Root: the run input; one dependency: its output; several: an object keyed by step id."""
     deps = step_def.depends_on
     if not deps:
-        return state.input
+        parent_input = dynamic.root_input(state, step_def)
+        return state.input if parent_input is None else parent_input
     if len(deps) == 1:
         return by_id[deps[0]].output
     return compose_object((dep, by_id[dep].output) for dep in deps)
@@ -656,7 +699,9 @@ def _run_output(state: RunState, handlers: frozenset[str]) -> msgspec.Raw:
     terminal = [
         step
         for step in state.steps
-        if step.step_id not in depended_on and step.step_id not in handlers
+        if step.step_id not in depended_on
+        and step.step_id not in handlers
+        and not dynamic.is_dynamic(step.step_id)
     ]
     if len(terminal) == 1:
         return terminal[0].output

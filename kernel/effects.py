@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from kernel.commands import FireTimer
+from kernel.commands import ChildStatus, FireTimer
 
 
 class Effect(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +27,7 @@ class EnqueueTask(Effect, frozen=True, kw_only=True):
     metadata: msgspec.Raw
     msg_id: str
     deadline_ms: int | None = None
+    previous_errors: tuple[str, ...] = ()  # a planner's: why its last plan was rejected
 
 
 class ArmTimer(Effect, frozen=True, kw_only=True):
@@ -41,7 +42,54 @@ class CancelTimer(Effect, frozen=True, kw_only=True):
     timer_id: str
 
 
-AnyEffect = EnqueueTask | ArmTimer | CancelTimer
+class StartChild(Effect, frozen=True, kw_only=True):
+    """Start the child run of a `sub_workflow` step: the shell looks `workflow` up among the
+    registered workflows and sends `StartRun` (deduplicated on the child's run id); a missing
+    workflow is reported to the parent as a failed child. `at_ms` and `seed` come from
+    history, so the StartRun is the same however often the effect is issued."""
+
+    step_id: str
+    child_run_id: str
+    workflow: str
+    input: msgspec.Raw
+    depth: int
+    detached: bool
+    at_ms: int
+    seed: int
+
+
+class ReportToParent(Effect, frozen=True, kw_only=True):
+    """Tell the parent run (`parent_run_id`) that this child run started or ended: the shell
+    sends it a `RecordChild` command (deduplicated per child and status)."""
+
+    parent_run_id: str
+    parent_step_id: str
+    status: ChildStatus
+    output: msgspec.Raw
+    error: str
+    at_ms: int
+
+
+class CancelChild(Effect, frozen=True, kw_only=True):
+    """Cancel an attached child run (its parent ended or gave up on it)."""
+
+    child_run_id: str
+    reason: str
+    at_ms: int
+
+
+class WatchEvents(Effect, frozen=True, kw_only=True):
+    """The run waits for external events named `names`: the shell routes each new one to it
+    as a `DeliverEvent` command, and first delivers again those published since `since_ms`
+    (so an event published while the engine was down, or during a race, is not lost)."""
+
+    names: tuple[str, ...]
+    since_ms: int
+
+
+AnyEffect = (
+    EnqueueTask | ArmTimer | CancelTimer | StartChild | ReportToParent | CancelChild | WatchEvents
+)
 
 
 def task_msg_id(run_id: str, step_id: str, attempt: int) -> str:

@@ -16,7 +16,7 @@ from typing import Literal
 import msgspec
 
 from kernel.commands import AnyCommand
-from kernel.workflow import WorkflowDef
+from kernel.workflow import StepDef, WorkflowDef
 
 NULL = msgspec.Raw(b"null")
 
@@ -61,6 +61,9 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     at_ms: int
     seed: int = 0
     parent_run_id: str | None = None
+    parent_step_id: str = ""  # the parent's sub_workflow step, for a child run
+    depth: int = 0  # sub-workflow depth (a root run is 0)
+    detached: bool = False  # a detached child reports only its start to its parent
 
 
 class StepScheduled(Event, frozen=True, kw_only=True, tag="step.scheduled"):
@@ -196,6 +199,94 @@ class SignalConsumed(StepEvent, frozen=True, kw_only=True, tag="signal.consumed"
     at_ms: int
 
 
+class ChildStarted(StepEvent, frozen=True, kw_only=True, tag="child.started"):
+    """A `sub_workflow` step's attempt starts the child run `child_run_id` of `workflow`."""
+
+    attempt: int
+    child_run_id: str
+    workflow: str
+    detached: bool = False
+    at_ms: int
+
+
+class ChildCompleted(StepEvent, frozen=True, kw_only=True, tag="child.completed"):
+    """The child run completed (or, when detached, started) with `output`."""
+
+    child_run_id: str
+    output: msgspec.Raw
+    at_ms: int
+
+
+class ChildFailed(StepEvent, frozen=True, kw_only=True, tag="child.failed"):
+    """The child run failed, was cancelled, or could not start (`status` says which)."""
+
+    child_run_id: str
+    status: Literal["failed", "cancelled"]
+    error: ErrorInfo
+    at_ms: int
+
+
+class EventReceived(StepEvent, frozen=True, kw_only=True, tag="event.received"):
+    """A `wait_for_event` step took the external event `event_seq` (it matched)."""
+
+    name: str
+    event_seq: int
+    payload: msgspec.Raw
+    at_ms: int
+
+
+class PlannerMaterialized(StepEvent, frozen=True, kw_only=True, tag="planner.materialized"):
+    """A planner's plan was valid: its steps, ids namespaced `<planner>.<id>` and dependencies
+    rewritten, are appended to the run as children of `step_id` (an empty plan appends none)."""
+
+    attempt: int
+    steps: tuple[StepDef, ...]
+    at_ms: int
+
+
+class PlannerRejected(StepEvent, frozen=True, kw_only=True, tag="planner.rejected"):
+    """A planner's plan was invalid: every problem found (the attempt fails with them)."""
+
+    attempt: int
+    problems: tuple[str, ...]
+    at_ms: int
+
+
+class MapExpanded(StepEvent, frozen=True, kw_only=True, tag="map.expanded"):
+    """A map's attempt read `count` items from its input (one task each)."""
+
+    attempt: int
+    count: int
+    at_ms: int
+
+
+class MapItemScheduled(StepEvent, frozen=True, kw_only=True, tag="map.item.scheduled"):
+    """A task message is out for `attempt` of item `index` (its input is that item)."""
+
+    index: int
+    attempt: int
+    at_ms: int
+    deadline_ms: int | None = None
+
+
+class MapItemCompleted(StepEvent, frozen=True, kw_only=True, tag="map.item.completed"):
+    index: int
+    attempt: int
+    output: msgspec.Raw
+    at_ms: int
+
+
+class MapItemFailed(StepEvent, frozen=True, kw_only=True, tag="map.item.failed"):
+    """An item's attempt failed; with `will_retry` the next one is due at `due_at_ms`."""
+
+    index: int
+    attempt: int
+    error: ErrorInfo
+    will_retry: bool
+    at_ms: int
+    due_at_ms: int | None = None
+
+
 AnyEvent = (
     RunStarted
     | StepScheduled
@@ -216,6 +307,16 @@ AnyEvent = (
     | TimerFired
     | SignalReceived
     | SignalConsumed
+    | PlannerMaterialized
+    | PlannerRejected
+    | MapExpanded
+    | MapItemScheduled
+    | MapItemCompleted
+    | MapItemFailed
+    | ChildStarted
+    | ChildCompleted
+    | ChildFailed
+    | EventReceived
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -238,6 +339,16 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TimerFired,
     SignalReceived,
     SignalConsumed,
+    PlannerMaterialized,
+    PlannerRejected,
+    MapExpanded,
+    MapItemScheduled,
+    MapItemCompleted,
+    MapItemFailed,
+    ChildStarted,
+    ChildCompleted,
+    ChildFailed,
+    EventReceived,
 )
 
 TERMINAL_EVENT_TYPES: tuple[type[Event], ...] = (RunCompleted, RunFailed, RunCancelled)

@@ -38,3 +38,15 @@ signal_name_length_max: Final = 128
 signal_bytes_max: Final = 65_536  # one signal's payload
 signals_per_run_max: Final = 1_000
 sleep_ms_max: Final = 365 * 24 * 3_600_000  # one year: the longest durable sleep
+
+# Sub-workflows and external events.
+sub_workflow_depth_max: Final = 8  # a root run is depth 0; its children 1, and so on
+event_name_length_max: Final = 128
+event_bytes_max: Final = 65_536  # one external event's payload, checked at publish
+
+# Dynamic steps: planners and maps.
+dynamic_steps_per_run_max: Final = 1_000  # steps all the plans of one run may append
+plan_steps_max: Final = 200  # steps of one plan (a planner's max_steps is at most this)
+plan_depth_max: Final = 5  # nesting of plans: a plan's steps are depth 1, a nested plan's 2, ...
+map_items_max: Final = 100_000  # items of one map (a map's max_items is at most this)
+map_concurrency_max: Final = 10_000  # items of one map in flight at once

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from kernel import registry
+from kernel import children, registry
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer
 from kernel.events import (
     AnyEvent,
+    ChildCompleted,
+    ChildFailed,
+    ChildStarted,
     CompensationStarted,
+    EventReceived,
+    MapExpanded,
+    MapItemCompleted,
+    MapItemFailed,
+    MapItemScheduled,
+    PlannerMaterialized,
+    PlannerRejected,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
@@ -48,7 +58,7 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
     match event:
         case RunStarted():
             timer = _run_timeout_timer(state)
-            return (timer,) if timer is not None else ()
+            return ((timer,) if timer is not None else ()) + children.report_started(state)
         case StepScheduled():
             step_def = state.step_def(event.step_id)
             assert step_def is not None
@@ -62,15 +72,22 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
         case StepRetryScheduled():
             return (_retry_timer(state, event.step_id, event.attempt, event.due_at_ms),)
         case RunCompleted() | RunFailed() | RunCancelled():
-            return _cancel_all_timers(state)
+            return (
+                _cancel_all_timers(state)
+                + children.report_ended(state)
+                + _live_steps_react(state, event)
+            )
         case TimerStarted() | TimerFired() | SignalConsumed():
+            step_def = state.step_def(event.step_id)
+            assert step_def is not None
+            return registry.get(step_def.type).react(state, event)
+        case StepTimedOut():
             step_def = state.step_def(event.step_id)
             assert step_def is not None
             return registry.get(step_def.type).react(state, event)
         case (
             StepStarted()
             | SignalReceived()
-            | StepTimedOut()
             | StepSkipped()
             | StepRecovered()
             | CompensationStarted()
@@ -78,8 +95,33 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             | RunCancelRequested()
         ):
             return ()
+        case ChildStarted() | ChildCompleted() | ChildFailed() | EventReceived():
+            step_def = state.step_def(event.step_id)
+            assert step_def is not None
+            return registry.get(step_def.type).react(state, event)
+        case (
+            PlannerMaterialized()
+            | PlannerRejected()
+            | MapExpanded()
+            | MapItemScheduled()
+            | MapItemCompleted()
+            | MapItemFailed()
+        ):
+            step_def = state.step_def(event.step_id)
+            assert step_def is not None, f"no step {event.step_id!r}"
+            return registry.get(step_def.type).react(state, event)
         case _:
             assert_never(event)
+
+
+def _live_steps_react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+    """The run ended: the type of each step still live may have something to wind up (a child
+    run to cancel); each such type reacts once, for all its steps."""
+    types: list[str] = []
+    for step, step_def in zip(state.steps, state.step_defs, strict=True):
+        if step.status in ("scheduled", "running") and step_def.type not in types:
+            types.append(step_def.type)
+    return tuple(effect for name in types for effect in registry.get(name).react(state, event))
 
 
 def resume(state: RunState) -> tuple[AnyEffect, ...]:

@@ -16,8 +16,18 @@ import msgspec
 from kernel import registry
 from kernel.events import (
     AnyEvent,
+    ChildCompleted,
+    ChildFailed,
+    ChildStarted,
     CompensationStarted,
     ErrorInfo,
+    EventReceived,
+    MapExpanded,
+    MapItemCompleted,
+    MapItemFailed,
+    MapItemScheduled,
+    PlannerMaterialized,
+    PlannerRejected,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
@@ -125,6 +135,21 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             step_def = counted.step_def(event.step_id)
             assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
             return registry.get(step_def.type).evolve(counted, event)
+        case ChildStarted() | ChildCompleted() | ChildFailed() | EventReceived():
+            step_def = counted.step_def(event.step_id)
+            assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
+            return registry.get(step_def.type).evolve(counted, event)
+        case (
+            PlannerMaterialized()
+            | PlannerRejected()
+            | MapExpanded()
+            | MapItemScheduled()
+            | MapItemCompleted()
+            | MapItemFailed()
+        ):
+            step_def = counted.step_def(event.step_id)
+            assert step_def is not None, f"no step {event.step_id!r}"
+            return registry.get(step_def.type).evolve(counted, event)
         case _:
             assert_never(event)
 
@@ -148,6 +173,9 @@ def _run_started(event: RunStarted) -> RunState:
         input=event.input,
         seed=event.seed,
         parent_run_id=event.parent_run_id,
+        parent_step_id=event.parent_step_id,
+        depth=event.depth,
+        detached=event.detached,
         started_at_ms=event.at_ms,
         step_ids=tuple(step.id for step in workflow.steps),
         step_defs=workflow.steps,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import msgspec
 
-    from kernel.commands import FireTimer
+    from kernel.commands import AnyCommand, DeliverEvent, FireTimer, RecordChild
     from kernel.effects import AnyEffect
     from kernel.errors import Problem
     from kernel.events import AnyEvent, ErrorInfo, StepEvent
@@ -80,6 +80,29 @@ class StepType(Protocol):
 
     def signal(self, context: DecideContext, step_id: str, signal_index: int) -> None:
         """Decide part: a signal arrived while the step is active (it may consume it)."""
+        ...
+
+    def child_reported(self, context: DecideContext, step_id: str, command: RecordChild) -> None:
+        """Decide part: a child run the step started reports its start or end."""
+        ...
+
+    def external_event(self, context: DecideContext, step_id: str, command: DeliverEvent) -> None:
+        """Decide part: an external event arrived while the step is active (it may take it)."""
+        ...
+
+    @property
+    def has_items(self) -> bool:
+        """Whether the step runs items of its own (a map): task results and timers for ids
+        `<step>.<key>` that are not steps are routed to `item`."""
+        ...
+
+    def task_completed(self, context: DecideContext, step_id: str, output: msgspec.Raw) -> None:
+        """Decide part: the worker task of the step's live attempt returned `output` (most
+        types complete the step with it; a planner reads a plan from it)."""
+        ...
+
+    def item(self, context: DecideContext, step_id: str, key: str, command: AnyCommand) -> None:
+        """Decide part: a task result or timer of the step's item `key` (see `has_items`)."""
         ...
 
     def evolve(self, state: RunState, event: StepEvent) -> RunState:

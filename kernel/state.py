@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from kernel.dynamic_state import NO_DYNAMIC, DynamicState
 from kernel.events import NULL, ErrorInfo
 from kernel.workflow import StepDef, WorkflowDef
 
@@ -73,6 +74,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     input: msgspec.Raw = NULL
     seed: int = 0
     parent_run_id: str | None = None
+    parent_step_id: str = ""  # a child run's parent sub_workflow step
+    depth: int = 0  # sub-workflow depth (a root run is 0)
+    detached: bool = False  # a detached child
     started_at_ms: int = 0
     ended_at_ms: int | None = None
     step_ids: tuple[str, ...] = ()
@@ -86,6 +90,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     compensation_outcome: str | None = None
     signals: tuple[ReceivedSignal, ...] = ()
     event_count: int = 0
+    dynamic: DynamicState = NO_DYNAMIC  # planner plans and map items (kernel.dynamic)
 
     def index_of(self, step_id: str) -> int:
         """Position of `step_id` in `steps`, or -1."""

@@ -11,7 +11,7 @@ import zlib
 import msgspec
 
 from kernel import limits
-from kernel.commands import FireTimer, TimerKind
+from kernel.commands import AnyCommand, DeliverEvent, FireTimer, RecordChild, TimerKind
 from kernel.effects import AnyEffect, ArmTimer, EnqueueTask, task_msg_id
 from kernel.events import AnyEvent, StepEvent, StepScheduled
 from kernel.registry import DecideContext
@@ -127,6 +127,21 @@ class StepTypeBase:
 
     def signal(self, context: DecideContext, step_id: str, signal_index: int) -> None:
         """Signals do not concern this type."""
+
+    def child_reported(self, context: DecideContext, step_id: str, command: RecordChild) -> None:
+        """This type starts no child runs."""
+
+    def external_event(self, context: DecideContext, step_id: str, command: DeliverEvent) -> None:
+        """External events do not concern this type."""
+
+    has_items = False
+
+    def task_completed(self, context: DecideContext, step_id: str, output: msgspec.Raw) -> None:
+        """The worker's output is the step's output."""
+        context.complete(step_id, output)
+
+    def item(self, context: DecideContext, step_id: str, key: str, command: AnyCommand) -> None:
+        """This type runs no items of its own."""
 
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         raise AssertionError(f"{type(self).__name__} owns no event {type(event).__name__}")

@@ -4,6 +4,6 @@ Importing this package registers every step type. Adding a step type means one n
 here, one import line below, its event tags in `kernel/events.py`, and its tests.
 """
 
-from steps import sleep, task, wait_signal
+from steps import map, planner, sleep, sub_workflow, task, wait_for_event, wait_signal
 
-__all__ = ["sleep", "task", "wait_signal"]
+__all__ = ["map", "planner", "sleep", "sub_workflow", "task", "wait_for_event", "wait_signal"]

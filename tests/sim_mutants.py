@@ -4,13 +4,16 @@ Each variant subclasses the real `Engine` and breaks one rule a correct system m
 mutation tests (tests/test_sim_mutants.py) require the simulator to catch each within 200
 seeds, while the real engine passes thousands. The last one is the engine as it was before
 the simulator found its bug (a command decided to nothing on a stale cached state was acked).
+The projection variants break the query tables' contract with their runner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
+from sqlite_utils import Database
 
 from dagnats.runtime.engine import Engine, Loaded
 from dagnats.runtime.protocols import CommandMessage
@@ -19,8 +22,10 @@ from kernel import codec
 from kernel.builder import Retry, Workflow
 from kernel.commands import AnyCommand, FireTimer
 from kernel.effects import AnyEffect, EnqueueTask, task_msg_id
-from kernel.events import AnyEvent
+from kernel.events import AnyEvent, RunStarted
 from kernel.workflow import WorkflowDef
+from projections.base import Position, SqliteProjection
+from projections.sqlite import QueryTables
 
 CHAIN_STEPS: Final = 10
 
@@ -126,4 +131,35 @@ MUTANTS: Final[dict[str, type[Engine]]] = {
     "redispatch_completed_on_resume": RedispatchCompletedOnResume,
     "timer_fires_twice": TimerFiresTwice,
     "trust_stale_cache": TrustStaleCache,
+}
+
+
+class ProjectionCommitsInFlush(QueryTables):
+    """Commits its own writes: a crash between them and the checkpoint leaves the batch
+    applied but not checkpointed, so its redelivery applies it a second time."""
+
+    def flush(self, db: Database) -> None:
+        super().flush(db)
+        db.conn.commit()
+
+
+class ProjectionForgetsRunsOnRestart(QueryTables):
+    """Knows the runs it saw start only in memory: after a restart it skips every event of a
+    run that started before (instead of loading the run's state stored with the rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._started: set[str] = set()
+
+    def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
+        if isinstance(event, RunStarted):
+            self._started.add(at.run_id)
+        elif at.run_id not in self._started:
+            return
+        super().apply(db, event, at)
+
+
+PROJECTION_MUTANTS: Final[dict[str, Callable[[], SqliteProjection]]] = {
+    "projection_commits_in_flush": ProjectionCommitsInFlush,
+    "projection_forgets_runs_on_restart": ProjectionForgetsRunsOnRestart,
 }

@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from kernel.children import child_run_id
 from kernel.codec import (
     CURRENT_VERSIONS,
     decode_command,
@@ -17,7 +18,11 @@ from kernel.codec import (
     encode,
     encode_decision,
 )
-from kernel.commands import COMMAND_TYPES, AnyCommand
+from kernel.commands import (
+    COMMAND_TYPES,
+    AnyCommand,
+    ChildStatus,
+)
 from kernel.errors import DecodeError, UnknownEventTypeError, UnknownEventVersionError
 from kernel.events import (
     EVENT_TYPES,
@@ -34,6 +39,7 @@ from tests.histories.make_golden import SCENARIOS, history
 from tests.kernel_dsl import (
     complete,
     fail,
+    fire_retry,
     fire_run_timeout,
     fire_step_timeout,
     fire_step_timer,
@@ -48,6 +54,52 @@ from tests.kernel_dsl import (
 )
 
 V1_FILE = Path(__file__).parent / "histories" / "v1_step_failed.jsonl"
+
+
+def _dynamic_history() -> tuple[tuple[AnyCommand | None, tuple[AnyEvent, ...]], ...]:
+    """A planner rejecting a plan, then running one with a map (planner and map events)."""
+    from kernel.workflow import StepDef
+
+    planner = StepDef(id="p", type="planner", task="plan", retry=retry(2))
+    plan = {"steps": [{"id": "m", "type": "map", "task": "w", "depends_on": ["x"]},
+                      {"id": "x", "task": "x"}]}  # fmt: skip
+    map_types = {"allowed_types": ["task", "map"]}
+    planner = msgspec.structs.replace(planner, config=msgspec.Raw(msgspec.json.encode(map_types)))
+    return given(
+        start(workflow(planner)),
+        complete("p", {"steps": "nope"}),
+        fire_retry("p", 2),
+        complete("p", plan, attempt=2),
+        complete("p.x", [1, 2]),
+        complete("p.m.0", 1),
+        fail("p.m.1", "bad", kind="non_retryable"),
+    ).history
+
+
+def _composition_history() -> tuple[tuple[AnyCommand | None, tuple[AnyEvent, ...]], ...]:
+    """A sub-workflow step (child started, completed), another failing, and an external event
+    taken by a wait_for_event step (the child and event events and commands)."""
+    from kernel.commands import DeliverEvent, RecordChild
+
+    def report(step_id: str, status: ChildStatus) -> RecordChild:
+        child = child_run_id("r1", step_id, 1)
+        return RecordChild(
+            run_id="r1", at_ms=-1, step_id=step_id, child_run_id=child, status=status
+        )
+
+    paid = DeliverEvent(run_id="r1", at_ms=-1, name="paid", payload=msgspec.Raw(b"1"), event_seq=1)
+    return given(
+        start(
+            workflow(
+                step_of("c", "sub_workflow", {"workflow": "w"}),
+                step_of("d", "sub_workflow", {"workflow": "w"}),
+                step_of("e", "wait_for_event", {"event": "paid"}),
+            )
+        ),
+        report("c", "completed"),
+        paid,
+        report("d", "failed"),
+    ).history
 
 
 def _reachable() -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
@@ -86,7 +138,13 @@ def _reachable() -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
         signal("go", {"ok": True}),
     ).history
     decisions = [d for commands in SCENARIOS.values() for d in history(commands)]
-    for command, events in (*extra, *more, *step_types):
+    for command, events in (
+        *extra,
+        *more,
+        *step_types,
+        *_dynamic_history(),
+        *_composition_history(),
+    ):
         assert command is not None
         if events:
             decisions.append((command, events))

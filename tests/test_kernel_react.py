@@ -269,7 +269,7 @@ def _outstanding_after(
                     outstanding[effect.msg_id] = effect
                 elif isinstance(effect, ArmTimer):
                     outstanding[effect.timer_id] = effect
-                else:
+                elif isinstance(effect, CancelTimer):
                     outstanding.pop(effect.timer_id, None)
             if isinstance(event, StepCompleted | StepFailed | StepTimedOut):
                 outstanding.pop(task_msg_id("r1", event.step_id, event.attempt), None)

@@ -67,6 +67,8 @@ def test_json_output_is_one_object() -> None:
     line = json.loads(result.stdout)
     assert line["ok"] is True and line["seeds"] == 20 and line["runs"] == 20
     assert isinstance(line["faults"], dict) and line["failures"] == []
+    assert {"projections_equal_rebuild", "snapshots_equal_fold"} <= set(line["invariants"])
+    assert line["projection_batches"] > 20, line["projection_batches"]
 
 
 def test_a_failing_seed_prints_its_reproduction_which_replays_it(tmp_path: Path) -> None:

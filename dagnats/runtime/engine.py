@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 from collections import OrderedDict
 from typing import Literal, assert_never
 
 import msgspec
 
+from dagnats.runtime.links import RunLinks
 from dagnats.runtime.protocols import (
     CommandMessage,
     CommandQueue,
@@ -44,10 +46,19 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
     valid_workflows_cached_max,
 )
-from kernel import codec
+from kernel import children, codec
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
-from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask
+from kernel.effects import (
+    AnyEffect,
+    ArmTimer,
+    CancelChild,
+    CancelTimer,
+    EnqueueTask,
+    ReportToParent,
+    StartChild,
+    WatchEvents,
+)
 from kernel.errors import AppendConflictError, DagnatsError, DecodeError
 from kernel.events import AnyEvent
 from kernel.react import react, resume
@@ -59,6 +70,10 @@ from projections.snapshot import SnapshotReader
 Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
 
 log = logging.getLogger("dagnats.engine")
+# Digests of workflow encodings known to be valid (validation is a pure function of the
+# encoding), shared by every Engine of the process; an LRU of valid_workflows_cached_max.
+_valid_workflows: OrderedDict[bytes, bool] = OrderedDict()
+_valid_workflows_lock = threading.Lock()  # engines may run on several threads
 
 
 class RunParkedError(DagnatsError):
@@ -89,6 +104,7 @@ class Engine:
         *,
         cache_runs_max: int = run_cache_max,
         snapshots: SnapshotReader | None = None,
+        links: RunLinks | None = None,
     ) -> None:
         assert cache_runs_max >= 1
         self.history = history
@@ -101,10 +117,10 @@ class Engine:
         self.needs_resume: set[str] = set()
         self._parked_news: list[tuple[str, str]] = []  # parked runs not yet dead-lettered
         self._tails: dict[str, asyncio.Future[None]] = {}  # per run subject: the last group
-        self._valid_workflows: OrderedDict[bytes, bool] = OrderedDict()
         self.parked: dict[str, str] = {}
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
+        self.links = links  # child runs and external events (None: the engine has neither)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -214,6 +230,8 @@ class Engine:
             nothing = isinstance(decided, Rejection) or not decided
             if nothing and await self._moved(loaded, run_id):
                 continue  # decided on a stale state: another engine appended since
+            if nothing and isinstance(command, StartRun):
+                await self.execute(list(children.repeat_start(loaded.state, command)))
             if isinstance(decided, Rejection):
                 return await self._rejected(decided, data, deliveries)
             if not decided:
@@ -239,17 +257,20 @@ class Engine:
 
     def _workflow_problems(self, command: StartRun) -> str:
         """Why a StartRun's workflow is invalid ("" when valid); valid ones are remembered by
-        their encoding, so a workflow started many times is validated once."""
+        their encoding (in `_valid_workflows`, shared by every engine of the process: the
+        simulator starts thousands), so a workflow started many times is validated once."""
         key = hashlib.blake2b(codec.encode(command.workflow), digest_size=16).digest()
-        if key in self._valid_workflows:
-            self._valid_workflows.move_to_end(key)
-            return ""
+        with _valid_workflows_lock:
+            if key in _valid_workflows:
+                _valid_workflows.move_to_end(key)
+                return ""
         problems = validate_workflow(command.workflow)
         if problems:
             return "start_run carries an invalid workflow: " + "; ".join(map(str, problems))
-        self._valid_workflows[key] = True
-        while len(self._valid_workflows) > valid_workflows_cached_max:
-            self._valid_workflows.popitem(last=False)
+        with _valid_workflows_lock:
+            _valid_workflows[key] = True
+            while len(_valid_workflows) > valid_workflows_cached_max:
+                _valid_workflows.popitem(last=False)
         return ""
 
     async def _append(
@@ -269,6 +290,8 @@ class Engine:
         )
         assert seq > loaded.last_seq, f"append returned {seq} after {loaded.last_seq}"
         self._remember(command.run_id, Loaded(state=state, last_seq=seq))
+        if self.links is not None and is_terminal(state):
+            self.links.forget_run(command.run_id)
         return effects
 
     async def _moved(self, loaded: Loaded, run_id: str) -> bool:
@@ -325,6 +348,10 @@ class Engine:
                     )
                 case CancelTimer():
                     await self.timers.cancel(effect.run_id, effect.timer_id)
+                case StartChild() | ReportToParent() | CancelChild() | WatchEvents():
+                    if self.links is None:
+                        raise DagnatsError(f"this engine cannot link runs: {effect!r}")
+                    await self.links.execute(effect)
                 case _:
                     assert_never(effect)
 

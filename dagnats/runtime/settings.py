@@ -79,3 +79,7 @@ valid_workflows_cached_max: Final = 1_024  # workflow encodings known to be vali
 unknown_run_deliveries_max: Final = 5  # a command for an unknown run is retried, then dead
 retry_delay_ms: Final = 1_000  # a command to retry (OCC conflicts, unknown run) comes back then
 parked_retry_delay_ms: Final = 60_000  # a parked run's commands come back then
+
+# External events (DAGNATS_EVENTS).
+events_age_ms_max: Final = 7 * 24 * 3_600_000  # events are kept a week for late waiters
+event_waiting_runs_max: Final = 100_000  # runs the engine's in-memory event index holds

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from dagnats.sim import settings
 from dagnats.sim.faults import FaultPlan
+from dagnats.sim.invariants import INVARIANTS
 from dagnats.sim.runner import (
     JOBS_MAX,
     SimReport,
@@ -115,6 +116,7 @@ def _summary(report: SimReport, bound_ms: int) -> Table:
         "virtual time", f"{_duration(report.virtual_ms)} (bound per run {_duration(bound_ms)})"
     )
     table.add_row("scheduler steps", str(report.steps))
+    table.add_row("projection batches", f"{report.projection_batches} (and a rebuild per seed)")
     faults = "\n".join(f"{name} {count}" for name, count in sorted(report.faults.items()))
     table.add_row("faults injected", faults or "none")
     table.add_row("failing seeds", str(len(report.failures)))
@@ -145,6 +147,8 @@ def _report_json(report: SimReport, reproduce: dict[int, str], trace: bool) -> d
         "virtual_ms": report.virtual_ms,
         "elapsed_s": round(report.elapsed_s, 3),
         "faults": dict(sorted(report.faults.items())),
+        "invariants": list(INVARIANTS),
+        "projection_batches": report.projection_batches,
         "failures": [seed_json(result) for result in report.failures],
     }
 

@@ -12,7 +12,8 @@ Kinds and where they strike (the probability is per opportunity):
   before the effects, each effect, before the ack);
 - worker_crash: each worker call (task started, result, ack) and each handler in flight;
 - duplicate_delivery: each ack (lost: the message comes back after its ack wait), each timer
-  fire (it fires twice), each client start (sent twice);
+  fire (it fires twice), each client start (sent twice), each projection batch (it carries
+  messages already applied);
 - late_delivery: each publish and timer fire (it arrives up to `late_delivery_ms_max` late);
 - lost_heartbeat: each task delivery (its worker stops heartbeating it);
 - racing_engine: each seed (a second engine over the same log and queues);
@@ -20,7 +21,9 @@ Kinds and where they strike (the probability is per opportunity):
 - handler_error: each handler call (it raises instead of running);
 - handler_hang: each handler call (it never returns; its worker stops heartbeating it);
 - snapshot_lost: each engine step (a cached run is forgotten: it folds history again);
-- client_cancel: each run (the client cancels it at a random time).
+- client_cancel: each run (the client cancels it at a random time);
+- projector_crash: each projection batch (the projector dies after the projection's writes,
+  before the commit; a new one resumes from the stored checkpoint).
 
 This module may draw randomness only from the `random.Random` it is given.
 """
@@ -44,6 +47,7 @@ FAULT_KINDS: Final = (
     "handler_hang",
     "snapshot_lost",
     "client_cancel",
+    "projector_crash",
 )
 SWARM_OFF_FRACTION: Final = 0.25  # seeds in which a kind is switched off
 SWARM_SCALE_MAX: Final = 2.0  # a kind gets up to this times its planned probability
@@ -77,6 +81,7 @@ class FaultPlan(msgspec.Struct, frozen=True, kw_only=True):
     handler_hang: float = 0.01
     snapshot_lost: float = 0.02
     client_cancel: float = 0.05
+    projector_crash: float = 0.05
 
     def __post_init__(self) -> None:
         for kind in FAULT_KINDS:

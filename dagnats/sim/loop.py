@@ -32,6 +32,28 @@ DRAIN_ROUNDS_MAX: Final = 16  # rounds of cancelling what a stalled simulation l
 TIMER_HORIZON_S: Final = 365 * 24 * 3600.0
 
 
+class _Handle(asyncio.Handle):
+    """A ready callback: `asyncio.Handle` without the debug-mode stack capture (this loop is
+    never in debug mode), as cheap to make as it can be: the simulator makes millions."""
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context,
+    ) -> None:
+        self._context = context
+        self._loop = loop
+        self._callback = callback
+        self._args = args
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
+
+
 class SimulationStalledError(DagnatsError):
     """The simulation awaited something that nothing simulated will ever complete."""
 
@@ -76,7 +98,9 @@ class SimLoop(asyncio.AbstractEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
-        handle = asyncio.Handle(callback, args, self, context)
+        handle = _Handle(
+            callback, args, self, context if context is not None else contextvars.copy_context()
+        )
         self._ready.append(handle)
         return handle
 

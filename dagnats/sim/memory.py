@@ -298,6 +298,21 @@ class MemoryQueue:
             and (subject is None or entry.subject == subject)
         ]
 
+    def has_ready(self) -> bool:
+        """Whether any entry is deliverable now (`ready()` without building the list)."""
+        now = self.time.now_ms
+        return any(entry.holder is None and entry.available_at_ms <= now for entry in self.entries)
+
+    def ready_subjects(self) -> list[str]:
+        """The subjects with an entry deliverable now, sorted."""
+        now = self.time.now_ms
+        subjects = {
+            entry.subject
+            for entry in self.entries
+            if entry.holder is None and entry.available_at_ms <= now
+        }
+        return sorted(subjects) if len(subjects) > 1 else list(subjects)
+
     def deliver(self, entry: QueueEntry, holder: object, deadline_ms: int | None = None) -> int:
         """Hand `entry` to `holder` until its ack deadline; returns the delivery number."""
         assert entry.holder is None and not entry.done
@@ -551,6 +566,11 @@ class MemoryTimers:
         now = self.time.now_ms
         timers = [timer for timer in self.armed.values() if timer.fire_at_ms <= now]
         return sorted(timers, key=lambda t: (t.fire_at_ms, t.run_id, t.timer_id))
+
+    def has_due(self) -> bool:
+        """Whether `due()` is not empty."""
+        now = self.time.now_ms
+        return any(timer.fire_at_ms <= now for timer in self.armed.values())
 
     def next_due_ms(self) -> int | None:
         return min((timer.fire_at_ms for timer in self.armed.values()), default=None)

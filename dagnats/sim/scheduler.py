@@ -62,18 +62,19 @@ from dagnats.sim.memory import (
     new_command_queue,
     new_task_queue,
 )
+from dagnats.sim.projector import ProjectionFactory, ProjectionStores, SeedProjector
 from dagnats.sim.trace import Trace
 from dagnats.worker import Handler, TaskContext, Worker
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
 from kernel.state import is_terminal
 from kernel.workflow import WorkflowDef
+from projections.sqlite import QueryTables
 
 EngineFactory = Callable[[EventLog, TaskPublisher, Timers, DeadLetters], Engine]
 Action = Callable[[], Awaitable[None]]
 DRAIN_ROUNDS_MAX: Final = 8  # loop turns for a dead process's leftover tasks to finish
 CLIENT_CANCEL_MS_MAX: Final = 60_000  # a client cancel comes this long after the start, at most
-SNAPSHOT_WRITE_FRACTION: Final = 0.3  # appends after which the snapshot projection writes one
 
 
 def default_engine(
@@ -98,6 +99,9 @@ class SimCase:
     invariants: tuple[UserInvariant, ...] = ()
     engine_factory: EngineFactory = default_engine
     swarm: bool = True
+    # The SQLite projection fed from the history and checked against its rebuild (None: only
+    # the snapshot projection runs).
+    projection: ProjectionFactory | None = QueryTables
 
     def __post_init__(self) -> None:
         assert 1 <= self.runs <= settings.runs_per_seed_max, f"runs {self.runs}"
@@ -127,6 +131,7 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     runs: dict[str, str]  # run id -> final status
     digest: str  # of every history message appended, in order
     trace: tuple[str, ...]
+    projection_batches: int = 0  # batches the projections applied (crashed ones included)
 
     @property
     def ok(self) -> bool:
@@ -246,7 +251,13 @@ class Simulation:
     """One seed of one case. `await run()` once."""
 
     def __init__(
-        self, case: SimCase, seed: int, *, bound_ms: int, keep_trace: bool = False
+        self,
+        case: SimCase,
+        seed: int,
+        *,
+        bound_ms: int,
+        keep_trace: bool = False,
+        stores: ProjectionStores | None = None,
     ) -> None:
         self.case = case
         self.keep_trace = keep_trace
@@ -266,7 +277,18 @@ class Simulation:
         self.oracle = Oracle(self.time, case.invariants, keep_events=False)
         self.log.listeners.append(self.oracle.on_append)
         self.log.listeners.append(self._traced_append)
-        self.log.listeners.append(self._snapshot)
+        self.projector = SeedProjector(
+            log=self.log,
+            snapshots=self.snapshots,
+            rng=self.rng,
+            faults=self.faults,
+            trace=self.trace,
+            factory=case.projection,
+            stores=stores,
+            states_at=self.oracle.state_at,
+            violate=self.oracle.violate,
+        )
+        self.log.listeners.append(self.projector.on_append)
         self.tasks.on_publish.append(self.oracle.on_task_published)
         self.commands.on_ack.append(self.oracle.on_command_acked)
         self.client_clock = ProcessClock(self.time)
@@ -316,7 +338,7 @@ class Simulation:
                     break
                 self.steps += 1
                 self.oracle.step = self.steps
-                await self._clock_jump()
+                self._clock_jump()
                 await actions[int(self.rng.random() * len(actions))]()
                 if self.oracle.violations:
                     break
@@ -335,15 +357,14 @@ class Simulation:
         """Everything that could happen now, in a fixed order (the dice pick one)."""
         now = self.time.now_ms
         actions: list[Action] = []
-        if self.commands.ready():
+        if self.commands.has_ready():
             actions.extend(partial(self._engine_step, p) for p in self.engines if p.engine)
-        if any(w.worker is not None for w in self.workers):
-            subjects = sorted({entry.subject for entry in self.tasks.ready()})
-            actions.extend(partial(self._deliver, subject) for subject in subjects)
+        if self.tasks.entries and any(w.worker is not None for w in self.workers):
+            actions.extend(partial(self._deliver, s) for s in self.tasks.ready_subjects())
         for call in self.calls:
             if call.finish_at_ms is not None and call.finish_at_ms <= now:
                 actions.append(partial(self._finish, call))
-        if self.timers.due():
+        if self.timers.armed and self.timers.has_due():
             actions.append(self._fire_timer)
         for process in self.engines:
             if process.restart_at_ms is not None and process.restart_at_ms <= now:
@@ -381,6 +402,8 @@ class Simulation:
         )
 
     def _expire(self) -> None:
+        if not self.commands.entries and not self.tasks.entries:
+            return
         for entry in self.commands.expire():
             self.faults.count("redelivery_after_ack_wait:command")
             self.trace.add(self.time.now_ms, "queue", f"command #{entry.number} redelivered")
@@ -388,7 +411,7 @@ class Simulation:
             self.faults.count("redelivery_after_ack_wait:task")
             self.trace.add(self.time.now_ms, "queue", f"task #{entry.number} redelivered")
 
-    async def _clock_jump(self) -> None:
+    def _clock_jump(self) -> None:
         if not self.faults.hit("clock_jump"):
             return
         clocks = [self.client_clock] + [worker.clock for worker in self.workers]
@@ -651,6 +674,10 @@ class Simulation:
                     f"the seed did not settle within {self.case.steps_max} scheduler steps",
                 )
             self._check_bounds()
+        if not oracle.violations:
+            states = {run_id: track.state for run_id, track in oracle.runs.items()}
+            self.projector.check_final(self.time.now_ms, states)
+        if not oracle.violations:
             oracle.check_final()
         keep = self.keep_trace or bool(oracle.violations)
         digest = hashlib.blake2b(digest_size=16)
@@ -666,6 +693,7 @@ class Simulation:
             runs={run_id: oracle.state(run_id).status for run_id in sorted(self.started_at_ms)},
             digest=digest.hexdigest(),
             trace=self.trace.lines(self.start_ms) if keep else (),
+            projection_batches=self.projector.batches,
         )
 
     def _check_bounds(self) -> None:
@@ -688,15 +716,6 @@ class Simulation:
                     f"{self.bound_ms} ms",
                     run_id,
                 )
-
-    def _snapshot(self, message: HistoryMessage) -> None:
-        """The snapshot projection, lagging: after some appends it stores the run's fold."""
-        if self.rng.random() >= SNAPSHOT_WRITE_FRACTION:
-            return
-        track = self.oracle.runs.get(message.run_id)
-        state = track.states.get(message.seq) if track is not None else None
-        if state is not None and state.run_id:
-            self.snapshots.put(state, message.seq)
 
     def _traced_append(self, message: HistoryMessage) -> None:
         self.trace.add_append(self.time.now_ms, self.actor, message)

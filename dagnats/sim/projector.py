@@ -1,0 +1,360 @@
+"""The projections of one seed: fed from the in-memory history as it grows, checked at the end.
+
+Two projections follow the simulated history stream, as `dagnats/projector.py` feeds them on
+NATS: the SQLite query tables (`projections.sqlite.QueryTables`, or the projection a case names)
+through `projections.base.SqliteRunner`, and the run snapshots through
+`projections.snapshot.SnapshotFolder`, whose due snapshots are what the simulated engines load.
+After some appends the projector takes a bounded batch of the messages it has not applied,
+sometimes with some it has already applied in front (a redelivery: the runner must skip them);
+sometimes it crashes after the projection wrote a batch and before the checkpoint committed (the
+transaction must roll back; a new projector instance resumes from the stored checkpoint and
+state, and the snapshot folder reloads each run from its snapshot and the history after it).
+
+Checked (invariants `snapshots_equal_fold` and `projections_equal_rebuild`):
+- every snapshot the folder writes holds the oracle's fold of the run at its `last_seq`;
+- at the end of the seed, after catching up, every table of the SQLite projection (and its
+  checkpoint: sequence and events applied) equals a rebuild from zero over the whole history in
+  a fresh database; for the query tables, each `runs` and `steps` row also equals the row of
+  the oracle's fold (`run_row`, `step_row`), so a projection that is wrong the same way twice
+  is caught too; the projection reports no problems and raises nothing.
+
+The two SQLite databases are in memory and reused across the seeds of one call (emptied per
+seed): creating the schema costs more than a seed's batches. This module may not read the wall
+clock, draw randomness other than from the seed's `random.Random`, or do I/O.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Final
+
+from sqlite_utils import Database
+
+from dagnats.sim.faults import SeedFaults, SimulatedCrash
+from dagnats.sim.memory import HistoryMessage, MemoryEventLog, MemorySnapshots
+from dagnats.sim.trace import Trace
+from kernel import codec
+from kernel.errors import DagnatsError
+from kernel.events import AnyEvent, Decision
+from kernel.state import INITIAL_STATE, RunState
+from projections.base import (
+    CHECKPOINTS_TABLE,
+    Message,
+    Position,
+    SqliteProjection,
+    SqliteRunner,
+    read_checkpoint,
+    write_transaction,
+)
+from projections.snapshot import (
+    Snapshot,
+    SnapshotFolder,
+    decode_snapshot,
+    encode_snapshot,
+    fold_messages,
+    snapshot_every_events,
+)
+from projections.sqlite import QueryTables, run_row, step_row, stored_rows
+
+ProjectionFactory = Callable[[], SqliteProjection]
+# Appends after which each projector applies a batch (a SQLite transaction costs ~0.1 ms).
+SNAPSHOTS_FEED_FRACTION: Final = 0.3
+TABLES_FEED_FRACTION: Final = 0.1
+FEED_BATCH_MAX: Final = 8  # history messages one simulated batch takes, at most
+CATCH_UP_BATCH_MAX: Final = 64  # ... in the catch-up at the end of a seed
+REDELIVERED_MAX: Final = 3  # already-applied messages a redelivered batch carries in front
+SNAPSHOT_EVERY_CHOICES: Final = (1, 3, snapshot_every_events)  # the folder's cadence, per seed
+CATCH_UP_BATCHES_MAX: Final = 10_000  # batches of the final catch-up (crashes included)
+ROWS_SHOWN_MAX: Final = 2  # differing rows named in a violation
+
+Violate = Callable[[str, str, str], None]
+StatesAt = Callable[[str, int], RunState | None]  # the oracle's fold of a run at a sequence
+
+
+class ProjectionStores:
+    """The two in-memory databases of the SQLite projection (live, rebuild), kept across the
+    seeds of one call: each seed empties the projection's tables and its checkpoint."""
+
+    def __init__(self) -> None:
+        self.live = Database(memory=True)
+        self.rebuild = Database(memory=True)
+
+    @staticmethod
+    def empty(db: Database, projection: SqliteProjection) -> None:
+        """Delete the projection's rows and its checkpoint (its tables stay)."""
+        existing = set(db.table_names())
+        with write_transaction(db):
+            for table in projection.tables:
+                if table in existing:
+                    db.execute(f'DELETE FROM "{table}"')
+            if CHECKPOINTS_TABLE in existing:
+                db.execute(f"DELETE FROM {CHECKPOINTS_TABLE} WHERE name = ?", [projection.name])
+
+
+class _CrashAfterFlush:
+    """A projection whose process dies after its batch's writes, before the commit."""
+
+    def __init__(self, inner: SqliteProjection) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.version = inner.version
+        self.events = inner.events
+        self.tables = inner.tables
+
+    def create(self, db: Database) -> None:
+        self.inner.create(db)
+
+    def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
+        self.inner.apply(db, event, at)
+
+    def flush(self, db: Database) -> None:
+        self.inner.flush(db)
+        raise SimulatedCrash("projector", "after_flush")
+
+    def discard(self) -> None:
+        self.inner.discard()
+
+
+class SeedProjector:
+    """The projector of one seed: the SQLite projection (optional) and the snapshot folder."""
+
+    def __init__(
+        self,
+        *,
+        log: MemoryEventLog,
+        snapshots: MemorySnapshots,
+        rng: random.Random,
+        faults: SeedFaults,
+        trace: Trace,
+        factory: ProjectionFactory | None,
+        stores: ProjectionStores | None,
+        states_at: StatesAt,
+        violate: Violate,
+    ) -> None:
+        self.log = log
+        self.snapshots = snapshots
+        self.rng = rng
+        self.faults = faults
+        self.trace = trace
+        self.factory = factory
+        self.states_at = states_at
+        self.violate = violate
+        self.every_events = SNAPSHOT_EVERY_CHOICES[rng.randrange(len(SNAPSHOT_EVERY_CHOICES))]
+        self.folder = SnapshotFolder(every_events=self.every_events)
+        self.snapshots_position = 0  # the last history sequence each projection applied
+        self.tables_position = 0
+        self.broken = False  # a projection raised: feed it no more
+        self.batches = 0
+        self.stores = stores
+        self.projection: SqliteProjection | None = None
+        self.runner: SqliteRunner | None = None
+        if factory is not None:
+            self.stores = stores if stores is not None else ProjectionStores()
+            self._open(empty=True)
+
+    # -- feeding --------------------------------------------------------------------------
+
+    def on_append(self, message: HistoryMessage) -> None:
+        """After an append: sometimes apply a batch (the projectors lag behind the engines)."""
+        if self.rng.random() < SNAPSHOTS_FEED_FRACTION:
+            self.feed_snapshots(message.at_ms, self.rng.randint(1, FEED_BATCH_MAX))
+        if self.runner is not None and self.rng.random() < TABLES_FEED_FRACTION:
+            self.feed_tables(message.at_ms, self.rng.randint(1, FEED_BATCH_MAX))
+
+    def _batch(self, position: int, batch_max: int, label: str) -> list[HistoryMessage]:
+        """The next messages after `position`, perhaps with some before it (redelivered)."""
+        first = position
+        if first and self.faults.hit("duplicate_delivery", label):
+            first = max(0, first - self.rng.randint(1, REDELIVERED_MAX))
+        return self.log.messages[first : position + batch_max]
+
+    def feed_snapshots(self, now_ms: int, batch_max: int) -> None:
+        """Fold the next messages into the snapshot folder and write the snapshots due; a crash
+        after the writes, before the checkpoint, restarts the folder from nothing."""
+        if self.snapshots_position >= len(self.log.messages):
+            return
+        messages = self._batch(self.snapshots_position, batch_max, "snapshots_batch")
+        self.batches += 1
+        self._apply_snapshots(messages)
+        if self.faults.hit("projector_crash", "snapshots"):
+            self.trace.add(
+                now_ms, "snapshots", f"FAULT crash before checkpoint #{messages[-1].seq}"
+            )
+            self.folder = SnapshotFolder(every_events=self.every_events)
+            return
+        self.snapshots_position = messages[-1].seq
+        self.trace.add(now_ms, "snapshots", f"applies #{messages[0].seq}..#{messages[-1].seq}")
+
+    def feed_tables(self, now_ms: int, batch_max: int) -> None:
+        """Apply the next messages to the SQLite projection; a crash after its writes, before
+        the commit, restarts it from the stored checkpoint."""
+        if self.broken or self.tables_position >= len(self.log.messages):
+            return
+        messages = self._batch(self.tables_position, batch_max, "tables_batch")
+        crash = self.faults.hit("projector_crash", "tables")
+        self.batches += 1
+        batch: list[Message] = [(m.seq, m.run_id, m.payload) for m in messages]
+        if not self._apply_sqlite(batch, now_ms, crash):
+            return
+        if crash:
+            self.trace.add(now_ms, "tables", f"FAULT crash before commit #{messages[-1].seq}")
+            self._open(empty=False)
+            return
+        self.tables_position = messages[-1].seq
+        self.trace.add(now_ms, "tables", f"applies #{messages[0].seq}..#{messages[-1].seq}")
+
+    def _apply_sqlite(self, batch: list[Message], now_ms: int, crash: bool) -> bool:
+        runner, projection = self.runner, self.projection
+        assert runner is not None and projection is not None
+        if crash:
+            runner.projection = _CrashAfterFlush(projection)
+        try:
+            result = runner.apply_batch(batch, after_seq=self.tables_position, now_ms=now_ms)
+        except SimulatedCrash:
+            return True
+        except Exception as error:  # a projection that raises is stuck: that is the finding
+            self._broke(f"applying messages #{batch[0][0]}..#{batch[-1][0]} raised {error!r}")
+            return False
+        finally:
+            runner.projection = projection
+        assert not crash, "the crash was not raised"
+        assert result.seq == batch[-1][0], (result.seq, batch[-1][0])
+        problems = getattr(projection, "problems", None)
+        if isinstance(problems, list) and problems:
+            self._broke(f"the projection reports: {problems[0]}")
+            return False
+        return True
+
+    def _apply_snapshots(self, messages: list[HistoryMessage]) -> None:
+        decoded: list[tuple[int, str, Decision]] = []
+        for message in messages:
+            decoded.append((message.seq, message.run_id, codec.decode_decision(message.payload)))
+        for run_id in self.folder.to_load(decoded):
+            self._load(run_id)
+        due = self.folder.apply(decoded)
+        for problem in self.folder.problems:
+            self.violate("snapshots_equal_fold", f"the snapshot folder reports: {problem}", "")
+        self.folder.problems.clear()
+        for snapshot in due:
+            self._check_snapshot(snapshot)
+            self.snapshots.stored[snapshot.run_id] = encode_snapshot(snapshot)
+        self.folder.written(due)
+
+    def _check_snapshot(self, snapshot: Snapshot) -> None:
+        expected = self.states_at(snapshot.run_id, snapshot.last_seq)
+        if snapshot.state != expected:
+            self.violate(
+                "snapshots_equal_fold",
+                f"the snapshot projection's state of the run at sequence {snapshot.last_seq} "
+                "is not the fold of its history there",
+                snapshot.run_id,
+            )
+
+    def _load(self, run_id: str) -> None:
+        """Seed the folder with the run's stored snapshot plus the history after it."""
+        stored = decode_snapshot(self.snapshots.stored.get(run_id), run_id)
+        state, last_seq = (stored.state, stored.last_seq) if stored else (INITIAL_STATE, 0)
+        tail = [(m.seq, m.payload) for m in self.log.history(run_id)]
+        try:
+            state, last_seq = fold_messages(state, last_seq, tail)
+        except (DagnatsError, AssertionError) as error:
+            self.violate("snapshots_equal_fold", f"the run does not load: {error}", run_id)
+            return
+        self.folder.seed(run_id, state, last_seq, stored=stored)
+
+    def _open(self, *, empty: bool) -> None:
+        assert self.factory is not None and self.stores is not None
+        projection = self.factory()
+        if empty:
+            ProjectionStores.empty(self.stores.live, projection)
+        self.projection = projection
+        self.runner = SqliteRunner(self.stores.live, projection)
+        self.tables_position = self.runner.open()
+
+    def _broke(self, text: str) -> None:
+        self.broken = True
+        self.violate("projections_equal_rebuild", text, "")
+
+    # -- the end --------------------------------------------------------------------------
+
+    def check_final(self, now_ms: int, final_states: dict[str, RunState]) -> None:
+        """Catch up, then compare the tables with a rebuild from zero and with the folds."""
+        end = len(self.log.messages)
+        for _ in range(CATCH_UP_BATCHES_MAX):
+            if self.snapshots_position >= end:
+                break
+            self.feed_snapshots(now_ms, FEED_BATCH_MAX)
+        for _ in range(CATCH_UP_BATCHES_MAX):
+            if self.broken or self.runner is None or self.tables_position >= end:
+                break
+            self.feed_tables(now_ms, CATCH_UP_BATCH_MAX)
+        if self.broken or self.runner is None or self.projection is None:
+            return
+        assert self.stores is not None and self.factory is not None
+        rebuilt = self.factory()
+        ProjectionStores.empty(self.stores.rebuild, rebuilt)
+        everything = [(m.seq, m.run_id, m.payload) for m in self.log.messages]
+        try:
+            SqliteRunner(self.stores.rebuild, rebuilt).apply_all(everything, now_ms=now_ms)
+        except Exception as error:
+            self._broke(f"the rebuild from zero raised {error!r}")
+            return
+        self._compare(self.stores.live, self.stores.rebuild, self.projection)
+        if isinstance(self.projection, QueryTables):
+            self._compare_folds(final_states)
+
+    def _compare(self, live: Database, rebuilt: Database, projection: SqliteProjection) -> None:
+        for table in projection.tables:
+            found = Counter(tuple(row) for row in live.execute(f'SELECT * FROM "{table}"'))
+            want = Counter(tuple(row) for row in rebuilt.execute(f'SELECT * FROM "{table}"'))
+            if found != want:
+                extra = list((found - want).elements())[:ROWS_SHOWN_MAX]
+                missing = list((want - found).elements())[:ROWS_SHOWN_MAX]
+                self.violate(
+                    "projections_equal_rebuild",
+                    f"table {table!r} differs from its rebuild from zero: rows only in the "
+                    f"live one {_short(extra)}, only in the rebuild {_short(missing)}",
+                    "",
+                )
+                return
+        mine = read_checkpoint(live, projection.name)
+        theirs = read_checkpoint(rebuilt, projection.name)
+        pair = [(c.seq, c.events) if c is not None else None for c in (mine, theirs)]
+        if pair[0] != pair[1]:
+            self.violate(
+                "projections_equal_rebuild",
+                f"checkpoint (seq, events applied) {pair[0]} differs from the rebuild's {pair[1]}",
+                "",
+            )
+
+    def _compare_folds(self, final_states: dict[str, RunState]) -> None:
+        assert self.stores is not None
+        for run_id in self.log.run_ids():
+            state = final_states.get(run_id)
+            if state is None or state.workflow is None:
+                continue
+            last_seq = self.log.last_seq_now(run_id)
+            run, steps = stored_rows(self.stores.live, run_id)
+            if run != run_row(state, last_seq):
+                self.violate(
+                    "projections_equal_rebuild",
+                    f"its runs row {_short(run)} is not the fold's "
+                    f"{_short(run_row(state, last_seq))}",
+                    run_id,
+                )
+                return
+            want = [step_row(state, index) for index in range(len(state.steps))]
+            if sorted(steps, key=repr) != sorted(want, key=repr):
+                self.violate(
+                    "projections_equal_rebuild",
+                    "its steps rows are not the fold's",
+                    run_id,
+                )
+                return
+
+
+def _short(value: object, chars_max: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= chars_max else text[: chars_max - 3] + "..."

@@ -1,0 +1,228 @@
+"""The `sub_workflow` step type: starts a child run of a registered workflow; no worker.
+
+Config: `workflow` (a registered workflow's name) and `detach` (bool, default false). The child
+gets the step's resolved input. Its run id is `<parent>-<step>-<attempt>` (made subject-safe),
+so starting it again is idempotent. Attached (the default), the step waits for the child: it
+completes with the child's output, fails when the child fails (retried under the step's policy,
+each attempt a new child) and fails for good when the child is cancelled or its workflow is not
+registered. Detached, the step completes as soon as the child has started, with
+`{"child_run_id": ...}`, and the child outlives the parent. Depth is bounded by
+`limits.sub_workflow_depth_max`.
+
+decide: start schedules the attempt and records `child.started` (or fails when too deep); a
+child's report (`RecordChild`) for the live attempt records `child.completed`/`child.failed`
+and completes or fails the step.
+evolve: nothing of its own (the link is in history; the child id is derived).
+react: `child.started` starts the child; a timed-out attempt or the parent's end cancels an
+attached child still running.
+resume: a live step starts its child again (a no-op for a child that exists; one that already
+ended reports again, see `kernel.children.repeat_start`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from kernel import limits, registry
+from kernel.children import child_run_id
+from kernel.commands import RecordChild
+from kernel.durations import show_value
+from kernel.effects import AnyEffect, CancelChild, StartChild
+from kernel.errors import Problem
+from kernel.events import (
+    AnyEvent,
+    ChildCompleted,
+    ChildFailed,
+    ChildStarted,
+    ErrorInfo,
+    ErrorKind,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    StepEvent,
+    StepTimedOut,
+)
+from kernel.payloads import compose_object, encode
+from kernel.registry import DecideContext
+from kernel.state import RunState
+from kernel.step_api import StepTypeBase, schedule_attempt, timer_seed
+from kernel.workflow import StepDef
+
+CONFIG_FIELDS = ("workflow", "detach")
+
+
+class SubWorkflowConfig(msgspec.Struct, frozen=True, kw_only=True):
+    workflow: str
+    detach: bool = False
+
+
+def read_config(step: StepDef, path: str) -> SubWorkflowConfig | tuple[Problem, ...]:
+    """The step's config, or every problem with it (paths like `steps[3].config.workflow`)."""
+    document = msgspec.json.decode(bytes(step.config))
+    assert isinstance(document, dict)
+    problems = [
+        Problem(
+            path=f"{path}.config.{key}",
+            value=show_value(document[key]),
+            rule=f"unknown field (allowed: {', '.join(CONFIG_FIELDS)})",
+        )
+        for key in document
+        if key not in CONFIG_FIELDS
+    ]
+    name = document.get("workflow")
+    bound = limits.workflow_name_length_max
+    if not isinstance(name, str) or not name or len(name) > bound:
+        rule = f"is required: the name of a registered workflow (1..{bound} characters)"
+        problems.append(Problem(path=f"{path}.config.workflow", value=show_value(name), rule=rule))
+    detach = document.get("detach")
+    if detach is not None and not isinstance(detach, bool):
+        rule = "must be true (complete once the child started) or false (wait for its end)"
+        problems.append(Problem(path=f"{path}.config.detach", value=show_value(detach), rule=rule))
+    if problems:
+        return tuple(problems)
+    assert isinstance(name, str)
+    return SubWorkflowConfig(workflow=name, detach=bool(detach))
+
+
+def _config(state: RunState, step_id: str) -> SubWorkflowConfig:
+    step_def = state.step_def(step_id)
+    assert step_def is not None
+    config = read_config(step_def, step_id)
+    assert isinstance(config, SubWorkflowConfig), "validated at registration"
+    return config
+
+
+class SubWorkflowStep(StepTypeBase):
+    """Run another workflow as a child run, and wait for it (unless detached)."""
+
+    name = "sub_workflow"
+    needs_task = False
+
+    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
+        config = read_config(step, path)
+        return config if isinstance(config, tuple) else ()
+
+    # decide
+    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
+        state = context.state
+        config = _config(state, step_id)
+        context.emit(schedule_attempt(state, step_id, attempt, input, context.at_ms))
+        if state.depth + 1 > limits.sub_workflow_depth_max:
+            message = (
+                f"a child of run {state.run_id!r} would be at depth {state.depth + 1}; "
+                f"the limit is {limits.sub_workflow_depth_max} (sub_workflow_depth_max)"
+            )
+            error = ErrorInfo(message=message, kind="non_retryable")
+            context.fail(step_id, error, retryable=False)
+            return
+        context.emit(
+            ChildStarted(
+                step_id=step_id,
+                attempt=attempt,
+                child_run_id=child_run_id(state.run_id, step_id, attempt),
+                workflow=config.workflow,
+                detached=config.detach,
+                at_ms=context.at_ms,
+            )
+        )
+
+    def child_reported(self, context: DecideContext, step_id: str, command: RecordChild) -> None:
+        state = context.state
+        step = state.step(step_id)
+        assert step is not None and step.status in ("scheduled", "running")
+        if command.child_run_id != child_run_id(state.run_id, step_id, step.attempt):
+            return  # the child of an earlier attempt
+        detached = _config(state, step_id).detach
+        child = command.child_run_id
+        at_ms = context.at_ms
+        if command.status == "started" and detached:
+            output = compose_object((("child_run_id", encode(child)),))
+            context.emit(
+                ChildCompleted(step_id=step_id, child_run_id=child, output=output, at_ms=at_ms)
+            )
+            context.complete(step_id, output)
+        elif command.status == "completed" and not detached:
+            context.emit(
+                ChildCompleted(
+                    step_id=step_id, child_run_id=child, output=command.output, at_ms=at_ms
+                )
+            )
+            context.complete(step_id, command.output)
+        elif command.status in ("failed", "cancelled"):
+            cancelled = command.status == "cancelled"
+            kind: ErrorKind = (
+                "cancelled" if cancelled else "error" if command.retryable else "non_retryable"
+            )
+            message = command.error or f"child run {child!r} {command.status}"
+            error = ErrorInfo(message=message[: limits.error_message_bytes_max // 4], kind=kind)
+            status: Literal["failed", "cancelled"] = "cancelled" if cancelled else "failed"
+            context.emit(
+                ChildFailed(
+                    step_id=step_id, child_run_id=child, status=status, error=error, at_ms=at_ms
+                )
+            )
+            context.fail(step_id, error, retryable=command.retryable and not cancelled)
+
+    # evolve
+    def evolve(self, state: RunState, event: StepEvent) -> RunState:
+        assert isinstance(event, ChildStarted | ChildCompleted | ChildFailed), type(event).__name__
+        return state  # the link is in history; the child's id is derived from the attempt
+
+    # react
+    def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+        match event:
+            case ChildStarted():
+                return (_start_child(state, event.step_id, event.at_ms),)
+            case StepTimedOut():
+                return _cancel_child(state, event.step_id, event.attempt, event.at_ms, "timed out")
+            case RunCompleted() | RunFailed() | RunCancelled():
+                return self._cancel_live_children(state, event.at_ms)
+        return ()
+
+    def _cancel_live_children(self, state: RunState, at_ms: int) -> tuple[AnyEffect, ...]:
+        effects: list[AnyEffect] = []
+        for step, step_def in zip(state.steps, state.step_defs, strict=True):
+            if step_def.type == self.name and step.status in ("scheduled", "running"):
+                reason = f"its parent run ended as {state.status}"
+                effects.extend(_cancel_child(state, step.step_id, step.attempt, at_ms, reason))
+        return tuple(effects)
+
+    # resume
+    def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
+        step = state.step(step_id)
+        assert step is not None
+        at_ms = step.first_scheduled_at_ms if step.first_scheduled_at_ms is not None else 0
+        return (_start_child(state, step_id, at_ms),)
+
+
+def _start_child(state: RunState, step_id: str, at_ms: int) -> StartChild:
+    step = state.step(step_id)
+    assert step is not None and step.attempt >= 1
+    config = _config(state, step_id)
+    child = child_run_id(state.run_id, step_id, step.attempt)
+    return StartChild(
+        run_id=state.run_id,
+        step_id=step_id,
+        child_run_id=child,
+        workflow=config.workflow,
+        input=step.input,
+        depth=state.depth + 1,
+        detached=config.detach,
+        at_ms=at_ms,
+        seed=timer_seed(state.seed, child),
+    )
+
+
+def _cancel_child(
+    state: RunState, step_id: str, attempt: int, at_ms: int, why: str
+) -> tuple[AnyEffect, ...]:
+    if _config(state, step_id).detach or attempt < 1:
+        return ()  # a detached child outlives its parent
+    child = child_run_id(state.run_id, step_id, attempt)
+    reason = f"cancelled by parent run {state.run_id!r} (step {step_id!r}): {why}"
+    return (CancelChild(run_id=state.run_id, child_run_id=child, reason=reason, at_ms=at_ms),)
+
+
+SUB_WORKFLOW = registry.register(SubWorkflowStep())
