@@ -4,6 +4,7 @@ The public API: `Worker` and `TaskContext` to serve tasks, `Client` to register 
 start, watch and cancel runs, and the builder to write workflows in Python.
 """
 
+from dagnats.agent import Continue, Done, ToolCall, ToolResult, Usage
 from dagnats.client import (
     Client,
     RunExistsError,
@@ -12,18 +13,27 @@ from dagnats.client import (
     WaitTimeoutError,
     WorkflowNotFoundError,
 )
+from dagnats.client_approvals import ApprovalNotFoundError, ApprovalResolvedError, PendingApproval
 from dagnats.worker import NonRetryableError, RetryAfter, TaskContext, Worker
 from kernel.errors import DagnatsError, WorkflowInvalidError
 
 __all__ = [
+    "ApprovalNotFoundError",
+    "ApprovalResolvedError",
     "Client",
+    "Continue",
     "DagnatsError",
+    "Done",
     "NonRetryableError",
+    "PendingApproval",
     "RetryAfter",
     "RunExistsError",
     "RunFinishedError",
     "RunNotFoundError",
     "TaskContext",
+    "ToolCall",
+    "ToolResult",
+    "Usage",
     "WaitTimeoutError",
     "Worker",
     "WorkflowInvalidError",

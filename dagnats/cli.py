@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 
-from dagnats import cli_projections, logs, render
+from dagnats import cli_approvals, cli_chains_render, cli_projections, logs, render
 from dagnats.client import ChildLink, Client
 from dagnats.connection import default_data_dir
 from dagnats.loading import LoadError, load_attribute
@@ -47,6 +47,7 @@ app.add_typer(workflow_app, name="workflow")
 app.add_typer(run_app, name="run")
 app.command("sim")(sim_command)
 cli_projections.register(app, run_app)  # query, projection, history export, replay, run audit
+cli_approvals.register(app)  # approval list|show|approve|reject
 
 out = Console()
 err = Console(stderr=True)
@@ -339,32 +340,39 @@ def run_start(
         raise typer.Exit(1)
 
 
-async def wait_with_progress(client: Client, run_id: str, timeout: float, quiet: bool) -> RunState:
+async def wait_with_progress(
+    client: Client, run_id: str, timeout: float, quiet: bool, follow: bool = False
+) -> RunState:
     if quiet or not out.is_terminal:
-        return await client.wait(run_id, timeout_s=timeout)
+        return await client.wait(run_id, timeout_s=timeout, follow=follow)
     with Live(console=out, refresh_per_second=8, transient=False) as live:
 
         def update(state: RunState, _decision: Decision) -> None:
             live.update(render.run_table(state))
 
-        return await client.wait(run_id, timeout_s=timeout, on_update=update)
+        return await client.wait(run_id, timeout_s=timeout, on_update=update, follow=follow)
 
 
 @run_app.command("show")
 def run_show(run_id: str, nats_url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Show a run's state (folded from its history)."""
 
-    async def show(client: Client) -> tuple[RunState, list[ChildLink]]:
-        return await client.get_run(run_id), await client.children(run_id)
+    async def show(client: Client) -> tuple[RunState, list[ChildLink], list[Any]]:
+        state = await client.get_run(run_id)
+        chained = state.continued_from is not None or state.continued_as is not None
+        chain = await client.lineage(run_id) if chained else []
+        return state, await client.children(run_id), chain
 
-    state, links = run_async(with_client(nats_url, show))
+    state, links, chain = run_async(with_client(nats_url, show))
     if as_json:
         document = render.state_document(state)
         if links:  # a run without children reads as `run wait --json` does
             document["children"] = [msgspec.to_builtins(link) for link in links]
+        cli_chains_render.add_lineage(document, state, chain)
         emit_json(document)
     else:
         out.print(render.run_table(state))
+        cli_chains_render.print_lineage(out, err, state, chain)
         if state.parent_run_id:
             out.print(f"parent: {state.parent_run_id} (step {state.parent_step_id})")
         for link in links:
@@ -419,19 +427,24 @@ def run_history(run_id: str, nats_url: UrlOption = None, as_json: JsonOption = F
 def run_wait(
     run_id: str,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Follow continue-as-new runs to the chain's end.")
+    ] = False,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Wait for a run to end, showing its steps live; exit 1 unless it completed."""
 
     async def action(client: Client) -> RunState:
-        return await wait_with_progress(client, run_id, timeout, as_json)
+        return await wait_with_progress(client, run_id, timeout, as_json, follow)
 
     state = run_async(with_client(nats_url, action))
     if as_json:
         emit_json(render.state_document(state))
     elif not out.is_terminal:
         out.print(render.run_table(state))
+    if state.status == "continued_as_new":
+        err.print(f"[dim]hint:[/dim] run continued as {state.continued_as}; wait with --follow")
     if state.status != "completed":
         raise typer.Exit(1)
 

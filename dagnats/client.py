@@ -26,6 +26,8 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
+from dagnats import client_approvals, client_chains
+from dagnats.client_approvals import PendingApproval
 from dagnats.connection import Connection
 from dagnats.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.events import JetStreamEvents
@@ -37,7 +39,7 @@ from kernel.decide import decide
 from kernel.errors import DagnatsError, PayloadTooLargeError
 from kernel.events import ChildStarted, Decision
 from kernel.reducer import evolve
-from kernel.state import INITIAL_STATE, RunState, is_terminal
+from kernel.state import INITIAL_STATE, ApprovalState, RunState, is_terminal
 from kernel.workflow import WorkflowDef, parse_workflow
 from projections.audit import AuditReport, Decide, audit_history
 from projections.sqlite import stored_rows
@@ -297,8 +299,10 @@ class Client:
         *,
         timeout_s: float = 60.0,
         on_update: Callable[[RunState, Decision], None] | None = None,
+        follow: bool = False,
     ) -> RunState:
-        """Wait until the run ends; returns its final state.
+        """Wait until the run ends; returns its final state. With `follow`, a run that
+        continued as new is followed to the end of its chain (its last run's state).
 
         Raises:
             RunNotFoundError: the run has no history when the wait ends.
@@ -314,11 +318,50 @@ class Client:
                     state = evolve(state, event)
                 if on_update is not None:
                     on_update(state, decision)
+                if is_terminal(state) and follow:
+                    return await client_chains.follow(
+                        self, state, timeout_s=timeout_s, on_update=on_update
+                    )
                 if is_terminal(state):
                     return state
         if state.status == "new":
             raise RunNotFoundError(run_id)
         raise WaitTimeoutError(run_id, timeout_s, state)
+
+    async def lineage(self, run_id: str) -> list[client_chains.ChainLink]:
+        """The continue-as-new chain of a run, root first (a single run is a chain of one)."""
+        return await client_chains.lineage(self, run_id)
+
+    # -- approvals -----------------------------------------------------------------------
+
+    async def approve(
+        self, run_id: str, step_id: str, *, data: object = None, comment: str = "",
+        by: str = "", key: str = "",
+    ) -> ApprovalState:  # fmt: skip
+        """Approve a pending approval: its step completes with `data`. Returns the resolved
+        approval (who, when).
+
+        Raises:
+            RunNotFoundError, ApprovalNotFoundError: nothing to approve.
+            ApprovalResolvedError: already resolved (the message says by whom and when).
+        """
+        return await client_approvals.resolve(
+            self, run_id, step_id, "approve", data=data, comment=comment, by=by, key=key
+        )
+
+    async def reject(
+        self, run_id: str, step_id: str, *, comment: str = "", data: object = None,
+        by: str = "", key: str = "",
+    ) -> ApprovalState:  # fmt: skip
+        """Reject a pending approval: its step fails for good (on_failure and compensation
+        apply). Raises as `approve`."""
+        return await client_approvals.resolve(
+            self, run_id, step_id, "reject", data=data, comment=comment, by=by, key=key
+        )
+
+    async def pending_approvals(self, limit: int = 1_000) -> list[PendingApproval]:
+        """Approvals waiting for a decision across unfinished runs, oldest first."""
+        return await client_approvals.pending_approvals(self, limit)
 
     async def cancel(self, run_id: str, reason: str = "") -> None:
         """Ask the engine to cancel a run.

@@ -24,6 +24,7 @@ STATUS_STYLES = {
     "failed": "red",
     "compensate_failed": "red",
     "cancelled": "magenta",
+    "continued_as_new": "blue",
 }
 output_chars_max = 60
 

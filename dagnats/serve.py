@@ -70,7 +70,12 @@ class Server:
         commands = self.connection.commands
         js = self.connection.js
         await ensure_stream(js, events.stream_config())
-        self.links = RunLinks(commands, KvWorkflows(js), events.JetStreamEvents(js))
+        self.links = RunLinks(
+            commands,
+            KvWorkflows(js),
+            events.JetStreamEvents(js),
+            notify=self.connection.nc.publish,
+        )
         self.engine = Engine(
             self.connection.history,
             self.connection.tasks,

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from dagnats.agent import ToolResult, Usage, read_turn_input, turn_result
 from dagnats.runtime.protocols import (
     Clock,
     CommandPublisher,
@@ -85,6 +86,21 @@ class TaskContext:
         self.deadline_ms = task.deadline_ms
         # A planner's retry: the problems of the plan its previous attempt returned.
         self.previous_errors: tuple[str, ...] = task.previous_errors
+        # An agent loop's turn (task.turn > 0): its envelope unpacked (dagnats/agent.py).
+        self.turn = task.turn
+        self.state: Any = None
+        self.tool_results: tuple[ToolResult, ...] = ()
+        self.usage = Usage()
+        if task.turn > 0:
+            turn_input = read_turn_input(self.input_raw)
+            self.input_raw = turn_input.input_raw
+            self.state = turn_input.state
+            self.tool_results = turn_input.tool_results
+            self.usage = turn_input.usage
+        # The run's history size when the task was scheduled, and whether it passed the soft
+        # limit: time to carry the state into a fresh run (a `continue_as_new` step).
+        self.history_events = task.history_events
+        self.should_continue_as_new = task.history_events >= limits.history_events_soft_max
         self.worker_id = worker_id
         self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
         self.logger = logging.LoggerAdapter(
@@ -323,6 +339,11 @@ class Worker:
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
             return self._fail(task, message, "error", short_traceback(error))
+        if task.turn > 0:
+            value = turn_result(value)
+            if value is None:
+                message = "an agent turn handler must return Continue(...) or Done(...)"
+                return self._fail(task, message, "invalid_output")
         try:
             output = msgspec.json.encode(value)
         except (TypeError, ValueError, OverflowError) as error:

@@ -77,6 +77,7 @@ class Workflow:
         max_concurrent_steps: int | None = None,
         default_retry: Retry | None = None,
         metadata: Mapping[str, str] | None = None,
+        cancel_on: Mapping[str, object] | Sequence[Mapping[str, object]] | None = None,
     ) -> None:
         header: dict[str, object] = {"name": name, "version": version}
         if timeout is not None:
@@ -87,6 +88,10 @@ class Workflow:
             header["default_retry"] = _retry(default_retry)
         if metadata is not None:
             header["metadata"] = dict(metadata)
+        if isinstance(cancel_on, Mapping):
+            header["cancel_on"] = dict(cancel_on)  # {"event": name, "match": {...}}
+        elif cancel_on is not None:
+            header["cancel_on"] = [dict(item) for item in cancel_on]
         self._header: tuple[tuple[str, object], ...] = tuple(header.items())
         self._steps: tuple[_Step, ...] = ()
 

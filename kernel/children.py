@@ -48,7 +48,7 @@ def _report(state: RunState, status: ChildStatus) -> ReportToParent:
         error = error or f"child run {state.run_id!r} was cancelled"
     at_ms = state.ended_at_ms if state.ended_at_ms is not None else state.started_at_ms
     return ReportToParent(
-        run_id=state.run_id,
+        run_id=state.chain_root or state.run_id,  # a continued child: the id its parent knows
         parent_run_id=state.parent_run_id,
         parent_step_id=state.parent_step_id,
         status=status,
@@ -71,8 +71,8 @@ def report_started(state: RunState) -> tuple[AnyEffect, ...]:
 
 def report_ended(state: RunState) -> tuple[AnyEffect, ...]:
     """After the run's terminal event: an attached child tells its parent how it ended."""
-    if not _is_child(state) or state.detached:
-        return ()
+    if not _is_child(state) or state.detached or state.status == "continued_as_new":
+        return ()  # a continued child: the run it continued as reports
     if state.status == "completed":
         return (_report(state, "completed"),)
     if state.status == "cancelled":

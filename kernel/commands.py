@@ -34,6 +34,9 @@ class StartRun(Command, frozen=True, kw_only=True, tag="start_run"):
     parent_step_id: str = ""  # the parent's sub_workflow step (with parent_run_id)
     depth: int = 0  # 0 for a root run; a child is one deeper than its parent
     detached: bool = False  # a detached child does not report its end to its parent
+    continued_from: str | None = None  # the run this one continues as new
+    chain_root: str = ""  # the first run of the continue-as-new chain
+    chain_index: int = 0  # the position in that chain (the root is 0)
 
 
 class TaskStarted(Command, frozen=True, kw_only=True, tag="task_started"):
@@ -110,9 +113,21 @@ class DeliverEvent(Command, frozen=True, kw_only=True, tag="deliver_event"):
     event_seq: int
 
 
+class ResolveApproval(Command, frozen=True, kw_only=True, tag="resolve_approval"):
+    """A human's decision on a pending approval (kernel.approvals). `key` is the approval's
+    name in the run: the step id of an `approval` step (the default when left empty)."""
+
+    step_id: str
+    decision: Literal["approve", "reject"]
+    by: str = ""
+    comment: str = ""
+    data: msgspec.Raw = msgspec.Raw(b"null")
+    key: str = ""
+
+
 AnyCommand = (
     StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
-    | RecordChild | DeliverEvent
+    | RecordChild | DeliverEvent | ResolveApproval
 )  # fmt: skip
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
@@ -125,6 +140,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     SendSignal,
     RecordChild,
     DeliverEvent,
+    ResolveApproval,
 )
 
 
@@ -132,5 +148,7 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     """Why a command does not apply, for a caller that must learn it. Never stored."""
 
     run_id: str
-    code: Literal["unknown_run", "run_exists", "run_finished", "unknown_step", "invalid"]
+    code: Literal[
+        "unknown_run", "run_exists", "run_finished", "unknown_step", "invalid", "already_resolved"
+    ]
     message: str

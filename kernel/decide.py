@@ -14,7 +14,8 @@ from typing import Literal, assert_never
 
 import msgspec
 
-from kernel import dynamic, limits, registry
+from kernel import approvals, dynamic, limits, registry
+from kernel.cancel_on import cancel_reason
 from kernel.commands import (
     AnyCommand,
     CancelRun,
@@ -24,6 +25,7 @@ from kernel.commands import (
     FireTimer,
     RecordChild,
     Rejection,
+    ResolveApproval,
     SendSignal,
     StartRun,
     TaskStarted,
@@ -138,6 +140,8 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
         if isinstance(command, CancelRun) and state.cancel_reason is None:
             message = f"run {state.run_id!r} already ended as {state.status}; nothing to cancel"
             return Rejection(run_id=state.run_id, code="run_finished", message=message)
+        if isinstance(command, ResolveApproval):
+            return approvals.refuse_after_end(state, command)
         return ()
     builder = _Builder(state, command.at_ms, command.seed)
     rejection = _apply(builder, command)
@@ -173,6 +177,8 @@ def _apply(builder: _Builder, command: AnyCommand) -> Rejection | None:
         case DeliverEvent():
             _deliver_event(builder, command)
             return None
+        case ResolveApproval():
+            return approvals.resolve(builder, command)
         case _:
             assert_never(command)
 
@@ -191,6 +197,12 @@ def _record_child(builder: _Builder, command: RecordChild) -> Rejection | None:
 
 def _deliver_event(builder: _Builder, command: DeliverEvent) -> None:
     """An external event: the workflow's cancel_on, then each live step, may take it."""
+    if builder.state.status == "running":
+        reason = cancel_reason(builder.state, command)
+        if reason is not None:
+            cancel = CancelRun(run_id=command.run_id, at_ms=command.at_ms, reason=reason)
+            _cancel_run(builder, cancel)
+            return
     for step_def in builder.state.step_defs:
         if builder.state.status != "running":
             return
@@ -227,6 +239,9 @@ def _start_run(state: RunState, command: StartRun) -> Decided:
             parent_step_id=command.parent_step_id,
             depth=command.depth,
             detached=command.detached,
+            continued_from=command.continued_from,
+            chain_root=command.chain_root,
+            chain_index=command.chain_index,
         )
     )
     _advance(builder, command.at_ms)
@@ -283,6 +298,9 @@ def _fail_task(builder: _Builder, command: FailTask) -> Rejection | None:
         return _unknown_step(state, command.step_id)
     if _current_attempt(state, command.step_id, command.attempt) is None:
         return None
+    record = dynamic.parent_record(state, command.step_id)
+    if record is not None and record.attempt == command.attempt:
+        return None  # the attempt returned its plan, which runs: a late failure report is stale
     _record_start(builder, command)
     kind: ErrorKind = command.kind
     error = ErrorInfo(

@@ -9,7 +9,10 @@ Two shapes, both held in `RunState.dynamic`:
   the item states in fixed-size chunks (an update copies one chunk and the chunk index, not
   every item), and counters, so one item's event costs O(chunk) however many items there are.
 
-This module may import only `kernel.events` and msgspec (`kernel.state` imports it).
+An *agent loop*'s `AgentState` (kernel.agent_state) lives here too, beside the maps.
+
+This module may import only `kernel.events`, `kernel.agent_state` and msgspec (`kernel.state`
+imports it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from kernel.agent_state import AgentState
 from kernel.events import NULL, ErrorInfo
 
 ITEMS_PER_CHUNK: Final = 256
@@ -102,11 +106,13 @@ class DynamicParent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DynamicState(msgspec.Struct, frozen=True, kw_only=True):
-    """Every parent and map of a run, and how many steps were appended (bounded per run)."""
+    """Every parent, map and agent loop of a run, and how many steps were appended (bounded
+    per run)."""
 
     parents: tuple[DynamicParent, ...] = ()
     maps: tuple[MapState, ...] = ()
     steps_added: int = 0
+    agents: tuple[AgentState, ...] = ()  # agent_loop steps (steps/agent_loop.py)
 
 
 NO_DYNAMIC: Final = DynamicState()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from kernel.commands import ChildStatus, FireTimer
+from kernel.workflow import WorkflowDef
 
 
 class Effect(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,6 +29,8 @@ class EnqueueTask(Effect, frozen=True, kw_only=True):
     msg_id: str
     deadline_ms: int | None = None
     previous_errors: tuple[str, ...] = ()  # a planner's: why its last plan was rejected
+    turn: int = 0  # an agent loop's turn number (its input is a turn envelope); 0: no turn
+    history_events: int = 0  # events in the run's history when the task was scheduled
 
 
 class ArmTimer(Effect, frozen=True, kw_only=True):
@@ -87,9 +90,42 @@ class WatchEvents(Effect, frozen=True, kw_only=True):
     since_ms: int
 
 
+class NotifyApproval(Effect, frozen=True, kw_only=True):
+    """Publish a notice that an approval waits (a plain NATS publish on
+    `dagnats.approval.<run>.<step>`): what is asked, never the run's or step's input."""
+
+    step_id: str
+    key: str
+    question: str
+    description: str
+    metadata: msgspec.Raw
+    deadline_ms: int | None
+    at_ms: int
+
+
+class StartContinuation(Effect, frozen=True, kw_only=True):
+    """Start the fresh run a run continued as (kernel.continuation): the shell looks `workflow`
+    up among the registered workflows (else uses `definition`, the run's own when it continues
+    as itself) and sends `StartRun`, deduplicated on the new run's id."""
+
+    new_run_id: str
+    workflow: str
+    definition: WorkflowDef | None
+    input: msgspec.Raw
+    chain_root: str
+    chain_index: int
+    parent_run_id: str | None
+    parent_step_id: str
+    depth: int
+    detached: bool
+    at_ms: int
+    seed: int
+
+
 AnyEffect = (
     EnqueueTask | ArmTimer | CancelTimer | StartChild | ReportToParent | CancelChild | WatchEvents
-)
+    | NotifyApproval | StartContinuation
+)  # fmt: skip
 
 
 def task_msg_id(run_id: str, step_id: str, attempt: int) -> str:

@@ -64,6 +64,9 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     parent_step_id: str = ""  # the parent's sub_workflow step, for a child run
     depth: int = 0  # sub-workflow depth (a root run is 0)
     detached: bool = False  # a detached child reports only its start to its parent
+    continued_from: str | None = None  # the run this one continues as new (kernel.continuation)
+    chain_root: str = ""  # the first run of its continue-as-new chain ("" for a root run)
+    chain_index: int = 0  # its position in that chain (the root is 0)
 
 
 class StepScheduled(Event, frozen=True, kw_only=True, tag="step.scheduled"):
@@ -287,6 +290,142 @@ class MapItemFailed(StepEvent, frozen=True, kw_only=True, tag="map.item.failed")
     due_at_ms: int | None = None
 
 
+ApprovalDecision = Literal["approve", "reject"]
+
+
+class ApprovalRequested(StepEvent, frozen=True, kw_only=True, tag="approval.requested"):
+    """A step halts for a human decision (kernel.approvals). `key` names the approval in the
+    run (the step id for an `approval` step; `<step>.<id>` for one of an agent's tool calls)."""
+
+    key: str
+    attempt: int
+    question: str
+    description: str = ""
+    metadata: msgspec.Raw = msgspec.Raw(b"{}")
+    deadline_ms: int | None = None
+    on_timeout: Literal["approve", "reject", "fail"] = "fail"
+    at_ms: int
+
+
+class ApprovalResolved(StepEvent, frozen=True, kw_only=True, tag="approval.resolved"):
+    """Someone (`by`; "timeout" when the deadline passed) approved or rejected."""
+
+    key: str
+    decision: ApprovalDecision
+    by: str
+    comment: str = ""
+    data: msgspec.Raw = NULL
+    timed_out: bool = False
+    at_ms: int
+
+
+class RunContinuedAsNew(Event, frozen=True, kw_only=True, tag="run.continued_as_new"):
+    """The run ended by continuing as the fresh run `continued_as` of `workflow` with `input`
+    (kernel.continuation); a terminal event."""
+
+    step_id: str
+    continued_as: str
+    workflow: str
+    input: msgspec.Raw
+    at_ms: int
+
+
+class AgentToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A tool call an agent turn asked for: its id (unique in the turn), tool name, arguments."""
+
+    id: str
+    name: str
+    arguments: msgspec.Raw = NULL
+
+
+class AgentTurnScheduled(StepEvent, frozen=True, kw_only=True, tag="agent.turn.scheduled"):
+    """A task message is out for `attempt` of turn `turn` of an agent loop."""
+
+    turn: int
+    attempt: int
+    at_ms: int
+    deadline_ms: int | None = None
+    # Turn 1 of a loop resumed in a fresh run (continue-as-new): what the old run carried
+    # (null: nothing).
+    carried_state: msgspec.Raw = NULL
+    carried_tool_results: msgspec.Raw = NULL
+
+
+class AgentTurnFailed(StepEvent, frozen=True, kw_only=True, tag="agent.turn.failed"):
+    """A turn's attempt failed; with `will_retry` the next attempt is due at `due_at_ms`,
+    without it the agent loop fails."""
+
+    turn: int
+    attempt: int
+    error: ErrorInfo
+    will_retry: bool
+    at_ms: int
+    due_at_ms: int | None = None
+
+
+class AgentTurnCompleted(StepEvent, frozen=True, kw_only=True, tag="agent.turn.completed"):
+    """A turn's handler returned: `done` with the loop's `output`, or the `state` to carry
+    and the `tool_calls` to run before the next turn; with the model usage it reported."""
+
+    turn: int
+    attempt: int
+    done: bool
+    state: msgspec.Raw = NULL
+    output: msgspec.Raw = NULL
+    tool_calls: tuple[AgentToolCall, ...] = ()
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    at_ms: int
+
+
+class AgentToolScheduled(StepEvent, frozen=True, kw_only=True, tag="agent.tool.scheduled"):
+    """A task message is out for `attempt` of tool call `index` of turn `turn`."""
+
+    turn: int
+    index: int
+    call_id: str
+    name: str
+    task: str
+    attempt: int
+    at_ms: int
+    deadline_ms: int | None = None
+
+
+class AgentToolFailed(StepEvent, frozen=True, kw_only=True, tag="agent.tool.failed"):
+    """A tool call's attempt failed and is retried at `due_at_ms` (a failure for good is an
+    `agent.tool.completed` whose result is the error)."""
+
+    turn: int
+    index: int
+    attempt: int
+    error: ErrorInfo
+    at_ms: int
+    due_at_ms: int
+
+
+class AgentToolCompleted(StepEvent, frozen=True, kw_only=True, tag="agent.tool.completed"):
+    """A tool call's result, which the next turn sees: its `output` when `ok`, else `error`."""
+
+    turn: int
+    index: int
+    attempt: int  # 0 for a call that never ran (a tool the loop does not know)
+    ok: bool
+    output: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+    at_ms: int
+
+
+class AgentLimitReached(StepEvent, frozen=True, kw_only=True, tag="agent.limit.reached"):
+    """An agent loop reached one of its bounds (`limit`: max_turns, max_duration, max_tokens,
+    max_cost); `action` is its on_limit (fail, or complete with the last state)."""
+
+    limit: str
+    message: str
+    action: str
+    at_ms: int
+
+
 AnyEvent = (
     RunStarted
     | StepScheduled
@@ -317,6 +456,16 @@ AnyEvent = (
     | ChildCompleted
     | ChildFailed
     | EventReceived
+    | AgentTurnScheduled
+    | AgentTurnFailed
+    | AgentTurnCompleted
+    | AgentToolScheduled
+    | AgentToolFailed
+    | AgentToolCompleted
+    | AgentLimitReached
+    | ApprovalRequested
+    | ApprovalResolved
+    | RunContinuedAsNew
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -349,9 +498,24 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ChildCompleted,
     ChildFailed,
     EventReceived,
+    AgentTurnScheduled,
+    AgentTurnFailed,
+    AgentTurnCompleted,
+    AgentToolScheduled,
+    AgentToolFailed,
+    AgentToolCompleted,
+    AgentLimitReached,
+    ApprovalRequested,
+    ApprovalResolved,
+    RunContinuedAsNew,
 )
 
-TERMINAL_EVENT_TYPES: tuple[type[Event], ...] = (RunCompleted, RunFailed, RunCancelled)
+TERMINAL_EVENT_TYPES: tuple[type[Event], ...] = (
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+    RunContinuedAsNew,
+)
 
 
 def event_tag(event_type: type[Event]) -> str:

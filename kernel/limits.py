@@ -43,6 +43,7 @@ sleep_ms_max: Final = 365 * 24 * 3_600_000  # one year: the longest durable slee
 sub_workflow_depth_max: Final = 8  # a root run is depth 0; its children 1, and so on
 event_name_length_max: Final = 128
 event_bytes_max: Final = 65_536  # one external event's payload, checked at publish
+cancel_on_max: Final = 16  # conditions of one workflow's cancel_on
 
 # Dynamic steps: planners and maps.
 dynamic_steps_per_run_max: Final = 1_000  # steps all the plans of one run may append
@@ -50,3 +51,18 @@ plan_steps_max: Final = 200  # steps of one plan (a planner's max_steps is at mo
 plan_depth_max: Final = 5  # nesting of plans: a plan's steps are depth 1, a nested plan's 2, ...
 map_items_max: Final = 100_000  # items of one map (a map's max_items is at most this)
 map_concurrency_max: Final = 10_000  # items of one map in flight at once
+
+# Agent loops.
+agent_turns_max: Final = 10_000  # turns of one agent loop (its max_turns is at most this)
+agent_tool_calls_per_turn_max: Final = 64  # tool calls one turn may ask for
+agent_tool_calls_max: Final = 100_000  # tool calls of one agent loop over all its turns
+agent_tool_name_length_max: Final = 128
+agent_tokens_max: Final = 10**12  # a max_tokens budget, and the tokens one turn may report
+agent_cost_max: Final = 1e9  # a max_cost budget, and the cost one turn may report
+
+# Approvals and continue-as-new.
+approval_text_bytes_max: Final = 8_192  # an approval's question or description, or a comment
+approval_by_length_max: Final = 128  # who decided
+approvals_per_run_max: Final = 1_000  # approvals one run may request
+continue_as_new_chain_max: Final = 10_000  # runs of one continue-as-new chain (the root is 0)
+history_events_soft_max: Final = 10_000  # past this, workers are told to continue as new

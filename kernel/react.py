@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from kernel import children, registry
+from kernel import approvals, children, continuation, registry
+from kernel.cancel_on import watch as watch_cancel_on
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer
 from kernel.events import (
+    AgentLimitReached,
+    AgentToolCompleted,
+    AgentToolFailed,
+    AgentToolScheduled,
+    AgentTurnCompleted,
+    AgentTurnFailed,
+    AgentTurnScheduled,
     AnyEvent,
+    ApprovalRequested,
+    ApprovalResolved,
     ChildCompleted,
     ChildFailed,
     ChildStarted,
@@ -26,6 +36,7 @@ from kernel.events import (
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
+    RunContinuedAsNew,
     RunFailed,
     RunStarted,
     SignalConsumed,
@@ -58,7 +69,8 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
     match event:
         case RunStarted():
             timer = _run_timeout_timer(state)
-            return ((timer,) if timer is not None else ()) + children.report_started(state)
+            started = ((timer,) if timer is not None else ()) + children.report_started(state)
+            return started + watch_cancel_on(state)
         case StepScheduled():
             step_def = state.step_def(event.step_id)
             assert step_def is not None
@@ -74,6 +86,7 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
         case RunCompleted() | RunFailed() | RunCancelled():
             return (
                 _cancel_all_timers(state)
+                + approvals.cancel_pending(state)
                 + children.report_ended(state)
                 + _live_steps_react(state, event)
             )
@@ -106,10 +119,26 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             | MapItemScheduled()
             | MapItemCompleted()
             | MapItemFailed()
+            | AgentLimitReached()
+            | AgentToolCompleted()
+            | AgentToolFailed()
+            | AgentToolScheduled()
+            | AgentTurnCompleted()
+            | AgentTurnFailed()
+            | AgentTurnScheduled()
         ):
             step_def = state.step_def(event.step_id)
             assert step_def is not None, f"no step {event.step_id!r}"
             return registry.get(step_def.type).react(state, event)
+        case ApprovalRequested() | ApprovalResolved():
+            return approvals.react(state, event)
+        case RunContinuedAsNew():
+            return (
+                _cancel_all_timers(state)
+                + approvals.cancel_pending(state)
+                + _live_steps_react(state, event)
+                + continuation.react(state, event)
+            )
         case _:
             assert_never(event)
 
@@ -132,6 +161,7 @@ def resume(state: RunState) -> tuple[AnyEffect, ...]:
     run_timer = _run_timeout_timer(state)
     if run_timer is not None and state.status == "running":
         effects.append(run_timer)
+    effects.extend(watch_cancel_on(state))
     for step, step_def in zip(state.steps, state.step_defs, strict=True):
         if step.status in ("scheduled", "running"):
             effects.extend(registry.get(step_def.type).resume(state, step.step_id))
@@ -141,6 +171,7 @@ def resume(state: RunState) -> tuple[AnyEffect, ...]:
         elif step.status == "retry_wait":
             assert step.retry_at_ms is not None
             effects.append(_retry_timer(state, step.step_id, step.attempt + 1, step.retry_at_ms))
+    effects.extend(approvals.resume(state))
     return tuple(effects)
 
 

@@ -13,9 +13,18 @@ from typing import assert_never
 
 import msgspec
 
-from kernel import registry
+from kernel import approvals, continuation, registry
 from kernel.events import (
+    AgentLimitReached,
+    AgentToolCompleted,
+    AgentToolFailed,
+    AgentToolScheduled,
+    AgentTurnCompleted,
+    AgentTurnFailed,
+    AgentTurnScheduled,
     AnyEvent,
+    ApprovalRequested,
+    ApprovalResolved,
     ChildCompleted,
     ChildFailed,
     ChildStarted,
@@ -31,6 +40,7 @@ from kernel.events import (
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
+    RunContinuedAsNew,
     RunFailed,
     RunStarted,
     SignalConsumed,
@@ -146,10 +156,21 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             | MapItemScheduled()
             | MapItemCompleted()
             | MapItemFailed()
+            | AgentLimitReached()
+            | AgentToolCompleted()
+            | AgentToolFailed()
+            | AgentToolScheduled()
+            | AgentTurnCompleted()
+            | AgentTurnFailed()
+            | AgentTurnScheduled()
         ):
             step_def = counted.step_def(event.step_id)
             assert step_def is not None, f"no step {event.step_id!r}"
             return registry.get(step_def.type).evolve(counted, event)
+        case ApprovalRequested() | ApprovalResolved():
+            return approvals.evolve(counted, event)
+        case RunContinuedAsNew():
+            return continuation.evolve(counted, event)
         case _:
             assert_never(event)
 
@@ -176,6 +197,9 @@ def _run_started(event: RunStarted) -> RunState:
         parent_step_id=event.parent_step_id,
         depth=event.depth,
         detached=event.detached,
+        continued_from=event.continued_from,
+        chain_root=event.chain_root,
+        chain_index=event.chain_index,
         started_at_ms=event.at_ms,
         step_ids=tuple(step.id for step in workflow.steps),
         step_defs=workflow.steps,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from kernel.effects import AnyEffect
     from kernel.errors import Problem
     from kernel.events import AnyEvent, ErrorInfo, StepEvent
-    from kernel.state import RunState
+    from kernel.state import ApprovalState, RunState
     from kernel.workflow import StepDef
 
 STEPS_PACKAGE = "steps"
@@ -88,6 +88,12 @@ class StepType(Protocol):
 
     def external_event(self, context: DecideContext, step_id: str, command: DeliverEvent) -> None:
         """Decide part: an external event arrived while the step is active (it may take it)."""
+        ...
+
+    def approval_resolved(
+        self, context: DecideContext, step_id: str, approval: ApprovalState
+    ) -> None:
+        """Decide part: one of the step's approvals (kernel.approvals) was resolved."""
         ...
 
     @property

@@ -22,6 +22,7 @@ RunStatus = Literal[
     "failed",
     "compensate_failed",
     "cancelled",
+    "continued_as_new",  # ended by starting a fresh run (kernel.continuation)
 ]
 StepStatus = Literal[
     "pending",  # waiting on dependencies (or a handler waiting to be called)
@@ -35,7 +36,7 @@ StepStatus = Literal[
 ]
 
 TERMINAL_RUN_STATUSES: frozenset[str] = frozenset(
-    {"completed", "failed", "compensate_failed", "cancelled"}
+    {"completed", "failed", "compensate_failed", "cancelled", "continued_as_new"}
 )
 DONE_STEP_STATUSES: frozenset[str] = frozenset({"completed", "skipped", "recovered"})
 ACTIVE_STEP_STATUSES: frozenset[str] = frozenset({"scheduled", "running", "retry_wait"})
@@ -67,6 +68,26 @@ class ReceivedSignal(msgspec.Struct, frozen=True, kw_only=True):
     consumed_by: str | None = None
 
 
+class ApprovalState(msgspec.Struct, frozen=True, kw_only=True):
+    """One approval of the run (kernel.approvals): asked, and how it was resolved."""
+
+    key: str
+    step_id: str
+    attempt: int
+    question: str
+    description: str = ""
+    metadata: msgspec.Raw = msgspec.Raw(b"{}")
+    requested_at_ms: int
+    deadline_ms: int | None = None
+    on_timeout: str = "fail"
+    decision: str = ""  # "" while pending, then "approve" or "reject"
+    by: str = ""
+    comment: str = ""
+    data: msgspec.Raw = NULL
+    timed_out: bool = False
+    resolved_at_ms: int | None = None
+
+
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str = ""
     status: RunStatus = "new"
@@ -91,6 +112,12 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     signals: tuple[ReceivedSignal, ...] = ()
     event_count: int = 0
     dynamic: DynamicState = NO_DYNAMIC  # planner plans and map items (kernel.dynamic)
+    approvals: tuple[ApprovalState, ...] = ()  # asked and resolved (kernel.approvals)
+    continued_from: str | None = None  # continue-as-new links (kernel.continuation)
+    continued_as: str | None = None
+    continued_workflow: str = ""  # the workflow the run continued as
+    chain_root: str = ""
+    chain_index: int = 0
 
     def index_of(self, step_id: str) -> int:
         """Position of `step_id` in `steps`, or -1."""

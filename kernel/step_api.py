@@ -15,7 +15,7 @@ from kernel.commands import AnyCommand, DeliverEvent, FireTimer, RecordChild, Ti
 from kernel.effects import AnyEffect, ArmTimer, EnqueueTask, task_msg_id
 from kernel.events import AnyEvent, StepEvent, StepScheduled
 from kernel.registry import DecideContext
-from kernel.state import RunState
+from kernel.state import ApprovalState, RunState
 
 
 def schedule_attempt(
@@ -133,6 +133,11 @@ class StepTypeBase:
 
     def external_event(self, context: DecideContext, step_id: str, command: DeliverEvent) -> None:
         """External events do not concern this type."""
+
+    def approval_resolved(
+        self, context: DecideContext, step_id: str, approval: ApprovalState
+    ) -> None:
+        """This type asks no approvals."""
 
     has_items = False
 

@@ -1,6 +1,7 @@
 """RFC 3339 times and epoch milliseconds, as integers, with no clock and no `datetime`.
 
-Civil dates are converted with Howard Hinnant's `days_from_civil`, pure integer arithmetic.
+Civil dates are converted with Howard Hinnant's `days_from_civil` and its inverse
+`civil_from_days`, pure integer arithmetic.
 """
 
 from __future__ import annotations
@@ -25,6 +26,28 @@ def days_from_civil(year: int, month: int, day: int) -> int:
     day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
     day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
     return era * 146_097 + day_of_era - 719_468
+
+
+def civil_from_days(days: int) -> tuple[int, int, int]:
+    """The proleptic Gregorian (year, month, day) of a day count since 1970-01-01."""
+    days += 719_468
+    era = (days if days >= 0 else days - 146_096) // 146_097
+    day_of_era = days - era * 146_097
+    year_of_era = (
+        day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096
+    ) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_index = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * month_index + 2) // 5 + 1
+    month = month_index + 3 if month_index < 10 else month_index - 9
+    year = year_of_era + era * 400 + (month <= 2)
+    assert 1 <= month <= 12 and 1 <= day <= 31
+    return year, month, day
+
+
+def weekday_of_days(days: int) -> int:
+    """Day of the week of a day count since 1970-01-01: 0 = Sunday ... 6 = Saturday."""
+    return (days + 4) % 7  # 1970-01-01 was a Thursday
 
 
 def parse_rfc3339_ms(text: str) -> int | None:

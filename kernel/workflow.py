@@ -67,6 +67,14 @@ class StepDef(msgspec.Struct, frozen=True, kw_only=True):
     config: msgspec.Raw = EMPTY_OBJECT
 
 
+class CancelOn(msgspec.Struct, frozen=True, kw_only=True):
+    """Cancel the run when an external event named `event` arrives whose payload meets `match`
+    (a `kernel.conditions` condition, as JSON; `null`: any payload)."""
+
+    event: str
+    match: msgspec.Raw = msgspec.Raw(b"null")
+
+
 class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True):
     """A whole workflow: named, versioned, its steps in the order the user wrote them."""
 
@@ -77,6 +85,7 @@ class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True):
     timeout_ms: int | None = None
     max_concurrent_steps: int | None = None
     metadata: msgspec.Raw = EMPTY_OBJECT
+    cancel_on: tuple[CancelOn, ...] = ()
 
 
 # Parsing, validation and the user's JSON form. The parser lives in `kernel.workflow_parse`
@@ -144,7 +153,16 @@ def workflow_to_document(workflow: WorkflowDef) -> dict[str, object]:
         document["default_retry"] = _retry_document(workflow.default_retry)
     if bytes(workflow.metadata) != bytes(EMPTY_OBJECT):
         document["metadata"] = _raw_value(workflow.metadata)
+    if workflow.cancel_on:
+        document["cancel_on"] = [_cancel_on_document(item) for item in workflow.cancel_on]
     document["steps"] = [_step_document(step) for step in workflow.steps]
+    return document
+
+
+def _cancel_on_document(item: CancelOn) -> dict[str, object]:
+    document: dict[str, object] = {"event": item.event}
+    if bytes(item.match) != b"null":
+        document["match"] = _raw_value(item.match)
     return document
 
 

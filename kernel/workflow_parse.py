@@ -17,6 +17,7 @@ from typing import Final
 import msgspec
 
 from kernel import limits, registry
+from kernel.cancel_on import read_cancel_on
 from kernel.errors import WorkflowInvalidError
 from kernel.registry import StepType
 from kernel.workflow import EMPTY_OBJECT, SkipIf, SkipOp, StepDef, WorkflowDef
@@ -36,7 +37,8 @@ from kernel.workflow_fields import (
 from kernel.workflow_rules import check_between_steps, first_index_by_id, known_ids_text
 
 TOP_FIELDS: Final = (
-    "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata"
+    "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata",
+    "cancel_on",
 )  # fmt: skip
 STEP_FIELDS: Final = (
     "id", "type", "task", "depends_on", "retry", "retries", "timeout", "skip_if",
@@ -117,6 +119,7 @@ def parse_document(document: object, problems: Problems) -> WorkflowDef | None:
     max_steps = _concurrency(fields.get("concurrency", MISSING), problems)
     metadata = read_metadata(fields.get("metadata", MISSING), "metadata", problems)
     steps = _steps(fields.get("steps", MISSING), problems)
+    cancel_on = read_cancel_on(fields.get("cancel_on", MISSING), problems)
     return WorkflowDef(
         name=name,
         version=version,
@@ -125,6 +128,7 @@ def parse_document(document: object, problems: Problems) -> WorkflowDef | None:
         timeout_ms=timeout_ms,
         max_concurrent_steps=max_steps,
         metadata=metadata,
+        cancel_on=cancel_on,
     )
 
 

@@ -6,10 +6,10 @@ transaction), so a `runs` or `steps` row is by construction a function of the fo
 `run_row(state, last_seq)` and `step_row(state, index, last_seq)`, which the replay audit uses
 to check the rows. `events` holds one row per event with its JSON body.
 
-`approvals`, `agent_turns` and `tool_calls` are created (with their indexes) but stay empty
-until those step types exist; their mapping points are `approval_rows` (from a run's state) and
-`agent_rows` (from one event). This module may import only `kernel`, the standard library,
-msgspec and sqlite-utils.
+`approvals` holds one row per approval a run asked (`approval_rows`, from the run's state).
+`agent_turns` and `tool_calls` are created (with their indexes) but stay empty until that step
+type exists; their mapping point is `agent_rows` (from one event). This module may import only
+`kernel`, the standard library, msgspec and sqlite-utils.
 """
 
 from __future__ import annotations
@@ -147,8 +147,24 @@ def step_row(state: RunState, index: int) -> Row:
 
 
 def approval_rows(state: RunState, last_seq: int) -> list[Row]:
-    """Mapping point: the `approvals` rows of a run (none until the approval step exists)."""
-    return []
+    """The `approvals` rows of a run: one per approval it asked (keyed by the approval's key,
+    the step id of an `approval` step); `outcome` is approved/rejected once resolved."""
+    return [
+        (
+            state.run_id,
+            approval.key,
+            approval.question,
+            approval.requested_at_ms,
+            approval.deadline_ms,
+            approval.resolved_at_ms,
+            ("approved" if approval.decision == "approve" else "rejected")
+            if approval.decision
+            else None,
+            approval.by or None,
+            last_seq,
+        )
+        for approval in state.approvals
+    ]
 
 
 def agent_rows(event: AnyEvent, at: Position) -> tuple[list[Row], list[Row]]:

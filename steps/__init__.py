@@ -4,6 +4,26 @@ Importing this package registers every step type. Adding a step type means one n
 here, one import line below, its event tags in `kernel/events.py`, and its tests.
 """
 
-from steps import map, planner, sleep, sub_workflow, task, wait_for_event, wait_signal
+from steps import (  # noqa: F401  (registers them)
+    agent_loop,
+    approval,
+    continue_as_new,
+    map,
+    planner,
+    sleep,
+    sub_workflow,
+    task,
+    wait_for_event,
+    wait_signal,
+)
 
-__all__ = ["map", "planner", "sleep", "sub_workflow", "task", "wait_for_event", "wait_signal"]
+__all__ = [
+    "agent_loop",
+    "map",
+    "planner",
+    "sleep",
+    "sub_workflow",
+    "task",
+    "wait_for_event",
+    "wait_signal",
+]

@@ -1,8 +1,10 @@
 """The `sleep` step type: a durable delay with no worker.
 
-Config: exactly one of `duration` (`"30s"`, or integer nanoseconds as in workflow files) or
-`until_input_path` (a dotted path into the run input holding an RFC 3339 time or epoch
-milliseconds). The step's output is its input, so `a -> sleep -> b` hands `a`'s output to `b`.
+Config: exactly one of `duration` (`"30s"`, or integer nanoseconds as in workflow files),
+`cron` (a 5-field expression in UTC, see `kernel.cron`: the step wakes at its next fire time
+after the step starts) or `until_input_path` (a dotted path into the run input holding an
+RFC 3339 time or epoch milliseconds). Every wake-up is at most `sleep_ms_max` away. The step's
+output is its input, so `a -> sleep -> b` hands `a`'s output to `b`.
 
 decide: start schedules the attempt and starts a timer (`timer.started`); its firing
 (`timer.fired`) completes the step. A wake-up time in the past fires at once, once.
@@ -17,6 +19,7 @@ import msgspec
 
 from kernel import limits, registry
 from kernel.commands import FireTimer
+from kernel.cron import next_fire_ms, parse_cron
 from kernel.durations import parse_duration, show_value
 from kernel.effects import AnyEffect
 from kernel.errors import Problem
@@ -28,11 +31,12 @@ from kernel.step_api import StepTypeBase, schedule_attempt, step_timer, step_tim
 from kernel.timestamps import parse_timestamp_ms
 from kernel.workflow import StepDef
 
-CONFIG_FIELDS = ("duration", "until_input_path")
+CONFIG_FIELDS = ("duration", "cron", "until_input_path")
 
 
 class SleepConfig(msgspec.Struct, frozen=True, kw_only=True):
     duration_ms: int | None = None
+    cron: str | None = None
     until_input_path: str | None = None
 
 
@@ -51,7 +55,7 @@ def read_config(step: StepDef, path: str) -> SleepConfig | tuple[Problem, ...]:
     ]
     given = [key for key in CONFIG_FIELDS if document.get(key) is not None]
     if len(given) != 1:
-        rule = "a sleep needs exactly one of duration, until_input_path"
+        rule = "a sleep needs exactly one of duration, cron, until_input_path"
         problems.append(Problem(path=f"{path}.config", value=show_value(document), rule=rule))
         return tuple(problems)
     if given == ["duration"]:
@@ -62,6 +66,12 @@ def read_config(step: StepDef, path: str) -> SleepConfig | tuple[Problem, ...]:
             rule = f"must be at most {limits.sleep_ms_max} ms (sleep_ms_max)"
             problems.append(Problem(path=f"{path}.config.duration", value=str(parsed), rule=rule))
         return tuple(problems) or SleepConfig(duration_ms=parsed)
+    if given == ["cron"]:
+        schedule = parse_cron(document["cron"])
+        if isinstance(schedule, str):
+            value = show_value(document["cron"])
+            problems.append(Problem(path=f"{path}.config.cron", value=value, rule=schedule))
+        return tuple(problems) or SleepConfig(cron=str(document["cron"]))
     field = document["until_input_path"]
     if not isinstance(field, str) or not field:
         rule = "must be a dotted path into the run input, e.g. 'deadline'"
@@ -141,6 +151,14 @@ def _wake_at(state: RunState, config: SleepConfig, at_ms: int) -> int | str:
     """When to wake, or why that cannot be known (a message for the step's failure)."""
     if config.duration_ms is not None:
         return at_ms + config.duration_ms
+    if config.cron is not None:
+        schedule = parse_cron(config.cron)
+        assert not isinstance(schedule, str), "validated at registration"
+        fire = next_fire_ms(schedule, at_ms, limits.sleep_ms_max)
+        if fire is None:
+            bound = limits.sleep_ms_max
+            return f"cron {config.cron!r} does not fire within sleep_ms_max ({bound} ms)"
+        return fire
     assert config.until_input_path is not None
     value = read_field(state.input, config.until_input_path)
     wake = parse_timestamp_ms(value)

@@ -49,7 +49,9 @@ UNSTAMPED: Final = -1  # a factory's `at_ms` when the test left it to the scenar
 TICK_MS: Final = 1_000
 
 Item = AnyEvent | AnyCommand
-RejectionCode = Literal["unknown_run", "run_exists", "run_finished", "unknown_step", "invalid"]
+RejectionCode = Literal[
+    "unknown_run", "run_exists", "run_finished", "unknown_step", "invalid", "already_resolved"
+]
 
 _encoder = msgspec.json.Encoder()
 

@@ -35,6 +35,7 @@ from kernel.events import (
 )
 from kernel.reducer import fold
 from kernel.state import RunState
+from tests.agent_histories import agent_history, resumed_agent_history
 from tests.histories.make_golden import SCENARIOS, history
 from tests.kernel_dsl import (
     complete,
@@ -102,6 +103,22 @@ def _composition_history() -> tuple[tuple[AnyCommand | None, tuple[AnyEvent, ...
     ).history
 
 
+def _approval_and_continuation_history() -> tuple[
+    tuple[AnyCommand | None, tuple[AnyEvent, ...]], ...
+]:
+    """An approval asked and resolved, then a continue_as_new step ending the run."""
+    from kernel.commands import ResolveApproval
+    from kernel.workflow import StepDef
+
+    gate = StepDef(id="gate", type="approval", config=msgspec.Raw(b'{"question": "ok?"}'))
+    decision = ResolveApproval(
+        run_id="r1", at_ms=-1, step_id="gate", decision="approve", by="ana", data=msgspec.Raw(b"1")
+    )
+    return given(
+        start(workflow(gate, step_of("again", "continue_as_new", {}, "gate"))), decision
+    ).history
+
+
 def _reachable() -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
     """Decisions of the golden scenarios and a few more, so every type appears."""
     extra = given(
@@ -144,6 +161,9 @@ def _reachable() -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
         *step_types,
         *_dynamic_history(),
         *_composition_history(),
+        *agent_history(),
+        *resumed_agent_history(),
+        *_approval_and_continuation_history(),
     ):
         assert command is not None
         if events:

@@ -1,11 +1,13 @@
 """End to end with a real nats-server: sub-workflows (attached, detached, failing, missing,
-cancel cascading through three levels) and external events (wait_for_event, cancel_on, an
-event published while the engine restarts). Waits are bounded; nothing sleeps and hopes."""
+cancel cascading through three levels), external events (wait_for_event, cancel_on, an
+event published while the engine restarts) and a sleep that comes due while everything is
+down. Waits are bounded; nothing sleeps and hopes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from kernel import limits
 from kernel.builder import Workflow
 from kernel.children import child_run_id
 from kernel.errors import PayloadTooLargeError
+from kernel.events import TimerFired
 
 WAIT_S = 30.0
 
@@ -207,6 +210,9 @@ async def test_an_event_completes_the_waiting_run_and_earlier_events_do_not(stac
     )
     await client.register_workflow(waiter)
     await client.publish_event("order.paid", {"id": "A1", "early": True})  # before the run
+    # an event stamped in the very millisecond the step starts counts as published since then:
+    # start the run a few milliseconds later, so the early event is early by the clock too
+    await asyncio.sleep(0.005)
     run_id = await client.start("waiter", {"id": "A1"})
 
     async def waiting() -> bool:
@@ -252,5 +258,120 @@ async def test_an_event_published_while_the_engine_restarts_is_not_lost(tmp_path
         state = await client.wait(run_id, timeout_s=WAIT_S)
         assert state.status == "completed" and bytes(state.output) == b'{"during":"restart"}'
     finally:
+        await client.close()
+        await running.halt()
+
+
+async def test_cancel_on_cancels_on_a_matching_event_only(stack: Stack) -> None:
+    client = stack.client
+    guarded = Workflow(
+        "guarded",
+        cancel_on={
+            "event": "order.cancelled",
+            "match": {"left": "id", "op": "eq", "right": "input.id"},
+        },
+    ).task("work", task="hold")
+    await client.register_workflow(guarded.build())
+    run_id = await client.start("guarded", {"id": "A1"}, run_id="guarded1")
+
+    async def working() -> bool:
+        return (await client.get_run(run_id)).steps[0].status in ("scheduled", "running")
+
+    await until(working, "the step to be scheduled")
+    other = await client.publish_event("order.cancelled", {"id": "B2"})  # another order
+    matching = await client.publish_event("order.cancelled", {"id": "A1"})
+    assert other < matching
+    state = await client.wait(run_id, timeout_s=WAIT_S)
+    assert state.status == "cancelled", state.status
+    # events reach the run in order: had the other order's event cancelled it, its seq would
+    # be the one named
+    assert state.cancel_reason == f"cancel_on event 'order.cancelled' (event {matching})"
+    async for _, decision in client.history(run_id):
+        names = [type(event).__name__ for event in decision.events]
+        assert names.count("RunCancelRequested") <= 1
+
+
+async def test_a_sleep_due_while_the_engine_is_down_fires_at_once_once_after_restart(
+    tmp_path: Path,
+) -> None:
+    release = asyncio.Event()
+    running = Running(tmp_path / "data", release)
+    client = await Client.connect(await running.start())
+    try:
+        nap = (
+            Workflow("nap")
+            .step("nap", type="sleep", config={"duration": "5s"})
+            .task("after", task="echo", depends_on=["nap"])
+        )
+        await client.register_workflow(nap.build())
+        run_id = await client.start("nap", {"n": 1}, run_id="nap1")
+
+        async def sleeping() -> bool:
+            return (await client.get_run(run_id)).steps[0].wake_at_ms is not None
+
+        await until(sleeping, "the sleep's timer")
+        wake_at_ms = (await client.get_run(run_id)).steps[0].wake_at_ms
+        assert wake_at_ms is not None
+        await client.close()
+        await running.halt()  # NATS, the engine and the worker all stop
+        # down before the timer came due: it cannot have fired (there was no NATS to fire it)
+        assert time.time() * 1000 < wake_at_ms, "halting took longer than the sleep"
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while time.time() * 1000 < wake_at_ms + 1_000:  # the timer comes due while down
+            assert asyncio.get_running_loop().time() < deadline, "the clock did not move"
+            await asyncio.sleep(0.05)
+        restarted = asyncio.get_running_loop().time()
+        running = Running(tmp_path / "data", release)
+        client = await Client.connect(await running.start())
+        state = await client.wait(run_id, timeout_s=WAIT_S)
+        assert state.status == "completed", state.status
+        assert bytes(state.output) == b'{"n":1}'
+        assert asyncio.get_running_loop().time() - restarted < 10, "not at once after restart"
+        fired = [
+            event
+            async for _, decision in client.history(run_id)
+            for event in decision.events
+            if isinstance(event, TimerFired)
+        ]
+        assert len(fired) == 1, fired
+        after = state.step("after")
+        assert after is not None and after.status == "completed"
+    finally:
+        await client.close()
+        await running.halt()
+
+
+async def test_a_cancel_on_event_published_while_the_engine_restarts_cancels(
+    tmp_path: Path,
+) -> None:
+    release = asyncio.Event()
+    running = Running(tmp_path / "data", release)
+    url = await running.start()
+    client = await Client.connect(url)
+    try:
+        guarded = Workflow("guarded2", cancel_on={"event": "stop.all"}).task("work", task="hold")
+        await client.register_workflow(guarded.build())
+        run_id = await client.start("guarded2", run_id="guarded2")
+
+        async def working() -> bool:
+            return (await client.get_run(run_id)).steps[0].status in ("scheduled", "running")
+
+        await until(working, "the step to be scheduled")
+        running.stop.set()  # stop the engine only (NATS stays up), publish, start a new one
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(running.tasks[0], timeout=10)
+        seq = await client.publish_event("stop.all", {"why": "restart"})
+        assert running.server is not None
+        await running.server.stop()
+        port = int(running.url.rsplit(":", 1)[1])
+        running.server = Server(running.data_dir, nats_port=port)  # clients reconnect to it
+        await running.server.start()
+        running.stop = asyncio.Event()
+        running.tasks[0] = asyncio.create_task(running.server.run(running.stop))
+        state = await client.wait(run_id, timeout_s=WAIT_S)
+        assert state.status == "cancelled", state.status
+        assert state.cancel_reason == f"cancel_on event 'stop.all' (event {seq})"
+    finally:
+        release.set()
         await client.close()
         await running.halt()

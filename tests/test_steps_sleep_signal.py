@@ -98,11 +98,12 @@ def test_sleep_until_a_missing_input_field_fails_for_good_with_a_clear_error() -
 @pytest.mark.parametrize(
     ("config", "rule"),
     [
-        ({}, "exactly one of duration, until_input_path"),
+        ({}, "exactly one of duration, cron, until_input_path"),
         ({"duration": "1s", "until_input_path": "x"}, "exactly one"),
         ({"duration": "soon"}, "must be a duration"),
         ({"duration": "9000h"}, "sleep_ms_max"),
-        ({"cron": "* * * * *"}, "unknown field"),
+        ({"duration": "1s", "cron": "* * * * *"}, "exactly one"),
+        ({"every": "1s"}, "unknown field"),
         ({"until_input_path": ""}, "dotted path"),
     ],
 )

@@ -108,16 +108,13 @@ def test_a_failed_child_fails_the_step_and_a_retry_starts_a_new_child() -> None:
         default_retry=retry(2),
     )
     when = given(start(retried)).when(report("failed", error="x broke"))
+    failed = when.events[0]
+    assert isinstance(failed, ChildFailed) and failed.error.message == "x broke"
     when.then_includes(
         StepFailed(
-            step_id="child",
-            attempt=1,
-            error=when.events[0].error,  # type: ignore[union-attr]
-            will_retry=True,
-            at_ms=when.at_ms,
+            step_id="child", attempt=1, error=failed.error, will_retry=True, at_ms=when.at_ms
         )
     )
-    assert isinstance(when.events[0], ChildFailed) and when.events[0].error.message == "x broke"
     again = given(start(retried), report("failed")).when(fire_retry("child", 2))
     again.then_includes(
         ChildStarted(

@@ -46,7 +46,7 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
     valid_workflows_cached_max,
 )
-from kernel import children, codec
+from kernel import children, codec, continuation
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
 from kernel.effects import (
@@ -55,8 +55,10 @@ from kernel.effects import (
     CancelChild,
     CancelTimer,
     EnqueueTask,
+    NotifyApproval,
     ReportToParent,
     StartChild,
+    StartContinuation,
     WatchEvents,
 )
 from kernel.errors import AppendConflictError, DagnatsError, DecodeError
@@ -284,7 +286,7 @@ class Engine:
         effects: list[AnyEffect] = []
         for event in events:
             state = evolve(state, event)
-            effects.extend(react(state, event))
+            effects.extend(continuation.stamp_history(list(react(state, event)), state))
         seq = await self.history.append(
             command.run_id, payload, msg_id=msg_id, expected_last_seq=loaded.last_seq
         )
@@ -348,7 +350,14 @@ class Engine:
                     )
                 case CancelTimer():
                     await self.timers.cancel(effect.run_id, effect.timer_id)
-                case StartChild() | ReportToParent() | CancelChild() | WatchEvents():
+                case (
+                    StartChild()
+                    | ReportToParent()
+                    | CancelChild()
+                    | WatchEvents()
+                    | NotifyApproval()
+                    | StartContinuation()
+                ):
                     if self.links is None:
                         raise DagnatsError(f"this engine cannot link runs: {effect!r}")
                     await self.links.execute(effect)
@@ -364,11 +373,20 @@ class Engine:
         except RunParkedError as error:
             self._park(run_id, error.reason)
             return False
+        if loaded.state.status == "continued_as_new":
+            await self._restart_continuation(loaded.state)
         if is_terminal(loaded.state) or loaded.state.status == "new":
             self.forget(run_id)
             return False
-        await self.execute(list(resume(loaded.state)))
+        await self.execute(continuation.stamp_history(list(resume(loaded.state)), loaded.state))
         return True
+
+    async def _restart_continuation(self, state: RunState) -> None:
+        """A run that continued as new: start the new run if it never started (the engine
+        stopped between the append and the effect)."""
+        new_run_id = state.continued_as
+        if new_run_id is not None and await self.history.last_seq(new_run_id) == 0:
+            await self.execute(list(continuation.restart(state)))
 
     async def resume_pending(self) -> None:
         """Resume the runs whose effects failed earlier; keep those that fail again."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, assert_never
 
 import msgspec
@@ -29,11 +29,22 @@ from dagnats.runtime.resources import WORKFLOWS_BUCKET
 from dagnats.runtime.settings import event_waiting_runs_max
 from kernel import codec
 from kernel.commands import AnyCommand, CancelRun, DeliverEvent, RecordChild, StartRun
-from kernel.effects import CancelChild, ReportToParent, StartChild, WatchEvents
+from kernel.effects import (
+    CancelChild,
+    NotifyApproval,
+    ReportToParent,
+    StartChild,
+    StartContinuation,
+    WatchEvents,
+)
 from kernel.errors import DagnatsError
 from kernel.workflow import WorkflowDef
 
-LinkEffect = StartChild | ReportToParent | CancelChild | WatchEvents
+LinkEffect = (
+    StartChild | ReportToParent | CancelChild | WatchEvents | NotifyApproval | StartContinuation
+)
+APPROVAL_SUBJECT_PREFIX = "dagnats.approval"  # + .<run_id>.<step_id>: approval notices
+Notify = Callable[[str, bytes], Awaitable[None]]  # a plain (core NATS) publish
 
 log = logging.getLogger("dagnats.links")
 
@@ -68,8 +79,10 @@ class RunLinks:
         commands: CommandPublisher,
         workflows: WorkflowSource,
         events: EventFeed | None = None,
+        notify: Notify | None = None,
     ) -> None:
         self.commands = commands
+        self.notify = notify  # approval notices (None: not published)
         self.workflows = workflows
         self.events = events
         self.waiting: dict[str, set[str]] = {}  # event name -> run ids waiting for it
@@ -98,6 +111,10 @@ class RunLinks:
                 await self._send(cancel, f"cancel:{effect.child_run_id}")
             case WatchEvents():
                 await self._watch(effect)
+            case NotifyApproval():
+                await self._notify_approval(effect)
+            case StartContinuation():
+                await self._start_continuation(effect)
             case _:
                 assert_never(effect)
 
@@ -131,6 +148,48 @@ class RunLinks:
             detached=effect.detached,
         )
         await self._send(start, f"start:{child}")
+
+    async def _notify_approval(self, effect: NotifyApproval) -> None:
+        """Publish what the approval asks (never the step's input) on
+        `dagnats.approval.<run>.<step>`; fire and forget (at least once after a restart)."""
+        if self.notify is None:
+            return
+        notice = {
+            "run_id": effect.run_id,
+            "step_id": effect.step_id,
+            "key": effect.key,
+            "question": effect.question,
+            "description": effect.description,
+            "metadata": effect.metadata,
+            "deadline_ms": effect.deadline_ms,
+            "requested_at_ms": effect.at_ms,
+        }
+        subject = f"{APPROVAL_SUBJECT_PREFIX}.{effect.run_id}.{effect.step_id}"
+        await self.notify(subject, msgspec.json.encode(notice))
+
+    async def _start_continuation(self, effect: StartContinuation) -> None:
+        workflow = await self.workflows.get_workflow(effect.workflow) or effect.definition
+        if workflow is None:
+            log.error(
+                "run %s continued as %s of workflow %r, which is not registered; not started",
+                effect.run_id, effect.new_run_id, effect.workflow,
+            )  # fmt: skip
+            return
+        start = StartRun(
+            run_id=effect.new_run_id,
+            at_ms=effect.at_ms,
+            seed=effect.seed,
+            workflow=workflow,
+            input=effect.input,
+            parent_run_id=effect.parent_run_id,
+            parent_step_id=effect.parent_step_id,
+            depth=effect.depth,
+            detached=effect.detached,
+            continued_from=effect.run_id,
+            chain_root=effect.chain_root,
+            chain_index=effect.chain_index,
+        )
+        await self._send(start, f"start:{effect.new_run_id}")
 
     # -- external events -----------------------------------------------------------------
 

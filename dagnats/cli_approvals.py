@@ -1,0 +1,188 @@
+"""`dagnats approval list|show|approve|reject`: human decisions on `approval` steps.
+
+Registered on the `dagnats` app by `register(app)`; each command goes through the Client
+(`pending_approvals`, `get_run`, `approve`, `reject`), so a second decision gets the same
+"already resolved by ... at ..." error as the Python API.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.table import Table
+
+from dagnats.client import Client
+from dagnats.client_approvals import PendingApproval, default_by
+from kernel import approvals
+from kernel.state import ApprovalState
+
+ByOption = Annotated[
+    str, typer.Option("--by", envvar="DAGNATS_APPROVER", help="Who decides (default: OS user).")
+]
+CommentOption = Annotated[str, typer.Option("--comment", help="Why (recorded in history).")]
+DataOption = Annotated[
+    str | None, typer.Option("--data", help="JSON data: an approved step's output.")
+]
+DataFileOption = Annotated[Path | None, typer.Option(help="Read --data from a file.")]
+KeyOption = Annotated[
+    str, typer.Option("--key", help="The approval's key when a step asks several.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--nats-url", envvar="DAGNATS_NATS_URL", help="NATS URL (default: local serve)."),
+]
+
+
+class _Cli:
+    """The helpers of `dagnats.cli`, looked up when a command runs (it imports this module)."""
+
+    def __getattr__(self, name: str) -> Any:
+        from dagnats import cli
+
+        return getattr(cli, name)
+
+
+cli: Any = _Cli()
+
+
+def _when(at_ms: int | None) -> str:
+    if at_ms is None:
+        return "-"
+    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def approval_document(run_id: str, approval: ApprovalState) -> dict[str, Any]:
+    document: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(approval))
+    document["run_id"] = run_id
+    document["status"] = _status(approval)
+    return document
+
+
+def _status(approval: ApprovalState) -> str:
+    if not approval.decision:
+        return "pending"
+    return "approved" if approval.decision == "approve" else "rejected"
+
+
+approval_app = typer.Typer(help="List, show, approve and reject approvals.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `approval` commands to the `dagnats` app (called once from `dagnats/cli.py`)."""
+    app.add_typer(approval_app, name="approval")
+
+
+@approval_app.command("list")
+def approval_list(nats_url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """List approvals waiting for a decision, across unfinished runs, oldest first."""
+    pending: list[PendingApproval] = cli.run_async(
+        cli.with_client(nats_url, lambda client: client.pending_approvals())
+    )
+    if as_json:
+        cli.emit_json([msgspec.to_builtins(p) for p in pending])
+        return
+    if not pending:
+        cli.out.print("no approvals pending")
+        return
+    table = Table("run", "step", "workflow", "question", "requested", "deadline")
+    for p in pending:
+        deadline = f"{_when(p.deadline_ms)} ({p.on_timeout})" if p.deadline_ms else "-"
+        table.add_row(p.run_id, p.key, p.workflow, p.question, _when(p.requested_at_ms), deadline)
+    cli.out.print(table)
+
+
+@approval_app.command("show")
+def approval_show(
+    run_id: str,
+    step_id: str,
+    key: KeyOption = "",
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one approval: what it asks and, once resolved, who decided and when."""
+
+    async def action(client: Client) -> ApprovalState | None:
+        return approvals.find(await client.get_run(run_id), key or step_id)
+
+    approval = cli.run_async(cli.with_client(nats_url, action))
+    if approval is None:
+        raise cli.fail(
+            f"run {run_id!r} has no approval {key or step_id!r}",
+            "list pending approvals with `dagnats approval list`",
+        )
+    if as_json:
+        cli.emit_json(approval_document(run_id, approval))
+        return
+    cli.out.print(f"[bold]{approval.question}[/bold]  ({_status(approval)})")
+    if approval.description:
+        cli.out.print(approval.description)
+    cli.out.print(f"requested {_when(approval.requested_at_ms)}", highlight=False)
+    if approval.deadline_ms is not None:
+        cli.out.print(
+            f"deadline {_when(approval.deadline_ms)}, then {approval.on_timeout}",
+            highlight=False,
+        )
+    if approval.decision:
+        cli.out.print(
+            f"{_status(approval)} by {approval.by} at {_when(approval.resolved_at_ms)}"
+            + (f": {approval.comment}" if approval.comment else ""),
+            highlight=False,
+        )
+
+
+def _decide(
+    decision: str, run_id: str, step_id: str, key: str, by: str, comment: str,
+    data: str | None, data_file: Path | None, nats_url: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    value = cli.load_json_argument(data, data_file, "data")
+    who = by or default_by()
+
+    async def action(client: Client) -> ApprovalState:
+        if decision == "approve":
+            return await client.approve(
+                run_id, step_id, data=value, comment=comment, by=who, key=key
+            )
+        return await client.reject(run_id, step_id, data=value, comment=comment, by=who, key=key)
+
+    approval = cli.run_async(cli.with_client(nats_url, action))
+    if as_json:
+        cli.emit_json(approval_document(run_id, approval))
+    else:
+        cli.out.print(f"{_status(approval)} {run_id} {approval.key} (by {approval.by})")
+
+
+@approval_app.command("approve")
+def approval_approve(
+    run_id: str,
+    step_id: str,
+    comment: CommentOption = "",
+    data: DataOption = None,
+    data_file: DataFileOption = None,
+    by: ByOption = "",
+    key: KeyOption = "",
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Approve: the step completes with --data (null when left out)."""
+    _decide("approve", run_id, step_id, key, by, comment, data, data_file, nats_url, as_json)
+
+
+@approval_app.command("reject")
+def approval_reject(
+    run_id: str,
+    step_id: str,
+    comment: CommentOption = "",
+    data: DataOption = None,
+    data_file: DataFileOption = None,
+    by: ByOption = "",
+    key: KeyOption = "",
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Reject: the step fails for good (the workflow's on_failure and compensation apply)."""
+    _decide("reject", run_id, step_id, key, by, comment, data, data_file, nats_url, as_json)

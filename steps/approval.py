@@ -1,0 +1,109 @@
+"""The `approval` step type: halts for a human decision; no worker.
+
+Config: `question` (required), `description`, `on_timeout` (`approve`, `reject` or `fail`,
+default `fail`). The step's `metadata` travels with the request; its `timeout` is the deadline
+(a durable timer, not an attempt timeout). Nothing of the step's input goes into the notice.
+
+decide: start schedules the attempt (without an attempt deadline) and asks the approval
+(kernel.approvals: `approval.requested`); a `ResolveApproval` (or the deadline) records
+`approval.resolved`: approve completes the step with the decision's `data`; reject fails it
+for good (no retry: the workflow's on_failure and compensation apply); a deadline resolves it
+by `on_timeout` (`fail` fails the step as timed out, no retry).
+evolve / react / resume: the kernel's, for every step type asking approvals (kernel.approvals).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from kernel import approvals, limits, registry
+from kernel.commands import FireTimer
+from kernel.errors import Problem
+from kernel.events import ErrorInfo, StepScheduled
+from kernel.registry import DecideContext
+from kernel.state import ApprovalState
+from kernel.step_api import StepTypeBase
+from kernel.workflow import StepDef
+from steps.config_read import config_document, unknown_fields
+
+CONFIG_FIELDS = ("question", "description", "on_timeout")
+ON_TIMEOUT = ("approve", "reject", "fail")
+
+
+def read_config(step: StepDef, path: str) -> approvals.ApprovalRequest | tuple[Problem, ...]:
+    """The approval asked by the step, or every problem with its config."""
+    document = config_document(step)
+    problems: list[Problem] = []
+    unknown_fields(document, CONFIG_FIELDS, path, problems)
+    question = document.get("question")
+    bound = limits.approval_text_bytes_max
+    if not isinstance(question, str) or not question or len(question.encode()) > bound:
+        rule = f"is required: the question to ask (1..{bound} bytes)"
+        problems.append(Problem(path=f"{path}.config.question", value=repr(question), rule=rule))
+    description = document.get("description", "")
+    if not isinstance(description, str) or len(description.encode()) > bound:
+        rule = f"must be a string of at most {bound} bytes"
+        problems.append(
+            Problem(path=f"{path}.config.description", value=repr(description)[:80], rule=rule)
+        )
+    on_timeout = document.get("on_timeout", "fail")
+    if on_timeout not in ON_TIMEOUT:
+        rule = f"must be one of {', '.join(ON_TIMEOUT)}"
+        problems.append(
+            Problem(path=f"{path}.config.on_timeout", value=repr(on_timeout), rule=rule)
+        )
+    if problems:
+        return tuple(problems)
+    assert isinstance(question, str) and isinstance(description, str)
+    return approvals.ApprovalRequest(
+        question=question,
+        description=description,
+        metadata=step.metadata,
+        timeout_ms=step.timeout_ms,
+        on_timeout=on_timeout,  # type: ignore[arg-type]  # checked against ON_TIMEOUT above
+    )
+
+
+class ApprovalStep(StepTypeBase):
+    """Wait for a human to approve (complete with their data) or reject (fail)."""
+
+    name = "approval"
+    needs_task = False
+
+    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
+        config = read_config(step, path)
+        return config if isinstance(config, tuple) else ()
+
+    # decide
+    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
+        step_def = context.state.step_def(step_id)
+        assert step_def is not None
+        asked = read_config(step_def, step_id)
+        assert isinstance(asked, approvals.ApprovalRequest), "validated at registration"
+        # The step's timeout is the approval's deadline (resolved by on_timeout), not an
+        # attempt deadline: the attempt has none.
+        context.emit(
+            StepScheduled(step_id=step_id, attempt=attempt, input=input, at_ms=context.at_ms)
+        )
+        problem = approvals.request(context, step_id, step_id, asked)
+        if problem is not None:
+            context.fail(step_id, ErrorInfo(message=problem, kind="non_retryable"), retryable=False)
+
+    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
+        approvals.fire(context, step_id, command)
+
+    def approval_resolved(
+        self, context: DecideContext, step_id: str, approval: ApprovalState
+    ) -> None:
+        if approval.timed_out and approval.on_timeout == "fail":
+            message = f"approval {approval.key!r} timed out without a decision (on_timeout: fail)"
+            context.fail(step_id, ErrorInfo(message=message, kind="timeout"), retryable=False)
+        elif approval.decision == "approve":
+            context.complete(step_id, approval.data)
+        else:
+            why = f": {approval.comment}" if approval.comment else ""
+            message = f"approval {approval.key!r} rejected by {approval.by}{why}"
+            context.fail(step_id, ErrorInfo(message=message, kind="non_retryable"), retryable=False)
+
+
+APPROVAL = registry.register(ApprovalStep())

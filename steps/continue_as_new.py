@@ -1,0 +1,84 @@
+"""The `continue_as_new` step type: ends the run and starts a fresh one; no worker.
+
+Config: `workflow` (a registered workflow's name; default: this run's workflow) and
+`input_from` (a step id among `depends_on` whose output is the new run's input; default: the
+step's own resolved input). The run ends as `continued_as_new` (`run.continued_as_new`), the
+step completed with `{"continued_as": <new run id>}`; the new run records `continued_from` and
+the chain's root. A chain longer than `limits.continue_as_new_chain_max` fails the step.
+
+decide: start schedules the attempt and continues the run as new (kernel.continuation).
+evolve / react / resume: the kernel's (kernel.continuation; nothing of the step's own).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from kernel import continuation, limits, registry
+from kernel.errors import Problem
+from kernel.events import ErrorInfo
+from kernel.registry import DecideContext
+from kernel.step_api import StepTypeBase, schedule_attempt
+from kernel.workflow import StepDef
+from steps.config_read import config_document, unknown_fields
+
+CONFIG_FIELDS = ("workflow", "input_from")
+
+
+class ContinueConfig(msgspec.Struct, frozen=True, kw_only=True):
+    workflow: str = ""
+    input_from: str = ""
+
+
+def read_config(step: StepDef, path: str) -> ContinueConfig | tuple[Problem, ...]:
+    """The step's config, or every problem with it."""
+    document = config_document(step)
+    problems: list[Problem] = []
+    unknown_fields(document, CONFIG_FIELDS, path, problems)
+    workflow = document.get("workflow", "")
+    bound = limits.workflow_name_length_max
+    if not isinstance(workflow, str) or len(workflow) > bound:
+        rule = f"must be the name of a registered workflow (1..{bound} characters)"
+        problems.append(Problem(path=f"{path}.config.workflow", value=repr(workflow), rule=rule))
+    input_from = document.get("input_from", "")
+    if not isinstance(input_from, str) or (input_from and input_from not in step.depends_on):
+        known = ", ".join(step.depends_on) or "none"
+        rule = f"must name one of this step's depends_on ({known})"
+        problems.append(
+            Problem(path=f"{path}.config.input_from", value=repr(input_from), rule=rule)
+        )
+    if problems:
+        return tuple(problems)
+    assert isinstance(workflow, str) and isinstance(input_from, str)
+    return ContinueConfig(workflow=workflow, input_from=input_from)
+
+
+class ContinueAsNewStep(StepTypeBase):
+    """End this run and carry on in a fresh run with a step's output as its input."""
+
+    name = "continue_as_new"
+    needs_task = False
+
+    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
+        config = read_config(step, path)
+        return config if isinstance(config, tuple) else ()
+
+    # decide
+    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
+        state = context.state
+        step_def = state.step_def(step_id)
+        assert step_def is not None
+        config = read_config(step_def, step_id)
+        assert isinstance(config, ContinueConfig), "validated at registration"
+        context.emit(schedule_attempt(state, step_id, attempt, input, context.at_ms))
+        carried = input
+        if config.input_from:
+            source = state.step(config.input_from)
+            assert source is not None, "input_from is among depends_on"
+            carried = source.output
+        problem = continuation.continue_as_new(context, step_id, carried, config.workflow)
+        if problem is not None:
+            context.fail(step_id, ErrorInfo(message=problem, kind="non_retryable"), retryable=False)
+
+
+CONTINUE_AS_NEW = registry.register(ContinueAsNewStep())
