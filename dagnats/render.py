@@ -54,11 +54,29 @@ def run_table(state: RunState) -> Table:
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("step", "status", "attempt", "output / error"):
         table.add_column(column)
+    live = _live_details(state)
     for step in state.steps:
-        table.add_row(*step_row(step))
+        row = step_row(step)
+        if step.step_id in live and step.status in ("scheduled", "running", "retry_wait"):
+            row[-1] = live[step.step_id]
+        table.add_row(*row)
     if state.error is not None and state.status != "running":
         table.caption = f"{state.error.kind}: {state.error.message}"
     return table
+
+
+def _live_details(state: RunState) -> dict[str, str]:
+    """What an active agent loop or approval step is doing now, by step id (for live views)."""
+    details: dict[str, str] = {}
+    for agent in state.dynamic.agents:
+        tools = ", ".join(f"{tool.name}:{tool.status}" for tool in agent.tools)
+        usage = f"{agent.tokens_in + agent.tokens_out} tokens, cost {agent.cost:g}"
+        text = f"turn {agent.turn} ({agent.phase}); {agent.tool_calls} tool call(s); {usage}"
+        details[agent.step_id] = text + (f"; tools: {tools}" if tools else "")
+    for approval in state.approvals:
+        if not approval.decision:
+            details[approval.step_id] = f"awaiting approval {approval.key}: {approval.question}"
+    return details
 
 
 def runs_table(states: list[RunState]) -> Table:

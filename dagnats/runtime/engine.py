@@ -350,6 +350,10 @@ class Engine:
                     )
                 case CancelTimer():
                     await self.timers.cancel(effect.run_id, effect.timer_id)
+                case NotifyApproval() if self.links is None:
+                    # A notice is a courtesy (pending approvals are in history and the query
+                    # tables); an engine with no NATS links (the simulator) skips it.
+                    log.debug("run %s: approval notice skipped (no links)", effect.run_id)
                 case (
                     StartChild()
                     | ReportToParent()

@@ -80,4 +80,5 @@ async def word_count(ctx: TaskContext) -> int:
 
 @worker.task("pipeline.publish")
 async def publish(ctx: TaskContext) -> dict[str, Any]:
-    return {"published": ctx.input["write"]["draft"], "words": ctx.input["write"]["words"]}
+    written = ctx.input["plan"]["write"]  # the plan's terminal outputs; "review" holds the approval
+    return {"published": written["draft"], "words": written["words"], "review": ctx.input["review"]}
