@@ -14,7 +14,7 @@ from typing import Literal, assert_never
 
 import msgspec
 
-from kernel import approvals, dynamic, limits, registry
+from kernel import approvals, dag, dynamic, limits, registry
 from kernel.cancel_on import cancel_reason
 from kernel.commands import (
     AnyCommand,
@@ -57,12 +57,9 @@ from kernel.state import (
     ACTIVE_STEP_STATUSES,
     DONE_STEP_STATUSES,
     RunState,
-    StepState,
     is_terminal,
 )
-from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
 
-HandlerRole = tuple[Literal["on_failure", "compensate"], str]
 Decided = tuple[AnyEvent, ...] | Rejection
 
 
@@ -134,7 +131,7 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     if isinstance(command, StartRun):
         return _start_run(state, command)
     if state.status == "new":
-        return Rejection(run_id=command.run_id, code="unknown_run", message=_no_run(command))
+        return Rejection(run_id=command.run_id, code="unknown_run", message=dag.no_run(command))
     assert command.run_id == state.run_id, f"command for {command.run_id!r} on {state.run_id!r}"
     if is_terminal(state):
         if isinstance(command, CancelRun) and state.cancel_reason is None:
@@ -187,7 +184,7 @@ def _record_child(builder: _Builder, command: RecordChild) -> Rejection | None:
     """A child run reports to the step that started it (stale reports decide to nothing)."""
     step = builder.state.step(command.step_id)
     if step is None:
-        return _unknown_step(builder.state, command.step_id)
+        return dag.unknown_step(builder.state, command.step_id)
     step_def = builder.state.step_def(command.step_id)
     assert step_def is not None
     if step.status in ("scheduled", "running"):
@@ -210,10 +207,6 @@ def _deliver_event(builder: _Builder, command: DeliverEvent) -> None:
         assert step is not None
         if step.status in ("scheduled", "running"):
             registry.get(step_def.type).external_event(builder, step_def.id, command)
-
-
-def _no_run(command: AnyCommand) -> str:
-    return f"run {command.run_id!r} does not exist (no run.started in its history)"
 
 
 def _start_run(state: RunState, command: StartRun) -> Decided:
@@ -248,25 +241,11 @@ def _start_run(state: RunState, command: StartRun) -> Decided:
     return tuple(builder.events)
 
 
-def _unknown_step(state: RunState, step_id: str) -> Rejection:
-    known = ", ".join(state.step_ids[:20])
-    message = f"run {state.run_id!r} has no step {step_id!r} (known: {known})"
-    return Rejection(run_id=state.run_id, code="unknown_step", message=message)
-
-
-def _current_attempt(state: RunState, step_id: str, attempt: int) -> StepState | None:
-    """The step when `attempt` is its live attempt (scheduled or running), else None."""
-    step = state.step(step_id)
-    if step is None or step.attempt != attempt:
-        return None
-    return step if step.status in ("scheduled", "running") else None
-
-
 def _task_started(builder: _Builder, command: TaskStarted) -> Rejection | None:
     state = builder.state
     step = state.step(command.step_id)
     if step is None:
-        return _unknown_step(state, command.step_id)
+        return dag.unknown_step(state, command.step_id)
     if step.status == "scheduled" and step.attempt == command.attempt:
         builder.emit(
             StepStarted(
@@ -282,8 +261,8 @@ def _task_started(builder: _Builder, command: TaskStarted) -> Rejection | None:
 def _complete_task(builder: _Builder, command: CompleteTask) -> Rejection | None:
     state = builder.state
     if state.step(command.step_id) is None:
-        return _unknown_step(state, command.step_id)
-    if _current_attempt(state, command.step_id, command.attempt) is None:
+        return dag.unknown_step(state, command.step_id)
+    if dag.current_attempt(state, command.step_id, command.attempt) is None:
         return None  # stale attempt or a second completion
     _record_start(builder, command)
     step_def = state.step_def(command.step_id)
@@ -295,8 +274,8 @@ def _complete_task(builder: _Builder, command: CompleteTask) -> Rejection | None
 def _fail_task(builder: _Builder, command: FailTask) -> Rejection | None:
     state = builder.state
     if state.step(command.step_id) is None:
-        return _unknown_step(state, command.step_id)
-    if _current_attempt(state, command.step_id, command.attempt) is None:
+        return dag.unknown_step(state, command.step_id)
+    if dag.current_attempt(state, command.step_id, command.attempt) is None:
         return None
     record = dynamic.parent_record(state, command.step_id)
     if record is not None and record.attempt == command.attempt:
@@ -304,7 +283,7 @@ def _fail_task(builder: _Builder, command: FailTask) -> Rejection | None:
     _record_start(builder, command)
     kind: ErrorKind = command.kind
     error = ErrorInfo(
-        message=_truncate(command.error), kind=kind, traceback=_truncate(command.traceback)
+        message=dag.truncate(command.error), kind=kind, traceback=dag.truncate(command.traceback)
     )
     retryable = command.kind in ("error", "heartbeat_timeout")
     _attempt_failed(
@@ -334,18 +313,6 @@ def _record_start(builder: _Builder, command: CompleteTask | FailTask) -> None:
         )
 
 
-def _truncate(text: str) -> str:
-    """`text` cut to limits.error_message_bytes_max bytes (an ellipsis included)."""
-    data = text.encode()
-    if len(data) <= limits.error_message_bytes_max:
-        return text
-    ellipsis = "…"
-    room = limits.error_message_bytes_max - len(ellipsis.encode())
-    result = data[:room].decode(errors="ignore") + ellipsis
-    assert len(result.encode()) <= limits.error_message_bytes_max
-    return result
-
-
 def _fire_timer(builder: _Builder, command: FireTimer) -> None:
     state = builder.state
     if command.kind == "run_timeout":
@@ -366,13 +333,13 @@ def _fire_timer(builder: _Builder, command: FireTimer) -> None:
             registry.get(step_def.type).start(builder, command.step_id, step.input, command.attempt)
         return
     if command.kind == "step":
-        if _current_attempt(state, command.step_id, command.attempt) is not None:
+        if dag.current_attempt(state, command.step_id, command.attempt) is not None:
             step_def = state.step_def(command.step_id)
             assert step_def is not None
             registry.get(step_def.type).fire(builder, command.step_id, command)
         return
     assert command.kind == "step_timeout", command.kind
-    live = _current_attempt(state, command.step_id, command.attempt)
+    live = dag.current_attempt(state, command.step_id, command.attempt)
     if live is not None and live.deadline_ms is not None:  # a planner's plan has no deadline
         _attempt_failed(
             builder,
@@ -388,7 +355,7 @@ def _fire_timer(builder: _Builder, command: FireTimer) -> None:
 def _send_signal(builder: _Builder, command: SendSignal) -> Rejection | None:
     """Record the signal in order, then offer it to the active steps (one may consume it)."""
     state = builder.state
-    problem = _signal_problem(state, command)
+    problem = dag.signal_problem(state, command)
     if problem is not None:
         return Rejection(run_id=state.run_id, code="invalid", message=problem)
     builder.emit(SignalReceived(name=command.name, payload=command.payload, at_ms=command.at_ms))
@@ -403,34 +370,14 @@ def _send_signal(builder: _Builder, command: SendSignal) -> Rejection | None:
     return None
 
 
-def _signal_problem(state: RunState, command: SendSignal) -> str | None:
-    if not command.name or len(command.name) > limits.signal_name_length_max:
-        return f"signal name {command.name!r} must be 1..{limits.signal_name_length_max} characters"
-    if len(command.payload) > limits.signal_bytes_max:
-        size = len(command.payload)
-        return f"signal payload is {size} bytes; the limit is {limits.signal_bytes_max} bytes"
-    if len(state.signals) >= limits.signals_per_run_max:
-        return (
-            f"run {state.run_id!r} already holds {limits.signals_per_run_max} signals (the limit)"
-        )
-    return None
-
-
 def _cancel_run(builder: _Builder, command: CancelRun) -> None:
     if builder.state.cancel_reason is not None:
         return  # already requested
-    builder.emit(RunCancelRequested(reason=_truncate(command.reason), at_ms=command.at_ms))
+    builder.emit(RunCancelRequested(reason=dag.truncate(command.reason), at_ms=command.at_ms))
     if builder.state.status == "running":
-        message = _truncate(f"cancelled: {command.reason}" if command.reason else "cancelled")
+        message = dag.truncate(f"cancelled: {command.reason}" if command.reason else "cancelled")
         error = ErrorInfo(message=message, kind="cancelled")
         _fail_run(builder, error, failed_step_id="", at_ms=command.at_ms, outcome="cancelled")
-
-
-def _retry_policy(state: RunState, step_def: StepDef) -> RetryPolicy:
-    if step_def.retry is not None:
-        return step_def.retry
-    assert state.workflow is not None
-    return state.workflow.default_retry or NO_RETRY
 
 
 def _attempt_failed(
@@ -448,7 +395,7 @@ def _attempt_failed(
     step = state.step(step_id)
     step_def = state.step_def(step_id)
     assert step is not None and step_def is not None
-    policy = _retry_policy(state, step_def)
+    policy = dag.retry_policy(state, step_def)
     may_continue = _may_run(state, step_id)
     will_retry = retryable and may_continue and step.attempt < policy.max_attempts
     attempt = step.attempt
@@ -483,7 +430,7 @@ def _attempt_failed(
 def _may_run(state: RunState, step_id: str) -> bool:
     """Whether a step may start another attempt: body steps and on_failure handlers while the
     run is running, compensation handlers while it compensates."""
-    role = _handler_role(state, step_id)
+    role = dag.handler_role(state, step_id)
     if role is not None and role[0] == "compensate":
         return state.status == "compensating"
     return state.status == "running"
@@ -491,13 +438,13 @@ def _may_run(state: RunState, step_id: str) -> bool:
 
 def _failed_for_good(builder: _Builder, step_id: str, error: ErrorInfo, at_ms: int) -> None:
     state = builder.state
-    role = _handler_role(state, step_id)
+    role = dag.handler_role(state, step_id)
     if role is not None and not _may_run(state, step_id):
         return  # a handler failing after its run moved on (e.g. started compensating)
     if role is not None:
         kind, owner = role
         message = f"{kind} handler {step_id!r} of step {owner!r} failed: {error.message}"
-        handler_error = ErrorInfo(message=_truncate(message), kind="handler_failed")
+        handler_error = ErrorInfo(message=dag.truncate(message), kind="handler_failed")
         if kind == "on_failure":
             if not dynamic.child_failed(builder, owner, handler_error):
                 _fail_run(builder, handler_error, failed_step_id=owner, at_ms=at_ms)
@@ -527,7 +474,7 @@ def _failed_for_good(builder: _Builder, step_id: str, error: ErrorInfo, at_ms: i
 
 def _after_completed(builder: _Builder, step_id: str, at_ms: int) -> None:
     state = builder.state
-    role = _handler_role(state, step_id)
+    role = dag.handler_role(state, step_id)
     if role is None:
         return
     kind, owner = role
@@ -546,16 +493,6 @@ def _after_completed(builder: _Builder, step_id: str, at_ms: int) -> None:
         _continue_compensation(builder, at_ms)
 
 
-def _compensable(state: RunState) -> tuple[str, ...]:
-    """Completed, not yet compensated steps that have a compensate handler, latest first."""
-    candidates = [
-        (step.completion_index, step.step_id)
-        for step, step_def in zip(state.steps, state.step_defs, strict=True)
-        if step.status == "completed" and not step.compensated and step_def.compensate
-    ]
-    return tuple(step_id for _, step_id in sorted(candidates, reverse=True))
-
-
 def _fail_run(
     builder: _Builder,
     error: ErrorInfo,
@@ -565,7 +502,7 @@ def _fail_run(
     outcome: Literal["failed", "cancelled"] = "failed",
 ) -> None:
     assert builder.state.status == "running", builder.state.status
-    pending = _compensable(builder.state)
+    pending = dag.compensable(builder.state)
     if pending:
         builder.emit(
             CompensationStarted(
@@ -586,7 +523,7 @@ def _fail_run(
 def _continue_compensation(builder: _Builder, at_ms: int) -> None:
     state = builder.state
     assert state.status == "compensating", state.status
-    pending = _compensable(state)
+    pending = dag.compensable(state)
     if not pending:
         if state.compensation_outcome == "cancelled":
             builder.emit(RunCancelled(reason=state.cancel_reason or "", at_ms=at_ms))
@@ -602,26 +539,6 @@ def _continue_compensation(builder: _Builder, at_ms: int) -> None:
     if handler.status == "pending":
         handler_input = compose_object((("step_id", encode(step.step_id)), ("output", step.output)))
         _start_step(builder, step_def.compensate, handler_input, at_ms)
-
-
-def _handler_role(state: RunState, step_id: str) -> HandlerRole | None:
-    """Whether `step_id` is some step's on_failure or compensate handler, and whose."""
-    for step_def in state.step_defs:
-        if step_def.on_failure == step_id:
-            return ("on_failure", step_def.id)
-        if step_def.compensate == step_id:
-            return ("compensate", step_def.id)
-    return None
-
-
-def _handler_ids(state: RunState) -> frozenset[str]:
-    ids: set[str] = set()
-    for step_def in state.step_defs:
-        if step_def.on_failure:
-            ids.add(step_def.on_failure)
-        if step_def.compensate:
-            ids.add(step_def.compensate)
-    return frozenset(ids)
 
 
 def _start_step(builder: _Builder, step_id: str, input: msgspec.Raw, at_ms: int) -> None:
@@ -651,10 +568,10 @@ def _advance(builder: _Builder, at_ms: int) -> None:
     state = builder.state
     if state.status != "running":
         return
-    handlers = _handler_ids(state)
+    handlers = dag.handler_ids(state)
     body = [s for s in state.steps if s.step_id not in handlers]
     if all(dynamic.finished(step) for step in body):
-        output = _run_output(state, handlers)
+        output = dag.run_output(state, handlers)
         if len(output) > limits.payload_bytes_max:
             message = (
                 f"the run output (the terminal steps' outputs) is {len(output)} bytes; "
@@ -672,7 +589,7 @@ def _advance_once(builder: _Builder, at_ms: int) -> bool:
     if state.status != "running":
         return progressed
     assert state.workflow is not None
-    handlers = _handler_ids(state)
+    handlers = dag.handler_ids(state)
     by_id = dict(zip(state.step_ids, state.steps, strict=True))
     limit = state.workflow.max_concurrent_steps
     active = sum(1 for step in state.steps if step.status in ACTIVE_STEP_STATUSES)
@@ -692,35 +609,9 @@ def _advance_once(builder: _Builder, at_ms: int) -> bool:
             continue
         if limit is not None and active >= limit:
             continue
-        _start_step(builder, step_def.id, _resolve_input(state, step_def, by_id), at_ms)
+        _start_step(builder, step_def.id, dag.resolve_input(state, step_def, by_id), at_ms)
         active += 1
         progressed = True
         if builder.state.status != "running":
             break
     return progressed
-
-
-def _resolve_input(state: RunState, step_def: StepDef, by_id: dict[str, StepState]) -> msgspec.Raw:
-    """Root: the run input; one dependency: its output; several: an object keyed by step id."""
-    deps = step_def.depends_on
-    if not deps:
-        parent_input = dynamic.root_input(state, step_def)
-        return state.input if parent_input is None else parent_input
-    if len(deps) == 1:
-        return by_id[deps[0]].output
-    return compose_object((dep, by_id[dep].output) for dep in deps)
-
-
-def _run_output(state: RunState, handlers: frozenset[str]) -> msgspec.Raw:
-    """Outputs of the terminal steps (no dependents): one as is, several keyed by step id."""
-    depended_on = {dep for step_def in state.step_defs for dep in step_def.depends_on}
-    terminal = [
-        step
-        for step in state.steps
-        if step.step_id not in depended_on
-        and step.step_id not in handlers
-        and not dynamic.is_dynamic(step.step_id)
-    ]
-    if len(terminal) == 1:
-        return terminal[0].output
-    return compose_object((step.step_id, step.output) for step in terminal)

@@ -12,37 +12,20 @@ from kernel import approvals, children, continuation, registry
 from kernel.cancel_on import watch as watch_cancel_on
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer
 from kernel.events import (
-    AgentLimitReached,
-    AgentToolCompleted,
-    AgentToolFailed,
-    AgentToolScheduled,
-    AgentTurnCompleted,
-    AgentTurnFailed,
-    AgentTurnScheduled,
     AnyEvent,
     ApprovalRequested,
     ApprovalResolved,
-    ChildCompleted,
-    ChildFailed,
-    ChildStarted,
     CompensationStarted,
-    EventReceived,
-    MapExpanded,
-    MapItemCompleted,
-    MapItemFailed,
-    MapItemScheduled,
-    PlannerMaterialized,
-    PlannerRejected,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
     RunContinuedAsNew,
     RunFailed,
     RunStarted,
-    SignalConsumed,
     SignalReceived,
     StepCompensated,
     StepCompleted,
+    StepEvent,
     StepFailed,
     StepRecovered,
     StepRetryScheduled,
@@ -50,8 +33,6 @@ from kernel.events import (
     StepSkipped,
     StepStarted,
     StepTimedOut,
-    TimerFired,
-    TimerStarted,
 )
 from kernel.state import RunState, StepState, is_terminal
 from kernel.step_api import (
@@ -90,10 +71,6 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
                 + children.report_ended(state)
                 + _live_steps_react(state, event)
             )
-        case TimerStarted() | TimerFired() | SignalConsumed():
-            step_def = state.step_def(event.step_id)
-            assert step_def is not None
-            return registry.get(step_def.type).react(state, event)
         case StepTimedOut():
             step_def = state.step_def(event.step_id)
             assert step_def is not None
@@ -108,28 +85,6 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             | RunCancelRequested()
         ):
             return ()
-        case ChildStarted() | ChildCompleted() | ChildFailed() | EventReceived():
-            step_def = state.step_def(event.step_id)
-            assert step_def is not None
-            return registry.get(step_def.type).react(state, event)
-        case (
-            PlannerMaterialized()
-            | PlannerRejected()
-            | MapExpanded()
-            | MapItemScheduled()
-            | MapItemCompleted()
-            | MapItemFailed()
-            | AgentLimitReached()
-            | AgentToolCompleted()
-            | AgentToolFailed()
-            | AgentToolScheduled()
-            | AgentTurnCompleted()
-            | AgentTurnFailed()
-            | AgentTurnScheduled()
-        ):
-            step_def = state.step_def(event.step_id)
-            assert step_def is not None, f"no step {event.step_id!r}"
-            return registry.get(step_def.type).react(state, event)
         case ApprovalRequested() | ApprovalResolved():
             return approvals.react(state, event)
         case RunContinuedAsNew():
@@ -139,6 +94,10 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
                 + _live_steps_react(state, event)
                 + continuation.react(state, event)
             )
+        case StepEvent():  # every other event a step type owns: its module reacts
+            step_def = state.step_def(event.step_id)
+            assert step_def is not None, f"no step {event.step_id!r}"
+            return registry.get(step_def.type).react(state, event)
         case _:
             assert_never(event)
 

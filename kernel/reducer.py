@@ -15,38 +15,21 @@ import msgspec
 
 from kernel import approvals, continuation, registry
 from kernel.events import (
-    AgentLimitReached,
-    AgentToolCompleted,
-    AgentToolFailed,
-    AgentToolScheduled,
-    AgentTurnCompleted,
-    AgentTurnFailed,
-    AgentTurnScheduled,
     AnyEvent,
     ApprovalRequested,
     ApprovalResolved,
-    ChildCompleted,
-    ChildFailed,
-    ChildStarted,
     CompensationStarted,
     ErrorInfo,
-    EventReceived,
-    MapExpanded,
-    MapItemCompleted,
-    MapItemFailed,
-    MapItemScheduled,
-    PlannerMaterialized,
-    PlannerRejected,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
     RunContinuedAsNew,
     RunFailed,
     RunStarted,
-    SignalConsumed,
     SignalReceived,
     StepCompensated,
     StepCompleted,
+    StepEvent,
     StepFailed,
     StepRecovered,
     StepRetryScheduled,
@@ -54,8 +37,6 @@ from kernel.events import (
     StepSkipped,
     StepStarted,
     StepTimedOut,
-    TimerFired,
-    TimerStarted,
 )
 from kernel.state import INITIAL_STATE, ReceivedSignal, RunState, StepState, is_terminal
 
@@ -141,36 +122,14 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
         case SignalReceived():
             signal = ReceivedSignal(name=event.name, payload=event.payload, at_ms=event.at_ms)
             return replace(counted, signals=(*counted.signals, signal))
-        case TimerStarted() | TimerFired() | SignalConsumed():
-            step_def = counted.step_def(event.step_id)
-            assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
-            return registry.get(step_def.type).evolve(counted, event)
-        case ChildStarted() | ChildCompleted() | ChildFailed() | EventReceived():
-            step_def = counted.step_def(event.step_id)
-            assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
-            return registry.get(step_def.type).evolve(counted, event)
-        case (
-            PlannerMaterialized()
-            | PlannerRejected()
-            | MapExpanded()
-            | MapItemScheduled()
-            | MapItemCompleted()
-            | MapItemFailed()
-            | AgentLimitReached()
-            | AgentToolCompleted()
-            | AgentToolFailed()
-            | AgentToolScheduled()
-            | AgentTurnCompleted()
-            | AgentTurnFailed()
-            | AgentTurnScheduled()
-        ):
-            step_def = counted.step_def(event.step_id)
-            assert step_def is not None, f"no step {event.step_id!r}"
-            return registry.get(step_def.type).evolve(counted, event)
         case ApprovalRequested() | ApprovalResolved():
             return approvals.evolve(counted, event)
         case RunContinuedAsNew():
             return continuation.evolve(counted, event)
+        case StepEvent():  # every other event a step type owns: its module evolves it
+            step_def = counted.step_def(event.step_id)
+            assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
+            return registry.get(step_def.type).evolve(counted, event)
         case _:
             assert_never(event)
 

@@ -1,0 +1,126 @@
+"""Pure queries over a run's state and DAG that `decide` builds on.
+
+Readiness inputs (a step's resolved input, the run's output), handler roles (on_failure and
+compensate steps), attempts that are live, and the shaping of texts and refusals. No events
+are decided here; `kernel/decide.py` does that.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from kernel import dynamic, limits
+from kernel.commands import AnyCommand, Rejection, SendSignal
+from kernel.payloads import compose_object
+from kernel.state import RunState, StepState
+from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
+
+HandlerRole = tuple[Literal["on_failure", "compensate"], str]
+
+
+def no_run(command: AnyCommand) -> str:
+    return f"run {command.run_id!r} does not exist (no run.started in its history)"
+
+
+def unknown_step(state: RunState, step_id: str) -> Rejection:
+    known = ", ".join(state.step_ids[:20])
+    message = f"run {state.run_id!r} has no step {step_id!r} (known: {known})"
+    return Rejection(run_id=state.run_id, code="unknown_step", message=message)
+
+
+def current_attempt(state: RunState, step_id: str, attempt: int) -> StepState | None:
+    """The step when `attempt` is its live attempt (scheduled or running), else None."""
+    step = state.step(step_id)
+    if step is None or step.attempt != attempt:
+        return None
+    return step if step.status in ("scheduled", "running") else None
+
+
+def truncate(text: str) -> str:
+    """`text` cut to limits.error_message_bytes_max bytes (an ellipsis included)."""
+    data = text.encode()
+    if len(data) <= limits.error_message_bytes_max:
+        return text
+    ellipsis = "…"
+    room = limits.error_message_bytes_max - len(ellipsis.encode())
+    result = data[:room].decode(errors="ignore") + ellipsis
+    assert len(result.encode()) <= limits.error_message_bytes_max
+    return result
+
+
+def signal_problem(state: RunState, command: SendSignal) -> str | None:
+    if not command.name or len(command.name) > limits.signal_name_length_max:
+        return f"signal name {command.name!r} must be 1..{limits.signal_name_length_max} characters"
+    if len(command.payload) > limits.signal_bytes_max:
+        size = len(command.payload)
+        return f"signal payload is {size} bytes; the limit is {limits.signal_bytes_max} bytes"
+    if len(state.signals) >= limits.signals_per_run_max:
+        return (
+            f"run {state.run_id!r} already holds {limits.signals_per_run_max} signals (the limit)"
+        )
+    return None
+
+
+def retry_policy(state: RunState, step_def: StepDef) -> RetryPolicy:
+    if step_def.retry is not None:
+        return step_def.retry
+    assert state.workflow is not None
+    return state.workflow.default_retry or NO_RETRY
+
+
+def handler_role(state: RunState, step_id: str) -> HandlerRole | None:
+    """Whether `step_id` is some step's on_failure or compensate handler, and whose."""
+    for step_def in state.step_defs:
+        if step_def.on_failure == step_id:
+            return ("on_failure", step_def.id)
+        if step_def.compensate == step_id:
+            return ("compensate", step_def.id)
+    return None
+
+
+def handler_ids(state: RunState) -> frozenset[str]:
+    ids: set[str] = set()
+    for step_def in state.step_defs:
+        if step_def.on_failure:
+            ids.add(step_def.on_failure)
+        if step_def.compensate:
+            ids.add(step_def.compensate)
+    return frozenset(ids)
+
+
+def compensable(state: RunState) -> tuple[str, ...]:
+    """Completed, not yet compensated steps that have a compensate handler, latest first."""
+    candidates = [
+        (step.completion_index, step.step_id)
+        for step, step_def in zip(state.steps, state.step_defs, strict=True)
+        if step.status == "completed" and not step.compensated and step_def.compensate
+    ]
+    return tuple(step_id for _, step_id in sorted(candidates, reverse=True))
+
+
+def resolve_input(state: RunState, step_def: StepDef, by_id: dict[str, StepState]) -> msgspec.Raw:
+    """Root: the run input; one dependency: its output; several: an object keyed by step id."""
+    deps = step_def.depends_on
+    if not deps:
+        parent_input = dynamic.root_input(state, step_def)
+        return state.input if parent_input is None else parent_input
+    if len(deps) == 1:
+        return by_id[deps[0]].output
+    return compose_object((dep, by_id[dep].output) for dep in deps)
+
+
+def run_output(state: RunState, handlers: frozenset[str]) -> msgspec.Raw:
+    """Outputs of the terminal steps (no dependents): one as is, several keyed by step id."""
+    depended_on = {dep for step_def in state.step_defs for dep in step_def.depends_on}
+    terminal = [
+        step
+        for step in state.steps
+        if step.step_id not in depended_on
+        and step.step_id not in handlers
+        and not dynamic.is_dynamic(step.step_id)
+    ]
+    if len(terminal) == 1:
+        return terminal[0].output
+    return compose_object((step.step_id, step.output) for step in terminal)
