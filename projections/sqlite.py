@@ -7,9 +7,9 @@ transaction), so a `runs` or `steps` row is by construction a function of the fo
 to check the rows. `events` holds one row per event with its JSON body.
 
 `approvals` holds one row per approval a run asked (`approval_rows`, from the run's state).
-`agent_turns` and `tool_calls` are created (with their indexes) but stay empty until that step
-type exists; their mapping point is `agent_rows` (from one event). This module may import only
-`kernel`, the standard library, msgspec and sqlite-utils.
+`agent_turns` (one row per completed turn, with its usage) and `tool_calls` (one row per tool
+call, scheduled then completed or failed) come from agent loop events (`agent_rows`).
+This module may import only `kernel`, the standard library, msgspec and sqlite-utils.
 """
 
 from __future__ import annotations
@@ -20,13 +20,19 @@ import msgspec
 from sqlite_utils import Database
 
 from kernel import codec
-from kernel.events import AnyEvent, RunStarted
+from kernel.events import (
+    AgentToolCompleted,
+    AgentToolScheduled,
+    AgentTurnCompleted,
+    AnyEvent,
+    RunStarted,
+)
 from kernel.reducer import evolve
 from kernel.state import DONE_STEP_STATUSES, INITIAL_STATE, RunState
 from projections.base import Position, SqliteProjectionBase, tag_of
 
 NAME: Final = "dagnats"
-VERSION: Final = 1
+VERSION: Final = 2  # 2: agent_turns and tool_calls are filled
 STATES_TABLE: Final = "_run_states"
 error_message_chars_max: Final = 1_000  # error text kept in a row (the event keeps it whole)
 
@@ -167,9 +173,44 @@ def approval_rows(state: RunState, last_seq: int) -> list[Row]:
     ]
 
 
+TURN_UPSERT: Final = (
+    "INSERT OR REPLACE INTO agent_turns (run_id, step_id, turn, at_ms, model, input_tokens, "
+    "output_tokens, cost_usd, tool_calls, duration_ms, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+CALL_UPSERT: Final = (
+    "INSERT INTO tool_calls (run_id, step_id, call_id, turn, tool, status, scheduled_at_ms, "
+    "completed_at_ms, error, seq) VALUES (?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (run_id, step_id, call_id) DO UPDATE SET status = excluded.status, "
+    "tool = CASE WHEN excluded.tool = '' THEN tool_calls.tool ELSE excluded.tool END, "
+    "scheduled_at_ms = COALESCE(excluded.scheduled_at_ms, tool_calls.scheduled_at_ms), "
+    "completed_at_ms = excluded.completed_at_ms, error = excluded.error, seq = excluded.seq"
+)
+
+
 def agent_rows(event: AnyEvent, at: Position) -> tuple[list[Row], list[Row]]:
-    """Mapping point: (`agent_turns` rows, `tool_calls` rows) of one event (none until the
-    agent_loop step type exists)."""
+    """(`agent_turns` rows, `tool_calls` rows) of one event: a completed turn with its usage;
+    a tool call when scheduled and when its result is in (`turn<n>-tool<i>` keys a call)."""
+    match event:
+        case AgentTurnCompleted():
+            turn: Row = (
+                at.run_id, event.step_id, event.turn, event.at_ms, None, event.tokens_in,
+                event.tokens_out, event.cost, len(event.tool_calls), None, at.seq,
+            )  # fmt: skip
+            return [turn], []
+        case AgentToolScheduled():
+            call: Row = (
+                at.run_id, event.step_id, f"turn{event.turn}-tool{event.index}", event.turn,
+                event.name, "scheduled", event.at_ms, None, None, at.seq,
+            )  # fmt: skip
+            return [], [call]
+        case AgentToolCompleted():
+            status = "completed" if event.ok else "failed"
+            error = event.error.message if event.error is not None else None
+            call = (
+                at.run_id, event.step_id, f"turn{event.turn}-tool{event.index}", event.turn,
+                "", status, None, event.at_ms, error, at.seq,
+            )  # fmt: skip
+            return [], [call]
     return [], []
 
 
@@ -282,6 +323,8 @@ class QueryTables(SqliteProjectionBase):
         connection.executemany(STEP_UPSERT, steps)
         connection.executemany(STATE_UPSERT, states)
         connection.executemany(APPROVAL_UPSERT, approvals)
+        connection.executemany(TURN_UPSERT, self._turns)
+        connection.executemany(CALL_UPSERT, self._calls)
         self.discard()
 
     def discard(self) -> None:

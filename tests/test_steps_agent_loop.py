@@ -531,3 +531,38 @@ def test_an_approval_tool_waits_for_a_human_and_a_rejection_is_a_result_the_agen
         "error": {"message": "tool call 'call0' was rejected by ana: no", "kind": "non_retryable"},
     }
     given(*items, resolve("approve")).when(resolve("reject")).then_rejected("already_resolved")
+
+
+def test_the_query_tables_hold_each_turn_with_its_usage_and_each_tool_call() -> None:
+    from sqlite_utils import Database
+
+    from kernel import codec
+    from projections.base import SqliteRunner
+    from projections.sqlite import QueryTables
+
+    history = given(
+        start(agent(), {"goal": "x"}),
+        complete("a.turn1", go_on({"n": 1}, ("search", {"q": "a"}), ("nope", 1), usage=10)),
+        complete("a.turn1-tool0", {"hits": 3}),
+        complete("a.turn2", done("the end")),
+    ).history
+    messages = [
+        (seq, "r1", codec.encode_decision(command, events))
+        for seq, (command, events) in enumerate(
+            ((c, e) for c, e in history if c is not None and e), start=1
+        )
+    ]
+    db = Database(memory=True)
+    SqliteRunner(db, QueryTables()).apply_all(messages)
+    turns = db.execute(
+        "SELECT turn, input_tokens, output_tokens, cost_usd, tool_calls FROM agent_turns "
+        "ORDER BY turn"
+    ).fetchall()
+    assert turns == [(1, 10, 10, 0.0, 2), (2, 1, 2, 0.5, 0)]
+    calls = db.execute(
+        "SELECT call_id, turn, tool, status, error IS NOT NULL FROM tool_calls ORDER BY call_id"
+    ).fetchall()
+    assert calls == [
+        ("turn1-tool0", 1, "search", "completed", 0),
+        ("turn1-tool1", 1, "", "failed", 1),
+    ]
