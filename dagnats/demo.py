@@ -8,7 +8,6 @@ once and is retried); prints the history; shuts everything down; exits 0 when th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from rich.console import Console
 
 from dagnats import render
 from dagnats.client import Client
-from dagnats.serve import Server
+from dagnats.serve import local_stack
 from kernel.events import Decision
 from kernel.state import RunState
 
@@ -32,27 +31,9 @@ async def run_demo(console: Console) -> RunState:
     from examples.order.worker import worker
 
     with tempfile.TemporaryDirectory(prefix="dagnats-demo-") as data_dir:
-        server = Server(Path(data_dir))
-        info = await server.start()
-        console.print(f"embedded NATS at {info.nats_url} (data in {info.data_dir})")
-        stop = asyncio.Event()
-        engine_task = asyncio.create_task(server.run(stop))
-        worker_client = await Client.connect(info.nats_url)
-        connection = worker_client.connection
-        worker_task = asyncio.create_task(
-            worker.serve(connection.tasks, connection.commands, connection.commands, stop)
-        )
-        client = await Client.connect(info.nats_url)
-        try:
+        async with local_stack(Path(data_dir), worker) as (info, client):
+            console.print(f"embedded NATS at {info.nats_url} (data in {info.data_dir})")
             return await _run_example(client, console)
-        finally:
-            stop.set()
-            for task in (worker_task, engine_task):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(task, timeout=10)
-            await client.close()
-            await worker_client.close()
-            await server.stop()
 
 
 async def _run_example(client: Client, console: Console) -> RunState:

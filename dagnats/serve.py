@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -23,9 +24,14 @@ from dagnats.runtime.engine import Engine
 from dagnats.runtime.links import KvWorkflows, RunLinks
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.server import EmbeddedNats, NatsServerError
+from dagnats.worker import Worker
+
+if TYPE_CHECKING:
+    from dagnats.client import Client
 
 log = logging.getLogger("dagnats.serve")
 child_poll_interval_s = 0.5
+local_stop_timeout_s = 10.0  # a local stack's engine and worker stop (drain) within this
 
 
 class ServeInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,3 +175,31 @@ def install_stop_signals(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, handler, sig.name)
+
+
+@contextlib.asynccontextmanager
+async def local_stack(data_dir: Path, worker: Worker) -> AsyncIterator[tuple[ServeInfo, Client]]:
+    """An embedded server, the engine and `worker` in this process, and a client to them,
+    all stopped (the worker drained) on exit. For the demo, examples and tests."""
+    from dagnats.client import Client
+
+    server = Server(data_dir)
+    info = await server.start()
+    stop = asyncio.Event()
+    engine_task = asyncio.create_task(server.run(stop))
+    worker_client = await Client.connect(info.nats_url)
+    connection = worker_client.connection
+    worker_task = asyncio.create_task(
+        worker.serve(connection.tasks, connection.commands, connection.commands, stop)
+    )
+    client = await Client.connect(info.nats_url)
+    try:
+        yield info, client
+    finally:
+        stop.set()
+        for task in (worker_task, engine_task):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=local_stop_timeout_s)
+        await client.close()
+        await worker_client.close()
+        await server.stop()

@@ -105,6 +105,15 @@ def step_timeout_timer(state: RunState, step_id: str) -> ArmTimer | None:
     )
 
 
+def set_wake(state: RunState, step_id: str, wake_at_ms: int | None) -> RunState:
+    """Evolve part of a step type's own timer: arm (`wake_at_ms`) or clear (None) it."""
+    index = state.index_of(step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
+    step = msgspec.structs.replace(state.steps[index], wake_at_ms=wake_at_ms)
+    steps = (*state.steps[:index], step, *state.steps[index + 1 :])
+    return msgspec.structs.replace(state, steps=steps)
+
+
 def step_timer(state: RunState, step_id: str) -> ArmTimer | None:
     """The step type's own timer for the current attempt, if one is armed (`wake_at_ms`)."""
     step = state.step(step_id)

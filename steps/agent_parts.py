@@ -31,6 +31,7 @@ from kernel.step_api import arm_timer, retry_timer_id, step_timeout_timer_id
 from kernel.workflow import NO_RETRY, RetryPolicy
 from steps.agent_config import AgentConfig, read_config
 from steps.agent_envelope import turn_envelope
+from steps.config_read import validated_config
 
 replace = msgspec.structs.replace
 
@@ -122,11 +123,7 @@ def _turn_completed(agent: AgentState, event: AgentTurnCompleted) -> AgentState:
 
 
 def config_of(state: RunState, step_id: str) -> AgentConfig:
-    step_def = state.step_def(step_id)
-    assert step_def is not None
-    config = read_config(step_def, step_id)
-    assert isinstance(config, AgentConfig), "validated at registration"
-    return config
+    return validated_config(state, step_id, read_config, AgentConfig)
 
 
 def policy_of(state: RunState, step_id: str) -> RetryPolicy:

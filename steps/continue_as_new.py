@@ -20,7 +20,7 @@ from kernel.events import ErrorInfo
 from kernel.registry import DecideContext
 from kernel.step_api import StepTypeBase, schedule_attempt
 from kernel.workflow import StepDef
-from steps.config_read import config_document, unknown_fields
+from steps.config_read import config_document, unknown_fields, validated_config
 
 CONFIG_FIELDS = ("workflow", "input_from")
 
@@ -66,10 +66,7 @@ class ContinueAsNewStep(StepTypeBase):
     # decide
     def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
         state = context.state
-        step_def = state.step_def(step_id)
-        assert step_def is not None
-        config = read_config(step_def, step_id)
-        assert isinstance(config, ContinueConfig), "validated at registration"
+        config = validated_config(state, step_id, read_config, ContinueConfig)
         context.emit(schedule_attempt(state, step_id, attempt, input, context.at_ms))
         carried = input
         if config.input_from:

@@ -50,6 +50,7 @@ from kernel.retry import backoff_ms
 from kernel.state import RunState
 from kernel.step_api import StepTypeBase, arm_timer, retry_timer_id, step_timeout_timer_id
 from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
+from steps.config_read import validated_config
 from steps.map_config import MapConfig, read_config, read_items
 
 EMPTY_LIST: Final = msgspec.Raw(b"[]")
@@ -175,11 +176,7 @@ class MapStep(StepTypeBase):
 
 
 def _config(state: RunState, step_id: str) -> MapConfig:
-    step_def = state.step_def(step_id)
-    assert step_def is not None
-    config = read_config(step_def, step_id)
-    assert isinstance(config, MapConfig), "validated at registration"
-    return config
+    return validated_config(state, step_id, read_config, MapConfig)
 
 
 def _policy(state: RunState, step_id: str) -> RetryPolicy:

@@ -27,9 +27,10 @@ from kernel.events import AnyEvent, ErrorInfo, StepEvent, TimerFired, TimerStart
 from kernel.payloads import read_field
 from kernel.registry import DecideContext
 from kernel.state import RunState
-from kernel.step_api import StepTypeBase, schedule_attempt, step_timer, step_timer_id
+from kernel.step_api import StepTypeBase, schedule_attempt, set_wake, step_timer, step_timer_id
 from kernel.timestamps import parse_timestamp_ms
 from kernel.workflow import StepDef
+from steps.config_read import validated_config
 
 CONFIG_FIELDS = ("duration", "cron", "until_input_path")
 
@@ -94,10 +95,7 @@ class SleepStep(StepTypeBase):
     # decide
     def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
         state = context.state
-        step_def = state.step_def(step_id)
-        assert step_def is not None
-        config = read_config(step_def, step_id)
-        assert isinstance(config, SleepConfig), "validated at registration"
+        config = validated_config(state, step_id, read_config, SleepConfig)
         context.emit(schedule_attempt(state, step_id, attempt, input, context.at_ms))
         wake = _wake_at(state, config, context.at_ms)
         if isinstance(wake, str):
@@ -120,9 +118,9 @@ class SleepStep(StepTypeBase):
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         match event:
             case TimerStarted():
-                return _set_wake(state, event.step_id, event.fire_at_ms)
+                return set_wake(state, event.step_id, event.fire_at_ms)
             case TimerFired():
-                return _set_wake(state, event.step_id, None)
+                return set_wake(state, event.step_id, None)
         raise AssertionError(f"sleep owns no event {type(event).__name__}")
 
     # react
@@ -137,14 +135,6 @@ class SleepStep(StepTypeBase):
     def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
         timer = step_timer(state, step_id)
         return (timer,) if timer is not None else ()
-
-
-def _set_wake(state: RunState, step_id: str, wake_at_ms: int | None) -> RunState:
-    index = state.index_of(step_id)
-    assert index >= 0
-    step = msgspec.structs.replace(state.steps[index], wake_at_ms=wake_at_ms)
-    steps = (*state.steps[:index], step, *state.steps[index + 1 :])
-    return msgspec.structs.replace(state, steps=steps)
 
 
 def _wake_at(state: RunState, config: SleepConfig, at_ms: int) -> int | str:

@@ -49,6 +49,7 @@ from kernel.registry import DecideContext
 from kernel.state import RunState
 from kernel.step_api import StepTypeBase, schedule_attempt, timer_seed
 from kernel.workflow import StepDef
+from steps.config_read import validated_config
 
 CONFIG_FIELDS = ("workflow", "detach")
 
@@ -87,11 +88,7 @@ def read_config(step: StepDef, path: str) -> SubWorkflowConfig | tuple[Problem, 
 
 
 def _config(state: RunState, step_id: str) -> SubWorkflowConfig:
-    step_def = state.step_def(step_id)
-    assert step_def is not None
-    config = read_config(step_def, step_id)
-    assert isinstance(config, SubWorkflowConfig), "validated at registration"
-    return config
+    return validated_config(state, step_id, read_config, SubWorkflowConfig)
 
 
 class SubWorkflowStep(StepTypeBase):

@@ -40,8 +40,9 @@ from kernel.events import (
 from kernel.payloads import encode
 from kernel.registry import DecideContext
 from kernel.state import RunState
-from kernel.step_api import StepTypeBase, schedule_attempt, step_timer, step_timer_id
+from kernel.step_api import StepTypeBase, schedule_attempt, set_wake, step_timer, step_timer_id
 from kernel.workflow import StepDef
+from steps.config_read import validated_config
 
 CONFIG_FIELDS = ("event", "match", "since")
 SINCE_VALUES = ("step_start", "run_start")
@@ -89,11 +90,7 @@ def read_config(step: StepDef, path: str) -> WaitForEventConfig | tuple[Problem,
 
 
 def _config(state: RunState, step_id: str) -> WaitForEventConfig:
-    step_def = state.step_def(step_id)
-    assert step_def is not None
-    config = read_config(step_def, step_id)
-    assert isinstance(config, WaitForEventConfig), "validated at registration"
-    return config
+    return validated_config(state, step_id, read_config, WaitForEventConfig)
 
 
 class WaitForEventStep(StepTypeBase):
@@ -156,9 +153,9 @@ class WaitForEventStep(StepTypeBase):
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         match event:
             case TimerStarted():
-                return _set_wake(state, event.step_id, event.fire_at_ms)
+                return set_wake(state, event.step_id, event.fire_at_ms)
             case TimerFired() | EventReceived():
-                return _set_wake(state, event.step_id, None)
+                return set_wake(state, event.step_id, None)
         raise AssertionError(f"wait_for_event owns no event {type(event).__name__}")
 
     # react
@@ -197,14 +194,6 @@ def _watch(state: RunState, step_id: str) -> WatchEvents:
     config = _config(state, step_id)
     since = _since_ms(state, step_id, config)
     return WatchEvents(run_id=state.run_id, names=(config.event,), since_ms=since)
-
-
-def _set_wake(state: RunState, step_id: str, wake_at_ms: int | None) -> RunState:
-    index = state.index_of(step_id)
-    assert index >= 0
-    step = msgspec.structs.replace(state.steps[index], wake_at_ms=wake_at_ms)
-    steps = (*state.steps[:index], step, *state.steps[index + 1 :])
-    return msgspec.structs.replace(state, steps=steps)
 
 
 assert set(CONDITION_OPS) >= {"eq", "exists"}

@@ -6,8 +6,6 @@ bounded (`Client.wait` with a timeout).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import msgspec
 import pytest_asyncio
 
 from dagnats import Client, NonRetryableError, TaskContext, Worker
-from dagnats.serve import Server
+from dagnats.serve import local_stack
 from kernel.builder import Retry, Workflow
 from kernel.events import MapExpanded, MapItemCompleted, PlannerMaterialized, PlannerRejected
 
@@ -83,29 +81,11 @@ def make_worker(calls: Counter[str], errors_seen: list[tuple[str, ...]]) -> Work
 
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    server = Server(tmp_path / "data")
-    info = await server.start()
-    stop = asyncio.Event()
     calls: Counter[str] = Counter()
     errors_seen: list[tuple[str, ...]] = []
     worker = make_worker(calls, errors_seen)
-    worker_client = await Client.connect(info.nats_url)
-    connection = worker_client.connection
-    engine_task = asyncio.create_task(server.run(stop))
-    worker_task = asyncio.create_task(
-        worker.serve(connection.tasks, connection.commands, connection.commands, stop)
-    )
-    client = await Client.connect(info.nats_url)
-    try:
+    async with local_stack(tmp_path / "data", worker) as (_, client):
         yield Stack(client, calls, errors_seen)
-    finally:
-        stop.set()
-        for task in (worker_task, engine_task):
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=10)
-        await client.close()
-        await worker_client.close()
-        await server.stop()
 
 
 async def test_a_planner_fixes_its_plan_on_retry_and_downstream_gets_the_plans_outputs(

@@ -7,7 +7,6 @@ Each test gets its own server on a free port with a temporary store. Waits are b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from dagnats import (
     Worker,
     WorkflowNotFoundError,
 )
-from dagnats.serve import Server
+from dagnats.serve import local_stack
 from kernel.builder import Retry, Workflow
 from kernel.events import StepCompleted, StepTimedOut, TimerFired, TimerStarted
 from kernel.workflow import WorkflowDef
@@ -79,30 +78,14 @@ def make_worker(calls: Counter[str], release: asyncio.Event) -> Worker:
 
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    server = Server(tmp_path / "data")
-    info = await server.start()
-    stop = asyncio.Event()
     release = asyncio.Event()
     calls: Counter[str] = Counter()
     worker = make_worker(calls, release)
-    worker_client = await Client.connect(info.nats_url)
-    connection = worker_client.connection
-    engine_task = asyncio.create_task(server.run(stop))
-    worker_task = asyncio.create_task(
-        worker.serve(connection.tasks, connection.commands, connection.commands, stop)
-    )
-    client = await Client.connect(info.nats_url)
-    try:
-        yield Stack(client, worker, calls)
-    finally:
-        release.set()
-        stop.set()
-        for task in (worker_task, engine_task):
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, timeout=10)
-        await client.close()
-        await worker_client.close()
-        await server.stop()
+    async with local_stack(tmp_path / "data", worker) as (_, client):
+        try:
+            yield Stack(client, worker, calls)
+        finally:
+            release.set()  # let a held handler finish, so the worker drains
 
 
 def chain() -> WorkflowDef:
