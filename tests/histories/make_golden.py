@@ -6,8 +6,14 @@ all its events, encoded with `kernel.codec.encode`, is `<name>.expected.json`. T
 deterministic: times come from the scenario clock, seeds are fixed. Run it only when a change
 of the history format is intended; `tests/test_golden_histories.py` shows what changed.
 
+The task-only scenarios are below; one or more per other step type (and `cancel_on`) are in
+`tests/histories/step_scenarios.py`.
+
 `v1_step_failed.jsonl` is not written here: it holds bytes of an old schema version that this
-code can no longer produce, kept as they were.
+code can no longer produce, kept as they were. Likewise a `.jsonl` whose lines decode to exactly
+the decisions the code makes now, in older bytes (the task scenarios were recorded before
+fields with defaults such as `cancel_on` and `depth` were added), is kept: it proves that an
+older writer's bytes still read as the same history. Delete such a file to write it anew.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from kernel.codec import encode, encode_decision
+from kernel.codec import decode_decision, encode, encode_decision
 from kernel.commands import AnyCommand
 from kernel.events import AnyEvent
 from kernel.reducer import fold
+from tests.histories.step_scenarios import STEP_SCENARIOS
 from tests.kernel_dsl import (
     cancel,
     complete,
@@ -34,7 +41,7 @@ from tests.kernel_dsl import (
 
 HERE: Final = Path(__file__).parent
 
-SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
+TASK_SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
     "retry_then_success": (
         start(
             workflow(
@@ -108,6 +115,7 @@ SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
         complete("deprovision"),
     ),
 }
+SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {**TASK_SCENARIOS, **STEP_SCENARIOS}
 
 
 def history(
@@ -130,13 +138,26 @@ def render(commands: tuple[AnyCommand, ...]) -> tuple[bytes, bytes]:
     return lines, encode(state) + b"\n"
 
 
+def same_decisions(recorded: bytes, rendered: bytes) -> bool:
+    """Whether two `.jsonl` texts decode to the same decisions, line by line."""
+    old, new = recorded.splitlines(), rendered.splitlines()
+    return len(old) == len(new) and all(
+        decode_decision(a) == decode_decision(b) for a, b in zip(old, new, strict=True)
+    )
+
+
 def main() -> None:
     for name, commands in SCENARIOS.items():
         lines, expected = render(commands)
-        (HERE / f"{name}.jsonl").write_bytes(lines)
-        (HERE / f"{name}.expected.json").write_bytes(expected)
+        path = HERE / f"{name}.jsonl"
+        recorded = path.read_bytes() if path.is_file() else b""
         count = len(lines.splitlines())
-        print(f"wrote {name}.jsonl ({count} decisions) and {name}.expected.json")
+        if recorded != lines and recorded and same_decisions(recorded, lines):
+            print(f"kept {name}.jsonl (older bytes of the same {count} decisions)")
+        else:
+            path.write_bytes(lines)
+            print(f"wrote {name}.jsonl ({count} decisions)")
+        (HERE / f"{name}.expected.json").write_bytes(expected)
 
 
 if __name__ == "__main__":
