@@ -29,7 +29,7 @@ from kernel.decide import decide
 from kernel.events import AnyEvent, Decision, StepRetryScheduled
 from kernel.reducer import evolve, fold
 from kernel.state import INITIAL_STATE, RunState
-from kernel.step_api import retry_timer_id
+from kernel.timers import retry_timer_id
 from kernel.workflow import RetryPolicy, StepDef, WorkflowDef
 
 RUNS: Final = 2_000

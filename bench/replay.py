@@ -44,7 +44,7 @@ from kernel.decide import decide
 from kernel.events import AnyEvent
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState
-from kernel.step_api import retry_timer_id
+from kernel.timers import retry_timer_id
 from kernel.workflow import RetryPolicy, StepDef, WorkflowDef
 
 LONG_STEPS: Final = 250

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from dagnats.client import Client
 from dagnats.client_approvals import PendingApproval, default_by
-from kernel import approvals
-from kernel.state import ApprovalState
+from kernel.step_states import ApprovalState
+from steps import approvals
 
 ByOption = Annotated[
     str, typer.Option("--by", envvar="DAGNATS_APPROVER", help="Who decides (default: OS user).")

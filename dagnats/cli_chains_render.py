@@ -9,8 +9,8 @@ import msgspec
 from rich.console import Console
 
 from dagnats.client_chains import ChainLink, history_warning
-from kernel import approvals
 from kernel.state import RunState
+from steps import approvals
 
 
 def add_lineage(document: dict[str, Any], state: RunState, chain: list[ChainLink]) -> None:

@@ -39,7 +39,8 @@ from kernel.decide import decide
 from kernel.errors import DagnatsError, PayloadTooLargeError
 from kernel.events import ChildStarted, Decision
 from kernel.reducer import evolve
-from kernel.state import INITIAL_STATE, ApprovalState, RunState, is_terminal
+from kernel.state import INITIAL_STATE, RunState, is_terminal
+from kernel.step_states import ApprovalState
 from kernel.workflow import WorkflowDef, parse_workflow
 from projections.audit import AuditReport, Decide, audit_history
 from projections.sqlite import stored_rows

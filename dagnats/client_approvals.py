@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from dagnats.worker import new_seed, now_ms
-from kernel import approvals, limits
+from kernel import limits
 from kernel.commands import Rejection, ResolveApproval
 from kernel.decide import decide
 from kernel.errors import DagnatsError, PayloadTooLargeError
 from kernel.reducer import evolve
-from kernel.state import INITIAL_STATE, ApprovalState, RunState
+from kernel.state import INITIAL_STATE, RunState
+from kernel.step_states import ApprovalState
+from steps import approvals
 
 if TYPE_CHECKING:
     from dagnats.client import Client

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from kernel import continuation, limits
+from kernel import limits
 from kernel.events import Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
+from steps import continuation
 
 if TYPE_CHECKING:
     from dagnats.client import Client

@@ -29,7 +29,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -73,6 +73,28 @@ class RetryAfter(DagnatsError):  # noqa: N818 (the name users know from other en
         super().__init__(message or f"retry after {seconds}s")
 
 
+class TaskEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """What the SDK reads of a task's envelope (`EnqueueTask.envelope`, written by the step
+    type): a planner's `previous_errors`, an agent loop turn's `turn`. Other fields are
+    ignored; a task without an envelope reads as the defaults."""
+
+    previous_errors: tuple[str, ...] = ()
+    turn: int = 0
+
+
+NO_ENVELOPE: Final = TaskEnvelope()
+
+
+def read_envelope(task: EnqueueTask) -> TaskEnvelope:
+    """The task's envelope (the defaults when it has none, or one the SDK cannot read)."""
+    if bytes(task.envelope) == b"null":
+        return NO_ENVELOPE
+    try:
+        return msgspec.json.decode(bytes(task.envelope), type=TaskEnvelope)
+    except msgspec.DecodeError:  # (a ValidationError too) an envelope of a newer step type
+        return NO_ENVELOPE
+
+
 class TaskContext:
     """What a handler knows about the attempt it runs."""
 
@@ -84,14 +106,15 @@ class TaskContext:
         self.input_raw = bytes(task.input)
         self.metadata: dict[str, Any] = msgspec.json.decode(bytes(task.metadata))
         self.deadline_ms = task.deadline_ms
+        envelope = read_envelope(task)
         # A planner's retry: the problems of the plan its previous attempt returned.
-        self.previous_errors: tuple[str, ...] = task.previous_errors
-        # An agent loop's turn (task.turn > 0): its envelope unpacked (dagnats/agent.py).
-        self.turn = task.turn
+        self.previous_errors: tuple[str, ...] = envelope.previous_errors
+        # An agent loop's turn (turn > 0): its envelope unpacked (dagnats/agent.py).
+        self.turn = envelope.turn
         self.state: Any = None
         self.tool_results: tuple[ToolResult, ...] = ()
         self.usage = Usage()
-        if task.turn > 0:
+        if envelope.turn > 0:
             turn_input = read_turn_input(self.input_raw)
             self.input_raw = turn_input.input_raw
             self.state = turn_input.state
@@ -339,7 +362,7 @@ class Worker:
         except Exception as error:
             message = f"{type(error).__name__}: {error}"
             return self._fail(task, message, "error", short_traceback(error))
-        if task.turn > 0:
+        if read_envelope(task).turn > 0:
             value = turn_result(value)
             if value is None:
                 message = "an agent turn handler must return Continue(...) or Done(...)"

@@ -114,7 +114,7 @@ class DeliverEvent(Command, frozen=True, kw_only=True, tag="deliver_event"):
 
 
 class ResolveApproval(Command, frozen=True, kw_only=True, tag="resolve_approval"):
-    """A human's decision on a pending approval (kernel.approvals). `key` is the approval's
+    """A human's decision on a pending approval (steps/approvals.py). `key` is the approval's
     name in the run: the step id of an `approval` step (the default when left empty)."""
 
     step_id: str

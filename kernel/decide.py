@@ -1,20 +1,20 @@
-"""decide(state, command) -> events | Rejection: every rule of a DAG run lives here.
+"""decide(state, command) -> events | Rejection: command dispatch and advance of a DAG run.
 
 Pure: no I/O, no clock (time is the command's `at_ms`), no randomness (the command's `seed`).
 A command that does not apply (a duplicate, a stale attempt, anything for a finished run)
 decides to `()`. A caller that must learn why gets a `Rejection` value (never stored).
 
-Decide works by emitting events into a local builder that evolves its own copy of the state, so
-every later rule sees the effect of the earlier ones, exactly as replay will.
+Decide emits events into a local builder that evolves its own copy of the state, so every
+later rule sees the effect of the earlier ones, exactly as replay will. What a command means
+for a step is its type's answer (`kernel.lifecycle.ask`); what follows an attempt's end is
+`kernel.lifecycle`. No step type is named here.
 """
 
 from __future__ import annotations
 
-from typing import Literal, assert_never
+from typing import assert_never
 
-import msgspec
-
-from kernel import approvals, dag, dynamic, limits, registry
+from kernel import appended, limits, queries, registry
 from kernel.cancel_on import cancel_reason
 from kernel.commands import (
     AnyCommand,
@@ -32,90 +32,22 @@ from kernel.commands import (
 )
 from kernel.events import (
     AnyEvent,
-    CompensationStarted,
     ErrorInfo,
     ErrorKind,
-    RunCancelled,
     RunCancelRequested,
     RunCompleted,
-    RunFailed,
     RunStarted,
     SignalReceived,
-    StepCompensated,
-    StepCompleted,
-    StepFailed,
-    StepRecovered,
-    StepRetryScheduled,
     StepSkipped,
     StepStarted,
-    StepTimedOut,
 )
-from kernel.payloads import compose_object, encode, skip_applies
-from kernel.reducer import evolve
-from kernel.retry import backoff_ms
-from kernel.state import (
-    ACTIVE_STEP_STATUSES,
-    DONE_STEP_STATUSES,
-    RunState,
-    is_terminal,
-)
+from kernel.lifecycle import Builder, ask, attempt_failed, fail_run, may_run, start_step
+from kernel.outcome import ItemReport, OwnedStepsDone, SignalArrived, StartAttempt
+from kernel.payloads import skip_applies
+from kernel.state import ACTIVE_STEP_STATUSES, DONE_STEP_STATUSES, RunState, is_terminal
 
 Decided = tuple[AnyEvent, ...] | Rejection
-
-
-class _Builder:
-    """Events decided so far and the state they lead to. Local to one `decide` call.
-
-    It is the `DecideContext` step types decide through (kernel.registry).
-    """
-
-    __slots__ = ("at_ms", "events", "seed", "state")
-
-    def __init__(self, state: RunState, at_ms: int, seed: int) -> None:
-        self.state = state
-        self.at_ms = at_ms
-        self.seed = seed
-        self.events: list[AnyEvent] = []
-
-    def emit(self, event: AnyEvent) -> None:
-        assert len(self.events) < limits.events_per_decision_max, "decision too large"
-        self.events.append(event)
-        self.state = evolve(self.state, event)
-
-    def complete(self, step_id: str, output: msgspec.Raw) -> None:
-        """End the step's live attempt with `output`, then apply the rules that follow."""
-        step = self.state.step(step_id)
-        assert step is not None and step.status in ("scheduled", "running"), step
-        if len(output) > limits.payload_bytes_max:
-            message = (
-                f"output is {len(output)} bytes; the limit is {limits.payload_bytes_max} bytes"
-            )
-            error = ErrorInfo(message=message, kind="invalid_output")
-            _attempt_failed(self, step_id, error, retryable=False, at_ms=self.at_ms)
-            return
-        self.emit(
-            StepCompleted(step_id=step_id, attempt=step.attempt, output=output, at_ms=self.at_ms)
-        )
-        _after_completed(self, step_id, self.at_ms)
-
-    def fail(
-        self,
-        step_id: str,
-        error: ErrorInfo,
-        *,
-        retryable: bool,
-        retry_after_ms: int | None = None,
-    ) -> None:
-        """Fail the step's live attempt (retried under its policy when `retryable`)."""
-        _attempt_failed(
-            self,
-            step_id,
-            error,
-            retryable=retryable,
-            at_ms=self.at_ms,
-            seed=self.seed,
-            retry_after_ms=retry_after_ms,
-        )
+LIVE = ("scheduled", "running")
 
 
 def decide(state: RunState, command: AnyCommand) -> Decided:
@@ -131,27 +63,41 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     if isinstance(command, StartRun):
         return _start_run(state, command)
     if state.status == "new":
-        return Rejection(run_id=command.run_id, code="unknown_run", message=dag.no_run(command))
+        return Rejection(run_id=command.run_id, code="unknown_run", message=queries.no_run(command))
     assert command.run_id == state.run_id, f"command for {command.run_id!r} on {state.run_id!r}"
     if is_terminal(state):
-        if isinstance(command, CancelRun) and state.cancel_reason is None:
-            message = f"run {state.run_id!r} already ended as {state.status}; nothing to cancel"
-            return Rejection(run_id=state.run_id, code="run_finished", message=message)
-        if isinstance(command, ResolveApproval):
-            return approvals.refuse_after_end(state, command)
-        return ()
-    builder = _Builder(state, command.at_ms, command.seed)
+        return _after_end(state, command)
+    builder = Builder(state, command.at_ms, command.seed)
     rejection = _apply(builder, command)
     if rejection is not None:
+        assert not builder.events, "a refused command decides no event"
         return rejection
     if builder.events:
-        _advance(builder, command.at_ms)
+        _advance(builder)
+    assert len(builder.events) <= limits.events_per_decision_max
     return tuple(builder.events)
 
 
-def _apply(builder: _Builder, command: AnyCommand) -> Rejection | None:
-    if dynamic.route_item(builder, command):
-        return None  # a map item's result or timer: the map decided it
+def _after_end(state: RunState, command: AnyCommand) -> Decided:
+    """Terminal is absorbing: nothing is decided; a person's command learns why."""
+    if isinstance(command, CancelRun) and state.cancel_reason is None:
+        message = f"run {state.run_id!r} already ended as {state.status}; nothing to cancel"
+        return Rejection(run_id=state.run_id, code="run_finished", message=message)
+    if isinstance(command, ResolveApproval) and state.step_def(command.step_id) is not None:
+        step_def = state.step_def(command.step_id)
+        assert step_def is not None
+        decided = registry.get(step_def.type).decide(Builder(state, 0, 0), command.step_id, command)
+        assert isinstance(decided, Rejection) or not decided, "an ended run decides nothing"
+        return decided if isinstance(decided, Rejection) else ()
+    return ()
+
+
+def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
+    if isinstance(command, TaskStarted | CompleteTask | FailTask | FireTimer):
+        item = appended.item_owner(builder.state, command.step_id)
+        if item is not None:  # an item of a step (not a step itself): its owner decides
+            owner, key = item
+            return ask(builder, owner, ItemReport(key=key, command=command))
     match command:
         case StartRun():
             raise AssertionError("StartRun is decided before")
@@ -169,30 +115,26 @@ def _apply(builder: _Builder, command: AnyCommand) -> Rejection | None:
             return None
         case SendSignal():
             return _send_signal(builder, command)
-        case RecordChild():
-            return _record_child(builder, command)
+        case RecordChild() | ResolveApproval():
+            return _to_step(builder, command)
         case DeliverEvent():
             _deliver_event(builder, command)
             return None
-        case ResolveApproval():
-            return approvals.resolve(builder, command)
         case _:
             assert_never(command)
 
 
-def _record_child(builder: _Builder, command: RecordChild) -> Rejection | None:
-    """A child run reports to the step that started it (stale reports decide to nothing)."""
+def _to_step(builder: Builder, command: RecordChild | ResolveApproval) -> Rejection | None:
+    """A command addressed to a step: its type decides (a stale report decides to nothing)."""
     step = builder.state.step(command.step_id)
     if step is None:
-        return dag.unknown_step(builder.state, command.step_id)
-    step_def = builder.state.step_def(command.step_id)
-    assert step_def is not None
-    if step.status in ("scheduled", "running"):
-        registry.get(step_def.type).child_reported(builder, command.step_id, command)
-    return None
+        return queries.unknown_step(builder.state, command.step_id)
+    if step.status not in LIVE and isinstance(command, RecordChild):
+        return None
+    return ask(builder, command.step_id, command)
 
 
-def _deliver_event(builder: _Builder, command: DeliverEvent) -> None:
+def _deliver_event(builder: Builder, command: DeliverEvent) -> None:
     """An external event: the workflow's cancel_on, then each live step, may take it."""
     if builder.state.status == "running":
         reason = cancel_reason(builder.state, command)
@@ -205,8 +147,9 @@ def _deliver_event(builder: _Builder, command: DeliverEvent) -> None:
             return
         step = builder.state.step(step_def.id)
         assert step is not None
-        if step.status in ("scheduled", "running"):
-            registry.get(step_def.type).external_event(builder, step_def.id, command)
+        if step.status in LIVE:
+            rejection = ask(builder, step_def.id, command)
+            assert rejection is None, "an external event is never refused"
 
 
 def _start_run(state: RunState, command: StartRun) -> Decided:
@@ -220,7 +163,7 @@ def _start_run(state: RunState, command: StartRun) -> Decided:
             f"input is {len(command.input)} bytes; the limit is {limits.payload_bytes_max} bytes"
         )
         return Rejection(run_id=command.run_id, code="invalid", message=message)
-    builder = _Builder(state, command.at_ms, command.seed)
+    builder = Builder(state, command.at_ms, command.seed)
     builder.emit(
         RunStarted(
             run_id=command.run_id,
@@ -237,15 +180,15 @@ def _start_run(state: RunState, command: StartRun) -> Decided:
             chain_index=command.chain_index,
         )
     )
-    _advance(builder, command.at_ms)
+    _advance(builder)
     return tuple(builder.events)
 
 
-def _task_started(builder: _Builder, command: TaskStarted) -> Rejection | None:
+def _task_started(builder: Builder, command: TaskStarted) -> Rejection | None:
     state = builder.state
     step = state.step(command.step_id)
     if step is None:
-        return dag.unknown_step(state, command.step_id)
+        return queries.unknown_step(state, command.step_id)
     if step.status == "scheduled" and step.attempt == command.attempt:
         builder.emit(
             StepStarted(
@@ -258,47 +201,39 @@ def _task_started(builder: _Builder, command: TaskStarted) -> Rejection | None:
     return None
 
 
-def _complete_task(builder: _Builder, command: CompleteTask) -> Rejection | None:
+def _complete_task(builder: Builder, command: CompleteTask) -> Rejection | None:
     state = builder.state
     if state.step(command.step_id) is None:
-        return dag.unknown_step(state, command.step_id)
-    if dag.current_attempt(state, command.step_id, command.attempt) is None:
+        return queries.unknown_step(state, command.step_id)
+    if queries.current_attempt(state, command.step_id, command.attempt) is None:
         return None  # stale attempt or a second completion
     _record_start(builder, command)
-    step_def = state.step_def(command.step_id)
-    assert step_def is not None
-    registry.get(step_def.type).task_completed(builder, command.step_id, command.output)
-    return None
+    return ask(builder, command.step_id, command)
 
 
-def _fail_task(builder: _Builder, command: FailTask) -> Rejection | None:
+def _fail_task(builder: Builder, command: FailTask) -> Rejection | None:
     state = builder.state
     if state.step(command.step_id) is None:
-        return dag.unknown_step(state, command.step_id)
-    if dag.current_attempt(state, command.step_id, command.attempt) is None:
+        return queries.unknown_step(state, command.step_id)
+    if queries.current_attempt(state, command.step_id, command.attempt) is None:
         return None
-    record = dynamic.parent_record(state, command.step_id)
-    if record is not None and record.attempt == command.attempt:
-        return None  # the attempt returned its plan, which runs: a late failure report is stale
+    if appended.runs_appended(state, command.step_id, command.attempt):
+        return None  # the attempt's appended steps run: a late failure report is stale
     _record_start(builder, command)
     kind: ErrorKind = command.kind
     error = ErrorInfo(
-        message=dag.truncate(command.error), kind=kind, traceback=dag.truncate(command.traceback)
+        message=queries.truncate(command.error),
+        kind=kind,
+        traceback=queries.truncate(command.traceback),
     )
     retryable = command.kind in ("error", "heartbeat_timeout")
-    _attempt_failed(
-        builder,
-        command.step_id,
-        error,
-        retryable=retryable,
-        at_ms=command.at_ms,
-        seed=command.seed,
-        retry_after_ms=command.retry_after_ms,
+    attempt_failed(
+        builder, command.step_id, error, retryable=retryable, retry_after_ms=command.retry_after_ms
     )
     return None
 
 
-def _record_start(builder: _Builder, command: CompleteTask | FailTask) -> None:
+def _record_start(builder: Builder, command: CompleteTask | FailTask) -> None:
     """Record `step.started` from a result whose worker did not report it separately."""
     step = builder.state.step(command.step_id)
     assert step is not None and step.attempt == command.attempt
@@ -313,49 +248,41 @@ def _record_start(builder: _Builder, command: CompleteTask | FailTask) -> None:
         )
 
 
-def _fire_timer(builder: _Builder, command: FireTimer) -> None:
+def _fire_timer(builder: Builder, command: FireTimer) -> None:
     state = builder.state
     if command.kind == "run_timeout":
         assert state.workflow is not None
         if state.status == "running" and state.workflow.timeout_ms is not None:
             message = f"run timed out after {state.workflow.timeout_ms} ms"
             error = ErrorInfo(message=message, kind="timeout")
-            _fail_run(builder, error, failed_step_id="", at_ms=command.at_ms)
+            fail_run(builder, error, failed_step_id="")
         return
     step = state.step(command.step_id)
     if step is None:
         return
     if command.kind == "retry":
         due = step.status == "retry_wait" and step.attempt + 1 == command.attempt
-        if due and _may_run(state, command.step_id):
-            step_def = state.step_def(command.step_id)
-            assert step_def is not None
-            registry.get(step_def.type).start(builder, command.step_id, step.input, command.attempt)
+        if due and may_run(state, command.step_id):
+            given = StartAttempt(input=step.input, attempt=command.attempt)
+            rejection = ask(builder, command.step_id, given)
+            assert rejection is None, "a due retry is never refused"
         return
+    live = queries.current_attempt(state, command.step_id, command.attempt)
     if command.kind == "step":
-        if dag.current_attempt(state, command.step_id, command.attempt) is not None:
-            step_def = state.step_def(command.step_id)
-            assert step_def is not None
-            registry.get(step_def.type).fire(builder, command.step_id, command)
+        if live is not None:
+            rejection = ask(builder, command.step_id, command)
+            assert rejection is None, "a step's own timer is never refused"
         return
     assert command.kind == "step_timeout", command.kind
-    live = dag.current_attempt(state, command.step_id, command.attempt)
-    if live is not None and live.deadline_ms is not None:  # a planner's plan has no deadline
-        _attempt_failed(
-            builder,
-            command.step_id,
-            ErrorInfo(message=f"attempt {command.attempt} timed out", kind="timeout"),
-            retryable=True,
-            at_ms=command.at_ms,
-            seed=command.seed,
-            timed_out=True,
-        )
+    if live is not None and live.deadline_ms is not None:  # appended steps' owner: no deadline
+        error = ErrorInfo(message=f"attempt {command.attempt} timed out", kind="timeout")
+        attempt_failed(builder, command.step_id, error, retryable=True, timed_out=True)
 
 
-def _send_signal(builder: _Builder, command: SendSignal) -> Rejection | None:
-    """Record the signal in order, then offer it to the active steps (one may consume it)."""
+def _send_signal(builder: Builder, command: SendSignal) -> Rejection | None:
+    """Record the signal in order, then offer it to the live steps (one may consume it)."""
     state = builder.state
-    problem = dag.signal_problem(state, command)
+    problem = queries.signal_problem(state, command)
     if problem is not None:
         return Rejection(run_id=state.run_id, code="invalid", message=problem)
     builder.emit(SignalReceived(name=command.name, payload=command.payload, at_ms=command.at_ms))
@@ -363,233 +290,72 @@ def _send_signal(builder: _Builder, command: SendSignal) -> Rejection | None:
     for step_def in builder.state.step_defs:
         step = builder.state.step(step_def.id)
         assert step is not None
-        if step.status in ("scheduled", "running"):
-            registry.get(step_def.type).signal(builder, step_def.id, index)
+        if step.status in LIVE:
+            rejection = ask(builder, step_def.id, SignalArrived(index=index))
+            assert rejection is None, "a signal is never refused by a step"
             if builder.state.signals[index].consumed_by is not None:
                 break
     return None
 
 
-def _cancel_run(builder: _Builder, command: CancelRun) -> None:
+def _cancel_run(builder: Builder, command: CancelRun) -> None:
     if builder.state.cancel_reason is not None:
         return  # already requested
-    builder.emit(RunCancelRequested(reason=dag.truncate(command.reason), at_ms=command.at_ms))
+    builder.emit(RunCancelRequested(reason=queries.truncate(command.reason), at_ms=command.at_ms))
     if builder.state.status == "running":
-        message = dag.truncate(f"cancelled: {command.reason}" if command.reason else "cancelled")
+        reason = command.reason
+        message = queries.truncate(f"cancelled: {reason}" if reason else "cancelled")
         error = ErrorInfo(message=message, kind="cancelled")
-        _fail_run(builder, error, failed_step_id="", at_ms=command.at_ms, outcome="cancelled")
+        fail_run(builder, error, failed_step_id="", outcome="cancelled")
 
 
-def _attempt_failed(
-    builder: _Builder,
-    step_id: str,
-    error: ErrorInfo,
-    *,
-    retryable: bool,
-    at_ms: int,
-    seed: int = 0,
-    retry_after_ms: int | None = None,
-    timed_out: bool = False,
-) -> None:
-    state = builder.state
-    step = state.step(step_id)
-    step_def = state.step_def(step_id)
-    assert step is not None and step_def is not None
-    policy = dag.retry_policy(state, step_def)
-    may_continue = _may_run(state, step_id)
-    will_retry = retryable and may_continue and step.attempt < policy.max_attempts
-    attempt = step.attempt
-    if timed_out:
-        builder.emit(
-            StepTimedOut(
-                step_id=step_id, attempt=attempt, will_retry=will_retry, at_ms=at_ms, error=error
-            )
-        )
-    else:
-        builder.emit(
-            StepFailed(
-                step_id=step_id, attempt=attempt, error=error, will_retry=will_retry, at_ms=at_ms
-            )
-        )
-    if will_retry:
-        delay = retry_after_ms if retry_after_ms is not None else backoff_ms(policy, attempt, seed)
-        delay = max(0, min(delay, limits.delay_ms_max))
-        builder.emit(
-            StepRetryScheduled(
-                step_id=step_id,
-                attempt=attempt + 1,
-                delay_ms=delay,
-                due_at_ms=at_ms + delay,
-                at_ms=at_ms,
-            )
-        )
-        return
-    _failed_for_good(builder, step_id, error, at_ms)
-
-
-def _may_run(state: RunState, step_id: str) -> bool:
-    """Whether a step may start another attempt: body steps and on_failure handlers while the
-    run is running, compensation handlers while it compensates."""
-    role = dag.handler_role(state, step_id)
-    if role is not None and role[0] == "compensate":
-        return state.status == "compensating"
-    return state.status == "running"
-
-
-def _failed_for_good(builder: _Builder, step_id: str, error: ErrorInfo, at_ms: int) -> None:
-    state = builder.state
-    role = dag.handler_role(state, step_id)
-    if role is not None and not _may_run(state, step_id):
-        return  # a handler failing after its run moved on (e.g. started compensating)
-    if role is not None:
-        kind, owner = role
-        message = f"{kind} handler {step_id!r} of step {owner!r} failed: {error.message}"
-        handler_error = ErrorInfo(message=dag.truncate(message), kind="handler_failed")
-        if kind == "on_failure":
-            if not dynamic.child_failed(builder, owner, handler_error):
-                _fail_run(builder, handler_error, failed_step_id=owner, at_ms=at_ms)
-        elif state.status == "compensating":
-            builder.emit(
-                RunFailed(
-                    error=handler_error,
-                    status="compensate_failed",
-                    failed_step_id=state.failed_step_id,
-                    at_ms=at_ms,
-                )
-            )
-        return
-    if state.status != "running":
-        return  # a straggler failing while the run compensates: nothing more to do
-    step_def = state.step_def(step_id)
-    assert step_def is not None
-    if step_def.on_failure is not None:
-        handler_input = encode(
-            {"failed_step": step_id, "error": {"message": error.message, "kind": error.kind}}
-        )
-        _start_step(builder, step_def.on_failure, handler_input, at_ms)
-        return
-    if not dynamic.child_failed(builder, step_id, error):
-        _fail_run(builder, error, failed_step_id=step_id, at_ms=at_ms)
-
-
-def _after_completed(builder: _Builder, step_id: str, at_ms: int) -> None:
-    state = builder.state
-    role = dag.handler_role(state, step_id)
-    if role is None:
-        return
-    kind, owner = role
-    if kind == "on_failure":
-        if state.status == "running":
-            step = state.step(step_id)
-            assert step is not None
-            builder.emit(
-                StepRecovered(
-                    step_id=owner, handler_step_id=step_id, output=step.output, at_ms=at_ms
-                )
-            )
-        return
-    if state.status == "compensating":
-        builder.emit(StepCompensated(step_id=owner, handler_step_id=step_id, at_ms=at_ms))
-        _continue_compensation(builder, at_ms)
-
-
-def _fail_run(
-    builder: _Builder,
-    error: ErrorInfo,
-    *,
-    failed_step_id: str,
-    at_ms: int,
-    outcome: Literal["failed", "cancelled"] = "failed",
-) -> None:
-    assert builder.state.status == "running", builder.state.status
-    pending = dag.compensable(builder.state)
-    if pending:
-        builder.emit(
-            CompensationStarted(
-                steps=pending,
-                outcome=outcome,
-                error=error,
-                failed_step_id=failed_step_id,
-                at_ms=at_ms,
-            )
-        )
-        _continue_compensation(builder, at_ms)
-    elif outcome == "cancelled":
-        builder.emit(RunCancelled(reason=builder.state.cancel_reason or "", at_ms=at_ms))
-    else:
-        builder.emit(RunFailed(error=error, failed_step_id=failed_step_id, at_ms=at_ms))
-
-
-def _continue_compensation(builder: _Builder, at_ms: int) -> None:
-    state = builder.state
-    assert state.status == "compensating", state.status
-    pending = dag.compensable(state)
-    if not pending:
-        if state.compensation_outcome == "cancelled":
-            builder.emit(RunCancelled(reason=state.cancel_reason or "", at_ms=at_ms))
-        else:
-            error = state.error or ErrorInfo(message="run failed")
-            builder.emit(RunFailed(error=error, failed_step_id=state.failed_step_id, at_ms=at_ms))
-        return
-    step = state.step(pending[0])
-    step_def = state.step_def(pending[0])
-    assert step is not None and step_def is not None and step_def.compensate is not None
-    handler = state.step(step_def.compensate)
-    assert handler is not None
-    if handler.status == "pending":
-        handler_input = compose_object((("step_id", encode(step.step_id)), ("output", step.output)))
-        _start_step(builder, step_def.compensate, handler_input, at_ms)
-
-
-def _start_step(builder: _Builder, step_id: str, input: msgspec.Raw, at_ms: int) -> None:
-    size = len(input)
-    if size > limits.payload_bytes_max:
-        # No attempt can run: the step fails for good before its first attempt (attempt 0).
-        message = f"resolved input is {size} bytes; the limit is {limits.payload_bytes_max} bytes"
-        error = ErrorInfo(message=message, kind="invalid_input")
-        builder.emit(
-            StepFailed(step_id=step_id, attempt=0, error=error, will_retry=False, at_ms=at_ms)
-        )
-        _failed_for_good(builder, step_id, error, at_ms)
-        return
-    step_def = builder.state.step_def(step_id)
-    assert step_def is not None
-    registry.get(step_def.type).start(builder, step_id, input, 1)
-
-
-def _advance(builder: _Builder, at_ms: int) -> None:
+def _advance(builder: Builder) -> None:
     """Start every ready step (skipping those whose skip_if holds) until nothing changes,
     then complete the run when every step outside the handlers is done."""
     for _ in range(limits.advance_iterations_max):
-        if builder.state.status != "running" or not _advance_once(builder, at_ms):
+        if builder.state.status != "running" or not _advance_once(builder):
             break
     else:
         raise AssertionError(f"advance did not settle in {limits.advance_iterations_max} passes")
     state = builder.state
     if state.status != "running":
         return
-    handlers = dag.handler_ids(state)
+    handlers = queries.handler_ids(state)
     body = [s for s in state.steps if s.step_id not in handlers]
-    if all(dynamic.finished(step) for step in body):
-        output = dag.run_output(state, handlers)
+    if all(appended.finished(step) for step in body):
+        output = queries.run_output(state, handlers)
         if len(output) > limits.payload_bytes_max:
             message = (
                 f"the run output (the terminal steps' outputs) is {len(output)} bytes; "
                 f"the limit is {limits.payload_bytes_max} bytes"
             )
             error = ErrorInfo(message=message, kind="invalid_output")
-            _fail_run(builder, error, failed_step_id="", at_ms=at_ms)
+            fail_run(builder, error, failed_step_id="")
             return
-        builder.emit(RunCompleted(output=output, at_ms=at_ms))
+        builder.emit(RunCompleted(output=output, at_ms=builder.at_ms))
 
 
-def _advance_once(builder: _Builder, at_ms: int) -> bool:
-    progressed = dynamic.settle(builder)  # planners whose plans are all done complete
+def _settle_owners(builder: Builder) -> bool:
+    """Tell each live owner whose appended steps are all done; whether any was told."""
+    told = False
+    for owner in appended.owners(builder.state):
+        if not appended.settled(builder.state, owner):
+            continue
+        rejection = ask(builder, owner, OwnedStepsDone())
+        assert rejection is None, "an owner does not refuse its steps' end"
+        told = True
+        if builder.state.status != "running":
+            break
+    return told
+
+
+def _advance_once(builder: Builder) -> bool:
+    progressed = _settle_owners(builder)
     state = builder.state
     if state.status != "running":
         return progressed
     assert state.workflow is not None
-    handlers = dag.handler_ids(state)
+    handlers = queries.handler_ids(state)
     by_id = dict(zip(state.step_ids, state.steps, strict=True))
     limit = state.workflow.max_concurrent_steps
     active = sum(1 for step in state.steps if step.status in ACTIVE_STEP_STATUSES)
@@ -604,14 +370,15 @@ def _advance_once(builder: _Builder, at_ms: int) -> bool:
             reason = f"skip_if {condition.step_id}.{condition.field} {condition.op} " + (
                 bytes(condition.value).decode()
             )
-            builder.emit(StepSkipped(step_id=step_def.id, reason=reason, at_ms=at_ms))
+            builder.emit(StepSkipped(step_id=step_def.id, reason=reason, at_ms=builder.at_ms))
             progressed = True
             continue
         if limit is not None and active >= limit:
             continue
-        _start_step(builder, step_def.id, dag.resolve_input(state, step_def, by_id), at_ms)
+        start_step(builder, step_def.id, queries.resolve_input(state, step_def, by_id))
         active += 1
         progressed = True
         if builder.state.status != "running":
             break
+    assert limit is None or active <= max(limit, len(state.steps)), "concurrency is bounded"
     return progressed

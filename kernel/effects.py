@@ -28,9 +28,10 @@ class EnqueueTask(Effect, frozen=True, kw_only=True):
     metadata: msgspec.Raw
     msg_id: str
     deadline_ms: int | None = None
-    previous_errors: tuple[str, ...] = ()  # a planner's: why its last plan was rejected
-    turn: int = 0  # an agent loop's turn number (its input is a turn envelope); 0: no turn
-    history_events: int = 0  # events in the run's history when the task was scheduled
+    # What the step type tells its handler beside the input, as a JSON object owned by the
+    # step type (a planner: the problems of its last plan; an agent loop: the turn number).
+    envelope: msgspec.Raw = msgspec.Raw(b"null")
+    history_events: int = 0  # events in the run's history (stamped by kernel.react)
 
 
 class ArmTimer(Effect, frozen=True, kw_only=True):
@@ -104,7 +105,7 @@ class NotifyApproval(Effect, frozen=True, kw_only=True):
 
 
 class StartContinuation(Effect, frozen=True, kw_only=True):
-    """Start the fresh run a run continued as (kernel.continuation): the shell looks `workflow`
+    """Start the fresh run a run continued as (kernel.run_links): the shell looks `workflow`
     up among the registered workflows (else uses `definition`, the run's own when it continues
     as itself) and sends `StartRun`, deduplicated on the new run's id."""
 

@@ -64,7 +64,7 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     parent_step_id: str = ""  # the parent's sub_workflow step, for a child run
     depth: int = 0  # sub-workflow depth (a root run is 0)
     detached: bool = False  # a detached child reports only its start to its parent
-    continued_from: str | None = None  # the run this one continues as new (kernel.continuation)
+    continued_from: str | None = None  # the run this one continues as new (kernel.run_links)
     chain_root: str = ""  # the first run of its continue-as-new chain ("" for a root run)
     chain_index: int = 0  # its position in that chain (the root is 0)
 
@@ -294,7 +294,7 @@ ApprovalDecision = Literal["approve", "reject"]
 
 
 class ApprovalRequested(StepEvent, frozen=True, kw_only=True, tag="approval.requested"):
-    """A step halts for a human decision (kernel.approvals). `key` names the approval in the
+    """A step halts for a human decision (steps/approvals.py). `key` names the approval in the
     run (the step id for an `approval` step; `<step>.<id>` for one of an agent's tool calls)."""
 
     key: str
@@ -321,7 +321,7 @@ class ApprovalResolved(StepEvent, frozen=True, kw_only=True, tag="approval.resol
 
 class RunContinuedAsNew(Event, frozen=True, kw_only=True, tag="run.continued_as_new"):
     """The run ended by continuing as the fresh run `continued_as` of `workflow` with `input`
-    (kernel.continuation); a terminal event."""
+    (steps/continuation.py, kernel.run_links); a terminal event."""
 
     step_id: str
     continued_as: str

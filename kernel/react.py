@@ -1,20 +1,25 @@
 """react(state, event) -> effects, and resume(state) -> effects after a restart.
 
 Effects are data for the shell: task messages and durable timers, each with a stable id so
-issuing one twice is harmless. `react` gets the state *after* the event.
+issuing one twice is harmless. `react` gets the state *after* the event. The run's own
+effects (its timeout, each attempt's deadline and retry timers, its links to other runs) are
+decided here; a step type's own are its module's (`StepType.react` / `resume`). Every task
+message is stamped here with the run's history size, so a handler can tell when to continue
+as new. No step type is named here.
 """
 
 from __future__ import annotations
 
 from typing import assert_never
 
-from kernel import approvals, children, continuation, registry
+import msgspec
+
+from kernel import registry, run_links
 from kernel.cancel_on import watch as watch_cancel_on
-from kernel.effects import AnyEffect, ArmTimer, CancelTimer
+from kernel.commands import StartRun
+from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask
 from kernel.events import (
     AnyEvent,
-    ApprovalRequested,
-    ApprovalResolved,
     CompensationStarted,
     RunCancelled,
     RunCancelRequested,
@@ -35,7 +40,7 @@ from kernel.events import (
     StepTimedOut,
 )
 from kernel.state import RunState, StepState, is_terminal
-from kernel.step_api import (
+from kernel.timers import (
     RUN_TIMEOUT_TIMER_ID,
     arm_timer,
     retry_timer_id,
@@ -44,18 +49,23 @@ from kernel.step_api import (
     step_timer_id,
 )
 
+LIVE = ("scheduled", "running")
+
 
 def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
     """What the shell must do now that `event` is appended (`state` includes it)."""
+    assert state.status != "new", "react follows an appended event"
+    return _stamped(state, _react(state, event))
+
+
+def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
     match event:
         case RunStarted():
             timer = _run_timeout_timer(state)
-            started = ((timer,) if timer is not None else ()) + children.report_started(state)
+            started = ((timer,) if timer is not None else ()) + run_links.report_started(state)
             return started + watch_cancel_on(state)
         case StepScheduled():
-            step_def = state.step_def(event.step_id)
-            assert step_def is not None
-            effects = registry.get(step_def.type).react(state, event)
+            effects = _step_type(state, event.step_id).react(state, event)
             timer = step_timeout_timer(state, event.step_id)
             return effects + ((timer,) if timer is not None else ())
         case StepCompleted() | StepFailed():
@@ -64,17 +74,10 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             return _cancel_step_timeout(state, event.step_id, event.attempt)
         case StepRetryScheduled():
             return (_retry_timer(state, event.step_id, event.attempt, event.due_at_ms),)
-        case RunCompleted() | RunFailed() | RunCancelled():
-            return (
-                _cancel_all_timers(state)
-                + approvals.cancel_pending(state)
-                + children.report_ended(state)
-                + _live_steps_react(state, event)
-            )
+        case RunCompleted() | RunFailed() | RunCancelled() | RunContinuedAsNew():
+            return _ended(state, event)
         case StepTimedOut():
-            step_def = state.step_def(event.step_id)
-            assert step_def is not None
-            return registry.get(step_def.type).react(state, event)
+            return _step_type(state, event.step_id).react(state, event)
         case (
             StepStarted()
             | SignalReceived()
@@ -85,44 +88,49 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             | RunCancelRequested()
         ):
             return ()
-        case ApprovalRequested() | ApprovalResolved():
-            return approvals.react(state, event)
-        case RunContinuedAsNew():
-            return (
-                _cancel_all_timers(state)
-                + approvals.cancel_pending(state)
-                + _live_steps_react(state, event)
-                + continuation.react(state, event)
-            )
         case StepEvent():  # every other event a step type owns: its module reacts
-            step_def = state.step_def(event.step_id)
-            assert step_def is not None, f"no step {event.step_id!r}"
-            return registry.get(step_def.type).react(state, event)
+            return _step_type(state, event.step_id).react(state, event)
         case _:
             assert_never(event)
 
 
-def _live_steps_react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
-    """The run ended: the type of each step still live may have something to wind up (a child
-    run to cancel); each such type reacts once, for all its steps."""
+def _ended(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+    """The run ended: cancel its timers, let each live step's type wind up (once per type,
+    for all its steps), report to a parent, start a successor."""
+    assert is_terminal(state), f"run {state.run_id!r} ended as {state.status}"
     types: list[str] = []
     for step, step_def in zip(state.steps, state.step_defs, strict=True):
-        if step.status in ("scheduled", "running") and step_def.type not in types:
+        if step.status in LIVE and step_def.type not in types:
             types.append(step_def.type)
-    return tuple(effect for name in types for effect in registry.get(name).react(state, event))
+    wind_up = tuple(effect for name in types for effect in registry.get(name).react(state, event))
+    return (
+        _cancel_all_timers(state)
+        + wind_up
+        + run_links.report_ended(state)
+        + run_links.successor_start(state)
+    )
+
+
+def repeated(state: RunState, command: StartRun) -> tuple[AnyEffect, ...]:
+    """Effects of a start that decided to nothing because the run exists (its parent resumed
+    after a restart): the run reports again what its parent may have missed."""
+    return run_links.repeat_start(state, command)
 
 
 def resume(state: RunState) -> tuple[AnyEffect, ...]:
-    """Every effect an unfinished run needs issued again after a restart (all idempotent)."""
-    if is_terminal(state) or state.status == "new":
+    """Every effect an unfinished run needs issued again after a restart (all idempotent); for
+    a run that continued as new, the start of its successor."""
+    if state.status == "new":
         return ()
+    if is_terminal(state):
+        return run_links.successor_start(state)
     effects: list[AnyEffect] = []
     run_timer = _run_timeout_timer(state)
     if run_timer is not None and state.status == "running":
         effects.append(run_timer)
     effects.extend(watch_cancel_on(state))
     for step, step_def in zip(state.steps, state.step_defs, strict=True):
-        if step.status in ("scheduled", "running"):
+        if step.status in LIVE:
             effects.extend(registry.get(step_def.type).resume(state, step.step_id))
             timer = step_timeout_timer(state, step.step_id)
             if timer is not None:
@@ -130,8 +138,27 @@ def resume(state: RunState) -> tuple[AnyEffect, ...]:
         elif step.status == "retry_wait":
             assert step.retry_at_ms is not None
             effects.append(_retry_timer(state, step.step_id, step.attempt + 1, step.retry_at_ms))
-    effects.extend(approvals.resume(state))
-    return tuple(effects)
+    return _stamped(state, tuple(effects))
+
+
+def _stamped(state: RunState, effects: tuple[AnyEffect, ...]) -> tuple[AnyEffect, ...]:
+    """`effects` with each task message telling its handler the run's history size."""
+    if not any(isinstance(effect, EnqueueTask) for effect in effects):
+        return effects
+    size = state.event_count
+    assert size >= 1, "a task follows a started run"
+    return tuple(
+        msgspec.structs.replace(effect, history_events=size)
+        if isinstance(effect, EnqueueTask)
+        else effect
+        for effect in effects
+    )
+
+
+def _step_type(state: RunState, step_id: str) -> registry.StepType:
+    step_def = state.step_def(step_id)
+    assert step_def is not None, f"run {state.run_id!r} has no step {step_id!r}"
+    return registry.get(step_def.type)
 
 
 def _run_timeout_timer(state: RunState) -> ArmTimer | None:
@@ -155,9 +182,9 @@ def _cancel_step_timeout(state: RunState, step_id: str, attempt: int) -> tuple[A
     return (CancelTimer(run_id=state.run_id, timer_id=step_timeout_timer_id(step_id, attempt)),)
 
 
-def _live_timer_ids(state: RunState, step: StepState) -> tuple[str, ...]:
+def _live_timer_ids(step: StepState) -> tuple[str, ...]:
     ids: list[str] = []
-    if step.status in ("scheduled", "running"):
+    if step.status in LIVE:
         if step.deadline_ms is not None:
             ids.append(step_timeout_timer_id(step.step_id, step.attempt))
         if step.wake_at_ms is not None:
@@ -175,5 +202,5 @@ def _cancel_all_timers(state: RunState) -> tuple[AnyEffect, ...]:
     if state.workflow.timeout_ms is not None:
         ids.append(RUN_TIMEOUT_TIMER_ID)
     for step in state.steps:
-        ids.extend(_live_timer_ids(state, step))
+        ids.extend(_live_timer_ids(step))
     return tuple(CancelTimer(run_id=state.run_id, timer_id=timer_id) for timer_id in ids)

@@ -13,11 +13,9 @@ from typing import assert_never
 
 import msgspec
 
-from kernel import approvals, continuation, registry
+from kernel import registry
 from kernel.events import (
     AnyEvent,
-    ApprovalRequested,
-    ApprovalResolved,
     CompensationStarted,
     ErrorInfo,
     RunCancelled,
@@ -51,27 +49,54 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
         case RunStarted():
             assert state.status == "new", f"run {state.run_id!r} started twice"
             return _run_started(event)
+        case (
+            StepScheduled() | StepStarted() | StepCompleted() | StepFailed() | StepTimedOut()
+            | StepRetryScheduled() | StepSkipped() | StepRecovered() | StepCompensated()
+        ):  # fmt: skip
+            return _step_lifecycle(counted, event)
+        case (
+            CompensationStarted() | RunCompleted() | RunFailed() | RunCancelRequested()
+            | RunCancelled() | SignalReceived() | RunContinuedAsNew()
+        ):  # fmt: skip
+            evolved = _run_lifecycle(counted, event)
+            assert evolved.event_count == state.event_count + 1
+            return evolved
+        case StepEvent():  # every other event a step type owns: its module evolves it
+            step_def = counted.step_def(event.step_id)
+            assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
+            return registry.get(step_def.type).evolve(counted, event)
+        case _:
+            assert_never(event)
+
+
+StepLifecycleEvent = (
+    StepScheduled | StepStarted | StepCompleted | StepFailed | StepTimedOut | StepRetryScheduled
+    | StepSkipped | StepRecovered | StepCompensated
+)  # fmt: skip
+RunLifecycleEvent = (
+    CompensationStarted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled
+    | SignalReceived | RunContinuedAsNew
+)  # fmt: skip
+
+
+def _step_lifecycle(state: RunState, event: StepLifecycleEvent) -> RunState:
+    """The events every step type shares: an attempt's course and a step's end."""
+    match event:
         case StepScheduled():
-            return _step(counted, event.step_id, lambda s: _scheduled(s, event))
+            return _step(state, event.step_id, lambda s: _scheduled(s, event))
         case StepStarted():
             return _step(
-                counted,
+                state,
                 event.step_id,
                 lambda s: replace(s, status="running", worker_id=event.worker_id),
             )
         case StepCompleted():
-            return _completed(counted, event)
-        case StepFailed():
-            return _attempt_failed(
-                counted, event.step_id, event.error, event.will_retry, event.at_ms
-            )
-        case StepTimedOut():
-            return _attempt_failed(
-                counted, event.step_id, event.error, event.will_retry, event.at_ms
-            )
+            return _completed(state, event)
+        case StepFailed() | StepTimedOut():
+            return _attempt_failed(state, event.step_id, event.error, event.will_retry, event.at_ms)
         case StepRetryScheduled():
             return _step(
-                counted,
+                state,
                 event.step_id,
                 lambda s: replace(
                     s, status="retry_wait", retry_at_ms=event.due_at_ms, deadline_ms=None
@@ -79,7 +104,7 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             )
         case StepSkipped():
             return _step(
-                counted,
+                state,
                 event.step_id,
                 lambda s: replace(
                     s, status="skipped", output=msgspec.Raw(b"null"), ended_at_ms=event.at_ms
@@ -87,49 +112,56 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             )
         case StepRecovered():
             return _step(
-                counted,
+                state,
                 event.step_id,
                 lambda s: replace(
                     s, status="recovered", output=event.output, ended_at_ms=event.at_ms
                 ),
             )
+        case StepCompensated():
+            return _step(state, event.step_id, lambda s: replace(s, compensated=True))
+        case _:
+            assert_never(event)
+
+
+def _run_lifecycle(state: RunState, event: RunLifecycleEvent) -> RunState:
+    """The run's own events: signals, cancellation, compensation and its end."""
+    match event:
         case CompensationStarted():
             return replace(
-                counted,
+                state,
                 status="compensating",
                 compensation_outcome=event.outcome,
                 error=event.error,
                 failed_step_id=event.failed_step_id,
             )
-        case StepCompensated():
-            return _step(counted, event.step_id, lambda s: replace(s, compensated=True))
         case RunCompleted():
-            return replace(
-                counted, status="completed", output=event.output, ended_at_ms=event.at_ms
-            )
+            return replace(state, status="completed", output=event.output, ended_at_ms=event.at_ms)
         case RunFailed():
             return replace(
-                counted,
+                state,
                 status=event.status,
                 error=event.error,
                 failed_step_id=event.failed_step_id,
                 ended_at_ms=event.at_ms,
             )
         case RunCancelRequested():
-            return replace(counted, cancel_reason=event.reason)
+            return replace(state, cancel_reason=event.reason)
         case RunCancelled():
-            return replace(counted, status="cancelled", ended_at_ms=event.at_ms)
+            return replace(state, status="cancelled", ended_at_ms=event.at_ms)
         case SignalReceived():
             signal = ReceivedSignal(name=event.name, payload=event.payload, at_ms=event.at_ms)
-            return replace(counted, signals=(*counted.signals, signal))
-        case ApprovalRequested() | ApprovalResolved():
-            return approvals.evolve(counted, event)
+            return replace(state, signals=(*state.signals, signal))
         case RunContinuedAsNew():
-            return continuation.evolve(counted, event)
-        case StepEvent():  # every other event a step type owns: its module evolves it
-            step_def = counted.step_def(event.step_id)
-            assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
-            return registry.get(step_def.type).evolve(counted, event)
+            assert state.status == "running", f"run {state.run_id!r} continued while {state.status}"
+            return replace(
+                state,
+                status="continued_as_new",
+                continued_as=event.continued_as,
+                continued_workflow=event.workflow,
+                output=event.input,
+                ended_at_ms=event.at_ms,
+            )
         case _:
             assert_never(event)
 

@@ -11,24 +11,22 @@ import importlib
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    import msgspec
-
-    from kernel.commands import AnyCommand, DeliverEvent, FireTimer, RecordChild
+    from kernel.commands import Rejection
     from kernel.effects import AnyEffect
     from kernel.errors import Problem
-    from kernel.events import AnyEvent, ErrorInfo, StepEvent
-    from kernel.state import ApprovalState, RunState
+    from kernel.events import AnyEvent, StepEvent
+    from kernel.outcome import Outcome, StepInput
+    from kernel.state import RunState
     from kernel.workflow import StepDef
 
 STEPS_PACKAGE = "steps"
 
 
 class DecideContext(Protocol):
-    """What a step type's decide parts may do: read the state and decide events.
+    """What a step type's decide part may read: the run's state and the command's stamps.
 
-    `complete` and `fail` end the step's live attempt and apply every kernel rule that follows
-    (retries, on_failure, compensation, readiness of dependents); `emit` records one of the
-    step type's own events.
+    Read-only: a step decides by returning an `Outcome` (kernel.outcome), never by changing
+    the run through its context.
     """
 
     @property
@@ -40,22 +38,13 @@ class DecideContext(Protocol):
     @property
     def seed(self) -> int: ...
 
-    def emit(self, event: AnyEvent) -> None: ...
-
-    def complete(self, step_id: str, output: msgspec.Raw) -> None: ...
-
-    def fail(
-        self,
-        step_id: str,
-        error: ErrorInfo,
-        *,
-        retryable: bool,
-        retry_after_ms: int | None = None,
-    ) -> None: ...
-
 
 class StepType(Protocol):
-    """What a step type provides: validation, and its decide/evolve/react/resume parts."""
+    """What a step type provides: validation, a typed config, and its four parts.
+
+    `decide` is one function of (context, step id, what it is given); it returns the outcome
+    (kernel.outcome) or, for a command whose sender must learn why it is refused, a Rejection.
+    """
 
     @property
     def name(self) -> str: ...
@@ -69,46 +58,16 @@ class StepType(Protocol):
         """Problems with this type's own fields and `config` (`path` is e.g. `steps[3]`)."""
         ...
 
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        """Decide part: begin `attempt` of a step with its resolved input (attempt 1 when it
-        becomes ready, later ones when a retry is due)."""
+    def read_config(self, step: StepDef) -> object:
+        """The step's typed config (a frozen Struct; None for a type without config). Called
+        once per step definition value (`StepDef.settings` caches it); the config was
+        validated when the workflow was accepted."""
         ...
 
-    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
-        """Decide part: one of the step's own timers (kind "step") fired."""
-        ...
-
-    def signal(self, context: DecideContext, step_id: str, signal_index: int) -> None:
-        """Decide part: a signal arrived while the step is active (it may consume it)."""
-        ...
-
-    def child_reported(self, context: DecideContext, step_id: str, command: RecordChild) -> None:
-        """Decide part: a child run the step started reports its start or end."""
-        ...
-
-    def external_event(self, context: DecideContext, step_id: str, command: DeliverEvent) -> None:
-        """Decide part: an external event arrived while the step is active (it may take it)."""
-        ...
-
-    def approval_resolved(
-        self, context: DecideContext, step_id: str, approval: ApprovalState
-    ) -> None:
-        """Decide part: one of the step's approvals (kernel.approvals) was resolved."""
-        ...
-
-    @property
-    def has_items(self) -> bool:
-        """Whether the step runs items of its own (a map): task results and timers for ids
-        `<step>.<key>` that are not steps are routed to `item`."""
-        ...
-
-    def task_completed(self, context: DecideContext, step_id: str, output: msgspec.Raw) -> None:
-        """Decide part: the worker task of the step's live attempt returned `output` (most
-        types complete the step with it; a planner reads a plan from it)."""
-        ...
-
-    def item(self, context: DecideContext, step_id: str, key: str, command: AnyCommand) -> None:
-        """Decide part: a task result or timer of the step's item `key` (see `has_items`)."""
+    def decide(
+        self, context: DecideContext, step_id: str, given: StepInput
+    ) -> Outcome | Rejection:
+        """Decide part: what `given` means for the step (an outcome; `()` for nothing)."""
         ...
 
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
@@ -116,7 +75,8 @@ class StepType(Protocol):
         ...
 
     def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
-        """React part: effects of a step event of this type (state is after the event)."""
+        """React part: effects of an event of this type's step, or of the run's end while
+        the step is live (state is after the event)."""
         ...
 
     def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:

@@ -10,8 +10,8 @@ from typing import Literal
 
 import msgspec
 
-from kernel.dynamic_state import NO_DYNAMIC, DynamicState
 from kernel.events import NULL, ErrorInfo
+from kernel.step_states import NO_DYNAMIC, ApprovalState, DynamicState
 from kernel.workflow import StepDef, WorkflowDef
 
 RunStatus = Literal[
@@ -22,7 +22,7 @@ RunStatus = Literal[
     "failed",
     "compensate_failed",
     "cancelled",
-    "continued_as_new",  # ended by starting a fresh run (kernel.continuation)
+    "continued_as_new",  # ended by starting a fresh run (steps/continuation.py, kernel.run_links)
 ]
 StepStatus = Literal[
     "pending",  # waiting on dependencies (or a handler waiting to be called)
@@ -68,26 +68,6 @@ class ReceivedSignal(msgspec.Struct, frozen=True, kw_only=True):
     consumed_by: str | None = None
 
 
-class ApprovalState(msgspec.Struct, frozen=True, kw_only=True):
-    """One approval of the run (kernel.approvals): asked, and how it was resolved."""
-
-    key: str
-    step_id: str
-    attempt: int
-    question: str
-    description: str = ""
-    metadata: msgspec.Raw = msgspec.Raw(b"{}")
-    requested_at_ms: int
-    deadline_ms: int | None = None
-    on_timeout: str = "fail"
-    decision: str = ""  # "" while pending, then "approve" or "reject"
-    by: str = ""
-    comment: str = ""
-    data: msgspec.Raw = NULL
-    timed_out: bool = False
-    resolved_at_ms: int | None = None
-
-
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str = ""
     status: RunStatus = "new"
@@ -111,9 +91,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     compensation_outcome: str | None = None
     signals: tuple[ReceivedSignal, ...] = ()
     event_count: int = 0
-    dynamic: DynamicState = NO_DYNAMIC  # planner plans and map items (kernel.dynamic)
-    approvals: tuple[ApprovalState, ...] = ()  # asked and resolved (kernel.approvals)
-    continued_from: str | None = None  # continue-as-new links (kernel.continuation)
+    dynamic: DynamicState = NO_DYNAMIC  # appended steps, maps, agent loops (kernel.step_states)
+    approvals: tuple[ApprovalState, ...] = ()  # asked and resolved (steps/approvals.py)
+    continued_from: str | None = None  # continue-as-new links (kernel.run_links)
     continued_as: str | None = None
     continued_workflow: str = ""  # the workflow the run continued as
     chain_root: str = ""

@@ -11,10 +11,12 @@ user-written form rejects them, which the parser enforces by hand.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Literal
 
 import msgspec
 
+from kernel import registry
 from kernel.durations import format_duration
 from kernel.errors import Problem
 
@@ -51,8 +53,10 @@ class SkipIf(msgspec.Struct, frozen=True, kw_only=True):
     value: msgspec.Raw
 
 
-class StepDef(msgspec.Struct, frozen=True, kw_only=True):
-    """One node of the DAG. `config` is the step type's own typed config, as JSON."""
+class StepDef(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+    """One node of the DAG. `config` is the step type's own config, as JSON on the wire;
+    `settings` is that config typed (the step type's frozen Struct), converted once per
+    definition value and carried with it (not stored: the bytes stay `config`)."""
 
     id: str
     type: str = "task"
@@ -65,6 +69,15 @@ class StepDef(msgspec.Struct, frozen=True, kw_only=True):
     compensate: str | None = None
     metadata: msgspec.Raw = EMPTY_OBJECT
     config: msgspec.Raw = EMPTY_OBJECT
+
+    @cached_property
+    def settings(self) -> object:
+        """The step type's typed config of this step (None for a type without config).
+
+        Raises:
+            KeyError: the type is not registered (definitions are validated before use).
+        """
+        return registry.get(self.type).read_config(self)
 
 
 class CancelOn(msgspec.Struct, frozen=True, kw_only=True):

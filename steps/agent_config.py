@@ -4,7 +4,7 @@ Config fields: `max_turns` (`max_iterations` is its alias), `max_duration`, `max
 `max_cost`, `loop_delay`, `on_limit` (`fail`, `complete` or `continue_as_new`),
 `continue_as_new_after_turns`, `tools` (tool name -> worker task). A loop that may continue as
 new must be a root step (the fresh run's input carries its state). `approval_tools` names the
-tools whose calls wait for a human approval (kernel.approvals) before they run; `approval_timeout`
+tools whose calls wait for a human approval (steps/approvals.py) before they run; `approval_timeout`
 bounds that wait (a rejection or a timeout is a failed tool result the agent sees).
 
 A turn's result (the worker encodes `Continue`/`Done` this way) is

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import msgspec
 
-from kernel.agent_state import AgentState
 from kernel.events import NULL
+from kernel.step_states import AgentState
 
 
 class ToolError(msgspec.Struct, frozen=True, kw_only=True):

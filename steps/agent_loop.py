@@ -15,10 +15,10 @@ event, so after a crash only the one in flight runs again; finished ones come fr
 
 decide: start schedules turn 1; a turn's result records `agent.turn.completed`, then either
 completes the step (Done), stops at a limit (`agent.limit.reached`, then `on_limit`; with
-`continue_as_new` once the turn's tools are done, through kernel.continuation), or
+`continue_as_new` once the turn's tools are done, through steps/continuation.py), or
 schedules the tool calls; when they are all done the next turn starts (after the durable
 `loop_delay` timer, `timer.started`/`timer.fired`). `max_duration` is a durable timer too.
-evolve: the agent events update the loop's `AgentState` (kernel.agent_state).
+evolve: the agent events update the loop's `AgentState` (kernel.step_states).
 react: task messages for turns and tool calls, their timeout and retry timers, the delay and
 duration timers, and cancelling them when the loop ends.
 resume: the effects of whatever is in flight again.
@@ -31,9 +31,15 @@ from typing import Final
 
 import msgspec
 
-from kernel import approvals, continuation, limits, registry
-from kernel.agent_state import AgentState
-from kernel.commands import AnyCommand, CompleteTask, FailTask, FireTimer
+from kernel import limits, registry
+from kernel.commands import (
+    AnyCommand,
+    CompleteTask,
+    FailTask,
+    FireTimer,
+    Rejection,
+    ResolveApproval,
+)
 from kernel.effects import AnyEffect
 from kernel.errors import Problem
 from kernel.events import (
@@ -45,6 +51,8 @@ from kernel.events import (
     AgentTurnFailed,
     AgentTurnScheduled,
     AnyEvent,
+    ApprovalRequested,
+    ApprovalResolved,
     ErrorInfo,
     ErrorKind,
     RunCancelled,
@@ -55,11 +63,12 @@ from kernel.events import (
     TimerFired,
     TimerStarted,
 )
-from kernel.registry import DecideContext
+from kernel.outcome import ItemReport, StartAttempt, StepInput
 from kernel.retry import backoff_ms
-from kernel.state import ApprovalState, RunState
-from kernel.step_api import StepTypeBase
+from kernel.state import RunState, is_terminal
+from kernel.step_states import AgentState, ApprovalState
 from kernel.workflow import RetryPolicy, StepDef
+from steps import approvals, continuation
 from steps.agent_config import AgentConfig, read_config, read_report, tool_calls_of
 from steps.agent_envelope import CarriedLoop, carry_input, read_carry, turn_envelope
 from steps.agent_parts import (
@@ -81,6 +90,7 @@ from steps.agent_parts import (
     turn_retry_timer,
     with_agent,
 )
+from steps.base import Draft, StepTypeBase
 
 replace = msgspec.structs.replace
 KEY: Final = re.compile(r"turn([1-9][0-9]{0,5})(?:-tool(0|[1-9][0-9]{0,2}))?")
@@ -92,96 +102,35 @@ class AgentLoopStep(StepTypeBase):
 
     name = "agent_loop"
     needs_task = True
-    has_items = True
 
     def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
         config = read_config(step, path)
         return config if isinstance(config, tuple) else ()
 
+    def read_config(self, step: StepDef) -> AgentConfig:
+        config = read_config(step, step.id)
+        assert isinstance(config, AgentConfig), "validated at registration"
+        return config
+
     # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        carried = read_carry(input, step_id)  # a loop resumed in a run continued as new
-        step_input = input if carried is None else carried.input
-        context.emit(
-            StepScheduled(step_id=step_id, attempt=attempt, input=step_input, at_ms=context.at_ms)
-        )
-        _schedule_turn(context, step_id, 1, 1, carried)
-
-    def task_completed(self, context: DecideContext, step_id: str, output: msgspec.Raw) -> None:
-        """No worker runs the step itself (only its turns and tools): nothing to decide."""
-
-    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
-        agent = agent_of(context.state, step_id)
-        if agent is None or agent.phase == "ended":
-            return
-        if approvals.fire(context, step_id, command):
-            return  # a tool call's approval deadline: resolved by its on_timeout
-        if command.timer_id == deadline_timer_id(step_id, command.attempt):
-            config = config_of(context.state, step_id)
-            assert config.max_duration_ms is not None
-            message = f"the agent loop ran {config.max_duration_ms} ms (max_duration)"
-            _limit(context, step_id, "max_duration", message)
-        elif (
-            agent.phase == "delay"
-            and agent.delay_until_ms is not None
-            and (command.timer_id == delay_timer_id(step_id, command.attempt, agent.turn + 1))
-        ):
-            context.emit(
-                TimerFired(step_id=step_id, timer_id=command.timer_id, at_ms=context.at_ms)
-            )
-            _next_turn(context, step_id)
-
-    def item(self, context: DecideContext, step_id: str, key: str, command: AnyCommand) -> None:
-        state = context.state
-        step = state.step(step_id)
-        agent = agent_of(state, step_id)
-        match = KEY.fullmatch(key)
-        if state.status != "running" or step is None or step.status not in LIVE:
-            return
-        if agent is None or match is None or int(match.group(1)) != agent.turn:
-            return  # not this loop's turn in hand: a stale result or timer
-        if match.group(2) is None:
-            _turn_item(context, step_id, agent, command)
-        else:
-            _tool_item(context, step_id, agent, int(match.group(2)), command)
-
-    def approval_resolved(
-        self, context: DecideContext, step_id: str, approval: ApprovalState
-    ) -> None:
-        """A tool call's approval: approved, the call runs; rejected (or timed out), its result
-        is the rejection, which the next turn sees."""
-        agent = agent_of(context.state, step_id)
-        match = KEY.fullmatch(approval.key.removeprefix(step_id + "."))
-        if agent is None or agent.phase != "tools" or match is None or match.group(2) is None:
-            return
-        turn, index = int(match.group(1)), int(match.group(2))
-        if (
-            turn != agent.turn
-            or index >= len(agent.tools)
-            or agent.tools[index].status != "pending"
-        ):
-            return
-        tool = agent.tools[index]
-        if approval.decision == "approve":
-            _schedule_tool(
-                context, step_id, turn, index, tool_task(context.state, step_id, tool), 1
-            )
-            return
-        why = f": {approval.comment}" if approval.comment else ""
-        error = ErrorInfo(
-            message=f"tool call {tool.call_id!r} was rejected by {approval.by}{why}",
-            kind="non_retryable",
-        )
-        context.emit(
-            AgentToolCompleted(
-                step_id=step_id, turn=turn, index=index, attempt=0, ok=False, error=error,
-                at_ms=context.at_ms,
-            )
-        )  # fmt: skip
-        _after_tools(context, step_id)
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        match given:
+            case StartAttempt():
+                _start(draft, step_id, given)
+            case FireTimer():
+                _fire(draft, step_id, given)
+            case ItemReport():
+                _item(draft, step_id, given.key, given.command)
+            case ResolveApproval() if is_terminal(draft.state):
+                return approvals.refuse_after_end(draft.state, given)
+            case ResolveApproval():
+                return approvals.resolve(draft, given, _approval_resolved)
+        return None  # (no worker runs the loop step itself, only its turns and tools)
 
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
+        if isinstance(event, ApprovalRequested | ApprovalResolved):
+            return approvals.evolve(state, event)
         if isinstance(event, AgentTurnScheduled) and event.turn == 1 and event.attempt == 1:
             fresh = AgentState(
                 step_id=event.step_id,
@@ -209,7 +158,11 @@ class AgentLoopStep(StepTypeBase):
                     for agent in state.dynamic.agents
                     if agent.phase != "ended"
                     for effect in cancel_all(state, agent)
-                )
+                ) + approvals.cancel_pending(state, self.name)
+            case ApprovalRequested() | ApprovalResolved():
+                return approvals.react(state, event)
+        if is_terminal(state):
+            return approvals.cancel_pending(state, self.name)
         if not isinstance(event, StepEvent):
             return ()
         agent = agent_of(state, event.step_id)
@@ -221,7 +174,7 @@ class AgentLoopStep(StepTypeBase):
         agent = agent_of(state, step_id)
         if agent is None or agent.phase == "ended":
             return ()
-        effects: list[AnyEffect] = []
+        effects: list[AnyEffect] = list(approvals.resume_step(state, step_id))
         config = config_of(state, step_id)
         if config.max_duration_ms is not None:
             due = agent.started_at_ms + config.max_duration_ms
@@ -242,14 +195,86 @@ class AgentLoopStep(StepTypeBase):
 # -- decide helpers ------------------------------------------------------------------------
 
 
-def _deadline(context: DecideContext, step_id: str) -> int | None:
+def _start(draft: Draft, step_id: str, given: StartAttempt) -> None:
+    carried = read_carry(given.input, step_id)  # a loop resumed in a run continued as new
+    step_input = given.input if carried is None else carried.input
+    draft.emit(
+        StepScheduled(step_id=step_id, attempt=given.attempt, input=step_input, at_ms=draft.at_ms)
+    )
+    _schedule_turn(draft, step_id, 1, 1, carried)
+
+
+def _fire(context: Draft, step_id: str, command: FireTimer) -> None:
+    agent = agent_of(context.state, step_id)
+    if agent is None or agent.phase == "ended":
+        return
+    if approvals.fire(context, step_id, command, _approval_resolved):
+        return  # a tool call's approval deadline: resolved by its on_timeout
+    if command.timer_id == deadline_timer_id(step_id, command.attempt):
+        config = config_of(context.state, step_id)
+        assert config.max_duration_ms is not None
+        message = f"the agent loop ran {config.max_duration_ms} ms (max_duration)"
+        _limit(context, step_id, "max_duration", message)
+    elif (
+        agent.phase == "delay"
+        and agent.delay_until_ms is not None
+        and (command.timer_id == delay_timer_id(step_id, command.attempt, agent.turn + 1))
+    ):
+        context.emit(TimerFired(step_id=step_id, timer_id=command.timer_id, at_ms=context.at_ms))
+        _next_turn(context, step_id)
+
+
+def _item(context: Draft, step_id: str, key: str, command: AnyCommand) -> None:
+    state = context.state
+    step = state.step(step_id)
+    agent = agent_of(state, step_id)
+    match = KEY.fullmatch(key)
+    if state.status != "running" or step is None or step.status not in LIVE:
+        return
+    if agent is None or match is None or int(match.group(1)) != agent.turn:
+        return  # not this loop's turn in hand: a stale result or timer
+    if match.group(2) is None:
+        _turn_item(context, step_id, agent, command)
+    else:
+        _tool_item(context, step_id, agent, int(match.group(2)), command)
+
+
+def _approval_resolved(context: Draft, step_id: str, approval: ApprovalState) -> None:
+    """A tool call's approval: approved, the call runs; rejected (or timed out), its result
+    is the rejection, which the next turn sees."""
+    agent = agent_of(context.state, step_id)
+    match = KEY.fullmatch(approval.key.removeprefix(step_id + "."))
+    if agent is None or agent.phase != "tools" or match is None or match.group(2) is None:
+        return
+    turn, index = int(match.group(1)), int(match.group(2))
+    if turn != agent.turn or index >= len(agent.tools) or agent.tools[index].status != "pending":
+        return
+    tool = agent.tools[index]
+    if approval.decision == "approve":
+        _schedule_tool(context, step_id, turn, index, tool_task(context.state, step_id, tool), 1)
+        return
+    why = f": {approval.comment}" if approval.comment else ""
+    error = ErrorInfo(
+        message=f"tool call {tool.call_id!r} was rejected by {approval.by}{why}",
+        kind="non_retryable",
+    )
+    context.emit(
+        AgentToolCompleted(
+            step_id=step_id, turn=turn, index=index, attempt=0, ok=False, error=error,
+            at_ms=context.at_ms,
+        )
+    )  # fmt: skip
+    _after_tools(context, step_id)
+
+
+def _deadline(context: Draft, step_id: str) -> int | None:
     step_def = context.state.step_def(step_id)
     assert step_def is not None
     return None if step_def.timeout_ms is None else context.at_ms + step_def.timeout_ms
 
 
 def _schedule_turn(
-    context: DecideContext,
+    context: Draft,
     step_id: str,
     turn: int,
     attempt: int,
@@ -265,7 +290,7 @@ def _schedule_turn(
     )  # fmt: skip
 
 
-def _next_turn(context: DecideContext, step_id: str) -> None:
+def _next_turn(context: Draft, step_id: str) -> None:
     """Start the turn after the latest, unless a limit says stop."""
     agent = agent_of(context.state, step_id)
     assert agent is not None and agent.tools_done
@@ -298,7 +323,7 @@ def _next_turn(context: DecideContext, step_id: str) -> None:
 
 
 def _limit(
-    context: DecideContext, step_id: str, limit: str, message: str, action: str = ""
+    context: Draft, step_id: str, limit: str, message: str, action: str = ""
 ) -> None:
     """Stop at a bound: fail, complete with the last state, or continue as new (`action`, by
     default the loop's `on_limit`)."""
@@ -325,7 +350,7 @@ def _limit(
 
 
 def _turn_item(
-    context: DecideContext, step_id: str, agent: AgentState, command: AnyCommand
+    context: Draft, step_id: str, agent: AgentState, command: AnyCommand
 ) -> None:
     live = agent.phase == "turn"
     match command:
@@ -346,7 +371,7 @@ def _turn_item(
 
 
 def _turn_failed(
-    context: DecideContext,
+    context: Draft,
     step_id: str,
     agent: AgentState,
     error: ErrorInfo,
@@ -369,7 +394,7 @@ def _turn_failed(
 
 
 def _retry_due(
-    context: DecideContext, policy: RetryPolicy, attempt: int, retry_after_ms: int | None
+    context: Draft, policy: RetryPolicy, attempt: int, retry_after_ms: int | None
 ) -> int:
     delay = (
         retry_after_ms if retry_after_ms is not None else backoff_ms(policy, attempt, context.seed)
@@ -378,7 +403,7 @@ def _retry_due(
 
 
 def _turn_result(
-    context: DecideContext, step_id: str, agent: AgentState, output: msgspec.Raw
+    context: Draft, step_id: str, agent: AgentState, output: msgspec.Raw
 ) -> None:
     report = read_report(output)
     if isinstance(report, str):
@@ -429,7 +454,7 @@ def _turn_result(
 
 
 def _ask_approval(
-    context: DecideContext, step_id: str, turn: int, index: int, config: AgentConfig
+    context: Draft, step_id: str, turn: int, index: int, config: AgentConfig
 ) -> None:
     """Ask a human whether tool call `index` may run (its key: `<step>.turn<n>-tool<i>`). The
     question names the tool and the call, never its arguments (the notice is published)."""
@@ -472,7 +497,7 @@ def _limit_reached(state: RunState, step_id: str) -> tuple[str, str] | None:
 
 
 def _schedule_tool(
-    context: DecideContext, step_id: str, turn: int, index: int, task: str, attempt: int
+    context: Draft, step_id: str, turn: int, index: int, task: str, attempt: int
 ) -> None:
     agent = agent_of(context.state, step_id)
     assert agent is not None
@@ -486,7 +511,7 @@ def _schedule_tool(
     )  # fmt: skip
 
 
-def _after_tools(context: DecideContext, step_id: str) -> None:
+def _after_tools(context: Draft, step_id: str) -> None:
     """Every tool call of the latest turn is done: the next turn, after the loop delay."""
     agent = agent_of(context.state, step_id)
     assert agent is not None
@@ -507,7 +532,7 @@ def _after_tools(context: DecideContext, step_id: str) -> None:
 
 
 def _tool_item(
-    context: DecideContext, step_id: str, agent: AgentState, index: int, command: AnyCommand
+    context: Draft, step_id: str, agent: AgentState, index: int, command: AnyCommand
 ) -> None:
     if agent.phase != "tools" or index >= len(agent.tools):
         return
@@ -559,7 +584,7 @@ def _tool_item(
 
 
 def _tool_failed(
-    context: DecideContext,
+    context: Draft,
     step_id: str,
     agent: AgentState,
     index: int,

@@ -12,7 +12,6 @@ from typing import Final
 import msgspec
 
 from kernel import limits
-from kernel.agent_state import AgentState, ToolState
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask, task_msg_id
 from kernel.events import (
     AgentLimitReached,
@@ -27,11 +26,12 @@ from kernel.events import (
     TimerStarted,
 )
 from kernel.state import RunState
-from kernel.step_api import arm_timer, retry_timer_id, step_timeout_timer_id
+from kernel.step_states import AgentState, ToolState
+from kernel.timers import arm_timer, retry_timer_id, step_timeout_timer_id
 from kernel.workflow import NO_RETRY, RetryPolicy
-from steps.agent_config import AgentConfig, read_config
+from steps import base
+from steps.agent_config import AgentConfig
 from steps.agent_envelope import turn_envelope
-from steps.config_read import validated_config
 
 replace = msgspec.structs.replace
 
@@ -123,7 +123,7 @@ def _turn_completed(agent: AgentState, event: AgentTurnCompleted) -> AgentState:
 
 
 def config_of(state: RunState, step_id: str) -> AgentConfig:
-    return validated_config(state, step_id, read_config, AgentConfig)
+    return base.config_of(state, step_id, AgentConfig)
 
 
 def policy_of(state: RunState, step_id: str) -> RetryPolicy:
@@ -160,6 +160,18 @@ def delay_timer_id(step_id: str, attempt: int, turn: int) -> str:
     return f"step.{step_id}.{attempt}.delay{turn}"
 
 
+class TurnTaskEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """What a turn's handler is told beside its input (`EnqueueTask.envelope`): that the task
+    is turn `turn` of an agent loop, so the worker unpacks the turn envelope in its input."""
+
+    turn: int
+
+
+def turn_task_envelope(turn: int) -> msgspec.Raw:
+    assert 1 <= turn <= limits.agent_turns_max, f"turn {turn} out of bounds"
+    return msgspec.Raw(msgspec.json.encode(TurnTaskEnvelope(turn=turn)))
+
+
 def _step_attempt(state: RunState, step_id: str) -> int:
     step = state.step(step_id)
     assert step is not None
@@ -190,7 +202,7 @@ def turn_effects(state: RunState, agent: AgentState) -> tuple[AnyEffect, ...]:
         run_id=state.run_id, step_id=item_id, attempt=agent.turn_attempt, task=step_def.task,
         input=turn_envelope(step.input, agent, agent.turn), metadata=step_def.metadata,
         msg_id=task_msg_id(state.run_id, item_id, agent.turn_attempt),
-        deadline_ms=agent.turn_deadline_ms, turn=agent.turn,
+        deadline_ms=agent.turn_deadline_ms, envelope=turn_task_envelope(agent.turn),
     )  # fmt: skip
     if agent.turn_deadline_ms is None:
         return (task,)

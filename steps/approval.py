@@ -5,25 +5,33 @@ default `fail`). The step's `metadata` travels with the request; its `timeout` i
 (a durable timer, not an attempt timeout). Nothing of the step's input goes into the notice.
 
 decide: start schedules the attempt (without an attempt deadline) and asks the approval
-(kernel.approvals: `approval.requested`); a `ResolveApproval` (or the deadline) records
+(steps/approvals.py: `approval.requested`); a `ResolveApproval` (or the deadline) records
 `approval.resolved`: approve completes the step with the decision's `data`; reject fails it
 for good (no retry: the workflow's on_failure and compensation apply); a deadline resolves it
 by `on_timeout` (`fail` fails the step as timed out, no retry).
-evolve / react / resume: the kernel's, for every step type asking approvals (kernel.approvals).
+evolve / react / resume: the approval's (steps/approvals.py, shared with agent loops).
 """
 
 from __future__ import annotations
 
-import msgspec
-
-from kernel import approvals, limits, registry
-from kernel.commands import FireTimer
+from kernel import limits, registry
+from kernel.commands import FireTimer, Rejection, ResolveApproval
+from kernel.effects import AnyEffect
 from kernel.errors import Problem
-from kernel.events import ErrorInfo, StepScheduled
-from kernel.registry import DecideContext
-from kernel.state import ApprovalState
-from kernel.step_api import StepTypeBase
+from kernel.events import (
+    AnyEvent,
+    ApprovalRequested,
+    ApprovalResolved,
+    ErrorInfo,
+    StepEvent,
+    StepScheduled,
+)
+from kernel.outcome import StartAttempt, StepInput
+from kernel.state import RunState, is_terminal
+from kernel.step_states import ApprovalState
 from kernel.workflow import StepDef
+from steps import approvals
+from steps.base import Draft, StepTypeBase, config_of
 from steps.config_read import config_document, unknown_fields
 
 CONFIG_FIELDS = ("question", "description", "on_timeout")
@@ -74,36 +82,64 @@ class ApprovalStep(StepTypeBase):
         config = read_config(step, path)
         return config if isinstance(config, tuple) else ()
 
-    # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        step_def = context.state.step_def(step_id)
-        assert step_def is not None
-        asked = read_config(step_def, step_id)
+    def read_config(self, step: StepDef) -> approvals.ApprovalRequest:
+        asked = read_config(step, step.id)
         assert isinstance(asked, approvals.ApprovalRequest), "validated at registration"
-        # The step's timeout is the approval's deadline (resolved by on_timeout), not an
-        # attempt deadline: the attempt has none.
-        context.emit(
-            StepScheduled(step_id=step_id, attempt=attempt, input=input, at_ms=context.at_ms)
-        )
-        problem = approvals.request(context, step_id, step_id, asked)
-        if problem is not None:
-            context.fail(step_id, ErrorInfo(message=problem, kind="non_retryable"), retryable=False)
+        return asked
 
-    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
-        approvals.fire(context, step_id, command)
+    # decide
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        match given:
+            case StartAttempt():
+                _ask(draft, step_id, given)
+            case FireTimer():
+                approvals.fire(draft, step_id, given, _resolved)
+            case ResolveApproval() if is_terminal(draft.state):
+                return approvals.refuse_after_end(draft.state, given)
+            case ResolveApproval():
+                return approvals.resolve(draft, given, _resolved)
+        return None
 
-    def approval_resolved(
-        self, context: DecideContext, step_id: str, approval: ApprovalState
-    ) -> None:
-        if approval.timed_out and approval.on_timeout == "fail":
-            message = f"approval {approval.key!r} timed out without a decision (on_timeout: fail)"
-            context.fail(step_id, ErrorInfo(message=message, kind="timeout"), retryable=False)
-        elif approval.decision == "approve":
-            context.complete(step_id, approval.data)
-        else:
-            why = f": {approval.comment}" if approval.comment else ""
-            message = f"approval {approval.key!r} rejected by {approval.by}{why}"
-            context.fail(step_id, ErrorInfo(message=message, kind="non_retryable"), retryable=False)
+    # evolve
+    def evolve(self, state: RunState, event: StepEvent) -> RunState:
+        assert isinstance(event, ApprovalRequested | ApprovalResolved), type(event).__name__
+        return approvals.evolve(state, event)
+
+    # react
+    def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+        if isinstance(event, ApprovalRequested | ApprovalResolved):
+            return approvals.react(state, event)
+        if is_terminal(state):
+            return approvals.cancel_pending(state, self.name)
+        return ()
+
+    # resume
+    def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
+        return approvals.resume_step(state, step_id)
+
+
+def _ask(draft: Draft, step_id: str, given: StartAttempt) -> None:
+    asked = config_of(draft.state, step_id, approvals.ApprovalRequest)
+    # The step's timeout is the approval's deadline (resolved by on_timeout), not an
+    # attempt deadline: the attempt has none.
+    draft.emit(
+        StepScheduled(step_id=step_id, attempt=given.attempt, input=given.input, at_ms=draft.at_ms)
+    )
+    problem = approvals.request(draft, step_id, step_id, asked)
+    if problem is not None:
+        draft.fail(step_id, ErrorInfo(message=problem, kind="non_retryable"), retryable=False)
+
+
+def _resolved(draft: Draft, step_id: str, approval: ApprovalState) -> None:
+    if approval.timed_out and approval.on_timeout == "fail":
+        message = f"approval {approval.key!r} timed out without a decision (on_timeout: fail)"
+        draft.fail(step_id, ErrorInfo(message=message, kind="timeout"), retryable=False)
+    elif approval.decision == "approve":
+        draft.complete(step_id, approval.data)
+    else:
+        why = f": {approval.comment}" if approval.comment else ""
+        message = f"approval {approval.key!r} rejected by {approval.by}{why}"
+        draft.fail(step_id, ErrorInfo(message=message, kind="non_retryable"), retryable=False)
 
 
 APPROVAL = registry.register(ApprovalStep())

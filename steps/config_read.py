@@ -6,32 +6,11 @@ default, so a step's validation lists every problem at once. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import msgspec
 
 from kernel.durations import show_value
 from kernel.errors import Problem
-from kernel.state import RunState
 from kernel.workflow import StepDef
-
-ConfigT = TypeVar("ConfigT")
-
-
-def validated_config(
-    state: RunState,
-    step_id: str,
-    reader: Callable[[StepDef, str], object],
-    config_type: type[ConfigT],
-) -> ConfigT:
-    """A step's typed config, read again by `reader` (a config that does not read was
-    refused at registration, so here it is a broken invariant)."""
-    step_def = state.step_def(step_id)
-    assert step_def is not None, f"run {state.run_id!r} has no step {step_id!r}"
-    config = reader(step_def, step_id)
-    assert isinstance(config, config_type), f"{step_id!r}: config validated at registration"
-    return config
 
 
 def config_document(step: StepDef) -> dict[str, object]:

@@ -6,21 +6,23 @@ step's own resolved input). The run ends as `continued_as_new` (`run.continued_a
 step completed with `{"continued_as": <new run id>}`; the new run records `continued_from` and
 the chain's root. A chain longer than `limits.continue_as_new_chain_max` fails the step.
 
-decide: start schedules the attempt and continues the run as new (kernel.continuation).
-evolve / react / resume: the kernel's (kernel.continuation; nothing of the step's own).
+decide: start schedules the attempt and continues the run as new (steps/continuation.py).
+evolve / react / resume: the run's (kernel.run_links starts the new run; nothing of its own).
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from kernel import continuation, limits, registry
+from kernel import limits, registry
+from kernel.commands import Rejection
 from kernel.errors import Problem
 from kernel.events import ErrorInfo
-from kernel.registry import DecideContext
-from kernel.step_api import StepTypeBase, schedule_attempt
+from kernel.outcome import StartAttempt, StepInput
 from kernel.workflow import StepDef
-from steps.config_read import config_document, unknown_fields, validated_config
+from steps import continuation
+from steps.base import Draft, StepTypeBase, config_of, schedule_attempt
+from steps.config_read import config_document, unknown_fields
 
 CONFIG_FIELDS = ("workflow", "input_from")
 
@@ -63,19 +65,27 @@ class ContinueAsNewStep(StepTypeBase):
         config = read_config(step, path)
         return config if isinstance(config, tuple) else ()
 
+    def read_config(self, step: StepDef) -> ContinueConfig:
+        config = read_config(step, step.id)
+        assert isinstance(config, ContinueConfig), "validated at registration"
+        return config
+
     # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        state = context.state
-        config = validated_config(state, step_id, read_config, ContinueConfig)
-        context.emit(schedule_attempt(state, step_id, attempt, input, context.at_ms))
-        carried = input
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        if not isinstance(given, StartAttempt):
+            return None
+        state = draft.state
+        config = config_of(state, step_id, ContinueConfig)
+        draft.emit(schedule_attempt(state, step_id, given.attempt, given.input, draft.at_ms))
+        carried = given.input
         if config.input_from:
             source = state.step(config.input_from)
             assert source is not None, "input_from is among depends_on"
             carried = source.output
-        problem = continuation.continue_as_new(context, step_id, carried, config.workflow)
+        problem = continuation.continue_as_new(draft, step_id, carried, config.workflow)
         if problem is not None:
-            context.fail(step_id, ErrorInfo(message=problem, kind="non_retryable"), retryable=False)
+            draft.fail(step_id, ErrorInfo(message=problem, kind="non_retryable"), retryable=False)
+        return None
 
 
 CONTINUE_AS_NEW = registry.register(ContinueAsNewStep())

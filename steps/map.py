@@ -7,7 +7,7 @@ output is `{"error": {"message": ..., "kind": ...}}`). The step's `task` runs ea
 `retry` and `timeout` apply to each item's attempts. The output is the items' outputs in input
 order.
 
-Items are not steps: they live in the map's compact `MapState` (kernel.dynamic_state), so an
+Items are not steps: they live in the map's compact `MapState` (kernel.step_states), so an
 item's event costs O(chunk), not O(items). An item's task message, results and timers use the
 id `<map>.<index>`; the kernel routes them here (`item`).
 
@@ -27,9 +27,7 @@ from typing import Final
 import msgspec
 
 from kernel import limits, registry
-from kernel.commands import AnyCommand, CompleteTask, FailTask, FireTimer
-from kernel.dynamic import map_of, with_map
-from kernel.dynamic_state import MapItem, MapState, new_map
+from kernel.commands import AnyCommand, CompleteTask, FailTask, FireTimer, Rejection
 from kernel.effects import AnyEffect, CancelTimer, EnqueueTask, task_msg_id
 from kernel.errors import Problem
 from kernel.events import (
@@ -45,12 +43,13 @@ from kernel.events import (
     StepEvent,
     StepScheduled,
 )
-from kernel.registry import DecideContext
+from kernel.outcome import ItemReport, StartAttempt, StepInput
 from kernel.retry import backoff_ms
 from kernel.state import RunState
-from kernel.step_api import StepTypeBase, arm_timer, retry_timer_id, step_timeout_timer_id
+from kernel.step_states import MapItem, MapState, new_map
+from kernel.timers import arm_timer, retry_timer_id, step_timeout_timer_id
 from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
-from steps.config_read import validated_config
+from steps.base import Draft, StepTypeBase, config_of
 from steps.map_config import MapConfig, read_config, read_items
 
 EMPTY_LIST: Final = msgspec.Raw(b"[]")
@@ -63,62 +62,24 @@ class MapStep(StepTypeBase):
 
     name = "map"
     needs_task = True
-    has_items = True
 
     def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
         config = read_config(step, path)
         return config if isinstance(config, tuple) else ()
 
+    def read_config(self, step: StepDef) -> MapConfig:
+        config = read_config(step, step.id)
+        assert isinstance(config, MapConfig), "validated at registration"
+        return config
+
     # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        config = _config(context.state, step_id)
-        context.emit(
-            StepScheduled(step_id=step_id, attempt=attempt, input=input, at_ms=context.at_ms)
-        )
-        items = read_items(input, config.items_path)
-        if isinstance(items, str):
-            context.fail(step_id, ErrorInfo(message=items, kind="non_retryable"), retryable=False)
-            return
-        if len(items) > config.max_items:
-            message = f"the input holds {len(items)} items; max_items is {config.max_items}"
-            context.fail(step_id, ErrorInfo(message=message, kind="non_retryable"), retryable=False)
-            return
-        context.emit(
-            MapExpanded(step_id=step_id, attempt=attempt, count=len(items), at_ms=context.at_ms)
-        )
-        _next(context, step_id, config)
-
-    def task_completed(self, context: DecideContext, step_id: str, output: msgspec.Raw) -> None:
-        """No worker runs the map step itself (only its items): nothing to decide."""
-
-    def item(self, context: DecideContext, step_id: str, key: str, command: AnyCommand) -> None:
-        state = context.state
-        step = state.step(step_id)
-        map_state = map_of(state, step_id)
-        if state.status != "running" or step is None or map_state is None:
-            return
-        if step.status not in ("scheduled", "running") or map_state.attempt != step.attempt:
-            return
-        index = int(key) if key.isdigit() and str(int(key)) == key else -1
-        if not 0 <= index < map_state.count:
-            return
-        item = map_state.item(index)
-        live = item.status == "scheduled"
-        match command:
-            case CompleteTask() if live and item.attempt == command.attempt:
-                _item_completed(context, step_id, index, command)
-            case FailTask() if live and item.attempt == command.attempt:
-                error = ErrorInfo(message=command.error[:1024], kind=command.kind)
-                retryable = command.kind in ("error", "heartbeat_timeout")
-                _item_failed(context, step_id, index, error, retryable, command.retry_after_ms)
-            case FireTimer(kind="retry") if item.status == "retry_wait":
-                if command.attempt == item.attempt + 1:
-                    _schedule(context, step_id, index, command.attempt)
-            case FireTimer(kind="step_timeout") if live and item.attempt == command.attempt:
-                error = ErrorInfo(message=f"attempt {item.attempt} timed out", kind="timeout")
-                _item_failed(context, step_id, index, error, True, None)
-            case _:
-                return  # a start report, a stale result or timer: nothing to decide
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        match given:
+            case StartAttempt():
+                _start(draft, step_id, given)
+            case ItemReport():
+                _item(draft, step_id, given.key, given.command)
+        return None  # (no worker runs the map step itself, only its items)
 
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
@@ -176,7 +137,77 @@ class MapStep(StepTypeBase):
 
 
 def _config(state: RunState, step_id: str) -> MapConfig:
-    return validated_config(state, step_id, read_config, MapConfig)
+    return config_of(state, step_id, MapConfig)
+
+
+def _start(context: Draft, step_id: str, given: StartAttempt) -> None:
+    config = _config(context.state, step_id)
+    attempt = given.attempt
+    context.emit(
+        StepScheduled(step_id=step_id, attempt=attempt, input=given.input, at_ms=context.at_ms)
+    )
+    items = read_items(given.input, config.items_path)
+    if isinstance(items, str):
+        context.fail(step_id, ErrorInfo(message=items, kind="non_retryable"), retryable=False)
+        return
+    if len(items) > config.max_items:
+        message = f"the input holds {len(items)} items; max_items is {config.max_items}"
+        context.fail(step_id, ErrorInfo(message=message, kind="non_retryable"), retryable=False)
+        return
+    context.emit(
+        MapExpanded(step_id=step_id, attempt=attempt, count=len(items), at_ms=context.at_ms)
+    )
+    _next(context, step_id, config)
+
+
+def _item(context: Draft, step_id: str, key: str, command: AnyCommand) -> None:
+    state = context.state
+    step = state.step(step_id)
+    map_state = map_of(state, step_id)
+    if state.status != "running" or step is None or map_state is None:
+        return
+    if step.status not in ("scheduled", "running") or map_state.attempt != step.attempt:
+        return
+    index = int(key) if key.isdigit() and str(int(key)) == key else -1
+    if not 0 <= index < map_state.count:
+        return
+    item = map_state.item(index)
+    live = item.status == "scheduled"
+    match command:
+        case CompleteTask() if live and item.attempt == command.attempt:
+            _item_completed(context, step_id, index, command)
+        case FailTask() if live and item.attempt == command.attempt:
+            error = ErrorInfo(message=command.error[:1024], kind=command.kind)
+            retryable = command.kind in ("error", "heartbeat_timeout")
+            _item_failed(context, step_id, index, error, retryable, command.retry_after_ms)
+        case FireTimer(kind="retry") if item.status == "retry_wait":
+            if command.attempt == item.attempt + 1:
+                _schedule(context, step_id, index, command.attempt)
+        case FireTimer(kind="step_timeout") if live and item.attempt == command.attempt:
+            error = ErrorInfo(message=f"attempt {item.attempt} timed out", kind="timeout")
+            _item_failed(context, step_id, index, error, True, None)
+        case _:
+            return  # a start report, a stale result or timer: nothing to decide
+
+
+def map_of(state: RunState, step_id: str) -> MapState | None:
+    """The items of map step `step_id`, once expanded."""
+    for map_state in state.dynamic.maps:
+        if map_state.step_id == step_id:
+            return map_state
+    return None
+
+
+def with_map(state: RunState, map_state: MapState) -> RunState:
+    """`state` with the map of `map_state.step_id` replaced (or added)."""
+    maps = state.dynamic.maps
+    for index, existing in enumerate(maps):
+        if existing.step_id == map_state.step_id:
+            maps = (*maps[:index], map_state, *maps[index + 1 :])
+            break
+    else:
+        maps = (*maps, map_state)
+    return replace(state, dynamic=replace(state.dynamic, maps=maps))
 
 
 def _policy(state: RunState, step_id: str) -> RetryPolicy:
@@ -185,7 +216,7 @@ def _policy(state: RunState, step_id: str) -> RetryPolicy:
     return step_def.retry or state.workflow.default_retry or NO_RETRY
 
 
-def _schedule(context: DecideContext, step_id: str, index: int, attempt: int) -> None:
+def _schedule(context: Draft, step_id: str, index: int, attempt: int) -> None:
     step_def = context.state.step_def(step_id)
     assert step_def is not None
     timeout = step_def.timeout_ms
@@ -197,7 +228,7 @@ def _schedule(context: DecideContext, step_id: str, index: int, attempt: int) ->
     )
 
 
-def _next(context: DecideContext, step_id: str, config: MapConfig) -> None:
+def _next(context: Draft, step_id: str, config: MapConfig) -> None:
     """Start pending items while there is room; complete the step when every item ended."""
     map_state = map_of(context.state, step_id)
     assert map_state is not None
@@ -219,7 +250,7 @@ def _refill_batch(config: MapConfig) -> int:
 
 
 def _item_completed(
-    context: DecideContext, step_id: str, index: int, command: CompleteTask
+    context: Draft, step_id: str, index: int, command: CompleteTask
 ) -> None:
     if len(command.output) > limits.payload_bytes_max:
         size = len(command.output)
@@ -241,7 +272,7 @@ def _item_completed(
 
 
 def _item_failed(
-    context: DecideContext,
+    context: Draft,
     step_id: str,
     index: int,
     error: ErrorInfo,

@@ -13,13 +13,14 @@ from typing import Final
 
 import msgspec
 
-from kernel import dynamic, limits, registry
+from kernel import appended, limits, registry
 from kernel.durations import show_value
 from kernel.errors import Problem
 from kernel.state import RunState
 from kernel.workflow import StepDef
 from kernel.workflow_fields import Problems
 from kernel.workflow_parse import parse_document
+from steps import base
 from steps.config_read import config_document, read_int, read_names, unknown_fields
 
 CONFIG_FIELDS: Final = ("max_steps", "max_depth", "allowed_tasks", "allowed_types")
@@ -68,11 +69,8 @@ def read_config(step: StepDef, path: str) -> PlannerConfig | tuple[Problem, ...]
 
 
 def config_of(state: RunState, step_id: str) -> PlannerConfig:
-    step_def = state.step_def(step_id)
-    assert step_def is not None
-    config = read_config(step_def, step_id)
-    assert isinstance(config, PlannerConfig), "validated at registration (or as a plan)"
-    return config
+    """The planner's typed config (validated at registration, or as a plan)."""
+    return base.config_of(state, step_id, PlannerConfig)
 
 
 def read_plan(
@@ -154,7 +152,7 @@ def nested_plan_allowed(state: RunState, planner_id: str) -> bool:
             levels = nested_depth - ancestor.count(".")
             if levels > config_of(state, ancestor).max_depth:
                 return False
-        ancestor = dynamic.parent_id(ancestor)
+        ancestor = appended.parent_id(ancestor)
     return True
 
 

@@ -1,7 +1,7 @@
 """The `sleep` step type: a durable delay with no worker.
 
 Config: exactly one of `duration` (`"30s"`, or integer nanoseconds as in workflow files),
-`cron` (a 5-field expression in UTC, see `kernel.cron`: the step wakes at its next fire time
+`cron` (a 5-field expression in UTC, see `steps.cron`: the step wakes at its next fire time
 after the step starts) or `until_input_path` (a dotted path into the run input holding an
 RFC 3339 time or epoch milliseconds). Every wake-up is at most `sleep_ms_max` away. The step's
 output is its input, so `a -> sleep -> b` hands `a`'s output to `b`.
@@ -18,19 +18,19 @@ from __future__ import annotations
 import msgspec
 
 from kernel import limits, registry
-from kernel.commands import FireTimer
-from kernel.cron import next_fire_ms, parse_cron
+from kernel.commands import FireTimer, Rejection
 from kernel.durations import parse_duration, show_value
 from kernel.effects import AnyEffect
 from kernel.errors import Problem
 from kernel.events import AnyEvent, ErrorInfo, StepEvent, TimerFired, TimerStarted
+from kernel.outcome import StartAttempt, StepInput
 from kernel.payloads import read_field
-from kernel.registry import DecideContext
 from kernel.state import RunState
-from kernel.step_api import StepTypeBase, schedule_attempt, set_wake, step_timer, step_timer_id
-from kernel.timestamps import parse_timestamp_ms
+from kernel.timers import step_timer_id
 from kernel.workflow import StepDef
-from steps.config_read import validated_config
+from steps.base import Draft, StepTypeBase, config_of, schedule_attempt, set_wake, step_timer
+from steps.cron import next_fire_ms, parse_cron
+from steps.timestamps import parse_timestamp_ms
 
 CONFIG_FIELDS = ("duration", "cron", "until_input_path")
 
@@ -92,27 +92,24 @@ class SleepStep(StepTypeBase):
         config = read_config(step, path)
         return config if isinstance(config, tuple) else ()
 
-    # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        state = context.state
-        config = validated_config(state, step_id, read_config, SleepConfig)
-        context.emit(schedule_attempt(state, step_id, attempt, input, context.at_ms))
-        wake = _wake_at(state, config, context.at_ms)
-        if isinstance(wake, str):
-            context.fail(step_id, ErrorInfo(message=wake, kind="non_retryable"), retryable=False)
-            return
-        timer_id = step_timer_id(step_id, attempt)
-        context.emit(
-            TimerStarted(step_id=step_id, timer_id=timer_id, fire_at_ms=wake, at_ms=context.at_ms)
-        )
+    def read_config(self, step: StepDef) -> SleepConfig:
+        config = read_config(step, step.id)
+        assert isinstance(config, SleepConfig), "validated at registration"
+        return config
 
-    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
-        step = context.state.step(step_id)
-        assert step is not None
-        if step.wake_at_ms is None:
-            return
-        context.emit(TimerFired(step_id=step_id, timer_id=command.timer_id, at_ms=context.at_ms))
-        context.complete(step_id, step.input)
+    # decide
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        match given:
+            case StartAttempt():
+                _start(draft, step_id, given)
+            case FireTimer():
+                step = draft.state.step(step_id)
+                assert step is not None
+                if step.wake_at_ms is not None:
+                    fired = TimerFired(step_id=step_id, timer_id=given.timer_id, at_ms=draft.at_ms)
+                    draft.emit(fired)
+                    draft.complete(step_id, step.input)
+        return None
 
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
@@ -135,6 +132,18 @@ class SleepStep(StepTypeBase):
     def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
         timer = step_timer(state, step_id)
         return (timer,) if timer is not None else ()
+
+
+def _start(draft: Draft, step_id: str, given: StartAttempt) -> None:
+    state = draft.state
+    config = config_of(state, step_id, SleepConfig)
+    draft.emit(schedule_attempt(state, step_id, given.attempt, given.input, draft.at_ms))
+    wake = _wake_at(state, config, draft.at_ms)
+    if isinstance(wake, str):
+        draft.fail(step_id, ErrorInfo(message=wake, kind="non_retryable"), retryable=False)
+        return
+    timer_id = step_timer_id(step_id, given.attempt)
+    draft.emit(TimerStarted(step_id=step_id, timer_id=timer_id, fire_at_ms=wake, at_ms=draft.at_ms))
 
 
 def _wake_at(state: RunState, config: SleepConfig, at_ms: int) -> int | str:

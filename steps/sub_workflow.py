@@ -16,18 +16,19 @@ evolve: nothing of its own (the link is in history; the child id is derived).
 react: `child.started` starts the child; a timed-out attempt or the parent's end cancels an
 attached child still running.
 resume: a live step starts its child again (a no-op for a child that exists; one that already
-ended reports again, see `kernel.children.repeat_start`).
+ended reports again, see `kernel.run_links.repeat_start`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Literal
 
 import msgspec
 
 from kernel import limits, registry
-from kernel.children import child_run_id
-from kernel.commands import RecordChild
+from kernel.commands import RecordChild, Rejection
 from kernel.durations import show_value
 from kernel.effects import AnyEffect, CancelChild, StartChild
 from kernel.errors import Problem
@@ -44,14 +45,16 @@ from kernel.events import (
     StepEvent,
     StepTimedOut,
 )
+from kernel.outcome import StartAttempt, StepInput
 from kernel.payloads import compose_object, encode
-from kernel.registry import DecideContext
 from kernel.state import RunState
-from kernel.step_api import StepTypeBase, schedule_attempt, timer_seed
+from kernel.timers import timer_seed
 from kernel.workflow import StepDef
-from steps.config_read import validated_config
+from steps.base import Draft, StepTypeBase, config_of, schedule_attempt
 
 CONFIG_FIELDS = ("workflow", "detach")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_DIGEST_CHARS = 16
 
 
 class SubWorkflowConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,8 +90,26 @@ def read_config(step: StepDef, path: str) -> SubWorkflowConfig | tuple[Problem, 
     return SubWorkflowConfig(workflow=name, detach=bool(detach))
 
 
+def child_run_id(run_id: str, step_id: str, attempt: int) -> str:
+    """The run id of the child started by `attempt` of a parent's step: `<run>-<step>-<attempt>`
+    when that reads back unambiguously, else that (made safe, shortened to fit) followed by a
+    digest of the three parts, so two different triples never give the same id.
+    """
+    assert attempt >= 1, f"attempt {attempt} must be >= 1"
+    plain = f"{run_id}-{step_id}-{attempt}"
+    ambiguous = "-" in run_id or "-" in step_id or _UNSAFE.search(step_id) is not None
+    if not ambiguous and _UNSAFE.search(run_id) is None and len(plain) <= limits.run_id_length_max:
+        return plain
+    parts = f"{run_id}\x00{step_id}\x00{attempt}".encode()
+    digest = hashlib.blake2b(parts, digest_size=_DIGEST_CHARS // 2).hexdigest()
+    keep = limits.run_id_length_max - _DIGEST_CHARS - 1
+    result = f"{_UNSAFE.sub('_', plain)[:keep]}-{digest}"
+    assert len(result) <= limits.run_id_length_max
+    return result
+
+
 def _config(state: RunState, step_id: str) -> SubWorkflowConfig:
-    return validated_config(state, step_id, read_config, SubWorkflowConfig)
+    return config_of(state, step_id, SubWorkflowConfig)
 
 
 class SubWorkflowStep(StepTypeBase):
@@ -101,66 +122,19 @@ class SubWorkflowStep(StepTypeBase):
         config = read_config(step, path)
         return config if isinstance(config, tuple) else ()
 
-    # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        state = context.state
-        config = _config(state, step_id)
-        context.emit(schedule_attempt(state, step_id, attempt, input, context.at_ms))
-        if state.depth + 1 > limits.sub_workflow_depth_max:
-            message = (
-                f"a child of run {state.run_id!r} would be at depth {state.depth + 1}; "
-                f"the limit is {limits.sub_workflow_depth_max} (sub_workflow_depth_max)"
-            )
-            error = ErrorInfo(message=message, kind="non_retryable")
-            context.fail(step_id, error, retryable=False)
-            return
-        context.emit(
-            ChildStarted(
-                step_id=step_id,
-                attempt=attempt,
-                child_run_id=child_run_id(state.run_id, step_id, attempt),
-                workflow=config.workflow,
-                detached=config.detach,
-                at_ms=context.at_ms,
-            )
-        )
+    def read_config(self, step: StepDef) -> SubWorkflowConfig:
+        config = read_config(step, step.id)
+        assert isinstance(config, SubWorkflowConfig), "validated at registration"
+        return config
 
-    def child_reported(self, context: DecideContext, step_id: str, command: RecordChild) -> None:
-        state = context.state
-        step = state.step(step_id)
-        assert step is not None and step.status in ("scheduled", "running")
-        if command.child_run_id != child_run_id(state.run_id, step_id, step.attempt):
-            return  # the child of an earlier attempt
-        detached = _config(state, step_id).detach
-        child = command.child_run_id
-        at_ms = context.at_ms
-        if command.status == "started" and detached:
-            output = compose_object((("child_run_id", encode(child)),))
-            context.emit(
-                ChildCompleted(step_id=step_id, child_run_id=child, output=output, at_ms=at_ms)
-            )
-            context.complete(step_id, output)
-        elif command.status == "completed" and not detached:
-            context.emit(
-                ChildCompleted(
-                    step_id=step_id, child_run_id=child, output=command.output, at_ms=at_ms
-                )
-            )
-            context.complete(step_id, command.output)
-        elif command.status in ("failed", "cancelled"):
-            cancelled = command.status == "cancelled"
-            kind: ErrorKind = (
-                "cancelled" if cancelled else "error" if command.retryable else "non_retryable"
-            )
-            message = command.error or f"child run {child!r} {command.status}"
-            error = ErrorInfo(message=message[: limits.error_message_bytes_max // 4], kind=kind)
-            status: Literal["failed", "cancelled"] = "cancelled" if cancelled else "failed"
-            context.emit(
-                ChildFailed(
-                    step_id=step_id, child_run_id=child, status=status, error=error, at_ms=at_ms
-                )
-            )
-            context.fail(step_id, error, retryable=command.retryable and not cancelled)
+    # decide
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        match given:
+            case StartAttempt():
+                _start(draft, step_id, given)
+            case RecordChild():
+                _child_reported(draft, step_id, given)
+        return None
 
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
@@ -192,6 +166,63 @@ class SubWorkflowStep(StepTypeBase):
         assert step is not None
         at_ms = step.first_scheduled_at_ms if step.first_scheduled_at_ms is not None else 0
         return (_start_child(state, step_id, at_ms),)
+
+
+def _start(draft: Draft, step_id: str, given: StartAttempt) -> None:
+    state = draft.state
+    config = _config(state, step_id)
+    draft.emit(schedule_attempt(state, step_id, given.attempt, given.input, draft.at_ms))
+    if state.depth + 1 > limits.sub_workflow_depth_max:
+        message = (
+            f"a child of run {state.run_id!r} would be at depth {state.depth + 1}; "
+            f"the limit is {limits.sub_workflow_depth_max} (sub_workflow_depth_max)"
+        )
+        draft.fail(step_id, ErrorInfo(message=message, kind="non_retryable"), retryable=False)
+        return
+    draft.emit(
+        ChildStarted(
+            step_id=step_id,
+            attempt=given.attempt,
+            child_run_id=child_run_id(state.run_id, step_id, given.attempt),
+            workflow=config.workflow,
+            detached=config.detach,
+            at_ms=draft.at_ms,
+        )
+    )
+
+
+def _child_reported(draft: Draft, step_id: str, command: RecordChild) -> None:
+    state = draft.state
+    step = state.step(step_id)
+    assert step is not None and step.status in ("scheduled", "running")
+    if command.child_run_id != child_run_id(state.run_id, step_id, step.attempt):
+        return  # the child of an earlier attempt
+    detached = _config(state, step_id).detach
+    child = command.child_run_id
+    at_ms = draft.at_ms
+    if command.status == "started" and detached:
+        output = compose_object((("child_run_id", encode(child)),))
+        draft.emit(ChildCompleted(step_id=step_id, child_run_id=child, output=output, at_ms=at_ms))
+        draft.complete(step_id, output)
+    elif command.status == "completed" and not detached:
+        draft.emit(
+            ChildCompleted(step_id=step_id, child_run_id=child, output=command.output, at_ms=at_ms)
+        )
+        draft.complete(step_id, command.output)
+    elif command.status in ("failed", "cancelled"):
+        cancelled = command.status == "cancelled"
+        kind: ErrorKind = (
+            "cancelled" if cancelled else "error" if command.retryable else "non_retryable"
+        )
+        message = command.error or f"child run {child!r} {command.status}"
+        error = ErrorInfo(message=message[: limits.error_message_bytes_max // 4], kind=kind)
+        status: Literal["failed", "cancelled"] = "cancelled" if cancelled else "failed"
+        draft.emit(
+            ChildFailed(
+                step_id=step_id, child_run_id=child, status=status, error=error, at_ms=at_ms
+            )
+        )
+        draft.fail(step_id, error, retryable=command.retryable and not cancelled)
 
 
 def _start_child(state: RunState, step_id: str, at_ms: int) -> StartChild:

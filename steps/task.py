@@ -1,6 +1,7 @@
 """The `task` step type: runs a worker handler once per attempt (retries are the kernel's).
 
-decide: a ready task step schedules attempt 1 with its resolved input.
+decide: a ready task step schedules the attempt with its resolved input; the worker's result
+completes it (the default of `StepTypeBase`).
 evolve: nothing of its own (the common step events carry it).
 react: a scheduled attempt becomes a task message for the worker.
 resume: a scheduled or running attempt's task message is published again (deduplicated).
@@ -8,16 +9,15 @@ resume: a scheduled or running attempt's task message is published again (dedupl
 
 from __future__ import annotations
 
-import msgspec
-
 from kernel import registry
+from kernel.commands import Rejection
 from kernel.effects import AnyEffect
 from kernel.errors import Problem
 from kernel.events import AnyEvent, StepScheduled
-from kernel.registry import DecideContext
+from kernel.outcome import StartAttempt, StepInput
 from kernel.state import RunState
-from kernel.step_api import StepTypeBase, enqueue_task, schedule_attempt
 from kernel.workflow import EMPTY_OBJECT, StepDef
+from steps.base import Draft, StepTypeBase, enqueue_task, schedule_attempt
 
 
 class TaskStep(StepTypeBase):
@@ -38,8 +38,13 @@ class TaskStep(StepTypeBase):
         return ()
 
     # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        context.emit(schedule_attempt(context.state, step_id, attempt, input, context.at_ms))
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        if isinstance(given, StartAttempt):
+            draft.emit(
+                schedule_attempt(draft.state, step_id, given.attempt, given.input, draft.at_ms)
+            )
+            return None
+        return super().on(draft, step_id, given)
 
     # react
     def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:

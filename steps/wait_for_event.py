@@ -24,7 +24,7 @@ import re
 import msgspec
 
 from kernel import limits, registry
-from kernel.commands import DeliverEvent, FireTimer
+from kernel.commands import DeliverEvent, FireTimer, Rejection
 from kernel.conditions import CONDITION_OPS, condition_holds, condition_problems
 from kernel.durations import show_value
 from kernel.effects import AnyEffect, CancelTimer, WatchEvents
@@ -37,12 +37,12 @@ from kernel.events import (
     TimerFired,
     TimerStarted,
 )
+from kernel.outcome import StartAttempt, StepInput
 from kernel.payloads import encode
-from kernel.registry import DecideContext
 from kernel.state import RunState
-from kernel.step_api import StepTypeBase, schedule_attempt, set_wake, step_timer, step_timer_id
+from kernel.timers import step_timer_id
 from kernel.workflow import StepDef
-from steps.config_read import validated_config
+from steps.base import Draft, StepTypeBase, config_of, schedule_attempt, set_wake, step_timer
 
 CONFIG_FIELDS = ("event", "match", "since")
 SINCE_VALUES = ("step_start", "run_start")
@@ -90,7 +90,7 @@ def read_config(step: StepDef, path: str) -> WaitForEventConfig | tuple[Problem,
 
 
 def _config(state: RunState, step_id: str) -> WaitForEventConfig:
-    return validated_config(state, step_id, read_config, WaitForEventConfig)
+    return config_of(state, step_id, WaitForEventConfig)
 
 
 class WaitForEventStep(StepTypeBase):
@@ -103,51 +103,26 @@ class WaitForEventStep(StepTypeBase):
         config = read_config(step, path)
         return config if isinstance(config, tuple) else ()
 
+    def read_config(self, step: StepDef) -> WaitForEventConfig:
+        config = read_config(step, step.id)
+        assert isinstance(config, WaitForEventConfig), "validated at registration"
+        return config
+
     # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        state = context.state
-        scheduled = schedule_attempt(state, step_id, attempt, input, context.at_ms)
-        # the timeout completes the step (its own timer) instead of failing the attempt
-        context.emit(msgspec.structs.replace(scheduled, deadline_ms=None))
-        step_def = state.step_def(step_id)
-        assert step_def is not None
-        if step_def.timeout_ms is not None:
-            context.emit(
-                TimerStarted(
-                    step_id=step_id,
-                    timer_id=step_timer_id(step_id, attempt),
-                    fire_at_ms=context.at_ms + step_def.timeout_ms,
-                    at_ms=context.at_ms,
-                )
-            )
-
-    def external_event(self, context: DecideContext, step_id: str, command: DeliverEvent) -> None:
-        state = context.state
-        config = _config(state, step_id)
-        step = state.step(step_id)
-        assert step is not None
-        if command.name != config.event or command.at_ms < _since_ms(state, step_id, config):
-            return
-        if config.match is not None and not condition_holds(config.match, command.payload, state):
-            return
-        context.emit(
-            EventReceived(
-                step_id=step_id,
-                name=command.name,
-                event_seq=command.event_seq,
-                payload=command.payload,
-                at_ms=context.at_ms,
-            )
-        )
-        context.complete(step_id, command.payload)
-
-    def fire(self, context: DecideContext, step_id: str, command: FireTimer) -> None:
-        step = context.state.step(step_id)
-        assert step is not None
-        if step.wake_at_ms is None:
-            return
-        context.emit(TimerFired(step_id=step_id, timer_id=command.timer_id, at_ms=context.at_ms))
-        context.complete(step_id, TIMEOUT_OUTPUT)
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        match given:
+            case StartAttempt():
+                _start(draft, step_id, given)
+            case DeliverEvent():
+                _offered(draft, step_id, given)
+            case FireTimer():
+                step = draft.state.step(step_id)
+                assert step is not None
+                if step.wake_at_ms is not None:
+                    fired = TimerFired(step_id=step_id, timer_id=given.timer_id, at_ms=draft.at_ms)
+                    draft.emit(fired)
+                    draft.complete(step_id, TIMEOUT_OUTPUT)
+        return None
 
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
@@ -180,6 +155,43 @@ class WaitForEventStep(StepTypeBase):
     def resume(self, state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
         timer = step_timer(state, step_id)
         return (_watch(state, step_id),) + ((timer,) if timer is not None else ())
+
+
+def _start(draft: Draft, step_id: str, given: StartAttempt) -> None:
+    state = draft.state
+    scheduled = schedule_attempt(state, step_id, given.attempt, given.input, draft.at_ms)
+    # the timeout completes the step (its own timer) instead of failing the attempt
+    draft.emit(msgspec.structs.replace(scheduled, deadline_ms=None))
+    step_def = state.step_def(step_id)
+    assert step_def is not None
+    if step_def.timeout_ms is not None:
+        draft.emit(
+            TimerStarted(
+                step_id=step_id,
+                timer_id=step_timer_id(step_id, given.attempt),
+                fire_at_ms=draft.at_ms + step_def.timeout_ms,
+                at_ms=draft.at_ms,
+            )
+        )
+
+
+def _offered(draft: Draft, step_id: str, command: DeliverEvent) -> None:
+    state = draft.state
+    config = _config(state, step_id)
+    if command.name != config.event or command.at_ms < _since_ms(state, step_id, config):
+        return
+    if config.match is not None and not condition_holds(config.match, command.payload, state):
+        return
+    draft.emit(
+        EventReceived(
+            step_id=step_id,
+            name=command.name,
+            event_seq=command.event_seq,
+            payload=command.payload,
+            at_ms=draft.at_ms,
+        )
+    )
+    draft.complete(step_id, command.payload)
 
 
 def _since_ms(state: RunState, step_id: str, config: WaitForEventConfig) -> int:

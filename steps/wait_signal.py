@@ -13,18 +13,27 @@ react / resume: nothing (no timer, no task).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from kernel import limits, registry
+from kernel.commands import Rejection
 from kernel.durations import show_value
 from kernel.errors import Problem
 from kernel.events import SignalConsumed, StepEvent
-from kernel.registry import DecideContext
+from kernel.outcome import SignalArrived, StartAttempt, StepInput
 from kernel.state import RunState
-from kernel.step_api import StepTypeBase, schedule_attempt
 from kernel.workflow import StepDef
+from steps.base import Draft, StepTypeBase, config_of, schedule_attempt
 
 CONFIG_FIELDS = ("signal",)
+
+
+class WaitSignalConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The signal name to wait for (1..`limits.signal_name_length_max` characters)."""
+
+    signal: Annotated[str, msgspec.Meta(min_length=1, max_length=limits.signal_name_length_max)]
 
 
 def signal_name(step: StepDef) -> str | Problem:
@@ -58,31 +67,28 @@ class WaitSignalStep(StepTypeBase):
             return (msgspec.structs.replace(name, path=f"{path}.{name.path}"),)
         return ()
 
-    # decide
-    def start(self, context: DecideContext, step_id: str, input: msgspec.Raw, attempt: int) -> None:
-        context.emit(schedule_attempt(context.state, step_id, attempt, input, context.at_ms))
-        wanted = self._wanted(context.state, step_id)
-        for index, signal in enumerate(context.state.signals):
-            if signal.consumed_by is None and signal.name == wanted:
-                self._consume(context, step_id, index)
-                return
-
-    def signal(self, context: DecideContext, step_id: str, signal_index: int) -> None:
-        signal = context.state.signals[signal_index]
-        if signal.consumed_by is None and signal.name == self._wanted(context.state, step_id):
-            self._consume(context, step_id, signal_index)
-
-    def _wanted(self, state: RunState, step_id: str) -> str:
-        step_def = state.step_def(step_id)
-        assert step_def is not None
-        name = signal_name(step_def)
+    def read_config(self, step: StepDef) -> WaitSignalConfig:
+        name = signal_name(step)
         assert isinstance(name, str), "validated at registration"
-        return name
+        return WaitSignalConfig(signal=name)
 
-    def _consume(self, context: DecideContext, step_id: str, index: int) -> None:
-        payload = context.state.signals[index].payload
-        context.emit(SignalConsumed(step_id=step_id, signal_index=index, at_ms=context.at_ms))
-        context.complete(step_id, payload)
+    # decide
+    def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
+        wanted = config_of(draft.state, step_id, WaitSignalConfig).signal
+        match given:
+            case StartAttempt():
+                draft.emit(
+                    schedule_attempt(draft.state, step_id, given.attempt, given.input, draft.at_ms)
+                )
+                for index, signal in enumerate(draft.state.signals):
+                    if signal.consumed_by is None and signal.name == wanted:
+                        _consume(draft, step_id, index)
+                        return None
+            case SignalArrived():
+                signal = draft.state.signals[given.index]
+                if signal.consumed_by is None and signal.name == wanted:
+                    _consume(draft, step_id, given.index)
+        return None
 
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
@@ -93,6 +99,12 @@ class WaitSignalStep(StepTypeBase):
         index = event.signal_index
         signals = (*state.signals[:index], taken, *state.signals[index + 1 :])
         return msgspec.structs.replace(state, signals=signals)
+
+
+def _consume(draft: Draft, step_id: str, index: int) -> None:
+    payload = draft.state.signals[index].payload
+    draft.emit(SignalConsumed(step_id=step_id, signal_index=index, at_ms=draft.at_ms))
+    draft.complete(step_id, payload)
 
 
 WAIT_SIGNAL = registry.register(WaitSignalStep())

@@ -8,7 +8,6 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from kernel.children import child_run_id
 from kernel.codec import (
     CURRENT_VERSIONS,
     decode_command,
@@ -35,6 +34,7 @@ from kernel.events import (
 )
 from kernel.reducer import fold
 from kernel.state import RunState
+from steps.sub_workflow import child_run_id
 from tests.agent_histories import agent_history, resumed_agent_history
 from tests.histories.make_golden import SCENARIOS, history
 from tests.kernel_dsl import (

@@ -19,9 +19,9 @@ from dagnats import Client, TaskContext, Worker
 from dagnats.serve import Server
 from kernel import limits
 from kernel.builder import Workflow
-from kernel.children import child_run_id
 from kernel.errors import PayloadTooLargeError
 from kernel.events import TimerFired
+from steps.sub_workflow import child_run_id
 
 WAIT_S = 30.0
 

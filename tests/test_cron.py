@@ -1,4 +1,4 @@
-"""Cron expressions (kernel.cron): parsing, next fire times by example, and a hypothesis
+"""Cron expressions (steps.cron): parsing, next fire times by example, and a hypothesis
 cross-check against croniter (a dev-only dependency), plus `civil_from_days`."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kernel import limits
-from kernel.cron import FIELDS, CronSchedule, next_fire_ms, parse_cron
-from kernel.timestamps import (
+from steps.cron import FIELDS, CronSchedule, next_fire_ms, parse_cron
+from steps.timestamps import (
     EPOCH_MS_MAX,
     civil_from_days,
     days_from_civil,

@@ -49,7 +49,7 @@ from kernel.events import (
 from kernel.react import resume
 from kernel.reducer import evolve, fold, fold_from
 from kernel.state import ACTIVE_STEP_STATUSES, DONE_STEP_STATUSES, RunState, is_terminal
-from kernel.step_api import RUN_TIMEOUT_TIMER_ID, retry_timer_id, step_timeout_timer_id
+from kernel.timers import RUN_TIMEOUT_TIMER_ID, retry_timer_id, step_timeout_timer_id
 from kernel.workflow import RetryPolicy, StepDef, WorkflowDef
 from tests.strategies import (
     RUN_ID,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import pytest
 
 from kernel import limits
-from kernel.commands import AnyCommand, FireTimer
+from kernel.commands import AnyCommand, FireTimer, Rejection
+from kernel.decide import decide
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask, task_msg_id
 from kernel.events import StepCompleted, StepFailed, StepTimedOut
 from kernel.react import react, resume
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
-from kernel.step_api import timer_seed
+from kernel.timers import timer_seed
 from kernel.workflow import WorkflowDef
 from tests.kernel_dsl import (
     cancel,
@@ -33,6 +34,7 @@ from tests.kernel_dsl import (
     start,
     started,
     task,
+    unstamped,
     workflow,
 )
 
@@ -233,7 +235,7 @@ def test_resume_mid_run_re_derives_live_tasks_and_timers_and_nothing_for_done_st
         fail("waiting", at_ms=3_000),
     )
     assert [s.status for s in mid.state.steps] == ["completed", "running", "retry_wait", "pending"]
-    assert resume(mid.state) == (
+    assert tuple(map(unstamped, resume(mid.state))) == (
         run_timer(91_000),
         enqueue("running", "in", deadline_ms=6_000),
         step_timer("running", 1, 6_000),
@@ -245,7 +247,7 @@ def test_resume_of_a_compensating_run_enqueues_the_live_handler() -> None:
     wf = workflow(task("a", compensate="undo"), task("b", "a"), task("undo"), timeout_ms=50_000)
     state = given(start(wf), complete("a", 1), fail("b")).state
     assert state.status == "compensating"
-    assert resume(state) == (enqueue("undo", {"step_id": "a", "output": 1}),)
+    assert tuple(map(unstamped, resume(state))) == (enqueue("undo", {"step_id": "a", "output": 1}),)
 
 
 def _outstanding_after(
@@ -362,8 +364,8 @@ def test_resume_after_every_decision_is_exactly_what_is_outstanding(name: str) -
         derived = resume(state)
         keys = [e.msg_id if isinstance(e, EnqueueTask) else _timer_id(e) for e in derived]
         assert len(keys) == len(set(keys)), f"resume repeats an effect: {show(derived)}"
-        assert {key: show(e) for key, e in zip(keys, derived, strict=True)} == {
-            key: show(e) for key, e in expected.items()
+        assert {key: show(unstamped(e)) for key, e in zip(keys, derived, strict=True)} == {
+            key: show(unstamped(e)) for key, e in expected.items()
         }, f"after {state.event_count} events ({state.status})"
         checked += 1
     assert checked == len(commands)
@@ -384,3 +386,18 @@ def test_decided_events_never_arm_more_timers_than_the_limit() -> None:
         state = evolve(state, event)
         armed += sum(isinstance(e, ArmTimer) for e in react(state, event))
     assert armed == 51 <= limits.timers_per_run_max
+
+
+def test_every_task_message_carries_the_history_size_when_it_was_decided() -> None:
+    wf = workflow(task("a"), task("b", "a"))
+    started = decide(INITIAL_STATE, start(wf, {"q": 1}))
+    assert not isinstance(started, Rejection)
+    state = INITIAL_STATE
+    stamps: list[int] = []
+    for event in started:
+        state = evolve(state, event)
+        stamps += [e.history_events for e in react(state, event) if isinstance(e, EnqueueTask)]
+    assert stamps == [state.event_count] and state.event_count >= 2
+    resumed = [e for e in resume(state) if isinstance(e, EnqueueTask)]
+    assert [e.history_events for e in resumed] == [state.event_count]
+    assert all(e.history_events > 0 for e in resumed), "never the unstamped default"

@@ -28,7 +28,7 @@ from kernel.events import (
     TimerStarted,
 )
 from kernel.react import resume
-from kernel.step_api import retry_timer_id
+from kernel.timers import retry_timer_id
 from kernel.workflow import RetryPolicy, StepDef, WorkflowDef, parse_workflow
 from steps.agent_parts import deadline_timer_id, delay_timer_id
 from tests.kernel_dsl import complete, fail, given, raw, retry, start, task, workflow

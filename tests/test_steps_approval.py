@@ -1,4 +1,4 @@
-"""Given/when/then for the `approval` step type (kernel.approvals): approve, reject with
+"""Given/when/then for the `approval` step type (steps/approvals.py): approve, reject with
 on_failure, each on_timeout, a second decision, resume, and the kernel properties."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from hypothesis import given as hypothesis_given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from kernel import approvals
 from kernel.commands import FireTimer, ResolveApproval
 from kernel.decide import decide
 from kernel.effects import ArmTimer, CancelTimer, NotifyApproval
@@ -25,6 +24,7 @@ from kernel.react import resume
 from kernel.reducer import fold, fold_from
 from kernel.state import is_terminal
 from kernel.workflow import StepDef, WorkflowDef
+from steps import approvals
 from tests.kernel_dsl import (
     RUN_ID,
     UNSTAMPED,

@@ -1,4 +1,4 @@
-"""Given/when/then for the `continue_as_new` step type (kernel.continuation): the run ends as
+"""Given/when/then for the `continue_as_new` step type (steps/continuation.py): the run ends as
 continued_as_new, the new run is started with the links, the chain is bounded."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import given as hypothesis_given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from kernel import continuation, limits
+from kernel import limits, run_links
 from kernel.commands import Rejection, StartRun
 from kernel.decide import decide
 from kernel.effects import CancelTimer, ReportToParent, StartContinuation
@@ -17,6 +17,7 @@ from kernel.react import resume
 from kernel.reducer import fold, fold_from
 from kernel.state import is_terminal
 from kernel.workflow import StepDef
+from steps import continuation
 from tests.kernel_dsl import RUN_ID, cancel, complete, given, raw, start, step_of, task, workflow
 
 
@@ -72,7 +73,7 @@ def test_the_new_run_records_the_link_and_the_chain_root() -> None:
     first = when.events[0]
     assert isinstance(first, RunStarted) and first.continued_from == "r1"
     when.then_state(continued_from="r1", chain_root="r1", chain_index=1)
-    assert continuation.root_of(when.state) == "r1"
+    assert run_links.root_of(when.state) == "r1"
     assert continuation.next_run_id("r1", 2) == "r1-cont2"
 
 
@@ -124,10 +125,9 @@ def test_a_continued_child_reports_to_its_parent_under_the_chain_root_id() -> No
     assert [(r.run_id, r.status) for r in reports] == [("p-s-1", "completed")]
 
 
-def test_restart_starts_the_new_run_again_and_resume_gives_nothing() -> None:
+def test_resume_of_a_continued_run_starts_its_successor_again() -> None:
     ended = given(start(LOOP, 0), complete("work", 1)).state
-    assert resume(ended) == ()
-    (effect,) = continuation.restart(ended)
+    (effect,) = resume(ended)
     assert isinstance(effect, StartContinuation) and effect.new_run_id == "r1-cont1"
     assert bytes(effect.input) == b"1" and effect.workflow == "loop"
 

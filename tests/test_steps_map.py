@@ -25,7 +25,7 @@ from kernel.events import (
 from kernel.react import react, resume
 from kernel.reducer import evolve
 from kernel.state import RunState
-from kernel.step_api import retry_timer_id, step_timeout_timer_id
+from kernel.timers import retry_timer_id, step_timeout_timer_id
 from kernel.workflow import RetryPolicy, StepDef, WorkflowDef, parse_workflow
 from tests.kernel_dsl import complete, fail, given, raw, retry, start, task, workflow
 

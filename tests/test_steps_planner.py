@@ -21,6 +21,7 @@ from kernel.events import (
 )
 from kernel.react import resume
 from kernel.workflow import RetryPolicy, StepDef, WorkflowDef
+from steps.planner import PlannerEnvelope
 from tests.kernel_dsl import (
     complete,
     fail,
@@ -183,10 +184,11 @@ def test_the_next_attempt_sees_the_previous_attempts_problems() -> None:
     retried = given(start(WF), complete("a", {}), complete("p", bad)).when(fire_retry("p", 2))
     tasks = [e for e in retried.effects if isinstance(e, EnqueueTask)]
     assert len(tasks) == 1 and tasks[0].attempt == 2
-    assert len(tasks[0].previous_errors) == 1
-    assert "steps[0].depends_on[0]: 'nope'" in tasks[0].previous_errors[0]
+    envelope = msgspec.json.decode(bytes(tasks[0].envelope), type=PlannerEnvelope)
+    assert len(envelope.previous_errors) == 1
+    assert "steps[0].depends_on[0]: 'nope'" in envelope.previous_errors[0]
     first = given(start(WF)).when(complete("a", {}))
-    assert [e.previous_errors for e in first.effects if isinstance(e, EnqueueTask)] == [()]
+    assert [bytes(e.envelope) for e in first.effects if isinstance(e, EnqueueTask)] == [b"null"]
     fixed = given(start(WF), complete("a", {}), complete("p", bad), fire_retry("p", 2)).when(
         complete("p", PLAN, attempt=2)
     )

@@ -1,4 +1,4 @@
-"""Given/when/then for `sleep` steps with a `cron` expression (kernel.cron does the dates)."""
+"""Given/when/then for `sleep` steps with a `cron` expression (steps.cron does the dates)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from kernel import limits
 from kernel.effects import ArmTimer
 from kernel.errors import WorkflowInvalidError
 from kernel.events import StepCompleted, StepFailed, TimerFired, TimerStarted
-from kernel.timestamps import parse_rfc3339_ms
 from kernel.workflow import parse_workflow
+from steps.timestamps import parse_rfc3339_ms
 from tests.kernel_dsl import complete, fire_step_timer, given, raw, start, step_of, task, workflow
 
 

@@ -19,9 +19,9 @@ from kernel.events import (
     TimerStarted,
 )
 from kernel.react import resume
-from kernel.step_api import step_timer_id
-from kernel.timestamps import parse_rfc3339_ms, parse_timestamp_ms
+from kernel.timers import step_timer_id
 from kernel.workflow import parse_workflow
+from steps.timestamps import parse_rfc3339_ms, parse_timestamp_ms
 from tests.kernel_dsl import (
     cancel,
     complete,

@@ -9,7 +9,6 @@ from hypothesis import given as hypothesis_given
 from hypothesis import strategies as st
 
 from kernel import limits
-from kernel.children import child_run_id, repeat_start
 from kernel.commands import ChildStatus, RecordChild, StartRun
 from kernel.effects import CancelChild, ReportToParent, StartChild
 from kernel.errors import WorkflowInvalidError
@@ -22,7 +21,9 @@ from kernel.events import (
     StepScheduled,
 )
 from kernel.react import resume
+from kernel.run_links import repeat_start
 from kernel.workflow import parse_workflow
+from steps.sub_workflow import child_run_id
 from tests.kernel_dsl import (
     RUN_ID,
     UNSTAMPED,

@@ -46,7 +46,7 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
     valid_workflows_cached_max,
 )
-from kernel import children, codec, continuation
+from kernel import codec
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
 from kernel.effects import (
@@ -63,7 +63,7 @@ from kernel.effects import (
 )
 from kernel.errors import AppendConflictError, DagnatsError, DecodeError
 from kernel.events import AnyEvent
-from kernel.react import react, resume
+from kernel.react import react, repeated, resume
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 from kernel.workflow import validate_workflow
@@ -233,7 +233,7 @@ class Engine:
             if nothing and await self._moved(loaded, run_id):
                 continue  # decided on a stale state: another engine appended since
             if nothing and isinstance(command, StartRun):
-                await self.execute(list(children.repeat_start(loaded.state, command)))
+                await self.execute(list(repeated(loaded.state, command)))
             if isinstance(decided, Rejection):
                 return await self._rejected(decided, data, deliveries)
             if not decided:
@@ -286,7 +286,7 @@ class Engine:
         effects: list[AnyEffect] = []
         for event in events:
             state = evolve(state, event)
-            effects.extend(continuation.stamp_history(list(react(state, event)), state))
+            effects.extend(react(state, event))
         seq = await self.history.append(
             command.run_id, payload, msg_id=msg_id, expected_last_seq=loaded.last_seq
         )
@@ -377,20 +377,19 @@ class Engine:
         except RunParkedError as error:
             self._park(run_id, error.reason)
             return False
-        if loaded.state.status == "continued_as_new":
-            await self._restart_continuation(loaded.state)
+        effects = list(resume(loaded.state))
         if is_terminal(loaded.state) or loaded.state.status == "new":
             self.forget(run_id)
+            await self.execute([e for e in effects if await self._never_started(e)])
             return False
-        await self.execute(continuation.stamp_history(list(resume(loaded.state)), loaded.state))
+        await self.execute(effects)
         return True
 
-    async def _restart_continuation(self, state: RunState) -> None:
-        """A run that continued as new: start the new run if it never started (the engine
-        stopped between the append and the effect)."""
-        new_run_id = state.continued_as
-        if new_run_id is not None and await self.history.last_seq(new_run_id) == 0:
-            await self.execute(list(continuation.restart(state)))
+    async def _never_started(self, effect: AnyEffect) -> bool:
+        """Whether an ended run's effect is still due: the start of a successor run that has
+        no history yet (the engine stopped between the append and the effect)."""
+        assert isinstance(effect, StartContinuation), f"an ended run resumes {effect!r}"
+        return await self.history.last_seq(effect.new_run_id) == 0
 
     async def resume_pending(self) -> None:
         """Resume the runs whose effects failed earlier; keep those that fail again."""

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from kernel import approvals
-from kernel.children import child_run_id
 from kernel.commands import (
     AnyCommand,
     DeliverEvent,
@@ -21,9 +19,11 @@ from kernel.commands import (
     ResolveApproval,
     TimerKind,
 )
-from kernel.step_api import retry_timer_id
+from kernel.timers import retry_timer_id
 from kernel.workflow import WorkflowDef, parse_workflow
+from steps import approvals
 from steps.agent_parts import delay_timer_id
+from steps.sub_workflow import child_run_id
 from tests.kernel_dsl import (
     RUN_ID,
     UNSTAMPED,

@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from kernel import dynamic, limits
+from kernel import appended, limits
 from kernel.commands import AnyCommand, Rejection, SendSignal
 from kernel.payloads import compose_object
 from kernel.state import RunState, StepState
@@ -104,7 +104,7 @@ def resolve_input(state: RunState, step_def: StepDef, by_id: dict[str, StepState
     """Root: the run input; one dependency: its output; several: an object keyed by step id."""
     deps = step_def.depends_on
     if not deps:
-        parent_input = dynamic.root_input(state, step_def)
+        parent_input = appended.root_input(state, step_def)
         return state.input if parent_input is None else parent_input
     if len(deps) == 1:
         return by_id[deps[0]].output
@@ -119,7 +119,7 @@ def run_output(state: RunState, handlers: frozenset[str]) -> msgspec.Raw:
         for step in state.steps
         if step.step_id not in depended_on
         and step.step_id not in handlers
-        and not dynamic.is_dynamic(step.step_id)
+        and not appended.is_appended(step.step_id)
     ]
     if len(terminal) == 1:
         return terminal[0].output

@@ -15,7 +15,7 @@ fields, time zones (every time is UTC).
 
 The next fire time strictly after a moment is found by walking at most `horizon` days forward
 (one pass over each day's hours and minutes), so the search is bounded. Pure: no clock, no
-`datetime`; civil dates come from `kernel.timestamps`.
+`datetime`; civil dates come from `steps.timestamps`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Final
 
 import msgspec
 
-from kernel.timestamps import MS_PER_DAY, civil_from_days, weekday_of_days
+from steps.timestamps import MS_PER_DAY, civil_from_days, weekday_of_days
 
 MS_PER_MINUTE: Final = 60_000
 MINUTES_PER_DAY: Final = 1_440

@@ -1,35 +1,38 @@
-"""Approvals: a step halts for a human decision, resumed by a `ResolveApproval` command.
+"""Approvals, shared by the step types that ask them (`approval`, an agent loop's tools).
 
-Reusable by any step type: the `approval` step (steps/approval.py) asks one approval keyed by
-its step id; an agent loop may ask one per tool call under keys `<step>.<call>`. A step type:
+A step halts for a human decision, resumed by a `ResolveApproval` command (or its deadline).
+The approval step asks one approval keyed by its step id; an agent loop may ask one per tool
+call under keys `<step>.<call>`. A step type that asks approvals:
 
-- asks with `request(context, step_id, key, ApprovalRequest(...))` from a decide part (this
+- asks with `request(draft, step_id, key, ApprovalRequest(...))` from its decide part (this
   records `approval.requested`; `react` then publishes a notice and arms the deadline timer);
-- routes its own timers through `fire(context, step_id, command)` first (True: it was an
-  approval's deadline, resolved by its `on_timeout`);
-- implements `StepType.approval_resolved(context, step_id, approval)`: called after every
-  `approval.resolved` of one of its approvals (by a human or a deadline), with the resolved
-  `ApprovalState` (`decision`, `by`, `comment`, `data`, `timed_out`).
+- hands its `ResolveApproval` commands to `resolve(draft, command, then)` and its own timers
+  first to `fire(draft, step_id, command, then)` (True: it was an approval's deadline),
+  where `then(draft, step_id, approval)` is its own rule for a resolved approval;
+- evolves the approval events with `evolve`, reacts with `react` (and `cancel_pending` when
+  the run ends), and resumes with `resume_step`.
 
-The kernel evolves (`evolve`), reacts (`react`, `cancel_pending`) and resumes (`resume`) the
-approval events for every step type, so a step type needs no more than the three calls above.
 A decision on an approval already resolved is a `Rejection` ("already_resolved") naming who
-decided and when. Pure: no I/O, no clock.
+decided and when. The state formats live in kernel.step_states (`ApprovalState`). Pure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
 
-from kernel import limits, registry
+from kernel import limits
 from kernel.commands import FireTimer, Rejection, ResolveApproval
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer, NotifyApproval
 from kernel.events import AnyEvent, ApprovalRequested, ApprovalResolved
-from kernel.registry import DecideContext
-from kernel.state import ApprovalState, RunState
-from kernel.step_api import arm_timer
+from kernel.state import RunState
+from kernel.step_states import ApprovalState
+from kernel.timers import arm_timer
+from steps.base import Draft, no_approval
+
+Resolved = Callable[[Draft, str, ApprovalState], None]
 
 OnTimeout = Literal["approve", "reject", "fail"]
 TIMER_PREFIX = "approval."
@@ -69,9 +72,7 @@ def pending(state: RunState) -> tuple[ApprovalState, ...]:
 # -- decide --------------------------------------------------------------------------------
 
 
-def request(
-    context: DecideContext, step_id: str, key: str, asked: ApprovalRequest
-) -> str | None:
+def request(draft: Draft, step_id: str, key: str, asked: ApprovalRequest) -> str | None:
     """Ask approval `key` for the live attempt of `step_id` (records `approval.requested`).
 
     A key asked before (an earlier attempt) is asked again; the state keeps the latest.
@@ -80,7 +81,7 @@ def request(
         None when asked; else why not (the run holds `limits.approvals_per_run_max`
         approvals already), for the caller to fail the step or tell its agent.
     """
-    state = context.state
+    state = draft.state
     step = state.step(step_id)
     assert step is not None and step.status in ("scheduled", "running"), (step_id, step)
     assert key, "an approval needs a key"
@@ -89,8 +90,8 @@ def request(
             f"run {state.run_id!r} already asked {limits.approvals_per_run_max} approvals "
             "(approvals_per_run_max)"
         )
-    deadline = context.at_ms + asked.timeout_ms if asked.timeout_ms is not None else None
-    context.emit(
+    deadline = draft.at_ms + asked.timeout_ms if asked.timeout_ms is not None else None
+    draft.emit(
         ApprovalRequested(
             step_id=step_id,
             key=key,
@@ -100,26 +101,24 @@ def request(
             metadata=asked.metadata,
             deadline_ms=deadline,
             on_timeout=asked.on_timeout,
-            at_ms=context.at_ms,
+            at_ms=draft.at_ms,
         )
     )
     return None
 
 
-def resolve(context: DecideContext, command: ResolveApproval) -> Rejection | None:
+def resolve(draft: Draft, command: ResolveApproval, then: Resolved) -> Rejection | None:
     """Decide a human's decision: record `approval.resolved` and hand it to the step type.
 
     Returns:
         A Rejection when there is no such approval, it is resolved already, or the decision
         is malformed; None when it was recorded.
     """
-    state = context.state
+    state = draft.state
     key = command.key or command.step_id
     approval = find(state, key)
     if approval is None or approval.step_id != command.step_id:
-        asked = ", ".join(a.key for a in state.approvals[:20]) or "none"
-        message = f"run {state.run_id!r} has no approval {key!r} (asked: {asked})"
-        return Rejection(run_id=state.run_id, code="unknown_step", message=message)
+        return no_approval(state, command)
     if approval.decision:
         return Rejection(run_id=state.run_id, code="already_resolved", message=_resolved(approval))
     problem = _problem(command)
@@ -129,7 +128,7 @@ def resolve(context: DecideContext, command: ResolveApproval) -> Rejection | Non
     if step is None or step.status not in ("scheduled", "running"):
         message = f"approval {key!r} of run {state.run_id!r} no longer waits (step ended)"
         return Rejection(run_id=state.run_id, code="run_finished", message=message)
-    _resolve(context, approval, command.decision, command.by, command.comment, command.data)
+    _resolve(draft, approval, command.decision, command.by, command.comment, command.data, then)
     return None
 
 
@@ -143,33 +142,36 @@ def refuse_after_end(state: RunState, command: ResolveApproval) -> Rejection:
     return Rejection(run_id=state.run_id, code="run_finished", message=message)
 
 
-def fire(context: DecideContext, step_id: str, command: FireTimer) -> bool:
+def fire(draft: Draft, step_id: str, command: FireTimer, then: Resolved) -> bool:
     """Route a step timer: True when it is an approval's deadline (then resolved by its
     `on_timeout`, or failed when that is "fail"); False for the step type's own timers."""
     if not command.timer_id.startswith(TIMER_PREFIX):
         return False
-    for approval in context.state.approvals:
+    for approval in draft.state.approvals:
         due = not approval.decision and approval.step_id == step_id
         if due and timer_id(approval.key, approval.attempt) == command.timer_id:
             decision: Literal["approve", "reject"] = (
                 "approve" if approval.on_timeout == "approve" else "reject"
             )
             comment = f"no decision by the deadline; on_timeout: {approval.on_timeout}"
-            _resolve(context, approval, decision, TIMEOUT_BY, comment, msgspec.Raw(b"null"), True)
+            null = msgspec.Raw(b"null")
+            _resolve(draft, approval, decision, TIMEOUT_BY, comment, null, then, timed_out=True)
             return True
     return True  # a stale deadline (resolved meanwhile): nothing to do
 
 
 def _resolve(
-    context: DecideContext,
+    draft: Draft,
     approval: ApprovalState,
     decision: Literal["approve", "reject"],
     by: str,
     comment: str,
     data: msgspec.Raw,
+    then: Resolved,
+    *,
     timed_out: bool = False,
 ) -> None:
-    context.emit(
+    draft.emit(
         ApprovalResolved(
             step_id=approval.step_id,
             key=approval.key,
@@ -178,14 +180,12 @@ def _resolve(
             comment=comment,
             data=data,
             timed_out=timed_out,
-            at_ms=context.at_ms,
+            at_ms=draft.at_ms,
         )
     )
-    resolved = find(context.state, approval.key)
+    resolved = find(draft.state, approval.key)
     assert resolved is not None and resolved.decision == decision
-    step_def = context.state.step_def(approval.step_id)
-    assert step_def is not None
-    registry.get(step_def.type).approval_resolved(context, approval.step_id, resolved)
+    then(draft, approval.step_id, resolved)
 
 
 def _problem(command: ResolveApproval) -> str:
@@ -228,7 +228,7 @@ def _clip(text: str) -> str:
 
 
 def evolve(state: RunState, event: ApprovalRequested | ApprovalResolved) -> RunState:
-    """Apply an approval event (called by the reducer for every step type)."""
+    """Apply an approval event (the evolve part of every step type that asks approvals)."""
     match event:
         case ApprovalRequested():
             approval = ApprovalState(
@@ -280,21 +280,28 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
     return ()
 
 
-def cancel_pending(state: RunState) -> tuple[AnyEffect, ...]:
-    """On the run's end: cancel the deadline timer of every approval still pending."""
-    return tuple(
-        CancelTimer(run_id=state.run_id, timer_id=timer_id(a.key, a.attempt))
-        for a in state.approvals
-        if not a.decision and a.deadline_ms is not None
-    )
+def cancel_pending(state: RunState, step_type: str) -> tuple[AnyEffect, ...]:
+    """On the run's end: cancel the deadline timer of every approval still pending that a
+    step of `step_type` asked (each type winds up its own)."""
+    effects: list[AnyEffect] = []
+    for approval in state.approvals:
+        step_def = state.step_def(approval.step_id)
+        assert step_def is not None, f"approval {approval.key!r} names no step"
+        waiting = not approval.decision and approval.deadline_ms is not None
+        if step_def.type == step_type and waiting:
+            timer = timer_id(approval.key, approval.attempt)
+            effects.append(CancelTimer(run_id=state.run_id, timer_id=timer))
+    return tuple(effects)
 
 
-def resume(state: RunState) -> tuple[AnyEffect, ...]:
-    """After a restart: each pending approval's notice again (at least once) and its timer."""
+def resume_step(state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
+    """After a restart: each pending approval of the (live) step again: its notice (at least
+    once) and its deadline timer."""
+    step = state.step(step_id)
+    assert step is not None and step.status in ("scheduled", "running"), (step_id, step)
     effects: list[AnyEffect] = []
     for approval in pending(state):
-        step = state.step(approval.step_id)
-        if step is not None and step.status in ("scheduled", "running"):
+        if approval.step_id == step_id:
             effects.extend(_asked(state, approval))
     return tuple(effects)
 

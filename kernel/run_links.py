@@ -1,44 +1,21 @@
-"""The child side of sub-workflows: a child run's id, and what a child tells its parent.
+"""A run's links to other runs: the parent it reports to, and the successor it continued as.
 
-A `sub_workflow` step (steps/sub_workflow.py) starts a child run whose id is derived from the
-parent, the step and the attempt, so starting it again is idempotent. The child carries the
-link in `run.started` (`parent_run_id`, `parent_step_id`, `depth`, `detached`) and reports to
-its parent through effects: an attached child when it ends, a detached one when it started.
-Pure: no I/O; the shell turns the effects into `RecordChild` commands.
+A child run (started by a parent's step, e.g. `sub_workflow`) carries the link in `run.started`
+(`parent_run_id`, `parent_step_id`, `depth`, `detached`) and reports to its parent through
+effects: an attached child when it ends, a detached one when it started. A run that ended as
+`continued_as_new` starts its successor (`StartContinuation`), again after a restart. These are
+the run's own rules, whatever step types it has; the decisions that create the links belong to
+the step types (steps/sub_workflow.py, steps/continuation.py). Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-
 import msgspec
 
-from kernel import limits
 from kernel.commands import ChildStatus, StartRun
-from kernel.effects import AnyEffect, ReportToParent
+from kernel.effects import AnyEffect, ReportToParent, StartContinuation
 from kernel.state import RunState
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-_DIGEST_CHARS = 16
-
-
-def child_run_id(run_id: str, step_id: str, attempt: int) -> str:
-    """The run id of the child started by `attempt` of a parent's step: `<run>-<step>-<attempt>`
-    when that reads back unambiguously, else that (made safe, shortened to fit) followed by a
-    digest of the three parts, so two different triples never give the same id.
-    """
-    assert attempt >= 1, f"attempt {attempt} must be >= 1"
-    plain = f"{run_id}-{step_id}-{attempt}"
-    ambiguous = "-" in run_id or "-" in step_id or _UNSAFE.search(step_id) is not None
-    if not ambiguous and _UNSAFE.search(run_id) is None and len(plain) <= limits.run_id_length_max:
-        return plain
-    parts = f"{run_id}\x00{step_id}\x00{attempt}".encode()
-    digest = hashlib.blake2b(parts, digest_size=_DIGEST_CHARS // 2).hexdigest()
-    keep = limits.run_id_length_max - _DIGEST_CHARS - 1
-    result = f"{_UNSAFE.sub('_', plain)[:keep]}-{digest}"
-    assert len(result) <= limits.run_id_length_max
-    return result
+from kernel.timers import timer_seed
 
 
 def _report(state: RunState, status: ChildStatus) -> ReportToParent:
@@ -96,3 +73,33 @@ def repeat_start(state: RunState, command: StartRun) -> tuple[AnyEffect, ...]:
     if state.status in ("completed", "failed", "compensate_failed", "cancelled"):
         return report_ended(state)
     return ()
+
+
+def root_of(state: RunState) -> str:
+    """The id of the first run of the run's continue-as-new chain (itself when it is none)."""
+    return state.chain_root or state.run_id
+
+
+def successor_start(state: RunState) -> tuple[AnyEffect, ...]:
+    """The start of the run a `continued_as_new` run continued as (none for any other run)."""
+    if state.status != "continued_as_new" or state.continued_as is None:
+        return ()
+    assert state.workflow is not None
+    workflow = state.continued_workflow or state.workflow.name
+    same = workflow == state.workflow.name
+    start = StartContinuation(
+        run_id=state.run_id,
+        new_run_id=state.continued_as,
+        workflow=workflow,
+        definition=state.workflow if same else None,
+        input=state.output,
+        chain_root=root_of(state),
+        chain_index=state.chain_index + 1,
+        parent_run_id=state.parent_run_id,
+        parent_step_id=state.parent_step_id,
+        depth=state.depth,
+        detached=state.detached,
+        at_ms=state.ended_at_ms or state.started_at_ms,
+        seed=timer_seed(state.seed, state.continued_as),
+    )
+    return (start,)
