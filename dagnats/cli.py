@@ -20,9 +20,9 @@ from rich.live import Live
 
 from dagnats import cli_approvals, cli_chains_render, cli_projections, logs, render
 from dagnats.client import ChildLink, Client
-from dagnats.connection import default_data_dir
 from dagnats.loading import LoadError, load_attribute
-from dagnats.serve import Server, install_stop_signals
+from dagnats.runtime.connection import default_data_dir
+from dagnats.runtime.serve import Server, install_stop_signals
 from dagnats.sim.cli import sim_command
 from dagnats.worker import Worker
 from kernel.errors import DagnatsError, WorkflowInvalidError

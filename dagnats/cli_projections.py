@@ -19,16 +19,18 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from dagnats import projector, render
+from dagnats import render
+from dagnats.audit import AuditReport
 from dagnats.client import Client
-from dagnats.connection import default_data_dir
 from dagnats.replay import audit_file
+from dagnats.runtime import projector
+from dagnats.runtime.clock import now_ms
+from dagnats.runtime.connection import default_data_dir
 from dagnats.runtime.resources import PROJECTIONS_BUCKET, RUNS_BUCKET
-from dagnats.serve import install_stop_signals
+from dagnats.runtime.serve import install_stop_signals
 from kernel.durations import parse_duration
 from kernel.errors import DagnatsError
 from kernel.state import RunState
-from projections.audit import AuditReport
 from projections.base import read_checkpoints, reset_projection
 from projections.sqlite import RUN_COLUMNS
 
@@ -224,7 +226,7 @@ def run_list(
     as_json: bool,
 ) -> None:
     """`dagnats run list`: from the SQLite tables when the file exists, else folded runs."""
-    since_ms = parse_since(since, projector.now_ms()) if since is not None else None
+    since_ms = parse_since(since, now_ms()) if since is not None else None
     path = sqlite_path(data_dir)
     rows = list_runs_sql(
         path, status=status, workflow=workflow, since_ms=since_ms, failed_step=failed_step,
@@ -369,7 +371,7 @@ def projection_status(
         snapshot = await projector.read_status(js, projector.SNAPSHOTS)
         if snapshot is not None:
             positions[projector.SNAPSHOTS] = ("kv", snapshot.version, snapshot.seq)
-        now = projector.now_ms()
+        now = now_ms()
         rows = []
         for name, (kind, version, seq) in sorted(positions.items()):
             status = await projector.read_status(js, projector.status_key(name))

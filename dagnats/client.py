@@ -27,12 +27,13 @@ import nats.errors
 import nats.js.errors
 
 from dagnats import client_approvals, client_chains
+from dagnats.audit import AuditReport, Decide, audit_history
 from dagnats.client_approvals import PendingApproval
-from dagnats.connection import Connection
-from dagnats.projector import KvSnapshotStore, load_state, open_database
-from dagnats.runtime.events import JetStreamEvents
+from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.external_events import JetStreamEvents
+from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import check_run_id
-from dagnats.worker import new_seed, now_ms
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
@@ -41,7 +42,6 @@ from kernel.events import ChildStarted, Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, ApprovalState, RunState, is_terminal
 from kernel.workflow import WorkflowDef, parse_workflow
-from projections.audit import AuditReport, Decide, audit_history
 from projections.sqlite import stored_rows
 
 start_wait_s_default = 10.0
@@ -241,7 +241,7 @@ class Client:
         Raises:
             RunNotFoundError: the run has no history.
         """
-        # snapshot + tail (dagnats.projector.load_state); the whole history without a snapshot
+        # snapshot + tail (runtime.projector.load_state); the whole history without a snapshot
         state, _ = await load_state(self.connection.history, self._snapshots, check_run_id(run_id))
         if state.status == "new":
             raise RunNotFoundError(run_id)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from dagnats.worker import new_seed, now_ms
+from dagnats.runtime.clock import new_seed, now_ms
 from kernel import approvals, limits
 from kernel.commands import Rejection, ResolveApproval
 from kernel.decide import decide

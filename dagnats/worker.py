@@ -23,9 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
-import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,6 +32,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from dagnats.agent import ToolResult, Usage, read_turn_input, turn_result
+from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.protocols import (
     Clock,
     CommandPublisher,
@@ -123,14 +122,6 @@ class TaskContext:
             return msgspec.json.decode(self.input_raw, type=type_)
         except msgspec.ValidationError as error:
             raise NonRetryableError(f"input does not match {type_.__name__}: {error}") from None
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def new_seed() -> int:
-    return random.getrandbits(63)
 
 
 def short_traceback(error: BaseException) -> str:

@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from dagnats import Client, TaskContext, Worker
 from dagnats.client_approvals import ApprovalResolvedError
-from dagnats.serve import Server
+from dagnats.runtime.serve import Server
 from kernel import continuation
 from kernel.builder import Skip, Workflow
 from kernel.state import RunState
