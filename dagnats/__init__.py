@@ -6,14 +6,16 @@ start, watch and cancel runs, and the builder to write workflows in Python.
 
 from dagnats.agent import Continue, Done, ToolCall, ToolResult, Usage
 from dagnats.client import (
+    ApprovalNotFoundError,
+    ApprovalResolvedError,
     Client,
+    PendingApproval,
     RunExistsError,
     RunFinishedError,
     RunNotFoundError,
     WaitTimeoutError,
     WorkflowNotFoundError,
 )
-from dagnats.client_approvals import ApprovalNotFoundError, ApprovalResolvedError, PendingApproval
 from dagnats.worker import NonRetryableError, RetryAfter, TaskContext, Worker
 from kernel.errors import DagnatsError, WorkflowInvalidError
 

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from dagnats.client import Client
-from dagnats.client_approvals import PendingApproval, default_by
+from dagnats.client.approvals import PendingApproval, default_by
 from kernel import approvals
 from kernel.state import ApprovalState
 

@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from dagnats import Client, TaskContext, Worker
-from dagnats.client_approvals import ApprovalResolvedError
+from dagnats.client import ApprovalResolvedError
 from dagnats.runtime.serve import Server
 from kernel import continuation
 from kernel.builder import Skip, Workflow

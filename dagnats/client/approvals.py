@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from dagnats.client.errors import ApprovalNotFoundError, ApprovalResolvedError
 from dagnats.runtime.clock import new_seed, now_ms
 from kernel import approvals, limits
 from kernel.commands import Rejection, ResolveApproval
@@ -24,32 +25,10 @@ from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, ApprovalState, RunState
 
 if TYPE_CHECKING:
-    from dagnats.client import Client
+    from dagnats.client.core import Client
 
 confirm_wait_s_default = 10.0
 runs_scanned_max = 10_000
-
-
-class ApprovalResolvedError(DagnatsError):
-    """The approval was already resolved (by someone else, or by its deadline)."""
-
-    hint = "see who decided with `dagnats approval show RUN_ID STEP_ID`"
-
-    def __init__(self, run_id: str, key: str, message: str) -> None:
-        self.run_id = run_id
-        self.key = key
-        super().__init__(message)
-
-
-class ApprovalNotFoundError(DagnatsError):
-    """No such approval waits (unknown step, not asked yet, or the run ended)."""
-
-    hint = "list pending approvals with `dagnats approval list`"
-
-    def __init__(self, run_id: str, key: str, message: str) -> None:
-        self.run_id = run_id
-        self.key = key
-        super().__init__(message)
 
 
 class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""The Python client: register workflows, start, inspect, wait for and cancel runs.
+"""`Client`: register workflows, start, inspect, wait for and cancel runs.
 
 ```python
 async with await Client.connect() as client:
@@ -26,9 +26,17 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from dagnats import client_approvals, client_chains
 from dagnats.audit import AuditReport, Decide, audit_history
-from dagnats.client_approvals import PendingApproval
+from dagnats.client import approvals as client_approvals
+from dagnats.client import chains as client_chains
+from dagnats.client.approvals import PendingApproval
+from dagnats.client.errors import (
+    RunExistsError,
+    RunFinishedError,
+    RunNotFoundError,
+    WaitTimeoutError,
+    WorkflowNotFoundError,
+)
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.external_events import JetStreamEvents
@@ -47,41 +55,6 @@ from projections.sqlite import stored_rows
 start_wait_s_default = 10.0
 children_listed_max = 1_000
 workflow_revisions_max = 16
-
-
-class RunNotFoundError(DagnatsError):
-    """No run with that id has any history."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        super().__init__(f"run {run_id!r} does not exist (no history); check the id")
-
-
-class WorkflowNotFoundError(DagnatsError):
-    def __init__(self, name: str, known: list[str]) -> None:
-        self.name = name
-        shown = ", ".join(known[:20]) or "none registered"
-        super().__init__(f"workflow {name!r} is not registered (known: {shown})")
-
-
-class RunExistsError(DagnatsError):
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        super().__init__(f"run {run_id!r} already exists with another workflow or input")
-
-
-class RunFinishedError(DagnatsError):
-    def __init__(self, run_id: str, status: str) -> None:
-        self.run_id = run_id
-        self.status = status
-        super().__init__(f"run {run_id!r} already ended as {status}")
-
-
-class WaitTimeoutError(DagnatsError):
-    def __init__(self, run_id: str, timeout_s: float, state: RunState) -> None:
-        self.run_id = run_id
-        self.state = state
-        super().__init__(f"run {run_id!r} did not end within {timeout_s}s (it is {state.status})")
 
 
 class ChildLink(msgspec.Struct, frozen=True, kw_only=True):
