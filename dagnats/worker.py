@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from dagnats.agent import ToolResult, Usage, read_turn_input, turn_result
+from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.protocols import (
     Clock,
@@ -186,7 +187,13 @@ class Worker:
         dead: DeadLetters,
         stop: asyncio.Event,
     ) -> None:
-        """Fetch and run tasks of every registered type until `stop` is set, then drain."""
+        """Fetch and run tasks of every registered type until `stop` is set, then drain.
+
+        Raises:
+            AssertionsDisabledError: under `python -O` (assertions are part of the safety).
+            DagnatsError: the worker has no handlers.
+        """
+        require_assertions("the worker")
         if not self.handlers:
             raise DagnatsError("the worker has no handlers; register one with @worker.task(name)")
         slots = asyncio.Semaphore(self.concurrency)

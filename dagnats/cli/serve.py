@@ -26,8 +26,17 @@ from dagnats.cli.common import (
     run_async,
 )
 from dagnats.client import Client
+from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import default_data_dir
 from dagnats.runtime.serve import Server, install_stop_signals
+
+
+def refuse_without_assertions(what: str) -> None:
+    """Exit with one error line and its hint under `python -O` / `PYTHONOPTIMIZE`."""
+    try:
+        require_assertions(what)
+    except AssertionsDisabledError as error:
+        raise fail(str(error), error.hint) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -46,6 +55,7 @@ def serve(
     log_json: LogJsonOption = False,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
+    refuse_without_assertions("dagnats serve")
     logs.configure(json_lines=log_json)
     server = Server(data_dir or default_data_dir(), nats_port=nats_port, nats_url=nats_url)
 
@@ -84,6 +94,7 @@ def worker(
     log_json: LogJsonOption = False,
 ) -> None:
     """Serve the task handlers of a Worker until SIGTERM (then drain)."""
+    refuse_without_assertions("dagnats worker")
     logs.configure(json_lines=log_json)
     the_worker = load_worker(spec)
     if concurrency is not None:
