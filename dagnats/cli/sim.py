@@ -21,6 +21,7 @@ from rich.table import Table
 
 from dagnats.cli.common import err, fail, load_worker, out
 from dagnats.sim import settings
+from dagnats.sim.case import SeedResult, SimCase
 from dagnats.sim.faults import FaultPlan
 from dagnats.sim.invariants import INVARIANTS
 from dagnats.sim.runner import (
@@ -31,7 +32,6 @@ from dagnats.sim.runner import (
     run_seed,
     run_seeds,
 )
-from dagnats.sim.scheduler import SeedResult, SimCase
 from kernel.errors import WorkflowInvalidError
 from kernel.workflow import WorkflowDef, parse_workflow
 
@@ -216,15 +216,21 @@ def sim_command(
     else:
         report = _run_with_progress(case, seed_range, failures_max, jobs)
     reproductions = {result.seed: reproduce(result) for result in report.failures}
-    if as_json:
-        print(json.dumps(_report_json(report, reproductions, trace=False)))
-    else:
-        out.print(_summary(report, bound_ms))
-        for result in report.failures:
-            text = failure_text(result, reproductions[result.seed], settings.trace_lines_max)
-            out.print(text, highlight=False, markup=False, soft_wrap=True)
+    _print_report(report, reproductions, bound_ms, as_json)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _print_report(
+    report: SimReport, reproductions: dict[int, str], bound_ms: int, as_json: bool
+) -> None:
+    if as_json:
+        print(json.dumps(_report_json(report, reproductions, trace=False)))
+        return
+    out.print(_summary(report, bound_ms))
+    for result in report.failures:
+        text = failure_text(result, reproductions[result.seed], settings.trace_lines_max)
+        out.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def _run_with_progress(case: SimCase, seed_range: range, failures_max: int, jobs: int) -> SimReport:

@@ -9,10 +9,10 @@ dice), `invariants` (the oracle), `scheduler` (one seed), `runner` (many seeds, 
 `trace`, `cli` (`dagnats sim`), `settings` (every bound of the simulator).
 """
 
+from dagnats.sim.case import EngineFactory, SeedResult, SimCase
 from dagnats.sim.faults import FAULT_KINDS, FaultPlan, InjectedHandlerError, SimulatedCrash
 from dagnats.sim.invariants import RunView, UserInvariant, Violation
 from dagnats.sim.runner import SimReport, run_bound_ms, run_seed, run_seeds
-from dagnats.sim.scheduler import EngineFactory, SeedResult, SimCase
 
 __all__ = [
     "FAULT_KINDS",
