@@ -32,10 +32,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bench.floor import measure_floor
-from dagnats.connection import Connection
+from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import ensure_resources
-from dagnats.runtime.server import EmbeddedNats
-from dagnats.worker import new_seed, now_ms
 from kernel import codec
 from kernel.builder import Workflow
 from kernel.commands import StartRun

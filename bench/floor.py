@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from dagnats.runtime.server import EmbeddedNats
+from dagnats.runtime.nats_server import EmbeddedNats
 
 MESSAGE_BYTES: Final = 300
 SERIAL_HOPS: Final = 2_000

@@ -28,7 +28,7 @@ from typing import Final
 import nats
 
 from bench.workers import noop_worker, recovery_worker
-from dagnats.connection import Connection
+from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
 from dagnats.worker import Worker
 

@@ -25,8 +25,8 @@ from bench.common import bench_server
 from bench.kernel_fold import build_run
 from bench.kernel_fold import chain_workflow as small_chain
 from bench.replay import bare_read, encoded, events_in, publish
-from dagnats.connection import Connection
-from dagnats.projector import Projector, SnapshotTarget, SqliteTarget, open_database
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.projector import Projector, SnapshotTarget, SqliteTarget, open_database
 from dagnats.runtime.resources import HISTORY_SUBJECTS, RUNS_BUCKET
 from projections.sqlite import QueryTables
 

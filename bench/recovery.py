@@ -49,9 +49,9 @@ from bench.workers import (
     RECOVERY_TASK,
     read_calls,
 )
-from dagnats.connection import Connection
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.nats_server import EmbeddedNats, pick_free_port
 from dagnats.runtime.resources import history_subject
-from dagnats.runtime.server import EmbeddedNats, pick_free_port
 from kernel import codec
 from kernel.events import RunCompleted, RunFailed, StepCompleted
 

@@ -34,8 +34,8 @@ from nats.js import JetStreamContext, api
 from bench.common import bench_server
 from bench.kernel_fold import build_run
 from bench.kernel_fold import chain_workflow as small_chain
-from dagnats.connection import Connection
 from dagnats.runtime import settings
+from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from kernel.codec import decode_decision, encode_decision

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from dagnats import render
+from dagnats.cli import render
 from dagnats.client import Client
-from dagnats.serve import local_stack
+from dagnats.runtime.serve import local_stack
 from kernel.events import Decision
 from kernel.state import RunState
 

@@ -1,7 +1,7 @@
 """Offline replay of exported histories: prove that the current code still agrees with them.
 
 `dagnats history export RUN_ID > run.jsonl` writes a run's history messages exactly as stored,
-one per line. `replay(path)` audits such a file with no server (`projections.audit`): every
+one per line. `replay(path)` audits such a file with no server (`dagnats.audit`): every
 line must decode, `decide` on the state before each recorded command must give its recorded
 events, and they must fold. In pytest:
 
@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from dagnats.audit import AuditReport, Decide, Divergence, audit_history
 from kernel.decide import decide
 from kernel.errors import DagnatsError
-from projections.audit import AuditReport, Decide, Divergence, audit_history
 
 history_file_bytes_max: Final = 1 << 30  # one exported history, read whole
 

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from dagnats.sim.case import EngineFactory, SeedResult, SimCase, default_engine
 from dagnats.sim.faults import FAULT_KINDS, FaultPlan
 from dagnats.sim.invariants import RunView, UserInvariant
 from dagnats.sim.runner import SimReport, failure_text, run_seeds
-from dagnats.sim.scheduler import EngineFactory, SeedResult, SimCase, default_engine
 from dagnats.sim.settings import trace_lines_max
 from dagnats.worker import Worker
 from kernel.workflow import WorkflowDef, parse_workflow

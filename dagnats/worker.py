@@ -23,9 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
-import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,6 +32,8 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from dagnats.agent import ToolResult, Usage, read_turn_input, turn_result
+from dagnats.runtime.assertions import require_assertions
+from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.protocols import (
     Clock,
     CommandPublisher,
@@ -148,14 +148,6 @@ class TaskContext:
             raise NonRetryableError(f"input does not match {type_.__name__}: {error}") from None
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def new_seed() -> int:
-    return random.getrandbits(63)
-
-
 def short_traceback(error: BaseException) -> str:
     lines = traceback.format_exception(error)
     text = "".join(lines[-traceback_lines_max:])
@@ -218,7 +210,13 @@ class Worker:
         dead: DeadLetters,
         stop: asyncio.Event,
     ) -> None:
-        """Fetch and run tasks of every registered type until `stop` is set, then drain."""
+        """Fetch and run tasks of every registered type until `stop` is set, then drain.
+
+        Raises:
+            AssertionsDisabledError: under `python -O` (assertions are part of the safety).
+            DagnatsError: the worker has no handlers.
+        """
+        require_assertions("the worker")
         if not self.handlers:
             raise DagnatsError("the worker has no handlers; register one with @worker.task(name)")
         slots = asyncio.Semaphore(self.concurrency)

@@ -31,7 +31,7 @@ import nats
 
 from dagnats.runtime import settings
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
-from dagnats.serve import install_stop_signals
+from dagnats.runtime.serve import install_stop_signals
 from dagnats.worker import NonRetryableError, TaskContext, Worker
 
 CALLS_ENV: Final = "DAGNATS_FAULT_CALLS"

@@ -20,8 +20,8 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import ensure_resources
-from dagnats.runtime.server import EmbeddedNats
 
 POLL_INTERVAL_S = 0.005
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from dagnats import Client, Continue, Done, TaskContext, ToolCall, Worker
-from dagnats.serve import Server
+from dagnats.runtime.serve import Server
 from kernel.builder import Workflow
 
 WAIT_S = 60.0

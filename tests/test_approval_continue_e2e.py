@@ -16,8 +16,8 @@ import pytest
 import pytest_asyncio
 
 from dagnats import Client, TaskContext, Worker
-from dagnats.client_approvals import ApprovalResolvedError
-from dagnats.serve import Server
+from dagnats.client import ApprovalResolvedError
+from dagnats.runtime.serve import Server
 from kernel.builder import Skip, Workflow
 from kernel.state import RunState
 from steps import continuation

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sqlite_utils import Database
 from typer.testing import CliRunner
 
+from dagnats.audit import audit_history
 from dagnats.cli import app
 from dagnats.replay import HistoryDivergedError, replay
 from kernel import codec
@@ -21,7 +22,6 @@ from kernel.commands import AnyCommand, CompleteTask, Rejection
 from kernel.decide import decide
 from kernel.events import AnyEvent, Decision
 from kernel.state import RunState
-from projections.audit import audit_history
 from projections.base import SqliteRunner
 from projections.snapshot import fold_messages, make_snapshot
 from projections.sqlite import QueryTables, stored_rows

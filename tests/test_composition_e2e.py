@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from dagnats import Client, TaskContext, Worker
-from dagnats.serve import Server
+from dagnats.runtime.serve import Server
 from kernel import limits
 from kernel.builder import Workflow
 from kernel.errors import PayloadTooLargeError

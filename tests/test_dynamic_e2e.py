@@ -15,7 +15,7 @@ import msgspec
 import pytest_asyncio
 
 from dagnats import Client, NonRetryableError, TaskContext, Worker
-from dagnats.serve import local_stack
+from dagnats.runtime.serve import local_stack
 from kernel.builder import Retry, Workflow
 from kernel.events import MapExpanded, MapItemCompleted, PlannerMaterialized, PlannerRejected
 

@@ -24,7 +24,7 @@ from dagnats import (
     Worker,
     WorkflowNotFoundError,
 )
-from dagnats.serve import local_stack
+from dagnats.runtime.serve import local_stack
 from kernel.builder import Retry, Workflow
 from kernel.events import StepCompleted, StepTimedOut, TimerFired, TimerStarted
 from kernel.workflow import WorkflowDef

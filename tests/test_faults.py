@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from dagnats.client import RunExistsError
+from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     HISTORY_STREAM,
@@ -32,8 +33,7 @@ from dagnats.runtime.resources import (
     history_subject,
     task_subject,
 )
-from dagnats.serve import Server
-from dagnats.worker import new_seed, now_ms
+from dagnats.runtime.serve import Server
 from kernel.commands import CompleteTask, StartRun
 from kernel.errors import DagnatsError
 from kernel.events import AnyEvent, StepFailed

@@ -29,8 +29,11 @@ from nats.js import JetStreamContext
 from sqlite_utils import Database
 
 from dagnats.client import Client
-from dagnats.connection import Connection
-from dagnats.projector import (
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.engine import Engine
+from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.nats_server import EmbeddedNats
+from dagnats.runtime.projector import (
     SNAPSHOTS,
     KvSnapshotStore,
     Projector,
@@ -38,11 +41,8 @@ from dagnats.projector import (
     SqliteTarget,
     open_database,
 )
-from dagnats.runtime.engine import Engine
-from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.resources import RUNS_BUCKET, ensure_resources
-from dagnats.runtime.server import EmbeddedNats
-from dagnats.serve import Server
+from dagnats.runtime.serve import Server
 from kernel import codec
 from kernel.state import INITIAL_STATE, RunState
 from projections.base import read_checkpoint, reset_projection

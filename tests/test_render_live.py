@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from dagnats.render import run_table
+from dagnats.cli.render import run_table
 from tests.kernel_dsl import complete, given, start
 from tests.test_steps_agent_loop import agent, go_on
 from tests.test_steps_approval import GATED

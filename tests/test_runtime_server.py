@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dagnats.runtime import server as server_module
-from dagnats.runtime.server import (
+from dagnats.runtime import nats_server as server_module
+from dagnats.runtime.nats_server import (
     EmbeddedNats,
     NatsServerError,
     find_nats_server_binary,
@@ -207,7 +207,7 @@ def test_sync_helpers_start_and_stop(server_dir: Path) -> None:
 _CHILD_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    from dagnats.runtime import server as server_module
+    from dagnats.runtime import nats_server as server_module
     if sys.argv[2] == "watchdog":
         server_module._prctl_available = lambda: False
     async def main() -> None:

@@ -12,6 +12,7 @@ import time
 import pytest
 from nats.js import JetStreamContext
 
+from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     SubjectTokenError,
@@ -19,7 +20,6 @@ from dagnats.runtime.resources import (
     ensure_resources,
     schedule_subject,
 )
-from dagnats.runtime.server import EmbeddedNats
 from dagnats.runtime.timers import SCHEDULER_HEADER, JetStreamTimers, rfc3339_ms
 from tests.nats_fixtures import connect, unique, wait_for
 

@@ -18,8 +18,9 @@ from hypothesis import find as hypothesis_find
 
 from dagnats.runtime.engine import Engine
 from dagnats.sim import FaultPlan, RunView, SimCase, run_seed, run_seeds
+from dagnats.sim.case import default_engine
 from dagnats.sim.loop import SimLoop, SimulationStalledError
-from dagnats.sim.scheduler import Simulation, default_engine
+from dagnats.sim.scheduler import Simulation
 from dagnats.testing import SimCaseDraw, SimulationFailedError, sim_cases, simulate
 from dagnats.worker import RetryAfter, TaskContext, Worker
 from kernel.builder import Retry, Workflow

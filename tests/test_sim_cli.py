@@ -11,7 +11,7 @@ from typing import Final
 import typer
 from typer.testing import CliRunner
 
-from dagnats.sim.cli import sim_command
+from dagnats.cli.sim import sim_command
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 ORDER: Final = ROOT / "examples" / "order"

@@ -10,15 +10,13 @@ from typing import Any, TypeVar
 import pytest
 
 from dagnats.sim.loop import SimLoop
-from dagnats.sim.memory import (
+from dagnats.sim.memory import LogPort, MemoryEventLog, VirtualTime
+from dagnats.sim.memory_queue import (
     CommandPort,
     DeadLetter,
-    LogPort,
-    MemoryEventLog,
     MemoryTimers,
     TaskPort,
     TimerPort,
-    VirtualTime,
     new_command_queue,
     new_task_queue,
 )

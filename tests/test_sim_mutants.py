@@ -11,7 +11,7 @@ import pytest
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.protocols import DeadLetters, EventLog, TaskPublisher, Timers
 from dagnats.sim import SimCase, run_seeds
-from dagnats.sim.scheduler import EngineFactory
+from dagnats.sim.case import EngineFactory
 from tests.sim_mutants import MUTANTS, PROJECTION_MUTANTS, chain_worker, chain_workflow
 
 SEEDS_TO_CATCH: Final = 200

@@ -23,6 +23,7 @@ from typing import Literal, assert_never
 
 import msgspec
 
+from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.links import RunLinks
 from dagnats.runtime.protocols import (
     CommandMessage,
@@ -108,6 +109,7 @@ class Engine:
         snapshots: SnapshotReader | None = None,
         links: RunLinks | None = None,
     ) -> None:
+        require_assertions("the engine")  # a failed assertion parks a run: -O would remove it
         assert cache_runs_max >= 1
         self.history = history
         self.snapshots = snapshots  # run snapshots (a cache): load = snapshot + tail

@@ -23,7 +23,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from dagnats.runtime.events import PublishedEvent
+from dagnats.runtime.external_events import PublishedEvent
 from dagnats.runtime.protocols import CommandPublisher
 from dagnats.runtime.resources import WORKFLOWS_BUCKET
 from dagnats.runtime.settings import event_waiting_runs_max

@@ -34,7 +34,8 @@ import msgspec
 
 from dagnats.runtime.engine import Engine
 from dagnats.sim import settings
-from dagnats.sim.memory import HistoryMessage, QueueEntry, VirtualTime
+from dagnats.sim.memory import HistoryMessage, VirtualTime
+from dagnats.sim.memory_queue import QueueEntry
 from dagnats.worker import decode_task
 from kernel import codec
 from kernel.decide import decide

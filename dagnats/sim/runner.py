@@ -22,10 +22,11 @@ from typing import Any, Final
 import msgspec
 
 from dagnats.sim import settings
+from dagnats.sim.case import SeedResult, SimCase
 from dagnats.sim.faults import SimulatedCrash
 from dagnats.sim.loop import SimLoop
 from dagnats.sim.projector import ProjectionStores
-from dagnats.sim.scheduler import SeedResult, SimCase, Simulation
+from dagnats.sim.scheduler import Simulation
 from kernel import limits
 from kernel.retry import backoff_ms
 from kernel.workflow import NO_RETRY, RetryPolicy, WorkflowDef

@@ -22,229 +22,61 @@ nothing it still has in flight touches the world again, and a new incarnation st
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Final
 
 import msgspec
 
-from dagnats.runtime.engine import Engine
 from dagnats.runtime.protocols import (
     CommandMessage,
-    DeadLetters,
-    EventLog,
-    TaskPublisher,
-    Timers,
 )
 from dagnats.sim import settings
-from dagnats.sim.faults import FaultPlan, InjectedHandlerError, SeedFaults, SimulatedCrash
-from dagnats.sim.invariants import Oracle, UserInvariant, Violation
+from dagnats.sim.case import SeedResult, SimCase
+from dagnats.sim.faults import SeedFaults, SimulatedCrash
+from dagnats.sim.invariants import Oracle
 from dagnats.sim.memory import (
     NEVER_MS,
-    CommandPort,
-    DeadLetter,
     HistoryMessage,
     LogPort,
     MemoryEventLog,
-    MemoryMessage,
     MemorySnapshots,
-    MemoryTimers,
     ProcessClock,
-    QueueEntry,
     SnapshotPort,
+    VirtualTime,
+)
+from dagnats.sim.memory_queue import (
+    CommandPort,
+    DeadLetter,
+    MemoryMessage,
+    MemoryTimers,
     TaskPort,
     TimerPort,
-    VirtualTime,
     new_command_queue,
     new_task_queue,
 )
-from dagnats.sim.projector import ProjectionFactory, ProjectionStores, SeedProjector
+from dagnats.sim.processes import (
+    CURRENT_CALL,
+    ClientAction,
+    EngineProcess,
+    HandlerCall,
+    ProcessGate,
+    WorkerProcess,
+    drain,
+    enter_call,
+    simulated_handler,
+)
+from dagnats.sim.projector import ProjectionStores, SeedProjector
 from dagnats.sim.trace import Trace
-from dagnats.worker import Handler, TaskContext, Worker
+from dagnats.worker import Worker
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
 from kernel.state import is_terminal
-from kernel.workflow import WorkflowDef
-from projections.sqlite import QueryTables
 
-EngineFactory = Callable[[EventLog, TaskPublisher, Timers, DeadLetters], Engine]
 Action = Callable[[], Awaitable[None]]
-DRAIN_ROUNDS_MAX: Final = 8  # loop turns for a dead process's leftover tasks to finish
 CLIENT_CANCEL_MS_MAX: Final = 60_000  # a client cancel comes this long after the start, at most
-
-
-def default_engine(
-    history: EventLog, tasks: TaskPublisher, timers: Timers, dead: DeadLetters
-) -> Engine:
-    """The engine that runs on NATS, unchanged."""
-    return Engine(history, tasks, timers, dead)
-
-
-@dataclass(frozen=True)
-class SimCase:
-    """What to simulate: a workflow, the handlers, the input, the faults and the bounds."""
-
-    workflow: WorkflowDef
-    worker: Worker
-    input: bytes = b"null"
-    faults: FaultPlan = field(default_factory=FaultPlan)
-    runs: int = 1
-    workers: int = settings.workers_default
-    steps_max: int = settings.steps_per_seed_default
-    bound_ms: int | None = None  # each run's bound of virtual time (None: computed)
-    invariants: tuple[UserInvariant, ...] = ()
-    engine_factory: EngineFactory = default_engine
-    swarm: bool = True
-    # The SQLite projection fed from the history and checked against its rebuild (None: only
-    # the snapshot projection runs).
-    projection: ProjectionFactory | None = QueryTables
-
-    def __post_init__(self) -> None:
-        assert 1 <= self.runs <= settings.runs_per_seed_max, f"runs {self.runs}"
-        assert 1 <= self.workers <= settings.workers_max, f"workers {self.workers}"
-        assert 1 <= self.steps_max <= settings.steps_per_seed_max, f"steps {self.steps_max}"
-        if self.bound_ms is not None:
-            assert 1 <= self.bound_ms <= settings.horizon_ms_max, f"bound {self.bound_ms}"
-        missing = sorted(
-            {s.task for s in self.workflow.steps if s.task} - set(self.worker.handlers)
-        )
-        if missing:
-            raise ValueError(
-                f"the worker has no handler for task(s) {', '.join(missing)} of workflow "
-                f"{self.workflow.name!r} (it has: {', '.join(sorted(self.worker.handlers))})"
-            )
-
-
-class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome of one seed."""
-
-    seed: int
-    violations: tuple[Violation, ...]
-    faults: dict[str, int]
-    probabilities: dict[str, float]
-    virtual_ms: int
-    steps: int
-    runs: dict[str, str]  # run id -> final status
-    digest: str  # of every history message appended, in order
-    trace: tuple[str, ...]
-    projection_batches: int = 0  # batches the projections applied (crashed ones included)
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations
-
-
-class _Gate:
-    """`memory.Gate` of one process incarnation: its crash points and delivery faults."""
-
-    __slots__ = ("alive", "crash_kind", "name", "sim")
-
-    def __init__(self, sim: Simulation, name: str, crash_kind: str) -> None:
-        self.sim = sim
-        self.name = name
-        self.crash_kind = crash_kind  # "" for a process that never crashes (the client)
-        self.alive = True
-
-    def check(self, point: str) -> None:
-        if not self.alive:
-            raise SimulatedCrash(self.name, "after its death")
-        if self.crash_kind and self.sim.faults.hit(self.crash_kind, point):
-            self.alive = False
-            self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT crash {point}")
-            raise SimulatedCrash(self.name, point)
-
-    def delay_ms(self, point: str) -> int:
-        if not self.sim.faults.hit("late_delivery", point):
-            return 0
-        delay = self.sim.rng.randint(1, settings.late_delivery_ms_max)
-        self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT {point} late by {delay} ms")
-        return delay
-
-    def lose(self, point: str) -> bool:
-        if not self.sim.faults.hit("duplicate_delivery", f"{point}_lost"):
-            return False
-        self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT {point} lost")
-        return True
-
-
-@dataclass(eq=False)
-class EngineProcess:
-    name: str
-    engine: Engine | None = None
-    gate: _Gate | None = None
-    restart_at_ms: int | None = None
-    incarnation: int = 0
-
-
-@dataclass(eq=False)
-class WorkerProcess:
-    name: str
-    clock: ProcessClock
-    worker: Worker | None = None
-    gate: _Gate | None = None
-    commands: CommandPort | None = None
-    restart_at_ms: int | None = None
-    incarnation: int = 0
-    calls: list[HandlerCall] = field(default_factory=list)
-
-
-@dataclass(eq=False)
-class HandlerCall:
-    """One delivery of a task to a worker, from delivery to the end of its handler."""
-
-    process: WorkerProcess
-    entry: QueueEntry
-    finish_at_ms: int | None  # None: the handler hangs
-    inject_error: bool
-    entered: asyncio.Future[None]
-    release: asyncio.Future[None]
-    task: asyncio.Task[None] | None = None
-
-
-CURRENT_CALL: contextvars.ContextVar[HandlerCall | None] = contextvars.ContextVar(
-    "dagnats_sim_call", default=None
-)
-
-
-def simulated_handler(handler: Handler) -> Handler:
-    """The user's handler as the simulator runs it: called at delivery (or replaced by an
-    injected exception), then held until its virtual duration has passed."""
-
-    async def run(context: TaskContext) -> object:
-        call = CURRENT_CALL.get()
-        assert call is not None, "a simulated handler runs only inside a simulated delivery"
-        error: Exception | None = None
-        value: object = None
-        if call.inject_error:
-            error = InjectedHandlerError(
-                f"simulated failure of {context.task_type} (attempt {context.attempt})"
-            )
-        else:
-            try:
-                value = await handler(context)
-            except Exception as caught:
-                error = caught
-        if not call.entered.done():
-            call.entered.set_result(None)
-        await call.release
-        if error is not None:
-            raise error
-        return value
-
-    return run
-
-
-@dataclass(eq=False)
-class ClientAction:
-    at_ms: int
-    run_id: str
-    payload: bytes
-    msg_id: str
-    label: str
 
 
 class Simulation:
@@ -292,7 +124,8 @@ class Simulation:
         self.tasks.on_publish.append(self.oracle.on_task_published)
         self.commands.on_ack.append(self.oracle.on_command_acked)
         self.client_clock = ProcessClock(self.time)
-        self.client = CommandPort(self.commands, self.dead, "client", _Gate(self, "client", ""))
+        client_gate = ProcessGate(self, "client", "")
+        self.client = CommandPort(self.commands, self.dead, "client", client_gate)
         engines = settings.engines_max if self.faults.hit("racing_engine") else 1
         self.engines = [EngineProcess(name=f"engine-{i + 1}") for i in range(engines)]
         self.workers = [
@@ -463,7 +296,7 @@ class Simulation:
 
     async def _start_engine(self, process: EngineProcess) -> None:
         process.incarnation += 1
-        gate = _Gate(self, f"{process.name}.{process.incarnation}", "engine_crash")
+        gate = ProcessGate(self, f"{process.name}.{process.incarnation}", "engine_crash")
         commands = CommandPort(self.commands, self.dead, gate, gate)
         engine = self.case.engine_factory(
             LogPort(self.log, gate),
@@ -516,14 +349,14 @@ class Simulation:
         delay = self.rng.randint(1, settings.engine_restart_ms_max)
         process.restart_at_ms = self.time.now_ms + delay
         self.trace.add(self.time.now_ms, gate.name, f"dies ({crash.point}); back in {delay} ms")
-        await _drain()
+        await drain()
 
     # -- workers --------------------------------------------------------------------------
 
     def _start_worker(self, process: WorkerProcess) -> None:
         process.incarnation += 1
         name = f"{process.name}.{process.incarnation}"
-        gate = _Gate(self, name, "worker_crash")
+        gate = ProcessGate(self, name, "worker_crash")
         user = self.case.worker
         worker = Worker(
             concurrency=user.concurrency,
@@ -573,7 +406,7 @@ class Simulation:
             call.task = loop.create_task(worker._run_message(message, commands, commands))
         finally:
             CURRENT_CALL.reset(token)
-        call.task.add_done_callback(partial(_enter, call))
+        call.task.add_done_callback(partial(enter_call, call))
         await call.entered
         if call.task.done():
             await self._settle(call)
@@ -635,7 +468,7 @@ class Simulation:
         delay = self.rng.randint(1, settings.worker_restart_ms_max)
         process.restart_at_ms = self.time.now_ms + delay
         self.trace.add(self.time.now_ms, gate.name, f"dies ({point}); back in {delay} ms")
-        await _drain()
+        await drain()
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -663,7 +496,7 @@ class Simulation:
         self.calls.clear()
         for worker in self.workers:
             worker.calls.clear()
-        await _drain()
+        await drain()
 
     def _result(self, settled: bool) -> SeedResult:
         oracle = self.oracle
@@ -719,17 +552,6 @@ class Simulation:
 
     def _traced_append(self, message: HistoryMessage) -> None:
         self.trace.add_append(self.time.now_ms, self.actor, message)
-
-
-def _enter(call: HandlerCall, _task: object) -> None:
-    if not call.entered.done():
-        call.entered.set_result(None)
-
-
-async def _drain() -> None:
-    """Let a dead process's leftover tasks run to their end (each dies at its next call)."""
-    for _ in range(DRAIN_ROUNDS_MAX):
-        await asyncio.sleep(0)
 
 
 def _describe_batch(messages: list[MemoryMessage]) -> str:

@@ -36,6 +36,7 @@ from nats.js.kv import KeyValue
 from sqlite_utils import Database
 
 from dagnats.loading import load_attribute
+from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
@@ -77,10 +78,6 @@ retry_delay_ms: Final = 1_000  # after a failed batch, before starting again
 sqlite_busy_timeout_s: Final = 30.0
 snapshot_puts_in_flight_max: Final = 256
 name_length_max: Final = 64
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class ProjectionStatus(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from dagnats.worker import new_seed, now_ms
+from dagnats.client.errors import ApprovalNotFoundError, ApprovalResolvedError
+from dagnats.runtime.clock import new_seed, now_ms
 from kernel import limits
 from kernel.commands import Rejection, ResolveApproval
 from kernel.decide import decide
@@ -26,32 +27,10 @@ from kernel.step_states import ApprovalState
 from steps import approvals
 
 if TYPE_CHECKING:
-    from dagnats.client import Client
+    from dagnats.client.core import Client
 
 confirm_wait_s_default = 10.0
 runs_scanned_max = 10_000
-
-
-class ApprovalResolvedError(DagnatsError):
-    """The approval was already resolved (by someone else, or by its deadline)."""
-
-    hint = "see who decided with `dagnats approval show RUN_ID STEP_ID`"
-
-    def __init__(self, run_id: str, key: str, message: str) -> None:
-        self.run_id = run_id
-        self.key = key
-        super().__init__(message)
-
-
-class ApprovalNotFoundError(DagnatsError):
-    """No such approval waits (unknown step, not asked yet, or the run ended)."""
-
-    hint = "list pending approvals with `dagnats approval list`"
-
-    def __init__(self, run_id: str, key: str, message: str) -> None:
-        self.run_id = run_id
-        self.key = key
-        super().__init__(message)
 
 
 class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,4 +1,4 @@
-"""The Python client: register workflows, start, inspect, wait for and cancel runs.
+"""`Client`: register workflows, start, inspect, wait for and cancel runs.
 
 ```python
 async with await Client.connect() as client:
@@ -26,13 +26,22 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from dagnats import client_approvals, client_chains
-from dagnats.client_approvals import PendingApproval
-from dagnats.connection import Connection
-from dagnats.projector import KvSnapshotStore, load_state, open_database
-from dagnats.runtime.events import JetStreamEvents
+from dagnats.audit import AuditReport, Decide, audit_history
+from dagnats.client import approvals as client_approvals
+from dagnats.client import chains as client_chains
+from dagnats.client.approvals import PendingApproval
+from dagnats.client.errors import (
+    RunExistsError,
+    RunFinishedError,
+    RunNotFoundError,
+    WaitTimeoutError,
+    WorkflowNotFoundError,
+)
+from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.external_events import JetStreamEvents
+from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import check_run_id
-from dagnats.worker import new_seed, now_ms
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
@@ -42,47 +51,11 @@ from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 from kernel.step_states import ApprovalState
 from kernel.workflow import WorkflowDef, parse_workflow
-from projections.audit import AuditReport, Decide, audit_history
 from projections.sqlite import stored_rows
 
 start_wait_s_default = 10.0
 children_listed_max = 1_000
 workflow_revisions_max = 16
-
-
-class RunNotFoundError(DagnatsError):
-    """No run with that id has any history."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        super().__init__(f"run {run_id!r} does not exist (no history); check the id")
-
-
-class WorkflowNotFoundError(DagnatsError):
-    def __init__(self, name: str, known: list[str]) -> None:
-        self.name = name
-        shown = ", ".join(known[:20]) or "none registered"
-        super().__init__(f"workflow {name!r} is not registered (known: {shown})")
-
-
-class RunExistsError(DagnatsError):
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        super().__init__(f"run {run_id!r} already exists with another workflow or input")
-
-
-class RunFinishedError(DagnatsError):
-    def __init__(self, run_id: str, status: str) -> None:
-        self.run_id = run_id
-        self.status = status
-        super().__init__(f"run {run_id!r} already ended as {status}")
-
-
-class WaitTimeoutError(DagnatsError):
-    def __init__(self, run_id: str, timeout_s: float, state: RunState) -> None:
-        self.run_id = run_id
-        self.state = state
-        super().__init__(f"run {run_id!r} did not end within {timeout_s}s (it is {state.status})")
 
 
 class ChildLink(msgspec.Struct, frozen=True, kw_only=True):
@@ -242,7 +215,7 @@ class Client:
         Raises:
             RunNotFoundError: the run has no history.
         """
-        # snapshot + tail (dagnats.projector.load_state); the whole history without a snapshot
+        # snapshot + tail (runtime.projector.load_state); the whole history without a snapshot
         state, _ = await load_state(self.connection.history, self._snapshots, check_run_id(run_id))
         if state.status == "new":
             raise RunNotFoundError(run_id)

@@ -1,9 +1,8 @@
 """The CLI of projections and replay: `query`, `projection run|rebuild|status`, `run audit`,
 `history export`, `replay`, and the filters of `run list` (served from the SQLite tables).
 
-`register(app, run_app)` adds them to the `dagnats` app (called once from `dagnats/cli.py`).
-The shared helpers (errors, JSON output, clients) are those of `dagnats.cli`, looked up when a
-command runs, so the two modules can import each other.
+`register(app, run_app)` adds them to the `dagnats` app (called once from `dagnats/cli/`'s
+`__init__`). The shared helpers (errors, JSON output, clients) come from `dagnats.cli.common`.
 """
 
 from __future__ import annotations
@@ -19,46 +18,36 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from dagnats import projector, render
+from dagnats.audit import AuditReport
+from dagnats.cli import render
+from dagnats.cli.common import (
+    DataDirOption,
+    JsonOption,
+    UrlOption,
+    emit_json,
+    err,
+    fail,
+    out,
+    run_async,
+    with_client,
+)
 from dagnats.client import Client
-from dagnats.connection import default_data_dir
 from dagnats.replay import audit_file
+from dagnats.runtime import projector
+from dagnats.runtime.clock import now_ms
+from dagnats.runtime.connection import default_data_dir
 from dagnats.runtime.resources import PROJECTIONS_BUCKET, RUNS_BUCKET
-from dagnats.serve import install_stop_signals
+from dagnats.runtime.serve import install_stop_signals
 from kernel.durations import parse_duration
 from kernel.errors import DagnatsError
 from kernel.state import RunState
-from projections.audit import AuditReport
 from projections.base import read_checkpoints, reset_projection
 from projections.sqlite import RUN_COLUMNS
 
-
-class _Cli:
-    """The helpers of `dagnats.cli` (fail, run_async, with_client, out, err, emit_json), looked
-    up when a command runs: `dagnats.cli` imports this module to register its commands."""
-
-    def __getattr__(self, name: str) -> Any:
-        from dagnats import cli
-
-        return getattr(cli, name)
-
-
-base: Any = _Cli()
 query_rows_max: Final = 10_000
 audit_all_max: Final = 100_000
 status_fresh_ms: Final = 10_000  # a projector's rate older than this is shown as 0
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-UrlOption = Annotated[
-    str | None,
-    typer.Option("--nats-url", envvar="DAGNATS_NATS_URL", help="NATS URL (default: local serve)."),
-]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", envvar="DAGNATS_DATA_DIR", help="The serve's data dir (default ~/.dagnats)."
-    ),
-]
 DbOption = Annotated[
     Path | None, typer.Option("--db", help="The SQLite file (default <data dir>/dagnats.sqlite).")
 ]
@@ -101,26 +90,26 @@ def query(
     """Run read-only SQL on the query tables (runs, steps, events, approvals, ...)."""
     path = sqlite_path(data_dir, db)
     if not 1 <= limit <= query_rows_max:
-        raise base.fail(f"--limit {limit} is out of 1..{query_rows_max}", "", 2)
+        raise fail(f"--limit {limit} is out of 1..{query_rows_max}", "", 2)
     try:
         database = projector.open_database(path, readonly=True)
     except DagnatsError as error:
-        raise base.fail(str(error), "start `dagnats serve`: it maintains the file") from None
+        raise fail(str(error), "start `dagnats serve`: it maintains the file") from None
     try:
         cursor = database.conn.execute(sql)
         columns = [d[0] for d in cursor.description or ()]
         rows = cursor.fetchmany(limit)
     except Exception as error:  # sqlite3.Error, and read-only violations
-        raise base.fail(f"query failed: {error}", "the tables: runs, steps, events, ...") from None
+        raise fail(f"query failed: {error}", "the tables: runs, steps, events, ...") from None
     finally:
         database.close()
     if as_json:
-        base.emit_json([dict(zip(columns, row, strict=True)) for row in rows])
+        emit_json([dict(zip(columns, row, strict=True)) for row in rows])
         return
     table = Table(*columns)
     for row in rows:
         table.add_row(*("" if value is None else str(value) for value in row))
-    base.out.print(table)
+    out.print(table)
 
 
 # -- run list (served from SQLite) -------------------------------------------------------
@@ -141,7 +130,7 @@ def parse_since(text: str, now_ms: int) -> int:
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise base.fail(
+        raise fail(
             f"--since {text!r} is neither a duration nor an ISO date",
             "e.g. --since 2h, --since 7d, --since 2025-01-31",
             2,
@@ -224,7 +213,7 @@ def run_list(
     as_json: bool,
 ) -> None:
     """`dagnats run list`: from the SQLite tables when the file exists, else folded runs."""
-    since_ms = parse_since(since, projector.now_ms()) if since is not None else None
+    since_ms = parse_since(since, now_ms()) if since is not None else None
     path = sqlite_path(data_dir)
     rows = list_runs_sql(
         path, status=status, workflow=workflow, since_ms=since_ms, failed_step=failed_step,
@@ -232,9 +221,9 @@ def run_list(
     )  # fmt: skip
     if rows is not None:
         if as_json:
-            base.emit_json(rows)
+            emit_json(rows)
         else:
-            base.out.print(_rows_table(rows))
+            out.print(_rows_table(rows))
         return
 
     async def action(client: Client) -> list[RunState]:
@@ -248,11 +237,11 @@ def run_list(
         ]  # fmt: skip
         return matching[:limit]
 
-    states = base.run_async(base.with_client(nats_url, action))
+    states = run_async(with_client(nats_url, action))
     if as_json:
-        base.emit_json([render.state_document(state) for state in states])
+        emit_json([render.state_document(state) for state in states])
     else:
-        base.out.print(render.runs_table(states))
+        out.print(render.runs_table(states))
 
 
 def _time(ms: object) -> str:
@@ -294,7 +283,7 @@ def projection_run(
     try:
         projection = projector.load_projection(spec)
     except DagnatsError as error:
-        raise base.fail(str(error), "e.g. examples.projections.task_stats:TaskStats", 2) from None
+        raise fail(str(error), "e.g. examples.projections.task_stats:TaskStats", 2) from None
     path = sqlite_path(data_dir, db)
 
     async def action(client: Client) -> int:
@@ -304,15 +293,15 @@ def projection_run(
             if once:
                 return await runner.catch_up()
             stop = asyncio.Event()
-            install_stop_signals(stop, lambda name: base.err.print(f"{name}: stopping"))
-            base.err.print(f"projection {target.name} into {path}; stop with Ctrl-C")
+            install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
+            err.print(f"projection {target.name} into {path}; stop with Ctrl-C")
             await runner.run(stop)
             return runner.position
         finally:
             await target.close()
 
-    position = base.run_async(base.with_client(nats_url, action))
-    base.err.print(f"projection {projection.name}: at sequence {position}")
+    position = run_async(with_client(nats_url, action))
+    err.print(f"projection {projection.name}: at sequence {position}")
 
 
 def projection_rebuild(
@@ -330,8 +319,8 @@ def projection_rebuild(
             kv = await js.key_value(PROJECTIONS_BUCKET)
             await kv.put(projector.SNAPSHOTS, b"")
 
-        base.run_async(base.with_client(nats_url, action))
-        base.out.print("snapshots: dropped; the projector in `dagnats serve` rebuilds them")
+        run_async(with_client(nats_url, action))
+        out.print("snapshots: dropped; the projector in `dagnats serve` rebuilds them")
         return
     path = sqlite_path(data_dir, db)
     database = projector.open_database(path)
@@ -339,11 +328,11 @@ def projection_rebuild(
         known = {checkpoint.name for checkpoint in read_checkpoints(database)}
         if name not in known:
             shown = ", ".join(sorted(known | {projector.SNAPSHOTS}))
-            raise base.fail(f"no projection {name!r} in {path}", f"known: {shown}")
+            raise fail(f"no projection {name!r} in {path}", f"known: {shown}")
         reset_projection(database, name)
     finally:
         database.close()
-    base.out.print(f"{name}: dropped; its projector rebuilds it from sequence 0")
+    out.print(f"{name}: dropped; its projector rebuilds it from sequence 0")
 
 
 def projection_status(
@@ -369,7 +358,7 @@ def projection_status(
         snapshot = await projector.read_status(js, projector.SNAPSHOTS)
         if snapshot is not None:
             positions[projector.SNAPSHOTS] = ("kv", snapshot.version, snapshot.seq)
-        now = projector.now_ms()
+        now = now_ms()
         rows = []
         for name, (kind, version, seq) in sorted(positions.items()):
             status = await projector.read_status(js, projector.status_key(name))
@@ -382,9 +371,9 @@ def projection_status(
             })  # fmt: skip
         return rows
 
-    rows = base.run_async(base.with_client(nats_url, action))
+    rows = run_async(with_client(nats_url, action))
     if as_json:
-        base.emit_json(rows)
+        emit_json(rows)
         return
     table = Table("projection", "kind", "version", "position", "lag", "events/s", "updated (UTC)")
     for row in rows:
@@ -392,7 +381,7 @@ def projection_status(
             row["name"], row["kind"], str(row["version"])[:16], str(row["position"]),
             str(row["lag"]), f"{row['events_per_s']:.0f}", _time(row["updated_at_ms"]),
         )  # fmt: skip
-    base.out.print(table)
+    out.print(table)
 
 
 # -- audit, export, replay -------------------------------------------------------------------
@@ -400,11 +389,11 @@ def projection_status(
 
 def _print_report(report: AuditReport, as_json: bool) -> None:
     if as_json:
-        base.emit_json({"consistent": report.consistent, **render.to_plain(report)})
+        emit_json({"consistent": report.consistent, **render.to_plain(report)})
     elif report.consistent:
-        base.out.print(report.summary(), highlight=False)
+        out.print(report.summary(), highlight=False)
     else:
-        base.err.print(report.summary(), highlight=False, soft_wrap=True)
+        err.print(report.summary(), highlight=False, soft_wrap=True)
 
 
 def run_audit(
@@ -420,26 +409,26 @@ def run_audit(
     with the run's snapshot and SQLite rows; exit 1 at a divergence."""
     path = sqlite_path(data_dir, db)
     if all_runs == (run_id is not None) or (all_runs and workflow is None):
-        raise base.fail("give RUN_ID, or --all --workflow NAME", "", 2)
+        raise fail("give RUN_ID, or --all --workflow NAME", "", 2)
     if run_id is not None:
-        report = base.run_async(
-            base.with_client(nats_url, lambda client: client.audit(run_id, sqlite_path=path))
+        report = run_async(
+            with_client(nats_url, lambda client: client.audit(run_id, sqlite_path=path))
         )
         _print_report(report, as_json)
         if not report.consistent:
             raise typer.Exit(1)
         return
     assert workflow is not None
-    reports = base.run_async(base.with_client(nats_url, lambda c: _audit_all(c, workflow, path)))
+    reports = run_async(with_client(nats_url, lambda c: _audit_all(c, workflow, path)))
     bad = [report for report in reports if not report.consistent]
     if as_json:
-        base.emit_json([{"consistent": r.consistent, **render.to_plain(r)} for r in reports])
+        emit_json([{"consistent": r.consistent, **render.to_plain(r)} for r in reports])
     else:
         for report in bad:
-            base.err.print(report.summary(), highlight=False, soft_wrap=True)
+            err.print(report.summary(), highlight=False, soft_wrap=True)
         events = sum(report.events for report in reports)
         verdict = "consistent" if not bad else f"{len(bad)} diverged"
-        base.out.print(f"workflow {workflow}: {len(reports)} runs, {events} events: {verdict}")
+        out.print(f"workflow {workflow}: {len(reports)} runs, {events} events: {verdict}")
     if bad:
         raise typer.Exit(1)
 
@@ -454,7 +443,7 @@ async def _audit_all(client: Client, workflow: str, path: Path) -> list[AuditRep
         states = await client.list_runs(10_000)
         run_ids = [s.run_id for s in states if s.workflow and s.workflow.name == workflow]
     reports = []
-    with Progress(console=base.err, transient=True, disable=not base.err.is_terminal) as progress:
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task(f"auditing {workflow}", total=len(run_ids))
         for run_id in run_ids:
             reports.append(await client.audit(run_id, sqlite_path=path))
@@ -476,8 +465,8 @@ def history_export(
         sys.stdout.buffer.flush()
         return count
 
-    if base.run_async(base.with_client(nats_url, action)) == 0:
-        raise base.fail(f"run {run_id!r} has no history", "list runs with `dagnats run list`")
+    if run_async(with_client(nats_url, action)) == 0:
+        raise fail(f"run {run_id!r} has no history", "list runs with `dagnats run list`")
 
 
 def replay(
@@ -490,9 +479,9 @@ def replay(
         try:
             report = audit_file(file)
         except DagnatsError as error:
-            raise base.fail(str(error), "pass a file written by `dagnats history export`") from None
+            raise fail(str(error), "pass a file written by `dagnats history export`") from None
         if report.messages == 0:
-            raise base.fail(f"{file}: no history messages", "is it a `dagnats history export`?")
+            raise fail(f"{file}: no history messages", "is it a `dagnats history export`?")
         _print_report(report, as_json)
         diverged += not report.consistent
     if diverged:

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from dagnats.connection import URL_FILE, Connection
-from dagnats.runtime import events
+from dagnats.runtime import external_events
+from dagnats.runtime.connection import URL_FILE, Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.links import KvWorkflows, RunLinks
+from dagnats.runtime.nats_server import EmbeddedNats, NatsServerError
 from dagnats.runtime.resources import ensure_resources, ensure_stream
-from dagnats.runtime.server import EmbeddedNats, NatsServerError
 from dagnats.worker import Worker
 
 if TYPE_CHECKING:
@@ -75,11 +75,11 @@ class Server:
         await ensure_resources(self.connection.js)
         commands = self.connection.commands
         js = self.connection.js
-        await ensure_stream(js, events.stream_config())
+        await ensure_stream(js, external_events.stream_config())
         self.links = RunLinks(
             commands,
             KvWorkflows(js),
-            events.JetStreamEvents(js),
+            external_events.JetStreamEvents(js),
             notify=self.connection.nc.publish,
         )
         self.engine = Engine(
@@ -125,7 +125,7 @@ class Server:
         """Run the built-in projections until `stop`: run snapshots in KV (which the engine
         then loads, plus the history after them) and the SQLite query tables in
         `<data dir>/dagnats.sqlite`. Each catches up from its checkpoint, then tails."""
-        from dagnats import projector
+        from dagnats.runtime import projector
         from projections.sqlite import QueryTables
 
         assert self.engine is not None and self.connection is not None

@@ -15,8 +15,18 @@ import msgspec
 import typer
 from rich.table import Table
 
+from dagnats.cli.common import (
+    JsonOption,
+    UrlOption,
+    emit_json,
+    fail,
+    load_json_argument,
+    out,
+    run_async,
+    with_client,
+)
 from dagnats.client import Client
-from dagnats.client_approvals import PendingApproval, default_by
+from dagnats.client.approvals import PendingApproval, default_by
 from kernel.step_states import ApprovalState
 from steps import approvals
 
@@ -31,23 +41,6 @@ DataFileOption = Annotated[Path | None, typer.Option(help="Read --data from a fi
 KeyOption = Annotated[
     str, typer.Option("--key", help="The approval's key when a step asks several.")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-UrlOption = Annotated[
-    str | None,
-    typer.Option("--nats-url", envvar="DAGNATS_NATS_URL", help="NATS URL (default: local serve)."),
-]
-
-
-class _Cli:
-    """The helpers of `dagnats.cli`, looked up when a command runs (it imports this module)."""
-
-    def __getattr__(self, name: str) -> Any:
-        from dagnats import cli
-
-        return getattr(cli, name)
-
-
-cli: Any = _Cli()
 
 
 def _when(at_ms: int | None) -> str:
@@ -73,27 +66,27 @@ approval_app = typer.Typer(help="List, show, approve and reject approvals.", no_
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `approval` commands to the `dagnats` app (called once from `dagnats/cli.py`)."""
+    """Add the `approval` commands to the `dagnats` app (called once from `cli/__init__`)."""
     app.add_typer(approval_app, name="approval")
 
 
 @approval_app.command("list")
 def approval_list(nats_url: UrlOption = None, as_json: JsonOption = False) -> None:
     """List approvals waiting for a decision, across unfinished runs, oldest first."""
-    pending: list[PendingApproval] = cli.run_async(
-        cli.with_client(nats_url, lambda client: client.pending_approvals())
+    pending: list[PendingApproval] = run_async(
+        with_client(nats_url, lambda client: client.pending_approvals())
     )
     if as_json:
-        cli.emit_json([msgspec.to_builtins(p) for p in pending])
+        emit_json([msgspec.to_builtins(p) for p in pending])
         return
     if not pending:
-        cli.out.print("no approvals pending")
+        out.print("no approvals pending")
         return
     table = Table("run", "step", "workflow", "question", "requested", "deadline")
     for p in pending:
         deadline = f"{_when(p.deadline_ms)} ({p.on_timeout})" if p.deadline_ms else "-"
         table.add_row(p.run_id, p.key, p.workflow, p.question, _when(p.requested_at_ms), deadline)
-    cli.out.print(table)
+    out.print(table)
 
 
 @approval_app.command("show")
@@ -109,26 +102,26 @@ def approval_show(
     async def action(client: Client) -> ApprovalState | None:
         return approvals.find(await client.get_run(run_id), key or step_id)
 
-    approval = cli.run_async(cli.with_client(nats_url, action))
+    approval = run_async(with_client(nats_url, action))
     if approval is None:
-        raise cli.fail(
+        raise fail(
             f"run {run_id!r} has no approval {key or step_id!r}",
             "list pending approvals with `dagnats approval list`",
         )
     if as_json:
-        cli.emit_json(approval_document(run_id, approval))
+        emit_json(approval_document(run_id, approval))
         return
-    cli.out.print(f"[bold]{approval.question}[/bold]  ({_status(approval)})")
+    out.print(f"[bold]{approval.question}[/bold]  ({_status(approval)})")
     if approval.description:
-        cli.out.print(approval.description)
-    cli.out.print(f"requested {_when(approval.requested_at_ms)}", highlight=False)
+        out.print(approval.description)
+    out.print(f"requested {_when(approval.requested_at_ms)}", highlight=False)
     if approval.deadline_ms is not None:
-        cli.out.print(
+        out.print(
             f"deadline {_when(approval.deadline_ms)}, then {approval.on_timeout}",
             highlight=False,
         )
     if approval.decision:
-        cli.out.print(
+        out.print(
             f"{_status(approval)} by {approval.by} at {_when(approval.resolved_at_ms)}"
             + (f": {approval.comment}" if approval.comment else ""),
             highlight=False,
@@ -139,7 +132,7 @@ def _decide(
     decision: str, run_id: str, step_id: str, key: str, by: str, comment: str,
     data: str | None, data_file: Path | None, nats_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
-    value = cli.load_json_argument(data, data_file, "data")
+    value = load_json_argument(data, data_file, "data")
     who = by or default_by()
 
     async def action(client: Client) -> ApprovalState:
@@ -149,11 +142,11 @@ def _decide(
             )
         return await client.reject(run_id, step_id, data=value, comment=comment, by=who, key=key)
 
-    approval = cli.run_async(cli.with_client(nats_url, action))
+    approval = run_async(with_client(nats_url, action))
     if as_json:
-        cli.emit_json(approval_document(run_id, approval))
+        emit_json(approval_document(run_id, approval))
     else:
-        cli.out.print(f"{_status(approval)} {run_id} {approval.key} (by {approval.by})")
+        out.print(f"{_status(approval)} {run_id} {approval.key} (by {approval.by})")
 
 
 @approval_app.command("approve")

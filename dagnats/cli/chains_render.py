@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from rich.console import Console
 
-from dagnats.client_chains import ChainLink, history_warning
+from dagnats.client.chains import ChainLink, history_warning
 from kernel.state import RunState
 from steps import approvals
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from dagnats.client.errors import RunNotFoundError, WaitTimeoutError
 from kernel import limits
 from kernel.events import Decision
 from kernel.reducer import evolve
@@ -21,7 +22,7 @@ from kernel.state import INITIAL_STATE, RunState, is_terminal
 from steps import continuation
 
 if TYPE_CHECKING:
-    from dagnats.client import Client
+    from dagnats.client.core import Client
 
 lineage_shown_max = 1_000
 
@@ -48,8 +49,6 @@ async def follow(
     Raises:
         WaitTimeoutError: the chain did not end within `timeout_s`.
     """
-    from dagnats.client import WaitTimeoutError
-
     deadline = time.monotonic() + timeout_s
     for _ in range(limits.continue_as_new_chain_max + 1):
         if state.status != "continued_as_new" or state.continued_as is None:
@@ -73,8 +72,6 @@ async def follow(
 
 async def lineage(client: Client, run_id: str) -> list[ChainLink]:
     """The chain a run belongs to, from its root to its latest run, in order."""
-    from dagnats.client import RunNotFoundError
-
     state = await client.get_run(run_id)
     backward: list[RunState] = []
     current = state

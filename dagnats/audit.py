@@ -7,8 +7,10 @@ the state at its `last_seq`, the SQLite `runs`/`steps` rows with the state at th
 `last_seq`. The first divergence is reported with its index (1-based, in the run's history),
 its command, and what was recorded against what the code gives now.
 
-Pure: the caller reads the history, the snapshot and the rows. This module may import only
-`kernel`, the standard library, msgspec and `projections`.
+Pure: the caller reads the history, the snapshot and the rows. It re-decides history, so it
+lives in the shell, not in `projections/` (which may import only `kernel`). This module may
+import only `kernel`, the standard library, msgspec and `projections`; `dagnats.replay` (files)
+and `Client.audit` (a live run) call it.
 """
 
 from __future__ import annotations

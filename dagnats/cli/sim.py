@@ -1,7 +1,7 @@
 """`dagnats sim`: simulate a workflow with its real handlers over many seeds, or replay one.
 
-Wired into the `dagnats` command with `app.command("sim")(sim_command)`. The workflow file is
-parsed as `dagnats workflow validate` does; the worker is loaded as `dagnats worker` does
+Wired into the `dagnats` command by `dagnats/cli/__init__`. The workflow file is parsed as
+`dagnats workflow validate` does; the worker is loaded as `dagnats worker` does
 (`MODULE:ATTR`, a module path or a .py file). A failing seed prints the command that replays
 it and the end of its trace; `--seed N --trace` replays one seed and prints its whole trace.
 Exit code 0 when every seed passed, 1 when one failed or the input is wrong.
@@ -16,11 +16,12 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dagnats.cli.common import err, fail, load_worker, out
 from dagnats.sim import settings
+from dagnats.sim.case import SeedResult, SimCase
 from dagnats.sim.faults import FaultPlan
 from dagnats.sim.invariants import INVARIANTS
 from dagnats.sim.runner import (
@@ -31,40 +32,22 @@ from dagnats.sim.runner import (
     run_seed,
     run_seeds,
 )
-from dagnats.sim.scheduler import SeedResult, SimCase
-from dagnats.worker import Worker
 from kernel.errors import WorkflowInvalidError
 from kernel.workflow import WorkflowDef, parse_workflow
-
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str, hint: str = "") -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    if hint:
-        err.print(f"[dim]hint:[/dim] {hint}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
 
 
 def _load_workflow(file: Path) -> WorkflowDef:
     try:
         data = file.read_bytes()
     except OSError as error:
-        raise _fail(f"{file}: {error.strerror}", "pass a readable workflow file") from None
+        raise fail(f"{file}: {error.strerror}", "pass a readable workflow file") from None
     try:
         return parse_workflow(data)
     except WorkflowInvalidError as error:
         for problem in error.problems:
             err.print(f"  {problem}", highlight=False, soft_wrap=True)
         problems = len(error.problems)
-        raise _fail(f"{file}: {problems} problem(s)", "fix the fields listed above") from None
-
-
-def _load_worker(spec: str) -> Worker:
-    from dagnats.cli import load_worker  # here: dagnats.cli imports this module
-
-    return load_worker(spec)
+        raise fail(f"{file}: {problems} problem(s)", "fix the fields listed above") from None
 
 
 def _input_bytes(text: str | None, file: Path | None) -> bytes:
@@ -72,13 +55,13 @@ def _input_bytes(text: str | None, file: Path | None) -> bytes:
         try:
             text = file.read_text(encoding="utf-8")
         except OSError as error:
-            raise _fail(f"input-file {file}: {error.strerror}", "pass a readable file") from None
+            raise fail(f"input-file {file}: {error.strerror}", "pass a readable file") from None
     if text is None:
         return b"null"
     try:
         return msgspec.json.encode(json.loads(text))
     except json.JSONDecodeError as error:
-        raise _fail(f"input is not valid JSON: {error}", "e.g. --input '{\"key\": 1}'") from None
+        raise fail(f"input is not valid JSON: {error}", "e.g. --input '{\"key\": 1}'") from None
 
 
 def reproduce_command(
@@ -153,6 +136,23 @@ def _report_json(report: SimReport, reproduce: dict[int, str], trace: bool) -> d
     }
 
 
+def _fault_plan(faults: str) -> FaultPlan:
+    try:
+        return FaultPlan.parse(faults)
+    except ValueError as error:
+        raise fail(str(error), "e.g. --faults engine_crash=0.05,late_delivery=0") from None
+
+
+def _check_counts(runs: int, jobs: int, seeds: int) -> None:
+    """Each count option within its bound, checked in the order the options are read."""
+    if not 1 <= runs <= settings.runs_per_seed_max:
+        raise fail(f"--runs {runs} must be within 1..{settings.runs_per_seed_max}")
+    if not 1 <= jobs <= JOBS_MAX:
+        raise fail(f"--jobs {jobs} must be within 1..{JOBS_MAX}")
+    if not 1 <= seeds <= settings.seeds_per_call_max:
+        raise fail(f"--seeds {seeds} must be within 1..{settings.seeds_per_call_max}")
+
+
 def sim_command(
     workflow_file: Annotated[Path, typer.Argument(help="The workflow file (JSON).")],
     worker: Annotated[
@@ -185,17 +185,9 @@ def sim_command(
 ) -> None:
     """Simulate WORKFLOW_FILE with the worker's real handlers under seeded faults."""
     workflow = _load_workflow(workflow_file)
-    user_worker = _load_worker(worker)
-    try:
-        plan = FaultPlan.parse(faults)
-    except ValueError as error:
-        raise _fail(str(error), "e.g. --faults engine_crash=0.05,late_delivery=0") from None
-    if not 1 <= runs <= settings.runs_per_seed_max:
-        raise _fail(f"--runs {runs} must be within 1..{settings.runs_per_seed_max}")
-    if not 1 <= jobs <= JOBS_MAX:
-        raise _fail(f"--jobs {jobs} must be within 1..{JOBS_MAX}")
-    if not 1 <= seeds <= settings.seeds_per_call_max:
-        raise _fail(f"--seeds {seeds} must be within 1..{settings.seeds_per_call_max}")
+    user_worker = load_worker(worker)
+    plan = _fault_plan(faults)
+    _check_counts(runs, jobs, seeds)
     input_args = ["--input", input_text] if input_text is not None else []
     input_args += ["--input-file", str(input_file)] if input_file is not None else []
     try:
@@ -207,7 +199,7 @@ def sim_command(
             runs=runs,
         )
     except ValueError as error:
-        raise _fail(str(error), "register a handler for every task of the workflow") from None
+        raise fail(str(error), "register a handler for every task of the workflow") from None
     bound_ms = run_bound_ms(workflow)
 
     def reproduce(result: SeedResult) -> str:
@@ -224,15 +216,21 @@ def sim_command(
     else:
         report = _run_with_progress(case, seed_range, failures_max, jobs)
     reproductions = {result.seed: reproduce(result) for result in report.failures}
-    if as_json:
-        print(json.dumps(_report_json(report, reproductions, trace=False)))
-    else:
-        out.print(_summary(report, bound_ms))
-        for result in report.failures:
-            text = failure_text(result, reproductions[result.seed], settings.trace_lines_max)
-            out.print(text, highlight=False, markup=False, soft_wrap=True)
+    _print_report(report, reproductions, bound_ms, as_json)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _print_report(
+    report: SimReport, reproductions: dict[int, str], bound_ms: int, as_json: bool
+) -> None:
+    if as_json:
+        print(json.dumps(_report_json(report, reproductions, trace=False)))
+        return
+    out.print(_summary(report, bound_ms))
+    for result in report.failures:
+        text = failure_text(result, reproductions[result.seed], settings.trace_lines_max)
+        out.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def _run_with_progress(case: SimCase, seed_range: range, failures_max: int, jobs: int) -> SimReport:

@@ -1,0 +1,207 @@
+"""`dagnats run start|show|list|history|wait|cancel|signal`: runs.
+
+`run list` is served from the SQLite query tables (`dagnats/cli/projections.py`); `run audit`
+is added there too. Imports `dagnats.cli.common`, its sibling modules and the rest of the
+project, never `dagnats.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.live import Live
+
+from dagnats.cli import chains_render, projections, render
+from dagnats.cli.common import (
+    DataDirOption,
+    JsonOption,
+    UrlOption,
+    emit_json,
+    err,
+    fail,
+    load_json_argument,
+    out,
+    run_async,
+    with_client,
+)
+from dagnats.client import ChildLink, Client
+from kernel.events import Decision
+from kernel.state import RunState
+
+
+def register(run_app: typer.Typer) -> None:
+    """Add the `run` commands to their sub-app (after `run audit`, as before)."""
+    run_app.command("start")(run_start)
+    run_app.command("show")(run_show)
+    run_app.command("list")(run_list)
+    run_app.command("history")(run_history)
+    run_app.command("wait")(run_wait)
+    run_app.command("cancel")(run_cancel)
+    run_app.command("signal")(run_signal)
+
+
+def run_start(
+    workflow: Annotated[str, typer.Argument(help="The registered workflow's name.")],
+    input: Annotated[str | None, typer.Option("--input", help="The run input as JSON.")] = None,
+    input_file: Annotated[Path | None, typer.Option(help="Read the input from a file.")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Your own run id (idempotent).")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to end, showing progress.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a run of a registered workflow."""
+    value = load_json_argument(input, input_file, "input")
+
+    async def action(client: Client) -> tuple[str, RunState | None]:
+        started = await client.start(workflow, value, run_id=run_id)
+        if not wait:
+            return started, None
+        return started, await wait_with_progress(client, started, timeout, as_json)
+
+    started, final = run_async(with_client(nats_url, action))
+    if as_json:
+        emit_json({"run_id": started, **({"run": render.state_document(final)} if final else {})})
+    else:
+        out.print(f"started run [bold]{started}[/bold]")
+    if final is not None and final.status != "completed":
+        raise typer.Exit(1)
+
+
+async def wait_with_progress(
+    client: Client, run_id: str, timeout: float, quiet: bool, follow: bool = False
+) -> RunState:
+    if quiet or not out.is_terminal:
+        return await client.wait(run_id, timeout_s=timeout, follow=follow)
+    with Live(console=out, refresh_per_second=8, transient=False) as live:
+
+        def update(state: RunState, _decision: Decision) -> None:
+            live.update(render.run_table(state))
+
+        return await client.wait(run_id, timeout_s=timeout, on_update=update, follow=follow)
+
+
+def run_show(run_id: str, nats_url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """Show a run's state (folded from its history)."""
+
+    async def show(client: Client) -> tuple[RunState, list[ChildLink], list[Any]]:
+        state = await client.get_run(run_id)
+        chained = state.continued_from is not None or state.continued_as is not None
+        chain = await client.lineage(run_id) if chained else []
+        return state, await client.children(run_id), chain
+
+    state, links, chain = run_async(with_client(nats_url, show))
+    if as_json:
+        document = render.state_document(state)
+        if links:  # a run without children reads as `run wait --json` does
+            document["children"] = [msgspec.to_builtins(link) for link in links]
+        chains_render.add_lineage(document, state, chain)
+        emit_json(document)
+    else:
+        out.print(render.run_table(state))
+        chains_render.print_lineage(out, err, state, chain)
+        if state.parent_run_id:
+            out.print(f"parent: {state.parent_run_id} (step {state.parent_step_id})")
+        for link in links:
+            how = "detached" if link.detached else "attached"
+            out.print(
+                f"  └─ {link.step_id}: {link.child_run_id} ({link.workflow}, {how}) {link.status}"
+            )
+
+
+# -- run list: served from the SQLite query tables (issue 8; dagnats/cli/projections.py) --
+def run_list(
+    limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
+    status: Annotated[str | None, typer.Option(help="Only runs in this status.")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Started since: a duration back (2h, 7d) or an ISO date.")
+    ] = None,
+    failed_step: Annotated[
+        str | None, typer.Option(help="Only runs where this step failed.")
+    ] = None,
+    data_dir: DataDirOption = None,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List recent runs, newest first (from <data dir>/dagnats.sqlite when it exists)."""
+    projections.run_list(
+        limit, status, workflow, since, failed_step, data_dir, nats_url, as_json
+    )
+
+
+# -- end of run list -----------------------------------------------------------------------
+
+
+def run_history(run_id: str, nats_url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """Print a run's history: each command and the events decided from it."""
+
+    async def action(client: Client) -> list[tuple[int, Decision]]:
+        return [item async for item in client.history(run_id)]
+
+    decisions = run_async(with_client(nats_url, action))
+    if not decisions:
+        raise fail(f"run {run_id!r} has no history", "list runs with `dagnats run list`")
+    if as_json:
+        emit_json([{"seq": seq, **render.to_plain(decision)} for seq, decision in decisions])
+    else:
+        out.print(render.history_table(decisions))
+
+
+def run_wait(
+    run_id: str,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 300.0,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Follow continue-as-new runs to the chain's end.")
+    ] = False,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Wait for a run to end, showing its steps live; exit 1 unless it completed."""
+
+    async def action(client: Client) -> RunState:
+        return await wait_with_progress(client, run_id, timeout, as_json, follow)
+
+    state = run_async(with_client(nats_url, action))
+    if as_json:
+        emit_json(render.state_document(state))
+    elif not out.is_terminal:
+        out.print(render.run_table(state))
+    if state.status == "continued_as_new":
+        err.print(f"[dim]hint:[/dim] run continued as {state.continued_as}; wait with --follow")
+    if state.status != "completed":
+        raise typer.Exit(1)
+
+
+def run_cancel(
+    run_id: str,
+    reason: Annotated[str, typer.Option(help="Why (recorded in history).")] = "",
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a run (compensations of completed steps run first)."""
+    run_async(with_client(nats_url, lambda client: client.cancel(run_id, reason)))
+    if as_json:
+        emit_json({"run_id": run_id, "cancel_requested": True})
+    else:
+        out.print(f"cancel requested for run {run_id}")
+
+
+def run_signal(
+    run_id: str,
+    name: Annotated[str, typer.Argument(help="The signal's name.")],
+    payload: Annotated[str | None, typer.Option("--payload", help="JSON payload.")] = None,
+    payload_file: Annotated[Path | None, typer.Option(help="Read the payload from a file.")] = None,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send a named signal (with a JSON payload) to a run."""
+    value = load_json_argument(payload, payload_file, "payload")
+    run_async(with_client(nats_url, lambda client: client.signal(run_id, name, value)))
+    if as_json:
+        emit_json({"run_id": run_id, "signal": name, "sent": True})
+    else:
+        out.print(f"signal {name!r} sent to run {run_id}")

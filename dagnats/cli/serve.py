@@ -1,0 +1,128 @@
+"""`dagnats serve`, `dagnats worker` and `dagnats demo`: the long-running processes.
+
+`register(app)` adds `serve` and `worker`; `demo` is added last by `dagnats/cli/__init__`.
+Both serve and worker refuse to start under `python -O` (assertions are part of the engine's
+safety). Imports `dagnats.cli.common` and the rest of the project, never `dagnats.cli`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+
+from dagnats import logs
+from dagnats.cli.common import (
+    JsonOption,
+    LogJsonOption,
+    UrlOption,
+    err,
+    fail,
+    load_worker,
+    out,
+    run_async,
+)
+from dagnats.client import Client
+from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
+from dagnats.runtime.connection import default_data_dir
+from dagnats.runtime.serve import Server, install_stop_signals
+
+
+def refuse_without_assertions(what: str) -> None:
+    """Exit with one error line and its hint under `python -O` / `PYTHONOPTIMIZE`."""
+    try:
+        require_assertions(what)
+    except AssertionsDisabledError as error:
+        raise fail(str(error), error.hint) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` and `worker` to the `dagnats` app."""
+    app.command()(serve)
+    app.command()(worker)
+
+
+def serve(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where NATS keeps its data (default ~/.dagnats).")
+    ] = None,
+    nats_port: Annotated[int, typer.Option(help="Port of the embedded NATS; 0 = a free one.")] = 0,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+    log_json: LogJsonOption = False,
+) -> None:
+    """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
+    refuse_without_assertions("dagnats serve")
+    logs.configure(json_lines=log_json)
+    server = Server(data_dir or default_data_dir(), nats_port=nats_port, nats_url=nats_url)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
+        try:
+            info = await server.start()
+            if as_json:
+                print(msgspec.json.encode(info).decode(), flush=True)
+            else:
+                out.print(f"dagnats serve: NATS at [bold]{info.nats_url}[/bold]")
+                out.print(
+                    f"data dir: {info.data_dir}"
+                    + (f" (nats log {info.nats_log})" if info.nats_log else "")
+                )
+                out.print("ready; stop with Ctrl-C", highlight=False)
+            await server.run(stop)
+        finally:
+            await server.stop()
+
+    run_async(main())
+
+
+def worker(
+    spec: Annotated[str, typer.Argument(help="MODULE:ATTR of a dagnats.Worker.")],
+    nats_url: UrlOption = None,
+    concurrency: Annotated[int | None, typer.Option(help="Handlers run at once.")] = None,
+    heartbeat_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds without a heartbeat before a task goes to another worker "
+            "(the task consumer's ack wait; every worker of a task must use the same)."
+        ),
+    ] = None,
+    log_json: LogJsonOption = False,
+) -> None:
+    """Serve the task handlers of a Worker until SIGTERM (then drain)."""
+    refuse_without_assertions("dagnats worker")
+    logs.configure(json_lines=log_json)
+    the_worker = load_worker(spec)
+    if concurrency is not None:
+        the_worker.concurrency = concurrency
+    ack_wait_ms: int | None = None
+    if heartbeat_timeout is not None:
+        if not 0.5 <= heartbeat_timeout <= 3600:
+            raise fail(f"--heartbeat-timeout {heartbeat_timeout} is outside 0.5..3600 s", "", 2)
+        ack_wait_ms = int(heartbeat_timeout * 1000)
+        the_worker.heartbeat_interval_ms = max(100, ack_wait_ms // 3)
+
+    async def main() -> None:
+        client = await Client.connect(nats_url, task_ack_wait_ms=ack_wait_ms)
+        stop = asyncio.Event()
+        install_stop_signals(stop, lambda name: err.print(f"{name}: draining"))
+        tasks = ", ".join(sorted(the_worker.handlers))
+        err.print(f"worker {the_worker.worker_id}: serving {tasks}", highlight=False)
+        connection = client.connection
+        try:
+            await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
+        finally:
+            await client.close()
+
+    run_async(main())
+
+
+def demo() -> None:
+    """Run the example order workflow end to end on a throwaway embedded server."""
+    from dagnats.demo import main as demo_main
+
+    raise typer.Exit(demo_main())
