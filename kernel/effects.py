@@ -91,17 +91,14 @@ class WatchEvents(Effect, frozen=True, kw_only=True):
     since_ms: int
 
 
-class NotifyApproval(Effect, frozen=True, kw_only=True):
-    """Publish a notice that an approval waits (a plain NATS publish on
-    `dagnats.approval.<run>.<step>`): what is asked, never the run's or step's input."""
+class PublishNotice(Effect, frozen=True, kw_only=True):
+    """Publish a notice for people or other programs (a plain NATS publish on
+    `dagnats.<topic>.<run>.<step>`, fire and forget, at least once after a restart): the step
+    type chooses the topic (a subject token) and the JSON payload, never a run's input."""
 
     step_id: str
-    key: str
-    question: str
-    description: str
-    metadata: msgspec.Raw
-    deadline_ms: int | None
-    at_ms: int
+    topic: str
+    payload: msgspec.Raw
 
 
 class StartContinuation(Effect, frozen=True, kw_only=True):
@@ -125,7 +122,7 @@ class StartContinuation(Effect, frozen=True, kw_only=True):
 
 AnyEffect = (
     EnqueueTask | ArmTimer | CancelTimer | StartChild | ReportToParent | CancelChild | WatchEvents
-    | NotifyApproval | StartContinuation
+    | PublishNotice | StartContinuation
 )  # fmt: skip
 
 

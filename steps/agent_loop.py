@@ -46,7 +46,6 @@ from kernel.events import (
     AgentLimitReached,
     AgentToolCompleted,
     AgentToolFailed,
-    AgentToolScheduled,
     AgentTurnCompleted,
     AgentTurnFailed,
     AgentTurnScheduled,
@@ -64,13 +63,19 @@ from kernel.events import (
     TimerStarted,
 )
 from kernel.outcome import ItemReport, StartAttempt, StepInput
-from kernel.retry import backoff_ms
 from kernel.state import RunState, is_terminal
 from kernel.step_states import AgentState, ApprovalState
-from kernel.workflow import RetryPolicy, StepDef
+from kernel.workflow import StepDef
 from steps import approvals, continuation
 from steps.agent_config import AgentConfig, read_config, read_report, tool_calls_of
-from steps.agent_envelope import CarriedLoop, carry_input, read_carry, turn_envelope
+from steps.agent_decide import (
+    ask_approval,
+    limit_reached,
+    retry_due,
+    schedule_tool,
+    schedule_turn,
+)
+from steps.agent_envelope import carry_input, read_carry, turn_envelope
 from steps.agent_parts import (
     NULL_RAW,
     agent_of,
@@ -84,7 +89,6 @@ from steps.agent_parts import (
     policy_of,
     react_agent,
     tool_effects,
-    tool_item_id,
     tool_task,
     turn_effects,
     turn_retry_timer,
@@ -201,7 +205,7 @@ def _start(draft: Draft, step_id: str, given: StartAttempt) -> None:
     draft.emit(
         StepScheduled(step_id=step_id, attempt=given.attempt, input=step_input, at_ms=draft.at_ms)
     )
-    _schedule_turn(draft, step_id, 1, 1, carried)
+    schedule_turn(draft, step_id, 1, 1, carried)
 
 
 def _fire(context: Draft, step_id: str, command: FireTimer) -> None:
@@ -251,7 +255,7 @@ def _approval_resolved(context: Draft, step_id: str, approval: ApprovalState) ->
         return
     tool = agent.tools[index]
     if approval.decision == "approve":
-        _schedule_tool(context, step_id, turn, index, tool_task(context.state, step_id, tool), 1)
+        schedule_tool(context, step_id, turn, index, tool_task(context.state, step_id, tool), 1)
         return
     why = f": {approval.comment}" if approval.comment else ""
     error = ErrorInfo(
@@ -265,29 +269,6 @@ def _approval_resolved(context: Draft, step_id: str, approval: ApprovalState) ->
         )
     )  # fmt: skip
     _after_tools(context, step_id)
-
-
-def _deadline(context: Draft, step_id: str) -> int | None:
-    step_def = context.state.step_def(step_id)
-    assert step_def is not None
-    return None if step_def.timeout_ms is None else context.at_ms + step_def.timeout_ms
-
-
-def _schedule_turn(
-    context: Draft,
-    step_id: str,
-    turn: int,
-    attempt: int,
-    carried: CarriedLoop | None = None,
-) -> None:
-    context.emit(
-        AgentTurnScheduled(
-            step_id=step_id, turn=turn, attempt=attempt, at_ms=context.at_ms,
-            deadline_ms=_deadline(context, step_id),
-            carried_state=NULL_RAW if carried is None else carried.state,
-            carried_tool_results=NULL_RAW if carried is None else carried.tool_results,
-        )
-    )  # fmt: skip
 
 
 def _next_turn(context: Draft, step_id: str) -> None:
@@ -305,7 +286,7 @@ def _next_turn(context: Draft, step_id: str) -> None:
         message = f"the agent loop took {agent.turns_completed} turns in this run"
         _limit(context, step_id, "continue_as_new_after_turns", message, "continue_as_new")
         return
-    reached = _limit_reached(context.state, step_id)
+    reached = limit_reached(context.state, step_id)
     if reached is not None:  # only with on_limit continue_as_new: the others stop at once
         _limit(context, step_id, *reached)
         return
@@ -319,12 +300,10 @@ def _next_turn(context: Draft, step_id: str) -> None:
         )
         context.fail(step_id, ErrorInfo(message=message, kind="invalid_input"), retryable=False)
         return
-    _schedule_turn(context, step_id, agent.turn + 1, 1)
+    schedule_turn(context, step_id, agent.turn + 1, 1)
 
 
-def _limit(
-    context: Draft, step_id: str, limit: str, message: str, action: str = ""
-) -> None:
+def _limit(context: Draft, step_id: str, limit: str, message: str, action: str = "") -> None:
     """Stop at a bound: fail, complete with the last state, or continue as new (`action`, by
     default the loop's `on_limit`)."""
     action = action or config_of(context.state, step_id).on_limit
@@ -349,9 +328,7 @@ def _limit(
     context.fail(step_id, ErrorInfo(message=message, kind=kind), retryable=False)
 
 
-def _turn_item(
-    context: Draft, step_id: str, agent: AgentState, command: AnyCommand
-) -> None:
+def _turn_item(context: Draft, step_id: str, agent: AgentState, command: AnyCommand) -> None:
     live = agent.phase == "turn"
     match command:
         case CompleteTask() if live and command.attempt == agent.turn_attempt:
@@ -362,7 +339,7 @@ def _turn_item(
             _turn_failed(context, step_id, agent, error, retryable, command.retry_after_ms)
         case FireTimer(kind="retry") if agent.phase == "turn_retry":
             if command.attempt == agent.turn_attempt + 1:
-                _schedule_turn(context, step_id, agent.turn, command.attempt)
+                schedule_turn(context, step_id, agent.turn, command.attempt)
         case FireTimer(kind="step_timeout") if live and command.attempt == agent.turn_attempt:
             error = ErrorInfo(message=f"turn {agent.turn} attempt timed out", kind="timeout")
             _turn_failed(context, step_id, agent, error, True, None)
@@ -381,7 +358,7 @@ def _turn_failed(
     policy = policy_of(context.state, step_id)
     attempt = agent.turn_attempt
     will_retry = retryable and attempt < policy.max_attempts
-    due = _retry_due(context, policy, attempt, retry_after_ms) if will_retry else None
+    due = retry_due(context, policy, attempt, retry_after_ms) if will_retry else None
     context.emit(
         AgentTurnFailed(
             step_id=step_id, turn=agent.turn, attempt=attempt, error=error,
@@ -393,18 +370,7 @@ def _turn_failed(
         context.fail(step_id, ErrorInfo(message=message, kind=error.kind), retryable=False)
 
 
-def _retry_due(
-    context: Draft, policy: RetryPolicy, attempt: int, retry_after_ms: int | None
-) -> int:
-    delay = (
-        retry_after_ms if retry_after_ms is not None else backoff_ms(policy, attempt, context.seed)
-    )
-    return context.at_ms + max(0, min(delay, limits.delay_ms_max))
-
-
-def _turn_result(
-    context: Draft, step_id: str, agent: AgentState, output: msgspec.Raw
-) -> None:
+def _turn_result(context: Draft, step_id: str, agent: AgentState, output: msgspec.Raw) -> None:
     report = read_report(output)
     if isinstance(report, str):
         error = ErrorInfo(message=report, kind="invalid_output")
@@ -428,17 +394,17 @@ def _turn_result(
         context.complete(step_id, report.output)
         return
     config = config_of(context.state, step_id)
-    reached = _limit_reached(context.state, step_id)
+    reached = limit_reached(context.state, step_id)
     if reached is not None and config.on_limit != "continue_as_new":
         _limit(context, step_id, *reached)
         return  # (continue_as_new runs the tools first, so the fresh run sees their results)
     for index, call in enumerate(calls):
         task = config.task_of(call.name)
         if task and call.name in config.approval_tools:
-            _ask_approval(context, step_id, agent.turn, index, config)
+            ask_approval(context, step_id, agent.turn, index, config)
             continue
         if task:
-            _schedule_tool(context, step_id, agent.turn, index, task, 1)
+            schedule_tool(context, step_id, agent.turn, index, task, 1)
             continue
         known = ", ".join(name for name, _ in config.tools or ())
         error = ErrorInfo(
@@ -451,64 +417,6 @@ def _turn_result(
             )
         )  # fmt: skip
     _after_tools(context, step_id)
-
-
-def _ask_approval(
-    context: Draft, step_id: str, turn: int, index: int, config: AgentConfig
-) -> None:
-    """Ask a human whether tool call `index` may run (its key: `<step>.turn<n>-tool<i>`). The
-    question names the tool and the call, never its arguments (the notice is published)."""
-    agent = agent_of(context.state, step_id)
-    assert agent is not None
-    call = agent.tools[index]
-    asked = approvals.ApprovalRequest(
-        question=f"May agent loop {step_id!r} call tool {call.name!r} (turn {turn})?",
-        description=f"tool call {call.call_id!r}",
-        timeout_ms=config.approval_timeout_ms,
-        on_timeout="reject",
-    )
-    problem = approvals.request(context, step_id, tool_item_id(step_id, turn, index), asked)
-    if problem is not None:
-        error = ErrorInfo(message=problem, kind="non_retryable")
-        context.emit(
-            AgentToolCompleted(
-                step_id=step_id, turn=turn, index=index, attempt=0, ok=False, error=error,
-                at_ms=context.at_ms,
-            )
-        )  # fmt: skip
-
-
-def _limit_reached(state: RunState, step_id: str) -> tuple[str, str] | None:
-    """The limit a completed turn reached (the name and a message), if any."""
-    agent = agent_of(state, step_id)
-    assert agent is not None
-    config = config_of(state, step_id)
-    if agent.turns_completed >= config.max_turns:
-        return ("max_turns", f"the agent loop took {agent.turns_completed} turns (max_turns)")
-    tokens = agent.tokens_in + agent.tokens_out
-    if config.max_tokens is not None and tokens >= config.max_tokens:
-        return (
-            "max_tokens",
-            f"the agent loop used {tokens} tokens; max_tokens is {config.max_tokens}",
-        )
-    if config.max_cost is not None and agent.cost >= config.max_cost:
-        return ("max_cost", f"the agent loop cost {agent.cost:g}; max_cost is {config.max_cost:g}")
-    return None
-
-
-def _schedule_tool(
-    context: Draft, step_id: str, turn: int, index: int, task: str, attempt: int
-) -> None:
-    agent = agent_of(context.state, step_id)
-    assert agent is not None
-    call = agent.tools[index]
-    context.emit(
-        AgentToolScheduled(
-            step_id=step_id, turn=turn, index=index, call_id=call.call_id, name=call.name,
-            task=task, attempt=attempt, at_ms=context.at_ms,
-            deadline_ms=_deadline(context, step_id),
-        )
-    )  # fmt: skip
 
 
 def _after_tools(context: Draft, step_id: str) -> None:
@@ -566,7 +474,7 @@ def _tool_item(
             _tool_failed(context, step_id, agent, index, error, retryable, command.retry_after_ms)
         case FireTimer(kind="retry") if tool.status == "retry_wait":
             if command.attempt == tool.attempt + 1:
-                _schedule_tool(
+                schedule_tool(
                     context,
                     step_id,
                     agent.turn,
@@ -595,7 +503,7 @@ def _tool_failed(
     policy = policy_of(context.state, step_id)
     attempt = agent.tools[index].attempt
     if retryable and attempt < policy.max_attempts:
-        due = _retry_due(context, policy, attempt, retry_after_ms)
+        due = retry_due(context, policy, attempt, retry_after_ms)
         context.emit(
             AgentToolFailed(
                 step_id=step_id, turn=agent.turn, index=index, attempt=attempt, error=error,

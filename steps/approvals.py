@@ -25,7 +25,7 @@ import msgspec
 
 from kernel import limits
 from kernel.commands import FireTimer, Rejection, ResolveApproval
-from kernel.effects import AnyEffect, ArmTimer, CancelTimer, NotifyApproval
+from kernel.effects import AnyEffect, ArmTimer, CancelTimer, PublishNotice
 from kernel.events import AnyEvent, ApprovalRequested, ApprovalResolved
 from kernel.state import RunState
 from kernel.step_states import ApprovalState
@@ -36,6 +36,7 @@ Resolved = Callable[[Draft, str, ApprovalState], None]
 
 OnTimeout = Literal["approve", "reject", "fail"]
 TIMER_PREFIX = "approval."
+NOTICE_TOPIC = "approval"  # notices on dagnats.approval.<run>.<step>
 TIMEOUT_BY = "timeout"
 
 
@@ -306,8 +307,21 @@ def resume_step(state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
     return tuple(effects)
 
 
-def _asked(state: RunState, approval: ApprovalState) -> tuple[AnyEffect, ...]:
-    notice = NotifyApproval(
+class ApprovalNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """What a published notice says of a pending approval (never the step's input)."""
+
+    run_id: str
+    step_id: str
+    key: str
+    question: str
+    description: str
+    metadata: msgspec.Raw
+    deadline_ms: int | None
+    requested_at_ms: int
+
+
+def notice_of(state: RunState, approval: ApprovalState) -> ApprovalNotice:
+    return ApprovalNotice(
         run_id=state.run_id,
         step_id=approval.step_id,
         key=approval.key,
@@ -315,7 +329,16 @@ def _asked(state: RunState, approval: ApprovalState) -> tuple[AnyEffect, ...]:
         description=approval.description,
         metadata=approval.metadata,
         deadline_ms=approval.deadline_ms,
-        at_ms=approval.requested_at_ms,
+        requested_at_ms=approval.requested_at_ms,
+    )
+
+
+def _asked(state: RunState, approval: ApprovalState) -> tuple[AnyEffect, ...]:
+    notice = PublishNotice(
+        run_id=state.run_id,
+        step_id=approval.step_id,
+        topic=NOTICE_TOPIC,
+        payload=msgspec.Raw(msgspec.json.encode(notice_of(state, approval))),
     )
     if approval.deadline_ms is None:
         return (notice,)

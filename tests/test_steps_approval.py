@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kernel.commands import FireTimer, ResolveApproval
 from kernel.decide import decide
-from kernel.effects import ArmTimer, CancelTimer, NotifyApproval
+from kernel.effects import ArmTimer, CancelTimer, PublishNotice
 from kernel.events import (
     AnyEvent,
     ApprovalRequested,
@@ -107,8 +107,10 @@ def test_an_approval_halts_records_the_request_and_publishes_a_notice_without_in
             at_ms=at,
         ),
     ).then_lacks(StepScheduled, step_id="ship")
-    notices = [e for e in when.effects if isinstance(e, NotifyApproval)]
-    assert len(notices) == 1 and notices[0].question == "Ship it?"
+    notices = [e for e in when.effects if isinstance(e, PublishNotice)]
+    assert len(notices) == 1 and notices[0].topic == "approval"
+    notice = msgspec.json.decode(bytes(notices[0].payload), type=approvals.ApprovalNotice)
+    assert notice.question == "Ship it?" and notice.key == "gate" and notice.step_id == "gate"
     assert b"s3cr3t" not in msgspec.json.encode(notices[0]), "the notice carries no input"
     assert approvals.pending(when.state)[0].key == "gate"
 
@@ -238,7 +240,7 @@ def test_resume_publishes_the_notice_again_and_rearms_the_deadline() -> None:
     wf = workflow(task("build"), gate("build", timeout_ms=HOUR_MS))
     waiting = given(start(wf), complete("build")).state
     kinds = sorted(type(e).__name__ for e in resume(waiting))
-    assert kinds == ["ArmTimer", "NotifyApproval"]
+    assert kinds == ["ArmTimer", "PublishNotice"]
     done = given(start(wf), complete("build"), resolve("approve")).state
     assert resume(done) == ()
 

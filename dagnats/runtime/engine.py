@@ -56,7 +56,7 @@ from kernel.effects import (
     CancelChild,
     CancelTimer,
     EnqueueTask,
-    NotifyApproval,
+    PublishNotice,
     ReportToParent,
     StartChild,
     StartContinuation,
@@ -352,16 +352,16 @@ class Engine:
                     )
                 case CancelTimer():
                     await self.timers.cancel(effect.run_id, effect.timer_id)
-                case NotifyApproval() if self.links is None:
-                    # A notice is a courtesy (pending approvals are in history and the query
+                case PublishNotice() if self.links is None:
+                    # A notice is a courtesy (what it tells is in history and the query
                     # tables); an engine with no NATS links (the simulator) skips it.
-                    log.debug("run %s: approval notice skipped (no links)", effect.run_id)
+                    log.debug("run %s: notice skipped (no links)", effect.run_id)
                 case (
                     StartChild()
                     | ReportToParent()
                     | CancelChild()
                     | WatchEvents()
-                    | NotifyApproval()
+                    | PublishNotice()
                     | StartContinuation()
                 ):
                     if self.links is None:

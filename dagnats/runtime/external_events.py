@@ -1,7 +1,7 @@
 """External events over JetStream: the DAGNATS_EVENTS stream, `dagnats.event.<name>`.
 
 An external event is published by name (not to a run) with a JSON payload; runs wait for
-names (`wait_for_event` steps, a workflow's `cancel_on`). The stream keeps events for
+names (steps that wait for events, a workflow's `cancel_on`). The stream keeps events for
 `settings.events_age_ms_max`, so the engine can deliver again those published since a time
 (after a restart, or when a run starts waiting). An event's identity is its stream sequence and
 its time is the server's timestamp of the message.

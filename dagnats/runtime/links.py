@@ -31,7 +31,7 @@ from kernel import codec
 from kernel.commands import AnyCommand, CancelRun, DeliverEvent, RecordChild, StartRun
 from kernel.effects import (
     CancelChild,
-    NotifyApproval,
+    PublishNotice,
     ReportToParent,
     StartChild,
     StartContinuation,
@@ -41,9 +41,9 @@ from kernel.errors import DagnatsError
 from kernel.workflow import WorkflowDef
 
 LinkEffect = (
-    StartChild | ReportToParent | CancelChild | WatchEvents | NotifyApproval | StartContinuation
+    StartChild | ReportToParent | CancelChild | WatchEvents | PublishNotice | StartContinuation
 )
-APPROVAL_SUBJECT_PREFIX = "dagnats.approval"  # + .<run_id>.<step_id>: approval notices
+NOTICE_SUBJECT_PREFIX = "dagnats"  # + .<topic>.<run_id>.<step_id>: steps' notices
 Notify = Callable[[str, bytes], Awaitable[None]]  # a plain (core NATS) publish
 
 log = logging.getLogger("dagnats.links")
@@ -82,7 +82,7 @@ class RunLinks:
         notify: Notify | None = None,
     ) -> None:
         self.commands = commands
-        self.notify = notify  # approval notices (None: not published)
+        self.notify = notify  # steps' notices (None: not published)
         self.workflows = workflows
         self.events = events
         self.waiting: dict[str, set[str]] = {}  # event name -> run ids waiting for it
@@ -111,8 +111,8 @@ class RunLinks:
                 await self._send(cancel, f"cancel:{effect.child_run_id}")
             case WatchEvents():
                 await self._watch(effect)
-            case NotifyApproval():
-                await self._notify_approval(effect)
+            case PublishNotice():
+                await self._publish_notice(effect)
             case StartContinuation():
                 await self._start_continuation(effect)
             case _:
@@ -149,23 +149,13 @@ class RunLinks:
         )
         await self._send(start, f"start:{child}")
 
-    async def _notify_approval(self, effect: NotifyApproval) -> None:
-        """Publish what the approval asks (never the step's input) on
-        `dagnats.approval.<run>.<step>`; fire and forget (at least once after a restart)."""
+    async def _publish_notice(self, effect: PublishNotice) -> None:
+        """Publish a step's notice on `dagnats.<topic>.<run>.<step>`; fire and forget (at
+        least once after a restart)."""
         if self.notify is None:
             return
-        notice = {
-            "run_id": effect.run_id,
-            "step_id": effect.step_id,
-            "key": effect.key,
-            "question": effect.question,
-            "description": effect.description,
-            "metadata": effect.metadata,
-            "deadline_ms": effect.deadline_ms,
-            "requested_at_ms": effect.at_ms,
-        }
-        subject = f"{APPROVAL_SUBJECT_PREFIX}.{effect.run_id}.{effect.step_id}"
-        await self.notify(subject, msgspec.json.encode(notice))
+        subject = f"{NOTICE_SUBJECT_PREFIX}.{effect.topic}.{effect.run_id}.{effect.step_id}"
+        await self.notify(subject, bytes(effect.payload))
 
     async def _start_continuation(self, effect: StartContinuation) -> None:
         workflow = await self.workflows.get_workflow(effect.workflow) or effect.definition

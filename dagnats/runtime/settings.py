@@ -33,7 +33,7 @@ partitions_max: Final = 4_096
 # Subject tokens.
 run_id_length_max: Final = limits.run_id_length_max
 task_type_length_max: Final = limits.task_name_length_max
-timer_id_length_max: Final = 512  # dotted: "retry.<planner>.<step>.<attempt>"
+timer_id_length_max: Final = 512  # dotted: "retry.<owner>.<step>.<attempt>"
 dead_kind_length_max: Final = 64
 dead_reason_bytes_max: Final = 1_024
 
