@@ -255,6 +255,15 @@ class PlannerRejected(StepEvent, frozen=True, kw_only=True, tag="planner.rejecte
     at_ms: int
 
 
+class LogRecorded(StepEvent, frozen=True, kw_only=True, tag="log.recorded"):
+    """A `log` step recorded `message` at `level` in the run's history."""
+
+    attempt: int
+    level: str
+    message: str
+    at_ms: int
+
+
 class MapExpanded(StepEvent, frozen=True, kw_only=True, tag="map.expanded"):
     """A map's attempt read `count` items from its input (one task each)."""
 
@@ -448,6 +457,7 @@ AnyEvent = (
     | SignalConsumed
     | PlannerMaterialized
     | PlannerRejected
+    | LogRecorded
     | MapExpanded
     | MapItemScheduled
     | MapItemCompleted
@@ -490,6 +500,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SignalConsumed,
     PlannerMaterialized,
     PlannerRejected,
+    LogRecorded,
     MapExpanded,
     MapItemScheduled,
     MapItemCompleted,

@@ -60,6 +60,9 @@ agent_tool_name_length_max: Final = 128
 agent_tokens_max: Final = 10**12  # a max_tokens budget, and the tokens one turn may report
 agent_cost_max: Final = 1e9  # a max_cost budget, and the cost one turn may report
 
+# Log steps.
+log_message_bytes_max: Final = 8_192  # a log step's message
+
 # Approvals and continue-as-new.
 approval_text_bytes_max: Final = 8_192  # an approval's question or description, or a comment
 approval_by_length_max: Final = 128  # who decided

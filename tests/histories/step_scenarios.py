@@ -374,6 +374,22 @@ def continued_as_new() -> Scenario:
     )
 
 
+def logged() -> Scenario:
+    """Two log steps record their messages around a task and pass its output on."""
+    wf = user_workflow(
+        "audit_trail",
+        {"id": "begin", "type": "log", "config": {"message": "starting the import"}},
+        {"id": "load", "task": "load", "depends_on": ["begin"]},
+        {"id": "done", "type": "log", "depends_on": ["load"],
+         "config": {"message": "import finished", "level": "warning"}},
+    )  # fmt: skip
+    return (
+        start(wf, {"file": "a.csv"}),
+        started("load"),
+        complete("load", {"rows": 3}),
+    )
+
+
 def cancelled_by_event() -> Scenario:
     """A `cancel_on` event for another order changes nothing; the matching one cancels the
     run, and the completed step's compensation runs."""
@@ -408,4 +424,5 @@ STEP_SCENARIOS: Final[dict[str, Scenario]] = {
     "sub_workflow_child_failed_then_completed": sub_workflows(),
     "continue_as_new": continued_as_new(),
     "cancel_on_event": cancelled_by_event(),
+    "log_recorded": logged(),
 }
