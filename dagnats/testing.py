@@ -18,6 +18,10 @@ AssertionError.
 failure towards seed 0 and every fault probability towards 0, so what it reports is the
 smallest fault schedule that still fails, as `--seed` and `--faults` values. Hypothesis is a
 test dependency; it is imported only when the strategy is asked for.
+
+`replay(path)` re-decides a history your runs recorded (`dagnats history export`) with the
+code of today and raises `HistoryDivergedError` at the first decision that differs, so a change
+to your workflows or to DagNats that would alter a recorded run fails your tests.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from dagnats.replay import HistoryDivergedError, replay
 from dagnats.sim.case import EngineFactory, SeedResult, SimCase, default_engine
 from dagnats.sim.faults import FAULT_KINDS, FaultPlan
 from dagnats.sim.invariants import RunView, UserInvariant
@@ -39,7 +44,15 @@ from kernel.workflow import WorkflowDef, parse_workflow
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
 
-__all__ = ["RunView", "SimCaseDraw", "SimulationFailedError", "sim_cases", "simulate"]
+__all__ = [
+    "HistoryDivergedError",
+    "RunView",
+    "SimCaseDraw",
+    "SimulationFailedError",
+    "replay",
+    "sim_cases",
+    "simulate",
+]
 
 WorkflowSource = WorkflowDef | str | bytes | Path | Mapping[str, object]
 

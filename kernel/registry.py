@@ -102,9 +102,13 @@ def register(step_type: StepType) -> StepType:
 
 
 def _load() -> None:
+    """Import the `steps` package once. The flag is set only after the import finished, so
+    no caller (another thread starting up meanwhile) can see a half-filled table: a second
+    caller imports too, and the import system makes it wait for the first."""
     if not _loaded[0]:
-        _loaded[0] = True
         importlib.import_module(STEPS_PACKAGE)
+        assert _table, "importing the steps package registers the step types"
+        _loaded[0] = True
 
 
 def names() -> tuple[str, ...]:

@@ -4,7 +4,7 @@ state byte for byte, and re-deciding each recorded command gives the recorded ev
 The files are written once by `python -m tests.histories.make_golden`; a change that alters
 how they fold shows as a diff of `<name>.expected.json` here, not as a silent rewrite. Every
 step type has a history, together they hold every event tag, and each also replays through
-the user's helper (`dagnats.replay.replay`), so a kernel refactor that changes what any step
+the user's helper (`dagnats.testing.replay`), so a kernel refactor that changes what any step
 type decides fails here.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import dagnats.testing
-from dagnats.replay import HistoryDivergedError, replay
+from dagnats.testing import HistoryDivergedError, replay
 from kernel import registry
 from kernel.codec import CURRENT_VERSIONS, decode_decision, decode_state, encode
 from kernel.commands import AnyCommand, Rejection, SendSignal
@@ -182,10 +182,5 @@ def test_the_replay_helper_names_the_first_divergence() -> None:
     assert caught.value.divergence.kind == "decide" and caught.value.divergence.index == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/projections.md and dagnats/replay.py show `from dagnats.testing import "
-    "replay`, but dagnats/testing.py does not export it (only dagnats.replay.replay)",
-)
 def test_replay_is_exported_by_dagnats_testing_as_documented() -> None:
     assert getattr(dagnats.testing, "replay", None) is replay
