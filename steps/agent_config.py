@@ -15,7 +15,7 @@ A turn's result (the worker encodes `Continue`/`Done` this way) is
 from __future__ import annotations
 
 import math
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -36,16 +36,18 @@ OnLimit = Literal["fail", "complete", "continue_as_new"]
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
-    max_turns: int = max_turns_default
-    max_duration_ms: int | None = None
-    max_tokens: int | None = None
-    max_cost: float | None = None
-    loop_delay_ms: int = 0
+    max_turns: Annotated[int, msgspec.Meta(ge=1, le=limits.agent_turns_max)] = max_turns_default
+    max_duration_ms: Annotated[int, msgspec.Meta(ge=1, le=limits.timeout_ms_max)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=limits.agent_tokens_max)] | None = None
+    max_cost: Annotated[float, msgspec.Meta(gt=0, le=limits.agent_cost_max)] | None = None
+    loop_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=limits.timeout_ms_max)] = 0
     on_limit: OnLimit = "fail"
     tools: tuple[tuple[str, str], ...] | None = None  # None: a tool's name is its task
-    continue_as_new_after_turns: int | None = None
+    continue_as_new_after_turns: (
+        Annotated[int, msgspec.Meta(ge=1, le=limits.agent_turns_max)] | None
+    ) = None
     approval_tools: tuple[str, ...] = ()
-    approval_timeout_ms: int | None = None
+    approval_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=limits.timeout_ms_max)] | None = None
 
     def task_of(self, tool: str) -> str:
         """The worker task running `tool`, or "" when the loop does not know it."""

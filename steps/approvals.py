@@ -19,7 +19,7 @@ decided and when. The state formats live in kernel.step_states (`ApprovalState`)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -43,8 +43,8 @@ TIMEOUT_BY = "timeout"
 class ApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
     """What a step asks: shown to the approver and in the notice (never the step's input)."""
 
-    question: str
-    description: str = ""
+    question: Annotated[str, msgspec.Meta(min_length=1, max_length=limits.approval_text_bytes_max)]
+    description: Annotated[str, msgspec.Meta(max_length=limits.approval_text_bytes_max)] = ""
     metadata: msgspec.Raw = msgspec.Raw(b"{}")
     timeout_ms: int | None = None
     on_timeout: OnTimeout = "fail"

@@ -12,6 +12,8 @@ evolve / react / resume: the run's (kernel.run_links starts the new run; nothing
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from kernel import limits, registry
@@ -28,7 +30,7 @@ CONFIG_FIELDS = ("workflow", "input_from")
 
 
 class ContinueConfig(msgspec.Struct, frozen=True, kw_only=True):
-    workflow: str = ""
+    workflow: Annotated[str, msgspec.Meta(max_length=limits.workflow_name_length_max)] = ""
     input_from: str = ""
 
 

@@ -35,7 +35,7 @@ CONFIG_FIELDS: Final = ("message", "level")
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True):
     """What a log step records."""
 
-    message: Annotated[str, msgspec.Meta(min_length=1)]
+    message: Annotated[str, msgspec.Meta(min_length=1, max_length=limits.log_message_bytes_max)]
     level: LogLevel = "info"
 
 

@@ -249,9 +249,7 @@ def _refill_batch(config: MapConfig) -> int:
     return max(1, min(REFILL_BATCH_MAX, config.max_concurrency // 4))
 
 
-def _item_completed(
-    context: Draft, step_id: str, index: int, command: CompleteTask
-) -> None:
+def _item_completed(context: Draft, step_id: str, index: int, command: CompleteTask) -> None:
     if len(command.output) > limits.payload_bytes_max:
         size = len(command.output)
         message = f"output is {size} bytes; the limit is {limits.payload_bytes_max} bytes"

@@ -6,7 +6,7 @@ item is handed to its task as the exact bytes of the input (no decode and re-enc
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -27,8 +27,10 @@ _array_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 class MapConfig(msgspec.Struct, frozen=True, kw_only=True):
     items_path: str = ""
-    max_items: int = limits.map_items_max
-    max_concurrency: int = max_concurrency_default
+    max_items: Annotated[int, msgspec.Meta(ge=1, le=limits.map_items_max)] = limits.map_items_max
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=limits.map_concurrency_max)] = (
+        max_concurrency_default
+    )
     mode: Mode = "fail_fast"
 
 

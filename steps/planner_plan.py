@@ -9,7 +9,7 @@ dynamic steps; every problem is reported. Valid steps get ids `<planner>.<id>`, 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -32,8 +32,9 @@ replace = msgspec.structs.replace
 
 
 class PlannerConfig(msgspec.Struct, frozen=True, kw_only=True):
-    max_steps: int = max_steps_default
-    max_depth: int = 1  # plan levels under (and including) this planner's own plan
+    max_steps: Annotated[int, msgspec.Meta(ge=1, le=limits.plan_steps_max)] = max_steps_default
+    # plan levels under (and including) this planner's own plan
+    max_depth: Annotated[int, msgspec.Meta(ge=1, le=limits.plan_depth_max)] = 1
     allowed_tasks: tuple[str, ...] | None = None  # None: any task
     allowed_types: tuple[str, ...] = ("task",)
 

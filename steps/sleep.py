@@ -15,6 +15,8 @@ resume: a sleeping step's timer is armed again (it fires at once if it came due 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from kernel import limits, registry
@@ -36,9 +38,9 @@ CONFIG_FIELDS = ("duration", "cron", "until_input_path")
 
 
 class SleepConfig(msgspec.Struct, frozen=True, kw_only=True):
-    duration_ms: int | None = None
-    cron: str | None = None
-    until_input_path: str | None = None
+    duration_ms: Annotated[int, msgspec.Meta(ge=0, le=limits.sleep_ms_max)] | None = None
+    cron: Annotated[str, msgspec.Meta(min_length=9)] | None = None  # 5 fields
+    until_input_path: Annotated[str, msgspec.Meta(min_length=1)] | None = None
 
 
 def read_config(step: StepDef, path: str) -> SleepConfig | tuple[Problem, ...]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -58,7 +58,7 @@ _DIGEST_CHARS = 16
 
 
 class SubWorkflowConfig(msgspec.Struct, frozen=True, kw_only=True):
-    workflow: str
+    workflow: Annotated[str, msgspec.Meta(min_length=1, max_length=limits.workflow_name_length_max)]
     detach: bool = False
 
 

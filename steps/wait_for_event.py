@@ -20,6 +20,7 @@ resume: the same watch and timer again (events published meanwhile are delivered
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 import msgspec
 
@@ -51,7 +52,7 @@ TIMEOUT_OUTPUT = encode({"timeout": True})
 
 
 class WaitForEventConfig(msgspec.Struct, frozen=True, kw_only=True):
-    event: str
+    event: Annotated[str, msgspec.Meta(min_length=1, max_length=limits.event_name_length_max)]
     match: dict[str, object] | None = None
     since: str = "step_start"
 
