@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import msgspec
 
+from kernel import limits
 from kernel.state import DONE_STEP_STATUSES, RunState, StepState
 from kernel.step_states import DynamicParent
 from kernel.workflow import StepDef
@@ -24,13 +25,16 @@ LIVE = ("scheduled", "running")
 
 def parent_id(step_id: str) -> str | None:
     """The owner of an appended step or item (`p` of `p.x`), None for a step of the workflow."""
+    assert step_id, "a step has an id"
     parent, _, _ = step_id.rpartition(".")
     return parent or None
 
 
 def local_id(step_id: str) -> str:
     """An appended step's id in its owner's namespace (`x` of `p.x`)."""
-    return step_id.rpartition(".")[2]
+    local = step_id.rpartition(".")[2]
+    assert local, f"{step_id!r} ends in a local id"
+    return local
 
 
 def is_appended(step_id: str) -> bool:
@@ -48,7 +52,9 @@ def parent_record(state: RunState, step_id: str) -> DynamicParent | None:
 
 def with_parent(state: RunState, record: DynamicParent) -> RunState:
     """`state` with the record of `record.step_id` replaced (or added)."""
+    assert state.index_of(record.step_id) >= 0, f"no step {record.step_id!r}"
     others = tuple(r for r in state.dynamic.parents if r.step_id != record.step_id)
+    assert len(others) + 1 <= len(state.steps), "at most one record per step"
     return replace(state, dynamic=replace(state.dynamic, parents=(*others, record)))
 
 
@@ -65,6 +71,7 @@ def append_steps(
     record = replace(record, attempt=attempt, children=tuple(step.id for step in steps))
     parent_step = replace(state.steps[index], deadline_ms=None)
     steps_now = (*state.steps[:index], parent_step, *state.steps[index + 1 :])
+    assert state.dynamic.steps_added + len(steps) <= limits.dynamic_steps_per_run_max
     grown = replace(
         state,
         step_ids=(*state.step_ids, *(step.id for step in steps)),
@@ -78,6 +85,7 @@ def append_steps(
 def runs_appended(state: RunState, step_id: str, attempt: int) -> bool:
     """Whether `attempt` of the step appended steps that run now (its task is over: a late
     report of that attempt is stale)."""
+    assert attempt >= 0, f"attempt {attempt} of {step_id!r}"
     record = parent_record(state, step_id)
     return record is not None and record.attempt == attempt
 
@@ -89,6 +97,7 @@ def item_owner(state: RunState, step_id: str) -> tuple[str, str] | None:
     owner, _, key = step_id.rpartition(".")
     if state.step_def(owner) is None:
         return None
+    assert key and owner, f"item id {step_id!r} is <owner>.<key>"
     return owner, key
 
 
@@ -114,7 +123,9 @@ def handlers_among(state: RunState, children: tuple[str, ...]) -> set[str]:
 
 def owners(state: RunState) -> tuple[str, ...]:
     """Every step that appended steps to the run, in the order they first did."""
-    return tuple(record.step_id for record in state.dynamic.parents)
+    found = tuple(record.step_id for record in state.dynamic.parents)
+    assert len(found) == len(set(found)), "one record per owner"
+    return found
 
 
 def settled(state: RunState, owner: str) -> bool:

@@ -14,7 +14,7 @@ import msgspec
 from kernel import appended, limits
 from kernel.commands import AnyCommand, Rejection, SendSignal
 from kernel.payloads import compose_object
-from kernel.state import RunState, StepState
+from kernel.state import DONE_STEP_STATUSES, RunState, StepState
 from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
 
 HandlerRole = tuple[Literal["on_failure", "compensate"], str]
@@ -32,9 +32,11 @@ def unknown_step(state: RunState, step_id: str) -> Rejection:
 
 def current_attempt(state: RunState, step_id: str, attempt: int) -> StepState | None:
     """The step when `attempt` is its live attempt (scheduled or running), else None."""
+    assert attempt >= 0, f"attempt {attempt} of {step_id!r}"
     step = state.step(step_id)
     if step is None or step.attempt != attempt:
         return None
+    assert step.attempt <= limits.attempts_max, f"{step_id!r} at attempt {step.attempt}"
     return step if step.status in ("scheduled", "running") else None
 
 
@@ -64,10 +66,10 @@ def signal_problem(state: RunState, command: SendSignal) -> str | None:
 
 
 def retry_policy(state: RunState, step_def: StepDef) -> RetryPolicy:
-    if step_def.retry is not None:
-        return step_def.retry
-    assert state.workflow is not None
-    return state.workflow.default_retry or NO_RETRY
+    policy = step_def.retry or (state.workflow and state.workflow.default_retry) or NO_RETRY
+    assert state.workflow is not None, "a started run has its workflow"
+    assert 1 <= policy.max_attempts <= limits.attempts_max, f"max_attempts {policy.max_attempts}"
+    return policy
 
 
 def handler_role(state: RunState, step_id: str) -> HandlerRole | None:
@@ -87,6 +89,7 @@ def handler_ids(state: RunState) -> frozenset[str]:
             ids.add(step_def.on_failure)
         if step_def.compensate:
             ids.add(step_def.compensate)
+    assert ids <= set(state.step_ids), "handlers are steps of the run (checked at registration)"
     return frozenset(ids)
 
 
@@ -97,12 +100,15 @@ def compensable(state: RunState) -> tuple[str, ...]:
         for step, step_def in zip(state.steps, state.step_defs, strict=True)
         if step.status == "completed" and not step.compensated and step_def.compensate
     ]
+    assert all(index >= 0 for index, _ in candidates), "a completed step has its order"
+    assert len({index for index, _ in candidates}) == len(candidates), "completion order is total"
     return tuple(step_id for _, step_id in sorted(candidates, reverse=True))
 
 
 def resolve_input(state: RunState, step_def: StepDef, by_id: dict[str, StepState]) -> msgspec.Raw:
     """Root: the run input; one dependency: its output; several: an object keyed by step id."""
     deps = step_def.depends_on
+    assert all(by_id[dep].status in DONE_STEP_STATUSES for dep in deps), f"{step_def.id!r} ready"
     if not deps:
         parent_input = appended.root_input(state, step_def)
         return state.input if parent_input is None else parent_input
@@ -121,6 +127,7 @@ def run_output(state: RunState, handlers: frozenset[str]) -> msgspec.Raw:
         and step.step_id not in handlers
         and not appended.is_appended(step.step_id)
     ]
+    assert all(step.status in DONE_STEP_STATUSES for step in terminal), "the run's output is final"
     if len(terminal) == 1:
         return terminal[0].output
     return compose_object((step.step_id, step.output) for step in terminal)

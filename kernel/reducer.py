@@ -13,7 +13,7 @@ from typing import assert_never
 
 import msgspec
 
-from kernel import registry
+from kernel import limits, registry
 from kernel.events import (
     AnyEvent,
     CompensationStarted,
@@ -178,6 +178,9 @@ def fold_from(state: RunState, events: Iterable[AnyEvent]) -> RunState:
 
 def _run_started(event: RunStarted) -> RunState:
     workflow = event.workflow
+    assert event.run_id, "a run has an id"
+    assert 0 <= event.depth <= limits.sub_workflow_depth_max, f"depth {event.depth}"
+    assert 0 <= event.chain_index <= limits.continue_as_new_chain_max, event.chain_index
     return RunState(
         run_id=event.run_id,
         status="running",
@@ -203,6 +206,8 @@ def _step(state: RunState, step_id: str, update: Callable[[StepState], StepState
     index = state.index_of(step_id)
     assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
     new_step = update(state.steps[index])
+    assert new_step.step_id == step_id, "an update keeps the step's id"
+    assert new_step.attempt >= state.steps[index].attempt, f"{step_id!r}: attempts only grow"
     steps = (*state.steps[:index], new_step, *state.steps[index + 1 :])
     return replace(state, steps=steps)
 
@@ -211,6 +216,8 @@ def _scheduled(step: StepState, event: StepScheduled) -> StepState:
     assert event.attempt > step.attempt, (
         f"step {step.step_id!r}: attempt {event.attempt} after {step.attempt} (attempts only grow)"
     )
+    assert event.attempt <= limits.attempts_max, f"{step.step_id!r}: attempt {event.attempt}"
+    assert step.status in ("pending", "retry_wait"), f"{step.step_id!r} scheduled: {step.status}"
     return replace(
         step,
         status="scheduled",
@@ -240,6 +247,7 @@ def _completed(state: RunState, event: StepCompleted) -> RunState:
         )
 
     stepped = _step(state, event.step_id, update)
+    assert len(event.output) <= limits.payload_bytes_max, "decide bounds every output"
     return replace(stepped, completions=state.completions + 1)
 
 
@@ -251,6 +259,7 @@ def _attempt_failed(
         never_ran = step.status == "pending" and not will_retry  # e.g. its input was too large
         assert live or never_ran, f"step {step_id!r} failed while {step.status}"
         if will_retry:
+            assert live, f"step {step_id!r} retries an attempt it never ran"
             return replace(step, error=error, deadline_ms=None)
         return replace(step, status="failed", error=error, deadline_ms=None, ended_at_ms=at_ms)
 

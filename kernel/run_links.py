@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
+from kernel import limits
 from kernel.commands import ChildStatus, StartRun
 from kernel.effects import AnyEffect, ReportToParent, StartContinuation
 from kernel.state import RunState
@@ -21,6 +22,7 @@ from kernel.timers import timer_seed
 def _report(state: RunState, status: ChildStatus) -> ReportToParent:
     assert state.parent_run_id is not None
     error = state.error.message if state.error is not None else ""
+    assert state.parent_step_id, f"child run {state.run_id!r} names its parent step"
     if status == "cancelled":
         error = error or f"child run {state.run_id!r} was cancelled"
     at_ms = state.ended_at_ms if state.ended_at_ms is not None else state.started_at_ms
@@ -85,6 +87,8 @@ def successor_start(state: RunState) -> tuple[AnyEffect, ...]:
     if state.status != "continued_as_new" or state.continued_as is None:
         return ()
     assert state.workflow is not None
+    assert state.continued_as != state.run_id, "a run does not continue as itself"
+    assert state.chain_index + 1 <= limits.continue_as_new_chain_max, "the step bounds chains"
     workflow = state.continued_workflow or state.workflow.name
     same = workflow == state.workflow.name
     start = StartContinuation(

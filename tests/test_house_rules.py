@@ -110,3 +110,35 @@ def test_the_size_check_can_fail(tmp_path: Path) -> None:
     long_module = tmp_path / "big.py"
     long_module.write_text("x = 1\n" * (MODULE_LINES_MAX + 1), encoding="utf-8")
     assert oversized(long_module) == [f"{MODULE_LINES_MAX + 1} lines (the bound is 600)"]
+
+
+RUN_RULE_MODULES: Final = (
+    "decide", "lifecycle", "reducer", "react", "appended", "run_links", "timers", "queries"
+)  # fmt: skip
+ASSERTS_PER_FUNCTION_MIN: Final = 1.0  # over the run's rules together (STYLE asks about two)
+ASSERTS_PER_FUNCTION_MODULE_MIN: Final = 0.6
+
+
+def assertion_density(source: str) -> tuple[int, int]:
+    """(functions, assert statements) of a module."""
+    tree = ast.parse(source)
+    functions = sum(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(tree))
+    asserts = sum(isinstance(n, ast.Assert) for n in ast.walk(tree))
+    return functions, asserts
+
+
+def test_the_run_rules_assert_their_invariants() -> None:
+    counts = {
+        name: assertion_density((ROOT / "kernel" / f"{name}.py").read_text(encoding="utf-8"))
+        for name in RUN_RULE_MODULES
+    }
+    thin = {
+        name: round(asserts / functions, 2)
+        for name, (functions, asserts) in counts.items()
+        if asserts < ASSERTS_PER_FUNCTION_MODULE_MIN * functions
+    }
+    assert thin == {}, f"modules below {ASSERTS_PER_FUNCTION_MODULE_MIN} asserts per function"
+    functions = sum(f for f, _ in counts.values())
+    asserts = sum(a for _, a in counts.values())
+    assert asserts >= ASSERTS_PER_FUNCTION_MIN * functions, f"{asserts} asserts, {functions} fns"
+    assert assertion_density("def f() -> None:\n    assert True\n") == (1, 1)
