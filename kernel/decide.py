@@ -42,7 +42,7 @@ from kernel.events import (
     StepStarted,
 )
 from kernel.lifecycle import Builder, ask, attempt_failed, fail_run, may_run, start_step
-from kernel.outcome import ItemReport, OwnedStepsDone, SignalArrived, StartAttempt
+from kernel.outcome import RETRYABLE_KINDS, ItemReport, OwnedStepsDone, SignalArrived, StartAttempt
 from kernel.payloads import skip_applies
 from kernel.state import ACTIVE_STEP_STATUSES, DONE_STEP_STATUSES, RunState, is_terminal
 
@@ -226,7 +226,7 @@ def _fail_task(builder: Builder, command: FailTask) -> Rejection | None:
         kind=kind,
         traceback=queries.truncate(command.traceback),
     )
-    retryable = command.kind in ("error", "heartbeat_timeout")
+    retryable = command.kind in RETRYABLE_KINDS
     attempt_failed(
         builder, command.step_id, error, retryable=retryable, retry_after_ms=command.retry_after_ms
     )

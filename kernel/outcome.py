@@ -106,17 +106,5 @@ Action = Emit | Complete | Fail
 Outcome = tuple[Action, ...]
 NOTHING: Final[Outcome] = ()
 
+# The failure kinds a worker reports that its step's retry policy may retry (kernel.commands).
 RETRYABLE_KINDS: Final = frozenset({"error", "heartbeat_timeout"})
-
-
-def failure_of(step_id: str, command: FailTask, error: ErrorInfo) -> Fail:
-    """The `Fail` a worker's failure report asks for: retryable unless the handler said it is
-    not (or its output was invalid)."""
-    assert step_id, "a failure names its step"
-    assert command.kind in ("error", "non_retryable", "heartbeat_timeout", "invalid_output")
-    return Fail(
-        step_id=step_id,
-        error=error,
-        retryable=command.kind in RETRYABLE_KINDS,
-        retry_after_ms=command.retry_after_ms,
-    )

@@ -62,7 +62,7 @@ from kernel.events import (
     TimerFired,
     TimerStarted,
 )
-from kernel.outcome import ItemReport, StartAttempt, StepInput
+from kernel.outcome import RETRYABLE_KINDS, ItemReport, StartAttempt, StepInput
 from kernel.state import RunState, is_terminal
 from kernel.step_states import AgentState, ApprovalState
 from kernel.workflow import StepDef
@@ -335,7 +335,7 @@ def _turn_item(context: Draft, step_id: str, agent: AgentState, command: AnyComm
             _turn_result(context, step_id, agent, command.output)
         case FailTask() if live and command.attempt == agent.turn_attempt:
             error = ErrorInfo(message=command.error[:1024], kind=command.kind)
-            retryable = command.kind in ("error", "heartbeat_timeout")
+            retryable = command.kind in RETRYABLE_KINDS
             _turn_failed(context, step_id, agent, error, retryable, command.retry_after_ms)
         case FireTimer(kind="retry") if agent.phase == "turn_retry":
             if command.attempt == agent.turn_attempt + 1:
@@ -470,7 +470,7 @@ def _tool_item(
             _after_tools(context, step_id)
         case FailTask() if live and command.attempt == tool.attempt:
             error = ErrorInfo(message=command.error[:1024], kind=command.kind)
-            retryable = command.kind in ("error", "heartbeat_timeout")
+            retryable = command.kind in RETRYABLE_KINDS
             _tool_failed(context, step_id, agent, index, error, retryable, command.retry_after_ms)
         case FireTimer(kind="retry") if tool.status == "retry_wait":
             if command.attempt == tool.attempt + 1:

@@ -43,7 +43,7 @@ from kernel.events import (
     StepEvent,
     StepScheduled,
 )
-from kernel.outcome import ItemReport, StartAttempt, StepInput
+from kernel.outcome import RETRYABLE_KINDS, ItemReport, StartAttempt, StepInput
 from kernel.retry import backoff_ms
 from kernel.state import RunState
 from kernel.step_states import MapItem, MapState, new_map
@@ -178,7 +178,7 @@ def _item(context: Draft, step_id: str, key: str, command: AnyCommand) -> None:
             _item_completed(context, step_id, index, command)
         case FailTask() if live and item.attempt == command.attempt:
             error = ErrorInfo(message=command.error[:1024], kind=command.kind)
-            retryable = command.kind in ("error", "heartbeat_timeout")
+            retryable = command.kind in RETRYABLE_KINDS
             _item_failed(context, step_id, index, error, retryable, command.retry_after_ms)
         case FireTimer(kind="retry") if item.status == "retry_wait":
             if command.attempt == item.attempt + 1:
