@@ -15,8 +15,7 @@ from typing import Final
 
 import msgspec
 
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.payloads import _MISSING, compare, read_field
 from kernel.state import RunState
 

@@ -15,8 +15,8 @@ from typing import Final
 import msgspec
 
 from kernel import limits
-from kernel.durations import format_duration, parse_duration, show_value
-from kernel.errors import Problem
+from kernel.durations import format_duration, parse_duration
+from kernel.errors import Problem, show_value
 from kernel.workflow import EMPTY_OBJECT, RetryPolicy, RetryStrategy
 
 RETRY_FIELDS: Final = (

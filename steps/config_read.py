@@ -11,8 +11,7 @@ from typing import TypeVar
 
 import msgspec
 
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.state import RunState
 from kernel.workflow import StepDef
 

@@ -14,8 +14,7 @@ from typing import Final
 import msgspec
 
 from kernel import dynamic, limits, registry
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.state import RunState
 from kernel.workflow import StepDef
 from kernel.workflow_fields import Problems

@@ -20,9 +20,9 @@ import msgspec
 from kernel import limits, registry
 from kernel.commands import FireTimer
 from kernel.cron import next_fire_ms, parse_cron
-from kernel.durations import parse_duration, show_value
+from kernel.durations import parse_duration
 from kernel.effects import AnyEffect
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.events import AnyEvent, ErrorInfo, StepEvent, TimerFired, TimerStarted
 from kernel.payloads import read_field
 from kernel.registry import DecideContext

@@ -28,9 +28,8 @@ import msgspec
 from kernel import limits, registry
 from kernel.children import child_run_id
 from kernel.commands import RecordChild
-from kernel.durations import show_value
 from kernel.effects import AnyEffect, CancelChild, StartChild
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.events import (
     AnyEvent,
     ChildCompleted,

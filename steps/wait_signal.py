@@ -16,8 +16,7 @@ from __future__ import annotations
 import msgspec
 
 from kernel import limits, registry
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.events import SignalConsumed, StepEvent
 from kernel.registry import DecideContext
 from kernel.state import RunState
