@@ -37,9 +37,9 @@ from dagnats.runtime.resources import ensure_resources
 from dagnats.runtime.server import EmbeddedNats
 from dagnats.worker import new_seed, now_ms
 from kernel import codec
-from kernel.builder import Workflow
 from kernel.commands import StartRun
 from kernel.workflow import WorkflowDef
+from kernel.workflow.builder import Workflow
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 HISTORY_WILDCARD: Final = "dagnats.history.>"

@@ -25,9 +25,9 @@ from dagnats.connection import default_data_dir
 from dagnats.replay import audit_file
 from dagnats.runtime.resources import PROJECTIONS_BUCKET, RUNS_BUCKET
 from dagnats.serve import install_stop_signals
-from kernel.durations import parse_duration
 from kernel.errors import DagnatsError
 from kernel.state import RunState
+from kernel.workflow.durations import parse_duration
 from projections.audit import AuditReport
 from projections.base import read_checkpoints, reset_projection
 from projections.sqlite import RUN_COLUMNS

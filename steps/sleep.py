@@ -20,7 +20,6 @@ import msgspec
 from kernel import limits, registry
 from kernel.commands import FireTimer
 from kernel.cron import next_fire_ms, parse_cron
-from kernel.durations import parse_duration
 from kernel.effects import AnyEffect
 from kernel.errors import Problem, show_value
 from kernel.events import AnyEvent, ErrorInfo, StepEvent, TimerFired, TimerStarted
@@ -30,6 +29,7 @@ from kernel.state import RunState
 from kernel.step_api import StepTypeBase, schedule_attempt, set_wake, step_timer, step_timer_id
 from kernel.timestamps import parse_timestamp_ms
 from kernel.workflow import StepDef
+from kernel.workflow.durations import parse_duration
 from steps.config_read import validated_config
 
 CONFIG_FIELDS = ("duration", "cron", "until_input_path")

@@ -19,8 +19,8 @@ from dagnats import Client, TaskContext, Worker
 from dagnats.client_approvals import ApprovalResolvedError
 from dagnats.serve import Server
 from kernel import continuation
-from kernel.builder import Skip, Workflow
 from kernel.state import RunState
+from kernel.workflow.builder import Skip, Workflow
 
 WAIT_S = 30.0
 

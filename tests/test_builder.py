@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from kernel.builder import Retry, Skip, Workflow
 from kernel.errors import WorkflowInvalidError
 from kernel.workflow import RetryPolicy, WorkflowDef, parse_workflow
+from kernel.workflow.builder import Retry, Skip, Workflow
 
 ORDER_JSON = b"""{
   "name": "order",

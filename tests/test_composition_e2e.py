@@ -18,10 +18,10 @@ import pytest_asyncio
 from dagnats import Client, TaskContext, Worker
 from dagnats.serve import Server
 from kernel import limits
-from kernel.builder import Workflow
 from kernel.children import child_run_id
 from kernel.errors import PayloadTooLargeError
 from kernel.events import TimerFired
+from kernel.workflow.builder import Workflow
 
 WAIT_S = 30.0
 

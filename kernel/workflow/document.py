@@ -1,115 +1,20 @@
-"""Workflow definitions: the typed, normalized value every run carries in `run.started`.
+"""The user JSON form of a typed definition: `workflow_to_document`, the parser's inverse.
 
-Users write JSON in the field names of the DagNats workflow files (`depends_on`,
-`retry.max_attempts`, durations as `"30s"` or integer nanoseconds) or use the Python builder;
-both produce the same `WorkflowDef`. Parsing and validation (every problem at once, each naming
-its JSON path, the bad value and the rule) live below the types. Pure: no I/O.
-
-The stored form accepts unknown fields (an old reader skips what a newer writer added); the
-user-written form rejects them, which the parser enforces by hand.
+The CLI renders a stored definition with it, and the round trip
+`parse_workflow(workflow_to_document(w)) == w` holds for every valid `w`. This module only
+writes a document; it checks nothing and never raises on a value it cannot write (it passes
+such a value through as it is). Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
-from kernel.durations import format_duration
 from kernel.errors import Problem
-
-RetryStrategy = Literal["fixed", "linear", "exponential"]
-SkipOp = Literal["==", "!=", "<", ">", "<=", ">="]
-EMPTY_OBJECT = msgspec.Raw(b"{}")
-
-
-class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """How often and how late a failed attempt is tried again.
-
-    `max_attempts` counts every attempt, the first included (1 = no retry). Delays grow by
-    `strategy` from `initial_delay_ms`, capped at `max_delay_ms` (0 = only the global cap), and
-    are spread by `jitter`, a fraction in [0, 1] of the delay.
-    """
-
-    max_attempts: int = 1
-    strategy: RetryStrategy = "exponential"
-    initial_delay_ms: int = 1_000
-    max_delay_ms: int = 0
-    multiplier: float = 2.0
-    jitter: float = 0.0
-
-
-NO_RETRY = RetryPolicy()
-
-
-class SkipIf(msgspec.Struct, frozen=True, kw_only=True):
-    """Skip a step when a dependency's output field compares true against `value` (JSON)."""
-
-    step_id: str
-    field: str
-    op: SkipOp
-    value: msgspec.Raw
-
-
-class StepDef(msgspec.Struct, frozen=True, kw_only=True):
-    """One node of the DAG. `config` is the step type's own typed config, as JSON."""
-
-    id: str
-    type: str = "task"
-    task: str = ""
-    depends_on: tuple[str, ...] = ()
-    retry: RetryPolicy | None = None
-    timeout_ms: int | None = None
-    skip_if: SkipIf | None = None
-    on_failure: str | None = None
-    compensate: str | None = None
-    metadata: msgspec.Raw = EMPTY_OBJECT
-    config: msgspec.Raw = EMPTY_OBJECT
-
-
-class CancelOn(msgspec.Struct, frozen=True, kw_only=True):
-    """Cancel the run when an external event named `event` arrives whose payload meets `match`
-    (a `kernel.conditions` condition, as JSON; `null`: any payload)."""
-
-    event: str
-    match: msgspec.Raw = msgspec.Raw(b"null")
-
-
-class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True):
-    """A whole workflow: named, versioned, its steps in the order the user wrote them."""
-
-    name: str
-    version: str = "1"
-    steps: tuple[StepDef, ...] = ()
-    default_retry: RetryPolicy | None = None
-    timeout_ms: int | None = None
-    max_concurrent_steps: int | None = None
-    metadata: msgspec.Raw = EMPTY_OBJECT
-    cancel_on: tuple[CancelOn, ...] = ()
-
-
-# Parsing, validation and the user's JSON form. The parser lives in `kernel.workflow_parse`
-# (with `workflow_fields` and `workflow_rules`), which imports the types above; it is imported
-# inside the two functions below, never at the top, so there is no import cycle.
-
-
-def parse_workflow(source: bytes | str | object) -> WorkflowDef:
-    """The `WorkflowDef` of a user-written workflow: JSON text (bytes or str) or a decoded dict.
-
-    Args:
-        source: JSON text, or the already-decoded document (a dict).
-
-    Returns:
-        The normalized definition (durations in ms, "normal" read as "task", defaults filled).
-
-    Raises:
-        WorkflowInvalidError: listing every problem found (at most
-            `limits.validation_problems_max`), each with its JSON path, value and rule. Nothing
-            else is raised, whatever the input.
-    """
-    from kernel.workflow_parse import parse_workflow as parse
-
-    return parse(source)
+from kernel.workflow.durations import format_duration
+from kernel.workflow.fields import Problems
+from kernel.workflow.model import EMPTY_OBJECT, CancelOn, RetryPolicy, StepDef, WorkflowDef
+from kernel.workflow.parse import parse_document
 
 
 def validate_workflow(workflow: WorkflowDef) -> tuple[Problem, ...]:
@@ -122,9 +27,6 @@ def validate_workflow(workflow: WorkflowDef) -> tuple[Problem, ...]:
     Returns:
         The problems found, `()` when the definition is valid.
     """
-    from kernel.workflow_fields import Problems
-    from kernel.workflow_parse import parse_document
-
     problems = Problems()
     parse_document(workflow_to_document(workflow), problems)
     policies = [("default_retry", workflow.default_retry)] + [

@@ -5,7 +5,7 @@ a typed value checked by `validate_workflow` get the same problems with the same
 Every problem found is reported (up to `limits.validation_problems_max`), each naming its path,
 the bad value and the rule. Nothing here raises except `WorkflowInvalidError`, whatever the
 input. This module reads shapes and values; the rules between steps (references, handlers,
-cycles) live in `kernel.workflow_rules`. Pure: no I/O.
+cycles) live in `kernel.workflow.rules`. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from typing import Final
 import msgspec
 
 from kernel import limits, registry
-from kernel.cancel_on import read_cancel_on
+from kernel.conditions import condition_problems
 from kernel.errors import WorkflowInvalidError
 from kernel.registry import StepType
-from kernel.workflow import EMPTY_OBJECT, SkipIf, SkipOp, StepDef, WorkflowDef
-from kernel.workflow_fields import (
+from kernel.workflow.fields import (
     MISSING,
     Problems,
     canonical_json,
@@ -34,7 +33,16 @@ from kernel.workflow_fields import (
     read_text,
     read_timeout,
 )
-from kernel.workflow_rules import check_between_steps, first_index_by_id, known_ids_text
+from kernel.workflow.model import (
+    EMPTY_OBJECT,
+    NO_MATCH,
+    CancelOn,
+    SkipIf,
+    SkipOp,
+    StepDef,
+    WorkflowDef,
+)
+from kernel.workflow.rules import check_between_steps, first_index_by_id, known_ids_text
 
 TOP_FIELDS: Final = (
     "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata",
@@ -45,6 +53,8 @@ STEP_FIELDS: Final = (
     "on_failure", "compensate", "metadata", "config",
 )  # fmt: skip
 SKIP_IF_FIELDS: Final = ("step_id", "field", "op", "value")
+CANCEL_ON_FIELDS: Final = ("event", "match")
+EVENT_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 CONCURRENCY_FIELDS: Final = ("max_steps", "max_runs")
 SKIP_OPS: Final[dict[str, SkipOp]] = {
     "==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">="
@@ -370,6 +380,44 @@ def _concurrency(value: object, problems: Problems) -> int | None:
         return None  # max_runs is accepted for the Go files' sake and not used
     top = limits.steps_per_workflow_max
     return read_integer(fields, "max_steps", "concurrency", problems, low=1, high=top, default=1)
+
+
+def read_cancel_on(value: object, problems: Problems) -> tuple[CancelOn, ...]:
+    """The `cancel_on` of a workflow document (one object or an array), adding each problem."""
+    if value is MISSING or value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        item = _item(value, "cancel_on", problems)
+        return (item,) if item is not None else ()
+    if len(value) > limits.cancel_on_max:
+        rule = f"holds {len(value)} conditions; the limit is {limits.cancel_on_max} (cancel_on_max)"
+        problems.add_shown("cancel_on", f"[... {len(value)} items]", rule)
+        return ()
+    items = (_item(raw, f"cancel_on[{index}]", problems) for index, raw in enumerate(value))
+    return tuple(item for item in items if item is not None)
+
+
+def _item(value: object, path: str, problems: Problems) -> CancelOn | None:
+    if not isinstance(value, dict):
+        rule = 'must be an object {"event": name, "match": {"left", "op", "right"}}'
+        problems.add(path, value, rule)
+        return None
+    fields = read_object(value, path, CANCEL_ON_FIELDS, problems)
+    assert fields is not None
+    name = fields.get("event", MISSING)
+    bound = limits.event_name_length_max
+    if not isinstance(name, str) or len(name) > bound or EVENT_NAME.fullmatch(name) is None:
+        rule = f"is required: an event name, 1..{bound} of A-Z a-z 0-9 '_' '-' ('.' between)"
+        problems.add(f"{path}.event", name, rule)
+        name = ""
+    match = fields.get("match")
+    encoded = None
+    if match is not None:
+        found = condition_problems(match, f"{path}.match")
+        problems.extend(found)
+        if not found:
+            encoded = canonical_json(match, f"{path}.match", problems)
+    return CancelOn(event=name, match=encoded or NO_MATCH)
 
 
 __all__ = ["decode_source", "parse_document", "parse_workflow"]

@@ -1,6 +1,6 @@
 """Rules between the steps of a workflow: handlers and cycles; and the bounded problem list.
 
-`kernel.workflow_parse` reads each step on its own; this module then checks what only the
+`kernel.workflow.parse` reads each step on its own; this module then checks what only the
 whole set of steps can show: a step named by `on_failure` or `compensate` (a *handler*) stands
 apart from the DAG and serves exactly one step, and `depends_on` has no cycle. Pure: no I/O.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from kernel.graph import find_cycles
-from kernel.workflow import StepDef
-from kernel.workflow_fields import Problems
+from kernel.workflow.fields import Problems
+from kernel.workflow.graph import find_cycles
+from kernel.workflow.model import StepDef
 
 KNOWN_IDS_SHOWN_MAX: Final = 10
 CYCLE_STEPS_SHOWN_MAX: Final = 20

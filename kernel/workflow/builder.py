@@ -23,8 +23,9 @@ from collections.abc import Mapping, Sequence
 
 import msgspec
 
-from kernel.durations import format_duration
-from kernel.workflow import SkipOp, WorkflowDef, parse_workflow
+from kernel.workflow.durations import format_duration
+from kernel.workflow.model import SkipOp, WorkflowDef
+from kernel.workflow.parse import parse_workflow
 
 Duration = str | int  # "1m30s", or an integer of milliseconds
 

@@ -15,9 +15,9 @@ from typing import Final
 import msgspec
 
 from kernel import limits
-from kernel.durations import format_duration, parse_duration
 from kernel.errors import Problem, show_value
-from kernel.workflow import EMPTY_OBJECT, RetryPolicy, RetryStrategy
+from kernel.workflow.durations import format_duration, parse_duration
+from kernel.workflow.model import EMPTY_OBJECT, RetryPolicy, RetryStrategy
 
 RETRY_FIELDS: Final = (
     "max_attempts", "strategy", "initial_delay", "max_delay", "multiplier", "jitter"
