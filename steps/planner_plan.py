@@ -17,8 +17,8 @@ from kernel import dynamic, limits, registry
 from kernel.errors import Problem, show_value
 from kernel.state import RunState
 from kernel.workflow import StepDef
-from kernel.workflow.fields import Problems
 from kernel.workflow.parse import parse_document
+from kernel.workflow.problems import Problems
 from steps.config_read import config_document, read_int, read_names, unknown_fields
 
 CONFIG_FIELDS: Final = ("max_steps", "max_depth", "allowed_tasks", "allowed_types")

@@ -10,33 +10,15 @@ from __future__ import annotations
 
 import msgspec
 
-from kernel.errors import Problem
 from kernel.workflow.durations import format_duration
-from kernel.workflow.fields import Problems
-from kernel.workflow.model import EMPTY_OBJECT, CancelOn, RetryPolicy, StepDef, WorkflowDef
-from kernel.workflow.parse import parse_document
-
-
-def validate_workflow(workflow: WorkflowDef) -> tuple[Problem, ...]:
-    """Every problem of an already-typed definition, by the same rules as `parse_workflow`.
-
-    The value is checked through its user JSON form, so paths read as a user would write
-    them (`steps[2].retry.initial_delay`). A typed `RetryPolicy` must also have
-    `max_attempts >= 1` (only the JSON form reads 0 as 1).
-
-    Returns:
-        The problems found, `()` when the definition is valid.
-    """
-    problems = Problems()
-    parse_document(workflow_to_document(workflow), problems)
-    policies = [("default_retry", workflow.default_retry)] + [
-        (f"steps[{index}].retry", step.retry) for index, step in enumerate(workflow.steps)
-    ]
-    for path, policy in policies:
-        if policy is not None and policy.max_attempts == 0:
-            rule = "must be at least 1 in a RetryPolicy (it counts every attempt)"
-            problems.add(f"{path}.max_attempts", 0, rule)
-    return tuple(problems.found)
+from kernel.workflow.model import (
+    EMPTY_OBJECT,
+    NO_MATCH,
+    CancelOn,
+    RetryPolicy,
+    StepDef,
+    WorkflowDef,
+)
 
 
 def workflow_to_document(workflow: WorkflowDef) -> dict[str, object]:
@@ -63,7 +45,7 @@ def workflow_to_document(workflow: WorkflowDef) -> dict[str, object]:
 
 def _cancel_on_document(item: CancelOn) -> dict[str, object]:
     document: dict[str, object] = {"event": item.event}
-    if bytes(item.match) != b"null":
+    if item.match != NO_MATCH:
         document["match"] = _raw_value(item.match)
     return document
 

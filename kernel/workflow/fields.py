@@ -1,69 +1,40 @@
-"""Reading single values of the user's workflow format, and the bounded list of problems.
+"""Reading single values of the user's workflow format: their JSON shapes, into typed values.
 
-Each reader takes a decoded JSON value, adds a problem (path, value, rule) for whatever breaks
-a rule, and returns a usable value anyway (the default) so that reading goes on and every
-problem is found in one pass. A field that is left out or `null` reads as its default.
-Pure: no I/O; nothing here raises on any input.
+Each reader takes a decoded JSON value, adds a problem (path, value, rule) when its shape is
+wrong (a string where a number belongs, an unknown field, a duration that does not parse) and
+returns a usable value anyway (the default) so that reading goes on and every problem is found
+in one pass. A field that is left out or `null` reads as its default. Bounds and ranges are not
+judged here but by `kernel.workflow.rules`, on the typed value read: a number out of range is
+carried as it is. Pure: no I/O; nothing here raises on any input.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Final
 
 import msgspec
 
 from kernel import limits
-from kernel.errors import Problem, show_value
-from kernel.workflow.durations import format_duration, parse_duration
-from kernel.workflow.model import EMPTY_OBJECT, RetryPolicy, RetryStrategy
+from kernel.errors import Problem
+from kernel.workflow.durations import parse_duration
+from kernel.workflow.model import EMPTY_OBJECT, RetryPolicy
+from kernel.workflow.problems import MISSING, Problems
+from kernel.workflow.rules import (
+    ATTEMPTS_RULE,
+    CONFIG_RULE,
+    JITTER_RULE,
+    METADATA_RULE,
+    MULTIPLIER_RULE,
+    STRATEGIES,
+    STRATEGY_RULE,
+    check_metadata_values,
+)
 
 RETRY_FIELDS: Final = (
     "max_attempts", "strategy", "initial_delay", "max_delay", "multiplier", "jitter"
 )  # fmt: skip
-STRATEGIES: Final[dict[str, RetryStrategy]] = {
-    "fixed": "fixed", "linear": "linear", "exponential": "exponential"
-}  # fmt: skip
 JITTER_TRUE: Final = 0.2
-
-
-class _Missing:
-    """The value of a field the document leaves out (shown as `(missing)` in problems)."""
-
-    def __repr__(self) -> str:
-        return "(missing)"
-
-
-MISSING: Final = _Missing()
-
-
-class Problems:
-    """Problems found so far, in the order found, at most `limits.validation_problems_max`."""
-
-    def __init__(self) -> None:
-        self.found: list[Problem] = []
-
-    @property
-    def full(self) -> bool:
-        """Whether the bound is reached (later problems are dropped; callers may stop)."""
-        return len(self.found) >= limits.validation_problems_max
-
-    def add(self, path: str, value: object, rule: str) -> None:
-        """Record a problem at `path` about `value` (shown by `show_value`)."""
-        self.add_shown(path, show_value(value), rule)
-
-    def add_shown(self, path: str, shown: str, rule: str) -> None:
-        """Record a problem whose value is already described as text."""
-        if not self.full:
-            self.found.append(Problem(path=path, value=shown, rule=rule))
-
-    def extend(self, problems: Iterable[Problem]) -> None:
-        """Record problems found elsewhere (a step type's own validation)."""
-        for problem in problems:
-            if self.full:
-                break
-            self.found.append(problem)
 
 
 def read_retry(
@@ -77,26 +48,22 @@ def read_retry(
     retry = read_object(value, path, RETRY_FIELDS, problems)
     if retry is None:
         return None
-    attempts = read_integer(
-        retry, "max_attempts", path, problems, low=0, high=limits.attempts_max, default=1
+    attempts = read_whole(
+        retry.get("max_attempts"), f"{path}.max_attempts", ATTEMPTS_RULE, problems
     )
-    strategy_value = retry.get("strategy", "exponential")
+    strategy_value = retry.get("strategy", "exponential")  # null is not left out here
     strategy = STRATEGIES.get(strategy_value) if isinstance(strategy_value, str) else None
     if strategy is None:
-        problems.add(f"{path}.strategy", strategy_value, f"must be one of {', '.join(STRATEGIES)}")
-        strategy = "exponential"
-    initial = _delay(retry, "initial_delay", path, 1_000, problems)
-    maximum = _delay(retry, "max_delay", path, 0, problems)
-    if 0 < maximum < initial:
-        rule = f"must be 0 (uncapped) or at least initial_delay ({format_duration(initial)})"
-        problems.add(f"{path}.max_delay", retry.get("max_delay"), rule)
+        problems.add(f"{path}.strategy", strategy_value, STRATEGY_RULE)
     return RetryPolicy(
-        max_attempts=max(attempts, 1),  # 0 reads as 1: every attempt counts, the first too
-        strategy=strategy,
-        initial_delay_ms=initial,
-        max_delay_ms=maximum,
-        multiplier=_multiplier(retry.get("multiplier", MISSING), f"{path}.multiplier", problems),
-        jitter=_jitter(retry.get("jitter", MISSING), f"{path}.jitter", problems),
+        max_attempts=1 if attempts is None or attempts == 0 else attempts,  # 0 reads as 1
+        strategy=strategy or "exponential",
+        initial_delay_ms=_delay(
+            retry.get("initial_delay"), f"{path}.initial_delay", 1_000, problems
+        ),
+        max_delay_ms=_delay(retry.get("max_delay"), f"{path}.max_delay", 0, problems),
+        multiplier=_multiplier(retry.get("multiplier"), f"{path}.multiplier", problems),
+        jitter=_jitter(retry.get("jitter"), f"{path}.jitter", problems),
     )
 
 
@@ -111,58 +78,46 @@ def read_retries(value: object, path: str, problems: Problems) -> RetryPolicy | 
     return RetryPolicy(max_attempts=value + 1)
 
 
-def _delay(fields: dict[str, object], key: str, path: str, default: int, problems: Problems) -> int:
-    value = fields.get(key, MISSING)
-    if value is MISSING or value is None:
+def _delay(value: object, path: str, default: int, problems: Problems) -> int:
+    if value is None:
         return default
-    milliseconds = parse_duration(value, f"{path}.{key}")
+    milliseconds = parse_duration(value, path)
     if isinstance(milliseconds, Problem):
         problems.extend((milliseconds,))
-        return default
-    if milliseconds > limits.delay_ms_max:
-        rule = f"is longer than the limit of {limits.delay_ms_max} ms (one week)"
-        problems.add(f"{path}.{key}", value, rule)
         return default
     return milliseconds
 
 
 def read_timeout(fields: dict[str, object], parent: str, problems: Problems) -> int | None:
-    """The `timeout` duration in milliseconds (> 0, within the limit), or None."""
-    value = fields.get("timeout", MISSING)
-    if value is MISSING or value is None:
+    """The `timeout` duration in milliseconds, or None."""
+    value = fields.get("timeout")
+    if value is None:
         return None
-    path = join_path(parent, "timeout")
-    milliseconds = parse_duration(value, path)
+    milliseconds = parse_duration(value, join_path(parent, "timeout"))
     if isinstance(milliseconds, Problem):
         problems.extend((milliseconds,))
         return None
-    if milliseconds == 0:
-        problems.add(path, value, "must be longer than zero (leave it out for no timeout)")
-    elif milliseconds > limits.timeout_ms_max:
-        rule = f"is longer than the limit of {limits.timeout_ms_max} ms (a year)"
-        problems.add(path, value, rule)
     return milliseconds
 
 
 def _multiplier(value: object, path: str, problems: Problems) -> float:
-    if value is MISSING or value is None:
+    if value is None:
         return 2.0
-    top = limits.retry_multiplier_max
     number = read_number(value)
-    if number is None or not 1.0 <= number <= top:
-        problems.add(path, value, f"must be a number from 1 to {top:g}")
+    if number is None:
+        problems.add(path, value, MULTIPLIER_RULE)
         return 2.0
     return number
 
 
 def _jitter(value: object, path: str, problems: Problems) -> float:
-    if value is MISSING or value is None:
+    if value is None:
         return 0.0
     if isinstance(value, bool):
         return JITTER_TRUE if value else 0.0
     number = read_number(value)
-    if number is None or not 0.0 <= number <= 1.0:
-        problems.add(path, value, "must be a fraction from 0 to 1, or true (0.2) or false (0)")
+    if number is None:
+        problems.add(path, value, JITTER_RULE)
         return 0.0
     return number
 
@@ -172,33 +127,31 @@ def read_metadata(value: object, path: str, problems: Problems) -> msgspec.Raw:
     if value is MISSING or value is None:
         return EMPTY_OBJECT
     if not isinstance(value, dict):
-        problems.add(path, value, "must be a JSON object of string values")
+        problems.add(path, value, METADATA_RULE)
         return EMPTY_OBJECT
-    bad = [key for key, item in value.items() if not isinstance(item, str)]
-    for key in bad[: limits.validation_problems_max]:
-        problems.add(f"{path}.{key}", value[key], "must be a string (metadata values are strings)")
-    if bad:
+    if not check_metadata_values(value, path, problems):
         return EMPTY_OBJECT
-    encoded = canonical_json(value, path, problems)
-    if encoded is not None and len(encoded) > limits.metadata_bytes_max:
-        rule = f"is {len(encoded)} bytes of JSON; the limit is {limits.metadata_bytes_max}"
-        problems.add_shown(path, f"{{... {len(value)} keys}}", rule)
-    return encoded or EMPTY_OBJECT
+    return canonical_json(value, path, problems) or EMPTY_OBJECT
 
 
-def read_config(value: object, path: str, problems: Problems) -> msgspec.Raw | None:
-    """The config as canonical JSON, or None when it is not a readable JSON object."""
+def read_config(value: object, path: str, problems: Problems) -> msgspec.Raw:
+    """The config as canonical JSON (`{}` when left out, or when it is not a JSON object)."""
     if value is MISSING or value is None:
         return EMPTY_OBJECT
     if not isinstance(value, dict):
-        problems.add(path, value, "must be a JSON object")
+        problems.add(path, value, CONFIG_RULE)
+        return EMPTY_OBJECT
+    return canonical_json(value, path, problems) or EMPTY_OBJECT
+
+
+def read_whole(value: object, path: str, rule: str, problems: Problems) -> int | None:
+    """An integer as it is (its range is a rule's), None when left out or not an integer."""
+    if value is None:
         return None
-    encoded = canonical_json(value, path, problems)
-    if encoded is not None and len(encoded) > limits.workflow_bytes_max:
-        rule = f"is {len(encoded)} bytes of JSON; the limit is {limits.workflow_bytes_max}"
-        problems.add_shown(path, f"{{... {len(value)} keys}}", rule)
+    if not isinstance(value, int) or isinstance(value, bool):
+        problems.add(path, value, rule)
         return None
-    return encoded
+    return value
 
 
 def canonical_json(value: object, path: str, problems: Problems) -> msgspec.Raw | None:
@@ -236,7 +189,8 @@ def read_object(
 def read_text(
     fields: dict[str, object], key: str, parent: str, problems: Problems, *, required: bool
 ) -> str:
-    """The string at `fields[key]` ("" when left out or not a string; required: non-empty)."""
+    """The string at `fields[key]` ("" when left out or not a string; `required`: a problem
+    when left out; whether it may be empty is a rule's)."""
     value = fields.get(key, MISSING)
     path = join_path(parent, key)
     if value is MISSING or value is None:
@@ -246,22 +200,6 @@ def read_text(
     if not isinstance(value, str):
         problems.add(path, value, "must be a string")
         return ""
-    if required and not value:
-        problems.add(path, value, "must not be empty")
-    return value
-
-
-def read_integer(
-    fields: dict[str, object], key: str, path: str, problems: Problems, *, low: int, high: int,
-    default: int,
-) -> int:  # fmt: skip
-    """The integer at `fields[key]` within [low, high] (booleans are not integers here)."""
-    value = fields.get(key, MISSING)
-    if value is MISSING or value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        problems.add(f"{path}.{key}", value, f"must be an integer from {low} to {high}")
-        return default
     return value
 
 

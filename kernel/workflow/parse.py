@@ -1,48 +1,53 @@
-"""Parsing a user-written workflow document (JSON text or decoded dict) into a `WorkflowDef`.
+"""Reading a user-written workflow document (JSON text or decoded dict) into a `WorkflowDef`.
 
-The rules are written once, against the user's format, so a JSON file, the Python builder and
-a typed value checked by `validate_workflow` get the same problems with the same JSON paths.
-Every problem found is reported (up to `limits.validation_problems_max`), each naming its path,
-the bad value and the rule. Nothing here raises except `WorkflowInvalidError`, whatever the
-input. This module reads shapes and values; the rules between steps (references, handlers,
-cycles) live in `kernel.workflow.rules`. Pure: no I/O.
+The parser reads shapes: JSON types, unknown fields (the user-written form rejects them), the
+syntax of durations, the legacy `retries` and the alias `"normal"` (= `"task"`). It builds the
+typed definition and then runs the rules of `kernel.workflow.rules` on it, the same checks
+`validate_workflow` runs on a value built in code, so a JSON file, the Python builder and a
+typed value get the same problems with the same JSON paths. A value of the wrong shape is
+reported here and replaced by a default (a step or a `cancel_on` item that is not an object, by
+a placeholder that keeps the positions of the others); the rules do not judge it again
+(`Problems.settled`). Every problem is reported, up to `limits.validation_problems_max`, each
+naming its path, the bad value and the rule. Nothing here raises except
+`WorkflowInvalidError`, whatever the input. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
 import re
 from typing import Final
 
 import msgspec
+from msgspec.structs import replace
 
-from kernel import limits, registry
-from kernel.conditions import condition_problems
-from kernel.errors import WorkflowInvalidError
-from kernel.registry import StepType
+from kernel import limits
+from kernel.errors import Problem, WorkflowInvalidError
 from kernel.workflow.fields import (
-    MISSING,
-    Problems,
     canonical_json,
+    join_path,
     read_config,
-    read_integer,
     read_metadata,
     read_object,
     read_retries,
     read_retry,
     read_text,
     read_timeout,
+    read_whole,
 )
-from kernel.workflow.model import (
-    EMPTY_OBJECT,
-    NO_MATCH,
-    CancelOn,
-    SkipIf,
-    SkipOp,
-    StepDef,
-    WorkflowDef,
+from kernel.workflow.model import NO_MATCH, CancelOn, SkipIf, StepDef, WorkflowDef
+from kernel.workflow.problems import MISSING, Problems
+from kernel.workflow.references import REFERENCE_RULE
+from kernel.workflow.rules import (
+    EVENT_RULE,
+    MAX_STEPS_RULE,
+    OP_RULE,
+    SKIP_OPS,
+    VERSION_RULE,
+    check_cancel_on_count,
+    check_step_count,
+    check_workflow,
 )
-from kernel.workflow.rules import check_between_steps, first_index_by_id, known_ids_text
 
 TOP_FIELDS: Final = (
     "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata",
@@ -53,22 +58,30 @@ STEP_FIELDS: Final = (
     "on_failure", "compensate", "metadata", "config",
 )  # fmt: skip
 SKIP_IF_FIELDS: Final = ("step_id", "field", "op", "value")
-CANCEL_ON_FIELDS: Final = ("event", "match")
-EVENT_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 CONCURRENCY_FIELDS: Final = ("max_steps", "max_runs")
-SKIP_OPS: Final[dict[str, SkipOp]] = {
-    "==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">="
-}  # fmt: skip
+CANCEL_ON_FIELDS: Final = ("event", "match")
 TYPE_ALIASES: Final = {"normal": "task"}
-DEPENDENCIES_SHOWN_MAX: Final = 10
-_STEP_ID = re.compile(r"[A-Za-z0-9_-]+")
+JSON_NULL: Final = msgspec.Raw(b"null")
+NOT_A_STEP: Final = StepDef(id="")  # in place of a step that is not an object
+NOT_A_CANCEL_ON: Final = CancelOn(event="")  # in place of a cancel_on item that is not one
+ONE_CANCEL_ON: Final = "cancel_on"  # the path of a cancel_on written as one object
+FIRST_CANCEL_ON: Final = "cancel_on[0]"  # ... and of the same item in the typed tuple
+STEP_PATH: Final = re.compile(r"steps\[(\d+)\]")
 
 
 def parse_workflow(source: object) -> WorkflowDef:
     """The `WorkflowDef` of JSON text (bytes or str) or of an already-decoded dict.
 
+    Args:
+        source: JSON text, or the already-decoded document (a dict).
+
+    Returns:
+        The normalized definition (durations in ms, "normal" read as "task", defaults filled).
+
     Raises:
-        WorkflowInvalidError: with every problem found (bounded).
+        WorkflowInvalidError: listing every problem found (at most
+            `limits.validation_problems_max`), each with its JSON path, value and rule. Nothing
+            else is raised, whatever the input.
     """
     problems = Problems()
     document = decode_source(source, problems)
@@ -109,27 +122,62 @@ def _too_large(size: int, problems: Problems) -> None:
     problems.add_shown("$", f"{size} bytes", f"is larger than the limit of {limit} bytes")
 
 
-TASK_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
-WORKFLOW_NAME: Final = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*(?<!\.)")
-
-
 def parse_document(document: object, problems: Problems) -> WorkflowDef | None:
-    """The workflow of a decoded document, adding each problem found to `problems`."""
+    """The workflow of a decoded document, adding each problem found to `problems`: those of
+    its shapes and those the rules find in the typed value read, merged in the order of the
+    document (top-level fields, then step by step, then `cancel_on`)."""
+    before = len(problems.found)
     fields = read_object(document, "", TOP_FIELDS, problems)
     if fields is None:
         return None
+    cancel_on = fields.get("cancel_on")
+    one_cancel_on = cancel_on is not None and not isinstance(cancel_on, list | tuple)
+    workflow = _workflow(fields, problems)
+    if problems.full:
+        return workflow
+    shapes = problems.found[before:]
+    settled = {problem.path for problem in shapes}
+    if one_cancel_on:  # the rules name it as the first of a tuple
+        settled |= {_as_typed(path) for path in settled}
+    checked = Problems(settled=frozenset(settled))
+    check_workflow(workflow, checked)
+    found = [_as_written(problem) for problem in checked.found] if one_cancel_on else checked.found
+    del problems.found[before:]
+    problems.extend(heapq.merge(shapes, found, key=_place))  # each list keeps its own order
+    return workflow
+
+
+def _place(problem: Problem) -> tuple[int, int]:
+    """Where a problem is in the document: top-level fields, `steps` and each step, cancel_on."""
+    step = STEP_PATH.match(problem.path)
+    if step is not None:
+        return (1, int(step.group(1)))
+    if problem.path == "steps":
+        return (1, -1)
+    return (2, 0) if problem.path.startswith(ONE_CANCEL_ON) else (0, 0)
+
+
+def _as_typed(path: str) -> str:
+    if path == ONE_CANCEL_ON or path.startswith(ONE_CANCEL_ON + "."):
+        return FIRST_CANCEL_ON + path[len(ONE_CANCEL_ON) :]
+    return path
+
+
+def _as_written(problem: Problem) -> Problem:
+    path = problem.path
+    if path == FIRST_CANCEL_ON or path.startswith(FIRST_CANCEL_ON + "."):
+        return replace(problem, path=ONE_CANCEL_ON + path[len(FIRST_CANCEL_ON) :])
+    return problem
+
+
+def _workflow(fields: dict[str, object], problems: Problems) -> WorkflowDef:
     name = read_text(fields, "name", "", problems, required=True)
-    if len(name) > limits.workflow_name_length_max:
-        problems.add("name", name, f"is longer than {limits.workflow_name_length_max} characters")
-    elif name and not WORKFLOW_NAME.fullmatch(name):
-        problems.add("name", name, "may hold only A-Z a-z 0-9 _ - . = (it is a key of the store)")
-    version = _version(fields.get("version", MISSING), problems)
+    version = _version(fields.get("version"), problems)
     default_retry = read_retry(fields, "default_retry", "", problems)
     timeout_ms = read_timeout(fields, "", problems)
-    max_steps = _concurrency(fields.get("concurrency", MISSING), problems)
-    metadata = read_metadata(fields.get("metadata", MISSING), "metadata", problems)
-    steps = _steps(fields.get("steps", MISSING), problems)
-    cancel_on = read_cancel_on(fields.get("cancel_on", MISSING), problems)
+    max_steps = _concurrency(fields.get("concurrency"), problems)
+    metadata = read_metadata(fields.get("metadata"), "metadata", problems)
+    steps = _steps(fields.get("steps"), problems)
     return WorkflowDef(
         name=name,
         version=version,
@@ -138,285 +186,154 @@ def parse_document(document: object, problems: Problems) -> WorkflowDef | None:
         timeout_ms=timeout_ms,
         max_concurrent_steps=max_steps,
         metadata=metadata,
-        cancel_on=cancel_on,
+        cancel_on=_cancel_on(fields.get("cancel_on"), problems),
     )
 
 
 def _steps(value: object, problems: Problems) -> tuple[StepDef, ...]:
-    if value is MISSING or value is None:
+    if value is None:
         problems.add("steps", MISSING, "is required: a workflow has at least one step")
         return ()
     if not isinstance(value, list | tuple):
         problems.add("steps", value, "must be an array of step objects")
         return ()
-    if not value:
-        problems.add("steps", value, "must hold at least one step")
+    if len(value) > limits.steps_per_workflow_max:  # read no further than the bound
+        check_step_count(len(value), problems)
         return ()
-    if len(value) > limits.steps_per_workflow_max:
-        rule = f"holds {len(value)} steps; the limit is {limits.steps_per_workflow_max}"
-        problems.add_shown("steps", f"[... {len(value)} steps]", rule)
-        return ()
-    first_index = first_index_by_id(value)
-    parsed: list[tuple[int, StepDef]] = []
+    steps: list[StepDef] = []
     for index, raw in enumerate(value):
         if problems.full:
             break
-        step = _step(raw, index, first_index, problems)
-        if step is not None:
-            parsed.append((index, step))
-    check_between_steps(parsed, problems)
-    return tuple(step for _, step in parsed)
+        steps.append(_step(raw, f"steps[{index}]", problems))
+    return tuple(steps)
 
 
-def _step(
-    raw: object, index: int, first_index: dict[str, int], problems: Problems
-) -> StepDef | None:
-    path = f"steps[{index}]"
+def _step(raw: object, path: str, problems: Problems) -> StepDef:
     fields = read_object(raw, path, STEP_FIELDS, problems)
     if fields is None:
-        return None
-    step_id = _step_id(fields, path, index, first_index, problems)
-    type_name, step_type = _step_type(fields, path, problems)
-    task = _task(fields, path, type_name, step_type, problems)
-    depends_on = _depends_on(fields, path, step_id, first_index, problems)
+        return NOT_A_STEP
+    step_id = read_text(fields, "id", path, problems, required=True)
+    type_name = _step_type(fields.get("type"), f"{path}.type", problems)
+    task = read_text(fields, "task", path, problems, required=False)
+    depends_on = _depends_on(fields.get("depends_on"), f"{path}.depends_on", problems)
     retry = read_retry(fields, "retry", path, problems)
     if "retries" in fields:
         if retry is not None:
             problems.add(f"{path}.retries", fields["retries"], "use either retries or retry")
         retry = read_retries(fields["retries"], f"{path}.retries", problems)
-    config = read_config(fields.get("config", MISSING), f"{path}.config", problems)
-    step = StepDef(
+    config = read_config(fields.get("config"), f"{path}.config", problems)
+    return StepDef(
         id=step_id,
         type=type_name,
         task=task,
         depends_on=depends_on,
         retry=retry,
         timeout_ms=read_timeout(fields, path, problems),
-        skip_if=_skip_if(fields.get("skip_if", MISSING), f"{path}.skip_if", depends_on, problems),
-        on_failure=_reference(
-            fields, "on_failure", path, problems, step_id=step_id, first_index=first_index
-        ),
-        compensate=_reference(
-            fields, "compensate", path, problems, step_id=step_id, first_index=first_index
-        ),
-        metadata=read_metadata(fields.get("metadata", MISSING), f"{path}.metadata", problems),
-        config=config or EMPTY_OBJECT,
+        skip_if=_skip_if(fields.get("skip_if"), f"{path}.skip_if", problems),
+        on_failure=_reference(fields.get("on_failure"), f"{path}.on_failure", problems),
+        compensate=_reference(fields.get("compensate"), f"{path}.compensate", problems),
+        metadata=read_metadata(fields.get("metadata"), f"{path}.metadata", problems),
+        config=config,
     )
-    if step_type is not None and config is not None:  # the type reads only a readable config
-        problems.extend(step_type.validate(step, path))
-    return step
 
 
-def _task(
-    fields: dict[str, object], path: str, type_name: str, step_type: StepType | None,
-    problems: Problems,
-) -> str:  # fmt: skip
-    task = read_text(fields, "task", path, problems, required=False)
-    value = fields.get("task", MISSING)
-    absent = value is MISSING or value is None or (isinstance(value, str) and not value)
-    if absent and step_type is not None and step_type.needs_task:
-        rule = f"is required for a step of type {type_name!r}: the worker task it runs"
-        problems.add(f"{path}.task", value, rule)
-    if len(task) > limits.task_name_length_max:
-        rule = f"is longer than {limits.task_name_length_max} characters"
-        problems.add(f"{path}.task", task, rule)
-    elif task and not TASK_NAME.fullmatch(task):
-        rule = "must be words of A-Z a-z 0-9 _ - joined by single dots, e.g. 'payments.charge'"
-        problems.add(f"{path}.task", task, rule)
-    return task
-
-
-def _step_id(
-    fields: dict[str, object], path: str, index: int, first_index: dict[str, int],
-    problems: Problems,
-) -> str:  # fmt: skip
-    step_id = read_text(fields, "id", path, problems, required=True)
-    if not step_id:
-        return step_id
-    if len(step_id) > limits.step_id_length_max:
-        rule = f"is longer than {limits.step_id_length_max} characters"
-        problems.add(f"{path}.id", step_id, rule)
-    elif _STEP_ID.fullmatch(step_id) is None:
-        rule = (
-            "must use only letters, digits, '_' and '-' "
-            "('.' is reserved for planner namespaces and ':' for message ids)"
-        )
-        problems.add(f"{path}.id", step_id, rule)
-    first = first_index.get(step_id, index)
-    if first != index:
-        problems.add(f"{path}.id", step_id, f"duplicates steps[{first}].id; ids must be unique")
-    return step_id
-
-
-def _step_type(
-    fields: dict[str, object], path: str, problems: Problems
-) -> tuple[str, StepType | None]:
-    value = fields.get("type", MISSING)
-    if value is MISSING or value is None:
-        value = "task"
+def _step_type(value: object, path: str, problems: Problems) -> str:
+    if value is None:
+        return "task"
     if not isinstance(value, str):
-        problems.add(f"{path}.type", value, "must be a string naming a step type")
-        return "task", None
-    name = TYPE_ALIASES.get(value, value)
-    step_type = registry.lookup(name)
-    if step_type is None:
-        known = ", ".join(registry.names())
-        problems.add(f"{path}.type", value, f"is not a step type (known: {known}; 'normal' = task)")
-    return name, step_type
+        problems.add(path, value, "must be a string naming a step type")
+        return ""  # no type: the rules of a type (its task, its config) are not applied
+    return TYPE_ALIASES.get(value, value)
 
 
-def _depends_on(
-    fields: dict[str, object], path: str, step_id: str, first_index: dict[str, int],
-    problems: Problems,
-) -> tuple[str, ...]:  # fmt: skip
-    value = fields.get("depends_on", MISSING)
-    if value is MISSING or value is None:
+def _depends_on(value: object, path: str, problems: Problems) -> tuple[str, ...]:
+    """The ids as written; an item that is not a string is kept as "" (positions stay)."""
+    if value is None:
         return ()
-    path = f"{path}.depends_on"
     if not isinstance(value, list | tuple):
         problems.add(path, value, "must be an array of step ids")
         return ()
-    if len(value) > limits.dependencies_per_step_max:
-        rule = f"holds {len(value)} ids; the limit is {limits.dependencies_per_step_max}"
-        problems.add_shown(path, f"[... {len(value)} ids]", rule)
-        return ()
-    names: list[str] = []
     for position, name in enumerate(value):
-        item_path = f"{path}[{position}]"
         if not isinstance(name, str):
-            problems.add(item_path, name, "must be a string naming a step")
-        elif name in names:
-            problems.add(item_path, name, f"repeats depends_on[{names.index(name)}]")
-        elif name == step_id:
-            problems.add(item_path, name, "names the step itself; a step cannot depend on itself")
-            names.append(name)
-        elif name not in first_index:
-            rule = f"names no step of this workflow (known: {known_ids_text(first_index)})"
-            problems.add(item_path, name, rule)
-            names.append(name)
-        else:
-            names.append(name)
-    return tuple(names)
+            problems.add(f"{path}[{position}]", name, "must be a string naming a step")
+    return tuple(name if isinstance(name, str) else "" for name in value)
 
 
-def _reference(
-    fields: dict[str, object], key: str, path: str, problems: Problems, *, step_id: str,
-    first_index: dict[str, int],
-) -> str | None:  # fmt: skip
-    value = fields.get(key, MISSING)
-    if value is MISSING or value is None:
+def _reference(value: object, path: str, problems: Problems) -> str | None:
+    if value is None:
         return None
-    path = f"{path}.{key}"
-    if not isinstance(value, str) or not value:
-        problems.add(path, value, "must be a non-empty string naming another step")
+    if not isinstance(value, str):
+        problems.add(path, value, REFERENCE_RULE)
         return None
-    if value == step_id:
-        problems.add(path, value, "names the step itself; it must name another step")
-    elif value not in first_index:
-        rule = f"names no step of this workflow (known: {known_ids_text(first_index)})"
-        problems.add(path, value, rule)
     return value
 
 
-def _skip_if(
-    value: object, path: str, depends_on: tuple[str, ...], problems: Problems
-) -> SkipIf | None:
-    if value is MISSING or value is None:
+def _skip_if(value: object, path: str, problems: Problems) -> SkipIf | None:
+    if value is None:
         return None
     fields = read_object(value, path, SKIP_IF_FIELDS, problems)
     if fields is None:
         return None
     step_id = read_text(fields, "step_id", path, problems, required=True)
-    if step_id and step_id not in depends_on:
-        listed = ", ".join(depends_on[:DEPENDENCIES_SHOWN_MAX]) or "none"
-        listed += ", ..." if len(depends_on) > DEPENDENCIES_SHOWN_MAX else ""
-        problems.add(f"{path}.step_id", step_id, f"must be among this step's depends_on ({listed})")
     field = read_text(fields, "field", path, problems, required=True)
-    if field and "" in field.split("."):
-        rule = "must be a key or a dotted path of keys with no empty part ('result.count')"
-        problems.add(f"{path}.field", field, rule)
     op_value = fields.get("op", MISSING)
     op = SKIP_OPS.get(op_value) if isinstance(op_value, str) else None
     if op is None:
-        problems.add(f"{path}.op", op_value, f"must be one of {' '.join(SKIP_OPS)}")
-        op = "=="
+        problems.add(f"{path}.op", op_value, OP_RULE)
     raw = fields.get("value", MISSING)
     if raw is MISSING:
         problems.add(f"{path}.value", MISSING, "is required (any JSON value, null included)")
-    elif op not in ("==", "!=") and not _is_ordered(raw):
-        problems.add(f"{path}.value", raw, f"must be a number or a string for op {op!r}")
     encoded = canonical_json(None if raw is MISSING else raw, f"{path}.value", problems)
-    return SkipIf(step_id=step_id, field=field, op=op, value=encoded or msgspec.Raw(b"null"))
-
-
-def _is_ordered(value: object) -> bool:
-    """Whether `<`, `>`, `<=`, `>=` apply to `value`: a finite number or a string."""
-    if isinstance(value, str):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    return isinstance(value, int) and not isinstance(value, bool)
+    return SkipIf(step_id=step_id, field=field, op=op or "==", value=encoded or JSON_NULL)
 
 
 def _version(value: object, problems: Problems) -> str:
-    if value is MISSING or value is None:
+    if value is None:
         return "1"
     if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value) if abs(value) < 10**18 else ""
-    if not isinstance(value, str) or not value:
-        problems.add("version", value, "must be a non-empty string or an integer")
+        return str(value) if abs(value) < 10**18 else ""  # "" breaks the rule: it is named
+    if not isinstance(value, str):
+        problems.add("version", value, VERSION_RULE)
         return "1"
-    if len(value) > limits.workflow_name_length_max:
-        rule = f"is longer than {limits.workflow_name_length_max} characters"
-        problems.add("version", value, rule)
     return value
 
 
 def _concurrency(value: object, problems: Problems) -> int | None:
-    if value is MISSING or value is None:
+    if value is None:
         return None
     fields = read_object(value, "concurrency", CONCURRENCY_FIELDS, problems)
-    if fields is None or fields.get("max_steps") is None:
+    if fields is None:
         return None  # max_runs is accepted for the Go files' sake and not used
-    top = limits.steps_per_workflow_max
-    return read_integer(fields, "max_steps", "concurrency", problems, low=1, high=top, default=1)
+    return read_whole(fields.get("max_steps"), "concurrency.max_steps", MAX_STEPS_RULE, problems)
 
 
-def read_cancel_on(value: object, problems: Problems) -> tuple[CancelOn, ...]:
-    """The `cancel_on` of a workflow document (one object or an array), adding each problem."""
-    if value is MISSING or value is None:
+def _cancel_on(value: object, problems: Problems) -> tuple[CancelOn, ...]:
+    """The `cancel_on` of a workflow document: one object, or an array of them."""
+    if value is None:
         return ()
     if not isinstance(value, list | tuple):
-        item = _item(value, "cancel_on", problems)
-        return (item,) if item is not None else ()
-    if len(value) > limits.cancel_on_max:
-        rule = f"holds {len(value)} conditions; the limit is {limits.cancel_on_max} (cancel_on_max)"
-        problems.add_shown("cancel_on", f"[... {len(value)} items]", rule)
+        return (_cancel_on_item(value, ONE_CANCEL_ON, problems),)
+    if len(value) > limits.cancel_on_max:  # read no further than the bound
+        check_cancel_on_count(len(value), problems)
         return ()
-    items = (_item(raw, f"cancel_on[{index}]", problems) for index, raw in enumerate(value))
-    return tuple(item for item in items if item is not None)
+    return tuple(
+        _cancel_on_item(raw, f"cancel_on[{index}]", problems) for index, raw in enumerate(value)
+    )
 
 
-def _item(value: object, path: str, problems: Problems) -> CancelOn | None:
+def _cancel_on_item(value: object, path: str, problems: Problems) -> CancelOn:
     if not isinstance(value, dict):
         rule = 'must be an object {"event": name, "match": {"left", "op", "right"}}'
         problems.add(path, value, rule)
-        return None
+        return NOT_A_CANCEL_ON
     fields = read_object(value, path, CANCEL_ON_FIELDS, problems)
     assert fields is not None
     name = fields.get("event", MISSING)
-    bound = limits.event_name_length_max
-    if not isinstance(name, str) or len(name) > bound or EVENT_NAME.fullmatch(name) is None:
-        rule = f"is required: an event name, 1..{bound} of A-Z a-z 0-9 '_' '-' ('.' between)"
-        problems.add(f"{path}.event", name, rule)
+    if not isinstance(name, str):
+        problems.add(join_path(path, "event"), name, EVENT_RULE)
         name = ""
     match = fields.get("match")
-    encoded = None
-    if match is not None:
-        found = condition_problems(match, f"{path}.match")
-        problems.extend(found)
-        if not found:
-            encoded = canonical_json(match, f"{path}.match", problems)
+    encoded = None if match is None else canonical_json(match, f"{path}.match", problems)
     return CancelOn(event=name, match=encoded or NO_MATCH)
 
 
