@@ -37,9 +37,9 @@ from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import ensure_resources
 from kernel import codec
-from kernel.builder import Workflow
 from kernel.commands import StartRun
 from kernel.workflow import WorkflowDef
+from kernel.workflow.builder import Workflow
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 HISTORY_WILDCARD: Final = "dagnats.history.>"

@@ -20,8 +20,8 @@ from typing import Final
 from bench import fanout
 from bench.common import RunWatcher, bench_server, emit, rounded, start_command
 from bench.workers import NOOP_TASK
-from kernel.builder import Workflow
 from kernel.workflow import WorkflowDef
+from kernel.workflow.builder import Workflow
 
 ITEMS: Final = 10_000
 WARMUP_ITEMS: Final = 1_000

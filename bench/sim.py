@@ -28,11 +28,11 @@ from dagnats.sim.loop import SimLoop
 from dagnats.sim.memory import HistoryMessage
 from dagnats.sim.scheduler import Simulation
 from dagnats.worker import TaskContext, Worker
-from kernel.builder import Retry, Workflow
 from kernel.codec import decode_decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE
 from kernel.workflow import WorkflowDef
+from kernel.workflow.builder import Retry, Workflow
 
 STEPS: Final = 10
 SEEDS: Final = 4_000

@@ -11,14 +11,15 @@ a workflow's `cancel_on`. Pure.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.payloads import _MISSING, compare, read_field
-from kernel.state import RunState
+
+if TYPE_CHECKING:  # the workflow format imports this module; kernel.state imports that format
+    from kernel.state import RunState
 
 CONDITION_OPS: Final = ("eq", "ne", "lt", "gt", "le", "ge", "in", "exists")
 CONDITION_FIELDS: Final = ("left", "op", "right")

@@ -1,11 +1,16 @@
-"""The project's exception types: one base, subclasses only where callers differ.
+"""The project's exception types (one base, subclasses only where callers differ), and the
+validation `Problem` with `show_value`, which describes a bad value for one.
 
 Errors name the field, the bad value and the rule, and carry ids as attributes.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
+
+VALUE_TEXT_LENGTH_MAX: Final = 80
 
 
 class DagnatsError(Exception):
@@ -21,6 +26,17 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.value} — {self.rule}"
+
+
+def show_value(value: object) -> str:
+    """`repr(value)` cut to about 80 characters, for a problem's `value`; never raises."""
+    try:
+        text = repr(value)
+    except Exception:  # a huge int or a broken __repr__ in a caller's object
+        text = f"<{type(value).__name__}>"
+    if len(text) > VALUE_TEXT_LENGTH_MAX:
+        text = text[: VALUE_TEXT_LENGTH_MAX - 3] + "..."
+    return text
 
 
 class WorkflowInvalidError(DagnatsError):

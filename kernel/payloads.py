@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from kernel.workflow import SkipIf
+if TYPE_CHECKING:  # kernel.conditions imports this module, and the workflow format imports that
+    from kernel.workflow.model import SkipIf
 
 NULL = msgspec.Raw(b"null")
 _MISSING = object()

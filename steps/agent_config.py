@@ -20,10 +20,10 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from kernel import limits
-from kernel.durations import parse_duration, show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.events import NULL, AgentToolCall
 from kernel.workflow import StepDef
+from kernel.workflow.durations import parse_duration
 from steps.config_read import config_document, read_int, read_names, unknown_fields
 
 CONFIG_FIELDS: Final = (

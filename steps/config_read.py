@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.workflow import StepDef
 
 

@@ -11,8 +11,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from kernel import limits
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.workflow import StepDef
 from steps.config_read import config_document, read_int, unknown_fields
 

@@ -1,7 +1,7 @@
 """The `planner` step's config, and how a plan is read, validated and namespaced. Pure: no I/O.
 
 A plan is `{"steps": [...]}` in the workflow step format. It is validated by the same parser
-as a registered workflow (`kernel.workflow_parse.parse_document`), then against the planner's
+as a registered workflow (`kernel.workflow.parse.parse_document`), then against the planner's
 config (`max_steps`, `max_depth`, `allowed_tasks`, `allowed_types`) and the run's bound on
 dynamic steps; every problem is reported. Valid steps get ids `<planner>.<id>`, with their
 `depends_on`, `skip_if.step_id`, `on_failure` and `compensate` rewritten the same way.
@@ -14,12 +14,11 @@ from typing import Annotated, Final
 import msgspec
 
 from kernel import appended, limits, registry
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.state import RunState
 from kernel.workflow import StepDef
-from kernel.workflow_fields import Problems
-from kernel.workflow_parse import parse_document
+from kernel.workflow.parse import parse_document
+from kernel.workflow.problems import Problems
 from steps import base
 from steps.config_read import config_document, read_int, read_names, unknown_fields
 

@@ -21,15 +21,15 @@ import msgspec
 
 from kernel import limits, registry
 from kernel.commands import FireTimer, Rejection
-from kernel.durations import parse_duration, show_value
 from kernel.effects import AnyEffect
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.events import AnyEvent, ErrorInfo, StepEvent, TimerFired, TimerStarted
 from kernel.outcome import StartAttempt, StepInput
 from kernel.payloads import read_field
 from kernel.state import RunState
 from kernel.timers import step_timer_id
 from kernel.workflow import StepDef
+from kernel.workflow.durations import parse_duration
 from steps.base import Draft, StepTypeBase, config_of, schedule_attempt, set_wake, step_timer
 from steps.cron import next_fire_ms, parse_cron
 from steps.timestamps import parse_timestamp_ms

@@ -29,9 +29,8 @@ import msgspec
 
 from kernel import limits, registry
 from kernel.commands import RecordChild, Rejection
-from kernel.durations import show_value
 from kernel.effects import AnyEffect, CancelChild, StartChild
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.events import (
     AnyEvent,
     ChildCompleted,

@@ -27,9 +27,8 @@ import msgspec
 from kernel import limits, registry
 from kernel.commands import DeliverEvent, FireTimer, Rejection
 from kernel.conditions import CONDITION_OPS, condition_holds, condition_problems
-from kernel.durations import show_value
 from kernel.effects import AnyEffect, CancelTimer, WatchEvents
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.events import (
     AnyEvent,
     EventReceived,

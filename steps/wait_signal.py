@@ -19,8 +19,7 @@ import msgspec
 
 from kernel import limits, registry
 from kernel.commands import Rejection
-from kernel.durations import show_value
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 from kernel.events import SignalConsumed, StepEvent
 from kernel.outcome import SignalArrived, StartAttempt, StepInput
 from kernel.state import RunState

@@ -19,11 +19,11 @@ from dagnats.runtime.engine import Engine, Loaded
 from dagnats.runtime.protocols import CommandMessage
 from dagnats.worker import TaskContext, Worker
 from kernel import codec
-from kernel.builder import Retry, Workflow
 from kernel.commands import AnyCommand, FireTimer
 from kernel.effects import AnyEffect, EnqueueTask, task_msg_id
 from kernel.events import AnyEvent, RunStarted
 from kernel.workflow import WorkflowDef
+from kernel.workflow.builder import Retry, Workflow
 from projections.base import Position, SqliteProjection
 from projections.sqlite import QueryTables
 

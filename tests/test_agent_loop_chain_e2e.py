@@ -13,7 +13,7 @@ import msgspec
 
 from dagnats import Client, Continue, Done, TaskContext, ToolCall, Worker
 from dagnats.runtime.serve import Server
-from kernel.builder import Workflow
+from kernel.workflow.builder import Workflow
 
 WAIT_S = 60.0
 

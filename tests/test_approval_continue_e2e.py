@@ -18,8 +18,8 @@ import pytest_asyncio
 from dagnats import Client, TaskContext, Worker
 from dagnats.client import ApprovalResolvedError
 from dagnats.runtime.serve import Server
-from kernel.builder import Skip, Workflow
 from kernel.state import RunState
+from kernel.workflow.builder import Skip, Workflow
 from steps import continuation
 
 WAIT_S = 30.0

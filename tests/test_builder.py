@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import msgspec
 import pytest
 
-from kernel.builder import Retry, Skip, Workflow
 from kernel.errors import WorkflowInvalidError
 from kernel.workflow import RetryPolicy, WorkflowDef, parse_workflow
+from kernel.workflow.builder import Retry, Skip, Workflow
 
 ORDER_JSON = b"""{
   "name": "order",
@@ -133,3 +136,13 @@ def test_handlers_through_the_builder() -> None:
     assert built.steps[0].compensate == "refund"
     bad = Workflow("w").task("a", task="t", on_failure="h").task("h", task="t", depends_on=["a"])
     assert any(problem.startswith("steps[1].depends_on: ") for problem in problems_of(bad))
+
+
+def test_the_old_builder_module_warns_and_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "kernel.builder", raising=False)  # import it afresh
+    expected = r"kernel\.builder is deprecated; use `from dagnats import Workflow`"
+    with pytest.warns(DeprecationWarning, match=expected):
+        old = importlib.import_module("kernel.builder")
+    assert (old.Workflow, old.Retry, old.Skip) == (Workflow, Retry, Skip)
+    built = old.Workflow("w").task("a", task="t", retry=old.Retry(max_attempts=2)).build()
+    assert built == Workflow("w").task("a", task="t", retry=Retry(max_attempts=2)).build()

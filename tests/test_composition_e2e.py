@@ -18,9 +18,9 @@ import pytest_asyncio
 from dagnats import Client, TaskContext, Worker
 from dagnats.runtime.serve import Server
 from kernel import limits
-from kernel.builder import Workflow
 from kernel.errors import PayloadTooLargeError
 from kernel.events import TimerFired
+from kernel.workflow.builder import Workflow
 from steps.sub_workflow import child_run_id
 
 WAIT_S = 30.0

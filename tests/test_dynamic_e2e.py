@@ -16,8 +16,8 @@ import pytest_asyncio
 
 from dagnats import Client, NonRetryableError, TaskContext, Worker
 from dagnats.runtime.serve import local_stack
-from kernel.builder import Retry, Workflow
 from kernel.events import MapExpanded, MapItemCompleted, PlannerMaterialized, PlannerRejected
+from kernel.workflow.builder import Retry, Workflow
 
 WAIT_S = 60.0
 MAP_ITEMS = 1_000

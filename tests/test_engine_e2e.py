@@ -25,9 +25,9 @@ from dagnats import (
     WorkflowNotFoundError,
 )
 from dagnats.runtime.serve import local_stack
-from kernel.builder import Retry, Workflow
 from kernel.events import StepCompleted, StepTimedOut, TimerFired, TimerStarted
 from kernel.workflow import WorkflowDef
+from kernel.workflow.builder import Retry, Workflow
 
 WAIT_S = 30.0
 

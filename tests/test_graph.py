@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel.graph import dependents, find_cycle, find_cycles, topological_order
+from kernel.workflow.graph import dependents, find_cycle, find_cycles, topological_order
 
 Graph = dict[str, list[str]]
 

@@ -20,18 +20,6 @@ import pytest
 ROOT: Final = Path(__file__).resolve().parent.parent
 PACKAGES: Final = ("kernel", "steps", "projections", "dagnats")
 INNER_PACKAGES: Final = ("kernel", "steps", "projections")
-# Imports inside functions of kernel/ that close a cycle today (kernel.workflow <->
-# kernel.workflow_parse / kernel.workflow_fields), which the kernel refactor on its own branch
-# removes. Each entry is (importing module, imported module), both exact. Nothing may be added
-# here; when an import is gone, its entry must go too (the test says so).
-KNOWN_KERNEL_FUNCTION_IMPORTS: Final[frozenset[tuple[str, str]]] = frozenset(
-    {
-        ("kernel.workflow", "kernel.workflow_parse"),
-        ("kernel.workflow", "kernel.workflow_fields"),
-    }
-)
-
-
 def _module_paths() -> dict[str, Path]:
     modules: dict[str, Path] = {}
     for package in PACKAGES:
@@ -181,36 +169,12 @@ def test_the_walk_finds_every_layer() -> None:
     assert not any(module.startswith(("tests", "bench")) for module in GRAPH)
 
 
-@pytest.mark.parametrize("package", ["dagnats", "steps", "projections"])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_cycle(package: str) -> None:
+    """No cycle through any package, imports inside functions included (they are how cycles
+    were once hidden)."""
     found = [c for c in CYCLES if any(m.split(".")[0] == package for m in c)]
     assert found == [], "\n".join(_describe(component, GRAPH) for component in found)
-
-
-def _function_level_imports(module: str) -> set[str]:
-    """The project modules `module` imports only inside functions."""
-    source = MODULES[module].read_text(encoding="utf-8")
-    tree = ast.parse(source)
-    top = ast.Module(
-        body=[n for n in tree.body if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)],
-        type_ignores=[],
-    )
-    everything = imported_modules(module, source, frozenset(MODULES))
-    return everything - imported_modules_of_tree(module, top, frozenset(MODULES))
-
-
-def test_no_import_cycle_in_kernel_but_the_known_function_imports() -> None:
-    for module, target in sorted(KNOWN_KERNEL_FUNCTION_IMPORTS):
-        assert target in _function_level_imports(module), (
-            f"{module} no longer imports {target} inside a function: remove the pair from "
-            "KNOWN_KERNEL_FUNCTION_IMPORTS"
-        )
-    graph = {
-        module: {t for t in targets if (module, t) not in KNOWN_KERNEL_FUNCTION_IMPORTS}
-        for module, targets in GRAPH.items()
-    }
-    found = [c for c in cycles(graph) if any(m.split(".")[0] == "kernel" for m in c)]
-    assert found == [], "\n".join(_describe(component, graph) for component in found)
 
 
 @pytest.mark.parametrize("package", INNER_PACKAGES)

@@ -23,8 +23,8 @@ from dagnats.sim.loop import SimLoop, SimulationStalledError
 from dagnats.sim.scheduler import Simulation
 from dagnats.testing import SimCaseDraw, SimulationFailedError, sim_cases, simulate
 from dagnats.worker import RetryAfter, TaskContext, Worker
-from kernel.builder import Retry, Workflow
 from kernel.workflow import parse_workflow
+from kernel.workflow.builder import Retry, Workflow
 from tests.sim_mutants import TimerFiresTwice, chain_worker, chain_workflow
 from tests.test_sim_mutants import factory
 

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernel import limits
-from kernel.durations import format_duration, parse_duration
 from kernel.errors import Problem, WorkflowInvalidError
 from kernel.workflow import (
     EMPTY_OBJECT,
@@ -24,6 +23,7 @@ from kernel.workflow import (
     validate_workflow,
     workflow_to_document,
 )
+from kernel.workflow.durations import format_duration, parse_duration
 
 SEED_RETRY_ERRORS = (
     b'{"$schema":"../../docs/workflow-schema.json","name":"retry-errors","version":"1.0",'

@@ -38,9 +38,9 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.connection import default_data_dir
 from dagnats.runtime.resources import PROJECTIONS_BUCKET, RUNS_BUCKET
 from dagnats.runtime.serve import install_stop_signals
-from kernel.durations import parse_duration
 from kernel.errors import DagnatsError
 from kernel.state import RunState
+from kernel.workflow.durations import parse_duration
 from projections.base import read_checkpoints, reset_projection
 from projections.sqlite import RUN_COLUMNS
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import threading
 from collections import OrderedDict
 from typing import Literal, assert_never
 
@@ -45,7 +44,6 @@ from dagnats.runtime.settings import (
     run_cache_max,
     runs_listed_max,
     unknown_run_deliveries_max,
-    valid_workflows_cached_max,
 )
 from kernel import codec
 from kernel.commands import AnyCommand, Rejection, StartRun
@@ -73,10 +71,6 @@ from projections.snapshot import SnapshotReader
 Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
 
 log = logging.getLogger("dagnats.engine")
-# Digests of workflow encodings known to be valid (validation is a pure function of the
-# encoding), shared by every Engine of the process; an LRU of valid_workflows_cached_max.
-_valid_workflows: OrderedDict[bytes, bool] = OrderedDict()
-_valid_workflows_lock = threading.Lock()  # engines may run on several threads
 
 
 class RunParkedError(DagnatsError):
@@ -260,21 +254,10 @@ class Engine:
         return "retry"
 
     def _workflow_problems(self, command: StartRun) -> str:
-        """Why a StartRun's workflow is invalid ("" when valid); valid ones are remembered by
-        their encoding (in `_valid_workflows`, shared by every engine of the process: the
-        simulator starts thousands), so a workflow started many times is validated once."""
-        key = hashlib.blake2b(codec.encode(command.workflow), digest_size=16).digest()
-        with _valid_workflows_lock:
-            if key in _valid_workflows:
-                _valid_workflows.move_to_end(key)
-                return ""
+        """Why a StartRun's workflow is invalid ("" when valid), by the typed definition's rules."""
         problems = validate_workflow(command.workflow)
         if problems:
             return "start_run carries an invalid workflow: " + "; ".join(map(str, problems))
-        with _valid_workflows_lock:
-            _valid_workflows[key] = True
-            while len(_valid_workflows) > valid_workflows_cached_max:
-                _valid_workflows.popitem(last=False)
         return ""
 
     async def _append(

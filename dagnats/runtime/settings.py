@@ -75,7 +75,6 @@ server_log_tail_lines_max: Final = 20
 command_batch_max: Final = 256  # commands fetched at once
 command_fetch_timeout_ms: Final = 1_000
 command_batches_in_flight_max: Final = 2  # fetched batches handled at once (runs stay ordered)
-valid_workflows_cached_max: Final = 1_024  # workflow encodings known to be valid
 unknown_run_deliveries_max: Final = 5  # a command for an unknown run is retried, then dead
 retry_delay_ms: Final = 1_000  # a command to retry (OCC conflicts, unknown run) comes back then
 parked_retry_delay_ms: Final = 60_000  # a parked run's commands come back then

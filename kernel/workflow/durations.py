@@ -2,7 +2,7 @@
 
 The DagNats workflow files write durations as Go's `time.Duration` does, either a string
 (`"500ms"`, `"1m30s"`, `"1h2m3.5s"`) or an integer of nanoseconds (`1000000000` is one second).
-The kernel keeps milliseconds. This module converts both ways and describes bad values for
+The kernel keeps milliseconds. This module converts both ways and names bad values in
 validation problems. Pure: no clock, no I/O, no project imports beyond `kernel.errors`.
 """
 
@@ -11,12 +11,11 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from kernel.errors import Problem
+from kernel.errors import Problem, show_value
 
 NANOSECONDS_PER_MS: Final = 1_000_000
 DURATION_TEXT_LENGTH_MAX: Final = 64  # longer strings are not durations a person writes
 DURATION_NS_MAX: Final = 2**63 - 1  # Go's time.Duration range
-VALUE_TEXT_LENGTH_MAX: Final = 80
 
 _UNIT_NS: Final = {
     "ns": 1,
@@ -33,17 +32,6 @@ _RULE_FORMAT: Final = (
     'must be a duration such as "500ms", "30s", "1m30s" or "2h" '
     "(units ns, us, ms, s, m, h) or an integer of nanoseconds"
 )
-
-
-def show_value(value: object) -> str:
-    """`repr(value)` cut to about 80 characters, for a problem's `value`; never raises."""
-    try:
-        text = repr(value)
-    except Exception:  # a huge int or a broken __repr__ in a caller's object
-        text = f"<{type(value).__name__}>"
-    if len(text) > VALUE_TEXT_LENGTH_MAX:
-        text = text[: VALUE_TEXT_LENGTH_MAX - 3] + "..."
-    return text
 
 
 def parse_duration(value: object, path: str) -> int | Problem:

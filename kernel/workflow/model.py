@@ -1,0 +1,102 @@
+"""The workflow types: the typed, normalized definition every run carries in `run.started`.
+
+Users write JSON in the field names of the DagNats workflow files (`depends_on`,
+`retry.max_attempts`, durations as `"30s"` or integer nanoseconds) or use the Python builder;
+both produce the same `WorkflowDef`. This module holds only the types and their constants: it
+reads, checks and writes nothing (that is `parse`, `rules` and `document`); of the project it
+imports only `kernel.registry` (whose step types turn a step's config into its typed settings,
+and which imports this module for type hints alone). Pure: no I/O.
+
+The stored form accepts unknown fields (an old reader skips what a newer writer added); the
+user-written form rejects them, which the parser enforces by hand.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Final, Literal
+
+import msgspec
+
+from kernel import registry
+
+RetryStrategy = Literal["fixed", "linear", "exponential"]
+SkipOp = Literal["==", "!=", "<", ">", "<=", ">="]
+EMPTY_OBJECT: Final = msgspec.Raw(b"{}")
+NO_MATCH: Final = msgspec.Raw(b"null")  # a cancel_on without `match`: any payload
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How often and how late a failed attempt is tried again.
+
+    `max_attempts` counts every attempt, the first included (1 = no retry). Delays grow by
+    `strategy` from `initial_delay_ms`, capped at `max_delay_ms` (0 = only the global cap), and
+    are spread by `jitter`, a fraction in [0, 1] of the delay.
+    """
+
+    max_attempts: int = 1
+    strategy: RetryStrategy = "exponential"
+    initial_delay_ms: int = 1_000
+    max_delay_ms: int = 0
+    multiplier: float = 2.0
+    jitter: float = 0.0
+
+
+NO_RETRY: Final = RetryPolicy()
+
+
+class SkipIf(msgspec.Struct, frozen=True, kw_only=True):
+    """Skip a step when a dependency's output field compares true against `value` (JSON)."""
+
+    step_id: str
+    field: str
+    op: SkipOp
+    value: msgspec.Raw
+
+
+class StepDef(msgspec.Struct, frozen=True, kw_only=True, dict=True):
+    """One node of the DAG. `config` is the step type's own config, as JSON on the wire;
+    `settings` is that config typed (the step type's frozen Struct), converted once per
+    definition value and carried with it (not stored: the bytes stay `config`)."""
+
+    id: str
+    type: str = "task"
+    task: str = ""
+    depends_on: tuple[str, ...] = ()
+    retry: RetryPolicy | None = None
+    timeout_ms: int | None = None
+    skip_if: SkipIf | None = None
+    on_failure: str | None = None
+    compensate: str | None = None
+    metadata: msgspec.Raw = EMPTY_OBJECT
+    config: msgspec.Raw = EMPTY_OBJECT
+
+    @cached_property
+    def settings(self) -> object:
+        """The step type's typed config of this step (None for a type without config).
+
+        Raises:
+            KeyError: the type is not registered (definitions are validated before use).
+        """
+        return registry.get(self.type).read_config(self)
+
+
+class CancelOn(msgspec.Struct, frozen=True, kw_only=True):
+    """Cancel the run when an external event named `event` arrives whose payload meets `match`
+    (a `kernel.conditions` condition, as JSON; `null`: any payload)."""
+
+    event: str
+    match: msgspec.Raw = NO_MATCH
+
+
+class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True):
+    """A whole workflow: named, versioned, its steps in the order the user wrote them."""
+
+    name: str
+    version: str = "1"
+    steps: tuple[StepDef, ...] = ()
+    default_retry: RetryPolicy | None = None
+    timeout_ms: int | None = None
+    max_concurrent_steps: int | None = None
+    metadata: msgspec.Raw = EMPTY_OBJECT
+    cancel_on: tuple[CancelOn, ...] = ()
