@@ -1,7 +1,8 @@
 """DagNats: a durable DAG workflow engine on NATS JetStream alone.
 
 The public API: `Worker` and `TaskContext` to serve tasks, `Client` to register workflows and
-start, watch and cancel runs, and the builder to write workflows in Python.
+start, watch and cancel runs, and the builder (`Workflow`, `Retry`, `Skip`) to write workflows
+in Python.
 
 dagnats/ is the shell around the pure core: it may import `kernel/`, `steps/` and
 `projections/`, and none of them imports it. Inside: `runtime/` (the serve process), `client/`,
@@ -24,6 +25,7 @@ from dagnats.client import (
 )
 from dagnats.worker import NonRetryableError, RetryAfter, TaskContext, Worker
 from kernel.errors import DagnatsError, WorkflowInvalidError
+from kernel.workflow.builder import Retry, Skip, Workflow
 
 __all__ = [
     "ApprovalNotFoundError",
@@ -34,16 +36,19 @@ __all__ = [
     "Done",
     "NonRetryableError",
     "PendingApproval",
+    "Retry",
     "RetryAfter",
     "RunExistsError",
     "RunFinishedError",
     "RunNotFoundError",
+    "Skip",
     "TaskContext",
     "ToolCall",
     "ToolResult",
     "Usage",
     "WaitTimeoutError",
     "Worker",
+    "Workflow",
     "WorkflowInvalidError",
     "WorkflowNotFoundError",
 ]

@@ -146,3 +146,12 @@ def test_the_old_builder_module_warns_and_still_works(monkeypatch: pytest.Monkey
     assert (old.Workflow, old.Retry, old.Skip) == (Workflow, Retry, Skip)
     built = old.Workflow("w").task("a", task="t", retry=old.Retry(max_attempts=2)).build()
     assert built == Workflow("w").task("a", task="t", retry=Retry(max_attempts=2)).build()
+
+
+def test_the_builder_is_public_as_dagnats_workflow() -> None:
+    import dagnats
+    from kernel.workflow import builder
+
+    assert dagnats.Workflow is builder.Workflow
+    assert dagnats.Retry is builder.Retry and dagnats.Skip is builder.Skip
+    assert {"Workflow", "Retry", "Skip"} <= set(dagnats.__all__)
