@@ -41,7 +41,6 @@ from kernel.commands import (
     ResolveApproval,
 )
 from kernel.effects import AnyEffect
-from kernel.errors import Problem
 from kernel.events import (
     AgentLimitReached,
     AgentToolCompleted,
@@ -65,7 +64,6 @@ from kernel.events import (
 from kernel.outcome import RETRYABLE_KINDS, ItemReport, StartAttempt, StepInput
 from kernel.state import RunState, is_terminal
 from kernel.step_states import AgentState, ApprovalState
-from kernel.workflow import StepDef
 from steps import approvals, continuation
 from steps.agent_config import AgentConfig, read_config, read_report, tool_calls_of
 from steps.agent_decide import (
@@ -94,27 +92,20 @@ from steps.agent_parts import (
     turn_retry_timer,
     with_agent,
 )
-from steps.base import Draft, StepTypeBase
+from steps.base import ConfiguredStepType, Draft
 
 replace = msgspec.structs.replace
 KEY: Final = re.compile(r"turn([1-9][0-9]{0,5})(?:-tool(0|[1-9][0-9]{0,2}))?")
 LIVE: Final = ("scheduled", "running")
 
 
-class AgentLoopStep(StepTypeBase):
+class AgentLoopStep(ConfiguredStepType[AgentConfig]):
     """Call a handler once per turn; run the tools it asks for; stop at Done or a limit."""
 
+    config_type = AgentConfig
+    read = staticmethod(read_config)
     name = "agent_loop"
     needs_task = True
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> AgentConfig:
-        config = read_config(step, step.id)
-        assert isinstance(config, AgentConfig), "validated at registration"
-        return config
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:

@@ -31,7 +31,7 @@ from kernel.state import RunState, is_terminal
 from kernel.step_states import ApprovalState
 from kernel.workflow import StepDef
 from steps import approvals
-from steps.base import Draft, StepTypeBase, config_of
+from steps.base import ConfiguredStepType, Draft, config_of
 from steps.config_read import config_document, unknown_fields
 
 CONFIG_FIELDS = ("question", "description", "on_timeout")
@@ -72,20 +72,13 @@ def read_config(step: StepDef, path: str) -> approvals.ApprovalRequest | tuple[P
     )
 
 
-class ApprovalStep(StepTypeBase):
+class ApprovalStep(ConfiguredStepType[approvals.ApprovalRequest]):
     """Wait for a human to approve (complete with their data) or reject (fail)."""
 
+    config_type = approvals.ApprovalRequest
+    read = staticmethod(read_config)
     name = "approval"
     needs_task = False
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> approvals.ApprovalRequest:
-        asked = read_config(step, step.id)
-        assert isinstance(asked, approvals.ApprovalRequest), "validated at registration"
-        return asked
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:

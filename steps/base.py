@@ -10,15 +10,15 @@ applies a run rule itself. Pure: no I/O.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import msgspec
 
 from kernel import limits
-from kernel.commands import CompleteTask, Rejection, ResolveApproval
+from kernel.commands import CompleteTask, FireTimer, Rejection, ResolveApproval
 from kernel.effects import AnyEffect, ArmTimer, EnqueueTask, task_msg_id
 from kernel.errors import Problem
-from kernel.events import NULL, AnyEvent, ErrorInfo, StepEvent, StepScheduled
+from kernel.events import NULL, AnyEvent, ErrorInfo, StepEvent, StepScheduled, TimerFired
 from kernel.outcome import Action, Complete, Emit, Fail, Outcome, StepInput
 from kernel.reducer import evolve
 from kernel.registry import DecideContext
@@ -127,6 +127,38 @@ def no_approval(state: RunState, command: ResolveApproval) -> Rejection:
     asked = ", ".join(a.key for a in state.approvals[:20]) or "none"
     message = f"run {state.run_id!r} has no approval {key!r} (asked: {asked})"
     return Rejection(run_id=state.run_id, code="unknown_step", message=message)
+
+
+class ConfiguredStepType(StepTypeBase, Generic[ConfigT]):
+    """A step type whose config is read by its module's reader: `read(step, path)` gives the
+    typed config, or every problem with it (paths like `steps[3].config.x`). Subclasses set
+    `config_type` and `read`."""
+
+    config_type: type[ConfigT]
+
+    @staticmethod
+    def read(step: StepDef, path: str) -> ConfigT | tuple[Problem, ...]:
+        raise NotImplementedError
+
+    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
+        config = self.read(step, path)
+        return config if isinstance(config, tuple) else ()
+
+    def read_config(self, step: StepDef) -> ConfigT:
+        config = self.read(step, step.id)
+        assert isinstance(config, self.config_type), f"{step.id!r}: validated at registration"
+        return config
+
+
+def woke(draft: Draft, step_id: str, command: FireTimer, output: msgspec.Raw | None) -> None:
+    """A step's own wake-up timer (`wake_at_ms`) fired: record `timer.fired` and complete the
+    step with `output` (its input when None). A timer no longer armed decides nothing."""
+    step = draft.state.step(step_id)
+    assert step is not None and step.status in ("scheduled", "running"), (step_id, step)
+    if step.wake_at_ms is None:
+        return
+    draft.emit(TimerFired(step_id=step_id, timer_id=command.timer_id, at_ms=draft.at_ms))
+    draft.complete(step_id, step.input if output is None else output)
 
 
 def schedule_attempt(

@@ -23,7 +23,7 @@ from kernel.events import ErrorInfo
 from kernel.outcome import StartAttempt, StepInput
 from kernel.workflow import StepDef
 from steps import continuation
-from steps.base import Draft, StepTypeBase, config_of, schedule_attempt
+from steps.base import ConfiguredStepType, Draft, config_of, schedule_attempt
 from steps.config_read import config_document, unknown_fields
 
 CONFIG_FIELDS = ("workflow", "input_from")
@@ -57,20 +57,13 @@ def read_config(step: StepDef, path: str) -> ContinueConfig | tuple[Problem, ...
     return ContinueConfig(workflow=workflow, input_from=input_from)
 
 
-class ContinueAsNewStep(StepTypeBase):
+class ContinueAsNewStep(ConfiguredStepType[ContinueConfig]):
     """End this run and carry on in a fresh run with a step's output as its input."""
 
+    config_type = ContinueConfig
+    read = staticmethod(read_config)
     name = "continue_as_new"
     needs_task = False
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> ContinueConfig:
-        config = read_config(step, step.id)
-        assert isinstance(config, ContinueConfig), "validated at registration"
-        return config
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:

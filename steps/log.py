@@ -24,7 +24,7 @@ from kernel.events import LogRecorded, StepEvent
 from kernel.outcome import StartAttempt, StepInput
 from kernel.state import RunState
 from kernel.workflow import StepDef
-from steps.base import Draft, StepTypeBase, config_of, schedule_attempt
+from steps.base import ConfiguredStepType, Draft, config_of, schedule_attempt
 from steps.config_read import config_document, unknown_fields
 
 LogLevel = Literal["info", "warning", "error"]
@@ -60,20 +60,13 @@ def read_config(step: StepDef, path: str) -> LogConfig | tuple[Problem, ...]:
     return LogConfig(message=message, level=level)
 
 
-class LogStep(StepTypeBase):
+class LogStep(ConfiguredStepType[LogConfig]):
     """Record a message in the run's history, then pass the input on."""
 
+    config_type = LogConfig
+    read = staticmethod(read_config)
     name = "log"
     needs_task = False
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> LogConfig:
-        config = read_config(step, step.id)
-        assert isinstance(config, LogConfig), "validated at registration"
-        return config
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:

@@ -29,7 +29,6 @@ import msgspec
 from kernel import limits, registry
 from kernel.commands import AnyCommand, CompleteTask, FailTask, FireTimer, Rejection
 from kernel.effects import AnyEffect, CancelTimer, EnqueueTask, task_msg_id
-from kernel.errors import Problem
 from kernel.events import (
     AnyEvent,
     ErrorInfo,
@@ -48,8 +47,8 @@ from kernel.retry import backoff_ms
 from kernel.state import RunState
 from kernel.step_states import MapItem, MapState, new_map
 from kernel.timers import arm_timer, retry_timer_id, step_timeout_timer_id
-from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
-from steps.base import Draft, StepTypeBase, config_of
+from kernel.workflow import NO_RETRY, RetryPolicy
+from steps.base import ConfiguredStepType, Draft, config_of
 from steps.map_config import MapConfig, read_config, read_items
 
 EMPTY_LIST: Final = msgspec.Raw(b"[]")
@@ -57,20 +56,13 @@ REFILL_BATCH_MAX: Final = 64
 replace = msgspec.structs.replace
 
 
-class MapStep(StepTypeBase):
+class MapStep(ConfiguredStepType[MapConfig]):
     """Fan one task out over a list, bounded, and join the outputs in order."""
 
+    config_type = MapConfig
+    read = staticmethod(read_config)
     name = "map"
     needs_task = True
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> MapConfig:
-        config = read_config(step, step.id)
-        assert isinstance(config, MapConfig), "validated at registration"
-        return config
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:

@@ -41,26 +41,19 @@ from kernel.state import RunState
 from kernel.step_states import DynamicParent
 from kernel.timers import step_timeout_timer_id
 from kernel.workflow import StepDef
-from steps.base import Draft, StepTypeBase, enqueue_task, schedule_attempt
+from steps.base import ConfiguredStepType, Draft, enqueue_task, schedule_attempt
 from steps.planner_plan import PlannerConfig, read_config, read_plan
 
 ELLIPSIS: Final = "…"
 
 
-class PlannerStep(StepTypeBase):
+class PlannerStep(ConfiguredStepType[PlannerConfig]):
     """Ask a handler for a plan; validate, namespace and run it; join its terminal outputs."""
 
     name = "planner"
     needs_task = True
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> PlannerConfig:
-        config = read_config(step, step.id)
-        assert isinstance(config, PlannerConfig), "validated at registration (or as a plan)"
-        return config
+    config_type = PlannerConfig
+    read = staticmethod(read_config)
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:

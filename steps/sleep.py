@@ -30,7 +30,15 @@ from kernel.state import RunState
 from kernel.timers import step_timer_id
 from kernel.workflow import StepDef
 from kernel.workflow.durations import parse_duration
-from steps.base import Draft, StepTypeBase, config_of, schedule_attempt, set_wake, step_timer
+from steps.base import (
+    ConfiguredStepType,
+    Draft,
+    config_of,
+    schedule_attempt,
+    set_wake,
+    step_timer,
+    woke,
+)
 from steps.cron import next_fire_ms, parse_cron
 from steps.timestamps import parse_timestamp_ms
 
@@ -84,20 +92,13 @@ def read_config(step: StepDef, path: str) -> SleepConfig | tuple[Problem, ...]:
     return tuple(problems) or SleepConfig(until_input_path=str(field))
 
 
-class SleepStep(StepTypeBase):
+class SleepStep(ConfiguredStepType[SleepConfig]):
     """Wait durably until a time, then pass the input on."""
 
+    config_type = SleepConfig
+    read = staticmethod(read_config)
     name = "sleep"
     needs_task = False
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> SleepConfig:
-        config = read_config(step, step.id)
-        assert isinstance(config, SleepConfig), "validated at registration"
-        return config
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
@@ -105,12 +106,7 @@ class SleepStep(StepTypeBase):
             case StartAttempt():
                 _start(draft, step_id, given)
             case FireTimer():
-                step = draft.state.step(step_id)
-                assert step is not None
-                if step.wake_at_ms is not None:
-                    fired = TimerFired(step_id=step_id, timer_id=given.timer_id, at_ms=draft.at_ms)
-                    draft.emit(fired)
-                    draft.complete(step_id, step.input)
+                woke(draft, step_id, given, None)  # the output is the input
         return None
 
     # evolve

@@ -49,7 +49,7 @@ from kernel.payloads import compose_object, encode
 from kernel.state import RunState
 from kernel.timers import timer_seed
 from kernel.workflow import StepDef
-from steps.base import Draft, StepTypeBase, config_of, schedule_attempt
+from steps.base import ConfiguredStepType, Draft, config_of, schedule_attempt
 
 CONFIG_FIELDS = ("workflow", "detach")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -111,20 +111,13 @@ def _config(state: RunState, step_id: str) -> SubWorkflowConfig:
     return config_of(state, step_id, SubWorkflowConfig)
 
 
-class SubWorkflowStep(StepTypeBase):
+class SubWorkflowStep(ConfiguredStepType[SubWorkflowConfig]):
     """Run another workflow as a child run, and wait for it (unless detached)."""
 
+    config_type = SubWorkflowConfig
+    read = staticmethod(read_config)
     name = "sub_workflow"
     needs_task = False
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> SubWorkflowConfig:
-        config = read_config(step, step.id)
-        assert isinstance(config, SubWorkflowConfig), "validated at registration"
-        return config
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:

@@ -42,7 +42,15 @@ from kernel.payloads import encode
 from kernel.state import RunState
 from kernel.timers import step_timer_id
 from kernel.workflow import StepDef
-from steps.base import Draft, StepTypeBase, config_of, schedule_attempt, set_wake, step_timer
+from steps.base import (
+    ConfiguredStepType,
+    Draft,
+    config_of,
+    schedule_attempt,
+    set_wake,
+    step_timer,
+    woke,
+)
 
 CONFIG_FIELDS = ("event", "match", "since")
 SINCE_VALUES = ("step_start", "run_start")
@@ -93,20 +101,13 @@ def _config(state: RunState, step_id: str) -> WaitForEventConfig:
     return config_of(state, step_id, WaitForEventConfig)
 
 
-class WaitForEventStep(StepTypeBase):
+class WaitForEventStep(ConfiguredStepType[WaitForEventConfig]):
     """Complete with the first matching external event of a name (or a timeout marker)."""
 
+    config_type = WaitForEventConfig
+    read = staticmethod(read_config)
     name = "wait_for_event"
     needs_task = False
-
-    def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
-        config = read_config(step, path)
-        return config if isinstance(config, tuple) else ()
-
-    def read_config(self, step: StepDef) -> WaitForEventConfig:
-        config = read_config(step, step.id)
-        assert isinstance(config, WaitForEventConfig), "validated at registration"
-        return config
 
     # decide
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
@@ -116,12 +117,7 @@ class WaitForEventStep(StepTypeBase):
             case DeliverEvent():
                 _offered(draft, step_id, given)
             case FireTimer():
-                step = draft.state.step(step_id)
-                assert step is not None
-                if step.wake_at_ms is not None:
-                    fired = TimerFired(step_id=step_id, timer_id=given.timer_id, at_ms=draft.at_ms)
-                    draft.emit(fired)
-                    draft.complete(step_id, TIMEOUT_OUTPUT)
+                woke(draft, step_id, given, TIMEOUT_OUTPUT)
         return None
 
     # evolve
