@@ -179,8 +179,8 @@ def fold_from(state: RunState, events: Iterable[AnyEvent]) -> RunState:
 def _run_started(event: RunStarted) -> RunState:
     workflow = event.workflow
     assert event.run_id, "a run has an id"
-    assert 0 <= event.depth <= limits.sub_workflow_depth_max, f"depth {event.depth}"
-    assert 0 <= event.chain_index <= limits.continue_as_new_chain_max, event.chain_index
+    assert event.depth >= 0 and event.chain_index >= 0, (event.depth, event.chain_index)
+    assert event.depth == 0 or event.parent_run_id, f"run {event.run_id!r} at depth > 0 has a parent"
     return RunState(
         run_id=event.run_id,
         status="running",
