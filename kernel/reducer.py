@@ -180,7 +180,7 @@ def _run_started(event: RunStarted) -> RunState:
     workflow = event.workflow
     assert event.run_id, "a run has an id"
     assert event.depth >= 0 and event.chain_index >= 0, (event.depth, event.chain_index)
-    assert event.depth == 0 or event.parent_run_id, f"run {event.run_id!r} at depth > 0 has a parent"
+    assert event.depth == 0 or event.parent_run_id, f"run {event.run_id!r}: depth > 0, no parent"
     return RunState(
         run_id=event.run_id,
         status="running",
