@@ -292,10 +292,11 @@ class Worker:
             await message.ack()
             return
         if message.num_delivered > 1:
-            # The worker that had this attempt was lost: report it, so the engine schedules
-            # the next attempt under a new message id, and let this delivery go.
+            # The worker that had this attempt was lost: report it as lost (not a failure: it
+            # does not count against the retry policy), so the engine schedules the next
+            # attempt under a new message id, and let this delivery go.
             reason = f"worker lost: the task was delivered again (delivery {message.num_delivered})"
-            await self._send(commands, self._fail(task, reason, kind="heartbeat_timeout"), "lost")
+            await self._send(commands, self._fail(task, reason, kind="lost"), "lost")
             await message.ack()
             return
         if self.report_started:

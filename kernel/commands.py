@@ -13,7 +13,10 @@ import msgspec
 
 from kernel.workflow import WorkflowDef
 
-FailureKind = Literal["error", "non_retryable", "heartbeat_timeout", "invalid_output"]
+# "lost": the worker that had the attempt vanished (it was delivered again); not a failure the
+# handler reported, so it does not count against the retry policy. "heartbeat_timeout" is what
+# older workers report for the same case and is read as "lost" (kernel.outcome.LOST_KINDS).
+FailureKind = Literal["error", "non_retryable", "heartbeat_timeout", "invalid_output", "lost"]
 TimerKind = Literal["step_timeout", "retry", "run_timeout", "step"]
 
 
@@ -83,10 +86,13 @@ class CancelRun(Command, frozen=True, kw_only=True, tag="cancel_run"):
 
 
 class SendSignal(Command, frozen=True, kw_only=True, tag="send_signal"):
-    """Deliver a named signal with a JSON payload to a run."""
+    """Deliver a named signal with a JSON payload to a run. `signal_id` is the signal's
+    identity, stamped once per send by the client: a redelivered command with an id the run
+    already received decides to nothing ("" for old senders: no identity, never deduplicated)."""
 
     name: str
     payload: msgspec.Raw = msgspec.Raw(b"null")
+    signal_id: str = ""
 
 
 ChildStatus = Literal["started", "completed", "failed", "cancelled"]

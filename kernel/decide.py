@@ -41,8 +41,23 @@ from kernel.events import (
     StepSkipped,
     StepStarted,
 )
-from kernel.lifecycle import Builder, ask, attempt_failed, fail_run, may_run, start_step
-from kernel.outcome import RETRYABLE_KINDS, ItemReport, OwnedStepsDone, SignalArrived, StartAttempt
+from kernel.lifecycle import (
+    Builder,
+    ask,
+    attempt_failed,
+    attempt_lost,
+    fail_run,
+    may_run,
+    start_step,
+)
+from kernel.outcome import (
+    LOST_KINDS,
+    RETRYABLE_KINDS,
+    ItemReport,
+    OwnedStepsDone,
+    SignalArrived,
+    StartAttempt,
+)
 from kernel.payloads import skip_applies
 from kernel.state import ACTIVE_STEP_STATUSES, DONE_STEP_STATUSES, RunState, is_terminal
 
@@ -220,12 +235,15 @@ def _fail_task(builder: Builder, command: FailTask) -> Rejection | None:
     if appended.runs_appended(state, command.step_id, command.attempt):
         return None  # the attempt's appended steps run: a late failure report is stale
     _record_start(builder, command)
-    kind: ErrorKind = command.kind
+    kind: ErrorKind = "lost" if command.kind in LOST_KINDS else command.kind
     error = ErrorInfo(
         message=queries.truncate(command.error),
         kind=kind,
         traceback=queries.truncate(command.traceback),
     )
+    if command.kind in LOST_KINDS:
+        attempt_lost(builder, command.step_id, error)
+        return None
     retryable = command.kind in RETRYABLE_KINDS
     attempt_failed(
         builder, command.step_id, error, retryable=retryable, retry_after_ms=command.retry_after_ms
@@ -280,12 +298,22 @@ def _fire_timer(builder: Builder, command: FireTimer) -> None:
 
 
 def _send_signal(builder: Builder, command: SendSignal) -> Rejection | None:
-    """Record the signal in order, then offer it to the live steps (one may consume it)."""
+    """Record the signal in order, then offer it to the live steps (one may consume it). A
+    signal whose identity the run already received (a redelivered command) is nothing."""
     state = builder.state
+    if queries.signal_received(state, command.signal_id):
+        return None
     problem = queries.signal_problem(state, command)
     if problem is not None:
         return Rejection(run_id=state.run_id, code="invalid", message=problem)
-    builder.emit(SignalReceived(name=command.name, payload=command.payload, at_ms=command.at_ms))
+    builder.emit(
+        SignalReceived(
+            name=command.name,
+            payload=command.payload,
+            at_ms=command.at_ms,
+            signal_id=command.signal_id,
+        )
+    )
     index = len(builder.state.signals) - 1
     for step_def in builder.state.step_defs:
         step = builder.state.step(step_def.id)

@@ -29,7 +29,11 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def show_value(value: object) -> str:
-    """`repr(value)` cut to about 80 characters, for a problem's `value`; never raises."""
+    """`repr(value)` cut to about 80 characters, for a problem's `value`; never raises. An
+    object without its own repr is shown by its type's name, never its address (the text may
+    be recorded in an event, which must be the same bytes on every replay)."""
+    if type(value).__repr__ is object.__repr__:
+        return f"<{type(value).__name__}>"
     try:
         text = repr(value)
     except Exception:  # a huge int or a broken __repr__ in a caller's object

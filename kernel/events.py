@@ -11,7 +11,7 @@ together in one publish so an audit can re-run `decide` and compare.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -24,7 +24,8 @@ ErrorKind = Literal[
     "error",  # the handler raised; retryable
     "non_retryable",  # the handler said: do not retry
     "timeout",  # the step or run deadline passed
-    "heartbeat_timeout",  # the worker stopped heartbeating
+    "heartbeat_timeout",  # the worker stopped heartbeating (older workers; read as lost)
+    "lost",  # the worker that had the attempt vanished (more than lost_attempts_max times)
     "invalid_output",  # the output could not be encoded or was over the payload limit
     "invalid_input",  # the step's resolved input was over the payload limit
     "handler_failed",  # an on_failure or compensation handler failed
@@ -121,6 +122,17 @@ class StepTimedOut(Event, frozen=True, kw_only=True, tag="step.timed_out"):
     error: ErrorInfo = ErrorInfo(message="step timed out", kind="timeout")
 
 
+class StepLost(Event, frozen=True, kw_only=True, tag="step.lost"):
+    """An attempt's worker vanished (its task was delivered again): not a failure the handler
+    reported, so it does not count against `max_attempts`; attempt `attempt + 1` follows at
+    once, up to `limits.lost_attempts_max` lost attempts of the step."""
+
+    step_id: str
+    attempt: int
+    error: ErrorInfo
+    at_ms: int
+
+
 class StepSkipped(Event, frozen=True, kw_only=True, tag="step.skipped"):
     step_id: str
     reason: str
@@ -193,6 +205,7 @@ class SignalReceived(Event, frozen=True, kw_only=True, tag="signal.received"):
     name: str
     payload: msgspec.Raw
     at_ms: int
+    signal_id: str = ""  # the sender's identity of the signal ("" for an old sender)
 
 
 class SignalConsumed(StepEvent, frozen=True, kw_only=True, tag="signal.consumed"):
@@ -299,6 +312,16 @@ class MapItemFailed(StepEvent, frozen=True, kw_only=True, tag="map.item.failed")
     due_at_ms: int | None = None
 
 
+class MapItemLost(StepEvent, frozen=True, kw_only=True, tag="map.item.lost"):
+    """An item's attempt was lost (its worker vanished); attempt `attempt + 1` follows at once
+    and does not count against the map's retry policy (kernel.events.StepLost)."""
+
+    index: int
+    attempt: int
+    error: ErrorInfo
+    at_ms: int
+
+
 ApprovalDecision = Literal["approve", "reject"]
 
 
@@ -372,6 +395,16 @@ class AgentTurnFailed(StepEvent, frozen=True, kw_only=True, tag="agent.turn.fail
     due_at_ms: int | None = None
 
 
+class AgentTurnLost(StepEvent, frozen=True, kw_only=True, tag="agent.turn.lost"):
+    """A turn's attempt was lost (its worker vanished); attempt `attempt + 1` follows at once
+    and does not count against the loop's retry policy (kernel.events.StepLost)."""
+
+    turn: int
+    attempt: int
+    error: ErrorInfo
+    at_ms: int
+
+
 class AgentTurnCompleted(StepEvent, frozen=True, kw_only=True, tag="agent.turn.completed"):
     """A turn's handler returned: `done` with the loop's `output`, or the `state` to carry
     and the `tool_calls` to run before the next turn; with the model usage it reported."""
@@ -413,6 +446,17 @@ class AgentToolFailed(StepEvent, frozen=True, kw_only=True, tag="agent.tool.fail
     due_at_ms: int
 
 
+class AgentToolLost(StepEvent, frozen=True, kw_only=True, tag="agent.tool.lost"):
+    """A tool call's attempt was lost (its worker vanished); attempt `attempt + 1` follows at
+    once and does not count against the loop's retry policy (kernel.events.StepLost)."""
+
+    turn: int
+    index: int
+    attempt: int
+    error: ErrorInfo
+    at_ms: int
+
+
 class AgentToolCompleted(StepEvent, frozen=True, kw_only=True, tag="agent.tool.completed"):
     """A tool call's result, which the next turn sees: its `output` when `ok`, else `error`."""
 
@@ -443,6 +487,7 @@ AnyEvent = (
     | StepFailed
     | StepRetryScheduled
     | StepTimedOut
+    | StepLost
     | StepSkipped
     | StepRecovered
     | CompensationStarted
@@ -462,15 +507,18 @@ AnyEvent = (
     | MapItemScheduled
     | MapItemCompleted
     | MapItemFailed
+    | MapItemLost
     | ChildStarted
     | ChildCompleted
     | ChildFailed
     | EventReceived
     | AgentTurnScheduled
     | AgentTurnFailed
+    | AgentTurnLost
     | AgentTurnCompleted
     | AgentToolScheduled
     | AgentToolFailed
+    | AgentToolLost
     | AgentToolCompleted
     | AgentLimitReached
     | ApprovalRequested
@@ -478,48 +526,7 @@ AnyEvent = (
     | RunContinuedAsNew
 )
 
-EVENT_TYPES: tuple[type[Event], ...] = (
-    RunStarted,
-    StepScheduled,
-    StepStarted,
-    StepCompleted,
-    StepFailed,
-    StepRetryScheduled,
-    StepTimedOut,
-    StepSkipped,
-    StepRecovered,
-    CompensationStarted,
-    StepCompensated,
-    RunCompleted,
-    RunFailed,
-    RunCancelRequested,
-    RunCancelled,
-    TimerStarted,
-    TimerFired,
-    SignalReceived,
-    SignalConsumed,
-    PlannerMaterialized,
-    PlannerRejected,
-    LogRecorded,
-    MapExpanded,
-    MapItemScheduled,
-    MapItemCompleted,
-    MapItemFailed,
-    ChildStarted,
-    ChildCompleted,
-    ChildFailed,
-    EventReceived,
-    AgentTurnScheduled,
-    AgentTurnFailed,
-    AgentTurnCompleted,
-    AgentToolScheduled,
-    AgentToolFailed,
-    AgentToolCompleted,
-    AgentLimitReached,
-    ApprovalRequested,
-    ApprovalResolved,
-    RunContinuedAsNew,
-)
+EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)  # in the union's order
 
 TERMINAL_EVENT_TYPES: tuple[type[Event], ...] = (
     RunCompleted,

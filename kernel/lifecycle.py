@@ -1,5 +1,10 @@
 """The attempt lifecycle: an attempt ends -> retry -> on_failure -> compensation -> run end.
 
+An attempt ends in one of three ways: it completes, it fails (the handler reported it, or a
+live attempt timed out: counted against `retry.max_attempts`), or it is lost (its worker
+vanished: recorded as `step.lost`, and the next attempt runs at once without consuming the
+policy, up to `limits.lost_attempts_max` lost attempts; kernel.retry).
+
 `kernel.decide` dispatches commands and advances the DAG; this module owns what follows when a
 step's attempt completes or fails, and is the one place where a step type's `Outcome`
 (kernel.outcome) is applied. Step types are asked through the registry and answer with values;
@@ -23,6 +28,7 @@ from kernel.events import (
     StepCompensated,
     StepCompleted,
     StepFailed,
+    StepLost,
     StepRecovered,
     StepRetryScheduled,
     StepTimedOut,
@@ -37,7 +43,7 @@ from kernel.outcome import (
 )
 from kernel.payloads import compose_object, encode
 from kernel.reducer import evolve
-from kernel.retry import backoff_ms
+from kernel.retry import backoff_ms, failures, lost_error, lost_exhausted, may_retry
 from kernel.state import RunState
 
 
@@ -141,7 +147,8 @@ def attempt_failed(
     assert step is not None and step_def is not None, f"no step {step_id!r}"
     assert step.status in ("scheduled", "running"), f"{step_id!r} failed while {step.status}"
     policy = queries.retry_policy(state, step_def)
-    will_retry = retryable and may_run(state, step_id) and step.attempt < policy.max_attempts
+    counted = may_retry(policy, step.attempt, step.lost_attempts)
+    will_retry = retryable and may_run(state, step_id) and counted
     attempt, at_ms = step.attempt, builder.at_ms
     if timed_out:
         builder.emit(
@@ -158,8 +165,9 @@ def attempt_failed(
     if not will_retry:
         _failed_for_good(builder, step_id, error)
         return
+    failed = failures(attempt, step.lost_attempts)
     seed = builder.seed
-    delay = retry_after_ms if retry_after_ms is not None else backoff_ms(policy, attempt, seed)
+    delay = retry_after_ms if retry_after_ms is not None else backoff_ms(policy, failed, seed)
     delay = max(0, min(delay, limits.delay_ms_max))
     builder.emit(
         StepRetryScheduled(
@@ -167,6 +175,28 @@ def attempt_failed(
             at_ms=at_ms,
         )
     )  # fmt: skip
+
+
+def attempt_lost(builder: Builder, step_id: str, error: ErrorInfo) -> None:
+    """The live attempt of `step_id` was lost (its worker vanished): record it and run the next
+    attempt at once, without consuming the retry policy; past `limits.lost_attempts_max` lost
+    attempts (or when the step may not run again) it fails for good instead."""
+    step = builder.state.step(step_id)
+    assert step is not None, f"no step {step_id!r}"
+    assert step.status in ("scheduled", "running"), f"{step_id!r} lost while {step.status}"
+    if lost_exhausted(step.lost_attempts):
+        message = lost_error(f"step {step_id!r}", step.attempt, error.message)
+        attempt_failed(builder, step_id, message, retryable=False)
+        return
+    if not may_run(builder.state, step_id):
+        attempt_failed(builder, step_id, error, retryable=False)
+        return
+    attempt = step.attempt
+    builder.emit(StepLost(step_id=step_id, attempt=attempt, error=error, at_ms=builder.at_ms))
+    rejection = ask(builder, step_id, StartAttempt(input=step.input, attempt=attempt + 1))
+    assert rejection is None, "the attempt after a lost one is never refused"
+    after = builder.state.step(step_id)
+    assert after is not None and after.attempt >= attempt, "attempts only grow"
 
 
 def may_run(state: RunState, step_id: str) -> bool:

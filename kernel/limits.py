@@ -18,7 +18,9 @@ validation_problems_max: Final = 50
 metadata_bytes_max: Final = 16_384
 
 # Retries and time.
-attempts_max: Final = 100
+attempts_max: Final = 100  # a retry policy's max_attempts (failures a handler reported)
+lost_attempts_max: Final = 10  # attempts of one step (or item) whose worker vanished, beside those
+attempt_number_max: Final = attempts_max + lost_attempts_max  # the highest attempt number
 delay_ms_max: Final = 7 * 24 * 3_600_000  # one week: the longest retry backoff
 timeout_ms_max: Final = 365 * 24 * 3_600_000  # one year: the longest step or run timeout
 retry_multiplier_max: Final = 100.0
@@ -35,6 +37,7 @@ run_id_length_max: Final = 128
 
 # Signals and step timers.
 signal_name_length_max: Final = 128
+signal_id_length_max: Final = 128  # a signal's identity, stamped by its sender
 signal_bytes_max: Final = 65_536  # one signal's payload
 signals_per_run_max: Final = 1_000
 sleep_ms_max: Final = 365 * 24 * 3_600_000  # one year: the longest durable sleep

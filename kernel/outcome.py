@@ -106,5 +106,10 @@ Action = Emit | Complete | Fail
 Outcome = tuple[Action, ...]
 NOTHING: Final[Outcome] = ()
 
-# The failure kinds a worker reports that its step's retry policy may retry (kernel.commands).
-RETRYABLE_KINDS: Final = frozenset({"error", "heartbeat_timeout"})
+# Which failure kinds a worker reports (kernel.commands.FailureKind) count, in one place:
+# RETRYABLE_KINDS are failures the handler reported that the retry policy may retry; LOST_KINDS
+# are attempts whose worker vanished: never a failure, the attempt runs again without
+# consuming the policy (kernel.retry.lost_exhausted bounds them); every other kind is a
+# failure for good.
+RETRYABLE_KINDS: Final = frozenset({"error"})
+LOST_KINDS: Final = frozenset({"lost", "heartbeat_timeout"})

@@ -16,7 +16,20 @@ if TYPE_CHECKING:  # kernel.conditions imports this module, and the workflow for
     from kernel.workflow.model import SkipIf
 
 NULL = msgspec.Raw(b"null")
-_MISSING = object()
+
+
+class Missing:
+    """The value of a field a payload does not hold. Its repr is stable text, never an object
+    address: it may be shown in an error that is recorded in history, which must replay to
+    the same bytes."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "missing"
+
+
+_MISSING = Missing()
 
 
 def compose_object(pairs: Iterable[tuple[str, msgspec.Raw | None]]) -> msgspec.Raw:

@@ -36,7 +36,7 @@ def current_attempt(state: RunState, step_id: str, attempt: int) -> StepState | 
     step = state.step(step_id)
     if step is None or step.attempt != attempt:
         return None
-    assert step.attempt <= limits.attempts_max, f"{step_id!r} at attempt {step.attempt}"
+    assert step.attempt <= limits.attempt_number_max, f"{step_id!r} at attempt {step.attempt}"
     return step if step.status in ("scheduled", "running") else None
 
 
@@ -55,6 +55,9 @@ def truncate(text: str) -> str:
 def signal_problem(state: RunState, command: SendSignal) -> str | None:
     if not command.name or len(command.name) > limits.signal_name_length_max:
         return f"signal name {command.name!r} must be 1..{limits.signal_name_length_max} characters"
+    if len(command.signal_id) > limits.signal_id_length_max:
+        size = len(command.signal_id)
+        return f"signal_id is {size} characters; the limit is {limits.signal_id_length_max}"
     if len(command.payload) > limits.signal_bytes_max:
         size = len(command.payload)
         return f"signal payload is {size} bytes; the limit is {limits.signal_bytes_max} bytes"
@@ -63,6 +66,12 @@ def signal_problem(state: RunState, command: SendSignal) -> str | None:
             f"run {state.run_id!r} already holds {limits.signals_per_run_max} signals (the limit)"
         )
     return None
+
+
+def signal_received(state: RunState, signal_id: str) -> bool:
+    """Whether the run already received the signal with this identity ("" is no identity)."""
+    assert len(state.signals) <= limits.signals_per_run_max, len(state.signals)
+    return bool(signal_id) and any(signal.signal_id == signal_id for signal in state.signals)
 
 
 def retry_policy(state: RunState, step_def: StepDef) -> RetryPolicy:

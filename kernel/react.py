@@ -32,6 +32,7 @@ from kernel.events import (
     StepCompleted,
     StepEvent,
     StepFailed,
+    StepLost,
     StepRecovered,
     StepRetryScheduled,
     StepScheduled,
@@ -68,7 +69,7 @@ def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             effects = _step_type(state, event.step_id).react(state, event)
             timer = step_timeout_timer(state, event.step_id)
             return effects + ((timer,) if timer is not None else ())
-        case StepCompleted() | StepFailed():
+        case StepCompleted() | StepFailed() | StepLost():
             if event.attempt == 0:
                 return ()  # failed before any attempt: nothing was armed
             return _cancel_step_timeout(state, event.step_id, event.attempt)

@@ -29,6 +29,7 @@ from kernel.events import (
     StepCompleted,
     StepEvent,
     StepFailed,
+    StepLost,
     StepRecovered,
     StepRetryScheduled,
     StepScheduled,
@@ -52,6 +53,7 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
         case (
             StepScheduled() | StepStarted() | StepCompleted() | StepFailed() | StepTimedOut()
             | StepRetryScheduled() | StepSkipped() | StepRecovered() | StepCompensated()
+            | StepLost()
         ):  # fmt: skip
             return _step_lifecycle(counted, event)
         case (
@@ -71,7 +73,7 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
 
 StepLifecycleEvent = (
     StepScheduled | StepStarted | StepCompleted | StepFailed | StepTimedOut | StepRetryScheduled
-    | StepSkipped | StepRecovered | StepCompensated
+    | StepSkipped | StepRecovered | StepCompensated | StepLost
 )  # fmt: skip
 RunLifecycleEvent = (
     CompensationStarted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled
@@ -120,6 +122,8 @@ def _step_lifecycle(state: RunState, event: StepLifecycleEvent) -> RunState:
             )
         case StepCompensated():
             return _step(state, event.step_id, lambda s: replace(s, compensated=True))
+        case StepLost():
+            return _step(state, event.step_id, lambda s: _lost(s, event))
         case _:
             assert_never(event)
 
@@ -150,7 +154,12 @@ def _run_lifecycle(state: RunState, event: RunLifecycleEvent) -> RunState:
         case RunCancelled():
             return replace(state, status="cancelled", ended_at_ms=event.at_ms)
         case SignalReceived():
-            signal = ReceivedSignal(name=event.name, payload=event.payload, at_ms=event.at_ms)
+            signal = ReceivedSignal(
+                name=event.name,
+                payload=event.payload,
+                at_ms=event.at_ms,
+                signal_id=event.signal_id,
+            )
             return replace(state, signals=(*state.signals, signal))
         case RunContinuedAsNew():
             assert state.status == "running", f"run {state.run_id!r} continued while {state.status}"
@@ -216,7 +225,7 @@ def _scheduled(step: StepState, event: StepScheduled) -> StepState:
     assert event.attempt > step.attempt, (
         f"step {step.step_id!r}: attempt {event.attempt} after {step.attempt} (attempts only grow)"
     )
-    assert event.attempt <= limits.attempts_max, f"{step.step_id!r}: attempt {event.attempt}"
+    assert event.attempt <= limits.attempt_number_max, f"{step.step_id!r}: attempt {event.attempt}"
     assert step.status in ("pending", "retry_wait"), f"{step.step_id!r} scheduled: {step.status}"
     return replace(
         step,
@@ -229,6 +238,22 @@ def _scheduled(step: StepState, event: StepScheduled) -> StepState:
         first_scheduled_at_ms=(
             step.first_scheduled_at_ms if step.first_scheduled_at_ms is not None else event.at_ms
         ),
+    )
+
+
+def _lost(step: StepState, event: StepLost) -> StepState:
+    """A lost attempt waits for the next one, which `decide` schedules in the same decision."""
+    assert step.status in ("scheduled", "running"), f"{step.step_id!r} lost while {step.status}"
+    assert event.attempt == step.attempt, f"{step.step_id!r} lost attempt {event.attempt}"
+    lost = step.lost_attempts + 1
+    assert lost <= limits.lost_attempts_max, f"{step.step_id!r}: {lost} lost attempts"
+    return replace(
+        step,
+        status="retry_wait",
+        lost_attempts=lost,
+        error=event.error,
+        deadline_ms=None,
+        retry_at_ms=event.at_ms,
     )
 
 

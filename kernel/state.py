@@ -57,6 +57,7 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     completion_index: int = -1  # order of completion, for compensation in reverse
     compensated: bool = False
     wake_at_ms: int | None = None  # a step type's own timer (a sleep), while armed
+    lost_attempts: int = 0  # attempts whose worker vanished (step.lost); not counted as failures
 
 
 class ReceivedSignal(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +67,7 @@ class ReceivedSignal(msgspec.Struct, frozen=True, kw_only=True):
     payload: msgspec.Raw
     at_ms: int
     consumed_by: str | None = None
+    signal_id: str = ""  # the sender's identity ("" for an old sender)
 
 
 class RunState(msgspec.Struct, frozen=True, kw_only=True):

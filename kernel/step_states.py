@@ -43,6 +43,7 @@ class ToolState(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int = 0
     deadline_ms: int | None = None
     retry_at_ms: int | None = None
+    lost_attempts: int = 0  # attempts whose worker vanished (agent.tool.lost)
     ok: bool = False
     output: msgspec.Raw = NULL
     error: ErrorInfo | None = None
@@ -59,6 +60,7 @@ class AgentState(msgspec.Struct, frozen=True, kw_only=True):
     turn_attempt: int = 1
     turn_deadline_ms: int | None = None
     turn_retry_at_ms: int | None = None
+    turn_lost_attempts: int = 0  # attempts of the turn in hand whose worker vanished
     delay_until_ms: int | None = None
     state: msgspec.Raw = NULL  # what the latest turn carried over (null before the first)
     tools: tuple[ToolState, ...] = ()
@@ -114,6 +116,7 @@ class MapItem(msgspec.Struct, frozen=True, kw_only=True):
     error: ErrorInfo | None = None
     deadline_ms: int | None = None
     retry_at_ms: int | None = None
+    lost_attempts: int = 0  # attempts whose worker vanished (map.item.lost)
 
 
 PENDING_ITEM: Final = MapItem()

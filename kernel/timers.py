@@ -28,7 +28,7 @@ def step_timeout_timer_id(step_id: str, attempt: int) -> str:
 
 def retry_timer_id(step_id: str, attempt: int) -> str:
     """The id of the timer that starts `attempt` (a retry) when it is due."""
-    assert 2 <= attempt <= limits.attempts_max + 1, f"retry attempt {attempt} of {step_id!r}"
+    assert 2 <= attempt <= limits.attempt_number_max, f"retry attempt {attempt} of {step_id!r}"
     return f"retry.{step_id}.{attempt}"
 
 

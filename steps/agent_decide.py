@@ -6,14 +6,22 @@ steps/agent_loop.py's decide part: they write into a `Draft` and call nothing ba
 from __future__ import annotations
 
 from kernel import limits
-from kernel.events import AgentToolCompleted, AgentToolScheduled, AgentTurnScheduled, ErrorInfo
-from kernel.retry import backoff_ms
+from kernel.events import (
+    AgentToolCompleted,
+    AgentToolLost,
+    AgentToolScheduled,
+    AgentTurnLost,
+    AgentTurnScheduled,
+    ErrorInfo,
+)
+from kernel.retry import backoff_ms, lost_error, lost_exhausted
 from kernel.state import RunState
+from kernel.step_states import AgentState
 from kernel.workflow import RetryPolicy
 from steps import approvals
 from steps.agent_config import AgentConfig
 from steps.agent_envelope import CarriedLoop
-from steps.agent_parts import NULL_RAW, agent_of, config_of, tool_item_id
+from steps.agent_parts import NULL_RAW, agent_of, config_of, tool_item_id, tool_task
 from steps.base import Draft
 
 
@@ -45,6 +53,44 @@ def retry_due(context: Draft, policy: RetryPolicy, attempt: int, retry_after_ms:
         retry_after_ms if retry_after_ms is not None else backoff_ms(policy, attempt, context.seed)
     )
     return context.at_ms + max(0, min(delay, limits.delay_ms_max))
+
+
+def turn_lost(context: Draft, step_id: str, agent: AgentState, message: str) -> ErrorInfo | None:
+    """The turn's attempt was lost (its worker vanished): record it and schedule the next
+    attempt at once, without consuming the retry policy. Returns the error to fail the turn
+    with instead once it lost limits.lost_attempts_max attempts (None: rescheduled)."""
+    assert agent.phase == "turn", agent.phase
+    attempt = agent.turn_attempt
+    if lost_exhausted(agent.turn_lost_attempts):
+        return lost_error(f"agent loop {step_id!r} turn {agent.turn}", attempt, message)
+    error = ErrorInfo(message=message, kind="lost")
+    context.emit(
+        AgentTurnLost(
+            step_id=step_id, turn=agent.turn, attempt=attempt, error=error, at_ms=context.at_ms
+        )
+    )
+    schedule_turn(context, step_id, agent.turn, attempt + 1)
+    return None
+
+
+def tool_lost(
+    context: Draft, step_id: str, agent: AgentState, index: int, message: str
+) -> ErrorInfo | None:
+    """Tool call `index`'s attempt was lost: as `turn_lost`, for a tool call."""
+    tool = agent.tools[index]
+    assert tool.status == "scheduled", tool.status
+    if lost_exhausted(tool.lost_attempts):
+        return lost_error(f"tool call {tool.call_id!r} of {step_id!r}", tool.attempt, message)
+    error = ErrorInfo(message=message, kind="lost")
+    context.emit(
+        AgentToolLost(
+            step_id=step_id, turn=agent.turn, index=index, attempt=tool.attempt, error=error,
+            at_ms=context.at_ms,
+        )
+    )  # fmt: skip
+    task = tool_task(context.state, step_id, tool)
+    schedule_tool(context, step_id, agent.turn, index, task, tool.attempt + 1)
+    return None
 
 
 def limit_reached(state: RunState, step_id: str) -> tuple[str, str] | None:

@@ -61,7 +61,8 @@ from kernel.events import (
     TimerFired,
     TimerStarted,
 )
-from kernel.outcome import RETRYABLE_KINDS, ItemReport, StartAttempt, StepInput
+from kernel.outcome import LOST_KINDS, RETRYABLE_KINDS, ItemReport, StartAttempt, StepInput
+from kernel.retry import failures, may_retry
 from kernel.state import RunState, is_terminal
 from kernel.step_states import AgentState, ApprovalState
 from steps import approvals, continuation
@@ -72,6 +73,8 @@ from steps.agent_decide import (
     retry_due,
     schedule_tool,
     schedule_turn,
+    tool_lost,
+    turn_lost,
 )
 from steps.agent_envelope import carry_input, read_carry, turn_envelope
 from steps.agent_parts import (
@@ -325,6 +328,11 @@ def _turn_item(context: Draft, step_id: str, agent: AgentState, command: AnyComm
         case CompleteTask() if live and command.attempt == agent.turn_attempt:
             _turn_result(context, step_id, agent, command.output)
         case FailTask() if live and command.attempt == agent.turn_attempt:
+            if command.kind in LOST_KINDS:
+                exhausted = turn_lost(context, step_id, agent, command.error[:1024])
+                if exhausted is not None:
+                    _turn_failed(context, step_id, agent, exhausted, False, None)
+                return
             error = ErrorInfo(message=command.error[:1024], kind=command.kind)
             retryable = command.kind in RETRYABLE_KINDS
             _turn_failed(context, step_id, agent, error, retryable, command.retry_after_ms)
@@ -347,9 +355,10 @@ def _turn_failed(
     retry_after_ms: int | None,
 ) -> None:
     policy = policy_of(context.state, step_id)
-    attempt = agent.turn_attempt
-    will_retry = retryable and attempt < policy.max_attempts
-    due = retry_due(context, policy, attempt, retry_after_ms) if will_retry else None
+    attempt, lost = agent.turn_attempt, agent.turn_lost_attempts
+    will_retry = retryable and may_retry(policy, attempt, lost)
+    failed = failures(attempt, lost)
+    due = retry_due(context, policy, failed, retry_after_ms) if will_retry else None
     context.emit(
         AgentTurnFailed(
             step_id=step_id, turn=agent.turn, attempt=attempt, error=error,
@@ -460,6 +469,11 @@ def _tool_item(
             )  # fmt: skip
             _after_tools(context, step_id)
         case FailTask() if live and command.attempt == tool.attempt:
+            if command.kind in LOST_KINDS:
+                exhausted = tool_lost(context, step_id, agent, index, command.error[:1024])
+                if exhausted is not None:
+                    _tool_failed(context, step_id, agent, index, exhausted, False, None)
+                return
             error = ErrorInfo(message=command.error[:1024], kind=command.kind)
             retryable = command.kind in RETRYABLE_KINDS
             _tool_failed(context, step_id, agent, index, error, retryable, command.retry_after_ms)
@@ -492,9 +506,11 @@ def _tool_failed(
     retry_after_ms: int | None,
 ) -> None:
     policy = policy_of(context.state, step_id)
-    attempt = agent.tools[index].attempt
-    if retryable and attempt < policy.max_attempts:
-        due = retry_due(context, policy, attempt, retry_after_ms)
+    tool = agent.tools[index]
+    attempt = tool.attempt
+    if retryable and may_retry(policy, attempt, tool.lost_attempts):
+        failed = failures(attempt, tool.lost_attempts)
+        due = retry_due(context, policy, failed, retry_after_ms)
         context.emit(
             AgentToolFailed(
                 step_id=step_id, turn=agent.turn, index=index, attempt=attempt, error=error,

@@ -17,9 +17,11 @@ from kernel.events import (
     AgentLimitReached,
     AgentToolCompleted,
     AgentToolFailed,
+    AgentToolLost,
     AgentToolScheduled,
     AgentTurnCompleted,
     AgentTurnFailed,
+    AgentTurnLost,
     AgentTurnScheduled,
     StepEvent,
     TimerFired,
@@ -53,9 +55,19 @@ def evolve_agent(agent: AgentState, event: StepEvent) -> AgentState:
     match event:
         case AgentTurnScheduled():
             assert event.turn >= agent.turn and event.turn <= limits.agent_turns_max, event.turn
+            assert event.attempt <= limits.attempt_number_max, event.attempt
+            lost = agent.turn_lost_attempts if event.attempt > 1 else 0  # counted per turn
             return replace(
                 agent, phase="turn", turn=event.turn, turn_attempt=event.attempt,
                 turn_deadline_ms=event.deadline_ms, turn_retry_at_ms=None, delay_until_ms=None,
+                turn_lost_attempts=lost,
+            )  # fmt: skip
+        case AgentTurnLost():
+            assert agent.phase == "turn" and event.turn == agent.turn, (agent.phase, event.turn)
+            assert agent.turn_lost_attempts < limits.lost_attempts_max, "lost too often"
+            return replace(
+                agent, phase="turn_retry", turn_deadline_ms=None, turn_retry_at_ms=event.at_ms,
+                turn_lost_attempts=agent.turn_lost_attempts + 1,
             )  # fmt: skip
         case AgentTurnFailed():
             assert agent.phase == "turn" and event.turn == agent.turn, (agent.phase, event.turn)
@@ -79,6 +91,15 @@ def evolve_agent(agent: AgentState, event: StepEvent) -> AgentState:
             waiting = replace(
                 tool, status="retry_wait", error=event.error, deadline_ms=None,
                 retry_at_ms=event.due_at_ms,
+            )  # fmt: skip
+            return agent.with_tool(event.index, waiting)
+        case AgentToolLost():
+            tool = agent.tools[event.index]
+            assert tool.status == "scheduled", tool.status
+            assert tool.lost_attempts < limits.lost_attempts_max, "lost too often"
+            waiting = replace(
+                tool, status="retry_wait", error=event.error, deadline_ms=None,
+                retry_at_ms=event.at_ms, lost_attempts=tool.lost_attempts + 1,
             )  # fmt: skip
             return agent.with_tool(event.index, waiting)
         case AgentToolCompleted():
@@ -286,7 +307,7 @@ def react_agent(state: RunState, agent: AgentState, event: StepEvent) -> tuple[A
     match event:
         case AgentTurnScheduled():
             return turn_effects(state, agent)
-        case AgentTurnFailed() | AgentTurnCompleted():
+        case AgentTurnFailed() | AgentTurnCompleted() | AgentTurnLost():
             item_id = turn_item_id(event.step_id, event.turn)
             effects: list[AnyEffect] = []
             if timed:
@@ -298,7 +319,7 @@ def react_agent(state: RunState, agent: AgentState, event: StepEvent) -> tuple[A
             return tuple(effects)
         case AgentToolScheduled():
             return tool_effects(state, agent, event.index)
-        case AgentToolFailed() | AgentToolCompleted():
+        case AgentToolFailed() | AgentToolCompleted() | AgentToolLost():
             item_id = tool_item_id(event.step_id, event.turn, event.index)
             effects = []
             if timed and event.attempt >= 1:

@@ -167,7 +167,8 @@ def schedule_attempt(
     """The `step.scheduled` event of `attempt`, with its deadline when the step has a timeout."""
     step_def = state.step_def(step_id)
     assert step_def is not None, f"run {state.run_id!r} has no step {step_id!r}"
-    assert 1 <= attempt <= limits.attempts_max, f"attempt {attempt} out of 1..{limits.attempts_max}"
+    top = limits.attempt_number_max  # max_attempts failures and lost_attempts_max lost ones
+    assert 1 <= attempt <= top, f"attempt {attempt} out of 1..{top}"
     deadline = at_ms + step_def.timeout_ms if step_def.timeout_ms is not None else None
     return StepScheduled(
         step_id=step_id, attempt=attempt, input=input, at_ms=at_ms, deadline_ms=deadline

@@ -35,6 +35,7 @@ from kernel.events import (
     MapExpanded,
     MapItemCompleted,
     MapItemFailed,
+    MapItemLost,
     MapItemScheduled,
     RunCancelled,
     RunCompleted,
@@ -42,8 +43,8 @@ from kernel.events import (
     StepEvent,
     StepScheduled,
 )
-from kernel.outcome import RETRYABLE_KINDS, ItemReport, StartAttempt, StepInput
-from kernel.retry import backoff_ms
+from kernel.outcome import LOST_KINDS, RETRYABLE_KINDS, ItemReport, StartAttempt, StepInput
+from kernel.retry import backoff_ms, failures, lost_error, lost_exhausted, may_retry
 from kernel.state import RunState
 from kernel.step_states import MapItem, MapState, new_map
 from kernel.timers import arm_timer, retry_timer_id, step_timeout_timer_id
@@ -87,13 +88,21 @@ class MapStep(ConfiguredStepType[MapConfig]):
             case MapItemScheduled():
                 return with_map(state, _scheduled(map_state, event))
             case MapItemCompleted():
-                item = MapItem(status="completed", attempt=event.attempt, output=event.output)
+                lost = map_state.item(event.index).lost_attempts
+                item = MapItem(
+                    status="completed",
+                    attempt=event.attempt,
+                    output=event.output,
+                    lost_attempts=lost,
+                )
                 ended = replace(
                     map_state, active=map_state.active - 1, completed=map_state.completed + 1
                 )
                 return with_map(state, ended.with_item(event.index, item))
             case MapItemFailed():
                 return with_map(state, _failed(map_state, event))
+            case MapItemLost():
+                return with_map(state, _lost(map_state, event))
         raise AssertionError(f"map owns no event {type(event).__name__}")
 
     # react
@@ -101,7 +110,7 @@ class MapStep(ConfiguredStepType[MapConfig]):
         match event:
             case MapItemScheduled():
                 return _item_effects(state, event.step_id, event.index)
-            case MapItemCompleted() | MapItemFailed():
+            case MapItemCompleted() | MapItemFailed() | MapItemLost():
                 effects: list[AnyEffect] = []
                 item_id = f"{event.step_id}.{event.index}"
                 step_def = state.step_def(event.step_id)
@@ -169,6 +178,9 @@ def _item(context: Draft, step_id: str, key: str, command: AnyCommand) -> None:
         case CompleteTask() if live and item.attempt == command.attempt:
             _item_completed(context, step_id, index, command)
         case FailTask() if live and item.attempt == command.attempt:
+            if command.kind in LOST_KINDS:
+                _item_lost(context, step_id, index, command.error[:1024])
+                return
             error = ErrorInfo(message=command.error[:1024], kind=command.kind)
             retryable = command.kind in RETRYABLE_KINDS
             _item_failed(context, step_id, index, error, retryable, command.retry_after_ms)
@@ -271,15 +283,17 @@ def _item_failed(
 ) -> None:
     map_state = map_of(context.state, step_id)
     assert map_state is not None
-    attempt = map_state.item(index).attempt
+    item = map_state.item(index)
+    attempt = item.attempt
     policy = _policy(context.state, step_id)
-    will_retry = retryable and attempt < policy.max_attempts
+    will_retry = retryable and may_retry(policy, attempt, item.lost_attempts)
     due: int | None = None
     if will_retry:
+        failed = failures(attempt, item.lost_attempts)
         delay = (
             retry_after_ms
             if retry_after_ms is not None
-            else backoff_ms(policy, attempt, context.seed)
+            else backoff_ms(policy, failed, context.seed)
         )
         due = context.at_ms + max(0, min(delay, limits.delay_ms_max))
     context.emit(
@@ -303,12 +317,37 @@ def _item_failed(
     _next(context, step_id, config)
 
 
+def _item_lost(context: Draft, step_id: str, index: int, message: str) -> None:
+    """An item's attempt was lost (its worker vanished): the next one runs at once, without
+    consuming the retry policy, up to limits.lost_attempts_max lost attempts."""
+    map_state = map_of(context.state, step_id)
+    assert map_state is not None
+    item = map_state.item(index)
+    if lost_exhausted(item.lost_attempts):
+        error = lost_error(f"map item {step_id}.{index}", item.attempt, message)
+        _item_failed(context, step_id, index, error, False, None)
+        return
+    error = ErrorInfo(message=message, kind="lost")
+    context.emit(
+        MapItemLost(
+            step_id=step_id, index=index, attempt=item.attempt, error=error, at_ms=context.at_ms
+        )
+    )
+    _schedule(context, step_id, index, item.attempt + 1)
+
+
 def _scheduled(map_state: MapState, event: MapItemScheduled) -> MapState:
     item = map_state.item(event.index)
     assert event.attempt > item.attempt, f"item {event.index}: attempts only grow"
+    assert event.attempt <= limits.attempt_number_max, f"item {event.index}: {event.attempt}"
     first = item.status == "pending"
     assert first == (event.index == map_state.next_index), "items start in input order"
-    scheduled = MapItem(status="scheduled", attempt=event.attempt, deadline_ms=event.deadline_ms)
+    scheduled = MapItem(
+        status="scheduled",
+        attempt=event.attempt,
+        deadline_ms=event.deadline_ms,
+        lost_attempts=item.lost_attempts,
+    )
     grown = replace(
         map_state,
         next_index=map_state.next_index + (1 if first else 0),
@@ -329,6 +368,17 @@ def _failed(map_state: MapState, event: MapItemFailed) -> MapState:
     failed = replace(item, status="failed", error=event.error, deadline_ms=None)
     ended = replace(map_state, active=map_state.active - 1, failed=map_state.failed + 1)
     return ended.with_item(event.index, failed)
+
+
+def _lost(map_state: MapState, event: MapItemLost) -> MapState:
+    item = map_state.item(event.index)
+    assert item.status == "scheduled", f"item {event.index} lost while {item.status}"
+    assert item.lost_attempts < limits.lost_attempts_max, f"item {event.index}: lost too often"
+    waiting = replace(
+        item, status="retry_wait", error=event.error, deadline_ms=None,
+        retry_at_ms=event.at_ms, lost_attempts=item.lost_attempts + 1,
+    )  # fmt: skip
+    return map_state.with_item(event.index, waiting)
 
 
 def _output(map_state: MapState) -> msgspec.Raw:

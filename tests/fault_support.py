@@ -231,11 +231,13 @@ class Processes:
         ]  # fmt: skip
         return self.start("worker", argv), events
 
-    def cli_worker(self, url: str) -> Process:
-        """`dagnats worker tests.fault_workers:worker` (the CLI's own worker command)."""
-        return self.start(
-            "cli-worker", [*dagnats_command(), "worker", _WORKER_SPEC, "--nats-url", url]
-        )
+    def cli_worker(self, url: str, *, heartbeat_timeout_s: float | None = None) -> Process:
+        """`dagnats worker tests.fault_workers:worker` (the CLI's own worker command), with
+        `--heartbeat-timeout` when given."""
+        argv = [*dagnats_command(), "worker", _WORKER_SPEC, "--nats-url", url]
+        if heartbeat_timeout_s is not None:
+            argv += ["--heartbeat-timeout", str(heartbeat_timeout_s)]
+        return self.start("cli-worker", argv)
 
     def cli(self, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run one `dagnats` command to its end (bounded), capturing its output."""

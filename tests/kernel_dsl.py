@@ -270,9 +270,16 @@ def fire_step_timer(
 
 
 def signal(
-    name: str, payload: object = None, *, run_id: str = RUN_ID, at_ms: int = UNSTAMPED
+    name: str,
+    payload: object = None,
+    *,
+    signal_id: str = "",
+    run_id: str = RUN_ID,
+    at_ms: int = UNSTAMPED,
 ) -> SendSignal:
-    return SendSignal(run_id=run_id, at_ms=at_ms, name=name, payload=raw(payload))
+    return SendSignal(
+        run_id=run_id, at_ms=at_ms, name=name, payload=raw(payload), signal_id=signal_id
+    )
 
 
 # --- scenarios ----------------------------------------------------------------------------

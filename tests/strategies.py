@@ -54,6 +54,7 @@ FAILURE_KINDS: Final[tuple[FailureKind, ...]] = (
     "non_retryable",
     "heartbeat_timeout",
     "invalid_output",
+    "lost",
 )
 
 Decided = tuple[AnyEvent, ...] | Rejection

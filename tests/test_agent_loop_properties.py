@@ -144,7 +144,7 @@ def agent_runs(draw: st.DrawFn) -> Run:
         elif action <= 6 and items:
             step_id, attempt, _ = draw(st.sampled_from(items))
             kind: FailureKind = draw(
-                st.sampled_from(("error", "non_retryable", "heartbeat_timeout"))
+                st.sampled_from(("error", "non_retryable", "heartbeat_timeout", "lost"))
             )
             command = FailTask(
                 run_id=RUN_ID,
@@ -188,8 +188,9 @@ def _check_counters(state: RunState, config: dict[str, Any], policy: RetryPolicy
     assert agent.turns_completed in (agent.turn, agent.turn - 1)
     assert len(agent.tools) <= limits.agent_tool_calls_per_turn_max
     assert agent.tool_calls <= limits.agent_tool_calls_max
-    assert agent.turn_attempt <= policy.max_attempts
-    assert all(tool.attempt <= policy.max_attempts for tool in agent.tools)
+    # Lost attempts (their worker vanished) are not failures: they come on top of the policy.
+    assert agent.turn_attempt <= policy.max_attempts + agent.turn_lost_attempts
+    assert all(tool.attempt <= policy.max_attempts + tool.lost_attempts for tool in agent.tools)
 
 
 def _check_budgets(run: Run, config: dict[str, Any]) -> None:

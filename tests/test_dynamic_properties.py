@@ -179,7 +179,9 @@ def _check_counters(state: RunState) -> None:
         assert map_state.done + map_state.active <= map_state.next_index <= map_state.count
         policy = step_def.retry or RetryPolicy()
         for index in range(map_state.count):
-            assert map_state.item(index).attempt <= policy.max_attempts
+            item = map_state.item(index)  # lost attempts are not failures
+            assert item.attempt <= policy.max_attempts + item.lost_attempts
+            assert item.lost_attempts <= limits.lost_attempts_max
     for step in state.steps:
         assert "." not in step.step_id or state.step(step.step_id.rpartition(".")[0]) is not None
 

@@ -36,7 +36,7 @@ from dagnats.runtime.resources import (
 from dagnats.runtime.serve import Server
 from kernel.commands import CompleteTask, StartRun
 from kernel.errors import DagnatsError
-from kernel.events import AnyEvent, StepFailed
+from kernel.events import AnyEvent, StepFailed, StepLost
 from kernel.state import RunState
 from tests.fault_support import (
     Processes,
@@ -209,10 +209,10 @@ async def test_worker_killed_mid_task_is_retried_on_another_after_heartbeat_time
     assert final.status == "completed", final.error
     calls = procs.calls_of(run_id, "victim")
     assert [(c["attempt"], c["pid"]) for c in calls] == [(1, holder.pid), (2, survivor.pid)]
-    failures = [e for e in events if isinstance(e, StepFailed) and e.step_id == "victim"]
-    assert [(f.attempt, f.error.kind, f.will_retry) for f in failures] == [
-        (1, "heartbeat_timeout", True)
-    ]
+    # The vanished worker's attempt is lost, not failed: the retry policy is not consumed.
+    assert not [e for e in events if isinstance(e, StepFailed) and e.step_id == "victim"]
+    lost = [e for e in events if isinstance(e, StepLost) and e.step_id == "victim"]
+    assert [(e.attempt, e.error.kind) for e in lost] == [(1, "lost")]
     assert has_event(events, "step.scheduled", "victim", attempt=2)
     assert has_event(events, "step.completed", "victim", attempt=2)
     assert not has_event(events, "step.completed", "victim", attempt=1)
@@ -220,6 +220,44 @@ async def test_worker_killed_mid_task_is_retried_on_another_after_heartbeat_time
     # It took the heartbeat timeout (less the last heartbeat's age), not less.
     assert waited_s >= (ack_wait_ms - 300) / 1000 - 0.1, waited_s
     assert survivor.alive()
+
+
+async def test_worker_killed_mid_step_without_retry_policy_the_run_completes_on_another(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """A lost attempt is not a failure: with no retry policy at all, a step whose worker is
+    SIGKILLed inside its handler runs again on a worker started afterwards; the handler ran
+    at most twice and the step's result is recorded once."""
+    heartbeat_timeout_s = 1.5
+    serve = await procs.serve(tmp_path / "data")
+    first = procs.cli_worker(serve.url, heartbeat_timeout_s=heartbeat_timeout_s)
+    steps: Steps = [
+        {"id": "victim", "task": "fault.work",
+         "metadata": {"gate": "never-opened", "block_attempts": "1"}},
+        {"id": "after", "task": "fault.work", "depends_on": ["victim"]},
+    ]  # fmt: skip
+    async with connected(serve.url) as client:
+        await client.register_workflow(workflow("no-retry-kill", steps))
+        run_id = await client.start("no-retry-kill", None)
+        await wait_for(
+            lambda: len(procs.calls_of(run_id, "victim")) == 1,
+            timeout_ms=step_timeout_ms,
+            what="the first worker to be inside victim's handler",
+        )
+        await first.kill()
+        second = procs.cli_worker(serve.url, heartbeat_timeout_s=heartbeat_timeout_s)
+        final = await client.wait(run_id, timeout_s=run_timeout_s)
+        events = events_of(await decisions_of(client, run_id))
+
+    assert final.status == "completed", final.error
+    calls = procs.calls_of(run_id, "victim")
+    assert 1 <= len(calls) <= 2, calls
+    assert [(c["attempt"], c["pid"]) for c in calls] == [(1, first.pid), (2, second.pid)]
+    assert count_events(events, "step.completed") == {"victim": 1, "after": 1}
+    assert not [e for e in events if isinstance(e, StepFailed)], "a lost attempt is no failure"
+    lost = [(e.step_id, e.attempt, e.error.kind) for e in events if isinstance(e, StepLost)]
+    assert lost == [("victim", 1, "lost")]
+    assert second.alive()
 
 
 # -- 3. serve's nats-server child SIGKILLed ---------------------------------------------------

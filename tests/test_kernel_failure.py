@@ -119,11 +119,11 @@ def test_a_non_retryable_failure_is_not_retried(kind: FailureKind) -> None:
     ).then_lacks(StepRetryScheduled)
 
 
-def test_a_heartbeat_timeout_is_retried() -> None:
+def test_a_heartbeat_timeout_is_a_lost_attempt_run_again_at_once() -> None:
     wf = workflow(task("a", retry=retry(2)))
     given(start(wf)).when(fail("a", "silent", kind="heartbeat_timeout")).then_includes(
-        StepRetryScheduled(step_id="a", attempt=2, delay_ms=1000, due_at_ms=3000, at_ms=2000)
-    )
+        StepScheduled(step_id="a", attempt=2, input=raw(None), at_ms=2000)
+    ).then_lacks(StepRetryScheduled).then_lacks(StepFailed)  # tests/test_kernel_lost.py
 
 
 def test_a_worker_retry_after_replaces_the_backoff() -> None:

@@ -27,6 +27,7 @@ from kernel.commands import (
     CancelRun,
     CompleteTask,
     FailTask,
+    FireTimer,
     Rejection,
     StartRun,
 )
@@ -40,12 +41,14 @@ from kernel.events import (
     StepCompensated,
     StepCompleted,
     StepFailed,
+    StepLost,
     StepRecovered,
     StepRetryScheduled,
     StepScheduled,
     StepStarted,
     StepTimedOut,
 )
+from kernel.lifecycle import may_run
 from kernel.react import resume
 from kernel.reducer import evolve, fold, fold_from
 from kernel.state import ACTIVE_STEP_STATUSES, DONE_STEP_STATUSES, RunState, is_terminal
@@ -129,6 +132,27 @@ LONG_CANCEL_REASON = replay(
 STATE_WITH_INPUT = replay(
     _ONE, (StartRun(run_id=RUN_ID, at_ms=0, workflow=_ONE, input=msgspec.Raw(b"1")),)
 )
+_RETRIED = WorkflowDef(
+    name="retried", steps=(StepDef(id="a", task="t", retry=RetryPolicy(max_attempts=2)),)
+)
+# Two lost attempts, then two reported failures: the first failure is still retried (at
+# attempt 4, after the lost attempts 1 and 2), the second fails the step for good.
+LOST_THEN_FAILED = replay(
+    _RETRIED,
+    (
+        StartRun(run_id=RUN_ID, at_ms=0, workflow=_RETRIED),
+        FailTask(run_id=RUN_ID, at_ms=1, step_id="a", attempt=1, error="", kind="lost"),
+        FailTask(
+            run_id=RUN_ID, at_ms=2, step_id="a", attempt=2, error="", kind="heartbeat_timeout"
+        ),
+        FailTask(run_id=RUN_ID, at_ms=3, step_id="a", attempt=3, error="flaky"),
+        FireTimer(
+            run_id=RUN_ID, at_ms=1_003, timer_id=retry_timer_id("a", 4), kind="retry",
+            step_id="a", attempt=4,
+        ),
+        FailTask(run_id=RUN_ID, at_ms=1_004, step_id="a", attempt=4, error="flaky"),
+    ),
+)  # fmt: skip
 _HALF = msgspec.Raw(b'{"blob":"' + b"y" * 600_000 + b'"}')
 _TWO_LEAVES = WorkflowDef(name="two", steps=(StepDef(id="a", task="t"), StepDef(id="b", task="t")))
 # Two leaves, each output within the limit; the run output composes both, over it. (Was:
@@ -233,6 +257,26 @@ def test_codec_round_trips_every_decision_event_command_and_state(run: Run) -> N
             assert decode_event(encode(event)) == event, f"decision {index}: {event!r}"
 
 
+@PROPERTY
+@example(run=LOST_THEN_FAILED)
+@given(runs())
+def test_every_decision_is_the_same_bytes_when_decided_again(run: Run) -> None:
+    """Everything recorded is deterministic: each decided event decodes to itself, and the
+    same command decided again on the same state gives byte-identical events (no object
+    address, set order or clock reaches an event), so an audit never reports a false
+    divergence."""
+    for index, record in enumerate(run.records):
+        if not record.events:
+            continue
+        again = decide(record.before, record.command)
+        assert isinstance(again, tuple), f"record {index}: {again!r}"
+        recorded = [encode(event) for event in record.events]
+        assert [encode(event) for event in again] == recorded, f"record {index}: other bytes"
+        for event, data in zip(record.events, recorded, strict=True):
+            assert decode_event(data) == event, f"record {index}: {data[:200]!r}"
+            assert b" at 0x" not in data, f"record {index}: an object address in {data[:200]!r}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Decide: idempotency, determinism, terminal
 
@@ -330,8 +374,9 @@ def _policy(workflow: WorkflowDef, step_id: str) -> RetryPolicy:
 @PROPERTY
 @given(runs())
 def test_attempts_only_grow_within_the_retry_policy(run: Run) -> None:
-    """Attempts are scheduled as 1, 2, 3, ... up to the step's max_attempts; every result
-    event names the step's live attempt (or attempt 0 of a step whose input was too large)."""
+    """Attempts are scheduled as 1, 2, 3, ... up to the step's max_attempts plus its lost
+    attempts; every result event names the step's live attempt (or attempt 0 of a step whose
+    input was too large)."""
     for state, event in _states_before_each_event(run):
         match event:
             case StepScheduled():
@@ -339,23 +384,55 @@ def test_attempts_only_grow_within_the_retry_policy(run: Run) -> None:
                 assert step is not None
                 assert event.attempt == step.attempt + 1, f"{event!r} after {step.attempt}"
                 policy = _policy(run.workflow, event.step_id)
-                assert 1 <= event.attempt <= policy.max_attempts, f"{event!r} over {policy!r}"
+                top = policy.max_attempts + step.lost_attempts
+                assert 1 <= event.attempt <= top, f"{event!r} over {policy!r}"
             case StepRetryScheduled():
                 step = state.step(event.step_id)
                 assert step is not None and event.attempt == step.attempt + 1, f"{event!r}"
-                assert event.attempt <= _policy(run.workflow, event.step_id).max_attempts
+                top = _policy(run.workflow, event.step_id).max_attempts + step.lost_attempts
+                assert event.attempt <= top
             case StepFailed() if event.attempt == 0:
                 step = state.step(event.step_id)
                 assert step is not None and step.status == "pending" and step.attempt == 0
                 assert event.error.kind == "invalid_input" and not event.will_retry, f"{event!r}"
-            case StepStarted() | StepCompleted() | StepFailed() | StepTimedOut():
+            case StepStarted() | StepCompleted() | StepFailed() | StepTimedOut() | StepLost():
                 step = state.step(event.step_id)
                 assert step is not None and step.attempt == event.attempt, f"{event!r}: {step!r}"
                 assert step.status in ("scheduled", "running"), f"{event!r}: {step!r}"
             case _:
                 pass
     for step in run.final.steps:
-        assert 0 <= step.attempt <= _policy(run.workflow, step.step_id).max_attempts
+        top = _policy(run.workflow, step.step_id).max_attempts + step.lost_attempts
+        assert 0 <= step.attempt <= top
+        assert 0 <= step.lost_attempts <= limits.lost_attempts_max
+
+
+@PROPERTY
+@example(run=LOST_THEN_FAILED)
+@given(runs())
+def test_lost_attempts_never_change_the_failures_a_step_may_take(run: Run) -> None:
+    """A lost attempt (its worker vanished) is recorded as `step.lost` and never as a failure:
+    each reported failure of a step is retried exactly while the reported failures so far are
+    fewer than its max_attempts (and the step may still run), however many attempts were lost
+    before; the attempt number is always failures + lost attempts + 1."""
+    failures: Counter[str] = Counter()
+    for state, event in _states_before_each_event(run):
+        if isinstance(event, StepLost):
+            step = state.step(event.step_id)
+            assert step is not None and step.lost_attempts < limits.lost_attempts_max
+            assert event.error.kind == "lost", f"{event!r}"
+            continue
+        if not isinstance(event, StepFailed | StepTimedOut) or event.attempt == 0:
+            continue
+        step = state.step(event.step_id)
+        assert step is not None
+        assert event.attempt == failures[event.step_id] + step.lost_attempts + 1, f"{event!r}"
+        failures[event.step_id] += 1
+        taken, policy = failures[event.step_id], _policy(run.workflow, event.step_id)
+        assert taken <= policy.max_attempts, f"{event!r}: {taken} failures over {policy!r}"
+        retryable = event.error.kind in ("error", "timeout")
+        room = taken < policy.max_attempts and may_run(state, event.step_id)
+        assert event.will_retry == (retryable and room), f"{event!r} after {taken} failures"
 
 
 @PROPERTY
@@ -402,7 +479,7 @@ def test_counters_stay_within_limits(run: Run) -> None:
                 size = len(text.encode())
                 assert size <= limits.error_message_bytes_max, f"{type(event).__name__}: {size}"
             if isinstance(event, StepScheduled):
-                assert 1 <= event.attempt <= limits.attempts_max, f"{event!r}"
+                assert 1 <= event.attempt <= limits.attempt_number_max, f"{event!r}"
                 assert len(event.input) <= limits.payload_bytes_max, f"input of {event.step_id}"
             if isinstance(event, StepRetryScheduled):
                 assert 0 <= event.delay_ms <= limits.delay_ms_max, f"{event!r}"
@@ -410,7 +487,8 @@ def test_counters_stay_within_limits(run: Run) -> None:
             if isinstance(event, StepCompleted | StepRecovered | RunCompleted):
                 assert len(event.output) <= limits.payload_bytes_max, type(event).__name__
     for step in state.steps:
-        assert 0 <= step.attempt <= limits.attempts_max
+        assert 0 <= step.attempt <= limits.attempt_number_max
+        assert 0 <= step.lost_attempts <= limits.lost_attempts_max
         assert len(step.input) <= limits.payload_bytes_max
 
 
@@ -588,6 +666,10 @@ def test_active_body_steps_never_exceed_max_concurrent_steps(run: Run) -> None:
 
 
 def test_the_explicit_examples_reach_the_states_they_claim() -> None:
+    lost = [e for e in LOST_THEN_FAILED.events if isinstance(e, StepLost)]
+    failed = [e for e in LOST_THEN_FAILED.events if isinstance(e, StepFailed)]
+    assert [e.attempt for e in lost] == [1, 2]
+    assert [(e.attempt, e.will_retry) for e in failed] == [(3, True), (4, False)]
     """The hand-written examples are what their comments say (so each fails or passes for the
     stated reason)."""
     chain = ON_FAILURE_HANDLER_FAILS_WHILE_COMPENSATING.records

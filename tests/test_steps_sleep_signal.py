@@ -181,3 +181,43 @@ def test_rfc3339_and_epoch_ms_are_read_without_a_clock() -> None:
     assert parse_rfc3339_ms("tomorrow") is None
     assert parse_timestamp_ms(1234) == 1234
     assert parse_timestamp_ms(True) is None and parse_timestamp_ms(-1) is None
+
+
+def test_a_signal_sent_twice_with_its_id_is_recorded_once() -> None:
+    sent = signal("go", {"ok": True}, signal_id="s-1")
+    first = given(start(APPROVE)).when(sent)
+    first.then(SignalReceived(name="go", payload=raw({"ok": True}), at_ms=first.at_ms,
+                              signal_id="s-1"))  # fmt: skip
+    again = given(start(APPROVE), sent)
+    again.when(sent).then_nothing()  # a redelivery (its ack was lost after the append)
+    again.when(signal("go", {"ok": True}, signal_id="s-2")).then(
+        SignalReceived(name="go", payload=raw({"ok": True}), at_ms=again.next_at_ms,
+                       signal_id="s-2")
+    )  # fmt: skip
+    consumed = given(start(APPROVE), complete("a"), sent)
+    consumed.when(sent).then_nothing()  # taken by the step already: not offered again
+    assert [s.signal_id for s in consumed.state.signals] == ["s-1"]
+
+
+def test_signals_without_an_id_from_old_senders_are_each_recorded() -> None:
+    twice = given(start(APPROVE), signal("go", 1)).when(signal("go", 1))
+    twice.then(SignalReceived(name="go", payload=raw(1), at_ms=twice.at_ms))
+
+
+def test_a_signal_id_over_its_bound_is_rejected_naming_the_limit() -> None:
+    too_long = "x" * (limits.signal_id_length_max + 1)
+    result = given(start(APPROVE)).when(signal("go", signal_id=too_long)).result
+    assert isinstance(result, Rejection) and result.code == "invalid"
+    assert "signal_id" in result.message and str(limits.signal_id_length_max) in result.message
+
+
+def test_sleep_until_a_missing_field_records_the_same_text_on_every_replay() -> None:
+    """Regression: the missing value was shown as `<object object at 0x7f…>` (an address), so
+    an audit re-deciding the run reported a false divergence."""
+    wf = workflow(step_of("wait", "sleep", {"until_input_path": "due.at"}))
+    when = given().when(start(wf, {"due": {}}))
+    [failed] = [e for e in when.events if isinstance(e, StepFailed)]
+    assert failed.error.message == (
+        "run input field 'due.at' is missing: expected an RFC 3339 time or epoch milliseconds"
+    )
+    assert " at 0x" not in failed.error.message

@@ -364,10 +364,12 @@ class Client:
         state = await self.get_run(run_id)
         if is_terminal(state):
             raise RunFinishedError(run_id, state.status)
+        signal_id = uuid.uuid4().hex  # the signal's identity: recorded once however delivered
         command = SendSignal(
-            run_id=run_id, at_ms=now_ms(), seed=new_seed(), name=name, payload=msgspec.Raw(data)
-        )
-        await self.send(command)
+            run_id=run_id, at_ms=now_ms(), seed=new_seed(), name=name, payload=msgspec.Raw(data),
+            signal_id=signal_id,
+        )  # fmt: skip
+        await self.send(command, msg_id=f"signal:{run_id}:{signal_id}")
 
     async def publish_event(
         self, name: str, payload: object = None, *, event_id: str | None = None

@@ -10,10 +10,12 @@ The task-only scenarios are below; one or more per other step type (and `cancel_
 `tests/histories/step_scenarios.py`.
 
 `v1_step_failed.jsonl` is not written here: it holds bytes of an old schema version that this
-code can no longer produce, kept as they were. Likewise a `.jsonl` whose lines decode to exactly
-the decisions the code makes now, in older bytes (the task scenarios were recorded before
-fields with defaults such as `cancel_on` and `depth` were added), is kept: it proves that an
-older writer's bytes still read as the same history. Delete such a file to write it anew.
+code can no longer produce, kept as they were; nor is `signals_without_ids.jsonl`, signals sent
+before a signal carried its id (they still decode and decide the same). Likewise a `.jsonl`
+whose lines decode to exactly the decisions the code makes now, in older bytes (the task
+scenarios were recorded before fields with defaults such as `cancel_on` and `depth` were
+added), is kept: it proves that an older writer's bytes still read as the same history. Delete
+such a file to write it anew.
 """
 
 from __future__ import annotations

@@ -144,9 +144,9 @@ def signals() -> Scenario:
     )  # fmt: skip
     return (
         start(wf, {"ticket": 9}),  # at 1 s: ack waits until 31 s
-        signal("noise", {"n": 1}),
+        signal("noise", {"n": 1}, signal_id="sig-1"),
         complete("a", {"ready": True}),
-        signal("go", {"ok": True}),
+        signal("go", {"ok": True}, signal_id="sig-2"),
         started("b", worker_id="w2"),
         fire_step_timeout("ack", at_ms=31_000),
         complete("escalate", {"paged": "ops"}),
@@ -265,6 +265,37 @@ def agent_at_its_limit() -> Scenario:
         fail("a.turn2", "model busy", seed=21),
         fire(retry_timer_id("a.turn2", 2), "retry", "a.turn2", 2),
         complete("a.turn2", turn({"k": 2}, ("search", {"q": "y"})), attempt=2),
+    )
+
+
+def lost_attempts() -> Scenario:
+    """Workers vanish (their tasks are delivered again) and no step has a retry policy: a
+    task's attempts 1 (reported `lost`) and 2 (`heartbeat_timeout`, an older worker) are lost
+    and attempt 3 completes; a map item, an agent turn and a tool call each lose one attempt
+    and run again at once. Nothing fails: lost attempts are not failures."""
+    wf = user_workflow(
+        "resilient",
+        {"id": "fetch", "task": "fetch", "timeout": "30s"},
+        {"id": "m", "type": "map", "task": "work", "depends_on": ["fetch"],
+         "config": {"items_path": "xs"}},
+        {"id": "a", "type": "agent_loop", "task": "think", "depends_on": ["m"],
+         "config": {"tools": AGENT_TOOLS, "max_turns": 3}},
+    )  # fmt: skip
+    lost = "worker lost: the task was delivered again (delivery 2)"
+    return (
+        start(wf, {"url": "u"}, seed=3),
+        started("fetch", worker_id="w1"),
+        fail("fetch", lost, kind="lost"),
+        fail("fetch", lost, attempt=2, kind="heartbeat_timeout"),
+        complete("fetch", {"xs": [1, 2]}, attempt=3),
+        fail("m.0", lost, kind="lost"),
+        complete("m.1", "two"),
+        complete("m.0", "one", attempt=2),
+        fail("a.turn1", lost, kind="lost"),
+        complete("a.turn1", turn({"k": 1}, ("search", {"q": "x"})), attempt=2),
+        fail("a.turn1-tool0", lost, kind="lost"),
+        complete("a.turn1-tool0", {"hits": 1}, attempt=2),
+        complete("a.turn2", {"agent": "done", "output": {"answer": 1}, **USAGE}),
     )
 
 
@@ -425,4 +456,5 @@ STEP_SCENARIOS: Final[dict[str, Scenario]] = {
     "continue_as_new": continued_as_new(),
     "cancel_on_event": cancelled_by_event(),
     "log_recorded": logged(),
+    "lost_attempts_run_again": lost_attempts(),
 }
