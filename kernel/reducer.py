@@ -214,9 +214,7 @@ def _run_started(event: RunStarted) -> RunState:
 def _step(state: RunState, step_id: str, update: Callable[[StepState], StepState]) -> RunState:
     index = state.index_of(step_id)
     assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
-    new_step = update(state.steps[index])
-    assert new_step.step_id == step_id, "an update keeps the step's id"
-    assert new_step.attempt >= state.steps[index].attempt, f"{step_id!r}: attempts only grow"
+    new_step = update(state.steps[index])  # (attempts only grow: asserted in _scheduled)
     steps = (*state.steps[:index], new_step, *state.steps[index + 1 :])
     return replace(state, steps=steps)
 
