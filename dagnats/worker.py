@@ -203,9 +203,11 @@ class Worker:
         self._running: dict[str, list[TaskMessage]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
-        # Sending results ends by this loop time (set when draining starts).
+        # How long a result is sent again before the worker gives up on it; and the loop
+        # time by which sending ends anyway (set when draining starts).
+        self.result_send_ms_max = settings.result_send_ms_max
         self._drain_deadline = float("inf")
-        self._fetch_outage = OutageLog(self.log, "fetching tasks")
+        self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Register the decorated async function as the handler of task type `name`."""
@@ -438,7 +440,7 @@ class Worker:
         payload = codec.encode(command)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        give_up_at = started + settings.result_send_ms_max / 1000
+        give_up_at = started + self.result_send_ms_max / 1000
         delay_s = settings.result_retry_delay_ms_min / 1000
         tries = 0
         while True:

@@ -38,6 +38,16 @@ connect_timeout_s = 5.0
 initial_connect_attempts_max = 1
 reconnect_wait_s = 0.1  # between reconnect attempts: a restarted server is back in ~0.2 s
 log = logging.getLogger("dagnats.connection")
+# Errors the client reports when it lost (or cannot reach) the server: part of an outage.
+CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    nats.errors.UnexpectedEOF,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.TimeoutError,
+)
 
 
 class ConnectionWatch:
@@ -51,7 +61,8 @@ class ConnectionWatch:
 
     async def on_error(self, error: Exception) -> None:
         nc = self.nc
-        if nc is not None and nc.is_connected and not self.outage.down:
+        lost = isinstance(error, CONNECTION_ERRORS) or nc is None or not nc.is_connected
+        if not lost and not self.outage.down:
             log.warning("nats: %s", error or type(error).__name__)  # not about the connection
             return
         self.outage.failed(error or type(error).__name__)

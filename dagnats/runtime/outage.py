@@ -27,8 +27,14 @@ class OutageLog:
         *,
         interval_ms: int = settings.outage_log_interval_ms,
         clock: Callable[[], float] = time.monotonic,
+        quiet_failures: int = 0,
     ) -> None:
+        """`quiet_failures`: failures in a row that go unlogged (a one-off that the next
+        try fixes is no outage); a recovery is logged only after a logged failure."""
         assert interval_ms > 0, f"interval_ms {interval_ms} must be > 0"
+        assert quiet_failures >= 0, f"quiet_failures {quiet_failures} must be >= 0"
+        self.quiet_failures = quiet_failures
+        self._announced = False
         self.logger = logger
         self.what = what
         self.interval_s = interval_ms / 1000
@@ -48,8 +54,12 @@ class OutageLog:
         self.failures += 1
         self.last_error = str(error) or type(error).__name__
         if self.down_since is None:
-            self.down_since = self._last_line_at = now
-            self.logger.warning("%s: failing (%s)", self.what, self.last_error)
+            self.down_since = now
+        if not self._announced:
+            if self.failures > self.quiet_failures:
+                self._announced = True
+                self._last_line_at = now
+                self.logger.warning("%s: failing (%s)", self.what, self.last_error)
             return
         if now - self._last_line_at >= self.interval_s:
             self._last_line_at = now
@@ -63,6 +73,11 @@ class OutageLog:
         """It works again: one line if it was failing, then the counters start over."""
         if self.down_since is None:
             return
+        if not self._announced:
+            self.down_since = None
+            self.failures = 0
+            return
+        self._announced = False
         self.logger.info(
             "%s: works again after %.1f s (%d failures)",
             self.what, self.clock() - self.down_since, self.failures,
