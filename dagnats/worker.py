@@ -13,8 +13,10 @@ A handler returns any JSON-encodable value (the step's output), or raises `NonRe
 exception (a retryable failure, recorded with a short traceback). While it runs, the worker
 heartbeats the task message so it stays with this worker; if the worker dies, the message is
 delivered to another worker after the heartbeat timeout, which reports the lost attempt so the
-engine schedules the next one. On SIGTERM the worker drains: in-flight handlers finish, nothing
-new is taken.
+engine schedules the next one. A result is kept (and its task heartbeated) until the server
+acknowledged it: its publish is retried under the same `Nats-Msg-Id` across reconnects, for at
+most `settings.result_send_ms_max`. On SIGTERM the worker drains: in-flight handlers finish,
+their results get at most `settings.drain_results_ms_max` more, nothing new is taken.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from dagnats.agent import ToolResult, Usage, read_turn_input, turn_result
+from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import (
     Clock,
     CommandPublisher,
@@ -50,7 +54,7 @@ T = TypeVar("T")
 Handler = Callable[["TaskContext"], Awaitable[object]]
 TaskResult = CompleteTask | FailTask
 
-heartbeat_interval_ms_default = 10_000
+heartbeat_interval_ms_default = settings.task_heartbeat_interval_ms_default
 fetch_timeout_ms = 250  # short, so a pull lost with a restarted server is soon made again
 concurrency_default = 16
 fetch_batch_default = 64  # task messages fetched at once, bounded by the free handler slots
@@ -62,6 +66,18 @@ _task_decoder = msgspec.json.Decoder(EnqueueTask)
 
 class NonRetryableError(DagnatsError):
     """Raise from a handler to fail the step without further attempts."""
+
+
+class ResultNotSentError(DagnatsError):
+    """A result the server did not acknowledge within its bound (the task comes back)."""
+
+    def __init__(self, msg_id: str, tries: int, waited_ms: int, last_error: str) -> None:
+        self.msg_id = msg_id
+        self.tries = tries
+        super().__init__(
+            f"gave up sending {msg_id} after {tries} tries in {waited_ms} ms (last error: "
+            f"{last_error}); the task will be delivered again and reported lost"
+        )
 
 
 class RetryAfter(DagnatsError):  # noqa: N818 (the name users know from other engines)
@@ -187,6 +203,11 @@ class Worker:
         self._running: dict[str, list[TaskMessage]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
+        # How long a result is sent again before the worker gives up on it; and the loop
+        # time by which sending ends anyway (set when draining starts).
+        self.result_send_ms_max = settings.result_send_ms_max
+        self._drain_deadline = float("inf")
+        self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Register the decorated async function as the handler of task type `name`."""
@@ -229,6 +250,9 @@ class Worker:
         finally:
             for loop in loops:
                 loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            loop_time = asyncio.get_running_loop().time()
+            self._drain_deadline = loop_time + settings.drain_results_ms_max / 1000
             if self._in_flight:
                 self.log.info("draining %d in-flight task(s)", len(self._in_flight))
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -255,9 +279,10 @@ class Worker:
                     slots.release()
                 if stop.is_set():
                     return
-                self.log.warning("fetching %s failed: %s", name, error)
+                self._fetch_outage.failed(f"{name}: {error or type(error).__name__}")
                 await asyncio.sleep(0.5)  # back off before the next fetch; not a wait on state
                 continue
+            self._fetch_outage.recovered()
             assert len(messages) <= taken
             for _ in range(taken - len(messages)):
                 slots.release()
@@ -267,10 +292,23 @@ class Worker:
                     slots.release()
                 return
             for message in messages:
-                job = asyncio.create_task(self._run_message(message, commands, dead))
+                job = asyncio.create_task(self._run_job(message, commands, dead))
                 self._in_flight.add(job)
                 job.add_done_callback(self._in_flight.discard)
                 job.add_done_callback(lambda _job: slots.release())
+
+    async def _run_job(
+        self, message: TaskMessage, commands: CommandPublisher, dead: DeadLetters
+    ) -> None:
+        """`_run_message`, its failures logged (one line each): nothing escapes a job. What
+        was not settled comes back after the heartbeat timeout."""
+        try:
+            await self._run_message(message, commands, dead)
+        except ResultNotSentError as error:
+            self.log.error("%s", error)
+        except Exception as error:
+            what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            self.log.warning("a task message was left unsettled (it comes back): %s", what)
 
     async def _run_message(
         self, message: TaskMessage, commands: CommandPublisher, dead: DeadLetters
@@ -310,41 +348,42 @@ class Worker:
             await self._send(commands, started, "started")
         started_at_ms = self.now_ms()
         deliveries = self._running[key] = [message]
+        # Heartbeats go on until the result is acknowledged: a result waiting for the server
+        # keeps its task (a delivery that comes back meanwhile rides along).
+        beat = asyncio.create_task(self._heartbeat(deliveries))
         try:
-            result = await self._call_with_heartbeat(task, deliveries)
+            result = await self._call(task)
             if not self.report_started:
                 result = msgspec.structs.replace(
                     result, worker_id=self.worker_id, started_at_ms=started_at_ms
                 )
             await self._send(commands, result, "result")
         finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
             del self._running[key]
         self._finished[key] = None
         while len(self._finished) > finished_attempts_remembered_max:
             self._finished.popitem(last=False)
         for delivery in deliveries:
-            await delivery.ack()
+            try:
+                await delivery.ack()
+            except Exception as error:  # a lost ack: the delivery comes back, finds _finished
+                self.log.info("acking %s failed (it comes back and is acked then): %s", key, error)
         self.handled += 1
 
-    async def _call_with_heartbeat(
-        self, task: EnqueueTask, deliveries: list[TaskMessage]
-    ) -> TaskResult:
-        beat = asyncio.create_task(self._heartbeat(deliveries))
-        try:
-            return await self._call(task)
-        finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
-
     async def _heartbeat(self, deliveries: list[TaskMessage]) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.heartbeat_interval_ms / 1000)
             for message in list(deliveries):
                 try:
                     await message.in_progress()
                 except Exception as error:
-                    self.log.warning("heartbeat failed: %s", error)
+                    if not failing:  # once per task: the connection logs the outage
+                        self.log.warning("heartbeat failed: %s", error)
+                    failing = True
 
     async def _call(self, task: EnqueueTask) -> TaskResult:
         handler = self.handlers.get(task.task)
@@ -388,8 +427,45 @@ class Worker:
     async def _send(
         self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str
     ) -> None:
+        """Publish `command` until the server acknowledges it: the same bytes under the same
+        message id each time (`<kind>:<run>:<step>:<attempt>`), so a copy the server stored
+        before an ack was lost is dropped by the duplicate window (and decided as nothing
+        by the engine past it).
+
+        Raises:
+            ResultNotSentError: not acknowledged within `settings.result_send_ms_max` (or
+                the drain's bound).
+            DagnatsError: the command cannot be sent at all (too large: no retry helps).
+        """
         msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
-        await commands.publish_command(command.run_id, codec.encode(command), msg_id)
+        payload = codec.encode(command)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        give_up_at = started + self.result_send_ms_max / 1000
+        delay_s = settings.result_retry_delay_ms_min / 1000
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                await commands.publish_command(command.run_id, payload, msg_id)
+            except DagnatsError:
+                raise
+            except Exception as error:
+                last_error = f"{type(error).__name__}: {error}" if str(error) else repr(error)
+                left_s = min(give_up_at, self._drain_deadline) - loop.time()
+                if left_s <= 0:
+                    waited_ms = int((loop.time() - started) * 1000)
+                    raise ResultNotSentError(msg_id, tries, waited_ms, last_error) from None
+                if tries == 1:
+                    self.log.warning("%s not acknowledged (%s); sending it again until it is",
+                                     msg_id, last_error)  # fmt: skip
+                await asyncio.sleep(min(delay_s, left_s))
+                delay_s = min(delay_s * 2, settings.result_retry_delay_ms_max / 1000)
+                continue
+            if tries > 1:
+                self.log.info("%s acknowledged after %d tries", msg_id, tries)
+            assert tries >= 1
+            return
 
     def _fail(self, task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
         return _fail(task, error, kind, trace, at_ms=self.now_ms(), seed=self.new_seed())

@@ -118,15 +118,30 @@ async def test_deliveries_are_bounded_by_deliver_max(js: JetStreamContext) -> No
     await queue.close()
 
 
-async def test_an_existing_consumer_with_other_settings_is_an_error(js: JetStreamContext) -> None:
+async def test_an_existing_task_consumer_gets_the_new_ack_wait_but_no_other_change(
+    js: JetStreamContext,
+) -> None:
+    # A data dir from before the 10 s default holds consumers with a 30 s ack wait: a worker
+    # with another heartbeat timeout updates it (and a message taken after it sees the new one).
     kind = task_type()
+    name = task_consumer_name(kind)
     first = JetStreamTaskQueue(js, ack_wait_ms=30_000)
     assert await first.fetch(kind, batch=1, timeout_ms=50) == []
-    other = JetStreamTaskQueue(js, ack_wait_ms=5_000)
-    name = task_consumer_name(kind)
-    with pytest.raises(ResourceConfigError, match=f"consumer {TASKS_STREAM}/{name}: ack_wait"):
-        await other.fetch(kind, batch=1, timeout_ms=50)
+    assert (await js.consumer_info(TASKS_STREAM, name)).config.ack_wait == 30.0
+    other = JetStreamTaskQueue(js, ack_wait_ms=1_000)
+    assert await other.fetch(kind, batch=1, timeout_ms=50) == []
+    assert (await js.consumer_info(TASKS_STREAM, name)).config.ack_wait == 1.0
+    await other.publish(kind, b"x", f"{kind}:1")
+    [taken] = await other.fetch(kind, batch=1, timeout_ms=1_000)
+    [again] = await other.fetch(kind, batch=1, timeout_ms=3_000)  # 1 s later, not 30
+    assert (taken.data, again.data, again.num_delivered) == (b"x", b"x", 2)
+    await again.ack()
+    # max_deliver cannot be changed that way: still refused, naming the field.
+    third = JetStreamTaskQueue(js, ack_wait_ms=1_000, deliver_max=3)
+    with pytest.raises(ResourceConfigError, match=f"consumer {TASKS_STREAM}/{name}: max_deliver"):
+        await third.fetch(kind, batch=1, timeout_ms=50)
     await first.close()
+    await other.close()
 
 
 def test_task_consumer_names_are_valid_and_distinct() -> None:

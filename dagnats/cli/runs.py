@@ -67,6 +67,8 @@ def run_start(
         emit_json({"run_id": started, **({"run": render.state_document(final)} if final else {})})
     else:
         out.print(f"started run [bold]{started}[/bold]")
+        if final is not None:
+            print_outcome(final)
     if final is not None and final.status != "completed":
         raise typer.Exit(1)
 
@@ -82,6 +84,28 @@ async def wait_with_progress(
             live.update(render.run_table(state))
 
         return await client.wait(run_id, timeout_s=timeout, on_update=update, follow=follow)
+
+
+outcome_chars_max = 200  # of the output or error on the outcome line
+
+
+def outcome_line(state: RunState) -> str:
+    """One line saying how a run ended: `run ID STATUS`, then its error or a summary of
+    its output (`run r1 completed: output {"total": 3}`, `run r2 failed: error: ...`)."""
+    line = f"run {state.run_id} {state.status}"
+    if state.error is not None and state.status != "completed":
+        detail = f"{state.error.kind}: {' '.join(state.error.message.split())}"
+    else:
+        output = bytes(state.output).decode(errors="replace")
+        detail = "" if output in ("", "null") else f"output {output}"
+    if len(detail) > outcome_chars_max:
+        detail = detail[: outcome_chars_max - 1] + "…"
+    return f"{line}: {detail}" if detail else line
+
+
+def print_outcome(state: RunState) -> None:
+    """The outcome line on stdout, whether or not it is a terminal (never wrapped)."""
+    out.print(outcome_line(state), highlight=False, markup=False, soft_wrap=True)
 
 
 def run_show(run_id: str, nats_url: UrlOption = None, as_json: JsonOption = False) -> None:
@@ -168,8 +192,10 @@ def run_wait(
     state = run_async(with_client(nats_url, action))
     if as_json:
         emit_json(render.state_document(state))
-    elif not out.is_terminal:
-        out.print(render.run_table(state))
+    else:
+        if not out.is_terminal:
+            out.print(render.run_table(state))
+        print_outcome(state)
     if state.status == "continued_as_new":
         err.print(f"[dim]hint:[/dim] run continued as {state.continued_as}; wait with --follow")
     if state.status != "completed":

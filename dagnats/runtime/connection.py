@@ -1,11 +1,16 @@
 """One NATS connection and the JetStream parts built on it (log, queues, timers, KV).
 
 The URL comes from the caller, else `$DAGNATS_NATS_URL`, else the file `nats.url` that a local
-`dagnats serve` writes into its data dir (`$DAGNATS_DATA_DIR`, default `~/.dagnats`).
+`dagnats serve` writes into its data dir (`$DAGNATS_DATA_DIR`, default `~/.dagnats`). A
+connection whose URL came from that file reads it again whenever a reconnect attempt fails and
+follows a new URL (a restarted serve whose old port was taken). Losing the server is logged
+once, then summarised every `settings.outage_log_interval_ms`, and its recovery once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -18,7 +23,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from dagnats.runtime import settings
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
 from dagnats.runtime.resources import HISTORY_STREAM, WORKFLOWS_BUCKET, history_subject
 from dagnats.runtime.timers import JetStreamTimers
@@ -31,18 +38,59 @@ connect_timeout_s = 5.0
 initial_connect_attempts_max = 1
 reconnect_wait_s = 0.1  # between reconnect attempts: a restarted server is back in ~0.2 s
 log = logging.getLogger("dagnats.connection")
+# Errors the client reports when it lost (or cannot reach) the server: part of an outage.
+CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    nats.errors.UnexpectedEOF,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.TimeoutError,
+)
 
 
-async def _log_error(error: Exception) -> None:
-    log.warning("nats: %s", error or type(error).__name__)
+class ConnectionWatch:
+    """The client's callbacks: rate-limited outage lines, and following serve's URL file."""
 
+    def __init__(self, url: str, url_file: Path | None) -> None:
+        self.url = url
+        self.url_file = url_file
+        self.nc: NatsClient | None = None
+        self.outage = OutageLog(log, f"nats connection to {url}")
 
-async def _log_disconnected() -> None:
-    log.info("nats: disconnected")
+    async def on_error(self, error: Exception) -> None:
+        nc = self.nc
+        lost = isinstance(error, CONNECTION_ERRORS) or nc is None or not nc.is_connected
+        if not lost and not self.outage.down:
+            log.warning("nats: %s", error or type(error).__name__)  # not about the connection
+            return
+        self.outage.failed(error or type(error).__name__)
+        self.follow_url_file()
 
+    async def on_disconnected(self) -> None:
+        if self.nc is None or not self.nc.is_closed:  # (a close of ours is no outage)
+            self.outage.failed("disconnected")
 
-async def _log_reconnected() -> None:
-    log.info("nats: reconnected")
+    async def on_reconnected(self) -> None:
+        self.outage.recovered()
+
+    def follow_url_file(self) -> None:
+        """Reconnect to the URL serve wrote last, if it changed (serve got another port)."""
+        nc = self.nc
+        if self.url_file is None or nc is None or nc.is_closed:
+            return
+        try:
+            url = self.url_file.read_text(encoding="utf-8").strip()
+        except OSError:  # serve stopped and removed it, or is writing it: try next time
+            return
+        if not url or url == self.url:
+            return
+        log.warning("nats: %s now names %s (was %s); reconnecting there", self.url_file, url,
+                    self.url)  # fmt: skip
+        self.url = url
+        self.outage.what = f"nats connection to {url}"
+        nc.set_server_pool([url])
 
 
 class ConnectError(DagnatsError):
@@ -60,14 +108,25 @@ def default_data_dir() -> Path:
 
 def resolve_url(url: str | None) -> str:
     """The NATS URL to use: the argument, the environment, or the local serve's URL file."""
+    return resolve_url_source(url)[0]
+
+
+def resolve_url_source(url: str | None) -> tuple[str, Path | None]:
+    """The NATS URL to use, and the URL file it came from (None: the argument or env).
+
+    Raises:
+        ConnectError: no URL was given and no local serve wrote one.
+    """
     if url:
-        return url
+        return url, None
     from_env = os.environ.get(URL_ENV)
     if from_env:
-        return from_env
+        return from_env, None
     url_file = default_data_dir() / URL_FILE
-    if url_file.exists():
-        return url_file.read_text().strip()
+    with contextlib.suppress(OSError):
+        found = url_file.read_text(encoding="utf-8").strip()
+        if found:
+            return found, url_file
     raise ConnectError(
         "no NATS server to connect to",
         f"start one with `dagnats serve`, or pass --nats-url / set {URL_ENV}",
@@ -99,16 +158,17 @@ class Connection:
         Raises:
             ConnectError: the server cannot be reached.
         """
-        target = resolve_url(url)
+        target, url_file = resolve_url_source(url)
+        watch = ConnectionWatch(target, url_file)
         try:
             nc = await nats.connect(
                 target,
                 connect_timeout=connect_timeout_s,
                 max_reconnect_attempts=initial_connect_attempts_max,
                 allow_reconnect=True,
-                error_cb=_log_error,
-                disconnected_cb=_log_disconnected,
-                reconnected_cb=_log_reconnected,
+                error_cb=watch.on_error,
+                disconnected_cb=watch.on_disconnected,
+                reconnected_cb=watch.on_reconnected,
                 reconnect_time_wait=reconnect_wait_s,
             )
         except (OSError, nats.errors.Error, TimeoutError) as error:
@@ -118,13 +178,26 @@ class Connection:
             ) from None
         # Once connected, ride out server restarts: reconnect without a bound on attempts.
         nc.options["max_reconnect_attempts"] = -1
+        watch.nc = nc
         return cls(nc, task_ack_wait_ms=task_ack_wait_ms)
 
     async def close(self) -> None:
-        await self.tasks.close()
-        await self.commands.close()
+        """Unsubscribe and drain, within `settings.connection_close_timeout_ms`; with the
+        server away (reconnecting), just close: there is nothing to drain to."""
+        timeout_s = settings.connection_close_timeout_ms / 1000
+        if self.nc.is_connected:
+            for part in (self.tasks, self.commands):
+                try:
+                    await asyncio.wait_for(part.close(), timeout=timeout_s)
+                except (nats.errors.Error, OSError, TimeoutError) as error:
+                    log.info("nats: unsubscribing at close failed: %s", error)
+            try:
+                await asyncio.wait_for(self.nc.drain(), timeout=timeout_s)
+            except (nats.errors.Error, OSError, TimeoutError) as error:
+                log.info("nats: draining at close failed (%s); closing", error)
         if not self.nc.is_closed:
-            await self.nc.drain()
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await asyncio.wait_for(self.nc.close(), timeout=timeout_s)
 
     async def workflows(self) -> KeyValue:
         """The workflow definitions bucket."""

@@ -10,12 +10,14 @@
   the engine after processing; dead letters on `dagnats.dead.<kind>` with a reason header.
 
 Consumers are created idempotently; an existing consumer whose settings differ raises
-`ResourceConfigError` (never silently changed). This module may publish and consume on these
-streams only; it does not decode payloads.
+`ResourceConfigError` (never silently changed), except a task consumer's ack wait: the
+heartbeat timeout a worker asks for (or a new default) updates it, with a log line. This
+module may publish and consume on these streams only; it does not decode payloads.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Sequence
 from typing import Final
@@ -43,6 +45,7 @@ from kernel.errors import PayloadTooLargeError
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 CONSUMER_CHECKED_FIELDS: Final = ("ack_wait", "max_deliver", "filter_subject", "filter_subjects")
+log = logging.getLogger("dagnats.queue")
 
 
 class JetStreamMessage:
@@ -139,7 +142,9 @@ class JetStreamTaskQueue:
                 max_ack_pending=settings.ack_pending_max,
                 filter_subject=task_subject(task_type),
             )
-            subscription = await bind_pull_consumer(self.js, TASKS_STREAM, config)
+            subscription = await bind_pull_consumer(
+                self.js, TASKS_STREAM, config, updatable=("ack_wait",)
+            )
             self._subscriptions[task_type] = subscription
         return await fetch_batch(subscription, batch=batch, timeout_ms=timeout_ms)
 
@@ -215,22 +220,43 @@ class JetStreamCommandQueue:
 
 
 async def bind_pull_consumer(
-    js: JetStreamContext, stream: str, config: api.ConsumerConfig
+    js: JetStreamContext,
+    stream: str,
+    config: api.ConsumerConfig,
+    *,
+    updatable: tuple[str, ...] = (),
 ) -> JetStreamContext.PullSubscription:
     """Create the durable pull consumer if missing (or check it), then bind to it.
 
+    Args:
+        updatable: fields of CONSUMER_CHECKED_FIELDS that JetStream may change on an existing
+            consumer (`ack_wait`) and that are updated, not refused, when they differ.
     Raises:
-        ResourceConfigError: the consumer exists with other ack_wait/max_deliver/filters.
+        ResourceConfigError: the consumer exists with other ack_wait/max_deliver/filters
+            (other than the `updatable` ones).
     """
     name = config.durable_name
     assert name is not None
+    assert set(updatable) <= set(CONSUMER_CHECKED_FIELDS), updatable
     try:
         info = await js.consumer_info(stream, name)
     except nats.js.errors.NotFoundError:
         config.name = name
         info = await js.add_consumer(stream, config)
     wanted = {field: getattr(config, field) for field in CONSUMER_CHECKED_FIELDS}
-    check_config(f"consumer {stream}/{name}", info.config, wanted)
+    strict = {field: value for field, value in wanted.items() if field not in updatable}
+    check_config(f"consumer {stream}/{name}", info.config, strict)
+    changed = {
+        field: wanted[field]
+        for field in updatable
+        if wanted[field] is not None and getattr(info.config, field) != wanted[field]
+    }
+    if changed:
+        for field, value in changed.items():
+            log.info("consumer %s/%s: %s %r -> %r (updated)", stream, name, field,
+                     getattr(info.config, field), value)  # fmt: skip
+        info = await js.add_consumer(stream, info.config.evolve(**changed))  # create-or-update
+        check_config(f"consumer {stream}/{name}", info.config, wanted)
     return await js.pull_subscribe_bind(name, stream)
 
 

@@ -2,8 +2,11 @@
 
 One asyncio process runs the nats-server child (its data under the data dir, loopback only,
 killed with its parent), creates the streams and buckets, and runs the engine until SIGINT or
-SIGTERM. If the nats-server child dies, serve stops with a clear message and a non-zero exit:
-its data is on disk, and starting serve again on the same data dir resumes every run.
+SIGTERM. The embedded server's port is kept in `<data dir>/nats.port` and chosen again on the
+next start while it is free (a new one, logged, only when it is taken), so workers and clients
+that know the URL reconnect to a restarted serve. If the nats-server child dies, serve stops
+with a clear message and a non-zero exit: its data is on disk, and starting serve again on the
+same data dir resumes every run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dagnats.runtime import external_events
 from dagnats.runtime.connection import URL_FILE, Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.links import KvWorkflows, RunLinks
-from dagnats.runtime.nats_server import EmbeddedNats, NatsServerError
+from dagnats.runtime.nats_server import EmbeddedNats, NatsServerError, is_port_busy
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.worker import Worker
 
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from dagnats.client import Client
 
 log = logging.getLogger("dagnats.serve")
+PORT_FILE = "nats.port"  # the embedded server's last port, next to nats.url
+PORT_BUSY_MARKER = "already in use"  # in NatsServerError's message for a taken port
 child_poll_interval_s = 0.5
 local_stop_timeout_s = 10.0  # a local stack's engine and worker stop (drain) within this
 
@@ -65,9 +70,9 @@ class Server:
             ResourceConfigError: an existing stream or bucket differs from what we need.
         """
         if self.external_url is None:
-            self.nats = EmbeddedNats(self.data_dir, port=self.nats_port)
-            await self.nats.start()
+            self.nats = await self._start_embedded()
             self.url = self.nats.url
+            (self.data_dir / PORT_FILE).write_text(f"{self.nats.port}\n", encoding="utf-8")
             (self.data_dir / URL_FILE).write_text(self.url + "\n", encoding="utf-8")
         else:
             self.url = self.external_url
@@ -95,6 +100,31 @@ class Server:
             embedded=self.nats is not None,
             nats_log=str(self.nats.log_path) if self.nats is not None else "",
         )
+
+    async def _start_embedded(self) -> EmbeddedNats:
+        """The embedded server on --nats-port, else on the port of the last start while it
+        is free, else on a free one."""
+        if self.nats_port != 0:
+            nats = EmbeddedNats(self.data_dir, port=self.nats_port)
+            await nats.start()
+            return nats
+        last_port = read_port_file(self.data_dir / PORT_FILE)
+        if last_port is not None:
+            if not _port_taken(last_port):
+                nats = EmbeddedNats(self.data_dir, port=last_port)
+                try:
+                    await nats.start()
+                    return nats
+                except NatsServerError as error:  # taken between the probe and the bind
+                    if PORT_BUSY_MARKER not in str(error):
+                        raise
+            log.warning("port %d (NATS's port last time) is taken; choosing another (workers "
+                        "that read %s follow it)", last_port, URL_FILE)  # fmt: skip
+        nats = EmbeddedNats(self.data_dir)
+        await nats.start()
+        if last_port is not None:
+            log.warning("NATS is now on port %d (was %d)", nats.port, last_port)
+        return nats
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the engine until `stop` is set or the nats-server child dies.
@@ -160,6 +190,25 @@ class Server:
             url_file = self.data_dir / URL_FILE
             url_file.unlink(missing_ok=True)
             self.nats = None
+
+
+def _port_taken(port: int) -> bool:
+    try:
+        return is_port_busy(port)
+    except OSError:  # not bindable at all (e.g. EACCES): as good as taken
+        return True
+
+
+def read_port_file(path: Path) -> int | None:
+    """The port in serve's port file; None when there is none or it does not hold a port."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if not text.isdigit() or not 0 < int(text) < 65_536:
+        log.warning("%s holds %r, not a port; choosing a free one", path, text[:40])
+        return None
+    return int(text)
 
 
 def install_stop_signals(

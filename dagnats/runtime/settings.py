@@ -45,7 +45,10 @@ read_pending_messages_max: Final = 65_536  # client-side buffer of one ordered c
 read_pending_bytes_max: Final = 64 * 1_048_576
 
 # Queues.
-task_ack_wait_ms_default: Final = 30_000  # the heartbeat timeout of a task
+# The heartbeat timeout of a task: a dead worker's task goes to another one after this.
+task_ack_wait_ms_default: Final = 10_000
+# A worker heartbeats each task it runs this often: three beats per timeout.
+task_heartbeat_interval_ms_default: Final = task_ack_wait_ms_default // 3
 task_deliver_max_default: Final = 20  # deliveries of one task message (lost workers)
 command_ack_wait_ms: Final = 30_000
 command_deliver_max: Final = 100
@@ -55,6 +58,19 @@ fetch_drain_timeout_ms: Final = 50  # taking messages known to be waiting: one r
 nak_delay_ms_max: Final = limits.delay_ms_max
 ack_pending_max: Final = 10_000
 task_types_per_queue_max: Final = 1_000  # task types one worker process consumes
+
+# A worker's results (dagnats/worker.py): kept and published again, under the same
+# Nats-Msg-Id, until the server acknowledges one; then given up with an error line (the task
+# comes back and is reported lost). Longer than the commands' duplicate window is harmless:
+# a result decided twice yields no events the second time.
+result_send_ms_max: Final = 10 * 60_000
+result_retry_delay_ms_min: Final = 100
+result_retry_delay_ms_max: Final = 2_000
+drain_results_ms_max: Final = 15_000  # on SIGTERM, unacknowledged results get this long
+
+# Connections (dagnats/runtime/connection.py).
+connection_close_timeout_ms: Final = 5_000  # closing (draining) a connection at the end
+outage_log_interval_ms: Final = 10_000  # while NATS is unreachable: one summary line per
 
 # The engine (dagnats/runtime/engine.py).
 append_attempts_max: Final = 10  # OCC conflicts in a row before a command is retried later
