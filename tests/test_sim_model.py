@@ -260,3 +260,21 @@ def test_the_model_and_the_kernel_agree_on_every_reachable_run(drawn: Run) -> No
         assert applied is not False, (index, record.command, [type(e) for e in record.events])
         assert not compare(run, observe(record.after)), (index, compare(run, observe(record.after)))
     assert not compare(run, observe(drawn.final))
+
+
+def test_the_model_imports_formats_only() -> None:
+    """Written apart from the kernel: the model reads the workflow and command formats and a
+    named limit, never a rule (decide, lifecycle, reducer, queries, react, steps)."""
+    import ast
+    from pathlib import Path
+
+    allowed = {"kernel.commands", "kernel.workflow", "kernel", "__future__", "json"}
+    allowed |= {"dataclasses", "typing"}
+    tree = ast.parse(Path(model.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported <= allowed, imported - allowed

@@ -211,7 +211,7 @@ class ModelCheck:
         if step_id:
             story = self.attempts.story(run_id, step_id)
             if story:
-                text.append(f"  what the workers did with {step_id} (ms since the epoch):")
+                text.append(f"  what the workers did with {step_id} (virtual ms of the seed):")
                 text.extend(story)
         self.violate("model_matches", "\n".join(text), run_id)
 
