@@ -4,7 +4,10 @@ Each variant subclasses the real `Engine` and breaks one rule a correct system m
 mutation tests (tests/test_sim_mutants.py) require the simulator to catch each within 200
 seeds, while the real engine passes thousands. The last one is the engine as it was before
 the simulator found its bug (a command decided to nothing on a stale cached state was acked).
-The projection variants break the query tables' contract with their runner.
+The projection variants break the query tables' contract with their runner; the worker
+variant breaks the worker SDK's promise to keep a result until the server acknowledged it.
+The last two engine variants and the worker variant leave every history well formed and every
+run ending within its bound: only the reference model (`model_matches`) sees them.
 """
 
 from __future__ import annotations
@@ -16,11 +19,19 @@ import msgspec
 from sqlite_utils import Database
 
 from dagnats.runtime.engine import Engine, Loaded
-from dagnats.runtime.protocols import CommandMessage
-from dagnats.worker import TaskContext, Worker
+from dagnats.runtime.protocols import (
+    CommandMessage,
+    CommandPublisher,
+    DeadLetters,
+    EventLog,
+    TaskPublisher,
+    Timers,
+)
+from dagnats.sim.case import EngineFactory
+from dagnats.worker import TaskContext, TaskResult, Worker
 from kernel import codec
-from kernel.commands import AnyCommand, FireTimer
-from kernel.effects import AnyEffect, EnqueueTask, task_msg_id
+from kernel.commands import AnyCommand, FireTimer, TaskStarted
+from kernel.effects import AnyEffect, ArmTimer, EnqueueTask, task_msg_id
 from kernel.events import AnyEvent, RunStarted
 from kernel.workflow import WorkflowDef
 from kernel.workflow.builder import Retry, Workflow
@@ -52,6 +63,15 @@ def chain_worker() -> Worker:
         return {"step": context.step_id, "attempt": context.attempt}
 
     return worker
+
+
+def factory(engine_type: type[Engine]) -> EngineFactory:
+    """An engine factory for `SimCase` building the given engine variant."""
+
+    def build(history: EventLog, tasks: TaskPublisher, timers: Timers, dead: DeadLetters) -> Engine:
+        return engine_type(history, tasks, timers, dead)
+
+    return build
 
 
 class AckBeforeAppend(Engine):
@@ -125,13 +145,41 @@ class TrustStaleCache(Engine):
         return False
 
 
+class DropRetry(Engine):
+    """Never arms the timer that starts a retry: a step that failed waits for it forever (the
+    run then fails by its timeout, within its bound, or never ends)."""
+
+    async def _execute_one(self, effect: AnyEffect) -> None:
+        if isinstance(effect, ArmTimer) and effect.command.kind == "retry":
+            return
+        await super()._execute_one(effect)
+
+
 MUTANTS: Final[dict[str, type[Engine]]] = {
+    "drop_retry": DropRetry,
     "ack_before_append": AckBeforeAppend,
     "ignore_expected_sequence": IgnoreExpectedSequence,
     "redispatch_completed_on_resume": RedispatchCompletedOnResume,
     "timer_fires_twice": TimerFiresTwice,
     "trust_stale_cache": TrustStaleCache,
 }
+
+
+class LoseResult(Worker):
+    """Shrugs off a result whose publish failed and acks the task anyway: the result is lost,
+    the attempt never ends (unless its step has a timeout)."""
+
+    async def _send(
+        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str
+    ) -> None:
+        try:
+            await super()._send(commands, command, kind)
+        except ConnectionError:
+            if kind != "result":
+                raise
+
+
+WORKER_MUTANTS: Final[dict[str, type[Worker]]] = {"lose_result": LoseResult}
 
 
 class ProjectionCommitsInFlush(QueryTables):

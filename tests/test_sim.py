@@ -25,8 +25,7 @@ from dagnats.testing import SimCaseDraw, SimulationFailedError, sim_cases, simul
 from dagnats.worker import RetryAfter, TaskContext, Worker
 from kernel.workflow import parse_workflow
 from kernel.workflow.builder import Retry, Workflow
-from tests.sim_mutants import TimerFiresTwice, chain_worker, chain_workflow
-from tests.test_sim_mutants import factory
+from tests.sim_mutants import TimerFiresTwice, chain_worker, chain_workflow, factory
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 FULL: Final = os.environ.get("DAGNATS_SIM_FULL") == "1"

@@ -5,9 +5,11 @@ workflow with its real handlers under a seeded scheduler that injects faults and
 invariants after every step; a failing seed replays exactly. See docs/simulation.md.
 
 Modules: `memory` and `memory_queue` (the protocols in memory, over virtual time), `faults`
-(kinds, plans, dice), `invariants` (the oracle), `case` (what to simulate, what a seed gives),
-`processes` (the simulated engines, workers and their gates), `scheduler` (one seed), `runner`
-(many seeds, reports), `loop`, `projector`, `trace`, `settings` (every bound of the simulator).
+(kinds, plans, dice), `invariants` (the oracle), `model` (a reference model of the run's
+rules, written apart from the kernel) and `model_check` (its invariant, `model_matches`),
+`case` (what to simulate, what a seed gives), `processes` (the simulated engines, workers and
+their gates), `scheduler` (one seed), `runner` (many seeds, reports), `loop`, `projector`,
+`trace`, `settings` (every bound of the simulator).
 The `dagnats sim` command lives in `dagnats/cli/sim.py`.
 
 sim/ may import `dagnats.runtime` (the engine and its protocols), `dagnats.worker`, `kernel`

@@ -45,6 +45,7 @@ class SimCase:
     bound_ms: int | None = None  # each run's bound of virtual time (None: computed)
     invariants: tuple[UserInvariant, ...] = ()
     engine_factory: EngineFactory = default_engine
+    worker_type: type[Worker] = Worker  # the worker SDK each simulated worker runs (a mutant)
     swarm: bool = True
     # The SQLite projection fed from the history and checked against its rebuild (None: only
     # the snapshot projection runs).

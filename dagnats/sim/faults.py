@@ -23,7 +23,12 @@ Kinds and where they strike (the probability is per opportunity):
 - snapshot_lost: each engine step (a cached run is forgotten: it folds history again);
 - client_cancel: each run (the client cancels it at a random time);
 - projector_crash: each projection batch (the projector dies after the projection's writes,
-  before the commit; a new one resumes from the stored checkpoint).
+  before the commit; a new one resumes from the stored checkpoint);
+- lost_result: each command a worker publishes (a result, a started or lost report): the
+  publish fails, either never stored or stored with its acknowledgement lost; the worker sees
+  an error, leaves the task unacked, and the task comes back after its ack wait.
+
+A lost attempt (the worker dies mid-attempt) is worker_crash at "mid_task" or handler_hang.
 
 This module may draw randomness only from the `random.Random` it is given.
 """
@@ -48,6 +53,7 @@ FAULT_KINDS: Final = (
     "snapshot_lost",
     "client_cancel",
     "projector_crash",
+    "lost_result",
 )
 SWARM_OFF_FRACTION: Final = 0.25  # seeds in which a kind is switched off
 SWARM_SCALE_MAX: Final = 2.0  # a kind gets up to this times its planned probability
@@ -61,6 +67,10 @@ class SimulatedCrash(BaseException):
         self.process = process
         self.point = point
         super().__init__(f"{process} crashed at {point}")
+
+
+class PublishLostError(ConnectionError):
+    """What a worker's publish raises when the simulator loses it (or its acknowledgement)."""
 
 
 class InjectedHandlerError(Exception):
@@ -82,6 +92,7 @@ class FaultPlan(msgspec.Struct, frozen=True, kw_only=True):
     snapshot_lost: float = 0.02
     client_cancel: float = 0.05
     projector_crash: float = 0.05
+    lost_result: float = 0.02
 
     def __post_init__(self) -> None:
         for kind in FAULT_KINDS:

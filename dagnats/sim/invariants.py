@@ -18,6 +18,7 @@ every sequence. Checked after every step and at the end:
 | | crashed) equals a rebuild from zero; its runs and steps rows equal the folds (projector.py) |
 | run_ends_in_bound | every run the client started ends within its bound of virtual time |
 | settles_in_steps | the seed settles within its scheduler step bound |
+| model_matches | each run does what the reference model (model.py) says, in time (model_check.py) |
 | user:NAME | each invariant the user passes in (a callable raising AssertionError) |
 
 `decide` appears here only as the oracle of `acked_command_absorbed` (re-deciding a handled
@@ -40,7 +41,7 @@ from dagnats.worker import decode_task
 from kernel import codec
 from kernel.decide import decide
 from kernel.errors import DecodeError
-from kernel.events import AnyEvent, StepCompleted, event_tag
+from kernel.events import AnyEvent, Decision, StepCompleted, event_tag
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 
@@ -56,6 +57,7 @@ INVARIANTS: Final = (
     "projections_equal_rebuild",
     "run_ends_in_bound",
     "settles_in_steps",
+    "model_matches",
 )
 
 
@@ -112,6 +114,8 @@ class Oracle:
         # Per engine incarnation: the cache entries (run id -> the very object) already found
         # equal to the fold. History only grows, so an entry checked once stays right.
         self._checked: dict[str, dict[str, object]] = {}
+        # Told each decision that folds, decoded once (the reference model's check).
+        self.decision_listeners: list[Callable[[HistoryMessage, Decision], None]] = []
 
     # -- recording ------------------------------------------------------------------------
 
@@ -176,6 +180,8 @@ class Oracle:
         track.states[message.seq] = state
         if self.keep_events:
             track.events.extend(decision.events)
+        for listener in self.decision_listeners:
+            listener(message, decision)
         if track.ended_at_ms is None and is_terminal(state):
             track.ended_at_ms = message.at_ms
         if self.user_invariants:

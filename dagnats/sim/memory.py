@@ -73,6 +73,11 @@ class Gate(Protocol):
         """Whether the operation at `point` is lost on the way (an ack that never arrives)."""
         ...
 
+    def publish_lost(self, point: str) -> str:
+        """How a publish at `point` fails: "" (it does not), "lost" (never stored) or
+        "unacked" (stored, its acknowledgement lost); either way the publisher sees an error."""
+        ...
+
 
 class _NoFaults:
     def check(self, point: str) -> None:
@@ -83,6 +88,9 @@ class _NoFaults:
 
     def lose(self, point: str) -> bool:
         return False
+
+    def publish_lost(self, point: str) -> str:
+        return ""
 
 
 NO_FAULTS: Final[Gate] = _NoFaults()

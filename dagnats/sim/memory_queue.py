@@ -18,6 +18,7 @@ from dagnats.runtime import settings as runtime_settings
 from dagnats.runtime.protocols import QueueMessage
 from dagnats.runtime.resources import command_subject, task_subject
 from dagnats.sim import settings
+from dagnats.sim.faults import PublishLostError
 from dagnats.sim.memory import NEVER_MS, NO_FAULTS, Gate, VirtualTime
 from kernel.errors import PayloadTooLargeError
 
@@ -338,9 +339,14 @@ class CommandPort:
     async def publish_command(self, run_id: str, payload: bytes, msg_id: str) -> None:
         _check_size("command", payload)
         self.gate.check("publish_command")
+        lost = self.gate.publish_lost("publish_command")
+        if lost == "lost":
+            raise PublishLostError(f"command {msg_id!r} lost on the way (no acknowledgement)")
         delay = settings.delivery_ms_max + self.gate.delay_ms("publish_command")
         subject = command_subject(run_id, COMMAND_PARTITIONS)
         self.queue.publish_now(subject, payload, msg_id, delay)
+        if lost:
+            raise PublishLostError(f"command {msg_id!r} stored; its acknowledgement was lost")
 
     async def fetch_commands(self, *, batch: int, timeout_ms: int) -> list[MemoryMessage]:
         assert 1 <= batch <= runtime_settings.fetch_batch_max and timeout_ms > 0

@@ -66,6 +66,13 @@ class ProcessGate:
         self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT {point} lost")
         return True
 
+    def publish_lost(self, point: str) -> str:
+        if self.crash_kind != "worker_crash" or not self.sim.faults.hit("lost_result"):
+            return ""
+        how = "lost" if self.sim.rng.random() < 0.5 else "unacked"
+        self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT {point} {how}")
+        return how
+
 
 @dataclass(eq=False)
 class EngineProcess:
@@ -99,6 +106,7 @@ class HandlerCall:
     entered: asyncio.Future[None]
     release: asyncio.Future[None]
     task: asyncio.Task[None] | None = None
+    outcome: str = ""  # what the handler did ("" while it was not called)
 
 
 CURRENT_CALL: contextvars.ContextVar[HandlerCall | None] = contextvars.ContextVar(
@@ -124,6 +132,7 @@ def simulated_handler(handler: Handler) -> Handler:
                 value = await handler(context)
             except Exception as caught:
                 error = caught
+        call.outcome = "returned" if error is None else f"raised {type(error).__name__}"
         if not call.entered.done():
             call.entered.set_result(None)
         await call.release

@@ -57,6 +57,7 @@ from dagnats.sim.memory_queue import (
     new_command_queue,
     new_task_queue,
 )
+from dagnats.sim.model_check import AttemptLog, ModelCheck
 from dagnats.sim.processes import (
     CURRENT_CALL,
     ClientAction,
@@ -70,7 +71,6 @@ from dagnats.sim.processes import (
 )
 from dagnats.sim.projector import ProjectionStores, SeedProjector
 from dagnats.sim.trace import Trace
-from dagnats.worker import Worker
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
 from kernel.state import is_terminal
@@ -123,6 +123,11 @@ class Simulation:
         self.log.listeners.append(self.projector.on_append)
         self.tasks.on_publish.append(self.oracle.on_task_published)
         self.commands.on_ack.append(self.oracle.on_command_acked)
+        self.attempts = AttemptLog(self.time)
+        self.model = ModelCheck(
+            self.time, self.oracle.violate, self.attempts, [self.tasks, self.commands]
+        )
+        self.oracle.decision_listeners.append(self.model.on_decision)
         self.client_clock = ProcessClock(self.time)
         client_gate = ProcessGate(self, "client", "")
         self.client = CommandPort(self.commands, self.dead, "client", client_gate)
@@ -358,7 +363,7 @@ class Simulation:
         name = f"{process.name}.{process.incarnation}"
         gate = ProcessGate(self, name, "worker_crash")
         user = self.case.worker
-        worker = Worker(
+        worker = self.case.worker_type(
             concurrency=user.concurrency,
             worker_id=name,
             heartbeat_interval_ms=settings.worker_heartbeat_interval_ms,
@@ -400,6 +405,7 @@ class Simulation:
         faults += " raises" if call.inject_error else ""
         text = f"takes task #{entry.number} (delivery {delivery}){faults}"
         self.trace.add(self.time.now_ms, gate.name, text)
+        self.attempts.record(entry.data, gate.name, f"delivery {delivery}{faults}")
         message = MemoryMessage(self.tasks, entry, gate, gate)
         token = CURRENT_CALL.set(call)
         try:
@@ -440,15 +446,21 @@ class Simulation:
         if call in self.calls:
             self.calls.remove(call)
             process.calls.remove(call)
+        name = process.gate.name if process.gate is not None else process.name
         try:
             await task
         except SimulatedCrash as crash:
+            self.attempts.record(call.entry.data, name, f"{call.outcome}; died ({crash.point})")
             await self._worker_crashed(process, crash.point)
             return
         except asyncio.CancelledError:
             return
         except Exception as error:  # the worker SDK failed: its message comes back later
             self.trace.add(self.time.now_ms, process.name, f"task failed: {error!r}")
+            self.attempts.record(call.entry.data, name, f"{call.outcome}; {error}")
+        else:
+            text = f"{call.outcome}; result sent" if call.outcome else "reported (no handler call)"
+            self.attempts.record(call.entry.data, name, text, sent=bool(call.outcome))
         entry = call.entry  # unacked (an ack lost): its heartbeats stop with the call
         if not entry.done and entry.holder is process.gate:
             deadline = self.time.now_ms + self.tasks.ack_wait_ms
@@ -459,6 +471,7 @@ class Simulation:
         assert gate is not None
         gate.alive = False
         for call in list(process.calls):
+            self.attempts.record(call.entry.data, gate.name, "died mid-attempt")
             self.calls.remove(call)
             if call.task is not None and not call.task.done():
                 call.task.cancel()
@@ -510,6 +523,8 @@ class Simulation:
         if not oracle.violations:
             states = {run_id: track.state for run_id, track in oracle.runs.items()}
             self.projector.check_final(self.time.now_ms, states)
+        if not oracle.violations:
+            self.model.check_final({run_id: track.state for run_id, track in oracle.runs.items()})
         if not oracle.violations:
             oracle.check_final()
         keep = self.keep_trace or bool(oracle.violations)
