@@ -15,6 +15,7 @@ line); the other runs go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
@@ -47,7 +48,7 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
     valid_workflows_cached_max,
 )
-from kernel import codec
+from kernel import codec, registry
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
 from kernel.effects import (
@@ -110,6 +111,9 @@ class Engine:
         links: RunLinks | None = None,
     ) -> None:
         require_assertions("the engine")  # a failed assertion parks a run: -O would remove it
+        # Load the step table now, on this thread, before projections start worker threads
+        # (the SQLite projection folds on one) that would otherwise race to import it first.
+        assert registry.names(), "the step registry is empty"
         assert cache_runs_max >= 1
         self.history = history
         self.snapshots = snapshots  # run snapshots (a cache): load = snapshot + tail
@@ -200,8 +204,7 @@ class Engine:
         try:
             command = codec.decode_command(data)
         except DecodeError as error:
-            await self.dead.publish_dead("command", data, str(error))
-            self._count("dead")
+            await self._dead_letter("command", data, str(error), None)
             return "dead"
         if command.run_id in self.parked:
             return "parked"
@@ -221,7 +224,7 @@ class Engine:
         if isinstance(command, StartRun):
             reason = self._workflow_problems(command)
             if reason:
-                await self.dead.publish_dead("command", data, reason)
+                await self._dead_letter("command", data, reason, command)
                 return "dead"
         for _ in range(append_attempts_max):
             try:
@@ -313,10 +316,28 @@ class Engine:
         if rejection.code == "unknown_run" and deliveries < unknown_run_deliveries_max:
             return "retry"  # it may have overtaken its run's StartRun (engines race): retry
         if rejection.code == "unknown_run":
-            await self.dead.publish_dead("unknown_run", data, rejection.message)
+            await self._dead_letter("unknown_run", data, rejection.message, None)
             return "dead"
         log.info("run %s: command rejected: %s", rejection.run_id, rejection.message)
         return "rejected"
+
+    async def _dead_letter(
+        self, kind: str, data: bytes, reason: str, command: AnyCommand | None
+    ) -> None:
+        """Set a command aside on `dagnats.dead.<kind>` and say so in one structured log line
+        (run id, command type, reason): a dead-lettered command is never silent."""
+        run_id, command_type = "?", "?"
+        if command is None:
+            with contextlib.suppress(DecodeError):
+                command = codec.decode_command(data)
+        if command is not None:
+            run_id, command_type = command.run_id, str(type(command).__struct_config__.tag)
+        log.warning(
+            "dead-lettered command: run %s, %s: %s", run_id, command_type, reason,
+            extra={"run_id": run_id, "command": command_type, "dead_kind": kind, "reason": reason},
+        )  # fmt: skip
+        self._count("dead")
+        await self.dead.publish_dead(kind, data, reason)
 
     def _park(self, run_id: str, reason: str) -> Outcome:
         log.error("PARKED run %s: %s (no append, no ack; other runs go on)", run_id, reason)
