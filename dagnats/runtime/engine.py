@@ -36,9 +36,11 @@ from dagnats.runtime.protocols import (
 )
 from dagnats.runtime.settings import (
     append_attempts_max,
+    command_ack_wait_ms,
     command_batch_max,
     command_batches_in_flight_max,
     command_fetch_timeout_ms,
+    command_progress_interval_ms,
     effects_in_flight_max,
     parked_retry_delay_ms,
     resume_concurrency_max,
@@ -129,6 +131,9 @@ class Engine:
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
         self.links = links  # child runs and external events (None: the engine has neither)
+        # Commands fetched and not yet acked or naked: each gets a progress ack every
+        # command_progress_interval_ms while the engine lives (see `keep_in_progress`).
+        self._unsettled: set[CommandMessage] = set()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -459,6 +464,7 @@ class Engine:
         groups: dict[str, list[CommandMessage]] = {}
         for message in messages:
             groups.setdefault(message.subject, []).append(message)
+        self._unsettled.update(messages)
         loop = asyncio.get_running_loop()
         jobs = []
         for subject, group in groups.items():
@@ -487,16 +493,39 @@ class Engine:
     async def _handle_group(self, group: list[CommandMessage]) -> None:
         for message in group:
             try:
-                outcome = await self.handle(message.data, message.num_delivered)
-            except Exception as error:  # the transport failed: let the command come back
-                log.warning("command on %s not handled: %s", message.subject, error)
-                self.forget_subject(message.subject)
-                await message.nak(1_000)
-                continue
-            if outcome in ("parked", "retry"):
-                await message.nak(retry_delay_ms if outcome == "retry" else parked_retry_delay_ms)
-            else:
-                await message.ack()
+                await self._handle_message(message)
+            finally:
+                self._unsettled.discard(message)
+
+    async def _handle_message(self, message: CommandMessage) -> None:
+        try:
+            outcome = await self.handle(message.data, message.num_delivered)
+        except Exception as error:  # the transport failed: let the command come back
+            log.warning("command on %s not handled: %s", message.subject, error)
+            self.forget_subject(message.subject)
+            await message.nak(1_000)
+            return
+        if outcome in ("parked", "retry"):
+            await message.nak(retry_delay_ms if outcome == "retry" else parked_retry_delay_ms)
+        else:
+            await message.ack()
+
+    async def keep_in_progress(self, stop: asyncio.Event) -> None:
+        """Until `stop`: a progress ack (`+WPI`) every command_progress_interval_ms for each
+        command fetched and not yet settled, so the commands consumer's short ack wait
+        (`command_ack_wait_ms`) ends only for an engine that stopped working: its commands
+        then go to another engine within that wait."""
+        assert command_progress_interval_ms * 2 <= command_ack_wait_ms
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), command_progress_interval_ms / 1000)
+            held = list(self._unsettled)
+            assert len(held) <= command_batch_max * (command_batches_in_flight_max + 1)
+            for message in held:
+                try:
+                    await message.in_progress()
+                except Exception as error:  # a lost progress ack costs one redelivery
+                    log.debug("progress ack of %s failed: %s", message.subject, error)
 
     def forget_subject(self, subject: str) -> None:
         self.forget(subject.rsplit(".", 1)[-1])
@@ -505,6 +534,7 @@ class Engine:
         """Resume every unfinished run, then handle commands until `stop` is set."""
         await self.resume_all()
         in_flight: set[asyncio.Future[list[None]]] = set()
+        progress = asyncio.create_task(self.keep_in_progress(stop))
         try:
             while not stop.is_set():
                 if len(in_flight) >= command_batches_in_flight_max:
@@ -522,3 +552,6 @@ class Engine:
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
