@@ -207,10 +207,10 @@ class SnapshotTarget:
         stored = await self.stored_seq()
         if await self._marked():
             return stored
-        if stored > 0:
+        if self._seq > 0:  # the checkpoint counts snapshots the bucket no longer holds
             log.warning(
                 "bucket %s lost its snapshots (deleted or emptied; checkpoint was %d): "
-                "rebuilding every snapshot", RUNS_BUCKET, stored,
+                "rebuilding every snapshot", RUNS_BUCKET, self._seq,
             )  # fmt: skip
         self._events_total = 0
         await self._write_checkpoint(0, 0, 0.0, 0)  # first: a crash before the marker redoes it
