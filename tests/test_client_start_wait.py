@@ -1,6 +1,7 @@
-"""`Client.start` and `Client.wait` when the engine has not handled a start yet, and the
-engine's dead letters, against a real nats-server and an in-process `Server` (engine and
-projections) that each test starts when it wants the start handled.
+"""`Client.start` and `Client.wait` when the engine has not handled a start yet, the engine's
+dead letters, and the effects of a command whose engine stopped after its append, against a
+real nats-server and an in-process `Server` (engine and projections) that each test starts
+when it wants the start handled.
 
 The rule under test (see `Client.wait`): a run with no history is waited for when this client
 started it or a command for it still waits in the commands stream; any other id with no
@@ -24,9 +25,11 @@ from nats.js import JetStreamContext
 
 from dagnats.client import Client, RunNotFoundError
 from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import COMMANDS_STREAM, command_subject, ensure_resources
 from dagnats.runtime.serve import Server
+from kernel import codec
 from kernel.commands import StartRun
 from kernel.errors import WorkflowInvalidError
 from kernel.workflow import StepDef, WorkflowDef
@@ -157,3 +160,46 @@ async def test_the_engine_logs_every_dead_lettered_command_with_its_reason(
     assert "invalid workflow" in str(getattr(record, "reason", "")), record.__dict__
     assert "nope" in record.getMessage()
     assert await client.connection.history.last_seq(run_id) == 0, "no history for it"
+
+
+class StuckTasks:
+    """A task publisher that never returns: the engine holding it stops between its append
+    and its effects, as a process stopped (SIGSTOP, SIGKILL) right after the append would."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def publish(self, task_type: str, payload: bytes, msg_id: str) -> None:
+        self.called.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_redelivered_command_issues_again_the_effects_its_appender_never_ran(
+    client: Client,
+) -> None:
+    connection = client.connection
+    run_id = unique("lost-effects")
+    task_type = unique("lost")
+    workflow = WorkflowDef(name="one", steps=(StepDef(id="a", task=task_type),))
+    command = StartRun(
+        run_id=run_id, at_ms=now_ms(), seed=new_seed(), workflow=workflow,
+        input=msgspec.Raw(b"null"),
+    )  # fmt: skip
+    data = codec.encode(command)
+    stuck = StuckTasks()
+    first = Engine(connection.history, stuck, connection.timers, connection.commands)
+    handling = asyncio.create_task(first.handle(data, 1))
+    await asyncio.wait_for(stuck.called.wait(), wait_s)  # appended, publishing: it "stops"
+    handling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await handling
+    assert await connection.history.last_seq(run_id) > 0, "the decision is in history"
+    nothing = await connection.tasks.fetch(task_type, batch=1, timeout_ms=200)
+    assert list(nothing) == [], "the first engine never published the task"
+
+    second = Engine(connection.history, connection.tasks, connection.timers, connection.commands)
+    assert await second.handle(data, 2) == "ignored", "the start is in history already"
+    tasks = await connection.tasks.fetch(task_type, batch=10, timeout_ms=5_000)
+    assert len(tasks) == 1, "the redelivery issued the lost task again"
+    assert run_id.encode() in tasks[0].data and tasks[0].subject.endswith(task_type)
+    await tasks[0].ack()

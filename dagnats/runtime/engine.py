@@ -242,6 +242,8 @@ class Engine:
             nothing = isinstance(decided, Rejection) or not decided
             if nothing and await self._moved(loaded, run_id):
                 continue  # decided on a stale state: another engine appended since
+            if nothing and deliveries > 1:
+                await self.execute(await self._effects_again(loaded, command))
             if nothing and isinstance(command, StartRun):
                 await self.execute(list(repeated(loaded.state, command)))
             if isinstance(decided, Rejection):
@@ -305,6 +307,41 @@ class Engine:
         if self.links is not None and is_terminal(state):
             self.links.forget_run(command.run_id)
         return effects
+
+    async def _effects_again(self, loaded: Loaded, command: AnyCommand) -> list[AnyEffect]:
+        """The effects a redelivered command's own decision called for, when history holds it:
+        the engine that appended it may have stopped before executing them (and before the
+        ack), and the engine that gets the command again decides nothing (it is in history).
+        The decision is the run's last message: its effects, derived again from the state
+        before it; an earlier one: the run's outstanding effects (`resume`). All effects are
+        idempotent, so issuing them again when they did run costs only their round trips."""
+        state, found = INITIAL_STATE, False
+        try:
+            async for seq, data in self.history.read(command.run_id):
+                decision = codec.decode_decision(data)
+                if seq > loaded.last_seq or decision.command != command:
+                    state = self._evolve_all(state, decision.events)
+                    continue
+                found = True
+                if seq == loaded.last_seq:
+                    effects: list[AnyEffect] = []
+                    for event in decision.events:
+                        state = evolve(state, event)
+                        effects.extend(react(state, event))
+                    log.info("run %s: a redelivered command's effects again", command.run_id)
+                    return effects
+                state = self._evolve_all(state, decision.events)
+        except (DecodeError, AssertionError):
+            return []  # loading the run parks it: nothing to issue here
+        if not found or is_terminal(loaded.state):
+            return []
+        return list(resume(loaded.state))
+
+    @staticmethod
+    def _evolve_all(state: RunState, events: tuple[AnyEvent, ...]) -> RunState:
+        for event in events:
+            state = evolve(state, event)
+        return state
 
     async def _moved(self, loaded: Loaded, run_id: str) -> bool:
         """Whether the run's history moved past `loaded` (then forget it). A command that
