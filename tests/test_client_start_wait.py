@@ -21,13 +21,21 @@ import msgspec
 import nats.js.errors
 import pytest
 import pytest_asyncio
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 
 from dagnats.client import Client, RunNotFoundError
+from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.resources import COMMANDS_STREAM, command_subject, ensure_resources
+from dagnats.runtime.queue import JetStreamCommandQueue
+from dagnats.runtime.resources import (
+    COMMAND_SUBJECTS,
+    COMMANDS_STREAM,
+    ENGINE_CONSUMER,
+    command_subject,
+    ensure_resources,
+)
 from dagnats.runtime.serve import Server
 from kernel import codec
 from kernel.commands import StartRun
@@ -203,3 +211,22 @@ async def test_a_redelivered_command_issues_again_the_effects_its_appender_never
     assert len(tasks) == 1, "the redelivery issued the lost task again"
     assert run_id.encode() in tasks[0].data and tasks[0].subject.endswith(task_type)
     await tasks[0].ack()
+
+
+async def test_an_old_engine_consumer_gets_the_short_ack_wait(client: Client) -> None:
+    js = client.connection.js
+    old = api.ConsumerConfig(
+        durable_name=ENGINE_CONSUMER, name=ENGINE_CONSUMER, ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=30.0, max_deliver=settings.command_deliver_max,
+        max_ack_pending=settings.ack_pending_max, filter_subject=COMMAND_SUBJECTS,
+    )  # fmt: skip
+    await js.add_consumer(COMMANDS_STREAM, old)  # as a data dir of an older version has it
+    queue = JetStreamCommandQueue(js)
+    try:
+        assert list(await queue.fetch_commands(batch=1, timeout_ms=100)) == []
+        info = await js.consumer_info(COMMANDS_STREAM, ENGINE_CONSUMER)
+    finally:
+        await queue.close()
+    assert info.config.ack_wait == settings.command_ack_wait_ms / 1000
+    assert info.config.max_deliver == settings.command_deliver_max, "nothing else changed"
+    assert info.config.filter_subject == COMMAND_SUBJECTS
