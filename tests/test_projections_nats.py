@@ -34,6 +34,7 @@ from dagnats.runtime.engine import Engine
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.projector import (
+    MARKER_KEY,
     SNAPSHOTS,
     KvSnapshotStore,
     Projector,
@@ -161,7 +162,8 @@ async def snapshots_of(js: JetStreamContext) -> dict[str, Snapshot | None]:
         keys = await kv.keys()
     except Exception:  # NoKeysError
         return {}
-    return {key: decode_snapshot((await kv.get(key)).value, key) for key in keys}
+    runs = [key for key in keys if key != MARKER_KEY]  # the bucket's marker is no run
+    return {key: decode_snapshot((await kv.get(key)).value, key) for key in runs}
 
 
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
@@ -41,19 +42,20 @@ from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.external_events import JetStreamEvents
 from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
-from dagnats.runtime.resources import check_run_id
+from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, command_subject
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
-from kernel.errors import DagnatsError, PayloadTooLargeError
+from kernel.errors import DagnatsError, PayloadTooLargeError, WorkflowInvalidError
 from kernel.events import ChildStarted, Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 from kernel.step_states import ApprovalState
-from kernel.workflow import WorkflowDef, parse_workflow
+from kernel.workflow import WorkflowDef, parse_workflow, validate_workflow
 from projections.sqlite import stored_rows
 
 start_wait_s_default = 10.0
+started_runs_remembered_max = 10_000  # run ids a Client remembers starting (for `wait`)
 children_listed_max = 1_000
 workflow_revisions_max = 16
 
@@ -74,6 +76,9 @@ class Client:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self._snapshots = KvSnapshotStore(connection.js)
+        # Runs this client started, newest last (a bounded LRU): `wait` waits for their
+        # history to appear instead of calling them unknown.
+        self._started: OrderedDict[str, None] = OrderedDict()
 
     @classmethod
     async def connect(
@@ -113,8 +118,12 @@ class Client:
         return parse_workflow(source)
 
     async def register_workflow(self, source: WorkflowDef | bytes | str | object) -> int:
-        """Store a workflow definition under its name (a new revision); returns the revision."""
-        workflow = source if isinstance(source, WorkflowDef) else parse_workflow(source)
+        """Store a workflow definition under its name (a new revision); returns the revision.
+
+        Raises:
+            WorkflowInvalidError: every problem of the definition (nothing is stored).
+        """
+        workflow = _checked(source) if isinstance(source, WorkflowDef) else parse_workflow(source)
         kv = await self.connection.workflows()
         return await kv.put(workflow.name, codec.encode(workflow))
 
@@ -158,11 +167,16 @@ class Client:
 
         Raises:
             WorkflowNotFoundError: no workflow of that name is registered.
+            WorkflowInvalidError: a `WorkflowDef` given breaks the workflow rules (checked by
+                `kernel.workflow.validate_workflow` before anything is published; the engine
+                would set the start aside as a dead letter).
             PayloadTooLargeError: the input is over the payload limit.
             RunExistsError: `run_id` names a run of another workflow or input.
         """
         definition = (
-            workflow if isinstance(workflow, WorkflowDef) else (await self.get_workflow(workflow))
+            _checked(workflow)
+            if isinstance(workflow, WorkflowDef)
+            else (await self.get_workflow(workflow))
         )
         run_id = check_run_id(run_id or uuid.uuid4().hex)
         data = msgspec.json.encode(input)
@@ -178,10 +192,35 @@ class Client:
         existing = await self._first_decision(run_id)
         if existing is None:
             await self.send(command, msg_id=f"start:{run_id}")
+            self._remember_started(run_id)
             existing = await self._await_first_decision(run_id, wait_started_s)
         if existing is not None and not _same_start(existing, command):
             raise RunExistsError(run_id)
         return run_id
+
+    def _remember_started(self, run_id: str) -> None:
+        self._started[run_id] = None
+        self._started.move_to_end(run_id)
+        while len(self._started) > started_runs_remembered_max:
+            self._started.popitem(last=False)
+        assert len(self._started) <= started_runs_remembered_max
+
+    async def _exists_or_coming(self, run_id: str) -> bool:
+        """Whether the run has history, or this client started it, or a command for it waits."""
+        if await self.connection.history.last_seq(run_id) > 0 or run_id in self._started:
+            return True
+        return await self._command_waiting(run_id)
+
+    async def _command_waiting(self, run_id: str) -> bool:
+        """Whether a command for the run waits in the commands stream (not yet handled by an
+        engine): a run started elsewhere (another process) whose start is still queued."""
+        commands = self.connection.commands
+        subject = command_subject(run_id, commands.partitions)
+        try:
+            await self.connection.js.get_last_msg(COMMANDS_STREAM, subject)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
 
     async def send(self, command: AnyCommand, *, msg_id: str | None = None) -> None:
         """Publish a command for the engine (deduplicated on `msg_id` when given)."""
@@ -278,11 +317,18 @@ class Client:
         """Wait until the run ends; returns its final state. With `follow`, a run that
         continued as new is followed to the end of its chain (its last run's state).
 
+        A run with no history yet is waited for (within `timeout_s`) when this client started
+        it or a command for it still waits in the commands stream (its start not handled yet:
+        engines busy, or a start sent by another process); any other id with no history is
+        unknown at once.
+
         Raises:
-            RunNotFoundError: the run has no history when the wait ends.
+            RunNotFoundError: the run has no history, and is neither started by this client
+                nor has a command waiting (at once); or it still has no history when the
+                wait ends.
             WaitTimeoutError: the run did not end within `timeout_s`.
         """
-        if await self.connection.history.last_seq(check_run_id(run_id)) == 0:
+        if not await self._exists_or_coming(check_run_id(run_id)):
             raise RunNotFoundError(run_id)
         state = INITIAL_STATE
         decisions = self.watch(run_id, timeout_s=timeout_s)
@@ -429,6 +475,18 @@ class Client:
         states = [s for s in await asyncio.gather(*(one(r) for r in run_ids)) if s is not None]
         states.sort(key=lambda s: s.started_at_ms, reverse=True)
         return states[:limit]
+
+
+def _checked(workflow: WorkflowDef) -> WorkflowDef:
+    """The definition if it keeps every workflow rule.
+
+    Raises:
+        WorkflowInvalidError: listing every problem (paths, values, rules).
+    """
+    problems = validate_workflow(workflow)
+    if problems:
+        raise WorkflowInvalidError(problems, workflow=workflow.name)
+    return workflow
 
 
 def _same_start(decision: Decision, command: StartRun) -> bool:

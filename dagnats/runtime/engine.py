@@ -15,6 +15,7 @@ line); the other runs go on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
@@ -34,9 +35,11 @@ from dagnats.runtime.protocols import (
 )
 from dagnats.runtime.settings import (
     append_attempts_max,
+    command_ack_wait_ms,
     command_batch_max,
     command_batches_in_flight_max,
     command_fetch_timeout_ms,
+    command_progress_interval_ms,
     effects_in_flight_max,
     parked_retry_delay_ms,
     resume_concurrency_max,
@@ -45,7 +48,7 @@ from dagnats.runtime.settings import (
     runs_listed_max,
     unknown_run_deliveries_max,
 )
-from kernel import codec
+from kernel import codec, registry
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
 from kernel.effects import (
@@ -104,6 +107,9 @@ class Engine:
         links: RunLinks | None = None,
     ) -> None:
         require_assertions("the engine")  # a failed assertion parks a run: -O would remove it
+        # Load the step table now, on this thread, before projections start worker threads
+        # (the SQLite projection folds on one) that would otherwise race to import it first.
+        assert registry.names(), "the step registry is empty"
         assert cache_runs_max >= 1
         self.history = history
         self.snapshots = snapshots  # run snapshots (a cache): load = snapshot + tail
@@ -119,6 +125,9 @@ class Engine:
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
         self.links = links  # child runs and external events (None: the engine has neither)
+        # Commands fetched and not yet acked or naked: each gets a progress ack every
+        # command_progress_interval_ms while the engine lives (see `keep_in_progress`).
+        self._unsettled: set[CommandMessage] = set()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -194,8 +203,7 @@ class Engine:
         try:
             command = codec.decode_command(data)
         except DecodeError as error:
-            await self.dead.publish_dead("command", data, str(error))
-            self._count("dead")
+            await self._dead_letter("command", data, str(error), None)
             return "dead"
         if command.run_id in self.parked:
             return "parked"
@@ -215,7 +223,7 @@ class Engine:
         if isinstance(command, StartRun):
             reason = self._workflow_problems(command)
             if reason:
-                await self.dead.publish_dead("command", data, reason)
+                await self._dead_letter("command", data, reason, command)
                 return "dead"
         for _ in range(append_attempts_max):
             try:
@@ -228,6 +236,8 @@ class Engine:
             nothing = isinstance(decided, Rejection) or not decided
             if nothing and await self._moved(loaded, run_id):
                 continue  # decided on a stale state: another engine appended since
+            if nothing and deliveries > 1:
+                await self.execute(await self._effects_again(loaded, command))
             if nothing and isinstance(command, StartRun):
                 await self.execute(list(repeated(loaded.state, command)))
             if isinstance(decided, Rejection):
@@ -281,6 +291,41 @@ class Engine:
             self.links.forget_run(command.run_id)
         return effects
 
+    async def _effects_again(self, loaded: Loaded, command: AnyCommand) -> list[AnyEffect]:
+        """The effects a redelivered command's own decision called for, when history holds it:
+        the engine that appended it may have stopped before executing them (and before the
+        ack), and the engine that gets the command again decides nothing (it is in history).
+        The decision is the run's last message: its effects, derived again from the state
+        before it; an earlier one: the run's outstanding effects (`resume`). All effects are
+        idempotent, so issuing them again when they did run costs only their round trips."""
+        state, found = INITIAL_STATE, False
+        try:
+            async for seq, data in self.history.read(command.run_id):
+                decision = codec.decode_decision(data)
+                if seq > loaded.last_seq or decision.command != command:
+                    state = self._evolve_all(state, decision.events)
+                    continue
+                found = True
+                if seq == loaded.last_seq:
+                    effects: list[AnyEffect] = []
+                    for event in decision.events:
+                        state = evolve(state, event)
+                        effects.extend(react(state, event))
+                    log.info("run %s: a redelivered command's effects again", command.run_id)
+                    return effects
+                state = self._evolve_all(state, decision.events)
+        except (DecodeError, AssertionError):
+            return []  # loading the run parks it: nothing to issue here
+        if not found or is_terminal(loaded.state):
+            return []
+        return list(resume(loaded.state))
+
+    @staticmethod
+    def _evolve_all(state: RunState, events: tuple[AnyEvent, ...]) -> RunState:
+        for event in events:
+            state = evolve(state, event)
+        return state
+
     async def _moved(self, loaded: Loaded, run_id: str) -> bool:
         """Whether the run's history moved past `loaded` (then forget it). A command that
         decides to nothing is acked and gone, so when engines race (ownership moving) the
@@ -296,10 +341,28 @@ class Engine:
         if rejection.code == "unknown_run" and deliveries < unknown_run_deliveries_max:
             return "retry"  # it may have overtaken its run's StartRun (engines race): retry
         if rejection.code == "unknown_run":
-            await self.dead.publish_dead("unknown_run", data, rejection.message)
+            await self._dead_letter("unknown_run", data, rejection.message, None)
             return "dead"
         log.info("run %s: command rejected: %s", rejection.run_id, rejection.message)
         return "rejected"
+
+    async def _dead_letter(
+        self, kind: str, data: bytes, reason: str, command: AnyCommand | None
+    ) -> None:
+        """Set a command aside on `dagnats.dead.<kind>` and say so in one structured log line
+        (run id, command type, reason): a dead-lettered command is never silent."""
+        run_id, command_type = "?", "?"
+        if command is None:
+            with contextlib.suppress(DecodeError):
+                command = codec.decode_command(data)
+        if command is not None:
+            run_id, command_type = command.run_id, str(type(command).__struct_config__.tag)
+        log.warning(
+            "dead-lettered command: run %s, %s: %s", run_id, command_type, reason,
+            extra={"run_id": run_id, "command": command_type, "dead_kind": kind, "reason": reason},
+        )  # fmt: skip
+        self._count("dead")
+        await self.dead.publish_dead(kind, data, reason)
 
     def _park(self, run_id: str, reason: str) -> Outcome:
         log.error("PARKED run %s: %s (no append, no ack; other runs go on)", run_id, reason)
@@ -421,6 +484,7 @@ class Engine:
         groups: dict[str, list[CommandMessage]] = {}
         for message in messages:
             groups.setdefault(message.subject, []).append(message)
+        self._unsettled.update(messages)
         loop = asyncio.get_running_loop()
         jobs = []
         for subject, group in groups.items():
@@ -449,16 +513,39 @@ class Engine:
     async def _handle_group(self, group: list[CommandMessage]) -> None:
         for message in group:
             try:
-                outcome = await self.handle(message.data, message.num_delivered)
-            except Exception as error:  # the transport failed: let the command come back
-                log.warning("command on %s not handled: %s", message.subject, error)
-                self.forget_subject(message.subject)
-                await message.nak(1_000)
-                continue
-            if outcome in ("parked", "retry"):
-                await message.nak(retry_delay_ms if outcome == "retry" else parked_retry_delay_ms)
-            else:
-                await message.ack()
+                await self._handle_message(message)
+            finally:
+                self._unsettled.discard(message)
+
+    async def _handle_message(self, message: CommandMessage) -> None:
+        try:
+            outcome = await self.handle(message.data, message.num_delivered)
+        except Exception as error:  # the transport failed: let the command come back
+            log.warning("command on %s not handled: %s", message.subject, error)
+            self.forget_subject(message.subject)
+            await message.nak(1_000)
+            return
+        if outcome in ("parked", "retry"):
+            await message.nak(retry_delay_ms if outcome == "retry" else parked_retry_delay_ms)
+        else:
+            await message.ack()
+
+    async def keep_in_progress(self, stop: asyncio.Event) -> None:
+        """Until `stop`: a progress ack (`+WPI`) every command_progress_interval_ms for each
+        command fetched and not yet settled, so the commands consumer's short ack wait
+        (`command_ack_wait_ms`) ends only for an engine that stopped working: its commands
+        then go to another engine within that wait."""
+        assert command_progress_interval_ms * 2 <= command_ack_wait_ms
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), command_progress_interval_ms / 1000)
+            held = list(self._unsettled)
+            assert len(held) <= command_batch_max * (command_batches_in_flight_max + 1)
+            for message in held:
+                try:
+                    await message.in_progress()
+                except Exception as error:  # a lost progress ack costs one redelivery
+                    log.debug("progress ack of %s failed: %s", message.subject, error)
 
     def forget_subject(self, subject: str) -> None:
         self.forget(subject.rsplit(".", 1)[-1])
@@ -467,6 +554,7 @@ class Engine:
         """Resume every unfinished run, then handle commands until `stop` is set."""
         await self.resume_all()
         in_flight: set[asyncio.Future[list[None]]] = set()
+        progress = asyncio.create_task(self.keep_in_progress(stop))
         try:
             while not stop.is_set():
                 if len(in_flight) >= command_batches_in_flight_max:
@@ -484,3 +572,6 @@ class Engine:
         finally:
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress

@@ -4,11 +4,18 @@ A `Projector` follows `DAGNATS_HISTORY` from a target's checkpoint with an order
 (`JetStreamEventLog.tail`), hands it bounded batches, and measures position, lag and rate. The
 targets say where a projection lives:
 
-- `SqliteTarget`: a `projections.base.SqliteProjection` in a SQLite file (by default
-  `<data dir>/dagnats.sqlite`); its checkpoint is written in the same transaction as its rows.
+- `SqliteTarget` (in `projector_sqlite`, re-exported here): a `projections.base.SqliteProjection`
+  in a SQLite file (by default `<data dir>/dagnats.sqlite`); its checkpoint is written in the
+  same transaction as its rows.
 - `SnapshotTarget`: run snapshots in the `dagnats_runs` KV bucket (`projections.snapshot`);
-  its checkpoint is a key of `dagnats_projections`. Each snapshot carries its own last sequence,
-  so a batch applied twice after a crash changes nothing.
+  its checkpoint is a key of `dagnats_projections`, written under a revision check. Each
+  snapshot carries its own last sequence, so a batch applied twice after a crash changes
+  nothing. A marker key in the bucket tells a deleted or emptied bucket from a full one: without
+  it the projection rebuilds from sequence 0, whatever its checkpoint says.
+
+A target shared by every engine on one NATS (the snapshots) runs under a lease
+(`dagnats.runtime.lease`): one engine's projector follows it, the others stand by and take
+over within about `settings.lease_ttl_ms` when it stops refreshing.
 
 Every projector also mirrors its status (position, lag, rate) into `dagnats_projections` for
 `dagnats projection status`. A rebuild (`projection rebuild NAME`) moves the stored checkpoint
@@ -22,28 +29,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Final, Protocol, cast
+from typing import Final, Protocol
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-from sqlite_utils import Database
 
-from dagnats.loading import load_attribute
+from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
+from dagnats.runtime.lease import Lease, LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.projector_sqlite import (  # re-exported: see __all__
+    SQLITE_FILE,
+    SqliteTarget,
+    check_name,
+    load_projection,
+    open_database,
+)
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
     BucketSpec,
-    check_token,
     ensure_bucket,
 )
 from kernel import codec
@@ -53,10 +64,7 @@ from kernel.state import INITIAL_STATE, RunState
 from projections.base import (
     CheckpointMovedError,
     Message,
-    SqliteProjection,
-    SqliteRunner,
     batch_messages_max,
-    read_checkpoint,
 )
 from projections.snapshot import (
     SCHEMA,
@@ -69,15 +77,14 @@ from projections.snapshot import (
 
 log = logging.getLogger("dagnats.projector")
 
-SQLITE_FILE: Final = "dagnats.sqlite"
 SNAPSHOTS: Final = "snapshots"
 STATUS_PREFIX: Final = "status."
+MARKER_KEY: Final = "_dagnats.snapshots"  # in the runs bucket; never a run id (it has a '.')
+LEASE_PREFIX: Final = "projection."
 idle_check_ms: Final = 500  # how often an idle projector looks for a rebuild or a stop
 status_interval_ms: Final = 1_000  # how often the status is mirrored into KV
 retry_delay_ms: Final = 1_000  # after a failed batch, before starting again
-sqlite_busy_timeout_s: Final = 30.0
 snapshot_puts_in_flight_max: Final = 256
-name_length_max: Final = 64
 
 
 class ProjectionStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,91 +128,6 @@ class ProjectionTarget(Protocol):
     async def close(self) -> None: ...
 
 
-def check_name(name: str) -> str:
-    """A projection name is a KV key and a SQLite-safe word."""
-    return check_token("projection name", name, name_length_max)
-
-
-# -- SQLite ------------------------------------------------------------------------------
-
-
-def open_database(path: Path, *, readonly: bool = False) -> Database:
-    """A SQLite database for projections (WAL, usable from a worker thread), or read-only.
-
-    Raises:
-        DagnatsError: a read-only open of a file that does not exist.
-    """
-    if readonly:
-        if not path.exists():
-            raise DagnatsError(f"{path} does not exist (no projection has written it yet)")
-        connection = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, check_same_thread=False,
-            timeout=sqlite_busy_timeout_s,
-        )  # fmt: skip
-        connection.execute("PRAGMA query_only = ON")
-        return Database(connection)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, check_same_thread=False, timeout=sqlite_busy_timeout_s)
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = NORMAL")
-    return Database(connection)
-
-
-class SqliteTarget:
-    """A SqliteProjection in a SQLite file; batches run in a worker thread."""
-
-    kind = "sqlite"
-
-    def __init__(self, path: Path, projection: SqliteProjection) -> None:
-        self.name = check_name(projection.name)
-        self.version = str(projection.version)
-        self.path = path
-        self.where = str(path)
-        self.projection = projection
-        self.db: Database | None = None
-        self.runner: SqliteRunner | None = None
-
-    async def open(self) -> int:
-        if self.db is None:
-            self.db = open_database(self.path)
-            self.runner = SqliteRunner(self.db, self.projection)
-        runner = self.runner
-        assert runner is not None
-        return await asyncio.to_thread(runner.open, now_ms())
-
-    async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
-        runner = self.runner
-        assert runner is not None, "open first"
-        result = await asyncio.to_thread(
-            runner.apply_batch, messages, after_seq=after_seq, now_ms=now_ms()
-        )
-        problems = [*result.problems, *_drain_problems(self.projection)]
-        for problem in problems[:10]:
-            log.warning("projection %s: %s", self.name, problem)
-        return result.seq, result.applied
-
-    async def stored_seq(self) -> int:
-        if self.db is None:
-            return 0
-        stored = await asyncio.to_thread(read_checkpoint, self.db, self.projection.name)
-        return stored.seq if stored is not None and str(stored.version) == self.version else 0
-
-    async def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-            self.runner = None
-
-
-def _drain_problems(projection: object) -> list[str]:
-    problems = getattr(projection, "problems", None)
-    if not isinstance(problems, list):
-        return []
-    drained = [str(problem) for problem in problems]
-    problems.clear()
-    return drained
-
-
 # -- KV snapshots --------------------------------------------------------------------------
 
 
@@ -245,12 +167,21 @@ class KvSnapshotStore:
 
 
 class SnapshotTarget:
-    """The snapshot projection: folds runs and writes their snapshots to KV."""
+    """The snapshot projection: folds runs and writes their snapshots to KV.
+
+    Shared by every engine on one NATS (`shared`: the Projector runs it under a lease, one
+    engine at a time). Its checkpoint is written under a revision check (a stale owner or a
+    rebuild meanwhile raise CheckpointMovedError), and the bucket carries a marker key
+    (`MARKER_KEY`) written once the bucket is known to hold this projection's snapshots: a
+    bucket deleted, recreated or purged behind its back has none, and the projection starts
+    over from sequence 0 instead of trusting its checkpoint.
+    """
 
     kind = "kv"
     name = SNAPSHOTS
     version = SCHEMA
     where = f"KV {RUNS_BUCKET}"
+    shared = True
 
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
@@ -258,6 +189,8 @@ class SnapshotTarget:
         self.history = JetStreamEventLog(js)
         self.folder = SnapshotFolder()
         self._events_total = 0
+        self._revision = 0  # of the checkpoint entry as last read or written (0: none)
+        self._seq = 0  # the checkpoint as last read or written
 
     async def _checkpoints(self) -> KeyValue:
         return await self.js.key_value(PROJECTIONS_BUCKET)
@@ -271,16 +204,42 @@ class SnapshotTarget:
         except nats.js.errors.NotFoundError:
             log.info("bucket %s is missing: rebuilding every snapshot", RUNS_BUCKET)
             await ensure_bucket(self.js, BucketSpec(RUNS_BUCKET, 1), replicas=1)
-            await self._write_checkpoint(0, 0, 0.0, 0)
-            return 0
-        return await self.stored_seq()
+        stored = await self.stored_seq()
+        if await self._marked():
+            return stored
+        if self._seq > 0:  # the checkpoint counts snapshots the bucket no longer holds
+            log.warning(
+                "bucket %s lost its snapshots (deleted or emptied; checkpoint was %d): "
+                "rebuilding every snapshot", RUNS_BUCKET, self._seq,
+            )  # fmt: skip
+        self._events_total = 0
+        await self._write_checkpoint(0, 0, 0.0, 0)  # first: a crash before the marker redoes it
+        await (await self.store.bucket()).put(MARKER_KEY, SCHEMA.encode())
+        return 0
+
+    async def _marked(self) -> bool:
+        """Whether the runs bucket holds its marker (it is the bucket the checkpoint is of).
+
+        Raises:
+            nats.errors.Error: the bucket cannot be read (not the same as "no marker").
+        """
+        try:
+            await (await self.store.bucket()).get(MARKER_KEY)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        return True
 
     async def stored_seq(self) -> int:
-        status = await read_status(self.js, SNAPSHOTS)
+        """The stored checkpoint; 0 when there is none, it is of another schema, or the runs
+        bucket lost its marker (then the snapshots it counts are gone)."""
+        status, self._revision = await _read_checkpoint(await self._checkpoints())
+        self._seq = status.seq if status is not None else 0
         if status is None or status.version != SCHEMA:
             self._events_total = 0
             return 0
         self._events_total = status.events
+        if status.seq > 0 and not await self._marked():
+            return 0
         return status.seq
 
     async def _write_checkpoint(self, seq: int, lag: int, rate: float, events: int) -> None:
@@ -288,7 +247,16 @@ class SnapshotTarget:
             name=SNAPSHOTS, kind=self.kind, version=SCHEMA, seq=seq, lag=lag,
             events_per_s=rate, events=events, updated_at_ms=now_ms(), where=self.where,
         )  # fmt: skip
-        await (await self._checkpoints()).put(SNAPSHOTS, codec.encode(status))
+        kv = await self._checkpoints()
+        try:
+            self._revision = await kv.update(SNAPSHOTS, codec.encode(status), last=self._revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            # written meanwhile: a rebuild, or another engine that ran it (a lease moved)
+            stored, self._revision = await _read_checkpoint(kv)
+            raise CheckpointMovedError(
+                SNAPSHOTS, self._seq, stored.seq if stored is not None else 0
+            ) from None
+        self._seq = seq
 
     async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
         stored = await self.stored_seq()
@@ -331,6 +299,23 @@ class SnapshotTarget:
 
     async def close(self) -> None:
         self.folder.clear()
+
+
+async def _read_checkpoint(kv: KeyValue) -> tuple[ProjectionStatus | None, int]:
+    """The snapshot checkpoint and the revision of its entry (of the tombstone of a deleted
+    one; 0 when the key was never written), for a revision-checked write."""
+    try:
+        entry = await kv.get(SNAPSHOTS)
+    except nats.js.errors.KeyNotFoundError as missing:
+        found = getattr(missing, "entry", None)
+        return None, int(getattr(found, "revision", 0) or 0)
+    revision = int(entry.revision or 0)
+    if not entry.value:
+        return None, revision
+    try:
+        return msgspec.json.decode(entry.value, type=ProjectionStatus), revision
+    except msgspec.DecodeError:
+        return None, revision
 
 
 def status_key(name: str) -> str:
@@ -386,29 +371,112 @@ class Projector:
         self._window_started = time.monotonic()
         self._window_events = 0
         self._status_due = 0.0
+        # A projection every engine on one NATS would run (KV snapshots) runs under a lease:
+        # one engine at a time, the others stand by and take over when it stops.
+        shared = bool(getattr(target, "shared", False))
+        self.lease = Lease(js, LEASE_PREFIX + target.name) if shared else None
+        self._leading = False
+        self._standing_by = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow the stream until `stop` is set; failures are logged and retried."""
+        """Follow the stream until `stop` is set; failures are logged and retried. A shared
+        target is followed only while this projector holds its lease."""
+        keeper = asyncio.create_task(self._keep_lease(stop)) if self.lease else None
+        ran = False
+        try:
+            while not stop.is_set():
+                if not await self._take_lease(stop):
+                    continue
+                ran = True
+                await self._run_once(stop)
+            if ran and (self.lease is None or self.lease.held()):
+                await self._write_status()
+        finally:
+            if keeper is not None:
+                keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeper
+            if self.lease is not None:
+                await self.lease.release()
+
+    async def _run_once(self, stop: asyncio.Event) -> None:
+        try:
+            self.position = await self.target.open()
+            await self._follow(stop, until_seq=None)
+        except LeaseLostError as lost:
+            log.info("projection %s: %s; standing by", self.target.name, lost)
+        except CheckpointMovedError as moved:
+            log.info("projection %s: %s; starting over", self.target.name, moved)
+        except Exception as error:  # a bad batch must not end the projector for good
+            log.warning("projection %s failed (%s); retrying", self.target.name, error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), retry_delay_ms / 1000)
+
+    async def _take_lease(self, stop: asyncio.Event) -> bool:
+        """True when this projector may run its target now (no lease needed, or taken);
+        otherwise waits one refresh interval (or until `stop`) and returns False."""
+        lease = self.lease
+        if lease is None or lease.held() or await lease.acquire():
+            if lease is not None and not self._leading:
+                log.info("projection %s: this process runs it now", self.target.name)
+            self._leading = True
+            return True
+        if self._leading or not self._standing_by:
+            holder = await lease.holder()
+            log.info("projection %s: standing by (%s runs it)", self.target.name, holder)
+        self._leading, self._standing_by = False, True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.lease_refresh_interval_ms / 1000)
+        return False
+
+    async def _keep_lease(self, stop: asyncio.Event) -> None:
+        """Refresh the lease while it is held, every lease_refresh_interval_ms."""
+        lease = self.lease
+        assert lease is not None
         while not stop.is_set():
-            try:
-                self.position = await self.target.open()
-                await self._follow(stop, until_seq=None)
-            except CheckpointMovedError as moved:
-                log.info("projection %s: %s; starting over", self.target.name, moved)
-            except Exception as error:  # a bad batch must not end the projector for good
-                log.warning("projection %s failed (%s); retrying", self.target.name, error)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), retry_delay_ms / 1000)
-        await self._write_status()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.lease_refresh_interval_ms / 1000)
+            if lease.revision is not None and not stop.is_set():
+                await lease.refresh()
+
+    def _check_lease(self) -> None:
+        if self.lease is not None and not self.lease.held():
+            raise LeaseLostError(self.lease.key)
 
     async def catch_up(self) -> int:
-        """Apply everything up to the stream's last sequence as of now; return the checkpoint."""
-        self.position = await self.target.open()
-        until = await stream_last_seq(self.js)
-        if until > self.position:
-            await self._follow(asyncio.Event(), until_seq=until)
-        await self._write_status()
-        return self.position
+        """Apply everything up to the stream's last sequence as of now; return the checkpoint.
+        A shared target is caught up under its lease (waiting for it at most one lease TTL
+        plus a refresh interval).
+
+        Raises:
+            LeaseLostError: another process runs the shared target (and kept it).
+        """
+        done = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_lease(done)) if self.lease else None
+        try:
+            await self._wait_for_lease()
+            self.position = await self.target.open()
+            until = await stream_last_seq(self.js)
+            if until > self.position:
+                await self._follow(asyncio.Event(), until_seq=until)
+            await self._write_status()
+            return self.position
+        finally:
+            done.set()
+            if keeper is not None:
+                await keeper
+            if self.lease is not None:
+                await self.lease.release()
+
+    async def _wait_for_lease(self) -> None:
+        lease = self.lease
+        if lease is None:
+            return
+        deadline = time.monotonic() + (lease.ttl_s + settings.lease_refresh_interval_ms / 1000)
+        while not await lease.acquire():
+            if time.monotonic() >= deadline:
+                raise LeaseLostError(lease.key)
+            await asyncio.sleep(settings.lease_refresh_interval_ms / 1000 / 4)
 
     async def _follow(self, stop: asyncio.Event, until_seq: int | None) -> None:
         queue: asyncio.Queue[Message] = asyncio.Queue(self.batch_max * 2)
@@ -425,6 +493,7 @@ class Projector:
                 batch = [first]
                 while len(batch) < self.batch_max and not queue.empty():
                     batch.append(queue.get_nowait())
+                self._check_lease()
                 seq, applied = await self.target.apply(batch, self.position)
                 self.position = seq
                 self._count(applied)
@@ -436,6 +505,7 @@ class Projector:
                 await pump
 
     async def _idle(self, pump: asyncio.Task[None], until_seq: int | None) -> None:
+        self._check_lease()
         if pump.done():
             pump.result()  # raise what stopped the reader
             raise DagnatsError("the history reader stopped")
@@ -479,42 +549,6 @@ class Projector:
             log.debug("projection %s: status not written (%s)", self.target.name, error)
 
 
-# -- loading users' projections ------------------------------------------------------------
-
-
-def load_projection(spec: str) -> SqliteProjection:
-    """An instance of the SqliteProjection class named by `MODULE:CLASS` (or `file.py:CLASS`).
-
-    Raises:
-        DagnatsError: the module or class cannot be loaded, or is not a projection.
-    """
-    cls = load_attribute(spec, "projection")
-    if not isinstance(cls, type):
-        raise DagnatsError(f"{spec} is a {type(cls).__name__}, not a projection class")
-    projection = cls()
-    missing = [
-        attribute
-        for attribute in (
-            "name",
-            "version",
-            "events",
-            "tables",
-            "create",
-            "apply",
-            "flush",
-            "discard",
-        )
-        if not hasattr(projection, attribute)
-    ]
-    if missing:
-        raise DagnatsError(
-            f"{spec} is not a SqliteProjection: it lacks {', '.join(missing)} "
-            "(subclass projections.base.SqliteProjectionBase)"
-        )
-    check_name(projection.name)
-    return cast(SqliteProjection, projection)
-
-
 # -- loading a run: snapshot + tail --------------------------------------------------------
 
 
@@ -541,3 +575,11 @@ async def load_state(
     async for seq, data in history.read(run_id):
         state, last_seq = fold_messages(state, last_seq, [(seq, data)])
     return state, last_seq
+
+
+__all__ = [
+    "LEASE_PREFIX", "MARKER_KEY", "SNAPSHOTS", "SQLITE_FILE", "KvSnapshotStore",
+    "ProjectionStatus", "ProjectionTarget", "Projector", "SnapshotTarget", "SqliteTarget",
+    "check_name", "load_projection", "load_state", "open_database", "read_status",
+    "status_key", "stream_last_seq",
+]  # fmt: skip

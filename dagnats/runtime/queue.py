@@ -17,6 +17,7 @@ module may publish and consume on these streams only; it does not decode payload
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from collections.abc import Sequence
@@ -201,6 +202,7 @@ class JetStreamCommandQueue:
                 filter_subject=self.filter_subjects[0] if single else None,
                 filter_subjects=None if single else list(self.filter_subjects),
             )
+            await _settle_ack_wait(self.js, COMMANDS_STREAM, config)
             self._subscription = await bind_pull_consumer(self.js, COMMANDS_STREAM, config)
         return await fetch_batch(self._subscription, batch=batch, timeout_ms=timeout_ms)
 
@@ -217,6 +219,21 @@ class JetStreamCommandQueue:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
+
+
+async def _settle_ack_wait(js: JetStreamContext, stream: str, config: api.ConsumerConfig) -> None:
+    """Give an existing engine consumer the ack wait this code uses (a data dir made by an
+    older version had 30 s): the ack wait is how long a stopped engine holds its commands, a
+    setting of the code, not of the deployment. Other differences still raise (bind)."""
+    name = config.durable_name
+    assert name is not None and config.ack_wait is not None
+    try:
+        info = await js.consumer_info(stream, name)
+    except nats.js.errors.NotFoundError:
+        return  # bind_pull_consumer creates it
+    if info.config.ack_wait != config.ack_wait:
+        updated = dataclasses.replace(info.config, ack_wait=config.ack_wait)
+        await js.add_consumer(stream, updated)  # create-or-update: ack_wait may change
 
 
 async def bind_pull_consumer(

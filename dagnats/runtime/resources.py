@@ -41,6 +41,7 @@ DEAD_SUBJECTS: Final = f"{DEAD_PREFIX}.>"
 WORKFLOWS_BUCKET: Final = "dagnats_workflows"
 RUNS_BUCKET: Final = "dagnats_runs"
 PROJECTIONS_BUCKET: Final = "dagnats_projections"
+LEASES_BUCKET: Final = "dagnats_leases"  # who runs each shared projection (dagnats/runtime/lease)
 WORKFLOWS_HISTORY: Final = 16
 
 ENGINE_CONSUMER: Final = "dagnats_engine"
@@ -193,17 +194,20 @@ def stream_configs(replicas: int = 1) -> tuple[api.StreamConfig, ...]:
 
 @dataclass(frozen=True)
 class BucketSpec:
-    """A KV bucket we need."""
+    """A KV bucket we need (`ttl_ms` > 0: a value not rewritten within it expires)."""
 
     bucket: str
     history: int
+    ttl_ms: int = 0
 
 
 BUCKETS: Final = (
     BucketSpec(WORKFLOWS_BUCKET, WORKFLOWS_HISTORY),
     BucketSpec(RUNS_BUCKET, 1),
     BucketSpec(PROJECTIONS_BUCKET, 1),
+    BucketSpec(LEASES_BUCKET, 1, ttl_ms=settings.lease_ttl_ms),
 )
+LEASES: Final = BUCKETS[-1]
 
 
 async def ensure_resources(connection: Client | JetStreamContext, *, replicas: int = 1) -> None:
@@ -250,6 +254,7 @@ async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int
         "max_msgs_per_subject": spec.history,
         "storage": api.StorageType.FILE,
         "num_replicas": replicas,
+        "max_age": spec.ttl_ms / 1000 if spec.ttl_ms else None,
     }
     try:
         info = await js.stream_info(stream)
@@ -260,6 +265,7 @@ async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int
             storage=api.StorageType.FILE,
             replicas=replicas,
             max_value_size=settings.stream_message_bytes_max,
+            ttl=spec.ttl_ms / 1000 if spec.ttl_ms else None,
         )
         try:
             await js.create_key_value(config)

@@ -50,7 +50,11 @@ task_ack_wait_ms_default: Final = 10_000
 # A worker heartbeats each task it runs this often: three beats per timeout.
 task_heartbeat_interval_ms_default: Final = task_ack_wait_ms_default // 3
 task_deliver_max_default: Final = 20  # deliveries of one task message (lost workers)
-command_ack_wait_ms: Final = 30_000
+# An engine that stops consuming (hung, SIGSTOPped, cut off) holds the commands it fetched
+# at most this long before another engine gets them; a live engine sends a progress ack
+# (`+WPI`) every command_progress_interval_ms for each command it holds, so a long one stays.
+command_ack_wait_ms: Final = 3_000
+command_progress_interval_ms: Final = 1_000
 command_deliver_max: Final = 100
 fetch_batch_max: Final = 1_000
 fetch_timeout_ms_max: Final = 60_000
@@ -77,6 +81,11 @@ append_attempts_max: Final = 10  # OCC conflicts in a row before a command is re
 effects_in_flight_max: Final = 256
 resume_concurrency_max: Final = 16
 run_cache_max: Final = 10_000
+
+# Leases (dagnats/runtime/lease.py): one engine runs each shared projection; a standby takes
+# over within about lease_ttl_ms (+ one refresh interval) of the owner's last refresh.
+lease_ttl_ms: Final = 5_000
+lease_refresh_interval_ms: Final = 1_000
 
 # Timers.
 timer_horizon_ms_max: Final = limits.timeout_ms_max
