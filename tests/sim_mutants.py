@@ -12,6 +12,7 @@ run ending within its bound: only the reference model (`model_matches`) sees the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Final
 
@@ -166,17 +167,19 @@ MUTANTS: Final[dict[str, type[Engine]]] = {
 
 
 class LoseResult(Worker):
-    """Shrugs off a result whose publish failed and acks the task anyway: the result is lost,
-    the attempt never ends (unless its step has a timeout)."""
+    """Sends a result once and, when that publish fails, acks the task anyway and never sends
+    it again: a result never stored is lost, and the attempt never ends (unless its step has a
+    timeout; the task was acked, so no worker finds it again and reports it lost)."""
 
     async def _send(
         self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str
     ) -> None:
-        try:
+        if kind != "result":
             await super()._send(commands, command, kind)
-        except ConnectionError:
-            if kind != "result":
-                raise
+            return
+        msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
+        with contextlib.suppress(ConnectionError):
+            await commands.publish_command(command.run_id, codec.encode(command), msg_id)
 
 
 WORKER_MUTANTS: Final[dict[str, type[Worker]]] = {"lose_result": LoseResult}

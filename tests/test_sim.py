@@ -10,6 +10,7 @@ import ast
 import asyncio
 import os
 from pathlib import Path
+from random import Random
 from typing import Final
 
 import pytest
@@ -17,12 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import find as hypothesis_find
 
 from dagnats.runtime.engine import Engine
-from dagnats.sim import FaultPlan, RunView, SimCase, run_seed, run_seeds
+from dagnats.sim import FaultPlan, RunView, SimCase, run_bound_ms, run_seed, run_seeds
+from dagnats.sim.bounds import LostAttempts, attempt_bound_ms
 from dagnats.sim.case import default_engine
+from dagnats.sim.faults import SeedFaults
 from dagnats.sim.loop import SimLoop, SimulationStalledError
+from dagnats.sim.memory import HistoryMessage
 from dagnats.sim.scheduler import Simulation
 from dagnats.testing import SimCaseDraw, SimulationFailedError, sim_cases, simulate
 from dagnats.worker import RetryAfter, TaskContext, Worker
+from kernel.commands import FailTask
+from kernel.events import Decision, ErrorInfo, StepFailed, StepLost
 from kernel.workflow import parse_workflow
 from kernel.workflow.builder import Retry, Workflow
 from tests.sim_mutants import TimerFiresTwice, chain_worker, chain_workflow, factory
@@ -236,3 +242,35 @@ def test_a_failure_shrinks_to_a_small_fault_schedule() -> None:
     kinds = [kind for kind, p in smallest.faults.probabilities().items() if p > 0]
     assert len(kinds) <= 2, f"did not shrink: {smallest}"
     assert fails(smallest), f"{smallest} does not fail again"  # a draw replays exactly
+
+
+def test_a_runs_bound_grows_by_one_attempt_bound_per_lost_attempt_its_history_records() -> None:
+    """A lost attempt does not consume the retry policy, so the bound a run gets at its start
+    does not hold it; each lost attempt recorded extends it (and nothing else does)."""
+    workflow = chain_workflow(2)  # (steps with a 30 s timeout)
+    lost = LostAttempts(workflow)
+    base = run_bound_ms(workflow)
+    error = ErrorInfo(message="worker lost", kind="lost")
+    command = FailTask(run_id="run-1", at_ms=5, step_id="s0", attempt=1, error="x", kind="lost")
+    events = (
+        StepLost(step_id="s0", attempt=1, error=error, at_ms=5),
+        StepFailed(step_id="s1", attempt=1, error=error, will_retry=True, at_ms=5),
+    )
+    message = HistoryMessage(seq=3, run_id="run-1", payload=b"", msg_id="m", at_ms=5)
+    lost.on_decision(message, Decision(command=command, events=events))
+    lost.on_decision(message, Decision(command=command, events=events[:1]))
+    assert lost.bound_ms(base, "run-1") == base + 2 * attempt_bound_ms(30_000)
+    assert lost.bound_ms(base, "run-2") == base and lost.most_ms == 2 * attempt_bound_ms(30_000)
+    assert attempt_bound_ms(30_000) < attempt_bound_ms(None)
+
+
+def test_switching_off_a_fault_kind_that_never_struck_changes_nothing_else() -> None:
+    """Every roll draws, a kind switched off too: the shrinking of a fault schedule relies on
+    it (a plan with one kind fewer replays the same seed, up to that kind's strikes)."""
+    on = SeedFaults(
+        FaultPlan.parse("none,engine_crash=0.1,handler_hang=1e-9"), Random(3), swarm=False
+    )
+    off = SeedFaults(FaultPlan.parse("none,engine_crash=0.1"), Random(3), swarm=False)
+    rolls = [(on.hit("engine_crash"), on.hit("handler_hang")) for _ in range(200)]
+    again = [(off.hit("engine_crash"), off.hit("handler_hang")) for _ in range(200)]
+    assert rolls == again and any(crash for crash, _hang in rolls)

@@ -7,14 +7,21 @@ from __future__ import annotations
 from typing import Final
 
 import msgspec
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dagnats.sim import model
 from dagnats.sim.model import ModelRun, compare, lost_attempt, max_backoff_ms, skip_holds
 from dagnats.sim.model_check import observe
-from kernel.commands import AnyCommand, CancelRun, CompleteTask, FailTask, FireTimer, StartRun
+from kernel.commands import (
+    AnyCommand,
+    CancelRun,
+    CompleteTask,
+    FailTask,
+    FailureKind,
+    FireTimer,
+    StartRun,
+)
 from kernel.workflow import RetryPolicy, SkipIf, WorkflowDef
 from kernel.workflow.builder import Retry, Skip, Workflow
 from tests.strategies import Driver, Run, _weighted_kind, draw_command, seeds, workflows
@@ -51,7 +58,7 @@ def statuses(run: ModelRun) -> dict[str, tuple[str, int]]:
     return {step_id: (step.status, step.attempt) for step_id, step in run.steps.items()}
 
 
-def test_every_attempt_counts_and_the_last_failure_fails_the_run() -> None:
+def test_every_failed_attempt_counts_and_the_last_failure_fails_the_run() -> None:
     workflow = Workflow("w").task("a", task="t", retry=Retry(max_attempts=3)).build()
     run = start(workflow)
     assert feed(run, fail("a"), retry("a", 2), fail("a", 2), retry("a", 3)) == [True] * 4
@@ -170,34 +177,76 @@ def test_a_step_timeout_is_a_retryable_failure_of_the_live_attempt_only() -> Non
     assert statuses(run)["a"] == ("retry_wait", 1)
 
 
-def test_a_lost_attempt_counts_today(monkeypatch: pytest.MonkeyPatch) -> None:
-    workflow = Workflow("w").task("a", task="t", retry=Retry(max_attempts=2)).build()
-    run = start(workflow)
-    feed(run, fail("a", kind="heartbeat_timeout"), retry("a", 2), fail("a", 2, kind="lost"))
-    assert run.status == "failed" and statuses(run)["a"] == ("failed", 2)
+def lost(run: ModelRun, step: str) -> tuple[str, int, int]:
+    return run.steps[step].status, run.steps[step].attempt, run.steps[step].lost
 
 
-def test_a_lost_attempt_does_not_count_under_the_issues_rule(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(model, "LOST_ATTEMPTS_COUNT", False)
+def reran(run: ModelRun) -> bool:
+    """Whether the latest command lost an attempt that runs again at once."""
+    return run.lost_now
+
+
+def test_a_lost_attempt_runs_again_at_once_without_consuming_max_attempts() -> None:
     workflow = Workflow("w").task("a", task="t", retry=Retry(max_attempts=1)).build()
+    for kind in ("lost", "heartbeat_timeout"):  # (older workers report heartbeat_timeout)
+        run = start(workflow)
+        assert feed(run, fail("a", kind=kind)) == [True] and reran(run), kind
+        assert lost(run, "a") == ("live", 2, 1) and run.steps["a"].started_at_ms == run.now_ms
+        assert feed(run, done("a", 2, b"5")) == [True] and not reran(run)
+        assert (
+            run.status == "completed" and run.output == 5 and lost(run, "a") == ("completed", 2, 1)
+        )
+
+
+def test_the_policy_and_its_backoff_count_only_attempts_that_were_not_lost() -> None:
+    policy = Retry(max_attempts=2, initial_delay="1s", multiplier=10.0, jitter=0.0)
+    workflow = Workflow("w").task("a", task="t", retry=policy).build()
     run = start(workflow)
-    feed(run, fail("a", kind="lost"))
-    assert statuses(run)["a"] == ("retry_wait", 1) and run.steps["a"].rerun_now
-    assert feed(run, done("a", 2)) == [True]  # the run-again may come without a timer
-    assert run.status == "completed" and statuses(run)["a"] == ("completed", 2)
+    feed(run, fail("a", kind="lost"), fail("a", 2))  # attempt 2 is the first failure
+    assert lost(run, "a") == ("retry_wait", 2, 1)
+    assert run.steps["a"].retry_due_ms == run.now_ms + 1_001  # backoff of failure 1, not 2
+    assert feed(run, retry("a", 3), fail("a", 3, kind="lost"), fail("a", 4)) == [True] * 3
+    assert run.status == "failed" and lost(run, "a") == ("failed", 4, 2)  # 2 failures of 2
+
+
+def test_the_lost_bound_fails_the_step_for_good() -> None:
+    workflow = Workflow("w").task("a", task="t", retry=Retry(max_attempts=3)).build()
     run = start(workflow)
     for attempt in range(1, model.LOST_ATTEMPTS_MAX + 1):
-        assert feed(run, fail("a", attempt, kind="lost")) == [True]
-    assert run.status == "failed" and run.steps["a"].lost == model.LOST_ATTEMPTS_MAX
+        assert feed(run, fail("a", attempt, kind="lost")) == [True] and reran(run)
+    last = model.LOST_ATTEMPTS_MAX + 1
+    assert lost(run, "a") == ("live", last, model.LOST_ATTEMPTS_MAX)
+    assert feed(run, fail("a", last, kind="lost")) == [True] and not reran(run)
+    assert run.status == "failed"  # no retry, though the policy has 3 attempts to give
+    assert lost(run, "a") == ("failed", last, model.LOST_ATTEMPTS_MAX)
 
 
-def test_lost_attempt_is_the_one_place_of_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    step = model.ModelStep("a", "body", "", attempt=1, counted=1)
-    assert lost_attempt(step) == "retry" and step.counted == 1
-    monkeypatch.setattr(model, "LOST_ATTEMPTS_COUNT", False)
-    assert lost_attempt(step) == "rerun_now" and (step.counted, step.lost) == (0, 1)
+def test_a_step_that_may_not_run_again_fails_for_good_when_lost() -> None:
+    workflow = (
+        Workflow("w")
+        .task("a", task="t", compensate="undo")
+        .task("b", task="t", depends_on=["a"])
+        .task("c", task="t", depends_on=["a"])
+        .task("undo", task="t")
+        .build()
+    )
+    run = start(workflow)
+    feed(run, done("a"), fail("c", kind="non_retryable"))
+    assert run.status == "compensating" and lost(run, "undo") == ("live", 1, 0)
+    assert feed(run, fail("b", kind="lost")) == [True] and not reran(run)
+    assert lost(run, "b") == ("failed", 1, 0)  # a body step while the run compensates
+    assert feed(run, fail("undo", kind="lost")) == [True] and reran(run)
+    assert lost(run, "undo") == ("live", 2, 1)  # a compensate handler while it does
+    feed(run, done("undo", 2))
+    assert run.status == "failed"
+
+
+def test_lost_attempt_is_the_one_place_of_the_rule() -> None:
+    step = model.ModelStep("a", "body", "", attempt=1)
+    assert lost_attempt(step, may_run=False) == "fail" and step.lost == 0
+    assert lost_attempt(step, may_run=True) == "rerun_now" and (step.lost, step.failures) == (1, 0)
+    step.attempt, step.lost = model.LOST_ATTEMPTS_MAX + 1, model.LOST_ATTEMPTS_MAX
+    assert lost_attempt(step, may_run=True) == "fail" and step.lost == model.LOST_ATTEMPTS_MAX
 
 
 def test_backoff_bounds_and_skip_conditions() -> None:
@@ -216,20 +265,30 @@ def test_a_difference_reads_as_one_line_per_step() -> None:
     workflow = Workflow("w").task("a", task="t", retry=Retry(max_attempts=3)).build()
     run = start(workflow)
     feed(run, fail("a"))
-    observed = model.Observed(status="failed", steps={"a": ("failed", 1, b"null")})
+    observed = model.Observed(status="failed", steps={"a": ("failed", 1, 0, b"null")})
     assert compare(run, observed) == [
         "run status: model running, engine failed",
         "step a: model retry_wait after 1 attempt(s), engine failed after 1 attempt(s)",
+    ]
+    observed.steps["a"] = ("retry_wait", 1, 1, b"null")
+    assert compare(run, observed)[1:] == [
+        "step a: model retry_wait after 1 attempt(s) (0 lost), engine retry_wait after 1 "
+        "attempt(s) (1 lost)"
     ]
 
 
 # -- against the kernel ---------------------------------------------------------------------
 
 
+LOST_KINDS: Final[tuple[FailureKind, ...]] = ("lost", "heartbeat_timeout")
+
+
 @st.composite
 def kernel_runs(draw: st.DrawFn) -> Run:
     """A random workflow and a reachable run of it, decided by the kernel (tests/strategies.py;
-    outputs within the payload limit: the model leaves size limits to the kernel's tests)."""
+    outputs within the payload limit: the model leaves size limits to the kernel's tests).
+    Besides single lost reports, a live step sometimes loses a streak of attempts in a row,
+    up to past the lost bound."""
     workflow = draw(workflows())
     driver = Driver(workflow)
     driver.start(at_ms=draw(st.integers(0, 10**12)), seed=draw(seeds), input=b'{"q":1}')
@@ -238,9 +297,29 @@ def kernel_runs(draw: st.DrawFn) -> Run:
         kind = _weighted_kind(draw, (*kinds, "restart"))
         if kind == "restart":
             driver.restart()
-            continue
-        driver.send(draw_command(draw, driver, kind, oversize=False))
+        elif kind == "fail" and draw(st.integers(0, 3)) == 0:
+            lose_streak(draw, driver)
+        else:
+            driver.send(draw_command(draw, driver, kind, oversize=False))
     return Run(workflow=workflow, records=tuple(driver.records))
+
+
+def lose_streak(draw: st.DrawFn, driver: Driver) -> None:
+    """One live step's attempts lost one after another (each the attempt then live)."""
+    step_id, _attempt, _status = draw(st.sampled_from(driver.live_attempts()))
+    bound = model.LOST_ATTEMPTS_MAX
+    for _ in range(draw(st.sampled_from((1, 2, bound - 1, bound, bound + 1)))):
+        live = [attempt for step, attempt, _ in driver.live_attempts() if step == step_id]
+        if not live:
+            return
+        at_ms = driver.now + draw(st.integers(0, 1_000))
+        kind = draw(st.sampled_from(LOST_KINDS))
+        driver.send(
+            FailTask(
+                run_id=driver.run_id, at_ms=at_ms, step_id=step_id, attempt=live[0],
+                error="worker lost", kind=kind,
+            )
+        )  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -260,6 +339,9 @@ def test_the_model_and_the_kernel_agree_on_every_reachable_run(drawn: Run) -> No
         assert applied is not False, (index, record.command, [type(e) for e in record.events])
         assert not compare(run, observe(record.after)), (index, compare(run, observe(record.after)))
     assert not compare(run, observe(drawn.final))
+    most = max((step.lost for step in run.steps.values()), default=0)
+    reached = {0: "no attempt", model.LOST_ATTEMPTS_MAX: "attempts up to its bound"}
+    event(f"a step lost {reached.get(most, 'some attempts')}")  # (--hypothesis-show-statistics)
 
 
 def test_the_model_imports_formats_only() -> None:

@@ -8,7 +8,8 @@ Modules: `memory` and `memory_queue` (the protocols in memory, over virtual time
 (kinds, plans, dice), `invariants` (the oracle), `model` (a reference model of the run's
 rules, written apart from the kernel) and `model_check` (its invariant, `model_matches`),
 `case` (what to simulate, what a seed gives), `processes` (the simulated engines, workers and
-their gates), `scheduler` (one seed), `runner` (many seeds, reports), `loop`, `projector`,
+their gates), `scheduler` (one seed), `bounds` (each run's bound of virtual time), `runner`
+(many seeds, reports), `loop`, `projector`,
 `trace`, `settings` (every bound of the simulator).
 The `dagnats sim` command lives in `dagnats/cli/sim.py`.
 

@@ -26,11 +26,15 @@ Kinds and where they strike (the probability is per opportunity):
   before the commit; a new one resumes from the stored checkpoint);
 - lost_result: each command a worker publishes (a result, a started or lost report): the
   publish fails, either never stored or stored with its acknowledgement lost; the worker sees
-  an error, leaves the task unacked, and the task comes back after its ack wait.
+  an error and sends it again under the same message id (the duplicate window drops a second
+  copy), keeping its task; a worker that dies meanwhile leaves the task to come back after its
+  ack wait and be reported lost.
 
 A lost attempt (the worker dies mid-attempt) is worker_crash at "mid_task" or handler_hang.
 
-This module may draw randomness only from the `random.Random` it is given.
+This module may draw randomness only from the `random.Random` it is given. Every roll draws
+from it, for a kind switched off too: switching off a kind that never struck changes nothing
+else in the seed, so a failing fault schedule shrinks kind by kind (tests/test_sim.py).
 """
 
 from __future__ import annotations
@@ -165,7 +169,7 @@ class SeedFaults:
     def hit(self, kind: str, label: str = "") -> bool:
         """Roll for `kind`; count it (under `kind:label` when labelled) when it strikes."""
         probability = self.probability[kind]
-        if probability <= 0.0 or self.rng.random() >= probability:
+        if self.rng.random() >= probability:  # (rolled even when off: see the module)
             return False
         name = f"{kind}:{label}" if label else kind
         self.counts[name] = self.counts.get(name, 0) + 1

@@ -17,10 +17,15 @@ Rules covered (steps of type `task`; a workflow with another step type is not mo
   once; `skip_if` on a dependency's output skips it instead; readiness is judged in passes
   (a step skipped in a pass makes its dependents ready in the next one, which decides who
   gets a free slot first under `max_steps`);
-- attempts: every attempt counts against `max_attempts` (0 reads as 1); a failure of kind
-  `error` and a step timeout are retried after the policy's backoff (or `RetryAfter`), others
-  (`non_retryable`, `invalid_output`) fail the step for good; a lost attempt follows
-  `lost_attempt` below;
+- attempts: a failure of kind `error` and a step timeout are retried after the policy's backoff
+  (or `RetryAfter`) while the attempts that were not lost number fewer than `max_attempts` (0
+  reads as 1; the backoff of failure `n` counts those attempts too), others (`non_retryable`,
+  `invalid_output`) fail the step for good;
+- a lost attempt (its worker vanished: kind `lost`, or `heartbeat_timeout` from older workers)
+  is not a failure (`lost_attempt` below): the engine records `step.lost` and starts the next
+  attempt at once (no backoff, no timer), without consuming `max_attempts`; a step that already
+  lost `lost_attempts_max` attempts, or that may not run again (its run moved on), fails for
+  good instead;
 - a step failed for good: its `on_failure` handler runs (its completion recovers the step, its
   output becomes the step's; its failure fails the run); without one the run fails;
 - a run that fails (a step, its timeout, a cancel) first compensates: the `compensate` handler
@@ -43,10 +48,6 @@ from kernel import limits
 from kernel.commands import CancelRun, CompleteTask, FailTask, FireTimer, StartRun, TaskStarted
 from kernel.workflow import RetryPolicy, SkipIf, WorkflowDef
 
-# The rule of the reliability issue (ARCHITECTURE.md 5c): False = a lost attempt is recorded
-# as lost and the step runs again at once without consuming `max_attempts`, at most
-# `LOST_ATTEMPTS_MAX` times. True = today's kernel: a lost attempt is a retryable failure.
-LOST_ATTEMPTS_COUNT: Final = False
 LOST_ATTEMPTS_MAX: Final[int] = limits.lost_attempts_max
 LOST_KINDS: Final = frozenset({"lost", "heartbeat_timeout"})
 RETRYABLE_KINDS: Final = frozenset({"error"})
@@ -57,7 +58,7 @@ WEEK_MS: Final = 7 * 24 * 3_600_000  # the longest backoff a policy may ask for
 
 StepStatus = Literal["pending", "live", "retry_wait", "completed", "failed", "skipped", "recovered"]
 Role = Literal["body", "on_failure", "compensate"]
-LostRule = Literal["retry", "rerun_now", "fail"]
+LostRule = Literal["rerun_now", "fail"]
 
 
 @dataclass(slots=True)
@@ -68,15 +69,18 @@ class ModelStep:
     role: Role
     owner: str  # the step a handler serves ("" for a body step)
     status: StepStatus = "pending"
-    attempt: int = 0  # the latest attempt started
-    counted: int = 0  # attempts that count against max_attempts
-    lost: int = 0  # attempts lost with their worker
+    attempt: int = 0  # the latest attempt started (lost ones included)
+    lost: int = 0  # attempts lost with their worker (recorded as `step.lost`)
     output: bytes = b"null"
     completion: int = -1  # order of completion (compensation runs latest first)
     compensated: bool = False
     started_at_ms: int = 0  # when the live attempt started
     retry_due_ms: int = 0  # the latest time the next attempt is due (in retry_wait)
-    rerun_now: bool = False  # the next attempt replaces a lost one (due at once)
+
+    @property
+    def failures(self) -> int:
+        """The attempts that were not lost: what `max_attempts` and the backoff count."""
+        return self.attempt - self.lost
 
 
 @dataclass(slots=True)
@@ -88,17 +92,15 @@ class Input:
     applied: bool
 
 
-def lost_attempt(step: ModelStep) -> LostRule:
-    """What a lost attempt (its worker vanished) does to its step: "retry" (a retryable failure
-    that counts against max_attempts, today), "rerun_now" (recorded as lost, run again at once
-    without consuming the policy) or "fail" (lost too often: failed for good)."""
-    if LOST_ATTEMPTS_COUNT:
-        return "retry"
-    if step.lost >= LOST_ATTEMPTS_MAX:
-        return "fail"  # (the attempt after the bound's last lost one: it fails for good)
+def lost_attempt(step: ModelStep, *, may_run: bool) -> LostRule:
+    """What a lost attempt (its worker vanished) does to its step: "rerun_now" (recorded as
+    lost, attempt + 1 starts at once without consuming `max_attempts`) or "fail" (failed for
+    good like a non-retryable failure: the step already lost `LOST_ATTEMPTS_MAX` attempts, or
+    it may not run again). The one place of the rule."""
+    assert 0 <= step.lost < max(step.attempt, 1) and step.lost <= LOST_ATTEMPTS_MAX, step
+    if step.lost >= LOST_ATTEMPTS_MAX or not may_run:
+        return "fail"
     step.lost += 1
-    step.counted -= 1  # the lost attempt does not count
-    assert step.counted >= 0 and step.lost <= step.attempt, (step.counted, step.lost)
     return "rerun_now"
 
 
@@ -167,6 +169,7 @@ class ModelRun:
         self.completions = 0
         self.now_ms = at_ms
         self.inputs: list[Input] = [Input(at_ms, "start", True)]
+        self.lost_now = False  # the latest command lost an attempt that runs again
         self.defs = {s.id: s for s in workflow.steps}
         roles: dict[str, tuple[Role, str]] = {}
         for s in workflow.steps:
@@ -187,6 +190,7 @@ class ModelRun:
         command the model does not judge (a started report, an unmodelled one)."""
         assert at_ms >= self.now_ms - 1, (at_ms, self.now_ms)
         self.now_ms = max(self.now_ms, at_ms)
+        self.lost_now = False
         applied = self._apply(command)
         self.inputs.append(Input(at_ms, describe(command), bool(applied)))
         if applied:
@@ -225,11 +229,8 @@ class ModelRun:
 
     def _live(self, step_id: str, attempt: int) -> ModelStep | None:
         step = self.steps.get(step_id)
-        if step is None:
-            return None
-        if step.status == "retry_wait" and step.rerun_now and attempt == step.attempt + 1:
-            self._start(step)  # the run-again of a lost attempt may go without a timer
-        return step if step.status == "live" and step.attempt == attempt else None
+        live = step is not None and step.status == "live" and step.attempt == attempt
+        return step if live else None
 
     def _timer(self, command: FireTimer) -> bool:
         if command.kind == "run_timeout":
@@ -266,9 +267,7 @@ class ModelRun:
 
     def _start(self, step: ModelStep) -> None:
         step.attempt += 1
-        step.counted += 1
         step.status = "live"
-        step.rerun_now = False
         step.started_at_ms = self.now_ms
 
     def _complete(self, step: ModelStep, output: bytes) -> None:
@@ -284,20 +283,22 @@ class ModelRun:
 
     def _failed(self, step: ModelStep, kind: str, retry_after_ms: int | None) -> None:
         if kind in LOST_KINDS:
-            rule = lost_attempt(step)
-            if rule == "rerun_now" and self._may_run(step):
-                step.status, step.rerun_now, step.retry_due_ms = "retry_wait", True, self.now_ms
+            if lost_attempt(step, may_run=self._may_run(step)) == "rerun_now":
+                self.lost_now = True
+                self._start(step)  # at once: no backoff, no timer
                 return
-            self._attempt_failed(step, retryable=rule == "retry", delay_ms=None)
+            self._attempt_failed(step, retryable=False, delay_ms=None)
             return
         self._attempt_failed(step, retryable=kind in RETRYABLE_KINDS, delay_ms=retry_after_ms)
 
     def _attempt_failed(self, step: ModelStep, *, retryable: bool, delay_ms: int | None) -> None:
         policy = self._policy(step)
         attempts = max(1, policy.max_attempts) if policy is not None else 1
-        if retryable and self._may_run(step) and step.counted < attempts:
+        failures = step.failures
+        assert 1 <= failures <= step.attempt, (step.id, step.attempt, step.lost)
+        if retryable and self._may_run(step) and failures < attempts:
             assert policy is not None
-            wait = delay_ms if delay_ms is not None else max_backoff_ms(policy, step.attempt)
+            wait = delay_ms if delay_ms is not None else max_backoff_ms(policy, failures)
             step.status, step.retry_due_ms = "retry_wait", self.now_ms + min(wait, WEEK_MS)
             return
         step.status = "failed"
@@ -419,7 +420,8 @@ class Observed:
     """What the engine's run ended as, read from its history's fold (formats only)."""
 
     status: str
-    steps: dict[str, tuple[str, int, bytes]] = field(default_factory=dict)  # status, attempt, out
+    # step id -> status, attempt, lost attempts, output
+    steps: dict[str, tuple[str, int, int, bytes]] = field(default_factory=dict)
     output: object = None
 
 
@@ -433,12 +435,15 @@ def compare(model: ModelRun, observed: Observed) -> list[str]:
         lines.append(f"run status: model {model.status}, engine {observed.status}")
     for step_id in model.order:
         step = model.steps[step_id]
-        status, attempt, output = observed.steps.get(step_id, ("absent", 0, b"null"))
+        status, attempt, lost, output = observed.steps.get(step_id, ("absent", 0, 0, b"null"))
         status = ENGINE_STEP_STATUS.get(status, status)
-        if (step.status, step.attempt) != (status, attempt):
+        if (step.status, step.attempt, step.lost) != (status, attempt, lost):
+            shown = step.lost or lost
+            ours = f" ({step.lost} lost)" if shown else ""
+            theirs = f" ({lost} lost)" if shown else ""
             lines.append(
-                f"step {step_id}: model {step.status} after {step.attempt} attempt(s), "
-                f"engine {status} after {attempt} attempt(s)"
+                f"step {step_id}: model {step.status} after {step.attempt} attempt(s){ours}, "
+                f"engine {status} after {attempt} attempt(s){theirs}"
             )
         elif status in ("completed", "recovered") and json.loads(output) != json.loads(step.output):
             lines.append(f"step {step_id}: output model {step.output!r}, engine {output!r}")

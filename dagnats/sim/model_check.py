@@ -15,8 +15,10 @@ of the seed:
   `attempt_bound_ms` of its start, and within `RESULT_SLACK_MS` of the moment its handler
   returned on a worker that sent the result; a run that ends (by its timeout, a cancel) with
   such work overdue lost it;
-- at the end, each run's status, each step's status and attempt count, the outputs of its
-  completed steps and the output of a completed run equal the model's.
+- a lost attempt the model runs again at once is a decision that records `step.lost` (and a
+  lost attempt that fails the step for good records none);
+- at the end, each run's status, each step's status, attempt count and lost attempts, the
+  outputs of its completed steps and the output of a completed run equal the model's.
 
 Work is not expected of a seed whose queues dropped a message over its delivery bound (the
 substrate gave up on it; the run then ends by a timeout).
@@ -31,6 +33,7 @@ from typing import Final
 import msgspec
 
 from dagnats.sim import settings
+from dagnats.sim.bounds import DISPATCH_SLACK_MS, attempt_bound_ms
 from dagnats.sim.memory import HistoryMessage, VirtualTime
 from dagnats.sim.memory_queue import MemoryQueue
 from dagnats.sim.model import ModelRun, ModelStep, Observed, compare, max_backoff_ms
@@ -40,31 +43,12 @@ from kernel.errors import DecodeError
 from kernel.events import Decision, event_tag
 from kernel.state import RunState
 
-# How late due work may be done under the simulated faults: a command held by a crashed
-# engine comes back after its ack wait (twice), engines and workers restart, messages arrive
-# late, process clocks (which stamp commands, so timers) are off either way.
-DISPATCH_SLACK_MS: Final = (
-    2 * settings.command_ack_wait_ms
-    + settings.engine_restart_ms_max
-    + settings.worker_restart_ms_max
-    + 2 * settings.late_delivery_ms_max
-    + 2 * settings.clock_jump_ms_max
-)
 # A result a worker sent arrives within this (or, lost, its task comes back after the ack
 # wait and is reported lost).
 RESULT_SLACK_MS: Final = settings.task_ack_wait_ms + DISPATCH_SLACK_MS
 STORY_LINES_MAX: Final = 12  # lines of a step's story in a mismatch
 
 Violate = Callable[[str, str, str], None]
-
-
-def attempt_bound_ms(timeout_ms: int | None) -> int:
-    """The longest one attempt may stay out: a slow or hung handler found by its heartbeat loss
-    (or cut by its timeout), the report of its loss, and the dispatch slack."""
-    handler = settings.slow_handler_ms_max + 2 * settings.task_ack_wait_ms
-    if timeout_ms is not None:
-        handler = min(handler, timeout_ms + settings.late_delivery_ms_max)
-    return handler + DISPATCH_SLACK_MS
 
 
 @dataclass(slots=True)
@@ -132,13 +116,23 @@ class ModelCheck:
         if run_id in self.broken:
             return
         applied = model.feed(command, message.at_ms)
+        tags = [event_tag(type(e)) for e in decision.events]
         if applied is False:
-            tags = ", ".join(event_tag(type(e)) for e in decision.events[:4])
             self._mismatch(
                 run_id,
                 model,
-                [f"the engine decided {tags} on `{model.inputs[-1].text}`; the model finds "
-                 "nothing to do for it"],
+                [f"the engine decided {', '.join(tags[:4])} on `{model.inputs[-1].text}`; the "
+                 "model finds nothing to do for it"],
+                getattr(command, "step_id", ""),
+            )  # fmt: skip
+        elif applied and model.lost_now != ("step.lost" in tags):
+            recorded = "recorded" if "step.lost" in tags else "did not record"
+            self._mismatch(
+                run_id,
+                model,
+                [f"the engine {recorded} step.lost on `{model.inputs[-1].text}` (it decided "
+                 f"{', '.join(tags[:4])}); the model has the attempt "
+                 f"{'lost, the next one started at once' if model.lost_now else 'failed'}"],
                 getattr(command, "step_id", ""),
             )  # fmt: skip
 
@@ -229,7 +223,9 @@ def observe(state: RunState) -> Observed:
     """The engine's run as the model compares it: statuses, attempts, outputs."""
     observed = Observed(status=state.status)
     for step in state.steps:
-        observed.steps[step.step_id] = (step.status, step.attempt, bytes(step.output))
+        observed.steps[step.step_id] = (
+            step.status, step.attempt, step.lost_attempts, bytes(step.output)
+        )  # fmt: skip
     if state.status == "completed":
         observed.output = msgspec.json.decode(bytes(state.output))
     return observed

@@ -2,9 +2,10 @@
 
 `run_seeds(case, seeds)` simulates each seed of a `SimCase` and sums what happened (runs,
 faults by kind, virtual time covered); it stops after `failures_max` failing seeds. Each
-seed's bound of virtual time per run is computed from the workflow (`run_bound_ms`) unless the
-case names one. Logging of the engine and the worker is quieted while seeds run (a crash is
-their daily bread here); each seed's own trace says what happened.
+seed's bound of virtual time per run is computed from the workflow (`run_bound_ms`,
+dagnats/sim/bounds.py) unless the case names one; each run's lost attempts extend it.
+Logging of the engine and the worker is quieted while seeds run (a crash is their daily bread
+here); each seed's own trace says what happened.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ from typing import Any, Final
 import msgspec
 
 from dagnats.sim import settings
+from dagnats.sim.bounds import run_bound_ms
 from dagnats.sim.case import SeedResult, SimCase
 from dagnats.sim.faults import SimulatedCrash
 from dagnats.sim.loop import SimLoop
 from dagnats.sim.projector import ProjectionStores
 from dagnats.sim.scheduler import Simulation
-from kernel import limits
-from kernel.retry import backoff_ms
-from kernel.workflow import NO_RETRY, RetryPolicy, WorkflowDef
 
 QUIET_LOGGERS: Final = ("dagnats.engine", "dagnats.worker", "dagnats.task", "asyncio")
 JOBS_MAX: Final = 64  # processes one call may spread its seeds over
@@ -68,55 +67,6 @@ class SimReport(msgspec.Struct, kw_only=True):
             self.statuses[status] = self.statuses.get(status, 0) + 1
         if not result.ok:
             self.failures.append(result)
-
-
-def _attempt_bound_ms(timeout_ms: int | None) -> int:
-    """The longest one attempt can last: a slow or hung handler found by its heartbeat loss
-    (or cut by its timeout), a command held by a crashed engine, restarts, clock error."""
-    handler = settings.slow_handler_ms_max + 2 * settings.task_ack_wait_ms
-    if timeout_ms is not None:
-        handler = min(handler, timeout_ms + settings.late_delivery_ms_max)
-    dispatch = (
-        2 * settings.command_ack_wait_ms
-        + settings.engine_restart_ms_max
-        + settings.worker_restart_ms_max
-        + 2 * settings.late_delivery_ms_max
-    )
-    return handler + dispatch + 2 * settings.clock_jump_ms_max
-
-
-def _retry_delays_ms(policy: RetryPolicy) -> int:
-    total = 0
-    flat = msgspec.structs.replace(policy, jitter=0.0)
-    for attempt in range(1, policy.max_attempts):
-        delay = backoff_ms(flat, attempt, 0) * (1.0 + policy.jitter)
-        total += min(int(delay) + 1, limits.delay_ms_max)
-    return total
-
-
-def run_bound_ms(workflow: WorkflowDef) -> int:
-    """The virtual time by which a run of `workflow` must end under the simulated faults.
-
-    Every step (fallback and compensation handlers too) in a row, each with all its attempts
-    at their longest and its retry delays at their longest; with a workflow timeout, no more
-    than the timeout plus the handlers. A handler raising `RetryAfter` longer than its policy
-    needs a bound passed in (`SimCase.bound_ms`).
-    """
-    handler_ids = {s.on_failure for s in workflow.steps} | {s.compensate for s in workflow.steps}
-    body = handlers = 0
-    for step in workflow.steps:
-        policy = step.retry or workflow.default_retry or NO_RETRY
-        attempts = max(1, policy.max_attempts)
-        step_ms = attempts * _attempt_bound_ms(step.timeout_ms) + _retry_delays_ms(policy)
-        if step.id in handler_ids:
-            handlers += step_ms
-        else:
-            body += step_ms
-    bound = body + handlers + settings.run_bound_slack_ms
-    if workflow.timeout_ms is not None:
-        timed = workflow.timeout_ms + _attempt_bound_ms(None) + handlers
-        bound = min(bound, timed + settings.run_bound_slack_ms)
-    return min(bound, settings.horizon_ms_max - settings.run_bound_slack_ms)
 
 
 @contextlib.contextmanager
@@ -276,3 +226,13 @@ def failure_text(result: SeedResult, reproduce: str, trace_lines: int) -> str:
         lines.append(f"  last {len(tail)} trace lines:")
         lines.extend(f"    {line}" for line in tail)
     return "\n".join(lines)
+
+
+__all__ = [
+    "JOBS_MAX",
+    "SimReport",
+    "failure_text",
+    "run_bound_ms",  # (dagnats/sim/bounds.py: re-exported where callers found it)
+    "run_seed",
+    "run_seeds",
+]

@@ -34,6 +34,7 @@ from dagnats.runtime.protocols import (
     CommandMessage,
 )
 from dagnats.sim import settings
+from dagnats.sim.bounds import LostAttempts
 from dagnats.sim.case import SeedResult, SimCase
 from dagnats.sim.faults import SeedFaults, SimulatedCrash
 from dagnats.sim.invariants import Oracle
@@ -128,6 +129,8 @@ class Simulation:
             self.time, self.oracle.violate, self.attempts, [self.tasks, self.commands]
         )
         self.oracle.decision_listeners.append(self.model.on_decision)
+        self.lost = LostAttempts(case.workflow)  # each run's bound grows with its lost attempts
+        self.oracle.decision_listeners.append(self.lost.on_decision)
         self.client_clock = ProcessClock(self.time)
         client_gate = ProcessGate(self, "client", "")
         self.client = CommandPort(self.commands, self.dead, "client", client_gate)
@@ -154,9 +157,6 @@ class Simulation:
         for worker in self.workers:
             self._start_worker(worker)
         settled = False
-        horizon = self.start_ms + min(
-            self.bound_ms + settings.run_bound_slack_ms, settings.horizon_ms_max
-        )
         try:
             # Each pass is a step or a jump of time to the next moment something can happen;
             # at most steps_max steps, and at most as many jumps (each jump precedes a step).
@@ -168,7 +168,7 @@ class Simulation:
                         settled = True
                         break
                     due = self._next_due()
-                    if due is None or due > horizon or self._overdue(due):
+                    if due is None or due > self._horizon() or self._overdue(due):
                         break
                     self.time.advance_to(due)
                     continue
@@ -184,10 +184,15 @@ class Simulation:
             await self._stop_all()
         return self._result(settled)
 
+    def _horizon(self) -> int:
+        bound = self.bound_ms + self.lost.most_ms + settings.run_bound_slack_ms
+        return self.start_ms + min(bound, settings.horizon_ms_max)
+
     def _overdue(self, due: int) -> bool:
         """Whether some run will be past its bound by `due` (stop early: it will not end)."""
         return any(
-            not is_terminal(self.oracle.state(run_id)) and due > started + self.bound_ms
+            not is_terminal(self.oracle.state(run_id))
+            and due > started + self.lost.bound_ms(self.bound_ms, run_id)
             for run_id, started in self.started_at_ms.items()
         )
 
@@ -549,19 +554,19 @@ class Simulation:
             track = self.oracle.runs.get(run_id)
             status = track.state.status if track is not None else "new"
             ended = track.ended_at_ms if track is not None else None
+            bound = self.lost.bound_ms(self.bound_ms, run_id)
             if ended is None:
                 elapsed = self.time.now_ms - started
                 self.oracle.violate(
                     "run_ends_in_bound",
                     f"the run is still {status} after {elapsed} ms of virtual time "
-                    f"(its bound is {self.bound_ms} ms)",
+                    f"(its bound is {bound} ms)",
                     run_id,
                 )
-            elif ended - started > self.bound_ms:
+            elif ended - started > bound:
                 self.oracle.violate(
                     "run_ends_in_bound",
-                    f"the run ended {ended - started} ms after its start; its bound is "
-                    f"{self.bound_ms} ms",
+                    f"the run ended {ended - started} ms after its start; its bound is {bound} ms",
                     run_id,
                 )
 
