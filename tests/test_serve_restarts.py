@@ -89,7 +89,12 @@ async def test_a_taken_port_gives_a_new_one_which_a_running_worker_follows(
     await kill_serve(serve)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        squatter.bind((LOOPBACK_HOST, old_port))
+        # The killed server's nats-server child may hold the port a moment longer.
+        await wait_for(
+            lambda: _bound(squatter, old_port),
+            timeout_ms=step_timeout_ms,
+            what=f"port {old_port} to be free for the squatter",
+        )
         squatter.listen()
         moved = await procs.serve(data_dir)
         assert moved.port != old_port
@@ -103,6 +108,15 @@ async def test_a_taken_port_gives_a_new_one_which_a_running_worker_follows(
         await run_one(moved.url, "after-move")  # served by the worker that followed
     assert worker.alive()
     assert "Traceback" not in worker.stderr()
+
+
+def _bound(sock: socket.socket, port: int) -> bool:
+    """Bind `sock` to the loopback `port`; False while someone else still holds it."""
+    try:
+        sock.bind((LOOPBACK_HOST, port))
+    except OSError:
+        return False
+    return True
 
 
 # -- logs while the server is away -------------------------------------------------------------
