@@ -8,6 +8,8 @@ safety). Imports `dagnats.cli.common` and the rest of the project, never `dagnat
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +31,7 @@ from dagnats.client import Client
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import default_data_dir
 from dagnats.runtime.serve import Server, install_stop_signals
+from dagnats.worker import check_concurrency, concurrency_max
 
 
 def refuse_without_assertions(what: str) -> None:
@@ -83,7 +86,9 @@ def serve(
 def worker(
     spec: Annotated[str, typer.Argument(help="MODULE:ATTR of a dagnats.Worker.")],
     nats_url: UrlOption = None,
-    concurrency: Annotated[int | None, typer.Option(help="Handlers run at once.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Handlers run at once (1..10000).")
+    ] = None,
     heartbeat_timeout: Annotated[
         float | None,
         typer.Option(
@@ -96,6 +101,12 @@ def worker(
     """Serve the task handlers of a Worker until SIGTERM (then drain)."""
     refuse_without_assertions("dagnats worker")
     logs.configure(json_lines=log_json)
+    if concurrency is not None:
+        try:
+            check_concurrency(concurrency)
+        except ValueError:
+            rule = f"it must be within 1..{concurrency_max} (handlers run at once)"
+            raise fail(f"--concurrency {concurrency}: {rule}", "", 2) from None
     the_worker = load_worker(spec)
     if concurrency is not None:
         the_worker.concurrency = concurrency
@@ -117,6 +128,13 @@ def worker(
             await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
         finally:
             await client.close()
+        if the_worker.hung:
+            # A handler that ignored its cancellation (blocked in a thread) would hold the
+            # interpreter's exit forever (it joins the thread pool): leave without it.
+            err.print(f"exiting without waiting for {len(the_worker.hung)} hung handler(s)")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     run_async(main())
 
