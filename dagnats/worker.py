@@ -17,6 +17,19 @@ engine schedules the next one. A result is kept (and its task heartbeated) until
 acknowledged it: its publish is retried under the same `Nats-Msg-Id` across reconnects, for at
 most `settings.result_send_ms_max`. On SIGTERM the worker drains: in-flight handlers finish,
 their results get at most `settings.drain_results_ms_max` more, nothing new is taken.
+
+Hostile handlers: whatever a handler raises, BaseException included (KeyboardInterrupt,
+SystemExit, GeneratorExit, its own CancelledError), is caught inside the task that runs it and
+recorded as a failure; messages and tracebacks are cut to `limits.error_message_bytes_max`
+(dagnats/worker_safety.py renders them without trusting `__str__`). A handler past its task's
+`deadline_ms` is cancelled; one that ignores it for `handler_cancel_grace_ms` is left running,
+logged once, and its slot taken back (the engine's step timer records the timeout; the worker
+sends nothing for that attempt). On SIGTERM, handlers get `drain_handlers_ms`, then are
+cancelled. An output is refused (`invalid_output`, with its JSON path) when it nests deeper
+than `json_depth_max`, holds NaN or an infinity (JSON has neither: encoders write null), or
+holds bytes/bytearray/memoryview (encoders write base64 the reader never asked for).
+
+Fetching: one fair loop over all the worker's task types (dagnats/worker_fetch.py).
 """
 
 from __future__ import annotations
@@ -28,11 +41,10 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from dagnats.agent import ToolResult, Usage, read_turn_input, turn_result
+from dagnats.agent import turn_result
 from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
@@ -44,6 +56,14 @@ from dagnats.runtime.protocols import (
     TaskMessage,
     TaskQueue,
 )
+from dagnats.worker_context import (
+    NO_ENVELOPE,
+    NonRetryableError,
+    TaskContext,
+    TaskEnvelope,
+    read_envelope,
+)
+from dagnats.worker_fetch import FetchLoop
 from dagnats.worker_safety import (
     cut_text,
     output_problem,
@@ -57,13 +77,10 @@ from kernel.commands import CompleteTask, FailTask, FailureKind, TaskStarted
 from kernel.effects import EnqueueTask
 from kernel.errors import DagnatsError, DecodeError
 
-T = TypeVar("T")
 Handler = Callable[["TaskContext"], Awaitable[object]]
 TaskResult = CompleteTask | FailTask
 
 heartbeat_interval_ms_default = settings.task_heartbeat_interval_ms_default
-fetch_timeout_ms = 250  # short, so a pull lost with a restarted server is soon made again
-fetch_backoff_ms = 500  # after a failed fetch, before the next one
 concurrency_default = 16
 concurrency_max = 10_000
 fetch_batch_default = 64  # task messages fetched at once, bounded by the free handler slots
@@ -76,10 +93,6 @@ handler_cancel_grace_ms_default = 2_000
 drain_handlers_ms_default = 30_000
 
 _task_decoder = msgspec.json.Decoder(EnqueueTask)
-
-
-class NonRetryableError(DagnatsError):
-    """Raise from a handler to fail the step without further attempts."""
 
 
 class ResultNotSentError(DagnatsError):
@@ -103,81 +116,6 @@ class RetryAfter(DagnatsError):  # noqa: N818 (the name users know from other en
         super().__init__(message or f"retry after {seconds}s")
 
 
-class TaskEnvelope(msgspec.Struct, frozen=True, kw_only=True):
-    """What the SDK reads of a task's envelope (`EnqueueTask.envelope`, written by the step
-    type): a planner's `previous_errors`, an agent loop turn's `turn`. Other fields are
-    ignored; a task without an envelope reads as the defaults."""
-
-    previous_errors: tuple[str, ...] = ()
-    turn: int = 0
-
-
-NO_ENVELOPE: Final = TaskEnvelope()
-
-
-def read_envelope(task: EnqueueTask) -> TaskEnvelope:
-    """The task's envelope (the defaults when it has none, or one the SDK cannot read)."""
-    if bytes(task.envelope) == b"null":
-        return NO_ENVELOPE
-    try:
-        return msgspec.json.decode(bytes(task.envelope), type=TaskEnvelope)
-    except msgspec.DecodeError:  # (a ValidationError too) an envelope of a newer step type
-        return NO_ENVELOPE
-
-
-class TaskContext:
-    """What a handler knows about the attempt it runs."""
-
-    def __init__(self, task: EnqueueTask, worker_id: str) -> None:
-        self.task_type = task.task
-        self.run_id = task.run_id
-        self.step_id = task.step_id
-        self.attempt = task.attempt
-        self.input_raw = bytes(task.input)
-        self.metadata: dict[str, Any] = msgspec.json.decode(bytes(task.metadata))
-        self.deadline_ms = task.deadline_ms
-        envelope = read_envelope(task)
-        # A planner's retry: the problems of the plan its previous attempt returned.
-        self.previous_errors: tuple[str, ...] = envelope.previous_errors
-        # An agent loop's turn (turn > 0): its envelope unpacked (dagnats/agent.py).
-        self.turn = envelope.turn
-        self.state: Any = None
-        self.tool_results: tuple[ToolResult, ...] = ()
-        self.usage = Usage()
-        if envelope.turn > 0:
-            turn_input = read_turn_input(self.input_raw)
-            self.input_raw = turn_input.input_raw
-            self.state = turn_input.state
-            self.tool_results = turn_input.tool_results
-            self.usage = turn_input.usage
-        # The run's history size when the task was scheduled, and whether it passed the soft
-        # limit: time to carry the state into a fresh run (a `continue_as_new` step).
-        self.history_events = task.history_events
-        self.should_continue_as_new = task.history_events >= limits.history_events_soft_max
-        self.worker_id = worker_id
-        self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger(f"dagnats.task.{task.task}"),
-            {"run_id": task.run_id, "step_id": task.step_id, "attempt": task.attempt},
-        )
-
-    @property
-    def input(self) -> Any:
-        """The step input, decoded from JSON into plain Python values."""
-        return msgspec.json.decode(self.input_raw)
-
-    def input_as(self, type_: type[T]) -> T:
-        """The step input decoded and validated as `type_` (a msgspec Struct, dataclass, ...).
-
-        Raises:
-            NonRetryableError: the input does not match `type_` (retrying cannot fix it).
-        """
-        try:
-            return msgspec.json.decode(self.input_raw, type=type_)
-        except msgspec.ValidationError as error:
-            raise NonRetryableError(f"input does not match {type_.__name__}: {error}") from None
-
-
 def check_concurrency(concurrency: object) -> int:
     """`concurrency` when it is a whole number of handler slots within 1..concurrency_max.
 
@@ -192,13 +130,6 @@ def check_concurrency(concurrency: object) -> int:
             "(handlers run at once; 0 would never run one)"
         )
     return concurrency
-
-
-@runtime_checkable
-class ReadyTaskQueue(Protocol):
-    """A task queue that can take what is waiting without waiting (`fetch_ready`)."""
-
-    async def fetch_ready(self, task_type: str, *, batch: int) -> Sequence[TaskMessage]: ...
 
 
 class _Returned:
@@ -309,11 +240,20 @@ class Worker:
         check_concurrency(self.concurrency)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._wake = asyncio.Event()
-        polls: dict[str, asyncio.Task[Sequence[TaskMessage]]] = {}
+        fetching = FetchLoop(
+            sorted(self.handlers),
+            tasks,
+            stop,
+            dispatch=lambda messages: self._dispatch(messages, commands, dead),
+            free_slots=lambda: self.concurrency - len(self._in_flight),
+            wake=self._wake,
+            outage=self._fetch_outage,
+            batch_max=self.fetch_batch_max,
+        )
         try:
-            await self._fetch_loop(sorted(self.handlers), tasks, commands, dead, stop, polls)
+            await fetching.run()
         finally:
-            await self._end_polls(polls, commands, dead)
+            await fetching.end()
             loop_time = asyncio.get_running_loop().time()
             self._drain_deadline = loop_time + settings.drain_results_ms_max / 1000
             await self._drain()
@@ -333,112 +273,6 @@ class Worker:
             await asyncio.wait(pending, timeout=self.handler_cancel_grace_ms / 1000)
         if self.hung:
             self.log.warning("%d hung handler(s) left running at exit", len(self.hung))
-
-    async def _fetch_loop(
-        self,
-        names: list[str],
-        tasks: TaskQueue,
-        commands: CommandPublisher,
-        dead: DeadLetters,
-        stop: asyncio.Event,
-        polls: dict[str, asyncio.Task[Sequence[TaskMessage]]],
-    ) -> None:
-        """One loop over every task type (see the module docstring): take what is waiting,
-        round-robin, bounded by the free slots; when nothing is, long-poll every type."""
-        ready = tasks if isinstance(tasks, ReadyTaskQueue) else None
-        turn = 0
-        assert 1 <= len(names) <= settings.task_types_per_queue_max, len(names)
-        while not stop.is_set():
-            self._wake.clear()
-            just_polled = self._take_polled(polls, commands, dead)
-            free = self.concurrency - len(self._in_flight)
-            taken = 0
-            for offset in range(len(names)):
-                if free - taken <= 0 or stop.is_set():
-                    break
-                name = names[(turn + offset) % len(names)]
-                if name in polls or name in just_polled:
-                    continue
-                batch = min(free - taken, self.fetch_batch_max)
-                messages = await self._fetch(name, batch, ready, tasks, stop)
-                taken += len(messages)
-                self._dispatch(messages, commands, dead)
-            turn = (turn + 1) % len(names)
-            if taken or stop.is_set():
-                continue
-            if free > 0:  # nothing waiting anywhere: one long poll per idle type
-                for name in names:
-                    if name not in polls:
-                        polls[name] = asyncio.create_task(
-                            tasks.fetch(name, batch=1, timeout_ms=fetch_timeout_ms)
-                        )
-                        polls[name].add_done_callback(lambda _poll: self._wake.set())
-            await _first_of(self._wake, stop, fetch_timeout_ms * 4)
-
-    async def _fetch(
-        self,
-        name: str,
-        batch: int,
-        ready: ReadyTaskQueue | None,
-        tasks: TaskQueue,
-        stop: asyncio.Event,
-    ) -> Sequence[TaskMessage]:
-        """What waits on `name`, at most `batch`, without waiting; [] after a failure."""
-        try:
-            if ready is not None:
-                messages = await ready.fetch_ready(name, batch=batch)
-            else:
-                messages = await tasks.fetch(name, batch=batch, timeout_ms=1)
-        except Exception as error:
-            if not stop.is_set():
-                self._fetch_outage.failed(f"{name}: {render_error(error)}")
-                await _first_of(stop, None, fetch_backoff_ms)
-            return []
-        self._fetch_outage.recovered()
-        assert len(messages) <= batch, (len(messages), batch)
-        return messages
-
-    def _take_polled(
-        self,
-        polls: dict[str, asyncio.Task[Sequence[TaskMessage]]],
-        commands: CommandPublisher,
-        dead: DeadLetters,
-    ) -> set[str]:
-        """Start a job for each message a finished long poll brought; the task types whose
-        poll came back empty (just checked: the next sweep skips them). A poll that came
-        back while the slots were full brings at most one message: it waits for a slot,
-        heartbeated, so a worker holds at most one extra task per task type."""
-        empty: set[str] = set()
-        for name, poll in list(polls.items()):
-            if not poll.done():
-                continue
-            del polls[name]
-            if poll.cancelled():
-                continue
-            error = poll.exception()
-            if error is not None:
-                self._fetch_outage.failed(f"{name}: {render_error(error)}")
-                continue
-            self._fetch_outage.recovered()
-            messages = poll.result()
-            if not messages:
-                empty.add(name)
-            self._dispatch(messages, commands, dead)
-        return empty
-
-    async def _end_polls(
-        self,
-        polls: dict[str, asyncio.Task[Sequence[TaskMessage]]],
-        commands: CommandPublisher,
-        dead: DeadLetters,
-    ) -> None:
-        """Let the long polls end (bounded by their own timeout: cancelling one would leave
-        a message it brings unseen until its ack wait), and run what they brought."""
-        if polls:
-            await asyncio.wait(polls.values(), timeout=2 * fetch_timeout_ms / 1000)
-        self._take_polled(polls, commands, dead)
-        for poll in polls.values():
-            poll.cancel()
 
     def _dispatch(
         self, messages: Sequence[TaskMessage], commands: CommandPublisher, dead: DeadLetters
@@ -727,13 +561,18 @@ def decode_task(data: bytes) -> EnqueueTask:
         raise DecodeError(f"not a valid task message: {error}") from None
 
 
-async def _first_of(event: asyncio.Event, other: asyncio.Event | None, timeout_ms: int) -> None:
-    """Wait until `event` (or `other`) is set, at most timeout_ms."""
-    waits = [asyncio.ensure_future(event.wait())]
-    if other is not None:
-        waits.append(asyncio.ensure_future(other.wait()))
-    try:
-        await asyncio.wait(waits, timeout=timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
+__all__ = [
+    "NO_ENVELOPE",
+    "Handler",
+    "NonRetryableError",
+    "ResultNotSentError",
+    "RetryAfter",
+    "TaskContext",
+    "TaskEnvelope",
+    "TaskResult",
+    "Worker",
+    "check_concurrency",
+    "decode_task",
+    "read_envelope",
+    "short_traceback",
+]

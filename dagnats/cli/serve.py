@@ -128,15 +128,26 @@ def worker(
             await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
         finally:
             await client.close()
-        if the_worker.hung:
-            # A handler that ignored its cancellation (blocked in a thread) would hold the
-            # interpreter's exit forever (it joins the thread pool): leave without it.
-            err.print(f"exiting without waiting for {len(the_worker.hung)} hung handler(s)")
+        if the_worker.hung or not await threads_ended(the_worker.handler_cancel_grace_ms):
+            # A handler that ignored its cancellation, or a thread a cancelled handler left
+            # blocked, would hold the interpreter's exit forever (it joins the thread pool).
+            err.print("exiting without waiting for hung handler(s)", highlight=False)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
 
     run_async(main())
+
+
+async def threads_ended(timeout_ms: int) -> bool:
+    """Shut the loop's default thread pool down, waiting at most timeout_ms for its threads
+    (asyncio.run would wait for them without a bound); False when some still run."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.shutdown_default_executor(), timeout=timeout_ms / 1000)
+    except TimeoutError:
+        return False
+    return True
 
 
 def demo() -> None:

@@ -1,9 +1,9 @@
 """Work queues on JetStream: task messages for workers, commands for the engine, dead letters.
 
-- `JetStreamTaskQueue` (`protocols.TaskQueue`): tasks on `dagnats.task.<task_type>` in
-  DAGNATS_TASKS, deduplicated on `Nats-Msg-Id`; one durable pull consumer per task type whose
-  ack wait is the heartbeat timeout (`in_progress` restarts it) and whose deliveries are
-  bounded (`max_deliver`).
+- `JetStreamTaskQueue` (`protocols.TaskQueue`; `fetch_ready`: a no-wait pull): tasks on
+  `dagnats.task.<task_type>` in DAGNATS_TASKS, deduplicated on `Nats-Msg-Id`; one durable
+  pull consumer per task type whose ack wait is the heartbeat timeout (`in_progress`
+  restarts it) and whose deliveries are bounded (`max_deliver`).
 - `JetStreamCommandQueue` (`protocols.CommandQueue` and `protocols.DeadLetters`): commands on
   `dagnats.cmd.<partition>.<run_id>` in DAGNATS_COMMANDS, fetched in batches by the engine's
   durable pull consumer on `dagnats.cmd.>` (or on the partitions one engine owns), acked by
