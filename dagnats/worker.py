@@ -17,6 +17,19 @@ engine schedules the next one. A result is kept (and its task heartbeated) until
 acknowledged it: its publish is retried under the same `Nats-Msg-Id` across reconnects, for at
 most `settings.result_send_ms_max`. On SIGTERM the worker drains: in-flight handlers finish,
 their results get at most `settings.drain_results_ms_max` more, nothing new is taken.
+
+Hostile handlers: whatever a handler raises, BaseException included (KeyboardInterrupt,
+SystemExit, GeneratorExit, its own CancelledError), is caught inside the task that runs it and
+recorded as a failure; messages and tracebacks are cut to `limits.error_message_bytes_max`
+(dagnats/worker_safety.py renders them without trusting `__str__`). A handler past its task's
+`deadline_ms` is cancelled; one that ignores it for `handler_cancel_grace_ms` is left running,
+logged once, and its slot taken back (the engine's step timer records the timeout; the worker
+sends nothing for that attempt). On SIGTERM, handlers get `drain_handlers_ms`, then are
+cancelled. An output is refused (`invalid_output`, with its JSON path) when it nests deeper
+than `json_depth_max`, holds NaN or an infinity (JSON has neither: encoders write null), or
+holds bytes/bytearray/memoryview (encoders write base64 the reader never asked for).
+
+Fetching: one fair loop over all the worker's task types (dagnats/worker_fetch.py).
 """
 
 from __future__ import annotations
@@ -26,14 +39,12 @@ import contextlib
 import logging
 import os
 import socket
-import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from dagnats.agent import ToolResult, Usage, read_turn_input, turn_result
+from dagnats.agent import turn_result
 from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
@@ -45,27 +56,43 @@ from dagnats.runtime.protocols import (
     TaskMessage,
     TaskQueue,
 )
+from dagnats.worker_context import (
+    NO_ENVELOPE,
+    NonRetryableError,
+    TaskContext,
+    TaskEnvelope,
+    read_envelope,
+)
+from dagnats.worker_fetch import FetchLoop
+from dagnats.worker_safety import (
+    cut_text,
+    output_problem,
+    render_error,
+    render_message,
+    render_raised,
+    short_traceback,
+)
 from kernel import codec, limits
 from kernel.commands import CompleteTask, FailTask, FailureKind, TaskStarted
 from kernel.effects import EnqueueTask
 from kernel.errors import DagnatsError, DecodeError
 
-T = TypeVar("T")
 Handler = Callable[["TaskContext"], Awaitable[object]]
 TaskResult = CompleteTask | FailTask
 
 heartbeat_interval_ms_default = settings.task_heartbeat_interval_ms_default
-fetch_timeout_ms = 250  # short, so a pull lost with a restarted server is soon made again
 concurrency_default = 16
+concurrency_max = 10_000
 fetch_batch_default = 64  # task messages fetched at once, bounded by the free handler slots
-traceback_lines_max = 12
 finished_attempts_remembered_max = 10_000
+# A handler cancelled at its deadline gets this long to end before its slot is taken back
+# (it is then left running, logged once, and no longer counted).
+handler_cancel_grace_ms_default = 2_000
+# On SIGTERM, in-flight attempts get this long to end (a handler without a deadline may hang);
+# those still running are then cancelled and their tasks come back to other workers.
+drain_handlers_ms_default = 30_000
 
 _task_decoder = msgspec.json.Decoder(EnqueueTask)
-
-
-class NonRetryableError(DagnatsError):
-    """Raise from a handler to fail the step without further attempts."""
 
 
 class ResultNotSentError(DagnatsError):
@@ -89,85 +116,44 @@ class RetryAfter(DagnatsError):  # noqa: N818 (the name users know from other en
         super().__init__(message or f"retry after {seconds}s")
 
 
-class TaskEnvelope(msgspec.Struct, frozen=True, kw_only=True):
-    """What the SDK reads of a task's envelope (`EnqueueTask.envelope`, written by the step
-    type): a planner's `previous_errors`, an agent loop turn's `turn`. Other fields are
-    ignored; a task without an envelope reads as the defaults."""
+def check_concurrency(concurrency: object) -> int:
+    """`concurrency` when it is a whole number of handler slots within 1..concurrency_max.
 
-    previous_errors: tuple[str, ...] = ()
-    turn: int = 0
-
-
-NO_ENVELOPE: Final = TaskEnvelope()
-
-
-def read_envelope(task: EnqueueTask) -> TaskEnvelope:
-    """The task's envelope (the defaults when it has none, or one the SDK cannot read)."""
-    if bytes(task.envelope) == b"null":
-        return NO_ENVELOPE
-    try:
-        return msgspec.json.decode(bytes(task.envelope), type=TaskEnvelope)
-    except msgspec.DecodeError:  # (a ValidationError too) an envelope of a newer step type
-        return NO_ENVELOPE
-
-
-class TaskContext:
-    """What a handler knows about the attempt it runs."""
-
-    def __init__(self, task: EnqueueTask, worker_id: str) -> None:
-        self.task_type = task.task
-        self.run_id = task.run_id
-        self.step_id = task.step_id
-        self.attempt = task.attempt
-        self.input_raw = bytes(task.input)
-        self.metadata: dict[str, Any] = msgspec.json.decode(bytes(task.metadata))
-        self.deadline_ms = task.deadline_ms
-        envelope = read_envelope(task)
-        # A planner's retry: the problems of the plan its previous attempt returned.
-        self.previous_errors: tuple[str, ...] = envelope.previous_errors
-        # An agent loop's turn (turn > 0): its envelope unpacked (dagnats/agent.py).
-        self.turn = envelope.turn
-        self.state: Any = None
-        self.tool_results: tuple[ToolResult, ...] = ()
-        self.usage = Usage()
-        if envelope.turn > 0:
-            turn_input = read_turn_input(self.input_raw)
-            self.input_raw = turn_input.input_raw
-            self.state = turn_input.state
-            self.tool_results = turn_input.tool_results
-            self.usage = turn_input.usage
-        # The run's history size when the task was scheduled, and whether it passed the soft
-        # limit: time to carry the state into a fresh run (a `continue_as_new` step).
-        self.history_events = task.history_events
-        self.should_continue_as_new = task.history_events >= limits.history_events_soft_max
-        self.worker_id = worker_id
-        self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger(f"dagnats.task.{task.task}"),
-            {"run_id": task.run_id, "step_id": task.step_id, "attempt": task.attempt},
+    Raises:
+        ValueError: naming the value and the rule.
+    """
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool):
+        raise ValueError(f"concurrency {concurrency!r} must be a whole number of handler slots")
+    if not 1 <= concurrency <= concurrency_max:
+        raise ValueError(
+            f"concurrency {concurrency} must be within 1..{concurrency_max} "
+            "(handlers run at once; 0 would never run one)"
         )
-
-    @property
-    def input(self) -> Any:
-        """The step input, decoded from JSON into plain Python values."""
-        return msgspec.json.decode(self.input_raw)
-
-    def input_as(self, type_: type[T]) -> T:
-        """The step input decoded and validated as `type_` (a msgspec Struct, dataclass, ...).
-
-        Raises:
-            NonRetryableError: the input does not match `type_` (retrying cannot fix it).
-        """
-        try:
-            return msgspec.json.decode(self.input_raw, type=type_)
-        except msgspec.ValidationError as error:
-            raise NonRetryableError(f"input does not match {type_.__name__}: {error}") from None
+    return concurrency
 
 
-def short_traceback(error: BaseException) -> str:
-    lines = traceback.format_exception(error)
-    text = "".join(lines[-traceback_lines_max:])
-    return text[: limits.error_message_bytes_max]
+class _Returned:
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def _invoke(handler: Handler, context: TaskContext) -> _Returned | _Raised:
+    """The handler's outcome as a value: nothing it raises (BaseException included) leaves
+    this task, so none reaches the event loop (which re-raises KeyboardInterrupt/SystemExit)
+    or is left as "Task exception was never retrieved"."""
+    try:
+        return _Returned(await handler(context))
+    except BaseException as error:  # (that is the point)
+        return _Raised(error)
 
 
 class Worker:
@@ -185,19 +171,29 @@ class Worker:
         seeds: Callable[[], int] | None = None,
     ) -> None:
         """`clock` stamps `at_ms` and `seeds` draws command seeds: the wall clock and `random`
-        unless given (the simulator passes virtual time and a seeded source)."""
-        assert 1 <= concurrency <= 10_000, f"concurrency {concurrency} out of 1..10000"
-        self.concurrency = concurrency
+        unless given (the simulator passes virtual time and a seeded source).
+
+        Raises:
+            ValueError: concurrency or fetch_batch_max out of range (naming value and rule).
+        """
+        self.concurrency = check_concurrency(concurrency)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.report_started = report_started
         self.now_ms: Callable[[], int] = clock.now_ms if clock is not None else now_ms
         self.new_seed: Callable[[], int] = seeds if seeds is not None else new_seed
-        assert 1 <= fetch_batch_max <= 1_000, f"fetch_batch_max {fetch_batch_max} out of 1..1000"
+        if not 1 <= fetch_batch_max <= 1_000:
+            raise ValueError(f"fetch_batch_max {fetch_batch_max} must be within 1..1000")
         self.fetch_batch_max = fetch_batch_max
+        self.handler_cancel_grace_ms = handler_cancel_grace_ms_default
+        self.drain_handlers_ms = drain_handlers_ms_default
         self.handlers: dict[str, Handler] = {}
         self.log = logging.getLogger("dagnats.worker")
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Handlers that ignored their cancellation past the grace: left running, not counted.
+        self.hung: set[asyncio.Task[_Returned | _Raised]] = set()
+        self._slots: asyncio.Semaphore | None = None  # set by serve (the simulator runs jobs)
+        self._wake = asyncio.Event()  # a job ended or a poll came back: look again
         # Deliveries of each attempt this process runs, and recently finished attempts: a
         # repeat delivery after a server crash must not run a handler twice.
         self._running: dict[str, list[TaskMessage]] = {}
@@ -231,7 +227,8 @@ class Worker:
         dead: DeadLetters,
         stop: asyncio.Event,
     ) -> None:
-        """Fetch and run tasks of every registered type until `stop` is set, then drain.
+        """Fetch and run tasks of every registered type until `stop` is set, then drain
+        (at most `drain_handlers_ms` for the handlers, then their results' own bound).
 
         Raises:
             AssertionsDisabledError: under `python -O` (assertions are part of the safety).
@@ -240,62 +237,54 @@ class Worker:
         require_assertions("the worker")
         if not self.handlers:
             raise DagnatsError("the worker has no handlers; register one with @worker.task(name)")
-        slots = asyncio.Semaphore(self.concurrency)
-        loops = [
-            asyncio.create_task(self._fetch_loop(name, tasks, commands, dead, slots, stop))
-            for name in sorted(self.handlers)
-        ]
+        check_concurrency(self.concurrency)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._wake = asyncio.Event()
+        fetching = FetchLoop(
+            sorted(self.handlers),
+            tasks,
+            stop,
+            dispatch=lambda messages: self._dispatch(messages, commands, dead),
+            free_slots=lambda: self.concurrency - len(self._in_flight),
+            wake=self._wake,
+            outage=self._fetch_outage,
+            batch_max=self.fetch_batch_max,
+        )
         try:
-            await asyncio.gather(*loops)
+            await fetching.run()
         finally:
-            for loop in loops:
-                loop.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await fetching.end()
             loop_time = asyncio.get_running_loop().time()
             self._drain_deadline = loop_time + settings.drain_results_ms_max / 1000
-            if self._in_flight:
-                self.log.info("draining %d in-flight task(s)", len(self._in_flight))
-                await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await self._drain()
 
-    async def _fetch_loop(
-        self,
-        name: str,
-        tasks: TaskQueue,
-        commands: CommandPublisher,
-        dead: DeadLetters,
-        slots: asyncio.Semaphore,
-        stop: asyncio.Event,
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        self.log.info("draining %d in-flight task(s)", len(self._in_flight))
+        _, pending = await asyncio.wait(self._in_flight, timeout=self.drain_handlers_ms / 1000)
+        if pending:
+            self.log.warning(
+                "%d task(s) still running %d ms after the drain began: cancelled (their "
+                "tasks come back to other workers)", len(pending), self.drain_handlers_ms,
+            )  # fmt: skip
+            for job in pending:
+                job.cancel()
+            await asyncio.wait(pending, timeout=self.handler_cancel_grace_ms / 1000)
+        if self.hung:
+            self.log.warning("%d hung handler(s) left running at exit", len(self.hung))
+
+    def _dispatch(
+        self, messages: Sequence[TaskMessage], commands: CommandPublisher, dead: DeadLetters
     ) -> None:
-        while not stop.is_set():
-            await slots.acquire()
-            taken = 1
-            while taken < self.fetch_batch_max and not slots.locked():
-                await slots.acquire()  # free now: does not wait
-                taken += 1
-            try:
-                messages = await tasks.fetch(name, batch=taken, timeout_ms=fetch_timeout_ms)
-            except Exception as error:
-                for _ in range(taken):
-                    slots.release()
-                if stop.is_set():
-                    return
-                self._fetch_outage.failed(f"{name}: {error or type(error).__name__}")
-                await asyncio.sleep(0.5)  # back off before the next fetch; not a wait on state
-                continue
-            self._fetch_outage.recovered()
-            assert len(messages) <= taken
-            for _ in range(taken - len(messages)):
-                slots.release()
-            if stop.is_set():  # draining: hand what came back to other workers at once
-                for message in messages:
-                    await message.nak()
-                    slots.release()
-                return
-            for message in messages:
-                job = asyncio.create_task(self._run_job(message, commands, dead))
-                self._in_flight.add(job)
-                job.add_done_callback(self._in_flight.discard)
-                job.add_done_callback(lambda _job: slots.release())
+        for message in messages:
+            job = asyncio.create_task(self._run_job(message, commands, dead))
+            self._in_flight.add(job)
+            job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Task[None]) -> None:
+        self._in_flight.discard(job)
+        self._wake.set()
 
     async def _run_job(
         self, message: TaskMessage, commands: CommandPublisher, dead: DeadLetters
@@ -307,8 +296,9 @@ class Worker:
         except ResultNotSentError as error:
             self.log.error("%s", error)
         except Exception as error:
-            what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            self.log.warning("a task message was left unsettled (it comes back): %s", what)
+            self.log.warning(
+                "a task message was left unsettled (it comes back): %s", render_error(error)
+            )
 
     async def _run_message(
         self, message: TaskMessage, commands: CommandPublisher, dead: DeadLetters
@@ -337,27 +327,15 @@ class Worker:
             await self._send(commands, self._fail(task, reason, kind="lost"), "lost")
             await message.ack()
             return
-        if self.report_started:
-            started = TaskStarted(
-                run_id=task.run_id,
-                at_ms=self.now_ms(),
-                step_id=task.step_id,
-                attempt=task.attempt,
-                worker_id=self.worker_id,
-            )
-            await self._send(commands, started, "started")
-        started_at_ms = self.now_ms()
         deliveries = self._running[key] = [message]
         # Heartbeats go on until the result is acknowledged: a result waiting for the server
-        # keeps its task (a delivery that comes back meanwhile rides along).
+        # (or a task waiting for a slot) keeps its task (a delivery that comes back meanwhile
+        # rides along).
         beat = asyncio.create_task(self._heartbeat(deliveries))
         try:
-            result = await self._call(task)
-            if not self.report_started:
-                result = msgspec.structs.replace(
-                    result, worker_id=self.worker_id, started_at_ms=started_at_ms
-                )
-            await self._send(commands, result, "result")
+            result = await self._call_in_slot(task, commands)
+            if result is not None:
+                await self._send(commands, result, "result")
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -373,6 +351,34 @@ class Worker:
                 self.log.info("acking %s failed (it comes back and is acked then): %s", key, error)
         self.handled += 1
 
+    async def _call_in_slot(
+        self, task: EnqueueTask, commands: CommandPublisher
+    ) -> TaskResult | None:
+        """The attempt's result (None: it passed its deadline), run in a handler slot."""
+        slots = self._slots
+        if slots is None:  # jobs run by the simulator: it bounds them itself
+            return await self._attempt(task, commands)
+        async with slots:
+            return await self._attempt(task, commands)
+
+    async def _attempt(self, task: EnqueueTask, commands: CommandPublisher) -> TaskResult | None:
+        if self.report_started:
+            started = TaskStarted(
+                run_id=task.run_id,
+                at_ms=self.now_ms(),
+                step_id=task.step_id,
+                attempt=task.attempt,
+                worker_id=self.worker_id,
+            )
+            await self._send(commands, started, "started")
+        started_at_ms = self.now_ms()
+        result = await self._call(task)
+        if result is not None and not self.report_started:
+            result = msgspec.structs.replace(
+                result, worker_id=self.worker_id, started_at_ms=started_at_ms
+            )
+        return result
+
     async def _heartbeat(self, deliveries: list[TaskMessage]) -> None:
         failing = False
         while True:
@@ -385,31 +391,88 @@ class Worker:
                         self.log.warning("heartbeat failed: %s", error)
                     failing = True
 
-    async def _call(self, task: EnqueueTask) -> TaskResult:
+    async def _call(self, task: EnqueueTask) -> TaskResult | None:
+        """Run the task's handler and make its result; None when the attempt passed its
+        deadline (the engine's step timer records the timeout; nothing is sent)."""
         handler = self.handlers.get(task.task)
         if handler is None:
             return self._fail(task, f"no handler for task {task.task!r} in this worker", "error")
-        context = TaskContext(task, self.worker_id)
         try:
-            value = await handler(context)
-        except NonRetryableError as error:
-            return self._fail(task, str(error), "non_retryable", short_traceback(error))
-        except RetryAfter as error:
-            failed = self._fail(task, str(error), "error", short_traceback(error))
-            return msgspec.structs.replace(failed, retry_after_ms=int(error.seconds * 1000))
+            context = TaskContext(task, self.worker_id)
         except Exception as error:
-            message = f"{type(error).__name__}: {error}"
+            message = f"the task's input or metadata cannot be read: {render_error(error)}"
+            return self._fail(task, message, "non_retryable")
+        outcome = await self._run_handler(handler, context, task)
+        if outcome is None:
+            return None
+        if isinstance(outcome, _Raised):
+            return self._failure_of(task, outcome.error)
+        return self._output_of(task, outcome.value)
+
+    async def _run_handler(
+        self, handler: Handler, context: TaskContext, task: EnqueueTask
+    ) -> _Returned | _Raised | None:
+        """The handler's outcome, or None when its deadline passed: it is then cancelled,
+        and if it does not end within `handler_cancel_grace_ms` it is left running (logged
+        once) and its slot is taken back."""
+        call = asyncio.create_task(_invoke(handler, context))
+        timeout_s = None
+        if task.deadline_ms is not None:
+            timeout_s = max(0.0, (task.deadline_ms - self.now_ms()) / 1000)
+        try:
+            done, _ = await asyncio.wait({call}, timeout=timeout_s)
+        except asyncio.CancelledError:  # the worker's own cancellation (drain bound, a crash)
+            call.cancel()
+            raise
+        if done:
+            return call.result()
+        call.cancel()
+        done, _ = await asyncio.wait({call}, timeout=self.handler_cancel_grace_ms / 1000)
+        where = f"run {task.run_id} step {task.step_id} attempt {task.attempt}"
+        if done:
+            self.log.info("%s passed its deadline: its handler was cancelled", where)
+            return None
+        self.hung.add(call)
+        call.add_done_callback(self.hung.discard)
+        self.log.error(
+            "%s passed its deadline and its handler ignored the cancellation for %d ms: left "
+            "running, its slot taken back (%d hung handler(s) in this worker)",
+            where, self.handler_cancel_grace_ms, len(self.hung),
+        )  # fmt: skip
+        return None
+
+    def _failure_of(self, task: EnqueueTask, error: BaseException) -> FailTask:
+        """The failure a handler's exception reports (never raises, whatever it raised)."""
+        if isinstance(error, NonRetryableError):
+            return self._fail(task, render_message(error), "non_retryable", short_traceback(error))
+        if isinstance(error, RetryAfter):
+            failed = self._fail(task, render_message(error), "error", short_traceback(error))
+            return msgspec.structs.replace(failed, retry_after_ms=int(error.seconds * 1000))
+        if isinstance(error, Exception):
+            return self._fail(task, render_error(error), "error", short_traceback(error))
+        if isinstance(error, asyncio.CancelledError):
+            message = "the handler raised CancelledError (the worker did not cancel it)"
             return self._fail(task, message, "error", short_traceback(error))
+        # KeyboardInterrupt, SystemExit, GeneratorExit, ...: the handler's, not the worker's.
+        return self._fail(task, render_raised(error), "error", short_traceback(error))
+
+    def _output_of(self, task: EnqueueTask, value: object) -> TaskResult:
+        """The step output of what a handler returned, or an invalid_output failure saying
+        what is wrong and where."""
         if read_envelope(task).turn > 0:
             value = turn_result(value)
             if value is None:
                 message = "an agent turn handler must return Continue(...) or Done(...)"
                 return self._fail(task, message, "invalid_output")
+        problem = output_problem(value)
+        if problem is not None:
+            return self._fail(task, cut_text(f"the output cannot be sent: {problem}"),
+                              "invalid_output")  # fmt: skip
         try:
             output = msgspec.json.encode(value)
-        except (TypeError, ValueError, OverflowError) as error:
-            message = f"the output cannot be encoded as JSON: {error}"
-            return self._fail(task, message, "invalid_output")
+        except Exception as error:
+            message = f"the output cannot be encoded as JSON: {render_error(error)}"
+            return self._fail(task, cut_text(message), "invalid_output")
         if len(output) > limits.payload_bytes_max:
             message = (
                 f"the output is {len(output)} bytes; the limit is {limits.payload_bytes_max} bytes"
@@ -480,9 +543,9 @@ def _fail(
         seed=seed,
         step_id=task.step_id,
         attempt=task.attempt,
-        error=error,
+        error=cut_text(error),
         kind=kind,
-        traceback=trace,
+        traceback=cut_text(trace),
     )
 
 
@@ -496,3 +559,20 @@ def decode_task(data: bytes) -> EnqueueTask:
         return _task_decoder.decode(data)
     except msgspec.DecodeError as error:
         raise DecodeError(f"not a valid task message: {error}") from None
+
+
+__all__ = [
+    "NO_ENVELOPE",
+    "Handler",
+    "NonRetryableError",
+    "ResultNotSentError",
+    "RetryAfter",
+    "TaskContext",
+    "TaskEnvelope",
+    "TaskResult",
+    "Worker",
+    "check_concurrency",
+    "decode_task",
+    "read_envelope",
+    "short_traceback",
+]

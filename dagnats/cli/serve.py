@@ -8,6 +8,8 @@ safety). Imports `dagnats.cli.common` and the rest of the project, never `dagnat
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +31,7 @@ from dagnats.client import Client
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import default_data_dir
 from dagnats.runtime.serve import Server, install_stop_signals
+from dagnats.worker import check_concurrency, concurrency_max
 
 
 def refuse_without_assertions(what: str) -> None:
@@ -83,7 +86,9 @@ def serve(
 def worker(
     spec: Annotated[str, typer.Argument(help="MODULE:ATTR of a dagnats.Worker.")],
     nats_url: UrlOption = None,
-    concurrency: Annotated[int | None, typer.Option(help="Handlers run at once.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Handlers run at once (1..10000).")
+    ] = None,
     heartbeat_timeout: Annotated[
         float | None,
         typer.Option(
@@ -96,6 +101,12 @@ def worker(
     """Serve the task handlers of a Worker until SIGTERM (then drain)."""
     refuse_without_assertions("dagnats worker")
     logs.configure(json_lines=log_json)
+    if concurrency is not None:
+        try:
+            check_concurrency(concurrency)
+        except ValueError:
+            rule = f"it must be within 1..{concurrency_max} (handlers run at once)"
+            raise fail(f"--concurrency {concurrency}: {rule}", "", 2) from None
     the_worker = load_worker(spec)
     if concurrency is not None:
         the_worker.concurrency = concurrency
@@ -117,8 +128,26 @@ def worker(
             await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
         finally:
             await client.close()
+        if the_worker.hung or not await threads_ended(the_worker.handler_cancel_grace_ms):
+            # A handler that ignored its cancellation, or a thread a cancelled handler left
+            # blocked, would hold the interpreter's exit forever (it joins the thread pool).
+            err.print("exiting without waiting for hung handler(s)", highlight=False)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
 
     run_async(main())
+
+
+async def threads_ended(timeout_ms: int) -> bool:
+    """Shut the loop's default thread pool down, waiting at most timeout_ms for its threads
+    (asyncio.run would wait for them without a bound); False when some still run."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.shutdown_default_executor(), timeout=timeout_ms / 1000)
+    except TimeoutError:
+        return False
+    return True
 
 
 def demo() -> None:

@@ -1,9 +1,9 @@
 """Work queues on JetStream: task messages for workers, commands for the engine, dead letters.
 
-- `JetStreamTaskQueue` (`protocols.TaskQueue`): tasks on `dagnats.task.<task_type>` in
-  DAGNATS_TASKS, deduplicated on `Nats-Msg-Id`; one durable pull consumer per task type whose
-  ack wait is the heartbeat timeout (`in_progress` restarts it) and whose deliveries are
-  bounded (`max_deliver`).
+- `JetStreamTaskQueue` (`protocols.TaskQueue`; `fetch_ready`: a no-wait pull): tasks on
+  `dagnats.task.<task_type>` in DAGNATS_TASKS, deduplicated on `Nats-Msg-Id`; one durable
+  pull consumer per task type whose ack wait is the heartbeat timeout (`in_progress`
+  restarts it) and whose deliveries are bounded (`max_deliver`).
 - `JetStreamCommandQueue` (`protocols.CommandQueue` and `protocols.DeadLetters`): commands on
   `dagnats.cmd.<partition>.<run_id>` in DAGNATS_COMMANDS, fetched in batches by the engine's
   durable pull consumer on `dagnats.cmd.>` (or on the partitions one engine owns), acked by
@@ -17,7 +17,9 @@ module may publish and consume on these streams only; it does not decode payload
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
 import zlib
 from collections.abc import Sequence
@@ -132,6 +134,44 @@ class JetStreamTaskQueue:
         self, task_type: str, *, batch: int, timeout_ms: int
     ) -> Sequence[JetStreamMessage]:
         """Up to `batch` tasks of `task_type`, waiting at most timeout_ms; [] if none came."""
+        subscription = await self._subscription(task_type)
+        return await fetch_batch(subscription, batch=batch, timeout_ms=timeout_ms)
+
+    async def fetch_ready(self, task_type: str, *, batch: int) -> Sequence[JetStreamMessage]:
+        """Up to `batch` tasks of `task_type` waiting now, without waiting for more: one
+        no-wait pull request (one round trip), answered by what is there and a status.
+
+        Must not run beside a `fetch` of the same task type (they share its inbox); a
+        message that comes after the bounded wait stays in the inbox for the next fetch."""
+        assert 1 <= batch <= settings.fetch_batch_max, batch
+        subscription = await self._subscription(task_type)
+        request = json.dumps({"batch": batch, "no_wait": True}).encode()
+        await subscription._nc.publish(  # (nats-py has no no-wait fetch)
+            subscription._nms, request, subscription._deliver
+        )
+        inbox = subscription._sub
+        messages: list[JetStreamMessage] = []
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + settings.fetch_drain_timeout_ms / 1000
+        while len(messages) < batch:
+            left_s = give_up_at - loop.time()
+            if left_s <= 0:
+                break
+            try:
+                message = await inbox.next_msg(timeout=left_s)
+            except (nats.errors.TimeoutError, TimeoutError):
+                break
+            status = JetStreamContext.is_status_msg(message)
+            if status == api.StatusCode.CONTROL_MESSAGE:
+                continue
+            if status:  # 404 no messages, 408 request timeout, 409 ...: the answer's end
+                break
+            messages.append(JetStreamMessage(message))
+        assert len(messages) <= batch
+        return messages
+
+    async def _subscription(self, task_type: str) -> JetStreamContext.PullSubscription:
+        """The pull subscription of a task type's durable consumer (bound on first use)."""
         subscription = self._subscriptions.get(task_type)
         if subscription is None:
             assert len(self._subscriptions) < settings.task_types_per_queue_max
@@ -147,7 +187,7 @@ class JetStreamTaskQueue:
                 self.js, TASKS_STREAM, config, updatable=("ack_wait",)
             )
             self._subscriptions[task_type] = subscription
-        return await fetch_batch(subscription, batch=batch, timeout_ms=timeout_ms)
+        return subscription
 
     async def close(self) -> None:
         """Unsubscribe the pull subscriptions (the durable consumers stay)."""

@@ -1,0 +1,98 @@
+"""What a handler sees of its attempt (`TaskContext`), the task envelope the SDK reads, and
+`NonRetryableError`; re-exported by dagnats/worker.py, where users import them from.
+
+This module does no I/O: it decodes the task message's fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from dagnats.agent import ToolResult, Usage, read_turn_input
+from kernel import limits
+from kernel.effects import EnqueueTask
+from kernel.errors import DagnatsError
+
+T = TypeVar("T")
+
+
+class NonRetryableError(DagnatsError):
+    """Raise from a handler to fail the step without further attempts."""
+
+
+class TaskEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """What the SDK reads of a task's envelope (`EnqueueTask.envelope`, written by the step
+    type): a planner's `previous_errors`, an agent loop turn's `turn`. Other fields are
+    ignored; a task without an envelope reads as the defaults."""
+
+    previous_errors: tuple[str, ...] = ()
+    turn: int = 0
+
+
+NO_ENVELOPE: Final = TaskEnvelope()
+
+
+def read_envelope(task: EnqueueTask) -> TaskEnvelope:
+    """The task's envelope (the defaults when it has none, or one the SDK cannot read)."""
+    if bytes(task.envelope) == b"null":
+        return NO_ENVELOPE
+    try:
+        return msgspec.json.decode(bytes(task.envelope), type=TaskEnvelope)
+    except msgspec.DecodeError:  # (a ValidationError too) an envelope of a newer step type
+        return NO_ENVELOPE
+
+
+class TaskContext:
+    """What a handler knows about the attempt it runs."""
+
+    def __init__(self, task: EnqueueTask, worker_id: str) -> None:
+        self.task_type = task.task
+        self.run_id = task.run_id
+        self.step_id = task.step_id
+        self.attempt = task.attempt
+        self.input_raw = bytes(task.input)
+        self.metadata: dict[str, Any] = msgspec.json.decode(bytes(task.metadata))
+        self.deadline_ms = task.deadline_ms
+        envelope = read_envelope(task)
+        # A planner's retry: the problems of the plan its previous attempt returned.
+        self.previous_errors: tuple[str, ...] = envelope.previous_errors
+        # An agent loop's turn (turn > 0): its envelope unpacked (dagnats/agent.py).
+        self.turn = envelope.turn
+        self.state: Any = None
+        self.tool_results: tuple[ToolResult, ...] = ()
+        self.usage = Usage()
+        if envelope.turn > 0:
+            turn_input = read_turn_input(self.input_raw)
+            self.input_raw = turn_input.input_raw
+            self.state = turn_input.state
+            self.tool_results = turn_input.tool_results
+            self.usage = turn_input.usage
+        # The run's history size when the task was scheduled, and whether it passed the soft
+        # limit: time to carry the state into a fresh run (a `continue_as_new` step).
+        self.history_events = task.history_events
+        self.should_continue_as_new = task.history_events >= limits.history_events_soft_max
+        self.worker_id = worker_id
+        self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"dagnats.task.{task.task}"),
+            {"run_id": task.run_id, "step_id": task.step_id, "attempt": task.attempt},
+        )
+
+    @property
+    def input(self) -> Any:
+        """The step input, decoded from JSON into plain Python values."""
+        return msgspec.json.decode(self.input_raw)
+
+    def input_as(self, type_: type[T]) -> T:
+        """The step input decoded and validated as `type_` (a msgspec Struct, dataclass, ...).
+
+        Raises:
+            NonRetryableError: the input does not match `type_` (retrying cannot fix it).
+        """
+        try:
+            return msgspec.json.decode(self.input_raw, type=type_)
+        except msgspec.ValidationError as error:
+            raise NonRetryableError(f"input does not match {type_.__name__}: {error}") from None

@@ -1,0 +1,150 @@
+"""What keeps a hostile handler from knocking a worker over: safe rendering of what it raised,
+error texts cut to their limit, and the check of what it returned before it is encoded.
+
+- `render_error(error)`: "<ExcType>: <message>", or "<ExcType> (its message could not be
+  rendered: <why>)" when its `__str__` raises; never raises itself.
+- `cut_text(text, bytes_max)`: at most `bytes_max` UTF-8 bytes, cut on a character boundary
+  with a marker saying how long the text was.
+- `short_traceback(error)`: the last lines of its traceback, cut to the error limit.
+- `output_problem(value)`: why a handler's return value cannot be the step's output (JSON
+  nesting deeper than `json_depth_max`, a NaN or an infinity, bytes of any kind), with the
+  JSON path of the first offending place (`$.items[3].score`), or None. The walk is
+  iterative (an explicit stack), so a 100,000-deep value costs no recursion.
+
+This module does no I/O; it is pure functions over values the handler gave.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import traceback
+from collections.abc import Iterator
+from typing import Final
+
+import msgspec
+
+from kernel import limits
+
+# The deepest nesting of JSON containers a step output may have (a top-level list or object
+# is depth 1). Beyond it the encoder would recurse past what a Python stack holds.
+# Belongs in kernel/limits.py, shared with the client's input checks (see the report).
+json_depth_max: Final = 64
+traceback_lines_max: Final = 12
+cut_marker_bytes_max: Final = 64  # room kept for "... (cut: N bytes)"
+_BYTES_TYPES: Final = (bytes, bytearray, memoryview)
+
+
+def cut_text(text: str, bytes_max: int = limits.error_message_bytes_max) -> str:
+    """`text` in at most `bytes_max` UTF-8 bytes; a cut one ends with how long it was."""
+    assert bytes_max > cut_marker_bytes_max, bytes_max
+    encoded = text.encode("utf-8", errors="replace")
+    if len(encoded) <= bytes_max:
+        return text
+    marker = f"... (cut: {len(encoded)} bytes)"
+    kept = encoded[: bytes_max - len(marker.encode())].decode("utf-8", errors="ignore")
+    result = kept + marker
+    assert len(result.encode()) <= bytes_max
+    return result
+
+
+def _type_name(error: BaseException) -> str:
+    return cut_text(type(error).__name__, 256)
+
+
+def _why(problem: BaseException) -> str:
+    """What went wrong rendering something, itself rendered without trusting it."""
+    try:
+        text = str(problem)
+    except BaseException:  # (a hostile __str__ of the second order)
+        text = ""
+    name = _type_name(problem)
+    return cut_text(f"{name}: {text}" if text else name, 1_024)
+
+
+def render_error(error: BaseException) -> str:
+    """The text "<ExcType>: <message>" (just the type when the message is empty), cut to the error
+    limit; "<ExcType> (its message could not be rendered: <why>)" when str() raises."""
+    name = _type_name(error)
+    try:
+        message = str(error)
+    except BaseException as problem:  # (whatever a hostile __str__ raises)
+        return cut_text(f"{name} (its message could not be rendered: {_why(problem)})")
+    return cut_text(f"{name}: {message}" if message else name)
+
+
+def render_message(error: BaseException) -> str:
+    """str(error) cut to the error limit, or the `render_error` fallback when it raises."""
+    try:
+        return cut_text(str(error))
+    except BaseException:
+        return render_error(error)
+
+
+def render_raised(error: BaseException) -> str:
+    """How a BaseException a handler raised reads: "the handler raised SystemExit(3)"."""
+    try:
+        shown = repr(error)
+    except BaseException as problem:
+        shown = f"{_type_name(error)} (its message could not be rendered: {_why(problem)})"
+    return cut_text(f"the handler raised {shown}")
+
+
+def short_traceback(error: BaseException) -> str:
+    """The last `traceback_lines_max` lines of the error's traceback, cut to the limit."""
+    try:
+        lines = traceback.format_exception(error)
+    except BaseException as problem:  # (a traceback that cannot be formatted)
+        return cut_text(f"(the traceback could not be rendered: {_why(problem)})")
+    return cut_text("".join(lines[-traceback_lines_max:]))
+
+
+def _children(value: object) -> Iterator[tuple[str, object]] | None:
+    """The (path suffix, child) pairs of a container value; None for a leaf."""
+    if isinstance(value, dict):
+        return ((f"[{key!r}]" if not isinstance(key, str) else _key_path(key), child)
+                for key, child in value.items())  # fmt: skip
+    if isinstance(value, list | tuple | set | frozenset):
+        return ((f"[{index}]", child) for index, child in enumerate(value))
+    if isinstance(value, msgspec.Struct):
+        return ((_key_path(name), getattr(value, name)) for name in value.__struct_fields__)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.fields(value)
+        return ((_key_path(f.name), getattr(value, f.name)) for f in fields)
+    return None
+
+
+def _key_path(key: str) -> str:
+    plain = key.isidentifier() and len(key) <= 64
+    return f".{key}" if plain else f"[{cut_text(repr(key), 128)}]"
+
+
+def output_problem(value: object, depth_max: int = json_depth_max) -> str | None:
+    """Why `value` cannot be a step output as it is, naming the place; None when it can.
+
+    Refused: nesting deeper than `depth_max` containers, a float NaN or infinity (JSON has
+    neither; encoders write null), and bytes, bytearray or memoryview (no JSON type; an
+    encoder writes base64 text the reader never asked for).
+    """
+    assert 1 <= depth_max <= 10_000, depth_max
+    stack: list[tuple[str, object, int]] = [("$", value, 0)]
+    visited = 0
+    while stack:
+        path, item, depth = stack.pop()
+        visited += 1
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{path} is {item!r}, which JSON cannot hold (return a finite number or null)"
+        if isinstance(item, _BYTES_TYPES):
+            return (
+                f"{path} is {type(item).__name__}, which JSON cannot hold "
+                "(decode it to text, or encode it as base64 text yourself)"
+            )
+        children = _children(item)
+        if children is None:
+            continue
+        if depth + 1 > depth_max:
+            return f"{path} nests deeper than {depth_max} levels (json_depth_max)"
+        pending = [(path + suffix, child, depth + 1) for suffix, child in children]
+        stack.extend(reversed(pending))
+    assert visited >= 1
+    return None
