@@ -29,7 +29,6 @@ from kernel import limits
 # The deepest nesting of JSON containers a step output may have (a top-level list or object
 # is depth 1). Beyond it the encoder would recurse past what a Python stack holds.
 # Belongs in kernel/limits.py, shared with the client's input checks (see the report).
-json_depth_max: Final = 64
 traceback_lines_max: Final = 12
 cut_marker_bytes_max: Final = 64  # room kept for "... (cut: N bytes)"
 _BYTES_TYPES: Final = (bytes, bytearray, memoryview)
@@ -119,7 +118,7 @@ def _key_path(key: str) -> str:
     return f".{key}" if plain else f"[{cut_text(repr(key), 128)}]"
 
 
-def output_problem(value: object, depth_max: int = json_depth_max) -> str | None:
+def output_problem(value: object, depth_max: int = limits.json_depth_max) -> str | None:
     """Why `value` cannot be a step output as it is, naming the place; None when it can.
 
     Refused: nesting deeper than `depth_max` containers, a float NaN or infinity (JSON has

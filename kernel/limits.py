@@ -27,6 +27,7 @@ retry_multiplier_max: Final = 100.0
 
 # Payloads.
 payload_bytes_max: Final = 1_048_576  # one step input or output, one run input
+json_depth_max: Final = 64  # nesting of any JSON value accepted at the edge (inputs, outputs)
 error_message_bytes_max: Final = 8_192
 
 # Runs.
