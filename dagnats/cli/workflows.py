@@ -107,6 +107,12 @@ def workflow_show(
     as_json: JsonOption = False,
 ) -> None:
     """Show a registered workflow (the latest revision unless --revision)."""
+    if revision is not None and revision < 1:
+        raise fail(
+            f"--revision {revision} is not a revision: each workflow's are numbered from 1",
+            f"see them with `dagnats workflow show {name}`",
+            2,
+        )
 
     async def action(client: Client) -> tuple[Any, list[int]]:
         workflow = await client.get_workflow(name, revision)

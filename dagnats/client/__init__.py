@@ -18,6 +18,7 @@ from dagnats.client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
     WorkflowNotFoundError,
+    WorkflowRevisionNotFoundError,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "RunNotFoundError",
     "WaitTimeoutError",
     "WorkflowNotFoundError",
+    "WorkflowRevisionNotFoundError",
 ]

@@ -25,6 +25,19 @@ class WorkflowNotFoundError(DagnatsError):
         super().__init__(f"workflow {name!r} is not registered (known: {shown})")
 
 
+class WorkflowRevisionNotFoundError(DagnatsError):
+    """The workflow exists; the revision asked for is not one of those kept."""
+
+    hint = "see its revisions with `dagnats workflow show NAME`"
+
+    def __init__(self, name: str, revision: int, known: list[int]) -> None:
+        self.name = name
+        self.revision = revision
+        shown = ", ".join(map(str, known))
+        rule = "revisions are numbered from 1" if revision < 1 else f"revisions kept: {shown}"
+        super().__init__(f"workflow {name!r} has no revision {revision} ({rule})")
+
+
 class RunExistsError(DagnatsError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id

@@ -21,7 +21,7 @@ from typing import Final
 import msgspec
 from msgspec.structs import replace
 
-from kernel import limits
+from kernel import json_strict, limits
 from kernel.errors import Problem, WorkflowInvalidError
 from kernel.workflow.fields import (
     canonical_json,
@@ -105,15 +105,21 @@ def decode_source(source: object, problems: Problems) -> object:
     elif isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
+        found = json_strict.first_problem(source)  # a decoded document: NaN, bytes, depth
+        if found is not None:
+            problems.add_shown(found[0] or "$", found[1] or "-", found[2])
+            return MISSING
         return source
     if len(data) > limits.workflow_bytes_max:
         _too_large(len(data), problems)
         return MISSING
     try:
-        return msgspec.json.decode(data)
-    except (msgspec.DecodeError, RecursionError) as error:
-        shown = source if isinstance(source, str) else data
-        problems.add("$", shown, f"is not valid JSON: {error}")
+        return json_strict.loads(data, "")
+    except json_strict.JsonInputError as error:
+        if error.rule.startswith("is not valid JSON"):
+            problems.add("$", source if isinstance(source, str) else data, error.rule)
+        else:  # NaN, Infinity, a duplicate key, too deep, not UTF-8: named where it is
+            problems.add_shown(error.path or "$", error.shown or "-", error.rule)
         return MISSING
 
 
