@@ -125,12 +125,15 @@ QUERY_ACTIONS_ALLOWED: Final = frozenset(
     (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
      sqlite3.SQLITE_RECURSIVE)
 )  # fmt: skip
-QUERY_PRAGMAS_ALLOWED: Final = frozenset(
-    ("table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
-     "foreign_key_list", "function_list", "pragma_list", "collation_list", "user_version",
+QUERY_PRAGMAS_OF_A_NAME: Final = frozenset(
+    ("table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+     "foreign_key_list")
+)  # fmt: skip  # their argument names a table or index: they still only read
+QUERY_PRAGMAS_READ: Final = frozenset(
+    ("table_list", "function_list", "pragma_list", "collation_list", "user_version",
      "schema_version", "data_version", "page_count", "page_size", "encoding",
-     "compile_options", "database_list")
-)  # fmt: skip
+     "compile_options", "database_list", "query_only")
+)  # fmt: skip  # read only without an argument (with one, some of them set a value)
 
 
 def read_only_authorizer(
@@ -139,10 +142,10 @@ def read_only_authorizer(
     """SQLite authorizer of `dagnats query`: reads only (a PRAGMA only in its reading form)."""
     if action in QUERY_ACTIONS_ALLOWED:
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and second is None:
-        return sqlite3.SQLITE_OK if (first or "").lower() in QUERY_PRAGMAS_ALLOWED else (
-            sqlite3.SQLITE_DENY
-        )
+    if action == sqlite3.SQLITE_PRAGMA:
+        pragma = (first or "").lower()
+        if pragma in QUERY_PRAGMAS_OF_A_NAME or (second is None and pragma in QUERY_PRAGMAS_READ):
+            return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
 

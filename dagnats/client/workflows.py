@@ -10,6 +10,7 @@ not a definition raises `StoredWorkflowError` (one line), never a decoder's trac
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final
 
 import nats.js.errors
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 register_attempts_max: Final = 8  # compare-and-set retries when registrations race
 KEY_ERRORS: Final = (nats.js.errors.InvalidKeyError,)
+_KV_KEY: Final = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*")  # what a KV key may be
 
 
 class Revision:
@@ -109,6 +111,8 @@ async def list_names(client: Client) -> list[str]:
 
 async def _revisions(kv: KeyValue, name: str) -> list[Revision]:
     """The kept revisions of `name` since its last deletion, oldest first, numbered."""
+    if _KV_KEY.fullmatch(name) is None:  # not a possible key: so not a registered name
+        return []
     try:
         entries = await kv.history(name)
     except nats.js.errors.NoKeysError:
