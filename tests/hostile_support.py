@@ -117,20 +117,20 @@ def one_line_error(result: Result, code: int, *needles: str) -> str:
     return errors[0]
 
 
-SIMPLE_STEPS: Final = [{"id": "one", "task": "fault.work"}]
-HEALTHY_STEPS: Final = [
+SIMPLE_STEPS: Final[list[dict[str, Any]]] = [{"id": "one", "task": "fault.work"}]
+HEALTHY_STEPS: Final[list[dict[str, Any]]] = [
     {"id": "first", "task": "fault.work"},
     {"id": "hold", "type": "wait_signal", "depends_on": ["first"],
      "config": {"signal": HEALTHY_SIGNAL}},
     {"id": "last", "task": "fault.other", "depends_on": ["hold"]},
 ]  # fmt: skip
-APPROVAL_STEPS: Final = [
+APPROVAL_STEPS: Final[list[dict[str, Any]]] = [
     {"id": "gate", "type": "approval", "config": {"question": "Ship it?"}},
 ]
-SIGNAL_STEPS: Final = [
+SIGNAL_STEPS: Final[list[dict[str, Any]]] = [
     {"id": "hold", "type": "wait_signal", "config": {"signal": HEALTHY_SIGNAL}},
 ]
-WORKFLOWS: Final = {
+WORKFLOWS: Final[dict[str, list[dict[str, Any]]]] = {
     "hostile-simple": SIMPLE_STEPS,
     "hostile-healthy": HEALTHY_STEPS,
     "hostile-approval": APPROVAL_STEPS,

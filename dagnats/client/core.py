@@ -37,6 +37,7 @@ from dagnats.client.errors import (
     RunExistsError,
     RunFinishedError,
     RunNotFoundError,
+    RunUnreadableError,
     WaitTimeoutError,
 )
 from dagnats.runtime.clock import new_seed, now_ms
@@ -47,7 +48,12 @@ from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, command_sub
 from kernel import codec, json_strict, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
-from kernel.errors import DagnatsError, PayloadTooLargeError, WorkflowInvalidError
+from kernel.errors import (
+    DagnatsError,
+    DecodeError,
+    PayloadTooLargeError,
+    WorkflowInvalidError,
+)
 from kernel.events import ChildStarted, Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
@@ -240,7 +246,7 @@ class Client:
     async def history(self, run_id: str) -> AsyncGenerator[tuple[int, Decision], None]:
         """Every history message of the run, in order, as (stream sequence, decision)."""
         async for seq, data in self.connection.history.read(check_run_id(run_id)):
-            yield seq, codec.decode_decision(data)
+            yield seq, _decoded(run_id, seq, data)
 
     async def get_run(self, run_id: str) -> RunState:
         """The run's state, folded from its history.
@@ -249,7 +255,12 @@ class Client:
             RunNotFoundError: the run has no history.
         """
         # snapshot + tail (runtime.projector.load_state); the whole history without a snapshot
-        state, _ = await load_state(self.connection.history, self._snapshots, check_run_id(run_id))
+        try:
+            state, _ = await load_state(
+                self.connection.history, self._snapshots, check_run_id(run_id)
+            )
+        except DecodeError as error:
+            raise RunUnreadableError(run_id, None, str(error).splitlines()[0]) from None
         if state.status == "new":
             raise RunNotFoundError(run_id)
         return state
@@ -298,7 +309,7 @@ class Client:
         )
         async with contextlib.aclosing(messages):
             async for seq, data in messages:
-                yield seq, codec.decode_decision(data)
+                yield seq, _decoded(run_id, seq, data)
 
     async def wait(
         self,
@@ -476,6 +487,14 @@ class Client:
         states = [s for s in await asyncio.gather(*(one(r) for r in run_ids)) if s is not None]
         states.sort(key=lambda s: s.started_at_ms, reverse=True)
         return states[:limit]
+
+
+def _decoded(run_id: str, seq: int, data: bytes) -> Decision:
+    """The decision of one history message, or RunUnreadableError naming the run and seq."""
+    try:
+        return codec.decode_decision(data)
+    except DecodeError as error:
+        raise RunUnreadableError(run_id, seq, str(error).splitlines()[0]) from None
 
 
 def _checked(workflow: WorkflowDef) -> WorkflowDef:
