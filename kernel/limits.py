@@ -74,4 +74,4 @@ continue_as_new_chain_max: Final = 10_000  # runs of one continue-as-new chain (
 history_events_soft_max: Final = 10_000  # past this, workers are told to continue as new
 
 # JSON at the edge.
-json_depth_max: Final = 64  # nesting of arrays and objects in a value handed in (input, payload)
+json_depth_max: Final = 64  # nesting of arrays and objects handed in (input, payload, workflow)

@@ -20,6 +20,7 @@ import nats
 import pytest
 
 from dagnats.client import Client, WorkflowRevisionNotFoundError
+from dagnats.json_input import JsonInputError
 from dagnats.runtime.resources import (
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
@@ -30,7 +31,6 @@ from dagnats.runtime.resources import (
 )
 from kernel import limits
 from kernel.errors import DagnatsError, PayloadTooLargeError
-from kernel.json_strict import JsonInputError
 from tests.hostile_support import (
     Result,
     Stack,

@@ -21,11 +21,12 @@ import nats.js.errors
 import typer
 from rich.console import Console
 
+from dagnats import json_input
 from dagnats.client import Client
 from dagnats.loading import LoadError, load_attribute
 from dagnats.runtime.connection import ConnectError, resolve_url
 from dagnats.worker import Worker
-from kernel import json_strict, limits
+from kernel import limits
 from kernel.errors import DagnatsError, WorkflowInvalidError
 
 T = TypeVar("T")
@@ -175,7 +176,7 @@ async def _requires_auth(url: str) -> bool:
 def load_json_argument(text: str | None, file: Path | None, field: str) -> Any:
     """A JSON value from an option's text or a file; a clear error naming the option.
 
-    The value is taken as written or refused (`kernel.json_strict`): not UTF-8, not JSON,
+    The value is taken as written or refused (`dagnats.json_input`): not UTF-8, not JSON,
     NaN or Infinity, a key written twice, nesting deeper than `limits.json_depth_max`.
     """
     data: str | bytes | None = text
@@ -193,8 +194,8 @@ def load_json_argument(text: str | None, file: Path | None, field: str) -> Any:
     if data is None:
         return None
     try:
-        return json_strict.loads(data, field)
-    except json_strict.JsonInputError as error:
+        return json_input.loads(data, field)
+    except json_input.JsonInputError as error:
         source = f"{field}-file {file}" if file is not None else f"--{field}"
         hint = (
             f"e.g. --{field} '{{\"key\": 1}}'"

@@ -104,9 +104,10 @@ def query(
         rows = cursor.fetchmany(limit)
     except Exception as error:  # sqlite3.Error, and read-only violations
         hint = "the tables: runs, steps, events, ..."
-        if "not authorized" in str(error):
-            hint = "`dagnats query` is read-only: SELECT, and PRAGMAs that only read"
         message = " ".join(str(error).split())
+        if "not authorized" in message:
+            message += " (the query tables are readonly: no ATTACH, writes or setting PRAGMAs)"
+            hint = "`dagnats query` runs SELECT, and PRAGMAs that only read"
         raise fail(f"query failed: {message}", hint) from None
     finally:
         database.close()

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from dagnats import json_input
 from dagnats.client.errors import ApprovalNotFoundError, ApprovalResolvedError
 from dagnats.runtime.clock import new_seed, now_ms
-from kernel import json_strict, limits
+from kernel import limits
 from kernel.commands import Rejection, ResolveApproval
 from kernel.decide import decide
 from kernel.errors import DagnatsError, PayloadTooLargeError
@@ -103,7 +104,7 @@ async def resolve(
         ApprovalResolvedError: it was resolved already (the message says by whom and when).
         PayloadTooLargeError: `data` is over the payload limit.
     """
-    json_strict.check_value(data, "approval data")
+    json_input.check_value(data, "approval data")
     encoded = msgspec.json.encode(data)
     if len(encoded) > limits.payload_bytes_max:
         raise PayloadTooLargeError("approval data", len(encoded), limits.payload_bytes_max)

@@ -28,6 +28,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
+from dagnats import json_input
 from dagnats.audit import AuditReport, Decide, audit_history
 from dagnats.client import approvals as client_approvals
 from dagnats.client import chains as client_chains
@@ -45,7 +46,7 @@ from dagnats.runtime.connection import Connection
 from dagnats.runtime.external_events import JetStreamEvents
 from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, command_subject
-from kernel import codec, json_strict, limits
+from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
 from kernel.errors import (
@@ -122,6 +123,7 @@ class Client:
         Raises:
             WorkflowInvalidError: every problem, each naming its path, value and rule.
         """
+        json_input.check_workflow_keys(source)
         return parse_workflow(source)
 
     async def register_workflow(self, source: WorkflowDef | bytes | str | object) -> int:
@@ -131,7 +133,11 @@ class Client:
         Raises:
             WorkflowInvalidError: every problem of the definition (nothing is stored).
         """
-        workflow = _checked(source) if isinstance(source, WorkflowDef) else parse_workflow(source)
+        if isinstance(source, WorkflowDef):
+            workflow = _checked(source)
+        else:
+            json_input.check_workflow_keys(source)
+            workflow = parse_workflow(source)
         return await client_workflows.register(self, workflow)
 
     async def get_workflow(self, name: str, revision: int | None = None) -> WorkflowDef:
@@ -178,7 +184,7 @@ class Client:
             else (await self.get_workflow(workflow))
         )
         run_id = check_run_id(run_id or uuid.uuid4().hex)
-        json_strict.check_value(input, "input")
+        json_input.check_value(input, "input")
         data = msgspec.json.encode(input)
         if len(data) > limits.payload_bytes_max:
             raise PayloadTooLargeError("input", len(data), limits.payload_bytes_max)
@@ -414,7 +420,7 @@ class Client:
             RunFinishedError: the run has already ended.
             PayloadTooLargeError: the payload is over `limits.signal_bytes_max`.
         """
-        json_strict.check_value(payload, "signal payload")
+        json_input.check_value(payload, "signal payload")
         data = msgspec.json.encode(payload)
         if len(data) > limits.signal_bytes_max:
             raise PayloadTooLargeError("signal payload", len(data), limits.signal_bytes_max)
@@ -441,7 +447,7 @@ class Client:
             SubjectTokenError: `name` is not 1..128 of A-Z a-z 0-9 '_' '-' (dotted).
             DagnatsError: no events stream (is `dagnats serve` running?).
         """
-        json_strict.check_value(payload, "event payload")
+        json_input.check_value(payload, "event payload")
         feed = JetStreamEvents(self.connection.js)
         try:
             return await feed.publish(name, payload, event_id=event_id)

@@ -21,7 +21,7 @@ from typing import Final
 import msgspec
 from msgspec.structs import replace
 
-from kernel import json_strict, limits
+from kernel import limits
 from kernel.errors import Problem, WorkflowInvalidError
 from kernel.workflow.fields import (
     canonical_json,
@@ -34,6 +34,7 @@ from kernel.workflow.fields import (
     read_text,
     read_timeout,
     read_whole,
+    value_problem,
 )
 from kernel.workflow.model import NO_MATCH, CancelOn, SkipIf, StepDef, WorkflowDef
 from kernel.workflow.problems import MISSING, Problems
@@ -105,22 +106,28 @@ def decode_source(source: object, problems: Problems) -> object:
     elif isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
-        found = json_strict.first_problem(source)  # a decoded document: NaN, bytes, depth
-        if found is not None:
-            problems.add_shown(found[0] or "$", found[1] or "-", found[2])
-            return MISSING
-        return source
+        return _checked_values(source, problems)
     if len(data) > limits.workflow_bytes_max:
         _too_large(len(data), problems)
         return MISSING
     try:
-        return json_strict.loads(data, "")
-    except json_strict.JsonInputError as error:
-        if error.rule.startswith("is not valid JSON"):
-            problems.add("$", source if isinstance(source, str) else data, error.rule)
-        else:  # NaN, Infinity, a duplicate key, too deep, not UTF-8: named where it is
-            problems.add_shown(error.path or "$", error.shown or "-", error.rule)
+        document = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError) as error:
+        shown = source if isinstance(source, str) else data
+        problems.add("$", shown, f"is not valid JSON: {error}")
         return MISSING
+    return _checked_values(document, problems)
+
+
+def _checked_values(document: object, problems: Problems) -> object:
+    """The document, or MISSING after a problem when it nests deeper than
+    `limits.json_depth_max` or holds a number that is not finite (a dict built in code)."""
+    found = value_problem(document)
+    if found is None:
+        return document
+    path, shown, rule = found
+    problems.add_shown(path or "$", shown, rule)
+    return MISSING
 
 
 def _too_large(size: int, problems: Problems) -> None:

@@ -7,7 +7,9 @@ payloads, approval data, workflow files) these are refused here with an error na
 field path, the value and the rule; so is nesting deeper than `limits.json_depth_max` and text
 that is not UTF-8. Every walk is iterative (no recursion on user data).
 
-Pure: standard library `json` and `math` only; no I/O.
+This is the shell's (the kernel may not import `json`); `check_workflow_keys` gives the
+workflow reader (`kernel.workflow.parse`, which decodes with msgspec) the problems named at their
+path: msgspec cannot see a key written twice and names NaN only as a syntax error. No I/O.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import re
 from typing import Final
 
 from kernel import limits
-from kernel.errors import DagnatsError
+from kernel.errors import DagnatsError, Problem, WorkflowInvalidError
 
 NON_FINITE_RULE: Final = (
     "is not a finite number: NaN and Infinity are refused (JSON has no such value)"
 )
 DUPLICATE_RULE: Final = "is written twice in one object: duplicate keys are refused"
+SYNTAX_RULE: Final = "is not valid JSON"
 BYTES_RULE: Final = "is bytes, not JSON: decode it to text first (or pass base64 as a string)"
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 shown_chars_max: Final = 60
@@ -104,7 +107,7 @@ def loads(source: str | bytes, field: str) -> object:
     except RecursionError:
         raise JsonInputError(field, "", "", _depth_rule()) from None
     except ValueError as error:  # json.JSONDecodeError
-        raise JsonInputError(field, "", "", f"is not valid JSON: {error}") from None
+        raise JsonInputError(field, "", "", f"{SYNTAX_RULE}: {error}") from None
     check_value(value, field)
     return value
 
@@ -147,6 +150,27 @@ def first_problem(value: object) -> tuple[str, str, str] | None:
     return None
 
 
+def check_workflow_keys(source: object) -> None:
+    """Refuse a workflow's JSON text with a key written twice, NaN or Infinity, nesting
+    deeper than `limits.json_depth_max`, or bytes that are not UTF-8, naming the path.
+
+    Text that is not JSON passes: the workflow reader reports it (at `$`).
+
+    Raises:
+        WorkflowInvalidError: one problem naming the path, the value and the rule.
+    """
+    if not isinstance(source, str | bytes | bytearray):
+        return
+    if len(source) > limits.workflow_bytes_max:
+        return  # the reader refuses its size
+    try:
+        loads(bytes(source) if isinstance(source, bytearray) else source, "")
+    except JsonInputError as error:
+        if not error.rule.startswith(SYNTAX_RULE):  # the reader names a syntax error itself
+            problem = Problem(path=error.path or "$", value=error.shown or "-", rule=error.rule)
+            raise WorkflowInvalidError((problem,), workflow="") from None
+
+
 def join(path: str, key: str) -> str:
     """`path.key` (or `path["odd key"]`)."""
     if _IDENTIFIER.fullmatch(key):
@@ -170,4 +194,11 @@ def _depth_rule() -> str:
     )
 
 
-__all__ = ["JsonInputError", "check_value", "first_problem", "join", "loads"]
+__all__ = [
+    "JsonInputError",
+    "check_value",
+    "check_workflow_keys",
+    "first_problem",
+    "join",
+    "loads",
+]
