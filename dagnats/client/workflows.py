@@ -55,12 +55,12 @@ async def register(client: Client, workflow: WorkflowDef) -> int:
     kv = await client.connection.workflows()
     definition = codec.encode(workflow)
     for _ in range(register_attempts_max):
-        revisions = await _revisions(kv, workflow.name)
-        number = revisions[-1].number + 1 if revisions else 1
+        latest = await _latest(kv, workflow.name)
+        number = 1 if latest is None else await _next_number(kv, workflow.name, latest)
         value = encode_stored_workflow(definition, number)
         try:
-            if revisions:
-                await kv.update(workflow.name, value, last=revisions[-1].kv_revision)
+            if latest is not None:
+                await kv.update(workflow.name, value, last=latest.kv_revision)
             else:
                 await kv.create(workflow.name, value)
         except nats.js.errors.KeyWrongLastSequenceError:
@@ -81,12 +81,11 @@ async def get(client: Client, name: str, revision: int | None) -> WorkflowDef:
         StoredWorkflowError: the stored entry is not a definition.
     """
     kv = await client.connection.workflows()
-    revisions = await _revisions(kv, name)
-    if not revisions:
+    chosen = await _latest(kv, name)  # a direct get: the latest is one read
+    if chosen is None:
         raise WorkflowNotFoundError(name, await list_names(client))
-    if revision is None:
-        chosen = revisions[-1]
-    else:
+    if revision is not None:
+        revisions = await _revisions(kv, name)
         found = [r for r in revisions if r.number == revision]
         if not found:
             raise WorkflowRevisionNotFoundError(name, revision, [r.number for r in revisions])
@@ -107,6 +106,32 @@ async def list_names(client: Client) -> list[str]:
         return sorted(await kv.keys())
     except nats.js.errors.NoKeysError:
         return []
+
+
+async def _latest(kv: KeyValue, name: str) -> Revision | None:
+    """The latest entry of `name` (None when there is none, or it was deleted), numbered by
+    its stored revision (0 when it has none: an older entry)."""
+    if _KV_KEY.fullmatch(name) is None:  # not a possible key: so not a registered name
+        return None
+    try:
+        entry = await kv.get(name)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    if not entry.value:
+        return None
+    try:
+        _, stored = decode_stored_workflow(name, entry.value, entry.revision)
+    except StoredWorkflowError:  # reported when it is read as a definition
+        stored = None
+    return Revision(stored or 0, entry.value, entry.revision)
+
+
+async def _next_number(kv: KeyValue, name: str, latest: Revision) -> int:
+    """The number after `latest` (for an older entry without one: after its history's)."""
+    if latest.number >= 1:
+        return latest.number + 1
+    revisions = await _revisions(kv, name)
+    return (revisions[-1].number if revisions else 0) + 1
 
 
 async def _revisions(kv: KeyValue, name: str) -> list[Revision]:
