@@ -73,3 +73,6 @@ approval_by_length_max: Final = 128  # who decided
 approvals_per_run_max: Final = 1_000  # approvals one run may request
 continue_as_new_chain_max: Final = 10_000  # runs of one continue-as-new chain (the root is 0)
 history_events_soft_max: Final = 10_000  # past this, workers are told to continue as new
+
+# JSON at the edge.
+json_depth_max: Final = 64  # nesting of arrays and objects handed in (input, payload, workflow)

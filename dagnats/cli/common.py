@@ -10,19 +10,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import nats.errors
+import nats.js.errors
 import typer
 from rich.console import Console
 
+from dagnats import json_input
 from dagnats.client import Client
 from dagnats.loading import LoadError, load_attribute
+from dagnats.runtime.connection import ConnectError, resolve_url
 from dagnats.worker import Worker
+from kernel import limits
 from kernel.errors import DagnatsError, WorkflowInvalidError
 
 T = TypeVar("T")
+# An input or payload file larger than any payload may be (whitespace included) is refused
+# before it is parsed.
+input_file_bytes_max = 4 * limits.payload_bytes_max
+auth_probe_s = 2.0  # connecting to a server to read its INFO line (is auth required?)
 
 out = Console()
 err = Console(stderr=True)
@@ -61,7 +72,27 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
         raise fail(str(error).splitlines()[0], "fix the fields listed above") from None
     except DagnatsError as error:
         hint = getattr(error, "hint", "") or _hint_for(error)
-        raise fail(str(error).splitlines()[0], hint) from None
+        raise fail(redact(str(error).splitlines()[0]), hint) from None
+    except nats.js.errors.NotFoundError as error:  # a stream, bucket or consumer is missing
+        raise fail(
+            f"NATS has no such JetStream resource: {_nats_text(error)}",
+            "is `dagnats serve` running there? if the history stream is gone: restore it or "
+            "start a new data dir",
+        ) from None
+    except nats.js.errors.ServiceUnavailableError:
+        raise fail(
+            "NATS answered, but JetStream did not: this server is not a `dagnats serve`",
+            "start `dagnats serve`, or point --nats-url at its NATS",
+        ) from None
+    except (nats.errors.Error, OSError, TimeoutError) as error:
+        hint = "is `dagnats serve` running?"
+        raise fail(f"NATS request failed: {_nats_text(error)}", hint) from None
+
+
+def _nats_text(error: BaseException) -> str:
+    description = getattr(error, "description", None)
+    text = str(description) if description else (str(error) or type(error).__name__)
+    return redact(" ".join(text.split()))
 
 
 def _hint_for(error: DagnatsError) -> str:
@@ -72,6 +103,7 @@ def _hint_for(error: DagnatsError) -> str:
         "RunFinishedError": "see what happened with `dagnats run show RUN_ID`",
         "WaitTimeoutError": "wait longer with --timeout, or look with `dagnats run show`",
         "PayloadTooLargeError": "store large data elsewhere and pass a reference",
+        "JsonInputError": "JSON is taken as written: fix the value at that path",
     }
     return hints.get(name, "")
 
@@ -81,29 +113,96 @@ def emit_json(value: Any) -> None:
 
 
 async def with_client(url: str | None, action: Callable[[Client], Awaitable[T]]) -> T:
-    logging.getLogger("dagnats.connection").setLevel(logging.ERROR)  # one error line suffices
-    client = await Client.connect(url)
+    logging.getLogger("dagnats.connection").setLevel(logging.CRITICAL)  # one error line suffices
+    try:
+        client = await Client.connect(url)
+    except ConnectError as error:
+        target = resolve_url(url)
+        if await _requires_auth(target):
+            raise AuthRefusedError(redact(target)) from None
+        raise ConnectError(redact(str(error)), error.hint) from None
     try:
         return await action(client)
     finally:
         await client.close()
 
 
+class AuthRefusedError(DagnatsError):
+    """The NATS server is there and asks for credentials; ours were refused (or missing)."""
+
+    hint = "check the user and password (nats://USER:PASSWORD@HOST:PORT) or the credentials"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(
+            f"NATS at {url} refused the connection: authorization failed "
+            "(wrong or missing user, password or credentials)"
+        )
+
+
+_USERINFO = re.compile(r"(?<=://)([^:@/\s]*):[^@/\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***`."""
+    return _USERINFO.sub(lambda match: f"{match.group(1)}:***@", text)
+
+
+async def _requires_auth(url: str) -> bool:
+    """Whether the server at `url` is up and says `auth_required` in its INFO line."""
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"nats://{url}")
+    try:
+        port = parsed.port or 4222
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(parsed.hostname or "127.0.0.1", port), auth_probe_s
+        )
+    except (OSError, ValueError, TimeoutError):
+        return False
+    try:
+        line = await asyncio.wait_for(reader.readline(), auth_probe_s)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+    if not line.startswith(b"INFO "):
+        return False
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return False
+    return isinstance(info, dict) and info.get("auth_required") is True
+
+
 def load_json_argument(text: str | None, file: Path | None, field: str) -> Any:
-    """A JSON value from an option's text or a file; a clear error naming the option."""
+    """A JSON value from an option's text or a file; a clear error naming the option.
+
+    The value is taken as written or refused (`dagnats.json_input`): not UTF-8, not JSON,
+    NaN or Infinity, a key written twice, nesting deeper than `limits.json_depth_max`.
+    """
+    data: str | bytes | None = text
     if file is not None:
         try:
-            text = file.read_text(encoding="utf-8")
+            data = file.read_bytes()
         except OSError as error:
             raise fail(f"{field}-file {file}: {error.strerror}", "pass a readable file") from None
-    if text is None:
+        if len(data) > input_file_bytes_max:
+            raise fail(
+                f"{field}-file {file}: {len(data)} bytes is over the limit of "
+                f"{input_file_bytes_max} bytes",
+                "store large data elsewhere and pass a reference",
+            )
+    if data is None:
         return None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise fail(
-            f"{field} is not valid JSON: {error}", f"e.g. --{field} '{{\"key\": 1}}'"
-        ) from None
+        return json_input.loads(data, field)
+    except json_input.JsonInputError as error:
+        source = f"{field}-file {file}" if file is not None else f"--{field}"
+        hint = (
+            f"e.g. --{field} '{{\"key\": 1}}'"
+            if "valid JSON" in error.rule
+            else "JSON is taken as written: fix the value at that path"
+        )
+        raise fail(f"{source}: {error}", hint) from None
 
 
 def load_worker(spec: str) -> Worker:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, get_args
 
 import typer
 from rich.progress import Progress
@@ -39,13 +40,14 @@ from dagnats.runtime.connection import default_data_dir
 from dagnats.runtime.resources import PROJECTIONS_BUCKET, RUNS_BUCKET
 from dagnats.runtime.serve import install_stop_signals
 from kernel.errors import DagnatsError
-from kernel.state import RunState
+from kernel.state import RunState, RunStatus
 from kernel.workflow.durations import parse_duration
 from projections.base import read_checkpoints, reset_projection
 from projections.sqlite import RUN_COLUMNS
 
 query_rows_max: Final = 10_000
 audit_all_max: Final = 100_000
+RUN_STATUSES_LISTED: Final = tuple(s for s in get_args(RunStatus) if s != "new")
 status_fresh_ms: Final = 10_000  # a projector's rate older than this is shown as 0
 
 DbOption = Annotated[
@@ -96,11 +98,17 @@ def query(
     except DagnatsError as error:
         raise fail(str(error), "start `dagnats serve`: it maintains the file") from None
     try:
+        database.conn.set_authorizer(read_only_authorizer)
         cursor = database.conn.execute(sql)
         columns = [d[0] for d in cursor.description or ()]
         rows = cursor.fetchmany(limit)
     except Exception as error:  # sqlite3.Error, and read-only violations
-        raise fail(f"query failed: {error}", "the tables: runs, steps, events, ...") from None
+        hint = "the tables: runs, steps, events, ..."
+        message = " ".join(str(error).split())
+        if "not authorized" in message:
+            message += " (the query tables are readonly: no ATTACH, writes or setting PRAGMAs)"
+            hint = "`dagnats query` runs SELECT, and PRAGMAs that only read"
+        raise fail(f"query failed: {message}", hint) from None
     finally:
         database.close()
     if as_json:
@@ -110,6 +118,36 @@ def query(
     for row in rows:
         table.add_row(*("" if value is None else str(value) for value in row))
     out.print(table)
+
+
+# What a query may do: read. ATTACH (which creates files), DETACH, writes, schema changes
+# and PRAGMAs that set a value are denied by SQLite's authorizer (on top of `mode=ro`).
+QUERY_ACTIONS_ALLOWED: Final = frozenset(
+    (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+     sqlite3.SQLITE_RECURSIVE)
+)  # fmt: skip
+QUERY_PRAGMAS_OF_A_NAME: Final = frozenset(
+    ("table_info", "table_xinfo", "index_list", "index_info", "index_xinfo",
+     "foreign_key_list")
+)  # fmt: skip  # their argument names a table or index: they still only read
+QUERY_PRAGMAS_READ: Final = frozenset(
+    ("table_list", "function_list", "pragma_list", "collation_list", "user_version",
+     "schema_version", "data_version", "page_count", "page_size", "encoding",
+     "compile_options", "database_list", "query_only")
+)  # fmt: skip  # read only without an argument (with one, some of them set a value)
+
+
+def read_only_authorizer(
+    action: int, first: str | None, second: str | None, _db: str | None, _trigger: str | None
+) -> int:
+    """SQLite authorizer of `dagnats query`: reads only (a PRAGMA only in its reading form)."""
+    if action in QUERY_ACTIONS_ALLOWED:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA:
+        pragma = (first or "").lower()
+        if pragma in QUERY_PRAGMAS_OF_A_NAME or (second is None and pragma in QUERY_PRAGMAS_READ):
+            return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
 
 
 # -- run list (served from SQLite) -------------------------------------------------------
@@ -213,6 +251,11 @@ def run_list(
     as_json: bool,
 ) -> None:
     """`dagnats run list`: from the SQLite tables when the file exists, else folded runs."""
+    if status is not None and status not in RUN_STATUSES_LISTED:
+        allowed = ", ".join(RUN_STATUSES_LISTED)
+        raise fail(f"--status {status!r} is not a run status (allowed: {allowed})", "", 2)
+    if not 1 <= limit <= query_rows_max:
+        raise fail(f"--limit {limit} is out of 1..{query_rows_max}", "", 2)
     since_ms = parse_since(since, now_ms()) if since is not None else None
     path = sqlite_path(data_dir)
     rows = list_runs_sql(

@@ -7,6 +7,7 @@ project, never `dagnats.cli`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,6 +55,8 @@ def run_start(
     as_json: JsonOption = False,
 ) -> None:
     """Start a run of a registered workflow."""
+    if wait:
+        check_timeout(timeout)
     value = load_json_argument(input, input_file, "input")
 
     async def action(client: Client) -> tuple[str, RunState | None]:
@@ -71,6 +74,16 @@ def run_start(
             print_outcome(final)
     if final is not None and final.status != "completed":
         raise typer.Exit(1)
+
+
+def check_timeout(timeout: float) -> None:
+    """Refuse a --timeout that is not a finite number of seconds above 0 (usage error)."""
+    if not timeout > 0 or not math.isfinite(timeout):  # NaN fails both
+        raise fail(
+            f"--timeout {timeout} must be a finite number of seconds above 0",
+            "e.g. --timeout 60",
+            2,
+        )
 
 
 async def wait_with_progress(
@@ -185,6 +198,7 @@ def run_wait(
     as_json: JsonOption = False,
 ) -> None:
     """Wait for a run to end, showing its steps live; exit 1 unless it completed."""
+    check_timeout(timeout)
 
     async def action(client: Client) -> RunState:
         return await wait_with_progress(client, run_id, timeout, as_json, follow)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dagnats import json_input
 from dagnats.cli import render
 from dagnats.cli.common import (
     JsonOption,
@@ -37,10 +38,13 @@ def register(workflow_app: typer.Typer) -> None:
 
 
 def read_workflow_file(file: Path) -> bytes:
+    """The file's bytes, refused (WorkflowInvalidError) when an object repeats a key."""
     try:
-        return file.read_bytes()
+        data = file.read_bytes()
     except OSError as error:
         raise fail(f"{file}: {error.strerror}", "pass the path of a workflow JSON file") from None
+    json_input.check_workflow_keys(data)
+    return data
 
 
 def workflow_validate(file: Path, as_json: JsonOption = False) -> None:
@@ -107,6 +111,12 @@ def workflow_show(
     as_json: JsonOption = False,
 ) -> None:
     """Show a registered workflow (the latest revision unless --revision)."""
+    if revision is not None and revision < 1:
+        raise fail(
+            f"--revision {revision} is not a revision: each workflow's are numbered from 1",
+            f"see them with `dagnats workflow show {name}`",
+            2,
+        )
 
     async def action(client: Client) -> tuple[Any, list[int]]:
         workflow = await client.get_workflow(name, revision)

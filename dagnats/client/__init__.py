@@ -16,8 +16,10 @@ from dagnats.client.errors import (
     RunExistsError,
     RunFinishedError,
     RunNotFoundError,
+    RunUnreadableError,
     WaitTimeoutError,
     WorkflowNotFoundError,
+    WorkflowRevisionNotFoundError,
 )
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "RunExistsError",
     "RunFinishedError",
     "RunNotFoundError",
+    "RunUnreadableError",
     "WaitTimeoutError",
     "WorkflowNotFoundError",
+    "WorkflowRevisionNotFoundError",
 ]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from dagnats import json_input
 from dagnats.client.errors import ApprovalNotFoundError, ApprovalResolvedError
 from dagnats.runtime.clock import new_seed, now_ms
 from kernel import limits
@@ -103,6 +104,7 @@ async def resolve(
         ApprovalResolvedError: it was resolved already (the message says by whom and when).
         PayloadTooLargeError: `data` is over the payload limit.
     """
+    json_input.check_value(data, "approval data")
     encoded = msgspec.json.encode(data)
     if len(encoded) > limits.payload_bytes_max:
         raise PayloadTooLargeError("approval data", len(encoded), limits.payload_bytes_max)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -27,16 +28,18 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
+from dagnats import json_input
 from dagnats.audit import AuditReport, Decide, audit_history
 from dagnats.client import approvals as client_approvals
 from dagnats.client import chains as client_chains
+from dagnats.client import workflows as client_workflows
 from dagnats.client.approvals import PendingApproval
 from dagnats.client.errors import (
     RunExistsError,
     RunFinishedError,
     RunNotFoundError,
+    RunUnreadableError,
     WaitTimeoutError,
-    WorkflowNotFoundError,
 )
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
@@ -46,7 +49,12 @@ from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, command_sub
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
-from kernel.errors import DagnatsError, PayloadTooLargeError, WorkflowInvalidError
+from kernel.errors import (
+    DagnatsError,
+    DecodeError,
+    PayloadTooLargeError,
+    WorkflowInvalidError,
+)
 from kernel.events import ChildStarted, Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
@@ -115,43 +123,39 @@ class Client:
         Raises:
             WorkflowInvalidError: every problem, each naming its path, value and rule.
         """
+        json_input.check_workflow_keys(source)
         return parse_workflow(source)
 
     async def register_workflow(self, source: WorkflowDef | bytes | str | object) -> int:
-        """Store a workflow definition under its name (a new revision); returns the revision.
+        """Store a workflow definition under its name; returns its new revision (1, 2, 3 ...
+        for each name).
 
         Raises:
             WorkflowInvalidError: every problem of the definition (nothing is stored).
         """
-        workflow = _checked(source) if isinstance(source, WorkflowDef) else parse_workflow(source)
-        kv = await self.connection.workflows()
-        return await kv.put(workflow.name, codec.encode(workflow))
+        if isinstance(source, WorkflowDef):
+            workflow = _checked(source)
+        else:
+            json_input.check_workflow_keys(source)
+            workflow = parse_workflow(source)
+        return await client_workflows.register(self, workflow)
 
     async def get_workflow(self, name: str, revision: int | None = None) -> WorkflowDef:
-        """The registered definition (the latest revision unless one is given)."""
-        kv = await self.connection.workflows()
-        try:
-            entry = await kv.get(name, revision=revision)
-        except nats.js.errors.KeyNotFoundError:
-            raise WorkflowNotFoundError(name, await self.list_workflows()) from None
-        assert entry.value is not None
-        return msgspec.json.decode(entry.value, type=WorkflowDef)
+        """The registered definition (the latest revision unless one is given).
+
+        Raises:
+            WorkflowNotFoundError: no workflow of that name.
+            WorkflowRevisionNotFoundError: no such revision of it.
+            StoredWorkflowError: the stored entry is not a definition (one line).
+        """
+        return await client_workflows.get(self, name, revision)
 
     async def workflow_revisions(self, name: str) -> list[int]:
-        kv = await self.connection.workflows()
-        try:
-            entries = await kv.history(name)
-        except nats.js.errors.NoKeysError:
-            return []
-        revisions = [e.revision for e in entries if e.value and e.revision is not None]
-        return revisions[-workflow_revisions_max:]
+        """The workflow's revisions kept (at most the bucket's history), oldest first."""
+        return (await client_workflows.revision_numbers(self, name))[-workflow_revisions_max:]
 
     async def list_workflows(self) -> list[str]:
-        kv = await self.connection.workflows()
-        try:
-            return sorted(await kv.keys())
-        except nats.js.errors.NoKeysError:
-            return []
+        return await client_workflows.list_names(self)
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -171,6 +175,7 @@ class Client:
                 `kernel.workflow.validate_workflow` before anything is published; the engine
                 would set the start aside as a dead letter).
             PayloadTooLargeError: the input is over the payload limit.
+            JsonInputError: the input holds NaN, Infinity or bytes, or nests too deep.
             RunExistsError: `run_id` names a run of another workflow or input.
         """
         definition = (
@@ -179,6 +184,7 @@ class Client:
             else (await self.get_workflow(workflow))
         )
         run_id = check_run_id(run_id or uuid.uuid4().hex)
+        json_input.check_value(input, "input")
         data = msgspec.json.encode(input)
         if len(data) > limits.payload_bytes_max:
             raise PayloadTooLargeError("input", len(data), limits.payload_bytes_max)
@@ -246,7 +252,7 @@ class Client:
     async def history(self, run_id: str) -> AsyncGenerator[tuple[int, Decision], None]:
         """Every history message of the run, in order, as (stream sequence, decision)."""
         async for seq, data in self.connection.history.read(check_run_id(run_id)):
-            yield seq, codec.decode_decision(data)
+            yield seq, _decoded(run_id, seq, data)
 
     async def get_run(self, run_id: str) -> RunState:
         """The run's state, folded from its history.
@@ -255,7 +261,12 @@ class Client:
             RunNotFoundError: the run has no history.
         """
         # snapshot + tail (runtime.projector.load_state); the whole history without a snapshot
-        state, _ = await load_state(self.connection.history, self._snapshots, check_run_id(run_id))
+        try:
+            state, _ = await load_state(
+                self.connection.history, self._snapshots, check_run_id(run_id)
+            )
+        except DecodeError as error:
+            raise RunUnreadableError(run_id, None, str(error).splitlines()[0]) from None
         if state.status == "new":
             raise RunNotFoundError(run_id)
         return state
@@ -304,7 +315,7 @@ class Client:
         )
         async with contextlib.aclosing(messages):
             async for seq, data in messages:
-                yield seq, codec.decode_decision(data)
+                yield seq, _decoded(run_id, seq, data)
 
     async def wait(
         self,
@@ -327,7 +338,12 @@ class Client:
                 nor has a command waiting (at once); or it still has no history when the
                 wait ends.
             WaitTimeoutError: the run did not end within `timeout_s`.
+            DagnatsError: `timeout_s` is not a finite number above 0.
         """
+        if not timeout_s > 0 or not math.isfinite(timeout_s):  # NaN fails both
+            raise DagnatsError(
+                f"timeout_s {timeout_s!r} must be a finite number of seconds above 0"
+            )
         if not await self._exists_or_coming(check_run_id(run_id)):
             raise RunNotFoundError(run_id)
         state = INITIAL_STATE
@@ -404,6 +420,7 @@ class Client:
             RunFinishedError: the run has already ended.
             PayloadTooLargeError: the payload is over `limits.signal_bytes_max`.
         """
+        json_input.check_value(payload, "signal payload")
         data = msgspec.json.encode(payload)
         if len(data) > limits.signal_bytes_max:
             raise PayloadTooLargeError("signal payload", len(data), limits.signal_bytes_max)
@@ -430,6 +447,7 @@ class Client:
             SubjectTokenError: `name` is not 1..128 of A-Z a-z 0-9 '_' '-' (dotted).
             DagnatsError: no events stream (is `dagnats serve` running?).
         """
+        json_input.check_value(payload, "event payload")
         feed = JetStreamEvents(self.connection.js)
         try:
             return await feed.publish(name, payload, event_id=event_id)
@@ -475,6 +493,14 @@ class Client:
         states = [s for s in await asyncio.gather(*(one(r) for r in run_ids)) if s is not None]
         states.sort(key=lambda s: s.started_at_ms, reverse=True)
         return states[:limit]
+
+
+def _decoded(run_id: str, seq: int, data: bytes) -> Decision:
+    """The decision of one history message, or RunUnreadableError naming the run and seq."""
+    try:
+        return codec.decode_decision(data)
+    except DecodeError as error:
+        raise RunUnreadableError(run_id, seq, str(error).splitlines()[0]) from None
 
 
 def _checked(workflow: WorkflowDef) -> WorkflowDef:

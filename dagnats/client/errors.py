@@ -18,11 +18,39 @@ class RunNotFoundError(DagnatsError):
         super().__init__(f"run {run_id!r} does not exist (no history); check the id")
 
 
+class RunUnreadableError(DagnatsError):
+    """A message of the run's history does not decode (garbage appended, or newer code)."""
+
+    hint = "the run is parked: its history must be repaired (see `dagnats history export`)"
+
+    def __init__(self, run_id: str, seq: int | None, problem: str) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        where = f" at sequence {seq}" if seq is not None else ""
+        super().__init__(
+            f"run {run_id!r} cannot be read: its history{where} holds a message that does "
+            f"not decode ({problem})"
+        )
+
+
 class WorkflowNotFoundError(DagnatsError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         shown = ", ".join(known[:20]) or "none registered"
         super().__init__(f"workflow {name!r} is not registered (known: {shown})")
+
+
+class WorkflowRevisionNotFoundError(DagnatsError):
+    """The workflow exists; the revision asked for is not one of those kept."""
+
+    hint = "see its revisions with `dagnats workflow show NAME`"
+
+    def __init__(self, name: str, revision: int, known: list[int]) -> None:
+        self.name = name
+        self.revision = revision
+        shown = ", ".join(map(str, known))
+        rule = "revisions are numbered from 1" if revision < 1 else f"revisions kept: {shown}"
+        super().__init__(f"workflow {name!r} has no revision {revision} ({rule})")
 
 
 class RunExistsError(DagnatsError):

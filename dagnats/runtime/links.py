@@ -25,7 +25,11 @@ from nats.js.kv import KeyValue
 
 from dagnats.runtime.external_events import PublishedEvent
 from dagnats.runtime.protocols import CommandPublisher
-from dagnats.runtime.resources import WORKFLOWS_BUCKET
+from dagnats.runtime.resources import (
+    WORKFLOWS_BUCKET,
+    StoredWorkflowError,
+    decode_stored_workflow,
+)
 from dagnats.runtime.settings import event_waiting_runs_max
 from kernel import codec
 from kernel.commands import AnyCommand, CancelRun, DeliverEvent, RecordChild, StartRun
@@ -270,4 +274,9 @@ class KvWorkflows:
             return None
         if not entry.value:
             return None
-        return msgspec.json.decode(entry.value, type=WorkflowDef)
+        try:
+            workflow, _ = decode_stored_workflow(name, entry.value, entry.revision)
+        except StoredWorkflowError as error:  # a garbage entry: as if not registered
+            log.error("%s", error)
+            return None
+        return workflow

@@ -15,12 +15,14 @@ import zlib
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
 from kernel.errors import DagnatsError
+from kernel.workflow import WorkflowDef
 
 HISTORY_STREAM: Final = "DAGNATS_HISTORY"
 COMMANDS_STREAM: Final = "DAGNATS_COMMANDS"
@@ -146,6 +148,61 @@ def run_id_of_history_subject(subject: str) -> str:
     prefix = HISTORY_PREFIX + "."
     assert subject.startswith(prefix), f"{subject!r} is not a history subject"
     return subject[len(prefix) :]
+
+
+# -- the workflow store ------------------------------------------------------------------------
+#
+# A value of the workflows bucket is the definition's JSON with one more field, `revision`:
+# the workflow's own revision number (1, 2, 3 ... for each name). Older entries have no such
+# field (their number is their place in the key's history); readers of the definition alone
+# (`msgspec.json.decode(value, type=WorkflowDef)`) skip the field.
+
+stored_shown_bytes_max: Final = 60
+
+
+class StoredWorkflowError(DagnatsError):
+    """An entry of the workflows bucket that is not a workflow definition (written by hand)."""
+
+    hint = "register the workflow again with `dagnats workflow register FILE`"
+
+    def __init__(self, name: str, kv_revision: int | None, problem: str) -> None:
+        self.name = name
+        self.kv_revision = kv_revision
+        super().__init__(
+            f"workflow {name!r}: the stored entry (bucket {WORKFLOWS_BUCKET}, sequence "
+            f"{kv_revision}) is not a workflow definition: {problem}"
+        )
+
+
+class _Revision(msgspec.Struct, frozen=True):
+    revision: int | None = None
+
+
+def encode_stored_workflow(definition: bytes, revision: int) -> bytes:
+    """The bucket value of a definition's JSON object at the workflow's own `revision`."""
+    assert definition.startswith(b"{") and revision >= 1, "a JSON object and a revision >= 1"
+    rest = definition[1:]
+    separator = b"" if rest.lstrip().startswith(b"}") else b","
+    return b'{"revision":%d%s%s' % (revision, separator, rest)
+
+
+def decode_stored_workflow(
+    name: str, value: bytes, kv_revision: int | None = None
+) -> tuple[WorkflowDef, int | None]:
+    """The definition of a bucket value and its own revision (None for older entries).
+
+    Raises:
+        StoredWorkflowError: the value is not a stored workflow definition.
+    """
+    try:
+        workflow = msgspec.json.decode(value, type=WorkflowDef)
+        revision = msgspec.json.decode(value, type=_Revision).revision
+    except (msgspec.DecodeError, RecursionError) as error:
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StoredWorkflowError(name, kv_revision, problem) from None
+    if revision is not None and revision < 1:
+        raise StoredWorkflowError(name, kv_revision, f"revision {revision} is below 1")
+    return workflow, revision
 
 
 # -- resources ------------------------------------------------------------------------------

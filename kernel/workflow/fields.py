@@ -212,6 +212,33 @@ def read_number(value: object) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+DEPTH_RULE: Final = (
+    f"nests deeper than {limits.json_depth_max} levels of arrays and objects (json_depth_max)"
+)
+NON_FINITE_RULE: Final = "is not a finite number: NaN and Infinity are refused"
+
+
+def value_problem(value: object) -> tuple[str, str, str] | None:
+    """The first (path, shown value, rule) of a decoded value that nests deeper than
+    `limits.json_depth_max` or holds a float that is not finite; None when there is none.
+    Iterative (no recursion on the user's data)."""
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path, repr(item), NON_FINITE_RULE
+        if not isinstance(item, dict | list | tuple):
+            continue
+        if depth >= limits.json_depth_max:
+            return path, "-", DEPTH_RULE
+        if isinstance(item, dict):
+            children = [(v, join_path(path, str(k)), depth + 1) for k, v in item.items()]
+        else:
+            children = [(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item)]
+        stack.extend(reversed(children))  # report in document order
+    return None
+
+
 def join_path(parent: str, key: str) -> str:
     """`parent.key`, or `key` at the top level."""
     return f"{parent}.{key}" if parent else key

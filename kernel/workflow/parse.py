@@ -34,6 +34,7 @@ from kernel.workflow.fields import (
     read_text,
     read_timeout,
     read_whole,
+    value_problem,
 )
 from kernel.workflow.model import NO_MATCH, CancelOn, SkipIf, StepDef, WorkflowDef
 from kernel.workflow.problems import MISSING, Problems
@@ -105,16 +106,28 @@ def decode_source(source: object, problems: Problems) -> object:
     elif isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
     else:
-        return source
+        return _checked_values(source, problems)
     if len(data) > limits.workflow_bytes_max:
         _too_large(len(data), problems)
         return MISSING
     try:
-        return msgspec.json.decode(data)
+        document = msgspec.json.decode(data)
     except (msgspec.DecodeError, RecursionError) as error:
         shown = source if isinstance(source, str) else data
         problems.add("$", shown, f"is not valid JSON: {error}")
         return MISSING
+    return _checked_values(document, problems)
+
+
+def _checked_values(document: object, problems: Problems) -> object:
+    """The document, or MISSING after a problem when it nests deeper than
+    `limits.json_depth_max` or holds a number that is not finite (a dict built in code)."""
+    found = value_problem(document)
+    if found is None:
+        return document
+    path, shown, rule = found
+    problems.add_shown(path or "$", shown, rule)
+    return MISSING
 
 
 def _too_large(size: int, problems: Problems) -> None:

@@ -1,0 +1,160 @@
+"""The client side of the workflow store: register, read and list revisions per workflow.
+
+Each workflow name has its own revisions 1, 2, 3 ... (stored in the value, see
+`dagnats.runtime.resources.encode_stored_workflow`); registering is a compare-and-set on the
+key's last bucket sequence, so two registrations at once get two numbers. Older entries
+without a stored number are numbered by their place in the key's history. An entry that is
+not a definition raises `StoredWorkflowError` (one line), never a decoder's traceback.
+`Client` delegates here; this module imports `dagnats.runtime` and `kernel`, never the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Final
+
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from dagnats.client.errors import WorkflowNotFoundError, WorkflowRevisionNotFoundError
+from dagnats.runtime.resources import (
+    WORKFLOWS_HISTORY,
+    StoredWorkflowError,
+    decode_stored_workflow,
+    encode_stored_workflow,
+)
+from kernel import codec
+from kernel.errors import DagnatsError
+from kernel.workflow import WorkflowDef
+
+if TYPE_CHECKING:
+    from dagnats.client.core import Client
+
+register_attempts_max: Final = 8  # compare-and-set retries when registrations race
+KEY_ERRORS: Final = (nats.js.errors.InvalidKeyError,)
+_KV_KEY: Final = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*")  # what a KV key may be
+
+
+class Revision:
+    """One stored revision of a workflow: its own number and the bucket entry's value."""
+
+    __slots__ = ("kv_revision", "number", "value")
+
+    def __init__(self, number: int, value: bytes, kv_revision: int | None) -> None:
+        self.number = number
+        self.value = value
+        self.kv_revision = kv_revision
+
+
+async def register(client: Client, workflow: WorkflowDef) -> int:
+    """Store `workflow` as the next revision of its name; returns that revision (1, 2, ...).
+
+    Raises:
+        DagnatsError: the name changed under us `register_attempts_max` times in a row.
+    """
+    kv = await client.connection.workflows()
+    definition = codec.encode(workflow)
+    for _ in range(register_attempts_max):
+        latest = await _latest(kv, workflow.name)
+        number = 1 if latest is None else await _next_number(kv, workflow.name, latest)
+        value = encode_stored_workflow(definition, number)
+        try:
+            if latest is not None:
+                await kv.update(workflow.name, value, last=latest.kv_revision)
+            else:
+                await kv.create(workflow.name, value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            continue  # another registration got there first: number again
+        return number
+    raise DagnatsError(
+        f"workflow {workflow.name!r}: {register_attempts_max} registrations raced with this "
+        "one; try again"
+    )
+
+
+async def get(client: Client, name: str, revision: int | None) -> WorkflowDef:
+    """The definition at the workflow's own `revision` (the latest when None).
+
+    Raises:
+        WorkflowNotFoundError: no workflow of that name.
+        WorkflowRevisionNotFoundError: the name exists, that revision does not (or is < 1).
+        StoredWorkflowError: the stored entry is not a definition.
+    """
+    kv = await client.connection.workflows()
+    chosen = await _latest(kv, name)  # a direct get: the latest is one read
+    if chosen is None:
+        raise WorkflowNotFoundError(name, await list_names(client))
+    if revision is not None:
+        revisions = await _revisions(kv, name)
+        found = [r for r in revisions if r.number == revision]
+        if not found:
+            raise WorkflowRevisionNotFoundError(name, revision, [r.number for r in revisions])
+        chosen = found[0]
+    workflow, _ = decode_stored_workflow(name, chosen.value, chosen.kv_revision)
+    return workflow
+
+
+async def revision_numbers(client: Client, name: str) -> list[int]:
+    """The workflow's revisions kept in the bucket, oldest first."""
+    kv = await client.connection.workflows()
+    return [r.number for r in await _revisions(kv, name)]
+
+
+async def list_names(client: Client) -> list[str]:
+    kv = await client.connection.workflows()
+    try:
+        return sorted(await kv.keys())
+    except nats.js.errors.NoKeysError:
+        return []
+
+
+async def _latest(kv: KeyValue, name: str) -> Revision | None:
+    """The latest entry of `name` (None when there is none, or it was deleted), numbered by
+    its stored revision (0 when it has none: an older entry)."""
+    if _KV_KEY.fullmatch(name) is None:  # not a possible key: so not a registered name
+        return None
+    try:
+        entry = await kv.get(name)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    if not entry.value:
+        return None
+    try:
+        _, stored = decode_stored_workflow(name, entry.value, entry.revision)
+    except StoredWorkflowError:  # reported when it is read as a definition
+        stored = None
+    return Revision(stored or 0, entry.value, entry.revision)
+
+
+async def _next_number(kv: KeyValue, name: str, latest: Revision) -> int:
+    """The number after `latest` (for an older entry without one: after its history's)."""
+    if latest.number >= 1:
+        return latest.number + 1
+    revisions = await _revisions(kv, name)
+    return (revisions[-1].number if revisions else 0) + 1
+
+
+async def _revisions(kv: KeyValue, name: str) -> list[Revision]:
+    """The kept revisions of `name` since its last deletion, oldest first, numbered."""
+    if _KV_KEY.fullmatch(name) is None:  # not a possible key: so not a registered name
+        return []
+    try:
+        entries = await kv.history(name)
+    except nats.js.errors.NoKeysError:
+        return []
+    except KEY_ERRORS:  # not a possible key: so not a registered name
+        return []
+    revisions: list[Revision] = []
+    for place, entry in enumerate(entries[-WORKFLOWS_HISTORY:], start=1):
+        if not entry.value:  # a delete or purge marker: what came before is gone
+            revisions = []
+            continue
+        try:
+            _, stored = decode_stored_workflow(name, entry.value, entry.revision)
+        except StoredWorkflowError:  # reported when that revision is read, not before
+            stored = None
+        number = stored if stored is not None else place
+        if revisions and number <= revisions[-1].number:
+            number = revisions[-1].number + 1  # numbers only grow
+        revisions.append(Revision(number, entry.value, entry.revision))
+    return revisions
