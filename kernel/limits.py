@@ -27,7 +27,6 @@ retry_multiplier_max: Final = 100.0
 
 # Payloads.
 payload_bytes_max: Final = 1_048_576  # one step input or output, one run input
-json_depth_max: Final = 64  # nesting of any JSON value accepted at the edge (inputs, outputs)
 error_message_bytes_max: Final = 8_192
 
 # Runs.
@@ -75,4 +74,4 @@ continue_as_new_chain_max: Final = 10_000  # runs of one continue-as-new chain (
 history_events_soft_max: Final = 10_000  # past this, workers are told to continue as new
 
 # JSON at the edge.
-json_depth_max: Final = 64  # nesting of arrays and objects handed in (input, payload, workflow)
+json_depth_max: Final = 64  # nesting of any JSON accepted at the edge (inputs, outputs, files)
