@@ -121,8 +121,28 @@ def worker(
     run_async(main())
 
 
-def demo() -> None:
+def demo(
+    copy_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--copy-to",
+            help="Copy the example (order/workflow.json, input.json, worker.py and the "
+            "workflow schema) into DIR for the quick start, and exit.",
+        ),
+    ] = None,
+) -> None:
     """Run the example order workflow end to end on a throwaway embedded server."""
+    from dagnats.demo import copy_example
     from dagnats.demo import main as demo_main
 
+    if copy_to is not None:
+        try:
+            written = copy_example(copy_to)
+        except OSError as error:
+            message = f"--copy-to {copy_to}: {error.strerror or error}"
+            raise fail(message, "pass a writable dir") from None
+        for path in written:
+            out.print(str(path), highlight=False)
+        return
+    refuse_without_assertions("dagnats demo")
     raise typer.Exit(demo_main())
