@@ -41,6 +41,8 @@ from dagnats.client.errors import (
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.external_events import JetStreamEvents
+from dagnats.runtime.history_guard import check_history
+from dagnats.runtime.parked import decode_message
 from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, command_subject
 from kernel import codec, limits
@@ -89,8 +91,17 @@ class Client:
         Args:
             url: the NATS URL; default `$DAGNATS_NATS_URL`, else the URL the local
                 `dagnats serve` wrote into its data dir.
+
+        Raises:
+            HistoryStreamGoneError: the history stream was deleted (one clear line).
         """
-        return cls(await Connection.open(url, task_ack_wait_ms=task_ack_wait_ms))
+        connection = await Connection.open(url, task_ack_wait_ms=task_ack_wait_ms)
+        try:
+            await check_history(connection.js)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(connection)
 
     async def close(self) -> None:
         await self.connection.close()
@@ -231,8 +242,8 @@ class Client:
 
     async def _first_decision(self, run_id: str) -> Decision | None:
         async with contextlib.aclosing(self.connection.history.read(run_id)) as messages:
-            async for _, data in messages:
-                return codec.decode_decision(data)
+            async for seq, data in messages:
+                return decode_message(run_id, seq, data)
         return None
 
     async def _await_first_decision(self, run_id: str, timeout_s: float) -> Decision | None:
@@ -246,7 +257,7 @@ class Client:
     async def history(self, run_id: str) -> AsyncGenerator[tuple[int, Decision], None]:
         """Every history message of the run, in order, as (stream sequence, decision)."""
         async for seq, data in self.connection.history.read(check_run_id(run_id)):
-            yield seq, codec.decode_decision(data)
+            yield seq, decode_message(run_id, seq, data)
 
     async def get_run(self, run_id: str) -> RunState:
         """The run's state, folded from its history.
@@ -304,7 +315,7 @@ class Client:
         )
         async with contextlib.aclosing(messages):
             async for seq, data in messages:
-                yield seq, codec.decode_decision(data)
+                yield seq, decode_message(run_id, seq, data)
 
     async def wait(
         self,
