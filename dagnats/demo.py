@@ -1,7 +1,8 @@
 """`make demo`: the example order workflow end to end, from nothing, in one process.
 
 Starts an embedded nats-server in a temporary data dir, the engine, and the example worker;
-registers `examples/order/workflow.json`; runs it with live progress (the charge step fails
+registers `examples/order/workflow.json` (shipped in the wheel as `dagnats.examples`, so the
+demo runs from an installed wheel too); runs it with live progress (the charge step fails
 once and is retried); prints the history; shuts everything down; exits 0 when the run completed.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -21,14 +22,33 @@ from dagnats.runtime.serve import local_stack
 from kernel.events import Decision
 from kernel.state import RunState
 
-EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "order"
+EXAMPLES_DIR = Path(__file__).parent / "examples"  # `examples/` of the repo, via a link
+EXAMPLE_DIR = EXAMPLES_DIR / "order"
+SCHEMA_FILE = "workflow.schema.json"
+COPIED_FILES = ("workflow.json", "input.json", "worker.py")
 run_timeout_s = 60.0
+
+
+def copy_example(target: Path) -> list[Path]:
+    """Copy the order example (its workflow, input and worker) to `target/order`, and the
+    workflow JSON Schema its `$schema` names to `target`; returns the files written.
+
+    Raises:
+        OSError: `target` cannot be written.
+    """
+    order = target / "order"
+    order.mkdir(parents=True, exist_ok=True)
+    written = [target / SCHEMA_FILE]
+    shutil.copyfile(EXAMPLES_DIR / SCHEMA_FILE, written[0])
+    for name in COPIED_FILES:
+        shutil.copyfile(EXAMPLE_DIR / name, order / name)
+        written.append(order / name)
+    return written
 
 
 async def run_demo(console: Console) -> RunState:
     """Run the demo; returns the run's final state."""
-    sys.path.insert(0, str(EXAMPLE_DIR.parent.parent))
-    from examples.order.worker import worker
+    from dagnats.examples.order.worker import worker
 
     with tempfile.TemporaryDirectory(prefix="dagnats-demo-") as data_dir:
         async with local_stack(Path(data_dir), worker) as (info, client):

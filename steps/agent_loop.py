@@ -66,7 +66,7 @@ from kernel.retry import failures, may_retry
 from kernel.state import RunState, is_terminal
 from kernel.step_states import AgentState, ApprovalState
 from steps import approvals, continuation
-from steps.agent_config import AgentConfig, read_config, read_report, tool_calls_of
+from steps.agent_config import CONFIG_FIELDS, AgentConfig, read_config, read_report, tool_calls_of
 from steps.agent_decide import (
     ask_approval,
     limit_reached,
@@ -106,6 +106,7 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
     """Call a handler once per turn; run the tools it asks for; stop at Done or a limit."""
 
     config_type = AgentConfig
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
     name = "agent_loop"
     needs_task = True

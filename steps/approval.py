@@ -76,6 +76,7 @@ class ApprovalStep(ConfiguredStepType[approvals.ApprovalRequest]):
     """Wait for a human to approve (complete with their data) or reject (fail)."""
 
     config_type = approvals.ApprovalRequest
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
     name = "approval"
     needs_task = False

@@ -86,6 +86,7 @@ class StepTypeBase:
 
     name = ""
     needs_task = False
+    config_fields: tuple[str, ...] = ()  # the config's field names as users write them
 
     def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
         return ()

@@ -61,6 +61,7 @@ class ContinueAsNewStep(ConfiguredStepType[ContinueConfig]):
     """End this run and carry on in a fresh run with a step's output as its input."""
 
     config_type = ContinueConfig
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
     name = "continue_as_new"
     needs_task = False

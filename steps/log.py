@@ -64,6 +64,7 @@ class LogStep(ConfiguredStepType[LogConfig]):
     """Record a message in the run's history, then pass the input on."""
 
     config_type = LogConfig
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
     name = "log"
     needs_task = False

@@ -50,7 +50,7 @@ from kernel.step_states import MapItem, MapState, new_map
 from kernel.timers import arm_timer, retry_timer_id, step_timeout_timer_id
 from kernel.workflow import NO_RETRY, RetryPolicy
 from steps.base import ConfiguredStepType, Draft, config_of
-from steps.map_config import MapConfig, read_config, read_items
+from steps.map_config import CONFIG_FIELDS, MapConfig, read_config, read_items
 
 EMPTY_LIST: Final = msgspec.Raw(b"[]")
 REFILL_BATCH_MAX: Final = 64
@@ -61,6 +61,7 @@ class MapStep(ConfiguredStepType[MapConfig]):
     """Fan one task out over a list, bounded, and join the outputs in order."""
 
     config_type = MapConfig
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
     name = "map"
     needs_task = True

@@ -42,7 +42,7 @@ from kernel.step_states import DynamicParent
 from kernel.timers import step_timeout_timer_id
 from kernel.workflow import StepDef
 from steps.base import ConfiguredStepType, Draft, enqueue_task, schedule_attempt
-from steps.planner_plan import PlannerConfig, read_config, read_plan
+from steps.planner_plan import CONFIG_FIELDS, PlannerConfig, read_config, read_plan
 
 ELLIPSIS: Final = "…"
 
@@ -53,6 +53,7 @@ class PlannerStep(ConfiguredStepType[PlannerConfig]):
     name = "planner"
     needs_task = True
     config_type = PlannerConfig
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
 
     # decide

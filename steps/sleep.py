@@ -96,6 +96,7 @@ class SleepStep(ConfiguredStepType[SleepConfig]):
     """Wait durably until a time, then pass the input on."""
 
     config_type = SleepConfig
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
     name = "sleep"
     needs_task = False

@@ -115,6 +115,7 @@ class SubWorkflowStep(ConfiguredStepType[SubWorkflowConfig]):
     """Run another workflow as a child run, and wait for it (unless detached)."""
 
     config_type = SubWorkflowConfig
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
     name = "sub_workflow"
     needs_task = False

@@ -105,6 +105,7 @@ class WaitForEventStep(ConfiguredStepType[WaitForEventConfig]):
     """Complete with the first matching external event of a name (or a timeout marker)."""
 
     config_type = WaitForEventConfig
+    config_fields = CONFIG_FIELDS
     read = staticmethod(read_config)
     name = "wait_for_event"
     needs_task = False

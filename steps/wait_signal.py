@@ -59,6 +59,7 @@ class WaitSignalStep(StepTypeBase):
 
     name = "wait_signal"
     needs_task = False
+    config_fields = CONFIG_FIELDS
 
     def validate(self, step: StepDef, path: str) -> tuple[Problem, ...]:
         name = signal_name(step)

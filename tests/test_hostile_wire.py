@@ -149,7 +149,7 @@ def test_garbage_appended_to_a_history_answers_one_line_and_others_go_on(
         ("run", "cancel", "poison-run"),
         ("approval", "show", "poison-run", "hold"),
     ):
-        one_line_error(stack.cli(*args), 1, "run 'poison-run' cannot be read", "does not decode")
+        one_line_error(stack.cli(*args), 1, "run 'poison-run' is parked", "does not decode")
     probe(stack)
 
 
@@ -232,6 +232,7 @@ SUBPROCESS_CASES: Final = [
     ("unknown-run", ("run", "show", "nope"), 1, "does not exist"),
     ("unknown-approval", ("approval", "approve", "approval-run", "nogate"), 1, "nogate"),
     ("query-attach", ("query", "ATTACH 'x.db' AS x"), 1, "not authorized"),
+    ("serve-port-out-of-range", ("serve", "--nats-port", "99999"), 2, "--nats-port 99999"),
 ]  # fmt: skip
 
 

@@ -1,33 +1,85 @@
 """cli/: the `dagnats` command (typer + rich); this `__init__` assembles the app and `main`.
 
 Every command takes `--json` for machine output. Errors are one readable line plus a hint, on
-stderr, with exit code 1 (2 for usage errors). `workflow validate` works offline.
+stderr, with exit code 1 (2 for usage errors). `workflow validate` and `workflow schema` work
+offline. `dagnats --version` prints the version; `--install-completion` / `--show-completion`
+set up shell completion (typer's). Every command that touches NATS or the data dir takes
+`--data-dir` (and `$DAGNATS_DATA_DIR`): those that do not declare it themselves get it
+here (`with_data_dir`, before the app is built), where it sets `$DAGNATS_DATA_DIR` for the
+command (the connection reads the local serve's `nats.url` from there).
 
 Sub-command modules (`serve`, `workflows`, `runs`, `events`, `approvals`, `projections`,
-`sim`; with `render` and `chains_render` for output) import `dagnats.cli.common` and the rest
-of the project (client, runtime, sim, kernel, projections), never `dagnats.cli` itself; only
-this `__init__` imports them. Nothing in the project imports the CLI but the console script
-(`dagnats = "dagnats.cli:main"`), `python -m dagnats.cli` and tests.
+`sim`, `schema`; with `render` and `chains_render` for output) import `dagnats.cli.common` and
+the rest of the project (client, runtime, sim, kernel, projections), never `dagnats.cli`
+itself; only this `__init__` imports them. Nothing in the project imports the CLI but the
+console script (`dagnats = "dagnats.cli:main"`), `python -m dagnats.cli` and tests.
 """
 
 from __future__ import annotations
 
-import typer
+import functools
+import importlib.metadata
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Final
 
-from dagnats.cli import approvals, events, projections, runs, serve, sim, workflows
+import typer
+import typer.models
+
+from dagnats.cli import approvals, events, projections, runs, schema, serve, sim, workflows
+from dagnats.cli.common import DataDirOption
+from dagnats.runtime.connection import DATA_DIR_ENV
+
+DISTRIBUTION: Final = "dagnats"
+# Commands that touch neither NATS nor a data dir (the demo makes its own throwaway one).
+OFFLINE_COMMANDS: Final = frozenset(
+    {workflows.workflow_validate, schema.schema, sim.sim_command, serve.demo}
+)
+DATA_DIR_PARAM: Final = "data_dir"
 
 app = typer.Typer(
     name="dagnats",
     help="A durable DAG workflow engine on NATS JetStream alone.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 workflow_app = typer.Typer(
-    help="Register, validate, list and show workflows.", no_args_is_help=True
+    help="Register, validate, list and show workflows; print their JSON Schema.",
+    no_args_is_help=True,
 )
 run_app = typer.Typer(help="Start, inspect, wait for and cancel runs.", no_args_is_help=True)
 event_app = typer.Typer(help="Publish external events.", no_args_is_help=True)
+
+
+def version() -> str:
+    """The installed distribution's version ("unknown" when it is not installed)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"dagnats {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """A durable DAG workflow engine on NATS JetStream alone."""
+
 
 # The order of registration is the order of `--help`.
 app.add_typer(workflow_app, name="workflow")
@@ -37,10 +89,55 @@ projections.register(app, run_app)  # query, projection, history export, replay,
 approvals.register(app)  # approval list|show|approve|reject
 serve.register(app)  # serve, worker
 workflows.register(workflow_app)  # workflow validate|register|list|show
+schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal
 app.add_typer(event_app, name="event")
 events.register(event_app)  # event publish
 app.command()(serve.demo)
+
+
+def _command_infos(typer_app: typer.Typer) -> Iterator[typer.models.CommandInfo]:
+    yield from typer_app.registered_commands
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            yield from _command_infos(group.typer_instance)
+
+
+def with_data_dir(typer_app: typer.Typer) -> typer.Typer:
+    """Give `--data-dir` (env `DAGNATS_DATA_DIR`) to every command that touches NATS or the
+    data dir and does not declare it itself; given, it sets `$DAGNATS_DATA_DIR` for the
+    command, which is where the local serve's `nats.url` (and the query tables) are found."""
+    for info in _command_infos(typer_app):
+        callback = info.callback
+        if callback is None or callback in OFFLINE_COMMANDS:
+            continue
+        if DATA_DIR_PARAM not in inspect.signature(callback).parameters:
+            info.callback = _setting_data_dir(callback)
+    return typer_app
+
+
+def _setting_data_dir(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """`callback` with a `data_dir` option that sets `$DAGNATS_DATA_DIR` before it runs."""
+    signature = inspect.signature(callback, eval_str=True)
+    option = inspect.Parameter(
+        DATA_DIR_PARAM, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DataDirOption
+    )
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        data_dir = kwargs.pop(DATA_DIR_PARAM, None)
+        if data_dir is not None:
+            os.environ[DATA_DIR_ENV] = str(data_dir)
+        return callback(*args, **kwargs)
+
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), option]
+    )
+    run.__annotations__ = {**callback.__annotations__, DATA_DIR_PARAM: DataDirOption}
+    return run
+
+
+with_data_dir(app)
 
 
 def main() -> None:
@@ -48,4 +145,4 @@ def main() -> None:
     app()
 
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "version"]

@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 import typer
@@ -48,6 +48,9 @@ def register(app: typer.Typer) -> None:
     app.command()(worker)
 
 
+PORT_MAX: Final = 65_535
+
+
 def serve(
     data_dir: Annotated[
         Path | None, typer.Option(help="Where NATS keeps its data (default ~/.dagnats).")
@@ -58,6 +61,8 @@ def serve(
     log_json: LogJsonOption = False,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
+    if not 0 <= nats_port <= PORT_MAX:
+        raise fail(f"--nats-port {nats_port} is outside 0..{PORT_MAX} (0 = a free port)", "", 2)
     refuse_without_assertions("dagnats serve")
     logs.configure(json_lines=log_json)
     server = Server(data_dir or default_data_dir(), nats_port=nats_port, nats_url=nats_url)
@@ -150,8 +155,28 @@ async def threads_ended(timeout_ms: int) -> bool:
     return True
 
 
-def demo() -> None:
+def demo(
+    copy_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--copy-to",
+            help="Copy the example (order/workflow.json, input.json, worker.py and the "
+            "workflow schema) into DIR for the quick start, and exit.",
+        ),
+    ] = None,
+) -> None:
     """Run the example order workflow end to end on a throwaway embedded server."""
+    from dagnats.demo import copy_example
     from dagnats.demo import main as demo_main
 
+    if copy_to is not None:
+        try:
+            written = copy_example(copy_to)
+        except OSError as error:
+            message = f"--copy-to {copy_to}: {error.strerror or error}"
+            raise fail(message, "pass a writable dir") from None
+        for path in written:
+            out.print(str(path), highlight=False)
+        return
+    refuse_without_assertions("dagnats demo")
     raise typer.Exit(demo_main())

@@ -38,12 +38,13 @@ from dagnats.client.errors import (
     RunExistsError,
     RunFinishedError,
     RunNotFoundError,
-    RunUnreadableError,
     WaitTimeoutError,
 )
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.external_events import JetStreamEvents
+from dagnats.runtime.history_guard import check_history
+from dagnats.runtime.parked import decode_message
 from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, command_subject
 from kernel import codec, limits
@@ -51,7 +52,6 @@ from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
 from kernel.errors import (
     DagnatsError,
-    DecodeError,
     PayloadTooLargeError,
     WorkflowInvalidError,
 )
@@ -97,8 +97,17 @@ class Client:
         Args:
             url: the NATS URL; default `$DAGNATS_NATS_URL`, else the URL the local
                 `dagnats serve` wrote into its data dir.
+
+        Raises:
+            HistoryStreamGoneError: the history stream was deleted (one clear line).
         """
-        return cls(await Connection.open(url, task_ack_wait_ms=task_ack_wait_ms))
+        connection = await Connection.open(url, task_ack_wait_ms=task_ack_wait_ms)
+        try:
+            await check_history(connection.js)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(connection)
 
     async def close(self) -> None:
         await self.connection.close()
@@ -237,8 +246,8 @@ class Client:
 
     async def _first_decision(self, run_id: str) -> Decision | None:
         async with contextlib.aclosing(self.connection.history.read(run_id)) as messages:
-            async for _, data in messages:
-                return codec.decode_decision(data)
+            async for seq, data in messages:
+                return decode_message(run_id, seq, data)
         return None
 
     async def _await_first_decision(self, run_id: str, timeout_s: float) -> Decision | None:
@@ -252,7 +261,7 @@ class Client:
     async def history(self, run_id: str) -> AsyncGenerator[tuple[int, Decision], None]:
         """Every history message of the run, in order, as (stream sequence, decision)."""
         async for seq, data in self.connection.history.read(check_run_id(run_id)):
-            yield seq, _decoded(run_id, seq, data)
+            yield seq, decode_message(run_id, seq, data)
 
     async def get_run(self, run_id: str) -> RunState:
         """The run's state, folded from its history.
@@ -261,12 +270,8 @@ class Client:
             RunNotFoundError: the run has no history.
         """
         # snapshot + tail (runtime.projector.load_state); the whole history without a snapshot
-        try:
-            state, _ = await load_state(
-                self.connection.history, self._snapshots, check_run_id(run_id)
-            )
-        except DecodeError as error:
-            raise RunUnreadableError(run_id, None, str(error).splitlines()[0]) from None
+        # an undecodable message raises RunParkedError naming the run and the sequence
+        state, _ = await load_state(self.connection.history, self._snapshots, check_run_id(run_id))
         if state.status == "new":
             raise RunNotFoundError(run_id)
         return state
@@ -315,7 +320,7 @@ class Client:
         )
         async with contextlib.aclosing(messages):
             async for seq, data in messages:
-                yield seq, _decoded(run_id, seq, data)
+                yield seq, decode_message(run_id, seq, data)
 
     async def wait(
         self,
@@ -493,14 +498,6 @@ class Client:
         states = [s for s in await asyncio.gather(*(one(r) for r in run_ids)) if s is not None]
         states.sort(key=lambda s: s.started_at_ms, reverse=True)
         return states[:limit]
-
-
-def _decoded(run_id: str, seq: int, data: bytes) -> Decision:
-    """The decision of one history message, or RunUnreadableError naming the run and seq."""
-    try:
-        return codec.decode_decision(data)
-    except DecodeError as error:
-        raise RunUnreadableError(run_id, seq, str(error).splitlines()[0]) from None
 
 
 def _checked(workflow: WorkflowDef) -> WorkflowDef:

@@ -18,21 +18,6 @@ class RunNotFoundError(DagnatsError):
         super().__init__(f"run {run_id!r} does not exist (no history); check the id")
 
 
-class RunUnreadableError(DagnatsError):
-    """A message of the run's history does not decode (garbage appended, or newer code)."""
-
-    hint = "the run is parked: its history must be repaired (see `dagnats history export`)"
-
-    def __init__(self, run_id: str, seq: int | None, problem: str) -> None:
-        self.run_id = run_id
-        self.seq = seq
-        where = f" at sequence {seq}" if seq is not None else ""
-        super().__init__(
-            f"run {run_id!r} cannot be read: its history{where} holds a message that does "
-            f"not decode ({problem})"
-        )
-
-
 class WorkflowNotFoundError(DagnatsError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name

@@ -25,6 +25,7 @@ import msgspec
 
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.links import RunLinks
+from dagnats.runtime.parked import RunParkedError, undecodable, unfoldable
 from dagnats.runtime.protocols import (
     CommandMessage,
     CommandQueue,
@@ -74,15 +75,6 @@ from projections.snapshot import SnapshotReader
 Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
 
 log = logging.getLogger("dagnats.engine")
-
-
-class RunParkedError(DagnatsError):
-    """A run whose history cannot be folded, or whose decision broke an invariant."""
-
-    def __init__(self, run_id: str, reason: str) -> None:
-        self.run_id = run_id
-        self.reason = reason
-        super().__init__(f"run {run_id!r} is parked: {reason}")
 
 
 class Loaded(msgspec.Struct, frozen=True):
@@ -167,12 +159,13 @@ class Engine:
         async for seq, data in self.history.read(run_id, after_seq=after_seq):
             try:
                 decision = codec.decode_decision(data)
+            except DecodeError as error:
+                raise RunParkedError(run_id, undecodable(seq, error)) from None
+            try:
                 for event in decision.events:
                     state = evolve(state, event)
-            except (DecodeError, AssertionError) as error:
-                raise RunParkedError(
-                    run_id, f"history message {seq} does not fold: {error}"
-                ) from None
+            except AssertionError as error:
+                raise RunParkedError(run_id, unfoldable(seq, error)) from None
             last_seq = seq
         return Loaded(state=state, last_seq=last_seq)
 

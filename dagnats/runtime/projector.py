@@ -43,6 +43,7 @@ from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.lease import Lease, LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.parked import RunParkedError, decode_message, unfoldable
 from dagnats.runtime.projector_sqlite import (  # re-exported: see __all__
     SQLITE_FILE,
     SqliteTarget,
@@ -60,6 +61,7 @@ from dagnats.runtime.resources import (
 from kernel import codec
 from kernel.errors import DagnatsError
 from kernel.events import Decision
+from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState
 from projections.base import (
     CheckpointMovedError,
@@ -559,7 +561,7 @@ async def load_state(
     usable snapshot, or when the snapshot disagrees with history) the fold of its whole history.
 
     Raises:
-        DagnatsError: a history message does not decode. AssertionError: it does not fold.
+        RunParkedError: a history message does not decode or does not fold.
     """
     snapshot = await snapshots.get(run_id) if snapshots is not None else None
     if snapshot is not None:
@@ -573,7 +575,13 @@ async def load_state(
         log.warning("run %s: its snapshot disagrees with history; ignored", run_id)
     state, last_seq = INITIAL_STATE, 0
     async for seq, data in history.read(run_id):
-        state, last_seq = fold_messages(state, last_seq, [(seq, data)])
+        decision = decode_message(run_id, seq, data)  # RunParkedError: the run's one line
+        try:
+            for event in decision.events:
+                state = evolve(state, event)
+        except AssertionError as error:
+            raise RunParkedError(run_id, unfoldable(seq, error)) from None
+        last_seq = seq
     return state, last_seq
 
 

@@ -7,6 +7,13 @@ next start while it is free (a new one, logged, only when it is taken), so worke
 that know the URL reconnect to a restarted serve. If the nats-server child dies, serve stops
 with a clear message and a non-zero exit: its data is on disk, and starting serve again on the
 same data dir resumes every run.
+
+The data dir is private (0700, its files 0600, the nats-server child's store too; see
+`dagnats.runtime.data_dir`). Serve removes only the files it wrote, and only while they still
+hold what it wrote: a second serve refused on the same data dir leaves the running one's
+`nats.url` alone. No secret is printed: a URL's password is shown as `***`. If the history
+stream is deleted, serve says so once ("the history stream is gone: ...") and runs no engine
+until it is restored; it never creates an empty one in its place.
 """
 
 from __future__ import annotations
@@ -18,14 +25,37 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
 from dagnats.runtime import external_events
 from dagnats.runtime.connection import URL_FILE, Connection
+from dagnats.runtime.data_dir import (
+    create_private_file,
+    make_private_dir,
+    private_umask,
+    remove_if_ours,
+    tighten_files,
+    write_private,
+)
 from dagnats.runtime.engine import Engine
+from dagnats.runtime.history_guard import (
+    HISTORY_GONE_HINT,
+    HISTORY_GONE_MESSAGE,
+    history_check_interval_ms,
+    history_gone,
+)
 from dagnats.runtime.links import KvWorkflows, RunLinks
-from dagnats.runtime.nats_server import EmbeddedNats, NatsServerError, is_port_busy
+from dagnats.runtime.nats_server import (
+    CONFIG_FILE_NAME,
+    LOCK_FILE_NAME,
+    LOG_FILE_NAME,
+    STORE_DIR_NAME,
+    EmbeddedNats,
+    NatsServerError,
+    is_port_busy,
+)
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.worker import Worker
 
@@ -37,6 +67,20 @@ PORT_FILE = "nats.port"  # the embedded server's last port, next to nats.url
 PORT_BUSY_MARKER = "already in use"  # in NatsServerError's message for a taken port
 child_poll_interval_s = 0.5
 local_stop_timeout_s = 10.0  # a local stack's engine and worker stop (drain) within this
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (if any) shown as `***`: what serve may print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:{REDACTED}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class ServeInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +104,8 @@ class Server:
         self.engine: Engine | None = None
         self.links: RunLinks | None = None
         self.url = ""
+        self._written: dict[str, str] = {}  # file name -> what this server wrote there
+        self.history_gone = False
 
     async def start(self) -> ServeInfo:
         """Start nats-server (unless an external URL was given), connect, create resources.
@@ -70,17 +116,23 @@ class Server:
             ResourceConfigError: an existing stream or bucket differs from what we need.
         """
         if self.external_url is None:
-            self.nats = await self._start_embedded()
+            self._prepare_private_data_dir()
+            with private_umask():  # the child's store, log, config and lock: owner-only
+                self.nats = await self._start_embedded()
             self.url = self.nats.url
-            (self.data_dir / PORT_FILE).write_text(f"{self.nats.port}\n", encoding="utf-8")
-            (self.data_dir / URL_FILE).write_text(self.url + "\n", encoding="utf-8")
+            self._write(PORT_FILE, f"{self.nats.port}\n")
+            self._write(URL_FILE, self.url + "\n")
         else:
             self.url = self.external_url
         self.connection = await Connection.open(self.url)
-        await ensure_resources(self.connection.js)
-        commands = self.connection.commands
         js = self.connection.js
-        await ensure_stream(js, external_events.stream_config())
+        self.history_gone = await history_gone(js)
+        if self.history_gone:
+            log.error("%s (%s)", HISTORY_GONE_MESSAGE, HISTORY_GONE_HINT)
+        else:  # never create an empty history in place of a deleted one
+            await ensure_resources(js)
+            await ensure_stream(js, external_events.stream_config())
+        commands = self.connection.commands
         self.links = RunLinks(
             commands,
             KvWorkflows(js),
@@ -95,11 +147,36 @@ class Server:
             links=self.links,
         )
         return ServeInfo(
-            nats_url=self.url,
+            nats_url=redact_url(self.url),
             data_dir=str(self.data_dir),
             embedded=self.nats is not None,
             nats_log=str(self.nats.log_path) if self.nats is not None else "",
         )
+
+    def _prepare_private_data_dir(self) -> None:
+        """The data dir 0700, its store 0700 and the files found there 0600 (an older
+        version made them readable by all)."""
+        try:
+            make_private_dir(self.data_dir)
+            make_private_dir(self.data_dir / STORE_DIR_NAME)
+        except OSError as error:
+            raise NatsServerError(
+                f"data dir {self.data_dir} is not usable: {error.strerror or error}",
+                hint="pass a data dir this user can create and write",
+            ) from error
+        names = (PORT_FILE, URL_FILE, LOCK_FILE_NAME, LOG_FILE_NAME, CONFIG_FILE_NAME)
+        sqlite = self._sqlite_path()
+        tighten_files([*(self.data_dir / name for name in names), sqlite])
+        tighten_files(sqlite.with_name(sqlite.name + suffix) for suffix in SQLITE_SIDE_FILES)
+
+    def _sqlite_path(self) -> Path:
+        from dagnats.runtime import projector
+
+        return self.data_dir / projector.SQLITE_FILE
+
+    def _write(self, name: str, text: str) -> None:
+        write_private(self.data_dir / name, text)
+        self._written[name] = text
 
     async def _start_embedded(self) -> EmbeddedNats:
         """The embedded server on --nats-port, else on the port of the last start while it
@@ -127,27 +204,86 @@ class Server:
         return nats
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run the engine until `stop` is set or the nats-server child dies.
+        """Run the engine until `stop` is set or the nats-server child dies. While the
+        history stream is gone, run no engine (NATS stays up, so it can be restored); said
+        once when it goes, once when it is back.
 
         Raises:
             NatsServerError: the embedded nats-server exited while serving.
         """
+        watch_task = asyncio.create_task(self._watch_child(stop))
+        try:
+            while not stop.is_set() and not watch_task.done():
+                if self.history_gone:
+                    await self._until_history_back(stop, watch_task)
+                    continue
+                await self._run_engine(stop, watch_task)
+        finally:
+            stop.set()
+            if not watch_task.done():
+                watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watch_task
+        if watch_task.done() and not watch_task.cancelled():
+            watch_task.result()  # raise what ended it
+
+    async def _run_engine(self, stop: asyncio.Event, watch_task: asyncio.Task[None]) -> None:
+        """The engine, projections and links until stop, the child's death, or the history
+        stream going (then `history_gone` is set and they are stopped)."""
         assert self.engine is not None and self.connection is not None
-        projection_tasks = self.start_projections(stop)
+        running = asyncio.Event()  # the parts' own stop: set when any of them must end
+        projection_tasks = self.start_projections(running)
         assert self.links is not None
         await self.links.open_routing()  # before the engine resumes runs (see RunLinks)
-        projection_tasks.append(asyncio.create_task(self.links.route(stop)))
-        engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, stop))
-        watch_task = asyncio.create_task(self._watch_child(stop))
-        done, _ = await asyncio.wait({engine_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        for task in (engine_task, watch_task, *projection_tasks):
+        projection_tasks.append(asyncio.create_task(self.links.route(running)))
+        engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, running))
+        guard_task = asyncio.create_task(self._watch_history(running))
+        stop_task = asyncio.create_task(stop.wait())
+        waited = {engine_task, guard_task, stop_task, watch_task}
+        done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        running.set()
+        for task in (engine_task, guard_task, stop_task, *projection_tasks):
             if task not in done:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        for task in done:
-            task.result()  # raise what ended it
+        if engine_task in done and not self.history_gone:
+            stop.set()
+            engine_task.result()  # raise what ended it
+
+    async def _watch_history(self, stop: asyncio.Event) -> None:
+        """Return when the history stream is gone (said once, as an error), or at stop."""
+        assert self.connection is not None
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=history_check_interval_ms / 1000)
+            try:
+                gone = await history_gone(self.connection.js)
+            except Exception as error:  # no answer is no verdict: the connection logs outages
+                log.debug("history check failed: %s", error)
+                continue
+            if gone:
+                log.error("%s (%s); the engine stops until it is back", HISTORY_GONE_MESSAGE,
+                          HISTORY_GONE_HINT)  # fmt: skip
+                self.history_gone = True
+                return
+
+    async def _until_history_back(
+        self, stop: asyncio.Event, watch_task: asyncio.Task[None]
+    ) -> None:
+        """Wait (NATS serving) until the history stream is restored, then make sure every
+        other resource exists again and let the engine run."""
+        assert self.connection is not None
+        while not stop.is_set() and not watch_task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=history_check_interval_ms / 1000)
+            with contextlib.suppress(Exception):
+                if not await history_gone(self.connection.js):
+                    await ensure_resources(self.connection.js)
+                    await ensure_stream(self.connection.js, external_events.stream_config())
+                    log.warning("the history stream is back; the engine starts again")
+                    self.history_gone = False
+                    return
 
     # -- projections (issue 8) ------------------------------------------------------------
 
@@ -161,9 +297,12 @@ class Server:
         assert self.engine is not None and self.connection is not None
         js = self.connection.js
         self.engine.snapshots = projector.KvSnapshotStore(js)
+        sqlite = self.data_dir / projector.SQLITE_FILE
+        if self.nats is not None:  # our own data dir: the query tables (inputs in clear) 0600
+            create_private_file(sqlite)
         targets: tuple[projector.ProjectionTarget, ...] = (
             projector.SnapshotTarget(js),
-            projector.SqliteTarget(self.data_dir / projector.SQLITE_FILE, QueryTables()),
+            projector.SqliteTarget(sqlite, QueryTables()),
         )
         return [asyncio.create_task(projector.Projector(js, t).run(stop)) for t in targets]
 
@@ -187,9 +326,10 @@ class Server:
             self.connection = None
         if self.nats is not None:
             await self.nats.stop()
-            url_file = self.data_dir / URL_FILE
-            url_file.unlink(missing_ok=True)
             self.nats = None
+        written, self._written = self._written, {}
+        if URL_FILE in written:  # only ours, and only while it still holds our URL
+            remove_if_ours(self.data_dir / URL_FILE, written[URL_FILE])
 
 
 def _port_taken(port: int) -> bool:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from dagnats import Continue, Done, NonRetryableError, TaskContext, Worker
-from examples.agent_pipeline import model
+
+from . import model
 
 worker = Worker(concurrency=8)
 
