@@ -8,12 +8,18 @@ the same server in this run). Target: ratio <= 1.2. The worker runs with `dagnat
 defaults; the same RUNS are then run again with a worker built with `report_started=True` (a
 TaskStarted command, so one history append more per step), reported as `with_started_*`.
 
+Beside it (`bench.metrics`): CPU ms per step of the engine, nats-server, worker and bench
+(client) processes, JetStream API requests and stored messages per step, over the default
+worker's RUNS (the warm-up runs excluded). This is an engine-only microbench: no projections,
+and runs are started and watched by the bench itself, not through `dagnats.Client`.
+
 `python -m bench.chain` prints one JSON line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from typing import Final
@@ -29,6 +35,7 @@ from bench.common import (
     publish_starts,
     rounded,
 )
+from bench.metrics import CpuMeter, JsMeter
 from bench.workers import NOOP_TASK
 from kernel.workflow import WorkflowDef
 
@@ -64,15 +71,24 @@ async def sequential_runs(
 async def measure() -> dict[str, object]:
     async with bench_server("chain") as bench:
         floor = await bench.floor()
-        await bench.engine()
+        engine = await bench.engine()
         worker = await bench.worker(concurrency=WORKER_CONCURRENCY)
+        assert bench.nats.pid is not None
+        pids = {"engine": engine.pid, "nats_server": bench.nats.pid, "worker": worker.pid}
+        cpu, js = CpuMeter({**pids, "client": os.getpid()}), JsMeter(bench.connection.js)
         watcher = RunWatcher(bench.nc)
         await watcher.start()
         workflow = chain_workflow("bench-chain", STEPS, NOOP_TASK)
         tag = uuid.uuid4().hex[:8]
+        await js.start()
+        cpu.start()
         wall_s, durations, appends = await sequential_runs(
             bench, watcher, workflow, f"chain-{tag}", RUNS
         )
+        per_step = {
+            "cpu_ms_per_step": cpu.per_step(RUNS * STEPS),
+            **await js.per_step(RUNS * STEPS),
+        }
         # The same with a worker that reports TaskStarted (one command and append more per step).
         await worker.stop()
         await bench.worker(concurrency=WORKER_CONCURRENCY, report_started=True)
@@ -94,6 +110,7 @@ async def measure() -> dict[str, object]:
         "run_ms_p50": rounded(percentile(durations, 0.5) * 1000, 3),
         "run_ms_p90": rounded(percentile(durations, 0.9) * 1000, 3),
         "history_appends_per_step": rounded(appends / (RUNS * STEPS), 3),
+        **per_step,
         "with_started_ms_per_step": rounded(started_ms_per_step),
         "with_started_ratio": rounded(started_ms_per_step / floor["serial_ms_per_hop"], 3),
         "with_started_appends_per_step": rounded(started_appends / (RUNS * STEPS), 3),

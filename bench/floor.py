@@ -34,7 +34,7 @@ WARMUP_HOPS: Final = 50
 FETCH_TIMEOUT_S: Final = 5.0
 
 
-class _Hop:
+class Hop:
     """The two streams and pull consumers of one measurement."""
 
     def __init__(self, js: JetStreamContext, tag: str) -> None:
@@ -135,7 +135,7 @@ async def measure_floor(
     """
     assert serial_hops > 0 and batched_hops > 0 and 0 < batch <= batched_hops
     payload = (b'{"run_id":"bench","step":"s","input":"' + b"x" * MESSAGE_BYTES)[:MESSAGE_BYTES]
-    hop = _Hop(nc.jetstream(), uuid.uuid4().hex[:8].upper())
+    hop = Hop(nc.jetstream(), uuid.uuid4().hex[:8].upper())
     await hop.open()
     try:
         await hop.serial(WARMUP_HOPS, payload)
