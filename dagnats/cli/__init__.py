@@ -12,9 +12,14 @@ this `__init__` imports them. Nothing in the project imports the CLI but the con
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from dagnats.cli import approvals, events, projections, runs, serve, sim, workflows
+from dagnats.runtime import credentials
 
 app = typer.Typer(
     name="dagnats",
@@ -28,6 +33,27 @@ workflow_app = typer.Typer(
 )
 run_app = typer.Typer(help="Start, inspect, wait for and cancel runs.", no_args_is_help=True)
 event_app = typer.Typer(help="Publish external events.", no_args_is_help=True)
+
+@app.callback()
+def connection_options(
+    creds: Annotated[
+        Path | None,
+        typer.Option("--creds", help="Credential file for NATS (default: the data dir's).",
+                     envvar=credentials.CREDS_ENV),
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="Client TLS cert.",
+                                                  envvar=credentials.TLS_CERT_ENV)] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Client TLS key.",
+                                                 envvar=credentials.TLS_KEY_ENV)] = None,
+    tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA of the NATS server.",
+                                                envvar=credentials.TLS_CA_ENV)] = None,
+) -> None:
+    """Connection options of every command (runtime/credentials reads them from the env)."""
+    for name, value in ((credentials.CREDS_ENV, creds), (credentials.TLS_CERT_ENV, tls_cert),
+                        (credentials.TLS_KEY_ENV, tls_key), (credentials.TLS_CA_ENV, tls_ca)):
+        if value is not None:
+            os.environ[name] = str(value)  # a path, never a secret
+
 
 # The order of registration is the order of `--help`.
 app.add_typer(workflow_app, name="workflow")

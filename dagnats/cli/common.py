@@ -19,6 +19,7 @@ from rich.console import Console
 
 from dagnats.client import Client
 from dagnats.loading import LoadError, load_attribute
+from dagnats.runtime.roles import Role
 from dagnats.worker import Worker
 from kernel.errors import DagnatsError, WorkflowInvalidError
 
@@ -80,9 +81,11 @@ def emit_json(value: Any) -> None:
     out.print_json(json.dumps(value, default=str))
 
 
-async def with_client(url: str | None, action: Callable[[Client], Awaitable[T]]) -> T:
+async def with_client(
+    url: str | None, action: Callable[[Client], Awaitable[T]], *, role: Role = "client"
+) -> T:
     logging.getLogger("dagnats.connection").setLevel(logging.ERROR)  # one error line suffices
-    client = await Client.connect(url)
+    client = await Client.connect(url, role=role)
     try:
         return await action(client)
     finally:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from dagnats.runtime import external_events
+from dagnats.runtime import credentials, external_events
 from dagnats.runtime.connection import URL_FILE, Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.links import KvWorkflows, RunLinks
@@ -74,9 +74,10 @@ class Server:
             self.url = self.nats.url
             (self.data_dir / PORT_FILE).write_text(f"{self.nats.port}\n", encoding="utf-8")
             (self.data_dir / URL_FILE).write_text(self.url + "\n", encoding="utf-8")
+            credentials.register_local_server(self.url, self.data_dir)  # (roles: see README)
         else:
             self.url = self.external_url
-        self.connection = await Connection.open(self.url)
+        self.connection = await Connection.open(self.url, role="engine", data_dir=self.data_dir)
         await ensure_resources(self.connection.js)
         commands = self.connection.commands
         js = self.connection.js
@@ -105,13 +106,13 @@ class Server:
         """The embedded server on --nats-port, else on the port of the last start while it
         is free, else on a free one."""
         if self.nats_port != 0:
-            nats = EmbeddedNats(self.data_dir, port=self.nats_port)
+            nats = EmbeddedNats(self.data_dir, port=self.nats_port, authorization=self._auth())
             await nats.start()
             return nats
         last_port = read_port_file(self.data_dir / PORT_FILE)
         if last_port is not None:
             if not _port_taken(last_port):
-                nats = EmbeddedNats(self.data_dir, port=last_port)
+                nats = EmbeddedNats(self.data_dir, port=last_port, authorization=self._auth())
                 try:
                     await nats.start()
                     return nats
@@ -120,11 +121,17 @@ class Server:
                         raise
             log.warning("port %d (NATS's port last time) is taken; choosing another (workers "
                         "that read %s follow it)", last_port, URL_FILE)  # fmt: skip
-        nats = EmbeddedNats(self.data_dir)
+        nats = EmbeddedNats(self.data_dir, authorization=self._auth())
         await nats.start()
         if last_port is not None:
             log.warning("NATS is now on port %d (was %d)", nats.port, last_port)
         return nats
+
+    def _auth(self) -> str:
+        """The server's users and permissions; generates missing credentials (first start,
+        or a data dir from before roles) in `<data dir>/credentials`, 0600."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return credentials.server_authorization(credentials.ensure_credentials(self.data_dir))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the engine until `stop` is set or the nats-server child dies.
@@ -189,6 +196,7 @@ class Server:
             await self.nats.stop()
             url_file = self.data_dir / URL_FILE
             url_file.unlink(missing_ok=True)
+            credentials.forget_local_server(self.url)
             self.nats = None
 
 
@@ -236,7 +244,7 @@ async def local_stack(data_dir: Path, worker: Worker) -> AsyncIterator[tuple[Ser
     info = await server.start()
     stop = asyncio.Event()
     engine_task = asyncio.create_task(server.run(stop))
-    worker_client = await Client.connect(info.nats_url)
+    worker_client = await Client.connect(info.nats_url, role="worker")
     connection = worker_client.connection
     worker_task = asyncio.create_task(
         worker.serve(connection.tasks, connection.commands, connection.commands, stop)
