@@ -214,7 +214,7 @@ async def test_a_client_cannot_publish_a_result_nor_on_the_old_subject(server: S
 async def test_a_worker_cannot_approve_nor_send_client_commands(server: Server) -> None:
     identity = credential_of(server, "approver").identity
     async with connected_as(server, "worker") as worker:
-        await worker.refused(command_subject("r1", kind=f"approval.{identity}"))
+        await worker.refused(command_subject("r1", kind=f"decision.{identity}"))
         await worker.refused(command_subject("r1", kind="client"))
         await worker.refused(f"{API}.CONSUMER.CREATE.{COMMANDS_STREAM}.steal")
         await worker.allowed(command_subject("r1", kind="result"))
@@ -223,9 +223,10 @@ async def test_a_worker_cannot_approve_nor_send_client_commands(server: Server) 
 async def test_an_approver_may_decide_only_under_its_own_identity(server: Server) -> None:
     identity = credential_of(server, "approver").identity
     async with connected_as(server, "approver") as approver:
-        await approver.refused(command_subject("r1", kind="approval.somebody_else"))
+        await approver.refused(command_subject("r1", kind="decision.somebody_else"))
         await approver.refused(command_subject("r1", kind="result"))
-        await approver.allowed(command_subject("r1", kind=f"approval.{identity}"))
+        await approver.refused(history_subject("r1"))
+        await approver.allowed(command_subject("r1", kind=f"decision.{identity}"))
 
 
 @pytest.mark.parametrize("name", ["client", "worker", "approver", "engine"])

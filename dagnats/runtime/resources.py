@@ -116,7 +116,7 @@ def command_subject(
     run_id: str, partitions: int = settings.partitions_default, kind: str | None = None
 ) -> str:
     """`dagnats.cmd.<partition>.<run_id>.<kind>`: where the run's commands of one kind go
-    (`result`, `client`, `approval.<identity>`, `engine`: see runtime/roles). Without a kind,
+    (`result`, `client`, `decision.<identity>`, `engine`: see runtime/roles). Without a kind,
     the layout before roles, `dagnats.cmd.<partition>.<run_id>`, which the engine still reads
     and only the engine and admin may publish to."""
     base = f"{COMMAND_PREFIX}.{partition_of(check_run_id(run_id), partitions)}.{run_id}"

@@ -9,12 +9,12 @@ Five roles (README "Security"):
   results on `dagnats.cmd.<p>.<run>.result` only.
 - `client`: publishes client commands on `dagnats.cmd.<p>.<run>.client`, external events and
   workflow definitions; reads history, KV snapshots and events.
-- `approver`: reads like a client and publishes approval decisions on
-  `dagnats.cmd.<p>.<run>.approval.<identity>`, the identity pinned by its permission.
+- `approver`: a client that also publishes human decisions on
+  `dagnats.cmd.<p>.<run>.decision.<identity>`, the identity pinned by its permission.
 - `admin`: everything, and the only one that may delete or purge streams.
 
 The server enforces subjects; the engine enforces which command types each subject kind may
-carry (`authorize_command`) and stamps an approval's `by` from its subject. Commands on the
+carry (`authorize_command`) and stamps a decision's `by` from its subject. Commands on the
 old layout `dagnats.cmd.<p>.<run>` (before roles) are still read; only the engine and admin
 may publish there now.
 
@@ -51,11 +51,11 @@ from kernel.commands import (
 
 Role = Literal["engine", "worker", "client", "approver", "admin"]
 ROLES: Final[tuple[Role, ...]] = ("engine", "worker", "client", "approver", "admin")
-CommandKind = Literal["engine", "result", "client", "approval", "legacy"]
+CommandKind = Literal["engine", "result", "client", "decision", "legacy"]
 
 KIND_RESULT: Final = "result"
 KIND_CLIENT: Final = "client"
-KIND_APPROVAL: Final = "approval"
+KIND_DECISION: Final = "decision"
 KIND_ENGINE: Final = "engine"
 SCHEDULE_SUBJECT_PREFIX: Final = "dagnats.sched."
 EVENTS_STREAM_NAME: Final = "DAGNATS_EVENTS"  # external_events.EVENTS_STREAM (no import cycle)
@@ -65,14 +65,14 @@ SNAPSHOTS_PROJECTION: Final = "snapshots"  # projector.SNAPSHOTS
 KIND_COMMANDS: Final[dict[str, tuple[type, ...]]] = {
     KIND_RESULT: (TaskStarted, CompleteTask, FailTask),
     KIND_CLIENT: (StartRun, CancelRun, SendSignal),
-    KIND_APPROVAL: (ResolveApproval,),
+    KIND_DECISION: (ResolveApproval, StartRun, CancelRun, SendSignal),  # an approver is a client
 }
 # The kind each role's connection publishes its commands under.
 ROLE_KIND: Final[dict[Role, str]] = {
     "engine": KIND_ENGINE,
     "worker": KIND_RESULT,
     "client": KIND_CLIENT,
-    "approver": KIND_APPROVAL,
+    "approver": KIND_DECISION,
     "admin": KIND_ENGINE,
 }
 
@@ -125,8 +125,13 @@ def permissions(role: Role, user: str, identity: str = "") -> Permissions:
             )
         case "worker":
             return Permissions(publish_allow=_worker_publish(), subscribe_allow=(inbox,))
-        case "client":
+        case "client" | "approver":
+            approving: tuple[str, ...] = ()
+            if role == "approver":
+                assert identity, "an approver needs an identity"
+                approving = (f"{COMMAND_PREFIX}.*.*.{KIND_DECISION}.{identity}",)
             allow = (
+                *approving,
                 f"{COMMAND_PREFIX}.*.*.{KIND_CLIENT}",
                 "dagnats.event.>",
                 f"$KV.{WORKFLOWS_BUCKET}.>",
@@ -141,10 +146,6 @@ def permissions(role: Role, user: str, identity: str = "") -> Permissions:
             return Permissions(
                 publish_allow=allow, publish_deny=deny, subscribe_allow=(inbox, "dagnats.>")
             )
-        case "approver":
-            assert identity, "an approver needs an identity"
-            allow = (f"{COMMAND_PREFIX}.*.*.{KIND_APPROVAL}.{identity}", *_reader_publish())
-            return Permissions(publish_allow=allow, subscribe_allow=(inbox, "dagnats.>"))
 
 
 def _worker_publish() -> tuple[str, ...]:
@@ -183,9 +184,9 @@ def _reader_publish() -> tuple[str, ...]:
 
 
 def command_kind_tokens(role: Role, identity: str = "") -> str:
-    """The subject tokens after `<run_id>` a role's commands carry (`approval.alice`)."""
+    """The subject tokens after `<run_id>` a role's commands carry (`decision.alice`)."""
     kind = ROLE_KIND[role]
-    if kind == KIND_APPROVAL:
+    if kind == KIND_DECISION:
         assert identity, "an approver needs an identity"
         return f"{kind}.{identity}"
     return kind
@@ -202,8 +203,8 @@ def split_command_subject(subject: str) -> tuple[str, str, str]:
         return rest[0], "legacy", ""
     if len(rest) == 2 and rest[1] in (KIND_RESULT, KIND_CLIENT, KIND_ENGINE):
         return rest[0], rest[1], ""
-    if len(rest) == 3 and rest[1] == KIND_APPROVAL:
-        return rest[0], KIND_APPROVAL, rest[2]
+    if len(rest) == 3 and rest[1] == KIND_DECISION:
+        return rest[0], KIND_DECISION, rest[2]
     return (rest[0] if rest else ""), "", ""
 
 
@@ -219,7 +220,7 @@ def authorize_command(
 
     A command must name the run of its subject, be of a type its subject's kind may carry,
     and, when a message schedule fired it (`scheduler`: the schedule's subject), come from
-    one of the engine's timer subjects. An approval's `by` is the identity in its subject.
+    one of the engine's timer subjects. A decision's `by` is the identity in its subject.
     """
     run_id, kind, identity = split_command_subject(subject)
     name = type(command).__name__
