@@ -49,6 +49,7 @@ from tests.fault_support import (
     has_event,
     process_is_gone,
     read_dead,
+    role_options,
     workflow,
 )
 from tests.nats_fixtures import wait_for
@@ -437,7 +438,8 @@ async def test_poison_on_each_stream_is_set_aside_and_the_rest_flows(
         {"id": "hold", "task": "fault.work", "metadata": {"gate": "poisoned"}},
         {"id": "tail", "task": "fault.work", "depends_on": ["hold"]},
     ]
-    nc = await nats.connect(serve.url, connect_timeout=5, allow_reconnect=False)
+    options = role_options(tmp_path / "data")  # forging poison takes the admin credential
+    nc = await nats.connect(serve.url, **options, connect_timeout=5, allow_reconnect=False)
     try:
         js = nc.jetstream()
         async with connected(serve.url) as client:

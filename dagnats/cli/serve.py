@@ -123,7 +123,7 @@ def worker(
         the_worker.heartbeat_interval_ms = max(100, ack_wait_ms // 3)
 
     async def main() -> None:
-        client = await Client.connect(nats_url, task_ack_wait_ms=ack_wait_ms)
+        client = await Client.connect(nats_url, task_ack_wait_ms=ack_wait_ms, role="worker")
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: draining"))
         tasks = ", ".join(sorted(the_worker.handlers))
