@@ -294,9 +294,9 @@ _WORKER_SPEC: Final = "tests.fault_workers:worker"
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Client]:
-    """A Client for the duration of a block, closed with a bound."""
-    client = await asyncio.wait_for(Client.connect(url), timeout=client_close_timeout_s)
+async def connected(url: str, role: Role = "client") -> AsyncIterator[Client]:
+    """A Client (in `role`) for the duration of a block, closed with a bound."""
+    client = await asyncio.wait_for(Client.connect(url, role=role), timeout=client_close_timeout_s)
     try:
         yield client
     finally:

@@ -126,6 +126,17 @@ async def serve(url: str, ack_wait_ms: int, heartbeat_ms: int, events_file: Path
         await nc.close()
 
 
+def worker_credential(url: str) -> dict[str, Any]:
+    """The worker role's credential of the local serve (found through $DAGNATS_DATA_DIR)."""
+    from dagnats.runtime import credentials
+    from dagnats.runtime.connection import default_data_dir
+
+    local = credentials.local_data_dir(url, None, default_data_dir())
+    options = credentials.connect_options(url, role="worker", data_dir=local)
+    options.pop("credential", None)
+    return options
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nats-url", required=True)
@@ -143,14 +154,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def worker_credential(url: str) -> dict[str, Any]:
-    """The worker role's credential of the local serve (found through $DAGNATS_DATA_DIR)."""
-    from dagnats.runtime import credentials
-    from dagnats.runtime.connection import default_data_dir
-
-    local = credentials.local_data_dir(url, None, default_data_dir())
-    options = credentials.connect_options(url, role="worker", data_dir=local)
-    options.pop("credential", None)
-    return options

@@ -185,9 +185,10 @@ class Connection:
             CredentialError: a credential or TLS file cannot be used.
         """
         target, url_file = resolve_url_source(url)
-        local = credentials.local_data_dir(target, url_file, data_dir or default_data_dir())
+        local = credentials.local_data_dir(target, url_file, default_data_dir())
+        chosen = credentials.first_with_credential(role, data_dir, local)
         options = credentials.connect_options(
-            target, role=role, data_dir=data_dir or local, creds=creds, tls=tls
+            target, role=role, data_dir=chosen, creds=creds, tls=tls
         )
         credential = options.pop("credential", None)
         if isinstance(credential, credentials.Credential):

@@ -237,6 +237,15 @@ def local_data_dir(url: str, url_file: Path | None, default: Path) -> Path | Non
     return None
 
 
+def first_with_credential(role: Role, *data_dirs: Path | None) -> Path | None:
+    """The first data dir holding `role`'s credential (a serve with --nats-url: its own data
+    dir, else the local serve's whose server it uses)."""
+    for data_dir in data_dirs:
+        if data_dir is not None and (credentials_dir(data_dir) / f"{role}.json").exists():
+            return data_dir
+    return None
+
+
 def connect_options(
     url: str,
     *,

@@ -152,6 +152,7 @@ def _worker_publish() -> tuple[str, ...]:
     tasks = TASKS_STREAM
     return (
         f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}",
+        "dagnats.dead.task",  # a task message it cannot decode, set aside
         f"{API}.CONSUMER.MSG.NEXT.{tasks}.*",
         f"{API}.CONSUMER.INFO.{tasks}.*",
         f"{API}.CONSUMER.CREATE.{tasks}.*",
