@@ -31,7 +31,9 @@ import msgspec
 from nats.js import JetStreamContext
 
 from dagnats.client import Client
+from dagnats.runtime import credentials
 from dagnats.runtime.resources import DEAD_REASON_HEADER, DEAD_STREAM
+from dagnats.runtime.roles import Role
 from kernel.events import AnyEvent, Decision, event_tag
 from tests.fault_workers import CALLS_ENV, GATES_ENV
 from tests.nats_fixtures import wait_for
@@ -171,6 +173,7 @@ class Processes:
         self.gates_dir.mkdir(exist_ok=True)
         self.started: list[Process] = []
         self._names: Counter[str] = Counter()
+        self.data_dir: Path | None = None  # the last serve's: its credentials (runtime/roles)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAGNATS_")}
@@ -178,7 +181,7 @@ class Processes:
         env.update(
             PYTHONPATH=os.pathsep.join(part for part in pythonpath if part),
             PYTHONUNBUFFERED="1",
-            DAGNATS_DATA_DIR=str(self.tmp_path / "default-data-dir"),
+            DAGNATS_DATA_DIR=str(self.data_dir or self.tmp_path / "default-data-dir"),
         )
         env[CALLS_ENV] = str(self.calls_path)
         env[GATES_ENV] = str(self.gates_dir)
@@ -210,6 +213,9 @@ class Processes:
 
         await wait_for(ready, timeout_ms=serve_ready_timeout_ms, what="serve's ready JSON line")
         assert info["nats_url"].startswith("nats://127.0.0.1:"), info
+        if nats_url is None:  # its credentials: for this process's clients and later children
+            self.data_dir = data_dir
+            credentials.register_local_server(info["nats_url"], data_dir)
         serve = Serve(process, info)
         if nats_url is None:
             assert info["embedded"] is True and info["data_dir"] == str(data_dir), info
@@ -288,9 +294,9 @@ _WORKER_SPEC: Final = "tests.fault_workers:worker"
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Client]:
-    """A Client for the duration of a block, closed with a bound."""
-    client = await asyncio.wait_for(Client.connect(url), timeout=client_close_timeout_s)
+async def connected(url: str, role: Role = "client") -> AsyncIterator[Client]:
+    """A Client (in `role`) for the duration of a block, closed with a bound."""
+    client = await asyncio.wait_for(Client.connect(url, role=role), timeout=client_close_timeout_s)
     try:
         yield client
     finally:
@@ -362,3 +368,11 @@ async def read_dead(js: JetStreamContext) -> list[DeadLetter]:
             DeadLetter(message.subject, message.data, headers.get(DEAD_REASON_HEADER, ""))
         )
     return letters
+
+
+def role_options(data_dir: Path, role: Role = "admin") -> dict[str, Any]:
+    """nats.connect options authenticating as `role` of a serve's data dir (tests that forge
+    messages connect as admin: the server refuses anyone else)."""
+    options = credentials.connect_options("nats://127.0.0.1", role=role, data_dir=data_dir)
+    options.pop("credential", None)
+    return options

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import nats
 
@@ -104,6 +104,7 @@ async def serve(url: str, ack_wait_ms: int, heartbeat_ms: int, events_file: Path
 
     nc = await nats.connect(
         url,
+        **worker_credential(url),
         connect_timeout=5,
         allow_reconnect=True,
         max_reconnect_attempts=-1,
@@ -114,7 +115,7 @@ async def serve(url: str, ack_wait_ms: int, heartbeat_ms: int, events_file: Path
     note("connected")
     js = nc.jetstream()
     tasks = JetStreamTaskQueue(js, ack_wait_ms=ack_wait_ms)
-    commands = JetStreamCommandQueue(js)
+    commands = JetStreamCommandQueue(js, kind="result")  # a worker publishes results
     worker.heartbeat_interval_ms = heartbeat_ms
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -123,6 +124,17 @@ async def serve(url: str, ack_wait_ms: int, heartbeat_ms: int, events_file: Path
     finally:
         await tasks.close()
         await nc.close()
+
+
+def worker_credential(url: str) -> dict[str, Any]:
+    """The worker role's credential of the local serve (found through $DAGNATS_DATA_DIR)."""
+    from dagnats.runtime import credentials
+    from dagnats.runtime.connection import default_data_dir
+
+    local = credentials.local_data_dir(url, None, default_data_dir())
+    options = credentials.connect_options(url, role="worker", data_dir=local)
+    options.pop("credential", None)
+    return options
 
 
 def main() -> None:

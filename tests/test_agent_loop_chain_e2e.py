@@ -54,7 +54,7 @@ async def test_an_agent_continues_as_new_every_two_turns_and_carries_its_state(
     server = Server(tmp_path / "data")
     info = await server.start()
     stop = asyncio.Event()
-    worker_client = await Client.connect(info.nats_url)
+    worker_client = await Client.connect(info.nats_url, role="worker")
     connection = worker_client.connection
     engine = asyncio.create_task(server.run(stop))
     serving = asyncio.create_task(

@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from dagnats import Client, TaskContext, Worker
 from dagnats.client import ApprovalResolvedError
+from dagnats.runtime.credentials import default_approver_identity
 from dagnats.runtime.serve import Server
 from kernel.state import RunState
 from kernel.workflow.builder import Skip, Workflow
@@ -54,7 +55,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     server = Server(tmp_path / "data")
     info = await server.start()
     stop = asyncio.Event()
-    worker_client = await Client.connect(info.nats_url)
+    worker_client = await Client.connect(info.nats_url, role="worker")
     connection = worker_client.connection
     tasks = [
         asyncio.create_task(server.run(stop)),
@@ -62,7 +63,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
             make_worker().serve(connection.tasks, connection.commands, connection.commands, stop)
         ),
     ]
-    user = await Client.connect(info.nats_url)
+    # admin: it decides as "ana" and "bo" (an approver credential records its own identity)
+    user = await Client.connect(info.nats_url, role="admin")
     try:
         yield Served(url=info.nats_url, client=user)
     finally:
@@ -210,15 +212,20 @@ async def test_the_cli_lists_shows_approves_and_refuses_a_second_decision(served
     ]
     shown_run = await asyncio.to_thread(cli, served.url, "run", "show", run_id)
     assert "approval gate: Ship release 1.2?" in shown_run.output, shown_run.output
-    approve = ("approval", "approve", run_id, "gate", "--data", '{"ok": 1}', "--by", "cy")
+    # The CLI decides with the approver credential: recorded under its identity, and a
+    # `--by` naming somebody else is refused.
+    cy = default_approver_identity()
+    approve = ("approval", "approve", run_id, "gate", "--data", '{"ok": 1}')
+    forged = await asyncio.to_thread(cli, served.url, *approve, "--by", cy + "-not")
+    assert forged.exit_code == 1 and "differs from the credential's identity" in forged.output
     done = await asyncio.to_thread(cli, served.url, *approve, "--comment", "fine")
     assert done.exit_code == 0, done.output
     again = await asyncio.to_thread(cli, served.url, "approval", "reject", run_id, "gate")
-    assert again.exit_code == 1 and "already resolved by cy at" in again.output, again.output
+    assert again.exit_code == 1 and f"already resolved by {cy} at" in again.output, again.output
     shown = await asyncio.to_thread(cli, served.url, "approval", "show", run_id, "gate", "--json")
     assert shown.exit_code == 0, shown.output
     document = msgspec.json.decode(shown.stdout)
-    assert (document["status"], document["by"], document["comment"]) == ("approved", "cy", "fine")
+    assert (document["status"], document["by"], document["comment"]) == ("approved", cy, "fine")
     state = await client.wait(run_id, timeout_s=WAIT_S)
     assert msgspec.json.decode(bytes(state.output)) == {"ok": 1}
 

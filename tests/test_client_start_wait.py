@@ -33,8 +33,8 @@ from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
     ENGINE_CONSUMER,
-    command_subject,
     ensure_resources,
+    run_commands_filter,
 )
 from dagnats.runtime.serve import Server
 from kernel import codec
@@ -85,7 +85,7 @@ async def engine(url: str, data_dir: Path) -> AsyncIterator[Server]:
 
 async def pending_commands(js: JetStreamContext, run_id: str) -> int:
     try:
-        await js.get_last_msg(COMMANDS_STREAM, command_subject(run_id))
+        await js.get_last_msg(COMMANDS_STREAM, run_commands_filter(run_id))  # any kind
     except nats.js.errors.NotFoundError:
         return 0
     return 1

@@ -68,7 +68,7 @@ class Running:
         info = await self.server.start()
         self.url = info.nats_url
         self.stop = asyncio.Event()
-        self.worker_client = await Client.connect(info.nats_url)
+        self.worker_client = await Client.connect(info.nats_url, role="worker")
         connection = self.worker_client.connection
         worker = make_worker(self.release)
         self.tasks = [

@@ -35,10 +35,13 @@ WAIT_S = 30.0
 class Stack:
     """A running server + engine + worker, and a client."""
 
-    def __init__(self, client: Client, worker: Worker, calls: Counter[str]) -> None:
+    def __init__(
+        self, client: Client, worker: Worker, calls: Counter[str], worker_client: Client
+    ) -> None:
         self.client = client
         self.worker = worker
         self.calls = calls
+        self.worker_client = worker_client  # a worker credential's connection, for extra workers
 
     async def events(self, run_id: str) -> list[Any]:
         return [
@@ -81,11 +84,13 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     release = asyncio.Event()
     calls: Counter[str] = Counter()
     worker = make_worker(calls, release)
-    async with local_stack(tmp_path / "data", worker) as (_, client):
+    async with local_stack(tmp_path / "data", worker) as (info, client):
+        worker_client = await Client.connect(info.nats_url, role="worker")
         try:
-            yield Stack(client, worker, calls)
+            yield Stack(client, worker, calls, worker_client)
         finally:
             release.set()  # let a held handler finish, so the worker drains
+            await worker_client.close()
 
 
 def chain() -> WorkflowDef:
@@ -243,7 +248,7 @@ async def test_retry_after_and_bad_outputs_fail_or_retry_as_the_handler_said(
     extra.add("unencodable", unencodable)
     extra.add("huge", huge)
     stop = asyncio.Event()
-    connection = stack.client.connection
+    connection = stack.worker_client.connection
     serving = asyncio.create_task(
         extra.serve(connection.tasks, connection.commands, connection.commands, stop)
     )
@@ -287,7 +292,7 @@ async def test_a_draining_worker_finishes_its_handler_and_takes_nothing_new(
         return {"finished": ctx.step_id}
 
     stop = asyncio.Event()
-    connection = stack.client.connection
+    connection = stack.worker_client.connection
     serving = asyncio.create_task(
         drained.serve(connection.tasks, connection.commands, connection.commands, stop)
     )

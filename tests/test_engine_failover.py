@@ -176,7 +176,7 @@ async def test_serve_restarts_healthy_20_times_on_unfinished_runs_without_sqlite
         if attempt < restarts - 1:
             await kill_serve(serve)
 
-    async with connected(serve.url) as client:  # the runs still go on after 20 restarts
+    async with connected(serve.url, "admin") as client:  # the runs go on after 20 restarts
         await client.signal(child_id, "go")
         await client.approve(run_id, "gate", by="test")
         child = await client.wait(child_id, timeout_s=runs_timeout_ms / 1000)
@@ -287,7 +287,7 @@ async def test_snapshots_come_back_after_the_bucket_is_deleted_while_serve_runs(
 ) -> None:
     serve = await procs.serve(tmp_path / "data")
     procs.worker(serve.url)
-    async with connected(serve.url) as client:
+    async with connected(serve.url, "admin") as client:  # it deletes and purges a bucket
         await client.register_workflow(workflow("three", THREE))
         run_ids = await start_and_wait(client, "kept", 5)
         await wait_for(

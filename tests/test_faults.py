@@ -49,6 +49,7 @@ from tests.fault_support import (
     has_event,
     process_is_gone,
     read_dead,
+    role_options,
     workflow,
 )
 from tests.nats_fixtures import wait_for
@@ -380,7 +381,7 @@ async def test_duplicate_starts_and_redelivered_results_make_one_set_of_events(
     steps: Steps = [{"id": "a", "task": "fault.other"}, {"id": "b", "task": "fault.other",
                                                    "depends_on": ["a"]}]  # fmt: skip
     run_id = "dup-run"
-    async with connected(serve.url) as client:
+    async with connected(serve.url) as client, connected(serve.url, "worker") as worker:
         await client.register_workflow(workflow("dups", steps))
         assert await client.start("dups", {"x": 1}, run_id=run_id) == run_id
         assert await client.start("dups", {"x": 1}, run_id=run_id) == run_id
@@ -402,8 +403,8 @@ async def test_duplicate_starts_and_redelivered_results_make_one_set_of_events(
                 run_id=run_id, at_ms=now_ms(), seed=new_seed(), step_id=step_id, attempt=1,
                 output=msgspec.Raw(json.dumps({"done": step_id}).encode()),
             )  # fmt: skip
-            for copy in range(2):  # the same result delivered twice
-                await client.send(result, msg_id=f"result-{step_id}-{copy}")
+            for copy in range(2):  # the same result delivered twice (a worker's to send)
+                await worker.send(result, msg_id=f"result-{step_id}-{copy}")
         final = await client.wait(run_id, timeout_s=run_timeout_s)
         js = client.connection.js
 
@@ -437,7 +438,8 @@ async def test_poison_on_each_stream_is_set_aside_and_the_rest_flows(
         {"id": "hold", "task": "fault.work", "metadata": {"gate": "poisoned"}},
         {"id": "tail", "task": "fault.work", "depends_on": ["hold"]},
     ]
-    nc = await nats.connect(serve.url, connect_timeout=5, allow_reconnect=False)
+    options = role_options(tmp_path / "data")  # forging poison takes the admin credential
+    nc = await nats.connect(serve.url, **options, connect_timeout=5, allow_reconnect=False)
     try:
         js = nc.jetstream()
         async with connected(serve.url) as client:
@@ -466,7 +468,8 @@ async def test_poison_on_each_stream_is_set_aside_and_the_rest_flows(
             await js.publish(command_subject("poison-cmd"), b"\x00not a command",
                              stream=COMMANDS_STREAM)  # fmt: skip
             ghost = CompleteTask(run_id="ghost-run", at_ms=now_ms(), seed=1, step_id="a", attempt=1)
-            await client.send(ghost, msg_id="ghost-1")
+            async with connected(serve.url, "worker") as worker:  # results are a worker's
+                await worker.send(ghost, msg_id="ghost-1")
             # Tasks: garbage on a task subject a worker serves.
             poison_task = {"Nats-Msg-Id": "poison-task"}
             await js.publish(

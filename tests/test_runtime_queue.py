@@ -170,8 +170,8 @@ async def test_commands_reach_the_engine_consumer_in_order(private_js: JetStream
     await commands.publish_command(run_a, b"a2", f"{run_a}:2")  # a duplicate
     messages = await commands.fetch_commands(batch=10, timeout_ms=1_000)
     assert [message.data for message in messages] == [b"a1", b"b1", b"a2"]
-    assert messages[0].subject == command_subject(run_a)
-    assert messages[0].subject == f"dagnats.cmd.{partition_of(run_a, 16)}.{run_a}"
+    assert messages[0].subject == command_subject(run_a, kind="engine")  # the queue's kind
+    assert messages[0].subject == f"dagnats.cmd.{partition_of(run_a, 16)}.{run_a}.engine"
     for message in messages:
         await message.ack()
     assert await commands.fetch_commands(batch=10, timeout_ms=100) == []

@@ -38,7 +38,10 @@ def test_subjects_follow_the_architecture() -> None:
     assert task_subject("email.send") == "dagnats.task.email.send"
     assert schedule_subject("r1", "retry.step-1.2") == "dagnats.sched.r1.retry.step-1.2"
     assert dead_subject("unknown_run") == "dagnats.dead.unknown_run"
-    assert command_partition_filter(3) == "dagnats.cmd.3.*"
+    assert command_partition_filter(3) == "dagnats.cmd.3.>"
+    partition = zlib.crc32(b"r1") % 16
+    assert command_subject("r1", kind="result") == f"dagnats.cmd.{partition}.r1.result"
+    assert command_subject("r1", kind="decision.ann") == f"dagnats.cmd.{partition}.r1.decision.ann"
 
 
 @given(st.text(min_size=1, max_size=40), st.integers(min_value=1, max_value=64))

@@ -32,7 +32,7 @@ def now_ms() -> int:
 
 
 async def fired_count(js: JetStreamContext, run_id: str) -> int:
-    subject = command_subject(run_id)
+    subject = command_subject(run_id, kind="engine")
     info = await js.stream_info(COMMANDS_STREAM, subjects_filter=subject)
     return (info.state.subjects or {}).get(subject, 0)
 
@@ -69,7 +69,7 @@ async def test_a_timer_fires_its_payload_to_the_runs_command_subject(
     assert await fired_count(js, run_id) == 0
     seen = await wait_fired(js, run_id, 1, timeout_ms=300 + FIRE_SLACK_MS)
     assert seen >= due - 5, f"fired {due - seen} ms early"
-    fired = await js.get_last_msg(COMMANDS_STREAM, command_subject(run_id))
+    fired = await js.get_last_msg(COMMANDS_STREAM, command_subject(run_id, kind="engine"))
     assert fired.data == b"fire-timer-command"
     assert fired.headers is not None
     assert fired.headers[SCHEDULER_HEADER] == schedule_subject(run_id, "sleep.s1")
@@ -124,7 +124,7 @@ async def test_re_arming_replaces_the_timer_and_fires_once(js: JetStreamContext)
     await wait_fired(js, control, 1, timeout_ms=1_000 + FIRE_SLACK_MS)
     for run_id in (later, earlier):
         assert await fired_count(js, run_id) == 1
-        fired = await js.get_last_msg(COMMANDS_STREAM, command_subject(run_id))
+        fired = await js.get_last_msg(COMMANDS_STREAM, command_subject(run_id, kind="engine"))
         assert fired.data == b"second"
 
 

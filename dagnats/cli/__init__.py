@@ -22,6 +22,7 @@ import importlib.metadata
 import inspect
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated, Any, Final
 
 import typer
@@ -29,6 +30,7 @@ import typer.models
 
 from dagnats.cli import approvals, events, projections, runs, schema, serve, sim, workflows
 from dagnats.cli.common import DataDirOption
+from dagnats.runtime import credentials
 from dagnats.runtime.connection import DATA_DIR_ENV
 
 DISTRIBUTION: Final = "dagnats"
@@ -77,8 +79,40 @@ def root(
             is_eager=True,
         ),
     ] = False,
+    creds: Annotated[
+        Path | None,
+        typer.Option(
+            "--creds",
+            help="Credential file for NATS (default: the data dir's).",
+            envvar=credentials.CREDS_ENV,
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="Client TLS cert.", envvar=credentials.TLS_CERT_ENV),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", help="Client TLS key.", envvar=credentials.TLS_KEY_ENV),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", help="CA of the NATS server.", envvar=credentials.TLS_CA_ENV),
+    ] = None,
 ) -> None:
-    """A durable DAG workflow engine on NATS JetStream alone."""
+    """A durable DAG workflow engine on NATS JetStream alone.
+
+    The connection options (`--creds`, TLS) hold for every command; runtime/credentials reads
+    them from the environment, where they are paths, never secrets.
+    """
+    for name, value in (
+        (credentials.CREDS_ENV, creds),
+        (credentials.TLS_CERT_ENV, tls_cert),
+        (credentials.TLS_KEY_ENV, tls_key),
+        (credentials.TLS_CA_ENV, tls_ca),
+    ):
+        if value is not None:
+            os.environ[name] = str(value)
 
 
 # The order of registration is the order of `--help`.

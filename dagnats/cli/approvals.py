@@ -26,7 +26,7 @@ from dagnats.cli.common import (
     with_client,
 )
 from dagnats.client import Client
-from dagnats.client.approvals import PendingApproval, default_by
+from dagnats.client.approvals import PendingApproval
 from kernel.step_states import ApprovalState
 from steps import approvals
 
@@ -133,7 +133,7 @@ def _decide(
     data: str | None, data_file: Path | None, nats_url: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     value = load_json_argument(data, data_file, "data")
-    who = by or default_by()
+    who = by  # empty: the credential's identity (an approver's decisions are recorded so)
 
     async def action(client: Client) -> ApprovalState:
         if decision == "approve":
@@ -142,7 +142,7 @@ def _decide(
             )
         return await client.reject(run_id, step_id, data=value, comment=comment, by=who, key=key)
 
-    approval = run_async(with_client(nats_url, action))
+    approval = run_async(with_client(nats_url, action, role="approver"))
     if as_json:
         emit_json(approval_document(run_id, approval))
     else:

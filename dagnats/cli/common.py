@@ -25,6 +25,7 @@ from dagnats import json_input
 from dagnats.client import Client
 from dagnats.loading import LoadError, load_attribute
 from dagnats.runtime.connection import ConnectError, resolve_url
+from dagnats.runtime.roles import Role
 from dagnats.worker import Worker
 from kernel import limits
 from kernel.errors import DagnatsError, WorkflowInvalidError
@@ -112,10 +113,12 @@ def emit_json(value: Any) -> None:
     out.print_json(json.dumps(value, default=str))
 
 
-async def with_client(url: str | None, action: Callable[[Client], Awaitable[T]]) -> T:
+async def with_client(
+    url: str | None, action: Callable[[Client], Awaitable[T]], *, role: Role = "client"
+) -> T:
     logging.getLogger("dagnats.connection").setLevel(logging.CRITICAL)  # one error line suffices
     try:
-        client = await Client.connect(url)
+        client = await Client.connect(url, role=role)
     except ConnectError as error:
         target = resolve_url(url)
         if await _requires_auth(target):

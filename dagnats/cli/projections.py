@@ -362,7 +362,7 @@ def projection_rebuild(
             kv = await js.key_value(PROJECTIONS_BUCKET)
             await kv.put(projector.SNAPSHOTS, b"")
 
-        run_async(with_client(nats_url, action))
+        run_async(with_client(nats_url, action, role="admin"))  # a purge: admin only
         out.print("snapshots: dropped; the projector in `dagnats serve` rebuilds them")
         return
     path = sqlite_path(data_dir, db)

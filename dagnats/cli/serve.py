@@ -27,9 +27,8 @@ from dagnats.cli.common import (
     out,
     run_async,
 )
-from dagnats.client import Client
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
-from dagnats.runtime.connection import default_data_dir
+from dagnats.runtime.connection import Connection, default_data_dir
 from dagnats.runtime.serve import Server, install_stop_signals
 from dagnats.worker import check_concurrency, concurrency_max
 
@@ -123,16 +122,16 @@ def worker(
         the_worker.heartbeat_interval_ms = max(100, ack_wait_ms // 3)
 
     async def main() -> None:
-        client = await Client.connect(nats_url, task_ack_wait_ms=ack_wait_ms)
+        # A worker needs a connection, not a Client: its role may not read history.
+        connection = await Connection.open(nats_url, task_ack_wait_ms=ack_wait_ms, role="worker")
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: draining"))
         tasks = ", ".join(sorted(the_worker.handlers))
         err.print(f"worker {the_worker.worker_id}: serving {tasks}", highlight=False)
-        connection = client.connection
         try:
             await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
         finally:
-            await client.close()
+            await connection.close()
         if the_worker.hung or not await threads_ended(the_worker.handler_cancel_grace_ms):
             # A handler that ignored its cancellation, or a thread a cancelled handler left
             # blocked, would hold the interpreter's exit forever (it joins the thread pool).

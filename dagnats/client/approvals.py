@@ -108,10 +108,11 @@ async def resolve(
     encoded = msgspec.json.encode(data)
     if len(encoded) > limits.payload_bytes_max:
         raise PayloadTooLargeError("approval data", len(encoded), limits.payload_bytes_max)
+    by = _identity(client, by)
     state = await client.get_run(run_id)
     command = ResolveApproval(
         run_id=run_id, at_ms=now_ms(), seed=new_seed(), step_id=step_id, decision=decision,
-        by=by or default_by(), comment=comment, data=msgspec.Raw(encoded), key=key,
+        by=by, comment=comment, data=msgspec.Raw(encoded), key=key,
     )  # fmt: skip
     checked = decide(state, command)
     if isinstance(checked, Rejection):
@@ -130,6 +131,24 @@ async def resolve(
         message = approvals.already_resolved_message(resolved)
         raise ApprovalResolvedError(run_id, resolved.key, message)
     return resolved
+
+
+def _identity(client: Client, by: str) -> str:
+    """Who decides: the credential's identity, which the engine records whatever `by` says
+    (runtime/roles); a different `by` is an error, not a silent change."""
+    connection = client.connection
+    if connection.role not in ("approver", "admin"):
+        raise DagnatsError(
+            f"this connection's credential is a {connection.role}'s, which may not decide "
+            "approvals (an approver credential may)"
+        )
+    identity = connection.identity or (by or default_by())
+    if by and by != identity:
+        raise DagnatsError(
+            f"by {by!r} differs from the credential's identity {identity!r}: approvals are "
+            "recorded under the credential's identity"
+        )
+    return identity
 
 
 async def _await_resolution(

@@ -42,11 +42,13 @@ from dagnats.client.errors import (
 )
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
+from dagnats.runtime.credentials import TlsFiles
 from dagnats.runtime.external_events import JetStreamEvents
 from dagnats.runtime.history_guard import check_history
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
-from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, command_subject
+from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, run_commands_filter
+from dagnats.runtime.roles import Role
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
 from kernel.decide import decide
@@ -90,18 +92,31 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str | None = None, *, task_ack_wait_ms: int | None = None
+        cls,
+        url: str | None = None,
+        *,
+        task_ack_wait_ms: int | None = None,
+        role: Role = "client",
+        creds: Path | None = None,
+        tls: TlsFiles | None = None,
+        data_dir: Path | None = None,
     ) -> Client:
         """Connect to the NATS server of a `dagnats serve` (or a cluster).
 
         Args:
             url: the NATS URL; default `$DAGNATS_NATS_URL`, else the URL the local
                 `dagnats serve` wrote into its data dir.
+            role: `client`, `approver` or `worker` (a credential file's own role wins).
+            creds: a credential file (default `$DAGNATS_CREDS`, else the role's file in the
+                local serve's data dir); tls: client TLS files for an external NATS.
 
         Raises:
             HistoryStreamGoneError: the history stream was deleted (one clear line).
         """
-        connection = await Connection.open(url, task_ack_wait_ms=task_ack_wait_ms)
+        connection = await Connection.open(
+            url, task_ack_wait_ms=task_ack_wait_ms, role=role, creds=creds, tls=tls,
+            data_dir=data_dir,
+        )  # fmt: skip
         try:
             await check_history(connection.js)
         except BaseException:
@@ -230,7 +245,7 @@ class Client:
         """Whether a command for the run waits in the commands stream (not yet handled by an
         engine): a run started elsewhere (another process) whose start is still queued."""
         commands = self.connection.commands
-        subject = command_subject(run_id, commands.partitions)
+        subject = run_commands_filter(run_id, commands.partitions)
         try:
             await self.connection.js.get_last_msg(COMMANDS_STREAM, subject)
         except nats.js.errors.NotFoundError:

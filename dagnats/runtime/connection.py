@@ -5,6 +5,8 @@ The URL comes from the caller, else `$DAGNATS_NATS_URL`, else the file `nats.url
 connection whose URL came from that file reads it again whenever a reconnect attempt fails and
 follows a new URL (a restarted serve whose old port was taken). Losing the server is logged
 once, then summarised every `settings.outage_log_interval_ms`, and its recovery once.
+Each connection has a role (runtime/roles) and authenticates with that role's credential
+(runtime/credentials); its commands go out on the subjects of its role's kind.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from dagnats.runtime import settings
+from dagnats.runtime import credentials, settings
+from dagnats.runtime.credentials import TlsFiles, default_approver_identity
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
 from dagnats.runtime.resources import HISTORY_STREAM, WORKFLOWS_BUCKET, history_subject
+from dagnats.runtime.roles import Role, command_kind_tokens
 from dagnats.runtime.timers import JetStreamTimers
 from kernel.errors import DagnatsError
 
@@ -57,9 +61,13 @@ class ConnectionWatch:
         self.url = url
         self.url_file = url_file
         self.nc: NatsClient | None = None
+        self.refused = ""  # the server's authorization error during the first connect
         self.outage = OutageLog(log, f"nats connection to {url}")
 
     async def on_error(self, error: Exception) -> None:
+        if "authorization" in str(error).lower() and self.nc is None:
+            self.refused = str(error).strip() or "authorization violation"
+            return  # reported once, by open()
         nc = self.nc
         lost = isinstance(error, CONNECTION_ERRORS) or nc is None or not nc.is_connected
         if not lost and not self.outage.down:
@@ -136,11 +144,18 @@ def resolve_url_source(url: str | None) -> tuple[str, Path | None]:
 class Connection:
     """A connected NATS client with the DagNats JetStream implementations on top."""
 
-    def __init__(self, nc: NatsClient, *, task_ack_wait_ms: int | None = None) -> None:
+    def __init__(
+        self, nc: NatsClient, *, task_ack_wait_ms: int | None = None,
+        role: Role = "engine", identity: str = "",
+    ) -> None:  # fmt: skip
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
+        if role == "approver" and not identity:  # no credential (an open external NATS)
+            identity = default_approver_identity()
+        self.role: Role = role
+        self.identity = identity  # an approver's name: the `by` of its decisions
         self.history = JetStreamEventLog(self.js)
-        self.commands = JetStreamCommandQueue(self.js)
+        self.commands = JetStreamCommandQueue(self.js, kind=command_kind_tokens(role, identity))
         self.tasks = (
             JetStreamTaskQueue(self.js, ack_wait_ms=task_ack_wait_ms)
             if task_ack_wait_ms is not None
@@ -151,18 +166,40 @@ class Connection:
 
     @classmethod
     async def open(
-        cls, url: str | None = None, *, task_ack_wait_ms: int | None = None
+        cls,
+        url: str | None = None,
+        *,
+        task_ack_wait_ms: int | None = None,
+        role: Role = "client",
+        creds: Path | None = None,
+        tls: TlsFiles | None = None,
+        data_dir: Path | None = None,
     ) -> Connection:
-        """Connect to `url` (see `resolve_url`).
+        """Connect to `url` (see `resolve_url`) in `role`, with the credential `creds` (else
+        `$DAGNATS_CREDS`, the URL's user and password, or the role's file in the data dir of
+        a local serve: runtime/credentials.connect_options) and client TLS `tls` (else the
+        `$DAGNATS_TLS_*` files). A credential file's own role wins over `role`.
 
         Raises:
-            ConnectError: the server cannot be reached.
+            ConnectError: the server cannot be reached, or refused the credential.
+            CredentialError: a credential or TLS file cannot be used.
         """
         target, url_file = resolve_url_source(url)
+        local = credentials.local_data_dir(target, url_file, default_data_dir())
+        chosen = credentials.first_with_credential(role, data_dir, local)
+        options = credentials.connect_options(
+            target, role=role, data_dir=chosen, creds=creds, tls=tls
+        )
+        credential = options.pop("credential", None)
+        if isinstance(credential, credentials.Credential):
+            role, identity = credential.role, credential.identity
+        else:
+            identity = ""
         watch = ConnectionWatch(target, url_file)
         try:
             nc = await nats.connect(
                 target,
+                **options,
                 connect_timeout=connect_timeout_s,
                 max_reconnect_attempts=initial_connect_attempts_max,
                 allow_reconnect=True,
@@ -172,6 +209,11 @@ class Connection:
                 reconnect_time_wait=reconnect_wait_s,
             )
         except (OSError, nats.errors.Error, TimeoutError) as error:
+            if watch.refused:
+                raise ConnectError(
+                    f"NATS at {target} refused the credential: {watch.refused}",
+                    "pass the right --creds (or $DAGNATS_CREDS, or --data-dir of the serve)",
+                ) from None
             raise ConnectError(
                 f"cannot connect to NATS at {target}: {error or type(error).__name__}",
                 "is `dagnats serve` running? check --nats-url",
@@ -179,7 +221,7 @@ class Connection:
         # Once connected, ride out server restarts: reconnect without a bound on attempts.
         nc.options["max_reconnect_attempts"] = -1
         watch.nc = nc
-        return cls(nc, task_ack_wait_ms=task_ack_wait_ms)
+        return cls(nc, task_ack_wait_ms=task_ack_wait_ms, role=role, identity=identity)
 
     async def close(self) -> None:
         """Unsubscribe and drain, within `settings.connection_close_timeout_ms`; with the

@@ -34,6 +34,7 @@ from dagnats.runtime.protocols import (
     TaskPublisher,
     Timers,
 )
+from dagnats.runtime.roles import authorize_command, run_id_of_command_subject
 from dagnats.runtime.settings import (
     append_attempts_max,
     command_ack_wait_ms,
@@ -187,8 +188,13 @@ class Engine:
 
     # -- one command ---------------------------------------------------------------------
 
-    async def handle(self, data: bytes, deliveries: int = 1) -> Outcome:
+    async def handle(
+        self, data: bytes, deliveries: int = 1, subject: str | None = None,
+        scheduler: str | None = None,
+    ) -> Outcome:  # fmt: skip
         """Decide one encoded command and append what it decides; never raises for bad input.
+        With its `subject` (and `scheduler`, the schedule that fired it), a command of a type
+        its subject's kind may not carry is set aside (runtime/roles.authorize_command).
 
         Returns:
             What happened, so the caller acks (all but "parked" and "retry") or not.
@@ -198,6 +204,12 @@ class Engine:
         except DecodeError as error:
             await self._dead_letter("command", data, str(error), None)
             return "dead"
+        if subject is not None:
+            authorized = authorize_command(subject, command, scheduler)
+            if isinstance(authorized, str):
+                await self._dead_letter("forbidden", data, authorized, command)
+                return "dead"
+            command = authorized
         if command.run_id in self.parked:
             return "parked"
         outcome = await self._handle_command(command, data, deliveries)
@@ -476,7 +488,7 @@ class Engine:
         overlap while every run still sees its commands in order."""
         groups: dict[str, list[CommandMessage]] = {}
         for message in messages:
-            groups.setdefault(message.subject, []).append(message)
+            groups.setdefault(run_id_of_command_subject(message.subject), []).append(message)
         self._unsettled.update(messages)
         loop = asyncio.get_running_loop()
         jobs = []
@@ -512,7 +524,10 @@ class Engine:
 
     async def _handle_message(self, message: CommandMessage) -> None:
         try:
-            outcome = await self.handle(message.data, message.num_delivered)
+            scheduler = getattr(message, "scheduler", None)  # (JetStream messages only)
+            outcome = await self.handle(
+                message.data, message.num_delivered, message.subject, scheduler
+            )
         except Exception as error:  # the transport failed: let the command come back
             log.warning("command on %s not handled: %s", message.subject, error)
             self.forget_subject(message.subject)
@@ -541,7 +556,7 @@ class Engine:
                     log.debug("progress ack of %s failed: %s", message.subject, error)
 
     def forget_subject(self, subject: str) -> None:
-        self.forget(subject.rsplit(".", 1)[-1])
+        self.forget(run_id_of_command_subject(subject))
 
     async def serve(self, commands: CommandQueue, stop: asyncio.Event) -> None:
         """Resume every unfinished run, then handle commands until `stop` is set."""

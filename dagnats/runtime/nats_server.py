@@ -4,7 +4,9 @@
 JetStream on, its store under a data directory, listening on loopback only. The child dies
 with its parent, even when the parent is SIGKILLed (Linux: PR_SET_PDEATHSIG; elsewhere a
 watchdog process). One data directory serves one server: an exclusive lock on
-`<data_dir>/dagnats.lock` is held for the server's life.
+`<data_dir>/dagnats.lock` is held for the server's life. The data dir is 0700 and the config
+file 0600: with `authorization` (runtime/credentials) it holds every user's password, so it is
+passed to the child as a file, never on its command line.
 
 This module may start and stop processes and touch the data directory; it may not talk
 the NATS protocol (connecting is the caller's business) nor create streams.
@@ -152,6 +154,7 @@ class EmbeddedNats:
         binary: Path | None = None,
         start_timeout_ms: int = settings.server_start_timeout_ms,
         stop_timeout_ms: int = settings.server_stop_timeout_ms,
+        authorization: str = "",
     ) -> None:
         assert 0 <= port < 65_536, f"port {port} is outside 0..65535"
         assert start_timeout_ms > 0 and stop_timeout_ms > 0
@@ -160,6 +163,7 @@ class EmbeddedNats:
         self.binary = binary
         self.start_timeout_ms = start_timeout_ms
         self.stop_timeout_ms = stop_timeout_ms
+        self.authorization = authorization  # a config block with secrets: only ever in a file
         self._port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -276,8 +280,9 @@ class EmbeddedNats:
 
     def _prepare_data_dir(self) -> None:
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            (self.data_dir / STORE_DIR_NAME).mkdir(exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.data_dir.chmod(0o700)  # a data dir made before: only its owner may look in
+            (self.data_dir / STORE_DIR_NAME).mkdir(mode=0o700, exist_ok=True)
             lock_file = (self.data_dir / LOCK_FILE_NAME).open("a+", encoding="utf-8")
         except OSError as error:
             raise NatsServerError(
@@ -299,8 +304,8 @@ class EmbeddedNats:
         lock_file.write(f"{os.getpid()}\n")
         lock_file.flush()
         self._lock_file = lock_file
-        config = f"max_payload: {settings.server_payload_bytes_max}\n"
-        (self.data_dir / CONFIG_FILE_NAME).write_text(config, encoding="utf-8")
+        config = f"max_payload: {settings.server_payload_bytes_max}\n{self.authorization}"
+        write_private(self.data_dir / CONFIG_FILE_NAME, config)
 
     def _spawn(self, binary: Path, port: int) -> None:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -394,6 +399,15 @@ class EmbeddedNats:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only its owner may read (0600 from the start, also when the
+    file existed with a wider mode)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(text)
 
 Poll = Callable[[Callable[[], Status], int], Coroutine[None, None, Status]]
 

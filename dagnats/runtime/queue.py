@@ -5,8 +5,9 @@
   pull consumer per task type whose ack wait is the heartbeat timeout (`in_progress`
   restarts it) and whose deliveries are bounded (`max_deliver`).
 - `JetStreamCommandQueue` (`protocols.CommandQueue` and `protocols.DeadLetters`): commands on
-  `dagnats.cmd.<partition>.<run_id>` in DAGNATS_COMMANDS, fetched in batches by the engine's
-  durable pull consumer on `dagnats.cmd.>` (or on the partitions one engine owns), acked by
+  `dagnats.cmd.<partition>.<run_id>.<kind>` (the kind of its connection's role) in
+  DAGNATS_COMMANDS, fetched in batches by the engine's durable pull consumer on
+  `dagnats.cmd.>` (or on the partitions one engine owns), acked by
   the engine after processing; dead letters on `dagnats.dead.<kind>` with a reason header.
 
 Consumers are created idempotently; an existing consumer whose settings differ raises
@@ -47,6 +48,7 @@ from dagnats.runtime.resources import (
 from kernel.errors import PayloadTooLargeError
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+SCHEDULER_HEADER: Final = "Nats-Scheduler"  # set by the server on a message a schedule fired
 CONSUMER_CHECKED_FIELDS: Final = ("ack_wait", "max_deliver", "filter_subject", "filter_subjects")
 log = logging.getLogger("dagnats.queue")
 
@@ -74,6 +76,12 @@ class JetStreamMessage:
         """The publisher's Nats-Msg-Id, if it set one."""
         headers = self._message.headers
         return None if headers is None else headers.get(MSG_ID_HEADER)
+
+    @property
+    def scheduler(self) -> str | None:
+        """The schedule's subject when a message schedule fired this message, else None."""
+        headers = self._message.headers
+        return None if headers is None else headers.get(SCHEDULER_HEADER)
 
     @property
     def stream_seq(self) -> int:
@@ -212,10 +220,12 @@ class JetStreamCommandQueue:
         consumer: str = ENGINE_CONSUMER,
         filter_subjects: Sequence[str] = (COMMAND_SUBJECTS,),
         ack_wait_ms: int = settings.command_ack_wait_ms,
+        kind: str = "engine",
     ) -> None:
         assert 1 <= partitions <= settings.partitions_max
         assert filter_subjects, "the engine consumer needs a filter"
         self.js = js
+        self.kind = kind  # the subject kind of what this connection publishes (runtime/roles)
         self.partitions = partitions
         self.consumer = consumer
         self.filter_subjects = tuple(filter_subjects)
@@ -225,7 +235,7 @@ class JetStreamCommandQueue:
     async def publish_command(self, run_id: str, payload: bytes, msg_id: str) -> None:
         """Enqueue a command for the run; a msg_id seen within the duplicate window is dropped."""
         _check_size("command", payload)
-        subject = command_subject(run_id, self.partitions)
+        subject = command_subject(run_id, self.partitions, self.kind)
         headers = {MSG_ID_HEADER: msg_id}
         await self.js.publish(subject, payload, stream=COMMANDS_STREAM, headers=headers)
 

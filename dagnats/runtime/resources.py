@@ -114,15 +114,29 @@ def history_subject(run_id: str) -> str:
     return f"{HISTORY_PREFIX}.{check_run_id(run_id)}"
 
 
-def command_subject(run_id: str, partitions: int = settings.partitions_default) -> str:
-    """`dagnats.cmd.<partition>.<run_id>`: where the run's commands go."""
-    return f"{COMMAND_PREFIX}.{partition_of(check_run_id(run_id), partitions)}.{run_id}"
+def command_subject(
+    run_id: str, partitions: int = settings.partitions_default, kind: str | None = None
+) -> str:
+    """`dagnats.cmd.<partition>.<run_id>.<kind>`: where the run's commands of one kind go
+    (`result`, `client`, `decision.<identity>`, `engine`: see runtime/roles). Without a kind,
+    the layout before roles, `dagnats.cmd.<partition>.<run_id>`, which the engine still reads
+    and only the engine and admin may publish to."""
+    base = f"{COMMAND_PREFIX}.{partition_of(check_run_id(run_id), partitions)}.{run_id}"
+    if kind is None:
+        return base
+    check_token("command kind", kind, settings.run_id_length_max, dotted=True)
+    return f"{base}.{kind}"
+
+
+def run_commands_filter(run_id: str, partitions: int = settings.partitions_default) -> str:
+    """`dagnats.cmd.<partition>.<run_id>.>`: every command of the run, of any kind."""
+    return f"{command_subject(run_id, partitions)}.>"
 
 
 def command_partition_filter(partition: int) -> str:
-    """`dagnats.cmd.<partition>.*`: the filter of an engine owning one partition."""
+    """`dagnats.cmd.<partition>.>`: the filter of an engine owning one partition."""
     assert 0 <= partition < settings.partitions_max
-    return f"{COMMAND_PREFIX}.{partition}.*"
+    return f"{COMMAND_PREFIX}.{partition}.>"
 
 
 def task_subject(task_type: str) -> str:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-from dagnats.runtime import external_events
+from dagnats.runtime import credentials, external_events
 from dagnats.runtime.connection import URL_FILE, Connection
 from dagnats.runtime.data_dir import (
     create_private_file,
@@ -122,9 +122,10 @@ class Server:
             self.url = self.nats.url
             self._write(PORT_FILE, f"{self.nats.port}\n")
             self._write(URL_FILE, self.url + "\n")
+            credentials.register_local_server(self.url, self.data_dir)  # (roles: see README)
         else:
             self.url = self.external_url
-        self.connection = await Connection.open(self.url)
+        self.connection = await Connection.open(self.url, role="engine", data_dir=self.data_dir)
         js = self.connection.js
         self.history_gone = await history_gone(js)
         if self.history_gone:
@@ -182,13 +183,13 @@ class Server:
         """The embedded server on --nats-port, else on the port of the last start while it
         is free, else on a free one."""
         if self.nats_port != 0:
-            nats = EmbeddedNats(self.data_dir, port=self.nats_port)
+            nats = EmbeddedNats(self.data_dir, port=self.nats_port, authorization=self._auth())
             await nats.start()
             return nats
         last_port = read_port_file(self.data_dir / PORT_FILE)
         if last_port is not None:
             if not _port_taken(last_port):
-                nats = EmbeddedNats(self.data_dir, port=last_port)
+                nats = EmbeddedNats(self.data_dir, port=last_port, authorization=self._auth())
                 try:
                     await nats.start()
                     return nats
@@ -197,11 +198,17 @@ class Server:
                         raise
             log.warning("port %d (NATS's port last time) is taken; choosing another (workers "
                         "that read %s follow it)", last_port, URL_FILE)  # fmt: skip
-        nats = EmbeddedNats(self.data_dir)
+        nats = EmbeddedNats(self.data_dir, authorization=self._auth())
         await nats.start()
         if last_port is not None:
             log.warning("NATS is now on port %d (was %d)", nats.port, last_port)
         return nats
+
+    def _auth(self) -> str:
+        """The server's users and permissions; generates missing credentials (first start,
+        or a data dir from before roles) in `<data dir>/credentials`, 0600."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return credentials.server_authorization(credentials.ensure_credentials(self.data_dir))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the engine until `stop` is set or the nats-server child dies. While the
@@ -326,6 +333,7 @@ class Server:
             self.connection = None
         if self.nats is not None:
             await self.nats.stop()
+            credentials.forget_local_server(self.url)
             self.nats = None
         written, self._written = self._written, {}
         if URL_FILE in written:  # only ours, and only while it still holds our URL
@@ -376,7 +384,7 @@ async def local_stack(data_dir: Path, worker: Worker) -> AsyncIterator[tuple[Ser
     info = await server.start()
     stop = asyncio.Event()
     engine_task = asyncio.create_task(server.run(stop))
-    worker_client = await Client.connect(info.nats_url)
+    worker_client = await Client.connect(info.nats_url, role="worker")
     connection = worker_client.connection
     worker_task = asyncio.create_task(
         worker.serve(connection.tasks, connection.commands, connection.commands, stop)

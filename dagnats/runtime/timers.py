@@ -3,7 +3,7 @@
 `arm` publishes the timer's payload (an encoded FireTimer command) on
 `dagnats.sched.<run_id>.<timer_id>` in DAGNATS_COMMANDS (a stream with allow_msg_schedules)
 with the headers `Nats-Schedule: @at <RFC 3339 UTC, ms>` and `Nats-Schedule-Target: <the run's
-command subject>`; at the due time the server publishes the payload to the target, where the
+engine command subject>`; at the due time the server publishes the payload to the target, where the
 engine's consumer picks it up as a command. `cancel` purges the schedule's subject.
 
 Behaviour verified on nats-server 2.15.1 (tests/test_runtime_timers.py):
@@ -68,7 +68,7 @@ class JetStreamTimers:
             )
         headers = {
             SCHEDULE_HEADER: f"@at {rfc3339_ms(fire_at_ms)}",
-            SCHEDULE_TARGET_HEADER: command_subject(run_id, self.partitions),
+            SCHEDULE_TARGET_HEADER: command_subject(run_id, self.partitions, "engine"),
         }
         subject = schedule_subject(run_id, timer_id)
         await self.js.publish(subject, payload, stream=COMMANDS_STREAM, headers=headers)
