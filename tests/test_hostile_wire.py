@@ -17,10 +17,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 import nats
+import nats.errors
 import pytest
+from nats.aio.client import Client as NatsClient
 
 from dagnats.client import Client, WorkflowRevisionNotFoundError
 from dagnats.json_input import JsonInputError
+from dagnats.runtime import credentials
 from dagnats.runtime.resources import (
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
@@ -52,9 +55,18 @@ def nested(levels: int) -> object:
     return value
 
 
+async def admin_connect(stack: Stack) -> NatsClient:
+    """A raw NATS connection with the admin credential: the most a local process holding a
+    credential could do, so what is tested is the engine's own handling of what arrives (a
+    process without a credential is refused at connect: see the test below)."""
+    options = credentials.connect_options(stack.url, role="admin", data_dir=stack.data_dir)
+    options.pop("credential", None)
+    return await nats.connect(stack.url, **options)
+
+
 async def publish_js(stack: Stack, subject: str, data: bytes, **headers: str) -> None:
-    """Publish to a JetStream subject as any local process could (the server may refuse)."""
-    nc = await nats.connect(stack.url)
+    """Publish to a JetStream subject as an admin could (the server may still refuse)."""
+    nc = await admin_connect(stack)
     try:
         js = nc.jetstream()
         with contextlib.suppress(nats.errors.Error):  # refused by the server: also fine
@@ -64,7 +76,7 @@ async def publish_js(stack: Stack, subject: str, data: bytes, **headers: str) ->
 
 
 async def publish_core(stack: Stack, subject: str, data: bytes) -> None:
-    nc = await nats.connect(stack.url)
+    nc = await admin_connect(stack)
     try:
         await nc.publish(subject, data)
         await nc.flush()
@@ -73,7 +85,7 @@ async def publish_core(stack: Stack, subject: str, data: bytes) -> None:
 
 
 async def kv_put(stack: Stack, bucket: str, key: str, data: bytes) -> None:
-    nc = await nats.connect(stack.url)
+    nc = await admin_connect(stack)
     try:
         kv = await nc.jetstream().key_value(bucket)
         await kv.put(key, data)
@@ -254,3 +266,16 @@ def test_real_cli_process_refuses_with_one_line(
 def test_zz_engine_still_serves_and_the_healthy_run_completes(stack: Stack) -> None:
     probe(stack)
     finish_healthy_run(stack)
+
+
+def test_a_process_without_a_credential_is_refused_at_connect(stack: Stack) -> None:
+    async def anonymous() -> None:
+        nc = NatsClient()
+        try:
+            await nc.connect(stack.url, allow_reconnect=False, max_reconnect_attempts=0)
+        finally:
+            await nc.close()
+
+    with pytest.raises(nats.errors.Error):
+        asyncio.run(anonymous())
+    probe(stack)
