@@ -84,7 +84,8 @@ def test_every_command_but_the_offline_ones_takes_data_dir(tmp_path: Path) -> No
 
 async def test_data_dir_on_a_command_finds_the_serve_of_that_dir(procs: Processes) -> None:
     data_dir = procs.tmp_path / "elsewhere"
-    await procs.serve(data_dir)  # DAGNATS_DATA_DIR of procs.env() names another dir
+    await procs.serve(data_dir)
+    procs.data_dir = procs.tmp_path / "default-data-dir"  # the CLI's env names another dir
     without = procs.cli("workflow", "list")
     assert without.returncode == 1 and "Traceback" not in without.stderr
     for args in (("workflow", "list"), ("run", "show", "nosuchrun"), ("approval", "list")):

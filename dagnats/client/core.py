@@ -118,7 +118,8 @@ class Client:
             data_dir=data_dir,
         )  # fmt: skip
         try:
-            await check_history(connection.js)
+            if connection.role != "worker":  # a worker may not read the history stream
+                await check_history(connection.js)
         except BaseException:
             await connection.close()
             raise
