@@ -324,7 +324,8 @@ class Worker:
             # does not count against the retry policy), so the engine schedules the next
             # attempt under a new message id, and let this delivery go.
             reason = f"worker lost: the task was delivered again (delivery {message.num_delivered})"
-            await self._send(commands, self._fail(task, reason, kind="lost"), "lost")
+            lost = self._fail(task, reason, kind="lost")
+            await self._send(commands, lost, "lost", getattr(message, "task_token", None))
             await message.ack()
             return
         deliveries = self._running[key] = [message]
@@ -488,8 +489,9 @@ class Worker:
         )
 
     async def _send(
-        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str
-    ) -> None:
+        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str,
+        token: str | None = None,
+    ) -> None:  # fmt: skip
         """Publish `command` until the server acknowledges it: the same bytes under the same
         message id each time (`<kind>:<run>:<step>:<attempt>`), so a copy the server stored
         before an ack was lost is dropped by the duplicate window (and decided as nothing
@@ -500,7 +502,10 @@ class Worker:
                 the drain's bound).
             DagnatsError: the command cannot be sent at all (too large: no retry helps).
         """
-        msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
+        key = f"{command.run_id}:{command.step_id}:{command.attempt}"
+        msg_id = f"{kind}:{key}"
+        if token is None and (deliveries := self._running.get(key)):
+            token = getattr(deliveries[0], "task_token", None)  # the engine's, of this task
         payload = codec.encode(command)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -510,7 +515,7 @@ class Worker:
         while True:
             tries += 1
             try:
-                await commands.publish_command(command.run_id, payload, msg_id)
+                await commands.publish_command(command.run_id, payload, msg_id, token=token)
             except DagnatsError:
                 raise
             except Exception as error:

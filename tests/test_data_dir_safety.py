@@ -17,6 +17,7 @@ from typing import Final
 
 import pytest_asyncio
 
+from dagnats.runtime import credentials
 from dagnats.runtime.connection import URL_FILE
 from dagnats.runtime.data_dir import remove_if_ours, write_private
 from dagnats.runtime.serve import redact_url
@@ -135,12 +136,13 @@ async def test_no_secret_in_the_banner_or_any_process_arguments(procs: Processes
     for secret in secrets_in(data_dir):
         assert secret not in arguments and secret not in serve.process.stdout()
     # An external server reached with a password in its URL: the banner shows `***`.
-    secret_url = serve.url.replace("nats://", "nats://alice:pa55-w0rd-x@")
+    engine = credentials.read_credential(data_dir / "credentials" / "engine.json")
+    secret_url = serve.url.replace("nats://", f"nats://{engine.user}:{engine.password}@")
     banner = procs.start("serve", [*dagnats_command(), "serve", "--nats-url", secret_url,
                                    "--data-dir", str(procs.tmp_path / "ext")])  # fmt: skip
     await wait_for(lambda: "ready" in banner.stdout() or not banner.alive(), timeout_ms=20_000,
                    what="the external serve's banner")  # fmt: skip
     assert banner.alive(), banner.tail()
-    assert "alice:***@" in banner.stdout()
-    assert "pa55-w0rd-x" not in banner.stdout() + banner.stderr()
+    assert f"{engine.user}:***@" in banner.stdout()
+    assert engine.password not in banner.stdout() + banner.stderr()
     assert await banner.terminate() == 0

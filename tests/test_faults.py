@@ -23,7 +23,7 @@ import nats
 import pytest
 import pytest_asyncio
 
-from dagnats.client import RunExistsError
+from dagnats.client import Client, RunExistsError
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
@@ -34,7 +34,8 @@ from dagnats.runtime.resources import (
     task_subject,
 )
 from dagnats.runtime.serve import Server
-from kernel.commands import CompleteTask, StartRun
+from kernel import codec
+from kernel.commands import CancelRun, CompleteTask, StartRun
 from kernel.errors import DagnatsError
 from kernel.events import AnyEvent, StepFailed, StepLost
 from kernel.state import RunState
@@ -86,6 +87,22 @@ async def wait_reconnected(events_file: Path, after: int) -> None:
         timeout_ms=step_timeout_ms,
         what=f"the worker to reconnect ({events_file})",
     )
+
+
+async def take_task_token(worker: Client, task_type: str) -> str:
+    """Take the next task of `task_type` as a worker does (and let it go): the engine's token
+    of it, which a result must carry (runtime/task_tokens)."""
+    taken: list[Any] = []
+
+    async def fetched() -> bool:
+        taken.extend(await worker.connection.tasks.fetch(task_type, batch=1, timeout_ms=200))
+        return bool(taken)
+
+    await wait_for(fetched, timeout_ms=step_timeout_ms, what=f"a {task_type} task taken")
+    token = getattr(taken[0], "task_token", None)
+    assert isinstance(token, str) and token, "the engine signs the tasks it publishes"
+    await taken[0].ack()
+    return token
 
 
 # -- 1. serve SIGKILLed mid-run -----------------------------------------------------------
@@ -399,12 +416,15 @@ async def test_duplicate_starts_and_redelivered_results_make_one_set_of_events(
                 return has_event(events, "step.scheduled", step_id, attempt=1)
 
             await wait_for(scheduled, timeout_ms=step_timeout_ms, what=f"{step_id} scheduled")
+            token = await take_task_token(worker, "fault.other")  # as a worker takes it
             result = CompleteTask(
                 run_id=run_id, at_ms=now_ms(), seed=new_seed(), step_id=step_id, attempt=1,
                 output=msgspec.Raw(json.dumps({"done": step_id}).encode()),
             )  # fmt: skip
             for copy in range(2):  # the same result delivered twice (a worker's to send)
-                await worker.send(result, msg_id=f"result-{step_id}-{copy}")
+                await worker.connection.commands.publish_command(
+                    run_id, codec.encode(result), f"result-{step_id}-{copy}", token=token
+                )
         final = await client.wait(run_id, timeout_s=run_timeout_s)
         js = client.connection.js
 
@@ -467,9 +487,8 @@ async def test_poison_on_each_stream_is_set_aside_and_the_rest_flows(
             # Commands: garbage bytes, and a valid command for a run that does not exist.
             await js.publish(command_subject("poison-cmd"), b"\x00not a command",
                              stream=COMMANDS_STREAM)  # fmt: skip
-            ghost = CompleteTask(run_id="ghost-run", at_ms=now_ms(), seed=1, step_id="a", attempt=1)
-            async with connected(serve.url, "worker") as worker:  # results are a worker's
-                await worker.send(ghost, msg_id="ghost-1")
+            ghost = CancelRun(run_id="ghost-run", at_ms=now_ms(), seed=1, reason="no such run")
+            await client.send(ghost, msg_id="ghost-1")
             # Tasks: garbage on a task subject a worker serves.
             poison_task = {"Nats-Msg-Id": "poison-task"}
             await js.publish(

@@ -15,14 +15,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
+import nats
 import pytest_asyncio
 from nats.js import JetStreamContext
 
 from dagnats.client import Client
 from dagnats.runtime.history_guard import HISTORY_GONE_MESSAGE
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject, stream_configs
-from tests.fault_support import Processes, connected, workflow
-from tests.nats_fixtures import connect, wait_for
+from tests.fault_support import Processes, connected, role_options, workflow
+from tests.nats_fixtures import wait_for
 
 run_timeout_s: Final = 30.0
 GARBAGE: Final = b"\x00garbage{"
@@ -66,7 +67,7 @@ async def test_a_run_with_an_undecodable_message_is_parked_and_says_so(procs: Pr
         run_id = await client.start("stuck", {})
         await wait_for(lambda: _has_history(client, run_id), timeout_ms=10_000,
                        what="the run's first history message")  # fmt: skip
-    nc = await connect(serve.url)
+    nc = await nats.connect(serve.url, **role_options(data_dir))  # forging: admin
     try:
         ack = await nc.jetstream().publish(history_subject(run_id), GARBAGE)
     finally:
@@ -88,7 +89,7 @@ async def test_a_deleted_history_stream_is_reported_once_and_never_recreated_emp
     serve = await procs.serve(data_dir)
     procs.worker(serve.url)
     await run_one(serve.url, "before")
-    nc = await connect(serve.url)
+    nc = await nats.connect(serve.url, **role_options(data_dir))  # forging: admin
     try:
         js = nc.jetstream()
         assert await js.delete_stream(HISTORY_STREAM)

@@ -28,8 +28,18 @@ from typing import Annotated, Any, Final
 import typer
 import typer.models
 
-from dagnats.cli import approvals, events, projections, runs, schema, serve, sim, workflows
+from dagnats.cli import (
+    approvals,
+    events,
+    projections,
+    runs,
+    schema,
+    serve,
+    sim,
+    workflows,
+)
 from dagnats.cli.common import DataDirOption
+from dagnats.cli.credentials import credential_app
 from dagnats.runtime import credentials
 from dagnats.runtime.connection import DATA_DIR_ENV
 
@@ -127,6 +137,7 @@ schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal
 app.add_typer(event_app, name="event")
 events.register(event_app)  # event publish
+app.add_typer(credential_app, name="credential")  # credential list|add-approver|add-worker
 app.command()(serve.demo)
 
 

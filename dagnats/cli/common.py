@@ -121,7 +121,7 @@ async def with_client(
         client = await Client.connect(url, role=role)
     except ConnectError as error:
         target = resolve_url(url)
-        if await _requires_auth(target):
+        if not error.known and await _requires_auth(target):
             raise AuthRefusedError(redact(target)) from None
         raise ConnectError(redact(str(error)), error.hint) from None
     try:

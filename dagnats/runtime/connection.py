@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -32,6 +34,7 @@ from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
 from dagnats.runtime.resources import HISTORY_STREAM, WORKFLOWS_BUCKET, history_subject
 from dagnats.runtime.roles import Role, command_kind_tokens
+from dagnats.runtime.task_tokens import TaskTokens
 from dagnats.runtime.timers import JetStreamTimers
 from kernel.errors import DagnatsError
 
@@ -40,6 +43,7 @@ DATA_DIR_ENV = "DAGNATS_DATA_DIR"
 URL_FILE = "nats.url"
 connect_timeout_s = 5.0
 initial_connect_attempts_max = 1
+first_connect_timeout_s = 15.0  # the whole first connect, whatever nats-py goes on trying
 reconnect_wait_s = 0.1  # between reconnect attempts: a restarted server is back in ~0.2 s
 log = logging.getLogger("dagnats.connection")
 # Errors the client reports when it lost (or cannot reach) the server: part of an outage.
@@ -62,11 +66,18 @@ class ConnectionWatch:
         self.url_file = url_file
         self.nc: NatsClient | None = None
         self.refused = ""  # the server's authorization error during the first connect
+        self.tls_failed = ""  # a failed TLS handshake during the first connect
+        self.verdict = asyncio.Event()  # set when the first connect cannot succeed
         self.outage = OutageLog(log, f"nats connection to {url}")
 
     async def on_error(self, error: Exception) -> None:
         if "authorization" in str(error).lower() and self.nc is None:
             self.refused = str(error).strip() or "authorization violation"
+            self.verdict.set()
+            return  # reported once, by open()
+        if isinstance(error, ssl.SSLError) and self.nc is None:
+            self.tls_failed = str(error).strip() or type(error).__name__
+            self.verdict.set()
             return  # reported once, by open()
         nc = self.nc
         lost = isinstance(error, CONNECTION_ERRORS) or nc is None or not nc.is_connected
@@ -102,10 +113,12 @@ class ConnectionWatch:
 
 
 class ConnectError(DagnatsError):
-    """The NATS server could not be reached (or none was named)."""
+    """The NATS server could not be reached (or none was named); `known`: the server said
+    why (a refused credential, a failed TLS handshake), so no more probing tells more."""
 
-    def __init__(self, message: str, hint: str) -> None:
+    def __init__(self, message: str, hint: str, *, known: bool = False) -> None:
         self.hint = hint
+        self.known = known
         super().__init__(message)
 
 
@@ -146,7 +159,7 @@ class Connection:
 
     def __init__(
         self, nc: NatsClient, *, task_ack_wait_ms: int | None = None,
-        role: Role = "engine", identity: str = "",
+        role: Role = "engine", identity: str = "", task_secret: str = "",
     ) -> None:  # fmt: skip
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -156,10 +169,13 @@ class Connection:
         self.identity = identity  # an approver's name: the `by` of its decisions
         self.history = JetStreamEventLog(self.js)
         self.commands = JetStreamCommandQueue(self.js, kind=command_kind_tokens(role, identity))
+        # An engine signs the tasks it publishes and checks results against them (its
+        # credential's password is the secret: runtime/task_tokens).
+        tokens = TaskTokens(task_secret) if task_secret else None
         self.tasks = (
-            JetStreamTaskQueue(self.js, ack_wait_ms=task_ack_wait_ms)
+            JetStreamTaskQueue(self.js, ack_wait_ms=task_ack_wait_ms, tokens=tokens)
             if task_ack_wait_ms is not None
-            else JetStreamTaskQueue(self.js)
+            else JetStreamTaskQueue(self.js, tokens=tokens)
         )
         self.timers = JetStreamTimers(self.js)
         self._workflows: KeyValue | None = None
@@ -191,37 +207,19 @@ class Connection:
             target, role=role, data_dir=chosen, creds=creds, tls=tls
         )
         credential = options.pop("credential", None)
+        task_secret = ""
         if isinstance(credential, credentials.Credential):
             role, identity = credential.role, credential.identity
+            task_secret = credential.password if role == "engine" else ""
         else:
             identity = ""
         watch = ConnectionWatch(target, url_file)
-        try:
-            nc = await nats.connect(
-                target,
-                **options,
-                connect_timeout=connect_timeout_s,
-                max_reconnect_attempts=initial_connect_attempts_max,
-                allow_reconnect=True,
-                error_cb=watch.on_error,
-                disconnected_cb=watch.on_disconnected,
-                reconnected_cb=watch.on_reconnected,
-                reconnect_time_wait=reconnect_wait_s,
-            )
-        except (OSError, nats.errors.Error, TimeoutError) as error:
-            if watch.refused:
-                raise ConnectError(
-                    f"NATS at {target} refused the credential: {watch.refused}",
-                    "pass the right --creds (or $DAGNATS_CREDS, or --data-dir of the serve)",
-                ) from None
-            raise ConnectError(
-                f"cannot connect to NATS at {target}: {error or type(error).__name__}",
-                "is `dagnats serve` running? check --nats-url",
-            ) from None
+        nc = await _first_connect(target, options, watch)
         # Once connected, ride out server restarts: reconnect without a bound on attempts.
         nc.options["max_reconnect_attempts"] = -1
         watch.nc = nc
-        return cls(nc, task_ack_wait_ms=task_ack_wait_ms, role=role, identity=identity)
+        return cls(nc, task_ack_wait_ms=task_ack_wait_ms, role=role, identity=identity,
+                   task_secret=task_secret)  # fmt: skip
 
     async def close(self) -> None:
         """Unsubscribe and drain, within `settings.connection_close_timeout_ms`; with the
@@ -270,3 +268,56 @@ class Connection:
                 yield message.metadata.sequence.stream, message.data
         finally:
             await subscription.unsubscribe()
+
+
+async def _first_connect(
+    target: str, options: dict[str, Any], watch: ConnectionWatch
+) -> NatsClient:
+    """The first connection, bounded: a refused credential or a failed TLS handshake ends it
+    at once with its own line (nats-py would go on trying), anything else within
+    `first_connect_timeout_s`.
+
+    Raises:
+        ConnectError: one readable line and a hint.
+    """
+    nc = NatsClient()
+    settings_: dict[str, Any] = dict(
+        options, connect_timeout=connect_timeout_s,
+        max_reconnect_attempts=initial_connect_attempts_max, allow_reconnect=True,
+        error_cb=watch.on_error, disconnected_cb=watch.on_disconnected,
+        reconnected_cb=watch.on_reconnected, reconnect_time_wait=reconnect_wait_s,
+    )  # fmt: skip
+    connecting = asyncio.ensure_future(nc.connect(target, **settings_))
+    verdict = asyncio.ensure_future(watch.verdict.wait())
+    try:
+        await asyncio.wait({connecting, verdict}, timeout=first_connect_timeout_s,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    finally:
+        verdict.cancel()
+    error: BaseException | None = None
+    if connecting.done() and not connecting.cancelled():
+        error = connecting.exception()
+        if error is None:
+            return nc
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()
+    if watch.refused:
+        raise ConnectError(
+            f"NATS at {target} refused the credential: {watch.refused}",
+            "pass the right --creds (or $DAGNATS_CREDS, or --data-dir of the serve)",
+            known=True,
+        )
+    if watch.tls_failed:
+        raise ConnectError(
+            f"TLS with NATS at {target} failed: {watch.tls_failed}",
+            "pass --tls-ca (or $DAGNATS_TLS_CA) with the CA that signed the server's certificate",
+            known=True,
+        )
+    reason = str(error) if error else f"no answer within {first_connect_timeout_s:g} s"
+    raise ConnectError(
+        f"cannot connect to NATS at {target}: {reason or type(error).__name__}",
+        "is `dagnats serve` running? check --nats-url",
+    )

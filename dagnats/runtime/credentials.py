@@ -27,12 +27,14 @@ import os
 import re
 import secrets
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlparse
 
 import msgspec
 
+from dagnats.runtime.resources import task_subject
 from dagnats.runtime.roles import ROLES, Role, inbox_prefix, permissions
 from kernel.errors import DagnatsError
 
@@ -45,6 +47,8 @@ NATS_CREDS_MARKER: Final = "-----BEGIN NATS USER JWT-----"
 password_bytes: Final = 32
 credential_file_bytes_max: Final = 64 * 1024
 approvers_max: Final = 256
+scoped_workers_max: Final = 256  # worker credentials limited to some task types
+task_types_per_credential_max: Final = 64
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _local_servers: dict[str, Path] = {}  # url -> data dir of a serve running in this process
@@ -65,6 +69,9 @@ class Credential(msgspec.Struct, frozen=True, kw_only=True):
     password: str
     role: Role
     identity: str = ""
+    # A worker's task types (empty: every type). It may fetch only these, and report only
+    # tasks it was given (runtime/task_tokens).
+    task_types: tuple[str, ...] = ()
 
 
 class TlsFiles(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,7 +144,7 @@ def ensure_credentials(data_dir: Path) -> dict[str, Credential]:
             identity = default_approver_identity() if role == "approver" else ""
             _write_new(directory / f"{role}.json", _generate(role, role, identity))
     found: dict[str, Credential] = {}
-    for path in sorted(directory.glob("*.json"))[: len(ROLES) + approvers_max]:
+    for path in sorted(directory.glob("*.json"))[: len(ROLES) + approvers_max + scoped_workers_max]:
         found[path.stem] = read_credential(path)
     return found
 
@@ -156,6 +163,36 @@ def add_approver(data_dir: Path, identity: str) -> Path:
     if path.exists():
         raise CredentialError(f"approver {identity!r} exists already ({path})")
     _write_new(path, _generate("approver", f"approver-{identity}", identity))
+    return path
+
+
+def add_worker(data_dir: Path, name: str, task_types: Sequence[str]) -> Path:
+    """Create the credential of a worker limited to `task_types` (`worker-<name>.json`):
+    nats-server lets it fetch only those types' tasks, and the engine takes its results only
+    for tasks it was given. Serve loads it at its next start. Returns its path.
+
+    Raises:
+        CredentialError: a bad name or task type, no or too many task types, or the name is
+            taken.
+    """
+    check_name("worker name", name)
+    if not 1 <= len(task_types) <= task_types_per_credential_max:
+        raise CredentialError(
+            f"task_types: {len(task_types)} given; a scoped worker serves 1 to "
+            f"{task_types_per_credential_max} task types"
+        )
+    for task_type in task_types:
+        try:
+            task_subject(task_type)
+        except DagnatsError as error:
+            raise CredentialError(f"task_types: {error}") from None
+    directory = credentials_dir(data_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / f"worker-{name}.json"
+    if path.exists():
+        raise CredentialError(f"worker {name!r} exists already ({path})")
+    credential = _generate("worker", f"worker-{name}", "")
+    _write_new(path, msgspec.structs.replace(credential, task_types=tuple(task_types)))
     return path
 
 
@@ -207,7 +244,7 @@ def server_authorization(credentials: dict[str, Credential]) -> str:
         {
             "user": c.user,
             "password": c.password,
-            "permissions": permissions(c.role, c.user, c.identity).to_config(),
+            "permissions": permissions(c.role, c.user, c.identity, c.task_types).to_config(),
         }
         for c in credentials.values()
     ]

@@ -50,6 +50,7 @@ from dagnats.runtime.settings import (
     runs_listed_max,
     unknown_run_deliveries_max,
 )
+from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
@@ -107,6 +108,7 @@ class Engine:
         self.history = history
         self.snapshots = snapshots  # run snapshots (a cache): load = snapshot + tail
         self.tasks = tasks
+        self.task_tokens: TaskTokens | None = getattr(tasks, "tokens", None)  # signer checks
         self.timers = timers
         self.dead = dead
         self.cache_runs_max = cache_runs_max
@@ -190,11 +192,12 @@ class Engine:
 
     async def handle(
         self, data: bytes, deliveries: int = 1, subject: str | None = None,
-        scheduler: str | None = None,
+        scheduler: str | None = None, token: str | None = None,
     ) -> Outcome:  # fmt: skip
         """Decide one encoded command and append what it decides; never raises for bad input.
         With its `subject` (and `scheduler`, the schedule that fired it), a command of a type
-        its subject's kind may not carry is set aside (runtime/roles.authorize_command).
+        its subject's kind may not carry is set aside (runtime/roles.authorize_command), and
+        so is a result without its task's `token` (runtime/task_tokens).
 
         Returns:
             What happened, so the caller acks (all but "parked" and "retry") or not.
@@ -206,6 +209,8 @@ class Engine:
             return "dead"
         if subject is not None:
             authorized = authorize_command(subject, command, scheduler)
+            if self.task_tokens is not None and not isinstance(authorized, str):
+                authorized = self.task_tokens.refusal(authorized, token) or authorized
             if isinstance(authorized, str):
                 await self._dead_letter("forbidden", data, authorized, command)
                 return "dead"
@@ -525,8 +530,9 @@ class Engine:
     async def _handle_message(self, message: CommandMessage) -> None:
         try:
             scheduler = getattr(message, "scheduler", None)  # (JetStream messages only)
+            token = getattr(message, "task_token", None)
             outcome = await self.handle(
-                message.data, message.num_delivered, message.subject, scheduler
+                message.data, message.num_delivered, message.subject, scheduler, token
             )
         except Exception as error:  # the transport failed: let the command come back
             log.warning("command on %s not handled: %s", message.subject, error)

@@ -135,8 +135,11 @@ class TaskQueue(TaskPublisher, Protocol):
 class CommandPublisher(Protocol):
     """Where clients, workers and the API put commands for the engine."""
 
-    async def publish_command(self, run_id: str, payload: bytes, msg_id: str) -> None:
-        """Enqueue a command for the run; a msg_id seen within the duplicate window is dropped."""
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        """Enqueue a command for the run; a msg_id seen within the duplicate window is dropped.
+        `token`: the task token a result carries (runtime/task_tokens), if any."""
         ...
 
 

@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import zlib
 from collections.abc import Sequence
 from typing import Final
 
@@ -43,8 +42,10 @@ from dagnats.runtime.resources import (
     check_config,
     command_subject,
     dead_subject,
+    task_consumer_name,
     task_subject,
 )
+from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER, TaskTokens
 from kernel.errors import PayloadTooLargeError
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
@@ -78,6 +79,13 @@ class JetStreamMessage:
         return None if headers is None else headers.get(MSG_ID_HEADER)
 
     @property
+    def task_token(self) -> str | None:
+        """The engine's token of a task message, or of the task a result reports on
+        (runtime/task_tokens)."""
+        headers = self._message.headers
+        return None if headers is None else headers.get(TASK_TOKEN_HEADER)
+
+    @property
     def scheduler(self) -> str | None:
         """The schedule's subject when a message schedule fired this message, else None."""
         headers = self._message.headers
@@ -106,14 +114,6 @@ class JetStreamMessage:
         await self._message.term()
 
 
-def task_consumer_name(task_type: str) -> str:
-    """The durable consumer of a task type. Consumer names cannot hold '.', so dots become
-    '_' and the crc32 of the real name keeps `a.b` and `a_b` apart."""
-    task_subject(task_type)  # validates
-    checksum = zlib.crc32(task_type.encode())
-    return f"dagnats_task_{task_type.replace('.', '_')}_{checksum:08x}"
-
-
 class JetStreamTaskQueue:
     """`protocols.TaskQueue`: publish tasks, fetch them per task type, settle each message."""
 
@@ -123,8 +123,10 @@ class JetStreamTaskQueue:
         *,
         ack_wait_ms: int = settings.task_ack_wait_ms_default,
         deliver_max: int = settings.task_deliver_max_default,
+        tokens: TaskTokens | None = None,
     ) -> None:
         assert 0 < ack_wait_ms <= settings.timer_horizon_ms_max, ack_wait_ms
+        self.tokens = tokens  # an engine's: signs what it publishes (runtime/task_tokens)
         assert 1 <= deliver_max <= settings.command_deliver_max, deliver_max
         self.js = js
         self.ack_wait_ms = ack_wait_ms
@@ -136,6 +138,8 @@ class JetStreamTaskQueue:
         _check_size("task message", payload)
         subject = task_subject(task_type)
         headers = {MSG_ID_HEADER: msg_id}
+        if self.tokens is not None:
+            headers[TASK_TOKEN_HEADER] = self.tokens.sign(msg_id)
         await self.js.publish(subject, payload, stream=TASKS_STREAM, headers=headers)
 
     async def fetch(
@@ -232,11 +236,16 @@ class JetStreamCommandQueue:
         self.ack_wait_ms = ack_wait_ms
         self._subscription: JetStreamContext.PullSubscription | None = None
 
-    async def publish_command(self, run_id: str, payload: bytes, msg_id: str) -> None:
-        """Enqueue a command for the run; a msg_id seen within the duplicate window is dropped."""
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        """Enqueue a command for the run; a msg_id seen within the duplicate window is dropped.
+        `token`: a result's task token (runtime/task_tokens), sent as a header."""
         _check_size("command", payload)
         subject = command_subject(run_id, self.partitions, self.kind)
         headers = {MSG_ID_HEADER: msg_id}
+        if token is not None:
+            headers[TASK_TOKEN_HEADER] = token
         await self.js.publish(subject, payload, stream=COMMANDS_STREAM, headers=headers)
 
     async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[JetStreamMessage]:

@@ -145,6 +145,14 @@ def task_subject(task_type: str) -> str:
     return f"{TASK_PREFIX}.{task_type}"
 
 
+def task_consumer_name(task_type: str) -> str:
+    """The durable consumer of a task type. Consumer names cannot hold '.', so dots become
+    '_' and the crc32 of the real name keeps `a.b` and `a_b` apart."""
+    task_subject(task_type)  # validates
+    checksum = zlib.crc32(task_type.encode())
+    return f"dagnats_task_{task_type.replace('.', '_')}_{checksum:08x}"
+
+
 def schedule_subject(run_id: str, timer_id: str) -> str:
     """`dagnats.sched.<run_id>.<timer_id>`: the one schedule of a timer (timer ids may be
     dotted; the run id is one token, so the subject names the pair unambiguously)."""

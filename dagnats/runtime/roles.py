@@ -37,6 +37,8 @@ from dagnats.runtime.resources import (
     RUNS_BUCKET,
     TASKS_STREAM,
     WORKFLOWS_BUCKET,
+    task_consumer_name,
+    task_subject,
 )
 from kernel.commands import (
     AnyCommand,
@@ -104,8 +106,11 @@ def inbox_prefix(user: str) -> str:
     return f"_INBOX_{user}"
 
 
-def permissions(role: Role, user: str, identity: str = "") -> Permissions:
-    """The nats-server permissions of `user` in `role` (`identity`: an approver's name)."""
+def permissions(
+    role: Role, user: str, identity: str = "", task_types: tuple[str, ...] = ()
+) -> Permissions:
+    """The nats-server permissions of `user` in `role` (`identity`: an approver's name;
+    `task_types`: the only task types a scoped worker may take, none: all)."""
     inbox = f"{inbox_prefix(user)}.>"
     match role:
         case "admin":
@@ -124,7 +129,7 @@ def permissions(role: Role, user: str, identity: str = "") -> Permissions:
                 subscribe_allow=(">",),
             )
         case "worker":
-            return Permissions(publish_allow=_worker_publish(), subscribe_allow=(inbox,))
+            return Permissions(publish_allow=_worker_publish(task_types), subscribe_allow=(inbox,))
         case "client" | "approver":
             approving: tuple[str, ...] = ()
             if role == "approver":
@@ -148,18 +153,31 @@ def permissions(role: Role, user: str, identity: str = "") -> Permissions:
             )
 
 
-def _worker_publish() -> tuple[str, ...]:
+def _worker_publish(task_types: tuple[str, ...]) -> tuple[str, ...]:
+    """Results, dead task messages, and taking tasks: of every type, or (scoped) only from
+    the durable consumers of `task_types`, created only with their own filter subject."""
     tasks = TASKS_STREAM
-    return (
-        f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}",
-        "dagnats.dead.task",  # a task message it cannot decode, set aside
-        f"{API}.CONSUMER.MSG.NEXT.{tasks}.*",
-        f"{API}.CONSUMER.INFO.{tasks}.*",
-        f"{API}.CONSUMER.CREATE.{tasks}.*",
-        f"{API}.CONSUMER.CREATE.{tasks}.*.>",
-        f"{API}.CONSUMER.DURABLE.CREATE.{tasks}.*",
-        f"$JS.ACK.{tasks}.>",
-    )
+    common = (f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}", "dagnats.dead.task")
+    if not task_types:
+        return (
+            *common,
+            f"{API}.CONSUMER.MSG.NEXT.{tasks}.*",
+            f"{API}.CONSUMER.INFO.{tasks}.*",
+            f"{API}.CONSUMER.CREATE.{tasks}.*",
+            f"{API}.CONSUMER.CREATE.{tasks}.*.>",
+            f"{API}.CONSUMER.DURABLE.CREATE.{tasks}.*",
+            f"$JS.ACK.{tasks}.>",
+        )
+    rules: list[str] = list(common)
+    for task_type in task_types:
+        consumer = task_consumer_name(task_type)
+        rules += [
+            f"{API}.CONSUMER.MSG.NEXT.{tasks}.{consumer}",
+            f"{API}.CONSUMER.INFO.{tasks}.{consumer}",
+            f"{API}.CONSUMER.CREATE.{tasks}.{consumer}.{task_subject(task_type)}",
+            f"$JS.ACK.{tasks}.{consumer}.>",
+        ]
+    return tuple(rules)
 
 
 def _reader_publish() -> tuple[str, ...]:

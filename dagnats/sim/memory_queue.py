@@ -336,7 +336,9 @@ class CommandPort:
         self.holder = holder
         self.gate = gate
 
-    async def publish_command(self, run_id: str, payload: bytes, msg_id: str) -> None:
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
         _check_size("command", payload)
         self.gate.check("publish_command")
         lost = self.gate.publish_lost("publish_command")

@@ -1,0 +1,55 @@
+"""Task tokens: a worker may report only the attempts it was given.
+
+nats-server pins who may publish a result (the `worker` role, on `...<run>.result`), but a
+subject cannot say which attempt a worker holds. So the engine signs each task message it
+publishes: the `Dagnats-Task-Token` header is an HMAC of the attempt's idempotency key
+(`<run>:<step>:<attempt>`, kernel/effects.task_msg_id) under a secret derived from the engine's
+own credential. A worker copies the token of the task it took onto every result of that
+attempt; the engine refuses (and sets aside as `forbidden`) a result whose token is missing or
+wrong. A worker scoped to some task types can fetch only those (its server permissions), so
+it can complete nothing else; a worker cannot make up a result for a run it never served.
+
+Engines that share a deployment share the engine credential, so they share the secret; an
+engine with no credential (an open external NATS) neither signs nor checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Final
+
+from kernel.commands import AnyCommand, CompleteTask, FailTask, TaskStarted
+from kernel.effects import task_msg_id
+
+TASK_TOKEN_HEADER: Final = "Dagnats-Task-Token"
+_DERIVATION: Final = b"dagnats task tokens v1\x00"
+token_hex_length: Final = 32  # 128 bits of the HMAC-SHA256: ample against guessing
+
+
+class TaskTokens:
+    """Signs attempts' idempotency keys and checks the tokens results bring back."""
+
+    def __init__(self, engine_secret: str) -> None:
+        assert engine_secret, "an empty secret signs nothing"
+        self._key = hashlib.sha256(_DERIVATION + engine_secret.encode()).digest()
+
+    def sign(self, msg_id: str) -> str:
+        """The token of the task published under `msg_id` (`<run>:<step>:<attempt>`)."""
+        digest = hmac.new(self._key, msg_id.encode(), hashlib.sha256).hexdigest()
+        return digest[:token_hex_length]
+
+    def refusal(self, command: AnyCommand, token: str | None) -> str | None:
+        """Why a result may not be decided (None: it may, or it is not a result)."""
+        if not isinstance(command, TaskStarted | CompleteTask | FailTask):
+            return None
+        name = type(command).__name__
+        where = f"run {command.run_id!r} step {command.step_id!r} attempt {command.attempt}"
+        if command.attempt < 1:
+            return f"{name} for {where}: attempts start at 1"
+        if not token:
+            return f"{name} for {where} carries no task token: only its task's worker may report it"
+        expected = self.sign(task_msg_id(command.run_id, command.step_id, command.attempt))
+        if not hmac.compare_digest(expected, token):
+            return f"{name} for {where} carries another task's token: only its worker may report it"
+        return None
