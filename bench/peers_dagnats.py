@@ -42,6 +42,7 @@ BLOCK_STEP: Final = 5
 RUN_TIMEOUT_S: Final = 30.0
 WORKER_CONCURRENCY: Final = 128
 POLL_S: Final = 0.005
+HEARTBEAT_TIMEOUT_S: Final = 1.0  # `dagnats worker --heartbeat-timeout`
 
 Result = dict[str, object]
 
@@ -68,6 +69,9 @@ def worker_command(url: str, data_dir: Path) -> list[str]:
     credential of the serve's data dir)."""
     arguments = ["worker", "bench.peers_worker:worker", "--nats-url", url]
     arguments += ["--data-dir", str(data_dir)]
+    # A task held by a killed worker goes to another after the heartbeat timeout (10 s by
+    # default): the resume workload measures the product with it set to HEARTBEAT_TIMEOUT_S.
+    arguments += ["--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S)]
     arguments += ["--concurrency", str(WORKER_CONCURRENCY)]
     return [sys.executable, "-c", "from dagnats.cli import main; main()", *arguments]
 
