@@ -362,6 +362,7 @@ class RunWatcher:
         self.appends = 0
         self.ended: dict[str, tuple[str, float]] = {}
         self._waiting: dict[str, asyncio.Future[str]] = {}
+        self._first_appends: dict[str, asyncio.Future[None]] = {}
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -378,6 +379,10 @@ class RunWatcher:
     async def _on_message(self, message: Msg) -> None:
         self.appends += 1
         data = message.data
+        if self._first_appends:
+            first = self._first_appends.pop(message.subject.rsplit(".", 1)[-1], None)
+            if first is not None and not first.done():
+                first.set_result(None)
         for marker, status in TERMINAL_MARKERS:
             if marker in data:
                 run_id = message.subject.rsplit(".", 1)[-1]
@@ -387,6 +392,12 @@ class RunWatcher:
                 if future is not None and not future.done():
                     future.set_result(status)
                 return
+
+    def expect_append(self, run_id: str) -> asyncio.Future[None]:
+        """A future set at the run's next history append (create before it can happen)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._first_appends[run_id] = future
+        return future
 
     def expect(self, run_id: str) -> asyncio.Future[str]:
         """A future set to the run's final status when it ends (create before starting)."""
