@@ -5,9 +5,10 @@ An engine process and a worker process on one embedded nats-server (engine-only:
 projections, runs watched by a core subscription). The map run is a `sleep` of 1 ms that
 hands the run input `{"items": [0, ..., 9999]}` on, then a `map` over `items`
 (max_concurrency MAX_CONCURRENCY). The fan-out is FANOUT_RUNS runs of a FANOUT_WIDTH-step
-fan-out + join (10,000 tasks) started at once (a workflow holds at most 1,000 steps). `value` is the map
-run's wall time (start published -> run completed) after a warm-up; `ratio` is that over the
-fan-out's wall time (target <= 1.5). Beside it: CPU and JetStream per item (`bench.metrics`).
+fan-out + join (10,000 tasks) started at once (a join depends on at most 100 steps).
+`value` is the map run's wall time (start published -> run completed) after a warm-up;
+`ratio` is that over the fan-out's wall time (target <= 1.5). Beside it: CPU and JetStream
+per item (`bench.metrics`).
 
 `python -m bench.map` prints one JSON line.
 """
@@ -37,8 +38,8 @@ WARMUP_ITEMS: Final = 1_000
 MAX_CONCURRENCY: Final = 500
 WORKER_CONCURRENCY: Final = 128
 RUN_TIMEOUT_S: Final = 300.0
-FANOUT_WIDTH: Final = 999  # + its join: the widest a workflow may be (steps_per_workflow_max)
-FANOUT_RUNS: Final = 10  # 10 x (999 + join): the 10k plain tasks the map is held against
+FANOUT_WIDTH: Final = 99  # + its join (a join may depend on at most 100 steps)
+FANOUT_RUNS: Final = 100  # 100 x (99 + join): the 10k plain tasks the map is held against
 
 
 def map_workflow(name: str) -> WorkflowDef:
