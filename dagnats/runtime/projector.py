@@ -15,8 +15,9 @@ targets say where a projection lives:
   or emptied bucket from a full one: without it the projection rebuilds from sequence 0,
   whatever its checkpoint says.
 
-A batch is what the reader has gathered `batch_linger_ms` after its first message (at most
-`batch_max`): one SQLite transaction or one set of KV writes per batch, not per message.
+While tailing live, a batch is what the reader has gathered `batch_linger_ms` after its first
+message (at most `batch_max`): one SQLite transaction or one set of KV writes per batch, not
+per message. Catching up (messages already waiting), batches are taken at once.
 
 A target shared by every engine on one NATS (the snapshots) runs under a lease
 (`dagnats.runtime.lease`): one engine's projector follows it, the others stand by and take
@@ -297,12 +298,13 @@ class Projector:
                 if until_seq is not None and self.position >= until_seq:
                     await self.target.settle()
                     return
+                live = queue.empty()  # tailing: nothing was waiting (catching up: no linger)
                 try:
                     first = await asyncio.wait_for(queue.get(), self.idle_s)
                 except TimeoutError:
                     await self._idle(pump, until_seq)
                     continue
-                if self.linger_s > 0 and queue.qsize() + 1 < self.batch_max:
+                if live and self.linger_s > 0:
                     await asyncio.sleep(self.linger_s)  # let a batch gather (fewer writes)
                 batch = [first]
                 while len(batch) < self.batch_max and not queue.empty():
