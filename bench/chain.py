@@ -1,120 +1,126 @@
-"""W1: a chain of no-op steps, one run at a time: the per-step cost of the engine's loop.
+"""The headline bench: a 10-step chain through the documented path, against the floor hop.
 
-RUNS runs of a STEPS-step chain (`bench.noop` tasks), each started after the previous one
-ended, with an engine process and a worker process on one embedded nats-server (history kept
-in full). `value` is milliseconds per step over all runs (wall time / steps, including each
-run's start); `ratio` is that over the raw serial JetStream hop (`bench.floor`, measured on
-the same server in this run). Target: ratio <= 1.2. The worker runs with `dagnats.Worker`'s
-defaults; the same RUNS are then run again with a worker built with `report_started=True` (a
-TaskStarted command, so one history append more per step), reported as `with_started_*`.
+`dagnats serve` (its embedded nats-server, its built-in projections: KV snapshots and the
+SQLite query tables), a `dagnats worker` process (`bench.peers_worker`), and the public
+`Client.start` + `Client.wait` in this process, as a user runs them. RUNS runs of a 10-step
+chain of no-op steps, one after the other. Interleaved with it on the same nats-server, in
+ROUNDS rounds: the raw serial JetStream hop (`bench.floor.measure_floor`: publish a task,
+fetch, ack, publish a result, fetch, ack), the minimum one step costs.
 
-Beside it (`bench.metrics`): CPU ms per step of the engine, nats-server, worker and bench
-(client) processes, JetStream API requests and stored messages per step, over the default
-worker's RUNS (the warm-up runs excluded). This is an engine-only microbench: no projections,
-and runs are started and watched by the bench itself, not through `dagnats.Client`.
+`value` is ms per step (wall time of all runs / steps, each run's start and wait included);
+`ratio` is that over the floor's ms per hop measured in the same rounds (target <= 1.5).
+Beside it (`bench.metrics`): CPU ms per step of serve, nats-server, worker and client; the
+nats-server's CPU per step over its CPU per floor hop (`nats_cpu_ratio`, target <= 1.5); the
+JetStream API requests and stored messages per step.
 
-`python -m bench.chain` prints one JSON line.
+`python -m bench.chain` prints one JSON line. It starts processes and writes only inside
+the temporary directory it creates. (`bench.chain_engine` is the engine-only microbench.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Final
 
-from bench.common import (
-    BenchServer,
-    RunWatcher,
-    bench_server,
-    chain_workflow,
-    emit,
-    floor_fields,
-    percentile,
-    publish_starts,
-    rounded,
-)
-from bench.metrics import CpuMeter, JsMeter
-from bench.workers import NOOP_TASK
-from kernel.workflow import WorkflowDef
+from bench.common import Child, emit, rounded
+from bench.floor import measure_floor
+from bench.metrics import CpuMeter, JsMeter, children_of
+from bench.peers_dagnats import RUN_TIMEOUT_S, _stop, chain, start_worker
+from bench.recovery import serve_command
+from dagnats.client import Client
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.nats_server import pick_free_port
 
-RUNS: Final = 100
+RUNS: Final = 30  # per round
 STEPS: Final = 10
-WARMUP_RUNS: Final = 3
-RUN_TIMEOUT_S: Final = 30.0
-WORKER_CONCURRENCY: Final = 16
+ROUNDS: Final = 3
+FLOOR_HOPS: Final = 300  # per round
 
 
-async def sequential_runs(
-    bench: BenchServer, watcher: RunWatcher, workflow: WorkflowDef, prefix: str, count: int
-) -> tuple[float, list[float], int]:
-    """Run `count` runs one after the other: (wall s, each run's s, history appends seen)."""
-
-    async def one_run(index: int) -> float:
-        run_id = f"{prefix}-{index}"
-        ended = watcher.expect(run_id)
-        started = time.perf_counter()
-        await publish_starts(bench.connection, workflow, [run_id])
-        status = await asyncio.wait_for(ended, RUN_TIMEOUT_S)
-        assert status == "completed", f"run {run_id} ended {status}"
-        return time.perf_counter() - started
-
-    for index in range(WARMUP_RUNS):
-        await one_run(-1 - index)
-    appends_before = watcher.appends
+async def chain_round(client: Client, cpu: CpuMeter, meter: JsMeter) -> dict[str, object]:
+    """RUNS chains one after the other: seconds, CPU and JetStream per step."""
+    await meter.start()
+    cpu.start()
     started = time.perf_counter()
-    durations = [await one_run(index) for index in range(count)]
-    return time.perf_counter() - started, durations, watcher.appends - appends_before
+    for _ in range(RUNS):
+        run_id = await client.start("bench-chain", run_id=f"chain-{uuid.uuid4().hex[:12]}")
+        state = await client.wait(run_id, timeout_s=RUN_TIMEOUT_S)
+        assert state.status == "completed", f"run {run_id} ended {state.status}"
+    seconds = time.perf_counter() - started
+    return {
+        "ms_per_step": seconds * 1000 / (RUNS * STEPS),
+        "cpu_ms_per_step": cpu.per_step(RUNS * STEPS),
+        **await meter.per_step(RUNS * STEPS),
+    }
+
+
+async def floor_round(admin: Connection, cpu: CpuMeter) -> tuple[float, float]:
+    """The serial floor hop on serve's nats-server: (ms per hop, nats-server CPU ms per hop)."""
+    cpu.start()
+    floor = await measure_floor(admin.nc, serial_hops=FLOOR_HOPS, batched_hops=100, batch=100)
+    spent = cpu.per_step(FLOOR_HOPS + 100)  # the batched hops ran too: CPU over all hops
+    return floor["serial_ms_per_hop"], float(spent["nats_server"])
 
 
 async def measure() -> dict[str, object]:
-    async with bench_server("chain") as bench:
-        floor = await bench.floor()
-        engine = await bench.engine()
-        worker = await bench.worker(concurrency=WORKER_CONCURRENCY)
-        assert bench.nats.pid is not None
-        pids = {"engine": engine.pid, "nats_server": bench.nats.pid, "worker": worker.pid}
-        cpu, js = CpuMeter({**pids, "client": os.getpid()}), JsMeter(bench.connection.js)
-        watcher = RunWatcher(bench.nc)
-        await watcher.start()
-        workflow = chain_workflow("bench-chain", STEPS, NOOP_TASK)
-        tag = uuid.uuid4().hex[:8]
-        await js.start()
-        cpu.start()
-        wall_s, durations, appends = await sequential_runs(
-            bench, watcher, workflow, f"chain-{tag}", RUNS
-        )
-        per_step = {
-            "cpu_ms_per_step": cpu.per_step(RUNS * STEPS),
-            **await js.per_step(RUNS * STEPS),
-        }
-        # The same with a worker that reports TaskStarted (one command and append more per step).
-        await worker.stop()
-        await bench.worker(concurrency=WORKER_CONCURRENCY, report_started=True)
-        with_started_s, _, started_appends = await sequential_runs(
-            bench, watcher, workflow, f"started-{tag}", RUNS
-        )
-        await watcher.close()
-    ms_per_step = wall_s * 1000 / (RUNS * STEPS)
-    started_ms_per_step = with_started_s * 1000 / (RUNS * STEPS)
+    with tempfile.TemporaryDirectory(prefix="dagnats-bench-chain-") as directory:
+        root = Path(directory)
+        data_dir = root / "data"
+        serve = await Child.start(serve_command(data_dir, pick_free_port()), root / "serve.log")
+        url = str(serve.ready["nats_url"])
+        worker = await start_worker(url, root, "worker")
+        admin = await Connection.open(url, role="admin", data_dir=data_dir)
+        try:
+            client = await Client.connect(url, data_dir=data_dir)
+            [nats_pid] = children_of(serve.pid)
+            pids = {"serve": serve.pid, "nats_server": nats_pid, "worker": worker.pid}
+            cpu = CpuMeter({**pids, "client": os.getpid()})
+            nats_cpu = CpuMeter({"nats_server": nats_pid})
+            await client.register_workflow(chain("bench-chain", STEPS))
+            for _ in range(3):  # warm-up: the worker's consumer, the first lookups
+                run_id = await client.start("bench-chain")
+                await client.wait(run_id, timeout_s=RUN_TIMEOUT_S)
+            chains, floors = [], []
+            for _ in range(ROUNDS):
+                floors.append(await floor_round(admin, nats_cpu))
+                chains.append(await chain_round(client, cpu, JsMeter(admin.js)))
+            await client.close()
+        finally:
+            await admin.close()
+            await _stop(serve, worker)
+    return line(chains, floors)
+
+
+def line(chains: list[dict[str, object]], floors: list[tuple[float, float]]) -> dict[str, object]:
+    chains.sort(key=lambda item: float(str(item["ms_per_step"])))
+    middle = chains[len(chains) // 2]
+    ms_per_step = float(str(middle["ms_per_step"]))
+    floor_ms = statistics.median(ms for ms, _ in floors)
+    floor_nats_cpu = statistics.median(cpu for _, cpu in floors)
+    cpu = middle["cpu_ms_per_step"]
+    assert isinstance(cpu, dict)
     return {
         "bench": "chain",
+        "path": "documented: dagnats serve (projections on) + dagnats worker + Client",
         "value": rounded(ms_per_step),
         "unit": "ms/step",
-        "ratio": rounded(ms_per_step / floor["serial_ms_per_hop"], 3),
-        "ratio_of": "ms/step / floor serial ms/hop (target <= 1.2)",
-        "runs": RUNS,
+        "ratio": rounded(ms_per_step / floor_ms, 3),
+        "ratio_of": "ms/step / floor serial ms/hop, same server, interleaved (target <= 1.5)",
+        "rounds": ROUNDS,
+        "runs_per_round": RUNS,
         "steps_per_run": STEPS,
-        "runs_per_s": rounded(RUNS / wall_s, 2),
-        "run_ms_p50": rounded(percentile(durations, 0.5) * 1000, 3),
-        "run_ms_p90": rounded(percentile(durations, 0.9) * 1000, 3),
-        "history_appends_per_step": rounded(appends / (RUNS * STEPS), 3),
-        **per_step,
-        "with_started_ms_per_step": rounded(started_ms_per_step),
-        "with_started_ratio": rounded(started_ms_per_step / floor["serial_ms_per_hop"], 3),
-        "with_started_appends_per_step": rounded(started_appends / (RUNS * STEPS), 3),
-        **floor_fields(floor),
+        "floor_ms_per_hop": rounded(floor_ms),
+        "cpu_ms_per_step": cpu,
+        "nats_cpu_ratio": rounded(float(cpu["nats_server"]) / max(floor_nats_cpu, 1e-9), 3),
+        "floor_nats_cpu_ms_per_hop": rounded(floor_nats_cpu),
+        "js_api_requests_per_step": middle["js_api_requests_per_step"],
+        "stored_msgs_per_step": middle["stored_msgs_per_step"],
     }
 
 

@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from bench.floor import measure_floor
+from bench.metrics import CpuMeter, JsMeter
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats
@@ -131,6 +132,14 @@ class BenchServer:
     nats: EmbeddedNats
     connection: Connection
     children: list[Child] = field(default_factory=list)
+    roles: dict[str, int] = field(default_factory=dict)  # process name -> pid, for metering
+
+    def metered(self) -> Metered:
+        """CPU (this server, its engine and workers, this process) and JetStream counters
+        per step (`bench.metrics`) of what runs between `start()` and `per_step()`."""
+        assert self.nats.pid is not None
+        pids = {"nats_server": self.nats.pid, **self.roles, "client": os.getpid()}
+        return Metered(CpuMeter(pids), JsMeter(self.connection.js))
 
     @property
     def url(self) -> str:
@@ -144,13 +153,17 @@ class BenchServer:
         """The raw JetStream hop on this server (`bench.floor.measure_floor`)."""
         return await measure_floor(self.nc)
 
-    async def engine(self, *, profile: Path | None = None) -> Child:
-        """An engine process (`bench.procs engine`) on this server."""
+    async def engine(self, *, profile: Path | None = None, projections: bool = False) -> Child:
+        """An engine process (`bench.procs engine`) on this server; with `projections`, the
+        built-in projections run beside it as in `dagnats serve` (KV snapshots, SQLite)."""
         arguments = ["engine", "--url", self.url]
         if profile is not None:
             arguments += ["--profile", str(profile)]
+        if projections:
+            arguments += ["--projections", str(self.data_dir / "projections")]
         child = await Child.start(procs_command(arguments), self.data_dir / "engine.log")
         self.children.append(child)
+        self.roles["engine"] = child.pid
         return child
 
     async def worker(
@@ -171,7 +184,25 @@ class BenchServer:
         log = self.data_dir / f"worker-{len(self.children)}.log"
         child = await Child.start(procs_command(arguments), log)
         self.children.append(child)
+        self.roles[f"worker{sum(name.startswith('worker') for name in self.roles) or ''}"] = (
+            child.pid
+        )
         return child
+
+
+class Metered:
+    """CPU per step of named processes and JetStream counters per step, over one workload."""
+
+    def __init__(self, cpu: CpuMeter, js: JsMeter) -> None:
+        self.cpu, self.js = cpu, js
+
+    async def start(self) -> None:
+        await self.js.start()
+        self.cpu.start()
+
+    async def per_step(self, steps: int) -> dict[str, object]:
+        cpu = self.cpu.per_step(steps)
+        return {"cpu_ms_per_step": cpu, **await self.js.per_step(steps)}
 
 
 @contextlib.asynccontextmanager
@@ -331,6 +362,7 @@ class RunWatcher:
         self.appends = 0
         self.ended: dict[str, tuple[str, float]] = {}
         self._waiting: dict[str, asyncio.Future[str]] = {}
+        self._first_appends: dict[str, asyncio.Future[None]] = {}
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -347,6 +379,10 @@ class RunWatcher:
     async def _on_message(self, message: Msg) -> None:
         self.appends += 1
         data = message.data
+        if self._first_appends:
+            first = self._first_appends.pop(message.subject.rsplit(".", 1)[-1], None)
+            if first is not None and not first.done():
+                first.set_result(None)
         for marker, status in TERMINAL_MARKERS:
             if marker in data:
                 run_id = message.subject.rsplit(".", 1)[-1]
@@ -356,6 +392,12 @@ class RunWatcher:
                 if future is not None and not future.done():
                     future.set_result(status)
                 return
+
+    def expect_append(self, run_id: str) -> asyncio.Future[None]:
+        """A future set at the run's next history append (create before it can happen)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._first_appends[run_id] = future
+        return future
 
     def expect(self, run_id: str) -> asyncio.Future[str]:
         """A future set to the run's final status when it ends (create before starting)."""

@@ -57,7 +57,10 @@ async def measure() -> dict[str, object]:
         for index in range(WARMUP_RUNS):
             await one_run(-1 - index)
         appends_before = watcher.appends
+        metered = bench.metered()
+        await metered.start()
         durations = [await one_run(index) for index in range(RUNS)]
+        per_step = await metered.per_step(RUNS * (WIDTH + 1))
         appends = watcher.appends - appends_before
         await watcher.close()
     wall_ms = percentile(durations, 0.5) * 1000
@@ -77,6 +80,7 @@ async def measure() -> dict[str, object]:
         "run_ms_max": rounded(max(durations) * 1000, 2),
         "history_appends_per_run": rounded(appends / RUNS, 1),
         "floor_batched_ms_per_hop": rounded(floor_batched_ms),
+        **per_step,
         **floor_fields(floor),
     }
 

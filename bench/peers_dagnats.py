@@ -21,11 +21,14 @@ import uuid
 from pathlib import Path
 from typing import Final
 
+from nats.js import JetStreamContext
+
 from bench.common import REPO_ROOT, Child, wait_until
 from bench.metrics import CpuMeter, JsMeter, children_of
 from bench.peers_worker import BLOCK_TASK, DIR_ENV, GO_FILE, NOOP_TASK, REACHED_FILE
 from bench.recovery import serve_command
 from dagnats.client import Client
+from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import pick_free_port
 from kernel.workflow import WorkflowDef
 from kernel.workflow.builder import Workflow
@@ -39,6 +42,7 @@ BLOCK_STEP: Final = 5
 RUN_TIMEOUT_S: Final = 30.0
 WORKER_CONCURRENCY: Final = 128
 POLL_S: Final = 0.005
+HEARTBEAT_TIMEOUT_S: Final = 1.0  # `dagnats worker --heartbeat-timeout`
 
 Result = dict[str, object]
 
@@ -60,9 +64,14 @@ def fanout(name: str, width: int) -> WorkflowDef:
     return builder.task("join", task=NOOP_TASK, depends_on=parallel).build()
 
 
-def worker_command(url: str) -> list[str]:
-    """`dagnats worker` as the console script runs it, on this checkout."""
+def worker_command(url: str, data_dir: Path) -> list[str]:
+    """`dagnats worker` as the console script runs it, on this checkout (with the worker
+    credential of the serve's data dir)."""
     arguments = ["worker", "bench.peers_worker:worker", "--nats-url", url]
+    arguments += ["--data-dir", str(data_dir)]
+    # A task held by a killed worker goes to another after the heartbeat timeout (10 s by
+    # default): the resume workload measures the product with it set to HEARTBEAT_TIMEOUT_S.
+    arguments += ["--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S)]
     arguments += ["--concurrency", str(WORKER_CONCURRENCY)]
     return [sys.executable, "-c", "from dagnats.cli import main; main()", *arguments]
 
@@ -70,7 +79,7 @@ def worker_command(url: str) -> list[str]:
 async def start_worker(url: str, root: Path, name: str) -> asyncio.subprocess.Process:
     with (root / f"{name}.log").open("ab") as log:
         return await asyncio.create_subprocess_exec(
-            *worker_command(url),
+            *worker_command(url, root / "data"),
             cwd=REPO_ROOT,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
@@ -89,10 +98,16 @@ async def one_run(client: Client, workflow: str) -> float:
 
 
 async def measured(
-    client: Client, cpu: CpuMeter, workflow: str, runs: int, steps_per_run: int
+    client: Client,
+    cpu: CpuMeter,
+    admin: JetStreamContext,
+    workflow: str,
+    runs: int,
+    steps_per_run: int,
 ) -> tuple[list[float], dict[str, object]]:
-    """`runs` runs one after the other; their seconds, and CPU and JetStream per step."""
-    meter = JsMeter(client.connection.js)
+    """`runs` runs one after the other; their seconds, and CPU and JetStream per step (the
+    JetStream counters read with the admin credential: a client may not list streams)."""
+    meter = JsMeter(admin)
     await meter.start()
     cpu.start()
     durations = [await one_run(client, workflow) for _ in range(runs)]
@@ -101,18 +116,20 @@ async def measured(
     return durations, per_step
 
 
-async def workloads(client: Client, cpu: CpuMeter) -> dict[str, Result]:
+async def workloads(client: Client, cpu: CpuMeter, admin: JetStreamContext) -> dict[str, Result]:
     for workflow in (chain("peers-chain", CHAIN_STEPS), chain("peers-one", 1)):
         await client.register_workflow(workflow)
     await client.register_workflow(fanout("peers-fanout", FANOUT_WIDTH))
     for name in ("peers-chain", "peers-one", "peers-fanout"):
         await one_run(client, name)  # warm-up (and the worker's consumer is there)
     results: dict[str, Result] = {}
-    durations, extra = await measured(client, cpu, "peers-chain", CHAIN_RUNS, CHAIN_STEPS)
+    durations, extra = await measured(client, cpu, admin, "peers-chain", CHAIN_RUNS, CHAIN_STEPS)
     results["chain"] = {"value": sum(durations) * 1000 / (CHAIN_RUNS * CHAIN_STEPS), **extra}
-    durations, extra = await measured(client, cpu, "peers-one", ONE_STEP_RUNS, 1)
+    durations, extra = await measured(client, cpu, admin, "peers-one", ONE_STEP_RUNS, 1)
     results["one_step"] = {"value": statistics.median(durations) * 1000, **extra}
-    durations, extra = await measured(client, cpu, "peers-fanout", FANOUT_RUNS, FANOUT_WIDTH + 1)
+    durations, extra = await measured(
+        client, cpu, admin, "peers-fanout", FANOUT_RUNS, FANOUT_WIDTH + 1
+    )
     results["fanout"] = {"value": statistics.median(durations), **extra}
     return results
 
@@ -152,7 +169,7 @@ async def resume(
     started = time.perf_counter()
     serve = await Child.start(serve_command(data_dir, port), root / "serve-2.log")
     worker = await start_worker(str(serve.ready["nats_url"]), root, "worker-2")
-    client = await Client.connect(str(serve.ready["nats_url"]))
+    client = await Client.connect(str(serve.ready["nats_url"]), data_dir=data_dir)
     try:
         state = await client.wait(run_id, timeout_s=RUN_TIMEOUT_S)
     finally:
@@ -169,17 +186,19 @@ async def round_() -> dict[str, Result]:
         serve = await Child.start(serve_command(data_dir, port), root / "serve-1.log")
         url = str(serve.ready["nats_url"])
         worker = await start_worker(url, root, "worker-1")
+        admin = await Connection.open(url, role="admin", data_dir=data_dir)
         try:
-            client = await Client.connect(url)
+            client = await Client.connect(url, data_dir=data_dir)
             [nats_pid] = children_of(serve.pid)
             cpu = CpuMeter(
                 {"serve": serve.pid, "nats_server": nats_pid, "worker": worker.pid,
                  "client": os.getpid()}
             )  # fmt: skip
-            results = await workloads(client, cpu)
+            results = await workloads(client, cpu, admin.js)
             seconds, serve, worker = await resume(root, data_dir, port, client, serve, worker)
             results["resume"] = {"value": seconds}
         finally:
+            await admin.close()
             await _stop(serve, worker)
     return results
 

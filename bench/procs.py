@@ -1,6 +1,6 @@
 """The processes the benches start: an engine alone, or a worker alone, against a NATS URL.
 
-    python -m bench.procs engine --url URL [--profile FILE]
+    python -m bench.procs engine --url URL [--profile FILE] [--projections DIR]
     python -m bench.procs worker --url URL --kind noop|recovery [--concurrency N]
                                  [--reconnect-wait-s S] [--report-started default|yes|no]
                                  [--profile FILE]
@@ -8,7 +8,9 @@
 Each prints one JSON line `{"kind": "ready", "pid": ...}` on stdout when connected, a
 `{"kind": "stats", ...}` line on SIGUSR1 (the engine: its VmRSS/VmHWM, cached runs, counters;
 the worker: tasks handled) and a last stats line after SIGTERM or SIGINT, when it has stopped.
-With --profile, the process runs under cProfile and writes its stats to FILE at exit.
+With --projections, the engine runs the built-in projections beside it as `dagnats serve`
+does (SQLite file in DIR). With --profile, the process runs under cProfile and writes its
+stats to FILE at exit.
 
 This module may connect to the given URL only; it creates no streams (the bench does).
 """
@@ -28,9 +30,11 @@ from typing import Final
 import nats
 
 from bench.workers import noop_worker, recovery_worker
+from dagnats.runtime import projector
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
 from dagnats.worker import Worker
+from projections.sqlite import QueryTables
 
 STATUS_FILE: Final = Path("/proc/self/status")
 
@@ -67,18 +71,36 @@ def install_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def run_engine(url: str) -> None:
-    connection = await Connection.open(url)
+async def run_engine(url: str, projections: Path | None = None) -> None:
+    connection = await Connection.open(url, role="engine")
     engine = Engine(connection.history, connection.tasks, connection.timers, connection.commands)
     stop = asyncio.Event()
     install_signals(stop)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: say(engine_stats(engine)))
+    tasks = [] if projections is None else start_projections(engine, connection, projections, stop)
     say({"kind": "ready", "pid": os.getpid()})
     try:
         await engine.serve(connection.commands, stop)
     finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
         say(engine_stats(engine))
         await connection.close()
+
+
+def start_projections(
+    engine: Engine, connection: Connection, directory: Path, stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """The built-in projections beside the engine, as `dagnats serve` runs them (KV snapshots
+    the engine loads, the SQLite query tables in `directory`)."""
+    js = connection.js
+    engine.snapshots = projector.KvSnapshotStore(js)
+    directory.mkdir(parents=True, exist_ok=True)
+    targets: tuple[projector.ProjectionTarget, ...] = (
+        projector.SnapshotTarget(js),
+        projector.SqliteTarget(directory / projector.SQLITE_FILE, QueryTables()),
+    )
+    return [asyncio.create_task(projector.Projector(js, t).run(stop)) for t in targets]
 
 
 async def run_worker(
@@ -89,12 +111,12 @@ async def run_worker(
     report_started: bool | None,
 ) -> None:
     if reconnect_wait_s is None:
-        connection = await Connection.open(url)  # what `dagnats worker` uses
+        connection = await Connection.open(url, role="worker")  # what `dagnats worker` uses
     else:
         client = await nats.connect(
             url, reconnect_time_wait=reconnect_wait_s, max_reconnect_attempts=-1
         )
-        connection = Connection(client)
+        connection = Connection(client, role="worker")
     worker: Worker = (
         noop_worker(concurrency, report_started=report_started)
         if kind == "noop"
@@ -122,10 +144,11 @@ def main() -> None:
     parser.add_argument("--reconnect-wait-s", type=float, default=None)
     parser.add_argument("--report-started", choices=["default", "yes", "no"], default="default")
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument("--projections", type=Path, default=None)
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if arguments.role == "engine":
-        coroutine = run_engine(arguments.url)
+        coroutine = run_engine(arguments.url, arguments.projections)
     else:
         coroutine = run_worker(
             arguments.url,

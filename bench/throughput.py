@@ -1,12 +1,17 @@
 """Throughput across runs: RUNS runs of a STEPS-step no-op chain, all started at once.
 
-An engine process and WORKERS worker processes on one embedded nats-server; every StartRun is
+An engine process with the built-in projections beside it (KV snapshots and SQLite query
+tables, as `dagnats serve` runs them) and WORKERS worker processes on one embedded
+nats-server; every StartRun is
 published (pipelined) at once, then the bench waits for every run to complete. `value` is
 steps per second across runs (RUNS * STEPS / wall time from the first start published to the
 last run completed); `ratio` is that over the batched raw JetStream hop rate (`bench.floor`,
 measured on the same server in this run). Target: >= 5,000 steps/s. Workers run with
 `dagnats.Worker`'s defaults; the same RUNS are then run again with workers built with
 `report_started=True` (`with_started_steps_per_s`).
+
+Beside it: CPU per step of each process, JetStream API requests and stored messages per step
+(`bench.metrics`), over the default workers' RUNS.
 
 `python -m bench.throughput` prints one JSON line.
 """
@@ -58,7 +63,7 @@ async def wave(
 async def measure(workers: int = WORKERS) -> dict[str, object]:
     async with bench_server("throughput") as bench:
         floor = await bench.floor()
-        engine = await bench.engine()
+        engine = await bench.engine(projections=True)
         workers_started = [
             await bench.worker(concurrency=WORKER_CONCURRENCY) for _ in range(workers)
         ]
@@ -67,7 +72,10 @@ async def measure(workers: int = WORKERS) -> dict[str, object]:
         workflow = chain_workflow("bench-throughput", STEPS, NOOP_TASK)
         tag = uuid.uuid4().hex[:8]
         await wave(bench, watcher, workflow, f"warm-{tag}", WARMUP_RUNS)
+        metered = bench.metered()
+        await metered.start()
         wall_s, appends = await wave(bench, watcher, workflow, f"tp-{tag}", RUNS)
+        per_step = await metered.per_step(RUNS * STEPS)
         stats = await engine.stats()
         # The same with workers that report TaskStarted (one command and append more per step).
         for worker in workers_started:
@@ -92,6 +100,7 @@ async def measure(workers: int = WORKERS) -> dict[str, object]:
         "runs_per_s": rounded(RUNS / wall_s, 1),
         "history_appends_per_s": rounded(appends / wall_s, 1),
         "engine_counters": stats.get("counters", {}),
+        **per_step,
         "with_started_steps_per_s": rounded(started_steps_per_s, 1),
         **floor_fields(floor),
     }

@@ -74,4 +74,5 @@ continue_as_new_chain_max: Final = 10_000  # runs of one continue-as-new chain (
 history_events_soft_max: Final = 10_000  # past this, workers are told to continue as new
 
 # JSON at the edge.
+step_positions_cached_max: Final = 4_096  # runs' step-position maps kept (kernel.state)
 json_depth_max: Final = 64  # nesting of any JSON accepted at the edge (inputs, outputs, files)

@@ -45,7 +45,6 @@ replace = msgspec.structs.replace
 def evolve(state: RunState, event: AnyEvent) -> RunState:
     """Apply one event to a run's state and return the new state."""
     assert not is_terminal(state), f"run {state.run_id!r} is terminal; got {type(event).__name__}"
-    counted = replace(state, event_count=state.event_count + 1)
     match event:
         case RunStarted():
             assert state.status == "new", f"run {state.run_id!r} started twice"
@@ -55,15 +54,19 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             | StepRetryScheduled() | StepSkipped() | StepRecovered() | StepCompensated()
             | StepLost()
         ):  # fmt: skip
-            return _step_lifecycle(counted, event)
+            evolved = _step_lifecycle(state, event)  # counts the event in its one replace
+            assert evolved.event_count == state.event_count + 1
+            return evolved
         case (
             CompensationStarted() | RunCompleted() | RunFailed() | RunCancelRequested()
             | RunCancelled() | SignalReceived() | RunContinuedAsNew()
         ):  # fmt: skip
+            counted = replace(state, event_count=state.event_count + 1)
             evolved = _run_lifecycle(counted, event)
             assert evolved.event_count == state.event_count + 1
             return evolved
         case StepEvent():  # every other event a step type owns: its module evolves it
+            counted = replace(state, event_count=state.event_count + 1)
             step_def = counted.step_def(event.step_id)
             assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
             return registry.get(step_def.type).evolve(counted, event)
@@ -211,12 +214,21 @@ def _run_started(event: RunStarted) -> RunState:
     )
 
 
-def _step(state: RunState, step_id: str, update: Callable[[StepState], StepState]) -> RunState:
+def _step(
+    state: RunState, step_id: str, update: Callable[[StepState], StepState], completions: int = -1
+) -> RunState:
+    """The state with one step updated and the event counted (one replace of the run); with
+    `completions` >= 0, that count too."""
     index = state.index_of(step_id)
     assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
     new_step = update(state.steps[index])  # (attempts only grow: asserted in _scheduled)
-    steps = (*state.steps[:index], new_step, *state.steps[index + 1 :])
-    return replace(state, steps=steps)
+    steps = list(state.steps)
+    steps[index] = new_step
+    if completions >= 0:
+        return replace(
+            state, steps=tuple(steps), event_count=state.event_count + 1, completions=completions
+        )
+    return replace(state, steps=tuple(steps), event_count=state.event_count + 1)
 
 
 def _scheduled(step: StepState, event: StepScheduled) -> StepState:
@@ -269,9 +281,8 @@ def _completed(state: RunState, event: StepCompleted) -> RunState:
             completion_index=state.completions,
         )
 
-    stepped = _step(state, event.step_id, update)
     assert len(event.output) <= limits.payload_bytes_max, "decide bounds every output"
-    return replace(stepped, completions=state.completions + 1)
+    return _step(state, event.step_id, update, completions=state.completions + 1)
 
 
 def _attempt_failed(

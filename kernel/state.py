@@ -10,6 +10,7 @@ from typing import Literal
 
 import msgspec
 
+from kernel import limits
 from kernel.events import NULL, ErrorInfo
 from kernel.step_states import NO_DYNAMIC, ApprovalState, DynamicState
 from kernel.workflow import StepDef, WorkflowDef
@@ -102,7 +103,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     chain_index: int = 0
 
     def index_of(self, step_id: str) -> int:
-        """Position of `step_id` in `steps`, or -1."""
+        """Position of `step_id` in `steps`, or -1 (O(1) for a long run: `_positions`)."""
+        if len(self.step_ids) > _scan_steps_max:
+            return _positions(self.step_ids).get(step_id, -1)
         try:
             return self.step_ids.index(step_id)
         except ValueError:
@@ -120,6 +123,26 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 INITIAL_STATE = RunState()
+
+# Positions of step ids, per `step_ids` tuple. A state update keeps the same tuple object
+# (only a planner's append makes a new one), so one map serves every event of a run. Keyed by
+# the tuple's id and checked by identity (the entry holds the tuple, so its id is not reused
+# while cached): a pure memo, the same answers as `tuple.index`, cleared when full.
+_scan_steps_max = 16  # up to this many steps a scan is as fast as the map
+_positions_memo: dict[int, tuple[tuple[str, ...], dict[str, int]]] = {}
+
+
+def _positions(step_ids: tuple[str, ...]) -> dict[str, int]:
+    entry = _positions_memo.get(id(step_ids))
+    if entry is not None and entry[0] is step_ids:
+        return entry[1]
+    positions: dict[str, int] = {}
+    for index, step_id in enumerate(step_ids):
+        positions.setdefault(step_id, index)  # the first, as tuple.index
+    if len(_positions_memo) >= limits.step_positions_cached_max:
+        _positions_memo.clear()
+    _positions_memo[id(step_ids)] = (step_ids, positions)
+    return positions
 
 
 def is_terminal(state: RunState) -> bool:

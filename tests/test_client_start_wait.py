@@ -21,6 +21,7 @@ import msgspec
 import nats.js.errors
 import pytest
 import pytest_asyncio
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from dagnats.client import Client, RunNotFoundError
@@ -230,3 +231,32 @@ async def test_an_old_engine_consumer_gets_the_short_ack_wait(client: Client) ->
     assert info.config.ack_wait == settings.command_ack_wait_ms / 1000
     assert info.config.max_deliver == settings.command_deliver_max, "nothing else changed"
     assert info.config.filter_subject == COMMAND_SUBJECTS
+
+
+async def test_start_and_wait_share_one_watch_and_wait_still_sees_the_whole_history(
+    client: Client, private_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    run_id = unique("shared")
+    creates: list[str] = []  # JetStream API requests naming this run (seen by a subscriber)
+
+    async def seen(message: Msg) -> None:
+        if run_id.encode() in message.data or run_id in message.subject:
+            creates.append(message.subject)
+
+    spy = await client.connection.nc.subscribe("$JS.API.>", cb=seen)
+    async with engine(private_server.url, tmp_path / "data"):
+        updates: list[int] = []
+        await client.start(NAP, run_id=run_id)
+        state = await client.wait(
+            run_id, timeout_s=wait_s, on_update=lambda s, _d: updates.append(s.event_count)
+        )
+    await spy.unsubscribe()
+    assert state.status == "completed", state.status
+    # wait folded every decision, the first one too (start read it): its state is history's
+    history = [decision async for _, decision in client.history(run_id)]
+    assert len(updates) == len(history), (updates, len(history))
+    assert state.event_count == sum(len(decision.events) for decision in history)
+    # one consumer of the run's history for both start and wait (before, each made its own;
+    # the engine makes none per run)
+    consumers = [subject for subject in creates if ".CONSUMER.CREATE." in subject]
+    assert len(consumers) == 1, creates

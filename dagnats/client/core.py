@@ -40,6 +40,7 @@ from dagnats.client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
+from dagnats.client.watches import ParkedWatches, RunWatch
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.credentials import TlsFiles
@@ -89,6 +90,7 @@ class Client:
         # Runs this client started, newest last (a bounded LRU): `wait` waits for their
         # history to appear instead of calling them unknown.
         self._started: OrderedDict[str, None] = OrderedDict()
+        self._watches = ParkedWatches()  # of started runs, for their `wait`
 
     @classmethod
     async def connect(
@@ -126,6 +128,7 @@ class Client:
         return cls(connection)
 
     async def close(self) -> None:
+        await self._watches.close()
         await self.connection.close()
 
     async def __aenter__(self) -> Self:
@@ -208,6 +211,7 @@ class Client:
             if isinstance(workflow, WorkflowDef)
             else (await self.get_workflow(workflow))
         )
+        given = run_id is not None
         run_id = check_run_id(run_id or uuid.uuid4().hex)
         json_input.check_value(input, "input")
         data = msgspec.json.encode(input)
@@ -220,14 +224,32 @@ class Client:
             workflow=definition,
             input=msgspec.Raw(data),
         )
-        existing = await self._first_decision(run_id)
+        # A generated id names no run yet; a caller's id may name one (start is idempotent).
+        existing = await self._first_decision(run_id) if given else None
         if existing is None:
-            await self.send(command, msg_id=f"start:{run_id}")
-            self._remember_started(run_id)
-            existing = await self._await_first_decision(run_id, wait_started_s)
+            existing = await self._send_start(command, wait_started_s)
         if existing is not None and not _same_start(existing, command):
             raise RunExistsError(run_id)
         return run_id
+
+    async def _send_start(self, command: StartRun, wait_started_s: float) -> Decision | None:
+        """Send a StartRun with a watch of the run opened first; the run's first decision
+        (within `wait_started_s`), and the watch parked for `wait` (one consumer for both)."""
+        run_id = command.run_id
+        watch = await RunWatch.open(self.connection.js, run_id)
+        try:
+            await self.send(command, msg_id=f"start:{run_id}")
+            self._remember_started(run_id)
+            first = None
+            if wait_started_s > 0:
+                first = await watch.next(time.monotonic() + wait_started_s)
+        except BaseException:
+            await watch.close()
+            raise
+        if first is not None:
+            watch.seen.append(first)
+        await self._watches.park(watch)
+        return first[1] if first is not None else None
 
     def _remember_started(self, run_id: str) -> None:
         self._started[run_id] = None
@@ -238,7 +260,7 @@ class Client:
 
     async def _exists_or_coming(self, run_id: str) -> bool:
         """Whether the run has history, or this client started it, or a command for it waits."""
-        if await self.connection.history.last_seq(run_id) > 0 or run_id in self._started:
+        if run_id in self._started or await self.connection.history.last_seq(run_id) > 0:
             return True
         return await self._command_waiting(run_id)
 
@@ -264,14 +286,6 @@ class Client:
         async with contextlib.aclosing(self.connection.history.read(run_id)) as messages:
             async for seq, data in messages:
                 return decode_message(run_id, seq, data)
-        return None
-
-    async def _await_first_decision(self, run_id: str, timeout_s: float) -> Decision | None:
-        if timeout_s <= 0:
-            return None
-        async with contextlib.aclosing(self.watch(run_id, timeout_s=timeout_s)) as decisions:
-            async for _, decision in decisions:
-                return decision
         return None
 
     async def history(self, run_id: str) -> AsyncGenerator[tuple[int, Decision], None]:
@@ -365,25 +379,42 @@ class Client:
             raise DagnatsError(
                 f"timeout_s {timeout_s!r} must be a finite number of seconds above 0"
             )
-        if not await self._exists_or_coming(check_run_id(run_id)):
-            raise RunNotFoundError(run_id)
-        state = INITIAL_STATE
-        decisions = self.watch(run_id, timeout_s=timeout_s)
-        async with contextlib.aclosing(decisions):
-            async for _, decision in decisions:
-                for event in decision.events:
-                    state = evolve(state, event)
-                if on_update is not None:
-                    on_update(state, decision)
-                if is_terminal(state) and follow:
-                    return await client_chains.follow(
-                        self, state, timeout_s=timeout_s, on_update=on_update
-                    )
-                if is_terminal(state):
-                    return state
+        deadline = time.monotonic() + timeout_s
+        watch = self._watches.take(check_run_id(run_id))  # start's watch, when it made one
+        if watch is None:
+            if not await self._exists_or_coming(run_id):
+                raise RunNotFoundError(run_id)
+            watch = await RunWatch.open(self.connection.js, run_id)
+        try:
+            state = await self._fold_until_end(watch, deadline, on_update)
+        finally:
+            await watch.close()
+        if is_terminal(state) and follow:
+            return await client_chains.follow(self, state, timeout_s=timeout_s, on_update=on_update)
+        if is_terminal(state):
+            return state
         if state.status == "new":
             raise RunNotFoundError(run_id)
         raise WaitTimeoutError(run_id, timeout_s, state)
+
+    @staticmethod
+    async def _fold_until_end(
+        watch: RunWatch, deadline: float, on_update: Callable[[RunState, Decision], None] | None
+    ) -> RunState:
+        """Fold the watched run's decisions (those `start` read first) until it ends or the
+        deadline passes; the state reached."""
+        state = INITIAL_STATE
+        seen, watch.seen = watch.seen, []
+        while not is_terminal(state):
+            item = seen.pop(0) if seen else await watch.next(deadline)
+            if item is None:
+                break
+            decision = item[1]
+            for event in decision.events:
+                state = evolve(state, event)
+            if on_update is not None:
+                on_update(state, decision)
+        return state
 
     async def lineage(self, run_id: str) -> list[client_chains.ChainLink]:
         """The continue-as-new chain of a run, root first (a single run is a chain of one)."""

@@ -474,6 +474,7 @@ class Engine:
             async with slots:
                 if await self.resume_run(run_id):
                     resumed += 1
+                    self._count("resumed")  # (bench.restart watches it)
 
         await asyncio.gather(*(one(run_id) for run_id in run_ids))
         await self._report_parked()
@@ -565,12 +566,20 @@ class Engine:
         self.forget(run_id_of_command_subject(subject))
 
     async def serve(self, commands: CommandQueue, stop: asyncio.Event) -> None:
-        """Resume every unfinished run, then handle commands until `stop` is set."""
-        await self.resume_all()
+        """Handle commands until `stop` is set, resuming every unfinished run meanwhile.
+
+        Resuming runs beside the commands (not before them): an engine restarted with many
+        unfinished runs decides new commands at once. Both only issue idempotent effects; an
+        effect resumed from a state a command has just moved past is a stale attempt or timer,
+        which `decide` turns into nothing.
+        """
+        resuming = asyncio.create_task(self.resume_all())
         in_flight: set[asyncio.Future[list[None]]] = set()
         progress = asyncio.create_task(self.keep_in_progress(stop))
         try:
             while not stop.is_set():
+                if resuming.done():
+                    resuming.result()  # a resume that failed stops the engine, as before
                 if len(in_flight) >= command_batches_in_flight_max:
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -584,6 +593,10 @@ class Engine:
                 if self.needs_resume:
                     await self.resume_pending()
         finally:
+            if not resuming.done():
+                resuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(resuming, return_exceptions=True)
             if in_flight:
                 await asyncio.gather(*in_flight, return_exceptions=True)
             progress.cancel()

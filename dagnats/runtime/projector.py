@@ -7,11 +7,17 @@ targets say where a projection lives:
 - `SqliteTarget` (in `projector_sqlite`, re-exported here): a `projections.base.SqliteProjection`
   in a SQLite file (by default `<data dir>/dagnats.sqlite`); its checkpoint is written in the
   same transaction as its rows.
-- `SnapshotTarget`: run snapshots in the `dagnats_runs` KV bucket (`projections.snapshot`);
-  its checkpoint is a key of `dagnats_projections`, written under a revision check. Each
-  snapshot carries its own last sequence, so a batch applied twice after a crash changes
-  nothing. A marker key in the bucket tells a deleted or emptied bucket from a full one: without
-  it the projection rebuilds from sequence 0, whatever its checkpoint says.
+- `SnapshotTarget` (in `projector_snapshot`, re-exported here): run snapshots in the
+  `dagnats_runs` KV bucket (`projections.snapshot`); its checkpoint is a key of
+  `dagnats_projections`, written under a revision check at most about a second after a batch
+  (and when the projector idles or stops). Each snapshot carries its own last sequence, so a
+  batch applied twice after a crash changes nothing. A marker key in the bucket tells a deleted
+  or emptied bucket from a full one: without it the projection rebuilds from sequence 0,
+  whatever its checkpoint says.
+
+While tailing live, a batch is what the reader has gathered `batch_linger_ms` after its first
+message (at most `batch_max`): one SQLite transaction or one set of KV writes per batch, not
+per message. Catching up (messages already waiting), batches are taken at once.
 
 A target shared by every engine on one NATS (the snapshots) runs under a lease
 (`dagnats.runtime.lease`): one engine's projector follows it, the others stand by and take
@@ -19,7 +25,8 @@ over within about `settings.lease_ttl_ms` when it stops refreshing.
 
 Every projector also mirrors its status (position, lag, rate) into `dagnats_projections` for
 `dagnats projection status`. A rebuild (`projection rebuild NAME`) moves the stored checkpoint
-back; the running projector sees it at its next batch (or idle check) and starts over.
+back; the running projector sees it when it next writes its checkpoint (or idle check) and
+starts over.
 
 This module reads the history stream and writes KV and SQLite; it never writes history.
 """
@@ -30,20 +37,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from typing import Final, Protocol
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.lease import Lease, LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.parked import RunParkedError, decode_message, unfoldable
+from dagnats.runtime.projector_snapshot import (  # re-exported: see __all__
+    MARKER_KEY,
+    SNAPSHOTS,
+    KvSnapshotStore,
+    ProjectionStatus,
+    SnapshotTarget,
+)
 from dagnats.runtime.projector_sqlite import (  # re-exported: see __all__
     SQLITE_FILE,
     SqliteTarget,
@@ -54,13 +66,9 @@ from dagnats.runtime.projector_sqlite import (  # re-exported: see __all__
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
     PROJECTIONS_BUCKET,
-    RUNS_BUCKET,
-    BucketSpec,
-    ensure_bucket,
 )
 from kernel import codec
 from kernel.errors import DagnatsError
-from kernel.events import Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState
 from projections.base import (
@@ -69,38 +77,20 @@ from projections.base import (
     batch_messages_max,
 )
 from projections.snapshot import (
-    SCHEMA,
-    Snapshot,
-    SnapshotFolder,
-    decode_snapshot,
-    encode_snapshot,
     fold_messages,
 )
 
 log = logging.getLogger("dagnats.projector")
 
-SNAPSHOTS: Final = "snapshots"
 STATUS_PREFIX: Final = "status."
-MARKER_KEY: Final = "_dagnats.snapshots"  # in the runs bucket; never a run id (it has a '.')
 LEASE_PREFIX: Final = "projection."
 idle_check_ms: Final = 500  # how often an idle projector looks for a rebuild or a stop
 status_interval_ms: Final = 1_000  # how often the status is mirrored into KV
 retry_delay_ms: Final = 1_000  # after a failed batch, before starting again
-snapshot_puts_in_flight_max: Final = 256
-
-
-class ProjectionStatus(msgspec.Struct, frozen=True, kw_only=True):
-    """What `projection status` shows; kept in `dagnats_projections` (see `status_key`)."""
-
-    name: str
-    kind: str  # "sqlite" | "kv"
-    version: str
-    seq: int
-    lag: int = 0
-    events_per_s: float = 0.0
-    events: int = 0
-    updated_at_ms: int = 0
-    where: str = ""
+# After the first message of a batch, wait this long for more before applying: projections
+# are off the runs' path (clients watch history), and one transaction and one set of KV
+# writes per batch instead of per message is most of what a projection costs.
+batch_linger_ms: Final = 20
 
 
 class ProjectionTarget(Protocol):
@@ -127,197 +117,15 @@ class ProjectionTarget(Protocol):
         """The stored checkpoint (0 when none)."""
         ...
 
-    async def close(self) -> None: ...
-
-
-# -- KV snapshots --------------------------------------------------------------------------
-
-
-class KvSnapshotStore:
-    """Run snapshots in the `dagnats_runs` bucket; any failure to read is "no snapshot"."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
-        self._kv: KeyValue | None = None
-
-    async def bucket(self) -> KeyValue:
-        if self._kv is None:
-            self._kv = await self.js.key_value(RUNS_BUCKET)
-        return self._kv
-
-    async def get(self, run_id: str) -> Snapshot | None:
-        """The run's usable snapshot, or None (missing, corrupt, old schema, no bucket)."""
-        try:
-            entry = await (await self.bucket()).get(run_id)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except (nats.errors.Error, TimeoutError):
-            self._kv = None  # the bucket may have been deleted: look it up again next time
-            return None
-        return decode_snapshot(entry.value, run_id)
-
-    async def put_many(self, snapshots: Sequence[Snapshot]) -> None:
-        """Store snapshots (pipelined, a bounded number in flight)."""
-        kv = await self.bucket()
-        slots = asyncio.Semaphore(snapshot_puts_in_flight_max)
-
-        async def put(snapshot: Snapshot) -> None:
-            async with slots:
-                await kv.put(snapshot.run_id, encode_snapshot(snapshot))
-
-        await asyncio.gather(*(put(snapshot) for snapshot in snapshots))
-
-
-class SnapshotTarget:
-    """The snapshot projection: folds runs and writes their snapshots to KV.
-
-    Shared by every engine on one NATS (`shared`: the Projector runs it under a lease, one
-    engine at a time). Its checkpoint is written under a revision check (a stale owner or a
-    rebuild meanwhile raise CheckpointMovedError), and the bucket carries a marker key
-    (`MARKER_KEY`) written once the bucket is known to hold this projection's snapshots: a
-    bucket deleted, recreated or purged behind its back has none, and the projection starts
-    over from sequence 0 instead of trusting its checkpoint.
-    """
-
-    kind = "kv"
-    name = SNAPSHOTS
-    version = SCHEMA
-    where = f"KV {RUNS_BUCKET}"
-    shared = True
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
-        self.store = KvSnapshotStore(js)
-        self.history = JetStreamEventLog(js)
-        self.folder = SnapshotFolder()
-        self._events_total = 0
-        self._revision = 0  # of the checkpoint entry as last read or written (0: none)
-        self._seq = 0  # the checkpoint as last read or written
-
-    async def _checkpoints(self) -> KeyValue:
-        return await self.js.key_value(PROJECTIONS_BUCKET)
-
-    async def open(self) -> int:
-        self.folder.clear()
-        self.store._kv = None
-        await ensure_bucket(self.js, BucketSpec(PROJECTIONS_BUCKET, 1), replicas=1)
-        try:
-            await self.js.stream_info(f"KV_{RUNS_BUCKET}")
-        except nats.js.errors.NotFoundError:
-            log.info("bucket %s is missing: rebuilding every snapshot", RUNS_BUCKET)
-            await ensure_bucket(self.js, BucketSpec(RUNS_BUCKET, 1), replicas=1)
-        stored = await self.stored_seq()
-        if await self._marked():
-            return stored
-        if self._seq > 0:  # the checkpoint counts snapshots the bucket no longer holds
-            log.warning(
-                "bucket %s lost its snapshots (deleted or emptied; checkpoint was %d): "
-                "rebuilding every snapshot", RUNS_BUCKET, self._seq,
-            )  # fmt: skip
-        self._events_total = 0
-        await self._write_checkpoint(0, 0, 0.0, 0)  # first: a crash before the marker redoes it
-        await (await self.store.bucket()).put(MARKER_KEY, SCHEMA.encode())
-        return 0
-
-    async def _marked(self) -> bool:
-        """Whether the runs bucket holds its marker (it is the bucket the checkpoint is of).
+    async def settle(self) -> None:
+        """Store the checkpoint of everything applied, when `apply` left it behind.
 
         Raises:
-            nats.errors.Error: the bucket cannot be read (not the same as "no marker").
+            CheckpointMovedError: the stored checkpoint moved meanwhile (a rebuild).
         """
-        try:
-            await (await self.store.bucket()).get(MARKER_KEY)
-        except nats.js.errors.KeyNotFoundError:
-            return False
-        return True
+        ...
 
-    async def stored_seq(self) -> int:
-        """The stored checkpoint; 0 when there is none, it is of another schema, or the runs
-        bucket lost its marker (then the snapshots it counts are gone)."""
-        status, self._revision = await _read_checkpoint(await self._checkpoints())
-        self._seq = status.seq if status is not None else 0
-        if status is None or status.version != SCHEMA:
-            self._events_total = 0
-            return 0
-        self._events_total = status.events
-        if status.seq > 0 and not await self._marked():
-            return 0
-        return status.seq
-
-    async def _write_checkpoint(self, seq: int, lag: int, rate: float, events: int) -> None:
-        status = ProjectionStatus(
-            name=SNAPSHOTS, kind=self.kind, version=SCHEMA, seq=seq, lag=lag,
-            events_per_s=rate, events=events, updated_at_ms=now_ms(), where=self.where,
-        )  # fmt: skip
-        kv = await self._checkpoints()
-        try:
-            self._revision = await kv.update(SNAPSHOTS, codec.encode(status), last=self._revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            # written meanwhile: a rebuild, or another engine that ran it (a lease moved)
-            stored, self._revision = await _read_checkpoint(kv)
-            raise CheckpointMovedError(
-                SNAPSHOTS, self._seq, stored.seq if stored is not None else 0
-            ) from None
-        self._seq = seq
-
-    async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
-        stored = await self.stored_seq()
-        if stored != after_seq:
-            raise CheckpointMovedError(SNAPSHOTS, after_seq, stored)
-        decoded: list[tuple[int, str, Decision]] = []
-        events = 0
-        for seq, run_id, data in messages:
-            try:
-                decision = codec.decode_decision(data)
-            except DagnatsError as error:
-                log.warning("snapshots: message %d of run %s skipped: %s", seq, run_id, error)
-                continue
-            decoded.append((seq, run_id, decision))
-            events += len(decision.events)
-        for run_id in self.folder.to_load(decoded):
-            await self._load(run_id)
-        due = self.folder.apply(decoded)
-        for problem in self.folder.problems[:10]:
-            log.warning("snapshots: %s", problem)
-        self.folder.problems.clear()
-        await self.store.put_many(due)
-        self.folder.written(due)
-        last_seq = max([after_seq, *(message[0] for message in messages)])
-        self._events_total += events
-        await self._write_checkpoint(last_seq, 0, 0.0, self._events_total)
-        return last_seq, events
-
-    async def _load(self, run_id: str) -> None:
-        """Seed the folder with the run's snapshot + tail (or its whole history)."""
-        snapshot = await self.store.get(run_id)
-        state, last_seq = (snapshot.state, snapshot.last_seq) if snapshot else (INITIAL_STATE, 0)
-        try:
-            tail = [item async for item in self.history.read(run_id, after_seq=last_seq)]
-            state, last_seq = fold_messages(state, last_seq, tail)
-        except (DagnatsError, AssertionError) as error:
-            log.warning("snapshots: run %s does not fold (%s); skipped", run_id, error)
-            return
-        self.folder.seed(run_id, state, last_seq, stored=snapshot)
-
-    async def close(self) -> None:
-        self.folder.clear()
-
-
-async def _read_checkpoint(kv: KeyValue) -> tuple[ProjectionStatus | None, int]:
-    """The snapshot checkpoint and the revision of its entry (of the tombstone of a deleted
-    one; 0 when the key was never written), for a revision-checked write."""
-    try:
-        entry = await kv.get(SNAPSHOTS)
-    except nats.js.errors.KeyNotFoundError as missing:
-        found = getattr(missing, "entry", None)
-        return None, int(getattr(found, "revision", 0) or 0)
-    revision = int(entry.revision or 0)
-    if not entry.value:
-        return None, revision
-    try:
-        return msgspec.json.decode(entry.value, type=ProjectionStatus), revision
-    except msgspec.DecodeError:
-        return None, revision
+    async def close(self) -> None: ...
 
 
 def status_key(name: str) -> str:
@@ -359,9 +167,11 @@ class Projector:
         *,
         batch_max: int = batch_messages_max,
         idle_ms: int = idle_check_ms,
+        linger_ms: int = batch_linger_ms,
     ) -> None:
         assert 1 <= batch_max <= batch_messages_max, batch_max
-        assert idle_ms > 0
+        assert idle_ms > 0 and 0 <= linger_ms < idle_ms, (idle_ms, linger_ms)
+        self.linger_s = linger_ms / 1000
         self.js = js
         self.target = target
         self.batch_max = batch_max
@@ -486,12 +296,16 @@ class Projector:
         try:
             while not stop.is_set():
                 if until_seq is not None and self.position >= until_seq:
+                    await self.target.settle()
                     return
+                live = queue.empty()  # tailing: nothing was waiting (catching up: no linger)
                 try:
                     first = await asyncio.wait_for(queue.get(), self.idle_s)
                 except TimeoutError:
                     await self._idle(pump, until_seq)
                     continue
+                if live and self.linger_s > 0:
+                    await asyncio.sleep(self.linger_s)  # let a batch gather (fewer writes)
                 batch = [first]
                 while len(batch) < self.batch_max and not queue.empty():
                     batch.append(queue.get_nowait())
@@ -501,6 +315,7 @@ class Projector:
                 self._count(applied)
                 if time.monotonic() >= self._status_due:
                     await self._write_status()
+            await self.target.settle()  # stopping: store what was applied
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -511,6 +326,7 @@ class Projector:
         if pump.done():
             pump.result()  # raise what stopped the reader
             raise DagnatsError("the history reader stopped")
+        await self.target.settle()
         stored = await self.target.stored_seq()
         if stored != self.position:
             raise CheckpointMovedError(self.target.name, self.position, stored)

@@ -99,6 +99,9 @@ class SqliteTarget:
         stored = await asyncio.to_thread(read_checkpoint, self.db, self.projection.name)
         return stored.seq if stored is not None and str(stored.version) == self.version else 0
 
+    async def settle(self) -> None:
+        """Nothing to do: each batch's checkpoint is written in the batch's transaction."""
+
     async def close(self) -> None:
         if self.db is not None:
             self.db.close()
