@@ -17,7 +17,6 @@ wait_timeout_s_max: Final = 60.0
 # `GET /v1/runs/{id}/events` (SSE): one stream lasts at most this long; the client reconnects
 # with Last-Event-ID (the history sequence) and loses nothing.
 sse_stream_s_max: Final = 300.0
-sse_keepalive_s: Final = 15.0
 # `GET /v1/runs/{id}/history`: a page.
 history_page_default: Final = 100
 history_page_max: Final = 1_000
@@ -28,6 +27,7 @@ runs_listed_default: Final = 50
 query_rows_max: Final = 10_000
 query_rows_default: Final = 1_000
 query_sql_chars_max: Final = 16_384
+query_time_s_max: Final = 10.0  # a query running longer is interrupted
 # `Idempotency-Key`: its length, and how long a key holds its first run.
 idempotency_key_chars_max: Final = 255
 idempotency_ttl_s: Final = 24 * 3_600

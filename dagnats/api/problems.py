@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -27,6 +26,7 @@ from litestar.exceptions import (
     NotFoundException,
     ValidationException,
 )
+from litestar.types import ExceptionHandlersMap
 
 from dagnats.api import limits as api_limits
 from dagnats.client.errors import (
@@ -312,6 +312,6 @@ def handle(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]
     )  # fmt: skip
 
 
-def problem_handlers() -> dict[type[Exception], Callable[..., Response[bytes]]]:
+def problem_handlers() -> ExceptionHandlersMap:
     """The app's exception handlers (every exception goes through `handle`)."""
     return {Exception: handle}

@@ -105,9 +105,13 @@ class Services:
         """
         known = self.approver_identities()
         default = credentials.default_approver_identity()
-        if self.data_dir is None:  # an external NATS without credentials in a data dir
+        no_credentials = (
+            self.data_dir is None or not credentials.credentials_dir(self.data_dir).exists()
+        )
+        if no_credentials:  # an external NATS without credentials in a data dir
             identity, creds = by or default, None
         elif not by:
+            assert self.data_dir is not None
             default_file = credentials.credentials_dir(self.data_dir) / "approver.json"
             if not default_file.exists():
                 raise _no_approver("(default)", known)
