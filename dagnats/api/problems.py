@@ -212,7 +212,8 @@ def from_validation(error: ValidationException, instance: str) -> Response[bytes
         if not isinstance(item, dict):
             continue
         message = str(item.get("message", ""))
-        source = str(item.get("source", ""))
+        raw_source = item.get("source", "")
+        source = str(getattr(raw_source, "value", raw_source))  # an enum of Litestar's
         key = str(item.get("key", ""))
         field = key
         if source == "body":
