@@ -13,8 +13,10 @@ import asyncio
 from importlib import resources
 from typing import Any, Final
 
+import msgspec
 from litestar import Request, Response, get
 
+from dagnats.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from dagnats.api.services import Services
 from dagnats.api.views import HealthView, ReadyView
 from dagnats.runtime.resources import HISTORY_STREAM
@@ -29,7 +31,28 @@ def static_file(name: str) -> bytes:
 
 @get("/openapi.json", include_in_schema=False, media_type="application/json")
 async def openapi_document(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-    return Response(request.app.openapi_schema.to_schema(), media_type="application/json")
+    """The generated document, with the problem+json error responses of every operation."""
+    document = with_problems(request.app.openapi_schema.to_schema())
+    return Response(document, media_type="application/json")
+
+
+def with_problems(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` with the `Problem` schema and `4XX`/`5XX` problem responses on every
+    operation (the statuses each route answers are listed in README "HTTP API")."""
+    (schema,), components = msgspec.json.schema_components(
+        [Problem], ref_template="#/components/schemas/{name}"
+    )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(components)
+    content = {PROBLEM_MEDIA_TYPE: {"schema": schema}}
+    for methods in document.get("paths", {}).values():
+        for operation in methods.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            responses.setdefault("4XX", {"description": "A problem (RFC 9457)", "content": content})
+            responses.setdefault("5XX", {"description": "A problem (RFC 9457)", "content": content})
+    return document
 
 
 @get("/docs", include_in_schema=False, media_type="text/html")
