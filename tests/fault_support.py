@@ -153,6 +153,7 @@ class Serve:
         self.info = info
         self.url: str = info["nats_url"]
         self.port = int(self.url.rsplit(":", 1)[1])
+        self.http_url: str = info.get("http_url", "")  # the HTTP API's, "" without one
 
     def nats_pid(self) -> int:
         """The pid of the embedded nats-server child (exactly one)."""
@@ -174,9 +175,11 @@ class Processes:
         self.started: list[Process] = []
         self._names: Counter[str] = Counter()
         self.data_dir: Path | None = None  # the last serve's: its credentials (runtime/roles)
+        self.extra_env: dict[str, str] = {}  # more environment for the processes started next
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAGNATS_")}
+        env.update(self.extra_env)
         pythonpath = [str(REPO_ROOT), env.get("PYTHONPATH", "")]
         env.update(
             PYTHONPATH=os.pathsep.join(part for part in pythonpath if part),
@@ -194,10 +197,16 @@ class Processes:
         self.started.append(process)
         return process
 
-    async def serve(self, data_dir: Path, *, port: int = 0, nats_url: str | None = None) -> Serve:
-        """Start `dagnats serve --json` and wait (bounded) for its ready line."""
+    async def serve(
+        self, data_dir: Path, *, port: int = 0, nats_url: str | None = None,
+        http: str | None = "127.0.0.1:0", extra_args: Sequence[str] = (),
+    ) -> Serve:  # fmt: skip
+        """Start `dagnats serve --json` and wait (bounded) for its ready line. Its HTTP API
+        on a free loopback port by default (`http=None`: `--no-http`)."""
         argv = [*dagnats_command(), "serve", "--data-dir", str(data_dir), "--json"]
         argv += ["--nats-port", str(port)] if nats_url is None else ["--nats-url", nats_url]
+        argv += ["--no-http"] if http is None else ["--http", http]
+        argv += list(extra_args)
         process = self.start("serve", argv)
         info: dict[str, Any] = {}
 

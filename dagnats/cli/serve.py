@@ -17,6 +17,7 @@ import msgspec
 import typer
 
 from dagnats import logs
+from dagnats.api.limits import http_default_address
 from dagnats.cli.common import (
     JsonOption,
     LogJsonOption,
@@ -29,7 +30,7 @@ from dagnats.cli.common import (
 )
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import Connection, default_data_dir
-from dagnats.runtime.serve import Server, install_stop_signals
+from dagnats.runtime.serve import ServeInfo, Server, install_stop_signals
 from dagnats.worker import check_concurrency, concurrency_max
 
 
@@ -58,33 +59,81 @@ def serve(
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
     log_json: LogJsonOption = False,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="ADDR",
+            help=f"Serve the HTTP API on HOST:PORT (default {http_default_address}; port 0 = "
+            "a free one). Beyond loopback it needs a token.",
+        ),
+    ] = None,
+    no_http: Annotated[bool, typer.Option("--no-http", help="Serve no HTTP API.")] = False,
+    api_token_file: Annotated[
+        Path | None,
+        typer.Option(help="The HTTP API's bearer token (first line); else $DAGNATS_API_TOKEN."),
+    ] = None,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
     if not 0 <= nats_port <= PORT_MAX:
         raise fail(f"--nats-port {nats_port} is outside 0..{PORT_MAX} (0 = a free port)", "", 2)
     refuse_without_assertions("dagnats serve")
     logs.configure(json_lines=log_json)
+    token = _http_checks(http, no_http, api_token_file)
     server = Server(data_dir or default_data_dir(), nats_port=nats_port, nats_url=nats_url)
 
     async def main() -> None:
+        from dagnats.api.serving import RunningApi, start_http
+
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
+        api: RunningApi | None = None
         try:
             info = await server.start()
-            if as_json:
-                print(msgspec.json.encode(info).decode(), flush=True)
-            else:
-                out.print(f"dagnats serve: NATS at [bold]{info.nats_url}[/bold]")
-                out.print(
-                    f"data dir: {info.data_dir}"
-                    + (f" (nats log {info.nats_log})" if info.nats_log else "")
-                )
-                out.print("ready; stop with Ctrl-C", highlight=False)
+            if not no_http:
+                address = http or http_default_address
+                api = await start_http(server, address, explicit=http is not None, token=token)
+                if api is not None:
+                    info = msgspec.structs.replace(info, http_url=api.url)
+            _print_ready(info, as_json)
             await server.run(stop)
         finally:
+            if api is not None:
+                await api.stop()
             await server.stop()
 
     run_async(main())
+
+
+def _http_checks(http: str | None, no_http: bool, token_file: Path | None) -> str | None:
+    """The API token (None: none), after the usage checks of --http (exit 2 when wrong)."""
+    from dagnats.api.auth import TokenError, load_token, require_token_beyond_loopback
+    from dagnats.api.server import HttpAddressError, parse_address
+
+    if no_http and http is not None:
+        raise fail("--http and --no-http exclude each other", "pass one of them", 2)
+    if no_http:
+        return None
+    try:
+        token = load_token(token_file)
+        host, _ = parse_address(http or http_default_address)
+        require_token_beyond_loopback(host, token)
+    except (TokenError, HttpAddressError) as error:
+        raise fail(str(error), error.hint, 2) from None
+    return token
+
+
+def _print_ready(info: ServeInfo, as_json: bool) -> None:
+    if as_json:
+        print(msgspec.json.encode(info).decode(), flush=True)
+        return
+    out.print(f"dagnats serve: NATS at [bold]{info.nats_url}[/bold]")
+    out.print(
+        f"data dir: {info.data_dir}" + (f" (nats log {info.nats_log})" if info.nats_log else "")
+    )
+    if info.http_url:
+        out.print(f"HTTP API at {info.http_url} (docs: {info.http_url}/docs)", highlight=False)
+    out.print("ready; stop with Ctrl-C", highlight=False)
 
 
 def worker(

@@ -90,6 +90,7 @@ class ServeInfo(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str
     embedded: bool
     nats_log: str = ""
+    http_url: str = ""  # the HTTP API's (dagnats/api), "" when it does not serve
 
 
 class Server:
@@ -106,6 +107,7 @@ class Server:
         self.url = ""
         self._written: dict[str, str] = {}  # file name -> what this server wrote there
         self.history_gone = False
+        self.engine_serving = False  # the engine consumes commands now (GET /health)
 
     async def start(self) -> ServeInfo:
         """Start nats-server (unless an external URL was given), connect, create resources.
@@ -244,6 +246,8 @@ class Server:
         await self.links.open_routing()  # before the engine resumes runs (see RunLinks)
         projection_tasks.append(asyncio.create_task(self.links.route(running)))
         engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, running))
+        engine_task.add_done_callback(lambda _: setattr(self, "engine_serving", False))
+        self.engine_serving = True
         guard_task = asyncio.create_task(self._watch_history(running))
         stop_task = asyncio.create_task(stop.wait())
         waited = {engine_task, guard_task, stop_task, watch_task}

@@ -1,0 +1,158 @@
+"""The HTTP API's bearer token: where it comes from, where the API may bind without one, and
+the guard every request but `/health` passes.
+
+- The token is read from `--api-token-file` (its first line) or else `$DAGNATS_API_TOKEN`;
+  it must be `api_token_chars_min..api_token_chars_max` visible ASCII characters.
+- Without a token the API binds only to loopback (127.0.0.0/8, ::1, localhost); any other
+  address is refused at start (`TokenRequiredError`).
+- With a token, every request but `GET /health` and the static docs page (files shipped in
+  the wheel, no data) needs `Authorization: Bearer <token>`, compared in constant time
+  (`hmac.compare_digest`); otherwise 401 with a problem body and `WWW-Authenticate: Bearer`.
+
+Imported by `dagnats/api/app.py`, the serve wiring and the bridge; it does no I/O but reading
+the token file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from pathlib import Path
+from typing import Final
+
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from dagnats.api import limits as api_limits
+from dagnats.api.problems import ProblemError
+from kernel.errors import DagnatsError
+
+TOKEN_ENV: Final = "DAGNATS_API_TOKEN"
+PUBLIC_PATHS: Final = frozenset(("/health",))
+PUBLIC_PREFIXES: Final = ("/docs",)  # the static docs page: files from the wheel, no data
+LOOPBACK_NAMES: Final = frozenset(("localhost", "localhost.localdomain", "ip6-localhost"))
+
+
+class TokenError(DagnatsError):
+    """The token given is unusable (unreadable file, too short, not visible ASCII)."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        self.hint = hint
+        super().__init__(message)
+
+
+class TokenRequiredError(TokenError):
+    """An address beyond loopback without a token."""
+
+
+def load_token(token_file: Path | None, environ: dict[str, str] | None = None) -> str | None:
+    """The API token: the first line of `token_file`, else `$DAGNATS_API_TOKEN`, else None.
+
+    Raises:
+        TokenError: the file cannot be read, or the token breaks the rules (length, ASCII).
+    """
+    env = os.environ if environ is None else environ
+    if token_file is not None:
+        try:
+            text = token_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise TokenError(
+                f"--api-token-file {token_file}: {reason}", "pass a readable UTF-8 file"
+            ) from None
+        lines = text.splitlines()
+        return check_token(lines[0].strip() if lines else "", f"--api-token-file {token_file}")
+    value = env.get(TOKEN_ENV, "")
+    if not value:
+        return None
+    return check_token(value.strip(), f"${TOKEN_ENV}")
+
+
+def check_token(token: str, source: str) -> str:
+    """`token` if it is long enough and visible ASCII only (it travels in a header).
+
+    Raises:
+        TokenError: naming the source and the rule, never the token.
+    """
+    low, high = api_limits.api_token_chars_min, api_limits.api_token_chars_max
+    if not low <= len(token) <= high:
+        raise TokenError(
+            f"{source}: the token has {len(token)} characters; it must have {low}..{high}",
+            "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+        )
+    if not all(33 <= ord(char) <= 126 for char in token):
+        raise TokenError(
+            f"{source}: the token must be visible ASCII characters only (no spaces)",
+            "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+        )
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is loopback."""
+    host = host.strip().strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name we cannot vouch for: it may resolve beyond this machine
+
+
+def require_token_beyond_loopback(host: str, token: str | None) -> None:
+    """Refuse an address beyond loopback when no token is configured.
+
+    Raises:
+        TokenRequiredError: naming the address and the two ways to give a token.
+    """
+    if token is None and not is_loopback(host):
+        raise TokenRequiredError(
+            f"--http {host}: binding the HTTP API beyond loopback needs a bearer token",
+            f"pass --api-token-file FILE or set ${TOKEN_ENV} (or bind 127.0.0.1)",
+        )
+
+
+def bearer_matches(header: str, token: str) -> bool:
+    """Whether an Authorization header value carries `token` (constant-time compare)."""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or any(
+        path == prefix or path.startswith(prefix + "/") for prefix in PUBLIC_PREFIXES
+    )
+
+
+class BearerGuard(ASGIMiddleware):
+    """Every HTTP request but the public ones needs the bearer token (401 otherwise)."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope["type"] != ScopeType.HTTP or is_public(scope["path"]):
+            await next_app(scope, receive, send)
+            return
+        header = ""
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        if bearer_matches(header, self.token):
+            await next_app(scope, receive, send)
+            return
+        detail = (
+            "this request needs `Authorization: Bearer <token>`"
+            if not header
+            else "the bearer token is wrong (or the scheme is not Bearer)"
+        )
+        raise ProblemError(
+            401, detail, kind="unauthorized",
+            hint=f"send the token of --api-token-file / ${TOKEN_ENV}",
+            headers={"WWW-Authenticate": 'Bearer realm="dagnats"'},
+        )  # fmt: skip
