@@ -28,7 +28,18 @@ from typing import Annotated, Any, Final
 import typer
 import typer.models
 
-from dagnats.cli import approvals, events, projections, runs, schema, serve, sim, workflows
+from dagnats.cli import (
+    approvals,
+    dlq,
+    events,
+    lifecycle,
+    projections,
+    runs,
+    schema,
+    serve,
+    sim,
+    workflows,
+)
 from dagnats.cli.common import DataDirOption
 from dagnats.runtime import credentials
 from dagnats.runtime.connection import DATA_DIR_ENV
@@ -125,6 +136,8 @@ serve.register(app)  # serve, worker
 workflows.register(workflow_app)  # workflow validate|register|list|show
 schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal
+lifecycle.register(run_app)  # run retry|rerun|terminate
+dlq.register(app)  # dlq list|show|retry|discard
 app.add_typer(event_app, name="event")
 events.register(event_app)  # event publish
 app.command()(serve.demo)

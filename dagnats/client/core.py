@@ -368,13 +368,18 @@ class Client:
         if not await self._exists_or_coming(check_run_id(run_id)):
             raise RunNotFoundError(run_id)
         state = INITIAL_STATE
+        # An end before the history's current last message is not the run's end: a reopened
+        # run (`dagnats run retry`) ended and went on (kernel.reopen).
+        known_seq = await self.connection.history.last_seq(run_id)
         decisions = self.watch(run_id, timeout_s=timeout_s)
         async with contextlib.aclosing(decisions):
-            async for _, decision in decisions:
+            async for seq, decision in decisions:
                 for event in decision.events:
                     state = evolve(state, event)
                 if on_update is not None:
                     on_update(state, decision)
+                if seq < known_seq:
+                    continue
                 if is_terminal(state) and follow:
                     return await client_chains.follow(
                         self, state, timeout_s=timeout_s, on_update=on_update
