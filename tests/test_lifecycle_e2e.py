@@ -91,7 +91,7 @@ async def test_retry_bulk_dry_run_then_from_a_step_and_rerun(
 ) -> None:
     serve = await procs.serve(tmp_path / "data")
     procs.cli_worker(serve.url)
-    always = [
+    always: list[dict[str, Any]] = [
         {"id": "a", "task": "fault.work"},
         {"id": "b", "task": "fault.work", "depends_on": ["a"], "metadata": {"fail_attempts": "1"}},
     ]
@@ -128,7 +128,7 @@ async def test_terminate_ends_a_run_at_once_without_compensation(
 ) -> None:
     serve = await procs.serve(tmp_path / "data")
     procs.cli_worker(serve.url)
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"id": "book", "task": "fault.work", "compensate": "unbook"},
         {"id": "wait", "task": "fault.work", "depends_on": ["book"], "metadata": {"gate": "w"}},
         {"id": "unbook", "task": "fault.work"},
