@@ -29,6 +29,7 @@ from dagnats.cli.common import (
 )
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import Connection, default_data_dir
+from dagnats.runtime.parent_watch import watch_parent
 from dagnats.runtime.serve import Server, install_stop_signals
 from dagnats.worker import check_concurrency, concurrency_max
 
@@ -58,6 +59,10 @@ def serve(
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
     log_json: LogJsonOption = False,
+    die_with_parent: Annotated[
+        bool,
+        typer.Option(help="Stop when the process that started serve dies (supervisors, IDEs)."),
+    ] = False,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
     if not 0 <= nats_port <= PORT_MAX:
@@ -69,6 +74,7 @@ def serve(
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
+        watch = asyncio.create_task(watch_parent(stop)) if die_with_parent else None
         try:
             info = await server.start()
             if as_json:
@@ -82,6 +88,8 @@ def serve(
                 out.print("ready; stop with Ctrl-C", highlight=False)
             await server.run(stop)
         finally:
+            if watch is not None:
+                watch.cancel()
             await server.stop()
 
     run_async(main())
