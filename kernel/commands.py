@@ -131,9 +131,37 @@ class ResolveApproval(Command, frozen=True, kw_only=True, tag="resolve_approval"
     key: str = ""
 
 
+# --- run lifecycle operations (kernel.reopen) ----------------------------------------------
+
+
+class ReopenRun(Command, frozen=True, kw_only=True, tag="reopen_run"):
+    """Reopen an ended run in place (`dagnats run retry`): from `from_step` and everything
+    downstream of it, or ("") from its failed steps. `reopens` is the run's reopen count the
+    sender saw: a redelivered or raced reopen (the count moved on) decides to nothing."""
+
+    from_step: str = ""
+    reopens: int = 0
+    reason: str = ""
+
+
+class TerminateRun(Command, frozen=True, kw_only=True, tag="terminate_run"):
+    """End a run at once, without compensation (`dagnats run terminate`)."""
+
+    reason: str
+
+
+class DiscardDeadLetter(Command, frozen=True, kw_only=True, tag="discard_dead_letter"):
+    """Set aside the dead letter of `step_id`'s `attempt` (`dagnats dlq discard`)."""
+
+    step_id: str
+    attempt: int
+    reason: str = ""
+
+
 AnyCommand = (
     StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
     | RecordChild | DeliverEvent | ResolveApproval
+    | ReopenRun | TerminateRun | DiscardDeadLetter
 )  # fmt: skip
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
@@ -147,6 +175,9 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     RecordChild,
     DeliverEvent,
     ResolveApproval,
+    ReopenRun,
+    TerminateRun,
+    DiscardDeadLetter,
 )
 
 

@@ -14,21 +14,24 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from kernel import appended, limits, queries, registry
+from kernel import appended, limits, queries, registry, reopen
 from kernel.cancel_on import cancel_reason
 from kernel.commands import (
     AnyCommand,
     CancelRun,
     CompleteTask,
     DeliverEvent,
+    DiscardDeadLetter,
     FailTask,
     FireTimer,
     RecordChild,
     Rejection,
+    ReopenRun,
     ResolveApproval,
     SendSignal,
     StartRun,
     TaskStarted,
+    TerminateRun,
 )
 from kernel.events import (
     AnyEvent,
@@ -80,6 +83,8 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     if state.status == "new":
         return Rejection(run_id=command.run_id, code="unknown_run", message=queries.no_run(command))
     assert command.run_id == state.run_id, f"command for {command.run_id!r} on {state.run_id!r}"
+    if isinstance(command, ReopenRun | DiscardDeadLetter):
+        return _lifecycle_operation(state, command)
     if is_terminal(state):
         return _after_end(state, command)
     builder = Builder(state, command.at_ms, command.seed)
@@ -93,8 +98,26 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     return tuple(builder.events)
 
 
+def _lifecycle_operation(state: RunState, command: ReopenRun | DiscardDeadLetter) -> Decided:
+    """An operator's reopen or discard (kernel.reopen), which may follow the run's end: a
+    reopen's events are followed by the DAG's advance (the reset steps start)."""
+    if isinstance(command, DiscardDeadLetter):
+        return reopen.decide_discard(state, command)
+    decided = reopen.decide_reopen(state, command)
+    if isinstance(decided, Rejection) or not decided:
+        return decided
+    builder = Builder(state, command.at_ms, command.seed)
+    for event in decided:
+        builder.emit(event)
+    _advance(builder)
+    return tuple(builder.events)
+
+
 def _after_end(state: RunState, command: AnyCommand) -> Decided:
     """Terminal is absorbing: nothing is decided; a person's command learns why."""
+    if isinstance(command, TerminateRun):
+        message = f"run {state.run_id!r} already ended as {state.status}; nothing to terminate"
+        return Rejection(run_id=state.run_id, code="run_finished", message=message)
     if isinstance(command, CancelRun) and state.cancel_reason is None:
         message = f"run {state.run_id!r} already ended as {state.status}; nothing to cancel"
         return Rejection(run_id=state.run_id, code="run_finished", message=message)
@@ -135,6 +158,12 @@ def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
         case DeliverEvent():
             _deliver_event(builder, command)
             return None
+        case TerminateRun():
+            for event in reopen.decide_terminate(builder.state, command):
+                builder.emit(event)
+            return None
+        case ReopenRun() | DiscardDeadLetter():
+            raise AssertionError("decided before the terminal check")
         case _:
             assert_never(command)
 
@@ -270,7 +299,8 @@ def _fire_timer(builder: Builder, command: FireTimer) -> None:
     state = builder.state
     if command.kind == "run_timeout":
         assert state.workflow is not None
-        if state.status == "running" and state.workflow.timeout_ms is not None:
+        stale = state.reopened_at_ms is not None and command.at_ms < state.reopened_at_ms
+        if state.status == "running" and state.workflow.timeout_ms is not None and not stale:
             message = f"run timed out after {state.workflow.timeout_ms} ms"
             error = ErrorInfo(message=message, kind="timeout")
             fail_run(builder, error, failed_step_id="")

@@ -479,6 +479,37 @@ class AgentLimitReached(StepEvent, frozen=True, kw_only=True, tag="agent.limit.r
     at_ms: int
 
 
+# --- run lifecycle operations (kernel.reopen) ----------------------------------------------
+
+
+class RunReopened(Event, frozen=True, kw_only=True, tag="run.reopened"):
+    """An ended run (failed, cancelled, terminated) goes on in place: the steps in `reset`
+    (from `from_steps` and everything downstream of them, and every step that had not
+    finished) are pending again; the outputs of the others are kept (`dagnats run retry`)."""
+
+    from_steps: tuple[str, ...]
+    reset: tuple[str, ...]
+    reason: str = ""
+    at_ms: int
+
+
+class RunTerminated(Event, frozen=True, kw_only=True, tag="run.terminated"):
+    """The run ended at once without compensation (`dagnats run terminate`); a terminal event."""
+
+    reason: str
+    at_ms: int
+
+
+class DeadLetterDiscarded(Event, frozen=True, kw_only=True, tag="dead_letter.discarded"):
+    """Someone set aside the dead letter of `step_id`'s failed `attempt` (`dagnats dlq
+    discard`): it leaves the dead-letter list; the run stays as it was."""
+
+    step_id: str
+    attempt: int
+    reason: str = ""
+    at_ms: int
+
+
 AnyEvent = (
     RunStarted
     | StepScheduled
@@ -524,6 +555,9 @@ AnyEvent = (
     | ApprovalRequested
     | ApprovalResolved
     | RunContinuedAsNew
+    | RunReopened
+    | RunTerminated
+    | DeadLetterDiscarded
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)  # in the union's order
@@ -533,6 +567,7 @@ TERMINAL_EVENT_TYPES: tuple[type[Event], ...] = (
     RunFailed,
     RunCancelled,
     RunContinuedAsNew,
+    RunTerminated,
 )
 
 

@@ -114,7 +114,10 @@ def start_step(builder: Builder, step_id: str, input: msgspec.Raw) -> None:
         )
         _failed_for_good(builder, step_id, error)
         return
-    ask(builder, step_id, StartAttempt(input=input, attempt=1))
+    step = builder.state.step(step_id)
+    assert step is not None, f"no step {step_id!r}"
+    # 1, or after a reopen the attempt after the last one (kernel.reopen): ids stay unique.
+    ask(builder, step_id, StartAttempt(input=input, attempt=step.attempt_base + 1))
 
 
 def complete(builder: Builder, step_id: str, output: msgspec.Raw) -> None:
@@ -147,7 +150,7 @@ def attempt_failed(
     assert step is not None and step_def is not None, f"no step {step_id!r}"
     assert step.status in ("scheduled", "running"), f"{step_id!r} failed while {step.status}"
     policy = queries.retry_policy(state, step_def)
-    counted = may_retry(policy, step.attempt, step.lost_attempts)
+    counted = may_retry(policy, step.attempt - step.attempt_base, step.lost_attempts)
     will_retry = retryable and may_run(state, step_id) and counted
     attempt, at_ms = step.attempt, builder.at_ms
     if timed_out:
@@ -165,7 +168,7 @@ def attempt_failed(
     if not will_retry:
         _failed_for_good(builder, step_id, error)
         return
-    failed = failures(attempt, step.lost_attempts)
+    failed = failures(attempt - step.attempt_base, step.lost_attempts)
     seed = builder.seed
     delay = retry_after_ms if retry_after_ms is not None else backoff_ms(policy, failed, seed)
     delay = max(0, min(delay, limits.delay_ms_max))

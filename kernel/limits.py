@@ -20,7 +20,11 @@ metadata_bytes_max: Final = 16_384
 # Retries and time.
 attempts_max: Final = 100  # a retry policy's max_attempts (failures a handler reported)
 lost_attempts_max: Final = 10  # attempts of one step (or item) whose worker vanished, beside those
-attempt_number_max: Final = attempts_max + lost_attempts_max  # the highest attempt number
+attempts_per_reopen_max: Final = attempts_max + lost_attempts_max  # attempts between reopens
+reopens_max: Final = 20  # times one run may be reopened (`dagnats run retry`; kernel.reopen)
+# The highest attempt number: a reopened step's attempts go on from where they were, so the
+# task message ids `<run>:<step>:<attempt>` stay unique across reopens.
+attempt_number_max: Final = attempts_per_reopen_max * (reopens_max + 1)
 delay_ms_max: Final = 7 * 24 * 3_600_000  # one week: the longest retry backoff
 timeout_ms_max: Final = 365 * 24 * 3_600_000  # one year: the longest step or run timeout
 retry_multiplier_max: Final = 100.0

@@ -21,12 +21,15 @@ from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask
 from kernel.events import (
     AnyEvent,
     CompensationStarted,
+    DeadLetterDiscarded,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
     RunContinuedAsNew,
     RunFailed,
+    RunReopened,
     RunStarted,
+    RunTerminated,
     SignalReceived,
     StepCompensated,
     StepCompleted,
@@ -75,8 +78,11 @@ def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             return _cancel_step_timeout(state, event.step_id, event.attempt)
         case StepRetryScheduled():
             return (_retry_timer(state, event.step_id, event.attempt, event.due_at_ms),)
-        case RunCompleted() | RunFailed() | RunCancelled() | RunContinuedAsNew():
+        case RunCompleted() | RunFailed() | RunCancelled() | RunContinuedAsNew() | RunTerminated():
             return _ended(state, event)
+        case RunReopened():  # the run goes on: its timeout (counted from now) and cancel_on
+            timer = _run_timeout_timer(state)
+            return ((timer,) if timer is not None else ()) + watch_cancel_on(state)
         case StepTimedOut():
             return _step_type(state, event.step_id).react(state, event)
         case (
@@ -87,6 +93,7 @@ def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             | CompensationStarted()
             | StepCompensated()
             | RunCancelRequested()
+            | DeadLetterDiscarded()
         ):
             return ()
         case StepEvent():  # every other event a step type owns: its module reacts
@@ -166,7 +173,8 @@ def _run_timeout_timer(state: RunState) -> ArmTimer | None:
     assert state.workflow is not None
     if state.workflow.timeout_ms is None:
         return None
-    fire_at = state.started_at_ms + state.workflow.timeout_ms
+    since = state.reopened_at_ms if state.reopened_at_ms is not None else state.started_at_ms
+    fire_at = since + state.workflow.timeout_ms
     return arm_timer(state, RUN_TIMEOUT_TIMER_ID, "run_timeout", fire_at)
 
 

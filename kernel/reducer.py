@@ -13,17 +13,20 @@ from typing import assert_never
 
 import msgspec
 
-from kernel import limits, registry
+from kernel import limits, registry, reopen
 from kernel.events import (
     AnyEvent,
     CompensationStarted,
+    DeadLetterDiscarded,
     ErrorInfo,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
     RunContinuedAsNew,
     RunFailed,
+    RunReopened,
     RunStarted,
+    RunTerminated,
     SignalReceived,
     StepCompensated,
     StepCompleted,
@@ -44,6 +47,12 @@ replace = msgspec.structs.replace
 
 def evolve(state: RunState, event: AnyEvent) -> RunState:
     """Apply one event to a run's state and return the new state."""
+    if isinstance(event, RunReopened | DeadLetterDiscarded):  # may follow a run's end
+        assert state.status != "new", f"run {state.run_id!r}: {type(event).__name__} before start"
+        counted = replace(state, event_count=state.event_count + 1)
+        if isinstance(event, RunReopened):
+            return reopen.evolve_reopened(counted, event)
+        return reopen.evolve_discarded(counted, event)
     assert not is_terminal(state), f"run {state.run_id!r} is terminal; got {type(event).__name__}"
     match event:
         case RunStarted():
@@ -65,11 +74,17 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             evolved = _run_lifecycle(counted, event)
             assert evolved.event_count == state.event_count + 1
             return evolved
+        case RunTerminated():
+            return reopen.evolve_terminated(
+                replace(state, event_count=state.event_count + 1), event
+            )
         case StepEvent():  # every other event a step type owns: its module evolves it
             counted = replace(state, event_count=state.event_count + 1)
             step_def = counted.step_def(event.step_id)
             assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
             return registry.get(step_def.type).evolve(counted, event)
+        case RunReopened() | DeadLetterDiscarded():
+            raise AssertionError("evolved before the terminal check")
         case _:
             assert_never(event)
 
@@ -236,6 +251,7 @@ def _scheduled(step: StepState, event: StepScheduled) -> StepState:
         f"step {step.step_id!r}: attempt {event.attempt} after {step.attempt} (attempts only grow)"
     )
     assert event.attempt <= limits.attempt_number_max, f"{step.step_id!r}: attempt {event.attempt}"
+    assert event.attempt - step.attempt_base <= limits.attempts_per_reopen_max, event.attempt
     assert step.status in ("pending", "retry_wait"), f"{step.step_id!r} scheduled: {step.status}"
     return replace(
         step,

@@ -54,7 +54,7 @@ def report_ended(state: RunState) -> tuple[AnyEffect, ...]:
         return ()  # a continued child: the run it continued as reports
     if state.status == "completed":
         return (_report(state, "completed"),)
-    if state.status == "cancelled":
+    if state.status in ("cancelled", "terminated"):
         return (_report(state, "cancelled"),)
     assert state.status in ("failed", "compensate_failed"), state.status
     return (_report(state, "failed"),)
@@ -72,7 +72,7 @@ def repeat_start(state: RunState, command: StartRun) -> tuple[AnyEffect, ...]:
         return ()
     if state.detached:
         return report_started(state)
-    if state.status in ("completed", "failed", "compensate_failed", "cancelled"):
+    if state.status in ("completed", "failed", "compensate_failed", "cancelled", "terminated"):
         return report_ended(state)
     return ()
 

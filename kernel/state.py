@@ -24,6 +24,7 @@ RunStatus = Literal[
     "compensate_failed",
     "cancelled",
     "continued_as_new",  # ended by starting a fresh run (steps/continuation.py, kernel.run_links)
+    "terminated",  # ended at once without compensation (`dagnats run terminate`; kernel.reopen)
 ]
 StepStatus = Literal[
     "pending",  # waiting on dependencies (or a handler waiting to be called)
@@ -37,7 +38,7 @@ StepStatus = Literal[
 ]
 
 TERMINAL_RUN_STATUSES: frozenset[str] = frozenset(
-    {"completed", "failed", "compensate_failed", "cancelled", "continued_as_new"}
+    {"completed", "failed", "compensate_failed", "cancelled", "continued_as_new", "terminated"}
 )
 DONE_STEP_STATUSES: frozenset[str] = frozenset({"completed", "skipped", "recovered"})
 ACTIVE_STEP_STATUSES: frozenset[str] = frozenset({"scheduled", "running", "retry_wait"})
@@ -59,6 +60,7 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True):
     compensated: bool = False
     wake_at_ms: int | None = None  # a step type's own timer (a sleep), while armed
     lost_attempts: int = 0  # attempts whose worker vanished (step.lost); not counted as failures
+    attempt_base: int = 0  # attempts before the run's last reopen (the policy counts those after)
 
 
 class ReceivedSignal(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +103,11 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     continued_workflow: str = ""  # the workflow the run continued as
     chain_root: str = ""
     chain_index: int = 0
+    # Lifecycle operations (kernel.reopen): reopens so far, the last one's time (the run's
+    # timeout counts from it), and the dead letters discarded ("<step>:<attempt>").
+    reopens: int = 0
+    reopened_at_ms: int | None = None
+    discarded: tuple[str, ...] = ()
 
     def index_of(self, step_id: str) -> int:
         """Position of `step_id` in `steps`, or -1 (O(1) for a long run: `_positions`)."""

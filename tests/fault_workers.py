@@ -6,7 +6,8 @@ else, so a test can see that a handler is running and count calls across process
 whose metadata holds `{"gate": NAME}` blocks (on the attempts listed in `block_attempts`,
 comma-separated, default "1") until the file `$DAGNATS_FAULT_GATES/NAME` exists: the test
 kills a process while a handler is known to be inside, then opens the gate.
-`{"fail": "non_retryable"}` fails the step for good.
+`{"fail": "non_retryable"}` fails the step for good; `{"fail_attempts": "1,2"}` fails those
+attempts for good (a later attempt, after `dagnats run retry`, succeeds).
 
 Serve it with `dagnats worker tests.fault_workers:worker --nats-url URL`, or with
 `python -m tests.fault_workers --nats-url URL --ack-wait-ms 2000 --events-file F` to get a
@@ -82,6 +83,8 @@ async def handle(ctx: TaskContext) -> dict[str, object]:
         await wait_for_gate(gate)
     if ctx.metadata.get("fail") == "non_retryable":
         raise NonRetryableError(f"step {ctx.step_id} was asked to fail")
+    if str(ctx.attempt) in str(ctx.metadata.get("fail_attempts", "")).split(","):
+        raise NonRetryableError(f"step {ctx.step_id} was asked to fail attempt {ctx.attempt}")
     return {"step": ctx.step_id, "attempt": ctx.attempt, "pid": os.getpid()}
 
 

@@ -172,14 +172,17 @@ class LoseResult(Worker):
     timeout; the task was acked, so no worker finds it again and reports it lost)."""
 
     async def _send(
-        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str
-    ) -> None:
+        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str,
+        token: str | None = None,
+    ) -> None:  # fmt: skip
         if kind != "result":
-            await super()._send(commands, command, kind)
+            await super()._send(commands, command, kind, token)
             return
         msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
         with contextlib.suppress(ConnectionError):
-            await commands.publish_command(command.run_id, codec.encode(command), msg_id)
+            await commands.publish_command(
+                command.run_id, codec.encode(command), msg_id, token=token
+            )
 
 
 WORKER_MUTANTS: Final[dict[str, type[Worker]]] = {"lose_result": LoseResult}

@@ -119,6 +119,20 @@ def _approval_and_continuation_history() -> tuple[
     ).history
 
 
+def _lifecycle_history() -> tuple[tuple[AnyCommand | None, tuple[AnyEvent, ...]], ...]:
+    """A run failing, its dead letter discarded, reopened in place, then terminated."""
+    from tests.lifecycle_dsl import discard, reopen, terminate
+
+    return given(
+        start(workflow(task("a"), task("b", "a"))),
+        complete("a", 1),
+        fail("b", "bad", kind="non_retryable"),
+        discard("b", 1),
+        reopen(),
+        terminate("stuck"),
+    ).history
+
+
 def _reachable() -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
     """Decisions of the golden scenarios and a few more, so every type appears."""
     extra = given(
@@ -164,6 +178,7 @@ def _reachable() -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
         *agent_history(),
         *resumed_agent_history(),
         *_approval_and_continuation_history(),
+        *_lifecycle_history(),
     ):
         assert command is not None
         if events:

@@ -233,7 +233,7 @@ def test_lost_attempts_stay_within_the_attempt_number_bound() -> None:
         history.extend((fail("a", attempt=attempt), fire_retry("a", attempt + 1)))
         attempt += 1
     state = given(*history).state
-    assert state.steps[0].attempt == limits.attempt_number_max
+    assert state.steps[0].attempt == limits.attempts_per_reopen_max
     last = given(*history).when(fail("a", attempt=attempt))
     last.then_lacks(StepRetryScheduled).then_state(status="failed")
     assert msgspec.structs.asdict(state.steps[0])["lost_attempts"] == bound

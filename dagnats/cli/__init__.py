@@ -30,7 +30,9 @@ import typer.models
 
 from dagnats.cli import (
     approvals,
+    dlq,
     events,
+    lifecycle,
     projections,
     runs,
     schema,
@@ -135,6 +137,8 @@ serve.register(app)  # serve, worker
 workflows.register(workflow_app)  # workflow validate|register|list|show
 schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal
+lifecycle.register(run_app)  # run retry|rerun|terminate
+dlq.register(app)  # dlq list|show|retry|discard
 app.add_typer(event_app, name="event")
 events.register(event_app)  # event publish
 app.add_typer(credential_app, name="credential")  # credential list|add-approver|add-worker

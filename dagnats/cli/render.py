@@ -25,6 +25,7 @@ STATUS_STYLES = {
     "compensate_failed": "red",
     "cancelled": "magenta",
     "continued_as_new": "blue",
+    "terminated": "magenta",
 }
 output_chars_max = 60
 

@@ -30,6 +30,7 @@ from dagnats.cli.common import (
 )
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import Connection, default_data_dir
+from dagnats.runtime.parent_watch import watch_parent
 from dagnats.runtime.serve import ServeInfo, Server, install_stop_signals
 from dagnats.worker import check_concurrency, concurrency_max
 
@@ -73,6 +74,10 @@ def serve(
         Path | None,
         typer.Option(help="The HTTP API's bearer token (first line); else $DAGNATS_API_TOKEN."),
     ] = None,
+    die_with_parent: Annotated[
+        bool,
+        typer.Option(help="Stop when the process that started serve dies (supervisors, IDEs)."),
+    ] = False,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
     if not 0 <= nats_port <= PORT_MAX:
@@ -88,6 +93,7 @@ def serve(
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
         api: RunningApi | None = None
+        watch = asyncio.create_task(watch_parent(stop)) if die_with_parent else None
         try:
             info = await server.start()
             if not no_http:
@@ -100,6 +106,8 @@ def serve(
         finally:
             if api is not None:
                 await api.stop()
+            if watch is not None:
+                watch.cancel()
             await server.stop()
 
     run_async(main())

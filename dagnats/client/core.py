@@ -381,12 +381,16 @@ class Client:
             )
         deadline = time.monotonic() + timeout_s
         watch = self._watches.take(check_run_id(run_id))  # start's watch, when it made one
+        known_seq = 0
         if watch is None:
             if not await self._exists_or_coming(run_id):
                 raise RunNotFoundError(run_id)
+            # An end before the history's current last message is not the run's end: a
+            # reopened run (`dagnats run retry`) ended and went on (kernel.reopen).
+            known_seq = await self.connection.history.last_seq(run_id)
             watch = await RunWatch.open(self.connection.js, run_id)
         try:
-            state = await self._fold_until_end(watch, deadline, on_update)
+            state = await self._fold_until_end(watch, deadline, on_update, known_seq)
         finally:
             await watch.close()
         if is_terminal(state) and follow:
@@ -399,21 +403,26 @@ class Client:
 
     @staticmethod
     async def _fold_until_end(
-        watch: RunWatch, deadline: float, on_update: Callable[[RunState, Decision], None] | None
+        watch: RunWatch,
+        deadline: float,
+        on_update: Callable[[RunState, Decision], None] | None,
+        known_seq: int = 0,
     ) -> RunState:
-        """Fold the watched run's decisions (those `start` read first) until it ends or the
-        deadline passes; the state reached."""
+        """Fold the watched run's decisions (those `start` read first) until it ends at or
+        after `known_seq` or the deadline passes; the state reached."""
         state = INITIAL_STATE
         seen, watch.seen = watch.seen, []
-        while not is_terminal(state):
+        while True:
             item = seen.pop(0) if seen else await watch.next(deadline)
             if item is None:
                 break
-            decision = item[1]
+            seq, decision = item
             for event in decision.events:
                 state = evolve(state, event)
             if on_update is not None:
                 on_update(state, decision)
+            if is_terminal(state) and seq >= known_seq:
+                break
         return state
 
     async def lineage(self, run_id: str) -> list[client_chains.ChainLink]:

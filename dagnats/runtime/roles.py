@@ -44,11 +44,14 @@ from kernel.commands import (
     AnyCommand,
     CancelRun,
     CompleteTask,
+    DiscardDeadLetter,
     FailTask,
+    ReopenRun,
     ResolveApproval,
     SendSignal,
     StartRun,
     TaskStarted,
+    TerminateRun,
 )
 
 Role = Literal["engine", "worker", "client", "approver", "admin"]
@@ -63,11 +66,14 @@ SCHEDULE_SUBJECT_PREFIX: Final = "dagnats.sched."
 EVENTS_STREAM_NAME: Final = "DAGNATS_EVENTS"  # external_events.EVENTS_STREAM (no import cycle)
 SNAPSHOTS_PROJECTION: Final = "snapshots"  # projector.SNAPSHOTS
 
+# A client (and an approver, who is one) may operate on a run's lifecycle as it may cancel it:
+# retry in place, terminate, discard a dead letter (kernel.reopen; README "Security").
+_LIFECYCLE: Final[tuple[type, ...]] = (ReopenRun, TerminateRun, DiscardDeadLetter)
 # Which command types each subject kind may carry; the engine and legacy kinds carry any.
 KIND_COMMANDS: Final[dict[str, tuple[type, ...]]] = {
     KIND_RESULT: (TaskStarted, CompleteTask, FailTask),
-    KIND_CLIENT: (StartRun, CancelRun, SendSignal),
-    KIND_DECISION: (ResolveApproval, StartRun, CancelRun, SendSignal),  # an approver is a client
+    KIND_CLIENT: (StartRun, CancelRun, SendSignal, *_LIFECYCLE),
+    KIND_DECISION: (ResolveApproval, StartRun, CancelRun, SendSignal, *_LIFECYCLE),
 }
 # The kind each role's connection publishes its commands under.
 ROLE_KIND: Final[dict[Role, str]] = {

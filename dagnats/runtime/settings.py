@@ -107,3 +107,6 @@ parked_retry_delay_ms: Final = 60_000  # a parked run's commands come back then
 # External events (DAGNATS_EVENTS).
 events_age_ms_max: Final = 7 * 24 * 3_600_000  # events are kept a week for late waiters
 event_waiting_runs_max: Final = 100_000  # runs the engine's in-memory event index holds
+
+# Run lifecycle operations (dagnats/runtime/parent_watch.py).
+parent_watch_interval_ms: Final = 500  # how often `serve --die-with-parent` checks its parent

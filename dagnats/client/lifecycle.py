@@ -1,0 +1,185 @@
+"""The client side of run lifecycle operations: retry in place, rerun, terminate, dead letters.
+
+Each operation is checked against the run's state with the kernel's own rules first
+(`kernel.decide`, so the caller learns at once what the engine would refuse), then sent as a
+command (`ReopenRun`, `TerminateRun`, `DiscardDeadLetter`; kernel.reopen) deduplicated on a
+message id derived from the run's state, so sending it twice is one operation. Dead letters
+are derived from run state (`kernel.reopen.dead_letters`), listed from the query tables' run
+index with a bound. No I/O of its own beyond the client's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from dagnats.client.errors import RunFinishedError
+from dagnats.runtime.clock import new_seed, now_ms
+from kernel.commands import (
+    AnyCommand,
+    DiscardDeadLetter,
+    Rejection,
+    ReopenRun,
+    TerminateRun,
+)
+from kernel.decide import decide
+from kernel.errors import DagnatsError
+from kernel.reducer import evolve
+from kernel.reopen import DeadLetter, dead_letters
+from kernel.state import INITIAL_STATE, RunState, is_terminal
+
+if TYPE_CHECKING:
+    from dagnats.client.core import Client
+
+runs_scanned_max: Final = 10_000  # runs read for a listing or a bulk selection
+confirm_wait_s_default: Final = 10.0
+RETRYABLE: Final = frozenset({"failed", "compensate_failed", "cancelled", "terminated"})
+
+
+class LifecycleRejectedError(DagnatsError):
+    """The run's rules refuse the operation (the message says why, naming the run)."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.message)
+        self.run_id = rejection.run_id
+        self.code = rejection.code
+
+
+def _checked(state: RunState, command: AnyCommand) -> None:
+    decided = decide(state, command)
+    if isinstance(decided, Rejection):
+        raise LifecycleRejectedError(decided)
+
+
+async def retry(
+    client: Client,
+    run_id: str,
+    *,
+    from_step: str = "",
+    reason: str = "",
+    confirm_wait_s: float = confirm_wait_s_default,
+) -> RunState:
+    """Reopen an ended run in place from its failed steps (or `from_step` and downstream).
+
+    Returns:
+        The run's state once the engine recorded the reopen (or as it was, after
+        `confirm_wait_s` without news).
+    Raises:
+        RunNotFoundError: no such run.
+        LifecycleRejectedError: the run is running or completed, the step is unknown, ...
+    """
+    state = await client.get_run(run_id)
+    command = ReopenRun(
+        run_id=run_id, at_ms=now_ms(), seed=new_seed(), from_step=from_step,
+        reopens=state.reopens, reason=reason,
+    )  # fmt: skip
+    _checked(state, command)
+    await client.send(command, msg_id=f"reopen:{run_id}:{state.reopens}")
+    return await _await(client, run_id, lambda s: s.reopens > state.reopens, confirm_wait_s)
+
+
+async def rerun(client: Client, run_id: str, *, new_run_id: str | None = None) -> str:
+    """Start a new run of the same workflow definition with the same input; its id."""
+    state = await client.get_run(run_id)
+    assert state.workflow is not None, "a started run has its workflow"
+    value = msgspec.json.decode(state.input)
+    return await client.start(state.workflow, value, run_id=new_run_id)
+
+
+async def terminate(client: Client, run_id: str, reason: str) -> None:
+    """End a run at once, without compensation.
+
+    Raises:
+        RunNotFoundError: no such run.
+        RunFinishedError: the run has already ended.
+    """
+    state = await client.get_run(run_id)
+    if is_terminal(state):
+        raise RunFinishedError(run_id, state.status)
+    command = TerminateRun(run_id=run_id, at_ms=now_ms(), seed=new_seed(), reason=reason)
+    await client.send(command, msg_id=f"terminate:{run_id}")
+
+
+async def discard(
+    client: Client, run_id: str, step_id: str, attempt: int | None = None, reason: str = ""
+) -> DeadLetter:
+    """Discard the dead letter of `step_id` in the run (its latest when `attempt` is None)."""
+    state = await client.get_run(run_id)
+    letter = _find(state, step_id, attempt)
+    command = DiscardDeadLetter(
+        run_id=run_id, at_ms=now_ms(), seed=new_seed(), step_id=step_id,
+        attempt=letter.attempt, reason=reason,
+    )  # fmt: skip
+    _checked(state, command)
+    await client.send(command, msg_id=f"discard:{run_id}:{step_id}:{letter.attempt}")
+    key = f"{step_id}:{letter.attempt}"
+    await _await(client, run_id, lambda s: key in s.discarded, confirm_wait_s_default)
+    return letter
+
+
+def _find(state: RunState, step_id: str, attempt: int | None) -> DeadLetter:
+    for letter in dead_letters(state):
+        if letter.step_id == step_id and attempt in (None, letter.attempt):
+            return letter
+    known = ", ".join(f"{d.step_id}#{d.attempt}" for d in dead_letters(state)) or "none"
+    raise DagnatsError(
+        f"run {state.run_id!r} has no dead letter for step {step_id!r}"
+        + (f" attempt {attempt}" if attempt is not None else "")
+        + f" (its dead letters: {known})"
+    )
+
+
+async def dead_letter(client: Client, run_id: str, step_id: str) -> DeadLetter:
+    """The dead letter of `step_id` in the run."""
+    return _find(await client.get_run(run_id), step_id, None)
+
+
+async def list_dead_letters(
+    client: Client, *, workflow: str | None = None, limit: int = 100
+) -> list[DeadLetter]:
+    """Dead letters across ended runs, newest first, at most `limit`."""
+    states = await select_runs(client, workflow=workflow, statuses=RETRYABLE)
+    letters = [letter for state in states for letter in dead_letters(state)]
+    letters.sort(key=lambda d: d.at_ms or 0, reverse=True)
+    return letters[:limit]
+
+
+async def select_runs(
+    client: Client,
+    *,
+    workflow: str | None = None,
+    statuses: Iterable[str] = RETRYABLE,
+    since_ms: int | None = None,
+    limit: int = runs_scanned_max,
+) -> list[RunState]:
+    """Runs of `workflow` (any when None) in one of `statuses`, ended at or after
+    `since_ms`, newest first (bounded by `runs_scanned_max` runs read)."""
+    wanted = frozenset(statuses)
+    states = await client.list_runs(limit=min(limit, runs_scanned_max))
+    chosen = [
+        state
+        for state in states
+        if state.status in wanted
+        and (workflow is None or (state.workflow is not None and state.workflow.name == workflow))
+        and (since_ms is None or (state.ended_at_ms or state.started_at_ms) >= since_ms)
+    ]
+    return chosen
+
+
+async def _await(
+    client: Client, run_id: str, done: Callable[[RunState], bool], timeout_s: float
+) -> RunState:
+    """The run's state once `done` holds for it (folded from its history as it is appended),
+    or as it is after `timeout_s`."""
+    state = INITIAL_STATE
+    decisions = client.watch(run_id, timeout_s=timeout_s)
+    async with contextlib.aclosing(decisions):
+        async for _, decision in decisions:
+            for event in decision.events:
+                state = evolve(state, event)
+            if done(state):
+                return state
+    return await client.get_run(run_id)
