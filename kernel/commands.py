@@ -131,9 +131,46 @@ class ResolveApproval(Command, frozen=True, kw_only=True, tag="resolve_approval"
     key: str = ""
 
 
+# -- admission (kernel/admission.py, kernel/admission_run.py) ------------------------------
+
+AdmissionOutcome = Literal["admitted", "pending", "skipped", "invalid", "unknown"]
+
+
+class AdmissionVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run's admission gate (or its input schema) decided for it, stamped by the engine.
+    `holder_run_id`: the run holding a singleton key (skipped); `reason`: why it is invalid."""
+
+    outcome: AdmissionOutcome
+    gate_id: str = ""
+    holder_run_id: str = ""
+    reason: str = ""
+
+
+class StartGated(Command, frozen=True, kw_only=True, tag="start_gated"):
+    """A start the engine put through admission (a gated workflow or an input schema): the
+    client's `start` and the verdict. Only the engine sends it."""
+
+    start: StartRun
+    verdict: AdmissionVerdict
+
+
+class ScheduleRun(Command, frozen=True, kw_only=True, tag="schedule_run"):
+    """Start `start` at `run_at_ms` (recorded now as `scheduled`; a durable timer starts it)."""
+
+    start: StartRun
+    run_at_ms: int
+
+
+class AdmitRun(Command, frozen=True, kw_only=True, tag="admit_run"):
+    """A held run (pending or scheduled) may go on: its gate granted a slot, or its time came.
+    The engine stamps the verdict of the gate (None: the timer's fire, not yet asked)."""
+
+    verdict: AdmissionVerdict | None = None
+
+
 AnyCommand = (
     StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
-    | RecordChild | DeliverEvent | ResolveApproval
+    | RecordChild | DeliverEvent | ResolveApproval | StartGated | ScheduleRun | AdmitRun
 )  # fmt: skip
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
@@ -147,6 +184,9 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     RecordChild,
     DeliverEvent,
     ResolveApproval,
+    StartGated,
+    ScheduleRun,
+    AdmitRun,
 )
 
 

@@ -479,6 +479,28 @@ class AgentLimitReached(StepEvent, frozen=True, kw_only=True, tag="agent.limit.r
     at_ms: int
 
 
+# -- admission (kernel/admission_run.py) ----------------------------------------------------
+
+HeldReason = Literal["pending", "scheduled", "skipped"]
+
+
+class RunQueued(Event, frozen=True, kw_only=True, tag="run.queued"):
+    """The run waits before its first step: for a slot of its admission gate (`pending`), for
+    `run_at_ms` (`scheduled`), or it was skipped (a singleton key held by `holder_run_id`)."""
+
+    reason: HeldReason
+    gate_id: str = ""
+    holder_run_id: str = ""
+    run_at_ms: int | None = None
+    at_ms: int
+
+
+class RunAdmitted(Event, frozen=True, kw_only=True, tag="run.admitted"):
+    """A held run goes on: its steps may start."""
+
+    at_ms: int
+
+
 AnyEvent = (
     RunStarted
     | StepScheduled
@@ -524,6 +546,8 @@ AnyEvent = (
     | ApprovalRequested
     | ApprovalResolved
     | RunContinuedAsNew
+    | RunQueued
+    | RunAdmitted
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)  # in the union's order

@@ -16,6 +16,8 @@ from kernel.workflow import StepDef, WorkflowDef
 
 RunStatus = Literal[
     "new",  # no run.started yet
+    "pending",  # waiting for a slot of its admission gate (kernel/admission_run.py)
+    "scheduled",  # waiting for its start time (kernel/admission_run.py)
     "running",
     "compensating",
     "completed",
@@ -100,6 +102,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     continued_workflow: str = ""  # the workflow the run continued as
     chain_root: str = ""
     chain_index: int = 0
+    gate_id: str = ""  # its admission gate, once held (kernel/admission_run.py)
+    run_at_ms: int | None = None  # a scheduled start's time
+    holder_run_id: str = ""  # a skipped run: the run that held its singleton key
 
     def index_of(self, step_id: str) -> int:
         """Position of `step_id` in `steps`, or -1."""
