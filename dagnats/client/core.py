@@ -40,6 +40,7 @@ from dagnats.client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
+from dagnats.input_schema import check_input
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.credentials import TlsFiles
@@ -50,7 +51,7 @@ from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, run_commands_filter
 from dagnats.runtime.roles import Role
 from kernel import codec, limits
-from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
+from kernel.commands import AnyCommand, CancelRun, ScheduleRun, SendSignal, StartGated, StartRun
 from kernel.decide import decide
 from kernel.errors import (
     DagnatsError,
@@ -191,8 +192,11 @@ class Client:
         *,
         run_id: str | None = None,
         wait_started_s: float = start_wait_s_default,
+        run_at_ms: int | None = None,
     ) -> str:
         """Start a run; idempotent on a caller-given `run_id` (the same start twice is one run).
+        With `run_at_ms` (ms since the epoch) the run is recorded `scheduled` and starts then,
+        through a durable timer (README "Admission and flow control").
 
         Raises:
             WorkflowNotFoundError: no workflow of that name is registered.
@@ -202,6 +206,7 @@ class Client:
             PayloadTooLargeError: the input is over the payload limit.
             JsonInputError: the input holds NaN, Infinity or bytes, or nests too deep.
             RunExistsError: `run_id` names a run of another workflow or input.
+            InputSchemaError: the input does not meet the workflow's input_schema (no run).
         """
         definition = (
             _checked(workflow)
@@ -220,9 +225,14 @@ class Client:
             workflow=definition,
             input=msgspec.Raw(data),
         )
+        check_input(definition, data)  # refused here, with the schema errors: no run
         existing = await self._first_decision(run_id)
         if existing is None:
-            await self.send(command, msg_id=f"start:{run_id}")
+            sent: StartRun | ScheduleRun = command
+            if run_at_ms is not None:
+                sent = ScheduleRun(run_id=run_id, at_ms=command.at_ms, start=command,
+                                   run_at_ms=run_at_ms)  # fmt: skip
+            await self.send(sent, msg_id=f"start:{run_id}")
             self._remember_started(run_id)
             existing = await self._await_first_decision(run_id, wait_started_s)
         if existing is not None and not _same_start(existing, command):
@@ -530,6 +540,8 @@ def _checked(workflow: WorkflowDef) -> WorkflowDef:
 
 def _same_start(decision: Decision, command: StartRun) -> bool:
     first = decision.command
+    if isinstance(first, StartGated | ScheduleRun):  # admission's forms of a start
+        first = first.start
     return (
         isinstance(first, StartRun)
         and first.workflow == command.workflow

@@ -19,10 +19,11 @@ import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
-from typing import Literal, assert_never
+from typing import assert_never
 
 import msgspec
 
+from dagnats.runtime.admission import AdmissionRuntime, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.links import RunLinks
 from dagnats.runtime.parked import RunParkedError, undecodable, unfoldable
@@ -51,6 +52,7 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
 )
 from kernel import codec, registry
+from kernel.admission import is_gate_id
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
 from kernel.effects import (
@@ -72,8 +74,6 @@ from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 from kernel.workflow import validate_workflow
 from projections.snapshot import SnapshotReader
-
-Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
 
 log = logging.getLogger("dagnats.engine")
 
@@ -121,6 +121,7 @@ class Engine:
         # Commands fetched and not yet acked or naked: each gets a progress ack every
         # command_progress_interval_ms while the engine lives (see `keep_in_progress`).
         self._unsettled: set[CommandMessage] = set()
+        self.admission = AdmissionRuntime(self, self._handle_command)  # (runtime/admission.py)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -212,7 +213,7 @@ class Engine:
             command = authorized
         if command.run_id in self.parked:
             return "parked"
-        outcome = await self._handle_command(command, data, deliveries)
+        outcome = await self.admission.handle(command, data, deliveries)
         await self._report_parked()
         return outcome
 
@@ -425,6 +426,9 @@ class Engine:
 
     async def resume_run(self, run_id: str) -> bool:
         """Issue again every outstanding effect of one run; False when it has ended."""
+        if is_gate_id(run_id):  # an admission gate, not a run (runtime/admission.py)
+            await self.admission.resume_gate(run_id, self.admission.now_ms())
+            return False
         try:
             loaded = await self.load(run_id)
         except RunParkedError as error:
@@ -432,6 +436,7 @@ class Engine:
             return False
         effects = list(resume(loaded.state))
         if is_terminal(loaded.state) or loaded.state.status == "new":
+            await self.admission.release_ended(loaded.state, self.admission.now_ms())
             self.forget(run_id)
             await self.execute([e for e in effects if await self._never_started(e)])
             return False

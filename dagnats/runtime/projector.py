@@ -59,6 +59,7 @@ from dagnats.runtime.resources import (
     ensure_bucket,
 )
 from kernel import codec
+from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
 from kernel.events import Decision
 from kernel.reducer import evolve
@@ -267,6 +268,8 @@ class SnapshotTarget:
         decoded: list[tuple[int, str, Decision]] = []
         events = 0
         for seq, run_id, data in messages:
+            if is_gate_id(run_id):
+                continue  # an admission gate's history (kernel/admission.py), not a run's
             try:
                 decision = codec.decode_decision(data)
             except DagnatsError as error:

@@ -44,6 +44,7 @@ from kernel.commands import (
     CompleteTask,
     FailTask,
     ResolveApproval,
+    ScheduleRun,
     SendSignal,
     StartRun,
     TaskStarted,
@@ -64,8 +65,8 @@ SNAPSHOTS_PROJECTION: Final = "snapshots"  # projector.SNAPSHOTS
 # Which command types each subject kind may carry; the engine and legacy kinds carry any.
 KIND_COMMANDS: Final[dict[str, tuple[type, ...]]] = {
     KIND_RESULT: (TaskStarted, CompleteTask, FailTask),
-    KIND_CLIENT: (StartRun, CancelRun, SendSignal),
-    KIND_DECISION: (ResolveApproval, StartRun, CancelRun, SendSignal),  # an approver is a client
+    KIND_CLIENT: (StartRun, CancelRun, SendSignal, ScheduleRun),
+    KIND_DECISION: (ResolveApproval, StartRun, CancelRun, SendSignal, ScheduleRun),  # a client
 }
 # The kind each role's connection publishes its commands under.
 ROLE_KIND: Final[dict[Role, str]] = {
