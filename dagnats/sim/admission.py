@@ -184,8 +184,8 @@ def _check(log: MemoryEventLog, workflow: WorkflowDef, runs: int, seed: int) -> 
         if len(running) > limit:
             report.violations.append(f"message {message.seq}: {len(running)} running > {limit}")
     for run_id in (f"r{n}" for n in range(runs)):
-        state = states.get(run_id)
-        if state is None or not is_terminal(state):
-            status = state.status if state is not None else "no history"
+        found = states.get(run_id)
+        if found is None or not is_terminal(found):
+            status = found.status if found is not None else "no history"
             report.violations.append(f"run {run_id} left {status}")
     return report
