@@ -19,7 +19,14 @@ from typing import Final
 import msgspec
 
 from kernel import queries
-from kernel.commands import AdmissionVerdict, AdmitRun, CancelRun, ScheduleRun, StartGated
+from kernel.commands import (
+    AdmissionVerdict,
+    AdmitRun,
+    CancelRun,
+    FireTimer,
+    ScheduleRun,
+    StartGated,
+)
 from kernel.effects import AnyEffect, ArmTimer
 from kernel.events import (
     AnyEvent,
@@ -109,7 +116,9 @@ def resume_held(state: RunState) -> tuple[AnyEffect, ...]:
 
 def run_at_timer(state: RunState) -> ArmTimer:
     assert state.run_at_ms is not None, f"run {state.run_id!r} is scheduled with no time"
-    command = AdmitRun(run_id=state.run_id, at_ms=state.run_at_ms)
+    command = FireTimer(
+        run_id=state.run_id, at_ms=state.run_at_ms, timer_id=RUN_AT_TIMER_ID, kind="run_at"
+    )
     return ArmTimer(
         run_id=state.run_id, timer_id=RUN_AT_TIMER_ID, fire_at_ms=state.run_at_ms, command=command
     )

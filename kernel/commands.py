@@ -17,7 +17,7 @@ from kernel.workflow import WorkflowDef
 # handler reported, so it does not count against the retry policy. "heartbeat_timeout" is what
 # older workers report for the same case and is read as "lost" (kernel.outcome.LOST_KINDS).
 FailureKind = Literal["error", "non_retryable", "heartbeat_timeout", "invalid_output", "lost"]
-TimerKind = Literal["step_timeout", "retry", "run_timeout", "step"]
+TimerKind = Literal["step_timeout", "retry", "run_timeout", "step", "run_at"]  # run_at: admission
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

@@ -280,6 +280,9 @@ def _record_start(builder: Builder, command: CompleteTask | FailTask) -> None:
 
 def _fire_timer(builder: Builder, command: FireTimer) -> None:
     state = builder.state
+    if command.kind == "run_at":  # a scheduled run's time came (kernel/admission_run.py)
+        admission_run.admit(builder, AdmitRun(run_id=command.run_id, at_ms=command.at_ms))
+        return
     if command.kind == "run_timeout":
         assert state.workflow is not None
         if state.status == "running" and state.workflow.timeout_ms is not None:

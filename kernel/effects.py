@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from kernel.commands import AdmitRun, ChildStatus, FireTimer
+from kernel.commands import ChildStatus, FireTimer
 from kernel.workflow import WorkflowDef
 
 
@@ -39,7 +39,7 @@ class ArmTimer(Effect, frozen=True, kw_only=True):
 
     timer_id: str
     fire_at_ms: int
-    command: FireTimer | AdmitRun  # AdmitRun: a scheduled run's start (kernel/admission_run)
+    command: FireTimer
 
 
 class CancelTimer(Effect, frozen=True, kw_only=True):

@@ -57,6 +57,7 @@ from kernel.commands import (
     AdmitRun,
     AnyCommand,
     CancelRun,
+    FireTimer,
     ScheduleRun,
     StartGated,
     StartRun,
@@ -151,12 +152,12 @@ class AdmissionRuntime:
             if isinstance(command, ScheduleRun) or not admission.gated:
                 return command
             return await self._ask(command.run_id, command.at_ms, start, start)
-        if isinstance(command, AdmitRun):
+        if isinstance(command, FireTimer) and command.kind == "run_at":  # a scheduled start
             state = (await self.engine.load(command.run_id)).state
-            if command.verdict is not None or state.status != "scheduled":
+            if state.status != "scheduled":
                 return command
-            assert state.workflow is not None
-            return await self._ask(command.run_id, command.at_ms, state, command)
+            admit = AdmitRun(run_id=command.run_id, at_ms=command.at_ms)
+            return await self._ask(command.run_id, command.at_ms, state, admit)
         return command
 
     async def _ask(
