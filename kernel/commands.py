@@ -17,7 +17,7 @@ from kernel.workflow import WorkflowDef
 # handler reported, so it does not count against the retry policy. "heartbeat_timeout" is what
 # older workers report for the same case and is read as "lost" (kernel.outcome.LOST_KINDS).
 FailureKind = Literal["error", "non_retryable", "heartbeat_timeout", "invalid_output", "lost"]
-TimerKind = Literal["step_timeout", "retry", "run_timeout", "step"]
+TimerKind = Literal["step_timeout", "retry", "run_timeout", "step", "run_at"]  # run_at: admission
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -158,10 +158,48 @@ class DiscardDeadLetter(Command, frozen=True, kw_only=True, tag="discard_dead_le
     reason: str = ""
 
 
+# -- admission (kernel/admission.py, kernel/admission_run.py) ------------------------------
+
+AdmissionOutcome = Literal["admitted", "pending", "skipped", "invalid", "unknown"]
+
+
+class AdmissionVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run's admission gate (or its input schema) decided for it, stamped by the engine.
+    `holder_run_id`: the run holding a singleton key (skipped); `reason`: why it is invalid."""
+
+    outcome: AdmissionOutcome
+    gate_id: str = ""
+    holder_run_id: str = ""
+    reason: str = ""
+
+
+class StartGated(Command, frozen=True, kw_only=True, tag="start_gated"):
+    """A start the engine put through admission (a gated workflow or an input schema): the
+    client's `start` and the verdict. Only the engine sends it."""
+
+    start: StartRun
+    verdict: AdmissionVerdict
+
+
+class ScheduleRun(Command, frozen=True, kw_only=True, tag="schedule_run"):
+    """Start `start` at `run_at_ms` (recorded now as `scheduled`; a durable timer starts it)."""
+
+    start: StartRun
+    run_at_ms: int
+
+
+class AdmitRun(Command, frozen=True, kw_only=True, tag="admit_run"):
+    """A held run (pending or scheduled) may go on: its gate granted a slot, or its time came.
+    The engine stamps the verdict of the gate (None: the timer's fire, not yet asked)."""
+
+    verdict: AdmissionVerdict | None = None
+
+
 AnyCommand = (
     StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
     | RecordChild | DeliverEvent | ResolveApproval
     | ReopenRun | TerminateRun | DiscardDeadLetter
+    | StartGated | ScheduleRun | AdmitRun
 )  # fmt: skip
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
@@ -178,6 +216,9 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     ReopenRun,
     TerminateRun,
     DiscardDeadLetter,
+    StartGated,
+    ScheduleRun,
+    AdmitRun,
 )
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from kernel import appended, limits, queries, registry, reopen
+from kernel import admission_run, appended, limits, queries, registry, reopen
 from kernel.cancel_on import cancel_reason
 from kernel.commands import (
+    AdmitRun,
     AnyCommand,
     CancelRun,
     CompleteTask,
@@ -28,7 +29,9 @@ from kernel.commands import (
     Rejection,
     ReopenRun,
     ResolveApproval,
+    ScheduleRun,
     SendSignal,
+    StartGated,
     StartRun,
     TaskStarted,
     TerminateRun,
@@ -80,6 +83,8 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     """
     if isinstance(command, StartRun):
         return _start_run(state, command)
+    if isinstance(command, StartGated | ScheduleRun):  # admission (kernel/admission_run.py)
+        return _start_run(state, command.start, held=command)
     if state.status == "new":
         return Rejection(run_id=command.run_id, code="unknown_run", message=queries.no_run(command))
     assert command.run_id == state.run_id, f"command for {command.run_id!r} on {state.run_id!r}"
@@ -137,8 +142,11 @@ def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
             owner, key = item
             return ask(builder, owner, ItemReport(key=key, command=command))
     match command:
-        case StartRun():
-            raise AssertionError("StartRun is decided before")
+        case StartRun() | StartGated() | ScheduleRun():
+            raise AssertionError("a start is decided before")
+        case AdmitRun():
+            admission_run.admit(builder, command)
+            return None
         case TaskStarted():
             return _task_started(builder, command)
         case CompleteTask():
@@ -196,7 +204,9 @@ def _deliver_event(builder: Builder, command: DeliverEvent) -> None:
             assert rejection is None, "an external event is never refused"
 
 
-def _start_run(state: RunState, command: StartRun) -> Decided:
+def _start_run(
+    state: RunState, command: StartRun, held: StartGated | ScheduleRun | None = None
+) -> Decided:
     if state.status != "new":
         if state.workflow == command.workflow and state.input == command.input:
             return ()  # the same start again: idempotent
@@ -224,6 +234,8 @@ def _start_run(state: RunState, command: StartRun) -> Decided:
             chain_index=command.chain_index,
         )
     )
+    if held is not None:
+        admission_run.hold(builder, held)
     _advance(builder)
     return tuple(builder.events)
 
@@ -297,6 +309,9 @@ def _record_start(builder: Builder, command: CompleteTask | FailTask) -> None:
 
 def _fire_timer(builder: Builder, command: FireTimer) -> None:
     state = builder.state
+    if command.kind == "run_at":  # a scheduled run's time came (kernel/admission_run.py)
+        admission_run.admit(builder, AdmitRun(run_id=command.run_id, at_ms=command.at_ms))
+        return
     if command.kind == "run_timeout":
         assert state.workflow is not None
         stale = state.reopened_at_ms is not None and command.at_ms < state.reopened_at_ms
@@ -360,6 +375,7 @@ def _cancel_run(builder: Builder, command: CancelRun) -> None:
     if builder.state.cancel_reason is not None:
         return  # already requested
     builder.emit(RunCancelRequested(reason=queries.truncate(command.reason), at_ms=command.at_ms))
+    admission_run.cancel_held(builder, command)
     if builder.state.status == "running":
         reason = command.reason
         message = queries.truncate(f"cancelled: {reason}" if reason else "cancelled")

@@ -15,44 +15,29 @@ from typing import Literal, get_args
 
 import msgspec
 
+from kernel.agent_events import (
+    AgentLimitReached,
+    AgentToolCall,
+    AgentToolCompleted,
+    AgentToolFailed,
+    AgentToolLost,
+    AgentToolScheduled,
+    AgentTurnCompleted,
+    AgentTurnFailed,
+    AgentTurnLost,
+    AgentTurnScheduled,
+)
 from kernel.commands import AnyCommand
+from kernel.event_base import (
+    NULL,
+    CompensationOutcome,
+    ErrorInfo,
+    ErrorKind,
+    Event,
+    RunFailureStatus,
+    StepEvent,
+)
 from kernel.workflow import StepDef, WorkflowDef
-
-NULL = msgspec.Raw(b"null")
-
-ErrorKind = Literal[
-    "error",  # the handler raised; retryable
-    "non_retryable",  # the handler said: do not retry
-    "timeout",  # the step or run deadline passed
-    "heartbeat_timeout",  # the worker stopped heartbeating (older workers; read as lost)
-    "lost",  # the worker that had the attempt vanished (more than lost_attempts_max times)
-    "invalid_output",  # the output could not be encoded or was over the payload limit
-    "invalid_input",  # the step's resolved input was over the payload limit
-    "handler_failed",  # an on_failure or compensation handler failed
-    "cancelled",
-]
-RunFailureStatus = Literal["failed", "compensate_failed"]
-CompensationOutcome = Literal["failed", "cancelled"]
-
-
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What went wrong: a message, its kind, and a short traceback when there was one."""
-
-    message: str
-    kind: ErrorKind = "error"
-    traceback: str = ""
-
-
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Base of every event; `v` is the schema version of the event's tag."""
-
-    v: int = 1
-
-
-class StepEvent(Event, frozen=True, kw_only=True):
-    """Base of the events a step type owns (evolved by its module in `steps/`)."""
-
-    step_id: str
 
 
 class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
@@ -362,123 +347,6 @@ class RunContinuedAsNew(Event, frozen=True, kw_only=True, tag="run.continued_as_
     at_ms: int
 
 
-class AgentToolCall(msgspec.Struct, frozen=True, kw_only=True):
-    """A tool call an agent turn asked for: its id (unique in the turn), tool name, arguments."""
-
-    id: str
-    name: str
-    arguments: msgspec.Raw = NULL
-
-
-class AgentTurnScheduled(StepEvent, frozen=True, kw_only=True, tag="agent.turn.scheduled"):
-    """A task message is out for `attempt` of turn `turn` of an agent loop."""
-
-    turn: int
-    attempt: int
-    at_ms: int
-    deadline_ms: int | None = None
-    # Turn 1 of a loop resumed in a fresh run (continue-as-new): what the old run carried
-    # (null: nothing).
-    carried_state: msgspec.Raw = NULL
-    carried_tool_results: msgspec.Raw = NULL
-
-
-class AgentTurnFailed(StepEvent, frozen=True, kw_only=True, tag="agent.turn.failed"):
-    """A turn's attempt failed; with `will_retry` the next attempt is due at `due_at_ms`,
-    without it the agent loop fails."""
-
-    turn: int
-    attempt: int
-    error: ErrorInfo
-    will_retry: bool
-    at_ms: int
-    due_at_ms: int | None = None
-
-
-class AgentTurnLost(StepEvent, frozen=True, kw_only=True, tag="agent.turn.lost"):
-    """A turn's attempt was lost (its worker vanished); attempt `attempt + 1` follows at once
-    and does not count against the loop's retry policy (kernel.events.StepLost)."""
-
-    turn: int
-    attempt: int
-    error: ErrorInfo
-    at_ms: int
-
-
-class AgentTurnCompleted(StepEvent, frozen=True, kw_only=True, tag="agent.turn.completed"):
-    """A turn's handler returned: `done` with the loop's `output`, or the `state` to carry
-    and the `tool_calls` to run before the next turn; with the model usage it reported."""
-
-    turn: int
-    attempt: int
-    done: bool
-    state: msgspec.Raw = NULL
-    output: msgspec.Raw = NULL
-    tool_calls: tuple[AgentToolCall, ...] = ()
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost: float = 0.0
-    at_ms: int
-
-
-class AgentToolScheduled(StepEvent, frozen=True, kw_only=True, tag="agent.tool.scheduled"):
-    """A task message is out for `attempt` of tool call `index` of turn `turn`."""
-
-    turn: int
-    index: int
-    call_id: str
-    name: str
-    task: str
-    attempt: int
-    at_ms: int
-    deadline_ms: int | None = None
-
-
-class AgentToolFailed(StepEvent, frozen=True, kw_only=True, tag="agent.tool.failed"):
-    """A tool call's attempt failed and is retried at `due_at_ms` (a failure for good is an
-    `agent.tool.completed` whose result is the error)."""
-
-    turn: int
-    index: int
-    attempt: int
-    error: ErrorInfo
-    at_ms: int
-    due_at_ms: int
-
-
-class AgentToolLost(StepEvent, frozen=True, kw_only=True, tag="agent.tool.lost"):
-    """A tool call's attempt was lost (its worker vanished); attempt `attempt + 1` follows at
-    once and does not count against the loop's retry policy (kernel.events.StepLost)."""
-
-    turn: int
-    index: int
-    attempt: int
-    error: ErrorInfo
-    at_ms: int
-
-
-class AgentToolCompleted(StepEvent, frozen=True, kw_only=True, tag="agent.tool.completed"):
-    """A tool call's result, which the next turn sees: its `output` when `ok`, else `error`."""
-
-    turn: int
-    index: int
-    attempt: int  # 0 for a call that never ran (a tool the loop does not know)
-    ok: bool
-    output: msgspec.Raw = NULL
-    error: ErrorInfo | None = None
-    at_ms: int
-
-
-class AgentLimitReached(StepEvent, frozen=True, kw_only=True, tag="agent.limit.reached"):
-    """An agent loop reached one of its bounds (`limit`: max_turns, max_duration, max_tokens,
-    max_cost); `action` is its on_limit (fail, or complete with the last state)."""
-
-    limit: str
-    message: str
-    action: str
-    at_ms: int
-
-
 # --- run lifecycle operations (kernel.reopen) ----------------------------------------------
 
 
@@ -507,6 +375,28 @@ class DeadLetterDiscarded(Event, frozen=True, kw_only=True, tag="dead_letter.dis
     step_id: str
     attempt: int
     reason: str = ""
+    at_ms: int
+
+
+# -- admission (kernel/admission_run.py) ----------------------------------------------------
+
+HeldReason = Literal["pending", "scheduled", "skipped"]
+
+
+class RunQueued(Event, frozen=True, kw_only=True, tag="run.queued"):
+    """The run waits before its first step: for a slot of its admission gate (`pending`), for
+    `run_at_ms` (`scheduled`), or it was skipped (a singleton key held by `holder_run_id`)."""
+
+    reason: HeldReason
+    gate_id: str = ""
+    holder_run_id: str = ""
+    run_at_ms: int | None = None
+    at_ms: int
+
+
+class RunAdmitted(Event, frozen=True, kw_only=True, tag="run.admitted"):
+    """A held run goes on: its steps may start."""
+
     at_ms: int
 
 
@@ -558,6 +448,8 @@ AnyEvent = (
     | RunReopened
     | RunTerminated
     | DeadLetterDiscarded
+    | RunQueued
+    | RunAdmitted
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)  # in the union's order
@@ -592,3 +484,24 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
     command: AnyCommand
     events: tuple[AnyEvent, ...]
+
+# Re-exported: the catalog is one import (`from kernel.events import ...`).
+__all__ = [
+    "NULL",
+    "AgentLimitReached",
+    "AgentToolCall",
+    "AgentToolCompleted",
+    "AgentToolFailed",
+    "AgentToolLost",
+    "AgentToolScheduled",
+    "AgentTurnCompleted",
+    "AgentTurnFailed",
+    "AgentTurnLost",
+    "AgentTurnScheduled",
+    "CompensationOutcome",
+    "ErrorInfo",
+    "ErrorKind",
+    "Event",
+    "RunFailureStatus",
+    "StepEvent",
+]

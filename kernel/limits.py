@@ -80,3 +80,12 @@ history_events_soft_max: Final = 10_000  # past this, workers are told to contin
 # JSON at the edge.
 step_positions_cached_max: Final = 4_096  # runs' step-position maps kept (kernel.state)
 json_depth_max: Final = 64  # nesting of any JSON accepted at the edge (inputs, outputs, files)
+
+# -- admission and flow control (kernel/admission.py, kernel/workflow/admission.py) ----------
+max_runs_max: Final = 100_000  # concurrency.max_runs of one workflow
+admission_waiting_max: Final = 100_000  # pending runs one admission gate holds
+admission_skips_kept: Final = 1_024  # skipped runs a gate remembers (a redelivered start)
+admission_key_path_length_max: Final = 256  # a key or priority path into the input
+admission_key_length_max: Final = 256  # the key value a path finds (its JSON text)
+priority_abs_max: Final = 1_000_000  # |priority|
+input_schema_bytes_max: Final = 262_144  # a workflow's input_schema, as JSON

@@ -15,6 +15,7 @@ from typing import assert_never
 import msgspec
 
 from kernel import registry, run_links
+from kernel.admission_run import react_held, resume_held
 from kernel.cancel_on import watch as watch_cancel_on
 from kernel.commands import StartRun
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask
@@ -22,11 +23,13 @@ from kernel.events import (
     AnyEvent,
     CompensationStarted,
     DeadLetterDiscarded,
+    RunAdmitted,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
     RunContinuedAsNew,
     RunFailed,
+    RunQueued,
     RunReopened,
     RunStarted,
     RunTerminated,
@@ -96,6 +99,11 @@ def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             | DeadLetterDiscarded()
         ):
             return ()
+        case RunQueued():
+            return react_held(state, event)
+        case RunAdmitted():
+            timer = _run_timeout_timer(state)
+            return (timer,) if timer is not None else ()
         case StepEvent():  # every other event a step type owns: its module reacts
             return _step_type(state, event.step_id).react(state, event)
         case _:
@@ -132,7 +140,7 @@ def resume(state: RunState) -> tuple[AnyEffect, ...]:
         return ()
     if is_terminal(state):
         return run_links.successor_start(state)
-    effects: list[AnyEffect] = []
+    effects: list[AnyEffect] = list(resume_held(state))
     run_timer = _run_timeout_timer(state)
     if run_timer is not None and state.status == "running":
         effects.append(run_timer)

@@ -19,11 +19,13 @@ from kernel.events import (
     CompensationStarted,
     DeadLetterDiscarded,
     ErrorInfo,
+    RunAdmitted,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
     RunContinuedAsNew,
     RunFailed,
+    RunQueued,
     RunReopened,
     RunStarted,
     RunTerminated,
@@ -40,9 +42,10 @@ from kernel.events import (
     StepStarted,
     StepTimedOut,
 )
-from kernel.state import INITIAL_STATE, ReceivedSignal, RunState, StepState, is_terminal
+from kernel.state import INITIAL_STATE, ReceivedSignal, RunState, RunStatus, StepState, is_terminal
 
 replace = msgspec.structs.replace
+HELD = ("pending", "scheduled")  # a run waiting before its first step (kernel/admission_run)
 
 
 def evolve(state: RunState, event: AnyEvent) -> RunState:
@@ -78,6 +81,8 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             return reopen.evolve_terminated(
                 replace(state, event_count=state.event_count + 1), event
             )
+        case RunQueued() | RunAdmitted():
+            return _held(replace(state, event_count=state.event_count + 1), event)
         case StepEvent():  # every other event a step type owns: its module evolves it
             counted = replace(state, event_count=state.event_count + 1)
             step_def = counted.step_def(event.step_id)
@@ -191,6 +196,19 @@ def _run_lifecycle(state: RunState, event: RunLifecycleEvent) -> RunState:
             )
         case _:
             assert_never(event)
+
+
+def _held(state: RunState, event: RunQueued | RunAdmitted) -> RunState:
+    """Apply `run.queued` / `run.admitted` (the run's timeout counts from its admission)."""
+    if isinstance(event, RunAdmitted):
+        assert state.status in HELD, f"run {state.run_id!r} admitted while {state.status}"
+        return replace(state, status="running", started_at_ms=event.at_ms)
+    assert state.status in ("running", "scheduled"), f"{state.run_id!r} queued: {state.status}"
+    run_at = event.run_at_ms if event.run_at_ms is not None else state.run_at_ms
+    gate_id = event.gate_id or state.gate_id
+    status: RunStatus = "scheduled" if event.reason == "scheduled" else "pending"
+    holder = event.holder_run_id
+    return replace(state, status=status, run_at_ms=run_at, gate_id=gate_id, holder_run_id=holder)
 
 
 def fold(events: Iterable[AnyEvent]) -> RunState:

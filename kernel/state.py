@@ -17,6 +17,8 @@ from kernel.workflow import StepDef, WorkflowDef
 
 RunStatus = Literal[
     "new",  # no run.started yet
+    "pending",  # waiting for a slot of its admission gate (kernel/admission_run.py)
+    "scheduled",  # waiting for its start time (kernel/admission_run.py)
     "running",
     "compensating",
     "completed",
@@ -108,6 +110,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     reopens: int = 0
     reopened_at_ms: int | None = None
     discarded: tuple[str, ...] = ()
+    gate_id: str = ""  # its admission gate, once held (kernel/admission_run.py)
+    run_at_ms: int | None = None  # a scheduled start's time
+    holder_run_id: str = ""  # a skipped run: the run that held its singleton key
 
     def index_of(self, step_id: str) -> int:
         """Position of `step_id` in `steps`, or -1 (O(1) for a long run: `_positions`)."""

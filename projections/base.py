@@ -23,6 +23,7 @@ import msgspec
 from sqlite_utils import Database
 
 from kernel import codec
+from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
 from kernel.events import AnyEvent, Event
 
@@ -156,8 +157,8 @@ def positioned_events(
     """The wanted events of messages with seq > after_seq (older ones are redeliveries), with
     their positions. A message that does not decode is skipped and named in `problems`."""
     for seq, run_id, data in messages:
-        if seq <= after_seq:
-            continue
+        if seq <= after_seq or is_gate_id(run_id):
+            continue  # (a gate's history is admission's, kernel/admission.py, not a run's)
         try:
             decision = codec.decode_decision(data)
         except DagnatsError as error:

@@ -41,6 +41,7 @@ from dagnats.client.errors import (
     WaitTimeoutError,
 )
 from dagnats.client.watches import ParkedWatches, RunWatch
+from dagnats.input_schema import check_input
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.credentials import TlsFiles
@@ -51,7 +52,7 @@ from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, run_commands_filter
 from dagnats.runtime.roles import Role
 from kernel import codec, limits
-from kernel.commands import AnyCommand, CancelRun, SendSignal, StartRun
+from kernel.commands import AnyCommand, CancelRun, ScheduleRun, SendSignal, StartGated, StartRun
 from kernel.decide import decide
 from kernel.errors import (
     DagnatsError,
@@ -194,8 +195,11 @@ class Client:
         *,
         run_id: str | None = None,
         wait_started_s: float = start_wait_s_default,
+        run_at_ms: int | None = None,
     ) -> str:
         """Start a run; idempotent on a caller-given `run_id` (the same start twice is one run).
+        With `run_at_ms` (ms since the epoch) the run is recorded `scheduled` and starts then,
+        through a durable timer (README "Admission and flow control").
 
         Raises:
             WorkflowNotFoundError: no workflow of that name is registered.
@@ -205,6 +209,7 @@ class Client:
             PayloadTooLargeError: the input is over the payload limit.
             JsonInputError: the input holds NaN, Infinity or bytes, or nests too deep.
             RunExistsError: `run_id` names a run of another workflow or input.
+            InputSchemaError: the input does not meet the workflow's input_schema (no run).
         """
         definition = (
             _checked(workflow)
@@ -224,15 +229,22 @@ class Client:
             workflow=definition,
             input=msgspec.Raw(data),
         )
+        check_input(definition, data)  # refused here, with the schema errors: no run
         # A generated id names no run yet; a caller's id may name one (start is idempotent).
         existing = await self._first_decision(run_id) if given else None
         if existing is None:
-            existing = await self._send_start(command, wait_started_s)
+            sent: StartRun | ScheduleRun = command
+            if run_at_ms is not None:
+                sent = ScheduleRun(run_id=run_id, at_ms=command.at_ms, start=command,
+                                   run_at_ms=run_at_ms)  # fmt: skip
+            existing = await self._send_start(sent, wait_started_s)
         if existing is not None and not _same_start(existing, command):
             raise RunExistsError(run_id)
         return run_id
 
-    async def _send_start(self, command: StartRun, wait_started_s: float) -> Decision | None:
+    async def _send_start(
+        self, command: StartRun | ScheduleRun, wait_started_s: float
+    ) -> Decision | None:
         """Send a StartRun with a watch of the run opened first; the run's first decision
         (within `wait_started_s`), and the watch parked for `wait` (one consumer for both)."""
         run_id = command.run_id
@@ -570,6 +582,8 @@ def _checked(workflow: WorkflowDef) -> WorkflowDef:
 
 def _same_start(decision: Decision, command: StartRun) -> bool:
     first = decision.command
+    if isinstance(first, StartGated | ScheduleRun):  # admission's forms of a start
+        first = first.start
     return (
         isinstance(first, StartRun)
         and first.workflow == command.workflow

@@ -19,11 +19,12 @@ import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
-from typing import Literal, assert_never
 
 import msgspec
 
+from dagnats.runtime.admission import AdmissionRuntime, Outcome
 from dagnats.runtime.assertions import require_assertions
+from dagnats.runtime.effect_runner import run_effect
 from dagnats.runtime.links import RunLinks
 from dagnats.runtime.parked import RunParkedError, undecodable, unfoldable
 from dagnats.runtime.protocols import (
@@ -52,29 +53,20 @@ from dagnats.runtime.settings import (
 )
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
+from kernel.admission import is_gate_id
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
 from kernel.effects import (
     AnyEffect,
-    ArmTimer,
-    CancelChild,
-    CancelTimer,
-    EnqueueTask,
-    PublishNotice,
-    ReportToParent,
-    StartChild,
     StartContinuation,
-    WatchEvents,
 )
-from kernel.errors import AppendConflictError, DagnatsError, DecodeError
+from kernel.errors import AppendConflictError, DecodeError
 from kernel.events import AnyEvent
 from kernel.react import react, repeated, resume
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 from kernel.workflow import validate_workflow
 from projections.snapshot import SnapshotReader
-
-Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
 
 log = logging.getLogger("dagnats.engine")
 
@@ -123,6 +115,7 @@ class Engine:
         # Commands fetched and not yet acked or naked: each gets a progress ack every
         # command_progress_interval_ms while the engine lives (see `keep_in_progress`).
         self._unsettled: set[CommandMessage] = set()
+        self.admission = AdmissionRuntime(self, self._handle_command)  # (runtime/admission.py)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -217,7 +210,7 @@ class Engine:
             command = authorized
         if command.run_id in self.parked:
             return "parked"
-        outcome = await self._handle_command(command, data, deliveries)
+        outcome = await self.admission.handle(command, data, deliveries)
         await self._report_parked()
         return outcome
 
@@ -396,40 +389,15 @@ class Engine:
 
     async def _execute_one(self, effect: AnyEffect) -> None:
         async with self._effect_slots:
-            match effect:
-                case EnqueueTask():
-                    await self.tasks.publish(effect.task, codec.encode(effect), effect.msg_id)
-                case ArmTimer():
-                    await self.timers.arm(
-                        effect.run_id,
-                        effect.timer_id,
-                        effect.fire_at_ms,
-                        codec.encode(effect.command),
-                    )
-                case CancelTimer():
-                    await self.timers.cancel(effect.run_id, effect.timer_id)
-                case PublishNotice() if self.links is None:
-                    # A notice is a courtesy (what it tells is in history and the query
-                    # tables); an engine with no NATS links (the simulator) skips it.
-                    log.debug("run %s: notice skipped (no links)", effect.run_id)
-                case (
-                    StartChild()
-                    | ReportToParent()
-                    | CancelChild()
-                    | WatchEvents()
-                    | PublishNotice()
-                    | StartContinuation()
-                ):
-                    if self.links is None:
-                        raise DagnatsError(f"this engine cannot link runs: {effect!r}")
-                    await self.links.execute(effect)
-                case _:
-                    assert_never(effect)
+            await run_effect(effect, self.tasks, self.timers, self.links)
 
     # -- restart -------------------------------------------------------------------------
 
     async def resume_run(self, run_id: str) -> bool:
         """Issue again every outstanding effect of one run; False when it has ended."""
+        if is_gate_id(run_id):  # an admission gate, not a run (runtime/admission.py)
+            await self.admission.resume_gate(run_id, self.admission.now_ms())
+            return False
         try:
             loaded = await self.load(run_id)
         except RunParkedError as error:
@@ -437,6 +405,7 @@ class Engine:
             return False
         effects = list(resume(loaded.state))
         if is_terminal(loaded.state) or loaded.state.status == "new":
+            await self.admission.release_ended(loaded.state, self.admission.now_ms())
             self.forget(run_id)
             await self.execute([e for e in effects if await self._never_started(e)])
             return False

@@ -36,6 +36,7 @@ from dagnats.runtime.resources import (
     ensure_bucket,
 )
 from kernel import codec
+from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
 from kernel.events import Decision
 from kernel.state import INITIAL_STATE
@@ -223,6 +224,8 @@ class SnapshotTarget:
         decoded: list[tuple[int, str, Decision]] = []
         events = 0
         for seq, run_id, data in messages:
+            if is_gate_id(run_id):
+                continue  # an admission gate's history (kernel/admission.py), not a run's
             try:
                 decision = codec.decode_decision(data)
             except DagnatsError as error:

@@ -48,6 +48,7 @@ from kernel.commands import (
     FailTask,
     ReopenRun,
     ResolveApproval,
+    ScheduleRun,
     SendSignal,
     StartRun,
     TaskStarted,
@@ -72,8 +73,8 @@ _LIFECYCLE: Final[tuple[type, ...]] = (ReopenRun, TerminateRun, DiscardDeadLette
 # Which command types each subject kind may carry; the engine and legacy kinds carry any.
 KIND_COMMANDS: Final[dict[str, tuple[type, ...]]] = {
     KIND_RESULT: (TaskStarted, CompleteTask, FailTask),
-    KIND_CLIENT: (StartRun, CancelRun, SendSignal, *_LIFECYCLE),
-    KIND_DECISION: (ResolveApproval, StartRun, CancelRun, SendSignal, *_LIFECYCLE),
+    KIND_CLIENT: (StartRun, CancelRun, SendSignal, ScheduleRun, *_LIFECYCLE),
+    KIND_DECISION: (ResolveApproval, StartRun, CancelRun, SendSignal, ScheduleRun, *_LIFECYCLE),
 }
 # The kind each role's connection publishes its commands under.
 ROLE_KIND: Final[dict[Role, str]] = {

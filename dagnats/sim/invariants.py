@@ -39,6 +39,7 @@ from dagnats.sim.memory import HistoryMessage, VirtualTime
 from dagnats.sim.memory_queue import QueueEntry
 from dagnats.worker import decode_task
 from kernel import codec
+from kernel.admission import is_gate_id
 from kernel.decide import decide
 from kernel.errors import DecodeError
 from kernel.events import AnyEvent, Decision, StepCompleted, event_tag
@@ -151,6 +152,8 @@ class Oracle:
 
     def on_append(self, message: HistoryMessage) -> None:
         """Fold the appended decision; it must decode, fold, and complete no step twice."""
+        if is_gate_id(message.run_id):
+            return  # an admission gate (its own rules: dagnats/sim/admission.py)
         track = self.track(message.run_id)
         if not track.folds:
             return

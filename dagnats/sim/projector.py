@@ -36,6 +36,7 @@ from dagnats.sim.faults import SeedFaults, SimulatedCrash
 from dagnats.sim.memory import HistoryMessage, MemoryEventLog, MemorySnapshots
 from dagnats.sim.trace import Trace
 from kernel import codec
+from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
 from kernel.events import AnyEvent, Decision
 from kernel.state import INITIAL_STATE, RunState
@@ -230,6 +231,8 @@ class SeedProjector:
     def _apply_snapshots(self, messages: list[HistoryMessage]) -> None:
         decoded: list[tuple[int, str, Decision]] = []
         for message in messages:
+            if is_gate_id(message.run_id):
+                continue  # an admission gate's history, not a run's
             decoded.append((message.seq, message.run_id, codec.decode_decision(message.payload)))
         for run_id in self.folder.to_load(decoded):
             self._load(run_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dagnats.sim import settings
 from dagnats.sim.memory import HistoryMessage
 from kernel import codec
+from kernel.admission import is_gate_id
 from kernel.errors import DecodeError
 from kernel.events import AnyEvent, event_tag
 
@@ -49,6 +50,8 @@ class Trace:
 def _text(what: str | HistoryMessage) -> str:
     if isinstance(what, str):
         return what
+    if is_gate_id(what.run_id):
+        return f"appends #{what.seq} to gate {what.run_id}"
     try:
         decision = codec.decode_decision(what.payload)
     except DecodeError as error:

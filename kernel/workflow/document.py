@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
+from kernel.workflow.admission import admission_document, concurrency_runs_document
 from kernel.workflow.durations import format_duration
 from kernel.workflow.model import (
     EMPTY_OBJECT,
@@ -31,8 +32,13 @@ def workflow_to_document(workflow: WorkflowDef) -> dict[str, object]:
     document: dict[str, object] = {"name": workflow.name, "version": workflow.version}
     if workflow.timeout_ms is not None:
         document["timeout"] = _duration_text(workflow.timeout_ms)
+    concurrency = concurrency_runs_document(workflow.admission)
     if workflow.max_concurrent_steps is not None:
-        document["concurrency"] = {"max_steps": workflow.max_concurrent_steps}
+        concurrency = {"max_steps": workflow.max_concurrent_steps, **concurrency}
+    if concurrency:
+        document["concurrency"] = concurrency
+    if workflow.admission is not None:
+        document.update(admission_document(workflow.admission))
     if workflow.default_retry is not None:
         document["default_retry"] = _retry_document(workflow.default_retry)
     if bytes(workflow.metadata) != bytes(EMPTY_OBJECT):

@@ -89,6 +89,37 @@ class CancelOn(msgspec.Struct, frozen=True, kw_only=True):
     match: msgspec.Raw = NO_MATCH
 
 
+SingletonMode = Literal["skip", "cancel_previous", "queue"]
+SINGLETON_MODES: Final[tuple[SingletonMode, ...]] = ("skip", "cancel_previous", "queue")
+
+
+class Singleton(msgspec.Struct, frozen=True, kw_only=True):
+    """At most one running run per value of `key` (a dotted path into the input); `mode` says
+    what a new run does while one holds the key (kernel/admission.py)."""
+
+    key: str
+    mode: SingletonMode = "skip"
+
+
+class Admission(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who may start and when (README "Admission and flow control"): at most `max_runs`
+    running runs (per value of the input path `key`), the pending queue ordered by `priority`
+    (or the integer at the input path `priority_key`), FIFO within a priority; a `singleton`
+    key; an `input_schema` (JSON Schema, draft 2020-12, as JSON) every start's input meets."""
+
+    max_runs: int | None = None
+    key: str = ""
+    priority: int = 0
+    priority_key: str = ""
+    singleton: Singleton | None = None
+    input_schema: msgspec.Raw | None = None
+
+    @property
+    def gated(self) -> bool:
+        """Whether starts wait for a slot (a concurrency limit or a singleton key)."""
+        return self.max_runs is not None or self.singleton is not None
+
+
 class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True):
     """A whole workflow: named, versioned, its steps in the order the user wrote them."""
 
@@ -100,3 +131,4 @@ class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrent_steps: int | None = None
     metadata: msgspec.Raw = EMPTY_OBJECT
     cancel_on: tuple[CancelOn, ...] = ()
+    admission: Admission | None = None  # (kernel/workflow/admission.py reads it)

@@ -23,6 +23,7 @@ from msgspec.structs import replace
 
 from kernel import limits
 from kernel.errors import Problem, WorkflowInvalidError
+from kernel.workflow.admission import read_admission
 from kernel.workflow.fields import (
     canonical_json,
     join_path,
@@ -52,14 +53,14 @@ from kernel.workflow.rules import (
 
 TOP_FIELDS: Final = (
     "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata",
-    "cancel_on",
+    "cancel_on", "priority", "singleton", "input_schema",
 )  # fmt: skip
 STEP_FIELDS: Final = (
     "id", "type", "task", "depends_on", "retry", "retries", "timeout", "skip_if",
     "on_failure", "compensate", "metadata", "config",
 )  # fmt: skip
 SKIP_IF_FIELDS: Final = ("step_id", "field", "op", "value")
-CONCURRENCY_FIELDS: Final = ("max_steps", "max_runs")
+CONCURRENCY_FIELDS: Final = ("max_steps", "max_runs", "key")
 CANCEL_ON_FIELDS: Final = ("event", "match")
 TYPE_ALIASES: Final = {"normal": "task"}
 JSON_NULL: Final = msgspec.Raw(b"null")
@@ -188,7 +189,10 @@ def _workflow(fields: dict[str, object], problems: Problems) -> WorkflowDef:
     version = _version(fields.get("version"), problems)
     default_retry = read_retry(fields, "default_retry", "", problems)
     timeout_ms = read_timeout(fields, "", problems)
-    max_steps = _concurrency(fields.get("concurrency"), problems)
+    concurrency = _concurrency(fields.get("concurrency"), problems)
+    max_steps = read_whole(
+        (concurrency or {}).get("max_steps"), "concurrency.max_steps", MAX_STEPS_RULE, problems
+    )
     metadata = read_metadata(fields.get("metadata"), "metadata", problems)
     steps = _steps(fields.get("steps"), problems)
     return WorkflowDef(
@@ -200,6 +204,7 @@ def _workflow(fields: dict[str, object], problems: Problems) -> WorkflowDef:
         max_concurrent_steps=max_steps,
         metadata=metadata,
         cancel_on=_cancel_on(fields.get("cancel_on"), problems),
+        admission=read_admission(fields, concurrency, problems),
     )
 
 
@@ -311,13 +316,10 @@ def _version(value: object, problems: Problems) -> str:
     return value
 
 
-def _concurrency(value: object, problems: Problems) -> int | None:
+def _concurrency(value: object, problems: Problems) -> dict[str, object] | None:
     if value is None:
         return None
-    fields = read_object(value, "concurrency", CONCURRENCY_FIELDS, problems)
-    if fields is None:
-        return None  # max_runs is accepted for the Go files' sake and not used
-    return read_whole(fields.get("max_steps"), "concurrency.max_steps", MAX_STEPS_RULE, problems)
+    return read_object(value, "concurrency", CONCURRENCY_FIELDS, problems)
 
 
 def _cancel_on(value: object, problems: Problems) -> tuple[CancelOn, ...]:

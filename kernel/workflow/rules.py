@@ -21,6 +21,7 @@ from kernel import limits, registry
 from kernel.conditions import condition_problems
 from kernel.errors import Problem
 from kernel.registry import StepType
+from kernel.workflow.admission_rules import check_admission
 from kernel.workflow.durations import format_duration
 from kernel.workflow.model import (
     EMPTY_OBJECT,
@@ -115,6 +116,7 @@ def check_workflow(workflow: WorkflowDef, problems: Problems) -> None:
             _check_step(step, index, known, problems)
         check_between_steps(workflow.steps, known, problems)
     _check_cancel_on(workflow.cancel_on, problems)
+    check_admission(workflow.admission, problems)
 
 
 def check_step_count(count: int, problems: Problems) -> bool:

@@ -69,9 +69,25 @@ def workflow_schema() -> JSONSchema:
             CONCURRENCY_FIELDS,
             {
                 "max_steps": _integer(1, limits.steps_per_workflow_max),
-                "max_runs": {"type": "integer", "description": "accepted, not used"},
+                "max_runs": _integer(1, limits.max_runs_max, "at most this many running runs"),
+                "key": {"type": "string", "description": "a path into the input: max_runs per key"},
             },
         ),
+        "priority": {
+            "anyOf": [
+                _integer(-limits.priority_abs_max, limits.priority_abs_max),
+                {"type": "string", "description": "a path into the input"},
+            ]
+        },
+        "singleton": _object(
+            ("key", "mode"),
+            {"key": {"type": "string"}, "mode": {"enum": ["skip", "cancel_previous", "queue"]}},
+            required=("key",),
+        ),
+        "input_schema": {
+            "type": ["object", "boolean"],
+            "description": "a JSON Schema (draft 2020-12) every start's input must meet",
+        },
         "metadata": {"$ref": "#/$defs/metadata"},
         "cancel_on": {
             "anyOf": [

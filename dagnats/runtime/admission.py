@@ -1,0 +1,305 @@
+"""Admission in the engine: ask a run's gate before it starts, tell it when the run ends.
+
+The gate is an aggregate on its own history subject (`dagnats.history.admission-<hash>`),
+decided by the pure `kernel.admission` rules and appended under the subject's expected last
+sequence, like a run: two engines never admit over a limit (the loser of a race reloads and
+decides again). Around each command the engine decides (`AdmissionRuntime.handle`):
+
+- before: a `StartRun` of a gated workflow (or one with an `input_schema`) becomes a
+  `StartGated` carrying the gate's verdict (admitted, pending, skipped) or the schema errors;
+  a scheduled run's timer (`AdmitRun` with no verdict) asks the gate the same way;
+- after: a run of a gate that has just ended releases its slot (or its place in the queue);
+  the runs the gate then grants are admitted, and the holders a `cancel_previous` singleton
+  evicts are cancelled, each by deciding a command for that run here and now.
+
+A crash between the gate's append and the run's is safe: the start is redelivered and the gate,
+asked again, answers what it decided. After a restart `resume_gate` admits every holder still
+pending and releases every holder or waiting run that has ended, so no run is left pending
+while a slot is free. No step-type name appears here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Final, Literal, Protocol
+
+import msgspec
+
+from dagnats.input_schema import input_errors
+from dagnats.runtime.parked import RunParkedError
+from dagnats.runtime.protocols import EventLog
+from dagnats.runtime.settings import append_attempts_max, run_cache_max
+from kernel import codec
+from kernel.admission import (
+    INITIAL_ADMISSION,
+    AdmissionState,
+    AnyAdmissionCommand,
+    AnyAdmissionEvent,
+    FollowUps,
+    ReleaseAdmission,
+    decide_admission,
+    decode_admission,
+    encode_admission,
+    fold_admission,
+    follow_ups,
+    gate_of,
+    request_for,
+    verdict,
+)
+from kernel.commands import (
+    AdmissionVerdict,
+    AdmitRun,
+    AnyCommand,
+    CancelRun,
+    FireTimer,
+    ScheduleRun,
+    StartGated,
+    StartRun,
+)
+from kernel.errors import AppendConflictError, DagnatsError
+from kernel.state import RunState, is_terminal
+
+log = logging.getLogger("dagnats.admission")
+
+follow_depth_max: Final = 32  # nested follow-ups (a granted run that ends at once, ...)
+_depth: contextvars.ContextVar[int] = contextvars.ContextVar("admission_depth", default=0)
+
+
+class GateConflictError(DagnatsError):
+    """A gate's append conflicted `append_attempts_max` times in a row."""
+
+
+class Loaded(Protocol):
+    @property
+    def state(self) -> RunState: ...
+
+
+class EngineSide(Protocol):
+    """What admission needs of the engine (runtime/engine.py)."""
+
+    history: EventLog
+
+    async def load(self, run_id: str) -> Loaded: ...
+
+
+Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
+Decide = Callable[[AnyCommand, bytes, int], Awaitable[Outcome]]
+
+
+class AdmissionRuntime:
+    """Admission around the engine's decisions (see the module's docstring)."""
+
+    def __init__(self, engine: EngineSide, decide_run: Decide) -> None:
+        self.engine = engine
+        self.decide_run = decide_run  # the engine's own path for one command of a run
+        self._gates: OrderedDict[str, tuple[AdmissionState, int]] = OrderedDict()
+        self._locks: OrderedDict[str, asyncio.Lock] = OrderedDict()
+        self.counters: dict[str, int] = {}
+        # The time stamped on what a restart decides (the simulator sets its virtual clock).
+        self.now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+
+    # -- around one command ---------------------------------------------------------------
+
+    async def handle(self, command: AnyCommand, data: bytes, deliveries: int) -> Outcome:
+        """Decide `command` with admission before and after it (see the module)."""
+        try:
+            before = await self._before(command)
+            state_before = (await self.engine.load(command.run_id)).state
+        except RunParkedError:
+            before = None  # the engine parks the run when it decides the command
+        if before is None:
+            return await self.decide_run(command, data, deliveries)
+        if isinstance(before, tuple):
+            command, follow = before
+        else:
+            command, follow = before, FollowUps()
+        outcome = await self.decide_run(command, data, deliveries)
+        if outcome != "applied":
+            await self._follow(follow, command.at_ms)
+            return outcome
+        state_after = (await self.engine.load(command.run_id)).state
+        if is_terminal(state_after) and not is_terminal(state_before):
+            follow = _merge(follow, await self._release(state_after, command.at_ms))
+        await self._follow(follow, command.at_ms)
+        return outcome
+
+    async def _before(
+        self, command: AnyCommand
+    ) -> AnyCommand | tuple[AnyCommand, FollowUps] | None:
+        """The command as it should be decided, with the gate's follow-ups; None when
+        admission has nothing to do with it (the common case: no extra round trip)."""
+        if isinstance(command, StartRun | ScheduleRun):
+            start = command if isinstance(command, StartRun) else command.start
+            workflow = start.workflow
+            admission = workflow.admission
+            if admission is None:
+                return None
+            if (await self.engine.load(command.run_id)).state.status != "new":
+                return command  # the same start again: the run decides it to nothing
+            errors = input_errors(workflow, bytes(start.input))
+            if errors:
+                reason = "input does not meet the workflow's input_schema: " + "; ".join(errors)
+                invalid = AdmissionVerdict(outcome="invalid", reason=reason)
+                return StartGated(
+                    run_id=command.run_id, at_ms=command.at_ms, start=start, verdict=invalid
+                )
+            if isinstance(command, ScheduleRun) or not admission.gated:
+                return command
+            return await self._ask(command.run_id, command.at_ms, start, start)
+        if isinstance(command, FireTimer) and command.kind == "run_at":  # a scheduled start
+            state = (await self.engine.load(command.run_id)).state
+            if state.status != "scheduled":
+                return command
+            admit = AdmitRun(run_id=command.run_id, at_ms=command.at_ms)
+            return await self._ask(command.run_id, command.at_ms, state, admit)
+        return command
+
+    async def _ask(
+        self, run_id: str, at_ms: int, start: StartRun | RunState, command: StartRun | AdmitRun
+    ) -> tuple[AnyCommand, FollowUps] | AnyCommand:
+        assert start.workflow is not None
+        gate = gate_of(start.workflow, bytes(start.input))
+        if gate is None:
+            return command
+        state, events = await self.decide_gate(request_for(gate, run_id, at_ms))
+        found = verdict(state, run_id)
+        follow = follow_ups(request_for(gate, run_id, at_ms), events)
+        self._count(f"verdict_{found.outcome}")
+        if isinstance(command, StartRun):
+            gated = StartGated(run_id=run_id, at_ms=at_ms, start=command, verdict=found)
+            return gated, follow
+        return msgspec.structs.replace(command, verdict=found), follow
+
+    async def _release(self, state: RunState, at_ms: int) -> FollowUps:
+        """A run of a gate ended: free its slot or its place in the queue."""
+        if state.workflow is None:
+            return FollowUps()
+        gate = gate_of(state.workflow, bytes(state.input))
+        if gate is None:
+            return FollowUps()
+        release = ReleaseAdmission(gate_id=gate.gate_id, run_id=state.run_id, at_ms=at_ms)
+        _, events = await self.decide_gate(release)
+        return follow_ups(release, events)
+
+    async def _follow(self, follow: FollowUps, at_ms: int) -> None:
+        """Admit the granted runs and cancel the evicted holders, each here and now."""
+        if not follow.admit and not follow.cancel:
+            return
+        depth = _depth.get()
+        if depth >= follow_depth_max:
+            log.warning("admission: follow-ups %d deep; left to the gate's resume", depth)
+            return
+        token = _depth.set(depth + 1)
+        try:
+            for run_id in follow.admit:
+                admitted = AdmissionVerdict(outcome="admitted")
+                command: AnyCommand = AdmitRun(run_id=run_id, at_ms=at_ms, verdict=admitted)
+                await self.handle(command, codec.encode(command), 1)
+            for run_id, reason in follow.cancel:
+                cancel = CancelRun(run_id=run_id, at_ms=at_ms, reason=reason)
+                await self.handle(cancel, codec.encode(cancel), 1)
+        finally:
+            _depth.reset(token)
+
+    # -- the gate aggregate ---------------------------------------------------------------
+
+    async def decide_gate(
+        self, command: AnyAdmissionCommand
+    ) -> tuple[AdmissionState, tuple[AnyAdmissionEvent, ...]]:
+        """Decide a gate command and append its events under the expected last sequence.
+
+        Raises:
+            GateConflictError: the append conflicted append_attempts_max times in a row.
+        """
+        gate_id = command.gate_id
+        async with self._lock(gate_id):
+            for _ in range(append_attempts_max):
+                state, last_seq = await self._load_gate(gate_id)
+                events = decide_admission(state, command)
+                if not events:
+                    if await self.engine.history.last_seq(gate_id) == last_seq:
+                        return state, ()
+                    self._gates.pop(gate_id, None)  # another engine appended: read again
+                    continue
+                payload = encode_admission(command, events)
+                digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
+                try:
+                    seq = await self.engine.history.append(
+                        gate_id, payload, msg_id=f"{gate_id}:{last_seq}:{digest}",
+                        expected_last_seq=last_seq,
+                    )  # fmt: skip
+                except AppendConflictError:
+                    self._count("gate_conflicts")
+                    self._gates.pop(gate_id, None)
+                    continue
+                new_state = fold_admission(state, events)
+                self._remember(gate_id, new_state, seq)
+                return new_state, events
+        raise GateConflictError(f"gate {gate_id}: {append_attempts_max} append conflicts")
+
+    async def gate_state(self, gate_id: str) -> AdmissionState:
+        """A gate's state, folded from its history (or the cache)."""
+        return (await self._load_gate(gate_id))[0]
+
+    async def _load_gate(self, gate_id: str) -> tuple[AdmissionState, int]:
+        cached = self._gates.get(gate_id)
+        if cached is not None:
+            return cached
+        state, last_seq = INITIAL_ADMISSION, 0
+        async for seq, data in self.engine.history.read(gate_id):
+            state = fold_admission(state, decode_admission(data).events)
+            last_seq = seq
+        self._remember(gate_id, state, last_seq)
+        return state, last_seq
+
+    def _remember(self, gate_id: str, state: AdmissionState, seq: int) -> None:
+        self._gates[gate_id] = (state, seq)
+        self._gates.move_to_end(gate_id)
+        while len(self._gates) > run_cache_max:
+            self._gates.popitem(last=False)
+
+    def _lock(self, gate_id: str) -> asyncio.Lock:
+        lock = self._locks.get(gate_id)
+        if lock is None:
+            lock = self._locks[gate_id] = asyncio.Lock()
+            while len(self._locks) > run_cache_max:
+                oldest, held = next(iter(self._locks.items()))
+                if held.locked():
+                    break
+                del self._locks[oldest]
+        return lock
+
+    def forget_gate(self, gate_id: str) -> None:
+        self._gates.pop(gate_id, None)
+
+    # -- restart --------------------------------------------------------------------------
+
+    async def resume_gate(self, gate_id: str, at_ms: int) -> None:
+        """After a restart: admit each holder still pending, release each run that ended."""
+        self.forget_gate(gate_id)
+        state = await self.gate_state(gate_id)
+        for run_id in (*state.holders, *(w.run_id for w in state.waiting)):
+            run = (await self.engine.load(run_id)).state
+            if is_terminal(run):
+                release = ReleaseAdmission(gate_id=gate_id, run_id=run_id, at_ms=at_ms)
+                _, events = await self.decide_gate(release)
+                await self._follow(follow_ups(release, events), at_ms)
+            elif run.status == "pending" and run_id in state.holders:
+                await self._follow(FollowUps(admit=(run_id,)), at_ms)
+
+    async def release_ended(self, state: RunState, at_ms: int) -> None:
+        """A run found ended at a restart: its slot is released (nothing if it was)."""
+        await self._follow(await self._release(state, at_ms), at_ms)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def _merge(first: FollowUps, second: FollowUps) -> FollowUps:
+    return FollowUps(admit=first.admit + second.admit, cancel=first.cancel + second.cancel)

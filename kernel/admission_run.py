@@ -1,0 +1,128 @@
+"""Admission, the run's side: a run held before its first step, and what lets it go on.
+
+A run of a gated workflow (kernel/admission.py) or one started for later (`ScheduleRun`) is
+recorded with `run.started` (its workflow and input, as every run) followed by `run.queued`:
+its status is `pending` (waiting for a slot of its gate) or `scheduled` (waiting for
+`run_at_ms`, through a durable timer whose firing is an `AdmitRun` command). `AdmitRun` with
+the gate's verdict lets it go on (`run.admitted`, then its steps start), or holds it again as
+pending. A start the gate skipped (a singleton key held) is recorded as cancelled, naming the
+holder; a start whose input does not meet the workflow's `input_schema` as failed, with the
+schema errors. A held run that is cancelled ends at once (no step ran).
+
+`kernel/decide.py` calls in here; what the gate decides is the engine's to ask. Pure.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from kernel import queries
+from kernel.commands import (
+    AdmissionVerdict,
+    AdmitRun,
+    CancelRun,
+    FireTimer,
+    ScheduleRun,
+    StartGated,
+)
+from kernel.effects import AnyEffect, ArmTimer
+from kernel.events import (
+    AnyEvent,
+    ErrorInfo,
+    RunAdmitted,
+    RunCancelled,
+    RunCancelRequested,
+    RunQueued,
+)
+from kernel.lifecycle import Builder, fail_run
+from kernel.state import RunState
+
+HELD_STATUSES: Final = frozenset({"pending", "scheduled"})
+RUN_AT_TIMER_ID: Final = "run_at"
+replace = msgspec.structs.replace
+
+
+def hold(builder: Builder, command: StartGated | ScheduleRun) -> None:
+    """After `run.started`: hold the run, end it (skipped, invalid), or leave it running."""
+    assert builder.state.status == "running", builder.state.status
+    if isinstance(command, ScheduleRun):
+        builder.emit(
+            RunQueued(reason="scheduled", run_at_ms=command.run_at_ms, at_ms=command.at_ms)
+        )
+        return
+    apply_verdict(builder, command.verdict)
+
+
+def apply_verdict(builder: Builder, verdict: AdmissionVerdict) -> None:
+    """What a gate's verdict means for a run that is running (just started) or held."""
+    at_ms = builder.at_ms
+    held = builder.state.status in HELD_STATUSES
+    match verdict.outcome:
+        case "admitted":
+            if held:
+                builder.emit(RunAdmitted(at_ms=at_ms))
+        case "pending":
+            if builder.state.status != "pending":
+                builder.emit(RunQueued(reason="pending", gate_id=verdict.gate_id, at_ms=at_ms))
+        case "skipped":
+            holder = verdict.holder_run_id
+            builder.emit(
+                RunQueued(reason="skipped", gate_id=verdict.gate_id, holder_run_id=holder,
+                          at_ms=at_ms)
+            )  # fmt: skip
+            reason = f"skipped: singleton key held by run {holder}"
+            builder.emit(RunCancelRequested(reason=reason, at_ms=at_ms))
+            builder.emit(RunCancelled(reason=reason, at_ms=at_ms))
+        case "invalid":
+            if held:
+                builder.emit(RunAdmitted(at_ms=at_ms))
+            error = ErrorInfo(message=queries.truncate(verdict.reason), kind="invalid_input")
+            fail_run(builder, error, failed_step_id="")
+        case "unknown":
+            raise AssertionError(f"run {builder.state.run_id!r}: no verdict to apply")
+
+
+def admit(builder: Builder, command: AdmitRun) -> None:
+    """A held run's gate granted it a slot, or its time came (no verdict: the workflow is not
+    gated). Anything else than a held run decides nothing (a duplicate grant)."""
+    if builder.state.status not in HELD_STATUSES:
+        return
+    verdict = command.verdict or AdmissionVerdict(outcome="admitted")
+    apply_verdict(builder, verdict)
+
+
+def cancel_held(builder: Builder, command: CancelRun) -> None:
+    """A held run cancelled: it ends now (no step ran, nothing to compensate)."""
+    if builder.state.status in HELD_STATUSES:
+        reason = queries.truncate(command.reason)
+        builder.emit(RunCancelled(reason=reason, at_ms=command.at_ms))
+
+
+def react_held(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
+    """A scheduled run arms its start timer (a run_at in the past fires at once)."""
+    if isinstance(event, RunQueued) and event.reason == "scheduled":
+        return (run_at_timer(state),)
+    return ()
+
+
+def resume_held(state: RunState) -> tuple[AnyEffect, ...]:
+    """After a restart: a scheduled run arms its timer again (arming replaces)."""
+    if state.status == "scheduled":
+        return (run_at_timer(state),)
+    return ()
+
+
+def run_at_timer(state: RunState) -> ArmTimer:
+    assert state.run_at_ms is not None, f"run {state.run_id!r} is scheduled with no time"
+    command = FireTimer(
+        run_id=state.run_id, at_ms=state.run_at_ms, timer_id=RUN_AT_TIMER_ID, kind="run_at"
+    )
+    return ArmTimer(
+        run_id=state.run_id, timer_id=RUN_AT_TIMER_ID, fire_at_ms=state.run_at_ms, command=command
+    )
+
+
+def is_event_of_admission(event: AnyEvent) -> bool:
+    return isinstance(event, RunQueued | RunAdmitted)

@@ -1,0 +1,53 @@
+"""Golden scenarios of admission, the run's side (kernel/admission_run.py): a run held as
+pending then admitted, scheduled then started, and one cancelled while pending (a skipped or
+schema-refused start is one decision: tests/test_admission_kernel.py holds those)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from kernel.commands import AdmissionVerdict, AdmitRun, AnyCommand, ScheduleRun, StartGated
+from kernel.workflow import WorkflowDef
+from kernel.workflow.model import Admission
+from tests.kernel_dsl import RUN_ID, cancel, complete, signal, start, task, workflow
+
+GATE: Final = "admission-0123456789abcdef01234567"
+T0: Final = 1_000
+
+
+def gated_workflow() -> WorkflowDef:
+    base = workflow(task("work"), name="gated")
+    return WorkflowDef(name=base.name, steps=base.steps, admission=Admission(max_runs=1))
+
+
+def gated(outcome: str, *, holder: str = "", reason: str = "") -> StartGated:
+    verdict = AdmissionVerdict(
+        outcome=outcome,  # type: ignore[arg-type]
+        gate_id=GATE, holder_run_id=holder, reason=reason,
+    )  # fmt: skip
+    begin = start(gated_workflow(), {"customer": "c1"}, at_ms=T0)
+    return StartGated(run_id=RUN_ID, at_ms=T0, start=begin, verdict=verdict)
+
+
+def admitted() -> AdmitRun:
+    verdict = AdmissionVerdict(outcome="admitted", gate_id=GATE)
+    return AdmitRun(run_id=RUN_ID, at_ms=T0 + 5_000, verdict=verdict)
+
+
+def scheduled() -> ScheduleRun:
+    begin = start(workflow(task("work"), name="later"), {"n": 1}, at_ms=T0)
+    return ScheduleRun(run_id=RUN_ID, at_ms=T0, start=begin, run_at_ms=T0 + 60_000)
+
+
+ADMISSION_SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
+    "admission_pending_then_admitted": (
+        gated("pending"), admitted(), admitted(), complete("work", {"ok": True}),
+    ),
+    "admission_pending_cancelled": (
+        gated("pending"), signal("hello", {"while": "pending"}, signal_id="s1"),
+        cancel("not needed"), admitted(),
+    ),
+    "scheduled_then_started": (
+        scheduled(), AdmitRun(run_id=RUN_ID, at_ms=T0 + 60_000), complete("work", {"ok": 1}),
+    ),
+}  # fmt: skip
