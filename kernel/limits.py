@@ -75,3 +75,21 @@ history_events_soft_max: Final = 10_000  # past this, workers are told to contin
 
 # JSON at the edge.
 json_depth_max: Final = 64  # nesting of any JSON accepted at the edge (inputs, outputs, files)
+
+# Triggers (kernel/workflow/triggers.py) and the respond step (steps/respond.py).
+triggers_per_workflow_max: Final = 32
+trigger_id_length_max: Final = 64
+cron_backfill_max: Final = 100  # missed cron fires one trigger runs after downtime
+trigger_path_length_max: Final = 256
+trigger_subject_length_max: Final = 256
+trigger_secret_length_min: Final = 16
+trigger_secret_length_max: Final = 256
+http_trigger_timeout_ms_max: Final = 10 * 60_000  # an HTTP request waits this long at most
+http_trigger_timeout_ms_default: Final = 30_000
+trigger_body_bytes_default: Final = 65_536
+trigger_body_bytes_max: Final = payload_bytes_max // 2  # the request wrapped stays a payload
+debounce_ms_max: Final = 24 * 3_600_000
+respond_headers_max: Final = 32
+respond_header_bytes_max: Final = 4_096
+respond_status_min: Final = 100
+respond_status_max: Final = 599
