@@ -158,8 +158,8 @@ async def test_a_subject_message_published_while_serve_was_down_starts_its_run(
 
 
 async def test_a_fire_of_a_disabled_trigger_is_recorded_with_its_reason(client: Client) -> None:
-    await client.register_workflow(nap_workflow("off", {"id": "x", "enabled": False,
-                                                        "cron": {"expression": "* * * * *"}}))  # fmt: skip
+    trigger = {"id": "x", "enabled": False, "cron": {"expression": "* * * * *"}}
+    await client.register_workflow(nap_workflow("off", trigger))
     js = client.connection.js
     service = TriggerService(js, command_starter(client.connection), clock=FakeClock(T0))
     await service.reload()
