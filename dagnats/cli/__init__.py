@@ -28,7 +28,17 @@ from typing import Annotated, Any, Final
 import typer
 import typer.models
 
-from dagnats.cli import approvals, events, projections, runs, schema, serve, sim, workflows
+from dagnats.cli import (
+    approvals,
+    events,
+    projections,
+    runs,
+    schema,
+    serve,
+    sim,
+    triggers,
+    workflows,
+)
 from dagnats.cli.common import DataDirOption
 from dagnats.runtime import credentials
 from dagnats.runtime.connection import DATA_DIR_ENV
@@ -127,6 +137,9 @@ schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal
 app.add_typer(event_app, name="event")
 events.register(event_app)  # event publish
+trigger_app = typer.Typer(help="Triggers: cron, subjects, webhooks, http.", no_args_is_help=True)
+app.add_typer(trigger_app, name="trigger")
+triggers.register(trigger_app)  # trigger test|list|history|fire|enable|disable
 app.command()(serve.demo)
 
 
