@@ -262,6 +262,17 @@ class LogRecorded(StepEvent, frozen=True, kw_only=True, tag="log.recorded"):
     at_ms: int
 
 
+class ResponseRecorded(StepEvent, frozen=True, kw_only=True, tag="response.recorded"):
+    """A `respond` step said what the HTTP request that started the run is answered with
+    (`headers` as (name, value) pairs; only a run's first response answers)."""
+
+    attempt: int
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: msgspec.Raw = NULL
+    at_ms: int
+
+
 class MapExpanded(StepEvent, frozen=True, kw_only=True, tag="map.expanded"):
     """A map's attempt read `count` items from its input (one task each)."""
 
@@ -424,6 +435,7 @@ AnyEvent = (
     | PlannerMaterialized
     | PlannerRejected
     | LogRecorded
+    | ResponseRecorded
     | MapExpanded
     | MapItemScheduled
     | MapItemCompleted

@@ -89,3 +89,21 @@ admission_key_path_length_max: Final = 256  # a key or priority path into the in
 admission_key_length_max: Final = 256  # the key value a path finds (its JSON text)
 priority_abs_max: Final = 1_000_000  # |priority|
 input_schema_bytes_max: Final = 262_144  # a workflow's input_schema, as JSON
+
+# Triggers (kernel/workflow/triggers.py) and the respond step (steps/respond.py).
+triggers_per_workflow_max: Final = 32
+trigger_id_length_max: Final = 64
+cron_backfill_max: Final = 100  # missed cron fires one trigger runs after downtime
+trigger_path_length_max: Final = 256
+trigger_subject_length_max: Final = 256
+trigger_secret_length_min: Final = 16
+trigger_secret_length_max: Final = 256
+http_trigger_timeout_ms_max: Final = 10 * 60_000  # an HTTP request waits this long at most
+http_trigger_timeout_ms_default: Final = 30_000
+trigger_body_bytes_default: Final = 65_536
+trigger_body_bytes_max: Final = payload_bytes_max // 2  # the request wrapped stays a payload
+debounce_ms_max: Final = 24 * 3_600_000
+respond_headers_max: Final = 32
+respond_header_bytes_max: Final = 4_096
+respond_status_min: Final = 100
+respond_status_max: Final = 599

@@ -38,6 +38,7 @@ from dagnats.cli import (
     schema,
     serve,
     sim,
+    triggers,
     workflows,
 )
 from dagnats.cli.common import DataDirOption
@@ -142,6 +143,9 @@ dlq.register(app)  # dlq list|show|retry|discard
 app.add_typer(event_app, name="event")
 events.register(event_app)  # event publish
 app.add_typer(credential_app, name="credential")  # credential list|add-approver|add-worker
+trigger_app = typer.Typer(help="Triggers: cron, subjects, webhooks, http.", no_args_is_help=True)
+app.add_typer(trigger_app, name="trigger")
+triggers.register(trigger_app)  # trigger test|list|history|fire|enable|disable
 app.command()(serve.demo)
 
 

@@ -90,6 +90,7 @@ _READABLE_STREAMS: Final = (
     HISTORY_STREAM, EVENTS_STREAM_NAME, DEAD_STREAM,
     f"KV_{WORKFLOWS_BUCKET}", f"KV_{RUNS_BUCKET}", f"KV_{PROJECTIONS_BUCKET}",
     f"KV_{LEASES_BUCKET}",
+    "DAGNATS_TRIGGER_FIRES", "KV_dagnats_triggers",  # triggers: fire records, managed triggers
 )  # fmt: skip
 
 
@@ -149,6 +150,7 @@ def permissions(
                 f"$KV.{WORKFLOWS_BUCKET}.>",
                 f"$KV.{PROJECTIONS_BUCKET}.>",  # users' own projections' checkpoints ...
                 f"$KV.{LEASES_BUCKET}.>",
+                "$KV.dagnats_triggers.>",  # `dagnats trigger enable|disable`
                 *_reader_publish(),
             )
             deny = (  # ... but not those of serve's snapshot projection

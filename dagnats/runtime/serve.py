@@ -57,6 +57,7 @@ from dagnats.runtime.nats_server import (
     is_port_busy,
 )
 from dagnats.runtime.resources import ensure_resources, ensure_stream
+from dagnats.runtime.triggers import TriggerService, command_starter
 from dagnats.worker import Worker
 
 if TYPE_CHECKING:
@@ -245,6 +246,8 @@ class Server:
         assert self.links is not None
         await self.links.open_routing()  # before the engine resumes runs (see RunLinks)
         projection_tasks.append(asyncio.create_task(self.links.route(running)))
+        triggers = TriggerService(self.connection.js, command_starter(self.connection))
+        projection_tasks.append(asyncio.create_task(triggers.run(running)))
         engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, running))
         engine_task.add_done_callback(lambda _: setattr(self, "engine_serving", False))
         self.engine_serving = True

@@ -110,3 +110,15 @@ event_waiting_runs_max: Final = 100_000  # runs the engine's in-memory event ind
 
 # Run lifecycle operations (dagnats/runtime/parent_watch.py).
 parent_watch_interval_ms: Final = 500  # how often `serve --die-with-parent` checks its parent
+
+# Triggers (dagnats/runtime/triggers*.py, dagnats/api/triggers_routes.py).
+trigger_tick_ms: Final = 1_000  # how often cron triggers and debounced fires are looked at
+trigger_reload_ms: Final = 5_000  # how often the set of triggers is read again
+cron_late_ms: Final = 60_000  # a fire seen later than this after its time was missed
+cron_fires_scan_max: Final = 100_000  # fire times looked at per trigger and tick
+trigger_fires_kept_per_trigger: Final = 1_000  # fire records kept per trigger
+trigger_fire_age_ms_max: Final = 30 * 24 * 3_600_000  # fire records are kept a month
+subject_fetch_batch: Final = 64
+debounce_keys_max: Final = 10_000  # pending debounced fires held at once (the oldest flush)
+idempotency_ttl_ms: Final = 24 * 3_600_000  # an http trigger's idempotency key is kept a day
+http_responses_waiting_max: Final = 10_000  # http requests waiting for their run at once

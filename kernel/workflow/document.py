@@ -20,6 +20,8 @@ from kernel.workflow.model import (
     StepDef,
     WorkflowDef,
 )
+from kernel.workflow.trigger_model import triggers_of
+from kernel.workflow.trigger_parse import trigger_document
 
 
 def workflow_to_document(workflow: WorkflowDef) -> dict[str, object]:
@@ -46,6 +48,8 @@ def workflow_to_document(workflow: WorkflowDef) -> dict[str, object]:
     if workflow.cancel_on:
         document["cancel_on"] = [_cancel_on_document(item) for item in workflow.cancel_on]
     document["steps"] = [_step_document(step) for step in workflow.steps]
+    if triggers_of(workflow):
+        document["triggers"] = [trigger_document(item) for item in triggers_of(workflow)]
     return document
 
 

@@ -19,6 +19,7 @@ from typing import Final, Literal
 import msgspec
 
 from kernel import registry
+from kernel.workflow.trigger_model import TriggerDef
 
 RetryStrategy = Literal["fixed", "linear", "exponential"]
 SkipOp = Literal["==", "!=", "<", ">", "<=", ">="]
@@ -132,3 +133,5 @@ class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True):
     metadata: msgspec.Raw = EMPTY_OBJECT
     cancel_on: tuple[CancelOn, ...] = ()
     admission: Admission | None = None  # (kernel/workflow/admission.py reads it)
+    # left out of the encoded form when there are none (runs' histories stay as they were)
+    triggers: tuple[TriggerDef, ...] | msgspec.UnsetType = msgspec.UNSET

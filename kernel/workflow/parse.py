@@ -50,10 +50,12 @@ from kernel.workflow.rules import (
     check_step_count,
     check_workflow,
 )
+from kernel.workflow.trigger_model import with_triggers
+from kernel.workflow.trigger_parse import read_triggers
 
 TOP_FIELDS: Final = (
     "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata",
-    "cancel_on", "priority", "singleton", "input_schema",
+    "cancel_on", "priority", "singleton", "input_schema", "triggers",
 )  # fmt: skip
 STEP_FIELDS: Final = (
     "id", "type", "task", "depends_on", "retry", "retries", "timeout", "skip_if",
@@ -168,6 +170,8 @@ def _place(problem: Problem) -> tuple[int, int]:
         return (1, int(step.group(1)))
     if problem.path == "steps":
         return (1, -1)
+    if problem.path.startswith("triggers"):
+        return (3, 0)
     return (2, 0) if problem.path.startswith(ONE_CANCEL_ON) else (0, 0)
 
 
@@ -205,6 +209,7 @@ def _workflow(fields: dict[str, object], problems: Problems) -> WorkflowDef:
         metadata=metadata,
         cancel_on=_cancel_on(fields.get("cancel_on"), problems),
         admission=read_admission(fields, concurrency, problems),
+        triggers=with_triggers(read_triggers(fields.get("triggers"), problems)),
     )
 
 

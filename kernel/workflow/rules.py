@@ -42,6 +42,8 @@ from kernel.workflow.references import (
     check_reference,
     check_unique_id,
 )
+from kernel.workflow.trigger_model import triggers_of
+from kernel.workflow.trigger_rules import check_triggers
 
 WORKFLOW_NAME: Final = re.compile(r"[A-Za-z0-9_=-][A-Za-z0-9_.=-]*(?<!\.)")
 TASK_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
@@ -117,6 +119,7 @@ def check_workflow(workflow: WorkflowDef, problems: Problems) -> None:
         check_between_steps(workflow.steps, known, problems)
     _check_cancel_on(workflow.cancel_on, problems)
     check_admission(workflow.admission, problems)
+    check_triggers(triggers_of(workflow), problems)
 
 
 def check_step_count(count: int, problems: Problems) -> bool:

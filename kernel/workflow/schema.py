@@ -34,6 +34,7 @@ from kernel.workflow.parse import (
     TYPE_ALIASES,
 )
 from kernel.workflow.rules import SKIP_OPS, STEP_ID, STRATEGIES, TASK_NAME, WORKFLOW_NAME
+from kernel.workflow.trigger_schema import trigger_definitions, triggers_property
 
 SCHEMA_DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID: Final = "https://dagnats.dev/schema/workflow.schema.json"
@@ -99,6 +100,7 @@ def workflow_schema() -> JSONSchema:
                 },
             ]
         },
+        "triggers": triggers_property(),
     }
     schema: JSONSchema = {
         "$schema": SCHEMA_DRAFT,
@@ -150,6 +152,7 @@ def _definitions() -> dict[str, JSONSchema]:
         "cancel_on": _object(CANCEL_ON_FIELDS, cancel_on, required=("event",)),
         "step": _step(),
         **{f"config.{name}": _config(name) for name in registry.names()},
+        **trigger_definitions(_object, _duration),
     }
 
 

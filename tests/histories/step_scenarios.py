@@ -421,6 +421,24 @@ def logged() -> Scenario:
     )
 
 
+def responded() -> Scenario:
+    """A respond step answers 201 with part of its input, and the run goes on to a task."""
+    wf = user_workflow(
+        "echo",
+        {"id": "check", "task": "check"},
+        {"id": "answer", "type": "respond", "depends_on": ["check"],
+         "config": {"status": 201, "headers": {"X-Run": "yes"}, "body_from": "body"}},
+        {"id": "slow", "task": "slow", "depends_on": ["answer"]},
+    )  # fmt: skip
+    return (
+        start(wf, {"body": "hi"}),
+        started("check"),
+        complete("check", {"body": {"echo": "hi"}}),
+        started("slow"),
+        complete("slow", {"done": True}),
+    )
+
+
 def cancelled_by_event() -> Scenario:
     """A `cancel_on` event for another order changes nothing; the matching one cancels the
     run, and the completed step's compensation runs."""
@@ -456,5 +474,6 @@ STEP_SCENARIOS: Final[dict[str, Scenario]] = {
     "continue_as_new": continued_as_new(),
     "cancel_on_event": cancelled_by_event(),
     "log_recorded": logged(),
+    "response_recorded": responded(),
     "lost_attempts_run_again": lost_attempts(),
 }

@@ -1,0 +1,188 @@
+"""`dagnats trigger test|list|history|fire|enable|disable`: a workflow's triggers.
+
+`test` needs no server: it prints an expression's next fire times. The others read the set of
+triggers serve runs (each registered workflow's own, overridden by managed ones in the bucket
+`dagnats_triggers`: `enable`/`disable` write such an override). Imports `dagnats.cli.common`
+and the rest of the project, never `dagnats.cli`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated
+
+import msgspec
+import nats.errors
+import typer
+from msgspec.structs import replace
+
+from dagnats.cli.common import JsonOption, UrlOption, emit_json, fail, out, run_async, with_client
+from dagnats.client import Client
+from dagnats.runtime.clock import now_ms
+from dagnats.runtime.triggers import (
+    TRIGGERS_BUCKET,
+    Entry,
+    ManagedTrigger,
+    TriggerService,
+    command_starter,
+    ensure_trigger_resources,
+    load_entries,
+    managed_key,
+    read_fires,
+)
+from dagnats.runtime.triggers_plan import ZoneError, cron_fire_name, next_fire, zone_of
+from kernel.cron import parse_cron
+from kernel.workflow.trigger_model import CronSource
+
+COUNT_MAX = 1_000
+HISTORY_MAX = 1_000
+
+
+def register(trigger_app: typer.Typer) -> None:
+    """Add the trigger commands to the `trigger` sub-app."""
+    trigger_app.command("test")(trigger_test)
+    trigger_app.command("list")(trigger_list)
+    trigger_app.command("history")(trigger_history)
+    trigger_app.command("fire")(trigger_fire)
+    trigger_app.command("enable")(trigger_enable)
+    trigger_app.command("disable")(trigger_disable)
+
+
+def trigger_test(
+    expression: Annotated[str, typer.Argument(help="A 5-field cron expression.")],
+    count: Annotated[
+        int, typer.Option("--count", help=f"Fire times to print (1..{COUNT_MAX}).")
+    ] = 5,
+    timezone: Annotated[str, typer.Option(help="An IANA time zone name.")] = "UTC",
+    as_json: JsonOption = False,
+) -> None:
+    """Print the next fire times of a cron expression (no server needed)."""
+    found = parse_cron(expression)
+    if isinstance(found, str):
+        raise fail(f"cron expression {expression!r} {found}", "e.g. '*/15 9-17 * * 1-5'")
+    if not 1 <= count <= COUNT_MAX:
+        raise fail(f"--count {count} must be from 1 to {COUNT_MAX}")
+    try:
+        zone_of(timezone)
+    except ZoneError as error:
+        raise fail(str(error), "e.g. --timezone Europe/Paris") from None
+    source = CronSource(expression=expression, timezone=timezone)
+    times: list[str] = []
+    at = now_ms()
+    for _ in range(count):
+        fire = next_fire(source, at)
+        if fire is None:
+            break
+        times.append(cron_fire_name(fire))
+        at = fire
+    if as_json:
+        emit_json({"expression": expression, "timezone": timezone, "fires": times})
+        return
+    for time in times:
+        out.print(time)
+
+
+def trigger_list(nats_url: UrlOption = None, as_json: JsonOption = False) -> None:
+    """List every trigger: workflow, id, kind, enabled."""
+    entries = run_async(with_client(nats_url, _entries))
+    rows = [
+        {"workflow": e.workflow_name, "id": e.trigger.id, "kind": e.trigger.kind,
+         "enabled": e.trigger.enabled, "registered": e.workflow is not None}
+        for e in entries
+    ]  # fmt: skip
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        state = "enabled" if row["enabled"] else "disabled"
+        out.print(f"{row['workflow']}/{row['id']}  {row['kind']}  {state}")
+
+
+def trigger_history(
+    workflow: Annotated[str, typer.Argument(help="The trigger's workflow.")],
+    trigger_id: Annotated[str, typer.Argument(help="The trigger's id.")],
+    limit: Annotated[int, typer.Option(help=f"Newest records (1..{HISTORY_MAX}).")] = 50,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The trigger's fires: time or message id, run id, outcome, reason."""
+    if not 1 <= limit <= HISTORY_MAX:
+        raise fail(f"--limit {limit} must be from 1 to {HISTORY_MAX}")
+
+    async def read(client: Client) -> list[dict[str, object]]:
+        with contextlib.suppress(nats.errors.Error):  # serve made them; a client may not
+            await ensure_trigger_resources(client.connection.js)
+        found = await read_fires(client.connection.js, workflow, trigger_id, limit)
+        return [msgspec.to_builtins(record) for record in found]
+
+    records = run_async(with_client(nats_url, read))
+    if as_json:
+        emit_json(records)
+        return
+    for record in records:
+        reason = f"  ({record['reason']})" if record["reason"] else ""
+        out.print(f"{record['fire']}  {record['outcome']}  {record['run_id']}{reason}")
+
+
+def trigger_fire(
+    workflow: Annotated[str, typer.Argument(help="The trigger's workflow.")],
+    trigger_id: Annotated[str, typer.Argument(help="The trigger's id.")],
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fire a trigger now (by hand): its run starts, or the reason it does not is recorded."""
+
+    async def fire(client: Client) -> dict[str, object]:
+        entry = await _entry(client, workflow, trigger_id)
+        service = TriggerService(client.connection.js, command_starter(client.connection))
+        name = f"manual:{cron_fire_name(now_ms())}"
+        record = await service.fire(entry, name, {"manual": True})
+        return {field: getattr(record, field) for field in record.__struct_fields__}
+
+    record = run_async(with_client(nats_url, fire))
+    if as_json:
+        emit_json(record)
+        return
+    out.print(f"{record['outcome']}  {record['run_id'] or record['reason']}")
+
+
+def trigger_enable(
+    workflow: Annotated[str, typer.Argument()], trigger_id: Annotated[str, typer.Argument()],
+    nats_url: UrlOption = None,
+) -> None:  # fmt: skip
+    """Enable a trigger (an override kept beside the workflow's own definition)."""
+    run_async(
+        with_client(nats_url, lambda client: _set_enabled(client, workflow, trigger_id, True))
+    )
+    out.print(f"trigger {workflow}/{trigger_id} enabled")
+
+
+def trigger_disable(
+    workflow: Annotated[str, typer.Argument()], trigger_id: Annotated[str, typer.Argument()],
+    nats_url: UrlOption = None,
+) -> None:  # fmt: skip
+    """Disable a trigger: its fires are recorded as skipped, no run starts."""
+    run_async(
+        with_client(nats_url, lambda client: _set_enabled(client, workflow, trigger_id, False))
+    )
+    out.print(f"trigger {workflow}/{trigger_id} disabled")
+
+
+async def _entries(client: Client) -> list[Entry]:
+    with contextlib.suppress(nats.errors.Error):  # serve made them; a client may not
+        await ensure_trigger_resources(client.connection.js)
+    return await load_entries(client.connection.js)
+
+
+async def _entry(client: Client, workflow: str, trigger_id: str) -> Entry:
+    for entry in await _entries(client):
+        if (entry.workflow_name, entry.trigger.id) == (workflow, trigger_id):
+            return entry
+    raise fail(f"no trigger {trigger_id!r} in workflow {workflow!r}", "see `dagnats trigger list`")
+
+
+async def _set_enabled(client: Client, workflow: str, trigger_id: str, enabled: bool) -> None:
+    entry = await _entry(client, workflow, trigger_id)
+    managed = ManagedTrigger(workflow=workflow, trigger=replace(entry.trigger, enabled=enabled))
+    kv = await client.connection.js.key_value(TRIGGERS_BUCKET)
+    await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))

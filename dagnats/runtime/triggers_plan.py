@@ -1,0 +1,174 @@
+"""What triggers should do at a moment: cron fire times (in a time zone), which missed fires
+run after downtime, debounced bursts, and the stable names of fires and runs.
+
+Plain functions and one small class over integers; time comes in as an argument, so the
+simulator and the tests drive them in virtual time. The shell (`triggers.py`) does the I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zoneinfo
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Final
+
+import msgspec
+
+from dagnats.runtime import settings
+from kernel.cron import CronSchedule, next_fire_ms, parse_cron
+from kernel.workflow.trigger_model import CronSource, Debounce
+
+HORIZON_MS: Final = 366 * 86_400_000 + 86_400_000  # a yearly expression fires within it
+DST_STEPS_MAX: Final = 4  # wall times skipped or repeated by a zone change, looked past
+
+
+class ZoneError(ValueError):
+    """A time zone the zone database does not know."""
+
+
+def zone_of(name: str) -> zoneinfo.ZoneInfo:
+    """The zone named `name`.
+
+    Raises:
+        ZoneError: naming the zone and the rule.
+    """
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
+        raise ZoneError(f"timezone {name!r} is not an IANA time zone name: {error}") from None
+
+
+def schedule_of(source: CronSource) -> CronSchedule:
+    found = parse_cron(source.expression)
+    assert not isinstance(found, str), f"validated at registration: {found}"
+    return found
+
+
+def _offset_ms(zone: zoneinfo.ZoneInfo, utc_ms: int) -> int:
+    moment = datetime.fromtimestamp(utc_ms / 1000, UTC).astimezone(zone)
+    offset = moment.utcoffset()
+    return 0 if offset is None else int(offset.total_seconds() * 1000)
+
+
+def _utc_of_wall(zone: zoneinfo.ZoneInfo, wall_ms: int) -> int:
+    naive = datetime.fromtimestamp(wall_ms / 1000, UTC).replace(tzinfo=zone)
+    return int(naive.timestamp() * 1000)
+
+
+def next_fire(source: CronSource, after_ms: int) -> int | None:
+    """The first fire time (UTC ms) strictly after `after_ms`, the expression read as wall
+    time in the source's zone; None when nothing fires within a year."""
+    schedule = schedule_of(source)
+    if source.timezone == "UTC":
+        return next_fire_ms(schedule, after_ms, HORIZON_MS)
+    zone = zone_of(source.timezone)
+    wall = after_ms + _offset_ms(zone, after_ms)
+    for _ in range(DST_STEPS_MAX):
+        found = next_fire_ms(schedule, wall, HORIZON_MS)
+        if found is None:
+            return None
+        utc = _utc_of_wall(zone, found)
+        if utc > after_ms:
+            return utc
+        wall = found  # a repeated wall time already passed: look further
+    return None
+
+
+def fires_between(source: CronSource, after_ms: int, until_ms: int) -> list[int]:
+    """Fire times in (after_ms, until_ms], oldest first; at most `settings.cron_fires_scan_max`
+    of the latest (a longer gap keeps only the newest)."""
+    fires: list[int] = []
+    at = after_ms
+    for _ in range(settings.cron_fires_scan_max):
+        found = next_fire(source, at)
+        if found is None or found > until_ms:
+            return fires
+        fires.append(found)
+        at = found
+    return fires[-settings.cron_fires_scan_max :]
+
+
+def fires_to_run(source: CronSource, last_ms: int, now_ms: int) -> tuple[list[int], int]:
+    """(fires to run now, fires skipped) for a trigger last advanced at `last_ms`.
+
+    A fire due within `settings.cron_late_ms` runs; older ones were missed while no engine
+    ran: the newest `backfill` of them run, the rest are skipped."""
+    due = fires_between(source, last_ms, now_ms)
+    on_time = [fire for fire in due if now_ms - fire <= settings.cron_late_ms]
+    missed = due[: len(due) - len(on_time)]
+    kept = missed[len(missed) - source.backfill :] if source.backfill else []
+    assert len(kept) <= source.backfill
+    return kept + on_time, len(missed) - len(kept)
+
+
+def digest(*parts: str) -> str:
+    """A short stable name of `parts` (subject-token safe)."""
+    joined = "\x1f".join(parts).encode()
+    return hashlib.sha256(joined).hexdigest()[:20]
+
+
+def trigger_key(workflow: str, trigger_id: str) -> str:
+    """A trigger's key in KV and subjects: `<digest>` of its workflow and id."""
+    return digest(workflow, trigger_id)
+
+
+def fire_run_id(workflow: str, trigger_id: str, fire: str) -> str:
+    """The run id of one fire: the same fire (cron time, message id) is the same run."""
+    return f"trg-{digest(workflow, trigger_id, fire)}"
+
+
+def cron_fire_name(fire_ms: int) -> str:
+    """A fire time as RFC 3339 (ms, UTC): how cron fires are named in records."""
+    moment = datetime.fromtimestamp(fire_ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{fire_ms % 1000:03d}Z"
+
+
+class Pending(msgspec.Struct, kw_only=True):
+    first_ms: int
+    last_ms: int
+    fire: str  # the first fire's name: the run's id comes from it
+    input: object
+
+
+class Debouncer:
+    """Bursts of fires per (trigger, key): each fire replaces the pending input; a burst is
+    released `period` after its last fire, or `timeout` after its first at the latest."""
+
+    def __init__(self) -> None:
+        self.pending: OrderedDict[tuple[str, str], Pending] = OrderedDict()
+
+    def offer(self, trigger: str, key: str, fire: str, value: object, now_ms: int) -> None:
+        found = self.pending.get((trigger, key))
+        if found is None:
+            self.pending[(trigger, key)] = Pending(
+                first_ms=now_ms, last_ms=now_ms, fire=fire, input=value
+            )
+            while len(self.pending) > settings.debounce_keys_max:
+                self.pending.popitem(last=False)  # bounded: the oldest is dropped (logged)
+            return
+        found.last_ms = now_ms
+        found.input = value
+
+    def due(self, rules: dict[str, Debounce], now_ms: int) -> list[tuple[str, str, Pending]]:
+        """Take the bursts whose quiet period or timeout has passed."""
+        ready: list[tuple[str, str, Pending]] = []
+        for (trigger, key), pending in list(self.pending.items()):
+            rule = rules.get(trigger)
+            quiet = rule is None or now_ms - pending.last_ms >= rule.period_ms
+            capped = rule is not None and bool(rule.timeout_ms)
+            late = capped and rule is not None and now_ms - pending.first_ms >= rule.timeout_ms
+            if quiet or late:
+                del self.pending[(trigger, key)]
+                ready.append((trigger, key, pending))
+        return ready
+
+
+def debounce_key(rule: Debounce, value: object) -> str:
+    """The burst a fire belongs to: the value at the rule's key path ("" = one burst)."""
+    if not rule.key:
+        return ""
+    current = value
+    for part in rule.key.split("."):
+        current = current.get(part) if isinstance(current, dict) else None
+    return msgspec.json.encode(current).decode()

@@ -1,0 +1,79 @@
+"""Cron fires and debounce in virtual time (dagnats/runtime/triggers_plan.py): the planning
+the trigger service does, driven by a clock that is only a number."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dagnats.runtime import settings as shell
+from dagnats.runtime.triggers_plan import (
+    Debouncer,
+    cron_fire_name,
+    debounce_key,
+    fires_between,
+    fires_to_run,
+    next_fire,
+)
+from kernel.timestamps import parse_rfc3339_ms
+from kernel.workflow.trigger_model import CronSource, Debounce
+
+T0 = parse_rfc3339_ms("2031-03-01T00:00:00Z") or 0
+MINUTE = 60_000
+
+
+def test_a_zone_reads_the_expression_as_wall_time() -> None:
+    paris = CronSource(expression="0 9 * * *", timezone="Europe/Paris")
+    fire = next_fire(paris, T0)
+    assert fire is not None and cron_fire_name(fire) == "2031-03-01T08:00:00.000Z"  # UTC+1
+    summer = next_fire(paris, parse_rfc3339_ms("2031-07-01T00:00:00Z") or 0)
+    assert summer is not None and cron_fire_name(summer) == "2031-07-01T07:00:00.000Z"  # UTC+2
+
+
+def test_missed_fires_follow_the_backfill() -> None:
+    hourly = CronSource(expression="0 * * * *", backfill=2)
+    run, skipped = fires_to_run(hourly, T0, T0 + 5 * 60 * MINUTE + 10 * MINUTE)
+    assert [cron_fire_name(f)[11:16] for f in run] == ["04:00", "05:00"] and skipped == 3
+    on_time, none_skipped = fires_to_run(hourly, T0, T0 + 60 * MINUTE + 5_000)
+    assert [cron_fire_name(f)[11:16] for f in on_time] == ["01:00"] and none_skipped == 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 40 * MINUTE), min_size=1, max_size=30))
+def test_ticking_in_any_steps_fires_each_minute_once(steps: list[int]) -> None:
+    """However virtual time advances, each fire time is run exactly once while the gaps stay
+    under the lateness bound, and never twice when they do not."""
+    every = CronSource(expression="* * * * *", backfill=shell.cron_fires_scan_max)
+    last, now, seen = T0, T0, []
+    for step in steps:
+        now += step
+        run, _ = fires_to_run(every, last, now)
+        seen.extend(run)
+        last = run[-1] if run else last
+    assert len(seen) == len(set(seen))
+    assert seen == fires_between(every, T0, now)
+
+
+def test_a_burst_starts_one_run_with_the_last_input_in_virtual_time() -> None:
+    rule = Debounce(period_ms=5_000, timeout_ms=20_000, key="user")
+    debouncer = Debouncer()
+    rules = {"t": rule}
+    for second in range(0, 4):
+        value = {"user": "ann", "n": second}
+        debouncer.offer("t", debounce_key(rule, value), f"m{second}", value, T0 + second * 1000)
+    debouncer.offer("t", debounce_key(rule, {"user": "bob"}), "b", {"user": "bob"}, T0)
+    quiet = debouncer.due(rules, T0 + 7_000)  # bob is quiet since T0; ann fired at T0+3s
+    assert [(key, p.input) for _, key, p in quiet] == [('"bob"', {"user": "bob"})]
+    ann = [p for _, key, p in debouncer.due(rules, T0 + 8_000) if key == '"ann"']
+    assert len(ann) == 1 and ann[0].input == {"user": "ann", "n": 3} and ann[0].fire == "m0"
+
+
+def test_a_burst_that_never_goes_quiet_is_released_at_its_timeout() -> None:
+    rule = Debounce(period_ms=5_000, timeout_ms=20_000)
+    debouncer = Debouncer()
+    released: list[object] = []
+    for second in range(0, 60):
+        now = T0 + second * 1000
+        debouncer.offer("t", "", f"m{second}", second, now)
+        released.extend(p.input for _, _, p in debouncer.due({"t": rule}, now))
+    assert released == [20, 41]  # 20 s after each burst's first fire, with the last input
