@@ -33,22 +33,45 @@ def model_for(
 ) -> Model:
     """An adapter of `provider` talking to the fake server at `url`."""
     if provider == "openai":
-        return OpenAIChat(name or "gpt-4o-mini", base_url=f"{url}/v1", api_key=TEST_KEY,
-                          timeout_s=timeout_s, stream=stream)  # fmt: skip
-    return AnthropicMessages(name or "claude-haiku-4-5", base_url=url, api_key=TEST_KEY,
-                             timeout_s=timeout_s, stream=stream)  # fmt: skip
+        return OpenAIChat(
+            name or "gpt-4o-mini",
+            base_url=f"{url}/v1",
+            api_key=TEST_KEY,
+            timeout_s=timeout_s,
+            stream=stream,
+        )
+    return AnthropicMessages(
+        name or "claude-haiku-4-5",
+        base_url=url,
+        api_key=TEST_KEY,
+        timeout_s=timeout_s,
+        stream=stream,
+    )
 
 
 def turn_context(
-    step_input: Any, *, turn: int = 1, state: Any = None, tool_results: list[dict[str, Any]] | None = None,
+    step_input: Any,
+    *,
+    turn: int = 1,
+    state: Any = None,
+    tool_results: list[dict[str, Any]] | None = None,
     attempt: int = 1,
-) -> TaskContext:  # fmt: skip
+) -> TaskContext:
     """The TaskContext of an agent loop's turn, from a task message as the engine writes it."""
-    envelope = {"input": step_input, "state": state, "tool_results": tool_results or [],
-                "turn": turn}  # fmt: skip
+    envelope = {
+        "input": step_input,
+        "state": state,
+        "tool_results": tool_results or [],
+        "turn": turn,
+    }
     task = EnqueueTask(
-        run_id="r1", step_id="agent", attempt=attempt, task="agent.turn",
-        input=msgspec.Raw(msgspec.json.encode(envelope)), metadata=msgspec.Raw(b"{}"),
-        msg_id=f"r1:agent:{attempt}", envelope=msgspec.Raw(msgspec.json.encode({"turn": turn})),
-    )  # fmt: skip
+        run_id="r1",
+        step_id="agent",
+        attempt=attempt,
+        task="agent.turn",
+        input=msgspec.Raw(msgspec.json.encode(envelope)),
+        metadata=msgspec.Raw(b"{}"),
+        msg_id=f"r1:agent:{attempt}",
+        envelope=msgspec.Raw(msgspec.json.encode({"turn": turn})),
+    )
     return TaskContext(task, "test-worker")

@@ -4,6 +4,8 @@ tool calls, usage, and how each failure is classified (429 + retry-after, 5xx, m
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dagnats.llm import Message, ModelCallError, ModelRequest, ModelRequestError, ToolSpec
@@ -11,14 +13,18 @@ from dagnats.worker import RetryAfter
 from dagnats.worker_context import NonRetryableError
 from tests.fake_model import PROVIDERS, TEST_KEY, fake_server, model_for
 
-TOOL = ToolSpec(name="read_file", description="Read a file.",
-                parameters={"type": "object", "properties": {"path": {"type": "string"}}})  # fmt: skip
-REQUEST = ModelRequest(system="You are a coder.", messages=(Message(role="user", text="fix it"),),
-                       tools=(TOOL,))  # fmt: skip
+TOOL = ToolSpec(
+    name="read_file",
+    description="Read a file.",
+    parameters={"type": "object", "properties": {"path": {"type": "string"}}},
+)
+REQUEST = ModelRequest(
+    system="You are a coder.", messages=(Message(role="user", text="fix it"),), tools=(TOOL,)
+)
 MODES = [(provider, stream) for provider in PROVIDERS for stream in (True, False)]
 
 
-def script(*replies: dict[str, object]) -> dict[str, object]:
+def script(*replies: Any) -> dict[str, Any]:
     return {"agents": [{"match": "", "replies": list(replies)}]}
 
 
@@ -26,9 +32,15 @@ def script(*replies: dict[str, object]) -> dict[str, object]:
 async def test_text_and_tool_calls_come_back_with_usage_and_stream_as_text(
     provider: str, stream: bool
 ) -> None:
-    reply = {"text": "Looking at the file first.", "pieces": 5, "usage": [120, 30],
-             "tool_calls": [{"name": "read_file", "arguments": {"path": "app.py"}},
-                            {"name": "read_file", "arguments": {"path": "test_app.py"}}]}  # fmt: skip
+    reply = {
+        "text": "Looking at the file first.",
+        "pieces": 5,
+        "usage": [120, 30],
+        "tool_calls": [
+            {"name": "read_file", "arguments": {"path": "app.py"}},
+            {"name": "read_file", "arguments": {"path": "test_app.py"}},
+        ],
+    }
     async with fake_server(script(reply)) as server:
         seen: list[str] = []
 
@@ -38,7 +50,9 @@ async def test_text_and_tool_calls_come_back_with_usage_and_stream_as_text(
         got = await model_for(provider, server.url, stream=stream).complete(REQUEST, sink)
     assert got.text == "Looking at the file first."
     assert [(c.name, c.arguments) for c in got.tool_calls] == [
-        ("read_file", {"path": "app.py"}), ("read_file", {"path": "test_app.py"})]  # fmt: skip
+        ("read_file", {"path": "app.py"}),
+        ("read_file", {"path": "test_app.py"}),
+    ]
     assert len({c.id for c in got.tool_calls}) == 2 and all(c.id for c in got.tool_calls)
     assert (got.tokens_in, got.tokens_out) == (120, 30)
     if stream:
@@ -134,10 +148,16 @@ async def test_a_conversation_with_tool_results_reaches_the_server_in_its_wire_f
     async with fake_server(script(first, {"text": "done"})) as server:
         model = model_for(provider, server.url)
         reply = await model.complete(REQUEST)
-        follow = ModelRequest(system=REQUEST.system, tools=REQUEST.tools, messages=(
-            *REQUEST.messages,
-            Message(role="assistant", text=reply.text, tool_calls=reply.tool_calls),
-            Message(role="tool", call_id=reply.tool_calls[0].id, name="read_file", text="x = 1"),
-        ))  # fmt: skip
+        follow = ModelRequest(
+            system=REQUEST.system,
+            tools=REQUEST.tools,
+            messages=(
+                *REQUEST.messages,
+                Message(role="assistant", text=reply.text, tool_calls=reply.tool_calls),
+                Message(
+                    role="tool", call_id=reply.tool_calls[0].id, name="read_file", text="x = 1"
+                ),
+            ),
+        )
         assert (await model.complete(follow)).text == "done"
     assert [e["turn"] for e in server.log] == [0, 1]
