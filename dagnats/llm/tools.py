@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import re
 from collections.abc import Callable
-from typing import Any, Final, get_type_hints
+from typing import Any, Final, TypeVar, get_type_hints, overload
 
 import msgspec
 
@@ -34,6 +34,7 @@ from dagnats.worker_context import NonRetryableError, TaskContext
 
 tool_description_chars_max: Final = 1_024
 tools_per_set_max: Final = 64  # as many as one turn may call (agent_tool_calls_per_turn_max)
+F = TypeVar("F", bound=Callable[..., Any])
 _NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what both providers accept
 
 
@@ -123,10 +124,18 @@ class Toolset:
         self.prefix = prefix
         self.tools: dict[str, Tool] = {}
 
+    @overload
+    def tool(self, function: F) -> F: ...
+
+    @overload
     def tool(
-        self, function: Callable[..., Any] | None = None, *, name: str | None = None,
+        self, function: None = None, *, name: str | None = None, description: str | None = None
+    ) -> Callable[[F], F]: ...
+
+    def tool(
+        self, function: F | None = None, *, name: str | None = None,
         description: str | None = None,
-    ) -> Any:  # fmt: skip
+    ) -> F | Callable[[F], F]:  # fmt: skip
         """Declare a tool (as `@tools.tool` or `@tools.tool(name=..., description=...)`);
         the description defaults to the docstring.
 
@@ -134,7 +143,7 @@ class Toolset:
             ValueError: a duplicate or invalid name, an untyped parameter, too many tools.
         """
 
-        def declare(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def declare(fn: F) -> F:
             tool_name = name or fn.__name__
             if tool_name in self.tools:
                 raise ValueError(f"tool {tool_name!r} is declared twice")
