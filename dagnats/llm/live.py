@@ -78,6 +78,31 @@ class LiveSink:
         return self.text if self.ctx.live is not None else None
 
 
+live_text_shown_chars_max: Final = 2_000  # of the current turn's text `run wait` shows
+
+
+class LiveText:
+    """The text of the call being streamed now (the last `live_text_shown_chars_max`
+    characters), for a display; `changed` tells whether a new call began."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, int, int] = ("", 0, 0)
+        self.text = ""
+
+    def add(self, chunk: LiveChunk) -> bool:
+        """Take `chunk`; True when it starts a new call (another step, turn or attempt)."""
+        key = (chunk.step, chunk.turn, chunk.attempt)
+        started = key != self.key
+        if started:
+            self.key, self.text = key, ""
+        self.text = (self.text + chunk.text)[-live_text_shown_chars_max:]
+        return started
+
+    def title(self) -> str:
+        step, turn, attempt = self.key
+        return f"{step} (turn {turn}, attempt {attempt})"
+
+
 def decode_chunk(data: bytes) -> LiveChunk | None:
     """A live message, or None for one this version cannot read."""
     try:

@@ -107,24 +107,38 @@ def agent_turn(
             return Continue(msgspec.to_builtins(carried), runnable, **usage)
         if output_type is None:
             return Done(reply.text, **usage)
-        decoded = decode_answer(reply, output_type)
-        if not isinstance(decoded, str):
-            return Done(msgspec.to_builtins(decoded[0]), **usage)
-        if state.output_errors >= output_retries:
-            raise NonRetryableError(
-                f"model {reply.model!r}: the final answer did not decode as "
-                f"{_type_name(output_type)} after {state.output_errors + 1} tries "
-                f"(output_retries {output_retries}): {decoded}"
-            )
-        feedback = msgspec.json.encode(
-            {"error": {"kind": "invalid_output", "message": decoded,
-                       "hint": f"answer again with JSON only, matching {_type_name(output_type)}"}}
-        ).decode()  # fmt: skip
-        messages.append(Message(role="user", text=feedback))
-        carried = TurnState(messages=tuple(messages), output_errors=state.output_errors + 1)
-        return Continue(msgspec.to_builtins(carried), (), **usage)
+        return final_answer(reply, output_type, output_retries, state, messages, usage)
 
     return turn
+
+
+def final_answer(
+    reply: ModelReply, output_type: Any, output_retries: int, state: TurnState,
+    messages: list[Message], usage: dict[str, Any],
+) -> Continue | Done:  # fmt: skip
+    """Done with the answer decoded as `output_type`, or Continue with the error fed back.
+
+    Raises:
+        NonRetryableError: it did not decode `output_retries` times already.
+    """
+    decoded = decode_answer(reply, output_type)
+    if not isinstance(decoded, str):
+        return Done(msgspec.to_builtins(decoded[0]), **usage)
+    if state.output_errors >= output_retries:
+        raise NonRetryableError(
+            f"model {reply.model!r}: the final answer did not decode as "
+            f"{_type_name(output_type)} after {state.output_errors + 1} tries "
+            f"(output_retries {output_retries}): {decoded}"
+        )
+    feedback = msgspec.json.encode(
+        {"error": {"kind": "invalid_output", "message": decoded,
+                   "hint": f"answer again with JSON only, matching {_type_name(output_type)}"}}
+    ).decode()  # fmt: skip
+    carried = TurnState(
+        messages=(*messages, Message(role="user", text=feedback)),
+        output_errors=state.output_errors + 1,
+    )
+    return Continue(msgspec.to_builtins(carried), (), **usage)
 
 
 def read_state(value: Any) -> TurnState:
