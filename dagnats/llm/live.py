@@ -122,6 +122,9 @@ async def follow_live(
         if chunk is not None:
             on_chunk(chunk)
 
+    if not run_id or any(c in run_id for c in " \t\r\n.*>"):
+        yield  # not a run id a subject can carry: the caller's own call says what is wrong
+        return
     subscription = await nc.subscribe(f"{LIVE_PREFIX}.{run_id}.>", cb=handle)
     try:
         yield
