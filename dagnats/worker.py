@@ -58,6 +58,7 @@ from dagnats.runtime.protocols import (
 )
 from dagnats.worker_context import (
     NO_ENVELOPE,
+    LivePublisher,
     NonRetryableError,
     TaskContext,
     TaskEnvelope,
@@ -204,6 +205,7 @@ class Worker:
         self.result_send_ms_max = settings.result_send_ms_max
         self._drain_deadline = float("inf")
         self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
+        self.live: LivePublisher | None = None  # live output of handlers (dagnats/llm/live.py)
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Register the decorated async function as the handler of task type `name`."""
@@ -240,6 +242,8 @@ class Worker:
         check_concurrency(self.concurrency)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._wake = asyncio.Event()
+        if self.live is None and isinstance(commands, LivePublisher):
+            self.live = commands
         fetching = FetchLoop(
             sorted(self.handlers),
             tasks,
@@ -400,6 +404,7 @@ class Worker:
             return self._fail(task, f"no handler for task {task.task!r} in this worker", "error")
         try:
             context = TaskContext(task, self.worker_id)
+            context.live = self.live
         except Exception as error:
             message = f"the task's input or metadata cannot be read: {render_error(error)}"
             return self._fail(task, message, "non_retryable")

@@ -7,7 +7,7 @@ This module does no I/O: it decodes the task message's fields.
 from __future__ import annotations
 
 import logging
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -21,6 +21,13 @@ T = TypeVar("T")
 
 class NonRetryableError(DagnatsError):
     """Raise from a handler to fail the step without further attempts."""
+
+
+@runtime_checkable
+class LivePublisher(Protocol):
+    """Where a handler's live output goes (core NATS, never history): dagnats/llm/live.py."""
+
+    async def publish_live(self, subject: str, data: bytes) -> None: ...
 
 
 class TaskEnvelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +82,8 @@ class TaskContext:
         self.history_events = task.history_events
         self.should_continue_as_new = task.history_events >= limits.history_events_soft_max
         self.worker_id = worker_id
+        # Set by the worker when its connection can publish live output (dagnats/llm/live.py).
+        self.live: LivePublisher | None = None
         self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"dagnats.task.{task.task}"),

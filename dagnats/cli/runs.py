@@ -13,7 +13,9 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
+from rich.console import Group
 from rich.live import Live
+from rich.panel import Panel
 
 from dagnats.cli import chains_render, projections, render
 from dagnats.cli.common import (
@@ -29,6 +31,7 @@ from dagnats.cli.common import (
     with_client,
 )
 from dagnats.client import ChildLink, Client
+from dagnats.llm.live import LiveChunk, LiveText, follow_live
 from kernel.events import Decision
 from kernel.state import RunState
 
@@ -89,14 +92,40 @@ def check_timeout(timeout: float) -> None:
 async def wait_with_progress(
     client: Client, run_id: str, timeout: float, quiet: bool, follow: bool = False
 ) -> RunState:
-    if quiet or not out.is_terminal:
+    """Wait for the run, showing its steps and the text of a model call as it streams
+    (dagnats/llm/live.py); `quiet` (--json) shows nothing."""
+    if quiet:
         return await client.wait(run_id, timeout_s=timeout, follow=follow)
+    streamed = LiveText()
+    if not out.is_terminal:
+
+        def plain(chunk: LiveChunk) -> None:
+            if streamed.add(chunk):
+                err.print(f"\n[{streamed.title()}]", highlight=False)
+            if chunk.text:
+                err.file.write(chunk.text)
+                err.file.flush()
+
+        async with follow_live(client.connection.nc, run_id, plain):
+            return await client.wait(run_id, timeout_s=timeout, follow=follow)
     with Live(console=out, refresh_per_second=8, transient=False) as live:
+        shown: list[Any] = [""]
+
+        def view() -> Any:
+            if not streamed.text:
+                return shown[0]
+            return Group(shown[0], Panel(streamed.text, title=streamed.title(), expand=True))
 
         def update(state: RunState, _decision: Decision) -> None:
-            live.update(render.run_table(state))
+            shown[0] = render.run_table(state)
+            live.update(view())
 
-        return await client.wait(run_id, timeout_s=timeout, on_update=update, follow=follow)
+        def text(chunk: LiveChunk) -> None:
+            streamed.add(chunk)
+            live.update(view())
+
+        async with follow_live(client.connection.nc, run_id, text):
+            return await client.wait(run_id, timeout_s=timeout, on_update=update, follow=follow)
 
 
 outcome_chars_max = 200  # of the output or error on the outcome line
@@ -165,9 +194,7 @@ def run_list(
     as_json: JsonOption = False,
 ) -> None:
     """List recent runs, newest first (from <data dir>/dagnats.sqlite when it exists)."""
-    projections.run_list(
-        limit, status, workflow, since, failed_step, data_dir, nats_url, as_json
-    )
+    projections.run_list(limit, status, workflow, since, failed_step, data_dir, nats_url, as_json)
 
 
 # -- end of run list -----------------------------------------------------------------------

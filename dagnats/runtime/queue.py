@@ -236,6 +236,11 @@ class JetStreamCommandQueue:
         self.ack_wait_ms = ack_wait_ms
         self._subscription: JetStreamContext.PullSubscription | None = None
 
+    async def publish_live(self, subject: str, data: bytes) -> None:
+        """Publish on core NATS, outside every stream (a handler's live output: never
+        stored, lost when nobody listens)."""
+        await self.js._nc.publish(subject, data)
+
     async def publish_command(
         self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
     ) -> None:

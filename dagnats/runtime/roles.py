@@ -6,7 +6,8 @@ Five roles (README "Security"):
   tasks and dead letters, and manages streams, consumers and KV; it may purge only the
   commands stream (timer cancellation) and delete no stream.
 - `worker`: takes tasks (consumer create/info, fetch, ack on DAGNATS_TASKS) and publishes
-  results on `dagnats.cmd.<p>.<run>.result` only.
+  results on `dagnats.cmd.<p>.<run>.result` only, and live model output on core NATS
+  `dagnats.live.<run>.<step>` (never stored; dagnats/llm/live.py).
 - `client`: publishes client commands on `dagnats.cmd.<p>.<run>.client`, external events and
   workflow definitions; reads history, KV snapshots and events.
 - `approver`: a client that also publishes human decisions on
@@ -166,7 +167,11 @@ def _worker_publish(task_types: tuple[str, ...]) -> tuple[str, ...]:
     """Results, dead task messages, and taking tasks: of every type, or (scoped) only from
     the durable consumers of `task_types`, created only with their own filter subject."""
     tasks = TASKS_STREAM
-    common = (f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}", "dagnats.dead.task")
+    common = (
+        f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}",
+        "dagnats.dead.task",  # a task message it cannot decode, set aside
+        "dagnats.live.>",  # a handler's live output (core NATS; clients subscribe to dagnats.>)
+    )
     if not task_types:
         return (
             *common,

@@ -1,0 +1,200 @@
+"""The Anthropic messages adapter with tools, on the official `anthropic` SDK
+(`pip install dagnats[anthropic]`).
+
+```python
+model = AnthropicMessages("claude-sonnet-4-5")                     # ANTHROPIC_API_KEY
+```
+
+The SDK's own retries are off (`max_retries=0`): a failed call fails the turn's attempt and
+the step's retry policy decides (dagnats/llm/model.py classifies the errors).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+from dagnats.llm.model import (
+    CallRequest,
+    Message,
+    ModelCallError,
+    ModelReply,
+    ModelRequest,
+    ModelRequestError,
+    TextSink,
+    arguments_of,
+    provider_message,
+    redact,
+    status_error,
+)
+
+timeout_s_default: Final = 120.0
+
+
+class AnthropicMessages:
+    """A model behind Anthropic's `/v1/messages` endpoint."""
+
+    def __init__(
+        self, model: str, *, api_key: str | None = None, base_url: str | None = None,
+        timeout_s: float = timeout_s_default, stream: bool = True,
+    ) -> None:  # fmt: skip
+        """`api_key` defaults to `$ANTHROPIC_API_KEY`; `base_url` to `$ANTHROPIC_BASE_URL`,
+        else Anthropic's.
+
+        Raises:
+            ImportError: the `anthropic` package is missing (`pip install dagnats[anthropic]`).
+            ValueError: an empty model name or a timeout that is not positive.
+        """
+        if not model:
+            raise ValueError("model must name a model (e.g. 'claude-sonnet-4-5')")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s {timeout_s!r} must be above 0 seconds")
+        try:
+            import anthropic
+        except ImportError as error:
+            raise ImportError(
+                "AnthropicMessages needs `pip install 'dagnats[anthropic]'`"
+            ) from error
+        self._anthropic = anthropic
+        self._model = model
+        self._key = api_key or os.environ.get("ANTHROPIC_API_KEY") or "no-key"
+        self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
+        self.timeout_s = timeout_s
+        self.stream = stream
+        self._client = anthropic.AsyncAnthropic(
+            api_key=self._key, base_url=self.base_url, timeout=timeout_s, max_retries=0
+        )
+
+    @property
+    def name(self) -> str:
+        return self._model
+
+    def __repr__(self) -> str:  # never the key
+        return f"AnthropicMessages({self._model!r}, base_url={self.base_url!r})"
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        """The model's reply (see `dagnats.llm.model.Model.complete`)."""
+        anthropic = self._anthropic
+        try:
+            if self.stream:
+                return await self._streamed(request, on_text)
+            return await self._whole(request)
+        except anthropic.APIStatusError as error:
+            message = provider_message(error.body, error.message)
+            raise status_error(
+                self._model, error.status_code, message, error.response.headers, (self._key,)
+            ) from None
+        except anthropic.APITimeoutError:
+            raise ModelCallError(
+                f"model {self._model!r}: no reply within {self.timeout_s:g}s (timeout_s)",
+                model=self._model, status=None,
+            ) from None  # fmt: skip
+        except (anthropic.APIError, ValueError, KeyError, TypeError, AttributeError) as error:
+            shown = redact(f"{type(error).__name__}: {error}", (self._key,))
+            raise ModelCallError(
+                f"model {self._model!r}: the call failed or its reply is malformed: {shown}",
+                model=self._model, status=None,
+            ) from None  # fmt: skip
+
+    def _arguments(self, request: ModelRequest) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "model": self._model,
+            "messages": to_anthropic(request.messages),
+            "max_tokens": request.max_tokens,
+        }
+        if request.system:
+            arguments["system"] = request.system
+        if request.tools:
+            arguments["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in request.tools
+            ]
+        return arguments
+
+    async def _whole(self, request: ModelRequest) -> ModelReply:
+        messages: Any = self._client.messages
+        response = await messages.create(**self._arguments(request))
+        text = "".join(block.text for block in response.content if block.type == "text")
+        calls = tuple(
+            CallRequest(id=block.id, name=block.name, arguments=block.input)
+            for block in response.content
+            if block.type == "tool_use"
+        )
+        usage = response.usage
+        return self._reply(
+            text, calls, usage.input_tokens, usage.output_tokens, response.stop_reason or ""
+        )
+
+    async def _streamed(self, request: ModelRequest, on_text: TextSink | None) -> ModelReply:
+        messages: Any = self._client.messages
+        stream = await messages.create(**self._arguments(request), stream=True)
+        text: list[str] = []
+        blocks: dict[int, list[str]] = {}  # index -> [id, name, input JSON text]
+        tokens_in = tokens_out = 0
+        stop = ""
+        async for event in stream:
+            kind = event.type
+            if kind == "message_start":
+                tokens_in = int(event.message.usage.input_tokens or 0)
+                tokens_out = int(event.message.usage.output_tokens or 0)
+            elif kind == "content_block_start" and event.content_block.type == "tool_use":
+                blocks[event.index] = [event.content_block.id, event.content_block.name, ""]
+            elif kind == "content_block_delta" and event.delta.type == "text_delta":
+                text.append(event.delta.text)
+                if on_text is not None:
+                    await on_text(event.delta.text)
+            elif kind == "content_block_delta" and event.delta.type == "input_json_delta":
+                blocks[event.index][2] += event.delta.partial_json
+            elif kind == "message_delta":
+                stop = event.delta.stop_reason or stop
+                tokens_out = int(getattr(event.usage, "output_tokens", 0) or tokens_out)
+        calls = []
+        for index in sorted(blocks):
+            call_id, name, json_text = blocks[index]
+            arguments, raw = arguments_of(json_text)
+            calls.append(CallRequest(id=call_id, name=name, arguments=arguments, raw=raw))
+        return self._reply("".join(text), tuple(calls), tokens_in, tokens_out, stop)
+
+    def _reply(
+        self, text: str, calls: tuple[CallRequest, ...], tokens_in: int, tokens_out: int,
+        stop: str,
+    ) -> ModelReply:  # fmt: skip
+        if stop == "refusal":
+            shown = redact(text or "no reason given", (self._key,))
+            raise ModelRequestError(
+                f"model {self._model!r} refused: {shown} (not retried)",
+                model=self._model, status=200,
+            )  # fmt: skip
+        return ModelReply(
+            model=self._model, text=text, tool_calls=calls, tokens_in=tokens_in,
+            tokens_out=tokens_out, stop_reason=stop,
+        )  # fmt: skip
+
+
+def to_anthropic(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """The conversation in the messages API's format: tool results (and any user text right
+    after them) go in one user message, as the API wants them."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "assistant":
+            content: list[dict[str, Any]] = []
+            if message.text:
+                content.append({"type": "text", "text": message.text})
+            for call in message.tool_calls:
+                given = call.arguments if isinstance(call.arguments, dict) else {}
+                content.append({"type": "tool_use", "id": call.id, "name": call.name,
+                                "input": given})  # fmt: skip
+            out.append({"role": "assistant", "content": content})
+            continue
+        if message.role == "tool":
+            block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.call_id,
+                                     "content": message.text}  # fmt: skip
+            if not message.ok:
+                block["is_error"] = True
+        else:
+            block = {"type": "text", "text": message.text}
+        if out and out[-1]["role"] == "user":
+            out[-1]["content"].append(block)
+        else:
+            out.append({"role": "user", "content": [block]})
+    return out
