@@ -44,7 +44,20 @@ from typing import Any, Literal
 
 import msgspec
 
-from dagnats.agent import Continue, Done, ToolResult, Usage, read_turn_input, turn_result
+from dagnats.agent import Continue, Done, read_turn_input, turn_result
+from dagnats.api.bridge_wire import (
+    AgentTurnView,
+    BridgeBusyError,
+    BridgeRequestError,
+    BridgeTask,
+    BridgeUnavailableError,
+    DeadlinePassedError,
+    OutputRefusedError,
+    Status,
+    TaskNotFoundError,
+    TaskSettledError,
+    check_poll,
+)
 from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
@@ -56,7 +69,6 @@ from dagnats.runtime.protocols import (
     TaskMessage,
     TaskQueue,
 )
-from dagnats.runtime.resources import task_subject
 from dagnats.worker import ResultNotSentError, decode_task, read_envelope
 from dagnats.worker_fetch import ReadyTaskQueue
 from dagnats.worker_safety import cut_text, output_problem, render_error
@@ -66,93 +78,6 @@ from kernel.effects import EnqueueTask
 from kernel.errors import DagnatsError, DecodeError
 
 log = logging.getLogger("dagnats.bridge")
-Status = Literal["completed", "failed", "sending"]
-
-
-class BridgeError(DagnatsError):
-    """A request the bridge refuses; `status` is its HTTP status, `slug` its problem type."""
-
-    status = 400
-    slug = "bad-request"
-    title = "Bad request"
-
-    def __init__(self, detail: str, hint: str = "") -> None:
-        self.detail = detail
-        self.hint = hint
-        super().__init__(detail)
-
-
-class TaskNotFoundError(BridgeError):
-    status, slug, title = 404, "task-not-found", "Task not found"
-
-    def __init__(self, task_id: str) -> None:
-        super().__init__(
-            f"task {task_id[:80]!r} is unknown or its lease expired",
-            "a lease lasts the heartbeat timeout from the poll or the last heartbeat; an "
-            "expired task was given back and will be delivered again",
-        )
-
-
-class TaskSettledError(BridgeError):
-    status, slug, title = 409, "task-settled", "Task already settled"
-
-    def __init__(self, task_id: str, how: str) -> None:
-        super().__init__(
-            f"task {task_id[:80]!r} was already {how}; nothing more was sent",
-            "a task is completed or failed once",
-        )
-
-
-class DeadlinePassedError(BridgeError):
-    status, slug, title = 409, "deadline-passed", "Task deadline passed"
-
-
-class OutputRefusedError(BridgeError):
-    status, slug, title = 422, "output-refused", "Output refused"
-
-
-class BridgeBusyError(BridgeError):
-    status, slug, title = 429, "too-many-tasks", "Too many tasks held"
-
-
-class BridgeRequestError(BridgeError):
-    status, slug, title = 422, "invalid-request", "Invalid request"
-
-
-class BridgeUnavailableError(BridgeError):
-    status, slug, title = 503, "nats-unavailable", "NATS unavailable"
-
-
-class AgentTurnView(msgspec.Struct, frozen=True, kw_only=True):
-    """What an agent loop's turn handler sees beside the input (dagnats/agent.py)."""
-
-    turn: int
-    state: Any = None
-    tool_results: tuple[ToolResult, ...] = ()
-    usage: Usage = Usage()
-
-
-class BridgeTask(msgspec.Struct, frozen=True, kw_only=True):
-    """One leased task as an HTTP worker receives it. `input` and `metadata` are JSON;
-    `heartbeat_ms` is how often to heartbeat; the lease ends `lease_ms` after the poll or
-    the last heartbeat. `idempotency_key` is `<run>:<step>:<attempt>`, as for a native
-    worker's `ctx.idempotency_key`."""
-
-    id: str
-    task: str
-    run_id: str
-    step_id: str
-    attempt: int
-    idempotency_key: str
-    deadline_ms: int | None
-    lease_ms: int
-    heartbeat_ms: int
-    input: Any = None
-    metadata: Any = None
-    previous_errors: tuple[str, ...] = ()
-    history_events: int = 0
-    should_continue_as_new: bool = False
-    agent: AgentTurnView | None = None
 
 
 class _Lease:
@@ -324,9 +249,7 @@ class TaskBridge:
         assert len(messages) <= batch, (len(messages), batch)
         return messages
 
-    async def _accept(
-        self, messages: Sequence[TaskMessage], worker_id: str
-    ) -> list[BridgeTask]:
+    async def _accept(self, messages: Sequence[TaskMessage], worker_id: str) -> list[BridgeTask]:
         """Lease each message for an HTTP worker, or settle it as a native worker would."""
         self._reap()
         leased: list[BridgeTask] = []
@@ -447,17 +370,17 @@ class TaskBridge:
         if turn is not None and not is_turn:
             raise BridgeRequestError(
                 f"task {task_id[:80]!r} is not an agent loop turn: `turn` is refused",
-                "complete it with {\"output\": ...}",
+                'complete it with {"output": ...}',
             )
         value: object = output
         if is_turn:
             value = turn_result(turn) if turn is not None else None
             if value is None:
-                problem = "an agent turn must be completed with turn {\"agent\": \"continue\" | \"done\"}"
-                return await self._refuse(lease, problem)
-        problem = output_problem(value)
-        if problem is not None:
-            return await self._refuse(lease, cut_text(f"the output cannot be sent: {problem}"))
+                wanted = 'an agent turn must be completed with turn {"agent": "continue" | "done"}'
+                return await self._refuse(lease, wanted)
+        found = output_problem(value)
+        if found is not None:
+            return await self._refuse(lease, cut_text(f"the output cannot be sent: {found}"))
         encoded = msgspec.json.encode(value)
         if len(encoded) > limits.payload_bytes_max:
             problem = (
@@ -590,9 +513,7 @@ class TaskBridge:
         for message in lease.deliveries:
             await _ack_quietly(message, lease.key)
 
-    def _start_sending(
-        self, deliveries: list[TaskMessage], command: FailTask, kind: str
-    ) -> None:
+    def _start_sending(self, deliveries: list[TaskMessage], command: FailTask, kind: str) -> None:
         """Report a lost attempt (in the background, as a native worker does), then ack."""
 
         async def report() -> None:
@@ -641,7 +562,9 @@ class TaskBridge:
                 left_s = started + self.result_send_ms_max / 1000 - loop.time()
                 if left_s <= 0:
                     waited_ms = int((loop.time() - started) * 1000)
-                    raise ResultNotSentError(msg_id, tries, waited_ms, render_error(error)) from None
+                    raise ResultNotSentError(
+                        msg_id, tries, waited_ms, render_error(error)
+                    ) from None
                 if tries == 1:
                     log.warning("%s not acknowledged (%s); sending it again", msg_id, error)
                 await asyncio.sleep(min(delay_s, left_s))
@@ -660,37 +583,3 @@ async def _ack_quietly(message: TaskMessage, key: str) -> None:
         await message.ack()
     except Exception as error:  # a lost ack: the delivery comes back and is acked then
         log.info("acking %s failed (it comes back and is acked then): %s", key, error)
-
-
-def check_poll(
-    task_types: Sequence[str], max_tasks: int, timeout_ms: int, worker_id: str
-) -> list[str]:
-    """The poll's task types, distinct and in order, once every argument is within bounds.
-
-    Raises:
-        BridgeRequestError: naming the field, the value and the rule.
-    """
-    if not 1 <= len(task_types) <= settings.bridge_poll_task_types_max:
-        raise BridgeRequestError(
-            f"task_types has {len(task_types)} names; it must have "
-            f"1..{settings.bridge_poll_task_types_max}"
-        )
-    if not 1 <= max_tasks <= settings.bridge_poll_tasks_max:
-        raise BridgeRequestError(
-            f"max_tasks {max_tasks} must be within 1..{settings.bridge_poll_tasks_max}"
-        )
-    if not 0 <= timeout_ms <= settings.bridge_poll_timeout_ms_max:
-        raise BridgeRequestError(
-            f"timeout_ms {timeout_ms} must be within 0..{settings.bridge_poll_timeout_ms_max}"
-        )
-    if len(worker_id) > settings.bridge_worker_id_length_max:
-        raise BridgeRequestError(
-            f"worker_id is {len(worker_id)} characters; at most "
-            f"{settings.bridge_worker_id_length_max}"
-        )
-    for index, name in enumerate(task_types):
-        try:
-            task_subject(name)
-        except DagnatsError as error:
-            raise BridgeRequestError(f"task_types[{index}]: {error}") from None
-    return list(dict.fromkeys(task_types))

@@ -29,16 +29,20 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Request, Response, Router, post
-from litestar.di import Provide
+from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import Body
 
 from dagnats.agent import Continue, Done, ToolCall
-from dagnats.api.bridge import BridgeError, BridgeTask, Status, TaskBridge
+from dagnats.api.bridge import TaskBridge
+from dagnats.api.bridge_wire import BridgeError, BridgeTask, Status
 from dagnats.runtime import settings
 from kernel import limits
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 PROBLEM_TYPE_PREFIX: Final = "urn:dagnats:problem:"
+# A JSON request body (Litestar 2.23+ asks for the marker; `Body` works across 2.x).
+JSON: Final = Body(media_type=RequestEncodingType.JSON)
 TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.task_name_length_max)]
 
 
@@ -146,8 +150,8 @@ def http_problem(request: Request[Any, Any, Any], error: Exception) -> Response[
     detail = str(error.detail)
     if errors:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    slug = {400: "bad-request", 404: "not-found", 405: "method-not-allowed",
-            413: "body-too-large", 415: "unsupported-media-type"}.get(status, "http-error")  # fmt: skip
+    slugs = {400: "bad-request", 404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
+    slug = slugs.get(status, "http-error")
     hint = ""
     if status == 413:
         hint = f"a task request body is at most {settings.bridge_body_bytes_max} bytes"
@@ -160,65 +164,74 @@ def http_problem(request: Request[Any, Any, Any], error: Exception) -> Response[
     ))  # fmt: skip
 
 
-@post("/poll", status_code=200, summary="Take tasks (long poll)")
-async def poll_tasks(data: PollBody, bridge: TaskBridge) -> PollReply:
-    """Up to `max_tasks` tasks of `task_types`, waiting at most `timeout_ms` for the first."""
-    tasks = await bridge.poll(
-        data.task_types, max_tasks=data.max_tasks, timeout_ms=data.timeout_ms,
-        worker_id=data.worker_id,
-    )  # fmt: skip
-    return PollReply(tasks=tasks)
-
-
 def _settled(task_id: str, status: Status) -> Response[SettledReply]:
     code = 202 if status == "sending" else 200
     return Response(SettledReply(id=task_id, status=status), status_code=code)
 
 
-@post("/{task_id:str}/complete", status_code=200, summary="Complete a task")
-async def complete_task(
-    task_id: str, data: CompleteBody, bridge: TaskBridge
-) -> Response[SettledReply]:
-    """Complete the task with `output`, or an agent turn with `turn` (continue or done)."""
-    turn: Continue | Done | None = None
-    if isinstance(data.turn, ContinueTurn):
-        calls = tuple(ToolCall(c.name, c.arguments, c.id) for c in data.turn.tool_calls)
-        turn = Continue(data.turn.state, calls, tokens_in=data.turn.tokens_in,
-                        tokens_out=data.turn.tokens_out, cost=data.turn.cost)  # fmt: skip
-    elif isinstance(data.turn, DoneTurn):
-        turn = Done(data.turn.output, tokens_in=data.turn.tokens_in,
-                    tokens_out=data.turn.tokens_out, cost=data.turn.cost)  # fmt: skip
-    status = await bridge.complete(task_id, data.output, turn=turn)
-    return _settled(task_id, status)
+def _task_id(request: Request[Any, Any, Any]) -> str:
+    """The `{task_id}` of the path (read from the request: the declared-parameter styles of
+    Litestar differ across 2.x releases)."""
+    task_id = request.path_params["task_id"]
+    assert isinstance(task_id, str)
+    return task_id
 
 
-@post("/{task_id:str}/fail", status_code=200, summary="Fail a task")
-async def fail_task(task_id: str, data: FailBody, bridge: TaskBridge) -> Response[SettledReply]:
-    """Fail the attempt: retryable (no sooner than `retry_after_ms`) or for good."""
-    status = await bridge.fail(
-        task_id, data.error, retryable=data.retryable, retry_after_ms=data.retry_after_ms,
-        traceback=data.traceback,
-    )  # fmt: skip
-    return _settled(task_id, status)
-
-
-@post("/{task_id:str}/heartbeat", status_code=200, summary="Keep a task")
-async def heartbeat_task(task_id: str, bridge: TaskBridge) -> HeartbeatReply:
-    """Restart the task's heartbeat timeout (send one every `heartbeat_ms`)."""
-    return HeartbeatReply(id=task_id, lease_ms=await bridge.heartbeat(task_id))
+def _turn_of(body: CompleteBody) -> Continue | Done | None:
+    turn = body.turn
+    if isinstance(turn, ContinueTurn):
+        calls = tuple(ToolCall(c.name, c.arguments, c.id) for c in turn.tool_calls)
+        return Continue(turn.state, calls, tokens_in=turn.tokens_in, tokens_out=turn.tokens_out,
+                        cost=turn.cost)  # fmt: skip
+    if isinstance(turn, DoneTurn):
+        return Done(turn.output, tokens_in=turn.tokens_in, tokens_out=turn.tokens_out,
+                    cost=turn.cost)  # fmt: skip
+    return None
 
 
 def bridge_route_handlers(bridge: TaskBridge) -> list[Router]:
-    """The bridge's routes under `/v1/tasks`, with `bridge` injected, their bodies bounded
-    and their errors as problem details."""
+    """The bridge's routes under `/v1/tasks` over `bridge`, their bodies bounded and their
+    errors as problem details."""
 
-    def provide() -> TaskBridge:
-        return bridge
+    @post("/poll", status_code=200, summary="Take tasks (long poll)")
+    async def poll_tasks(data: Annotated[PollBody, JSON]) -> PollReply:
+        """Up to `max_tasks` tasks of `task_types`, waiting at most `timeout_ms` for one."""
+        tasks = await bridge.poll(
+            data.task_types, max_tasks=data.max_tasks, timeout_ms=data.timeout_ms,
+            worker_id=data.worker_id,
+        )  # fmt: skip
+        return PollReply(tasks=tasks)
+
+    @post("/{task_id:str}/complete", status_code=200, summary="Complete a task")
+    async def complete_task(
+        request: Request[Any, Any, Any], data: Annotated[CompleteBody, JSON]
+    ) -> Response[SettledReply]:
+        """Complete the task with `output`, or an agent turn with `turn` (continue/done)."""
+        task_id = _task_id(request)
+        status = await bridge.complete(task_id, data.output, turn=_turn_of(data))
+        return _settled(task_id, status)
+
+    @post("/{task_id:str}/fail", status_code=200, summary="Fail a task")
+    async def fail_task(
+        request: Request[Any, Any, Any], data: Annotated[FailBody, JSON]
+    ) -> Response[SettledReply]:
+        """Fail the attempt: retryable (no sooner than `retry_after_ms`) or for good."""
+        task_id = _task_id(request)
+        status = await bridge.fail(
+            task_id, data.error, retryable=data.retryable,
+            retry_after_ms=data.retry_after_ms, traceback=data.traceback,
+        )  # fmt: skip
+        return _settled(task_id, status)
+
+    @post("/{task_id:str}/heartbeat", status_code=200, summary="Keep a task")
+    async def heartbeat_task(request: Request[Any, Any, Any]) -> HeartbeatReply:
+        """Restart the task's heartbeat timeout (send one every `heartbeat_ms`)."""
+        task_id = _task_id(request)
+        return HeartbeatReply(id=task_id, lease_ms=await bridge.heartbeat(task_id))
 
     router = Router(
         path="/v1/tasks",
         route_handlers=[poll_tasks, complete_task, fail_task, heartbeat_task],
-        dependencies={"bridge": Provide(provide, sync_to_thread=False)},
         exception_handlers={BridgeError: bridge_problem, HTTPException: http_problem},
         request_max_body_size=settings.bridge_body_bytes_max,
         tags=["tasks"],
