@@ -70,6 +70,7 @@ TARGETS: Final = {
     "projection_rebuild": Target(">= 50k events/s", lambda line: _number(line, "value") >= 50_000),
     "sim": Target(">= 1000 runs/s", lambda line: _number(line, "value") >= 1_000),
     "map": Target("10k items, ratio <= 2", lambda line: _number(line, "ratio") <= 2.0),
+    "http": Target("bridge ratio <= 1.5", lambda line: _number(line, "ratio") <= 1.5),
 }
 
 
