@@ -37,6 +37,7 @@ ORDER: Final = (
     "replay",
     "projection_rebuild",
     "sim",
+    "http",
 )
 BENCH_TIMEOUT_S: Final = 120.0
 BENCH_TIMEOUTS_S: Final = {"peers": 900.0, "memory": 600.0, "map": 400.0, "restart": 300.0}
@@ -102,6 +103,7 @@ TARGETS: Final = {
     "projection_rebuild": Target(">= 50k events/s", lambda line: _number(line, "value") >= 50_000),
     "sim": Target(">= 1000 runs/s", lambda line: _number(line, "value") >= 1_000),
     "map": Target("<= 1.5x a fan-out of 10k tasks", lambda line: _number(line, "ratio") <= 1.5),
+    "http": Target("bridge ratio <= 1.5", lambda line: _number(line, "ratio") <= 1.5),
 }
 
 

@@ -363,6 +363,42 @@ def test_health_ready_docs(stack: Stack) -> None:
     assert script.status_code == 200 and 'fetch("/openapi.json"' in script.text
 
 
+def poll_one(stack: Stack, task_type: str) -> dict[str, Any]:
+    """One task of `task_type`, through serve's own bridge (a bounded long poll)."""
+    body = {"task_types": [task_type], "timeout_ms": 5_000, "worker_id": "curl-like"}
+    for _ in range(6):  # each poll is bounded; the run's task may take a moment to appear
+        response = stack.http.post("/v1/tasks/poll", json=body)
+        assert response.status_code == 200, response.text
+        tasks: list[dict[str, Any]] = response.json()["tasks"]
+        if tasks:
+            return tasks[0]
+    raise AssertionError(f"no {task_type} task within the polls")
+
+
+def test_the_worker_bridge_is_served_by_serve_and_its_results_count(stack: Stack) -> None:
+    """The bridge mounted in `dagnats serve`: poll, heartbeat, a retryable failure, then a
+    completion, over HTTP; the engine takes its results (they carry the task's token)."""
+    retry = {"max_attempts": 2, "strategy": "fixed", "initial_delay": "10ms"}
+    flow = {"name": "api-bridged", "version": "1",
+            "steps": [{"id": "b", "task": "api.bridged", "retry": retry}]}  # fmt: skip
+    assert stack.http.post("/v1/workflows", json=flow).status_code == 201
+    run_id = start(stack, "api-bridged", {"n": 7})
+    first = poll_one(stack, "api.bridged")
+    assert (first["run_id"], first["attempt"], first["input"]) == (run_id, 1, {"n": 7}), first
+    beat = stack.http.post(f"/v1/tasks/{first['id']}/heartbeat", json={})
+    assert beat.status_code == 200, beat.text
+    failed = stack.http.post(f"/v1/tasks/{first['id']}/fail", json={"error": "busy"})
+    assert failed.status_code == 200, failed.text
+    second = poll_one(stack, "api.bridged")
+    assert second["attempt"] == 2, second
+    done = stack.http.post(f"/v1/tasks/{second['id']}/complete", json={"output": {"ok": 1}})
+    assert done.status_code == 200, done.text
+    again = stack.http.post(f"/v1/tasks/{second['id']}/complete", json={"output": {"ok": 2}})
+    assert again.status_code in (404, 409), again.text
+    body = wait_end(stack, run_id)
+    assert body["run"]["status"] == "completed", body
+
+
 def test_openapi_validates_and_every_route_in_it_was_exercised(stack: Stack) -> None:
     """Runs last in this module: the routes sent by the tests above are recorded."""
     response = stack.http.get("/openapi.json")

@@ -3,34 +3,32 @@
 `start_http(server, address, explicit=..., token=...)` checks the loopback rule (no token:
 loopback only), binds, connects the API's clients and serves; a default address that is taken
 is a warning and serve goes on without HTTP (an explicit `--http` that is taken is an error).
-The bridge (`dagnats/api/bridge.py`, its `router`) is mounted when that module is installed.
+The HTTP worker bridge (`dagnats/api/bridge.py`, routes under `/v1/tasks`) is mounted on its
+own connection with the `worker` credential, and closed with the API.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-from collections.abc import Sequence
-
-from litestar.types import ControllerRouterHandler
 
 from dagnats.api.app import create_app
 from dagnats.api.auth import require_token_beyond_loopback
+from dagnats.api.bridge import TaskBridge
+from dagnats.api.bridge_routes import bridge_route_handlers
 from dagnats.api.server import HttpAddressError, HttpServer, parse_address
 from dagnats.api.services import Services
 from dagnats.runtime.serve import Server
 
 log = logging.getLogger("dagnats.api")
-BRIDGE_MODULE = "dagnats.api.bridge"
 
 
 class RunningApi:
     """The HTTP server and the services it uses, stopped together."""
 
-    def __init__(self, http: HttpServer, services: Services) -> None:
+    def __init__(self, http: HttpServer, services: Services, bridge: TaskBridge) -> None:
         self.http = http
         self.services = services
+        self.bridge = bridge
 
     @property
     def url(self) -> str:
@@ -38,15 +36,8 @@ class RunningApi:
 
     async def stop(self) -> None:
         await self.http.stop()
+        await self.bridge.close()
         await self.services.close()
-
-
-def bridge_handlers() -> Sequence[ControllerRouterHandler]:
-    """The HTTP worker bridge's router (`dagnats.api.bridge.router`) when installed."""
-    if importlib.util.find_spec(BRIDGE_MODULE) is None:
-        return ()
-    router = getattr(importlib.import_module(BRIDGE_MODULE), "router", None)
-    return () if router is None else (router,)
 
 
 async def start_http(
@@ -70,8 +61,11 @@ async def start_http(
         engine_running=lambda: server.engine_serving and not server.history_gone,
         ready=lambda: not server.history_gone,
     )
+    bridge: TaskBridge | None = None
     try:
-        app = create_app(services, token=token, extra_route_handlers=bridge_handlers())
+        bridge = await TaskBridge.open(server.url, data_dir=server.data_dir)
+        handlers = bridge_route_handlers(bridge)
+        app = create_app(services, token=token, extra_route_handlers=handlers)
         http = HttpServer(app, host, port)
         try:
             http.bind()
@@ -79,10 +73,13 @@ async def start_http(
             if explicit:
                 raise
             log.warning("HTTP API not started: %s (%s)", error, error.hint)
+            await bridge.close()
             await services.close()
             return None
         await http.start()
     except BaseException:
+        if bridge is not None:
+            await bridge.close()
         await services.close()
         raise
-    return RunningApi(http, services)
+    return RunningApi(http, services, bridge)

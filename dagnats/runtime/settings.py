@@ -72,6 +72,20 @@ result_retry_delay_ms_min: Final = 100
 result_retry_delay_ms_max: Final = 2_000
 drain_results_ms_max: Final = 15_000  # on SIGTERM, unacknowledged results get this long
 
+# The HTTP worker bridge (dagnats/api/bridge.py): tasks held for HTTP workers under task ids.
+bridge_leases_max: Final = ack_pending_max  # tasks one bridge holds at once (a poll past: 429)
+bridge_poll_tasks_max: Final = 100  # tasks one poll may take
+bridge_poll_task_types_max: Final = 100  # task types one poll may name
+bridge_poll_timeout_ms_max: Final = 60_000  # the longest long poll
+bridge_poll_slice_ms: Final = 1_000  # one long pull of a lone task type (then pulled again)
+bridge_poll_slice_many_ms: Final = 250  # one long pull per type when a poll names several
+bridge_poll_rounds_max: Final = 10_000  # pull rounds of one poll (each waits or takes)
+bridge_settled_remembered_max: Final = 10_000  # settled task ids kept to answer a replay 409
+bridge_result_wait_ms: Final = 5_000  # an HTTP complete/fail waits this for the ack, then 202
+bridge_worker_id_length_max: Final = 128
+# A task request body: an output up to payload_bytes_max, with room for the rest of it.
+bridge_body_bytes_max: Final = limits.payload_bytes_max + 4 * limits.error_message_bytes_max
+
 # Connections (dagnats/runtime/connection.py).
 connection_close_timeout_ms: Final = 5_000  # closing (draining) a connection at the end
 outage_log_interval_ms: Final = 10_000  # while NATS is unreachable: one summary line per

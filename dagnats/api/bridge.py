@@ -1,0 +1,593 @@
+"""The HTTP worker bridge: the tasks of the native workers, for workers in any language.
+
+`TaskBridge` takes task messages from the same durable consumers a native `Worker` uses (one
+per task type on `dagnats.task.<type>`, runtime/queue.py), holds each delivered message under
+an opaque task id (a lease), and turns an HTTP worker's complete, fail and heartbeat into
+exactly what a native worker does: `CompleteTask` / `FailTask` published under
+`result:<run>:<step>:<attempt>` until the server acknowledged it, `in_progress` for a
+heartbeat, a lost attempt reported under `lost:<run>:<step>:<attempt>`. The rules are those
+of dagnats/worker.py:
+
+- A lease lasts `ack_wait_ms` (the consumer's heartbeat timeout) from the poll or the last
+  heartbeat. Past it the id is unknown (`TaskNotFoundError`, 404) and the server delivers the
+  task again; whoever takes that delivery (a bridge or a native worker) reports the attempt
+  lost, and the engine schedules the next attempt without counting it against the policy.
+- A delivery of an attempt this bridge holds rides along with its lease (heartbeated and acked
+  with it); one of an attempt it settled is acked; a second or later delivery of an attempt it
+  does not hold is reported lost and acked. An undecodable message goes to the dead letters.
+- The first complete or fail settles a lease; its result is sent (the task heartbeated
+  meanwhile) and the deliveries are acked once the server acknowledged it. A second complete
+  or fail of a settled id is refused (`TaskSettledError`, 409) and sends nothing.
+- An output a native worker would refuse (deeper than `json_depth_max`, over
+  `payload_bytes_max`, an agent turn not completed with continue/done) is recorded as the same
+  `invalid_output` failure (`OutputRefusedError`, 422). An attempt past its deadline sends
+  nothing (the engine's step timer records the timeout; `DeadlinePassedError`, 409).
+
+A poll that is abandoned (its HTTP request cancelled) still leases what it took: those tasks
+come back after the heartbeat timeout, as from a vanished worker. Bounds: settings.bridge_*.
+This module does no HTTP (dagnats/api/bridge_routes.py does); it publishes commands and settles
+task messages of the worker role only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from dagnats.agent import Continue, Done, read_turn_input, turn_result
+from dagnats.api.bridge_wire import (
+    AgentTurnView,
+    BridgeBusyError,
+    BridgeRequestError,
+    BridgeTask,
+    BridgeUnavailableError,
+    DeadlinePassedError,
+    OutputRefusedError,
+    Status,
+    TaskNotFoundError,
+    TaskSettledError,
+    check_poll,
+)
+from dagnats.runtime import settings
+from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.outage import OutageLog
+from dagnats.runtime.protocols import (
+    Clock,
+    CommandPublisher,
+    DeadLetters,
+    TaskMessage,
+    TaskQueue,
+)
+from dagnats.worker import ResultNotSentError, decode_task, read_envelope
+from dagnats.worker_fetch import ReadyTaskQueue
+from dagnats.worker_safety import cut_text, output_problem, render_error
+from kernel import codec, limits
+from kernel.commands import CompleteTask, FailTask, FailureKind
+from kernel.effects import EnqueueTask
+from kernel.errors import DagnatsError, DecodeError
+
+log = logging.getLogger("dagnats.bridge")
+
+
+def _token(deliveries: list[TaskMessage]) -> str | None:
+    """The engine's token of the task these deliveries carry (runtime/task_tokens)."""
+    return getattr(deliveries[0], "task_token", None) if deliveries else None
+
+
+class _Lease:
+    """A delivered task message held for an HTTP worker."""
+
+    __slots__ = ("deliveries", "expires_at", "handed_at_ms", "id", "key", "state", "task",
+                 "worker_id")  # fmt: skip
+
+    def __init__(self, task_id: str, task: EnqueueTask, message: TaskMessage, worker_id: str,
+                 handed_at_ms: int, expires_at: float) -> None:  # fmt: skip
+        self.id = task_id
+        self.task = task
+        self.key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+        self.deliveries = [message]
+        self.worker_id = worker_id
+        self.handed_at_ms = handed_at_ms
+        self.expires_at = expires_at
+        self.state: Literal["held", "settling"] = "held"
+
+
+class TaskBridge:
+    """Tasks for HTTP workers: poll, complete, fail, heartbeat (see the module doc)."""
+
+    def __init__(
+        self,
+        tasks: TaskQueue,
+        commands: CommandPublisher,
+        dead: DeadLetters,
+        *,
+        ack_wait_ms: int = settings.task_ack_wait_ms_default,
+        worker_id: str | None = None,
+        clock: Clock | None = None,
+        seeds: Callable[[], int] | None = None,
+    ) -> None:
+        assert 0 < ack_wait_ms <= settings.timer_horizon_ms_max, ack_wait_ms
+        self.tasks = tasks
+        self.ready = tasks if isinstance(tasks, ReadyTaskQueue) else None
+        self.commands = commands
+        self.dead = dead
+        self.ack_wait_ms = ack_wait_ms
+        self.heartbeat_ms = max(1, ack_wait_ms // 3)
+        self.worker_id = worker_id or f"http-bridge-{socket.gethostname()}-{os.getpid()}"
+        self.now_ms: Callable[[], int] = clock.now_ms if clock is not None else now_ms
+        self.new_seed: Callable[[], int] = seeds if seeds is not None else new_seed
+        self.result_send_ms_max = settings.result_send_ms_max
+        self.result_wait_ms = settings.bridge_result_wait_ms
+        self._leases: dict[str, _Lease] = {}
+        self._by_key: dict[str, _Lease] = {}
+        self._settled: OrderedDict[str, str] = OrderedDict()  # task id -> how
+        self._finished: OrderedDict[str, None] = OrderedDict()  # settled attempt keys
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        self._turn = 0
+        self._outage = OutageLog(log, "fetching tasks for HTTP workers", quiet_failures=1)
+        self.connection: Connection | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | None = None,
+        *,
+        data_dir: Path | None = None,
+        ack_wait_ms: int = settings.task_ack_wait_ms_default,
+        worker_id: str | None = None,
+    ) -> TaskBridge:
+        """A bridge on its own connection with the `worker` role's credential. Its ack wait
+        becomes the task consumers' heartbeat timeout, as a native worker's does.
+
+        Raises:
+            ConnectError: the server cannot be reached, or refused the credential.
+        """
+        connection = await Connection.open(
+            url, task_ack_wait_ms=ack_wait_ms, role="worker", data_dir=data_dir
+        )
+        queue = connection.commands
+        bridge = cls(connection.tasks, queue, queue, ack_wait_ms=ack_wait_ms, worker_id=worker_id)
+        bridge.connection = connection
+        return bridge
+
+    async def close(self) -> None:
+        """Let results being sent finish (at most `drain_results_ms_max`), then close the
+        connection if the bridge opened it. Held leases come back after the timeout."""
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=settings.drain_results_ms_max / 1000)
+        if self.connection is not None:
+            await self.connection.close()
+
+    @property
+    def held(self) -> int:
+        """Leases held now (settling ones included)."""
+        return len(self._leases)
+
+    # -- poll -------------------------------------------------------------------------------
+
+    async def poll(
+        self, task_types: Sequence[str], *, max_tasks: int = 1, timeout_ms: int = 0,
+        worker_id: str = "",
+    ) -> list[BridgeTask]:  # fmt: skip
+        """Up to `max_tasks` tasks of `task_types`, waiting at most `timeout_ms` for the
+        first; [] when none came. Each is leased under a fresh id.
+
+        Raises:
+            BridgeRequestError: a task type, max_tasks, timeout_ms or worker_id out of bounds.
+            BridgeBusyError: the bridge holds `bridge_leases_max` tasks already.
+        """
+        types = check_poll(task_types, max_tasks, timeout_ms, worker_id)
+        self._reap()
+        if len(self._leases) + max_tasks > settings.bridge_leases_max:
+            raise BridgeBusyError(
+                f"the bridge holds {len(self._leases)} tasks; a poll of {max_tasks} more would "
+                f"pass the limit of {settings.bridge_leases_max}",
+                "complete, fail or let expire the tasks held, then poll again",
+            )
+        job = asyncio.ensure_future(
+            self._poll(types, max_tasks, timeout_ms, worker_id or self.worker_id)
+        )
+        return await asyncio.shield(job)  # cancelled: what it takes is leased (and expires)
+
+    async def _poll(
+        self, types: list[str], max_tasks: int, timeout_ms: int, worker_id: str
+    ) -> list[BridgeTask]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        taken: list[BridgeTask] = []
+        for _ in range(settings.bridge_poll_rounds_max):
+            self._turn = (self._turn + 1) % len(types)
+            order = types[self._turn :] + types[: self._turn]
+            for name in order:
+                if len(taken) >= max_tasks:
+                    break
+                messages = await self._pull(name, max_tasks - len(taken), 0, deadline)
+                taken += await self._accept(messages, worker_id)
+            left_ms = int((deadline - loop.time()) * 1000)
+            if taken or left_ms <= 0:
+                return taken
+            many = len(types) > 1
+            slice_ms = settings.bridge_poll_slice_many_ms if many else settings.bridge_poll_slice_ms
+            waits = [self._pull(name, 1, min(left_ms, slice_ms), deadline) for name in order]
+            for messages in await asyncio.gather(*waits[:max_tasks]):
+                taken += await self._accept(messages, worker_id)
+        return taken
+
+    async def _pull(
+        self, name: str, batch: int, wait_ms: int, deadline: float
+    ) -> Sequence[TaskMessage]:
+        """What waits on `name` (at most `batch`), or a long pull of `wait_ms`; one pull at a
+        time per task type (a pull subscription's inbox is shared); [] after a failure."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(lock.acquire(), timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return []
+        try:
+            if wait_ms > 0:
+                messages = await self.tasks.fetch(name, batch=batch, timeout_ms=wait_ms)
+            elif self.ready is not None:
+                messages = await self.ready.fetch_ready(name, batch=batch)
+            else:
+                messages = await self.tasks.fetch(name, batch=batch, timeout_ms=1)
+        except Exception as error:
+            self._outage.failed(f"{name}: {render_error(error)}")
+            backoff_s = min(0.5, max(0.0, deadline - loop.time()))
+            await asyncio.sleep(backoff_s)
+            return []
+        finally:
+            lock.release()
+        self._outage.recovered()
+        assert len(messages) <= batch, (len(messages), batch)
+        return messages
+
+    async def _accept(self, messages: Sequence[TaskMessage], worker_id: str) -> list[BridgeTask]:
+        """Lease each message for an HTTP worker, or settle it as a native worker would."""
+        self._reap()
+        leased: list[BridgeTask] = []
+        for message in messages:
+            try:
+                task = decode_task(message.data)
+            except DecodeError as error:
+                await self.dead.publish_dead("task", message.data, str(error))
+                await message.term()
+                continue
+            key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+            riding = self._by_key.get(key)
+            if riding is not None:  # the server sent a held attempt again: it rides along
+                riding.deliveries.append(message)
+                continue
+            if key in self._finished:  # settled here; the server forgot our ack
+                await message.ack()
+                continue
+            if message.num_delivered > 1:
+                reason = (
+                    f"worker lost: the task was delivered again (delivery {message.num_delivered})"
+                )
+                self._start_sending([message], self._fail(task, reason, "lost"), "lost")
+                continue
+            lease = self._lease(task, message, worker_id)
+            view = self._view(lease)
+            if view is None:
+                continue
+            leased.append(view)
+        return leased
+
+    def _lease(self, task: EnqueueTask, message: TaskMessage, worker_id: str) -> _Lease:
+        task_id = secrets.token_urlsafe(18)
+        expires_at = asyncio.get_running_loop().time() + self.ack_wait_ms / 1000
+        lease = _Lease(task_id, task, message, worker_id, self.now_ms(), expires_at)
+        self._leases[task_id] = lease
+        self._by_key[lease.key] = lease
+        return lease
+
+    def _view(self, lease: _Lease) -> BridgeTask | None:
+        """The task as the HTTP worker sees it; None (and failed for good, as a native worker
+        does) when its input or metadata cannot be read."""
+        task = lease.task
+        envelope = read_envelope(task)
+        try:
+            metadata = msgspec.json.decode(bytes(task.metadata))
+            input_raw, agent = bytes(task.input), None
+            if envelope.turn > 0:
+                turn = read_turn_input(input_raw)
+                input_raw = turn.input_raw
+                agent = AgentTurnView(turn=envelope.turn, state=turn.state,
+                                      tool_results=turn.tool_results, usage=turn.usage)  # fmt: skip
+            msgspec.json.decode(input_raw)  # (readable JSON, as a handler's ctx.input)
+        except (msgspec.DecodeError, ValueError, TypeError) as error:
+            message = f"the task's input or metadata cannot be read: {render_error(error)}"
+            self._settle(lease, self._fail(lease.task, message, "non_retryable"), "failed")
+            return None
+        return BridgeTask(
+            id=lease.id, task=task.task, run_id=task.run_id, step_id=task.step_id,
+            attempt=task.attempt, idempotency_key=lease.key, deadline_ms=task.deadline_ms,
+            lease_ms=self.ack_wait_ms, heartbeat_ms=self.heartbeat_ms,
+            input=msgspec.Raw(input_raw), metadata=metadata,
+            previous_errors=envelope.previous_errors, history_events=task.history_events,
+            should_continue_as_new=task.history_events >= limits.history_events_soft_max,
+            agent=agent,
+        )  # fmt: skip
+
+    def _reap(self) -> None:
+        """Forget held leases past their expiry (their messages come back from the server)."""
+        now = asyncio.get_running_loop().time()
+        expired = [
+            lease for lease in self._leases.values()
+            if lease.state == "held" and lease.expires_at <= now
+        ]  # fmt: skip
+        for lease in expired:
+            del self._leases[lease.id]
+            if self._by_key.get(lease.key) is lease:
+                del self._by_key[lease.key]
+        if expired:
+            log.info("%d HTTP task lease(s) expired without a heartbeat", len(expired))
+
+    # -- heartbeat, complete, fail ----------------------------------------------------------
+
+    async def heartbeat(self, task_id: str) -> int:
+        """Keep the task: restart its heartbeat timeout; the lease's new length in ms.
+
+        Raises:
+            TaskNotFoundError: unknown id, or its lease expired.
+            TaskSettledError: already completed or failed.
+        """
+        lease = self._held(task_id)
+        try:
+            for message in list(lease.deliveries):
+                await message.in_progress()
+        except Exception as error:
+            raise BridgeUnavailableError(
+                f"the heartbeat of task {task_id[:80]!r} did not reach NATS: {render_error(error)}",
+                "heartbeat again soon: the lease runs on until its expiry",
+            ) from None
+        lease.expires_at = asyncio.get_running_loop().time() + self.ack_wait_ms / 1000
+        return self.ack_wait_ms
+
+    async def complete(
+        self, task_id: str, output: object = None, *, turn: Continue | Done | None = None
+    ) -> Status:
+        """Complete the task with `output` (an agent turn: with `turn`); "completed" once the
+        server acknowledged the result, "sending" while it is still being sent.
+
+        Raises:
+            TaskNotFoundError, TaskSettledError: as for `heartbeat`.
+            DeadlinePassedError: the attempt is past its deadline (nothing is sent).
+            OutputRefusedError: recorded as an invalid_output failure, as a native worker's.
+            BridgeRequestError: `turn` for a task that is no agent turn (nothing is settled).
+        """
+        lease = self._held(task_id)
+        self._check_deadline(lease)
+        is_turn = read_envelope(lease.task).turn > 0
+        if turn is not None and not is_turn:
+            raise BridgeRequestError(
+                f"task {task_id[:80]!r} is not an agent loop turn: `turn` is refused",
+                'complete it with {"output": ...}',
+            )
+        value: object = output
+        if is_turn:
+            value = turn_result(turn) if turn is not None else None
+            if value is None:
+                wanted = 'an agent turn must be completed with turn {"agent": "continue" | "done"}'
+                return await self._refuse(lease, wanted)
+        found = output_problem(value)
+        if found is not None:
+            return await self._refuse(lease, cut_text(f"the output cannot be sent: {found}"))
+        encoded = msgspec.json.encode(value)
+        if len(encoded) > limits.payload_bytes_max:
+            problem = (
+                f"the output is {len(encoded)} bytes; the limit is {limits.payload_bytes_max} bytes"
+            )
+            return await self._refuse(lease, problem)
+        command = CompleteTask(
+            run_id=lease.task.run_id, at_ms=self.now_ms(), seed=self.new_seed(),
+            step_id=lease.task.step_id, attempt=lease.task.attempt,
+            output=msgspec.Raw(encoded), worker_id=lease.worker_id,
+            started_at_ms=lease.handed_at_ms,
+        )  # fmt: skip
+        return await self._settle_and_wait(lease, command, "completed")
+
+    async def fail(
+        self, task_id: str, error: str, *, retryable: bool = True,
+        retry_after_ms: int | None = None, traceback: str = "",
+    ) -> Status:  # fmt: skip
+        """Fail the attempt: retryable (the step's retry policy decides, no sooner than
+        `retry_after_ms` when given) or not (the step fails for good).
+
+        Raises:
+            TaskNotFoundError, TaskSettledError, DeadlinePassedError: as for `complete`.
+            BridgeRequestError: retry_after_ms out of bounds, or given with retryable false.
+        """
+        if retry_after_ms is not None:
+            if not retryable:
+                raise BridgeRequestError(
+                    "retry_after_ms is given with retryable false",
+                    "a non-retryable failure is not retried; drop one of them",
+                )
+            if not 0 <= retry_after_ms <= limits.delay_ms_max:
+                raise BridgeRequestError(
+                    f"retry_after_ms {retry_after_ms} must be within 0..{limits.delay_ms_max}"
+                )
+        lease = self._held(task_id)
+        self._check_deadline(lease)
+        kind: FailureKind = "error" if retryable else "non_retryable"
+        command = self._fail(lease.task, error or "failed (no message)", kind, traceback)
+        command = msgspec.structs.replace(
+            command, retry_after_ms=retry_after_ms, worker_id=lease.worker_id,
+            started_at_ms=lease.handed_at_ms,
+        )  # fmt: skip
+        return await self._settle_and_wait(lease, command, "failed")
+
+    def _held(self, task_id: str) -> _Lease:
+        self._reap()
+        lease = self._leases.get(task_id)
+        if lease is None:
+            how = self._settled.get(task_id)
+            if how is not None:
+                raise TaskSettledError(task_id, how)
+            raise TaskNotFoundError(task_id)
+        if lease.state != "held":
+            raise TaskSettledError(task_id, self._settled.get(task_id, "settled"))
+        return lease
+
+    def _check_deadline(self, lease: _Lease) -> None:
+        deadline_ms = lease.task.deadline_ms
+        if deadline_ms is None or self.now_ms() <= deadline_ms:
+            return
+        self._remember(lease, "past its deadline")
+        self._release(lease)
+        for message in lease.deliveries:
+            self._spawn(_ack_quietly(message, lease.key))
+        raise DeadlinePassedError(
+            f"task {lease.id[:80]!r} (attempt {lease.task.attempt} of step "
+            f"{lease.task.step_id!r}) passed its deadline {deadline_ms}; nothing was sent",
+            "the step's timeout is recorded by the engine, which retries per the step's policy",
+        )
+
+    async def _refuse(self, lease: _Lease, problem: str) -> Status:
+        command = self._fail(lease.task, problem, "invalid_output")
+        command = msgspec.structs.replace(
+            command, worker_id=lease.worker_id, started_at_ms=lease.handed_at_ms
+        )
+        await self._settle_and_wait(lease, command, "failed (invalid output)")
+        raise OutputRefusedError(
+            f"{problem}; recorded as an invalid_output failure of attempt {lease.task.attempt}",
+            "the step's retry policy decides whether it runs again",
+        )
+
+    async def _settle_and_wait(
+        self, lease: _Lease, command: CompleteTask | FailTask, how: str
+    ) -> Status:
+        sending = self._settle(lease, command, how)
+        done, _ = await asyncio.wait({sending}, timeout=self.result_wait_ms / 1000)
+        if not done:
+            return "sending"
+        return "completed" if isinstance(command, CompleteTask) else "failed"
+
+    def _settle(
+        self, lease: _Lease, command: CompleteTask | FailTask, how: str
+    ) -> asyncio.Task[None]:
+        """Mark the lease settled (now, before any await: a second settle is refused) and
+        send its result in a task of its own, the task heartbeated until acknowledged."""
+        assert lease.state == "held", lease.state
+        lease.state = "settling"
+        self._remember(lease, how)
+        return self._spawn(self._send_result(lease, command))
+
+    def _remember(self, lease: _Lease, how: str) -> None:
+        self._settled[lease.id] = how
+        while len(self._settled) > settings.bridge_settled_remembered_max:
+            self._settled.popitem(last=False)
+
+    def _release(self, lease: _Lease) -> None:
+        """The attempt is done here: forget the lease, remember the attempt."""
+        self._leases.pop(lease.id, None)
+        if self._by_key.get(lease.key) is lease:
+            del self._by_key[lease.key]
+        self._finished[lease.key] = None
+        while len(self._finished) > settings.bridge_settled_remembered_max:
+            self._finished.popitem(last=False)
+
+    async def _send_result(self, lease: _Lease, command: CompleteTask | FailTask) -> None:
+        beat = asyncio.create_task(self._beat(lease.deliveries))
+        try:
+            await self._send(command, "result", _token(lease.deliveries))
+        except ResultNotSentError as error:
+            log.error("%s", error)
+            self._leases.pop(lease.id, None)  # its deliveries come back: reported lost
+            self._by_key.pop(lease.key, None)
+            return
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        self._release(lease)
+        for message in lease.deliveries:
+            await _ack_quietly(message, lease.key)
+
+    def _start_sending(self, deliveries: list[TaskMessage], command: FailTask, kind: str) -> None:
+        """Report a lost attempt (in the background, as a native worker does), then ack."""
+
+        async def report() -> None:
+            try:
+                await self._send(command, kind, _token(deliveries))
+            except ResultNotSentError as error:
+                log.error("%s", error)
+                return
+            for message in deliveries:
+                await _ack_quietly(message, f"{command.run_id}:{command.step_id}")
+
+        self._spawn(report())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        job: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._sending.add(job)
+        job.add_done_callback(self._sending.discard)
+        return job
+
+    async def _beat(self, deliveries: list[TaskMessage]) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_ms / 1000)
+            for message in list(deliveries):
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
+
+    async def _send(
+        self, command: CompleteTask | FailTask, kind: str, token: str | None
+    ) -> None:
+        """Publish until acknowledged, the same bytes under the same message id each time
+        (`<kind>:<run>:<step>:<attempt>`, as dagnats/worker.py sends them), with the task's
+        token (runtime/task_tokens: the engine takes results only for tasks it handed out).
+
+        Raises:
+            ResultNotSentError: not acknowledged within `result_send_ms_max`.
+        """
+        msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
+        payload = codec.encode(command)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        delay_s = settings.result_retry_delay_ms_min / 1000
+        for tries in range(1, 1_000_000):
+            try:
+                await self.commands.publish_command(command.run_id, payload, msg_id, token=token)
+                return
+            except DagnatsError:
+                raise
+            except Exception as error:
+                left_s = started + self.result_send_ms_max / 1000 - loop.time()
+                if left_s <= 0:
+                    waited_ms = int((loop.time() - started) * 1000)
+                    raise ResultNotSentError(
+                        msg_id, tries, waited_ms, render_error(error)
+                    ) from None
+                if tries == 1:
+                    log.warning("%s not acknowledged (%s); sending it again", msg_id, error)
+                await asyncio.sleep(min(delay_s, left_s))
+                delay_s = min(delay_s * 2, settings.result_retry_delay_ms_max / 1000)
+        raise AssertionError("unreachable: the send loop is bounded by its time")
+
+    def _fail(self, task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
+        return FailTask(
+            run_id=task.run_id, at_ms=self.now_ms(), seed=self.new_seed(), step_id=task.step_id,
+            attempt=task.attempt, error=cut_text(error), kind=kind, traceback=cut_text(trace),
+        )  # fmt: skip
+
+
+async def _ack_quietly(message: TaskMessage, key: str) -> None:
+    try:
+        await message.ack()
+    except Exception as error:  # a lost ack: the delivery comes back and is acked then
+        log.info("acking %s failed (it comes back and is acked then): %s", key, error)
