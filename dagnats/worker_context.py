@@ -12,6 +12,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from dagnats.agent import ToolResult, Usage, read_turn_input
+from dagnats.observe import tracing
 from kernel import limits
 from kernel.effects import EnqueueTask
 from kernel.errors import DagnatsError
@@ -76,6 +77,7 @@ class TaskContext:
         self.should_continue_as_new = task.history_events >= limits.history_events_soft_max
         self.worker_id = worker_id
         self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+        self.tracer = tracing.handler_tracer()  # a handler's own spans join the run's trace
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"dagnats.task.{task.task}"),
             {"run_id": task.run_id, "step_id": task.step_id, "attempt": task.attempt},

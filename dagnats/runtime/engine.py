@@ -23,6 +23,7 @@ from typing import Literal, assert_never
 
 import msgspec
 
+from dagnats.observe.hooks import EngineObserver
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.links import RunLinks
 from dagnats.runtime.parked import RunParkedError, undecodable, unfoldable
@@ -118,6 +119,7 @@ class Engine:
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
         self.links = links  # child runs and external events (None: the engine has neither)
+        self.observer = EngineObserver()  # traces (from the env) and metrics (serve's)
         # Commands fetched and not yet acked or naked: each gets a progress ack every
         # command_progress_interval_ms while the engine lives (see `keep_in_progress`).
         self._unsettled: set[CommandMessage] = set()
@@ -212,7 +214,8 @@ class Engine:
             command = authorized
         if command.run_id in self.parked:
             return "parked"
-        outcome = await self._handle_command(command, data, deliveries)
+        with self.observer.decision(command) as seen:
+            seen.outcome = outcome = await self._handle_command(command, data, deliveries)
         await self._report_parked()
         return outcome
 
@@ -292,6 +295,7 @@ class Engine:
         )
         assert seq > loaded.last_seq, f"append returned {seq} after {loaded.last_seq}"
         self._remember(command.run_id, Loaded(state=state, last_seq=seq))
+        self.observer.appended(loaded.state, state, events)
         if self.links is not None and is_terminal(state):
             self.links.forget_run(command.run_id)
         return effects
@@ -393,7 +397,8 @@ class Engine:
         async with self._effect_slots:
             match effect:
                 case EnqueueTask():
-                    await self.tasks.publish(effect.task, codec.encode(effect), effect.msg_id)
+                    with self.observer.enqueueing(effect):
+                        await self.tasks.publish(effect.task, codec.encode(effect), effect.msg_id)
                 case ArmTimer():
                     await self.timers.arm(
                         effect.run_id,

@@ -31,6 +31,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
@@ -76,6 +77,11 @@ class JetStreamMessage:
         """The publisher's Nats-Msg-Id, if it set one."""
         headers = self._message.headers
         return None if headers is None else headers.get(MSG_ID_HEADER)
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """The message's headers (a task's `traceparent`: dagnats.observe.tracing)."""
+        return self._message.headers
 
     @property
     def scheduler(self) -> str | None:
@@ -135,7 +141,7 @@ class JetStreamTaskQueue:
         """Enqueue a task; a msg_id seen within the tasks' duplicate window is dropped."""
         _check_size("task message", payload)
         subject = task_subject(task_type)
-        headers = {MSG_ID_HEADER: msg_id}
+        headers = tracing.inject({MSG_ID_HEADER: msg_id})  # the attempt's trace context
         await self.js.publish(subject, payload, stream=TASKS_STREAM, headers=headers)
 
     async def fetch(

@@ -107,3 +107,10 @@ parked_retry_delay_ms: Final = 60_000  # a parked run's commands come back then
 # External events (DAGNATS_EVENTS).
 events_age_ms_max: Final = 7 * 24 * 3_600_000  # events are kept a week for late waiters
 event_waiting_runs_max: Final = 100_000  # runs the engine's in-memory event index holds
+
+# Observability (dagnats/observe/).
+attempts_traced_max: Final = 100_000  # step attempts whose scheduling time tracing remembers
+workers_seen_window_ms: Final = 60_000  # a worker that reported within this counts as live
+workers_seen_max: Final = 10_000  # worker ids the engine remembers for that count
+status_interval_ms: Final = 2_000  # how often serve refreshes its gauges and status record
+status_stale_ms: Final = 10_000  # an engine status record older than this: the engine is down
