@@ -27,6 +27,7 @@ from dagnats.cli.common import (
     out,
     run_async,
 )
+from dagnats.observe.metrics import MetricsServer, parse_address
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import Connection, default_data_dir
 from dagnats.runtime.serve import Server, install_stop_signals
@@ -58,10 +59,19 @@ def serve(
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
     log_json: LogJsonOption = False,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="ADDR",
+            help="Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; :PORT = loopback).",
+        ),
+    ] = None,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
     if not 0 <= nats_port <= PORT_MAX:
         raise fail(f"--nats-port {nats_port} is outside 0..{PORT_MAX} (0 = a free port)", "", 2)
+    metrics_at = metrics_address(metrics)
     refuse_without_assertions("dagnats serve")
     logs.configure(json_lines=log_json)
     server = Server(data_dir or default_data_dir(), nats_port=nats_port, nats_url=nats_url)
@@ -69,8 +79,10 @@ def serve(
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
+        metrics_server: MetricsServer | None = None
         try:
             info = await server.start()
+            metrics_server = start_metrics(server, metrics_at)
             if as_json:
                 print(msgspec.json.encode(info).decode(), flush=True)
             else:
@@ -79,12 +91,38 @@ def serve(
                     f"data dir: {info.data_dir}"
                     + (f" (nats log {info.nats_log})" if info.nats_log else "")
                 )
+                if metrics_server is not None:
+                    where = f"http://{metrics_server.host}:{metrics_server.port}/metrics"
+                    out.print(f"metrics at {where}", highlight=False)
                 out.print("ready; stop with Ctrl-C", highlight=False)
             await server.run(stop)
         finally:
+            if metrics_server is not None:
+                metrics_server.stop()
             await server.stop()
 
     run_async(main())
+
+
+def metrics_address(text: str | None) -> tuple[str, int] | None:
+    """(host, port) of --metrics, or None; a bad value exits with a usage error."""
+    if text is None:
+        return None
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise fail(str(error), "", 2) from None
+
+
+def start_metrics(server: Server, where: tuple[str, int] | None) -> MetricsServer | None:
+    """The --metrics HTTP server (None without --metrics); a port taken exits with a hint."""
+    if where is None:
+        return None
+    try:
+        return MetricsServer(server.metrics, *where)
+    except OSError as error:
+        message = f"--metrics {where[0]}:{where[1]}: {error.strerror or error}"
+        raise fail(message, "choose another port") from None
 
 
 def worker(

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from dagnats.observe.status import Facts
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+DEFAULT_HOST: Final = "127.0.0.1"
+PORT_MAX: Final = 65_535
+metrics_server_stop_s: Final = 5.0
 # Steps run from milliseconds (a cached lookup) to hours (an agent's long tool call).
 STEP_SECONDS_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600,
@@ -134,7 +137,32 @@ def render(metrics: Metrics) -> bytes:
     return generate_latest(metrics.registry)
 
 
-def serve_http(metrics: Metrics, host: str, port: int) -> tuple[object, object]:
-    """Serve `render(metrics)` at http://host:port/metrics on a thread (prometheus-client's
-    own server); returns (server, thread): call `server.shutdown()` to stop it."""
-    return start_http_server(port, addr=host, registry=metrics.registry)
+class MetricsServer:
+    """`render(metrics)` at http://host:port/metrics, on a thread (prometheus-client's own
+    small HTTP server), until `stop`."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self.host = host
+        self.port = int(self._server.server_port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=metrics_server_stop_s)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """(host, port) of `--metrics HOST:PORT`, `:PORT` or `PORT` (host: 127.0.0.1).
+
+    Raises:
+        ValueError: naming the value and the rule.
+    """
+    host, _, port_text = text.rpartition(":")
+    host = host.strip("[]") or DEFAULT_HOST
+    if not port_text.isdigit() or not 0 < int(port_text) <= PORT_MAX:
+        raise ValueError(
+            f"--metrics {text!r} is not HOST:PORT with a port within 1..{PORT_MAX} "
+            "(e.g. 127.0.0.1:9464, or :9464 for loopback)"
+        )
+    return host, int(port_text)

@@ -14,6 +14,7 @@ This module reads NATS and SQLite and writes only the engine's own record.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -124,8 +125,12 @@ async def publish_record(js: JetStreamContext, record: EngineRecord) -> None:
 
 async def remove_record(js: JetStreamContext, engine: str) -> None:
     """Delete this engine's record (a clean stop); a failure leaves it to go stale."""
-    with contextlib.suppress(nats.errors.Error, TimeoutError):
+
+    async def delete() -> None:
         await (await js.key_value(PROJECTIONS_BUCKET)).delete(ENGINE_KEY_PREFIX + engine)
+
+    with contextlib.suppress(nats.errors.Error, TimeoutError):
+        await asyncio.wait_for(delete(), timeout=status_stale_ms / 1000)
 
 
 async def collect(
