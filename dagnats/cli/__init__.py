@@ -28,7 +28,17 @@ from typing import Annotated, Any, Final
 import typer
 import typer.models
 
-from dagnats.cli import approvals, events, projections, runs, schema, serve, sim, workflows
+from dagnats.cli import (
+    approvals,
+    events,
+    projections,
+    runs,
+    schema,
+    serve,
+    sim,
+    status,
+    workflows,
+)
 from dagnats.cli.common import DataDirOption
 from dagnats.runtime import credentials
 from dagnats.runtime.connection import DATA_DIR_ENV
@@ -122,6 +132,7 @@ app.command("sim")(sim.sim_command)
 projections.register(app, run_app)  # query, projection, history export, replay, run audit
 approvals.register(app)  # approval list|show|approve|reject
 serve.register(app)  # serve, worker
+status.register(app)  # status
 workflows.register(workflow_app)  # workflow validate|register|list|show
 schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal

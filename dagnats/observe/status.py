@@ -203,7 +203,7 @@ async def _queues(js: JetStreamContext, streams: list[StreamFacts]) -> dict[str,
 async def _engine_records(js: JetStreamContext, at_ms: int) -> list[EngineRecord]:
     kv = await js.key_value(PROJECTIONS_BUCKET)
     try:
-        keys = await kv.keys(filters=[ENGINE_KEY_PREFIX + ">"])
+        keys = [key for key in await kv.keys() if key.startswith(ENGINE_KEY_PREFIX)]
     except nats.js.errors.NoKeysError:
         return []
     records = []
