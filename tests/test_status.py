@@ -42,10 +42,11 @@ async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
         await started.close()
 
 
-async def start_serve(processes: Processes, data_dir: Path, metrics_port: int) -> str:
-    """`dagnats serve --json --metrics 127.0.0.1:PORT`; its NATS URL once it is ready."""
-    argv = [*dagnats_command(), "serve", "--data-dir", str(data_dir), "--json",
-            "--metrics", f"127.0.0.1:{metrics_port}"]  # fmt: skip
+async def start_serve(processes: Processes, data_dir: Path, metrics_port: int | None) -> str:
+    """`dagnats serve --json [--metrics 127.0.0.1:PORT]`; its NATS URL once it is ready."""
+    argv = [*dagnats_command(), "serve", "--data-dir", str(data_dir), "--json"]
+    if metrics_port is not None:
+        argv += ["--metrics", f"127.0.0.1:{metrics_port}"]
     serve = processes.start("serve", argv)
     info: dict[str, Any] = {}
 
