@@ -33,6 +33,7 @@ ORDER: Final = (
     "replay",
     "projection_rebuild",
     "sim",
+    "observe_hooks",
 )
 BENCH_TIMEOUT_S: Final = 120.0
 ERROR_LINES_MAX: Final = 15
