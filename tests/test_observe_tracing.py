@@ -9,10 +9,13 @@ handler span (the worker's) is the child of its attempt's span, carried in the t
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,6 +27,7 @@ from dagnats.observe.hooks import EngineObserver
 from dagnats.runtime.serve import local_stack
 from examples.order import worker as order_worker
 from kernel.effects import EnqueueTask
+from kernel.state import INITIAL_STATE, RunState
 from tests.nats_fixtures import wait_for
 
 ORDER = Path(__file__).resolve().parent.parent / "examples" / "order"
@@ -152,3 +156,44 @@ def test_a_task_message_carries_its_attempt_span_as_traceparent(
     span_hex = f"{ids.attempt_span_id('r1', 's', 2):016x}"
     assert headers == {"traceparent": f"00-{trace_hex}-{span_hex}-01"}
     assert tracing.inject({}) == {}  # the attempt's context is current only while publishing
+
+
+def test_an_endpoint_without_the_sdk_installed_says_so_and_traces_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    exporter_module = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+    monkeypatch.setitem(sys.modules, exporter_module, None)  # as if not installed
+    with caplog.at_level(logging.WARNING, logger="dagnats.tracing"):
+        assert tracing.configure_from_env() is None
+    assert tracing.active() is None
+    assert "pip install 'dagnats[otel]'" in caplog.text
+
+
+def test_with_an_endpoint_set_the_otlp_exporter_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    try:
+        configured = tracing.configure_from_env()
+        assert configured is not None and tracing.active() is configured
+    finally:
+        tracing.configure(None)
+    assert tracing.active() is None
+
+
+class BrokenTracing(tracing.Tracing):
+    def run_ended(self, state: RunState) -> None:
+        raise RuntimeError("exporter exploded")
+
+
+def test_a_failing_hook_is_logged_once_and_never_raises_into_the_engine(
+    exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    active = tracing.active()
+    assert active is not None
+    observer = EngineObserver(tracing=BrokenTracing(active.provider))
+    before = msgspec.structs.replace(INITIAL_STATE, run_id="r1", status="running")
+    after = msgspec.structs.replace(before, status="completed")
+    with caplog.at_level(logging.WARNING, logger="dagnats.observe"):
+        observer.appended(before, after, ())
+        observer.appended(before, after, ())
+    assert caplog.text.count("exporter exploded") == 1

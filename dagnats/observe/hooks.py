@@ -31,12 +31,13 @@ log = logging.getLogger("dagnats.observe")
 
 
 class Decision:
-    """One command being decided: the engine sets `outcome` when it knows it."""
+    """One command being decided: the engine sets `outcome` when it knows it ("error" when
+    its handling raised: the transport failed and the command comes back)."""
 
     __slots__ = ("outcome",)
 
     def __init__(self) -> None:
-        self.outcome = "applied"
+        self.outcome = "error"
 
 
 class EngineObserver:
