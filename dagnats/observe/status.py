@@ -155,7 +155,7 @@ async def collect(
     freshest = max(engines, key=lambda e: e.updated_at_ms) if engines else None
     account = await js.account_info()
     server = ServerFacts(
-        url=url, version=str(nc.connected_server_version), streams=account.streams,
+        url=url, version=_server_version(nc), streams=account.streams,
         consumers=account.consumers, storage_bytes=account.storage, memory_bytes=account.memory,
     )  # fmt: skip
     return Facts(
@@ -169,6 +169,14 @@ async def collect(
         workers=sorted({worker for engine in live for worker in engine.workers}),
         approvals_pending=_approvals_pending(sqlite_path),
     )
+
+
+def _server_version(nc: NatsClient) -> str:
+    version = nc.connected_server_version
+    try:
+        return f"{version.major}.{version.minor}.{version.patch}"
+    except ValueError:  # not a semantic version: as the server wrote it
+        return str(version)
 
 
 async def _streams(js: JetStreamContext) -> list[StreamFacts]:
