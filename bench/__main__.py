@@ -38,6 +38,7 @@ ORDER: Final = (
     "projection_rebuild",
     "sim",
     "http",
+    "observe_hooks",
 )
 BENCH_TIMEOUT_S: Final = 120.0
 BENCH_TIMEOUTS_S: Final = {"peers": 900.0, "memory": 600.0, "map": 400.0, "restart": 300.0}

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 
 from dagnats.agent import turn_result
+from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
@@ -338,7 +339,9 @@ class Worker:
         # rides along).
         beat = asyncio.create_task(self._heartbeat(deliveries))
         try:
-            result = await self._call_in_slot(task, commands)
+            with tracing.handler_span(task, getattr(message, "headers", None)) as traced:
+                result = await self._call_in_slot(task, commands)
+                traced.finish(result.error if isinstance(result, FailTask) else None)
             if result is not None:
                 await self._send(commands, result, "result")
         finally:

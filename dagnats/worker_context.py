@@ -12,6 +12,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from dagnats.agent import ToolResult, Usage, read_turn_input
+from dagnats.observe import tracing
 from kernel import limits
 from kernel.effects import EnqueueTask
 from kernel.errors import DagnatsError
@@ -85,6 +86,7 @@ class TaskContext:
         # Set by the worker when its connection can publish live output (dagnats/llm/live.py).
         self.live: LivePublisher | None = None
         self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+        self.tracer = tracing.handler_tracer()  # a handler's own spans join the run's trace
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"dagnats.task.{task.task}"),
             {"run_id": task.run_id, "step_id": task.step_id, "attempt": task.attempt},

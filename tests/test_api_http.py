@@ -399,6 +399,23 @@ def test_the_worker_bridge_is_served_by_serve_and_its_results_count(stack: Stack
     assert body["run"]["status"] == "completed", body
 
 
+def test_metrics_are_served_by_the_api_and_count_the_runs_made(stack: Stack) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    run_id = start(stack, "api-one", {"metrics": True})
+    assert wait_end(stack, run_id)["run"]["status"] == "completed"
+    response = stack.http.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain"), response.headers
+    started = {
+        sample.labels.get("workflow"): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "dagnats_runs_started_total"
+    }
+    assert started.get("api-one", 0) >= 1, started
+
+
 def test_openapi_validates_and_every_route_in_it_was_exercised(stack: Stack) -> None:
     """Runs last in this module: the routes sent by the tests above are recorded."""
     response = stack.http.get("/openapi.json")

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 
+from litestar import Response, Router, get
+from litestar.handlers import HTTPRouteHandler
+
 from dagnats.api.app import create_app
 from dagnats.api.auth import require_token_beyond_loopback
 from dagnats.api.bridge import TaskBridge
 from dagnats.api.bridge_routes import bridge_route_handlers
 from dagnats.api.server import HttpAddressError, HttpServer, parse_address
 from dagnats.api.services import Services
+from dagnats.observe.metrics import CONTENT_TYPE, Metrics, render
 from dagnats.runtime.serve import Server
 
 log = logging.getLogger("dagnats.api")
@@ -38,6 +42,18 @@ class RunningApi:
         await self.http.stop()
         await self.bridge.close()
         await self.services.close()
+
+
+def metrics_route(metrics: Metrics) -> HTTPRouteHandler:
+    """`GET /metrics`: the serve's Prometheus metrics (README "Observability"); behind the
+    API token when one is set, like every route but /health."""
+
+    @get("/metrics", summary="Prometheus metrics", tags=["health"], media_type=CONTENT_TYPE,
+         sync_to_thread=False)  # fmt: skip
+    def metrics_text() -> Response[bytes]:
+        return Response(render(metrics), media_type=CONTENT_TYPE)
+
+    return metrics_text
 
 
 async def start_http(
@@ -64,7 +80,8 @@ async def start_http(
     bridge: TaskBridge | None = None
     try:
         bridge = await TaskBridge.open(server.url, data_dir=server.data_dir)
-        handlers = bridge_route_handlers(bridge)
+        handlers: list[Router | HTTPRouteHandler] = [*bridge_route_handlers(bridge)]
+        handlers.append(metrics_route(server.metrics))
         app = create_app(services, token=token, extra_route_handlers=handlers)
         http = HttpServer(app, host, port)
         try:

@@ -38,6 +38,7 @@ from dagnats.cli import (
     schema,
     serve,
     sim,
+    status,
     triggers,
     workflows,
 )
@@ -135,6 +136,7 @@ app.command("sim")(sim.sim_command)
 projections.register(app, run_app)  # query, projection, history export, replay, run audit
 approvals.register(app)  # approval list|show|approve|reject
 serve.register(app)  # serve, worker
+status.register(app)  # status
 workflows.register(workflow_app)  # workflow validate|register|list|show
 schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal

@@ -28,6 +28,7 @@ from dagnats.cli.common import (
     out,
     run_async,
 )
+from dagnats.observe.metrics import MetricsServer, parse_address
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import Connection, default_data_dir
 from dagnats.runtime.parent_watch import watch_parent
@@ -78,10 +79,19 @@ def serve(
         bool,
         typer.Option(help="Stop when the process that started serve dies (supervisors, IDEs)."),
     ] = False,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="ADDR",
+            help="Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; :PORT = loopback).",
+        ),
+    ] = None,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
     if not 0 <= nats_port <= PORT_MAX:
         raise fail(f"--nats-port {nats_port} is outside 0..{PORT_MAX} (0 = a free port)", "", 2)
+    metrics_at = metrics_address(metrics)
     refuse_without_assertions("dagnats serve")
     logs.configure(json_lines=log_json)
     token = _http_checks(http, no_http, api_token_file)
@@ -93,19 +103,23 @@ def serve(
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
         api: RunningApi | None = None
+        metrics_server: MetricsServer | None = None
         watch = asyncio.create_task(watch_parent(stop)) if die_with_parent else None
         try:
             info = await server.start()
+            metrics_server = start_metrics(server, metrics_at)
             if not no_http:
                 address = http or http_default_address
                 api = await start_http(server, address, explicit=http is not None, token=token)
                 if api is not None:
                     info = msgspec.structs.replace(info, http_url=api.url)
-            _print_ready(info, as_json)
+            _print_ready(info, as_json, metrics_server)
             await server.run(stop)
         finally:
             if api is not None:
                 await api.stop()
+            if metrics_server is not None:
+                metrics_server.stop()
             if watch is not None:
                 watch.cancel()
             await server.stop()
@@ -131,7 +145,7 @@ def _http_checks(http: str | None, no_http: bool, token_file: Path | None) -> st
     return token
 
 
-def _print_ready(info: ServeInfo, as_json: bool) -> None:
+def _print_ready(info: ServeInfo, as_json: bool, metrics: MetricsServer | None) -> None:
     if as_json:
         print(msgspec.json.encode(info).decode(), flush=True)
         return
@@ -141,7 +155,30 @@ def _print_ready(info: ServeInfo, as_json: bool) -> None:
     )
     if info.http_url:
         out.print(f"HTTP API at {info.http_url} (docs: {info.http_url}/docs)", highlight=False)
+    if metrics is not None:
+        out.print(f"metrics at http://{metrics.host}:{metrics.port}/metrics", highlight=False)
     out.print("ready; stop with Ctrl-C", highlight=False)
+
+
+def metrics_address(text: str | None) -> tuple[str, int] | None:
+    """(host, port) of --metrics, or None; a bad value exits with a usage error."""
+    if text is None:
+        return None
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise fail(str(error), "", 2) from None
+
+
+def start_metrics(server: Server, where: tuple[str, int] | None) -> MetricsServer | None:
+    """The --metrics HTTP server (None without --metrics); a port taken exits with a hint."""
+    if where is None:
+        return None
+    try:
+        return MetricsServer(server.metrics, *where)
+    except OSError as error:
+        message = f"--metrics {where[0]}:{where[1]}: {error.strerror or error}"
+        raise fail(message, "choose another port") from None
 
 
 def worker(

@@ -22,6 +22,7 @@ from collections import OrderedDict
 
 import msgspec
 
+from dagnats.observe.hooks import EngineObserver
 from dagnats.runtime.admission import AdmissionRuntime, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.effect_runner import run_effect
@@ -56,10 +57,7 @@ from kernel import codec, registry
 from kernel.admission import is_gate_id
 from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
-from kernel.effects import (
-    AnyEffect,
-    StartContinuation,
-)
+from kernel.effects import AnyEffect, EnqueueTask, StartContinuation
 from kernel.errors import AppendConflictError, DecodeError
 from kernel.events import AnyEvent
 from kernel.react import react, repeated, resume
@@ -112,6 +110,7 @@ class Engine:
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
         self.links = links  # child runs and external events (None: the engine has neither)
+        self.observer = EngineObserver()  # traces (from the env) and metrics (serve's)
         # Commands fetched and not yet acked or naked: each gets a progress ack every
         # command_progress_interval_ms while the engine lives (see `keep_in_progress`).
         self._unsettled: set[CommandMessage] = set()
@@ -210,7 +209,8 @@ class Engine:
             command = authorized
         if command.run_id in self.parked:
             return "parked"
-        outcome = await self.admission.handle(command, data, deliveries)
+        with self.observer.decision(command) as seen:
+            seen.outcome = outcome = await self.admission.handle(command, data, deliveries)
         await self._report_parked()
         return outcome
 
@@ -290,6 +290,7 @@ class Engine:
         )
         assert seq > loaded.last_seq, f"append returned {seq} after {loaded.last_seq}"
         self._remember(command.run_id, Loaded(state=state, last_seq=seq))
+        self.observer.appended(loaded.state, state, events)
         if self.links is not None and is_terminal(state):
             self.links.forget_run(command.run_id)
         return effects
@@ -389,7 +390,11 @@ class Engine:
 
     async def _execute_one(self, effect: AnyEffect) -> None:
         async with self._effect_slots:
-            await run_effect(effect, self.tasks, self.timers, self.links)
+            if isinstance(effect, EnqueueTask):
+                with self.observer.enqueueing(effect):
+                    await run_effect(effect, self.tasks, self.timers, self.links)
+            else:
+                await run_effect(effect, self.tasks, self.timers, self.links)
 
     # -- restart -------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
@@ -86,6 +87,11 @@ class JetStreamMessage:
         return None if headers is None else headers.get(TASK_TOKEN_HEADER)
 
     @property
+    def headers(self) -> dict[str, str] | None:
+        """The message's headers (a task's `traceparent`: dagnats.observe.tracing)."""
+        return self._message.headers
+
+    @property
     def scheduler(self) -> str | None:
         """The schedule's subject when a message schedule fired this message, else None."""
         headers = self._message.headers
@@ -137,7 +143,7 @@ class JetStreamTaskQueue:
         """Enqueue a task; a msg_id seen within the tasks' duplicate window is dropped."""
         _check_size("task message", payload)
         subject = task_subject(task_type)
-        headers = {MSG_ID_HEADER: msg_id}
+        headers = tracing.inject({MSG_ID_HEADER: msg_id})  # the attempt's trace context
         if self.tokens is not None:
             headers[TASK_TOKEN_HEADER] = self.tokens.sign(msg_id)
         await self.js.publish(subject, payload, stream=TASKS_STREAM, headers=headers)

@@ -29,6 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from dagnats.observe.hooks import EngineObserver
+from dagnats.observe.metrics import Metrics
+from dagnats.observe.reporter import Reporter
 from dagnats.runtime import credentials, external_events
 from dagnats.runtime.connection import URL_FILE, Connection
 from dagnats.runtime.data_dir import (
@@ -109,6 +112,8 @@ class Server:
         self._written: dict[str, str] = {}  # file name -> what this server wrote there
         self.history_gone = False
         self.engine_serving = False  # the engine consumes commands now (GET /health)
+        self.metrics = Metrics()  # README "Observability"; fed by the engine and the reporter
+        self.reporter: Reporter | None = None
 
     async def start(self) -> ServeInfo:
         """Start nats-server (unless an external URL was given), connect, create resources.
@@ -150,6 +155,11 @@ class Server:
             commands,
             links=self.links,
         )
+        self.engine.observer = EngineObserver(metrics=self.metrics)
+        self.reporter = Reporter(
+            self.engine, self.metrics, self.connection.nc, js,
+            url=redact_url(self.url), sqlite_path=self._sqlite_path(),
+        )  # fmt: skip
         return ServeInfo(
             nats_url=redact_url(self.url),
             data_dir=str(self.data_dir),
@@ -248,6 +258,8 @@ class Server:
         projection_tasks.append(asyncio.create_task(self.links.route(running)))
         triggers = TriggerService(self.connection.js, command_starter(self.connection))
         projection_tasks.append(asyncio.create_task(triggers.run(running)))
+        if self.reporter is not None:  # the gauges of /metrics and `dagnats status`
+            projection_tasks.append(asyncio.create_task(self.reporter.run(running)))
         engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, running))
         engine_task.add_done_callback(lambda _: setattr(self, "engine_serving", False))
         self.engine_serving = True

@@ -136,3 +136,10 @@ subject_fetch_batch: Final = 64
 debounce_keys_max: Final = 10_000  # pending debounced fires held at once (the oldest flush)
 idempotency_ttl_ms: Final = 24 * 3_600_000  # an http trigger's idempotency key is kept a day
 http_responses_waiting_max: Final = 10_000  # http requests waiting for their run at once
+
+# Observability (dagnats/observe/).
+attempts_traced_max: Final = 100_000  # step attempts whose scheduling time tracing remembers
+workers_seen_window_ms: Final = 60_000  # a worker that reported within this counts as live
+workers_seen_max: Final = 10_000  # worker ids the engine remembers for that count
+status_interval_ms: Final = 2_000  # how often serve refreshes its gauges and status record
+status_stale_ms: Final = 10_000  # an engine status record older than this: the engine is down

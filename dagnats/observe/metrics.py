@@ -1,0 +1,168 @@
+"""Prometheus metrics of the serve process (prometheus-client), in a registry of their own.
+
+Counters and histograms are fed by the engine's hooks (`hooks.EngineObserver`) as decisions
+are appended; gauges (queue depths, projection lag, streams, workers, pending approvals) are
+set from the facts `status.collect` gathers every `settings.status_interval_ms`. `render`
+gives the Prometheus text format, for `/metrics` of the HTTP server and for
+`dagnats serve --metrics ADDR` (prometheus-client's own small HTTP server, `serve_http`).
+
+Counters count what this process decided since it started (Prometheus takes care of
+restarts); they are not totals over the history.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+if TYPE_CHECKING:
+    from dagnats.observe.status import Facts
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+DEFAULT_HOST: Final = "127.0.0.1"
+PORT_MAX: Final = 65_535
+metrics_server_stop_s: Final = 5.0
+# Steps run from milliseconds (a cached lookup) to hours (an agent's long tool call).
+STEP_SECONDS_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600,
+)  # fmt: skip
+DECISION_SECONDS_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+)  # fmt: skip
+
+
+class Metrics:
+    """The metrics of one serve process (one registry: tests make as many as they like)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.runs_started = Counter(
+            "dagnats_runs_started", "Runs started, by workflow.", ["workflow"], registry=r
+        )
+        self.runs_finished = Counter(
+            "dagnats_runs_finished", "Runs that ended, by workflow and final status.",
+            ["workflow", "status"], registry=r,
+        )  # fmt: skip
+        self.step_attempts = Counter(
+            "dagnats_step_attempts", "Step attempts that ended, by task type and outcome "
+            "(completed, failed, timed_out, lost).", ["task", "outcome"], registry=r,
+        )  # fmt: skip
+        self.step_seconds = Histogram(
+            "dagnats_step_duration_seconds", "Step attempts from scheduled to ended, by task "
+            "type.", ["task"], buckets=STEP_SECONDS_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.decision_seconds = Histogram(
+            "dagnats_engine_decision_seconds", "One command decided, appended and its effects "
+            "run, by outcome (applied, ignored, rejected, dead, parked, retry).",
+            ["outcome"], buckets=DECISION_SECONDS_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "dagnats_queue_depth", "Messages waiting or in flight in a work queue: each task "
+            "type's, and the engine's commands.", ["queue"], registry=r,
+        )  # fmt: skip
+        self.projection_position = Gauge(
+            "dagnats_projection_position", "The history sequence a projection has applied.",
+            ["projection"], registry=r,
+        )  # fmt: skip
+        self.projection_lag = Gauge(
+            "dagnats_projection_lag", "History messages a projection is behind the stream.",
+            ["projection"], registry=r,
+        )  # fmt: skip
+        self.stream_messages = Gauge(
+            "dagnats_stream_messages", "Messages in a stream.", ["stream"], registry=r
+        )
+        self.stream_bytes = Gauge(
+            "dagnats_stream_bytes", "Bytes in a stream.", ["stream"], registry=r
+        )
+        self.approvals_pending = Gauge(
+            "dagnats_approvals_pending", "Approvals asked and not resolved, of runs not ended "
+            "(from the query tables).", registry=r,
+        )  # fmt: skip
+        self.workers = Gauge(
+            "dagnats_workers", "Workers that started an attempt within the last "
+            "settings.workers_seen_window_ms.", registry=r,
+        )  # fmt: skip
+        self.runs_parked = Gauge(
+            "dagnats_runs_parked", "Runs the engine parked (a broken invariant).", registry=r
+        )
+
+    def run_started(self, workflow: str) -> None:
+        self.runs_started.labels(workflow=workflow).inc()
+
+    def run_finished(self, workflow: str, status: str) -> None:
+        self.runs_finished.labels(workflow=workflow, status=status).inc()
+
+    def attempt_ended(self, task: str, outcome: str, seconds: float) -> None:
+        self.step_attempts.labels(task=task, outcome=outcome).inc()
+        self.step_seconds.labels(task=task).observe(max(0.0, seconds))
+
+    def decided(self, outcome: str, seconds: float) -> None:
+        self.decision_seconds.labels(outcome=outcome).observe(max(0.0, seconds))
+
+    def set_facts(self, facts: Facts) -> None:
+        """Set the gauges from freshly collected facts (labels gone from them are removed)."""
+        _set_all(self.queue_depth, "queue", dict(facts.queues))
+        _set_all(self.projection_position, "projection",
+                 {p.name: p.position for p in facts.projections})  # fmt: skip
+        _set_all(self.projection_lag, "projection", {p.name: p.lag for p in facts.projections})
+        _set_all(self.stream_messages, "stream", {s.name: s.messages for s in facts.streams})
+        _set_all(self.stream_bytes, "stream", {s.name: s.bytes for s in facts.streams})
+        if facts.approvals_pending is not None:
+            self.approvals_pending.set(facts.approvals_pending)
+        if facts.engine is not None:
+            self.workers.set(len(facts.engine.workers))
+            self.runs_parked.set(facts.engine.parked)
+
+
+def _set_all(gauge: Gauge, label: str, values: dict[str, int]) -> None:
+    known = {sample.labels[label] for metric in gauge.collect() for sample in metric.samples}
+    for name in known - set(values):
+        gauge.remove(name)
+    for name, value in values.items():
+        gauge.labels(**{label: name}).set(value)
+
+
+def render(metrics: Metrics) -> bytes:
+    """The metrics in the Prometheus text format (serve them as `CONTENT_TYPE`)."""
+    return generate_latest(metrics.registry)
+
+
+class MetricsServer:
+    """`render(metrics)` at http://host:port/metrics, on a thread (prometheus-client's own
+    small HTTP server), until `stop`."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self.host = host
+        self.port = int(self._server.server_port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=metrics_server_stop_s)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """(host, port) of `--metrics HOST:PORT`, `:PORT` or `PORT` (host: 127.0.0.1).
+
+    Raises:
+        ValueError: naming the value and the rule.
+    """
+    host, _, port_text = text.rpartition(":")
+    host = host.strip("[]") or DEFAULT_HOST
+    if not port_text.isdigit() or not 0 < int(port_text) <= PORT_MAX:
+        raise ValueError(
+            f"--metrics {text!r} is not HOST:PORT with a port within 1..{PORT_MAX} "
+            "(e.g. 127.0.0.1:9464, or :9464 for loopback)"
+        )
+    return host, int(port_text)
