@@ -120,7 +120,7 @@ CASES: Final[list[tuple[str, Args, int, tuple[str, ...]]]] = [
     ("run-start-wait-timeout-zero", fixed("run", "start", "hostile-simple", "--wait",
      "--timeout", "0"), 2, ("--timeout 0.0",)),
     ("run-list-status-bogus", fixed("run", "list", "--status", "bogus"), 2,
-     ("--status 'bogus'", "allowed: running, compensating, completed")),
+     ("--status 'bogus'", "allowed: pending, scheduled, running, compensating, completed")),
     ("run-list-status-empty", fixed("run", "list", "--status", ""), 2, ("--status ''",)),
     ("run-list-status-new", fixed("run", "list", "--status", "new"), 2, ("--status 'new'",)),
     ("run-list-limit-zero", fixed("run", "list", "--limit", "0"), 2, ("--limit 0",)),

@@ -79,10 +79,10 @@ class Violations:
         assert not [e for e in self.errors if f'"{subject.lower()}"' in e], self.errors
 
 
-@pytest_asyncio.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
+@contextlib.asynccontextmanager
+async def serving(data_dir: Path) -> AsyncIterator[Server]:
     """serve's parts in this process: the embedded server with roles, and the engine."""
-    the_server = Server(tmp_path / "data")
+    the_server = Server(data_dir)
     await the_server.start()
     stop = asyncio.Event()
     engine = asyncio.create_task(the_server.run(stop))
@@ -93,6 +93,12 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(engine, timeout=10)
         await the_server.stop()
+
+
+@pytest_asyncio.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with serving(tmp_path / "data") as the_server:
+        yield the_server
 
 
 def credential_of(server: Server, name: str) -> Credential:

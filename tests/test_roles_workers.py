@@ -10,13 +10,11 @@ worker cannot make up the result of an attempt it never took.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 import pytest_asyncio
 
@@ -28,14 +26,13 @@ from dagnats.runtime.resources import (
     task_consumer_name,
     task_subject,
 )
-from dagnats.runtime.roles import inbox_prefix
 from dagnats.runtime.serve import Server
 from dagnats.worker import TaskContext, Worker
 from kernel import codec
 from kernel.commands import CompleteTask
 from tests.fault_support import read_dead
 from tests.nats_fixtures import wait_for
-from tests.test_roles_nats import API, WAIT_MS, Violations
+from tests.test_roles_nats import API, WAIT_MS, connected_as, serving
 
 OWN = "scoped.own"
 OTHER = "scoped.other"
@@ -46,36 +43,12 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     """serve's parts in this process, with one more worker credential scoped to OWN."""
     data_dir = tmp_path / "data"
     credentials.add_worker(data_dir, "own", [OWN])
-    the_server = Server(data_dir)
-    await the_server.start()
-    stop = asyncio.Event()
-    engine = asyncio.create_task(the_server.run(stop))
-    try:
+    async with serving(data_dir) as the_server:
         yield the_server
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(engine, timeout=10)
-        await the_server.stop()
 
 
 def scoped_path(server: Server) -> Path:
     return server.data_dir / "credentials" / "worker-own.json"
-
-
-@contextlib.asynccontextmanager
-async def scoped_violations(server: Server) -> AsyncIterator[Violations]:
-    credential = credentials.read_credential(scoped_path(server))
-    violations = Violations()
-    violations.nc = await nats.connect(
-        server.url, user=credential.user, password=credential.password,
-        inbox_prefix=inbox_prefix(credential.user), error_cb=violations.on_error,
-        allow_reconnect=False, connect_timeout=2,
-    )  # fmt: skip
-    try:
-        yield violations
-    finally:
-        await violations.nc.close()
 
 
 def one_step(name: str, task_type: str) -> Any:
@@ -84,7 +57,7 @@ def one_step(name: str, task_type: str) -> Any:
 
 async def test_a_scoped_worker_may_reach_only_its_own_task_types(server: Server) -> None:
     own, other = task_consumer_name(OWN), task_consumer_name(OTHER)
-    async with scoped_violations(server) as worker:
+    async with connected_as(server, "worker-own") as worker:
         await worker.refused(f"{API}.CONSUMER.MSG.NEXT.{TASKS_STREAM}.{other}")
         await worker.refused(f"{API}.CONSUMER.INFO.{TASKS_STREAM}.{other}")
         # its own consumer's name, but over another type's subject: refused too

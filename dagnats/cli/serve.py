@@ -53,6 +53,32 @@ def register(app: typer.Typer) -> None:
 PORT_MAX: Final = 65_535
 
 
+HttpOption = Annotated[
+    str | None,
+    typer.Option(
+        "--http",
+        metavar="ADDR",
+        help=f"Serve the HTTP API on HOST:PORT (default {http_default_address}; port 0 = "
+        "a free one). Beyond loopback it needs a token.",
+    ),
+]
+ApiTokenFileOption = Annotated[
+    Path | None,
+    typer.Option(help="The HTTP API's bearer token (first line); else $DAGNATS_API_TOKEN."),
+]
+DieWithParentOption = Annotated[
+    bool, typer.Option(help="Stop when the process that started serve dies (supervisors, IDEs).")
+]
+MetricsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics",
+        metavar="ADDR",
+        help="Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; :PORT = loopback).",
+    ),
+]
+
+
 def serve(
     data_dir: Annotated[
         Path | None, typer.Option(help="Where NATS keeps its data (default ~/.dagnats).")
@@ -61,32 +87,11 @@ def serve(
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
     log_json: LogJsonOption = False,
-    http: Annotated[
-        str | None,
-        typer.Option(
-            "--http",
-            metavar="ADDR",
-            help=f"Serve the HTTP API on HOST:PORT (default {http_default_address}; port 0 = "
-            "a free one). Beyond loopback it needs a token.",
-        ),
-    ] = None,
+    http: HttpOption = None,
     no_http: Annotated[bool, typer.Option("--no-http", help="Serve no HTTP API.")] = False,
-    api_token_file: Annotated[
-        Path | None,
-        typer.Option(help="The HTTP API's bearer token (first line); else $DAGNATS_API_TOKEN."),
-    ] = None,
-    die_with_parent: Annotated[
-        bool,
-        typer.Option(help="Stop when the process that started serve dies (supervisors, IDEs)."),
-    ] = False,
-    metrics: Annotated[
-        str | None,
-        typer.Option(
-            "--metrics",
-            metavar="ADDR",
-            help="Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT; :PORT = loopback).",
-        ),
-    ] = None,
+    api_token_file: ApiTokenFileOption = None,
+    die_with_parent: DieWithParentOption = False,
+    metrics: MetricsOption = None,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
     if not 0 <= nats_port <= PORT_MAX:
