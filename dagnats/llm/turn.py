@@ -35,13 +35,15 @@ from dagnats.llm.model import (
     ToolSpec,
 )
 from dagnats.llm.tools import Toolset
+from dagnats.runtime import settings
 from dagnats.worker_context import NonRetryableError, TaskContext
 from kernel.control import CHILD_TOOL
 
-output_retries_default: Final = 2
-output_retries_max: Final = 10  # answers that do not decode, fed back within one loop
-tool_result_chars_max: Final = 32_768  # of one tool result as the model sees it
-max_tokens_default: Final = 4_096
+output_retries_default: Final = settings.llm_output_retries_default
+output_retries_max: Final = settings.llm_output_retries_max
+tool_result_chars_max: Final = settings.llm_tool_result_chars_max
+max_tokens_default: Final = settings.llm_max_tokens_default
+conversation_bytes_max: Final = settings.llm_conversation_bytes_max
 
 TurnHandler = Callable[[TaskContext], Awaitable[Continue | Done]]
 
@@ -139,7 +141,7 @@ def agent_turn(
                 else:
                     messages.append(tool_error(call, problem))
             carried = TurnState(messages=tuple(messages), output_errors=state.output_errors)
-            return Continue(msgspec.to_builtins(carried), runnable, **usage)
+            return Continue(carry(carried, reply.model), runnable, **usage)
         if output_type is None:
             return Done(reply.text, **usage)
         return final_answer(reply, output_type, output_retries, state, messages, usage)
@@ -173,7 +175,23 @@ def final_answer(
         messages=(*messages, Message(role="user", text=feedback)),
         output_errors=state.output_errors + 1,
     )
-    return Continue(msgspec.to_builtins(carried), (), **usage)
+    return Continue(carry(carried, reply.model), (), **usage)
+
+
+def carry(state: TurnState, model: str) -> Any:
+    """The state to carry to the next turn, within `conversation_bytes_max`.
+
+    Raises:
+        NonRetryableError: the conversation is larger (naming its size, the bound and a hint).
+    """
+    size = len(msgspec.json.encode(state))
+    if size > conversation_bytes_max:
+        raise NonRetryableError(
+            f"model {model!r}: the conversation to carry to the next turn is {size} bytes; the "
+            f"limit is {conversation_bytes_max} bytes (llm_conversation_bytes_max). Hint: end "
+            "the loop sooner (max_turns, on_limit continue_as_new) or return shorter tool results"
+        )
+    return msgspec.to_builtins(state)
 
 
 def read_state(value: Any) -> TurnState:
