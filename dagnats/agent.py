@@ -18,11 +18,14 @@ this module holds the user-facing types and that encoding, and decodes a turn's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
 import msgspec
+
+from kernel.control import CHILD_TOOL
+from kernel.workflow import WorkflowDef, workflow_to_document
 
 
 @dataclass(frozen=True)
@@ -159,3 +162,26 @@ def turn_result(value: object) -> dict[str, Any] | None:
             "tokens_in": value.tokens_in, "tokens_out": value.tokens_out, "cost": value.cost,
         }  # fmt: skip
     return None
+
+
+def child_call(workflow: str | Mapping[str, Any] | WorkflowDef, input: Any, id: str) -> ToolCall:
+    """The tool call that asks the engine for a child run (kernel/control.py): of the
+    registered workflow named `workflow`, or of a definition (a workflow document as a dict,
+    or a `WorkflowDef`), which the engine validates like any registration."""
+    if isinstance(workflow, str):
+        arguments: dict[str, Any] = {"workflow": workflow, "input": input}
+    elif isinstance(workflow, WorkflowDef):
+        arguments = {"definition": workflow_to_document(workflow), "input": input}
+    else:
+        arguments = {"definition": dict(workflow), "input": input}
+    return ToolCall(CHILD_TOOL, arguments, id=id)
+
+
+def with_children(value: object, children: Sequence[ToolCall]) -> object:
+    """A turn's result with the child runs its handler started (`ctx.start_child`) among its
+    tool calls (those it returned itself are not added twice)."""
+    if not children or not isinstance(value, Continue):
+        return value
+    returned = {call.id for call in value.tool_calls}
+    added = [call for call in children if call.id not in returned]
+    return replace(value, tool_calls=(*value.tool_calls, *added))

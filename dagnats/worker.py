@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from dagnats.agent import turn_result
+from dagnats.agent import turn_result, with_children
 from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
@@ -416,7 +416,7 @@ class Worker:
             return None
         if isinstance(outcome, _Raised):
             return self._failure_of(task, outcome.error)
-        return self._output_of(task, outcome.value)
+        return self._output_of(task, with_children(outcome.value, context.children))
 
     async def _run_handler(
         self, handler: Handler, context: TaskContext, task: EnqueueTask

@@ -11,7 +11,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
-from dagnats.agent import ToolResult, Usage, read_turn_input
+from dagnats.agent import ToolCall, ToolResult, Usage, child_call, read_turn_input
 from dagnats.observe import tracing
 from kernel import limits
 from kernel.effects import EnqueueTask
@@ -80,6 +80,7 @@ class TaskContext:
             self.usage = turn_input.usage
         # The run's history size when the task was scheduled, and whether it passed the soft
         # limit: time to carry the state into a fresh run (a `continue_as_new` step).
+        self.children: list[ToolCall] = []  # child runs started this turn (start_child)
         self.history_events = task.history_events
         self.should_continue_as_new = task.history_events >= limits.history_events_soft_max
         self.worker_id = worker_id
@@ -91,6 +92,25 @@ class TaskContext:
             logging.getLogger(f"dagnats.task.{task.task}"),
             {"run_id": task.run_id, "step_id": task.step_id, "attempt": task.attempt},
         )
+
+    def start_child(self, workflow: Any, input: Any = None, *, id: str = "") -> str:
+        """Start a child run when this agent turn ends: of the registered workflow named
+        `workflow`, or of a workflow the agent wrote (a document as a dict, or a WorkflowDef).
+        It is a tool call: the engine checks the run's `child_runs` quotas, and the child's
+        output (or the refusal, or its failure) is its result in the next turn's
+        `tool_results`. Returns the call's id. The turn must return `Continue`.
+
+        Raises:
+            NonRetryableError: this task is no agent loop turn (nothing would wait for it).
+        """
+        if self.turn <= 0:
+            raise NonRetryableError(
+                "start_child works in an agent_loop turn only: a child run is a tool call, "
+                "whose result the next turn sees"
+            )
+        call = child_call(workflow, input, id or f"child{len(self.children)}")
+        self.children.append(call)
+        return call.id
 
     @property
     def input(self) -> Any:

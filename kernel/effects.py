@@ -47,8 +47,9 @@ class CancelTimer(Effect, frozen=True, kw_only=True):
 
 
 class StartChild(Effect, frozen=True, kw_only=True):
-    """Start the child run of a `sub_workflow` step: the shell looks `workflow` up among the
-    registered workflows and sends `StartRun` (deduplicated on the child's run id); a missing
+    """Start the child run of a `sub_workflow` step (or of an agent, kernel/control.py): the
+    shell looks `workflow` up among the registered workflows (an agent's own `definition` is
+    used as it is) and sends `StartRun` (deduplicated on the child's run id); a missing
     workflow is reported to the parent as a failed child. `at_ms` and `seed` come from
     history, so the StartRun is the same however often the effect is issued."""
 
@@ -60,6 +61,8 @@ class StartChild(Effect, frozen=True, kw_only=True):
     detached: bool
     at_ms: int
     seed: int
+    # The workflow an agent wrote (kernel/control.py): started as it is, never looked up.
+    definition: WorkflowDef | None = None
 
 
 class ReportToParent(Effect, frozen=True, kw_only=True):

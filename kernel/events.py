@@ -28,6 +28,7 @@ from kernel.agent_events import (
     AgentTurnScheduled,
 )
 from kernel.commands import AnyCommand
+from kernel.control_events import ControlChildEnded, ControlChildRefused, ControlChildStarted
 from kernel.event_base import (
     NULL,
     CompensationOutcome,
@@ -462,6 +463,10 @@ AnyEvent = (
     | DeadLetterDiscarded
     | RunQueued
     | RunAdmitted
+    # -- control plane (kernel/control_events.py) --
+    | ControlChildStarted
+    | ControlChildRefused
+    | ControlChildEnded
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)  # in the union's order
@@ -511,6 +516,9 @@ __all__ = [
     "AgentTurnLost",
     "AgentTurnScheduled",
     "CompensationOutcome",
+    "ControlChildEnded",
+    "ControlChildRefused",
+    "ControlChildStarted",
     "ErrorInfo",
     "ErrorKind",
     "Event",

@@ -67,6 +67,18 @@ agent_tool_name_length_max: Final = 128
 agent_tokens_max: Final = 10**12  # a max_tokens budget, and the tokens one turn may report
 agent_cost_max: Final = 1e9  # a max_cost budget, and the cost one turn may report
 
+# The control plane: agents that start child runs (kernel/control.py). A workflow may start
+# children only when its file says so (`child_runs`); its quotas there are at most these.
+control_generations_max: Final = sub_workflow_depth_max  # depth of a started child (root: 0)
+control_generations_default: Final = 2
+control_active_children_max: Final = 64  # children of one run running at once
+control_active_children_default: Final = 4
+control_definitions_max: Final = 256  # workflow definitions one run's agents may write
+control_definitions_default: Final = 16
+control_starts_per_minute_max: Final = 600  # child starts of one run within any minute
+control_starts_per_minute_default: Final = 10
+control_window_ms: Final = 60_000  # the window of the starts-per-minute quota
+
 # Log steps.
 log_message_bytes_max: Final = 8_192  # a log step's message
 

@@ -184,6 +184,35 @@ class DynamicParent(msgspec.Struct, frozen=True, kw_only=True):
     previous_errors: tuple[str, ...] = ()
 
 
+class ActiveChild(msgspec.Struct, frozen=True, kw_only=True):
+    """A child run an agent started (kernel/control.py) that has not reported its end: the
+    tool call it answers (`step_id`, `turn`, `index`), and what starts it again on resume."""
+
+    child_run_id: str
+    step_id: str
+    turn: int
+    index: int
+    workflow: str  # a registered workflow's name, or the name of `definition`
+    definition: msgspec.Raw = NULL  # the workflow the agent wrote (null: a registered one)
+    input: msgspec.Raw = NULL
+    at_ms: int
+
+
+class ControlState(msgspec.Struct, frozen=True, kw_only=True):
+    """The control plane's counters of one run, checked against its `child_runs` quotas:
+    children running now, definitions written, every start so far, and the times of the
+    starts within the last `limits.control_window_ms` (bounded by the per-minute quota)."""
+
+    active: tuple[ActiveChild, ...] = ()
+    started: int = 0
+    definitions: int = 0
+    refused: int = 0
+    recent_starts_ms: tuple[int, ...] = ()
+
+
+NO_CONTROL: Final = ControlState()
+
+
 class DynamicState(msgspec.Struct, frozen=True, kw_only=True):
     """Every parent, map and agent loop of a run, and how many steps were appended (bounded
     per run)."""
@@ -192,6 +221,8 @@ class DynamicState(msgspec.Struct, frozen=True, kw_only=True):
     maps: tuple[MapState, ...] = ()
     steps_added: int = 0
     agents: tuple[AgentState, ...] = ()  # one per agent loop step that started
+    # the child runs its agents started (kernel/control.py); unset (not encoded) until one
+    control: ControlState | msgspec.UnsetType = msgspec.UNSET
 
 
 NO_DYNAMIC: Final = DynamicState()

@@ -31,12 +31,13 @@ from typing import Final
 
 import msgspec
 
-from kernel import limits, registry
+from kernel import control, limits, registry
 from kernel.commands import (
     AnyCommand,
     CompleteTask,
     FailTask,
     FireTimer,
+    RecordChild,
     Rejection,
     ResolveApproval,
 )
@@ -65,7 +66,7 @@ from kernel.outcome import LOST_KINDS, RETRYABLE_KINDS, ItemReport, StartAttempt
 from kernel.retry import failures, may_retry
 from kernel.state import RunState, is_terminal
 from kernel.step_states import AgentState, ApprovalState
-from steps import approvals, continuation
+from steps import agent_control, approvals, continuation
 from steps.agent_config import CONFIG_FIELDS, AgentConfig, read_config, read_report, tool_calls_of
 from steps.agent_decide import (
     ask_approval,
@@ -124,12 +125,17 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
                 return approvals.refuse_after_end(draft.state, given)
             case ResolveApproval():
                 return approvals.resolve(draft, given, _approval_resolved)
+            case RecordChild():  # a child run one of its tool calls started (kernel/control.py)
+                if agent_control.reported(draft, step_id, given):
+                    _after_tools(draft, step_id)
         return None  # (no worker runs the loop step itself, only its turns and tools)
 
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         if isinstance(event, ApprovalRequested | ApprovalResolved):
             return approvals.evolve(state, event)
+        if isinstance(event, agent_control.CONTROL_EVENTS):
+            return agent_control.evolve(state, event)
         if isinstance(event, AgentTurnScheduled) and event.turn == 1 and event.attempt == 1:
             fresh = AgentState(
                 step_id=event.step_id,
@@ -137,7 +143,7 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
                 state=event.carried_state,
                 carried_tool_results=event.carried_tool_results,
             )
-            return with_agent(state, evolve_agent(fresh, event))
+            return with_agent(control.drop_step(state, event.step_id), evolve_agent(fresh, event))
         agent = agent_of(state, event.step_id)
         assert agent is not None, f"agent loop {event.step_id!r} has not started"
         return with_agent(state, evolve_agent(agent, event))
@@ -164,6 +170,8 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
             return approvals.cancel_pending(state, self.name)
         if not isinstance(event, StepEvent):
             return ()
+        if isinstance(event, agent_control.CONTROL_EVENTS):
+            return agent_control.react(state, event)
         agent = agent_of(state, event.step_id)
         assert agent is not None
         return react_agent(state, agent, event)
@@ -185,7 +193,8 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
         elif agent.phase == "tools":
             for index, tool in enumerate(agent.tools):
                 if tool.status in ("scheduled", "retry_wait"):
-                    effects.extend(tool_effects(state, agent, index))
+                    child = agent_control.resume(state, agent, index)
+                    effects.extend(tool_effects(state, agent, index) if child is None else child)
         elif agent.phase == "delay" and agent.delay_until_ms is not None:
             effects.append(delay_timer(state, agent))
         return tuple(effects)
@@ -400,6 +409,9 @@ def _turn_result(context: Draft, step_id: str, agent: AgentState, output: msgspe
         _limit(context, step_id, *reached)
         return  # (continue_as_new runs the tools first, so the fresh run sees their results)
     for index, call in enumerate(calls):
+        if call.name == control.CHILD_TOOL:  # a child run: the control plane decides it
+            agent_control.request(context, step_id, agent.turn, index)
+            continue
         task = config.task_of(call.name)
         if task and call.name in config.approval_tools:
             ask_approval(context, step_id, agent.turn, index, config)

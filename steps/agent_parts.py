@@ -12,6 +12,7 @@ from typing import Final
 import msgspec
 
 from kernel import limits
+from kernel.control import cancel_children
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask, task_msg_id
 from kernel.events import (
     AgentLimitReached,
@@ -291,6 +292,7 @@ def cancel_all(state: RunState, agent: AgentState) -> tuple[AnyEffect, ...]:
         effects.append(_cancel(state, retry_timer_id(item_id, agent.turn_attempt + 1)))
     if agent.delay_until_ms is not None:
         effects.append(_cancel(state, delay_timer_id(agent.step_id, attempt, agent.turn + 1)))
+    effects.extend(cancel_children(state, agent.step_id))
     for index, tool in enumerate(agent.tools):
         item_id = tool_item_id(agent.step_id, agent.turn, index)
         if tool.status == "scheduled" and tool.deadline_ms is not None:

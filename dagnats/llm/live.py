@@ -17,10 +17,11 @@ from typing import Any, Final
 import msgspec
 
 from dagnats.llm.model import TextSink
+from dagnats.runtime import settings
 from dagnats.worker_context import TaskContext
 
 LIVE_PREFIX: Final = "dagnats.live"
-live_text_bytes_max: Final = 16_384  # of one live message's text (a longer piece is split)
+live_text_bytes_max: Final = settings.llm_live_text_bytes_max
 
 
 class LiveChunk(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -78,7 +79,7 @@ class LiveSink:
         return self.text if self.ctx.live is not None else None
 
 
-live_text_shown_chars_max: Final = 2_000  # of the current turn's text `run wait` shows
+live_text_shown_chars_max: Final = settings.llm_live_text_shown_chars_max
 
 
 class LiveText:

@@ -18,13 +18,14 @@ from typing import Any, Final, Literal, Protocol
 
 import msgspec
 
+from dagnats.runtime import settings
 from dagnats.worker import RetryAfter
 from dagnats.worker_context import NonRetryableError
 from kernel.errors import DagnatsError
 
 TextSink = Callable[[str], Awaitable[None]]
-provider_message_chars_max: Final = 500  # of a provider's error message kept in ours
-retry_after_s_max: Final = 3_600.0  # a server's retry-after beyond this is taken as this
+provider_message_chars_max: Final = settings.llm_provider_message_chars_max
+retry_after_s_max: Final = settings.llm_retry_after_s_max
 
 
 class CallRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -30,8 +30,9 @@ from dagnats.llm.model import (
     redact,
     status_error,
 )
+from dagnats.runtime import settings
 
-timeout_s_default: Final = 120.0
+timeout_s_default: Final = settings.llm_timeout_s_default
 
 
 class OpenAIChat:

@@ -30,10 +30,11 @@ from typing import Any, Final, TypeVar, get_type_hints, overload
 import msgspec
 
 from dagnats.llm.model import CallRequest, ToolSpec
+from dagnats.runtime import settings
 from dagnats.worker_context import NonRetryableError, TaskContext
 
-tool_description_chars_max: Final = 1_024
-tools_per_set_max: Final = 64  # as many as one turn may call (agent_tool_calls_per_turn_max)
+tool_description_chars_max: Final = settings.llm_tool_description_chars_max
+tools_per_set_max: Final = settings.llm_tools_per_set_max
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what both providers accept
 

@@ -25,16 +25,47 @@ import msgspec
 
 from dagnats.agent import Continue, Done, ToolCall, ToolResult
 from dagnats.llm.live import LiveSink
-from dagnats.llm.model import CallRequest, Message, Model, ModelReply, ModelRequest, PriceTable
+from dagnats.llm.model import (
+    CallRequest,
+    Message,
+    Model,
+    ModelReply,
+    ModelRequest,
+    PriceTable,
+    ToolSpec,
+)
 from dagnats.llm.tools import Toolset
+from dagnats.runtime import settings
 from dagnats.worker_context import NonRetryableError, TaskContext
+from kernel.control import CHILD_TOOL
 
-output_retries_default: Final = 2
-output_retries_max: Final = 10  # answers that do not decode, fed back within one loop
-tool_result_chars_max: Final = 32_768  # of one tool result as the model sees it
-max_tokens_default: Final = 4_096
+output_retries_default: Final = settings.llm_output_retries_default
+output_retries_max: Final = settings.llm_output_retries_max
+tool_result_chars_max: Final = settings.llm_tool_result_chars_max
+max_tokens_default: Final = settings.llm_max_tokens_default
+conversation_bytes_max: Final = settings.llm_conversation_bytes_max
 
 TurnHandler = Callable[[TaskContext], Awaitable[Continue | Done]]
+
+START_WORKFLOW: Final = "start_workflow"  # the model's tool for a child run (child_runs=True)
+START_WORKFLOW_SPEC: Final = ToolSpec(
+    name=START_WORKFLOW,
+    description=(
+        "Start a child run: of a registered workflow (`workflow`: its name) or of a workflow "
+        "you write (`definition`: a DagNats workflow document, {name, steps: [{id, task, "
+        "depends_on}]}), with `input`. Its output (or why it was refused or failed) is this "
+        "call's result, next turn. The run's quotas bound how many you may start."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {
+            "workflow": {"type": "string"},
+            "definition": {"type": "object"},
+            "input": {},
+        },
+        "additionalProperties": False,
+    },
+)
 
 
 class TurnState(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,8 +88,11 @@ def agent_turn(
     tool_names: tuple[str, ...] | None = None, output_type: Any = None,
     prompt: Callable[[Any], str] = render_input, prices: PriceTable | None = None,
     max_tokens: int = max_tokens_default, output_retries: int = output_retries_default,
+    child_runs: bool = False,
 ) -> TurnHandler:  # fmt: skip
-    """An `agent_loop` turn handler calling `model` with `tools` (all, or `tool_names`).
+    """An `agent_loop` turn handler calling `model` with `tools` (all, or `tool_names`); with
+    `child_runs`, also the `start_workflow` tool: a child run, started through the control
+    plane (`ctx.start_child`; the workflow file's `child_runs` must allow it).
 
     Raises:
         ValueError: output_retries outside 0..output_retries_max, max_tokens below 1.
@@ -71,7 +105,7 @@ def agent_turn(
     if max_tokens < 1:
         raise ValueError(f"max_tokens {max_tokens} must be at least 1")
     toolset = tools or Toolset()
-    specs = toolset.specs(tool_names)
+    specs = toolset.specs(tool_names) + ((START_WORKFLOW_SPEC,) if child_runs else ())
     table = prices or PriceTable()
 
     async def turn(ctx: TaskContext) -> Continue | Done:
@@ -98,13 +132,16 @@ def agent_turn(
         if calls:
             runnable = []
             for call in calls:
+                if child_runs and call.name == START_WORKFLOW and isinstance(call.arguments, dict):
+                    runnable.append(ToolCall(CHILD_TOOL, call.arguments, id=call.id))
+                    continue
                 problem = toolset.check(call)
                 if problem is None:
                     runnable.append(ToolCall(call.name, call.arguments, id=call.id))
                 else:
                     messages.append(tool_error(call, problem))
             carried = TurnState(messages=tuple(messages), output_errors=state.output_errors)
-            return Continue(msgspec.to_builtins(carried), runnable, **usage)
+            return Continue(carry(carried, reply.model), runnable, **usage)
         if output_type is None:
             return Done(reply.text, **usage)
         return final_answer(reply, output_type, output_retries, state, messages, usage)
@@ -138,7 +175,23 @@ def final_answer(
         messages=(*messages, Message(role="user", text=feedback)),
         output_errors=state.output_errors + 1,
     )
-    return Continue(msgspec.to_builtins(carried), (), **usage)
+    return Continue(carry(carried, reply.model), (), **usage)
+
+
+def carry(state: TurnState, model: str) -> Any:
+    """The state to carry to the next turn, within `conversation_bytes_max`.
+
+    Raises:
+        NonRetryableError: the conversation is larger (naming its size, the bound and a hint).
+    """
+    size = len(msgspec.json.encode(state))
+    if size > conversation_bytes_max:
+        raise NonRetryableError(
+            f"model {model!r}: the conversation to carry to the next turn is {size} bytes; the "
+            f"limit is {conversation_bytes_max} bytes (llm_conversation_bytes_max). Hint: end "
+            "the loop sooner (max_turns, on_limit continue_as_new) or return shorter tool results"
+        )
+    return msgspec.to_builtins(state)
 
 
 def read_state(value: Any) -> TurnState:
@@ -165,7 +218,8 @@ def tool_message(result: ToolResult) -> Message:
         text = f"error ({error.get('kind', 'error')}): {error.get('message', '')}"
     if len(text) > tool_result_chars_max:
         text = text[:tool_result_chars_max] + f"... [cut at {tool_result_chars_max} characters]"
-    return Message(role="tool", call_id=result.id, name=result.name, text=text, ok=result.ok)
+    name = START_WORKFLOW if result.name == CHILD_TOOL else result.name
+    return Message(role="tool", call_id=result.id, name=name, text=text, ok=result.ok)
 
 
 def tool_error(call: CallRequest, problem: str) -> Message:

@@ -126,7 +126,7 @@ class RunLinks:
         await self.commands.publish_command(command.run_id, codec.encode(command), msg_id)
 
     async def _start_child(self, effect: StartChild) -> None:
-        workflow = await self.workflows.get_workflow(effect.workflow)
+        workflow = effect.definition or await self.workflows.get_workflow(effect.workflow)
         child = effect.child_run_id
         if workflow is None:
             failure = RecordChild(

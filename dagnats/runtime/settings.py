@@ -143,3 +143,20 @@ workers_seen_window_ms: Final = 60_000  # a worker that reported within this cou
 workers_seen_max: Final = 10_000  # worker ids the engine remembers for that count
 status_interval_ms: Final = 2_000  # how often serve refreshes its gauges and status record
 status_stale_ms: Final = 10_000  # an engine status record older than this: the engine is down
+
+# LLM agents (dagnats/llm/): model calls, tools, live text, the carried conversation.
+llm_timeout_s_default: Final = 120.0  # one model call (an adapter's timeout_s)
+llm_max_tokens_default: Final = 4_096  # of one model answer (agent_turn's max_tokens)
+llm_output_retries_default: Final = 2
+llm_output_retries_max: Final = 10  # answers that do not decode, fed back within one loop
+llm_tool_result_chars_max: Final = 32_768  # of one tool result as the model sees it
+llm_tool_description_chars_max: Final = 1_024
+llm_tools_per_set_max: Final = limits.agent_tool_calls_per_turn_max  # tools of one Toolset
+llm_provider_message_chars_max: Final = 500  # of a provider's error message kept in ours
+llm_retry_after_s_max: Final = 3_600.0  # a server's retry-after beyond this is taken as this
+llm_live_text_bytes_max: Final = 16_384  # of one live message's text (a longer piece is split)
+llm_live_text_shown_chars_max: Final = 2_000  # of the current turn's text `run wait` shows
+# The conversation an agent_turn carries to its next turn (its state, as JSON): past this the
+# turn fails with an error saying so; half a payload leaves room for the step input and the
+# tool results in the turn's envelope (kernel limits.payload_bytes_max).
+llm_conversation_bytes_max: Final = limits.payload_bytes_max // 2

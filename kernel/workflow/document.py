@@ -11,6 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from kernel.workflow.admission import admission_document, concurrency_runs_document
+from kernel.workflow.child_runs import child_runs_document
 from kernel.workflow.durations import format_duration
 from kernel.workflow.model import (
     EMPTY_OBJECT,
@@ -50,6 +51,9 @@ def workflow_to_document(workflow: WorkflowDef) -> dict[str, object]:
     document["steps"] = [_step_document(step) for step in workflow.steps]
     if triggers_of(workflow):
         document["triggers"] = [trigger_document(item) for item in triggers_of(workflow)]
+    child_runs = child_runs_document(workflow)
+    if child_runs is not None:
+        document["child_runs"] = child_runs
     return document
 
 

@@ -19,6 +19,7 @@ from typing import Final, Literal
 import msgspec
 
 from kernel import registry
+from kernel.workflow.child_runs import ChildRuns
 from kernel.workflow.trigger_model import TriggerDef
 
 RetryStrategy = Literal["fixed", "linear", "exponential"]
@@ -135,3 +136,5 @@ class WorkflowDef(msgspec.Struct, frozen=True, kw_only=True):
     admission: Admission | None = None  # (kernel/workflow/admission.py reads it)
     # left out of the encoded form when there are none (runs' histories stay as they were)
     triggers: tuple[TriggerDef, ...] | msgspec.UnsetType = msgspec.UNSET
+    # may its agents start child runs (kernel/control.py); unset: no (and not encoded)
+    child_runs: ChildRuns | msgspec.UnsetType = msgspec.UNSET

@@ -24,6 +24,7 @@ from msgspec.structs import replace
 from kernel import limits
 from kernel.errors import Problem, WorkflowInvalidError
 from kernel.workflow.admission import read_admission
+from kernel.workflow.child_runs import read_child_runs
 from kernel.workflow.fields import (
     canonical_json,
     join_path,
@@ -55,7 +56,7 @@ from kernel.workflow.trigger_parse import read_triggers
 
 TOP_FIELDS: Final = (
     "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata",
-    "cancel_on", "priority", "singleton", "input_schema", "triggers",
+    "cancel_on", "priority", "singleton", "input_schema", "triggers", "child_runs",
 )  # fmt: skip
 STEP_FIELDS: Final = (
     "id", "type", "task", "depends_on", "retry", "retries", "timeout", "skip_if",
@@ -210,6 +211,7 @@ def _workflow(fields: dict[str, object], problems: Problems) -> WorkflowDef:
         cancel_on=_cancel_on(fields.get("cancel_on"), problems),
         admission=read_admission(fields, concurrency, problems),
         triggers=with_triggers(read_triggers(fields.get("triggers"), problems)),
+        child_runs=read_child_runs(fields.get("child_runs"), problems),
     )
 
 

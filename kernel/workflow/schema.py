@@ -23,6 +23,7 @@ import msgspec
 from msgspec import inspect as mi
 
 from kernel import limits, registry
+from kernel.workflow.child_runs import child_runs_property
 from kernel.workflow.durations import DURATION_NS_MAX, DURATION_TEXT_LENGTH_MAX
 from kernel.workflow.fields import RETRY_FIELDS
 from kernel.workflow.parse import (
@@ -101,6 +102,7 @@ def workflow_schema() -> JSONSchema:
             ]
         },
         "triggers": triggers_property(),
+        "child_runs": child_runs_property(),
     }
     schema: JSONSchema = {
         "$schema": SCHEMA_DRAFT,

@@ -28,6 +28,7 @@ from kernel.commands import AnyCommand
 from kernel.events import AnyEvent
 from kernel.reducer import fold
 from tests.histories.admission_scenarios import ADMISSION_SCENARIOS
+from tests.histories.control_scenarios import CONTROL_SCENARIOS
 from tests.histories.lifecycle_scenarios import LIFECYCLE_SCENARIOS
 from tests.histories.step_scenarios import STEP_SCENARIOS
 from tests.kernel_dsl import (
@@ -120,7 +121,8 @@ TASK_SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
     ),
 }
 SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
-    **TASK_SCENARIOS, **STEP_SCENARIOS, **LIFECYCLE_SCENARIOS, **ADMISSION_SCENARIOS
+    **TASK_SCENARIOS, **STEP_SCENARIOS, **LIFECYCLE_SCENARIOS, **ADMISSION_SCENARIOS,
+    **CONTROL_SCENARIOS,
 }  # fmt: skip
 
 
