@@ -18,7 +18,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
-from dagnats.api import docs, routes_approvals, routes_runs, routes_workflows
+from dagnats.api import docs, routes_approvals, routes_lifecycle, routes_runs, routes_workflows
 from dagnats.api import limits as api_limits
 from dagnats.api.auth import BearerGuard
 from dagnats.api.problems import problem_handlers
@@ -50,6 +50,7 @@ def create_app(
         routes_approvals.approvals_router,
         routes_approvals.publish_event,
         routes_approvals.query,
+        routes_lifecycle.router,  # workers, dead letters, retry/rerun/terminate
         *extra_route_handlers,
     ]
     return Litestar(
