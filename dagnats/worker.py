@@ -49,6 +49,7 @@ from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.ended_runs import EndedRuns, ended_runs_of, skip_reason
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import (
     Clock,
@@ -200,6 +201,7 @@ class Worker:
         self._drain_deadline = float("inf")
         self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
         self.live: LivePublisher | None = None  # live output of handlers (dagnats/llm/live.py)
+        self._ended_runs: EndedRuns | None = None  # set by serve from its task queue
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Register the decorated async function as the handler of task type `name`."""
@@ -248,15 +250,16 @@ class Worker:
             outage=self._fetch_outage,
             batch_max=self.fetch_batch_max,
         )
+        self._ended_runs = ended_runs_of(tasks)
         presence = presence_of(tasks, self)
         if presence is not None:
             presence.start()
         try:
             await fetching.run()
         finally:
+            await fetching.end()
             if presence is not None:
                 await presence.stop(self.worker_id)
-            await fetching.end()
             loop_time = asyncio.get_running_loop().time()
             self._drain_deadline = loop_time + settings.drain_results_ms_max / 1000
             await self._drain()
@@ -323,6 +326,10 @@ class Worker:
             riding.append(message)
             return
         if key in self._finished:  # its result was sent; the server forgot our ack
+            await message.ack()
+            return
+        if skipped := await skip_reason(self._ended_runs, task):  # (runtime/ended_runs)
+            self.log.info("%s", skipped)
             await message.ack()
             return
         if message.num_delivered > 1:

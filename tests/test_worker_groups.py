@@ -43,7 +43,8 @@ def test_a_grouped_lane_has_a_subject_and_consumer_no_task_type_has() -> None:
 
 def test_the_group_field_is_read_checked_and_left_out_when_absent() -> None:
     definition = parse_workflow(
-        b'{"name": "w", "steps": [{"id": "a", "task": "t", "group": "gpu"}, {"id": "b", "task": "t"}]}'
+        b'{"name": "w", "steps": [{"id": "a", "task": "t", "group": "gpu"},'
+        b' {"id": "b", "task": "t"}]}'
     )
     assert [s.worker_group for s in definition.steps] == ["gpu", ""]
     encoded = msgspec.json.encode(definition.steps[1])
@@ -71,7 +72,7 @@ def test_worker_lanes_and_group_checks() -> None:
     assert lanes(["b", "a"], ()) == ["a", "b"]
     assert lanes(["a"], ("gpu", "cpu")) == ["a@gpu", "a@cpu"]
     assert check_groups(["gpu", "gpu"]) == ("gpu",)
-    with pytest.raises(ValueError, match="group 'x.y'"):
+    with pytest.raises(ValueError, match=r"group 'x\.y'"):
         Worker(groups=["x.y"])
 
 

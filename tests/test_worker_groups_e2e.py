@@ -45,7 +45,7 @@ async def test_a_grouped_task_reaches_only_its_group_and_waits_visibly_for_it(
     serve = await procs.serve(tmp_path / "data")
     url = ("--nats-url", serve.url)
     plain = procs.cli_worker(serve.url)
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"id": "prepare", "task": "fault.work"},
         {"id": "embed", "task": "fault.work", "group": "gpu", "depends_on": ["prepare"]},
         {"id": "store", "task": "fault.work", "depends_on": ["embed"]},
@@ -56,7 +56,7 @@ async def test_a_grouped_task_reaches_only_its_group_and_waits_visibly_for_it(
 
         def waiting_for_gpu() -> bool:
             shown = cli_json(procs, "run", "show", run_id, *url)
-            return shown.get("waiting_for_group") == {"embed": "gpu"}
+            return bool(shown.get("waiting_for_group") == {"embed": "gpu"})
 
         await wait_for(waiting_for_gpu, timeout_ms=wait_ms, what="embed waiting for group gpu")
         text = procs.cli("run", "show", run_id, *url).stdout
@@ -76,8 +76,8 @@ async def test_a_grouped_task_reaches_only_its_group_and_waits_visibly_for_it(
 
     listed = cli_json(procs, "workers", "list", *url)
     groups = sorted((tuple(w["groups"]), tuple(w["task_types"])) for w in listed)
-    assert groups == [((), ("fault.other", "fault.poison", "fault.work")),
-                      (("gpu",), ("fault.other", "fault.poison", "fault.work"))], listed  # fmt: skip
+    types = ("fault.other", "fault.poison", "fault.work")
+    assert groups == [((), types), (("gpu",), types)], listed
     assert all(w["live"] and w["concurrency"] == 32 and w["in_flight"] == 0 for w in listed)
     assert {w["user"] for w in listed} == {"worker"}
 

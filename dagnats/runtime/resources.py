@@ -44,6 +44,7 @@ WORKFLOWS_BUCKET: Final = "dagnats_workflows"
 RUNS_BUCKET: Final = "dagnats_runs"
 PROJECTIONS_BUCKET: Final = "dagnats_projections"
 WORKERS_BUCKET: Final = "dagnats_workers"  # live workers (dagnats/runtime/workers_directory)
+ENDED_BUCKET: Final = "dagnats_ended"  # ended runs' markers (dagnats/runtime/ended_runs)
 GROUP_MARK: Final = "@"  # between a task type and its worker group in a lane (task_lane)
 LEASES_BUCKET: Final = "dagnats_leases"  # who runs each shared projection (dagnats/runtime/lease)
 WORKFLOWS_HISTORY: Final = 16
@@ -308,6 +309,7 @@ BUCKETS: Final = (
     BucketSpec(RUNS_BUCKET, 1),
     BucketSpec(PROJECTIONS_BUCKET, 1),
     BucketSpec(WORKERS_BUCKET, 1, ttl_ms=settings.worker_directory_ttl_ms),
+    BucketSpec(ENDED_BUCKET, 1, ttl_ms=settings.ended_marker_ttl_ms),
     BucketSpec(LEASES_BUCKET, 1, ttl_ms=settings.lease_ttl_ms),
 )
 LEASES: Final = BUCKETS[-1]

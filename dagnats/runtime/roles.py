@@ -32,6 +32,7 @@ from dagnats.runtime.resources import (
     COMMAND_PREFIX,
     COMMANDS_STREAM,
     DEAD_STREAM,
+    ENDED_BUCKET,
     HISTORY_STREAM,
     LEASES_BUCKET,
     PROJECTIONS_BUCKET,
@@ -174,6 +175,7 @@ def _worker_publish(task_types: tuple[str, ...], user: str = "") -> tuple[str, .
     common = (
         f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}",
         f"$KV.{WORKERS_BUCKET}.{user or 'open'}.*",  # its entries (runtime/workers_directory)
+        f"{API}.STREAM.MSG.GET.KV_{ENDED_BUCKET}",  # ended runs' markers (runtime/ended_runs)
         "dagnats.dead.task",  # a task message it cannot decode, set aside
         "dagnats.live.>",  # a handler's live output (core NATS; clients subscribe to dagnats.>)
     )

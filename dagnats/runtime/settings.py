@@ -111,6 +111,9 @@ worker_beat_interval_ms_min: Final = 50
 worker_beat_misses_max: Final = 3
 worker_directory_ttl_ms: Final = 60_000
 workers_listed_max: Final = 10_000
+# Ended-run markers (dagnats/runtime/ended_runs.py): how long a worker can learn that a run
+# ended before taking one of its tasks (a task waits at most this long to be skipped).
+ended_marker_ttl_ms: Final = 7 * 24 * 3_600_000
 
 # Timers.
 timer_horizon_ms_max: Final = limits.timeout_ms_max
