@@ -49,6 +49,7 @@ from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.ended_runs import EndedRuns, ended_runs_of, skip_reason
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import (
     Clock,
@@ -66,6 +67,13 @@ from dagnats.worker_context import (
     read_envelope,
 )
 from dagnats.worker_fetch import FetchLoop
+from dagnats.worker_groups import (
+    check_concurrency,
+    check_groups,
+    concurrency_max,
+    lanes,
+    presence_of,
+)
 from dagnats.worker_safety import (
     cut_text,
     output_problem,
@@ -84,7 +92,6 @@ TaskResult = CompleteTask | FailTask
 
 heartbeat_interval_ms_default = settings.task_heartbeat_interval_ms_default
 concurrency_default = 16
-concurrency_max = 10_000
 fetch_batch_default = 64  # task messages fetched at once, bounded by the free handler slots
 finished_attempts_remembered_max = 10_000
 # A handler cancelled at its deadline gets this long to end before its slot is taken back
@@ -116,22 +123,6 @@ class RetryAfter(DagnatsError):  # noqa: N818 (the name users know from other en
         assert seconds >= 0, f"RetryAfter seconds {seconds} must be >= 0"
         self.seconds = seconds
         super().__init__(message or f"retry after {seconds}s")
-
-
-def check_concurrency(concurrency: object) -> int:
-    """`concurrency` when it is a whole number of handler slots within 1..concurrency_max.
-
-    Raises:
-        ValueError: naming the value and the rule.
-    """
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool):
-        raise ValueError(f"concurrency {concurrency!r} must be a whole number of handler slots")
-    if not 1 <= concurrency <= concurrency_max:
-        raise ValueError(
-            f"concurrency {concurrency} must be within 1..{concurrency_max} "
-            "(handlers run at once; 0 would never run one)"
-        )
-    return concurrency
 
 
 class _Returned:
@@ -171,6 +162,7 @@ class Worker:
         fetch_batch_max: int = fetch_batch_default,
         clock: Clock | None = None,
         seeds: Callable[[], int] | None = None,
+        groups: Sequence[str] = (),
     ) -> None:
         """`clock` stamps `at_ms` and `seeds` draws command seeds: the wall clock and `random`
         unless given (the simulator passes virtual time and a seeded source).
@@ -179,6 +171,8 @@ class Worker:
             ValueError: concurrency or fetch_batch_max out of range (naming value and rule).
         """
         self.concurrency = check_concurrency(concurrency)
+        self.groups = check_groups(groups)  # README "Worker groups" (dagnats/worker_groups)
+        self.beat_interval_ms = settings.worker_beat_interval_ms_default  # worker directory
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.report_started = report_started
@@ -207,6 +201,7 @@ class Worker:
         self._drain_deadline = float("inf")
         self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
         self.live: LivePublisher | None = None  # live output of handlers (dagnats/llm/live.py)
+        self._ended_runs: EndedRuns | None = None  # set by serve from its task queue
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Register the decorated async function as the handler of task type `name`."""
@@ -246,7 +241,7 @@ class Worker:
         if self.live is None and isinstance(commands, LivePublisher):
             self.live = commands
         fetching = FetchLoop(
-            sorted(self.handlers),
+            lanes(self.handlers, self.groups),
             tasks,
             stop,
             dispatch=lambda messages: self._dispatch(messages, commands, dead),
@@ -255,10 +250,16 @@ class Worker:
             outage=self._fetch_outage,
             batch_max=self.fetch_batch_max,
         )
+        self._ended_runs = ended_runs_of(tasks)
+        presence = presence_of(tasks, self)
+        if presence is not None:
+            presence.start()
         try:
             await fetching.run()
         finally:
             await fetching.end()
+            if presence is not None:
+                await presence.stop(self.worker_id)
             loop_time = asyncio.get_running_loop().time()
             self._drain_deadline = loop_time + settings.drain_results_ms_max / 1000
             await self._drain()
@@ -286,6 +287,9 @@ class Worker:
             job = asyncio.create_task(self._run_job(message, commands, dead))
             self._in_flight.add(job)
             job.add_done_callback(self._job_done)
+
+    def in_flight_count(self) -> int:
+        return len(self._in_flight)
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._in_flight.discard(job)
@@ -322,6 +326,10 @@ class Worker:
             riding.append(message)
             return
         if key in self._finished:  # its result was sent; the server forgot our ack
+            await message.ack()
+            return
+        if skipped := await skip_reason(self._ended_runs, task):  # (runtime/ended_runs)
+            self.log.info("%s", skipped)
             await message.ack()
             return
         if message.num_delivered > 1:
@@ -585,6 +593,7 @@ __all__ = [
     "TaskResult",
     "Worker",
     "check_concurrency",
+    "concurrency_max",
     "decode_task",
     "read_envelope",
     "short_traceback",

@@ -102,10 +102,21 @@ class FetchLoop:
 
     async def end(self) -> None:
         """Let the long polls end (bounded by their own timeout: cancelling one would leave
-        a message it brings unseen until its ack wait), and dispatch what they brought."""
+        a message it brings unseen until its ack wait), and give back what they brought (a
+        nak: another worker takes it at once; a draining worker takes nothing new)."""
         if self.polls:
             await asyncio.wait(self.polls.values(), timeout=2 * fetch_timeout_ms / 1000)
-        self._take_polled()
+        dispatch, brought = self.dispatch, list[TaskMessage]()
+        self.dispatch = brought.extend
+        try:
+            self._take_polled()
+        finally:
+            self.dispatch = dispatch
+        for message in brought:
+            try:
+                await message.nak()
+            except Exception as error:  # it comes back after its ack wait
+                self.outage.failed(f"giving a task back: {render_error(error)}")
         for poll in self.polls.values():
             poll.cancel()
 

@@ -32,6 +32,7 @@ class EnqueueTask(Effect, frozen=True, kw_only=True):
     # step type (a planner: the problems of its last plan; an agent loop: the turn number).
     envelope: msgspec.Raw = msgspec.Raw(b"null")
     history_events: int = 0  # events in the run's history (stamped by kernel.react)
+    group: str = ""  # the step's worker group, "" for any worker (stamped by kernel.react)
 
 
 class ArmTimer(Effect, frozen=True, kw_only=True):

@@ -158,17 +158,29 @@ def resume(state: RunState) -> tuple[AnyEffect, ...]:
 
 
 def _stamped(state: RunState, effects: tuple[AnyEffect, ...]) -> tuple[AnyEffect, ...]:
-    """`effects` with each task message telling its handler the run's history size."""
+    """`effects` with each task message telling its handler the run's history size, and
+    addressed to its step's worker group (README "Worker groups")."""
     if not any(isinstance(effect, EnqueueTask) for effect in effects):
         return effects
     size = state.event_count
     assert size >= 1, "a task follows a started run"
     return tuple(
-        msgspec.structs.replace(effect, history_events=size)
+        msgspec.structs.replace(
+            effect, history_events=size, group=_worker_group(state, effect.step_id)
+        )
         if isinstance(effect, EnqueueTask)
         else effect
         for effect in effects
     )
+
+
+def _worker_group(state: RunState, step_id: str) -> str:
+    """The worker group of a step's tasks, "" for none. A task of an item of a step
+    (`<step>.<index>`, which the definition does not name) goes to its step's group."""
+    step_def = state.step_def(step_id)
+    if step_def is None and "." in step_id:
+        step_def = state.step_def(step_id.rpartition(".")[0])
+    return "" if step_def is None else step_def.worker_group
 
 
 def _step_type(state: RunState, step_id: str) -> registry.StepType:

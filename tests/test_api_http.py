@@ -416,6 +416,18 @@ def test_metrics_are_served_by_the_api_and_count_the_runs_made(stack: Stack) -> 
     assert started.get("api-one", 0) >= 1, started
 
 
+def test_the_lifecycle_routes_answer(stack: Stack) -> None:
+    """Each lifecycle route once, as refusals (tests/test_lifecycle_http.py drives them)."""
+    http = stack.http
+    assert http.get("/v1/workers").status_code == 200
+    assert http.get("/v1/dead-letters").status_code == 200
+    assert_problem(http.get("/v1/dead-letters/gone/a"), 404)
+    for path in ("/v1/dead-letters/gone/a/retry", "/v1/dead-letters/gone/a/discard",
+                 "/v1/runs/gone/retry", "/v1/runs/gone/rerun"):  # fmt: skip
+        assert_problem(http.post(path), 404)
+    assert_problem(http.post("/v1/runs/gone/terminate", json={"reason": ""}), 400)
+
+
 def test_openapi_validates_and_every_route_in_it_was_exercised(stack: Stack) -> None:
     """Runs last in this module: the routes sent by the tests above are recorded."""
     response = stack.http.get("/openapi.json")

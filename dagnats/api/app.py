@@ -18,7 +18,14 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
-from dagnats.api import docs, routes_approvals, routes_live, routes_runs, routes_workflows
+from dagnats.api import (
+    docs,
+    routes_approvals,
+    routes_lifecycle,
+    routes_live,
+    routes_runs,
+    routes_workflows,
+)
 from dagnats.api import limits as api_limits
 from dagnats.api.auth import BearerGuard
 from dagnats.api.problems import problem_handlers
@@ -51,6 +58,7 @@ def create_app(
         routes_approvals.publish_event,
         routes_approvals.query,
         routes_live.live_text,
+        routes_lifecycle.router,  # workers, dead letters, retry/rerun/terminate
         *extra_route_handlers,
     ]
     return Litestar(

@@ -40,6 +40,7 @@ from dagnats.cli import (
     sim,
     status,
     triggers,
+    workers,
     workflows,
 )
 from dagnats.cli.common import DataDirOption
@@ -142,6 +143,7 @@ schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal
 lifecycle.register(run_app)  # run retry|rerun|terminate
 dlq.register(app)  # dlq list|show|retry|discard
+workers.register(app)  # workers list
 app.add_typer(event_app, name="event")
 events.register(event_app)  # event publish
 app.add_typer(credential_app, name="credential")  # credential list|add-approver|add-worker

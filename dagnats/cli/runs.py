@@ -31,6 +31,7 @@ from dagnats.cli.common import (
     with_client,
 )
 from dagnats.client import ChildLink, Client
+from dagnats.client import lifecycle as client_lifecycle
 from dagnats.llm.live import LiveChunk, LiveText, follow_live
 from kernel.events import Decision
 from kernel.state import RunState
@@ -157,17 +158,24 @@ def run_show(run_id: str, nats_url: UrlOption = None, as_json: JsonOption = Fals
         state = await client.get_run(run_id)
         chained = state.continued_from is not None or state.continued_as is not None
         chain = await client.lineage(run_id) if chained else []
+        waiting.update(await client_lifecycle.groups_without_workers(client, state))
         return state, await client.children(run_id), chain
 
+    waiting: dict[str, str] = {}  # step -> a worker group no live worker serves
     state, links, chain = run_async(with_client(nats_url, show))
     if as_json:
         document = render.state_document(state)
+        if waiting:
+            document["waiting_for_group"] = waiting
         if links:  # a run without children reads as `run wait --json` does
             document["children"] = [msgspec.to_builtins(link) for link in links]
         chains_render.add_lineage(document, state, chain)
         emit_json(document)
     else:
         out.print(render.run_table(state))
+        for step_id, group in waiting.items():
+            hint = f"start one with `dagnats worker MODULE:ATTR --group {group}`"
+            out.print(f"{step_id}: waiting for worker group {group!r} (no live worker: {hint})")
         chains_render.print_lineage(out, err, state, chain)
         if state.parent_run_id:
             out.print(f"parent: {state.parent_run_id} (step {state.parent_step_id})")

@@ -34,6 +34,7 @@ from dagnats.runtime.connection import Connection, default_data_dir
 from dagnats.runtime.parent_watch import watch_parent
 from dagnats.runtime.serve import ServeInfo, Server, install_stop_signals
 from dagnats.worker import check_concurrency, concurrency_max
+from dagnats.worker_groups import check_groups
 
 
 def refuse_without_assertions(what: str) -> None:
@@ -199,6 +200,14 @@ def worker(
             "(the task consumer's ack wait; every worker of a task must use the same)."
         ),
     ] = None,
+    group: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group",
+            help="Serve the tasks of steps with this worker group (repeat for more); a "
+            "worker with groups takes no ungrouped tasks.",
+        ),
+    ] = None,
     log_json: LogJsonOption = False,
 ) -> None:
     """Serve the task handlers of a Worker until SIGTERM (then drain)."""
@@ -211,6 +220,11 @@ def worker(
             rule = f"it must be within 1..{concurrency_max} (handlers run at once)"
             raise fail(f"--concurrency {concurrency}: {rule}", "", 2) from None
     the_worker = load_worker(spec)
+    if group:
+        try:
+            the_worker.groups = check_groups(group)
+        except ValueError as error:
+            raise fail(f"--group: {error}", "", 2) from None
     if concurrency is not None:
         the_worker.concurrency = concurrency
     ack_wait_ms: int | None = None
@@ -226,7 +240,8 @@ def worker(
         stop = asyncio.Event()
         install_stop_signals(stop, lambda name: err.print(f"{name}: draining"))
         tasks = ", ".join(sorted(the_worker.handlers))
-        err.print(f"worker {the_worker.worker_id}: serving {tasks}", highlight=False)
+        groups = f" in group(s) {', '.join(the_worker.groups)}" if the_worker.groups else ""
+        err.print(f"worker {the_worker.worker_id}: serving {tasks}{groups}", highlight=False)
         try:
             await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
         finally:

@@ -18,6 +18,8 @@ import msgspec
 
 from dagnats.client.errors import RunFinishedError
 from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.workers_directory import WorkerEntry, serving
+from dagnats.runtime.workers_directory import list_workers as list_workers_in
 from kernel.commands import (
     AnyCommand,
     DiscardDeadLetter,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 runs_scanned_max: Final = 10_000  # runs read for a listing or a bulk selection
 confirm_wait_s_default: Final = 10.0
+WAITING_FOR_WORKER: Final = frozenset({"scheduled", "running"})  # its task is out
 RETRYABLE: Final = frozenset({"failed", "compensate_failed", "cancelled", "terminated"})
 
 
@@ -183,3 +186,30 @@ async def _await(
             if done(state):
                 return state
     return await client.get_run(run_id)
+
+
+async def list_workers(client: Client, *, include_stale: bool = False) -> list[WorkerEntry]:
+    """The live workers in the worker directory (README "Worker groups"): their task types,
+    groups, concurrency, in-flight count and last heartbeat; with `include_stale`, also those
+    whose heartbeats stopped but whose entry has not expired yet."""
+    return await list_workers_in(client.connection.js, now_ms(), include_stale=include_stale)
+
+
+async def groups_without_workers(client: Client, state: RunState) -> dict[str, str]:
+    """Step id -> group, for each live step of the run whose tasks wait for a worker group
+    no live worker serves (what `run show` says of them)."""
+    if state.workflow is None or is_terminal(state):
+        return {}
+    waiting: dict[str, tuple[str, str]] = {}
+    for step_def in state.workflow.steps:
+        step = state.step(step_def.id)
+        if step_def.worker_group and step is not None and step.status in WAITING_FOR_WORKER:
+            waiting[step_def.id] = (step_def.task, step_def.worker_group)
+    if not waiting:
+        return {}
+    live = await list_workers_in(client.connection.js, now_ms())
+    return {
+        step_id: group
+        for step_id, (task, group) in waiting.items()
+        if not serving(live, task, group)
+    }

@@ -159,7 +159,7 @@ class Connection:
 
     def __init__(
         self, nc: NatsClient, *, task_ack_wait_ms: int | None = None,
-        role: Role = "engine", identity: str = "", task_secret: str = "",
+        role: Role = "engine", identity: str = "", task_secret: str = "", user: str = "",
     ) -> None:  # fmt: skip
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -177,6 +177,7 @@ class Connection:
             if task_ack_wait_ms is not None
             else JetStreamTaskQueue(self.js, tokens=tokens)
         )
+        self.tasks.directory_user = user  # a worker's entries go under it (workers_directory)
         self.timers = JetStreamTimers(self.js)
         self._workflows: KeyValue | None = None
 
@@ -207,9 +208,9 @@ class Connection:
             target, role=role, data_dir=chosen, creds=creds, tls=tls
         )
         credential = options.pop("credential", None)
-        task_secret = ""
+        task_secret, user = "", ""
         if isinstance(credential, credentials.Credential):
-            role, identity = credential.role, credential.identity
+            role, identity, user = credential.role, credential.identity, credential.user
             task_secret = credential.password if role == "engine" else ""
         else:
             identity = ""
@@ -219,7 +220,7 @@ class Connection:
         nc.options["max_reconnect_attempts"] = -1
         watch.nc = nc
         return cls(nc, task_ack_wait_ms=task_ack_wait_ms, role=role, identity=identity,
-                   task_secret=task_secret)  # fmt: skip
+                   task_secret=task_secret, user=user)  # fmt: skip
 
     async def close(self) -> None:
         """Unsubscribe and drain, within `settings.connection_close_timeout_ms`; with the

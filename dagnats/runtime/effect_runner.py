@@ -13,6 +13,7 @@ from typing import assert_never
 
 from dagnats.runtime.links import RunLinks
 from dagnats.runtime.protocols import TaskPublisher, Timers
+from dagnats.runtime.resources import task_lane
 from kernel import codec
 from kernel.effects import (
     AnyEffect,
@@ -41,7 +42,8 @@ async def run_effect(
     """
     match effect:
         case EnqueueTask():
-            await tasks.publish(effect.task, codec.encode(effect), effect.msg_id)
+            lane = task_lane(effect.task, effect.group)  # README "Worker groups"
+            await tasks.publish(lane, codec.encode(effect), effect.msg_id)
         case ArmTimer():
             await timers.arm(
                 effect.run_id, effect.timer_id, effect.fire_at_ms, codec.encode(effect.command)

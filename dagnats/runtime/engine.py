@@ -26,6 +26,7 @@ from dagnats.observe.hooks import EngineObserver
 from dagnats.runtime.admission import AdmissionRuntime, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.effect_runner import run_effect
+from dagnats.runtime.ended_runs import EndedRuns
 from dagnats.runtime.links import RunLinks
 from dagnats.runtime.parked import RunParkedError, undecodable, unfoldable
 from dagnats.runtime.protocols import (
@@ -115,6 +116,7 @@ class Engine:
         # command_progress_interval_ms while the engine lives (see `keep_in_progress`).
         self._unsettled: set[CommandMessage] = set()
         self.admission = AdmissionRuntime(self, self._handle_command)  # (runtime/admission.py)
+        self.ended: EndedRuns | None = None  # ended-run markers for workers (set by serve)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -293,6 +295,8 @@ class Engine:
         self.observer.appended(loaded.state, state, events)
         if self.links is not None and is_terminal(state):
             self.links.forget_run(command.run_id)
+        if self.ended is not None and is_terminal(state) and not is_terminal(loaded.state):
+            await self.ended.mark(state, command.at_ms)  # workers skip its tasks (ended_runs)
         return effects
 
     async def _effects_again(self, loaded: Loaded, command: AnyCommand) -> list[AnyEffect]:

@@ -138,6 +138,9 @@ class JetStreamTaskQueue:
         self.ack_wait_ms = ack_wait_ms
         self.deliver_max = deliver_max
         self._subscriptions: dict[str, JetStreamContext.PullSubscription] = {}
+        # The credential user a worker on this connection announces itself under (the worker
+        # directory, runtime/workers_directory); None: it does not announce itself.
+        self.directory_user: str | None = None
 
     async def publish(self, task_type: str, payload: bytes, msg_id: str) -> None:
         """Enqueue a task; a msg_id seen within the tasks' duplicate window is dropped."""

@@ -43,6 +43,9 @@ DEAD_SUBJECTS: Final = f"{DEAD_PREFIX}.>"
 WORKFLOWS_BUCKET: Final = "dagnats_workflows"
 RUNS_BUCKET: Final = "dagnats_runs"
 PROJECTIONS_BUCKET: Final = "dagnats_projections"
+WORKERS_BUCKET: Final = "dagnats_workers"  # live workers (dagnats/runtime/workers_directory)
+ENDED_BUCKET: Final = "dagnats_ended"  # ended runs' markers (dagnats/runtime/ended_runs)
+GROUP_MARK: Final = "@"  # between a task type and its worker group in a lane (task_lane)
 LEASES_BUCKET: Final = "dagnats_leases"  # who runs each shared projection (dagnats/runtime/lease)
 WORKFLOWS_HISTORY: Final = 16
 
@@ -139,18 +142,39 @@ def command_partition_filter(partition: int) -> str:
     return f"{COMMAND_PREFIX}.{partition}.>"
 
 
-def task_subject(task_type: str) -> str:
-    """`dagnats.task.<task_type>` (task types may be dotted: `email.send`)."""
+def task_lane(task_type: str, group: str = "") -> str:
+    """Where tasks of `task_type` for worker group `group` wait: the task type itself when
+    ungrouped, else `<task_type>@<group>` (README "Worker groups"; '@' is in no task type)."""
+    if not group:
+        return task_type
+    check_token("group", group, settings.worker_group_length_max)
+    return f"{task_type}{GROUP_MARK}{group}"
+
+
+def split_lane(lane: str) -> tuple[str, str]:
+    """(task type, group) of a lane (`task_lane`); group "" when ungrouped."""
+    task_type, _, group = lane.partition(GROUP_MARK)
+    return task_type, group
+
+
+def task_subject(lane: str) -> str:
+    """`dagnats.task.<task_type>` (task types may be dotted: `email.send`), or for a grouped
+    lane `dagnats.task.<task_type>.@<group>`: no task type's subject is a grouped one's."""
+    task_type, group = split_lane(lane)
     check_token("task_type", task_type, settings.task_type_length_max, dotted=True)
+    if GROUP_MARK in lane:
+        check_token("group", group, settings.worker_group_length_max)
+        return f"{TASK_PREFIX}.{task_type}.{GROUP_MARK}{group}"
     return f"{TASK_PREFIX}.{task_type}"
 
 
-def task_consumer_name(task_type: str) -> str:
-    """The durable consumer of a task type. Consumer names cannot hold '.', so dots become
-    '_' and the crc32 of the real name keeps `a.b` and `a_b` apart."""
-    task_subject(task_type)  # validates
-    checksum = zlib.crc32(task_type.encode())
-    return f"dagnats_task_{task_type.replace('.', '_')}_{checksum:08x}"
+def task_consumer_name(lane: str) -> str:
+    """The durable consumer of a task type (or of a grouped lane). Consumer names cannot hold
+    '.' or '@', so both become '_' and the crc32 of the real name keeps `a.b`, `a_b` and
+    `a@b` apart."""
+    task_subject(lane)  # validates
+    checksum = zlib.crc32(lane.encode())
+    return f"dagnats_task_{lane.replace('.', '_').replace(GROUP_MARK, '_')}_{checksum:08x}"
 
 
 def schedule_subject(run_id: str, timer_id: str) -> str:
@@ -284,6 +308,8 @@ BUCKETS: Final = (
     BucketSpec(WORKFLOWS_BUCKET, WORKFLOWS_HISTORY),
     BucketSpec(RUNS_BUCKET, 1),
     BucketSpec(PROJECTIONS_BUCKET, 1),
+    BucketSpec(WORKERS_BUCKET, 1, ttl_ms=settings.worker_directory_ttl_ms),
+    BucketSpec(ENDED_BUCKET, 1, ttl_ms=settings.ended_marker_ttl_ms),
     BucketSpec(LEASES_BUCKET, 1, ttl_ms=settings.lease_ttl_ms),
 )
 LEASES: Final = BUCKETS[-1]

@@ -32,11 +32,13 @@ from dagnats.runtime.resources import (
     COMMAND_PREFIX,
     COMMANDS_STREAM,
     DEAD_STREAM,
+    ENDED_BUCKET,
     HISTORY_STREAM,
     LEASES_BUCKET,
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
     TASKS_STREAM,
+    WORKERS_BUCKET,
     WORKFLOWS_BUCKET,
     task_consumer_name,
     task_subject,
@@ -90,7 +92,7 @@ API: Final = "$JS.API"
 _READABLE_STREAMS: Final = (
     HISTORY_STREAM, EVENTS_STREAM_NAME, DEAD_STREAM,
     f"KV_{WORKFLOWS_BUCKET}", f"KV_{RUNS_BUCKET}", f"KV_{PROJECTIONS_BUCKET}",
-    f"KV_{LEASES_BUCKET}",
+    f"KV_{LEASES_BUCKET}", f"KV_{WORKERS_BUCKET}",
     "DAGNATS_TRIGGER_FIRES", "KV_dagnats_triggers",  # triggers: fire records, managed triggers
 )  # fmt: skip
 
@@ -138,7 +140,9 @@ def permissions(
                 subscribe_allow=(">",),
             )
         case "worker":
-            return Permissions(publish_allow=_worker_publish(task_types), subscribe_allow=(inbox,))
+            return Permissions(
+                publish_allow=_worker_publish(task_types, user), subscribe_allow=(inbox,)
+            )
         case "client" | "approver":
             approving: tuple[str, ...] = ()
             if role == "approver":
@@ -163,12 +167,15 @@ def permissions(
             )
 
 
-def _worker_publish(task_types: tuple[str, ...]) -> tuple[str, ...]:
-    """Results, dead task messages, and taking tasks: of every type, or (scoped) only from
-    the durable consumers of `task_types`, created only with their own filter subject."""
+def _worker_publish(task_types: tuple[str, ...], user: str = "") -> tuple[str, ...]:
+    """Results, dead task messages, its own entries in the worker directory, and taking
+    tasks: of every type, or (scoped) only from the durable consumers of `task_types` (task
+    types, or grouped lanes `type@group`), created only with their own filter subject."""
     tasks = TASKS_STREAM
     common = (
         f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}",
+        f"$KV.{WORKERS_BUCKET}.{user or 'open'}.*",  # its entries (runtime/workers_directory)
+        f"{API}.STREAM.MSG.GET.KV_{ENDED_BUCKET}",  # ended runs' markers (runtime/ended_runs)
         "dagnats.dead.task",  # a task message it cannot decode, set aside
         "dagnats.live.>",  # a handler's live output (core NATS; clients subscribe to dagnats.>)
     )

@@ -42,6 +42,7 @@ from dagnats.runtime.data_dir import (
     tighten_files,
     write_private,
 )
+from dagnats.runtime.ended_runs import EndedRuns
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.history_guard import (
     HISTORY_GONE_HINT,
@@ -156,6 +157,7 @@ class Server:
             links=self.links,
         )
         self.engine.observer = EngineObserver(metrics=self.metrics)
+        self.engine.ended = EndedRuns(js)  # workers skip tasks of ended runs (ended_runs)
         self.reporter = Reporter(
             self.engine, self.metrics, self.connection.nc, js,
             url=redact_url(self.url), sqlite_path=self._sqlite_path(),

@@ -101,6 +101,20 @@ run_cache_max: Final = 10_000
 lease_ttl_ms: Final = 5_000
 lease_refresh_interval_ms: Final = 1_000
 
+# The worker directory (dagnats/runtime/workers_directory.py): each worker rewrites its entry
+# every worker_beat_interval_ms; a reader counts it live for worker_beat_misses_max of its
+# intervals; the bucket drops an entry not rewritten within worker_directory_ttl_ms.
+worker_group_length_max: Final = limits.worker_group_length_max
+worker_groups_max: Final = limits.worker_groups_max
+worker_beat_interval_ms_default: Final = 5_000
+worker_beat_interval_ms_min: Final = 50
+worker_beat_misses_max: Final = 3
+worker_directory_ttl_ms: Final = 60_000
+workers_listed_max: Final = 10_000
+# Ended-run markers (dagnats/runtime/ended_runs.py): how long a worker can learn that a run
+# ended before taking one of its tasks (a task waits at most this long to be skipped).
+ended_marker_ttl_ms: Final = 7 * 24 * 3_600_000
+
 # Timers.
 timer_horizon_ms_max: Final = limits.timeout_ms_max
 

@@ -89,6 +89,8 @@ def _step_document(step: StepDef) -> dict[str, object]:
         document["metadata"] = _raw_value(step.metadata)
     if bytes(step.config) != bytes(EMPTY_OBJECT):
         document["config"] = _raw_value(step.config)
+    if step.worker_group:
+        document["group"] = step.worker_group
     return document
 
 

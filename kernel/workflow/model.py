@@ -72,6 +72,14 @@ class StepDef(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     compensate: str | None = None
     metadata: msgspec.Raw = EMPTY_OBJECT
     config: msgspec.Raw = EMPTY_OBJECT
+    # The worker group its tasks go to (README "Worker groups"); left out of the encoded form
+    # when there is none (runs' histories stay as they were).
+    group: str | msgspec.UnsetType = msgspec.UNSET
+
+    @property
+    def worker_group(self) -> str:
+        """The step's worker group, "" when it has none."""
+        return self.group if isinstance(self.group, str) else ""
 
     @cached_property
     def settings(self) -> object:

@@ -60,13 +60,14 @@ TOP_FIELDS: Final = (
 )  # fmt: skip
 STEP_FIELDS: Final = (
     "id", "type", "task", "depends_on", "retry", "retries", "timeout", "skip_if",
-    "on_failure", "compensate", "metadata", "config",
+    "on_failure", "compensate", "metadata", "config", "group",
 )  # fmt: skip
 SKIP_IF_FIELDS: Final = ("step_id", "field", "op", "value")
 CONCURRENCY_FIELDS: Final = ("max_steps", "max_runs", "key")
 CANCEL_ON_FIELDS: Final = ("event", "match")
 TYPE_ALIASES: Final = {"normal": "task"}
 JSON_NULL: Final = msgspec.Raw(b"null")
+GROUP_NAME: Final = re.compile(rf"[A-Za-z0-9_-]{{1,{limits.worker_group_length_max}}}")
 NOT_A_STEP: Final = StepDef(id="")  # in place of a step that is not an object
 NOT_A_CANCEL_ON: Final = CancelOn(event="")  # in place of a cancel_on item that is not one
 ONE_CANCEL_ON: Final = "cancel_on"  # the path of a cancel_on written as one object
@@ -259,7 +260,20 @@ def _step(raw: object, path: str, problems: Problems) -> StepDef:
         compensate=_reference(fields.get("compensate"), f"{path}.compensate", problems),
         metadata=read_metadata(fields.get("metadata"), f"{path}.metadata", problems),
         config=config,
+        group=_group(fields.get("group"), f"{path}.group", problems),
     )
+
+
+def _group(value: object, path: str, problems: Problems) -> str | msgspec.UnsetType:
+    """A step's worker group: a subject token (it is part of its tasks' subject)."""
+    if value is None:
+        return msgspec.UNSET
+    if not isinstance(value, str) or GROUP_NAME.fullmatch(value) is None:
+        rule = (f"must be 1..{limits.worker_group_length_max} characters of A-Z a-z 0-9 "
+                "'_' '-' (a worker group, served by `dagnats worker --group NAME`)")  # fmt: skip
+        problems.add(path, value, rule)
+        return msgspec.UNSET
+    return value
 
 
 def _step_type(value: object, path: str, problems: Problems) -> str:

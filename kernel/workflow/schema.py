@@ -177,6 +177,11 @@ def _step() -> JSONSchema:
         "compensate": {"type": "string"},
         "metadata": {"$ref": "#/$defs/metadata"},
         "config": {"type": "object"},
+        "group": {
+            "type": "string",
+            "pattern": f"^[A-Za-z0-9_-]{{1,{limits.worker_group_length_max}}}$",
+            "description": "the worker group its tasks go to (dagnats worker --group NAME)",
+        },
     }
     step = _object(STEP_FIELDS, fields, required=("id",))
     cases: list[JSONSchema] = []

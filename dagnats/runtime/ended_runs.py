@@ -1,0 +1,102 @@
+"""Ended-run markers: a worker skips the task of a run that already ended.
+
+When a run ends (completed, failed, cancelled, terminated, ...), the engine writes a small
+marker in the KV bucket `dagnats_ended` (key: the run id): its status and how many events its
+history held then. A worker reads the marker of a task's run before calling the handler (one
+message get; nats-server lets the worker role read this bucket and no other) and skips the
+task, acked and logged, when the run had ended by the time the task was decided: a task
+carries the history size it was decided at (`EnqueueTask.history_events`), so the task of a
+run reopened after its end (`dagnats run retry`) is newer than the marker and runs. Markers are
+a cache: one that was not written (the engine stopped in between) only means the handler runs
+and the engine sets its stale result aside, as before; they expire after
+`ended_marker_ttl_ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from dagnats.runtime.resources import ENDED_BUCKET, check_run_id
+from kernel.effects import EnqueueTask
+from kernel.state import RunState, is_terminal
+
+log = logging.getLogger("dagnats.ended")
+ENDED_STREAM: Final = f"KV_{ENDED_BUCKET}"
+request_timeout_s: Final = 2.0
+
+
+class EndedMarker(msgspec.Struct, frozen=True, kw_only=True):
+    status: str
+    events: int  # the run's history size when it ended
+    at_ms: int
+
+
+def marker_subject(run_id: str) -> str:
+    return f"$KV.{ENDED_BUCKET}.{check_run_id(run_id)}"
+
+
+class EndedRuns:
+    """Writes (engine) and reads (worker) ended-run markers."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._failing = False
+
+    async def mark(self, state: RunState, at_ms: int) -> None:
+        """Record that the run of `state` ended (never raises: markers are a cache)."""
+        assert is_terminal(state), state.status
+        marker = EndedMarker(status=state.status, events=state.event_count, at_ms=at_ms)
+        try:
+            await self.js.publish(
+                marker_subject(state.run_id), msgspec.json.encode(marker),
+                timeout=request_timeout_s,
+            )  # fmt: skip
+        except Exception as error:
+            if not self._failing:
+                log.warning("ended-run markers cannot be written (%s: %s); workers may call "
+                            "handlers of ended runs", type(error).__name__, error)  # fmt: skip
+            self._failing = True
+        else:
+            self._failing = False
+
+    async def ended(self, run_id: str) -> EndedMarker | None:
+        """The run's marker, None when it has none (or it cannot be read: the task runs)."""
+        try:
+            found = await self.js.get_last_msg(ENDED_STREAM, marker_subject(run_id))
+        except nats.js.errors.NotFoundError:
+            return None
+        except Exception as error:
+            if not self._failing:
+                log.warning("ended-run markers cannot be read (%s: %s); tasks run without the "
+                            "check", type(error).__name__, error)  # fmt: skip
+            self._failing = True
+            return None
+        self._failing = False
+        try:
+            return msgspec.json.decode(found.data or b"", type=EndedMarker)
+        except msgspec.DecodeError:
+            return None  # a delete marker, or not ours
+
+
+async def skip_reason(markers: EndedRuns | None, task: EnqueueTask) -> str:
+    """Why the worker must not call the handler of `task` ("" when it may)."""
+    if markers is None:
+        return ""
+    marker = await markers.ended(task.run_id)
+    if marker is None or task.history_events > marker.events:
+        return ""  # not ended, or the task is of a later life of the run (reopened)
+    return (
+        f"run {task.run_id} is {marker.status}: its task {task.step_id} attempt {task.attempt} "
+        "is skipped without calling the handler"
+    )
+
+
+def ended_runs_of(tasks: object) -> EndedRuns | None:
+    """The markers a worker fetching from `tasks` reads (a JetStream queue), else None."""
+    js = getattr(tasks, "js", None)
+    return EndedRuns(js) if isinstance(js, JetStreamContext) else None
