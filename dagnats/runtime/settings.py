@@ -174,3 +174,6 @@ llm_live_text_shown_chars_max: Final = 2_000  # of the current turn's text `run 
 # turn fails with an error saying so; half a payload leaves room for the step input and the
 # tool results in the turn's envelope (kernel limits.payload_bytes_max).
 llm_conversation_bytes_max: Final = limits.payload_bytes_max // 2
+
+# Skipping tasks of ended runs (dagnats/runtime/ended_runs.py).
+ended_check_after_ms: Final = 500  # a task taken sooner after its publication is not looked up
