@@ -61,11 +61,14 @@ class Placement:
         """A cluster node, several NATS URLs, or replicas asked: partitioned engines."""
         return self.cluster is not None or "," in url or (self.replicas or 1) > 1
 
-    def stream_replicas(self) -> int:
-        """--replicas, else the cluster's default (R3 from three nodes on), else 1."""
+    def stream_replicas(self, url: str) -> int:
+        """--replicas, else the cluster's default (R3 from three nodes on: a node's routes,
+        or the URLs of --nats-url), else 1."""
         if self.replicas is not None:
             return self.replicas
-        return cluster.default_replicas(cluster.node_count(self.cluster)) if self.cluster else 1
+        if self.cluster is not None:
+            return cluster.default_replicas(cluster.node_count(self.cluster))
+        return cluster.default_replicas(len([part for part in url.split(",") if part.strip()]))
 
     def server_config(self, data_dir: Path) -> str:
         """The embedded server's cluster block ("" for a lone server)."""

@@ -160,7 +160,7 @@ class Server:
         if self.history_gone:
             log.error("%s (%s)", HISTORY_GONE_MESSAGE, HISTORY_GONE_HINT)
         elif clustered:  # (idempotent, with the cluster's replicas; waits for its quorum)
-            await ensure_cluster_resources(js, self.placement.stream_replicas())
+            await ensure_cluster_resources(js, self.placement.stream_replicas(self.url))
         else:  # never create an empty history in place of a deleted one
             await ensure_resources(js)
             await ensure_stream(js, external_events.stream_config())
