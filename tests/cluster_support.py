@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final
 
 import nats
+from nats.aio.client import Client as NatsClient
 from nats.js import api
 
 from dagnats import Continue, Done, TaskContext, ToolCall, Worker
@@ -96,7 +97,7 @@ class NatsCluster:
                     root / f"n{index}", port=pick_free_port(),
                     authorization=credentials.server_authorization(self.users),
                     extra_config=cluster.server_config(spec, secret, "127.0.0.1"),
-                )  # fmt: skip
+                )
             )
 
     @property
@@ -120,7 +121,7 @@ class NatsCluster:
     async def stop(self) -> None:
         await asyncio.gather(*(node.stop() for node in self.nodes), return_exceptions=True)
 
-    async def admin(self) -> nats.NATS:
+    async def admin(self) -> NatsClient:
         """An admin connection to the whole cluster."""
         user = self.users["admin"]
         return await nats.connect(
@@ -130,7 +131,7 @@ class NatsCluster:
         )  # fmt: skip
 
 
-async def history_owners(nc: nats.NATS) -> list[tuple[int, str, str]]:
+async def history_owners(nc: NatsClient) -> list[tuple[int, str, str]]:
     """(stream sequence, run id, owner header) of every history message, in order."""
     js = nc.jetstream()
     info = await js.stream_info(HISTORY_STREAM)

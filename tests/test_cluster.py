@@ -156,7 +156,7 @@ async def stepdown(nodes: NatsCluster) -> str:
     admin = await nodes.admin()
     try:
         reply = await admin.request(STEPDOWN, b"", timeout=10)
-        return reply.data.decode()
+        return str(reply.data.decode())
     finally:
         await admin.close()
 
