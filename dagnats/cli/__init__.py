@@ -30,6 +30,7 @@ import typer.models
 
 from dagnats.cli import (
     approvals,
+    cluster,
     dlq,
     events,
     lifecycle,
@@ -147,6 +148,8 @@ workers.register(app)  # workers list
 app.add_typer(event_app, name="event")
 events.register(event_app)  # event publish
 app.add_typer(credential_app, name="credential")  # credential list|add-approver|add-worker
+cluster.register_credentials(credential_app)  # credential export|import
+app.add_typer(cluster.admin_app, name="admin")  # admin replicas|stepdown
 trigger_app = typer.Typer(help="Triggers: cron, subjects, webhooks, http.", no_args_is_help=True)
 app.add_typer(trigger_app, name="trigger")
 triggers.register(trigger_app)  # trigger test|list|history|fire|enable|disable

@@ -18,6 +18,7 @@ import typer
 
 from dagnats import logs
 from dagnats.api.limits import http_default_address
+from dagnats.cli import cluster as cluster_cli
 from dagnats.cli.common import (
     JsonOption,
     LogJsonOption,
@@ -31,6 +32,7 @@ from dagnats.cli.common import (
 from dagnats.observe.metrics import MetricsServer, parse_address
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import Connection, default_data_dir
+from dagnats.runtime.nats_server import LOOPBACK_HOST
 from dagnats.runtime.parent_watch import watch_parent
 from dagnats.runtime.serve import ServeInfo, Server, install_stop_signals
 from dagnats.worker import check_concurrency, concurrency_max
@@ -93,44 +95,72 @@ def serve(
     api_token_file: ApiTokenFileOption = None,
     die_with_parent: DieWithParentOption = False,
     metrics: MetricsOption = None,
+    clustered: cluster_cli.ClusterOption = False,
+    cluster_name: cluster_cli.ClusterNameOption = "dagnats",
+    node_name: cluster_cli.NodeNameOption = None,
+    routes: cluster_cli.RoutesOption = None,
+    cluster_listen: cluster_cli.ClusterListenOption = cluster_cli.CLUSTER_LISTEN_DEFAULT,
+    nats_host: cluster_cli.NatsHostOption = LOOPBACK_HOST,
+    replicas: cluster_cli.ReplicasOption = None,
+    insecure: cluster_cli.InsecureOption = False,
+    engine_only: cluster_cli.EngineOnlyOption = False,
+    no_engine: cluster_cli.NoEngineOption = False,
+    credentials_from: cluster_cli.CredentialsFromOption = None,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
     if not 0 <= nats_port <= PORT_MAX:
         raise fail(f"--nats-port {nats_port} is outside 0..{PORT_MAX} (0 = a free port)", "", 2)
+    where = cluster_cli.placement(
+        clustered=clustered, name=cluster_name, node_name=node_name, routes=routes,
+        listen=cluster_listen, nats_host=nats_host, replicas=replicas, insecure=insecure,
+        engine_only=engine_only, no_engine=no_engine, nats_url=nats_url,
+    )  # fmt: skip
     metrics_at = metrics_address(metrics)
     refuse_without_assertions("dagnats serve")
     logs.configure(json_lines=log_json)
+    no_http = no_http or engine_only
     token = _http_checks(http, no_http, api_token_file)
-    server = Server(data_dir or default_data_dir(), nats_port=nats_port, nats_url=nats_url)
+    home = data_dir or default_data_dir()
+    cluster_cli.share_credentials(credentials_from, home)
+    server = Server(home, nats_port=nats_port, nats_url=nats_url, placement=where)
+    run_async(_serve(server, http, no_http, token, die_with_parent, metrics_at, as_json))
 
-    async def main() -> None:
-        from dagnats.api.serving import RunningApi, start_http
 
-        stop = asyncio.Event()
-        install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
-        api: RunningApi | None = None
-        metrics_server: MetricsServer | None = None
-        watch = asyncio.create_task(watch_parent(stop)) if die_with_parent else None
-        try:
-            info = await server.start()
-            metrics_server = start_metrics(server, metrics_at)
-            if not no_http:
-                address = http or http_default_address
-                api = await start_http(server, address, explicit=http is not None, token=token)
-                if api is not None:
-                    info = msgspec.structs.replace(info, http_url=api.url)
-            _print_ready(info, as_json, metrics_server)
-            await server.run(stop)
-        finally:
+async def _serve(
+    server: Server,
+    http: str | None,
+    no_http: bool,
+    token: str | None,
+    die_with_parent: bool,
+    metrics_at: tuple[str, int] | None,
+    as_json: bool,
+) -> None:
+    """Start the server (and its HTTP API and metrics), print where, run until stopped."""
+    from dagnats.api.serving import RunningApi, start_http
+
+    stop = asyncio.Event()
+    install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
+    api: RunningApi | None = None
+    metrics_server: MetricsServer | None = None
+    watch = asyncio.create_task(watch_parent(stop)) if die_with_parent else None
+    try:
+        info = await server.start()
+        metrics_server = start_metrics(server, metrics_at)
+        if not no_http:
+            address = http or http_default_address
+            api = await start_http(server, address, explicit=http is not None, token=token)
             if api is not None:
-                await api.stop()
-            if metrics_server is not None:
-                metrics_server.stop()
-            if watch is not None:
-                watch.cancel()
-            await server.stop()
-
-    run_async(main())
+                info = msgspec.structs.replace(info, http_url=api.url)
+        _print_ready(info, as_json, metrics_server)
+        await server.run(stop)
+    finally:
+        if api is not None:
+            await api.stop()
+        if metrics_server is not None:
+            metrics_server.stop()
+        if watch is not None:
+            watch.cancel()
+        await server.stop()
 
 
 def _http_checks(http: str | None, no_http: bool, token_file: Path | None) -> str | None:

@@ -94,6 +94,9 @@ def _engines_line(facts: Facts) -> Text:
         if index:
             line.append("\n         ")
         line.append_text(_engine(engine, facts.at_ms))
+    for owner, partitions in facts.partitions.items():  # (a partitioned deployment)
+        owned = ",".join(map(str, partitions)) or "none yet"
+        line.append(f"\n         {owner} owns partitions {owned}")
     return line
 
 

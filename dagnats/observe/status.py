@@ -110,6 +110,8 @@ class Facts(msgspec.Struct, frozen=True, kw_only=True):
     queues: dict[str, int]  # "commands" and "task:<type>" -> messages waiting or in flight
     workers: list[str]
     approvals_pending: int | None  # None: the query tables are not here
+    # A partitioned deployment (README "Cluster"): engine id -> the partitions it owns.
+    partitions: dict[str, list[int]] = {}
 
 
 def engine_id() -> str:
@@ -168,7 +170,18 @@ async def collect(
         queues=await _queues(js, streams),
         workers=sorted({worker for engine in live for worker in engine.workers}),
         approvals_pending=_approvals_pending(sqlite_path),
+        partitions=await _partitions(js),
     )
+
+
+async def _partitions(js: JetStreamContext) -> dict[str, list[int]]:
+    """Who owns which partition ({} when the deployment is not partitioned)."""
+    from dagnats.runtime.partitions import owners_by_engine, read_owners
+
+    try:
+        return owners_by_engine(await read_owners(js))
+    except (nats.errors.Error, TimeoutError):  # no owners bucket, or not readable here
+        return {}
 
 
 def _server_version(nc: NatsClient) -> str:

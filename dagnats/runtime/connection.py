@@ -288,7 +288,8 @@ async def _first_connect(
         error_cb=watch.on_error, disconnected_cb=watch.on_disconnected,
         reconnected_cb=watch.on_reconnected, reconnect_time_wait=reconnect_wait_s,
     )  # fmt: skip
-    connecting = asyncio.ensure_future(nc.connect(target, **settings_))
+    servers = [part.strip() for part in target.split(",") if part.strip()]  # a cluster's URLs
+    connecting = asyncio.ensure_future(nc.connect(servers, **settings_))
     verdict = asyncio.ensure_future(watch.verdict.wait())
     try:
         await asyncio.wait({connecting, verdict}, timeout=first_connect_timeout_s,

@@ -269,7 +269,8 @@ def local_data_dir(url: str, url_file: Path | None, default: Path) -> Path | Non
         return url_file.parent
     if url in _local_servers:
         return _local_servers[url]
-    if urlparse(url).hostname in LOOPBACK_HOSTS:
+    first = url.split(",", maxsplit=1)[0]  # (a cluster: its first URL)
+    if urlparse(first).hostname in LOOPBACK_HOSTS:
         return default
     return None
 

@@ -86,6 +86,7 @@ class JetStreamEventLog:
             )
         subject = history_subject(run_id)
         headers = {
+            **self.append_headers(run_id),
             MSG_ID_HEADER: msg_id,
             EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(expected_last_seq),
         }
@@ -101,6 +102,11 @@ class JetStreamEventLog:
         # A duplicate's original may be the very message expected_last_seq names.
         assert ack.seq > expected_last_seq or ack.duplicate, (ack.seq, expected_last_seq)
         return ack.seq
+
+    def append_headers(self, run_id: str) -> dict[str, str]:
+        """Headers each append of `run_id` adds (none here; a partitioned engine's log adds
+        its owner, runtime/partitions.OwnedEventLog, and may refuse by raising)."""
+        return {}
 
     async def _seq_if_last_is(self, run_id: str, msg_id: str) -> int | None:
         """The sequence of the run's last message if it carries msg_id, else None."""

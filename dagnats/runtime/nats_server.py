@@ -155,6 +155,8 @@ class EmbeddedNats:
         start_timeout_ms: int = settings.server_start_timeout_ms,
         stop_timeout_ms: int = settings.server_stop_timeout_ms,
         authorization: str = "",
+        host: str = LOOPBACK_HOST,
+        extra_config: str = "",
     ) -> None:
         assert 0 <= port < 65_536, f"port {port} is outside 0..65535"
         assert start_timeout_ms > 0 and stop_timeout_ms > 0
@@ -164,6 +166,8 @@ class EmbeddedNats:
         self.start_timeout_ms = start_timeout_ms
         self.stop_timeout_ms = stop_timeout_ms
         self.authorization = authorization  # a config block with secrets: only ever in a file
+        self.host = host  # the client listener (cluster nodes may bind beyond loopback)
+        self.extra_config = extra_config  # a cluster node's block (runtime/cluster), secrets too
         self._port = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
@@ -305,6 +309,7 @@ class EmbeddedNats:
         lock_file.flush()
         self._lock_file = lock_file
         config = f"max_payload: {settings.server_payload_bytes_max}\n{self.authorization}"
+        config += self.extra_config
         write_private(self.data_dir / CONFIG_FILE_NAME, config)
 
     def _spawn(self, binary: Path, port: int) -> None:
@@ -314,7 +319,7 @@ class EmbeddedNats:
             "--config", str(self.data_dir / CONFIG_FILE_NAME),
             "--jetstream",
             "--store_dir", str(self.data_dir / STORE_DIR_NAME),
-            "--addr", LOOPBACK_HOST,
+            "--addr", self.host,
             "--port", str(port),
             "--log", str(self.log_path),
         ]  # fmt: skip

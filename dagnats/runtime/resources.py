@@ -10,6 +10,7 @@ This module may talk to the JetStream API (create, inspect); it may not publish 
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
 from dataclasses import dataclass
@@ -47,7 +48,11 @@ WORKERS_BUCKET: Final = "dagnats_workers"  # live workers (dagnats/runtime/worke
 ENDED_BUCKET: Final = "dagnats_ended"  # ended runs' markers (dagnats/runtime/ended_runs)
 GROUP_MARK: Final = "@"  # between a task type and its worker group in a lane (task_lane)
 LEASES_BUCKET: Final = "dagnats_leases"  # who runs each shared projection (dagnats/runtime/lease)
+# The partition count chosen at first start (runtime/partitions); who owns each partition.
+CLUSTER_BUCKET: Final = "dagnats_cluster"
+OWNERS_BUCKET: Final = "dagnats_owners"
 WORKFLOWS_HISTORY: Final = 16
+log = logging.getLogger("dagnats.resources")
 
 ENGINE_CONSUMER: Final = "dagnats_engine"
 DEAD_REASON_HEADER: Final = "Dagnats-Dead-Reason"
@@ -255,10 +260,12 @@ def decode_stored_workflow(
 
 
 # The StreamConfig fields DagNats sets; an existing stream must match each one set (not None).
+# Not its replicas: a stream keeps the count it has (a warning names `dagnats admin replicas`).
 CHECKED_STREAM_FIELDS: Final = (
-    "subjects", "retention", "storage", "num_replicas", "max_msg_size", "duplicate_window",
+    "subjects", "retention", "storage", "max_msg_size", "duplicate_window",
     "max_age", "allow_direct", "allow_msg_schedules",
 )  # fmt: skip
+REPLICAS_HINT: Final = "change it with `dagnats admin replicas N` (docs/deployment.md)"
 
 
 def stream_configs(replicas: int = 1) -> tuple[api.StreamConfig, ...]:
@@ -311,8 +318,11 @@ BUCKETS: Final = (
     BucketSpec(WORKERS_BUCKET, 1, ttl_ms=settings.worker_directory_ttl_ms),
     BucketSpec(ENDED_BUCKET, 1, ttl_ms=settings.ended_marker_ttl_ms),
     BucketSpec(LEASES_BUCKET, 1, ttl_ms=settings.lease_ttl_ms),
+    BucketSpec(CLUSTER_BUCKET, 1),
+    BucketSpec(OWNERS_BUCKET, 1, ttl_ms=settings.partition_lease_ttl_ms),
 )
-LEASES: Final = BUCKETS[-1]
+LEASES: Final = BUCKETS[3]
+OWNERS: Final = BUCKETS[5]
 
 
 async def ensure_resources(connection: Client | JetStreamContext, *, replicas: int = 1) -> None:
@@ -332,12 +342,14 @@ async def ensure_resources(connection: Client | JetStreamContext, *, replicas: i
             "nats-server", "max_payload", max_payload, settings.stream_message_bytes_max
         )
     for config in stream_configs(replicas):
-        await ensure_stream(js, config)
+        await ensure_stream(js, config, note_replicas=True)
     for bucket in BUCKETS:
-        await ensure_bucket(js, bucket, replicas=replicas)
+        await ensure_bucket(js, bucket, replicas=replicas, note_replicas=True)
 
 
-async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+async def ensure_stream(
+    js: JetStreamContext, config: api.StreamConfig, *, note_replicas: bool = False
+) -> None:
     """Create the stream if missing; raise ResourceConfigError if it exists and differs."""
     assert config.name is not None
     try:
@@ -350,15 +362,18 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
             info = await js.stream_info(config.name)
     wanted = {field: getattr(config, field) for field in CHECKED_STREAM_FIELDS}
     check_config(config.name, info.config, wanted)
+    if note_replicas:
+        _note_replicas(config.name, info.config.num_replicas, config.num_replicas)
 
 
-async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int) -> None:
+async def ensure_bucket(
+    js: JetStreamContext, spec: BucketSpec, *, replicas: int, note_replicas: bool = False
+) -> None:
     """Create the KV bucket if missing; raise ResourceConfigError if it exists and differs."""
     stream = f"KV_{spec.bucket}"
     wanted: dict[str, object] = {
         "max_msgs_per_subject": spec.history,
         "storage": api.StorageType.FILE,
-        "num_replicas": replicas,
         "max_age": spec.ttl_ms / 1000 if spec.ttl_ms else None,
     }
     try:
@@ -378,6 +393,50 @@ async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, *, replicas: int
         except nats.js.errors.BadRequestError:
             info = await js.stream_info(stream)
     check_config(f"KV bucket {spec.bucket}", info.config, wanted)
+    if note_replicas:
+        _note_replicas(stream, info.config.num_replicas, replicas)
+
+
+_replicas_noted: set[tuple[str, int, int]] = set()
+
+
+def _note_replicas(stream: str, found: int | None, wanted: int | None) -> None:
+    """Say once (per stream and counts) that a stream keeps other replicas than asked: a
+    replica change is an operator's command, never a side effect of a start."""
+    key = (stream, found or 1, wanted or 1)
+    if key[1] == key[2] or key in _replicas_noted:
+        return
+    _replicas_noted.add(key)
+    log.warning("%s keeps %d replica(s), this start asked for %d; %s", stream, key[1], key[2],
+                REPLICAS_HINT)  # fmt: skip
+
+
+async def set_replicas(
+    js: JetStreamContext, replicas: int, extra: tuple[str, ...] = ()
+) -> list[tuple[str, int, int]]:
+    """Give every DagNats stream and bucket (and the `extra` streams) `replicas` copies;
+    JetStream moves the data.
+
+    Returns:
+        (stream, replicas before, after) of each stream found; missing ones are skipped.
+    Raises:
+        nats.js.errors.APIError: the server refused (say, fewer nodes than replicas).
+    """
+    assert 1 <= replicas <= 5, replicas
+    names = [config.name for config in stream_configs()] + [f"KV_{b.bucket}" for b in BUCKETS]
+    names.extend(extra)
+    changed: list[tuple[str, int, int]] = []
+    for name in names:
+        assert name is not None
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            continue
+        before = info.config.num_replicas or 1
+        if before != replicas:
+            await js.update_stream(info.config.evolve(num_replicas=replicas))
+        changed.append((name, before, replicas))
+    return changed
 
 
 def check_config(resource: str, found: object, wanted: dict[str, object]) -> None:

@@ -33,6 +33,14 @@ from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics
 from dagnats.observe.reporter import Reporter
 from dagnats.runtime import credentials, external_events
+from dagnats.runtime.cluster_serve import (
+    PartitionedParts,
+    PartitionedSource,
+    Placement,
+    ensure_cluster_resources,
+    partitioned_parts,
+    until_formed,
+)
 from dagnats.runtime.connection import URL_FILE, Connection
 from dagnats.runtime.data_dir import (
     create_private_file,
@@ -60,6 +68,7 @@ from dagnats.runtime.nats_server import (
     NatsServerError,
     is_port_busy,
 )
+from dagnats.runtime.protocols import CommandQueue
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.triggers import TriggerService, command_starter
 from dagnats.worker import Worker
@@ -77,7 +86,10 @@ REDACTED = "***"
 
 
 def redact_url(url: str) -> str:
-    """`url` with its password (if any) shown as `***`: what serve may print."""
+    """`url` with its password (if any) shown as `***`: what serve may print (each URL of
+    a cluster's comma-separated list)."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -101,10 +113,15 @@ class ServeInfo(msgspec.Struct, frozen=True, kw_only=True):
 class Server:
     """The serve process's parts, started and stopped together."""
 
-    def __init__(self, data_dir: Path, *, nats_port: int = 0, nats_url: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, nats_port: int = 0, nats_url: str | None = None,
+        placement: Placement | None = None,
+    ) -> None:  # fmt: skip
         self.data_dir = data_dir.expanduser().absolute()
         self.nats_port = nats_port
         self.external_url = nats_url
+        self.placement = placement or Placement()  # cluster and placement (README "Cluster")
+        self.partitioned: PartitionedParts | None = None
         self.nats: EmbeddedNats | None = None
         self.connection: Connection | None = None
         self.engine: Engine | None = None
@@ -136,12 +153,21 @@ class Server:
             self.url = self.external_url
         self.connection = await Connection.open(self.url, role="engine", data_dir=self.data_dir)
         js = self.connection.js
-        self.history_gone = await history_gone(js)
+        clustered = self.placement.clustered(self.url)
+        if clustered:  # a forming cluster answers "unavailable" for a while
+            self.history_gone = await until_formed("answer", lambda: history_gone(js))
+        else:
+            self.history_gone = await history_gone(js)
         if self.history_gone:
             log.error("%s (%s)", HISTORY_GONE_MESSAGE, HISTORY_GONE_HINT)
+        elif clustered:  # (idempotent, with the cluster's replicas; waits for its quorum)
+            await ensure_cluster_resources(js, self.placement.stream_replicas(self.url))
         else:  # never create an empty history in place of a deleted one
             await ensure_resources(js)
             await ensure_stream(js, external_events.stream_config())
+        if self.placement.engine and not self.history_gone:
+            self.partitioned = await partitioned_parts(js, first_start=clustered)
+        history = self.partitioned.history if self.partitioned else self.connection.history
         commands = self.connection.commands
         self.links = RunLinks(
             commands,
@@ -150,7 +176,7 @@ class Server:
             notify=self.connection.nc.publish,
         )
         self.engine = Engine(
-            self.connection.history,
+            history,
             self.connection.tasks,
             self.connection.timers,
             commands,
@@ -198,13 +224,13 @@ class Server:
         """The embedded server on --nats-port, else on the port of the last start while it
         is free, else on a free one."""
         if self.nats_port != 0:
-            nats = EmbeddedNats(self.data_dir, port=self.nats_port, authorization=self._auth())
+            nats = self._embedded(self.nats_port)
             await nats.start()
             return nats
         last_port = read_port_file(self.data_dir / PORT_FILE)
         if last_port is not None:
             if not _port_taken(last_port):
-                nats = EmbeddedNats(self.data_dir, port=last_port, authorization=self._auth())
+                nats = self._embedded(last_port)
                 try:
                     await nats.start()
                     return nats
@@ -213,11 +239,19 @@ class Server:
                         raise
             log.warning("port %d (NATS's port last time) is taken; choosing another (workers "
                         "that read %s follow it)", last_port, URL_FILE)  # fmt: skip
-        nats = EmbeddedNats(self.data_dir, authorization=self._auth())
+        nats = self._embedded(0)
         await nats.start()
         if last_port is not None:
             log.warning("NATS is now on port %d (was %d)", nats.port, last_port)
         return nats
+
+    def _embedded(self, port: int) -> EmbeddedNats:
+        """The embedded server on `port` (0: a free one), a cluster node's config added."""
+        extra = self.placement.server_config(self.data_dir)
+        host = self.placement.nats_host
+        return EmbeddedNats(
+            self.data_dir, port=port, authorization=self._auth(), host=host, extra_config=extra
+        )
 
     def _auth(self) -> str:
         """The server's users and permissions; generates missing credentials (first start,
@@ -236,6 +270,11 @@ class Server:
         watch_task = asyncio.create_task(self._watch_child(stop))
         try:
             while not stop.is_set() and not watch_task.done():
+                if not self.placement.engine:  # a NATS (and HTTP) node: no engine here
+                    stopping = asyncio.ensure_future(stop.wait())
+                    await asyncio.wait({watch_task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    stopping.cancel()
+                    continue
                 if self.history_gone:
                     await self._until_history_back(stop, watch_task)
                     continue
@@ -262,7 +301,12 @@ class Server:
         projection_tasks.append(asyncio.create_task(triggers.run(running)))
         if self.reporter is not None:  # the gauges of /metrics and `dagnats status`
             projection_tasks.append(asyncio.create_task(self.reporter.run(running)))
-        engine_task = asyncio.create_task(self.engine.serve(self.connection.commands, running))
+        source: CommandQueue = self.connection.commands
+        if self.partitioned is not None:  # this engine's partitions only (runtime/partitions)
+            source = PartitionedSource(self.partitioned.commands, self.connection.commands)
+            ownership = self.partitioned.ownership
+            projection_tasks.append(asyncio.create_task(ownership.run(running)))
+        engine_task = asyncio.create_task(self.engine.serve(source, running))
         engine_task.add_done_callback(lambda _: setattr(self, "engine_serving", False))
         self.engine_serving = True
         guard_task = asyncio.create_task(self._watch_history(running))
@@ -275,6 +319,8 @@ class Server:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if self.partitioned is not None:  # hand back what its pumps hold
+            await self.partitioned.commands.close()
         if engine_task in done and not self.history_gone:
             stop.set()
             engine_task.result()  # raise what ended it

@@ -114,6 +114,16 @@ workers_listed_max: Final = 10_000
 # Ended-run markers (dagnats/runtime/ended_runs.py): how long a worker can learn that a run
 # ended before taking one of its tasks (a task waits at most this long to be skipped).
 ended_marker_ttl_ms: Final = 7 * 24 * 3_600_000
+# Partitions of the commands (dagnats/runtime/partitions.py): each is owned by one engine under
+# a lease in the owners bucket, whose TTL ends a dead owner's hold; a live owner refreshes
+# every partition_lease_refresh_ms and stops appending partition_lease_margin_ms before its
+# belief in holding ends, so old and new owners never append at the same time.
+partition_lease_ttl_ms: Final = 3_000
+partition_lease_refresh_ms: Final = 500
+partition_lease_margin_ms: Final = 1_000
+partition_release_wait_ms: Final = 5_000  # a released partition's commands in hand settle
+engines_live_max: Final = 256  # engines one cluster counts for its fair shares
+cluster_form_timeout_ms: Final = 60_000  # a clustered start waits this for JetStream's quorum
 
 # Timers.
 timer_horizon_ms_max: Final = limits.timeout_ms_max
