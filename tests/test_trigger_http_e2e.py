@@ -227,3 +227,39 @@ def test_http_fires_are_recorded_and_read_by_a_client(stack: Stack) -> None:
             return [(record.run_id, record.outcome) for record in found]
 
     assert (run_id, "started") in asyncio.run(records())
+
+
+def test_registration_warns_of_an_http_trigger_without_one_respond(stack: Stack) -> None:
+    silent = {"name": "trg-silent", "steps": [{"id": "a", "task": "fault.work"}],
+              "triggers": [http_trigger("/silent")]}  # fmt: skip
+    response = stack.http.post("/v1/workflows", json=silent)
+    assert response.status_code == 201, response.text
+    assert any("no respond step" in w for w in response.json()["warnings"]), response.text
+    twice = {"name": "trg-twice", "steps": [respond("one"), {**respond("two"), "depends_on":
+             ["one"]}], "triggers": [http_trigger("/twice")]}  # fmt: skip
+    response = stack.http.post("/v1/workflows", json=twice)
+    assert any("on one path" in w for w in response.json()["warnings"]), response.text
+    fine = stack.http.post("/v1/workflows", json=WORKFLOWS[0])
+    assert fine.json()["warnings"] == [] or all("unchanged" in w for w in fine.json()["warnings"])
+
+
+def test_an_unknown_time_zone_is_refused_at_registration_with_its_path(stack: Stack) -> None:
+    nowhere = {"name": "trg-zone", "steps": [{"id": "a", "task": "fault.work"}],
+               "triggers": [{"id": "c", "cron": {"expression": "* * * * *",
+                                                 "timezone": "Mars/Olympus_Mons"}}]}  # fmt: skip
+    response = stack.http.post("/v1/workflows", json=nowhere)
+    body = assert_problem(response, 422)
+    paths = [error["field"] for error in body.get("errors", [])] + [body.get("field", "")]
+    assert "triggers[0].cron.timezone" in paths, body
+
+
+def test_client_start_keeps_the_triggers_out_of_run_history(stack: Stack) -> None:
+    async def started_workflow() -> bytes:
+        async with connected(stack.serve.url) as client:
+            run_id = await client.start("trg-hook", {"by": "client"})
+            async for _, data in client.history_bytes(run_id):
+                return data
+        return b""
+
+    first = asyncio.run(started_workflow())
+    assert b"trg-hook" in first and b"triggers" not in first and SECRET.encode() not in first
