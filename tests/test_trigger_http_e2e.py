@@ -263,3 +263,48 @@ def test_client_start_keeps_the_triggers_out_of_run_history(stack: Stack) -> Non
 
     first = asyncio.run(started_workflow())
     assert b"trg-hook" in first and b"triggers" not in first and SECRET.encode() not in first
+
+
+def test_managed_triggers_over_http_are_validated_and_answer_at_once(stack: Stack) -> None:
+    bad = stack.http.post("/v1/triggers", json={"workflow": "trg-echo", "trigger": {
+        "id": "dup", "http": {"path": "/echo", "secret": "short"}}})  # fmt: skip
+    body = assert_problem(bad, 422)
+    fields = {error["field"] for error in body.get("errors", [])}
+    assert {"trigger.http.secret", "trigger.http.path"} <= fields, body
+    made = stack.http.post("/v1/triggers", json={"workflow": "trg-echo", "trigger": {
+        "id": "echo2", "http": {"path": "/echo2", "method": "PUT", "secret": SECRET}}})  # fmt: skip
+    assert made.status_code == 201, made.text
+    again = stack.http.post("/v1/triggers", json={"workflow": "trg-echo", "trigger": {
+        "id": "echo2", "http": {"path": "/echo3"}}})  # fmt: skip
+    assert_problem(again, 409)
+    shown = stack.http.get("/v1/triggers/trg-echo/echo2").json()
+    assert shown["trigger"]["http"]["secret"] == "(set)" and SECRET not in json.dumps(shown)
+    body_bytes = b'{"v": 1}'
+    signed = {"X-Dagnats-Signature": signature_of(body_bytes, SECRET)}
+    answered = stack.http.put("/hooks/echo2", content=body_bytes, headers=signed)
+    assert answered.status_code == 201 and answered.json() == {"v": 1}, answered.text
+    listed = stack.http.get("/v1/triggers").json()
+    assert any(t["id"] == "echo2" and t["managed"] for t in listed), listed
+    updated = stack.http.put("/v1/triggers/trg-echo/echo2", json={"http": {"path": "/echo4"}})
+    assert updated.status_code == 200, updated.text
+    fires = stack.http.get("/v1/triggers/trg-echo/echo2/history").json()
+    assert [f["outcome"] for f in fires] == ["started"], fires
+    assert stack.http.delete("/v1/triggers/trg-echo/echo2").status_code == 204
+    assert_problem(stack.http.get("/v1/triggers/trg-echo/echo2"), 404)
+    assert_problem(stack.http.delete("/v1/triggers/trg-echo/api"), 409, detail_has="definition")
+
+
+def test_managed_triggers_with_the_cli(stack: Stack) -> None:
+    url = stack.serve.url
+    spec = '{"id": "cli", "webhook": {"path": "/from-cli"}}'
+    made = stack.processes.cli("trigger", "create", "trg-hook", spec, "--nats-url", url)
+    assert made.returncode == 0, made.stderr
+    shown = stack.processes.cli("trigger", "show", "trg-hook", "cli", "--nats-url", url)
+    assert json.loads(shown.stdout)["trigger"]["webhook"]["path"] == "/from-cli", shown.stdout
+    wrong = '{"id": "cli", "webhook": {"path": "nope"}}'
+    bad = stack.processes.cli("trigger", "update", "trg-hook", wrong, "--nats-url", url)
+    assert bad.returncode == 1 and "trigger.webhook.path" in bad.stderr, bad.stderr
+    gone = stack.processes.cli("trigger", "delete", "trg-hook", "cli", "--nats-url", url)
+    assert gone.returncode == 0, gone.stderr
+    missing = stack.processes.cli("trigger", "show", "trg-hook", "cli", "--nats-url", url)
+    assert missing.returncode == 1 and "no trigger 'cli'" in missing.stderr, missing.stderr

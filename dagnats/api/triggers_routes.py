@@ -36,11 +36,12 @@ from typing import Any, Final
 import msgspec
 import nats.errors
 import nats.js.errors
-from litestar import Request, Response, route
+from litestar import Request, Response, Router, route
 from litestar.handlers import HTTPRouteHandler
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
+from dagnats.api import routes_triggers
 from dagnats.api.problems import ProblemError, problem_response
 from dagnats.client.watches import RunWatch
 from dagnats.runtime import settings
@@ -172,8 +173,9 @@ def route_of(entry: Entry) -> tuple[str, str] | None:
     return entry.trigger.route()
 
 
-def hook_route_handlers(hooks: Hooks) -> list[HTTPRouteHandler]:
-    """The `/hooks/...` handler, serving `hooks` (mounted by `dagnats/api/serving.py`)."""
+def hook_route_handlers(hooks: Hooks) -> list[HTTPRouteHandler | Router]:
+    """The `/hooks/...` handler, serving `hooks`, and the `/v1/triggers` router (mounted by
+    `dagnats/api/serving.py`)."""
 
     @route(
         f"{HOOKS_PREFIX}/{{path:path}}", http_method=list(HTTP_METHODS),
@@ -184,7 +186,7 @@ def hook_route_handlers(hooks: Hooks) -> list[HTTPRouteHandler]:
         entry = await hooks.match(request.method, shown)
         return await answer(hooks, entry, request, shown)
 
-    return [hook]
+    return [hook, routes_triggers.router]
 
 
 async def answer(
