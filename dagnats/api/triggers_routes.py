@@ -48,6 +48,7 @@ from dagnats.runtime import settings
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.triggers import Entry, TriggerService, command_starter, load_entries
 from dagnats.runtime.triggers_plan import digest
+from kernel import limits
 from kernel.events import ResponseRecorded
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState
@@ -63,7 +64,7 @@ CREDENTIAL_HEADERS: Final = frozenset(
     ("authorization", "proxy-authorization", "cookie", "x-api-key", SIGNATURE_HEADER)
 )
 route_miss_reload_ms: Final = 250  # an unknown path reads the routes again, at most this often
-webhook_body_bytes_max_default: Final = 1_048_576  # a webhook's body (no field of its own)
+webhook_body_bytes_max_default: Final = limits.trigger_body_bytes_default  # (no field of its own)
 FAILED_STATUSES: Final = ("failed", "compensate_failed")
 
 
