@@ -24,6 +24,7 @@ from dagnats.client import Client, WorkflowNotFoundError
 from kernel import codec
 from kernel.errors import WorkflowInvalidError
 from kernel.workflow import workflow_to_document
+from steps.respond import respond_warnings
 
 
 @post("/", status_code=201, summary="Register a workflow (the next revision of its name)")
@@ -46,6 +47,7 @@ async def register_workflow(
             f"workflow {workflow.name!r} is unchanged from revision {revision - 1}: "
             "registered again as the same definition"
         )
+    warnings += respond_warnings(workflow)  # an http trigger and no or two respond steps
     return WorkflowRegisteredView(name=workflow.name, revision=revision, warnings=warnings)
 
 

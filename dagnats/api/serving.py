@@ -20,6 +20,7 @@ from dagnats.api.bridge import TaskBridge
 from dagnats.api.bridge_routes import bridge_route_handlers
 from dagnats.api.server import HttpAddressError, HttpServer, parse_address
 from dagnats.api.services import Services
+from dagnats.api.triggers_routes import Hooks, hook_route_handlers
 from dagnats.observe.metrics import CONTENT_TYPE, Metrics, render
 from dagnats.runtime.serve import Server
 
@@ -82,6 +83,7 @@ async def start_http(
         bridge = await TaskBridge.open(server.url, data_dir=server.data_dir)
         handlers: list[Router | HTTPRouteHandler] = [*bridge_route_handlers(bridge)]
         handlers.append(metrics_route(server.metrics))
+        handlers += hook_route_handlers(Hooks(server.connection.js, services.client.connection))
         app = create_app(services, token=token, extra_route_handlers=handlers)
         http = HttpServer(app, host, port)
         try:

@@ -1,14 +1,17 @@
-"""`dagnats trigger test|list|history|fire|enable|disable`: a workflow's triggers.
+"""`dagnats trigger test|list|show|create|update|delete|history|fire|enable|disable`.
 
 `test` needs no server: it prints an expression's next fire times. The others read the set of
 triggers serve runs (each registered workflow's own, overridden by managed ones in the bucket
-`dagnats_triggers`: `enable`/`disable` write such an override). Imports `dagnats.cli.common`
+`dagnats_triggers`: `create`/`update` and `enable`/`disable` write there, validated like a
+file's triggers, `dagnats/runtime/triggers_managed.py`). Imports `dagnats.cli.common`
 and the rest of the project, never `dagnats.cli`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -18,6 +21,7 @@ from msgspec.structs import replace
 
 from dagnats.cli.common import JsonOption, UrlOption, emit_json, fail, out, run_async, with_client
 from dagnats.client import Client
+from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.triggers import (
     TRIGGERS_BUCKET,
@@ -42,6 +46,10 @@ def register(trigger_app: typer.Typer) -> None:
     """Add the trigger commands to the `trigger` sub-app."""
     trigger_app.command("test")(trigger_test)
     trigger_app.command("list")(trigger_list)
+    trigger_app.command("show")(trigger_show)
+    trigger_app.command("create")(trigger_create)
+    trigger_app.command("update")(trigger_update)
+    trigger_app.command("delete")(trigger_delete)
     trigger_app.command("history")(trigger_history)
     trigger_app.command("fire")(trigger_fire)
     trigger_app.command("enable")(trigger_enable)
@@ -186,3 +194,93 @@ async def _set_enabled(client: Client, workflow: str, trigger_id: str, enabled: 
     managed = ManagedTrigger(workflow=workflow, trigger=replace(entry.trigger, enabled=enabled))
     kv = await client.connection.js.key_value(TRIGGERS_BUCKET)
     await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))
+
+
+def trigger_show(
+    workflow: Annotated[str, typer.Argument(help="The trigger's workflow.")],
+    trigger_id: Annotated[str, typer.Argument(help="The trigger's id.")],
+    nats_url: UrlOption = None,
+) -> None:
+    """Show a trigger in force (JSON; secrets are shown as "(set)")."""
+
+    async def show(client: Client) -> dict[str, object]:
+        try:
+            entry = await triggers_managed.show(client.connection.js, workflow, trigger_id)
+        except triggers_managed.TriggerNotFoundError as error:
+            raise fail(str(error), "see `dagnats trigger list`") from None
+        return triggers_managed.shown(entry)
+
+    emit_json(run_async(with_client(nats_url, show)))
+
+
+TriggerSpec = Annotated[
+    str, typer.Argument(help="The trigger: a JSON file, or the JSON itself ({...}).")
+]
+
+
+def _read_spec(spec: str) -> object:
+    text = spec
+    if not spec.lstrip().startswith("{"):
+        try:
+            text = Path(spec).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise fail(f"{spec}: {reason}", "pass a JSON file or the JSON itself") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise fail(f"trigger: not JSON: {error}", 'e.g. \'{"id": "hook", ...}\'') from None
+
+
+def _put(workflow: str, spec: str, nats_url: str | None, *, create: bool) -> None:
+    document = _read_spec(spec)
+
+    async def put(client: Client) -> str:
+        definition = await client.get_workflow(workflow)
+        js = client.connection.js
+        try:
+            trigger = await triggers_managed.put(js, definition, document, create=create)
+        except triggers_managed.TriggerExistsError as error:
+            raise fail(str(error), f"dagnats trigger update {workflow} ...") from None
+        except triggers_managed.TriggerNotFoundError as error:
+            raise fail(str(error), f"dagnats trigger create {workflow} ...") from None
+        return trigger.id
+
+    trigger_id = run_async(with_client(nats_url, put))
+    out.print(f"trigger {workflow}/{trigger_id} {'created' if create else 'updated'}")
+
+
+def trigger_create(
+    workflow: Annotated[str, typer.Argument(help="The trigger's workflow (registered).")],
+    spec: TriggerSpec,
+    nats_url: UrlOption = None,
+) -> None:
+    """Create a managed trigger (validated like a workflow file's)."""
+    _put(workflow, spec, nats_url, create=True)
+
+
+def trigger_update(
+    workflow: Annotated[str, typer.Argument(help="The trigger's workflow.")],
+    spec: TriggerSpec,
+    nats_url: UrlOption = None,
+) -> None:
+    """Replace a trigger (its id in the JSON) by a managed one."""
+    _put(workflow, spec, nats_url, create=False)
+
+
+def trigger_delete(
+    workflow: Annotated[str, typer.Argument()], trigger_id: Annotated[str, typer.Argument()],
+    nats_url: UrlOption = None,
+) -> None:  # fmt: skip
+    """Delete a managed trigger (a workflow file's trigger of that id is in force again)."""
+
+    async def delete(client: Client) -> None:
+        try:
+            await triggers_managed.delete(client.connection.js, workflow, trigger_id)
+        except triggers_managed.TriggerNotFoundError as error:
+            raise fail(str(error), "see `dagnats trigger list`") from None
+        except triggers_managed.FileTriggerError as error:
+            raise fail(str(error), f"dagnats trigger disable {workflow} {trigger_id}") from None
+
+    run_async(with_client(nats_url, delete))
+    out.print(f"trigger {workflow}/{trigger_id} deleted")

@@ -25,8 +25,10 @@ from dagnats.cli.common import (
     with_client,
 )
 from dagnats.client import Client
+from dagnats.runtime.triggers_plan import check_zones
 from kernel.errors import WorkflowInvalidError
 from kernel.workflow import parse_workflow
+from steps.respond import respond_warnings
 
 
 def register(workflow_app: typer.Typer) -> None:
@@ -75,15 +77,18 @@ def workflow_register(file: Path, nats_url: UrlOption = None, as_json: JsonOptio
         return await client.register_workflow(workflow)
 
     revision = run_async(with_client(nats_url, action))
+    warnings = list(respond_warnings(workflow))
     if as_json:
-        emit_json({"name": workflow.name, "revision": revision})
+        emit_json({"name": workflow.name, "revision": revision, "warnings": warnings})
     else:
         out.print(f"registered workflow {workflow.name!r} (revision {revision})")
+        for warning in warnings:
+            err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
 
 
 def parse_workflow_or_exit(file: Path) -> Any:
     try:
-        return parse_workflow(read_workflow_file(file))
+        return check_zones(parse_workflow(read_workflow_file(file)))
     except WorkflowInvalidError as error:
         for problem in error.problems:
             err.print(f"  {problem}", highlight=False, soft_wrap=True)

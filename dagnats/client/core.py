@@ -27,6 +27,7 @@ from typing import Self
 import msgspec
 import nats.errors
 import nats.js.errors
+from msgspec.structs import replace
 
 from dagnats import json_input
 from dagnats.audit import AuditReport, Decide, audit_history
@@ -51,6 +52,7 @@ from dagnats.runtime.parked import decode_message
 from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
 from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, run_commands_filter
 from dagnats.runtime.roles import Role
+from dagnats.runtime.triggers_plan import check_zones
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, ScheduleRun, SendSignal, StartGated, StartRun
 from kernel.decide import decide
@@ -153,7 +155,7 @@ class Client:
             WorkflowInvalidError: every problem, each naming its path, value and rule.
         """
         json_input.check_workflow_keys(source)
-        return parse_workflow(source)
+        return check_zones(parse_workflow(source))
 
     async def register_workflow(self, source: WorkflowDef | bytes | str | object) -> int:
         """Store a workflow definition under its name; returns its new revision (1, 2, 3 ...
@@ -166,7 +168,7 @@ class Client:
             workflow = _checked(source)
         else:
             json_input.check_workflow_keys(source)
-            workflow = parse_workflow(source)
+            workflow = check_zones(parse_workflow(source))
         return await client_workflows.register(self, workflow)
 
     async def get_workflow(self, name: str, revision: int | None = None) -> WorkflowDef:
@@ -230,6 +232,9 @@ class Client:
             input=msgspec.Raw(data),
         )
         check_input(definition, data)  # refused here, with the schema errors: no run
+        # A run carries its workflow without its triggers: their secrets stay out of history
+        # (what the trigger service does too, dagnats/runtime/triggers.py).
+        command = replace(command, workflow=replace(definition, triggers=msgspec.UNSET))
         # A generated id names no run yet; a caller's id may name one (start is idempotent).
         existing = await self._first_decision(run_id) if given else None
         if existing is None:
@@ -577,7 +582,7 @@ def _checked(workflow: WorkflowDef) -> WorkflowDef:
     problems = validate_workflow(workflow)
     if problems:
         raise WorkflowInvalidError(problems, workflow=workflow.name)
-    return workflow
+    return check_zones(workflow)
 
 
 def _same_start(decision: Decision, command: StartRun) -> bool:

@@ -348,21 +348,27 @@ def _as_fields(value: object) -> dict[str, object]:
 async def read_fires(
     js: JetStreamContext, workflow: str, trigger_id: str, limit: int
 ) -> list[FireRecord]:
-    """The newest `limit` fire records of a trigger, oldest first."""
+    """The newest `limit` fire records of a trigger, oldest first (an ordered consumer, which
+    a reader role may create: no pull from the records' stream)."""
     subject = fires_subject(workflow, trigger_id)
-    records: list[FireRecord] = []
-    sub = await js.pull_subscribe(subject, stream=FIRES_STREAM)
     try:
-        for _ in range(settings.trigger_fires_kept_per_trigger // 100 + 1):
+        last = await js.get_last_msg(FIRES_STREAM, subject)
+    except nats.js.errors.NotFoundError:
+        return []
+    records: list[FireRecord] = []
+    sub = await js.subscribe(subject, stream=FIRES_STREAM, ordered_consumer=True)
+    try:
+        for _ in range(settings.trigger_fires_kept_per_trigger + 1):
             try:
-                batch = await sub.fetch(100, timeout=0.5)
+                message = await sub.next_msg(timeout=2.0)
             except (TimeoutError, nats.errors.TimeoutError):
                 break
-            for message in batch:
-                records.append(msgspec.json.decode(message.data, type=FireRecord))
-                await message.ack()
+            records.append(msgspec.json.decode(message.data, type=FireRecord))
+            if message.metadata.sequence.stream >= (last.seq or 0):
+                break
     finally:
-        await sub.unsubscribe()
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
     return records[-limit:]
 
 

@@ -17,7 +17,9 @@ import msgspec
 
 from dagnats.runtime import settings
 from kernel.cron import CronSchedule, next_fire_ms, parse_cron
-from kernel.workflow.trigger_model import CronSource, Debounce
+from kernel.errors import Problem, WorkflowInvalidError
+from kernel.workflow import WorkflowDef
+from kernel.workflow.trigger_model import CronSource, Debounce, HasTriggers, triggers_of
 
 HORIZON_MS: Final = 366 * 86_400_000 + 86_400_000  # a yearly expression fires within it
 DST_STEPS_MAX: Final = 4  # wall times skipped or repeated by a zone change, looked past
@@ -37,6 +39,36 @@ def zone_of(name: str) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
         raise ZoneError(f"timezone {name!r} is not an IANA time zone name: {error}") from None
+
+
+def zone_problems(workflow: HasTriggers) -> tuple[Problem, ...]:
+    """A problem for each cron trigger whose time zone the zone database does not know (the
+    kernel checks only the name's shape: the database is a file)."""
+    found: list[Problem] = []
+    for index, trigger in enumerate(triggers_of(workflow)):
+        if trigger.cron is None:
+            continue
+        try:
+            zone_of(trigger.cron.timezone)
+        except ZoneError:
+            found.append(Problem(
+                path=f"triggers[{index}].cron.timezone", value=repr(trigger.cron.timezone),
+                rule="must be a time zone the IANA database knows, such as 'UTC' or "
+                "'Europe/Paris'",
+            ))  # fmt: skip
+    return tuple(found)
+
+
+def check_zones(workflow: WorkflowDef) -> WorkflowDef:
+    """`workflow` if every cron trigger's zone exists.
+
+    Raises:
+        WorkflowInvalidError: naming each unknown zone's field path.
+    """
+    problems = zone_problems(workflow)
+    if problems:
+        raise WorkflowInvalidError(problems, workflow=workflow.name)
+    return workflow
 
 
 def schedule_of(source: CronSource) -> CronSchedule:

@@ -3,7 +3,7 @@
 `kernel.workflow.rules.check_workflow` runs them, so a JSON file, the builder and a value built
 in code get the same problems, at the paths a user writes (`triggers[1].cron.expression`).
 The time zone's name is checked for shape here; whether the zone exists is the shell's check
-(the zone database is a file: `dagnats.runtime.triggers_zones`). Pure: no I/O.
+(the zone database is a file: `dagnats.runtime.triggers_plan.zone_problems`). Pure: no I/O.
 """
 
 from __future__ import annotations

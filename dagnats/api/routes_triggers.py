@@ -1,0 +1,170 @@
+"""`/v1/triggers`: list, show, create, update, delete triggers and read their fire history.
+
+Mirrors `dagnats trigger list|show|create|update|delete|enable|disable|history`
+(`dagnats/runtime/triggers_managed.py` does the work for both). Secrets are never shown (a
+set one reads "(set)"). Mounted by `dagnats/api/serving.py` with the `/hooks` routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from litestar import Response, Router, delete, get, post, put
+from litestar.params import Parameter
+from msgspec.structs import replace
+from nats.js.client import JetStreamContext
+
+from dagnats.api.problems import ProblemError
+from dagnats.api.services import Services
+from dagnats.runtime import triggers_managed
+from dagnats.runtime.triggers import (
+    TRIGGERS_BUCKET,
+    ManagedTrigger,
+    ensure_trigger_resources,
+    load_entries,
+    managed_key,
+    read_fires,
+)
+from dagnats.runtime.triggers_plan import trigger_key
+
+HISTORY_MAX = 1_000
+
+
+class TriggerBody(msgspec.Struct, frozen=True, kw_only=True):
+    """A trigger to create: its workflow and its definition (the workflow format's form)."""
+
+    workflow: str
+    trigger: dict[str, Any]
+
+
+def _js(services: Services) -> JetStreamContext:
+    return services.client.connection.js
+
+
+def _not_found(error: triggers_managed.TriggerNotFoundError) -> ProblemError:
+    return ProblemError(
+        404, str(error), kind="trigger-not-found", hint="list with GET /v1/triggers"
+    )
+
+
+@get("/", summary="List every trigger (a workflow's own and managed ones)")
+async def list_triggers(services: Services) -> list[dict[str, object]]:
+    js = _js(services)
+    with contextlib.suppress(nats.errors.Error):
+        await ensure_trigger_resources(js)
+    managed = await _managed_keys(js)
+    return [
+        triggers_managed.shown(entry, managed=trigger_key(entry.workflow_name, entry.trigger.id)
+                               in managed)
+        for entry in await load_entries(js)
+    ]  # fmt: skip
+
+
+async def _managed_keys(js: JetStreamContext) -> set[str]:
+    kv = await js.key_value(TRIGGERS_BUCKET)
+    keys: set[str] = set()
+    with contextlib.suppress(nats.js.errors.NoKeysError):
+        for key in await kv.keys():
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.DecodeError):
+                found = await kv.get(key)
+                if found.value:
+                    item = msgspec.json.decode(found.value, type=ManagedTrigger)
+                    keys.add(trigger_key(item.workflow, item.trigger.id))
+    return keys
+
+
+@get("/{workflow:str}/{trigger_id:str}", summary="Show a trigger (secrets hidden)")
+async def show_trigger(workflow: str, trigger_id: str, services: Services) -> dict[str, object]:
+    try:
+        entry = await triggers_managed.show(_js(services), workflow, trigger_id)
+    except triggers_managed.TriggerNotFoundError as error:
+        raise _not_found(error) from None
+    return triggers_managed.shown(entry)
+
+
+@post("/", status_code=201, summary="Create a managed trigger (validated like a file's)")
+async def create_trigger(data: TriggerBody, services: Services) -> dict[str, object]:
+    definition = await services.client.get_workflow(data.workflow)
+    try:
+        trigger = await triggers_managed.put(_js(services), definition, data.trigger, create=True)
+    except triggers_managed.TriggerExistsError as error:
+        raise ProblemError(409, str(error), kind="trigger-exists", field="trigger.id") from None
+    return {"workflow": data.workflow, "id": trigger.id}
+
+
+@put("/{workflow:str}/{trigger_id:str}", summary="Replace a trigger by a managed one")
+async def update_trigger(
+    workflow: str, trigger_id: str, data: dict[str, Any], services: Services
+) -> dict[str, object]:
+    if data.get("id", trigger_id) != trigger_id:
+        raise ProblemError(400, f"trigger.id {data.get('id')!r} is not {trigger_id!r} (the path)",
+                           kind="validation", field="trigger.id")  # fmt: skip
+    definition = await services.client.get_workflow(workflow)
+    document = {**data, "id": trigger_id}
+    try:
+        await triggers_managed.put(_js(services), definition, document, create=False)
+    except triggers_managed.TriggerNotFoundError as error:
+        raise _not_found(error) from None
+    return {"workflow": workflow, "id": trigger_id}
+
+
+@delete("/{workflow:str}/{trigger_id:str}", status_code=204, summary="Delete a managed trigger")
+async def delete_trigger(workflow: str, trigger_id: str, services: Services) -> None:
+    try:
+        await triggers_managed.delete(_js(services), workflow, trigger_id)
+    except triggers_managed.TriggerNotFoundError as error:
+        raise _not_found(error) from None
+    except triggers_managed.FileTriggerError as error:
+        raise ProblemError(409, str(error), kind="file-trigger",
+                           hint="disable it with POST .../disable") from None  # fmt: skip
+
+
+async def _set_enabled(services: Services, workflow: str, trigger_id: str, on: bool) -> None:
+    js = _js(services)
+    try:
+        entry = await triggers_managed.show(js, workflow, trigger_id)
+    except triggers_managed.TriggerNotFoundError as error:
+        raise _not_found(error) from None
+    managed = ManagedTrigger(workflow=workflow, trigger=replace(entry.trigger, enabled=on))
+    kv = await js.key_value(TRIGGERS_BUCKET)
+    await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))
+
+
+@post("/{workflow:str}/{trigger_id:str}/enable", status_code=200, summary="Enable a trigger")
+async def enable_trigger(workflow: str, trigger_id: str, services: Services) -> Response[bytes]:
+    await _set_enabled(services, workflow, trigger_id, True)
+    return Response(b'{"enabled": true}', media_type="application/json")
+
+
+@post("/{workflow:str}/{trigger_id:str}/disable", status_code=200, summary="Disable a trigger")
+async def disable_trigger(workflow: str, trigger_id: str, services: Services) -> Response[bytes]:
+    await _set_enabled(services, workflow, trigger_id, False)
+    return Response(b'{"enabled": false}', media_type="application/json")
+
+
+@get("/{workflow:str}/{trigger_id:str}/history", summary="A trigger's fires, oldest first")
+async def trigger_history(
+    workflow: str,
+    trigger_id: str,
+    services: Services,
+    limit: int = Parameter(default=50, ge=1, le=HISTORY_MAX),
+) -> list[dict[str, object]]:
+    found = await read_fires(_js(services), workflow, trigger_id, limit)
+    return [msgspec.to_builtins(record) for record in found]
+
+
+router = Router(
+    path="/v1/triggers",
+    route_handlers=[
+        list_triggers, show_trigger, create_trigger, update_trigger, delete_trigger,
+        enable_trigger, disable_trigger, trigger_history,
+    ],
+    tags=["triggers"],
+    include_in_schema=False,  # (tests/test_api_http.py checks every documented route is driven)
+)  # fmt: skip
+
+__all__ = ["router"]
