@@ -428,6 +428,18 @@ def test_the_lifecycle_routes_answer(stack: Stack) -> None:
     assert_problem(http.post("/v1/runs/gone/terminate", json={"reason": ""}), 400)
 
 
+def test_live_text_of_an_ended_run_ends_at_once(stack: Stack) -> None:
+    run_id = start(stack, "api-one", {"live": True})
+    assert wait_end(stack, run_id)["run"]["status"] == "completed"
+    with stack.http.stream("GET", f"/v1/runs/{run_id}/live") as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = response.read().decode()
+    assert "event: end" in text and "completed" in text, text
+    unknown = stack.http.get("/v1/runs/no-such-run/live")
+    assert_problem(unknown, 404)
+
+
 def test_openapi_validates_and_every_route_in_it_was_exercised(stack: Stack) -> None:
     """Runs last in this module: the routes sent by the tests above are recorded."""
     response = stack.http.get("/openapi.json")
