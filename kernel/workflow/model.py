@@ -102,6 +102,25 @@ class Singleton(msgspec.Struct, frozen=True, kw_only=True):
     mode: SingletonMode = "skip"
 
 
+class RateLimit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A token bucket over the tasks of type `task` (or of the step `step`): `limit` units,
+    refilled over `period_ms`, per value of the input path `key`; each task takes `units`."""
+
+    task: str = ""
+    step: str = ""
+    limit: int
+    period_ms: int
+    key: str = ""
+    units: int = 1
+
+
+class TaskConcurrency(msgspec.Struct, frozen=True, kw_only=True):
+    """At most `limit` tasks of type `task` running at once, across all runs."""
+
+    task: str
+    limit: int
+
+
 class Admission(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Who may start and when (README "Admission and flow control"): at most `max_runs`
     running runs (per value of the input path `key`), the pending queue ordered by `priority`
@@ -114,6 +133,13 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     priority_key: str = ""
     singleton: Singleton | None = None
     input_schema: msgspec.Raw | None = None
+    rate_limits: tuple[RateLimit, ...] = ()  # flow control of its tasks (kernel/admission_flow)
+    max_task_concurrency: tuple[TaskConcurrency, ...] = ()
+
+    @property
+    def limits_tasks(self) -> bool:
+        """Whether its tasks wait for a rate limit or a task concurrency limit."""
+        return bool(self.rate_limits or self.max_task_concurrency)
 
     @property
     def gated(self) -> bool:

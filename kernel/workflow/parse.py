@@ -55,7 +55,8 @@ from kernel.workflow.trigger_parse import read_triggers
 
 TOP_FIELDS: Final = (
     "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata",
-    "cancel_on", "priority", "singleton", "input_schema", "triggers",
+    "cancel_on", "priority", "singleton", "input_schema", "triggers", "rate_limits",
+    "max_task_concurrency",
 )  # fmt: skip
 STEP_FIELDS: Final = (
     "id", "type", "task", "depends_on", "retry", "retries", "timeout", "skip_if",
