@@ -51,7 +51,7 @@ def read_admission(
     schema = _schema(fields.get("input_schema"), problems)
     admission = Admission(
         max_runs=max_runs, key=key or "", priority=priority, priority_key=priority_key,
-        singleton=singleton, input_schema=schema,
+        singleton=singleton, input_schema=schema or msgspec.Raw(b"null"),
         rate_limits=_rate_limits(fields.get("rate_limits"), problems),
         max_task_concurrency=_task_concurrency(fields.get("max_task_concurrency"), problems),
     )  # fmt: skip
@@ -68,8 +68,8 @@ def admission_document(admission: Admission) -> dict[str, object]:
     if admission.singleton is not None:
         singleton = admission.singleton
         document["singleton"] = {"key": singleton.key, "mode": singleton.mode}
-    if admission.input_schema is not None:
-        document["input_schema"] = msgspec.json.decode(bytes(admission.input_schema))
+    if admission.schema is not None:
+        document["input_schema"] = msgspec.json.decode(bytes(admission.schema))
     if admission.rate_limits:
         document["rate_limits"] = [_rate_document(rate) for rate in admission.rate_limits]
     if admission.max_task_concurrency:

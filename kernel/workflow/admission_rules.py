@@ -51,7 +51,7 @@ def check_admission(admission: Admission | None, problems: Problems) -> None:
             problems.add("singleton.mode", singleton.mode, MODE_RULE)
         if admission.max_runs is not None:
             problems.add("singleton", "(set)", EXCLUSIVE_RULE)
-    schema = admission.input_schema
+    schema = admission.schema
     if schema is not None:
         _check_schema(schema, problems)
     _check_flow(admission, problems)

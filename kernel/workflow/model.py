@@ -132,9 +132,16 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     priority: int = 0
     priority_key: str = ""
     singleton: Singleton | None = None
-    input_schema: msgspec.Raw | None = None
+    # JSON `null` when none: msgspec decodes no `Raw | None` union (a stored workflow with a
+    # schema failed to decode); `schema` is the optional view.
+    input_schema: msgspec.Raw = msgspec.Raw(b"null")
     rate_limits: tuple[RateLimit, ...] = ()  # flow control of its tasks (kernel/admission_flow)
     max_task_concurrency: tuple[TaskConcurrency, ...] = ()
+
+    @property
+    def schema(self) -> msgspec.Raw | None:
+        """The input_schema (None: the workflow has none)."""
+        return None if bytes(self.input_schema) == b"null" else self.input_schema
 
     @property
     def limits_tasks(self) -> bool:
