@@ -6,6 +6,7 @@ the input_schema with a 422 naming path, value and rule, and creates no run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.test_result_crashes import kill_serve
 
 ONE_STEP: Final = [{"id": "only", "task": "fault.work"}]
 WAIT_MS: Final = 30_000
+BURST: Final = 12
 DELAY_MS: Final = 12_000  # long enough to list, cancel, kill and start serve again before it is due
 
 
@@ -98,3 +100,29 @@ async def test_the_http_api_takes_run_at_and_refuses_a_schema_breaking_input_wit
         assert http.get("/v1/runs/later").json()["status"] == "scheduled"
         bad = http.post("/v1/runs", json={**later, "run_id": "x", "run_at": "whenever"})
         assert bad.status_code == 400 and bad.json()["field"] == "run_at", bad.text
+
+
+async def test_two_engines_on_one_nats_never_admit_over_max_runs_under_a_burst(
+    procs: Processes, tmp_path: Path
+) -> None:
+    first = await procs.serve(tmp_path / "data", http=None)
+    await procs.serve(tmp_path / "other", nats_url=first.url, http=None)
+    procs.cli_worker(first.url)
+    name = unique("burst")
+    held = [{"id": "only", "task": "fault.work", "metadata": {"gate": "burst"}}]
+    runs = [f"burst-{index}" for index in range(BURST)]
+    async with connected(first.url) as client:
+        await client.register_workflow(workflow(name, held, concurrency={"max_runs": 2}))
+        await asyncio.gather(*(client.start(name, {"i": run}, run_id=run) for run in runs))
+
+        async def all_decided() -> bool:
+            states = [(await client.get_run(run)).status for run in runs]
+            return sorted(states).count("pending") == BURST - 2 and states.count("running") == 2
+
+        await wait_for(all_decided, timeout_ms=WAIT_MS, what="2 runs running, the rest pending")
+        await wait_for(lambda: len(procs.calls()) == 2, timeout_ms=WAIT_MS, what="2 calls")
+        assert len(procs.calls()) == 2
+        procs.open_gate("burst")
+        finals = [await client.wait(run, timeout_s=WAIT_MS / 1000) for run in runs]
+    assert {final.status for final in finals} == {"completed"}
+    assert sorted(call["run"] for call in procs.calls()) == sorted(runs)  # each once
