@@ -39,6 +39,7 @@ ORDER: Final = (
     "sim",
     "http",
     "observe_hooks",
+    "admission",
 )
 BENCH_TIMEOUT_S: Final = 120.0
 BENCH_TIMEOUTS_S: Final = {"peers": 900.0, "memory": 600.0, "map": 400.0, "restart": 300.0}
@@ -77,6 +78,7 @@ TARGETS: Final = {
         "<= 3x floor and <= LangGraph",
         lambda line: _number(line, "ratio") <= 3.0 and _peer(line, "langgraph") <= 1.0,
     ),
+    "admission": Target("ratio <= 1.1", lambda line: _number(line, "ratio") <= 1.1),
     "chain_engine": Target("(microbench) ratio <= 1.2", lambda line: _number(line, "ratio") <= 1.2),
     "throughput": Target(
         ">= 5000 steps/s, projections on", lambda line: _number(line, "value") >= 5_000

@@ -43,10 +43,10 @@ def input_errors(workflow: WorkflowDef, input_json: bytes) -> tuple[str, ...]:
     """The schema errors of a start's input ("$.path: value — rule"); () when it meets the
     schema or the workflow has none. A schema that is not a valid JSON Schema is one error."""
     admission = workflow.admission
-    if admission is None or admission.input_schema is None:
+    if admission is None or admission.schema is None:
         return ()
     try:
-        validator = _validator(bytes(admission.input_schema))
+        validator = _validator(bytes(admission.schema))
     except jsonschema.SchemaError as error:
         return (f"input_schema: is not a valid JSON Schema: {error.message}",)
     try:

@@ -19,11 +19,15 @@ from typing import Final
 import msgspec
 
 from kernel import queries
+from kernel.admission_tasks import TASK_RELEASE_KIND, deferral_of
 from kernel.commands import (
     AdmissionVerdict,
     AdmitRun,
+    AnyCommand,
     CancelRun,
+    DeferTask,
     FireTimer,
+    ReleaseTask,
     ScheduleRun,
     StartGated,
 )
@@ -35,6 +39,8 @@ from kernel.events import (
     RunCancelled,
     RunCancelRequested,
     RunQueued,
+    TaskDeferred,
+    TaskReleased,
 )
 from kernel.lifecycle import Builder, fail_run
 from kernel.state import RunState
@@ -126,3 +132,46 @@ def run_at_timer(state: RunState) -> ArmTimer:
 
 def is_event_of_admission(event: AnyEvent) -> bool:
     return isinstance(event, RunQueued | RunAdmitted)
+
+
+# -- flow control of tasks (kernel/admission_tasks.py) --------------------------------------
+
+FlowCommand = DeferTask | ReleaseTask | FireTimer
+
+
+def is_flow_command(command: AnyCommand) -> bool:
+    if isinstance(command, FireTimer):
+        return command.kind == TASK_RELEASE_KIND
+    return isinstance(command, DeferTask | ReleaseTask)
+
+
+def decide_flow_command(builder: Builder, command: AnyCommand) -> None:
+    """Defer a task attempt, or release it (its limiter granted it, or its timer fired). An
+    attempt no longer live, a deferral already recorded, a release of one not deferred:
+    nothing."""
+    assert isinstance(command, DeferTask | ReleaseTask | FireTimer), command
+    state = builder.state
+    step_id, attempt = command.step_id, command.attempt
+    found = deferral_of(state, step_id, attempt)
+    if not isinstance(command, DeferTask):
+        if found is not None:
+            builder.emit(TaskReleased(step_id=step_id, attempt=attempt, at_ms=command.at_ms))
+        return
+    if state.status in HELD_STATUSES or not _live_attempt(state, step_id, attempt):
+        return
+    if found is not None and (found.reason, found.until_ms) == (command.reason, command.until_ms):
+        return
+    builder.emit(
+        TaskDeferred(
+            step_id=step_id, attempt=attempt, reason=command.reason,
+            limiter_id=command.limiter_id, until_ms=command.until_ms, at_ms=command.at_ms,
+        )
+    )  # fmt: skip
+
+
+def _live_attempt(state: RunState, step_id: str, attempt: int) -> bool:
+    """Whether the attempt may still be published (an item of a step, not a step: yes)."""
+    step = state.step(step_id)
+    if step is None:
+        return True
+    return step.status in ("scheduled", "running") and step.attempt == attempt

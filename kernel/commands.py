@@ -17,7 +17,8 @@ from kernel.workflow import WorkflowDef
 # handler reported, so it does not count against the retry policy. "heartbeat_timeout" is what
 # older workers report for the same case and is read as "lost" (kernel.outcome.LOST_KINDS).
 FailureKind = Literal["error", "non_retryable", "heartbeat_timeout", "invalid_output", "lost"]
-TimerKind = Literal["step_timeout", "retry", "run_timeout", "step", "run_at"]  # run_at: admission
+# run_at, task_release: admission (kernel/admission_run.py)
+TimerKind = Literal["step_timeout", "retry", "run_timeout", "step", "run_at", "task_release"]
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -195,11 +196,33 @@ class AdmitRun(Command, frozen=True, kw_only=True, tag="admit_run"):
     verdict: AdmissionVerdict | None = None
 
 
+DeferReason = Literal["rate_limited", "task_concurrency"]
+
+
+class DeferTask(Command, frozen=True, kw_only=True, tag="defer_task"):
+    """A task attempt waits before it is published: for its rate limit's tokens (until
+    `until_ms`, a durable timer) or for a slot of its task type (`until_ms` None). Only the
+    engine sends it, from a limiter's decision (kernel/admission_flow.py)."""
+
+    step_id: str
+    attempt: int
+    reason: DeferReason
+    limiter_id: str
+    until_ms: int | None = None
+
+
+class ReleaseTask(Command, frozen=True, kw_only=True, tag="release_task"):
+    """A deferred task attempt may be published now (its limiter granted it)."""
+
+    step_id: str
+    attempt: int
+
+
 AnyCommand = (
     StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
     | RecordChild | DeliverEvent | ResolveApproval
     | ReopenRun | TerminateRun | DiscardDeadLetter
-    | StartGated | ScheduleRun | AdmitRun
+    | StartGated | ScheduleRun | AdmitRun | DeferTask | ReleaseTask
 )  # fmt: skip
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
@@ -219,6 +242,8 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     StartGated,
     ScheduleRun,
     AdmitRun,
+    DeferTask,
+    ReleaseTask,
 )
 
 

@@ -21,12 +21,14 @@ from kernel.commands import (
     AnyCommand,
     CancelRun,
     CompleteTask,
+    DeferTask,
     DeliverEvent,
     DiscardDeadLetter,
     FailTask,
     FireTimer,
     RecordChild,
     Rejection,
+    ReleaseTask,
     ReopenRun,
     ResolveApproval,
     ScheduleRun,
@@ -136,6 +138,9 @@ def _after_end(state: RunState, command: AnyCommand) -> Decided:
 
 
 def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
+    if admission_run.is_flow_command(command):  # flow control (kernel/admission_tasks.py)
+        admission_run.decide_flow_command(builder, command)
+        return None
     if isinstance(command, TaskStarted | CompleteTask | FailTask | FireTimer):
         item = appended.item_owner(builder.state, command.step_id)
         if item is not None:  # an item of a step (not a step itself): its owner decides
@@ -147,6 +152,8 @@ def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
         case AdmitRun():
             admission_run.admit(builder, command)
             return None
+        case DeferTask() | ReleaseTask():
+            raise AssertionError("decided before")
         case TaskStarted():
             return _task_started(builder, command)
         case CompleteTask():

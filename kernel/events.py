@@ -412,6 +412,26 @@ class RunAdmitted(Event, frozen=True, kw_only=True, tag="run.admitted"):
     at_ms: int
 
 
+class TaskDeferred(Event, frozen=True, kw_only=True, tag="task.deferred"):
+    """A task attempt waits before it is published: `rate_limited` until `until_ms` (a
+    durable timer), or for a slot of its task type (`task_concurrency`)."""
+
+    step_id: str
+    attempt: int
+    reason: Literal["rate_limited", "task_concurrency"]
+    limiter_id: str
+    until_ms: int | None = None
+    at_ms: int
+
+
+class TaskReleased(Event, frozen=True, kw_only=True, tag="task.released"):
+    """A deferred task attempt is published now."""
+
+    step_id: str
+    attempt: int
+    at_ms: int
+
+
 AnyEvent = (
     RunStarted
     | StepScheduled
@@ -463,6 +483,8 @@ AnyEvent = (
     | DeadLetterDiscarded
     | RunQueued
     | RunAdmitted
+    | TaskDeferred
+    | TaskReleased
     # -- control plane (kernel/control_events.py) --
     | ControlChildStarted
     | ControlChildRefused
@@ -501,6 +523,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
     command: AnyCommand
     events: tuple[AnyEvent, ...]
+
 
 # Re-exported: the catalog is one import (`from kernel.events import ...`).
 __all__ = [

@@ -103,6 +103,12 @@ admission_key_path_length_max: Final = 256  # a key or priority path into the in
 admission_key_length_max: Final = 256  # the key value a path finds (its JSON text)
 priority_abs_max: Final = 1_000_000  # |priority|
 input_schema_bytes_max: Final = 262_144  # a workflow's input_schema, as JSON
+rate_limits_max: Final = 16  # rate_limits entries of one workflow
+rate_limit_max: Final = 1_000_000  # a rate limit's units per period
+rate_limit_period_ms_max: Final = 86_400_000  # a rate limit's period (one day)
+task_concurrency_max: Final = 100_000  # max_task_concurrency of one task type
+flow_taken_kept: Final = 4_096  # task attempts a rate limiter remembers (a redelivered task)
+flow_waiting_max: Final = 100_000  # tasks one task concurrency limiter holds waiting
 
 # Triggers (kernel/workflow/triggers.py) and the respond step (steps/respond.py).
 triggers_per_workflow_max: Final = 32

@@ -16,6 +16,7 @@ import msgspec
 
 from kernel import registry, run_links
 from kernel.admission_run import react_held, resume_held
+from kernel.admission_tasks import react_deferred, released_tasks, resume_deferred
 from kernel.cancel_on import watch as watch_cancel_on
 from kernel.commands import StartRun
 from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask
@@ -45,6 +46,8 @@ from kernel.events import (
     StepSkipped,
     StepStarted,
     StepTimedOut,
+    TaskDeferred,
+    TaskReleased,
 )
 from kernel.state import RunState, StepState, is_terminal
 from kernel.timers import (
@@ -104,6 +107,10 @@ def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
         case RunAdmitted():
             timer = _run_timeout_timer(state)
             return (timer,) if timer is not None else ()
+        case TaskDeferred():  # flow control (kernel/admission_tasks.py)
+            return react_deferred(state, event)
+        case TaskReleased():
+            return released_tasks(resume(state), event)
         case StepEvent():  # every other event a step type owns: its module reacts
             return _step_type(state, event.step_id).react(state, event)
         case _:
@@ -140,7 +147,7 @@ def resume(state: RunState) -> tuple[AnyEffect, ...]:
         return ()
     if is_terminal(state):
         return run_links.successor_start(state)
-    effects: list[AnyEffect] = list(resume_held(state))
+    effects: list[AnyEffect] = [*resume_held(state), *resume_deferred(state)]
     run_timer = _run_timeout_timer(state)
     if run_timer is not None and state.status == "running":
         effects.append(run_timer)

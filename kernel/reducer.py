@@ -14,6 +14,7 @@ from typing import assert_never
 import msgspec
 
 from kernel import limits, registry, reopen
+from kernel.admission_tasks import evolve_deferral
 from kernel.events import (
     AnyEvent,
     CompensationStarted,
@@ -41,6 +42,8 @@ from kernel.events import (
     StepSkipped,
     StepStarted,
     StepTimedOut,
+    TaskDeferred,
+    TaskReleased,
 )
 from kernel.state import INITIAL_STATE, ReceivedSignal, RunState, RunStatus, StepState, is_terminal
 
@@ -83,6 +86,8 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             )
         case RunQueued() | RunAdmitted():
             return _held(replace(state, event_count=state.event_count + 1), event)
+        case TaskDeferred() | TaskReleased():  # flow control (kernel/admission_tasks.py)
+            return evolve_deferral(replace(state, event_count=state.event_count + 1), event)
         case StepEvent():  # every other event a step type owns: its module evolves it
             counted = replace(state, event_count=state.event_count + 1)
             step_def = counted.step_def(event.step_id)

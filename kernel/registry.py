@@ -64,9 +64,7 @@ class StepType(Protocol):
         validated when the workflow was accepted."""
         ...
 
-    def decide(
-        self, context: DecideContext, step_id: str, given: StepInput
-    ) -> Outcome | Rejection:
+    def decide(self, context: DecideContext, step_id: str, given: StepInput) -> Outcome | Rejection:
         """Decide part: what `given` means for the step (an outcome; `()` for nothing)."""
         ...
 

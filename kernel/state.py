@@ -46,6 +46,16 @@ DONE_STEP_STATUSES: frozenset[str] = frozenset({"completed", "skipped", "recover
 ACTIVE_STEP_STATUSES: frozenset[str] = frozenset({"scheduled", "running", "retry_wait"})
 
 
+class DeferredTask(msgspec.Struct, frozen=True, kw_only=True):
+    """A task attempt held back by flow control (kernel/admission_tasks.py)."""
+
+    step_id: str
+    attempt: int
+    reason: Literal["rate_limited", "task_concurrency"]
+    limiter_id: str
+    until_ms: int | None = None
+
+
 class StepState(msgspec.Struct, frozen=True, kw_only=True):
     step_id: str
     status: StepStatus = "pending"
@@ -113,6 +123,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     gate_id: str = ""  # its admission gate, once held (kernel/admission_run.py)
     run_at_ms: int | None = None  # a scheduled start's time
     holder_run_id: str = ""  # a skipped run: the run that held its singleton key
+    deferred: tuple[DeferredTask, ...] = ()  # task attempts held by flow control
 
     def index_of(self, step_id: str) -> int:
         """Position of `step_id` in `steps`, or -1 (O(1) for a long run: `_positions`)."""

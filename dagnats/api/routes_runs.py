@@ -25,6 +25,7 @@ from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from dagnats.api import limits as api_limits
+from dagnats.api.admission import schema_problem, start_time
 from dagnats.api.problems import ProblemError
 from dagnats.api.services import Services
 from dagnats.api.views import (
@@ -46,6 +47,7 @@ from dagnats.api.views import (
     summary_of_state,
 )
 from dagnats.client import RunNotFoundError, WaitTimeoutError
+from dagnats.input_schema import InputSchemaError
 from dagnats.query_tables import list_runs_sql, state_matches
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.parked import decode_message
@@ -108,7 +110,11 @@ async def start_run(
     if existing is not None and idempotency_key is not None:
         view = StartedView(run_id=existing.run_id, workflow=data.workflow, created=False)
         return Response(view, status_code=200)
-    started = await client.start(data.workflow, data.input, run_id=run_id)
+    run_at_ms = start_time(data.run_at)
+    try:
+        started = await client.start(data.workflow, data.input, run_id=run_id, run_at_ms=run_at_ms)
+    except InputSchemaError as error:
+        raise schema_problem(error) from None
     view = StartedView(run_id=started, workflow=data.workflow, created=existing is None)
     return Response(view, status_code=201 if existing is None else 200)
 

@@ -27,6 +27,8 @@ class StartRunBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     workflow: str
     input: Any = None
     run_id: str | None = None
+    # Start later: an ISO 8601 time, a delay ("90s") or ms since the epoch (dagnats/run_at.py).
+    run_at: str | int | None = None
 
 
 class CancelBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

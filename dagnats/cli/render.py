@@ -8,6 +8,7 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
+from kernel.admission_tasks import show_deferral
 from kernel.events import Decision
 from kernel.state import RunState, StepState
 from kernel.workflow import WorkflowDef
@@ -56,10 +57,13 @@ def run_table(state: RunState) -> Table:
     for column in ("step", "status", "attempt", "output / error"):
         table.add_column(column)
     live = _live_details(state)
+    deferred = {d.step_id: show_deferral(d) for d in state.deferred}
     for step in state.steps:
         row = step_row(step)
         if step.step_id in live and step.status in ("scheduled", "running", "retry_wait"):
             row[-1] = live[step.step_id]
+        if step.step_id in deferred and step.status == "scheduled":
+            row[1] = styled(deferred[step.step_id])  # rate_limited, waiting_for_slot
         table.add_row(*row)
     if state.error is not None and state.status != "running":
         table.caption = f"{state.error.kind}: {state.error.message}"
@@ -77,6 +81,9 @@ def _live_details(state: RunState) -> dict[str, str]:
     for approval in state.approvals:
         if not approval.decision:
             details[approval.step_id] = f"awaiting approval {approval.key}: {approval.question}"
+    for deferral in state.deferred:  # flow control (kernel/admission_tasks.py)
+        until = f" until {deferral.until_ms} ms" if deferral.until_ms is not None else ""
+        details[deferral.step_id] = f"{show_deferral(deferral)}{until}"
     return details
 
 

@@ -33,6 +33,8 @@ from dagnats.cli.common import (
 from dagnats.client import ChildLink, Client
 from dagnats.client import lifecycle as client_lifecycle
 from dagnats.llm.live import LiveChunk, LiveText, follow_live
+from dagnats.run_at import RunAtError, run_at_ms_of, run_at_text
+from dagnats.runtime.clock import now_ms
 from kernel.events import Decision
 from kernel.state import RunState
 
@@ -55,16 +57,22 @@ def run_start(
     run_id: Annotated[str | None, typer.Option(help="Your own run id (idempotent).")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the run to end, showing progress.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+    at: Annotated[str | None, typer.Option("--at", help="Start then (ISO time; UTC).")] = None,
+    delay: Annotated[str | None, typer.Option("--in", help="Start after (e.g. 90s).")] = None,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start a run of a registered workflow."""
+    """Start a run of a registered workflow (now, or scheduled with --at or --in)."""
     if wait:
         check_timeout(timeout)
     value = load_json_argument(input, input_file, "input")
+    try:
+        run_at_ms = run_at_ms_of(at, delay, now_ms())
+    except RunAtError as error:
+        raise fail(str(error), "e.g. --at 2030-01-31T09:00:00Z or --in 10m", 2) from None
 
     async def action(client: Client) -> tuple[str, RunState | None]:
-        started = await client.start(workflow, value, run_id=run_id)
+        started = await client.start(workflow, value, run_id=run_id, run_at_ms=run_at_ms)
         if not wait:
             return started, None
         return started, await wait_with_progress(client, started, timeout, as_json)
@@ -73,7 +81,8 @@ def run_start(
     if as_json:
         emit_json({"run_id": started, **({"run": render.state_document(final)} if final else {})})
     else:
-        out.print(f"started run [bold]{started}[/bold]")
+        scheduled = "" if run_at_ms is None else f" (scheduled for {run_at_text(run_at_ms)})"
+        out.print(f"started run [bold]{started}[/bold]{scheduled}")
         if final is not None:
             print_outcome(final)
     if final is not None and final.status != "completed":

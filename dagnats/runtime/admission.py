@@ -32,6 +32,7 @@ from typing import Final, Literal, Protocol
 import msgspec
 
 from dagnats.input_schema import input_errors
+from dagnats.runtime.admission_flow import FlowRuntime
 from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.protocols import EventLog
 from dagnats.runtime.settings import append_attempts_max, run_cache_max
@@ -52,6 +53,7 @@ from kernel.admission import (
     request_for,
     verdict,
 )
+from kernel.admission_flow import is_limiter_id
 from kernel.commands import (
     AdmissionVerdict,
     AdmitRun,
@@ -103,6 +105,14 @@ class AdmissionRuntime:
         self.counters: dict[str, int] = {}
         # The time stamped on what a restart decides (the simulator sets its virtual clock).
         self.now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+        # Flow control of tasks (runtime/admission_flow.py), on the same path for commands.
+        self.flow = FlowRuntime(engine, self._decide_one, self._now)
+
+    def _now(self) -> int:
+        return self.now_ms()
+
+    async def _decide_one(self, command: AnyCommand) -> Outcome:
+        return await self.handle(command, codec.encode(command), 1)
 
     # -- around one command ---------------------------------------------------------------
 
@@ -124,6 +134,7 @@ class AdmissionRuntime:
             await self._follow(follow, command.at_ms)
             return outcome
         state_after = (await self.engine.load(command.run_id)).state
+        await self.flow.after(state_before, state_after, command.at_ms)
         if is_terminal(state_after) and not is_terminal(state_before):
             follow = _merge(follow, await self._release(state_after, command.at_ms))
         await self._follow(follow, command.at_ms)
@@ -282,6 +293,9 @@ class AdmissionRuntime:
 
     async def resume_gate(self, gate_id: str, at_ms: int) -> None:
         """After a restart: admit each holder still pending, release each run that ended."""
+        if is_limiter_id(gate_id):  # a task limiter (runtime/admission_flow.py)
+            await self.flow.resume_limiter(gate_id, at_ms)
+            return
         self.forget_gate(gate_id)
         state = await self.gate_state(gate_id)
         for run_id in (*state.holders, *(w.run_id for w in state.waiting)):

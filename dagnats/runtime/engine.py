@@ -393,6 +393,8 @@ class Engine:
         await asyncio.gather(*(self._execute_one(effect) for effect in effects))
 
     async def _execute_one(self, effect: AnyEffect) -> None:
+        if isinstance(effect, EnqueueTask) and not await self.admission.flow.may_publish(effect):
+            return  # deferred by flow control (runtime/admission_flow.py)
         async with self._effect_slots:
             if isinstance(effect, EnqueueTask):
                 with self.observer.enqueueing(effect):

@@ -12,12 +12,29 @@ from typing import Final
 
 import msgspec
 
-from kernel.workflow.admission_rules import KEY_RULE, MAX_RUNS_RULE, MODE_RULE, PRIORITY_RULE
+from kernel import limits
+from kernel.errors import Problem
+from kernel.workflow.admission_rules import (
+    KEY_RULE,
+    MAX_RUNS_RULE,
+    MODE_RULE,
+    PRIORITY_RULE,
+    RATE_RULE,
+    TASK_CONCURRENCY_RULE,
+)
+from kernel.workflow.durations import format_duration, parse_duration
 from kernel.workflow.fields import canonical_json, read_object, read_whole
-from kernel.workflow.model import SINGLETON_MODES, Admission, Singleton
+from kernel.workflow.model import (
+    SINGLETON_MODES,
+    Admission,
+    RateLimit,
+    Singleton,
+    TaskConcurrency,
+)
 from kernel.workflow.problems import MISSING, Problems
 
 SINGLETON_FIELDS: Final = ("key", "mode")
+RATE_LIMIT_FIELDS: Final = ("task", "step", "limit", "period", "key", "units")
 
 
 def read_admission(
@@ -34,7 +51,9 @@ def read_admission(
     schema = _schema(fields.get("input_schema"), problems)
     admission = Admission(
         max_runs=max_runs, key=key or "", priority=priority, priority_key=priority_key,
-        singleton=singleton, input_schema=schema,
+        singleton=singleton, input_schema=schema or msgspec.Raw(b"null"),
+        rate_limits=_rate_limits(fields.get("rate_limits"), problems),
+        max_task_concurrency=_task_concurrency(fields.get("max_task_concurrency"), problems),
     )  # fmt: skip
     return None if admission == Admission() else admission
 
@@ -49,8 +68,24 @@ def admission_document(admission: Admission) -> dict[str, object]:
     if admission.singleton is not None:
         singleton = admission.singleton
         document["singleton"] = {"key": singleton.key, "mode": singleton.mode}
-    if admission.input_schema is not None:
-        document["input_schema"] = msgspec.json.decode(bytes(admission.input_schema))
+    if admission.schema is not None:
+        document["input_schema"] = msgspec.json.decode(bytes(admission.schema))
+    if admission.rate_limits:
+        document["rate_limits"] = [_rate_document(rate) for rate in admission.rate_limits]
+    if admission.max_task_concurrency:
+        document["max_task_concurrency"] = {
+            each.task: each.limit for each in admission.max_task_concurrency
+        }
+    return document
+
+
+def _rate_document(rate: RateLimit) -> dict[str, object]:
+    document: dict[str, object] = {"task": rate.task} if rate.task else {"step": rate.step}
+    document.update(limit=rate.limit, period=format_duration(rate.period_ms))
+    if rate.key:
+        document["key"] = rate.key
+    if rate.units != 1:
+        document["units"] = rate.units
     return document
 
 
@@ -109,3 +144,55 @@ def _schema(value: object, problems: Problems) -> msgspec.Raw | None:
         problems.add("input_schema", value, "must be a JSON Schema (an object or a boolean)")
         return None
     return canonical_json(value, "input_schema", problems)
+
+
+def _rate_limits(value: object, problems: Problems) -> tuple[RateLimit, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > limits.rate_limits_max:
+        rule = f"must be a list of at most {limits.rate_limits_max} rate limits"
+        problems.add("rate_limits", value, rule)
+        return ()
+    found: list[RateLimit] = []
+    for index, item in enumerate(value):
+        rate = _rate_limit(item, f"rate_limits[{index}]", problems)
+        if rate is not None:
+            found.append(rate)
+    return tuple(found)
+
+
+def _rate_limit(value: object, path: str, problems: Problems) -> RateLimit | None:
+    fields = read_object(value, path, RATE_LIMIT_FIELDS, problems)
+    if fields is None:
+        return None
+    task, step = fields.get("task", ""), fields.get("step", "")
+    if not isinstance(task, str) or not isinstance(step, str) or bool(task) == bool(step):
+        problems.add(path, value, "must name either a task type (task) or a step (step)")
+        return None
+    limit = read_whole(fields.get("limit", MISSING), f"{path}.limit", RATE_RULE, problems)
+    units = read_whole(fields.get("units", 1), f"{path}.units", RATE_RULE, problems)
+    period = parse_duration(fields.get("period", MISSING), f"{path}.period")
+    if isinstance(period, Problem):
+        problems.extend((period,))
+        return None
+    key = _text(fields.get("key"), f"{path}.key", problems)
+    if limit is None or units is None:
+        return None
+    return RateLimit(
+        task=task, step=step, limit=limit, period_ms=period, key=key or "", units=units
+    )
+
+
+def _task_concurrency(value: object, problems: Problems) -> tuple[TaskConcurrency, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        problems.add("max_task_concurrency", value, "must be an object of task type -> limit")
+        return ()
+    found: list[TaskConcurrency] = []
+    for task, limit in sorted(value.items(), key=lambda item: str(item[0])):
+        path = f"max_task_concurrency.{task}"
+        whole = read_whole(limit, path, TASK_CONCURRENCY_RULE, problems)
+        if whole is not None and isinstance(task, str):
+            found.append(TaskConcurrency(task=task, limit=whole))
+    return tuple(found)

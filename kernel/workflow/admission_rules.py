@@ -23,6 +23,9 @@ PRIORITY_RULE: Final = (
     "or a path into the input"
 )
 MODE_RULE: Final = f"must be one of {', '.join(SINGLETON_MODES)}"
+RATE_RULE: Final = f"must be an integer from 1 to {limits.rate_limit_max}"
+TASK_CONCURRENCY_RULE: Final = f"must be an integer from 1 to {limits.task_concurrency_max}"
+PERIOD_RULE: Final = f"must be a duration from 1ms to {limits.rate_limit_period_ms_max} ms"
 EXCLUSIVE_RULE: Final = "use either singleton or concurrency.max_runs (a singleton is one slot)"
 
 
@@ -48,9 +51,40 @@ def check_admission(admission: Admission | None, problems: Problems) -> None:
             problems.add("singleton.mode", singleton.mode, MODE_RULE)
         if admission.max_runs is not None:
             problems.add("singleton", "(set)", EXCLUSIVE_RULE)
-    schema = admission.input_schema
+    schema = admission.schema
     if schema is not None:
         _check_schema(schema, problems)
+    _check_flow(admission, problems)
+
+
+def check_flow_steps(admission: Admission | None, step_ids: set[str], problems: Problems) -> None:
+    """A rate limit per step names a step of the workflow."""
+    if admission is None:
+        return
+    for index, rate in enumerate(admission.rate_limits):
+        if rate.step and rate.step not in step_ids:
+            problems.add(f"rate_limits[{index}].step", rate.step, "must name a step")
+
+
+def _check_flow(admission: Admission, problems: Problems) -> None:
+    if len(admission.rate_limits) > limits.rate_limits_max:
+        rule = f"must hold at most {limits.rate_limits_max} rate limits"
+        problems.add("rate_limits", len(admission.rate_limits), rule)
+    for index, rate in enumerate(admission.rate_limits):
+        path = f"rate_limits[{index}]"
+        if bool(rate.task) == bool(rate.step):
+            problems.add(path, "(task and step)", "must name either a task type or a step")
+        if not 1 <= rate.limit <= limits.rate_limit_max:
+            problems.add(f"{path}.limit", rate.limit, RATE_RULE)
+        if not 1 <= rate.units <= rate.limit:
+            problems.add(f"{path}.units", rate.units, f"must be from 1 to the limit {rate.limit}")
+        if not 1 <= rate.period_ms <= limits.rate_limit_period_ms_max:
+            problems.add(f"{path}.period", rate.period_ms, PERIOD_RULE)
+        if rate.key and not _is_path(rate.key):
+            problems.add(f"{path}.key", rate.key, KEY_RULE)
+    for each in admission.max_task_concurrency:
+        if not 1 <= each.limit <= limits.task_concurrency_max:
+            problems.add(f"max_task_concurrency.{each.task}", each.limit, TASK_CONCURRENCY_RULE)
 
 
 def _is_path(path: str) -> bool:

@@ -111,6 +111,25 @@ class Singleton(msgspec.Struct, frozen=True, kw_only=True):
     mode: SingletonMode = "skip"
 
 
+class RateLimit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A token bucket over the tasks of type `task` (or of the step `step`): `limit` units,
+    refilled over `period_ms`, per value of the input path `key`; each task takes `units`."""
+
+    task: str = ""
+    step: str = ""
+    limit: int
+    period_ms: int
+    key: str = ""
+    units: int = 1
+
+
+class TaskConcurrency(msgspec.Struct, frozen=True, kw_only=True):
+    """At most `limit` tasks of type `task` running at once, across all runs."""
+
+    task: str
+    limit: int
+
+
 class Admission(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Who may start and when (README "Admission and flow control"): at most `max_runs`
     running runs (per value of the input path `key`), the pending queue ordered by `priority`
@@ -122,7 +141,21 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     priority: int = 0
     priority_key: str = ""
     singleton: Singleton | None = None
-    input_schema: msgspec.Raw | None = None
+    # JSON `null` when none: msgspec decodes no `Raw | None` union (a stored workflow with a
+    # schema failed to decode); `schema` is the optional view.
+    input_schema: msgspec.Raw = msgspec.Raw(b"null")
+    rate_limits: tuple[RateLimit, ...] = ()  # flow control of its tasks (kernel/admission_flow)
+    max_task_concurrency: tuple[TaskConcurrency, ...] = ()
+
+    @property
+    def schema(self) -> msgspec.Raw | None:
+        """The input_schema (None: the workflow has none)."""
+        return None if bytes(self.input_schema) == b"null" else self.input_schema
+
+    @property
+    def limits_tasks(self) -> bool:
+        """Whether its tasks wait for a rate limit or a task concurrency limit."""
+        return bool(self.rate_limits or self.max_task_concurrency)
 
     @property
     def gated(self) -> bool:

@@ -57,6 +57,7 @@ from kernel.workflow.trigger_parse import read_triggers
 TOP_FIELDS: Final = (
     "$schema", "name", "version", "steps", "default_retry", "timeout", "concurrency", "metadata",
     "cancel_on", "priority", "singleton", "input_schema", "triggers", "child_runs",
+    "rate_limits", "max_task_concurrency",
 )  # fmt: skip
 STEP_FIELDS: Final = (
     "id", "type", "task", "depends_on", "retry", "retries", "timeout", "skip_if",

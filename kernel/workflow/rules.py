@@ -21,7 +21,7 @@ from kernel import limits, registry
 from kernel.conditions import condition_problems
 from kernel.errors import Problem
 from kernel.registry import StepType
-from kernel.workflow.admission_rules import check_admission
+from kernel.workflow.admission_rules import check_admission, check_flow_steps
 from kernel.workflow.durations import format_duration
 from kernel.workflow.model import (
     EMPTY_OBJECT,
@@ -119,6 +119,7 @@ def check_workflow(workflow: WorkflowDef, problems: Problems) -> None:
         check_between_steps(workflow.steps, known, problems)
     _check_cancel_on(workflow.cancel_on, problems)
     check_admission(workflow.admission, problems)
+    check_flow_steps(workflow.admission, {step.id for step in workflow.steps}, problems)
     check_triggers(triggers_of(workflow), problems)
 
 

@@ -90,6 +90,7 @@ def workflow_schema() -> JSONSchema:
             "type": ["object", "boolean"],
             "description": "a JSON Schema (draft 2020-12) every start's input must meet",
         },
+        **_flow_control(),
         "metadata": {"$ref": "#/$defs/metadata"},
         "cancel_on": {
             "anyOf": [
@@ -277,6 +278,33 @@ def _duration(ms_max: int) -> JSONSchema:
             {"type": "string", "pattern": DURATION_PATTERN, "maxLength": DURATION_TEXT_LENGTH_MAX},
             {"type": "integer", "minimum": 0, "maximum": ns_max},
         ],
+    }
+
+
+def _flow_control() -> dict[str, JSONSchema]:
+    """The flow control fields (kernel/workflow/admission.py)."""
+    return {
+        "rate_limits": {
+            "type": "array",
+            "maxItems": limits.rate_limits_max,
+            "items": _object(
+                ("task", "step", "limit", "period", "key", "units"),
+                {
+                    "task": {"type": "string", "description": "a task type (or step)"},
+                    "step": {"type": "string", "description": "a step id (or task)"},
+                    "limit": _integer(1, limits.rate_limit_max, "units per period"),
+                    "period": _duration(limits.rate_limit_period_ms_max),
+                    "key": {"type": "string", "description": "a path into the input"},
+                    "units": _integer(1, limits.rate_limit_max, "units each task takes"),
+                },
+                required=("limit", "period"),
+            ),
+        },
+        "max_task_concurrency": {
+            "type": "object",
+            "description": "task type -> at most this many running at once, across all runs",
+            "additionalProperties": _integer(1, limits.task_concurrency_max),
+        },
     }
 
 
