@@ -166,7 +166,7 @@ async def run(request: Request[Any, Any, Any], run_id: str, services: Services, 
 async def run_live(run_id: str, services: Services) -> Any:
     """The live part of a run page (htmx fetches it when the SSE stream says it changed)."""
     context = await run_context(services, run_id)
-    return fragment("run_live.html", run_id=run_id, **context)
+    return fragment("run_region.html", run_id=run_id, **context)
 
 
 @get("/runs/{run_id:str}/events", include_in_schema=False)
