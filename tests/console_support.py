@@ -53,14 +53,16 @@ ACCESSIBILITY_PROBE: Final = """() => {
     if (!named) problems.push('a ' + el.tagName + ' named ' + el.name + ' has no label');
   }
   for (const el of document.querySelectorAll('button')) {
-    if (!el.textContent.trim() && !el.getAttribute('aria-label')) problems.push('a button has no text');
+    const text = el.textContent.trim() || el.getAttribute('aria-label');
+    if (!text) problems.push('a button has no text');
   }
   for (const el of document.querySelectorAll('.badge')) {
     if (!/[a-z]/.test(el.textContent)) problems.push('a status badge shows no word');
   }
   for (const el of document.querySelectorAll('svg.dag .node')) {
     const label = el.querySelector('.step-status');
-    if (!label || !/[a-z]/.test(label.textContent)) problems.push('a DAG node shows no status word');
+    const worded = label && /[a-z]/.test(label.textContent);
+    if (!worded) problems.push('a DAG node shows no status word');
   }
   return problems;
 }"""

@@ -25,7 +25,7 @@ from tests.nats_fixtures import unique, wait_for_sync
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 run_wait_s: Final = 30.0
-XSS: Final = "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">"
+XSS: Final = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 
 
 def gated(name: str, gate: str) -> dict[str, Any]:
@@ -171,9 +171,14 @@ def test_a_run_is_followed_live_to_completion(stack: Stack, page: Any) -> None:
     screenshot(page, "run-live-running")
     stack.processes.open_gate(gate)  # the step ends; the page learns it over SSE
     page.locator('#run-status[data-status="completed"]').wait_for()
-    assert "completed" in page.locator('svg.dag .node[data-step="finish"] .step-status').text_content()
-    assert page.locator('tr[data-step="finish"] .step-status-cell').inner_text().strip().endswith(
-        "completed"
+    assert (
+        "completed" in page.locator('svg.dag .node[data-step="finish"] .step-status').text_content()
+    )
+    assert (
+        page.locator('tr[data-step="finish"] .step-status-cell')
+        .inner_text()
+        .strip()
+        .endswith("completed")
     )
     assert page.locator(".timeline li").count() >= 4
     assert_accessible(page)

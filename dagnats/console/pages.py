@@ -18,8 +18,8 @@ from litestar import Request, Response, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from dagnats.api import limits as api_limits
-from dagnats.api.routes_runs import RUN_STATUSES, _since_ms
 from dagnats.api.problems import ProblemError
+from dagnats.api.routes_runs import RUN_STATUSES, _since_ms
 from dagnats.api.services import Services
 from dagnats.client import RunNotFoundError, WorkflowNotFoundError
 from dagnats.console import dag_svg, reads, runview
