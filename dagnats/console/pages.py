@@ -18,12 +18,11 @@ from litestar import Request, Response, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from dagnats.api import limits as api_limits
-from dagnats.api.problems import ProblemError
-from dagnats.api.routes_runs import RUN_STATUSES, _since_ms
 from dagnats.api.services import Services
 from dagnats.client import RunNotFoundError, WorkflowNotFoundError
 from dagnats.console import dag_svg, reads, runview
 from dagnats.console.common import fragment, page
+from dagnats.console.reads import RUN_STATUSES
 from dagnats.console.security import Keys
 from kernel.errors import DagnatsError
 from kernel.events import Decision
@@ -75,10 +74,9 @@ def _filters(params: Any) -> tuple[reads.RunFilters, str]:
     since_text = (params.get("since") or "").strip()
     since_ms = None
     if since_text:
-        try:
-            since_ms = _since_ms(since_text, now_ms())
-        except ProblemError as error:
-            problem = str(error.detail)
+        since_ms = reads.since_ms(since_text, now_ms())
+        if since_ms is None:
+            problem = f"since {since_text!r} is neither a duration (2h, 7d) nor an ISO date"
     page_text = params.get("page") or "1"
     page_number = int(page_text) if page_text.isdigit() else 1
     page_number = min(max(page_number, 1), reads.runs_pages_max)

@@ -8,14 +8,21 @@ loop runs the engine. No writes, no network.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from sqlite_utils import Database
 
 from dagnats.runtime import projector
+from kernel.state import RunStatus
+from kernel.workflow.durations import parse_duration
 from projections.sqlite import RUN_COLUMNS
+
+RUN_STATUSES: Final = tuple(s for s in get_args(RunStatus) if s != "new")
+_DAYS: Final = re.compile(r"(\d{1,5})d")
 
 runs_page_size: Final = 50
 runs_pages_max: Final = 200  # paging goes this deep (page * size rows are skipped by SQLite)
@@ -41,6 +48,23 @@ class RunFilters:
     failed_step: str | None = None
     search: str | None = None  # a run id or its beginning
     page: int = 1
+
+
+def since_ms(text: str, now_ms: int) -> int | None:
+    """The moment `since` names (a duration back, `7d`, or an ISO date), None if neither."""
+    days = _DAYS.fullmatch(text)
+    if days:
+        return now_ms - int(days.group(1)) * 86_400_000
+    duration = parse_duration(text, "since")
+    if isinstance(duration, int):
+        return now_ms - duration
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def _rows(cursor: Any) -> list[dict[str, Any]]:
