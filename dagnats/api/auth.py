@@ -30,8 +30,10 @@ from dagnats.api.problems import ProblemError
 from kernel.errors import DagnatsError
 
 TOKEN_ENV: Final = "DAGNATS_API_TOKEN"
-PUBLIC_PATHS: Final = frozenset(("/health",))
-PUBLIC_PREFIXES: Final = ("/docs",)  # the static docs page: files from the wheel, no data
+PUBLIC_PATHS: Final = frozenset(("/health", "/"))  # "/": a redirect to the console
+# the static docs page (files from the wheel, no data); the console (its own guard: a session
+# cookie or this bearer token, dagnats/console/security.py)
+PUBLIC_PREFIXES: Final = ("/docs", "/console")
 LOOPBACK_NAMES: Final = frozenset(("localhost", "localhost.localdomain", "ip6-localhost"))
 
 

@@ -21,6 +21,7 @@ from dagnats.api.bridge_routes import bridge_route_handlers
 from dagnats.api.server import HttpAddressError, HttpServer, parse_address
 from dagnats.api.services import Services
 from dagnats.api.triggers_routes import Hooks, hook_route_handlers
+from dagnats.console import console_handlers
 from dagnats.observe.metrics import CONTENT_TYPE, Metrics, render
 from dagnats.runtime.serve import Server
 
@@ -84,6 +85,7 @@ async def start_http(
         handlers: list[Router | HTTPRouteHandler] = [*bridge_route_handlers(bridge)]
         handlers.append(metrics_route(server.metrics))
         handlers += hook_route_handlers(Hooks(server.connection.js, services.client.connection))
+        handlers.extend(console_handlers(token))  # the web console (README "Console")
         app = create_app(services, token=token, extra_route_handlers=handlers)
         http = HttpServer(app, host, port)
         try:
