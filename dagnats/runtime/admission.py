@@ -10,7 +10,9 @@ decides again). Around each command the engine decides (`AdmissionRuntime.handle
   a scheduled run's timer (`AdmitRun` with no verdict) asks the gate the same way;
 - after: a run of a gate that has just ended releases its slot (or its place in the queue);
   the runs the gate then grants are admitted, and the holders a `cancel_previous` singleton
-  evicts are cancelled, each by deciding a command for that run here and now.
+  evicts are cancelled, each by deciding a command for that run here and now, or, under
+  partitioned engines, by sending it to the run's partition when another engine owns it
+  (`forward`), so that every append of a run comes from its partition's owner.
 
 A crash between the gate's append and the run's is safe: the start is redelivered and the gate,
 asked again, answers what it decided. After a restart `resume_gate` admits every holder still
@@ -107,11 +109,19 @@ class AdmissionRuntime:
         self.now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
         # Flow control of tasks (runtime/admission_flow.py), on the same path for commands.
         self.flow = FlowRuntime(engine, self._decide_one, self._now)
+        # Partitioned engines (runtime/partitions.py): a follow-up for a run of a partition
+        # this engine does not own is sent to that partition as a command (True), so every
+        # append of a run comes from its partition's owner; None or False: decided here.
+        self.forward: Callable[[AnyCommand], Awaitable[bool]] | None = None
 
     def _now(self) -> int:
         return self.now_ms()
 
     async def _decide_one(self, command: AnyCommand) -> Outcome:
+        """A follow-up for another run: sent to its partition's owner, or decided here."""
+        if self.forward is not None and await self.forward(command):
+            self._count("forwarded")
+            return "ignored"  # (the owner decides it when the command arrives)
         return await self.handle(command, codec.encode(command), 1)
 
     # -- around one command ---------------------------------------------------------------
@@ -210,11 +220,9 @@ class AdmissionRuntime:
         try:
             for run_id in follow.admit:
                 admitted = AdmissionVerdict(outcome="admitted")
-                command: AnyCommand = AdmitRun(run_id=run_id, at_ms=at_ms, verdict=admitted)
-                await self.handle(command, codec.encode(command), 1)
+                await self._decide_one(AdmitRun(run_id=run_id, at_ms=at_ms, verdict=admitted))
             for run_id, reason in follow.cancel:
-                cancel = CancelRun(run_id=run_id, at_ms=at_ms, reason=reason)
-                await self.handle(cancel, codec.encode(cancel), 1)
+                await self._decide_one(CancelRun(run_id=run_id, at_ms=at_ms, reason=reason))
         finally:
             _depth.reset(token)
 

@@ -20,9 +20,12 @@ Safety: the owner appends a run's decision only while its belief in holding the 
 partition is fresh by `partition_lease_margin_ms` (`OwnedEventLog`), and a new owner waits
 that margin after taking a partition before it pulls; every append records `Dagnats-Owner:
 <engine>/<partition>/<term>` (the term: the lease's revision at its taking, which grows with
-every new owner), and the history append's expected last sequence stays the last guard. An
-append to a partition this engine neither owns nor holds commands of (admission follow-ups
-for another partition's run) is allowed, with term 0, under that guard alone.
+every new owner), and the history append's expected last sequence stays the last guard.
+Admission follow-ups for a run of a partition this engine does not own (a gate admitting a
+pending run, a limiter releasing a task) are sent to that partition as commands
+(`forward_to_owner`) and decided by its owner. An append to a partition this engine neither
+owns nor holds commands of (what a restart re-issues) is allowed, with term 0, under the
+sequence check alone.
 
 This module reads and writes the cluster and owners buckets and pulls commands; it decides
 nothing about runs.
@@ -32,10 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -48,6 +52,7 @@ from nats.js.kv import KeyValue
 from dagnats.runtime import settings
 from dagnats.runtime.lease import Lease, new_owner_id
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.protocols import CommandPublisher
 from dagnats.runtime.queue import JetStreamMessage, bind_pull_consumer, fetch_batch
 from dagnats.runtime.resources import (
     CLUSTER_BUCKET,
@@ -58,7 +63,9 @@ from dagnats.runtime.resources import (
     ensure_bucket,
     partition_of,
 )
+from kernel import codec
 from kernel.admission import is_gate_id
+from kernel.commands import AnyCommand
 from kernel.errors import DagnatsError
 
 OWNER_HEADER: Final = "Dagnats-Owner"
@@ -289,6 +296,28 @@ class Ownership:
         with contextlib.suppress(Exception):
             await self._presence.release()
         self.changed.set()
+
+
+def forward_to_owner(
+    ownership: Ownership, commands: CommandPublisher
+) -> Callable[[AnyCommand], Awaitable[bool]]:
+    """`AdmissionRuntime.forward` of a partitioned engine: a command for a run of a partition
+    this engine does not hold freshly is published to that partition (the `engine` kind,
+    under a message id derived from the command, so a repeat is dropped) and True returned;
+    a run of its own partitions is decided here (False)."""
+
+    async def forward(command: AnyCommand) -> bool:
+        run_id = command.run_id
+        if is_gate_id(run_id) or ownership.may_append(partition_of(run_id, ownership.partitions)):
+            return False
+        payload = codec.encode(command)
+        digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
+        await commands.publish_command(run_id, payload, f"forward:{run_id}:{digest}")
+        log.debug("engine %s sent %s of run %s to its partition's owner",
+                  ownership.engine_id, type(command).__name__, run_id)  # fmt: skip
+        return True
+
+    return forward
 
 
 class OwnedEventLog(JetStreamEventLog):

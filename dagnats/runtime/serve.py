@@ -68,6 +68,7 @@ from dagnats.runtime.nats_server import (
     NatsServerError,
     is_port_busy,
 )
+from dagnats.runtime.partitions import forward_to_owner
 from dagnats.runtime.protocols import CommandQueue
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.triggers import TriggerService, command_starter
@@ -182,6 +183,8 @@ class Server:
             commands,
             links=self.links,
         )
+        if self.partitioned is not None:  # follow-ups for other partitions go to their owners
+            self.engine.admission.forward = forward_to_owner(self.partitioned.ownership, commands)
         self.engine.observer = EngineObserver(metrics=self.metrics)
         self.engine.ended = EndedRuns(js)  # workers skip tasks of ended runs (ended_runs)
         self.reporter = Reporter(
