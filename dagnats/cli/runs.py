@@ -17,7 +17,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 
-from dagnats.cli import chains_render, projections, render
+from dagnats.cli import chains_render, lifecycle, projections, render
 from dagnats.cli.common import (
     DataDirOption,
     JsonOption,
@@ -206,11 +206,17 @@ def run_list(
     failed_step: Annotated[
         str | None, typer.Option(help="Only runs where this step failed.")
     ] = None,
+    purged: Annotated[
+        bool, typer.Option("--purged", help="List purged runs (the retention log) instead.")
+    ] = False,
     data_dir: DataDirOption = None,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List recent runs, newest first (from <data dir>/dagnats.sqlite when it exists)."""
+    if purged:
+        lifecycle.print_purged(limit, nats_url, as_json)
+        return
     projections.run_list(limit, status, workflow, since, failed_step, data_dir, nats_url, as_json)
 
 
