@@ -126,6 +126,10 @@ retention_log_poll_ms: Final = 1_000
 retention_log_max: Final = 1_000_000
 retention_listed_max: Final = 10_000
 retention_min_ms: Final = 1_000  # a shorter --retention is refused
+# Bulk start (`dagnats run start NAME --inputs-file F`): at most this many lines (runs) per
+# file, started with at most bulk_starts_in_flight_max starts in flight.
+bulk_start_lines_max: Final = 10_000
+bulk_starts_in_flight_max: Final = 16
 # Partitions of the commands (dagnats/runtime/partitions.py): each is owned by one engine under
 # a lease in the owners bucket, whose TTL ends a dead owner's hold; a live owner refreshes
 # every partition_lease_refresh_ms and stops appending partition_lease_margin_ms before its
