@@ -15,6 +15,8 @@ priority, highest first, then by arrival) and the last skipped runs. The rules:
   naming the holder), or evicts the holder (`cancel_previous`: the holder is cancelled);
 - a release (a run ended, or a pending run was cancelled) frees its slot or its place, and the
   first waiting runs are granted until the slots are full;
+- a request that takes over from the previous run of its continue-as-new chain, while that
+  run holds a slot, moves the slot to it (no release, no queue step: nobody overtakes it);
 - a request or release for a run the gate already decided decides nothing (idempotent).
 
 Pure: no I/O, no clock (`at_ms` comes in the command).
@@ -62,6 +64,9 @@ class RequestAdmission(AdmissionCommand, frozen=True, kw_only=True, tag="admissi
     priority: int = 0
     workflow: str = ""
     key: str = ""
+    # The run this one continues as new (its chain's previous run): while that run holds a
+    # slot of this gate, the slot moves to this one, with no release and no queue step.
+    takes_over_from: str = ""
 
 
 class ReleaseAdmission(AdmissionCommand, frozen=True, kw_only=True, tag="admission.release"):
@@ -112,9 +117,15 @@ class AdmissionReleased(AdmissionEvent, frozen=True, kw_only=True, tag="admissio
     pass
 
 
+class AdmissionHandedOver(AdmissionEvent, frozen=True, kw_only=True, tag="admission.handed_over"):
+    """The holder `from_run_id` hands its slot to `run_id`, the next run of its chain."""
+
+    from_run_id: str
+
+
 AnyAdmissionEvent = (
     AdmissionOpened | AdmissionGranted | AdmissionQueued | AdmissionSkipped | AdmissionEvicted
-    | AdmissionReleased
+    | AdmissionReleased | AdmissionHandedOver
 )  # fmt: skip
 
 
@@ -244,6 +255,10 @@ def _request(
                 workflow=command.workflow, key=command.key, limit=max(1, command.limit),
             )
         )  # fmt: skip
+    previous = command.takes_over_from
+    if previous and previous != run_id and previous in state.holders:
+        events.append(AdmissionHandedOver(run_id=run_id, at_ms=at_ms, from_run_id=previous))
+        return
     if state.holders and command.mode == "skip":
         holder = state.holders[0]
         events.append(AdmissionSkipped(run_id=run_id, at_ms=at_ms, holder_run_id=holder))
@@ -296,6 +311,10 @@ def evolve_admission(state: AdmissionState, event: AnyAdmissionEvent) -> Admissi
         case AdmissionSkipped():
             skipped = (*state.skipped, (event.run_id, event.holder_run_id))
             return replace(state, skipped=skipped[-limits.admission_skips_kept :])
+        case AdmissionHandedOver():
+            assert event.from_run_id in state.holders, f"{event.from_run_id} holds no slot"
+            holders = tuple(event.run_id if h == event.from_run_id else h for h in state.holders)
+            return replace(state, holders=holders)
         case AdmissionEvicted() | AdmissionReleased():
             holders = tuple(h for h in state.holders if h != event.run_id)
             waiting = tuple(w for w in state.waiting if w.run_id != event.run_id)

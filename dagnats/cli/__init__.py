@@ -142,7 +142,8 @@ status.register(app)  # status
 workflows.register(workflow_app)  # workflow validate|register|list|show
 schema.register(workflow_app)  # workflow schema
 runs.register(run_app)  # run start|show|list|history|wait|cancel|signal
-lifecycle.register(run_app)  # run retry|rerun|terminate
+lifecycle.register(run_app)  # run retry|rerun|terminate|delete
+lifecycle.register_workflow(workflow_app)  # workflow delete
 dlq.register(app)  # dlq list|show|retry|discard
 workers.register(app)  # workers list
 app.add_typer(event_app, name="event")

@@ -7,10 +7,13 @@ Imports `dagnats.cli.common` and the rest of the project, never `dagnats.cli`.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Final
 
+import msgspec
 import typer
+from rich.table import Table
 
 from dagnats.cli.common import JsonOption, UrlOption, emit_json, fail, out, run_async, with_client
 from dagnats.client import Client
@@ -41,6 +44,11 @@ def register(run_app: typer.Typer) -> None:
     run_app.command("retry")(run_retry)
     run_app.command("rerun")(run_rerun)
     run_app.command("terminate")(run_terminate)
+    run_app.command("delete")(run_delete)
+
+
+def register_workflow(workflow_app: typer.Typer) -> None:
+    workflow_app.command("delete")(workflow_delete)
 
 
 def age_ms(text: str, option: str) -> int:
@@ -193,3 +201,66 @@ def run_terminate(
         emit_json({"run_id": run_id, "terminate_requested": True})
     else:
         out.print(f"terminate requested for run {run_id}")
+
+
+def run_delete(
+    run_id: Annotated[str, typer.Argument(help="The finished run to purge.")],
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Purge one finished run for good: its history, snapshot and query rows (recorded in
+    the retention log: `dagnats run list --purged`). Needs the admin credential."""
+    record = run_async(
+        with_client(nats_url, lambda c: client_lifecycle.delete_run(c, run_id), role="admin")
+    )
+    if as_json:
+        emit_json(msgspec.to_builtins(record))
+    else:
+        out.print(
+            f"run {run_id} deleted ({record.status}; {record.history_messages} history messages)"
+        )
+
+
+def workflow_delete(
+    name: Annotated[str, typer.Argument(help="The registered workflow's name.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Cancel its open runs first, then delete it.")
+    ] = False,
+    nats_url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a registered workflow (every revision); refused while runs of it are open,
+    unless --force (which cancels them first; their compensations run)."""
+    cancelled = run_async(
+        with_client(nats_url, lambda c: client_lifecycle.delete_workflow(c, name, force=force))
+    )
+    if as_json:
+        emit_json({"workflow": name, "deleted": True, "cancelled": cancelled})
+    else:
+        extra = f" (cancelled {len(cancelled)} open run(s))" if cancelled else ""
+        out.print(f"workflow {name} deleted{extra}")
+
+
+def print_purged(limit: int, nats_url: str | None, as_json: bool) -> None:
+    """`dagnats run list --purged`: the retention log, newest purge first."""
+    records = run_async(
+        with_client(nats_url, lambda c: client_lifecycle.purged_runs(c, limit=limit))
+    )
+    if as_json:
+        emit_json([msgspec.to_builtins(record) for record in records])
+        return
+    table = Table(title="purged runs", title_justify="left")
+    for column in ("run", "workflow", "status", "ended (UTC)", "purged (UTC)", "reason"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            record.run_id, record.workflow, record.status, _utc(record.ended_at_ms),
+            _utc(record.purged_at_ms), record.reason,
+        )  # fmt: skip
+    out.print(table)
+
+
+def _utc(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -17,7 +17,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 
-from dagnats.cli import chains_render, projections, render
+from dagnats.cli import chains_render, lifecycle, projections, render
 from dagnats.cli.common import (
     DataDirOption,
     JsonOption,
@@ -59,10 +59,27 @@ def run_start(
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
     at: Annotated[str | None, typer.Option("--at", help="Start then (ISO time; UTC).")] = None,
     delay: Annotated[str | None, typer.Option("--in", help="Start after (e.g. 90s).")] = None,
+    inputs_file: Annotated[
+        Path | None, typer.Option("--inputs-file", help="JSON Lines: one run per line.")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="With --inputs-file: run id from this input path.")
+    ] = None,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start a run of a registered workflow (now, or scheduled with --at or --in)."""
+    """Start a run of a registered workflow (now, or scheduled with --at or --in); or one run
+    per line of --inputs-file, all lines checked first (idempotent per line, or per --key)."""
+    if inputs_file is not None:
+        given = [name for name, v in (("--input", input), ("--input-file", input_file),
+                 ("--run-id", run_id), ("--at", at), ("--in", delay)) if v is not None]  # fmt: skip
+        if given or wait:
+            used = ", ".join(given + (["--wait"] if wait else []))
+            raise fail(f"--inputs-file starts many runs: {used} cannot be used with it", "", 2)
+        bulk_start(workflow, inputs_file, key, nats_url, as_json)
+        return
+    if key is not None:
+        raise fail("--key is for --inputs-file (a run id per line)", "", 2)
     if wait:
         check_timeout(timeout)
     value = load_json_argument(input, input_file, "input")
@@ -86,6 +103,35 @@ def run_start(
         if final is not None:
             print_outcome(final)
     if final is not None and final.status != "completed":
+        raise typer.Exit(1)
+
+
+def bulk_start(
+    workflow: str, path: Path, key: str | None, nats_url: str | None, as_json: bool
+) -> None:
+    """`run start NAME --inputs-file F`: check every line, then start one run per line."""
+    from dagnats.cli import bulk_start as bulk
+
+    data = bulk.read_lines(path) if path.exists() else b""
+    if not path.exists():
+        raise fail(f"--inputs-file {path}: no such file", "pass a JSON Lines file")
+
+    async def action(client: Client) -> list[dict[str, Any]]:
+        definition = await client.get_workflow(workflow)
+        lines = bulk.check_lines(data, definition, key=key, source=f"--inputs-file {path}")
+        return await bulk.start_all(client, definition, lines, quiet=as_json)
+
+    results = run_async(with_client(nats_url, action))
+    failed = [item for item in results if "error" in item]
+    if as_json:
+        emit_json({"workflow": workflow, "runs": results, "failed": len(failed)})
+    else:
+        for item in failed:
+            err.print(f"line {item['line']}: {item['error']}", highlight=False, soft_wrap=True)
+        out.print(
+            f"started {len(results) - len(failed)} run(s) of {workflow} ({len(failed)} failed)"
+        )
+    if failed:
         raise typer.Exit(1)
 
 
@@ -206,11 +252,17 @@ def run_list(
     failed_step: Annotated[
         str | None, typer.Option(help="Only runs where this step failed.")
     ] = None,
+    purged: Annotated[
+        bool, typer.Option("--purged", help="List purged runs (the retention log) instead.")
+    ] = False,
     data_dir: DataDirOption = None,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List recent runs, newest first (from <data dir>/dagnats.sqlite when it exists)."""
+    if purged:
+        lifecycle.print_purged(limit, nats_url, as_json)
+        return
     projections.run_list(limit, status, workflow, since, failed_step, data_dir, nats_url, as_json)
 
 

@@ -37,6 +37,7 @@ from dagnats.runtime.parent_watch import watch_parent
 from dagnats.runtime.serve import ServeInfo, Server, install_stop_signals
 from dagnats.worker import check_concurrency, concurrency_max
 from dagnats.worker_groups import check_groups
+from kernel.errors import DagnatsError
 
 
 def refuse_without_assertions(what: str) -> None:
@@ -94,6 +95,10 @@ def serve(
     no_http: Annotated[bool, typer.Option("--no-http", help="Serve no HTTP API.")] = False,
     api_token_file: ApiTokenFileOption = None,
     die_with_parent: DieWithParentOption = False,
+    retention: Annotated[
+        str | None,
+        typer.Option(help="Purge finished runs older than this (30d, 12h); off by default."),
+    ] = None,
     metrics: MetricsOption = None,
     clustered: cluster_cli.ClusterOption = False,
     cluster_name: cluster_cli.ClusterNameOption = "dagnats",
@@ -123,6 +128,7 @@ def serve(
     home = data_dir or default_data_dir()
     cluster_cli.share_credentials(credentials_from, home)
     server = Server(home, nats_port=nats_port, nats_url=nats_url, placement=where)
+    server.retention_ms = _retention_ms(retention)
     run_async(_serve(server, http, no_http, token, die_with_parent, metrics_at, as_json))
 
 
@@ -161,6 +167,26 @@ async def _serve(
         if watch is not None:
             watch.cancel()
         await server.stop()
+
+
+def _retention_ms(text: str | None) -> int | None:
+    """Milliseconds of --retention (None: off); a bad or too short age exits (usage)."""
+    if text is None:
+        return None
+    from dagnats.cli.lifecycle import age_ms
+    from dagnats.runtime import settings
+
+    try:
+        value = age_ms(text, "--retention")
+    except DagnatsError as error:
+        raise fail(str(error), "e.g. --retention 30d", 2) from None
+    if value < settings.retention_min_ms:
+        raise fail(
+            f"--retention {text!r} is under the minimum of {settings.retention_min_ms} ms",
+            "e.g. --retention 30d",
+            2,
+        )
+    return value
 
 
 def _http_checks(http: str | None, no_http: bool, token_file: Path | None) -> str | None:

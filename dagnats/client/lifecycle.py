@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from dagnats.client.errors import RunFinishedError
+from dagnats.runtime import retention
 from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.retention import PurgedRun
 from dagnats.runtime.workers_directory import WorkerEntry, serving
 from dagnats.runtime.workers_directory import list_workers as list_workers_in
 from kernel.commands import (
@@ -213,3 +215,69 @@ async def groups_without_workers(client: Client, state: RunState) -> dict[str, s
         for step_id, (task, group) in waiting.items()
         if not serving(live, task, group)
     }
+
+
+# -- deleting runs and workflows (retention; README "Dead letters, retries and termination") --
+
+
+async def delete_run(client: Client, run_id: str, reason: str = "run delete") -> PurgedRun:
+    """Purge one finished run: its history, snapshot, and (serve drops them) query rows.
+    The client must be connected as admin (only admin may purge history).
+
+    Raises:
+        RunNotFoundError: no such run.
+        RunStillOpenError: the run has not ended (nothing is purged).
+    """
+    return await retention.purge_run(client.connection.js, run_id, reason=reason, at_ms=now_ms())
+
+
+async def purged_runs(client: Client, limit: int = 100) -> list[PurgedRun]:
+    """The retention log: purged runs, newest first."""
+    return await retention.purged_runs(client.connection.js, limit)
+
+
+class WorkflowHasOpenRunsError(DagnatsError):
+    """A workflow with open runs is deleted only with force (which cancels them first)."""
+
+    hint = "cancel them first, or pass --force to cancel them and delete"
+
+    def __init__(self, name: str, open_runs: list[str]) -> None:
+        self.open_runs = open_runs
+        shown = ", ".join(open_runs[:5]) + (" ..." if len(open_runs) > 5 else "")
+        super().__init__(f"workflow {name!r} has {len(open_runs)} open run(s): {shown}")
+
+
+async def open_runs_of(client: Client, name: str) -> list[RunState]:
+    """The runs of workflow `name` that have not ended (bounded by `runs_scanned_max`)."""
+    states = await client.list_runs(limit=runs_scanned_max)
+    return [
+        state
+        for state in states
+        if state.workflow is not None and state.workflow.name == name and not is_terminal(state)
+    ]
+
+
+async def delete_workflow(
+    client: Client, name: str, *, force: bool = False, reason: str = "workflow deleted",
+    confirm_wait_s: float = confirm_wait_s_default,
+) -> list[str]:  # fmt: skip
+    """Delete a registered workflow (every revision); the ids of the runs cancelled.
+
+    Raises:
+        WorkflowNotFoundError: no workflow of that name.
+        WorkflowHasOpenRunsError: runs of it are open and `force` is not given.
+    """
+    await client.get_workflow(name)  # WorkflowNotFoundError
+    open_runs = await open_runs_of(client, name)
+    if open_runs and not force:
+        raise WorkflowHasOpenRunsError(name, [state.run_id for state in open_runs])
+    cancelled: list[str] = []
+    for state in open_runs:
+        with contextlib.suppress(RunFinishedError):  # it ended meanwhile
+            await client.cancel(state.run_id, reason=reason)
+            cancelled.append(state.run_id)
+    for run_id in cancelled:
+        await _await(client, run_id, is_terminal, confirm_wait_s)
+    kv = await client.connection.workflows()
+    await kv.purge(name)
+    return cancelled

@@ -94,6 +94,7 @@ _READABLE_STREAMS: Final = (
     f"KV_{WORKFLOWS_BUCKET}", f"KV_{RUNS_BUCKET}", f"KV_{PROJECTIONS_BUCKET}",
     f"KV_{LEASES_BUCKET}", f"KV_{WORKERS_BUCKET}",
     "DAGNATS_TRIGGER_FIRES", "KV_dagnats_triggers",  # triggers: fire records, managed triggers
+    "DAGNATS_RETENTION",  # retention.RETENTION_STREAM: the purged runs (`run list --purged`)
 )  # fmt: skip
 
 

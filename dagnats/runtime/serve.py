@@ -71,6 +71,7 @@ from dagnats.runtime.nats_server import (
 from dagnats.runtime.partitions import forward_to_owner
 from dagnats.runtime.protocols import CommandQueue
 from dagnats.runtime.resources import ensure_resources, ensure_stream
+from dagnats.runtime.retention import Retention
 from dagnats.runtime.triggers import TriggerService, command_starter
 from dagnats.worker import Worker
 
@@ -133,6 +134,8 @@ class Server:
         self.engine_serving = False  # the engine consumes commands now (GET /health)
         self.metrics = Metrics()  # README "Observability"; fed by the engine and the reporter
         self.reporter: Reporter | None = None
+        self.retention_ms: int | None = None  # --retention (runtime/retention.py); None: off
+        self.admin: Connection | None = None  # retention purges as admin (README "Security")
 
     async def start(self) -> ServeInfo:
         """Start nats-server (unless an external URL was given), connect, create resources.
@@ -166,6 +169,8 @@ class Server:
         else:  # never create an empty history in place of a deleted one
             await ensure_resources(js)
             await ensure_stream(js, external_events.stream_config())
+        if self.retention_ms is not None:  # the engine may not purge history; admin may
+            self.admin = await Connection.open(self.url, role="admin", data_dir=self.data_dir)
         if self.placement.engine and not self.history_gone:
             self.partitioned = await partitioned_parts(js, first_start=clustered)
         history = self.partitioned.history if self.partitioned else self.connection.history
@@ -304,6 +309,7 @@ class Server:
         projection_tasks.append(asyncio.create_task(triggers.run(running)))
         if self.reporter is not None:  # the gauges of /metrics and `dagnats status`
             projection_tasks.append(asyncio.create_task(self.reporter.run(running)))
+        projection_tasks.append(asyncio.create_task(self._retention().run(running)))
         source: CommandQueue = self.connection.commands
         if self.partitioned is not None:  # this engine's partitions only (runtime/partitions)
             source = PartitionedSource(self.partitioned.commands, self.connection.commands)
@@ -327,6 +333,14 @@ class Server:
         if engine_task in done and not self.history_gone:
             stop.set()
             engine_task.result()  # raise what ended it
+
+    def _retention(self) -> Retention:
+        """Drops purged runs' query rows; with --retention, purges old finished runs."""
+        assert self.connection is not None
+        admin = self.admin.js if self.admin is not None else None
+        return Retention(
+            self.connection.js, self._sqlite_path(), retention_ms=self.retention_ms, admin=admin
+        )
 
     async def _watch_history(self, stop: asyncio.Event) -> None:
         """Return when the history stream is gone (said once, as an error), or at stop."""
@@ -397,6 +411,10 @@ class Server:
                 await asyncio.wait_for(stop.wait(), timeout=child_poll_interval_s)
 
     async def stop(self) -> None:
+        if self.admin is not None:
+            with contextlib.suppress(Exception):
+                await self.admin.close()
+            self.admin = None
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()

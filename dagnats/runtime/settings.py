@@ -114,6 +114,22 @@ workers_listed_max: Final = 10_000
 # Ended-run markers (dagnats/runtime/ended_runs.py): how long a worker can learn that a run
 # ended before taking one of its tasks (a task waits at most this long to be skipped).
 ended_marker_ttl_ms: Final = 7 * 24 * 3_600_000
+# Retention (dagnats/runtime/retention.py): serve purges finished runs older than its
+# --retention age, at most retention_purges_per_sweep_max per sweep, sweeping every quarter of
+# the age within [retention_sweep_min_ms, retention_sweep_max_ms]; it reads the retention log
+# every retention_log_poll_ms to drop purged runs' query rows. The log keeps the newest
+# retention_log_max records; `run list --purged` shows at most retention_listed_max.
+retention_purges_per_sweep_max: Final = 500
+retention_sweep_min_ms: Final = 500
+retention_sweep_max_ms: Final = 60_000
+retention_log_poll_ms: Final = 1_000
+retention_log_max: Final = 1_000_000
+retention_listed_max: Final = 10_000
+retention_min_ms: Final = 1_000  # a shorter --retention is refused
+# Bulk start (`dagnats run start NAME --inputs-file F`): at most this many lines (runs) per
+# file, started with at most bulk_starts_in_flight_max starts in flight.
+bulk_start_lines_max: Final = 10_000
+bulk_starts_in_flight_max: Final = 16
 # Partitions of the commands (dagnats/runtime/partitions.py): each is owned by one engine under
 # a lease in the owners bucket, whose TTL ends a dead owner's hold; a live owner refreshes
 # every partition_lease_refresh_ms and stops appending partition_lease_margin_ms before its

@@ -1,0 +1,323 @@
+"""Retention: purging finished runs (their history, snapshot and query rows), and its log.
+
+A purge takes one finished run away for good: its history subject in the history stream,
+its snapshot in the runs bucket, and (done by serve, which owns the file) its rows in the
+SQLite query tables. Each purge is first written to the retention log (the stream
+`DAGNATS_RETENTION`, one record per run on `dagnats.retention.<run>`), then carried out, so a
+crash between the two is finished by the next sweep and no purge goes unrecorded.
+
+- `serve --retention 30d` purges runs that ended more than that age ago (off by default),
+  a bounded number per sweep (`Retention.run`).
+- `dagnats run delete RUN_ID` purges one finished run (`purge_run`).
+- A run that has not ended is never purged: its state is folded from history first, and the
+  history purge removes only the messages up to the one that was read (a reopen appended
+  meanwhile is kept, and reported).
+
+Purging the history stream needs the admin credential: the engine's role may not purge it
+(dagnats/runtime/roles.py), so serve opens an admin connection from its data dir for
+retention and `run delete` connects as admin (README "Security").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext, api
+
+from dagnats.client.errors import RunNotFoundError
+from dagnats.runtime import settings
+from dagnats.runtime.clock import now_ms
+from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.projector import load_state
+from dagnats.runtime.projector_snapshot import KvSnapshotStore
+from dagnats.runtime.resources import HISTORY_STREAM, RUNS_BUCKET, check_run_id, history_subject
+from kernel.errors import DagnatsError
+from kernel.state import TERMINAL_RUN_STATUSES, RunState, is_terminal
+
+log = logging.getLogger("dagnats.retention")
+
+RETENTION_STREAM: Final = "DAGNATS_RETENTION"
+RETENTION_PREFIX: Final = "dagnats.retention"
+sqlite_busy_timeout_s: Final = 5.0
+
+
+class PurgedRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One record of the retention log: which run was purged, when, why, and what it was."""
+
+    run_id: str
+    workflow: str
+    status: str
+    started_at_ms: int
+    ended_at_ms: int | None
+    purged_at_ms: int
+    history_messages: int  # the last history sequence purged (the run's messages up to it)
+    reason: str  # "retention 30d" or "run delete"
+
+
+class RunStillOpenError(DagnatsError):
+    """Only a finished run may be purged."""
+
+    hint = "cancel or terminate it first (`dagnats run cancel RUN_ID`), then delete it"
+
+    def __init__(self, run_id: str, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id!r} is {status}: only a finished run can be deleted")
+
+
+class ReopenedWhilePurgingError(DagnatsError):
+    """The run was reopened between reading its state and purging it."""
+
+    def __init__(self, run_id: str, left: int) -> None:
+        super().__init__(
+            f"run {run_id!r} was reopened while it was being purged: its {left} newer history "
+            "message(s) are kept (the earlier ones are gone)"
+        )
+
+
+def retention_subject(run_id: str) -> str:
+    return f"{RETENTION_PREFIX}.{check_run_id(run_id)}"
+
+
+def stream_config(replicas: int = 1) -> api.StreamConfig:
+    """The retention log: the newest record per run, bounded."""
+    return api.StreamConfig(
+        name=RETENTION_STREAM,
+        subjects=[f"{RETENTION_PREFIX}.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        allow_direct=True,
+        max_msgs=settings.retention_log_max,
+        max_msgs_per_subject=1,
+        duplicate_window=settings.command_duplicate_window_ms / 1000,  # a purge recorded once
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+    )
+
+
+async def ensure_log(js: JetStreamContext) -> None:
+    from dagnats.runtime.resources import ensure_stream
+
+    await ensure_stream(js, stream_config())
+
+
+async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: int) -> PurgedRun:
+    """Purge one finished run: record it in the retention log, then purge its history (up to
+    the last message read) and its snapshot. `js` must be an admin connection's.
+
+    Raises:
+        RunNotFoundError: the run has no history.
+        RunStillOpenError: the run has not ended (nothing is purged).
+        ReopenedWhilePurgingError: it was reopened meanwhile (its newer messages are kept).
+    """
+    history = JetStreamEventLog(js)
+    state, last_seq = await load_state(history, KvSnapshotStore(js), check_run_id(run_id))
+    if state.status == "new":
+        raise RunNotFoundError(run_id)
+    if not is_terminal(state):
+        raise RunStillOpenError(run_id, state.status)
+    record = _record(state, last_seq, reason, at_ms)
+    await ensure_log(js)
+    await js.publish(
+        retention_subject(run_id),
+        msgspec.json.encode(record),
+        stream=RETENTION_STREAM,
+        headers={"Nats-Msg-Id": f"purge:{run_id}:{last_seq}"},
+    )
+    await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id), seq=last_seq + 1)
+    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+        await (await js.key_value(RUNS_BUCKET)).purge(run_id)
+    left = await history.last_seq(run_id)
+    if left:
+        raise ReopenedWhilePurgingError(run_id, left)
+    log.info("run %s purged (%s): %d history messages", run_id, reason, last_seq)
+    return record
+
+
+def _record(state: RunState, last_seq: int, reason: str, at_ms: int) -> PurgedRun:
+    return PurgedRun(
+        run_id=state.run_id,
+        workflow=state.workflow.name if state.workflow is not None else "",
+        status=state.status,
+        started_at_ms=state.started_at_ms,
+        ended_at_ms=state.ended_at_ms,
+        purged_at_ms=at_ms,
+        history_messages=last_seq,
+        reason=reason,
+    )
+
+
+async def purged_runs(js: JetStreamContext, limit: int) -> list[PurgedRun]:
+    """The retention log's records, newest purge first, at most
+    min(limit, settings.retention_listed_max); [] when nothing was ever purged."""
+    bound = min(limit, settings.retention_listed_max)
+    try:
+        info = await js.stream_info(RETENTION_STREAM, subjects_filter=f"{RETENTION_PREFIX}.>")
+    except nats.js.errors.NotFoundError:
+        return []
+    subjects = sorted(info.state.subjects or {})[: settings.retention_listed_max]
+    slots = asyncio.Semaphore(32)
+
+    async def one(subject: str) -> PurgedRun | None:
+        async with slots:
+            try:
+                message = await js.get_last_msg(RETENTION_STREAM, subject)
+            except nats.js.errors.NotFoundError:
+                return None
+            assert message.data is not None
+            return msgspec.json.decode(message.data, type=PurgedRun)
+
+    records = [r for r in await asyncio.gather(*(one(s) for s in subjects)) if r is not None]
+    records.sort(key=lambda r: (r.purged_at_ms, r.run_id), reverse=True)
+    return records[:bound]
+
+
+# -- serve's part: the sweep and the query rows ------------------------------------------
+
+
+def sweep_interval_ms(retention_ms: int) -> int:
+    quarter = retention_ms // 4
+    return max(settings.retention_sweep_min_ms, min(settings.retention_sweep_max_ms, quarter))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=sqlite_busy_timeout_s)
+
+
+def expired_runs(sqlite_path: Path, ended_before_ms: int, limit: int) -> list[str]:
+    """Ids of finished runs (as the query tables know them) that ended before the time."""
+    if not sqlite_path.exists():
+        return []
+    marks = ",".join("?" for _ in TERMINAL_RUN_STATUSES)
+    db = _connect(sqlite_path)
+    try:
+        rows = db.execute(
+            f"SELECT run_id FROM runs WHERE status IN ({marks}) AND ended_at_ms IS NOT NULL "
+            "AND ended_at_ms < ? ORDER BY ended_at_ms LIMIT ?",
+            (*sorted(TERMINAL_RUN_STATUSES), ended_before_ms, limit),
+        ).fetchall()
+    except sqlite3.OperationalError:  # no runs table yet
+        return []
+    finally:
+        db.close()
+    return [str(row[0]) for row in rows]
+
+
+def delete_rows(sqlite_path: Path, run_ids: Iterable[str]) -> int:
+    """Delete the runs' rows from every query table that has a `run_id` column; rows gone."""
+    ids = list(run_ids)
+    if not ids or not sqlite_path.exists():
+        return 0
+    db = _connect(sqlite_path)
+    deleted = 0
+    try:
+        tables = [
+            str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        with db:
+            for table in tables:
+                columns = {str(c[1]) for c in db.execute(f'PRAGMA table_info("{table}")')}
+                if "run_id" not in columns:
+                    continue
+                for run_id in ids:
+                    cursor = db.execute(f'DELETE FROM "{table}" WHERE run_id = ?', (run_id,))
+                    deleted += cursor.rowcount
+    finally:
+        db.close()
+    return deleted
+
+
+class Retention:
+    """Serve's retention: drops the query rows of every run in the retention log (however it
+    was purged), and with an age, purges the finished runs older than it.
+
+    `reader` reads the log (the engine's connection will do); `admin` purges (None: no age,
+    nothing is purged here).
+    """
+
+    def __init__(
+        self,
+        reader: JetStreamContext,
+        sqlite_path: Path,
+        *,
+        retention_ms: int | None = None,
+        admin: JetStreamContext | None = None,
+    ) -> None:
+        assert retention_ms is None or admin is not None, "purging needs the admin connection"
+        self.reader = reader
+        self.sqlite_path = sqlite_path
+        self.retention_ms = retention_ms
+        self.admin = admin
+        self._rows_dropped: set[tuple[str, int]] = set()
+        self._log_seen = 0  # the log's last sequence when its rows were last dropped
+        self.purged = 0  # runs purged by this service (for logs and tests)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drop purged runs' rows every `retention_log_poll_ms`, and sweep when due."""
+        next_sweep = 0
+        while not stop.is_set():
+            try:
+                await self.drop_rows()
+                if self.retention_ms is not None and now_ms() >= next_sweep:
+                    await self.sweep(now_ms())
+                    next_sweep = now_ms() + sweep_interval_ms(self.retention_ms)
+            except (nats.errors.Error, TimeoutError, sqlite3.Error, DagnatsError) as error:
+                log.warning("retention: %s (tried again)", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=settings.retention_log_poll_ms / 1000)
+
+    async def drop_rows(self) -> None:
+        """Delete the query rows of purged runs not dropped yet by this process."""
+        try:
+            info = await self.reader.stream_info(RETENTION_STREAM)
+        except nats.js.errors.NotFoundError:
+            return
+        if info.state.last_seq == self._log_seen:
+            return  # nothing purged since the last look
+        records = await purged_runs(self.reader, settings.retention_listed_max)
+        fresh = [(r.run_id, r.purged_at_ms) for r in records]
+        fresh = [key for key in fresh if key not in self._rows_dropped]
+        if fresh:
+            await asyncio.to_thread(delete_rows, self.sqlite_path, [key[0] for key in fresh])
+            self._rows_dropped.update(fresh)
+        self._log_seen = info.state.last_seq
+
+    async def sweep(self, at_ms: int) -> int:
+        """Purge finished runs that ended more than the retention age before `at_ms`."""
+        assert self.retention_ms is not None and self.admin is not None
+        limit = settings.retention_purges_per_sweep_max
+        cutoff = at_ms - self.retention_ms
+        run_ids = await asyncio.to_thread(expired_runs, self.sqlite_path, cutoff, limit)
+        purged = 0
+        for run_id in run_ids:
+            try:
+                state, _ = await load_state(
+                    JetStreamEventLog(self.admin), KvSnapshotStore(self.admin), run_id
+                )
+                if state.ended_at_ms is None or state.ended_at_ms >= cutoff:
+                    continue  # reopened (and perhaps ended again) since the row was written
+                await purge_run(self.admin, run_id, reason=self.reason, at_ms=at_ms)
+                purged += 1
+            except RunNotFoundError:  # its history is gone already: its rows go too
+                await asyncio.to_thread(delete_rows, self.sqlite_path, [run_id])
+            except RunStillOpenError:
+                continue  # reopened since: never purged while it runs
+            except ReopenedWhilePurgingError as error:
+                log.error("retention: %s", error)
+        self.purged += purged
+        if purged:
+            await self.drop_rows()
+        return purged
+
+    @property
+    def reason(self) -> str:
+        assert self.retention_ms is not None
+        return f"retention {self.retention_ms // 1000}s"
