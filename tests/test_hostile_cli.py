@@ -8,6 +8,7 @@ first case completes after the last one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -281,7 +282,7 @@ def test_revisions_are_per_workflow(stack: Stack, tmp_path: Path) -> None:
         file.write_text(f'{{"name": "{name}", "steps": [{{"id": "one", "task": "fault.work"}}]}}')
         result = stack.cli("workflow", "register", str(file), "--json")
         assert result.code == 0, result
-        numbers.append((name, result.stdout.split('"revision":')[1].strip(" }\n")))
+        numbers.append((name, str(json.loads(result.stdout)["revision"])))
     assert numbers == [("rev-a", "1"), ("rev-b", "1"), ("rev-a", "2"), ("rev-a", "3")]
     shown = stack.cli("workflow", "show", "rev-a", "--revision", "1")
     assert shown.code == 0 and "revisions: 1, 2, 3" in shown.stdout, shown
