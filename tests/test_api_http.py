@@ -440,6 +440,24 @@ def test_live_text_of_an_ended_run_ends_at_once(stack: Stack) -> None:
     assert_problem(unknown, 404)
 
 
+def test_the_trigger_routes_answer(stack: Stack) -> None:
+    """Each `/v1/triggers` route once (tests/test_trigger*.py drive them further)."""
+    http, base = stack.http, "/v1/triggers/api-one/api-hook"
+    hook = {"id": "api-hook", "webhook": {"path": "/api-hook", "secret": "a-secret-of-16-chars+"}}
+    created = http.post("/v1/triggers", json={"workflow": "api-one", "trigger": hook})
+    assert created.status_code == 201, created.text
+    assert any(t["id"] == "api-hook" for t in http.get("/v1/triggers").json())
+    shown = http.get(base).json()
+    assert shown["trigger"]["webhook"]["secret"] == "(set)", shown
+    moved = {"webhook": {"path": "/api-hook-2"}}
+    assert http.put(base, json=moved).status_code == 200
+    assert http.post(f"{base}/disable").json() == {"enabled": False}
+    assert http.post(f"{base}/enable").json() == {"enabled": True}
+    assert http.get(f"{base}/history").status_code == 200
+    assert http.delete(base).status_code == 204
+    assert_problem(http.get(base), 404)
+
+
 def test_openapi_validates_and_every_route_in_it_was_exercised(stack: Stack) -> None:
     """Runs last in this module: the routes sent by the tests above are recorded."""
     response = stack.http.get("/openapi.json")

@@ -38,6 +38,21 @@ def test_missed_fires_follow_the_backfill() -> None:
     assert [cron_fire_name(f)[11:16] for f in on_time] == ["01:00"] and none_skipped == 0
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 10), st.integers(0, 12))
+def test_the_newest_backfill_missed_fires_run_however_many_were_missed(
+    backfill: int, hours_down: int
+) -> None:
+    """Found by the two-serves end-to-end test: a backfill over the number missed kept only
+    one (a negative slice start)."""
+    hourly = CronSource(expression="0 * * * *", backfill=backfill)
+    run, skipped = fires_to_run(
+        hourly, T0 + 30 * MINUTE, T0 + hours_down * 60 * MINUTE + 30 * MINUTE
+    )
+    assert len(run) == min(backfill, hours_down) and skipped == hours_down - len(run)
+    assert run == fires_between(hourly, T0, T0 + hours_down * 60 * MINUTE)[hours_down - len(run) :]
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.integers(1, 40 * MINUTE), min_size=1, max_size=30))
 def test_ticking_in_any_steps_fires_each_minute_once(steps: list[int]) -> None:

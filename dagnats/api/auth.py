@@ -8,6 +8,11 @@ the guard every request but `/health` passes.
 - With a token, every request but `GET /health` and the static docs page (files shipped in
   the wheel, no data) needs `Authorization: Bearer <token>`, compared in constant time
   (`hmac.compare_digest`); otherwise 401 with a problem body and `WWW-Authenticate: Bearer`.
+- Except `/hooks/...` (webhook and http triggers): a request there without the token goes on,
+  marked `scope["state"][BEARER_MISSING] = True`, and the route serves it only for a trigger
+  with a `secret`, whose HMAC signature then authenticates it (so GitHub-style senders, which
+  cannot send a bearer token, work); a trigger without a secret answers it 401
+  (`dagnats/api/triggers_routes.py`).
 
 Imported by `dagnats/api/app.py`, the serve wiring and the bridge; it does no I/O but reading
 the token file.
@@ -34,6 +39,8 @@ PUBLIC_PATHS: Final = frozenset(("/health", "/"))  # "/": a redirect to the cons
 # the static docs page (files from the wheel, no data); the console (its own guard: a session
 # cookie or this bearer token, dagnats/console/security.py)
 PUBLIC_PREFIXES: Final = ("/docs", "/console")
+SIGNED_PREFIX: Final = "/hooks/"  # authenticated by a trigger's signature instead (above)
+BEARER_MISSING: Final = "dagnats.bearer_missing"  # scope state: passed on without the token
 LOOPBACK_NAMES: Final = frozenset(("localhost", "localhost.localdomain", "ip6-localhost"))
 
 
@@ -146,6 +153,10 @@ class BearerGuard(ASGIMiddleware):
                 header = value.decode("latin-1")
                 break
         if bearer_matches(header, self.token):
+            await next_app(scope, receive, send)
+            return
+        if scope["path"].startswith(SIGNED_PREFIX):  # the trigger's signature decides
+            scope.setdefault("state", {})[BEARER_MISSING] = True
             await next_app(scope, receive, send)
             return
         detail = (

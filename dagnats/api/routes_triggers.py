@@ -164,7 +164,6 @@ router = Router(
         enable_trigger, disable_trigger, trigger_history,
     ],
     tags=["triggers"],
-    include_in_schema=False,  # (tests/test_api_http.py checks every documented route is driven)
 )  # fmt: skip
 
 __all__ = ["router"]

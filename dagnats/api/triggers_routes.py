@@ -11,6 +11,8 @@
 - Both: the body is read up to the trigger's bound (413 beyond it); with a `secret`, header
   `X-Dagnats-Signature: sha256=<hex HMAC-SHA256 of the body>` is required and compared in
   constant time (401). An unknown path is 404, a known path with another method 405.
+- With an API token, a request without it is served only by a trigger with a `secret` (its
+  signature authenticates it: see `dagnats/api/auth.py`); a trigger without one answers 401.
 - `idempotency_header`: the first request with a value creates a key in bucket
   `dagnats_trigger_idem` (its entries expire after `settings.idempotency_ttl_ms`); every request
   with that value within the time names the same fire, so the same run (one run even when ten
@@ -42,6 +44,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from dagnats.api import routes_triggers
+from dagnats.api.auth import BEARER_MISSING
 from dagnats.api.problems import ProblemError, problem_response
 from dagnats.client.watches import RunWatch
 from dagnats.runtime import settings
@@ -200,6 +203,13 @@ async def answer(
     body = await read_body(request, bound)
     webhook = trigger.webhook
     secret = http.secret if http is not None else (webhook.secret if webhook is not None else "")
+    if not secret and request.scope.get("state", {}).get(BEARER_MISSING):
+        raise ProblemError(
+            401, f"trigger {trigger.id!r} has no secret: a request needs the API's bearer token",
+            kind="unauthorized", hint="send `Authorization: Bearer <token>`, or give the trigger "
+            "a secret and sign the body (X-Dagnats-Signature)",
+            headers={"WWW-Authenticate": 'Bearer realm="dagnats"'},
+        )  # fmt: skip
     if secret:
         check_signature(request.headers.get(SIGNATURE_HEADER, ""), body, secret)
     value = request_input(request, path, body)

@@ -43,6 +43,7 @@ from dagnats.client.errors import (
 )
 from dagnats.client.watches import ParkedWatches, RunWatch
 from dagnats.input_schema import check_input
+from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.credentials import TlsFiles
@@ -169,6 +170,7 @@ class Client:
         else:
             json_input.check_workflow_keys(source)
             workflow = check_zones(parse_workflow(source))
+        await triggers_managed.check_route_conflicts(self.connection.js, workflow)
         return await client_workflows.register(self, workflow)
 
     async def get_workflow(self, name: str, revision: int | None = None) -> WorkflowDef:

@@ -15,6 +15,11 @@ latest revision, overridden by those managed with `dagnats trigger`, bucket
 - every fire is recorded on `dagnats.fires.<trigger key>` (stream `DAGNATS_TRIGGER_FIRES`,
   deduplicated per fire), a fire for a missing workflow or a disabled trigger with its reason.
 Runs started by a trigger carry the workflow without its triggers (no secrets in history).
+
+Test seam: `$DAGNATS_TEST_CLOCK_OFFSET_MS` (an integer, default 0) is added to the trigger
+service's clock when no clock is given, so end-to-end tests can put a real `dagnats serve`
+hours ahead (cron fires due "while it was down") without waiting. Nothing else reads it; it
+moves cron and debounce time only (runs, timers and history keep the real clock).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Final, Literal
 
@@ -58,6 +64,7 @@ INPUT_STREAM: Final = "DAGNATS_TRIGGER_IN"
 STATE_BUCKET: Final = "dagnats_trigger_state"
 TRIGGERS_BUCKET: Final = "dagnats_triggers"
 Outcome = Literal["started", "skipped", "failed", "debounced"]
+CLOCK_OFFSET_ENV: Final = "DAGNATS_TEST_CLOCK_OFFSET_MS"  # a test seam (see the docstring)
 
 
 class FireRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +98,25 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Starter = Callable[[WorkflowDef, object, str], Awaitable[object]]
+
+
+def service_clock(environ: dict[str, str] | None = None) -> Callable[[], int]:
+    """The trigger service's clock: `now_ms`, moved by `$DAGNATS_TEST_CLOCK_OFFSET_MS` (a
+    test seam: end-to-end tests of cron against a real serve, no real minute waited).
+
+    Raises:
+        ValueError: the variable is set and not an integer (naming it and its value).
+    """
+    text = (os.environ if environ is None else environ).get(CLOCK_OFFSET_ENV, "").strip()
+    if not text:
+        return now_ms
+    try:
+        offset = int(text)
+    except ValueError:
+        raise ValueError(f"${CLOCK_OFFSET_ENV} {text!r} must be an integer (ms)") from None
+    log.warning("triggers: the clock is moved by %d ms ($%s, a test seam)", offset,
+                CLOCK_OFFSET_ENV)  # fmt: skip
+    return lambda: now_ms() + offset
 
 
 def fires_subject(workflow: str, trigger_id: str) -> str:
@@ -165,11 +191,11 @@ class TriggerService:
         js: JetStreamContext,
         start: Starter,
         *,
-        clock: Callable[[], int] = now_ms,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.js = js
         self.start = start  # (workflow, input, run_id) -> awaitable: publish the start
-        self.clock = clock
+        self.clock = service_clock() if clock is None else clock
         self.entries: list[Entry] = []
         self.debouncer = Debouncer()
         self.consumers: dict[str, asyncio.Task[None]] = {}

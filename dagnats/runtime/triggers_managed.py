@@ -30,7 +30,7 @@ from dagnats.runtime.triggers_plan import zone_problems
 from kernel.errors import DagnatsError, Problem, WorkflowInvalidError
 from kernel.workflow import WorkflowDef, validate_workflow
 from kernel.workflow.problems import Problems
-from kernel.workflow.trigger_model import TriggerDef
+from kernel.workflow.trigger_model import TriggerDef, triggers_of
 from kernel.workflow.trigger_parse import read_trigger, trigger_document
 
 FIELD: str = "trigger"
@@ -91,6 +91,47 @@ def checked_trigger(
     return trigger
 
 
+async def route_conflicts(js: JetStreamContext, workflow: WorkflowDef) -> tuple[Problem, ...]:
+    """A problem for each webhook or http route of `workflow` that a trigger of another
+    registered workflow already serves (same method and path), naming that workflow."""
+    own = [(index, t.route(), t) for index, t in enumerate(triggers_of(workflow))]
+    if not any(route is not None for _, route, _ in own):
+        return ()
+    taken: dict[tuple[str, str], Entry] = {}
+    for entry in await load_entries(js):
+        route = entry.trigger.route()
+        if route is not None and entry.workflow_name != workflow.name:
+            taken.setdefault(route, entry)
+    found: list[Problem] = []
+    for index, route, trigger in own:
+        other = taken.get(route) if route is not None else None
+        if other is None or route is None:
+            continue
+        kind = "webhook" if trigger.webhook is not None else "http"
+        found.append(Problem(
+            path=f"triggers[{index}].{kind}.path", value=repr(route[1]),
+            rule=f"{route[0]} /hooks{route[1]} is already served by trigger "
+            f"{other.trigger.id!r} of workflow {other.workflow_name!r}: routes are unique "
+            "across workflows",
+        ))  # fmt: skip
+    return tuple(found)
+
+
+async def check_route_conflicts(js: JetStreamContext, workflow: WorkflowDef) -> None:
+    """Nothing when no other workflow serves one of `workflow`'s routes (or the triggers
+    cannot be read: a client without them registers as before).
+
+    Raises:
+        WorkflowInvalidError: naming each route and the workflow that has it.
+    """
+    try:
+        problems = await route_conflicts(js, workflow)
+    except (nats.errors.Error, TimeoutError):
+        return
+    if problems:
+        raise WorkflowInvalidError(problems, workflow=workflow.name)
+
+
 async def _of_workflow(js: JetStreamContext, workflow: str) -> list[Entry]:
     with contextlib.suppress(nats.errors.Error):  # serve made them; a client may not
         await ensure_trigger_resources(js)
@@ -122,6 +163,8 @@ async def put(
     workflow = definition.name
     entries = await _of_workflow(js, workflow)
     trigger = checked_trigger(document, definition, [entry.trigger for entry in entries])
+    others = [entry.trigger for entry in entries if entry.trigger.id != trigger.id]
+    await check_route_conflicts(js, replace(definition, triggers=(*others, trigger)))
     exists = any(entry.trigger.id == trigger.id for entry in entries)
     if create and exists:
         raise TriggerExistsError(workflow, trigger.id)
@@ -172,6 +215,7 @@ __all__ = [
     "FileTriggerError",
     "TriggerExistsError",
     "TriggerNotFoundError",
+    "check_route_conflicts",
     "checked_trigger",
     "delete",
     "put",

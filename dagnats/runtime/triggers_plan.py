@@ -129,7 +129,7 @@ def fires_to_run(source: CronSource, last_ms: int, now_ms: int) -> tuple[list[in
     due = fires_between(source, last_ms, now_ms)
     on_time = [fire for fire in due if now_ms - fire <= settings.cron_late_ms]
     missed = due[: len(due) - len(on_time)]
-    kept = missed[len(missed) - source.backfill :] if source.backfill else []
+    kept = missed[max(0, len(missed) - source.backfill) :] if source.backfill else []
     assert len(kept) <= source.backfill
     return kept + on_time, len(missed) - len(kept)
 

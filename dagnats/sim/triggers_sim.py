@@ -1,0 +1,325 @@
+"""Cron fires and debounce in virtual time, with crashes and restarts of the trigger service.
+
+`simulate_cron(seed, ...)` runs `engines` real `TriggerService`s (unchanged: their `_cron`
+and `tick`) over a memory trigger-state bucket with compare-and-set and a memory start log
+deduplicated on the run id (what `start:<run id>` does on the commands stream). Virtual time
+moves in seeded steps, with long spells where every engine is down; an engine dies at a
+seeded point (before a start, after one, before or after the state's update) and comes back
+as a fresh service. The oracle is written apart from the planner: the schedule is every
+`PERIOD_MS` (`*/5 * * * *`), the fires of a window are multiples of it. Violations:
+
+- a fire time started more than once (the start log counts each accepted start);
+- a state update over (old, now] whose fires within `cron_late_ms` of now did not all run,
+  or whose missed fires' newest `backfill` did not all run (a fire due during downtime runs
+  per backfill);
+- a run whose fire no tick was allowed to start (neither on time nor among the newest
+  `backfill` missed of the state it read).
+
+`simulate_debounce(seed, ...)` offers bursts of fires (random gaps, keys, inputs) to one real
+service and ticks it; its oracle replays the same fires and ticks: each burst starts one run,
+with the burst's last input, at the first tick `period` after its last fire or `timeout` after
+its first, at the latest. A crash drops the pending bursts (documented: they live in memory);
+the bursts it cut are not checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final
+
+import msgspec
+import nats.js.errors
+
+from dagnats.runtime import settings
+from dagnats.runtime.triggers import Entry, TriggerService
+from dagnats.runtime.triggers_plan import cron_fire_name, fire_run_id
+from dagnats.sim.faults import SimulatedCrash
+from kernel.workflow import WorkflowDef, parse_workflow
+from kernel.workflow.trigger_model import CronSource, Debounce, SubjectSource, TriggerDef
+
+PERIOD_MS: Final = 5 * 60_000
+EXPRESSION: Final = "*/5 * * * *"
+T0: Final = 1_924_992_000_000  # 2031-01-01T00:00:00Z, a multiple of PERIOD_MS
+rounds_max: Final = 10_000
+CRASH_POINTS: Final = ("before-start", "after-start", "before-update", "after-update")
+WORKFLOW: Final = "sim_triggers"
+
+
+@dataclass
+class Report:
+    """What one seed did and every rule it found broken."""
+
+    seed: int
+    runs: dict[str, object] = field(default_factory=dict)  # run id -> input (first start)
+    crashes: int = 0
+    ticks: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+class _Found(msgspec.Struct, frozen=True):
+    value: bytes
+    revision: int
+
+
+class MemoryState:
+    """The trigger-state bucket: get, create, update with compare-and-set, and the reads and
+    updates made (for the oracle)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, _Found] = {}
+        self.reads: list[tuple[int, int]] = []  # (state read, now)
+        self.updates: list[tuple[int, int, int]] = []  # (old, new, now)
+        self.now = 0
+        self.dice: _Dice | None = None
+
+    async def get(self, key: str) -> _Found:
+        found = self.values.get(key)
+        if found is None:
+            raise nats.js.errors.KeyNotFoundError
+        self.reads.append((int(found.value), self.now))
+        return found
+
+    async def create(self, key: str, value: bytes) -> int:
+        if key in self.values:
+            raise nats.js.errors.KeyWrongLastSequenceError
+        self.values[key] = _Found(value, 1)
+        return 1
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        if self.dice is not None:
+            self.dice.maybe("before-update")
+        found = self.values[key]
+        if found.revision != last:
+            raise nats.js.errors.KeyWrongLastSequenceError
+        self.values[key] = _Found(value, last + 1)
+        self.updates.append((int(found.value), int(value), self.now))
+        if self.dice is not None:
+            self.dice.maybe("after-update")
+        return last + 1
+
+
+class _Dice:
+    def __init__(self, rng: random.Random, rate: float) -> None:
+        self.rng, self.rate, self.crashes = rng, rate, 0
+
+    def maybe(self, point: str) -> None:
+        if self.rng.random() < self.rate:
+            self.crashes += 1
+            raise SimulatedCrash("trigger-service", point)
+
+
+class _Records:
+    """The fire records' stream (the service publishes a record per fire)."""
+
+    def __init__(self) -> None:
+        self.published: list[bytes] = []
+
+    async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        self.published.append(data)
+
+
+class StartLog:
+    """Starts deduplicated on the run id; the count of accepted starts per run."""
+
+    def __init__(self, dice: _Dice | None, now: MemoryState) -> None:
+        self.runs: dict[str, object] = {}
+        self.started_at: dict[str, int] = {}
+        self.accepted: Counter[str] = Counter()
+        self.dice = dice
+        self.clock = now
+
+    async def __call__(self, workflow: WorkflowDef, value: object, run_id: str) -> object:
+        if self.dice is not None:
+            self.dice.maybe("before-start")
+        if run_id not in self.runs:
+            self.runs[run_id] = value
+            self.started_at[run_id] = self.clock.now
+            self.accepted[run_id] += 1
+        if self.dice is not None:
+            self.dice.maybe("after-start")
+        return run_id
+
+
+def _workflow() -> WorkflowDef:
+    return parse_workflow(
+        {"name": WORKFLOW, "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "1s"}}]}
+    )
+
+
+def _service(state: MemoryState, start: StartLog, entry: Entry) -> TriggerService:
+    service = TriggerService(_Records(), start, clock=lambda: state.now)  # type: ignore[arg-type]
+    service._state = state  # type: ignore[assignment]
+    service.entries = [entry]
+    return service
+
+
+def simulate_cron(
+    seed: int, *, engines: int = 2, backfill: int = 2, crash_rate: float = 0.05,
+    rounds: int = 300,
+) -> Report:  # fmt: skip
+    """One seed of cron ticks by racing, crashing engines (see the module's docstring)."""
+    return asyncio.run(_cron(seed, engines, backfill, crash_rate, rounds))
+
+
+async def _cron(seed: int, engines: int, backfill: int, crash_rate: float, rounds: int) -> Report:
+    assert 1 <= engines <= 8 and 0 <= rounds <= rounds_max and 0.0 <= crash_rate < 1.0
+    rng = random.Random(seed)
+    trigger = TriggerDef(id="cron", cron=CronSource(expression=EXPRESSION, backfill=backfill))
+    entry = Entry(workflow_name=WORKFLOW, workflow=_workflow(), trigger=trigger)
+    state, dice = MemoryState(), _Dice(rng, crash_rate)
+    state.dice, state.now = dice, T0 + rng.randrange(PERIOD_MS)
+    starts = StartLog(dice, state)
+    services: list[TriggerService | None] = [_service(state, starts, entry) for _ in range(engines)]
+    report = Report(seed=seed)
+    for _ in range(rounds):
+        state.now += _step(rng)
+        index = rng.randrange(engines)
+        service = services[index]
+        if service is None:  # down: it comes back as a fresh process, or stays down
+            if rng.random() < 0.5:
+                services[index] = _service(state, starts, entry)
+            continue
+        report.ticks += 1
+        try:
+            await service.tick()
+        except SimulatedCrash:
+            services[index] = None
+    state.dice = starts.dice = None  # a last clean tick settles the state
+    await _service(state, starts, entry).tick()
+    report.crashes, report.runs = dice.crashes, starts.runs
+    report.violations = cron_violations(state, starts, backfill)
+    return report
+
+
+def _step(rng: random.Random) -> int:
+    """Virtual time between two rounds: mostly a tick, sometimes a long spell of downtime."""
+    if rng.random() < 0.05:
+        return rng.randrange(PERIOD_MS, 12 * PERIOD_MS)
+    return rng.randrange(settings.trigger_tick_ms, 3 * settings.trigger_tick_ms + PERIOD_MS // 4)
+
+
+def _fires(after: int, until: int) -> list[int]:
+    """The oracle's fire times in (after, until]: the multiples of PERIOD_MS."""
+    first = (after // PERIOD_MS + 1) * PERIOD_MS
+    return list(range(first, until + 1, PERIOD_MS))
+
+
+def _allowed(last: int, now: int, backfill: int) -> tuple[set[int], set[int]]:
+    """(must run, may run) for a tick that read `last` at `now`."""
+    due = _fires(last, now)
+    on_time = [fire for fire in due if now - fire <= settings.cron_late_ms]
+    missed = [fire for fire in due if now - fire > settings.cron_late_ms]
+    kept = missed[max(0, len(missed) - backfill) :] if backfill else []
+    return set(on_time) | set(kept), set(on_time) | set(kept)
+
+
+def cron_violations(state: MemoryState, starts: StartLog, backfill: int) -> list[str]:
+    found: list[str] = []
+    for run_id, count in starts.accepted.items():
+        if count > 1:
+            found.append(f"run {run_id} started {count} times")
+    ran = set(starts.runs)
+    name = {fire_run_id(WORKFLOW, "cron", cron_fire_name(f)): f for f in _fires(T0, state.now)}
+    may: set[int] = set()
+    for last, now in state.reads:
+        may |= _allowed(last, now, backfill)[1]
+    for old, _, now in state.updates:
+        for fire in sorted(_allowed(old, now, backfill)[0]):
+            if fire_run_id(WORKFLOW, "cron", cron_fire_name(fire)) not in ran:
+                found.append(f"fire {cron_fire_name(fire)} due in ({old}, {now}] never ran")
+    for run_id in ran:
+        fired = name.get(run_id)
+        if fired is None:
+            found.append(f"run {run_id} is no fire time of the schedule")
+        elif fired not in may:
+            found.append(f"run of fire {cron_fire_name(fired)} that no tick was allowed to start")
+    return found
+
+
+def simulate_debounce(
+    seed: int, *, period_ms: int = 5_000, timeout_ms: int = 20_000, crash_rate: float = 0.02,
+    rounds: int = 400,
+) -> Report:  # fmt: skip
+    """One seed of debounced bursts (see the module's docstring)."""
+    return asyncio.run(_debounce(seed, period_ms, timeout_ms, crash_rate, rounds))
+
+
+async def _debounce(
+    seed: int, period_ms: int, timeout_ms: int, crash_rate: float, rounds: int
+) -> Report:
+    assert period_ms > 0 and timeout_ms >= 0 and 0 <= rounds <= rounds_max
+    rng = random.Random(seed)
+    rule = Debounce(period_ms=period_ms, timeout_ms=timeout_ms, key="user")
+    trigger = TriggerDef(id="burst", subject=SubjectSource(subject="sim.burst"), debounce=rule)
+    entry = Entry(workflow_name=WORKFLOW, workflow=_workflow(), trigger=trigger)
+    state = MemoryState()
+    state.now = T0
+    starts = StartLog(None, state)
+    service = _service(state, starts, entry)
+    report = Report(seed=seed)
+    events: list[tuple[str, int, str, str, object]] = []  # (kind, at, fire, key, input)
+    for number in range(rounds):
+        state.now += rng.choice(
+            (rng.randrange(1, period_ms), rng.randrange(period_ms, 4 * period_ms))
+        )
+        if rng.random() < crash_rate:  # the service dies: its pending bursts are gone
+            report.crashes += 1
+            service = _service(state, starts, entry)
+            events.append(("crash", state.now, "", "", None))
+        elif rng.random() < 0.6:
+            user = rng.choice(("ann", "bob", "cy"))
+            value = {"user": user, "n": number}
+            fire = f"m{number}"
+            await service.fire(entry, fire, value)
+            events.append(("fire", state.now, fire, user, value))
+        else:
+            report.ticks += 1
+            await service.tick()
+            events.append(("tick", state.now, "", "", None))
+    report.runs = starts.runs
+    report.violations = debounce_violations(events, starts, rule)
+    return report
+
+
+def debounce_violations(
+    events: list[tuple[str, int, str, str, object]], starts: StartLog, rule: Debounce
+) -> list[str]:
+    """Replay the fires and ticks apart from the debouncer: each burst one run, its last input,
+    released at the first tick after quiet or timeout."""
+    open_bursts: dict[str, tuple[int, int, str, object]] = {}  # key -> (first, last, fire, input)
+    expected: dict[str, tuple[object, int]] = {}  # run id -> (input, released at)
+    found: list[str] = []
+    for kind, at, fire, key, value in events:
+        if kind == "crash":
+            open_bursts.clear()
+        elif kind == "fire":
+            burst = open_bursts.get(key)
+            open_bursts[key] = (at, at, fire, value) if burst is None else (
+                burst[0], at, burst[2], value)  # fmt: skip
+        else:
+            for name, (first, last, first_fire, last_input) in list(open_bursts.items()):
+                quiet = at - last >= rule.period_ms
+                late = bool(rule.timeout_ms) and at - first >= rule.timeout_ms
+                if quiet or late:
+                    del open_bursts[name]
+                    expected[fire_run_id(WORKFLOW, "burst", first_fire)] = (last_input, at)
+    for run_id, (last_input, at) in expected.items():
+        if starts.runs.get(run_id, None) is None:
+            found.append(f"burst {run_id} released at {at} started no run")
+            continue
+        given = starts.runs[run_id]
+        if not isinstance(given, dict) or {k: given.get(k) for k in ("user", "n")} != last_input:
+            found.append(
+                f"burst {run_id} started with {given!r}, not its last input {last_input!r}"
+            )
+        if starts.started_at[run_id] != at:
+            found.append(f"burst {run_id} started at {starts.started_at[run_id]}, not at {at}")
+    for run_id in set(starts.runs) - set(expected):
+        found.append(f"run {run_id} is no burst the replay released")
+    return found
+
+
+__all__ = ["Report", "cron_violations", "debounce_violations", "simulate_cron", "simulate_debounce"]
