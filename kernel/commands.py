@@ -41,6 +41,10 @@ class StartRun(Command, frozen=True, kw_only=True, tag="start_run"):
     continued_from: str | None = None  # the run this one continues as new
     chain_root: str = ""  # the first run of the continue-as-new chain
     chain_index: int = 0  # the position in that chain (the root is 0)
+    # an agent's child run (kernel/control.py): the root run whose quotas count it, and the
+    # root's agent loop step ("" for a root run or a child that is no agent's)
+    control_root: str | msgspec.UnsetType = msgspec.UNSET
+    control_root_step: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskStarted(Command, frozen=True, kw_only=True, tag="task_started"):
@@ -218,11 +222,55 @@ class ReleaseTask(Command, frozen=True, kw_only=True, tag="release_task"):
     attempt: int
 
 
+# -- control plane: quotas per root run (kernel/control.py) ---------------------------------
+
+
+class AskChild(Command, frozen=True, kw_only=True, tag="control_ask"):
+    """A descendant's agent asks the ROOT run (`run_id`, its agent loop `step_id`) to count a
+    child run against the root's quotas: tool call `index` of `turn` of `requester_step_id` in
+    `requester_run_id` would start `child_run_id` (`writes`: of a definition it wrote). Only
+    the engine sends it (deduplicated on the child's id)."""
+
+    step_id: str
+    child_run_id: str
+    requester_run_id: str
+    requester_step_id: str
+    turn: int
+    index: int
+    generation: int  # the child's depth (a root run is 0)
+    writes: bool = False
+
+
+class AnswerChild(Command, frozen=True, kw_only=True, tag="control_answer"):
+    """The root's verdict on an `AskChild`, sent back to the requesting run's agent loop
+    `step_id`: `granted`, or refused by quota `rule` with `message` (the tool call's result)."""
+
+    step_id: str
+    child_run_id: str
+    turn: int
+    index: int
+    granted: bool
+    rule: str = ""
+    message: str = ""
+
+
+class ReleaseChild(Command, frozen=True, kw_only=True, tag="control_release"):
+    """Child run `child_run_id` of a descendant ended: the root (`run_id`, agent loop
+    `step_id`) stops counting it among the tree's active children."""
+
+    step_id: str
+    child_run_id: str
+
+
+ControlCommand = AskChild | AnswerChild | ReleaseChild
+
+
 AnyCommand = (
     StartRun | TaskStarted | CompleteTask | FailTask | FireTimer | CancelRun | SendSignal
     | RecordChild | DeliverEvent | ResolveApproval
     | ReopenRun | TerminateRun | DiscardDeadLetter
     | StartGated | ScheduleRun | AdmitRun | DeferTask | ReleaseTask
+    | AskChild | AnswerChild | ReleaseChild
 )  # fmt: skip
 
 COMMAND_TYPES: tuple[type[Command], ...] = (
@@ -244,6 +292,9 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     AdmitRun,
     DeferTask,
     ReleaseTask,
+    AskChild,
+    AnswerChild,
+    ReleaseChild,
 )
 
 

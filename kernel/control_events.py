@@ -52,3 +52,56 @@ class ControlChildEnded(StepEvent, frozen=True, kw_only=True, tag="control.child
     child_run_id: str
     status: str
     at_ms: int
+
+
+# -- quotas per root run: a descendant asks the root (kernel/control.py) --------------------
+
+
+class ControlChildAsked(StepEvent, frozen=True, kw_only=True, tag="control.child.asked"):
+    """A descendant run's tool call `index` passed the run's own rules; the child
+    (`child_run_id`, its workflow, definition and input) waits for the root run's verdict on
+    the tree's quotas (`AskChild` to the root)."""
+
+    turn: int
+    index: int
+    call_id: str
+    child_run_id: str
+    workflow: str
+    definition: WorkflowDef | None = None
+    input: msgspec.Raw = NULL
+    root_run_id: str
+    at_ms: int
+
+
+class ControlTreeGranted(StepEvent, frozen=True, kw_only=True, tag="control.tree.granted"):
+    """At the root run (its agent loop `step_id`): descendant `requester_run_id` may start
+    `child_run_id`; the root counts it until its release."""
+
+    child_run_id: str
+    requester_run_id: str
+    requester_step_id: str
+    turn: int
+    index: int
+    writes: bool = False
+    at_ms: int
+
+
+class ControlTreeRefused(StepEvent, frozen=True, kw_only=True, tag="control.tree.refused"):
+    """At the root run: the tree's quota `rule` refuses descendant `requester_run_id`'s child."""
+
+    child_run_id: str
+    requester_run_id: str
+    requester_step_id: str
+    turn: int
+    index: int
+    rule: str
+    message: str
+    at_ms: int
+
+
+class ControlTreeReleased(StepEvent, frozen=True, kw_only=True, tag="control.tree.released"):
+    """At the root run: a descendant's child `child_run_id` ended; the root no longer counts
+    it among the tree's active children."""
+
+    child_run_id: str
+    at_ms: int

@@ -18,9 +18,12 @@ from kernel import admission_run, appended, limits, queries, registry, reopen
 from kernel.cancel_on import cancel_reason
 from kernel.commands import (
     AdmitRun,
+    AnswerChild,
     AnyCommand,
+    AskChild,
     CancelRun,
     CompleteTask,
+    ControlCommand,
     DeferTask,
     DeliverEvent,
     DiscardDeadLetter,
@@ -28,6 +31,7 @@ from kernel.commands import (
     FireTimer,
     RecordChild,
     Rejection,
+    ReleaseChild,
     ReleaseTask,
     ReopenRun,
     ResolveApproval,
@@ -168,7 +172,7 @@ def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
             return None
         case SendSignal():
             return _send_signal(builder, command)
-        case RecordChild() | ResolveApproval():
+        case RecordChild() | ResolveApproval() | AskChild() | AnswerChild() | ReleaseChild():
             return _to_step(builder, command)
         case DeliverEvent():
             _deliver_event(builder, command)
@@ -183,7 +187,9 @@ def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
             assert_never(command)
 
 
-def _to_step(builder: Builder, command: RecordChild | ResolveApproval) -> Rejection | None:
+def _to_step(
+    builder: Builder, command: RecordChild | ResolveApproval | ControlCommand
+) -> Rejection | None:
     """A command addressed to a step: its type decides (a stale report decides to nothing)."""
     step = builder.state.step(command.step_id)
     if step is None:
@@ -239,6 +245,8 @@ def _start_run(
             continued_from=command.continued_from,
             chain_root=command.chain_root,
             chain_index=command.chain_index,
+            control_root=command.control_root,
+            control_root_step=command.control_root_step,
         )
     )
     if held is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from kernel.commands import ChildStatus, FireTimer
+from kernel.commands import ChildStatus, ControlCommand, FireTimer
 from kernel.workflow import WorkflowDef
 
 
@@ -64,6 +64,8 @@ class StartChild(Effect, frozen=True, kw_only=True):
     seed: int
     # The workflow an agent wrote (kernel/control.py): started as it is, never looked up.
     definition: WorkflowDef | None = None
+    control_root: str = ""  # an agent's child: the root run whose quotas count it
+    control_root_step: str = ""  # and the root's agent loop step
 
 
 class ReportToParent(Effect, frozen=True, kw_only=True):
@@ -124,9 +126,18 @@ class StartContinuation(Effect, frozen=True, kw_only=True):
     seed: int
 
 
+class SendCommand(Effect, frozen=True, kw_only=True):
+    """Send `command` to another run of the same tree (the control plane's quotas per root
+    run, kernel/control.py): the shell publishes it with message id `msg_id`, so an effect
+    issued again (a resume) sends one command, and the receiver decides a duplicate alike."""
+
+    command: ControlCommand
+    msg_id: str
+
+
 AnyEffect = (
     EnqueueTask | ArmTimer | CancelTimer | StartChild | ReportToParent | CancelChild | WatchEvents
-    | PublishNotice | StartContinuation
+    | PublishNotice | StartContinuation | SendCommand
 )  # fmt: skip
 
 

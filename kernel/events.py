@@ -28,7 +28,15 @@ from kernel.agent_events import (
     AgentTurnScheduled,
 )
 from kernel.commands import AnyCommand
-from kernel.control_events import ControlChildEnded, ControlChildRefused, ControlChildStarted
+from kernel.control_events import (
+    ControlChildAsked,
+    ControlChildEnded,
+    ControlChildRefused,
+    ControlChildStarted,
+    ControlTreeGranted,
+    ControlTreeRefused,
+    ControlTreeReleased,
+)
 from kernel.event_base import (
     NULL,
     CompensationOutcome,
@@ -54,6 +62,10 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
     continued_from: str | None = None  # the run this one continues as new (kernel.run_links)
     chain_root: str = ""  # the first run of its continue-as-new chain ("" for a root run)
     chain_index: int = 0  # its position in that chain (the root is 0)
+    # an agent's child run: the root run whose quotas count it and the root's agent loop step
+    # (kernel/control.py; unset, not encoded, for any other run)
+    control_root: str | msgspec.UnsetType = msgspec.UNSET
+    control_root_step: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class StepScheduled(Event, frozen=True, kw_only=True, tag="step.scheduled"):
@@ -489,6 +501,10 @@ AnyEvent = (
     | ControlChildStarted
     | ControlChildRefused
     | ControlChildEnded
+    | ControlChildAsked
+    | ControlTreeGranted
+    | ControlTreeRefused
+    | ControlTreeReleased
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)  # in the union's order
@@ -539,9 +555,13 @@ __all__ = [
     "AgentTurnLost",
     "AgentTurnScheduled",
     "CompensationOutcome",
+    "ControlChildAsked",
     "ControlChildEnded",
     "ControlChildRefused",
     "ControlChildStarted",
+    "ControlTreeGranted",
+    "ControlTreeRefused",
+    "ControlTreeReleased",
     "ErrorInfo",
     "ErrorKind",
     "Event",

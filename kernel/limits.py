@@ -80,6 +80,8 @@ control_definitions_default: Final = 16
 control_starts_per_minute_max: Final = 600  # child starts of one run within any minute
 control_starts_per_minute_default: Final = 10
 control_window_ms: Final = 60_000  # the window of the starts-per-minute quota
+# refusals a root run keeps to answer a descendant's repeated ask alike (the latest only)
+control_tree_refusals_kept: Final = 64
 
 # Log steps.
 log_message_bytes_max: Final = 8_192  # a log step's message

@@ -23,6 +23,7 @@ import msgspec
 
 from kernel.commands import (
     CompleteTask,
+    ControlCommand,
     DeliverEvent,
     FailTask,
     FireTimer,
@@ -71,7 +72,7 @@ class OwnedStepFailed(msgspec.Struct, frozen=True, kw_only=True):
 
 StepInput = (
     StartAttempt | SignalArrived | ItemReport | OwnedStepsDone | OwnedStepFailed | CompleteTask
-    | FailTask | FireTimer | RecordChild | DeliverEvent | ResolveApproval
+    | FailTask | FireTimer | RecordChild | DeliverEvent | ResolveApproval | ControlCommand
 )  # fmt: skip
 
 # -- what a step returns -------------------------------------------------------------------

@@ -46,6 +46,7 @@ from kernel.events import (
     TaskReleased,
 )
 from kernel.state import INITIAL_STATE, ReceivedSignal, RunState, RunStatus, StepState, is_terminal
+from kernel.step_states import NO_DYNAMIC, ControlState, DynamicState, TreeState
 
 replace = msgspec.structs.replace
 HELD = ("pending", "scheduled")  # a run waiting before its first step (kernel/admission_run)
@@ -249,6 +250,17 @@ def _run_started(event: RunStarted) -> RunState:
         step_defs=workflow.steps,
         steps=tuple(StepState(step_id=step.id) for step in workflow.steps),
         event_count=1,
+        dynamic=_control_root(event),
+    )
+
+
+def _control_root(event: RunStarted) -> DynamicState:
+    """An agent's child run remembers the root run whose quotas count its own children."""
+    root, root_step = event.control_root, event.control_root_step
+    if isinstance(root, msgspec.UnsetType) or isinstance(root_step, msgspec.UnsetType):
+        return NO_DYNAMIC
+    return DynamicState(
+        control=ControlState(tree=TreeState(root_run_id=root, root_step_id=root_step))
     )
 
 

@@ -16,7 +16,7 @@ part of the storage contract (snapshots encode `RunState`). It may import only
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -198,6 +198,39 @@ class ActiveChild(msgspec.Struct, frozen=True, kw_only=True):
     at_ms: int
 
 
+class TreeChild(msgspec.Struct, frozen=True, kw_only=True):
+    """A child run a descendant's agent started, counted by the root run against its quotas
+    until the descendant reports the child's end (kernel/control.py)."""
+
+    child_run_id: str
+    requester_run_id: str
+    requester_step_id: str
+    turn: int
+    index: int
+    writes: bool = False  # of a definition the agent wrote
+    rule: str = ""  # a refusal's quota (kept in `TreeState.refused`; empty: granted)
+    message: str = ""
+    at_ms: int
+
+
+class TreeState(msgspec.Struct, frozen=True, kw_only=True):
+    """Quotas per root run (kernel/control.py). A descendant: its `root_run_id` and the root's
+    agent loop `root_step_id`, and its requests waiting for the root's verdict (`asking`). The
+    root: the descendants' children it counts (`active`), their definitions written, and the
+    times of their starts within the last `limits.control_window_ms`."""
+
+    root_run_id: str = ""
+    root_step_id: str = ""
+    asking: tuple[ActiveChild, ...] = ()
+    active: tuple[TreeChild, ...] = ()
+    definitions: int = 0
+    recent_ms: tuple[int, ...] = ()
+    refused: tuple[TreeChild, ...] = ()  # the latest `limits.control_tree_refusals_kept`
+
+
+NO_TREE: Final = TreeState()
+
+
 class ControlState(msgspec.Struct, frozen=True, kw_only=True):
     """The control plane's counters of one run, checked against its `child_runs` quotas:
     children running now, definitions written, every start so far, and the times of the
@@ -208,6 +241,41 @@ class ControlState(msgspec.Struct, frozen=True, kw_only=True):
     definitions: int = 0
     refused: int = 0
     recent_starts_ms: tuple[int, ...] = ()
+    # quotas per root run (kernel/control.py); unset (not encoded) until the run has a root or
+    # a descendant asks it
+    tree: TreeState | msgspec.UnsetType = msgspec.UNSET
+
+    def tree_state(self) -> TreeState:
+        return NO_TREE if isinstance(self.tree, msgspec.UnsetType) else self.tree
+
+    def with_tree(self, **changes: Any) -> ControlState:
+        return msgspec.structs.replace(
+            self, tree=msgspec.structs.replace(self.tree_state(), **changes)
+        )
+
+    @property
+    def root_run_id(self) -> str:
+        return self.tree_state().root_run_id
+
+    @property
+    def root_step_id(self) -> str:
+        return self.tree_state().root_step_id
+
+    @property
+    def asking(self) -> tuple[ActiveChild, ...]:
+        return self.tree_state().asking
+
+    @property
+    def tree_active(self) -> tuple[TreeChild, ...]:
+        return self.tree_state().active
+
+    @property
+    def tree_definitions(self) -> int:
+        return self.tree_state().definitions
+
+    @property
+    def tree_recent_ms(self) -> tuple[int, ...]:
+        return self.tree_state().recent_ms
 
 
 NO_CONTROL: Final = ControlState()

@@ -33,12 +33,15 @@ import msgspec
 
 from kernel import control, limits, registry
 from kernel.commands import (
+    AnswerChild,
     AnyCommand,
+    AskChild,
     CompleteTask,
     FailTask,
     FireTimer,
     RecordChild,
     Rejection,
+    ReleaseChild,
     ResolveApproval,
 )
 from kernel.effects import AnyEffect
@@ -128,6 +131,13 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
             case RecordChild():  # a child run one of its tool calls started (kernel/control.py)
                 if agent_control.reported(draft, step_id, given):
                     _after_tools(draft, step_id)
+            case AskChild():  # quotas per root run (kernel/control.py)
+                agent_control.asked(draft, step_id, given)
+            case AnswerChild():
+                if agent_control.answered(draft, step_id, given):
+                    _after_tools(draft, step_id)
+            case ReleaseChild():
+                agent_control.released(draft, step_id, given)
         return None  # (no worker runs the loop step itself, only its turns and tools)
 
     # evolve
@@ -182,6 +192,7 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
         if agent is None or agent.phase == "ended":
             return ()
         effects: list[AnyEffect] = list(approvals.resume_step(state, step_id))
+        effects.extend(agent_control.resume_root(state, step_id))  # quotas per root run
         config = config_of(state, step_id)
         if config.max_duration_ms is not None:
             due = agent.started_at_ms + config.max_duration_ms

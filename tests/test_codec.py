@@ -36,6 +36,7 @@ from kernel.reducer import fold
 from kernel.state import RunState
 from steps.sub_workflow import child_run_id
 from tests.agent_histories import agent_history, resumed_agent_history
+from tests.control_tree import tree_history
 from tests.histories.make_golden import SCENARIOS, history
 from tests.kernel_dsl import (
     complete,
@@ -179,6 +180,7 @@ def _reachable() -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
         *resumed_agent_history(),
         *_approval_and_continuation_history(),
         *_lifecycle_history(),
+        *tree_history(),
     ):
         assert command is not None
         if events:

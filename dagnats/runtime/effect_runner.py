@@ -23,6 +23,7 @@ from kernel.effects import (
     EnqueueTask,
     PublishNotice,
     ReportToParent,
+    SendCommand,
     StartChild,
     StartContinuation,
     WatchEvents,
@@ -56,7 +57,7 @@ async def run_effect(
             log.debug("run %s: notice skipped (no links)", effect.run_id)
         case (
             StartChild() | ReportToParent() | CancelChild() | WatchEvents() | PublishNotice()
-            | StartContinuation()
+            | StartContinuation() | SendCommand()
         ):  # fmt: skip
             if links is None:
                 raise DagnatsError(f"this engine cannot link runs: {effect!r}")

@@ -37,6 +37,7 @@ from kernel.effects import (
     CancelChild,
     PublishNotice,
     ReportToParent,
+    SendCommand,
     StartChild,
     StartContinuation,
     WatchEvents,
@@ -46,7 +47,8 @@ from kernel.workflow import WorkflowDef
 
 LinkEffect = (
     StartChild | ReportToParent | CancelChild | WatchEvents | PublishNotice | StartContinuation
-)
+    | SendCommand
+)  # fmt: skip
 NOTICE_SUBJECT_PREFIX = "dagnats"  # + .<topic>.<run_id>.<step_id>: steps' notices
 Notify = Callable[[str, bytes], Awaitable[None]]  # a plain (core NATS) publish
 
@@ -119,6 +121,8 @@ class RunLinks:
                 await self._publish_notice(effect)
             case StartContinuation():
                 await self._start_continuation(effect)
+            case SendCommand():
+                await self._send(effect.command, effect.msg_id)
             case _:
                 assert_never(effect)
 
@@ -150,6 +154,8 @@ class RunLinks:
             parent_step_id=effect.step_id,
             depth=effect.depth,
             detached=effect.detached,
+            control_root=effect.control_root or msgspec.UNSET,
+            control_root_step=effect.control_root_step or msgspec.UNSET,
         )
         await self._send(start, f"start:{child}")
 
