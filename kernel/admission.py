@@ -213,10 +213,11 @@ def _priority_value(text: str, default: int) -> int:
     return default
 
 
-def request_for(gate: Gate, run_id: str, at_ms: int) -> RequestAdmission:
+def request_for(gate: Gate, run_id: str, at_ms: int, takes_over_from: str = "") -> RequestAdmission:
     return RequestAdmission(
         gate_id=gate.gate_id, run_id=run_id, at_ms=at_ms, limit=gate.limit, mode=gate.mode,
         priority=gate.priority, workflow=gate.workflow, key=gate.key,
+        takes_over_from=takes_over_from,
     )  # fmt: skip
 
 

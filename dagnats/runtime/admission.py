@@ -8,11 +8,19 @@ decides again). Around each command the engine decides (`AdmissionRuntime.handle
 - before: a `StartRun` of a gated workflow (or one with an `input_schema`) becomes a
   `StartGated` carrying the gate's verdict (admitted, pending, skipped) or the schema errors;
   a scheduled run's timer (`AdmitRun` with no verdict) asks the gate the same way;
-- after: a run of a gate that has just ended releases its slot (or its place in the queue);
+- after: a run of a gate that has just ended releases its slot (or its place in the queue),
+  except a run that continued as new into the same workflow, whose successor has not started:
+  it keeps the slot for that successor (the hand-over, below);
   the runs the gate then grants are admitted, and the holders a `cancel_previous` singleton
   evicts are cancelled, each by deciding a command for that run here and now, or, under
   partitioned engines, by sending it to the run's partition when another engine owns it
   (`forward`), so that every append of a run comes from its partition's owner.
+
+Continue-as-new hands the slot on: the successor's request carries `takes_over_from` (its
+predecessor), and when both land on the same gate (same workflow, same key value) the slot
+moves to it with no release and no queue step, so no pending run slips in between the links.
+When the successor's gate differs (another key value, another workflow, or no gate), the
+successor's start releases the predecessor's slot instead: nothing leaks.
 
 A crash between the gate's append and the run's is safe: the start is redelivered and the gate,
 asked again, answers what it decided. After a restart `resume_gate` admits every holder still
@@ -41,10 +49,12 @@ from dagnats.runtime.settings import append_attempts_max, run_cache_max
 from kernel import codec
 from kernel.admission import (
     INITIAL_ADMISSION,
+    AdmissionHandedOver,
     AdmissionState,
     AnyAdmissionCommand,
     AnyAdmissionEvent,
     FollowUps,
+    Gate,
     ReleaseAdmission,
     decide_admission,
     decode_admission,
@@ -159,6 +169,8 @@ class AdmissionRuntime:
             start = command if isinstance(command, StartRun) else command.start
             workflow = start.workflow
             admission = workflow.admission
+            if start.continued_from and isinstance(command, StartRun):
+                return await self._continued(command)
             if admission is None:
                 return None
             if (await self.engine.load(command.run_id)).state.status != "new":
@@ -181,16 +193,57 @@ class AdmissionRuntime:
             return await self._ask(command.run_id, command.at_ms, state, admit)
         return command
 
+    async def _continued(self, command: StartRun) -> AnyCommand | tuple[AnyCommand, FollowUps]:
+        """The start of a continue-as-new successor: it takes over its predecessor's slot
+        when both runs land on the same gate; else the predecessor's slot is released."""
+        previous = command.continued_from or ""
+        state = (await self.engine.load(command.run_id)).state
+        predecessor = (await self.engine.load(previous)).state
+        held = _gate_of_run(predecessor)
+        admission = command.workflow.admission
+        gate = gate_of(command.workflow, bytes(command.input))
+        if state.status != "new" or (held is None and admission is None):
+            return command  # (the same start again, or nothing gated on either side)
+        follow = FollowUps()
+        if held is not None and (gate is None or gate.gate_id != held.gate_id):
+            release = ReleaseAdmission(gate_id=held.gate_id, run_id=previous, at_ms=command.at_ms)
+            _, events = await self.decide_gate(release)
+            follow = follow_ups(release, events)
+            self._count("chain_released")
+            previous = ""
+        errors = input_errors(command.workflow, bytes(command.input))
+        if errors:
+            reason = "input does not meet the workflow's input_schema: " + "; ".join(errors)
+            invalid = AdmissionVerdict(outcome="invalid", reason=reason)
+            gated = StartGated(
+                run_id=command.run_id, at_ms=command.at_ms, start=command, verdict=invalid
+            )
+            return gated, follow
+        if gate is None:
+            return command, follow
+        asked = await self._ask(command.run_id, command.at_ms, command, command, previous)
+        if not isinstance(asked, tuple):
+            return asked, follow
+        return asked[0], _merge(follow, asked[1])
+
     async def _ask(
-        self, run_id: str, at_ms: int, start: StartRun | RunState, command: StartRun | AdmitRun
+        self,
+        run_id: str,
+        at_ms: int,
+        start: StartRun | RunState,
+        command: StartRun | AdmitRun,
+        takes_over_from: str = "",
     ) -> tuple[AnyCommand, FollowUps] | AnyCommand:
         assert start.workflow is not None
         gate = gate_of(start.workflow, bytes(start.input))
         if gate is None:
             return command
-        state, events = await self.decide_gate(request_for(gate, run_id, at_ms))
+        request = request_for(gate, run_id, at_ms, takes_over_from)
+        state, events = await self.decide_gate(request)
+        if any(isinstance(e, AdmissionHandedOver) for e in events):
+            self._count("handed_over")
         found = verdict(state, run_id)
-        follow = follow_ups(request_for(gate, run_id, at_ms), events)
+        follow = follow_ups(request, events)
         self._count(f"verdict_{found.outcome}")
         if isinstance(command, StartRun):
             gated = StartGated(run_id=run_id, at_ms=at_ms, start=command, verdict=found)
@@ -198,11 +251,10 @@ class AdmissionRuntime:
         return msgspec.structs.replace(command, verdict=found), follow
 
     async def _release(self, state: RunState, at_ms: int) -> FollowUps:
-        """A run of a gate ended: free its slot or its place in the queue."""
-        if state.workflow is None:
-            return FollowUps()
-        gate = gate_of(state.workflow, bytes(state.input))
-        if gate is None:
+        """A run of a gate ended: free its slot or its place in the queue (a run that
+        continued as new into its own workflow keeps it for its successor, see `_keeps`)."""
+        gate = _gate_of_run(state)
+        if gate is None or await self._keeps(state):
             return FollowUps()
         release = ReleaseAdmission(gate_id=gate.gate_id, run_id=state.run_id, at_ms=at_ms)
         _, events = await self.decide_gate(release)
@@ -225,6 +277,17 @@ class AdmissionRuntime:
                 await self._decide_one(CancelRun(run_id=run_id, at_ms=at_ms, reason=reason))
         finally:
             _depth.reset(token)
+
+    async def _keeps(self, state: RunState) -> bool:
+        """Whether an ended run keeps its slot for its continue-as-new successor: it
+        continued into the same workflow and the successor has not started yet (its start,
+        sent again after a restart, takes the slot over or releases it)."""
+        if state.status != "continued_as_new" or state.continued_as is None:
+            return False
+        assert state.workflow is not None
+        if state.continued_workflow not in ("", state.workflow.name):
+            return False  # another workflow: another gate
+        return await self.engine.history.last_seq(state.continued_as) == 0
 
     # -- the gate aggregate ---------------------------------------------------------------
 
@@ -308,7 +371,7 @@ class AdmissionRuntime:
         state = await self.gate_state(gate_id)
         for run_id in (*state.holders, *(w.run_id for w in state.waiting)):
             run = (await self.engine.load(run_id)).state
-            if is_terminal(run):
+            if is_terminal(run) and not await self._keeps(run):
                 release = ReleaseAdmission(gate_id=gate_id, run_id=run_id, at_ms=at_ms)
                 _, events = await self.decide_gate(release)
                 await self._follow(follow_ups(release, events), at_ms)
@@ -321,6 +384,12 @@ class AdmissionRuntime:
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
+
+
+def _gate_of_run(state: RunState) -> Gate | None:
+    if state.workflow is None:
+        return None
+    return gate_of(state.workflow, bytes(state.input))
 
 
 def _merge(first: FollowUps, second: FollowUps) -> FollowUps:
