@@ -18,6 +18,7 @@ from litestar import Request, Response, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from dagnats.api import limits as api_limits
+from dagnats.api import routes_live
 from dagnats.api.services import Services
 from dagnats.client import RunNotFoundError, WorkflowNotFoundError
 from dagnats.console import dag_svg, reads, runview
@@ -32,6 +33,7 @@ from kernel.workflow import workflow_to_document
 
 STATIC_TYPES: Final = {
     "htmx.min.js": "text/javascript", "htmx-sse.min.js": "text/javascript",
+    "live.js": "text/javascript",
     "console.css": "text/css", "LICENSE-htmx.txt": "text/plain; charset=utf-8",
 }  # fmt: skip
 history_read_max: Final = 20_000  # history messages a run page folds (beyond: the last state)
@@ -190,6 +192,13 @@ async def _changes(
                 yield ServerSentEventMessage(data=str(seq), event="changed", id=seq)
 
 
+@get("/runs/{run_id:str}/model-live", include_in_schema=False)
+async def model_live(run_id: str, services: Services) -> Any:
+    """A run's live model text (the HTTP API's `GET /v1/runs/{id}/live`, dagnats/api/
+    routes_live.py) under the console's own access rule: a session, not the API's bearer."""
+    return await routes_live.live_text.fn(run_id=run_id, services=services)
+
+
 @get("/approvals", include_in_schema=False)
 async def approvals(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
     pending = await services.client.pending_approvals(approvals_listed_max)
@@ -229,5 +238,6 @@ async def workflow(
 
 
 HANDLERS: Final = (
-    static, dashboard, runs, run, run_live, run_events, approvals, workflows, workflow,
+    static, dashboard, runs, run, run_live, run_events, model_live, approvals, workflows,
+    workflow,
 )  # fmt: skip
