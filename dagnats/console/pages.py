@@ -193,10 +193,11 @@ async def _changes(
 
 
 @get("/runs/{run_id:str}/model-live", include_in_schema=False)
-async def model_live(run_id: str, services: Services) -> Any:
+async def model_live(run_id: str, services: Services) -> ServerSentEvent:
     """A run's live model text (the HTTP API's `GET /v1/runs/{id}/live`, dagnats/api/
     routes_live.py) under the console's own access rule: a session, not the API's bearer."""
-    return await routes_live.live_text.fn(run_id=run_id, services=services)
+    stream: ServerSentEvent = await routes_live.live_text.fn(run_id=run_id, services=services)
+    return stream
 
 
 @get("/approvals", include_in_schema=False)
