@@ -18,7 +18,6 @@ from litestar import Request, Response, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from dagnats.api import limits as api_limits
-from dagnats.api import routes_live
 from dagnats.api.services import Services
 from dagnats.client import RunNotFoundError, WorkflowNotFoundError
 from dagnats.console import dag_svg, reads, runview
@@ -196,6 +195,8 @@ async def _changes(
 async def model_live(run_id: str, services: Services) -> ServerSentEvent:
     """A run's live model text (the HTTP API's `GET /v1/runs/{id}/live`, dagnats/api/
     routes_live.py) under the console's own access rule: a session, not the API's bearer."""
+    from dagnats.api import routes_live  # here: its import warns on litestar 2.25
+
     stream: ServerSentEvent = await routes_live.live_text.fn(run_id=run_id, services=services)
     return stream
 
