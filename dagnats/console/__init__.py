@@ -3,8 +3,9 @@
 
 Jinja2 templates with autoescape, htmx and its SSE extension vendored as package data (no CDN,
 no build step), live run pages over Server-Sent Events. Access and CSRF rules are in
-`dagnats.console.security`; pages in `pages`, forms in `actions`. Mount it with
-`console_handlers(token)` among the API's extra route handlers.
+`dagnats.console.security`; pages in `pages`, forms in `actions`, the triggers, dead letters
+and workers pages (with their forms) in `ops`. Mount it with `console_handlers(token)` among
+the API's extra route handlers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from litestar.di import Provide
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Redirect
 
-from dagnats.console import actions, pages
+from dagnats.console import actions, ops, pages
 from dagnats.console.common import PREFIX, access_hook
 from dagnats.console.security import Keys
 
@@ -38,7 +39,7 @@ def console_handlers(token: str | None) -> list[Router | HTTPRouteHandler]:
 
     router = Router(
         path=PREFIX,
-        route_handlers=[*pages.HANDLERS, *actions.HANDLERS],
+        route_handlers=[*pages.HANDLERS, *actions.HANDLERS, *ops.HANDLERS],
         dependencies={"keys": Provide(provide_keys, sync_to_thread=False)},
         before_request=access_hook(keys),
         include_in_schema=False,

@@ -32,6 +32,7 @@ from kernel.workflow import workflow_to_document
 
 STATIC_TYPES: Final = {
     "htmx.min.js": "text/javascript", "htmx-sse.min.js": "text/javascript",
+    "live.js": "text/javascript",
     "console.css": "text/css", "LICENSE-htmx.txt": "text/plain; charset=utf-8",
 }  # fmt: skip
 history_read_max: Final = 20_000  # history messages a run page folds (beyond: the last state)
@@ -190,6 +191,16 @@ async def _changes(
                 yield ServerSentEventMessage(data=str(seq), event="changed", id=seq)
 
 
+@get("/runs/{run_id:str}/model-live", include_in_schema=False)
+async def model_live(run_id: str, services: Services) -> ServerSentEvent:
+    """A run's live model text (the HTTP API's `GET /v1/runs/{id}/live`, dagnats/api/
+    routes_live.py) under the console's own access rule: a session, not the API's bearer."""
+    from dagnats.api import routes_live  # here: its import warns on litestar 2.25
+
+    stream: ServerSentEvent = await routes_live.live_text.fn(run_id=run_id, services=services)
+    return stream
+
+
 @get("/approvals", include_in_schema=False)
 async def approvals(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
     pending = await services.client.pending_approvals(approvals_listed_max)
@@ -229,5 +240,6 @@ async def workflow(
 
 
 HANDLERS: Final = (
-    static, dashboard, runs, run, run_live, run_events, approvals, workflows, workflow,
+    static, dashboard, runs, run, run_live, run_events, model_live, approvals, workflows,
+    workflow,
 )  # fmt: skip
