@@ -395,6 +395,11 @@ def test_the_worker_bridge_is_served_by_serve_and_its_results_count(stack: Stack
     assert done.status_code == 200, done.text
     again = stack.http.post(f"/v1/tasks/{second['id']}/complete", json={"output": {"ok": 2}})
     assert again.status_code in (404, 409), again.text
+    replay = {"results": [{"id": second["id"], "output": {"ok": 3}}]}
+    batch = stack.http.post("/v1/tasks/results", json=replay)
+    assert batch.status_code == 200, batch.text
+    [item] = batch.json()["results"]
+    assert item["status"] == "refused" and item["problem"]["status"] in (404, 409), item
     body = wait_end(stack, run_id)
     assert body["run"]["status"] == "completed", body
 
