@@ -15,9 +15,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from dagnats import TaskContext, Worker
+from dagnats.api.serving import HEARTBEAT_ENV, BridgeSettingError, bridge_ack_wait_ms
+from dagnats.runtime import settings
 from kernel import limits
 from kernel.events import StepCompleted, StepFailed, StepLost, StepStarted
 from kernel.workflow.builder import Retry, Workflow
@@ -382,3 +385,13 @@ async def test_an_agent_loop_runs_its_turns_and_tools_over_http(stack: BridgeSta
     ).status_code == 200
     state = await stack.client.wait(run_id, timeout_s=WAIT_S)
     assert state.status == "completed" and bytes(state.output) == b'{"answer":"because"}'
+
+
+def test_the_bridge_heartbeat_timeout_comes_from_its_variable_within_bounds() -> None:
+    assert bridge_ack_wait_ms({}) == settings.task_ack_wait_ms_default
+    assert bridge_ack_wait_ms({HEARTBEAT_ENV: " 2.5 "}) == 2_500
+    for bad in ("0.1", "3601", "soon", "nan", "-1"):
+        with pytest.raises(BridgeSettingError) as refused:
+            bridge_ack_wait_ms({HEARTBEAT_ENV: bad})
+        assert HEARTBEAT_ENV in str(refused.value) and "0.5..3600" in str(refused.value)
+        assert refused.value.hint
