@@ -72,8 +72,8 @@ Sides = dict[str, dict[str, float]]  # "native"/"bridge" -> figure -> value
 
 
 class Stack:
-    """serve with its HTTP API, a worker for the 1-step workflow, a Client and an admin
-    connection (to read stream counts)."""
+    """The serve process (its NATS and HTTP URLs, its nats-server child), a Client and an
+    admin connection (to read stream counts)."""
 
     def __init__(self, root: Path, serve: Child, client: Client, admin: Connection) -> None:
         self.root = root
@@ -92,7 +92,8 @@ def cli(*arguments: str) -> list[str]:
 
 
 async def start_native(stack: Stack, spec: str, concurrency: int, env: dict[str, str]) -> Child:
-    """`dagnats worker SPEC` (a process); returned once it runs (it prints nothing)."""
+    """`dagnats worker SPEC` (a process), returned at once: it prints nothing; the warm-up
+    runs (start + wait) and the drain's bounded wait wait for it."""
     arguments = ["worker", spec, "--nats-url", stack.url, "--concurrency", str(concurrency)]
     log = stack.root / f"worker-{uuid.uuid4().hex[:6]}.log"
     with log.open("ab") as stderr:
