@@ -18,7 +18,9 @@ POST /v1/tasks/results          {"results": [{"id", "output"} | {"id", "turn"} |
 many returned): each item as its own complete (no `error`) or fail (`error` given), all sent at
 once, one answer per item in order; an item refused (unknown id, settled, past its deadline,
 output refused) is `"refused"` with its problem and changes nothing of the others. With a
-`poll` (the body of /poll) it then polls, and answers the tasks taken under `tasks`.
+`poll` (the body of /poll, checked before anything is sent) it then polls, and answers the
+tasks taken under `tasks`; should that poll be refused (429, 503) the answer is its problem,
+and the results stand (sent again, each is refused as settled: nothing is recorded twice).
 
 complete/fail answer 200 once the server acknowledged the result, 202 while it is still
 being sent (it is kept and sent on). Errors are RFC 9457 problem details
