@@ -32,6 +32,7 @@ def test_with_a_token_every_request_but_health_needs_it(stack: Stack) -> None:
     for method, path in (
         ("GET", "/v1/workflows"), ("GET", "/openapi.json"), ("GET", "/ready"),
         ("POST", "/v1/runs"), ("GET", "/v1/runs/x"), ("POST", "/v1/query"),
+        ("POST", "/v1/tasks/poll"), ("POST", "/v1/tasks/results"), ("GET", "/metrics"),
     ):  # fmt: skip
         body = assert_problem(anonymous.request(method, path), 401, detail_has="Bearer")
         assert body["type"].endswith("unauthorized")
@@ -47,6 +48,8 @@ def test_with_a_token_every_request_but_health_needs_it(stack: Stack) -> None:
     assert good.post("/v1/workflows", json=ONE_STEP).status_code == 201
     assert "api-one" in good.get("/v1/workflows").json()["workflows"]
     assert good.get("/openapi.json").status_code == 200
+    taken = good.post("/v1/tasks/poll", json={"task_types": ["auth.none"], "timeout_ms": 0})
+    assert taken.status_code == 200 and taken.json() == {"tasks": []}, taken.text
     for client in (wrong, good):
         client.close()
 

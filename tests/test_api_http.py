@@ -21,6 +21,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from dagnats.api import limits as api_limits
+from dagnats.api.routes_runs import idempotent_run_id
+from dagnats.runtime.resources import HISTORY_STREAM, stream_configs
 from tests.api_support import (
     APPROVAL,
     ONE_STEP,
@@ -175,6 +177,18 @@ def test_idempotency_key_returns_the_first_run_also_under_ten_concurrent_request
         "/v1/runs", json={"workflow": "api-one", "run_id": explicit, "input": "other"}
     )
     assert_problem(clash, 409, detail_has="already exists")
+
+
+def test_an_idempotency_key_lasts_while_the_history_does_which_is_kept_past_24_hours() -> None:
+    """The run id is derived from (workflow, key) and found in history, which has no maximum
+    age: the promised 24 h (`idempotency_ttl_s`) hold for as long as the history is kept (a
+    restart included: tests/test_api_crash.py sends every start again after a SIGKILL)."""
+    [history] = [config for config in stream_configs() if config.name == HISTORY_STREAM]
+    assert not history.max_age or history.max_age >= api_limits.idempotency_ttl_s, history
+    assert api_limits.idempotency_ttl_s >= 24 * 3_600
+    first = idempotent_run_id("orders", "key-1")
+    assert first == idempotent_run_id("orders", "key-1") != idempotent_run_id("orders", "key-2")
+    assert first != idempotent_run_id("refunds", "key-1")
 
 
 def pending_of(stack: Stack, run_id: str) -> list[dict[str, Any]]:
@@ -361,6 +375,10 @@ def test_health_ready_docs(stack: Stack) -> None:
     )  # no script from elsewhere
     script = stack.http.get("/docs/docs.js")
     assert script.status_code == 200 and 'fetch("/openapi.json"' in script.text
+    for text in (page.text, script.text):  # offline: nothing is loaded from another host
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text), text[:200]
+        assert not re.search(r"\b(import|fetch)\s*\(?\s*[\"'`]https?:", text), text[:200]
+    assert re.search(r"<script src=\"/docs/docs.js\">", page.text)
 
 
 def poll_one(stack: Stack, task_type: str) -> dict[str, Any]:
@@ -395,6 +413,11 @@ def test_the_worker_bridge_is_served_by_serve_and_its_results_count(stack: Stack
     assert done.status_code == 200, done.text
     again = stack.http.post(f"/v1/tasks/{second['id']}/complete", json={"output": {"ok": 2}})
     assert again.status_code in (404, 409), again.text
+    replay = {"results": [{"id": second["id"], "output": {"ok": 3}}]}
+    batch = stack.http.post("/v1/tasks/results", json=replay)
+    assert batch.status_code == 200, batch.text
+    [item] = batch.json()["results"]
+    assert item["status"] == "refused" and item["problem"]["status"] in (404, 409), item
     body = wait_end(stack, run_id)
     assert body["run"]["status"] == "completed", body
 

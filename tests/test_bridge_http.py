@@ -15,9 +15,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 
 from dagnats import TaskContext, Worker
+from dagnats.api.serving import HEARTBEAT_ENV, BridgeSettingError, bridge_ack_wait_ms
+from dagnats.runtime import settings
 from kernel import limits
 from kernel.events import StepCompleted, StepFailed, StepLost, StepStarted
 from kernel.workflow.builder import Retry, Workflow
@@ -245,6 +248,55 @@ async def test_one_poll_takes_several_tasks_of_several_types(stack: BridgeStack)
         assert (await stack.client.wait(run_id, timeout_s=WAIT_S)).status == "completed"
 
 
+async def test_results_settle_many_in_one_request_each_answered_and_then_poll(
+    stack: BridgeStack,
+) -> None:
+    """/v1/tasks/results: completions and a failure in one request, each answered in order;
+    an unknown id and a repeated id are refused with their problem and change nothing; with a
+    poll it then hands out the next task; each run has exactly one result per attempt."""
+    task_type = unique("t")
+    runs = [await start_one(stack, task_type, {"n": index}) for index in range(3)]
+    taken: list[dict[str, Any]] = []
+
+    async def all_taken() -> bool:
+        taken.extend(await stack.poll(task_type, timeout_ms=500, max_tasks=3))
+        return len(taken) >= 3
+
+    await wait_for(all_taken, timeout_ms=20_000, what="three tasks")
+    first, second, third = sorted(taken, key=lambda task: runs.index(task["run_id"]))
+    items = [
+        {"id": first["id"], "output": {"done": 1}},
+        {"id": "no-such-task", "output": 1},
+        {"id": second["id"], "error": "busy", "retryable": True, "retry_after_ms": 10},
+        {"id": first["id"], "output": {"done": 2}},  # the same task again: refused
+        {"id": third["id"], "output": {"done": 3}},
+    ]
+    body = {"results": items, "poll": {"task_types": [task_type], "timeout_ms": 10_000}}
+    answer = await stack.post("/v1/tasks/results", body)
+    assert answer.status_code == 200, answer.text
+    reply = answer.json()
+    assert [(r["id"], r["status"]) for r in reply["results"]] == [
+        (first["id"], "completed"), ("no-such-task", "refused"), (second["id"], "failed"),
+        (first["id"], "refused"), (third["id"], "completed"),
+    ]  # fmt: skip
+    assert reply["results"][1]["problem"]["status"] == 404, reply
+    assert reply["results"][3]["problem"]["status"] == 409, reply
+    [retry] = reply["tasks"]  # the poll took the failed step's second attempt
+    assert (retry["run_id"], retry["attempt"]) == (second["run_id"], 2), retry
+    last = await stack.post("/v1/tasks/results", {"results": [{"id": retry["id"], "output": 2}]})
+    assert [r["status"] for r in last.json()["results"]] == ["completed"], last.text
+    for run_id in runs:
+        assert (await stack.client.wait(run_id, timeout_s=WAIT_S)).status == "completed"
+        completed = Counter(
+            e.attempt for e in await stack.events(run_id) if isinstance(e, StepCompleted)
+        )
+        assert sum(completed.values()) == 1, (run_id, completed)
+    bad = await stack.post("/v1/tasks/results", {"results": [], "poll": {"task_types": []}})
+    assert problem(bad, 400)["errors"][0]["field"] == "poll.task_types"
+    too_many = {"results": [{"id": "x"}] * 101}
+    assert problem(await stack.post("/v1/tasks/results", too_many), 400)["errors"]
+
+
 async def test_bad_requests_get_problems_and_change_nothing(stack: BridgeStack) -> None:
     task_type = unique("t")
     run_id = await start_one(stack, task_type)
@@ -333,3 +385,13 @@ async def test_an_agent_loop_runs_its_turns_and_tools_over_http(stack: BridgeSta
     ).status_code == 200
     state = await stack.client.wait(run_id, timeout_s=WAIT_S)
     assert state.status == "completed" and bytes(state.output) == b'{"answer":"because"}'
+
+
+def test_the_bridge_heartbeat_timeout_comes_from_its_variable_within_bounds() -> None:
+    assert bridge_ack_wait_ms({}) == settings.task_ack_wait_ms_default
+    assert bridge_ack_wait_ms({HEARTBEAT_ENV: " 2.5 "}) == 2_500
+    for bad in ("0.1", "3601", "soon", "nan", "-1"):
+        with pytest.raises(BridgeSettingError) as refused:
+            bridge_ack_wait_ms({HEARTBEAT_ENV: bad})
+        assert HEARTBEAT_ENV in str(refused.value) and "0.5..3600" in str(refused.value)
+        assert refused.value.hint

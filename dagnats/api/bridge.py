@@ -502,7 +502,12 @@ class TaskBridge:
             self._finished.popitem(last=False)
 
     async def _send_result(self, lease: _Lease, command: CompleteTask | FailTask) -> None:
-        beat = asyncio.create_task(self._beat(lease.deliveries))
+        # Heartbeats only if the send lasts a heartbeat interval: a timer, not a task, each.
+        beating: list[asyncio.Task[None]] = []
+        later = asyncio.get_running_loop().call_later(
+            self.heartbeat_ms / 1000,
+            lambda: beating.append(asyncio.ensure_future(self._beat(lease.deliveries))),
+        )
         try:
             await self._send(command, "result", _token(lease.deliveries))
         except ResultNotSentError as error:
@@ -511,9 +516,11 @@ class TaskBridge:
             self._by_key.pop(lease.key, None)
             return
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            later.cancel()
+            for beat in beating:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
         self._release(lease)
         for message in lease.deliveries:
             await _ack_quietly(message, lease.key)
@@ -539,15 +546,14 @@ class TaskBridge:
         return job
 
     async def _beat(self, deliveries: list[TaskMessage]) -> None:
+        """Heartbeat now, then every heartbeat interval (until cancelled)."""
         while True:
-            await asyncio.sleep(self.heartbeat_ms / 1000)
             for message in list(deliveries):
                 with contextlib.suppress(Exception):
                     await message.in_progress()
+            await asyncio.sleep(self.heartbeat_ms / 1000)
 
-    async def _send(
-        self, command: CompleteTask | FailTask, kind: str, token: str | None
-    ) -> None:
+    async def _send(self, command: CompleteTask | FailTask, kind: str, token: str | None) -> None:
         """Publish until acknowledged, the same bytes under the same message id each time
         (`<kind>:<run>:<step>:<attempt>`, as dagnats/worker.py sends them), with the task's
         token (runtime/task_tokens: the engine takes results only for tasks it handed out).

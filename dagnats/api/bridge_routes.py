@@ -8,7 +8,19 @@ POST /v1/tasks/{id}/complete    {"output": ...} or, for an agent turn,
                                 {"turn": {"agent": "done", "output": ...}}
 POST /v1/tasks/{id}/fail        {"error": "...", "retryable": true, "retry_after_ms": 5000}
 POST /v1/tasks/{id}/heartbeat   {} -> {"id", "lease_ms"}
+POST /v1/tasks/results          {"results": [{"id", "output"} | {"id", "turn"} |
+                                             {"id", "error", "retryable", "retry_after_ms"}]}
+                                -> 200 {"results": [{"id", "status"} | {"id", "status":
+                                        "refused", "problem": {...}}]}
 ```
+
+`/v1/tasks/results` settles up to `bridge_poll_tasks_max` tasks in one request (what a poll of
+many returned): each item as its own complete (no `error`) or fail (`error` given), all sent at
+once, one answer per item in order; an item refused (unknown id, settled, past its deadline,
+output refused) is `"refused"` with its problem and changes nothing of the others. With a
+`poll` (the body of /poll, checked before anything is sent) it then polls, and answers the
+tasks taken under `tasks`; should that poll be refused (429, 503) the answer is its problem,
+and the results stand (sent again, each is refused as settled: nothing is recorded twice).
 
 complete/fail answer 200 once the server acknowledged the result, 202 while it is still
 being sent (it is kept and sent on). Errors are RFC 9457 problem details
@@ -25,7 +37,8 @@ broken, 429 too many tasks held, 503 NATS unreachable.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+import asyncio
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from litestar import Request, Response, Router, post
@@ -35,7 +48,7 @@ from litestar.params import Body
 
 from dagnats.agent import Continue, Done, ToolCall
 from dagnats.api.bridge import TaskBridge
-from dagnats.api.bridge_wire import BridgeError, BridgeTask, Status
+from dagnats.api.bridge_wire import BridgeError, BridgeTask, Status, check_poll
 from dagnats.runtime import settings
 from kernel import limits
 
@@ -43,6 +56,7 @@ PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 PROBLEM_TYPE_PREFIX: Final = "urn:dagnats:problem:"
 # A JSON request body (Litestar 2.23+ asks for the marker; `Body` works across 2.x).
 JSON: Final = Body(media_type=RequestEncodingType.JSON)
+TASK_ID_LENGTH_MAX: Final = 128  # the bridge's ids are 24 characters
 TaskType = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.task_name_length_max)]
 
 
@@ -98,6 +112,26 @@ class FailBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     traceback: str = ""
 
 
+class ResultBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One task's result: a completion (`output` or `turn`), or a failure (`error` given)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=TASK_ID_LENGTH_MAX)]
+    output: Any = None
+    turn: ContinueTurn | DoneTurn | None = None
+    error: str | None = None
+    retryable: bool = True
+    retry_after_ms: int | None = None
+    traceback: str = ""
+
+
+class ResultsBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Results to send; with `poll`, the next tasks are taken once they are sent (one
+    request per task for a worker that takes one at a time)."""
+
+    results: Annotated[list[ResultBody], msgspec.Meta(max_length=settings.bridge_poll_tasks_max)]
+    poll: PollBody | None = None
+
+
 class HeartbeatBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Empty for now (an empty or missing body is fine)."""
 
@@ -122,6 +156,29 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     instance: str = ""
     hint: str = ""
     errors: list[dict[str, str]] = []
+
+
+class ResultProblem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Why one item of /v1/tasks/results was refused (the fields of a problem detail)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    hint: str = ""
+
+
+class ResultReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One item's outcome: its status, or "refused" with the problem (nothing was sent)."""
+
+    id: str
+    status: Literal["completed", "failed", "sending", "refused"]
+    problem: ResultProblem | None = None
+
+
+class ResultsReply(msgspec.Struct, frozen=True, kw_only=True):
+    results: list[ResultReply]
+    tasks: list[BridgeTask] = []  # what `poll` took
 
 
 def problem_response(problem: Problem) -> Response[Problem]:
@@ -177,7 +234,7 @@ def _task_id(request: Request[Any, Any, Any]) -> str:
     return task_id
 
 
-def _turn_of(body: CompleteBody) -> Continue | Done | None:
+def _turn_of(body: CompleteBody | ResultBody) -> Continue | Done | None:
     turn = body.turn
     if isinstance(turn, ContinueTurn):
         calls = tuple(ToolCall(c.name, c.arguments, c.id) for c in turn.tool_calls)
@@ -187,6 +244,25 @@ def _turn_of(body: CompleteBody) -> Continue | Done | None:
         return Done(turn.output, tokens_in=turn.tokens_in, tokens_out=turn.tokens_out,
                     cost=turn.cost)  # fmt: skip
     return None
+
+
+async def settle_one(bridge: TaskBridge, item: ResultBody) -> ResultReply:
+    """Complete or fail one task of a batch; a refusal is the item's answer, not an error."""
+    try:
+        if item.error is None:
+            status = await bridge.complete(item.id, item.output, turn=_turn_of(item))
+        else:
+            status = await bridge.fail(
+                item.id, item.error, retryable=item.retryable,
+                retry_after_ms=item.retry_after_ms, traceback=item.traceback,
+            )  # fmt: skip
+    except BridgeError as error:
+        problem = ResultProblem(
+            type=PROBLEM_TYPE_PREFIX + error.slug, title=error.title, status=error.status,
+            detail=error.detail, hint=error.hint,
+        )  # fmt: skip
+        return ResultReply(id=item.id, status="refused", problem=problem)
+    return ResultReply(id=item.id, status=status)
 
 
 def bridge_route_handlers(bridge: TaskBridge) -> list[Router]:
@@ -229,9 +305,26 @@ def bridge_route_handlers(bridge: TaskBridge) -> list[Router]:
         task_id = _task_id(request)
         return HeartbeatReply(id=task_id, lease_ms=await bridge.heartbeat(task_id))
 
+    @post("/results", status_code=200, summary="Complete or fail several tasks")
+    async def settle_tasks(data: Annotated[ResultsBody, JSON]) -> ResultsReply:
+        """Each item completes (no `error`) or fails (`error` given) its task; all are sent
+        at once, and each gets its own answer, in order (a refused one: its problem). With
+        `poll`, the next tasks are then taken (as by /poll) and answered under `tasks`."""
+        if data.poll is not None:  # a bad poll is refused before anything is sent
+            polled = data.poll
+            check_poll(polled.task_types, polled.max_tasks, polled.timeout_ms, polled.worker_id)
+        replies = await asyncio.gather(*(settle_one(bridge, item) for item in data.results))
+        if data.poll is None:
+            return ResultsReply(results=list(replies))
+        tasks = await bridge.poll(
+            polled.task_types, max_tasks=polled.max_tasks, timeout_ms=polled.timeout_ms,
+            worker_id=polled.worker_id,
+        )  # fmt: skip
+        return ResultsReply(results=list(replies), tasks=tasks)
+
     router = Router(
         path="/v1/tasks",
-        route_handlers=[poll_tasks, complete_task, fail_task, heartbeat_task],
+        route_handlers=[poll_tasks, complete_task, fail_task, heartbeat_task, settle_tasks],
         exception_handlers={BridgeError: bridge_problem, HTTPException: http_problem},
         request_max_body_size=settings.bridge_body_bytes_max,
         tags=["tasks"],

@@ -38,3 +38,6 @@ api_token_chars_min: Final = 16
 api_token_chars_max: Final = 4_096
 # Serving: how long the HTTP server is given to stop (open streams are cut after it).
 http_stop_timeout_s: Final = 5.0
+# The bridge's heartbeat timeout ($DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT), as `dagnats worker`'s.
+bridge_heartbeat_timeout_s_min: Final = 0.5
+bridge_heartbeat_timeout_s_max: Final = 3_600.0

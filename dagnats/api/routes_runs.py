@@ -20,6 +20,7 @@ import re
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any, get_args
 
+import litestar.params
 from litestar import Request, Response, Router, get, post
 from litestar.params import Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -82,15 +83,21 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _header_parameter(name: str, description: str) -> Any:
+    """An optional request header: `HeaderParameter` where Litestar has it (it deprecates
+    `Parameter(header=...)`, a warning that fails an import under -W error), else that."""
+    header_parameter = getattr(litestar.params, "HeaderParameter", None)
+    if header_parameter is not None:
+        return header_parameter(name=name, default=None, required=False, description=description)
+    return Parameter(header=name, default=None, required=False, description=description)
+
+
 @post("/", status_code=201, summary="Start a run (idempotent with Idempotency-Key or run_id)")
 async def start_run(
     data: StartRunBody,
     services: Services,
-    idempotency_key: str | None = Parameter(
-        header="Idempotency-Key",
-        default=None,
-        required=False,
-        description="The same key for the same workflow returns the first run.",
+    idempotency_key: str | None = _header_parameter(
+        "Idempotency-Key", "The same key for the same workflow returns the first run."
     ),
 ) -> Response[StartedView]:
     """201 with the run id; 200 when the run existed already (same run id or key)."""

@@ -4,16 +4,22 @@
 loopback only), binds, connects the API's clients and serves; a default address that is taken
 is a warning and serve goes on without HTTP (an explicit `--http` that is taken is an error).
 The HTTP worker bridge (`dagnats/api/bridge.py`, routes under `/v1/tasks`) is mounted on its
-own connection with the `worker` credential, and closed with the API.
+own connection with the `worker` credential, and closed with the API. Its heartbeat timeout
+(the task consumers' ack wait, which every worker of a task type shares) is
+`$DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT` seconds (0.5..3600, as `dagnats worker --heartbeat-timeout`)
+or the default 10 s.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from typing import Final
 
 from litestar import Response, Router, get
 from litestar.handlers import HTTPRouteHandler
 
+from dagnats.api import limits as api_limits
 from dagnats.api.app import create_app
 from dagnats.api.auth import require_token_beyond_loopback
 from dagnats.api.bridge import TaskBridge
@@ -23,9 +29,43 @@ from dagnats.api.services import Services
 from dagnats.api.triggers_routes import Hooks, hook_route_handlers
 from dagnats.console import console_handlers
 from dagnats.observe.metrics import CONTENT_TYPE, Metrics, render
+from dagnats.runtime import settings
 from dagnats.runtime.serve import Server
+from kernel.errors import DagnatsError
 
 log = logging.getLogger("dagnats.api")
+HEARTBEAT_ENV: Final = "DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT"
+
+
+class BridgeSettingError(DagnatsError):
+    """$DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT is not a number of seconds within its bounds."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        self.hint = hint
+        super().__init__(message)
+
+
+def bridge_ack_wait_ms(environ: dict[str, str] | None = None) -> int:
+    """The bridge's heartbeat timeout in ms: `$DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT` (seconds), or
+    the task consumers' default.
+
+    Raises:
+        BridgeSettingError: not a number within 0.5..3600 s.
+    """
+    text = (os.environ if environ is None else environ).get(HEARTBEAT_ENV, "").strip()
+    if not text:
+        return settings.task_ack_wait_ms_default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    low, high = api_limits.bridge_heartbeat_timeout_s_min, api_limits.bridge_heartbeat_timeout_s_max
+    if not low <= seconds <= high:
+        raise BridgeSettingError(
+            f"{HEARTBEAT_ENV}={text[:40]!r} must be seconds within {low:g}..{high:g}",
+            "use the --heartbeat-timeout of the native workers of the same task types",
+        )
+    return int(seconds * 1000)
 
 
 class RunningApi:
@@ -68,9 +108,11 @@ async def start_http(
     Raises:
         HttpAddressError: `address` is malformed, or (given explicitly) cannot be bound.
         TokenRequiredError: beyond loopback without a token.
+        BridgeSettingError: $DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT out of its bounds.
     """
     host, port = parse_address(address)
     require_token_beyond_loopback(host, token)
+    ack_wait_ms = bridge_ack_wait_ms()
     assert server.connection is not None, "start the server first"
     services = await Services.open(
         server.url,
@@ -81,7 +123,9 @@ async def start_http(
     )
     bridge: TaskBridge | None = None
     try:
-        bridge = await TaskBridge.open(server.url, data_dir=server.data_dir)
+        bridge = await TaskBridge.open(
+            server.url, data_dir=server.data_dir, ack_wait_ms=ack_wait_ms
+        )
         handlers: list[Router | HTTPRouteHandler] = [*bridge_route_handlers(bridge)]
         handlers.append(metrics_route(server.metrics))
         handlers += hook_route_handlers(Hooks(server.connection.js, services.client.connection))
