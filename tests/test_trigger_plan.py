@@ -81,6 +81,7 @@ def test_a_burst_keeps_its_first_fire_and_takes_the_last_input() -> None:
         burst = offered(burst, "t", key, f"m{second}", value, T0 + second * 1000)
     assert burst is not None and burst.key == '"ann"' and burst.fire == "m0"
     assert (burst.first_ms, burst.last_ms, burst.input) == (T0, T0 + 3000, {"user": "ann", "n": 3})
+    assert offered(burst, "t", key, "m3", {"n": 3}, T0 + 5_000) == burst  # taken again
     assert not burst_due(rule, burst, T0 + 7_999) and burst_due(rule, burst, T0 + 8_000)
     again = offered(replace(burst, released=True), "t", '"ann"', "m9", {"n": 9}, T0 + 9_000)
     assert (again.fire, again.first_ms, again.input) == ("m9", T0 + 9_000, {"n": 9})

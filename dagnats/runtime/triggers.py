@@ -367,8 +367,8 @@ class TriggerService:
                                                        "data": _decoded(message.data)})  # fmt: skip
                 if record.outcome == "failed":
                     await message.nak(delay=settings.retry_delay_ms / 1000)
-                else:
-                    await message.ack()
+                else:  # acked before the next is taken: only this one can come again
+                    await message.ack_sync()
 
 
 def replace_subjects(config: api.StreamConfig, subjects: list[str]) -> api.StreamConfig:

@@ -167,6 +167,7 @@ class Burst(msgspec.Struct, frozen=True, kw_only=True):
     trigger: str  # the trigger's key (`trigger_key`)
     key: str  # the burst's key (`debounce_key`)
     fire: str  # the first fire's name: the run's id comes from it
+    last_fire: str = ""  # the last fire's name: the same fire again (redelivered) is no news
     first_ms: int
     last_ms: int
     input: object  # the last fire's input
@@ -184,9 +185,12 @@ def offered(
     """The burst after a fire: a new one (none pending, or the pending one released), else
     the pending one with this fire's input and time."""
     if burst is None or burst.released:
-        return Burst(trigger=trigger, key=key, fire=fire, first_ms=now_ms, last_ms=now_ms,
-                     input=value)  # fmt: skip
-    return msgspec.structs.replace(burst, last_ms=max(burst.last_ms, now_ms), input=value)
+        return Burst(trigger=trigger, key=key, fire=fire, last_fire=fire, first_ms=now_ms,
+                     last_ms=now_ms, input=value)  # fmt: skip
+    if fire in (burst.fire, burst.last_fire):
+        return burst  # a message taken again after a crash before its ack
+    return msgspec.structs.replace(burst, last_fire=fire, last_ms=max(burst.last_ms, now_ms),
+                                   input=value)  # fmt: skip
 
 
 def burst_due(rule: Debounce, burst: Burst, now_ms: int) -> bool:
