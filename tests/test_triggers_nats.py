@@ -211,8 +211,8 @@ async def test_a_debounced_burst_outlives_its_service_and_two_engines_start_it_o
     await asyncio.gather(*(service.tick() for service in engines))
     async with serve(private_server.url, tmp_path / "data"):
         state = await client.wait(run_id, timeout_s=WAIT_MS / 1000)
-    assert msgspec.json.decode(bytes(state.input)) == {"trigger": "b", "data": {"user": "ann",
-                                                                                 "n": 2}}  # fmt: skip
+    last = {"user": "ann", "n": 2}
+    assert msgspec.json.decode(bytes(state.input)) == {"trigger": "b", "data": last}
     assert await runs_started(client, run_id) == 1
     fires = await read_fires(js, "bursty", "b", 10)
     assert [(f.outcome, f.run_id) for f in fires if f.outcome == "started"] == [("started", run_id)]
