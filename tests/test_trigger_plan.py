@@ -5,15 +5,18 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from dagnats.runtime import settings as shell
 from dagnats.runtime.triggers_plan import (
-    Debouncer,
+    burst_due,
+    burst_name,
     cron_fire_name,
     debounce_key,
     fires_between,
     fires_to_run,
     next_fire,
+    offered,
 )
 from kernel.timestamps import parse_rfc3339_ms
 from kernel.workflow.trigger_model import CronSource, Debounce
@@ -69,26 +72,30 @@ def test_ticking_in_any_steps_fires_each_minute_once(steps: list[int]) -> None:
     assert seen == fires_between(every, T0, now)
 
 
-def test_a_burst_starts_one_run_with_the_last_input_in_virtual_time() -> None:
+def test_a_burst_keeps_its_first_fire_and_takes_the_last_input() -> None:
     rule = Debounce(period_ms=5_000, timeout_ms=20_000, key="user")
-    debouncer = Debouncer()
-    rules = {"t": rule}
+    burst = None
     for second in range(0, 4):
         value = {"user": "ann", "n": second}
-        debouncer.offer("t", debounce_key(rule, value), f"m{second}", value, T0 + second * 1000)
-    debouncer.offer("t", debounce_key(rule, {"user": "bob"}), "b", {"user": "bob"}, T0)
-    quiet = debouncer.due(rules, T0 + 7_000)  # bob is quiet since T0; ann fired at T0+3s
-    assert [(key, p.input) for _, key, p in quiet] == [('"bob"', {"user": "bob"})]
-    ann = [p for _, key, p in debouncer.due(rules, T0 + 8_000) if key == '"ann"']
-    assert len(ann) == 1 and ann[0].input == {"user": "ann", "n": 3} and ann[0].fire == "m0"
+        key = debounce_key(rule, value)
+        burst = offered(burst, "t", key, f"m{second}", value, T0 + second * 1000)
+    assert burst is not None and burst.key == '"ann"' and burst.fire == "m0"
+    assert (burst.first_ms, burst.last_ms, burst.input) == (T0, T0 + 3000, {"user": "ann", "n": 3})
+    assert offered(burst, "t", key, "m3", {"n": 3}, T0 + 5_000) == burst  # taken again
+    assert not burst_due(rule, burst, T0 + 7_999) and burst_due(rule, burst, T0 + 8_000)
+    again = offered(replace(burst, released=True), "t", '"ann"', "m9", {"n": 9}, T0 + 9_000)
+    assert (again.fire, again.first_ms, again.input) == ("m9", T0 + 9_000, {"n": 9})
+    assert burst_name("t", '"ann"') != burst_name("t", '"bob"')
 
 
 def test_a_burst_that_never_goes_quiet_is_released_at_its_timeout() -> None:
     rule = Debounce(period_ms=5_000, timeout_ms=20_000)
-    debouncer = Debouncer()
+    burst = None
     released: list[object] = []
     for second in range(0, 60):
         now = T0 + second * 1000
-        debouncer.offer("t", "", f"m{second}", second, now)
-        released.extend(p.input for _, _, p in debouncer.due({"t": rule}, now))
+        burst = offered(burst, "t", "", f"m{second}", second, now)
+        if burst_due(rule, burst, now):
+            released.append(burst.input)
+            burst = None
     assert released == [20, 41]  # 20 s after each burst's first fire, with the last input

@@ -4,6 +4,8 @@ written apart from the planner."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from dagnats.runtime import settings
@@ -14,10 +16,12 @@ from dagnats.sim.triggers_sim import (
     WORKFLOW,
     MemoryState,
     StartLog,
+    burst_violations,
     cron_violations,
     simulate_cron,
     simulate_debounce,
 )
+from kernel.workflow.trigger_model import Debounce
 
 SEEDS = range(40)
 
@@ -45,6 +49,31 @@ def test_debounced_bursts_start_one_run_with_the_last_input_within_timeout() -> 
         assert not report.violations, (seed, report.violations[:5])
         runs += len(report.runs)
     assert runs > 200
+
+
+def test_bursts_survive_crashes_inside_a_tick_one_run_each_with_the_last_input() -> None:
+    runs = crashes = 0
+    for seed in SEEDS:
+        report = simulate_debounce(seed, tick_crash_rate=0.1)
+        assert not report.violations, (seed, report.violations[:5])
+        runs += len(report.runs)
+        crashes += report.crashes
+    assert runs > 200 and crashes > 100  # the seeds did crash mid-release
+
+
+def test_the_burst_oracle_names_a_lost_burst_a_wrong_input_and_an_early_start() -> None:
+    rule = Debounce(period_ms=5_000, timeout_ms=20_000, key="user")
+    starts = StartLog(None, MemoryState())
+    fires = [("fire", T0 + at, f"m{at}", "ann", {"user": "ann", "n": at})
+             for at in (0, 1, 9000)]  # fmt: skip
+    fires.append(("fire", T0, "b0", "bob", {"user": "bob", "n": 0}))
+    starts.clock.now = T0 + 3_000  # before ann's burst (last fire T0+1) was quiet
+    first = fire_run_id(WORKFLOW, "burst", "m0")
+    asyncio.run(starts(None, {"user": "ann", "n": 0}, first))  # type: ignore[arg-type]
+    found = burst_violations(fires, starts, rule)  # type: ignore[arg-type]
+    assert any("not {'user': 'ann', 'n': 9000}" in line for line in found), found  # its last
+    assert any("before it was due" in line for line in found), found
+    assert any("['b0'] of key bob started no run" in line for line in found), found
 
 
 def run_of(fire: int) -> str:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+import nats.js.errors
 import pytest_asyncio
 from nats.js import JetStreamContext
 
@@ -24,6 +25,7 @@ from dagnats.runtime.triggers import (
     TriggerService,
     command_starter,
     ensure_trigger_resources,
+    load_entries,
     read_fires,
 )
 from dagnats.runtime.triggers_plan import cron_fire_name, fire_run_id, trigger_key
@@ -179,3 +181,41 @@ async def _consumer_exists(js: JetStreamContext, workflow: str, trigger_id: str)
 
 async def _has_history(client: Client, run_id: str) -> bool:
     return await client.connection.history.last_seq(run_id) > 0
+
+
+async def test_a_debounced_burst_outlives_its_service_and_two_engines_start_it_once(
+    client: Client, private_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    debounce = {"period": "5s", "timeout": "1m", "key": "data.user"}
+    await client.register_workflow(nap_workflow("bursty", {"id": "b", "subject": "x.burst",
+                                                           "debounce": debounce}))  # fmt: skip
+    js = client.connection.js
+    clock = FakeClock(T0)
+    gone = TriggerService(js, command_starter(client.connection), clock=clock)
+    (entry,) = [e for e in await load_entries(js) if e.workflow_name == "bursty"]
+    for n in range(3):
+        clock.at_ms = T0 + n * 1_000
+        record = await gone.fire(entry, f"msg-{n}", {"data": {"user": "ann", "n": n}})
+        assert record.outcome == "debounced"
+    del gone  # the engine that saw the burst is gone, its memory with it
+    engines = [TriggerService(js, command_starter(client.connection), clock=clock)
+               for _ in range(2)]  # fmt: skip
+    for service in engines:
+        service.entries = [entry]  # (no reload: it would start the subject's consumer)
+    clock.at_ms = T0 + 6_000  # 4 s after the last fire: not quiet yet
+    await asyncio.gather(*(service.tick() for service in engines))
+    run_id = fire_run_id("bursty", "b", "msg-0")
+    assert await client.connection.history.last_seq(run_id) == 0
+    clock.at_ms = T0 + 7_000
+    await asyncio.gather(*(service.tick() for service in engines))
+    await asyncio.gather(*(service.tick() for service in engines))
+    async with serve(private_server.url, tmp_path / "data"):
+        state = await client.wait(run_id, timeout_s=WAIT_MS / 1000)
+    last = {"user": "ann", "n": 2}
+    assert msgspec.json.decode(bytes(state.input)) == {"trigger": "b", "data": last}
+    assert await runs_started(client, run_id) == 1
+    fires = await read_fires(js, "bursty", "b", 10)
+    assert [(f.outcome, f.run_id) for f in fires if f.outcome == "started"] == [("started", run_id)]
+    kv = await js.key_value(STATE_BUCKET)
+    with contextlib.suppress(nats.js.errors.NoKeysError):
+        assert [k for k in await kv.keys() if k.startswith("debounce.")] == []

@@ -173,7 +173,8 @@ cron_fires_scan_max: Final = 100_000  # fire times looked at per trigger and tic
 trigger_fires_kept_per_trigger: Final = 1_000  # fire records kept per trigger
 trigger_fire_age_ms_max: Final = 30 * 24 * 3_600_000  # fire records are kept a month
 subject_fetch_batch: Final = 64
-debounce_keys_max: Final = 10_000  # pending debounced fires held at once (the oldest flush)
+debounce_keys_max: Final = 10_000  # pending debounced bursts kept (more fires start at once)
+debounce_update_attempts_max: Final = 16  # compare-and-set tries of one fire on its burst
 idempotency_ttl_ms: Final = 24 * 3_600_000  # an http trigger's idempotency key is kept a day
 http_responses_waiting_max: Final = 10_000  # http requests waiting for their run at once
 

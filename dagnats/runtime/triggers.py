@@ -12,6 +12,9 @@ latest revision, overridden by those managed with `dagnats trigger`, bucket
   `DAGNATS_TRIGGER_IN`, which DagNats keeps covering every such subject), so a message
   published while serve was down still starts its run; one run per message, its run id from
   the message's id (`Nats-Msg-Id`, else stream and sequence), the message acked after.
+- debounce: a fire of a trigger with `debounce` joins its burst, kept in the trigger-state
+  bucket (`triggers_debounce.py`), so a burst survives a restart and is started once, by any
+  engine, with its last input (run id from the trigger and the burst's first fire);
 - every fire is recorded on `dagnats.fires.<trigger key>` (stream `DAGNATS_TRIGGER_FIRES`,
   deduplicated per fire), a fire for a missing workflow or a disabled trigger with its reason.
 Runs started by a trigger carry the workflow without its triggers (no secrets in history).
@@ -43,8 +46,9 @@ from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.resources import WORKFLOWS_BUCKET, check_run_id, decode_stored_workflow
+from dagnats.runtime.triggers_debounce import Bursts
 from dagnats.runtime.triggers_plan import (
-    Debouncer,
+    Burst,
     cron_fire_name,
     debounce_key,
     fire_run_id,
@@ -197,7 +201,7 @@ class TriggerService:
         self.start = start  # (workflow, input, run_id) -> awaitable: publish the start
         self.clock = service_clock() if clock is None else clock
         self.entries: list[Entry] = []
-        self.debouncer = Debouncer()
+        self.bursts = Bursts(self.state, self._release)
         self.consumers: dict[str, asyncio.Task[None]] = {}
         self._state: KeyValue | None = None
 
@@ -245,12 +249,20 @@ class TriggerService:
                     await self._cron(entry, now)
                 except (nats.errors.Error, TimeoutError) as error:
                     log.warning("trigger %s: cron tick failed (%s)", entry.trigger.id, error)
-        rules = {e.key: e.trigger.debounce for e in self.entries if e.trigger.debounce is not None}
-        by_key = {item.key: item for item in self.entries}
-        for key, _, pending in self.debouncer.due(rules, now):
-            found = by_key.get(key)
-            if found is not None and found.workflow is not None:
-                await self._start(found, pending.fire, pending.input)
+        rules = {e.key: e.trigger.debounce for e in self.entries
+                 if e.trigger.debounce is not None and e.workflow is not None}  # fmt: skip
+        if rules:
+            try:
+                await self.bursts.due(rules, now)
+            except (nats.errors.Error, TimeoutError) as error:
+                log.warning("triggers: releasing debounced bursts failed (%s)", error)
+
+    async def _release(self, burst: Burst) -> bool:
+        """Start a burst's run (its id from its first fire); True when it started."""
+        found = next((e for e in self.entries if e.key == burst.trigger), None)
+        if found is None or found.workflow is None:
+            return False
+        return (await self._start(found, burst.fire, burst.input)).outcome == "started"
 
     async def state(self) -> KeyValue:
         if self._state is None:
@@ -288,8 +300,12 @@ class TriggerService:
             return await self.record(entry, fire, "", "skipped", reason)
         if trigger.debounce is not None:
             key = debounce_key(trigger.debounce, value)
-            self.debouncer.offer(entry.key, key, fire, value, self.clock())
-            return await self.record(entry, fire, "", "debounced", f"key {key or '(one)'}")
+            try:
+                held = await self.bursts.offer(entry.key, key, fire, value, self.clock())
+            except (nats.errors.Error, TimeoutError) as error:
+                return await self.record(entry, fire, "", "failed", f"debounce: {error}"[:500])
+            if held:
+                return await self.record(entry, fire, "", "debounced", f"key {key or '(one)'}")
         return await self._start(entry, fire, value)
 
     async def _start(self, entry: Entry, fire: str, value: object) -> FireRecord:
@@ -351,8 +367,8 @@ class TriggerService:
                                                        "data": _decoded(message.data)})  # fmt: skip
                 if record.outcome == "failed":
                     await message.nak(delay=settings.retry_delay_ms / 1000)
-                else:
-                    await message.ack()
+                else:  # acked before the next is taken: only this one can come again
+                    await message.ack_sync()
 
 
 def replace_subjects(config: api.StreamConfig, subjects: list[str]) -> api.StreamConfig:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import zoneinfo
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
+import msgspec.structs
 
 from dagnats.runtime import settings
 from kernel.cron import CronSchedule, next_fire_ms, parse_cron
@@ -156,44 +156,49 @@ def cron_fire_name(fire_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{fire_ms % 1000:03d}Z"
 
 
-class Pending(msgspec.Struct, kw_only=True):
+BURST_PREFIX: Final = "debounce"  # pending bursts' keys in the trigger-state bucket
+
+
+class Burst(msgspec.Struct, frozen=True, kw_only=True):
+    """A pending debounced burst of one (trigger, key): kept in the trigger-state bucket, so
+    it outlives the engine that saw its fires. `released`: an engine claimed it and is
+    starting its run (whoever sees it so finishes that start, which is idempotent)."""
+
+    trigger: str  # the trigger's key (`trigger_key`)
+    key: str  # the burst's key (`debounce_key`)
+    fire: str  # the first fire's name: the run's id comes from it
+    last_fire: str = ""  # the last fire's name: the same fire again (redelivered) is no news
     first_ms: int
     last_ms: int
-    fire: str  # the first fire's name: the run's id comes from it
-    input: object
+    input: object  # the last fire's input
+    released: bool = False
 
 
-class Debouncer:
-    """Bursts of fires per (trigger, key): each fire replaces the pending input; a burst is
-    released `period` after its last fire, or `timeout` after its first at the latest."""
+def burst_name(trigger: str, key: str) -> str:
+    """The bucket key of the burst of (trigger, key): `debounce.<trigger key>.<digest>`."""
+    return f"{BURST_PREFIX}.{trigger}.{digest(key)}"
 
-    def __init__(self) -> None:
-        self.pending: OrderedDict[tuple[str, str], Pending] = OrderedDict()
 
-    def offer(self, trigger: str, key: str, fire: str, value: object, now_ms: int) -> None:
-        found = self.pending.get((trigger, key))
-        if found is None:
-            self.pending[(trigger, key)] = Pending(
-                first_ms=now_ms, last_ms=now_ms, fire=fire, input=value
-            )
-            while len(self.pending) > settings.debounce_keys_max:
-                self.pending.popitem(last=False)  # bounded: the oldest is dropped (logged)
-            return
-        found.last_ms = now_ms
-        found.input = value
+def offered(
+    burst: Burst | None, trigger: str, key: str, fire: str, value: object, now_ms: int
+) -> Burst:
+    """The burst after a fire: a new one (none pending, or the pending one released), else
+    the pending one with this fire's input and time."""
+    if burst is None or burst.released:
+        return Burst(trigger=trigger, key=key, fire=fire, last_fire=fire, first_ms=now_ms,
+                     last_ms=now_ms, input=value)  # fmt: skip
+    if fire in (burst.fire, burst.last_fire):
+        return burst  # a message taken again after a crash before its ack
+    return msgspec.structs.replace(burst, last_fire=fire, last_ms=max(burst.last_ms, now_ms),
+                                   input=value)  # fmt: skip
 
-    def due(self, rules: dict[str, Debounce], now_ms: int) -> list[tuple[str, str, Pending]]:
-        """Take the bursts whose quiet period or timeout has passed."""
-        ready: list[tuple[str, str, Pending]] = []
-        for (trigger, key), pending in list(self.pending.items()):
-            rule = rules.get(trigger)
-            quiet = rule is None or now_ms - pending.last_ms >= rule.period_ms
-            capped = rule is not None and bool(rule.timeout_ms)
-            late = capped and rule is not None and now_ms - pending.first_ms >= rule.timeout_ms
-            if quiet or late:
-                del self.pending[(trigger, key)]
-                ready.append((trigger, key, pending))
-        return ready
+
+def burst_due(rule: Debounce, burst: Burst, now_ms: int) -> bool:
+    """Whether the burst's run starts now: `period` quiet after its last fire, or `timeout`
+    after its first (when a timeout is set)."""
+    quiet = now_ms - burst.last_ms >= rule.period_ms
+    late = bool(rule.timeout_ms) and now_ms - burst.first_ms >= rule.timeout_ms
+    return quiet or late
 
 
 def debounce_key(rule: Debounce, value: object) -> str:

@@ -18,8 +18,11 @@ as a fresh service. The oracle is written apart from the planner: the schedule i
 `simulate_debounce(seed, ...)` offers bursts of fires (random gaps, keys, inputs) to one real
 service and ticks it; its oracle replays the same fires and ticks: each burst starts one run,
 with the burst's last input, at the first tick `period` after its last fire or `timeout` after
-its first, at the latest. A crash drops the pending bursts (documented: they live in memory);
-the bursts it cut are not checked.
+its first, at the latest. The service restarts between steps (its bursts are kept in the
+state bucket, so nothing changes), and with `tick_crash_rate` it also dies inside a tick (before
+or after a start, the burst's claim or its delete); that oracle checks, after a last clean
+tick, that the runs split each key's fires into bursts, each run with its burst's last input,
+none started before it was due, no fire left without a run, no run id started with two inputs.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import nats.js.errors
 
 from dagnats.runtime import settings
 from dagnats.runtime.triggers import Entry, TriggerService
-from dagnats.runtime.triggers_plan import cron_fire_name, fire_run_id
+from dagnats.runtime.triggers_plan import BURST_PREFIX, cron_fire_name, fire_run_id
 from dagnats.sim.faults import SimulatedCrash
 from kernel.workflow import WorkflowDef, parse_workflow
 from kernel.workflow.trigger_model import CronSource, Debounce, SubjectSource, TriggerDef
@@ -65,40 +68,64 @@ class _Found(msgspec.Struct, frozen=True):
 
 
 class MemoryState:
-    """The trigger-state bucket: get, create, update with compare-and-set, and the reads and
-    updates made (for the oracle)."""
+    """The trigger-state bucket: get, create, update and delete with compare-and-set (one
+    revision counter for the bucket, as a KV stream's sequence), keys, and the cron state's
+    reads and updates (for the oracle)."""
 
     def __init__(self) -> None:
         self.values: dict[str, _Found] = {}
         self.reads: list[tuple[int, int]] = []  # (state read, now)
         self.updates: list[tuple[int, int, int]] = []  # (old, new, now)
         self.now = 0
+        self.revision = 0
         self.dice: _Dice | None = None
 
     async def get(self, key: str) -> _Found:
         found = self.values.get(key)
         if found is None:
             raise nats.js.errors.KeyNotFoundError
-        self.reads.append((int(found.value), self.now))
+        if not key.startswith(BURST_PREFIX):
+            self.reads.append((int(found.value), self.now))
         return found
+
+    async def keys(self) -> list[str]:
+        if not self.values:
+            raise nats.js.errors.NoKeysError
+        return list(self.values)
 
     async def create(self, key: str, value: bytes) -> int:
         if key in self.values:
             raise nats.js.errors.KeyWrongLastSequenceError
-        self.values[key] = _Found(value, 1)
-        return 1
+        return self._put(key, value)
 
     async def update(self, key: str, value: bytes, last: int) -> int:
-        if self.dice is not None:
-            self.dice.maybe("before-update")
-        found = self.values[key]
-        if found.revision != last:
+        self._maybe("before-update")
+        found = self.values.get(key)
+        if found is None or found.revision != last:
             raise nats.js.errors.KeyWrongLastSequenceError
-        self.values[key] = _Found(value, last + 1)
-        self.updates.append((int(found.value), int(value), self.now))
+        revision = self._put(key, value)
+        if not key.startswith(BURST_PREFIX):
+            self.updates.append((int(found.value), int(value), self.now))
+        self._maybe("after-update")
+        return revision
+
+    async def delete(self, key: str, last: int) -> bool:
+        self._maybe("before-update")
+        found = self.values.get(key)
+        if found is None or found.revision != last:
+            raise nats.js.errors.KeyWrongLastSequenceError
+        del self.values[key]
+        self._maybe("after-update")
+        return True
+
+    def _put(self, key: str, value: bytes) -> int:
+        self.revision += 1
+        self.values[key] = _Found(value, self.revision)
+        return self.revision
+
+    def _maybe(self, point: str) -> None:
         if self.dice is not None:
-            self.dice.maybe("after-update")
-        return last + 1
+            self.dice.maybe(point)
 
 
 class _Dice:
@@ -128,17 +155,21 @@ class StartLog:
         self.runs: dict[str, object] = {}
         self.started_at: dict[str, int] = {}
         self.accepted: Counter[str] = Counter()
+        self.conflicts: list[str] = []  # run ids started again with another input
         self.dice = dice
+        self.armed = True  # crashes happen only while armed
         self.clock = now
 
     async def __call__(self, workflow: WorkflowDef, value: object, run_id: str) -> object:
-        if self.dice is not None:
+        if self.dice is not None and self.armed:
             self.dice.maybe("before-start")
         if run_id not in self.runs:
             self.runs[run_id] = value
             self.started_at[run_id] = self.clock.now
             self.accepted[run_id] += 1
-        if self.dice is not None:
+        elif self.runs[run_id] != value:
+            self.conflicts.append(run_id)
+        if self.dice is not None and self.armed:
             self.dice.maybe("after-start")
         return run_id
 
@@ -241,23 +272,26 @@ def cron_violations(state: MemoryState, starts: StartLog, backfill: int) -> list
 
 def simulate_debounce(
     seed: int, *, period_ms: int = 5_000, timeout_ms: int = 20_000, crash_rate: float = 0.02,
-    rounds: int = 400,
+    tick_crash_rate: float = 0.0, rounds: int = 400,
 ) -> Report:  # fmt: skip
     """One seed of debounced bursts (see the module's docstring)."""
-    return asyncio.run(_debounce(seed, period_ms, timeout_ms, crash_rate, rounds))
+    return asyncio.run(_debounce(seed, period_ms, timeout_ms, crash_rate, tick_crash_rate,
+                                 rounds))  # fmt: skip
 
 
 async def _debounce(
-    seed: int, period_ms: int, timeout_ms: int, crash_rate: float, rounds: int
-) -> Report:
+    seed: int, period_ms: int, timeout_ms: int, crash_rate: float, tick_crash_rate: float,
+    rounds: int,
+) -> Report:  # fmt: skip
     assert period_ms > 0 and timeout_ms >= 0 and 0 <= rounds <= rounds_max
     rng = random.Random(seed)
     rule = Debounce(period_ms=period_ms, timeout_ms=timeout_ms, key="user")
     trigger = TriggerDef(id="burst", subject=SubjectSource(subject="sim.burst"), debounce=rule)
     entry = Entry(workflow_name=WORKFLOW, workflow=_workflow(), trigger=trigger)
-    state = MemoryState()
+    state, dice = MemoryState(), _Dice(rng, tick_crash_rate)
     state.now = T0
-    starts = StartLog(None, state)
+    starts = StartLog(dice, state)
+    starts.armed = False
     service = _service(state, starts, entry)
     report = Report(seed=seed)
     events: list[tuple[str, int, str, str, object]] = []  # (kind, at, fire, key, input)
@@ -265,10 +299,9 @@ async def _debounce(
         state.now += rng.choice(
             (rng.randrange(1, period_ms), rng.randrange(period_ms, 4 * period_ms))
         )
-        if rng.random() < crash_rate:  # the service dies: its pending bursts are gone
+        if rng.random() < crash_rate:  # the service dies between two steps and comes back
             report.crashes += 1
             service = _service(state, starts, entry)
-            events.append(("crash", state.now, "", "", None))
         elif rng.random() < 0.6:
             user = rng.choice(("ann", "bob", "cy"))
             value = {"user": user, "n": number}
@@ -277,25 +310,80 @@ async def _debounce(
             events.append(("fire", state.now, fire, user, value))
         else:
             report.ticks += 1
-            await service.tick()
-            events.append(("tick", state.now, "", "", None))
+            kind = await _tick(service, state, starts, dice)
+            if kind == "crashed":
+                report.crashes += 1
+                service = _service(state, starts, entry)
+            events.append((kind, state.now, "", "", None))
+    state.now += period_ms + timeout_ms  # a last clean tick releases every burst left
+    await _service(state, starts, entry).tick()
+    events.append(("tick", state.now, "", "", None))
     report.runs = starts.runs
-    report.violations = debounce_violations(events, starts, rule)
+    report.violations = burst_violations(events, starts, rule)
+    if not tick_crash_rate:  # with no crash inside a tick, each release is on the dot
+        report.violations += debounce_violations(events, starts, rule)
     return report
+
+
+async def _tick(service: TriggerService, state: MemoryState, starts: StartLog, dice: _Dice) -> str:
+    """One tick, with crashes armed inside it (a fire never crashes: it is not retried)."""
+    state.dice, starts.armed = dice, True
+    try:
+        await service.tick()
+    except SimulatedCrash:
+        return "crashed"
+    finally:
+        state.dice, starts.armed = None, False
+    return "tick"
+
+
+def burst_violations(
+    events: list[tuple[str, int, str, str, object]], starts: StartLog, rule: Debounce
+) -> list[str]:
+    """Whatever crashed: the runs split each key's fires into bursts (a run per burst, named
+    by its first fire), each run has its burst's last input, started no earlier than due and
+    after its last fire, and one run id was never started with two inputs."""
+    found = [f"run {run_id} started again with another input" for run_id in starts.conflicts]
+    fires: dict[str, list[tuple[int, str, object]]] = {}
+    for kind, at, fire, key, value in events:
+        if kind == "fire":
+            fires.setdefault(key, []).append((at, fire, value))
+    named: set[str] = set()
+    for key, sequence in fires.items():
+        bursts: list[list[tuple[int, str, object]]] = []
+        for item in sequence:
+            if not bursts or fire_run_id(WORKFLOW, "burst", item[1]) in starts.runs:
+                bursts.append([])
+            bursts[-1].append(item)
+        for burst in bursts:
+            run_id = fire_run_id(WORKFLOW, "burst", burst[0][1])
+            named.add(run_id)
+            if run_id not in starts.runs:
+                found.append(f"fires {[f for _, f, _ in burst]} of key {key} started no run")
+                continue
+            given, at = starts.runs[run_id], starts.started_at[run_id]
+            if not isinstance(given, dict) or {k: given.get(k) for k in ("user", "n")} != burst[
+                    -1][2]:  # fmt: skip
+                found.append(f"burst {run_id} started with {given!r}, not {burst[-1][2]!r}")
+            quiet = at - burst[-1][0] >= rule.period_ms
+            late = bool(rule.timeout_ms) and at - burst[0][0] >= rule.timeout_ms
+            if not (quiet or late) or at < burst[-1][0]:
+                found.append(f"burst {run_id} started at {at}, before it was due")
+    found.extend(f"run {r} is no burst's first fire" for r in set(starts.runs) - named)
+    return found
 
 
 def debounce_violations(
     events: list[tuple[str, int, str, str, object]], starts: StartLog, rule: Debounce
 ) -> list[str]:
     """Replay the fires and ticks apart from the debouncer: each burst one run, its last input,
-    released at the first tick after quiet or timeout."""
+    released at the first tick after quiet or timeout (restarts between steps change nothing:
+    the bursts are kept in the state bucket)."""
     open_bursts: dict[str, tuple[int, int, str, object]] = {}  # key -> (first, last, fire, input)
     expected: dict[str, tuple[object, int]] = {}  # run id -> (input, released at)
     found: list[str] = []
     for kind, at, fire, key, value in events:
-        if kind == "crash":
-            open_bursts.clear()
-        elif kind == "fire":
+        if kind == "fire":
             burst = open_bursts.get(key)
             open_bursts[key] = (at, at, fire, value) if burst is None else (
                 burst[0], at, burst[2], value)  # fmt: skip
@@ -322,4 +410,11 @@ def debounce_violations(
     return found
 
 
-__all__ = ["Report", "cron_violations", "debounce_violations", "simulate_cron", "simulate_debounce"]
+__all__ = [
+    "Report",
+    "burst_violations",
+    "cron_violations",
+    "debounce_violations",
+    "simulate_cron",
+    "simulate_debounce",
+]
