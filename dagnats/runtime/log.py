@@ -31,6 +31,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
+from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
     HISTORY_SUBJECTS,
@@ -66,6 +67,7 @@ class JetStreamEventLog:
         assert read_idle_timeout_ms > 0
         self.js = js
         self.read_idle_timeout_ms = read_idle_timeout_ms
+        self.publisher = JetStreamPublisher(js._nc, timeout_s=js._timeout)
 
     async def append(
         self, run_id: str, payload: bytes, *, msg_id: str, expected_last_seq: int
@@ -90,7 +92,9 @@ class JetStreamEventLog:
             EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(expected_last_seq),
         }
         try:
-            ack = await self.js.publish(subject, payload, stream=HISTORY_STREAM, headers=headers)
+            ack = await self.publisher.publish(
+                subject, payload, stream=HISTORY_STREAM, headers=headers
+            )
         except nats.js.errors.APIError as error:
             if error.err_code != WRONG_LAST_SEQUENCE:
                 raise
