@@ -130,6 +130,14 @@ class JetStreamEventLog:
         assert last.seq is not None and last.seq > 0
         return last.seq
 
+    async def last(self, run_id: str) -> tuple[int, bytes] | None:
+        """The run's last message as (seq, payload); None when it has none (one direct get)."""
+        last = await self._last_message(run_id)
+        if last is None:
+            return None
+        assert last.seq is not None and last.seq > 0
+        return last.seq, last.data or b""
+
     async def read(
         self, run_id: str, *, after_seq: int = 0
     ) -> AsyncGenerator[tuple[int, bytes], None]:
