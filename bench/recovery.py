@@ -51,7 +51,7 @@ from bench.workers import (
 )
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats, pick_free_port
-from dagnats.runtime.resources import history_subject
+from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from kernel import codec
 from kernel.events import RunCompleted, RunFailed, StepCompleted
 
@@ -94,7 +94,9 @@ async def history_times(
     connection = await Connection.open(url, role="client", data_dir=data_dir)
     times: dict[str, float] = {}
     try:
-        subscription = await connection.js.subscribe(history_subject(run_id), ordered_consumer=True)
+        subscription = await connection.js.subscribe(
+            history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True
+        )
         deadline = time.monotonic() + timeout_s
         while "done" not in times and (remaining := deadline - time.monotonic()) > 0:
             try:
