@@ -10,8 +10,8 @@ Each prints one JSON line `{"kind": "ready", "pid": ...}` on stdout when connect
 the worker: tasks handled) and a last stats line after SIGTERM or SIGINT, when it has stopped.
 With --projections, the engine runs the built-in projections beside it as `dagnats serve`
 does (SQLite file in DIR). With --data-dir, the worker connects with that data dir's worker
-credential (a `dagnats serve`'s, which enforces roles). With --profile, the process runs under cProfile and writes its
-stats to FILE at exit.
+credential (a `dagnats serve`'s, which enforces roles). With --profile, the process runs
+under cProfile and writes its stats to FILE at exit.
 
 This module may connect to the given URL only; it creates no streams (the bench does).
 """
