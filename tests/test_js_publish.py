@@ -10,7 +10,6 @@ import asyncio
 import msgspec
 import nats.js.errors
 import pytest
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 
 from dagnats.runtime.engine import Engine
@@ -32,9 +31,9 @@ READ_TIMEOUT_S = 10.0
 
 
 async def test_publishes_are_acknowledged_with_their_sequences_in_order(
-    nc: NatsClient, js: JetStreamContext
+    js: JetStreamContext,
 ) -> None:
-    publisher = JetStreamPublisher(nc, timeout_s=5.0)
+    publisher = JetStreamPublisher(js)
     subject = history_subject(unique("run"))
     acks = await asyncio.gather(
         *(
@@ -51,9 +50,9 @@ async def test_publishes_are_acknowledged_with_their_sequences_in_order(
 
 
 async def test_a_duplicate_msg_id_is_acknowledged_as_a_duplicate_of_the_original(
-    nc: NatsClient,
+    js: JetStreamContext,
 ) -> None:
-    publisher = JetStreamPublisher(nc, timeout_s=5.0)
+    publisher = JetStreamPublisher(js)
     subject = history_subject(unique("run"))
     first = await publisher.publish(
         subject, b"x", stream=HISTORY_STREAM, headers={"Nats-Msg-Id": subject}
@@ -64,8 +63,10 @@ async def test_a_duplicate_msg_id_is_acknowledged_as_a_duplicate_of_the_original
     assert again.duplicate and again.seq == first.seq and not first.duplicate
 
 
-async def test_a_refused_publish_raises_the_api_error_js_publish_raises(nc: NatsClient) -> None:
-    publisher = JetStreamPublisher(nc, timeout_s=5.0)
+async def test_a_refused_publish_raises_the_api_error_js_publish_raises(
+    js: JetStreamContext,
+) -> None:
+    publisher = JetStreamPublisher(js)
     subject = history_subject(unique("run"))
     await publisher.publish(subject, b"a", stream=HISTORY_STREAM, headers={})
     headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
@@ -77,8 +78,10 @@ async def test_a_refused_publish_raises_the_api_error_js_publish_raises(nc: Nats
     assert publisher.pending() == 0
 
 
-async def test_a_subject_no_stream_holds_raises_no_stream_response(nc: NatsClient) -> None:
-    publisher = JetStreamPublisher(nc, timeout_s=5.0)
+async def test_a_subject_no_stream_holds_raises_no_stream_response(
+    js: JetStreamContext,
+) -> None:
+    publisher = JetStreamPublisher(js)
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await publisher.publish(unique("nowhere"), b"x", stream=HISTORY_STREAM, headers={})
 

@@ -22,8 +22,8 @@ from typing import Final
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 EXPECTED_STREAM_HEADER: Final = "Nats-Expected-Stream"
 STATUS_HEADER: Final = "Status"
@@ -45,10 +45,9 @@ _decode_ack = msgspec.json.Decoder(PubAck).decode
 class JetStreamPublisher:
     """Publish to JetStream and await the acknowledgement (one reply subscription in all)."""
 
-    def __init__(self, nc: NatsClient, *, timeout_s: float) -> None:
-        assert timeout_s > 0, timeout_s
-        self.nc = nc
-        self.timeout_s = timeout_s
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js  # its timeout (`js._timeout`, read at each publish) bounds each wait
+        self.nc = js._nc
         self._prefix: str | None = None
         self._starting: asyncio.Lock | None = None
         self._waiting: dict[str, tuple[asyncio.Future[PubAck], asyncio.TimerHandle]] = {}
@@ -62,14 +61,16 @@ class JetStreamPublisher:
         Raises:
             nats.js.errors.APIError: JetStream refused it (err_code says why).
             nats.js.errors.NoStreamResponseError: no stream listens on `subject`.
-            nats.errors.TimeoutError: no acknowledgement within timeout_s.
+            nats.errors.TimeoutError: no acknowledgement within the context's timeout.
         """
         prefix = self._prefix or await self._start()
         self._next_token += 1
         token = str(self._next_token)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PubAck] = loop.create_future()
-        expiry = loop.call_later(self.timeout_s, self._expire, token)
+        timeout_s = self.js._timeout
+        assert timeout_s > 0, timeout_s
+        expiry = loop.call_later(timeout_s, self._expire, token)
         self._waiting[token] = (future, expiry)
         headers[EXPECTED_STREAM_HEADER] = stream
         try:

@@ -70,7 +70,7 @@ class JetStreamEventLog:
         assert read_idle_timeout_ms > 0
         self.js = js
         self.read_idle_timeout_ms = read_idle_timeout_ms
-        self.publisher = JetStreamPublisher(js._nc, timeout_s=js._timeout)
+        self.publisher = JetStreamPublisher(js)
 
     async def append(
         self, run_id: str, payload: bytes, *, msg_id: str, expected_last_seq: int

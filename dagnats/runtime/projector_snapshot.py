@@ -107,7 +107,7 @@ class KvSnapshotStore:
         acknowledged through one reply subscription (runtime/js_publish)."""
         kv = await self.bucket()
         if self._publisher is None:
-            self._publisher = JetStreamPublisher(self.js._nc, timeout_s=self.js._timeout)
+            self._publisher = JetStreamPublisher(self.js)
         publisher = self._publisher
         slots = asyncio.Semaphore(snapshot_puts_in_flight_max)
 

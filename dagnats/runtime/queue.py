@@ -138,7 +138,7 @@ class JetStreamTaskQueue:
         self.js = js
         self.ack_wait_ms = ack_wait_ms
         self.deliver_max = deliver_max
-        self.publisher = JetStreamPublisher(js._nc, timeout_s=js._timeout)
+        self.publisher = JetStreamPublisher(js)
         self._subscriptions: dict[str, JetStreamContext.PullSubscription] = {}
 
     async def publish(self, task_type: str, payload: bytes, msg_id: str) -> None:
@@ -242,7 +242,7 @@ class JetStreamCommandQueue:
         self.consumer = consumer
         self.filter_subjects = tuple(filter_subjects)
         self.ack_wait_ms = ack_wait_ms
-        self.publisher = JetStreamPublisher(js._nc, timeout_s=js._timeout)
+        self.publisher = JetStreamPublisher(js)
         self._subscription: JetStreamContext.PullSubscription | None = None
 
     async def publish_live(self, subject: str, data: bytes) -> None:
