@@ -42,7 +42,10 @@ ORDER: Final = (
     "admission",
 )
 BENCH_TIMEOUT_S: Final = 120.0
-BENCH_TIMEOUTS_S: Final = {"peers": 900.0, "memory": 600.0, "map": 400.0, "restart": 300.0}
+BENCH_TIMEOUTS_S: Final = {
+    "peers": 900.0, "memory": 600.0, "map": 400.0, "restart": 300.0, "sim": 600.0,
+    "replay": 400.0, "throughput": 300.0, "chain": 300.0, "projection_rebuild": 300.0,
+}  # fmt: skip (a shared machine: several of these took 2-4 min when it was busy)
 ERROR_LINES_MAX: Final = 15
 
 Line = dict[str, object]
@@ -104,7 +107,9 @@ TARGETS: Final = {
         lambda line: _number(line, "value") >= 150_000 and _number(line, "ratio") >= 0.9,
     ),
     "projection_rebuild": Target(">= 50k events/s", lambda line: _number(line, "value") >= 50_000),
-    "sim": Target(">= 1000 runs/s", lambda line: _number(line, "value") >= 1_000),
+    "sim": Target(
+        ">= 1000 runs/s, order example", lambda line: _number(line, "value") >= 1_000
+    ),
     "map": Target("<= 1.5x a fan-out of 10k tasks", lambda line: _number(line, "ratio") <= 1.5),
     "http": Target("bridge ratio <= 1.5", lambda line: _number(line, "ratio") <= 1.5),
 }

@@ -99,7 +99,7 @@ async def measure() -> dict[str, object]:
     ms_per_step = wall_s * 1000 / (RUNS * STEPS)
     started_ms_per_step = with_started_s * 1000 / (RUNS * STEPS)
     return {
-        "bench": "chain",
+        "bench": "chain_engine",
         "value": rounded(ms_per_step),
         "unit": "ms/step",
         "ratio": rounded(ms_per_step / floor["serial_ms_per_hop"], 3),

@@ -3,14 +3,15 @@
     python -m bench.procs engine --url URL [--profile FILE] [--projections DIR]
     python -m bench.procs worker --url URL --kind noop|recovery [--concurrency N]
                                  [--reconnect-wait-s S] [--report-started default|yes|no]
-                                 [--profile FILE]
+                                 [--data-dir DIR] [--profile FILE]
 
 Each prints one JSON line `{"kind": "ready", "pid": ...}` on stdout when connected, a
 `{"kind": "stats", ...}` line on SIGUSR1 (the engine: its VmRSS/VmHWM, cached runs, counters;
 the worker: tasks handled) and a last stats line after SIGTERM or SIGINT, when it has stopped.
 With --projections, the engine runs the built-in projections beside it as `dagnats serve`
-does (SQLite file in DIR). With --profile, the process runs under cProfile and writes its
-stats to FILE at exit.
+does (SQLite file in DIR). With --data-dir, the worker connects with that data dir's worker
+credential (a `dagnats serve`'s, which enforces roles). With --profile, the process runs
+under cProfile and writes its stats to FILE at exit.
 
 This module may connect to the given URL only; it creates no streams (the bench does).
 """
@@ -26,8 +27,6 @@ import os
 import signal
 from pathlib import Path
 from typing import Final
-
-import nats
 
 from bench.workers import noop_worker, recovery_worker
 from dagnats.runtime import projector
@@ -109,14 +108,12 @@ async def run_worker(
     concurrency: int,
     reconnect_wait_s: float | None,
     report_started: bool | None,
+    data_dir: Path | None = None,
 ) -> None:
-    if reconnect_wait_s is None:
-        connection = await Connection.open(url, role="worker")  # what `dagnats worker` uses
-    else:
-        client = await nats.connect(
-            url, reconnect_time_wait=reconnect_wait_s, max_reconnect_attempts=-1
-        )
-        connection = Connection(client, role="worker")
+    # What `dagnats worker` uses; with a data dir, its worker credential (a serve's roles).
+    connection = await Connection.open(url, role="worker", data_dir=data_dir)
+    if reconnect_wait_s is not None:  # read by nats-py at each reconnect attempt
+        connection.nc.options["reconnect_time_wait"] = reconnect_wait_s
     worker: Worker = (
         noop_worker(concurrency, report_started=report_started)
         if kind == "noop"
@@ -145,6 +142,7 @@ def main() -> None:
     parser.add_argument("--report-started", choices=["default", "yes", "no"], default="default")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--projections", type=Path, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None)
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if arguments.role == "engine":
@@ -156,6 +154,7 @@ def main() -> None:
             arguments.concurrency,
             arguments.reconnect_wait_s,
             {"default": None, "yes": True, "no": False}[arguments.report_started],
+            arguments.data_dir,
         )
     if arguments.profile is None:
         asyncio.run(coroutine)

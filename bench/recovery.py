@@ -51,7 +51,7 @@ from bench.workers import (
 )
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats, pick_free_port
-from dagnats.runtime.resources import history_subject
+from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from kernel import codec
 from kernel.events import RunCompleted, RunFailed, StepCompleted
 
@@ -87,12 +87,16 @@ def is_alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-async def history_times(url: str, run_id: str, timeout_s: float) -> dict[str, float]:
+async def history_times(
+    url: str, run_id: str, timeout_s: float, data_dir: Path
+) -> dict[str, float]:
     """Server timestamps (epoch s) of s5's result and the run's end, read from its history."""
-    connection = Connection(await nats.connect(url))
+    connection = await Connection.open(url, role="client", data_dir=data_dir)
     times: dict[str, float] = {}
     try:
-        subscription = await connection.js.subscribe(history_subject(run_id), ordered_consumer=True)
+        subscription = await connection.js.subscribe(
+            history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True
+        )
         deadline = time.monotonic() + timeout_s
         while "done" not in times and (remaining := deadline - time.monotonic()) > 0:
             try:
@@ -122,6 +126,7 @@ async def scenario(reconnect_wait_s: float | None) -> dict[str, object]:
         serve = await Child.start(serve_command(data_dir, port), root / "serve-1.log")
         url = str(serve.ready["nats_url"])
         worker_args = ["worker", "--url", url, "--kind", "recovery", "--concurrency", "4"]
+        worker_args += ["--data-dir", str(data_dir)]  # its credential (serve enforces roles)
         if reconnect_wait_s is not None:
             worker_args += ["--reconnect-wait-s", str(reconnect_wait_s)]
         worker = await Child.start(
@@ -129,7 +134,7 @@ async def scenario(reconnect_wait_s: float | None) -> dict[str, object]:
         )
         try:
             run_id = f"rec-{uuid.uuid4().hex[:8]}"
-            client = Connection(await nats.connect(url))
+            client = await Connection.open(url, role="client", data_dir=data_dir)
             workflow = chain_workflow("bench-recovery", STEPS, RECOVERY_TASK)
             await publish_starts(client, workflow, [run_id])
             await client.close()
@@ -150,7 +155,7 @@ async def scenario(reconnect_wait_s: float | None) -> dict[str, object]:
             restarted_at = time.time()
             serve = await Child.start(serve_command(data_dir, port), root / "serve-2.log")
             ready_s = time.time() - restarted_at
-            times = await history_times(url, run_id, DONE_WAIT_S)
+            times = await history_times(url, run_id, DONE_WAIT_S, data_dir)
         finally:
             await worker.stop()
             await serve.stop()

@@ -1,19 +1,23 @@
-"""Benchmark: simulated runs per second of the 10-step chain, with faults on.
+"""Benchmark: simulated runs per second, the order example first (what `dagnats sim` runs).
 
-The simulator (`dagnats.sim`) runs SEEDS seeds of a 10-step chain (each step retried up to 3
-times, with a step timeout) through the real engine and worker SDK, RUNS_PER_SEED runs per seed
-sharing the engines, queues and workers, with the default fault plan (crashes, duplicate and
-late deliveries, lost heartbeats, racing engines, clock jumps, handler errors and hangs, lost
+`value`: runs/s of `dagnats sim` on the order example (`dagnats/examples/order`: its workflow,
+its worker's real handlers, its input), ORDER_SEEDS seeds of one run each with the default
+fault plan, in one process, as `dagnats sim examples/order/workflow.json -w
+examples.order.worker:worker --input-file examples/order/input.json --seeds N` runs them.
+`ratio` is that over the target of 1,000 runs/s (`ratio_to: "target"`).
+
+Beside it, a 10-step chain (each step retried up to 3 times, with a step timeout) through the
+real engine and worker SDK with the default fault plan (crashes, duplicate and late
+deliveries, lost heartbeats, racing engines, clock jumps, handler errors and hangs, lost
 snapshots, client cancels, projector crashes). Every seed must pass its invariants, the
 projections' among them (the SQLite query tables fed in batches and compared with a rebuild
-from zero at the end of each seed; the snapshot projection's states with the fold).
+from zero at the end of each seed; the snapshot projection's states with the fold):
+`chain_runs_per_s` over one process per core (`run_seeds(jobs=...)`; a seed's result does not
+depend on it), `runs_per_s_one_process` in one, `runs_per_s_one_process_without_tables` the
+same without the SQLite projection (what its invariant costs); `fold_runs_per_s` is how fast
+the pure kernel decodes and folds the same histories (what any replay costs at least).
 
-Seeds are spread over one process per core (`run_seeds(jobs=...)`; a seed's result does not
-depend on it). Prints one JSON line: `value` is simulated runs/s over all cores; `ratio` is
-that over the target of 1,000 runs/s (`ratio_to: "target"`); `runs_per_s_one_process` is the
-rate of one process; `runs_per_s_one_process_without_tables` the same without the SQLite
-projection (what its invariant costs); `fold_runs_per_s` is how fast the pure kernel decodes and
-folds the same histories (what any replay costs at least), for scale.
+`python -m bench.sim` prints one JSON line.
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from importlib import resources
 from typing import Final
 
+import msgspec
+
+from dagnats.examples.order.worker import worker as order_worker
 from dagnats.sim import FaultPlan, SimCase, run_bound_ms, run_seeds
 from dagnats.sim.loop import SimLoop
 from dagnats.sim.memory import HistoryMessage
@@ -31,13 +39,14 @@ from dagnats.worker import TaskContext, Worker
 from kernel.codec import decode_decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE
-from kernel.workflow import WorkflowDef
+from kernel.workflow import WorkflowDef, parse_workflow
 from kernel.workflow.builder import Retry, Workflow
 
 STEPS: Final = 10
-SEEDS: Final = 4_000
-SEEDS_ONE_PROCESS: Final = 1_000
-SEEDS_WITHOUT_TABLES: Final = 500
+ORDER_SEEDS: Final = 1_000
+SEEDS: Final = 2_000
+SEEDS_ONE_PROCESS: Final = 500
+SEEDS_WITHOUT_TABLES: Final = 250
 JOBS_MAX: Final = 8
 RUNS_PER_SEED: Final = 1
 TARGET_RUNS_PER_S: Final = 1_000.0
@@ -56,6 +65,14 @@ def chain(steps: int = STEPS) -> WorkflowDef:
             timeout="30s",
         )
     return builder.build()
+
+
+def order_case() -> SimCase:
+    """The order example as `dagnats sim` loads it (workflow, worker, input; default faults)."""
+    folder = resources.files("dagnats.examples") / "order"
+    workflow = parse_workflow((folder / "workflow.json").read_bytes())
+    run_input = msgspec.json.encode(msgspec.json.decode((folder / "input.json").read_bytes()))
+    return SimCase(workflow=workflow, worker=order_worker, input=run_input, faults=FaultPlan())
 
 
 def chain_worker() -> Worker:
@@ -90,6 +107,7 @@ def fold_rate(case: SimCase) -> float:
 
 
 def main() -> dict[str, object]:
+    order = run_seeds(order_case(), range(ORDER_SEEDS), failures_max=ORDER_SEEDS)
     case = SimCase(workflow=chain(), worker=chain_worker(), faults=FaultPlan(), runs=RUNS_PER_SEED)
     one = run_seeds(case, range(SEEDS_ONE_PROCESS), failures_max=SEEDS)
     bare = SimCase(
@@ -99,9 +117,9 @@ def main() -> dict[str, object]:
     without_tables = run_seeds(bare, range(SEEDS_WITHOUT_TABLES), failures_max=SEEDS)
     jobs = max(1, min(os.cpu_count() or 1, JOBS_MAX))
     report = run_seeds(case, range(SEEDS), failures_max=SEEDS, jobs=jobs)
-    for done in (one, without_tables, report):
+    for done in (order, one, without_tables, report):
         assert done.ok, f"{len(done.failures)} failing seed(s), first {done.failures[0].seed}"
-    runs_per_s = report.runs / report.elapsed_s
+    runs_per_s = order.runs / order.elapsed_s
     faults = sum(report.faults.values())
     result: dict[str, object] = {
         "bench": "sim",
@@ -109,6 +127,9 @@ def main() -> dict[str, object]:
         "unit": "runs/s",
         "ratio": round(runs_per_s / TARGET_RUNS_PER_S, 4),
         "ratio_to": "target",
+        "workload": "order example, one process, default faults",
+        "order_seeds": order.seeds,
+        "chain_runs_per_s": round(report.runs / report.elapsed_s),
         "jobs": jobs,
         "runs_per_s_one_process": round(one.runs / one.elapsed_s),
         "runs_per_s_one_process_without_tables": round(

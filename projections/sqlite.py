@@ -14,12 +14,13 @@ This module may import only `kernel`, the standard library, msgspec and sqlite-u
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Final
 
 import msgspec
 from sqlite_utils import Database
 
-from kernel import codec
+from kernel import codec, limits
 from kernel.events import (
     AgentToolCompleted,
     AgentToolScheduled,
@@ -276,6 +277,9 @@ class QueryTables(SqliteProjectionBase):
         self._turns: list[Row] = []
         self._calls: list[Row] = []
         self.problems: list[str] = []
+        # States this projection last wrote, with their sequence: a stored state whose row
+        # still has that sequence is this one, and is not decoded again (bounded, LRU).
+        self._written: OrderedDict[str, tuple[int, RunState]] = OrderedDict()
 
     def create(self, db: Database) -> None:
         for statement in _SCHEMA:
@@ -284,7 +288,7 @@ class QueryTables(SqliteProjectionBase):
     def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
         touched = self._touched.get(at.run_id)
         if touched is None:
-            before = _stored_state(db, at.run_id)
+            before = self._stored_state(db, at.run_id)
             if before is None:
                 if not isinstance(event, RunStarted):
                     self.problems.append(f"run {at.run_id!r}: {tag_of(event)} before run.started")
@@ -315,6 +319,7 @@ class QueryTables(SqliteProjectionBase):
                 continue
             runs.append(run_row(state, touched.last_seq))
             states.append((state.run_id, touched.last_seq, codec.encode(state)))
+            self._remember(state.run_id, touched.last_seq, state)
             for index, step in enumerate(state.steps):
                 if index >= len(before.steps) or before.steps[index] is not step:
                     steps.append(step_row(state, index))
@@ -327,6 +332,25 @@ class QueryTables(SqliteProjectionBase):
         connection.executemany(CALL_UPSERT, self._calls)
         self.discard()
 
+    def _stored_state(self, db: Database, run_id: str) -> RunState | None:
+        """The run's stored state: the one this projection wrote when the row still has its
+        sequence (a rolled-back or rebuilt row has another), else decoded from the row."""
+        row = db.execute(
+            f"SELECT last_seq, state FROM {STATES_TABLE} WHERE run_id = ?", [run_id]
+        ).fetchone()
+        if row is None:
+            return None
+        written = self._written.get(run_id)
+        if written is not None and written[0] == row[0]:
+            return written[1]
+        return codec.decode_state(row[1])
+
+    def _remember(self, run_id: str, last_seq: int, state: RunState) -> None:
+        self._written[run_id] = (last_seq, state)
+        self._written.move_to_end(run_id)
+        while len(self._written) > limits.query_states_cached_max:
+            self._written.popitem(last=False)
+
     def discard(self) -> None:
         self._touched.clear()
         self._events.clear()
@@ -334,9 +358,6 @@ class QueryTables(SqliteProjectionBase):
         self._calls.clear()
 
 
-def _stored_state(db: Database, run_id: str) -> RunState | None:
-    row = db.execute(f"SELECT state FROM {STATES_TABLE} WHERE run_id = ?", [run_id]).fetchone()
-    return codec.decode_state(row[0]) if row is not None else None
 
 
 def stored_rows(db: Database, run_id: str) -> tuple[Row | None, list[Row]]:

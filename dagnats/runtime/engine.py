@@ -60,7 +60,7 @@ from kernel.commands import AnyCommand, Rejection, StartRun
 from kernel.decide import decide
 from kernel.effects import AnyEffect, EnqueueTask, StartContinuation
 from kernel.errors import AppendConflictError, DecodeError
-from kernel.events import AnyEvent
+from kernel.events import AnyEvent, RunStarted
 from kernel.react import react, repeated, resume
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
@@ -133,38 +133,52 @@ class Engine:
     async def fold_history(self, run_id: str) -> Loaded:
         """The run's state: its snapshot (when there is a usable one) plus the history after
         it, else the fold of its whole history (bounded memory: one message at a time). A
-        snapshot that does not agree with the history is ignored.
+        snapshot that does not agree with the history is ignored. The run's last message is
+        read first (one direct get): it says whether the snapshot is current, and a run whose
+        last message holds its RunStarted has no other message (a run starts once, first).
 
         Raises:
             RunParkedError: a history message does not decode or does not fold.
         """
         snapshot = await self.snapshots.get(run_id) if self.snapshots is not None else None
+        last = await self.history.last(run_id)
+        last_seq = 0 if last is None else last[0]
         if snapshot is not None:
+            if snapshot.last_seq == last_seq:
+                return Loaded(state=snapshot.state, last_seq=last_seq)
             try:
-                loaded = await self._fold_from(run_id, snapshot.state, snapshot.last_seq)
-                if loaded.last_seq != snapshot.last_seq:
-                    return loaded
-                if await self.history.last_seq(run_id) == snapshot.last_seq:
-                    return loaded
+                if snapshot.last_seq < last_seq:
+                    return await self._fold_from(run_id, snapshot.state, snapshot.last_seq)
             except RunParkedError:
                 pass  # the snapshot may be what is wrong: fold the whole history
             log.warning("run %s: its snapshot disagrees with history; ignored", run_id)
+        if last is not None:
+            with contextlib.suppress(DecodeError):
+                events = codec.decode_decision(last[1]).events
+                if events and isinstance(events[0], RunStarted):  # the run's one message
+                    state = self._fold_message(run_id, INITIAL_STATE, last_seq, last[1])
+                    return Loaded(state=state, last_seq=last_seq)
         return await self._fold_from(run_id, INITIAL_STATE, 0)
 
     async def _fold_from(self, run_id: str, state: RunState, after_seq: int) -> Loaded:
         last_seq = after_seq
         async for seq, data in self.history.read(run_id, after_seq=after_seq):
-            try:
-                decision = codec.decode_decision(data)
-            except DecodeError as error:
-                raise RunParkedError(run_id, undecodable(seq, error)) from None
-            try:
-                for event in decision.events:
-                    state = evolve(state, event)
-            except AssertionError as error:
-                raise RunParkedError(run_id, unfoldable(seq, error)) from None
+            state = self._fold_message(run_id, state, seq, data)
             last_seq = seq
         return Loaded(state=state, last_seq=last_seq)
+
+    @staticmethod
+    def _fold_message(run_id: str, state: RunState, seq: int, data: bytes) -> RunState:
+        try:
+            decision = codec.decode_decision(data)
+        except DecodeError as error:
+            raise RunParkedError(run_id, undecodable(seq, error)) from None
+        try:
+            for event in decision.events:
+                state = evolve(state, event)
+        except AssertionError as error:
+            raise RunParkedError(run_id, unfoldable(seq, error)) from None
+        return state
 
     def _remember(self, run_id: str, loaded: Loaded) -> None:
         self._cache[run_id] = loaded

@@ -28,6 +28,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from dagnats.runtime.clock import now_ms
+from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.resources import (
     PROJECTIONS_BUCKET,
@@ -83,6 +84,7 @@ class KvSnapshotStore:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._kv: KeyValue | None = None
+        self._publisher: JetStreamPublisher | None = None
 
     async def bucket(self) -> KeyValue:
         if self._kv is None:
@@ -101,13 +103,19 @@ class KvSnapshotStore:
         return decode_snapshot(entry.value, run_id)
 
     async def put_many(self, snapshots: Sequence[Snapshot]) -> None:
-        """Store snapshots (pipelined, a bounded number in flight)."""
+        """Store snapshots (pipelined, a bounded number in flight): what `KeyValue.put` sends,
+        acknowledged through one reply subscription (runtime/js_publish)."""
         kv = await self.bucket()
+        if self._publisher is None:
+            self._publisher = JetStreamPublisher(self.js)
+        publisher = self._publisher
         slots = asyncio.Semaphore(snapshot_puts_in_flight_max)
 
         async def put(snapshot: Snapshot) -> None:
             async with slots:
-                await kv.put(snapshot.run_id, encode_snapshot(snapshot))
+                subject = f"{kv._pre}{snapshot.run_id}"
+                data = encode_snapshot(snapshot)
+                await publisher.publish(subject, data, stream=kv._stream, headers={})
 
         await asyncio.gather(*(put(snapshot) for snapshot in snapshots))
 

@@ -60,6 +60,10 @@ class EventLog(Protocol):
         """The sequence of the run's last message; 0 when it has none."""
         ...
 
+    async def last(self, run_id: str) -> tuple[int, bytes] | None:
+        """The run's last message as (seq, payload); None when it has none."""
+        ...
+
     def tail(self, after_seq: int) -> AsyncIterator[tuple[int, str, bytes]]:
         """Every history message of every run with a sequence > after_seq, as
         (seq, run_id, payload), in stream order; live: it waits for new messages forever.

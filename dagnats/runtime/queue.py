@@ -33,6 +33,7 @@ from nats.js import JetStreamContext, api
 
 from dagnats.observe import tracing
 from dagnats.runtime import settings
+from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
@@ -144,6 +145,7 @@ class JetStreamTaskQueue:
         self.js = js
         self.ack_wait_ms = ack_wait_ms
         self.deliver_max = deliver_max
+        self.publisher = JetStreamPublisher(js)
         self._subscriptions: dict[str, JetStreamContext.PullSubscription] = {}
         # The credential user a worker on this connection announces itself under (the worker
         # directory, runtime/workers_directory); None: it does not announce itself.
@@ -156,7 +158,7 @@ class JetStreamTaskQueue:
         headers = tracing.inject({MSG_ID_HEADER: msg_id})  # the attempt's trace context
         if self.tokens is not None:
             headers[TASK_TOKEN_HEADER] = self.tokens.sign(msg_id)
-        await self.js.publish(subject, payload, stream=TASKS_STREAM, headers=headers)
+        await self.publisher.publish(subject, payload, stream=TASKS_STREAM, headers=headers)
 
     async def fetch(
         self, task_type: str, *, batch: int, timeout_ms: int
@@ -250,6 +252,7 @@ class JetStreamCommandQueue:
         self.consumer = consumer
         self.filter_subjects = tuple(filter_subjects)
         self.ack_wait_ms = ack_wait_ms
+        self.publisher = JetStreamPublisher(js)
         self._subscription: JetStreamContext.PullSubscription | None = None
 
     async def publish_live(self, subject: str, data: bytes) -> None:
@@ -267,7 +270,7 @@ class JetStreamCommandQueue:
         headers = {MSG_ID_HEADER: msg_id}
         if token is not None:
             headers[TASK_TOKEN_HEADER] = token
-        await self.js.publish(subject, payload, stream=COMMANDS_STREAM, headers=headers)
+        await self.publisher.publish(subject, payload, stream=COMMANDS_STREAM, headers=headers)
 
     async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[JetStreamMessage]:
         """Up to `batch` commands in stream order, waiting at most timeout_ms; [] if none."""

@@ -200,6 +200,11 @@ class LogPort:
         self.gate.check("read")
         return self.log.last_seq_now(run_id)
 
+    async def last(self, run_id: str) -> tuple[int, bytes] | None:
+        self.gate.check("read")
+        run = self.log.history(run_id)
+        return (run[-1].seq, run[-1].payload) if run else None
+
     async def tail(self, after_seq: int) -> AsyncIterator[tuple[int, str, bytes]]:
         """Every message after `after_seq` appended so far. The simulator has no "later":
         where the runtime's tail waits, this one ends; a consumer calls it again."""

@@ -1,0 +1,118 @@
+"""JetStream publishes awaited through one reply subscription, for the engine's hot path.
+
+`JetStreamContext.publish` makes every publish a core request: a new reply token from the OS
+random source (`secrets.token_hex`, a system call each), an `asyncio.wait_for` (a task-level
+timeout, a second future) and a JSON parse into a dataclass. The engine makes two of them per
+command (the history append, the task publish), so that bookkeeping was a good part of its CPU
+per step. Here one wildcard subscription on the connection's inbox prefix receives every
+acknowledgement, tokens are a counter, the bound on each wait is one `call_later`, and the
+acknowledgement decodes with msgspec. Same wire messages, same headers, same errors
+(`nats.js.errors.APIError` and its kinds, `NoStreamResponseError`, `nats.errors.TimeoutError`),
+so callers behave exactly as with `js.publish`.
+
+This module may publish and subscribe on the connection it is given; it decodes only the
+server's acknowledgements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+EXPECTED_STREAM_HEADER: Final = "Nats-Expected-Stream"
+STATUS_HEADER: Final = "Status"
+NO_RESPONDERS_STATUS: Final = "503"
+
+
+class PubAck(msgspec.Struct, frozen=True):
+    """What JetStream answers to a publish (`error` set when it refused it)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, object] | None = None
+
+
+_decode_ack = msgspec.json.Decoder(PubAck).decode
+
+
+class JetStreamPublisher:
+    """Publish to JetStream and await the acknowledgement (one reply subscription in all)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js  # its timeout (`js._timeout`, read at each publish) bounds each wait
+        self.nc = js._nc
+        self._prefix: str | None = None
+        self._starting: asyncio.Lock | None = None
+        self._waiting: dict[str, tuple[asyncio.Future[PubAck], asyncio.TimerHandle]] = {}
+        self._next_token = 0
+
+    async def publish(
+        self, subject: str, payload: bytes, *, stream: str, headers: dict[str, str]
+    ) -> PubAck:
+        """Publish `payload` to `subject` (stored in `stream`) and return its acknowledgement.
+
+        Raises:
+            nats.js.errors.APIError: JetStream refused it (err_code says why).
+            nats.js.errors.NoStreamResponseError: no stream listens on `subject`.
+            nats.errors.TimeoutError: no acknowledgement within the context's timeout.
+        """
+        prefix = self._prefix or await self._start()
+        self._next_token += 1
+        token = str(self._next_token)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PubAck] = loop.create_future()
+        timeout_s = self.js._timeout
+        assert timeout_s > 0, timeout_s
+        expiry = loop.call_later(timeout_s, self._expire, token)
+        self._waiting[token] = (future, expiry)
+        headers[EXPECTED_STREAM_HEADER] = stream
+        try:
+            await self.nc.publish(subject, payload, reply=prefix + token, headers=headers)
+            ack = await future
+        finally:
+            expiry.cancel()
+            self._waiting.pop(token, None)
+        if ack.error is not None:
+            nats.js.errors.APIError.from_error(dict(ack.error))  # raises its kind
+        return ack
+
+    async def _start(self) -> str:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._prefix is None:
+                prefix = f"{self.nc._inbox_prefix.decode()}.{self.nc._nuid.next().decode()}."
+                await self.nc.subscribe(prefix + "*", cb=self._on_reply)
+                self._prefix = prefix
+        return self._prefix
+
+    async def _on_reply(self, message: Msg) -> None:
+        token = message.subject.rpartition(".")[2]
+        waiting = self._waiting.get(token)
+        if waiting is None or waiting[0].done():
+            return  # timed out meanwhile
+        future = waiting[0]
+        headers = message.headers
+        if headers is not None and headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        try:
+            future.set_result(_decode_ack(message.data))
+        except msgspec.DecodeError as error:
+            future.set_exception(nats.js.errors.APIError(description=f"bad PubAck: {error}"))
+
+    def _expire(self, token: str) -> None:
+        waiting = self._waiting.get(token)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_exception(nats.errors.TimeoutError())
+
+    def pending(self) -> int:
+        """Publishes waiting for their acknowledgement."""
+        return len(self._waiting)

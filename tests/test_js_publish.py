@@ -1,0 +1,157 @@
+"""The engine's lean JetStream paths against a real nats-server: publishes acknowledged through
+one reply subscription (runtime/js_publish), the position read from a delivered message's reply
+subject (runtime/log.position), the run's last message (EventLog.last) and the engine's load
+through it (a current snapshot, a run of one message)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import nats.js.errors
+import pytest
+from nats.js import JetStreamContext, api
+
+from dagnats.runtime.engine import Engine
+from dagnats.runtime.js_publish import JetStreamPublisher
+from dagnats.runtime.log import WRONG_LAST_SEQUENCE, JetStreamEventLog, position
+from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
+from dagnats.runtime.resources import HISTORY_STREAM, history_subject
+from dagnats.runtime.timers import JetStreamTimers
+from kernel import codec
+from kernel.commands import StartRun
+from kernel.decide import decide
+from kernel.reducer import evolve
+from kernel.state import INITIAL_STATE, RunState
+from kernel.workflow.builder import Workflow
+from projections.snapshot import SCHEMA, Snapshot
+from tests.nats_fixtures import unique
+
+READ_TIMEOUT_S = 10.0
+
+
+async def test_publishes_are_acknowledged_with_their_sequences_in_order(
+    js: JetStreamContext,
+) -> None:
+    publisher = JetStreamPublisher(js)
+    subject = history_subject(unique("run"))
+    acks = await asyncio.gather(
+        *(
+            publisher.publish(subject, b"m%d" % index, stream=HISTORY_STREAM, headers={})
+            for index in range(50)
+        )
+    )
+    seqs = [ack.seq for ack in acks]
+    assert len(set(seqs)) == 50 and all(ack.stream == HISTORY_STREAM for ack in acks)
+    assert not any(ack.duplicate for ack in acks)
+    assert publisher.pending() == 0
+    last = await js.get_last_msg(HISTORY_STREAM, subject, direct=True)
+    assert last.seq == max(seqs)
+
+
+async def test_a_duplicate_msg_id_is_acknowledged_as_a_duplicate_of_the_original(
+    js: JetStreamContext,
+) -> None:
+    publisher = JetStreamPublisher(js)
+    subject = history_subject(unique("run"))
+    first = await publisher.publish(
+        subject, b"x", stream=HISTORY_STREAM, headers={"Nats-Msg-Id": subject}
+    )
+    again = await publisher.publish(
+        subject, b"x", stream=HISTORY_STREAM, headers={"Nats-Msg-Id": subject}
+    )
+    assert again.duplicate and again.seq == first.seq and not first.duplicate
+
+
+async def test_a_refused_publish_raises_the_api_error_js_publish_raises(
+    js: JetStreamContext,
+) -> None:
+    publisher = JetStreamPublisher(js)
+    subject = history_subject(unique("run"))
+    await publisher.publish(subject, b"a", stream=HISTORY_STREAM, headers={})
+    headers = {"Nats-Expected-Last-Subject-Sequence": "0"}
+    with pytest.raises(nats.js.errors.APIError) as caught:
+        await publisher.publish(subject, b"b", stream=HISTORY_STREAM, headers=headers)
+    assert caught.value.err_code == WRONG_LAST_SEQUENCE
+    with pytest.raises(nats.js.errors.APIError):  # a subject of another stream
+        await publisher.publish(subject, b"c", stream="NOT_THIS_STREAM", headers={})
+    assert publisher.pending() == 0
+
+
+async def test_a_subject_no_stream_holds_raises_no_stream_response(
+    js: JetStreamContext,
+) -> None:
+    publisher = JetStreamPublisher(js)
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await publisher.publish(unique("nowhere"), b"x", stream=HISTORY_STREAM, headers={})
+
+
+async def test_the_position_from_the_reply_subject_is_the_metadata_s(
+    js: JetStreamContext,
+) -> None:
+    log = JetStreamEventLog(js)
+    run_id = unique("run")
+    last = 0
+    for index in range(5):
+        msg_id = f"{run_id}:{index}"
+        last = await log.append(run_id, b"%d" % index, msg_id=msg_id, expected_last_seq=last)
+    subscription = await js.subscribe(
+        history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True,
+        config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL),
+    )  # fmt: skip
+    try:
+        for _ in range(5):
+            message = await subscription.next_msg(timeout=READ_TIMEOUT_S)
+            metadata = message.metadata
+            assert position(message) == (metadata.sequence.stream, metadata.num_pending)
+    finally:
+        await subscription.unsubscribe()
+
+
+def start_run(run_id: str) -> tuple[StartRun, RunState, bytes]:
+    workflow = Workflow("one", timeout="1h").task("a", task="t").build()
+    command = StartRun(
+        run_id=run_id, workflow=workflow, input=msgspec.Raw(b"null"), at_ms=1, seed=1
+    )
+    events = decide(INITIAL_STATE, command)
+    assert isinstance(events, tuple) and events
+    state = INITIAL_STATE
+    for event in events:
+        state = evolve(state, event)
+    return command, state, codec.encode_decision(command, events)
+
+
+def snapshot(run_id: str, last_seq: int, state: RunState) -> Snapshot:
+    return Snapshot(schema=SCHEMA, run_id=run_id, last_seq=last_seq, state=state)
+
+
+class OneSnapshot:
+    """A snapshot store holding one snapshot (the engine's SnapshotReader)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    async def get(self, run_id: str) -> Snapshot | None:
+        return self.snapshot if run_id == self.snapshot.run_id else None
+
+
+async def test_the_engine_loads_a_run_from_its_one_message_and_a_current_snapshot(
+    js: JetStreamContext,
+) -> None:
+    log = JetStreamEventLog(js)
+    run_id = unique("run")
+    assert await log.last(run_id) is None
+    _command, state, payload = start_run(run_id)
+    seq = await log.append(run_id, payload, msg_id=f"{run_id}:0", expected_last_seq=0)
+    assert await log.last(run_id) == (seq, payload)
+    commands = JetStreamCommandQueue(js)
+    engine = Engine(log, JetStreamTaskQueue(js), JetStreamTimers(js), commands)
+    loaded = await engine.fold_history(run_id)
+    assert loaded.last_seq == seq and loaded.state == state
+    # A snapshot as recent as the history is used as it is (marked to tell it from a fold).
+    marked = msgspec.structs.replace(state, event_count=state.event_count + 100)
+    engine.snapshots = OneSnapshot(snapshot(run_id, seq, marked))
+    assert (await engine.fold_history(run_id)).state == marked
+    # One that is not (ahead of the history) is ignored: the history is folded.
+    engine.snapshots = OneSnapshot(snapshot(run_id, seq + 1, marked))
+    assert (await engine.fold_history(run_id)).state == state
