@@ -247,6 +247,9 @@ class OwnedLogPort:
     async def last_seq(self, run_id: str) -> int:
         return await self.inner.last_seq(run_id)
 
+    async def last(self, run_id: str) -> tuple[int, bytes] | None:
+        return await self.inner.last(run_id)
+
     def tail(self, after_seq: int) -> AsyncIterator[tuple[int, str, bytes]]:
         return self.inner.tail(after_seq)
 
