@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from dagnats.client import Client, RunNotFoundError
+from dagnats.client.watches import parked_watches_max
 from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.engine import Engine
@@ -34,6 +35,7 @@ from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
     ENGINE_CONSUMER,
+    HISTORY_STREAM,
     ensure_resources,
     run_commands_filter,
 )
@@ -260,3 +262,17 @@ async def test_start_and_wait_share_one_watch_and_wait_still_sees_the_whole_hist
     # the engine makes none per run)
     consumers = [subject for subject in creates if ".CONSUMER.CREATE." in subject]
     assert len(consumers) == 1, creates
+
+
+async def test_many_starts_leave_no_consumer_behind(
+    client: Client, private_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """A stream holds at most 1,000 consumers: starts from one client that never wait (each
+    opens a watch for its `wait`) must not pile theirs up until the server refuses."""
+    starts = 1_100
+    async with engine(private_server.url, tmp_path / "data"):
+        run_ids = [await client.start(NAP) for _ in range(starts)]
+        info = await client.connection.js.stream_info(HISTORY_STREAM)
+    assert len(set(run_ids)) == starts
+    assert info.state.consumer_count is not None
+    assert info.state.consumer_count <= parked_watches_max + 8, info.state

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from typing import Final
 
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from dagnats.runtime.parked import decode_message
@@ -32,9 +33,13 @@ Seen = tuple[int, Decision]
 class RunWatch:
     """History messages of one run after `after_seq`, as they are appended."""
 
-    def __init__(self, run_id: str, subscription: JetStreamContext.PushSubscription) -> None:
+    def __init__(
+        self, run_id: str, subscription: JetStreamContext.PushSubscription,
+        js: JetStreamContext | None = None,
+    ) -> None:  # fmt: skip
         self.run_id = run_id
         self._subscription = subscription
+        self._js = js
         self.seen: list[Seen] = []  # read by `start`, handed to `wait` first
         self.closed = False
 
@@ -46,7 +51,7 @@ class RunWatch:
         subscription = await js.subscribe(
             history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True, config=config
         )
-        return cls(run_id, subscription)
+        return cls(run_id, subscription, js)
 
     async def next(self, deadline: float) -> Seen | None:
         """The next decision, or None when the monotonic `deadline` passes first.
@@ -71,6 +76,13 @@ class RunWatch:
         self.closed = True
         with contextlib.suppress(nats.errors.Error):
             await self._subscription.unsubscribe()
+        # Delete its consumer now: the server would keep an idle ephemeral consumer until its
+        # inactivity threshold, and a stream holds at most 1,000 consumers (a client starting
+        # runs quickly would reach that bound).
+        consumer = getattr(self._subscription, "_consumer", None)
+        if self._js is not None and isinstance(consumer, str) and consumer:
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+                await self._js.delete_consumer(HISTORY_STREAM, consumer)
 
 
 class ParkedWatches:
