@@ -203,4 +203,7 @@ llm_live_text_shown_chars_max: Final = 2_000  # of the current turn's text `run 
 llm_conversation_bytes_max: Final = limits.payload_bytes_max // 2
 
 # Skipping tasks of ended runs (dagnats/runtime/ended_runs.py).
-ended_check_after_ms: Final = 500  # a task taken sooner after its publication is not looked up
+# A task taken sooner than this after its publication is not looked up (saves a round trip
+# per fresh task). 0: every task is looked up; a measured queue age from the delivery's
+# metadata proved unreliable under the worker's fetch path, so correctness comes first.
+ended_check_after_ms: Final = 0
