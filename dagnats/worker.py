@@ -328,7 +328,7 @@ class Worker:
         if key in self._finished:  # its result was sent; the server forgot our ack
             await message.ack()
             return
-        if skipped := await skip_reason(self._ended_runs, task, message):  # runtime/ended_runs
+        if skipped := await skip_reason(self._ended_runs, task):  # (runtime/ended_runs)
             self.log.info("%s", skipped)
             await message.ack()
             return

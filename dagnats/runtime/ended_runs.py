@@ -21,7 +21,6 @@ import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from dagnats.runtime import settings
 from dagnats.runtime.resources import ENDED_BUCKET, check_run_id
 from kernel.effects import EnqueueTask
 from kernel.state import RunState, is_terminal
@@ -84,18 +83,9 @@ class EndedRuns:
             return None  # a delete marker, or not ours
 
 
-async def skip_reason(
-    markers: EndedRuns | None, task: EnqueueTask, message: object = None
-) -> str:
-    """Why the worker must not call the handler of `task` ("" when it may). A first delivery
-    of `message` taken within `settings.ended_check_after_ms` of its publication is not
-    looked up: its run was running a moment ago, and the round trip would cost every fresh
-    task (a result for a run that ended meanwhile is decided as nothing, as always)."""
+async def skip_reason(markers: EndedRuns | None, task: EnqueueTask) -> str:
+    """Why the worker must not call the handler of `task` ("" when it may)."""
     if markers is None:
-        return ""
-    waited_ms = getattr(message, "waited_ms", None)
-    first = getattr(message, "num_delivered", 1) == 1
-    if first and isinstance(waited_ms, int) and waited_ms < settings.ended_check_after_ms:
         return ""
     marker = await markers.ended(task.run_id)
     if marker is None or task.history_events > marker.events:

@@ -22,7 +22,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -92,12 +91,6 @@ class JetStreamMessage:
     def headers(self) -> dict[str, str] | None:
         """The message's headers (a task's `traceparent`: dagnats.observe.tracing)."""
         return self._message.headers
-
-    @property
-    def waited_ms(self) -> int:
-        """How long the message waited in its stream before this delivery (server clock)."""
-        stored = self._message.metadata.timestamp
-        return max(0, int((time.time() - stored.timestamp()) * 1000))
 
     @property
     def scheduler(self) -> str | None:

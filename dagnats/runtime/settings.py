@@ -201,9 +201,3 @@ llm_live_text_shown_chars_max: Final = 2_000  # of the current turn's text `run 
 # turn fails with an error saying so; half a payload leaves room for the step input and the
 # tool results in the turn's envelope (kernel limits.payload_bytes_max).
 llm_conversation_bytes_max: Final = limits.payload_bytes_max // 2
-
-# Skipping tasks of ended runs (dagnats/runtime/ended_runs.py).
-# A task taken sooner than this after its publication is not looked up (saves a round trip
-# per fresh task). 0: every task is looked up; a measured queue age from the delivery's
-# metadata proved unreliable under the worker's fetch path, so correctness comes first.
-ended_check_after_ms: Final = 0

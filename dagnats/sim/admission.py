@@ -129,16 +129,19 @@ async def _simulate(
             await pool[index].handle(codec.encode(command))
         except EngineCrashed:
             crashes += 1
-            pool[index] = await _restarted(fresh, index)
+            pool[index] = await restarted(fresh, index)
             inbox.append(command)  # not acked: delivered again
     report = _check(log, workflow, len(inputs), seed)
     report.crashes = crashes
     return report
 
 
-async def _restarted(fresh: Callable[[int], Engine], index: int) -> Engine:
-    """A new engine in place of a crashed one, once its restart (resume_all) went through."""
-    for _ in range(rounds_max):
+async def restarted(
+    fresh: Callable[[int], Engine], index: int, attempts_max: int = rounds_max
+) -> Engine:
+    """A new engine in place of a crashed one, once its restart (resume_all) went through
+    (at most `attempts_max` tries: a restart crashes too, by the same dice)."""
+    for _ in range(attempts_max):
         engine = fresh(index)
         try:
             await engine.resume_all()

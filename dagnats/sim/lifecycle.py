@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 from typing import Final
 
 import msgspec
 
 from dagnats.runtime.engine import Engine
-from dagnats.sim.admission import CrashingLog, Effects, EngineCrashed
+from dagnats.sim.admission import CrashingLog, Effects, EngineCrashed, restarted
 from dagnats.sim.memory import MemoryEventLog, VirtualTime
 from kernel import codec
 from kernel.admission import is_gate_id
@@ -158,25 +157,13 @@ async def _simulate(
             await pool[index].handle(codec.encode(command))
         except EngineCrashed:
             crashes += 1
-            pool[index] = await _restarted(fresh, index)
+            pool[index] = await restarted(fresh, index, rounds_max)
             inbox.append(command)  # not acked: delivered again
     report = check_lifecycle(log, run_ids, seed)
     report.crashes = crashes
     report.reopens = sum(operator.sent_reopens.values())
     report.terminates = operator.terminates
     return report
-
-
-async def _restarted(fresh: Callable[[int], Engine], index: int) -> Engine:
-    """A new engine in place of a crashed one, once its restart (resume_all) went through."""
-    for _ in range(rounds_max):
-        engine = fresh(index)
-        try:
-            await engine.resume_all()
-        except EngineCrashed:
-            continue
-        return engine
-    raise AssertionError("an engine never restarted")
 
 
 def _result(task: EnqueueTask, at_ms: int, fails: bool) -> CompleteTask | FailTask:
