@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.api_support import Recorder, Stack, assert_problem, start_stack
+from tests.nats_fixtures import wait_for_sync
 
 RECORDER = Recorder()
 FLAKY: dict[str, Any] = {
@@ -85,6 +86,13 @@ def test_rerun_discard_and_terminate(stack: Stack) -> None:
 
 
 def test_the_live_workers_are_listed(stack: Stack) -> None:
-    workers = stack.http.get("/v1/workers").json()["workers"]
+    listed: list[Any] = []
+
+    def listed_one() -> bool:  # the worker writes its entry when it starts serving
+        listed[:] = stack.http.get("/v1/workers").json()["workers"]
+        return bool(listed)
+
+    wait_for_sync(listed_one, timeout_ms=10_000, what="the worker in /v1/workers")
+    workers = listed
     assert len(workers) == 1 and "fault.work" in workers[0]["task_types"], workers
     assert workers[0]["groups"] == [] and workers[0]["concurrency"] == 32

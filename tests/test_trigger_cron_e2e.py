@@ -24,8 +24,8 @@ import pytest_asyncio
 
 from dagnats.client import Client
 from dagnats.runtime.clock import now_ms
-from dagnats.runtime.triggers import CLOCK_OFFSET_ENV, STATE_BUCKET, read_fires, service_clock
-from dagnats.runtime.triggers_plan import cron_fire_name, fire_run_id, trigger_key
+from dagnats.runtime.triggers import CLOCK_OFFSET_ENV, read_fires, service_clock
+from dagnats.runtime.triggers_plan import STATE_BUCKET, cron_fire_name, fire_run_id, trigger_key
 from tests.fault_support import (
     Processes,
     connected,

@@ -21,14 +21,13 @@ from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import ensure_resources
 from dagnats.runtime.serve import Server
 from dagnats.runtime.triggers import (
-    STATE_BUCKET,
     TriggerService,
     command_starter,
     ensure_trigger_resources,
     load_entries,
     read_fires,
 )
-from dagnats.runtime.triggers_plan import cron_fire_name, fire_run_id, trigger_key
+from dagnats.runtime.triggers_plan import STATE_BUCKET, cron_fire_name, fire_run_id, trigger_key
 from kernel.timestamps import parse_rfc3339_ms
 from tests.nats_fixtures import wait_for
 

@@ -21,15 +21,15 @@ from nats.js.client import JetStreamContext
 from dagnats.api.problems import ProblemError
 from dagnats.api.services import Services
 from dagnats.runtime import triggers_managed
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.triggers import (
-    TRIGGERS_BUCKET,
     ManagedTrigger,
     ensure_trigger_resources,
     load_entries,
     managed_key,
     read_fires,
 )
-from dagnats.runtime.triggers_plan import trigger_key
+from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET, trigger_key
 
 HISTORY_MAX = 1_000
 
@@ -67,13 +67,12 @@ async def list_triggers(services: Services) -> list[dict[str, object]]:
 async def _managed_keys(js: JetStreamContext) -> set[str]:
     kv = await js.key_value(TRIGGERS_BUCKET)
     keys: set[str] = set()
-    with contextlib.suppress(nats.js.errors.NoKeysError):
-        for key in await kv.keys():
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.DecodeError):
-                found = await kv.get(key)
-                if found.value:
-                    item = msgspec.json.decode(found.value, type=ManagedTrigger)
-                    keys.add(trigger_key(item.workflow, item.trigger.id))
+    for key in await kv_keys(js, TRIGGERS_BUCKET):
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.DecodeError):
+            found = await kv.get(key)
+            if found.value:
+                item = msgspec.json.decode(found.value, type=ManagedTrigger)
+                keys.add(trigger_key(item.workflow, item.trigger.id))
     return keys
 
 

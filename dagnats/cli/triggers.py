@@ -24,7 +24,6 @@ from dagnats.client import Client
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.triggers import (
-    TRIGGERS_BUCKET,
     Entry,
     ManagedTrigger,
     TriggerService,
@@ -34,7 +33,13 @@ from dagnats.runtime.triggers import (
     managed_key,
     read_fires,
 )
-from dagnats.runtime.triggers_plan import ZoneError, cron_fire_name, next_fire, zone_of
+from dagnats.runtime.triggers_plan import (
+    TRIGGERS_BUCKET,
+    ZoneError,
+    cron_fire_name,
+    next_fire,
+    zone_of,
+)
 from kernel.cron import parse_cron
 from kernel.workflow.trigger_model import CronSource
 

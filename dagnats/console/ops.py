@@ -32,7 +32,6 @@ from dagnats.console.common import (
 from dagnats.console.security import Keys
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.triggers import (
-    TRIGGERS_BUCKET,
     FireRecord,
     ManagedTrigger,
     ensure_trigger_resources,
@@ -40,6 +39,7 @@ from dagnats.runtime.triggers import (
     managed_key,
     read_fires,
 )
+from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET
 from kernel.errors import DagnatsError
 
 fires_shown_max: Final = 5  # last fires shown per trigger on the triggers page

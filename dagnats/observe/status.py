@@ -31,6 +31,7 @@ from nats.js import JetStreamContext
 
 from dagnats.runtime import projector
 from dagnats.runtime.clock import now_ms
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     DEAD_STREAM,
@@ -223,10 +224,7 @@ async def _queues(js: JetStreamContext, streams: list[StreamFacts]) -> dict[str,
 
 async def _engine_records(js: JetStreamContext, at_ms: int) -> list[EngineRecord]:
     kv = await js.key_value(PROJECTIONS_BUCKET)
-    try:
-        keys = [key for key in await kv.keys() if key.startswith(ENGINE_KEY_PREFIX)]
-    except nats.js.errors.NoKeysError:
-        return []
+    keys = await kv_keys(js, PROJECTIONS_BUCKET, ENGINE_KEY_PREFIX.rstrip("."))
     records = []
     for key in sorted(keys)[:engine_records_max]:
         try:

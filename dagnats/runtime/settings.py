@@ -39,6 +39,7 @@ dead_reason_bytes_max: Final = 1_024
 
 # Reading history.
 runs_listed_max: Final = 100_000  # one page of the server's per-subject stream info
+kv_keys_listed_max: Final = 100_000  # keys of one KV bucket listed (the same page)
 read_idle_timeout_ms: Final = 5_000  # longest wait for the next message of a bounded read
 read_buffer_messages_max: Final = 1_024  # messages a reader holds ahead of its consumer
 read_pending_messages_max: Final = 65_536  # client-side buffer of one ordered consumer

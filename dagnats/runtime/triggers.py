@@ -45,9 +45,12 @@ from nats.js.kv import KeyValue
 from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.resources import WORKFLOWS_BUCKET, check_run_id, decode_stored_workflow
 from dagnats.runtime.triggers_debounce import Bursts
 from dagnats.runtime.triggers_plan import (
+    STATE_BUCKET,
+    TRIGGERS_BUCKET,
     Burst,
     cron_fire_name,
     debounce_key,
@@ -65,8 +68,6 @@ log = logging.getLogger("dagnats.triggers")
 FIRES_STREAM: Final = "DAGNATS_TRIGGER_FIRES"
 FIRES_PREFIX: Final = "dagnats.fires"
 INPUT_STREAM: Final = "DAGNATS_TRIGGER_IN"
-STATE_BUCKET: Final = "dagnats_trigger_state"
-TRIGGERS_BUCKET: Final = "dagnats_triggers"
 Outcome = Literal["started", "skipped", "failed", "debounced"]
 CLOCK_OFFSET_ENV: Final = "DAGNATS_TEST_CLOCK_OFFSET_MS"  # a test seam (see the docstring)
 
@@ -154,7 +155,7 @@ async def load_entries(js: JetStreamContext) -> list[Entry]:
     ones (which override a file's trigger of the same workflow and id)."""
     workflows: dict[str, WorkflowDef] = {}
     kv = await js.key_value(WORKFLOWS_BUCKET)
-    for name in await _keys(kv):
+    for name in await kv_keys(js, WORKFLOWS_BUCKET):
         with contextlib.suppress(nats.js.errors.KeyNotFoundError, ValueError):
             entry = await kv.get(name)
             if entry.value:
@@ -166,7 +167,7 @@ async def load_entries(js: JetStreamContext) -> list[Entry]:
                 workflow_name=name, workflow=workflow, trigger=trigger
             )
     managed = await js.key_value(TRIGGERS_BUCKET)
-    for key in await _keys(managed):
+    for key in await kv_keys(js, TRIGGERS_BUCKET):
         with contextlib.suppress(nats.js.errors.KeyNotFoundError, msgspec.DecodeError):
             found = await managed.get(key)
             if found.value:
@@ -177,13 +178,6 @@ async def load_entries(js: JetStreamContext) -> list[Entry]:
                     trigger=item.trigger,
                 )
     return list(entries.values())
-
-
-async def _keys(kv: KeyValue) -> list[str]:
-    try:
-        return list(await kv.keys())
-    except nats.js.errors.NoKeysError:
-        return []
 
 
 class TriggerService:
@@ -201,7 +195,7 @@ class TriggerService:
         self.start = start  # (workflow, input, run_id) -> awaitable: publish the start
         self.clock = service_clock() if clock is None else clock
         self.entries: list[Entry] = []
-        self.bursts = Bursts(self.state, self._release)
+        self.bursts = Bursts(js, self.state, self._release)
         self.consumers: dict[str, asyncio.Task[None]] = {}
         self._state: KeyValue | None = None
 

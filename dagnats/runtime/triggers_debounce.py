@@ -23,10 +23,19 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import nats.js.errors
 from msgspec.structs import replace
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from dagnats.runtime import settings
-from dagnats.runtime.triggers_plan import BURST_PREFIX, Burst, burst_due, burst_name, offered
+from dagnats.runtime.kv_keys import kv_keys
+from dagnats.runtime.triggers_plan import (
+    BURST_PREFIX,
+    STATE_BUCKET,
+    Burst,
+    burst_due,
+    burst_name,
+    offered,
+)
 from kernel.workflow.trigger_model import Debounce
 
 log = logging.getLogger("dagnats.triggers")
@@ -57,7 +66,10 @@ async def _read(kv: KeyValue, name: str) -> tuple[Burst, int] | None:
 class Bursts:
     """The pending bursts of the trigger-state bucket (any number of engines at once)."""
 
-    def __init__(self, state: Callable[[], Awaitable[KeyValue]], release: Release) -> None:
+    def __init__(
+        self, js: JetStreamContext, state: Callable[[], Awaitable[KeyValue]], release: Release
+    ) -> None:
+        self.js = js
         self.state = state
         self.release = release
         self.pending = 0  # bursts seen at the last tick, plus those created since
@@ -94,10 +106,7 @@ class Bursts:
         """Release every burst of `rules`' triggers whose time came (and every claimed one);
         the number whose run started. Bursts of other triggers are left to their service."""
         kv = await self.state()
-        try:
-            names = [n for n in await kv.keys() if n.startswith(f"{BURST_PREFIX}.")]
-        except nats.js.errors.NoKeysError:
-            names = []
+        names = await kv_keys(self.js, STATE_BUCKET, BURST_PREFIX)
         self.pending = len(names)
         released = 0
         for name in names:

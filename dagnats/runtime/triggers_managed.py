@@ -19,14 +19,13 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from dagnats.runtime.triggers import (
-    TRIGGERS_BUCKET,
     Entry,
     ManagedTrigger,
     ensure_trigger_resources,
     load_entries,
     managed_key,
 )
-from dagnats.runtime.triggers_plan import zone_problems
+from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET, zone_problems
 from kernel.errors import DagnatsError, Problem, WorkflowInvalidError
 from kernel.workflow import WorkflowDef, validate_workflow
 from kernel.workflow.problems import Problems

@@ -156,6 +156,8 @@ def cron_fire_name(fire_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{fire_ms % 1000:03d}Z"
 
 
+STATE_BUCKET: Final = "dagnats_trigger_state"  # fire dedup, cron marks, debounced bursts
+TRIGGERS_BUCKET: Final = "dagnats_triggers"  # managed triggers (added by CLI or HTTP)
 BURST_PREFIX: Final = "debounce"  # pending bursts' keys in the trigger-state bucket
 
 

@@ -22,6 +22,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.resources import WORKERS_BUCKET
 
 KV_OPERATION_HEADER: Final = "KV-Operation"
@@ -96,9 +97,9 @@ async def list_workers(
     [] when the bucket does not exist yet (no serve made it) or is empty."""
     try:
         kv = await js.key_value(WORKERS_BUCKET)
-        keys = await kv.keys()
-    except (nats.js.errors.NotFoundError, nats.js.errors.NoKeysError):
+    except nats.js.errors.NotFoundError:
         return []
+    keys = await kv_keys(js, WORKERS_BUCKET)
     entries: list[WorkerEntry] = []
     for key in sorted(keys)[: settings.workers_listed_max]:
         try:

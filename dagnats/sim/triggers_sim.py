@@ -35,10 +35,11 @@ from typing import Final
 
 import msgspec
 import nats.js.errors
+from nats.js import api
 
 from dagnats.runtime import settings
 from dagnats.runtime.triggers import Entry, TriggerService
-from dagnats.runtime.triggers_plan import BURST_PREFIX, cron_fire_name, fire_run_id
+from dagnats.runtime.triggers_plan import BURST_PREFIX, STATE_BUCKET, cron_fire_name, fire_run_id
 from dagnats.sim.faults import SimulatedCrash
 from kernel.workflow import WorkflowDef, parse_workflow
 from kernel.workflow.trigger_model import CronSource, Debounce, SubjectSource, TriggerDef
@@ -69,7 +70,7 @@ class _Found(msgspec.Struct, frozen=True):
 
 class MemoryState:
     """The trigger-state bucket: get, create, update and delete with compare-and-set (one
-    revision counter for the bucket, as a KV stream's sequence), keys, and the cron state's
+    revision counter for the bucket, as a KV stream's sequence), and the cron state's
     reads and updates (for the oracle)."""
 
     def __init__(self) -> None:
@@ -87,11 +88,6 @@ class MemoryState:
         if not key.startswith(BURST_PREFIX):
             self.reads.append((int(found.value), self.now))
         return found
-
-    async def keys(self) -> list[str]:
-        if not self.values:
-            raise nats.js.errors.NoKeysError
-        return list(self.values)
 
     async def create(self, key: str, value: bytes) -> int:
         if key in self.values:
@@ -139,13 +135,26 @@ class _Dice:
 
 
 class _Records:
-    """The fire records' stream (the service publishes a record per fire)."""
+    """The fire records' stream (the service publishes a record per fire), and the state
+    bucket's stream info (its per-subject counts list the bucket's keys: runtime/kv_keys)."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: MemoryState) -> None:
         self.published: list[bytes] = []
+        self.state = state
 
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         self.published.append(data)
+
+    async def stream_info(self, name: str, subjects_filter: str) -> api.StreamInfo:
+        assert name == f"KV_{STATE_BUCKET}" and subjects_filter.endswith(".>"), name
+        head = subjects_filter.removesuffix(">")
+        subjects = (f"$KV.{STATE_BUCKET}.{key}" for key in self.state.values)
+        found = {subject: 1 for subject in subjects if subject.startswith(head)}
+        state = api.StreamState(
+            messages=len(found), bytes=0, first_seq=0, last_seq=0, consumer_count=0,
+            subjects=found,
+        )  # fmt: skip
+        return api.StreamInfo(config=api.StreamConfig(name=name), state=state)
 
 
 class StartLog:
@@ -181,7 +190,7 @@ def _workflow() -> WorkflowDef:
 
 
 def _service(state: MemoryState, start: StartLog, entry: Entry) -> TriggerService:
-    service = TriggerService(_Records(), start, clock=lambda: state.now)  # type: ignore[arg-type]
+    service = TriggerService(_Records(state), start, clock=lambda: state.now)  # type: ignore[arg-type]
     service._state = state  # type: ignore[assignment]
     service.entries = [entry]
     return service
