@@ -17,7 +17,9 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from dagnats.client.errors import WorkflowNotFoundError, WorkflowRevisionNotFoundError
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.resources import (
+    WORKFLOWS_BUCKET,
     WORKFLOWS_HISTORY,
     StoredWorkflowError,
     decode_stored_workflow,
@@ -101,11 +103,10 @@ async def revision_numbers(client: Client, name: str) -> list[int]:
 
 
 async def list_names(client: Client) -> list[str]:
+    """The registered workflows' names, sorted (a deleted one's purge marker is skipped)."""
     kv = await client.connection.workflows()
-    try:
-        return sorted(await kv.keys())
-    except nats.js.errors.NoKeysError:
-        return []
+    names = await kv_keys(client.connection.js, WORKFLOWS_BUCKET)
+    return [name for name in names if await _latest(kv, name) is not None]
 
 
 async def _latest(kv: KeyValue, name: str) -> Revision | None:

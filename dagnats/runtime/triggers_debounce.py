@@ -106,13 +106,12 @@ class Bursts:
         """Release every burst of `rules`' triggers whose time came (and every claimed one);
         the number whose run started. Bursts of other triggers are left to their service."""
         kv = await self.state()
-        names = await kv_keys(self.js, STATE_BUCKET, BURST_PREFIX)
-        self.pending = len(names)
-        released = 0
-        for name in names:
-            found = await _read(kv, name)
+        released = live = 0
+        for name in await kv_keys(self.js, STATE_BUCKET, BURST_PREFIX):
+            found = await _read(kv, name)  # None: a released burst's delete marker
             if found is None:
                 continue
+            live += 1
             burst, revision = found
             rule = rules.get(burst.trigger)
             if rule is None or not (burst.released or burst_due(rule, burst, now_ms)):
@@ -129,4 +128,5 @@ class Bursts:
             released += 1
             with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
                 await kv.delete(name, last=revision)
+        self.pending = live - released
         return released
