@@ -11,7 +11,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
-from dagnats.runtime.kv_keys import kv_keys
+from dagnats.runtime.kv_keys import kv_history, kv_keys
 
 
 async def test_every_key_by_prefix_and_none_for_a_missing_bucket(js: JetStreamContext) -> None:
@@ -38,3 +38,23 @@ async def test_keys_are_listed_as_soon_as_they_are_written(js: JetStreamContext)
         names = [f"r{round_}.k{i}" for i in range(4)]
         await asyncio.gather(*(kv.put(name, b"v") for name in names))
         assert await kv_keys(js, "dagnats_test_rounds", f"r{round_}") == sorted(names)
+
+
+async def test_a_keys_history_oldest_first_with_its_markers(js: JetStreamContext) -> None:
+    kv = await js.create_key_value(bucket="dagnats_test_history", history=4)
+    assert await kv_history(js, "dagnats_test_history", "k", 4) == []
+    assert await kv_history(js, "dagnats_test_absent_history", "k", 4) == []
+    for value in (b"1", b"2"):
+        await kv.put("k", value)
+        await kv.put("other", value)
+    await kv.delete("k")
+    for value in (b"3", b"4", b"5"):
+        await kv.put("k", value)
+    entries = await kv_history(js, "dagnats_test_history", "k", 4)
+    assert [(e.value, e.operation) for e in entries] == [
+        (b"", "DEL"), (b"3", None), (b"4", None), (b"5", None)
+    ]  # fmt: skip
+    assert [e.revision for e in entries] == sorted(e.revision for e in entries)
+    assert [e.value for e in await kv_history(js, "dagnats_test_history", "other", 4)] == [
+        b"1", b"2"
+    ]  # fmt: skip

@@ -14,10 +14,11 @@ import re
 from typing import TYPE_CHECKING, Final
 
 import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from dagnats.client.errors import WorkflowNotFoundError, WorkflowRevisionNotFoundError
-from dagnats.runtime.kv_keys import kv_keys
+from dagnats.runtime.kv_keys import kv_history, kv_keys
 from dagnats.runtime.resources import (
     WORKFLOWS_BUCKET,
     WORKFLOWS_HISTORY,
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from dagnats.client.core import Client
 
 register_attempts_max: Final = 8  # compare-and-set retries when registrations race
-KEY_ERRORS: Final = (nats.js.errors.InvalidKeyError,)
 _KV_KEY: Final = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*")  # what a KV key may be
 
 
@@ -55,10 +55,11 @@ async def register(client: Client, workflow: WorkflowDef) -> int:
         DagnatsError: the name changed under us `register_attempts_max` times in a row.
     """
     kv = await client.connection.workflows()
+    js = client.connection.js
     definition = codec.encode(workflow)
     for _ in range(register_attempts_max):
         latest = await _latest(kv, workflow.name)
-        number = 1 if latest is None else await _next_number(kv, workflow.name, latest)
+        number = 1 if latest is None else await _next_number(js, workflow.name, latest)
         value = encode_stored_workflow(definition, number)
         try:
             if latest is not None:
@@ -87,7 +88,7 @@ async def get(client: Client, name: str, revision: int | None) -> WorkflowDef:
     if chosen is None:
         raise WorkflowNotFoundError(name, await list_names(client))
     if revision is not None:
-        revisions = await _revisions(kv, name)
+        revisions = await _revisions(client.connection.js, name)
         found = [r for r in revisions if r.number == revision]
         if not found:
             raise WorkflowRevisionNotFoundError(name, revision, [r.number for r in revisions])
@@ -98,8 +99,7 @@ async def get(client: Client, name: str, revision: int | None) -> WorkflowDef:
 
 async def revision_numbers(client: Client, name: str) -> list[int]:
     """The workflow's revisions kept in the bucket, oldest first."""
-    kv = await client.connection.workflows()
-    return [r.number for r in await _revisions(kv, name)]
+    return [r.number for r in await _revisions(client.connection.js, name)]
 
 
 async def list_names(client: Client) -> list[str]:
@@ -127,24 +127,19 @@ async def _latest(kv: KeyValue, name: str) -> Revision | None:
     return Revision(stored or 0, entry.value, entry.revision)
 
 
-async def _next_number(kv: KeyValue, name: str, latest: Revision) -> int:
+async def _next_number(js: JetStreamContext, name: str, latest: Revision) -> int:
     """The number after `latest` (for an older entry without one: after its history's)."""
     if latest.number >= 1:
         return latest.number + 1
-    revisions = await _revisions(kv, name)
+    revisions = await _revisions(js, name)
     return (revisions[-1].number if revisions else 0) + 1
 
 
-async def _revisions(kv: KeyValue, name: str) -> list[Revision]:
+async def _revisions(js: JetStreamContext, name: str) -> list[Revision]:
     """The kept revisions of `name` since its last deletion, oldest first, numbered."""
     if _KV_KEY.fullmatch(name) is None:  # not a possible key: so not a registered name
         return []
-    try:
-        entries = await kv.history(name)
-    except nats.js.errors.NoKeysError:
-        return []
-    except KEY_ERRORS:  # not a possible key: so not a registered name
-        return []
+    entries = await kv_history(js, WORKFLOWS_BUCKET, name, WORKFLOWS_HISTORY)
     revisions: list[Revision] = []
     for place, entry in enumerate(entries[-WORKFLOWS_HISTORY:], start=1):
         if not entry.value:  # a delete or purge marker: what came before is gone

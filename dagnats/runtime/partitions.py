@@ -50,6 +50,7 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from dagnats.runtime import settings
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.lease import Lease, new_owner_id
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.protocols import CommandPublisher
@@ -129,18 +130,15 @@ async def stored_partitions(js: JetStreamContext, *, create_with: int | None) ->
 async def read_owners(js: JetStreamContext) -> dict[str, str]:
     """Every live key of the owners bucket (`partition.<n>` and `engine.<id>`) and its value."""
     kv = await js.key_value(OWNERS_BUCKET)
-    watcher = await kv.watchall(ignore_deletes=True)
     found: dict[str, str] = {}
-    try:
-        for _ in range(settings.partitions_max + settings.engines_live_max + 1):
-            entry = await watcher.updates(timeout=settings.read_idle_timeout_ms / 1000)  # type: ignore[no-untyped-call]
-            if entry is None:
-                break
-            if entry.value:
-                found[entry.key] = entry.value.decode()
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    keys = await kv_keys(js, OWNERS_BUCKET)
+    for key in keys[: settings.partitions_max + settings.engines_live_max]:
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue  # deleted, or its lease expired
+        if entry.value:
+            found[key] = entry.value.decode()
     return found
 
 
