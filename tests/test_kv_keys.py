@@ -54,7 +54,8 @@ async def test_a_keys_history_oldest_first_with_its_markers(js: JetStreamContext
     assert [(e.value, e.operation) for e in entries] == [
         (b"", "DEL"), (b"3", None), (b"4", None), (b"5", None)
     ]  # fmt: skip
-    assert [e.revision for e in entries] == sorted(e.revision for e in entries)
+    revisions = [e.revision or 0 for e in entries]
+    assert revisions == sorted(revisions) and revisions[0] > 0
     assert [e.value for e in await kv_history(js, "dagnats_test_history", "other", 4)] == [
         b"1", b"2"
     ]  # fmt: skip
