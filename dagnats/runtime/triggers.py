@@ -191,8 +191,10 @@ class TriggerService:
         start: Starter,
         *,
         clock: Callable[[], int] | None = None,
+        recording: bool = True,
     ) -> None:
         self.js = js
+        self.recording = recording  # False: fire records are not published (a client may not)
         self.start = start  # (workflow, input, run_id) -> awaitable: publish the start
         self.clock = service_clock() if clock is None else clock
         self.entries: list[Entry] = []
@@ -349,6 +351,8 @@ class TriggerService:
             workflow=workflow, trigger_id=trigger_id, fire=fire, run_id=run_id,
             outcome=outcome, reason=reason, at_ms=self.clock(),
         )  # fmt: skip
+        if not self.recording:
+            return record
         subject = fires_subject(workflow, trigger_id)
         msg_id = f"{trigger_key(workflow, trigger_id)}:{fire}:{outcome}"
         with contextlib.suppress(nats.errors.Error, TimeoutError):
