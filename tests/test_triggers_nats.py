@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
-import nats.js.errors
 import pytest_asyncio
 from nats.js import JetStreamContext
 
 from dagnats.client import Client
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import ensure_resources
 from dagnats.runtime.serve import Server
@@ -27,7 +27,14 @@ from dagnats.runtime.triggers import (
     load_entries,
     read_fires,
 )
-from dagnats.runtime.triggers_plan import STATE_BUCKET, cron_fire_name, fire_run_id, trigger_key
+from dagnats.runtime.triggers_plan import (
+    BURST_PREFIX,
+    STATE_BUCKET,
+    Burst,
+    cron_fire_name,
+    fire_run_id,
+    trigger_key,
+)
 from kernel.timestamps import parse_rfc3339_ms
 from tests.nats_fixtures import wait_for
 
@@ -201,6 +208,7 @@ async def test_a_debounced_burst_outlives_its_service_and_two_engines_start_it_o
                for _ in range(2)]  # fmt: skip
     for service in engines:
         service.entries = [entry]  # (no reload: it would start the subject's consumer)
+        service.loaded = True
     clock.at_ms = T0 + 6_000  # 4 s after the last fire: not quiet yet
     await asyncio.gather(*(service.tick() for service in engines))
     run_id = fire_run_id("bursty", "b", "msg-0")
@@ -216,5 +224,6 @@ async def test_a_debounced_burst_outlives_its_service_and_two_engines_start_it_o
     fires = await read_fires(js, "bursty", "b", 10)
     assert [(f.outcome, f.run_id) for f in fires if f.outcome == "started"] == [("started", run_id)]
     kv = await js.key_value(STATE_BUCKET)
-    with contextlib.suppress(nats.js.errors.NoKeysError):
-        assert [k for k in await kv.keys() if k.startswith("debounce.")] == []
+    (name,) = await kv_keys(js, STATE_BUCKET, BURST_PREFIX)  # kept a while, marked started
+    burst = msgspec.json.decode((await kv.get(name)).value or b"", type=Burst)
+    assert (burst.fire, burst.started_ms) == ("msg-0", T0 + 7_000)

@@ -44,6 +44,7 @@ from kernel.cron import parse_cron
 from kernel.workflow.trigger_model import CronSource
 
 COUNT_MAX = 1_000
+ENGINE_ROLES = ("engine", "admin")  # may write the trigger state and fire records
 HISTORY_MAX = 1_000
 
 
@@ -143,20 +144,36 @@ def trigger_fire(
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Fire a trigger now (by hand): its run starts, or the reason it does not is recorded."""
+    """Fire a trigger now (by hand): its run starts, or the reason it does not is recorded.
+
+    A client may neither write the debounced bursts nor the fire records (serve's engine
+    does): a debounced trigger fired by a client starts its run at once, and says so."""
 
     async def fire(client: Client) -> dict[str, object]:
         entry = await _entry(client, workflow, trigger_id)
-        service = TriggerService(client.connection.js, command_starter(client.connection))
+        engine = client.connection.role in ENGINE_ROLES
+        service = TriggerService(client.connection.js, command_starter(client.connection),
+                                 recording=engine)  # fmt: skip
+        note = ""
+        if entry.trigger.debounce is not None and not engine:
+            entry = replace(entry, trigger=replace(entry.trigger, debounce=None))
+            role = client.connection.role
+            note = (
+                f"not debounced: the {role} role may not write the pending bursts (serve's "
+                "engine or admin may); the run started at once"
+            )
         name = f"manual:{cron_fire_name(now_ms())}"
         record = await service.fire(entry, name, {"manual": True})
-        return {field: getattr(record, field) for field in record.__struct_fields__}
+        found = {field: getattr(record, field) for field in record.__struct_fields__}
+        return {**found, "note": note}
 
     record = run_async(with_client(nats_url, fire))
     if as_json:
         emit_json(record)
         return
     out.print(f"{record['outcome']}  {record['run_id'] or record['reason']}")
+    if record["note"]:
+        out.print(f"note: {record['note']}")
 
 
 def trigger_enable(

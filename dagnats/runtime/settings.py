@@ -176,6 +176,10 @@ trigger_fire_age_ms_max: Final = 30 * 24 * 3_600_000  # fire records are kept a 
 subject_fetch_batch: Final = 64
 debounce_keys_max: Final = 10_000  # pending debounced bursts kept (more fires start at once)
 debounce_update_attempts_max: Final = 16  # compare-and-set tries of one fire on its burst
+debounce_fires_remembered_max: Final = 256  # fire ids a burst remembers (redelivery)
+# A started burst is kept this long (longer than a subject trigger consumer's 30 s ack wait),
+# so a message whose ack a crash lost (nats-server flushes acks lazily) is no new burst.
+debounce_done_kept_ms: Final = 10 * 60_000
 idempotency_ttl_ms: Final = 24 * 3_600_000  # an http trigger's idempotency key is kept a day
 http_responses_waiting_max: Final = 10_000  # http requests waiting for their run at once
 

@@ -56,6 +56,7 @@ from dagnats.runtime.triggers_plan import (
     debounce_key,
     fire_run_id,
     fires_to_run,
+    new_burst,
     trigger_key,
 )
 from kernel import codec
@@ -68,7 +69,7 @@ log = logging.getLogger("dagnats.triggers")
 FIRES_STREAM: Final = "DAGNATS_TRIGGER_FIRES"
 FIRES_PREFIX: Final = "dagnats.fires"
 INPUT_STREAM: Final = "DAGNATS_TRIGGER_IN"
-Outcome = Literal["started", "skipped", "failed", "debounced"]
+Outcome = Literal["started", "skipped", "failed", "debounced", "dropped"]
 CLOCK_OFFSET_ENV: Final = "DAGNATS_TEST_CLOCK_OFFSET_MS"  # a test seam (see the docstring)
 
 
@@ -190,12 +191,15 @@ class TriggerService:
         start: Starter,
         *,
         clock: Callable[[], int] | None = None,
+        recording: bool = True,
     ) -> None:
         self.js = js
+        self.recording = recording  # False: fire records are not published (a client may not)
         self.start = start  # (workflow, input, run_id) -> awaitable: publish the start
         self.clock = service_clock() if clock is None else clock
         self.entries: list[Entry] = []
-        self.bursts = Bursts(js, self.state, self._release)
+        self.bursts = Bursts(js, self.state, self._release, self._dropped)
+        self.loaded = False  # the set of triggers was read once (bursts are looked at then)
         self.consumers: dict[str, asyncio.Task[None]] = {}
         self._state: KeyValue | None = None
 
@@ -224,6 +228,7 @@ class TriggerService:
         except (nats.errors.Error, TimeoutError) as error:
             log.warning("triggers: reading the set of triggers failed (%s); kept the last", error)
             return
+        self.loaded = True
         subjects = [e for e in self.entries if e.trigger.subject is not None]
         await self._cover_subjects(subjects)
         live = {entry.key for entry in subjects if entry.trigger.enabled}
@@ -231,7 +236,11 @@ class TriggerService:
             if key not in live:
                 self.consumers.pop(key).cancel()
         for entry in subjects:
-            if entry.trigger.enabled and entry.key not in self.consumers:
+            running = self.consumers.get(entry.key)
+            if running is not None and running.done() and not running.cancelled():
+                log.warning("trigger %s: its consumer stopped (%r); started again",
+                            entry.trigger.id, running.exception())  # fmt: skip
+            if entry.trigger.enabled and (running is None or running.done()):
                 self.consumers[entry.key] = asyncio.create_task(self._consume(entry))
 
     async def tick(self) -> None:
@@ -243,13 +252,16 @@ class TriggerService:
                     await self._cron(entry, now)
                 except (nats.errors.Error, TimeoutError) as error:
                     log.warning("trigger %s: cron tick failed (%s)", entry.trigger.id, error)
+        if not self.loaded:
+            return
         rules = {e.key: e.trigger.debounce for e in self.entries
-                 if e.trigger.debounce is not None and e.workflow is not None}  # fmt: skip
-        if rules:
-            try:
-                await self.bursts.due(rules, now)
-            except (nats.errors.Error, TimeoutError) as error:
-                log.warning("triggers: releasing debounced bursts failed (%s)", error)
+                 if e.trigger.enabled and e.workflow is not None}  # fmt: skip
+        why = {e.key: "trigger disabled" if not e.trigger.enabled else "workflow not registered"
+               for e in self.entries if e.key not in rules}  # fmt: skip
+        try:  # every tick, also with no debounced trigger left: bursts of gone ones drop
+            await self.bursts.due(rules, now, why)
+        except (nats.errors.Error, TimeoutError) as error:
+            log.warning("triggers: releasing debounced bursts failed (%s)", error)
 
     async def _release(self, burst: Burst) -> bool:
         """Start a burst's run (its id from its first fire); True when it started."""
@@ -257,6 +269,13 @@ class TriggerService:
         if found is None or found.workflow is None:
             return False
         return (await self._start(found, burst.fire, burst.input)).outcome == "started"
+
+    async def _dropped(self, burst: Burst, reason: str) -> None:
+        """Record a burst dropped because its trigger is gone (bursts made before they named
+        their workflow are only logged)."""
+        if burst.workflow and burst.trigger_id:
+            await self._publish_record(burst.workflow, burst.trigger_id, burst.fire, "",
+                                       "dropped", reason)  # fmt: skip
 
     async def state(self) -> KeyValue:
         if self._state is None:
@@ -294,8 +313,13 @@ class TriggerService:
             return await self.record(entry, fire, "", "skipped", reason)
         if trigger.debounce is not None:
             key = debounce_key(trigger.debounce, value)
+            fresh = new_burst(
+                entry.key, key, fire, value, self.clock(), workflow=entry.workflow_name,
+                trigger_id=trigger.id,
+                timeout_ms=trigger.debounce.timeout_ms or trigger.debounce.period_ms,
+            )  # fmt: skip
             try:
-                held = await self.bursts.offer(entry.key, key, fire, value, self.clock())
+                held = await self.bursts.offer(fresh)
             except (nats.errors.Error, TimeoutError) as error:
                 return await self.record(entry, fire, "", "failed", f"debounce: {error}"[:500])
             if held:
@@ -316,12 +340,21 @@ class TriggerService:
     async def record(
         self, entry: Entry, fire: str, run_id: str, outcome: Outcome, reason: str
     ) -> FireRecord:
+        return await self._publish_record(entry.workflow_name, entry.trigger.id, fire, run_id,
+                                          outcome, reason)  # fmt: skip
+
+    async def _publish_record(
+        self, workflow: str, trigger_id: str, fire: str, run_id: str, outcome: Outcome,
+        reason: str,
+    ) -> FireRecord:  # fmt: skip
         record = FireRecord(
-            workflow=entry.workflow_name, trigger_id=entry.trigger.id, fire=fire,
-            run_id=run_id, outcome=outcome, reason=reason, at_ms=self.clock(),
+            workflow=workflow, trigger_id=trigger_id, fire=fire, run_id=run_id,
+            outcome=outcome, reason=reason, at_ms=self.clock(),
         )  # fmt: skip
-        subject = fires_subject(entry.workflow_name, entry.trigger.id)
-        msg_id = f"{entry.key}:{fire}:{outcome}"
+        if not self.recording:
+            return record
+        subject = fires_subject(workflow, trigger_id)
+        msg_id = f"{trigger_key(workflow, trigger_id)}:{fire}:{outcome}"
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self.js.publish(subject, msgspec.json.encode(record), headers={
                 "Nats-Msg-Id": msg_id})  # fmt: skip

@@ -162,18 +162,34 @@ BURST_PREFIX: Final = "debounce"  # pending bursts' keys in the trigger-state bu
 
 
 class Burst(msgspec.Struct, frozen=True, kw_only=True):
-    """A pending debounced burst of one (trigger, key): kept in the trigger-state bucket, so
-    it outlives the engine that saw its fires. `released`: an engine claimed it and is
-    starting its run (whoever sees it so finishes that start, which is idempotent)."""
+    """A debounced burst of one (trigger, key): kept in the trigger-state bucket, so it
+    outlives the engine that saw its fires. `released`: an engine claimed it and is starting
+    its run (whoever sees it so finishes that start, which is idempotent). `started_ms`: its
+    run started then; it is kept `settings.debounce_done_kept_ms` more, so a fire delivered
+    again (an ack lost in a crash) is known and starts no second burst."""
 
     trigger: str  # the trigger's key (`trigger_key`)
     key: str  # the burst's key (`debounce_key`)
     fire: str  # the first fire's name: the run's id comes from it
-    last_fire: str = ""  # the last fire's name: the same fire again (redelivered) is no news
+    last_fire: str = ""  # the last fire's name (bursts written before `fires`)
+    fires: tuple[str, ...] = ()  # the newest `debounce_fires_remembered_max` fires' names
     first_ms: int
     last_ms: int
     input: object  # the last fire's input
     released: bool = False
+    started_ms: int = 0  # 0: not started yet
+    workflow: str = ""  # the trigger's workflow and id, for the record of a dropped burst
+    trigger_id: str = ""
+    timeout_ms: int = 0  # the rule's timeout (else period) when made: a burst whose trigger
+    # is gone (or disabled) that long is dropped
+
+
+def new_burst(trigger: str, key: str, fire: str, value: object, now_ms: int, *,
+              workflow: str = "", trigger_id: str = "", timeout_ms: int = 0) -> Burst:  # fmt: skip
+    """The burst of one fire."""
+    return Burst(trigger=trigger, key=key, fire=fire, last_fire=fire, fires=(fire,),
+                 first_ms=now_ms, last_ms=now_ms, input=value, workflow=workflow,
+                 trigger_id=trigger_id, timeout_ms=timeout_ms)  # fmt: skip
 
 
 def burst_name(trigger: str, key: str) -> str:
@@ -181,18 +197,27 @@ def burst_name(trigger: str, key: str) -> str:
     return f"{BURST_PREFIX}.{trigger}.{digest(key)}"
 
 
-def offered(
-    burst: Burst | None, trigger: str, key: str, fire: str, value: object, now_ms: int
-) -> Burst:
-    """The burst after a fire: a new one (none pending, or the pending one released), else
-    the pending one with this fire's input and time."""
-    if burst is None or burst.released:
-        return Burst(trigger=trigger, key=key, fire=fire, last_fire=fire, first_ms=now_ms,
-                     last_ms=now_ms, input=value)  # fmt: skip
-    if fire in (burst.fire, burst.last_fire):
-        return burst  # a message taken again after a crash before its ack
-    return msgspec.structs.replace(burst, last_fire=fire, last_ms=max(burst.last_ms, now_ms),
-                                   input=value)  # fmt: skip
+def seen(burst: Burst, fire: str) -> bool:
+    """Whether `fire` was offered to `burst` already (a message delivered again)."""
+    return fire in (burst.fire, burst.last_fire) or fire in burst.fires
+
+
+def offered(burst: Burst | None, fresh: Burst) -> Burst | None:
+    """The burst after a fire (`fresh`: the burst of that fire alone): None when the fire is
+    no news (offered to this burst already); `fresh` when none is pending (or the pending one
+    was claimed or started); else the pending one with this fire's input and time."""
+    assert len(fresh.fires) == 1, "a fresh burst holds its one fire"
+    if burst is not None and seen(burst, fresh.fire):
+        return None
+    if burst is None:
+        return fresh
+    if burst.released or burst.started_ms:  # a new burst, still knowing the last one's fires
+        known = (*burst.fires, fresh.fire)[-settings.debounce_fires_remembered_max :]
+        return msgspec.structs.replace(fresh, fires=known)
+    fires = (*burst.fires, fresh.fire)[-settings.debounce_fires_remembered_max :]
+    return msgspec.structs.replace(burst, last_fire=fresh.fire, fires=fires,
+                                   last_ms=max(burst.last_ms, fresh.last_ms),
+                                   input=fresh.input)  # fmt: skip
 
 
 def burst_due(rule: Debounce, burst: Burst, now_ms: int) -> bool:

@@ -145,6 +145,9 @@ class _Records:
     async def publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         self.published.append(data)
 
+    async def get_last_msg(self, stream: str, subject: str) -> api.RawStreamMsg:
+        raise nats.js.errors.NotFoundError  # the memory bucket keeps no delete markers
+
     async def stream_info(self, name: str, subjects_filter: str) -> api.StreamInfo:
         assert name == f"KV_{STATE_BUCKET}" and subjects_filter.endswith(".>"), name
         head = subjects_filter.removesuffix(">")
@@ -193,6 +196,7 @@ def _service(state: MemoryState, start: StartLog, entry: Entry) -> TriggerServic
     service = TriggerService(_Records(state), start, clock=lambda: state.now)  # type: ignore[arg-type]
     service._state = state  # type: ignore[assignment]
     service.entries = [entry]
+    service.loaded = True
     return service
 
 
