@@ -39,6 +39,7 @@ from dagnats.runtime.cluster_serve import (
     Placement,
     ensure_cluster_resources,
     partitioned_parts,
+    settle_partitions,
     until_formed,
 )
 from dagnats.runtime.connection import URL_FILE, Connection
@@ -171,8 +172,14 @@ class Server:
             await ensure_stream(js, external_events.stream_config())
         if self.retention_ms is not None:  # the engine may not purge history; admin may
             self.admin = await Connection.open(self.url, role="admin", data_dir=self.data_dir)
-        if self.placement.engine and not self.history_gone:
-            self.partitioned = await partitioned_parts(js, first_start=clustered)
+        if not self.history_gone:  # (a first start stores the count; later ones check it)
+            count = await settle_partitions(
+                js, asked=self.placement.partitions, first_start=clustered
+            )
+            if count is not None:
+                self.connection.partitions.known(count)
+            if self.placement.engine:
+                self.partitioned = await partitioned_parts(js, count)
         history = self.partitioned.history if self.partitioned else self.connection.history
         commands = self.connection.commands
         self.links = RunLinks(
