@@ -110,10 +110,14 @@ def placement(
     try:
         if replicas is not None:
             cluster.check_replicas(replicas)
+        tls = cluster.absolute_tls(credentials.TlsFiles.from_env())
         if not clustered:
+            served = tls if tls is not None and tls.cert is not None else None
+            if nats_url is None:  # (an external server's TLS is that server's business)
+                cluster.check_listeners((nats_host,), served, insecure=insecure)
             return Placement(
                 nats_host=nats_host, replicas=replicas, engine=not no_engine,
-                partitions=partitions,
+                partitions=partitions, tls=served if nats_url is None else None,
             )  # fmt: skip
         host, port = cluster.parse_listen(listen)
         spec = cluster.ClusterSpec(
@@ -122,7 +126,7 @@ def placement(
             listen_host=host,
             listen_port=port,
             routes=cluster.parse_routes(routes or ""),
-            tls=credentials.TlsFiles.from_env(),
+            tls=tls,
             insecure=insecure,
         )
         cluster.check_exposure(spec, nats_host)

@@ -25,6 +25,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime import cluster, external_events, settings
+from dagnats.runtime.credentials import TlsFiles
 from dagnats.runtime.nats_server import LOOPBACK_HOST
 from dagnats.runtime.partitions import (
     OwnedEventLog,
@@ -58,6 +59,7 @@ class Placement:
     replicas: int | None = None
     engine: bool = True
     partitions: int | None = None  # --partitions: the count a first start stores
+    tls: TlsFiles | None = None  # a lone server's client TLS (a node's: cluster.tls)
 
     def clustered(self, url: str) -> bool:
         """A cluster node, several NATS URLs, or replicas asked: partitioned engines."""
@@ -73,9 +75,9 @@ class Placement:
         return cluster.default_replicas(len([part for part in url.split(",") if part.strip()]))
 
     def server_config(self, data_dir: Path) -> str:
-        """The embedded server's cluster block ("" for a lone server)."""
+        """The embedded server's cluster block (a lone server: its client TLS, or "")."""
         if self.cluster is None:
-            return ""
+            return cluster.client_tls_config(self.tls) if self.tls is not None else ""
         secret = cluster.ensure_route_secret(data_dir)
         return cluster.server_config(self.cluster, secret, self.nats_host)
 
