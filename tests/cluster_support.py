@@ -19,12 +19,15 @@ the test's tmp_path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
+import ssl
 from collections import defaultdict
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -35,11 +38,14 @@ from dagnats.runtime import cluster, credentials
 from dagnats.runtime.nats_server import EmbeddedNats, pick_free_port
 from dagnats.runtime.partitions import OWNER_HEADER
 from dagnats.runtime.resources import HISTORY_STREAM, HISTORY_SUBJECTS
+from tests.fault_support import Processes, Serve
 from tests.fault_workers import CALLS_ENV, append_line
 
 NODES: Final = 3
 history_read_idle_s: Final = 5.0
 history_messages_max: Final = 200_000
+info_timeout_s: Final = 2.0  # a listener's first INFO (the node runs already)
+info_bytes_max: Final = 65_536
 
 worker = Worker(concurrency=64, worker_id=f"cluster-{os.getpid()}")
 
@@ -94,7 +100,8 @@ class NatsCluster:
             )  # fmt: skip
             self.nodes.append(
                 EmbeddedNats(
-                    root / f"n{index}", port=pick_free_port(),
+                    root / f"n{index}",
+                    port=pick_free_port(),
                     authorization=credentials.server_authorization(self.users),
                     extra_config=cluster.server_config(spec, secret, "127.0.0.1"),
                 )
@@ -186,3 +193,86 @@ def engines_by_partition(appends: list[tuple[int, str, str]]) -> dict[str, set[s
             engine, partition, _ = owner.split("/")
             table[partition].add(engine)
     return table
+
+
+# -- clusters of `dagnats serve --cluster` processes -------------------------------------------
+
+
+class CertFiles:
+    """A throwaway CA (trustme) and one certificate for 127.0.0.1 / localhost, as files; the
+    nodes share the certificate (each could have its own signed by the CA)."""
+
+    def __init__(self, directory: Path) -> None:
+        import trustme
+
+        authority = trustme.CA()
+        issued = authority.issue_cert("127.0.0.1", "localhost")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca, self.cert, self.key = (directory / n for n in ("ca.pem", "node.pem", "node.key"))
+        authority.cert_pem.write_to_path(str(self.ca))
+        issued.cert_chain_pems[0].write_to_path(str(self.cert))
+        issued.private_key_pem.write_to_path(str(self.key))
+
+    def env(self) -> dict[str, str]:
+        """The `--tls-cert/--tls-key/--tls-ca` of every process, as their environment."""
+        return {credentials.TLS_CERT_ENV: str(self.cert), credentials.TLS_KEY_ENV: str(self.key),
+                credentials.TLS_CA_ENV: str(self.ca)}  # fmt: skip
+
+
+class ServeCluster:
+    """`NODES` `dagnats serve --cluster` processes on loopback (embedded NATS and an engine
+    each), sharing one credentials set through `--credentials-from`."""
+
+    def __init__(self, root: Path, name: str = "test") -> None:
+        self.root = root
+        self.name = name
+        self.shared = root / "shared"
+        credentials.ensure_credentials(self.shared)
+        cluster.ensure_route_secret(self.shared)
+        self.route_ports = [pick_free_port() for _ in range(NODES)]
+        self.client_ports = [pick_free_port() for _ in range(NODES)]
+
+    @property
+    def urls(self) -> str:
+        return ",".join(f"nats://127.0.0.1:{port}" for port in self.client_ports)
+
+    def serve_args(self, index: int, *extra: str) -> tuple[str, ...]:
+        routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.route_ports)
+        return ("--cluster", "--cluster-name", self.name, "--node-name", f"n{index}",
+                "--cluster-listen", f"127.0.0.1:{self.route_ports[index]}", "--routes", routes,
+                "--credentials-from", str(self.shared), *extra)  # fmt: skip
+
+    async def start(self, procs: Processes, *extra: str) -> list[Serve]:
+        """Start every node (at once: a node waits for the others' quorum) and wait for
+        each one's ready line."""
+        starts = (
+            procs.serve(self.root / f"n{index}", port=port, http=None,
+                        extra_args=self.serve_args(index, *extra))
+            for index, port in enumerate(self.client_ports)
+        )  # fmt: skip
+        return list(await asyncio.gather(*starts))
+
+
+def first_info_line(port: int, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """The INFO a listener on 127.0.0.1:`port` sends first, decoded ({} when it closes the
+    connection, or sends nothing within `info_timeout_s`: a TLS-first route listener); with
+    `tls`, read after a TLS handshake (which raises ssl.SSLError when it fails)."""
+    received = b""
+    with contextlib.ExitStack() as stack:
+        plain = stack.enter_context(socket.create_connection(("127.0.0.1", port), info_timeout_s))
+        connection = plain
+        if tls is not None:
+            wrapped = tls.wrap_socket(plain, server_hostname="127.0.0.1")
+            connection = stack.enter_context(wrapped)
+        with contextlib.suppress(TimeoutError):
+            while b"\r\n" not in received and len(received) < info_bytes_max:
+                chunk = connection.recv(4_096)
+                if not chunk:
+                    break
+                received += chunk
+    line = received.split(b"\r\n", 1)[0].decode()
+    if not line.startswith("INFO "):
+        assert not line, (port, line)
+        return {}
+    info: dict[str, Any] = json.loads(line[len("INFO ") :])
+    return info

@@ -13,7 +13,7 @@ from typing import Annotated, Final
 import typer
 
 from dagnats.cli.common import DataDirOption, JsonOption, UrlOption, fail, out, run_async
-from dagnats.runtime import cluster, credentials
+from dagnats.runtime import cluster, credentials, settings
 from dagnats.runtime.cluster_serve import Placement
 from dagnats.runtime.connection import ConnectError, Connection, default_data_dir
 from dagnats.runtime.nats_server import LOOPBACK_HOST
@@ -66,6 +66,15 @@ CredentialsFromOption = Annotated[
         "--credentials-from", metavar="DIR", help="Take the cluster's credentials from DIR."
     ),
 ]
+PartitionsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--partitions",
+        help="Partitions of the commands, chosen at the first start and stored (default "
+        f"{settings.partitions_default}; at most {settings.partitions_max}); later starts "
+        "read the stored count.",
+    ),
+]
 CLUSTER_LISTEN_DEFAULT: Final = f"{LOOPBACK_HOST}:6222"
 
 
@@ -82,6 +91,7 @@ def placement(
     engine_only: bool,
     no_engine: bool,
     nats_url: str | None,
+    partitions: int | None = None,
 ) -> Placement:
     """The serve's Placement from its options; a wrong combination exits 2 with a hint."""
     if engine_only and no_engine:
@@ -90,11 +100,25 @@ def placement(
         raise fail("--engine-only needs --nats-url", "name the cluster's NATS URLs", 2)
     if not clustered and (routes is not None or node_name is not None):
         raise fail("--routes and --node-name need --cluster", "add --cluster", 2)
+    if partitions is not None and not 1 <= partitions <= settings.partitions_max:
+        raise fail(
+            f"--partitions {partitions} is outside 1..{settings.partitions_max} "
+            "(settings.partitions_max)",
+            f"the default, {settings.partitions_default}, suits up to a few engines",
+            2,
+        )
     try:
         if replicas is not None:
             cluster.check_replicas(replicas)
+        tls = cluster.absolute_tls(credentials.TlsFiles.from_env())
         if not clustered:
-            return Placement(nats_host=nats_host, replicas=replicas, engine=not no_engine)
+            served = tls if tls is not None and tls.cert is not None else None
+            if nats_url is None:  # (an external server's TLS is that server's business)
+                cluster.check_listeners((nats_host,), served, insecure=insecure)
+            return Placement(
+                nats_host=nats_host, replicas=replicas, engine=not no_engine,
+                partitions=partitions, tls=served if nats_url is None else None,
+            )  # fmt: skip
         host, port = cluster.parse_listen(listen)
         spec = cluster.ClusterSpec(
             name=cluster.check_cluster_name("--cluster-name", name),
@@ -102,13 +126,16 @@ def placement(
             listen_host=host,
             listen_port=port,
             routes=cluster.parse_routes(routes or ""),
-            tls=credentials.TlsFiles.from_env(),
+            tls=tls,
             insecure=insecure,
         )
         cluster.check_exposure(spec, nats_host)
     except cluster.ClusterError as error:
         raise fail(str(error), error.hint, 2) from None
-    return Placement(cluster=spec, nats_host=nats_host, replicas=replicas, engine=not no_engine)
+    return Placement(
+        cluster=spec, nats_host=nats_host, replicas=replicas, engine=not no_engine,
+        partitions=partitions,
+    )  # fmt: skip
 
 
 def _host_name() -> str:

@@ -111,6 +111,7 @@ def serve(
     engine_only: cluster_cli.EngineOnlyOption = False,
     no_engine: cluster_cli.NoEngineOption = False,
     credentials_from: cluster_cli.CredentialsFromOption = None,
+    partitions: cluster_cli.PartitionsOption = None,
 ) -> None:
     """Run the engine with an embedded nats-server (or --nats-url for an existing one)."""
     if not 0 <= nats_port <= PORT_MAX:
@@ -118,7 +119,7 @@ def serve(
     where = cluster_cli.placement(
         clustered=clustered, name=cluster_name, node_name=node_name, routes=routes,
         listen=cluster_listen, nats_host=nats_host, replicas=replicas, insecure=insecure,
-        engine_only=engine_only, no_engine=no_engine, nats_url=nats_url,
+        engine_only=engine_only, no_engine=no_engine, nats_url=nats_url, partitions=partitions,
     )  # fmt: skip
     metrics_at = metrics_address(metrics)
     refuse_without_assertions("dagnats serve")

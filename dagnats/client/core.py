@@ -287,7 +287,7 @@ class Client:
         """Whether a command for the run waits in the commands stream (not yet handled by an
         engine): a run started elsewhere (another process) whose start is still queued."""
         commands = self.connection.commands
-        subject = run_commands_filter(run_id, commands.partitions)
+        subject = run_commands_filter(run_id, await commands.partitions.get())
         try:
             await self.connection.js.get_last_msg(COMMANDS_STREAM, subject)
         except nats.js.errors.NotFoundError:

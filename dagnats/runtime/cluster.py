@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
@@ -40,6 +41,7 @@ cluster_name_length_max: Final = 64
 replicas_clustered: Final = 3  # a stream's copies when the cluster has at least this many nodes
 replicas_max: Final = 5  # JetStream's own maximum
 route_secret_bytes: Final = 32
+tls_handshake_timeout_s: Final = 5  # nats-server's default (0.5 s) is short for a loaded host
 _NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -134,13 +136,23 @@ def check_exposure(spec: ClusterSpec, client_host: str) -> None:
     Raises:
         ClusterError: naming the address and what to pass.
     """
-    if spec.tls is not None and (spec.tls.cert is None or spec.tls.key is None):
+    check_listeners((spec.listen_host, client_host), spec.tls, insecure=spec.insecure)
+
+
+def check_listeners(hosts: Sequence[str], tls: TlsFiles | None, *, insecure: bool) -> None:
+    """Refuse listeners beyond loopback without TLS (a server's cert and key), unless
+    `insecure`; refuse a cert without its key (or the reverse).
+
+    Raises:
+        ClusterError: naming the address (or the missing file) and what to pass.
+    """
+    if tls is not None and (tls.cert is None or tls.key is None):
         raise ClusterError(
             "--tls-cert and --tls-key go together: a node needs both to serve TLS",
             "pass both (and --tls-ca for the CA the other nodes' certificates are signed by)",
         )
-    wide = [host for host in (spec.listen_host, client_host) if not is_loopback(host)]
-    if wide and spec.tls is None and not spec.insecure:
+    wide = [host for host in hosts if not is_loopback(host)]
+    if wide and tls is None and not insecure:
         raise ClusterError(
             f"the cluster binds {wide[0]} (beyond loopback) without TLS: passwords and run "
             "data would cross the network in clear",
@@ -225,9 +237,21 @@ def server_config(spec: ClusterSpec, secret: str, client_host: str) -> str:
         f"server_name: {json.dumps(spec.node_name)}",
         "cluster: " + json.dumps(cluster, indent=1),
     ]
-    if spec.tls is not None and not is_loopback(client_host):
-        lines.append("tls: " + json.dumps(_tls_block(spec.tls), indent=1))
+    if spec.tls is not None:
+        lines.append(client_tls_config(spec.tls))
     return "\n".join(lines) + "\n"
+
+
+def client_tls_config(tls: TlsFiles) -> str:
+    """The server's client `tls` block: every client connection is TLS (loopback too, so a
+    client without the CA learns it at its first connect, wherever it is). Clients present
+    no certificate of their own: their role credential authenticates them."""
+    assert tls.cert is not None and tls.key is not None, "a server needs a cert and a key"
+    block: dict[str, object] = {"cert_file": tls.cert, "key_file": tls.key}
+    if tls.ca is not None:
+        block["ca_file"] = tls.ca
+    block["timeout"] = tls_handshake_timeout_s
+    return "tls: " + json.dumps(block, indent=1)
 
 
 def _route_with_auth(route: str, secret: str) -> str:
@@ -238,6 +262,17 @@ def _route_with_auth(route: str, secret: str) -> str:
 
 def _tls_block(tls: TlsFiles) -> dict[str, object]:
     block: dict[str, object] = {"cert_file": tls.cert, "key_file": tls.key}
-    if tls.ca is not None:
+    if tls.ca is not None:  # routes are mutual: each node shows its certificate to the other
         block |= {"ca_file": tls.ca, "verify": True}
-    return block
+    return block | {"timeout": tls_handshake_timeout_s}
+
+
+def absolute_tls(tls: TlsFiles | None) -> TlsFiles | None:
+    """`tls` with absolute paths (nats-server reads them from its own config file)."""
+    if tls is None:
+        return None
+    return TlsFiles(cert=_absolute(tls.cert), key=_absolute(tls.key), ca=_absolute(tls.ca))
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().absolute())

@@ -25,6 +25,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime import cluster, external_events, settings
+from dagnats.runtime.credentials import TlsFiles
 from dagnats.runtime.nats_server import LOOPBACK_HOST
 from dagnats.runtime.partitions import (
     OwnedEventLog,
@@ -37,6 +38,7 @@ from dagnats.runtime.queue import JetStreamCommandQueue
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     ENGINE_CONSUMER,
+    HISTORY_STREAM,
     ensure_resources,
     ensure_stream,
 )
@@ -56,6 +58,8 @@ class Placement:
     nats_host: str = LOOPBACK_HOST
     replicas: int | None = None
     engine: bool = True
+    partitions: int | None = None  # --partitions: the count a first start stores
+    tls: TlsFiles | None = None  # a lone server's client TLS (a node's: cluster.tls)
 
     def clustered(self, url: str) -> bool:
         """A cluster node, several NATS URLs, or replicas asked: partitioned engines."""
@@ -71,9 +75,9 @@ class Placement:
         return cluster.default_replicas(len([part for part in url.split(",") if part.strip()]))
 
     def server_config(self, data_dir: Path) -> str:
-        """The embedded server's cluster block ("" for a lone server)."""
+        """The embedded server's cluster block (a lone server: its client TLS, or "")."""
         if self.cluster is None:
-            return ""
+            return cluster.client_tls_config(self.tls) if self.tls is not None else ""
         secret = cluster.ensure_route_secret(data_dir)
         return cluster.server_config(self.cluster, secret, self.nats_host)
 
@@ -151,19 +155,72 @@ class PartitionedParts:
     commands: PartitionedCommands
 
 
+class PartitionCountError(DagnatsError):
+    """`--partitions` asks for a count this deployment cannot take; `hint` says what can."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        self.hint = hint
+        super().__init__(message)
+
+
+async def settle_partitions(
+    js: JetStreamContext, *, asked: int | None, first_start: bool
+) -> int | None:
+    """The deployment's partition count: the stored one, else stored now (`asked`, else the
+    default) when this start is partitioned (`first_start`: clustered) or asks a count;
+    None for an unpartitioned deployment.
+
+    Raises:
+        PartitionCountError: `asked` differs from the stored count, or a count other than
+            the default is asked of streams that already hold commands under the default.
+    """
+    assert asked is None or 1 <= asked <= settings.partitions_max, asked
+    stored = await until_formed(
+        "read the partition count", lambda: stored_partitions(js, create_with=None)
+    )
+    if stored is None and asked is None and not first_start:
+        return None
+    if stored is None:
+        count = asked or settings.partitions_default
+        used = await until_formed("answer", lambda: _has_commands(js))
+        if count != settings.partitions_default and used:
+            raise PartitionCountError(
+                f"--partitions {count}: this deployment's streams already hold runs under "
+                f"the default partition count {settings.partitions_default} (the count is "
+                "chosen at the first start)",
+                f"drop --partitions, or pass --partitions {settings.partitions_default}",
+            )
+        stored = await until_formed(
+            "store the partition count", lambda: stored_partitions(js, create_with=count)
+        )
+        assert stored is not None
+    if asked is not None and asked != stored:  # (also a concurrent first start's other count)
+        raise PartitionCountError(
+            f"--partitions {asked} differs from this deployment's partition count {stored} "
+            "(stored at its first start; it never changes)",
+            f"drop --partitions, or pass --partitions {stored}",
+        )
+    return stored
+
+
+async def _has_commands(js: JetStreamContext) -> bool:
+    """Whether a command or a history message was ever stored (a used deployment)."""
+    for stream in (COMMANDS_STREAM, HISTORY_STREAM):
+        info = await js.stream_info(stream)
+        if info.state.last_seq > 0:
+            return True
+    return False
+
+
 async def partitioned_parts(
-    js: JetStreamContext, *, first_start: bool, engine_id: str = ""
+    js: JetStreamContext, count: int | None, *, engine_id: str = ""
 ) -> PartitionedParts | None:
-    """The partitioned engine's parts when the deployment is partitioned (a stored count),
-    storing the count first when `first_start` (a clustered serve); else None.
+    """The partitioned engine's parts when the deployment is partitioned (`count`, from
+    `settle_partitions`), else None.
 
     The single engine consumer of an unpartitioned deployment (`dagnats_engine`, filter
     `dagnats.cmd.>`) would overlap the partitions' consumers on the work-queue stream, so it
     is deleted here; its commands not yet acked stay in the stream for the partitions."""
-    create_with = settings.partitions_default if first_start else None
-    count = await until_formed(
-        "store the partition count", lambda: stored_partitions(js, create_with=create_with)
-    )
     if count is None:
         return None
     try:

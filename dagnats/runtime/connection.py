@@ -31,6 +31,7 @@ from dagnats.runtime import credentials, settings
 from dagnats.runtime.credentials import TlsFiles, default_approver_identity
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.outage import OutageLog
+from dagnats.runtime.partition_count import PartitionCount
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
 from dagnats.runtime.resources import HISTORY_STREAM, WORKFLOWS_BUCKET, history_subject
 from dagnats.runtime.roles import Role, command_kind_tokens
@@ -168,7 +169,11 @@ class Connection:
         self.role: Role = role
         self.identity = identity  # an approver's name: the `by` of its decisions
         self.history = JetStreamEventLog(self.js)
-        self.commands = JetStreamCommandQueue(self.js, kind=command_kind_tokens(role, identity))
+        # One read of the deployment's partition count, shared by commands and timers.
+        self.partitions = PartitionCount(self.js)
+        self.commands = JetStreamCommandQueue(
+            self.js, partitions=self.partitions, kind=command_kind_tokens(role, identity)
+        )
         # An engine signs the tasks it publishes and checks results against them (its
         # credential's password is the secret: runtime/task_tokens).
         tokens = TaskTokens(task_secret) if task_secret else None
@@ -178,7 +183,7 @@ class Connection:
             else JetStreamTaskQueue(self.js, tokens=tokens)
         )
         self.tasks.directory_user = user  # a worker's entries go under it (workers_directory)
-        self.timers = JetStreamTimers(self.js)
+        self.timers = JetStreamTimers(self.js, partitions=self.partitions)
         self._workflows: KeyValue | None = None
 
     @classmethod

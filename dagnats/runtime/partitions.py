@@ -1,7 +1,9 @@
 """Partitioned commands: each partition of `dagnats.cmd.<partition>.>` has one engine at a time.
 
-The partition count is chosen at the first partitioned start and stored in the cluster bucket
-(`dagnats_cluster`, key `partitions`) beside the streams; it never changes afterwards. Each
+The partition count is chosen at the first partitioned start (`serve --partitions N`, else
+`settings.partitions_default`) and stored create-only in the cluster bucket (`dagnats_cluster`,
+key `partitions`) beside the streams; it never changes afterwards, and every connection
+publishes commands under it (runtime/partition_count). Each
 partition has its own durable pull consumer on the commands stream (`dagnats_engine_p<n>`,
 filter `dagnats.cmd.<n>.>`), created once and never altered, and is owned by one engine
 through a lease in the owners bucket (`dagnats_owners`, key `partition.<n>`): JetStream's KV
@@ -53,6 +55,7 @@ from dagnats.runtime import settings
 from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.lease import Lease, new_owner_id
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.partition_count import PARTITIONS_KEY, PartitionRecord, decode_count
 from dagnats.runtime.protocols import CommandPublisher
 from dagnats.runtime.queue import JetStreamMessage, bind_pull_consumer, fetch_batch
 from dagnats.runtime.resources import (
@@ -70,7 +73,6 @@ from kernel.commands import AnyCommand
 from kernel.errors import DagnatsError
 
 OWNER_HEADER: Final = "Dagnats-Owner"
-PARTITIONS_KEY: Final = "partitions"
 PARTITION_KEY_PREFIX: Final = "partition."
 ENGINE_KEY_PREFIX: Final = "engine."
 CONSUMER_PREFIX: Final = "dagnats_engine_p"
@@ -87,12 +89,6 @@ class PartitionLostError(DagnatsError):
             f"run {run_id!r}: partition {partition} is no longer this engine's; the command "
             "goes back to its new owner"
         )
-
-
-class PartitionRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The cluster bucket's `partitions` value."""
-
-    count: int
 
 
 def partition_consumer(partition: int) -> str:
@@ -121,9 +117,7 @@ async def stored_partitions(js: JetStreamContext, *, create_with: int | None) ->
                 )
             continue
         assert entry.value is not None
-        count = msgspec.json.decode(entry.value, type=PartitionRecord).count
-        assert 1 <= count <= settings.partitions_max, count
-        return count
+        return decode_count(entry.value)
     raise AssertionError("the partitions record was neither read nor created")
 
 

@@ -33,6 +33,7 @@ from nats.js import JetStreamContext, api
 from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
+from dagnats.runtime.partition_count import PartitionCount
 from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
@@ -231,17 +232,19 @@ class JetStreamCommandQueue:
         self,
         js: JetStreamContext,
         *,
-        partitions: int = settings.partitions_default,
+        partitions: PartitionCount | int | None = None,
         consumer: str = ENGINE_CONSUMER,
         filter_subjects: Sequence[str] = (COMMAND_SUBJECTS,),
         ack_wait_ms: int = settings.command_ack_wait_ms,
         kind: str = "engine",
     ) -> None:
-        assert 1 <= partitions <= settings.partitions_max
         assert filter_subjects, "the engine consumer needs a filter"
         self.js = js
         self.kind = kind  # the subject kind of what this connection publishes (runtime/roles)
-        self.partitions = partitions
+        # The deployment's stored count (runtime/partition_count), or a fixed one.
+        self.partitions = (
+            partitions if isinstance(partitions, PartitionCount) else PartitionCount(js, partitions)
+        )
         self.consumer = consumer
         self.filter_subjects = tuple(filter_subjects)
         self.ack_wait_ms = ack_wait_ms
@@ -259,7 +262,7 @@ class JetStreamCommandQueue:
         """Enqueue a command for the run; a msg_id seen within the duplicate window is dropped.
         `token`: a result's task token (runtime/task_tokens), sent as a header."""
         _check_size("command", payload)
-        subject = command_subject(run_id, self.partitions, self.kind)
+        subject = command_subject(run_id, await self.partitions.get(), self.kind)
         headers = {MSG_ID_HEADER: msg_id}
         if token is not None:
             headers[TASK_TOKEN_HEADER] = token

@@ -29,6 +29,7 @@ from typing import Final, Literal
 import msgspec
 
 from dagnats.runtime.resources import (
+    CLUSTER_BUCKET,
     COMMAND_PREFIX,
     COMMANDS_STREAM,
     DEAD_STREAM,
@@ -177,6 +178,7 @@ def _worker_publish(task_types: tuple[str, ...], user: str = "") -> tuple[str, .
         f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}",
         f"$KV.{WORKERS_BUCKET}.{user or 'open'}.*",  # its entries (runtime/workers_directory)
         f"{API}.STREAM.MSG.GET.KV_{ENDED_BUCKET}",  # ended runs' markers (runtime/ended_runs)
+        f"{API}.STREAM.MSG.GET.KV_{CLUSTER_BUCKET}",  # the partition count (partition_count)
         "dagnats.dead.task",  # a task message it cannot decode, set aside
         "dagnats.live.>",  # a handler's live output (core NATS; clients subscribe to dagnats.>)
     )
@@ -218,6 +220,8 @@ def _reader_publish() -> tuple[str, ...]:
         ]
     # `Client.wait` looks whether a start waits in the commands stream (a message get only).
     rules.append(f"{API}.STREAM.MSG.GET.{COMMANDS_STREAM}")
+    # Commands carry the deployment's stored partition count (runtime/partition_count).
+    rules.append(f"{API}.STREAM.MSG.GET.KV_{CLUSTER_BUCKET}")
     return tuple(rules)
 
 

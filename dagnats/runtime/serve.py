@@ -39,6 +39,7 @@ from dagnats.runtime.cluster_serve import (
     Placement,
     ensure_cluster_resources,
     partitioned_parts,
+    settle_partitions,
     until_formed,
 )
 from dagnats.runtime.connection import URL_FILE, Connection
@@ -171,8 +172,8 @@ class Server:
             await ensure_stream(js, external_events.stream_config())
         if self.retention_ms is not None:  # the engine may not purge history; admin may
             self.admin = await Connection.open(self.url, role="admin", data_dir=self.data_dir)
-        if self.placement.engine and not self.history_gone:
-            self.partitioned = await partitioned_parts(js, first_start=clustered)
+        if not self.history_gone:
+            await self._settle_partitions(clustered)
         history = self.partitioned.history if self.partitioned else self.connection.history
         commands = self.connection.commands
         self.links = RunLinks(
@@ -202,6 +203,18 @@ class Server:
             embedded=self.nats is not None,
             nats_log=str(self.nats.log_path) if self.nats is not None else "",
         )
+
+    async def _settle_partitions(self, clustered: bool) -> None:
+        """A first start stores the partition count, later ones check it (cluster_serve);
+        a partitioned engine gets its parts."""
+        assert self.connection is not None
+        js = self.connection.js
+        asked = self.placement.partitions
+        count = await settle_partitions(js, asked=asked, first_start=clustered)
+        if count is not None:
+            self.connection.partitions.known(count)
+        if self.placement.engine:
+            self.partitioned = await partitioned_parts(js, count)
 
     def _prepare_private_data_dir(self) -> None:
         """The data dir 0700, its store 0700 and the files found there 0600 (an older

@@ -29,6 +29,8 @@ dead_letter_age_ms_max: Final = 30 * 24 * 3_600_000
 # Partitions of the command subject space (ARCHITECTURE §8).
 partitions_default: Final = 16
 partitions_max: Final = 4_096
+# A connection that found no stored count (an unpartitioned deployment) reads again after this.
+partitions_recheck_ms: Final = 5_000
 
 # Subject tokens.
 run_id_length_max: Final = limits.run_id_length_max

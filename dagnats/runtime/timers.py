@@ -27,6 +27,7 @@ from typing import Final
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
+from dagnats.runtime.partition_count import PartitionCount
 from dagnats.runtime.resources import COMMANDS_STREAM, command_subject, schedule_subject
 from kernel.errors import PayloadTooLargeError
 
@@ -47,11 +48,13 @@ class JetStreamTimers:
     """`protocols.Timers` over message schedules in DAGNATS_COMMANDS."""
 
     def __init__(
-        self, js: JetStreamContext, *, partitions: int = settings.partitions_default
+        self, js: JetStreamContext, *, partitions: PartitionCount | int | None = None
     ) -> None:
-        assert 1 <= partitions <= settings.partitions_max
         self.js = js
-        self.partitions = partitions
+        # The deployment's stored count (runtime/partition_count), or a fixed one.
+        self.partitions = (
+            partitions if isinstance(partitions, PartitionCount) else PartitionCount(js, partitions)
+        )
 
     async def arm(self, run_id: str, timer_id: str, fire_at_ms: int, payload: bytes) -> None:
         """Arm (or re-arm: it replaces) the run's timer; at fire_at_ms the payload arrives
@@ -68,7 +71,7 @@ class JetStreamTimers:
             )
         headers = {
             SCHEDULE_HEADER: f"@at {rfc3339_ms(fire_at_ms)}",
-            SCHEDULE_TARGET_HEADER: command_subject(run_id, self.partitions, "engine"),
+            SCHEDULE_TARGET_HEADER: command_subject(run_id, await self.partitions.get(), "engine"),
         }
         subject = schedule_subject(run_id, timer_id)
         await self.js.publish(subject, payload, stream=COMMANDS_STREAM, headers=headers)
