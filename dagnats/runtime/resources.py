@@ -321,8 +321,8 @@ BUCKETS: Final = (
     BucketSpec(CLUSTER_BUCKET, 1),
     BucketSpec(OWNERS_BUCKET, 1, ttl_ms=settings.partition_lease_ttl_ms),
 )
-LEASES: Final = BUCKETS[3]
-OWNERS: Final = BUCKETS[5]
+LEASES: Final = next(spec for spec in BUCKETS if spec.bucket == LEASES_BUCKET)
+OWNERS: Final = next(spec for spec in BUCKETS if spec.bucket == OWNERS_BUCKET)
 
 
 async def ensure_resources(connection: Client | JetStreamContext, *, replicas: int = 1) -> None:
