@@ -45,16 +45,15 @@ from kernel.admission_flow import (
     limiter_id_of,
     ready_at,
 )
+from kernel.admission_live import is_live, live_tasks
 from kernel.admission_tasks import deferral_of
 from kernel.commands import AnyCommand, DeferTask, ReleaseTask
 from kernel.effects import EnqueueTask
 from kernel.errors import AppendConflictError, DagnatsError
-from kernel.state import RunState, is_terminal
+from kernel.state import RunState
 from kernel.workflow.model import Admission
 
 log = logging.getLogger("dagnats.admission")
-
-LIVE_STEP = ("scheduled", "running")
 
 
 class LimiterConflictError(DagnatsError):
@@ -105,7 +104,7 @@ class FlowRuntime:
                 await self._defer(task, "rate_limited", limiter_id, ready_ms, now_ms)
                 return False
         acquire = _slot_request(admission, effect, task, now_ms)
-        if acquire is None or run.step(effect.step_id) is None:  # (an item: no slot)
+        if acquire is None:  # (every task of a limited type takes a slot: items, tools too)
             return True
         state, _ = await self.decide(acquire)
         if task in state.holders:
@@ -134,10 +133,10 @@ class FlowRuntime:
         limited = frozenset(each.task for each in workflow.admission.max_task_concurrency)
         if not limited:
             return
-        ended = _live_attempts(before, limited) - _live_attempts(after, limited)
-        for step_id, attempt, task_type in sorted(ended):
-            limiter_id = limiter_id_of("concurrency", task_type, "")
-            task = TaskRef(run_id=after.run_id, step_id=step_id, attempt=attempt)
+        ended = live_tasks(before, limited) - live_tasks(after, limited)
+        for each in sorted(ended):
+            limiter_id = limiter_id_of("concurrency", each.task, "")
+            task = TaskRef(run_id=after.run_id, step_id=each.step_id, attempt=each.attempt)
             await self.release(limiter_id, task, at_ms)
 
     async def release(self, limiter_id: str, task: TaskRef, at_ms: int) -> None:
@@ -160,7 +159,7 @@ class FlowRuntime:
         state, _ = await self._load(limiter_id)
         for task in (*state.holders, *state.waiting):
             run = (await self.engine.load(task.run_id)).state
-            if not _attempt_live(run, task):
+            if not is_live(run, task.step_id, task.attempt):
                 await self.release(limiter_id, task, at_ms)
             elif task in state.holders and deferral_of(run, task.step_id, task.attempt):
                 await self._release_in_run(task, at_ms)
@@ -264,23 +263,3 @@ def _slot_request(
                 limit=each.limit,
             )  # fmt: skip
     return None
-
-
-def _live_attempts(state: RunState, limited: frozenset[str]) -> set[tuple[str, int, str]]:
-    """The live attempts of the run's steps whose task type has a concurrency limit."""
-    if is_terminal(state) or state.status in ("new", "pending", "scheduled"):
-        return set()
-    live: set[tuple[str, int, str]] = set()
-    for step, step_def in zip(state.steps, state.step_defs, strict=True):
-        if step.status in LIVE_STEP and step_def.task in limited and step.attempt >= 1:
-            live.add((step.step_id, step.attempt, step_def.task))
-    return live
-
-
-def _attempt_live(run: RunState, task: TaskRef) -> bool:
-    if is_terminal(run):
-        return False
-    step = run.step(task.step_id)
-    if step is None:
-        return False
-    return step.status in LIVE_STEP and step.attempt == task.attempt
