@@ -103,10 +103,12 @@ class FlowRuntime:
                 self._count("rate_limited")
                 await self._defer(task, "rate_limited", limiter_id, ready_ms, now_ms)
                 return False
-        acquire = _slot_request(admission, effect, task, now_ms)
+        acquire = _slot_request(run, admission, effect, task, now_ms)
         if acquire is None:  # (every task of a limited type takes a slot: items, tools too)
             return True
-        state, _ = await self.decide(acquire)
+        state, events = await self.decide(acquire)
+        for granted in granted_after(acquire, events):  # waiting ones a raised limit lets go
+            await self._release_in_run(granted, now_ms)
         if task in state.holders:
             return True
         self._count("waiting_for_slot")
@@ -253,13 +255,14 @@ def _rate_limiters(
 
 
 def _slot_request(
-    admission: Admission, effect: EnqueueTask, task: TaskRef, now_ms: int
+    run: RunState, admission: Admission, effect: EnqueueTask, task: TaskRef, now_ms: int
 ) -> AcquireSlot | None:
+    assert run.workflow is not None
     for each in admission.max_task_concurrency:
         if each.task == effect.task:
             limiter_id = limiter_id_of("concurrency", each.task, "")
             return AcquireSlot(
                 limiter_id=limiter_id, task=task, at_ms=now_ms, name=f"task {each.task}",
-                limit=each.limit,
+                limit=each.limit, workflow=run.workflow.name,
             )  # fmt: skip
     return None
