@@ -46,6 +46,9 @@ class TaskRef(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.run_id}:{self.step_id}:{self.attempt}"
 
 
+NO_TASK: Final = TaskRef(run_id="", step_id="", attempt=0)  # a snapshot's
+
+
 def limiter_id_of(kind: Literal["rate", "concurrency"], scope: str, key: str) -> str:
     """A limiter's id: a safe subject token, the same for the same scope and key."""
     digest = hashlib.blake2b(f"{kind}\0{scope}\0{key}".encode(), digest_size=12).hexdigest()
@@ -86,7 +89,12 @@ class ReleaseSlot(FlowCommand, frozen=True, kw_only=True, tag="flow.release"):
     """A task attempt ended (or will never run): its slot or its place is free."""
 
 
-AnyFlowCommand = TakeTokens | AcquireSlot | ReleaseSlot
+class SnapshotFlow(FlowCommand, frozen=True, kw_only=True, tag="flow.snapshot"):
+    """Compaction: record the limiter's whole state, so the messages before it may be purged
+    (`task` is `NO_TASK`; dagnats/runtime/admission_compact.py)."""
+
+
+AnyFlowCommand = TakeTokens | AcquireSlot | ReleaseSlot | SnapshotFlow
 
 
 # -- events -------------------------------------------------------------------------------
@@ -126,7 +134,15 @@ class SlotReleased(FlowEvent, frozen=True, kw_only=True, tag="flow.released"):
     pass
 
 
-AnyFlowEvent = LimiterOpened | TokensTaken | SlotGranted | SlotQueued | SlotReleased
+class FlowSnapshotted(FlowEvent, frozen=True, kw_only=True, tag="flow.snapshotted"):
+    """The limiter's state as its events fold it: replay may start here."""
+
+    state: FlowState
+
+
+AnyFlowEvent = (
+    LimiterOpened | TokensTaken | SlotGranted | SlotQueued | SlotReleased | FlowSnapshotted
+)  # fmt: skip
 
 
 class FlowDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,6 +202,10 @@ def decide_flow(state: FlowState, command: AnyFlowCommand) -> tuple[AnyFlowEvent
                 return ()
             events.append(SlotReleased(task=task, at_ms=at_ms))
             events.extend(_fill(fold_flow(state, events), at_ms))
+        case SnapshotFlow():
+            if not state.limiter_id:
+                return ()  # nothing to compact
+            events.append(FlowSnapshotted(task=NO_TASK, at_ms=at_ms, state=state))
         case _:
             assert_never(command)
     return tuple(events)
@@ -257,6 +277,9 @@ def evolve_flow(state: FlowState, event: AnyFlowEvent) -> FlowState:
             waiting = tuple(task for task in state.waiting if task != event.task)
             released = (*state.released, event.task.key)[-limits.flow_taken_kept :]
             return replace(state, holders=holders, waiting=waiting, released=released)
+        case FlowSnapshotted():
+            assert not state.limiter_id or state.limiter_id == event.state.limiter_id, event
+            return event.state
         case _:
             assert_never(event)
 

@@ -25,16 +25,20 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from dagnats.runtime.admission_compact import Compactor
 from dagnats.runtime.protocols import EventLog
 from dagnats.runtime.settings import append_attempts_max, run_cache_max
 from kernel.admission import value_at
 from kernel.admission_flow import (
     INITIAL_FLOW,
+    NO_TASK,
     AcquireSlot,
     AnyFlowCommand,
     AnyFlowEvent,
+    FlowSnapshotted,
     FlowState,
     ReleaseSlot,
+    SnapshotFlow,
     TakeTokens,
     TaskRef,
     decide_flow,
@@ -77,8 +81,15 @@ Handle = Callable[[AnyCommand], Awaitable[object]]
 class FlowRuntime:
     """Flow control of tasks around the engine (see the module's docstring)."""
 
-    def __init__(self, engine: EngineSide, handle: Handle, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        engine: EngineSide,
+        handle: Handle,
+        now_ms: Callable[[], int],
+        compactor: Compactor | None = None,
+    ) -> None:
         self.engine = engine
+        self.compactor = compactor if compactor is not None else Compactor()
         self.handle = handle  # decides one command of a run (with admission around it)
         self.now_ms = now_ms
         self._limiters: OrderedDict[str, tuple[FlowState, int]] = OrderedDict()
@@ -169,11 +180,33 @@ class FlowRuntime:
     # -- the limiter aggregate ------------------------------------------------------------
 
     async def decide(self, command: AnyFlowCommand) -> tuple[FlowState, tuple[AnyFlowEvent, ...]]:
-        """Decide a limiter command and append its events under the expected last sequence.
+        """Decide a limiter command and append its events under the expected last sequence;
+        snapshot the limiter and purge below when its history since the last snapshot is long
+        (runtime/admission_compact.py).
 
         Raises:
             LimiterConflictError: the append conflicted append_attempts_max times in a row.
         """
+        state, events, _ = await self._decide(command)
+        due = bool(events) and not isinstance(command, SnapshotFlow)
+        if due and self.compactor.appended(command.limiter_id):
+            await self.compact_limiter(command.limiter_id)
+        return state, events
+
+    async def compact_limiter(self, limiter_id: str) -> None:
+        """Append the limiter's snapshot, then purge its messages below it."""
+        snapshot = SnapshotFlow(limiter_id=limiter_id, task=NO_TASK, at_ms=self.now_ms())
+        _, events, seq = await self._decide(snapshot)
+        if not events:
+            return
+        self.compactor.snapshotted(limiter_id)
+        self._count("snapshots")
+        await self.compactor.purge_below(limiter_id, seq)
+
+    async def _decide(
+        self, command: AnyFlowCommand
+    ) -> tuple[FlowState, tuple[AnyFlowEvent, ...], int]:
+        """Decide and append under the limiter's lock: the state, the events, the last seq."""
         limiter_id = command.limiter_id
         lock = self._locks.setdefault(limiter_id, asyncio.Lock())
         async with lock:
@@ -182,7 +215,7 @@ class FlowRuntime:
                 events = decide_flow(state, command)
                 if not events:
                     if await self.engine.history.last_seq(limiter_id) == last_seq:
-                        return state, ()
+                        return state, (), last_seq
                     self._limiters.pop(limiter_id, None)  # another engine appended
                     continue
                 payload = encode_flow(command, events)
@@ -198,7 +231,7 @@ class FlowRuntime:
                     continue
                 new_state = fold_flow(state, events)
                 self._remember(limiter_id, new_state, seq)
-                return new_state, events
+                return new_state, events, seq
         raise LimiterConflictError(f"limiter {limiter_id}: {append_attempts_max} conflicts")
 
     async def limiter_state(self, limiter_id: str) -> FlowState:
@@ -209,11 +242,14 @@ class FlowRuntime:
         cached = self._limiters.get(limiter_id)
         if cached is not None:
             return cached
-        state, last_seq = INITIAL_FLOW, 0
+        state, last_seq, since = INITIAL_FLOW, 0, 0
         async for seq, data in self.engine.history.read(limiter_id):
-            state = fold_flow(state, decode_flow(data).events)
+            events = decode_flow(data).events
+            state = fold_flow(state, events)
             last_seq = seq
+            since = 0 if isinstance(events[-1], FlowSnapshotted) else since + 1
         self._remember(limiter_id, state, last_seq)
+        self.compactor.loaded(limiter_id, since)
         return state, last_seq
 
     def _remember(self, limiter_id: str, state: FlowState, seq: int) -> None:

@@ -33,6 +33,7 @@ from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics
 from dagnats.observe.reporter import Reporter
 from dagnats.runtime import credentials, external_events
+from dagnats.runtime.admission_compact import history_purger
 from dagnats.runtime.cluster_serve import (
     PartitionedParts,
     PartitionedSource,
@@ -74,6 +75,7 @@ from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.retention import Retention
 from dagnats.runtime.triggers import TriggerService, command_starter
 from dagnats.worker import Worker
+from kernel.errors import DagnatsError
 
 if TYPE_CHECKING:
     from dagnats.client import Client
@@ -171,6 +173,8 @@ class Server:
             await ensure_stream(js, external_events.stream_config())
         if self.retention_ms is not None:  # the engine may not purge history; admin may
             self.admin = await Connection.open(self.url, role="admin", data_dir=self.data_dir)
+        elif not self.history_gone:  # admission compaction purges as admin too
+            self.admin = await _admin_or_none(self.url, self.data_dir)
         if self.placement.engine and not self.history_gone:
             self.partitioned = await partitioned_parts(js, first_start=clustered)
         history = self.partitioned.history if self.partitioned else self.connection.history
@@ -188,6 +192,8 @@ class Server:
             commands,
             links=self.links,
         )
+        if self.admin is not None:  # (runtime/admission_compact.py)
+            self.engine.admission.compactor.purge = history_purger(self.admin.js)
         if self.partitioned is not None:  # follow-ups for other partitions go to their owners
             self.engine.admission.forward = forward_to_owner(self.partitioned.ownership, commands)
         self.engine.observer = EngineObserver(metrics=self.metrics)
@@ -488,3 +494,13 @@ async def local_stack(data_dir: Path, worker: Worker) -> AsyncIterator[tuple[Ser
         await client.close()
         await worker_client.close()
         await server.stop()
+
+
+async def _admin_or_none(url: str, data_dir: Path) -> Connection | None:
+    """Serve's admin connection for admission compaction's purges; None (snapshots appended,
+    nothing purged) when this data dir holds no usable admin credential for that server."""
+    try:
+        return await Connection.open(url, role="admin", data_dir=data_dir)
+    except DagnatsError as error:
+        log.warning("admission compaction will not purge (no admin connection: %s)", error)
+        return None
