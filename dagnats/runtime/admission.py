@@ -309,7 +309,11 @@ class AdmissionRuntime:
         state, events, _ = await self._decide_gate(command)
         due = bool(events) and not isinstance(command, SnapshotAdmission)
         if due and self.compactor.appended(command.gate_id):
-            await self.compact_gate(command.gate_id)
+            try:  # (compaction is a saving, never a reason to fail the decision)
+                await self.compact_gate(command.gate_id)
+            except Exception as error:  # e.g. a snapshot over the server's max payload
+                log.warning("admission %s: no snapshot: %s", command.gate_id, error)
+                self._count("snapshot_failures")
         return state, events
 
     async def compact_gate(self, gate_id: str) -> None:

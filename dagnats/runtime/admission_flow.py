@@ -190,7 +190,11 @@ class FlowRuntime:
         state, events, _ = await self._decide(command)
         due = bool(events) and not isinstance(command, SnapshotFlow)
         if due and self.compactor.appended(command.limiter_id):
-            await self.compact_limiter(command.limiter_id)
+            try:  # (compaction is a saving, never a reason to fail the decision)
+                await self.compact_limiter(command.limiter_id)
+            except Exception as error:  # e.g. a snapshot over the server's max payload
+                log.warning("admission %s: no snapshot: %s", command.limiter_id, error)
+                self._count("snapshot_failures")
         return state, events
 
     async def compact_limiter(self, limiter_id: str) -> None:
