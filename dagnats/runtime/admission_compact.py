@@ -16,13 +16,25 @@ NATS permission cannot tell one subject's purge from another's), so the purge is
 its admin connection (`purge`, set by serve); with none set (the simulator, an engine without
 the admin credential) snapshots are still appended and loads still fold correctly, but nothing
 is purged. A failed purge is logged and left to the next compaction.
+
+Test seams, read by `dagnats serve` only (`serve_compaction`), for end-to-end tests against a
+real serve process: `$DAGNATS_TEST_ADMISSION_COMPACT_AFTER` (an integer >= 2) replaces
+`admission_compact_after`, so a test compacts after a few runs; with
+`$DAGNATS_TEST_ADMISSION_HOLD_BEFORE_PURGE` naming a file, the first purge of the process
+writes "<aggregate id> <seq>" there and waits (at most `purge_hold_max_s`) before purging, so a
+test can SIGKILL serve between a snapshot and its purge. Nothing else reads them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Final
 
 from nats.js.client import JetStreamContext
 
@@ -32,6 +44,11 @@ from dagnats.runtime.settings import admission_compact_after, run_cache_max
 log = logging.getLogger("dagnats.admission")
 
 Purge = Callable[[str, int], Awaitable[None]]  # (aggregate id, first sequence to keep)
+
+COMPACT_AFTER_ENV: Final = "DAGNATS_TEST_ADMISSION_COMPACT_AFTER"  # test seams (see above)
+HOLD_BEFORE_PURGE_ENV: Final = "DAGNATS_TEST_ADMISSION_HOLD_BEFORE_PURGE"
+purge_hold_max_s: Final = 120.0  # a held purge goes on after this (nobody killed serve)
+purge_hold_poll_s: Final = 0.05
 
 
 class Compactor:
@@ -89,3 +106,52 @@ def history_purger(admin: JetStreamContext) -> Purge:
         await admin.purge_stream(HISTORY_STREAM, subject=history_subject(aggregate_id), seq=seq)
 
     return purge
+
+
+def serve_compaction(
+    compactor: Compactor, admin: JetStreamContext | None, environ: Mapping[str, str] | None = None
+) -> None:
+    """Set up `dagnats serve`'s compaction: purges on its admin connection (none without
+    one) and the test seams of the module's docstring.
+
+    Raises:
+        ValueError: `$DAGNATS_TEST_ADMISSION_COMPACT_AFTER` is set and not an integer >= 2.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(COMPACT_AFTER_ENV, "").strip()
+    if text:
+        after = int(text) if text.isdigit() else 0
+        if after < 2:
+            raise ValueError(
+                f"${COMPACT_AFTER_ENV} {text!r} must be an integer >= 2 (a snapshot needs a "
+                "message before it)"
+            )
+        log.warning("admission: compaction after %d messages ($%s, a test seam)", after,
+                    COMPACT_AFTER_ENV)  # fmt: skip
+        compactor.after = after
+    if admin is None:
+        return
+    purge = history_purger(admin)
+    hold = env.get(HOLD_BEFORE_PURGE_ENV, "").strip()
+    compactor.purge = purge if not hold else _held_once(purge, Path(hold))
+
+
+def _held_once(purge: Purge, marker: Path) -> Purge:
+    """`purge`, the first call of which writes `marker` and waits before purging."""
+    held = False
+
+    async def held_purge(aggregate_id: str, seq: int) -> None:
+        nonlocal held
+        if not held:
+            held = True
+            log.warning("admission %s: purge below %d held ($%s, a test seam)", aggregate_id,
+                        seq, HOLD_BEFORE_PURGE_ENV)  # fmt: skip
+            written = marker.with_name(marker.name + ".tmp")  # (renamed: never read half)
+            written.write_text(f"{aggregate_id} {seq}\n")
+            written.replace(marker)
+            deadline = time.monotonic() + purge_hold_max_s
+            while time.monotonic() < deadline:
+                await asyncio.sleep(purge_hold_poll_s)
+        await purge(aggregate_id, seq)
+
+    return held_purge

@@ -33,7 +33,7 @@ from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics
 from dagnats.observe.reporter import Reporter
 from dagnats.runtime import credentials, external_events
-from dagnats.runtime.admission_compact import history_purger
+from dagnats.runtime.admission_compact import serve_compaction
 from dagnats.runtime.cluster_serve import (
     PartitionedParts,
     PartitionedSource,
@@ -192,8 +192,8 @@ class Server:
             commands,
             links=self.links,
         )
-        if self.admin is not None:  # (runtime/admission_compact.py)
-            self.engine.admission.compactor.purge = history_purger(self.admin.js)
+        admin_js = self.admin.js if self.admin is not None else None  # (its purges)
+        serve_compaction(self.engine.admission.compactor, admin_js)  # (admission_compact.py)
         if self.partitioned is not None:  # follow-ups for other partitions go to their owners
             self.engine.admission.forward = forward_to_owner(self.partitioned.ownership, commands)
         self.engine.observer = EngineObserver(metrics=self.metrics)
