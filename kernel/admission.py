@@ -73,7 +73,13 @@ class ReleaseAdmission(AdmissionCommand, frozen=True, kw_only=True, tag="admissi
     """A run of the gate ended (or was cancelled while pending): its slot or place is free."""
 
 
-AnyAdmissionCommand = RequestAdmission | ReleaseAdmission
+class SnapshotAdmission(AdmissionCommand, frozen=True, kw_only=True, tag="admission.snapshot"):
+    """Compaction: record the gate's whole state, so the messages before it may be purged
+    (`run_id` is ""). The engine asks it when the gate's history since its last snapshot
+    passes a bound (dagnats/runtime/admission_compact.py)."""
+
+
+AnyAdmissionCommand = RequestAdmission | ReleaseAdmission | SnapshotAdmission
 
 
 # -- events -------------------------------------------------------------------------------
@@ -123,9 +129,16 @@ class AdmissionHandedOver(AdmissionEvent, frozen=True, kw_only=True, tag="admiss
     from_run_id: str
 
 
+class AdmissionSnapshotted(AdmissionEvent, frozen=True, kw_only=True, tag="admission.snapshotted"):
+    """The gate's state as its events fold it: replay may start here (evolve takes it as it
+    is), so `fold(all) == fold(from this event on)`."""
+
+    state: AdmissionState
+
+
 AnyAdmissionEvent = (
     AdmissionOpened | AdmissionGranted | AdmissionQueued | AdmissionSkipped | AdmissionEvicted
-    | AdmissionReleased | AdmissionHandedOver
+    | AdmissionReleased | AdmissionHandedOver | AdmissionSnapshotted
 )  # fmt: skip
 
 
@@ -236,6 +249,10 @@ def decide_admission(
         case ReleaseAdmission():
             if command.run_id in state.holders or _waiting_index(state, command.run_id) >= 0:
                 events.append(AdmissionReleased(run_id=command.run_id, at_ms=command.at_ms))
+        case SnapshotAdmission():
+            if not state.gate_id:
+                return ()  # nothing to compact
+            return (AdmissionSnapshotted(run_id="", at_ms=command.at_ms, state=state),)
         case _:
             assert_never(command)
     if events:
@@ -320,6 +337,9 @@ def evolve_admission(state: AdmissionState, event: AnyAdmissionEvent) -> Admissi
             holders = tuple(h for h in state.holders if h != event.run_id)
             waiting = tuple(w for w in state.waiting if w.run_id != event.run_id)
             return replace(state, holders=holders, waiting=waiting)
+        case AdmissionSnapshotted():
+            assert not state.gate_id or state.gate_id == event.state.gate_id, event.state.gate_id
+            return event.state
         case _:
             assert_never(event)
 

@@ -12,7 +12,9 @@ engine under the subject's expected last sequence, so two engines never dispatch
   later than now waits on a durable timer until then (never a busy loop). In any window of `w`
   ms, the units of the tasks it lets go are at most `limit + ceil(w * limit / period_ms)`.
 - A concurrency limiter holds at most `limit` running task attempts (`holders`); the others
-  wait in arrival order and are granted when a holder's attempt ends.
+  wait in arrival order and are granted when a holder's attempt ends. Two workflows naming
+  one task type with different limits: the lowest applies (each workflow's latest limit is
+  remembered, `asked`; a newer version of a workflow replaces its own, never another's).
 - A request or release for an attempt the limiter already decided decides nothing.
 
 Pure: no I/O, no clock (`at_ms` comes in the command).
@@ -44,6 +46,9 @@ class TaskRef(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.run_id}:{self.step_id}:{self.attempt}"
 
 
+NO_TASK: Final = TaskRef(run_id="", step_id="", attempt=0)  # a snapshot's
+
+
 def limiter_id_of(kind: Literal["rate", "concurrency"], scope: str, key: str) -> str:
     """A limiter's id: a safe subject token, the same for the same scope and key."""
     digest = hashlib.blake2b(f"{kind}\0{scope}\0{key}".encode(), digest_size=12).hexdigest()
@@ -73,17 +78,23 @@ class TakeTokens(FlowCommand, frozen=True, kw_only=True, tag="flow.take"):
 
 
 class AcquireSlot(FlowCommand, frozen=True, kw_only=True, tag="flow.acquire"):
-    """Ask a concurrency limiter for a slot for a task attempt."""
+    """Ask a concurrency limiter for a slot for a task attempt, under `workflow`'s limit."""
 
     name: str
     limit: int
+    workflow: str = ""
 
 
 class ReleaseSlot(FlowCommand, frozen=True, kw_only=True, tag="flow.release"):
     """A task attempt ended (or will never run): its slot or its place is free."""
 
 
-AnyFlowCommand = TakeTokens | AcquireSlot | ReleaseSlot
+class SnapshotFlow(FlowCommand, frozen=True, kw_only=True, tag="flow.snapshot"):
+    """Compaction: record the limiter's whole state, so the messages before it may be purged
+    (`task` is `NO_TASK`; dagnats/runtime/admission_compact.py)."""
+
+
+AnyFlowCommand = TakeTokens | AcquireSlot | ReleaseSlot | SnapshotFlow
 
 
 # -- events -------------------------------------------------------------------------------
@@ -102,6 +113,7 @@ class LimiterOpened(FlowEvent, frozen=True, kw_only=True, tag="flow.opened"):
     name: str
     limit: int
     period_ms: int = 0
+    workflow: str = ""  # whose limit this is (a concurrency limiter: the lowest applies)
 
 
 class TokensTaken(FlowEvent, frozen=True, kw_only=True, tag="flow.taken"):
@@ -122,7 +134,15 @@ class SlotReleased(FlowEvent, frozen=True, kw_only=True, tag="flow.released"):
     pass
 
 
-AnyFlowEvent = LimiterOpened | TokensTaken | SlotGranted | SlotQueued | SlotReleased
+class FlowSnapshotted(FlowEvent, frozen=True, kw_only=True, tag="flow.snapshotted"):
+    """The limiter's state as its events fold it: replay may start here."""
+
+    state: FlowState
+
+
+AnyFlowEvent = (
+    LimiterOpened | TokensTaken | SlotGranted | SlotQueued | SlotReleased | FlowSnapshotted
+)  # fmt: skip
 
 
 class FlowDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,8 +158,9 @@ class FlowDecision(msgspec.Struct, frozen=True, kw_only=True):
 class FlowState(msgspec.Struct, frozen=True, kw_only=True):
     limiter_id: str = ""
     name: str = ""
-    limit: int = 0
+    limit: int = 0  # the lowest of `asked` (a rate limiter: the latest asked)
     period_ms: int = 0
+    asked: tuple[tuple[str, int], ...] = ()  # (workflow, its latest limit), latest last
     tat_us: int = 0
     taken: tuple[tuple[str, int], ...] = ()  # (attempt key, ready_at_ms), the last kept
     holders: tuple[TaskRef, ...] = ()
@@ -170,8 +191,9 @@ def decide_flow(state: FlowState, command: AnyFlowCommand) -> tuple[AnyFlowEvent
             if task in state.holders or task in state.waiting or task.key in state.released:
                 return ()
             _open(state, command, command.limit, 0, events)
-            limit = max(1, command.limit)
-            if len(state.holders) < limit and not state.waiting:
+            events.extend(_fill(fold_flow(state, events), at_ms))  # a limit raised: go on
+            opened = fold_flow(state, events)  # its limit: the lowest any workflow asked
+            if len(opened.holders) < opened.limit and not opened.waiting:
                 events.append(SlotGranted(task=task, at_ms=at_ms))
             else:
                 events.append(SlotQueued(task=task, at_ms=at_ms))
@@ -180,6 +202,10 @@ def decide_flow(state: FlowState, command: AnyFlowCommand) -> tuple[AnyFlowEvent
                 return ()
             events.append(SlotReleased(task=task, at_ms=at_ms))
             events.extend(_fill(fold_flow(state, events), at_ms))
+        case SnapshotFlow():
+            if not state.limiter_id:
+                return ()  # nothing to compact
+            events.append(FlowSnapshotted(task=NO_TASK, at_ms=at_ms, state=state))
         case _:
             assert_never(command)
     return tuple(events)
@@ -193,12 +219,13 @@ def _open(
     events: list[AnyFlowEvent],
 ) -> None:
     limit = max(1, limit)
-    if state.limiter_id and state.limit == limit and state.period_ms == period_ms:
+    workflow = command.workflow if isinstance(command, AcquireSlot) else ""
+    if state.limiter_id and state.period_ms == period_ms and (workflow, limit) in state.asked:
         return
     events.append(
         LimiterOpened(
             task=command.task, at_ms=command.at_ms, limiter_id=command.limiter_id,
-            name=command.name, limit=limit, period_ms=period_ms,
+            name=command.name, limit=limit, period_ms=period_ms, workflow=workflow,
         )
     )  # fmt: skip
 
@@ -229,9 +256,11 @@ def evolve_flow(state: FlowState, event: AnyFlowEvent) -> FlowState:
     """Apply one limiter event (total, trusting; the slot bound is asserted)."""
     match event:
         case LimiterOpened():
+            others = tuple(each for each in state.asked if each[0] != event.workflow)
+            asked = (*others, (event.workflow, event.limit))[-limits.flow_askers_kept :]
             return replace(
-                state, limiter_id=event.limiter_id, name=event.name, limit=event.limit,
-                period_ms=event.period_ms,
+                state, limiter_id=event.limiter_id, name=event.name,
+                limit=min(each[1] for each in asked), period_ms=event.period_ms, asked=asked,
             )  # fmt: skip
         case TokensTaken():
             taken = (*state.taken, (event.task.key, event.ready_at_ms))
@@ -248,6 +277,9 @@ def evolve_flow(state: FlowState, event: AnyFlowEvent) -> FlowState:
             waiting = tuple(task for task in state.waiting if task != event.task)
             released = (*state.released, event.task.key)[-limits.flow_taken_kept :]
             return replace(state, holders=holders, waiting=waiting, released=released)
+        case FlowSnapshotted():
+            assert not state.limiter_id or state.limiter_id == event.state.limiter_id, event
+            return event.state
         case _:
             assert_never(event)
 

@@ -112,6 +112,7 @@ rate_limit_period_ms_max: Final = 86_400_000  # a rate limit's period (one day)
 task_concurrency_max: Final = 100_000  # max_task_concurrency of one task type
 flow_taken_kept: Final = 4_096  # task attempts a rate limiter remembers (a redelivered task)
 flow_waiting_max: Final = 100_000  # tasks one task concurrency limiter holds waiting
+flow_askers_kept: Final = 256  # workflows whose limit one task concurrency limiter remembers
 
 # Triggers (kernel/workflow/triggers.py) and the respond step (steps/respond.py).
 triggers_per_workflow_max: Final = 32

@@ -42,6 +42,7 @@ from typing import Final, Literal, Protocol
 import msgspec
 
 from dagnats.input_schema import input_errors
+from dagnats.runtime.admission_compact import Compactor
 from dagnats.runtime.admission_flow import FlowRuntime
 from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.protocols import EventLog
@@ -50,12 +51,14 @@ from kernel import codec
 from kernel.admission import (
     INITIAL_ADMISSION,
     AdmissionHandedOver,
+    AdmissionSnapshotted,
     AdmissionState,
     AnyAdmissionCommand,
     AnyAdmissionEvent,
     FollowUps,
     Gate,
     ReleaseAdmission,
+    SnapshotAdmission,
     decide_admission,
     decode_admission,
     encode_admission,
@@ -118,7 +121,9 @@ class AdmissionRuntime:
         # The time stamped on what a restart decides (the simulator sets its virtual clock).
         self.now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
         # Flow control of tasks (runtime/admission_flow.py), on the same path for commands.
-        self.flow = FlowRuntime(engine, self._decide_one, self._now)
+        # Snapshots and purges of gates' and limiters' histories (runtime/admission_compact.py).
+        self.compactor = Compactor()
+        self.flow = FlowRuntime(engine, self._decide_one, self._now, self.compactor)
         # Partitioned engines (runtime/partitions.py): a follow-up for a run of a partition
         # this engine does not own is sent to that partition as a command (True), so every
         # append of a run comes from its partition's owner; None or False: decided here.
@@ -294,11 +299,37 @@ class AdmissionRuntime:
     async def decide_gate(
         self, command: AnyAdmissionCommand
     ) -> tuple[AdmissionState, tuple[AnyAdmissionEvent, ...]]:
-        """Decide a gate command and append its events under the expected last sequence.
+        """Decide a gate command and append its events under the expected last sequence;
+        snapshot the gate and purge below when its history since the last snapshot is long
+        (runtime/admission_compact.py).
 
         Raises:
             GateConflictError: the append conflicted append_attempts_max times in a row.
         """
+        state, events, _ = await self._decide_gate(command)
+        due = bool(events) and not isinstance(command, SnapshotAdmission)
+        if due and self.compactor.appended(command.gate_id):
+            try:  # (compaction is a saving, never a reason to fail the decision)
+                await self.compact_gate(command.gate_id)
+            except Exception as error:  # e.g. a snapshot over the server's max payload
+                log.warning("admission %s: no snapshot: %s", command.gate_id, error)
+                self._count("snapshot_failures")
+        return state, events
+
+    async def compact_gate(self, gate_id: str) -> None:
+        """Append the gate's snapshot, then purge its messages below it."""
+        snapshot = SnapshotAdmission(gate_id=gate_id, run_id="", at_ms=self.now_ms())
+        _, events, seq = await self._decide_gate(snapshot)
+        if not events:
+            return
+        self.compactor.snapshotted(gate_id)
+        self._count("snapshots")
+        await self.compactor.purge_below(gate_id, seq)
+
+    async def _decide_gate(
+        self, command: AnyAdmissionCommand
+    ) -> tuple[AdmissionState, tuple[AnyAdmissionEvent, ...], int]:
+        """Decide and append under the gate's lock: the state, the events, the last seq."""
         gate_id = command.gate_id
         async with self._lock(gate_id):
             for _ in range(append_attempts_max):
@@ -306,7 +337,7 @@ class AdmissionRuntime:
                 events = decide_admission(state, command)
                 if not events:
                     if await self.engine.history.last_seq(gate_id) == last_seq:
-                        return state, ()
+                        return state, (), last_seq
                     self._gates.pop(gate_id, None)  # another engine appended: read again
                     continue
                 payload = encode_admission(command, events)
@@ -322,7 +353,7 @@ class AdmissionRuntime:
                     continue
                 new_state = fold_admission(state, events)
                 self._remember(gate_id, new_state, seq)
-                return new_state, events
+                return new_state, events, seq
         raise GateConflictError(f"gate {gate_id}: {append_attempts_max} append conflicts")
 
     async def gate_state(self, gate_id: str) -> AdmissionState:
@@ -333,11 +364,14 @@ class AdmissionRuntime:
         cached = self._gates.get(gate_id)
         if cached is not None:
             return cached
-        state, last_seq = INITIAL_ADMISSION, 0
+        state, last_seq, since = INITIAL_ADMISSION, 0, 0
         async for seq, data in self.engine.history.read(gate_id):
-            state = fold_admission(state, decode_admission(data).events)
+            events = decode_admission(data).events
+            state = fold_admission(state, events)
             last_seq = seq
+            since = 0 if isinstance(events[-1], AdmissionSnapshotted) else since + 1
         self._remember(gate_id, state, last_seq)
+        self.compactor.loaded(gate_id, since)
         return state, last_seq
 
     def _remember(self, gate_id: str, state: AdmissionState, seq: int) -> None:

@@ -25,16 +25,20 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from dagnats.runtime.admission_compact import Compactor
 from dagnats.runtime.protocols import EventLog
 from dagnats.runtime.settings import append_attempts_max, run_cache_max
 from kernel.admission import value_at
 from kernel.admission_flow import (
     INITIAL_FLOW,
+    NO_TASK,
     AcquireSlot,
     AnyFlowCommand,
     AnyFlowEvent,
+    FlowSnapshotted,
     FlowState,
     ReleaseSlot,
+    SnapshotFlow,
     TakeTokens,
     TaskRef,
     decide_flow,
@@ -45,16 +49,15 @@ from kernel.admission_flow import (
     limiter_id_of,
     ready_at,
 )
+from kernel.admission_live import is_live, live_tasks
 from kernel.admission_tasks import deferral_of
 from kernel.commands import AnyCommand, DeferTask, ReleaseTask
 from kernel.effects import EnqueueTask
 from kernel.errors import AppendConflictError, DagnatsError
-from kernel.state import RunState, is_terminal
+from kernel.state import RunState
 from kernel.workflow.model import Admission
 
 log = logging.getLogger("dagnats.admission")
-
-LIVE_STEP = ("scheduled", "running")
 
 
 class LimiterConflictError(DagnatsError):
@@ -78,8 +81,15 @@ Handle = Callable[[AnyCommand], Awaitable[object]]
 class FlowRuntime:
     """Flow control of tasks around the engine (see the module's docstring)."""
 
-    def __init__(self, engine: EngineSide, handle: Handle, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        engine: EngineSide,
+        handle: Handle,
+        now_ms: Callable[[], int],
+        compactor: Compactor | None = None,
+    ) -> None:
         self.engine = engine
+        self.compactor = compactor if compactor is not None else Compactor()
         self.handle = handle  # decides one command of a run (with admission around it)
         self.now_ms = now_ms
         self._limiters: OrderedDict[str, tuple[FlowState, int]] = OrderedDict()
@@ -104,10 +114,12 @@ class FlowRuntime:
                 self._count("rate_limited")
                 await self._defer(task, "rate_limited", limiter_id, ready_ms, now_ms)
                 return False
-        acquire = _slot_request(admission, effect, task, now_ms)
-        if acquire is None or run.step(effect.step_id) is None:  # (an item: no slot)
+        acquire = _slot_request(run, admission, effect, task, now_ms)
+        if acquire is None:  # (every task of a limited type takes a slot: items, tools too)
             return True
-        state, _ = await self.decide(acquire)
+        state, events = await self.decide(acquire)
+        for granted in granted_after(acquire, events):  # waiting ones a raised limit lets go
+            await self._release_in_run(granted, now_ms)
         if task in state.holders:
             return True
         self._count("waiting_for_slot")
@@ -134,10 +146,10 @@ class FlowRuntime:
         limited = frozenset(each.task for each in workflow.admission.max_task_concurrency)
         if not limited:
             return
-        ended = _live_attempts(before, limited) - _live_attempts(after, limited)
-        for step_id, attempt, task_type in sorted(ended):
-            limiter_id = limiter_id_of("concurrency", task_type, "")
-            task = TaskRef(run_id=after.run_id, step_id=step_id, attempt=attempt)
+        ended = live_tasks(before, limited) - live_tasks(after, limited)
+        for each in sorted(ended):
+            limiter_id = limiter_id_of("concurrency", each.task, "")
+            task = TaskRef(run_id=after.run_id, step_id=each.step_id, attempt=each.attempt)
             await self.release(limiter_id, task, at_ms)
 
     async def release(self, limiter_id: str, task: TaskRef, at_ms: int) -> None:
@@ -160,7 +172,7 @@ class FlowRuntime:
         state, _ = await self._load(limiter_id)
         for task in (*state.holders, *state.waiting):
             run = (await self.engine.load(task.run_id)).state
-            if not _attempt_live(run, task):
+            if not is_live(run, task.step_id, task.attempt):
                 await self.release(limiter_id, task, at_ms)
             elif task in state.holders and deferral_of(run, task.step_id, task.attempt):
                 await self._release_in_run(task, at_ms)
@@ -168,11 +180,37 @@ class FlowRuntime:
     # -- the limiter aggregate ------------------------------------------------------------
 
     async def decide(self, command: AnyFlowCommand) -> tuple[FlowState, tuple[AnyFlowEvent, ...]]:
-        """Decide a limiter command and append its events under the expected last sequence.
+        """Decide a limiter command and append its events under the expected last sequence;
+        snapshot the limiter and purge below when its history since the last snapshot is long
+        (runtime/admission_compact.py).
 
         Raises:
             LimiterConflictError: the append conflicted append_attempts_max times in a row.
         """
+        state, events, _ = await self._decide(command)
+        due = bool(events) and not isinstance(command, SnapshotFlow)
+        if due and self.compactor.appended(command.limiter_id):
+            try:  # (compaction is a saving, never a reason to fail the decision)
+                await self.compact_limiter(command.limiter_id)
+            except Exception as error:  # e.g. a snapshot over the server's max payload
+                log.warning("admission %s: no snapshot: %s", command.limiter_id, error)
+                self._count("snapshot_failures")
+        return state, events
+
+    async def compact_limiter(self, limiter_id: str) -> None:
+        """Append the limiter's snapshot, then purge its messages below it."""
+        snapshot = SnapshotFlow(limiter_id=limiter_id, task=NO_TASK, at_ms=self.now_ms())
+        _, events, seq = await self._decide(snapshot)
+        if not events:
+            return
+        self.compactor.snapshotted(limiter_id)
+        self._count("snapshots")
+        await self.compactor.purge_below(limiter_id, seq)
+
+    async def _decide(
+        self, command: AnyFlowCommand
+    ) -> tuple[FlowState, tuple[AnyFlowEvent, ...], int]:
+        """Decide and append under the limiter's lock: the state, the events, the last seq."""
         limiter_id = command.limiter_id
         lock = self._locks.setdefault(limiter_id, asyncio.Lock())
         async with lock:
@@ -181,7 +219,7 @@ class FlowRuntime:
                 events = decide_flow(state, command)
                 if not events:
                     if await self.engine.history.last_seq(limiter_id) == last_seq:
-                        return state, ()
+                        return state, (), last_seq
                     self._limiters.pop(limiter_id, None)  # another engine appended
                     continue
                 payload = encode_flow(command, events)
@@ -197,7 +235,7 @@ class FlowRuntime:
                     continue
                 new_state = fold_flow(state, events)
                 self._remember(limiter_id, new_state, seq)
-                return new_state, events
+                return new_state, events, seq
         raise LimiterConflictError(f"limiter {limiter_id}: {append_attempts_max} conflicts")
 
     async def limiter_state(self, limiter_id: str) -> FlowState:
@@ -208,11 +246,14 @@ class FlowRuntime:
         cached = self._limiters.get(limiter_id)
         if cached is not None:
             return cached
-        state, last_seq = INITIAL_FLOW, 0
+        state, last_seq, since = INITIAL_FLOW, 0, 0
         async for seq, data in self.engine.history.read(limiter_id):
-            state = fold_flow(state, decode_flow(data).events)
+            events = decode_flow(data).events
+            state = fold_flow(state, events)
             last_seq = seq
+            since = 0 if isinstance(events[-1], FlowSnapshotted) else since + 1
         self._remember(limiter_id, state, last_seq)
+        self.compactor.loaded(limiter_id, since)
         return state, last_seq
 
     def _remember(self, limiter_id: str, state: FlowState, seq: int) -> None:
@@ -254,33 +295,14 @@ def _rate_limiters(
 
 
 def _slot_request(
-    admission: Admission, effect: EnqueueTask, task: TaskRef, now_ms: int
+    run: RunState, admission: Admission, effect: EnqueueTask, task: TaskRef, now_ms: int
 ) -> AcquireSlot | None:
+    assert run.workflow is not None
     for each in admission.max_task_concurrency:
         if each.task == effect.task:
             limiter_id = limiter_id_of("concurrency", each.task, "")
             return AcquireSlot(
                 limiter_id=limiter_id, task=task, at_ms=now_ms, name=f"task {each.task}",
-                limit=each.limit,
+                limit=each.limit, workflow=run.workflow.name,
             )  # fmt: skip
     return None
-
-
-def _live_attempts(state: RunState, limited: frozenset[str]) -> set[tuple[str, int, str]]:
-    """The live attempts of the run's steps whose task type has a concurrency limit."""
-    if is_terminal(state) or state.status in ("new", "pending", "scheduled"):
-        return set()
-    live: set[tuple[str, int, str]] = set()
-    for step, step_def in zip(state.steps, state.step_defs, strict=True):
-        if step.status in LIVE_STEP and step_def.task in limited and step.attempt >= 1:
-            live.add((step.step_id, step.attempt, step_def.task))
-    return live
-
-
-def _attempt_live(run: RunState, task: TaskRef) -> bool:
-    if is_terminal(run):
-        return False
-    step = run.step(task.step_id)
-    if step is None:
-        return False
-    return step.status in LIVE_STEP and step.attempt == task.attempt

@@ -33,6 +33,7 @@ from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics
 from dagnats.observe.reporter import Reporter
 from dagnats.runtime import credentials, external_events
+from dagnats.runtime.admission_compact import serve_compaction
 from dagnats.runtime.cluster_serve import (
     PartitionedParts,
     PartitionedSource,
@@ -75,6 +76,7 @@ from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.retention import Retention
 from dagnats.runtime.triggers import TriggerService, command_starter
 from dagnats.worker import Worker
+from kernel.errors import DagnatsError
 
 if TYPE_CHECKING:
     from dagnats.client import Client
@@ -172,6 +174,8 @@ class Server:
             await ensure_stream(js, external_events.stream_config())
         if self.retention_ms is not None:  # the engine may not purge history; admin may
             self.admin = await Connection.open(self.url, role="admin", data_dir=self.data_dir)
+        elif not self.history_gone:  # admission compaction purges as admin too
+            self.admin = await _admin_or_none(self.url, self.data_dir)
         if not self.history_gone:
             await self._settle_partitions(clustered)
         history = self.partitioned.history if self.partitioned else self.connection.history
@@ -189,6 +193,8 @@ class Server:
             commands,
             links=self.links,
         )
+        admin_js = self.admin.js if self.admin is not None else None  # (its purges)
+        serve_compaction(self.engine.admission.compactor, admin_js)  # (admission_compact.py)
         if self.partitioned is not None:  # follow-ups for other partitions go to their owners
             self.engine.admission.forward = forward_to_owner(self.partitioned.ownership, commands)
         self.engine.observer = EngineObserver(metrics=self.metrics)
@@ -501,3 +507,13 @@ async def local_stack(data_dir: Path, worker: Worker) -> AsyncIterator[tuple[Ser
         await client.close()
         await worker_client.close()
         await server.stop()
+
+
+async def _admin_or_none(url: str, data_dir: Path) -> Connection | None:
+    """Serve's admin connection for admission compaction's purges; None (snapshots appended,
+    nothing purged) when this data dir holds no usable admin credential for that server."""
+    try:
+        return await Connection.open(url, role="admin", data_dir=data_dir)
+    except DagnatsError as error:
+        log.warning("admission compaction will not purge (no admin connection: %s)", error)
+        return None

@@ -98,6 +98,9 @@ append_attempts_max: Final = 10  # OCC conflicts in a row before a command is re
 effects_in_flight_max: Final = 256
 resume_concurrency_max: Final = 16
 run_cache_max: Final = 10_000
+# Admission (dagnats/runtime/admission_compact.py): an admission gate's or task limiter's
+# messages since its last snapshot before the engine snapshots it and purges below.
+admission_compact_after: Final = 1_000
 
 # Leases (dagnats/runtime/lease.py): one engine runs each shared projection; a standby takes
 # over within about lease_ttl_ms (+ one refresh interval) of the owner's last refresh.
