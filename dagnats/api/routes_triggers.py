@@ -15,7 +15,6 @@ import nats.errors
 import nats.js.errors
 from litestar import Response, Router, delete, get, post, put
 from litestar.params import Parameter
-from msgspec.structs import replace
 from nats.js.client import JetStreamContext
 
 from dagnats.api.problems import ProblemError
@@ -26,7 +25,6 @@ from dagnats.runtime.triggers import (
     ManagedTrigger,
     ensure_trigger_resources,
     load_entries,
-    managed_key,
     read_fires,
 )
 from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET, trigger_key
@@ -123,14 +121,10 @@ async def delete_trigger(workflow: str, trigger_id: str, services: Services) -> 
 
 
 async def _set_enabled(services: Services, workflow: str, trigger_id: str, on: bool) -> None:
-    js = _js(services)
     try:
-        entry = await triggers_managed.show(js, workflow, trigger_id)
+        await triggers_managed.set_enabled(_js(services), workflow, trigger_id, on)
     except triggers_managed.TriggerNotFoundError as error:
         raise _not_found(error) from None
-    managed = ManagedTrigger(workflow=workflow, trigger=replace(entry.trigger, enabled=on))
-    kv = await js.key_value(TRIGGERS_BUCKET)
-    await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))
 
 
 @post("/{workflow:str}/{trigger_id:str}/enable", status_code=200, summary="Enable a trigger")

@@ -15,7 +15,6 @@ from typing import Any, Final
 import msgspec
 import nats.errors
 from litestar import Request, get, post
-from msgspec.structs import replace
 
 from dagnats.api.services import Services
 from dagnats.client import RunNotFoundError, lifecycle
@@ -33,13 +32,10 @@ from dagnats.console.security import Keys
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.triggers import (
     FireRecord,
-    ManagedTrigger,
     ensure_trigger_resources,
     load_entries,
-    managed_key,
     read_fires,
 )
-from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET
 from kernel.errors import DagnatsError
 
 fires_shown_max: Final = 5  # last fires shown per trigger on the triggers page
@@ -97,13 +93,9 @@ async def set_trigger(
         return back("/triggers", error=f"action {verb[:20]!r} is not enable or disable")
     js = services.client.connection.js
     try:
-        entry = await triggers_managed.show(js, workflow, trigger_id)
+        await triggers_managed.set_enabled(js, workflow, trigger_id, verb == "enable")
     except DagnatsError as error:
         return back("/triggers", error=" ".join(str(error).split()))
-    managed = ManagedTrigger(workflow=workflow, trigger=replace(
-        entry.trigger, enabled=verb == "enable"))  # fmt: skip
-    kv = await js.key_value(TRIGGERS_BUCKET)
-    await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))
     record(actor_of(request), f"{verb}d", f"trigger {workflow}/{trigger_id}")
     return back("/triggers", notice=f"trigger {workflow}/{trigger_id} {verb}d")
 
