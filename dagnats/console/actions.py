@@ -17,10 +17,11 @@ from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import FromPath
 from litestar.response import Redirect
 
 from dagnats.api.problems import ProblemError
-from dagnats.api.services import Services
+from dagnats.api.services import ServicesDep
 from dagnats.client import lifecycle
 from dagnats.console import security
 from dagnats.console.common import (
@@ -33,7 +34,7 @@ from dagnats.console.common import (
     record,
     refused,
 )
-from dagnats.console.security import SESSION_COOKIE, Keys
+from dagnats.console.security import SESSION_COOKIE, KeysDep
 from kernel.errors import DagnatsError
 
 text_field_chars_max: Final = 10_000
@@ -76,7 +77,7 @@ def _safe_next(target: str) -> str:
 
 
 @get("/login", include_in_schema=False)
-async def login_form(request: Request[Any, Any, Any], keys: Keys) -> Any:
+async def login_form(request: Request[Any, Any, Any], keys: KeysDep) -> Any:
     if keys.token is None:
         return Redirect(f"{PREFIX}/", status_code=303)
     return page(request, keys, "login.html", title="Log in",
@@ -84,7 +85,7 @@ async def login_form(request: Request[Any, Any, Any], keys: Keys) -> Any:
 
 
 @post("/login", include_in_schema=False, status_code=303)
-async def login(request: Request[Any, Any, Any], keys: Keys) -> Any:
+async def login(request: Request[Any, Any, Any], keys: KeysDep) -> Any:
     try:
         fields = await posted_form(request, keys)
     except FormRefusedError as error:
@@ -105,7 +106,7 @@ async def login(request: Request[Any, Any, Any], keys: Keys) -> Any:
 
 
 @post("/logout", include_in_schema=False, status_code=303)
-async def logout(request: Request[Any, Any, Any], keys: Keys) -> Any:
+async def logout(request: Request[Any, Any, Any], keys: KeysDep) -> Any:
     try:
         await posted_form(request, keys)
     except FormRefusedError as error:
@@ -118,7 +119,7 @@ async def logout(request: Request[Any, Any, Any], keys: Keys) -> Any:
 
 @post("/runs/{run_id:str}/cancel", include_in_schema=False, status_code=303)
 async def cancel(
-    request: Request[Any, Any, Any], run_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any], run_id: FromPath[str], services: ServicesDep, keys: KeysDep
 ) -> Any:
     try:
         fields = await posted_form(request, keys)
@@ -137,7 +138,7 @@ async def cancel(
 
 @post("/runs/{run_id:str}/signal", include_in_schema=False, status_code=303)
 async def signal(
-    request: Request[Any, Any, Any], run_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any], run_id: FromPath[str], services: ServicesDep, keys: KeysDep
 ) -> Any:
     try:
         fields = await posted_form(request, keys)
@@ -155,7 +156,7 @@ async def signal(
 
 @post("/runs/{run_id:str}/retry", include_in_schema=False, status_code=303)
 async def retry(
-    request: Request[Any, Any, Any], run_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any], run_id: FromPath[str], services: ServicesDep, keys: KeysDep
 ) -> Any:
     try:
         fields = await posted_form(request, keys)
@@ -176,7 +177,11 @@ async def retry(
 
 @post("/approvals/{run_id:str}/{step_id:str}", include_in_schema=False, status_code=303)
 async def decide(
-    request: Request[Any, Any, Any], run_id: str, step_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any],
+    run_id: FromPath[str],
+    step_id: FromPath[str],
+    services: ServicesDep,
+    keys: KeysDep,
 ) -> Any:
     """Approve or reject as the approver identity `by` names (the HTTP API's rule)."""
     try:
@@ -202,7 +207,9 @@ async def decide(
 
 
 @post("/workflows/{name:str}/start", include_in_schema=False, status_code=303)
-async def start(request: Request[Any, Any, Any], name: str, services: Services, keys: Keys) -> Any:
+async def start(
+    request: Request[Any, Any, Any], name: FromPath[str], services: ServicesDep, keys: KeysDep
+) -> Any:
     try:
         fields = await posted_form(request, keys)
     except FormRefusedError as error:

@@ -15,8 +15,9 @@ from typing import Any, Final
 import msgspec
 import nats.errors
 from litestar import Request, get, post
+from litestar.params import FromPath
 
-from dagnats.api.services import Services
+from dagnats.api.services import Services, ServicesDep
 from dagnats.client import RunNotFoundError, lifecycle
 from dagnats.console import runview
 from dagnats.console.common import (
@@ -28,7 +29,7 @@ from dagnats.console.common import (
     record,
     refused,
 )
-from dagnats.console.security import Keys
+from dagnats.console.security import KeysDep
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.triggers import (
     FireRecord,
@@ -72,7 +73,7 @@ async def _trigger_rows(services: Services) -> list[TriggerRow]:
 
 
 @get("/triggers", include_in_schema=False)
-async def triggers(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def triggers(request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep) -> Any:
     rows = await _trigger_rows(services)
     return page(request, keys, "triggers.html", title="Triggers", rows=rows,
                 fires_max=fires_shown_max)  # fmt: skip
@@ -81,8 +82,9 @@ async def triggers(request: Request[Any, Any, Any], services: Services, keys: Ke
 @post("/triggers/{workflow:str}/{trigger_id:str}/{verb:str}", include_in_schema=False,
       status_code=303)  # fmt: skip
 async def set_trigger(
-    request: Request[Any, Any, Any], workflow: str, trigger_id: str, verb: str,
-    services: Services, keys: Keys,
+    request: Request[Any, Any, Any], workflow: FromPath[str],
+    trigger_id: FromPath[str], verb: FromPath[str],
+    services: ServicesDep, keys: KeysDep,
 ) -> Any:  # fmt: skip
     """Enable or disable a trigger (as `dagnats trigger enable|disable`: a managed override)."""
     try:
@@ -101,7 +103,9 @@ async def set_trigger(
 
 
 @get("/dead-letters", include_in_schema=False)
-async def dead_letters(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def dead_letters(
+    request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep
+) -> Any:
     workflow = request.query_params.get("workflow") or None
     letters = await lifecycle.list_dead_letters(
         services.client, workflow=workflow, limit=dead_letters_listed_max
@@ -112,7 +116,11 @@ async def dead_letters(request: Request[Any, Any, Any], services: Services, keys
 
 @get("/dead-letters/{run_id:str}/{step_id:str}", include_in_schema=False)
 async def dead_letter(
-    request: Request[Any, Any, Any], run_id: str, step_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any],
+    run_id: FromPath[str],
+    step_id: FromPath[str],
+    services: ServicesDep,
+    keys: KeysDep,
 ) -> Any:
     try:
         letter = await lifecycle.dead_letter(services.client, run_id, step_id)
@@ -128,8 +136,9 @@ async def dead_letter(
 @post("/dead-letters/{run_id:str}/{step_id:str}/{verb:str}", include_in_schema=False,
       status_code=303)  # fmt: skip
 async def act_on_dead_letter(
-    request: Request[Any, Any, Any], run_id: str, step_id: str, verb: str,
-    services: Services, keys: Keys,
+    request: Request[Any, Any, Any], run_id: FromPath[str],
+    step_id: FromPath[str], verb: FromPath[str],
+    services: ServicesDep, keys: KeysDep,
 ) -> Any:  # fmt: skip
     """Retry (the run reopens from the step) or discard a dead letter."""
     try:
@@ -155,7 +164,7 @@ async def act_on_dead_letter(
 
 
 @get("/workers", include_in_schema=False)
-async def workers(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def workers(request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep) -> Any:
     stale = request.query_params.get("stale") == "1"
     entries = await lifecycle.list_workers(services.client, include_stale=stale)
     return page(request, keys, "workers.html", title="Workers", workers=entries, stale=stale)
