@@ -26,7 +26,6 @@ SCRIPT: dict[str, Any] = {"agents": [{"match": "", "replies": [
     {"text": ANSWER, "pieces": 5, "chunk_delay_ms": 30, "delay_ms": 600},
 ]}]}  # fmt: skip
 READ_S = 30.0
-# The API's Parameter(header=...) and inferred dependencies warn on litestar 2.25 (main's code)
 
 
 async def read_events(response: httpx.Response) -> list[tuple[str, str]]:

@@ -53,8 +53,9 @@ from dagnats.query_tables import list_runs_sql, state_matches
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import check_run_id
+from kernel.events import Decision
 from kernel.reducer import evolve
-from kernel.state import INITIAL_STATE, RunStatus, is_terminal
+from kernel.state import INITIAL_STATE, RunState, RunStatus, is_terminal
 from kernel.workflow.durations import parse_duration
 
 RUN_STATUSES = tuple(s for s in get_args(RunStatus) if s != "new")
@@ -288,18 +289,27 @@ async def _events(
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
     import msgspec
 
+    async for seq, decision, state in watched_states(services, run_id):
+        if seq > after:
+            data = msgspec.json.encode(history_item(seq, decision)).decode()
+            yield ServerSentEventMessage(data=data, event="decision", id=seq)
+        if is_terminal(state):
+            yield ServerSentEventMessage(data=state.status, event="end", id=seq)
+            return
+
+
+async def watched_states(
+    services: Services, run_id: str
+) -> AsyncGenerator[tuple[int, Decision, RunState], None]:
+    """(history sequence, decision, the run's state after it) of each history message of a
+    run, live, for at most `sse_stream_s_max` (the API's and the console's event streams)."""
     state = INITIAL_STATE
     watch = services.client.watch(run_id, timeout_s=api_limits.sse_stream_s_max)
     async with contextlib.aclosing(watch):
         async for seq, decision in watch:
             for event in decision.events:
                 state = evolve(state, event)
-            if seq > after:
-                data = msgspec.json.encode(history_item(seq, decision)).decode()
-                yield ServerSentEventMessage(data=data, event="decision", id=seq)
-            if is_terminal(state):
-                yield ServerSentEventMessage(data=state.status, event="end", id=seq)
-                return
+            yield seq, decision, state
 
 
 router = Router(

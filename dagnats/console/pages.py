@@ -18,7 +18,8 @@ from litestar import Request, Response, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from dagnats.api import limits as api_limits
+from dagnats.api import routes_live
+from dagnats.api.routes_runs import watched_states
 from dagnats.api.services import Services, ServicesDep
 from dagnats.client import RunNotFoundError, WorkflowNotFoundError
 from dagnats.console import dag_svg, reads, runview
@@ -183,25 +184,18 @@ async def run_events(
 async def _changes(
     services: Services, run_id: str, after: int
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
-    state = INITIAL_STATE
-    watch = services.client.watch(run_id, timeout_s=api_limits.sse_stream_s_max)
-    async with contextlib.aclosing(watch):
-        async for seq, decision in watch:
-            for event in decision.events:
-                state = evolve(state, event)
-            if is_terminal(state):
-                yield ServerSentEventMessage(data=state.status, event="end", id=seq)
-                return
-            if seq > after:
-                yield ServerSentEventMessage(data=str(seq), event="changed", id=seq)
+    async for seq, _, state in watched_states(services, run_id):
+        if is_terminal(state):
+            yield ServerSentEventMessage(data=state.status, event="end", id=seq)
+            return
+        if seq > after:
+            yield ServerSentEventMessage(data=str(seq), event="changed", id=seq)
 
 
 @get("/runs/{run_id:str}/model-live", include_in_schema=False)
 async def model_live(run_id: FromPath[str], services: ServicesDep) -> ServerSentEvent:
     """A run's live model text (the HTTP API's `GET /v1/runs/{id}/live`, dagnats/api/
     routes_live.py) under the console's own access rule: a session, not the API's bearer."""
-    from dagnats.api import routes_live  # here: its import warns on litestar 2.25
-
     stream: ServerSentEvent = await routes_live.live_text.fn(run_id=run_id, services=services)
     return stream
 
