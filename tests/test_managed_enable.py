@@ -21,18 +21,20 @@ from dagnats.runtime.resources import ensure_resources
 from dagnats.runtime.triggers import ManagedTrigger, ensure_trigger_resources, managed_key
 from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET
 
+NIGHTLY: dict[str, object] = {
+    "name": "nightly",
+    "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "10ms"}}],
+    "triggers": [{"id": "every", "cron": {"expression": "0 3 * * *"}}],
+}
+
 
 @pytest_asyncio.fixture
 async def client(private_server: EmbeddedNats) -> AsyncIterator[Client]:
     the_client = await Client.connect(private_server.url)
     try:
-        await ensure_resources(the_client.connection.js)
-        await ensure_trigger_resources(the_client.connection.js)
-        await the_client.register_workflow({
-            "name": "nightly",
-            "steps": [{"id": "nap", "type": "sleep", "config": {"duration": "10ms"}}],
-            "triggers": [{"id": "every", "cron": {"expression": "0 3 * * *"}}],
-        })  # fmt: skip
+        for ensure in (ensure_resources, ensure_trigger_resources):
+            await ensure(the_client.connection.js)
+        await the_client.register_workflow(NIGHTLY)
         yield the_client
     finally:
         await the_client.close()
