@@ -9,13 +9,16 @@ tests.fault_support.Processes.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
+from tests.api_support import Stack
 from tests.fault_support import REPO_ROOT
 
 ARTIFACTS: Final = REPO_ROOT / "test-artifacts" / "console"
@@ -35,6 +38,43 @@ def chromium_path() -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def launched_browser() -> Iterator[Any]:
+    """Headless system Chromium under Playwright's sync API, closed after (a module fixture's
+    body: start it after the serves, since the sync API runs an event loop in this thread)."""
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    executable = chromium_path()
+    with playwright_sync.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=executable, headless=True)
+        yield launched
+        launched.close()
+
+
+def opened_page(browser: Any, stack: Stack) -> Iterator[Any]:
+    """A fresh page on `stack`'s console (a test fixture's body); fails the test if the page
+    raised a script error or opened a dialog."""
+    context = browser.new_context(base_url=stack.base, viewport={"width": 1280, "height": 900})
+    opened = context.new_page()
+    opened.set_default_timeout(browser_wait_ms)
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("dialog", lambda dialog: errors.append(f"a dialog opened: {dialog.message}"))
+    yield opened
+    context.close()
+    assert errors == [], errors
+
+
+def register(stack: Stack, document: dict[str, Any]) -> None:
+    response = stack.http.post("/v1/workflows", content=json.dumps(document))
+    assert response.status_code == 201, response.text
+
+
+def start(stack: Stack, workflow: str, value: Any = None) -> str:
+    response = stack.http.post("/v1/runs", json={"workflow": workflow, "input": value})
+    assert response.status_code == 201, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
 
 
 def screenshot(page: Any, name: str) -> Path:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+import pytest_asyncio
 from nats.js import JetStreamContext
 
 from dagnats.client import Client
@@ -385,3 +386,20 @@ def role_options(data_dir: Path, role: Role = "admin") -> dict[str, Any]:
     options = credentials.connect_options("nats://127.0.0.1", role=role, data_dir=data_dir)
     options.pop("credential", None)
     return options
+
+
+@pytest_asyncio.fixture
+async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
+    """Real `dagnats serve`/worker/CLI processes of one test, all killed after it (tests use it
+    through tests/conftest.py; a test module may define its own `procs` instead)."""
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        await processes.close()
+
+
+@pytest_asyncio.fixture
+async def processes(procs: Processes) -> Processes:
+    """`procs` under the other name some test modules use."""
+    return procs

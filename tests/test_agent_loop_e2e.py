@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest_asyncio
 
 from kernel.events import (
     AgentToolCompleted,
@@ -46,14 +44,6 @@ STEPS: list[dict[str, Any]] = [
     {"id": "report", "task": "fault.work", "depends_on": ["research"]},
 ]
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def agent_worker(procs: Processes, url: str, events: Path) -> Process:

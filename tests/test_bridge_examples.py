@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from dagnats.client import Client
 from kernel.events import StepCompleted, StepFailed
@@ -26,14 +24,6 @@ EXAMPLE = REPO_ROOT / "examples" / "http_worker"
 WAIT_S = 60.0
 TOKEN = "example-token-0123456789"
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def needs(*programs: str) -> None:

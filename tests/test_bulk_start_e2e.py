@@ -5,11 +5,8 @@ number and nothing starts), idempotent per line or per `--key`."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest_asyncio
 
 from dagnats.client import Client
 from tests.fault_support import Processes, connected, workflow
@@ -21,14 +18,6 @@ SCHEMA: dict[str, Any] = {
     "properties": {"order": {"type": "integer"}},
 }
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 async def runs_of(client: Client, name: str) -> dict[str, bytes]:

@@ -11,23 +11,13 @@ import importlib.metadata
 import inspect
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import pytest_asyncio
 import typer
 
 from dagnats.cli import OFFLINE_COMMANDS, app
 from tests.fault_support import Processes, dagnats_command
-
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def run(

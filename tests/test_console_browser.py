@@ -18,7 +18,15 @@ import httpx
 import pytest
 
 from tests.api_support import Recorder, Stack, start_stack
-from tests.console_support import assert_accessible, browser_wait_ms, chromium_path, screenshot
+from tests.console_support import (
+    assert_accessible,
+    browser_wait_ms,
+    launched_browser,
+    opened_page,
+    register,
+    screenshot,
+    start,
+)
 from tests.fault_support import dagnats_command
 from tests.nats_fixtures import unique, wait_for_sync
 
@@ -83,36 +91,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def browser(stack: Stack, token_stack: tuple[Stack, str]) -> Iterator[Any]:
     """The browser, started after both serves (Playwright's sync API runs an event loop in
     this thread, so the processes' own asyncio.run must come first)."""
-    executable = chromium_path()
-    with playwright_sync.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=executable, headless=True)
-        yield launched
-        launched.close()
+    yield from launched_browser()
 
 
 @pytest.fixture
 def page(browser: Any, stack: Stack) -> Iterator[Any]:
-    context = browser.new_context(base_url=stack.base, viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    opened.set_default_timeout(browser_wait_ms)
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.on("dialog", lambda dialog: errors.append(f"a dialog opened: {dialog.message}"))
-    yield opened
-    context.close()
-    assert errors == [], errors
-
-
-def register(stack: Stack, document: dict[str, Any]) -> None:
-    response = stack.http.post("/v1/workflows", content=json.dumps(document))
-    assert response.status_code == 201, response.text
-
-
-def start(stack: Stack, workflow: str, value: Any = None) -> str:
-    response = stack.http.post("/v1/runs", json={"workflow": workflow, "input": value})
-    assert response.status_code == 201, response.text
-    run_id: str = response.json()["run_id"]
-    return run_id
+    yield from opened_page(browser, stack)
 
 
 def wait_status(stack: Stack, run_id: str, status: str) -> dict[str, Any]:
@@ -199,15 +183,27 @@ def decide_in_inbox(page: Any, run_id: str, decision: str, comment: str, data: s
     assert run_id in page.locator(".notice").inner_text()
 
 
-def test_approve_from_the_inbox_and_the_run_goes_on(stack: Stack, page: Any) -> None:
-    register(stack, approval_flow("console-approve", "Ship release 7?"))
-    run_id = start(stack, "console-approve")
+def decided_run(
+    stack: Stack, page: Any, workflow: str, question: str, decision: str, comment: str,
+    data: str, ends: str,
+) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """A run of an approval flow decided in the inbox, once it `ends` with that status."""
+    register(stack, approval_flow(workflow, question))
+    run_id = start(stack, workflow)
     wait_status(stack, run_id, "running")
-    decide_in_inbox(page, run_id, "approve", "looks good", '{"approved_version": 7}')
-    run = wait_status(stack, run_id, "completed")
+    decide_in_inbox(page, run_id, decision, comment, data)
+    run = wait_status(stack, run_id, ends)
     approval = run["approvals"][0]
-    assert (approval["decision"], approval["comment"]) == ("approve", "looks good"), approval
-    assert approval["by"], approval
+    assert (approval["decision"], approval["comment"]) == (decision, comment), approval
+    return run_id, run
+
+
+def test_approve_from_the_inbox_and_the_run_goes_on(stack: Stack, page: Any) -> None:
+    run_id, run = decided_run(
+        stack, page, "console-approve", "Ship release 7?", "approve", "looks good",
+        '{"approved_version": 7}', "completed",
+    )  # fmt: skip
+    assert run["approvals"][0]["by"], run["approvals"]
     page.goto(f"/console/runs/{run_id}")
     assert page.locator("#run-status").get_attribute("data-status") == "completed"
     assert page.locator(f'article.approval[data-run="{run_id}"]').count() == 0
@@ -215,13 +211,10 @@ def test_approve_from_the_inbox_and_the_run_goes_on(stack: Stack, page: Any) -> 
 
 
 def test_reject_with_a_comment(stack: Stack, page: Any) -> None:
-    register(stack, approval_flow("console-reject", "Delete the database?"))
-    run_id = start(stack, "console-reject")
-    wait_status(stack, run_id, "running")
-    decide_in_inbox(page, run_id, "reject", "absolutely not", "")
-    run = wait_status(stack, run_id, "failed")
-    approval = run["approvals"][0]
-    assert (approval["decision"], approval["comment"]) == ("reject", "absolutely not"), approval
+    _, run = decided_run(
+        stack, page, "console-reject", "Delete the database?", "reject", "absolutely not", "",
+        "failed",
+    )  # fmt: skip
     steps = {s["step_id"]: s["status"] for s in run["steps"]}
     assert steps["ship"] != "completed", steps
 

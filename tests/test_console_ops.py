@@ -20,7 +20,15 @@ from typing import Any, Final
 import pytest
 
 from tests.api_support import Recorder, Stack, start_stack
-from tests.console_support import assert_accessible, browser_wait_ms, chromium_path, screenshot
+from tests.console_support import (
+    assert_accessible,
+    browser_wait_ms,
+    launched_browser,
+    opened_page,
+    register,
+    screenshot,
+    start,
+)
 from tests.fault_support import dagnats_command
 from tests.nats_fixtures import unique, wait_for_sync
 
@@ -72,36 +80,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def browser(stack: Stack) -> Iterator[Any]:
     """Started after the serve (Playwright's sync API runs an event loop in this thread)."""
-    executable = chromium_path()
-    with playwright_sync.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=executable, headless=True)
-        yield launched
-        launched.close()
+    yield from launched_browser()
 
 
 @pytest.fixture
 def page(browser: Any, stack: Stack) -> Iterator[Any]:
-    context = browser.new_context(base_url=stack.base, viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    opened.set_default_timeout(browser_wait_ms)
-    errors: list[str] = []
-    opened.on("pageerror", lambda error: errors.append(str(error)))
-    opened.on("dialog", lambda dialog: errors.append(f"a dialog opened: {dialog.message}"))
-    yield opened
-    context.close()
-    assert errors == [], errors
-
-
-def register(stack: Stack, document: dict[str, Any]) -> None:
-    response = stack.http.post("/v1/workflows", content=json.dumps(document))
-    assert response.status_code == 201, response.text
-
-
-def start(stack: Stack, workflow: str, value: Any = None) -> str:
-    response = stack.http.post("/v1/runs", json={"workflow": workflow, "input": value})
-    assert response.status_code == 201, response.text
-    run_id: str = response.json()["run_id"]
-    return run_id
+    yield from opened_page(browser, stack)
 
 
 def wait_run(stack: Stack, run_id: str, reached: Any) -> dict[str, Any]:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
-
-import pytest_asyncio
 
 from dagnats.runtime import credentials
 from dagnats.runtime.connection import URL_FILE
@@ -30,14 +27,6 @@ CHILD_FLAGS: Final = frozenset({"--config", "--jetstream", "--store_dir", "--add
                                 "--log"})  # fmt: skip
 SECRET_FILE_WORDS: Final = ("cred", "pass", "secret", "token", "nkey", ".key", "seed")
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def loose_paths(root: Path) -> list[str]:

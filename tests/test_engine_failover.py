@@ -13,11 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest_asyncio
 
 from dagnats.client import Client
 from dagnats.runtime.projector import SQLITE_FILE, KvSnapshotStore, open_database
@@ -72,14 +69,6 @@ THREE: list[dict[str, Any]] = [
     {"id": "c", "task": "fault.work", "depends_on": ["b"]},
 ]
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def tags_of(events: list[AnyEvent]) -> set[str]:

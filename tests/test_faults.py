@@ -14,14 +14,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
 import pytest
-import pytest_asyncio
 
 from dagnats.client import Client, RunExistsError
 from dagnats.runtime.clock import new_seed, now_ms
@@ -61,14 +59,6 @@ many_runs_timeout_s = 15.0  # 30 runs of 5 steps take about 1 s here
 cli_timeout_s = 20.0  # one CLI command; each takes well under a second here
 step_timeout_ms = 15_000
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 async def history_events(serve: Serve, run_id: str) -> list[AnyEvent]:

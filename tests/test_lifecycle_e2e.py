@@ -5,11 +5,8 @@ and dagnats/cli/lifecycle.py), driven through the `dagnats` command as a user wo
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest_asyncio
 
 from dagnats.client import Client
 from kernel.events import RunReopened
@@ -24,14 +21,6 @@ from tests.nats_fixtures import wait_for
 
 step_timeout_ms = 15_000
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 FLAKY_CHAIN: list[dict[str, Any]] = [

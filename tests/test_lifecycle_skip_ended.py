@@ -4,10 +4,7 @@ worker says so in its log; after `dagnats run retry` reopens the run, its new ta
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest_asyncio
 
 from dagnats.client import Client
 from tests.fault_support import Processes, connected, workflow
@@ -15,14 +12,6 @@ from tests.nats_fixtures import wait_for
 
 wait_ms = 20_000
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 async def wait_status(client: Client, run_id: str, status: str) -> None:

@@ -6,13 +6,11 @@ request log shows no finished turn requested twice (the killed stream was cut, n
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-import pytest_asyncio
 
 from dagnats.llm.fake import FakeModelServer
 from kernel.events import AgentToolCompleted, AgentTurnCompleted
@@ -36,14 +34,6 @@ SCRIPT: dict[str, Any] = {"agents": [{"match": "crash test agent", "replies": [
     {"text": "The tool said hello."},
 ]}]}  # fmt: skip
 
-
-@pytest_asyncio.fixture
-async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
-    started = Processes(tmp_path)
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 def start_worker(processes: Processes, url: str) -> Process:

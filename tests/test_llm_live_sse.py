@@ -6,33 +6,26 @@ says `end` at once."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
-import pytest
 
 from dagnats import Worker
+from dagnats.api.app import create_app
+from dagnats.api.server import HttpServer
+from dagnats.api.services import Services
 from dagnats.llm import agent_turn
 from dagnats.runtime.serve import local_stack
 from kernel.workflow.builder import Workflow
 from tests.fake_model import fake_server, model_for
-
-with warnings.catch_warnings():  # routes_runs' Parameter(header=...) warns on litestar 2.25
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from dagnats.api.app import create_app
-    from dagnats.api.server import HttpServer
-    from dagnats.api.services import Services
 
 ANSWER = "Streaming, piece by piece, over HTTP."
 SCRIPT: dict[str, Any] = {"agents": [{"match": "", "replies": [
     {"text": ANSWER, "pieces": 5, "chunk_delay_ms": 30, "delay_ms": 600},
 ]}]}  # fmt: skip
 READ_S = 30.0
-# The API's Parameter(header=...) and inferred dependencies warn on litestar 2.25 (main's code)
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 async def read_events(response: httpx.Response) -> list[tuple[str, str]]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -86,14 +85,6 @@ def collector() -> Iterator[Collector]:
         server.server_close()
         thread.join(timeout=5)
 
-
-@pytest_asyncio.fixture
-async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
-    started = Processes(tmp_path)
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def test_serve_and_worker_export_one_trace_per_run_to_an_otlp_collector(

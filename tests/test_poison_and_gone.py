@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Final
 
 import nats
-import pytest_asyncio
 from nats.js import JetStreamContext
 
 from dagnats.client import Client
@@ -29,14 +27,6 @@ run_timeout_s: Final = 30.0
 GARBAGE: Final = b"\x00garbage{"
 ONE_STEP: Final = [{"id": "only", "task": "fault.work"}]
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 async def run_one(url: str, name: str) -> str:

@@ -15,12 +15,9 @@ import asyncio
 import os
 import random
 import signal
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
-
-import pytest_asyncio
 
 from tests.fault_support import (
     Process,
@@ -42,14 +39,6 @@ step_timeout_ms: Final = 15_000
 run_timeout_s: Final = 60.0
 unretrieved: Final = "Task exception was never retrieved"
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def data_dir_of(procs: Processes) -> Path:

@@ -8,12 +8,10 @@ recorded in the retention log; the other runs' history and audit are untouched."
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from dagnats.client import Client
 from dagnats.client.errors import RunNotFoundError, WorkflowNotFoundError
@@ -28,14 +26,6 @@ purge_timeout_ms = 20_000
 QUICK: list[dict[str, Any]] = [{"id": "only", "task": "fault.work"}]
 HELD: list[dict[str, Any]] = [{"id": "hold", "task": "fault.work", "metadata": {"gate": "hold"}}]
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def rows_of(data_dir: Path, run_id: str) -> int:

@@ -15,13 +15,11 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
 import msgspec
 import pytest
-import pytest_asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -39,14 +37,6 @@ step_timeout_ms: Final = 15_000
 run_timeout_s: Final = 30.0
 down_window_s: Final = 3.0  # how long the server stays away while the test counts log lines
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 ONE_STEP: Final = [{"id": "only", "task": "fault.work"}]

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import socket
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
@@ -32,14 +30,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
-
-@pytest_asyncio.fixture
-async def processes(tmp_path: Path) -> AsyncIterator[Processes]:
-    started = Processes(tmp_path)
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def start_serve(processes: Processes, data_dir: Path, metrics_port: int | None) -> str:

@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest_asyncio
 
 from tests.fault_support import Process, Processes, connected, dagnats_command, workflow
 from tests.nats_fixtures import wait_for
 
 wait_ms = 20_000
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def cli_json(procs: Processes, *args: str) -> Any:

@@ -17,7 +17,7 @@ import msgspec
 from litestar import Request, Response, get
 
 from dagnats.api.problems import PROBLEM_MEDIA_TYPE, Problem
-from dagnats.api.services import Services
+from dagnats.api.services import ServicesDep
 from dagnats.api.views import HealthView, ReadyView
 from dagnats.runtime.resources import HISTORY_STREAM
 
@@ -66,7 +66,7 @@ async def docs_script() -> Response[bytes]:
 
 
 @get("/health", summary="NATS, JetStream and the engine", tags=["health"])
-async def health(services: Services) -> Response[HealthView]:
+async def health(services: ServicesDep) -> Response[HealthView]:
     """200 when NATS and JetStream answer and the engine consumes; 503 otherwise. Needs no
     token."""
     nats_ok = services.client.connection.nc.is_connected
@@ -87,7 +87,7 @@ async def health(services: Services) -> Response[HealthView]:
 
 
 @get("/ready", summary="Whether serve finished starting", tags=["health"])
-async def ready(services: Services) -> Response[ReadyView]:
+async def ready(services: ServicesDep) -> Response[ReadyView]:
     is_ready = services.ready()
     return Response(ReadyView(ready=is_ready), status_code=200 if is_ready else 503)
 

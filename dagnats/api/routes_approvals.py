@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from litestar import Router, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from dagnats.api import limits as api_limits
 from dagnats.api.problems import ProblemError
-from dagnats.api.services import Services
+from dagnats.api.services import Services, ServicesDep
 from dagnats.api.views import (
     ApprovalView,
     DecisionBody,
@@ -36,19 +36,17 @@ from dagnats.runtime import projector
 from kernel.errors import DagnatsError
 from steps import approvals
 
-KeyParameter = Annotated[
-    str, Parameter(default="", description="The approval's key when a step asks several.")
-]
+KeyParameter = Annotated[str, Parameter(description="The approval's key when a step asks several.")]
 
 
 @get("/", summary="List approvals waiting for a decision, oldest first")
-async def list_pending(services: Services) -> PendingListView:
+async def list_pending(services: ServicesDep) -> PendingListView:
     return PendingListView(approvals=await services.client.pending_approvals())
 
 
 @get("/{run_id:str}/{step_id:str}", summary="Show one approval (and who decided)")
 async def show_approval(
-    run_id: str, step_id: str, services: Services, key: KeyParameter = ""
+    run_id: FromPath[str], step_id: FromPath[str], services: ServicesDep, key: KeyParameter = ""
 ) -> ApprovalView:
     state = await services.client.get_run(run_id)
     found = approvals.find(state, key or step_id)
@@ -81,7 +79,10 @@ async def _decide(
 
 @post("/{run_id:str}/{step_id:str}/approve", status_code=200, summary="Approve")
 async def approve(
-    run_id: str, step_id: str, services: Services, data: DecisionBody | None = None
+    run_id: FromPath[str],
+    step_id: FromPath[str],
+    services: ServicesDep,
+    data: JSONBody[DecisionBody | None] = None,
 ) -> ApprovalView:
     """The step completes with `data`; 409 if it was resolved already (by whom, when)."""
     return await _decide("approve", run_id, step_id, data or DecisionBody(), services)
@@ -89,7 +90,10 @@ async def approve(
 
 @post("/{run_id:str}/{step_id:str}/reject", status_code=200, summary="Reject")
 async def reject(
-    run_id: str, step_id: str, services: Services, data: DecisionBody | None = None
+    run_id: FromPath[str],
+    step_id: FromPath[str],
+    services: ServicesDep,
+    data: JSONBody[DecisionBody | None] = None,
 ) -> ApprovalView:
     """The step fails for good (on_failure and compensation apply)."""
     return await _decide("reject", run_id, step_id, data or DecisionBody(), services)
@@ -103,14 +107,14 @@ approvals_router = Router(
 
 
 @post("/v1/events", status_code=202, summary="Publish an external event", tags=["events"])
-async def publish_event(data: EventBody, services: Services) -> EventPublishedView:
+async def publish_event(data: JSONBody[EventBody], services: ServicesDep) -> EventPublishedView:
     """Every run waiting for `name` (a wait_for_event step, a cancel_on) gets it."""
     seq = await services.client.publish_event(data.name, data.payload, event_id=data.event_id)
     return EventPublishedView(event=data.name, seq=seq)
 
 
 @post("/v1/query", status_code=200, summary="Read-only SQL on the query tables", tags=["query"])
-async def query(data: QueryBody, services: Services) -> QueryView:
+async def query(data: JSONBody[QueryBody], services: ServicesDep) -> QueryView:
     """SELECT (and PRAGMAs that only read) on runs, steps, events, approvals, ..."""
     if not 1 <= data.limit <= api_limits.query_rows_max:
         raise ProblemError(

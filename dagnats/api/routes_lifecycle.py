@@ -12,10 +12,10 @@ from typing import Annotated
 
 import msgspec
 from litestar import Router, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from dagnats.api.problems import ProblemError
-from dagnats.api.services import Services
+from dagnats.api.services import Services, ServicesDep
 from dagnats.client import RunNotFoundError
 from dagnats.client import lifecycle as client_lifecycle
 from dagnats.runtime.workers_directory import WorkerEntry
@@ -58,7 +58,7 @@ def _conflict(error: client_lifecycle.LifecycleRejectedError) -> ProblemError:
 
 
 @get("/v1/workers", summary="List the live workers (task types, groups, load)", tags=["workers"])
-async def list_workers(services: Services, stale: bool = False) -> WorkersView:
+async def list_workers(services: ServicesDep, stale: FromQuery[bool] = False) -> WorkersView:
     """Workers whose last heartbeat is recent (`stale=true`: also those that stopped lately)."""
     entries = await client_lifecycle.list_workers(services.client, include_stale=stale)
     return WorkersView(workers=entries)
@@ -66,8 +66,8 @@ async def list_workers(services: Services, stale: bool = False) -> WorkersView:
 
 @get("/", summary="List dead letters (steps that failed for good), newest first")
 async def list_dead_letters(
-    services: Services,
-    workflow: str | None = None,
+    services: ServicesDep,
+    workflow: FromQuery[str | None] = None,
     limit: Annotated[int, Parameter(ge=1, le=dead_letters_listed_max)] = 100,
 ) -> DeadLettersView:
     letters = await client_lifecycle.list_dead_letters(
@@ -87,13 +87,16 @@ async def _letter(services: Services, run_id: str, step_id: str) -> DeadLetter:
 
 
 @get("/{run_id:str}/{step_id:str}", summary="Show one dead letter (its exact task input)")
-async def show_dead_letter(run_id: str, step_id: str, services: Services) -> DeadLetter:
+async def show_dead_letter(
+    run_id: FromPath[str], step_id: FromPath[str], services: ServicesDep
+) -> DeadLetter:
     return await _letter(services, run_id, step_id)
 
 
 @post("/{run_id:str}/{step_id:str}/retry", status_code=200, summary="Retry a dead letter")
 async def retry_dead_letter(
-    run_id: str, step_id: str, services: Services, data: ReasonBody | None = None
+    run_id: FromPath[str], step_id: FromPath[str], services: ServicesDep,
+    data: JSONBody[ReasonBody | None] = None,
 ) -> LifecycleView:
     """Reopens its run in place from its step (the run goes on)."""
     await _letter(services, run_id, step_id)
@@ -102,7 +105,8 @@ async def retry_dead_letter(
 
 @post("/{run_id:str}/{step_id:str}/discard", status_code=200, summary="Discard a dead letter")
 async def discard_dead_letter(
-    run_id: str, step_id: str, services: Services, data: ReasonBody | None = None
+    run_id: FromPath[str], step_id: FromPath[str], services: ServicesDep,
+    data: JSONBody[ReasonBody | None] = None,
 ) -> DeadLetter:
     await _letter(services, run_id, step_id)
     try:
@@ -125,7 +129,7 @@ async def _retry(services: Services, run_id: str, from_step: str, reason: str) -
 
 @post("/{run_id:str}/retry", status_code=200, summary="Retry a failed or cancelled run in place")
 async def retry_run(
-    run_id: str, services: Services, data: RetryBody | None = None
+    run_id: FromPath[str], services: ServicesDep, data: JSONBody[RetryBody | None] = None
 ) -> LifecycleView:
     """From the failed step (or `from_step` and what depends on it), keeping earlier outputs."""
     body = data or RetryBody()
@@ -133,13 +137,15 @@ async def retry_run(
 
 
 @post("/{run_id:str}/rerun", status_code=201, summary="Start a new run with the same input")
-async def rerun_run(run_id: str, services: Services) -> RerunView:
+async def rerun_run(run_id: FromPath[str], services: ServicesDep) -> RerunView:
     new_run_id = await client_lifecycle.rerun(services.client, run_id)
     return RerunView(run_id=new_run_id, rerun_of=run_id)
 
 
 @post("/{run_id:str}/terminate", status_code=202, summary="End a run at once, no compensation")
-async def terminate_run(run_id: str, data: ReasonBody, services: Services) -> LifecycleView:
+async def terminate_run(
+    run_id: FromPath[str], data: JSONBody[ReasonBody], services: ServicesDep
+) -> LifecycleView:
     if not data.reason.strip():
         raise ProblemError(400, "reason is empty: say why the run is terminated",
                            kind="validation", field="reason")  # fmt: skip

@@ -23,7 +23,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from dagnats.api import limits as api_limits
 from dagnats.api.routes_runs import RunId
-from dagnats.api.services import Services
+from dagnats.api.services import Services, ServicesDep
 from dagnats.client import WaitTimeoutError
 from dagnats.llm.live import LiveChunk, follow_live
 from kernel.state import is_terminal
@@ -38,7 +38,7 @@ _END: Final = object()
     response_description="text/event-stream: `text`, `turn_end`, then `end` with the status",
     tags=["runs"],
 )
-async def live_text(run_id: RunId, services: Services) -> ServerSentEvent:
+async def live_text(run_id: RunId, services: ServicesDep) -> ServerSentEvent:
     """Each streamed piece of a model's answer while the run runs; ends with the run."""
     state = await services.client.get_run(run_id)  # 404 before the stream starts
     if is_terminal(state):

@@ -22,13 +22,13 @@ from typing import Annotated, Any, get_args
 
 import litestar.params
 from litestar import Request, Response, Router, get, post
-from litestar.params import Parameter
+from litestar.params import FromQuery, JSONBody, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from dagnats.api import limits as api_limits
 from dagnats.api.admission import schema_problem, start_time
 from dagnats.api.problems import ProblemError
-from dagnats.api.services import Services
+from dagnats.api.services import Services, ServicesDep
 from dagnats.api.views import (
     AcceptedView,
     AuditView,
@@ -53,8 +53,9 @@ from dagnats.query_tables import list_runs_sql, state_matches
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import check_run_id
+from kernel.events import Decision
 from kernel.reducer import evolve
-from kernel.state import INITIAL_STATE, RunStatus, is_terminal
+from kernel.state import INITIAL_STATE, RunState, RunStatus, is_terminal
 from kernel.workflow.durations import parse_duration
 
 RUN_STATUSES = tuple(s for s in get_args(RunStatus) if s != "new")
@@ -94,8 +95,8 @@ def _header_parameter(name: str, description: str) -> Any:
 
 @post("/", status_code=201, summary="Start a run (idempotent with Idempotency-Key or run_id)")
 async def start_run(
-    data: StartRunBody,
-    services: Services,
+    data: JSONBody[StartRunBody],
+    services: ServicesDep,
     idempotency_key: str | None = _header_parameter(
         "Idempotency-Key", "The same key for the same workflow returns the first run."
     ),
@@ -147,11 +148,11 @@ def _since_ms(text: str, now: int) -> int:
 
 @get("/", summary="List runs, newest first (the `run list` filters)")
 async def list_runs(
-    services: Services,
-    status: str | None = None,
-    workflow: str | None = None,
+    services: ServicesDep,
+    status: FromQuery[str | None] = None,
+    workflow: FromQuery[str | None] = None,
     since: str | None = Parameter(default=None, description="A duration back or an ISO date."),
-    failed_step: str | None = None,
+    failed_step: FromQuery[str | None] = None,
     limit: int = Parameter(
         default=api_limits.runs_listed_default, ge=1, le=api_limits.runs_listed_max
     ),
@@ -182,7 +183,7 @@ async def list_runs(
 
 
 @get("/{run_id:str}", summary="Show a run (its state folded from history)")
-async def show_run(run_id: RunId, services: Services) -> RunView:
+async def show_run(run_id: RunId, services: ServicesDep) -> RunView:
     client = services.client
     state = await client.get_run(run_id)
     return run_view(state, await client.children(run_id))
@@ -191,7 +192,7 @@ async def show_run(run_id: RunId, services: Services) -> RunView:
 @get("/{run_id:str}/history", summary="A page of a run's history (after a sequence)")
 async def run_history(
     run_id: RunId,
-    services: Services,
+    services: ServicesDep,
     after: int = Parameter(default=0, ge=0, description="The last sequence already seen."),
     limit: int = Parameter(
         default=api_limits.history_page_default, ge=1, le=api_limits.history_page_max
@@ -216,7 +217,7 @@ async def run_history(
 @get("/{run_id:str}/wait", summary="Wait for a run to end (a long poll with a bound)")
 async def wait_run(
     run_id: RunId,
-    services: Services,
+    services: ServicesDep,
     timeout_s: float = Parameter(
         default=api_limits.wait_timeout_s_default, gt=0, le=api_limits.wait_timeout_s_max
     ),
@@ -231,20 +232,22 @@ async def wait_run(
 
 @post("/{run_id:str}/cancel", status_code=202, summary="Cancel a run")
 async def cancel_run(
-    run_id: RunId, services: Services, data: CancelBody | None = None
+    run_id: RunId, services: ServicesDep, data: JSONBody[CancelBody | None] = None
 ) -> AcceptedView:
     await services.client.cancel(run_id, data.reason if data is not None else "")
     return AcceptedView(run_id=run_id)
 
 
 @post("/{run_id:str}/signals", status_code=202, summary="Send a named signal to a run")
-async def signal_run(run_id: RunId, data: SignalBody, services: Services) -> SignalSentView:
+async def signal_run(
+    run_id: RunId, data: JSONBody[SignalBody], services: ServicesDep
+) -> SignalSentView:
     await services.client.signal(run_id, data.name, data.payload)
     return SignalSentView(run_id=run_id, signal=data.name)
 
 
 @get("/{run_id:str}/audit", summary="Replay-audit a run")
-async def audit_run(run_id: RunId, services: Services) -> AuditView:
+async def audit_run(run_id: RunId, services: ServicesDep) -> AuditView:
     report = await services.client.audit(run_id, sqlite_path=services.sqlite_path())
     return AuditView(
         run_id=report.run_id, consistent=report.consistent, summary=report.summary(),
@@ -263,7 +266,7 @@ async def audit_run(run_id: RunId, services: Services) -> AuditView:
 async def run_events(
     request: Request[Any, Any, Any],
     run_id: RunId,
-    services: Services,
+    services: ServicesDep,
     after: int = Parameter(default=0, ge=0, description="Resume after this sequence."),
 ) -> ServerSentEvent:
     """Each event is one history message (`event: decision`, `id: <seq>`, data: JSON); the
@@ -286,18 +289,27 @@ async def _events(
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
     import msgspec
 
+    async for seq, decision, state in watched_states(services, run_id):
+        if seq > after:
+            data = msgspec.json.encode(history_item(seq, decision)).decode()
+            yield ServerSentEventMessage(data=data, event="decision", id=seq)
+        if is_terminal(state):
+            yield ServerSentEventMessage(data=state.status, event="end", id=seq)
+            return
+
+
+async def watched_states(
+    services: Services, run_id: str
+) -> AsyncGenerator[tuple[int, Decision, RunState], None]:
+    """(history sequence, decision, the run's state after it) of each history message of a
+    run, live, for at most `sse_stream_s_max` (the API's and the console's event streams)."""
     state = INITIAL_STATE
     watch = services.client.watch(run_id, timeout_s=api_limits.sse_stream_s_max)
     async with contextlib.aclosing(watch):
         async for seq, decision in watch:
             for event in decision.events:
                 state = evolve(state, event)
-            if seq > after:
-                data = msgspec.json.encode(history_item(seq, decision)).decode()
-                yield ServerSentEventMessage(data=data, event="decision", id=seq)
-            if is_terminal(state):
-                yield ServerSentEventMessage(data=state.status, event="end", id=seq)
-                return
+            yield seq, decision, state
 
 
 router = Router(

@@ -14,19 +14,17 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from litestar import Response, Router, delete, get, post, put
-from litestar.params import Parameter
-from msgspec.structs import replace
+from litestar.params import FromPath, JSONBody, Parameter
 from nats.js.client import JetStreamContext
 
 from dagnats.api.problems import ProblemError
-from dagnats.api.services import Services
+from dagnats.api.services import Services, ServicesDep
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.triggers import (
     ManagedTrigger,
     ensure_trigger_resources,
     load_entries,
-    managed_key,
     read_fires,
 )
 from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET, trigger_key
@@ -52,7 +50,7 @@ def _not_found(error: triggers_managed.TriggerNotFoundError) -> ProblemError:
 
 
 @get("/", summary="List every trigger (a workflow's own and managed ones)")
-async def list_triggers(services: Services) -> list[dict[str, object]]:
+async def list_triggers(services: ServicesDep) -> list[dict[str, object]]:
     js = _js(services)
     with contextlib.suppress(nats.errors.Error):
         await ensure_trigger_resources(js)
@@ -77,7 +75,9 @@ async def _managed_keys(js: JetStreamContext) -> set[str]:
 
 
 @get("/{workflow:str}/{trigger_id:str}", summary="Show a trigger (secrets hidden)")
-async def show_trigger(workflow: str, trigger_id: str, services: Services) -> dict[str, object]:
+async def show_trigger(
+    workflow: FromPath[str], trigger_id: FromPath[str], services: ServicesDep
+) -> dict[str, object]:
     try:
         entry = await triggers_managed.show(_js(services), workflow, trigger_id)
     except triggers_managed.TriggerNotFoundError as error:
@@ -86,7 +86,7 @@ async def show_trigger(workflow: str, trigger_id: str, services: Services) -> di
 
 
 @post("/", status_code=201, summary="Create a managed trigger (validated like a file's)")
-async def create_trigger(data: TriggerBody, services: Services) -> dict[str, object]:
+async def create_trigger(data: JSONBody[TriggerBody], services: ServicesDep) -> dict[str, object]:
     definition = await services.client.get_workflow(data.workflow)
     try:
         trigger = await triggers_managed.put(_js(services), definition, data.trigger, create=True)
@@ -97,7 +97,10 @@ async def create_trigger(data: TriggerBody, services: Services) -> dict[str, obj
 
 @put("/{workflow:str}/{trigger_id:str}", summary="Replace a trigger by a managed one")
 async def update_trigger(
-    workflow: str, trigger_id: str, data: dict[str, Any], services: Services
+    workflow: FromPath[str],
+    trigger_id: FromPath[str],
+    data: JSONBody[dict[str, Any]],
+    services: ServicesDep,
 ) -> dict[str, object]:
     if data.get("id", trigger_id) != trigger_id:
         raise ProblemError(400, f"trigger.id {data.get('id')!r} is not {trigger_id!r} (the path)",
@@ -112,7 +115,9 @@ async def update_trigger(
 
 
 @delete("/{workflow:str}/{trigger_id:str}", status_code=204, summary="Delete a managed trigger")
-async def delete_trigger(workflow: str, trigger_id: str, services: Services) -> None:
+async def delete_trigger(
+    workflow: FromPath[str], trigger_id: FromPath[str], services: ServicesDep
+) -> None:
     try:
         await triggers_managed.delete(_js(services), workflow, trigger_id)
     except triggers_managed.TriggerNotFoundError as error:
@@ -123,33 +128,33 @@ async def delete_trigger(workflow: str, trigger_id: str, services: Services) -> 
 
 
 async def _set_enabled(services: Services, workflow: str, trigger_id: str, on: bool) -> None:
-    js = _js(services)
     try:
-        entry = await triggers_managed.show(js, workflow, trigger_id)
+        await triggers_managed.set_enabled(_js(services), workflow, trigger_id, on)
     except triggers_managed.TriggerNotFoundError as error:
         raise _not_found(error) from None
-    managed = ManagedTrigger(workflow=workflow, trigger=replace(entry.trigger, enabled=on))
-    kv = await js.key_value(TRIGGERS_BUCKET)
-    await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))
 
 
 @post("/{workflow:str}/{trigger_id:str}/enable", status_code=200, summary="Enable a trigger")
-async def enable_trigger(workflow: str, trigger_id: str, services: Services) -> Response[bytes]:
+async def enable_trigger(
+    workflow: FromPath[str], trigger_id: FromPath[str], services: ServicesDep
+) -> Response[bytes]:
     await _set_enabled(services, workflow, trigger_id, True)
     return Response(b'{"enabled": true}', media_type="application/json")
 
 
 @post("/{workflow:str}/{trigger_id:str}/disable", status_code=200, summary="Disable a trigger")
-async def disable_trigger(workflow: str, trigger_id: str, services: Services) -> Response[bytes]:
+async def disable_trigger(
+    workflow: FromPath[str], trigger_id: FromPath[str], services: ServicesDep
+) -> Response[bytes]:
     await _set_enabled(services, workflow, trigger_id, False)
     return Response(b'{"enabled": false}', media_type="application/json")
 
 
 @get("/{workflow:str}/{trigger_id:str}/history", summary="A trigger's fires, oldest first")
 async def trigger_history(
-    workflow: str,
-    trigger_id: str,
-    services: Services,
+    workflow: FromPath[str],
+    trigger_id: FromPath[str],
+    services: ServicesDep,
     limit: int = Parameter(default=50, ge=1, le=HISTORY_MAX),
 ) -> list[dict[str, object]]:
     found = await read_fires(_js(services), workflow, trigger_id, limit)

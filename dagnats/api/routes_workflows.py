@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Router, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
-from dagnats.api.services import Services
+from dagnats.api.services import ServicesDep
 from dagnats.api.views import (
     ValidationView,
     WorkflowListView,
@@ -29,7 +29,7 @@ from steps.respond import respond_warnings
 
 @post("/", status_code=201, summary="Register a workflow (the next revision of its name)")
 async def register_workflow(
-    request: Request[Any, Any, Any], data: dict[str, Any], services: Services
+    request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]], services: ServicesDep
 ) -> WorkflowRegisteredView:
     """The body is the workflow definition; every problem is listed at once (422)."""
     del data  # the schema is documented from it; the definition is read as written
@@ -52,14 +52,14 @@ async def register_workflow(
 
 
 @get("/", summary="List registered workflows")
-async def list_workflows(services: Services) -> WorkflowListView:
+async def list_workflows(services: ServicesDep) -> WorkflowListView:
     return WorkflowListView(workflows=await services.client.list_workflows())
 
 
 @get("/{name:str}", summary="Show a workflow (the latest revision unless ?revision=)")
 async def show_workflow(
-    name: str,
-    services: Services,
+    name: FromPath[str],
+    services: ServicesDep,
     revision: int | None = Parameter(default=None, ge=1, description="A past revision."),
 ) -> WorkflowView:
     client = services.client
@@ -74,7 +74,7 @@ async def show_workflow(
 
 @post("/validate", status_code=200, summary="Validate a workflow offline (every problem)")
 async def validate_workflow(
-    request: Request[Any, Any, Any], data: dict[str, Any]
+    request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]
 ) -> ValidationView:
     """Nothing is stored; `valid` says whether the definition keeps every rule."""
     del data

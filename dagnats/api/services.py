@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from litestar.di import NamedDependency
 from nats.js import JetStreamContext
 
 from dagnats.api import limits as api_limits
@@ -165,3 +166,7 @@ def _no_approver(by: str, known: dict[str, Path]) -> ProblemError:
         "restart serve, "
         "or leave `by` out",
     )  # fmt: skip
+
+
+ServicesDep = NamedDependency[Services]
+"""A route handler's `services` parameter: the app's one `Services` (its named dependency)."""

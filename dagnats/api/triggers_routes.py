@@ -40,6 +40,7 @@ import nats.errors
 import nats.js.errors
 from litestar import Request, Response, Router, route
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -185,7 +186,7 @@ def hook_route_handlers(hooks: Hooks) -> list[HTTPRouteHandler | Router]:
         f"{HOOKS_PREFIX}/{{path:path}}", http_method=list(HTTP_METHODS),
         summary="Webhook and http triggers", tags=["triggers"], include_in_schema=False,
     )  # fmt: skip
-    async def hook(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
+    async def hook(request: Request[Any, Any, Any], path: FromPath[str]) -> Response[bytes]:
         shown = "/" + path.lstrip("/")
         entry = await hooks.match(request.method, shown)
         return await answer(hooks, entry, request, shown)

@@ -7,6 +7,7 @@ Registered on the `dagnats` app by `register(app)`; each command goes through th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -149,33 +150,33 @@ def _decide(
         out.print(f"{_status(approval)} {run_id} {approval.key} (by {approval.by})")
 
 
-@approval_app.command("approve")
-def approval_approve(
-    run_id: str,
-    step_id: str,
-    comment: CommentOption = "",
-    data: DataOption = None,
-    data_file: DataFileOption = None,
-    by: ByOption = "",
-    key: KeyOption = "",
-    nats_url: UrlOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Approve: the step completes with --data (null when left out)."""
-    _decide("approve", run_id, step_id, key, by, comment, data, data_file, nats_url, as_json)
+def _decision_command(decision: str, doc: str) -> Callable[..., None]:
+    """`dagnats approval approve` or `reject`: the same options, one decision."""
+
+    def command(
+        run_id: str,
+        step_id: str,
+        comment: CommentOption = "",
+        data: DataOption = None,
+        data_file: DataFileOption = None,
+        by: ByOption = "",
+        key: KeyOption = "",
+        nats_url: UrlOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        _decide(decision, run_id, step_id, key, by, comment, data, data_file, nats_url, as_json)
+
+    command.__name__ = command.__qualname__ = f"approval_{decision}"
+    command.__doc__ = doc
+    return command
 
 
-@approval_app.command("reject")
-def approval_reject(
-    run_id: str,
-    step_id: str,
-    comment: CommentOption = "",
-    data: DataOption = None,
-    data_file: DataFileOption = None,
-    by: ByOption = "",
-    key: KeyOption = "",
-    nats_url: UrlOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Reject: the step fails for good (the workflow's on_failure and compensation apply)."""
-    _decide("reject", run_id, step_id, key, by, comment, data, data_file, nats_url, as_json)
+approval_approve = approval_app.command("approve")(
+    _decision_command("approve", "Approve: the step completes with --data (null when left out).")
+)
+approval_reject = approval_app.command("reject")(
+    _decision_command(
+        "reject",
+        "Reject: the step fails for good (the workflow's on_failure and compensation apply).",
+    )
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Final
 
 import msgspec
@@ -92,6 +93,23 @@ async def _chosen(
     return states[:bulk_runs_max]
 
 
+def _on_each(
+    selection: tuple[str | None, frozenset[str], int | None], dry_run: bool, verb: str,
+    act: Callable[[Client, RunState], Awaitable[dict[str, str]]],
+) -> Callable[[Client], Awaitable[list[dict[str, str]]]]:  # fmt: skip
+    """A bulk action over the chosen runs: a row each (run_id, status, then what `act` says,
+    or `action: verb` under --dry-run, which acts on none)."""
+
+    async def action(client: Client) -> list[dict[str, str]]:
+        done: list[dict[str, str]] = []
+        for state in await _chosen(client, *selection):
+            row = {"run_id": state.run_id, "status": state.status}
+            done.append({**row, "action": verb} if dry_run else {**row, **await act(client, state)})
+        return done
+
+    return action
+
+
 def run_retry(
     run_id: Annotated[str | None, typer.Argument(help="The run to reopen in place.")] = None,
     from_step: Annotated[
@@ -119,24 +137,19 @@ def run_retry(
         else:
             out.print(f"run {run_id} reopened ({state.status}; reopen {state.reopens})")
         return
-    chosen_workflow, statuses, since_ms = _selection(run_id, workflow, status, since)
+    selection = _selection(run_id, workflow, status, since)
 
-    async def action(client: Client) -> list[dict[str, str]]:
-        done: list[dict[str, str]] = []
-        for state in await _chosen(client, chosen_workflow, statuses, since_ms):
-            if dry_run:
-                done.append({"run_id": state.run_id, "status": state.status, "action": "retry"})
-                continue
-            try:
-                await client_lifecycle.retry(
-                    client, state.run_id, from_step=from_step, reason=reason, confirm_wait_s=0.0
-                )
-                done.append({"run_id": state.run_id, "status": state.status, "action": "retried"})
-            except DagnatsError as error:
-                done.append({"run_id": state.run_id, "status": state.status, "error": str(error)})
-        return done
+    async def retried(client: Client, state: RunState) -> dict[str, str]:
+        try:
+            await client_lifecycle.retry(
+                client, state.run_id, from_step=from_step, reason=reason, confirm_wait_s=0.0
+            )
+        except DagnatsError as error:
+            return {"error": str(error)}
+        return {"action": "retried"}
 
-    _report(run_async(with_client(nats_url, action)), dry_run, as_json)
+    done = run_async(with_client(nats_url, _on_each(selection, dry_run, "retry", retried)))
+    _report(done, dry_run, as_json)
 
 
 def run_rerun(
@@ -159,19 +172,13 @@ def run_rerun(
         else:
             out.print(f"started run [bold]{started}[/bold] (a rerun of {run_id})")
         return
-    chosen_workflow, statuses, since_ms = _selection(run_id, workflow, status, since)
+    selection = _selection(run_id, workflow, status, since)
 
-    async def action(client: Client) -> list[dict[str, str]]:
-        done: list[dict[str, str]] = []
-        for state in await _chosen(client, chosen_workflow, statuses, since_ms):
-            if dry_run:
-                done.append({"run_id": state.run_id, "status": state.status, "action": "rerun"})
-                continue
-            new_id = await client_lifecycle.rerun(client, state.run_id)
-            done.append({"run_id": state.run_id, "status": state.status, "rerun_as": new_id})
-        return done
+    async def rerun(client: Client, state: RunState) -> dict[str, str]:
+        return {"rerun_as": await client_lifecycle.rerun(client, state.run_id)}
 
-    _report(run_async(with_client(nats_url, action)), dry_run, as_json)
+    done = run_async(with_client(nats_url, _on_each(selection, dry_run, "rerun", rerun)))
+    _report(done, dry_run, as_json)
 
 
 def _report(done: list[dict[str, str]], dry_run: bool, as_json: bool) -> None:

@@ -17,7 +17,6 @@ from typing import Annotated
 import msgspec
 import nats.errors
 import typer
-from msgspec.structs import replace
 
 from dagnats.cli.common import JsonOption, UrlOption, emit_json, fail, out, run_async, with_client
 from dagnats.client import Client
@@ -25,16 +24,13 @@ from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.triggers import (
     Entry,
-    ManagedTrigger,
     TriggerService,
     command_starter,
     ensure_trigger_resources,
     load_entries,
-    managed_key,
     read_fires,
 )
 from dagnats.runtime.triggers_plan import (
-    TRIGGERS_BUCKET,
     ZoneError,
     cron_fire_name,
     next_fire,
@@ -212,10 +208,10 @@ async def _entry(client: Client, workflow: str, trigger_id: str) -> Entry:
 
 
 async def _set_enabled(client: Client, workflow: str, trigger_id: str, enabled: bool) -> None:
-    entry = await _entry(client, workflow, trigger_id)
-    managed = ManagedTrigger(workflow=workflow, trigger=replace(entry.trigger, enabled=enabled))
-    kv = await client.connection.js.key_value(TRIGGERS_BUCKET)
-    await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))
+    try:
+        await triggers_managed.set_enabled(client.connection.js, workflow, trigger_id, enabled)
+    except triggers_managed.TriggerNotFoundError as error:
+        raise fail(str(error), "see `dagnats trigger list`") from None
 
 
 def trigger_show(

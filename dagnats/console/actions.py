@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import FromPath
 from litestar.response import Redirect
 
 from dagnats.api.problems import ProblemError
-from dagnats.api.services import Services
+from dagnats.api.services import ServicesDep
 from dagnats.client import lifecycle
 from dagnats.console import security
 from dagnats.console.common import (
@@ -33,7 +35,7 @@ from dagnats.console.common import (
     record,
     refused,
 )
-from dagnats.console.security import SESSION_COOKIE, Keys
+from dagnats.console.security import SESSION_COOKIE, KeysDep
 from kernel.errors import DagnatsError
 
 text_field_chars_max: Final = 10_000
@@ -76,7 +78,7 @@ def _safe_next(target: str) -> str:
 
 
 @get("/login", include_in_schema=False)
-async def login_form(request: Request[Any, Any, Any], keys: Keys) -> Any:
+async def login_form(request: Request[Any, Any, Any], keys: KeysDep) -> Any:
     if keys.token is None:
         return Redirect(f"{PREFIX}/", status_code=303)
     return page(request, keys, "login.html", title="Log in",
@@ -84,7 +86,7 @@ async def login_form(request: Request[Any, Any, Any], keys: Keys) -> Any:
 
 
 @post("/login", include_in_schema=False, status_code=303)
-async def login(request: Request[Any, Any, Any], keys: Keys) -> Any:
+async def login(request: Request[Any, Any, Any], keys: KeysDep) -> Any:
     try:
         fields = await posted_form(request, keys)
     except FormRefusedError as error:
@@ -105,7 +107,7 @@ async def login(request: Request[Any, Any, Any], keys: Keys) -> Any:
 
 
 @post("/logout", include_in_schema=False, status_code=303)
-async def logout(request: Request[Any, Any, Any], keys: Keys) -> Any:
+async def logout(request: Request[Any, Any, Any], keys: KeysDep) -> Any:
     try:
         await posted_form(request, keys)
     except FormRefusedError as error:
@@ -116,67 +118,75 @@ async def logout(request: Request[Any, Any, Any], keys: Keys) -> Any:
     return response
 
 
-@post("/runs/{run_id:str}/cancel", include_in_schema=False, status_code=303)
-async def cancel(
-    request: Request[Any, Any, Any], run_id: str, services: Services, keys: Keys
+RunAction = Callable[[dict[str, str], str], Awaitable[tuple[str, str, str]]]
+"""What a run's form does, given its fields and the actor: (what the record says was done,
+the record's detail, the notice). Raises DagnatsError to go back with its message."""
+
+
+async def _on_run(
+    request: Request[Any, Any, Any], run_id: str, keys: KeysDep, act: RunAction
 ) -> Any:
+    """A run page's form: checked, acted on, recorded, answered with a 303 back to the run."""
     try:
         fields = await posted_form(request, keys)
     except FormRefusedError as error:
         return refused(str(error))
     actor = actor_of(request)
-    reason = _text(fields, "reason")
-    full_reason = f"cancelled by {actor} from the console" + (f": {reason}" if reason else "")
     try:
-        await services.client.cancel(run_id, full_reason)
+        done, detail, notice = await act(fields, actor)
     except DagnatsError as error:
         return back(f"/runs/{run_id}", error=_message(error))
-    record(actor, "cancelled", f"run {run_id}", reason)
-    return back(f"/runs/{run_id}", notice="cancel sent")
+    record(actor, done, f"run {run_id}", detail)
+    return back(f"/runs/{run_id}", notice=notice)
+
+
+@post("/runs/{run_id:str}/cancel", include_in_schema=False, status_code=303)
+async def cancel(
+    request: Request[Any, Any, Any], run_id: FromPath[str], services: ServicesDep, keys: KeysDep
+) -> Any:
+    async def act(fields: dict[str, str], actor: str) -> tuple[str, str, str]:
+        reason = _text(fields, "reason")
+        full_reason = f"cancelled by {actor} from the console" + (f": {reason}" if reason else "")
+        await services.client.cancel(run_id, full_reason)
+        return "cancelled", reason, "cancel sent"
+
+    return await _on_run(request, run_id, keys, act)
 
 
 @post("/runs/{run_id:str}/signal", include_in_schema=False, status_code=303)
 async def signal(
-    request: Request[Any, Any, Any], run_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any], run_id: FromPath[str], services: ServicesDep, keys: KeysDep
 ) -> Any:
-    try:
-        fields = await posted_form(request, keys)
-    except FormRefusedError as error:
-        return refused(str(error))
-    actor = actor_of(request)
-    name = _text(fields, "name")
-    try:
+    async def act(fields: dict[str, str], actor: str) -> tuple[str, str, str]:
+        name = _text(fields, "name")
         await services.client.signal(run_id, name, _json(fields, "payload"))
-    except DagnatsError as error:
-        return back(f"/runs/{run_id}", error=_message(error))
-    record(actor, f"sent signal {name!r} to", f"run {run_id}")
-    return back(f"/runs/{run_id}", notice=f"signal {name} sent")
+        return f"sent signal {name!r} to", "", f"signal {name} sent"
+
+    return await _on_run(request, run_id, keys, act)
 
 
 @post("/runs/{run_id:str}/retry", include_in_schema=False, status_code=303)
 async def retry(
-    request: Request[Any, Any, Any], run_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any], run_id: FromPath[str], services: ServicesDep, keys: KeysDep
 ) -> Any:
-    try:
-        fields = await posted_form(request, keys)
-    except FormRefusedError as error:
-        return refused(str(error))
-    actor = actor_of(request)
-    from_step = _text(fields, "from_step")
-    try:
+    async def act(fields: dict[str, str], actor: str) -> tuple[str, str, str]:
+        from_step = _text(fields, "from_step")
         await lifecycle.retry(
             services.client, run_id, from_step=from_step,
             reason=f"retried by {actor} from the console", confirm_wait_s=5.0,
         )  # fmt: skip
-    except DagnatsError as error:
-        return back(f"/runs/{run_id}", error=_message(error))
-    record(actor, "retried", f"run {run_id}", f"from {from_step}" if from_step else "")
-    return back(f"/runs/{run_id}", notice="retry sent")
+        return "retried", f"from {from_step}" if from_step else "", "retry sent"
+
+    return await _on_run(request, run_id, keys, act)
 
 
 @post("/approvals/{run_id:str}/{step_id:str}", include_in_schema=False, status_code=303)
 async def decide(
-    request: Request[Any, Any, Any], run_id: str, step_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any],
+    run_id: FromPath[str],
+    step_id: FromPath[str],
+    services: ServicesDep,
+    keys: KeysDep,
 ) -> Any:
     """Approve or reject as the approver identity `by` names (the HTTP API's rule)."""
     try:
@@ -202,7 +212,9 @@ async def decide(
 
 
 @post("/workflows/{name:str}/start", include_in_schema=False, status_code=303)
-async def start(request: Request[Any, Any, Any], name: str, services: Services, keys: Keys) -> Any:
+async def start(
+    request: Request[Any, Any, Any], name: FromPath[str], services: ServicesDep, keys: KeysDep
+) -> Any:
     try:
         fields = await posted_form(request, keys)
     except FormRefusedError as error:

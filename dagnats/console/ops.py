@@ -15,9 +15,9 @@ from typing import Any, Final
 import msgspec
 import nats.errors
 from litestar import Request, get, post
-from msgspec.structs import replace
+from litestar.params import FromPath
 
-from dagnats.api.services import Services
+from dagnats.api.services import Services, ServicesDep
 from dagnats.client import RunNotFoundError, lifecycle
 from dagnats.console import runview
 from dagnats.console.common import (
@@ -29,17 +29,14 @@ from dagnats.console.common import (
     record,
     refused,
 )
-from dagnats.console.security import Keys
+from dagnats.console.security import KeysDep
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.triggers import (
     FireRecord,
-    ManagedTrigger,
     ensure_trigger_resources,
     load_entries,
-    managed_key,
     read_fires,
 )
-from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET
 from kernel.errors import DagnatsError
 
 fires_shown_max: Final = 5  # last fires shown per trigger on the triggers page
@@ -76,7 +73,7 @@ async def _trigger_rows(services: Services) -> list[TriggerRow]:
 
 
 @get("/triggers", include_in_schema=False)
-async def triggers(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def triggers(request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep) -> Any:
     rows = await _trigger_rows(services)
     return page(request, keys, "triggers.html", title="Triggers", rows=rows,
                 fires_max=fires_shown_max)  # fmt: skip
@@ -85,8 +82,9 @@ async def triggers(request: Request[Any, Any, Any], services: Services, keys: Ke
 @post("/triggers/{workflow:str}/{trigger_id:str}/{verb:str}", include_in_schema=False,
       status_code=303)  # fmt: skip
 async def set_trigger(
-    request: Request[Any, Any, Any], workflow: str, trigger_id: str, verb: str,
-    services: Services, keys: Keys,
+    request: Request[Any, Any, Any], workflow: FromPath[str],
+    trigger_id: FromPath[str], verb: FromPath[str],
+    services: ServicesDep, keys: KeysDep,
 ) -> Any:  # fmt: skip
     """Enable or disable a trigger (as `dagnats trigger enable|disable`: a managed override)."""
     try:
@@ -97,19 +95,17 @@ async def set_trigger(
         return back("/triggers", error=f"action {verb[:20]!r} is not enable or disable")
     js = services.client.connection.js
     try:
-        entry = await triggers_managed.show(js, workflow, trigger_id)
+        await triggers_managed.set_enabled(js, workflow, trigger_id, verb == "enable")
     except DagnatsError as error:
         return back("/triggers", error=" ".join(str(error).split()))
-    managed = ManagedTrigger(workflow=workflow, trigger=replace(
-        entry.trigger, enabled=verb == "enable"))  # fmt: skip
-    kv = await js.key_value(TRIGGERS_BUCKET)
-    await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))
     record(actor_of(request), f"{verb}d", f"trigger {workflow}/{trigger_id}")
     return back("/triggers", notice=f"trigger {workflow}/{trigger_id} {verb}d")
 
 
 @get("/dead-letters", include_in_schema=False)
-async def dead_letters(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def dead_letters(
+    request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep
+) -> Any:
     workflow = request.query_params.get("workflow") or None
     letters = await lifecycle.list_dead_letters(
         services.client, workflow=workflow, limit=dead_letters_listed_max
@@ -120,7 +116,11 @@ async def dead_letters(request: Request[Any, Any, Any], services: Services, keys
 
 @get("/dead-letters/{run_id:str}/{step_id:str}", include_in_schema=False)
 async def dead_letter(
-    request: Request[Any, Any, Any], run_id: str, step_id: str, services: Services, keys: Keys
+    request: Request[Any, Any, Any],
+    run_id: FromPath[str],
+    step_id: FromPath[str],
+    services: ServicesDep,
+    keys: KeysDep,
 ) -> Any:
     try:
         letter = await lifecycle.dead_letter(services.client, run_id, step_id)
@@ -136,8 +136,9 @@ async def dead_letter(
 @post("/dead-letters/{run_id:str}/{step_id:str}/{verb:str}", include_in_schema=False,
       status_code=303)  # fmt: skip
 async def act_on_dead_letter(
-    request: Request[Any, Any, Any], run_id: str, step_id: str, verb: str,
-    services: Services, keys: Keys,
+    request: Request[Any, Any, Any], run_id: FromPath[str],
+    step_id: FromPath[str], verb: FromPath[str],
+    services: ServicesDep, keys: KeysDep,
 ) -> Any:  # fmt: skip
     """Retry (the run reopens from the step) or discard a dead letter."""
     try:
@@ -163,7 +164,7 @@ async def act_on_dead_letter(
 
 
 @get("/workers", include_in_schema=False)
-async def workers(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def workers(request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep) -> Any:
     stale = request.query_params.get("stale") == "1"
     entries = await lifecycle.list_workers(services.client, include_stale=stale)
     return page(request, keys, "workers.html", title="Workers", workers=entries, stale=stale)

@@ -15,15 +15,17 @@ from importlib import resources
 from typing import Any, Final
 
 from litestar import Request, Response, get
+from litestar.params import FromPath, FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from dagnats.api import limits as api_limits
-from dagnats.api.services import Services
+from dagnats.api import routes_live
+from dagnats.api.routes_runs import watched_states
+from dagnats.api.services import Services, ServicesDep
 from dagnats.client import RunNotFoundError, WorkflowNotFoundError
 from dagnats.console import dag_svg, reads, runview
 from dagnats.console.common import fragment, page
 from dagnats.console.reads import RUN_STATUSES
-from dagnats.console.security import Keys
+from dagnats.console.security import KeysDep
 from kernel.errors import DagnatsError
 from kernel.events import Decision
 from kernel.reducer import evolve
@@ -44,7 +46,7 @@ def now_ms() -> int:
 
 
 @get("/static/{name:str}", include_in_schema=False, sync_to_thread=False)
-def static(name: str) -> Response[bytes]:
+def static(name: FromPath[str]) -> Response[bytes]:
     media_type = STATIC_TYPES.get(name)
     if media_type is None:
         return Response(b"not found", status_code=404, media_type="text/plain")
@@ -53,7 +55,7 @@ def static(name: str) -> Response[bytes]:
 
 
 @get("/", include_in_schema=False)
-async def dashboard(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def dashboard(request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep) -> Any:
     path = services.sqlite_path()
     board = reads.Dashboard()
     if path is not None:
@@ -89,7 +91,7 @@ def _filters(params: Any) -> tuple[reads.RunFilters, str]:
 
 
 @get("/runs", include_in_schema=False)
-async def runs(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def runs(request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep) -> Any:
     params = request.query_params
     filters, problem = _filters(params)
     path = services.sqlite_path()
@@ -152,7 +154,9 @@ async def run_context(services: Services, run_id: str) -> dict[str, Any]:
 
 
 @get("/runs/{run_id:str}", include_in_schema=False)
-async def run(request: Request[Any, Any, Any], run_id: str, services: Services, keys: Keys) -> Any:
+async def run(
+    request: Request[Any, Any, Any], run_id: FromPath[str], services: ServicesDep, keys: KeysDep
+) -> Any:
     try:
         context = await run_context(services, run_id)
     except (RunNotFoundError, DagnatsError) as error:
@@ -162,14 +166,16 @@ async def run(request: Request[Any, Any, Any], run_id: str, services: Services, 
 
 
 @get("/runs/{run_id:str}/live", include_in_schema=False)
-async def run_live(run_id: str, services: Services) -> Any:
+async def run_live(run_id: FromPath[str], services: ServicesDep) -> Any:
     """The live part of a run page (htmx fetches it when the SSE stream says it changed)."""
     context = await run_context(services, run_id)
     return fragment("run_region.html", run_id=run_id, **context)
 
 
 @get("/runs/{run_id:str}/events", include_in_schema=False)
-async def run_events(run_id: str, services: Services, after: int = 0) -> ServerSentEvent:
+async def run_events(
+    run_id: FromPath[str], services: ServicesDep, after: FromQuery[int] = 0
+) -> ServerSentEvent:
     """`changed` after each new history message past `after`, `end` when the run ends."""
     await services.client.get_run(run_id)
     return ServerSentEvent(_changes(services, run_id, after))
@@ -178,31 +184,24 @@ async def run_events(run_id: str, services: Services, after: int = 0) -> ServerS
 async def _changes(
     services: Services, run_id: str, after: int
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
-    state = INITIAL_STATE
-    watch = services.client.watch(run_id, timeout_s=api_limits.sse_stream_s_max)
-    async with contextlib.aclosing(watch):
-        async for seq, decision in watch:
-            for event in decision.events:
-                state = evolve(state, event)
-            if is_terminal(state):
-                yield ServerSentEventMessage(data=state.status, event="end", id=seq)
-                return
-            if seq > after:
-                yield ServerSentEventMessage(data=str(seq), event="changed", id=seq)
+    async for seq, _, state in watched_states(services, run_id):
+        if is_terminal(state):
+            yield ServerSentEventMessage(data=state.status, event="end", id=seq)
+            return
+        if seq > after:
+            yield ServerSentEventMessage(data=str(seq), event="changed", id=seq)
 
 
 @get("/runs/{run_id:str}/model-live", include_in_schema=False)
-async def model_live(run_id: str, services: Services) -> ServerSentEvent:
+async def model_live(run_id: FromPath[str], services: ServicesDep) -> ServerSentEvent:
     """A run's live model text (the HTTP API's `GET /v1/runs/{id}/live`, dagnats/api/
     routes_live.py) under the console's own access rule: a session, not the API's bearer."""
-    from dagnats.api import routes_live  # here: its import warns on litestar 2.25
-
     stream: ServerSentEvent = await routes_live.live_text.fn(run_id=run_id, services=services)
     return stream
 
 
 @get("/approvals", include_in_schema=False)
-async def approvals(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def approvals(request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep) -> Any:
     pending = await services.client.pending_approvals(approvals_listed_max)
     identities = sorted(services.approver_identities())
     return page(
@@ -212,15 +211,15 @@ async def approvals(request: Request[Any, Any, Any], services: Services, keys: K
 
 
 @get("/workflows", include_in_schema=False)
-async def workflows(request: Request[Any, Any, Any], services: Services, keys: Keys) -> Any:
+async def workflows(request: Request[Any, Any, Any], services: ServicesDep, keys: KeysDep) -> Any:
     names = await services.client.list_workflows()
     return page(request, keys, "workflows.html", title="Workflows", names=names)
 
 
 @get("/workflows/{name:str}", include_in_schema=False)
 async def workflow(
-    request: Request[Any, Any, Any], name: str, services: Services, keys: Keys,
-    revision: int | None = None,
+    request: Request[Any, Any, Any], name: FromPath[str], services: ServicesDep, keys: KeysDep,
+    revision: FromQuery[int | None] = None,
 ) -> Any:  # fmt: skip
     client = services.client
     try:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from litestar.di import NamedDependency
+
 from dagnats.api.auth import bearer_matches, is_loopback
 
 SESSION_COOKIE: Final = "dagnats_session"
@@ -146,3 +148,7 @@ def authenticated_actor(
     if authorization and bearer_matches(authorization, keys.token):
         return "API token holder"
     return None
+
+
+KeysDep = NamedDependency[Keys]
+"""A console handler's `keys` parameter: the console's one `Keys` (its named dependency)."""

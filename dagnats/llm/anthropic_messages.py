@@ -5,35 +5,32 @@
 model = AnthropicMessages("claude-sonnet-4-5")                     # ANTHROPIC_API_KEY
 ```
 
-The SDK's own retries are off (`max_retries=0`): a failed call fails the turn's attempt and
-the step's retry policy decides (dagnats/llm/model.py classifies the errors).
+Settings, `complete` and the error mapping are shared (dagnats/llm/sdk_model.py, errors.py).
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Final
+from typing import Any
 
+from dagnats.llm.errors import refused
 from dagnats.llm.model import (
     CallRequest,
     Message,
-    ModelCallError,
     ModelReply,
     ModelRequest,
-    ModelRequestError,
     TextSink,
     arguments_of,
-    provider_message,
-    redact,
-    status_error,
 )
-from dagnats.runtime import settings
-
-timeout_s_default: Final = settings.llm_timeout_s_default
+from dagnats.llm.sdk_model import SdkModel, timeout_s_default
 
 
-class AnthropicMessages:
+class AnthropicMessages(SdkModel):
     """A model behind Anthropic's `/v1/messages` endpoint."""
+
+    key_env = "ANTHROPIC_API_KEY"
+    base_url_env = "ANTHROPIC_BASE_URL"
+    example = "claude-sonnet-4-5"
+    malformed = (ValueError, KeyError, TypeError, AttributeError)
 
     def __init__(
         self, model: str, *, api_key: str | None = None, base_url: str | None = None,
@@ -46,56 +43,16 @@ class AnthropicMessages:
             ImportError: the `anthropic` package is missing (`pip install dagnats[anthropic]`).
             ValueError: an empty model name or a timeout that is not positive.
         """
-        if not model:
-            raise ValueError("model must name a model (e.g. 'claude-sonnet-4-5')")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s {timeout_s!r} must be above 0 seconds")
         try:
             import anthropic
         except ImportError as error:
             raise ImportError(
                 "AnthropicMessages needs `pip install 'dagnats[anthropic]'`"
             ) from error
-        self._anthropic = anthropic
-        self._model = model
-        self._key = api_key or os.environ.get("ANTHROPIC_API_KEY") or "no-key"
-        self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL")
-        self.timeout_s = timeout_s
-        self.stream = stream
+        super().__init__(anthropic, model, api_key, base_url, timeout_s, stream)
         self._client = anthropic.AsyncAnthropic(
             api_key=self._key, base_url=self.base_url, timeout=timeout_s, max_retries=0
         )
-
-    @property
-    def name(self) -> str:
-        return self._model
-
-    def __repr__(self) -> str:  # never the key
-        return f"AnthropicMessages({self._model!r}, base_url={self.base_url!r})"
-
-    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
-        """The model's reply (see `dagnats.llm.model.Model.complete`)."""
-        anthropic = self._anthropic
-        try:
-            if self.stream:
-                return await self._streamed(request, on_text)
-            return await self._whole(request)
-        except anthropic.APIStatusError as error:
-            message = provider_message(error.body, error.message)
-            raise status_error(
-                self._model, error.status_code, message, error.response.headers, (self._key,)
-            ) from None
-        except anthropic.APITimeoutError:
-            raise ModelCallError(
-                f"model {self._model!r}: no reply within {self.timeout_s:g}s (timeout_s)",
-                model=self._model, status=None,
-            ) from None  # fmt: skip
-        except (anthropic.APIError, ValueError, KeyError, TypeError, AttributeError) as error:
-            shown = redact(f"{type(error).__name__}: {error}", (self._key,))
-            raise ModelCallError(
-                f"model {self._model!r}: the call failed or its reply is malformed: {shown}",
-                model=self._model, status=None,
-            ) from None  # fmt: skip
 
     def _arguments(self, request: ModelRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -161,11 +118,7 @@ class AnthropicMessages:
         stop: str,
     ) -> ModelReply:  # fmt: skip
         if stop == "refusal":
-            shown = redact(text or "no reason given", (self._key,))
-            raise ModelRequestError(
-                f"model {self._model!r} refused: {shown} (not retried)",
-                model=self._model, status=200,
-            )  # fmt: skip
+            raise refused(self._model, text or "no reason given", (self._key,))
         return ModelReply(
             model=self._model, text=text, tool_calls=calls, tokens_in=tokens_in,
             tokens_out=tokens_out, stop_reason=stop,

@@ -6,37 +6,33 @@ model = OpenAIChat("gpt-4o-mini")                                   # OPENAI_API
 local = OpenAIChat("qwen2.5-coder", base_url="http://127.0.0.1:11434/v1", api_key="ollama")
 ```
 
-The SDK's own retries are off (`max_retries=0`): a failed call fails the turn's attempt and
-the step's retry policy decides (dagnats/llm/model.py classifies the errors).
+Settings, `complete` and the error mapping are shared (dagnats/llm/sdk_model.py, errors.py).
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
+from dagnats.llm.errors import refused
 from dagnats.llm.model import (
     CallRequest,
     Message,
-    ModelCallError,
     ModelReply,
     ModelRequest,
-    ModelRequestError,
     TextSink,
     arguments_of,
-    provider_message,
-    redact,
-    status_error,
 )
-from dagnats.runtime import settings
-
-timeout_s_default: Final = settings.llm_timeout_s_default
+from dagnats.llm.sdk_model import SdkModel, timeout_s_default
 
 
-class OpenAIChat:
+class OpenAIChat(SdkModel):
     """A model behind an OpenAI-compatible `/chat/completions` endpoint."""
+
+    key_env = "OPENAI_API_KEY"
+    base_url_env = "OPENAI_BASE_URL"
+    example = "gpt-4o-mini"
 
     def __init__(
         self, model: str, *, api_key: str | None = None, base_url: str | None = None,
@@ -49,54 +45,14 @@ class OpenAIChat:
             ImportError: the `openai` package is missing (`pip install dagnats[openai]`).
             ValueError: an empty model name or a timeout that is not positive.
         """
-        if not model:
-            raise ValueError("model must name a model (e.g. 'gpt-4o-mini')")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s {timeout_s!r} must be above 0 seconds")
         try:
             import openai
         except ImportError as error:
             raise ImportError("OpenAIChat needs `pip install 'dagnats[openai]'`") from error
-        self._openai = openai
-        self._model = model
-        self._key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL")
-        self.timeout_s = timeout_s
-        self.stream = stream
+        super().__init__(openai, model, api_key, base_url, timeout_s, stream)
         self._client = openai.AsyncOpenAI(
             api_key=self._key, base_url=self.base_url, timeout=timeout_s, max_retries=0
         )
-
-    @property
-    def name(self) -> str:
-        return self._model
-
-    def __repr__(self) -> str:  # never the key
-        return f"OpenAIChat({self._model!r}, base_url={self.base_url!r})"
-
-    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
-        """The model's reply (see `dagnats.llm.model.Model.complete`)."""
-        openai = self._openai
-        try:
-            if self.stream:
-                return await self._streamed(request, on_text)
-            return await self._whole(request)
-        except openai.APIStatusError as error:
-            message = provider_message(error.body, error.message)
-            raise status_error(
-                self._model, error.status_code, message, error.response.headers, (self._key,)
-            ) from None
-        except openai.APITimeoutError:
-            raise ModelCallError(
-                f"model {self._model!r}: no reply within {self.timeout_s:g}s (timeout_s)",
-                model=self._model, status=None,
-            ) from None  # fmt: skip
-        except (openai.APIError, ValueError, KeyError, TypeError) as error:
-            shown = redact(f"{type(error).__name__}: {error}", (self._key,))
-            raise ModelCallError(
-                f"model {self._model!r}: the call failed or its reply is malformed: {shown}",
-                model=self._model, status=None,
-            ) from None  # fmt: skip
 
     def _arguments(self, request: ModelRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -164,11 +120,7 @@ class OpenAIChat:
         self, text: str, calls: tuple[CallRequest, ...], usage: Any, finish: str, refusal: str
     ) -> ModelReply:
         if refusal or finish == "content_filter":
-            shown = redact(refusal or "content filter", (self._key,))
-            raise ModelRequestError(
-                f"model {self._model!r} refused: {shown} (not retried)",
-                model=self._model, status=200,
-            )  # fmt: skip
+            raise refused(self._model, refusal or "content filter", (self._key,))
         return ModelReply(
             model=self._model, text=text, tool_calls=calls,
             tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),

@@ -5,7 +5,8 @@ A managed trigger is validated like one in the workflow's file: read with the fo
 (`kernel.workflow.trigger_parse`), then the workflow's rules run over its triggers with this one
 in place (route conflicts with the others included) and its time zone is looked up; problems
 name their field as `trigger.<field>`. A managed trigger overrides the file's trigger of the
-same id (`enable`/`disable` write such an override); deleting it brings the file's back.
+same id (`set_enabled`, behind `enable`/`disable`, writes such an override); deleting it brings
+the file's back.
 """
 
 from __future__ import annotations
@@ -193,6 +194,20 @@ async def delete(js: JetStreamContext, workflow: str, trigger_id: str) -> None:
     await kv.delete(key)
 
 
+async def set_enabled(js: JetStreamContext, workflow: str, trigger_id: str, enabled: bool) -> Entry:
+    """Enable or disable the trigger in force (`dagnats trigger enable|disable`, the HTTP
+    routes and the console): an override of it, `enabled` as given, in the bucket.
+
+    Raises:
+        TriggerNotFoundError: none of that id.
+    """
+    entry = await show(js, workflow, trigger_id)
+    managed = ManagedTrigger(workflow=workflow, trigger=replace(entry.trigger, enabled=enabled))
+    kv = await js.key_value(TRIGGERS_BUCKET)
+    await kv.put(managed_key(workflow, trigger_id), msgspec.json.encode(managed))
+    return replace(entry, trigger=managed.trigger)
+
+
 def shown(entry: Entry, *, managed: bool | None = None) -> dict[str, object]:
     """A trigger as the CLI and the API show it: its document with secrets hidden."""
     document = trigger_document(entry.trigger)
@@ -218,6 +233,7 @@ __all__ = [
     "checked_trigger",
     "delete",
     "put",
+    "set_enabled",
     "show",
     "shown",
 ]
