@@ -17,6 +17,7 @@ from typing import Annotated
 import msgspec
 import nats.errors
 import typer
+from msgspec.structs import replace
 
 from dagnats.cli.common import JsonOption, UrlOption, emit_json, fail, out, run_async, with_client
 from dagnats.client import Client
