@@ -98,7 +98,7 @@ def start_projections(
     directory.mkdir(parents=True, exist_ok=True)
     targets: tuple[projector.ProjectionTarget, ...] = (
         projector.SnapshotTarget(js),
-        projector.SqliteTarget(directory / projector.SQLITE_FILE, QueryTables()),
+        projector.SqliteTarget(directory / projector.SQLITE_FILE, QueryTables(), inline=True),
     )
     return [asyncio.create_task(SharedTail(js, targets).run(stop))]
 

@@ -396,7 +396,7 @@ class Server:
             create_private_file(sqlite)
         targets: tuple[projector.ProjectionTarget, ...] = (
             projector.SnapshotTarget(js),
-            projector.SqliteTarget(sqlite, QueryTables()),
+            projector.SqliteTarget(sqlite, QueryTables(), inline=True),
         )
         return [asyncio.create_task(SharedTail(js, targets).run(stop))]
 
