@@ -32,6 +32,7 @@ from bench.workers import noop_worker, recovery_worker
 from dagnats.runtime import projector
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
+from dagnats.runtime.projector_shared import SharedTail
 from dagnats.worker import Worker
 from projections.sqlite import QueryTables
 
@@ -91,15 +92,15 @@ def start_projections(
     engine: Engine, connection: Connection, directory: Path, stop: asyncio.Event
 ) -> list[asyncio.Task[None]]:
     """The built-in projections beside the engine, as `dagnats serve` runs them (KV snapshots
-    the engine loads, the SQLite query tables in `directory`)."""
+    the engine loads, the SQLite query tables in `directory`) on one shared tail."""
     js = connection.js
     engine.snapshots = projector.KvSnapshotStore(js)
     directory.mkdir(parents=True, exist_ok=True)
     targets: tuple[projector.ProjectionTarget, ...] = (
         projector.SnapshotTarget(js),
-        projector.SqliteTarget(directory / projector.SQLITE_FILE, QueryTables()),
+        projector.SqliteTarget(directory / projector.SQLITE_FILE, QueryTables(), inline=True),
     )
-    return [asyncio.create_task(projector.Projector(js, t).run(stop)) for t in targets]
+    return [asyncio.create_task(SharedTail(js, targets).run(stop))]
 
 
 async def run_worker(

@@ -21,13 +21,25 @@ from dagnats.loading import load_attribute
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.resources import check_token
 from kernel.errors import DagnatsError
-from projections.base import Message, SqliteProjection, SqliteRunner, read_checkpoint
+from projections.base import (
+    BatchResult,
+    Message,
+    SqliteProjection,
+    SqliteRunner,
+    read_checkpoint,
+)
 
 log = logging.getLogger("dagnats.projector")
 
 SQLITE_FILE: Final = "dagnats.sqlite"
 sqlite_busy_timeout_s: Final = 30.0
 name_length_max: Final = 64
+# A batch at most this big is applied in the event loop's thread, not handed to a worker
+# thread: for the few messages a live tail gathers, the hand-off (the executor, the wake-up
+# and the GIL passed back and forth) cost more CPU than the transaction itself (py-spy of
+# serve). It never waits for the file's lock there: a locked file goes to the thread.
+inline_batch_messages_max: Final = 16
+inline_batch_bytes_max: Final = 64 * 1024
 
 
 def check_name(name: str) -> str:
@@ -61,16 +73,21 @@ def open_database(path: Path, *, readonly: bool = False) -> Database:
 
 
 class SqliteTarget:
-    """A SqliteProjection in a SQLite file; batches run in a worker thread."""
+    """A SqliteProjection in a SQLite file; batches run in a worker thread (small ones in the
+    event loop's thread when `inline`)."""
 
     kind = "sqlite"
 
-    def __init__(self, path: Path, projection: SqliteProjection) -> None:
+    def __init__(self, path: Path, projection: SqliteProjection, *, inline: bool = False) -> None:
+        """`inline`: apply small batches in the event loop's thread (`inline_batch_*`); for
+        a projection whose cost per event is known and small (the query tables), never a
+        user's, which may be slow."""
         self.name = check_name(projection.name)
         self.version = str(projection.version)
         self.path = path
         self.where = str(path)
         self.projection = projection
+        self.inline = inline
         self.db: Database | None = None
         self.runner: SqliteRunner | None = None
 
@@ -85,9 +102,13 @@ class SqliteTarget:
     async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
         runner = self.runner
         assert runner is not None, "open first"
-        result = await asyncio.to_thread(
-            runner.apply_batch, messages, after_seq=after_seq, now_ms=now_ms()
+        result = (
+            _apply_inline(runner, messages, after_seq) if self.inline and _small(messages) else None
         )
+        if result is None:
+            result = await asyncio.to_thread(
+                runner.apply_batch, messages, after_seq=after_seq, now_ms=now_ms()
+            )
         problems = [*result.problems, *_drain_problems(self.projection)]
         for problem in problems[:10]:
             log.warning("projection %s: %s", self.name, problem)
@@ -107,6 +128,29 @@ class SqliteTarget:
             self.db.close()
             self.db = None
             self.runner = None
+
+
+def _small(messages: list[Message]) -> bool:
+    if len(messages) > inline_batch_messages_max:
+        return False
+    return sum(len(message[2]) for message in messages) <= inline_batch_bytes_max
+
+
+def _apply_inline(
+    runner: SqliteRunner, messages: list[Message], after_seq: int
+) -> BatchResult | None:
+    """Apply a small batch in this thread without waiting for the file's write lock; None
+    when another connection holds it (nothing was applied: the caller uses a thread)."""
+    connection = runner.db.conn
+    connection.execute("PRAGMA busy_timeout = 0")
+    try:
+        return runner.apply_batch(messages, after_seq=after_seq, now_ms=now_ms())
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise
+        return None  # the transaction was rolled back (or never began)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {int(sqlite_busy_timeout_s * 1000)}")
 
 
 def _drain_problems(projection: object) -> list[str]:

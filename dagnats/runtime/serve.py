@@ -400,8 +400,11 @@ class Server:
     def start_projections(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """Run the built-in projections until `stop`: run snapshots in KV (which the engine
         then loads, plus the history after them) and the SQLite query tables in
-        `<data dir>/dagnats.sqlite`. Each catches up from its checkpoint, then tails."""
+        `<data dir>/dagnats.sqlite`. Each catches up from its own checkpoint; both follow one
+        tail of the history stream (`projector_shared.SharedTail`) while this process holds
+        the snapshots' lease, the query tables alone while another engine holds it."""
         from dagnats.runtime import projector
+        from dagnats.runtime.projector_shared import SharedTail
         from projections.sqlite import QueryTables
 
         assert self.engine is not None and self.connection is not None
@@ -412,9 +415,9 @@ class Server:
             create_private_file(sqlite)
         targets: tuple[projector.ProjectionTarget, ...] = (
             projector.SnapshotTarget(js),
-            projector.SqliteTarget(sqlite, QueryTables()),
+            projector.SqliteTarget(sqlite, QueryTables(), inline=True),
         )
-        return [asyncio.create_task(projector.Projector(js, t).run(stop)) for t in targets]
+        return [asyncio.create_task(SharedTail(js, targets).run(stop))]
 
     async def _watch_child(self, stop: asyncio.Event) -> None:
         if self.nats is None:
