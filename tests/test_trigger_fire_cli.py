@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import msgspec
 import nats
 import pytest
@@ -100,3 +101,18 @@ async def test_a_worker_may_not_request_a_fire(procs: Processes, tmp_path: Path)
     assert any("permissions violation" in e and "dagnats.trigger.fire." in e for e in errors)
     async with connected(serve.url, role="admin") as admin:
         assert await read_fires(admin.connection.js, "plain", "p", 10) == []
+
+
+async def test_the_http_api_fires_a_trigger_like_the_cli(procs: Processes, tmp_path: Path) -> None:
+    serve = await procs.serve(tmp_path / "data")
+    async with connected(serve.url, role="admin") as admin:
+        await admin.register_workflow(workflow("hooked", NAP, triggers=[PLAIN, DEBOUNCED]))
+    async with httpx.AsyncClient(base_url=serve.http_url, timeout=30.0) as http:
+        started = await http.post("/v1/triggers/hooked/p/fire")
+        assert started.status_code == 200, started.text
+        assert started.json()["outcome"] == "started" and started.json()["run_id"], started.text
+        offered = await http.post("/v1/triggers/hooked/b/fire")
+        assert offered.status_code == 200, offered.text
+        assert offered.json()["outcome"] == "debounced" and offered.json()["starts_by"]
+        unknown = await http.post("/v1/triggers/hooked/nope/fire")
+        assert unknown.status_code == 404, unknown.text

@@ -53,6 +53,8 @@ REPLY_HEADER: Final = "Dagnats-Reply"
 REQUEST_MAX_AGE_MS: Final = 600_000  # a request no engine read in 10 min expires unfired
 REQUEST_ACK_WAIT_S: Final = 30.0  # an engine that took a request and died: sent again after
 FIRE_REPLY_TIMEOUT_S: Final = 20.0  # how long a caller waits for the engine's answer
+PUBLISH_TIMEOUT_S: Final = 5.0  # one publish of a request waits that long for its ack
+PUBLISH_RETRY_S: Final = 0.25  # a request no stream took is published again after that
 MANUAL_VALUE: Final = {"manual": True}  # a manual fire's input (beside `trigger`)
 
 
@@ -102,7 +104,7 @@ class FireUnansweredError(DagnatsError):
         where = (
             f"the request is stored and fires if an engine reads it within {minutes} min"
             if stored
-            else "the request was not stored: no stream takes it"
+            else "the request was not stored: no stream took it, or this role may not publish it"
         )
         super().__init__(
             f"trigger {workflow}/{trigger_id}: no engine answered the fire request within "
@@ -162,14 +164,11 @@ async def request_fire(
     sub = await nc.subscribe(reply_to, max_msgs=1)
     try:
         headers = {"Nats-Msg-Id": request.request_id, REPLY_HEADER: reply_to}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        await _publish(js, request, headers, deadline)
+        left = max(deadline - asyncio.get_running_loop().time(), PUBLISH_RETRY_S)
         try:
-            await js.publish(request_subject(workflow, trigger_id), msgspec.json.encode(request),
-                             headers=headers, timeout=min(timeout_s, 10.0))  # fmt: skip
-        except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
-                nats.errors.TimeoutError, TimeoutError):  # fmt: skip
-            raise FireUnansweredError(workflow, trigger_id, 0, stored=False) from None
-        try:
-            message = await sub.next_msg(timeout=timeout_s)
+            message = await sub.next_msg(timeout=left)
         except (nats.errors.TimeoutError, TimeoutError):
             raise FireUnansweredError(workflow, trigger_id, timeout_s, stored=True) from None
     finally:
@@ -179,6 +178,30 @@ async def request_fire(
     if reply.error:
         raise FireRequestRefusedError(reply.error)
     return reply
+
+
+async def _publish(
+    js: JetStreamContext, request: FireRequest, headers: dict[str, str], deadline: float
+) -> None:
+    """Store a request, again every `PUBLISH_RETRY_S` until `deadline` while no stream takes
+    it (a serve just started makes it a moment after it is ready; the same message id makes
+    the retries one request). A publish the server refuses (a role without the permission)
+    gets no answer either, and is reported the same way."""
+    loop = asyncio.get_running_loop()
+    subject = request_subject(request.workflow, request.trigger_id)
+    data = msgspec.json.encode(request)
+    while True:
+        wait_s = max(min(deadline - loop.time(), PUBLISH_TIMEOUT_S), PUBLISH_RETRY_S)
+        try:
+            await js.publish(subject, data, headers=dict(headers), timeout=wait_s)
+            return
+        except (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
+                nats.errors.TimeoutError, TimeoutError):  # fmt: skip
+            if loop.time() + PUBLISH_RETRY_S >= deadline:
+                waited = round((now_ms() - request.at_ms) / 1000, 1)
+                raise FireUnansweredError(request.workflow, request.trigger_id, waited,
+                                          stored=False) from None  # fmt: skip
+            await asyncio.sleep(PUBLISH_RETRY_S)
 
 
 async def serve_requests(service: TriggerService, stop: asyncio.Event) -> None:
