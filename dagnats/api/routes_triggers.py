@@ -1,6 +1,6 @@
 """`/v1/triggers`: list, show, create, update, delete triggers and read their fire history.
 
-Mirrors `dagnats trigger list|show|create|update|delete|enable|disable|history`
+Mirrors `dagnats trigger list|show|create|update|delete|enable|disable|history|fire`
 (`dagnats/runtime/triggers_managed.py` does the work for both). Secrets are never shown (a
 set one reads "(set)"). Mounted by `dagnats/api/serving.py` with the `/hooks` routes.
 """
@@ -28,6 +28,12 @@ from dagnats.runtime.triggers import (
     read_fires,
 )
 from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET, trigger_key
+from dagnats.runtime.triggers_requests import (
+    FireRequestRefusedError,
+    FireUnansweredError,
+    fire_answer,
+    request_fire,
+)
 
 HISTORY_MAX = 1_000
 
@@ -150,6 +156,24 @@ async def disable_trigger(
     return Response(b'{"enabled": false}', media_type="application/json")
 
 
+@post("/{workflow:str}/{trigger_id:str}/fire", status_code=200, summary="Fire a trigger now")
+async def fire_trigger(
+    workflow: FromPath[str], trigger_id: FromPath[str], services: ServicesDep
+) -> dict[str, object]:
+    """Like `dagnats trigger fire`: a request the engine answers (the run started, or the
+    fire offered to its burst with `starts_by`, or why not); 404 for an unknown trigger,
+    504 when no engine answered in time."""
+    try:
+        reply = await request_fire(_js(services), workflow, trigger_id)
+    except FireRequestRefusedError as error:
+        raise ProblemError(404, str(error), kind="trigger-not-found",
+                           hint="list with GET /v1/triggers") from None  # fmt: skip
+    except FireUnansweredError as error:
+        raise ProblemError(504, str(error), kind="trigger-fire-unanswered",
+                           hint=error.hint) from None  # fmt: skip
+    return fire_answer(reply)
+
+
 @get("/{workflow:str}/{trigger_id:str}/history", summary="A trigger's fires, oldest first")
 async def trigger_history(
     workflow: FromPath[str],
@@ -165,7 +189,7 @@ router = Router(
     path="/v1/triggers",
     route_handlers=[
         list_triggers, show_trigger, create_trigger, update_trigger, delete_trigger,
-        enable_trigger, disable_trigger, trigger_history,
+        enable_trigger, disable_trigger, fire_trigger, trigger_history,
     ],
     tags=["triggers"],
 )  # fmt: skip

@@ -17,31 +17,24 @@ from typing import Annotated
 import msgspec
 import nats.errors
 import typer
-from msgspec.structs import replace
 
 from dagnats.cli.common import JsonOption, UrlOption, emit_json, fail, out, run_async, with_client
 from dagnats.client import Client
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import now_ms
-from dagnats.runtime.triggers import (
-    Entry,
-    TriggerService,
-    command_starter,
-    ensure_trigger_resources,
-    load_entries,
-    read_fires,
-)
+from dagnats.runtime.triggers import Entry, ensure_trigger_resources, load_entries, read_fires
 from dagnats.runtime.triggers_plan import (
     ZoneError,
     cron_fire_name,
     next_fire,
     zone_of,
 )
+from dagnats.runtime.triggers_requests import FIRE_REPLY_TIMEOUT_S, fire_answer, request_fire
 from kernel.cron import parse_cron
 from kernel.workflow.trigger_model import CronSource
 
 COUNT_MAX = 1_000
-ENGINE_ROLES = ("engine", "admin")  # may write the trigger state and fire records
+WAIT_MAX_S = 600  # --timeout of `trigger fire`
 HISTORY_MAX = 1_000
 
 
@@ -138,39 +131,31 @@ def trigger_history(
 def trigger_fire(
     workflow: Annotated[str, typer.Argument(help="The trigger's workflow.")],
     trigger_id: Annotated[str, typer.Argument(help="The trigger's id.")],
+    timeout: Annotated[
+        float, typer.Option(help=f"Seconds to wait for the engine's answer (1..{WAIT_MAX_S}).")
+    ] = FIRE_REPLY_TIMEOUT_S,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Fire a trigger now (by hand): its run starts, or the reason it does not is recorded.
-
-    A client may neither write the debounced bursts nor the fire records (serve's engine
-    does): a debounced trigger fired by a client starts its run at once, and says so."""
+    """Fire a trigger now (by hand), like any other fire of it: serve's engine starts its run,
+    offers the fire to its debounced burst, or records why not; prints the run id."""
+    if not 1 <= timeout <= WAIT_MAX_S:
+        raise fail(f"--timeout {timeout:g} must be from 1 to {WAIT_MAX_S}")
 
     async def fire(client: Client) -> dict[str, object]:
-        entry = await _entry(client, workflow, trigger_id)
-        engine = client.connection.role in ENGINE_ROLES
-        service = TriggerService(client.connection.js, command_starter(client.connection),
-                                 recording=engine)  # fmt: skip
-        note = ""
-        if entry.trigger.debounce is not None and not engine:
-            entry = replace(entry, trigger=replace(entry.trigger, debounce=None))
-            role = client.connection.role
-            note = (
-                f"not debounced: the {role} role may not write the pending bursts (serve's "
-                "engine or admin may); the run started at once"
-            )
-        name = f"manual:{cron_fire_name(now_ms())}"
-        record = await service.fire(entry, name, {"manual": True})
-        found = {field: getattr(record, field) for field in record.__struct_fields__}
-        return {**found, "note": note}
+        await _entry(client, workflow, trigger_id)  # an unknown trigger: said here, at once
+        return fire_answer(await request_fire(client.connection.js, workflow, trigger_id, timeout))
 
-    record = run_async(with_client(nats_url, fire))
+    answer = run_async(with_client(nats_url, fire))
     if as_json:
-        emit_json(record)
+        emit_json(answer)
         return
-    out.print(f"{record['outcome']}  {record['run_id'] or record['reason']}")
-    if record["note"]:
-        out.print(f"note: {record['note']}")
+    if answer["outcome"] == "started":
+        out.print(f"started  {answer['run_id']}")
+    elif answer["outcome"] == "debounced" and answer["starts_by"]:
+        out.print(f"debounced  offered to the burst, starts by {answer['starts_by']}")
+    else:
+        out.print(f"{answer['outcome']}  {answer['run_id'] or answer['reason']}")
 
 
 def trigger_enable(

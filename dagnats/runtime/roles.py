@@ -8,8 +8,9 @@ Five roles (README "Security"):
 - `worker`: takes tasks (consumer create/info, fetch, ack on DAGNATS_TASKS) and publishes
   results on `dagnats.cmd.<p>.<run>.result` only, and live model output on core NATS
   `dagnats.live.<run>.<step>` (never stored; dagnats/llm/live.py).
-- `client`: publishes client commands on `dagnats.cmd.<p>.<run>.client`, external events and
-  workflow definitions; reads history, KV snapshots and events.
+- `client`: publishes client commands on `dagnats.cmd.<p>.<run>.client`, external events,
+  workflow definitions and manual trigger fire requests (`dagnats.trigger.fire.<key>`);
+  reads history, KV snapshots and events.
 - `approver`: a client that also publishes human decisions on
   `dagnats.cmd.<p>.<run>.decision.<identity>`, the identity pinned by its permission.
 - `admin`: everything, and the only one that may delete or purge streams.
@@ -70,6 +71,7 @@ KIND_ENGINE: Final = "engine"
 SCHEDULE_SUBJECT_PREFIX: Final = "dagnats.sched."
 EVENTS_STREAM_NAME: Final = "DAGNATS_EVENTS"  # external_events.EVENTS_STREAM (no import cycle)
 SNAPSHOTS_PROJECTION: Final = "snapshots"  # projector.SNAPSHOTS
+TRIGGER_FIRE_PREFIX: Final = "dagnats.trigger.fire"  # manual fire requests (triggers_requests)
 
 # A client (and an approver, who is one) may operate on a run's lifecycle as it may cancel it:
 # retry in place, terminate, discard a dead letter (kernel.reopen; README "Security").
@@ -158,6 +160,7 @@ def permissions(
                 f"$KV.{PROJECTIONS_BUCKET}.>",  # users' own projections' checkpoints ...
                 f"$KV.{LEASES_BUCKET}.>",
                 "$KV.dagnats_triggers.>",  # `dagnats trigger enable|disable`
+                f"{TRIGGER_FIRE_PREFIX}.*",  # `dagnats trigger fire`: asks the engine to fire
                 *_reader_publish(),
             )
             deny = (  # ... but not those of serve's snapshot projection

@@ -15,6 +15,9 @@ latest revision, overridden by those managed with `dagnats trigger`, bucket
 - debounce: a fire of a trigger with `debounce` joins its burst, kept in the trigger-state
   bucket (`triggers_debounce.py`), so a burst survives a restart and is started once, by any
   engine, with its last input (run id from the trigger and the burst's first fire);
+- manual fires (`dagnats trigger fire`, under any role) arrive as requests on
+  `dagnats.trigger.fire.<trigger key>` and are fired here like any other
+  (`triggers_requests.py`);
 - every fire is recorded on `dagnats.fires.<trigger key>` (stream `DAGNATS_TRIGGER_FIRES`,
   deduplicated per fire), a fire for a missing workflow or a disabled trigger with its reason.
 Runs started by a trigger carry the workflow without its triggers (no secrets in history).
@@ -32,7 +35,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 import nats.errors
@@ -59,6 +62,8 @@ from dagnats.runtime.triggers_plan import (
     new_burst,
     trigger_key,
 )
+from dagnats.runtime.triggers_requests import FireRecord as FireRecord  # noqa: PLC0414 (exported)
+from dagnats.runtime.triggers_requests import Outcome, serve_requests
 from kernel import codec
 from kernel.commands import StartRun
 from kernel.workflow import WorkflowDef
@@ -69,20 +74,7 @@ log = logging.getLogger("dagnats.triggers")
 FIRES_STREAM: Final = "DAGNATS_TRIGGER_FIRES"
 FIRES_PREFIX: Final = "dagnats.fires"
 INPUT_STREAM: Final = "DAGNATS_TRIGGER_IN"
-Outcome = Literal["started", "skipped", "failed", "debounced", "dropped"]
 CLOCK_OFFSET_ENV: Final = "DAGNATS_TEST_CLOCK_OFFSET_MS"  # a test seam (see the docstring)
-
-
-class FireRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """One fire of a trigger: what it was, the run it started, or why none."""
-
-    workflow: str
-    trigger_id: str
-    fire: str  # the fire time (RFC 3339) or the message id
-    run_id: str = ""
-    outcome: Outcome
-    reason: str = ""
-    at_ms: int
 
 
 class ManagedTrigger(msgspec.Struct, frozen=True, kw_only=True):
@@ -206,6 +198,7 @@ class TriggerService:
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_trigger_resources(self.js)
         loaded_ms = -settings.trigger_reload_ms
+        requests = asyncio.create_task(self._requests(stop))
         try:
             while not stop.is_set():
                 if self.clock() - loaded_ms >= settings.trigger_reload_ms:
@@ -215,11 +208,22 @@ class TriggerService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), settings.trigger_tick_ms / 1000)
         finally:
-            for task in self.consumers.values():
+            for task in (requests, *self.consumers.values()):
                 task.cancel()
-            for task in self.consumers.values():
+            for task in (requests, *self.consumers.values()):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _requests(self, stop: asyncio.Event) -> None:
+        """Answer manual fire requests (`triggers_requests.py`) until stopped; started again
+        after a failure (NATS away)."""
+        while not stop.is_set():
+            try:
+                await serve_requests(self, stop)
+            except (nats.errors.Error, TimeoutError) as error:
+                log.warning("triggers: serving fire requests failed (%s); again soon", error)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), settings.retry_delay_ms / 1000)
 
     async def reload(self) -> None:
         """Read the triggers again; start a consumer for each new subject trigger."""
