@@ -288,7 +288,7 @@ def _rate_limiters(
         limiter_id = limiter_id_of("rate", scope, key)
         take = TakeTokens(
             limiter_id=limiter_id, task=task, at_ms=now_ms, name=scope, limit=rate.limit,
-            period_ms=rate.period_ms, units=rate.units,
+            period_ms=rate.period_ms, units=rate.units, workflow=run.workflow.name,
         )  # fmt: skip
         found.append((limiter_id, take))
     return found
