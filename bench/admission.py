@@ -5,11 +5,14 @@ process on one embedded nats-server (bench.chain_engine's set-up). The gated wor
 `concurrency.max_runs: 4`, so every run asks its gate before it starts and releases its slot
 when it ends (two gate appends per run); the plain one is the same chain with no admission.
 A third chain names its task type in `max_task_concurrency` (limit 4): every task asks the
-type's limiter for a slot before it is published and gives it back when it ends (two limiter
-appends per step, and the run's live attempts found after each command). The three are
+type's limiter for a slot before it is published and gives it back when it ends (the release
+rides on the next task's acquire: one limiter append per step, and the run's live attempts
+found after each command). The three are
 measured in alternating blocks in the same run, so the machine's load falls on all alike.
 `value` is the gated chain's ms per step; `ratio` is that over the plain chain's (target
-<= 1.1); `task_ratio` is the limited chain's over the plain chain's.
+<= 1.1); `task_ratio` is the limited chain's over the plain chain's;
+`limiter_appends_per_step` counts the limiter's history messages per step of the limited
+chain (a chain's next task takes its slot and releases the last one in one append: about 1).
 
 `python -m bench.admission` prints one JSON line; `--profile FILE` runs the engine under
 cProfile and writes its stats there (a profiling aid: the figures are then slower).
@@ -24,10 +27,13 @@ from pathlib import Path
 from typing import Final
 
 import msgspec
+from nats.aio.client import Client as NatsClient
 
 from bench.chain_engine import sequential_runs
 from bench.common import RunWatcher, bench_server, chain_workflow, emit, rounded
 from bench.workers import NOOP_TASK
+from dagnats.runtime.resources import HISTORY_STREAM
+from kernel.admission_flow import FLOW_PREFIX
 from kernel.workflow.model import Admission, TaskConcurrency
 
 BLOCKS: Final = 4  # alternating blocks of each workflow
@@ -63,6 +69,7 @@ async def measure(profile: Path | None = None) -> dict[str, object]:
                 )
                 spent[name] += wall_s
         await watcher.close()
+        limiter_msgs = await _limiter_messages(bench.nc)
     steps = BLOCKS * RUNS_PER_BLOCK * STEPS
     plain_ms, gated_ms = spent["plain"] * 1000 / steps, spent["gated"] * 1000 / steps
     limited_ms = spent["limited"] * 1000 / steps
@@ -76,9 +83,18 @@ async def measure(profile: Path | None = None) -> dict[str, object]:
         "task_ratio": rounded(limited_ms / plain_ms, 3),
         "task_ratio_of": "a chain with max_task_concurrency / the same chain without",
         "limited_ms_per_step": rounded(limited_ms),
+        "limiter_appends_per_step": rounded(limiter_msgs / steps, 3),
         "runs_each": BLOCKS * RUNS_PER_BLOCK,
         "steps_per_run": STEPS,
     }
+
+
+async def _limiter_messages(nc: NatsClient) -> int:
+    """The limiter appends of the limited chain (the history's task limiter subjects)."""
+    info = await nc.jetstream().stream_info(
+        HISTORY_STREAM, subjects_filter=f"dagnats.history.{FLOW_PREFIX}>"
+    )
+    return sum((info.state.subjects or {}).values())
 
 
 def main() -> None:

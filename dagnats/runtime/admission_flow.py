@@ -12,6 +12,9 @@ what they decided (a take or a grant is recorded per attempt).
 
 After each command of a run whose tasks hold slots (`after`), the attempts that ended
 release their slots, and the attempts the limiter then grants are released in their runs.
+When the command also enqueued a task of the same limiter (a chain's next step), that task's
+acquire releases the run's ended attempts first, in the same append (`_ended_in`); `after`
+then sees them released in its cached limiter state and appends nothing for them.
 After a restart, `resume_limiter` releases the attempts that ended while no engine ran and
 releases in their runs the attempts granted but still deferred. No step-type name appears here.
 """
