@@ -5,11 +5,14 @@ process on one embedded nats-server (bench.chain_engine's set-up). The gated wor
 `concurrency.max_runs: 4`, so every run asks its gate before it starts and releases its slot
 when it ends (two gate appends per run); the plain one is the same chain with no admission.
 A third chain names its task type in `max_task_concurrency` (limit 4): every task asks the
-type's limiter for a slot before it is published and gives it back when it ends (two limiter
-appends per step, and the run's live attempts found after each command). The three are
+type's limiter for a slot before it is published and gives it back when it ends (the release
+rides on the next task's acquire: one limiter append per step, and the run's live attempts
+found after each command). The three are
 measured in alternating blocks in the same run, so the machine's load falls on all alike.
 `value` is the gated chain's ms per step; `ratio` is that over the plain chain's (target
-<= 1.1); `task_ratio` is the limited chain's over the plain chain's.
+<= 1.1); `task_ratio` is the limited chain's over the plain chain's;
+`limiter_appends_per_step` counts the limiter's history messages per step of the limited
+chain (a chain's next task takes its slot and releases the last one in one append: about 1).
 
 `python -m bench.admission` prints one JSON line; `--profile FILE` runs the engine under
 cProfile and writes its stats there (a profiling aid: the figures are then slower).
@@ -24,10 +27,14 @@ from pathlib import Path
 from typing import Final
 
 import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from bench.chain_engine import sequential_runs
 from bench.common import RunWatcher, bench_server, chain_workflow, emit, rounded
 from bench.workers import NOOP_TASK
+from dagnats.runtime.resources import HISTORY_PREFIX
+from kernel.admission_flow import FLOW_PREFIX
 from kernel.workflow.model import Admission, TaskConcurrency
 
 BLOCKS: Final = 4  # alternating blocks of each workflow
@@ -43,6 +50,8 @@ async def measure(profile: Path | None = None) -> dict[str, object]:
         await bench.worker(concurrency=WORKER_CONCURRENCY)
         watcher = RunWatcher(bench.nc)
         await watcher.start()
+        counter = LimiterCounter()
+        await counter.start(bench.nc)
         plain = chain_workflow("bench-plain", STEPS, NOOP_TASK)
         gated = msgspec.structs.replace(
             chain_workflow("bench-gated", STEPS, NOOP_TASK), admission=Admission(max_runs=4)
@@ -63,6 +72,8 @@ async def measure(profile: Path | None = None) -> dict[str, object]:
                 )
                 spent[name] += wall_s
         await watcher.close()
+        await bench.nc.flush()
+        await counter.sub.unsubscribe()
     steps = BLOCKS * RUNS_PER_BLOCK * STEPS
     plain_ms, gated_ms = spent["plain"] * 1000 / steps, spent["gated"] * 1000 / steps
     limited_ms = spent["limited"] * 1000 / steps
@@ -76,9 +87,25 @@ async def measure(profile: Path | None = None) -> dict[str, object]:
         "task_ratio": rounded(limited_ms / plain_ms, 3),
         "task_ratio_of": "a chain with max_task_concurrency / the same chain without",
         "limited_ms_per_step": rounded(limited_ms),
+        "limiter_appends_per_step": rounded(counter.seen / steps, 3),
         "runs_each": BLOCKS * RUNS_PER_BLOCK,
         "steps_per_run": STEPS,
     }
+
+
+class LimiterCounter:
+    """Counts the task limiters' history messages as they are published (a core NATS
+    subscription on the history's subjects: compaction purges the stream's copies)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    async def start(self, nc: NatsClient) -> None:
+        self.sub = await nc.subscribe(f"{HISTORY_PREFIX}.>", cb=self._on)
+
+    async def _on(self, message: Msg) -> None:
+        if message.subject.startswith(f"{HISTORY_PREFIX}.{FLOW_PREFIX}"):
+            self.seen += 1
 
 
 def main() -> None:

@@ -11,6 +11,11 @@ engine under the subject's expected last sequence, so two engines never dispatch
   its units are in the bucket, and the tokens are reserved for it at once. A task whose time is
   later than now waits on a durable timer until then (never a busy loop). In any window of `w`
   ms, the units of the tasks it lets go are at most `limit + ceil(w * limit / period_ms)`.
+  Two workflows naming one rate limiter with different terms: the limiter keeps a bucket per
+  workflow (`buckets`, each workflow's latest terms) and a task goes only once its units are in
+  every bucket (its time is the latest of theirs, and every bucket is charged as of that
+  time), so the tasks let go keep every workflow's bound at once: the strictest, whatever the
+  periods. A newer version of a workflow replaces its own terms, never another's.
 - A concurrency limiter holds at most `limit` running task attempts (`holders`); the others
   wait in arrival order and are granted when a holder's attempt ends. Two workflows naming
   one task type with different limits: the lowest applies (each workflow's latest limit is
@@ -75,14 +80,18 @@ class TakeTokens(FlowCommand, frozen=True, kw_only=True, tag="flow.take"):
     limit: int
     period_ms: int
     units: int = 1
+    workflow: str = ""  # whose terms these are (each workflow's bucket is kept)
 
 
 class AcquireSlot(FlowCommand, frozen=True, kw_only=True, tag="flow.acquire"):
-    """Ask a concurrency limiter for a slot for a task attempt, under `workflow`'s limit."""
+    """Ask a concurrency limiter for a slot for a task attempt, under `workflow`'s limit.
+    `releasing`: attempts of the same run that ended, released first in the same decision
+    (one append where a release and the next take were two)."""
 
     name: str
     limit: int
     workflow: str = ""
+    releasing: tuple[TaskRef, ...] = ()
 
 
 class ReleaseSlot(FlowCommand, frozen=True, kw_only=True, tag="flow.release"):
@@ -119,7 +128,8 @@ class LimiterOpened(FlowEvent, frozen=True, kw_only=True, tag="flow.opened"):
 class TokensTaken(FlowEvent, frozen=True, kw_only=True, tag="flow.taken"):
     units: int
     ready_at_ms: int
-    tat_us: int  # the bucket's theoretical arrival time after this take
+    tat_us: int  # the latest bucket's theoretical arrival time after this take
+    tats: tuple[tuple[str, int], ...] = ()  # (workflow, its bucket's time after this take)
 
 
 class SlotGranted(FlowEvent, frozen=True, kw_only=True, tag="flow.granted"):
@@ -155,13 +165,23 @@ class FlowDecision(msgspec.Struct, frozen=True, kw_only=True):
 # -- state --------------------------------------------------------------------------------
 
 
+class Bucket(msgspec.Struct, frozen=True, kw_only=True):
+    """One workflow's token bucket of a rate limiter: its latest terms and arrival time."""
+
+    workflow: str
+    limit: int
+    period_ms: int
+    tat_us: int = 0
+
+
 class FlowState(msgspec.Struct, frozen=True, kw_only=True):
     limiter_id: str = ""
     name: str = ""
-    limit: int = 0  # the lowest of `asked` (a rate limiter: the latest asked)
+    limit: int = 0  # the lowest of `asked` (a rate limiter: the strictest rate's terms)
     period_ms: int = 0
     asked: tuple[tuple[str, int], ...] = ()  # (workflow, its latest limit), latest last
     tat_us: int = 0
+    buckets: tuple[Bucket, ...] = ()  # a rate limiter's, one per workflow, latest last
     taken: tuple[tuple[str, int], ...] = ()  # (attempt key, ready_at_ms), the last kept
     holders: tuple[TaskRef, ...] = ()
     waiting: tuple[TaskRef, ...] = ()  # by arrival
@@ -186,10 +206,14 @@ def decide_flow(state: FlowState, command: AnyFlowCommand) -> tuple[AnyFlowEvent
             if ready_at(state, task) is not None:
                 return ()
             _open(state, command, command.limit, command.period_ms, events)
-            events.append(_take(state, command))
+            events.append(_take(fold_flow(state, events), command))
         case AcquireSlot():
-            if task in state.holders or task in state.waiting or task.key in state.released:
-                return ()
+            for ended in command.releasing:
+                if ended != task and (ended in state.holders or ended in state.waiting):
+                    events.append(SlotReleased(task=ended, at_ms=at_ms))
+            state_now = fold_flow(state, events)
+            if _is_known(state_now, task):
+                return tuple(events + _fill(state_now, at_ms)) if events else ()
             _open(state, command, command.limit, 0, events)
             events.extend(_fill(fold_flow(state, events), at_ms))  # a limit raised: go on
             opened = fold_flow(state, events)  # its limit: the lowest any workflow asked
@@ -211,6 +235,10 @@ def decide_flow(state: FlowState, command: AnyFlowCommand) -> tuple[AnyFlowEvent
     return tuple(events)
 
 
+def _is_known(state: FlowState, task: TaskRef) -> bool:
+    return task in state.holders or task in state.waiting or task.key in state.released
+
+
 def _open(
     state: FlowState,
     command: TakeTokens | AcquireSlot,
@@ -218,9 +246,13 @@ def _open(
     period_ms: int,
     events: list[AnyFlowEvent],
 ) -> None:
-    limit = max(1, limit)
-    workflow = command.workflow if isinstance(command, AcquireSlot) else ""
-    if state.limiter_id and state.period_ms == period_ms and (workflow, limit) in state.asked:
+    limit, workflow = max(1, limit), command.workflow
+    if isinstance(command, TakeTokens):
+        period_ms = max(1, period_ms)
+        terms = (workflow, limit, period_ms)
+        if any((b.workflow, b.limit, b.period_ms) == terms for b in state.buckets):
+            return
+    elif state.limiter_id and (workflow, limit) in state.asked:
         return
     events.append(
         LimiterOpened(
@@ -231,17 +263,32 @@ def _open(
 
 
 def _take(state: FlowState, command: TakeTokens) -> TokensTaken:
-    """GCRA: each unit moves the theoretical arrival time on by period/limit; a take is ready
-    once that time, less the bucket's whole period, is reached."""
-    limit, period_ms = max(1, command.limit), max(1, command.period_ms)
-    units = max(1, min(command.units, limit))
+    """GCRA over every workflow's bucket: each unit moves a bucket's theoretical arrival time
+    on by period/limit; a take is ready once every bucket's time, less its whole period, is
+    reached, and every bucket is charged as of that ready time (so a take delayed by one
+    bucket never lets a burst through another)."""
     now_us = command.at_ms * US_PER_MS
-    tat_us = max(state.tat_us, now_us) + units * period_ms * US_PER_MS // limit
-    ready_us = max(now_us, tat_us - period_ms * US_PER_MS)
+    buckets = state.buckets or (
+        Bucket(workflow=command.workflow, limit=max(1, command.limit),
+               period_ms=max(1, command.period_ms), tat_us=state.tat_us),
+    )  # fmt: skip
+    ready_us = now_us
+    for bucket in buckets:
+        tat_us = max(bucket.tat_us, now_us) + _cost_us(bucket, command.units)
+        ready_us = max(ready_us, tat_us - bucket.period_ms * US_PER_MS)
+    tats = tuple(
+        (b.workflow, max(b.tat_us, ready_us) + _cost_us(b, command.units)) for b in buckets
+    )
     ready_ms = -(-ready_us // US_PER_MS)  # rounded up: never before its tokens are there
     return TokensTaken(
-        task=command.task, at_ms=command.at_ms, units=units, ready_at_ms=ready_ms, tat_us=tat_us
-    )
+        task=command.task, at_ms=command.at_ms, units=max(1, min(command.units, command.limit)),
+        ready_at_ms=ready_ms, tat_us=max(tat for _, tat in tats), tats=tats,
+    )  # fmt: skip
+
+
+def _cost_us(bucket: Bucket, units: int) -> int:
+    units = max(1, min(units, bucket.limit))
+    return units * bucket.period_ms * US_PER_MS // bucket.limit
 
 
 def _fill(state: FlowState, at_ms: int) -> list[AnyFlowEvent]:
@@ -256,6 +303,8 @@ def evolve_flow(state: FlowState, event: AnyFlowEvent) -> FlowState:
     """Apply one limiter event (total, trusting; the slot bound is asserted)."""
     match event:
         case LimiterOpened():
+            if event.period_ms > 0:  # a rate limiter: one bucket per workflow
+                return _open_bucket(state, event)
             others = tuple(each for each in state.asked if each[0] != event.workflow)
             asked = (*others, (event.workflow, event.limit))[-limits.flow_askers_kept :]
             return replace(
@@ -264,7 +313,13 @@ def evolve_flow(state: FlowState, event: AnyFlowEvent) -> FlowState:
             )  # fmt: skip
         case TokensTaken():
             taken = (*state.taken, (event.task.key, event.ready_at_ms))
-            return replace(state, tat_us=event.tat_us, taken=taken[-limits.flow_taken_kept :])
+            tats = dict(event.tats) or {b.workflow: event.tat_us for b in state.buckets}
+            buckets = tuple(
+                replace(b, tat_us=tats.get(b.workflow, b.tat_us)) for b in state.buckets
+            )
+            return replace(
+                state, tat_us=event.tat_us, taken=taken[-limits.flow_taken_kept :], buckets=buckets
+            )
         case SlotGranted():
             assert len(state.holders) < state.limit, f"{state.limiter_id}: a slot over the limit"
             waiting = tuple(task for task in state.waiting if task != event.task)
@@ -282,6 +337,23 @@ def evolve_flow(state: FlowState, event: AnyFlowEvent) -> FlowState:
             return event.state
         case _:
             assert_never(event)
+
+
+def _open_bucket(state: FlowState, event: LimiterOpened) -> FlowState:
+    """A workflow's rate terms: its own bucket's terms replaced (its arrival time kept)."""
+    own = [b for b in state.buckets if b.workflow == event.workflow]
+    tat_us = own[0].tat_us if own else (0 if state.buckets else state.tat_us)
+    bucket = Bucket(
+        workflow=event.workflow, limit=event.limit, period_ms=event.period_ms, tat_us=tat_us
+    )
+    others = tuple(b for b in state.buckets if b.workflow != event.workflow)
+    buckets = (*others, bucket)[-limits.flow_askers_kept :]
+    strictest = min(buckets, key=lambda b: b.limit / b.period_ms)
+    asked = tuple((b.workflow, b.limit) for b in buckets)
+    return replace(
+        state, limiter_id=event.limiter_id, name=event.name, limit=strictest.limit,
+        period_ms=strictest.period_ms, asked=asked, buckets=buckets,
+    )  # fmt: skip
 
 
 def fold_flow(state: FlowState, events: list[AnyFlowEvent] | tuple[AnyFlowEvent, ...]) -> FlowState:

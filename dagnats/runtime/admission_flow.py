@@ -12,6 +12,9 @@ what they decided (a take or a grant is recorded per attempt).
 
 After each command of a run whose tasks hold slots (`after`), the attempts that ended
 release their slots, and the attempts the limiter then grants are released in their runs.
+When the command also enqueued a task of the same limiter (a chain's next step), that task's
+acquire releases the run's ended attempts first, in the same append (`_ended_in`); `after`
+then sees them released in its cached limiter state and appends nothing for them.
 After a restart, `resume_limiter` releases the attempts that ended while no engine ran and
 releases in their runs the attempts granted but still deferred. No step-type name appears here.
 """
@@ -24,6 +27,8 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
+
+from msgspec.structs import replace
 
 from dagnats.runtime.admission_compact import Compactor
 from dagnats.runtime.protocols import EventLog
@@ -117,6 +122,10 @@ class FlowRuntime:
         acquire = _slot_request(run, admission, effect, task, now_ms)
         if acquire is None:  # (every task of a limited type takes a slot: items, tools too)
             return True
+        ended = self._ended_in(acquire.limiter_id, run)
+        if ended:  # their releases and this slot in one append (`after` then has none)
+            acquire = replace(acquire, releasing=ended)
+            self._count("releases_batched")
         state, events = await self.decide(acquire)
         for granted in granted_after(acquire, events):  # waiting ones a raised limit lets go
             await self._release_in_run(granted, now_ms)
@@ -150,7 +159,32 @@ class FlowRuntime:
         for each in sorted(ended):
             limiter_id = limiter_id_of("concurrency", each.task, "")
             task = TaskRef(run_id=after.run_id, step_id=each.step_id, attempt=each.attempt)
-            await self.release(limiter_id, task, at_ms)
+            if not self._released(limiter_id, task):
+                await self.release(limiter_id, task, at_ms)
+
+    def _ended_in(self, limiter_id: str, run: RunState) -> tuple[TaskRef, ...]:
+        """The run's attempts the limiter holds (as this engine last saw it) that ended: the
+        next task's acquire releases them in its own append. No I/O: a limiter not in the
+        cache gives none, and `after` releases them on their own."""
+        cached = self._limiters.get(limiter_id)
+        if cached is None:
+            return ()
+        state = cached[0]
+        return tuple(
+            each
+            for each in (*state.holders, *state.waiting)
+            if each.run_id == run.run_id and not is_live(run, each.step_id, each.attempt)
+        )
+
+    def _released(self, limiter_id: str, task: TaskRef) -> bool:
+        """Whether this engine saw the attempt released already (by a batched acquire): a
+        limiter's history only grows, so a release seen once stays true."""
+        cached = self._limiters.get(limiter_id)
+        if cached is None:
+            return False
+        state = cached[0]
+        gone = task not in state.holders and task not in state.waiting
+        return gone and task.key in state.released
 
     async def release(self, limiter_id: str, task: TaskRef, at_ms: int) -> None:
         release = ReleaseSlot(limiter_id=limiter_id, task=task, at_ms=at_ms)
@@ -288,7 +322,7 @@ def _rate_limiters(
         limiter_id = limiter_id_of("rate", scope, key)
         take = TakeTokens(
             limiter_id=limiter_id, task=task, at_ms=now_ms, name=scope, limit=rate.limit,
-            period_ms=rate.period_ms, units=rate.units,
+            period_ms=rate.period_ms, units=rate.units, workflow=run.workflow.name,
         )  # fmt: skip
         found.append((limiter_id, take))
     return found

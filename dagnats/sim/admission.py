@@ -11,6 +11,11 @@ violation of the rules found by scanning the log in append order:
 - never more running runs of the gate than its limit;
 - no run both skipped and started;
 - at the end, every run ended (none left pending while a slot was free).
+
+A workflow with `max_task_concurrency` races its task limiters the same way (each task's slot
+taken before its message is published, the run's ended attempts released in the next task's
+acquire or after the command): every publish is checked against the limit, counting the
+tasks published whose result was not yet delivered (`max_tasks_running`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dagnats.runtime.engine import Engine
 from dagnats.sim.memory import LogPort, MemoryEventLog, VirtualTime
 from kernel import codec
 from kernel.admission import is_gate_id
+from kernel.admission_flow import AcquireSlot, decode_flow, is_limiter_id
 from kernel.commands import AnyCommand, CompleteTask, StartRun
 from kernel.effects import EnqueueTask
 from kernel.events import RunQueued, StepScheduled
@@ -62,15 +68,37 @@ class CrashingLog(LogPort):
 
 
 class Effects:
-    """Tasks, timers and dead letters of all engines (tasks become results to deliver)."""
+    """Tasks, timers and dead letters of all engines (tasks become results to deliver), and
+    the tasks running per type (published, result not yet delivered) at their most."""
 
-    def __init__(self) -> None:
+    def __init__(self, task_limits: dict[str, int] | None = None) -> None:
         self.tasks: dict[str, EnqueueTask] = {}
         self.dead: list[str] = []
+        self.task_limits = task_limits or {}
+        self.running: dict[tuple[str, str, int], str] = {}  # attempt -> its task type
+        self.done: set[tuple[str, str, int]] = set()
+        self.max_running = 0
+        self.violations: list[str] = []
 
     async def publish(self, task_type: str, payload: bytes, msg_id: str) -> None:
         effect = msgspec.json.decode(payload, type=EnqueueTask)
         self.tasks.setdefault(msg_id, effect)
+        attempt = (effect.run_id, effect.step_id, effect.attempt)
+        if attempt in self.done or effect.task not in self.task_limits:
+            return
+        self.running[attempt] = effect.task
+        running = sum(1 for each in self.running.values() if each == effect.task)
+        self.max_running = max(self.max_running, running)
+        if running > self.task_limits[effect.task]:
+            self.violations.append(f"{running} tasks {effect.task} running at {attempt}")
+
+    def delivered(self, command: AnyCommand) -> None:
+        """A task's result is delivered: it runs no more (counted from here, so a slot
+        released only after it is never counted twice)."""
+        if isinstance(command, CompleteTask):
+            attempt = (command.run_id, command.step_id, command.attempt)
+            self.done.add(attempt)
+            self.running.pop(attempt, None)
 
     async def arm(self, run_id: str, timer_id: str, fire_at_ms: int, payload: bytes) -> None:
         return None
@@ -87,6 +115,8 @@ class GateReport(msgspec.Struct, kw_only=True):
     runs: int = 0
     crashes: int = 0
     max_running: int = 0
+    max_tasks_running: int = 0
+    batched_releases: int = 0  # limiter appends releasing ended attempts in an acquire
     violations: list[str] = msgspec.field(default_factory=list)
 
 
@@ -103,7 +133,8 @@ async def _simulate(
 ) -> GateReport:
     rng = random.Random(seed)
     log = MemoryEventLog(VirtualTime())
-    effects = Effects()
+    assert workflow.admission is not None
+    effects = Effects({each.task: each.limit for each in workflow.admission.max_task_concurrency})
     ports = [CrashingLog(log, rng, crash_rate) for _ in range(engines)]
     crashes = 0
 
@@ -124,6 +155,7 @@ async def _simulate(
         if not inbox:
             break
         command = inbox.pop(rng.randrange(len(inbox)))
+        effects.delivered(command)
         index = rng.randrange(engines)
         try:
             await pool[index].handle(codec.encode(command))
@@ -133,6 +165,8 @@ async def _simulate(
             inbox.append(command)  # not acked: delivered again
     report = _check(log, workflow, len(inputs), seed)
     report.crashes = crashes
+    report.max_tasks_running = effects.max_running
+    report.violations.extend(effects.violations)
     return report
 
 
@@ -162,13 +196,18 @@ def _check(log: MemoryEventLog, workflow: WorkflowDef, runs: int, seed: int) -> 
     """Scan the log in append order: running runs per gate within the limit, no skipped run
     that started, every run ended."""
     assert workflow.admission is not None
-    limit = workflow.admission.max_runs or 1
+    admission = workflow.admission
+    limit = admission.max_runs or (1 if admission.singleton is not None else 0)
     report = GateReport(seed=seed, runs=runs)
     states: dict[str, RunState] = {}
     running: set[str] = set()
     skipped: set[str] = set()
 
     for message in log.messages:
+        if is_limiter_id(message.run_id):
+            command = decode_flow(message.payload).command
+            if isinstance(command, AcquireSlot) and command.releasing:
+                report.batched_releases += 1
         if is_gate_id(message.run_id):
             continue
         state = states.get(message.run_id, INITIAL_STATE)
@@ -184,7 +223,7 @@ def _check(log: MemoryEventLog, workflow: WorkflowDef, runs: int, seed: int) -> 
         else:
             running.discard(message.run_id)
         report.max_running = max(report.max_running, len(running))
-        if len(running) > limit:
+        if limit and len(running) > limit:
             report.violations.append(f"message {message.seq}: {len(running)} running > {limit}")
     for run_id in (f"r{n}" for n in range(runs)):
         found = states.get(run_id)
