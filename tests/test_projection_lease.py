@@ -13,12 +13,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import nats.js.errors
 import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
 from dagnats.runtime.connection import Connection
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.lease import Lease
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.nats_server import EmbeddedNats
@@ -70,9 +72,9 @@ async def snapshot_ids(js: JetStreamContext) -> set[str]:
     """The run ids with a usable snapshot in the runs bucket."""
     try:
         kv = await js.key_value(RUNS_BUCKET)
-        keys = await kv.keys()
-    except Exception:  # no bucket, or no keys
+    except nats.js.errors.NotFoundError:  # no bucket yet
         return set()
+    keys = await kv_keys(js, RUNS_BUCKET)
     found = set()
     for key in keys:
         if key == MARKER_KEY:

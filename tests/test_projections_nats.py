@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+import nats.js.errors
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NatsClient
@@ -31,6 +32,7 @@ from sqlite_utils import Database
 from dagnats.client import Client
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
+from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.projector import (
@@ -158,12 +160,14 @@ async def append_run_tail(
 
 async def snapshots_of(js: JetStreamContext) -> dict[str, Snapshot | None]:
     kv = await js.key_value(RUNS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except Exception:  # NoKeysError
-        return {}
-    runs = [key for key in keys if key != MARKER_KEY]  # the bucket's marker is no run
-    return {key: decode_snapshot((await kv.get(key)).value, key) for key in runs}
+    keys = await kv_keys(js, RUNS_BUCKET)
+    found: dict[str, Snapshot | None] = {}
+    for key in keys:
+        if key == MARKER_KEY:  # the bucket's marker is no run
+            continue
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):  # deleted: no snapshot
+            found[key] = decode_snapshot((await kv.get(key)).value, key)
+    return found
 
 
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:

@@ -22,6 +22,7 @@ from dagnats.cli.common import JsonOption, UrlOption, emit_json, fail, out, run_
 from dagnats.client import Client
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import now_ms
+from dagnats.runtime.settings import trigger_fire_reply_timeout_s
 from dagnats.runtime.triggers import Entry, ensure_trigger_resources, load_entries, read_fires
 from dagnats.runtime.triggers_plan import (
     ZoneError,
@@ -29,7 +30,7 @@ from dagnats.runtime.triggers_plan import (
     next_fire,
     zone_of,
 )
-from dagnats.runtime.triggers_requests import FIRE_REPLY_TIMEOUT_S, fire_answer, request_fire
+from dagnats.runtime.triggers_requests import fire_answer, request_fire
 from kernel.cron import parse_cron
 from kernel.workflow.trigger_model import CronSource
 
@@ -133,7 +134,7 @@ def trigger_fire(
     trigger_id: Annotated[str, typer.Argument(help="The trigger's id.")],
     timeout: Annotated[
         float, typer.Option(help=f"Seconds to wait for the engine's answer (1..{WAIT_MAX_S}).")
-    ] = FIRE_REPLY_TIMEOUT_S,
+    ] = trigger_fire_reply_timeout_s,
     nats_url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -185,6 +185,12 @@ debounce_fires_remembered_max: Final = 256  # fire ids a burst remembers (redeli
 # A started burst is kept this long (longer than a subject trigger consumer's 30 s ack wait),
 # so a message whose ack a crash lost (nats-server flushes acks lazily) is no new burst.
 debounce_done_kept_ms: Final = 10 * 60_000
+# Manual fires (`dagnats trigger fire`, POST .../fire) are requests the engine answers.
+trigger_request_age_ms_max: Final = 600_000  # a request no engine read in 10 min expires unfired
+trigger_request_ack_wait_s: Final = 30.0  # a request taken by an engine that died: sent again
+trigger_fire_reply_timeout_s: Final = 20.0  # how long a caller waits for the engine's answer
+trigger_request_publish_timeout_s: Final = 5.0  # one publish of a request waits for its ack
+trigger_request_publish_retry_s: Final = 0.25  # a request no stream took: published again
 idempotency_ttl_ms: Final = 24 * 3_600_000  # an http trigger's idempotency key is kept a day
 http_responses_waiting_max: Final = 10_000  # http requests waiting for their run at once
 

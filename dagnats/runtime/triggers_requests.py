@@ -50,11 +50,11 @@ log = logging.getLogger("dagnats.triggers")
 REQUESTS_STREAM: Final = "DAGNATS_TRIGGER_REQ"
 REQUESTS_DURABLE: Final = "trigger_fire_requests"
 REPLY_HEADER: Final = "Dagnats-Reply"
-REQUEST_MAX_AGE_MS: Final = 600_000  # a request no engine read in 10 min expires unfired
-REQUEST_ACK_WAIT_S: Final = 30.0  # an engine that took a request and died: sent again after
-FIRE_REPLY_TIMEOUT_S: Final = 20.0  # how long a caller waits for the engine's answer
-PUBLISH_TIMEOUT_S: Final = 5.0  # one publish of a request waits that long for its ack
-PUBLISH_RETRY_S: Final = 0.25  # a request no stream took is published again after that
+REQUEST_MAX_AGE_MS: Final = settings.trigger_request_age_ms_max
+REQUEST_ACK_WAIT_S: Final = settings.trigger_request_ack_wait_s
+FIRE_REPLY_TIMEOUT_S: Final = settings.trigger_fire_reply_timeout_s
+PUBLISH_TIMEOUT_S: Final = settings.trigger_request_publish_timeout_s
+PUBLISH_RETRY_S: Final = settings.trigger_request_publish_retry_s
 MANUAL_VALUE: Final = {"manual": True}  # a manual fire's input (beside `trigger`)
 
 
