@@ -476,6 +476,8 @@ def test_the_trigger_routes_answer(stack: Stack) -> None:
     assert http.put(base, json=moved).status_code == 200
     assert http.post(f"{base}/disable").json() == {"enabled": False}
     assert http.post(f"{base}/enable").json() == {"enabled": True}
+    fired = http.post(f"{base}/fire")
+    assert fired.status_code == 200 and fired.json()["outcome"] == "started", fired.text
     assert http.get(f"{base}/history").status_code == 200
     assert http.delete(base).status_code == 204
     assert_problem(http.get(base), 404)

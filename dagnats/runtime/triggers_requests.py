@@ -231,16 +231,15 @@ async def serve_requests(service: TriggerService, stop: asyncio.Event) -> None:
 
 
 async def answer(service: TriggerService, data: bytes) -> FireReply:
-    """Fire the trigger a request names (read the set of triggers again when it is not
-    known: it may be newer than the last read); the reply."""
+    """Fire the trigger a request names, as stored now (the set of triggers is read again
+    first: a trigger created, enabled or disabled just before is fired as it is now, not as
+    the last periodic read saw it); the reply."""
     try:
         request = msgspec.json.decode(data, type=FireRequest)
     except msgspec.DecodeError as error:
         return FireReply(error=f"fire request: not a FireRequest: {error}"[:500])
+    await service.reload()
     entry = _find(service, request)
-    if entry is None:
-        await service.reload()
-        entry = _find(service, request)
     if entry is None:
         return FireReply(error=f"no trigger {request.trigger_id!r} in workflow "
                                f"{request.workflow!r}")  # fmt: skip
