@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
 import httpx
-import pytest_asyncio
 
 from dagnats.runtime.clock import now_ms
 from tests.fault_support import Processes, connected, workflow
@@ -25,14 +23,6 @@ WAIT_MS: Final = 30_000
 BURST: Final = 12
 DELAY_MS: Final = 12_000  # long enough to list, cancel, kill and start serve again before it is due
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def listed(procs: Processes, status: str) -> list[str]:

@@ -36,14 +36,6 @@ async def nodes(tmp_path: Path) -> AsyncIterator[NatsCluster]:
         await cluster.stop()
 
 
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
-
 
 async def engine(procs: Processes, nodes: NatsCluster, name: str) -> Serve:
     home = nodes.root / name

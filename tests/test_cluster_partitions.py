@@ -11,11 +11,8 @@ default count refuses another count, and an out-of-range count is a usage error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
-
-import pytest_asyncio
 
 from dagnats.client import Client
 from dagnats.runtime.partition_count import read_partition_count
@@ -36,14 +33,6 @@ WORKFLOW: Final = workflow(
     ],
 )
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def start_worker(procs: Processes, url: str) -> None:

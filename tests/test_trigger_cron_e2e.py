@@ -14,13 +14,11 @@ expected exact: virtual time stands at half past an hour, far from the next fire
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
 import nats.js.errors
 import pytest
-import pytest_asyncio
 
 from dagnats.client import Client
 from dagnats.runtime.clock import now_ms
@@ -40,14 +38,6 @@ HOUR_MS: Final = 3_600_000
 WAIT_MS: Final = 30_000
 NAP: Final = [{"id": "nap", "type": "sleep", "config": {"duration": "10ms"}}]
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 def hourly(name: str, backfill: int) -> bytes:

@@ -16,12 +16,10 @@ make no second burst and push nothing back.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
 import msgspec
-import pytest_asyncio
 
 from dagnats.client import Client
 from dagnats.runtime.kv_keys import kv_keys
@@ -53,14 +51,6 @@ TRIGGER: Final = {"id": "cart", "subject": {"subject": "shop.cart"}, "debounce":
 LAST: Final = {"subject": "shop.cart", "data": {"customer": "ann", "n": 3}}
 CONSUMER: Final = f"trg_{trigger_key(NAME, 'cart')}"
 
-
-@pytest_asyncio.fixture
-async def procs(tmp_path: Path) -> AsyncIterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        await processes.close()
 
 
 async def bursts(client: Client) -> list[Burst]:
