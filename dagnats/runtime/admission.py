@@ -307,24 +307,18 @@ class AdmissionRuntime:
             GateConflictError: the append conflicted append_attempts_max times in a row.
         """
         state, events, _ = await self._decide_gate(command)
-        due = bool(events) and not isinstance(command, SnapshotAdmission)
-        if due and self.compactor.appended(command.gate_id):
-            try:  # (compaction is a saving, never a reason to fail the decision)
-                await self.compact_gate(command.gate_id)
-            except Exception as error:  # e.g. a snapshot over the server's max payload
-                log.warning("admission %s: no snapshot: %s", command.gate_id, error)
-                self._count("snapshot_failures")
+        if events and not isinstance(command, SnapshotAdmission):
+            gate_id = command.gate_id
+            await self.compactor.after_append(
+                gate_id, lambda: self._snapshot_gate(gate_id), self._count
+            )
         return state, events
 
-    async def compact_gate(self, gate_id: str) -> None:
-        """Append the gate's snapshot, then purge its messages below it."""
+    async def _snapshot_gate(self, gate_id: str) -> int | None:
+        """Append the gate's snapshot; its sequence (None: nothing appended)."""
         snapshot = SnapshotAdmission(gate_id=gate_id, run_id="", at_ms=self.now_ms())
         _, events, seq = await self._decide_gate(snapshot)
-        if not events:
-            return
-        self.compactor.snapshotted(gate_id)
-        self._count("snapshots")
-        await self.compactor.purge_below(gate_id, seq)
+        return seq if events else None
 
     async def _decide_gate(
         self, command: AnyAdmissionCommand

@@ -74,6 +74,29 @@ class Compactor:
     def snapshotted(self, aggregate_id: str) -> None:
         self._set(aggregate_id, 0)
 
+    async def after_append(
+        self,
+        aggregate_id: str,
+        snapshot: Callable[[], Awaitable[int | None]],
+        count: Callable[[str], None],
+    ) -> None:
+        """One more message of the aggregate appended: when a snapshot is due, append it
+        (`snapshot` gives its sequence, None when it appended nothing) and purge below it.
+        Compaction is a saving, never a reason to fail the decision it follows."""
+        if not self.appended(aggregate_id):
+            return
+        try:
+            seq = await snapshot()
+        except Exception as error:  # e.g. a snapshot over the server's max payload
+            log.warning("admission %s: no snapshot: %s", aggregate_id, error)
+            count("snapshot_failures")
+            return
+        if seq is None:
+            return
+        self.snapshotted(aggregate_id)
+        count("snapshots")
+        await self.purge_below(aggregate_id, seq)
+
     async def purge_below(self, aggregate_id: str, seq: int) -> None:
         """Purge the aggregate's messages before `seq` (its snapshot's); a failure is left to
         the next compaction (the snapshot already makes replay short and right)."""

@@ -222,24 +222,18 @@ class FlowRuntime:
             LimiterConflictError: the append conflicted append_attempts_max times in a row.
         """
         state, events, _ = await self._decide(command)
-        due = bool(events) and not isinstance(command, SnapshotFlow)
-        if due and self.compactor.appended(command.limiter_id):
-            try:  # (compaction is a saving, never a reason to fail the decision)
-                await self.compact_limiter(command.limiter_id)
-            except Exception as error:  # e.g. a snapshot over the server's max payload
-                log.warning("admission %s: no snapshot: %s", command.limiter_id, error)
-                self._count("snapshot_failures")
+        if events and not isinstance(command, SnapshotFlow):
+            limiter_id = command.limiter_id
+            await self.compactor.after_append(
+                limiter_id, lambda: self._snapshot_limiter(limiter_id), self._count
+            )
         return state, events
 
-    async def compact_limiter(self, limiter_id: str) -> None:
-        """Append the limiter's snapshot, then purge its messages below it."""
+    async def _snapshot_limiter(self, limiter_id: str) -> int | None:
+        """Append the limiter's snapshot; its sequence (None: nothing appended)."""
         snapshot = SnapshotFlow(limiter_id=limiter_id, task=NO_TASK, at_ms=self.now_ms())
         _, events, seq = await self._decide(snapshot)
-        if not events:
-            return
-        self.compactor.snapshotted(limiter_id)
-        self._count("snapshots")
-        await self.compactor.purge_below(limiter_id, seq)
+        return seq if events else None
 
     async def _decide(
         self, command: AnyFlowCommand

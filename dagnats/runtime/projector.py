@@ -157,6 +157,25 @@ async def stream_last_seq(js: JetStreamContext) -> int:
 # -- the runner ----------------------------------------------------------------------------
 
 
+async def next_batch(
+    queue: asyncio.Queue[Message], idle_s: float, linger_s: float, batch_max: int
+) -> list[Message] | None:
+    """The next batch of a tail's queue (at most `batch_max`, lingering `linger_s` first when
+    the tail was live so a batch can gather); None when nothing came within `idle_s`."""
+    assert batch_max >= 1, batch_max
+    live = queue.empty()  # tailing: nothing was waiting (catching up: no linger)
+    try:
+        first = await asyncio.wait_for(queue.get(), idle_s)
+    except TimeoutError:
+        return None
+    if live and linger_s > 0:
+        await asyncio.sleep(linger_s)  # let a batch gather (fewer writes)
+    batch = [first]
+    while len(batch) < batch_max and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch
+
+
 class Projector:
     """Feeds one target from the history stream: catch up from its checkpoint, then tail."""
 
@@ -298,17 +317,10 @@ class Projector:
                 if until_seq is not None and self.position >= until_seq:
                     await self.target.settle()
                     return
-                live = queue.empty()  # tailing: nothing was waiting (catching up: no linger)
-                try:
-                    first = await asyncio.wait_for(queue.get(), self.idle_s)
-                except TimeoutError:
+                batch = await next_batch(queue, self.idle_s, self.linger_s, self.batch_max)
+                if batch is None:
                     await self._idle(pump, until_seq)
                     continue
-                if live and self.linger_s > 0:
-                    await asyncio.sleep(self.linger_s)  # let a batch gather (fewer writes)
-                batch = [first]
-                while len(batch) < self.batch_max and not queue.empty():
-                    batch.append(queue.get_nowait())
                 self._check_lease()
                 seq, applied = await self.target.apply(batch, self.position)
                 self.position = seq
@@ -404,6 +416,6 @@ async def load_state(
 __all__ = [
     "LEASE_PREFIX", "MARKER_KEY", "SNAPSHOTS", "SQLITE_FILE", "KvSnapshotStore",
     "ProjectionStatus", "ProjectionTarget", "Projector", "SnapshotTarget", "SqliteTarget",
-    "check_name", "load_projection", "load_state", "open_database", "read_status",
+    "check_name", "load_projection", "load_state", "next_batch", "open_database", "read_status",
     "status_key", "stream_last_seq",
 ]  # fmt: skip

@@ -42,6 +42,7 @@ from dagnats.runtime.projector import (
     Projector,
     batch_linger_ms,
     idle_check_ms,
+    next_batch,
     retry_delay_ms,
 )
 from kernel.errors import DagnatsError
@@ -161,17 +162,10 @@ class SharedTail:
         pump = asyncio.create_task(self._pump(start, queue))
         try:
             while not stop.is_set():
-                live = queue.empty()  # tailing: nothing was waiting (catching up: no linger)
-                try:
-                    first = await asyncio.wait_for(queue.get(), self.idle_s)
-                except TimeoutError:
+                batch = await next_batch(queue, self.idle_s, self.linger_s, self.batch_max)
+                if batch is None:
                     await self._idle(group, pump)
                     continue
-                if live and self.linger_s > 0:
-                    await asyncio.sleep(self.linger_s)  # let a batch gather (fewer writes)
-                batch = [first]
-                while len(batch) < self.batch_max and not queue.empty():
-                    batch.append(queue.get_nowait())
                 self._check_group(group)
                 await self._apply(group, batch)
             for lane in group:
