@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
@@ -42,7 +44,14 @@ from kernel.admission import (
     gate_id_of,
 )
 from kernel.events import RunAdmitted, RunCompleted, StepScheduled
-from tests.fault_support import Processes, connected, decisions_of, events_of, workflow
+from tests.fault_support import (
+    Processes,
+    connected,
+    dagnats_command,
+    decisions_of,
+    events_of,
+    workflow,
+)
 from tests.nats_fixtures import unique, wait_for
 from tests.test_result_crashes import kill_serve
 
@@ -185,3 +194,12 @@ def test_the_compaction_seam_takes_an_integer_of_at_least_two_and_names_a_bad_on
     for bad in ("1", "many", "-3"):
         with pytest.raises(ValueError, match=rf"\${COMPACT_AFTER_ENV} '{bad}'.*>= 2"):
             serve_compaction(Compactor(), None, {COMPACT_AFTER_ENV: bad})
+
+
+def test_serve_refuses_a_bad_compaction_seam_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, COMPACT_AFTER_ENV: "many"}
+    argv = [*dagnats_command(), "serve", "--data-dir", str(tmp_path / "data"), "--nats-port", "0"]
+    done = subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert f"${COMPACT_AFTER_ENV} 'many' must be an integer >= 2" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "data" / "store").exists()

@@ -122,6 +122,7 @@ def serve(
         engine_only=engine_only, no_engine=no_engine, nats_url=nats_url, partitions=partitions,
     )  # fmt: skip
     metrics_at = metrics_address(metrics)
+    _check_test_seams()
     refuse_without_assertions("dagnats serve")
     logs.configure(json_lines=log_json)
     no_http = no_http or engine_only
@@ -221,6 +222,18 @@ def _print_ready(info: ServeInfo, as_json: bool, metrics: MetricsServer | None) 
     if metrics is not None:
         out.print(f"metrics at http://{metrics.host}:{metrics.port}/metrics", highlight=False)
     out.print("ready; stop with Ctrl-C", highlight=False)
+
+
+def _check_test_seams() -> None:
+    """A bad test-seam variable ends serve before it starts, in one line."""
+    import os
+
+    from dagnats.runtime.admission_compact import compact_after_from_env
+
+    try:
+        compact_after_from_env(os.environ)
+    except ValueError as error:
+        raise fail(str(error), "unset it (a test seam), or set an integer >= 2", 2) from None
 
 
 def metrics_address(text: str | None) -> tuple[str, int] | None:

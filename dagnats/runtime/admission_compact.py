@@ -131,6 +131,24 @@ def history_purger(admin: JetStreamContext) -> Purge:
     return purge
 
 
+def compact_after_from_env(env: Mapping[str, str]) -> int | None:
+    """`$DAGNATS_TEST_ADMISSION_COMPACT_AFTER` (None when unset).
+
+    Raises:
+        ValueError: it is set and not an integer >= 2.
+    """
+    text = env.get(COMPACT_AFTER_ENV, "").strip()
+    if not text:
+        return None
+    after = int(text) if text.isdigit() else 0
+    if after < 2:
+        raise ValueError(
+            f"${COMPACT_AFTER_ENV} {text!r} must be an integer >= 2 (a snapshot needs a "
+            "message before it)"
+        )
+    return after
+
+
 def serve_compaction(
     compactor: Compactor, admin: JetStreamContext | None, environ: Mapping[str, str] | None = None
 ) -> None:
@@ -141,14 +159,8 @@ def serve_compaction(
         ValueError: `$DAGNATS_TEST_ADMISSION_COMPACT_AFTER` is set and not an integer >= 2.
     """
     env = os.environ if environ is None else environ
-    text = env.get(COMPACT_AFTER_ENV, "").strip()
-    if text:
-        after = int(text) if text.isdigit() else 0
-        if after < 2:
-            raise ValueError(
-                f"${COMPACT_AFTER_ENV} {text!r} must be an integer >= 2 (a snapshot needs a "
-                "message before it)"
-            )
+    after = compact_after_from_env(env)
+    if after is not None:
         log.warning("admission: compaction after %d messages ($%s, a test seam)", after,
                     COMPACT_AFTER_ENV)  # fmt: skip
         compactor.after = after
