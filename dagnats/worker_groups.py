@@ -136,10 +136,12 @@ class Presence:
             try:
                 await self.writer.put(self.describe())
             except Exception as error:
-                if not self._failing:
+                if not self.writer.connected():
+                    pass  # the connection's outage log tells of it, once
+                elif not self._failing:
                     log.warning("worker directory: cannot write this worker's entry (%s: %s); "
                                 "trying again every beat", type(error).__name__, error)  # fmt: skip
-                self._failing = True
+                    self._failing = True
             else:
                 if self._failing:
                     log.info("worker directory: this worker's entry is written again")

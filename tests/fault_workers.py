@@ -42,6 +42,10 @@ gate_wait_s_max: Final = 60.0
 gate_poll_s: Final = 0.01
 
 worker = Worker(concurrency=32, worker_id=f"fault-{os.getpid()}")
+# A test may ask for frequent worker-directory beats (so one falls inside an outage window).
+BEAT_MS_ENV: Final = "FAULT_WORKER_BEAT_MS"
+if os.environ.get(BEAT_MS_ENV):
+    worker.beat_interval_ms = int(os.environ[BEAT_MS_ENV])
 
 
 def append_line(path: Path, line: str) -> None:

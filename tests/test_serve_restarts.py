@@ -30,6 +30,7 @@ from dagnats.runtime.serve import PORT_FILE
 from dagnats.worker import ResultNotSentError, Worker
 from kernel.commands import CompleteTask
 from tests.fault_support import Processes, connected, workflow
+from tests.fault_workers import BEAT_MS_ENV
 from tests.nats_fixtures import wait_for
 from tests.test_result_crashes import data_dir_of, data_dir_worker, kill_serve
 
@@ -117,6 +118,7 @@ async def test_a_worker_logs_an_outage_in_one_line_and_its_end_in_one(
 ) -> None:
     data_dir = data_dir_of(procs)
     serve = await procs.serve(data_dir)
+    procs.extra_env[BEAT_MS_ENV] = "200"  # directory beats fall inside the outage window
     worker = await data_dir_worker(procs)
     before = len(worker.stderr().splitlines())
     await kill_serve(serve)

@@ -76,6 +76,11 @@ class DirectoryWriter:
     def subject(self, worker_id: str) -> str:
         return f"$KV.{WORKERS_BUCKET}.{entry_key(self.user, worker_id)}"
 
+    def connected(self) -> bool:
+        """Whether the NATS connection is up (while it is down, its own outage lines say so)."""
+        nc = getattr(self.js, "_nc", None)
+        return bool(getattr(nc, "is_connected", True))
+
     async def put(self, entry: WorkerEntry) -> None:
         """Write the entry (raises what the publish raises: no bucket, no permission)."""
         await self.js.publish(
