@@ -34,6 +34,7 @@ from kernel import codec
 from kernel.commands import AnyCommand, FireTimer, TaskStarted
 from kernel.effects import AnyEffect, ArmTimer, EnqueueTask, task_msg_id
 from kernel.events import AnyEvent, RunStarted
+from kernel.state import RunState
 from kernel.workflow import WorkflowDef
 from kernel.workflow.builder import Retry, Workflow
 from projections.base import Position, SqliteProjection
@@ -89,7 +90,7 @@ class IgnoreExpectedSequence(Engine):
 
     async def _append(
         self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
-    ) -> list[AnyEffect]:
+    ) -> tuple[list[AnyEffect], RunState]:
         current = await self.history.last_seq(command.run_id)
         unchecked = Loaded(state=loaded.state, last_seq=current)
         return await super()._append(unchecked, command, events)
@@ -126,16 +127,16 @@ class TimerFiresTwice(Engine):
 
     async def _append(
         self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
-    ) -> list[AnyEffect]:
-        effects = await super()._append(loaded, command, events)
+    ) -> tuple[list[AnyEffect], RunState]:
+        effects, state = await super()._append(loaded, command, events)
         if not isinstance(command, FireTimer):
-            return effects
+            return effects, state
         again = [
             msgspec.structs.replace(effect, msg_id=f"{effect.msg_id}:again")
             for effect in effects
             if isinstance(effect, EnqueueTask)
         ]
-        return effects + again
+        return effects + again, state
 
 
 class TrustStaleCache(Engine):

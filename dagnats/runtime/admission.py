@@ -106,7 +106,19 @@ class EngineSide(Protocol):
 
 
 Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
-Decide = Callable[[AnyCommand, bytes, int], Awaitable[Outcome]]
+
+
+class Decided(msgspec.Struct, frozen=True):
+    """What the engine did with one command of a run: the outcome and, when it appended,
+    the run's state the decision was made on (history's, by the expected-sequence check,
+    never a stale cached copy) and the state after it."""
+
+    outcome: Outcome
+    before: RunState | None = None
+    after: RunState | None = None
+
+
+Decide = Callable[[AnyCommand, bytes, int], Awaitable[Decided]]
 
 
 class AdmissionRuntime:
@@ -145,20 +157,23 @@ class AdmissionRuntime:
         """Decide `command` with admission before and after it (see the module)."""
         try:
             before = await self._before(command)
-            state_before = (await self.engine.load(command.run_id)).state
         except RunParkedError:
             before = None  # the engine parks the run when it decides the command
         if before is None:
-            return await self.decide_run(command, data, deliveries)
+            return (await self.decide_run(command, data, deliveries)).outcome
         if isinstance(before, tuple):
             command, follow = before
         else:
             command, follow = before, FollowUps()
-        outcome = await self.decide_run(command, data, deliveries)
+        decided = await self.decide_run(command, data, deliveries)
+        outcome = decided.outcome
         if outcome != "applied":
             await self._follow(follow, command.at_ms)
             return outcome
-        state_after = (await self.engine.load(command.run_id)).state
+        # The states the append went from and to, never a cached copy that another engine's
+        # append made stale (which missed an ended attempt's release: `dagnats sim` found it).
+        state_before, state_after = decided.before, decided.after
+        assert state_before is not None and state_after is not None, command
         await self.flow.after(state_before, state_after, command.at_ms)
         if is_terminal(state_after) and not is_terminal(state_before):
             follow = _merge(follow, await self._release(state_after, command.at_ms))

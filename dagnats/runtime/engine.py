@@ -23,7 +23,7 @@ from collections import OrderedDict
 import msgspec
 
 from dagnats.observe.hooks import EngineObserver
-from dagnats.runtime.admission import AdmissionRuntime, Outcome
+from dagnats.runtime.admission import AdmissionRuntime, Decided, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.effect_runner import run_effect
 from dagnats.runtime.ended_runs import EndedRuns
@@ -237,21 +237,21 @@ class Engine:
             note = f"run {run_id} parked: {reason}"
             await self.dead.publish_dead("parked", run_id.encode(), note)
 
-    async def _handle_command(self, command: AnyCommand, data: bytes, deliveries: int) -> Outcome:
+    async def _handle_command(self, command: AnyCommand, data: bytes, deliveries: int) -> Decided:
         run_id = command.run_id
         if isinstance(command, StartRun):
             reason = self._workflow_problems(command)
             if reason:
                 await self._dead_letter("command", data, reason, command)
-                return "dead"
+                return Decided("dead")
         for _ in range(append_attempts_max):
             try:
                 loaded = await self.load(run_id)
                 decided = decide(loaded.state, command)
             except RunParkedError as error:
-                return self._park(run_id, error.reason)
+                return Decided(self._park(run_id, error.reason))
             except AssertionError as error:
-                return self._park(run_id, f"decide broke an invariant: {error}")
+                return Decided(self._park(run_id, f"decide broke an invariant: {error}"))
             nothing = isinstance(decided, Rejection) or not decided
             if nothing and await self._moved(loaded, run_id):
                 continue  # decided on a stale state: another engine appended since
@@ -260,27 +260,27 @@ class Engine:
             if nothing and isinstance(command, StartRun):
                 await self.execute(list(repeated(loaded.state, command)))
             if isinstance(decided, Rejection):
-                return await self._rejected(decided, data, deliveries)
+                return Decided(await self._rejected(decided, data, deliveries))
             if not decided:
                 self._count("ignored")
-                return "ignored"
+                return Decided("ignored")
             try:
-                effects = await self._append(loaded, command, decided)
+                effects, after = await self._append(loaded, command, decided)
             except AppendConflictError:
                 self._count("conflicts")
                 self.forget(run_id)
                 continue
             except AssertionError as error:
-                return self._park(run_id, f"evolve broke an invariant: {error}")
+                return Decided(self._park(run_id, f"evolve broke an invariant: {error}"))
             try:
                 await self.execute(effects)
             except Exception as error:  # appended, but effects failed: resume re-derives them
                 log.warning("run %s: effects failed (%s); the run will be resumed", run_id, error)
                 self.needs_resume.add(run_id)
             self._count("applied")
-            return "applied"
+            return Decided("applied", loaded.state, after)
         log.warning("run %s: %d append conflicts in a row; will retry", run_id, append_attempts_max)
-        return "retry"
+        return Decided("retry")
 
     def _workflow_problems(self, command: StartRun) -> str:
         """Why a StartRun's workflow is invalid ("" when valid), by the typed definition's rules."""
@@ -291,8 +291,8 @@ class Engine:
 
     async def _append(
         self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
-    ) -> list[AnyEffect]:
-        """Append one decision under the expected last sequence; return its effects."""
+    ) -> tuple[list[AnyEffect], RunState]:
+        """Append one decision under the expected last sequence; its effects and the state."""
         payload = codec.encode_decision(command, events)
         digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
         msg_id = f"{command.run_id}:{loaded.last_seq}:{digest}"
@@ -311,7 +311,7 @@ class Engine:
             self.links.forget_run(command.run_id)
         if self.ended is not None and is_terminal(state) and not is_terminal(loaded.state):
             await self.ended.mark(state, command.at_ms)  # workers skip its tasks (ended_runs)
-        return effects
+        return effects, state
 
     async def _effects_again(self, loaded: Loaded, command: AnyCommand) -> list[AnyEffect]:
         """The effects a redelivered command's own decision called for, when history holds it:
