@@ -30,10 +30,15 @@ SECRET_FILE_WORDS: Final = ("cred", "pass", "secret", "token", "nkey", ".key", "
 
 
 def loose_paths(root: Path) -> list[str]:
-    """Every path under root (root included) that group or others may use."""
+    """Every path under root (root included) that group or others may use. A path that is
+    gone by the time it is looked at (nats-server removes a message block it compacted while
+    the walk runs) is skipped: what is gone exposes nothing."""
     found = []
     for path in [root, *root.rglob("*")]:
-        mode = stat.S_IMODE(path.lstat().st_mode)
+        try:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+        except FileNotFoundError:
+            continue
         if mode & 0o077 and not path.is_symlink():
             found.append(f"{path.relative_to(root.parent)} {oct(mode)}")
     return found
