@@ -23,8 +23,8 @@ from dagnats.runtime import triggers_managed
 from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.triggers import (
     ManagedTrigger,
-    ensure_trigger_resources,
     load_entries,
+    reach_trigger_resources,
     read_fires,
 )
 from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET, trigger_key
@@ -58,8 +58,7 @@ def _not_found(error: triggers_managed.TriggerNotFoundError) -> ProblemError:
 @get("/", summary="List every trigger (a workflow's own and managed ones)")
 async def list_triggers(services: ServicesDep) -> list[dict[str, object]]:
     js = _js(services)
-    with contextlib.suppress(nats.errors.Error):
-        await ensure_trigger_resources(js)
+    await reach_trigger_resources(js)
     managed = await _managed_keys(js)
     return [
         triggers_managed.shown(entry, managed=trigger_key(entry.workflow_name, entry.trigger.id)

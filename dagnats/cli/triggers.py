@@ -9,13 +9,11 @@ and the rest of the project, never `dagnats.cli`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
-import nats.errors
 import typer
 
 from dagnats.cli.common import JsonOption, UrlOption, emit_json, fail, out, run_async, with_client
@@ -23,7 +21,7 @@ from dagnats.client import Client
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.settings import trigger_fire_reply_timeout_s
-from dagnats.runtime.triggers import Entry, ensure_trigger_resources, load_entries, read_fires
+from dagnats.runtime.triggers import Entry, load_entries, reach_trigger_resources, read_fires
 from dagnats.runtime.triggers_plan import (
     ZoneError,
     cron_fire_name,
@@ -115,8 +113,7 @@ def trigger_history(
         raise fail(f"--limit {limit} must be from 1 to {HISTORY_MAX}")
 
     async def read(client: Client) -> list[dict[str, object]]:
-        with contextlib.suppress(nats.errors.Error):  # serve made them; a client may not
-            await ensure_trigger_resources(client.connection.js)
+        await reach_trigger_resources(client.connection.js)
         found = await read_fires(client.connection.js, workflow, trigger_id, limit)
         return [msgspec.to_builtins(record) for record in found]
 
@@ -182,8 +179,7 @@ def trigger_disable(
 
 
 async def _entries(client: Client) -> list[Entry]:
-    with contextlib.suppress(nats.errors.Error):  # serve made them; a client may not
-        await ensure_trigger_resources(client.connection.js)
+    await reach_trigger_resources(client.connection.js)
     return await load_entries(client.connection.js)
 
 

@@ -9,11 +9,9 @@ a dead letter's retry and discard reasons name the actor too).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Final
 
 import msgspec
-import nats.errors
 from litestar import Request, get, post
 from litestar.params import FromPath
 
@@ -33,8 +31,8 @@ from dagnats.console.security import KeysDep
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.triggers import (
     FireRecord,
-    ensure_trigger_resources,
     load_entries,
+    reach_trigger_resources,
     read_fires,
 )
 from kernel.errors import DagnatsError
@@ -56,8 +54,7 @@ class TriggerRow(msgspec.Struct, frozen=True, kw_only=True):
 
 async def _trigger_rows(services: Services) -> list[TriggerRow]:
     js = services.client.connection.js
-    with contextlib.suppress(nats.errors.Error):
-        await ensure_trigger_resources(js)
+    await reach_trigger_resources(js)
     rows: list[TriggerRow] = []
     for entry in await load_entries(js):
         shown = triggers_managed.shown(entry)

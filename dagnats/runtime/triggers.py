@@ -143,6 +143,22 @@ async def ensure_trigger_resources(js: JetStreamContext) -> None:
             await js.create_key_value(bucket=bucket, history=1)
 
 
+async def reach_trigger_resources(js: JetStreamContext) -> None:
+    """A client's way to the trigger resources: serve made them at start, so they are looked
+    up (one STREAM.INFO each) and made only when one is missing. A client role may not make
+    them (nats-server answers nothing to a forbidden request, so it would wait out the
+    request timeout on every call); then reads find nothing."""
+    streams = (FIRES_STREAM, f"KV_{STATE_BUCKET}", f"KV_{TRIGGERS_BUCKET}")
+    try:
+        for name in streams:
+            await js.stream_info(name)
+        return
+    except nats.js.errors.NotFoundError:
+        pass
+    with contextlib.suppress(nats.errors.Error):
+        await ensure_trigger_resources(js)
+
+
 async def load_entries(js: JetStreamContext) -> list[Entry]:
     """Every trigger: those of each registered workflow's latest revision, then the managed
     ones (which override a file's trigger of the same workflow and id)."""

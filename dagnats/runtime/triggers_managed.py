@@ -11,8 +11,6 @@ the file's back.
 
 from __future__ import annotations
 
-import contextlib
-
 import msgspec
 import nats.errors
 from msgspec.structs import replace
@@ -22,9 +20,9 @@ from nats.js.kv import KeyValue
 from dagnats.runtime.triggers import (
     Entry,
     ManagedTrigger,
-    ensure_trigger_resources,
     load_entries,
     managed_key,
+    reach_trigger_resources,
 )
 from dagnats.runtime.triggers_plan import TRIGGERS_BUCKET, zone_problems
 from kernel.errors import DagnatsError, Problem, WorkflowInvalidError
@@ -133,8 +131,7 @@ async def check_route_conflicts(js: JetStreamContext, workflow: WorkflowDef) -> 
 
 
 async def _of_workflow(js: JetStreamContext, workflow: str) -> list[Entry]:
-    with contextlib.suppress(nats.errors.Error):  # serve made them; a client may not
-        await ensure_trigger_resources(js)
+    await reach_trigger_resources(js)
     return [entry for entry in await load_entries(js) if entry.workflow_name == workflow]
 
 
