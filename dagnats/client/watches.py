@@ -26,6 +26,10 @@ from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from kernel.events import Decision
 
 parked_watches_max: Final = 64  # watches of started runs kept open for their `wait`
+# How often a waiting watch looks whether its connection reconnected meanwhile: the server
+# restarted, and the ordered consumer behind the watch may be gone with it (nats-py noticed
+# that only ~20 s later), so the watch is opened again after the last message it gave.
+watch_poll_s: Final = 0.5
 
 Seen = tuple[int, Decision]
 
@@ -35,23 +39,40 @@ class RunWatch:
 
     def __init__(
         self, run_id: str, subscription: JetStreamContext.PushSubscription,
-        js: JetStreamContext | None = None,
+        js: JetStreamContext | None = None, after_seq: int = 0,
     ) -> None:  # fmt: skip
         self.run_id = run_id
         self._subscription = subscription
         self._js = js
         self.seen: list[Seen] = []  # read by `start`, handed to `wait` first
         self.closed = False
+        self.last_seq = after_seq  # of the last message given
+        self.reopened = 0
+        self._reconnects = self._reconnect_count()
 
     @classmethod
     async def open(cls, js: JetStreamContext, run_id: str, after_seq: int = 0) -> RunWatch:
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
-        )
-        subscription = await js.subscribe(
-            history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True, config=config
-        )
-        return cls(run_id, subscription, js)
+        return cls(run_id, await _subscribe(js, run_id, after_seq), js, after_seq)
+
+    def _reconnect_count(self) -> int:
+        nc = getattr(self._js, "_nc", None)
+        stats = getattr(nc, "stats", None)
+        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+
+    async def _reopen_if_reconnected(self) -> None:
+        """After a reconnect, a new ordered consumer from the message after the last given
+        (the old one may have gone with the server; a repeat is skipped by sequence)."""
+        count = self._reconnect_count()
+        if self._js is None or count == self._reconnects:
+            return
+        try:
+            fresh = await _subscribe(self._js, self.run_id, self.last_seq)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            return  # not reachable yet: tried again at the next poll
+        old, self._subscription = self._subscription, fresh
+        self._reconnects = count
+        self.reopened += 1
+        await _close_subscription(self._js, old)
 
     async def next(self, deadline: float) -> Seen | None:
         """The next decision, or None when the monotonic `deadline` passes first.
@@ -60,29 +81,51 @@ class RunWatch:
             RunParkedError: the message does not decode (naming the run and the sequence).
         """
         assert not self.closed, f"watch of {self.run_id} is closed"
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        try:
-            message = await self._subscription.next_msg(timeout=remaining)
-        except (nats.errors.TimeoutError, TimeoutError):
-            return None
-        seq = message.metadata.sequence.stream
-        return seq, decode_message(self.run_id, seq, message.data)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                message = await self._subscription.next_msg(timeout=min(remaining, watch_poll_s))
+            except (nats.errors.TimeoutError, TimeoutError):
+                await self._reopen_if_reconnected()
+                continue
+            seq = message.metadata.sequence.stream
+            if seq <= self.last_seq:
+                continue  # given already (by the watch before a reopen)
+            self.last_seq = seq
+            return seq, decode_message(self.run_id, seq, message.data)
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        with contextlib.suppress(nats.errors.Error):
-            await self._subscription.unsubscribe()
-        # Delete its consumer now: the server would keep an idle ephemeral consumer until its
-        # inactivity threshold, and a stream holds at most 1,000 consumers (a client starting
-        # runs quickly would reach that bound).
-        consumer = getattr(self._subscription, "_consumer", None)
-        if self._js is not None and isinstance(consumer, str) and consumer:
-            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-                await self._js.delete_consumer(HISTORY_STREAM, consumer)
+        await _close_subscription(self._js, self._subscription)
+
+
+async def _subscribe(
+    js: JetStreamContext, run_id: str, after_seq: int
+) -> JetStreamContext.PushSubscription:
+    config = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
+    )
+    return await js.subscribe(
+        history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True, config=config
+    )
+
+
+async def _close_subscription(
+    js: JetStreamContext | None, subscription: JetStreamContext.PushSubscription
+) -> None:
+    with contextlib.suppress(nats.errors.Error):
+        await subscription.unsubscribe()
+    # Delete its consumer now: the server would keep an idle ephemeral consumer until its
+    # inactivity threshold, and a stream holds at most 1,000 consumers (a client starting
+    # runs quickly would reach that bound).
+    consumer = getattr(subscription, "_consumer", None)
+    if js is not None and isinstance(consumer, str) and consumer:
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            await js.delete_consumer(HISTORY_STREAM, consumer)
 
 
 class ParkedWatches:
