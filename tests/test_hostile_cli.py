@@ -103,7 +103,7 @@ CASES: Final[list[tuple[str, Args, int, tuple[str, ...]]]] = [
     ("approval-approve-finished-run", fixed("approval", "approve", "done-run", "one"), 1,
      ("done-run",)),
     ("approval-approve-not-an-approval", fixed("approval", "approve", "signal-run", "hold"),
-     1, ("hold",)),
+     1, ("'hold'", "no approval 'hold' waiting")),
     ("event-publish-bad-name", fixed("event", "publish", "bad name!"), 1,
      ("'bad name!'",)),
     ("event-publish-wildcard-name", fixed("event", "publish", "order.*"), 1,
