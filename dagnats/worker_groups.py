@@ -114,6 +114,8 @@ class Presence:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if not self.writer.connected():
+            return  # (the entry expires by itself; a delete now would wait out its timeout)
         with contextlib.suppress(Exception):
             await self.writer.remove(worker_id)
 
