@@ -73,6 +73,7 @@ ROWS_SHOWN_MAX: Final = 2  # differing rows named in a violation
 
 Violate = Callable[[str, str, str], None]
 StatesAt = Callable[[str, int], RunState | None]  # the oracle's fold of a run at a sequence
+DecisionAt = Callable[[int], Decision | None]  # the oracle's decoded message at a sequence
 
 
 class ProjectionStores:
@@ -154,6 +155,7 @@ class SeedProjector:
         stores: ProjectionStores | None,
         states_at: StatesAt,
         violate: Violate,
+        decision_at: DecisionAt | None = None,
     ) -> None:
         self.log = log
         self.snapshots = snapshots
@@ -162,6 +164,7 @@ class SeedProjector:
         self.trace = trace
         self.factory = factory
         self.states_at = states_at
+        self.decision_at = decision_at
         self.violate = violate
         self.every_events = SNAPSHOT_EVERY_CHOICES[rng.randrange(len(SNAPSHOT_EVERY_CHOICES))]
         self.folder = SnapshotFolder(every_events=self.every_events)
@@ -254,7 +257,10 @@ class SeedProjector:
         for message in messages:
             if is_gate_id(message.run_id):
                 continue  # an admission gate's history, not a run's
-            decoded.append((message.seq, message.run_id, codec.decode_decision(message.payload)))
+            decision = self.decision_at(message.seq) if self.decision_at is not None else None
+            if decision is None:  # (the same bytes decode to an equal, immutable value)
+                decision = codec.decode_decision(message.payload)
+            decoded.append((message.seq, message.run_id, decision))
         for run_id in self.folder.to_load(decoded):
             self._load(run_id)
         due = self.folder.apply(decoded)
