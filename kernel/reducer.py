@@ -54,6 +54,13 @@ HELD = ("pending", "scheduled")  # a run waiting before its first step (kernel/a
 
 def evolve(state: RunState, event: AnyEvent) -> RunState:
     """Apply one event to a run's state and return the new state."""
+    if isinstance(event, _STEP_LIFECYCLE_TYPES):  # most events: one C-level test, then apply
+        assert not is_terminal(state), (
+            f"run {state.run_id!r} is terminal; got {type(event).__name__}"
+        )
+        evolved = _step_lifecycle(state, event)  # counts the event in its one replace
+        assert evolved.event_count == state.event_count + 1
+        return evolved
     if isinstance(event, RunReopened | DeadLetterDiscarded):  # may follow a run's end
         assert state.status != "new", f"run {state.run_id!r}: {type(event).__name__} before start"
         counted = replace(state, event_count=state.event_count + 1)
@@ -103,6 +110,10 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
 StepLifecycleEvent = (
     StepScheduled | StepStarted | StepCompleted | StepFailed | StepTimedOut | StepRetryScheduled
     | StepSkipped | StepRecovered | StepCompensated | StepLost
+)  # fmt: skip
+_STEP_LIFECYCLE_TYPES = (
+    StepScheduled, StepStarted, StepCompleted, StepFailed, StepTimedOut, StepRetryScheduled,
+    StepSkipped, StepRecovered, StepCompensated, StepLost,
 )  # fmt: skip
 RunLifecycleEvent = (
     CompensationStarted | RunCompleted | RunFailed | RunCancelRequested | RunCancelled

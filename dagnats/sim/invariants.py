@@ -117,6 +117,8 @@ class Oracle:
         self._checked: dict[str, dict[str, object]] = {}
         # Told each decision that folds, decoded once (the reference model's check).
         self.decision_listeners: list[Callable[[HistoryMessage, Decision], None]] = []
+        # Each history message that folded, decoded once (the snapshot projector reuses it).
+        self.decisions: dict[int, Decision] = {}
 
     # -- recording ------------------------------------------------------------------------
 
@@ -143,6 +145,10 @@ class Oracle:
         """The fold of the run's history up to its message at `seq` (None: no such message)."""
         track = self.runs.get(run_id)
         return track.states.get(seq) if track is not None else None
+
+    def decision_at(self, seq: int) -> Decision | None:
+        """The decoded history message at `seq` (None: not one that folded)."""
+        return self.decisions.get(seq)
 
     def state(self, run_id: str) -> RunState:
         track = self.runs.get(run_id)
@@ -181,6 +187,7 @@ class Oracle:
             return
         track.state = state
         track.states[message.seq] = state
+        self.decisions[message.seq] = decision
         if self.keep_events:
             track.events.extend(decision.events)
         for listener in self.decision_listeners:

@@ -120,6 +120,7 @@ class Simulation:
             stores=stores,
             states_at=self.oracle.state_at,
             violate=self.oracle.violate,
+            decision_at=self.oracle.decision_at,
         )
         self.log.listeners.append(self.projector.on_append)
         self.tasks.on_publish.append(self.oracle.on_task_published)

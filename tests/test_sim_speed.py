@@ -1,0 +1,103 @@
+"""The simulator's shortcuts keep what it checks: the sorted comparison of a projection's
+tables, the snapshot projector reusing the oracle's decoded messages, and evolve's fast path
+for step events (it still refuses an event after the run's end)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import pytest
+
+from dagnats.sim import SimCase
+from dagnats.sim import projector as sim_projector
+from dagnats.sim.bounds import run_bound_ms
+from dagnats.sim.loop import SimLoop
+from dagnats.sim.projector import ProjectionStores
+from dagnats.sim.scheduler import Simulation
+from kernel import codec
+from kernel.events import Decision, StepStarted
+from kernel.reducer import evolve
+from kernel.state import is_terminal
+from tests.sim_mutants import chain_worker, chain_workflow
+
+Row = tuple[object, ...]
+ROWS: list[Row] = [(1, "a", None), (2, "b", 2.5), (2, "b", 2.5), (3, None, b"\x00")]
+
+
+def _table(stores: ProjectionStores, rows_live: Sequence[Row], rows_rebuilt: Sequence[Row]) -> None:
+    for db, rows in ((stores.live, rows_live), (stores.rebuild, rows_rebuilt)):
+        db.execute("CREATE TABLE t (a INTEGER, b TEXT, c)")
+        for row in rows:
+            db.execute("INSERT INTO t VALUES (?, ?, ?)", list(row))
+
+
+def test_equal_tables_compare_equal_in_any_row_order() -> None:
+    stores = ProjectionStores()
+    _table(stores, ROWS, list(reversed(ROWS)))
+    assert stores.same_rows(stores.live, stores.rebuild, "t")
+
+
+@pytest.mark.parametrize(
+    "rebuilt",
+    [
+        ROWS[:-1],
+        [*ROWS, ROWS[0]],
+        [(1, "a", None), (2, "b", 2.5), (3, None, b"\x00")],
+        [(1, "a", 0), *ROWS[1:]],
+    ],
+    ids=["a row missing", "a row extra", "a duplicate missing", "a value differs"],
+)
+def test_different_tables_never_compare_equal(rebuilt: list[Row]) -> None:
+    stores = ProjectionStores()
+    _table(stores, ROWS, rebuilt)
+    assert not stores.same_rows(stores.live, stores.rebuild, "t")
+
+
+def test_tables_of_different_shapes_fall_back_to_the_slow_comparison() -> None:
+    stores = ProjectionStores()
+    stores.live.execute("CREATE TABLE t (a INTEGER, b TEXT, c)")
+    stores.rebuild.execute("CREATE TABLE t (a INTEGER)")
+    assert not stores.same_rows(stores.live, stores.rebuild, "t")
+
+
+def _simulate(seed: int) -> Simulation:
+    case = SimCase(workflow=chain_workflow(), worker=chain_worker())
+    simulation = Simulation(case, seed, bound_ms=run_bound_ms(case.workflow))
+    loop = SimLoop()  # type: ignore[abstract]
+    try:
+        result = loop.run_until_complete(simulation.run())
+    finally:
+        loop.close()
+    assert result.ok, result.violations
+    return simulation
+
+
+def test_the_snapshot_projector_folds_the_oracles_decoded_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoded: list[bytes] = []
+    decode = codec.decode_decision
+
+    def counting(data: bytes) -> Decision:
+        if sys._getframe(1).f_globals["__name__"] == sim_projector.__name__:
+            decoded.append(data)
+        return decode(data)
+
+    monkeypatch.setattr(codec, "decode_decision", counting)
+    simulation = _simulate(seed=3)
+    assert simulation.projector.batches > 0
+    assert decoded == [], "the snapshot projector decoded messages the oracle had decoded"
+    messages = simulation.log.messages
+    assert sorted(simulation.oracle.decisions) == [m.seq for m in messages]
+    for message in messages:
+        assert simulation.oracle.decisions[message.seq] == codec.decode_decision(message.payload)
+
+
+def test_evolve_still_refuses_a_step_event_after_the_runs_end() -> None:
+    simulation = _simulate(seed=5)
+    (state,) = [track.state for track in simulation.oracle.runs.values()]
+    assert is_terminal(state)
+    started = StepStarted(step_id=state.step_ids[0], attempt=9, worker_id="w", at_ms=1)
+    with pytest.raises(AssertionError, match="is terminal"):
+        evolve(state, started)
