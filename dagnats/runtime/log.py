@@ -33,6 +33,7 @@ from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
+from dagnats.runtime.log_read import BatchReader
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
     HISTORY_SUBJECTS,
@@ -148,33 +149,38 @@ class JetStreamEventLog:
         self, run_id: str, *, after_seq: int = 0
     ) -> AsyncGenerator[tuple[int, bytes], None]:
         """Yield (seq, payload) of each run message with seq > after_seq, in order, up to the
-        run's last sequence when the read began. Memory is bounded (a bounded buffer, the
-        subscription's pending limits, flow control); each wait by read_idle_timeout_ms.
+        run's last sequence when the read began, by batched direct gets (runtime/log_read.py).
+        Memory is bounded (two batches); each wait by read_idle_timeout_ms, a lost batch asked
+        for once more.
 
         Raises:
-            HistoryReadError: no message arrived within read_idle_timeout_ms.
+            HistoryReadError: no message arrived within read_idle_timeout_ms, twice.
+            HistoryBatchError: the server refused a batch.
         """
         assert after_seq >= 0, after_seq
         last_seq = await self.last_seq(run_id)
         if last_seq <= after_seq:
             return
-        reader = await _OrderedReader.open(self.js, history_subject(run_id), after_seq)
+        subject = history_subject(run_id)
+        reader = BatchReader(self.js._nc, HISTORY_STREAM, subject, after_seq, last_seq)
         timeout_s = self.read_idle_timeout_ms / 1000
+        room = settings.read_batch_messages_max  # a batch is asked for when it fits
+        items = reader.items
         try:
-            seq = after_seq
-            while seq < last_seq:
+            await reader.open()
+            while True:
+                while items:
+                    yield items.popleft()
+                    if reader.wanted and len(items) <= room:
+                        await reader.request()
                 try:
-                    message = await reader.next(timeout_s)
+                    if not await reader.wait(timeout_s):
+                        return
                 except TimeoutError:
+                    seq = reader.next_seq - 1
                     raise HistoryReadError(
                         run_id, seq, last_seq, self.read_idle_timeout_ms
                     ) from None
-                seq, pending = position(message)
-                if seq > last_seq:  # appended after the read began
-                    break
-                yield seq, message.data
-                if pending == 0:  # the rest was deleted meanwhile
-                    break
         finally:
             await reader.close()
 
