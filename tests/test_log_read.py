@@ -1,6 +1,7 @@
-"""Bounded history reads by batched direct gets (runtime/log_read.py) against a real
-nats-server: several batches in order, other runs left out, memory within two batches, a
-consistent prefix while the run grows, a lost batch asked for again, a refusal named."""
+"""Bounded history reads by a lean push consumer (runtime/log_read.py) against a real
+nats-server: in order, other runs left out, flow control held back while the caller is
+behind, a consistent prefix while the run grows, a gap or a silence recovered by a new
+consumer, a stall named, other subscriptions untouched."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from nats.js import JetStreamContext
 from dagnats.runtime import log as log_module
 from dagnats.runtime import settings
 from dagnats.runtime.log import HistoryReadError, JetStreamEventLog
-from dagnats.runtime.log_read import BatchReader, HistoryBatchError
+from dagnats.runtime.log_read import HistoryReader
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from tests.nats_fixtures import unique, wait_for
 
@@ -21,7 +22,7 @@ BATCH = 5
 
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings, "read_batch_messages_max", BATCH)
+    monkeypatch.setattr(settings, "read_buffer_messages_max", BATCH)
 
 
 async def publish_interleaved(
@@ -49,40 +50,6 @@ async def test_many_batches_read_in_order_without_other_runs(js: JetStreamContex
     assert [seq for seq, _ in read] == seqs
     assert [data for _, data in read] == [b"%d" % index for index in range(len(seqs))]
     assert await collect(log, run_id, after_seq=seqs[BATCH]) == seqs[BATCH + 1 :]
-
-
-async def test_a_batch_ends_at_its_byte_bound(
-    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(settings, "read_batch_bytes_max", 1)  # one message per batch
-    run_id, other = unique("run"), unique("other")
-    seqs = await publish_interleaved(js, run_id, other, 7)
-    assert await collect(JetStreamEventLog(js), run_id) == seqs
-
-
-@pytest.mark.usefixtures("small_batches")
-async def test_a_reader_holds_at_most_two_batches(
-    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    most = 0
-
-    class Watched(BatchReader):
-        async def _on_message(self, subject: bytes, data: bytes, headers: bytes) -> None:
-            nonlocal most
-            await super()._on_message(subject, data, headers)
-            most = max(most, len(self.items))
-
-    monkeypatch.setattr(log_module, "BatchReader", Watched)
-    run_id, other = unique("run"), unique("other")
-    seqs = await publish_interleaved(js, run_id, other, 10 * BATCH)
-    read: list[int] = []
-    async for seq, _ in JetStreamEventLog(js).read(run_id):
-        read.append(seq)
-        if len(read) == 1:  # a slow fold: the next batch comes meanwhile, unasked
-            await wait_for(lambda: most > BATCH, timeout_ms=20_000, what="the next batch")
-        await asyncio.sleep(0.001)  # the batches wait for the fold, they do not pile up
-    assert read == seqs
-    assert most <= 2 * BATCH
 
 
 @pytest.mark.usefixtures("small_batches")
@@ -120,61 +87,21 @@ async def test_a_read_ends_when_the_rest_is_deleted_meanwhile(js: JetStreamConte
                 await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id))
 
     await asyncio.wait_for(consume(), timeout=15)  # far sooner than the idle timeout
-    assert read == seqs[: len(read)] and len(read) <= 2 * BATCH
-
-
-@pytest.mark.usefixtures("small_batches")
-async def test_a_lost_batch_is_asked_for_again(
-    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class Lossy(BatchReader):
-        lost = 0
-
-        async def request(self) -> None:
-            if Lossy.lost == 0 and self.next_seq > 1:  # the second batch's answer goes nowhere
-                Lossy.lost += 1
-                self.wanted = False
-                self._requests += 1
-                self._reply = b"nobody"
-                await self.client.publish(f"{self._inbox}.lost", b"")
-                return
-            await super().request()
-
-    monkeypatch.setattr(log_module, "BatchReader", Lossy)
-    run_id, other = unique("run"), unique("other")
-    seqs = await publish_interleaved(js, run_id, other, 3 * BATCH)
-    assert await collect(JetStreamEventLog(js, read_idle_timeout_ms=2_000), run_id) == seqs
-    assert Lossy.lost == 1
+    assert read == seqs[: len(read)]  # a prefix (what was delivered before the purge)
 
 
 async def test_a_read_that_never_gets_an_answer_names_run_and_sequence(
     js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Deaf(BatchReader):
-        async def request(self) -> None:
-            self.wanted = False
-            self._reply = b"nobody"
+    class Deaf(HistoryReader):
+        async def _on_message(self, *_: bytes | None) -> None:
+            pass  # every delivery lost
 
-    monkeypatch.setattr(log_module, "BatchReader", Deaf)
+    monkeypatch.setattr(log_module, "HistoryReader", Deaf)
     run_id, other = unique("run"), unique("other")
     await publish_interleaved(js, run_id, other, 2)
     with pytest.raises(HistoryReadError, match=rf"run {run_id!r}: history read stalled after"):
         await collect(JetStreamEventLog(js, read_idle_timeout_ms=200), run_id)
-
-
-async def test_a_refused_batch_names_the_subject_and_status(
-    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class Misdirected(BatchReader):
-        async def open(self) -> None:
-            self.api_subject = "$JS.API.DIRECT.GET.NO_SUCH_STREAM"  # no responders: 503
-            await super().open()
-
-    monkeypatch.setattr(log_module, "BatchReader", Misdirected)
-    run_id, other = unique("run"), unique("other")
-    await publish_interleaved(js, run_id, other, 2)
-    with pytest.raises(HistoryBatchError, match=r"answered '503"):
-        await asyncio.wait_for(collect(JetStreamEventLog(js), run_id), timeout=20)
 
 
 async def test_other_subscriptions_on_the_connection_still_get_their_messages(
@@ -196,3 +123,72 @@ async def test_other_subscriptions_on_the_connection_still_get_their_messages(
         assert await asyncio.wait_for(got.get(), timeout=20) == b"hello"
     finally:
         await subscription.unsubscribe()
+
+
+async def test_a_lost_delivery_makes_the_consumer_again_from_the_next_sequence(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[HistoryReader] = []
+
+    class Lossy(HistoryReader):
+        dropped = False
+
+        async def _on_message(
+            self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            made.append(self)
+            if not Lossy.dropped and data == b"3":  # the 4th message never arrives
+                Lossy.dropped = True
+                return
+            await super()._on_message(subject, reply, data, headers)
+
+    monkeypatch.setattr(log_module, "HistoryReader", Lossy)
+    run_id, other = unique("run"), unique("other")
+    seqs = await publish_interleaved(js, run_id, other, 12)
+    read = [item async for item in JetStreamEventLog(js).read(run_id)]
+    assert [seq for seq, _ in read] == seqs
+    assert [data for _, data in read] == [b"%d" % index for index in range(12)]
+    assert Lossy.dropped and made[0].restarts == 1
+
+
+async def test_a_silent_consumer_is_made_again(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Deafened(HistoryReader):
+        async def _on_message(
+            self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            if self.restarts:  # the first consumer's deliveries are all lost
+                await super()._on_message(subject, reply, data, headers)
+
+    monkeypatch.setattr(log_module, "HistoryReader", Deafened)
+    run_id, other = unique("run"), unique("other")
+    seqs = await publish_interleaved(js, run_id, other, 4)
+    assert await collect(JetStreamEventLog(js, read_idle_timeout_ms=2_000), run_id) == seqs
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_flow_control_waits_while_the_caller_is_behind(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held: list[int] = []
+
+    class Watched(HistoryReader):
+        async def _on_status(self, reply: bytes, headers: bytes) -> None:
+            await super()._on_status(reply, headers)
+            if reply and self.wanted:
+                held.append(len(self.items))
+
+    monkeypatch.setattr(log_module, "HistoryReader", Watched)
+    run_id = unique("run")
+    payload = b"x" * 8_192
+    acks = [await js.publish_async(history_subject(run_id), payload) for _ in range(2_000)]
+    await js.publish_async_completed()
+    seqs = [(await ack).seq for ack in acks]
+    read: list[int] = []
+    async for seq, _ in JetStreamEventLog(js).read(run_id):
+        read.append(seq)
+        if len(read) == 1:  # a slow caller: the server asks for flow control meanwhile
+            await wait_for(lambda: bool(held), timeout_ms=20_000, what="a held flow control")
+    assert read == seqs
+    assert all(BATCH < count <= settings.read_pending_messages_max for count in held)

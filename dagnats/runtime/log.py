@@ -33,7 +33,7 @@ from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
-from dagnats.runtime.log_read import BatchReader
+from dagnats.runtime.log_read import HistoryReader
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
     HISTORY_SUBJECTS,
@@ -149,22 +149,22 @@ class JetStreamEventLog:
         self, run_id: str, *, after_seq: int = 0
     ) -> AsyncGenerator[tuple[int, bytes], None]:
         """Yield (seq, payload) of each run message with seq > after_seq, in order, up to the
-        run's last sequence when the read began, by batched direct gets (runtime/log_read.py).
-        Memory is bounded (two batches); each wait by read_idle_timeout_ms, a lost batch asked
-        for once more.
+        run's last sequence when the read began, by a lean push consumer (runtime/log_read.py).
+        Memory is bounded (flow control); each wait by read_idle_timeout_ms, the consumer made
+        again after a gap or a silence.
 
         Raises:
             HistoryReadError: no message arrived within read_idle_timeout_ms, twice.
-            HistoryBatchError: the server refused a batch.
+            HistoryBufferError: the reader would hold over read_pending_messages_max.
         """
         assert after_seq >= 0, after_seq
         last_seq = await self.last_seq(run_id)
         if last_seq <= after_seq:
             return
         subject = history_subject(run_id)
-        reader = BatchReader(self.js._nc, HISTORY_STREAM, subject, after_seq, last_seq)
+        reader = HistoryReader(self.js._nc, HISTORY_STREAM, subject, after_seq, last_seq)
         timeout_s = self.read_idle_timeout_ms / 1000
-        room = settings.read_batch_messages_max  # a batch is asked for when it fits
+        room = settings.read_buffer_messages_max  # flow control is answered at this level
         items = reader.items
         try:
             await reader.open()

@@ -1,71 +1,78 @@
-"""Bounded reads of one run's history by batched direct gets (nats-server >= 2.11).
+"""Bounded reads of one run's history: a lean push consumer.
 
-One request `$JS.API.DIRECT.GET.DAGNATS_HISTORY` with `{"seq", "next_by_subj", "batch",
-"max_bytes", "up_to_seq"}` brings up to a batch of the run's messages, each with its
-`Nats-Sequence` header, then an end-of-batch status (`NATS/1.0 204 EOB`, with
-`Nats-Num-Pending`: how many more match up to `up_to_seq`). No consumer is created or deleted,
-and a request is stateless: a lost answer is asked for again from the next sequence.
+A read makes an ephemeral push consumer of the run's subject from a start sequence (no acks,
+flow control, idle heartbeats, in memory, one replica) delivering to the reader's inbox, and
+deletes it at the end. It is what nats-py's ordered consumer does, without nats-py's per
+message work: the messages of a reader's inbox reach it before nats-py parses their headers
+(a `Msg`, a header dict and the ordered consumer's checks per message cost about as much as
+the decode and fold of the message together). A per-connection router hands them over by
+subscription id and passes every other message to nats-py unchanged.
 
-The messages of a reader's inbox reach it before nats-py parses their headers (a `Msg`, a
-header dict and an ordered consumer's checks per message cost more than the decode and fold
-of the message together): a per-connection router hands them over by subscription id and
-passes every other message to nats-py unchanged. A reader reads only the `Nats-Sequence`
-header of a message, and the status line and `Nats-Num-Pending` of an end of batch.
+Per message the reader reads the reply subject only (`$JS.ACK.<stream>.<consumer>.<delivered>.
+<stream seq>.<consumer seq>.<ts>.<pending>`): the stream sequence, the consumer sequence (a
+gap, say a message lost while the connection was down, makes the reader recreate its
+consumer from the next sequence, as an ordered consumer does) and how many are pending.
 
-Memory is bounded: a reader holds at most two batches (settings.read_batch_messages_max
-messages and settings.read_batch_bytes_max bytes each, plus one message); the next batch is
-asked for while the reader's caller folds the current one (the server works meanwhile).
+Memory is bounded by flow control: the server waits for the answer to its flow-control
+request, and the reader answers only while it holds at most settings.read_buffer_messages_max
+messages (otherwise once its caller has folded down to that many); a reader holding more than
+settings.read_pending_messages_max fails rather than grows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.js import api
 
 from dagnats.runtime import settings
 from kernel.errors import DagnatsError
 
-SEQUENCE_HEADER: Final = b"\r\nNats-Sequence: "
-PENDING_HEADER: Final = b"\r\nNats-Num-Pending: "
-STATUS_AT: Final = len(b"NATS/1.0 ")  # headers `NATS/1.0 204 EOB\r\n...`: the status's offset
-END_OF_BATCH: Final = b"204"
-NOT_FOUND: Final = b"404"
+STATUS_AT: Final = len(b"NATS/1.0 ")  # a status is `NATS/1.0 100 ...`, headers `NATS/1.0\r\n`
+STALLED_HEADER: Final = b"\r\nNats-Consumer-Stalled: "
+ACK_TOKENS: Final = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>
+HEARTBEAT_S: Final = 5.0  # the consumer's idle heartbeat
+INACTIVE_S: Final = 30.0  # the server drops a consumer left behind (its reader died) after this
 
-Handler = Callable[[bytes, bytes, bytes], Awaitable[None]]
+Handler = Callable[
+    [bytes, bytes, bytes, bytes | None], Awaitable[None]
+]  # subject, reply, data, headers
 
 
-class HistoryBatchError(DagnatsError):
-    """The server refused a batched direct get (a status other than end of batch)."""
+class HistoryBufferError(DagnatsError):
+    """A reader received more than it may hold (the server did not wait for flow control)."""
 
-    def __init__(self, subject: str, status: str) -> None:
+    def __init__(self, subject: str, held: int) -> None:
         self.subject = subject
-        self.status = status
-        super().__init__(f"direct get of {subject!r} answered {status!r}")
+        self.held = held
+        super().__init__(
+            f"read of {subject!r} holds {held} messages, over read_pending_messages_max "
+            f"({settings.read_pending_messages_max})"
+        )
 
 
 class _Router:
-    """Hands the messages of registered subscriptions to their handler, raw (subject, data,
-    headers bytes); passes every other message to the client's own processing."""
+    """Hands the messages of registered subscriptions to their handler, raw (subject, reply,
+    data, headers bytes); passes every other message to the client's own processing."""
 
     def __init__(self, client: Client) -> None:
         self.handlers: dict[int, Handler] = {}
         self.process_next = client._process_msg
 
     async def process(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
         handler = self.handlers.get(sid)
         if handler is None:
-            await self.process_next(sid, subject, reply, data, headers)
+            await self.process_next(sid, subject, reply, data, headers)  # type: ignore[arg-type]
         else:
-            await handler(subject, data, headers)
+            await handler(subject, reply, data, headers)
 
 
 _routers: weakref.WeakKeyDictionary[Client, _Router] = weakref.WeakKeyDictionary()
@@ -79,43 +86,48 @@ def _router(client: Client) -> _Router:
     return router
 
 
-def header_int(headers: bytes, name: bytes) -> int:
-    """The integer value of header `name` (given as b"\\r\\nName: ") in a raw header block."""
-    start = headers.find(name)
-    if start < 0:
-        raise HistoryBatchError("?", f"no {name.strip().decode()} header")
-    start += len(name)
-    return int(headers[start : headers.index(b"\r\n", start)])
-
-
-class BatchReader:
-    """The messages of `subject` with after_seq < seq <= last_seq, in order, by batches."""
+class HistoryReader:
+    """The messages of `subject` with after_seq < seq <= last_seq, in order."""
 
     def __init__(self, client: Client, stream: str, subject: str, after_seq: int, last_seq: int):
         assert 0 <= after_seq < last_seq, (after_seq, last_seq)
-        assert settings.read_batch_messages_max >= 1
         self.client = client
-        self.api_subject = f"$JS.API.DIRECT.GET.{stream}"
+        self.stream = stream
         self.subject = subject
         self.last_seq = last_seq
-        self.next_seq = after_seq + 1  # where the next request starts
+        self.next_seq = after_seq + 1  # the first sequence not received yet
         self.items: collections.deque[tuple[int, bytes]] = collections.deque()
-        self.wanted = False  # a batch is due once the reader has room for it
+        self.wanted = False  # a flow-control answer waits until the caller has room
         self.finished = False  # every message up to last_seq arrived (or the rest is gone)
-        self.error: HistoryBatchError | None = None
-        self._reply = b""  # the inbox of the request in flight (answers to others are stale)
-        self._requests = 0
-        self._inbox = ""
+        self.error: HistoryBufferError | None = None
+        self.restarts = 0  # consumers recreated after a gap or a silence
+        self._gap = False
+        self._flow: bytes = b""  # the flow-control request to answer once there is room
+        self._delivered = 0  # the consumer sequence of the last message taken
+        self._consumer = ""
         self._subscription: Subscription | None = None
         self._ready: asyncio.Future[bool] | None = None
 
     async def open(self) -> None:
-        self._inbox = self.client.new_inbox()
-        self._subscription = await self.client.subscribe(f"{self._inbox}.*")
+        """Subscribe an inbox and make a consumer delivering to it from next_seq."""
+        inbox = self.client.new_inbox()
+        self._subscription = await self.client.subscribe(inbox)
         _router(self.client).handlers[self._subscription._id] = self._on_message
-        await self.request()
+        self._gap = False
+        self._flow = b""
+        self._delivered = 0
+        config = api.ConsumerConfig(
+            deliver_subject=inbox, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.next_seq, filter_subject=self.subject,
+            ack_policy=api.AckPolicy.NONE, max_deliver=1, flow_control=True,
+            idle_heartbeat=HEARTBEAT_S, inactive_threshold=INACTIVE_S,
+            mem_storage=True, num_replicas=1,
+        )  # fmt: skip
+        info = await self.client.jetstream().add_consumer(self.stream, config)
+        self._consumer = info.name
 
     async def close(self) -> None:
+        """Unsubscribe and delete the consumer without waiting for the reply."""
         subscription = self._subscription
         if subscription is None:
             return
@@ -123,48 +135,52 @@ class BatchReader:
         _router(self.client).handlers.pop(subscription._id, None)
         if not self.client.is_closed:
             await subscription.unsubscribe()
+            await self.client.publish(f"$JS.API.CONSUMER.DELETE.{self.stream}.{self._consumer}")
 
     async def request(self) -> None:
-        """Ask for the next batch (answers to an earlier request are dropped from now on)."""
+        """Answer the flow-control request held back (the caller has room again)."""
         self.wanted = False
-        self._requests += 1
-        reply = f"{self._inbox}.{self._requests}"
-        self._reply = reply.encode()
-        body = {
-            "seq": self.next_seq, "next_by_subj": self.subject, "up_to_seq": self.last_seq,
-            "batch": settings.read_batch_messages_max, "max_bytes": settings.read_batch_bytes_max,
-        }  # fmt: skip
-        await self.client.publish(self.api_subject, json.dumps(body).encode(), reply=reply)
+        flow, self._flow = self._flow, b""
+        if flow:
+            await self.client.publish(flow.decode())
 
-    async def _on_message(self, subject: bytes, data: bytes, headers: bytes) -> None:
-        if subject != self._reply or self.finished:
-            return  # an answer to a request given up on
-        if headers[STATUS_AT - 1 : STATUS_AT] == b" ":  # `NATS/1.0 204 EOB`, not `NATS/1.0\r\n`
-            await self._on_status(headers)
-        else:
-            seq = header_int(headers, SEQUENCE_HEADER)
-            if seq < self.next_seq:
-                return  # a duplicate of a re-asked batch
-            self.items.append((seq, data))
-            self.next_seq = seq + 1
-            if seq >= self.last_seq:
-                self.finished = True
+    async def _on_message(
+        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        if headers and headers[STATUS_AT - 1 : STATUS_AT] == b" ":  # flow control, heartbeat
+            await self._on_status(reply, headers)
+            return
+        if self.finished or self._gap:
+            return  # after the end, or dropped until the consumer is made again
+        tokens = reply.split(b".")
+        at = 0 if len(tokens) == ACK_TOKENS else 2  # the v2 form adds domain and account
+        delivered = int(tokens[at + 6])
+        if delivered != self._delivered + 1:  # one went missing: start again from next_seq
+            self._gap = True
+            self._wake()
+            return
+        self._delivered = delivered
+        seq = int(tokens[at + 5])
+        self.items.append((seq, data))
+        self.next_seq = seq + 1
+        if seq >= self.last_seq or tokens[at + 8] == b"0":
+            self.finished = True  # the end, or the rest was deleted meanwhile
+        elif len(self.items) > settings.read_pending_messages_max:
+            self.error = HistoryBufferError(self.subject, len(self.items))
         self._wake()
 
-    async def _on_status(self, headers: bytes) -> None:
-        status = headers[STATUS_AT : STATUS_AT + 3]
-        if status == END_OF_BATCH:
-            if header_int(headers, PENDING_HEADER) == 0:
-                self.finished = True  # the rest up to last_seq was deleted meanwhile
-            elif len(self.items) <= settings.read_batch_messages_max:
-                await self.request()  # pipelined: the server reads while the caller folds
+    async def _on_status(self, reply: bytes, headers: bytes) -> None:
+        if reply:  # a flow-control request: answered once the caller has room
+            if len(self.items) <= settings.read_buffer_messages_max:
+                await self.client.publish(reply.decode())
             else:
+                self._flow = reply
                 self.wanted = True
-        elif status == NOT_FOUND:
-            self.finished = True  # nothing left from next_seq (deleted meanwhile)
-        else:
-            line = headers[STATUS_AT : headers.find(b"\r\n")].decode(errors="replace")
-            self.error = HistoryBatchError(self.subject, line)
+            return
+        start = headers.find(STALLED_HEADER)  # a heartbeat naming a flow control we missed
+        if start >= 0:
+            start += len(STALLED_HEADER)
+            await self.client.publish(headers[start : headers.index(b"\r\n", start)].decode())
 
     def _wake(self) -> None:
         ready = self._ready
@@ -172,9 +188,10 @@ class BatchReader:
             ready.set_result(True)
 
     async def wait(self, timeout_s: float) -> bool:
-        """Wait until an item is there (True) or the read is over (False). A batch lost on the
-        way (no answer within timeout_s) is asked for once more before TimeoutError."""
-        asked_again = False
+        """Wait until an item is there (True) or the read is over (False). After a gap, or
+        no message within timeout_s, the consumer is made again from next_seq (once for a
+        silence: a second one is a TimeoutError)."""
+        silent = False
         while True:
             if self.items:
                 return True
@@ -182,13 +199,24 @@ class BatchReader:
                 raise self.error
             if self.finished:
                 return False
+            if self._gap:
+                await self._restart()
+                continue  # messages may have come meanwhile
             if self.wanted:
                 await self.request()
+                continue
             if not await self._sleep(timeout_s):
-                if asked_again:
+                if silent:
                     raise TimeoutError()
-                asked_again = True
-                await self.request()
+                silent = True
+                await self._restart()
+
+    async def _restart(self) -> None:
+        if self.restarts >= settings.read_restarts_max:
+            raise TimeoutError()
+        self.restarts += 1
+        await self.close()
+        await self.open()
 
     async def _sleep(self, timeout_s: float) -> bool:
         """False when timeout_s passed with no message."""

@@ -46,10 +46,7 @@ read_idle_timeout_ms: Final = 5_000  # longest wait for the next message of a bo
 read_buffer_messages_max: Final = 1_024  # messages a reader holds ahead of its consumer
 read_pending_messages_max: Final = 65_536  # client-side buffer of one ordered consumer
 read_pending_bytes_max: Final = 64 * 1_048_576
-# A bounded read of one run (runtime/log_read.py) asks for its history by batched direct gets
-# and holds at most two batches: the one being folded and the next one arriving.
-read_batch_messages_max: Final = 512  # messages of one direct-get batch
-read_batch_bytes_max: Final = 4 * 1_048_576  # bytes of one batch (the server ends it sooner)
+read_restarts_max: Final = 8  # consumers a bounded read makes again (after gaps, silences)
 
 # Queues.
 # The heartbeat timeout of a task: a dead worker's task goes to another one after this.
