@@ -1,9 +1,10 @@
 """The EventLog on JetStream: run histories on `dagnats.history.<run_id>` in DAGNATS_HISTORY.
 
 Appends are conditional and deduplicated (STYLE 11): one publish per decision with
-`Nats-Msg-Id` and `Nats-Expected-Last-Subject-Sequence`. Reads use ordered consumers
-(ARCHITECTURE §9: about 5x a pull fetch; ~125k messages/s of 300 B measured here), bounded by
-the run's last sequence when the read began.
+`Nats-Msg-Id` and `Nats-Expected-Last-Subject-Sequence`. A bounded read of a run is a lean push
+consumer (runtime/log_read.py: about 2x nats-py's ordered consumer, which costs more per
+message than the decode and fold of it), bounded by the run's last sequence when the read
+began; the live tail of all runs uses nats-py's ordered consumer (ARCHITECTURE §9).
 
 Behaviour verified on nats-server 2.15.1 (tests/test_runtime_log.py):
 - expected last subject sequence 0 means "the subject has no message yet";
@@ -162,7 +163,7 @@ class JetStreamEventLog:
         if last_seq <= after_seq:
             return
         subject = history_subject(run_id)
-        reader = HistoryReader(self.js._nc, HISTORY_STREAM, subject, after_seq, last_seq)
+        reader = HistoryReader(self.js, HISTORY_STREAM, subject, after_seq, last_seq)
         timeout_s = self.read_idle_timeout_ms / 1000
         room = settings.read_buffer_messages_max  # flow control is answered at this level
         items = reader.items

@@ -29,7 +29,7 @@ from typing import Final
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
 from kernel.errors import DagnatsError
@@ -89,9 +89,12 @@ def _router(client: Client) -> _Router:
 class HistoryReader:
     """The messages of `subject` with after_seq < seq <= last_seq, in order."""
 
-    def __init__(self, client: Client, stream: str, subject: str, after_seq: int, last_seq: int):
+    def __init__(
+        self, js: JetStreamContext, stream: str, subject: str, after_seq: int, last_seq: int
+    ):
         assert 0 <= after_seq < last_seq, (after_seq, last_seq)
-        self.client = client
+        self.js = js
+        self.client: Client = js._nc
         self.stream = stream
         self.subject = subject
         self.last_seq = last_seq
@@ -123,7 +126,7 @@ class HistoryReader:
             idle_heartbeat=HEARTBEAT_S, inactive_threshold=INACTIVE_S,
             mem_storage=True, num_replicas=1,
         )  # fmt: skip
-        info = await self.client.jetstream().add_consumer(self.stream, config)
+        info = await self.js.add_consumer(self.stream, config)
         self._consumer = info.name
 
     async def close(self) -> None:
@@ -135,7 +138,8 @@ class HistoryReader:
         _router(self.client).handlers.pop(subscription._id, None)
         if not self.client.is_closed:
             await subscription.unsubscribe()
-            await self.client.publish(f"$JS.API.CONSUMER.DELETE.{self.stream}.{self._consumer}")
+            delete = f"{self.js._prefix}.CONSUMER.DELETE.{self.stream}.{self._consumer}"
+            await self.client.publish(delete)
 
     async def request(self) -> None:
         """Answer the flow-control request held back (the caller has room again)."""
