@@ -192,3 +192,38 @@ async def test_flow_control_waits_while_the_caller_is_behind(
             await wait_for(lambda: bool(held), timeout_ms=20_000, what="a held flow control")
     assert read == seqs
     assert all(BATCH < count <= settings.read_pending_messages_max for count in held)
+
+
+async def test_a_full_reader_drops_and_starts_again_from_the_next_sequence(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "read_pending_messages_max", 20)
+    made: list[HistoryReader] = []
+    most = 0
+
+    class Watched(HistoryReader):
+        async def open(self) -> None:
+            made.append(self)
+            await super().open()
+
+        async def _on_message(
+            self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            nonlocal most
+            await super()._on_message(subject, reply, data, headers)
+            most = max(most, len(self.items))
+
+    monkeypatch.setattr(log_module, "HistoryReader", Watched)
+    run_id = unique("run")
+    acks = [await js.publish_async(history_subject(run_id), b"%d" % i) for i in range(300)]
+    await js.publish_async_completed()
+    seqs = [(await ack).seq for ack in acks]
+    read: list[tuple[int, bytes]] = []
+    async for item in JetStreamEventLog(js).read(run_id):
+        read.append(item)
+        if len(read) == 1:  # a slow caller: the reader fills up meanwhile
+            await wait_for(lambda: made[0]._full, timeout_ms=20_000, what="a full reader")
+    assert [seq for seq, _ in read] == seqs
+    assert [data for _, data in read] == [b"%d" % i for i in range(300)]
+    assert most <= 20
+    assert made[0].overflows > 0 and made[0].restarts == 0

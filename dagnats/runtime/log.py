@@ -156,7 +156,6 @@ class JetStreamEventLog:
 
         Raises:
             HistoryReadError: no message arrived within read_idle_timeout_ms, twice.
-            HistoryBufferError: the reader would hold over read_pending_messages_max.
         """
         assert after_seq >= 0, after_seq
         last_seq = await self.last_seq(run_id)

@@ -15,8 +15,11 @@ consumer from the next sequence, as an ordered consumer does) and how many are p
 
 Memory is bounded by flow control: the server waits for the answer to its flow-control
 request, and the reader answers only while it holds at most settings.read_buffer_messages_max
-messages (otherwise once its caller has folded down to that many); a reader holding more than
-settings.read_pending_messages_max fails rather than grows.
+messages (otherwise once its caller has folded down to that many). The server asks for flow
+control rarely (about every 15k messages of 150 B), so a reader holding
+settings.read_pending_messages_max drops what comes next and, once its caller has taken what
+it holds, makes its consumer again from the next sequence (as nats-py's ordered consumer
+resets after a slow-consumer drop).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
-from kernel.errors import DagnatsError
 
 STATUS_AT: Final = len(b"NATS/1.0 ")  # a status is `NATS/1.0 100 ...`, headers `NATS/1.0\r\n`
 STALLED_HEADER: Final = b"\r\nNats-Consumer-Stalled: "
@@ -43,18 +45,6 @@ INACTIVE_S: Final = 30.0  # the server drops a consumer left behind (its reader 
 Handler = Callable[
     [bytes, bytes, bytes, bytes | None], Awaitable[None]
 ]  # subject, reply, data, headers
-
-
-class HistoryBufferError(DagnatsError):
-    """A reader received more than it may hold (the server did not wait for flow control)."""
-
-    def __init__(self, subject: str, held: int) -> None:
-        self.subject = subject
-        self.held = held
-        super().__init__(
-            f"read of {subject!r} holds {held} messages, over read_pending_messages_max "
-            f"({settings.read_pending_messages_max})"
-        )
 
 
 class _Router:
@@ -102,9 +92,10 @@ class HistoryReader:
         self.items: collections.deque[tuple[int, bytes]] = collections.deque()
         self.wanted = False  # a flow-control answer waits until the caller has room
         self.finished = False  # every message up to last_seq arrived (or the rest is gone)
-        self.error: HistoryBufferError | None = None
-        self.restarts = 0  # consumers recreated after a gap or a silence
+        self.overflows = 0  # consumers made again because the reader was full
+        self.restarts = 0  # consumers made again after a gap or a silence
         self._gap = False
+        self._full = False  # the gap is one the reader made, dropping what it had no room for
         self._flow: bytes = b""  # the flow-control request to answer once there is room
         self._delivered = 0  # the consumer sequence of the last message taken
         self._consumer = ""
@@ -116,7 +107,7 @@ class HistoryReader:
         inbox = self.client.new_inbox()
         self._subscription = await self.client.subscribe(inbox)
         _router(self.client).handlers[self._subscription._id] = self._on_message
-        self._gap = False
+        self._gap = self._full = False
         self._flow = b""
         self._delivered = 0
         config = api.ConsumerConfig(
@@ -163,14 +154,15 @@ class HistoryReader:
             self._gap = True
             self._wake()
             return
+        if len(self.items) >= settings.read_pending_messages_max:  # full: drop, start again later
+            self._gap = self._full = True
+            return
         self._delivered = delivered
         seq = int(tokens[at + 5])
         self.items.append((seq, data))
         self.next_seq = seq + 1
         if seq >= self.last_seq or tokens[at + 8] == b"0":
             self.finished = True  # the end, or the rest was deleted meanwhile
-        elif len(self.items) > settings.read_pending_messages_max:
-            self.error = HistoryBufferError(self.subject, len(self.items))
         self._wake()
 
     async def _on_status(self, reply: bytes, headers: bytes) -> None:
@@ -199,12 +191,10 @@ class HistoryReader:
         while True:
             if self.items:
                 return True
-            if self.error is not None:
-                raise self.error
             if self.finished:
                 return False
             if self._gap:
-                await self._restart()
+                await self._restart(counted=not self._full)
                 continue  # messages may have come meanwhile
             if self.wanted:
                 await self.request()
@@ -215,10 +205,15 @@ class HistoryReader:
                 silent = True
                 await self._restart()
 
-    async def _restart(self) -> None:
-        if self.restarts >= settings.read_restarts_max:
+    async def _restart(self, *, counted: bool = True) -> None:
+        """Make the consumer again from next_seq. A full reader's restart is not counted
+        against read_restarts_max: it comes after the caller took every message held."""
+        if not counted:
+            self.overflows += 1
+        elif self.restarts >= settings.read_restarts_max:
             raise TimeoutError()
-        self.restarts += 1
+        else:
+            self.restarts += 1
         await self.close()
         await self.open()
 
