@@ -39,12 +39,9 @@ from dagnats.runtime import settings
 STATUS_AT: Final = len(b"NATS/1.0 ")  # a status is `NATS/1.0 100 ...`, headers `NATS/1.0\r\n`
 STALLED_HEADER: Final = b"\r\nNats-Consumer-Stalled: "
 ACK_TOKENS: Final = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>
-HEARTBEAT_S: Final = 5.0  # the consumer's idle heartbeat
-INACTIVE_S: Final = 30.0  # the server drops a consumer left behind (its reader died) after this
 
-Handler = Callable[
-    [bytes, bytes, bytes, bytes | None], Awaitable[None]
-]  # subject, reply, data, headers
+# A handler takes a message's subject, reply, data and raw headers (None: no headers).
+Handler = Callable[[bytes, bytes, bytes, bytes | None], Awaitable[None]]
 
 
 class _Router:
@@ -114,7 +111,8 @@ class HistoryReader:
             deliver_subject=inbox, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.next_seq, filter_subject=self.subject,
             ack_policy=api.AckPolicy.NONE, max_deliver=1, flow_control=True,
-            idle_heartbeat=HEARTBEAT_S, inactive_threshold=INACTIVE_S,
+            idle_heartbeat=settings.read_heartbeat_ms / 1000,
+            inactive_threshold=settings.read_consumer_inactive_ms / 1000,
             mem_storage=True, num_replicas=1,
         )  # fmt: skip
         info = await self.js.add_consumer(self.stream, config)
@@ -127,10 +125,12 @@ class HistoryReader:
             return
         self._subscription = None
         _router(self.client).handlers.pop(subscription._id, None)
-        if not self.client.is_closed:
-            await subscription.unsubscribe()
-            delete = f"{self.js._prefix}.CONSUMER.DELETE.{self.stream}.{self._consumer}"
-            await self.client.publish(delete)
+        consumer, self._consumer = self._consumer, ""
+        if self.client.is_closed:
+            return
+        await subscription.unsubscribe()
+        if consumer:  # none when its creation failed
+            await self.client.publish(f"{self.js._prefix}.CONSUMER.DELETE.{self.stream}.{consumer}")
 
     async def request(self) -> None:
         """Answer the flow-control request held back (the caller has room again)."""
