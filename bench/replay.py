@@ -8,9 +8,11 @@ embedded nats-server:
 - SMALL_RUNS short runs (the chain of `bench.kernel_fold`, ~27 events each).
 
 Timed in the same run, best of REPEATS:
-- read+fold: `Engine.fold_history` (the engine's load path without snapshots: an ordered
-  consumer through `JetStreamEventLog.read`, `codec.decode_decision`, `evolve`);
-- bare: an ordered consumer over the same subjects that only counts messages.
+- read+fold: `Engine.fold_history` (the engine's load path without snapshots:
+  `JetStreamEventLog.read`, a lean push consumer (runtime/log_read.py), then
+  `codec.decode_decision`, `evolve`), the path `dagnats run audit`, the client and the
+  projections take too;
+- bare: nats-py's ordered consumer over the same subjects that only counts messages.
 For the small runs both read SMALL_CONCURRENCY runs at a time, one consumer per run.
 
 Prints one JSON line; `value` is the long run's read+fold rate in events/s, `ratio` that rate

@@ -46,6 +46,9 @@ read_idle_timeout_ms: Final = 5_000  # longest wait for the next message of a bo
 read_buffer_messages_max: Final = 1_024  # messages a reader holds ahead of its consumer
 read_pending_messages_max: Final = 65_536  # client-side buffer of one ordered consumer
 read_pending_bytes_max: Final = 64 * 1_048_576
+read_restarts_max: Final = 8  # consumers a bounded read makes again (after gaps, silences)
+read_heartbeat_ms: Final = 5_000  # a bounded read's consumer's idle heartbeat
+read_consumer_inactive_ms: Final = 30_000  # the server drops a dead reader's consumer after
 
 # Queues.
 # The heartbeat timeout of a task: a dead worker's task goes to another one after this.
