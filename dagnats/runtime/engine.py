@@ -140,9 +140,11 @@ class Engine:
         Raises:
             RunParkedError: a history message does not decode or does not fold.
         """
-        snapshot = await self.snapshots.get(run_id) if self.snapshots is not None else None
         last = await self.history.last(run_id)
-        last_seq = 0 if last is None else last[0]
+        if last is None:  # a new run: no snapshot asked for (one is written at a seq >= 1)
+            return Loaded(state=INITIAL_STATE, last_seq=0)
+        last_seq = last[0]
+        snapshot = await self.snapshots.get(run_id) if self.snapshots is not None else None
         if snapshot is not None:
             if snapshot.last_seq == last_seq:
                 return Loaded(state=snapshot.state, last_seq=last_seq)
@@ -152,12 +154,11 @@ class Engine:
             except RunParkedError:
                 pass  # the snapshot may be what is wrong: fold the whole history
             log.warning("run %s: its snapshot disagrees with history; ignored", run_id)
-        if last is not None:
-            with contextlib.suppress(DecodeError):
-                events = codec.decode_decision(last[1]).events
-                if events and isinstance(events[0], RunStarted):  # the run's one message
-                    state = self._fold_message(run_id, INITIAL_STATE, last_seq, last[1])
-                    return Loaded(state=state, last_seq=last_seq)
+        with contextlib.suppress(DecodeError):
+            events = codec.decode_decision(last[1]).events
+            if events and isinstance(events[0], RunStarted):  # the run's one message
+                state = self._fold_message(run_id, INITIAL_STATE, last_seq, last[1])
+                return Loaded(state=state, last_seq=last_seq)
         return await self._fold_from(run_id, INITIAL_STATE, 0)
 
     async def _fold_from(self, run_id: str, state: RunState, after_seq: int) -> Loaded:
