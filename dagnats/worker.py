@@ -49,7 +49,7 @@ from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
-from dagnats.runtime.ended_watch import EndedWatch, skip_reason, stop_watch, watch_ended_runs
+from dagnats.runtime.ended_runs import EndedRuns, ended_runs_of, skip_reason
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import (
     Clock,
@@ -195,12 +195,13 @@ class Worker:
         self._running: dict[str, list[TaskMessage]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
-        # How long a result is sent again at most; the loop time sending ends by (at drain).
+        # How long a result is sent again before the worker gives up on it; and the loop
+        # time by which sending ends anyway (set when draining starts).
         self.result_send_ms_max = settings.result_send_ms_max
         self._drain_deadline = float("inf")
         self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
         self.live: LivePublisher | None = None  # live output of handlers (dagnats/llm/live.py)
-        self._ended_runs: EndedWatch | None = None  # set by serve from its task queue
+        self._ended_runs: EndedRuns | None = None  # set by serve from its task queue
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Register the decorated async function as the handler of task type `name`."""
@@ -249,7 +250,7 @@ class Worker:
             outage=self._fetch_outage,
             batch_max=self.fetch_batch_max,
         )
-        self._ended_runs = await watch_ended_runs(tasks)  # (runtime/ended_watch)
+        self._ended_runs = ended_runs_of(tasks)
         presence = presence_of(tasks, self)
         if presence is not None:
             presence.start()
@@ -262,7 +263,6 @@ class Worker:
             loop_time = asyncio.get_running_loop().time()
             self._drain_deadline = loop_time + settings.drain_results_ms_max / 1000
             await self._drain()
-            await stop_watch(self._ended_runs)
 
     async def _drain(self) -> None:
         if not self._in_flight:
@@ -328,7 +328,7 @@ class Worker:
         if key in self._finished:  # its result was sent; the server forgot our ack
             await message.ack()
             return
-        if skipped := await skip_reason(self._ended_runs, task, message):  # (ended_watch)
+        if skipped := await skip_reason(self._ended_runs, task):  # (runtime/ended_runs)
             self.log.info("%s", skipped)
             await message.ack()
             return

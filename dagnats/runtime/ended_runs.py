@@ -2,10 +2,9 @@
 
 When a run ends (completed, failed, cancelled, terminated, ...), the engine writes a small
 marker in the KV bucket `dagnats_ended` (key: the run id): its status and how many events its
-history held then. A worker checks the task's run before calling the handler (its live view
-of the markers written, runtime/ended_watch.py, else one message get: nats-server lets the
-worker role read this bucket and no other) and skips the task, acked and logged, when the run
-had ended by the time the task was decided: a task
+history held then. A worker reads the marker of a task's run before calling the handler (one
+message get; nats-server lets the worker role read this bucket and no other) and skips the
+task, acked and logged, when the run had ended by the time the task was decided: a task
 carries the history size it was decided at (`EnqueueTask.history_events`), so the task of a
 run reopened after its end (`dagnats run retry`) is newer than the marker and runs. Markers are
 a cache: one that was not written (the engine stopped in between) only means the handler runs
@@ -23,6 +22,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime.resources import ENDED_BUCKET, check_run_id
+from kernel.effects import EnqueueTask
 from kernel.state import RunState, is_terminal
 
 log = logging.getLogger("dagnats.ended")
@@ -81,3 +81,22 @@ class EndedRuns:
             return msgspec.json.decode(found.data or b"", type=EndedMarker)
         except msgspec.DecodeError:
             return None  # a delete marker, or not ours
+
+
+async def skip_reason(markers: EndedRuns | None, task: EnqueueTask) -> str:
+    """Why the worker must not call the handler of `task` ("" when it may)."""
+    if markers is None:
+        return ""
+    marker = await markers.ended(task.run_id)
+    if marker is None or task.history_events > marker.events:
+        return ""  # not ended, or the task is of a later life of the run (reopened)
+    return (
+        f"run {task.run_id} is {marker.status}: its task {task.step_id} attempt {task.attempt} "
+        "is skipped without calling the handler"
+    )
+
+
+def ended_runs_of(tasks: object) -> EndedRuns | None:
+    """The markers a worker fetching from `tasks` reads (a JetStream queue), else None."""
+    js = getattr(tasks, "js", None)
+    return EndedRuns(js) if isinstance(js, JetStreamContext) else None

@@ -104,11 +104,6 @@ class JetStreamMessage:
         """The message's sequence in its stream."""
         return self._message.metadata.sequence.stream
 
-    @property
-    def published_ms(self) -> int:
-        """When the server stored the message (its clock, ms since the epoch)."""
-        return int(self._message.metadata.timestamp.timestamp() * 1000)
-
     async def ack(self) -> None:
         """Done (fire-and-forget: a lost ack means one redelivery, which decide absorbs)."""
         await self._message.ack()

@@ -7,8 +7,7 @@ Five roles (README "Security"):
   commands stream (timer cancellation) and delete no stream.
 - `worker`: takes tasks (consumer create/info, fetch, ack on DAGNATS_TASKS) and publishes
   results on `dagnats.cmd.<p>.<run>.result` only, and live model output on core NATS
-  `dagnats.live.<run>.<step>` (never stored; dagnats/llm/live.py); it reads ended runs'
-  markers (a message get, and a core subscription to their writes: runtime/ended_watch).
+  `dagnats.live.<run>.<step>` (never stored; dagnats/llm/live.py).
 - `client`: publishes client commands on `dagnats.cmd.<p>.<run>.client`, external events,
   workflow definitions and manual trigger fire requests (`dagnats.trigger.fire.<key>`);
   reads history, KV snapshots and events.
@@ -145,10 +144,8 @@ def permissions(
                 subscribe_allow=(">",),
             )
         case "worker":
-            # Ended runs' markers as they are written: core NATS, no consumer (ended_watch).
-            markers = f"$KV.{ENDED_BUCKET}.>"
             return Permissions(
-                publish_allow=_worker_publish(task_types, user), subscribe_allow=(inbox, markers)
+                publish_allow=_worker_publish(task_types, user), subscribe_allow=(inbox,)
             )
         case "client" | "approver":
             approving: tuple[str, ...] = ()

@@ -123,15 +123,6 @@ workers_listed_max: Final = 10_000
 # Ended-run markers (dagnats/runtime/ended_runs.py): how long a worker can learn that a run
 # ended before taking one of its tasks (a task waits at most this long to be skipped).
 ended_marker_ttl_ms: Final = 7 * 24 * 3_600_000
-# A worker's live view of ended runs (dagnats/runtime/ended_watch.py): it keeps the markers of
-# at most ended_watch_runs_max runs; a task published after the view began plus
-# ended_watch_clock_margin_ms (the worker's and the server's clocks may differ by that much)
-# is checked against the view alone, an older or redelivered one reads its run's marker. At
-# most ended_watch_waiting_max markers wait in the client to be taken in (more: some were
-# dropped, and the view begins again).
-ended_watch_runs_max: Final = 50_000
-ended_watch_clock_margin_ms: Final = 2_000
-ended_watch_waiting_max: Final = 65_536
 # Retention (dagnats/runtime/retention.py): serve purges finished runs older than its
 # --retention age, at most retention_purges_per_sweep_max per sweep, sweeping every quarter of
 # the age within [retention_sweep_min_ms, retention_sweep_max_ms]; it reads the retention log
