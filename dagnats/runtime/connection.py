@@ -228,8 +228,11 @@ class Connection:
                    task_secret=task_secret, user=user)  # fmt: skip
 
     async def close(self) -> None:
-        """Unsubscribe and drain, within `settings.connection_close_timeout_ms`; with the
-        server away (reconnecting), just close: there is nothing to drain to."""
+        """Unsubscribe the queues and flush, within `settings.connection_close_timeout_ms`,
+        then close (which writes what is still pending); with the server away (reconnecting),
+        just close. No drain: every publish was acknowledged by its caller already, and a pull
+        subscription whose `next_msg` lost a race with its timeout never drains (its queue
+        counts a message nobody took), so a drain waited out the whole timeout now and then."""
         timeout_s = settings.connection_close_timeout_ms / 1000
         if self.nc.is_connected:
             for part in (self.tasks, self.commands):
@@ -238,9 +241,9 @@ class Connection:
                 except (nats.errors.Error, OSError, TimeoutError) as error:
                     log.info("nats: unsubscribing at close failed: %s", error)
             try:
-                await asyncio.wait_for(self.nc.drain(), timeout=timeout_s)
+                await self.nc.flush(timeout=max(1, int(timeout_s)))
             except (nats.errors.Error, OSError, TimeoutError) as error:
-                log.info("nats: draining at close failed (%s); closing", error)
+                log.info("nats: flushing at close failed (%s); closing", error)
         if not self.nc.is_closed:
             with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
                 await asyncio.wait_for(self.nc.close(), timeout=timeout_s)

@@ -93,7 +93,7 @@ bridge_worker_id_length_max: Final = 128
 bridge_body_bytes_max: Final = limits.payload_bytes_max + 4 * limits.error_message_bytes_max
 
 # Connections (dagnats/runtime/connection.py).
-connection_close_timeout_ms: Final = 5_000  # closing (draining) a connection at the end
+connection_close_timeout_ms: Final = 5_000  # closing a connection (unsubscribe, flush) at the end
 outage_log_interval_ms: Final = 10_000  # while NATS is unreachable: one summary line per
 
 # The engine (dagnats/runtime/engine.py).
