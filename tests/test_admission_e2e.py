@@ -20,9 +20,9 @@ from dagnats import Client, NonRetryableError, TaskContext, Worker
 from dagnats.client import RunNotFoundError
 from dagnats.input_schema import InputSchemaError
 from dagnats.runtime.clock import now_ms
-from dagnats.runtime.serve import local_stack
 from kernel.events import RunAdmitted
 from kernel.workflow import WorkflowDef, parse_workflow
+from tests.gated_support import gated_stack
 from tests.nats_fixtures import unique, wait_for
 
 WAIT_S = 30.0
@@ -58,12 +58,8 @@ def make_worker(gates: Gates) -> Worker:
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, Gates]]:
     gates = Gates()
-    async with local_stack(tmp_path / "data", make_worker(gates)) as (_info, client):
-        try:
-            yield client, gates
-        finally:
-            for event in gates.events.values():
-                event.set()
+    async with gated_stack(tmp_path / "data", make_worker(gates), gates.events) as client:
+        yield client, gates
 
 
 def gated(name: str, **admission: object) -> WorkflowDef:

@@ -17,10 +17,10 @@ import pytest_asyncio
 
 from dagnats import Client, TaskContext, Worker
 from dagnats.runtime.clock import now_ms
-from dagnats.runtime.serve import local_stack
 from kernel.admission_tasks import show_deferral
 from kernel.events import TaskDeferred, TaskReleased
 from kernel.workflow import WorkflowDef, parse_workflow
+from tests.gated_support import gated_stack
 from tests.nats_fixtures import unique, wait_for
 
 WAIT_S = 30.0
@@ -64,12 +64,8 @@ def make_worker(calls: Calls) -> Worker:
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, Calls]]:
     calls = Calls()
-    async with local_stack(tmp_path / "data", make_worker(calls)) as (_info, client):
-        try:
-            yield client, calls
-        finally:
-            for event in calls.gates.values():
-                event.set()
+    async with gated_stack(tmp_path / "data", make_worker(calls), calls.gates) as client:
+        yield client, calls
 
 
 def limited(name: str, task: str, **fields: object) -> WorkflowDef:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest_asyncio
 
 from dagnats import Client, TaskContext, Worker
-from dagnats.runtime.serve import local_stack
 from kernel.workflow import WorkflowDef, parse_workflow
 from steps.continuation import next_run_id
+from tests.gated_support import gated_stack
 from tests.nats_fixtures import unique, wait_for
 
 WAIT_S = 30.0
@@ -57,12 +57,8 @@ def make_worker(links: Links) -> Worker:
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, Links]]:
     links = Links()
-    async with local_stack(tmp_path / "data", make_worker(links)) as (_info, client):
-        try:
-            yield client, links
-        finally:
-            for event in links.events.values():
-                event.set()
+    async with gated_stack(tmp_path / "data", make_worker(links), links.events) as client:
+        yield client, links
 
 
 def chain(name: str) -> WorkflowDef:

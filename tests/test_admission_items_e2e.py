@@ -15,9 +15,9 @@ from typing import Any
 import pytest_asyncio
 
 from dagnats import Client, TaskContext, Worker
-from dagnats.runtime.serve import local_stack
 from kernel.events import TaskDeferred, TaskReleased
 from kernel.workflow import parse_workflow
+from tests.gated_support import gated_stack
 from tests.nats_fixtures import unique, wait_for
 
 WAIT_S = 30.0
@@ -64,12 +64,8 @@ def make_worker(calls: Calls) -> Worker:
 @pytest_asyncio.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[Client, Calls]]:
     calls = Calls()
-    async with local_stack(tmp_path / "data", make_worker(calls)) as (_info, client):
-        try:
-            yield client, calls
-        finally:
-            for event in calls.gates.values():
-                event.set()
+    async with gated_stack(tmp_path / "data", make_worker(calls), calls.gates) as client:
+        yield client, calls
 
 
 async def test_a_map_s_items_never_run_more_than_the_task_type_s_limit_at_once(
