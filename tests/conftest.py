@@ -9,12 +9,21 @@ import os
 from hypothesis import settings
 
 from tests.fault_support import processes, procs
-from tests.nats_fixtures import js, nats_server, nc, private_js, private_server, server_dir
+from tests.nats_fixtures import (
+    connection,
+    js,
+    nats_server,
+    nc,
+    private_js,
+    private_server,
+    server_dir,
+)
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 __all__ = [
+    "connection",
     "js",
     "nats_server",
     "nc",

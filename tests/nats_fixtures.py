@@ -20,6 +20,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import ensure_resources
 
@@ -121,3 +122,16 @@ async def private_js(private_server: EmbeddedNats) -> AsyncIterator[JetStreamCon
         yield context
     finally:
         await client.close()
+
+
+@pytest_asyncio.fixture
+async def connection(private_server: EmbeddedNats) -> AsyncIterator[Connection]:
+    """A `Connection` (log, queues, timers) to this test's own server, every resource in
+    place."""
+    client = await connect(private_server.url)
+    await ensure_resources(client.jetstream())
+    opened = Connection(client)
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -18,14 +18,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import nats.js.errors
 import pytest
-import pytest_asyncio
-from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlite_utils import Database
 
@@ -44,31 +41,20 @@ from dagnats.runtime.projector import (
     SqliteTarget,
     open_database,
 )
-from dagnats.runtime.resources import RUNS_BUCKET, ensure_resources
+from dagnats.runtime.resources import RUNS_BUCKET
 from dagnats.runtime.serve import Server
 from kernel import codec
 from kernel.state import INITIAL_STATE, RunState
 from projections.base import read_checkpoint, reset_projection
 from projections.snapshot import Snapshot, decode_snapshot, encode_snapshot, fold_messages
 from projections.sqlite import QueryTables
-from tests.nats_fixtures import connect, wait_for, wait_for_sync
+from tests.nats_fixtures import wait_for, wait_for_sync
 from tests.projection_support import completed_run, run_messages, two_step_workflow
 from tests.slow_projection import PAUSE_ENV
 from tests.strategies import replay
 
 REPO = Path(__file__).resolve().parent.parent
 DAGNATS = [sys.executable, "-m", "dagnats.cli"]
-
-
-@pytest_asyncio.fixture
-async def connection(private_server: EmbeddedNats) -> AsyncIterator[Connection]:
-    nc: NatsClient = await connect(private_server.url)
-    await ensure_resources(nc.jetstream())
-    connection = Connection(nc)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def append_run(log: JetStreamEventLog, run_id: str, messages: list[bytes]) -> list[int]:

@@ -18,11 +18,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from nats.js import JetStreamContext
 
@@ -56,17 +54,6 @@ REPO = Path(__file__).resolve().parent.parent
 WAIT_MS = 30_000
 
 Rows = dict[str, list[tuple[object, ...]]]
-
-
-@pytest_asyncio.fixture
-async def connection(private_server: EmbeddedNats) -> AsyncIterator[Connection]:
-    nc = await connect(private_server.url)
-    await ensure_resources(nc.jetstream())
-    connection = Connection(nc)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def append(log: JetStreamEventLog, run_id: str, messages: list[bytes]) -> list[int]:
