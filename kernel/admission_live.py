@@ -37,11 +37,18 @@ def live_tasks(state: RunState, task_types: frozenset[str]) -> frozenset[LiveTas
     return found
 
 
+def live_attempts(state: RunState) -> frozenset[tuple[str, int]]:
+    """The (step or item, attempt) of every live task attempt of the run, of any type (one
+    `resume` for all the attempts a caller checks)."""
+    if is_terminal(state) or state.status in ("new", "pending", "scheduled"):
+        return frozenset()
+    return frozenset(
+        (effect.step_id, effect.attempt)
+        for effect in resume(state)
+        if isinstance(effect, EnqueueTask)
+    )
+
+
 def is_live(state: RunState, step_id: str, attempt: int) -> bool:
     """Whether this attempt of a task (of any type) is still live in its run."""
-    if is_terminal(state) or state.status in ("new", "pending", "scheduled"):
-        return False
-    return any(
-        isinstance(effect, EnqueueTask) and (effect.step_id, effect.attempt) == (step_id, attempt)
-        for effect in resume(state)
-    )
+    return (step_id, attempt) in live_attempts(state)

@@ -77,9 +77,7 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             | StepRetryScheduled() | StepSkipped() | StepRecovered() | StepCompensated()
             | StepLost()
         ):  # fmt: skip
-            evolved = _step_lifecycle(state, event)  # counts the event in its one replace
-            assert evolved.event_count == state.event_count + 1
-            return evolved
+            raise AssertionError("evolved before the match (_STEP_LIFECYCLE_TYPES)")
         case (
             CompensationStarted() | RunCompleted() | RunFailed() | RunCancelRequested()
             | RunCancelled() | SignalReceived() | RunContinuedAsNew()

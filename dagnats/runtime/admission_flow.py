@@ -54,7 +54,7 @@ from kernel.admission_flow import (
     limiter_id_of,
     ready_at,
 )
-from kernel.admission_live import is_live, live_tasks
+from kernel.admission_live import live_attempts, live_tasks
 from kernel.admission_tasks import deferral_of
 from kernel.commands import AnyCommand, DeferTask, ReleaseTask
 from kernel.effects import EnqueueTask
@@ -91,10 +91,10 @@ class FlowRuntime:
         engine: EngineSide,
         handle: Handle,
         now_ms: Callable[[], int],
-        compactor: Compactor | None = None,
+        compactor: Compactor,
     ) -> None:
         self.engine = engine
-        self.compactor = compactor if compactor is not None else Compactor()
+        self.compactor = compactor  # (shared with the gates: one count per aggregate)
         self.handle = handle  # decides one command of a run (with admission around it)
         self.now_ms = now_ms
         self._limiters: OrderedDict[str, tuple[FlowState, int]] = OrderedDict()
@@ -170,11 +170,11 @@ class FlowRuntime:
         if cached is None:
             return ()
         state = cached[0]
-        return tuple(
-            each
-            for each in (*state.holders, *state.waiting)
-            if each.run_id == run.run_id and not is_live(run, each.step_id, each.attempt)
-        )
+        mine = [each for each in (*state.holders, *state.waiting) if each.run_id == run.run_id]
+        if not mine:
+            return ()
+        live = live_attempts(run)  # (one `resume` of the run, not one per attempt)
+        return tuple(each for each in mine if (each.step_id, each.attempt) not in live)
 
     def _released(self, limiter_id: str, task: TaskRef) -> bool:
         """Whether this engine saw the attempt released already (by a batched acquire): a
@@ -206,7 +206,7 @@ class FlowRuntime:
         state, _ = await self._load(limiter_id)
         for task in (*state.holders, *state.waiting):
             run = (await self.engine.load(task.run_id)).state
-            if not is_live(run, task.step_id, task.attempt):
+            if (task.step_id, task.attempt) not in live_attempts(run):
                 await self.release(limiter_id, task, at_ms)
             elif task in state.holders and deferral_of(run, task.step_id, task.attempt):
                 await self._release_in_run(task, at_ms)
