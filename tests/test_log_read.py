@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from dagnats.runtime import log as log_module
 from dagnats.runtime import settings
 from dagnats.runtime.log import HistoryReadError, JetStreamEventLog
-from dagnats.runtime.log_read import HistoryReader
+from dagnats.runtime.log_read import STALLED_HEADER, HistoryReader
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from tests.nats_fixtures import unique, wait_for
 
@@ -74,20 +74,29 @@ async def test_a_read_while_the_run_grows_is_the_prefix_at_its_start(js: JetStre
 
 
 @pytest.mark.usefixtures("small_batches")
-async def test_a_read_ends_when_the_rest_is_deleted_meanwhile(js: JetStreamContext) -> None:
+async def test_a_read_ends_when_the_rest_is_deleted_meanwhile(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last messages go after the read took the run's last sequence and before its
+    consumer exists: the read ends at what is left, not after its idle timeout."""
     run_id, other = unique("run"), unique("other")
     seqs = await publish_interleaved(js, run_id, other, 4 * BATCH)
+
+    class Trimmed(HistoryReader):
+        trimmed = False
+
+        async def open(self) -> None:
+            if not Trimmed.trimmed:
+                Trimmed.trimmed = True
+                for seq in seqs[-3:]:
+                    await js.delete_msg(HISTORY_STREAM, seq)
+            await super().open()
+
+    monkeypatch.setattr(log_module, "HistoryReader", Trimmed)
     log = JetStreamEventLog(js, read_idle_timeout_ms=20_000)
-    read: list[int] = []
-
-    async def consume() -> None:
-        async for seq, _ in log.read(run_id):
-            read.append(seq)
-            if len(read) == 1:
-                await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id))
-
-    await asyncio.wait_for(consume(), timeout=15)  # far sooner than the idle timeout
-    assert read == seqs[: len(read)]  # a prefix (what was delivered before the purge)
+    read = await asyncio.wait_for(collect(log, run_id), timeout=15)  # sooner than the idle one
+    assert Trimmed.trimmed
+    assert read == seqs[:-3]
 
 
 async def test_a_read_that_never_gets_an_answer_names_run_and_sequence(
@@ -171,15 +180,19 @@ async def test_a_silent_consumer_is_made_again(
 async def test_flow_control_waits_while_the_caller_is_behind(
     js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held: list[int] = []
+    held: list[int] = []  # what the reader held when it held a flow control back
+    stalled: list[int] = []  # what it held at each heartbeat naming that flow control
 
     class Watched(HistoryReader):
         async def _on_status(self, reply: bytes, headers: bytes) -> None:
             await super()._on_status(reply, headers)
             if reply and self.wanted:
                 held.append(len(self.items))
+            elif not reply and self.wanted and STALLED_HEADER in headers:
+                stalled.append(len(self.items))  # (still held back: not answered by it)
 
     monkeypatch.setattr(log_module, "HistoryReader", Watched)
+    monkeypatch.setattr(settings, "read_heartbeat_ms", 200)  # heartbeats while the caller waits
     run_id = unique("run")
     payload = b"x" * 8_192
     acks = [await js.publish_async(history_subject(run_id), payload) for _ in range(2_000)]
@@ -190,8 +203,12 @@ async def test_flow_control_waits_while_the_caller_is_behind(
         read.append(seq)
         if len(read) == 1:  # a slow caller: the server asks for flow control meanwhile
             await wait_for(lambda: bool(held), timeout_ms=20_000, what="a held flow control")
+            await wait_for(lambda: len(stalled) >= 3, timeout_ms=20_000,
+                           what="heartbeats naming the held flow control")  # fmt: skip
     assert read == seqs
     assert all(BATCH < count <= settings.read_pending_messages_max for count in held)
+    # a stalled heartbeat is not an answer: the server sent nothing more meanwhile
+    assert stalled[:3] == [stalled[0]] * 3, (held, stalled)
 
 
 async def test_a_full_reader_drops_and_starts_again_from_the_next_sequence(

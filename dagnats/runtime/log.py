@@ -164,14 +164,13 @@ class JetStreamEventLog:
         subject = history_subject(run_id)
         reader = HistoryReader(self.js, HISTORY_STREAM, subject, after_seq, last_seq)
         timeout_s = self.read_idle_timeout_ms / 1000
-        room = settings.read_buffer_messages_max  # flow control is answered at this level
         items = reader.items
         try:
             await reader.open()
             while True:
                 while items:
                     yield items.popleft()
-                    if reader.wanted and len(items) <= room:
+                    if reader.wanted and reader.has_room():
                         await reader.request()
                 try:
                     if not await reader.wait(timeout_s):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -62,13 +61,16 @@ class _Router:
             await handler(subject, reply, data, headers)
 
 
-_routers: weakref.WeakKeyDictionary[Client, _Router] = weakref.WeakKeyDictionary()
+ROUTER_ATTRIBUTE: Final = "_dagnats_history_router"
 
 
 def _router(client: Client) -> _Router:
-    router = _routers.get(client)
-    if router is None:
-        router = _routers[client] = _Router(client)
+    """The client's router, kept on the client itself (a module-level map of clients kept
+    every client that ever read alive: the router holds the client's own method)."""
+    router = getattr(client, ROUTER_ATTRIBUTE, None)
+    if not isinstance(router, _Router):
+        router = _Router(client)
+        setattr(client, ROUTER_ATTRIBUTE, router)
         setattr(client, "_process_msg", router.process)  # noqa: B010 (an instance's method)
     return router
 
@@ -87,7 +89,6 @@ class HistoryReader:
         self.last_seq = last_seq
         self.next_seq = after_seq + 1  # the first sequence not received yet
         self.items: collections.deque[tuple[int, bytes]] = collections.deque()
-        self.wanted = False  # a flow-control answer waits until the caller has room
         self.finished = False  # every message up to last_seq arrived (or the rest is gone)
         self.overflows = 0  # consumers made again because the reader was full
         self.restarts = 0  # consumers made again after a gap or a silence
@@ -132,9 +133,17 @@ class HistoryReader:
         if consumer:  # none when its creation failed
             await self.client.publish(f"{self.js._prefix}.CONSUMER.DELETE.{self.stream}.{consumer}")
 
+    @property
+    def wanted(self) -> bool:
+        """Whether a flow-control answer waits until the caller has room."""
+        return bool(self._flow)
+
+    def has_room(self) -> bool:
+        """Whether the reader holds few enough messages to let the server send more."""
+        return len(self.items) <= settings.read_buffer_messages_max
+
     async def request(self) -> None:
         """Answer the flow-control request held back (the caller has room again)."""
-        self.wanted = False
         flow, self._flow = self._flow, b""
         if flow:
             await self.client.publish(flow.decode())
@@ -159,6 +168,10 @@ class HistoryReader:
             return
         self._delivered = delivered
         seq = int(tokens[at + 5])
+        if seq > self.last_seq:  # (what was up to last_seq was deleted, then more came)
+            self.finished = True
+            self._wake()
+            return
         self.items.append((seq, data))
         self.next_seq = seq + 1
         if seq >= self.last_seq or tokens[at + 8] == b"0":
@@ -166,17 +179,16 @@ class HistoryReader:
         self._wake()
 
     async def _on_status(self, reply: bytes, headers: bytes) -> None:
-        if reply:  # a flow-control request: answered once the caller has room
-            if len(self.items) <= settings.read_buffer_messages_max:
-                await self.client.publish(reply.decode())
-            else:
-                self._flow = reply
-                self.wanted = True
-            return
-        start = headers.find(STALLED_HEADER)  # a heartbeat naming a flow control we missed
-        if start >= 0:
+        if not reply:  # a heartbeat, which names a flow control still unanswered (stalled)
+            start = headers.find(STALLED_HEADER)
+            if start < 0:
+                return
             start += len(STALLED_HEADER)
-            await self.client.publish(headers[start : headers.index(b"\r\n", start)].decode())
+            reply = headers[start : headers.index(b"\r\n", start)]
+        if self.has_room():  # a flow-control request: answered once the caller has room
+            await self.client.publish(reply.decode())
+        else:
+            self._flow = reply
 
     def _wake(self) -> None:
         ready = self._ready
