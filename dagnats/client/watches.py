@@ -12,6 +12,7 @@ a watch of its own). This module subscribes to the history stream; it writes not
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import OrderedDict
@@ -39,7 +40,7 @@ class RunWatch:
 
     def __init__(
         self, run_id: str, subscription: JetStreamContext.PushSubscription,
-        js: JetStreamContext | None = None, after_seq: int = 0,
+        js: JetStreamContext, after_seq: int = 0,
     ) -> None:  # fmt: skip
         self.run_id = run_id
         self._subscription = subscription
@@ -55,18 +56,20 @@ class RunWatch:
         return cls(run_id, await _subscribe(js, run_id, after_seq), js, after_seq)
 
     def _reconnect_count(self) -> int:
-        nc = getattr(self._js, "_nc", None)
-        stats = getattr(nc, "stats", None)
-        return int(stats.get("reconnects", 0)) if isinstance(stats, dict) else 0
+        return int(self._js._nc.stats["reconnects"])
 
-    async def _reopen_if_reconnected(self) -> None:
+    async def _reopen_if_reconnected(self, deadline: float) -> None:
         """After a reconnect, a new ordered consumer from the message after the last given
-        (the old one may have gone with the server; a repeat is skipped by sequence)."""
+        (the old one may have gone with the server; a repeat is skipped by sequence), within
+        the caller's `deadline`."""
         count = self._reconnect_count()
-        if self._js is None or count == self._reconnects:
+        if count == self._reconnects:
             return
         try:
-            fresh = await _subscribe(self._js, self.run_id, self.last_seq)
+            fresh = await asyncio.wait_for(
+                _subscribe(self._js, self.run_id, self.last_seq),
+                timeout=max(0.1, deadline - time.monotonic()),
+            )
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
             return  # not reachable yet: tried again at the next poll
         old, self._subscription = self._subscription, fresh
@@ -88,7 +91,7 @@ class RunWatch:
             try:
                 message = await self._subscription.next_msg(timeout=min(remaining, watch_poll_s))
             except (nats.errors.TimeoutError, TimeoutError):
-                await self._reopen_if_reconnected()
+                await self._reopen_if_reconnected(deadline)
                 continue
             seq = message.metadata.sequence.stream
             if seq <= self.last_seq:
@@ -115,7 +118,7 @@ async def _subscribe(
 
 
 async def _close_subscription(
-    js: JetStreamContext | None, subscription: JetStreamContext.PushSubscription
+    js: JetStreamContext, subscription: JetStreamContext.PushSubscription
 ) -> None:
     with contextlib.suppress(nats.errors.Error):
         await subscription.unsubscribe()
@@ -123,7 +126,7 @@ async def _close_subscription(
     # inactivity threshold, and a stream holds at most 1,000 consumers (a client starting
     # runs quickly would reach that bound).
     consumer = getattr(subscription, "_consumer", None)
-    if js is not None and isinstance(consumer, str) and consumer:
+    if isinstance(consumer, str) and consumer:
         with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
             await js.delete_consumer(HISTORY_STREAM, consumer)
 
