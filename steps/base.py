@@ -101,6 +101,8 @@ class StepTypeBase:
         if rejection is not None:
             assert not draft.actions, "a refused command decides nothing"
             return rejection
+        if isinstance(given, ResolveApproval) and not draft.actions:
+            return no_approval(draft.state, given)  # (a type that takes none: never ignored)
         return draft.outcome()
 
     def on(self, draft: Draft, step_id: str, given: StepInput) -> Rejection | None:
@@ -126,7 +128,9 @@ def no_approval(state: RunState, command: ResolveApproval) -> Rejection:
     """The refusal of a decision on an approval the run never asked (of that step)."""
     key = command.key or command.step_id
     asked = ", ".join(a.key for a in state.approvals[:20]) or "none"
-    message = f"run {state.run_id!r} has no approval {key!r} (asked: {asked})"
+    step = state.step_def(command.step_id)
+    kind = f"; step {command.step_id!r} is a {step.type} step" if step is not None else ""
+    message = f"run {state.run_id!r} has no approval {key!r} waiting (asked: {asked}{kind})"
     return Rejection(run_id=state.run_id, code="unknown_step", message=message)
 
 

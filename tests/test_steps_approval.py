@@ -8,7 +8,7 @@ from hypothesis import given as hypothesis_given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from kernel.commands import FireTimer, ResolveApproval
+from kernel.commands import FireTimer, Rejection, ResolveApproval
 from kernel.decide import decide
 from kernel.effects import ArmTimer, CancelTimer, PublishNotice
 from kernel.events import (
@@ -33,6 +33,7 @@ from tests.kernel_dsl import (
     raw,
     retry,
     start,
+    step_of,
     task,
     workflow,
 )
@@ -318,3 +319,14 @@ def test_the_query_tables_hold_one_row_per_approval_with_its_outcome() -> None:
     decided = given(start(wf), complete("build"), resolve("reject", by="bo"))
     (row,) = approval_rows(decided.state, 9)
     assert row[5:] == (decided.last_at_ms, "rejected", "bo", 9)
+
+
+def test_a_decision_for_a_step_of_a_type_that_takes_no_approvals_is_rejected() -> None:
+    """Refused by the step-type base (every type, not only the Python client's check), naming
+    the step's type: a type that ignored it left the caller waiting for a record."""
+    for step in (step_of("hold", "wait_signal", {"signal": "go"}, "build"),
+                 step_of("hold", "sleep", {"duration": "1h"}, "build")):  # fmt: skip
+        running = given(start(workflow(task("build"), step))).when(complete("build", 1))
+        rejected = decide(running.state, resolve("approve", step_id="hold"))
+        assert isinstance(rejected, Rejection) and rejected.code == "unknown_step", rejected
+        assert f"is a {step.type} step" in rejected.message, rejected.message

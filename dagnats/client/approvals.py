@@ -117,13 +117,6 @@ async def resolve(
     checked = decide(state, command)
     if isinstance(checked, Rejection):
         raise _error(run_id, key or step_id, checked)
-    if not checked:  # a step of a type that takes no approvals (it would wait in vain)
-        step = state.step_def(step_id)
-        kind = f"a {step.type} step" if step is not None else "no step of the run"
-        raise ApprovalNotFoundError(
-            run_id, key or step_id, f"step {step_id!r} of run {run_id!r} is {kind}, with no "
-            f"approval {key or step_id!r} waiting",
-        )  # fmt: skip
     await client.send(command)
     resolved = await _await_resolution(client, run_id, key or step_id, confirm_wait_s)
     if resolved is None:
