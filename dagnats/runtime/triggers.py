@@ -240,6 +240,10 @@ class TriggerService:
                 log.warning("triggers: serving fire requests failed (%s); again soon", error)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), settings.retry_delay_ms / 1000)
+            except Exception:  # never a silent end (manual fires would all time out): loud
+                log.exception("triggers: serving fire requests broke; again soon")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), settings.retry_delay_ms / 1000)
 
     async def reload(self) -> None:
         """Read the triggers again; start a consumer for each new subject trigger."""

@@ -216,6 +216,9 @@ async def serve_requests(service: TriggerService, stop: asyncio.Event) -> None:
             messages = await sub.fetch(settings.subject_fetch_batch, timeout=1.0)
         except (TimeoutError, nats.errors.TimeoutError):
             continue
+        # The set of triggers is read again once per batch (a trigger created, enabled or
+        # disabled just before a request is fired as it is now, not as the last tick saw it).
+        await service.reload()
         for message in messages:
             try:
                 reply = await answer(service, message.data)
@@ -231,14 +234,12 @@ async def serve_requests(service: TriggerService, stop: asyncio.Event) -> None:
 
 
 async def answer(service: TriggerService, data: bytes) -> FireReply:
-    """Fire the trigger a request names, as stored now (the set of triggers is read again
-    first: a trigger created, enabled or disabled just before is fired as it is now, not as
-    the last periodic read saw it); the reply."""
+    """Fire the trigger a request names, as the service's set of triggers has it (read again
+    by the caller before each batch); the reply."""
     try:
         request = msgspec.json.decode(data, type=FireRequest)
     except msgspec.DecodeError as error:
         return FireReply(error=f"fire request: not a FireRequest: {error}"[:500])
-    await service.reload()
     entry = _find(service, request)
     if entry is None:
         return FireReply(error=f"no trigger {request.trigger_id!r} in workflow "
