@@ -72,11 +72,6 @@ class PartitionCount:
         assert 1 <= count <= settings.partitions_max, count
         self._count = count
 
-    @property
-    def cached(self) -> int:
-        """The count known now without a read (the default before the first read)."""
-        return self._count or settings.partitions_default
-
     async def get(self) -> int:
         """The stored count, else `settings.partitions_default`."""
         if self._count is not None:
