@@ -51,9 +51,11 @@ def test_replicas_follow_the_cluster_size() -> None:
 
 def test_binding_beyond_loopback_needs_tls_or_insecure() -> None:
     cluster.check_exposure(spec(), "127.0.0.1")  # loopback: fine
-    with pytest.raises(cluster.ClusterError, match=r"0\.0\.0\.0 \(beyond loopback\) without TLS"):
+    with pytest.raises(
+        cluster.ClusterError, match=r"--cluster-listen 0\.0\.0\.0 \(beyond loopback\) without TLS"
+    ):
         cluster.check_exposure(spec(listen_host="0.0.0.0"), "127.0.0.1")
-    with pytest.raises(cluster.ClusterError, match=re.escape("10.1.2.3")):
+    with pytest.raises(cluster.ClusterError, match=re.escape("--nats-host 10.1.2.3")):
         cluster.check_exposure(spec(), "10.1.2.3")
     cluster.check_exposure(spec(listen_host="0.0.0.0", insecure=True), "127.0.0.1")
     tls = TlsFiles(cert="c.pem", key="k.pem", ca="ca.pem")

@@ -112,9 +112,11 @@ def placement(
             cluster.check_replicas(replicas)
         tls = cluster.absolute_tls(credentials.TlsFiles.from_env())
         if not clustered:
-            served = tls if tls is not None and tls.cert is not None else None
+            # (a CA alone is a client's setting; a cert or key asks this server to serve TLS)
+            served = tls if tls is not None and (tls.cert or tls.key) else None
             if nats_url is None:  # (an external server's TLS is that server's business)
-                cluster.check_listeners((nats_host,), served, insecure=insecure)
+                listeners = (("--nats-host", nats_host),)
+                cluster.check_listeners(listeners, served, insecure=insecure)
             return Placement(
                 nats_host=nats_host, replicas=replicas, engine=not no_engine,
                 partitions=partitions, tls=served if nats_url is None else None,

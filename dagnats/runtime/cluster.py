@@ -136,12 +136,15 @@ def check_exposure(spec: ClusterSpec, client_host: str) -> None:
     Raises:
         ClusterError: naming the address and what to pass.
     """
-    check_listeners((spec.listen_host, client_host), spec.tls, insecure=spec.insecure)
+    listeners = (("--cluster-listen", spec.listen_host), ("--nats-host", client_host))
+    check_listeners(listeners, spec.tls, insecure=spec.insecure)
 
 
-def check_listeners(hosts: Sequence[str], tls: TlsFiles | None, *, insecure: bool) -> None:
-    """Refuse listeners beyond loopback without TLS (a server's cert and key), unless
-    `insecure`; refuse a cert without its key (or the reverse).
+def check_listeners(
+    listeners: Sequence[tuple[str, str]], tls: TlsFiles | None, *, insecure: bool
+) -> None:
+    """Refuse listeners (option, host) beyond loopback without TLS (a server's cert and
+    key), unless `insecure`; refuse a cert without its key (or the reverse).
 
     Raises:
         ClusterError: naming the address (or the missing file) and what to pass.
@@ -151,10 +154,11 @@ def check_listeners(hosts: Sequence[str], tls: TlsFiles | None, *, insecure: boo
             "--tls-cert and --tls-key go together: a node needs both to serve TLS",
             "pass both (and --tls-ca for the CA the other nodes' certificates are signed by)",
         )
-    wide = [host for host in hosts if not is_loopback(host)]
+    wide = [(option, host) for option, host in listeners if not is_loopback(host)]
     if wide and tls is None and not insecure:
+        option, host = wide[0]
         raise ClusterError(
-            f"the cluster binds {wide[0]} (beyond loopback) without TLS: passwords and run "
+            f"{option} {host} (beyond loopback) without TLS: passwords and run "
             "data would cross the network in clear",
             "pass --tls-cert/--tls-key/--tls-ca, or --insecure on a network you trust",
         )
