@@ -40,6 +40,7 @@ from kernel.admission_flow import (
     AcquireSlot,
     AnyFlowCommand,
     AnyFlowEvent,
+    FlowSnapshotted,
     ReleaseSlot,
     SnapshotFlow,
     TakeTokens,
@@ -131,6 +132,10 @@ def test_a_limiter_folded_from_its_snapshot_is_the_limiter_folded_from_the_start
         decisions.append(events)
         state = fold_flow(state, events)
     assert fold_flow(INITIAL_FLOW, [e for events in decisions for e in events]) == state
+    for index, events in enumerate(decisions):  # replay from the snapshot taken at `cut`
+        if events and isinstance(events[0], FlowSnapshotted):
+            rest = [e for later in decisions[index:] for e in later]
+            assert fold_flow(INITIAL_FLOW, rest) == state
     snap = SnapshotFlow(limiter_id=LIMITER, task=NO_TASK, at_ms=99)
     snapshot = decide_flow(state, snap)
     if state.limiter_id:
