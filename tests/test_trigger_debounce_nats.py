@@ -171,3 +171,24 @@ async def test_purging_a_marker_keeps_a_burst_made_since(client: Client) -> None
     await kv.delete(name)
     await purge_marker(js, name)
     assert await kv_keys(js, STATE_BUCKET, BURST_PREFIX) == []
+
+
+async def test_started_bursts_still_remembered_count_against_the_bound(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`debounce_keys_max` bounds what the bucket holds: a started burst kept for its
+    redeliveries counts, so a fire of a new key beyond the bound starts its run at once."""
+    monkeypatch.setattr(settings, "debounce_keys_max", 1)
+    (entry,) = await load_entries(client.connection.js)
+    assert entry.trigger.debounce is not None
+    keyed = replace(entry, trigger=replace(entry.trigger, debounce=replace(
+        entry.trigger.debounce, key="k")))  # fmt: skip
+    clock = Clock()
+    engine = service(client, clock, [keyed])
+    assert (await engine.fire(keyed, "a0", {"k": "a"})).outcome == "debounced"
+    clock.at_ms += 5_000
+    await engine.tick()  # a's burst starts its run, and is remembered
+    (started,) = (await bursts(client))[1]
+    assert started.started_ms
+    beyond = await engine.fire(keyed, "b0", {"k": "b"})
+    assert beyond.outcome == "started", beyond  # not debounced: the bucket holds its bound

@@ -182,7 +182,7 @@ cron_fires_scan_max: Final = 100_000  # fire times looked at per trigger and tic
 trigger_fires_kept_per_trigger: Final = 1_000  # fire records kept per trigger
 trigger_fire_age_ms_max: Final = 30 * 24 * 3_600_000  # fire records are kept a month
 subject_fetch_batch: Final = 64
-debounce_keys_max: Final = 10_000  # pending debounced bursts kept (more fires start at once)
+debounce_keys_max: Final = 10_000  # bursts held, pending or remembered (more start at once)
 debounce_update_attempts_max: Final = 16  # compare-and-set tries of one fire on its burst
 debounce_fires_remembered_max: Final = 256  # fire ids a burst remembers (redelivery)
 # A started burst is kept this long (longer than a subject trigger consumer's 30 s ack wait),

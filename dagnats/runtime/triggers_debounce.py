@@ -5,10 +5,11 @@ is revision-checked.
 
 - a fire creates its burst or replaces the pending one's input and last time (compare-and-set,
   retried up to `settings.debounce_update_attempts_max`); with `settings.debounce_keys_max`
-  bursts pending, or no update won, it is not debounced: its run starts at once (no fire is
-  ever dropped). A fire the burst holds already is no news: a subject message comes again
-  when its ack was lost, and nats-server writes a consumer's acks lazily, so a SIGKILL can
-  lose acks of messages taken well before it (all of a burst's, not only the last);
+  bursts held (pending, or started and still remembered), or no update won, it is not
+  debounced: its run starts at once (no fire is ever dropped). A fire the burst holds
+  already is no news: a subject message comes again when its ack was lost, and nats-server
+  writes a consumer's acks lazily, so a SIGKILL can lose acks of messages taken well before
+  it (all of a burst's, not only the last);
 - a tick releases each burst whose time came: it claims it (`released`, revision-checked, so
   a fire that lands meanwhile makes the claim fail and the burst goes on), starts its run
   (run id from the trigger and the burst's first fire: idempotent), then marks it started at
@@ -84,7 +85,7 @@ class Bursts:
         self.state = state
         self.release = release
         self.drop = drop
-        self.pending = 0  # bursts seen at the last tick, plus those created since
+        self.pending = 0  # bursts held at the last tick (started ones too), plus those made since
         self.gone_since: dict[str, int] = {}  # trigger key -> when a tick first missed it
 
     async def offer(self, fresh: Burst) -> bool:
@@ -96,7 +97,7 @@ class Bursts:
             found = await _read(kv, name)
             if found is None:
                 if self.pending >= settings.debounce_keys_max:
-                    log.warning("triggers: %d bursts pending (debounce_keys_max); fire %s "
+                    log.warning("triggers: %d bursts held (debounce_keys_max); fire %s "
                                 "starts at once", self.pending, fresh.fire)  # fmt: skip
                     return False
                 with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
@@ -127,7 +128,7 @@ class Bursts:
         now); a burst of any other trigger is dropped once its trigger was missing for its
         timeout (`why`: the reason of a trigger known but disabled or unregistered)."""
         kv = await self.state()
-        released = live = 0
+        released = live = kept = 0
         missing: set[str] = set()
         for name in await kv_keys(self.js, STATE_BUCKET, BURST_PREFIX):
             found = await _read(kv, name)
@@ -135,8 +136,9 @@ class Bursts:
                 continue
             burst, revision = found
             if burst.started_ms:
-                if now_ms - burst.started_ms >= settings.debounce_done_kept_ms:
-                    await self._forget(kv, name, revision)
+                expired = now_ms - burst.started_ms >= settings.debounce_done_kept_ms
+                if not (expired and await self._forget(kv, name, revision)):
+                    kept += 1  # still remembered (fires delivered again are known)
                 continue
             live += 1
             if burst.trigger not in rules:
@@ -153,7 +155,9 @@ class Bursts:
             if await self._release(kv, name, burst, revision, rules[burst.trigger], now_ms):
                 released += 1
         self.gone_since = {k: v for k, v in self.gone_since.items() if k in missing}
-        self.pending = live - released
+        # Every burst the bucket still holds counts against debounce_keys_max, those started
+        # (now or before) and remembered for their redeliveries too: a bound on what is held.
+        self.pending = live + kept
         return released
 
     async def _release(
