@@ -36,7 +36,7 @@ from tests.nats_fixtures import wait_for
 
 RUNS: Final = 500
 start_concurrency: Final = 50
-start_attempts_max: Final = 20
+start_retry_s: Final = 60.0  # a start sent again while the cluster recovers
 poll_concurrency: Final = 50
 all_done_timeout_ms: Final = 90_000
 caught_up_timeout_ms: Final = 30_000
@@ -97,7 +97,10 @@ async def start_runs(client: Client, first: int, last: int) -> list[str]:
     async def one(index: int) -> str:
         name = names[index % len(names)]
         async with slots:
-            for _ in range(start_attempts_max - 1):  # a node away: the start is idempotent
+            # A node away or a stream electing its leader (seconds on a loaded machine): the
+            # start is idempotent, so it is sent again until it goes through, within a bound.
+            deadline = time.monotonic() + start_retry_s
+            while time.monotonic() < deadline:
                 try:
                     return await client.start(name, {"n": index}, run_id=f"{name}-{index}")
                 except (nats.errors.Error, TimeoutError):
