@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -146,6 +147,14 @@ async def test_a_gate_compacts_through_serve_and_a_kill_between_snapshot_and_pur
         kept = (await settled_gate(js, gate_id)).messages
         # 2 * BURST messages and a snapshot every COMPACT_AFTER: all but the last purged
         assert len(kept) <= COMPACT_AFTER < 2 * BURST, kept
+
+    def purges_reported() -> bool:  # serve refreshes its status record every few seconds
+        done = procs.cli("status", "--json")
+        assert done.returncode == 0, done.stderr
+        engine = json.loads(done.stdout)["engine"] or {"counters": {}}
+        return int(engine["counters"].get("compaction.purged", 0)) >= 1
+
+    await wait_for(purges_reported, timeout_ms=WAIT_MS, what="the purges in serve's status")
     await kill_serve(serve)
 
     # serve again, holding its first purge: it appends a snapshot, says so and waits

@@ -35,6 +35,12 @@ from dagnats.runtime.settings import status_interval_ms
 log = logging.getLogger("dagnats.observe")
 
 
+class CountedAdmission(Protocol):
+    """What the reporter reads of the engine's admission (dagnats.runtime.admission)."""
+
+    def all_counters(self) -> dict[str, int]: ...
+
+
 class ObservedEngine(Protocol):
     """What the reporter reads of the engine (dagnats.runtime.engine.Engine)."""
 
@@ -42,6 +48,9 @@ class ObservedEngine(Protocol):
     parked: dict[str, str]
     needs_resume: set[str]
     counters: dict[str, int]
+
+    @property
+    def admission(self) -> CountedAdmission: ...
 
     def cached_runs(self) -> int: ...
 
@@ -83,7 +92,7 @@ class Reporter:
             cached_runs=engine.cached_runs(),
             parked=len(engine.parked),
             resume_pending=len(engine.needs_resume),
-            counters=dict(engine.counters),
+            counters={**engine.counters, **engine.admission.all_counters()},
             workers=engine.observer.workers_seen(at_ms),
         )
 

@@ -425,6 +425,13 @@ class AdmissionRuntime:
         """A run found ended at a restart: its slot is released (nothing if it was)."""
         await self._follow(await self._release(state, at_ms), at_ms)
 
+    def all_counters(self) -> dict[str, int]:
+        """The counters of the gates, of flow control and of compaction, each name prefixed by
+        its part (`admission.`, `flow.`, `compaction.`), for the engine's status record."""
+        parts = {"admission": self.counters, "flow": self.flow.counters}
+        parts["compaction"] = self.compactor.counters
+        return {f"{part}.{name}": n for part, counts in parts.items() for name, n in counts.items()}
+
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
