@@ -80,6 +80,10 @@ class SeedResult(msgspec.Struct, frozen=True, kw_only=True):
     digest: str  # of every history message appended, in order
     trace: tuple[str, ...]
     projection_batches: int = 0  # batches the projections applied (crashed ones included)
+    # The oracle's work, counted (what a test bounds instead of the wall clock): history
+    # messages it decoded and events it folded, each once for all the invariants that use them.
+    decodes: int = 0
+    folds: int = 0
 
     @property
     def ok(self) -> bool:

@@ -119,6 +119,10 @@ class Oracle:
         self.decision_listeners: list[Callable[[HistoryMessage, Decision], None]] = []
         # Each history message that folded, decoded once (the snapshot projector reuses it).
         self.decisions: dict[int, Decision] = {}
+        # Decodes and folds done (each history message decoded once, each event folded once:
+        # the invariants, the snapshot check and the reference model share them).
+        self.decodes = 0
+        self.folds = 0
 
     # -- recording ------------------------------------------------------------------------
 
@@ -165,6 +169,7 @@ class Oracle:
             return
         try:
             decision = codec.decode_decision(message.payload)
+            self.decodes += 1
             state = track.state
             for event in decision.events:
                 if isinstance(event, StepCompleted):
@@ -177,6 +182,7 @@ class Oracle:
                         )
                     track.completed.add(event.step_id)
                 state = evolve(state, event)
+                self.folds += 1
         except (DecodeError, AssertionError) as error:
             track.folds = False
             self.violate(

@@ -45,6 +45,8 @@ class SimReport(msgspec.Struct, kw_only=True):
     runs: int = 0
     steps: int = 0
     projection_batches: int = 0
+    decodes: int = 0  # history messages the oracles decoded
+    folds: int = 0  # events the oracles folded
     virtual_ms: int = 0
     elapsed_s: float = 0.0
     faults: dict[str, int] = msgspec.field(default_factory=dict)
@@ -60,6 +62,8 @@ class SimReport(msgspec.Struct, kw_only=True):
         self.runs += len(result.runs)
         self.steps += result.steps
         self.projection_batches += result.projection_batches
+        self.decodes += result.decodes
+        self.folds += result.folds
         self.virtual_ms += result.virtual_ms
         for name, count in result.faults.items():
             self.faults[name] = self.faults.get(name, 0) + count
@@ -84,12 +88,19 @@ def _quiet() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _fewer_collections() -> Iterator[None]:
-    """Raise the cyclic GC's young-generation threshold while seeds run; restore it after."""
+    """Raise the cyclic GC's young-generation threshold while seeds run, and leave what lived
+    before them (modules, the case) out of the collections (`gc.freeze`: a full collection
+    then scans a seed's leftovers, not the ~200k objects of the imports); restore both after."""
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
+    frozen = gc.get_freeze_count() == 0  # (a caller that froze the heap keeps its freeze)
+    if frozen:
+        gc.freeze()
     try:
         yield
     finally:
+        if frozen:
+            gc.unfreeze()
         gc.set_threshold(young, middle, old)
 
 

@@ -548,6 +548,8 @@ class Simulation:
             digest=digest.hexdigest(),
             trace=self.trace.lines(self.start_ms) if keep else (),
             projection_batches=self.projector.batches,
+            decodes=oracle.decodes,
+            folds=oracle.folds,
         )
 
     def _check_bounds(self) -> None:
