@@ -346,5 +346,5 @@ def test_ten_thousand_items_cost_little_per_event() -> None:
     """An item's decision and fold does a bounded amount of work, whatever the map's size: a
     scan of every item per event would multiply the calls per item by ten from 1k to 10k."""
     small, large = _calls_per_item(1_000), _calls_per_item(10_000)
-    assert large <= 1.25 * small, f"{small:.0f} calls per item at 1k, {large:.0f} at 10k"
+    assert large <= 1.5 * small, f"{small:.0f} calls per item at 1k, {large:.0f} at 10k"
     assert large <= 1_000, f"{large:.0f} calls per item"
