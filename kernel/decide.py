@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import assert_never
 
+import msgspec
+
 from kernel import admission_run, appended, limits, queries, registry, reopen
 from kernel.cancel_on import cancel_reason
 from kernel.commands import (
@@ -42,6 +44,7 @@ from kernel.commands import (
     TaskStarted,
     TerminateRun,
 )
+from kernel.dag_index import DagIndex, dag_index
 from kernel.events import (
     AnyEvent,
     ErrorInfo,
@@ -50,8 +53,17 @@ from kernel.events import (
     RunCompleted,
     RunStarted,
     SignalReceived,
+    StepCompensated,
+    StepCompleted,
+    StepEvent,
+    StepFailed,
+    StepLost,
+    StepRecovered,
+    StepRetryScheduled,
+    StepScheduled,
     StepSkipped,
     StepStarted,
+    StepTimedOut,
 )
 from kernel.lifecycle import (
     Builder,
@@ -71,10 +83,22 @@ from kernel.outcome import (
     StartAttempt,
 )
 from kernel.payloads import skip_applies
-from kernel.state import ACTIVE_STEP_STATUSES, DONE_STEP_STATUSES, RunState, is_terminal
+from kernel.state import (
+    ACTIVE_STEP_STATUSES,
+    DONE_STEP_STATUSES,
+    RunState,
+    StepState,
+    is_terminal,
+)
 
 Decided = tuple[AnyEvent, ...] | Rejection
 LIVE = ("scheduled", "running")
+# Events that change only the step they name (the shared lifecycle, and a type's own events,
+# which change the step's state or its type's record; an append changes `step_defs`).
+ONE_STEP_EVENTS = (
+    StepScheduled, StepStarted, StepCompleted, StepFailed, StepTimedOut, StepRetryScheduled,
+    StepSkipped, StepRecovered, StepCompensated, StepLost, StepEvent,
+)  # fmt: skip
 
 
 def decide(state: RunState, command: AnyCommand) -> Decided:
@@ -104,7 +128,7 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
         assert not builder.events, "a refused command decides no event"
         return rejection
     if builder.events:
-        _advance(builder)
+        _advance(builder, state)
     assert len(builder.events) <= limits.events_per_decision_max
     return tuple(builder.events)
 
@@ -398,21 +422,32 @@ def _cancel_run(builder: Builder, command: CancelRun) -> None:
         fail_run(builder, error, failed_step_id="", outcome="cancelled")
 
 
-def _advance(builder: Builder) -> None:
+def _advance(builder: Builder, before: RunState | None = None) -> None:
     """Start every ready step (skipping those whose skip_if holds) until nothing changes,
-    then complete the run when every step outside the handlers is done."""
+    then complete the run when every step outside the handlers is done.
+
+    `before` is the state the decision began from: a running run's state after a decision
+    holds no ready step unless a concurrency limit held it back (every decision advances to
+    this fixpoint), so without a limit only the steps this decision's events touched and their
+    dependents can be ready (`_touched`). None (a start, a reopen): every step is looked at.
+    """
+    marked = 0
     for _ in range(limits.advance_iterations_max):
-        if builder.state.status != "running" or not _advance_once(builder):
+        if builder.state.status != "running":
+            break
+        candidates = _touched(builder, before, marked)
+        marked = len(builder.events)
+        if not _advance_once(builder, candidates):
             break
     else:
         raise AssertionError(f"advance did not settle in {limits.advance_iterations_max} passes")
     state = builder.state
     if state.status != "running":
         return
-    handlers = queries.handler_ids(state)
-    body = [s for s in state.steps if s.step_id not in handlers]
-    if all(appended.finished(step) for step in body):
-        output = queries.run_output(state, handlers)
+    steps = state.steps
+    index = dag_index(state.step_defs)  # last to first: a join or a chain's end is unfinished
+    if all(appended.finished(steps[position]) for position in index.body_reversed):
+        output = queries.run_output(state, index.handlers)
         if len(output) > limits.payload_bytes_max:
             message = (
                 f"the run output (the terminal steps' outputs) is {len(output)} bytes; "
@@ -422,6 +457,30 @@ def _advance(builder: Builder) -> None:
             fail_run(builder, error, failed_step_id="")
             return
         builder.emit(RunCompleted(output=output, at_ms=builder.at_ms))
+
+
+def _touched(builder: Builder, before: RunState | None, marked: int) -> list[int] | None:
+    """The positions of the steps that may have become ready since `marked` (events of this
+    decision): each step an event names and its dependents, in DAG order; None when any step
+    may have (a start or reopen, a run-level event, steps appended, a concurrency limit)."""
+    state = builder.state
+    if before is None or before.status != "running" or before.step_defs is not state.step_defs:
+        return None
+    assert state.workflow is not None
+    if state.workflow.max_concurrent_steps is not None:
+        return None
+    index = dag_index(state.step_defs)
+    found: set[int] = set()
+    for event in builder.events[marked:]:
+        if not isinstance(event, ONE_STEP_EVENTS):
+            return None
+        position = index.positions.get(event.step_id, -1)
+        if position < 0:
+            return None
+        found.add(position)
+        found.update(index.dependents[position])
+    assert len(found) <= len(state.step_defs), "positions of the run's steps"
+    return sorted(found)
 
 
 def _settle_owners(builder: Builder) -> bool:
@@ -438,24 +497,28 @@ def _settle_owners(builder: Builder) -> bool:
     return told
 
 
-def _advance_once(builder: Builder) -> bool:
+def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool:
+    """One pass: settle owners, then skip or start the ready steps among `candidates`
+    (positions in DAG order; None: every step), as of the state the pass began with."""
     progressed = _settle_owners(builder)
     state = builder.state
     if state.status != "running":
         return progressed
     assert state.workflow is not None
-    handlers = queries.handler_ids(state)
-    by_id = dict(zip(state.step_ids, state.steps, strict=True))
+    index = dag_index(state.step_defs)
+    steps = state.steps
     limit = state.workflow.max_concurrent_steps
-    active = sum(1 for step in state.steps if step.status in ACTIVE_STEP_STATUSES)
-    for step_def in state.step_defs:
-        step = by_id[step_def.id]
-        if step.status != "pending" or step_def.id in handlers:
+    active = 0
+    if limit is not None:
+        active = sum(1 for step in steps if step.status in ACTIVE_STEP_STATUSES)
+    for position in range(len(steps)) if candidates is None else candidates:
+        if steps[position].status != "pending" or not _deps_done(index, steps, position):
             continue
-        if not all(by_id[dep].status in DONE_STEP_STATUSES for dep in step_def.depends_on):
+        step_def = state.step_defs[position]
+        if step_def.id in index.handlers:
             continue
         condition = step_def.skip_if
-        if condition is not None and skip_applies(condition, by_id[condition.step_id].output):
+        if condition is not None and skip_applies(condition, _output_of(state, condition.step_id)):
             reason = f"skip_if {condition.step_id}.{condition.field} {condition.op} " + (
                 bytes(condition.value).decode()
             )
@@ -464,10 +527,20 @@ def _advance_once(builder: Builder) -> bool:
             continue
         if limit is not None and active >= limit:
             continue
-        start_step(builder, step_def.id, queries.resolve_input(state, step_def, by_id))
+        start_step(builder, step_def.id, queries.resolve_input(state, step_def))
         active += 1
         progressed = True
         if builder.state.status != "running":
             break
-    assert limit is None or active <= max(limit, len(state.steps)), "concurrency is bounded"
+    assert limit is None or active <= max(limit, len(steps)), "concurrency is bounded"
     return progressed
+
+
+def _deps_done(index: DagIndex, steps: tuple[StepState, ...], position: int) -> bool:
+    return all(steps[dep].status in DONE_STEP_STATUSES for dep in index.dependencies[position])
+
+
+def _output_of(state: RunState, step_id: str) -> msgspec.Raw:
+    step = state.step(step_id)
+    assert step is not None, f"skip_if names step {step_id!r}"
+    return step.output

@@ -7,17 +7,14 @@ are decided here; `kernel/decide.py` does that.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
 from kernel import appended, limits
 from kernel.commands import AnyCommand, Rejection, SendSignal
+from kernel.dag_index import HandlerRole, dag_index
 from kernel.payloads import compose_object
 from kernel.state import DONE_STEP_STATUSES, RunState, StepState
 from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
-
-HandlerRole = tuple[Literal["on_failure", "compensate"], str]
 
 
 def no_run(command: AnyCommand) -> str:
@@ -82,24 +79,16 @@ def retry_policy(state: RunState, step_def: StepDef) -> RetryPolicy:
 
 
 def handler_role(state: RunState, step_id: str) -> HandlerRole | None:
-    """Whether `step_id` is some step's on_failure or compensate handler, and whose."""
-    for step_def in state.step_defs:
-        if step_def.on_failure == step_id:
-            return ("on_failure", step_def.id)
-        if step_def.compensate == step_id:
-            return ("compensate", step_def.id)
-    return None
+    """Whether `step_id` is some step's on_failure or compensate handler, and whose (the
+    first step naming it, on_failure before compensate; kernel.dag_index keeps the answer)."""
+    return dag_index(state.step_defs).roles.get(step_id)
 
 
 def handler_ids(state: RunState) -> frozenset[str]:
-    ids: set[str] = set()
-    for step_def in state.step_defs:
-        if step_def.on_failure:
-            ids.add(step_def.on_failure)
-        if step_def.compensate:
-            ids.add(step_def.compensate)
-    assert ids <= set(state.step_ids), "handlers are steps of the run (checked at registration)"
-    return frozenset(ids)
+    """Every step that is some step's on_failure or compensate handler."""
+    handlers = dag_index(state.step_defs).handlers
+    assert len(handlers) <= len(state.step_defs), "handlers are steps of the run"
+    return handlers
 
 
 def compensable(state: RunState) -> tuple[str, ...]:
@@ -114,16 +103,22 @@ def compensable(state: RunState) -> tuple[str, ...]:
     return tuple(step_id for _, step_id in sorted(candidates, reverse=True))
 
 
-def resolve_input(state: RunState, step_def: StepDef, by_id: dict[str, StepState]) -> msgspec.Raw:
+def resolve_input(state: RunState, step_def: StepDef) -> msgspec.Raw:
     """Root: the run input; one dependency: its output; several: an object keyed by step id."""
     deps = step_def.depends_on
-    assert all(by_id[dep].status in DONE_STEP_STATUSES for dep in deps), f"{step_def.id!r} ready"
+    outputs = [_done_output(state, dep) for dep in deps]
     if not deps:
         parent_input = appended.root_input(state, step_def)
         return state.input if parent_input is None else parent_input
     if len(deps) == 1:
-        return by_id[deps[0]].output
-    return compose_object((dep, by_id[dep].output) for dep in deps)
+        return outputs[0]
+    return compose_object(zip(deps, outputs, strict=True))
+
+
+def _done_output(state: RunState, step_id: str) -> msgspec.Raw:
+    step = state.step(step_id)
+    assert step is not None and step.status in DONE_STEP_STATUSES, f"{step_id!r} is done"
+    return step.output
 
 
 def run_output(state: RunState, handlers: frozenset[str]) -> msgspec.Raw:
