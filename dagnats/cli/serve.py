@@ -172,9 +172,9 @@ async def _serve(
             _print_ready(info, as_json, metrics_server)
         await running
     finally:
-        if running is not None and not running.done():  # the API failed to start
+        if running is not None:  # ended here when the API failed to start (its error is said)
             stop.set()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await running
         if api is not None:
             await api.stop()
