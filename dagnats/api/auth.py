@@ -14,8 +14,8 @@ the guard every request but `/health` passes.
   cannot send a bearer token, work); a trigger without a secret answers it 401
   (`dagnats/api/triggers_routes.py`).
 
-Imported by `dagnats/api/app.py`, the serve wiring and the bridge; it does no I/O but reading
-the token file.
+Reading the token and the loopback rule live in `dagnats/api/checks.py` (no Litestar, so serve
+checks them before it starts); this module holds the guard. It does no I/O.
 """
 
 from __future__ import annotations
