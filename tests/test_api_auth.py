@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dagnats.api.auth import TOKEN_ENV, bearer_matches, is_loopback, load_token
-from dagnats.api.server import HttpAddressError, parse_address
+from dagnats.api.auth import bearer_matches
+from dagnats.api.checks import TOKEN_ENV, HttpAddressError, is_loopback, load_token, parse_address
 from tests.api_support import ONE_STEP, Recorder, Stack, assert_problem, start_stack
 from tests.fault_support import REPO_ROOT, dagnats_command
 

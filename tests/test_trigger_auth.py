@@ -12,7 +12,7 @@ from typing import Final
 
 import pytest
 
-from dagnats.api.auth import TOKEN_ENV
+from dagnats.api.checks import TOKEN_ENV
 from dagnats.api.triggers_routes import signature_of
 from tests.api_support import Recorder, Stack, assert_problem, start_stack
 from tests.nats_fixtures import wait_for_sync

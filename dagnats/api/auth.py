@@ -14,113 +14,28 @@ the guard every request but `/health` passes.
   cannot send a bearer token, work); a trigger without a secret answers it 401
   (`dagnats/api/triggers_routes.py`).
 
-Imported by `dagnats/api/app.py`, the serve wiring and the bridge; it does no I/O but reading
-the token file.
+Reading the token and the loopback rule live in `dagnats/api/checks.py` (no Litestar, so serve
+checks them before it starts); this module holds the guard. It does no I/O.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import os
-from pathlib import Path
 from typing import Final
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from dagnats.api import limits as api_limits
+from dagnats.api.checks import TOKEN_ENV
 from dagnats.api.problems import ProblemError
-from kernel.errors import DagnatsError
 
-TOKEN_ENV: Final = "DAGNATS_API_TOKEN"
 PUBLIC_PATHS: Final = frozenset(("/health", "/"))  # "/": a redirect to the console
 # the static docs page (files from the wheel, no data); the console (its own guard: a session
 # cookie or this bearer token, dagnats/console/security.py)
 PUBLIC_PREFIXES: Final = ("/docs", "/console")
 SIGNED_PREFIX: Final = "/hooks/"  # authenticated by a trigger's signature instead (above)
 BEARER_MISSING: Final = "dagnats.bearer_missing"  # scope state: passed on without the token
-LOOPBACK_NAMES: Final = frozenset(("localhost", "localhost.localdomain", "ip6-localhost"))
-
-
-class TokenError(DagnatsError):
-    """The token given is unusable (unreadable file, too short, not visible ASCII)."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        self.hint = hint
-        super().__init__(message)
-
-
-class TokenRequiredError(TokenError):
-    """An address beyond loopback without a token."""
-
-
-def load_token(token_file: Path | None, environ: dict[str, str] | None = None) -> str | None:
-    """The API token: the first line of `token_file`, else `$DAGNATS_API_TOKEN`, else None.
-
-    Raises:
-        TokenError: the file cannot be read, or the token breaks the rules (length, ASCII).
-    """
-    env = os.environ if environ is None else environ
-    if token_file is not None:
-        try:
-            text = token_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            raise TokenError(
-                f"--api-token-file {token_file}: {reason}", "pass a readable UTF-8 file"
-            ) from None
-        lines = text.splitlines()
-        return check_token(lines[0].strip() if lines else "", f"--api-token-file {token_file}")
-    value = env.get(TOKEN_ENV, "")
-    if not value:
-        return None
-    return check_token(value.strip(), f"${TOKEN_ENV}")
-
-
-def check_token(token: str, source: str) -> str:
-    """`token` if it is long enough and visible ASCII only (it travels in a header).
-
-    Raises:
-        TokenError: naming the source and the rule, never the token.
-    """
-    low, high = api_limits.api_token_chars_min, api_limits.api_token_chars_max
-    if not low <= len(token) <= high:
-        raise TokenError(
-            f"{source}: the token has {len(token)} characters; it must have {low}..{high}",
-            "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
-        )
-    if not all(33 <= ord(char) <= 126 for char in token):
-        raise TokenError(
-            f"{source}: the token must be visible ASCII characters only (no spaces)",
-            "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
-        )
-    return token
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, IPv6 with or without brackets) is loopback."""
-    host = host.strip().strip("[]").lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name we cannot vouch for: it may resolve beyond this machine
-
-
-def require_token_beyond_loopback(host: str, token: str | None) -> None:
-    """Refuse an address beyond loopback when no token is configured.
-
-    Raises:
-        TokenRequiredError: naming the address and the two ways to give a token.
-    """
-    if token is None and not is_loopback(host):
-        raise TokenRequiredError(
-            f"--http {host}: binding the HTTP API beyond loopback needs a bearer token",
-            f"pass --api-token-file FILE or set ${TOKEN_ENV} (or bind 127.0.0.1)",
-        )
 
 
 def bearer_matches(header: str, token: str) -> bool:

@@ -2,7 +2,7 @@
 
 `HttpServer` binds its socket itself (so a taken port is one clear error and port 0 reports
 the port it got), then runs uvicorn on it without uvicorn's signal handlers (serve's own stop
-on SIGINT/SIGTERM stops it). `parse_address` reads `--http` (`HOST:PORT`, `[V6]:PORT`,
+on SIGINT/SIGTERM stops it). `checks.parse_address` reads `--http` (`HOST:PORT`, `[V6]:PORT`,
 `PORT`). The bridge needs nothing here: it is a router of the app.
 """
 
@@ -13,46 +13,14 @@ import contextlib
 import logging
 import socket
 from collections.abc import Generator
-from typing import Final
 
 import uvicorn
 from litestar import Litestar
 
 from dagnats.api import limits as api_limits
-from kernel.errors import DagnatsError
+from dagnats.api.checks import HttpAddressError
 
 log = logging.getLogger("dagnats.api")
-PORT_MAX: Final = 65_535
-
-
-class HttpAddressError(DagnatsError):
-    """`--http` is not an address, or it cannot be bound."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        self.hint = hint
-        super().__init__(message)
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """(host, port) of `--http`: `HOST:PORT`, `[V6]:PORT` or `PORT` (host 127.0.0.1).
-
-    Raises:
-        HttpAddressError: naming the value and the form.
-    """
-    value = text.strip()
-    host, port_text = "127.0.0.1", value
-    if value.startswith("["):
-        closing = value.find("]")
-        if closing > 0 and value[closing + 1 : closing + 2] == ":":
-            host, port_text = value[1:closing], value[closing + 2 :]
-    elif ":" in value:
-        host, _, port_text = value.rpartition(":")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= PORT_MAX or not host:
-        raise HttpAddressError(
-            f"--http {text!r} is not HOST:PORT with a port in 0..{PORT_MAX} (0 = a free one)",
-            "e.g. --http 127.0.0.1:8080, --http [::1]:8080, --http 0.0.0.0:8080 with a token",
-        )
-    return host, int(port_text)
 
 
 class _Server(uvicorn.Server):

@@ -12,6 +12,7 @@ or the default 10 s.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Final
@@ -21,10 +22,10 @@ from litestar.handlers import HTTPRouteHandler
 
 from dagnats.api import limits as api_limits
 from dagnats.api.app import create_app
-from dagnats.api.auth import require_token_beyond_loopback
 from dagnats.api.bridge import TaskBridge
 from dagnats.api.bridge_routes import bridge_route_handlers
-from dagnats.api.server import HttpAddressError, HttpServer, parse_address
+from dagnats.api.checks import HttpAddressError, parse_address, require_token_beyond_loopback
+from dagnats.api.server import HttpServer
 from dagnats.api.services import Services
 from dagnats.api.triggers_routes import Hooks, hook_route_handlers
 from dagnats.console import console_handlers
@@ -130,7 +131,10 @@ async def start_http(
         handlers.append(metrics_route(server.metrics))
         handlers += hook_route_handlers(Hooks(server.connection.js, services.client.connection))
         handlers.extend(console_handlers(token))  # the web console (README "Console")
-        app = create_app(services, token=token, extra_route_handlers=handlers)
+        # CPU-bound (route registration): in a thread, so that the engine's loop goes on
+        app = await asyncio.to_thread(
+            create_app, services, token=token, extra_route_handlers=handlers
+        )
         http = HttpServer(app, host, port)
         try:
             http.bind()

@@ -8,10 +8,12 @@ safety). Imports `dagnats.cli.common` and the rest of the project, never `dagnat
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 import typer
@@ -39,6 +41,9 @@ from dagnats.worker import check_concurrency, concurrency_max
 from dagnats.worker_groups import check_groups
 from kernel.errors import DagnatsError
 
+if TYPE_CHECKING:
+    from dagnats.api.serving import RunningApi
+
 
 def refuse_without_assertions(what: str) -> None:
     """Exit with one error line and its hint under `python -O` / `PYTHONOPTIMIZE`."""
@@ -55,6 +60,9 @@ def register(app: typer.Typer) -> None:
 
 
 PORT_MAX: Final = 65_535
+API_MODULE: Final = (
+    "dagnats.api.serving"  # Litestar, uvicorn, the console: imported when the API starts
+)
 
 
 HttpOption = Annotated[
@@ -143,25 +151,31 @@ async def _serve(
     metrics_at: tuple[str, int] | None,
     as_json: bool,
 ) -> None:
-    """Start the server (and its HTTP API and metrics), print where, run until stopped."""
-    from dagnats.api.serving import RunningApi, start_http
-
+    """Start the server, then its engine, then (meanwhile) its HTTP API and metrics; print
+    where once all are up; run until stopped. The engine does not wait for the API: it
+    resumes runs while the API's framework imports (in a thread) and binds."""
     stop = asyncio.Event()
     install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
     api: RunningApi | None = None
     metrics_server: MetricsServer | None = None
     watch = asyncio.create_task(watch_parent(stop)) if die_with_parent else None
+    running: asyncio.Task[None] | None = None
     try:
         info = await server.start()
         metrics_server = start_metrics(server, metrics_at)
+        running = asyncio.create_task(server.run(stop))
         if not no_http:
-            address = http or http_default_address
-            api = await start_http(server, address, explicit=http is not None, token=token)
+            api = await _start_api(server, http, token)
             if api is not None:
                 info = msgspec.structs.replace(info, http_url=api.url)
-        _print_ready(info, as_json, metrics_server)
-        await server.run(stop)
+        if not running.done():  # (else it ended already: its error, not "ready", is said)
+            _print_ready(info, as_json, metrics_server)
+        await running
     finally:
+        if running is not None:  # ended here when the API failed to start (its error is said)
+            stop.set()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await running
         if api is not None:
             await api.stop()
         if metrics_server is not None:
@@ -169,6 +183,16 @@ async def _serve(
         if watch is not None:
             watch.cancel()
         await server.stop()
+
+
+async def _start_api(server: Server, http: str | None, token: str | None) -> RunningApi | None:
+    """The HTTP API (None when the default address is taken), its modules imported in a
+    thread so that the engine's loop goes on meanwhile."""
+    serving = await asyncio.to_thread(importlib.import_module, API_MODULE)
+    address = http or http_default_address
+    started = await serving.start_http(server, address, explicit=http is not None, token=token)
+    assert started is None or isinstance(started, serving.RunningApi)
+    return started
 
 
 def _retention_ms(text: str | None) -> int | None:
@@ -193,8 +217,13 @@ def _retention_ms(text: str | None) -> int | None:
 
 def _http_checks(http: str | None, no_http: bool, token_file: Path | None) -> str | None:
     """The API token (None: none), after the usage checks of --http (exit 2 when wrong)."""
-    from dagnats.api.auth import TokenError, load_token, require_token_beyond_loopback
-    from dagnats.api.server import HttpAddressError, parse_address
+    from dagnats.api.checks import (
+        HttpAddressError,
+        TokenError,
+        load_token,
+        parse_address,
+        require_token_beyond_loopback,
+    )
 
     if no_http and http is not None:
         raise fail("--http and --no-http exclude each other", "pass one of them", 2)

@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 from litestar.di import NamedDependency
 
-from dagnats.api.auth import bearer_matches, is_loopback
+from dagnats.api.auth import bearer_matches
+from dagnats.api.checks import is_loopback
 
 SESSION_COOKIE: Final = "dagnats_session"
 CSRF_COOKIE: Final = "dagnats_csrf"
