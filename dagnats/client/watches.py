@@ -221,6 +221,14 @@ async def discard(opening: asyncio.Future[RunWatch]) -> None:
     if not opening.done():
         with contextlib.suppress(BaseException):
             await asyncio.wait({opening})  # (not cancelled: a half-made consumer would stay)
+    if not opening.done():  # the caller was cancelled again meanwhile: close it once open
+        opening.add_done_callback(_close_once_open)
+        return
     if opening.cancelled() or opening.exception() is not None:
         return
     await opening.result().close()
+
+
+def _close_once_open(opening: asyncio.Future[RunWatch]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        asyncio.ensure_future(opening.result().close())  # noqa: RUF006 (nothing awaits it)
