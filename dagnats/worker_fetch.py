@@ -138,7 +138,9 @@ class FetchLoop:
 
     def _take_polled(self) -> set[str]:
         """Dispatch what each finished long poll brought; the task types whose poll came
-        back empty (just checked: the next sweep skips them). A poll that came back while
+        back empty, or with a message after which nothing waited (its `num_pending`: a
+        no-wait pull would find nothing, it costs a round trip and a pull on the server at
+        every step of a chain), just checked: the next sweep skips them. A poll that came back while
         the slots were full brings at most one message: it waits for a slot, heartbeated,
         so a worker holds at most one extra task per task type."""
         empty: set[str] = set()
@@ -154,8 +156,8 @@ class FetchLoop:
                 continue
             self.outage.recovered()
             messages = poll.result()
-            if not messages:
-                empty.add(name)
+            if not messages or getattr(messages[-1], "num_pending", None) == 0:
+                empty.add(name)  # nothing more waited when it came: no no-wait pull now
             self.dispatch(messages)
         return empty
 

@@ -33,6 +33,7 @@ from dagnats import json_input
 from dagnats.audit import AuditReport, Decide, audit_history
 from dagnats.client import approvals as client_approvals
 from dagnats.client import chains as client_chains
+from dagnats.client import watches as client_watches
 from dagnats.client import workflows as client_workflows
 from dagnats.client.approvals import PendingApproval
 from dagnats.client.errors import (
@@ -41,7 +42,7 @@ from dagnats.client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
-from dagnats.client.watches import ParkedWatches, RunWatch
+from dagnats.client.watches import ClosingWatches, ParkedWatches, RunWatch
 from dagnats.input_schema import check_input
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import new_seed, now_ms
@@ -57,11 +58,7 @@ from dagnats.runtime.triggers_plan import check_zones
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, ScheduleRun, SendSignal, StartGated, StartRun
 from kernel.decide import decide
-from kernel.errors import (
-    DagnatsError,
-    PayloadTooLargeError,
-    WorkflowInvalidError,
-)
+from kernel.errors import DagnatsError, PayloadTooLargeError, WorkflowInvalidError
 from kernel.events import ChildStarted, Decision
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
@@ -95,6 +92,7 @@ class Client:
         # history to appear instead of calling them unknown.
         self._started: OrderedDict[str, None] = OrderedDict()
         self._watches = ParkedWatches()  # of started runs, for their `wait`
+        self._closing = ClosingWatches()  # of ended waits (their consumers' deletes)
 
     @classmethod
     async def connect(
@@ -133,6 +131,7 @@ class Client:
 
     async def close(self) -> None:
         await self._watches.close()
+        await self._closing.wait()
         await self.connection.close()
 
     async def __aenter__(self) -> Self:
@@ -215,49 +214,51 @@ class Client:
             RunExistsError: `run_id` names a run of another workflow or input.
             InputSchemaError: the input does not meet the workflow's input_schema (no run).
         """
-        definition = (
-            _checked(workflow)
-            if isinstance(workflow, WorkflowDef)
-            else (await self.get_workflow(workflow))
-        )
         given = run_id is not None
         run_id = check_run_id(run_id or uuid.uuid4().hex)
-        json_input.check_value(input, "input")
-        data = msgspec.json.encode(input)
-        if len(data) > limits.payload_bytes_max:
-            raise PayloadTooLargeError("input", len(data), limits.payload_bytes_max)
-        command = StartRun(
-            run_id=run_id,
-            at_ms=now_ms(),
-            seed=new_seed(),
-            workflow=definition,
-            input=msgspec.Raw(data),
-        )
-        check_input(definition, data)  # refused here, with the schema errors: no run
-        # A run carries its workflow without its triggers: their secrets stay out of history
-        # (what the trigger service does too, dagnats/runtime/triggers.py).
-        command = replace(command, workflow=replace(definition, triggers=msgspec.UNSET))
-        # A generated id names no run yet; a caller's id may name one (start is idempotent).
-        existing = await self._first_decision(run_id) if given else None
-        if existing is None:
-            sent: StartRun | ScheduleRun = command
-            if run_at_ms is not None:
-                sent = ScheduleRun(run_id=run_id, at_ms=command.at_ms, start=command,
-                                   run_at_ms=run_at_ms)  # fmt: skip
-            existing = await self._send_start(sent, wait_started_s)
+        fetching = (
+            client_watches.ready(_checked(workflow)) if isinstance(workflow, WorkflowDef)
+            else self.get_workflow(workflow)
+        )  # fmt: skip
+        # Its round trips at once (client/watches.in_parallel): the definition, whether a
+        # caller's id names a run already (a generated one names none), a new run's watch.
+        opening = asyncio.ensure_future(RunWatch.open(self.connection.js, run_id))
+        try:
+            definition, existing = await client_watches.in_parallel(
+                fetching, self._first_decision(run_id) if given else client_watches.ready(None)
+            )
+            json_input.check_value(input, "input")
+            data = msgspec.json.encode(input)
+            if len(data) > limits.payload_bytes_max:
+                raise PayloadTooLargeError("input", len(data), limits.payload_bytes_max)
+            check_input(definition, data)  # refused here, with the schema errors: no run
+            # A run carries its workflow without its triggers (their secrets stay out of
+            # history, as in the trigger service: dagnats/runtime/triggers.py).
+            workflow_run = replace(definition, triggers=msgspec.UNSET)
+            command = StartRun(run_id=run_id, at_ms=now_ms(), seed=new_seed(),
+                               workflow=workflow_run, input=msgspec.Raw(data))  # fmt: skip
+            if existing is None:
+                sent: StartRun | ScheduleRun = command
+                if run_at_ms is not None:
+                    sent = ScheduleRun(run_id=run_id, at_ms=command.at_ms, start=command,
+                                       run_at_ms=run_at_ms)  # fmt: skip
+                existing = await self._send_start(sent, wait_started_s, await opening)
+            else:
+                await client_watches.discard(opening)
+        except BaseException:
+            await client_watches.discard(opening)  # (the watch of a start that failed)
+            raise
         if existing is not None and not _same_start(existing, command):
             raise RunExistsError(run_id)
         return run_id
 
     async def _send_start(
-        self, command: StartRun | ScheduleRun, wait_started_s: float
+        self, command: StartRun | ScheduleRun, wait_started_s: float, watch: RunWatch
     ) -> Decision | None:
-        """Send a StartRun with a watch of the run opened first; the run's first decision
-        (within `wait_started_s`), and the watch parked for `wait` (one consumer for both)."""
-        run_id = command.run_id
-        watch = await RunWatch.open(self.connection.js, run_id)
+        """Send a StartRun (its watch opened first); the run's first decision (within
+        `wait_started_s`), and the watch parked for `wait` (one consumer for both)."""
         try:
-            await self.send(command, msg_id=f"start:{run_id}")
+            await self.send(command, msg_id=f"start:{(run_id := command.run_id)}")
             self._remember_started(run_id)
             first = None
             if wait_started_s > 0:
@@ -411,7 +412,7 @@ class Client:
         try:
             state = await self._fold_until_end(watch, deadline, on_update, known_seq)
         finally:
-            await watch.close()
+            await self._closing.close_later(watch)  # the answer need not wait for the delete
         if is_terminal(state) and follow:
             return await client_chains.follow(self, state, timeout_s=timeout_s, on_update=on_update)
         if is_terminal(state):

@@ -7,7 +7,10 @@ are kept (`seen`) and given to `wait` first, so `wait` folds the whole history.
 
 `ParkedWatches` keeps the watches of the runs started and not yet waited for, a bounded
 number (`parked_watches_max`): the oldest is closed when one more comes (its `wait` then opens
-a watch of its own). This module subscribes to the history stream; it writes nothing.
+a watch of its own). `start` opens the watch while it asks for the workflow and whether the
+run exists (`in_parallel`: one round trip's wait, not three); a `wait` that has its answer
+closes its watch in the background (`ClosingWatches`: the consumer's delete is a round trip
+the caller need not wait for). This module subscribes to the history stream; it writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from typing import Final
+from collections.abc import Awaitable
+from typing import Final, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -31,8 +35,13 @@ parked_watches_max: Final = 64  # watches of started runs kept open for their `w
 # restarted, and the ordered consumer behind the watch may be gone with it (nats-py noticed
 # that only ~20 s later), so the watch is opened again after the last message it gave.
 watch_poll_s: Final = 0.5
+# Watches of ended waits whose consumer delete is still under way (`ClosingWatches`); one
+# more waits for the oldest to finish.
+closing_watches_max: Final = 64
 
 Seen = tuple[int, Decision]
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class RunWatch:
@@ -158,3 +167,68 @@ class ParkedWatches:
         while self._watches:
             _, watch = self._watches.popitem()
             await watch.close()
+
+
+class ClosingWatches:
+    """Watches of ended waits, closed in the background: `wait` returns its answer without
+    waiting for the round trip of its consumer's delete. A bounded number at a time
+    (`closing_watches_max`); `wait()` (the client's close) lets those going end."""
+
+    def __init__(self, size_max: int = closing_watches_max) -> None:
+        assert size_max >= 1, size_max
+        self.size_max = size_max
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def close_later(self, watch: RunWatch) -> None:
+        """Start closing `watch`; waits only while `size_max` closes are already going."""
+        while len(self._closing) >= self.size_max:
+            await asyncio.wait(self._closing, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(watch.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        assert len(self._closing) <= self.size_max
+
+    def going(self) -> int:
+        return len(self._closing)
+
+    async def wait(self) -> None:
+        """Until every close started has ended (each bounded by the request timeout)."""
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def in_parallel(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, their round trips made at once; when one fails, the other is cancelled
+    and waited for (nothing left running), and the failure raised."""
+    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        return await one, await two
+    except BaseException:
+        one.cancel()
+        two.cancel()
+        await asyncio.gather(one, two, return_exceptions=True)
+        raise
+
+
+async def ready(value: A) -> A:
+    """`value`, as an awaitable (the side of `in_parallel` that has nothing to ask)."""
+    return value
+
+
+async def discard(opening: asyncio.Future[RunWatch]) -> None:
+    """Close a watch opened ahead (`Client.start`) that is not needed: the run existed, or
+    the start failed. A watch that failed to open leaves nothing to close."""
+    if not opening.done():
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({opening})  # (not cancelled: a half-made consumer would stay)
+    if not opening.done():  # the caller was cancelled again meanwhile: close it once open
+        opening.add_done_callback(_close_once_open)
+        return
+    if opening.cancelled() or opening.exception() is not None:
+        return
+    await opening.result().close()
+
+
+def _close_once_open(opening: asyncio.Future[RunWatch]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        asyncio.ensure_future(opening.result().close())  # noqa: RUF006 (nothing awaits it)

@@ -3,13 +3,13 @@
 When a run ends (completed, failed, cancelled, terminated, ...), the engine writes a small
 marker in the KV bucket `dagnats_ended` (key: the run id): its status and how many events its
 history held then. A worker reads the marker of a task's run before calling the handler (one
-message get; nats-server lets the worker role read this bucket and no other) and skips the
-task, acked and logged, when the run had ended by the time the task was decided: a task
-carries the history size it was decided at (`EnqueueTask.history_events`), so the task of a
-run reopened after its end (`dagnats run retry`) is newer than the marker and runs. Markers are
-a cache: one that was not written (the engine stopped in between) only means the handler runs
-and the engine sets its stale result aside, as before; they expire after
-`ended_marker_ttl_ms`.
+direct get, not a JetStream API request; nats-server lets the worker role read this bucket and
+no other) and skips the task, acked and logged, when the run had ended by the time the task
+was decided: a task carries the history size it was decided at
+(`EnqueueTask.history_events`), so the task of a run reopened after its end (`dagnats run
+retry`) is newer than the marker and runs. Markers are a cache: one that was not written (the
+engine stopped in between) only means the handler runs and the engine sets its stale result
+aside, as before; they expire after `ended_marker_ttl_ms`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import logging
 from typing import Final
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 
 from dagnats.runtime.resources import ENDED_BUCKET, check_run_id
 from kernel.effects import EnqueueTask
@@ -46,6 +48,19 @@ class EndedRuns:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._failing = False
+        self._direct = True  # until the bucket or the server refuses direct gets (`_last`)
+
+    async def _last(self, subject: str) -> RawStreamMsg:
+        """The marker's message: a direct get (no JetStream API request: a worker reads a
+        marker before every task), else, from a bucket or server that does not answer
+        those (made by an older version), a message get from then on."""
+        if self._direct:
+            try:
+                return await self.js.get_last_msg(ENDED_STREAM, subject, direct=True)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                log.info("ended-run markers: no direct gets here; message gets from now on")
+                self._direct = False
+        return await self.js.get_last_msg(ENDED_STREAM, subject)
 
     async def mark(self, state: RunState, at_ms: int) -> None:
         """Record that the run of `state` ended (never raises: markers are a cache)."""
@@ -67,7 +82,7 @@ class EndedRuns:
     async def ended(self, run_id: str) -> EndedMarker | None:
         """The run's marker, None when it has none (or it cannot be read: the task runs)."""
         try:
-            found = await self.js.get_last_msg(ENDED_STREAM, marker_subject(run_id))
+            found = await self._last(marker_subject(run_id))
         except nats.js.errors.NotFoundError:
             return None
         except Exception as error:

@@ -27,6 +27,7 @@ from dagnats.runtime.admission import AdmissionRuntime, Decided, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.effect_runner import run_effect
 from dagnats.runtime.ended_runs import EndedRuns
+from dagnats.runtime.fresh_runs import fresh_start
 from dagnats.runtime.links import RunLinks
 from dagnats.runtime.parked import RunParkedError, undecodable, unfoldable
 from dagnats.runtime.protocols import (
@@ -120,12 +121,15 @@ class Engine:
 
     # -- state ---------------------------------------------------------------------------
 
-    async def load(self, run_id: str) -> Loaded:
-        """The run's state: from the cache, or folded from its history subject."""
+    async def load(self, run_id: str, start: bool = False) -> Loaded:
+        """The run's state: from the cache, or folded from its history subject; a `start`
+        takes an uncached run as new, unread (runtime/fresh_runs: the append checks it)."""
         cached = self._cache.get(run_id)
         if cached is not None:
             self._cache.move_to_end(run_id)
             return cached
+        if start:
+            return Loaded(state=INITIAL_STATE, last_seq=0)
         loaded = await self.fold_history(run_id)
         self._remember(run_id, loaded)
         return loaded
@@ -234,9 +238,8 @@ class Engine:
     async def _report_parked(self) -> None:
         """Set a newly parked run aside on the dead-letter stream too, with its reason."""
         while self._parked_news:
-            run_id, reason = self._parked_news.pop()
-            note = f"run {run_id} parked: {reason}"
-            await self.dead.publish_dead("parked", run_id.encode(), note)
+            run, reason = self._parked_news.pop()
+            await self.dead.publish_dead("parked", run.encode(), f"run {run} parked: {reason}")
 
     async def _handle_command(self, command: AnyCommand, data: bytes, deliveries: int) -> Decided:
         run_id = command.run_id
@@ -245,9 +248,9 @@ class Engine:
             if reason:
                 await self._dead_letter("command", data, reason, command)
                 return Decided("dead")
-        for _ in range(append_attempts_max):
+        for attempt in range(append_attempts_max):  # a fresh start: no read (runtime/fresh_runs)
             try:
-                loaded = await self.load(run_id)
+                loaded = await self.load(run_id, attempt == 0 and fresh_start(command, deliveries))
                 decided = decide(loaded.state, command)
             except RunParkedError as error:
                 return Decided(self._park(run_id, error.reason))
@@ -400,12 +403,10 @@ class Engine:
 
     async def execute(self, effects: list[AnyEffect]) -> None:
         """Run effects concurrently (each is idempotent); raises the first failure."""
-        if not effects:
-            return
         if len(effects) == 1:
             await self._execute_one(effects[0])
-            return
-        await asyncio.gather(*(self._execute_one(effect) for effect in effects))
+        elif effects:
+            await asyncio.gather(*(self._execute_one(effect) for effect in effects))
 
     async def _execute_one(self, effect: AnyEffect) -> None:
         if isinstance(effect, EnqueueTask) and not await self.admission.flow.may_publish(effect):
@@ -525,11 +526,10 @@ class Engine:
 
     async def _handle_message(self, message: CommandMessage) -> None:
         try:
-            scheduler = getattr(message, "scheduler", None)  # (JetStream messages only)
-            token = getattr(message, "task_token", None)
-            outcome = await self.handle(
-                message.data, message.num_delivered, message.subject, scheduler, token
-            )
+            # (its scheduler and task token: JetStream messages only)
+            extra = (getattr(message, "scheduler", None), getattr(message, "task_token", None))
+            data, deliveries = message.data, message.num_delivered
+            outcome = await self.handle(data, deliveries, message.subject, *extra)
         except Exception as error:  # the transport failed: let the command come back
             log.warning("command on %s not handled: %s", message.subject, error)
             self.forget_subject(message.subject)

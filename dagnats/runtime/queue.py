@@ -100,6 +100,11 @@ class JetStreamMessage:
         return None if headers is None else headers.get(SCHEDULER_HEADER)
 
     @property
+    def num_pending(self) -> int:
+        """How many more messages waited for the consumer when this one was delivered."""
+        return self._message.metadata.num_pending
+
+    @property
     def stream_seq(self) -> int:
         """The message's sequence in its stream."""
         return self._message.metadata.sequence.stream

@@ -309,6 +309,7 @@ class BucketSpec:
     bucket: str
     history: int
     ttl_ms: int = 0
+    direct: bool = False  # direct gets allowed (a worker reads ended markers at every task)
 
 
 BUCKETS: Final = (
@@ -316,7 +317,7 @@ BUCKETS: Final = (
     BucketSpec(RUNS_BUCKET, 1),
     BucketSpec(PROJECTIONS_BUCKET, 1),
     BucketSpec(WORKERS_BUCKET, 1, ttl_ms=settings.worker_directory_ttl_ms),
-    BucketSpec(ENDED_BUCKET, 1, ttl_ms=settings.ended_marker_ttl_ms),
+    BucketSpec(ENDED_BUCKET, 1, ttl_ms=settings.ended_marker_ttl_ms, direct=True),
     BucketSpec(LEASES_BUCKET, 1, ttl_ms=settings.lease_ttl_ms),
     BucketSpec(CLUSTER_BUCKET, 1),
     BucketSpec(OWNERS_BUCKET, 1, ttl_ms=settings.partition_lease_ttl_ms),
@@ -386,6 +387,7 @@ async def ensure_bucket(
             replicas=replicas,
             max_value_size=settings.stream_message_bytes_max,
             ttl=spec.ttl_ms / 1000 if spec.ttl_ms else None,
+            direct=spec.direct,
         )
         try:
             await js.create_key_value(config)
@@ -393,6 +395,8 @@ async def ensure_bucket(
         except nats.js.errors.BadRequestError:
             info = await js.stream_info(stream)
     check_config(f"KV bucket {spec.bucket}", info.config, wanted)
+    if spec.direct and not info.config.allow_direct:  # a bucket made before it allowed them
+        await js.update_stream(info.config.evolve(allow_direct=True))
     if note_replicas:
         _note_replicas(stream, info.config.num_replicas, replicas)
 

@@ -181,6 +181,7 @@ def _worker_publish(task_types: tuple[str, ...], user: str = "") -> tuple[str, .
         f"{COMMAND_PREFIX}.*.*.{KIND_RESULT}",
         f"$KV.{WORKERS_BUCKET}.{user or 'open'}.*",  # its entries (runtime/workers_directory)
         f"{API}.STREAM.MSG.GET.KV_{ENDED_BUCKET}",  # ended runs' markers (runtime/ended_runs)
+        f"{API}.DIRECT.GET.KV_{ENDED_BUCKET}.>",  # the same, read directly (no API request)
         f"{API}.STREAM.MSG.GET.KV_{CLUSTER_BUCKET}",  # the partition count (partition_count)
         "dagnats.dead.task",  # a task message it cannot decode, set aside
         "dagnats.live.>",  # a handler's live output (core NATS; clients subscribe to dagnats.>)

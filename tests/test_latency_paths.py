@@ -1,0 +1,246 @@
+"""The round trips the step path no longer makes, and what it still guarantees (issue 14).
+
+- The engine decides a root run's first start without reading the run's history (its append,
+  conditional on an empty history, checks it); a start of a run that has history is still
+  decided on that history.
+- A worker's long poll that brings a message after which nothing waited is not followed by a
+  no-wait pull.
+- A worker reads a run's ended marker with a direct get, not a JetStream API request (a
+  bucket made before falls back to a message get until `ensure_resources` allows them).
+- `Client.start` opens its watch beside its other requests and closes it when the start
+  fails; `Client.wait` closes its watch after answering, and `close` waits for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+from nats.js import api
+
+from dagnats.client import Client, WorkflowNotFoundError
+from dagnats.client.watches import ClosingWatches
+from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.ended_runs import EndedRuns
+from dagnats.runtime.engine import Engine
+from dagnats.runtime.nats_server import EmbeddedNats
+from dagnats.runtime.outage import OutageLog
+from dagnats.runtime.protocols import TaskMessage
+from dagnats.runtime.resources import BUCKETS, ENDED_BUCKET, HISTORY_STREAM, ensure_resources
+from dagnats.worker_fetch import FetchLoop
+from kernel import codec
+from kernel.commands import StartRun
+from kernel.state import RunState
+from kernel.workflow import StepDef, WorkflowDef
+from tests.nats_fixtures import connect, unique, wait_for
+
+wait_ms = 20_000
+tasks_in_turn = 8
+
+
+def start_of(run_id: str, task_type: str) -> bytes:
+    workflow = WorkflowDef(name="one", steps=(StepDef(id="a", task=task_type),))
+    command = StartRun(
+        run_id=run_id, at_ms=now_ms(), seed=new_seed(), workflow=workflow,
+        input=msgspec.Raw(b"null"),
+    )  # fmt: skip
+    return codec.encode(command)
+
+
+def engine_on(connection: Connection) -> Engine:
+    return Engine(connection.history, connection.tasks, connection.timers, connection.commands)
+
+
+async def test_a_fresh_start_is_appended_without_reading_the_run_first(
+    connection: Connection,
+) -> None:
+    run_id = unique("fresh")
+    reads: list[str] = []  # JetStream API requests that read this run's history
+
+    async def seen(message: Msg) -> None:
+        about_run = run_id in message.subject or run_id.encode() in message.data
+        if about_run and HISTORY_STREAM in message.subject and ".GET" in message.subject:
+            reads.append(message.subject)
+
+    assert connection.nc is not None
+    spy = await connection.nc.subscribe("$JS.API.>", cb=seen)
+    try:
+        outcome = await engine_on(connection).handle(start_of(run_id, unique("t")), 1)
+        await connection.nc.flush()  # every request above reached the spy before the PONG
+    finally:
+        await spy.unsubscribe()
+    assert outcome == "applied", outcome
+    assert await connection.history.last_seq(run_id) > 0, "the start is in history"
+    assert reads == [], f"the engine read the new run's history first: {reads}"
+
+
+async def test_a_start_of_a_run_with_history_is_decided_on_that_history(
+    connection: Connection,
+) -> None:
+    run_id, task_type = unique("again"), unique("t")
+    first = engine_on(connection)
+    assert await first.handle(start_of(run_id, task_type), 1) == "applied"
+    seq = await connection.history.last_seq(run_id)
+    # Another engine (nothing cached) gets a second start of the same run, first delivery.
+    second = engine_on(connection)
+    assert await second.handle(start_of(run_id, task_type), 1) == "ignored"
+    assert await connection.history.last_seq(run_id) == seq, "nothing appended twice"
+    loaded = await second.load(run_id)
+    assert loaded.last_seq == seq and loaded.state.status == "running", loaded
+
+
+async def test_a_long_poll_with_nothing_after_its_message_is_not_followed_by_a_no_wait_pull(
+    connection: Connection,
+) -> None:
+    task_type = unique("serial")
+    no_wait_pulls: list[bytes] = []
+
+    async def seen(message: Msg) -> None:
+        if b"no_wait" in message.data:
+            no_wait_pulls.append(message.data)
+
+    assert connection.nc is not None
+    spy = await connection.nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.>", cb=seen)
+    got: list[TaskMessage] = []
+    acked: list[int] = []
+
+    def dispatch(messages: Sequence[TaskMessage]) -> None:
+        got.extend(messages)
+
+    stop, wake = asyncio.Event(), asyncio.Event()
+    loop = FetchLoop(
+        [task_type], connection.tasks, stop, dispatch=dispatch, free_slots=lambda: 1,
+        wake=wake, outage=OutageLog(logging.getLogger("test"), "fetching"), batch_max=1,
+    )  # fmt: skip
+    running = asyncio.create_task(loop.run())
+    try:
+        await wait_for(lambda: len(no_wait_pulls) >= 1, timeout_ms=wait_ms, what="first sweep")
+        at_start = len(no_wait_pulls)
+        for index in range(tasks_in_turn):  # one task at a time, as a chain's steps come
+            await connection.tasks.publish(task_type, b"{}", f"{task_type}:{index}")
+            await wait_for(lambda: len(got) > len(acked), timeout_ms=wait_ms, what="the task")
+            await got[index].ack()
+            acked.append(index)
+        await connection.nc.flush()
+        extra = len(no_wait_pulls) - at_start
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, wait_ms / 1000)
+        await loop.end()
+        await spy.unsubscribe()
+    assert len(got) == tasks_in_turn
+    assert extra <= 1, f"{extra} no-wait pulls for {tasks_in_turn} tasks that came one by one"
+
+
+async def history_consumers(client: Client) -> int:
+    info = await client.connection.js.stream_info(HISTORY_STREAM)
+    assert info.state.consumer_count is not None
+    return info.state.consumer_count
+
+
+async def test_a_failed_start_and_an_answered_wait_leave_no_watch_behind(
+    private_server: EmbeddedNats,
+) -> None:
+    client = await Client.connect(private_server.url)
+    observer = await Client.connect(private_server.url)
+    try:
+        await ensure_resources(client.connection.js)
+        assert await history_consumers(observer) == 0
+        with pytest.raises(WorkflowNotFoundError):
+            await client.start(unique("nowhere"), run_id=unique("nope"))
+        assert await history_consumers(observer) == 0, "the start's watch was closed"
+        await client.start(NAP, run_id=unique("parked"), wait_started_s=0)  # no engine runs
+        assert await history_consumers(observer) == 1, "the watch parked for wait"
+        await client.close()
+        assert await history_consumers(observer) == 0, "close closed every watch"
+    finally:
+        await client.close()
+        await observer.close()
+
+
+class SlowWatch:
+    """A watch whose close takes until `release` (the consumer delete's round trip)."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release = release
+        self.closed = False
+
+    async def close(self) -> None:
+        await self.release.wait()
+        self.closed = True
+
+
+async def test_closing_watches_returns_at_once_is_bounded_and_waits_at_the_end() -> None:
+    release = asyncio.Event()
+    closing = ClosingWatches(size_max=2)
+    watches = [SlowWatch(release) for _ in range(3)]
+    await asyncio.wait_for(closing.close_later(watches[0]), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(closing.close_later(watches[1]), 5)  # type: ignore[arg-type]
+    assert closing.going() == 2 and not any(watch.closed for watch in watches)
+    third = asyncio.create_task(closing.close_later(watches[2]))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert not third.done(), "a third close waits while two are going (the bound)"
+    release.set()
+    await asyncio.wait_for(third, 5)
+    await asyncio.wait_for(closing.wait(), 5)
+    assert closing.going() == 0 and all(watch.closed for watch in watches)
+
+
+NAP = WorkflowDef(
+    name="nap",
+    steps=(StepDef(id="nap", type="sleep", config=msgspec.Raw(b'{"duration": "50ms"}')),),
+)
+
+
+async def test_a_marker_is_read_with_a_direct_get_not_an_api_request(
+    connection: Connection,
+) -> None:
+    run_id = unique("ended")
+    markers = EndedRuns(connection.js)
+    ended = RunState(run_id=run_id, status="completed", event_count=3)
+    await markers.mark(ended, now_ms())
+    requests: list[str] = []
+
+    async def seen(message: Msg) -> None:
+        if ENDED_BUCKET in message.subject:
+            requests.append(message.subject)
+
+    assert connection.nc is not None
+    spy = await connection.nc.subscribe("$JS.API.>", cb=seen)
+    try:
+        marker = await markers.ended(run_id)
+        await connection.nc.flush()
+    finally:
+        await spy.unsubscribe()
+    assert marker is not None and marker.status == "completed" and marker.events == 3
+    assert [subject for subject in requests if ".DIRECT.GET." in subject], requests
+    assert not [subject for subject in requests if ".STREAM.MSG.GET." in subject], requests
+
+
+async def test_a_bucket_made_without_direct_gets_is_given_them_and_read_meanwhile(
+    private_server: EmbeddedNats,
+) -> None:
+    client = await connect(private_server.url)
+    try:
+        js = client.jetstream()
+        spec = next(spec for spec in BUCKETS if spec.bucket == ENDED_BUCKET)
+        old = api.KeyValueConfig(bucket=ENDED_BUCKET, history=1, ttl=spec.ttl_ms / 1000)
+        await js.create_key_value(old)  # as an older version made it: no direct gets
+        markers = EndedRuns(js)
+        run_id = unique("old")
+        await markers.mark(RunState(run_id=run_id, status="failed", event_count=2), now_ms())
+        marker = await markers.ended(run_id)  # no direct gets here: a message get
+        assert marker is not None and marker.status == "failed"
+        assert spec.direct
+        await ensure_resources(js)
+        info = await js.stream_info(f"KV_{ENDED_BUCKET}")
+        assert info.config.allow_direct, "ensure_resources allowed direct gets"
+        fresh = await EndedRuns(js).ended(run_id)
+        assert fresh is not None and fresh.events == 2
+    finally:
+        await client.close()
