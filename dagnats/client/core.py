@@ -42,6 +42,7 @@ from dagnats.client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
+from dagnats.client.sending import send_command
 from dagnats.client.watches import ClosingWatches, ParkedWatches, RunWatch
 from dagnats.input_schema import check_input
 from dagnats.runtime import triggers_managed
@@ -298,9 +299,7 @@ class Client:
     async def send(self, command: AnyCommand, *, msg_id: str | None = None) -> None:
         """Publish a command for the engine (deduplicated on `msg_id` when given)."""
         msg_id = msg_id or f"{type(command).__name__}:{command.run_id}:{uuid.uuid4().hex}"
-        await self.connection.commands.publish_command(
-            command.run_id, codec.encode(command), msg_id
-        )
+        await send_command(self.connection.commands, command.run_id, codec.encode(command), msg_id)
 
     async def _first_decision(self, run_id: str) -> Decision | None:
         async with contextlib.aclosing(self.connection.history.read(run_id)) as messages:

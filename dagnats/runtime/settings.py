@@ -77,6 +77,12 @@ result_send_ms_max: Final = 10 * 60_000
 result_retry_delay_ms_min: Final = 100
 result_retry_delay_ms_max: Final = 2_000
 drain_results_ms_max: Final = 15_000  # on SIGTERM, unacknowledged results get this long
+# A client's command (a start, a signal, a cancel) that no stream acknowledged (a stream
+# electing its leader in a cluster, a server restarting): published again, under the same
+# Nats-Msg-Id (so stored once), until this long has passed; then the last error is raised.
+command_send_ms_max: Final = 15_000
+command_retry_delay_ms_min: Final = 100
+command_retry_delay_ms_max: Final = 1_000
 
 # The HTTP worker bridge (dagnats/api/bridge.py): tasks held for HTTP workers under task ids.
 bridge_leases_max: Final = ack_pending_max  # tasks one bridge holds at once (a poll past: 429)
