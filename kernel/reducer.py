@@ -136,19 +136,15 @@ def _with_step(state: RunState, index: int, new_step: StepState) -> RunState:
     return replace(state, steps=tuple(steps), event_count=state.event_count + 1)
 
 
-def _at(state: RunState, step_id: str) -> int:
-    index = state.index_of(step_id)
-    assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
-    return index
-
-
 def _on_scheduled(state: RunState, event: StepScheduled) -> RunState:
-    index = _at(state, event.step_id)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
     return _with_step(state, index, _scheduled(state.steps[index], event))
 
 
 def _on_started(state: RunState, event: StepStarted) -> RunState:
-    index = _at(state, event.step_id)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
     step = replace(state.steps[index], status="running", worker_id=event.worker_id)
     return _with_step(state, index, step)
 
@@ -158,7 +154,8 @@ def _on_failed(state: RunState, event: StepFailed | StepTimedOut) -> RunState:
 
 
 def _on_retry_scheduled(state: RunState, event: StepRetryScheduled) -> RunState:
-    index = _at(state, event.step_id)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
     step = replace(
         state.steps[index], status="retry_wait", retry_at_ms=event.due_at_ms, deadline_ms=None
     )
@@ -166,7 +163,8 @@ def _on_retry_scheduled(state: RunState, event: StepRetryScheduled) -> RunState:
 
 
 def _on_skipped(state: RunState, event: StepSkipped) -> RunState:
-    index = _at(state, event.step_id)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
     step = replace(
         state.steps[index], status="skipped", output=msgspec.Raw(b"null"), ended_at_ms=event.at_ms
     )
@@ -174,7 +172,8 @@ def _on_skipped(state: RunState, event: StepSkipped) -> RunState:
 
 
 def _on_recovered(state: RunState, event: StepRecovered) -> RunState:
-    index = _at(state, event.step_id)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
     step = replace(
         state.steps[index], status="recovered", output=event.output, ended_at_ms=event.at_ms
     )
@@ -182,12 +181,14 @@ def _on_recovered(state: RunState, event: StepRecovered) -> RunState:
 
 
 def _on_compensated(state: RunState, event: StepCompensated) -> RunState:
-    index = _at(state, event.step_id)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
     return _with_step(state, index, replace(state.steps[index], compensated=True))
 
 
 def _on_lost(state: RunState, event: StepLost) -> RunState:
-    index = _at(state, event.step_id)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
     return _with_step(state, index, _lost(state.steps[index], event))
 
 
@@ -338,7 +339,8 @@ def _lost(step: StepState, event: StepLost) -> StepState:
 def _completed(state: RunState, event: StepCompleted) -> RunState:
     """A step's one completion: counted, and numbered for compensation in reverse."""
     assert len(event.output) <= limits.payload_bytes_max, "decide bounds every output"
-    index = _at(state, event.step_id)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
     step = state.steps[index]
     assert step.status in ("scheduled", "running"), (
         f"step {step.step_id!r} completed while {step.status} (a step completes at most once)"
@@ -362,7 +364,8 @@ def _completed(state: RunState, event: StepCompleted) -> RunState:
 def _attempt_failed(
     state: RunState, step_id: str, error: ErrorInfo, will_retry: bool, at_ms: int
 ) -> RunState:
-    index = _at(state, step_id)
+    index = state.index_of(step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
     step = state.steps[index]
     live = step.status in ("scheduled", "running")
     never_ran = step.status == "pending" and not will_retry  # e.g. its input was too large
