@@ -83,14 +83,6 @@ def decode_state(data: bytes) -> RunState:
         raise DecodeError(f"not a valid run state: {error}") from None
 
 
-def _is_current(events: tuple[AnyEvent, ...]) -> bool:
-    versions = _VERSION_BY_TYPE  # (a plain loop: every history message read passes here)
-    for event in events:  # noqa: SIM110 (all() over a generator is slower here)
-        if event.v != versions[type(event)]:
-            return False
-    return True
-
-
 def decode_decision(data: bytes) -> Decision:
     """A history message from its bytes, upcasting old event versions.
 
@@ -101,7 +93,11 @@ def decode_decision(data: bytes) -> Decision:
     """
     try:
         decision = _decision_decoder.decode(data)
-        if _is_current(decision.events):
+        versions = _VERSION_BY_TYPE  # (inline: every history message read passes here)
+        for event in decision.events:
+            if event.v != versions[type(event)]:
+                break
+        else:
             return decision
     except msgspec.ValidationError:
         pass  # perhaps an old version: take the slow path, which names the problem

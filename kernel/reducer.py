@@ -45,7 +45,15 @@ from kernel.events import (
     TaskDeferred,
     TaskReleased,
 )
-from kernel.state import INITIAL_STATE, ReceivedSignal, RunState, RunStatus, StepState, is_terminal
+from kernel.state import (
+    INITIAL_STATE,
+    TERMINAL_RUN_STATUSES,
+    ReceivedSignal,
+    RunState,
+    RunStatus,
+    StepState,
+    is_terminal,
+)
 from kernel.step_states import NO_DYNAMIC, ControlState, DynamicState, TreeState
 
 replace = msgspec.structs.replace
@@ -54,11 +62,12 @@ HELD = ("pending", "scheduled")  # a run waiting before its first step (kernel/a
 
 def evolve(state: RunState, event: AnyEvent) -> RunState:
     """Apply one event to a run's state and return the new state."""
-    if isinstance(event, _STEP_LIFECYCLE_TYPES):  # most events: one C-level test, then apply
-        assert not is_terminal(state), (
+    handler = _STEP_HANDLERS.get(type(event))  # most events: one dict look-up, then apply
+    if handler is not None:
+        assert state.status not in TERMINAL_RUN_STATUSES, (
             f"run {state.run_id!r} is terminal; got {type(event).__name__}"
         )
-        evolved = _step_lifecycle(state, event)  # counts the event in its one replace
+        evolved: RunState = handler(state, event)  # counts the event in its one replace
         assert evolved.event_count == state.event_count + 1
         return evolved
     if isinstance(event, RunReopened | DeadLetterDiscarded):  # may follow a run's end
@@ -105,10 +114,6 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             assert_never(event)
 
 
-StepLifecycleEvent = (
-    StepScheduled | StepStarted | StepCompleted | StepFailed | StepTimedOut | StepRetryScheduled
-    | StepSkipped | StepRecovered | StepCompensated | StepLost
-)  # fmt: skip
 _STEP_LIFECYCLE_TYPES = (
     StepScheduled, StepStarted, StepCompleted, StepFailed, StepTimedOut, StepRetryScheduled,
     StepSkipped, StepRecovered, StepCompensated, StepLost,
@@ -119,51 +124,72 @@ RunLifecycleEvent = (
 )  # fmt: skip
 
 
-def _step_lifecycle(state: RunState, event: StepLifecycleEvent) -> RunState:
-    """The events every step type shares: an attempt's course and a step's end."""
-    match event:
-        case StepScheduled():
-            return _step(state, event.step_id, lambda s: _scheduled(s, event))
-        case StepStarted():
-            return _step(
-                state,
-                event.step_id,
-                lambda s: replace(s, status="running", worker_id=event.worker_id),
-            )
-        case StepCompleted():
-            return _completed(state, event)
-        case StepFailed() | StepTimedOut():
-            return _attempt_failed(state, event.step_id, event.error, event.will_retry, event.at_ms)
-        case StepRetryScheduled():
-            return _step(
-                state,
-                event.step_id,
-                lambda s: replace(
-                    s, status="retry_wait", retry_at_ms=event.due_at_ms, deadline_ms=None
-                ),
-            )
-        case StepSkipped():
-            return _step(
-                state,
-                event.step_id,
-                lambda s: replace(
-                    s, status="skipped", output=msgspec.Raw(b"null"), ended_at_ms=event.at_ms
-                ),
-            )
-        case StepRecovered():
-            return _step(
-                state,
-                event.step_id,
-                lambda s: replace(
-                    s, status="recovered", output=event.output, ended_at_ms=event.at_ms
-                ),
-            )
-        case StepCompensated():
-            return _step(state, event.step_id, lambda s: replace(s, compensated=True))
-        case StepLost():
-            return _step(state, event.step_id, lambda s: _lost(s, event))
-        case _:
-            assert_never(event)
+# Each handler below updates one step and counts the event in one `replace` of the run: the
+# hot path of every replay (a few calls per event, no closures; `_with_step` copies the steps
+# tuple once, in C).
+
+
+def _with_step(state: RunState, index: int, new_step: StepState) -> RunState:
+    """The state with the step at `index` replaced and the event counted."""
+    steps = list(state.steps)
+    steps[index] = new_step
+    return replace(state, steps=tuple(steps), event_count=state.event_count + 1)
+
+
+def _on_scheduled(state: RunState, event: StepScheduled) -> RunState:
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
+    return _with_step(state, index, _scheduled(state.steps[index], event))
+
+
+def _on_started(state: RunState, event: StepStarted) -> RunState:
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
+    step = replace(state.steps[index], status="running", worker_id=event.worker_id)
+    return _with_step(state, index, step)
+
+
+def _on_failed(state: RunState, event: StepFailed | StepTimedOut) -> RunState:
+    return _attempt_failed(state, event.step_id, event.error, event.will_retry, event.at_ms)
+
+
+def _on_retry_scheduled(state: RunState, event: StepRetryScheduled) -> RunState:
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
+    step = replace(
+        state.steps[index], status="retry_wait", retry_at_ms=event.due_at_ms, deadline_ms=None
+    )
+    return _with_step(state, index, step)
+
+
+def _on_skipped(state: RunState, event: StepSkipped) -> RunState:
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
+    step = replace(
+        state.steps[index], status="skipped", output=msgspec.Raw(b"null"), ended_at_ms=event.at_ms
+    )
+    return _with_step(state, index, step)
+
+
+def _on_recovered(state: RunState, event: StepRecovered) -> RunState:
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
+    step = replace(
+        state.steps[index], status="recovered", output=event.output, ended_at_ms=event.at_ms
+    )
+    return _with_step(state, index, step)
+
+
+def _on_compensated(state: RunState, event: StepCompensated) -> RunState:
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
+    return _with_step(state, index, replace(state.steps[index], compensated=True))
+
+
+def _on_lost(state: RunState, event: StepLost) -> RunState:
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
+    return _with_step(state, index, _lost(state.steps[index], event))
 
 
 def _run_lifecycle(state: RunState, event: RunLifecycleEvent) -> RunState:
@@ -273,23 +299,6 @@ def _control_root(event: RunStarted) -> DynamicState:
     )
 
 
-def _step(
-    state: RunState, step_id: str, update: Callable[[StepState], StepState], completions: int = -1
-) -> RunState:
-    """The state with one step updated and the event counted (one replace of the run); with
-    `completions` >= 0, that count too."""
-    index = state.index_of(step_id)
-    assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
-    new_step = update(state.steps[index])  # (attempts only grow: asserted in _scheduled)
-    steps = list(state.steps)
-    steps[index] = new_step
-    if completions >= 0:
-        return replace(
-            state, steps=tuple(steps), event_count=state.event_count + 1, completions=completions
-        )
-    return replace(state, steps=tuple(steps), event_count=state.event_count + 1)
-
-
 def _scheduled(step: StepState, event: StepScheduled) -> StepState:
     assert event.attempt > step.attempt, (
         f"step {step.step_id!r}: attempt {event.attempt} after {step.attempt} (attempts only grow)"
@@ -328,33 +337,56 @@ def _lost(step: StepState, event: StepLost) -> StepState:
 
 
 def _completed(state: RunState, event: StepCompleted) -> RunState:
-    def update(step: StepState) -> StepState:
-        assert step.status in ("scheduled", "running"), (
-            f"step {step.step_id!r} completed while {step.status} (a step completes at most once)"
-        )
-        return replace(
-            step,
-            status="completed",
-            output=event.output,
-            ended_at_ms=event.at_ms,
-            deadline_ms=None,
-            completion_index=state.completions,
-        )
-
+    """A step's one completion: counted, and numbered for compensation in reverse."""
     assert len(event.output) <= limits.payload_bytes_max, "decide bounds every output"
-    return _step(state, event.step_id, update, completions=state.completions + 1)
+    index = state.index_of(event.step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {event.step_id!r}"
+    step = state.steps[index]
+    assert step.status in ("scheduled", "running"), (
+        f"step {step.step_id!r} completed while {step.status} (a step completes at most once)"
+    )
+    completed = replace(
+        step,
+        status="completed",
+        output=event.output,
+        ended_at_ms=event.at_ms,
+        deadline_ms=None,
+        completion_index=state.completions,
+    )
+    steps = list(state.steps)
+    steps[index] = completed
+    return replace(
+        state, steps=tuple(steps), event_count=state.event_count + 1,
+        completions=state.completions + 1,
+    )  # fmt: skip
 
 
 def _attempt_failed(
     state: RunState, step_id: str, error: ErrorInfo, will_retry: bool, at_ms: int
 ) -> RunState:
-    def update(step: StepState) -> StepState:
-        live = step.status in ("scheduled", "running")
-        never_ran = step.status == "pending" and not will_retry  # e.g. its input was too large
-        assert live or never_ran, f"step {step_id!r} failed while {step.status}"
-        if will_retry:
-            assert live, f"step {step_id!r} retries an attempt it never ran"
-            return replace(step, error=error, deadline_ms=None)
-        return replace(step, status="failed", error=error, deadline_ms=None, ended_at_ms=at_ms)
+    index = state.index_of(step_id)
+    assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
+    step = state.steps[index]
+    live = step.status in ("scheduled", "running")
+    never_ran = step.status == "pending" and not will_retry  # e.g. its input was too large
+    assert live or never_ran, f"step {step_id!r} failed while {step.status}"
+    if will_retry:
+        assert live, f"step {step_id!r} retries an attempt it never ran"
+        return _with_step(state, index, replace(step, error=error, deadline_ms=None))
+    failed = replace(step, status="failed", error=error, deadline_ms=None, ended_at_ms=at_ms)
+    return _with_step(state, index, failed)
 
-    return _step(state, step_id, update)
+
+_STEP_HANDLERS: dict[type, Callable[..., RunState]] = {
+    StepScheduled: _on_scheduled,
+    StepStarted: _on_started,
+    StepCompleted: _completed,
+    StepFailed: _on_failed,
+    StepTimedOut: _on_failed,
+    StepRetryScheduled: _on_retry_scheduled,
+    StepSkipped: _on_skipped,
+    StepRecovered: _on_recovered,
+    StepCompensated: _on_compensated,
+    StepLost: _on_lost,
+}
+assert set(_STEP_HANDLERS) == set(_STEP_LIFECYCLE_TYPES), "one handler per lifecycle event"

@@ -56,7 +56,7 @@ class DeferredTask(msgspec.Struct, frozen=True, kw_only=True):
     until_ms: int | None = None
 
 
-class StepState(msgspec.Struct, frozen=True, kw_only=True):
+class StepState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     step_id: str
     status: StepStatus = "pending"
     attempt: int = 0
@@ -85,7 +85,7 @@ class ReceivedSignal(msgspec.Struct, frozen=True, kw_only=True):
     signal_id: str = ""  # the sender's identity ("" for an old sender)
 
 
-class RunState(msgspec.Struct, frozen=True, kw_only=True):
+class RunState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     run_id: str = ""
     status: RunStatus = "new"
     workflow: WorkflowDef | None = None
@@ -127,10 +127,14 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
 
     def index_of(self, step_id: str) -> int:
         """Position of `step_id` in `steps`, or -1 (O(1) for a long run: `_positions`)."""
-        if len(self.step_ids) > _scan_steps_max:
-            return _positions(self.step_ids).get(step_id, -1)
+        step_ids = self.step_ids
+        if len(step_ids) > _scan_steps_max:  # (the memo's hit inline: every step event asks)
+            entry = _positions_memo.get(id(step_ids))
+            if entry is not None and entry[0] is step_ids:
+                return entry[1].get(step_id, -1)
+            return _positions(step_ids).get(step_id, -1)
         try:
-            return self.step_ids.index(step_id)
+            return step_ids.index(step_id)
         except ValueError:
             return -1
 
