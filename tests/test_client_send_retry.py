@@ -56,4 +56,6 @@ async def test_a_command_no_stream_takes_within_the_bound_raises_the_last_error(
     payload = codec.encode(CancelRun(run_id=run_id, at_ms=1, reason="test"))
     await connection.js.delete_stream(COMMANDS_STREAM)
     with pytest.raises(nats.js.errors.NoStreamResponseError):
-        await send_command(connection.commands, run_id, payload, f"cancel:{run_id}", send_ms_max=400)
+        await send_command(
+            connection.commands, run_id, payload, f"cancel:{run_id}", send_ms_max=400
+        )
