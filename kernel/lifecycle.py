@@ -59,10 +59,15 @@ class Builder:
         self.seed = seed
         self.events: list[AnyEvent] = []
 
-    def emit(self, event: AnyEvent) -> None:
+    def emit(self, event: AnyEvent, folded: tuple[RunState, RunState] | None = None) -> None:
+        """Record `event` and fold it; `folded` (before, after): a step's draft folded it
+        already, and `after` is taken when this decision's state is `before` itself."""
         assert len(self.events) < limits.events_per_decision_max, "decision too large"
         self.events.append(event)
-        self.state = evolve(self.state, event)
+        if folded is not None and folded[0] is self.state:
+            self.state = folded[1]  # evolve is pure: folding it again gives the same state
+        else:
+            self.state = evolve(self.state, event)
         assert self.state.event_count >= len(self.events), "every event is counted"
 
 
@@ -87,7 +92,7 @@ def apply_outcome(builder: Builder, outcome: tuple[Emit | Complete | Fail, ...])
             return
         match action:
             case Emit():
-                builder.emit(action.event)
+                builder.emit(action.event, action.folded)
             case Complete():
                 complete(builder, action.step_id, action.output)
             case Fail():

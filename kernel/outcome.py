@@ -17,7 +17,7 @@ Formats only: frozen values, no behaviour beyond constructors. May import `kerne
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -32,6 +32,9 @@ from kernel.commands import (
     TaskStarted,
 )
 from kernel.events import AnyEvent, ErrorInfo
+
+if TYPE_CHECKING:
+    from kernel.state import RunState
 
 # -- what a step is given ------------------------------------------------------------------
 
@@ -79,9 +82,15 @@ StepInput = (
 
 
 class Emit(msgspec.Struct, frozen=True, kw_only=True):
-    """Record one event (a common step event or one of the step type's own)."""
+    """Record one event (a common step event or one of the step type's own).
+
+    `folded`: the states before and after the event as the step's draft already folded it
+    (steps.base.Draft); the kernel takes `after` instead of folding the event again when its
+    own state is `before` itself (`evolve` is pure: the same state). None: the kernel folds.
+    """
 
     event: AnyEvent
+    folded: tuple[RunState, RunState] | None = None
 
 
 class Complete(msgspec.Struct, frozen=True, kw_only=True):

@@ -70,6 +70,15 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
         evolved: RunState = handler(state, event)  # counts the event in its one replace
         assert evolved.event_count == state.event_count + 1
         return evolved
+    if isinstance(event, StepEvent):  # an event a step type owns: its module evolves it
+        assert not is_terminal(state), (
+            f"run {state.run_id!r} is terminal; got {type(event).__name__}"
+        )
+        step_def = state.step_def(event.step_id)
+        assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
+        evolved = registry.get(step_def.type).evolve(state, event)  # counts it (one replace)
+        assert evolved.event_count == state.event_count + 1, "a step type counts its event"
+        return evolved
     if isinstance(event, RunReopened | DeadLetterDiscarded):  # may follow a run's end
         assert state.status != "new", f"run {state.run_id!r}: {type(event).__name__} before start"
         counted = replace(state, event_count=state.event_count + 1)
@@ -103,11 +112,8 @@ def evolve(state: RunState, event: AnyEvent) -> RunState:
             return _held(replace(state, event_count=state.event_count + 1), event)
         case TaskDeferred() | TaskReleased():  # flow control (kernel/admission_tasks.py)
             return evolve_deferral(replace(state, event_count=state.event_count + 1), event)
-        case StepEvent():  # every other event a step type owns: its module evolves it
-            counted = replace(state, event_count=state.event_count + 1)
-            step_def = counted.step_def(event.step_id)
-            assert step_def is not None, f"run {state.run_id!r} has no step {event.step_id!r}"
-            return registry.get(step_def.type).evolve(counted, event)
+        case StepEvent():
+            raise AssertionError("evolved before the match (a step type's own event)")
         case RunReopened() | DeadLetterDiscarded():
             raise AssertionError("evolved before the terminal check")
         case _:

@@ -69,7 +69,8 @@ class StepType(Protocol):
         ...
 
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
-        """Evolve part: apply one of the step type's own events."""
+        """Evolve part: apply one of the step type's own events, and count it: the state
+        returned has `event_count + 1` (one `replace` of the run does both)."""
         ...
 
     def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:

@@ -155,10 +155,12 @@ class MapState(msgspec.Struct, frozen=True, kw_only=True):
     def with_item(self, index: int, item: MapItem) -> MapState:
         """This map with item `index` replaced (one chunk is copied)."""
         chunk_index, offset = divmod(index, ITEMS_PER_CHUNK)
-        chunk = self.chunks[chunk_index]
-        new_chunk = (*chunk[:offset], item, *chunk[offset + 1 :])
-        chunks = (*self.chunks[:chunk_index], new_chunk, *self.chunks[chunk_index + 1 :])
-        return msgspec.structs.replace(self, chunks=chunks)
+        # a list copy, one slot set, back to a tuple: two copies in C, no slices to unpack
+        new_chunk = list(self.chunks[chunk_index])
+        new_chunk[offset] = item
+        chunks = list(self.chunks)
+        chunks[chunk_index] = tuple(new_chunk)
+        return msgspec.structs.replace(self, chunks=tuple(chunks))
 
 
 def new_map(step_id: str, attempt: int, items: tuple[msgspec.Raw, ...]) -> MapState:

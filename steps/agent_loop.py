@@ -99,7 +99,7 @@ from steps.agent_parts import (
     turn_retry_timer,
     with_agent,
 )
-from steps.base import ConfiguredStepType, Draft
+from steps.base import ConfiguredStepType, Draft, counted
 
 replace = msgspec.structs.replace
 KEY: Final = re.compile(r"turn([1-9][0-9]{0,5})(?:-tool(0|[1-9][0-9]{0,2}))?")
@@ -143,9 +143,9 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         if isinstance(event, ApprovalRequested | ApprovalResolved):
-            return approvals.evolve(state, event)
+            return approvals.evolve(counted(state), event)
         if isinstance(event, agent_control.CONTROL_EVENTS):
-            return agent_control.evolve(state, event)
+            return agent_control.evolve(counted(state), event)
         if isinstance(event, AgentTurnScheduled) and event.turn == 1 and event.attempt == 1:
             fresh = AgentState(
                 step_id=event.step_id,
@@ -153,10 +153,11 @@ class AgentLoopStep(ConfiguredStepType[AgentConfig]):
                 state=event.carried_state,
                 carried_tool_results=event.carried_tool_results,
             )
-            return with_agent(control.drop_step(state, event.step_id), evolve_agent(fresh, event))
+            dropped = control.drop_step(state, event.step_id)
+            return with_agent(dropped, evolve_agent(fresh, event), count=1)
         agent = agent_of(state, event.step_id)
         assert agent is not None, f"agent loop {event.step_id!r} has not started"
-        return with_agent(state, evolve_agent(agent, event))
+        return with_agent(state, evolve_agent(agent, event), count=1)
 
     # react
     def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:

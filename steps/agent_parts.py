@@ -46,10 +46,13 @@ def agent_of(state: RunState, step_id: str) -> AgentState | None:
     return None
 
 
-def with_agent(state: RunState, agent: AgentState) -> RunState:
-    """`state` with the agent loop of `agent.step_id` replaced (or added)."""
+def with_agent(state: RunState, agent: AgentState, count: int = 0) -> RunState:
+    """`state` with the agent loop of `agent.step_id` replaced (or added), and `count` more
+    events counted (1 from the loop's evolve part, which counts its event in this replace)."""
+    assert count in (0, 1), count
     others = tuple(a for a in state.dynamic.agents if a.step_id != agent.step_id)
-    return replace(state, dynamic=replace(state.dynamic, agents=(*others, agent)))
+    dynamic = replace(state.dynamic, agents=(*others, agent))
+    return replace(state, dynamic=dynamic, event_count=state.event_count + count)
 
 
 def evolve_agent(agent: AgentState, event: StepEvent) -> AgentState:

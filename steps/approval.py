@@ -31,7 +31,7 @@ from kernel.state import RunState, is_terminal
 from kernel.step_states import ApprovalState
 from kernel.workflow import StepDef
 from steps import approvals
-from steps.base import ConfiguredStepType, Draft, config_of
+from steps.base import ConfiguredStepType, Draft, config_of, counted
 from steps.config_read import config_document, unknown_fields
 
 CONFIG_FIELDS = ("question", "description", "on_timeout")
@@ -97,7 +97,7 @@ class ApprovalStep(ConfiguredStepType[approvals.ApprovalRequest]):
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         assert isinstance(event, ApprovalRequested | ApprovalResolved), type(event).__name__
-        return approvals.evolve(state, event)
+        return approvals.evolve(counted(state), event)
 
     # react
     def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:

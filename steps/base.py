@@ -44,8 +44,9 @@ class Draft:
     def emit(self, event: AnyEvent) -> None:
         """Record `event` and fold it into the draft's state."""
         assert len(self.actions) < limits.events_per_decision_max, "decision too large"
-        self.actions.append(Emit(event=event))
-        self.state = evolve(self.state, event)
+        before = self.state
+        self.state = evolve(before, event)
+        self.actions.append(Emit(event=event, folded=(before, self.state)))
 
     def complete(self, step_id: str, output: msgspec.Raw) -> None:
         """The live attempt of `step_id` succeeded with `output` (applied by the kernel)."""
@@ -201,12 +202,19 @@ def enqueue_task(state: RunState, step_id: str, envelope: msgspec.Raw = NULL) ->
 
 
 def set_wake(state: RunState, step_id: str, wake_at_ms: int | None) -> RunState:
-    """Evolve part of a step type's own timer: arm (`wake_at_ms`) or clear (None) it."""
+    """Evolve part of a step type's own timer: arm (`wake_at_ms`) or clear (None) it, and
+    count the event (kernel.registry: a step type's evolve counts its event)."""
     index = state.index_of(step_id)
     assert index >= 0, f"run {state.run_id!r} has no step {step_id!r}"
     step = msgspec.structs.replace(state.steps[index], wake_at_ms=wake_at_ms)
     steps = (*state.steps[:index], step, *state.steps[index + 1 :])
-    return msgspec.structs.replace(state, steps=steps)
+    return msgspec.structs.replace(state, steps=steps, event_count=state.event_count + 1)
+
+
+def counted(state: RunState) -> RunState:
+    """`state` with one more event counted: the evolve part of a step type whose event
+    changes nothing else, or that changes the run through a helper that does not count."""
+    return msgspec.structs.replace(state, event_count=state.event_count + 1)
 
 
 def step_timer(state: RunState, step_id: str) -> ArmTimer | None:

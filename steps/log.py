@@ -24,7 +24,7 @@ from kernel.events import LogRecorded, StepEvent
 from kernel.outcome import StartAttempt, StepInput
 from kernel.state import RunState
 from kernel.workflow import StepDef
-from steps.base import ConfiguredStepType, Draft, config_of, schedule_attempt
+from steps.base import ConfiguredStepType, Draft, config_of, counted, schedule_attempt
 from steps.config_read import config_document, unknown_fields
 
 LogLevel = Literal["info", "warning", "error"]
@@ -91,7 +91,7 @@ class LogStep(ConfiguredStepType[LogConfig]):
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         assert isinstance(event, LogRecorded), f"log owns no event {type(event).__name__}"
         assert state.step(event.step_id) is not None, f"no step {event.step_id!r}"
-        return state
+        return counted(state)
 
 
 LOG = registry.register(LogStep())

@@ -204,7 +204,8 @@ def map_of(state: RunState, step_id: str) -> MapState | None:
 
 
 def with_map(state: RunState, map_state: MapState) -> RunState:
-    """`state` with the map of `map_state.step_id` replaced (or added)."""
+    """`state` with the map of `map_state.step_id` replaced (or added) and the map's event
+    counted, in one replace of the run (kernel.registry: a step type's evolve counts)."""
     maps = state.dynamic.maps
     for index, existing in enumerate(maps):
         if existing.step_id == map_state.step_id:
@@ -212,7 +213,8 @@ def with_map(state: RunState, map_state: MapState) -> RunState:
             break
     else:
         maps = (*maps, map_state)
-    return replace(state, dynamic=replace(state.dynamic, maps=maps))
+    dynamic = replace(state.dynamic, maps=maps)
+    return replace(state, dynamic=dynamic, event_count=state.event_count + 1)
 
 
 def _policy(state: RunState, step_id: str) -> RetryPolicy:

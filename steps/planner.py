@@ -41,7 +41,7 @@ from kernel.state import RunState
 from kernel.step_states import DynamicParent
 from kernel.timers import step_timeout_timer_id
 from kernel.workflow import StepDef
-from steps.base import ConfiguredStepType, Draft, enqueue_task, schedule_attempt
+from steps.base import ConfiguredStepType, Draft, counted, enqueue_task, schedule_attempt
 from steps.planner_plan import CONFIG_FIELDS, PlannerConfig, read_config, read_plan
 
 ELLIPSIS: Final = "…"
@@ -75,6 +75,7 @@ class PlannerStep(ConfiguredStepType[PlannerConfig]):
 
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
+        state = counted(state)
         match event:
             case PlannerMaterialized():
                 return appended.append_steps(state, event.step_id, event.attempt, event.steps)

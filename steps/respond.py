@@ -32,7 +32,7 @@ from kernel.state import RunState
 from kernel.workflow import StepDef, WorkflowDef
 from kernel.workflow.graph import dependents
 from kernel.workflow.trigger_model import triggers_of
-from steps.base import ConfiguredStepType, Draft, config_of, schedule_attempt
+from steps.base import ConfiguredStepType, Draft, config_of, counted, schedule_attempt
 from steps.config_read import config_document, unknown_fields
 
 NAME: Final = "respond"
@@ -128,7 +128,7 @@ class RespondStep(ConfiguredStepType[RespondConfig]):
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         assert isinstance(event, ResponseRecorded), f"respond owns no {type(event).__name__}"
         assert state.step(event.step_id) is not None, f"no step {event.step_id!r}"
-        return state
+        return counted(state)
 
 
 def _body(given: msgspec.Raw, body_from: str) -> msgspec.Raw | None:

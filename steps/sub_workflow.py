@@ -49,7 +49,7 @@ from kernel.payloads import compose_object, encode
 from kernel.state import RunState
 from kernel.timers import timer_seed
 from kernel.workflow import StepDef
-from steps.base import ConfiguredStepType, Draft, config_of, schedule_attempt
+from steps.base import ConfiguredStepType, Draft, config_of, counted, schedule_attempt
 
 CONFIG_FIELDS = ("workflow", "detach")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -132,7 +132,7 @@ class SubWorkflowStep(ConfiguredStepType[SubWorkflowConfig]):
     # evolve
     def evolve(self, state: RunState, event: StepEvent) -> RunState:
         assert isinstance(event, ChildStarted | ChildCompleted | ChildFailed), type(event).__name__
-        return state  # the link is in history; the child's id is derived from the attempt
+        return counted(state)  # the link is in history; the child's id is derived from the attempt
 
     # react
     def react(self, state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:

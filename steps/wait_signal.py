@@ -98,7 +98,7 @@ class WaitSignalStep(StepTypeBase):
         taken = msgspec.structs.replace(signal, consumed_by=event.step_id)
         index = event.signal_index
         signals = (*state.signals[:index], taken, *state.signals[index + 1 :])
-        return msgspec.structs.replace(state, signals=signals)
+        return msgspec.structs.replace(state, signals=signals, event_count=state.event_count + 1)
 
 
 def _consume(draft: Draft, step_id: str, index: int) -> None:
