@@ -75,11 +75,11 @@ from dagnats.runtime.protocols import CommandQueue
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.retention import Retention
 from dagnats.runtime.triggers import TriggerService, command_starter
-from dagnats.worker import Worker
 from kernel.errors import DagnatsError
 
 if TYPE_CHECKING:
     from dagnats.client import Client
+    from dagnats.worker import Worker
 
 log = logging.getLogger("dagnats.serve")
 PORT_FILE = "nats.port"  # the embedded server's last port, next to nats.url
@@ -103,6 +103,21 @@ def redact_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class ServeEngine(Engine):
+    """serve's engine: sets `resumed` once its first pass over the unfinished runs is done
+    (or has failed), so that serve starts its HTTP API after it: the API's imports would take
+    the engine's turns under the GIL while it resumes (issue 14, `bench.recovery`)."""
+
+    resumed: asyncio.Event | None = None
+
+    async def resume_all(self) -> int:
+        try:
+            return await super().resume_all()
+        finally:
+            if self.resumed is not None:
+                self.resumed.set()
 
 
 class ServeInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,6 +154,8 @@ class Server:
         self.reporter: Reporter | None = None
         self.retention_ms: int | None = None  # --retention (runtime/retention.py); None: off
         self.admin: Connection | None = None  # retention purges as admin (README "Security")
+        # Set when the engine's first resume pass is done, or when no engine runs here.
+        self.resumed = asyncio.Event()
 
     async def start(self) -> ServeInfo:
         """Start nats-server (unless an external URL was given), connect, create resources.
@@ -186,13 +203,14 @@ class Server:
             external_events.JetStreamEvents(js),
             notify=self.connection.nc.publish,
         )
-        self.engine = Engine(
+        self.engine = ServeEngine(
             history,
             self.connection.tasks,
             self.connection.timers,
             commands,
             links=self.links,
         )
+        self.engine.resumed = self.resumed
         admin_js = self.admin.js if self.admin is not None else None  # (its purges)
         serve_compaction(self.engine.admission.compactor, admin_js)  # (admission_compact.py)
         if self.partitioned is not None:  # follow-ups for other partitions go to their owners
@@ -298,16 +316,19 @@ class Server:
         try:
             while not stop.is_set() and not watch_task.done():
                 if not self.placement.engine:  # a NATS (and HTTP) node: no engine here
+                    self.resumed.set()
                     stopping = asyncio.ensure_future(stop.wait())
                     await asyncio.wait({watch_task, stopping}, return_when=asyncio.FIRST_COMPLETED)
                     stopping.cancel()
                     continue
                 if self.history_gone:
+                    self.resumed.set()  # (nothing resumes until it is back)
                     await self._until_history_back(stop, watch_task)
                     continue
                 await self._run_engine(stop, watch_task)
         finally:
             stop.set()
+            self.resumed.set()
             if not watch_task.done():
                 watch_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
