@@ -22,8 +22,11 @@ import pytest
 
 from dagnats.cli import command_of
 from dagnats.input_schema import input_errors
+from dagnats.runtime import projector
+from dagnats.runtime import serve as runtime_serve
 from dagnats.runtime.serve import ServeEngine, Server
 from kernel.workflow.parse import parse_workflow
+from tests.nats_fixtures import wait_for
 
 PROBE_TIMEOUT_S = 60.0  # a fresh interpreter on a loaded machine
 RESUMED_WAIT_S = 30.0
@@ -36,6 +39,7 @@ NOT_ON_SERVE_PATH = (
     "rich.progress",
     "opentelemetry.sdk",
     "litestar",
+    "sqlite_utils",  # the query tables: imported when the projections start (after resume)
 )
 
 
@@ -58,6 +62,10 @@ def imported_after(code: str, names: tuple[str, ...]) -> dict[str, bool]:
 def test_the_engines_modules_leave_what_only_some_paths_need() -> None:
     loaded = imported_after("import dagnats.runtime.serve", NOT_ON_SERVE_PATH)
     assert not any(loaded.values()), loaded
+
+
+def test_serve_names_the_query_tables_file_as_the_projector_does() -> None:
+    assert runtime_serve.SQLITE_FILE == projector.SQLITE_FILE
 
 
 def test_the_serve_command_leaves_the_other_commands_modules() -> None:
@@ -115,6 +123,12 @@ async def test_serve_says_when_its_engine_has_resumed_the_unfinished_runs(
     try:
         await asyncio.wait_for(server.resumed.wait(), timeout=RESUMED_WAIT_S)
         assert not running.done()
+        # then the query tables start (their file is created by the projections' start)
+        await wait_for(
+            (tmp_path / "data" / projector.SQLITE_FILE).exists,
+            timeout_ms=int(RESUMED_WAIT_S * 1000),
+            what="the query tables' file",
+        )
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):

@@ -192,10 +192,14 @@ async def _serve(
 async def _until_resumed(server: Server, running: asyncio.Task[None]) -> None:
     """Until the engine's first resume pass is done, it has ended, or the bound passed."""
     resumed = asyncio.ensure_future(server.resumed.wait())
-    await asyncio.wait(
-        {resumed, running}, timeout=api_after_resume_wait_max_s, return_when=asyncio.FIRST_COMPLETED
-    )
-    resumed.cancel()
+    try:
+        await asyncio.wait(
+            {resumed, running},
+            timeout=api_after_resume_wait_max_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        resumed.cancel()
 
 
 async def _start_api(server: Server, http: str | None, token: str | None) -> RunningApi | None:

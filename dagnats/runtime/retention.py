@@ -17,8 +17,9 @@ Purging the history stream needs the admin credential: the engine's role may not
 (dagnats/runtime/roles.py), so serve opens an admin connection from its data dir for
 retention and `run delete` connects as admin (README "Security").
 
-`RunNotFoundError` (the client's) is imported where a purge needs it: importing
-`dagnats.client.errors` loads the whole client package, which serve's engine does not need.
+`RunNotFoundError` (the client's) and `load_state` are imported where a purge needs them:
+importing `dagnats.client.errors` loads the whole client package, and `runtime.projector`
+sqlite-utils, which serve's engine does not need to resume runs.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from nats.js import JetStreamContext, api
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
-from dagnats.runtime.projector import load_state
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.resources import HISTORY_STREAM, RUNS_BUCKET, check_run_id, history_subject
 from kernel.errors import DagnatsError
@@ -121,6 +121,7 @@ async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: in
         ReopenedWhilePurgingError: it was reopened meanwhile (its newer messages are kept).
     """
     from dagnats.client.errors import RunNotFoundError
+    from dagnats.runtime.projector import load_state
 
     history = JetStreamEventLog(js)
     state, last_seq = await load_state(history, KvSnapshotStore(js), check_run_id(run_id))
@@ -297,6 +298,7 @@ class Retention:
     async def sweep(self, at_ms: int) -> int:
         """Purge finished runs that ended more than the retention age before `at_ms`."""
         from dagnats.client.errors import RunNotFoundError
+        from dagnats.runtime.projector import load_state
 
         assert self.retention_ms is not None and self.admin is not None
         limit = settings.retention_purges_per_sweep_max
