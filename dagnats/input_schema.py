@@ -4,19 +4,23 @@ The client, the CLI and the engine share this check: a start whose input does no
 schema is refused at the client and the CLI (no run is created) and, when it reaches the engine
 around them, recorded as a failed run naming the errors. Validation is the `jsonschema`
 library's (Draft202012Validator); errors are listed as `path: value — rule`, at most
-`input_schema_errors_max` of them.
+`input_schema_errors_max` of them. `jsonschema` is imported on the first check of a workflow
+that has a schema (a serve whose workflows have none never loads it: it is on the engine's
+start path).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import jsonschema
 import msgspec
 
 from kernel.errors import DagnatsError
 from kernel.workflow import WorkflowDef
+
+if TYPE_CHECKING:
+    import jsonschema
 
 input_schema_errors_max: Final = 20
 VALUE_SHOWN_MAX: Final = 80
@@ -34,6 +38,8 @@ class InputSchemaError(DagnatsError):
 
 @functools.lru_cache(maxsize=64)
 def _validator(schema_json: bytes) -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     schema = msgspec.json.decode(schema_json)
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
@@ -45,6 +51,8 @@ def input_errors(workflow: WorkflowDef, input_json: bytes) -> tuple[str, ...]:
     admission = workflow.admission
     if admission is None or admission.schema is None:
         return ()
+    import jsonschema
+
     try:
         validator = _validator(bytes(admission.schema))
     except jsonschema.SchemaError as error:

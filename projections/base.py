@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from typing import Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import msgspec
-from sqlite_utils import Database
 
 from kernel import codec
 from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
 from kernel.events import AnyEvent, Event
+
+if TYPE_CHECKING:  # (the engine imports this module for the snapshots: no sqlite-utils there)
+    from sqlite_utils import Database
 
 CHECKPOINTS_TABLE: Final = "_dagnats_projections"
 batch_messages_max: Final = 1_000  # history messages applied in one transaction
@@ -78,7 +80,7 @@ class Projection(Protocol[StoreT_contra]):
         ...
 
 
-class SqliteProjection(Projection[Database], Protocol):
+class SqliteProjection(Projection["Database"], Protocol):
     """A projection into tables of a SQLite database (sqlite-utils)."""
 
     @property

@@ -1,209 +1,71 @@
-"""cli/: the `dagnats` command (typer + rich); this `__init__` assembles the app and `main`.
+"""cli/: the `dagnats` command (typer + rich); `main` runs it.
 
 Every command takes `--json` for machine output. Errors are one readable line plus a hint, on
 stderr, with exit code 1 (2 for usage errors). `workflow validate` and `workflow schema` work
 offline. `dagnats --version` prints the version; `--install-completion` / `--show-completion`
-set up shell completion (typer's). Every command that touches NATS or the data dir takes
-`--data-dir` (and `$DAGNATS_DATA_DIR`): those that do not declare it themselves get it
-here (`with_data_dir`, before the app is built), where it sets `$DAGNATS_DATA_DIR` for the
-command (the connection reads the local serve's `nats.url` from there).
+set up shell completion (typer's).
 
-Sub-command modules (`serve`, `workflows`, `runs`, `events`, `approvals`, `projections`,
-`sim`, `schema`; with `render` and `chains_render` for output) import `dagnats.cli.common` and
-the rest of the project (client, runtime, sim, kernel, projections), never `dagnats.cli`
-itself; only this `__init__` imports them. Nothing in the project imports the CLI but the
-console script (`dagnats = "dagnats.cli:main"`), `python -m dagnats.cli` and tests.
+The whole app (`app`, every command registered) is assembled in `dagnats/cli/assembly.py`,
+imported on first use of `app` or `OFFLINE_COMMANDS` here. `dagnats serve` runs in an app of
+its own (the root options and `serve`), so that a (re)starting serve does not first import
+every other command's modules (the client, the simulator, rich's tables and progress bars):
+its engine resumes runs sooner (issue 14, `bench.recovery`). Nothing in the project imports
+the CLI but the console script (`dagnats = "dagnats.cli:main"`), `python -m dagnats.cli` and
+tests.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import inspect
-import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Annotated, Any, Final
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
 
-import typer
-import typer.models
+from dagnats.cli.root import version
 
-from dagnats.cli import (
-    approvals,
-    cluster,
-    dlq,
-    events,
-    lifecycle,
-    projections,
-    runs,
-    schema,
-    serve,
-    sim,
-    status,
-    triggers,
-    workers,
-    workflows,
-)
-from dagnats.cli.common import DataDirOption
-from dagnats.cli.credentials import credential_app
-from dagnats.runtime import credentials
-from dagnats.runtime.connection import DATA_DIR_ENV
+if TYPE_CHECKING:
+    from dagnats.cli.assembly import OFFLINE_COMMANDS, app
 
-DISTRIBUTION: Final = "dagnats"
-# Commands that touch neither NATS nor a data dir (the demo makes its own throwaway one).
-OFFLINE_COMMANDS: Final = frozenset(
-    {workflows.workflow_validate, schema.schema, sim.sim_command, serve.demo}
-)
-DATA_DIR_PARAM: Final = "data_dir"
-
-app = typer.Typer(
-    name="dagnats",
-    help="A durable DAG workflow engine on NATS JetStream alone.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-workflow_app = typer.Typer(
-    help="Register, validate, list and show workflows; print their JSON Schema.",
-    no_args_is_help=True,
-)
-run_app = typer.Typer(help="Start, inspect, wait for and cancel runs.", no_args_is_help=True)
-event_app = typer.Typer(help="Publish external events.", no_args_is_help=True)
+SERVE_COMMAND: Final = "serve"
+# The root options that take a value (`--creds PATH`): their value is not the command.
+ROOT_VALUE_OPTIONS: Final = frozenset({"--creds", "--tls-cert", "--tls-key", "--tls-ca"})
+ASSEMBLED: Final = frozenset({"app", "OFFLINE_COMMANDS"})
 
 
-def version() -> str:
-    """The installed distribution's version ("unknown" when it is not installed)."""
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        print(f"dagnats {version()}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def root(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            help="Print the version and exit.",
-            callback=_print_version,
-            is_eager=True,
-        ),
-    ] = False,
-    creds: Annotated[
-        Path | None,
-        typer.Option(
-            "--creds",
-            help="Credential file for NATS (default: the data dir's).",
-            envvar=credentials.CREDS_ENV,
-        ),
-    ] = None,
-    tls_cert: Annotated[
-        Path | None,
-        typer.Option("--tls-cert", help="Client TLS cert.", envvar=credentials.TLS_CERT_ENV),
-    ] = None,
-    tls_key: Annotated[
-        Path | None,
-        typer.Option("--tls-key", help="Client TLS key.", envvar=credentials.TLS_KEY_ENV),
-    ] = None,
-    tls_ca: Annotated[
-        Path | None,
-        typer.Option("--tls-ca", help="CA of the NATS server.", envvar=credentials.TLS_CA_ENV),
-    ] = None,
-) -> None:
-    """A durable DAG workflow engine on NATS JetStream alone.
-
-    The connection options (`--creds`, TLS) hold for every command; runtime/credentials reads
-    them from the environment, where they are paths, never secrets.
-    """
-    for name, value in (
-        (credentials.CREDS_ENV, creds),
-        (credentials.TLS_CERT_ENV, tls_cert),
-        (credentials.TLS_KEY_ENV, tls_key),
-        (credentials.TLS_CA_ENV, tls_ca),
-    ):
-        if value is not None:
-            os.environ[name] = str(value)
-
-
-# The order of registration is the order of `--help`.
-app.add_typer(workflow_app, name="workflow")
-app.add_typer(run_app, name="run")
-app.command("sim")(sim.sim_command)
-projections.register(app, run_app)  # query, projection, history export, replay, run audit
-approvals.register(app)  # approval list|show|approve|reject
-serve.register(app)  # serve, worker
-status.register(app)  # status
-workflows.register(workflow_app)  # workflow validate|register|list|show
-schema.register(workflow_app)  # workflow schema
-runs.register(run_app)  # run start|show|list|history|wait|cancel|signal
-lifecycle.register(run_app)  # run retry|rerun|terminate|delete
-lifecycle.register_workflow(workflow_app)  # workflow delete
-dlq.register(app)  # dlq list|show|retry|discard
-workers.register(app)  # workers list
-app.add_typer(event_app, name="event")
-events.register(event_app)  # event publish
-app.add_typer(credential_app, name="credential")  # credential list|add-approver|add-worker
-cluster.register_credentials(credential_app)  # credential export|import
-app.add_typer(cluster.admin_app, name="admin")  # admin replicas|stepdown
-trigger_app = typer.Typer(help="Triggers: cron, subjects, webhooks, http.", no_args_is_help=True)
-app.add_typer(trigger_app, name="trigger")
-triggers.register(trigger_app)  # trigger test|list|history|fire|enable|disable
-app.command()(serve.demo)
-
-
-def _command_infos(typer_app: typer.Typer) -> Iterator[typer.models.CommandInfo]:
-    yield from typer_app.registered_commands
-    for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            yield from _command_infos(group.typer_instance)
-
-
-def with_data_dir(typer_app: typer.Typer) -> typer.Typer:
-    """Give `--data-dir` (env `DAGNATS_DATA_DIR`) to every command that touches NATS or the
-    data dir and does not declare it itself; given, it sets `$DAGNATS_DATA_DIR` for the
-    command, which is where the local serve's `nats.url` (and the query tables) are found."""
-    for info in _command_infos(typer_app):
-        callback = info.callback
-        if callback is None or callback in OFFLINE_COMMANDS:
-            continue
-        if DATA_DIR_PARAM not in inspect.signature(callback).parameters:
-            info.callback = _setting_data_dir(callback)
-    return typer_app
-
-
-def _setting_data_dir(callback: Callable[..., Any]) -> Callable[..., Any]:
-    """`callback` with a `data_dir` option that sets `$DAGNATS_DATA_DIR` before it runs."""
-    signature = inspect.signature(callback, eval_str=True)
-    option = inspect.Parameter(
-        DATA_DIR_PARAM, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DataDirOption
-    )
-
-    @functools.wraps(callback)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        data_dir = kwargs.pop(DATA_DIR_PARAM, None)
-        if data_dir is not None:
-            os.environ[DATA_DIR_ENV] = str(data_dir)
-        return callback(*args, **kwargs)
-
-    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[*signature.parameters.values(), option]
-    )
-    run.__annotations__ = {**callback.__annotations__, DATA_DIR_PARAM: DataDirOption}
-    return run
-
-
-with_data_dir(app)
+def command_of(args: Sequence[str]) -> str | None:
+    """The command named in `args` (the first word past the root options), None if none."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ROOT_VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main() -> None:
     """Entry point of the `dagnats` console script."""
+    if command_of(sys.argv[1:]) == SERVE_COMMAND:
+        from dagnats.cli.root import new_app
+        from dagnats.cli.serve import serve
+
+        serve_app = new_app()
+        serve_app.command()(serve)
+        serve_app()
+        return
+    from dagnats.cli.assembly import app
+
     app()
 
 
-__all__ = ["app", "main", "version"]
+def __getattr__(name: str) -> object:
+    """`app` and `OFFLINE_COMMANDS`, from `dagnats/cli/assembly.py` on first use."""
+    if name in ASSEMBLED:
+        from dagnats.cli import assembly
+
+        return getattr(assembly, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["OFFLINE_COMMANDS", "app", "command_of", "main", "version"]

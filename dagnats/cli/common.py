@@ -14,7 +14,7 @@ import re
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -22,13 +22,15 @@ import typer
 from rich.console import Console
 
 from dagnats import json_input
-from dagnats.client import Client
 from dagnats.loading import LoadError, load_attribute
 from dagnats.runtime.connection import ConnectError, resolve_url
 from dagnats.runtime.roles import Role
-from dagnats.worker import Worker
 from kernel import limits
 from kernel.errors import DagnatsError, WorkflowInvalidError
+
+if TYPE_CHECKING:  # imported where used: `dagnats serve` needs neither (issue 14)
+    from dagnats.client import Client
+    from dagnats.worker import Worker
 
 T = TypeVar("T")
 # An input or payload file larger than any payload may be (whitespace included) is refused
@@ -116,6 +118,8 @@ def emit_json(value: Any) -> None:
 async def with_client(
     url: str | None, action: Callable[[Client], Awaitable[T]], *, role: Role = "client"
 ) -> T:
+    from dagnats.client import Client
+
     logging.getLogger("dagnats.connection").setLevel(logging.CRITICAL)  # one error line suffices
     try:
         client = await Client.connect(url, role=role)
@@ -210,6 +214,8 @@ def load_json_argument(text: str | None, file: Path | None, field: str) -> Any:
 
 def load_worker(spec: str) -> Worker:
     """The Worker named by `MODULE:ATTR` (a module path or a .py file)."""
+    from dagnats.worker import Worker
+
     try:
         worker = load_attribute(spec, "worker")
     except LoadError as error:

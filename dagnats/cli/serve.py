@@ -37,7 +37,6 @@ from dagnats.runtime.connection import Connection, default_data_dir
 from dagnats.runtime.nats_server import LOOPBACK_HOST
 from dagnats.runtime.parent_watch import watch_parent
 from dagnats.runtime.serve import ServeInfo, Server, install_stop_signals
-from dagnats.worker import check_concurrency, concurrency_max
 from dagnats.worker_groups import check_groups
 from kernel.errors import DagnatsError
 
@@ -63,6 +62,9 @@ PORT_MAX: Final = 65_535
 API_MODULE: Final = (
     "dagnats.api.serving"  # Litestar, uvicorn, the console: imported when the API starts
 )
+# The API starts once the engine's first resume pass is done, or after this long at most
+# (10k unfinished runs resume in about 2 s on a loaded machine: bench.restart).
+api_after_resume_wait_max_s: Final = 10.0
 
 
 HttpOption = Annotated[
@@ -151,9 +153,10 @@ async def _serve(
     metrics_at: tuple[str, int] | None,
     as_json: bool,
 ) -> None:
-    """Start the server, then its engine, then (meanwhile) its HTTP API and metrics; print
-    where once all are up; run until stopped. The engine does not wait for the API: it
-    resumes runs while the API's framework imports (in a thread) and binds."""
+    """Start the server, then its engine, then its HTTP API and metrics; print where once
+    all are up; run until stopped. The engine does not wait for the API; the API waits for
+    the engine's first resume pass (bounded), so that its framework's import (in a thread)
+    does not take the engine's turns under the GIL while it resumes unfinished runs."""
     stop = asyncio.Event()
     install_stop_signals(stop, lambda name: err.print(f"{name}: stopping"))
     api: RunningApi | None = None
@@ -165,6 +168,7 @@ async def _serve(
         metrics_server = start_metrics(server, metrics_at)
         running = asyncio.create_task(server.run(stop))
         if not no_http:
+            await _until_resumed(server, running)
             api = await _start_api(server, http, token)
             if api is not None:
                 info = msgspec.structs.replace(info, http_url=api.url)
@@ -183,6 +187,19 @@ async def _serve(
         if watch is not None:
             watch.cancel()
         await server.stop()
+
+
+async def _until_resumed(server: Server, running: asyncio.Task[None]) -> None:
+    """Until the engine's first resume pass is done, it has ended, or the bound passed."""
+    resumed = asyncio.ensure_future(server.resumed.wait())
+    try:
+        await asyncio.wait(
+            {resumed, running},
+            timeout=api_after_resume_wait_max_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    finally:
+        resumed.cancel()
 
 
 async def _start_api(server: Server, http: str | None, token: str | None) -> RunningApi | None:
@@ -310,6 +327,8 @@ def worker(
     log_json: LogJsonOption = False,
 ) -> None:
     """Serve the task handlers of a Worker until SIGTERM (then drain)."""
+    from dagnats.worker import check_concurrency, concurrency_max
+
     refuse_without_assertions("dagnats worker")
     logs.configure(json_lines=log_json)
     if concurrency is not None:

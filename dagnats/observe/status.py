@@ -29,7 +29,6 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from dagnats.runtime import projector
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.kv_keys import kv_keys
 from dagnats.runtime.resources import (
@@ -240,6 +239,8 @@ async def _engine_records(js: JetStreamContext, at_ms: int) -> list[EngineRecord
 async def _projections(
     js: JetStreamContext, sqlite_path: Path | None, history_last: int
 ) -> list[ProjectionFacts]:
+    from dagnats.runtime import projector  # (sqlite-utils: not on serve's path to its engine)
+
     found: list[ProjectionFacts] = []
     if sqlite_path is not None and sqlite_path.exists():
         database = projector.open_database(sqlite_path, readonly=True)

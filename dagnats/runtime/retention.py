@@ -16,6 +16,10 @@ crash between the two is finished by the next sweep and no purge goes unrecorded
 Purging the history stream needs the admin credential: the engine's role may not purge it
 (dagnats/runtime/roles.py), so serve opens an admin connection from its data dir for
 retention and `run delete` connects as admin (README "Security").
+
+`RunNotFoundError` (the client's) and `load_state` are imported where a purge needs them:
+importing `dagnats.client.errors` loads the whole client package, and `runtime.projector`
+sqlite-utils, which serve's engine does not need to resume runs.
 """
 
 from __future__ import annotations
@@ -33,11 +37,9 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
-from dagnats.client.errors import RunNotFoundError
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
-from dagnats.runtime.projector import load_state
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.resources import HISTORY_STREAM, RUNS_BUCKET, check_run_id, history_subject
 from kernel.errors import DagnatsError
@@ -118,6 +120,9 @@ async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: in
         RunStillOpenError: the run has not ended (nothing is purged).
         ReopenedWhilePurgingError: it was reopened meanwhile (its newer messages are kept).
     """
+    from dagnats.client.errors import RunNotFoundError
+    from dagnats.runtime.projector import load_state
+
     history = JetStreamEventLog(js)
     state, last_seq = await load_state(history, KvSnapshotStore(js), check_run_id(run_id))
     if state.status == "new":
@@ -292,6 +297,9 @@ class Retention:
 
     async def sweep(self, at_ms: int) -> int:
         """Purge finished runs that ended more than the retention age before `at_ms`."""
+        from dagnats.client.errors import RunNotFoundError
+        from dagnats.runtime.projector import load_state
+
         assert self.retention_ms is not None and self.admin is not None
         limit = settings.retention_purges_per_sweep_max
         cutoff = at_ms - self.retention_ms

@@ -71,15 +71,16 @@ from dagnats.runtime.nats_server import (
     is_port_busy,
 )
 from dagnats.runtime.partitions import forward_to_owner
+from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.protocols import CommandQueue
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.retention import Retention
 from dagnats.runtime.triggers import TriggerService, command_starter
-from dagnats.worker import Worker
 from kernel.errors import DagnatsError
 
 if TYPE_CHECKING:
     from dagnats.client import Client
+    from dagnats.worker import Worker
 
 log = logging.getLogger("dagnats.serve")
 PORT_FILE = "nats.port"  # the embedded server's last port, next to nats.url
@@ -87,6 +88,9 @@ PORT_BUSY_MARKER = "already in use"  # in NatsServerError's message for a taken 
 child_poll_interval_s = 0.5
 local_stop_timeout_s = 10.0  # a local stack's engine and worker stop (drain) within this
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+# = runtime.projector.SQLITE_FILE, named here too: that module imports sqlite-utils, which
+# serve imports only once its engine has resumed (tests/test_serve_imports.py: they agree).
+SQLITE_FILE = "dagnats.sqlite"
 REDACTED = "***"
 
 
@@ -103,6 +107,21 @@ def redact_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class ServeEngine(Engine):
+    """serve's engine: sets `resumed` once its first pass over the unfinished runs is done
+    (or has failed), so that serve starts its HTTP API after it: the API's imports would take
+    the engine's turns under the GIL while it resumes (issue 14, `bench.recovery`)."""
+
+    resumed: asyncio.Event | None = None
+
+    async def resume_all(self) -> int:
+        try:
+            return await super().resume_all()
+        finally:
+            if self.resumed is not None:
+                self.resumed.set()
 
 
 class ServeInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,6 +158,8 @@ class Server:
         self.reporter: Reporter | None = None
         self.retention_ms: int | None = None  # --retention (runtime/retention.py); None: off
         self.admin: Connection | None = None  # retention purges as admin (README "Security")
+        # Set when the engine's first resume pass is done, or when no engine runs here.
+        self.resumed = asyncio.Event()
 
     async def start(self) -> ServeInfo:
         """Start nats-server (unless an external URL was given), connect, create resources.
@@ -186,13 +207,14 @@ class Server:
             external_events.JetStreamEvents(js),
             notify=self.connection.nc.publish,
         )
-        self.engine = Engine(
+        self.engine = ServeEngine(
             history,
             self.connection.tasks,
             self.connection.timers,
             commands,
             links=self.links,
         )
+        self.engine.resumed = self.resumed
         admin_js = self.admin.js if self.admin is not None else None  # (its purges)
         serve_compaction(self.engine.admission.compactor, admin_js)  # (admission_compact.py)
         if self.partitioned is not None:  # follow-ups for other partitions go to their owners
@@ -239,9 +261,7 @@ class Server:
         tighten_files(sqlite.with_name(sqlite.name + suffix) for suffix in SQLITE_SIDE_FILES)
 
     def _sqlite_path(self) -> Path:
-        from dagnats.runtime import projector
-
-        return self.data_dir / projector.SQLITE_FILE
+        return self.data_dir / SQLITE_FILE
 
     def _write(self, name: str, text: str) -> None:
         write_private(self.data_dir / name, text)
@@ -298,16 +318,19 @@ class Server:
         try:
             while not stop.is_set() and not watch_task.done():
                 if not self.placement.engine:  # a NATS (and HTTP) node: no engine here
+                    self.resumed.set()
                     stopping = asyncio.ensure_future(stop.wait())
                     await asyncio.wait({watch_task, stopping}, return_when=asyncio.FIRST_COMPLETED)
                     stopping.cancel()
                     continue
                 if self.history_gone:
+                    self.resumed.set()  # (nothing resumes until it is back)
                     await self._until_history_back(stop, watch_task)
                     continue
                 await self._run_engine(stop, watch_task)
         finally:
             stop.set()
+            self.resumed.set()
             if not watch_task.done():
                 watch_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -320,14 +343,13 @@ class Server:
         stream going (then `history_gone` is set and they are stopped)."""
         assert self.engine is not None and self.connection is not None
         running = asyncio.Event()  # the parts' own stop: set when any of them must end
-        projection_tasks = self.start_projections(running)
+        self.engine.snapshots = KvSnapshotStore(self.connection.js)  # (filled by projections)
+        projection_tasks = [asyncio.create_task(self._after_resume(running))]
         assert self.links is not None
         await self.links.open_routing()  # before the engine resumes runs (see RunLinks)
         projection_tasks.append(asyncio.create_task(self.links.route(running)))
         triggers = TriggerService(self.connection.js, command_starter(self.connection))
         projection_tasks.append(asyncio.create_task(triggers.run(running)))
-        if self.reporter is not None:  # the gauges of /metrics and `dagnats status`
-            projection_tasks.append(asyncio.create_task(self.reporter.run(running)))
         projection_tasks.append(asyncio.create_task(self._retention().run(running)))
         source: CommandQueue = self.connection.commands
         if self.partitioned is not None:  # this engine's partitions only (runtime/partitions)
@@ -395,6 +417,26 @@ class Server:
                     self.history_gone = False
                     return
 
+    async def _after_resume(self, running: asyncio.Event) -> None:
+        """The built-in projections and the status reporter, once the engine's first resume
+        pass is done (or at once when it is done already), until `running` is set. Their
+        imports (sqlite-utils), catch-up and first report would take the engine's turns
+        while it resumes unfinished runs (issue 14, `bench.recovery`); the engine loads a
+        run from its snapshot and the history after it, so a later snapshot is never wrong."""
+        resumed = asyncio.ensure_future(self.resumed.wait())
+        stopping = asyncio.ensure_future(running.wait())
+        try:
+            await asyncio.wait({resumed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            resumed.cancel()
+            stopping.cancel()
+        if running.is_set():
+            return
+        tasks = self.start_projections(running)
+        if self.reporter is not None:  # the gauges of /metrics and `dagnats status`
+            tasks.append(asyncio.create_task(self.reporter.run(running)))
+        await asyncio.gather(*tasks, return_exceptions=True)  # (cancelled: cancels them)
+
     # -- projections (issue 8) ------------------------------------------------------------
 
     def start_projections(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
@@ -409,7 +451,6 @@ class Server:
 
         assert self.engine is not None and self.connection is not None
         js = self.connection.js
-        self.engine.snapshots = projector.KvSnapshotStore(js)
         sqlite = self.data_dir / projector.SQLITE_FILE
         if self.nats is not None:  # our own data dir: the query tables (inputs in clear) 0600
             create_private_file(sqlite)

@@ -1,0 +1,146 @@
+"""What a (re)starting `dagnats serve` imports before its engine resumes runs (issue 14:
+recovery), and that serve's HTTP API waits for the engine's first resume pass.
+
+`dagnats serve` runs in an app of its own (`dagnats/cli/__init__.main`): it does not import
+the other commands' modules (the client, the simulator, rich's progress bars). The engine's
+modules do not import jsonschema (only a workflow with an `input_schema` needs it, imported at
+its first check), the client package, the worker, nor the OpenTelemetry SDK. The input schema
+is still checked when it is used (tests/test_admission_serve.py and test_bulk_start_e2e.py run
+it end to end; the last test here checks it in-process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dagnats.cli import command_of
+from dagnats.input_schema import input_errors
+from dagnats.runtime import projector
+from dagnats.runtime import serve as runtime_serve
+from dagnats.runtime.serve import ServeEngine, Server
+from kernel.workflow.parse import parse_workflow
+from tests.nats_fixtures import wait_for
+
+PROBE_TIMEOUT_S = 60.0  # a fresh interpreter on a loaded machine
+RESUMED_WAIT_S = 30.0
+NOT_ON_SERVE_PATH = (
+    "jsonschema",
+    "dagnats.client",
+    "dagnats.worker",
+    "dagnats.sim",
+    "dagnats.cli.assembly",
+    "rich.progress",
+    "opentelemetry.sdk",
+    "litestar",
+    "sqlite_utils",  # the query tables: imported when the projections start (after resume)
+)
+
+
+def imported_after(code: str, names: tuple[str, ...]) -> dict[str, bool]:
+    """Which of `names` a fresh interpreter holds after running `code`."""
+    probe = f"{code}\nimport json, sys\n"
+    probe += f"print(json.dumps({{name: name in sys.modules for name in {names!r}}}))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT_S,
+        check=True,
+    )
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_the_engines_modules_leave_what_only_some_paths_need() -> None:
+    loaded = imported_after("import dagnats.runtime.serve", NOT_ON_SERVE_PATH)
+    assert not any(loaded.values()), loaded
+
+
+def test_serve_names_the_query_tables_file_as_the_projector_does() -> None:
+    assert runtime_serve.SQLITE_FILE == projector.SQLITE_FILE
+
+
+def test_the_serve_command_leaves_the_other_commands_modules() -> None:
+    # what `main()` imports for `dagnats serve`: the root options and the serve command
+    code = "import dagnats.cli\nfrom dagnats.cli.root import new_app\nimport dagnats.cli.serve"
+    loaded = imported_after(code, NOT_ON_SERVE_PATH)
+    assert not any(loaded.values()), loaded
+
+
+def test_the_whole_app_still_imports_every_command() -> None:
+    # the other side of the checks above: the probe sees these modules when they are there
+    loaded = imported_after("from dagnats.cli import app", ("dagnats.client", "dagnats.sim"))
+    assert all(loaded.values()), loaded
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["serve", "--no-http"], "serve"),
+        (["--creds", "serve", "serve"], "serve"),  # a value named like a command is a value
+        (["--creds", "/tmp/x.creds", "run", "list"], "run"),
+        (["--version"], None),
+        ([], None),
+        (["--tls-ca", "ca.pem", "--tls-cert", "c.pem", "workflow", "serve"], "workflow"),
+    ],
+)
+def test_the_command_is_the_first_word_past_the_root_options(
+    args: list[str], command: str | None
+) -> None:
+    assert command_of(args) == command
+
+
+def test_serve_with_the_root_options_runs_the_serve_command(tmp_path: Path) -> None:
+    # `--creds X serve --help` reaches serve's own help through the serve-only app
+    result = subprocess.run(
+        [sys.executable, "-m", "dagnats.cli", "--creds", str(tmp_path / "c"), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--no-http" in result.stdout and "--data-dir" in result.stdout, result.stdout
+
+
+async def test_serve_says_when_its_engine_has_resumed_the_unfinished_runs(
+    tmp_path: Path,
+) -> None:
+    server = Server(tmp_path / "data")
+    await server.start()
+    assert isinstance(server.engine, ServeEngine)
+    assert not server.resumed.is_set()  # nothing has run yet
+    stop = asyncio.Event()
+    running = asyncio.create_task(server.run(stop))
+    try:
+        await asyncio.wait_for(server.resumed.wait(), timeout=RESUMED_WAIT_S)
+        assert not running.done()
+        # then the query tables start (their file is created by the projections' start)
+        await wait_for(
+            (tmp_path / "data" / projector.SQLITE_FILE).exists,
+            timeout_ms=int(RESUMED_WAIT_S * 1000),
+            what="the query tables' file",
+        )
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=RESUMED_WAIT_S)
+        await server.stop()
+
+
+def test_an_input_schema_is_checked_on_first_use() -> None:
+    schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
+    steps = [{"id": "a", "type": "task", "task": "t"}]
+    document = {"name": "schema-checked", "version": "1", "steps": steps, "input_schema": schema}
+    workflow = parse_workflow(json.dumps(document).encode())
+    assert input_errors(workflow, b'{"n": 1}') == ()
+    (error,) = input_errors(workflow, b'{"n": "x"}')
+    assert error.startswith('$.n: "x"') and "integer" in error, error
