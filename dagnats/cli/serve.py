@@ -32,6 +32,7 @@ from dagnats.cli.common import (
     run_async,
 )
 from dagnats.observe.metrics import MetricsServer, parse_address
+from dagnats.runtime import settings
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import Connection, default_data_dir
 from dagnats.runtime.nats_server import LOOPBACK_HOST
@@ -62,9 +63,6 @@ PORT_MAX: Final = 65_535
 API_MODULE: Final = (
     "dagnats.api.serving"  # Litestar, uvicorn, the console: imported when the API starts
 )
-# The API starts once the engine's first resume pass is done, or after this long at most
-# (10k unfinished runs resume in about 2 s on a loaded machine: bench.restart).
-api_after_resume_wait_max_s: Final = 10.0
 
 
 HttpOption = Annotated[
@@ -195,7 +193,7 @@ async def _until_resumed(server: Server, running: asyncio.Task[None]) -> None:
     try:
         await asyncio.wait(
             {resumed, running},
-            timeout=api_after_resume_wait_max_s,
+            timeout=settings.api_after_resume_wait_max_s,
             return_when=asyncio.FIRST_COMPLETED,
         )
     finally:
@@ -217,8 +215,6 @@ def _retention_ms(text: str | None) -> int | None:
     if text is None:
         return None
     from dagnats.cli.lifecycle import age_ms
-    from dagnats.runtime import settings
-
     try:
         value = age_ms(text, "--retention")
     except DagnatsError as error:

@@ -18,6 +18,7 @@ from typing import Final, cast
 from sqlite_utils import Database
 
 from dagnats.loading import load_attribute
+from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.resources import check_token
 from kernel.errors import DagnatsError
@@ -31,7 +32,7 @@ from projections.base import (
 
 log = logging.getLogger("dagnats.projector")
 
-SQLITE_FILE: Final = "dagnats.sqlite"
+SQLITE_FILE: Final = settings.sqlite_file
 sqlite_busy_timeout_s: Final = 30.0
 name_length_max: Final = 64
 # A batch at most this big is applied in the event loop's thread, not handed to a worker

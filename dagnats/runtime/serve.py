@@ -32,7 +32,7 @@ import msgspec
 from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics
 from dagnats.observe.reporter import Reporter
-from dagnats.runtime import credentials, external_events
+from dagnats.runtime import credentials, external_events, settings
 from dagnats.runtime.admission_compact import serve_compaction
 from dagnats.runtime.cluster_serve import (
     PartitionedParts,
@@ -88,9 +88,7 @@ PORT_BUSY_MARKER = "already in use"  # in NatsServerError's message for a taken 
 child_poll_interval_s = 0.5
 local_stop_timeout_s = 10.0  # a local stack's engine and worker stop (drain) within this
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
-# = runtime.projector.SQLITE_FILE, named here too: that module imports sqlite-utils, which
-# serve imports only once its engine has resumed (tests/test_serve_imports.py: they agree).
-SQLITE_FILE = "dagnats.sqlite"
+SQLITE_FILE = settings.sqlite_file  # (projector's module imports sqlite-utils: not yet)
 REDACTED = "***"
 
 

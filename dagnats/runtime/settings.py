@@ -226,3 +226,11 @@ llm_live_text_shown_chars_max: Final = 2_000  # of the current turn's text `run 
 # turn fails with an error saying so; half a payload leaves room for the step input and the
 # tool results in the turn's envelope (kernel limits.payload_bytes_max).
 llm_conversation_bytes_max: Final = limits.payload_bytes_max // 2
+
+# serve's start (dagnats/cli/serve.py): the HTTP API starts once the engine's first resume
+# pass is done, or after this long at most (10k unfinished runs resume in about 2 s on a
+# loaded machine: bench.restart).
+api_after_resume_wait_max_s: Final = 10.0
+# The query tables' SQLite file in the data dir (runtime.projector_sqlite; named here, a
+# module without heavy imports, so that serve names it before importing sqlite-utils).
+sqlite_file: Final = "dagnats.sqlite"
