@@ -1,5 +1,5 @@
-"""What a run's DAG says about its steps, computed once per `step_defs` tuple: positions,
-dependencies and dependents by position, and the handler roles. Pure; no I/O.
+"""What a run's DAG says about its steps, computed once per `step_defs` tuple: the
+dependencies and dependents of each step by position, and the handler roles. Pure; no I/O.
 
 A state update keeps the same `step_defs` tuple object (only a planner's append makes a new
 one), so one index serves every decision of a run: `kernel.decide` looks only at the steps an
@@ -21,7 +21,7 @@ HandlerRole = tuple[Literal["on_failure", "compensate"], str]
 class DagIndex:
     """The DAG of one `step_defs` tuple, by position (read-only once built)."""
 
-    __slots__ = ("body_reversed", "dependencies", "dependents", "handlers", "positions", "roles")
+    __slots__ = ("body_reversed", "dependencies", "dependents", "handlers", "roles")
 
     def __init__(self, step_defs: tuple[StepDef, ...]) -> None:
         positions: dict[str, int] = {}
@@ -41,7 +41,6 @@ class DagIndex:
         for index, deps in enumerate(dependencies):
             for dep in dict.fromkeys(deps):
                 dependents[dep].append(index)
-        self.positions = positions
         self.roles = roles
         self.handlers = frozenset(roles)
         self.dependencies = dependencies

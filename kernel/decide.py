@@ -144,7 +144,7 @@ def _lifecycle_operation(state: RunState, command: ReopenRun | DiscardDeadLetter
     builder = Builder(state, command.at_ms, command.seed)
     for event in decided:
         builder.emit(event)
-    _advance(builder)
+    _advance(builder, state)
     return tuple(builder.events)
 
 
@@ -275,7 +275,7 @@ def _start_run(
     )
     if held is not None:
         admission_run.hold(builder, held)
-    _advance(builder)
+    _advance(builder, state)
     return tuple(builder.events)
 
 
@@ -422,14 +422,15 @@ def _cancel_run(builder: Builder, command: CancelRun) -> None:
         fail_run(builder, error, failed_step_id="", outcome="cancelled")
 
 
-def _advance(builder: Builder, before: RunState | None = None) -> None:
+def _advance(builder: Builder, before: RunState) -> None:
     """Start every ready step (skipping those whose skip_if holds) until nothing changes,
     then complete the run when every step outside the handlers is done.
 
     `before` is the state the decision began from: a running run's state after a decision
     holds no ready step unless a concurrency limit held it back (every decision advances to
     this fixpoint), so without a limit only the steps this decision's events touched and their
-    dependents can be ready (`_touched`). None (a start, a reopen): every step is looked at.
+    dependents can be ready (`_touched`); after a start or a reopen (a run not running
+    before), every step is looked at.
     """
     marked = 0
     for _ in range(limits.advance_iterations_max):
@@ -459,12 +460,12 @@ def _advance(builder: Builder, before: RunState | None = None) -> None:
         builder.emit(RunCompleted(output=output, at_ms=builder.at_ms))
 
 
-def _touched(builder: Builder, before: RunState | None, marked: int) -> list[int] | None:
+def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | None:
     """The positions of the steps that may have become ready since `marked` (events of this
     decision): each step an event names and its dependents, in DAG order; None when any step
     may have (a start or reopen, a run-level event, steps appended, a concurrency limit)."""
     state = builder.state
-    if before is None or before.status != "running" or before.step_defs is not state.step_defs:
+    if before.status != "running" or before.step_defs is not state.step_defs:
         return None
     assert state.workflow is not None
     if state.workflow.max_concurrent_steps is not None:
@@ -474,7 +475,7 @@ def _touched(builder: Builder, before: RunState | None, marked: int) -> list[int
     for event in builder.events[marked:]:
         if not isinstance(event, ONE_STEP_EVENTS):
             return None
-        position = index.positions.get(event.step_id, -1)
+        position = state.index_of(event.step_id)
         if position < 0:
             return None
         found.add(position)

@@ -27,6 +27,7 @@ import msgspec
 
 from kernel import limits
 from kernel.commands import DiscardDeadLetter, Rejection, ReopenRun, TerminateRun
+from kernel.dag_index import dag_index
 from kernel.events import NULL, DeadLetterDiscarded, ErrorInfo, RunReopened, RunTerminated
 from kernel.state import DONE_STEP_STATUSES, RunState, StepState, is_terminal
 
@@ -120,7 +121,7 @@ def _start_points(state: RunState, from_step: str) -> tuple[str, ...] | Rejectio
             known = ", ".join(state.step_ids[:20])
             message = f"--from names {from_step!r}, which is not a step of the run (known: {known})"
             return Rejection(run_id=state.run_id, code="unknown_step", message=message)
-        if from_step in _handler_ids(state):
+        if from_step in dag_index(state.step_defs).handlers:
             message = (
                 f"--from names {from_step!r}, an on_failure or compensate handler; retry from "
                 "the step it handles"
@@ -132,7 +133,7 @@ def _start_points(state: RunState, from_step: str) -> tuple[str, ...] | Rejectio
 
 def reset_steps(state: RunState, starts: tuple[str, ...]) -> tuple[str, ...]:
     """The steps a reopen from `starts` makes pending again, in the run's step order."""
-    handlers = _handler_ids(state)
+    handlers = dag_index(state.step_defs).handlers
     chosen = set(starts)
     for step in state.steps:
         if step.step_id in handlers:
@@ -194,11 +195,6 @@ def _not_resettable(state: RunState, reset: tuple[str, ...]) -> str:
         if step.attempt + limits.attempts_per_reopen_max > limits.attempt_number_max:
             return f"step {step_id!r} is at attempt {step.attempt}; attempt_number_max is reached"
     return ""
-
-
-def _handler_ids(state: RunState) -> frozenset[str]:
-    ids = {h for d in state.step_defs for h in (d.on_failure, d.compensate) if h}
-    return frozenset(ids)
 
 
 # --- evolve ---------------------------------------------------------------------------------

@@ -5,9 +5,13 @@ Hypothesis explores new examples on every local run; CI (HYPOTHESIS_PROFILE=ci, 
 """
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import settings
 
+import kernel.decide
+from tests.advance_check import checked
 from tests.fault_support import processes, procs
 from tests.nats_fixtures import (
     connection,
@@ -21,6 +25,15 @@ from tests.nats_fixtures import (
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _advance_sees_every_ready_step() -> Iterator[None]:
+    """Every decision made in this process checks that the advance's candidates hold every
+    ready step (tests/advance_check.py); engines in child processes are not checked."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernel.decide, "_touched", checked(kernel.decide._touched))
+        yield
 
 __all__ = [
     "connection",

@@ -348,9 +348,7 @@ def test_ten_thousand_items_cost_little_per_event() -> None:
     scan of every item per event would multiply the calls per item by ten from 1k to 10k."""
     small, large = _calls_per_item(1_000), _calls_per_item(10_000)
     assert large <= 1.5 * small, f"{small:.0f} calls per item at 1k, {large:.0f} at 10k"
-    # about 280: each event folded twice (the map's draft, the caller), not three times (the
-    # decision's builder takes the draft's fold); folding it three times again costs 330
-    assert large <= 310, f"{large:.0f} calls per item"
+    # (each item event folded once by the decision: test_a_decision_folds_each_item_event_once)
 
 
 def _folds_in(profile: cProfile.Profile) -> int:
