@@ -107,11 +107,8 @@ def _batchable(engine: Engine, message: CommandMessage) -> AnyCommand | None:
 
 def _plain(state: RunState) -> bool:
     """Whether admission has nothing to do with the run's results (no gate, no flow control)."""
-    return (
-        state.status == "running"
-        and state.workflow is not None
-        and (state.workflow.admission is None)
-    )
+    workflow = state.workflow
+    return state.status == "running" and workflow is not None and workflow.admission is None
 
 
 async def _flush(engine: Engine, pending: list[Entry]) -> None:
