@@ -108,6 +108,9 @@ class Naked:
     async def in_progress(self) -> None:
         await self.message.in_progress()
 
+    async def term(self) -> None:
+        await self.message.term()
+
 
 async def test_a_fan_outs_results_of_one_fetch_are_one_append_and_all_acked(
     connection: Connection,
