@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from typing import Final
 
+import pytest
+
+from dagnats.runtime import batched
 from dagnats.sim import SimCase, run_seed, run_seeds
+from kernel.commands import AnyCommand, Rejection
+from kernel.events import AnyEvent
 from kernel.workflow import WorkflowDef
 from kernel.workflow.builder import Retry, Workflow
 from tests.sim_mutants import chain_worker
 
 seeds: Final = 60
+Kept = tuple[tuple[AnyCommand, ...], tuple[AnyEvent, ...]]
 branches: Final = 8
 
 
@@ -44,3 +50,26 @@ def test_a_fan_outs_results_are_batched_and_every_invariant_holds_under_faults()
         trace = run_seed(case, seed).trace
         batched += sum(": DecideAll -> " in line for line in trace)
     assert batched > 0, "no simulated fetch handed the engine several results of one run"
+
+
+def test_a_batch_path_that_acks_a_result_it_left_out_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kept = batched._kept
+
+    def drop_last(entries: list[batched.Entry], decisions: list[batched.Decided]) -> Kept:
+        commands, events = kept(entries, decisions)
+        if len(commands) < 3:
+            return commands, events
+        last = _last_events(decisions)  # the last command's events, left out
+        assert not isinstance(last, Rejection)
+        return commands[:-1], events[: len(events) - len(last)]  # acked all the same
+
+    monkeypatch.setattr(batched, "_kept", drop_last)
+    case = SimCase(workflow=fan_out(), worker=chain_worker(), runs=2)
+    report = run_seeds(case, range(seeds), failures_max=1)
+    assert not report.ok, "a lost result went unnoticed"
+
+
+def _last_events(decisions: list[batched.Decided]) -> batched.Decided:
+    return next(d for d in reversed(decisions) if not isinstance(d, Rejection) and d)
