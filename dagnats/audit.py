@@ -21,6 +21,7 @@ from typing import Final, Literal
 import msgspec
 
 from kernel import codec
+from kernel.batch import decide_stored
 from kernel.commands import AnyCommand, Rejection
 from kernel.decide import decide
 from kernel.errors import DagnatsError
@@ -132,7 +133,7 @@ class _Audit:
             )  # fmt: skip
         command = decision.command
         try:
-            decided = self.decide(self.state, command)
+            decided = decide_stored(self.state, command, self.decide)
         except AssertionError as error:
             decided = Rejection(run_id=command.run_id, code="invalid", message=f"assert: {error}")
         if isinstance(decided, Rejection) or decided != decision.events:

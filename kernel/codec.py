@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from kernel.commands import AnyCommand
+from kernel.commands import AnyCommand, StoredCommand
 from kernel.errors import DecodeError, UnknownEventTypeError, UnknownEventVersionError
 from kernel.events import EVENT_TYPES, AnyEvent, Decision, current_version, event_tag
 from kernel.state import RunState
@@ -26,6 +26,16 @@ _VERSION_BY_TYPE: dict[type, int] = {t: current_version(t) for t in EVENT_TYPES}
 
 _encoder = msgspec.json.Encoder()
 _decision_decoder = msgspec.json.Decoder(Decision)
+
+
+class _EventsOnly(msgspec.Struct, frozen=True, kw_only=True):
+    """A history message with its command left undecoded (loading a run needs the events)."""
+
+    command: msgspec.Raw
+    events: tuple[AnyEvent, ...]
+
+
+_events_decoder = msgspec.json.Decoder(_EventsOnly)
 _event_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
 _command_decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
 _state_decoder = msgspec.json.Decoder(RunState)
@@ -53,7 +63,7 @@ def encode(value: msgspec.Struct) -> bytes:
     return _encoder.encode(value)
 
 
-def encode_decision(command: AnyCommand, events: tuple[AnyEvent, ...]) -> bytes:
+def encode_decision(command: StoredCommand, events: tuple[AnyEvent, ...]) -> bytes:
     """The bytes of one history message: a command and the events decided from it."""
     assert events, "a decision appends at least one event"
     return _encoder.encode(Decision(command=command, events=events))
@@ -104,6 +114,28 @@ def decode_decision(data: bytes) -> Decision:
     except msgspec.DecodeError as error:
         raise DecodeError(f"not a valid history message: {error}") from None
     return _decode_decision_slowly(data)
+
+
+def decode_events(data: bytes) -> tuple[AnyEvent, ...]:
+    """The events of a history message, its command left undecoded (a run's load needs only
+    the events); old event versions are upcast as by `decode_decision`.
+
+    Raises:
+        DecodeError, UnknownEventTypeError, UnknownEventVersionError: as `decode_decision`.
+    """
+    try:
+        events = _events_decoder.decode(data).events
+        versions = _VERSION_BY_TYPE
+        for event in events:
+            if event.v != versions[type(event)]:
+                break
+        else:
+            return events
+    except msgspec.ValidationError:
+        pass  # perhaps an old version: the slow path names the problem
+    except msgspec.DecodeError as error:
+        raise DecodeError(f"not a valid history message: {error}") from None
+    return _decode_decision_slowly(data).events
 
 
 def _decode_decision_slowly(data: bytes) -> Decision:

@@ -298,6 +298,20 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
 )
 
 
+class DecideAll(Command, frozen=True, kw_only=True, tag="decide_all"):
+    """Several commands of one run decided in turn, each against the state the events before
+    it made, and appended as ONE history message (the engine's batch path, kernel/batch.py).
+    Only the engine writes it, into history: it never arrives as a command (`decode_command`
+    refuses it). A command that decided to nothing is left out, so re-deciding this one gives
+    exactly its events. `at_ms` is its last command's."""
+
+    commands: tuple[AnyCommand, ...]
+
+
+# What a history message may record: one command, or several decided together.
+StoredCommand = AnyCommand | DecideAll
+
+
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     """Why a command does not apply, for a caller that must learn it. Never stored."""
 

@@ -27,7 +27,7 @@ from kernel.agent_events import (
     AgentTurnLost,
     AgentTurnScheduled,
 )
-from kernel.commands import AnyCommand
+from kernel.commands import StoredCommand
 from kernel.control_events import (
     ControlChildAsked,
     ControlChildEnded,
@@ -537,7 +537,7 @@ def current_version(event_type: type[Event]) -> int:
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
     """One history message: the command and the events decided from it (never empty)."""
 
-    command: AnyCommand
+    command: StoredCommand  # (a DecideAll: several commands of one run, kernel/batch.py)
     events: tuple[AnyEvent, ...]
 
 

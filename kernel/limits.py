@@ -38,6 +38,9 @@ error_message_bytes_max: Final = 8_192
 # Runs.
 timers_per_run_max: Final = 10_000
 events_per_decision_max: Final = 10_000
+# Commands of one run decided together into one history message (kernel/batch.py); a batch
+# also stays within events_per_decision_max and the history message's byte bound.
+commands_per_decision_max: Final = 64
 advance_iterations_max: Final = 10_000  # fixpoint passes of one decision over a run's DAG
 run_id_length_max: Final = 128
 

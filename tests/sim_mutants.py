@@ -31,7 +31,7 @@ from dagnats.runtime.protocols import (
 from dagnats.sim.case import EngineFactory
 from dagnats.worker import TaskContext, TaskResult, Worker
 from kernel import codec
-from kernel.commands import AnyCommand, FireTimer, TaskStarted
+from kernel.commands import FireTimer, StoredCommand, TaskStarted
 from kernel.effects import AnyEffect, ArmTimer, EnqueueTask, task_msg_id
 from kernel.events import AnyEvent, RunStarted
 from kernel.state import RunState
@@ -89,11 +89,12 @@ class IgnoreExpectedSequence(Engine):
     """Appends under whatever the history's last sequence is now, not the one it decided on."""
 
     async def _append(
-        self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
-    ) -> tuple[list[AnyEffect], RunState]:
+        self, loaded: Loaded, command: StoredCommand, events: tuple[AnyEvent, ...],
+        payload: bytes = b"",
+    ) -> tuple[list[AnyEffect], RunState]:  # fmt: skip
         current = await self.history.last_seq(command.run_id)
         unchecked = Loaded(state=loaded.state, last_seq=current)
-        return await super()._append(unchecked, command, events)
+        return await super()._append(unchecked, command, events, payload)
 
 
 class RedispatchCompletedOnResume(Engine):
@@ -126,9 +127,10 @@ class TimerFiresTwice(Engine):
     message ids (so the dedup that makes a double fire harmless cannot help)."""
 
     async def _append(
-        self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
-    ) -> tuple[list[AnyEffect], RunState]:
-        effects, state = await super()._append(loaded, command, events)
+        self, loaded: Loaded, command: StoredCommand, events: tuple[AnyEvent, ...],
+        payload: bytes = b"",
+    ) -> tuple[list[AnyEffect], RunState]:  # fmt: skip
+        effects, state = await super()._append(loaded, command, events, payload)
         if not isinstance(command, FireTimer):
             return effects, state
         again = [

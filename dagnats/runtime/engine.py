@@ -23,6 +23,7 @@ from collections import OrderedDict
 import msgspec
 
 from dagnats.observe.hooks import EngineObserver
+from dagnats.runtime import batched
 from dagnats.runtime.admission import AdmissionRuntime, Decided, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.effect_runner import run_effect
@@ -57,7 +58,8 @@ from dagnats.runtime.settings import (
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
 from kernel.admission import is_gate_id
-from kernel.commands import AnyCommand, Rejection, StartRun
+from kernel.batch import holds
+from kernel.commands import AnyCommand, Rejection, StartRun, StoredCommand
 from kernel.decide import decide
 from kernel.effects import AnyEffect, EnqueueTask, StartContinuation
 from kernel.errors import AppendConflictError, DecodeError
@@ -159,7 +161,7 @@ class Engine:
                 pass  # the snapshot may be what is wrong: fold the whole history
             log.warning("run %s: its snapshot disagrees with history; ignored", run_id)
         with contextlib.suppress(DecodeError):
-            events = codec.decode_decision(last[1]).events
+            events = codec.decode_events(last[1])
             if events and isinstance(events[0], RunStarted):  # the run's one message
                 state = self._fold_message(run_id, INITIAL_STATE, last_seq, last[1])
                 return Loaded(state=state, last_seq=last_seq)
@@ -174,12 +176,12 @@ class Engine:
 
     @staticmethod
     def _fold_message(run_id: str, state: RunState, seq: int, data: bytes) -> RunState:
-        try:
-            decision = codec.decode_decision(data)
+        try:  # (the events alone: a load needs no command decoded)
+            events = codec.decode_events(data)
         except DecodeError as error:
             raise RunParkedError(run_id, undecodable(seq, error)) from None
         try:
-            for event in decision.events:
+            for event in events:
                 state = evolve(state, event)
         except AssertionError as error:
             raise RunParkedError(run_id, unfoldable(seq, error)) from None
@@ -294,10 +296,11 @@ class Engine:
         return ""
 
     async def _append(
-        self, loaded: Loaded, command: AnyCommand, events: tuple[AnyEvent, ...]
-    ) -> tuple[list[AnyEffect], RunState]:
+        self, loaded: Loaded, command: StoredCommand, events: tuple[AnyEvent, ...],
+        payload: bytes = b"",
+    ) -> tuple[list[AnyEffect], RunState]:  # fmt: skip
         """Append one decision under the expected last sequence; its effects and the state."""
-        payload = codec.encode_decision(command, events)
+        payload = payload or codec.encode_decision(command, events)  # (or the batch path's)
         digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
         msg_id = f"{command.run_id}:{loaded.last_seq}:{digest}"
         state = loaded.state
@@ -328,7 +331,7 @@ class Engine:
         try:
             async for seq, data in self.history.read(command.run_id):
                 decision = codec.decode_decision(data)
-                if seq > loaded.last_seq or decision.command != command:
+                if seq > loaded.last_seq or not holds(decision.command, command):
                     state = self._evolve_all(state, decision.events)
                     continue
                 found = True
@@ -518,11 +521,7 @@ class Engine:
                 del self._tails[subject]
 
     async def _handle_group(self, group: list[CommandMessage]) -> None:
-        for message in group:
-            try:
-                await self._handle_message(message)
-            finally:
-                self._unsettled.discard(message)
+        await batched.handle_group(self, group)  # rows of results: one append (runtime/batched)
 
     async def _handle_message(self, message: CommandMessage) -> None:
         try:

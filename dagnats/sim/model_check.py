@@ -38,6 +38,7 @@ from dagnats.sim.memory import HistoryMessage, VirtualTime
 from dagnats.sim.memory_queue import MemoryQueue
 from dagnats.sim.model import ModelRun, ModelStep, Observed, compare, max_backoff_ms
 from dagnats.worker import decode_task
+from kernel.batch import commands_of
 from kernel.commands import StartRun
 from kernel.errors import DecodeError
 from kernel.events import Decision, event_tag
@@ -115,24 +116,30 @@ class ModelCheck:
         self._check_due(run_id, model, message.at_ms)
         if run_id in self.broken:
             return
-        applied = model.feed(command, message.at_ms)
         tags = [event_tag(type(e)) for e in decision.events]
-        if applied is False:
-            self._mismatch(
-                run_id,
-                model,
-                [f"the engine decided {', '.join(tags[:4])} on `{model.inputs[-1].text}`; the "
-                 "model finds nothing to do for it"],
-                getattr(command, "step_id", ""),
-            )  # fmt: skip
-        elif applied and model.lost_now != ("step.lost" in tags):
+        applied: bool | None = None
+        lost = False
+        for each in commands_of(command):  # (a DecideAll's commands in turn: kernel/batch.py)
+            fed = model.feed(each, message.at_ms)
+            if fed is False:
+                self._mismatch(
+                    run_id,
+                    model,
+                    [f"the engine decided {', '.join(tags[:4])} on `{model.inputs[-1].text}`; "
+                     "the model finds nothing to do for it"],
+                    getattr(each, "step_id", ""),
+                )  # fmt: skip
+                return
+            applied = applied or fed
+            lost = lost or bool(fed and model.lost_now)
+        if applied and lost != ("step.lost" in tags):
             recorded = "recorded" if "step.lost" in tags else "did not record"
             self._mismatch(
                 run_id,
                 model,
                 [f"the engine {recorded} step.lost on `{model.inputs[-1].text}` (it decided "
                  f"{', '.join(tags[:4])}); the model has the attempt "
-                 f"{'lost, the next one started at once' if model.lost_now else 'failed'}"],
+                 f"{'lost, the next one started at once' if lost else 'failed'}"],
                 getattr(command, "step_id", ""),
             )  # fmt: skip
 

@@ -21,10 +21,11 @@ such a file to write it anew.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
+from kernel.batch import batch_command
 from kernel.codec import decode_decision, encode, encode_decision
-from kernel.commands import AnyCommand
+from kernel.commands import AnyCommand, StoredCommand
 from kernel.events import AnyEvent
 from kernel.reducer import fold
 from tests.histories.admission_scenarios import ADMISSION_SCENARIOS
@@ -45,6 +46,43 @@ from tests.kernel_dsl import (
 )
 
 HERE: Final = Path(__file__).parent
+
+
+class Together(NamedTuple):
+    """Commands of one run decided in turn and appended as ONE history message (a DecideAll,
+    kernel/batch.py), as the engine's batch path does with a fetch's results; those that
+    decide nothing are left out of it."""
+
+    commands: tuple[AnyCommand, ...]
+
+
+Scene = AnyCommand | Together
+
+# The batch command: a fan-out's results decided together (a duplicate left out, a failure
+# among them), then a retried attempt and the last branch together, then the join alone.
+BATCH_SCENARIOS: Final[dict[str, tuple[Scene, ...]]] = {
+    "fan_out_results_together": (
+        start(
+            workflow(
+                *(task(step_id, retry=retry(3)) for step_id in "abcd"),
+                task("join", "a", "b", "c", "d"),
+                name="fan_out",
+            ),
+            {"items": 4},
+        ),
+        Together(
+            (
+                complete("a", {"i": 1}),
+                complete("b", {"i": 2}),
+                complete("a", {"i": 1}),
+                fail("c", "flaky", seed=7),
+            )
+        ),
+        fire_retry("c", 2),
+        Together((complete("c", {"i": 3}, attempt=2), complete("d", {"i": 4}))),
+        complete("join", {"sum": 10}),
+    ),
+}
 
 TASK_SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
     "retry_then_success": (
@@ -120,25 +158,35 @@ TASK_SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
         complete("deprovision"),
     ),
 }
-SCENARIOS: Final[dict[str, tuple[AnyCommand, ...]]] = {
+SCENARIOS: Final[dict[str, tuple[Scene, ...]]] = {
     **TASK_SCENARIOS, **STEP_SCENARIOS, **LIFECYCLE_SCENARIOS, **ADMISSION_SCENARIOS,
-    **CONTROL_SCENARIOS,
+    **CONTROL_SCENARIOS, **BATCH_SCENARIOS,
 }  # fmt: skip
 
 
 def history(
-    commands: tuple[AnyCommand, ...],
-) -> tuple[tuple[AnyCommand, tuple[AnyEvent, ...]], ...]:
-    """The decisions that append (command, events), in order."""
-    decisions = []
-    for command, events in given(*commands).history:
-        assert command is not None
-        if events:
-            decisions.append((command, events))
+    scenes: tuple[Scene, ...],
+) -> tuple[tuple[StoredCommand, tuple[AnyEvent, ...]], ...]:
+    """The decisions that append (command, events), in order: a `Together` is one."""
+    flat: list[AnyCommand] = []
+    sizes: list[int] = []
+    for scene in scenes:
+        group = scene.commands if isinstance(scene, Together) else (scene,)
+        flat.extend(group)
+        sizes.append(len(group))
+    decided = iter(given(*flat).history)
+    decisions: list[tuple[StoredCommand, tuple[AnyEvent, ...]]] = []
+    for size in sizes:
+        kept = [(command, events) for command, events in (next(decided) for _ in range(size))]
+        kept = [(command, events) for command, events in kept if events]
+        if kept:
+            commands = tuple(command for command, _ in kept if command is not None)
+            events = tuple(event for _, group in kept for event in group)
+            decisions.append((batch_command(commands), events))
     return tuple(decisions)
 
 
-def render(commands: tuple[AnyCommand, ...]) -> tuple[bytes, bytes]:
+def render(commands: tuple[Scene, ...]) -> tuple[bytes, bytes]:
     """The `.jsonl` bytes and the `.expected.json` bytes of one scenario."""
     decisions = history(commands)
     lines = b"".join(encode_decision(command, events) + b"\n" for command, events in decisions)

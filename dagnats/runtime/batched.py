@@ -1,0 +1,221 @@
+"""The engine's batch path: a run's several results of one fetch, appended as ONE message.
+
+A fetched batch of commands is handled run by run (runtime/engine.py `_schedule_batch`), each
+run's commands in order. Where a run's group holds several results in a row (`CompleteTask`,
+`FailTask`, `TaskStarted`, each delivered for the first time) of a plain run (running, no
+admission rules, no flow control: admission has nothing to do with its results), they are
+decided here in turn, each against the state the events before it made, and the ones that
+decide events are appended as ONE history message (a `DecideAll`, kernel/batch.py) under
+the run's expected last sequence: a fan-out's results cost one append round trip per fetch,
+not one per result. Everything else takes the engine's per-command path, in order.
+
+The rules stay those of the per-command path: each command is authorized as `Engine.handle`
+does (runtime/roles, task tokens; a refused one goes the per-command path, which sets it
+aside); append before effects, effects before the acks, the expected last sequence on every
+append (a conflict forgets the run and decides the batch again); a command refused or
+deciding nothing inside the batch is acked (or not) as `Engine._rejected` says, after the
+append that proves the state it was decided on was history's. A redelivered command goes the
+per-command path, which finds it inside the DecideAll (`kernel.batch.holds`) and issues its
+effects again. Whatever the batch path cannot decide (a parked run, a broken invariant,
+conflicts in a row) goes the per-command path, which handles it as it always has.
+
+A batch holds at most `commands_per_decision_max` commands, `events_per_decision_max` events
+and `history_message_bytes_max` bytes (fewer commands per append when a bound would break).
+
+Test seam: `$DAGNATS_TEST_KILL_AFTER_BATCH_APPEND` set to "1" SIGKILLs the engine's process
+right after its first batched append, before that batch's effects and acks (the crash test).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING, Final
+
+from dagnats.runtime.admission import Outcome
+from dagnats.runtime.parked import RunParkedError
+from dagnats.runtime.protocols import CommandMessage
+from dagnats.runtime.roles import authorize_command
+from dagnats.runtime.settings import (
+    append_attempts_max,
+    history_message_bytes_max,
+    parked_retry_delay_ms,
+    retry_delay_ms,
+)
+from kernel import codec
+from kernel.batch import batch_command
+from kernel.commands import AnyCommand, CompleteTask, FailTask, Rejection, TaskStarted
+from kernel.decide import decide
+from kernel.errors import AppendConflictError, DecodeError
+from kernel.events import AnyEvent
+from kernel.limits import commands_per_decision_max, events_per_decision_max
+from kernel.reducer import evolve
+from kernel.state import RunState
+
+if TYPE_CHECKING:
+    from dagnats.runtime.engine import Engine
+
+log = logging.getLogger("dagnats.engine")
+
+KILL_AFTER_APPEND_ENV: Final = "DAGNATS_TEST_KILL_AFTER_BATCH_APPEND"  # a test seam (above)
+Entry = tuple[CommandMessage, AnyCommand]
+Decided = tuple[AnyEvent, ...] | Rejection
+
+
+async def handle_group(engine: Engine, group: list[CommandMessage]) -> None:
+    """Handle one run's commands of a fetch in order: rows of results together, the rest
+    one by one (the per-command path)."""
+    pending: list[Entry] = []
+    for message in group:
+        command = _batchable(engine, message) if len(group) > 1 else None
+        if command is not None:
+            pending.append((message, command))
+            continue
+        await _flush(engine, pending)
+        pending = []
+        await _one(engine, message)
+    await _flush(engine, pending)
+
+
+async def _one(engine: Engine, message: CommandMessage) -> None:
+    try:
+        await engine._handle_message(message)
+    finally:
+        engine._unsettled.discard(message)
+
+
+def _batchable(engine: Engine, message: CommandMessage) -> AnyCommand | None:
+    """The command, authorized as `Engine.handle` does, when it may join a batch; else None
+    (the per-command path handles it, refusals included)."""
+    if message.num_delivered != 1:
+        return None  # a redelivery: the per-command path finds what history holds of it
+    try:
+        command = codec.decode_command(message.data)
+    except DecodeError:
+        return None
+    if not isinstance(command, CompleteTask | FailTask | TaskStarted):
+        return None
+    authorized = authorize_command(message.subject, command, getattr(message, "scheduler", None))
+    if isinstance(authorized, str) or authorized.run_id in engine.parked:
+        return None
+    tokens, token = engine.task_tokens, getattr(message, "task_token", None)
+    if tokens is not None and tokens.refusal(authorized, token):
+        return None
+    return authorized
+
+
+def _plain(state: RunState) -> bool:
+    """Whether admission has nothing to do with the run's results (no gate, no flow control)."""
+    workflow = state.workflow
+    return state.status == "running" and workflow is not None and workflow.admission is None
+
+
+async def _flush(engine: Engine, pending: list[Entry]) -> None:
+    """Decide and append `pending` in batches; what the batch path cannot take goes the
+    per-command path."""
+    while len(pending) > 1:
+        try:
+            taken = await _batch(engine, pending)
+        except Exception as error:  # the transport failed: let the commands come back
+            log.warning("commands of run %s not handled: %s", pending[0][1].run_id, error)
+            engine.forget(pending[0][1].run_id)
+            for message, _ in pending:
+                engine._unsettled.discard(message)
+                await message.nak(1_000)
+            return
+        if taken == 0:
+            break
+        pending = pending[taken:]
+    for message, _ in pending:
+        await _one(engine, message)
+
+
+def _decide_in_turn(state: RunState, entries: list[Entry]) -> list[Decided]:
+    """Each entry's decision against the state the ones before made, as far as the bounds
+    allow (a prefix of the entries)."""
+    decisions: list[Decided] = []
+    commands = events = 0
+    for _, command in entries:
+        if commands >= commands_per_decision_max:
+            break
+        decided = decide(state, command)
+        if not isinstance(decided, Rejection) and decided:
+            if commands and events + len(decided) > events_per_decision_max:
+                break
+            commands, events = commands + 1, events + len(decided)
+            for event in decided:
+                state = evolve(state, event)
+        decisions.append(decided)
+    return decisions
+
+
+def _kept(
+    entries: list[Entry], decisions: list[Decided]
+) -> tuple[tuple[AnyCommand, ...], tuple[AnyEvent, ...]]:
+    pairs = zip(entries, decisions, strict=False)  # (decisions: a prefix of the entries)
+    kept = [(c, d) for (_, c), d in pairs if not isinstance(d, Rejection) and d]
+    return tuple(c for c, _ in kept), tuple(e for _, d in kept for e in d)
+
+
+async def _batch(engine: Engine, entries: list[Entry]) -> int:
+    """Decide a prefix of `entries` together and append it; how many entries it settled
+    (0: none, the per-command path takes them)."""
+    run_id = entries[0][1].run_id
+    for _ in range(append_attempts_max):
+        try:
+            loaded = await engine.load(run_id)
+            if not _plain(loaded.state):
+                return 0
+            decisions = _decide_in_turn(loaded.state, entries)
+        except (RunParkedError, AssertionError):
+            return 0  # the per-command path parks the run, naming why
+        commands, events = _kept(entries, decisions)
+        payload = codec.encode_decision(batch_command(commands), events) if commands else b""
+        while len(commands) > 1 and len(payload) > history_message_bytes_max:
+            decisions = decisions[: max(1, len(decisions) // 2)]  # fewer commands per append
+            commands, events = _kept(entries, decisions)
+            payload = codec.encode_decision(batch_command(commands), events) if commands else b""
+        if len(commands) < 2:
+            return 0  # nothing gained: the per-command path decides them one by one
+        try:
+            effects, _ = await engine._append(loaded, batch_command(commands), events, payload)
+        except AppendConflictError:
+            engine._count("conflicts")
+            engine.forget(run_id)
+            continue
+        except AssertionError:
+            return 0
+        if os.environ.get(KILL_AFTER_APPEND_ENV) == "1":
+            os.kill(os.getpid(), signal.SIGKILL)  # the crash test's seam (module docstring)
+        try:
+            await engine.execute(effects)
+        except Exception as error:  # appended, but effects failed: resume re-derives them
+            log.warning("run %s: effects failed (%s); the run will be resumed", run_id, error)
+            engine.needs_resume.add(run_id)
+        engine._count("batched")
+        await _settle(engine, entries[: len(decisions)], decisions)
+        return len(decisions)
+    return 0
+
+
+async def _settle(engine: Engine, entries: list[Entry], decisions: list[Decided]) -> None:
+    """Ack (or not) each command of an appended batch, as the per-command path would."""
+    for (message, command), decided in zip(entries, decisions, strict=True):
+        outcome: Outcome = "applied"
+        if isinstance(decided, Rejection):
+            outcome = await engine._rejected(decided, message.data, message.num_delivered)
+        elif not decided:
+            outcome = "ignored"
+        if outcome in ("applied", "ignored"):
+            engine._count(outcome)  # (`_rejected` counts its own)
+        with engine.observer.decision(command) as seen:
+            seen.outcome = outcome
+        try:
+            if outcome in ("parked", "retry"):
+                delay = retry_delay_ms if outcome == "retry" else parked_retry_delay_ms
+                await message.nak(delay)
+            else:
+                await message.ack()
+        finally:
+            engine._unsettled.discard(message)
