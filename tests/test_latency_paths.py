@@ -22,8 +22,9 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import api
 
-from dagnats.client import Client, WorkflowNotFoundError
-from dagnats.client.watches import ClosingWatches
+from dagnats.client import Client, RunNotFoundError, WorkflowNotFoundError
+from dagnats.client.watches import ClosingWatches, RunWatch
+from dagnats.json_input import JsonInputError
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.ended_runs import EndedRuns
@@ -33,8 +34,9 @@ from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.resources import BUCKETS, ENDED_BUCKET, HISTORY_STREAM, ensure_resources
 from dagnats.worker_fetch import FetchLoop
-from kernel import codec
+from kernel import codec, limits
 from kernel.commands import StartRun
+from kernel.errors import PayloadTooLargeError
 from kernel.state import RunState
 from kernel.workflow import StepDef, WorkflowDef
 from tests.nats_fixtures import connect, unique, wait_for
@@ -143,6 +145,10 @@ async def history_consumers(client: Client) -> int:
     return info.state.consumer_count
 
 
+async def no_consumers(client: Client) -> bool:
+    return await history_consumers(client) == 0
+
+
 async def test_a_failed_start_and_an_answered_wait_leave_no_watch_behind(
     private_server: EmbeddedNats,
 ) -> None:
@@ -153,14 +159,88 @@ async def test_a_failed_start_and_an_answered_wait_leave_no_watch_behind(
         assert await history_consumers(observer) == 0
         with pytest.raises(WorkflowNotFoundError):
             await client.start(unique("nowhere"), run_id=unique("nope"))
-        assert await history_consumers(observer) == 0, "the start's watch was closed"
-        await client.start(NAP, run_id=unique("parked"), wait_started_s=0)  # no engine runs
+        await wait_for(  # closed in the background (`ClosingWatches`)
+            lambda: no_consumers(observer), timeout_ms=wait_ms, what="the start's watch closed"
+        )
+        parked = await client.start(NAP, run_id=unique("parked"), wait_started_s=0)  # no engine
         assert await history_consumers(observer) == 1, "the watch parked for wait"
+        with pytest.raises(RunNotFoundError):  # (no engine) takes the parked watch, closes it later
+            await client.wait(parked, timeout_s=0.2)
         await client.close()
         assert await history_consumers(observer) == 0, "close closed every watch"
     finally:
         await client.close()
         await observer.close()
+
+
+async def test_a_start_of_an_existing_run_cancelled_while_its_watch_opens_is_cancelled(
+    private_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await Client.connect(private_server.url)
+    observer = await Client.connect(private_server.url)
+    run_id, task_type = unique("there"), unique("t")
+    real_open, gate, decided = RunWatch.open, asyncio.Event(), asyncio.Event()
+
+    async def slow_open(js: object, run_id: str, after_seq: int = 0) -> RunWatch:
+        await gate.wait()  # the consumer's create is slow: the cancel lands meanwhile
+        return await real_open(js, run_id, after_seq)  # type: ignore[arg-type]
+
+    real_first = client._first_decision
+
+    async def first_decision(run_id: str) -> object:
+        try:
+            return await real_first(run_id)
+        finally:
+            decided.set()
+
+    try:
+        await ensure_resources(client.connection.js)
+        assert await engine_on(client.connection).handle(start_of(run_id, task_type), 1)
+        monkeypatch.setattr(RunWatch, "open", slow_open)
+        monkeypatch.setattr(client, "_first_decision", first_decision)
+        workflow = WorkflowDef(name="one", steps=(StepDef(id="a", task=task_type),))
+        starting = asyncio.create_task(client.start(workflow, None, run_id=run_id))
+        await asyncio.wait_for(decided.wait(), wait_ms / 1000)
+        for _ in range(20):  # to the existing run's branch: it waits for the watch to open
+            await asyncio.sleep(0)
+        assert not starting.done()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(starting, wait_ms / 1000)
+        gate.set()
+        await asyncio.wait_for(client.close(), wait_ms / 1000)
+        assert await history_consumers(observer) == 0, "the late watch was closed"
+    finally:
+        gate.set()
+        await client.close()
+        await observer.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [("x" * (limits.payload_bytes_max + 1), PayloadTooLargeError),
+     (float("nan"), JsonInputError)],
+)  # fmt: skip
+async def test_a_start_with_a_refused_input_makes_no_round_trip_for_its_watch(
+    private_server: EmbeddedNats, given: object, error: type[Exception]
+) -> None:
+    client = await Client.connect(private_server.url)
+    creates: list[str] = []
+
+    async def seen(message: Msg) -> None:
+        creates.append(message.subject)
+
+    assert client.connection.nc is not None
+    spy = await client.connection.nc.subscribe("$JS.API.CONSUMER.CREATE.>", cb=seen)
+    try:
+        await ensure_resources(client.connection.js)
+        with pytest.raises(error):
+            await client.start(NAP, given, run_id=unique("refused"))
+        await client.connection.nc.flush()  # any request above reached the spy first
+        assert creates == [], f"a refused start made a consumer: {creates}"
+    finally:
+        await spy.unsubscribe()
+        await client.close()
 
 
 class SlowWatch:
@@ -183,7 +263,8 @@ async def test_closing_watches_returns_at_once_is_bounded_and_waits_at_the_end()
     await asyncio.wait_for(closing.close_later(watches[1]), 5)  # type: ignore[arg-type]
     assert closing.going() == 2 and not any(watch.closed for watch in watches)
     third = asyncio.create_task(closing.close_later(watches[2]))  # type: ignore[arg-type]
-    await asyncio.sleep(0.05)
+    for _ in range(5):
+        await asyncio.sleep(0)
     assert not third.done(), "a third close waits while two are going (the bound)"
     release.set()
     await asyncio.wait_for(third, 5)

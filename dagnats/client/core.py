@@ -217,6 +217,10 @@ class Client:
         """
         given = run_id is not None
         run_id = check_run_id(run_id or uuid.uuid4().hex)
+        json_input.check_value(input, "input")  # before any round trip: a refusal costs none
+        data = msgspec.json.encode(input)
+        if len(data) > limits.payload_bytes_max:
+            raise PayloadTooLargeError("input", len(data), limits.payload_bytes_max)
         fetching = (
             client_watches.ready(_checked(workflow)) if isinstance(workflow, WorkflowDef)
             else self.get_workflow(workflow)
@@ -228,27 +232,24 @@ class Client:
             definition, existing = await client_watches.in_parallel(
                 fetching, self._first_decision(run_id) if given else client_watches.ready(None)
             )
-            json_input.check_value(input, "input")
-            data = msgspec.json.encode(input)
-            if len(data) > limits.payload_bytes_max:
-                raise PayloadTooLargeError("input", len(data), limits.payload_bytes_max)
             check_input(definition, data)  # refused here, with the schema errors: no run
             # A run carries its workflow without its triggers (their secrets stay out of
             # history, as in the trigger service: dagnats/runtime/triggers.py).
             workflow_run = replace(definition, triggers=msgspec.UNSET)
             command = StartRun(run_id=run_id, at_ms=now_ms(), seed=new_seed(),
                                workflow=workflow_run, input=msgspec.Raw(data))  # fmt: skip
-            if existing is None:
+            new_run = existing is None
+            if new_run:
                 sent: StartRun | ScheduleRun = command
                 if run_at_ms is not None:
                     sent = ScheduleRun(run_id=run_id, at_ms=command.at_ms, start=command,
                                        run_at_ms=run_at_ms)  # fmt: skip
                 existing = await self._send_start(sent, wait_started_s, await opening)
-            else:
-                await client_watches.discard(opening)
         except BaseException:
-            await client_watches.discard(opening)  # (the watch of a start that failed)
+            await client_watches.discard(opening, self._closing)  # (a start that failed)
             raise
+        if not new_run:  # the run exists: its watch is closed in the background
+            await client_watches.discard(opening, self._closing)
         if existing is not None and not _same_start(existing, command):
             raise RunExistsError(run_id)
         return run_id

@@ -178,6 +178,7 @@ class ClosingWatches:
         assert size_max >= 1, size_max
         self.size_max = size_max
         self._closing: set[asyncio.Task[None]] = set()
+        self._opening: set[asyncio.Task[None]] = set()  # closes waiting for their watch
 
     async def close_later(self, watch: RunWatch) -> None:
         """Start closing `watch`; waits only while `size_max` closes are already going."""
@@ -188,13 +189,25 @@ class ClosingWatches:
         task.add_done_callback(self._closing.discard)
         assert len(self._closing) <= self.size_max
 
+    def close_once_open(self, opening: asyncio.Future[RunWatch]) -> None:
+        """Close the watch `opening` gives once it is open (through `close_later`), for a
+        caller cancelled while it opened; `wait()` waits for this too."""
+        task = asyncio.ensure_future(self._close_opened(opening))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _close_opened(self, opening: asyncio.Future[RunWatch]) -> None:
+        await asyncio.wait({opening})
+        if not opening.cancelled() and opening.exception() is None:
+            await self.close_later(opening.result())
+
     def going(self) -> int:
         return len(self._closing)
 
     async def wait(self) -> None:
         """Until every close started has ended (each bounded by the request timeout)."""
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        while going := {t for t in self._closing | self._opening if not t.done()}:
+            await asyncio.gather(*going, return_exceptions=True)
 
 
 async def in_parallel(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
@@ -215,20 +228,17 @@ async def ready(value: A) -> A:
     return value
 
 
-async def discard(opening: asyncio.Future[RunWatch]) -> None:
+async def discard(opening: asyncio.Future[RunWatch], closing: ClosingWatches) -> None:
     """Close a watch opened ahead (`Client.start`) that is not needed: the run existed, or
-    the start failed. A watch that failed to open leaves nothing to close."""
+    the start failed. A watch that failed to open leaves nothing to close. The opening is
+    not cancelled (a half-made consumer would stay); a caller cancelled while it opens has
+    it closed once open (`ClosingWatches.close_once_open`), and its cancel raised."""
     if not opening.done():
-        with contextlib.suppress(BaseException):
-            await asyncio.wait({opening})  # (not cancelled: a half-made consumer would stay)
-    if not opening.done():  # the caller was cancelled again meanwhile: close it once open
-        opening.add_done_callback(_close_once_open)
-        return
+        try:
+            await asyncio.wait({opening})
+        except asyncio.CancelledError:
+            closing.close_once_open(opening)
+            raise
     if opening.cancelled() or opening.exception() is not None:
         return
-    await opening.result().close()
-
-
-def _close_once_open(opening: asyncio.Future[RunWatch]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        asyncio.ensure_future(opening.result().close())  # noqa: RUF006 (nothing awaits it)
+    await closing.close_later(opening.result())
