@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from dagnats import TaskContext, Worker
-from dagnats.api.serving import HEARTBEAT_ENV, BridgeSettingError, bridge_ack_wait_ms
+from dagnats.api.checks import HEARTBEAT_ENV, BridgeSettingError, bridge_ack_wait_ms
 from dagnats.runtime import settings
 from kernel import limits
 from kernel.events import StepCompleted, StepFailed, StepLost, StepStarted

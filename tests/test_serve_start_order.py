@@ -8,6 +8,7 @@ the engine already started for it is stopped: no ready line, the data dir releas
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -16,7 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagnats.runtime.nats_server import LOCK_FILE_NAME
+import pytest
+
+from dagnats.api.checks import HEARTBEAT_ENV
+from dagnats.cli import serve as cli_serve
+from dagnats.runtime.nats_server import LOCK_FILE_NAME, NatsServerError
+from kernel.errors import DagnatsError
 
 HTTP_MODULES = ("litestar", "uvicorn", "jinja2")
 SERVE_EXIT_TIMEOUT_S = 60.0  # a loaded machine starts nats-server and the engine slowly
@@ -73,6 +79,61 @@ def test_an_explicit_http_address_taken_ends_serve_with_one_line(tmp_path: Path)
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     assert f"127.0.0.1:{port} cannot be bound" in result.stderr, result.stderr[-2000:]
     assert result.stdout.strip() == "", result.stdout  # never said "ready"
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    said = [line for line in result.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert len(said) <= 2 and said[0].startswith("error:"), result.stderr[-2000:]  # one line
     assert not (data_dir / "nats.url").exists()  # serve stopped its nats-server and cleaned up
     with (data_dir / LOCK_FILE_NAME).open("a+") as lock:  # and released the data dir
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_bad_bridge_heartbeat_timeout_ends_serve_before_anything_starts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    command = [sys.executable, "-m", "dagnats.cli", "serve", "--data-dir", str(data_dir)]
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=SERVE_EXIT_TIMEOUT_S,
+        env={**os.environ, HEARTBEAT_ENV: "0.1", "DAGNATS_DATA_DIR": str(data_dir)},
+    )  # fmt: skip
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert HEARTBEAT_ENV in errors[0] and "'0.1'" in errors[0] and "0.5..3600" in errors[0]
+    assert not (data_dir / "nats.url").exists(), "nats-server was never started"
+
+
+class EngineFailsWhileResuming:
+    """The part of `Server` that serve's start order uses; its engine fails before resuming."""
+
+    def __init__(self) -> None:
+        self.resumed = asyncio.Event()  # never set: the engine fails first
+        self.stopped = False
+
+    async def start(self) -> object:
+        return object()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        raise NatsServerError("nats-server went away while resuming", hint="look at its log")
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_an_engine_that_fails_while_resuming_says_its_own_error_not_the_apis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started_api: list[object] = []
+
+    async def start_api(*args: object) -> None:
+        started_api.append(args)
+        raise DagnatsError("the API cannot connect: the engine's error is the one to say")
+
+    monkeypatch.setattr(cli_serve, "_start_api", start_api)
+    server = EngineFailsWhileResuming()
+    with pytest.raises(NatsServerError, match="went away while resuming"):
+        await asyncio.wait_for(
+            cli_serve._serve(server, None, False, None, False, None, False),  # type: ignore[arg-type]
+            SERVE_EXIT_TIMEOUT_S,
+        )
+    assert started_api == [], "no API started after the engine ended"
+    assert server.stopped

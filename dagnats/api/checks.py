@@ -1,5 +1,6 @@
 """The checks of `--http` and the API token that `dagnats serve` makes before it starts:
-the address's form, the token's source and rules, loopback without a token. Plain Python,
+the address's form, the token's source and rules, loopback without a token, the HTTP
+worker bridge's heartbeat timeout (`$DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT`). Plain Python,
 no HTTP framework: serve makes them at once and imports Litestar and uvicorn only when the
 API starts (after the engine, `dagnats/cli/serve.py`). `auth.py` holds the request guard,
 `server.py` the uvicorn server; both use these.
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from dagnats.api import limits as api_limits
+from dagnats.runtime import settings
 from kernel.errors import DagnatsError
 
 TOKEN_ENV: Final = "DAGNATS_API_TOKEN"
@@ -127,3 +129,37 @@ def require_token_beyond_loopback(host: str, token: str | None) -> None:
             f"--http {host}: binding the HTTP API beyond loopback needs a bearer token",
             f"pass --api-token-file FILE or set ${TOKEN_ENV} (or bind 127.0.0.1)",
         )
+
+
+HEARTBEAT_ENV: Final = "DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT"
+
+
+class BridgeSettingError(DagnatsError):
+    """$DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT is not a number of seconds within its bounds."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        self.hint = hint
+        super().__init__(message)
+
+
+def bridge_ack_wait_ms(environ: dict[str, str] | None = None) -> int:
+    """The bridge's heartbeat timeout in ms: `$DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT` (seconds), or
+    the task consumers' default.
+
+    Raises:
+        BridgeSettingError: not a number within 0.5..3600 s.
+    """
+    text = (os.environ if environ is None else environ).get(HEARTBEAT_ENV, "").strip()
+    if not text:
+        return settings.task_ack_wait_ms_default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    low, high = api_limits.bridge_heartbeat_timeout_s_min, api_limits.bridge_heartbeat_timeout_s_max
+    if not low <= seconds <= high:
+        raise BridgeSettingError(
+            f"{HEARTBEAT_ENV}={text[:40]!r} must be seconds within {low:g}..{high:g}",
+            "use the --heartbeat-timeout of the native workers of the same task types",
+        )
+    return int(seconds * 1000)

@@ -14,59 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from typing import Final
 
 from litestar import Response, Router, get
 from litestar.handlers import HTTPRouteHandler
 
-from dagnats.api import limits as api_limits
 from dagnats.api.app import create_app
 from dagnats.api.bridge import TaskBridge
 from dagnats.api.bridge_routes import bridge_route_handlers
-from dagnats.api.checks import HttpAddressError, parse_address, require_token_beyond_loopback
+from dagnats.api.checks import (
+    HttpAddressError,
+    bridge_ack_wait_ms,
+    parse_address,
+    require_token_beyond_loopback,
+)
 from dagnats.api.server import HttpServer
 from dagnats.api.services import Services
 from dagnats.api.triggers_routes import Hooks, hook_route_handlers
 from dagnats.console import console_handlers
 from dagnats.observe.metrics import CONTENT_TYPE, Metrics, render
-from dagnats.runtime import settings
 from dagnats.runtime.serve import Server
-from kernel.errors import DagnatsError
 
 log = logging.getLogger("dagnats.api")
-HEARTBEAT_ENV: Final = "DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT"
-
-
-class BridgeSettingError(DagnatsError):
-    """$DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT is not a number of seconds within its bounds."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        self.hint = hint
-        super().__init__(message)
-
-
-def bridge_ack_wait_ms(environ: dict[str, str] | None = None) -> int:
-    """The bridge's heartbeat timeout in ms: `$DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT` (seconds), or
-    the task consumers' default.
-
-    Raises:
-        BridgeSettingError: not a number within 0.5..3600 s.
-    """
-    text = (os.environ if environ is None else environ).get(HEARTBEAT_ENV, "").strip()
-    if not text:
-        return settings.task_ack_wait_ms_default
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    low, high = api_limits.bridge_heartbeat_timeout_s_min, api_limits.bridge_heartbeat_timeout_s_max
-    if not low <= seconds <= high:
-        raise BridgeSettingError(
-            f"{HEARTBEAT_ENV}={text[:40]!r} must be seconds within {low:g}..{high:g}",
-            "use the --heartbeat-timeout of the native workers of the same task types",
-        )
-    return int(seconds * 1000)
 
 
 class RunningApi:

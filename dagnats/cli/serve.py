@@ -167,6 +167,7 @@ async def _serve(
         running = asyncio.create_task(server.run(stop))
         if not no_http:
             await _until_resumed(server, running)
+        if not no_http and not running.done():  # (an engine that ended says its own error)
             api = await _start_api(server, http, token)
             if api is not None:
                 info = msgspec.structs.replace(info, http_url=api.url)
@@ -229,10 +230,13 @@ def _retention_ms(text: str | None) -> int | None:
 
 
 def _http_checks(http: str | None, no_http: bool, token_file: Path | None) -> str | None:
-    """The API token (None: none), after the usage checks of --http (exit 2 when wrong)."""
+    """The API token (None: none), after the usage checks of --http and of the bridge's
+    $DAGNATS_BRIDGE_HEARTBEAT_TIMEOUT (exit 2 when wrong), before anything starts."""
     from dagnats.api.checks import (
+        BridgeSettingError,
         HttpAddressError,
         TokenError,
+        bridge_ack_wait_ms,
         load_token,
         parse_address,
         require_token_beyond_loopback,
@@ -246,7 +250,8 @@ def _http_checks(http: str | None, no_http: bool, token_file: Path | None) -> st
         token = load_token(token_file)
         host, _ = parse_address(http or http_default_address)
         require_token_beyond_loopback(host, token)
-    except (TokenError, HttpAddressError) as error:
+        bridge_ack_wait_ms()  # (read again when the API starts, after the engine resumed)
+    except (TokenError, HttpAddressError, BridgeSettingError) as error:
         raise fail(str(error), error.hint, 2) from None
     return token
 
