@@ -23,7 +23,7 @@ import pytest
 from dagnats.cli import command_of
 from dagnats.input_schema import input_errors
 from dagnats.runtime import projector
-from dagnats.runtime import serve as runtime_serve
+from dagnats.runtime.engine import Engine
 from dagnats.runtime.serve import ServeEngine, Server
 from kernel.workflow.parse import parse_workflow
 from tests.nats_fixtures import wait_for
@@ -62,10 +62,6 @@ def imported_after(code: str, names: tuple[str, ...]) -> dict[str, bool]:
 def test_the_engines_modules_leave_what_only_some_paths_need() -> None:
     loaded = imported_after("import dagnats.runtime.serve", NOT_ON_SERVE_PATH)
     assert not any(loaded.values()), loaded
-
-
-def test_serve_names_the_query_tables_file_as_the_projector_does() -> None:
-    assert runtime_serve.SQLITE_FILE == projector.SQLITE_FILE
 
 
 def test_the_serve_command_leaves_the_other_commands_modules() -> None:
@@ -112,24 +108,44 @@ def test_serve_with_the_root_options_runs_the_serve_command(tmp_path: Path) -> N
 
 
 async def test_serve_says_when_its_engine_has_resumed_the_unfinished_runs(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    held, release = asyncio.Event(), asyncio.Event()
+    real_resume, real_projections = Engine.resume_all, Server.start_projections
+    started_when_released: list[bool] = []
+
+    async def gated_resume(self: Engine) -> int:
+        held.set()
+        await release.wait()  # the resume pass is under way until the test releases it
+        return await real_resume(self)
+
+    def projections(self: Server, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        started_when_released.append(release.is_set())
+        return real_projections(self, stop)
+
+    monkeypatch.setattr(Engine, "resume_all", gated_resume)
+    monkeypatch.setattr(Server, "start_projections", projections)
     server = Server(tmp_path / "data")
+    sqlite = tmp_path / "data" / projector.SQLITE_FILE
     await server.start()
     assert isinstance(server.engine, ServeEngine)
     assert not server.resumed.is_set()  # nothing has run yet
     stop = asyncio.Event()
     running = asyncio.create_task(server.run(stop))
     try:
+        await asyncio.wait_for(held.wait(), timeout=RESUMED_WAIT_S)
+        for _ in range(20):  # the other parts' tasks get their turns
+            await asyncio.sleep(0)
+        assert not server.resumed.is_set() and not sqlite.exists(), "they wait for the resume"
+        assert started_when_released == []
+        release.set()
         await asyncio.wait_for(server.resumed.wait(), timeout=RESUMED_WAIT_S)
         assert not running.done()
         # then the query tables start (their file is created by the projections' start)
-        await wait_for(
-            (tmp_path / "data" / projector.SQLITE_FILE).exists,
-            timeout_ms=int(RESUMED_WAIT_S * 1000),
-            what="the query tables' file",
-        )
+        await wait_for(sqlite.exists, timeout_ms=int(RESUMED_WAIT_S * 1000), what="the file")
+        assert started_when_released == [True], started_when_released
     finally:
+        release.set()
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(running, timeout=RESUMED_WAIT_S)

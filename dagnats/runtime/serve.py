@@ -88,7 +88,6 @@ PORT_BUSY_MARKER = "already in use"  # in NatsServerError's message for a taken 
 child_poll_interval_s = 0.5
 local_stop_timeout_s = 10.0  # a local stack's engine and worker stop (drain) within this
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
-SQLITE_FILE = settings.sqlite_file  # (projector's module imports sqlite-utils: not yet)
 REDACTED = "***"
 
 
@@ -259,7 +258,7 @@ class Server:
         tighten_files(sqlite.with_name(sqlite.name + suffix) for suffix in SQLITE_SIDE_FILES)
 
     def _sqlite_path(self) -> Path:
-        return self.data_dir / SQLITE_FILE
+        return self.data_dir / settings.sqlite_file
 
     def _write(self, name: str, text: str) -> None:
         write_private(self.data_dir / name, text)
@@ -342,13 +341,12 @@ class Server:
         assert self.engine is not None and self.connection is not None
         running = asyncio.Event()  # the parts' own stop: set when any of them must end
         self.engine.snapshots = KvSnapshotStore(self.connection.js)  # (filled by projections)
-        projection_tasks = [asyncio.create_task(self._after_resume(running))]
         assert self.links is not None
         await self.links.open_routing()  # before the engine resumes runs (see RunLinks)
+        projection_tasks = [asyncio.create_task(self._after_resume(running))]
         projection_tasks.append(asyncio.create_task(self.links.route(running)))
         triggers = TriggerService(self.connection.js, command_starter(self.connection))
         projection_tasks.append(asyncio.create_task(triggers.run(running)))
-        projection_tasks.append(asyncio.create_task(self._retention().run(running)))
         source: CommandQueue = self.connection.commands
         if self.partitioned is not None:  # this engine's partitions only (runtime/partitions)
             source = PartitionedSource(self.partitioned.commands, self.connection.commands)
@@ -416,9 +414,10 @@ class Server:
                     return
 
     async def _after_resume(self, running: asyncio.Event) -> None:
-        """The built-in projections and the status reporter, once the engine's first resume
-        pass is done (or at once when it is done already), until `running` is set. Their
-        imports (sqlite-utils), catch-up and first report would take the engine's turns
+        """The built-in projections, retention and the status reporter, once the engine's
+        first resume pass is done (or at once when it is done already), until `running` is
+        set. Their imports (sqlite-utils), catch-up, first sweep and first report would take
+        the engine's turns
         while it resumes unfinished runs (issue 14, `bench.recovery`); the engine loads a
         run from its snapshot and the history after it, so a later snapshot is never wrong."""
         resumed = asyncio.ensure_future(self.resumed.wait())
@@ -431,6 +430,7 @@ class Server:
         if running.is_set():
             return
         tasks = self.start_projections(running)
+        tasks.append(asyncio.create_task(self._retention().run(running)))  # (its first sweep)
         if self.reporter is not None:  # the gauges of /metrics and `dagnats status`
             tasks.append(asyncio.create_task(self.reporter.run(running)))
         await asyncio.gather(*tasks, return_exceptions=True)  # (cancelled: cancels them)
@@ -449,7 +449,7 @@ class Server:
 
         assert self.engine is not None and self.connection is not None
         js = self.connection.js
-        sqlite = self.data_dir / projector.SQLITE_FILE
+        sqlite = self._sqlite_path()
         if self.nats is not None:  # our own data dir: the query tables (inputs in clear) 0600
             create_private_file(sqlite)
         targets: tuple[projector.ProjectionTarget, ...] = (
