@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js import api
@@ -299,6 +300,42 @@ async def test_a_marker_is_read_with_a_direct_get_not_an_api_request(
     finally:
         await spy.unsubscribe()
     assert marker is not None and marker.status == "completed" and marker.events == 3
+    assert [subject for subject in requests if ".DIRECT.GET." in subject], requests
+    assert not [subject for subject in requests if ".STREAM.MSG.GET." in subject], requests
+
+
+async def test_a_direct_get_that_times_out_falls_back_for_that_read_only(
+    connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = unique("slow")
+    markers = EndedRuns(connection.js)
+    await markers.mark(RunState(run_id=run_id, status="completed", event_count=4), now_ms())
+    real_get = connection.js.get_last_msg
+    timed_out: list[str] = []
+
+    async def get_last_msg(stream: str, subject: str, direct: bool = False) -> object:
+        if direct and not timed_out:  # the first direct get gets no answer in time
+            timed_out.append(subject)
+            raise nats.errors.TimeoutError
+        return await real_get(stream, subject, direct=direct)
+
+    monkeypatch.setattr(connection.js, "get_last_msg", get_last_msg)
+    first = await markers.ended(run_id)  # a message get, this once
+    assert timed_out and first is not None and first.events == 4
+    requests: list[str] = []
+
+    async def seen(message: Msg) -> None:
+        if ENDED_BUCKET in message.subject:
+            requests.append(message.subject)
+
+    assert connection.nc is not None
+    spy = await connection.nc.subscribe("$JS.API.>", cb=seen)
+    try:
+        again = await markers.ended(run_id)
+        await connection.nc.flush()
+    finally:
+        await spy.unsubscribe()
+    assert again is not None and again.events == 4
     assert [subject for subject in requests if ".DIRECT.GET." in subject], requests
     assert not [subject for subject in requests if ".STREAM.MSG.GET." in subject], requests
 

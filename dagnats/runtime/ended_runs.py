@@ -53,13 +53,16 @@ class EndedRuns:
     async def _last(self, subject: str) -> RawStreamMsg:
         """The marker's message: a direct get (no JetStream API request: a worker reads a
         marker before every task), else, from a bucket or server that does not answer
-        those (made by an older version), a message get from then on."""
+        those (no responders: made by an older version), a message get from then on; a
+        direct get that timed out is followed by a message get for this read only."""
         if self._direct:
             try:
                 return await self.js.get_last_msg(ENDED_STREAM, subject, direct=True)
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            except nats.errors.NoRespondersError:
                 log.info("ended-run markers: no direct gets here; message gets from now on")
                 self._direct = False
+            except nats.errors.TimeoutError:
+                log.debug("ended-run marker: a direct get timed out; a message get this once")
         return await self.js.get_last_msg(ENDED_STREAM, subject)
 
     async def mark(self, state: RunState, at_ms: int) -> None:
