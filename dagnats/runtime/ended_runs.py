@@ -53,7 +53,7 @@ class EndedRuns:
     async def _last(self, subject: str) -> RawStreamMsg:
         """The marker's message: a direct get (no JetStream API request: a worker reads a
         marker before every task), else, from a bucket or server that does not answer
-        those (no responders: made by an older version), a message get from then on; a
+        those (`NoRespondersError`: made by an older version), a message get from then on; a
         direct get that timed out is followed by a message get for this read only."""
         if self._direct:
             try:
