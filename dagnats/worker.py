@@ -58,6 +58,7 @@ from dagnats.runtime.protocols import (
     TaskMessage,
     TaskQueue,
 )
+from dagnats.runtime.resend import NotAcknowledgedError, publish_until_acked
 from dagnats.worker_context import (
     NO_ENVELOPE,
     LivePublisher,
@@ -523,33 +524,24 @@ class Worker:
         if token is None and (deliveries := self._running.get(key)):
             token = getattr(deliveries[0], "task_token", None)  # the engine's, of this task
         payload = codec.encode(command)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        give_up_at = started + self.result_send_ms_max / 1000
-        delay_s = settings.result_retry_delay_ms_min / 1000
-        tries = 0
-        while True:
-            tries += 1
-            try:
-                await commands.publish_command(command.run_id, payload, msg_id, token=token)
-            except DagnatsError:
-                raise
-            except Exception as error:
-                last_error = f"{type(error).__name__}: {error}" if str(error) else repr(error)
-                left_s = min(give_up_at, self._drain_deadline) - loop.time()
-                if left_s <= 0:
-                    waited_ms = int((loop.time() - started) * 1000)
-                    raise ResultNotSentError(msg_id, tries, waited_ms, last_error) from None
-                if tries == 1:
-                    self.log.warning("%s not acknowledged (%s); sending it again until it is",
-                                     msg_id, last_error)  # fmt: skip
-                await asyncio.sleep(min(delay_s, left_s))
-                delay_s = min(delay_s * 2, settings.result_retry_delay_ms_max / 1000)
-                continue
-            if tries > 1:
-                self.log.info("%s acknowledged after %d tries", msg_id, tries)
-            assert tries >= 1
-            return
+
+        def said(error: BaseException) -> None:
+            self.log.warning("%s not acknowledged (%s); sending it again until it is",
+                             msg_id, _described(error))  # fmt: skip
+
+        try:
+            tries = await publish_until_acked(
+                lambda: commands.publish_command(command.run_id, payload, msg_id, token=token),
+                send_ms_max=self.result_send_ms_max, retry_on=(Exception,),
+                never=(DagnatsError,), cut_off=lambda: self._drain_deadline,
+                delay_ms_min=settings.result_retry_delay_ms_min,
+                delay_ms_max=settings.result_retry_delay_ms_max, on_first_retry=said,
+            )  # fmt: skip
+        except NotAcknowledgedError as gave_up:
+            last_error = _described(gave_up.last)
+            raise ResultNotSentError(msg_id, gave_up.tries, gave_up.waited_ms, last_error) from None
+        if tries > 1:
+            self.log.info("%s acknowledged after %d tries", msg_id, tries)
 
     def _fail(self, task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
         return _fail(task, error, kind, trace, at_ms=self.now_ms(), seed=self.new_seed())
@@ -598,3 +590,7 @@ __all__ = [
     "read_envelope",
     "short_traceback",
 ]
+
+
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else repr(error)

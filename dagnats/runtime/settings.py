@@ -83,6 +83,11 @@ drain_results_ms_max: Final = 15_000  # on SIGTERM, unacknowledged results get t
 command_send_ms_max: Final = 15_000
 command_retry_delay_ms_min: Final = 100
 command_retry_delay_ms_max: Final = 1_000
+# Every copy of a command sent again falls within its stream's duplicate window: one stored.
+assert command_send_ms_max < command_duplicate_window_ms, (
+    command_send_ms_max,
+    command_duplicate_window_ms,
+)
 
 # The HTTP worker bridge (dagnats/api/bridge.py): tasks held for HTTP workers under task ids.
 bridge_leases_max: Final = ack_pending_max  # tasks one bridge holds at once (a poll past: 429)
