@@ -43,6 +43,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
@@ -202,6 +203,7 @@ class Projector:
         self._window_started = time.monotonic()
         self._window_events = 0
         self._status_due = 0.0
+        self._status_kv: KeyValue | None = None
         # A projection every engine on one NATS would run (KV snapshots) runs under a lease:
         # one engine at a time, the others stand by and take over when it stops.
         shared = bool(getattr(target, "shared", False))
@@ -372,10 +374,11 @@ class Projector:
                 seq=self.position, lag=await self.lag(), events_per_s=round(self.rate, 1),
                 events=self.events, updated_at_ms=now_ms(), where=self.target.where,
             )  # fmt: skip
-            await (await self.js.key_value(PROJECTIONS_BUCKET)).put(
-                status_key(self.target.name), codec.encode(status)
-            )
+            if self._status_kv is None:  # a lookup is a STREAM.INFO request: once, not per write
+                self._status_kv = await self.js.key_value(PROJECTIONS_BUCKET)
+            await self._status_kv.put(status_key(self.target.name), codec.encode(status))
         except (nats.errors.Error, TimeoutError) as error:
+            self._status_kv = None  # the bucket may have been deleted: look it up again
             log.debug("projection %s: status not written (%s)", self.target.name, error)
 
 

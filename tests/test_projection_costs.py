@@ -1,0 +1,128 @@
+"""What the query tables cost per batch: the statements they run, the decodes they share.
+
+- a batch with no approvals, agent turns or tool calls runs no statement on those tables (an
+  empty `executemany` still prepares and steps its statement), and no batch queries
+  `sqlite_master` (the checkpoint is read without listing the tables first);
+- the rows are the same as before: the incremental tables equal a rebuild (the properties
+  are in tests/test_projections_properties.py; here, once more under the statement trace);
+- `DecisionMemo` returns what `codec.decode_decision` returns, never another message's
+  decision (a hit needs the same bytes object), stays within its bound, and does not
+  remember a message that does not decode;
+- `read_checkpoint` of a database without the checkpoints table is None, as before.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlite_utils import Database
+
+from kernel import codec
+from kernel.errors import DagnatsError
+from projections.base import DecisionMemo, Message, SqliteRunner, read_checkpoint
+from projections.sqlite import QueryTables
+from tests.projection_support import History, completed_run, histories
+
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+UNUSED_TABLES = ("approvals", "agent_turns", "tool_calls")
+
+
+def _messages() -> list[Message]:
+    return [(index + 1, "run-1", data) for index, data in enumerate(completed_run("run-1"))]
+
+
+class _CountingConnection(sqlite3.Connection):
+    """A connection that records the statements given to `executemany` (an empty one runs
+    no step, so the trace callback alone does not see it)."""
+
+    prepared: list[str]
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        self.prepared.append(sql)
+        return super().executemany(sql, parameters)
+
+
+def test_a_plain_batch_runs_no_statement_on_tables_it_does_not_touch() -> None:
+    connection = sqlite3.connect(":memory:", factory=_CountingConnection)
+    assert isinstance(connection, _CountingConnection)
+    connection.prepared = []
+    db = Database(connection)
+    runner = SqliteRunner(db, QueryTables())
+    seq = runner.open()
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    for message in _messages():
+        seq = runner.apply_batch([message], after_seq=seq, now_ms=1).seq
+    db.conn.set_trace_callback(None)
+    assert statements, "the trace saw the batches"
+    for table in UNUSED_TABLES:
+        touching = [s for s in [*statements, *connection.prepared] if f"INTO {table} " in s]
+        assert touching == [], f"{table}: {touching[:2]}"
+    assert not [s for s in statements if "sqlite_master" in s], "tables listed per batch"
+    assert [s for s in statements if "INTO events " in s], "the events were written"
+    assert db.execute("SELECT status FROM runs").fetchall() == [("completed",)]
+
+
+@SETTINGS
+@given(histories())
+def test_tables_built_batch_by_batch_equal_a_rebuild(history: History) -> None:
+    live, rebuilt = Database(memory=True), Database(memory=True)
+    runner = SqliteRunner(live, QueryTables())
+    seq = runner.open()
+    for message in history.messages:
+        seq = runner.apply_batch([message], after_seq=seq, now_ms=0).seq
+    SqliteRunner(rebuilt, QueryTables()).apply_all(history.messages)
+    for table in QueryTables.tables:
+        query = f'SELECT * FROM "{table}" ORDER BY 1, 2'
+        assert live.execute(query).fetchall() == rebuilt.execute(query).fetchall(), table
+
+
+@SETTINGS
+@given(histories(), st.integers(1, 8))
+def test_the_memo_returns_each_messages_own_decision(history: History, bound: int) -> None:
+    memo = DecisionMemo(bound)
+    for _ in range(2):
+        for seq, _run_id, data in history.messages:
+            assert memo.decode(seq, data) == codec.decode_decision(data)
+            assert len(memo._decisions) <= bound
+    # the same sequence with other bytes (a rebuilt stream) is decoded again, not recalled
+    for seq, _run_id, data in history.messages:
+        copy = bytes(bytearray(data))
+        misses = memo.misses
+        assert memo.decode(seq, copy) == codec.decode_decision(data)
+        assert memo.misses == misses + 1
+    other = [data for _seq, _run_id, data in history.messages]
+    if len(other) >= 2 and other[0] != other[1]:
+        memo.decode(1, other[0])
+        assert memo.decode(1, other[1]) == codec.decode_decision(other[1])
+
+
+def test_the_memo_is_hit_by_a_second_projection_of_the_same_batch() -> None:
+    memo = DecisionMemo(16)
+    messages = _messages()
+    first = [memo.decode(seq, data) for seq, _run_id, data in messages]
+    second = [memo.decode(seq, data) for seq, _run_id, data in messages]
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    assert memo.hits == len(messages) and memo.misses == len(messages)
+
+
+def test_the_memo_does_not_remember_a_bad_message() -> None:
+    memo = DecisionMemo(4)
+    for _ in range(2):
+        with pytest.raises(DagnatsError):
+            memo.decode(7, b"{not json")
+    assert memo._decisions == {}
+
+
+def test_no_checkpoints_table_reads_as_no_checkpoint() -> None:
+    db = Database(memory=True)
+    assert read_checkpoint(db, "dagnats") is None
+    runner = SqliteRunner(db, QueryTables())
+    runner.open()
+    stored = read_checkpoint(db, "dagnats")
+    assert stored is not None and stored.seq == 0 and stored.tables == QueryTables.tables
