@@ -8,6 +8,8 @@
 - `DecisionMemo` returns what `codec.decode_decision` returns, never another message's
   decision (a hit needs the same bytes object), stays within its bound, and does not
   remember a message that does not decode;
+- a live tail's inline batches leave the busy timeout at 0 (no PRAGMA per batch); the
+  checkpoint read and batches in a thread set it back (they may wait for a lock);
 - `read_checkpoint` of a database without the checkpoints table is None, as before.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlite_utils import Database
 
+from dagnats.runtime.projector_sqlite import SqliteTarget
 from kernel import codec
 from kernel.errors import DagnatsError
 from projections.base import DecisionMemo, Message, SqliteRunner, read_checkpoint
@@ -126,3 +130,19 @@ def test_no_checkpoints_table_reads_as_no_checkpoint() -> None:
     runner.open()
     stored = read_checkpoint(db, "dagnats")
     assert stored is not None and stored.seq == 0 and stored.tables == QueryTables.tables
+
+
+async def test_inline_batches_set_no_busy_timeout_per_batch(tmp_path: Path) -> None:
+    target = SqliteTarget(tmp_path / "dagnats.sqlite", QueryTables(), inline=True)
+    position = await target.open()
+    assert target.db is not None
+    statements: list[str] = []
+    target.db.conn.set_trace_callback(statements.append)
+    try:
+        for message in _messages():
+            position, _applied = await target.apply([message], position)
+        assert await target.stored_seq() == position == len(_messages())
+    finally:
+        await target.close()
+    pragmas = [s for s in statements if s.startswith("PRAGMA busy_timeout")]
+    assert pragmas == ["PRAGMA busy_timeout = 0", "PRAGMA busy_timeout = 30000"], pragmas
