@@ -366,12 +366,15 @@ class Projector:
         """Messages of the stream not yet applied."""
         return max(0, await stream_last_seq(self.js) - self.position)
 
-    async def _write_status(self) -> None:
+    async def _write_status(self, stream_last: int | None = None) -> None:
+        """Mirror the status into KV; `stream_last`: the stream's last sequence when the
+        caller just read it (a shared tail reads it once for all its lanes)."""
         self._status_due = time.monotonic() + status_interval_ms / 1000
         try:
+            lag = await self.lag() if stream_last is None else max(0, stream_last - self.position)
             status = ProjectionStatus(
                 name=self.target.name, kind=self.target.kind, version=self.target.version,
-                seq=self.position, lag=await self.lag(), events_per_s=round(self.rate, 1),
+                seq=self.position, lag=lag, events_per_s=round(self.rate, 1),
                 events=self.events, updated_at_ms=now_ms(), where=self.target.where,
             )  # fmt: skip
             if self._status_kv is None:  # a lookup is a STREAM.INFO request: once, not per write
