@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Final, Protocol, TypeVar
 
@@ -27,11 +26,10 @@ from sqlite_utils import Database
 from kernel import codec
 from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
-from kernel.events import AnyEvent, Decision, Event
+from kernel.events import AnyEvent, Event
 
 CHECKPOINTS_TABLE: Final = "_dagnats_projections"
 batch_messages_max: Final = 1_000  # history messages applied in one transaction
-decisions_memo_max: Final = 2 * batch_messages_max  # decoded messages the projections share
 
 Message = tuple[int, str, bytes]  # (stream sequence, run id, history message bytes)
 StoreT_contra = TypeVar("StoreT_contra", contravariant=True)
@@ -154,45 +152,6 @@ class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
     problems: tuple[str, ...] = ()
 
 
-class DecisionMemo:
-    """The decisions of the last history messages decoded, shared by the projections fed the
-    same batch (serve's shared tail hands each batch to the snapshots and the query tables):
-    each message decoded once. A hit needs the very same bytes object at that sequence, so a
-    memo can never return another message's decision; bounded (`decisions_memo_max`, oldest
-    first out) and safe to use from the loop's thread and a worker thread at once."""
-
-    def __init__(self, bound: int) -> None:
-        assert bound >= 1, bound
-        self.bound = bound
-        self._lock = threading.Lock()
-        self._decisions: dict[int, tuple[bytes, Decision]] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def decode(self, seq: int, data: bytes) -> Decision:
-        """The decision of history message `seq` (`data`).
-
-        Raises:
-            DagnatsError: the message does not decode (not remembered).
-        """
-        found = self._decisions.get(seq)
-        if found is not None and found[0] is data:
-            self.hits += 1
-            return found[1]
-        decision = codec.decode_decision(data)
-        self.misses += 1
-        with self._lock:
-            decisions = self._decisions
-            decisions.pop(seq, None)
-            decisions[seq] = (data, decision)
-            while len(decisions) > self.bound:
-                del decisions[next(iter(decisions))]
-        return decision
-
-
-decisions_memo = DecisionMemo(decisions_memo_max)
-
-
 def positioned_events(
     messages: Iterable[Message], after_seq: int, wants: frozenset[str] | None, problems: list[str]
 ) -> Iterator[tuple[Position, AnyEvent]]:
@@ -202,7 +161,7 @@ def positioned_events(
         if seq <= after_seq or is_gate_id(run_id):
             continue  # (a gate's history is admission's, kernel/admission.py, not a run's)
         try:
-            decision = decisions_memo.decode(seq, data)
+            decision = codec.decode_decision(data)
         except DagnatsError as error:
             problems.append(f"history message {seq} of run {run_id!r} skipped: {error}")
             continue

@@ -364,8 +364,6 @@ class QueryTables(SqliteProjectionBase):
         self._calls.clear()
 
 
-
-
 def stored_rows(db: Database, run_id: str) -> tuple[Row | None, list[Row]]:
     """The `runs` row and the `steps` rows (in the run's step order) stored for a run."""
     run = db.execute(

@@ -1,13 +1,10 @@
-"""What the query tables cost per batch: the statements they run, the decodes they share.
+"""What the query tables cost per batch: the statements they run.
 
 - a batch with no approvals, agent turns or tool calls runs no statement on those tables (an
   empty `executemany` still prepares and steps its statement), and no batch queries
   `sqlite_master` (the checkpoint is read without listing the tables first);
 - the rows are the same as before: the incremental tables equal a rebuild (the properties
   are in tests/test_projections_properties.py; here, once more under the statement trace);
-- `DecisionMemo` returns what `codec.decode_decision` returns, never another message's
-  decision (a hit needs the same bytes object), stays within its bound, and does not
-  remember a message that does not decode;
 - a live tail's inline batches leave the busy timeout at 0 (no PRAGMA per batch); the
   checkpoint read and batches in a thread set it back (they may wait for a lock);
 - `read_checkpoint` of a database without the checkpoints table is None, as before.
@@ -20,15 +17,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from sqlite_utils import Database
 
 from dagnats.runtime.projector_sqlite import SqliteTarget
-from kernel import codec
-from kernel.errors import DagnatsError
-from projections.base import DecisionMemo, Message, SqliteRunner, read_checkpoint
+from projections.base import Message, SqliteRunner, read_checkpoint
 from projections.sqlite import QueryTables
 from tests.projection_support import History, completed_run, histories
 
@@ -84,43 +77,6 @@ def test_tables_built_batch_by_batch_equal_a_rebuild(history: History) -> None:
     for table in QueryTables.tables:
         query = f'SELECT * FROM "{table}" ORDER BY 1, 2'
         assert live.execute(query).fetchall() == rebuilt.execute(query).fetchall(), table
-
-
-@SETTINGS
-@given(histories(), st.integers(1, 8))
-def test_the_memo_returns_each_messages_own_decision(history: History, bound: int) -> None:
-    memo = DecisionMemo(bound)
-    for _ in range(2):
-        for seq, _run_id, data in history.messages:
-            assert memo.decode(seq, data) == codec.decode_decision(data)
-            assert len(memo._decisions) <= bound
-    # the same sequence with other bytes (a rebuilt stream) is decoded again, not recalled
-    for seq, _run_id, data in history.messages:
-        copy = bytes(bytearray(data))
-        misses = memo.misses
-        assert memo.decode(seq, copy) == codec.decode_decision(data)
-        assert memo.misses == misses + 1
-    other = [data for _seq, _run_id, data in history.messages]
-    if len(other) >= 2 and other[0] != other[1]:
-        memo.decode(1, other[0])
-        assert memo.decode(1, other[1]) == codec.decode_decision(other[1])
-
-
-def test_the_memo_is_hit_by_a_second_projection_of_the_same_batch() -> None:
-    memo = DecisionMemo(16)
-    messages = _messages()
-    first = [memo.decode(seq, data) for seq, _run_id, data in messages]
-    second = [memo.decode(seq, data) for seq, _run_id, data in messages]
-    assert all(a is b for a, b in zip(first, second, strict=True))
-    assert memo.hits == len(messages) and memo.misses == len(messages)
-
-
-def test_the_memo_does_not_remember_a_bad_message() -> None:
-    memo = DecisionMemo(4)
-    for _ in range(2):
-        with pytest.raises(DagnatsError):
-            memo.decode(7, b"{not json")
-    assert memo._decisions == {}
 
 
 def test_no_checkpoints_table_reads_as_no_checkpoint() -> None:

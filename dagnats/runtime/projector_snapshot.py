@@ -41,7 +41,7 @@ from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
 from kernel.events import Decision
 from kernel.state import INITIAL_STATE
-from projections.base import CheckpointMovedError, Message, decisions_memo
+from projections.base import CheckpointMovedError, Message
 from projections.snapshot import (
     SCHEMA,
     Snapshot,
@@ -235,7 +235,7 @@ class SnapshotTarget:
             if is_gate_id(run_id):
                 continue  # an admission gate's history (kernel/admission.py), not a run's
             try:
-                decision = decisions_memo.decode(seq, data)  # once for both projections
+                decision = codec.decode_decision(data)
             except DagnatsError as error:
                 log.warning("snapshots: message %d of run %s skipped: %s", seq, run_id, error)
                 continue
