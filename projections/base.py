@@ -16,6 +16,7 @@ msgspec and sqlite-utils, and does no I/O of its own beyond the `Database` it is
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
@@ -189,13 +190,12 @@ def write_transaction(db: Database) -> Iterator[None]:
 
 def read_checkpoint(db: Database, name: str) -> Checkpoint | None:
     """The stored checkpoint of projection `name`, or None."""
-    if CHECKPOINTS_TABLE not in db.table_names():
-        return None
-    row = db.execute(
-        f"SELECT version, seq, events, updated_at_ms, tables FROM {CHECKPOINTS_TABLE} "
-        "WHERE name = ?",
-        [name],
-    ).fetchone()
+    try:  # (not `db.table_names()` first: a query of sqlite_master on every batch)
+        row = db.conn.execute(_CHECKPOINT_SELECT, [name]).fetchone()
+    except sqlite3.OperationalError as error:
+        if _no_such_table(error):
+            return None
+        raise
     if row is None:
         return None
     version, seq, events, updated_at_ms, tables = row
@@ -207,6 +207,15 @@ def read_checkpoint(db: Database, name: str) -> Checkpoint | None:
         updated_at_ms=updated_at_ms,
         tables=tuple(msgspec.json.decode(tables or "[]", type=list[str])),
     )
+
+
+_CHECKPOINT_SELECT: Final = (
+    f"SELECT version, seq, events, updated_at_ms, tables FROM {CHECKPOINTS_TABLE} WHERE name = ?"
+)
+
+
+def _no_such_table(error: sqlite3.OperationalError) -> bool:
+    return str(error).startswith("no such table")
 
 
 def read_checkpoints(db: Database) -> list[Checkpoint]:
@@ -226,7 +235,7 @@ def _ensure_checkpoints_table(db: Database) -> None:
 
 
 def _write_checkpoint(db: Database, checkpoint: Checkpoint) -> None:
-    db.execute(
+    db.conn.execute(
         f"INSERT INTO {CHECKPOINTS_TABLE} (name, version, seq, events, updated_at_ms, tables) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET version = excluded.version, "
         "seq = excluded.seq, events = excluded.events, updated_at_ms = excluded.updated_at_ms, "

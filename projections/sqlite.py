@@ -254,6 +254,9 @@ APPROVAL_UPSERT: Final = _upsert_sql(
 )  # fmt: skip
 
 
+_STATE_SELECT: Final = f"SELECT last_seq, state FROM {STATES_TABLE} WHERE run_id = ?"
+
+
 class _Touched:
     __slots__ = ("before", "last_seq", "state")
 
@@ -307,8 +310,6 @@ class QueryTables(SqliteProjectionBase):
         self._calls.extend(calls)
 
     def flush(self, db: Database) -> None:
-        connection = db.conn
-        connection.executemany(EVENT_INSERT, self._events)
         runs: list[Row] = []
         steps: list[Row] = []
         states: list[Row] = []
@@ -323,21 +324,26 @@ class QueryTables(SqliteProjectionBase):
             for index, step in enumerate(state.steps):
                 if index >= len(before.steps) or before.steps[index] is not step:
                     steps.append(step_row(state, index))
-            approvals.extend(approval_rows(state, touched.last_seq))
-        connection.executemany(RUN_UPSERT, runs)
-        connection.executemany(STEP_UPSERT, steps)
-        connection.executemany(STATE_UPSERT, states)
-        connection.executemany(APPROVAL_UPSERT, approvals)
-        connection.executemany(TURN_UPSERT, self._turns)
-        connection.executemany(CALL_UPSERT, self._calls)
+            if state.approvals:
+                approvals.extend(approval_rows(state, touched.last_seq))
+        connection = db.conn
+        for statement, rows in (
+            (EVENT_INSERT, self._events),
+            (RUN_UPSERT, runs),
+            (STEP_UPSERT, steps),
+            (STATE_UPSERT, states),
+            (APPROVAL_UPSERT, approvals),
+            (TURN_UPSERT, self._turns),
+            (CALL_UPSERT, self._calls),
+        ):
+            if rows:  # an empty executemany still prepares and steps its statement
+                connection.executemany(statement, rows)
         self.discard()
 
     def _stored_state(self, db: Database, run_id: str) -> RunState | None:
         """The run's stored state: the one this projection wrote when the row still has its
         sequence (a rolled-back or rebuilt row has another), else decoded from the row."""
-        row = db.execute(
-            f"SELECT last_seq, state FROM {STATES_TABLE} WHERE run_id = ?", [run_id]
-        ).fetchone()
+        row = db.conn.execute(_STATE_SELECT, [run_id]).fetchone()
         if row is None:
             return None
         written = self._written.get(run_id)
@@ -356,8 +362,6 @@ class QueryTables(SqliteProjectionBase):
         self._events.clear()
         self._turns.clear()
         self._calls.clear()
-
-
 
 
 def stored_rows(db: Database, run_id: str) -> tuple[Row | None, list[Row]]:

@@ -43,6 +43,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
@@ -202,6 +203,7 @@ class Projector:
         self._window_started = time.monotonic()
         self._window_events = 0
         self._status_due = 0.0
+        self._status_kv: KeyValue | None = None
         # A projection every engine on one NATS would run (KV snapshots) runs under a lease:
         # one engine at a time, the others stand by and take over when it stops.
         shared = bool(getattr(target, "shared", False))
@@ -364,18 +366,22 @@ class Projector:
         """Messages of the stream not yet applied."""
         return max(0, await stream_last_seq(self.js) - self.position)
 
-    async def _write_status(self) -> None:
+    async def _write_status(self, stream_last: int | None = None) -> None:
+        """Mirror the status into KV; `stream_last`: the stream's last sequence when the
+        caller just read it (a shared tail reads it once for all its lanes)."""
         self._status_due = time.monotonic() + status_interval_ms / 1000
         try:
+            lag = await self.lag() if stream_last is None else max(0, stream_last - self.position)
             status = ProjectionStatus(
                 name=self.target.name, kind=self.target.kind, version=self.target.version,
-                seq=self.position, lag=await self.lag(), events_per_s=round(self.rate, 1),
+                seq=self.position, lag=lag, events_per_s=round(self.rate, 1),
                 events=self.events, updated_at_ms=now_ms(), where=self.target.where,
             )  # fmt: skip
-            await (await self.js.key_value(PROJECTIONS_BUCKET)).put(
-                status_key(self.target.name), codec.encode(status)
-            )
+            if self._status_kv is None:  # a lookup is a STREAM.INFO request: once, not per write
+                self._status_kv = await self.js.key_value(PROJECTIONS_BUCKET)
+            await self._status_kv.put(status_key(self.target.name), codec.encode(status))
         except (nats.errors.Error, TimeoutError) as error:
+            self._status_kv = None  # the bucket may have been deleted: look it up again
             log.debug("projection %s: status not written (%s)", self.target.name, error)
 
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Final
 
+import nats.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
@@ -44,6 +45,7 @@ from dagnats.runtime.projector import (
     idle_check_ms,
     next_batch,
     retry_delay_ms,
+    stream_last_seq,
 )
 from kernel.errors import DagnatsError
 from projections.base import CheckpointMovedError, Message, batch_messages_max
@@ -204,12 +206,23 @@ class SharedTail:
             stored = await lane.target.stored_seq()
             if stored != lane.position:
                 raise CheckpointMovedError(lane.target.name, lane.position, stored)
+        stream_last = await _stream_last_or_none(self.js)  # one request for every lane's lag
+        for lane in group:
             lane._count(0)
-            await lane._write_status()
+            await lane._write_status(stream_last)
 
     async def _pump(self, after_seq: int, queue: asyncio.Queue[Message]) -> None:
         async for message in self.history.tail(after_seq):
             await queue.put(message)
+
+
+async def _stream_last_or_none(js: JetStreamContext) -> int | None:
+    """The history stream's last sequence, or None when it cannot be read now (each lane's
+    status write then tries, and logs, on its own)."""
+    try:
+        return await stream_last_seq(js)
+    except (nats.errors.Error, TimeoutError):
+        return None
 
 
 __all__ = ["RegroupError", "SharedTail", "lanes_max"]

@@ -34,6 +34,7 @@ log = logging.getLogger("dagnats.projector")
 
 SQLITE_FILE: Final = settings.sqlite_file
 sqlite_busy_timeout_s: Final = 30.0
+_busy_timeout_ms: Final = int(sqlite_busy_timeout_s * 1000)
 name_length_max: Final = 64
 # A batch at most this big is applied in the event loop's thread, not handed to a worker
 # thread: for the few messages a live tail gathers, the hand-off (the executor, the wake-up
@@ -91,11 +92,14 @@ class SqliteTarget:
         self.inline = inline
         self.db: Database | None = None
         self.runner: SqliteRunner | None = None
+        self._busy_ms = _busy_timeout_ms  # the connection's busy timeout, as last set
 
     async def open(self) -> int:
         if self.db is None:
             self.db = open_database(self.path)
             self.runner = SqliteRunner(self.db, self.projection)
+            self._busy_ms = _busy_timeout_ms
+        self._set_busy_timeout(_busy_timeout_ms)
         runner = self.runner
         assert runner is not None
         return await asyncio.to_thread(runner.open, now_ms())
@@ -103,10 +107,12 @@ class SqliteTarget:
     async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
         runner = self.runner
         assert runner is not None, "open first"
-        result = (
-            _apply_inline(runner, messages, after_seq) if self.inline and _small(messages) else None
-        )
+        result = None
+        if self.inline and _small(messages):
+            self._set_busy_timeout(0)  # inline never waits for another writer's lock
+            result = _apply_inline(runner, messages, after_seq)
         if result is None:
+            self._set_busy_timeout(_busy_timeout_ms)
             result = await asyncio.to_thread(
                 runner.apply_batch, messages, after_seq=after_seq, now_ms=now_ms()
             )
@@ -115,9 +121,17 @@ class SqliteTarget:
             log.warning("projection %s: %s", self.name, problem)
         return result.seq, result.applied
 
+    def _set_busy_timeout(self, busy_ms: int) -> None:
+        """Set the connection's busy timeout when it is not already `busy_ms` (two PRAGMA
+        statements per batch otherwise: the live tail's batches all run inline)."""
+        if self.db is not None and self._busy_ms != busy_ms:
+            self.db.conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            self._busy_ms = busy_ms
+
     async def stored_seq(self) -> int:
         if self.db is None:
             return 0
+        self._set_busy_timeout(_busy_timeout_ms)
         stored = await asyncio.to_thread(read_checkpoint, self.db, self.projection.name)
         return stored.seq if stored is not None and str(stored.version) == self.version else 0
 
@@ -140,18 +154,15 @@ def _small(messages: list[Message]) -> bool:
 def _apply_inline(
     runner: SqliteRunner, messages: list[Message], after_seq: int
 ) -> BatchResult | None:
-    """Apply a small batch in this thread without waiting for the file's write lock; None
-    when another connection holds it (nothing was applied: the caller uses a thread)."""
-    connection = runner.db.conn
-    connection.execute("PRAGMA busy_timeout = 0")
+    """Apply a small batch in this thread, on a connection whose busy timeout is 0 (it never
+    waits for the file's write lock); None when another connection holds it (nothing was
+    applied: the caller uses a thread)."""
     try:
         return runner.apply_batch(messages, after_seq=after_seq, now_ms=now_ms())
     except sqlite3.OperationalError as error:
         if "locked" not in str(error) and "busy" not in str(error):
             raise
         return None  # the transaction was rolled back (or never began)
-    finally:
-        connection.execute(f"PRAGMA busy_timeout = {int(sqlite_busy_timeout_s * 1000)}")
 
 
 def _drain_problems(projection: object) -> list[str]:
