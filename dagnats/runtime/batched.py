@@ -33,6 +33,8 @@ import os
 import signal
 from typing import TYPE_CHECKING, Final
 
+import msgspec
+
 from dagnats.runtime.admission import Outcome
 from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.protocols import CommandMessage
@@ -44,9 +46,10 @@ from dagnats.runtime.settings import (
     retry_delay_ms,
 )
 from kernel import codec
-from kernel.batch import batch_command
+from kernel.batch import Decided, batch_command
 from kernel.commands import AnyCommand, CompleteTask, FailTask, Rejection, TaskStarted
 from kernel.decide import decide
+from kernel.effects import AnyEffect
 from kernel.errors import AppendConflictError, DecodeError
 from kernel.events import AnyEvent
 from kernel.limits import commands_per_decision_max, events_per_decision_max
@@ -59,23 +62,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("dagnats.engine")
 
 KILL_AFTER_APPEND_ENV: Final = "DAGNATS_TEST_KILL_AFTER_BATCH_APPEND"  # a test seam (above)
+_KILL_AFTER_APPEND: Final = os.environ.get(KILL_AFTER_APPEND_ENV) == "1"  # (read once)
 Entry = tuple[CommandMessage, AnyCommand]
-Decided = tuple[AnyEvent, ...] | Rejection
 
 
 async def handle_group(engine: Engine, group: list[CommandMessage]) -> None:
     """Handle one run's commands of a fetch in order: rows of results together, the rest
-    one by one (the per-command path)."""
-    pending: list[Entry] = []
-    for message in group:
-        command = _batchable(engine, message) if len(group) > 1 else None
-        if command is not None:
-            pending.append((message, command))
-            continue
+    one by one (the per-command path). Whatever happens, none stays held in progress."""
+    try:
+        pending: list[Entry] = []
+        for message in group:
+            command = _batchable(engine, message) if len(group) > 1 else None
+            if command is not None:
+                pending.append((message, command))
+                continue
+            await _flush(engine, pending)
+            pending = []
+            await _one(engine, message)
         await _flush(engine, pending)
-        pending = []
-        await _one(engine, message)
-    await _flush(engine, pending)
+    finally:
+        engine._unsettled.difference_update(group)
 
 
 async def _one(engine: Engine, message: CommandMessage) -> None:
@@ -111,21 +117,31 @@ def _plain(state: RunState) -> bool:
     return state.status == "running" and workflow is not None and workflow.admission is None
 
 
+class _Appended(msgspec.Struct, frozen=True):
+    """A batch the batch path appended (or parked the run at): its decisions (a prefix of
+    the entries), the effects they call for, and whether the run was parked."""
+
+    decisions: list[Decided]
+    effects: list[AnyEffect]
+    parked: bool = False
+
+
 async def _flush(engine: Engine, pending: list[Entry]) -> None:
     """Decide and append `pending` in batches; what the batch path cannot take goes the
     per-command path."""
     while len(pending) > 1:
         try:
-            taken = await _batch(engine, pending)
-        except Exception as error:  # the transport failed: let the commands come back
+            appended = await _batch(engine, pending)
+        except Exception as error:  # the transport failed at or before the append
             log.warning("commands of run %s not handled: %s", pending[0][1].run_id, error)
             engine.forget(pending[0][1].run_id)
             for message, _ in pending:
-                engine._unsettled.discard(message)
-                await message.nak(1_000)
+                await _settle_one(engine, message, "retry", 1_000)
             return
-        if taken == 0:
+        if appended is None:
             break
+        taken = len(appended.decisions)
+        await _after(engine, pending[:taken], appended)
         pending = pending[taken:]
     for message, _ in pending:
         await _one(engine, message)
@@ -158,18 +174,18 @@ def _kept(
     return tuple(c for c, _ in kept), tuple(e for _, d in kept for e in d)
 
 
-async def _batch(engine: Engine, entries: list[Entry]) -> int:
-    """Decide a prefix of `entries` together and append it; how many entries it settled
-    (0: none, the per-command path takes them)."""
+async def _batch(engine: Engine, entries: list[Entry]) -> _Appended | None:
+    """Decide a prefix of `entries` together and append it (None: the per-command path
+    takes them all). Raises what the transport raises, before anything is settled."""
     run_id = entries[0][1].run_id
     for _ in range(append_attempts_max):
         try:
             loaded = await engine.load(run_id)
             if not _plain(loaded.state):
-                return 0
+                return None
             decisions = _decide_in_turn(loaded.state, entries)
         except (RunParkedError, AssertionError):
-            return 0  # the per-command path parks the run, naming why
+            return None  # the per-command path parks the run, naming why
         commands, events = _kept(entries, decisions)
         payload = codec.encode_decision(batch_command(commands), events) if commands else b""
         while len(commands) > 1 and len(payload) > history_message_bytes_max:
@@ -177,45 +193,72 @@ async def _batch(engine: Engine, entries: list[Entry]) -> int:
             commands, events = _kept(entries, decisions)
             payload = codec.encode_decision(batch_command(commands), events) if commands else b""
         if len(commands) < 2:
-            return 0  # nothing gained: the per-command path decides them one by one
+            return None  # nothing gained: the per-command path decides them one by one
         try:
             effects, _ = await engine._append(loaded, batch_command(commands), events, payload)
         except AppendConflictError:
             engine._count("conflicts")
             engine.forget(run_id)
             continue
-        except AssertionError:
-            return 0
-        if os.environ.get(KILL_AFTER_APPEND_ENV) == "1":
+        except AssertionError as error:  # (as the per-command path: park, name why)
+            engine._park(run_id, f"evolve broke an invariant: {error}")
+            return _Appended(decisions, [], parked=True)
+        if _KILL_AFTER_APPEND:
             os.kill(os.getpid(), signal.SIGKILL)  # the crash test's seam (module docstring)
-        try:
-            await engine.execute(effects)
-        except Exception as error:  # appended, but effects failed: resume re-derives them
-            log.warning("run %s: effects failed (%s); the run will be resumed", run_id, error)
-            engine.needs_resume.add(run_id)
-        engine._count("batched")
-        await _settle(engine, entries[: len(decisions)], decisions)
-        return len(decisions)
-    return 0
+        return _Appended(decisions, effects)
+    return None
+
+
+async def _after(engine: Engine, entries: list[Entry], appended: _Appended) -> None:
+    """An appended batch's effects, then each command's ack (or not)."""
+    if appended.parked:
+        await engine._report_parked()
+        for message, _ in entries:
+            await _settle_one(engine, message, "parked", parked_retry_delay_ms)
+        return
+    try:
+        await engine.execute(appended.effects)
+    except Exception as error:  # appended, but effects failed: resume re-derives them
+        run_id = entries[0][1].run_id
+        log.warning("run %s: effects failed (%s); the run will be resumed", run_id, error)
+        engine.needs_resume.add(run_id)
+    engine._count("batched")
+    await _settle(engine, entries, appended.decisions)
 
 
 async def _settle(engine: Engine, entries: list[Entry], decisions: list[Decided]) -> None:
-    """Ack (or not) each command of an appended batch, as the per-command path would."""
+    """Ack (or not) each command of an appended batch, as the per-command path would; each
+    on its own (one that fails to settle comes back after the ack wait, the others are done)."""
     for (message, command), decided in zip(entries, decisions, strict=True):
         outcome: Outcome = "applied"
-        if isinstance(decided, Rejection):
-            outcome = await engine._rejected(decided, message.data, message.num_delivered)
-        elif not decided:
-            outcome = "ignored"
+        try:
+            if isinstance(decided, Rejection):
+                outcome = await engine._rejected(decided, message.data, message.num_delivered)
+            elif not decided:
+                outcome = "ignored"
+        except Exception as error:  # (its dead-letter publish failed): it comes back
+            log.warning("command on %s not settled: %s", message.subject, error)
+            engine._unsettled.discard(message)
+            continue
         if outcome in ("applied", "ignored"):
             engine._count(outcome)  # (`_rejected` counts its own)
         with engine.observer.decision(command) as seen:
             seen.outcome = outcome
-        try:
-            if outcome in ("parked", "retry"):
-                delay = retry_delay_ms if outcome == "retry" else parked_retry_delay_ms
-                await message.nak(delay)
-            else:
-                await message.ack()
-        finally:
-            engine._unsettled.discard(message)
+        delay = retry_delay_ms if outcome == "retry" else parked_retry_delay_ms
+        await _settle_one(engine, message, outcome, delay)
+
+
+async def _settle_one(
+    engine: Engine, message: CommandMessage, outcome: Outcome, delay: int
+) -> None:
+    """Ack the message (nak it with `delay` for "parked" and "retry"); a failure is logged
+    (the message comes back after the ack wait), never raised."""
+    try:
+        if outcome in ("parked", "retry"):
+            await message.nak(delay)
+        else:
+            await message.ack()
+    except Exception as error:
+        log.warning("command on %s not settled: %s", message.subject, error)
+    finally:
+        engine._unsettled.discard(message)
