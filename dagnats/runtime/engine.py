@@ -343,8 +343,9 @@ class Engine:
                     log.info("run %s: a redelivered command's effects again", command.run_id)
                     return effects
                 state = self._evolve_all(state, decision.events)
-        except (DecodeError, AssertionError):
-            return []  # loading the run parks it: nothing to issue here
+        except (DecodeError, AssertionError):  # (a command this code no longer reads, say)
+            self.needs_resume.add(command.run_id)  # its resume issues what is outstanding
+            return []
         if not found or is_terminal(loaded.state):
             return []
         return list(resume(loaded.state))
