@@ -14,6 +14,7 @@ from collections.abc import Callable
 from kernel.commands import AnyCommand, DecideAll, Rejection, StoredCommand
 from kernel.decide import decide
 from kernel.events import AnyEvent
+from kernel.limits import commands_per_decision_max
 from kernel.reducer import evolve
 from kernel.state import RunState
 
@@ -64,4 +65,8 @@ def batch_command(commands: tuple[AnyCommand, ...]) -> StoredCommand:
         return commands[0]
     run_ids = {each.run_id for each in commands}
     assert len(run_ids) == 1, f"a batch holds commands of one run, not {sorted(run_ids)}"
+    assert len(commands) <= commands_per_decision_max, (
+        f"a batch holds at most commands_per_decision_max={commands_per_decision_max} commands,"
+        f" not {len(commands)}"
+    )
     return DecideAll(run_id=commands[0].run_id, at_ms=commands[-1].at_ms, commands=commands)

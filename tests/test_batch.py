@@ -20,6 +20,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from dagnats.audit import audit_history
+from dagnats.cli.render import _command_label, batch_commands_shown_max
 from kernel import codec
 from kernel.batch import batch_command, commands_of, decide_stored, holds
 from kernel.commands import AnyCommand, DecideAll, Rejection
@@ -107,8 +108,22 @@ def test_one_command_is_recorded_as_itself_and_several_as_decide_all() -> None:
         batch_command((one, complete("p1", run_id="other", at_ms=2_000)))
 
 
-def test_the_bound_on_commands_per_decision_is_a_named_limit() -> None:
-    assert 2 <= commands_per_decision_max <= 1_000
+def test_a_batch_never_holds_more_than_commands_per_decision_max_commands() -> None:
+    many = tuple(complete(f"p{i}", at_ms=2_000 + i) for i in range(commands_per_decision_max + 1))
+    assert isinstance(batch_command(many[:-1]), DecideAll)
+    with pytest.raises(AssertionError, match="commands_per_decision_max"):
+        batch_command(many)
+
+
+def test_run_history_names_a_batchs_commands_bounded() -> None:
+    many = tuple(complete(f"p{i}", at_ms=2_000 + i) for i in range(12))
+    label = _command_label(batch_command(many))
+    assert label.startswith("DecideAll(12): complete_task p0#1, complete_task p1#1"), label
+    assert label.count("complete_task") == batch_commands_shown_max and label.endswith(", ...")
+    assert _command_label(batch_command(many[:2])) == (
+        "DecideAll(2): complete_task p0#1, complete_task p1#1"
+    )
+    assert _command_label(many[0]) == "CompleteTask p0#1"
 
 
 def test_a_decide_all_never_arrives_as_a_command() -> None:
