@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from dagnats.audit import audit_history
 from dagnats.cli.render import _command_label, batch_commands_shown_max
 from kernel import codec
-from kernel.batch import batch_command, commands_of, decide_stored, holds
+from kernel.batch import batch_command, commands_of, decide_in_turn, decide_stored, holds, kept
 from kernel.commands import AnyCommand, DecideAll, Rejection
 from kernel.errors import DecodeError
 from kernel.events import AnyEvent
@@ -60,7 +60,8 @@ def results(draw: st.DrawFn) -> tuple[int, tuple[AnyCommand, ...]]:
 def one_by_one(
     state: RunState, commands: tuple[AnyCommand, ...]
 ) -> tuple[list[tuple[AnyCommand, tuple[AnyEvent, ...]]], RunState]:
-    """Each command decided and folded before the next (the per-command path)."""
+    """Each command decided and folded before the next (the per-command path): the oracle
+    `decide_in_turn` (kernel/batch.py) is checked against."""
     decisions = []
     for command in commands:
         decided = decide_stored(state, command)
@@ -79,11 +80,15 @@ def test_results_decided_together_equal_results_decided_one_by_one(
 ) -> None:
     branches, commands = row
     before = fan_out(branches)
-    decisions, after = one_by_one(before, commands)
+    decisions, after = one_by_one(before, commands)  # (the oracle)
+    in_turn = decide_in_turn(before, commands)  # (what the engine's batch path decides)
+    assert len(in_turn) == len(commands), "under the bounds every command is decided"
+    kept_commands, events = kept(commands, in_turn)
+    assert kept_commands == tuple(command for command, _ in decisions)
+    assert events == tuple(event for _, decided in decisions for event in decided)
     if not decisions:
         return
-    stored = batch_command(tuple(command for command, _ in decisions))
-    events = tuple(event for _, decided in decisions for event in decided)
+    stored = batch_command(kept_commands)
     assert decide_stored(before, stored) == events, "re-deciding the batch gives its events"
     state = before
     for event in events:

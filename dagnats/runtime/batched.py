@@ -46,14 +46,11 @@ from dagnats.runtime.settings import (
     retry_delay_ms,
 )
 from kernel import codec
-from kernel.batch import Decided, batch_command
+from kernel.batch import Decided, batch_command, decide_in_turn, kept
 from kernel.commands import AnyCommand, CompleteTask, FailTask, Rejection, TaskStarted
-from kernel.decide import decide
 from kernel.effects import AnyEffect
 from kernel.errors import AppendConflictError, DecodeError
 from kernel.events import AnyEvent
-from kernel.limits import commands_per_decision_max, events_per_decision_max
-from kernel.reducer import evolve
 from kernel.state import RunState
 
 if TYPE_CHECKING:
@@ -147,31 +144,22 @@ async def _flush(engine: Engine, pending: list[Entry]) -> None:
         await _one(engine, message)
 
 
-def _decide_in_turn(state: RunState, entries: list[Entry]) -> list[Decided]:
-    """Each entry's decision against the state the ones before made, as far as the bounds
-    allow (a prefix of the entries)."""
-    decisions: list[Decided] = []
-    commands = events = 0
-    for _, command in entries:
-        if commands >= commands_per_decision_max:
-            break
-        decided = decide(state, command)
-        if not isinstance(decided, Rejection) and decided:
-            if commands and events + len(decided) > events_per_decision_max:
-                break
-            commands, events = commands + 1, events + len(decided)
-            for event in decided:
-                state = evolve(state, event)
-        decisions.append(decided)
-    return decisions
-
-
-def _kept(
+def _fit(
     entries: list[Entry], decisions: list[Decided]
-) -> tuple[tuple[AnyCommand, ...], tuple[AnyEvent, ...]]:
-    pairs = zip(entries, decisions, strict=False)  # (decisions: a prefix of the entries)
-    kept = [(c, d) for (_, c), d in pairs if not isinstance(d, Rejection) and d]
-    return tuple(c for c, _ in kept), tuple(e for _, d in kept for e in d)
+) -> tuple[list[Decided], tuple[AnyCommand, ...], tuple[AnyEvent, ...], bytes]:
+    """The decisions (a prefix), kept commands, events and payload of one history message
+    within `history_message_bytes_max` (halving the commands while it is too big; fewer than
+    two kept commands: the per-command path takes them)."""
+    commands = [command for _, command in entries]
+    kept_commands, events = kept(commands, decisions)
+    payload = b""
+    while kept_commands:
+        payload = codec.encode_decision(batch_command(kept_commands), events)
+        if len(kept_commands) < 2 or len(payload) <= history_message_bytes_max:
+            break
+        decisions = decisions[: max(1, len(decisions) // 2)]  # fewer commands per append
+        kept_commands, events = kept(commands, decisions)
+    return decisions, kept_commands, events, payload
 
 
 async def _batch(engine: Engine, entries: list[Entry]) -> _Appended | None:
@@ -183,15 +171,10 @@ async def _batch(engine: Engine, entries: list[Entry]) -> _Appended | None:
             loaded = await engine.load(run_id)
             if not _plain(loaded.state):
                 return None
-            decisions = _decide_in_turn(loaded.state, entries)
+            decided = decide_in_turn(loaded.state, [command for _, command in entries])
+            decisions, commands, events, payload = _fit(entries, decided)
         except (RunParkedError, AssertionError):
             return None  # the per-command path parks the run, naming why
-        commands, events = _kept(entries, decisions)
-        payload = codec.encode_decision(batch_command(commands), events) if commands else b""
-        while len(commands) > 1 and len(payload) > history_message_bytes_max:
-            decisions = decisions[: max(1, len(decisions) // 2)]  # fewer commands per append
-            commands, events = _kept(entries, decisions)
-            payload = codec.encode_decision(batch_command(commands), events) if commands else b""
         if len(commands) < 2:
             return None  # nothing gained: the per-command path decides them one by one
         try:
