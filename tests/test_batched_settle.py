@@ -3,7 +3,8 @@
 One command whose ack fails does not stop the others' acks, is never nakked after the
 others were acked, and nothing stays held in progress (`Engine._unsettled`). A broken
 invariant raised after the batch's append parks the run and naks the batch's commands (as
-the per-command path does), never acks them as "ignored" with their effects unissued.
+the per-command path does), never acks them as "ignored" with their effects unissued. A
+result that falls back to the per-command path is authorized once, not twice.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from typing import NoReturn
 
 import pytest
 
+from dagnats.runtime import batched
+from dagnats.runtime import engine as engine_module
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.protocols import CommandMessage
-from kernel.commands import DecideAll
+from dagnats.runtime.roles import authorize_command
+from kernel.commands import AnyCommand, DecideAll
 from kernel.events import AnyEvent
 from kernel.state import RunState
 from tests.nats_fixtures import unique, wait_for
@@ -105,3 +109,24 @@ async def test_a_broken_invariant_after_the_batchs_append_parks_the_run(
     assert "ignored" not in engine.counters, engine.counters
     assert not engine._unsettled
     assert await unacked(connection) == branches, "every command of the batch nakked"
+
+
+async def test_a_result_that_falls_back_is_authorized_once(
+    connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique("t")
+    engine = engine_on(connection)
+    run_id = await started(connection, engine, fan_out(name, max_task_concurrency={name: 50}))
+    calls: list[str] = []
+
+    def counted(subject: str, command: AnyCommand, scheduler: str | None) -> AnyCommand | str:
+        calls.append(subject)
+        return authorize_command(subject, command, scheduler)
+
+    for module in (engine_module, batched):  # (wherever a command is authorized)
+        monkeypatch.setattr(module, "authorize_command", counted, raising=False)
+    await publish(connection, [result(run_id, f"p{i}") for i in range(branches)])
+    await engine.handle_batch(await fetch_all(connection, branches))
+    assert "batched" not in engine.counters, "admission rules: the per-command path"
+    assert engine.counters.get("applied") == branches + 1, engine.counters  # (and the start)
+    assert len(calls) == branches, "each command authorized once"

@@ -38,7 +38,6 @@ import msgspec
 from dagnats.runtime.admission import Outcome
 from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.protocols import CommandMessage
-from dagnats.runtime.roles import authorize_command
 from dagnats.runtime.settings import (
     append_attempts_max,
     history_message_bytes_max,
@@ -49,7 +48,7 @@ from kernel import codec
 from kernel.batch import Decided, batch_command, decide_in_turn, kept
 from kernel.commands import AnyCommand, CompleteTask, FailTask, Rejection, TaskStarted
 from kernel.effects import AnyEffect
-from kernel.errors import AppendConflictError, DecodeError
+from kernel.errors import AppendConflictError
 from kernel.events import AnyEvent
 from kernel.state import RunState
 
@@ -65,47 +64,66 @@ Entry = tuple[CommandMessage, AnyCommand]
 
 async def handle_group(engine: Engine, group: list[CommandMessage]) -> None:
     """Handle one run's commands of a fetch in order: rows of results together, the rest
-    one by one (the per-command path). Whatever happens, none stays held in progress."""
+    one by one (the per-command path, handed each command decoded and authorized once).
+    Whatever happens, none stays held in progress."""
     try:
         pending: list[Entry] = []
         for message in group:
-            command = _batchable(engine, message) if len(group) > 1 else None
-            if command is not None:
+            command = await _authorized(engine, message) if len(group) > 1 else None
+            if (
+                command is not None
+                and not isinstance(command, str)
+                and _batchable(message, command)
+            ):
                 pending.append((message, command))
                 continue
             await _flush(engine, pending)
             pending = []
-            await _one(engine, message)
+            if isinstance(command, str):  # set aside ("dead"), its run parked, or "retry"
+                await _settle_one(engine, message, command, _delay(command))
+            else:
+                await _one(engine, message, command)
         await _flush(engine, pending)
     finally:
         engine._unsettled.difference_update(group)
 
 
-async def _one(engine: Engine, message: CommandMessage) -> None:
-    try:
-        await engine._handle_message(message)
-    finally:
-        engine._unsettled.discard(message)
+async def _authorized(engine: Engine, message: CommandMessage) -> AnyCommand | Outcome:
+    """The message's command, decoded and authorized as `Engine.handle` does (once: the
+    per-command path is handed it); else what became of it."""
+    try:  # (its scheduler and task token: JetStream messages only)
+        extra = (getattr(message, "scheduler", None), getattr(message, "task_token", None))
+        return await engine._authorized(message.data, message.subject, *extra)
+    except Exception as error:  # the transport failed (setting it aside): it comes back
+        log.warning("command on %s not handled: %s", message.subject, error)
+        return "retry"
 
 
-def _batchable(engine: Engine, message: CommandMessage) -> AnyCommand | None:
-    """The command, authorized as `Engine.handle` does, when it may join a batch; else None
-    (the per-command path handles it, refusals included)."""
-    if message.num_delivered != 1:
-        return None  # a redelivery: the per-command path finds what history holds of it
+async def _one(engine: Engine, message: CommandMessage, command: AnyCommand | None = None) -> None:
+    """The per-command path for one fetched message (its `command`: authorized already)."""
     try:
-        command = codec.decode_command(message.data)
-    except DecodeError:
-        return None
-    if not isinstance(command, CompleteTask | FailTask | TaskStarted):
-        return None
-    authorized = authorize_command(message.subject, command, getattr(message, "scheduler", None))
-    if isinstance(authorized, str) or authorized.run_id in engine.parked:
-        return None
-    tokens, token = engine.task_tokens, getattr(message, "task_token", None)
-    if tokens is not None and tokens.refusal(authorized, token):
-        return None
-    return authorized
+        data, deliveries = message.data, message.num_delivered
+        if command is not None:
+            outcome = await engine._handle_authorized(command, data, deliveries)
+        else:  # (its scheduler and task token: JetStream messages only)
+            extra = (getattr(message, "scheduler", None), getattr(message, "task_token", None))
+            outcome = await engine.handle(data, deliveries, message.subject, *extra)
+    except Exception as error:  # the transport failed: let the command come back
+        log.warning("command on %s not handled: %s", message.subject, error)
+        engine.forget_subject(message.subject)
+        outcome = "retry"
+    await _settle_one(engine, message, outcome, _delay(outcome))
+
+
+def _delay(outcome: Outcome) -> int:
+    """How long a nakked command waits before it comes back (for "retry" and "parked")."""
+    return retry_delay_ms if outcome == "retry" else parked_retry_delay_ms
+
+
+def _batchable(message: CommandMessage, command: AnyCommand) -> bool:
+    """Whether an authorized command may join a batch: a result, delivered for the first
+    time (a redelivery: the per-command path finds what history holds of it)."""
+    return message.num_delivered == 1 and isinstance(command, CompleteTask | FailTask | TaskStarted)
 
 
 def _plain(state: RunState) -> bool:
@@ -140,8 +158,8 @@ async def _flush(engine: Engine, pending: list[Entry]) -> None:
         taken = len(appended.decisions)
         await _after(engine, pending[:taken], appended)
         pending = pending[taken:]
-    for message, _ in pending:
-        await _one(engine, message)
+    for message, command in pending:
+        await _one(engine, message, command)
 
 
 def _fit(

@@ -48,9 +48,7 @@ from dagnats.runtime.settings import (
     command_fetch_timeout_ms,
     command_progress_interval_ms,
     effects_in_flight_max,
-    parked_retry_delay_ms,
     resume_concurrency_max,
-    retry_delay_ms,
     run_cache_max,
     runs_listed_max,
     unknown_run_deliveries_max,
@@ -217,6 +215,16 @@ class Engine:
         Returns:
             What happened, so the caller acks (all but "parked" and "retry") or not.
         """
+        command = await self._authorized(data, subject, scheduler, token)
+        if isinstance(command, str):
+            return command
+        return await self._handle_authorized(command, data, deliveries)
+
+    async def _authorized(
+        self, data: bytes, subject: str | None, scheduler: str | None, token: str | None
+    ) -> AnyCommand | Outcome:
+        """`handle`'s front half: the command, decoded and authorized; else what became of it
+        ("dead": set aside, naming why; "parked": its run is parked)."""
         try:
             command = codec.decode_command(data)
         except DecodeError as error:
@@ -230,8 +238,12 @@ class Engine:
                 await self._dead_letter("forbidden", data, authorized, command)
                 return "dead"
             command = authorized
-        if command.run_id in self.parked:
-            return "parked"
+        return "parked" if command.run_id in self.parked else command
+
+    async def _handle_authorized(
+        self, command: AnyCommand, data: bytes, deliveries: int
+    ) -> Outcome:
+        """`handle`'s back half: decide an authorized command and append what it decides."""
         with self.observer.decision(command) as seen:
             seen.outcome = outcome = await self.admission.handle(command, data, deliveries)
         await self._report_parked()
@@ -523,22 +535,6 @@ class Engine:
 
     async def _handle_group(self, group: list[CommandMessage]) -> None:
         await batched.handle_group(self, group)  # rows of results: one append (runtime/batched)
-
-    async def _handle_message(self, message: CommandMessage) -> None:
-        try:
-            # (its scheduler and task token: JetStream messages only)
-            extra = (getattr(message, "scheduler", None), getattr(message, "task_token", None))
-            data, deliveries = message.data, message.num_delivered
-            outcome = await self.handle(data, deliveries, message.subject, *extra)
-        except Exception as error:  # the transport failed: let the command come back
-            log.warning("command on %s not handled: %s", message.subject, error)
-            self.forget_subject(message.subject)
-            await message.nak(1_000)
-            return
-        if outcome in ("parked", "retry"):
-            await message.nak(retry_delay_ms if outcome == "retry" else parked_retry_delay_ms)
-        else:
-            await message.ack()
 
     async def keep_in_progress(self, stop: asyncio.Event) -> None:
         """Until `stop`: a progress ack (`+WPI`) every command_progress_interval_ms for each
