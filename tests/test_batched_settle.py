@@ -4,20 +4,26 @@ One command whose ack fails does not stop the others' acks, is never nakked afte
 others were acked, and nothing stays held in progress (`Engine._unsettled`). A broken
 invariant raised after the batch's append parks the run and naks the batch's commands (as
 the per-command path does), never acks them as "ignored" with their effects unissued. A
-result that falls back to the per-command path is authorized once, not twice.
+result that falls back to the per-command path is authorized once, not twice. Each batched
+command's decision span opens before it is decided and closes with its outcome.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 import pytest
 
+from dagnats.observe.hooks import Decision as Seen
 from dagnats.runtime import batched
 from dagnats.runtime import engine as engine_module
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.protocols import CommandMessage
 from dagnats.runtime.roles import authorize_command
+from kernel import batch as kernel_batch
+from kernel.batch import Decided
 from kernel.commands import AnyCommand, DecideAll
 from kernel.events import AnyEvent
 from kernel.state import RunState
@@ -130,3 +136,32 @@ async def test_a_result_that_falls_back_is_authorized_once(
     assert "batched" not in engine.counters, "admission rules: the per-command path"
     assert engine.counters.get("applied") == branches + 1, engine.counters  # (and the start)
     assert len(calls) == branches, "each command authorized once"
+
+
+async def test_each_batched_commands_decision_span_wraps_its_decide_and_names_its_outcome(
+    connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_on(connection)
+    run_id = await started(connection, engine, fan_out(unique("t")))
+    log: list[str] = []
+    opened = engine.observer.decision
+
+    @contextlib.contextmanager
+    def decision(command: AnyCommand) -> Iterator[Seen]:
+        with opened(command) as seen:
+            log.append("open")
+            yield seen
+            log.append(f"close {seen.outcome}")
+
+    deciding = kernel_batch.decide_in_turn
+
+    def decide_in_turn(state: RunState, commands: Sequence[AnyCommand]) -> list[Decided]:
+        log.append("decide")
+        return deciding(state, commands)
+
+    monkeypatch.setattr(engine.observer, "decision", decision)
+    monkeypatch.setattr(batched, "decide_in_turn", decide_in_turn)
+    await publish(connection, [result(run_id, f"p{i}") for i in range(branches)])
+    await engine.handle_batch(await fetch_all(connection, branches))
+    assert engine.counters.get("batched") == 1, engine.counters
+    assert log == ["open"] * branches + ["decide"] + ["close applied"] * branches, log

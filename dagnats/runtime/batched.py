@@ -28,6 +28,7 @@ right after its first batched append, before that batch's effects and acks (the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from dagnats.observe.hooks import Decision as Seen
 from dagnats.runtime.admission import Outcome
 from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.protocols import CommandMessage
@@ -60,6 +62,7 @@ log = logging.getLogger("dagnats.engine")
 KILL_AFTER_APPEND_ENV: Final = "DAGNATS_TEST_KILL_AFTER_BATCH_APPEND"  # a test seam (above)
 _KILL_AFTER_APPEND: Final = os.environ.get(KILL_AFTER_APPEND_ENV) == "1"  # (read once)
 Entry = tuple[CommandMessage, AnyCommand]
+Spans = dict[int, tuple[contextlib.ExitStack[bool | None], Seen]]  # by id(message)
 
 
 async def handle_group(engine: Engine, group: list[CommandMessage]) -> None:
@@ -99,11 +102,18 @@ async def _authorized(engine: Engine, message: CommandMessage) -> AnyCommand | O
         return "retry"
 
 
-async def _one(engine: Engine, message: CommandMessage, command: AnyCommand | None = None) -> None:
-    """The per-command path for one fetched message (its `command`: authorized already)."""
+async def _one(
+    engine: Engine, message: CommandMessage, command: AnyCommand | None = None,
+    seen: Seen | None = None,
+) -> None:  # fmt: skip
+    """The per-command path for one fetched message (its `command`: authorized already;
+    `seen`: its decision span, opened already)."""
     try:
         data, deliveries = message.data, message.num_delivered
-        if command is not None:
+        if command is not None and seen is not None:
+            seen.outcome = outcome = await engine.admission.handle(command, data, deliveries)
+            await engine._report_parked()
+        elif command is not None:
             outcome = await engine._handle_authorized(command, data, deliveries)
         else:  # (its scheduler and task token: JetStream messages only)
             extra = (getattr(message, "scheduler", None), getattr(message, "task_token", None))
@@ -143,23 +153,30 @@ class _Appended(msgspec.Struct, frozen=True):
 
 async def _flush(engine: Engine, pending: list[Entry]) -> None:
     """Decide and append `pending` in batches; what the batch path cannot take goes the
-    per-command path."""
-    while len(pending) > 1:
-        try:
-            appended = await _batch(engine, pending)
-        except Exception as error:  # the transport failed at or before the append
-            log.warning("commands of run %s not handled: %s", pending[0][1].run_id, error)
-            engine.forget(pending[0][1].run_id)
-            for message, _ in pending:
-                await _settle_one(engine, message, "retry", 1_000)
-            return
-        if appended is None:
-            break
-        taken = len(appended.decisions)
-        await _after(engine, pending[:taken], appended)
-        pending = pending[taken:]
-    for message, command in pending:
-        await _one(engine, message, command)
+    per-command path. Each command's decision span (its latency) opens here, before it is
+    decided, and ends when it is settled."""
+    spans: Spans = {}
+    with contextlib.ExitStack() as closing:  # (every span ends, whatever happens)
+        for message, command in pending:
+            stack = closing.enter_context(contextlib.ExitStack())
+            spans[id(message)] = stack, stack.enter_context(engine.observer.decision(command))
+        while len(pending) > 1:
+            try:
+                appended = await _batch(engine, pending)
+            except Exception as error:  # the transport failed at or before the append
+                log.warning("commands of run %s not handled: %s", pending[0][1].run_id, error)
+                engine.forget(pending[0][1].run_id)
+                for message, _ in pending:
+                    spans[id(message)][1].outcome = "retry"
+                    await _settle_one(engine, message, "retry", 1_000)
+                return
+            if appended is None:
+                break
+            taken = len(appended.decisions)
+            await _after(engine, pending[:taken], appended, spans)
+            pending = pending[taken:]
+        for message, command in pending:
+            await _one(engine, message, command, spans[id(message)][1])
 
 
 def _fit(
@@ -210,11 +227,12 @@ async def _batch(engine: Engine, entries: list[Entry]) -> _Appended | None:
     return None
 
 
-async def _after(engine: Engine, entries: list[Entry], appended: _Appended) -> None:
+async def _after(engine: Engine, entries: list[Entry], appended: _Appended, spans: Spans) -> None:
     """An appended batch's effects, then each command's ack (or not)."""
     if appended.parked:
         await engine._report_parked()
         for message, _ in entries:
+            spans[id(message)][1].outcome = "parked"
             await _settle_one(engine, message, "parked", parked_retry_delay_ms)
         return
     try:
@@ -224,13 +242,15 @@ async def _after(engine: Engine, entries: list[Entry], appended: _Appended) -> N
         log.warning("run %s: effects failed (%s); the run will be resumed", run_id, error)
         engine.needs_resume.add(run_id)
     engine._count("batched")
-    await _settle(engine, entries, appended.decisions)
+    await _settle(engine, entries, appended.decisions, spans)
 
 
-async def _settle(engine: Engine, entries: list[Entry], decisions: list[Decided]) -> None:
+async def _settle(
+    engine: Engine, entries: list[Entry], decisions: list[Decided], spans: Spans
+) -> None:
     """Ack (or not) each command of an appended batch, as the per-command path would; each
     on its own (one that fails to settle comes back after the ack wait, the others are done)."""
-    for (message, command), decided in zip(entries, decisions, strict=True):
+    for (message, _), decided in zip(entries, decisions, strict=True):
         outcome: Outcome = "applied"
         try:
             if isinstance(decided, Rejection):
@@ -243,10 +263,11 @@ async def _settle(engine: Engine, entries: list[Entry], decisions: list[Decided]
             continue
         if outcome in ("applied", "ignored"):
             engine._count(outcome)  # (`_rejected` counts its own)
-        with engine.observer.decision(command) as seen:
-            seen.outcome = outcome
+        stack, seen = spans[id(message)]
+        seen.outcome = outcome
         delay = retry_delay_ms if outcome == "retry" else parked_retry_delay_ms
         await _settle_one(engine, message, outcome, delay)
+        stack.close()  # (the command's decision span ends)
 
 
 async def _settle_one(
