@@ -16,7 +16,7 @@ append (a conflict forgets the run and decides the batch again); a command refus
 deciding nothing inside the batch is acked (or not) as `Engine._rejected` says, after the
 append that proves the state it was decided on was history's. A redelivered command goes the
 per-command path, which finds it inside the DecideAll (`kernel.batch.holds`) and issues its
-effects again. Whatever the batch path cannot decide (a parked run, a broken invariant,
+effects again (once per message: runtime/redelivered.py). Whatever the batch path cannot decide (a parked run, a broken invariant,
 conflicts in a row) goes the per-command path, which handles it as it always has.
 
 A batch holds at most `commands_per_decision_max` commands, `events_per_decision_max` events
