@@ -9,15 +9,17 @@ decide events are appended as ONE history message (a `DecideAll`, kernel/batch.p
 the run's expected last sequence: a fan-out's results cost one append round trip per fetch,
 not one per result. Everything else takes the engine's per-command path, in order.
 
-The rules stay those of the per-command path: each command is authorized as `Engine.handle`
-does (runtime/roles, task tokens; a refused one goes the per-command path, which sets it
-aside); append before effects, effects before the acks, the expected last sequence on every
-append (a conflict forgets the run and decides the batch again); a command refused or
-deciding nothing inside the batch is acked (or not) as `Engine._rejected` says, after the
-append that proves the state it was decided on was history's. A redelivered command goes the
+The rules stay those of the per-command path: each command is authorized once, by
+`Engine._authorized` (runtime/roles, task tokens; a refused one is set aside there), and a
+command that falls back is handed to the per-command path decoded; append before effects,
+effects before the acks, the expected last sequence on every append (a conflict forgets the
+run and decides the batch again); a command refused or deciding nothing inside the batch is
+acked (or not) as `Engine._rejected` says, after the append that proves the state it was
+decided on was history's; each command is settled on its own. A redelivered command goes the
 per-command path, which finds it inside the DecideAll (`kernel.batch.holds`) and issues its
-effects again (once per message: runtime/redelivered.py). Whatever the batch path cannot decide (a parked run, a broken invariant,
-conflicts in a row) goes the per-command path, which handles it as it always has.
+effects again (once per message: runtime/redelivered.py). A broken invariant at the append
+parks the run (as the per-command path does); whatever else the batch path cannot decide (a
+parked run, conflicts in a row) goes the per-command path.
 
 A batch holds at most `commands_per_decision_max` commands, `events_per_decision_max` events
 and `history_message_bytes_max` bytes (fewer commands per append when a bound would break).
