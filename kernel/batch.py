@@ -9,11 +9,12 @@ sub-command is decided against the state the earlier sub-commands' events made. 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from kernel.commands import AnyCommand, DecideAll, Rejection, StoredCommand
 from kernel.decide import decide
 from kernel.events import AnyEvent
+from kernel.limits import commands_per_decision_max, events_per_decision_max
 from kernel.reducer import evolve
 from kernel.state import RunState
 
@@ -45,6 +46,36 @@ def decide_stored(
     return tuple(events)
 
 
+def decide_in_turn(state: RunState, commands: Sequence[AnyCommand]) -> list[Decided]:
+    """Each command's decision against the state the events before it made (a refused one or
+    one deciding nothing adds nothing), for a prefix of `commands` within the bounds: at most
+    `commands_per_decision_max` commands deciding events, `events_per_decision_max` events."""
+    decisions: list[Decided] = []
+    deciding = events = 0
+    for command in commands:
+        if deciding >= commands_per_decision_max:
+            break
+        decided = decide(state, command)
+        if not isinstance(decided, Rejection) and decided:
+            if deciding and events + len(decided) > events_per_decision_max:
+                break
+            deciding, events = deciding + 1, events + len(decided)
+            for event in decided:
+                state = evolve(state, event)
+        decisions.append(decided)
+    return decisions
+
+
+def kept(
+    commands: Sequence[AnyCommand], decisions: Sequence[Decided]
+) -> tuple[tuple[AnyCommand, ...], tuple[AnyEvent, ...]]:
+    """The commands of `decide_in_turn`'s decisions (a prefix of `commands`) that decided
+    events, and those events in order: what one history message records."""
+    pairs = zip(commands, decisions, strict=False)  # (decisions: a prefix of the commands)
+    deciding = [(c, d) for c, d in pairs if not isinstance(d, Rejection) and d]
+    return tuple(c for c, _ in deciding), tuple(e for _, d in deciding for e in d)
+
+
 def commands_of(command: StoredCommand) -> tuple[AnyCommand, ...]:
     """The commands a history message records: one, or a DecideAll's."""
     return command.commands if isinstance(command, DecideAll) else (command,)
@@ -64,4 +95,8 @@ def batch_command(commands: tuple[AnyCommand, ...]) -> StoredCommand:
         return commands[0]
     run_ids = {each.run_id for each in commands}
     assert len(run_ids) == 1, f"a batch holds commands of one run, not {sorted(run_ids)}"
+    assert len(commands) <= commands_per_decision_max, (
+        f"a batch holds at most commands_per_decision_max={commands_per_decision_max} commands,"
+        f" not {len(commands)}"
+    )
     return DecideAll(run_id=commands[0].run_id, at_ms=commands[-1].at_ms, commands=commands)

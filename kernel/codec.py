@@ -10,6 +10,7 @@ unknown version raise typed errors naming what was found.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import msgspec
 
@@ -36,6 +37,7 @@ class _EventsOnly(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _events_decoder = msgspec.json.Decoder(_EventsOnly)
+_Decoded = TypeVar("_Decoded", Decision, _EventsOnly)
 _event_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
 _command_decoder: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
 _state_decoder = msgspec.json.Decoder(RunState)
@@ -101,19 +103,8 @@ def decode_decision(data: bytes) -> Decision:
         UnknownEventTypeError: an event's tag is unknown to this code.
         UnknownEventVersionError: an event's version is newer than this code or has no upcaster.
     """
-    try:
-        decision = _decision_decoder.decode(data)
-        versions = _VERSION_BY_TYPE  # (inline: every history message read passes here)
-        for event in decision.events:
-            if event.v != versions[type(event)]:
-                break
-        else:
-            return decision
-    except msgspec.ValidationError:
-        pass  # perhaps an old version: take the slow path, which names the problem
-    except msgspec.DecodeError as error:
-        raise DecodeError(f"not a valid history message: {error}") from None
-    return _decode_decision_slowly(data)
+    decision = _current(_decision_decoder, data)
+    return decision if decision is not None else _decode_decision_slowly(data)
 
 
 def decode_events(data: bytes) -> tuple[AnyEvent, ...]:
@@ -123,19 +114,28 @@ def decode_events(data: bytes) -> tuple[AnyEvent, ...]:
     Raises:
         DecodeError, UnknownEventTypeError, UnknownEventVersionError: as `decode_decision`.
     """
+    events_only = _current(_events_decoder, data)
+    return events_only.events if events_only is not None else _decode_decision_slowly(data).events
+
+
+def _current(decoder: msgspec.json.Decoder[_Decoded], data: bytes) -> _Decoded | None:
+    """`data` decoded on the fast path, when every event is of its current version; None when
+    perhaps an old version is in it (the slow path upcasts it or names the problem).
+
+    Raises:
+        DecodeError: the bytes are not a history message.
+    """
     try:
-        events = _events_decoder.decode(data).events
-        versions = _VERSION_BY_TYPE
-        for event in events:
-            if event.v != versions[type(event)]:
-                break
-        else:
-            return events
+        decoded = decoder.decode(data)
     except msgspec.ValidationError:
-        pass  # perhaps an old version: the slow path names the problem
+        return None
     except msgspec.DecodeError as error:
         raise DecodeError(f"not a valid history message: {error}") from None
-    return _decode_decision_slowly(data).events
+    versions = _VERSION_BY_TYPE  # (inline: every history message read passes here)
+    for event in decoded.events:
+        if event.v != versions[type(event)]:
+            return None
+    return decoded
 
 
 def _decode_decision_slowly(data: bytes) -> Decision:

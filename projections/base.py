@@ -163,11 +163,11 @@ def positioned_events(
         if seq <= after_seq or is_gate_id(run_id):
             continue  # (a gate's history is admission's, kernel/admission.py, not a run's)
         try:
-            decision = codec.decode_decision(data)
+            events = codec.decode_events(data)  # (the command is not needed)
         except DagnatsError as error:
             problems.append(f"history message {seq} of run {run_id!r} skipped: {error}")
             continue
-        for index, event in enumerate(decision.events):
+        for index, event in enumerate(events):
             if wants is None or tag_of(event) in wants:
                 yield Position(seq, index, run_id), event
 

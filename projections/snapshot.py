@@ -28,7 +28,7 @@ import msgspec
 
 from kernel import codec
 from kernel.errors import DagnatsError
-from kernel.events import Decision, RunStarted
+from kernel.events import AnyEvent, RunStarted
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 
@@ -39,6 +39,7 @@ snapshot_every_events: Final = 64  # a running run is snapshotted after this man
 folder_runs_max: Final = 10_000  # runs whose state the snapshot projection keeps in memory
 
 Message = tuple[int, str, bytes]
+Decoded = tuple[int, str, tuple[AnyEvent, ...]]  # a history message's seq, run id and events
 
 
 def _shape(kind: object, seen: set[object]) -> str:
@@ -155,30 +156,30 @@ class SnapshotFolder:
         self._runs.move_to_end(run_id)
         self._seeded.add(run_id)
 
-    def to_load(self, decoded: Iterable[tuple[int, str, Decision]]) -> list[str]:
+    def to_load(self, decoded: Iterable[Decoded]) -> list[str]:
         """Runs of the batch that are not in memory and do not start in it: their state must be
         loaded (snapshot + tail) before `apply`. Runs that start in the batch are seeded."""
         needed: list[str] = []
-        for _seq, run_id, decision in decoded:
+        for _seq, run_id, events in decoded:
             if run_id in self._runs or run_id in needed:
                 continue
-            if decision.events and isinstance(decision.events[0], RunStarted):
+            if events and isinstance(events[0], RunStarted):
                 self.seed(run_id, INITIAL_STATE, 0, stored=None)
             else:
                 needed.append(run_id)
         return needed
 
-    def apply(self, decoded: Iterable[tuple[int, str, Decision]]) -> list[Snapshot]:
+    def apply(self, decoded: Iterable[Decoded]) -> list[Snapshot]:
         """Fold the batch (skipping redeliveries) and return the snapshots now due."""
         touched = {run_id: self._runs[run_id] for run_id in self._seeded if run_id in self._runs}
         self._seeded.clear()
-        for seq, run_id, decision in decoded:
+        for seq, run_id, events in decoded:
             run = self._runs.get(run_id)
             if run is None or seq <= run.last_seq:
                 continue  # not loadable (named in problems), or a redelivery
             try:
                 state = run.state
-                for event in decision.events:
+                for event in events:
                     state = evolve(state, event)
             except AssertionError as error:
                 self.problems.append(f"run {run_id!r}: message {seq} does not fold: {error}")
@@ -221,7 +222,7 @@ def fold_messages(
     for seq, data in messages:
         if seq <= last_seq:
             continue
-        for event in codec.decode_decision(data).events:
+        for event in codec.decode_events(data):
             state = evolve(state, event)
         last_seq = seq
     return state, last_seq

@@ -20,8 +20,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from dagnats.audit import audit_history
+from dagnats.cli.render import _command_label, batch_commands_shown_max
 from kernel import codec
-from kernel.batch import batch_command, commands_of, decide_stored, holds
+from kernel.batch import batch_command, commands_of, decide_in_turn, decide_stored, holds, kept
 from kernel.commands import AnyCommand, DecideAll, Rejection
 from kernel.errors import DecodeError
 from kernel.events import AnyEvent
@@ -59,7 +60,8 @@ def results(draw: st.DrawFn) -> tuple[int, tuple[AnyCommand, ...]]:
 def one_by_one(
     state: RunState, commands: tuple[AnyCommand, ...]
 ) -> tuple[list[tuple[AnyCommand, tuple[AnyEvent, ...]]], RunState]:
-    """Each command decided and folded before the next (the per-command path)."""
+    """Each command decided and folded before the next (the per-command path): the oracle
+    `decide_in_turn` (kernel/batch.py) is checked against."""
     decisions = []
     for command in commands:
         decided = decide_stored(state, command)
@@ -78,11 +80,15 @@ def test_results_decided_together_equal_results_decided_one_by_one(
 ) -> None:
     branches, commands = row
     before = fan_out(branches)
-    decisions, after = one_by_one(before, commands)
+    decisions, after = one_by_one(before, commands)  # (the oracle)
+    in_turn = decide_in_turn(before, commands)  # (what the engine's batch path decides)
+    assert len(in_turn) == len(commands), "under the bounds every command is decided"
+    kept_commands, events = kept(commands, in_turn)
+    assert kept_commands == tuple(command for command, _ in decisions)
+    assert events == tuple(event for _, decided in decisions for event in decided)
     if not decisions:
         return
-    stored = batch_command(tuple(command for command, _ in decisions))
-    events = tuple(event for _, decided in decisions for event in decided)
+    stored = batch_command(kept_commands)
     assert decide_stored(before, stored) == events, "re-deciding the batch gives its events"
     state = before
     for event in events:
@@ -107,8 +113,22 @@ def test_one_command_is_recorded_as_itself_and_several_as_decide_all() -> None:
         batch_command((one, complete("p1", run_id="other", at_ms=2_000)))
 
 
-def test_the_bound_on_commands_per_decision_is_a_named_limit() -> None:
-    assert 2 <= commands_per_decision_max <= 1_000
+def test_a_batch_never_holds_more_than_commands_per_decision_max_commands() -> None:
+    many = tuple(complete(f"p{i}", at_ms=2_000 + i) for i in range(commands_per_decision_max + 1))
+    assert isinstance(batch_command(many[:-1]), DecideAll)
+    with pytest.raises(AssertionError, match="commands_per_decision_max"):
+        batch_command(many)
+
+
+def test_run_history_names_a_batchs_commands_bounded() -> None:
+    many = tuple(complete(f"p{i}", at_ms=2_000 + i) for i in range(12))
+    label = _command_label(batch_command(many))
+    assert label.startswith("DecideAll(12): complete_task p0#1, complete_task p1#1"), label
+    assert label.count("complete_task") == batch_commands_shown_max and label.endswith(", ...")
+    assert _command_label(batch_command(many[:2])) == (
+        "DecideAll(2): complete_task p0#1, complete_task p1#1"
+    )
+    assert _command_label(many[0]) == "CompleteTask p0#1"
 
 
 def test_a_decide_all_never_arrives_as_a_command() -> None:

@@ -155,7 +155,7 @@ def test_the_snapshot_projection_in_any_batches_ends_at_each_runs_fold(
     store: dict[str, bytes] = {}
     folder = SnapshotFolder(runs_max=runs_max, every_events=every)
     for piece in data.draw(batches(history.messages, redeliver=True)):
-        decoded = [(seq, run_id, codec.decode_decision(d)) for seq, run_id, d in piece]
+        decoded = [(seq, run_id, codec.decode_events(d)) for seq, run_id, d in piece]
         for run_id in folder.to_load(decoded):  # what SnapshotTarget._load does, from "KV"
             snapshot = decode_snapshot(store.get(run_id), run_id)
             own = [(s, d) for s, owner, d in history.messages if owner == run_id]

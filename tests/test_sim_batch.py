@@ -8,12 +8,15 @@ invariant of the simulator still holds and every run completes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import pytest
 
 from dagnats.runtime import batched
 from dagnats.sim import SimCase, run_seed, run_seeds
+from kernel import batch as kernel_batch
+from kernel.batch import Decided
 from kernel.commands import AnyCommand, Rejection
 from kernel.events import AnyEvent
 from kernel.workflow import WorkflowDef
@@ -55,21 +58,21 @@ def test_a_fan_outs_results_are_batched_and_every_invariant_holds_under_faults()
 def test_a_batch_path_that_acks_a_result_it_left_out_is_caught(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    kept = batched._kept
+    kept = kernel_batch.kept
 
-    def drop_last(entries: list[batched.Entry], decisions: list[batched.Decided]) -> Kept:
-        commands, events = kept(entries, decisions)
+    def drop_last(commands: Sequence[AnyCommand], decisions: Sequence[Decided]) -> Kept:
+        commands, events = kept(commands, decisions)
         if len(commands) < 3:
             return commands, events
         last = _last_events(decisions)  # the last command's events, left out
         assert not isinstance(last, Rejection)
         return commands[:-1], events[: len(events) - len(last)]  # acked all the same
 
-    monkeypatch.setattr(batched, "_kept", drop_last)
+    monkeypatch.setattr(batched, "kept", drop_last)
     case = SimCase(workflow=fan_out(), worker=chain_worker(), runs=2)
     report = run_seeds(case, range(seeds), failures_max=1)
     assert not report.ok, "a lost result went unnoticed"
 
 
-def _last_events(decisions: list[batched.Decided]) -> batched.Decided:
+def _last_events(decisions: Sequence[Decided]) -> Decided:
     return next(d for d in reversed(decisions) if not isinstance(d, Rejection) and d)

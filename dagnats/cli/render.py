@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from rich.table import Table
 from rich.text import Text
 
 from kernel.admission_tasks import show_deferral
+from kernel.commands import AnyCommand, DecideAll, StoredCommand
 from kernel.events import Decision
 from kernel.state import RunState, StepState
 from kernel.workflow import WorkflowDef
+
+batch_commands_shown_max: Final = 4  # a DecideAll's commands named in `dagnats run history`
 
 STATUS_STYLES = {
     "completed": "green",
@@ -109,15 +112,31 @@ def history_table(decisions: list[tuple[int, Decision]]) -> Table:
     for column in ("seq", "command", "events"):
         table.add_column(column)
     for seq, decision in decisions:
-        command = decision.command
-        label = type(command).__name__
-        step = getattr(command, "step_id", "")
-        attempt = getattr(command, "attempt", 0)
-        if step:
-            label += f" {step}#{attempt}"
         events = ", ".join(_event_label(event) for event in decision.events)
-        table.add_row(str(seq), label, events)
+        table.add_row(str(seq), _command_label(decision.command), events)
     return table
+
+
+def _command_label(command: StoredCommand) -> str:
+    """A history message's command: its type (and step#attempt); a DecideAll's count and its
+    first `batch_commands_shown_max` commands, by tag."""
+    if isinstance(command, DecideAll):
+        shown = [_sub_label(each) for each in command.commands[:batch_commands_shown_max]]
+        more = len(command.commands) - len(shown)
+        return (
+            f"DecideAll({len(command.commands)}): " + ", ".join(shown) + (", ..." if more else "")
+        )
+    label = type(command).__name__
+    step = getattr(command, "step_id", "")
+    if step:
+        label += f" {step}#{getattr(command, 'attempt', 0)}"
+    return label
+
+
+def _sub_label(command: AnyCommand) -> str:
+    tag = str(type(command).__struct_config__.tag)
+    step = getattr(command, "step_id", "")
+    return f"{tag} {step}#{getattr(command, 'attempt', 0)}" if step else tag
 
 
 def _event_label(event: object) -> str:

@@ -23,7 +23,7 @@ from collections import OrderedDict
 import msgspec
 
 from dagnats.observe.hooks import EngineObserver
-from dagnats.runtime import batched
+from dagnats.runtime import batched, redelivered
 from dagnats.runtime.admission import AdmissionRuntime, Decided, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.effect_runner import run_effect
@@ -48,9 +48,7 @@ from dagnats.runtime.settings import (
     command_fetch_timeout_ms,
     command_progress_interval_ms,
     effects_in_flight_max,
-    parked_retry_delay_ms,
     resume_concurrency_max,
-    retry_delay_ms,
     run_cache_max,
     runs_listed_max,
     unknown_run_deliveries_max,
@@ -58,7 +56,6 @@ from dagnats.runtime.settings import (
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
 from kernel.admission import is_gate_id
-from kernel.batch import holds
 from kernel.commands import AnyCommand, Rejection, StartRun, StoredCommand
 from kernel.decide import decide
 from kernel.effects import AnyEffect, EnqueueTask, StartContinuation
@@ -108,6 +105,7 @@ class Engine:
         self.cache_runs_max = cache_runs_max
         self._cache: OrderedDict[str, Loaded] = OrderedDict()
         self.needs_resume: set[str] = set()
+        self._redone: OrderedDict[str, tuple[int, StoredCommand]] = OrderedDict()  # (below)
         self._parked_news: list[tuple[str, str]] = []  # parked runs not yet dead-lettered
         self._tails: dict[str, asyncio.Future[None]] = {}  # per run subject: the last group
         self.parked: dict[str, str] = {}
@@ -217,6 +215,16 @@ class Engine:
         Returns:
             What happened, so the caller acks (all but "parked" and "retry") or not.
         """
+        command = await self._authorized(data, subject, scheduler, token)
+        if isinstance(command, str):
+            return command
+        return await self._handle_authorized(command, data, deliveries)
+
+    async def _authorized(
+        self, data: bytes, subject: str | None, scheduler: str | None, token: str | None
+    ) -> AnyCommand | Outcome:
+        """`handle`'s front half: the command, decoded and authorized; else what became of it
+        ("dead": set aside, naming why; "parked": its run is parked)."""
         try:
             command = codec.decode_command(data)
         except DecodeError as error:
@@ -230,8 +238,12 @@ class Engine:
                 await self._dead_letter("forbidden", data, authorized, command)
                 return "dead"
             command = authorized
-        if command.run_id in self.parked:
-            return "parked"
+        return "parked" if command.run_id in self.parked else command
+
+    async def _handle_authorized(
+        self, command: AnyCommand, data: bytes, deliveries: int
+    ) -> Outcome:
+        """`handle`'s back half: decide an authorized command and append what it decides."""
         with self.observer.decision(command) as seen:
             seen.outcome = outcome = await self.admission.handle(command, data, deliveries)
         await self._report_parked()
@@ -262,7 +274,11 @@ class Engine:
             if nothing and await self._moved(loaded, run_id):
                 continue  # decided on a stale state: another engine appended since
             if nothing and deliveries > 1:
-                await self.execute(await self._effects_again(loaded, command))
+                try:
+                    await self.execute(await redelivered.effects_again(self, loaded, command))
+                except Exception:
+                    self._redone.pop(run_id, None)  # (not issued: the next one issues them)
+                    raise
             if nothing and isinstance(command, StartRun):
                 await self.execute(list(repeated(loaded.state, command)))
             if isinstance(decided, Rejection):
@@ -319,35 +335,6 @@ class Engine:
         if self.ended is not None and is_terminal(state) and not is_terminal(loaded.state):
             await self.ended.mark(state, command.at_ms)  # workers skip its tasks (ended_runs)
         return effects, state
-
-    async def _effects_again(self, loaded: Loaded, command: AnyCommand) -> list[AnyEffect]:
-        """The effects a redelivered command's own decision called for, when history holds it:
-        the engine that appended it may have stopped before executing them (and before the
-        ack), and the engine that gets the command again decides nothing (it is in history).
-        The decision is the run's last message: its effects, derived again from the state
-        before it; an earlier one: the run's outstanding effects (`resume`). All effects are
-        idempotent, so issuing them again when they did run costs only their round trips."""
-        state, found = INITIAL_STATE, False
-        try:
-            async for seq, data in self.history.read(command.run_id):
-                decision = codec.decode_decision(data)
-                if seq > loaded.last_seq or not holds(decision.command, command):
-                    state = self._evolve_all(state, decision.events)
-                    continue
-                found = True
-                if seq == loaded.last_seq:
-                    effects: list[AnyEffect] = []
-                    for event in decision.events:
-                        state = evolve(state, event)
-                        effects.extend(react(state, event))
-                    log.info("run %s: a redelivered command's effects again", command.run_id)
-                    return effects
-                state = self._evolve_all(state, decision.events)
-        except (DecodeError, AssertionError):
-            return []  # loading the run parks it: nothing to issue here
-        if not found or is_terminal(loaded.state):
-            return []
-        return list(resume(loaded.state))
 
     @staticmethod
     def _evolve_all(state: RunState, events: tuple[AnyEvent, ...]) -> RunState:
@@ -522,22 +509,6 @@ class Engine:
 
     async def _handle_group(self, group: list[CommandMessage]) -> None:
         await batched.handle_group(self, group)  # rows of results: one append (runtime/batched)
-
-    async def _handle_message(self, message: CommandMessage) -> None:
-        try:
-            # (its scheduler and task token: JetStream messages only)
-            extra = (getattr(message, "scheduler", None), getattr(message, "task_token", None))
-            data, deliveries = message.data, message.num_delivered
-            outcome = await self.handle(data, deliveries, message.subject, *extra)
-        except Exception as error:  # the transport failed: let the command come back
-            log.warning("command on %s not handled: %s", message.subject, error)
-            self.forget_subject(message.subject)
-            await message.nak(1_000)
-            return
-        if outcome in ("parked", "retry"):
-            await message.nak(retry_delay_ms if outcome == "retry" else parked_retry_delay_ms)
-        else:
-            await message.ack()
 
     async def keep_in_progress(self, stop: asyncio.Event) -> None:
         """Until `stop`: a progress ack (`+WPI`) every command_progress_interval_ms for each

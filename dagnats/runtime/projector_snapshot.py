@@ -39,11 +39,11 @@ from dagnats.runtime.resources import (
 from kernel import codec
 from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
-from kernel.events import Decision
 from kernel.state import INITIAL_STATE
 from projections.base import CheckpointMovedError, Message
 from projections.snapshot import (
     SCHEMA,
+    Decoded,
     Snapshot,
     SnapshotFolder,
     decode_snapshot,
@@ -229,18 +229,18 @@ class SnapshotTarget:
         costs only a refold after a crash (each snapshot carries its own last sequence)."""
         if after_seq != self._applied_seq:
             raise CheckpointMovedError(SNAPSHOTS, self._applied_seq, after_seq)
-        decoded: list[tuple[int, str, Decision]] = []
+        decoded: list[Decoded] = []
         events = 0
         for seq, run_id, data in messages:
             if is_gate_id(run_id):
                 continue  # an admission gate's history (kernel/admission.py), not a run's
             try:
-                decision = codec.decode_decision(data)
+                decoded_events = codec.decode_events(data)  # (the command is not needed)
             except DagnatsError as error:
                 log.warning("snapshots: message %d of run %s skipped: %s", seq, run_id, error)
                 continue
-            decoded.append((seq, run_id, decision))
-            events += len(decision.events)
+            decoded.append((seq, run_id, decoded_events))
+            events += len(decoded_events)
         for run_id in self.folder.to_load(decoded):
             await self._load(run_id)
         due = self.folder.apply(decoded)

@@ -41,7 +41,7 @@ from dagnats.worker import decode_task
 from kernel.batch import commands_of
 from kernel.commands import StartRun
 from kernel.errors import DecodeError
-from kernel.events import Decision, event_tag
+from kernel.events import Decision, StepLost, event_tag
 from kernel.state import RunState
 
 # A result a worker sent arrives within this (or, lost, its task comes back after the ack
@@ -118,7 +118,7 @@ class ModelCheck:
             return
         tags = [event_tag(type(e)) for e in decision.events]
         applied: bool | None = None
-        lost = False
+        lost_fed: set[str] = set()  # steps whose fed command the model has as a lost attempt
         for each in commands_of(command):  # (a DecideAll's commands in turn: kernel/batch.py)
             fed = model.feed(each, message.at_ms)
             if fed is False:
@@ -131,16 +131,20 @@ class ModelCheck:
                 )  # fmt: skip
                 return
             applied = applied or fed
-            lost = lost or bool(fed and model.lost_now)
-        if applied and lost != ("step.lost" in tags):
-            recorded = "recorded" if "step.lost" in tags else "did not record"
+            if fed and model.lost_now:
+                lost_fed.add(getattr(each, "step_id", ""))
+        lost_recorded = {e.step_id for e in decision.events if isinstance(e, StepLost)}
+        if applied and lost_fed != lost_recorded:
+            step_id = min(lost_fed ^ lost_recorded)  # (the first step they differ on)
+            lost = step_id in lost_fed
+            recorded = "did not record" if lost else "recorded"
             self._mismatch(
                 run_id,
                 model,
-                [f"the engine {recorded} step.lost on `{model.inputs[-1].text}` (it decided "
+                [f"the engine {recorded} step.lost for step {step_id} (it decided "
                  f"{', '.join(tags[:4])}); the model has the attempt "
                  f"{'lost, the next one started at once' if lost else 'failed'}"],
-                getattr(command, "step_id", ""),
+                step_id,
             )  # fmt: skip
 
     def check_final(self, states: dict[str, RunState]) -> None:

@@ -51,6 +51,7 @@ from projections.base import (
     write_transaction,
 )
 from projections.snapshot import (
+    Decoded,
     Snapshot,
     SnapshotFolder,
     decode_snapshot,
@@ -253,14 +254,14 @@ class SeedProjector:
         return True
 
     def _apply_snapshots(self, messages: list[HistoryMessage]) -> None:
-        decoded: list[tuple[int, str, Decision]] = []
+        decoded: list[Decoded] = []
         for message in messages:
             if is_gate_id(message.run_id):
                 continue  # an admission gate's history, not a run's
             decision = self.decision_at(message.seq) if self.decision_at is not None else None
-            if decision is None:  # (the same bytes decode to an equal, immutable value)
-                decision = codec.decode_decision(message.payload)
-            decoded.append((message.seq, message.run_id, decision))
+            # (the same bytes decode to an equal, immutable value; the command is not needed)
+            events = codec.decode_events(message.payload) if decision is None else decision.events
+            decoded.append((message.seq, message.run_id, events))
         for run_id in self.folder.to_load(decoded):
             self._load(run_id)
         due = self.folder.apply(decoded)
