@@ -234,10 +234,11 @@ class Processes:
         return serve
 
     def worker(
-        self, url: str, *, ack_wait_ms: int = 30_000, heartbeat_ms: int = 1_000
-    ) -> tuple[Process, Path]:
-        """A worker of tests.fault_workers with the given heartbeat timeout; returns it and
-        its connection events file."""
+        self, url: str, *, ack_wait_ms: int = 30_000, heartbeat_ms: int = 1_000,
+        js_timeout_s: float | None = None,
+    ) -> tuple[Process, Path]:  # fmt: skip
+        """A worker of tests.fault_workers with the given heartbeat timeout (and JetStream
+        publish timeout); returns it and its connection events file."""
         self._names["worker-events"] += 1
         events = self.tmp_path / f"worker-events-{self._names['worker-events']}.txt"
         argv = [
@@ -245,6 +246,8 @@ class Processes:
             "--ack-wait-ms", str(ack_wait_ms), "--heartbeat-ms", str(heartbeat_ms),
             "--events-file", str(events),
         ]  # fmt: skip
+        if js_timeout_s is not None:
+            argv += ["--js-timeout-s", str(js_timeout_s)]
         return self.start("worker", argv), events
 
     def cli_worker(self, url: str, *, heartbeat_timeout_s: float | None = None) -> Process:

@@ -96,8 +96,12 @@ for _task_type in TASK_TYPES:
     worker.add(_task_type, handle)
 
 
-async def serve(url: str, ack_wait_ms: int, heartbeat_ms: int, events_file: Path | None) -> None:
-    """Serve `worker` with task consumers whose ack wait (heartbeat timeout) is ack_wait_ms."""
+async def serve(
+    url: str, ack_wait_ms: int, heartbeat_ms: int, events_file: Path | None,
+    js_timeout_s: float | None = None,
+) -> None:  # fmt: skip
+    """Serve `worker` with task consumers whose ack wait (heartbeat timeout) is ack_wait_ms;
+    `js_timeout_s`: each JetStream publish's wait for its acknowledgement (nats-py's 5 s)."""
 
     def note(event: str) -> None:
         if events_file is not None:
@@ -120,7 +124,7 @@ async def serve(url: str, ack_wait_ms: int, heartbeat_ms: int, events_file: Path
         reconnected_cb=on_reconnected,
     )
     note("connected")
-    js = nc.jetstream()
+    js = nc.jetstream() if js_timeout_s is None else nc.jetstream(timeout=js_timeout_s)
     tasks = JetStreamTaskQueue(js, ack_wait_ms=ack_wait_ms)
     commands = JetStreamCommandQueue(js, kind="result")  # a worker publishes results
     worker.heartbeat_interval_ms = heartbeat_ms
@@ -150,12 +154,13 @@ def main() -> None:
     parser.add_argument("--ack-wait-ms", type=int, default=settings.task_ack_wait_ms_default)
     parser.add_argument("--heartbeat-ms", type=int, default=1_000)
     parser.add_argument("--events-file", type=Path, default=None)
+    parser.add_argument("--js-timeout-s", type=float, default=None)
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     assert 0 < arguments.heartbeat_ms < arguments.ack_wait_ms, "heartbeat within the ack wait"
     asyncio.run(
         serve(arguments.nats_url, arguments.ack_wait_ms, arguments.heartbeat_ms,
-              arguments.events_file)
+              arguments.events_file, arguments.js_timeout_s)
     )  # fmt: skip
 
 

@@ -10,18 +10,31 @@ acknowledgement decodes with msgspec. Same wire messages, same headers, same err
 (`nats.js.errors.APIError` and its kinds, `NoStreamResponseError`, `nats.errors.TimeoutError`),
 so callers behave exactly as with `js.publish`.
 
-This module may publish and subscribe on the connection it is given; it decodes only the
-server's acknowledgements.
+A connection lost while publishes wait for their acknowledgements: what was written to the
+lost socket (or stored, with its acknowledgement sent there) is never acknowledged over the
+new one, so each such wait would run out its whole timeout (5 s by default: a run stalled
+that long after a server restart). The publisher chains itself into the client's disconnected
+and reconnected callbacks: the publishes waiting at a disconnect fail at the next reconnect
+with `AckLostError` (a `nats.errors.TimeoutError`: callers treat it as the timeout it cuts
+short), and the caller's resend under the same Nats-Msg-Id goes out at once (the duplicate
+window drops a copy the server already stored). A publish made during the outage sits in the
+client's pending buffer, goes out on the reconnect, and keeps waiting for its acknowledgement.
+
+This module may publish and subscribe on the connection it is given, and chain the client's
+disconnected/reconnected callbacks; it decodes only the server's acknowledgements.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -42,6 +55,50 @@ class PubAck(msgspec.Struct, frozen=True):
 _decode_ack = msgspec.json.Decoder(PubAck).decode
 
 
+class AckLostError(nats.errors.TimeoutError):
+    """The connection was lost while this publish waited: its acknowledgement cannot come."""
+
+    def __str__(self) -> str:
+        return "nats: no acknowledgement (the connection was lost while waiting for it)"
+
+
+Callback = Callable[[], Awaitable[None]]
+
+
+class _ConnectionHooks:
+    """The publishers of one client, told of its disconnects and reconnects (after the
+    callbacks it had, which still run first)."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.publishers: weakref.WeakSet[JetStreamPublisher] = weakref.WeakSet()
+        self.disconnected: Callback | None = nc._disconnected_cb
+        self.reconnected: Callback | None = nc._reconnected_cb
+        nc._disconnected_cb = self.on_disconnected
+        nc._reconnected_cb = self.on_reconnected
+
+    async def on_disconnected(self) -> None:
+        if self.disconnected is not None:
+            await self.disconnected()
+        for publisher in list(self.publishers):
+            publisher.connection_lost()
+
+    async def on_reconnected(self) -> None:
+        for publisher in list(self.publishers):
+            publisher.connection_back()
+        if self.reconnected is not None:
+            await self.reconnected()
+
+
+_hooks: weakref.WeakKeyDictionary[NatsClient, _ConnectionHooks] = weakref.WeakKeyDictionary()
+
+
+def _watch(nc: NatsClient, publisher: JetStreamPublisher) -> None:
+    hooks = _hooks.get(nc)
+    if hooks is None:
+        hooks = _hooks[nc] = _ConnectionHooks(nc)
+    hooks.publishers.add(publisher)
+
+
 class JetStreamPublisher:
     """Publish to JetStream and await the acknowledgement (one reply subscription in all)."""
 
@@ -52,6 +109,9 @@ class JetStreamPublisher:
         self._starting: asyncio.Lock | None = None
         self._waiting: dict[str, tuple[asyncio.Future[PubAck], asyncio.TimerHandle]] = {}
         self._next_token = 0
+        self._lost: set[str] = set()  # waiting at a disconnect: failed at the reconnect
+        self.acks_lost = 0  # waits cut short at a reconnect (AckLostError), in all
+        _watch(self.nc, self)
 
     async def publish(
         self, subject: str, payload: bytes, *, stream: str, headers: dict[str, str]
@@ -61,7 +121,8 @@ class JetStreamPublisher:
         Raises:
             nats.js.errors.APIError: JetStream refused it (err_code says why).
             nats.js.errors.NoStreamResponseError: no stream listens on `subject`.
-            nats.errors.TimeoutError: no acknowledgement within the context's timeout.
+            nats.errors.TimeoutError: no acknowledgement within the context's timeout
+                (`AckLostError`: the connection was lost while waiting; sooner).
         """
         prefix = self._prefix or await self._start()
         self._next_token += 1
@@ -79,6 +140,7 @@ class JetStreamPublisher:
         finally:
             expiry.cancel()
             self._waiting.pop(token, None)
+            self._lost.discard(token)
         if ack.error is not None:
             nats.js.errors.APIError.from_error(dict(ack.error))  # raises its kind
         return ack
@@ -112,6 +174,20 @@ class JetStreamPublisher:
         waiting = self._waiting.get(token)
         if waiting is not None and not waiting[0].done():
             waiting[0].set_exception(nats.errors.TimeoutError())
+
+    def connection_lost(self) -> None:
+        """The client lost its connection: what waits now is failed at the reconnect."""
+        self._lost.update(self._waiting)
+
+    def connection_back(self) -> None:
+        """The client reconnected (its pending buffer already flushed): fail each wait of a
+        publish made before the disconnect, so its caller sends it again now."""
+        lost, self._lost = self._lost, set()
+        for token in lost:
+            waiting = self._waiting.get(token)
+            if waiting is not None and not waiting[0].done():
+                waiting[0].set_exception(AckLostError())
+                self.acks_lost += 1
 
     def pending(self) -> int:
         """Publishes waiting for their acknowledgement."""
