@@ -9,6 +9,7 @@ a fresh engine's cache reads the same state from the compacted subject."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hypothesis import given as for_all
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from nats.js.client import JetStreamContext
 
 from dagnats.runtime.admission import AdmissionRuntime
-from dagnats.runtime.admission_compact import history_purger
+from dagnats.runtime.admission_compact import Compactor, history_purger
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.protocols import EventLog
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
@@ -217,3 +218,29 @@ async def test_a_crash_between_snapshot_and_purge_loses_nothing(
     assert await subject_messages(private_js, GATE) == 2  # the new snapshot, one after it
     assert await runtime(private_js, after=4).gate_state(GATE) == await restarted.gate_state(GATE)
     assert len((await restarted.gate_state(GATE)).waiting) == 8
+
+
+async def test_appends_racing_a_due_snapshot_make_one_snapshot() -> None:
+    """The compaction runs outside the gate's lock: an append that lands while a due snapshot
+    is being appended is counted toward the next one, not made a second snapshot (with the
+    first purge held, the second purged the first's snapshot away)."""
+    compactor = Compactor()
+    compactor.after = 2
+    compactor.loaded("gate", 1)
+    snapshots: list[int] = []
+    appended = asyncio.Event()
+
+    async def snapshot() -> int:
+        snapshots.append(len(snapshots) + 1)
+        await appended.wait()  # the snapshot's append is still on its way
+        return 100 + len(snapshots)
+
+    counted: list[str] = []
+    first = asyncio.create_task(compactor.after_append("gate", snapshot, counted.append))
+    await asyncio.sleep(0)  # the first is due and waits in its snapshot
+    second = asyncio.create_task(compactor.after_append("gate", snapshot, counted.append))
+    await asyncio.sleep(0)
+    appended.set()
+    await asyncio.gather(first, second)
+    assert snapshots == [1], snapshots
+    assert counted == ["snapshots"], counted

@@ -83,6 +83,10 @@ class Compactor:
         Compaction is a saving, never a reason to fail the decision it follows."""
         if not self.appended(aggregate_id):
             return
+        # Counted from now: an append racing this one (the gate's lock is not held here) is
+        # not due too, so one snapshot is made, and a failed one is tried again `after`
+        # messages on, not at every one.
+        self.snapshotted(aggregate_id)
         try:
             seq = await snapshot()
         except AssertionError:
@@ -90,11 +94,9 @@ class Compactor:
         except Exception as error:  # e.g. a snapshot over the server's max payload
             log.warning("admission %s: no snapshot: %s", aggregate_id, error)
             count("snapshot_failures")
-            self.snapshotted(aggregate_id)  # tried again `after` messages on, not every one
             return
         if seq is None:
             return
-        self.snapshotted(aggregate_id)
         count("snapshots")
         await self.purge_below(aggregate_id, seq)
 
