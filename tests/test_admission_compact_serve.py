@@ -98,13 +98,15 @@ async def read_gate(js: JetStreamContext, gate_id: str) -> Gate:
 
 async def settled_gate(js: JetStreamContext, gate_id: str) -> Gate:
     """The gate once no run holds it or waits (its last release is appended after its run's
-    end, and a compaction may be purging: read until it is still)."""
+    end) and the compaction its last append made due has run (a snapshot, then the purge
+    below it): read until it is still."""
     read: list[Gate] = []
 
     async def settled() -> bool:
         read.append(await read_gate(js, gate_id))
         gate = read[-1]
-        return not gate.state.holders and not gate.state.waiting and gate.messages[0][1]
+        free = not gate.state.holders and not gate.state.waiting
+        return free and gate.messages[0][1] and len(gate.messages) <= COMPACT_AFTER
 
     await wait_for(settled, timeout_ms=WAIT_MS, what=f"gate {gate_id} free, from a snapshot")
     return read[-1]
