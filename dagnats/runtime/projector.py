@@ -351,7 +351,10 @@ class Projector:
 
     async def _pump(self, after_seq: int, queue: asyncio.Queue[Message]) -> None:
         async for message in self.history.tail(after_seq):
-            await queue.put(message)
+            if queue.full():  # (put_nowait otherwise: no coroutine per message)
+                await queue.put(message)
+            else:
+                queue.put_nowait(message)
 
     def _count(self, applied: int) -> None:
         self.events += applied
