@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from dagnats.runtime import settings
 from dagnats.runtime.log_read import HistoryReader
 from dagnats.runtime.resources import HISTORY_STREAM, HISTORY_SUBJECTS, run_id_of_history_subject
+from kernel.errors import DagnatsError
 
 Message = tuple[int, str, bytes]
 
@@ -44,7 +45,7 @@ async def read_until(
     (fewer when the rest was deleted meanwhile), in order.
 
     Raises:
-        TimeoutError: no message arrived within settings.read_idle_timeout_ms, twice.
+        DagnatsError: no message arrived within settings.read_idle_timeout_ms, twice.
     """
     if last_seq <= after_seq:
         return
@@ -60,8 +61,15 @@ async def read_until(
                 yield seq, run_id_of_history_subject(subject), data
                 if reader.wanted and reader.has_room():
                     await reader.request()
-            if not await reader.wait(timeout_s):
-                return
+            try:
+                if not await reader.wait(timeout_s):
+                    return
+            except TimeoutError:
+                raise DagnatsError(
+                    f"history read stalled after sequence {reader.next_seq - 1} of {last_seq}: "
+                    f"no message within read_idle_timeout_ms={settings.read_idle_timeout_ms}, "
+                    "twice (is nats-server up?)"
+                ) from None
     finally:
         await reader.close()
 
