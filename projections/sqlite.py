@@ -215,6 +215,9 @@ def agent_rows(event: AnyEvent, at: Position) -> tuple[list[Row], list[Row]]:
     return [], []
 
 
+_AGENT_EVENT_TYPES: Final = frozenset({AgentTurnCompleted, AgentToolScheduled, AgentToolCompleted})
+
+
 def event_row(event: AnyEvent, at: Position) -> Row:
     """The `events` row of one event (columns in EVENT_COLUMNS order)."""
     return (
@@ -305,9 +308,10 @@ class QueryTables(SqliteProjectionBase):
             return
         touched.last_seq = at.seq
         self._events.append(event_row(event, at))
-        turns, calls = agent_rows(event, at)
-        self._turns.extend(turns)
-        self._calls.extend(calls)
+        if type(event) in _AGENT_EVENT_TYPES:  # (most events fill no agent row)
+            turns, calls = agent_rows(event, at)
+            self._turns.extend(turns)
+            self._calls.extend(calls)
 
     def flush(self, db: Database) -> None:
         runs: list[Row] = []

@@ -50,6 +50,7 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.lease import Lease, LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.parked import RunParkedError, decode_message, unfoldable
+from dagnats.runtime.projector_read import read_until
 from dagnats.runtime.projector_snapshot import (  # re-exported: see __all__
     MARKER_KEY,
     SNAPSHOTS,
@@ -350,8 +351,19 @@ class Projector:
         await self._write_status()
 
     async def _pump(self, after_seq: int, queue: asyncio.Queue[Message]) -> None:
+        """Read what the stream holds now by the lean reader (`projector_read`), then tail."""
+        until = await stream_last_seq(self.js)
+        async for message in read_until(self.js, after_seq, until):
+            after_seq = message[0]
+            if queue.full():
+                await queue.put(message)
+            else:
+                queue.put_nowait(message)
         async for message in self.history.tail(after_seq):
-            await queue.put(message)
+            if queue.full():  # (put_nowait otherwise: no coroutine per message)
+                await queue.put(message)
+            else:
+                queue.put_nowait(message)
 
     def _count(self, applied: int) -> None:
         self.events += applied
