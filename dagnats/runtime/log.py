@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncGenerator
 from typing import Final
 
@@ -163,25 +164,14 @@ class JetStreamEventLog:
             return
         subject = history_subject(run_id)
         reader = HistoryReader(self.js, HISTORY_STREAM, subject, after_seq, last_seq)
-        timeout_s = self.read_idle_timeout_ms / 1000
-        items = reader.items
+        messages = reader.messages(self.read_idle_timeout_ms / 1000)
         try:
-            await reader.open()
-            while True:
-                while items:
-                    yield items.popleft()
-                    if reader.wanted and reader.has_room():
-                        await reader.request()
-                try:
-                    if not await reader.wait(timeout_s):
-                        return
-                except TimeoutError:
-                    seq = reader.next_seq - 1
-                    raise HistoryReadError(
-                        run_id, seq, last_seq, self.read_idle_timeout_ms
-                    ) from None
-        finally:
-            await reader.close()
+            async with contextlib.aclosing(messages) as read:
+                async for item in read:
+                    yield item
+        except TimeoutError:
+            seq = reader.next_seq - 1
+            raise HistoryReadError(run_id, seq, last_seq, self.read_idle_timeout_ms) from None
 
     async def tail(self, after_seq: int) -> AsyncGenerator[tuple[int, str, bytes], None]:
         """Yield (seq, run_id, payload) of every history message with seq > after_seq, live

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Final
 
 from nats.aio.client import Client
@@ -118,6 +118,26 @@ class HistoryReader:
         )  # fmt: skip
         info = await self.js.add_consumer(self.stream, config)
         self._consumer = info.name
+
+    async def messages(self, timeout_s: float) -> AsyncGenerator[tuple[int, bytes], None]:
+        """Open, yield each (seq, payload) in order until the read ends, then close (callers
+        wrap it in `contextlib.aclosing`, so an early stop closes the consumer at once).
+
+        Raises:
+            TimeoutError: no message within timeout_s, twice (see `wait`).
+        """
+        items = self.items
+        try:
+            await self.open()
+            while True:
+                while items:
+                    yield items.popleft()
+                    if self.wanted and self.has_room():
+                        await self.request()
+                if not await self.wait(timeout_s):
+                    return
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         """Unsubscribe and delete the consumer without waiting for the reply."""

@@ -9,6 +9,7 @@ This module only reads; it never writes.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator
 
@@ -50,28 +51,17 @@ async def read_until(
     if last_seq <= after_seq:
         return
     reader = _SubjectReader(js, after_seq, last_seq)
-    items, subjects = reader.items, reader.subjects
-    timeout_s = settings.read_idle_timeout_ms / 1000
+    subjects = reader.subjects
+    messages = reader.messages(settings.read_idle_timeout_ms / 1000)
     try:
-        await reader.open()
-        while True:
-            while items:
-                seq, data = items.popleft()
-                subject = subjects.popleft().decode()
-                yield seq, run_id_of_history_subject(subject), data
-                if reader.wanted and reader.has_room():
-                    await reader.request()
-            try:
-                if not await reader.wait(timeout_s):
-                    return
-            except TimeoutError:
-                raise DagnatsError(
-                    f"history read stalled after sequence {reader.next_seq - 1} of {last_seq}: "
-                    f"no message within read_idle_timeout_ms={settings.read_idle_timeout_ms}, "
-                    "twice (is nats-server up?)"
-                ) from None
-    finally:
-        await reader.close()
-
+        async with contextlib.aclosing(messages) as read:
+            async for seq, data in read:
+                yield seq, run_id_of_history_subject(subjects.popleft().decode()), data
+    except TimeoutError:
+        raise DagnatsError(
+            f"history read stalled after sequence {reader.next_seq - 1} of {last_seq}: "
+            f"no message within read_idle_timeout_ms={settings.read_idle_timeout_ms}, "
+            "twice (is nats-server up?)"
+        ) from None
 
 __all__ = ["read_until"]
