@@ -28,7 +28,7 @@ from dagnats.client.watches import ClosingWatches, RunWatch
 from dagnats.json_input import JsonInputError
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
-from dagnats.runtime.ended_runs import EndedRuns
+from dagnats.runtime.ended_runs import EndedMarker, EndedRuns
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.outage import OutageLog
@@ -286,22 +286,8 @@ async def test_a_marker_is_read_with_a_direct_get_not_an_api_request(
     markers = EndedRuns(connection.js)
     ended = RunState(run_id=run_id, status="completed", event_count=3)
     await markers.mark(ended, now_ms())
-    requests: list[str] = []
-
-    async def seen(message: Msg) -> None:
-        if ENDED_BUCKET in message.subject:
-            requests.append(message.subject)
-
-    assert connection.nc is not None
-    spy = await connection.nc.subscribe("$JS.API.>", cb=seen)
-    try:
-        marker = await markers.ended(run_id)
-        await connection.nc.flush()
-    finally:
-        await spy.unsubscribe()
+    marker = await read_by_direct_get(connection, markers, run_id)
     assert marker is not None and marker.status == "completed" and marker.events == 3
-    assert [subject for subject in requests if ".DIRECT.GET." in subject], requests
-    assert not [subject for subject in requests if ".STREAM.MSG.GET." in subject], requests
 
 
 async def test_a_direct_get_that_times_out_falls_back_for_that_read_only(
@@ -322,22 +308,8 @@ async def test_a_direct_get_that_times_out_falls_back_for_that_read_only(
     monkeypatch.setattr(connection.js, "get_last_msg", get_last_msg)
     first = await markers.ended(run_id)  # a message get, this once
     assert timed_out and first is not None and first.events == 4
-    requests: list[str] = []
-
-    async def seen(message: Msg) -> None:
-        if ENDED_BUCKET in message.subject:
-            requests.append(message.subject)
-
-    assert connection.nc is not None
-    spy = await connection.nc.subscribe("$JS.API.>", cb=seen)
-    try:
-        again = await markers.ended(run_id)
-        await connection.nc.flush()
-    finally:
-        await spy.unsubscribe()
+    again = await read_by_direct_get(connection, markers, run_id)
     assert again is not None and again.events == 4
-    assert [subject for subject in requests if ".DIRECT.GET." in subject], requests
-    assert not [subject for subject in requests if ".STREAM.MSG.GET." in subject], requests
 
 
 async def test_a_bucket_made_without_direct_gets_is_given_them_and_read_meanwhile(
@@ -362,3 +334,25 @@ async def test_a_bucket_made_without_direct_gets_is_given_them_and_read_meanwhil
         assert fresh is not None and fresh.events == 2
     finally:
         await client.close()
+
+
+async def read_by_direct_get(
+    connection: Connection, markers: EndedRuns, run_id: str
+) -> EndedMarker | None:
+    """The run's ended marker, checking that the read was a direct get (no message get)."""
+    requests: list[str] = []
+
+    async def seen(message: Msg) -> None:
+        if ENDED_BUCKET in message.subject:
+            requests.append(message.subject)
+
+    assert connection.nc is not None
+    spy = await connection.nc.subscribe("$JS.API.>", cb=seen)
+    try:
+        marker = await markers.ended(run_id)
+        await connection.nc.flush()
+    finally:
+        await spy.unsubscribe()
+    assert [subject for subject in requests if ".DIRECT.GET." in subject], requests
+    assert not [subject for subject in requests if ".STREAM.MSG.GET." in subject], requests
+    return marker
