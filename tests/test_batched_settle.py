@@ -29,6 +29,7 @@ from kernel.events import AnyEvent
 from kernel.state import RunState
 from tests.nats_fixtures import unique, wait_for
 from tests.test_batched_engine import (
+    Naked,
     branches,
     decisions,
     engine_on,
@@ -42,24 +43,12 @@ from tests.test_batched_engine import (
 )
 
 
-class AckFails:
+class AckFails(Naked):
     """A fetched command whose ack raises (the transport failed for this one message)."""
 
     def __init__(self, message: CommandMessage) -> None:
-        self.message = message
+        super().__init__(message)
         self.nakked = False
-
-    @property
-    def subject(self) -> str:
-        return self.message.subject
-
-    @property
-    def data(self) -> bytes:
-        return self.message.data
-
-    @property
-    def num_delivered(self) -> int:
-        return self.message.num_delivered
 
     async def ack(self) -> None:
         raise ConnectionError("ack lost")
@@ -67,12 +56,6 @@ class AckFails:
     async def nak(self, delay_ms: int = 0) -> None:
         self.nakked = True
         await self.message.nak(delay_ms)
-
-    async def in_progress(self) -> None:
-        await self.message.in_progress()
-
-    async def term(self) -> None:
-        await self.message.term()
 
 
 async def test_one_failing_ack_leaves_the_others_acked_and_nothing_held(
