@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import pytest
 import pytest_asyncio
@@ -25,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from dagnats.client import Client, RunNotFoundError
+from dagnats.client import watches as client_watches
 from dagnats.client.watches import parked_watches_max
 from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
@@ -276,3 +278,52 @@ async def test_many_starts_leave_no_consumer_behind(
     assert len(set(run_ids)) == starts
     assert info.state.consumer_count is not None
     assert info.state.consumer_count <= parked_watches_max + 8, info.state
+
+
+async def test_start_sends_the_start_without_waiting_for_its_watch_and_the_watch_misses_nothing(
+    client: Client, private_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The StartRun goes out while the watch's consumer is being made (a round trip off the
+    start's path): here the watch opens only once the engine has appended the run's first
+    decision, and the watch still reads it (it reads the run's history from its start)."""
+    real_open = client_watches.RunWatch.open
+    run_id = unique("early")
+
+    async def open_after_the_first_decision(
+        js: JetStreamContext, watched: str, after_seq: int = 0
+    ) -> client_watches.RunWatch:
+        async def appended() -> bool:
+            return await client.connection.history.last_seq(watched) > 0
+
+        await wait_for(appended, timeout_ms=int(wait_s * 1000), what="the first decision")
+        return await real_open(js, watched, after_seq)
+
+    monkeypatch.setattr(client_watches.RunWatch, "open", open_after_the_first_decision)
+    async with engine(private_server.url, tmp_path / "data"):
+        await asyncio.wait_for(client.start(NAP, run_id=run_id), wait_s)
+        state = await client.wait(run_id, timeout_s=wait_s)
+    assert state.status == "completed", state.status
+    history = [decision async for _, decision in client.history(run_id)]
+    assert state.event_count == sum(len(decision.events) for decision in history)
+
+
+async def test_a_watch_that_fails_to_open_after_the_start_went_out_leaves_a_run_to_wait_for(
+    client: Client, private_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = client_watches.RunWatch.open
+    failures: list[str] = []
+
+    async def fail_once(
+        js: JetStreamContext, watched: str, after_seq: int = 0
+    ) -> client_watches.RunWatch:
+        if not failures:
+            failures.append(watched)
+            raise nats.errors.TimeoutError
+        return await real_open(js, watched, after_seq)
+
+    monkeypatch.setattr(client_watches.RunWatch, "open", fail_once)
+    async with engine(private_server.url, tmp_path / "data"):
+        run_id = await asyncio.wait_for(client.start(NAP), wait_s)
+        state = await client.wait(run_id, timeout_s=wait_s)
+    assert failures == [run_id]
+    assert state.status == "completed", state.status

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -61,12 +62,12 @@ from kernel.commands import AnyCommand, CancelRun, ScheduleRun, SendSignal, Star
 from kernel.decide import decide
 from kernel.errors import DagnatsError, PayloadTooLargeError, WorkflowInvalidError
 from kernel.events import ChildStarted, Decision
-from kernel.reducer import evolve
-from kernel.state import INITIAL_STATE, RunState, is_terminal
+from kernel.state import RunState, is_terminal
 from kernel.step_states import ApprovalState
 from kernel.workflow import WorkflowDef, parse_workflow, validate_workflow
 from projections.sqlite import stored_rows
 
+log = logging.getLogger("dagnats.client")
 start_wait_s_default = 10.0
 started_runs_remembered_max = 10_000  # run ids a Client remembers starting (for `wait`)
 children_listed_max = 1_000
@@ -244,7 +245,7 @@ class Client:
                 if run_at_ms is not None:
                     sent = ScheduleRun(run_id=run_id, at_ms=command.at_ms, start=command,
                                        run_at_ms=run_at_ms)  # fmt: skip
-                existing = await self._send_start(sent, wait_started_s, await opening)
+                existing = await self._send_start(sent, wait_started_s, opening)
         except BaseException:
             await client_watches.discard(opening, self._closing)  # (a start that failed)
             raise
@@ -255,13 +256,22 @@ class Client:
         return run_id
 
     async def _send_start(
-        self, command: StartRun | ScheduleRun, wait_started_s: float, watch: RunWatch
-    ) -> Decision | None:
-        """Send a StartRun (its watch opened first); the run's first decision (within
-        `wait_started_s`), and the watch parked for `wait` (one consumer for both)."""
+        self, command: StartRun | ScheduleRun, wait_started_s: float,
+        opening: asyncio.Future[RunWatch],
+    ) -> Decision | None:  # fmt: skip
+        """Send a StartRun while its watch opens (the watch reads the run's history from its
+        first message, so it misses nothing appended before its consumer exists); the run's
+        first decision (within `wait_started_s`), and the watch parked for `wait` (one
+        consumer for both)."""
+        await self.send(command, msg_id=f"start:{(run_id := command.run_id)}")
+        self._remember_started(run_id)
         try:
-            await self.send(command, msg_id=f"start:{(run_id := command.run_id)}")
-            self._remember_started(run_id)
+            watch = await opening
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
+            # Sent, unconfirmed: its `wait` opens a watch of its own.
+            log.info("run %s: started; its watch did not open (%s)", run_id, error)
+            return None
+        try:
             first = None
             if wait_started_s > 0:
                 first = await watch.next(time.monotonic() + wait_started_s)
@@ -410,7 +420,7 @@ class Client:
             known_seq = await self.connection.history.last_seq(run_id)
             watch = await RunWatch.open(self.connection.js, run_id)
         try:
-            state = await self._fold_until_end(watch, deadline, on_update, known_seq)
+            state = await client_watches.fold_until_end(watch, deadline, on_update, known_seq)
         finally:
             await self._closing.close_later(watch)  # the answer need not wait for the delete
         if is_terminal(state) and follow:
@@ -420,30 +430,6 @@ class Client:
         if state.status == "new":
             raise RunNotFoundError(run_id)
         raise WaitTimeoutError(run_id, timeout_s, state)
-
-    @staticmethod
-    async def _fold_until_end(
-        watch: RunWatch,
-        deadline: float,
-        on_update: Callable[[RunState, Decision], None] | None,
-        known_seq: int = 0,
-    ) -> RunState:
-        """Fold the watched run's decisions (those `start` read first) until it ends at or
-        after `known_seq` or the deadline passes; the state reached."""
-        state = INITIAL_STATE
-        seen, watch.seen = watch.seen, []
-        while True:
-            item = seen.pop(0) if seen else await watch.next(deadline)
-            if item is None:
-                break
-            seq, decision = item
-            for event in decision.events:
-                state = evolve(state, event)
-            if on_update is not None:
-                on_update(state, decision)
-            if is_terminal(state) and seq >= known_seq:
-                break
-        return state
 
     async def lineage(self, run_id: str) -> list[client_chains.ChainLink]:
         """The continue-as-new chain of a run, root first (a single run is a chain of one)."""

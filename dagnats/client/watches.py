@@ -1,8 +1,9 @@
 """One live watch of a run's history, shared by `Client.start` and `Client.wait`.
 
-`start` opens the watch before it sends a new run's StartRun (so the first decision cannot be
-missed), reads that first decision from it, and leaves it open for `wait`: starting and
-waiting for a new run costs one ordered consumer, not one each. The decisions `start` read
+`start` opens the watch as it sends a new run's StartRun (the watch reads the run's history
+from its first message, so it misses nothing appended before its consumer exists: the start
+need not wait for the consumer), reads that first decision from it, and leaves it open for
+`wait`: starting and waiting for a new run costs one ordered consumer, not one each. The decisions `start` read
 are kept (`seen`) and given to `wait` first, so `wait` folds the whole history.
 
 `ParkedWatches` keeps the watches of the runs started and not yet waited for, a bounded
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 import nats.errors
@@ -29,6 +30,8 @@ from nats.js import JetStreamContext, api
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from kernel.events import Decision
+from kernel.reducer import evolve
+from kernel.state import INITIAL_STATE, RunState, is_terminal
 
 parked_watches_max: Final = 64  # watches of started runs kept open for their `wait`
 # How often a waiting watch looks whether its connection reconnected meanwhile: the server
@@ -113,6 +116,30 @@ class RunWatch:
             return
         self.closed = True
         await _close_subscription(self._js, self._subscription)
+
+
+async def fold_until_end(
+    watch: RunWatch,
+    deadline: float,
+    on_update: Callable[[RunState, Decision], None] | None,
+    known_seq: int = 0,
+) -> RunState:
+    """Fold the watched run's decisions (those `start` read first) until it ends at or
+    after `known_seq` or the deadline passes; the state reached."""
+    state = INITIAL_STATE
+    seen, watch.seen = watch.seen, []
+    while True:
+        item = seen.pop(0) if seen else await watch.next(deadline)
+        if item is None:
+            break
+        seq, decision = item
+        for event in decision.events:
+            state = evolve(state, event)
+        if on_update is not None:
+            on_update(state, decision)
+        if is_terminal(state) and seq >= known_seq:
+            break
+    return state
 
 
 async def _subscribe(
