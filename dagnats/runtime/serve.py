@@ -73,6 +73,7 @@ from dagnats.runtime.nats_server import (
 from dagnats.runtime.partitions import forward_to_owner
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.protocols import CommandQueue
+from dagnats.runtime.queue_anchor import ensure_anchors
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.retention import Retention
 from dagnats.runtime.triggers import TriggerService, command_starter
@@ -190,6 +191,8 @@ class Server:
         else:  # never create an empty history in place of a deleted one
             await ensure_resources(js)
             await ensure_stream(js, external_events.stream_config())
+        if not self.history_gone:  # the work queues keep their last block (queue_anchor)
+            await ensure_anchors(js)
         if self.retention_ms is not None:  # the engine may not purge history; admin may
             self.admin = await Connection.open(self.url, role="admin", data_dir=self.data_dir)
         elif not self.history_gone:  # admission compaction purges as admin too
@@ -409,6 +412,7 @@ class Server:
                 if not await history_gone(self.connection.js):
                     await ensure_resources(self.connection.js)
                     await ensure_stream(self.connection.js, external_events.stream_config())
+                    await ensure_anchors(self.connection.js)
                     log.warning("the history stream is back; the engine starts again")
                     self.history_gone = False
                     return
