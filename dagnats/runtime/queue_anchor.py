@@ -81,11 +81,23 @@ async def _ensure_one(js: JetStreamContext, stream: str, subject: str) -> int:
         return 0
     except nats.js.errors.NotFoundError:
         pass
-    headers = {MSG_ID_HEADER: msg_id(stream)}
+    if not await _publish(js, stream, subject, msg_id(stream)):
+        return 1
+    try:  # its id was seen within the duplicate window: a concurrent start stored it ...
+        await js.get_last_msg(stream, subject)
+        return 0
+    except nats.js.errors.NotFoundError:  # ... or it was purged by hand since: again, anew
+        last_seq = (await js.stream_info(stream)).state.last_seq
+        return 0 if await _publish(js, stream, subject, f"{msg_id(stream)}-{last_seq}") else 1
+
+
+async def _publish(js: JetStreamContext, stream: str, subject: str, message_id: str) -> bool:
+    """Publish the anchor under `message_id`; whether the stream dropped it as a duplicate."""
+    headers = {MSG_ID_HEADER: message_id}
     ack = await js.publish(
         subject, ANCHOR_PAYLOAD, stream=stream, headers=headers, timeout=anchor_timeout_s
     )
-    return 0 if ack.duplicate else 1
+    return bool(ack.duplicate)
 
 
 async def anchors_in(js: JetStreamContext, stream: str) -> int:
