@@ -35,7 +35,7 @@ from dagnats.runtime.partitions import (
     stored_partitions,
 )
 from dagnats.runtime.queue import JetStreamCommandQueue
-from dagnats.runtime.queue_anchor import only_anchor_stored
+from dagnats.runtime.queue_anchor import ensure_anchors, only_anchor_stored
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     ENGINE_CONSUMER,
@@ -145,6 +145,7 @@ async def ensure_cluster_resources(js: JetStreamContext, replicas: int) -> None:
         await ensure_stream(js, config, note_replicas=True)
 
     await until_formed("create its streams", create)
+    await ensure_anchors(js)  # the work queues keep their last block (queue_anchor)
 
 
 @dataclass(frozen=True)
