@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from dagnats.runtime import settings
+from dagnats.runtime import queue_anchor, settings
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.queue import JetStreamCommandQueue
@@ -159,6 +159,7 @@ async def test_an_anchor_purged_by_hand_is_placed_again(private_js: JetStreamCon
 async def test_a_refusal_is_logged_and_never_raised(
     private_js: JetStreamContext, caplog: pytest.LogCaptureFixture
 ) -> None:
+    queue_anchor._warned.discard(TASKS_STREAM)  # (said once per process)
     await private_js.delete_stream(TASKS_STREAM)
     assert await ensure_anchors(private_js) == 1  # the commands stream's, and no exception
     assert "could not place the queue anchor of DAGNATS_TASKS" in caplog.text
