@@ -16,6 +16,7 @@ from typing import Final
 
 from dagnats.client import Client
 from dagnats.runtime.partition_count import read_partition_count
+from dagnats.runtime.queue_anchor import queued
 from dagnats.runtime.resources import COMMANDS_STREAM, partition_of
 from dagnats.runtime.settings import partitions_default, partitions_max
 from tests.cluster_support import history_owners
@@ -88,7 +89,7 @@ async def test_the_first_start_chooses_the_count_and_later_starts_keep_it(
         js = client.connection.js
 
         async def drained() -> bool:  # nothing stranded on a subject no partition reads
-            return (await js.stream_info(COMMANDS_STREAM)).state.messages == 0
+            return await queued(js, COMMANDS_STREAM) == 0  # (but its anchor: queue_anchor)
 
         await wait_for(drained, timeout_ms=done_timeout_ms, what="the commands stream to drain")
     assert await serve.process.terminate() == 0, serve.process.tail()

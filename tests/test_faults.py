@@ -23,6 +23,7 @@ import pytest
 
 from dagnats.client import Client, RunExistsError
 from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.queue_anchor import queued
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     HISTORY_STREAM,
@@ -418,9 +419,8 @@ async def test_duplicate_starts_and_redelivered_results_make_one_set_of_events(
         final = await client.wait(run_id, timeout_s=run_timeout_s)
         js = client.connection.js
 
-        async def commands_drained() -> bool:
-            info = await js.stream_info(COMMANDS_STREAM)
-            return info.state.messages == 0
+        async def commands_drained() -> bool:  # (but the stream's anchor: queue_anchor)
+            return await queued(js, COMMANDS_STREAM) == 0
 
         await wait_for(commands_drained, timeout_ms=step_timeout_ms, what="every command handled")
         decisions = await decisions_of(client, run_id)

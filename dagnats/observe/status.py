@@ -31,12 +31,14 @@ from nats.js import JetStreamContext
 
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.kv_keys import kv_keys
+from dagnats.runtime.queue_anchor import queued
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     DEAD_STREAM,
     HISTORY_STREAM,
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
+    TASKS_ANCHOR_SUBJECT,
     TASKS_STREAM,
     WORKFLOWS_BUCKET,
 )
@@ -208,16 +210,17 @@ async def _streams(js: JetStreamContext) -> list[StreamFacts]:
 
 
 async def _queues(js: JetStreamContext, streams: list[StreamFacts]) -> dict[str, int]:
-    """Messages waiting or in flight: the commands stream's, and each task type's."""
+    """Messages waiting or in flight: the commands stream's, and each task type's; not the
+    streams' anchors (runtime/queue_anchor: one message each that nobody consumes)."""
     queues: dict[str, int] = {}
-    for stream in streams:
-        if stream.name == COMMANDS_STREAM:
-            queues[COMMANDS_QUEUE] = stream.messages
+    if any(stream.name == COMMANDS_STREAM for stream in streams):
+        queues[COMMANDS_QUEUE] = await queued(js, COMMANDS_STREAM)
     if not any(stream.name == TASKS_STREAM and stream.messages for stream in streams):
         return queues
     info = await js.stream_info(TASKS_STREAM, subjects_filter=TASK_SUBJECT_PREFIX + ">")
     for subject, count in sorted((info.state.subjects or {}).items()):
-        queues[TASK_QUEUE_PREFIX + subject.removeprefix(TASK_SUBJECT_PREFIX)] = count
+        if subject != TASKS_ANCHOR_SUBJECT:
+            queues[TASK_QUEUE_PREFIX + subject.removeprefix(TASK_SUBJECT_PREFIX)] = count
     return queues
 
 

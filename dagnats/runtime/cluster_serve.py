@@ -35,6 +35,7 @@ from dagnats.runtime.partitions import (
     stored_partitions,
 )
 from dagnats.runtime.queue import JetStreamCommandQueue
+from dagnats.runtime.queue_anchor import ensure_anchors, only_anchor_stored
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     ENGINE_CONSUMER,
@@ -144,6 +145,7 @@ async def ensure_cluster_resources(js: JetStreamContext, replicas: int) -> None:
         await ensure_stream(js, config, note_replicas=True)
 
     await until_formed("create its streams", create)
+    await ensure_anchors(js)  # the work queues keep their last block (queue_anchor)
 
 
 @dataclass(frozen=True)
@@ -204,10 +206,11 @@ async def settle_partitions(
 
 
 async def _has_commands(js: JetStreamContext) -> bool:
-    """Whether a command or a history message was ever stored (a used deployment)."""
+    """Whether a command or a history message was ever stored (a used deployment); the
+    commands stream's anchor alone (runtime/queue_anchor) is no command."""
     for stream in (COMMANDS_STREAM, HISTORY_STREAM):
         info = await js.stream_info(stream)
-        if info.state.last_seq > 0:
+        if info.state.last_seq > 0 and not await only_anchor_stored(js, stream):
             return True
     return False
 

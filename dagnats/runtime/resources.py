@@ -40,6 +40,11 @@ COMMAND_SUBJECTS: Final = f"{COMMAND_PREFIX}.>"
 SCHEDULE_SUBJECTS: Final = f"{SCHEDULE_PREFIX}.>"
 TASK_SUBJECTS: Final = f"{TASK_PREFIX}.>"
 DEAD_SUBJECTS: Final = f"{DEAD_PREFIX}.>"
+# One message each work-queue stream keeps that no consumer ever takes (runtime/queue_anchor):
+# '@' starts no task type's token and a schedule subject has two tokens after its prefix, so
+# no task consumer's, engine consumer's or timer's subject is ever one of these.
+TASKS_ANCHOR_SUBJECT: Final = f"{TASK_PREFIX}.@anchor"
+COMMANDS_ANCHOR_SUBJECT: Final = f"{SCHEDULE_PREFIX}.@anchor"
 
 WORKFLOWS_BUCKET: Final = "dagnats_workflows"
 RUNS_BUCKET: Final = "dagnats_runs"
@@ -170,7 +175,9 @@ def task_subject(lane: str) -> str:
     if GROUP_MARK in lane:
         check_token("group", group, settings.worker_group_length_max)
         return f"{TASK_PREFIX}.{task_type}.{GROUP_MARK}{group}"
-    return f"{TASK_PREFIX}.{task_type}"
+    subject = f"{TASK_PREFIX}.{task_type}"
+    assert subject != TASKS_ANCHOR_SUBJECT, "a task type's subject is never the anchor's"
+    return subject
 
 
 def task_consumer_name(lane: str) -> str:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+from nats.js import JetStreamContext
 
 from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics
@@ -73,6 +74,7 @@ from dagnats.runtime.nats_server import (
 from dagnats.runtime.partitions import forward_to_owner
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.protocols import CommandQueue
+from dagnats.runtime.queue_anchor import ensure_anchors
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.retention import Retention
 from dagnats.runtime.triggers import TriggerService, command_starter
@@ -188,8 +190,7 @@ class Server:
         elif clustered:  # (idempotent, with the cluster's replicas; waits for its quorum)
             await ensure_cluster_resources(js, self.placement.stream_replicas(self.url))
         else:  # never create an empty history in place of a deleted one
-            await ensure_resources(js)
-            await ensure_stream(js, external_events.stream_config())
+            await _ensure_local_resources(js)
         if self.retention_ms is not None:  # the engine may not purge history; admin may
             self.admin = await Connection.open(self.url, role="admin", data_dir=self.data_dir)
         elif not self.history_gone:  # admission compaction purges as admin too
@@ -407,8 +408,7 @@ class Server:
                 await asyncio.wait_for(stop.wait(), timeout=history_check_interval_ms / 1000)
             with contextlib.suppress(Exception):
                 if not await history_gone(self.connection.js):
-                    await ensure_resources(self.connection.js)
-                    await ensure_stream(self.connection.js, external_events.stream_config())
+                    await _ensure_local_resources(self.connection.js)
                     log.warning("the history stream is back; the engine starts again")
                     self.history_gone = False
                     return
@@ -549,6 +549,13 @@ async def local_stack(data_dir: Path, worker: Worker) -> AsyncIterator[tuple[Ser
         await client.close()
         await worker_client.close()
         await server.stop()
+
+
+async def _ensure_local_resources(js: JetStreamContext) -> None:
+    """Every stream and bucket of one server, and the work queues' anchors (queue_anchor)."""
+    await ensure_resources(js)
+    await ensure_stream(js, external_events.stream_config())
+    await ensure_anchors(js)
 
 
 async def _admin_or_none(url: str, data_dir: Path) -> Connection | None:
