@@ -3,8 +3,9 @@
 `start` opens the watch as it sends a new run's StartRun (the watch reads the run's history
 from its first message, so it misses nothing appended before its consumer exists: the start
 need not wait for the consumer), reads that first decision from it, and leaves it open for
-`wait`: starting and waiting for a new run costs one ordered consumer, not one each. The decisions `start` read
-are kept (`seen`) and given to `wait` first, so `wait` folds the whole history.
+`wait`: starting and waiting for a new run costs one ordered consumer, not one each. The
+decisions `start` read are kept (`seen`) and given to `wait` first, so `wait` folds the whole
+history.
 
 `ParkedWatches` keeps the watches of the runs started and not yet waited for, a bounded
 number (`parked_watches_max`): the oldest is closed when one more comes (its `wait` then opens
