@@ -60,10 +60,15 @@ async def chain_round(client: Client, cpu: CpuMeter, meter: JsMeter) -> dict[str
     }
 
 
-async def floor_round(admin: Connection, cpu: CpuMeter) -> tuple[float, float]:
-    """The serial floor hop on serve's nats-server: (ms per hop, nats-server CPU ms per hop)."""
+async def floor_round(
+    admin: Connection, cpu: CpuMeter, anchored: bool = False
+) -> tuple[float, float]:
+    """The serial floor hop on serve's nats-server: (ms per hop, nats-server CPU ms per hop);
+    `anchored`: its streams keep an anchor message, as DagNats' work queues do."""
     cpu.start()
-    floor = await measure_floor(admin.nc, serial_hops=FLOOR_HOPS, batched_hops=100, batch=100)
+    floor = await measure_floor(
+        admin.nc, serial_hops=FLOOR_HOPS, batched_hops=100, batch=100, anchored=anchored
+    )
     spent = cpu.per_step(FLOOR_HOPS + 100)  # the batched hops ran too: CPU over all hops
     return floor["serial_ms_per_hop"], float(spent["nats_server"])
 
@@ -86,23 +91,30 @@ async def measure() -> dict[str, object]:
             for _ in range(3):  # warm-up: the worker's consumer, the first lookups
                 run_id = await client.start("bench-chain")
                 await client.wait(run_id, timeout_s=RUN_TIMEOUT_S)
-            chains, floors = [], []
+            chains, floors, anchored = [], [], []
             for _ in range(ROUNDS):
                 floors.append(await floor_round(admin, nats_cpu))
+                anchored.append(await floor_round(admin, nats_cpu, anchored=True))
                 chains.append(await chain_round(client, cpu, JsMeter(admin.js)))
             await client.close()
         finally:
             await admin.close()
             await _stop(serve, worker)
-    return line(chains, floors)
+    return line(chains, floors, anchored)
 
 
-def line(chains: list[dict[str, object]], floors: list[tuple[float, float]]) -> dict[str, object]:
+def line(
+    chains: list[dict[str, object]],
+    floors: list[tuple[float, float]],
+    anchored: list[tuple[float, float]],
+) -> dict[str, object]:
     chains.sort(key=lambda item: float(str(item["ms_per_step"])))
     middle = chains[len(chains) // 2]
     ms_per_step = float(str(middle["ms_per_step"]))
     floor_ms = statistics.median(ms for ms, _ in floors)
     floor_nats_cpu = statistics.median(cpu for _, cpu in floors)
+    anchored_ms = statistics.median(ms for ms, _ in anchored)
+    anchored_nats_cpu = statistics.median(cpu for _, cpu in anchored)
     cpu = middle["cpu_ms_per_step"]
     assert isinstance(cpu, dict)
     return {
@@ -119,6 +131,13 @@ def line(chains: list[dict[str, object]], floors: list[tuple[float, float]]) -> 
         "cpu_ms_per_step": cpu,
         "nats_cpu_ratio": rounded(float(cpu["nats_server"]) / max(floor_nats_cpu, 1e-9), 3),
         "floor_nats_cpu_ms_per_hop": rounded(floor_nats_cpu),
+        # The same hop on streams that keep an anchor message (as DagNats' work queues do):
+        # the floor without nats-server's per-message block churn, for comparison only.
+        "anchored_floor_ms_per_hop": rounded(anchored_ms),
+        "ratio_to_anchored_floor": rounded(ms_per_step / anchored_ms, 3),
+        "nats_cpu_ratio_to_anchored_floor": rounded(
+            float(cpu["nats_server"]) / max(anchored_nats_cpu, 1e-9), 3
+        ),
         "js_api_requests_per_step": middle["js_api_requests_per_step"],
         "stored_msgs_per_step": middle["stored_msgs_per_step"],
     }

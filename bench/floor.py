@@ -37,9 +37,13 @@ FETCH_TIMEOUT_S: Final = 5.0
 class Hop:
     """The two streams and pull consumers of one measurement."""
 
-    def __init__(self, js: JetStreamContext, tag: str) -> None:
+    def __init__(self, js: JetStreamContext, tag: str, *, anchored: bool = False) -> None:
         self.js = js
         self.tag = tag
+        # Each stream keeps one message nobody consumes, as DagNats' work queues do
+        # (dagnats/runtime/queue_anchor): nats-server then keeps the stream's last block
+        # instead of deleting it and making a new one for every message.
+        self.anchored = anchored
         self.task_subject = f"bench.floor.{tag}.task"
         self.result_subject = f"bench.floor.{tag}.result"
         self.streams = (f"BENCH_FLOOR_{tag}_TASKS", f"BENCH_FLOOR_{tag}_RESULTS")
@@ -53,12 +57,14 @@ class Hop:
             await self.js.add_stream(
                 api.StreamConfig(
                     name=stream,
-                    subjects=[subject],
+                    subjects=[subject, f"{subject}_anchor"] if self.anchored else [subject],
                     retention=api.RetentionPolicy.WORK_QUEUE,
                     storage=api.StorageType.FILE,
                     duplicate_window=120,
                 )
             )
+        for subject in subjects if self.anchored else ():
+            await self.js.publish(f"{subject}_anchor", b"anchor")
         self.tasks = await self.js.pull_subscribe(self.task_subject, "worker", self.streams[0])
         self.results = await self.js.pull_subscribe(self.result_subject, "engine", self.streams[1])
 
@@ -127,15 +133,16 @@ async def measure_floor(
     serial_hops: int = SERIAL_HOPS,
     batched_hops: int = BATCHED_HOPS,
     batch: int = BATCH,
+    anchored: bool = False,
 ) -> dict[str, float]:
-    """Measure the raw hop on `nc`'s server.
+    """Measure the raw hop on `nc`'s server (`anchored`: on streams that keep an anchor).
 
     Returns:
         `serial_ms_per_hop`, `serial_hops_per_s`, `batched_hops_per_s`.
     """
     assert serial_hops > 0 and batched_hops > 0 and 0 < batch <= batched_hops
     payload = (b'{"run_id":"bench","step":"s","input":"' + b"x" * MESSAGE_BYTES)[:MESSAGE_BYTES]
-    hop = Hop(nc.jetstream(), uuid.uuid4().hex[:8].upper())
+    hop = Hop(nc.jetstream(), uuid.uuid4().hex[:8].upper(), anchored=anchored)
     await hop.open()
     try:
         await hop.serial(WARMUP_HOPS, payload)
