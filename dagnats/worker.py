@@ -35,7 +35,6 @@ Fetching: one fair loop over all the worker's task types (dagnats/worker_fetch.p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -49,7 +48,7 @@ from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.clock import new_seed, now_ms
-from dagnats.runtime.ended_runs import EndedRuns, ended_runs_of, skip_reason
+from dagnats.runtime.ended_runs import EndedRuns, check_due, ended_runs_of, skip_reason
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import (
     Clock,
@@ -75,6 +74,7 @@ from dagnats.worker_groups import (
     lanes,
     presence_of,
 )
+from dagnats.worker_heartbeat import Heartbeat
 from dagnats.worker_safety import (
     cut_text,
     output_problem,
@@ -329,7 +329,10 @@ class Worker:
         if key in self._finished:  # its result was sent; the server forgot our ack
             await message.ack()
             return
-        if skipped := await skip_reason(self._ended_runs, task):  # (runtime/ended_runs)
+        stored_ms = getattr(message, "stored_ms", None)  # a task that waited: runtime/ended_runs
+        if check_due(message.num_delivered, stored_ms, self.now_ms()) and (
+            skipped := await skip_reason(self._ended_runs, task)
+        ):
             self.log.info("%s", skipped)
             await message.ack()
             return
@@ -346,17 +349,15 @@ class Worker:
         # Heartbeats go on until the result is acknowledged: a result waiting for the server
         # (or a task waiting for a slot) keeps its task (a delivery that comes back meanwhile
         # rides along).
-        beat = asyncio.create_task(self._heartbeat(deliveries))
+        beat = Heartbeat(deliveries, self.heartbeat_interval_ms, self.log)
         try:
-            with tracing.handler_span(task, getattr(message, "headers", None)) as traced:
+            with tracing.handler_span(task, _trace_headers(message)) as traced:
                 result = await self._call_in_slot(task, commands)
                 traced.finish(result.error if isinstance(result, FailTask) else None)
             if result is not None:
                 await self._send(commands, result, "result")
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            await beat.stop()
             del self._running[key]
         self._finished[key] = None
         while len(self._finished) > finished_attempts_remembered_max:
@@ -395,18 +396,6 @@ class Worker:
                 result, worker_id=self.worker_id, started_at_ms=started_at_ms
             )
         return result
-
-    async def _heartbeat(self, deliveries: list[TaskMessage]) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self.heartbeat_interval_ms / 1000)
-            for message in list(deliveries):
-                try:
-                    await message.in_progress()
-                except Exception as error:
-                    if not failing:  # once per task: the connection logs the outage
-                        self.log.warning("heartbeat failed: %s", error)
-                    failing = True
 
     async def _call(self, task: EnqueueTask) -> TaskResult | None:
         """Run the task's handler and make its result; None when the attempt passed its
@@ -590,6 +579,13 @@ __all__ = [
     "read_envelope",
     "short_traceback",
 ]
+
+
+def _trace_headers(message: TaskMessage) -> dict[str, str] | None:
+    """The headers `tracing.handler_span` reads a trace context from: None when they hold
+    none (most tasks when tracing is off: no W3C extract and context attach per task)."""
+    headers: dict[str, str] | None = getattr(message, "headers", None)
+    return headers if headers and "traceparent" in headers else None
 
 
 def _described(error: BaseException) -> str:

@@ -10,6 +10,11 @@ was decided: a task carries the history size it was decided at
 retry`) is newer than the marker and runs. Markers are a cache: one that was not written (the
 engine stopped in between) only means the handler runs and the engine sets its stale result
 aside, as before; they expire after `ended_marker_ttl_ms`.
+
+Only a task that waited reads the marker (`check_due`): one delivered for the first time and
+stored less than `settings.ended_check_min_age_ms` before the worker took it runs without the
+round trip (its run could as well end while its handler runs, which no check catches); older
+tasks, redelivered ones and those without a stored time read it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
+from dagnats.runtime import settings
 from dagnats.runtime.resources import ENDED_BUCKET, check_run_id
 from kernel.effects import EnqueueTask
 from kernel.state import RunState, is_terminal
@@ -99,6 +105,17 @@ class EndedRuns:
             return msgspec.json.decode(found.data or b"", type=EndedMarker)
         except msgspec.DecodeError:
             return None  # a delete marker, or not ours
+
+
+def check_due(num_delivered: int, stored_ms: int | None, now_ms: int) -> bool:
+    """Whether a worker reads the marker of a task's run before calling its handler: unless
+    the task is delivered for the first time and was stored (`stored_ms`, the server's clock)
+    less than `settings.ended_check_min_age_ms` before `now_ms` (the worker's clock). A worker
+    clock ahead of the server's reads more markers, one behind fewer."""
+    assert num_delivered >= 1, num_delivered
+    if num_delivered > 1 or stored_ms is None:
+        return True
+    return now_ms - stored_ms >= settings.ended_check_min_age_ms
 
 
 async def skip_reason(markers: EndedRuns | None, task: EnqueueTask) -> str:

@@ -57,15 +57,50 @@ CONSUMER_CHECKED_FIELDS: Final = ("ack_wait", "max_deliver", "filter_subject", "
 log = logging.getLogger("dagnats.queue")
 
 
-class JetStreamMessage:
-    """`protocols.QueueMessage` over a delivered JetStream message."""
+_REPLY_V1_TOKENS: Final = 9
+_REPLY_V2_TOKENS_MIN: Final = 11  # a twelfth, a random token, may follow
 
-    __slots__ = ("_message", "num_delivered")
+
+def reply_fields(reply: str) -> tuple[int, int, int, int] | None:
+    """(times delivered, stream sequence, messages pending after it, stored time in ms of
+    the server's clock) of a JetStream delivery, from its reply subject; None when the reply
+    is not a JetStream ack subject. The layouts are nats-py's (`Msg.Metadata._from_reply`):
+    v1 `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`,
+    v2 `$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>.
+    <consumer seq>.<ns>.<pending>[.<token>]`."""
+    tokens = reply.split(".") if reply else []
+    if len(tokens) < _REPLY_V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    if len(tokens) == _REPLY_V1_TOKENS:
+        first = 4
+    elif len(tokens) >= _REPLY_V2_TOKENS_MIN:
+        first = 6
+    else:
+        return None
+    try:
+        delivered, stream_seq, _, stored_ns, pending = map(int, tokens[first : first + 5])
+    except ValueError:
+        return None
+    return delivered, stream_seq, pending, stored_ns // 1_000_000
+
+
+class JetStreamMessage:
+    """`protocols.QueueMessage` over a delivered JetStream message.
+
+    Its delivery count, stream sequence, pending count and stored time are read once from the
+    reply subject (`reply_fields`): nats-py's `Msg.metadata` makes a datetime and two frozen
+    dataclasses per message, on the path of every task and command."""
+
+    __slots__ = ("_message", "num_delivered", "num_pending", "stored_ms", "stream_seq")
 
     def __init__(self, message: Msg) -> None:
         self._message = message
-        self.num_delivered: int = message.metadata.num_delivered
-        assert self.num_delivered >= 1
+        fields = reply_fields(message.reply)
+        if fields is None:  # as nats-py's `Msg.metadata` would
+            raise nats.errors.NotJSMessageError
+        self.num_delivered, self.stream_seq, self.num_pending, self.stored_ms = fields
+        assert self.num_delivered >= 1, self.num_delivered
+        assert self.stored_ms >= 0, self.stored_ms
 
     @property
     def subject(self) -> str:
@@ -98,16 +133,6 @@ class JetStreamMessage:
         """The schedule's subject when a message schedule fired this message, else None."""
         headers = self._message.headers
         return None if headers is None else headers.get(SCHEDULER_HEADER)
-
-    @property
-    def num_pending(self) -> int:
-        """How many more messages waited for the consumer when this one was delivered."""
-        return self._message.metadata.num_pending
-
-    @property
-    def stream_seq(self) -> int:
-        """The message's sequence in its stream."""
-        return self._message.metadata.sequence.stream
 
     async def ack(self) -> None:
         """Done (fire-and-forget: a lost ack means one redelivery, which decide absorbs)."""

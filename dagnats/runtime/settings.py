@@ -134,6 +134,13 @@ workers_listed_max: Final = 10_000
 # Ended-run markers (dagnats/runtime/ended_runs.py): how long a worker can learn that a run
 # ended before taking one of its tasks (a task waits at most this long to be skipped).
 ended_marker_ttl_ms: Final = 7 * 24 * 3_600_000
+# A task delivered for the first time that was stored less than this long before the worker
+# took it runs without reading its run's marker (a round trip on every task's path): its run
+# can end while it waits that little as likely as while its handler runs, which no check
+# catches either (the engine sets the stale result aside). Older and redelivered tasks (those
+# that waited: the queue was behind, a worker was down, the run was cancelled meanwhile) read
+# it. Measured on the server's clock against the worker's: skew only moves which are read.
+ended_check_min_age_ms: Final = 100
 # Retention (dagnats/runtime/retention.py): serve purges finished runs older than its
 # --retention age, at most retention_purges_per_sweep_max per sweep, sweeping every quarter of
 # the age within [retention_sweep_min_ms, retention_sweep_max_ms]; it reads the retention log
