@@ -113,7 +113,9 @@ async def test_a_fresh_task_of_a_live_run_reads_no_marker(
     connection: Connection, serving: Callable[[int], Served], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads = Reads(monkeypatch)
-    served = serving(-SKEW_MS)  # the worker's clock behind: every task is fresh to it
+    # a bound longer than any wait here: every first delivery is fresh (it is read per call)
+    monkeypatch.setattr(settings, "ended_check_min_age_ms", SKEW_MS)
+    served = serving(0)
     run_ids = [unique("fresh") for _ in range(3)]
     for run_id in run_ids:
         await publish(connection, run_id)
@@ -133,6 +135,25 @@ async def test_an_old_task_reads_the_marker_and_is_skipped_when_its_run_ended(
     await publish(connection, ended)
     await publish(connection, live)
     served = serving(SKEW_MS)  # the worker's clock ahead: every task is old to it
+    await handled(served, 1)
+    await wait_for(lambda: len(reads.run_ids) >= 2, timeout_ms=WAIT_MS, what="two reads")
+    assert sorted(reads.run_ids) == sorted([ended, live])
+    assert served.called == [live], "the ended run's task was skipped"
+
+
+async def test_a_worker_clock_far_behind_the_servers_still_reads_the_marker(
+    connection: Connection, serving: Callable[[int], Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task that waited looks younger still to a worker whose clock is behind: the check is
+    skipped only within the bound either way, so a clock far behind reads every marker."""
+    reads = Reads(monkeypatch)
+    ended, live = unique("behind-ended"), unique("behind-live")
+    await EndedRuns(connection.js).mark(
+        RunState(run_id=ended, status="cancelled", event_count=5), 0
+    )
+    await publish(connection, ended)
+    await publish(connection, live)
+    served = serving(-SKEW_MS)
     await handled(served, 1)
     await wait_for(lambda: len(reads.run_ids) >= 2, timeout_ms=WAIT_MS, what="two reads")
     assert sorted(reads.run_ids) == sorted([ended, live])
@@ -170,7 +191,8 @@ async def test_a_redelivered_task_reads_the_marker(
     first = await connection.tasks.fetch(TASK_TYPE, batch=1, timeout_ms=WAIT_MS)
     assert len(first) == 1 and first[0].num_delivered == 1
     await first[0].nak()  # delivered again at once
-    served = serving(-SKEW_MS)  # fresh by its age: read only because it was redelivered
+    monkeypatch.setattr(settings, "ended_check_min_age_ms", SKEW_MS)  # fresh by its age:
+    served = serving(0)  # read only because it was redelivered
     await wait_for(lambda: reads.run_ids == [ended], timeout_ms=WAIT_MS, what="its read")
     await wait_for(lambda: served.worker.in_flight_count() == 0, timeout_ms=WAIT_MS,
                    what="the skip to end")  # fmt: skip
@@ -232,7 +254,8 @@ def test_check_due_reads_unless_a_first_delivery_is_fresh(
 ) -> None:
     fresh = (
         delivered == 1 and stored_ms is not None
-        and now_ms - stored_ms < settings.ended_check_min_age_ms
+        and -settings.ended_check_min_age_ms < now_ms - stored_ms
+        < settings.ended_check_min_age_ms
     )  # fmt: skip
     assert check_due(delivered, stored_ms, now_ms) is not fresh
 

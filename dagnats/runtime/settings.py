@@ -139,7 +139,7 @@ ended_marker_ttl_ms: Final = 7 * 24 * 3_600_000
 # can end while it waits that little as likely as while its handler runs, which no check
 # catches either (the engine sets the stale result aside). Older and redelivered tasks (those
 # that waited: the queue was behind, a worker was down, the run was cancelled meanwhile) read
-# it. Measured on the server's clock against the worker's: skew only moves which are read.
+# it. Measured on the server's clock against the worker's, either way (ended_runs.check_due).
 ended_check_min_age_ms: Final = 100
 # Retention (dagnats/runtime/retention.py): serve purges finished runs older than its
 # --retention age, at most retention_purges_per_sweep_max per sweep, sweeping every quarter of
