@@ -265,8 +265,8 @@ class Client:
         consumer for both)."""
         await self.send(command, msg_id=f"start:{(run_id := command.run_id)}")
         self._remember_started(run_id)
-        try:
-            watch = await opening
+        try:  # (shielded: a caller cancelled here has it closed once open, by `start`)
+            watch = await asyncio.shield(opening)
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as error:
             # Sent, unconfirmed: its `wait` opens a watch of its own.
             log.info("run %s: started; its watch did not open (%s)", run_id, error)
