@@ -212,6 +212,7 @@ http_responses_waiting_max: Final = 10_000  # http requests waiting for their ru
 attempts_traced_max: Final = 100_000  # step attempts whose scheduling time tracing remembers
 workers_seen_window_ms: Final = 60_000  # a worker that reported within this counts as live
 workers_seen_max: Final = 10_000  # worker ids the engine remembers for that count
+metric_children_cached_max: Final = 10_000  # labelled metric children the hooks keep at hand
 status_interval_ms: Final = 2_000  # how often serve refreshes its gauges and status record
 status_stale_ms: Final = 10_000  # an engine status record older than this: the engine is down
 
