@@ -1,9 +1,14 @@
 """The engine's per-command helpers that were made cheaper keep their answers: a task
-token's refusal names the result and the rule (built only when it refuses), and the metrics
-the engine's hooks feed count under their labels through the cached children (bounded).
+token's refusal names the result and the rule (built only when it refuses); the metrics the
+engine's hooks feed count under their labels through the cached children (bounded); a run's
+command groups of successive batches run in order, one task each, whatever became of the
+earlier one, and other runs' groups do not wait for them.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -12,11 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dagnats.observe import metrics as metrics_module
 from dagnats.observe.metrics import Metrics, render
+from dagnats.runtime.engine import Engine
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel.commands import CancelRun, CompleteTask, FailTask, TaskStarted
 from kernel.effects import task_msg_id
 
 TOKENS = TaskTokens("an engine secret")
+WAIT_S = 10.0
 names = st.text(alphabet="abcdefghij-_0123456789", min_size=1, max_size=12)
 
 
@@ -98,3 +105,61 @@ def test_past_the_cache_bound_metrics_still_count(monkeypatch: pytest.MonkeyPatc
     for task in ("a", "b", "c", "d"):
         labels = frozenset({("task", task), ("outcome", "completed")})
         assert got[("dagnats_step_attempts_total", labels)] == 2
+
+
+class Held:
+    """A fetched command message as `_schedule_batch` sees it (its subject names its run)."""
+
+    def __init__(self, run: str, name: str) -> None:
+        self.subject = f"dagnats.cmd.0.{run}.worker"
+        self.name = name
+
+
+def scheduler() -> tuple[Engine, list[str], dict[str, asyncio.Event]]:
+    """An engine whose group handler logs each group's start and end, holds the groups
+    whose first command names a gate until it is set, and fails those named "boom"."""
+    engine = Engine.__new__(Engine)  # (only the scheduling: no history, no queues)
+    engine._tails, engine._unsettled = {}, set()
+    log: list[str] = []
+    gates: dict[str, asyncio.Event] = {}
+
+    async def handle_group(group: list[Held]) -> None:
+        names = ",".join(message.name for message in group)
+        log.append(f"start {names}")
+        if group[0].name in gates:
+            await gates[group[0].name].wait()
+        log.append(f"end {names}")
+        engine._unsettled.difference_update(group)
+        if group[0].name == "boom":
+            raise RuntimeError("the transport failed")
+
+    engine._handle_group = handle_group  # type: ignore[method-assign,assignment]
+    return engine, log, gates
+
+
+async def test_a_runs_later_batch_waits_for_its_earlier_one_and_others_do_not() -> None:
+    engine, log, gates = scheduler()
+    gates["a1"] = asyncio.Event()
+    first = engine._schedule_batch([Held("ra", "a1"), Held("rb", "b1")])  # type: ignore[list-item]
+    second = engine._schedule_batch([Held("ra", "a2"), Held("rc", "c1")])  # type: ignore[list-item]
+    await asyncio.wait_for(_until(lambda: "end c1" in log), WAIT_S)
+    assert "start a2" not in log, log  # run ra's second group waits for its first
+    gates["a1"].set()
+    await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)
+    assert log.index("end a1") < log.index("start a2"), log
+    assert engine._tails == {} and engine._unsettled == set()
+
+
+async def test_a_failed_group_does_not_stop_its_runs_next_group() -> None:
+    engine, log, _ = scheduler()
+    first = engine._schedule_batch([Held("ra", "boom")])  # type: ignore[list-item]
+    second = engine._schedule_batch([Held("ra", "a2")])  # type: ignore[list-item]
+    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), WAIT_S)
+    assert isinstance(results[0], RuntimeError) and results[1] is None, results
+    assert log == ["start boom", "end boom", "start a2", "end a2"]
+    assert engine._tails == {}
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
