@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from dagnats.observe import metrics as metrics_module
+from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics, render
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.task_tokens import TaskTokens
@@ -163,3 +164,23 @@ async def test_a_failed_group_does_not_stop_its_runs_next_group() -> None:
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.001)
+
+
+def test_a_decision_feeds_its_latency_under_its_outcome_and_error_when_it_raised() -> None:
+    metrics = Metrics()
+    observer = EngineObserver(metrics=metrics)
+    command = CancelRun(run_id="r", at_ms=1)
+    with observer.decision(command) as seen:
+        seen.outcome = "applied"
+    with pytest.raises(RuntimeError), observer.decision(command) as seen:
+        raise RuntimeError("the transport failed")
+    got = samples(metrics)
+    decided = "dagnats_engine_decision_seconds_count"
+    assert got[(decided, frozenset({("outcome", "applied")}))] == 1
+    assert got[(decided, frozenset({("outcome", "error")}))] == 1
+    quiet = EngineObserver()
+    if quiet.on:  # (tracing configured from the environment)
+        return
+    with quiet.decision(command) as seen:  # observing off: a plain outcome holder
+        seen.outcome = "ignored"
+    assert seen.outcome == "ignored"
