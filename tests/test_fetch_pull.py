@@ -3,7 +3,7 @@ from the inbox without nats-py's per-message tasks, against a real nats-server: 
 gets a message published while it waits; what is waiting comes in one fetch, bounded by the
 batch; a message of an earlier request answered late is taken first, never lost; a no-wait
 pull takes only what is there; a server error status raises from a fetch and ends a
-no-wait pull.
+no-wait pull; a waiting fetch ends soon after its connection closes.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import nats.errors
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
@@ -111,3 +112,14 @@ async def test_an_error_status_raises_from_a_fetch_and_ends_a_no_wait_pull(
     with pytest.raises(nats.js.errors.APIError):
         await fetch_batch(subscription, batch=2, timeout_ms=WAIT_MS)
     assert await queue.fetch_ready(kind, batch=2) == []
+
+
+async def test_a_waiting_fetch_ends_when_its_connection_closes(js: JetStreamContext) -> None:
+    queue = JetStreamTaskQueue(js)
+    kind = task_type()
+    await queue._subscription(kind)
+    polling = asyncio.create_task(queue.fetch(kind, batch=1, timeout_ms=60_000))
+    await asyncio.sleep(0.05)  # (the poll may or may not be waiting yet: both must end)
+    await js._nc.close()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await asyncio.wait_for(polling, WAIT_MS / 1000)  # (well before the fetch's 60 s)

@@ -376,8 +376,9 @@ async def _pull(
     the inbox first (no request then), else a request that long-polls for them (`wait`, until
     timeout_s) or is answered at once with what is there (a no-wait pull, read for at most
     timeout_s). nats-py's `fetch` does the same with two tasks, a uuid and a `wait_for` per
-    message read (`Subscription.next_msg`); this reads the inbox's queue under one
-    `asyncio.timeout` (the engine fetches once per command batch). A long poll ends at
+    message read (`Subscription.next_msg`); this takes from the inbox's queue, under an
+    `asyncio.timeout` only when it must wait (the engine fetches once per command batch;
+    the worker polls). A long poll ends at
     its own timeout only (its request expires just before): a 408 or 409 arriving sooner
     ends an earlier request, answered late (nats-py's fetch returned nothing on it). An
     error status raises `APIError` as nats-py's fetch does (`errors_end`: it ends the
@@ -391,20 +392,22 @@ async def _pull(
     await subscription._nc.publish(
         subscription._nms, json.dumps(request).encode(), subscription._deliver
     )
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            while len(messages) < batch:
-                message = await _next_message(inbox)
-                status = JetStreamContext.is_status_msg(message)
-                if status == api.StatusCode.CONTROL_MESSAGE:
-                    continue  # (an idle heartbeat)
-                if status and (errors_end or JetStreamContext._is_temporary_error(status)):
-                    if wait:  # (an earlier request's end, answered late: the wait goes on)
-                        continue
-                    break  # 404 no messages, 408 request expired, 409 conflict: what came
-                if status:
-                    raise nats.js.errors.APIError.from_msg(message)
-                messages.append(message)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while len(messages) < batch:
+        message = await _next_message(inbox, deadline)
+        if message is None:
+            break  # (the time is up)
+        status = JetStreamContext.is_status_msg(message)
+        if status == api.StatusCode.CONTROL_MESSAGE:
+            continue  # (an idle heartbeat)
+        if status and (errors_end or JetStreamContext._is_temporary_error(status)):
+            if wait:  # (an earlier request's end, answered late: the wait goes on)
+                continue
+            break  # 404 no messages, 408 request expired, 409 conflict: what came
+        if status:
+            raise nats.js.errors.APIError.from_msg(message)
+        messages.append(message)
     return messages
 
 
@@ -422,14 +425,31 @@ def _left_over(inbox: Subscription, batch: int) -> list[Msg]:
     return messages
 
 
-async def _next_message(inbox: Subscription) -> Msg:
-    """The inbox's next message (`Subscription.next_msg` without its per-call tasks; the
-    caller bounds the wait)."""
-    if inbox._conn.is_closed:
-        raise nats.errors.ConnectionClosedError
-    message: Msg = await inbox._pending_queue.get()
+async def _next_message(inbox: Subscription, deadline: float) -> Msg | None:
+    """The inbox's next message by `deadline` (loop time; None: none came), as
+    `Subscription.next_msg` without its per-call tasks. A closed connection raises within
+    fetch_closed_check_ms (next_msg's wait was cancelled at the close).
+
+    Raises:
+        nats.errors.ConnectionClosedError: the connection is closed.
+    """
+    queue = inbox._pending_queue
+    loop = asyncio.get_running_loop()
+    message: Msg | None = None
+    while message is None:
+        if inbox._conn.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if not queue.empty():
+            message = queue.get_nowait()
+            break
+        left_s = deadline - loop.time()
+        if left_s <= 0:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(left_s, settings.fetch_closed_check_ms / 1000)):
+                message = await queue.get()
     inbox._pending_size -= len(message.data)
-    inbox._pending_queue.task_done()
+    queue.task_done()
     return message
 
 

@@ -65,6 +65,7 @@ command_deliver_max: Final = 100
 fetch_batch_max: Final = 1_000
 fetch_timeout_ms_max: Final = 60_000
 fetch_drain_timeout_ms: Final = 50  # taking messages known to be waiting: one round trip
+fetch_closed_check_ms: Final = 250  # a waiting pull sees a closed connection within this
 nak_delay_ms_max: Final = limits.delay_ms_max
 ack_pending_max: Final = 10_000
 task_types_per_queue_max: Final = 1_000  # task types one worker process consumes
