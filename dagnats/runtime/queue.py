@@ -359,13 +359,16 @@ async def fetch_batch(
     # A fetch of n would wait, once it long-polls, until n messages came or the time is up,
     # which would hold a lone message back for the whole timeout. So long-poll for one, then
     # take at once (a no-wait pull) as many more as its metadata says are waiting.
-    messages = await _pull(subscription, 1, timeout_ms / 1000, wait=True)
-    waiting = messages[-1].metadata.num_pending if messages else 0
+    taken = [
+        JetStreamMessage(m) for m in await _pull(subscription, 1, timeout_ms / 1000, wait=True)
+    ]
+    waiting = taken[-1].num_pending if taken else 0  # (read from the wrapped message)
     if batch > 1 and waiting > 0:
         more = min(batch - 1, waiting)  # (fewer when another consumer took some meanwhile)
-        messages += await _pull(subscription, more, settings.fetch_drain_timeout_ms / 1000)
-    assert len(messages) <= batch
-    return [JetStreamMessage(message) for message in messages]
+        drain_s = settings.fetch_drain_timeout_ms / 1000
+        taken += [JetStreamMessage(m) for m in await _pull(subscription, more, drain_s)]
+    assert len(taken) <= batch
+    return taken
 
 
 async def _pull(
