@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from dagnats.observe import tracing as tracing_module
 from dagnats.observe.metrics import Metrics
@@ -27,17 +27,38 @@ from kernel.effects import EnqueueTask
 from kernel.events import AnyEvent, RunStarted, StepScheduled, StepStarted
 from kernel.state import RunState, is_terminal
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
 log = logging.getLogger("dagnats.observe")
 
 
 class Decision:
     """One command being decided: the engine sets `outcome` when it knows it ("error" when
-    its handling raised: the transport failed and the command comes back)."""
+    its handling raised: the transport failed and the command comes back). It is also the
+    context manager `EngineObserver.decision` returns (a class, not a generator: one is
+    entered per command): on exit it feeds the command's span and latency, if any."""
 
-    __slots__ = ("outcome",)
+    __slots__ = ("_observer", "_span", "_started", "outcome")
 
-    def __init__(self) -> None:
+    def __init__(self, observer: EngineObserver | None = None) -> None:
         self.outcome = "error"
+        self._observer = observer  # None: nothing to feed (observing is off)
+        self._span: Span | None = None
+        self._started = 0.0
+
+    def __enter__(self) -> Decision:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        if observer.metrics is not None:
+            observer.metrics.decided(self.outcome, time.perf_counter() - self._started)
+        if self._span is not None:
+            self._span.set_attribute("dagnats.outcome", self.outcome)
+            self._span.end()
 
 
 class EngineObserver:
@@ -56,23 +77,15 @@ class EngineObserver:
     def on(self) -> bool:
         return self.metrics is not None or self.tracing is not None
 
-    @contextlib.contextmanager
-    def decision(self, command: AnyCommand) -> Iterator[Decision]:
-        """Around one command's handling: its span and its latency."""
-        decision = Decision()
+    def decision(self, command: AnyCommand) -> Decision:
+        """Around one command's handling (`with`): its span and its latency."""
         if not self.on:
-            yield decision
-            return
-        span = self.tracing.start_decision(command) if self.tracing is not None else None
-        started = time.perf_counter()
-        try:
-            yield decision
-        finally:
-            if self.metrics is not None:
-                self.metrics.decided(decision.outcome, time.perf_counter() - started)
-            if span is not None:
-                span.set_attribute("dagnats.outcome", decision.outcome)
-                span.end()
+            return Decision()
+        decision = Decision(self)
+        if self.tracing is not None:
+            decision._span = self.tracing.start_decision(command)
+        decision._started = time.perf_counter()
+        return decision
 
     def enqueueing(self, task: EnqueueTask) -> contextlib.AbstractContextManager[None]:
         """Around a task message's publish: its attempt's trace context is current."""

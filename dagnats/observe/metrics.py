@@ -12,7 +12,7 @@ restarts); they are not totals over the history.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +23,8 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
+
+from dagnats.runtime.settings import metric_children_cached_max
 
 if TYPE_CHECKING:
     from dagnats.observe.status import Facts
@@ -96,18 +98,23 @@ class Metrics:
             "dagnats_runs_parked", "Runs the engine parked (a broken invariant).", registry=r
         )
 
+        # The labelled children the engine's hooks feed, by label values: prometheus-client's
+        # `labels()` costs a few microseconds a call (checks, a lock), paid per command.
+        self._children: dict[tuple[str, ...], Counter | Histogram] = {}
+
     def run_started(self, workflow: str) -> None:
-        self.runs_started.labels(workflow=workflow).inc()
+        _child(self._children, self.runs_started, "runs_started", workflow).inc()
 
     def run_finished(self, workflow: str, status: str) -> None:
-        self.runs_finished.labels(workflow=workflow, status=status).inc()
+        _child(self._children, self.runs_finished, "runs_finished", workflow, status).inc()
 
     def attempt_ended(self, task: str, outcome: str, seconds: float) -> None:
-        self.step_attempts.labels(task=task, outcome=outcome).inc()
-        self.step_seconds.labels(task=task).observe(max(0.0, seconds))
+        _child(self._children, self.step_attempts, "step_attempts", task, outcome).inc()
+        _child(self._children, self.step_seconds, "step_seconds", task).observe(max(0.0, seconds))
 
     def decided(self, outcome: str, seconds: float) -> None:
-        self.decision_seconds.labels(outcome=outcome).observe(max(0.0, seconds))
+        child = _child(self._children, self.decision_seconds, "decision_seconds", outcome)
+        child.observe(max(0.0, seconds))
 
     def set_facts(self, facts: Facts) -> None:
         """Set the gauges from freshly collected facts (labels gone from them are removed)."""
@@ -122,6 +129,25 @@ class Metrics:
         if facts.engine is not None:
             self.workers.set(len(facts.engine.workers))
             self.runs_parked.set(facts.engine.parked)
+
+
+Labelled = TypeVar("Labelled", Counter, Histogram)
+
+
+def _child(
+    children: dict[tuple[str, ...], Counter | Histogram], metric: Labelled, name: str,
+    *values: str,
+) -> Labelled:  # fmt: skip
+    """`metric.labels(*values)`, kept at hand by (name, *values); at most
+    metric_children_cached_max kept (past it, looked up each time: still counted)."""
+    key = (name, *values)
+    child = children.get(key)
+    if child is None:
+        child = metric.labels(*values)
+        if len(children) < metric_children_cached_max:
+            children[key] = child
+    assert isinstance(child, type(metric))
+    return child
 
 
 def _set_all(gauge: Gauge, label: str, values: dict[str, int]) -> None:

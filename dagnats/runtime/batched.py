@@ -30,10 +30,10 @@ right after its first batched append, before that batch's effects and acks (the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -64,7 +64,8 @@ log = logging.getLogger("dagnats.engine")
 KILL_AFTER_APPEND_ENV: Final = "DAGNATS_TEST_KILL_AFTER_BATCH_APPEND"  # a test seam (above)
 _KILL_AFTER_APPEND: Final = os.environ.get(KILL_AFTER_APPEND_ENV) == "1"  # (read once)
 Entry = tuple[CommandMessage, AnyCommand]
-Spans = dict[int, tuple[contextlib.ExitStack[bool | None], Seen]]  # by id(message)
+# By id(message): each decision span not ended yet (its context manager, what it gave).
+Spans = dict[int, tuple[AbstractContextManager[Seen], Seen]]
 
 
 async def handle_group(engine: Engine, group: list[CommandMessage]) -> None:
@@ -158,10 +159,10 @@ async def _flush(engine: Engine, pending: list[Entry]) -> None:
     per-command path. Each command's decision span (its latency) opens here, before it is
     decided, and ends when it is settled."""
     spans: Spans = {}
-    with contextlib.ExitStack() as closing:  # (every span ends, whatever happens)
+    try:  # (every span ends, whatever happens: those not ended at their settle, below)
         for message, command in pending:
-            stack = closing.enter_context(contextlib.ExitStack())
-            spans[id(message)] = stack, stack.enter_context(engine.observer.decision(command))
+            span = engine.observer.decision(command)  # (entered, ended by hand: no ExitStack)
+            spans[id(message)] = span, span.__enter__()
         while len(pending) > 1:
             try:
                 appended = await _batch(engine, pending)
@@ -179,6 +180,9 @@ async def _flush(engine: Engine, pending: list[Entry]) -> None:
             pending = pending[taken:]
         for message, command in pending:
             await _one(engine, message, command, spans[id(message)][1])
+    finally:
+        for opened, _ in spans.values():
+            opened.__exit__(None, None, None)
 
 
 def _fit(
@@ -265,11 +269,13 @@ async def _settle(
             continue
         if outcome in ("applied", "ignored"):
             engine._count(outcome)  # (`_rejected` counts its own)
-        stack, seen = spans[id(message)]
+        span, seen = spans.pop(id(message))
         seen.outcome = outcome
         delay = retry_delay_ms if outcome == "retry" else parked_retry_delay_ms
-        await _settle_one(engine, message, outcome, delay)
-        stack.close()  # (the command's decision span ends)
+        try:
+            await _settle_one(engine, message, outcome, delay)
+        finally:
+            span.__exit__(None, None, None)  # (the command's decision span ends)
 
 
 async def _settle_one(

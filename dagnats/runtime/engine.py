@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
+from typing import Any
 
 import msgspec
 
@@ -107,7 +108,7 @@ class Engine:
         self.needs_resume: set[str] = set()
         self._redone: OrderedDict[str, tuple[int, StoredCommand]] = OrderedDict()  # (below)
         self._parked_news: list[tuple[str, str]] = []  # parked runs not yet dead-lettered
-        self._tails: dict[str, asyncio.Future[None]] = {}  # per run subject: the last group
+        self._tails: dict[str, asyncio.Task[None]] = {}  # per run subject: its last group
         self.parked: dict[str, str] = {}
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
@@ -474,37 +475,31 @@ class Engine:
         command only after its events are appended and its effects executed."""
         await self._schedule_batch(messages)
 
-    def _schedule_batch(self, messages: list[CommandMessage]) -> asyncio.Future[list[None]]:
+    def _schedule_batch(self, messages: list[CommandMessage]) -> asyncio.Future[Any]:
         """Start handling a batch now. Each run's commands wait for that run's commands of
-        earlier batches (a chain of futures, set up here before anything awaits), so batches
-        overlap while every run still sees its commands in order."""
+        earlier batches (each run subject's last group task, kept in `_tails` before anything
+        awaits), so batches overlap while every run still sees its commands in order. One
+        task per run's group (the batch is that task when it holds one run: no gather)."""
         groups: dict[str, list[CommandMessage]] = {}
         for message in messages:
             groups.setdefault(run_id_of_command_subject(message.subject), []).append(message)
         self._unsettled.update(messages)
-        loop = asyncio.get_running_loop()
-        jobs = []
+        jobs: list[asyncio.Task[None]] = []
         for subject, group in groups.items():
-            previous = self._tails.get(subject)
-            done: asyncio.Future[None] = loop.create_future()
-            self._tails[subject] = done
-            jobs.append(self._run_group(subject, group, previous, done))
-        return asyncio.gather(*jobs)
+            job = asyncio.ensure_future(self._run_group(subject, group, self._tails.get(subject)))
+            self._tails[subject] = job
+            jobs.append(job)
+        return jobs[0] if len(jobs) == 1 else asyncio.gather(*jobs)
 
     async def _run_group(
-        self,
-        subject: str,
-        group: list[CommandMessage],
-        previous: asyncio.Future[None] | None,
-        done: asyncio.Future[None],
+        self, subject: str, group: list[CommandMessage], previous: asyncio.Task[None] | None
     ) -> None:
         try:
-            if previous is not None:
-                await previous
+            if previous is not None and not previous.done():
+                await asyncio.wait((previous,))  # (whatever became of it: this group goes on)
             await self._handle_group(group)
         finally:
-            done.set_result(None)
-            if self._tails.get(subject) is done:
+            if self._tails.get(subject) is asyncio.current_task():
                 del self._tails[subject]
 
     async def _handle_group(self, group: list[CommandMessage]) -> None:
@@ -539,7 +534,7 @@ class Engine:
         which `decide` turns into nothing.
         """
         resuming = asyncio.create_task(self.resume_all())
-        in_flight: set[asyncio.Future[list[None]]] = set()
+        in_flight: set[asyncio.Future[Any]] = set()
         progress = asyncio.create_task(self.keep_in_progress(stop))
         try:
             while not stop.is_set():

@@ -19,6 +19,7 @@ module may publish and consume on these streams only; it does not decode payload
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +29,7 @@ from typing import Final
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from dagnats.observe import tracing
@@ -199,30 +201,11 @@ class JetStreamTaskQueue:
         message that comes after the bounded wait stays in the inbox for the next fetch."""
         assert 1 <= batch <= settings.fetch_batch_max, batch
         subscription = await self._subscription(task_type)
-        request = json.dumps({"batch": batch, "no_wait": True}).encode()
-        await subscription._nc.publish(  # (nats-py has no no-wait fetch)
-            subscription._nms, request, subscription._deliver
-        )
-        inbox = subscription._sub
-        messages: list[JetStreamMessage] = []
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + settings.fetch_drain_timeout_ms / 1000
-        while len(messages) < batch:
-            left_s = give_up_at - loop.time()
-            if left_s <= 0:
-                break
-            try:
-                message = await inbox.next_msg(timeout=left_s)
-            except (nats.errors.TimeoutError, TimeoutError):
-                break
-            status = JetStreamContext.is_status_msg(message)
-            if status == api.StatusCode.CONTROL_MESSAGE:
-                continue
-            if status:  # 404 no messages, 408 request timeout, 409 ...: the answer's end
-                break
-            messages.append(JetStreamMessage(message))
+        drain_s = settings.fetch_drain_timeout_ms / 1000
+        # (nats-py has no no-wait fetch; any status ends the answer, an error one too)
+        messages = await _pull(subscription, batch, drain_s, errors_end=True)
         assert len(messages) <= batch
-        return messages
+        return [JetStreamMessage(message) for message in messages]
 
     async def _subscription(self, task_type: str) -> JetStreamContext.PullSubscription:
         """The pull subscription of a task type's durable consumer (bound on first use)."""
@@ -389,27 +372,113 @@ async def bind_pull_consumer(
 async def fetch_batch(
     subscription: JetStreamContext.PullSubscription, *, batch: int, timeout_ms: int
 ) -> list[JetStreamMessage]:
-    """Fetch up to `batch` messages within timeout_ms; [] when none came."""
+    """Fetch up to `batch` messages within timeout_ms; [] when none came.
+
+    Raises:
+        nats.js.errors.APIError: the server answered the pull with an error status (not a
+            timeout, "no messages" or a conflict: those end the fetch with what came).
+        nats.errors.ConnectionClosedError: the connection is closed.
+    """
     assert 1 <= batch <= settings.fetch_batch_max, batch
     assert 0 < timeout_ms <= settings.fetch_timeout_ms_max, timeout_ms
-    # nats-py's fetch(n) waits, once it long-polls, until n messages came or the time is up,
+    # A fetch of n would wait, once it long-polls, until n messages came or the time is up,
     # which would hold a lone message back for the whole timeout. So long-poll for one, then
-    # take at once as many more as its metadata says are waiting (num_pending).
-    try:
-        messages = await subscription.fetch(1, timeout=timeout_ms / 1000)
-    except (nats.errors.TimeoutError, TimeoutError):
-        return []
-    waiting = messages[-1].metadata.num_pending if messages else 0
+    # take at once (a no-wait pull) as many more as its metadata says are waiting.
+    taken = [
+        JetStreamMessage(m) for m in await _pull(subscription, 1, timeout_ms / 1000, wait=True)
+    ]
+    waiting = taken[-1].num_pending if taken else 0  # (read from the wrapped message)
     if batch > 1 and waiting > 0:
-        try:
-            more = await subscription.fetch(
-                min(batch - 1, waiting), timeout=settings.fetch_drain_timeout_ms / 1000
-            )
-        except (nats.errors.TimeoutError, TimeoutError):
-            more = []  # taken meanwhile by another consumer
-        messages.extend(more)
-    assert len(messages) <= batch
-    return [JetStreamMessage(message) for message in messages]
+        more = min(batch - 1, waiting)  # (fewer when another consumer took some meanwhile)
+        drain_s = settings.fetch_drain_timeout_ms / 1000
+        taken += [JetStreamMessage(m) for m in await _pull(subscription, more, drain_s)]
+    assert len(taken) <= batch
+    return taken
+
+
+async def _pull(
+    subscription: JetStreamContext.PullSubscription, batch: int, timeout_s: float,
+    *, wait: bool = False, errors_end: bool = False,
+) -> list[Msg]:  # fmt: skip
+    """Up to `batch` messages of one pull request: messages of an earlier request left in
+    the inbox first (no request then), else a request that long-polls for them (`wait`, until
+    timeout_s) or is answered at once with what is there (a no-wait pull, read for at most
+    timeout_s). nats-py's `fetch` does the same with two tasks, a uuid and a `wait_for` per
+    message read (`Subscription.next_msg`); this takes from the inbox's queue, under an
+    `asyncio.timeout` only when it must wait (the engine fetches once per command batch;
+    the worker polls). A long poll ends at
+    its own timeout only (its request expires just before): a 408 or 409 arriving sooner
+    ends an earlier request, answered late (nats-py's fetch returned nothing on it). An
+    error status raises `APIError` as nats-py's fetch does (`errors_end`: it ends the
+    answer instead)."""
+    inbox = subscription._sub
+    messages = _left_over(inbox, batch)
+    if messages:
+        return messages
+    expires_ns = int(timeout_s * 1_000_000_000) - 100_000  # (ends just before our wait does)
+    request = {"batch": batch, "expires": expires_ns} if wait else {"batch": batch, "no_wait": True}
+    await subscription._nc.publish(
+        subscription._nms, json.dumps(request).encode(), subscription._deliver
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while len(messages) < batch:
+        message = await _next_message(inbox, deadline)
+        if message is None:
+            break  # (the time is up)
+        status = JetStreamContext.is_status_msg(message)
+        if status == api.StatusCode.CONTROL_MESSAGE:
+            continue  # (an idle heartbeat)
+        if status and (errors_end or JetStreamContext._is_temporary_error(status)):
+            if wait:  # (an earlier request's end, answered late: the wait goes on)
+                continue
+            break  # 404 no messages, 408 request expired, 409 conflict: what came
+        if status:
+            raise nats.js.errors.APIError.from_msg(message)
+        messages.append(message)
+    return messages
+
+
+def _left_over(inbox: Subscription, batch: int) -> list[Msg]:
+    """Messages already in the inbox (of an earlier request answered late), at most `batch`;
+    status messages of earlier requests are dropped."""
+    messages: list[Msg] = []
+    queue = inbox._pending_queue
+    while len(messages) < batch and not queue.empty():
+        message = queue.get_nowait()
+        inbox._pending_size -= len(message.data)
+        queue.task_done()
+        if not JetStreamContext.is_status_msg(message):
+            messages.append(message)
+    return messages
+
+
+async def _next_message(inbox: Subscription, deadline: float) -> Msg | None:
+    """The inbox's next message by `deadline` (loop time; None: none came), as
+    `Subscription.next_msg` without its per-call tasks. A closed connection raises within
+    fetch_closed_check_ms (next_msg's wait was cancelled at the close).
+
+    Raises:
+        nats.errors.ConnectionClosedError: the connection is closed.
+    """
+    queue = inbox._pending_queue
+    loop = asyncio.get_running_loop()
+    message: Msg | None = None
+    while message is None:
+        if inbox._conn.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if not queue.empty():
+            message = queue.get_nowait()
+            break
+        left_s = deadline - loop.time()
+        if left_s <= 0:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(left_s, settings.fetch_closed_check_ms / 1000)):
+                message = await queue.get()
+    inbox._pending_size -= len(message.data)
+    queue.task_done()
+    return message
 
 
 def _check_size(field: str, payload: bytes) -> None:

@@ -65,6 +65,7 @@ command_deliver_max: Final = 100
 fetch_batch_max: Final = 1_000
 fetch_timeout_ms_max: Final = 60_000
 fetch_drain_timeout_ms: Final = 50  # taking messages known to be waiting: one round trip
+fetch_closed_check_ms: Final = 250  # a waiting pull sees a closed connection within this
 nak_delay_ms_max: Final = limits.delay_ms_max
 ack_pending_max: Final = 10_000
 task_types_per_queue_max: Final = 1_000  # task types one worker process consumes
@@ -219,6 +220,7 @@ http_responses_waiting_max: Final = 10_000  # http requests waiting for their ru
 attempts_traced_max: Final = 100_000  # step attempts whose scheduling time tracing remembers
 workers_seen_window_ms: Final = 60_000  # a worker that reported within this counts as live
 workers_seen_max: Final = 10_000  # worker ids the engine remembers for that count
+metric_children_cached_max: Final = 10_000  # labelled metric children the hooks keep at hand
 status_interval_ms: Final = 2_000  # how often serve refreshes its gauges and status record
 status_stale_ms: Final = 10_000  # an engine status record older than this: the engine is down
 

@@ -40,16 +40,21 @@ class TaskTokens:
         return digest[:token_hex_length]
 
     def refusal(self, command: AnyCommand, token: str | None) -> str | None:
-        """Why a result may not be decided (None: it may, or it is not a result)."""
+        """Why a result may not be decided (None: it may, or it is not a result). The
+        reason's text is built only for a refusal (the accepted path formats nothing)."""
         if not isinstance(command, TaskStarted | CompleteTask | FailTask):
             return None
-        name = type(command).__name__
-        where = f"run {command.run_id!r} step {command.step_id!r} attempt {command.attempt}"
         if command.attempt < 1:
-            return f"{name} for {where}: attempts start at 1"
+            return f"{_named(command)}: attempts start at 1"
         if not token:
-            return f"{name} for {where} carries no task token: only its task's worker may report it"
+            return f"{_named(command)} carries no task token: only its task's worker may report it"
         expected = self.sign(task_msg_id(command.run_id, command.step_id, command.attempt))
         if not hmac.compare_digest(expected, token):
-            return f"{name} for {where} carries another task's token: only its worker may report it"
+            return f"{_named(command)} carries another task's token: only its worker may report it"
         return None
+
+
+def _named(command: TaskStarted | CompleteTask | FailTask) -> str:
+    """`<Type> for run '<run>' step '<step>' attempt <n>`: the result a refusal names."""
+    where = f"run {command.run_id!r} step {command.step_id!r} attempt {command.attempt}"
+    return f"{type(command).__name__} for {where}"
