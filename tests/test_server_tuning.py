@@ -117,3 +117,15 @@ async def test_serves_nats_server_child_gets_the_default(
     serve = await procs.serve(tmp_path / "data", http=None)
     expected = str(gomaxprocs_default(os.cpu_count()))
     assert child_environment(serve.nats_pid()).get(GOMAXPROCS_ENV) == expected
+
+
+async def test_serve_refuses_a_bad_override_in_one_line_with_a_hint(
+    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(GOMAXPROCS_ENV, raising=False)
+    procs.extra_env = {OVERRIDE: "many"}
+    result = procs.cli("serve", "--data-dir", str(tmp_path / "data"), "--no-http")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].lower().startswith("error: ") and f"{OVERRIDE}='many'" in lines[0], lines
+    assert any(line.startswith("hint: ") for line in lines[1:]), lines

@@ -93,8 +93,8 @@ retry_delay_ms: Final = 1_000  # after a failed batch, before starting again
 # After the first message of a batch, wait this long for more before applying: projections
 # are off the runs' path (clients watch history, the engine loads snapshot + the history
 # after it), and one transaction and one set of KV writes per batch instead of per message is
-# most of what a projection costs. 100 against 20 ms: serve's CPU per chain step lower in 4 of
-# 5 interleaved pairs (README "Benchmarks"); a live query table or snapshot trails history by
+# most of what a projection costs. 100 against 20 ms: serve's CPU per chain step lower in 6 of
+# 7 interleaved pairs (README "Benchmarks"); a live query table or snapshot trails history by
 # about this much plus the batch's own time. Must stay below `idle_check_ms`.
 batch_linger_ms: Final = 100
 
