@@ -6,7 +6,6 @@ The rule (`nats_server.server_environment`) is checked on its own, then on real 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from dagnats.runtime.nats_server import (
     NatsServerError,
     gomaxprocs_default,
     server_environment,
+    usable_cpu_count,
 )
 from tests.fault_support import Processes
 
@@ -74,7 +74,7 @@ async def test_the_child_gets_the_default_and_a_users_value_wins(
 ) -> None:
     monkeypatch.delenv(GOMAXPROCS_ENV, raising=False)
     monkeypatch.delenv(OVERRIDE, raising=False)
-    expected = str(gomaxprocs_default(os.cpu_count()))
+    expected = str(gomaxprocs_default(usable_cpu_count()))
     cases: list[tuple[dict[str, str], str | None]] = [
         ({}, expected),
         ({GOMAXPROCS_ENV: "3"}, "3"),
@@ -115,7 +115,7 @@ async def test_serves_nats_server_child_gets_the_default(
 ) -> None:
     monkeypatch.delenv(GOMAXPROCS_ENV, raising=False)  # serve's environment: none set
     serve = await procs.serve(tmp_path / "data", http=None)
-    expected = str(gomaxprocs_default(os.cpu_count()))
+    expected = str(gomaxprocs_default(usable_cpu_count()))
     assert child_environment(serve.nats_pid()).get(GOMAXPROCS_ENV) == expected
 
 

