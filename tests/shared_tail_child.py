@@ -20,7 +20,8 @@ async def main(url: str, path: Path) -> None:
     nc = await connect(url)
     js = nc.jetstream()
     targets = (SnapshotTarget(js), SqliteTarget(path, SlowProjection()))
-    await SharedTail(js, targets, batch_max=BATCH_MAX, idle_ms=100).run(asyncio.Event())
+    tail = SharedTail(js, targets, batch_max=BATCH_MAX, idle_ms=100, linger_ms=20)
+    await tail.run(asyncio.Event())
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ async def snapshot_ids(js: JetStreamContext) -> set[str]:
 
 @contextlib.asynccontextmanager
 async def projecting(js: JetStreamContext) -> AsyncIterator[Projector]:
-    projector = Projector(js, SnapshotTarget(js), idle_ms=100)
+    projector = Projector(js, SnapshotTarget(js), idle_ms=100, linger_ms=20)
     stop = asyncio.Event()
     task = asyncio.create_task(projector.run(stop))
     try:

@@ -200,7 +200,7 @@ async def test_the_live_projector_follows_new_messages_and_starts_over_after_a_r
     path = tmp_path / "dagnats.sqlite"
     target = SqliteTarget(path, QueryTables())
     stop = asyncio.Event()
-    task = asyncio.create_task(Projector(js, target, idle_ms=50).run(stop))
+    task = asyncio.create_task(Projector(js, target, idle_ms=50, linger_ms=20).run(stop))
     try:
 
         def runs() -> int:

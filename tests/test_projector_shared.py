@@ -107,7 +107,7 @@ async def shared(js: JetStreamContext, path: Path) -> tuple[Rows, dict[str, Snap
     """Both projections on one shared tail until each holds the stream's last sequence."""
     last = await stream_last_seq(js)
     sqlite = SqliteTarget(path, QueryTables())
-    tail = SharedTail(js, (SnapshotTarget(js), sqlite), batch_max=6, idle_ms=100)
+    tail = SharedTail(js, (SnapshotTarget(js), sqlite), batch_max=6, idle_ms=100, linger_ms=20)
     stop = asyncio.Event()
     task = asyncio.create_task(tail.run(stop))
     try:
@@ -198,7 +198,7 @@ async def test_the_query_tables_run_alone_while_another_process_holds_the_snapsh
     seqs = await append(log, "held", completed_run("held"))
     path = tmp_path / "dagnats.sqlite"
     sqlite = SqliteTarget(path, QueryTables())
-    tail = SharedTail(js, (SnapshotTarget(js), sqlite), idle_ms=100)
+    tail = SharedTail(js, (SnapshotTarget(js), sqlite), idle_ms=100, linger_ms=20)
     stop = asyncio.Event()
     task = asyncio.create_task(tail.run(stop))
     try:

