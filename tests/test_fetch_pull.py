@@ -9,6 +9,7 @@ no-wait pull; a waiting fetch ends soon after its connection closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import nats.errors
@@ -16,6 +17,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
+from dagnats.runtime import settings
 from dagnats.runtime.queue import (
     JetStreamCommandQueue,
     JetStreamMessage,
@@ -103,7 +105,7 @@ async def _take(queue: JetStreamTaskQueue, kind: str, taken: list[JetStreamMessa
 
 
 async def test_an_error_status_raises_from_a_fetch_and_ends_a_no_wait_pull(
-    js: JetStreamContext,
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = JetStreamTaskQueue(js)
     kind = task_type()
@@ -111,7 +113,42 @@ async def test_an_error_status_raises_from_a_fetch_and_ends_a_no_wait_pull(
     await js.delete_consumer("DAGNATS_TASKS", subscription._consumer)
     with pytest.raises(nats.js.errors.APIError):
         await fetch_batch(subscription, batch=2, timeout_ms=WAIT_MS)
-    assert await queue.fetch_ready(kind, batch=2) == []
+    # the status ends the answer: a pull that ignored it would wait out this bound
+    monkeypatch.setattr(settings, "fetch_no_wait_answer_ms_max", 60_000)
+    assert await asyncio.wait_for(queue.fetch_ready(kind, batch=2), WAIT_MS / 1000) == []
+
+
+@pytest.mark.parametrize("timeout_ms", [1, 250, 3_000, 60_000])
+async def test_a_long_polls_request_expires_a_margin_before_its_reader_leaves(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch, timeout_ms: int
+) -> None:
+    """The server counts a request's expiry from when it got it: one sent late must still end
+    before the fetch returns, or a message delivered to it would wait in an inbox nobody
+    reads (found in review: nats-py's 100 us margin stranded 1 task in ~40 idle polls)."""
+    queue = JetStreamTaskQueue(js)
+    kind = task_type()
+    subscription = await queue._subscription(kind)
+    requests: list[dict[str, object]] = []
+    publish = subscription._nc.publish
+
+    async def recording(subject: str, payload: bytes = b"", reply: str = "", **kw: object) -> None:
+        if subject == subscription._nms:
+            requests.append(json.loads(payload))
+        await publish(subject, payload, reply, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(subscription._nc, "publish", recording)
+    polling = asyncio.create_task(fetch_batch(subscription, batch=1, timeout_ms=timeout_ms))
+    await wait_for(lambda: bool(requests), timeout_ms=WAIT_MS, what="the pull request")
+    polling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await polling
+    expires_ms = int(str(requests[0]["expires"])) / 1_000_000
+    margin_ms = min(timeout_ms / 2, max(
+        timeout_ms * settings.fetch_expiry_margin_share, settings.fetch_expiry_margin_ms_min
+    ))  # fmt: skip
+    assert expires_ms == pytest.approx(timeout_ms - margin_ms, abs=0.001)
+    assert timeout_ms - expires_ms >= min(timeout_ms / 2, settings.fetch_expiry_margin_ms_min)
+    await queue.close()
 
 
 async def test_a_waiting_fetch_ends_when_its_connection_closes(js: JetStreamContext) -> None:

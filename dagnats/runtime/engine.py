@@ -498,7 +498,8 @@ class Engine:
             if previous is not None and not previous.done():
                 await asyncio.wait((previous,))  # (whatever became of it: this group goes on)
             await self._handle_group(group)
-        finally:
+        finally:  # (a group cancelled before it settled: no progress acks for it forever)
+            self._unsettled.difference_update(group)
             if self._tails.get(subject) is asyncio.current_task():
                 del self._tails[subject]
 

@@ -201,9 +201,9 @@ class JetStreamTaskQueue:
         message that comes after the bounded wait stays in the inbox for the next fetch."""
         assert 1 <= batch <= settings.fetch_batch_max, batch
         subscription = await self._subscription(task_type)
-        drain_s = settings.fetch_drain_timeout_ms / 1000
+        answer_s = settings.fetch_no_wait_answer_ms_max / 1000
         # (nats-py has no no-wait fetch; any status ends the answer, an error one too)
-        messages = await _pull(subscription, batch, drain_s, errors_end=True)
+        messages = await _pull(subscription, batch, answer_s, errors_end=True)
         assert len(messages) <= batch
         return [JetStreamMessage(message) for message in messages]
 
@@ -390,8 +390,11 @@ async def fetch_batch(
     waiting = taken[-1].num_pending if taken else 0  # (read from the wrapped message)
     if batch > 1 and waiting > 0:
         more = min(batch - 1, waiting)  # (fewer when another consumer took some meanwhile)
-        drain_s = settings.fetch_drain_timeout_ms / 1000
-        taken += [JetStreamMessage(m) for m in await _pull(subscription, more, drain_s)]
+        answer_s = settings.fetch_no_wait_answer_ms_max / 1000
+        try:
+            taken += [JetStreamMessage(m) for m in await _pull(subscription, more, answer_s)]
+        except nats.errors.Error as error:  # what was taken is handled, not left to its ack wait
+            log.info("fetch: taking the waiting messages failed (%s); %d taken", error, len(taken))
     assert len(taken) <= batch
     return taken
 
@@ -406,16 +409,21 @@ async def _pull(
     timeout_s). nats-py's `fetch` does the same with two tasks, a uuid and a `wait_for` per
     message read (`Subscription.next_msg`); this takes from the inbox's queue, under an
     `asyncio.timeout` only when it must wait (the engine fetches once per command batch;
-    the worker polls). A long poll ends at
-    its own timeout only (its request expires just before): a 408 or 409 arriving sooner
-    ends an earlier request, answered late (nats-py's fetch returned nothing on it). An
-    error status raises `APIError` as nats-py's fetch does (`errors_end`: it ends the
-    answer instead)."""
+    the worker polls). A long poll's request expires a margin before its wait ends
+    (settings.fetch_expiry_margin_share: the server counts from when it got the request, so a
+    request sent late still ends before the reader leaves) and the poll returns at that
+    expiry (a 408, 404 or 409 within the margin of its end); one sooner ends an earlier
+    request answered late, and the wait goes on. An error status raises `APIError` as
+    nats-py's fetch does, unless messages came before it (they are returned) or `errors_end`
+    (it ends the answer)."""
     inbox = subscription._sub
     messages = _left_over(inbox, batch)
     if messages:
         return messages
-    expires_ns = int(timeout_s * 1_000_000_000) - 100_000  # (ends just before our wait does)
+    margin_s = min(timeout_s / 2, max(
+        timeout_s * settings.fetch_expiry_margin_share, settings.fetch_expiry_margin_ms_min / 1000
+    ))  # fmt: skip
+    expires_ns = int((timeout_s - margin_s) * 1_000_000_000)
     request = {"batch": batch, "expires": expires_ns} if wait else {"batch": batch, "no_wait": True}
     await subscription._nc.publish(
         subscription._nms, json.dumps(request).encode(), subscription._deliver
@@ -430,9 +438,11 @@ async def _pull(
         if status == api.StatusCode.CONTROL_MESSAGE:
             continue  # (an idle heartbeat)
         if status and (errors_end or JetStreamContext._is_temporary_error(status)):
-            if wait:  # (an earlier request's end, answered late: the wait goes on)
-                continue
+            if wait and loop.time() < deadline - margin_s:
+                continue  # (an earlier request's end, answered late: the wait goes on)
             break  # 404 no messages, 408 request expired, 409 conflict: what came
+        if status and messages:
+            break  # (an error after messages: they are handled; the next pull raises it)
         if status:
             raise nats.js.errors.APIError.from_msg(message)
         messages.append(message)

@@ -66,6 +66,14 @@ fetch_batch_max: Final = 1_000
 fetch_timeout_ms_max: Final = 60_000
 fetch_drain_timeout_ms: Final = 50  # taking messages known to be waiting: one round trip
 fetch_closed_check_ms: Final = 250  # a waiting pull sees a closed connection within this
+# A no-wait pull's answer (what waits, then a status) comes at once; this only bounds a stall.
+fetch_no_wait_answer_ms_max: Final = 1_000
+# A long poll's request expires this share of its wait (at least fetch_expiry_margin_ms_min)
+# before the client stops waiting: the server counts the expiry from when it got the request,
+# so a request sent late must still end before its reader leaves (else a message delivered to
+# it waits in an inbox nobody reads). The client returns on its own request's expiry.
+fetch_expiry_margin_share: Final = 0.1
+fetch_expiry_margin_ms_min: Final = 20
 nak_delay_ms_max: Final = limits.delay_ms_max
 ack_pending_max: Final = 10_000
 task_types_per_queue_max: Final = 1_000  # task types one worker process consumes
