@@ -35,11 +35,15 @@ TOP_FUNCTIONS: Final = 25
 SPY_STOP_TIMEOUT_S: Final = 30.0
 
 
-def spy_command(pid: int, seconds: float, out: Path) -> list[str]:
+def spy_command(pid: int, seconds: float, out: Path, gil: bool = False) -> list[str]:
+    """py-spy's command; `gil`: only samples of a thread holding the GIL (Python's own CPU:
+    without it, time a thread spends blocked in a socket write counts as busy, and on
+    loopback those writes are most of a process's samples)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return [
         spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
         "--rate", str(SAMPLE_RATE_HZ), "--format", "raw", "--output", str(out), "--nonblocking",
+        *(["--gil"] if gil else []),
     ]  # fmt: skip
 
 
@@ -79,7 +83,7 @@ async def chains(client: Client, seconds: float) -> int:
     return runs
 
 
-async def profile(seconds: float, out: Path) -> None:
+async def profile(seconds: float, out: Path, gil: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="dagnats-bench-profile-") as directory:
         root = Path(directory)
         data_dir = root / "data"
@@ -92,7 +96,7 @@ async def profile(seconds: float, out: Path) -> None:
             pids = {"serve": serve.pid, "worker": worker.pid, "client": os.getpid()}
             spies = {
                 name: await asyncio.create_subprocess_exec(
-                    *spy_command(pid, seconds, out / f"{name}.txt"),
+                    *spy_command(pid, seconds, out / f"{name}.txt", gil),
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL,
                 )
@@ -119,13 +123,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     arguments = parser.parse_args()
     if arguments.out is not None:
         arguments.out.mkdir(parents=True, exist_ok=True)
-        asyncio.run(profile(arguments.seconds, arguments.out))
+        asyncio.run(profile(arguments.seconds, arguments.out, arguments.gil))
         return
     with tempfile.TemporaryDirectory(prefix="dagnats-bench-spy-") as directory:
-        asyncio.run(profile(arguments.seconds, Path(directory)))
+        asyncio.run(profile(arguments.seconds, Path(directory), arguments.gil))
 
 
 if __name__ == "__main__":
