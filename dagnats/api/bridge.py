@@ -220,9 +220,7 @@ class TaskBridge:
                 return taken
             many = len(types) > 1
             slice_ms = settings.bridge_poll_slice_many_ms if many else settings.bridge_poll_slice_ms
-            waits = [
-                self._pull(name, 1, min(left_ms, slice_ms), deadline) for name in order[:max_tasks]
-            ]
+            waits = [self._pull(n, 1, min(left_ms, slice_ms), deadline) for n in order[:max_tasks]]
             for messages in await asyncio.gather(*waits):
                 taken += await self._accept(messages, worker_id)
         return taken
