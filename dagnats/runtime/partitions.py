@@ -397,7 +397,7 @@ class PartitionedCommands:
         while partition in self.ownership.owned():
             room = self._buffer.maxsize - self._buffer.qsize()
             if room <= 0:
-                await asyncio.sleep(settings.fetch_drain_timeout_ms / 1000)
+                await asyncio.sleep(settings.partition_buffer_full_wait_ms / 1000)
                 continue
             try:
                 fetched = await fetch_batch(

@@ -64,7 +64,7 @@ command_progress_interval_ms: Final = 1_000
 command_deliver_max: Final = 100
 fetch_batch_max: Final = 1_000
 fetch_timeout_ms_max: Final = 60_000
-fetch_drain_timeout_ms: Final = 50  # taking messages known to be waiting: one round trip
+partition_buffer_full_wait_ms: Final = 50  # a partition pump whose buffer is full looks again after
 fetch_closed_check_ms: Final = 250  # a waiting pull sees a closed connection within this
 # A no-wait pull's answer (what waits, then a status) comes at once; this only bounds a stall.
 fetch_no_wait_answer_ms_max: Final = 1_000
