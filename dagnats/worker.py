@@ -351,7 +351,7 @@ class Worker:
         # rides along).
         beat = Heartbeat(deliveries, self.heartbeat_interval_ms, self.log)
         try:
-            with tracing.handler_span(task, _trace_headers(message)) as traced:
+            with tracing.handler_span(task, getattr(message, "headers", None)) as traced:
                 result = await self._call_in_slot(task, commands)
                 traced.finish(result.error if isinstance(result, FailTask) else None)
             if result is not None:
@@ -579,13 +579,6 @@ __all__ = [
     "read_envelope",
     "short_traceback",
 ]
-
-
-def _trace_headers(message: TaskMessage) -> dict[str, str] | None:
-    """The headers `tracing.handler_span` reads a trace context from: None when they hold
-    none (most tasks when tracing is off: no W3C extract and context attach per task)."""
-    headers: dict[str, str] | None = getattr(message, "headers", None)
-    return headers if headers and "traceparent" in headers else None
 
 
 def _described(error: BaseException) -> str:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dagnats.tracing")
 TRACER_NAME: Final = "dagnats"
+TRACEPARENT: Final = "traceparent"  # the W3C trace context header a task message carries
 ENDPOINT_VARIABLES: Final = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 _propagator: Final = TraceContextTextMapPropagator()
 AttemptEnd = StepCompleted | StepFailed | StepTimedOut | StepLost
@@ -176,8 +177,10 @@ class HandlerSpan:
 def handler_span(task: EnqueueTask, headers: Mapping[str, str] | None) -> Iterator[HandlerSpan]:
     """The worker's span of a task (current while its handler runs), the child of the
     attempt span whose context the task message carries. With tracing off, the message's
-    context is still made current, so spans of a handler's own tracer join the run's trace."""
-    parent = _propagator.extract(headers) if headers else None
+    context is still made current, so spans of a handler's own tracer join the run's trace.
+    Headers without a `traceparent` (most tasks when tracing is off) carry no context: no
+    extract and no attach for them."""
+    parent = _propagator.extract(headers) if headers and TRACEPARENT in headers else None
     tracing = active()
     if tracing is None:
         if parent is None:
