@@ -27,6 +27,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
+from dagnats.runtime.queue import MSG_ID_HEADER
 from dagnats.runtime.resources import (
     COMMANDS_ANCHOR_SUBJECT,
     COMMANDS_STREAM,
@@ -37,7 +38,6 @@ from dagnats.runtime.resources import (
 log = logging.getLogger("dagnats.queue_anchor")
 ANCHORS: Final = ((TASKS_STREAM, TASKS_ANCHOR_SUBJECT), (COMMANDS_STREAM, COMMANDS_ANCHOR_SUBJECT))
 ANCHOR_PAYLOAD: Final = b"dagnats queue anchor: keeps the stream's block (never consumed)"
-MSG_ID_HEADER: Final = "Nats-Msg-Id"
 anchor_timeout_s: Final = 10.0  # the anchor's publish (a loaded server answers within it)
 _warned: set[str] = set()
 
