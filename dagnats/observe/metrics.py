@@ -100,20 +100,20 @@ class Metrics:
 
         # The labelled children the engine's hooks feed, by label values: prometheus-client's
         # `labels()` costs a few microseconds a call (checks, a lock), paid per command.
-        self._children: dict[tuple[str, ...], Counter | Histogram] = {}
+        self._children: dict[tuple[object, ...], Counter | Histogram] = {}
 
     def run_started(self, workflow: str) -> None:
-        _child(self._children, self.runs_started, "runs_started", workflow).inc()
+        _child(self._children, self.runs_started, workflow).inc()
 
     def run_finished(self, workflow: str, status: str) -> None:
-        _child(self._children, self.runs_finished, "runs_finished", workflow, status).inc()
+        _child(self._children, self.runs_finished, workflow, status).inc()
 
     def attempt_ended(self, task: str, outcome: str, seconds: float) -> None:
-        _child(self._children, self.step_attempts, "step_attempts", task, outcome).inc()
-        _child(self._children, self.step_seconds, "step_seconds", task).observe(max(0.0, seconds))
+        _child(self._children, self.step_attempts, task, outcome).inc()
+        _child(self._children, self.step_seconds, task).observe(max(0.0, seconds))
 
     def decided(self, outcome: str, seconds: float) -> None:
-        child = _child(self._children, self.decision_seconds, "decision_seconds", outcome)
+        child = _child(self._children, self.decision_seconds, outcome)
         child.observe(max(0.0, seconds))
 
     def set_facts(self, facts: Facts) -> None:
@@ -135,12 +135,11 @@ Labelled = TypeVar("Labelled", Counter, Histogram)
 
 
 def _child(
-    children: dict[tuple[str, ...], Counter | Histogram], metric: Labelled, name: str,
-    *values: str,
-) -> Labelled:  # fmt: skip
-    """`metric.labels(*values)`, kept at hand by (name, *values); at most
+    children: dict[tuple[object, ...], Counter | Histogram], metric: Labelled, *values: str
+) -> Labelled:
+    """`metric.labels(*values)`, kept at hand by (metric, *values); at most
     metric_children_cached_max kept (past it, looked up each time: still counted)."""
-    key = (name, *values)
+    key = (metric, *values)
     child = children.get(key)
     if child is None:
         child = metric.labels(*values)
