@@ -8,7 +8,6 @@ earlier one, and other runs' groups do not wait for them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -22,6 +21,7 @@ from dagnats.runtime.engine import Engine
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel.commands import CancelRun, CompleteTask, FailTask, TaskStarted
 from kernel.effects import task_msg_id
+from tests.nats_fixtures import wait_for
 
 TOKENS = TaskTokens("an engine secret")
 WAIT_S = 10.0
@@ -143,7 +143,7 @@ async def test_a_runs_later_batch_waits_for_its_earlier_one_and_others_do_not() 
     gates["a1"] = asyncio.Event()
     first = engine._schedule_batch([Held("ra", "a1"), Held("rb", "b1")])  # type: ignore[list-item]
     second = engine._schedule_batch([Held("ra", "a2"), Held("rc", "c1")])  # type: ignore[list-item]
-    await asyncio.wait_for(_until(lambda: "end c1" in log), WAIT_S)
+    await wait_for(lambda: "end c1" in log, timeout_ms=int(WAIT_S * 1000), what="c1 to end")
     assert "start a2" not in log, log  # run ra's second group waits for its first
     gates["a1"].set()
     await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)
@@ -159,11 +159,6 @@ async def test_a_failed_group_does_not_stop_its_runs_next_group() -> None:
     assert isinstance(results[0], RuntimeError) and results[1] is None, results
     assert log == ["start boom", "end boom", "start a2", "end a2"]
     assert engine._tails == {}
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.001)
 
 
 def test_a_decision_feeds_its_latency_under_its_outcome_and_error_when_it_raised() -> None:
