@@ -8,11 +8,12 @@ with it). Then the flag file is created and serve is started again on the same d
 clock starts at that process start. From the run's history (server timestamps of each
 append), the bench takes the time to s5's result being recorded and to the run's end.
 `steps_rerun` counts handler calls beyond one per step (s5's in-flight call counts as its
-one). `value` is restart-to-done seconds for a worker as `dagnats worker` connects (nats-py's
-default 2 s reconnect wait); the same scenario with a worker that reconnects after 50 ms is
-reported beside it. `ratio` is value over the floor: a bare nats-server restart on the same
-data dir plus one serial raw JetStream hop per remaining step, both measured in this run.
-Target: < 0.5 s with 0 steps rerun.
+one). `value` is restart-to-done seconds for a worker as `dagnats worker` connects (its
+connection's reconnect wait, `dagnats.runtime.connection.reconnect_wait_s`); the same scenario
+with a worker that reconnects after 50 ms is reported beside it. `ratio` is value over the
+floor: a bare nats-server restart on the same data dir plus one serial raw JetStream hop per
+remaining step, both measured in this run. Target: < 0.5 s with 0 steps rerun.
+`python -m bench.recovery_phases` shows where the time goes, phase by phase.
 
 Serve runs with its bytecode cached, as an installed serve has it (pip compiles a wheel's
 modules; an editable install writes `__pycache__` on its first run): the first serve writes
@@ -71,10 +72,13 @@ PROC_POLL_S: Final = 0.005
 BYTECODE_CACHED = True  # False: every start compiles the project (PYTHONDONTWRITEBYTECODE)
 
 
-def serve_command(data_dir: Path, port: int) -> list[str]:
+def serve_command(data_dir: Path, port: int, trace: Path | None = None) -> list[str]:
     """`dagnats serve` as the console script runs it (`dagnats.cli:main`), importing the code
-    of this checkout (the working directory comes first on sys.path with -c)."""
+    of this checkout (the working directory comes first on sys.path with -c); with `trace`,
+    its start-up phases marked in that file (bench.startup_trace)."""
     serve = ["serve", "--data-dir", str(data_dir), "--nats-port", str(port), "--json"]
+    if trace is not None:
+        return [sys.executable, "-m", "bench.startup_trace", str(trace), "serve", *serve]
     return [sys.executable, "-c", "from dagnats.cli import main; main()", *serve]
 
 
@@ -102,9 +106,10 @@ def is_alive(pid: int) -> bool:
 
 
 async def history_times(
-    url: str, run_id: str, timeout_s: float, data_dir: Path
+    url: str, run_id: str, timeout_s: float, data_dir: Path, appends: list[tuple[float, str]]
 ) -> dict[str, float]:
-    """Server timestamps (epoch s) of s5's result and the run's end, read from its history."""
+    """Server timestamps (epoch s) of s5's result and the run's end, read from its history;
+    every append's (timestamp, its events' tags) added to `appends`."""
     connection = await Connection.open(url, role="client", data_dir=data_dir)
     times: dict[str, float] = {}
     try:
@@ -118,7 +123,9 @@ async def history_times(
             except (nats.errors.TimeoutError, TimeoutError):
                 break
             stored = message.metadata.timestamp.timestamp()
-            for event in codec.decode_decision(message.data).events:
+            events = codec.decode_decision(message.data).events
+            appends.append((stored, " ".join(describe(event) for event in events)))
+            for event in events:
                 if isinstance(event, StepCompleted) and event.step_id == RECOVERY_BLOCKING_STEP:
                     times["s5_result"] = stored
                 if isinstance(event, RunCompleted | RunFailed):
@@ -130,8 +137,16 @@ async def history_times(
     return times
 
 
-async def scenario(reconnect_wait_s: float | None) -> dict[str, object]:
-    """One kill-and-restart; the times (s, from the restart) and the calls per step."""
+def describe(event: object) -> str:
+    """An event's type, with its step for a step's events."""
+    step = getattr(event, "step_id", None)
+    return type(event).__name__ + (f"({step})" if isinstance(step, str) else "")
+
+
+async def scenario(reconnect_wait_s: float | None, trace: Path | None = None) -> dict[str, object]:
+    """One kill-and-restart; the times (s, from the restart) and the calls per step. With
+    `trace`, the restarted serve's and the worker's start-up phases are marked in that file
+    and the result holds them, the appends and the calls, each as seconds from the restart."""
     with tempfile.TemporaryDirectory(prefix="dagnats-bench-recovery-") as directory:
         root = Path(directory)
         data_dir, calls_dir = root / "data", root / "calls"
@@ -145,8 +160,12 @@ async def scenario(reconnect_wait_s: float | None) -> dict[str, object]:
         worker_args += ["--data-dir", str(data_dir)]  # its credential (serve enforces roles)
         if reconnect_wait_s is not None:
             worker_args += ["--reconnect-wait-s", str(reconnect_wait_s)]
+        worker_command = procs_command(worker_args)
+        if trace is not None:
+            worker_command = [sys.executable, "-m", "bench.startup_trace", str(trace), "procs"]
+            worker_command += worker_args
         worker = await Child.start(
-            procs_command(worker_args), root / "worker.log", env={RECOVERY_DIR_ENV: str(calls_dir)}
+            worker_command, root / "worker.log", env={RECOVERY_DIR_ENV: str(calls_dir)}
         )
         try:
             run_id = f"rec-{uuid.uuid4().hex[:8]}"
@@ -170,16 +189,35 @@ async def scenario(reconnect_wait_s: float | None) -> dict[str, object]:
             (calls_dir / GO_FILE).touch()
             restarted_at = time.time()
             serve = await Child.start(
-                serve_command(data_dir, port), root / "serve-2.log", env=serve_env(root)
+                serve_command(data_dir, port, trace), root / "serve-2.log", env=serve_env(root)
             )
             ready_s = time.time() - restarted_at
-            times = await history_times(url, run_id, DONE_WAIT_S, data_dir)
+            appends: list[tuple[float, str]] = []
+            times = await history_times(url, run_id, DONE_WAIT_S, data_dir, appends)
         finally:
             await worker.stop()
             await serve.stop()
-        floor_s, floor_hop_ms, nats_restart_s = await restart_floor(data_dir)
-    calls = Counter(step for step, _, _ in read_calls(calls_dir))
+        floor = await restart_floor(data_dir)
+        all_calls = read_calls(calls_dir)  # (inside: the directory goes with the block)
+    return summary(restarted_at, ready_s, times, appends, all_calls, floor)
+
+
+def summary(
+    restarted_at: float,
+    ready_s: float,
+    times: dict[str, float],
+    appends: list[tuple[float, str]],
+    all_calls: list[tuple[str, int, float]],
+    floor: tuple[float, float, float],
+) -> dict[str, object]:
+    """A scenario's result (see `scenario`)."""
+    calls = Counter(step for step, _, _ in all_calls)
+    since = [(at - restarted_at, f"append {tags}") for at, tags in appends]
+    since += [(at - restarted_at, f"call {step}") for step, _, at in all_calls]
+    floor_s, floor_hop_ms, nats_restart_s = floor
     return {
+        "since_restart": sorted((offset, what) for offset, what in since if offset >= 0),
+        "restarted_at": restarted_at,
         "serve_ready_s": ready_s,
         "s5_result_s": times.get("s5_result", float("nan")) - restarted_at,
         "done_s": times.get("done", float("nan")) - restarted_at,

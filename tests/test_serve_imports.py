@@ -16,6 +16,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import pytest
 from dagnats.cli import command_of
 from dagnats.input_schema import input_errors
 from dagnats.runtime import projector
+from dagnats.runtime import serve as serve_module
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.serve import ServeEngine, Server
 from kernel.workflow.parse import parse_workflow
@@ -146,6 +148,41 @@ async def test_serve_says_when_its_engine_has_resumed_the_unfinished_runs(
         assert started_when_released == [True], started_when_released
     finally:
         release.set()
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=RESUMED_WAIT_S)
+        await server.stop()
+
+
+async def test_the_projections_modules_are_imported_off_the_engines_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sqlite-utils' import on the loop held the engine's first steps after a restart back
+    # (bench.recovery: 80-110 ms on the hop after the resume pass).
+    order: list[str] = []
+    real_import, real_projections = serve_module.import_projection_modules, Server.start_projections
+
+    def recorded_import() -> None:
+        on_main = threading.current_thread() is threading.main_thread()
+        order.append("import on the loop's thread" if on_main else "import in a thread")
+        real_import()
+
+    def projections(self: Server, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        order.append("projections")
+        return real_projections(self, stop)
+
+    monkeypatch.setattr(serve_module, "import_projection_modules", recorded_import)
+    monkeypatch.setattr(Server, "start_projections", projections)
+    server = Server(tmp_path / "data")
+    await server.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(server.run(stop))
+    try:
+        await wait_for(lambda: "projections" in order, timeout_ms=int(RESUMED_WAIT_S * 1000),
+                       what="the projections' start")  # fmt: skip
+        assert order == ["import in a thread", "projections"], order
+        assert all(name in sys.modules for name in serve_module.PROJECTION_MODULES)
+    finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(running, timeout=RESUMED_WAIT_S)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -429,6 +430,10 @@ class Server:
             stopping.cancel()
         if running.is_set():
             return
+        # Their modules (sqlite-utils) imported in a thread: the loop goes on meanwhile.
+        await asyncio.to_thread(import_projection_modules)
+        if running.is_set():
+            return
         tasks = self.start_projections(running)
         tasks.append(asyncio.create_task(self._retention().run(running)))  # (its first sweep)
         if self.reporter is not None:  # the gauges of /metrics and `dagnats status`
@@ -487,6 +492,19 @@ class Server:
         written, self._written = self._written, {}
         if URL_FILE in written:  # only ours, and only while it still holds our URL
             remove_if_ours(self.data_dir / URL_FILE, written[URL_FILE])
+
+
+PROJECTION_MODULES: Final = (
+    "dagnats.runtime.projector",
+    "dagnats.runtime.projector_shared",
+    "projections.sqlite",
+)
+
+
+def import_projection_modules() -> None:
+    """Import what `Server.start_projections` needs (run in a thread, see `_after_resume`)."""
+    for name in PROJECTION_MODULES:
+        importlib.import_module(name)
 
 
 def _port_taken(port: int) -> bool:
