@@ -23,8 +23,7 @@ import pytest
 
 from dagnats.cli import command_of
 from dagnats.input_schema import input_errors
-from dagnats.runtime import projector
-from dagnats.runtime import serve as serve_module
+from dagnats.runtime import projector, serve_start
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.serve import ServeEngine, Server
 from kernel.workflow.parse import parse_workflow
@@ -160,7 +159,7 @@ async def test_the_projections_modules_are_imported_off_the_engines_loop(
     # sqlite-utils' import on the loop held the engine's first steps after a restart back
     # (bench.recovery: 80-110 ms on the hop after the resume pass).
     order: list[str] = []
-    real_import, real_projections = serve_module.import_projection_modules, Server.start_projections
+    real_import, real_projections = serve_start.import_projection_modules, Server.start_projections
 
     def recorded_import() -> None:
         on_main = threading.current_thread() is threading.main_thread()
@@ -171,7 +170,7 @@ async def test_the_projections_modules_are_imported_off_the_engines_loop(
         order.append("projections")
         return real_projections(self, stop)
 
-    monkeypatch.setattr(serve_module, "import_projection_modules", recorded_import)
+    monkeypatch.setattr(serve_start, "import_projection_modules", recorded_import)
     monkeypatch.setattr(Server, "start_projections", projections)
     server = Server(tmp_path / "data")
     await server.start()
@@ -181,7 +180,7 @@ async def test_the_projections_modules_are_imported_off_the_engines_loop(
         await wait_for(lambda: "projections" in order, timeout_ms=int(RESUMED_WAIT_S * 1000),
                        what="the projections' start")  # fmt: skip
         assert order == ["import in a thread", "projections"], order
-        assert all(name in sys.modules for name in serve_module.PROJECTION_MODULES)
+        assert all(name in sys.modules for name in serve_start.PROJECTION_MODULES)
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):

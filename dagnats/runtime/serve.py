@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -34,7 +33,7 @@ from nats.js import JetStreamContext
 from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics
 from dagnats.observe.reporter import Reporter
-from dagnats.runtime import credentials, external_events, settings
+from dagnats.runtime import credentials, external_events, serve_start, settings
 from dagnats.runtime.admission_compact import serve_compaction
 from dagnats.runtime.cluster_serve import (
     PartitionedParts,
@@ -79,6 +78,7 @@ from dagnats.runtime.queue_anchor import ensure_anchors
 from dagnats.runtime.resources import ensure_resources, ensure_stream
 from dagnats.runtime.retention import Retention
 from dagnats.runtime.triggers import TriggerService, command_starter
+from kernel import registry
 from kernel.errors import DagnatsError
 
 if TYPE_CHECKING:
@@ -172,7 +172,8 @@ class Server:
         if self.external_url is None:
             self._prepare_private_data_dir()
             with private_umask():  # the child's store, log, config and lock: owner-only
-                self.nats = await self._start_embedded()
+                starting = self._start_embedded()
+                self.nats = await serve_start.while_starting(starting, registry.names)
             self.url = self.nats.url
             self._write(PORT_FILE, f"{self.nats.port}\n")
             self._write(URL_FILE, self.url + "\n")
@@ -431,7 +432,7 @@ class Server:
         if running.is_set():
             return
         # Their modules (sqlite-utils) imported in a thread: the loop goes on meanwhile.
-        await asyncio.to_thread(import_projection_modules)
+        await asyncio.to_thread(serve_start.import_projection_modules)
         if running.is_set():
             return
         tasks = self.start_projections(running)
@@ -492,19 +493,6 @@ class Server:
         written, self._written = self._written, {}
         if URL_FILE in written:  # only ours, and only while it still holds our URL
             remove_if_ours(self.data_dir / URL_FILE, written[URL_FILE])
-
-
-PROJECTION_MODULES: Final = (
-    "dagnats.runtime.projector",
-    "dagnats.runtime.projector_shared",
-    "projections.sqlite",
-)
-
-
-def import_projection_modules() -> None:
-    """Import what `Server.start_projections` needs (run in a thread, see `_after_resume`)."""
-    for name in PROJECTION_MODULES:
-        importlib.import_module(name)
 
 
 def _port_taken(port: int) -> bool:
