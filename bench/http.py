@@ -22,10 +22,14 @@ on a free loopback port), as a user runs it; every worker is a process of its ow
 
 The pairs run in ROUNDS interleaved rounds; each figure is the median of its rounds. `value`
 is the bridge's ms per task; `ratio` is that over the native worker's in the same run (target
-<= 1.5). `cpu_ms_per_task` is the CPU per task of serve (engine, projections, HTTP, bridge),
-its nats-server and the worker process, while each side runs; `cpu_ratio` compares the totals
-(the bridge moves a worker's NATS work into serve: its wall time on a 2-core machine is bound
-by serve's one loop).
+<= 1.5). `settled_ratio` compares the same drains up to the engine having taken every result
+(no command left in the commands stream, looked at every 10 ms), from the same first task: a native
+worker's wall time ends when the server stored its last result, while the engine, in serve,
+may still be deciding the runs; the bridge shares serve's loop with that engine.
+`cpu_ms_per_task` is the CPU per task of serve (engine, projections, HTTP, bridge), its
+nats-server and the worker process, while each side runs; `cpu_ratio` compares the totals (the
+bridge moves a worker's NATS work into serve: its wall time on a 2-core machine is bound by
+serve's one loop).
 
 `python -m bench.http` prints one JSON line. It starts processes and writes only inside the
 temporary directory it creates.
@@ -55,7 +59,12 @@ from bench.recovery import serve_command
 from dagnats.client import Client
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import pick_free_port
-from dagnats.runtime.resources import TASKS_STREAM, task_subject
+from dagnats.runtime.resources import (
+    COMMAND_SUBJECTS,
+    COMMANDS_STREAM,
+    TASKS_STREAM,
+    task_subject,
+)
 from kernel.workflow.builder import Workflow
 
 RUNS: Final = 30  # start + wait, per round and side
@@ -187,17 +196,20 @@ async def queue_tasks(stack: Stack, task_type: str, count: int) -> None:
 
 
 class Drain(NamedTuple):
-    """One worker's run of queued tasks: its wall and CPU seconds (its own process), and the
-    CPU ms of serve and its nats-server meanwhile."""
+    """One worker's run of queued tasks: its wall and CPU seconds (its own process), the CPU
+    ms of serve and its nats-server meanwhile, and the seconds from its first task until the
+    engine took every result."""
 
     wall_s: float
     cpu_s: float
     serve_cpu_ms: float
     nats_cpu_ms: float
+    settled_s: float
 
     def per_task(self, count: int) -> dict[str, float]:
         return {
             "ms": self.wall_s * 1000 / count,
+            "settled_ms": self.settled_s * 1000 / count,
             "cpu_ms": (self.cpu_s * 1000 + self.serve_cpu_ms + self.nats_cpu_ms) / count,
             "serve_cpu_ms": self.serve_cpu_ms / count,
             "worker_cpu_ms": self.cpu_s * 1000 / count,
@@ -222,7 +234,8 @@ async def native_drain(stack: Stack, task_type: str, count: int, batch: int) -> 
     finally:
         await worker.stop()
     line = json.loads(out.read_text())
-    return Drain(line["wall_s"], line["cpu_s"], spent["serve"], spent["nats"])
+    settled_s = await settled(stack, line["began_s"])
+    return Drain(line["wall_s"], line["cpu_s"], spent["serve"], spent["nats"], settled_s)
 
 
 async def bridge_drain(stack: Stack, task_type: str, count: int, batch: int) -> Drain:
@@ -237,7 +250,21 @@ async def bridge_drain(stack: Stack, task_type: str, count: int, batch: int) -> 
     spent = cpu.per_step(1)
     assert process.returncode == 0, (argv, process.returncode)
     line = json.loads(out.decode().strip().splitlines()[-1])
-    return Drain(line["wall_s"], line["cpu_s"], spent["serve"], spent["nats"])
+    settled_s = await settled(stack, line["began_s"])
+    return Drain(line["wall_s"], line["cpu_s"], spent["serve"], spent["nats"], settled_s)
+
+
+async def settled(stack: Stack, began_s: float) -> float:
+    """Seconds from `began_s` (a `time.perf_counter()` of a worker process: the same clock)
+    until the engine took every command (no `dagnats.cmd.` message is left in the work-queue
+    commands stream)."""
+
+    async def empty() -> bool:
+        info = await stack.admin.js.stream_info(COMMANDS_STREAM, subjects_filter=COMMAND_SUBJECTS)
+        return not any((info.state.subjects or {}).values())
+
+    await wait_until(empty, DRAIN_WAIT_S, "the engine to take every result", poll_s=0.01)
+    return time.perf_counter() - began_s
 
 
 async def one_pair(stack: Stack, count: int, batch: int) -> Sides:
@@ -297,9 +324,13 @@ def result(line: dict[str, object], batched: Sides, serial: Sides) -> dict[str, 
         "tasks": TASKS,
         "batch": BATCH,
         "native_ms_per_task": rounded(native["ms"]),
+        "settled_ratio": rounded(bridge["settled_ms"] / native["settled_ms"], 3),
+        "settled_ms_per_task": {
+            "bridge": rounded(bridge["settled_ms"]), "native": rounded(native["settled_ms"])
+        },
         "cpu_ratio": rounded(bridge["cpu_ms"] / native["cpu_ms"], 3),
         "cpu_ms_per_task": {
-            side: {key: rounded(value) for key, value in batched[side].items() if key != "ms"}
+            side: {key: rounded(value) for key, value in batched[side].items() if "cpu" in key}
             for side in ("bridge", "native")
         },
         "serial_tasks": SERIAL_TASKS,
@@ -315,11 +346,13 @@ def result(line: dict[str, object], batched: Sides, serial: Sides) -> dict[str, 
 # -- the HTTP worker (a process of its own) -----------------------------------------------
 
 
-async def http_worker(base_url: str, task_type: str, count: int, batch: int) -> tuple[float, float]:
+async def http_worker(
+    base_url: str, task_type: str, count: int, batch: int
+) -> tuple[float, float, float]:
     """Seconds (and CPU seconds) to run `count` queued tasks over the bridge, from the first
-    task taken to the last result acknowledged. batch > 1: a batch's results in one
-    `/v1/tasks/results` while the next poll is in flight; batch 1: one request per task (its
-    result and the next poll)."""
+    task taken (its `time.perf_counter()`, the third) to the last result acknowledged.
+    batch > 1: a batch's results in one `/v1/tasks/results` while the next poll is in flight;
+    batch 1: one request per task (its result and the next poll)."""
     poll = {"task_types": [task_type], "max_tasks": batch, "timeout_ms": 1_000}
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
 
@@ -352,7 +385,7 @@ async def http_worker(base_url: str, task_type: str, count: int, batch: int) -> 
             tasks = await ahead if ahead is not None else taken
         wall, cpu = time.perf_counter() - began, time.process_time() - cpu
     assert done == count, (done, count)
-    return wall, cpu
+    return wall, cpu, began
 
 
 def child(argv: list[str]) -> None:
@@ -365,8 +398,10 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, required=True)
     args = parser.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
-    wall, cpu = asyncio.run(http_worker(args.base_url, args.task_type, args.count, args.batch))
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu}), flush=True)
+    wall, cpu, began = asyncio.run(
+        http_worker(args.base_url, args.task_type, args.count, args.batch)
+    )
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "began_s": began}), flush=True)
 
 
 def main() -> None:

@@ -4,10 +4,11 @@
   start + wait the bench measures over HTTP and through the Client.
 - `drainer` serves the task type named by `$BENCH_HTTP_TASK` with a no-op handler and, once
   `$BENCH_HTTP_COUNT` tasks are handled (their results acknowledged and their messages acked,
-  `Worker.handled`), writes `{"wall_s": ..., "cpu_s": ...}` to `$BENCH_HTTP_OUT`: the seconds
-  (and this process's CPU seconds) from its first handler call to then. The bench queues the
-  tasks before it starts this process, so the figure is the worker's own drain, without its
-  start-up.
+  `Worker.handled`), writes `{"wall_s": ..., "cpu_s": ..., "began_s": ...}` to
+  `$BENCH_HTTP_OUT`: the seconds (and this process's CPU seconds) from its first handler call
+  to then, and that first call's `time.perf_counter()` (the machine's monotonic clock). The
+  bench queues the tasks before it starts this process, so the figure is the worker's own
+  drain, without its start-up.
 
 This module may write only the file `$BENCH_HTTP_OUT` names.
 """
@@ -53,7 +54,8 @@ async def _watch(count: int) -> None:
         assert time.monotonic() < deadline, f"{drainer.handled} of {count} tasks handled"
         await asyncio.sleep(WATCH_POLL_S)
     wall_s, cpu_s = time.perf_counter() - _first[0], time.process_time() - _first[1]
-    Path(os.environ[OUT_ENV]).write_text(json.dumps({"wall_s": wall_s, "cpu_s": cpu_s}))
+    line = {"wall_s": wall_s, "cpu_s": cpu_s, "began_s": _first[0]}
+    Path(os.environ[OUT_ENV]).write_text(json.dumps(line))
 
 
 worker.add(NOOP_TASK, noop)

@@ -32,7 +32,6 @@ task messages of the worker role only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -44,19 +43,23 @@ from typing import Any, Literal
 
 import msgspec
 
-from dagnats.agent import Continue, Done, read_turn_input, turn_result
+from dagnats.agent import Continue, Done, read_turn_input
+from dagnats.api.bridge_send import SendBatch, ack_quietly, send_command, task_token
 from dagnats.api.bridge_wire import (
     AgentTurnView,
     BridgeBusyError,
-    BridgeRequestError,
+    BridgeError,
     BridgeTask,
     BridgeUnavailableError,
     DeadlinePassedError,
     OutputRefusedError,
+    ResultItem,
     Status,
     TaskNotFoundError,
     TaskSettledError,
     check_poll,
+    check_retry_after,
+    checked_output,
 )
 from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
@@ -71,18 +74,13 @@ from dagnats.runtime.protocols import (
 )
 from dagnats.worker import ResultNotSentError, decode_task, read_envelope
 from dagnats.worker_fetch import ReadyTaskQueue
-from dagnats.worker_safety import cut_text, output_problem, render_error
-from kernel import codec, limits
+from dagnats.worker_safety import cut_text, render_error
+from kernel import limits
 from kernel.commands import CompleteTask, FailTask, FailureKind
 from kernel.effects import EnqueueTask
-from kernel.errors import DagnatsError, DecodeError
+from kernel.errors import DecodeError
 
 log = logging.getLogger("dagnats.bridge")
-
-
-def _token(deliveries: list[TaskMessage]) -> str | None:
-    """The engine's token of the task these deliveries carry (runtime/task_tokens)."""
-    return getattr(deliveries[0], "task_token", None) if deliveries else None
 
 
 class _Lease:
@@ -100,7 +98,7 @@ class _Lease:
         self.worker_id = worker_id
         self.handed_at_ms = handed_at_ms
         self.expires_at = expires_at
-        self.state: Literal["held", "settling"] = "held"
+        self.state: Literal["held", "settling", "sent"] = "held"
 
 
 class TaskBridge:
@@ -277,7 +275,7 @@ class TaskBridge:
                 reason = (
                     f"worker lost: the task was delivered again (delivery {message.num_delivered})"
                 )
-                self._start_sending([message], self._fail(task, reason, "lost"), "lost")
+                self._start_sending([message], self._lost(task, reason, "lost"), "lost")
                 continue
             lease = self._lease(task, message, worker_id)
             view = self._view(lease)
@@ -310,7 +308,7 @@ class TaskBridge:
             msgspec.json.decode(input_raw)  # (readable JSON, as a handler's ctx.input)
         except (msgspec.DecodeError, ValueError, TypeError) as error:
             message = f"the task's input or metadata cannot be read: {render_error(error)}"
-            self._settle(lease, self._fail(lease.task, message, "non_retryable"), "failed")
+            self._settle(lease, self._lost(lease.task, message, "non_retryable"), "failed")
             return None
         return BridgeTask(
             id=lease.id, task=task.task, run_id=task.run_id, step_id=task.step_id,
@@ -345,6 +343,7 @@ class TaskBridge:
             TaskNotFoundError: unknown id, or its lease expired.
             TaskSettledError: already completed or failed.
         """
+        self._reap()
         lease = self._held(task_id)
         try:
             for message in list(lease.deliveries):
@@ -369,36 +368,10 @@ class TaskBridge:
             OutputRefusedError: recorded as an invalid_output failure, as a native worker's.
             BridgeRequestError: `turn` for a task that is no agent turn (nothing is settled).
         """
-        lease = self._held(task_id)
-        self._check_deadline(lease)
-        is_turn = read_envelope(lease.task).turn > 0
-        if turn is not None and not is_turn:
-            raise BridgeRequestError(
-                f"task {task_id[:80]!r} is not an agent loop turn: `turn` is refused",
-                'complete it with {"output": ...}',
-            )
-        value: object = output
-        if is_turn:
-            value = turn_result(turn) if turn is not None else None
-            if value is None:
-                wanted = 'an agent turn must be completed with turn {"agent": "continue" | "done"}'
-                return await self._refuse(lease, wanted)
-        found = output_problem(value)
-        if found is not None:
-            return await self._refuse(lease, cut_text(f"the output cannot be sent: {found}"))
-        encoded = msgspec.json.encode(value)
-        if len(encoded) > limits.payload_bytes_max:
-            problem = (
-                f"the output is {len(encoded)} bytes; the limit is {limits.payload_bytes_max} bytes"
-            )
-            return await self._refuse(lease, problem)
-        command = CompleteTask(
-            run_id=lease.task.run_id, at_ms=self.now_ms(), seed=self.new_seed(),
-            step_id=lease.task.step_id, attempt=lease.task.attempt,
-            output=msgspec.Raw(encoded), worker_id=lease.worker_id,
-            started_at_ms=lease.handed_at_ms,
-        )  # fmt: skip
-        return await self._settle_and_wait(lease, command, "completed")
+        [answer] = await self.settle([ResultItem(task_id, output, turn)])
+        if isinstance(answer, BridgeError):
+            raise answer
+        return answer
 
     async def fail(
         self, task_id: str, error: str, *, retryable: bool = True,
@@ -411,28 +384,77 @@ class TaskBridge:
             TaskNotFoundError, TaskSettledError, DeadlinePassedError: as for `complete`.
             BridgeRequestError: retry_after_ms out of bounds, or given with retryable false.
         """
-        if retry_after_ms is not None:
-            if not retryable:
-                raise BridgeRequestError(
-                    "retry_after_ms is given with retryable false",
-                    "a non-retryable failure is not retried; drop one of them",
-                )
-            if not 0 <= retry_after_ms <= limits.delay_ms_max:
-                raise BridgeRequestError(
-                    f"retry_after_ms {retry_after_ms} must be within 0..{limits.delay_ms_max}"
-                )
-        lease = self._held(task_id)
+        item = ResultItem(task_id, error=error, retryable=retryable,
+                          retry_after_ms=retry_after_ms, traceback=traceback)  # fmt: skip
+        [answer] = await self.settle([item])
+        if isinstance(answer, BridgeError):
+            raise answer
+        return answer
+
+    async def settle(self, items: Sequence[ResultItem]) -> list[Status | BridgeError]:
+        """Complete or fail each item's task (as `complete` / `fail`), all results sent at
+        once; one answer per item, in order: its status, or the error refusing it (that item
+        changes nothing of the others). Waits at most `bridge_result_wait_ms` for the
+        server's acknowledgements; a result not acknowledged by then is "sending"."""
+        assert len(items) <= settings.bridge_poll_tasks_max, len(items)
+        self._reap()
+        answers: list[Status | BridgeError] = []
+        jobs: dict[int, asyncio.Task[None]] = {}
+        batch = SendBatch()
+        for index, item in enumerate(items):
+            try:
+                lease, command, how, refusal = self._prepare(item)
+            except BridgeError as error:
+                answers.append(error)
+                continue
+            jobs[index] = self._settle(lease, command, how, batch)
+            settled: Status = "completed" if isinstance(command, CompleteTask) else "failed"
+            answers.append(refusal or settled)
+        if not jobs:
+            return answers
+        batch.arm(self.heartbeat_ms)
+        _, pending = await asyncio.wait(jobs.values(), timeout=self.result_wait_ms / 1000)
+        for index, job in jobs.items():
+            if job in pending and not isinstance(answers[index], BridgeError):
+                answers[index] = "sending"
+        return answers
+
+    def _prepare(
+        self, item: ResultItem
+    ) -> tuple[_Lease, CompleteTask | FailTask, str, BridgeError | None]:
+        """The held lease of `item`, the command that settles it, how, and (an output refused)
+        the error to answer once the invalid_output failure is sent.
+
+        Raises:
+            BridgeError: the item is refused; nothing is settled.
+        """
+        if item.error is not None:
+            check_retry_after(item.retryable, item.retry_after_ms)
+        lease = self._held(item.id)
         self._check_deadline(lease)
-        kind: FailureKind = "error" if retryable else "non_retryable"
-        command = self._fail(lease.task, error or "failed (no message)", kind, traceback)
-        command = msgspec.structs.replace(
-            command, retry_after_ms=retry_after_ms, worker_id=lease.worker_id,
+        if item.error is not None:
+            kind: FailureKind = "error" if item.retryable else "non_retryable"
+            failed = self._fail(lease, item.error or "failed (no message)", kind, item.traceback)
+            failed = msgspec.structs.replace(failed, retry_after_ms=item.retry_after_ms)
+            return lease, failed, "failed", None
+        encoded, problem = checked_output(item, read_envelope(lease.task).turn > 0)
+        if problem is not None:
+            refusal = OutputRefusedError(
+                f"{problem}; recorded as an invalid_output failure of attempt {lease.task.attempt}",
+                "the step's retry policy decides whether it runs again",
+            )
+            failed = self._fail(lease, problem, "invalid_output")
+            return lease, failed, "failed (invalid output)", refusal
+        command = CompleteTask(
+            run_id=lease.task.run_id, at_ms=self.now_ms(), seed=self.new_seed(),
+            step_id=lease.task.step_id, attempt=lease.task.attempt,
+            output=msgspec.Raw(encoded), worker_id=lease.worker_id,
             started_at_ms=lease.handed_at_ms,
         )  # fmt: skip
-        return await self._settle_and_wait(lease, command, "failed")
+        return lease, command, "completed", None
 
     def _held(self, task_id: str) -> _Lease:
-        self._reap()
+        """The lease of `task_id`, held (the caller reaped expired leases first)."""
         lease = self._leases.get(task_id)
         if lease is None:
             how = self._settled.get(task_id)
@@ -450,42 +472,29 @@ class TaskBridge:
         self._remember(lease, "past its deadline")
         self._release(lease)
         for message in lease.deliveries:
-            self._spawn(_ack_quietly(message, lease.key))
+            self._spawn(ack_quietly(message, lease.key))
         raise DeadlinePassedError(
             f"task {lease.id[:80]!r} (attempt {lease.task.attempt} of step "
             f"{lease.task.step_id!r}) passed its deadline {deadline_ms}; nothing was sent",
             "the step's timeout is recorded by the engine, which retries per the step's policy",
         )
 
-    async def _refuse(self, lease: _Lease, problem: str) -> Status:
-        command = self._fail(lease.task, problem, "invalid_output")
-        command = msgspec.structs.replace(
-            command, worker_id=lease.worker_id, started_at_ms=lease.handed_at_ms
-        )
-        await self._settle_and_wait(lease, command, "failed (invalid output)")
-        raise OutputRefusedError(
-            f"{problem}; recorded as an invalid_output failure of attempt {lease.task.attempt}",
-            "the step's retry policy decides whether it runs again",
-        )
-
-    async def _settle_and_wait(
-        self, lease: _Lease, command: CompleteTask | FailTask, how: str
-    ) -> Status:
-        sending = self._settle(lease, command, how)
-        done, _ = await asyncio.wait({sending}, timeout=self.result_wait_ms / 1000)
-        if not done:
-            return "sending"
-        return "completed" if isinstance(command, CompleteTask) else "failed"
-
     def _settle(
-        self, lease: _Lease, command: CompleteTask | FailTask, how: str
-    ) -> asyncio.Task[None]:
+        self, lease: _Lease, command: CompleteTask | FailTask, how: str,
+        batch: SendBatch | None = None,
+    ) -> asyncio.Task[None]:  # fmt: skip
         """Mark the lease settled (now, before any await: a second settle is refused) and
-        send its result in a task of its own, the task heartbeated until acknowledged."""
+        send its result in a task of its own, its deliveries heartbeated (with the rest of
+        `batch`) while it is not acknowledged."""
         assert lease.state == "held", lease.state
         lease.state = "settling"
         self._remember(lease, how)
-        return self._spawn(self._send_result(lease, command))
+        alone = batch is None
+        batch = SendBatch() if batch is None else batch
+        batch.leases.append(lease)
+        if alone:
+            batch.arm(self.heartbeat_ms)
+        return self._spawn(self._send_result(lease, command, batch))
 
     def _remember(self, lease: _Lease, how: str) -> None:
         self._settled[lease.id] = how
@@ -501,41 +510,38 @@ class TaskBridge:
         while len(self._finished) > settings.bridge_settled_remembered_max:
             self._finished.popitem(last=False)
 
-    async def _send_result(self, lease: _Lease, command: CompleteTask | FailTask) -> None:
-        # Heartbeats only if the send lasts a heartbeat interval: a timer, not a task, each.
-        beating: list[asyncio.Task[None]] = []
-        later = asyncio.get_running_loop().call_later(
-            self.heartbeat_ms / 1000,
-            lambda: beating.append(asyncio.ensure_future(self._beat(lease.deliveries))),
-        )
+    async def _send_result(
+        self, lease: _Lease, command: CompleteTask | FailTask, batch: SendBatch
+    ) -> None:
+        """Send the result; once acknowledged, forget the lease and ack its deliveries (only
+        then: a crash before leaves them to come back, reported lost)."""
         try:
-            await self._send(command, "result", _token(lease.deliveries))
+            await send_command(self.commands, command, "result", task_token(lease.deliveries),
+                               self.result_send_ms_max)  # fmt: skip
         except ResultNotSentError as error:
             log.error("%s", error)
             self._leases.pop(lease.id, None)  # its deliveries come back: reported lost
             self._by_key.pop(lease.key, None)
             return
         finally:
-            later.cancel()
-            for beat in beating:
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beat
+            lease.state = "sent"
+            batch.one_done()
         self._release(lease)
         for message in lease.deliveries:
-            await _ack_quietly(message, lease.key)
+            await ack_quietly(message, lease.key)
 
     def _start_sending(self, deliveries: list[TaskMessage], command: FailTask, kind: str) -> None:
         """Report a lost attempt (in the background, as a native worker does), then ack."""
 
         async def report() -> None:
             try:
-                await self._send(command, kind, _token(deliveries))
+                await send_command(self.commands, command, kind, task_token(deliveries),
+                                   self.result_send_ms_max)  # fmt: skip
             except ResultNotSentError as error:
                 log.error("%s", error)
                 return
             for message in deliveries:
-                await _ack_quietly(message, f"{command.run_id}:{command.step_id}")
+                await ack_quietly(message, f"{command.run_id}:{command.step_id}")
 
         self._spawn(report())
 
@@ -545,55 +551,16 @@ class TaskBridge:
         job.add_done_callback(self._sending.discard)
         return job
 
-    async def _beat(self, deliveries: list[TaskMessage]) -> None:
-        """Heartbeat now, then every heartbeat interval (until cancelled)."""
-        while True:
-            for message in list(deliveries):
-                with contextlib.suppress(Exception):
-                    await message.in_progress()
-            await asyncio.sleep(self.heartbeat_ms / 1000)
+    def _fail(self, lease: _Lease, error: str, kind: FailureKind, trace: str = "") -> FailTask:
+        """The FailTask of the lease's attempt, by the HTTP worker that held it."""
+        return msgspec.structs.replace(
+            self._lost(lease.task, error, kind, trace), worker_id=lease.worker_id,
+            started_at_ms=lease.handed_at_ms,
+        )  # fmt: skip
 
-    async def _send(self, command: CompleteTask | FailTask, kind: str, token: str | None) -> None:
-        """Publish until acknowledged, the same bytes under the same message id each time
-        (`<kind>:<run>:<step>:<attempt>`, as dagnats/worker.py sends them), with the task's
-        token (runtime/task_tokens: the engine takes results only for tasks it handed out).
-
-        Raises:
-            ResultNotSentError: not acknowledged within `result_send_ms_max`.
-        """
-        msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
-        payload = codec.encode(command)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        delay_s = settings.result_retry_delay_ms_min / 1000
-        for tries in range(1, 1_000_000):
-            try:
-                await self.commands.publish_command(command.run_id, payload, msg_id, token=token)
-                return
-            except DagnatsError:
-                raise
-            except Exception as error:
-                left_s = started + self.result_send_ms_max / 1000 - loop.time()
-                if left_s <= 0:
-                    waited_ms = int((loop.time() - started) * 1000)
-                    raise ResultNotSentError(
-                        msg_id, tries, waited_ms, render_error(error)
-                    ) from None
-                if tries == 1:
-                    log.warning("%s not acknowledged (%s); sending it again", msg_id, error)
-                await asyncio.sleep(min(delay_s, left_s))
-                delay_s = min(delay_s * 2, settings.result_retry_delay_ms_max / 1000)
-        raise AssertionError("unreachable: the send loop is bounded by its time")
-
-    def _fail(self, task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
+    def _lost(self, task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
         return FailTask(
             run_id=task.run_id, at_ms=self.now_ms(), seed=self.new_seed(), step_id=task.step_id,
             attempt=task.attempt, error=cut_text(error), kind=kind, traceback=cut_text(trace),
         )  # fmt: skip
 
-
-async def _ack_quietly(message: TaskMessage, key: str) -> None:
-    try:
-        await message.ack()
-    except Exception as error:  # a lost ack: the delivery comes back and is acked then
-        log.info("acking %s failed (it comes back and is acked then): %s", key, error)

@@ -37,7 +37,6 @@ broken, 429 too many tasks held, 503 NATS unreachable.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -48,7 +47,7 @@ from litestar.params import Body
 
 from dagnats.agent import Continue, Done, ToolCall
 from dagnats.api.bridge import TaskBridge
-from dagnats.api.bridge_wire import BridgeError, BridgeTask, Status, check_poll
+from dagnats.api.bridge_wire import BridgeError, BridgeTask, ResultItem, Status, check_poll
 from dagnats.runtime import settings
 from kernel import limits
 
@@ -246,23 +245,22 @@ def _turn_of(body: CompleteBody | ResultBody) -> Continue | Done | None:
     return None
 
 
-async def settle_one(bridge: TaskBridge, item: ResultBody) -> ResultReply:
-    """Complete or fail one task of a batch; a refusal is the item's answer, not an error."""
-    try:
-        if item.error is None:
-            status = await bridge.complete(item.id, item.output, turn=_turn_of(item))
-        else:
-            status = await bridge.fail(
-                item.id, item.error, retryable=item.retryable,
-                retry_after_ms=item.retry_after_ms, traceback=item.traceback,
-            )  # fmt: skip
-    except BridgeError as error:
-        problem = ResultProblem(
-            type=PROBLEM_TYPE_PREFIX + error.slug, title=error.title, status=error.status,
-            detail=error.detail, hint=error.hint,
-        )  # fmt: skip
-        return ResultReply(id=item.id, status="refused", problem=problem)
-    return ResultReply(id=item.id, status=status)
+def result_reply(item: ResultBody, answer: Status | BridgeError) -> ResultReply:
+    """One item's answer: its status, or "refused" with the problem (not an error)."""
+    if not isinstance(answer, BridgeError):
+        return ResultReply(id=item.id, status=answer)
+    problem = ResultProblem(
+        type=PROBLEM_TYPE_PREFIX + answer.slug, title=answer.title, status=answer.status,
+        detail=answer.detail, hint=answer.hint,
+    )  # fmt: skip
+    return ResultReply(id=item.id, status="refused", problem=problem)
+
+
+def result_item(item: ResultBody) -> ResultItem:
+    return ResultItem(
+        item.id, item.output, _turn_of(item), item.error, item.retryable, item.retry_after_ms,
+        item.traceback,
+    )  # fmt: skip
 
 
 def bridge_route_handlers(bridge: TaskBridge) -> list[Router]:
@@ -313,14 +311,16 @@ def bridge_route_handlers(bridge: TaskBridge) -> list[Router]:
         if data.poll is not None:  # a bad poll is refused before anything is sent
             polled = data.poll
             check_poll(polled.task_types, polled.max_tasks, polled.timeout_ms, polled.worker_id)
-        replies = await asyncio.gather(*(settle_one(bridge, item) for item in data.results))
+        answers = await bridge.settle([result_item(item) for item in data.results])
+        pairs = zip(data.results, answers, strict=True)
+        replies = [result_reply(item, answer) for item, answer in pairs]
         if data.poll is None:
-            return ResultsReply(results=list(replies))
+            return ResultsReply(results=replies)
         tasks = await bridge.poll(
             polled.task_types, max_tasks=polled.max_tasks, timeout_ms=polled.timeout_ms,
             worker_id=polled.worker_id,
         )  # fmt: skip
-        return ResultsReply(results=list(replies), tasks=tasks)
+        return ResultsReply(results=replies, tasks=tasks)
 
     router = Router(
         path="/v1/tasks",

@@ -6,13 +6,15 @@ routes (dagnats/api/bridge_routes.py). No I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from dagnats.agent import ToolResult, Usage
+from dagnats.agent import Continue, Done, ToolResult, Usage, turn_result
 from dagnats.runtime import settings
 from dagnats.runtime.resources import task_subject
+from dagnats.worker_safety import cut_text, output_problem
+from kernel import limits
 from kernel.errors import DagnatsError
 
 Status = Literal["completed", "failed", "sending"]
@@ -70,6 +72,19 @@ class BridgeRequestError(BridgeError):
 
 class BridgeUnavailableError(BridgeError):
     status, slug, title = 503, "nats-unavailable", "NATS unavailable"
+
+
+class ResultItem(NamedTuple):
+    """One task's result for `TaskBridge.settle`: a completion (`output`, or `turn` for an
+    agent turn) when `error` is None, else a failure (retryable or not)."""
+
+    id: str
+    output: object = None
+    turn: Continue | Done | None = None
+    error: str | None = None
+    retryable: bool = True
+    retry_after_ms: int | None = None
+    traceback: str = ""
 
 
 class AgentTurnView(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,3 +151,49 @@ def check_poll(
         except DagnatsError as error:
             raise BridgeRequestError(f"task_types[{index}]: {error}") from None
     return list(dict.fromkeys(task_types))
+
+
+def check_retry_after(retryable: bool, retry_after_ms: int | None) -> None:
+    """A failure's `retry_after_ms` is within bounds, and only with retryable true.
+
+    Raises:
+        BridgeRequestError: naming the field, the value and the rule.
+    """
+    if retry_after_ms is None:
+        return
+    if not retryable:
+        raise BridgeRequestError(
+            "retry_after_ms is given with retryable false",
+            "a non-retryable failure is not retried; drop one of them",
+        )
+    if not 0 <= retry_after_ms <= limits.delay_ms_max:
+        raise BridgeRequestError(
+            f"retry_after_ms {retry_after_ms} must be within 0..{limits.delay_ms_max}"
+        )
+
+
+def checked_output(item: ResultItem, is_turn: bool) -> tuple[bytes, str | None]:
+    """The encoded output of a completion, or (b"", why a native worker would refuse it:
+    recorded as an invalid_output failure).
+
+    Raises:
+        BridgeRequestError: `turn` for a task that is no agent turn (nothing is settled).
+    """
+    if item.turn is not None and not is_turn:
+        raise BridgeRequestError(
+            f"task {item.id[:80]!r} is not an agent loop turn: `turn` is refused",
+            'complete it with {"output": ...}',
+        )
+    value: object = item.output
+    if is_turn:
+        value = turn_result(item.turn) if item.turn is not None else None
+        if value is None:
+            return b"", 'an agent turn must be completed with turn {"agent": "continue" | "done"}'
+    found = output_problem(value)
+    if found is not None:
+        return b"", cut_text(f"the output cannot be sent: {found}")
+    encoded = msgspec.json.encode(value)
+    if len(encoded) > limits.payload_bytes_max:
+        limit = limits.payload_bytes_max
+        return b"", f"the output is {len(encoded)} bytes; the limit is {limit} bytes"
+    return encoded, None

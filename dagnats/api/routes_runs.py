@@ -111,20 +111,21 @@ async def start_run(
                 kind="validation", field="run_id",
             )  # fmt: skip
         run_id = idempotent_run_id(data.workflow, _check_key(idempotency_key))
-    existing = None
-    if run_id is not None:
-        with contextlib.suppress(RunNotFoundError):
-            existing = await client.get_run(check_run_id(run_id))
-    if existing is not None and idempotency_key is not None:
-        view = StartedView(run_id=existing.run_id, workflow=data.workflow, created=False)
+    # Does the run exist? Its history's last sequence (one direct get), not its state.
+    existing = run_id is not None and await client.connection.history.last_seq(
+        check_run_id(run_id)
+    ) > 0  # fmt: skip
+    if existing and idempotency_key is not None:
+        assert run_id is not None
+        view = StartedView(run_id=run_id, workflow=data.workflow, created=False)
         return Response(view, status_code=200)
     run_at_ms = start_time(data.run_at)
     try:
         started = await client.start(data.workflow, data.input, run_id=run_id, run_at_ms=run_at_ms)
     except InputSchemaError as error:
         raise schema_problem(error) from None
-    view = StartedView(run_id=started, workflow=data.workflow, created=existing is None)
-    return Response(view, status_code=201 if existing is None else 200)
+    view = StartedView(run_id=started, workflow=data.workflow, created=not existing)
+    return Response(view, status_code=200 if existing else 201)
 
 
 def _since_ms(text: str, now: int) -> int:

@@ -1,0 +1,124 @@
+"""How the HTTP worker bridge sends a result and settles its task messages: the result
+published until the server acknowledged it (the same bytes under the same message id each
+time, as dagnats/worker.py sends them), then each delivery acked. dagnats/api/bridge.py
+decides what to send; this module only sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from dagnats.runtime import settings
+from dagnats.runtime.protocols import CommandPublisher, TaskMessage
+from dagnats.worker import ResultNotSentError
+from dagnats.worker_safety import render_error
+from kernel import codec
+from kernel.commands import CompleteTask, FailTask
+from kernel.errors import DagnatsError
+
+log = logging.getLogger("dagnats.bridge")
+
+
+def task_token(deliveries: list[TaskMessage]) -> str | None:
+    """The engine's token of the task these deliveries carry (runtime/task_tokens)."""
+    return getattr(deliveries[0], "task_token", None) if deliveries else None
+
+
+async def send_command(
+    commands: CommandPublisher, command: CompleteTask | FailTask, kind: str, token: str | None,
+    send_ms_max: int,
+) -> None:  # fmt: skip
+    """Publish until acknowledged, the same bytes under the same message id each time
+    (`<kind>:<run>:<step>:<attempt>`), with the task's token (the engine takes results only
+    for tasks it handed out).
+
+    Raises:
+        ResultNotSentError: not acknowledged within `send_ms_max`.
+    """
+    msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
+    payload = codec.encode(command)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    delay_s = settings.result_retry_delay_ms_min / 1000
+    for tries in range(1, 1_000_000):
+        try:
+            await commands.publish_command(command.run_id, payload, msg_id, token=token)
+            return
+        except DagnatsError:
+            raise
+        except Exception as error:
+            left_s = started + send_ms_max / 1000 - loop.time()
+            if left_s <= 0:
+                waited_ms = int((loop.time() - started) * 1000)
+                raise ResultNotSentError(msg_id, tries, waited_ms, render_error(error)) from None
+            if tries == 1:
+                log.warning("%s not acknowledged (%s); sending it again", msg_id, error)
+            await asyncio.sleep(min(delay_s, left_s))
+            delay_s = min(delay_s * 2, settings.result_retry_delay_ms_max / 1000)
+    raise AssertionError("unreachable: the send loop is bounded by its time")
+
+
+async def ack_quietly(message: TaskMessage, key: str) -> None:
+    """Ack a delivery; a lost ack is logged (the delivery comes back and is acked then)."""
+    try:
+        await message.ack()
+    except Exception as error:
+        log.info("acking %s failed (it comes back and is acked then): %s", key, error)
+
+
+class Settling(Protocol):
+    """A lease as a batch sees it: "settling" while its result is being sent."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def deliveries(self) -> list[TaskMessage]: ...
+
+
+class SendBatch:
+    """Leases whose results are being sent together: their deliveries are heartbeated (from
+    one timer, after a heartbeat interval) until every result is acknowledged."""
+
+    __slots__ = ("beat", "leases", "left", "timer")
+
+    def __init__(self) -> None:
+        self.leases: list[Settling] = []
+        self.left = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.beat: asyncio.Task[None] | None = None
+
+    def arm(self, heartbeat_ms: int) -> None:
+        """Start counting the sends: heartbeat if they last a heartbeat interval."""
+        assert heartbeat_ms > 0, heartbeat_ms
+        self.left += sum(1 for lease in self.leases if lease.state == "settling")
+        if self.left > 0:
+            interval_s = heartbeat_ms / 1000
+            self.timer = asyncio.get_running_loop().call_later(interval_s, self._start, interval_s)
+
+    def _start(self, interval_s: float) -> None:
+        self.beat = asyncio.ensure_future(self._beat(interval_s))
+
+    async def _beat(self, interval_s: float) -> None:
+        """Heartbeat what is still being sent, now and every interval (until cancelled)."""
+        while True:
+            for lease in self.leases:
+                if lease.state != "settling":
+                    continue
+                for message in list(lease.deliveries):
+                    with contextlib.suppress(Exception):
+                        await message.in_progress()
+            await asyncio.sleep(interval_s)
+
+    def one_done(self) -> None:
+        """A result of the batch is acknowledged (or given up): stop beating after the last."""
+        self.left -= 1
+        if self.left > 0:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.beat is not None:
+            self.beat.cancel()
