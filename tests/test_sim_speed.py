@@ -1,6 +1,7 @@
 """The simulator's shortcuts keep what it checks: the sorted comparison of a projection's
-tables, the snapshot projector reusing the oracle's decoded messages, and evolve's fast path
-for step events (it still refuses an event after the run's end)."""
+tables, the emptied databases restored from their pages, the snapshot projector reusing the
+oracle's decoded messages, and evolve's fast path for step events (it still refuses an event
+after the run's end)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 import pytest
+from sqlite_utils import Database
 
 from dagnats.sim import SimCase
 from dagnats.sim import projector as sim_projector
@@ -19,6 +21,7 @@ from kernel import codec
 from kernel.events import Decision, StepStarted
 from kernel.reducer import evolve
 from kernel.state import is_terminal
+from projections.base import SqliteProjectionBase, SqliteRunner, read_checkpoint
 from tests.sim_mutants import chain_worker, chain_workflow
 
 Row = tuple[object, ...]
@@ -101,3 +104,39 @@ def test_evolve_still_refuses_a_step_event_after_the_runs_end() -> None:
     started = StepStarted(step_id=state.step_ids[0], attempt=9, worker_id="w", at_ms=1)
     with pytest.raises(AssertionError, match="is terminal"):
         evolve(state, started)
+
+
+class _Counter(SqliteProjectionBase):
+    """A projection with an AUTOINCREMENT key: what a seed leaves in its counter shows."""
+
+    name = "counter"
+    tables = ("counted",)
+
+    def create(self, db: Database) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS counted (id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT)"
+        )
+
+
+def _seed_writes(stores: ProjectionStores, db: Database, rows: int) -> list[int]:
+    """What one seed does to a store: empty it, open the projection, write rows."""
+    projection = _Counter()
+    stores.empty(db, projection)
+    SqliteRunner(db, projection).open()
+    for index in range(rows):
+        db.execute("INSERT INTO counted (tag) VALUES (?)", [f"row {index}"])
+    return [row[0] for row in db.execute("SELECT id FROM counted ORDER BY id")]
+
+
+def test_emptying_restores_the_first_emptied_database() -> None:
+    """After the first seeds, `empty` restores the database's emptied pages: no row, no
+    checkpoint and no counter of an earlier seed survives (a seed's result is its own)."""
+    stores = ProjectionStores()
+    for db in (stores.live, stores.rebuild):
+        assert _seed_writes(stores, db, 3) == [1, 2, 3]
+        assert _seed_writes(stores, db, 5) == [1, 2, 3, 4, 5]  # (its pages are kept from here)
+        for _ in range(3):
+            assert _seed_writes(stores, db, 2) == [1, 2]
+        stores.empty(db, _Counter())
+        assert db.execute("SELECT count(*) FROM counted").fetchone() == (0,)
+        assert read_checkpoint(db, _Counter.name) is None
