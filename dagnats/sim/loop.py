@@ -82,6 +82,10 @@ class SimLoop(asyncio.AbstractEventLoop):
     def is_running(self) -> bool:
         return self._running
 
+    def idle(self) -> bool:
+        """Whether no callback is ready to run now (the running one aside)."""
+        return not self._ready
+
     def is_closed(self) -> bool:
         return self._closed
 
