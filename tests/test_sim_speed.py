@@ -11,17 +11,18 @@ from collections.abc import Sequence
 import pytest
 from sqlite_utils import Database
 
-from dagnats.sim import SimCase
+from dagnats.sim import SimCase, run_seeds
 from dagnats.sim import projector as sim_projector
 from dagnats.sim.bounds import run_bound_ms
 from dagnats.sim.loop import SimLoop
 from dagnats.sim.projector import ProjectionStores
 from dagnats.sim.scheduler import Simulation
 from kernel import codec
-from kernel.events import Decision, StepStarted
+from kernel.events import AnyEvent, Decision, RunStarted, StepStarted
 from kernel.reducer import evolve
 from kernel.state import is_terminal
-from projections.base import SqliteProjectionBase, SqliteRunner, read_checkpoint
+from projections.base import Position, SqliteProjectionBase, SqliteRunner, read_checkpoint
+from projections.sqlite import QueryTables
 from tests.sim_mutants import chain_worker, chain_workflow
 
 Row = tuple[object, ...]
@@ -140,3 +141,39 @@ def test_emptying_restores_the_first_emptied_database() -> None:
         stores.empty(db, _Counter())
         assert db.execute("SELECT count(*) FROM counted").fetchone() == (0,)
         assert read_checkpoint(db, _Counter.name) is None
+
+
+class _LosesEventRowsOnRestart(QueryTables):
+    """Writes no `events` row for a run it did not see start (after a restart): its runs and
+    steps rows stay right, so only the comparison of the `events` table can catch it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._started: set[str] = set()
+
+    def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
+        if isinstance(event, RunStarted):
+            self._started.add(at.run_id)
+        before = len(self._events)
+        super().apply(db, event, at)
+        if at.run_id not in self._started:
+            del self._events[before:]
+
+
+def test_the_table_comparison_still_catches_rows_missing_from_one_table() -> None:
+    stores = ProjectionStores()
+    for db in (stores.live, stores.rebuild):
+        db.execute("CREATE TABLE t (a INTEGER)")
+        db.execute("CREATE TABLE u (a INTEGER)")
+    stores.rebuild.execute("INSERT INTO t VALUES (1)")
+    assert stores.empty_tables(stores.live, ("t", "u")) == {"t", "u"}
+    assert stores.empty_tables(stores.rebuild, ("t", "u")) == {"u"}
+    assert stores.empty_tables(stores.live, ("t", "missing")) == set()
+    case = SimCase(
+        workflow=chain_workflow(), worker=chain_worker(), projection=_LosesEventRowsOnRestart
+    )
+    report = run_seeds(case, range(200))
+    assert report.failures, "a projection losing event rows survived 200 seeds"
+    (violation,) = report.failures[0].violations
+    assert violation.invariant == "projections_equal_rebuild"
+    assert "table 'events'" in violation.message, violation.message

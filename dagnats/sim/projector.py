@@ -121,6 +121,17 @@ class ProjectionStores:
         if template is None and existing.issuperset((*projection.tables, CHECKPOINTS_TABLE)):
             self._templates[key] = db.conn.serialize()
 
+    def empty_tables(self, db: Database, tables: tuple[str, ...]) -> set[str]:
+        """The tables without a row, found in one query (none when some table is missing)."""
+        if not tables:
+            return set()
+        query = "SELECT " + ", ".join(f'NOT EXISTS (SELECT 1 FROM "{table}")' for table in tables)
+        try:
+            row = db.conn.execute(query).fetchone()
+        except sqlite3.Error:  # (a table missing: each is compared on its own)
+            return set()
+        return {table for table, empty in zip(tables, row, strict=True) if empty}
+
     def same_rows(self, live: Database, rebuilt: Database, table: str) -> bool:
         """Whether the table holds the same rows in both databases, found cheaply: each sorted
         by every column (by SQLite, a total order) and compared as lists. Equal lists are equal
@@ -361,8 +372,10 @@ class SeedProjector:
 
     def _compare(self, live: Database, rebuilt: Database, projection: SqliteProjection) -> None:
         assert self.stores is not None
-        for table in projection.tables:
-            if self.stores.same_rows(live, rebuilt, table):
+        tables = projection.tables
+        empty = self.stores.empty_tables(live, tables) & self.stores.empty_tables(rebuilt, tables)
+        for table in tables:
+            if table in empty or self.stores.same_rows(live, rebuilt, table):
                 continue
             found = Counter(tuple(row) for row in live.execute(f'SELECT * FROM "{table}"'))
             want = Counter(tuple(row) for row in rebuilt.execute(f'SELECT * FROM "{table}"'))
