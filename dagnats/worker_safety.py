@@ -5,7 +5,9 @@ error texts cut to their limit, and the check of what it returned before it is e
   rendered: <why>)" when its `__str__` raises; never raises itself.
 - `cut_text(text, bytes_max)`: at most `bytes_max` UTF-8 bytes, cut on a character boundary
   with a marker saying how long the text was.
-- `short_traceback(error)`: the last lines of its traceback, cut to the error limit.
+- `short_traceback(error)`: the last lines of its traceback, cut to the error limit; the
+  frames of a stack already seen (the same code at the same instructions) are not formatted
+  again (`traceback_stacks_cached_max` stacks kept, per process).
 - `output_problem(value)`: why a handler's return value cannot be the step's output (JSON
   nesting deeper than `json_depth_max`, a NaN or an infinity, bytes of any kind), with the
   JSON path of the first offending place (`$.items[3].score`), or None. The walk is
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import traceback
 from collections.abc import Iterator
+from types import CodeType, TracebackType
 from typing import Final
 
 import msgspec
@@ -31,6 +35,10 @@ from kernel import limits
 # Belongs in kernel/limits.py, shared with the client's input checks (see the report).
 traceback_lines_max: Final = 12
 cut_marker_bytes_max: Final = 64  # room kept for "... (cut: N bytes)"
+# Formatted stacks kept for `short_traceback` (keyed by code and instruction of each frame):
+# a handler that keeps failing the same way is formatted once, not once per attempt.
+traceback_stacks_cached_max: Final = 256
+traceback_cached_frames_max: Final = 64  # deeper stacks are formatted each time, not kept
 _BYTES_TYPES: Final = (bytes, bytearray, memoryview)
 
 
@@ -90,12 +98,53 @@ def render_raised(error: BaseException) -> str:
 
 
 def short_traceback(error: BaseException) -> str:
-    """The last `traceback_lines_max` lines of the error's traceback, cut to the limit."""
+    """The last `traceback_lines_max` lines of the error's traceback, cut to the limit: the
+    text of `traceback.format_exception(error)`, whose stack part is taken from a cache when
+    the same stack was formatted before (an error with no chained exception, not a group)."""
     try:
-        lines = traceback.format_exception(error)
+        lines = _simple_traceback(error)
+        if lines is None:
+            lines = traceback.format_exception(error)
     except BaseException as problem:  # (a traceback that cannot be formatted)
         return cut_text(f"(the traceback could not be rendered: {_why(problem)})")
     return cut_text("".join(lines[-traceback_lines_max:]))
+
+
+_StackKey = tuple[tuple[CodeType, int], ...]
+_stacks: dict[_StackKey, tuple[str, ...]] = {}
+
+
+def _simple_traceback(error: BaseException) -> list[str] | None:
+    """`traceback.format_exception(error)` for an error that chains no other and is not a group,
+    its stack's lines cached by (code, instruction) of each frame; None for any other error
+    (or a traceback limit set in `sys`): the caller formats it the usual way."""
+    chained = error.__cause__ is not None or (
+        error.__context__ is not None and not error.__suppress_context__
+    )
+    if chained or isinstance(error, BaseExceptionGroup) or hasattr(sys, "tracebacklimit"):
+        return None
+    head: list[str] = []
+    tb = error.__traceback__
+    if tb is not None:
+        head = ["Traceback (most recent call last):\n", *_stack_lines(error, tb)]
+    return head + traceback.format_exception_only(error)
+
+
+def _stack_lines(error: BaseException, tb: TracebackType) -> tuple[str, ...]:
+    key: list[tuple[CodeType, int]] = []
+    walked: TracebackType | None = tb
+    while walked is not None and len(key) <= traceback_cached_frames_max:
+        key.append((walked.tb_frame.f_code, walked.tb_lasti))
+        walked = walked.tb_next
+    if walked is not None:  # (too deep to keep)
+        return tuple(traceback.TracebackException(type(error), error, tb).stack.format())
+    cached = _stacks.get(tuple(key))
+    if cached is None:
+        cached = tuple(traceback.TracebackException(type(error), error, tb).stack.format())
+        if len(_stacks) >= traceback_stacks_cached_max:
+            _stacks.clear()
+        _stacks[tuple(key)] = cached
+    return cached
 
 
 def _children(value: object) -> Iterator[tuple[str, object]] | None:

@@ -277,6 +277,22 @@ def test_a_difference_reads_as_one_line_per_step() -> None:
     ]
 
 
+def test_outputs_compare_as_json_values_whatever_their_bytes() -> None:
+    """The bytes are compared first (the same bytes: no parse); different bytes are parsed, so
+    the same value spelled otherwise is no difference and another value is one."""
+    workflow = Workflow("w").task("a", task="t").build()
+    run = start(workflow)
+    feed(run, done("a", output=b'{"n": 1, "s": "x"}'))
+    steps = {"a": ("completed", 1, 0, b'{"n": 1, "s": "x"}')}
+    assert compare(run, model.Observed(status=run.status, steps=steps, output=run.output)) == []
+    steps["a"] = ("completed", 1, 0, b'{"s":"x","n":1.0}')
+    assert compare(run, model.Observed(status=run.status, steps=steps, output=run.output)) == []
+    steps["a"] = ("completed", 1, 0, b'{"n": 2, "s": "x"}')
+    assert compare(run, model.Observed(status=run.status, steps=steps, output=run.output)) == [
+        'step a: output model b\'{"n": 1, "s": "x"}\', engine b\'{"n": 2, "s": "x"}\''
+    ]
+
+
 # -- against the kernel ---------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """The simulator's shortcuts keep what it checks: the sorted comparison of a projection's
-tables, the snapshot projector reusing the oracle's decoded messages, and evolve's fast path
-for step events (it still refuses an event after the run's end)."""
+tables, the emptied databases restored from their pages, the snapshot projector reusing the
+oracle's decoded messages, and evolve's fast path for step events (it still refuses an event
+after the run's end)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ import sys
 from collections.abc import Sequence
 
 import pytest
+from sqlite_utils import Database
 
-from dagnats.sim import SimCase
+from dagnats.sim import SimCase, run_seeds
 from dagnats.sim import projector as sim_projector
 from dagnats.sim.bounds import run_bound_ms
 from dagnats.sim.loop import SimLoop
 from dagnats.sim.projector import ProjectionStores
 from dagnats.sim.scheduler import Simulation
 from kernel import codec
-from kernel.events import Decision, StepStarted
+from kernel.events import AnyEvent, Decision, RunStarted, StepStarted
 from kernel.reducer import evolve
 from kernel.state import is_terminal
+from projections.base import Position, SqliteProjectionBase, SqliteRunner, read_checkpoint
+from projections.sqlite import QueryTables
 from tests.sim_mutants import chain_worker, chain_workflow
 
 Row = tuple[object, ...]
@@ -101,3 +105,75 @@ def test_evolve_still_refuses_a_step_event_after_the_runs_end() -> None:
     started = StepStarted(step_id=state.step_ids[0], attempt=9, worker_id="w", at_ms=1)
     with pytest.raises(AssertionError, match="is terminal"):
         evolve(state, started)
+
+
+class _Counter(SqliteProjectionBase):
+    """A projection with an AUTOINCREMENT key: what a seed leaves in its counter shows."""
+
+    name = "counter"
+    tables = ("counted",)
+
+    def create(self, db: Database) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS counted (id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT)"
+        )
+
+
+def _seed_writes(stores: ProjectionStores, db: Database, rows: int) -> list[int]:
+    """What one seed does to a store: empty it, open the projection, write rows."""
+    projection = _Counter()
+    stores.empty(db, projection)
+    SqliteRunner(db, projection).open()
+    for index in range(rows):
+        db.execute("INSERT INTO counted (tag) VALUES (?)", [f"row {index}"])
+    return [row[0] for row in db.execute("SELECT id FROM counted ORDER BY id")]
+
+
+def test_emptying_restores_the_first_emptied_database() -> None:
+    """After the first seeds, `empty` restores the database's emptied pages: no row, no
+    checkpoint and no counter of an earlier seed survives (a seed's result is its own)."""
+    stores = ProjectionStores()
+    for db in (stores.live, stores.rebuild):
+        assert _seed_writes(stores, db, 3) == [1, 2, 3]
+        assert _seed_writes(stores, db, 5) == [1, 2, 3, 4, 5]  # (its pages are kept from here)
+        for _ in range(3):
+            assert _seed_writes(stores, db, 2) == [1, 2]
+        stores.empty(db, _Counter())
+        assert db.execute("SELECT count(*) FROM counted").fetchone() == (0,)
+        assert read_checkpoint(db, _Counter.name) is None
+
+
+class _LosesEventRowsOnRestart(QueryTables):
+    """Writes no `events` row for a run it did not see start (after a restart): its runs and
+    steps rows stay right, so only the comparison of the `events` table can catch it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._started: set[str] = set()
+
+    def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
+        if isinstance(event, RunStarted):
+            self._started.add(at.run_id)
+        before = len(self._events)
+        super().apply(db, event, at)
+        if at.run_id not in self._started:
+            del self._events[before:]
+
+
+def test_the_table_comparison_still_catches_rows_missing_from_one_table() -> None:
+    stores = ProjectionStores()
+    for db in (stores.live, stores.rebuild):
+        db.execute("CREATE TABLE t (a INTEGER)")
+        db.execute("CREATE TABLE u (a INTEGER)")
+    stores.rebuild.execute("INSERT INTO t VALUES (1)")
+    assert stores.empty_tables(stores.live, ("t", "u")) == {"t", "u"}
+    assert stores.empty_tables(stores.rebuild, ("t", "u")) == {"u"}
+    assert stores.empty_tables(stores.live, ("t", "missing")) == set()
+    case = SimCase(
+        workflow=chain_workflow(), worker=chain_worker(), projection=_LosesEventRowsOnRestart
+    )
+    report = run_seeds(case, range(200))
+    assert report.failures, "a projection losing event rows survived 200 seeds"
+    (violation,) = report.failures[0].violations
+    assert violation.invariant == "projections_equal_rebuild"
+    assert "table 'events'" in violation.message, violation.message

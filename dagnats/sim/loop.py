@@ -18,7 +18,6 @@ import collections
 import contextvars
 import heapq
 import itertools
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
@@ -68,7 +67,6 @@ class SimLoop(asyncio.AbstractEventLoop):
         self._now = 0.0
         self._closed = False
         self._running = False
-        self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._exception_handler: (
             Callable[[asyncio.AbstractEventLoop, dict[str, Any]], Any] | None
         ) = None
@@ -83,6 +81,10 @@ class SimLoop(asyncio.AbstractEventLoop):
 
     def is_running(self) -> bool:
         return self._running
+
+    def idle(self) -> bool:
+        """Whether no callback is ready to run now (the running one aside)."""
+        return not self._ready
 
     def is_closed(self) -> bool:
         return self._closed
@@ -137,9 +139,7 @@ class SimLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[T]:
-        task = asyncio.Task(coro, loop=self, name=name, context=context)
-        self._tasks.add(task)
-        return task
+        return asyncio.Task(coro, loop=self, name=name, context=context)
 
     def set_exception_handler(
         self, handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], Any] | None
@@ -165,7 +165,6 @@ class SimLoop(asyncio.AbstractEventLoop):
         """
         assert not self._closed and not self._running, "the loop is closed or running"
         task = asyncio.ensure_future(future, loop=self)
-        self._tasks.add(task)
         self._running = True
         previous = asyncio.events._get_running_loop()
         asyncio.events._set_running_loop(self)
@@ -193,7 +192,7 @@ class SimLoop(asyncio.AbstractEventLoop):
         """Cancel every unfinished task and let the cancellations run their course, so no
         coroutine is left suspended (and later closed mid-`finally`)."""
         for _ in range(DRAIN_ROUNDS_MAX):
-            pending = [task for task in self._tasks if not task.done()]
+            pending = asyncio.all_tasks(self)  # (asyncio keeps every task it made, weakly)
             if not pending:
                 return
             for task in pending:

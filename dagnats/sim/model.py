@@ -119,6 +119,12 @@ def max_backoff_ms(policy: RetryPolicy, failed_attempt: int) -> int:
     return min(int(delay) + 1, WEEK_MS)
 
 
+def _outputs_differ(engine: bytes, model: bytes) -> bool:
+    """Whether two JSON outputs hold different values (the same bytes hold the same value:
+    parsed only when the bytes differ)."""
+    return engine != model and json.loads(engine) != json.loads(model)
+
+
 def skip_holds(skip: SkipIf, output: bytes) -> bool:
     """Whether `skip` holds on the dependency's output. Its field is a dotted path (object keys,
     array indexes); numbers compare as numbers, strings in order, other values only by `==` and
@@ -445,7 +451,7 @@ def compare(model: ModelRun, observed: Observed) -> list[str]:
                 f"step {step_id}: model {step.status} after {step.attempt} attempt(s){ours}, "
                 f"engine {status} after {attempt} attempt(s){theirs}"
             )
-        elif status in ("completed", "recovered") and json.loads(output) != json.loads(step.output):
+        elif status in ("completed", "recovered") and _outputs_differ(output, step.output):
             lines.append(f"step {step_id}: output model {step.output!r}, engine {output!r}")
     if model.status == observed.status == "completed" and model.output != observed.output:
         lines.append(f"run output: model {model.output!r}, engine {observed.output!r}")

@@ -17,6 +17,7 @@ from typing import Final, Protocol
 from dagnats.runtime.engine import Engine
 from dagnats.sim import settings
 from dagnats.sim.faults import InjectedHandlerError, SeedFaults, SimulatedCrash
+from dagnats.sim.loop import SimLoop
 from dagnats.sim.memory import ProcessClock, VirtualTime
 from dagnats.sim.memory_queue import CommandPort, QueueEntry
 from dagnats.sim.trace import Trace
@@ -159,6 +160,12 @@ def enter_call(call: HandlerCall, _task: object) -> None:
 
 
 async def drain() -> None:
-    """Let a dead process's leftover tasks run to their end (each dies at its next call)."""
+    """Let a dead process's leftover tasks run to their end (each dies at its next call).
+
+    Stops early on the simulator's loop once nothing else is ready to run: the rounds left
+    would each run only this coroutine (the loop fires no timer while it is ready)."""
+    loop = asyncio.get_running_loop()
     for _ in range(DRAIN_ROUNDS_MAX):
         await asyncio.sleep(0)
+        if isinstance(loop, SimLoop) and loop.idle():
+            return

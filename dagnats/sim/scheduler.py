@@ -191,11 +191,12 @@ class Simulation:
 
     def _overdue(self, due: int) -> bool:
         """Whether some run will be past its bound by `due` (stop early: it will not end)."""
-        return any(
-            not is_terminal(self.oracle.state(run_id))
-            and due > started + self.lost.bound_ms(self.bound_ms, run_id)
-            for run_id, started in self.started_at_ms.items()
-        )
+        for run_id, started in self.started_at_ms.items():
+            if due > started + self.lost.bound_ms(self.bound_ms, run_id) and not is_terminal(
+                self.oracle.state(run_id)
+            ):
+                return True
+        return False
 
     def _enabled(self) -> list[Action]:
         """Everything that could happen now, in a fixed order (the dice pick one)."""
@@ -223,17 +224,19 @@ class Simulation:
 
     def _next_due(self) -> int | None:
         now = self.time.now_ms
-        candidates = [
+        due: int | None = None
+        for at in (
             self.commands.next_due_ms(),
             self.tasks.next_due_ms(),
-            self.timers.next_due_ms(),
+            self.timers.next_due_ms() if self.timers.armed else None,
             *(call.finish_at_ms for call in self.calls),
             *(p.restart_at_ms for p in self.engines),
             *(w.restart_at_ms for w in self.workers),
             *(a.at_ms for a in self.client_actions),
-        ]
-        future = [at for at in candidates if at is not None and now < at < NEVER_MS]
-        return min(future, default=None)
+        ):
+            if at is not None and now < at < NEVER_MS and (due is None or at < due):
+                due = at
+        return due
 
     def _settled(self) -> bool:
         """Every run ended, nothing queued, no handler running but hung ones."""
@@ -342,7 +345,7 @@ class Simulation:
         commands = CommandPort(self.commands, self.dead, gate, gate)
         try:
             messages = await commands.fetch_commands(batch=batch, timeout_ms=1)
-            self.trace.add(self.time.now_ms, gate.name, _describe_batch(messages))
+            self.trace.add(self.time.now_ms, gate.name, partial(_describe_batch, messages))
             batch_messages: list[CommandMessage] = list(messages)
             await engine.handle_batch(batch_messages)
             if engine.needs_resume:

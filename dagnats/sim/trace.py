@@ -1,12 +1,14 @@
 """The trace of one seed: what each process did, which faults struck, what was appended.
 
-Entries are recorded cheaply (a tuple; an append keeps its payload) and formatted only when
-a report asks for them, one line each: `+<virtual ms> <actor>: <what>`. At most
-`settings.trace_entries_max` entries are kept (the first ones: a seed replays exactly, so a
-longer look is one `--seed N --trace` away).
+Entries are recorded cheaply (a tuple; an append keeps its payload, a text may be a function
+that makes it) and formatted only when a report asks for them, one line each: `+<virtual ms>
+<actor>: <what>`. At most `settings.trace_entries_max` entries are kept (the first ones: a seed
+replays exactly, so a longer look is one `--seed N --trace` away).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from dagnats.sim import settings
 from dagnats.sim.memory import HistoryMessage
@@ -15,7 +17,8 @@ from kernel.admission import is_gate_id
 from kernel.errors import DecodeError
 from kernel.events import AnyEvent, event_tag
 
-Entry = tuple[int, str, str | HistoryMessage]
+Text = str | Callable[[], str]  # (a function: called only when the trace is read)
+Entry = tuple[int, str, Text | HistoryMessage]
 
 
 class Trace:
@@ -25,7 +28,7 @@ class Trace:
         self.entries: list[Entry] = []
         self.truncated = False
 
-    def add(self, at_ms: int, actor: str, text: str) -> None:
+    def add(self, at_ms: int, actor: str, text: Text) -> None:
         if len(self.entries) < settings.trace_entries_max:
             self.entries.append((at_ms, actor, text))
         else:
@@ -47,9 +50,11 @@ class Trace:
         return tuple(lines)
 
 
-def _text(what: str | HistoryMessage) -> str:
+def _text(what: Text | HistoryMessage) -> str:
     if isinstance(what, str):
         return what
+    if not isinstance(what, HistoryMessage):
+        return what()
     if is_gate_id(what.run_id):
         return f"appends #{what.seq} to gate {what.run_id}"
     try:

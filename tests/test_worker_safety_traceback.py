@@ -1,0 +1,98 @@
+"""`short_traceback` with its cache of formatted stacks says exactly what the traceback module
+says: the last `traceback_lines_max` lines of `traceback.format_exception`, for errors of every
+shape (deep, recursive, chained, grouped, with notes, never raised), seen once or again."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dagnats import worker_safety
+from dagnats.worker_safety import cut_text, short_traceback, traceback_lines_max
+
+
+def _expected(error: BaseException) -> str:
+    lines = traceback.format_exception(error)
+    return cut_text("".join(lines[-traceback_lines_max:]))
+
+
+def _recurse(depth: int, message: str) -> None:
+    if depth <= 0:
+        raise ValueError(message)
+    _recurse(depth - 1, message)
+
+
+def _other(depth: int, message: str) -> None:
+    if depth <= 0:
+        raise KeyError(message)
+    _recurse(depth - 1, message)
+
+
+def _caught(depth: int, message: str, shape: str) -> BaseException:
+    try:
+        try:
+            (_recurse if depth % 2 else _other)(depth, message)
+        except Exception as inner:
+            if shape == "cause":
+                raise RuntimeError(f"wrapped {message}") from inner
+            if shape == "context":
+                raise RuntimeError(f"while handling {message}")  # noqa: B904
+            if shape == "suppressed":
+                raise RuntimeError(f"instead {message}") from None
+            if shape == "group":
+                raise ExceptionGroup("group", [inner, TypeError(message)]) from None
+            if shape == "notes":
+                inner.add_note(f"note {message}")
+            raise
+    except BaseException as error:  # (the error under test)
+        return error
+    raise AssertionError("nothing was raised")
+
+
+SHAPES = ("plain", "cause", "context", "suppressed", "group", "notes")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    depth=st.integers(min_value=0, max_value=worker_safety.traceback_cached_frames_max + 8),
+    message=st.text(max_size=40),
+    shape=st.sampled_from(SHAPES),
+)
+def test_short_traceback_is_the_traceback_modules_text(
+    depth: int, message: str, shape: str
+) -> None:
+    error = _caught(depth, message, shape)
+    assert short_traceback(error) == _expected(error)
+    again = _caught(depth, message + "!", shape)  # the same stack, cached now
+    assert short_traceback(again) == _expected(again)
+
+
+def test_an_error_never_raised_has_no_stack() -> None:
+    error = ValueError("never raised")
+    assert short_traceback(error) == _expected(error) == "ValueError: never raised\n"
+
+
+def test_a_syntax_error_reads_the_same() -> None:
+    try:
+        compile("def broken(:\n", "<handler>", "exec")
+    except SyntaxError as error:
+        assert short_traceback(error) == _expected(error)
+    else:
+        pytest.fail("no SyntaxError")
+
+
+def test_a_cached_stack_is_reused_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker_safety, "_stacks", {})
+    first, second = _caught(3, "one", "plain"), _caught(3, "two", "plain")
+    assert short_traceback(first) != short_traceback(second)  # (messages differ)
+    assert len(worker_safety._stacks) == 1
+    monkeypatch.setattr(worker_safety, "traceback_stacks_cached_max", 2)
+    for depth in range(5):
+        error = _caught(depth, "x", "plain")
+        assert short_traceback(error) == _expected(error)
+        assert len(worker_safety._stacks) <= 2
