@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
+from dagnats.cli import plain_params
 from dagnats.cli.root import version
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def command_of(args: Sequence[str]) -> str | None:
 
 def main() -> None:
     """Entry point of the `dagnats` console script."""
+    plain_params.install()  # plain options coerced without importing pydantic
     if command_of(sys.argv[1:]) == SERVE_COMMAND:
         from dagnats.cli.root import new_app
         from dagnats.cli.serve import serve
