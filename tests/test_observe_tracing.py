@@ -141,6 +141,20 @@ def test_tracing_off_costs_no_span_and_no_header() -> None:
         assert tracing.inject({}) == {}
 
 
+def test_with_tracing_off_the_handlers_tracer_is_made_once_not_per_task() -> None:
+    """Off: every task's `ctx.tracer` is one tracer (OpenTelemetry's global one, made once);
+    on: dagnats's own."""
+    tracing.configure(None)
+    first = tracing.handler_tracer()
+    assert tracing.handler_tracer() is first
+    try:
+        active = tracing.configure(InMemorySpanExporter())
+        assert active is not None and tracing.handler_tracer() is active.tracer
+    finally:
+        tracing.configure(None)
+    assert tracing.handler_tracer() is first
+
+
 def test_a_task_message_carries_its_attempt_span_as_traceparent(
     exporter: InMemorySpanExporter,
 ) -> None:

@@ -227,6 +227,7 @@ class _Process:
 
     active: Tracing | None = None
     configured = False
+    global_tracer: trace.Tracer | None = None  # handlers' tracer with tracing off (made once)
 
 
 def active() -> Tracing | None:
@@ -277,4 +278,6 @@ def handler_tracer() -> trace.Tracer:
     tracing = active()
     if tracing is not None:
         return tracing.tracer
-    return trace.get_tracer(TRACER_NAME)
+    if _Process.global_tracer is None:  # (once: with no provider set yet, OpenTelemetry's
+        _Process.global_tracer = trace.get_tracer(TRACER_NAME)  # proxy follows one set later)
+    return _Process.global_tracer
