@@ -2,7 +2,7 @@
 
     python -m bench.procs engine --url URL [--profile FILE] [--projections DIR]
     python -m bench.procs worker --url URL --kind noop|recovery [--concurrency N]
-                                 [--reconnect-wait-s S] [--report-started default|yes|no]
+                                 [--report-started default|yes|no]
                                  [--data-dir DIR] [--profile FILE]
 
 Each prints one JSON line `{"kind": "ready", "pid": ...}` on stdout when connected, a
@@ -107,14 +107,11 @@ async def run_worker(
     url: str,
     kind: str,
     concurrency: int,
-    reconnect_wait_s: float | None,
     report_started: bool | None,
     data_dir: Path | None = None,
 ) -> None:
     # What `dagnats worker` uses; with a data dir, its worker credential (a serve's roles).
     connection = await Connection.open(url, role="worker", data_dir=data_dir)
-    if reconnect_wait_s is not None:  # read by nats-py at each reconnect attempt
-        connection.nc.options["reconnect_time_wait"] = reconnect_wait_s
     worker: Worker = (
         noop_worker(concurrency, report_started=report_started)
         if kind == "noop"
@@ -139,7 +136,6 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--kind", choices=["noop", "recovery"], default="noop")
     parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--reconnect-wait-s", type=float, default=None)
     parser.add_argument("--report-started", choices=["default", "yes", "no"], default="default")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--projections", type=Path, default=None)
@@ -153,7 +149,6 @@ def main() -> None:
             arguments.url,
             arguments.kind,
             arguments.concurrency,
-            arguments.reconnect_wait_s,
             {"default": None, "yes": True, "no": False}[arguments.report_started],
             arguments.data_dir,
         )

@@ -9,8 +9,8 @@ clock starts at that process start. From the run's history (server timestamps of
 append), the bench takes the time to s5's result being recorded and to the run's end.
 `steps_rerun` counts handler calls beyond one per step (s5's in-flight call counts as its
 one). `value` is restart-to-done seconds for a worker as `dagnats worker` connects (its
-connection's reconnect wait, `dagnats.runtime.connection.reconnect_wait_s`); the same scenario
-with a worker that reconnects after 50 ms is reported beside it. `ratio` is value over the
+connection's reconnect pace: every `reconnect_wait_fast_s` in the first seconds of an outage,
+dagnats/runtime/connection.py). `ratio` is value over the
 floor: a bare nats-server restart on the same data dir plus one serial raw JetStream hop per
 remaining step, both measured in this run. Target: < 0.5 s with 0 steps rerun.
 `python -m bench.recovery_phases` shows where the time goes, phase by phase.
@@ -64,7 +64,6 @@ from kernel.events import RunCompleted, RunFailed, StepCompleted
 
 STEPS: Final = 10
 REMAINING_HOPS: Final = STEPS - 5  # s5's result and s6..s9
-FAST_RECONNECT_WAIT_S: Final = 0.05
 STEP_WAIT_S: Final = 20.0
 DONE_WAIT_S: Final = 20.0
 FLOOR_HOPS: Final = 500
@@ -143,7 +142,7 @@ def describe(event: object) -> str:
     return type(event).__name__ + (f"({step})" if isinstance(step, str) else "")
 
 
-async def scenario(reconnect_wait_s: float | None, trace: Path | None = None) -> dict[str, object]:
+async def scenario(trace: Path | None = None) -> dict[str, object]:
     """One kill-and-restart; the times (s, from the restart) and the calls per step. With
     `trace`, the restarted serve's and the worker's start-up phases are marked in that file
     and the result holds them, the appends and the calls, each as seconds from the restart."""
@@ -158,8 +157,6 @@ async def scenario(reconnect_wait_s: float | None, trace: Path | None = None) ->
         url = str(serve.ready["nats_url"])
         worker_args = ["worker", "--url", url, "--kind", "recovery", "--concurrency", "4"]
         worker_args += ["--data-dir", str(data_dir)]  # its credential (serve enforces roles)
-        if reconnect_wait_s is not None:
-            worker_args += ["--reconnect-wait-s", str(reconnect_wait_s)]
         worker_command = procs_command(worker_args)
         if trace is not None:
             worker_command = [sys.executable, "-m", "bench.startup_trace", str(trace), "procs"]
@@ -250,8 +247,7 @@ async def restart_floor(data_dir: Path) -> tuple[float, float, float]:
 
 
 async def measure() -> dict[str, object]:
-    default = await scenario(None)
-    fast = await scenario(FAST_RECONNECT_WAIT_S)
+    default = await scenario()
     done_s = default["done_s"]
     floor_s = default["floor_s"]
     assert isinstance(done_s, float) and isinstance(floor_s, float)
@@ -265,11 +261,9 @@ async def measure() -> dict[str, object]:
         "steps_rerun": default["steps_rerun"],
         "completed": default["completed"],
     }
-    for name, result in (("", default), ("fast_reconnect_", fast)):
-        for key in ("serve_ready_s", "s5_result_s", "done_s", "steps_rerun", "completed"):
-            value = result[key]
-            line[f"{name}{key}"] = rounded(value, 3) if isinstance(value, float) else value
-    line["fast_reconnect_wait_s"] = FAST_RECONNECT_WAIT_S
+    for key in ("serve_ready_s", "s5_result_s", "done_s", "steps_rerun", "completed"):
+        value = default[key]
+        line[key] = rounded(value, 3) if isinstance(value, float) else value
     line["nats_restart_s"] = rounded(float(str(default["nats_restart_s"])), 3)
     line["floor_s"] = rounded(floor_s, 3)
     line["floor_serial_ms_per_hop"] = rounded(float(str(default["floor_serial_ms_per_hop"])))

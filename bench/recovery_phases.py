@@ -33,7 +33,7 @@ def timeline(trace: Path, restarted_at: float) -> list[tuple[float, str]]:
 async def measure() -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="dagnats-bench-phases-") as directory:
         trace = Path(directory) / "trace.jsonl"
-        result = await scenario(None, trace)
+        result = await scenario(trace)
         restarted_at = result["restarted_at"]
         assert isinstance(restarted_at, float)
         marks = timeline(trace, restarted_at)

@@ -45,7 +45,11 @@ URL_FILE = "nats.url"
 connect_timeout_s = 5.0
 initial_connect_attempts_max = 1
 first_connect_timeout_s = 15.0  # the whole first connect, whatever nats-py goes on trying
-reconnect_wait_s = 0.1  # between reconnect attempts: a restarted server is back in ~0.2 s
+reconnect_wait_s = 0.1  # between reconnect attempts, after the first seconds of an outage
+# The first `reconnect_fast_window_s` of an outage try every `reconnect_wait_fast_s`: a
+# restarted serve is back within ~0.3 s, and a worker's result waits for its reconnect.
+reconnect_wait_fast_s = 0.02
+reconnect_fast_window_s = 2.0
 log = logging.getLogger("dagnats.connection")
 # Errors the client reports when it lost (or cannot reach) the server: part of an outage.
 CONNECTION_ERRORS = (
@@ -70,6 +74,25 @@ class ConnectionWatch:
         self.tls_failed = ""  # a failed TLS handshake during the first connect
         self.verdict = asyncio.Event()  # set when the first connect cannot succeed
         self.outage = OutageLog(log, f"nats connection to {url}")
+        self.down_since: float | None = None  # (monotonic) when the outage began
+
+    def pace(self) -> None:
+        """The wait between reconnect attempts for this moment of an outage (nats-py reads
+        it before each attempt): short at first, `reconnect_wait_s` after the fast window."""
+        nc = self.nc
+        if nc is None:
+            return  # the first connect keeps its own pace
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+        fast = now - self.down_since < reconnect_fast_window_s
+        nc.options["reconnect_time_wait"] = reconnect_wait_fast_s if fast else reconnect_wait_s
+
+    def up(self) -> None:
+        """Connected: the next outage begins with quick attempts."""
+        self.down_since = None
+        if self.nc is not None:
+            self.nc.options["reconnect_time_wait"] = reconnect_wait_fast_s
 
     async def on_error(self, error: Exception) -> None:
         if "authorization" in str(error).lower() and self.nc is None:
@@ -86,14 +109,17 @@ class ConnectionWatch:
             log.warning("nats: %s", error or type(error).__name__)  # not about the connection
             return
         self.outage.failed(error or type(error).__name__)
+        self.pace()
         self.follow_url_file()
 
     async def on_disconnected(self) -> None:
         if self.nc is None or not self.nc.is_closed:  # (a close of ours is no outage)
             self.outage.failed("disconnected")
+            self.pace()
 
     async def on_reconnected(self) -> None:
         self.outage.recovered()
+        self.up()
 
     def follow_url_file(self) -> None:
         """Reconnect to the URL serve wrote last, if it changed (serve got another port)."""
@@ -224,6 +250,7 @@ class Connection:
         # Once connected, ride out server restarts: reconnect without a bound on attempts.
         nc.options["max_reconnect_attempts"] = -1
         watch.nc = nc
+        watch.up()
         return cls(nc, task_ack_wait_ms=task_ack_wait_ms, role=role, identity=identity,
                    task_secret=task_secret, user=user)  # fmt: skip
 
