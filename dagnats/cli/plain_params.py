@@ -12,8 +12,9 @@ so its answers and its errors stay typer's. `dagnats serve` starts about 0.1 s s
 it (issue 14, `bench.recovery`), and every other command too.
 
 `install` changes typer's parameter class in this process only, once; it returns False and
-changes nothing when typer's internals are not the ones this module knows (another typer
-version): the CLI then works as typer made it, only slower. tests/test_cli_plain_params.py
+changes nothing for a typer version it does not know (`TYPER_KNOWN`) or without the internals
+it uses: the CLI then works as typer made it, only slower (and the test that serve parses
+without pydantic fails, asking for the new version to be checked). tests/test_cli_plain_params.py
 compares its answers with typer's own for every option of the app.
 """
 
@@ -24,18 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-PLAIN_INT: Final = re.compile(r"[+-]?[0-9]+")
+PLAIN_INT: Final = re.compile(r"[+-]?[0-9]{1,18}")  # (longer: typer's own, and its errors)
 PLAIN_FLOAT: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 PLAIN_TYPES: Final = (str, int, float, bool)  # a bool: only when already a bool
 INSTALLED_MARK: Final = "_dagnats_plain"
+TYPER_KNOWN: Final = ("0.29.",)  # the typer versions whose internals this module knows
 
 
 def install() -> bool:
     """Make typer's parameters coerce plain options without pydantic (see the module's
     docstring); True when installed (now or before), False when typer is not the one known."""
     try:
+        import typer
         from typer import _coercion, _param_types, core
+        from typer._click.exceptions import BadParameter
     except ImportError:
+        return False
+    if not str(getattr(typer, "__version__", "")).startswith(TYPER_KNOWN):
         return False
     param_class = getattr(core, "_TyperParameter", None)
     original = getattr(param_class, "get_runtime_param", None)
@@ -47,7 +53,7 @@ def install() -> bool:
         return False
     if getattr(original, INSTALLED_MARK, False):
         return True
-    plain_class = _plain_class(_coercion.RuntimeParam, _param_types.coerce_cli_path)
+    plain_class = _plain_class(_coercion.RuntimeParam, _param_types.coerce_cli_path, BadParameter)
 
     def get_runtime_param(self: Any) -> Any:
         if getattr(self, "_runtime_param", None) is None:
@@ -83,7 +89,7 @@ def is_plain(descriptor: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, Path)
 
 
-def _plain_class(runtime_param: type[Any], coerce_cli_path: Any) -> type[Any]:
+def _plain_class(runtime_param: type[Any], coerce_cli_path: Any, refused: Any) -> type[Any]:
     """The plain coercion, a subclass of typer's `RuntimeParam` (made once, on install)."""
 
     @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def _plain_class(runtime_param: type[Any], coerce_cli_path: Any) -> type[Any]:
                     return coerce_cli_path(
                         plain, self.parameter_info, path_type=self.annotation, param=param, ctx=ctx
                     )
-                except ValueError:  # (a NUL byte: typer's own refuses it as a bad parameter)
+                except (ValueError, refused):  # typer's own answers, with the text as given
                     return self.typer_own().coerce(value, param=param, ctx=ctx)
             return plain
 
