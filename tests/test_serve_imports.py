@@ -188,6 +188,29 @@ async def test_the_projections_modules_are_imported_off_the_engines_loop(
         await server.stop()
 
 
+async def test_projections_whose_modules_do_not_import_are_said_and_the_engine_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise ImportError("No module named 'sqlite_utils'")
+
+    monkeypatch.setattr(serve_start, "import_projection_modules", broken)
+    server = Server(tmp_path / "data")
+    await server.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(server.run(stop))
+    try:
+        await wait_for(lambda: "projections not started" in caplog.text,
+                       timeout_ms=int(RESUMED_WAIT_S * 1000), what="the error line")  # fmt: skip
+        assert "sqlite_utils" in caplog.text
+        assert not running.done(), "serve (its engine) goes on"
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=RESUMED_WAIT_S)
+        await server.stop()
+
+
 def test_an_input_schema_is_checked_on_first_use() -> None:
     schema = {"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}
     steps = [{"id": "a", "type": "task", "task": "t"}]

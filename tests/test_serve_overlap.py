@@ -6,12 +6,13 @@ own, then waits for it; work that fails leaves no child and no data dir lock beh
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.serve_start import while_starting
+from dagnats.runtime.serve_start import current_umask, while_starting, with_umask
 
 
 async def test_the_work_runs_while_the_child_starts(tmp_path: Path) -> None:
@@ -49,3 +50,21 @@ async def test_work_that_fails_leaves_no_child_and_no_lock(tmp_path: Path) -> No
     again = EmbeddedNats(tmp_path / "data")  # the data dir's lock was released
     await again.start()
     await again.stop()
+
+
+def test_the_work_runs_under_the_given_umask_and_the_private_one_comes_back() -> None:
+    """serve loads the step modules under the umask it had before its private one (their
+    bytecode cache stays readable as the install's), and goes on with the private one."""
+    before = os.umask(0o077)  # as within serve's private_umask
+    try:
+        assert with_umask(0o022, current_umask) == 0o022
+        assert current_umask() == 0o077
+        with pytest.raises(RuntimeError):
+            with_umask(0o022, _fails)
+        assert current_umask() == 0o077
+    finally:
+        os.umask(before)
+
+
+def _fails() -> None:
+    raise RuntimeError("failed")

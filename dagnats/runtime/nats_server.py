@@ -44,7 +44,7 @@ CONFIG_FILE_NAME: Final = "nats-server.conf"
 STORE_DIR_NAME: Final = "store"
 READY_LINE: Final = "Server is ready"
 PORT_BUSY_MARKER: Final = "address already in use"
-POLL_INTERVAL_S: Final = 0.002  # a start's readiness check reads the log's new bytes only
+POLL_INTERVAL_S: Final = 0.002  # a start's readiness check (a read of the log so far)
 PR_SET_PDEATHSIG: Final = 1
 GOMAXPROCS_ENV: Final = "GOMAXPROCS"
 

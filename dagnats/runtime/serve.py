@@ -171,9 +171,12 @@ class Server:
         """
         if self.external_url is None:
             self._prepare_private_data_dir()
+            previous_umask = serve_start.current_umask()
             with private_umask():  # the child's store, log, config and lock: owner-only
                 starting = self._start_embedded()
-                self.nats = await serve_start.while_starting(starting, registry.names)
+                self.nats = await serve_start.while_starting(
+                    starting, lambda: serve_start.with_umask(previous_umask, registry.names)
+                )  # (the step modules' bytecode cache readable as the install's)
             self.url = self.nats.url
             self._write(PORT_FILE, f"{self.nats.port}\n")
             self._write(URL_FILE, self.url + "\n")
@@ -432,7 +435,12 @@ class Server:
         if running.is_set():
             return
         # Their modules (sqlite-utils) imported in a thread: the loop goes on meanwhile.
-        await asyncio.to_thread(serve_start.import_projection_modules)
+        try:
+            await asyncio.to_thread(serve_start.import_projection_modules)
+        except Exception as error:  # a broken install: said, and the engine goes on
+            log.error("projections not started: their modules do not import (%s); "
+                      "reinstall dagnats", error)  # fmt: skip
+            return
         if running.is_set():
             return
         tasks = self.start_projections(running)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
@@ -20,6 +21,22 @@ PROJECTION_MODULES: Final = (
     "dagnats.runtime.projector_shared",
     "projections.sqlite",
 )
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and back: there is no getter)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def with_umask(mask: int, work: Callable[[], Started]) -> Started:
+    """`work()` (synchronous: nothing else of the process runs meanwhile) under `mask`."""
+    previous = os.umask(mask)
+    try:
+        return work()
+    finally:
+        os.umask(previous)
 
 
 def import_projection_modules() -> None:
