@@ -110,13 +110,14 @@ def short_traceback(error: BaseException) -> str:
     return cut_text("".join(lines[-traceback_lines_max:]))
 
 
-_StackKey = tuple[tuple[CodeType, int], ...]
+_StackKey = tuple[tuple[CodeType, str, int], ...]
 _stacks: dict[_StackKey, tuple[str, ...]] = {}
 
 
 def _simple_traceback(error: BaseException) -> list[str] | None:
     """`traceback.format_exception(error)` for an error that chains no other and is not a group,
-    its stack's lines cached by (code, instruction) of each frame; None for any other error
+    its stack's lines cached by (code, its file, instruction) of each frame (equal code objects
+    of two files compare equal: the file tells them apart); None for any other error
     (or a traceback limit set in `sys`): the caller formats it the usual way."""
     chained = error.__cause__ is not None or (
         error.__context__ is not None and not error.__suppress_context__
@@ -131,10 +132,11 @@ def _simple_traceback(error: BaseException) -> list[str] | None:
 
 
 def _stack_lines(error: BaseException, tb: TracebackType) -> tuple[str, ...]:
-    key: list[tuple[CodeType, int]] = []
+    key: list[tuple[CodeType, str, int]] = []
     walked: TracebackType | None = tb
     while walked is not None and len(key) <= traceback_cached_frames_max:
-        key.append((walked.tb_frame.f_code, walked.tb_lasti))
+        code = walked.tb_frame.f_code
+        key.append((code, code.co_filename, walked.tb_lasti))
         walked = walked.tb_next
     if walked is not None:  # (too deep to keep)
         return tuple(traceback.TracebackException(type(error), error, tb).stack.format())

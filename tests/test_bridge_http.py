@@ -227,6 +227,24 @@ async def test_the_long_poll_returns_empty_within_its_bound_and_wakes_for_a_task
     assert [t["run_id"] for t in tasks] == [run_id]
 
 
+async def test_a_poll_that_does_not_wait_takes_a_task_that_is_there(stack: BridgeStack) -> None:
+    """`timeout_ms` 0 (the default): what is queued now, at once (on Python 3.11 a lock taken
+    with `wait_for(..., 0)` was never taken, so such a poll never returned a task)."""
+    task_type = unique("t")
+    run_id = await start_one(stack, task_type)
+    taken: list[dict[str, Any]] = []
+
+    async def got() -> bool:
+        response = await stack.post("/v1/tasks/poll", {"task_types": [task_type]})
+        assert response.status_code == 200, response.text
+        taken.extend(response.json()["tasks"])
+        return bool(taken)
+
+    await wait_for(got, timeout_ms=20_000, what="the task, by polls that do not wait")
+    assert [t["run_id"] for t in taken] == [run_id]
+    assert (await stack.post(f"/v1/tasks/{taken[0]['id']}/complete", {})).status_code == 200
+
+
 async def test_one_poll_takes_several_tasks_of_several_types(stack: BridgeStack) -> None:
     first, second = unique("t"), unique("t")
     runs = {await start_one(stack, first) for _ in range(3)}

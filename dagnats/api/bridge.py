@@ -230,10 +230,13 @@ class TaskBridge:
         time per task type (a pull subscription's inbox is shared); [] after a failure."""
         lock = self._locks.setdefault(name, asyncio.Lock())
         loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(lock.acquire(), timeout=max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            return []
+        if lock.locked():  # (a free lock at once: wait_for with a 0 s timeout never acquires)
+            try:
+                await asyncio.wait_for(lock.acquire(), timeout=max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return []
+        else:
+            await lock.acquire()
         try:
             if wait_ms > 0:
                 messages = await self.tasks.fetch(name, batch=batch, timeout_ms=wait_ms)
