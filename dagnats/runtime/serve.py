@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -171,12 +172,10 @@ class Server:
         """
         if self.external_url is None:
             self._prepare_private_data_dir()
-            previous_umask = serve_start.current_umask()
+            shared = serve_start.current_umask()  # (the step modules' bytecode cache: shared)
             with private_umask():  # the child's store, log, config and lock: owner-only
-                starting = self._start_embedded()
-                self.nats = await serve_start.while_starting(
-                    starting, lambda: serve_start.with_umask(previous_umask, registry.names)
-                )  # (the step modules' bytecode cache readable as the install's)
+                loading = functools.partial(serve_start.with_umask, shared, registry.names)
+                self.nats = await serve_start.while_starting(self._start_embedded(), loading)
             self.url = self.nats.url
             self._write(PORT_FILE, f"{self.nats.port}\n")
             self._write(URL_FILE, self.url + "\n")
@@ -204,19 +203,10 @@ class Server:
             await self._settle_partitions(clustered)
         history = self.partitioned.history if self.partitioned else self.connection.history
         commands = self.connection.commands
-        self.links = RunLinks(
-            commands,
-            KvWorkflows(js),
-            external_events.JetStreamEvents(js),
-            notify=self.connection.nc.publish,
-        )
-        self.engine = ServeEngine(
-            history,
-            self.connection.tasks,
-            self.connection.timers,
-            commands,
-            links=self.links,
-        )
+        self.links = RunLinks(commands, KvWorkflows(js), external_events.JetStreamEvents(js),
+                              notify=self.connection.nc.publish)  # fmt: skip
+        self.engine = ServeEngine(history, self.connection.tasks, self.connection.timers,
+                                  commands, links=self.links)  # fmt: skip
         self.engine.resumed = self.resumed
         admin_js = self.admin.js if self.admin is not None else None  # (its purges)
         serve_compaction(self.engine.admission.compactor, admin_js)  # (admission_compact.py)
