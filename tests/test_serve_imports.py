@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,21 @@ async def test_serve_says_when_its_engine_has_resumed_the_unfinished_runs(
         await server.stop()
 
 
+@contextlib.asynccontextmanager
+async def serving(server: Server) -> AsyncIterator[asyncio.Task[None]]:
+    """The started server's run in a task; stopped and awaited (bounded) at the end."""
+    await server.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(server.run(stop))
+    try:
+        yield running
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(running, timeout=RESUMED_WAIT_S)
+        await server.stop()
+
+
 async def test_the_projections_modules_are_imported_off_the_engines_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,20 +188,11 @@ async def test_the_projections_modules_are_imported_off_the_engines_loop(
 
     monkeypatch.setattr(serve_start, "import_projection_modules", recorded_import)
     monkeypatch.setattr(Server, "start_projections", projections)
-    server = Server(tmp_path / "data")
-    await server.start()
-    stop = asyncio.Event()
-    running = asyncio.create_task(server.run(stop))
-    try:
+    async with serving(Server(tmp_path / "data")):
         await wait_for(lambda: "projections" in order, timeout_ms=int(RESUMED_WAIT_S * 1000),
                        what="the projections' start")  # fmt: skip
         assert order == ["import in a thread", "projections"], order
         assert all(name in sys.modules for name in serve_start.PROJECTION_MODULES)
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(running, timeout=RESUMED_WAIT_S)
-        await server.stop()
 
 
 async def test_projections_whose_modules_do_not_import_are_said_and_the_engine_goes_on(
@@ -195,20 +202,11 @@ async def test_projections_whose_modules_do_not_import_are_said_and_the_engine_g
         raise ImportError("No module named 'sqlite_utils'")
 
     monkeypatch.setattr(serve_start, "import_projection_modules", broken)
-    server = Server(tmp_path / "data")
-    await server.start()
-    stop = asyncio.Event()
-    running = asyncio.create_task(server.run(stop))
-    try:
+    async with serving(Server(tmp_path / "data")) as running:
         await wait_for(lambda: "projections not started" in caplog.text,
                        timeout_ms=int(RESUMED_WAIT_S * 1000), what="the error line")  # fmt: skip
         assert "sqlite_utils" in caplog.text
         assert not running.done(), "serve (its engine) goes on"
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(running, timeout=RESUMED_WAIT_S)
-        await server.stop()
 
 
 def test_an_input_schema_is_checked_on_first_use() -> None:
