@@ -349,7 +349,7 @@ class Worker:
         # Heartbeats go on until the result is acknowledged: a result waiting for the server
         # (or a task waiting for a slot) keeps its task (a delivery that comes back meanwhile
         # rides along).
-        beat = Heartbeat(deliveries, self.heartbeat_interval_ms, self.log)
+        beat = Heartbeat(deliveries.copy, self.heartbeat_interval_ms, self.log)
         try:
             with tracing.handler_span(task, getattr(message, "headers", None)) as traced:
                 result = await self._call_in_slot(task, commands)

@@ -266,7 +266,7 @@ class Delivery:
 async def test_heartbeats_every_interval_for_each_delivery_until_stopped() -> None:
     first, rider = Delivery(), Delivery()
     deliveries: list[object] = [first]
-    beat = Heartbeat(deliveries, 20, logging.getLogger("test"))  # type: ignore[arg-type]
+    beat = Heartbeat(deliveries.copy, 20, logging.getLogger("test"))  # type: ignore[arg-type]
     await wait_for(lambda: first.beats >= 2, timeout_ms=WAIT_MS, what="two beats")
     deliveries.append(rider)  # a delivery that came back rides along
     await wait_for(lambda: rider.beats >= 2, timeout_ms=WAIT_MS, what="the rider's beats")
@@ -279,7 +279,7 @@ async def test_heartbeats_every_interval_for_each_delivery_until_stopped() -> No
 async def test_stop_cancels_a_beat_being_sent_and_waits_for_it() -> None:
     stuck = Delivery()
     stuck.hold = asyncio.Event()  # the send never ends by itself
-    beat = Heartbeat([stuck], 10, logging.getLogger("test"))  # type: ignore[list-item]
+    beat = Heartbeat([stuck].copy, 10, logging.getLogger("test"))  # type: ignore[arg-type]
     await wait_for(lambda: stuck.sending, timeout_ms=WAIT_MS, what="a beat being sent")
     await asyncio.wait_for(beat.stop(), 10)
     assert stuck.beats == 0

@@ -7,13 +7,13 @@ decides what to send; this module only sends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
 from dagnats.runtime import settings
 from dagnats.runtime.protocols import CommandPublisher, TaskMessage
 from dagnats.worker import ResultNotSentError
+from dagnats.worker_heartbeat import Heartbeat
 from dagnats.worker_safety import render_error
 from kernel import codec
 from kernel.commands import CompleteTask, FailTask
@@ -80,45 +80,30 @@ class Settling(Protocol):
 
 
 class SendBatch:
-    """Leases whose results are being sent together: their deliveries are heartbeated (from
-    one timer, after a heartbeat interval) until every result is acknowledged."""
+    """Leases whose results are being sent together: their deliveries are heartbeated (one
+    `worker_heartbeat.Heartbeat`, after a heartbeat interval) until every result is
+    acknowledged."""
 
-    __slots__ = ("beat", "leases", "left", "timer")
+    __slots__ = ("heartbeat", "leases", "left")
 
     def __init__(self) -> None:
         self.leases: list[Settling] = []
         self.left = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.beat: asyncio.Task[None] | None = None
+        self.heartbeat: Heartbeat | None = None
 
     def arm(self, heartbeat_ms: int) -> None:
         """Start counting the sends: heartbeat if they last a heartbeat interval."""
         assert heartbeat_ms > 0, heartbeat_ms
         self.left += sum(1 for lease in self.leases if lease.state == "settling")
         if self.left > 0:
-            interval_s = heartbeat_ms / 1000
-            self.timer = asyncio.get_running_loop().call_later(interval_s, self._start, interval_s)
+            self.heartbeat = Heartbeat(self._settling, heartbeat_ms, log)
 
-    def _start(self, interval_s: float) -> None:
-        self.beat = asyncio.ensure_future(self._beat(interval_s))
-
-    async def _beat(self, interval_s: float) -> None:
-        """Heartbeat what is still being sent, now and every interval (until cancelled)."""
-        while True:
-            for lease in self.leases:
-                if lease.state != "settling":
-                    continue
-                for message in list(lease.deliveries):
-                    with contextlib.suppress(Exception):
-                        await message.in_progress()
-            await asyncio.sleep(interval_s)
+    def _settling(self) -> list[TaskMessage]:
+        """The deliveries of the results still being sent."""
+        return [m for lease in self.leases if lease.state == "settling" for m in lease.deliveries]
 
     def one_done(self) -> None:
         """A result of the batch is acknowledged (or given up): stop beating after the last."""
         self.left -= 1
-        if self.left > 0:
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.beat is not None:
-            self.beat.cancel()
+        if self.left <= 0 and self.heartbeat is not None:
+            self.heartbeat.cancel()
