@@ -100,24 +100,12 @@ async def _publish(js: JetStreamContext, stream: str, subject: str, message_id: 
     return bool(ack.duplicate)
 
 
-async def anchors_in(js: JetStreamContext, stream: str) -> int:
-    """How many messages the stream holds on its anchor subject (0 or 1; more only if
-    placed by hand)."""
-    return (await _counts(js, stream))[1]
-
-
 async def queued(js: JetStreamContext, stream: str) -> int:
     """The stream's messages but its anchor: what waits or is in flight (one stream info,
     which the client role may read)."""
-    messages, anchors = await _counts(js, stream)
-    return messages - anchors
-
-
-async def _counts(js: JetStreamContext, stream: str) -> tuple[int, int]:
-    """(all messages, those on the anchor subject) of a work-queue stream."""
     subject = anchor_subject(stream)
     info = await js.stream_info(stream, subjects_filter=subject)
-    return int(info.state.messages), int((info.state.subjects or {}).get(subject, 0))
+    return int(info.state.messages) - int((info.state.subjects or {}).get(subject, 0))
 
 
 async def only_anchor_stored(js: JetStreamContext, stream: str) -> bool:
