@@ -13,9 +13,9 @@ it (issue 14, `bench.recovery`), and every other command too.
 
 `install` changes typer's parameter class in this process only, once; it returns False and
 changes nothing for a typer version it does not know (`TYPER_KNOWN`) or without the internals
-it uses: the CLI then works as typer made it, only slower (and the test that serve parses
-without pydantic fails, asking for the new version to be checked). tests/test_cli_plain_params.py
-compares its answers with typer's own for every option of the app.
+it uses: the CLI then works as typer made it, only slower (and the tests that need it skip,
+saying the new version is to be checked). tests/test_cli_plain_params.py compares its answers
+with typer's own for every option of the app.
 """
 
 from __future__ import annotations
