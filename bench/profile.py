@@ -1,7 +1,7 @@
 """`python -m bench.profile`: where the documented path spends its CPU, per process.
 
 Starts `dagnats serve` (its projections on), a `dagnats worker` and the public client, as
-`bench.peers_dagnats` does, then runs 10-step chains one after the other for `--seconds`
+`bench.peers_dagnats` does, then runs 10-step chains (`--steps`) one after the other for `--seconds`
 while py-spy (the `bench` extra) samples the serve, the worker and this process. Prints,
 per process, the functions with the most samples in them or below them (inclusive) and
 the most samples in them alone (self), as text; `--out DIR` keeps the raw collapsed stacks.
@@ -71,8 +71,8 @@ def _where(frame: str) -> str:
     return "(" + "/".join(Path(path).parts[-2:]) + ")"
 
 
-async def chains(client: Client, seconds: float) -> int:
-    await client.register_workflow(chain("profile-chain", CHAIN_STEPS))
+async def chains(client: Client, seconds: float, steps: int = CHAIN_STEPS) -> int:
+    await client.register_workflow(chain("profile-chain", steps))
     runs = 0
     deadline = asyncio.get_running_loop().time() + seconds
     while asyncio.get_running_loop().time() < deadline:
@@ -83,7 +83,7 @@ async def chains(client: Client, seconds: float) -> int:
     return runs
 
 
-async def profile(seconds: float, out: Path, gil: bool = False) -> None:
+async def profile(seconds: float, out: Path, gil: bool = False, steps: int = CHAIN_STEPS) -> None:
     with tempfile.TemporaryDirectory(prefix="dagnats-bench-profile-") as directory:
         root = Path(directory)
         data_dir = root / "data"
@@ -92,7 +92,7 @@ async def profile(seconds: float, out: Path, gil: bool = False) -> None:
         worker = await start_worker(url, root, "worker")
         try:
             client = await Client.connect(url, data_dir=data_dir)
-            await chains(client, 1.0)  # warm-up
+            await chains(client, 1.0, steps)  # warm-up
             pids = {"serve": serve.pid, "worker": worker.pid, "client": os.getpid()}
             spies = {
                 name: await asyncio.create_subprocess_exec(
@@ -102,13 +102,13 @@ async def profile(seconds: float, out: Path, gil: bool = False) -> None:
                 )
                 for name, pid in pids.items()
             }
-            runs = await chains(client, seconds + 1.0)
+            runs = await chains(client, seconds + 1.0, steps)
             for spy in spies.values():
                 await asyncio.wait_for(spy.wait(), SPY_STOP_TIMEOUT_S)
             await client.close()
         finally:
             await _stop(serve, worker)
-    print(f"{runs} runs of a {CHAIN_STEPS}-step chain in about {seconds + 1:.0f} s")
+    print(f"{runs} runs of a {steps}-step chain in about {seconds + 1:.0f} s")
     for name in pids:
         inclusive, alone, total = top(out / f"{name}.txt", TOP_FUNCTIONS)
         print(f"\n== {name}: {total} samples; inclusive % ==")
@@ -124,13 +124,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
+    parser.add_argument("--steps", type=int, default=CHAIN_STEPS, help="steps of each run")
     arguments = parser.parse_args()
     if arguments.out is not None:
         arguments.out.mkdir(parents=True, exist_ok=True)
-        asyncio.run(profile(arguments.seconds, arguments.out, arguments.gil))
+        asyncio.run(profile(arguments.seconds, arguments.out, arguments.gil, arguments.steps))
         return
     with tempfile.TemporaryDirectory(prefix="dagnats-bench-spy-") as directory:
-        asyncio.run(profile(arguments.seconds, Path(directory), arguments.gil))
+        asyncio.run(profile(arguments.seconds, Path(directory), arguments.gil, arguments.steps))
 
 
 if __name__ == "__main__":
