@@ -15,8 +15,9 @@ after the last sequence it gave, at most `live_read_messages_max` messages a rea
   (messages stored before the subscription existed, or dropped on the way);
 - what the run holds already, at once, when it opens with `stored=True` (a `wait` for a run
   this client did not start; `start` opens its watch before it sends the StartRun);
-- after a reconnect (what was published while the connection was down never comes), and
-  after `live_check_s` without a message, then twice as long each time up to
+- after a reconnect (what was published while the connection was down never comes: the
+  watch is woken by the reconnect, `js_publish.listen`), and after `live_check_s` without a
+  message, then twice as long each time up to
   `live_check_s_max` (a message lost with nothing after it, its run's end say, is found).
 A message at or before the last sequence given is skipped (a read already gave it).
 
@@ -43,6 +44,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from dagnats.client.watches import RunWatch, Seen, Watch
+from dagnats.runtime.js_publish import listen
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import HISTORY_STREAM, republishes, stored_subject
@@ -104,6 +106,7 @@ class LiveWatch:
         self._check_s = live_check_s
         self._check_at = 0.0 if stored else time.monotonic() + live_check_s
         self._reconnects = self._reconnect_count()
+        listen(js._nc, self)
 
     @classmethod
     async def open(
@@ -122,6 +125,16 @@ class LiveWatch:
 
     def _reconnect_count(self) -> int:
         return int(self._js._nc.stats["reconnects"])
+
+    def connection_lost(self) -> None:
+        pass  # (what is missed meanwhile is read once the connection is back)
+
+    def connection_back(self) -> None:
+        """Wake a `next` waiting for a message: it reads what was stored meanwhile (a message
+        without headers makes it read the stream, as a gap does)."""
+        if not self.closed and not self._subscription._pending_queue.full():
+            wake = Msg(self._js._nc, subject=self._subscription.subject, data=b"")
+            self._subscription._pending_queue.put_nowait(wake)
 
     async def next(self, deadline: float) -> Seen | None:
         """The next decision, or None when the monotonic `deadline` passes first.
