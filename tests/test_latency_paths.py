@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 
 import msgspec
+import nats
 import nats.errors
 import pytest
 from nats.aio.msg import Msg
@@ -375,3 +376,29 @@ async def read_by_direct_get(
     assert [subject for subject in requests if ".DIRECT.GET." in subject], requests
     assert not [subject for subject in requests if ".STREAM.MSG.GET." in subject], requests
     return marker
+
+
+async def test_a_marker_that_cannot_be_stored_is_one_warning_and_the_next_one_is_stored(
+    private_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Markers are a cache: one the server refuses (no bucket) is logged once, never raised;
+    once the bucket is there again, marks are stored (through the shared publisher)."""
+    nc = await nats.connect(private_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_resources(js)
+        await js.delete_stream(f"KV_{ENDED_BUCKET}")
+        markers = EndedRuns(js)
+        run_ids = [unique("lost"), unique("lost"), unique("kept")]
+        with caplog.at_level(logging.WARNING, logger="dagnats.ended"):
+            for run_id in run_ids[:2]:
+                await markers.mark(RunState(run_id=run_id, status="failed", event_count=2), 1)
+        warnings = [r for r in caplog.records if "cannot be written" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+        await ensure_resources(js)
+        await markers.mark(RunState(run_id=run_ids[2], status="completed", event_count=5), 1)
+        assert await markers.ended(run_ids[0]) is None
+        kept = await markers.ended(run_ids[2])
+        assert kept is not None and kept.status == "completed" and kept.events == 5
+    finally:
+        await nc.close()
