@@ -28,6 +28,7 @@ from nats.js import JetStreamContext, api
 from dagnats.client import Client, RunNotFoundError
 from dagnats.client.live_watch import LiveWatch
 from dagnats.client.watches import parked_watches_max
+from dagnats.runtime import engine as engine_module
 from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.engine import Engine
@@ -330,3 +331,34 @@ async def test_a_watch_that_fails_to_open_after_the_start_went_out_leaves_a_run_
         state = await client.wait(run_id, timeout_s=wait_s)
     assert failures == [run_id]
     assert state.status == "completed", state.status
+
+
+async def test_the_engine_validates_a_workflow_once_and_still_refuses_an_invalid_one(
+    client: Client, private_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    validated: list[str] = []
+    real_validate = engine_module.validate_workflow  # type: ignore[attr-defined]
+
+    def counted(workflow: WorkflowDef) -> object:
+        validated.append(workflow.name)
+        return real_validate(workflow)
+
+    monkeypatch.setattr(engine_module, "validate_workflow", counted)
+    bad = StartRun(
+        run_id=unique("bad"), at_ms=now_ms(), seed=new_seed(), workflow=BROKEN,
+        input=msgspec.Raw(b"null"),
+    )  # fmt: skip
+    js = client.connection.js
+    async with engine(private_server.url, tmp_path / "data"):
+        for _ in range(3):
+            state = await client.wait(await client.start(NAP), timeout_s=wait_s)
+            assert state.status == "completed", state.status
+        await client.send(bad)  # past the client's check, as another client might
+
+        async def dead_lettered() -> bool:
+            return any(bad.run_id.encode() in letter.data for letter in await read_dead(js))
+
+        await wait_for(dead_lettered, timeout_ms=15_000, what="the bad start dead-lettered")
+    assert validated.count(NAP.name) == 1, validated  # three runs, one validation
+    assert validated.count(BROKEN.name) == 1, validated
+    assert await client.connection.history.last_seq(bad.run_id) == 0, "no history for it"
