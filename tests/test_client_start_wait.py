@@ -46,7 +46,7 @@ from dagnats.runtime.serve import Server
 from kernel import codec
 from kernel.commands import StartRun
 from kernel.errors import WorkflowInvalidError
-from kernel.workflow import StepDef, WorkflowDef
+from kernel.workflow import StepDef, WorkflowDef, validate_workflow
 from tests.fault_support import read_dead
 from tests.nats_fixtures import unique, wait_for
 
@@ -337,7 +337,7 @@ async def test_the_engine_validates_a_workflow_once_and_still_refuses_an_invalid
     client: Client, private_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     validated: list[str] = []
-    real_validate = engine_module.validate_workflow  # type: ignore[attr-defined]
+    real_validate = validate_workflow
 
     def counted(workflow: WorkflowDef) -> object:
         validated.append(workflow.name)
