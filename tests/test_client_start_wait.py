@@ -26,8 +26,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from dagnats.client import Client, RunNotFoundError
-from dagnats.client import watches as client_watches
+from dagnats.client.live_watch import LiveWatch
 from dagnats.client.watches import parked_watches_max
+from dagnats.runtime import engine as engine_module
 from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.engine import Engine
@@ -45,7 +46,7 @@ from dagnats.runtime.serve import Server
 from kernel import codec
 from kernel.commands import StartRun
 from kernel.errors import WorkflowInvalidError
-from kernel.workflow import StepDef, WorkflowDef
+from kernel.workflow import StepDef, WorkflowDef, validate_workflow
 from tests.fault_support import read_dead
 from tests.nats_fixtures import unique, wait_for
 
@@ -237,7 +238,7 @@ async def test_an_old_engine_consumer_gets_the_short_ack_wait(client: Client) ->
     assert info.config.filter_subject == COMMAND_SUBJECTS
 
 
-async def test_start_and_wait_share_one_watch_and_wait_still_sees_the_whole_history(
+async def test_start_and_wait_share_one_watch_that_is_no_consumer_and_sees_the_whole_history(
     client: Client, private_server: EmbeddedNats, tmp_path: Path
 ) -> None:
     run_id = unique("shared")
@@ -260,10 +261,12 @@ async def test_start_and_wait_share_one_watch_and_wait_still_sees_the_whole_hist
     history = [decision async for _, decision in client.history(run_id)]
     assert len(updates) == len(history), (updates, len(history))
     assert state.event_count == sum(len(decision.events) for decision in history)
-    # one consumer of the run's history for both start and wait (before, each made its own;
-    # the engine makes none per run)
-    consumers = [subject for subject in creates if ".CONSUMER.CREATE." in subject]
-    assert len(consumers) == 1, creates
+    # no consumer of the run's history for start and wait: the stream republishes what it
+    # stores and the watch subscribes to that (before, one ordered consumer for both; before
+    # that, one each); the engine makes none per run
+    consumers = [subject for subject in creates if ".CONSUMER." in subject]
+    assert consumers == [], creates
+    assert any(".DIRECT.GET." in subject for subject in creates), "the spy saw the run's requests"
 
 
 async def test_many_starts_leave_no_consumer_behind(
@@ -283,22 +286,23 @@ async def test_many_starts_leave_no_consumer_behind(
 async def test_start_sends_the_start_without_waiting_for_its_watch_and_the_watch_misses_nothing(
     client: Client, private_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The StartRun goes out while the watch's consumer is being made (a round trip off the
-    start's path): here the watch opens only once the engine has appended the run's first
-    decision, and the watch still reads it (it reads the run's history from its start)."""
-    real_open = client_watches.RunWatch.open
+    """The StartRun goes out while the watch opens: here the watch opens only once the engine
+    has appended the run's first decision (its subscription misses it), and the watch still
+    gives it (the next message names the run's message before it: the gap is read from the
+    stream, or, with nothing after it, the silence makes the watch read the stream)."""
+    real_open = LiveWatch.open
     run_id = unique("early")
 
     async def open_after_the_first_decision(
-        js: JetStreamContext, watched: str, after_seq: int = 0
-    ) -> client_watches.RunWatch:
+        js: JetStreamContext, watched: str, after_seq: int = 0, *, stored: bool = True
+    ) -> LiveWatch:
         async def appended() -> bool:
             return await client.connection.history.last_seq(watched) > 0
 
         await wait_for(appended, timeout_ms=int(wait_s * 1000), what="the first decision")
-        return await real_open(js, watched, after_seq)
+        return await real_open(js, watched, after_seq, stored=stored)
 
-    monkeypatch.setattr(client_watches.RunWatch, "open", open_after_the_first_decision)
+    monkeypatch.setattr(LiveWatch, "open", open_after_the_first_decision)
     async with engine(private_server.url, tmp_path / "data"):
         await asyncio.wait_for(client.start(NAP, run_id=run_id), wait_s)
         state = await client.wait(run_id, timeout_s=wait_s)
@@ -310,20 +314,51 @@ async def test_start_sends_the_start_without_waiting_for_its_watch_and_the_watch
 async def test_a_watch_that_fails_to_open_after_the_start_went_out_leaves_a_run_to_wait_for(
     client: Client, private_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_open = client_watches.RunWatch.open
+    real_open = LiveWatch.open
     failures: list[str] = []
 
     async def fail_once(
-        js: JetStreamContext, watched: str, after_seq: int = 0
-    ) -> client_watches.RunWatch:
+        js: JetStreamContext, watched: str, after_seq: int = 0, *, stored: bool = True
+    ) -> LiveWatch:
         if not failures:
             failures.append(watched)
             raise nats.errors.TimeoutError
-        return await real_open(js, watched, after_seq)
+        return await real_open(js, watched, after_seq, stored=stored)
 
-    monkeypatch.setattr(client_watches.RunWatch, "open", fail_once)
+    monkeypatch.setattr(LiveWatch, "open", fail_once)
     async with engine(private_server.url, tmp_path / "data"):
         run_id = await asyncio.wait_for(client.start(NAP), wait_s)
         state = await client.wait(run_id, timeout_s=wait_s)
     assert failures == [run_id]
     assert state.status == "completed", state.status
+
+
+async def test_the_engine_validates_a_workflow_once_and_still_refuses_an_invalid_one(
+    client: Client, private_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    validated: list[str] = []
+    real_validate = validate_workflow
+
+    def counted(workflow: WorkflowDef) -> object:
+        validated.append(workflow.name)
+        return real_validate(workflow)
+
+    monkeypatch.setattr(engine_module, "validate_workflow", counted)
+    bad = StartRun(
+        run_id=unique("bad"), at_ms=now_ms(), seed=new_seed(), workflow=BROKEN,
+        input=msgspec.Raw(b"null"),
+    )  # fmt: skip
+    js = client.connection.js
+    async with engine(private_server.url, tmp_path / "data"):
+        for _ in range(3):
+            state = await client.wait(await client.start(NAP), timeout_s=wait_s)
+            assert state.status == "completed", state.status
+        await client.send(bad)  # past the client's check, as another client might
+
+        async def dead_lettered() -> bool:
+            return any(bad.run_id.encode() in letter.data for letter in await read_dead(js))
+
+        await wait_for(dead_lettered, timeout_ms=15_000, what="the bad start dead-lettered")
+    assert validated.count(NAP.name) == 1, validated  # three runs, one validation
+    assert validated.count(BROKEN.name) == 1, validated
+    assert await client.connection.history.last_seq(bad.run_id) == 0, "no history for it"

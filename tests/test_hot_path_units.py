@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dagnats.observe import metrics as metrics_module
 from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics, render
+from dagnats.runtime import task_tokens
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel.commands import CancelRun, CompleteTask, FailTask, TaskStarted
@@ -179,3 +180,22 @@ def test_a_decision_feeds_its_latency_under_its_outcome_and_error_when_it_raised
     with quiet.decision(command) as seen:  # observing off: a plain outcome holder
         seen.outcome = "ignored"
     assert seen.outcome == "ignored"
+
+
+@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=60))
+def test_a_remembered_token_is_the_one_a_fresh_signer_makes(msg_ids: list[str]) -> None:
+    """Tokens are remembered (at most `signed_tokens_remembered_max`); a remembered one, one
+    forgotten and one signed again are each the HMAC a signer that remembers nothing makes."""
+    tokens = TaskTokens("secret")
+    for msg_id in msg_ids + msg_ids[::-1]:
+        assert tokens.sign(msg_id) == TaskTokens("secret").sign(msg_id)
+        assert tokens.sign(msg_id) != TaskTokens("another secret").sign(msg_id)
+    assert len(tokens._signed) <= len(set(msg_ids))
+
+
+def test_the_signer_remembers_a_bounded_number_of_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(task_tokens, "signed_tokens_remembered_max", 3)
+    tokens = TaskTokens("secret")
+    signed = [tokens.sign(f"run:s{index}:1") for index in range(5)]
+    assert list(tokens._signed) == ["run:s2:1", "run:s3:1", "run:s4:1"]
+    assert tokens.sign("run:s0:1") == signed[0], "a forgotten token is signed again, the same"

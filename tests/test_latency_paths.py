@@ -18,13 +18,15 @@ import logging
 from collections.abc import Sequence
 
 import msgspec
+import nats
 import nats.errors
 import pytest
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from dagnats.client import Client, RunNotFoundError, WorkflowNotFoundError
-from dagnats.client.watches import ClosingWatches, RunWatch
+from dagnats.client.live_watch import LiveWatch
+from dagnats.client.watches import ClosingWatches
 from dagnats.json_input import JsonInputError
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
@@ -146,29 +148,43 @@ async def history_consumers(client: Client) -> int:
     return info.state.consumer_count
 
 
-async def no_consumers(client: Client) -> bool:
-    return await history_consumers(client) == 0
+def record_watches(monkeypatch: pytest.MonkeyPatch) -> list[LiveWatch]:
+    """Every `LiveWatch` opened from now on, in order (to see which are closed)."""
+    opened: list[LiveWatch] = []
+    real_open = LiveWatch.open
+
+    async def recorded(
+        js: JetStreamContext, run_id: str, after_seq: int = 0, *, stored: bool = True
+    ) -> LiveWatch:
+        watch = await real_open(js, run_id, after_seq, stored=stored)
+        opened.append(watch)
+        return watch
+
+    monkeypatch.setattr(LiveWatch, "open", recorded)
+    return opened
 
 
 async def test_a_failed_start_and_an_answered_wait_leave_no_watch_behind(
-    private_server: EmbeddedNats,
+    private_server: EmbeddedNats, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    opened = record_watches(monkeypatch)
     client = await Client.connect(private_server.url)
     observer = await Client.connect(private_server.url)
     try:
         await ensure_resources(client.connection.js)
-        assert await history_consumers(observer) == 0
         with pytest.raises(WorkflowNotFoundError):
             await client.start(unique("nowhere"), run_id=unique("nope"))
         await wait_for(  # closed in the background (`ClosingWatches`)
-            lambda: no_consumers(observer), timeout_ms=wait_ms, what="the start's watch closed"
-        )
+            lambda: len(opened) == 1 and opened[0].closed, timeout_ms=wait_ms,
+            what="the start's watch closed",
+        )  # fmt: skip
         parked = await client.start(NAP, run_id=unique("parked"), wait_started_s=0)  # no engine
-        assert await history_consumers(observer) == 1, "the watch parked for wait"
+        assert [watch.closed for watch in opened] == [True, False], "the watch parked for wait"
         with pytest.raises(RunNotFoundError):  # (no engine) takes the parked watch, closes it later
             await client.wait(parked, timeout_s=0.2)
         await client.close()
-        assert await history_consumers(observer) == 0, "close closed every watch"
+        assert [watch.closed for watch in opened] == [True, True], "close closed every watch"
+        assert await history_consumers(observer) == 0, "a live watch is no consumer"
     finally:
         await client.close()
         await observer.close()
@@ -180,11 +196,15 @@ async def test_a_start_of_an_existing_run_cancelled_while_its_watch_opens_is_can
     client = await Client.connect(private_server.url)
     observer = await Client.connect(private_server.url)
     run_id, task_type = unique("there"), unique("t")
-    real_open, gate, decided = RunWatch.open, asyncio.Event(), asyncio.Event()
+    real_open, gate, decided = LiveWatch.open, asyncio.Event(), asyncio.Event()
+    opened: list[LiveWatch] = []
 
-    async def slow_open(js: object, run_id: str, after_seq: int = 0) -> RunWatch:
-        await gate.wait()  # the consumer's create is slow: the cancel lands meanwhile
-        return await real_open(js, run_id, after_seq)  # type: ignore[arg-type]
+    async def slow_open(
+        js: JetStreamContext, run_id: str, after_seq: int = 0, *, stored: bool = True
+    ) -> LiveWatch:
+        await gate.wait()  # the opening is slow: the cancel lands meanwhile
+        opened.append(await real_open(js, run_id, after_seq, stored=stored))
+        return opened[-1]
 
     real_first = client._first_decision
 
@@ -197,7 +217,7 @@ async def test_a_start_of_an_existing_run_cancelled_while_its_watch_opens_is_can
     try:
         await ensure_resources(client.connection.js)
         assert await engine_on(client.connection).handle(start_of(run_id, task_type), 1)
-        monkeypatch.setattr(RunWatch, "open", slow_open)
+        monkeypatch.setattr(LiveWatch, "open", slow_open)
         monkeypatch.setattr(client, "_first_decision", first_decision)
         workflow = WorkflowDef(name="one", steps=(StepDef(id="a", task=task_type),))
         starting = asyncio.create_task(client.start(workflow, None, run_id=run_id))
@@ -210,7 +230,7 @@ async def test_a_start_of_an_existing_run_cancelled_while_its_watch_opens_is_can
             await asyncio.wait_for(starting, wait_ms / 1000)
         gate.set()
         await asyncio.wait_for(client.close(), wait_ms / 1000)
-        assert await history_consumers(observer) == 0, "the late watch was closed"
+        assert len(opened) == 1 and opened[0].closed, "the late watch was closed"
     finally:
         gate.set()
         await client.close()
@@ -356,3 +376,29 @@ async def read_by_direct_get(
     assert [subject for subject in requests if ".DIRECT.GET." in subject], requests
     assert not [subject for subject in requests if ".STREAM.MSG.GET." in subject], requests
     return marker
+
+
+async def test_a_marker_that_cannot_be_stored_is_one_warning_and_the_next_one_is_stored(
+    private_server: EmbeddedNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Markers are a cache: one the server refuses (no bucket) is logged once, never raised;
+    once the bucket is there again, marks are stored (through the shared publisher)."""
+    nc = await nats.connect(private_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_resources(js)
+        await js.delete_stream(f"KV_{ENDED_BUCKET}")
+        markers = EndedRuns(js)
+        run_ids = [unique("lost"), unique("lost"), unique("kept")]
+        with caplog.at_level(logging.WARNING, logger="dagnats.ended"):
+            for run_id in run_ids[:2]:
+                await markers.mark(RunState(run_id=run_id, status="failed", event_count=2), 1)
+        warnings = [r for r in caplog.records if "cannot be written" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+        await ensure_resources(js)
+        await markers.mark(RunState(run_id=run_ids[2], status="completed", event_count=5), 1)
+        assert await markers.ended(run_ids[0]) is None
+        kept = await markers.ended(run_ids[2])
+        assert kept is not None and kept.status == "completed" and kept.events == 5
+    finally:
+        await nc.close()

@@ -47,7 +47,7 @@ from nats.js.kv import KeyValue
 from dagnats.api import routes_triggers
 from dagnats.api.auth import BEARER_MISSING
 from dagnats.api.problems import ProblemError, problem_response
-from dagnats.client.watches import RunWatch
+from dagnats.client.live_watch import open_watch
 from dagnats.runtime import settings
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.triggers import Entry, TriggerService, command_starter, load_entries
@@ -314,7 +314,7 @@ async def wait_for_answer(
     js: JetStreamContext, run_id: str, deadline: float, request: Request[Any, Any, Any]
 ) -> Response[bytes] | Gone:
     """The answer of run `run_id`: its first response, or what its end or the deadline says."""
-    watch = await RunWatch.open(js, run_id)
+    watch = await open_watch(js, run_id)
     gone = asyncio.ensure_future(_client_gone(request))
     state: RunState = INITIAL_STATE
     try:

@@ -43,8 +43,9 @@ from dagnats.client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
+from dagnats.client.live_watch import open_watch
 from dagnats.client.sending import send_command
-from dagnats.client.watches import ClosingWatches, ParkedWatches, RunWatch
+from dagnats.client.watches import ClosingWatches, ParkedWatches, Watch
 from dagnats.input_schema import check_input
 from dagnats.runtime import triggers_managed
 from dagnats.runtime.clock import new_seed, now_ms
@@ -228,7 +229,7 @@ class Client:
         )  # fmt: skip
         # Its round trips at once (client/watches.in_parallel): the definition, whether a
         # caller's id names a run already (a generated one names none), a new run's watch.
-        opening = asyncio.ensure_future(RunWatch.open(self.connection.js, run_id))
+        opening = asyncio.ensure_future(open_watch(self.connection.js, run_id, stored=False))
         try:
             definition, existing = await client_watches.in_parallel(
                 fetching, self._first_decision(run_id) if given else client_watches.ready(None)
@@ -257,7 +258,7 @@ class Client:
 
     async def _send_start(
         self, command: StartRun | ScheduleRun, wait_started_s: float,
-        opening: asyncio.Future[RunWatch],
+        opening: asyncio.Future[Watch],
     ) -> Decision | None:  # fmt: skip
         """Send a StartRun while its watch opens (the watch reads the run's history from its
         first message, so it misses nothing appended before its consumer exists); the run's
@@ -418,7 +419,7 @@ class Client:
             # An end before the history's current last message is not the run's end: a
             # reopened run (`dagnats run retry`) ended and went on (kernel.reopen).
             known_seq = await self.connection.history.last_seq(run_id)
-            watch = await RunWatch.open(self.connection.js, run_id)
+            watch = await open_watch(self.connection.js, run_id)
         try:
             state = await client_watches.fold_until_end(watch, deadline, on_update, known_seq)
         finally:

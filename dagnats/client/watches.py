@@ -22,7 +22,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Final, Protocol, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -46,6 +46,19 @@ closing_watches_max: Final = 64
 Seen = tuple[int, Decision]
 A = TypeVar("A")
 B = TypeVar("B")
+
+
+class Watch(Protocol):
+    """A watch of one run's history (an ordered consumer here, `live_watch.LiveWatch`)."""
+
+    run_id: str
+    seen: list[Seen]
+    closed: bool
+    last_seq: int
+
+    async def next(self, deadline: float) -> Seen | None: ...
+
+    async def close(self) -> None: ...
 
 
 class RunWatch:
@@ -120,7 +133,7 @@ class RunWatch:
 
 
 async def fold_until_end(
-    watch: RunWatch,
+    watch: Watch,
     deadline: float,
     on_update: Callable[[RunState, Decision], None] | None,
     known_seq: int = 0,
@@ -174,9 +187,9 @@ class ParkedWatches:
     def __init__(self, size_max: int = parked_watches_max) -> None:
         assert size_max >= 0, size_max
         self.size_max = size_max
-        self._watches: OrderedDict[str, RunWatch] = OrderedDict()
+        self._watches: OrderedDict[str, Watch] = OrderedDict()
 
-    async def park(self, watch: RunWatch) -> None:
+    async def park(self, watch: Watch) -> None:
         """Keep `watch` for its run's `wait`; close the oldest beyond the bound."""
         previous = self._watches.pop(watch.run_id, None)
         if previous is not None:
@@ -187,7 +200,7 @@ class ParkedWatches:
             await oldest.close()
         assert len(self._watches) <= self.size_max
 
-    def take(self, run_id: str) -> RunWatch | None:
+    def take(self, run_id: str) -> Watch | None:
         """The parked watch of the run (now the caller's to close), or None."""
         return self._watches.pop(run_id, None)
 
@@ -208,7 +221,7 @@ class ClosingWatches:
         self._closing: set[asyncio.Task[None]] = set()
         self._opening: set[asyncio.Task[None]] = set()  # closes waiting for their watch
 
-    async def close_later(self, watch: RunWatch) -> None:
+    async def close_later(self, watch: Watch) -> None:
         """Start closing `watch`; waits only while `size_max` closes are already going."""
         while len(self._closing) >= self.size_max:
             await asyncio.wait(self._closing, return_when=asyncio.FIRST_COMPLETED)
@@ -217,14 +230,14 @@ class ClosingWatches:
         task.add_done_callback(self._closing.discard)
         assert len(self._closing) <= self.size_max
 
-    def close_once_open(self, opening: asyncio.Future[RunWatch]) -> None:
+    def close_once_open(self, opening: asyncio.Future[Watch]) -> None:
         """Close the watch `opening` gives once it is open (through `close_later`), for a
         caller cancelled while it opened; `wait()` waits for this too."""
         task = asyncio.ensure_future(self._close_opened(opening))
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
 
-    async def _close_opened(self, opening: asyncio.Future[RunWatch]) -> None:
+    async def _close_opened(self, opening: asyncio.Future[Watch]) -> None:
         await asyncio.wait({opening})
         if not opening.cancelled() and opening.exception() is None:
             await self.close_later(opening.result())
@@ -256,7 +269,7 @@ async def ready(value: A) -> A:
     return value
 
 
-async def discard(opening: asyncio.Future[RunWatch], closing: ClosingWatches) -> None:
+async def discard(opening: asyncio.Future[Watch], closing: ClosingWatches) -> None:
     """Close a watch opened ahead (`Client.start`) that is not needed: the run existed, or
     the start failed. A watch that failed to open leaves nothing to close. The opening is
     not cancelled (a half-made consumer would stay); a caller cancelled while it opens has

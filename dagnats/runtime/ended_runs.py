@@ -29,6 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
 from dagnats.runtime import settings
+from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.resources import ENDED_BUCKET, check_run_id
 from kernel.effects import EnqueueTask
 from kernel.state import RunState, is_terminal
@@ -55,6 +56,7 @@ class EndedRuns:
         self.js = js
         self._failing = False
         self._direct = True  # until the bucket or the server refuses direct gets (`_last`)
+        self._publisher: JetStreamPublisher | None = None  # (made at the first mark)
 
     async def _last(self, subject: str) -> RawStreamMsg:
         """The marker's message: a direct get (no JetStream API request: a worker reads a
@@ -75,10 +77,12 @@ class EndedRuns:
         """Record that the run of `state` ended (never raises: markers are a cache)."""
         assert is_terminal(state), state.status
         marker = EndedMarker(status=state.status, events=state.event_count, at_ms=at_ms)
+        if self._publisher is None:  # (acknowledged through one reply subscription in all)
+            self._publisher = JetStreamPublisher(self.js._nc.jetstream(timeout=request_timeout_s))
         try:
-            await self.js.publish(
-                marker_subject(state.run_id), msgspec.json.encode(marker),
-                timeout=request_timeout_s,
+            await self._publisher.publish(
+                marker_subject(state.run_id), msgspec.json.encode(marker), stream=ENDED_STREAM,
+                headers={},
             )  # fmt: skip
         except Exception as error:
             if not self._failing:

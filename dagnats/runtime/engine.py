@@ -53,6 +53,7 @@ from dagnats.runtime.settings import (
     run_cache_max,
     runs_listed_max,
     unknown_run_deliveries_max,
+    valid_workflows_remembered_max,
 )
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
@@ -69,6 +70,9 @@ from kernel.workflow import validate_workflow
 from projections.snapshot import SnapshotReader
 
 log = logging.getLogger("dagnats.engine")
+
+
+_encode_workflow = msgspec.json.Encoder().encode  # (a workflow's bytes: _workflow_problems)
 
 
 class Loaded(msgspec.Struct, frozen=True):
@@ -119,6 +123,7 @@ class Engine:
         self._unsettled: set[CommandMessage] = set()
         self.admission = AdmissionRuntime(self, self._handle_command)  # (runtime/admission.py)
         self.ended: EndedRuns | None = None  # ended-run markers for workers (set by serve)
+        self._valid_workflows: OrderedDict[bytes, None] = OrderedDict()  # (_workflow_problems)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -306,10 +311,18 @@ class Engine:
         return Decided("retry")
 
     def _workflow_problems(self, command: StartRun) -> str:
-        """Why a StartRun's workflow is invalid ("" when valid), by the typed definition's rules."""
+        """Why a StartRun's workflow is invalid ("" when valid), by the typed definition's
+        rules; a workflow found valid before (the same bytes) is not validated again."""
+        key = hashlib.blake2b(_encode_workflow(command.workflow), digest_size=16).digest()
+        if key in self._valid_workflows:
+            self._valid_workflows.move_to_end(key)
+            return ""
         problems = validate_workflow(command.workflow)
         if problems:
             return "start_run carries an invalid workflow: " + "; ".join(map(str, problems))
+        self._valid_workflows[key] = None
+        while len(self._valid_workflows) > valid_workflows_remembered_max:
+            self._valid_workflows.popitem(last=False)
         return ""
 
     async def _append(

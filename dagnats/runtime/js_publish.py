@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 import nats.errors
@@ -65,12 +65,21 @@ class AckLostError(nats.errors.TimeoutError):
 Callback = Callable[[], Awaitable[None]]
 
 
+class ConnectionListener(Protocol):
+    """What a client's disconnects and reconnects are told to (publishers; run watches,
+    client/live_watch.py)."""
+
+    def connection_lost(self) -> None: ...
+
+    def connection_back(self) -> None: ...
+
+
 class _ConnectionHooks:
     """The publishers of one client, told of its disconnects and reconnects (after the
     callbacks it had, which still run first)."""
 
     def __init__(self, nc: NatsClient) -> None:
-        self.publishers: weakref.WeakSet[JetStreamPublisher] = weakref.WeakSet()
+        self.publishers: weakref.WeakSet[ConnectionListener] = weakref.WeakSet()
         self.disconnected: Callback | None = nc._disconnected_cb
         self.reconnected: Callback | None = nc._reconnected_cb
         nc._disconnected_cb = self.on_disconnected
@@ -92,7 +101,13 @@ class _ConnectionHooks:
 _hooks: weakref.WeakKeyDictionary[NatsClient, _ConnectionHooks] = weakref.WeakKeyDictionary()
 
 
-def _watch(nc: NatsClient, publisher: JetStreamPublisher) -> None:
+def listen(nc: NatsClient, listener: ConnectionListener) -> None:
+    """Tell `listener` of the client's disconnects and reconnects (after the callbacks the
+    client had, which still run first); held weakly."""
+    _watch(nc, listener)
+
+
+def _watch(nc: NatsClient, publisher: ConnectionListener) -> None:
     hooks = _hooks.get(nc)
     if hooks is None:
         hooks = _hooks[nc] = _ConnectionHooks(nc)

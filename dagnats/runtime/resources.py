@@ -35,6 +35,11 @@ COMMAND_PREFIX: Final = "dagnats.cmd"
 SCHEDULE_PREFIX: Final = "dagnats.sched"
 TASK_PREFIX: Final = "dagnats.task"
 DEAD_PREFIX: Final = "dagnats.dead"
+# nats-server republishes every message the history stream stores on `dagnats.stored.<run_id>`
+# (the stream's `republish`), with its sequence and the run's previous one in headers: a
+# run's watch is a core subscription there, not a consumer (dagnats/client/live_watch.py).
+STORED_PREFIX: Final = "dagnats.stored"
+STORED_SUBJECTS: Final = f"{STORED_PREFIX}.>"
 HISTORY_SUBJECTS: Final = f"{HISTORY_PREFIX}.>"
 COMMAND_SUBJECTS: Final = f"{COMMAND_PREFIX}.>"
 SCHEDULE_SUBJECTS: Final = f"{SCHEDULE_PREFIX}.>"
@@ -125,6 +130,17 @@ def partition_of(run_id: str, partitions: int) -> int:
 def history_subject(run_id: str) -> str:
     """`dagnats.history.<run_id>`: the run's whole story."""
     return f"{HISTORY_PREFIX}.{check_run_id(run_id)}"
+
+
+def stored_subject(run_id: str) -> str:
+    """`dagnats.stored.<run_id>`: the run's history messages as nats-server stores them
+    (republished, never stored again)."""
+    return f"{STORED_PREFIX}.{check_run_id(run_id)}"
+
+
+def history_republish() -> api.RePublish:
+    """The history stream's `republish`: each stored message again on its stored subject."""
+    return api.RePublish(src=HISTORY_SUBJECTS, dest=STORED_SUBJECTS)
 
 
 def command_subject(
@@ -284,6 +300,7 @@ def stream_configs(replicas: int = 1) -> tuple[api.StreamConfig, ...]:
         api.StreamConfig(
             name=HISTORY_STREAM, subjects=[HISTORY_SUBJECTS],
             retention=api.RetentionPolicy.LIMITS, allow_direct=True,
+            republish=history_republish(),
             duplicate_window=settings.history_duplicate_window_ms / 1000,
             storage=storage, num_replicas=replicas, max_msg_size=size,
         ),
@@ -372,6 +389,32 @@ async def ensure_stream(
     check_config(config.name, info.config, wanted)
     if note_replicas:
         _note_replicas(config.name, info.config.num_replicas, config.num_replicas)
+
+
+def republishes(config: api.StreamConfig) -> bool:
+    """Whether a history stream's config republishes its messages as run watches expect."""
+    republish = config.republish
+    return (
+        republish is not None and republish.src in (None, HISTORY_SUBJECTS)
+        and republish.dest == STORED_SUBJECTS and not republish.headers_only
+    )  # fmt: skip
+
+
+async def ensure_history_republish(js: JetStreamContext) -> bool:
+    """Give the history stream its `republish` when it has none (a stream made before it had
+    one); whether it now republishes as run watches expect. Updating the history stream needs
+    the admin role (the engine's may not).
+
+    Raises:
+        nats.js.errors.Error, nats.errors.Error: the stream could not be read or updated.
+    """
+    info = await js.stream_info(HISTORY_STREAM)
+    if republishes(info.config):
+        return True
+    if info.config.republish is not None:  # the operator's own: left as it is
+        return False
+    await js.update_stream(info.config.evolve(republish=history_republish()))
+    return True
 
 
 async def ensure_bucket(

@@ -200,6 +200,8 @@ class Server:
         elif not self.history_gone:  # admission compaction purges as admin too
             self.admin = await _admin_or_none(self.url, self.data_dir)
         if not self.history_gone:
+            if self.admin is not None:  # (a stream made before it republished)
+                await serve_start.republish_history(self.admin.js)
             await self._settle_partitions(clustered)
         history = self.partitioned.history if self.partitioned else self.connection.history
         commands = self.connection.commands

@@ -3,7 +3,8 @@
 `while_starting` does CPU-bound work (loading the step modules) while the nats-server child
 starts on its own; `import_projection_modules` imports the projections' modules (sqlite-utils)
 in a thread after the engine's first resume pass, so that the engine's loop goes on meanwhile
-(issue 14, `bench.recovery`). Starts and stops nothing itself.
+(issue 14, `bench.recovery`). `republish_history` gives a history stream made by an older
+version the `republish` run watches need. Starts and stops nothing itself.
 """
 
 from __future__ import annotations
@@ -11,9 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from dagnats.runtime.resources import ensure_history_republish
+
+log = logging.getLogger("dagnats.serve")
 
 Started = TypeVar("Started")
 PROJECTION_MODULES: Final = (
@@ -62,3 +72,16 @@ async def while_starting(
             await starting
         raise
     return await starting
+
+
+async def republish_history(admin: JetStreamContext) -> None:
+    """Give the history stream its `republish` (run watches subscribe to it: one made by an
+    older version has none); a failure is one warning line, and clients watch runs through
+    consumers instead (dagnats/client/live_watch.py)."""
+    try:
+        if not await ensure_history_republish(admin):
+            log.warning("the history stream republishes elsewhere (its own `republish`): run "
+                        "watches use consumers")  # fmt: skip
+    except (nats.errors.Error, nats.js.errors.Error) as error:
+        log.warning("the history stream's republish could not be set (%s): run watches use "
+                    "consumers", error)  # fmt: skip

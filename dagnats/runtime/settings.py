@@ -121,6 +121,9 @@ append_attempts_max: Final = 10  # OCC conflicts in a row before a command is re
 effects_in_flight_max: Final = 256
 resume_concurrency_max: Final = 16
 run_cache_max: Final = 10_000
+# Workflows a StartRun carried that the engine found valid, remembered by their bytes' digest
+# (runtime/engine.py): a run of one of them is not validated again (~70 us for 10 steps).
+valid_workflows_remembered_max: Final = 256
 # Admission (dagnats/runtime/admission_compact.py): an admission gate's or task limiter's
 # messages since its last snapshot before the engine snapshots it and purges below.
 admission_compact_after: Final = 1_000

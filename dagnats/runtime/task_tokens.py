@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import OrderedDict
 from typing import Final
 
 from kernel.commands import AnyCommand, CompleteTask, FailTask, TaskStarted
@@ -25,6 +26,7 @@ from kernel.effects import task_msg_id
 TASK_TOKEN_HEADER: Final = "Dagnats-Task-Token"
 _DERIVATION: Final = b"dagnats task tokens v1\x00"
 token_hex_length: Final = 32  # 128 bits of the HMAC-SHA256: ample against guessing
+signed_tokens_remembered_max: Final = 4_096  # tokens kept for the results that come back
 
 
 class TaskTokens:
@@ -33,11 +35,18 @@ class TaskTokens:
     def __init__(self, engine_secret: str) -> None:
         assert engine_secret, "an empty secret signs nothing"
         self._key = hashlib.sha256(_DERIVATION + engine_secret.encode()).digest()
+        # The tokens signed last: a task's token is asked again when its result comes back.
+        self._signed: OrderedDict[str, str] = OrderedDict()
 
     def sign(self, msg_id: str) -> str:
         """The token of the task published under `msg_id` (`<run>:<step>:<attempt>`)."""
-        digest = hmac.new(self._key, msg_id.encode(), hashlib.sha256).hexdigest()
-        return digest[:token_hex_length]
+        token = self._signed.get(msg_id)
+        if token is None:
+            digest = hmac.new(self._key, msg_id.encode(), hashlib.sha256).hexdigest()
+            token = self._signed[msg_id] = digest[:token_hex_length]
+            if len(self._signed) > signed_tokens_remembered_max:
+                self._signed.popitem(last=False)
+        return token
 
     def refusal(self, command: AnyCommand, token: str | None) -> str | None:
         """Why a result may not be decided (None: it may, or it is not a result). The

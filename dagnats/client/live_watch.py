@@ -1,0 +1,225 @@
+"""Watching a run's history as it is stored, through a core subscription (no consumer).
+
+The history stream republishes each message it stores on `dagnats.stored.<run_id>`
+(runtime/resources.py `history_republish`), with headers naming the message's stream
+sequence (`Nats-Sequence`) and the run's message before it (`Nats-Last-Sequence`, 0 for its
+first). A `LiveWatch` is one core subscription to its run's subject: opening and closing it
+asks nats-server nothing (an ordered consumer per watch cost nats-server about 0.7 ms of CPU
+to make and delete, more than all the other messages of a 1-step run), and a message reaches
+it as soon as it is stored. Only stored messages are republished: a publish the stream
+refused (an engine's append that lost to another's) never reaches a watch.
+
+What a core subscription can miss, the watch reads from the stream (`JetStreamEventLog.read`,
+after the last sequence it gave, at most `live_read_messages_max` messages a read):
+- before a message whose `Nats-Last-Sequence` is not the last sequence given: a gap
+  (messages stored before the subscription existed, or dropped on the way);
+- what the run holds already, at once, when it opens with `stored=True` (a `wait` for a run
+  this client did not start; `start` opens its watch before it sends the StartRun);
+- after a reconnect (what was published while the connection was down never comes: the
+  watch is woken by the reconnect, `js_publish.listen`), and after `live_check_s` without a
+  message, then twice as long each time up to
+  `live_check_s_max` (a message lost with nothing after it, its run's end say, is found).
+A message at or before the last sequence given is skipped (a read already gave it).
+
+`open_watch` gives a `LiveWatch` when the history stream republishes as expected (asked
+once per connection), else a `RunWatch` (an ordered consumer, client/watches.py), so a
+deployment whose history stream has no `republish` yet works as before. This module
+subscribes and reads; it writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections import deque
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from dagnats.client.watches import RunWatch, Seen, Watch
+from dagnats.runtime.js_publish import listen
+from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.parked import decode_message
+from dagnats.runtime.resources import HISTORY_STREAM, republishes, stored_subject
+
+live_check_s: Final = 0.5  # silence before the watch reads the stream once (then doubled)
+live_check_s_max: Final = 4.0  # the longest silence between two reads of a quiet run
+live_read_messages_max: Final = 1_024  # messages one read of the stream holds (memory bound)
+live_pending_messages_max: Final = 65_536  # a subscription holds at most (then drops)
+live_pending_bytes_max: Final = 64 * 1024 * 1024
+SEQUENCE_HEADER: Final = "Nats-Sequence"
+LAST_SEQUENCE_HEADER: Final = "Nats-Last-Sequence"
+
+# Whether each connection's history stream republishes (asked once per connection).
+_republishing: weakref.WeakKeyDictionary[NatsClient, bool] = weakref.WeakKeyDictionary()
+
+
+async def open_watch(
+    js: JetStreamContext, run_id: str, after_seq: int = 0, *, stored: bool = True
+) -> Watch:
+    """A watch of the run's history messages after `after_seq`: live (a core subscription)
+    where the history stream republishes, else an ordered consumer. `stored=False`: the
+    caller knows the run holds nothing after `after_seq` yet (the first read waits for
+    `live_check_s` of silence)."""
+    if await republishing(js):
+        return await LiveWatch.open(js, run_id, after_seq, stored=stored)
+    return await RunWatch.open(js, run_id, after_seq)
+
+
+async def republishing(js: JetStreamContext) -> bool:
+    """Whether the history stream republishes its messages as `LiveWatch` expects (one
+    stream info per connection; a failed one is asked again next time)."""
+    known = _republishing.get(js._nc)
+    if known is None:
+        try:
+            info = await js.stream_info(HISTORY_STREAM)
+        except (nats.errors.Error, nats.js.errors.Error):
+            return False
+        known = _republishing[js._nc] = republishes(info.config)
+    return known
+
+
+class LiveWatch:
+    """History messages of one run after `last_seq`, as they are stored (module docstring)."""
+
+    def __init__(
+        self, run_id: str, js: JetStreamContext, subscription: Subscription, after_seq: int,
+        stored: bool,
+    ) -> None:  # fmt: skip
+        assert after_seq >= 0, after_seq
+        self.run_id = run_id
+        self.seen: list[Seen] = []  # read by `start`, handed to `wait` first
+        self.closed = False
+        self.last_seq = after_seq  # of the last message given
+        self.reads = 0  # reads of the stream that found messages (gaps, checks)
+        self._js = js
+        self._subscription = subscription
+        self._history: JetStreamEventLog | None = None
+        self._read: deque[Seen] = deque()  # read from the stream, not given yet
+        self._check_s = live_check_s
+        self._check_at = 0.0 if stored else time.monotonic() + live_check_s
+        self._reconnects = self._reconnect_count()
+        listen(js._nc, self)
+
+    @classmethod
+    async def open(
+        cls, js: JetStreamContext, run_id: str, after_seq: int = 0, *, stored: bool = True
+    ) -> LiveWatch:
+        subscription = await js._nc.subscribe(
+            stored_subject(run_id), pending_msgs_limit=live_pending_messages_max,
+            pending_bytes_limit=live_pending_bytes_max,
+        )  # fmt: skip
+        return cls(run_id, js, subscription, after_seq, stored)
+
+    @property
+    def reopened(self) -> int:
+        """Reads of the stream that found messages (as `RunWatch.reopened` counts reopens)."""
+        return self.reads
+
+    def _reconnect_count(self) -> int:
+        return int(self._js._nc.stats["reconnects"])
+
+    def connection_lost(self) -> None:
+        pass  # (what is missed meanwhile is read once the connection is back)
+
+    def connection_back(self) -> None:
+        """Wake a `next` waiting for a message: it reads what was stored meanwhile (a message
+        without headers makes it read the stream, as a gap does)."""
+        if not self.closed and not self._subscription._pending_queue.full():
+            wake = Msg(self._js._nc, subject=self._subscription.subject, data=b"")
+            self._subscription._pending_queue.put_nowait(wake)
+
+    async def next(self, deadline: float) -> Seen | None:
+        """The next decision, or None when the monotonic `deadline` passes first.
+
+        Raises:
+            RunParkedError: the message does not decode (naming the run and the sequence).
+            HistoryReadError: a read of the stream stalled.
+        """
+        assert not self.closed, f"watch of {self.run_id} is closed"
+        while True:
+            if self._read:
+                return self._give(self._read.popleft())
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            if now >= self._check_at or self._reconnect_count() != self._reconnects:
+                await self._read_stored(now)
+                continue
+            message = await self._receive(min(deadline, self._check_at) - now)
+            if message is None:
+                continue
+            sequences = _sequences(message)
+            if sequences is not None and sequences[0] <= self.last_seq:
+                continue  # given already, by a read of the stream
+            if sequences is None or sequences[1] != self.last_seq:
+                await self._read_stored(now)  # the gap, and this message with it
+                continue
+            seq = sequences[0]
+            return self._give((seq, decode_message(self.run_id, seq, message.data)))
+
+    def _give(self, item: Seen) -> Seen:
+        assert item[0] > self.last_seq, (item[0], self.last_seq)
+        self.last_seq = item[0]
+        self._check_s = live_check_s
+        self._check_at = time.monotonic() + live_check_s
+        return item
+
+    async def _receive(self, timeout_s: float) -> Msg | None:
+        """The subscription's next message within `timeout_s` (None: none came)."""
+        queue = self._subscription._pending_queue
+        if queue.empty():
+            try:
+                async with asyncio.timeout(max(0.0, timeout_s)):
+                    message = await queue.get()
+            except TimeoutError:
+                return None
+        else:
+            message = queue.get_nowait()
+        self._subscription._pending_size -= len(message.data)
+        queue.task_done()
+        return message
+
+    async def _read_stored(self, now: float) -> None:
+        """Read what the run's history holds after the last sequence given (at most
+        `live_read_messages_max`; the next read is due at once when there is more)."""
+        self._reconnects = self._reconnect_count()
+        if self._history is None:
+            self._history = JetStreamEventLog(self._js)
+        read = self._history.read(self.run_id, after_seq=self.last_seq)
+        async with contextlib.aclosing(read) as messages:
+            async for seq, data in messages:
+                self._read.append((seq, decode_message(self.run_id, seq, data)))
+                if len(self._read) >= live_read_messages_max:
+                    break
+        if self._read:
+            self.reads += 1
+        full = len(self._read) >= live_read_messages_max
+        self._check_s = min(self._check_s * 2, live_check_s_max)
+        self._check_at = 0.0 if full else now + self._check_s
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(nats.errors.Error):
+            await self._subscription.unsubscribe()
+
+
+def _sequences(message: Msg) -> tuple[int, int] | None:
+    """(its stream sequence, the run's message before it) from a republished message's
+    headers; None when they are missing or not numbers (read from the stream instead)."""
+    headers = message.headers
+    if headers is None:
+        return None
+    try:
+        return int(headers[SEQUENCE_HEADER]), int(headers.get(LAST_SEQUENCE_HEADER, "0"))
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,237 @@
+"""A run's live watch (client/live_watch.py): a core subscription to what the history stream
+republishes, against a real nats-server. It gives every stored message of the run once, in
+order, and nothing the stream refused; what its subscription missed (messages stored before
+it existed, a gap, a reconnect, a lost last message) it reads from the stream. Where the
+history stream does not republish, `open_watch` gives an ordered consumer as before, and
+serve's admin gives an older stream its republish."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import nats.js.errors
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from dagnats.client import live_watch
+from dagnats.client.live_watch import LiveWatch, open_watch, republishing
+from dagnats.client.watches import RunWatch, Seen
+from dagnats.runtime.nats_server import EmbeddedNats
+from dagnats.runtime.resources import (
+    HISTORY_STREAM,
+    ensure_history_republish,
+    ensure_resources,
+    history_subject,
+    republishes,
+)
+from kernel import codec
+from kernel.commands import AnyCommand, CancelRun, SendSignal
+from kernel.decide import decide
+from kernel.reducer import evolve
+from kernel.state import RunState
+from tests.nats_fixtures import unique
+from tests.test_js_publish import start_run
+
+WAIT_S = 20.0
+EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+
+
+@pytest_asyncio.fixture
+async def js(private_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(private_server.url)
+    context = nc.jetstream()
+    await ensure_resources(context)
+    yield context
+    await nc.close()
+
+
+class History:
+    """A run's history written as the engine writes it: each append under the run's last
+    sequence (so the stream refuses an append on a stale one)."""
+
+    def __init__(self, js: JetStreamContext, run_id: str) -> None:
+        self.js = js
+        self.run_id = run_id
+        self.last_seq = 0
+        self.state: RunState | None = None
+        self.commands: list[AnyCommand] = []
+
+    async def start(self) -> int:
+        command, self.state, data = start_run(self.run_id)
+        return await self._append(command, data)
+
+    async def signal(self, name: str) -> int:
+        return await self.decide(SendSignal(run_id=self.run_id, at_ms=2, name=name))
+
+    async def cancel(self) -> int:
+        return await self.decide(CancelRun(run_id=self.run_id, at_ms=3, reason="test"))
+
+    async def decide(self, command: SendSignal | CancelRun) -> int:
+        assert self.state is not None
+        events = decide(self.state, command)
+        assert isinstance(events, tuple) and events, events
+        for event in events:
+            self.state = evolve(self.state, event)
+        return await self._append(command, codec.encode_decision(command, events))
+
+    async def _append(self, command: AnyCommand, data: bytes) -> int:
+        headers = {EXPECTED_LAST: str(self.last_seq)}
+        ack = await self.js.publish(history_subject(self.run_id), data, headers=headers)
+        self.last_seq = ack.seq
+        self.commands.append(command)
+        return ack.seq
+
+
+async def given(watch: LiveWatch | RunWatch, count: int) -> list[Seen]:
+    items: list[Seen] = []
+    deadline = time.monotonic() + WAIT_S
+    for _ in range(count):
+        item = await watch.next(deadline)
+        assert item is not None, f"{len(items)} of {count} given"
+        items.append(item)
+    return items
+
+
+async def test_a_live_watch_gives_each_stored_message_once_and_none_the_stream_refused(
+    js: JetStreamContext,
+) -> None:
+    run = History(js, unique("live"))
+    watch = await LiveWatch.open(js, run.run_id, stored=False)
+    try:
+        first = await run.start()
+        with pytest.raises(nats.js.errors.APIError):  # an append on a stale sequence: refused
+            await js.publish(
+                history_subject(run.run_id), b'{"refused":true}', headers={EXPECTED_LAST: "0"}
+            )
+        second = await run.signal("go")
+        items = await given(watch, 2)
+        assert [seq for seq, _ in items] == [first, second]
+        assert [decision.command for _, decision in items] == run.commands
+        assert watch.reads == 0, "everything came live: the stream was never read"
+    finally:
+        await watch.close()
+
+
+async def test_a_watch_of_a_run_with_history_reads_it_first_then_goes_on_live(
+    js: JetStreamContext,
+) -> None:
+    run = History(js, unique("before"))
+    stored = [await run.start(), await run.signal("a")]
+    watch = await LiveWatch.open(js, run.run_id)  # stored=True: reads what the run holds
+    try:
+        assert [seq for seq, _ in await given(watch, 2)] == stored
+        third = await run.cancel()
+        assert [seq for seq, _ in await given(watch, 1)] == [third]
+        assert watch.reads == 1
+    finally:
+        await watch.close()
+
+
+async def test_a_gap_is_read_from_the_stream_before_the_message_after_it(
+    js: JetStreamContext,
+) -> None:
+    run = History(js, unique("gap"))
+    first = await run.start()  # stored before the watch exists; the watch is told nothing
+    watch = await LiveWatch.open(js, run.run_id, stored=False)
+    try:
+        second = await run.signal("b")  # names `first` as the run's message before it
+        items = await given(watch, 2)
+        assert [seq for seq, _ in items] == [first, second], "the missed one first, in order"
+        assert watch.reads == 1
+    finally:
+        await watch.close()
+
+
+async def test_a_missed_last_message_is_found_when_the_watch_hears_nothing(
+    js: JetStreamContext,
+) -> None:
+    run = History(js, unique("quiet"))
+    stored = [await run.start(), await run.cancel()]  # the run ended before the watch opened
+    watch = await LiveWatch.open(js, run.run_id, stored=False)
+    try:
+        items = await given(watch, 2)  # after live_check_s without a message
+        assert [seq for seq, _ in items] == stored
+        assert watch.reads == 1
+        assert await watch.next(time.monotonic() + live_watch.live_check_s) is None
+    finally:
+        await watch.close()
+
+
+async def test_a_live_watch_finds_what_was_stored_while_its_connection_was_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No read after a silence within the test: only the reconnect can make the watch read.
+    monkeypatch.setattr(live_watch, "live_check_s", WAIT_S * 10)
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    port = int(server.url.rsplit(":", 1)[1])
+    # The watch's connection comes back slowly; another one, quick, appends meanwhile.
+    slow = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=1.0)
+    quick: NatsClient | None = None
+    try:
+        js = slow.jetstream()
+        await ensure_resources(js)
+        run = History(js, unique("outage"))
+        watch = await LiveWatch.open(js, run.run_id, stored=False)
+        first = await run.start()
+        assert [seq for seq, _ in await given(watch, 1)] == [first]
+        assert watch.reads == 0
+        waiting = asyncio.create_task(given(watch, 1))  # waits through the outage
+        await server.stop()
+        server = EmbeddedNats(tmp_path / "nats", port=port)
+        await server.start()
+        quick = await nats.connect(server.url)
+        run.js = quick.jetstream()
+        second = await run.signal("during")  # the watch's subscription is not back yet
+        assert not slow.is_connected
+        assert not waiting.done()
+        items = await asyncio.wait_for(waiting, WAIT_S)
+        assert [seq for seq, _ in items] == [second]
+        assert watch.reads == 1, "the reconnect made the watch read the stream"
+        await watch.close()
+    finally:
+        await slow.close()
+        if quick is not None:
+            await quick.close()
+        await server.stop()
+
+
+async def test_without_republish_a_watch_is_an_ordered_consumer_and_serve_adds_it(
+    private_server: EmbeddedNats,
+) -> None:
+    nc = await nats.connect(private_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_resources(js)
+        info = await js.stream_info(HISTORY_STREAM)
+        assert republishes(info.config)
+        await js.update_stream(info.config.evolve(republish=None))  # as an older version made it
+        older = await nats.connect(private_server.url)
+        try:
+            older_js = older.jetstream()
+            assert not await republishing(older_js)
+            run = History(older_js, unique("older"))
+            first = await run.start()
+            watch = await open_watch(older_js, run.run_id)
+            assert isinstance(watch, RunWatch)
+            assert [seq for seq, _ in await given(watch, 1)] == [first]
+            await watch.close()
+        finally:
+            await older.close()
+        assert await ensure_history_republish(js)  # serve's admin, at its start
+        assert republishes((await js.stream_info(HISTORY_STREAM)).config)
+        newer = await nats.connect(private_server.url)
+        try:
+            watch = await open_watch(newer.jetstream(), unique("newer"))
+            assert isinstance(watch, LiveWatch)
+            await watch.close()
+        finally:
+            await newer.close()
+    finally:
+        await nc.close()
