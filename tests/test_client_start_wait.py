@@ -344,21 +344,25 @@ async def test_the_engine_validates_a_workflow_once_and_still_refuses_an_invalid
         return real_validate(workflow)
 
     monkeypatch.setattr(engine_module, "validate_workflow", counted)
-    bad = StartRun(
-        run_id=unique("bad"), at_ms=now_ms(), seed=new_seed(), workflow=BROKEN,
-        input=msgspec.Raw(b"null"),
-    )  # fmt: skip
+    bad = [
+        StartRun(run_id=unique("bad"), at_ms=now_ms(), seed=new_seed(), workflow=BROKEN,
+                 input=msgspec.Raw(b"null"))
+        for _ in range(2)
+    ]  # fmt: skip
     js = client.connection.js
     async with engine(private_server.url, tmp_path / "data"):
         for _ in range(3):
             state = await client.wait(await client.start(NAP), timeout_s=wait_s)
             assert state.status == "completed", state.status
-        await client.send(bad)  # past the client's check, as another client might
+        for command in bad:  # past the client's check, as another client might
+            await client.send(command)
 
         async def dead_lettered() -> bool:
-            return any(bad.run_id.encode() in letter.data for letter in await read_dead(js))
+            letters = [letter.data for letter in await read_dead(js)]
+            return all(any(c.run_id.encode() in data for data in letters) for c in bad)
 
-        await wait_for(dead_lettered, timeout_ms=15_000, what="the bad start dead-lettered")
+        await wait_for(dead_lettered, timeout_ms=15_000, what="both bad starts dead-lettered")
     assert validated.count(NAP.name) == 1, validated  # three runs, one validation
-    assert validated.count(BROKEN.name) == 1, validated
-    assert await client.connection.history.last_seq(bad.run_id) == 0, "no history for it"
+    assert validated.count(BROKEN.name) == 2, validated  # an invalid one is never remembered
+    for command in bad:
+        assert await client.connection.history.last_seq(command.run_id) == 0, "no history"

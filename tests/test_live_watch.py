@@ -19,7 +19,7 @@ import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from dagnats.client import live_watch
+from dagnats.client import Client, live_watch
 from dagnats.client.live_watch import LiveWatch, open_watch, republishing
 from dagnats.client.watches import RunWatch, Seen
 from dagnats.runtime.nats_server import EmbeddedNats
@@ -35,7 +35,8 @@ from kernel.commands import AnyCommand, CancelRun, SendSignal
 from kernel.decide import decide
 from kernel.reducer import evolve
 from kernel.state import RunState
-from tests.nats_fixtures import unique
+from tests.nats_fixtures import unique, wait_for
+from tests.test_client_start_wait import NAP
 from tests.test_js_publish import start_run
 
 WAIT_S = 20.0
@@ -235,3 +236,61 @@ async def test_without_republish_a_watch_is_an_ordered_consumer_and_serve_adds_i
             await newer.close()
     finally:
         await nc.close()
+
+
+OUTAGE_S = 6.5  # longer than a JetStream request's timeout (5 s): a read tried meanwhile fails
+
+
+async def restarted(server: EmbeddedNats, tmp_path: Path, port: int) -> EmbeddedNats:
+    """The server stopped for OUTAGE_S, then started again on its port and store."""
+    await server.stop()
+    await asyncio.sleep(OUTAGE_S)  # (the outage itself, not a wait for a condition)
+    again = EmbeddedNats(tmp_path / "nats", port=port)
+    await again.start()
+    return again
+
+
+async def test_a_wait_and_a_start_go_on_across_an_outage_longer_than_a_request(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    port = int(server.url.rsplit(":", 1)[1])
+    client = await Client.connect(server.url)
+    try:
+        js = client.connection.js
+        await ensure_resources(js)
+        run = History(js, unique("across"))
+        await run.start()
+        waiting = asyncio.create_task(client.wait(run.run_id, timeout_s=WAIT_S * 3))
+        quiet = unique("started")  # no engine: its start waits for a first decision
+        starting = asyncio.create_task(client.start(NAP, run_id=quiet, wait_started_s=WAIT_S))
+        await wait_for(lambda: quiet in client._started, timeout_ms=int(WAIT_S * 1000),
+                       what="the StartRun sent")  # fmt: skip
+        server = await restarted(server, tmp_path, port)
+        await wait_for(lambda: client.connection.nc.is_connected, timeout_ms=20_000,
+                       what="the reconnect")  # fmt: skip
+        await run.cancel()
+        state = await asyncio.wait_for(waiting, WAIT_S * 3)
+        assert state.status == "cancelled", state.status
+        assert await asyncio.wait_for(starting, WAIT_S * 2) == quiet, "the start went out"
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_a_history_longer_than_one_read_is_read_at_once_not_a_silence_each(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_watch, "live_read_messages_max", 4)
+    monkeypatch.setattr(live_watch, "live_check_s", WAIT_S * 10)  # a silence never ends here
+    run = History(js, unique("long"))
+    stored = [await run.start()]
+    stored += [await run.signal(f"s{index}") for index in range(9)]
+    stored.append(await run.cancel())
+    watch = await LiveWatch.open(js, run.run_id)
+    try:
+        assert [seq for seq, _ in await given(watch, len(stored))] == stored
+        assert watch.reads == 3, "11 messages, 4 a read"
+    finally:
+        await watch.close()

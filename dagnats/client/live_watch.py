@@ -19,7 +19,10 @@ after the last sequence it gave, at most `live_read_messages_max` messages a rea
   watch is woken by the reconnect, `js_publish.listen`), and after `live_check_s` without a
   message, then twice as long each time up to
   `live_check_s_max` (a message lost with nothing after it, its run's end say, is found).
-A message at or before the last sequence given is skipped (a read already gave it).
+A message at or before the last sequence given is skipped (a read already gave it). No read
+is made while the connection is down (its return wakes the watch); a read that fails (the
+server went away meanwhile) or runs past the caller's deadline keeps what it read, and the
+watch reads again after the next silence or reconnect: a wait across an outage goes on.
 
 `open_watch` gives a `LiveWatch` when the history stream republishes as expected (asked
 once per connection), else a `RunWatch` (an ordered consumer, client/watches.py), so a
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import weakref
 from collections import deque
@@ -45,18 +49,20 @@ from nats.js import JetStreamContext
 
 from dagnats.client.watches import RunWatch, Seen, Watch
 from dagnats.runtime.js_publish import listen
-from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.log import HistoryReadError, JetStreamEventLog
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import HISTORY_STREAM, republishes, stored_subject
 
 live_check_s: Final = 0.5  # silence before the watch reads the stream once (then doubled)
 live_check_s_max: Final = 4.0  # the longest silence between two reads of a quiet run
 live_read_messages_max: Final = 1_024  # messages one read of the stream holds (memory bound)
+live_read_s_min: Final = 0.1  # the shortest time a read is given (a deadline nearly passed)
 live_pending_messages_max: Final = 65_536  # a subscription holds at most (then drops)
 live_pending_bytes_max: Final = 64 * 1024 * 1024
 SEQUENCE_HEADER: Final = "Nats-Sequence"
 LAST_SEQUENCE_HEADER: Final = "Nats-Last-Sequence"
 
+log = logging.getLogger("dagnats.client")
 # Whether each connection's history stream republishes (asked once per connection).
 _republishing: weakref.WeakKeyDictionary[NatsClient, bool] = weakref.WeakKeyDictionary()
 
@@ -104,7 +110,8 @@ class LiveWatch:
         self._history: JetStreamEventLog | None = None
         self._read: deque[Seen] = deque()  # read from the stream, not given yet
         self._check_s = live_check_s
-        self._check_at = 0.0 if stored else time.monotonic() + live_check_s
+        self._check_at = time.monotonic() + live_check_s  # (a silence this long: a read)
+        self._read_now = stored  # a read is due as soon as the connection is up
         self._reconnects = self._reconnect_count()
         listen(js._nc, self)
 
@@ -141,7 +148,6 @@ class LiveWatch:
 
         Raises:
             RunParkedError: the message does not decode (naming the run and the sequence).
-            HistoryReadError: a read of the stream stalled.
         """
         assert not self.closed, f"watch of {self.run_id} is closed"
         while True:
@@ -150,20 +156,29 @@ class LiveWatch:
             now = time.monotonic()
             if now >= deadline:
                 return None
-            if now >= self._check_at or self._reconnect_count() != self._reconnects:
-                await self._read_stored(now)
+            connected = self._js._nc.is_connected
+            if connected and self._read_due(now):
+                await self._read_stored(now, deadline)
                 continue
-            message = await self._receive(min(deadline, self._check_at) - now)
+            # (while the connection is down, no read: its return wakes the watch)
+            until = min(deadline, self._check_at) if connected else deadline
+            message = await self._receive(until - now)
             if message is None:
                 continue
             sequences = _sequences(message)
             if sequences is not None and sequences[0] <= self.last_seq:
                 continue  # given already, by a read of the stream
             if sequences is None or sequences[1] != self.last_seq:
-                await self._read_stored(now)  # the gap, and this message with it
+                self._read_now = True  # the gap, and this message with it, from the stream
                 continue
             seq = sequences[0]
             return self._give((seq, decode_message(self.run_id, seq, message.data)))
+
+    def _read_due(self, now: float) -> bool:
+        """Whether to read the stream now: a gap, more than one read held, a reconnect, or
+        a silence of `_check_s`."""
+        reconnected = self._reconnect_count() != self._reconnects
+        return self._read_now or reconnected or now >= self._check_at
 
     def _give(self, item: Seen) -> Seen:
         assert item[0] > self.last_seq, (item[0], self.last_seq)
@@ -187,23 +202,36 @@ class LiveWatch:
         queue.task_done()
         return message
 
-    async def _read_stored(self, now: float) -> None:
+    async def _read_stored(self, now: float, deadline: float) -> None:
         """Read what the run's history holds after the last sequence given (at most
-        `live_read_messages_max`; the next read is due at once when there is more)."""
-        self._reconnects = self._reconnect_count()
+        `live_read_messages_max`: another read is due at once when there is more), within
+        the caller's `deadline`. A read that fails keeps what it read; the next is due after
+        the next silence, or at a reconnect."""
+        reconnects = self._reconnect_count()
         if self._history is None:
             self._history = JetStreamEventLog(self._js)
-        read = self._history.read(self.run_id, after_seq=self.last_seq)
+        held = len(self._read)
+        self._check_s = min(self._check_s * 2, live_check_s_max)
+        self._check_at = now + self._check_s
+        self._read_now = False
+        try:
+            async with asyncio.timeout(max(live_read_s_min, deadline - now)):
+                await self._read_into(self._history)
+        except (nats.errors.Error, nats.js.errors.Error, HistoryReadError, TimeoutError) as error:
+            log.debug("run %s: watch could not read the history (%s)", self.run_id, error)
+            return
+        self._reconnects = reconnects
+        self._read_now = len(self._read) >= live_read_messages_max
+        if len(self._read) > held:
+            self.reads += 1
+
+    async def _read_into(self, history: JetStreamEventLog) -> None:
+        read = history.read(self.run_id, after_seq=self.last_seq)
         async with contextlib.aclosing(read) as messages:
             async for seq, data in messages:
                 self._read.append((seq, decode_message(self.run_id, seq, data)))
                 if len(self._read) >= live_read_messages_max:
                     break
-        if self._read:
-            self.reads += 1
-        full = len(self._read) >= live_read_messages_max
-        self._check_s = min(self._check_s * 2, live_check_s_max)
-        self._check_at = 0.0 if full else now + self._check_s
 
     async def close(self) -> None:
         if self.closed:
