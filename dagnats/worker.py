@@ -190,7 +190,8 @@ class Worker:
         # Handlers that ignored their cancellation past the grace: left running, not counted.
         self.hung: set[asyncio.Task[_Returned | _Raised]] = set()
         self._slots: asyncio.Semaphore | None = None  # set by serve (the simulator runs jobs)
-        self._wake = asyncio.Event()  # a job ended or a poll came back: look again
+        self._wake = asyncio.Event()  # a poll came back, a slot freed (when needed), stop
+        self._fetching: FetchLoop | None = None  # told when a job ends (it may want the slot)
         # Deliveries of each attempt this process runs, and recently finished attempts: a
         # repeat delivery after a server crash must not run a handler twice.
         self._running: dict[str, list[TaskMessage]] = {}
@@ -251,6 +252,7 @@ class Worker:
             outage=self._fetch_outage,
             batch_max=self.fetch_batch_max,
         )
+        self._fetching = fetching
         self._ended_runs = ended_runs_of(tasks)
         presence = presence_of(tasks, self)
         if presence is not None:
@@ -294,7 +296,8 @@ class Worker:
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._in_flight.discard(job)
-        self._wake.set()
+        if self._fetching is not None:
+            self._fetching.job_ended()
 
     async def _run_job(
         self, message: TaskMessage, commands: CommandPublisher, dead: DeadLetters
