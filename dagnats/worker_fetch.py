@@ -22,7 +22,6 @@ nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol, runtime_checkable
 
@@ -41,6 +40,15 @@ class ReadyTaskQueue(Protocol):
     """A task queue that can take what is waiting without waiting (`fetch_ready`)."""
 
     async def fetch_ready(self, task_type: str, *, batch: int) -> Sequence[TaskMessage]: ...
+
+
+@runtime_checkable
+class PollingTaskQueue(Protocol):
+    """A task queue whose long polls are futures (`poll`: no task per poll)."""
+
+    async def poll(
+        self, task_type: str, *, timeout_ms: int
+    ) -> asyncio.Future[Sequence[TaskMessage]]: ...
 
 
 class FetchLoop:
@@ -64,13 +72,14 @@ class FetchLoop:
         self.names = names
         self.tasks = tasks
         self.ready = tasks if isinstance(tasks, ReadyTaskQueue) else None
+        self.pollable = tasks if isinstance(tasks, PollingTaskQueue) else None
         self.stop = stop
         self.dispatch = dispatch
         self.free_slots = free_slots
         self.wake = wake
         self.outage = outage
         self.batch_max = batch_max
-        self.polls: dict[str, asyncio.Task[Sequence[TaskMessage]]] = {}
+        self.polls: dict[str, asyncio.Future[Sequence[TaskMessage]]] = {}
         self.slots_full = False  # the loop waits with every slot taken (`job_ended` wakes it)
 
     async def run(self) -> None:
@@ -87,7 +96,7 @@ class FetchLoop:
                 if taken or self.stop.is_set():
                     continue
                 if free > 0:  # nothing waiting anywhere: one long poll per idle type
-                    self._poll_idle(names)
+                    await self._poll_idle(names)
                 # With a free slot every type is polled: a job that ends changes nothing, so
                 # it wakes the loop only when the slots were full (`job_ended`).
                 self.slots_full = free <= 0
@@ -115,14 +124,23 @@ class FetchLoop:
             self.dispatch(messages)
         return free, taken
 
-    def _poll_idle(self, names: list[str]) -> None:
+    async def _poll_idle(self, names: list[str]) -> None:
         for name in names:
-            if name not in self.polls:
+            if name in self.polls:
+                continue
+            poll: asyncio.Future[Sequence[TaskMessage]]
+            if self.pollable is None:
                 poll = asyncio.create_task(
                     self.tasks.fetch(name, batch=1, timeout_ms=fetch_timeout_ms)
                 )
-                poll.add_done_callback(self._poll_done)
-                self.polls[name] = poll
+            else:
+                try:
+                    poll = await self.pollable.poll(name, timeout_ms=fetch_timeout_ms)
+                except Exception as error:  # (the sweep after it backs off)
+                    poll = asyncio.get_running_loop().create_future()
+                    poll.set_exception(error)
+            poll.add_done_callback(self._poll_done)
+            self.polls[name] = poll
 
     def _poll_done(self, _poll: object) -> None:
         self.wake.set()
@@ -199,12 +217,16 @@ class FetchLoop:
 
 
 async def wait_set(event: asyncio.Event, timeout_ms: int) -> None:
-    """Wait until `event` is set, at most timeout_ms (one future and one timer: no task)."""
+    """Wait until `event` is set, at most timeout_ms (then it is set: look again). One future
+    and one timer: no task, no cancellation."""
     if event.is_set():
         return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_ms / 1000):
-            await event.wait()
+    loop = asyncio.get_running_loop()
+    timer = loop.call_at(loop.time() + timeout_ms / 1000, event.set)
+    try:
+        await event.wait()
+    finally:
+        timer.cancel()
 
 
 async def first_of(event: asyncio.Event, other: asyncio.Event | None, timeout_ms: int) -> None:
