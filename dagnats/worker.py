@@ -259,7 +259,9 @@ class Worker:
             for job in pending:
                 job.cancel()
             _, ignoring = await asyncio.wait(pending, timeout=self.handler_cancel_grace_ms / 1000)
-            self.hung.update(ignoring)  # (a handler that ignored it: the CLI exits without it)
+            for job in ignoring:  # its handler ignored it: the CLI exits without waiting
+                self.hung.add(job)
+                job.add_done_callback(self.hung.discard)
         if self.hung:
             self.log.warning("%d hung handler(s) left running at exit", len(self.hung))
 
