@@ -47,7 +47,7 @@ class PollingTaskQueue(Protocol):
     """A task queue whose long polls are futures (`poll`: no task per poll)."""
 
     async def poll(
-        self, task_type: str, *, timeout_ms: int
+        self, task_type: str, *, timeout_ms: int, on_end: Callable[[], None] | None = None
     ) -> asyncio.Future[Sequence[TaskMessage]]: ...
 
 
@@ -133,13 +133,16 @@ class FetchLoop:
                 poll = asyncio.create_task(
                     self.tasks.fetch(name, batch=1, timeout_ms=fetch_timeout_ms)
                 )
+                poll.add_done_callback(self._poll_done)
             else:
-                try:
-                    poll = await self.pollable.poll(name, timeout_ms=fetch_timeout_ms)
+                try:  # (it wakes the loop as it ends: no done callback to schedule)
+                    poll = await self.pollable.poll(
+                        name, timeout_ms=fetch_timeout_ms, on_end=self.wake.set
+                    )
                 except Exception as error:  # (the sweep after it backs off)
                     poll = asyncio.get_running_loop().create_future()
                     poll.set_exception(error)
-            poll.add_done_callback(self._poll_done)
+                    self.wake.set()
             self.polls[name] = poll
 
     def _poll_done(self, _poll: object) -> None:

@@ -4,7 +4,8 @@ and headers; a poll that nothing answers ends empty within its time; what it bro
 settled as nats-py's `Msg` would be (an ack removes it, a nak brings it back as a second
 delivery, a settled message refuses a second settlement, heartbeats do not settle); a
 message that comes after its poll ended is kept for the next poll, never lost; an error
-status fails the poll; one poll at a time per task type.
+status fails the poll; one poll at a time per task type; `on_end` is called once, as the
+poll ends, however it ends.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ async def test_a_poll_brings_a_task_published_while_it_waits(js: JetStreamContex
     queue = JetStreamTaskQueue(js)
     kind = task_type()
     try:
-        poll = await queue.poll(kind, timeout_ms=WAIT_MS)
-        assert not poll.done()
+        ended: list[bool] = []
+        poll = await queue.poll(kind, timeout_ms=WAIT_MS, on_end=lambda: ended.append(poll.done()))
+        assert not poll.done() and ended == []
         await queue.publish(kind, b'{"n":1}', f"{kind}:s:1")
         [message] = await asyncio.wait_for(poll, WAIT_MS / 1000 + 5)
+        assert ended == [True], "told once, as it ended"
         assert isinstance(message, RawTaskMessage)
         assert message.data == b'{"n":1}'
         assert message.subject.endswith(kind)
@@ -67,9 +70,11 @@ async def test_a_poll_nothing_answers_ends_empty_and_another_may_follow(
     queue = JetStreamTaskQueue(js)
     kind = task_type()
     try:
-        for _ in range(3):  # (each ends by the server's 408 or, at the latest, its timer)
-            poll = await queue.poll(kind, timeout_ms=SHORT_MS)
+        ended: list[int] = []
+        for index in range(3):  # (each ends by the server's 408 or, at the latest, its timer)
+            poll = await queue.poll(kind, timeout_ms=SHORT_MS, on_end=lambda: ended.append(1))
             assert await asyncio.wait_for(poll, WAIT_MS / 1000) == []
+            assert len(ended) == index + 1
         await queue.publish(kind, b"x", f"{kind}:s:1")
         [message] = await polled(queue, kind)
         assert message.data == b"x"
@@ -113,7 +118,10 @@ async def test_a_task_that_comes_after_its_poll_ended_is_kept_for_the_next_poll(
         await wait_for(lambda: len(polls.left) == 1, timeout_ms=WAIT_MS, what="the late task")
         nats_client = js._nc
         requests_before = nats_client.stats["out_msgs"]
-        [message] = await polled(queue, kind)
+        ended: list[int] = []
+        taken = await queue.poll(kind, timeout_ms=WAIT_MS, on_end=lambda: ended.append(1))
+        assert taken.done() and ended == [1], "ended at once"
+        [message] = taken.result()
         assert nats_client.stats["out_msgs"] == requests_before, "taken without a request"
         assert message.data == b"late" and polls.left == []
         await message.ack()
@@ -127,7 +135,8 @@ async def test_an_error_status_fails_the_poll_and_one_poll_runs_at_a_time(
     queue = JetStreamTaskQueue(js)
     kind = task_type()
     try:
-        poll = await queue.poll(kind, timeout_ms=WAIT_MS)
+        ended: list[int] = []
+        poll = await queue.poll(kind, timeout_ms=WAIT_MS, on_end=lambda: ended.append(1))
         polls = queue._polls[kind]
         with pytest.raises(AssertionError, match="one poll at a time"):
             await queue.poll(kind, timeout_ms=WAIT_MS)
@@ -135,7 +144,7 @@ async def test_an_error_status_fails_the_poll_and_one_poll_runs_at_a_time(
         await polls._on_message(polls.inbox.encode(), b"", b"", b"NATS/1.0 400 Bad Request\r\n\r\n")
         with pytest.raises(nats.js.errors.APIError) as refused:
             poll.result()
-        assert refused.value.code == 400
+        assert refused.value.code == 400 and ended == [1]
     finally:
         await queue.close()
 

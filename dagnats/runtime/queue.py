@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import nats.errors
@@ -184,12 +184,12 @@ class JetStreamTaskQueue:
         return [JetStreamMessage(message) for message in messages]
 
     async def poll(
-        self, task_type: str, *, timeout_ms: int
+        self, task_type: str, *, timeout_ms: int, on_end: Callable[[], None] | None = None
     ) -> asyncio.Future[Sequence[TaskMessage]]:
         """Send one long poll for a task of `task_type` (runtime/task_polls: its answer read
         raw, without a task or a `Msg`); the future of what it brings within timeout_ms ([]
-        when nothing came). One poll at a time per task type; it may run beside `fetch` and
-        `fetch_ready` (its own inbox).
+        when nothing came), `on_end` called as it ends. One poll at a time per task type; it
+        may run beside `fetch` and `fetch_ready` (its own inbox).
 
         Raises:
             nats.errors.ConnectionClosedError: the connection is closed.
@@ -198,7 +198,7 @@ class JetStreamTaskQueue:
         if polls is None:
             subscription = await self._subscription(task_type)
             polls = self._polls[task_type] = TaskPolls(subscription._nc, subscription._nms)
-        return await polls.poll(timeout_ms)
+        return await polls.poll(timeout_ms, on_end)
 
     async def _subscription(self, task_type: str) -> JetStreamContext.PullSubscription:
         """The pull subscription of a task type's durable consumer (bound on first use)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import nats.errors
@@ -165,11 +165,16 @@ class TaskPolls:
         self._inbox: Subscription | None = None
         self._future: asyncio.Future[Sequence[TaskMessage]] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._on_end: Callable[[], None] | None = None
         self._ends_from = 0.0  # loop time from which a 408/409/404 is this poll's end
         self.left: list[TaskMessage] = []  # came after their poll ended
 
-    async def poll(self, timeout_ms: int) -> asyncio.Future[Sequence[TaskMessage]]:
+    async def poll(
+        self, timeout_ms: int, on_end: Callable[[], None] | None = None
+    ) -> asyncio.Future[Sequence[TaskMessage]]:
         """Send a pull request for one message; the future of its answer (within timeout_ms).
+        `on_end` is called as the future ends (in the read loop, no callback scheduled after
+        it: the fetch loop wakes one loop iteration sooner), unless it is cancelled.
 
         Raises:
             nats.errors.ConnectionClosedError: the connection is closed.
@@ -180,6 +185,8 @@ class TaskPolls:
         future: asyncio.Future[Sequence[TaskMessage]] = loop.create_future()
         if self.left:
             future.set_result([self.left.pop(0)])
+            if on_end is not None:
+                on_end()
             return future
         if self._inbox is None:
             await self._open()
@@ -190,7 +197,7 @@ class TaskPolls:
         ))  # fmt: skip
         expires_ns = int((timeout_s - margin_s) * 1_000_000_000)
         now = loop.time()
-        self._future = future
+        self._future, self._on_end = future, on_end
         self._ends_from = now + timeout_s - margin_s
         self._expiry = loop.call_at(now + timeout_s, self._expire, future)
         try:
@@ -198,6 +205,7 @@ class TaskPolls:
                 self.next_subject, b'{"batch":1,"expires":%d}' % expires_ns, reply=self.inbox
             )
         except BaseException:
+            self._on_end = None
             self._end()
             future.cancel()
             raise
@@ -223,17 +231,15 @@ class TaskPolls:
         if headers is not None and headers[STATUS_AT - 1 : STATUS_AT] == b" ":
             self._on_status(headers)
             return
-        future = self._future
+        waiting = self._future is not None and not self._future.done()
         try:
             message = RawTaskMessage(self.client, subject, reply, data, headers)
         except nats.errors.NotJSMessageError as error:
-            if future is not None and not future.done():
-                self._end()
-                future.set_exception(error)
+            if waiting:
+                self._finish(error)
             return
-        if future is not None and not future.done():
-            self._end()
-            future.set_result([message])
+        if waiting:
+            self._finish([message])
         elif len(self.left) < left_over_max:
             self.left.append(message)
         else:  # (a bound, never reached in practice: one message per request at most)
@@ -247,19 +253,29 @@ class TaskPolls:
         if code in STATUS_ENDS:
             if asyncio.get_running_loop().time() < self._ends_from:
                 return  # an earlier request's end, answered late: the wait goes on
-            self._end()
-            future.set_result([])
+            self._finish([])
             return
         line = headers[STATUS_AT:].split(b"\r\n", 1)[0].decode(errors="replace")
-        self._end()
         status = int(code) if code.isdigit() else None
-        future.set_exception(nats.js.errors.APIError(code=status, description=line))
+        self._finish(nats.js.errors.APIError(code=status, description=line))
 
     def _expire(self, future: asyncio.Future[Sequence[TaskMessage]]) -> None:
-        if future is self._future:
+        if future is self._future and not future.done():
             self._expiry = None
-        if not future.done():
-            future.set_result([])
+            self._finish([])
+
+    def _finish(self, outcome: list[TaskMessage] | Exception) -> None:
+        """End the waiting poll with `outcome`, then tell `on_end`."""
+        future, on_end = self._future, self._on_end
+        assert future is not None and not future.done()
+        self._on_end = None
+        self._end()
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+        if on_end is not None:
+            on_end()
 
     def _end(self) -> None:
         expiry, self._expiry = self._expiry, None
