@@ -3,7 +3,8 @@ a real nats-server: a poll brings a task published while it waits, with its deli
 and headers; a poll that nothing answers ends empty within its time; what it brought is
 settled as nats-py's `Msg` would be (an ack removes it, a nak brings it back as a second
 delivery, a settled message refuses a second settlement, heartbeats do not settle); a
-message that comes after its poll ended is kept for the next poll, never lost; an error
+message that comes after its poll ended is kept for the next poll (given back with a nak
+when the queue closes first), never lost; an error
 status fails the poll; one poll at a time per task type; `on_end` is called once, as the
 poll ends, however it ends.
 """
@@ -159,3 +160,24 @@ async def test_a_closed_inbox_leaves_the_router_and_the_poll_ends_at_its_time(
     await queue.close()
     assert await asyncio.wait_for(poll, WAIT_MS / 1000) == []
     assert polls.inbox and queue._polls == {}
+
+
+async def test_a_task_kept_for_a_next_poll_that_never_comes_is_given_back_at_close(
+    js: JetStreamContext,
+) -> None:
+    long_ack_wait_ms = 3 * WAIT_MS  # it comes back within WAIT_MS only if given back
+    queue = JetStreamTaskQueue(js, ack_wait_ms=long_ack_wait_ms)
+    kind = task_type()
+    poll = await queue.poll(kind, timeout_ms=WAIT_MS)
+    polls = queue._polls[kind]
+    polls._expire(poll)
+    await queue.publish(kind, b"kept", f"{kind}:s:1")
+    await wait_for(lambda: len(polls.left) == 1, timeout_ms=WAIT_MS, what="the late task")
+    await queue.close()  # a nak: delivered again at once, not after the ack wait
+    other = JetStreamTaskQueue(js, ack_wait_ms=long_ack_wait_ms)
+    try:
+        [message] = await polled(other, kind)
+        assert message.data == b"kept" and message.num_delivered == 2
+        await message.ack()
+    finally:
+        await other.close()

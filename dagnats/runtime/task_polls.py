@@ -217,13 +217,18 @@ class TaskPolls:
         _router(self.client).handlers[self._inbox._id] = self._on_message
 
     async def close(self) -> None:
-        """Unsubscribe the inbox (a poll waiting ends with [] at its time)."""
+        """Unsubscribe the inbox (a poll waiting ends with [] at its time) and give back what
+        came after its poll ended (a nak: another worker takes it at once)."""
         inbox, self._inbox = self._inbox, None
         if inbox is None:
             return
         _router(self.client).handlers.pop(inbox._id, None)
-        if not self.client.is_closed:
-            await inbox.unsubscribe()
+        if self.client.is_closed:
+            return
+        await inbox.unsubscribe()
+        left, self.left = self.left, []
+        for message in left:
+            await message.nak()
 
     async def _on_message(
         self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
