@@ -53,7 +53,8 @@ class PollingTaskQueue(Protocol):
 
 class FetchLoop:
     """Fetch tasks of `names` until `stop`, handing each batch to `dispatch`; `free_slots`
-    says how many more jobs may start; `wake` is set when a job ends."""
+    says how many more jobs may start; `wake` is what the loop waits on (set as a poll ends,
+    by `job_ended` when every slot was taken, and at stop)."""
 
     def __init__(
         self,
