@@ -19,15 +19,17 @@ most `settings.result_send_ms_max`. On SIGTERM the worker drains: in-flight hand
 their results get at most `settings.drain_results_ms_max` more, nothing new is taken.
 
 Hostile handlers: whatever a handler raises, BaseException included (KeyboardInterrupt,
-SystemExit, GeneratorExit, its own CancelledError), is caught inside the task that runs it and
-recorded as a failure; messages and tracebacks are cut to `limits.error_message_bytes_max`
-(dagnats/worker_safety.py renders them without trusting `__str__`). A handler past its task's
-`deadline_ms` is cancelled; one that ignores it for `handler_cancel_grace_ms` is left running,
-logged once, and its slot taken back (the engine's step timer records the timeout; the worker
-sends nothing for that attempt). On SIGTERM, handlers get `drain_handlers_ms`, then are
-cancelled. An output is refused (`invalid_output`, with its JSON path) when it nests deeper
-than `json_depth_max`, holds NaN or an infinity (JSON has neither: encoders write null), or
-holds bytes/bytearray/memoryview (encoders write base64 the reader never asked for).
+SystemExit, GeneratorExit, its own CancelledError), is caught where it runs (in a task of its
+own when the attempt has a deadline: dagnats/worker_invoke.py) and recorded as a failure;
+messages and tracebacks are cut to `limits.error_message_bytes_max` (dagnats/worker_safety.py
+renders them without trusting `__str__`). A handler past its task's `deadline_ms` is
+cancelled; one that ignores it for `handler_cancel_grace_ms` is left running, logged once, and
+its slot taken back (the engine's step timer records the timeout; the worker sends nothing for
+that attempt). On SIGTERM, handlers get `drain_handlers_ms`, then are cancelled (one that
+ignores that too is counted hung: the CLI exits without waiting for it). An output is refused
+(`invalid_output`, with its JSON path) when it nests deeper than `json_depth_max`, holds NaN
+or an infinity (JSON has neither: encoders write null), or holds bytes/bytearray/memoryview
+(encoders write base64 the reader never asked for).
 
 Fetching: one fair loop over all the worker's task types (dagnats/worker_fetch.py).
 """
@@ -39,7 +41,8 @@ import logging
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 
@@ -75,6 +78,7 @@ from dagnats.worker_groups import (
     presence_of,
 )
 from dagnats.worker_heartbeat import Heartbeat
+from dagnats.worker_invoke import Handler, Raised, Returned, invoke, invoke_here
 from dagnats.worker_safety import (
     cut_text,
     output_problem,
@@ -88,7 +92,6 @@ from kernel.commands import CompleteTask, FailTask, FailureKind, TaskStarted
 from kernel.effects import EnqueueTask
 from kernel.errors import DagnatsError, DecodeError
 
-Handler = Callable[["TaskContext"], Awaitable[object]]
 TaskResult = CompleteTask | FailTask
 
 heartbeat_interval_ms_default = settings.task_heartbeat_interval_ms_default
@@ -124,30 +127,6 @@ class RetryAfter(DagnatsError):  # noqa: N818 (the name users know from other en
         assert seconds >= 0, f"RetryAfter seconds {seconds} must be >= 0"
         self.seconds = seconds
         super().__init__(message or f"retry after {seconds}s")
-
-
-class _Returned:
-    __slots__ = ("value",)
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-
-class _Raised:
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-async def _invoke(handler: Handler, context: TaskContext) -> _Returned | _Raised:
-    """The handler's outcome as a value: nothing it raises (BaseException included) leaves
-    this task, so none reaches the event loop (which re-raises KeyboardInterrupt/SystemExit)
-    or is left as "Task exception was never retrieved"."""
-    try:
-        return _Returned(await handler(context))
-    except BaseException as error:  # (that is the point)
-        return _Raised(error)
 
 
 class Worker:
@@ -188,9 +167,10 @@ class Worker:
         self.log = logging.getLogger("dagnats.worker")
         self._in_flight: set[asyncio.Task[None]] = set()
         # Handlers that ignored their cancellation past the grace: left running, not counted.
-        self.hung: set[asyncio.Task[_Returned | _Raised]] = set()
+        self.hung: set[asyncio.Task[Any]] = set()
         self._slots: asyncio.Semaphore | None = None  # set by serve (the simulator runs jobs)
-        self._wake = asyncio.Event()  # a job ended or a poll came back: look again
+        self._wake = asyncio.Event()  # a poll came back, a slot freed (when needed), stop
+        self._fetching: FetchLoop | None = None  # told when a job ends (it may want the slot)
         # Deliveries of each attempt this process runs, and recently finished attempts: a
         # repeat delivery after a server crash must not run a handler twice.
         self._running: dict[str, list[TaskMessage]] = {}
@@ -251,6 +231,7 @@ class Worker:
             outage=self._fetch_outage,
             batch_max=self.fetch_batch_max,
         )
+        self._fetching = fetching
         self._ended_runs = ended_runs_of(tasks)
         presence = presence_of(tasks, self)
         if presence is not None:
@@ -277,7 +258,10 @@ class Worker:
             )  # fmt: skip
             for job in pending:
                 job.cancel()
-            await asyncio.wait(pending, timeout=self.handler_cancel_grace_ms / 1000)
+            _, ignoring = await asyncio.wait(pending, timeout=self.handler_cancel_grace_ms / 1000)
+            for job in ignoring:  # its handler ignored it: the CLI exits without waiting
+                self.hung.add(job)
+                job.add_done_callback(self.hung.discard)
         if self.hung:
             self.log.warning("%d hung handler(s) left running at exit", len(self.hung))
 
@@ -294,7 +278,8 @@ class Worker:
 
     def _job_done(self, job: asyncio.Task[None]) -> None:
         self._in_flight.discard(job)
-        self._wake.set()
+        if self._fetching is not None:
+            self._fetching.job_ended()
 
     async def _run_job(
         self, message: TaskMessage, commands: CommandPublisher, dead: DeadLetters
@@ -412,20 +397,20 @@ class Worker:
         outcome = await self._run_handler(handler, context, task)
         if outcome is None:
             return None
-        if isinstance(outcome, _Raised):
+        if isinstance(outcome, Raised):
             return self._failure_of(task, outcome.error)
         return self._output_of(task, with_children(outcome.value, context.children))
 
     async def _run_handler(
         self, handler: Handler, context: TaskContext, task: EnqueueTask
-    ) -> _Returned | _Raised | None:
+    ) -> Returned | Raised | None:
         """The handler's outcome, or None when its deadline passed: it is then cancelled,
         and if it does not end within `handler_cancel_grace_ms` it is left running (logged
-        once) and its slot is taken back."""
-        call = asyncio.create_task(_invoke(handler, context))
-        timeout_s = None
-        if task.deadline_ms is not None:
-            timeout_s = max(0.0, (task.deadline_ms - self.now_ms()) / 1000)
+        once) and its slot is taken back. Without a deadline it runs in this task."""
+        if task.deadline_ms is None:
+            return await invoke_here(handler, context)
+        call = asyncio.create_task(invoke(handler, context))
+        timeout_s = max(0.0, (task.deadline_ms - self.now_ms()) / 1000)
         try:
             done, _ = await asyncio.wait({call}, timeout=timeout_s)
         except asyncio.CancelledError:  # the worker's own cancellation (drain bound, a crash)

@@ -1,6 +1,7 @@
 """Work queues on JetStream: task messages for workers, commands for the engine, dead letters.
 
-- `JetStreamTaskQueue` (`protocols.TaskQueue`; `fetch_ready`: a no-wait pull): tasks on
+- `JetStreamTaskQueue` (`protocols.TaskQueue`; `fetch_ready`: a no-wait pull; `poll`: a
+  worker's long poll read raw, runtime/task_polls): tasks on
   `dagnats.task.<task_type>` in DAGNATS_TASKS, deduplicated on `Nats-Msg-Id`; one durable
   pull consumer per task type whose ack wait is the heartbeat timeout (`in_progress`
   restarts it) and whose deliveries are bounded (`max_deliver`).
@@ -23,7 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import nats.errors
@@ -36,6 +37,7 @@ from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.partition_count import PartitionCount
+from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
@@ -50,40 +52,13 @@ from dagnats.runtime.resources import (
     task_consumer_name,
     task_subject,
 )
+from dagnats.runtime.task_polls import MSG_ID_HEADER, TaskPolls, reply_fields
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER, TaskTokens
 from kernel.errors import PayloadTooLargeError
 
-MSG_ID_HEADER: Final = "Nats-Msg-Id"
 SCHEDULER_HEADER: Final = "Nats-Scheduler"  # set by the server on a message a schedule fired
 CONSUMER_CHECKED_FIELDS: Final = ("ack_wait", "max_deliver", "filter_subject", "filter_subjects")
 log = logging.getLogger("dagnats.queue")
-
-
-_REPLY_V1_TOKENS: Final = 9
-_REPLY_V2_TOKENS_MIN: Final = 11  # a twelfth, a random token, may follow
-
-
-def reply_fields(reply: str) -> tuple[int, int, int, int] | None:
-    """(times delivered, stream sequence, messages pending after it, stored time in ms of
-    the server's clock) of a JetStream delivery, from its reply subject; None when the reply
-    is not a JetStream ack subject. The layouts are nats-py's (`Msg.Metadata._from_reply`):
-    v1 `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`,
-    v2 `$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<stream seq>.
-    <consumer seq>.<ns>.<pending>[.<token>]`."""
-    tokens = reply.split(".") if reply else []
-    if len(tokens) < _REPLY_V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
-        return None
-    if len(tokens) == _REPLY_V1_TOKENS:
-        first = 4
-    elif len(tokens) >= _REPLY_V2_TOKENS_MIN:
-        first = 6
-    else:
-        return None
-    try:
-        delivered, stream_seq, _, stored_ns, pending = map(int, tokens[first : first + 5])
-    except ValueError:
-        return None
-    return delivered, stream_seq, pending, stored_ns // 1_000_000
 
 
 class JetStreamMessage:
@@ -173,6 +148,7 @@ class JetStreamTaskQueue:
         self.deliver_max = deliver_max
         self.publisher = JetStreamPublisher(js)
         self._subscriptions: dict[str, JetStreamContext.PullSubscription] = {}
+        self._polls: dict[str, TaskPolls] = {}  # a worker's long polls, per task type
         # The credential user a worker on this connection announces itself under (the worker
         # directory, runtime/workers_directory); None: it does not announce itself.
         self.directory_user: str | None = None
@@ -207,6 +183,23 @@ class JetStreamTaskQueue:
         assert len(messages) <= batch
         return [JetStreamMessage(message) for message in messages]
 
+    async def poll(
+        self, task_type: str, *, timeout_ms: int, on_end: Callable[[], None] | None = None
+    ) -> asyncio.Future[Sequence[TaskMessage]]:
+        """Send one long poll for a task of `task_type` (runtime/task_polls: its answer read
+        raw, without a task or a `Msg`); the future of what it brings within timeout_ms ([]
+        when nothing came), `on_end` called as it ends. One poll at a time per task type; it
+        may run beside `fetch` and `fetch_ready` (its own inbox).
+
+        Raises:
+            nats.errors.ConnectionClosedError: the connection is closed.
+        """
+        polls = self._polls.get(task_type)
+        if polls is None:
+            subscription = await self._subscription(task_type)
+            polls = self._polls[task_type] = TaskPolls(subscription._nc, subscription._nms)
+        return await polls.poll(timeout_ms, on_end)
+
     async def _subscription(self, task_type: str) -> JetStreamContext.PullSubscription:
         """The pull subscription of a task type's durable consumer (bound on first use)."""
         subscription = self._subscriptions.get(task_type)
@@ -227,7 +220,11 @@ class JetStreamTaskQueue:
         return subscription
 
     async def close(self) -> None:
-        """Unsubscribe the pull subscriptions (the durable consumers stay)."""
+        """Unsubscribe the pull subscriptions and the polls' inboxes (the durable consumers
+        stay)."""
+        for polls in self._polls.values():
+            await polls.close()
+        self._polls.clear()
         for subscription in self._subscriptions.values():
             await subscription.unsubscribe()
         self._subscriptions.clear()
@@ -497,11 +494,13 @@ def _check_size(field: str, payload: bytes) -> None:
 
 
 __all__ = [
+    "MSG_ID_HEADER",
     "JetStreamCommandQueue",
     "JetStreamMessage",
     "JetStreamTaskQueue",
     "ResourceConfigError",
     "bind_pull_consumer",
     "fetch_batch",
+    "reply_fields",
     "task_consumer_name",
 ]
