@@ -388,13 +388,14 @@ class LiveReader(PushReader):
             now = time.monotonic()
             if now >= deadline:
                 return None
-            if not await self._wait(min(deadline, now + live_poll_ms / 1000)):
-                self._check(time.monotonic())
+            if self._stale(now):
+                continue  # made again at once
+            await self._wait(min(deadline, now + live_poll_ms / 1000))
 
-    async def _wait(self, until: float) -> bool:
-        """Until a message wakes the reader (True) or a poll is due (False), at `until` or
-        sooner: the poll's timer is kept across waits while it is not due later (a timer per
-        poll interval, not one per message; an early poll only checks sooner)."""
+    async def _wait(self, until: float) -> None:
+        """Until a message wakes the reader or a poll is due, at `until` or sooner: the
+        poll's timer is kept across waits while it is not due later (a timer per poll
+        interval, not one per message; an early poll only looks sooner)."""
         loop = asyncio.get_running_loop()  # (its time is time.monotonic)
         timer = self._timer
         if timer is None or timer.when() > until:
@@ -404,7 +405,7 @@ class LiveReader(PushReader):
         ready: asyncio.Future[bool] = loop.create_future()
         self._ready = ready
         try:
-            return await ready
+            await ready
         finally:
             self._ready = None
 
@@ -420,22 +421,27 @@ class LiveReader(PushReader):
             self._timer = None
         await super().close(confirmed=confirmed)
 
-    def _check(self, now: float) -> None:
-        """Mark the consumer to be made again after a reconnect or a long silence (and
-        keep trying while it could not be: `_gap` stays set)."""
+    def _stale(self, now: float) -> bool:
+        """Whether the consumer is to be made again now (marked by `_gap`): the connection
+        reconnected since the last look (the server may have restarted without it), or not
+        even a heartbeat came for live_silence_ms. False while one already waits to be made
+        again (after a failed try, the next comes after a wait)."""
         if self.heard:
             self.heard = False
             self._quiet_since = now
-        count = self._reconnect_count()
-        if count != self._reconnects or now - self._quiet_since >= live_silence_ms / 1000:
-            self._reconnects = count
-            self._quiet_since = now
-            self._gap = True
+        if self._gap or (
+            self._reconnect_count() == self._reconnects
+            and now - self._quiet_since < live_silence_ms / 1000
+        ):
+            return False
+        self._gap = True
+        return True
 
     async def _reopen(self, deadline: float) -> bool:
         """Make the consumer again from next_seq within `deadline`; False when the server
         did not answer (tried again at the next poll: `_gap` stays set)."""
         full = self._full
+        self._reconnects = self._reconnect_count()  # (one more meanwhile: made again again)
         await self.close()
         try:
             await asyncio.wait_for(self.open(), max(0.1, deadline - time.monotonic()))
