@@ -230,9 +230,12 @@ class Client:
         # caller's id names a run already (a generated one names none), a new run's watch.
         opening = asyncio.ensure_future(RunWatch.open(self.connection.js, run_id))
         try:
-            definition, existing = await client_watches.in_parallel(
-                fetching, self._first_decision(run_id) if given else client_watches.ready(None)
-            )
+            if given:
+                definition, existing = await client_watches.in_parallel(
+                    fetching, self._first_decision(run_id)
+                )
+            else:  # (no task made for a side with nothing to ask)
+                definition, existing = await fetching, None
             check_input(definition, data)  # refused here, with the schema errors: no run
             # A run carries its workflow without its triggers (their secrets stay out of
             # history, as in the trigger service: dagnats/runtime/triggers.py).

@@ -212,7 +212,7 @@ async def in_parallel(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
 
 
 async def ready(value: A) -> A:
-    """`value`, as an awaitable (the side of `in_parallel` that has nothing to ask)."""
+    """`value`, as an awaitable (a definition given to `start`: nothing to fetch)."""
     return value
 
 
