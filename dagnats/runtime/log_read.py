@@ -6,7 +6,9 @@ deletes it at the end. It is what nats-py's ordered consumer does, without nats-
 message work: the messages of a reader's inbox reach it before nats-py parses their headers
 (a `Msg`, a header dict and the ordered consumer's checks per message cost about as much as
 the decode and fold of the message together). A per-connection router hands them over by
-subscription id and passes every other message to nats-py unchanged.
+subscription id and passes every other message to nats-py unchanged. The consumer's create
+and delete requests are answered to the same inbox (a msgspec-encoded body, no nats-py
+request machinery or `ConsumerInfo` parsing).
 
 Per message the reader reads the reply subject only (`$JS.ACK.<stream>.<consumer>.<delivered>.
 <stream seq>.<consumer seq>.<ts>.<pending>`): the stream sequence, the consumer sequence (a
