@@ -231,9 +231,12 @@ class Client:
         # caller's id names a run already (a generated one names none), a new run's watch.
         opening = asyncio.ensure_future(open_watch(self.connection.js, run_id, stored=False))
         try:
-            definition, existing = await client_watches.in_parallel(
-                fetching, self._first_decision(run_id) if given else client_watches.ready(None)
-            )
+            if given:
+                definition, existing = await client_watches.in_parallel(
+                    fetching, self._first_decision(run_id)
+                )
+            else:  # (no task made for a side with nothing to ask)
+                definition, existing = await fetching, None
             check_input(definition, data)  # refused here, with the schema errors: no run
             # A run carries its workflow without its triggers (their secrets stay out of
             # history, as in the trigger service: dagnats/runtime/triggers.py).
@@ -374,14 +377,19 @@ class Client:
     async def watch(
         self, run_id: str, *, timeout_s: float, after_seq: int = 0
     ) -> AsyncGenerator[tuple[int, Decision], None]:
-        """History messages of the run as they are appended, until `timeout_s` passes."""
+        """History messages of the run as they are appended, until `timeout_s` passes (a
+        watch, as `wait` folds: it goes on across a reconnect, and closes in the background).
+
+        Raises:
+            RunParkedError: a message does not decode (naming the run and the sequence).
+        """
         deadline = time.monotonic() + timeout_s
-        messages = self.connection.watch_history(
-            check_run_id(run_id), after_seq=after_seq, deadline=deadline
-        )
-        async with contextlib.aclosing(messages):
-            async for seq, data in messages:
-                yield seq, decode_message(run_id, seq, data)
+        watch = await RunWatch.open(self.connection.js, check_run_id(run_id), after_seq)
+        try:
+            while (item := await watch.next(deadline)) is not None:
+                yield item
+        finally:
+            await self._closing.close_later(watch)
 
     async def wait(
         self,

@@ -3,9 +3,10 @@
 `start` opens the watch as it sends a new run's StartRun (the watch reads the run's history
 from its first message, so it misses nothing appended before its consumer exists: the start
 need not wait for the consumer), reads that first decision from it, and leaves it open for
-`wait`: starting and waiting for a new run costs one ordered consumer, not one each. The
-decisions `start` read are kept (`seen`) and given to `wait` first, so `wait` folds the whole
-history.
+`wait`: starting and waiting for a new run costs one consumer, not one each. The decisions
+`start` read are kept (`seen`) and given to `wait` first, so `wait` folds the whole history.
+A watch is a live read of the lean push consumer (runtime/log_read.LiveReader): no nats-py
+`Msg`, header parsing or `asyncio.wait_for` per message.
 
 `ParkedWatches` keeps the watches of the runs started and not yet waited for, a bounded
 number (`parked_watches_max`): the oldest is closed when one more comes (its `wait` then opens
@@ -19,15 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, TypeVar
 
 import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
+from dagnats.runtime.log_read import LiveReader
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from kernel.events import Decision
@@ -35,10 +35,6 @@ from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
 
 parked_watches_max: Final = 64  # watches of started runs kept open for their `wait`
-# How often a waiting watch looks whether its connection reconnected meanwhile: the server
-# restarted, and the ordered consumer behind the watch may be gone with it (nats-py noticed
-# that only ~20 s later), so the watch is opened again after the last message it gave.
-watch_poll_s: Final = 0.5
 # Watches of ended waits whose consumer delete is still under way (`ClosingWatches`); one
 # more waits for the oldest to finish.
 closing_watches_max: Final = 64
@@ -62,46 +58,36 @@ class Watch(Protocol):
 
 
 class RunWatch:
-    """History messages of one run after `after_seq`, as they are appended."""
+    """History messages of one run after `after_seq`, as they are appended: a live read by
+    the lean push consumer (runtime/log_read.LiveReader), which makes its consumer again
+    after a gap, a reconnect or a silence, from the message after the last it received."""
 
-    def __init__(
-        self, run_id: str, subscription: JetStreamContext.PushSubscription,
-        js: JetStreamContext, after_seq: int = 0,
-    ) -> None:  # fmt: skip
+    def __init__(self, run_id: str, reader: LiveReader, after_seq: int = 0) -> None:
         self.run_id = run_id
-        self._subscription = subscription
-        self._js = js
+        self._reader = reader
         self.seen: list[Seen] = []  # read by `start`, handed to `wait` first
         self.closed = False
         self.last_seq = after_seq  # of the last message given
-        self.reopened = 0
-        self._reconnects = self._reconnect_count()
 
     @classmethod
     async def open(cls, js: JetStreamContext, run_id: str, after_seq: int = 0) -> RunWatch:
-        return cls(run_id, await _subscribe(js, run_id, after_seq), js, after_seq)
+        """A watch whose consumer exists (one round trip).
 
-    def _reconnect_count(self) -> int:
-        return int(self._js._nc.stats["reconnects"])
-
-    async def _reopen_if_reconnected(self, deadline: float) -> None:
-        """After a reconnect, a new ordered consumer from the message after the last given
-        (the old one may have gone with the server; a repeat is skipped by sequence), within
-        the caller's `deadline`."""
-        count = self._reconnect_count()
-        if count == self._reconnects:
-            return
+        Raises:
+            nats.errors.Error, nats.js.errors.Error: the consumer was not made.
+        """
+        reader = LiveReader(js, HISTORY_STREAM, history_subject(run_id), after_seq)
         try:
-            fresh = await asyncio.wait_for(
-                _subscribe(self._js, self.run_id, self.last_seq),
-                timeout=max(0.1, deadline - time.monotonic()),
-            )
-        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
-            return  # not reachable yet: tried again at the next poll
-        old, self._subscription = self._subscription, fresh
-        self._reconnects = count
-        self.reopened += 1
-        await _close_subscription(self._js, old)
+            await reader.open()
+        except BaseException:
+            await reader.close()
+            raise
+        return cls(run_id, reader, after_seq)
+
+    @property
+    def reopened(self) -> int:
+        """Consumers made again (after a gap, a reconnect, a silence or a full buffer)."""
+        return self._reader.restarts + self._reader.overflows
 
     async def next(self, deadline: float) -> Seen | None:
         """The next decision, or None when the monotonic `deadline` passes first.
@@ -111,25 +97,24 @@ class RunWatch:
         """
         assert not self.closed, f"watch of {self.run_id} is closed"
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            item = await self._reader.next(deadline)
+            if item is None:
                 return None
-            try:
-                message = await self._subscription.next_msg(timeout=min(remaining, watch_poll_s))
-            except (nats.errors.TimeoutError, TimeoutError):
-                await self._reopen_if_reconnected(deadline)
-                continue
-            seq = message.metadata.sequence.stream
+            seq, data = item
             if seq <= self.last_seq:
-                continue  # given already (by the watch before a reopen)
+                continue  # given already (never, by the reader's making: kept as a guard)
             self.last_seq = seq
-            return seq, decode_message(self.run_id, seq, message.data)
+            return seq, decode_message(self.run_id, seq, data)
 
     async def close(self) -> None:
+        """Unsubscribe, and delete the consumer now (awaiting the server's reply): the server
+        would keep an idle ephemeral consumer until its inactivity threshold, and a stream
+        holds at most 1,000 consumers (a client starting runs quickly would reach that)."""
         if self.closed:
             return
         self.closed = True
-        await _close_subscription(self._js, self._subscription)
+        with contextlib.suppress(nats.errors.Error):
+            await self._reader.close(confirmed=True)
 
 
 async def fold_until_end(
@@ -154,31 +139,6 @@ async def fold_until_end(
         if is_terminal(state) and seq >= known_seq:
             break
     return state
-
-
-async def _subscribe(
-    js: JetStreamContext, run_id: str, after_seq: int
-) -> JetStreamContext.PushSubscription:
-    config = api.ConsumerConfig(
-        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
-    )
-    return await js.subscribe(
-        history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True, config=config
-    )
-
-
-async def _close_subscription(
-    js: JetStreamContext, subscription: JetStreamContext.PushSubscription
-) -> None:
-    with contextlib.suppress(nats.errors.Error):
-        await subscription.unsubscribe()
-    # Delete its consumer now: the server would keep an idle ephemeral consumer until its
-    # inactivity threshold, and a stream holds at most 1,000 consumers (a client starting
-    # runs quickly would reach that bound).
-    consumer = getattr(subscription, "_consumer", None)
-    if isinstance(consumer, str) and consumer:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError):
-            await js.delete_consumer(HISTORY_STREAM, consumer)
 
 
 class ParkedWatches:
@@ -265,7 +225,7 @@ async def in_parallel(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
 
 
 async def ready(value: A) -> A:
-    """`value`, as an awaitable (the side of `in_parallel` that has nothing to ask)."""
+    """`value`, as an awaitable (a definition given to `start`: nothing to fetch)."""
     return value
 
 
