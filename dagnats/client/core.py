@@ -384,7 +384,7 @@ class Client:
             RunParkedError: a message does not decode (naming the run and the sequence).
         """
         deadline = time.monotonic() + timeout_s
-        watch = await RunWatch.open(self.connection.js, check_run_id(run_id), after_seq)
+        watch = await open_watch(self.connection.js, check_run_id(run_id), after_seq)
         try:
             while (item := await watch.next(deadline)) is not None:
                 yield item
