@@ -18,10 +18,11 @@
   with that value within the time names the same fire, so the same run (one run even when ten
   arrive at once: the start is deduplicated on its run id) and the same first response.
 
-Each request waits on its own run's history (a watch, client/live_watch.py, closed at the answer), so
-concurrent requests never see each other's responses. Fires go through `TriggerService.fire`
-(recorded in `DAGNATS_TRIGGER_FIRES`, listed by `dagnats trigger history`). The set of routes is
-read again every `settings.trigger_reload_ms`, and at once for a path it does not know.
+Each request waits on its own run's history (a watch, client/live_watch.py, closed at the
+answer), so concurrent requests never see each other's responses. Fires go through
+`TriggerService.fire` (recorded in `DAGNATS_TRIGGER_FIRES`, listed by `dagnats trigger
+history`). The set of routes is read again every `settings.trigger_reload_ms`, and at once for
+a path it does not know.
 """
 
 from __future__ import annotations
