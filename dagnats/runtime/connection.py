@@ -17,14 +17,13 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from dagnats.runtime import credentials, settings
@@ -33,7 +32,7 @@ from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.partition_count import PartitionCount
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
-from dagnats.runtime.resources import HISTORY_STREAM, WORKFLOWS_BUCKET, history_subject
+from dagnats.runtime.resources import WORKFLOWS_BUCKET
 from dagnats.runtime.roles import Role, command_kind_tokens
 from dagnats.runtime.task_tokens import TaskTokens
 from dagnats.runtime.timers import JetStreamTimers
@@ -280,31 +279,6 @@ class Connection:
         if self._workflows is None:
             self._workflows = await self.js.key_value(WORKFLOWS_BUCKET)
         return self._workflows
-
-    async def watch_history(
-        self, run_id: str, *, after_seq: int, deadline: float
-    ) -> AsyncGenerator[tuple[int, bytes], None]:
-        """History messages of one run with seq > after_seq, live, until the monotonic
-        `deadline` passes."""
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
-        )
-        subscription = await self.js.subscribe(
-            history_subject(run_id), stream=HISTORY_STREAM, ordered_consumer=True, config=config
-        )
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                try:
-                    message = await subscription.next_msg(timeout=remaining)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    return
-                yield message.metadata.sequence.stream, message.data
-        finally:
-            await subscription.unsubscribe()
-
 
 async def _first_connect(
     target: str, options: dict[str, Any], watch: ConnectionWatch
