@@ -16,6 +16,8 @@ msgspec and sqlite-utils, and does no I/O of its own beyond the `Database` it is
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # (the engine imports this module for the snapshots: no sqlit
 
 CHECKPOINTS_TABLE: Final = "_dagnats_projections"
 batch_messages_max: Final = 1_000  # history messages applied in one transaction
+fingerprints_cached_max: Final = 64  # projection schemas whose digest is kept (one per class)
 
 Message = tuple[int, str, bytes]  # (stream sequence, run id, history message bytes)
 StoreT_contra = TypeVar("StoreT_contra", contravariant=True)
@@ -109,9 +112,15 @@ class SqliteProjectionBase:
     version: int = 1
     events: frozenset[str] | None = None
     tables: tuple[str, ...] = ()
+    # The statements `create` runs (CREATE ... IF NOT EXISTS). Declared, they let
+    # `SqliteRunner.open` skip `create` while the database has them already; a projection whose
+    # `create` does more leaves it empty.
+    schema: tuple[str, ...] = ()
 
     def create(self, db: Database) -> None:
-        """Create the tables; override."""
+        """Create the tables: run the `schema` statements; override to do more."""
+        for statement in self.schema:
+            db.execute(statement)
 
     def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
         """Apply one event; override."""
@@ -227,11 +236,56 @@ def read_checkpoints(db: Database) -> list[Checkpoint]:
 
 
 def _ensure_checkpoints_table(db: Database) -> None:
+    """The checkpoints table, with its `schema` column (added to the table of an older file)."""
     db.execute(
         f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (name TEXT PRIMARY KEY, "
         "version INTEGER NOT NULL, seq INTEGER NOT NULL, events INTEGER NOT NULL, "
-        "updated_at_ms INTEGER NOT NULL, tables TEXT NOT NULL)"
+        "updated_at_ms INTEGER NOT NULL, tables TEXT NOT NULL, schema TEXT NOT NULL DEFAULT '')"
     )
+    columns = {row[1] for row in db.conn.execute(f"PRAGMA table_info({CHECKPOINTS_TABLE})")}
+    if "schema" not in columns:
+        db.execute(f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN schema TEXT NOT NULL DEFAULT ''")
+
+
+_STAMP_SELECT: Final = f"SELECT seq, schema FROM {CHECKPOINTS_TABLE} WHERE name = ?"
+
+
+def schema_fingerprint(projection: SqliteProjection) -> str:
+    """A digest of the projection's name, version, tables and declared `schema` statements;
+    "" when it declares none (its `create` then runs at every open)."""
+    statements = getattr(projection, "schema", ())
+    if not isinstance(statements, tuple) or not statements:
+        return ""
+    return _fingerprint(projection.name, projection.version, tuple(projection.tables), statements)
+
+
+@functools.lru_cache(maxsize=fingerprints_cached_max)
+def _fingerprint(name: str, version: int, tables: tuple[str, ...], schema: tuple[str, ...]) -> str:
+    text = msgspec.json.encode([name, version, tables, schema])
+    return hashlib.blake2b(text, digest_size=16).hexdigest()
+
+
+def _schema_stamp(db: Database, fingerprint: str) -> str:
+    """The stamp of a schema in this database: its fingerprint and SQLite's schema version (it
+    moves with every CREATE, DROP or ALTER, so a table dropped by hand changes the stamp)."""
+    (schema_version,) = db.conn.execute("PRAGMA schema_version").fetchone()
+    return f"{fingerprint}.{schema_version}"
+
+
+def _stamped_seq(db: Database, name: str, fingerprint: str) -> int | None:
+    """The stored checkpoint's sequence when its schema stamp is this database's now; None when
+    the projection must be created (no checkpoint, another stamp, an older checkpoints table)."""
+    try:
+        row = db.conn.execute(_STAMP_SELECT, [name]).fetchone()
+    except sqlite3.OperationalError as error:
+        if _no_such_table(error) or str(error).startswith("no such column"):
+            return None
+        raise
+    if row is None or row[1] != _schema_stamp(db, fingerprint):
+        return None
+    seq = row[0]
+    assert isinstance(seq, int) and seq >= 0, seq
+    return seq
 
 
 def _write_checkpoint(db: Database, checkpoint: Checkpoint) -> None:
@@ -273,12 +327,19 @@ class SqliteRunner:
         self.projection = projection
 
     def open(self, now_ms: int = 0) -> int:
-        """Create the projection's tables; rebuild it when its stored version differs.
+        """Create the projection's tables; rebuild it when its stored version differs. A
+        projection that declares its `schema` is not created again while the checkpoint's stamp
+        of it (version, tables, statements, the database's schema version) holds.
 
         Returns:
             The sequence to resume after (0: from the beginning).
         """
         projection = self.projection
+        fingerprint = schema_fingerprint(projection)
+        if fingerprint:
+            seq = _stamped_seq(self.db, projection.name, fingerprint)
+            if seq is not None:
+                return seq
         with write_transaction(self.db):
             _ensure_checkpoints_table(self.db)
         stored = read_checkpoint(self.db, projection.name)
@@ -296,6 +357,12 @@ class SqliteRunner:
                     tables=projection.tables,
                 )
                 _write_checkpoint(self.db, stored)
+            if fingerprint:  # (after the schema's statements: the stamp is of the schema now)
+                stamp = _schema_stamp(self.db, fingerprint)
+                self.db.conn.execute(
+                    f"UPDATE {CHECKPOINTS_TABLE} SET schema = ? WHERE name = ?",
+                    [stamp, projection.name],
+                )
         return stored.seq
 
     def checkpoint(self) -> Checkpoint | None:

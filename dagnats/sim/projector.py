@@ -80,7 +80,7 @@ DecisionAt = Callable[[int], Decision | None]  # the oracle's decoded message at
 
 class ProjectionStores:
     """The two in-memory databases of the SQLite projection (live, rebuild), kept across the
-    seeds of one call: each seed empties the projection's tables and its checkpoint."""
+    seeds of one call: each seed opens the projection on emptied tables (`fresh`)."""
 
     def __init__(self) -> None:
         self.live = Database(memory=True)
@@ -88,24 +88,39 @@ class ProjectionStores:
         # Tables seen in each database: no table is ever dropped, so one seen stays there.
         self._tables: dict[int, set[str]] = {id(self.live): set(), id(self.rebuild): set()}
         self._columns: dict[str, int] = {}  # table -> its column count (the same in both)
-        # Each database as `empty` first left it with all of a projection's tables (its pages).
+        # Each database as `fresh` first left it with all of a projection's tables (its pages).
         self._templates: dict[tuple[int, str, tuple[str, ...]], bytes] = {}
 
-    def empty(self, db: Database, projection: SqliteProjection) -> None:
-        """Delete the projection's rows and its checkpoint (its tables stay).
+    def fresh(self, db: Database, projection: SqliteProjection, now_ms: int = 0) -> SqliteRunner:
+        """The projection opened on emptied tables: no row, its checkpoint at sequence 0.
 
-        Once the database holds all the projection's tables, its emptied pages are kept (a
-        copy of a few pages): each later call restores them in one step instead of deleting
-        row by row, so the database is then exactly what it was that first time (counters
-        such as AUTOINCREMENT's, set back too: no seed leaves anything to the next)."""
+        The first times, its rows and checkpoint are deleted (`empty`) and it is opened
+        (`SqliteRunner.open`); once the database held all its tables before that, the pages
+        this leaves are kept (a copy of a few pages), and each later call restores them in one
+        step, so the database is then exactly what it was that time (counters such as
+        AUTOINCREMENT's set back too: no seed leaves anything to the next; the checkpoint's
+        schema stamp too, so the open finds the tables made)."""
         key = (id(db), projection.name, projection.tables)
         template = self._templates.get(key)
         if template is not None:
             try:
                 db.conn.deserialize(template)
-                return
             except sqlite3.Error:  # (a statement still open: delete the rows instead)
-                pass
+                template = None
+        whole = template is None and self.empty(db, projection)
+        runner = SqliteRunner(db, projection)
+        position = runner.open(now_ms)
+        assert position == 0, f"{projection.name}: opened at {position} on emptied tables"
+        if whole:
+            self._templates[key] = db.conn.serialize()
+        return runner
+
+    def empty(self, db: Database, projection: SqliteProjection) -> bool:
+        """Delete the projection's rows and its checkpoint (its tables stay).
+
+        Returns:
+            Whether the database held all the projection's tables (then they are all empty).
+        """
         existing = self._tables.setdefault(id(db), set())
         if not existing.issuperset((*projection.tables, CHECKPOINTS_TABLE)):
             existing.update(db.table_names())
@@ -118,8 +133,7 @@ class ProjectionStores:
             if SEQUENCES_TABLE in existing:  # (AUTOINCREMENT counters start again too)
                 for table in projection.tables:
                     db.execute(f"DELETE FROM {SEQUENCES_TABLE} WHERE name = ?", [table])
-        if template is None and existing.issuperset((*projection.tables, CHECKPOINTS_TABLE)):
-            self._templates[key] = db.conn.serialize()
+        return existing.issuperset((*projection.tables, CHECKPOINTS_TABLE))
 
     def empty_tables(self, db: Database, tables: tuple[str, ...]) -> set[str]:
         """The tables without a row, found in one query (none when some table is missing)."""
@@ -332,11 +346,13 @@ class SeedProjector:
     def _open(self, *, empty: bool) -> None:
         assert self.factory is not None and self.stores is not None
         projection = self.factory()
-        if empty:
-            self.stores.empty(self.stores.live, projection)
         self.projection = projection
-        self.runner = SqliteRunner(self.stores.live, projection)
-        self.tables_position = self.runner.open()
+        if empty:
+            self.runner = self.stores.fresh(self.stores.live, projection)
+            self.tables_position = 0
+        else:
+            self.runner = SqliteRunner(self.stores.live, projection)
+            self.tables_position = self.runner.open()
 
     def _broke(self, text: str) -> None:
         self.broken = True
@@ -359,10 +375,11 @@ class SeedProjector:
             return
         assert self.stores is not None and self.factory is not None
         rebuilt = self.factory()
-        self.stores.empty(self.stores.rebuild, rebuilt)
         everything = [(m.seq, m.run_id, m.payload) for m in self.log.messages]
         try:
-            SqliteRunner(self.stores.rebuild, rebuilt).apply_all(everything, now_ms=now_ms)
+            self.stores.fresh(self.stores.rebuild, rebuilt, now_ms).apply_all(
+                everything, now_ms=now_ms
+            )
         except Exception as error:
             self._broke(f"the rebuild from zero raised {error!r}")
             return
