@@ -19,7 +19,7 @@ import contextlib
 import functools
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import msgspec
@@ -37,6 +37,9 @@ batch_messages_max: Final = 1_000  # history messages applied in one transaction
 fingerprints_cached_max: Final = 64  # projection schemas whose digest is kept (one per class)
 
 Message = tuple[int, str, bytes]  # (stream sequence, run id, history message bytes)
+# The events of the history message at a stream sequence, as a caller already decoded them
+# from its bytes (None: it did not).
+Decoded = Callable[[int], tuple[AnyEvent, ...] | None]
 StoreT_contra = TypeVar("StoreT_contra", contravariant=True)
 
 _tags: dict[type[Event], str] = {}
@@ -164,18 +167,26 @@ class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def positioned_events(
-    messages: Iterable[Message], after_seq: int, wants: frozenset[str] | None, problems: list[str]
+    messages: Iterable[Message],
+    after_seq: int,
+    wants: frozenset[str] | None,
+    problems: list[str],
+    decoded: Decoded | None = None,
 ) -> Iterator[tuple[Position, AnyEvent]]:
     """The wanted events of messages with seq > after_seq (older ones are redeliveries), with
-    their positions. A message that does not decode is skipped and named in `problems`."""
+    their positions. A message that does not decode is skipped and named in `problems`.
+    `decoded(seq)`, when given, is the caller's decoding of the message at `seq` (None: not
+    decoded, or not decodable), taken instead of decoding its bytes again."""
     for seq, run_id, data in messages:
         if seq <= after_seq or is_gate_id(run_id):
             continue  # (a gate's history is admission's, kernel/admission.py, not a run's)
-        try:
-            events = codec.decode_events(data)  # (the command is not needed)
-        except DagnatsError as error:
-            problems.append(f"history message {seq} of run {run_id!r} skipped: {error}")
-            continue
+        events = decoded(seq) if decoded is not None else None
+        if events is None:
+            try:
+                events = codec.decode_events(data)  # (the command is not needed)
+            except DagnatsError as error:
+                problems.append(f"history message {seq} of run {run_id!r} skipped: {error}")
+                continue
         for index, event in enumerate(events):
             if wants is None or tag_of(event) in wants:
                 yield Position(seq, index, run_id), event
@@ -221,6 +232,24 @@ def read_checkpoint(db: Database, name: str) -> Checkpoint | None:
 _CHECKPOINT_SELECT: Final = (
     f"SELECT version, seq, events, updated_at_ms, tables FROM {CHECKPOINTS_TABLE} WHERE name = ?"
 )
+
+
+_POSITION_SELECT: Final = f"SELECT version, seq, events FROM {CHECKPOINTS_TABLE} WHERE name = ?"
+_POSITION_UPDATE: Final = (
+    f"UPDATE {CHECKPOINTS_TABLE} SET seq = ?, events = ?, updated_at_ms = ? WHERE name = ?"
+)
+
+
+def _stored_position(db: Database, name: str) -> tuple[int, int, int] | None:
+    """(version, seq, events) of the stored checkpoint of `name`, or None: what a batch checks
+    and moves (the rest of the checkpoint stays as `open` wrote it)."""
+    try:
+        row = db.conn.execute(_POSITION_SELECT, [name]).fetchone()
+    except sqlite3.OperationalError as error:
+        if _no_such_table(error):
+            return None
+        raise
+    return (row[0], row[1], row[2]) if row is not None else None
 
 
 def _no_such_table(error: sqlite3.OperationalError) -> bool:
@@ -368,13 +397,21 @@ class SqliteRunner:
     def checkpoint(self) -> Checkpoint | None:
         return read_checkpoint(self.db, self.projection.name)
 
-    def apply_batch(self, messages: list[Message], *, after_seq: int, now_ms: int) -> BatchResult:
+    def apply_batch(
+        self,
+        messages: list[Message],
+        *,
+        after_seq: int,
+        now_ms: int,
+        decoded: Decoded | None = None,
+    ) -> BatchResult:
         """Apply the messages with seq > after_seq and store the new checkpoint, atomically.
 
         Args:
             messages: history messages in stream order (at most `batch_messages_max`).
             after_seq: the checkpoint the caller believes is stored.
             now_ms: the time to record with the checkpoint.
+            decoded: the caller's decoding of messages it already decoded (`positioned_events`).
         Raises:
             CheckpointMovedError: the stored checkpoint is not `after_seq` (a rebuild); nothing
                 is applied.
@@ -382,16 +419,17 @@ class SqliteRunner:
         assert len(messages) <= batch_messages_max, len(messages)
         projection = self.projection
         problems: list[str] = []
+        connection = self.db.conn
         with write_transaction(self.db):
-            stored = read_checkpoint(self.db, projection.name)
-            if stored is None or stored.seq != after_seq or stored.version != projection.version:
+            stored = _stored_position(self.db, projection.name)
+            if stored is None or stored[1] != after_seq or stored[0] != projection.version:
                 raise CheckpointMovedError(
-                    projection.name, after_seq, stored.seq if stored is not None else 0
+                    projection.name, after_seq, stored[1] if stored is not None else 0
                 )
             applied = 0
             try:
                 for at, event in positioned_events(
-                    messages, after_seq, projection.events, problems
+                    messages, after_seq, projection.events, problems, decoded
                 ):
                     projection.apply(self.db, event, at)
                     applied += 1
@@ -400,11 +438,8 @@ class SqliteRunner:
                 projection.discard()
                 raise
             last_seq = max([after_seq, *(message[0] for message in messages)])
-            _write_checkpoint(
-                self.db,
-                msgspec.structs.replace(
-                    stored, seq=last_seq, events=stored.events + applied, updated_at_ms=now_ms
-                ),
+            connection.execute(
+                _POSITION_UPDATE, [last_seq, stored[2] + applied, now_ms, projection.name]
             )
         return BatchResult(seq=last_seq, applied=applied, problems=tuple(problems))
 

@@ -285,7 +285,9 @@ class SeedProjector:
         if crash:
             runner.projection = _CrashAfterFlush(projection)
         try:
-            result = runner.apply_batch(batch, after_seq=self.tables_position, now_ms=now_ms)
+            result = runner.apply_batch(
+                batch, after_seq=self.tables_position, now_ms=now_ms, decoded=self._events_at
+            )
         except SimulatedCrash:
             return True
         except Exception as error:  # a projection that raises is stuck: that is the finding
@@ -300,6 +302,12 @@ class SeedProjector:
             self._broke(f"the projection reports: {problems[0]}")
             return False
         return True
+
+    def _events_at(self, seq: int) -> tuple[AnyEvent, ...] | None:
+        """The events of the history message at `seq` as the oracle decoded them (the live
+        projection takes them; the rebuild from zero decodes the bytes itself)."""
+        decision = self.decision_at(seq) if self.decision_at is not None else None
+        return decision.events if decision is not None else None
 
     def _apply_snapshots(self, messages: list[HistoryMessage]) -> None:
         decoded: list[Decoded] = []
