@@ -1,19 +1,23 @@
 """The simulator does work once where it can and keeps what it checks: the live SQLite
 projection takes the oracle's decoded messages (the rebuild from zero still decodes the bytes,
-so the decoder stays under test), and a runner given decoded events applies exactly those."""
+so the decoder stays under test), and a runner given decoded events applies exactly those; the
+worker's check of a handler's output skips the walk that names places for a plain value."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlite_utils import Database
 
 from dagnats.sim import SimCase
 from dagnats.sim.bounds import run_bound_ms
 from dagnats.sim.loop import SimLoop
 from dagnats.sim.scheduler import Simulation
-from kernel import codec
+from dagnats.worker_safety import output_problem, walked_problem
+from kernel import codec, limits
 from kernel.admission import is_gate_id
 from kernel.events import AnyEvent
 from projections import base
@@ -77,3 +81,38 @@ def test_a_runner_applies_the_events_it_is_given_and_decodes_the_others() -> Non
         query = f'SELECT * FROM "{table}" ORDER BY 1, 2'
         assert live.execute(query).fetchall() == rebuilt.execute(query).fetchall(), table
 
+
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),  # NaN and the infinities among them
+    st.text(max_size=4),
+    st.binary(max_size=2),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.lists(children, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=3), children, max_size=3),
+        st.frozensets(st.integers(), max_size=2),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_VALUES, st.integers(min_value=1, max_value=4))
+def test_the_plain_output_check_agrees_with_the_walk(value: object, depth_max: int) -> None:
+    """`output_problem` skips the walk for plain values: it says what the walk says."""
+    assert output_problem(value, depth_max) == walked_problem(value, depth_max)
+
+
+def test_the_plain_output_check_still_names_the_place() -> None:
+    assert output_problem({"a": [1, float("nan")]}) == walked_problem(
+        {"a": [1, float("nan")]}, limits.json_depth_max
+    )
+    assert output_problem({"a": [1, float("nan")]}) is not None
+    assert output_problem([[[]]], 2) is not None and output_problem([[]], 2) is None
+    assert output_problem({"b": b"x"}) is not None
