@@ -18,8 +18,10 @@ Checked (invariants `snapshots_equal_fold` and `projections_equal_rebuild`):
   the oracle's fold (`run_row`, `step_row`), so a projection that is wrong the same way twice
   is caught too; the projection reports no problems and raises nothing.
 
-The two SQLite databases are in memory and reused across the seeds of one call (emptied per
-seed): creating the schema costs more than a seed's batches. This module may not read the wall
+The two SQLite databases are in memory and reused across the seeds of one call (each seed
+restores them as a first open left them: `ProjectionStores.fresh`): creating the schema costs
+more than a seed's batches. The live projection takes the events of each message as the oracle
+decoded them; the rebuild from zero decodes the bytes itself. This module may not read the wall
 clock, draw randomness other than from the seed's `random.Random`, or do I/O.
 """
 
