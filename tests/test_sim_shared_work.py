@@ -1,4 +1,5 @@
-"""The simulator does work once where it can and keeps what it checks: the live SQLite
+"""The simulator does work once where it can and keeps what it checks: a seed's databases are
+restored with the projection's schema made (no statement creates it again), the live SQLite
 projection takes the oracle's decoded messages (the rebuild from zero still decodes the bytes,
 so the decoder stays under test), and a runner given decoded events applies exactly those; the
 worker's check of a handler's output skips the walk that names places for a plain value."""
@@ -15,6 +16,7 @@ from sqlite_utils import Database
 from dagnats.sim import SimCase
 from dagnats.sim.bounds import run_bound_ms
 from dagnats.sim.loop import SimLoop
+from dagnats.sim.projector import ProjectionStores
 from dagnats.sim.scheduler import Simulation
 from dagnats.worker_safety import output_problem, walked_problem
 from kernel import codec, limits
@@ -27,9 +29,9 @@ from tests.projection_support import completed_run
 from tests.sim_mutants import chain_worker, chain_workflow
 
 
-def _simulate(seed: int) -> Simulation:
+def _simulate(seed: int, stores: ProjectionStores | None = None) -> Simulation:
     case = SimCase(workflow=chain_workflow(), worker=chain_worker())
-    simulation = Simulation(case, seed, bound_ms=run_bound_ms(case.workflow))
+    simulation = Simulation(case, seed, bound_ms=run_bound_ms(case.workflow), stores=stores)
     loop = SimLoop()  # type: ignore[abstract]
     try:
         result = loop.run_until_complete(simulation.run())
@@ -55,6 +57,23 @@ def test_only_the_rebuild_decodes_history_messages_in_the_projection_runner(
     assert simulation.projector.batches > 0
     messages = [m.payload for m in simulation.log.messages if not is_gate_id(m.run_id)]
     assert decoded == messages, "the live feed decoded messages the oracle had decoded"
+
+
+def test_once_the_tables_exist_a_seed_creates_nothing() -> None:
+    """Each seed restores its databases as a first open left them (schema stamp included), so
+    its opens, the projector's restarts and the rebuild's run no schema statement."""
+    stores = ProjectionStores()
+    statements: list[str] = []
+    for db in (stores.live, stores.rebuild):
+        db.conn.set_trace_callback(statements.append)
+    for seed in (1, 2):
+        _simulate(seed, stores)
+    statements.clear()
+    for seed in (3, 4, 5):
+        _simulate(seed, stores)
+    assert statements, "the trace saw the seeds"
+    creates = [s for s in statements if s.lstrip().upper().startswith(("CREATE", "ALTER"))]
+    assert creates == [], creates[:3]
 
 
 def test_a_runner_applies_the_events_it_is_given_and_decodes_the_others() -> None:
