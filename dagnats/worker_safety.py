@@ -22,7 +22,7 @@ import dataclasses
 import math
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import CodeType, TracebackType
 from typing import Final
 
@@ -177,6 +177,12 @@ def output_problem(value: object, depth_max: int = limits.json_depth_max) -> str
     encoder writes base64 text the reader never asked for).
     """
     assert 1 <= depth_max <= 10_000, depth_max
+    return None if _plain_json(value, depth_max) else walked_problem(value, depth_max)
+
+
+def walked_problem(value: object, depth_max: int) -> str | None:
+    """`output_problem` by the walk that names the place (every value takes it the same way;
+    `output_problem` skips it for plain values, which it finds no problem in)."""
     stack: list[tuple[str, object, int]] = [("$", value, 0)]
     visited = 0
     while stack:
@@ -198,3 +204,34 @@ def output_problem(value: object, depth_max: int = limits.json_depth_max) -> str
         stack.extend(reversed(pending))
     assert visited >= 1
     return None
+
+
+_PLAIN_LEAVES: Final = (str, int, bool, type(None))
+
+
+def _plain_json(value: object, depth_max: int) -> bool:
+    """Whether `value` is plainly a step output: dicts, lists and tuples (exactly those types)
+    no deeper than `depth_max`, of strings, integers, booleans, None and finite floats. False
+    means "walk it with paths" (`output_problem`), not that it is refused: it costs no path
+    text for what most handlers return."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind in _PLAIN_LEAVES:
+            continue
+        if isinstance(item, float) and kind is float:
+            if not math.isfinite(item):
+                return False
+            continue
+        children: Iterable[object]
+        if isinstance(item, dict) and kind is dict:
+            children = item.values()
+        elif isinstance(item, list | tuple) and (kind is list or kind is tuple):
+            children = item
+        else:
+            return False
+        if depth + 1 > depth_max:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True

@@ -16,8 +16,10 @@ msgspec and sqlite-utils, and does no I/O of its own beyond the `Database` it is
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import msgspec
@@ -32,8 +34,12 @@ if TYPE_CHECKING:  # (the engine imports this module for the snapshots: no sqlit
 
 CHECKPOINTS_TABLE: Final = "_dagnats_projections"
 batch_messages_max: Final = 1_000  # history messages applied in one transaction
+fingerprints_cached_max: Final = 64  # projection schemas whose digest is kept (one per class)
 
 Message = tuple[int, str, bytes]  # (stream sequence, run id, history message bytes)
+# The events of the history message at a stream sequence, as a caller already decoded them
+# from its bytes (None: it did not).
+Decoded = Callable[[int], tuple[AnyEvent, ...] | None]
 StoreT_contra = TypeVar("StoreT_contra", contravariant=True)
 
 _tags: dict[type[Event], str] = {}
@@ -109,9 +115,15 @@ class SqliteProjectionBase:
     version: int = 1
     events: frozenset[str] | None = None
     tables: tuple[str, ...] = ()
+    # The statements `create` runs (CREATE ... IF NOT EXISTS). Declared, they let
+    # `SqliteRunner.open` skip `create` while the database has them already; a projection whose
+    # `create` does more leaves it empty.
+    schema: tuple[str, ...] = ()
 
     def create(self, db: Database) -> None:
-        """Create the tables; override."""
+        """Create the tables: run the `schema` statements; override to do more."""
+        for statement in self.schema:
+            db.execute(statement)
 
     def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
         """Apply one event; override."""
@@ -155,18 +167,26 @@ class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def positioned_events(
-    messages: Iterable[Message], after_seq: int, wants: frozenset[str] | None, problems: list[str]
+    messages: Iterable[Message],
+    after_seq: int,
+    wants: frozenset[str] | None,
+    problems: list[str],
+    decoded: Decoded | None = None,
 ) -> Iterator[tuple[Position, AnyEvent]]:
     """The wanted events of messages with seq > after_seq (older ones are redeliveries), with
-    their positions. A message that does not decode is skipped and named in `problems`."""
+    their positions. A message that does not decode is skipped and named in `problems`.
+    `decoded(seq)`, when given, is the caller's decoding of the message at `seq` (None: not
+    decoded, or not decodable), taken instead of decoding its bytes again."""
     for seq, run_id, data in messages:
         if seq <= after_seq or is_gate_id(run_id):
             continue  # (a gate's history is admission's, kernel/admission.py, not a run's)
-        try:
-            events = codec.decode_events(data)  # (the command is not needed)
-        except DagnatsError as error:
-            problems.append(f"history message {seq} of run {run_id!r} skipped: {error}")
-            continue
+        events = decoded(seq) if decoded is not None else None
+        if events is None:
+            try:
+                events = codec.decode_events(data)  # (the command is not needed)
+            except DagnatsError as error:
+                problems.append(f"history message {seq} of run {run_id!r} skipped: {error}")
+                continue
         for index, event in enumerate(events):
             if wants is None or tag_of(event) in wants:
                 yield Position(seq, index, run_id), event
@@ -214,6 +234,24 @@ _CHECKPOINT_SELECT: Final = (
 )
 
 
+_POSITION_SELECT: Final = f"SELECT version, seq, events FROM {CHECKPOINTS_TABLE} WHERE name = ?"
+_POSITION_UPDATE: Final = (
+    f"UPDATE {CHECKPOINTS_TABLE} SET seq = ?, events = ?, updated_at_ms = ? WHERE name = ?"
+)
+
+
+def _stored_position(db: Database, name: str) -> tuple[int, int, int] | None:
+    """(version, seq, events) of the stored checkpoint of `name`, or None: what a batch checks
+    and moves (the rest of the checkpoint stays as `open` wrote it)."""
+    try:
+        row = db.conn.execute(_POSITION_SELECT, [name]).fetchone()
+    except sqlite3.OperationalError as error:
+        if _no_such_table(error):
+            return None
+        raise
+    return (row[0], row[1], row[2]) if row is not None else None
+
+
 def _no_such_table(error: sqlite3.OperationalError) -> bool:
     return str(error).startswith("no such table")
 
@@ -227,11 +265,56 @@ def read_checkpoints(db: Database) -> list[Checkpoint]:
 
 
 def _ensure_checkpoints_table(db: Database) -> None:
+    """The checkpoints table, with its `schema` column (added to the table of an older file)."""
     db.execute(
         f"CREATE TABLE IF NOT EXISTS {CHECKPOINTS_TABLE} (name TEXT PRIMARY KEY, "
         "version INTEGER NOT NULL, seq INTEGER NOT NULL, events INTEGER NOT NULL, "
-        "updated_at_ms INTEGER NOT NULL, tables TEXT NOT NULL)"
+        "updated_at_ms INTEGER NOT NULL, tables TEXT NOT NULL, schema TEXT NOT NULL DEFAULT '')"
     )
+    columns = {row[1] for row in db.conn.execute(f"PRAGMA table_info({CHECKPOINTS_TABLE})")}
+    if "schema" not in columns:
+        db.execute(f"ALTER TABLE {CHECKPOINTS_TABLE} ADD COLUMN schema TEXT NOT NULL DEFAULT ''")
+
+
+_STAMP_SELECT: Final = f"SELECT seq, schema FROM {CHECKPOINTS_TABLE} WHERE name = ?"
+
+
+def schema_fingerprint(projection: SqliteProjection) -> str:
+    """A digest of the projection's name, version, tables and declared `schema` statements;
+    "" when it declares none (its `create` then runs at every open)."""
+    statements = getattr(projection, "schema", ())
+    if not isinstance(statements, tuple) or not statements:
+        return ""
+    return _fingerprint(projection.name, projection.version, tuple(projection.tables), statements)
+
+
+@functools.lru_cache(maxsize=fingerprints_cached_max)
+def _fingerprint(name: str, version: int, tables: tuple[str, ...], schema: tuple[str, ...]) -> str:
+    text = msgspec.json.encode([name, version, tables, schema])
+    return hashlib.blake2b(text, digest_size=16).hexdigest()
+
+
+def _schema_stamp(db: Database, fingerprint: str) -> str:
+    """The stamp of a schema in this database: its fingerprint and SQLite's schema version (it
+    moves with every CREATE, DROP or ALTER, so a table dropped by hand changes the stamp)."""
+    (schema_version,) = db.conn.execute("PRAGMA schema_version").fetchone()
+    return f"{fingerprint}.{schema_version}"
+
+
+def _stamped_seq(db: Database, name: str, fingerprint: str) -> int | None:
+    """The stored checkpoint's sequence when its schema stamp is this database's now; None when
+    the projection must be created (no checkpoint, another stamp, an older checkpoints table)."""
+    try:
+        row = db.conn.execute(_STAMP_SELECT, [name]).fetchone()
+    except sqlite3.OperationalError as error:
+        if _no_such_table(error) or str(error).startswith("no such column"):
+            return None
+        raise
+    if row is None or row[1] != _schema_stamp(db, fingerprint):
+        return None
+    seq = row[0]
+    assert isinstance(seq, int) and seq >= 0, seq
+    return seq
 
 
 def _write_checkpoint(db: Database, checkpoint: Checkpoint) -> None:
@@ -273,12 +356,19 @@ class SqliteRunner:
         self.projection = projection
 
     def open(self, now_ms: int = 0) -> int:
-        """Create the projection's tables; rebuild it when its stored version differs.
+        """Create the projection's tables; rebuild it when its stored version differs. A
+        projection that declares its `schema` is not created again while the checkpoint's stamp
+        of it (version, tables, statements, the database's schema version) holds.
 
         Returns:
             The sequence to resume after (0: from the beginning).
         """
         projection = self.projection
+        fingerprint = schema_fingerprint(projection)
+        if fingerprint:
+            seq = _stamped_seq(self.db, projection.name, fingerprint)
+            if seq is not None:
+                return seq
         with write_transaction(self.db):
             _ensure_checkpoints_table(self.db)
         stored = read_checkpoint(self.db, projection.name)
@@ -296,18 +386,32 @@ class SqliteRunner:
                     tables=projection.tables,
                 )
                 _write_checkpoint(self.db, stored)
+            if fingerprint:  # (after the schema's statements: the stamp is of the schema now)
+                stamp = _schema_stamp(self.db, fingerprint)
+                self.db.conn.execute(
+                    f"UPDATE {CHECKPOINTS_TABLE} SET schema = ? WHERE name = ?",
+                    [stamp, projection.name],
+                )
         return stored.seq
 
     def checkpoint(self) -> Checkpoint | None:
         return read_checkpoint(self.db, self.projection.name)
 
-    def apply_batch(self, messages: list[Message], *, after_seq: int, now_ms: int) -> BatchResult:
+    def apply_batch(
+        self,
+        messages: list[Message],
+        *,
+        after_seq: int,
+        now_ms: int,
+        decoded: Decoded | None = None,
+    ) -> BatchResult:
         """Apply the messages with seq > after_seq and store the new checkpoint, atomically.
 
         Args:
             messages: history messages in stream order (at most `batch_messages_max`).
             after_seq: the checkpoint the caller believes is stored.
             now_ms: the time to record with the checkpoint.
+            decoded: the caller's decoding of messages it already decoded (`positioned_events`).
         Raises:
             CheckpointMovedError: the stored checkpoint is not `after_seq` (a rebuild); nothing
                 is applied.
@@ -315,16 +419,17 @@ class SqliteRunner:
         assert len(messages) <= batch_messages_max, len(messages)
         projection = self.projection
         problems: list[str] = []
+        connection = self.db.conn
         with write_transaction(self.db):
-            stored = read_checkpoint(self.db, projection.name)
-            if stored is None or stored.seq != after_seq or stored.version != projection.version:
+            stored = _stored_position(self.db, projection.name)
+            if stored is None or stored[1] != after_seq or stored[0] != projection.version:
                 raise CheckpointMovedError(
-                    projection.name, after_seq, stored.seq if stored is not None else 0
+                    projection.name, after_seq, stored[1] if stored is not None else 0
                 )
             applied = 0
             try:
                 for at, event in positioned_events(
-                    messages, after_seq, projection.events, problems
+                    messages, after_seq, projection.events, problems, decoded
                 ):
                     projection.apply(self.db, event, at)
                     applied += 1
@@ -333,11 +438,8 @@ class SqliteRunner:
                 projection.discard()
                 raise
             last_seq = max([after_seq, *(message[0] for message in messages)])
-            _write_checkpoint(
-                self.db,
-                msgspec.structs.replace(
-                    stored, seq=last_seq, events=stored.events + applied, updated_at_ms=now_ms
-                ),
+            connection.execute(
+                _POSITION_UPDATE, [last_seq, stored[2] + applied, now_ms, projection.name]
             )
         return BatchResult(seq=last_seq, applied=applied, problems=tuple(problems))
 

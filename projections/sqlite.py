@@ -276,6 +276,7 @@ class QueryTables(SqliteProjectionBase):
     version = VERSION
     events = None
     tables = ("runs", "steps", "events", "approvals", "agent_turns", "tool_calls", STATES_TABLE)
+    schema = _SCHEMA
 
     def __init__(self) -> None:
         self._touched: dict[str, _Touched] = {}
@@ -286,10 +287,6 @@ class QueryTables(SqliteProjectionBase):
         # States this projection last wrote, with their sequence: a stored state whose row
         # still has that sequence is this one, and is not decoded again (bounded, LRU).
         self._written: OrderedDict[str, tuple[int, RunState]] = OrderedDict()
-
-    def create(self, db: Database) -> None:
-        for statement in _SCHEMA:
-            db.execute(statement)
 
     def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
         touched = self._touched.get(at.run_id)

@@ -21,7 +21,7 @@ from kernel import codec
 from kernel.events import AnyEvent, Decision, RunStarted, StepStarted
 from kernel.reducer import evolve
 from kernel.state import is_terminal
-from projections.base import Position, SqliteProjectionBase, SqliteRunner, read_checkpoint
+from projections.base import Position, SqliteProjectionBase, read_checkpoint
 from projections.sqlite import QueryTables
 from tests.sim_mutants import chain_worker, chain_workflow
 
@@ -120,18 +120,18 @@ class _Counter(SqliteProjectionBase):
 
 
 def _seed_writes(stores: ProjectionStores, db: Database, rows: int) -> list[int]:
-    """What one seed does to a store: empty it, open the projection, write rows."""
+    """What one seed does to a store: open the projection on emptied tables, write rows."""
     projection = _Counter()
-    stores.empty(db, projection)
-    SqliteRunner(db, projection).open()
+    stores.fresh(db, projection)
     for index in range(rows):
         db.execute("INSERT INTO counted (tag) VALUES (?)", [f"row {index}"])
     return [row[0] for row in db.execute("SELECT id FROM counted ORDER BY id")]
 
 
 def test_emptying_restores_the_first_emptied_database() -> None:
-    """After the first seeds, `empty` restores the database's emptied pages: no row, no
-    checkpoint and no counter of an earlier seed survives (a seed's result is its own)."""
+    """After the first seeds, `fresh` restores the database's emptied pages: no row, no
+    checkpoint position and no counter of an earlier seed survives (a seed's result is its
+    own); `empty` deletes the rows and the checkpoint."""
     stores = ProjectionStores()
     for db in (stores.live, stores.rebuild):
         assert _seed_writes(stores, db, 3) == [1, 2, 3]

@@ -152,10 +152,11 @@ class FaultPlan(msgspec.Struct, frozen=True, kw_only=True):
 class SeedFaults:
     """The fault dice of one seed: per-kind probabilities drawn from the plan, and counts."""
 
-    __slots__ = ("counts", "enabled", "probability", "rng")
+    __slots__ = ("_random", "counts", "enabled", "probability", "rng")
 
     def __init__(self, plan: FaultPlan, rng: random.Random, *, swarm: bool = True) -> None:
         self.rng = rng
+        self._random = rng.random  # (bound once: every opportunity of every kind rolls it)
         self.probability: dict[str, float] = {}
         for kind, planned in plan.probabilities().items():
             scale = 1.0
@@ -169,7 +170,7 @@ class SeedFaults:
     def hit(self, kind: str, label: str = "") -> bool:
         """Roll for `kind`; count it (under `kind:label` when labelled) when it strikes."""
         probability = self.probability[kind]
-        if self.rng.random() >= probability:  # (rolled even when off: see the module)
+        if self._random() >= probability:  # (rolled even when off: see the module)
             return False
         name = f"{kind}:{label}" if label else kind
         self.counts[name] = self.counts.get(name, 0) + 1

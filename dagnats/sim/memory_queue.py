@@ -123,12 +123,14 @@ class MemoryQueue:
     def ready_subjects(self) -> list[str]:
         """The subjects with an entry deliverable now, sorted."""
         now = self.time.now_ms
-        subjects = {
-            entry.subject
-            for entry in self.entries
-            if entry.holder is None and entry.available_at_ms <= now
-        }
-        return sorted(subjects) if len(subjects) > 1 else list(subjects)
+        subjects: list[str] = []
+        for entry in self.entries:
+            ready = entry.holder is None and entry.available_at_ms <= now
+            if ready and entry.subject not in subjects:
+                subjects.append(entry.subject)
+        if len(subjects) > 1:
+            subjects.sort()
+        return subjects
 
     def deliver(self, entry: QueueEntry, holder: object, deadline_ms: int | None = None) -> int:
         """Hand `entry` to `holder` until its ack deadline; returns the delivery number."""
@@ -168,7 +170,10 @@ class MemoryQueue:
     def expire(self) -> list[QueueEntry]:
         """Release every held entry whose ack deadline passed (it will be redelivered)."""
         now = self.time.now_ms
-        expired = [e for e in self.entries if e.holder is not None and e.deadline_ms <= now]
+        expired: list[QueueEntry] = []
+        for entry in self.entries:
+            if entry.holder is not None and entry.deadline_ms <= now:
+                expired.append(entry)
         for entry in expired:
             self._release(entry, now)
         return expired

@@ -85,11 +85,15 @@ class ModelStep:
 
 @dataclass(slots=True)
 class Input:
-    """One command the model was fed, for the report of a mismatch."""
+    """One command the model was fed, for the report of a mismatch (described when read)."""
 
     at_ms: int
-    text: str
+    command: object
     applied: bool
+
+    @property
+    def text(self) -> str:
+        return describe(self.command)
 
 
 def lost_attempt(step: ModelStep, *, may_run: bool) -> LostRule:
@@ -174,7 +178,7 @@ class ModelRun:
         self.ended_at_ms: int | None = None
         self.completions = 0
         self.now_ms = at_ms
-        self.inputs: list[Input] = [Input(at_ms, "start", True)]
+        self.inputs: list[Input] = [Input(at_ms, start, True)]
         self.lost_now = False  # the latest command lost an attempt that runs again
         self.defs = {s.id: s for s in workflow.steps}
         roles: dict[str, tuple[Role, str]] = {}
@@ -198,7 +202,7 @@ class ModelRun:
         self.now_ms = max(self.now_ms, at_ms)
         self.lost_now = False
         applied = self._apply(command)
-        self.inputs.append(Input(at_ms, describe(command), bool(applied)))
+        self.inputs.append(Input(at_ms, command, bool(applied)))
         if applied:
             self._advance()
         return applied
@@ -418,6 +422,8 @@ def describe(command: object) -> str:
             return "cancel"
         case TaskStarted():
             return f"{command.step_id}#{command.attempt} started"
+        case StartRun():
+            return "start"
     return type(command).__name__
 
 

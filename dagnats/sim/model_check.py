@@ -116,7 +116,6 @@ class ModelCheck:
         self._check_due(run_id, model, message.at_ms)
         if run_id in self.broken:
             return
-        tags = [event_tag(type(e)) for e in decision.events]
         applied: bool | None = None
         lost_fed: set[str] = set()  # steps whose fed command the model has as a lost attempt
         for each in commands_of(command):  # (a DecideAll's commands in turn: kernel/batch.py)
@@ -125,7 +124,7 @@ class ModelCheck:
                 self._mismatch(
                     run_id,
                     model,
-                    [f"the engine decided {', '.join(tags[:4])} on `{model.inputs[-1].text}`; "
+                    [f"the engine decided {_tags(decision)} on `{model.inputs[-1].text}`; "
                      "the model finds nothing to do for it"],
                     getattr(each, "step_id", ""),
                 )  # fmt: skip
@@ -142,7 +141,7 @@ class ModelCheck:
                 run_id,
                 model,
                 [f"the engine {recorded} step.lost for step {step_id} (it decided "
-                 f"{', '.join(tags[:4])}); the model has the attempt "
+                 f"{_tags(decision)}); the model has the attempt "
                  f"{'lost, the next one started at once' if lost else 'failed'}"],
                 step_id,
             )  # fmt: skip
@@ -219,6 +218,11 @@ class ModelCheck:
                 text.append(f"  what the workers did with {step_id} (virtual ms of the seed):")
                 text.extend(story)
         self.violate("model_matches", "\n".join(text), run_id)
+
+
+def _tags(decision: Decision) -> str:
+    """The first tags of a decision's events, for a mismatch report."""
+    return ", ".join(event_tag(type(event)) for event in decision.events[:4])
 
 
 def _start(model: ModelRun) -> int:

@@ -18,8 +18,10 @@ Checked (invariants `snapshots_equal_fold` and `projections_equal_rebuild`):
   the oracle's fold (`run_row`, `step_row`), so a projection that is wrong the same way twice
   is caught too; the projection reports no problems and raises nothing.
 
-The two SQLite databases are in memory and reused across the seeds of one call (emptied per
-seed): creating the schema costs more than a seed's batches. This module may not read the wall
+The two SQLite databases are in memory and reused across the seeds of one call (each seed
+restores them as a first open left them: `ProjectionStores.fresh`): creating the schema costs
+more than a seed's batches. The live projection takes the events of each message as the oracle
+decoded them; the rebuild from zero decodes the bytes itself. This module may not read the wall
 clock, draw randomness other than from the seed's `random.Random`, or do I/O.
 """
 
@@ -80,7 +82,7 @@ DecisionAt = Callable[[int], Decision | None]  # the oracle's decoded message at
 
 class ProjectionStores:
     """The two in-memory databases of the SQLite projection (live, rebuild), kept across the
-    seeds of one call: each seed empties the projection's tables and its checkpoint."""
+    seeds of one call: each seed opens the projection on emptied tables (`fresh`)."""
 
     def __init__(self) -> None:
         self.live = Database(memory=True)
@@ -88,24 +90,39 @@ class ProjectionStores:
         # Tables seen in each database: no table is ever dropped, so one seen stays there.
         self._tables: dict[int, set[str]] = {id(self.live): set(), id(self.rebuild): set()}
         self._columns: dict[str, int] = {}  # table -> its column count (the same in both)
-        # Each database as `empty` first left it with all of a projection's tables (its pages).
+        # Each database as `fresh` first left it with all of a projection's tables (its pages).
         self._templates: dict[tuple[int, str, tuple[str, ...]], bytes] = {}
 
-    def empty(self, db: Database, projection: SqliteProjection) -> None:
-        """Delete the projection's rows and its checkpoint (its tables stay).
+    def fresh(self, db: Database, projection: SqliteProjection, now_ms: int = 0) -> SqliteRunner:
+        """The projection opened on emptied tables: no row, its checkpoint at sequence 0.
 
-        Once the database holds all the projection's tables, its emptied pages are kept (a
-        copy of a few pages): each later call restores them in one step instead of deleting
-        row by row, so the database is then exactly what it was that first time (counters
-        such as AUTOINCREMENT's, set back too: no seed leaves anything to the next)."""
+        The first times, its rows and checkpoint are deleted (`empty`) and it is opened
+        (`SqliteRunner.open`); once the database held all its tables before that, the pages
+        this leaves are kept (a copy of a few pages), and each later call restores them in one
+        step, so the database is then exactly what it was that time (counters such as
+        AUTOINCREMENT's set back too: no seed leaves anything to the next; the checkpoint's
+        schema stamp too, so the open finds the tables made)."""
         key = (id(db), projection.name, projection.tables)
         template = self._templates.get(key)
         if template is not None:
             try:
                 db.conn.deserialize(template)
-                return
             except sqlite3.Error:  # (a statement still open: delete the rows instead)
-                pass
+                template = None
+        whole = template is None and self.empty(db, projection)
+        runner = SqliteRunner(db, projection)
+        position = runner.open(now_ms)
+        assert position == 0, f"{projection.name}: opened at {position} on emptied tables"
+        if whole:
+            self._templates[key] = db.conn.serialize()
+        return runner
+
+    def empty(self, db: Database, projection: SqliteProjection) -> bool:
+        """Delete the projection's rows and its checkpoint (its tables stay).
+
+        Returns:
+            Whether the database held all the projection's tables (then they are all empty).
+        """
         existing = self._tables.setdefault(id(db), set())
         if not existing.issuperset((*projection.tables, CHECKPOINTS_TABLE)):
             existing.update(db.table_names())
@@ -118,8 +135,7 @@ class ProjectionStores:
             if SEQUENCES_TABLE in existing:  # (AUTOINCREMENT counters start again too)
                 for table in projection.tables:
                     db.execute(f"DELETE FROM {SEQUENCES_TABLE} WHERE name = ?", [table])
-        if template is None and existing.issuperset((*projection.tables, CHECKPOINTS_TABLE)):
-            self._templates[key] = db.conn.serialize()
+        return existing.issuperset((*projection.tables, CHECKPOINTS_TABLE))
 
     def empty_tables(self, db: Database, tables: tuple[str, ...]) -> set[str]:
         """The tables without a row, found in one query (none when some table is missing)."""
@@ -271,7 +287,9 @@ class SeedProjector:
         if crash:
             runner.projection = _CrashAfterFlush(projection)
         try:
-            result = runner.apply_batch(batch, after_seq=self.tables_position, now_ms=now_ms)
+            result = runner.apply_batch(
+                batch, after_seq=self.tables_position, now_ms=now_ms, decoded=self._events_at
+            )
         except SimulatedCrash:
             return True
         except Exception as error:  # a projection that raises is stuck: that is the finding
@@ -286,6 +304,12 @@ class SeedProjector:
             self._broke(f"the projection reports: {problems[0]}")
             return False
         return True
+
+    def _events_at(self, seq: int) -> tuple[AnyEvent, ...] | None:
+        """The events of the history message at `seq` as the oracle decoded them (the live
+        projection takes them; the rebuild from zero decodes the bytes itself)."""
+        decision = self.decision_at(seq) if self.decision_at is not None else None
+        return decision.events if decision is not None else None
 
     def _apply_snapshots(self, messages: list[HistoryMessage]) -> None:
         decoded: list[Decoded] = []
@@ -332,11 +356,13 @@ class SeedProjector:
     def _open(self, *, empty: bool) -> None:
         assert self.factory is not None and self.stores is not None
         projection = self.factory()
-        if empty:
-            self.stores.empty(self.stores.live, projection)
         self.projection = projection
-        self.runner = SqliteRunner(self.stores.live, projection)
-        self.tables_position = self.runner.open()
+        if empty:
+            self.runner = self.stores.fresh(self.stores.live, projection)
+            self.tables_position = 0
+        else:
+            self.runner = SqliteRunner(self.stores.live, projection)
+            self.tables_position = self.runner.open()
 
     def _broke(self, text: str) -> None:
         self.broken = True
@@ -359,10 +385,11 @@ class SeedProjector:
             return
         assert self.stores is not None and self.factory is not None
         rebuilt = self.factory()
-        self.stores.empty(self.stores.rebuild, rebuilt)
         everything = [(m.seq, m.run_id, m.payload) for m in self.log.messages]
         try:
-            SqliteRunner(self.stores.rebuild, rebuilt).apply_all(everything, now_ms=now_ms)
+            self.stores.fresh(self.stores.rebuild, rebuilt, now_ms).apply_all(
+                everything, now_ms=now_ms
+            )
         except Exception as error:
             self._broke(f"the rebuild from zero raised {error!r}")
             return

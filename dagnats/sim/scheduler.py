@@ -202,10 +202,14 @@ class Simulation:
         """Everything that could happen now, in a fixed order (the dice pick one)."""
         now = self.time.now_ms
         actions: list[Action] = []
-        if self.commands.has_ready():
-            actions.extend(partial(self._engine_step, p) for p in self.engines if p.engine)
-        if self.tasks.entries and any(w.worker is not None for w in self.workers):
-            actions.extend(partial(self._deliver, s) for s in self.tasks.ready_subjects())
+        if self.commands.entries and self.commands.has_ready():
+            for process in self.engines:
+                if process.engine:
+                    actions.append(partial(self._engine_step, process))
+        if self.tasks.entries:
+            subjects = self.tasks.ready_subjects()
+            if subjects and any(w.worker is not None for w in self.workers):
+                actions.extend(partial(self._deliver, subject) for subject in subjects)
         for call in self.calls:
             if call.finish_at_ms is not None and call.finish_at_ms <= now:
                 actions.append(partial(self._finish, call))
@@ -223,30 +227,34 @@ class Simulation:
         return actions
 
     def _next_due(self) -> int | None:
+        """The next moment after now at which something can happen (None: nothing will)."""
         now = self.time.now_ms
+        times = [self.commands.next_due_ms(), self.tasks.next_due_ms()]
+        if self.timers.armed:
+            times.append(self.timers.next_due_ms())
+        for call in self.calls:
+            times.append(call.finish_at_ms)
+        for process in self.engines:
+            times.append(process.restart_at_ms)
+        for worker in self.workers:
+            times.append(worker.restart_at_ms)
+        for client_action in self.client_actions:
+            times.append(client_action.at_ms)
         due: int | None = None
-        for at in (
-            self.commands.next_due_ms(),
-            self.tasks.next_due_ms(),
-            self.timers.next_due_ms() if self.timers.armed else None,
-            *(call.finish_at_ms for call in self.calls),
-            *(p.restart_at_ms for p in self.engines),
-            *(w.restart_at_ms for w in self.workers),
-            *(a.at_ms for a in self.client_actions),
-        ):
+        for at in times:
             if at is not None and now < at < NEVER_MS and (due is None or at < due):
                 due = at
         return due
 
     def _settled(self) -> bool:
         """Every run ended, nothing queued, no handler running but hung ones."""
-        return (
-            not self.client_actions
-            and all(is_terminal(self.oracle.state(run_id)) for run_id in self.started_at_ms)
-            and self.commands.pending() == 0
-            and self.tasks.pending() == 0
-            and all(call.finish_at_ms is None for call in self.calls)
-        )
+        if self.client_actions or self.commands.entries or self.tasks.entries:
+            return False
+        state = self.oracle.state
+        for run_id in self.started_at_ms:
+            if not is_terminal(state(run_id)):
+                return False
+        return all(call.finish_at_ms is None for call in self.calls)
 
     def _expire(self) -> None:
         if not self.commands.entries and not self.tasks.entries:
