@@ -52,7 +52,7 @@ from dagnats.runtime.resources import (
     task_consumer_name,
     task_subject,
 )
-from dagnats.runtime.task_polls import MSG_ID_HEADER, TaskPolls, reply_fields
+from dagnats.runtime.task_polls import MSG_ID_HEADER, TaskPolls, delivery_fields, reply_fields
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER, TaskTokens
 from kernel.errors import PayloadTooLargeError
 
@@ -72,12 +72,8 @@ class JetStreamMessage:
 
     def __init__(self, message: Msg) -> None:
         self._message = message
-        fields = reply_fields(message.reply)
-        if fields is None:  # as nats-py's `Msg.metadata` would
-            raise nats.errors.NotJSMessageError
+        fields = delivery_fields(message.reply)
         self.num_delivered, self.stream_seq, self.num_pending, self.stored_ms = fields
-        assert self.num_delivered >= 1, self.num_delivered
-        assert self.stored_ms >= 0, self.stored_ms
 
     @property
     def subject(self) -> str:

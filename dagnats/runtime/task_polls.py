@@ -69,6 +69,22 @@ def reply_fields(reply: str) -> tuple[int, int, int, int] | None:
     return delivered, stream_seq, pending, stored_ns // 1_000_000
 
 
+def delivery_fields(reply: str) -> tuple[int, int, int, int]:
+    """`reply_fields` of a task's delivery, checked: (times delivered, stream sequence,
+    pending, stored ms).
+
+    Raises:
+        nats.errors.NotJSMessageError: the reply is not a JetStream ack subject (as nats-py's
+            `Msg.metadata` would).
+    """
+    fields = reply_fields(reply)
+    if fields is None:
+        raise nats.errors.NotJSMessageError
+    assert fields[0] >= 1, fields  # delivered at least once
+    assert fields[3] >= 0, fields  # stored at a time
+    return fields
+
+
 class RawTaskMessage:
     """`protocols.QueueMessage` over the raw parts of a delivered JetStream message: its
     header block is parsed only when read (most tasks read it once, for their trace and
@@ -90,12 +106,8 @@ class RawTaskMessage:
         self._raw_headers = headers
         self._headers: dict[str, str] | None = None
         self._settled = False
-        fields = reply_fields(self._reply)
-        if fields is None:
-            raise nats.errors.NotJSMessageError
+        fields = delivery_fields(self._reply)
         self.num_delivered, self.stream_seq, self.num_pending, self.stored_ms = fields
-        assert self.num_delivered >= 1, self.num_delivered
-        assert self.stored_ms >= 0, self.stored_ms
 
     @property
     def subject(self) -> str:
