@@ -39,6 +39,7 @@ from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     ENGINE_CONSUMER,
     HISTORY_STREAM,
+    STORED_PREFIX,
     ensure_resources,
     run_commands_filter,
 )
@@ -273,11 +274,17 @@ async def test_many_starts_leave_no_consumer_behind(
     client: Client, private_server: EmbeddedNats, tmp_path: Path
 ) -> None:
     """A stream holds at most 1,000 consumers: starts from one client that never wait (each
-    opens a watch for its `wait`) must not pile theirs up until the server refuses."""
+    opens a watch for its `wait`) must not pile theirs up until the server refuses; and a live
+    watch's subscription is closed when its watch leaves the parked ones."""
     starts = 1_100
     async with engine(private_server.url, tmp_path / "data"):
         run_ids = [await client.start(NAP) for _ in range(starts)]
         info = await client.connection.js.stream_info(HISTORY_STREAM)
+        subscribed = [
+            sub for sub in client.connection.nc._subs.values()
+            if sub.subject.startswith(f"{STORED_PREFIX}.")
+        ]  # fmt: skip
+    assert 1 <= len(subscribed) <= parked_watches_max, len(subscribed)
     assert len(set(run_ids)) == starts
     assert info.state.consumer_count is not None
     assert info.state.consumer_count <= parked_watches_max + 8, info.state
