@@ -125,11 +125,6 @@ class LiveWatch:
         )  # fmt: skip
         return cls(run_id, js, subscription, after_seq, stored)
 
-    @property
-    def reopened(self) -> int:
-        """Reads of the stream that found messages (as `RunWatch.reopened` counts reopens)."""
-        return self.reads
-
     def _reconnect_count(self) -> int:
         return int(self._js._nc.stats["reconnects"])
 
