@@ -52,6 +52,7 @@ from dagnats.runtime.resources import (
     task_consumer_name,
     task_subject,
 )
+from dagnats.runtime.standing_pull import StandingPull, next_message
 from dagnats.runtime.task_polls import MSG_ID_HEADER, TaskPolls, delivery_fields, reply_fields
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER, TaskTokens
 from kernel.errors import PayloadTooLargeError
@@ -256,6 +257,7 @@ class JetStreamCommandQueue:
         self.ack_wait_ms = ack_wait_ms
         self.publisher = JetStreamPublisher(js)
         self._subscription: JetStreamContext.PullSubscription | None = None
+        self._pull: StandingPull | None = None
 
     async def publish_live(self, subject: str, data: bytes) -> None:
         """Publish on core NATS, outside every stream (a handler's live output: never
@@ -289,7 +291,9 @@ class JetStreamCommandQueue:
             )
             await _settle_ack_wait(self.js, COMMANDS_STREAM, config)
             self._subscription = await bind_pull_consumer(self.js, COMMANDS_STREAM, config)
-        return await fetch_batch(self._subscription, batch=batch, timeout_ms=timeout_ms)
+            self._pull = StandingPull(self._subscription, credit_max=settings.command_batch_max)
+        assert self._pull is not None
+        return [JetStreamMessage(m) for m in await self._pull.fetch(batch, timeout_ms)]
 
     async def publish_dead(self, kind: str, payload: bytes, reason: str) -> None:
         """Keep `payload` on `dagnats.dead.<kind>` with its reason (one line, bounded)."""
@@ -300,7 +304,12 @@ class JetStreamCommandQueue:
         await self.js.publish(dead_subject(kind), payload, stream=DEAD_STREAM, headers=headers)
 
     async def close(self) -> None:
-        """Unsubscribe the engine's pull subscription (the durable consumer stays)."""
+        """Give back what the standing pull brought and no fetch took, then unsubscribe the
+        engine's pull subscription (the durable consumer stays)."""
+        if self._pull is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._pull.give_back()
+            self._pull = None
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None
@@ -424,7 +433,7 @@ async def _pull(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while len(messages) < batch:
-        message = await _next_message(inbox, deadline)
+        message = await next_message(inbox, deadline)
         if message is None:
             break  # (the time is up)
         status = JetStreamContext.is_status_msg(message)
@@ -454,34 +463,6 @@ def _left_over(inbox: Subscription, batch: int) -> list[Msg]:
         if not JetStreamContext.is_status_msg(message):
             messages.append(message)
     return messages
-
-
-async def _next_message(inbox: Subscription, deadline: float) -> Msg | None:
-    """The inbox's next message by `deadline` (loop time; None: none came), as
-    `Subscription.next_msg` without its per-call tasks. A closed connection raises within
-    fetch_closed_check_ms (next_msg's wait was cancelled at the close).
-
-    Raises:
-        nats.errors.ConnectionClosedError: the connection is closed.
-    """
-    queue = inbox._pending_queue
-    loop = asyncio.get_running_loop()
-    message: Msg | None = None
-    while message is None:
-        if inbox._conn.is_closed:
-            raise nats.errors.ConnectionClosedError
-        if not queue.empty():
-            message = queue.get_nowait()
-            break
-        left_s = deadline - loop.time()
-        if left_s <= 0:
-            return None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(left_s, settings.fetch_closed_check_ms / 1000)):
-                message = await queue.get()
-    inbox._pending_size -= len(message.data)
-    queue.task_done()
-    return message
 
 
 def _check_size(field: str, payload: bytes) -> None:

@@ -1,0 +1,161 @@
+"""The engine's standing pull of its commands (runtime/standing_pull), against a real
+nats-server: a chain of commands, each sent after the last was fetched, costs a pull request
+per half credit, not one per command (counted on the wire); a request expiring during a wait
+is asked again, so a command sent late in a long wait still comes; what one engine's pull
+brought and no fetch took is given back at its close, for another engine at once (not after
+the ack wait); after a server restart the pull asks again and commands flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+import nats.js.errors
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from dagnats.runtime import settings
+from dagnats.runtime.nats_server import EmbeddedNats
+from dagnats.runtime.queue import JetStreamCommandQueue, bind_pull_consumer
+from dagnats.runtime.resources import COMMANDS_STREAM, ensure_resources
+from dagnats.runtime.standing_pull import StandingPull
+from tests.nats_fixtures import connect, unique, wait_for
+
+WAIT_MS = 10_000
+CHAIN = 40
+
+
+async def _count_requests(nc: Client, consumer: str) -> list[Msg]:
+    """Every pull request sent to `consumer` from now on (seen from a second connection)."""
+    seen: list[Msg] = []
+
+    async def record(message: Msg) -> None:
+        seen.append(message)
+
+    await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{COMMANDS_STREAM}.{consumer}", cb=record)
+    await nc.flush()
+    return seen
+
+
+async def test_a_chain_of_commands_costs_a_pull_request_per_half_credit(
+    private_server: EmbeddedNats, private_js: JetStreamContext
+) -> None:
+    observer = await connect(private_server.url)
+    try:
+        requests = await _count_requests(observer, "dagnats_engine")
+        commands = JetStreamCommandQueue(private_js)
+        run_id = unique("chain")
+        for n in range(CHAIN):  # one at a time: each comes alone, as in a chain of steps
+            await commands.publish_command(run_id, f"c{n}".encode(), f"{run_id}:{n}")
+            [message] = await commands.fetch_commands(batch=8, timeout_ms=WAIT_MS)
+            assert message.data == f"c{n}".encode()
+            await message.ack()
+        await observer.flush()
+        credit = settings.command_batch_max
+        assert len(requests) <= 1 + CHAIN // (credit // 2), len(requests)
+        assert len(requests) < CHAIN // 4  # (a request per command before)
+        await commands.close()
+    finally:
+        await observer.close()
+
+
+async def test_a_request_expiring_mid_wait_is_asked_again(
+    private_server: EmbeddedNats, private_js: JetStreamContext
+) -> None:
+    commands = JetStreamCommandQueue(private_js)
+    await commands.fetch_commands(batch=1, timeout_ms=50)  # (binds the consumer)
+    assert commands._subscription is not None
+    pull = StandingPull(commands._subscription, credit_max=4, expires_ms=200)
+    run_id = unique("late")
+    waiting = asyncio.ensure_future(pull.fetch(4, 3_000))
+
+    async def send_late() -> None:
+        await wait_for(lambda: pull.requests >= 3, timeout_ms=WAIT_MS, what="requests renewed")
+        await commands.publish_command(run_id, b"late", f"{run_id}:1")
+
+    sending = asyncio.ensure_future(send_late())
+    messages = await asyncio.wait_for(waiting, WAIT_MS / 1000)
+    await sending
+    assert [message.data for message in messages] == [b"late"]
+    await messages[0].ack()
+    await commands.close()
+
+
+async def test_what_a_closed_pull_brought_goes_to_another_engine_at_once(
+    private_js: JetStreamContext,
+) -> None:
+    first = JetStreamCommandQueue(private_js)
+    run_id = unique("handover")
+    sent = [f"c{n}".encode() for n in range(6)]
+    for n, data in enumerate(sent):
+        await first.publish_command(run_id, data, f"{run_id}:{n}")
+    [taken] = await first.fetch_commands(batch=1, timeout_ms=WAIT_MS)
+    await taken.ack()
+    assert first._pull is not None
+    held = first._pull.subscription._sub._pending_queue
+    await wait_for(lambda: held.qsize() >= len(sent) - 1, timeout_ms=WAIT_MS, what="the rest")
+    await first.close()  # gives the five back (a nak each)
+    second = JetStreamCommandQueue(private_js)
+    got: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.command_ack_wait_ms / 1000 / 2
+    while len(got) < len(sent) - 1 and loop.time() < deadline:  # bounded: half the ack wait
+        for message in await second.fetch_commands(batch=8, timeout_ms=100):
+            got.append(message.data)
+            await message.ack()
+    assert got == sent[1:], "given back: not left to the ack wait"
+    await second.close()
+
+
+async def test_after_a_server_restart_the_pull_asks_again(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    port = int(server.url.rsplit(":", 1)[1])
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    try:
+        js = nc.jetstream()
+        await ensure_resources(js)
+        commands = JetStreamCommandQueue(js)
+        run_id = unique("restart")
+        await commands.publish_command(run_id, b"before", f"{run_id}:0")
+        [before] = await commands.fetch_commands(batch=4, timeout_ms=WAIT_MS)
+        await before.ack()
+        await server.stop()
+        server = EmbeddedNats(tmp_path / "nats", port=port)  # the same store
+        await server.start()
+        await wait_for(lambda: nc.is_connected, timeout_ms=20_000, what="the reconnect")
+        await commands.publish_command(run_id, b"after", f"{run_id}:1")
+        # The request of before the restart is gone with that server; a fetch within the
+        # standing request's expiry gets the command only if the pull asked again.
+        assert settings.standing_pull_expiry_ms > 2_000
+        [after] = await commands.fetch_commands(batch=4, timeout_ms=2_000)
+        assert after.data == b"after"
+        await after.ack()
+        await commands.close()
+    finally:
+        await nc.close()
+        await server.stop()
+
+
+async def test_a_pull_of_a_deleted_consumer_raises(private_js: JetStreamContext) -> None:
+    """Its standing request ends with a 409 (consumer deleted); asked again, the server has
+    no consumer to answer it (503): the fetch raises, as nats-py's would."""
+    config = api.ConsumerConfig(
+        durable_name=unique("gone").replace("-", "_"),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        filter_subject=f"dagnats.cmd.*.{unique('nobody')}.>",
+    )
+    subscription = await bind_pull_consumer(private_js, COMMANDS_STREAM, config)
+    pull = StandingPull(subscription, credit_max=4)
+    try:
+        assert await pull.fetch(4, 100) == []
+        await private_js.delete_consumer(COMMANDS_STREAM, config.durable_name or "")
+        with pytest.raises(nats.js.errors.APIError):
+            await pull.fetch(4, 2_000)
+        assert pull.credit.pending == 0
+    finally:
+        await subscription.unsubscribe()
