@@ -294,6 +294,27 @@ def test_managed_triggers_over_http_are_validated_and_answer_at_once(stack: Stac
     assert_problem(stack.http.delete("/v1/triggers/trg-echo/api"), 409, detail_has="definition")
 
 
+def test_a_trigger_made_disabled_or_deleted_through_the_api_counts_at_the_next_request(
+    stack: Stack,
+) -> None:
+    """The routes are cached (a miss reads them again at most every route_miss_reload_ms):
+    a change made through this API forgets them, so a hook asked just before the change
+    (a miss that read the routes) and just after it answers as the change says."""
+    assert_problem(stack.http.put("/hooks/fresh", content=b"{}"), 404)  # routes just read
+    made = stack.http.post("/v1/triggers", json={"workflow": "trg-echo", "trigger": {
+        "id": "fresh", "http": {"path": "/fresh", "method": "PUT"}}})  # fmt: skip
+    assert made.status_code == 201, made.text
+    answered = stack.http.put("/hooks/fresh", content=b'{"v": 2}')
+    assert answered.status_code == 201 and answered.json() == {"v": 2}, answered.text
+    off = stack.http.post("/v1/triggers/trg-echo/fresh/disable")
+    assert off.status_code == 200, off.text
+    assert_problem(stack.http.put("/hooks/fresh", content=b"{}"), 404)
+    assert stack.http.post("/v1/triggers/trg-echo/fresh/enable").status_code == 200
+    assert stack.http.put("/hooks/fresh", content=b'{"v": 3}').status_code == 201
+    assert stack.http.delete("/v1/triggers/trg-echo/fresh").status_code == 204
+    assert_problem(stack.http.put("/hooks/fresh", content=b"{}"), 404)
+
+
 def test_managed_triggers_with_the_cli(stack: Stack) -> None:
     url = stack.serve.url
     spec = '{"id": "cli", "webhook": {"path": "/from-cli"}}'

@@ -97,6 +97,7 @@ async def create_trigger(data: JSONBody[TriggerBody], services: ServicesDep) -> 
         trigger = await triggers_managed.put(_js(services), definition, data.trigger, create=True)
     except triggers_managed.TriggerExistsError as error:
         raise ProblemError(409, str(error), kind="trigger-exists", field="trigger.id") from None
+    services.triggers_changed()
     return {"workflow": data.workflow, "id": trigger.id}
 
 
@@ -116,6 +117,7 @@ async def update_trigger(
         await triggers_managed.put(_js(services), definition, document, create=False)
     except triggers_managed.TriggerNotFoundError as error:
         raise _not_found(error) from None
+    services.triggers_changed()
     return {"workflow": workflow, "id": trigger_id}
 
 
@@ -130,6 +132,7 @@ async def delete_trigger(
     except triggers_managed.FileTriggerError as error:
         raise ProblemError(409, str(error), kind="file-trigger",
                            hint="disable it with POST .../disable") from None  # fmt: skip
+    services.triggers_changed()
 
 
 async def _set_enabled(services: Services, workflow: str, trigger_id: str, on: bool) -> None:
@@ -137,6 +140,7 @@ async def _set_enabled(services: Services, workflow: str, trigger_id: str, on: b
         await triggers_managed.set_enabled(_js(services), workflow, trigger_id, on)
     except triggers_managed.TriggerNotFoundError as error:
         raise _not_found(error) from None
+    services.triggers_changed()
 
 
 @post("/{workflow:str}/{trigger_id:str}/enable", status_code=200, summary="Enable a trigger")

@@ -35,6 +35,10 @@ from dagnats.runtime.connection import Connection
 from dagnats.runtime.roles import Role
 
 
+def _nothing() -> None:
+    pass
+
+
 def _always() -> bool:
     return True
 
@@ -58,6 +62,8 @@ class Services:
         self.js = js if js is not None else client.connection.js
         self.engine_running = engine_running
         self.ready = ready
+        # Told after the API changed a managed trigger (serve's webhook routes read again).
+        self.triggers_changed: Callable[[], None] = _nothing
         self._approvers: OrderedDict[str, Client] = OrderedDict()
         self._connections: dict[str, Connection] = {}
         self._lock = asyncio.Lock()

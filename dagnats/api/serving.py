@@ -97,7 +97,9 @@ async def start_http(
         )
         handlers: list[Router | HTTPRouteHandler] = [*bridge_route_handlers(bridge)]
         handlers.append(metrics_route(server.metrics))
-        handlers += hook_route_handlers(Hooks(server.connection.js, services.client.connection))
+        hooks = Hooks(server.connection.js, services.client.connection)
+        services.triggers_changed = hooks.forget_routes  # a trigger made here answers at once
+        handlers += hook_route_handlers(hooks)
         handlers.extend(console_handlers(token))  # the web console (README "Console")
         # CPU-bound (route registration): in a thread, so that the engine's loop goes on
         app = await asyncio.to_thread(

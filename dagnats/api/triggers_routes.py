@@ -110,6 +110,10 @@ class Hooks:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
 
+    def forget_routes(self) -> None:
+        """The triggers changed (through this API): the next request reads the routes again."""
+        self.loaded_ms = -1.0
+
     async def routes(self, *, missed: bool = False) -> list[Entry]:
         """The webhook and http triggers (read again when stale, or after a miss)."""
         age_ms = (time.monotonic() * 1000) - self.loaded_ms
