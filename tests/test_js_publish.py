@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext, api
@@ -15,6 +16,7 @@ from nats.js import JetStreamContext, api
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.log import WRONG_LAST_SEQUENCE, JetStreamEventLog, position
+from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from dagnats.runtime.timers import JetStreamTimers
@@ -25,7 +27,7 @@ from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState
 from kernel.workflow.builder import Workflow
 from projections.snapshot import SCHEMA, Snapshot
-from tests.nats_fixtures import unique
+from tests.nats_fixtures import connect, unique
 
 READ_TIMEOUT_S = 10.0
 
@@ -84,6 +86,51 @@ async def test_a_subject_no_stream_holds_raises_no_stream_response(
     publisher = JetStreamPublisher(js)
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await publisher.publish(unique("nowhere"), b"x", stream=HISTORY_STREAM, headers={})
+
+
+async def test_waits_without_an_answer_fail_at_their_deadline_in_order(
+    nats_server: EmbeddedNats, js: JetStreamContext
+) -> None:
+    """A publish nobody acknowledges (a core subscriber that never replies) fails with the
+    timeout at its own deadline; the answered ones beside it are not touched; one timer
+    serves them all and none is left once every wait ended. A timeout lowered meanwhile
+    (a deadline out of order) still ends its wait on time."""
+    silent = await connect(nats_server.url)
+    subject = unique("silent").replace("-", "_")
+    await silent.subscribe(f"{subject}.>")  # takes the messages, never answers
+    await silent.flush()
+    quiet = await connect(nats_server.url)
+    try:
+        context = quiet.jetstream(timeout=0.6)
+        publisher = JetStreamPublisher(context)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        unanswered = [
+            asyncio.ensure_future(
+                publisher.publish(f"{subject}.{n}", b"x", stream=HISTORY_STREAM, headers={})
+            )
+            for n in range(3)
+        ]
+        answered = await publisher.publish(
+            history_subject(unique("run")), b"y", stream=HISTORY_STREAM, headers={}
+        )
+        assert answered.seq > 0
+        context._timeout = 0.2  # (lowered: the next deadline is before the others)
+        lowered = asyncio.ensure_future(
+            publisher.publish(f"{subject}.low", b"x", stream=HISTORY_STREAM, headers={})
+        )
+        with pytest.raises(nats.errors.TimeoutError):
+            await lowered
+        assert loop.time() - started < 0.6, "the lowered deadline did not wait for the others"
+        for wait in unanswered:
+            with pytest.raises(nats.errors.TimeoutError):
+                await wait
+        assert loop.time() - started >= 0.6
+        assert publisher.pending() == 0 and not publisher._deadlines
+        assert publisher._timer is None
+    finally:
+        await quiet.close()
+        await silent.close()
 
 
 async def test_the_position_from_the_reply_subject_is_the_metadata_s(

@@ -5,7 +5,8 @@ random source (`secrets.token_hex`, a system call each), an `asyncio.wait_for` (
 timeout, a second future) and a JSON parse into a dataclass. The engine makes two of them per
 command (the history append, the task publish), so that bookkeeping was a good part of its CPU
 per step. Here one wildcard subscription on the connection's inbox prefix receives every
-acknowledgement, tokens are a counter, the bound on each wait is one `call_later`, and the
+acknowledgement, read raw in the client's read loop (no `Msg`, queue or task per answer),
+tokens are a counter, one timer bounds every wait (at the oldest deadline), and the
 acknowledgement decodes with msgspec. Same wire messages, same headers, same errors
 (`nats.js.errors.APIError` and its kinds, `NoStreamResponseError`, `nats.errors.TimeoutError`),
 so callers behave exactly as with `js.publish`.
@@ -27,6 +28,7 @@ disconnected/reconnected callbacks; it decodes only the server's acknowledgement
 from __future__ import annotations
 
 import asyncio
+import collections
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
@@ -35,12 +37,12 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from dagnats.runtime.log_read import STATUS_AT, router
+
 EXPECTED_STREAM_HEADER: Final = "Nats-Expected-Stream"
-STATUS_HEADER: Final = "Status"
-NO_RESPONDERS_STATUS: Final = "503"
+NO_RESPONDERS_STATUS: Final = b"503"
 
 
 class PubAck(msgspec.Struct, frozen=True):
@@ -122,7 +124,10 @@ class JetStreamPublisher:
         self.nc = js._nc
         self._prefix: str | None = None
         self._starting: asyncio.Lock | None = None
-        self._waiting: dict[str, tuple[asyncio.Future[PubAck], asyncio.TimerHandle]] = {}
+        self._waiting: dict[str, asyncio.Future[PubAck]] = {}
+        # (deadline, token) of the waits, oldest first; answered ones leave at the next timer
+        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._next_token = 0
         self._lost: set[str] = set()  # waiting at a disconnect: failed at the reconnect
         self.acks_lost = 0  # waits cut short at a reconnect (AckLostError), in all
@@ -146,19 +151,31 @@ class JetStreamPublisher:
         future: asyncio.Future[PubAck] = loop.create_future()
         timeout_s = self.js._timeout
         assert timeout_s > 0, timeout_s
-        expiry = loop.call_later(timeout_s, self._expire, token)
-        self._waiting[token] = (future, expiry)
+        self._bound(token, loop.time() + timeout_s, loop)
+        self._waiting[token] = future
         headers[EXPECTED_STREAM_HEADER] = stream
         try:
             await self.nc.publish(subject, payload, reply=prefix + token, headers=headers)
             ack = await future
         finally:
-            expiry.cancel()
             self._waiting.pop(token, None)
             self._lost.discard(token)
         if ack.error is not None:
             nats.js.errors.APIError.from_error(dict(ack.error))  # raises its kind
         return ack
+
+    def _bound(self, token: str, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the wait of `token` at `deadline` unless answered. The context's timeout is
+        one for all, so deadlines come in order: one timer, at the oldest, serves them all (a
+        timer per publish cost a heap push and a cancel each); one out of order (the timeout
+        was lowered) gets a timer of its own."""
+        deadlines = self._deadlines
+        if deadlines and deadline < deadlines[-1][0]:
+            loop.call_at(deadline, self._expire, token)
+            return
+        deadlines.append((deadline, token))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire_due)
 
     async def _start(self) -> str:
         if self._starting is None:
@@ -166,29 +183,50 @@ class JetStreamPublisher:
         async with self._starting:
             if self._prefix is None:
                 prefix = f"{self.nc._inbox_prefix.decode()}.{self.nc._nuid.next().decode()}."
-                await self.nc.subscribe(prefix + "*", cb=self._on_reply)
+                replies = await self.nc.subscribe(prefix + "*")
+                # Read raw in the client's read loop (runtime/log_read router): no `Msg`, no
+                # queue and no task between an acknowledgement and the publish waiting for it.
+                router(self.nc).handlers[replies._id] = self._on_reply
                 self._prefix = prefix
         return self._prefix
 
-    async def _on_reply(self, message: Msg) -> None:
-        token = message.subject.rpartition(".")[2]
-        waiting = self._waiting.get(token)
-        if waiting is None or waiting[0].done():
+    async def _on_reply(
+        self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        token = subject.rpartition(b".")[2].decode()
+        future = self._waiting.get(token)
+        if future is None or future.done():
             return  # timed out meanwhile
-        future = waiting[0]
-        headers = message.headers
-        if headers is not None and headers.get(STATUS_HEADER) == NO_RESPONDERS_STATUS:
+        if headers is not None and headers[STATUS_AT : STATUS_AT + 3] == NO_RESPONDERS_STATUS:
             future.set_exception(nats.js.errors.NoStreamResponseError())
             return
         try:
-            future.set_result(_decode_ack(message.data))
+            future.set_result(_decode_ack(data))
         except msgspec.DecodeError as error:
             future.set_exception(nats.js.errors.APIError(description=f"bad PubAck: {error}"))
 
     def _expire(self, token: str) -> None:
-        waiting = self._waiting.get(token)
-        if waiting is not None and not waiting[0].done():
-            waiting[0].set_exception(nats.errors.TimeoutError())
+        future = self._waiting.get(token)
+        if future is not None and not future.done():
+            future.set_exception(nats.errors.TimeoutError())
+
+    def _expire_due(self) -> None:
+        """Fail the waits past their deadline (oldest first), drop the answered ones, and set
+        the timer at the oldest left."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, token = deadlines[0]
+            future = self._waiting.get(token)
+            if future is not None and not future.done():
+                if deadline > now:
+                    break
+                future.set_exception(nats.errors.TimeoutError())
+            deadlines.popleft()
+        if deadlines:
+            self._timer = loop.call_at(deadlines[0][0], self._expire_due)
 
     def connection_lost(self) -> None:
         """The client lost its connection: what waits now is failed at the reconnect."""
@@ -200,8 +238,8 @@ class JetStreamPublisher:
         lost, self._lost = self._lost, set()
         for token in lost:
             waiting = self._waiting.get(token)
-            if waiting is not None and not waiting[0].done():
-                waiting[0].set_exception(AckLostError())
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(AckLostError())
                 self.acks_lost += 1
 
     def pending(self) -> int:

@@ -97,7 +97,7 @@ class _Router:
 ROUTER_ATTRIBUTE: Final = "_dagnats_history_router"
 
 
-def _router(client: Client) -> _Router:
+def router(client: Client) -> _Router:
     """The client's router, kept on the client itself (a module-level map of clients kept
     every client that ever read alive: the router holds the client's own method)."""
     router = getattr(client, ROUTER_ATTRIBUTE, None)
@@ -106,6 +106,9 @@ def _router(client: Client) -> _Router:
         setattr(client, ROUTER_ATTRIBUTE, router)
         setattr(client, "_process_msg", router.process)  # noqa: B010 (an instance's method)
     return router
+
+
+_router = router  # (the older private name)
 
 
 class PushReader:
@@ -146,7 +149,7 @@ class PushReader:
         """
         inbox = self._inbox = self.client.new_inbox()
         self._subscription = await self.client.subscribe(inbox)
-        _router(self.client).handlers[self._subscription._id] = self._on_inbox
+        router(self.client).handlers[self._subscription._id] = self._on_inbox
         self._gap = self._full = False
         self._flow = b""
         self._delivered = 0
@@ -183,7 +186,7 @@ class PushReader:
                 else:
                     await self.client.publish(subject)
         finally:
-            _router(self.client).handlers.pop(subscription._id, None)
+            router(self.client).handlers.pop(subscription._id, None)
             if not self.client.is_closed:
                 await subscription.unsubscribe()
 
