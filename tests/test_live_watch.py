@@ -149,6 +149,27 @@ async def test_a_gap_is_read_from_the_stream_before_the_message_after_it(
         await watch.close()
 
 
+async def test_a_watch_holding_its_bound_drops_the_rest_and_reads_it_from_the_stream(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a watch holds unread is bounded (live_pending_messages_max): messages beyond
+    it are dropped on arrival and read from the stream when their turn comes, in order,
+    each once."""
+    monkeypatch.setattr(live_watch, "live_pending_messages_max", 2)
+    run = History(js, unique("bound"))
+    watch = await LiveWatch.open(js, run.run_id, stored=False)
+    try:
+        stored = [await run.start()]
+        stored += [await run.signal(f"s{n}") for n in range(4)]
+        await wait_for(lambda: watch._read_now, timeout_ms=int(WAIT_S * 1000), what="a drop")
+        assert len(watch._incoming) == 2  # the bound held
+        items = await given(watch, len(stored))
+        assert [seq for seq, _ in items] == stored
+        assert watch.reads >= 1
+    finally:
+        await watch.close()
+
+
 async def test_a_missed_last_message_is_found_when_the_watch_hears_nothing(
     js: JetStreamContext,
 ) -> None:

@@ -43,13 +43,13 @@ from typing import Final
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from dagnats.client.watches import RunWatch, Seen, Watch
 from dagnats.runtime.js_publish import listen
 from dagnats.runtime.log import HistoryReadError, JetStreamEventLog
+from dagnats.runtime.log_read import router
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import HISTORY_STREAM, republishes, stored_subject
 
@@ -57,10 +57,13 @@ live_check_s: Final = 0.5  # silence before the watch reads the stream once (the
 live_check_s_max: Final = 4.0  # the longest silence between two reads of a quiet run
 live_read_messages_max: Final = 1_024  # messages one read of the stream holds (memory bound)
 live_read_s_min: Final = 0.1  # the shortest time a read is given (a deadline nearly passed)
-live_pending_messages_max: Final = 65_536  # a subscription holds at most (then drops)
+live_pending_messages_max: Final = 65_536  # a watch holds at most (then drops: a read)
 live_pending_bytes_max: Final = 64 * 1024 * 1024
-SEQUENCE_HEADER: Final = "Nats-Sequence"
-LAST_SEQUENCE_HEADER: Final = "Nats-Last-Sequence"
+SEQUENCE_AT: Final = b"\r\nNats-Sequence: "  # in a republished message's raw headers
+LAST_SEQUENCE_AT: Final = b"\r\nNats-Last-Sequence: "
+# (its stream sequence, the run's message before it, its data); sequence 0: none usable
+Incoming = tuple[int, int, bytes]
+NO_SEQUENCES: Final = (0, -1)
 
 log = logging.getLogger("dagnats.client")
 # Whether each connection's history stream republishes (asked once per connection).
@@ -113,16 +116,19 @@ class LiveWatch:
         self._check_at = time.monotonic() + live_check_s  # (a silence this long: a read)
         self._read_now = stored  # a read is due as soon as the connection is up
         self._reconnects = self._reconnect_count()
+        # Received, not given yet (read raw in the client's read loop, runtime/log_read
+        # router: no `Msg` and no header dict per message), at most live_pending_*_max.
+        self._incoming: deque[Incoming] = deque()
+        self._incoming_bytes = 0
+        self._waiter: asyncio.Future[None] | None = None
+        router(js._nc).handlers[subscription._id] = self._on_message
         listen(js._nc, self)
 
     @classmethod
     async def open(
         cls, js: JetStreamContext, run_id: str, after_seq: int = 0, *, stored: bool = True
     ) -> LiveWatch:
-        subscription = await js._nc.subscribe(
-            stored_subject(run_id), pending_msgs_limit=live_pending_messages_max,
-            pending_bytes_limit=live_pending_bytes_max,
-        )  # fmt: skip
+        subscription = await js._nc.subscribe(stored_subject(run_id))
         return cls(run_id, js, subscription, after_seq, stored)
 
     def _reconnect_count(self) -> int:
@@ -132,11 +138,31 @@ class LiveWatch:
         pass  # (what is missed meanwhile is read once the connection is back)
 
     def connection_back(self) -> None:
-        """Wake a `next` waiting for a message: it reads what was stored meanwhile (a message
-        without headers makes it read the stream, as a gap does)."""
-        if not self.closed and not self._subscription._pending_queue.full():
-            wake = Msg(self._js._nc, subject=self._subscription.subject, data=b"")
-            self._subscription._pending_queue.put_nowait(wake)
+        """Wake a `next` waiting for a message: it reads what was stored meanwhile (as after
+        a gap)."""
+        if not self.closed:
+            self._read_now = True
+            self._wake()
+
+    async def _on_message(
+        self, _subject: bytes, _reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        """A republished message (in the read loop): held for `next`; one beyond the bound is
+        dropped, and the stream is read instead."""
+        if (
+            len(self._incoming) >= live_pending_messages_max
+            or self._incoming_bytes + len(data) > live_pending_bytes_max
+        ):
+            self._read_now = True
+        else:
+            self._incoming.append((*_sequences(headers), data))
+            self._incoming_bytes += len(data)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next(self, deadline: float) -> Seen | None:
         """The next decision, or None when the monotonic `deadline` passes first.
@@ -157,17 +183,16 @@ class LiveWatch:
                 continue
             # (while the connection is down, no read: its return wakes the watch)
             until = min(deadline, self._check_at) if connected else deadline
-            message = await self._receive(until - now)
-            if message is None:
-                continue
-            sequences = _sequences(message)
-            if sequences is not None and sequences[0] <= self.last_seq:
+            incoming = await self._receive(until - now)
+            if incoming is None:
+                continue  # (the time is up, or a read is due)
+            seq, last_seq, data = incoming
+            if seq and seq <= self.last_seq:
                 continue  # given already, by a read of the stream
-            if sequences is None or sequences[1] != self.last_seq:
+            if not seq or last_seq != self.last_seq:
                 self._read_now = True  # the gap, and this message with it, from the stream
                 continue
-            seq = sequences[0]
-            return self._give((seq, decode_message(self.run_id, seq, message.data)))
+            return self._give((seq, decode_message(self.run_id, seq, data)))
 
     def _read_due(self, now: float) -> bool:
         """Whether to read the stream now: a gap, more than one read held, a reconnect, or
@@ -182,20 +207,24 @@ class LiveWatch:
         self._check_at = time.monotonic() + live_check_s
         return item
 
-    async def _receive(self, timeout_s: float) -> Msg | None:
-        """The subscription's next message within `timeout_s` (None: none came)."""
-        queue = self._subscription._pending_queue
-        if queue.empty():
+    async def _receive(self, timeout_s: float) -> Incoming | None:
+        """The next message received within `timeout_s` (None: none came, or a wake: a
+        reconnect or a drop made a read due)."""
+        incoming = self._incoming
+        if not incoming and timeout_s > 0:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(loop.time() + timeout_s, _release, waiter)
             try:
-                async with asyncio.timeout(max(0.0, timeout_s)):
-                    message = await queue.get()
-            except TimeoutError:
-                return None
-        else:
-            message = queue.get_nowait()
-        self._subscription._pending_size -= len(message.data)
-        queue.task_done()
-        return message
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        if not incoming:
+            return None
+        item = incoming.popleft()
+        self._incoming_bytes -= len(item[2])
+        return item
 
     async def _read_stored(self, now: float, deadline: float) -> None:
         """Read what the run's history holds after the last sequence given (at most
@@ -232,17 +261,40 @@ class LiveWatch:
         if self.closed:
             return
         self.closed = True
+        self._incoming.clear()
+        self._incoming_bytes = 0
+        router(self._js._nc).handlers.pop(self._subscription._id, None)
         with contextlib.suppress(nats.errors.Error):
             await self._subscription.unsubscribe()
 
 
-def _sequences(message: Msg) -> tuple[int, int] | None:
-    """(its stream sequence, the run's message before it) from a republished message's
-    headers; None when they are missing or not numbers (read from the stream instead)."""
-    headers = message.headers
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _sequences(headers: bytes | None) -> tuple[int, int]:
+    """(its stream sequence, the run's message before it) from a republished message's raw
+    headers; NO_SEQUENCES when they are missing or not numbers (read from the stream
+    instead). A missing `Nats-Last-Sequence` is 0 (the run's first message)."""
     if headers is None:
+        return NO_SEQUENCES
+    seq = _header_int(headers, SEQUENCE_AT)
+    if seq is None or seq <= 0:
+        return NO_SEQUENCES
+    if headers.find(LAST_SEQUENCE_AT) < 0:
+        return seq, 0
+    last_seq = _header_int(headers, LAST_SEQUENCE_AT)
+    return NO_SEQUENCES if last_seq is None else (seq, last_seq)
+
+
+def _header_int(headers: bytes, name: bytes) -> int | None:
+    at = headers.find(name)
+    if at < 0:
         return None
+    start = at + len(name)
+    end = headers.find(b"\r\n", start)
     try:
-        return int(headers[SEQUENCE_HEADER]), int(headers.get(LAST_SEQUENCE_HEADER, "0"))
-    except (KeyError, ValueError):
+        return int(headers[start : end if end >= 0 else len(headers)])
+    except ValueError:
         return None
