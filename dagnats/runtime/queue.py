@@ -1,7 +1,7 @@
 """Work queues on JetStream: task messages for workers, commands for the engine, dead letters.
 
-- `JetStreamTaskQueue` (`protocols.TaskQueue`; `fetch_ready`: a no-wait pull; `poll`: a
-  worker's long poll read raw, runtime/task_polls): tasks on
+- `JetStreamTaskQueue` (`protocols.TaskQueue`; `fetch_ready`: a no-wait pull; `standing_pull`:
+  a worker's standing pull read raw, runtime/task_polls): tasks on
   `dagnats.task.<task_type>` in DAGNATS_TASKS, deduplicated on `Nats-Msg-Id`; one durable
   pull consumer per task type whose ack wait is the heartbeat timeout (`in_progress`
   restarts it) and whose deliveries are bounded (`max_deliver`).
@@ -37,7 +37,6 @@ from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.partition_count import PartitionCount
-from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
@@ -52,7 +51,12 @@ from dagnats.runtime.resources import (
     task_consumer_name,
     task_subject,
 )
-from dagnats.runtime.task_polls import MSG_ID_HEADER, TaskPolls, delivery_fields, reply_fields
+from dagnats.runtime.task_polls import (
+    MSG_ID_HEADER,
+    StandingPull,
+    delivery_fields,
+    reply_fields,
+)
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER, TaskTokens
 from kernel.errors import PayloadTooLargeError
 
@@ -144,7 +148,7 @@ class JetStreamTaskQueue:
         self.deliver_max = deliver_max
         self.publisher = JetStreamPublisher(js)
         self._subscriptions: dict[str, JetStreamContext.PullSubscription] = {}
-        self._polls: dict[str, TaskPolls] = {}  # a worker's long polls, per task type
+        self._pulls: dict[str, StandingPull] = {}  # a worker's standing pulls, per task type
         # The credential user a worker on this connection announces itself under (the worker
         # directory, runtime/workers_directory); None: it does not announce itself.
         self.directory_user: str | None = None
@@ -179,22 +183,20 @@ class JetStreamTaskQueue:
         assert len(messages) <= batch
         return [JetStreamMessage(message) for message in messages]
 
-    async def poll(
-        self, task_type: str, *, timeout_ms: int, on_end: Callable[[], None] | None = None
-    ) -> asyncio.Future[Sequence[TaskMessage]]:
-        """Send one long poll for a task of `task_type` (runtime/task_polls: its answer read
-        raw, without a task or a `Msg`); the future of what it brings within timeout_ms ([]
-        when nothing came), `on_end` called as it ends. One poll at a time per task type; it
-        may run beside `fetch` and `fetch_ready` (its own inbox).
-
-        Raises:
-            nats.errors.ConnectionClosedError: the connection is closed.
-        """
-        polls = self._polls.get(task_type)
-        if polls is None:
-            subscription = await self._subscription(task_type)
-            polls = self._polls[task_type] = TaskPolls(subscription._nc, subscription._nms)
-        return await polls.poll(timeout_ms, on_end)
+    async def standing_pull(
+        self, task_type: str, *, credit_max: int, on_change: Callable[[], None]
+    ) -> StandingPull:
+        """The standing pull of `task_type` (runtime/task_polls: requests for several tasks
+        that stay on the server, their answers read raw, `on_change` called as they come).
+        One at a time per task type (a closed one is replaced); it may run beside `fetch`
+        and `fetch_ready` (its own inbox)."""
+        assert 1 <= credit_max <= settings.fetch_batch_max, credit_max
+        pull = self._pulls.get(task_type)
+        assert pull is None or pull.closed, f"{task_type}: one standing pull at a time"
+        subscription = await self._subscription(task_type)
+        pull = StandingPull(subscription._nc, subscription._nms, credit_max, on_change)
+        self._pulls[task_type] = pull
+        return pull
 
     async def _subscription(self, task_type: str) -> JetStreamContext.PullSubscription:
         """The pull subscription of a task type's durable consumer (bound on first use)."""
@@ -216,11 +218,14 @@ class JetStreamTaskQueue:
         return subscription
 
     async def close(self) -> None:
-        """Unsubscribe the pull subscriptions and the polls' inboxes (the durable consumers
-        stay)."""
-        for polls in self._polls.values():
-            await polls.close()
-        self._polls.clear()
+        """Unsubscribe the pull subscriptions and close the standing pulls, giving back with a
+        nak what they brought and nobody took (the durable consumers stay)."""
+        pulls = list(self._pulls.values())
+        self._pulls.clear()
+        for pull in pulls:
+            for message in await pull.close():
+                with contextlib.suppress(nats.errors.Error):  # (back after its ack wait)
+                    await message.nak()
         for subscription in self._subscriptions.values():
             await subscription.unsubscribe()
         self._subscriptions.clear()
