@@ -4,8 +4,8 @@ Each task type has its own durable pull consumer, shared with the other workers 
 (a single consumer with several filter subjects would be per worker set of types, and a
 work-queue stream refuses overlapping consumers), and here a standing pull on it
 (runtime/task_polls.py): pull requests for several tasks each that stay on the server, so a
-chain's tasks come one after the other with a request standing for all of them (nats-server
-spends about as much again on a request as on the task it brings, when it is one each).
+chain's tasks come one after the other with a request standing for many of them (before, a
+long poll for one task was sent again after each task: a request per task).
 
 Credit. A type's credit is at most `credit_max = max(1, min(slots, batch_max) // types)` (the
 slots free when the loop starts), so all types together never ask for more than the larger

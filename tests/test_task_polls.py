@@ -6,7 +6,8 @@ delivery, a settled message refuses a second settlement, heartbeats do not settl
 ends the oldest request and wakes the loop; an error status forgets the requests and is kept
 as the pull's error; a reconnect forgets them and wakes the loop; a closed pull's requests
 are dropped by the server (a task published after goes to another worker, delivered once)
-and what it brought and nobody took is returned (given back with a nak by the queue's close).
+and what it brought and nobody took is returned (given back with a nak by the queue's close);
+two pulls of one type on one queue each have their own inbox and credit.
 """
 
 from __future__ import annotations
@@ -167,8 +168,6 @@ async def test_an_error_status_forgets_the_requests_and_is_the_pulls_error(
     try:
         pull = await queue.standing_pull(kind, credit_max=CREDIT, on_change=wakes)
         await pull.ask(CREDIT)
-        with pytest.raises(AssertionError, match="one standing pull at a time"):
-            await queue.standing_pull(kind, credit_max=CREDIT, on_change=wakes)
         heartbeat = b"NATS/1.0 100 Idle Heartbeat\r\n\r\n"
         await pull._on_message(pull.inbox.encode(), b"", b"", heartbeat)
         assert wakes.count == 0 and pull.credit.pending == CREDIT, "a heartbeat is nothing"
@@ -215,7 +214,7 @@ async def test_a_closed_pulls_requests_are_dropped_and_what_it_brought_is_given_
         await queue.publish(kind, b"kept", f"{kind}:s:1")
         await wait_for(lambda: len(pull.arrived) == 1, timeout_ms=WAIT_MS, what="the task")
         await queue.close()  # nobody took it: a nak, delivered again at once
-        assert pull.closed and queue._pulls == {}
+        assert pull.closed and queue._pulls == []
         assert pull.inbox and pull._inbox is None
         await queue.publish(kind, b"after", f"{kind}:s:2")
         taker = await other.standing_pull(kind, credit_max=CREDIT, on_change=Wakes())
@@ -232,7 +231,7 @@ async def test_a_closed_pulls_requests_are_dropped_and_what_it_brought_is_given_
         await other.close()
 
 
-async def test_a_pull_asks_nothing_once_closed_and_its_queue_makes_a_new_one(
+async def test_a_pull_asks_nothing_once_closed_and_two_pulls_share_a_type(
     js: JetStreamContext,
 ) -> None:
     queue = JetStreamTaskQueue(js)
@@ -243,8 +242,18 @@ async def test_a_pull_asks_nothing_once_closed_and_its_queue_makes_a_new_one(
         assert pull.wanted(0.0, 1_000) == 0
         with pytest.raises(AssertionError, match="closed"):
             await pull.ask(1)
-        again = await queue.standing_pull(kind, credit_max=CREDIT, on_change=Wakes())
-        assert again is not pull and again.wanted(0.0, 1_000) == CREDIT
+        first = await queue.standing_pull(kind, credit_max=1, on_change=Wakes())
+        second = await queue.standing_pull(kind, credit_max=1, on_change=Wakes())
+        assert queue._pulls == [first, second], "the closed one is forgotten"
+        await first.ask(1)
+        await second.ask(1)
+        for index in range(2):
+            await queue.publish(kind, b"%d" % index, f"{kind}:s:{index}")
+        [one] = await taken(first, 1)
+        [other] = await taken(second, 1)
+        assert {one.data, other.data} == {b"0", b"1"}, "each its own inbox and credit"
+        for message in (one, other):
+            await message.ack()
     finally:
         await queue.close()
 

@@ -148,7 +148,7 @@ class JetStreamTaskQueue:
         self.deliver_max = deliver_max
         self.publisher = JetStreamPublisher(js)
         self._subscriptions: dict[str, JetStreamContext.PullSubscription] = {}
-        self._pulls: dict[str, StandingPull] = {}  # a worker's standing pulls, per task type
+        self._pulls: list[StandingPull] = []  # the standing pulls of the fetch loops on it
         # The credential user a worker on this connection announces itself under (the worker
         # directory, runtime/workers_directory); None: it does not announce itself.
         self.directory_user: str | None = None
@@ -186,16 +186,16 @@ class JetStreamTaskQueue:
     async def standing_pull(
         self, task_type: str, *, credit_max: int, on_change: Callable[[], None]
     ) -> StandingPull:
-        """The standing pull of `task_type` (runtime/task_polls: requests for several tasks
-        that stay on the server, their answers read raw, `on_change` called as they come).
-        One at a time per task type (a closed one is replaced); it may run beside `fetch`
-        and `fetch_ready` (its own inbox)."""
+        """A new standing pull of `task_type` (runtime/task_polls: requests for several tasks
+        that stay on the server, their answers read raw, `on_change` called as they come),
+        closed by its owner or at `close`; each has its own inbox (it may run beside
+        `fetch`, `fetch_ready` and other pulls)."""
         assert 1 <= credit_max <= settings.fetch_batch_max, credit_max
-        pull = self._pulls.get(task_type)
-        assert pull is None or pull.closed, f"{task_type}: one standing pull at a time"
         subscription = await self._subscription(task_type)
+        self._pulls = [pull for pull in self._pulls if not pull.closed]
+        assert len(self._pulls) < settings.task_types_per_queue_max, len(self._pulls)
         pull = StandingPull(subscription._nc, subscription._nms, credit_max, on_change)
-        self._pulls[task_type] = pull
+        self._pulls.append(pull)
         return pull
 
     async def _subscription(self, task_type: str) -> JetStreamContext.PullSubscription:
@@ -220,8 +220,7 @@ class JetStreamTaskQueue:
     async def close(self) -> None:
         """Unsubscribe the pull subscriptions and close the standing pulls, giving back with a
         nak what they brought and nobody took (the durable consumers stay)."""
-        pulls = list(self._pulls.values())
-        self._pulls.clear()
+        pulls, self._pulls = self._pulls, []
         for pull in pulls:
             for message in await pull.close():
                 with contextlib.suppress(nats.errors.Error):  # (back after its ack wait)

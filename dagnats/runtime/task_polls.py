@@ -2,10 +2,10 @@
 
 A standing pull is a few pull requests that stay on the server (`pull_expires_ms`), each for
 several messages, answered to an inbox of its own; its credit (what the live requests may
-still bring) is kept by runtime/pull_credit.py. Asking costs nats-server about as much again
-as storing, delivering and acknowledging a message when it is one request per message; a
-request for several stands for all of them. How much to ask for and when is the fetch loop's
-(dagnats/worker_fetch.py); this module sends the requests and reads what they bring.
+still bring) is kept by runtime/pull_credit.py. A request per task is a message to send, to
+parse and to queue on the server for every task; a request for several stands for all of
+them. How much to ask for and when is the fetch loop's (dagnats/worker_fetch.py); this module
+sends the requests and reads what they bring.
 
 The inbox's messages reach the pull in the client's read loop, before nats-py builds a `Msg`
 (the per-connection router of runtime/log_read.py): no task, no queue between the read loop
