@@ -29,9 +29,11 @@ drop without a restart, may bring their credit beside the new requests until the
 
 Waking. The loop waits on one event, set as a pull brings something (a message, a 408, an
 error, a reconnect), at stop, and by `job_ended` only when the last look left credit
-unasked for want of a slot; it looks again after `idle_wait_ms` at the latest (renewals,
-requests that ended without their 408). A failed request or an error status keeps that type
-from asking for `fetch_backoff_ms`. At stop the pulls are closed (their inboxes first: the
+unasked for want of a slot. A look asks only the types that may want credit (`to_ask`: those
+whose pull brought something, was cut short or failed), and every type once per
+`idle_wait_ms` (renewals, requests that ended without their 408), so a look costs little
+with many types. A failed request or an error status keeps that type from asking for
+`fetch_backoff_ms`. At stop the pulls are closed (their inboxes first: the
 server drops their requests) and what they brought that was not handed over is given back
 with a nak: a draining worker takes nothing new.
 
@@ -187,6 +189,8 @@ class FetchLoop:
         self.credit_max = 1  # a type's credit (`credit_of`, set as the loop starts)
         self.pulls: dict[str, Pull] = {}
         self.changed: set[str] = set()  # types whose pull brought something since the look
+        self.to_ask: set[str] = set(names)  # types that may want credit at the next look
+        self.full_look_at = 0.0  # loop time of the next look at every type
         self.retry_at: dict[str, float] = {}  # loop time before which a type asks nothing
         self.short = False  # the last look left credit unasked for want of a slot
 
@@ -222,37 +226,54 @@ class FetchLoop:
                 self.dispatch(messages)
 
     async def _ask(self, turn: int) -> None:
-        """Ask each type, from `turn` on, for the credit it wants, cut to the free slots the
-        credit standing does not cover (one for a type with none standing)."""
-        names = self.names
+        """Ask the types that may want credit (`to_ask`), from `turn` on, for what they want,
+        cut to the free slots the credit standing does not cover (one for a type with none
+        standing). A type leaves `to_ask` once it has what it wants, and comes back when its
+        pull brings something (or at the next full look, every idle_wait_ms: renewals)."""
+        names, to_ask = self.names, self.to_ask
         free = self.free_slots()
         self.short = free <= 0
         if free <= 0:
             return  # (what stands still comes; `job_ended` wakes the loop)
         now = asyncio.get_running_loop().time()
-        room = free - sum(pull.credit.pending for pull in self.pulls.values())
+        if now >= self.full_look_at:
+            to_ask.update(names)
+            self.full_look_at = now + idle_wait_ms / 1000
+        room: int | None = None  # (summed once a type wants some)
         for offset in range(len(names)):
             name = names[(turn + offset) % len(names)]
+            if name not in to_ask or self.retry_at.get(name, 0.0) > now:
+                continue
             if self.stop.is_set():
                 return
-            if self.retry_at.get(name, 0.0) > now:
-                continue
             pull = self.pulls.get(name) or await self._open(name)
             if pull is None:
                 continue
-            wanted = pull.wanted(now, renew_cover_ms)
+            wanted = pull.wanted(now, renew_cover_ms)  # (first: it forgets requests gone)
             pending = pull.credit.pending
             wanted = min(wanted, self.credit_max - pending)
+            if wanted <= 0:
+                to_ask.discard(name)
+                continue
+            if room is None:
+                room = free - sum(pull.credit.pending for pull in self.pulls.values())
             count = min(wanted, room if pending else max(room, 1))
-            self.short = self.short or count < wanted
-            if count <= 0:
-                continue
-            try:
-                await pull.ask(count)
-            except Exception as error:
-                self._failed(name, error)
-                continue
-            room -= count
+            if count < wanted:
+                self.short = True  # (it stays to ask: a job that ends wakes the loop)
+            else:
+                to_ask.discard(name)
+            if count > 0 and await self._asked(name, pull, count):
+                room -= count
+
+    async def _asked(self, name: str, pull: Pull, count: int) -> bool:
+        """Ask `pull` for `count`; False when the request failed (a backoff noted)."""
+        try:
+            await pull.ask(count)
+        except Exception as error:
+            self.to_ask.add(name)
+            self._failed(name, error)
+            return False
+        return True
 
     async def _open(self, name: str) -> Pull | None:
         """The type's pull, made (None: it could not be, a backoff noted)."""
@@ -273,6 +294,7 @@ class FetchLoop:
 
     def _changed(self, name: str) -> None:
         self.changed.add(name)
+        self.to_ask.add(name)
         self.wake.set()
 
     def _failed(self, name: str, error: BaseException) -> None:
@@ -282,13 +304,13 @@ class FetchLoop:
         self.retry_at[name] = asyncio.get_running_loop().time() + fetch_backoff_ms / 1000
 
     def _look_again_ms(self) -> int:
-        """idle_wait_ms, or less to the first type whose backoff ends."""
-        if not self.retry_at:
-            return idle_wait_ms
+        """Until the next full look, or less to the first type whose backoff ends."""
         now = asyncio.get_running_loop().time()
-        first = min(self.retry_at.values())
-        self.retry_at = {name: at for name, at in self.retry_at.items() if at > now}
-        return max(1, min(idle_wait_ms, int((first - now) * 1000) + 1))
+        until = self.full_look_at
+        if self.retry_at:
+            until = min(until, *self.retry_at.values())
+            self.retry_at = {name: at for name, at in self.retry_at.items() if at > now}
+        return max(1, min(idle_wait_ms, int((until - now) * 1000) + 1))
 
     def job_ended(self) -> None:
         """A job ended (its slot is free): look again if the last look wanted a slot."""
