@@ -23,9 +23,10 @@ the slots waits for one, heartbeated. Asking never lets the credit standing exce
 slots, except by one for a type that had none, asked with a slot free: so at most the other
 types' credit comes beyond the slots, and a worker holds at most `held_max(slots, types,
 batch_max)` = (types - 1) x credit_max tasks it has not started: none with one task type,
-one per other type when it has at least as many types as slots (as before), fewer than its
-slots in between. (A reconnect to a server that kept the requests of before, a connection
-drop without a restart, may bring their credit beside the new requests until they expire.)
+one per other type when it has at least as many types as slots (as before), fewer than
+min(slots, batch_max) in between (8 with 16 slots and two types). (A reconnect to a server
+that kept the requests of before, a connection drop without a restart, may bring their
+credit beside the new requests until they expire.)
 
 Waking. The loop waits on one event, set as a pull brings something (a message, a 408, an
 error, a reconnect), at stop, and by `job_ended` only when the last look left credit
@@ -33,9 +34,9 @@ unasked for want of a slot. A look asks only the types that may want credit (`to
 whose pull brought something, was cut short or failed), and every type once per
 `idle_wait_ms` (renewals, requests that ended without their 408), so a look costs little
 with many types. A failed request or an error status keeps that type from asking for
-`fetch_backoff_ms`. At stop the pulls are closed (their inboxes first: the
-server drops their requests) and what they brought that was not handed over is given back
-with a nak: a draining worker takes nothing new.
+`fetch_backoff_ms`. At stop the pulls are closed (their inboxes first: the server drops
+their requests) and what they brought that was not handed over is given back with a nak: a
+draining worker takes nothing new.
 
 A task queue without standing pulls (only `fetch`) is read the same way, one fetch of the
 credit at a time per type (`FetchedPull`).
