@@ -22,7 +22,7 @@ from dagnats.runtime import settings
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.queue import JetStreamCommandQueue, bind_pull_consumer
 from dagnats.runtime.resources import COMMANDS_STREAM, ensure_resources
-from dagnats.runtime.standing_pull import StandingPull
+from dagnats.runtime.standing_pull import CommandPull
 from tests.nats_fixtures import connect, unique, wait_for
 
 WAIT_MS = 10_000
@@ -69,7 +69,7 @@ async def test_a_request_expiring_mid_wait_is_asked_again(
     commands = JetStreamCommandQueue(private_js)
     await commands.fetch_commands(batch=1, timeout_ms=50)  # (binds the consumer)
     assert commands._subscription is not None
-    pull = StandingPull(commands._subscription, credit_max=4, expires_ms=200)
+    pull = CommandPull(commands._subscription, credit_max=4, expires_ms=200)
     run_id = unique("late")
     waiting = asyncio.ensure_future(pull.fetch(4, 3_000))
 
@@ -150,7 +150,7 @@ async def test_a_pull_of_a_deleted_consumer_raises(private_js: JetStreamContext)
         filter_subject=f"dagnats.cmd.*.{unique('nobody')}.>",
     )
     subscription = await bind_pull_consumer(private_js, COMMANDS_STREAM, config)
-    pull = StandingPull(subscription, credit_max=4)
+    pull = CommandPull(subscription, credit_max=4)
     try:
         assert await pull.fetch(4, 100) == []
         await private_js.delete_consumer(COMMANDS_STREAM, config.durable_name or "")

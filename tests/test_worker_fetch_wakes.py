@@ -1,93 +1,239 @@
-"""What wakes the worker's fetch loop (dagnats/worker_fetch.py): a job that ends wakes it only
-when it waits with every slot taken; with a free slot every task type has a long poll out, so
-a finished job changes nothing it could do (before, every job woke it for a sweep that found
-nothing, two tasks and a timer per wait). A poll that comes back and stop still wake it.
+"""The rules of the worker's fetch loop (dagnats/worker_fetch.py), with standing pulls of this
+file standing in for the task queue's (these are rules of the loop, not of NATS:
+tests/test_worker_fetch_nats.py runs the loop against a real server).
 
-A queue of this file stands in for the task queue: these are rules of the loop itself, not
-of NATS (tests/test_latency_paths.py runs the loop against a real server)."""
+- A type's credit is its share of the slots; a chain's tasks of one type are asked for in
+  chunks (a request when half of the credit came), not one request per task.
+- A job that ends wakes the loop only when its last look left credit unasked for want of a
+  slot; a pull that brings something and stop still wake it.
+- Whatever happens (tasks brought, jobs ended, requests expired, in any order), a worker
+  never holds more than `held_max` tasks it has not started, the credit standing never
+  covers more than that beyond the free slots, and whenever a slot is free every task type
+  has credit standing (none starves): a hypothesis property over the loop's own `_ask`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import TaskMessage
-from dagnats.worker_fetch import FetchLoop, fetch_timeout_ms
+from dagnats.runtime.pull_credit import PullCredit
+from dagnats.worker_fetch import FetchLoop, credit_of, held_max
 from tests.nats_fixtures import wait_for
 
 WAIT_MS = 10_000
+EXPIRES_MS = 600_000  # nothing expires unless a test says so
 
 
-class HeldPolls:
-    """`fetch` that answers a sweep's short pull with nothing and holds each long poll until
-    the test ends it."""
+class FakePull:
+    """A standing pull whose server side is the test: `bring` a message, `expire` a request."""
+
+    def __init__(self, credit_max: int, on_change: Callable[[], None]) -> None:
+        self.credit = PullCredit(credit_max, EXPIRES_MS)
+        self.on_change = on_change
+        self.asks: list[int] = []
+        self.arrived: list[TaskMessage] = []
+        self.closed = False
+
+    def wanted(self, now: float, cover_ms: int) -> int:
+        return 0 if self.closed else self.credit.wanted(now, cover_ms)
+
+    async def ask(self, count: int) -> None:
+        assert not self.closed
+        self.credit.asked(count, asyncio.get_running_loop().time())
+        self.asks.append(count)
+
+    def take(self) -> tuple[list[TaskMessage], Exception | None]:
+        arrived, self.arrived = self.arrived, []
+        return arrived, None
+
+    async def close(self) -> list[TaskMessage]:
+        self.closed = True
+        arrived, self.arrived = self.arrived, []
+        return arrived
+
+    def bring(self, message: TaskMessage) -> None:
+        assert self.credit.pending > 0, "the server brings only what was asked for"
+        self.credit.delivered()
+        self.arrived.append(message)
+        self.on_change()
+
+    def expire(self) -> None:
+        self.credit.expired()
+        self.on_change()
+
+
+class FakeQueue:
+    """A task queue with standing pulls (`FakePull`), never fetched."""
 
     def __init__(self) -> None:
-        self.sweeps = 0
-        self.polls: list[asyncio.Future[Sequence[TaskMessage]]] = []
+        self.pulls: dict[str, FakePull] = {}
 
     async def publish(self, task_type: str, payload: bytes, msg_id: str) -> None:
         raise AssertionError("the fetch loop publishes nothing")
 
     async def fetch(self, task_type: str, *, batch: int, timeout_ms: int) -> Sequence[TaskMessage]:
-        if timeout_ms < fetch_timeout_ms:
-            self.sweeps += 1
-            return []
-        poll: asyncio.Future[Sequence[TaskMessage]] = asyncio.get_running_loop().create_future()
-        self.polls.append(poll)
-        return await poll
+        raise AssertionError("a queue with standing pulls is not fetched")
+
+    async def standing_pull(
+        self, task_type: str, *, credit_max: int, on_change: Callable[[], None]
+    ) -> FakePull:
+        pull = self.pulls[task_type] = FakePull(credit_max, on_change)
+        return pull
 
 
-async def looping(
-    free: list[int],
-) -> tuple[FetchLoop, HeldPolls, asyncio.Event, asyncio.Task[None]]:
-    queue = HeldPolls()
-    stop = asyncio.Event()
+class Jobs:
+    """The worker's side: the jobs dispatched (a job holds a slot until it ends)."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.running: list[TaskMessage] = []
+        self.taken = 0
+
+    def dispatch(self, messages: Sequence[TaskMessage]) -> None:
+        self.running.extend(messages)
+        self.taken += len(messages)
+
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+
+def fetch_loop(names: list[str], jobs: Jobs, batch_max: int = 64) -> tuple[FetchLoop, FakeQueue]:
+    queue = FakeQueue()
     loop = FetchLoop(
-        ["a", "b"], queue, stop, dispatch=lambda _messages: None, free_slots=lambda: free[0],
+        names, queue, asyncio.Event(), dispatch=jobs.dispatch, free_slots=jobs.free,
         wake=asyncio.Event(), outage=OutageLog(logging.getLogger("test"), "fetching"),
-        batch_max=4,
+        batch_max=batch_max,
     )  # fmt: skip
-    return loop, queue, stop, asyncio.create_task(loop.run())
+    return loop, queue
 
 
-async def test_a_job_that_ends_with_every_type_polled_does_not_wake_the_loop() -> None:
-    loop, queue, stop, running = await looping([2])
+async def stopped(loop: FetchLoop, running: asyncio.Task[None]) -> None:
+    loop.stop.set()
+    await asyncio.wait_for(running, WAIT_MS / 1000)  # stop wakes it
+    await loop.end()
+
+
+def test_a_types_credit_is_its_share_of_the_slots_and_held_max_follows() -> None:
+    assert credit_of(16, 1, 64) == 16 and held_max(16, 1, 64) == 0
+    assert credit_of(16, 1, 8) == 8, "bounded by the batch"
+    assert credit_of(16, 2, 64) == 8 and held_max(16, 2, 64) == 8
+    assert credit_of(4, 19, 64) == 1 and held_max(4, 19, 64) == 18, "one per other type"
+    assert credit_of(0, 3, 64) == 1
+
+
+async def test_a_chain_of_one_type_is_asked_for_in_chunks() -> None:
+    jobs = Jobs(slots=16)
+    loop, queue = fetch_loop(["a"], jobs)
+    running = asyncio.create_task(loop.run())
     try:
-        await wait_for(lambda: len(queue.polls) == 2, timeout_ms=WAIT_MS, what="two long polls")
-        assert not loop.slots_full
-        loop.job_ended()
-        assert not loop.wake.is_set(), "a free slot: the ended job woke the loop for nothing"
-        sweeps = queue.sweeps
-        queue.polls[0].set_result([])  # a poll that comes back wakes it
-        await wait_for(lambda: len(queue.polls) == 3, timeout_ms=WAIT_MS, what="a new poll")
-        assert queue.sweeps == sweeps, "its type was just checked: no short pull for it"
+        await wait_for(lambda: "a" in queue.pulls, timeout_ms=WAIT_MS, what="the pull")
+        pull = queue.pulls["a"]
+        await wait_for(lambda: pull.asks == [16], timeout_ms=WAIT_MS, what="the first ask")
+        for _ in range(12):  # a chain: one task at a time, each ends before the next
+            pull.bring(object())  # type: ignore[arg-type]
+            await wait_for(lambda: len(jobs.running) == 1, timeout_ms=WAIT_MS, what="it")
+            jobs.running.clear()
+            loop.job_ended()
+        assert pull.asks[0] == 16 and len(pull.asks) == 2, pull.asks  # a chunk when half came
+        assert 1 < pull.asks[1] <= 8
+        assert pull.credit.pending == 16 - 12 + pull.asks[1]
     finally:
-        stop.set()
-        await asyncio.wait_for(running, WAIT_MS / 1000)  # stop wakes it
-        for poll in queue.polls:
-            if not poll.done():
-                poll.set_result([])
-        await loop.end()
+        await stopped(loop, running)
 
 
-async def test_a_job_that_ends_while_every_slot_is_taken_wakes_the_loop() -> None:
-    free = [0]
-    loop, queue, stop, running = await looping(free)
+async def test_a_job_that_ends_wakes_the_loop_only_when_a_slot_was_wanted() -> None:
+    jobs = Jobs(slots=2)
+    loop, queue = fetch_loop(["a", "b"], jobs)
+    running = asyncio.create_task(loop.run())
     try:
-        await wait_for(lambda: loop.slots_full, timeout_ms=WAIT_MS, what="the loop waiting")
-        assert queue.polls == [] and queue.sweeps == 0, "no slot: nothing fetched"
-        free[0] = 1
+        await wait_for(lambda: len(queue.pulls) == 2, timeout_ms=WAIT_MS, what="two pulls")
+        a, b = queue.pulls["a"], queue.pulls["b"]
+        await wait_for(lambda: a.asks == [1] and b.asks == [1], timeout_ms=WAIT_MS,
+                       what="one each")  # fmt: skip
+        assert not loop.short
+        loop.job_ended()
+        assert not loop.wake.is_set(), "each type has its credit: the job woke it for nothing"
+        a.bring(object())  # type: ignore[arg-type]
+        b.bring(object())  # type: ignore[arg-type]
+        await wait_for(lambda: jobs.taken == 2, timeout_ms=WAIT_MS, what="both tasks")
+        await wait_for(lambda: loop.short, timeout_ms=WAIT_MS, what="the loop waiting")
+        assert a.asks == [1] and b.asks == [1], "no slot: nothing asked"
+        jobs.running.pop()
         loop.job_ended()
         assert loop.wake.is_set()
-        await wait_for(lambda: queue.sweeps >= 1, timeout_ms=WAIT_MS, what="a sweep")
-        await wait_for(lambda: len(queue.polls) == 2, timeout_ms=WAIT_MS, what="two polls")
+        await wait_for(lambda: len(a.asks) + len(b.asks) == 4, timeout_ms=WAIT_MS,
+                       what="one more each (a type with none gets one)")  # fmt: skip
     finally:
-        stop.set()
-        await asyncio.wait_for(running, WAIT_MS / 1000)
-        for poll in queue.polls:
-            if not poll.done():
-                poll.set_result([])
-        await loop.end()
+        await stopped(loop, running)
+
+
+async def test_at_stop_what_came_and_was_not_handed_over_is_given_back() -> None:
+    jobs = Jobs(slots=2)
+    loop, queue = fetch_loop(["a"], jobs)
+    running = asyncio.create_task(loop.run())
+    naks: list[int] = []
+
+    class Task:
+        async def nak(self, delay_ms: int = 0) -> None:
+            naks.append(delay_ms)
+
+    await wait_for(lambda: "a" in queue.pulls, timeout_ms=WAIT_MS, what="the pull")
+    pull = queue.pulls["a"]
+    await wait_for(lambda: pull.asks == [2], timeout_ms=WAIT_MS, what="the ask")
+    loop.stop.set()
+    await asyncio.wait_for(running, WAIT_MS / 1000)
+    pull.bring(Task())  # type: ignore[arg-type]
+    await loop.end()
+    assert naks == [0] and jobs.taken == 0 and pull.closed
+
+
+Event = tuple[str, int]  # ("bring" | "end" | "expire", type index)
+
+
+def events() -> st.SearchStrategy[list[Event]]:
+    kinds = st.sampled_from(("bring", "bring", "end", "expire"))
+    return st.lists(st.tuples(kinds, st.integers(0, 7)), max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(slots=st.integers(1, 8), types=st.integers(1, 6), happenings=events())
+def test_held_tasks_stay_within_held_max_and_no_type_starves(
+    slots: int, types: int, happenings: list[Event]
+) -> None:
+    asyncio.run(_held_tasks_stay_within_held_max(slots, types, happenings))
+
+
+async def _held_tasks_stay_within_held_max(
+    slots: int, types: int, happenings: list[Event]
+) -> None:
+    names = [f"t{index}" for index in range(types)]
+    jobs = Jobs(slots)
+    loop, queue = fetch_loop(names, jobs)
+    loop.credit_max = credit_of(slots, types, loop.batch_max)
+    bound = held_max(slots, types, loop.batch_max)
+    for turn, (kind, index) in enumerate([("look", 0), *happenings]):
+        pull = queue.pulls.get(names[index % types])
+        if kind == "bring" and pull is not None and pull.credit.pending > 0:
+            pull.bring(object())  # type: ignore[arg-type]
+        elif kind == "end" and jobs.running:
+            jobs.running.pop(index % len(jobs.running))
+            loop.job_ended()
+        elif kind == "expire" and pull is not None:
+            pull.expire()
+        loop._take()
+        await loop._ask(turn % types)
+        standing = sum(pull.credit.pending for pull in queue.pulls.values())
+        held = len(jobs.running) - slots
+        assert held <= bound, (held, bound)
+        assert held + standing <= bound, ("credit beyond the slots", held + standing, bound)
+        if jobs.free() > 0:
+            standing_of = {name: pull.credit.pending for name, pull in queue.pulls.items()}
+            starving = [name for name in names if not standing_of.get(name)]
+            assert not starving, (starving, jobs.free())

@@ -1,7 +1,7 @@
 """Work queues on JetStream: task messages for workers, commands for the engine, dead letters.
 
-- `JetStreamTaskQueue` (`protocols.TaskQueue`; `fetch_ready`: a no-wait pull; `poll`: a
-  worker's long poll read raw, runtime/task_polls): tasks on
+- `JetStreamTaskQueue` (`protocols.TaskQueue`; `fetch_ready`: a no-wait pull; `standing_pull`:
+  a worker's standing pull read raw, runtime/task_polls): tasks on
   `dagnats.task.<task_type>` in DAGNATS_TASKS, deduplicated on `Nats-Msg-Id`; one durable
   pull consumer per task type whose ack wait is the heartbeat timeout (`in_progress`
   restarts it) and whose deliveries are bounded (`max_deliver`).
@@ -37,7 +37,6 @@ from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.partition_count import PartitionCount
-from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
@@ -52,8 +51,13 @@ from dagnats.runtime.resources import (
     task_consumer_name,
     task_subject,
 )
-from dagnats.runtime.standing_pull import StandingPull, next_message
-from dagnats.runtime.task_polls import MSG_ID_HEADER, TaskPolls, delivery_fields, reply_fields
+from dagnats.runtime.standing_pull import CommandPull, next_message
+from dagnats.runtime.task_polls import (
+    MSG_ID_HEADER,
+    StandingPull,
+    delivery_fields,
+    reply_fields,
+)
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER, TaskTokens
 from kernel.errors import PayloadTooLargeError
 
@@ -145,7 +149,7 @@ class JetStreamTaskQueue:
         self.deliver_max = deliver_max
         self.publisher = JetStreamPublisher(js)
         self._subscriptions: dict[str, JetStreamContext.PullSubscription] = {}
-        self._polls: dict[str, TaskPolls] = {}  # a worker's long polls, per task type
+        self._pulls: list[StandingPull] = []  # the standing pulls of the fetch loops on it
         # The credential user a worker on this connection announces itself under (the worker
         # directory, runtime/workers_directory); None: it does not announce itself.
         self.directory_user: str | None = None
@@ -180,22 +184,20 @@ class JetStreamTaskQueue:
         assert len(messages) <= batch
         return [JetStreamMessage(message) for message in messages]
 
-    async def poll(
-        self, task_type: str, *, timeout_ms: int, on_end: Callable[[], None] | None = None
-    ) -> asyncio.Future[Sequence[TaskMessage]]:
-        """Send one long poll for a task of `task_type` (runtime/task_polls: its answer read
-        raw, without a task or a `Msg`); the future of what it brings within timeout_ms ([]
-        when nothing came), `on_end` called as it ends. One poll at a time per task type; it
-        may run beside `fetch` and `fetch_ready` (its own inbox).
-
-        Raises:
-            nats.errors.ConnectionClosedError: the connection is closed.
-        """
-        polls = self._polls.get(task_type)
-        if polls is None:
-            subscription = await self._subscription(task_type)
-            polls = self._polls[task_type] = TaskPolls(subscription._nc, subscription._nms)
-        return await polls.poll(timeout_ms, on_end)
+    async def standing_pull(
+        self, task_type: str, *, credit_max: int, on_change: Callable[[], None]
+    ) -> StandingPull:
+        """A new standing pull of `task_type` (runtime/task_polls: requests for several tasks
+        that stay on the server, their answers read raw, `on_change` called as they come),
+        closed by its owner or at `close`; each has its own inbox (it may run beside
+        `fetch`, `fetch_ready` and other pulls)."""
+        assert 1 <= credit_max <= settings.fetch_batch_max, credit_max
+        subscription = await self._subscription(task_type)
+        self._pulls = [pull for pull in self._pulls if not pull.closed]
+        assert len(self._pulls) < settings.task_types_per_queue_max, len(self._pulls)
+        pull = StandingPull(subscription._nc, subscription._nms, credit_max, on_change)
+        self._pulls.append(pull)
+        return pull
 
     async def _subscription(self, task_type: str) -> JetStreamContext.PullSubscription:
         """The pull subscription of a task type's durable consumer (bound on first use)."""
@@ -217,11 +219,13 @@ class JetStreamTaskQueue:
         return subscription
 
     async def close(self) -> None:
-        """Unsubscribe the pull subscriptions and the polls' inboxes (the durable consumers
-        stay)."""
-        for polls in self._polls.values():
-            await polls.close()
-        self._polls.clear()
+        """Unsubscribe the pull subscriptions and close the standing pulls, giving back with a
+        nak what they brought and nobody took (the durable consumers stay)."""
+        pulls, self._pulls = self._pulls, []
+        for pull in pulls:
+            for message in await pull.close():
+                with contextlib.suppress(nats.errors.Error):  # (back after its ack wait)
+                    await message.nak()
         for subscription in self._subscriptions.values():
             await subscription.unsubscribe()
         self._subscriptions.clear()
@@ -257,7 +261,7 @@ class JetStreamCommandQueue:
         self.ack_wait_ms = ack_wait_ms
         self.publisher = JetStreamPublisher(js)
         self._subscription: JetStreamContext.PullSubscription | None = None
-        self._pull: StandingPull | None = None
+        self._pull: CommandPull | None = None
 
     async def publish_live(self, subject: str, data: bytes) -> None:
         """Publish on core NATS, outside every stream (a handler's live output: never
@@ -291,7 +295,7 @@ class JetStreamCommandQueue:
             )
             await _settle_ack_wait(self.js, COMMANDS_STREAM, config)
             self._subscription = await bind_pull_consumer(self.js, COMMANDS_STREAM, config)
-            self._pull = StandingPull(self._subscription, credit_max=settings.command_batch_max)
+            self._pull = CommandPull(self._subscription, credit_max=settings.command_batch_max)
         assert self._pull is not None
         return [JetStreamMessage(m) for m in await self._pull.fetch(batch, timeout_ms)]
 

@@ -35,7 +35,7 @@ from dagnats.runtime.pull_credit import PullCredit
 from dagnats.runtime.task_polls import reply_fields
 
 
-class StandingPull:
+class CommandPull:
     """Fetches of `subscription`'s consumer through standing pull requests of up to
     `credit_max` messages each."""
 
@@ -186,4 +186,4 @@ async def next_message(inbox: Subscription, deadline: float) -> Msg | None:
     return message
 
 
-__all__ = ["StandingPull", "next_message"]
+__all__ = ["CommandPull", "next_message"]

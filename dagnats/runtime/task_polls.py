@@ -1,19 +1,27 @@
-"""A worker's long polls of a task type's durable consumer, their answers read raw.
+"""A worker's standing pulls of a task type's durable consumer, their answers read raw.
 
-A poll is one pull request (batch 1, expiring `settings.fetch_expiry_margin_share` before its
-wait ends) answered to an inbox of its own, and a future: the message it brings, or [] when
-the request expired (the server's 408) or the wait ended. The inbox's messages reach the poll
-in the client's read loop, before nats-py builds a `Msg` (the per-connection router of
-runtime/log_read.py): no task per poll, no queue between the read loop and the poll, no
-header dict unless one is read (`RawTaskMessage.headers`), no JSON encoder per request. What
-a worker took this way is settled as nats-py's `Msg` would (`+ACK`, `-NAK`, `+WPI`, `+TERM`
-published to its reply subject: fire-and-forget, as before).
+A standing pull is a few pull requests that stay on the server (`pull_expires_ms`), each for
+several messages, answered to an inbox of its own; its credit (what the live requests may
+still bring) is kept by runtime/pull_credit.py. A request per task is a message to send, to
+parse and to queue on the server for every task; a request for several stands for all of
+them. How much to ask for and when is the fetch loop's (dagnats/worker_fetch.py); this module
+sends the requests and reads what they bring.
 
-A poll ended before its message came (its timer ran out first, or an early status ended it)
-keeps that message for the next poll, which takes it without a request, at most
-`left_over_max` (more are given back at once with a nak). A status of an earlier request that
-comes before this one could have expired is not this poll's end and is passed over, as
-runtime/queue.py `_pull` does.
+The inbox's messages reach the pull in the client's read loop, before nats-py builds a `Msg`
+(the per-connection router of runtime/log_read.py): no task, no queue between the read loop
+and the pull, no header dict unless one is read (`RawTaskMessage.headers`), no JSON encoder
+per request. A message is kept in `arrived` (at most `arrived_max`: more are given back at
+once with a nak, a bound never reached while the credit is kept) and the fetch loop is woken
+(`on_change`); a 408 ends the oldest live request; any other status but a heartbeat forgets
+every request (`PullCredit.reset`) and is kept as the pull's `error`. A disconnect stops the
+asking; the reconnect forgets every request (one lost with a restarted server would never be
+answered) and wakes the loop, which asks again at once. What a worker took is settled as
+nats-py's `Msg` would (`+ACK`, `-NAK`, `+WPI`, `+TERM` published to its reply subject:
+fire-and-forget, as before).
+
+Closing a pull unsubscribes its inbox first, so the server drops its requests (nats-server
+delivers to a request only while its reply subject has interest), then reads what was already
+on its way until a flush comes back (at most `close_flush_s`): the caller gives that back.
 
 This module publishes pull requests and settles the messages they bring, on the connection it
 is given; it decodes no payload.
@@ -23,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Final
 
 import nats.errors
@@ -32,15 +40,19 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from dagnats.runtime import settings
+from dagnats.runtime.js_publish import listen
 from dagnats.runtime.log_read import STATUS_AT, _router
 from dagnats.runtime.protocols import TaskMessage
+from dagnats.runtime.pull_credit import PullCredit
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 HEADER_LINE_BYTES: Final = len(b"NATS/1.0")
 STATUS_HEARTBEAT: Final = b"100"
-STATUS_ENDS: Final = frozenset((b"404", b"408", b"409"))  # no messages, expired, conflict
-left_over_max: Final = 16  # messages kept for the next poll; more are given back at once
+STATUS_EXPIRED: Final = b"408"  # the oldest live request ended with what it brought
+pull_expires_ms: Final = 5_000  # a pull request's life on the server
+close_flush_s: Final = 1  # at close, the longest wait for what is on its way
+arrived_max: Final = settings.fetch_batch_max  # messages not yet taken; more are given back
 
 _REPLY_V1_TOKENS: Final = 9
 _REPLY_V2_TOKENS_MIN: Final = 11
@@ -166,81 +178,96 @@ class RawTaskMessage:
         self._settled = True
 
 
-class TaskPolls:
-    """Long polls of one durable pull consumer (its `$JS.API.CONSUMER.MSG.NEXT` subject), one
-    at a time, each answered to this object's inbox."""
+class StandingPull:
+    """The standing pull of one durable pull consumer (its `$JS.API.CONSUMER.MSG.NEXT`
+    subject): requests for `credit_max` messages at most, answered to this object's inbox;
+    what they bring waits in `arrived` for the fetch loop, woken by `on_change`."""
 
-    def __init__(self, client: Client, next_subject: str) -> None:
+    def __init__(
+        self, client: Client, next_subject: str, credit_max: int, on_change: Callable[[], None]
+    ) -> None:
         self.client = client
         self.next_subject = next_subject
+        self.credit = PullCredit(credit_max, pull_expires_ms)
+        self.on_change = on_change
+        self.arrived: list[TaskMessage] = []
+        self.error: Exception | None = None  # an error status or a message that is no task
+        self.closed = False
+        self.requests = 0  # pull requests sent, in all
         self.inbox = ""
         self._inbox: Subscription | None = None
-        self._future: asyncio.Future[Sequence[TaskMessage]] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
-        self._on_end: Callable[[], None] | None = None
-        self._ends_from = 0.0  # loop time from which a 408/409/404 is this poll's end
-        self.left: list[TaskMessage] = []  # came after their poll ended
+        self._connected = True
+        listen(client, self)
 
-    async def poll(
-        self, timeout_ms: int, on_end: Callable[[], None] | None = None
-    ) -> asyncio.Future[Sequence[TaskMessage]]:
-        """Send a pull request for one message; the future of its answer (within timeout_ms).
-        `on_end` is called as the future ends (in the read loop, no callback scheduled after
-        it: the fetch loop wakes one loop iteration sooner), unless it is cancelled.
+    def wanted(self, now: float, cover_ms: int) -> int:
+        """How many messages to ask for now (`PullCredit.wanted`); 0 while disconnected."""
+        if self.closed or not self._connected:
+            return 0
+        return self.credit.wanted(now, cover_ms)
+
+    async def ask(self, count: int) -> None:
+        """Send a pull request for `count` messages, standing `pull_expires_ms` at most.
 
         Raises:
             nats.errors.ConnectionClosedError: the connection is closed.
         """
-        assert 0 < timeout_ms <= settings.fetch_timeout_ms_max, timeout_ms
-        assert self._future is None or self._future.done(), "one poll at a time"
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Sequence[TaskMessage]] = loop.create_future()
-        if self.left:
-            future.set_result([self.left.pop(0)])
-            if on_end is not None:
-                on_end()
-            return future
+        assert not self.closed, "a closed pull asks for nothing"
+        assert 1 <= count <= self.credit.credit_max, count
         if self._inbox is None:
             await self._open()
-        timeout_s = timeout_ms / 1000
-        margin_s = min(timeout_s / 2, max(
-            timeout_s * settings.fetch_expiry_margin_share,
-            settings.fetch_expiry_margin_ms_min / 1000,
-        ))  # fmt: skip
-        expires_ns = int((timeout_s - margin_s) * 1_000_000_000)
-        now = loop.time()
-        self._future, self._on_end = future, on_end
-        self._ends_from = now + timeout_s - margin_s
-        self._expiry = loop.call_at(now + timeout_s, self._expire, future)
+        self.credit.asked(count, asyncio.get_running_loop().time())
+        request = b'{"batch":%d,"expires":%d}' % (count, pull_expires_ms * 1_000_000)
         try:
-            await self.client.publish(
-                self.next_subject, b'{"batch":1,"expires":%d}' % expires_ns, reply=self.inbox
-            )
+            await self.client.publish(self.next_subject, request, reply=self.inbox)
         except BaseException:
-            self._on_end = None
-            self._end()
-            future.cancel()
+            self.credit.reset()  # (sent or not: the next ask tells)
             raise
-        return future
+        self.requests += 1
+
+    def take(self) -> tuple[list[TaskMessage], Exception | None]:
+        """What came since the last take, and the error that came with it (if any)."""
+        arrived, self.arrived = self.arrived, []
+        error, self.error = self.error, None
+        return arrived, error
+
+    async def close(self) -> list[TaskMessage]:
+        """Ask nothing more: unsubscribe the inbox (the server drops the requests), read what
+        was on its way until a flush comes back (within `close_flush_s`), and return what
+        came and was not taken (the caller gives it back)."""
+        self.closed = True
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            try:
+                if not self.client.is_closed:
+                    await inbox.unsubscribe()
+                if self.client.is_connected:
+                    await self.client.flush(close_flush_s)
+            except (nats.errors.Error, TimeoutError):
+                pass  # (what comes later comes back after its ack wait)
+            finally:
+                _router(self.client).handlers.pop(inbox._id, None)
+        self.credit.reset()
+        arrived, self.arrived = self.arrived, []
+        return arrived
+
+    def connection_lost(self) -> None:
+        """The connection is lost: ask nothing until it is back."""
+        self._connected = False
+
+    def connection_back(self) -> None:
+        """Reconnected: forget every request (the server may have lost them) and wake the
+        loop, which asks again."""
+        if self.closed:
+            return
+        self._connected = True
+        self.credit.reset()
+        self.on_change()
 
     async def _open(self) -> None:
-        self.inbox = self.client.new_inbox()
-        self._inbox = await self.client.subscribe(self.inbox)
-        _router(self.client).handlers[self._inbox._id] = self._on_message
-
-    async def close(self) -> None:
-        """Unsubscribe the inbox (a poll waiting ends with [] at its time) and give back what
-        came after its poll ended (a nak: another worker takes it at once)."""
-        inbox, self._inbox = self._inbox, None
-        if inbox is None:
-            return
-        _router(self.client).handlers.pop(inbox._id, None)
-        if self.client.is_closed:
-            return
-        await inbox.unsubscribe()
-        left, self.left = self.left, []
-        for message in left:
-            await message.nak()
+        inbox = self.client.new_inbox()
+        subscription = await self.client.subscribe(inbox)
+        _router(self.client).handlers[subscription._id] = self._on_message
+        self.inbox, self._inbox = inbox, subscription
 
     async def _on_message(
         self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -248,53 +275,28 @@ class TaskPolls:
         if headers is not None and headers[STATUS_AT - 1 : STATUS_AT] == b" ":
             self._on_status(headers)
             return
-        waiting = self._future is not None and not self._future.done()
+        self.credit.delivered()
         try:
             message = RawTaskMessage(self.client, subject, reply, data, headers)
         except nats.errors.NotJSMessageError as error:
-            if waiting:
-                self._finish(error)
+            self.error = error
+            self.on_change()
             return
-        if waiting:
-            self._finish([message])
-        elif len(self.left) < left_over_max:
-            self.left.append(message)
-        else:  # (a bound, never reached in practice: one message per request at most)
+        if len(self.arrived) >= arrived_max:  # (a bound, never reached while credit is kept)
             await message.nak()
+            return
+        self.arrived.append(message)
+        self.on_change()
 
     def _on_status(self, headers: bytes) -> None:
         code = headers[STATUS_AT : STATUS_AT + 3]
-        future = self._future
-        if code == STATUS_HEARTBEAT or future is None or future.done():
+        if code == STATUS_HEARTBEAT:
             return
-        if code in STATUS_ENDS:
-            if asyncio.get_running_loop().time() < self._ends_from:
-                return  # an earlier request's end, answered late: the wait goes on
-            self._finish([])
-            return
-        line = headers[STATUS_AT:].split(b"\r\n", 1)[0].decode(errors="replace")
-        status = int(code) if code.isdigit() else None
-        self._finish(nats.js.errors.APIError(code=status, description=line))
-
-    def _expire(self, future: asyncio.Future[Sequence[TaskMessage]]) -> None:
-        if future is self._future and not future.done():
-            self._expiry = None
-            self._finish([])
-
-    def _finish(self, outcome: list[TaskMessage] | Exception) -> None:
-        """End the waiting poll with `outcome`, then tell `on_end`."""
-        future, on_end = self._future, self._on_end
-        assert future is not None and not future.done()
-        self._on_end = None
-        self._end()
-        if isinstance(outcome, Exception):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-        if on_end is not None:
-            on_end()
-
-    def _end(self) -> None:
-        expiry, self._expiry = self._expiry, None
-        if expiry is not None:
-            expiry.cancel()
+        if code == STATUS_EXPIRED:
+            self.credit.expired()
+        else:  # refused or cut short (409 leadership change, 503 no JetStream, ...)
+            self.credit.reset()
+            line = headers[STATUS_AT:].split(b"\r\n", 1)[0].decode(errors="replace")
+            status = int(code) if code.isdigit() else None
+            self.error = nats.js.errors.APIError(code=status, description=line)
+        self.on_change()
