@@ -9,8 +9,12 @@ the ack wait); after a server restart the pull asks again and commands flow.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import cast
 
+import msgspec
 import nats
 import nats.js.errors
 import pytest
@@ -19,10 +23,18 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
+from dagnats.runtime.clock import now_ms
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.queue import JetStreamCommandQueue, bind_pull_consumer
+from dagnats.runtime.protocols import TaskMessage
+from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue, bind_pull_consumer
 from dagnats.runtime.resources import COMMANDS_STREAM, ensure_resources
 from dagnats.runtime.standing_pull import CommandPull
+from dagnats.runtime.task_polls import pull_expires_ms
+from kernel import codec
+from kernel.commands import StartRun
+from kernel.workflow import StepDef, WorkflowDef
 from tests.nats_fixtures import connect, unique, wait_for
 
 WAIT_MS = 10_000
@@ -67,10 +79,14 @@ async def test_a_request_expiring_mid_wait_is_asked_again(
     private_server: EmbeddedNats, private_js: JetStreamContext
 ) -> None:
     commands = JetStreamCommandQueue(private_js)
-    await commands.fetch_commands(batch=1, timeout_ms=50)  # (binds the consumer)
-    assert commands._subscription is not None
-    pull = CommandPull(commands._subscription, credit_max=4, expires_ms=200)
     run_id = unique("late")
+    config = api.ConsumerConfig(  # (a consumer of its own: no other pull takes its message)
+        durable_name=unique("late").replace("-", "_"),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        filter_subject=f"dagnats.cmd.*.{run_id}.>",
+    )
+    subscription = await bind_pull_consumer(private_js, COMMANDS_STREAM, config)
+    pull = CommandPull(subscription, credit_max=4, expires_ms=200)
     waiting = asyncio.ensure_future(pull.fetch(4, 3_000))
 
     async def send_late() -> None:
@@ -82,7 +98,8 @@ async def test_a_request_expiring_mid_wait_is_asked_again(
     await sending
     assert [message.data for message in messages] == [b"late"]
     await messages[0].ack()
-    await commands.close()
+    await pull.close()
+    await subscription.unsubscribe()
 
 
 async def test_what_a_closed_pull_brought_goes_to_another_engine_at_once(
@@ -96,8 +113,8 @@ async def test_what_a_closed_pull_brought_goes_to_another_engine_at_once(
     [taken] = await first.fetch_commands(batch=1, timeout_ms=WAIT_MS)
     await taken.ack()
     assert first._pull is not None
-    held = first._pull.subscription._sub._pending_queue
-    await wait_for(lambda: held.qsize() >= len(sent) - 1, timeout_ms=WAIT_MS, what="the rest")
+    pull = first._pull
+    await wait_for(lambda: len(pull.held()) >= len(sent) - 1, timeout_ms=WAIT_MS, what="the rest")
     await first.close()  # gives the five back (a nak each)
     second = JetStreamCommandQueue(private_js)
     got: list[bytes] = []
@@ -131,7 +148,7 @@ async def test_after_a_server_restart_the_pull_asks_again(tmp_path: Path) -> Non
         await commands.publish_command(run_id, b"after", f"{run_id}:1")
         # The request of before the restart is gone with that server; a fetch within the
         # standing request's expiry gets the command only if the pull asked again.
-        assert settings.standing_pull_expiry_ms > 2_000
+        assert pull_expires_ms > 2_000
         [after] = await commands.fetch_commands(batch=4, timeout_ms=2_000)
         assert after.data == b"after"
         await after.ack()
@@ -156,6 +173,80 @@ async def test_a_pull_of_a_deleted_consumer_raises(private_js: JetStreamContext)
         await private_js.delete_consumer(COMMANDS_STREAM, config.durable_name or "")
         with pytest.raises(nats.js.errors.APIError):
             await pull.fetch(4, 2_000)
-        assert pull.credit.pending == 0
+        assert pull.pull.credit.pending == 0
     finally:
         await subscription.unsubscribe()
+
+
+SLOW_S = 4.5  # a task publish held up longer than the commands' ack wait
+
+
+class SlowTasks:
+    """The connection's task queue, its publishes of `slow*` task types held up SLOW_S."""
+
+    def __init__(self, inner: JetStreamTaskQueue) -> None:
+        self.inner = inner
+        self.tokens = None
+
+    async def publish(self, task_type: str, payload: bytes, msg_id: str) -> None:
+        if task_type.startswith("slow"):
+            await asyncio.sleep(SLOW_S)
+        await self.inner.publish(task_type, payload, msg_id)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def _start(run_id: str, task: str) -> bytes:
+    workflow = WorkflowDef(name="one", steps=(StepDef(id="a", task=task),))
+    command = StartRun(run_id=run_id, at_ms=now_ms(), workflow=workflow, input=msgspec.Raw(b"null"))
+    return codec.encode(command)
+
+
+async def test_commands_brought_while_the_engine_is_at_its_limit_are_kept_in_progress(
+    connection: Connection,
+) -> None:
+    """Two slow batches fill the engine's in-flight limit; ten commands the standing pull
+    brings meanwhile wait past the ack wait, kept in progress: each is handled once, on its
+    first delivery."""
+    assert settings.command_ack_wait_ms < SLOW_S * 1000
+    deliveries: list[tuple[str, int]] = []
+    fetch = connection.commands.fetch_commands
+
+    async def recorded(*, batch: int, timeout_ms: int) -> Sequence[TaskMessage]:
+        got = await fetch(batch=batch, timeout_ms=timeout_ms)
+        deliveries.extend((message.subject, message.num_delivered) for message in got)
+        return got
+
+    connection.commands.fetch_commands = recorded  # type: ignore[method-assign]
+    tasks = cast(JetStreamTaskQueue, SlowTasks(connection.tasks))
+    engine = Engine(connection.history, tasks, connection.timers, connection.commands)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(engine.serve(connection.commands, stop))
+    try:
+        send = connection.commands.publish_command
+        for _ in range(2):
+            run_id, fetched_before = unique("slow"), len(deliveries)
+            await send(run_id, _start(run_id, unique("slow")), run_id)
+            await wait_for(
+                partial(lambda count: len(deliveries) > count, fetched_before),
+                timeout_ms=WAIT_MS, what="a slow start fetched",
+            )  # fmt: skip
+        fast = [unique(f"fast{n}") for n in range(10)]
+        for run_id in fast:
+            await send(run_id, _start(run_id, unique("fast")), run_id)
+
+        async def all_started() -> bool:
+            return all([await connection.history.last_seq(r) > 0 for r in fast])
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SLOW_S * 3
+        while not await all_started():
+            assert loop.time() < deadline, "the fast runs did not start"
+            await asyncio.sleep(0.05)
+        fetched = [(subject, count) for subject, count in deliveries if "fast" in subject]
+        assert len(fetched) == len(fast), fetched
+        assert all(count == 1 for _, count in fetched), "a command came again: its ack wait ran out"
+    finally:
+        stop.set()
+        await asyncio.gather(serving, return_exceptions=True)

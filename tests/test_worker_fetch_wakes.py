@@ -65,7 +65,7 @@ class FakePull:
         self.on_change()
 
     def expire(self) -> None:
-        self.credit.expired()
+        self.credit.reset()  # (every request of the fake ends: what it had is gone)
         self.on_change()
 
 

@@ -49,7 +49,7 @@ from nats.js import JetStreamContext
 from dagnats.client.watches import RunWatch, Seen, Watch
 from dagnats.runtime.js_publish import listen
 from dagnats.runtime.log import HistoryReadError, JetStreamEventLog
-from dagnats.runtime.log_read import router
+from dagnats.runtime.log_read import header_int, router
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import HISTORY_STREAM, republishes, stored_subject
 
@@ -279,22 +279,10 @@ def _sequences(headers: bytes | None) -> tuple[int, int]:
     instead). A missing `Nats-Last-Sequence` is 0 (the run's first message)."""
     if headers is None:
         return NO_SEQUENCES
-    seq = _header_int(headers, SEQUENCE_AT)
+    seq = header_int(headers, SEQUENCE_AT)
     if seq is None or seq <= 0:
         return NO_SEQUENCES
     if headers.find(LAST_SEQUENCE_AT) < 0:
         return seq, 0
-    last_seq = _header_int(headers, LAST_SEQUENCE_AT)
+    last_seq = header_int(headers, LAST_SEQUENCE_AT)
     return NO_SEQUENCES if last_seq is None else (seq, last_seq)
-
-
-def _header_int(headers: bytes, name: bytes) -> int | None:
-    at = headers.find(name)
-    if at < 0:
-        return None
-    start = at + len(name)
-    end = headers.find(b"\r\n", start)
-    try:
-        return int(headers[start : end if end >= 0 else len(headers)])
-    except ValueError:
-        return None

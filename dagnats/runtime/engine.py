@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -40,6 +41,7 @@ from dagnats.runtime.protocols import (
     TaskPublisher,
     Timers,
 )
+from dagnats.runtime.pull_credit import credit_bound_share
 from dagnats.runtime.roles import authorize_command, run_id_of_command_subject
 from dagnats.runtime.settings import (
     append_attempts_max,
@@ -49,6 +51,7 @@ from dagnats.runtime.settings import (
     command_fetch_timeout_ms,
     command_progress_interval_ms,
     effects_in_flight_max,
+    fetch_batch_max,
     resume_concurrency_max,
     run_cache_max,
     runs_listed_max,
@@ -519,18 +522,23 @@ class Engine:
     async def _handle_group(self, group: list[CommandMessage]) -> None:
         await batched.handle_group(self, group)  # rows of results: one append (runtime/batched)
 
-    async def keep_in_progress(self, stop: asyncio.Event) -> None:
+    async def keep_in_progress(
+        self, stop: asyncio.Event, waiting: Callable[[], Sequence[CommandMessage]] = tuple
+    ) -> None:
         """Until `stop`: a progress ack (`+WPI`) every command_progress_interval_ms for each
-        command fetched and not yet settled, so the commands consumer's short ack wait
-        (`command_ack_wait_ms`) ends only for an engine that stopped working: its commands
-        then go to another engine within that wait."""
+        command fetched and not yet settled, and for each the queue brought that no fetch took
+        yet (`waiting`: a standing pull's, while the engine is at its in-flight limit), so the
+        commands consumer's short ack wait (`command_ack_wait_ms`) ends only for an engine that
+        stopped working: its commands then go to another engine within that wait."""
         assert command_progress_interval_ms * 2 <= command_ack_wait_ms
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), command_progress_interval_ms / 1000)
             held = list(self._unsettled)
             assert len(held) <= command_batch_max * (command_batches_in_flight_max + 1)
-            for message in held:
+            brought = waiting()
+            assert len(brought) <= fetch_batch_max * (credit_bound_share + 1), len(brought)
+            for message in [*held, *brought]:
                 try:
                     await message.in_progress()
                 except Exception as error:  # a lost progress ack costs one redelivery
@@ -549,7 +557,8 @@ class Engine:
         """
         resuming = asyncio.create_task(self.resume_all())
         in_flight: set[asyncio.Future[Any]] = set()
-        progress = asyncio.create_task(self.keep_in_progress(stop))
+        waiting = getattr(commands, "held", tuple)  # (a standing pull's: runtime/queue)
+        progress = asyncio.create_task(self.keep_in_progress(stop, waiting))
         try:
             while not stop.is_set():
                 if resuming.done():

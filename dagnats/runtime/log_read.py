@@ -108,7 +108,19 @@ def router(client: Client) -> _Router:
     return router
 
 
-_router = router  # (the older private name)
+def header_int(headers: bytes, name: bytes) -> int | None:
+    """The number a raw header block holds after `name` (the header's name with its
+    leading CRLF and trailing colon and space, e.g. b"\\r\\nNats-Sequence: "), None when the
+    header is missing or not a number."""
+    at = headers.find(name)
+    if at < 0:
+        return None
+    start = at + len(name)
+    end = headers.find(b"\r\n", start)
+    try:
+        return int(headers[start : end if end >= 0 else len(headers)])
+    except ValueError:
+        return None
 
 
 class PushReader:

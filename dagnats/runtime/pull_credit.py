@@ -1,21 +1,24 @@
 """The credit of a standing pull: what the pull requests still on the server may bring.
 
 A pull request asks a durable consumer for up to `batch` messages and stays on the server
-until it brought them all or expired. A request per message costs nats-server about as much
-again as storing, delivering and acknowledging that message (measured on a bare server:
-~280-340 us of its CPU per message with a request each, ~180-200 us with one request standing
-for many); a standing pull asks for many at once and asks again only when what is left of its
-credit runs low (`credit_max // 2`) or its newest request is about to expire.
+until it brought them all or expired. A request per message is one more message for
+nats-server to read, parse and queue for every message delivered; a standing pull asks for
+many at once and asks again only when what is left of its credit runs low (`credit_max // 2`)
+or no request would last the caller's wait.
 
-nats-server answers the requests of one inbox oldest first and ends one that expired before it
-brought everything with a 408 status; requests of one pull all expire after the same time, so
-the oldest live request is the one a message or a 408 belongs to. `PullCredit` keeps the live
-requests in that order (count still to come, expiry), so what is pending is known without
-asking the server. A request whose expiry passed without its 408 (a status lost with the
-connection, a restarted server) is dropped after `expiry_grace_ms`; a reconnect or an
-unexpected status drops them all (`reset`): the next fetch asks again. Over-asking is bounded:
-at most `requests_max` requests live here, each for at most `credit_max`, each gone from the
-server by its expiry.
+nats-server serves the live requests of one inbox round robin, so which request a message
+used is unknown here; what is known exactly is the credit in aggregate: what was asked, less
+what was delivered, less what each expired request still had (its 408 says,
+`Nats-Pending-Messages`). `PullCredit` books that, and keeps each request's size and expiry
+only to know when it ends: a request leaves at its 408 (the oldest whose expiry passed) or,
+when that status never comes (lost with the connection, a restarted server), `expiry_grace_ms`
+after its expiry; the credit never exceeds what the live requests asked, and is 0 when none
+is live. A request that brought all it asked for ends on the server without a status: its
+entry stays until its expiry, counted as ending, not as lasting. A reconnect or an
+unexpected status forgets everything (`reset`): the next fetch asks again.
+
+Over-asking is bounded: no request is asked while the credit is `credit_max * 2` or more, so
+at most that many messages are on their way or held by the server for one pull.
 
 Pure bookkeeping: no I/O, no clock of its own (the caller passes loop time).
 """
@@ -25,36 +28,45 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-requests_max: Final = 2  # live pull requests of one standing pull
 expiry_grace_ms: Final = 1_000  # after a request's expiry, before it counts as gone unanswered
+expiry_skew_ms: Final = 50  # a 408 this early (the server's clock runs from its own receipt)
+credit_bound_share: Final = 2  # asking stops at credit_max * this
 
 
 class PullCredit:
-    """The live pull requests of one standing pull, oldest first: [still to come, expiry]."""
+    """The aggregate credit of one standing pull, and its live requests ([asked, expiry],
+    oldest first)."""
 
-    __slots__ = ("_requests", "credit_max", "expires_ms")
+    __slots__ = ("_credit", "_requests", "credit_max", "expires_ms")
 
     def __init__(self, credit_max: int, expires_ms: int) -> None:
         assert credit_max >= 1, credit_max
-        assert expires_ms > 0, expires_ms
+        assert expires_ms > expiry_skew_ms, expires_ms
         self.credit_max = credit_max
         self.expires_ms = expires_ms
-        self._requests: deque[list[float]] = deque()
+        self._requests: deque[tuple[int, float]] = deque()
+        self._credit = 0
 
     @property
     def pending(self) -> int:
-        """Messages the live requests may still bring."""
-        return int(sum(request[0] for request in self._requests))
+        """Messages the live requests may still bring (at most what they asked)."""
+        return self._credit
+
+    @property
+    def live(self) -> int:
+        """Requests not known to have ended."""
+        return len(self._requests)
 
     def wanted(self, now: float, cover_ms: int) -> int:
         """How many messages to ask for now (0: no request): the rest of `credit_max` when
-        half of it or less stays pending through a wait of `cover_ms` (what requests that
-        expire within it may bring does not count: a wait is never without a request)."""
+        half of it or less lasts through a wait of `cover_ms` (what requests expiring within
+        it may still hold does not count), unless the credit is at its bound."""
         self._expire(now)
-        if len(self._requests) >= requests_max:
+        if self._credit >= self.credit_max * credit_bound_share:
             return 0
         covered_until = now + cover_ms / 1000
-        lasting = int(sum(count for count, expiry in self._requests if expiry > covered_until))
+        ending = sum(asked for asked, expiry in self._requests if expiry <= covered_until)
+        lasting = max(0, self._credit - ending)
         if lasting > self.credit_max // 2:
             return 0
         return self.credit_max - lasting
@@ -62,31 +74,40 @@ class PullCredit:
     def asked(self, count: int, now: float) -> None:
         """A request for `count` messages was sent at `now`."""
         assert 1 <= count <= self.credit_max, count
-        assert len(self._requests) < requests_max
-        self._requests.append([count, now + self.expires_ms / 1000])
+        self._requests.append((count, now + self.expires_ms / 1000))
+        self._credit += count
+        assert self._credit <= self.credit_max * (credit_bound_share + 1), self._credit
 
     def delivered(self) -> None:
-        """A message came: the oldest live request brought it."""
-        if not self._requests:
-            return  # (a request dropped here came through after all: nothing to count)
-        oldest = self._requests[0]
-        oldest[0] -= 1
-        if oldest[0] <= 0:
-            self._requests.popleft()
+        """A message came (from whichever live request)."""
+        self._credit = max(0, self._credit - 1)
 
-    def expired(self) -> None:
-        """A 408 came: the oldest live request ended with what it brought."""
-        if self._requests:
+    def expired(self, left: int | None, now: float) -> None:
+        """A 408 came at `now`: the oldest request whose expiry passed ended with `left`
+        unused (its `Nats-Pending-Messages`; None: not said, then nothing is known of it and
+        the credit is forgotten). A 408 of a request already forgotten changes nothing."""
+        if left is None:
+            self.reset()
+            return
+        if self._requests and self._requests[0][1] <= now + expiry_skew_ms / 1000:
             self._requests.popleft()
+            self._credit = max(0, self._credit - left)
+        self._bound()
 
     def reset(self) -> None:
         """Forget every request (a reconnect, an unexpected status): the next fetch asks."""
         self._requests.clear()
+        self._credit = 0
 
     def _expire(self, now: float) -> None:
         grace_s = expiry_grace_ms / 1000
         while self._requests and self._requests[0][1] + grace_s <= now:
             self._requests.popleft()
+        self._bound()
+
+    def _bound(self) -> None:
+        """The credit is at most what the live requests asked (0 when none is live)."""
+        self._credit = min(self._credit, sum(asked for asked, _ in self._requests))
 
 
-__all__ = ["PullCredit", "expiry_grace_ms", "requests_max"]
+__all__ = ["PullCredit", "credit_bound_share", "expiry_grace_ms", "expiry_skew_ms"]

@@ -37,6 +37,7 @@ from dagnats.observe import tracing
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.partition_count import PartitionCount
+from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.resources import (
     COMMAND_SUBJECTS,
     COMMANDS_STREAM,
@@ -54,6 +55,7 @@ from dagnats.runtime.resources import (
 from dagnats.runtime.standing_pull import CommandPull, next_message
 from dagnats.runtime.task_polls import (
     MSG_ID_HEADER,
+    SCHEDULER_HEADER,
     StandingPull,
     delivery_fields,
     reply_fields,
@@ -61,7 +63,6 @@ from dagnats.runtime.task_polls import (
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER, TaskTokens
 from kernel.errors import PayloadTooLargeError
 
-SCHEDULER_HEADER: Final = "Nats-Scheduler"  # set by the server on a message a schedule fired
 CONSUMER_CHECKED_FIELDS: Final = ("ack_wait", "max_deliver", "filter_subject", "filter_subjects")
 log = logging.getLogger("dagnats.queue")
 
@@ -280,8 +281,9 @@ class JetStreamCommandQueue:
             headers[TASK_TOKEN_HEADER] = token
         await self.publisher.publish(subject, payload, stream=COMMANDS_STREAM, headers=headers)
 
-    async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[JetStreamMessage]:
-        """Up to `batch` commands in stream order, waiting at most timeout_ms; [] if none."""
+    async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[TaskMessage]:
+        """Up to `batch` commands in stream order, waiting at most timeout_ms; [] if none
+        (through a standing pull: runtime/standing_pull)."""
         if self._subscription is None:
             single = len(self.filter_subjects) == 1
             config = api.ConsumerConfig(
@@ -297,7 +299,12 @@ class JetStreamCommandQueue:
             self._subscription = await bind_pull_consumer(self.js, COMMANDS_STREAM, config)
             self._pull = CommandPull(self._subscription, credit_max=settings.command_batch_max)
         assert self._pull is not None
-        return [JetStreamMessage(m) for m in await self._pull.fetch(batch, timeout_ms)]
+        return await self._pull.fetch(batch, timeout_ms)
+
+    def held(self) -> Sequence[TaskMessage]:
+        """Commands the standing pull brought that no fetch took yet (the engine keeps them in
+        progress)."""
+        return () if self._pull is None else self._pull.held()
 
     async def publish_dead(self, kind: str, payload: bytes, reason: str) -> None:
         """Keep `payload` on `dagnats.dead.<kind>` with its reason (one line, bounded)."""
@@ -311,8 +318,7 @@ class JetStreamCommandQueue:
         """Give back what the standing pull brought and no fetch took, then unsubscribe the
         engine's pull subscription (the durable consumer stays)."""
         if self._pull is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._pull.give_back()
+            await self._pull.close()
             self._pull = None
         if self._subscription is not None:
             await self._subscription.unsubscribe()

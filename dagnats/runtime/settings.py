@@ -200,9 +200,6 @@ server_gomaxprocs_max: Final = 1_024
 # The engine's command pump.
 command_batch_max: Final = 256  # commands fetched at once
 command_fetch_timeout_ms: Final = 1_000
-# A standing pull request (runtime/standing_pull) stays on the server this long; it is asked
-# again before a wait would outlast it, and at once after a reconnect.
-standing_pull_expiry_ms: Final = 5_000
 # What a fetch waits, after its first command, for more the server says are on their way.
 standing_pull_more_wait_ms: Final = 20
 command_batches_in_flight_max: Final = 2  # fetched batches handled at once (runs stay ordered)

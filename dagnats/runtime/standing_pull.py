@@ -1,19 +1,24 @@
-"""A standing pull of one durable consumer, read as nats-py messages (the engine's commands).
+"""The engine's fetches of its commands through a standing pull (runtime/task_polls).
 
-`fetch` asks for `credit_max` messages in one pull request that stays on the server
-(`standing_pull_expiry_ms`) and asks again only when half of that credit is used or no request
-would last the wait (runtime/pull_credit): a busy engine sends a pull request per ~128
+`CommandPull.fetch` keeps a `StandingPull` of the engine's consumer asked for `credit_max`
+commands (one request stays on the server, asked again when half its credit is used, before a
+wait would outlast it, and at once after a reconnect: runtime/pull_credit), waits for the
+first command, then takes what came (and, for at most `standing_pull_more_wait_ms`, what the
+last one's pending count says is on its way). A busy engine sends a pull request per ~128
 commands, an idle one a request every few seconds, where a long poll per fetch cost a request
-per command in a chain (and nats-server about as much CPU as storing the command). What the
-requests bring waits in the subscription's inbox until a fetch takes it: after the first
-message, a fetch takes what is there without waiting.
+per command in a chain. The commands are read raw in the client's read loop
+(`RawTaskMessage`: no nats-py `Msg`, headers parsed when read).
 
-Statuses: a 408 ends the oldest request (its credit is gone); a 409 (a conflict: the consumer
-was deleted or changed leader, the server shut down, too many waiting requests) forgets every
-request, as a reconnect does (js_publish.listen), and is asked again once in a waiting fetch
-(a second ends it with what came); what the inbox held at a reconnect came from before it, and
-a status among it ends no request of now's. Any other status raises `APIError` when nothing
-came before it (nats-py's fetch does the same).
+What came and no fetch took yet waits here (`held`): the engine sends it progress acks
+beside the commands it handles (engine.py `keep_in_progress`), so a command that came while
+the engine was at its in-flight limit does not run out its ack wait and come again. At close,
+the pull's inbox is unsubscribed first (the server drops the requests) and what was held or
+on its way is given back with a nak, for another engine at once.
+
+Statuses: a 408 ends a request (task_polls); a 409 (a conflict: the consumer deleted or moved
+to another leader, the server shutting down) forgets the requests and is asked again once in a
+waiting fetch (a second ends it with what came); any other status raises `APIError` from a
+fetch that took nothing (nats-py's fetch does the same), else from the next one.
 
 This module publishes pull requests and naks what it gives back; it decodes no payload.
 """
@@ -22,140 +27,149 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+from collections import deque
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
-from dagnats.runtime import js_publish, settings
-from dagnats.runtime.pull_credit import PullCredit
-from dagnats.runtime.task_polls import reply_fields
+from dagnats.runtime import settings
+from dagnats.runtime.protocols import TaskMessage
+from dagnats.runtime.task_polls import StandingPull, pull_expires_ms
+
+CONFLICT_STATUS = 409
 
 
 class CommandPull:
-    """Fetches of `subscription`'s consumer through standing pull requests of up to
-    `credit_max` messages each."""
+    """Fetches of `subscription`'s consumer through a standing pull of up to `credit_max`
+    messages."""
 
     def __init__(
         self,
         subscription: JetStreamContext.PullSubscription,
         *,
         credit_max: int,
-        expires_ms: int = settings.standing_pull_expiry_ms,
+        expires_ms: int = pull_expires_ms,
     ) -> None:
         assert 1 <= credit_max <= settings.fetch_batch_max, credit_max
-        self.subscription = subscription
-        self.credit = PullCredit(credit_max, expires_ms)
-        self.requests = 0  # pull requests sent, in all
-        self._stale = 0  # messages in the inbox at the last reconnect, not yet taken
-        js_publish.listen(subscription._nc, self)
+        self.pull = StandingPull(
+            subscription._nc, subscription._nms, credit_max, self._changed, expires_ms
+        )
+        self._held: deque[TaskMessage] = deque()
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
-    def connection_lost(self) -> None:
-        pass  # (the requests may live on in the server: they are forgotten at the reconnect)
+    @property
+    def requests(self) -> int:
+        """Pull requests sent, in all."""
+        return self.pull.requests
 
-    def connection_back(self) -> None:
-        """A restarted server has none of the requests: ask again. What the inbox holds came
-        before (a status there, such as a 409 "Server Shutdown", ends no request of now's)."""
-        self.credit.reset()
-        self._stale = self.subscription._sub._pending_queue.qsize()
+    def held(self) -> list[TaskMessage]:
+        """What came and no fetch took yet."""
+        self._collect()
+        return list(self._held)
 
-    async def fetch(self, batch: int, timeout_ms: int) -> list[Msg]:
+    async def fetch(self, batch: int, timeout_ms: int) -> list[TaskMessage]:
         """Up to `batch` messages, waiting at most timeout_ms for the first; [] if none came.
 
         Raises:
-            nats.js.errors.APIError: the server answered with an error status (not a 408,
-                409 or heartbeat) before any message came.
+            nats.js.errors.APIError: the server answered with an error status (not a 408 or
+                409) before any message came.
             nats.errors.ConnectionClosedError: the connection is closed.
         """
         assert 1 <= batch <= settings.fetch_batch_max, batch
         assert 0 < timeout_ms <= settings.fetch_timeout_ms_max, timeout_ms
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
-        await self._ask(loop.time(), timeout_ms)
-        inbox = self.subscription._sub
-        messages: list[Msg] = []
         conflicts = 0
-        while len(messages) < batch:
-            message = await self._next(inbox, messages, deadline)
-            if message is None:
-                break  # (nothing more waiting, or the time is up)
-            stale = self._stale > 0  # came before the last reconnect: no request of now's
-            self._stale -= stale
-            status = JetStreamContext.is_status_msg(message)
-            if not status:
-                if not stale:
-                    self.credit.delivered()
-                messages.append(message)
-                continue
-            if stale or status == api.StatusCode.CONTROL_MESSAGE:
-                continue  # (an idle heartbeat, or an end of a request gone with a reconnect)
-            if status == api.StatusCode.REQUEST_TIMEOUT:
-                self.credit.expired()
-            elif status == api.StatusCode.CONFLICT and not messages and conflicts == 0:
+        while True:
+            self._collect()
+            error, self._error = self._error, None
+            if error is not None:
+                conflict = getattr(error, "code", None) == CONFLICT_STATUS
+                if self._held or (conflict and conflicts > 0):
+                    self._error = None if conflict else error  # (raised by the next fetch)
+                    break
+                if not conflict:
+                    raise error
                 conflicts += 1  # (asked again once: the wait goes on under a new request)
-                self.credit.reset()
-            else:
-                self.credit.reset()
-                if status == api.StatusCode.CONFLICT or messages:
-                    break  # (what came is handled; the next fetch asks again)
-                raise nats.js.errors.APIError.from_msg(message)
-            if not messages:  # the wait goes on under a request
-                await self._ask(loop.time(), max(int((deadline - loop.time()) * 1000), 1))
-        return messages
+            if self.pull.client.is_closed:
+                raise nats.errors.ConnectionClosedError
+            now = loop.time()
+            await self._ask(now, deadline)
+            if self._held or now >= deadline:
+                break
+            await self._wait(min(deadline, now + settings.fetch_closed_check_ms / 1000))
+        return await self._take(batch, deadline)
 
-    async def _next(self, inbox: Subscription, taken: list[Msg], deadline: float) -> Msg | None:
-        """The first message within the deadline; after it, what is in the inbox, and what the
-        last one taken says still waits (its pending count, while the credit covers it): on
-        its way, it is waited for, at most standing_pull_more_wait_ms."""
-        if not taken:
-            return await next_message(inbox, deadline)
-        message = _take(inbox)
-        if message is not None or self.credit.pending <= 0:
-            return message
-        fields = reply_fields(taken[-1].reply)
-        if fields is None or fields[2] <= 0:
-            return None
-        more_s = settings.standing_pull_more_wait_ms / 1000
-        return await next_message(inbox, min(deadline, asyncio.get_running_loop().time() + more_s))
-
-    async def _ask(self, now: float, cover_ms: int) -> None:
+    async def _ask(self, now: float, deadline: float) -> None:
         # (a wait longer than half a request's life is covered by asking again at its 408)
-        cover_ms = min(cover_ms, self.credit.expires_ms // 2)
-        count = self.credit.wanted(now, cover_ms + settings.fetch_expiry_margin_ms_min)
-        if count <= 0:
+        cover_ms = min(int((deadline - now) * 1000), self.pull.credit.expires_ms // 2)
+        count = self.pull.wanted(now, max(cover_ms, 0) + settings.fetch_expiry_margin_ms_min)
+        if count > 0:
+            await self.pull.ask(count)
+
+    async def _take(self, batch: int, deadline: float) -> list[TaskMessage]:
+        """Up to `batch` of what is held; after it, what the last one's pending count says is
+        on its way (while the credit covers it), waited for at most
+        standing_pull_more_wait_ms."""
+        held = self._held
+        taken: list[TaskMessage] = []
+        loop = asyncio.get_running_loop()
+        more_until = min(deadline, loop.time() + settings.standing_pull_more_wait_ms / 1000)
+        while len(taken) < batch:
+            if held:
+                taken.append(held.popleft())
+                continue
+            if not taken or self.pull.credit.pending <= 0 or loop.time() >= more_until:
+                break
+            if getattr(taken[-1], "num_pending", 0) <= 0:
+                break
+            await self._wait(more_until)
+            self._collect()
+        return taken
+
+    def _collect(self) -> None:
+        arrived, error = self.pull.take()
+        self._held.extend(arrived)
+        if error is not None:
+            self._error = error
+
+    def _changed(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, until: float) -> None:
+        """Until the pull changes (a message, a status, a reconnect) or `until` (loop time)."""
+        if self.pull.arrived or self.pull.error is not None:
             return
-        expires_ns = self.credit.expires_ms * 1_000_000
-        request = json.dumps({"batch": count, "expires": expires_ns}).encode()
-        subscription = self.subscription
-        await subscription._nc.publish(subscription._nms, request, subscription._deliver)
-        self.credit.asked(count, now)
-        self.requests += 1
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_at(until, _release, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
-    async def give_back(self) -> int:
-        """Nak what came and no fetch took (another engine takes it at once); how many."""
-        given = 0
-        inbox = self.subscription._sub
-        while (message := _take(inbox)) is not None:
-            if not JetStreamContext.is_status_msg(message):
+    async def close(self) -> int:
+        """Stop asking (the server drops the requests) and give back, with a nak, what came
+        and no fetch took; how many."""
+        self._collect()
+        held = [*self._held, *await self.pull.close()]
+        self._held.clear()
+        for message in held:
+            with contextlib.suppress(nats.errors.Error):
                 await message.nak()
-                given += 1
-        self.credit.reset()
-        self._stale = 0
-        return given
+        return len(held)
 
 
-def _take(inbox: Subscription) -> Msg | None:
-    """The inbox's next message if one is there, without waiting."""
-    queue = inbox._pending_queue
-    if queue.empty():
-        return None
-    message = queue.get_nowait()
-    inbox._pending_size -= len(message.data)
-    queue.task_done()
-    return message
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def next_message(inbox: Subscription, deadline: float) -> Msg | None:

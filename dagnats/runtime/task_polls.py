@@ -12,7 +12,8 @@ The inbox's messages reach the pull in the client's read loop, before nats-py bu
 and the pull, no header dict unless one is read (`RawTaskMessage.headers`), no JSON encoder
 per request. A message is kept in `arrived` (at most `arrived_max`: more are given back at
 once with a nak, a bound never reached while the credit is kept) and the fetch loop is woken
-(`on_change`); a 408 ends the oldest live request; any other status but a heartbeat forgets
+(`on_change`); a 408 ends the oldest live request whose expiry passed, with the credit its
+`Nats-Pending-Messages` says it had left; any other status but a heartbeat forgets
 every request (`PullCredit.reset`) and is kept as the pull's `error`. A disconnect stops the
 asking; the reconnect forgets every request (one lost with a restarted server would never be
 answered) and wakes the loop, which asks again at once. What a worker took is settled as
@@ -41,15 +42,17 @@ from nats.aio.subscription import Subscription
 
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import listen
-from dagnats.runtime.log_read import STATUS_AT, _router
+from dagnats.runtime.log_read import STATUS_AT, header_int, router
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.pull_credit import PullCredit
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+SCHEDULER_HEADER: Final = "Nats-Scheduler"  # set by the server on a message a schedule fired
 HEADER_LINE_BYTES: Final = len(b"NATS/1.0")
 STATUS_HEARTBEAT: Final = b"100"
 STATUS_EXPIRED: Final = b"408"  # the oldest live request ended with what it brought
+PENDING_MESSAGES_AT: Final = b"\r\nNats-Pending-Messages: "  # (a 408: what it had left)
 pull_expires_ms: Final = 5_000  # a pull request's life on the server
 close_flush_s: Final = 1  # at close, the longest wait for what is on its way
 arrived_max: Final = settings.fetch_batch_max  # messages not yet taken; more are given back
@@ -141,6 +144,13 @@ class RawTaskMessage:
         return None if headers is None else headers.get(MSG_ID_HEADER)
 
     @property
+    def scheduler(self) -> str | None:
+        """The schedule's subject when a message schedule fired this message (a command), else
+        None."""
+        headers = self.headers
+        return None if headers is None else headers.get(SCHEDULER_HEADER)
+
+    @property
     def task_token(self) -> str | None:
         """The engine's token of this task (runtime/task_tokens)."""
         headers = self.headers
@@ -184,11 +194,12 @@ class StandingPull:
     what they bring waits in `arrived` for the fetch loop, woken by `on_change`."""
 
     def __init__(
-        self, client: Client, next_subject: str, credit_max: int, on_change: Callable[[], None]
-    ) -> None:
+        self, client: Client, next_subject: str, credit_max: int, on_change: Callable[[], None],
+        expires_ms: int = pull_expires_ms,
+    ) -> None:  # fmt: skip
         self.client = client
         self.next_subject = next_subject
-        self.credit = PullCredit(credit_max, pull_expires_ms)
+        self.credit = PullCredit(credit_max, expires_ms)
         self.on_change = on_change
         self.arrived: list[TaskMessage] = []
         self.error: Exception | None = None  # an error status or a message that is no task
@@ -216,7 +227,7 @@ class StandingPull:
         if self._inbox is None:
             await self._open()
         self.credit.asked(count, asyncio.get_running_loop().time())
-        request = b'{"batch":%d,"expires":%d}' % (count, pull_expires_ms * 1_000_000)
+        request = b'{"batch":%d,"expires":%d}' % (count, self.credit.expires_ms * 1_000_000)
         try:
             await self.client.publish(self.next_subject, request, reply=self.inbox)
         except BaseException:
@@ -245,7 +256,7 @@ class StandingPull:
             except (nats.errors.Error, TimeoutError):
                 pass  # (what comes later comes back after its ack wait)
             finally:
-                _router(self.client).handlers.pop(inbox._id, None)
+                router(self.client).handlers.pop(inbox._id, None)
         self.credit.reset()
         arrived, self.arrived = self.arrived, []
         return arrived
@@ -266,7 +277,7 @@ class StandingPull:
     async def _open(self) -> None:
         inbox = self.client.new_inbox()
         subscription = await self.client.subscribe(inbox)
-        _router(self.client).handlers[subscription._id] = self._on_message
+        router(self.client).handlers[subscription._id] = self._on_message
         self.inbox, self._inbox = inbox, subscription
 
     async def _on_message(
@@ -293,7 +304,8 @@ class StandingPull:
         if code == STATUS_HEARTBEAT:
             return
         if code == STATUS_EXPIRED:
-            self.credit.expired()
+            left = header_int(headers, PENDING_MESSAGES_AT)
+            self.credit.expired(left, asyncio.get_running_loop().time())
         else:  # refused or cut short (409 leadership change, 503 no JetStream, ...)
             self.credit.reset()
             line = headers[STATUS_AT:].split(b"\r\n", 1)[0].decode(errors="replace")
