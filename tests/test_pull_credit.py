@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dagnats.runtime.pull_credit import PullCredit, credit_bound_share, expiry_grace_ms
+from dagnats.runtime.pull_credit import (
+    PullCredit,
+    credit_bound_share,
+    expiry_grace_ms,
+    requests_kept_max,
+)
 
 CREDIT = 8
 EXPIRES_MS = 2_000
@@ -78,6 +83,15 @@ def test_an_expiry_without_its_status_is_forgotten_after_the_grace() -> None:
     assert credit.pending == CREDIT  # (its 408 may still come)
     assert credit.wanted(ends + expiry_grace_ms / 1000, 0) == CREDIT
     assert (credit.pending, credit.live) == (0, 0)
+
+
+def test_requests_kept_are_bounded() -> None:
+    credit = PullCredit(CREDIT, EXPIRES_MS)
+    for n in range(requests_kept_max * 3):  # each used up at once (ends without a status)
+        credit.asked(CREDIT, n * 0.001)
+        for _ in range(CREDIT):
+            credit.delivered()
+    assert credit.live == requests_kept_max and credit.pending == 0
 
 
 def test_a_408_that_does_not_say_what_was_left_forgets_everything() -> None:

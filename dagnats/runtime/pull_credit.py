@@ -31,6 +31,9 @@ from typing import Final
 expiry_grace_ms: Final = 1_000  # after a request's expiry, before it counts as gone unanswered
 expiry_skew_ms: Final = 50  # a 408 this early (the server's clock runs from its own receipt)
 credit_bound_share: Final = 2  # asking stops at credit_max * this
+# Requests kept (most have ended silently, all they asked brought, and leave at their
+# expiry): beyond it the oldest is forgotten (the credit then at most what the rest asked).
+requests_kept_max: Final = 64
 
 
 class PullCredit:
@@ -76,6 +79,9 @@ class PullCredit:
         assert 1 <= count <= self.credit_max, count
         self._requests.append((count, now + self.expires_ms / 1000))
         self._credit += count
+        if len(self._requests) > requests_kept_max:
+            self._requests.popleft()
+            self._bound()
         assert self._credit <= self.credit_max * (credit_bound_share + 1), self._credit
 
     def delivered(self) -> None:
@@ -110,4 +116,6 @@ class PullCredit:
         self._credit = min(self._credit, sum(asked for asked, _ in self._requests))
 
 
-__all__ = ["PullCredit", "credit_bound_share", "expiry_grace_ms", "expiry_skew_ms"]
+__all__ = [
+    "PullCredit", "credit_bound_share", "expiry_grace_ms", "expiry_skew_ms", "requests_kept_max",
+]  # fmt: skip
