@@ -52,6 +52,7 @@ from dagnats.runtime.log import HistoryReadError, JetStreamEventLog
 from dagnats.runtime.log_read import header_int, router
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.resources import HISTORY_STREAM, republishes, stored_subject
+from dagnats.runtime.wakeup import Wakeup
 
 live_check_s: Final = 0.5  # silence before the watch reads the stream once (then doubled)
 live_check_s_max: Final = 4.0  # the longest silence between two reads of a quiet run
@@ -120,7 +121,7 @@ class LiveWatch:
         # router: no `Msg` and no header dict per message), at most live_pending_*_max.
         self._incoming: deque[Incoming] = deque()
         self._incoming_bytes = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
         router(js._nc).handlers[subscription._id] = self._on_message
         listen(js._nc, self)
 
@@ -142,7 +143,7 @@ class LiveWatch:
         a gap)."""
         if not self.closed:
             self._read_now = True
-            self._wake()
+            self._wakeup.wake()
 
     async def _on_message(
         self, _subject: bytes, _reply: bytes, data: bytes, headers: bytes | None
@@ -157,12 +158,7 @@ class LiveWatch:
         else:
             self._incoming.append((*_sequences(headers), data))
             self._incoming_bytes += len(data)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wakeup.wake()
 
     async def next(self, deadline: float) -> Seen | None:
         """The next decision, or None when the monotonic `deadline` passes first.
@@ -212,14 +208,7 @@ class LiveWatch:
         reconnect or a drop made a read due)."""
         incoming = self._incoming
         if not incoming and timeout_s > 0:
-            loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_at(loop.time() + timeout_s, _release, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
+            await self._wakeup.wait(asyncio.get_running_loop().time() + timeout_s)
         if not incoming:
             return None
         item = incoming.popleft()
@@ -266,11 +255,6 @@ class LiveWatch:
         router(self._js._nc).handlers.pop(self._subscription._id, None)
         with contextlib.suppress(nats.errors.Error):
             await self._subscription.unsubscribe()
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _sequences(headers: bytes | None) -> tuple[int, int]:

@@ -38,6 +38,7 @@ from nats.js import JetStreamContext
 from dagnats.runtime import settings
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.task_polls import StandingPull, pull_expires_ms
+from dagnats.runtime.wakeup import Wakeup
 
 CONFLICT_STATUS = 409
 
@@ -54,12 +55,12 @@ class CommandPull:
         expires_ms: int = pull_expires_ms,
     ) -> None:
         assert 1 <= credit_max <= settings.fetch_batch_max, credit_max
+        self._wakeup = Wakeup()
         self.pull = StandingPull(
-            subscription._nc, subscription._nms, credit_max, self._changed, expires_ms
+            subscription._nc, subscription._nms, credit_max, self._wakeup.wake, expires_ms
         )
         self._held: deque[TaskMessage] = deque()
         self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def requests(self) -> int:
@@ -137,23 +138,10 @@ class CommandPull:
         if error is not None:
             self._error = error
 
-    def _changed(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     async def _wait(self, until: float) -> None:
         """Until the pull changes (a message, a status, a reconnect) or `until` (loop time)."""
-        if self.pull.arrived or self.pull.error is not None:
-            return
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_at(until, _release, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+        if not self.pull.arrived and self.pull.error is None:
+            await self._wakeup.wait(until)
 
     async def close(self) -> int:
         """Stop asking (the server drops the requests) and give back, with a nak, what came
@@ -165,11 +153,6 @@ class CommandPull:
             with contextlib.suppress(nats.errors.Error):
                 await message.nak()
         return len(held)
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 async def next_message(inbox: Subscription, deadline: float) -> Msg | None:
