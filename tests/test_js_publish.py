@@ -6,6 +6,7 @@ through it (a current snapshot, a run of one message)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -13,6 +14,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext, api
 
+from dagnats.runtime import log as log_module
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.log import WRONG_LAST_SEQUENCE, JetStreamEventLog, position
@@ -202,3 +204,38 @@ async def test_the_engine_loads_a_run_from_its_one_message_and_a_current_snapsho
     # One that is not (ahead of the history) is ignored: the history is folded.
     engine.snapshots = OneSnapshot(snapshot(run_id, seq + 1, marked))
     assert (await engine.fold_history(run_id)).state == state
+
+
+async def test_a_missing_run_is_asked_of_the_leader_only_where_history_is_replicated(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct get may be answered by a follower of a replicated history stream before it
+    has the message: there a miss is asked again of the stream's leader; on one replica a
+    miss is a miss, and whether the stream is replicated is asked once per connection."""
+    log_module._replicated.pop(js._nc, None)
+    infos: list[str] = []
+    stream_info = js.stream_info
+
+    async def counted(name: str, *args: Any, **kwargs: Any) -> api.StreamInfo:
+        infos.append(name)
+        return await stream_info(name, *args, **kwargs)
+
+    monkeypatch.setattr(js, "stream_info", counted)
+    history = JetStreamEventLog(js)
+    run_id = unique("lagging")
+    assert await history.last_seq(run_id) == 0
+    assert await history.last_seq(unique("other")) == 0
+    assert infos == [HISTORY_STREAM]  # (one replica here: the miss stands)
+    seq = await history.append(run_id, b"x", msg_id=f"{run_id}:1", expected_last_seq=0)
+    get_last_msg = js.get_last_msg
+
+    async def lagging(stream: str, subject: str, direct: bool = False) -> api.RawStreamMsg:
+        if direct:  # (a follower that has not the message yet)
+            raise nats.js.errors.NotFoundError
+        return await get_last_msg(stream, subject, direct=False)
+
+    monkeypatch.setattr(js, "get_last_msg", lagging)
+    assert await history.last_seq(run_id) == 0  # one replica: a follower cannot answer
+    monkeypatch.setitem(log_module._replicated, js._nc, True)  # (as an R3 stream reports)
+    assert await history.last_seq(run_id) == seq
+    assert await history.last_seq(unique("none")) == 0

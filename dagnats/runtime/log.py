@@ -26,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator
 from typing import Final
 
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -62,6 +64,19 @@ class HistoryReadError(DagnatsError):
             f"run {run_id!r}: history read stalled after sequence {seq} of {last_seq} "
             f"(nothing for {timeout_ms} ms)"
         )
+
+
+# Whether each connection's history stream has more than one replica (asked once).
+_replicated: weakref.WeakKeyDictionary[NatsClient, bool] = weakref.WeakKeyDictionary()
+
+
+async def history_replicated(js: JetStreamContext) -> bool:
+    """Whether the history stream has more than one replica (one stream info per connection)."""
+    known = _replicated.get(js._nc)
+    if known is None:
+        info = await js.stream_info(HISTORY_STREAM)
+        known = _replicated[js._nc] = info.config.num_replicas not in (None, 1)
+    return known
 
 
 class JetStreamEventLog:
@@ -126,8 +141,19 @@ class JetStreamEventLog:
         return last.seq
 
     async def _last_message(self, run_id: str) -> api.RawStreamMsg | None:
+        """The run's last message: a direct get, which any replica of a replicated stream may
+        answer, a follower before it has the message (a run just started, read through
+        another server of the cluster); so on a replicated stream a miss is asked again of
+        the stream's leader (`$JS.API.STREAM.MSG.GET`). One stream info per connection tells
+        whether it is replicated."""
+        subject = history_subject(run_id)
         try:
-            return await self.js.get_last_msg(HISTORY_STREAM, history_subject(run_id), direct=True)
+            return await self.js.get_last_msg(HISTORY_STREAM, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            if not await history_replicated(self.js):
+                return None
+        try:
+            return await self.js.get_last_msg(HISTORY_STREAM, subject, direct=False)
         except nats.js.errors.NotFoundError:
             return None
 
