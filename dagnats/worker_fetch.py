@@ -305,7 +305,10 @@ class FetchLoop:
         self.retry_at[name] = asyncio.get_running_loop().time() + fetch_backoff_ms / 1000
 
     def _look_again_ms(self) -> int:
-        """Until the next full look, or less to the first type whose backoff ends."""
+        """Until the next full look, or less to the first type whose backoff ends; with no
+        slot free, idle_wait_ms (a job that ends wakes the loop: `job_ended`)."""
+        if self.short:
+            return idle_wait_ms
         now = asyncio.get_running_loop().time()
         until = self.full_look_at
         if self.retry_at:

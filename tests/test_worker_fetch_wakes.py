@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.pull_credit import PullCredit
-from dagnats.worker_fetch import FetchLoop, credit_of, held_max
+from dagnats.worker_fetch import FetchLoop, credit_of, held_max, idle_wait_ms
 from tests.nats_fixtures import wait_for
 
 WAIT_MS = 10_000
@@ -170,6 +170,35 @@ async def test_a_job_that_ends_wakes_the_loop_only_when_a_slot_was_wanted() -> N
         assert loop.wake.is_set()
         await wait_for(lambda: len(a.asks) + len(b.asks) == 4, timeout_ms=WAIT_MS,
                        what="one more each (a type with none gets one)")  # fmt: skip
+    finally:
+        await stopped(loop, running)
+
+
+async def test_a_worker_with_every_slot_taken_waits_instead_of_looking_again() -> None:
+    """With no slot free nothing can be asked: the loop waits for a job's end (or
+    idle_wait_ms), it does not look again every millisecond."""
+    jobs = Jobs(slots=1)
+    loop, queue = fetch_loop(["a"], jobs)
+    looks = 0
+    ask = loop._ask
+
+    async def counted(turn: int) -> None:
+        nonlocal looks
+        looks += 1
+        await ask(turn)
+
+    loop._ask = counted  # type: ignore[method-assign]
+    running = asyncio.create_task(loop.run())
+    try:
+        await wait_for(lambda: "a" in queue.pulls, timeout_ms=WAIT_MS, what="the pull")
+        queue.pulls["a"].bring(object())  # type: ignore[arg-type]
+        await wait_for(lambda: loop.short, timeout_ms=WAIT_MS, what="the slot taken")
+        loop.full_look_at = 0.0  # (the look at every type is due: no slot, so no look)
+        assert loop._look_again_ms() == idle_wait_ms
+        before = looks
+        jobs.running.clear()
+        loop.job_ended()
+        await wait_for(lambda: looks > before, timeout_ms=WAIT_MS, what="a look at the end")
     finally:
         await stopped(loop, running)
 

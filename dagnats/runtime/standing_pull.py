@@ -128,7 +128,11 @@ class CommandPull:
                 break
             if getattr(taken[-1], "num_pending", 0) <= 0:
                 break
-            await self._wait(more_until)
+            try:
+                await self._wait(more_until)
+            except BaseException:  # (cancelled: what was taken stays held, in order)
+                held.extendleft(reversed(taken))
+                raise
             self._collect()
         return taken
 
