@@ -58,6 +58,7 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
     valid_workflows_remembered_max,
 )
+from dagnats.runtime.standing_pull import wait_at_limit
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
 from kernel.admission import is_gate_id
@@ -564,7 +565,7 @@ class Engine:
                 if resuming.done():
                     resuming.result()  # a resume that failed stops the engine, as before
                 if len(in_flight) >= command_batches_in_flight_max:
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    await wait_at_limit(commands, in_flight)
                     continue
                 messages = await commands.fetch_commands(
                     batch=command_batch_max, timeout_ms=command_fetch_timeout_ms

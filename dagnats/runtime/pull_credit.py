@@ -18,7 +18,7 @@ entry stays until its expiry, counted as ending, not as lasting. A reconnect or 
 unexpected status forgets everything (`reset`): the next fetch asks again.
 
 Over-asking is bounded: no request is asked while the credit is `credit_max * 2` or more, so
-at most that many messages are on their way or held by the server for one pull.
+fewer than `credit_max * 3` messages are on their way or held by the server for one pull.
 
 Pure bookkeeping: no I/O, no clock of its own (the caller passes loop time).
 """

@@ -297,9 +297,16 @@ class JetStreamCommandQueue:
             )
             await _settle_ack_wait(self.js, COMMANDS_STREAM, config)
             self._subscription = await bind_pull_consumer(self.js, COMMANDS_STREAM, config)
+        if self._pull is None:
             self._pull = CommandPull(self._subscription, credit_max=settings.command_batch_max)
-        assert self._pull is not None
         return await self._pull.fetch(batch, timeout_ms)
+
+    async def release(self) -> int:
+        """Close the standing pull (the server drops its requests) and give back what it
+        brought and no fetch took, for another engine at once; the next fetch asks again.
+        How many were given back."""
+        pull, self._pull = self._pull, None
+        return 0 if pull is None else await pull.close()
 
     def held(self) -> Sequence[TaskMessage]:
         """Commands the standing pull brought that no fetch took yet (the engine keeps them in

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -41,6 +44,7 @@ from dagnats.runtime.task_polls import StandingPull, pull_expires_ms
 from dagnats.runtime.wakeup import Wakeup
 
 CONFLICT_STATUS = 409
+log = logging.getLogger("dagnats.engine")
 
 
 class CommandPull:
@@ -159,6 +163,25 @@ class CommandPull:
         return len(held)
 
 
+async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -> None:
+    """The engine at its in-flight limit: wait for a batch to end. One that lasts past
+    command_progress_interval_ms makes the queue give back what it brought and no fetch took
+    (its `release`, when it has one: runtime/queue), for an idle engine at once, instead of
+    holding it in progress behind a slow batch (the next fetch asks again)."""
+    done, _ = await asyncio.wait(
+        in_flight, timeout=settings.command_progress_interval_ms / 1000,
+        return_when=asyncio.FIRST_COMPLETED,
+    )  # fmt: skip
+    if done:
+        return
+    release: Callable[[], Awaitable[int]] | None = getattr(commands, "release", None)
+    if release is not None:
+        given = await release()
+        log.info("at the in-flight limit for %d ms: gave back %d command(s)",
+                 settings.command_progress_interval_ms, given)  # fmt: skip
+    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+
+
 async def next_message(inbox: Subscription, deadline: float) -> Msg | None:
     """The inbox's next message by `deadline` (loop time; None: none came), as
     `Subscription.next_msg` without its per-call tasks. A closed connection raises within
@@ -187,4 +210,4 @@ async def next_message(inbox: Subscription, deadline: float) -> Msg | None:
     return message
 
 
-__all__ = ["CommandPull", "next_message"]
+__all__ = ["CommandPull", "next_message", "wait_at_limit"]
