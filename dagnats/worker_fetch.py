@@ -100,14 +100,6 @@ class PullingTaskQueue(Protocol):
     ) -> Pull: ...
 
 
-@runtime_checkable
-class ReadyTaskQueue(Protocol):
-    """A task queue that can take what is waiting without waiting (`fetch_ready`: the HTTP
-    bridge's sweep, dagnats/api/bridge.py)."""
-
-    async def fetch_ready(self, task_type: str, *, batch: int) -> Sequence[TaskMessage]: ...
-
-
 class FetchedPull:
     """`Pull` over a queue with only `fetch`: one fetch of the credit asked at a time."""
 

@@ -172,5 +172,6 @@ def test_against_round_robin_a_fetcher_is_never_left_without_a_request(
                     assert credit.pending <= server.credit(), (credit.pending, server.requests)
             assert server.credit() <= CREDIT * (credit_bound_share + 1), server.requests
             assert 0 <= credit.pending <= CREDIT * (credit_bound_share + 1)
+            assert credit._asked == sum(asked for asked, _ in credit._requests)
             now += TICK_S
             tick += 1

@@ -39,7 +39,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -73,7 +73,6 @@ from dagnats.runtime.protocols import (
     TaskQueue,
 )
 from dagnats.worker import ResultNotSentError, decode_task, read_envelope
-from dagnats.worker_fetch import ReadyTaskQueue
 from dagnats.worker_safety import cut_text, render_error
 from kernel import limits
 from kernel.commands import CompleteTask, FailTask, FailureKind
@@ -81,6 +80,14 @@ from kernel.effects import EnqueueTask
 from kernel.errors import DecodeError
 
 log = logging.getLogger("dagnats.bridge")
+
+
+@runtime_checkable
+class ReadyTaskQueue(Protocol):
+    """A task queue that can take what is waiting without waiting (`fetch_ready`: the
+    bridge's sweep)."""
+
+    async def fetch_ready(self, task_type: str, *, batch: int) -> Sequence[TaskMessage]: ...
 
 
 class _Lease:

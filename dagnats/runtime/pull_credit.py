@@ -40,7 +40,7 @@ class PullCredit:
     """The aggregate credit of one standing pull, and its live requests ([asked, expiry],
     oldest first)."""
 
-    __slots__ = ("_credit", "_requests", "credit_max", "expires_ms")
+    __slots__ = ("_asked", "_credit", "_requests", "credit_max", "expires_ms")
 
     def __init__(self, credit_max: int, expires_ms: int) -> None:
         assert credit_max >= 1, credit_max
@@ -48,6 +48,7 @@ class PullCredit:
         self.credit_max = credit_max
         self.expires_ms = expires_ms
         self._requests: deque[tuple[int, float]] = deque()
+        self._asked = 0  # what the kept requests asked, in all
         self._credit = 0
 
     @property
@@ -68,7 +69,11 @@ class PullCredit:
         if self._credit >= self.credit_max * credit_bound_share:
             return 0
         covered_until = now + cover_ms / 1000
-        ending = sum(asked for asked, expiry in self._requests if expiry <= covered_until)
+        ending = 0
+        for asked, expiry in self._requests:  # (oldest first: in order of expiry)
+            if expiry > covered_until:
+                break
+            ending += asked
         lasting = max(0, self._credit - ending)
         if lasting > self.credit_max // 2:
             return 0
@@ -78,9 +83,10 @@ class PullCredit:
         """A request for `count` messages was sent at `now`."""
         assert 1 <= count <= self.credit_max, count
         self._requests.append((count, now + self.expires_ms / 1000))
+        self._asked += count
         self._credit += count
         if len(self._requests) > requests_kept_max:
-            self._requests.popleft()
+            self._forget_oldest()
             self._bound()
         assert self._credit <= self.credit_max * (credit_bound_share + 1), self._credit
 
@@ -96,24 +102,29 @@ class PullCredit:
             self.reset()
             return
         if self._requests and self._requests[0][1] <= now + expiry_skew_ms / 1000:
-            self._requests.popleft()
+            self._forget_oldest()
             self._credit = max(0, self._credit - left)
         self._bound()
 
     def reset(self) -> None:
         """Forget every request (a reconnect, an unexpected status): the next fetch asks."""
         self._requests.clear()
+        self._asked = 0
         self._credit = 0
 
     def _expire(self, now: float) -> None:
         grace_s = expiry_grace_ms / 1000
         while self._requests and self._requests[0][1] + grace_s <= now:
-            self._requests.popleft()
+            self._forget_oldest()
         self._bound()
+
+    def _forget_oldest(self) -> None:
+        asked, _ = self._requests.popleft()
+        self._asked -= asked
 
     def _bound(self) -> None:
         """The credit is at most what the live requests asked (0 when none is live)."""
-        self._credit = min(self._credit, sum(asked for asked, _ in self._requests))
+        self._credit = min(self._credit, self._asked)
 
 
 __all__ = [

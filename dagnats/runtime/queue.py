@@ -52,12 +52,13 @@ from dagnats.runtime.resources import (
     task_consumer_name,
     task_subject,
 )
-from dagnats.runtime.standing_pull import CommandPull, next_message
+from dagnats.runtime.standing_pull import CommandPull
 from dagnats.runtime.task_polls import (
     MSG_ID_HEADER,
     SCHEDULER_HEADER,
     StandingPull,
     delivery_fields,
+    give_back,
     reply_fields,
 )
 from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER, TaskTokens
@@ -224,9 +225,7 @@ class JetStreamTaskQueue:
         nak what they brought and nobody took (the durable consumers stay)."""
         pulls, self._pulls = self._pulls, []
         for pull in pulls:
-            for message in await pull.close():
-                with contextlib.suppress(nats.errors.Error):  # (back after its ack wait)
-                    await message.nak()
+            await give_back(await pull.close())
         for subscription in self._subscriptions.values():
             await subscription.unsubscribe()
         self._subscriptions.clear()
@@ -480,6 +479,34 @@ def _left_over(inbox: Subscription, batch: int) -> list[Msg]:
         if not JetStreamContext.is_status_msg(message):
             messages.append(message)
     return messages
+
+
+async def next_message(inbox: Subscription, deadline: float) -> Msg | None:
+    """The inbox's next message by `deadline` (loop time; None: none came), as
+    `Subscription.next_msg` without its per-call tasks. A closed connection raises within
+    fetch_closed_check_ms (next_msg's wait was cancelled at the close).
+
+    Raises:
+        nats.errors.ConnectionClosedError: the connection is closed.
+    """
+    queue = inbox._pending_queue
+    loop = asyncio.get_running_loop()
+    message: Msg | None = None
+    while message is None:
+        if inbox._conn.is_closed:
+            raise nats.errors.ConnectionClosedError
+        if not queue.empty():
+            message = queue.get_nowait()
+            break
+        left_s = deadline - loop.time()
+        if left_s <= 0:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(left_s, settings.fetch_closed_check_ms / 1000)):
+                message = await queue.get()
+    inbox._pending_size -= len(message.data)
+    queue.task_done()
+    return message
 
 
 def _check_size(field: str, payload: bytes) -> None:

@@ -26,7 +26,6 @@ This module publishes pull requests and naks what it gives back; it decodes no p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,13 +33,11 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
 from dagnats.runtime.protocols import TaskMessage
-from dagnats.runtime.task_polls import StandingPull, pull_expires_ms
+from dagnats.runtime.task_polls import StandingPull, give_back, pull_expires_ms
 from dagnats.runtime.wakeup import Wakeup
 
 CONFLICT_STATUS = 409
@@ -157,10 +154,7 @@ class CommandPull:
         self._collect()
         held = [*self._held, *await self.pull.close()]
         self._held.clear()
-        for message in held:
-            with contextlib.suppress(nats.errors.Error):
-                await message.nak()
-        return len(held)
+        return await give_back(held)
 
 
 async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -> None:
@@ -182,32 +176,4 @@ async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -
     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
 
-async def next_message(inbox: Subscription, deadline: float) -> Msg | None:
-    """The inbox's next message by `deadline` (loop time; None: none came), as
-    `Subscription.next_msg` without its per-call tasks. A closed connection raises within
-    fetch_closed_check_ms (next_msg's wait was cancelled at the close).
-
-    Raises:
-        nats.errors.ConnectionClosedError: the connection is closed.
-    """
-    queue = inbox._pending_queue
-    loop = asyncio.get_running_loop()
-    message: Msg | None = None
-    while message is None:
-        if inbox._conn.is_closed:
-            raise nats.errors.ConnectionClosedError
-        if not queue.empty():
-            message = queue.get_nowait()
-            break
-        left_s = deadline - loop.time()
-        if left_s <= 0:
-            return None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(min(left_s, settings.fetch_closed_check_ms / 1000)):
-                message = await queue.get()
-    inbox._pending_size -= len(message.data)
-    queue.task_done()
-    return message
-
-
-__all__ = ["CommandPull", "next_message", "wait_at_limit"]
+__all__ = ["CommandPull", "wait_at_limit"]

@@ -31,8 +31,9 @@ is given; it decodes no payload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import nats.errors
@@ -186,6 +187,15 @@ class RawTaskMessage:
         if self._settled:
             raise nats.errors.MsgAlreadyAckdError(self)
         self._settled = True
+
+
+async def give_back(messages: Sequence[TaskMessage]) -> int:
+    """Nak each (another puller takes it at once); one whose nak fails comes back after its
+    ack wait. How many."""
+    for message in messages:
+        with contextlib.suppress(nats.errors.Error):
+            await message.nak()
+    return len(messages)
 
 
 class StandingPull:
