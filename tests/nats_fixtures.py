@@ -66,6 +66,43 @@ async def connect(url: str) -> Client:
     )
 
 
+class RestartableServer:
+    """A server of one test's own, restarted on the same port and store (`restart`), and a
+    client that reconnects to it (`nc`, every DagNats resource in place)."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.server = EmbeddedNats(store)
+        self.port = 0
+        self._nc: Client | None = None
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "start it first"
+        return self._nc
+
+    async def start(self) -> Client:
+        await self.server.start()
+        self.port = int(self.server.url.rsplit(":", 1)[1])
+        self._nc = await nats.connect(
+            self.server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1
+        )
+        await ensure_resources(self._nc.jetstream())
+        return self._nc
+
+    async def restart(self) -> None:
+        """Stop the server, start it again on its port and store, and wait for the client."""
+        await self.server.stop()
+        self.server = EmbeddedNats(self.store, port=self.port)
+        await self.server.start()
+        await wait_for(lambda: self.nc.is_connected, timeout_ms=20_000, what="the reconnect")
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+        await self.server.stop()
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """One embedded nats-server for the whole session, on a free port, temporary store."""

@@ -22,14 +22,13 @@ from dagnats.client import watches as watches_module
 from dagnats.client.watches import RunWatch
 from dagnats.runtime import log_read, settings
 from dagnats.runtime.log_read import ROUTER_ATTRIBUTE, LiveReader
-from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.parked import RunParkedError
-from dagnats.runtime.resources import HISTORY_STREAM, ensure_resources, history_subject
+from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from kernel import codec
 from kernel.commands import CancelRun
 from kernel.decide import decide
 from kernel.events import Decision
-from tests.nats_fixtures import unique, wait_for
+from tests.nats_fixtures import RestartableServer, unique, wait_for
 from tests.test_js_publish import start_run
 
 WAIT_S = 20.0
@@ -112,33 +111,21 @@ async def test_a_watch_reads_from_the_runs_first_message_whenever_it_opens(
 async def test_a_server_restart_mid_wait_loses_nothing_and_repeats_nothing(
     tmp_path: Path,
 ) -> None:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    port = int(server.url.rsplit(":", 1)[1])
-    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
-
-    async def restart() -> EmbeddedNats:
-        await server.stop()
-        again = EmbeddedNats(tmp_path / "nats", port=port)  # the same store
-        await again.start()
-        await wait_for(lambda: nc.is_connected, timeout_ms=20_000, what="the reconnect")
-        return again
-
+    restartable = RestartableServer(tmp_path / "nats")
     try:
-        js = nc.jetstream()
-        await ensure_resources(js)
+        js = (await restartable.start()).jetstream()
         run_id = unique("restarted")
         decisions = cancel_decisions(run_id, 6)
         seqs = [await publish(js, run_id, data) for data in decisions[:3]]
         watch = await RunWatch.open(js, run_id)
         given = [await watch.next(deadline())]  # two more held or on their way
-        server = await restart()
+        await restartable.restart()
         seqs += [await publish(js, run_id, data) for data in decisions[3:5]]
         given += [await watch.next(deadline()) for _ in range(4)]
         waiting = asyncio.ensure_future(watch.next(deadline()))  # mid-wait: nothing there
         await asyncio.sleep(0)
         assert not waiting.done()
-        server = await restart()
+        await restartable.restart()
         seqs.append(await publish(js, run_id, decisions[5]))
         given.append(await asyncio.wait_for(waiting, WAIT_S))
         assert await watch.next(time.monotonic() + 0.5) is None, "nothing given twice"
@@ -147,8 +134,7 @@ async def test_a_server_restart_mid_wait_loses_nothing_and_repeats_nothing(
         assert watch.reopened >= 2, "a consumer made again after each restart"
         await watch.close()
     finally:
-        await nc.close()
-        await server.stop()
+        await restartable.close()
 
 
 async def test_a_gap_makes_the_consumer_again_from_the_next_sequence(

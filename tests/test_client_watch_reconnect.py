@@ -8,28 +8,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import nats
-
 from dagnats.client.watches import RunWatch
-from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.resources import ensure_resources, history_subject
+from dagnats.runtime.resources import history_subject
 from kernel import codec
 from kernel.commands import CancelRun
 from kernel.decide import decide
-from tests.nats_fixtures import unique, wait_for
+from tests.nats_fixtures import RestartableServer, unique
 from tests.test_js_publish import start_run
 
 WAIT_S = 30.0
 
 
 async def test_a_watch_goes_on_after_its_server_restarts(tmp_path: Path) -> None:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    port = int(server.url.rsplit(":", 1)[1])
-    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    restartable = RestartableServer(tmp_path / "nats")
     try:
-        js = nc.jetstream()
-        await ensure_resources(js)
+        js = (await restartable.start()).jetstream()
         run_id = unique("watched")
         start, state, started = start_run(run_id)
         await js.publish(history_subject(run_id), started)
@@ -37,10 +30,7 @@ async def test_a_watch_goes_on_after_its_server_restarts(tmp_path: Path) -> None
         first = await watch.next(time.monotonic() + WAIT_S)
         assert first is not None and first[1].command == start
 
-        await server.stop()
-        server = EmbeddedNats(tmp_path / "nats", port=port)
-        await server.start()
-        await wait_for(lambda: nc.is_connected, timeout_ms=20_000, what="the reconnect")
+        await restartable.restart()
         cancel = CancelRun(run_id=run_id, at_ms=2, reason="test")
         events = decide(state, cancel)
         assert isinstance(events, tuple) and events
@@ -52,5 +42,4 @@ async def test_a_watch_goes_on_after_its_server_restarts(tmp_path: Path) -> None
         assert watch.reopened == 1
         await watch.close()
     finally:
-        await nc.close()
-        await server.stop()
+        await restartable.close()

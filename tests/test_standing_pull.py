@@ -29,13 +29,13 @@ from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue, bind_pull_consumer
-from dagnats.runtime.resources import COMMANDS_STREAM, ensure_resources
+from dagnats.runtime.resources import COMMANDS_STREAM
 from dagnats.runtime.standing_pull import CommandPull
 from dagnats.runtime.task_polls import pull_expires_ms
 from kernel import codec
 from kernel.commands import StartRun
 from kernel.workflow import StepDef, WorkflowDef
-from tests.nats_fixtures import connect, unique, wait_for
+from tests.nats_fixtures import RestartableServer, connect, unique, wait_for
 
 WAIT_MS = 10_000
 CHAIN = 40
@@ -129,22 +129,14 @@ async def test_what_a_closed_pull_brought_goes_to_another_engine_at_once(
 
 
 async def test_after_a_server_restart_the_pull_asks_again(tmp_path: Path) -> None:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    port = int(server.url.rsplit(":", 1)[1])
-    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    restartable = RestartableServer(tmp_path / "nats")
     try:
-        js = nc.jetstream()
-        await ensure_resources(js)
-        commands = JetStreamCommandQueue(js)
+        commands = JetStreamCommandQueue((await restartable.start()).jetstream())
         run_id = unique("restart")
         await commands.publish_command(run_id, b"before", f"{run_id}:0")
         [before] = await commands.fetch_commands(batch=4, timeout_ms=WAIT_MS)
         await before.ack()
-        await server.stop()
-        server = EmbeddedNats(tmp_path / "nats", port=port)  # the same store
-        await server.start()
-        await wait_for(lambda: nc.is_connected, timeout_ms=20_000, what="the reconnect")
+        await restartable.restart()
         await commands.publish_command(run_id, b"after", f"{run_id}:1")
         # The request of before the restart is gone with that server; a fetch within the
         # standing request's expiry gets the command only if the pull asked again.
@@ -154,8 +146,7 @@ async def test_after_a_server_restart_the_pull_asks_again(tmp_path: Path) -> Non
         await after.ack()
         await commands.close()
     finally:
-        await nc.close()
-        await server.stop()
+        await restartable.close()
 
 
 async def test_a_pull_of_a_deleted_consumer_raises(private_js: JetStreamContext) -> None:
