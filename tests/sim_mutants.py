@@ -28,7 +28,12 @@ from dagnats.runtime.protocols import (
     TaskPublisher,
     Timers,
 )
+from dagnats.sim import SimCase
+from dagnats.sim.bounds import run_bound_ms
 from dagnats.sim.case import EngineFactory
+from dagnats.sim.loop import SimLoop
+from dagnats.sim.projector import ProjectionStores
+from dagnats.sim.scheduler import Simulation
 from dagnats.worker import TaskContext, TaskResult, Worker
 from kernel import codec
 from kernel.commands import FireTimer, StoredCommand, TaskStarted
@@ -220,3 +225,16 @@ PROJECTION_MUTANTS: Final[dict[str, Callable[[], SqliteProjection]]] = {
     "projection_commits_in_flush": ProjectionCommitsInFlush,
     "projection_forgets_runs_on_restart": ProjectionForgetsRunsOnRestart,
 }
+
+
+def simulate_chain(seed: int, stores: ProjectionStores | None = None) -> Simulation:
+    """One seed of the chain workflow and worker under the default faults, checked ok."""
+    case = SimCase(workflow=chain_workflow(), worker=chain_worker())
+    simulation = Simulation(case, seed, bound_ms=run_bound_ms(case.workflow), stores=stores)
+    loop = SimLoop()  # type: ignore[abstract]
+    try:
+        result = loop.run_until_complete(simulation.run())
+    finally:
+        loop.close()
+    assert result.ok, result.violations
+    return simulation

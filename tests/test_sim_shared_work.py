@@ -13,11 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlite_utils import Database
 
-from dagnats.sim import SimCase
-from dagnats.sim.bounds import run_bound_ms
-from dagnats.sim.loop import SimLoop
 from dagnats.sim.projector import ProjectionStores
-from dagnats.sim.scheduler import Simulation
 from dagnats.worker_safety import output_problem, walked_problem
 from kernel import codec, limits
 from kernel.admission import is_gate_id
@@ -26,19 +22,7 @@ from projections import base
 from projections.base import SqliteRunner, positioned_events
 from projections.sqlite import QueryTables
 from tests.projection_support import completed_run
-from tests.sim_mutants import chain_worker, chain_workflow
-
-
-def _simulate(seed: int, stores: ProjectionStores | None = None) -> Simulation:
-    case = SimCase(workflow=chain_workflow(), worker=chain_worker())
-    simulation = Simulation(case, seed, bound_ms=run_bound_ms(case.workflow), stores=stores)
-    loop = SimLoop()  # type: ignore[abstract]
-    try:
-        result = loop.run_until_complete(simulation.run())
-    finally:
-        loop.close()
-    assert result.ok, result.violations
-    return simulation
+from tests.sim_mutants import simulate_chain
 
 
 def test_only_the_rebuild_decodes_history_messages_in_the_projection_runner(
@@ -53,7 +37,7 @@ def test_only_the_rebuild_decodes_history_messages_in_the_projection_runner(
         return decode(data)
 
     monkeypatch.setattr(codec, "decode_events", counting)
-    simulation = _simulate(seed=7)
+    simulation = simulate_chain(seed=7)
     assert simulation.projector.batches > 0
     messages = [m.payload for m in simulation.log.messages if not is_gate_id(m.run_id)]
     assert decoded == messages, "the live feed decoded messages the oracle had decoded"
@@ -67,10 +51,10 @@ def test_once_the_tables_exist_a_seed_creates_nothing() -> None:
     for db in (stores.live, stores.rebuild):
         db.conn.set_trace_callback(statements.append)
     for seed in (1, 2):
-        _simulate(seed, stores)
+        simulate_chain(seed, stores)
     statements.clear()
     for seed in (3, 4, 5):
-        _simulate(seed, stores)
+        simulate_chain(seed, stores)
     assert statements, "the trace saw the seeds"
     creates = [s for s in statements if s.lstrip().upper().startswith(("CREATE", "ALTER"))]
     assert creates == [], creates[:3]

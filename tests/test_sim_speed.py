@@ -13,17 +13,14 @@ from sqlite_utils import Database
 
 from dagnats.sim import SimCase, run_seeds
 from dagnats.sim import projector as sim_projector
-from dagnats.sim.bounds import run_bound_ms
-from dagnats.sim.loop import SimLoop
 from dagnats.sim.projector import ProjectionStores
-from dagnats.sim.scheduler import Simulation
 from kernel import codec
 from kernel.events import AnyEvent, Decision, RunStarted, StepStarted
 from kernel.reducer import evolve
 from kernel.state import is_terminal
 from projections.base import Position, SqliteProjectionBase, read_checkpoint
 from projections.sqlite import QueryTables
-from tests.sim_mutants import chain_worker, chain_workflow
+from tests.sim_mutants import chain_worker, chain_workflow, simulate_chain
 
 Row = tuple[object, ...]
 ROWS: list[Row] = [(1, "a", None), (2, "b", 2.5), (2, "b", 2.5), (3, None, b"\x00")]
@@ -65,16 +62,6 @@ def test_tables_of_different_shapes_fall_back_to_the_slow_comparison() -> None:
     assert not stores.same_rows(stores.live, stores.rebuild, "t")
 
 
-def _simulate(seed: int) -> Simulation:
-    case = SimCase(workflow=chain_workflow(), worker=chain_worker())
-    simulation = Simulation(case, seed, bound_ms=run_bound_ms(case.workflow))
-    loop = SimLoop()  # type: ignore[abstract]
-    try:
-        result = loop.run_until_complete(simulation.run())
-    finally:
-        loop.close()
-    assert result.ok, result.violations
-    return simulation
 
 
 def test_the_snapshot_projector_folds_the_oracles_decoded_messages(
@@ -89,7 +76,7 @@ def test_the_snapshot_projector_folds_the_oracles_decoded_messages(
         return decode(data)
 
     monkeypatch.setattr(codec, "decode_decision", counting)
-    simulation = _simulate(seed=3)
+    simulation = simulate_chain(seed=3)
     assert simulation.projector.batches > 0
     assert decoded == [], "the snapshot projector decoded messages the oracle had decoded"
     messages = simulation.log.messages
@@ -99,7 +86,7 @@ def test_the_snapshot_projector_folds_the_oracles_decoded_messages(
 
 
 def test_evolve_still_refuses_a_step_event_after_the_runs_end() -> None:
-    simulation = _simulate(seed=5)
+    simulation = simulate_chain(seed=5)
     (state,) = [track.state for track in simulation.oracle.runs.values()]
     assert is_terminal(state)
     started = StepStarted(step_id=state.step_ids[0], attempt=9, worker_id="w", at_ms=1)
