@@ -4,7 +4,8 @@ Appends are conditional and deduplicated (STYLE 11): one publish per decision wi
 `Nats-Msg-Id` and `Nats-Expected-Last-Subject-Sequence`. A bounded read of a run is a lean push
 consumer (runtime/log_read.py: about 2x nats-py's ordered consumer, which costs more per
 message than the decode and fold of it), bounded by the run's last sequence when the read
-began; the live tail of all runs uses nats-py's ordered consumer (ARCHITECTURE §9).
+began; the live tail of all runs is the same consumer's live mode (`LiveReader`), each
+message's run read from its subject.
 
 Behaviour verified on nats-server 2.15.1 (tests/test_runtime_log.py):
 - expected last subject sequence 0 means "the subject has no message yet";
@@ -23,9 +24,9 @@ This module may publish to and read the history stream only; it does not decode 
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
+import time
 import weakref
 from collections.abc import AsyncGenerator
 from typing import Final
@@ -37,7 +38,7 @@ from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
-from dagnats.runtime.log_read import HistoryReader
+from dagnats.runtime.log_read import HistoryReader, LiveReader
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
     HISTORY_SUBJECTS,
@@ -51,6 +52,7 @@ MSG_ID_HEADER: Final = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
 V1_ACK_TOKENS: Final = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>
 V2_ACK_TOKENS: Final = 12  # $JS.ACK.<domain>.<account hash>.<stream>... (nats-py accepts 11)
+tail_wait_s: Final = 3_600.0  # one wait of the live tail (it waits on after each: forever)
 
 
 class HistoryReadError(DagnatsError):
@@ -201,14 +203,23 @@ class JetStreamEventLog:
 
     async def tail(self, after_seq: int) -> AsyncGenerator[tuple[int, str, bytes], None]:
         """Yield (seq, run_id, payload) of every history message with seq > after_seq, live
-        (waits for new messages forever; close the iterator to stop)."""
+        (waits for new messages forever; close the iterator to stop), by the lean push
+        consumer's live mode (runtime/log_read.LiveReader: made again after a gap, a
+        reconnect or a silence, from the message after the last one given).
+
+        Raises:
+            nats.errors.Error, nats.js.errors.Error: the consumer was not made at first.
+        """
         assert after_seq >= 0, after_seq
-        reader = await _OrderedReader.open(self.js, HISTORY_SUBJECTS, after_seq)
+        reader = _TailReader(self.js, after_seq)
         try:
+            await reader.open()
+            subjects = reader.subjects
             while True:
-                message = await reader.next(None)
-                seq = position(message)[0]
-                yield seq, run_id_of_history_subject(message.subject), message.data
+                item = await reader.next(time.monotonic() + tail_wait_s)
+                if item is not None:
+                    seq, data = item
+                    yield seq, run_id_of_history_subject(subjects.popleft().decode()), data
         finally:
             await reader.close()
 
@@ -236,94 +247,20 @@ def position(message: Msg) -> tuple[int, int]:
     return metadata.sequence.stream, metadata.num_pending
 
 
-class _Buffer:
-    """A bounded first-in first-out buffer between one producer (the subscription's callback)
-    and one reader: `asyncio.Queue` without its generality, which cost a third of a replay's
-    own time. `put` waits while the buffer is full (back-pressure through flow control)."""
-
-    def __init__(self, bound: int) -> None:
-        assert bound >= 1
-        self.bound = bound
-        self.items: collections.deque[Msg] = collections.deque()
-        self._ready: asyncio.Future[None] | None = None  # the reader waits for an item
-        self._space: asyncio.Future[None] | None = None  # the producer waits for room
-
-    async def put(self, item: Msg) -> None:
-        while len(self.items) >= self.bound:
-            self._space = asyncio.get_running_loop().create_future()
-            await self._space
-        self.items.append(item)
-        ready = self._ready
-        if ready is not None and not ready.done():
-            ready.set_result(None)
-
-    async def get(self, timeout_s: float | None) -> Msg:
-        """The next item; raises TimeoutError after timeout_s (None: wait forever)."""
-        while not self.items:
-            loop = asyncio.get_running_loop()
-            ready = self._ready = loop.create_future()
-            expiry = None if timeout_s is None else loop.call_later(timeout_s, _expire, ready)
-            try:
-                await ready
-            finally:
-                if expiry is not None:
-                    expiry.cancel()
-        item = self.items.popleft()
-        space = self._space
-        if space is not None and not space.done():
-            space.set_result(None)
-        return item
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+class _TailReader(LiveReader):
+    """A live read of every run's history that keeps each message's subject (its run), in
+    step with the items it holds (`tail` takes one of each at a time)."""
 
+    def __init__(self, js: JetStreamContext, after_seq: int) -> None:
+        super().__init__(js, HISTORY_STREAM, HISTORY_SUBJECTS, after_seq)
+        self.subjects: collections.deque[bytes] = collections.deque()
 
-class _OrderedReader:
-    """An ordered push consumer from a start sequence, drained through a bounded buffer.
-
-    Messages reach us through a subscription callback rather than `next_msg`, which
-    creates a task per message: about 100k messages/s against 35k/s here.
-    """
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
-        self.buffer = _Buffer(settings.read_buffer_messages_max)
-        self.subscription: JetStreamContext.PushSubscription | None = None
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, subject: str, after_seq: int) -> _OrderedReader:
-        reader = cls(js)
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1
-        )
-        reader.subscription = await js.subscribe(
-            subject,
-            stream=HISTORY_STREAM,
-            cb=reader.buffer.put,  # blocks when full: back-pressure through flow control
-            ordered_consumer=True,
-            config=config,
-            pending_msgs_limit=settings.read_pending_messages_max,
-            pending_bytes_limit=settings.read_pending_bytes_max,
-        )
-        return reader
-
-    async def next(self, timeout_s: float | None) -> Msg:
-        """The next message; raises TimeoutError after timeout_s (None: wait forever)."""
-        return await self.buffer.get(timeout_s)
-
-    async def close(self) -> None:
-        """Unsubscribe and delete the ephemeral consumer without waiting for the reply (the
-        server would otherwise keep it until its inactivity threshold)."""
-        subscription = self.subscription
-        if subscription is None:
-            return
-        self.subscription = None
-        consumer = subscription._consumer  # the current name: ordered consumers get recreated
-        await subscription.unsubscribe()
-        connection = self.js._nc
-        if not connection.is_closed:
-            await connection.publish(
-                f"{self.js._prefix}.CONSUMER.DELETE.{HISTORY_STREAM}.{consumer}"
-            )
+    async def _on_message(
+        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        held = len(self.items)
+        await super()._on_message(subject, reply, data, headers)
+        if len(self.items) > held:  # (it took the message)
+            self.subjects.append(subject)
