@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from bench.workers import noop_worker, recovery_worker
-from dagnats.runtime import projector
+from dagnats.runtime import collector, projector
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.projector_shared import SharedTail
@@ -78,6 +78,7 @@ async def run_engine(url: str, projections: Path | None = None) -> None:
     install_signals(stop)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: say(engine_stats(engine)))
     tasks = [] if projections is None else start_projections(engine, connection, projections, stop)
+    collector.settle()  # as `dagnats serve` and `dagnats worker` do once up
     say({"kind": "ready", "pid": os.getpid()})
     try:
         await engine.serve(connection.commands, stop)
@@ -122,6 +123,7 @@ async def run_worker(
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGUSR1, lambda: say({"kind": "stats", "handled": worker.handled, **memory_kb()})
     )
+    collector.settle()  # as `dagnats serve` and `dagnats worker` do once up
     say({"kind": "ready", "pid": os.getpid()})
     try:
         await worker.serve(connection.tasks, connection.commands, connection.commands, stop)

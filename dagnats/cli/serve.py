@@ -32,7 +32,7 @@ from dagnats.cli.common import (
     run_async,
 )
 from dagnats.observe.metrics import MetricsServer, parse_address
-from dagnats.runtime import settings
+from dagnats.runtime import collector, settings
 from dagnats.runtime.assertions import AssertionsDisabledError, require_assertions
 from dagnats.runtime.connection import Connection, default_data_dir
 from dagnats.runtime.nats_server import LOOPBACK_HOST
@@ -172,6 +172,7 @@ async def _serve(
             if api is not None:
                 info = msgspec.structs.replace(info, http_url=api.url)
         if not running.done():  # (else it ended already: its error, not "ready", is said)
+            collector.settle()  # all is up: what it holds now lives as long as the process
             _print_ready(info, as_json, metrics_server)
         await running
     finally:
@@ -361,6 +362,7 @@ def worker(
         tasks = ", ".join(sorted(the_worker.handlers))
         groups = f" in group(s) {', '.join(the_worker.groups)}" if the_worker.groups else ""
         err.print(f"worker {the_worker.worker_id}: serving {tasks}{groups}", highlight=False)
+        collector.settle()
         try:
             await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
         finally:

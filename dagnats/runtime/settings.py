@@ -121,6 +121,13 @@ append_attempts_max: Final = 10  # OCC conflicts in a row before a command is re
 effects_in_flight_max: Final = 256
 resume_concurrency_max: Final = 16
 run_cache_max: Final = 10_000
+# The cyclic garbage collector of a serve or worker process (dagnats/runtime/collector.py):
+# allocations net of frees before a pass of its youngest generation (Python's default 700),
+# and passes of a generation before one of the next (default 10 and 10). An engine holding
+# 2,000 runs spent a fifth of its CPU in the collector's passes at the defaults.
+gc_young_threshold: Final = 50_000
+gc_middle_threshold: Final = 20
+gc_old_threshold: Final = 20
 # Workflows a StartRun carried that the engine found valid, remembered by their bytes' digest
 # (runtime/engine.py): a run of one of them is not validated again (~70 us for 10 steps).
 valid_workflows_remembered_max: Final = 256
