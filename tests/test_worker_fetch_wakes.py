@@ -179,7 +179,8 @@ async def test_a_task_is_handed_over_at_once_and_wakes_the_loop_only_for_credit(
             loop.job_ended()
         await asyncio.sleep(0)  # (a look the tasks woke would start now)
         assert looks == looks_before, (looks, looks_before)
-        pull.bring(object())  # type: ignore[arg-type]  (half of the credit left: ask)
+        # (the eighth: half of the credit left, the loop is woken to ask)
+        pull.bring(object())  # type: ignore[arg-type]
         assert jobs.taken == 8 and loop.wake.is_set()
         await wait_for(lambda: len(pull.asks) == 2, timeout_ms=WAIT_MS, what="the renewal")
         assert looks == looks_before + 1, (looks, looks_before)
