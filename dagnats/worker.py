@@ -77,7 +77,7 @@ from dagnats.worker_groups import (
     lanes,
     presence_of,
 )
-from dagnats.worker_heartbeat import Heartbeat
+from dagnats.worker_heartbeat import Heartbeats
 from dagnats.worker_invoke import Handler, Raised, Returned, invoke, invoke_here
 from dagnats.worker_safety import (
     cut_text,
@@ -183,6 +183,7 @@ class Worker:
         self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
         self.live: LivePublisher | None = None  # live output of handlers (dagnats/llm/live.py)
         self._ended_runs: EndedRuns | None = None  # set by serve from its task queue
+        self._heartbeats: Heartbeats | None = None  # made at the first task (`_beats`)
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
         """Register the decorated async function as the handler of task type `name`."""
@@ -334,11 +335,15 @@ class Worker:
         # Heartbeats go on until the result is acknowledged: a result waiting for the server
         # (or a task waiting for a slot) keeps its task (a delivery that comes back meanwhile
         # rides along).
-        beat = Heartbeat(deliveries.copy, self.heartbeat_interval_ms, self.log)
+        beat = self._beats().start(deliveries.copy)
         try:
-            with tracing.handler_span(task, getattr(message, "headers", None)) as traced:
-                result = await self._call_in_slot(task, commands)
-                traced.finish(result.error if isinstance(result, FailTask) else None)
+            headers = getattr(message, "headers", None)
+            if tracing.active() is None and not (headers and tracing.TRACEPARENT in headers):
+                result = await self._call_in_slot(task, commands)  # (no span, no context)
+            else:
+                with tracing.handler_span(task, headers) as traced:
+                    result = await self._call_in_slot(task, commands)
+                    traced.finish(result.error if isinstance(result, FailTask) else None)
             if result is not None:
                 await self._send(commands, result, "result")
         finally:
@@ -516,6 +521,13 @@ class Worker:
             raise ResultNotSentError(msg_id, gave_up.tries, gave_up.waited_ms, last_error) from None
         if tries > 1:
             self.log.info("%s acknowledged after %d tries", msg_id, tries)
+
+    def _beats(self) -> Heartbeats:
+        """The worker's heartbeats (one timer for all its attempts), at its interval."""
+        beats = self._heartbeats
+        if beats is None or beats.interval_ms != self.heartbeat_interval_ms:
+            beats = self._heartbeats = Heartbeats(self.heartbeat_interval_ms, self.log)
+        return beats
 
     def _fail(self, task: EnqueueTask, error: str, kind: FailureKind, trace: str = "") -> FailTask:
         return _fail(task, error, kind, trace, at_ms=self.now_ms(), seed=self.new_seed())

@@ -6,10 +6,12 @@ This module does no I/O: it decodes the task message's fields.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import msgspec
+from opentelemetry import trace
 
 from dagnats.agent import ToolCall, ToolResult, Usage, child_call, read_turn_input
 from dagnats.observe import tracing
@@ -87,10 +89,20 @@ class TaskContext:
         # Set by the worker when its connection can publish live output (dagnats/llm/live.py).
         self.live: LivePublisher | None = None
         self.idempotency_key = f"{task.run_id}:{task.step_id}:{task.attempt}"
-        self.tracer = tracing.handler_tracer()  # a handler's own spans join the run's trace
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger(f"dagnats.task.{task.task}"),
-            {"run_id": task.run_id, "step_id": task.step_id, "attempt": task.attempt},
+
+    # The tracer and the logger are made when a handler first reads them (most never do: a
+    # logger per task cost a lookup under the logging lock and an adapter).
+    @functools.cached_property
+    def tracer(self) -> trace.Tracer:
+        """The tracer of the handler's own spans: they join the run's trace."""
+        return tracing.handler_tracer()
+
+    @functools.cached_property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The task type's logger (`dagnats.task.<type>`), its records carrying the attempt."""
+        return logging.LoggerAdapter(
+            logging.getLogger(f"dagnats.task.{self.task_type}"),
+            {"run_id": self.run_id, "step_id": self.step_id, "attempt": self.attempt},
         )
 
     def start_child(self, workflow: Any, input: Any = None, *, id: str = "") -> str:

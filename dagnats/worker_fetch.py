@@ -28,12 +28,14 @@ min(slots, batch_max) in between (8 with 16 slots and two types). (A reconnect t
 that kept the requests of before, a connection drop without a restart, may bring their
 credit beside the new requests until they expire.)
 
-Waking. The loop waits on one event, set as a pull brings something (a message, a 408, an
-error, a reconnect), at stop, and by `job_ended` only when the last look left credit
-unasked for want of a slot. A look asks only the types that may want credit (`to_ask`: those
-whose pull brought something, was cut short or failed), and every type once per
-`idle_wait_ms` (renewals, requests that ended without their 408), so a look costs little
-with many types. A failed request or an error status keeps that type from asking for
+Waking. What a pull brings is handed over in its callback (`_changed`, in the client's read
+loop), without a look. The loop waits on one event, set when a pull may want credit (half of
+it or less standing after what it brought, a 408, an error, a reconnect), at stop, and by
+`job_ended` only when the last look left credit unasked for want of a slot: a chain's task
+costs no look, a look comes once per half credit. A look asks only the types that may want
+credit (`to_ask`: those whose pull brought something, was cut short or failed), and every
+type once per `idle_wait_ms` (renewals, requests that ended without their 408), so a look
+costs little with many types. A failed request or an error status keeps that type from asking for
 `fetch_backoff_ms`. At stop the pulls are closed (their inboxes first: the server drops
 their requests) and what they brought that was not handed over is given back with a nak: a
 draining worker takes nothing new.
@@ -181,7 +183,6 @@ class FetchLoop:
         self.batch_max = batch_max
         self.credit_max = 1  # a type's credit (`credit_of`, set as the loop starts)
         self.pulls: dict[str, Pull] = {}
-        self.changed: set[str] = set()  # types whose pull brought something since the look
         self.to_ask: set[str] = set(names)  # types that may want credit at the next look
         self.full_look_at = 0.0  # loop time of the next look at every type
         self.retry_at: dict[str, float] = {}  # loop time before which a type asks nothing
@@ -196,27 +197,11 @@ class FetchLoop:
         try:
             while not self.stop.is_set():
                 self.wake.clear()
-                self._take()
                 await self._ask(turn)
                 turn = (turn + 1) % len(names)
                 await wait_set(self.wake, self._look_again_ms())
         finally:
             stopping.cancel()
-
-    def _take(self) -> None:
-        """Dispatch what the changed pulls brought; note their errors (a backoff each)."""
-        changed, self.changed = self.changed, set()
-        for name in changed:
-            pull = self.pulls.get(name)
-            if pull is None:
-                continue
-            messages, error = pull.take()
-            if error is None:
-                self.outage.recovered()
-            else:
-                self._failed(name, error)
-            if messages:
-                self.dispatch(messages)
 
     async def _ask(self, turn: int) -> None:
         """Ask the types that may want credit (`to_ask`), from `turn` on, for what they want,
@@ -286,9 +271,26 @@ class FetchLoop:
         return pull
 
     def _changed(self, name: str) -> None:
-        self.changed.add(name)
+        """The type's pull brought something (messages, a status, an error, a reconnect):
+        hand its messages over now, and wake the loop only when the pull may want credit
+        (half of it or less standing: `PullCredit.wanted`) or failed. A task per message no
+        longer costs a look (the loop's wake, its timer and future); renewals of requests
+        that would expire are the full look's, every idle_wait_ms. Once stopping, what came
+        stays in the pull: `end` gives it back."""
         self.to_ask.add(name)
-        self.wake.set()
+        pull = self.pulls.get(name)
+        if pull is None or self.stop.is_set():
+            self.wake.set()
+            return
+        messages, error = pull.take()
+        if error is None:
+            self.outage.recovered()
+        else:
+            self._failed(name, error)
+        if messages:
+            self.dispatch(messages)
+        if error is not None or pull.credit.pending <= self.credit_max // 2:
+            self.wake.set()
 
     def _failed(self, name: str, error: BaseException) -> None:
         if self.stop.is_set():

@@ -4,6 +4,8 @@ tests/test_worker_fetch_nats.py runs the loop against a real server).
 
 - A type's credit is its share of the slots; a chain's tasks of one type are asked for in
   chunks (a request when half of the credit came), not one request per task.
+- What a pull brings is handed over in its callback; the loop is woken only when the pull
+  may want credit (half of it or less standing), so a chain's task costs no look.
 - A job that ends wakes the loop only when its last look left credit unasked for want of a
   slot; a pull that brings something and stop still wake it.
 - Whatever happens (tasks brought, jobs ended, requests expired, in any order), a worker
@@ -138,12 +140,50 @@ async def test_a_chain_of_one_type_is_asked_for_in_chunks() -> None:
         await wait_for(lambda: pull.asks == [16], timeout_ms=WAIT_MS, what="the first ask")
         for _ in range(12):  # a chain: one task at a time, each ends before the next
             pull.bring(object())  # type: ignore[arg-type]
-            await wait_for(lambda: len(jobs.running) == 1, timeout_ms=WAIT_MS, what="it")
+            assert len(jobs.running) == 1, "handed over at once"
+            await wait_for(lambda: not loop.wake.is_set(), timeout_ms=WAIT_MS, what="a look")
             jobs.running.clear()
             loop.job_ended()
+            await wait_for(lambda: not loop.wake.is_set(), timeout_ms=WAIT_MS, what="a look")
         assert pull.asks[0] == 16 and len(pull.asks) == 2, pull.asks  # a chunk when half came
         assert 1 < pull.asks[1] <= 8
         assert pull.credit.pending == 16 - 12 + pull.asks[1]
+    finally:
+        await stopped(loop, running)
+
+
+async def test_a_task_is_handed_over_at_once_and_wakes_the_loop_only_for_credit() -> None:
+    jobs = Jobs(slots=16)
+    loop, queue = fetch_loop(["a"], jobs)
+    looks = 0
+    ask = loop._ask
+
+    async def counted(turn: int) -> None:
+        nonlocal looks
+        looks += 1
+        await ask(turn)
+
+    loop._ask = counted  # type: ignore[method-assign]
+    running = asyncio.create_task(loop.run())
+    try:
+        await wait_for(lambda: "a" in queue.pulls, timeout_ms=WAIT_MS, what="the pull")
+        pull = queue.pulls["a"]
+        await wait_for(lambda: pull.asks == [16], timeout_ms=WAIT_MS, what="the first ask")
+        await wait_for(lambda: not loop.wake.is_set(), timeout_ms=WAIT_MS, what="a wait")
+        looks_before = looks
+        for brought in range(1, 8):  # more than half of the credit still stands
+            pull.bring(object())  # type: ignore[arg-type]
+            assert jobs.taken == brought, "handed over in the pull's callback"
+            assert not loop.wake.is_set(), f"task {brought} woke the loop for nothing"
+            jobs.running.clear()
+            loop.job_ended()
+        await asyncio.sleep(0)  # (a look the tasks woke would start now)
+        assert looks == looks_before, (looks, looks_before)
+        # (the eighth: half of the credit left, the loop is woken to ask)
+        pull.bring(object())  # type: ignore[arg-type]
+        assert jobs.taken == 8 and loop.wake.is_set()
+        await wait_for(lambda: len(pull.asks) == 2, timeout_ms=WAIT_MS, what="the renewal")
+        assert looks == looks_before + 1, (looks, looks_before)
     finally:
         await stopped(loop, running)
 
@@ -256,7 +296,6 @@ async def _held_tasks_stay_within_held_max(
             loop.job_ended()
         elif kind == "expire" and pull is not None:
             pull.expire()
-        loop._take()
         await loop._ask(turn % types)
         standing = sum(pull.credit.pending for pull in queue.pulls.values())
         held = len(jobs.running) - slots

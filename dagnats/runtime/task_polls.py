@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -58,6 +59,7 @@ pull_expires_ms: Final = 5_000  # a pull request's life on the server
 close_flush_s: Final = 1  # at close, the longest wait for what is on its way
 arrived_max: Final = settings.fetch_batch_max  # messages not yet taken; more are given back
 
+_SPACE: Final = re.compile(r"\s")  # (str.isspace's characters, as nats-py checks a name)
 _REPLY_V1_TOKENS: Final = 9
 _REPLY_V2_TOKENS_MIN: Final = 11
 
@@ -101,6 +103,26 @@ def delivery_fields(reply: str) -> tuple[int, int, int, int]:
     return fields
 
 
+def header_lines(raw: bytes) -> dict[str, str]:
+    """The headers of a header block (`Name: Value` lines), read as nats-py's
+    `Client._parse_header_lines` reads them (a line without a colon, a name that is not
+    ASCII or holds a space is skipped; values decoded with replacement), without its
+    generator per name."""
+    headers: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if _SPACE.search(key) is not None:
+            continue
+        headers[key] = value.strip().decode("utf-8", "replace")
+    return headers
+
+
 class RawTaskMessage:
     """`protocols.QueueMessage` over the raw parts of a delivered JetStream message: its
     header block is parsed only when read (most tasks read it once, for their trace and
@@ -136,7 +158,7 @@ class RawTaskMessage:
         if raw is None:
             return None
         if self._headers is None:
-            self._headers = Client._parse_header_lines(raw[HEADER_LINE_BYTES:])
+            self._headers = header_lines(raw[HEADER_LINE_BYTES:])
         return self._headers
 
     @property
