@@ -525,7 +525,11 @@ class Worker:
     def _beats(self) -> Heartbeats:
         """The worker's heartbeats (one timer for all its attempts), at its interval."""
         beats = self._heartbeats
-        if beats is None or beats.interval_ms != self.heartbeat_interval_ms:
+        if (
+            beats is None
+            or beats.interval_ms != self.heartbeat_interval_ms
+            or beats.loop is not asyncio.get_running_loop()  # (served again in a new loop)
+        ):
             beats = self._heartbeats = Heartbeats(self.heartbeat_interval_ms, self.log)
         return beats
 

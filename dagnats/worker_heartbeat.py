@@ -30,11 +30,13 @@ stopped_kept_max: Final = 64  # stopped entries kept in the queue beyond the liv
 class Heartbeats:
     """The beats of many attempts at one interval, on one timer (at the oldest due)."""
 
-    __slots__ = ("_handle", "_interval_s", "_live", "_queue", "interval_ms", "log")
+    __slots__ = ("_handle", "_interval_s", "_live", "_queue", "interval_ms", "log", "loop")
 
     def __init__(self, interval_ms: int, log: logging.Logger) -> None:
         assert interval_ms > 0, interval_ms
         self.interval_ms = interval_ms
+        self.loop = asyncio.get_running_loop()  # its timer's (a worker served again in a new
+        # loop makes new heartbeats: a timer of a loop that is gone would never fire)
         self._interval_s = interval_ms / 1000
         self.log = log
         self._queue: collections.deque[tuple[float, Beat]] = collections.deque()
@@ -53,7 +55,7 @@ class Heartbeats:
         return len(self._queue)
 
     def _schedule(self, beat: Beat) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         due = loop.time() + self._interval_s  # (>= every due queued: the queue stays in order)
         queue = self._queue
         while queue and queue[0][1].stopped:
@@ -67,7 +69,7 @@ class Heartbeats:
     def _fire(self) -> None:
         """Send the beats that are due; the timer again at the oldest left."""
         self._handle = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         now = loop.time()
         queue = self._queue
         while queue and (queue[0][1].stopped or queue[0][0] <= now):
