@@ -345,8 +345,7 @@ def worker(
             the_worker.groups = check_groups(group)
         except ValueError as error:
             raise fail(f"--group: {error}", "", 2) from None
-    if concurrency is not None:
-        the_worker.concurrency = concurrency
+    the_worker.concurrency = concurrency or the_worker.concurrency  # (checked above)
     ack_wait_ms: int | None = None
     if heartbeat_timeout is not None:
         if not 0.5 <= heartbeat_timeout <= 3600:
