@@ -54,6 +54,14 @@ class Heartbeats:
         """Entries in the queue (live and stopped)."""
         return len(self._queue)
 
+    def close(self) -> None:
+        """Forget every entry and cancel the timer (the heartbeats of one beat: nothing of
+        it stays held by the loop once it is stopped)."""
+        self._queue.clear()
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+
     def _schedule(self, beat: Beat) -> None:
         loop = self.loop
         due = loop.time() + self._interval_s  # (>= every due queued: the queue stays in order)
@@ -140,3 +148,10 @@ class Heartbeat(Beat):
         log: logging.Logger,
     ) -> None:  # fmt: skip
         super().__init__(Heartbeats(interval_ms, log), deliveries)
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """`Beat.cancel`, and the timer cancelled: a timer left to its due time would hold
+        the batch (its deliveries) an interval longer."""
+        sending = super().cancel()
+        self._beats.close()
+        return sending
