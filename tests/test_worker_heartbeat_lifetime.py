@@ -1,4 +1,4 @@
-"""Review of round 10's worker and tail changes, against a real nats-server.
+"""Heartbeats and the history tail over their lifetime, against a real nats-server.
 
 - A `Worker` served again in a fresh event loop (a module-level worker, as the README
   writes it, run by `asyncio.run` twice: a supervisor that starts the process's main again,
