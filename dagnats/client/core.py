@@ -55,6 +55,7 @@ from dagnats.runtime.external_events import JetStreamEvents
 from dagnats.runtime.history_guard import check_history
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
+from dagnats.runtime.raw_get import first_message
 from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, run_commands_filter
 from dagnats.runtime.roles import Role
 from dagnats.runtime.triggers_plan import check_zones
@@ -317,10 +318,9 @@ class Client:
         await send_command(self.connection.commands, command.run_id, codec.encode(command), msg_id)
 
     async def _first_decision(self, run_id: str) -> Decision | None:
-        async with contextlib.aclosing(self.connection.history.read(run_id)) as messages:
-            async for seq, data in messages:
-                return decode_message(run_id, seq, data)
-        return None
+        """The run's first decision (None: it has no history): one get, read raw."""
+        first = await first_message(self.connection.js, run_id)
+        return None if first is None else decode_message(run_id, *first)
 
     async def history(self, run_id: str) -> AsyncGenerator[tuple[int, Decision], None]:
         """Every history message of the run, in order, as (stream sequence, decision)."""
