@@ -20,6 +20,7 @@ module reads; it publishes only requests.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
@@ -116,7 +117,7 @@ def _requests(client: Client) -> _Requests:
 
 
 async def message_get(
-    js: JetStreamContext, stream: str, request: dict[str, object]
+    js: JetStreamContext, stream: str, request: Mapping[str, object]
 ) -> StoredMessage | None:
     """The message a STREAM.MSG.GET `request` names (`{"last_by_subj": subject}`,
     `{"seq": 1, "next_by_subj": subject}`); None when there is none (or no such stream).
@@ -139,7 +140,7 @@ async def message_get(
 
 
 async def direct_get(
-    js: JetStreamContext, stream: str, request: dict[str, object]
+    js: JetStreamContext, stream: str, request: Mapping[str, object]
 ) -> tuple[int, bytes] | None:
     """The (stream sequence, data) of the message a DIRECT.GET `request` names (as for
     `message_get`) from any replica; None when that one has none.
