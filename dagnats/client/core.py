@@ -43,7 +43,7 @@ from dagnats.client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
-from dagnats.client.live_watch import open_watch
+from dagnats.client.live_watch import LiveWatch, open_watch
 from dagnats.client.sending import send_command
 from dagnats.client.watches import ClosingWatches, ParkedWatches, Watch
 from dagnats.input_schema import check_input
@@ -389,7 +389,7 @@ class Client:
             while (item := await watch.next(deadline)) is not None:
                 yield item
         finally:
-            await self._closing.close_later(watch)
+            await self._close(watch)
 
     async def wait(
         self,
@@ -431,7 +431,7 @@ class Client:
         try:
             state = await client_watches.fold_until_end(watch, deadline, on_update, known_seq)
         finally:
-            await self._closing.close_later(watch)  # the answer need not wait for the delete
+            await self._close(watch)
         if is_terminal(state) and follow:
             return await client_chains.follow(self, state, timeout_s=timeout_s, on_update=on_update)
         if is_terminal(state):
@@ -439,6 +439,11 @@ class Client:
         if state.status == "new":
             raise RunNotFoundError(run_id)
         raise WaitTimeoutError(run_id, timeout_s, state)
+
+    async def _close(self, watch: Watch) -> None:
+        """Close a watch whose caller has its answer: a live watch now (an unsubscribe, no
+        round trip), a consumer in the background (the answer need not wait for its delete)."""
+        await (watch.close() if isinstance(watch, LiveWatch) else self._closing.close_later(watch))
 
     async def lineage(self, run_id: str) -> list[client_chains.ChainLink]:
         """The continue-as-new chain of a run, root first (a single run is a chain of one)."""

@@ -248,15 +248,15 @@ class ClosingWatches:
 
 
 async def in_parallel(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Both results, their round trips made at once; when one fails, the other is cancelled
-    and waited for (nothing left running), and the failure raised."""
-    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    """Both results, their round trips made at once (`first` in the caller's task, `second`
+    in a task of its own, started first); when one fails, the other is cancelled and waited
+    for (nothing left running), and the failure raised."""
+    two = asyncio.ensure_future(second)
     try:
-        return await one, await two
+        return await first, await two
     except BaseException:
-        one.cancel()
         two.cancel()
-        await asyncio.gather(one, two, return_exceptions=True)
+        await asyncio.gather(two, return_exceptions=True)
         raise
 
 

@@ -161,7 +161,7 @@ async def direct_get(
 
 
 def _raise_status(headers: bytes | None) -> None:
-    """Raise for a status answer (`NATS/1.0 503 ...`: no responders; any other code)."""
+    """Raise for a status answer (`NATS/1.0 503 ...`: no one to answer; any other code)."""
     if headers is None or headers[STATUS_AT - 1 : STATUS_AT] != b" ":
         return
     code = headers[STATUS_AT : STATUS_AT + 3]
