@@ -181,3 +181,25 @@ async def test_a_deleted_or_purged_workflow_is_not_found(client: Client) -> None
         assert name not in await client.list_workflows()
     with pytest.raises(WorkflowNotFoundError):
         await client.get_workflow("no.such..key")  # not even a possible key
+
+
+async def test_a_wait_for_another_clients_run_reads_its_last_sequence_once(
+    client: Client, private_server: EmbeddedNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether the run has history and where its history ends at the wait's start are one
+    read (they were two, each a direct get of the run's last message)."""
+    async with engine(private_server.url, tmp_path / "data"):
+        run_id = await client.start(NAP)
+        async with await Client.connect(private_server.url) as other:
+            js = other.connection.js
+            get_msg = js.get_msg
+            reads: list[str] = []
+
+            async def counted(stream: str, *args: object, **kwargs: object) -> object:
+                reads.append(stream)
+                return await get_msg(stream, *args, **kwargs)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(js, "get_msg", counted)
+            assert (await other.wait(run_id, timeout_s=WAIT_S)).status == "completed"
+            # One for the wait, one for its watch's read of what the run holds (was three).
+            assert reads.count(HISTORY_STREAM) == 2, reads

@@ -295,12 +295,6 @@ class Client:
             self._started.popitem(last=False)
         assert len(self._started) <= started_runs_remembered_max
 
-    async def _exists_or_coming(self, run_id: str) -> bool:
-        """Whether the run has history, or this client started it, or a command for it waits."""
-        if run_id in self._started or await self.connection.history.last_seq(run_id) > 0:
-            return True
-        return await self._command_waiting(run_id)
-
     async def _command_waiting(self, run_id: str) -> bool:
         """Whether a command for the run waits in the commands stream (not yet handled by an
         engine): a run started elsewhere (another process) whose start is still queued."""
@@ -422,11 +416,13 @@ class Client:
         watch = self._watches.take(check_run_id(run_id))  # start's watch, when it made one
         known_seq = 0
         if watch is None:
-            if not await self._exists_or_coming(run_id):
-                raise RunNotFoundError(run_id)
             # An end before the history's current last message is not the run's end: a
-            # reopened run (`dagnats run retry`) ended and went on (kernel.reopen).
+            # reopened run (`dagnats run retry`) ended and went on (kernel.reopen). One read
+            # says that and whether the run has history; else it exists when this client
+            # started it or a command for it waits.
             known_seq = await self.connection.history.last_seq(run_id)
+            if not (known_seq or run_id in self._started or await self._command_waiting(run_id)):
+                raise RunNotFoundError(run_id)
             watch = await open_watch(self.connection.js, run_id)
         try:
             state = await client_watches.fold_until_end(watch, deadline, on_update, known_seq)
