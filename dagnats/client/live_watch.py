@@ -24,6 +24,14 @@ is made while the connection is down (its return wakes the watch); a read that f
 server went away meanwhile) or runs past the caller's deadline keeps what it read, and the
 watch reads again after the next silence or reconnect: a wait across an outage goes on.
 
+A `wait` without an `on_update` of its caller's lets the watch fold for it (`fold_into`, a
+client/watches.Fold): each message received in order (its `Nats-Last-Sequence` the last
+sequence given) while nothing is held or being read is decoded and folded in the read loop,
+and the waiter is woken once, at the run's end, not once per message (a future, a timer and
+a task switch each). Anything else (a gap, messages held before the fold began, a read under
+way) goes through `next` as before; what does not decode or fold is raised by `next`, never
+in the read loop.
+
 `open_watch` gives a `LiveWatch` when the history stream republishes as expected (asked
 once per connection), else a `RunWatch` (an ordered consumer, client/watches.py), so a
 deployment whose history stream has no `republish` yet works as before. This module

@@ -4,7 +4,8 @@
 from its first message, so it misses nothing appended before its consumer exists: the start
 need not wait for the consumer), reads that first decision from it, and leaves it open for
 `wait`: starting and waiting for a new run costs one consumer, not one each. The decisions
-`start` read are kept (`seen`) and given to `wait` first, so `wait` folds the whole history.
+`start` read are kept (`seen`) and given to `wait` first, so `wait` folds the whole history
+(a `Fold`, which a live watch may feed as it receives: client/live_watch.py).
 A watch is a live read of the lean push consumer (runtime/log_read.LiveReader): no nats-py
 `Msg`, header parsing or `asyncio.wait_for` per message.
 
