@@ -43,7 +43,7 @@ from dagnats.client.errors import (
     RunNotFoundError,
     WaitTimeoutError,
 )
-from dagnats.client.live_watch import open_watch
+from dagnats.client.live_watch import LiveWatch, open_watch
 from dagnats.client.sending import send_command
 from dagnats.client.watches import ClosingWatches, ParkedWatches, Watch
 from dagnats.input_schema import check_input
@@ -55,6 +55,7 @@ from dagnats.runtime.external_events import JetStreamEvents
 from dagnats.runtime.history_guard import check_history
 from dagnats.runtime.parked import decode_message
 from dagnats.runtime.projector import KvSnapshotStore, load_state, open_database
+from dagnats.runtime.raw_get import first_message
 from dagnats.runtime.resources import COMMANDS_STREAM, check_run_id, run_commands_filter
 from dagnats.runtime.roles import Role
 from dagnats.runtime.triggers_plan import check_zones
@@ -294,12 +295,6 @@ class Client:
             self._started.popitem(last=False)
         assert len(self._started) <= started_runs_remembered_max
 
-    async def _exists_or_coming(self, run_id: str) -> bool:
-        """Whether the run has history, or this client started it, or a command for it waits."""
-        if run_id in self._started or await self.connection.history.last_seq(run_id) > 0:
-            return True
-        return await self._command_waiting(run_id)
-
     async def _command_waiting(self, run_id: str) -> bool:
         """Whether a command for the run waits in the commands stream (not yet handled by an
         engine): a run started elsewhere (another process) whose start is still queued."""
@@ -317,10 +312,9 @@ class Client:
         await send_command(self.connection.commands, command.run_id, codec.encode(command), msg_id)
 
     async def _first_decision(self, run_id: str) -> Decision | None:
-        async with contextlib.aclosing(self.connection.history.read(run_id)) as messages:
-            async for seq, data in messages:
-                return decode_message(run_id, seq, data)
-        return None
+        """The run's first decision (None: it has no history): one get, read raw."""
+        first = await first_message(self.connection.js, run_id)
+        return None if first is None else decode_message(run_id, *first)
 
     async def history(self, run_id: str) -> AsyncGenerator[tuple[int, Decision], None]:
         """Every history message of the run, in order, as (stream sequence, decision)."""
@@ -389,7 +383,7 @@ class Client:
             while (item := await watch.next(deadline)) is not None:
                 yield item
         finally:
-            await self._closing.close_later(watch)
+            await self._close(watch)
 
     async def wait(
         self,
@@ -422,16 +416,18 @@ class Client:
         watch = self._watches.take(check_run_id(run_id))  # start's watch, when it made one
         known_seq = 0
         if watch is None:
-            if not await self._exists_or_coming(run_id):
-                raise RunNotFoundError(run_id)
             # An end before the history's current last message is not the run's end: a
-            # reopened run (`dagnats run retry`) ended and went on (kernel.reopen).
+            # reopened run (`dagnats run retry`) ended and went on (kernel.reopen). One read
+            # says that and whether the run has history; else it exists when this client
+            # started it or a command for it waits.
             known_seq = await self.connection.history.last_seq(run_id)
+            if not (known_seq or run_id in self._started or await self._command_waiting(run_id)):
+                raise RunNotFoundError(run_id)
             watch = await open_watch(self.connection.js, run_id)
         try:
             state = await client_watches.fold_until_end(watch, deadline, on_update, known_seq)
         finally:
-            await self._closing.close_later(watch)  # the answer need not wait for the delete
+            await self._close(watch)
         if is_terminal(state) and follow:
             return await client_chains.follow(self, state, timeout_s=timeout_s, on_update=on_update)
         if is_terminal(state):
@@ -439,6 +435,11 @@ class Client:
         if state.status == "new":
             raise RunNotFoundError(run_id)
         raise WaitTimeoutError(run_id, timeout_s, state)
+
+    async def _close(self, watch: Watch) -> None:
+        """Close a watch whose caller has its answer: a live watch now (an unsubscribe, no
+        round trip), a consumer in the background (the answer need not wait for its delete)."""
+        await (watch.close() if isinstance(watch, LiveWatch) else self._closing.close_later(watch))
 
     async def lineage(self, run_id: str) -> list[client_chains.ChainLink]:
         """The continue-as-new chain of a run, root first (a single run is a chain of one)."""

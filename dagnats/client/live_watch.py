@@ -24,6 +24,14 @@ is made while the connection is down (its return wakes the watch); a read that f
 server went away meanwhile) or runs past the caller's deadline keeps what it read, and the
 watch reads again after the next silence or reconnect: a wait across an outage goes on.
 
+A `wait` without an `on_update` of its caller's lets the watch fold for it (`fold_into`, a
+client/watches.Fold): each message received in order (its `Nats-Last-Sequence` the last
+sequence given) while nothing is held or being read is decoded and folded in the read loop,
+and the waiter is woken once, at the run's end, not once per message (a future, a timer and
+a task switch each). Anything else (a gap, messages held before the fold began, a read under
+way) goes through `next` as before; what does not decode or fold is raised by `next`, never
+in the read loop.
+
 `open_watch` gives a `LiveWatch` when the history stream republishes as expected (asked
 once per connection), else a `RunWatch` (an ordered consumer, client/watches.py), so a
 deployment whose history stream has no `republish` yet works as before. This module
@@ -46,7 +54,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from dagnats.client.watches import RunWatch, Seen, Watch
+from dagnats.client.watches import Fold, RunWatch, Seen, Watch
 from dagnats.runtime.js_publish import listen
 from dagnats.runtime.log import HistoryReadError, JetStreamEventLog
 from dagnats.runtime.log_read import header_int, router
@@ -121,6 +129,12 @@ class LiveWatch:
         # router: no `Msg` and no header dict per message), at most live_pending_*_max.
         self._incoming: deque[Incoming] = deque()
         self._incoming_bytes = 0
+        # A `wait`'s fold, fed in the read loop with each message received in order while
+        # nothing is held or being read (the caller is woken at the run's end, not per
+        # message); what it could not fold (a decode error, a broken invariant) `next` raises.
+        self._fold: Fold | None = None
+        self._failure: Exception | None = None
+        self._reading = False  # a read of the stream is under way (`_read_stored`)
         self._wakeup = Wakeup()
         router(js._nc).handlers[subscription._id] = self._on_message
         listen(js._nc, self)
@@ -145,20 +159,50 @@ class LiveWatch:
             self._read_now = True
             self._wakeup.wake()
 
+    def fold_into(self, fold: Fold | None) -> None:
+        """Fold each message received in order into `fold` in the read loop (module
+        docstring), waking `next` at the run's end; None: hold them for `next` again."""
+        self._fold = fold
+
     async def _on_message(
         self, _subject: bytes, _reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        """A republished message (in the read loop): held for `next`; one beyond the bound is
-        dropped, and the stream is read instead."""
-        if (
+        """A republished message (in the read loop): folded at once when a `wait` folds and
+        it is the next one, else held for `next`; one beyond the bound is dropped, and the
+        stream is read instead."""
+        fold = self._fold
+        if fold is not None and not (self._incoming or self._read or self._reading):
+            seq, last_seq = sequences = _sequences(headers)
+            if seq and last_seq == self.last_seq and not fold.ended and self._failure is None:
+                self._fold_received(fold, seq, data)
+                return
+            self._hold((*sequences, data))
+        elif (
             len(self._incoming) >= live_pending_messages_max
             or self._incoming_bytes + len(data) > live_pending_bytes_max
         ):
             self._read_now = True
+            self._wakeup.wake()
         else:
-            self._incoming.append((*_sequences(headers), data))
-            self._incoming_bytes += len(data)
+            self._hold((*_sequences(headers), data))
+
+    def _hold(self, incoming: Incoming) -> None:
+        self._incoming.append(incoming)
+        self._incoming_bytes += len(incoming[2])
         self._wakeup.wake()
+
+    def _fold_received(self, fold: Fold, seq: int, data: bytes) -> None:
+        """Fold the next message in the read loop; wake `next` once the run ended (or the
+        fold failed: `next` raises the error, never the read loop)."""
+        try:
+            ended = fold.add(seq, decode_message(self.run_id, seq, data))
+        except Exception as error:  # (raised to the caller by `next`, not in the read loop)
+            self._failure = error
+            self._wakeup.wake()
+            return
+        self._give_seq(seq)
+        if ended:
+            self._wakeup.wake()
 
     async def next(self, deadline: float) -> Seen | None:
         """The next decision, or None when the monotonic `deadline` passes first.
@@ -168,6 +212,11 @@ class LiveWatch:
         """
         assert not self.closed, f"watch of {self.run_id} is closed"
         while True:
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+            if self._fold is not None and self._fold.ended:
+                return None  # (folded in the read loop: the caller's fold has its end)
             if self._read:
                 return self._give(self._read.popleft())
             now = time.monotonic()
@@ -197,11 +246,14 @@ class LiveWatch:
         return self._read_now or reconnected or now >= self._check_at
 
     def _give(self, item: Seen) -> Seen:
-        assert item[0] > self.last_seq, (item[0], self.last_seq)
-        self.last_seq = item[0]
+        self._give_seq(item[0])
+        return item
+
+    def _give_seq(self, seq: int) -> None:
+        assert seq > self.last_seq, (seq, self.last_seq)
+        self.last_seq = seq
         self._check_s = live_check_s
         self._check_at = time.monotonic() + live_check_s
-        return item
 
     async def _receive(self, timeout_s: float) -> Incoming | None:
         """The next message received within `timeout_s` (None: none came, or a wake: a
@@ -227,12 +279,15 @@ class LiveWatch:
         self._check_s = min(self._check_s * 2, live_check_s_max)
         self._check_at = now + self._check_s
         self._read_now = False
+        self._reading = True  # (meanwhile, messages received are held, not folded)
         try:
             async with asyncio.timeout(max(live_read_s_min, deadline - now)):
                 await self._read_into(self._history)
         except (nats.errors.Error, nats.js.errors.Error, HistoryReadError, TimeoutError) as error:
             log.debug("run %s: watch could not read the history (%s)", self.run_id, error)
             return
+        finally:
+            self._reading = False
         self._reconnects = reconnects
         self._read_now = len(self._read) >= live_read_messages_max
         if len(self._read) > held:
@@ -250,6 +305,7 @@ class LiveWatch:
         if self.closed:
             return
         self.closed = True
+        self._fold = None
         self._incoming.clear()
         self._incoming_bytes = 0
         router(self._js._nc).handlers.pop(self._subscription._id, None)

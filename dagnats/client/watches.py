@@ -4,7 +4,8 @@
 from its first message, so it misses nothing appended before its consumer exists: the start
 need not wait for the consumer), reads that first decision from it, and leaves it open for
 `wait`: starting and waiting for a new run costs one consumer, not one each. The decisions
-`start` read are kept (`seen`) and given to `wait` first, so `wait` folds the whole history.
+`start` read are kept (`seen`) and given to `wait` first, so `wait` folds the whole history
+(a `Fold`, which a live watch may feed as it receives: client/live_watch.py).
 A watch is a live read of the lean push consumer (runtime/log_read.LiveReader): no nats-py
 `Msg`, header parsing or `asyncio.wait_for` per message.
 
@@ -54,7 +55,39 @@ class Watch(Protocol):
 
     async def next(self, deadline: float) -> Seen | None: ...
 
+    def fold_into(self, fold: Fold | None) -> None:
+        """Let the watch fold decisions into `fold` as they come (None: no more)."""
+
     async def close(self) -> None: ...
+
+
+class Fold:
+    """A run's state folded from its decisions in order, until it ends at or after
+    `known_seq` (an end before the history's last message at the wait's start is a reopened
+    run's earlier end: it goes on)."""
+
+    __slots__ = ("ended", "known_seq", "on_update", "state")
+
+    def __init__(
+        self, known_seq: int, on_update: Callable[[RunState, Decision], None] | None = None
+    ) -> None:
+        assert known_seq >= 0, known_seq
+        self.state: RunState = INITIAL_STATE
+        self.known_seq = known_seq
+        self.on_update = on_update
+        self.ended = False
+
+    def add(self, seq: int, decision: Decision) -> bool:
+        """Fold one decision; whether the run has ended."""
+        assert not self.ended, f"{self.state.run_id} ended before sequence {seq}"
+        state = self.state
+        for event in decision.events:
+            state = evolve(state, event)
+        self.state = state
+        if self.on_update is not None:
+            self.on_update(state, decision)
+        self.ended = seq >= self.known_seq and is_terminal(state)
+        return self.ended
 
 
 class RunWatch:
@@ -106,6 +139,9 @@ class RunWatch:
             self.last_seq = seq
             return seq, decode_message(self.run_id, seq, data)
 
+    def fold_into(self, fold: Fold | None) -> None:
+        pass  # (its messages come through `next`)
+
     async def close(self) -> None:
         """Unsubscribe, and delete the consumer now (awaiting the server's reply): the server
         would keep an idle ephemeral consumer until its inactivity threshold, and a stream
@@ -124,21 +160,22 @@ async def fold_until_end(
     known_seq: int = 0,
 ) -> RunState:
     """Fold the watched run's decisions (those `start` read first) until it ends at or
-    after `known_seq` or the deadline passes; the state reached."""
-    state = INITIAL_STATE
+    after `known_seq` or the deadline passes; the state reached. Without an `on_update` of
+    the caller's, the watch may fold what it receives as it receives it (a `LiveWatch`
+    does, in the client's read loop: no wake of the caller per message)."""
+    fold = Fold(known_seq, on_update)
     seen, watch.seen = watch.seen, []
-    while True:
-        item = seen.pop(0) if seen else await watch.next(deadline)
-        if item is None:
-            break
-        seq, decision = item
-        for event in decision.events:
-            state = evolve(state, event)
-        if on_update is not None:
-            on_update(state, decision)
-        if is_terminal(state) and seq >= known_seq:
-            break
-    return state
+    for seq, decision in seen:
+        if fold.add(seq, decision):
+            return fold.state
+    if on_update is None:
+        watch.fold_into(fold)
+    try:
+        while not fold.ended and (item := await watch.next(deadline)) is not None:
+            fold.add(*item)
+    finally:
+        watch.fold_into(None)
+    return fold.state
 
 
 class ParkedWatches:
@@ -212,15 +249,15 @@ class ClosingWatches:
 
 
 async def in_parallel(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Both results, their round trips made at once; when one fails, the other is cancelled
-    and waited for (nothing left running), and the failure raised."""
-    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    """Both results, their round trips made at once (`first` in the caller's task, `second`
+    in a task of its own, started first); when one fails, the other is cancelled and waited
+    for (nothing left running), and the failure raised."""
+    two = asyncio.ensure_future(second)
     try:
-        return await one, await two
+        return await first, await two
     except BaseException:
-        one.cancel()
         two.cancel()
-        await asyncio.gather(one, two, return_exceptions=True)
+        await asyncio.gather(two, return_exceptions=True)
         raise
 
 

@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 
 from dagnats.client.errors import WorkflowNotFoundError, WorkflowRevisionNotFoundError
 from dagnats.runtime.kv_keys import kv_history, kv_keys
+from dagnats.runtime.raw_get import kv_operation, message_get
 from dagnats.runtime.resources import (
     WORKFLOWS_BUCKET,
     WORKFLOWS_HISTORY,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from dagnats.client.core import Client
 
 register_attempts_max: Final = 8  # compare-and-set retries when registrations race
+DELETED: Final = (b"DEL", b"PURGE")  # a KV entry's `KV-Operation` when it was deleted
 _KV_KEY: Final = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*")  # what a KV key may be
 
 
@@ -114,17 +116,16 @@ async def _latest(kv: KeyValue, name: str) -> Revision | None:
     its stored revision (0 when it has none: an older entry)."""
     if _KV_KEY.fullmatch(name) is None:  # not a possible key: so not a registered name
         return None
+    # Read raw (runtime/raw_get: no nats-py `Msg`, header dict or email parser), from the
+    # bucket's leader as `kv.get` would: a registration is seen at once.
+    entry = await message_get(kv._js, kv._stream, {"last_by_subj": f"{kv._pre}{name}"})
+    if entry is None or kv_operation(entry.hdrs) in DELETED or not entry.data:
+        return None  # none, or deleted or purged since
     try:
-        entry = await kv.get(name)
-    except nats.js.errors.KeyNotFoundError:
-        return None
-    if not entry.value:
-        return None
-    try:
-        _, stored = decode_stored_workflow(name, entry.value, entry.revision)
+        _, stored = decode_stored_workflow(name, entry.data, entry.seq)
     except StoredWorkflowError:  # reported when it is read as a definition
         stored = None
-    return Revision(stored or 0, entry.value, entry.revision)
+    return Revision(stored or 0, entry.data, entry.seq)
 
 
 async def _next_number(js: JetStreamContext, name: str, latest: Revision) -> int:
