@@ -39,6 +39,7 @@ from dagnats.runtime import settings
 from dagnats.runtime.lease import LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector import (
+    PendingMessages,
     ProjectionTarget,
     Projector,
     batch_linger_ms,
@@ -160,11 +161,11 @@ class SharedTail:
 
     async def _follow(self, group: list[Projector], stop: asyncio.Event) -> None:
         start = min(lane.position for lane in group)
-        queue: asyncio.Queue[Message] = asyncio.Queue(self.batch_max * 2)
-        pump = asyncio.create_task(self._pump(start, queue))
+        pending = PendingMessages(self.batch_max * 2)
+        pump = asyncio.create_task(self._pump(start, pending))
         try:
             while not stop.is_set():
-                batch = await next_batch(queue, self.idle_s, self.linger_s, self.batch_max)
+                batch = await next_batch(pending, self.idle_s, self.linger_s, self.batch_max)
                 if batch is None:
                     await self._idle(group, pump)
                     continue
@@ -211,9 +212,9 @@ class SharedTail:
             lane._count(0)
             await lane._write_status(stream_last)
 
-    async def _pump(self, after_seq: int, queue: asyncio.Queue[Message]) -> None:
+    async def _pump(self, after_seq: int, pending: PendingMessages) -> None:
         async for message in self.history.tail(after_seq):
-            await queue.put(message)
+            await pending.put(message)
 
 
 async def _stream_last_or_none(js: JetStreamContext) -> int | None:
