@@ -1,7 +1,7 @@
 """The projector: runs projections against the history stream (catch up, then tail live).
 
-A `Projector` follows `DAGNATS_HISTORY` from a target's checkpoint with an ordered consumer
-(`JetStreamEventLog.tail`), hands it bounded batches, and measures position, lag and rate. The
+A `Projector` follows `DAGNATS_HISTORY` from a target's checkpoint with a lean push consumer
+(`projector_read.tail`), hands it bounded batches, and measures position, lag and rate. The
 targets say where a projection lives:
 
 - `SqliteTarget` (in `projector_sqlite`, re-exported here): a `projections.base.SqliteProjection`
@@ -52,7 +52,7 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.lease import Lease, LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.parked import RunParkedError, decode_message, unfoldable
-from dagnats.runtime.projector_read import read_until
+from dagnats.runtime.projector_read import read_until, tail
 from dagnats.runtime.projector_snapshot import (  # re-exported: see __all__
     MARKER_KEY,
     SNAPSHOTS,
@@ -232,7 +232,6 @@ class Projector:
         self.target = target
         self.batch_max = batch_max
         self.idle_s = idle_ms / 1000
-        self.history = JetStreamEventLog(js)
         self.position = 0
         self.events = 0
         self.rate = 0.0
@@ -392,7 +391,7 @@ class Projector:
         async for message in read_until(self.js, after_seq, until):
             after_seq = message[0]
             await pending.put(message)
-        async for message in self.history.tail(after_seq):
+        async for message in tail(self.js, after_seq):
             await pending.put(message)
 
     def _count(self, applied: int) -> None:
