@@ -1,24 +1,15 @@
 """How a live projection tail cuts batches (`dagnats.runtime.projector.next_batch`): a batch
 lingers from its first message's arrival, so messages that arrive while the previous batch is
 applied join the next one instead of making a batch of their own; a backlog (catching up) is
-taken at once, and an idle tail returns None. The shared tail decodes each message once for
-all its lanes."""
+taken at once, and an idle tail returns None."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast
-
-from nats.js import JetStreamContext
 
 from dagnats.runtime.projector import PendingMessages, next_batch
-from dagnats.runtime.projector_shared import SharedTail, decode_batch
-from kernel import codec
-from kernel.events import AnyEvent
-from projections.base import Decoded, Message
-from tests.projection_support import completed_run
-from tests.strategies import RUN_ID
+from projections.base import Message
 
 LINGER_S = 0.05
 IDLE_S = 0.05
@@ -89,56 +80,3 @@ def test_an_idle_tail_gives_none() -> None:
         return await next_batch(PendingMessages(4), IDLE_S, LINGER_S, batch_max=4)
 
     assert asyncio.run(scenario()) is None
-
-
-class Lane:
-    """A projection target that records the events it was handed already decoded."""
-
-    kind = "test"
-    version = "1"
-    where = "memory"
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.handed: list[tuple[AnyEvent, ...] | None] = []
-
-    async def open(self) -> int:
-        return 0
-
-    async def apply(
-        self, messages: list[Message], after_seq: int, decoded: Decoded | None = None
-    ) -> tuple[int, int]:
-        assert decoded is not None, "the shared tail decodes each message once, for every lane"
-        self.handed.extend(decoded(seq) for seq, _run_id, _data in messages)
-        return max(seq for seq, _run_id, _data in messages), len(messages)
-
-    async def stored_seq(self) -> int:
-        return 0
-
-    async def settle(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
-def test_the_shared_tail_decodes_each_message_once_for_every_lane() -> None:
-    """Old: each lane decoded every message itself (the snapshots and the query tables: two
-    decodes of each). Now the tail decodes it once and hands both lanes the same events; a
-    message that does not decode is left to each lane (which names it as it would alone)."""
-    data = completed_run()
-    batch: list[Message] = [(seq, RUN_ID, payload) for seq, payload in enumerate(data, 1)]
-    batch.append((len(data) + 1, RUN_ID, b"not a decision"))
-    one, two = Lane("one"), Lane("two")
-    tail = SharedTail(cast(JetStreamContext, None), (one, two))
-    for lane in tail.lanes:
-        lane._status_due = time.monotonic() + 3600  # (no status write: there is no NATS here)
-
-    asyncio.run(tail._apply(tail.lanes, batch))
-
-    expected = [codec.decode_events(payload) for payload in data]
-    assert one.handed == [*expected, None], one.handed
-    assert len(two.handed) == len(one.handed)
-    for mine, theirs in zip(one.handed[:-1], two.handed[:-1], strict=True):
-        assert mine is theirs, "each lane decoded the message again"
-    assert decode_batch([(1, "admission-x", data[0])]) == {}, "a gate's history is not a run's"

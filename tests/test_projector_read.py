@@ -18,7 +18,7 @@ from dagnats.runtime.projector import Projector
 from dagnats.runtime.projector_read import read_until
 from dagnats.runtime.projector_read import tail as lean_tail
 from dagnats.runtime.resources import history_subject
-from projections.base import Decoded, Message
+from projections.base import Message
 from tests.nats_fixtures import RestartableServer
 
 RUNS = 7
@@ -111,7 +111,7 @@ class Recorder:
         return 0
 
     async def apply(
-        self, messages: list[Message], after_seq: int, decoded: Decoded | None = None
+        self, messages: list[tuple[int, str, bytes]], after_seq: int
     ) -> tuple[int, int]:
         fresh = [m for m in messages if m[0] > after_seq]
         self.seen.extend(fresh)

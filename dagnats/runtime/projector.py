@@ -77,7 +77,6 @@ from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState
 from projections.base import (
     CheckpointMovedError,
-    Decoded,
     Message,
     batch_messages_max,
 )
@@ -113,12 +112,8 @@ class ProjectionTarget(Protocol):
         """Prepare (rebuilding on a version change); the sequence to resume after."""
         ...
 
-    async def apply(
-        self, messages: list[Message], after_seq: int, decoded: Decoded | None = None
-    ) -> tuple[int, int]:
+    async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
         """Apply a batch atomically with its checkpoint; (new checkpoint, events applied).
-        `decoded(seq)`: the events of the message at `seq` as the caller already decoded them
-        (None: not decoded; the target decodes it itself).
 
         Raises:
             CheckpointMovedError: the stored checkpoint is not after_seq (rebuilt meanwhile).

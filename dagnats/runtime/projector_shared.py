@@ -48,10 +48,7 @@ from dagnats.runtime.projector import (
     stream_last_seq,
 )
 from dagnats.runtime.projector_read import read_until, tail
-from kernel import codec
-from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
-from kernel.events import AnyEvent
 from projections.base import CheckpointMovedError, Message, batch_messages_max
 
 log = logging.getLogger("dagnats.projector")
@@ -182,18 +179,13 @@ class SharedTail:
 
     async def _apply(self, group: list[Projector], batch: list[Message]) -> None:
         """Give each lane the messages after its own position, all lanes at once (the SQLite
-        transaction runs in a thread while the KV writes wait on the network), each message
-        decoded once for all of them."""
-
-        decoded = decode_batch(batch) if len(group) > 1 else None
+        transaction runs in a thread while the KV writes wait on the network)."""
 
         async def feed(lane: Projector) -> None:
             own = [message for message in batch if message[0] > lane.position]
             if not own:
                 return
-            seq, applied = await lane.target.apply(
-                own, lane.position, decoded.get if decoded is not None else None
-            )
+            seq, applied = await lane.target.apply(own, lane.position)
             lane.position = seq
             lane._count(applied)
             if time.monotonic() >= lane._status_due:
@@ -229,21 +221,6 @@ class SharedTail:
             await pending.put(message)
 
 
-def decode_batch(batch: list[Message]) -> dict[int, tuple[AnyEvent, ...]]:
-    """The events of each message of a batch, by sequence (the command left undecoded); a
-    message that does not decode, or a gate's, is left out (a lane decodes it itself, and
-    names the problem as it would alone)."""
-    decoded: dict[int, tuple[AnyEvent, ...]] = {}
-    for seq, run_id, data in batch:
-        if is_gate_id(run_id):
-            continue
-        try:
-            decoded[seq] = codec.decode_events(data)
-        except DagnatsError:
-            continue
-    return decoded
-
-
 async def _stream_last_or_none(js: JetStreamContext) -> int | None:
     """The history stream's last sequence, or None when it cannot be read now (each lane's
     status write then tries, and logs, on its own)."""
@@ -253,4 +230,4 @@ async def _stream_last_or_none(js: JetStreamContext) -> int | None:
         return None
 
 
-__all__ = ["RegroupError", "SharedTail", "decode_batch", "lanes_max"]
+__all__ = ["RegroupError", "SharedTail", "lanes_max"]

@@ -40,17 +40,15 @@ from kernel import codec
 from kernel.admission import is_gate_id
 from kernel.errors import DagnatsError
 from kernel.state import INITIAL_STATE
-from projections.base import CheckpointMovedError, Decoded, Message
+from projections.base import CheckpointMovedError, Message
 from projections.snapshot import (
     SCHEMA,
+    Decoded,
     Snapshot,
     SnapshotFolder,
     decode_snapshot,
     encode_snapshot,
     fold_messages,
-)
-from projections.snapshot import (
-    Decoded as RunEvents,
 )
 
 log = logging.getLogger("dagnats.projector")
@@ -223,9 +221,7 @@ class SnapshotTarget:
             ) from None
         self._seq = seq
 
-    async def apply(
-        self, messages: list[Message], after_seq: int, decoded: Decoded | None = None
-    ) -> tuple[int, int]:
+    async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
         """Fold a batch and write the snapshots now due; the checkpoint is written with them
         (under its revision: a rebuild or another owner meanwhile raises
         CheckpointMovedError), or at the latest `snapshot_checkpoint_interval_ms` later
@@ -233,23 +229,21 @@ class SnapshotTarget:
         costs only a refold after a crash (each snapshot carries its own last sequence)."""
         if after_seq != self._applied_seq:
             raise CheckpointMovedError(SNAPSHOTS, self._applied_seq, after_seq)
-        batch: list[RunEvents] = []
+        decoded: list[Decoded] = []
         events = 0
         for seq, run_id, data in messages:
             if is_gate_id(run_id):
                 continue  # an admission gate's history (kernel/admission.py), not a run's
-            decoded_events = decoded(seq) if decoded is not None else None
-            if decoded_events is None:
-                try:
-                    decoded_events = codec.decode_events(data)  # (the command is not needed)
-                except DagnatsError as error:
-                    log.warning("snapshots: message %d of run %s skipped: %s", seq, run_id, error)
-                    continue
-            batch.append((seq, run_id, decoded_events))
+            try:
+                decoded_events = codec.decode_events(data)  # (the command is not needed)
+            except DagnatsError as error:
+                log.warning("snapshots: message %d of run %s skipped: %s", seq, run_id, error)
+                continue
+            decoded.append((seq, run_id, decoded_events))
             events += len(decoded_events)
-        for run_id in self.folder.to_load(batch):
+        for run_id in self.folder.to_load(decoded):
             await self._load(run_id)
-        due = self.folder.apply(batch)
+        due = self.folder.apply(decoded)
         for problem in self.folder.problems[:10]:
             log.warning("snapshots: %s", problem)
         self.folder.problems.clear()

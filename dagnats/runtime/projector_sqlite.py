@@ -24,7 +24,6 @@ from dagnats.runtime.resources import check_token
 from kernel.errors import DagnatsError
 from projections.base import (
     BatchResult,
-    Decoded,
     Message,
     SqliteProjection,
     SqliteRunner,
@@ -109,21 +108,18 @@ class SqliteTarget:
         assert runner is not None
         return await asyncio.to_thread(runner.open, now_ms())
 
-    async def apply(
-        self, messages: list[Message], after_seq: int, decoded: Decoded | None = None
-    ) -> tuple[int, int]:
+    async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
         runner = self.runner
         assert runner is not None, "open first"
         result = None
         if self.inline and _small(messages):
             self._set_busy_timeout(0)  # inline never waits for another writer's lock
-            result = _apply_inline(runner, messages, after_seq, decoded)
+            result = _apply_inline(runner, messages, after_seq)
         if result is None:
             self._set_busy_timeout(_busy_timeout_ms)
             result = await asyncio.to_thread(
-                runner.apply_batch, messages, after_seq=after_seq, now_ms=now_ms(),
-                decoded=decoded,
-            )  # fmt: skip
+                runner.apply_batch, messages, after_seq=after_seq, now_ms=now_ms()
+            )
         problems = [*result.problems, *_drain_problems(self.projection)]
         for problem in problems[:10]:
             log.warning("projection %s: %s", self.name, problem)
@@ -160,13 +156,13 @@ def _small(messages: list[Message]) -> bool:
 
 
 def _apply_inline(
-    runner: SqliteRunner, messages: list[Message], after_seq: int, decoded: Decoded | None
+    runner: SqliteRunner, messages: list[Message], after_seq: int
 ) -> BatchResult | None:
     """Apply a small batch in this thread, on a connection whose busy timeout is 0 (it never
     waits for the file's write lock); None when another connection holds it (nothing was
     applied: the caller uses a thread)."""
     try:
-        return runner.apply_batch(messages, after_seq=after_seq, now_ms=now_ms(), decoded=decoded)
+        return runner.apply_batch(messages, after_seq=after_seq, now_ms=now_ms())
     except sqlite3.OperationalError as error:
         if "locked" not in str(error) and "busy" not in str(error):
             raise
