@@ -1,7 +1,8 @@
 """How a live projection tail cuts batches (`dagnats.runtime.projector.next_batch`): a batch
 lingers from its first message's arrival, so messages that arrive while the previous batch is
-applied join the next one instead of making a batch of their own; a backlog (catching up) is
-taken at once, and an idle tail returns None."""
+applied join the next one instead of making a batch of their own (once the tail is live); a
+backlog, or what the reader holds while catching up, is taken at once, and an idle tail
+returns None."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def test_a_message_that_arrived_while_a_batch_was_applied_waits_for_the_next_one
 
     async def scenario() -> list[Message] | None:
         pending = PendingMessages(10)
+        pending.live = True
         await pending.put(message(1))  # arrived while the previous batch was being applied
 
         async def later() -> None:
@@ -41,6 +43,7 @@ def test_a_message_that_arrived_while_a_batch_was_applied_waits_for_the_next_one
 def test_a_message_waiting_longer_than_the_linger_is_taken_at_once() -> None:
     async def scenario() -> tuple[list[Message] | None, bool]:
         pending = PendingMessages(10)
+        pending.live = True
         await pending.put(message(1))
         pending.oldest_at = time.monotonic() - 10 * LINGER_S  # it has waited long enough
         arrived: list[Message] = []
@@ -58,6 +61,30 @@ def test_a_message_waiting_longer_than_the_linger_is_taken_at_once() -> None:
     batch, at_once = asyncio.run(scenario())
     assert batch == [message(1)], batch
     assert at_once, "next_batch lingered for a message already older than the linger"
+
+
+def test_catching_up_what_the_reader_holds_is_taken_at_once() -> None:
+    """Before the tail is live (reading what the stream held), a batch does not wait for the
+    reader: the messages it holds are taken as they are (a linger there would only idle)."""
+
+    async def scenario() -> tuple[list[Message] | None, bool]:
+        pending = PendingMessages(10)
+        await pending.put(message(1))
+        arrived: list[Message] = []
+
+        async def later() -> None:
+            await pending.put(message(2))
+            arrived.append(message(2))
+
+        putter = asyncio.create_task(later())
+        batch = await next_batch(pending, IDLE_S, 1.0, batch_max=10)
+        taken_before_the_putter_ran = not arrived
+        await putter
+        return batch, taken_before_the_putter_ran
+
+    batch, at_once = asyncio.run(scenario())
+    assert batch == [message(1)], batch
+    assert at_once, "next_batch lingered while catching up"
 
 
 def test_a_backlog_is_taken_at_once_in_batches_of_at_most_batch_max() -> None:

@@ -18,8 +18,8 @@ targets say where a projection lives:
 While tailing live, a batch is what the reader has gathered `batch_linger_ms` (100 ms) after
 its first message arrived (at most `batch_max`; `PendingMessages`): one SQLite transaction or
 one set of KV writes per batch, not per message, so a live projection trails history by about
-the linger plus the batch's own time. Catching up (`batch_max` messages waiting), batches are
-taken at once.
+the linger plus the batch's own time. Catching up (reading what the stream held when the
+tail started), what the reader holds is taken at once, as is a backlog of `batch_max`.
 
 A target shared by every engine on one NATS (the snapshots) runs under a lease
 (`dagnats.runtime.lease`): one engine's projector follows it, the others stand by and take
@@ -166,18 +166,22 @@ async def stream_last_seq(js: JetStreamContext) -> int:
 
 class PendingMessages:
     """What a tail has read and no batch has taken yet (a bounded queue), with the time the
-    oldest of it arrived: a batch lingers from its first message's arrival, not from when
-    its consumer came back for it (a batch applied while messages kept coming would
-    otherwise be followed at once by a batch of the few that came meanwhile)."""
+    oldest of it arrived: once the tail is `live` (it has read what the stream held when it
+    started), a batch lingers from its first message's arrival, not from when its consumer
+    came back for it (a batch applied while messages kept coming would otherwise be followed
+    at once by a batch of the few that came meanwhile)."""
 
     def __init__(self, size: int) -> None:
         assert size >= 1, size
         self.queue: asyncio.Queue[Message] = asyncio.Queue(size)
         self.oldest_at = 0.0  # time.monotonic() when the oldest waiting message arrived
+        self.last_seq = 0  # of the last message put
+        self.live = False  # the reader tails the stream (it has caught up once)
 
     async def put(self, message: Message) -> None:
         """Add a message (waiting while the queue is full)."""
         queue = self.queue
+        self.last_seq = message[0]
         if queue.empty():
             self.oldest_at = time.monotonic()
         if queue.full():
@@ -190,8 +194,8 @@ async def next_batch(
     pending: PendingMessages, idle_s: float, linger_s: float, batch_max: int
 ) -> list[Message] | None:
     """The next batch of a tail's messages: at most `batch_max`, taken `linger_s` after its
-    first message arrived (at once when `batch_max` wait: catching up); None when nothing
-    came within `idle_s`."""
+    first message arrived (at once when `batch_max` wait, or when catching up: the tail is
+    not live yet and messages wait); None when nothing came within `idle_s`."""
     assert batch_max >= 1, batch_max
     queue = pending.queue
     if queue.empty():
@@ -201,7 +205,7 @@ async def next_batch(
             return None
         due = time.monotonic() + linger_s  # (it has just arrived)
     else:
-        due = pending.oldest_at + linger_s
+        due = pending.oldest_at + linger_s if pending.live else 0.0
         first = queue.get_nowait()
     if linger_s > 0 and queue.qsize() + 1 < batch_max:
         delay = due - time.monotonic()
@@ -349,12 +353,14 @@ class Projector:
     async def _follow(self, stop: asyncio.Event, until_seq: int | None) -> None:
         pending = PendingMessages(self.batch_max * 2)
         pump = asyncio.create_task(self._pump(self.position, pending))
-        linger_s = self.linger_s if until_seq is None else 0.0  # (catch_up: nothing to wait for)
         try:
             while not stop.is_set():
                 if until_seq is not None and self.position >= until_seq:
                     await self.target.settle()
                     return
+                # (catching up, once the last message wanted is read: nothing to wait for)
+                read_all = until_seq is not None and pending.last_seq >= until_seq
+                linger_s = 0.0 if read_all else self.linger_s
                 batch = await next_batch(pending, self.idle_s, linger_s, self.batch_max)
                 if batch is None:
                     await self._idle(pump, until_seq)
@@ -391,6 +397,7 @@ class Projector:
         async for message in read_until(self.js, after_seq, until):
             after_seq = message[0]
             await pending.put(message)
+        pending.live = True
         async for message in tail(self.js, after_seq):
             await pending.put(message)
 

@@ -217,6 +217,7 @@ class SharedTail:
         async for message in read_until(self.js, after_seq, until):
             after_seq = message[0]
             await pending.put(message)
+        pending.live = True
         async for message in tail(self.js, after_seq):
             await pending.put(message)
 
