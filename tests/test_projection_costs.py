@@ -6,7 +6,8 @@
 - the rows are the same as before: the incremental tables equal a rebuild (the properties
   are in tests/test_projections_properties.py; here, once more under the statement trace);
 - a live tail's inline batches leave the busy timeout at 0 (no PRAGMA per batch); the
-  checkpoint read and batches in a thread set it back (they may wait for a lock);
+  checkpoint read and batches in a thread set it back (they may wait for a lock); a live
+  batch of about 100 ms of a chain is applied inline too;
 - `read_checkpoint` of a database without the checkpoints table is None, as before.
 """
 
@@ -102,3 +103,28 @@ async def test_inline_batches_set_no_busy_timeout_per_batch(tmp_path: Path) -> N
         await target.close()
     pragmas = [s for s in statements if s.startswith("PRAGMA busy_timeout")]
     assert pragmas == ["PRAGMA busy_timeout = 0", "PRAGMA busy_timeout = 30000"], pragmas
+
+
+async def test_a_live_tails_batch_of_a_hundred_ms_is_applied_inline(tmp_path: Path) -> None:
+    """A live 10-step chain's batch (about 40 messages in 100 ms) runs in the loop's thread:
+    in a worker thread each row's step lets go of the GIL and the loop takes it (futex calls
+    by the thousand). Old bound: 16 messages, so such a batch went to the thread."""
+    runs = 14
+    batch: list[Message] = []
+    for index in range(runs):
+        run_id = f"run-{index}"
+        batch.extend((0, run_id, data) for data in completed_run(run_id))
+    batch = [(seq, run_id, data) for seq, (_, run_id, data) in enumerate(batch, 1)]
+    assert len(batch) >= 40, len(batch)
+    target = SqliteTarget(tmp_path / "dagnats.sqlite", QueryTables(), inline=True)
+    position = await target.open()
+    assert target.db is not None
+    statements: list[str] = []
+    target.db.conn.set_trace_callback(statements.append)
+    try:
+        position, applied = await target.apply(batch, position)
+        assert position == len(batch) and applied > len(batch), (position, applied)
+    finally:
+        await target.close()
+    pragmas = [s for s in statements if s.startswith("PRAGMA busy_timeout")]
+    assert pragmas == ["PRAGMA busy_timeout = 0"], f"not applied inline: {pragmas}"

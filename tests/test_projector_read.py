@@ -1,17 +1,25 @@
-"""The projector's catch-up read (`projector_read.read_until`, the lean push consumer): the
+"""The projector's reads by the lean push consumer (`projector_read`): `read_until` gives the
 same (seq, run id, payload) as the ordered consumer's tail, from any start, ending at the
-given last sequence; and a Projector that catches up by it, then tails, misses nothing."""
+given last sequence; `tail` gives the same, then what is appended after it started, and goes
+on after its server restarts (nothing missed, nothing twice); a Projector that catches up by
+the one, then tails by the other, misses nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from pathlib import Path
 
 from nats.js import JetStreamContext
 
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector import Projector
 from dagnats.runtime.projector_read import read_until
+from dagnats.runtime.projector_read import tail as lean_tail
 from dagnats.runtime.resources import history_subject
+from projections.base import Message
+from tests.nats_fixtures import RestartableServer
 
 RUNS = 7
 PER_RUN = 30
@@ -49,6 +57,43 @@ async def test_read_until_is_the_tail_of_the_same_messages(private_js: JetStream
         assert read == expected, (after, until)
         assert [m[0] for m in read] == list(range(after + 1, until + 1))
     assert [m async for m in read_until(private_js, seqs[-1], seqs[-1])] == []
+
+
+async def take(messages: AsyncGenerator[Message, None], count: int) -> list[Message]:
+    """The next `count` messages of a tail (each within BOUND_S)."""
+    return [await asyncio.wait_for(anext(messages), BOUND_S) for _ in range(count)]
+
+
+async def test_tail_gives_what_the_ordered_consumer_gives_then_what_comes(
+    private_js: JetStreamContext,
+) -> None:
+    seqs = await publish(private_js, RUNS * PER_RUN, "tail")
+    after = seqs[len(seqs) // 3]
+    async with contextlib.aclosing(lean_tail(private_js, after)) as reader:
+        held = await take(reader, seqs[-1] - after)
+        expected = await asyncio.wait_for(tail(private_js, after, seqs[-1] - after), BOUND_S)
+        assert held == expected
+        later = await publish(private_js, RUNS, "later")
+        live = await take(reader, RUNS)
+    assert [m[0] for m in live] == later
+    assert [m[1] for m in live] == [f"later-{index}" for index in range(RUNS)]
+    assert live[-1][2] == f"later:{RUNS - 1}".encode()
+
+
+async def test_tail_goes_on_after_its_server_restarts(tmp_path: Path) -> None:
+    restartable = RestartableServer(tmp_path / "nats")
+    try:
+        js = (await restartable.start()).jetstream()
+        before = await publish(js, RUNS, "before")
+        async with contextlib.aclosing(lean_tail(js, 0)) as reader:
+            first = await take(reader, RUNS)
+            await restartable.restart()
+            after = await publish(js, RUNS, "after")
+            second = await take(reader, RUNS)
+        assert [m[0] for m in first] == before
+        assert [m[0] for m in second] == after, "a message missed or given twice"
+    finally:
+        await restartable.close()
 
 
 class Recorder:

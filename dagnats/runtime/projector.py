@@ -1,7 +1,7 @@
 """The projector: runs projections against the history stream (catch up, then tail live).
 
-A `Projector` follows `DAGNATS_HISTORY` from a target's checkpoint with an ordered consumer
-(`JetStreamEventLog.tail`), hands it bounded batches, and measures position, lag and rate. The
+A `Projector` follows `DAGNATS_HISTORY` from a target's checkpoint with a lean push consumer
+(`projector_read.tail`), hands it bounded batches, and measures position, lag and rate. The
 targets say where a projection lives:
 
 - `SqliteTarget` (in `projector_sqlite`, re-exported here): a `projections.base.SqliteProjection`
@@ -16,9 +16,10 @@ targets say where a projection lives:
   whatever its checkpoint says.
 
 While tailing live, a batch is what the reader has gathered `batch_linger_ms` (100 ms) after
-its first message (at most `batch_max`): one SQLite transaction or one set of KV writes per
-batch, not per message, so a live projection trails history by about the linger plus the
-batch's own time. Catching up (messages already waiting), batches are taken at once.
+its first message arrived (at most `batch_max`; `PendingMessages`): one SQLite transaction or
+one set of KV writes per batch, not per message, so a live projection trails history by about
+the linger plus the batch's own time. Catching up (reading what the stream held when the
+tail started), what the reader holds is taken at once, as is a backlog of `batch_max`.
 
 A target shared by every engine on one NATS (the snapshots) runs under a lease
 (`dagnats.runtime.lease`): one engine's projector follows it, the others stand by and take
@@ -51,7 +52,7 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.lease import Lease, LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.parked import RunParkedError, decode_message, unfoldable
-from dagnats.runtime.projector_read import read_until
+from dagnats.runtime.projector_read import read_until, tail
 from dagnats.runtime.projector_snapshot import (  # re-exported: see __all__
     MARKER_KEY,
     SNAPSHOTS,
@@ -163,19 +164,53 @@ async def stream_last_seq(js: JetStreamContext) -> int:
 # -- the runner ----------------------------------------------------------------------------
 
 
+class PendingMessages:
+    """What a tail has read and no batch has taken yet (a bounded queue), with the time the
+    oldest of it arrived: once the tail is `live` (it has read what the stream held when it
+    started), a batch lingers from its first message's arrival, not from when its consumer
+    came back for it (a batch applied while messages kept coming would otherwise be followed
+    at once by a batch of the few that came meanwhile)."""
+
+    def __init__(self, size: int) -> None:
+        assert size >= 1, size
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(size)
+        self.oldest_at = 0.0  # time.monotonic() when the oldest waiting message arrived
+        self.last_seq = 0  # of the last message put
+        self.live = False  # the reader tails the stream (it has caught up once)
+
+    async def put(self, message: Message) -> None:
+        """Add a message (waiting while the queue is full)."""
+        queue = self.queue
+        self.last_seq = message[0]
+        if queue.empty():
+            self.oldest_at = time.monotonic()
+        if queue.full():
+            await queue.put(message)
+        else:  # (no coroutine per message)
+            queue.put_nowait(message)
+
+
 async def next_batch(
-    queue: asyncio.Queue[Message], idle_s: float, linger_s: float, batch_max: int
+    pending: PendingMessages, idle_s: float, linger_s: float, batch_max: int
 ) -> list[Message] | None:
-    """The next batch of a tail's queue (at most `batch_max`, lingering `linger_s` first when
-    the tail was live so a batch can gather); None when nothing came within `idle_s`."""
+    """The next batch of a tail's messages: at most `batch_max`, taken `linger_s` after its
+    first message arrived (at once when `batch_max` wait, or when catching up: the tail is
+    not live yet and messages wait); None when nothing came within `idle_s`."""
     assert batch_max >= 1, batch_max
-    live = queue.empty()  # tailing: nothing was waiting (catching up: no linger)
-    try:
-        first = await asyncio.wait_for(queue.get(), idle_s)
-    except TimeoutError:
-        return None
-    if live and linger_s > 0:
-        await asyncio.sleep(linger_s)  # let a batch gather (fewer writes)
+    queue = pending.queue
+    if queue.empty():
+        try:
+            first = await asyncio.wait_for(queue.get(), idle_s)
+        except TimeoutError:
+            return None
+        due = time.monotonic() + linger_s  # (it has just arrived)
+    else:
+        due = pending.oldest_at + linger_s if pending.live else 0.0
+        first = queue.get_nowait()
+    if linger_s > 0 and queue.qsize() + 1 < batch_max:
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # let a batch gather (fewer writes)
     batch = [first]
     while len(batch) < batch_max and not queue.empty():
         batch.append(queue.get_nowait())
@@ -201,7 +236,6 @@ class Projector:
         self.target = target
         self.batch_max = batch_max
         self.idle_s = idle_ms / 1000
-        self.history = JetStreamEventLog(js)
         self.position = 0
         self.events = 0
         self.rate = 0.0
@@ -317,14 +351,17 @@ class Projector:
             await asyncio.sleep(settings.lease_refresh_interval_ms / 1000 / 4)
 
     async def _follow(self, stop: asyncio.Event, until_seq: int | None) -> None:
-        queue: asyncio.Queue[Message] = asyncio.Queue(self.batch_max * 2)
-        pump = asyncio.create_task(self._pump(self.position, queue))
+        pending = PendingMessages(self.batch_max * 2)
+        pump = asyncio.create_task(self._pump(self.position, pending))
         try:
             while not stop.is_set():
                 if until_seq is not None and self.position >= until_seq:
                     await self.target.settle()
                     return
-                batch = await next_batch(queue, self.idle_s, self.linger_s, self.batch_max)
+                # (catching up, once the last message wanted is read: nothing to wait for)
+                read_all = until_seq is not None and pending.last_seq >= until_seq
+                linger_s = 0.0 if read_all else self.linger_s
+                batch = await next_batch(pending, self.idle_s, linger_s, self.batch_max)
                 if batch is None:
                     await self._idle(pump, until_seq)
                     continue
@@ -354,20 +391,15 @@ class Projector:
         self._count(0)
         await self._write_status()
 
-    async def _pump(self, after_seq: int, queue: asyncio.Queue[Message]) -> None:
+    async def _pump(self, after_seq: int, pending: PendingMessages) -> None:
         """Read what the stream holds now by the lean reader (`projector_read`), then tail."""
         until = await stream_last_seq(self.js)
         async for message in read_until(self.js, after_seq, until):
             after_seq = message[0]
-            if queue.full():
-                await queue.put(message)
-            else:
-                queue.put_nowait(message)
-        async for message in self.history.tail(after_seq):
-            if queue.full():  # (put_nowait otherwise: no coroutine per message)
-                await queue.put(message)
-            else:
-                queue.put_nowait(message)
+            await pending.put(message)
+        pending.live = True
+        async for message in tail(self.js, after_seq):
+            await pending.put(message)
 
     def _count(self, applied: int) -> None:
         self.events += applied
@@ -437,7 +469,8 @@ async def load_state(
 
 __all__ = [
     "LEASE_PREFIX", "MARKER_KEY", "SNAPSHOTS", "SQLITE_FILE", "KvSnapshotStore",
-    "ProjectionStatus", "ProjectionTarget", "Projector", "SnapshotTarget", "SqliteTarget",
+    "PendingMessages", "ProjectionStatus", "ProjectionTarget", "Projector", "SnapshotTarget",
+    "SqliteTarget",
     "check_name", "load_projection", "load_state", "next_batch", "open_database", "read_status",
     "status_key", "stream_last_seq",
 ]  # fmt: skip

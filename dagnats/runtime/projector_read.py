@@ -1,26 +1,34 @@
-"""The projector's catch-up read: the history messages already in the stream, by the lean
-push consumer of `dagnats.runtime.log_read` (about twice nats-py's ordered consumer, which
-parses every message's headers), with each message's run id from its subject.
+"""The projector's reads of the history stream, by the lean push consumer of
+`dagnats.runtime.log_read` (about twice nats-py's ordered consumer, which parses every
+message's headers), with each message's run id from its subject: `read_until`, what the
+stream holds up to a sequence (catching up), and `tail`, every message after a sequence as
+it is appended (a live projection; `log_read.LiveReader`, which makes its consumer again after
+a gap, a reconnect or a silence, from the message after the last it received).
 
 A `Projector` catching up (`catch_up`, or a live one behind) reads up to the stream's last
-sequence as of its start this way, then tails on with the ordered consumer (`log.tail`).
+sequence as of its start with `read_until`, then tails on with `tail`.
 This module only reads; it never writes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncGenerator
+from typing import Final
 
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
-from dagnats.runtime.log_read import HistoryReader
+from dagnats.runtime.log_read import HistoryReader, LiveReader
 from dagnats.runtime.resources import HISTORY_STREAM, HISTORY_SUBJECTS, run_id_of_history_subject
 from kernel.errors import DagnatsError
 
 Message = tuple[int, str, bytes]
+# How long a tail waits for the next message before it looks again (a bound on one wait; the
+# reader itself makes its consumer again when it hears nothing, not even a heartbeat).
+tail_wait_ms: Final = 60_000
 
 
 class _SubjectReader(HistoryReader):
@@ -64,4 +72,44 @@ async def read_until(
             "twice (is nats-server up?)"
         ) from None
 
-__all__ = ["read_until"]
+
+class _LiveSubjectReader(LiveReader):
+    """A LiveReader of every history subject that keeps each message's subject, in step with
+    its items."""
+
+    def __init__(self, js: JetStreamContext, after_seq: int) -> None:
+        super().__init__(js, HISTORY_STREAM, HISTORY_SUBJECTS, after_seq)
+        self.subjects: deque[bytes] = deque()
+
+    async def _on_message(
+        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        held = len(self.items)
+        await super()._on_message(subject, reply, data, headers)
+        if len(self.items) > held:  # (it took the message)
+            self.subjects.append(subject)
+
+
+async def tail(js: JetStreamContext, after_seq: int) -> AsyncGenerator[Message, None]:
+    """Yield (seq, run id, payload) of every history message with seq > after_seq, in order,
+    as it is appended (forever; close the generator to stop).
+
+    Raises:
+        nats.errors.Error, nats.js.errors.Error: the first consumer was not made.
+    """
+    assert after_seq >= 0, after_seq
+    reader = _LiveSubjectReader(js, after_seq)
+    subjects = reader.subjects
+    try:
+        await reader.open()
+        while True:
+            item = await reader.next(time.monotonic() + tail_wait_ms / 1000)
+            if item is None:
+                continue  # (nothing came: wait again)
+            seq, data = item
+            yield seq, run_id_of_history_subject(subjects.popleft().decode()), data
+    finally:
+        await reader.close()
+
+
+__all__ = ["read_until", "tail"]

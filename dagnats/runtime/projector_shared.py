@@ -1,7 +1,7 @@
 """One tail of the history stream for several projections (serve's snapshots + query tables).
 
 `SharedTail` follows `DAGNATS_HISTORY` once for the projections this process owns and hands
-every batch to each of them: one ordered consumer (one delivery of each message by
+every batch to each of them: one push consumer (one delivery of each message by
 nats-server, one parse, one linger per batch) instead of one per projection. Each projection
 is a `Projector` lane (`dagnats.runtime.projector`) that keeps its own position, its own
 checkpoint (the SQLite one in its transaction, the KV one under its revision) and its own
@@ -37,8 +37,8 @@ from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
 from dagnats.runtime.lease import LeaseLostError
-from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector import (
+    PendingMessages,
     ProjectionTarget,
     Projector,
     batch_linger_ms,
@@ -47,6 +47,7 @@ from dagnats.runtime.projector import (
     retry_delay_ms,
     stream_last_seq,
 )
+from dagnats.runtime.projector_read import read_until, tail
 from kernel.errors import DagnatsError
 from projections.base import CheckpointMovedError, Message, batch_messages_max
 
@@ -81,7 +82,6 @@ class SharedTail:
         self.batch_max = batch_max
         self.idle_s = idle_ms / 1000
         self.linger_s = linger_ms / 1000
-        self.history = JetStreamEventLog(js)
         self.active: list[Projector] = []  # the lanes of the current group
         self.groups = 0  # groups opened (a regroup or a restart opens a new one)
 
@@ -160,11 +160,11 @@ class SharedTail:
 
     async def _follow(self, group: list[Projector], stop: asyncio.Event) -> None:
         start = min(lane.position for lane in group)
-        queue: asyncio.Queue[Message] = asyncio.Queue(self.batch_max * 2)
-        pump = asyncio.create_task(self._pump(start, queue))
+        pending = PendingMessages(self.batch_max * 2)
+        pump = asyncio.create_task(self._pump(start, pending))
         try:
             while not stop.is_set():
-                batch = await next_batch(queue, self.idle_s, self.linger_s, self.batch_max)
+                batch = await next_batch(pending, self.idle_s, self.linger_s, self.batch_max)
                 if batch is None:
                     await self._idle(group, pump)
                     continue
@@ -211,9 +211,15 @@ class SharedTail:
             lane._count(0)
             await lane._write_status(stream_last)
 
-    async def _pump(self, after_seq: int, queue: asyncio.Queue[Message]) -> None:
-        async for message in self.history.tail(after_seq):
-            await queue.put(message)
+    async def _pump(self, after_seq: int, pending: PendingMessages) -> None:
+        """Read what the stream holds now by the lean reader (`projector_read`), then tail."""
+        until = await stream_last_seq(self.js)
+        async for message in read_until(self.js, after_seq, until):
+            after_seq = message[0]
+            await pending.put(message)
+        pending.live = True
+        async for message in tail(self.js, after_seq):
+            await pending.put(message)
 
 
 async def _stream_last_or_none(js: JetStreamContext) -> int | None:
