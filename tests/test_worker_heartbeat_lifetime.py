@@ -5,7 +5,7 @@
   or a test suite with a loop per test) heartbeats its long tasks: the worker's one
   heartbeat timer (dagnats/worker_heartbeat.Heartbeats) must not be a handle of the loop
   that is gone.
-- The history tail (`JetStreamEventLog.tail`, a `_TailReader` keeping subjects beside its
+- The history tail (`JetStreamEventLog.tail`, a reader keeping subjects beside its
   items) names every message by its own run across many overflows of its reader.
 - The bridge's `Heartbeat`, once stopped, leaves no timer holding its batch's deliveries.
 """

@@ -4,8 +4,8 @@ Appends are conditional and deduplicated (STYLE 11): one publish per decision wi
 `Nats-Msg-Id` and `Nats-Expected-Last-Subject-Sequence`. A bounded read of a run is a lean push
 consumer (runtime/log_read.py: about 2x nats-py's ordered consumer, which costs more per
 message than the decode and fold of it), bounded by the run's last sequence when the read
-began; the live tail of all runs is the same consumer's live mode (`LiveReader`), each
-message's run read from its subject.
+began; the live tail of all runs is the same consumer's live mode (runtime/projector_read
+`tail`), each message's run read from its subject.
 
 Behaviour verified on nats-server 2.15.1 (tests/test_runtime_log.py):
 - expected last subject sequence 0 means "the subject has no message yet";
@@ -24,9 +24,7 @@ This module may publish to and read the history stream only; it does not decode 
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import time
 import weakref
 from collections.abc import AsyncGenerator
 from typing import Final
@@ -36,9 +34,9 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from dagnats.runtime import settings
+from dagnats.runtime import projector_read, settings
 from dagnats.runtime.js_publish import JetStreamPublisher
-from dagnats.runtime.log_read import HistoryReader, LiveReader
+from dagnats.runtime.log_read import HistoryReader
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
     HISTORY_SUBJECTS,
@@ -52,7 +50,6 @@ MSG_ID_HEADER: Final = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
 V1_ACK_TOKENS: Final = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>
 V2_ACK_TOKENS: Final = 12  # $JS.ACK.<domain>.<account hash>.<stream>... (nats-py accepts 11)
-tail_wait_s: Final = 3_600.0  # one wait of the live tail (it waits on after each: forever)
 
 
 class HistoryReadError(DagnatsError):
@@ -201,27 +198,15 @@ class JetStreamEventLog:
             seq = reader.next_seq - 1
             raise HistoryReadError(run_id, seq, last_seq, self.read_idle_timeout_ms) from None
 
-    async def tail(self, after_seq: int) -> AsyncGenerator[tuple[int, str, bytes], None]:
+    def tail(self, after_seq: int) -> AsyncGenerator[tuple[int, str, bytes], None]:
         """Yield (seq, run_id, payload) of every history message with seq > after_seq, live
-        (waits for new messages forever; close the iterator to stop), by the lean push
-        consumer's live mode (runtime/log_read.LiveReader: made again after a gap, a
-        reconnect or a silence, from the message after the last one given).
+        (waits for new messages forever; close the iterator to stop): the projections' lean
+        live read (runtime/projector_read.tail).
 
         Raises:
             nats.errors.Error, nats.js.errors.Error: the consumer was not made at first.
         """
-        assert after_seq >= 0, after_seq
-        reader = _TailReader(self.js, after_seq)
-        try:
-            await reader.open()
-            subjects = reader.subjects
-            while True:
-                item = await reader.next(time.monotonic() + tail_wait_s)
-                if item is not None:
-                    seq, data = item
-                    yield seq, run_id_of_history_subject(subjects.popleft().decode()), data
-        finally:
-            await reader.close()
+        return projector_read.tail(self.js, after_seq)
 
     async def list_runs(self, limit: int) -> list[str]:
         """Ids of runs with history (sorted), at most min(limit, settings.runs_listed_max)."""
@@ -248,19 +233,3 @@ def position(message: Msg) -> tuple[int, int]:
 
 
 
-
-class _TailReader(LiveReader):
-    """A live read of every run's history that keeps each message's subject (its run), in
-    step with the items it holds (`tail` takes one of each at a time)."""
-
-    def __init__(self, js: JetStreamContext, after_seq: int) -> None:
-        super().__init__(js, HISTORY_STREAM, HISTORY_SUBJECTS, after_seq)
-        self.subjects: collections.deque[bytes] = collections.deque()
-
-    async def _on_message(
-        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        held = len(self.items)
-        await super()._on_message(subject, reply, data, headers)
-        if len(self.items) > held:  # (it took the message)
-            self.subjects.append(subject)
