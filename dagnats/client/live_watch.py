@@ -173,7 +173,7 @@ class LiveWatch:
         fold = self._fold
         if fold is not None and not (self._incoming or self._read or self._reading):
             seq, last_seq = sequences = _sequences(headers)
-            if seq and last_seq == self.last_seq and not fold.ended and self._failure is None:
+            if seq > self.last_seq == last_seq and not fold.ended and self._failure is None:
                 self._fold_received(fold, seq, data)
                 return
             self._hold((*sequences, data))
@@ -261,8 +261,8 @@ class LiveWatch:
         incoming = self._incoming
         if not incoming and timeout_s > 0:
             await self._wakeup.wait(asyncio.get_running_loop().time() + timeout_s)
-        if not incoming:
-            return None
+        if not incoming or (self._fold is not None and self._fold.ended):
+            return None  # (or the fold ended in the read loop meanwhile: `next` says so)
         item = incoming.popleft()
         self._incoming_bytes -= len(item[2])
         return item

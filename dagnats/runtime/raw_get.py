@@ -67,6 +67,7 @@ class _Requests:
         self.waiting: dict[bytes, asyncio.Future[Answer]] = {}
         self._count = 0
         self._lock = asyncio.Lock()
+        self._room = asyncio.Semaphore(raw_requests_max)  # requests waiting, at most
 
     async def request(self, subject: str, body: bytes, timeout_s: float) -> Answer:
         """The answer's (headers, data).
@@ -75,7 +76,11 @@ class _Requests:
             nats.errors.TimeoutError: no answer within `timeout_s`.
         """
         assert timeout_s > 0, timeout_s
-        assert len(self.waiting) < raw_requests_max, f"{len(self.waiting)} requests waiting"
+        async with self._room:  # (more at once wait for room: callers may gather thousands)
+            assert len(self.waiting) < raw_requests_max, f"{len(self.waiting)} requests waiting"
+            return await self._request(subject, body, timeout_s)
+
+    async def _request(self, subject: str, body: bytes, timeout_s: float) -> Answer:
         if not self.subscribed:
             await self._subscribe()
         self._count += 1
