@@ -1,5 +1,6 @@
-"""Review of the client's start/wait path (raw gets through the router, a wait's fold in the
-read loop), against a real nats-server: each test here failed on the code as merged."""
+"""The client's start/wait path under load and races (raw gets through the router, a wait's
+fold in the read loop), against a real nats-server: many gets at once, a message after the
+run's end read with it, a stray republished message, late answers, deleted workflows."""
 
 from __future__ import annotations
 
