@@ -10,12 +10,16 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from dagnats.runtime.projector import Projector
+from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.projector import Projector, SnapshotTarget, SqliteTarget, stream_last_seq
 from dagnats.runtime.projector_read import read_until
 from dagnats.runtime.projector_shared import SharedTail
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 from projections.base import Message
+from projections.sqlite import QueryTables
 from tests.nats_fixtures import RestartableServer, wait_for
+from tests.projection_support import completed_run
+from tests.test_projector_shared import alone, append, dump, snapshots
 
 BOUND_S = 30.0
 
@@ -186,3 +190,46 @@ async def test_catch_up_of_a_history_purged_whole_ends(private_js: JetStreamCont
     lane = Keeper("empty")
     position = await asyncio.wait_for(Projector(private_js, lane).catch_up(), BOUND_S)
     assert (lane.seen, position) == ([], 0)
+
+
+async def test_shared_snapshots_and_tables_across_a_restart_equal_a_rebuild(
+    tmp_path: Path,
+) -> None:
+    """Serve's shared tail (snapshots + inline query tables) live while nats-server restarts
+    between two bursts of runs: the tables and the snapshots equal each built from zero."""
+    restartable = RestartableServer(tmp_path / "nats")
+    try:
+        js = (await restartable.start()).jetstream()
+        log = JetStreamEventLog(js)
+        for index in range(8):
+            await append(log, f"early-{index}", completed_run(f"early-{index}", at_ms=1_000))
+        path = tmp_path / "shared.sqlite"
+        sqlite = SqliteTarget(path, QueryTables(), inline=True)
+        tail = SharedTail(js, (SnapshotTarget(js), sqlite), batch_max=9)
+        stop = asyncio.Event()
+        task = asyncio.create_task(tail.run(stop))
+        try:
+            first = await stream_last_seq(js)
+            await wait_for(
+                lambda: len(tail.active) == 2 and all(x.position == first for x in tail.active),
+                timeout_ms=int(BOUND_S * 1000), what="both lanes at the first burst's end",
+            )  # fmt: skip
+            await restartable.restart()
+            for index in range(8):
+                await append(log, f"late-{index}", completed_run(f"late-{index}", at_ms=9_000))
+            last = await stream_last_seq(js)
+            await wait_for(
+                lambda: all(x.position == last for x in tail.active) and not task.done(),
+                timeout_ms=int(BOUND_S * 1000), what="both lanes at the stream's end",
+            )  # fmt: skip
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, BOUND_S)
+            await sqlite.close()
+        got = dump(path), await snapshots(js)
+        want = await alone(js, tmp_path / "alone.sqlite")
+        assert got[0] == want[0], "query tables"
+        assert got[1] == want[1], "snapshots"
+        assert len(got[1]) == 16, sorted(got[1])
+    finally:
+        await restartable.close()
