@@ -5,6 +5,7 @@ asked for was purged, when their server restarts, and under a burst while a batc
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -233,3 +234,50 @@ async def test_shared_snapshots_and_tables_across_a_restart_equal_a_rebuild(
         assert len(got[1]) == 16, sorted(got[1])
     finally:
         await restartable.close()
+
+
+async def test_inline_tables_while_another_writer_holds_the_file(
+    private_js: JetStreamContext, tmp_path: Path
+) -> None:
+    """The shared tail's inline query tables meet a file another connection holds for
+    writing: the batch goes to a thread and waits; nothing is applied twice or skipped (the
+    tables equal a rebuild)."""
+    log = JetStreamEventLog(private_js)
+    path = tmp_path / "shared.sqlite"
+    sqlite = SqliteTarget(path, QueryTables(), inline=True)
+    tail = SharedTail(private_js, (sqlite,), batch_max=5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(tail.run(stop))
+    try:
+        await append(log, "first", completed_run("first"))
+        first = await stream_last_seq(private_js)
+        await wait_for(
+            lambda: bool(tail.active) and tail.active[0].position == first,
+            timeout_ms=int(BOUND_S * 1000), what="the first run applied",
+        )  # fmt: skip
+        assert sqlite._busy_ms == 0, "the first batch was applied inline"
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the file
+        try:
+            for index in range(6):
+                await append(log, f"held-{index}", completed_run(f"held-{index}"))
+            await wait_for(  # the inline try met the lock: the batch waits in a thread
+                lambda: sqlite._busy_ms > 0, timeout_ms=int(BOUND_S * 1000), what="a thread"
+            )
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        last = await stream_last_seq(private_js)
+        await wait_for(
+            lambda: tail.active[0].position == last and not task.done(),
+            timeout_ms=int(BOUND_S * 1000), what="every run applied",
+        )  # fmt: skip
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, BOUND_S)
+        await sqlite.close()
+    rebuilt = tmp_path / "rebuilt.sqlite"
+    again = SqliteTarget(rebuilt, QueryTables())
+    await Projector(private_js, again).catch_up()
+    await again.close()
+    assert dump(path) == dump(rebuilt)
