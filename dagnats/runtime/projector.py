@@ -355,7 +355,7 @@ class Projector:
         pump = asyncio.create_task(self._pump(self.position, pending))
         try:
             while not stop.is_set():
-                if until_seq is not None and self.position >= until_seq:
+                if until_seq is not None and self._caught_up(pending, until_seq):
                     await self.target.settle()
                     return
                 # (catching up, once the last message wanted is read: nothing to wait for)
@@ -376,6 +376,14 @@ class Projector:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+
+    def _caught_up(self, pending: PendingMessages, until_seq: int) -> bool:
+        """Whether a catch-up to until_seq is done: applied up to it, or the reader has read
+        all the stream still holds up to it (it tails now: the rest was deleted) and every
+        message read is applied (nothing more up to until_seq will come)."""
+        if self.position >= until_seq:
+            return True
+        return pending.live and pending.queue.empty() and pending.last_seq <= self.position
 
     async def _idle(self, pump: asyncio.Task[None], until_seq: int | None) -> None:
         self._check_lease()

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Final
 
+import nats.js.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
@@ -56,7 +57,7 @@ async def read_until(
     Raises:
         DagnatsError: no message arrived within settings.read_idle_timeout_ms, twice.
     """
-    if last_seq <= after_seq:
+    if last_seq <= after_seq or not await _holds_any(js, after_seq, last_seq):
         return
     reader = _SubjectReader(js, after_seq, last_seq)
     subjects = reader.subjects
@@ -71,6 +72,17 @@ async def read_until(
             f"no message within read_idle_timeout_ms={settings.read_idle_timeout_ms}, "
             "twice (is nats-server up?)"
         ) from None
+
+
+async def _holds_any(js: JetStreamContext, after_seq: int, last_seq: int) -> bool:
+    """Whether the stream still holds a history message with after_seq < seq <= last_seq (one
+    request): a consumer started on a range purged whole, with nothing after it, hears only
+    heartbeats, and the read would end in a stall error instead of with nothing."""
+    try:
+        found = await js.get_msg(HISTORY_STREAM, after_seq + 1, HISTORY_SUBJECTS, next=True)
+    except nats.js.errors.NotFoundError:
+        return False
+    return found.seq is not None and found.seq <= last_seq
 
 
 class _LiveSubjectReader(LiveReader):
