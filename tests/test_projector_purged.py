@@ -1,4 +1,4 @@
-"""Review of the merged projection tail (r10-rev3), against a real nats-server: what the lean
+"""The projections' reads of the history against a real nats-server: what the lean
 reads (`projector_read.read_until`, `tail`) and the shared tail do when the history they are
 asked for was purged, when their server restarts, and under a burst while a batch lingers."""
 
