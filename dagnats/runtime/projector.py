@@ -352,7 +352,7 @@ class Projector:
 
     async def _follow(self, stop: asyncio.Event, until_seq: int | None) -> None:
         pending = PendingMessages(self.batch_max * 2)
-        pump = asyncio.create_task(self._pump(self.position, pending))
+        pump = asyncio.create_task(read_then_tail(self.js, self.position, pending))
         try:
             while not stop.is_set():
                 if until_seq is not None and self._caught_up(pending, until_seq):
@@ -399,16 +399,6 @@ class Projector:
         self._count(0)
         await self._write_status()
 
-    async def _pump(self, after_seq: int, pending: PendingMessages) -> None:
-        """Read what the stream holds now by the lean reader (`projector_read`), then tail."""
-        until = await stream_last_seq(self.js)
-        async for message in read_until(self.js, after_seq, until):
-            after_seq = message[0]
-            await pending.put(message)
-        pending.live = True
-        async for message in tail(self.js, after_seq):
-            await pending.put(message)
-
     def _count(self, applied: int) -> None:
         self.events += applied
         self._window_events += applied
@@ -439,6 +429,18 @@ class Projector:
         except (nats.errors.Error, TimeoutError) as error:
             self._status_kv = None  # the bucket may have been deleted: look it up again
             log.debug("projection %s: status not written (%s)", self.target.name, error)
+
+
+async def read_then_tail(js: JetStreamContext, after_seq: int, pending: PendingMessages) -> None:
+    """Put every history message after `after_seq` into `pending`: what the stream holds now
+    by the lean reader (`projector_read.read_until`), then, marked live, as it is appended."""
+    until = await stream_last_seq(js)
+    async for message in read_until(js, after_seq, until):
+        after_seq = message[0]
+        await pending.put(message)
+    pending.live = True
+    async for message in tail(js, after_seq):
+        await pending.put(message)
 
 
 # -- loading a run: snapshot + tail --------------------------------------------------------

@@ -22,7 +22,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
-from dagnats.runtime.log_read import HistoryReader, LiveReader
+from dagnats.runtime.log_read import HistoryReader, LiveReader, PushReader
 from dagnats.runtime.resources import HISTORY_STREAM, HISTORY_SUBJECTS, run_id_of_history_subject
 from kernel.errors import DagnatsError
 
@@ -32,12 +32,10 @@ Message = tuple[int, str, bytes]
 tail_wait_ms: Final = 60_000
 
 
-class _SubjectReader(HistoryReader):
-    """A HistoryReader that keeps each message's subject, in step with its items."""
+class _KeepsSubjects(PushReader):
+    """A reader that keeps each message's subject (its run), in step with its items."""
 
-    def __init__(self, js: JetStreamContext, after_seq: int, last_seq: int) -> None:
-        super().__init__(js, HISTORY_STREAM, HISTORY_SUBJECTS, after_seq, last_seq)
-        self.subjects: deque[bytes] = deque()
+    subjects: deque[bytes]
 
     async def _on_message(
         self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
@@ -46,6 +44,14 @@ class _SubjectReader(HistoryReader):
         await super()._on_message(subject, reply, data, headers)
         if len(self.items) > held:  # (it took the message)
             self.subjects.append(subject)
+
+
+class _SubjectReader(_KeepsSubjects, HistoryReader):
+    """Every history subject up to `last_seq`, with each message's subject."""
+
+    def __init__(self, js: JetStreamContext, after_seq: int, last_seq: int) -> None:
+        super().__init__(js, HISTORY_STREAM, HISTORY_SUBJECTS, after_seq, last_seq)
+        self.subjects = deque()
 
 
 async def read_until(
@@ -85,21 +91,12 @@ async def _holds_any(js: JetStreamContext, after_seq: int, last_seq: int) -> boo
     return found.seq is not None and found.seq <= last_seq
 
 
-class _LiveSubjectReader(LiveReader):
-    """A LiveReader of every history subject that keeps each message's subject, in step with
-    its items."""
+class _LiveSubjectReader(_KeepsSubjects, LiveReader):
+    """Every history subject as it is appended, with each message's subject."""
 
     def __init__(self, js: JetStreamContext, after_seq: int) -> None:
         super().__init__(js, HISTORY_STREAM, HISTORY_SUBJECTS, after_seq)
-        self.subjects: deque[bytes] = deque()
-
-    async def _on_message(
-        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-    ) -> None:
-        held = len(self.items)
-        await super()._on_message(subject, reply, data, headers)
-        if len(self.items) > held:  # (it took the message)
-            self.subjects.append(subject)
+        self.subjects = deque()
 
 
 async def tail(js: JetStreamContext, after_seq: int) -> AsyncGenerator[Message, None]:

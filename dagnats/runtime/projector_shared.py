@@ -44,10 +44,10 @@ from dagnats.runtime.projector import (
     batch_linger_ms,
     idle_check_ms,
     next_batch,
+    read_then_tail,
     retry_delay_ms,
     stream_last_seq,
 )
-from dagnats.runtime.projector_read import read_until, tail
 from kernel.errors import DagnatsError
 from projections.base import CheckpointMovedError, Message, batch_messages_max
 
@@ -161,7 +161,7 @@ class SharedTail:
     async def _follow(self, group: list[Projector], stop: asyncio.Event) -> None:
         start = min(lane.position for lane in group)
         pending = PendingMessages(self.batch_max * 2)
-        pump = asyncio.create_task(self._pump(start, pending))
+        pump = asyncio.create_task(read_then_tail(self.js, start, pending))
         try:
             while not stop.is_set():
                 batch = await next_batch(pending, self.idle_s, self.linger_s, self.batch_max)
@@ -210,16 +210,6 @@ class SharedTail:
         for lane in group:
             lane._count(0)
             await lane._write_status(stream_last)
-
-    async def _pump(self, after_seq: int, pending: PendingMessages) -> None:
-        """Read what the stream holds now by the lean reader (`projector_read`), then tail."""
-        until = await stream_last_seq(self.js)
-        async for message in read_until(self.js, after_seq, until):
-            after_seq = message[0]
-            await pending.put(message)
-        pending.live = True
-        async for message in tail(self.js, after_seq):
-            await pending.put(message)
 
 
 async def _stream_last_or_none(js: JetStreamContext) -> int | None:
