@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-import nats
 import pytest
-import pytest_asyncio
 from nats.js import JetStreamContext
 
 from dagnats.client.live_watch import LiveWatch
 from dagnats.client.watches import Seen, fold_until_end
-from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.parked import RunParkedError
-from dagnats.runtime.resources import ensure_resources, history_subject
+from dagnats.runtime.resources import history_subject
 from dagnats.runtime.wakeup import Wakeup
 from kernel.state import RunState
 from tests.nats_fixtures import unique, wait_for
@@ -32,13 +28,10 @@ from tests.test_live_watch import EXPECTED_LAST, History
 WAIT_S = 20.0
 
 
-@pytest_asyncio.fixture
-async def js(private_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(private_server.url)
-    context = nc.jetstream()
-    await ensure_resources(context)
-    yield context
-    await nc.close()
+@pytest.fixture
+def js(private_js: JetStreamContext) -> JetStreamContext:
+    """This module's tests run on a server of their own."""
+    return private_js
 
 
 class CountedWakes(Wakeup):

@@ -46,13 +46,10 @@ async def client(private_server: EmbeddedNats) -> AsyncIterator[Client]:
         await the_client.close()
 
 
-@pytest_asyncio.fixture
-async def js(private_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(private_server.url)
-    context = nc.jetstream()
-    await ensure_resources(context)
-    yield context
-    await nc.close()
+@pytest.fixture
+def js(private_js: JetStreamContext) -> JetStreamContext:
+    """This module's tests run on a server of their own."""
+    return private_js
 
 
 async def test_many_concurrent_workflow_gets_on_one_client_all_answer(client: Client) -> None:

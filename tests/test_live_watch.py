@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
-import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -43,13 +41,10 @@ WAIT_S = 20.0
 EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 
 
-@pytest_asyncio.fixture
-async def js(private_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(private_server.url)
-    context = nc.jetstream()
-    await ensure_resources(context)
-    yield context
-    await nc.close()
+@pytest.fixture
+def js(private_js: JetStreamContext) -> JetStreamContext:
+    """This module's tests run on a server of their own."""
+    return private_js
 
 
 class History:

@@ -39,13 +39,10 @@ from tests.test_client_start_wait import NAP, engine
 WAIT_S = 30.0
 
 
-@pytest_asyncio.fixture
-async def js(private_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(private_server.url)
-    context = nc.jetstream()
-    await ensure_resources(context)
-    yield context
-    await nc.close()
+@pytest.fixture
+def js(private_js: JetStreamContext) -> JetStreamContext:
+    """This module's tests run on a server of their own."""
+    return private_js
 
 
 @pytest_asyncio.fixture
