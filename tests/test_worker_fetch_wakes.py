@@ -106,6 +106,19 @@ class Jobs:
         return self.slots - len(self.running)
 
 
+def counted_looks(loop: FetchLoop) -> list[int]:
+    """Count the loop's looks (its `_ask` calls) from now on, in the list's one item."""
+    looks = [0]
+    ask = loop._ask
+
+    async def counted(turn: int) -> None:
+        looks[0] += 1
+        await ask(turn)
+
+    loop._ask = counted  # type: ignore[method-assign]
+    return looks
+
+
 def fetch_loop(names: list[str], jobs: Jobs, batch_max: int = 64) -> tuple[FetchLoop, FakeQueue]:
     queue = FakeQueue()
     loop = FetchLoop(
@@ -155,22 +168,14 @@ async def test_a_chain_of_one_type_is_asked_for_in_chunks() -> None:
 async def test_a_task_is_handed_over_at_once_and_wakes_the_loop_only_for_credit() -> None:
     jobs = Jobs(slots=16)
     loop, queue = fetch_loop(["a"], jobs)
-    looks = 0
-    ask = loop._ask
-
-    async def counted(turn: int) -> None:
-        nonlocal looks
-        looks += 1
-        await ask(turn)
-
-    loop._ask = counted  # type: ignore[method-assign]
+    looks = counted_looks(loop)
     running = asyncio.create_task(loop.run())
     try:
         await wait_for(lambda: "a" in queue.pulls, timeout_ms=WAIT_MS, what="the pull")
         pull = queue.pulls["a"]
         await wait_for(lambda: pull.asks == [16], timeout_ms=WAIT_MS, what="the first ask")
         await wait_for(lambda: not loop.wake.is_set(), timeout_ms=WAIT_MS, what="a wait")
-        looks_before = looks
+        looks_before = looks[0]
         for brought in range(1, 8):  # more than half of the credit still stands
             pull.bring(object())  # type: ignore[arg-type]
             assert jobs.taken == brought, "handed over in the pull's callback"
@@ -178,12 +183,12 @@ async def test_a_task_is_handed_over_at_once_and_wakes_the_loop_only_for_credit(
             jobs.running.clear()
             loop.job_ended()
         await asyncio.sleep(0)  # (a look the tasks woke would start now)
-        assert looks == looks_before, (looks, looks_before)
+        assert looks[0] == looks_before, (looks, looks_before)
         # (the eighth: half of the credit left, the loop is woken to ask)
         pull.bring(object())  # type: ignore[arg-type]
         assert jobs.taken == 8 and loop.wake.is_set()
         await wait_for(lambda: len(pull.asks) == 2, timeout_ms=WAIT_MS, what="the renewal")
-        assert looks == looks_before + 1, (looks, looks_before)
+        assert looks[0] == looks_before + 1, (looks, looks_before)
     finally:
         await stopped(loop, running)
 
@@ -219,15 +224,7 @@ async def test_a_worker_with_every_slot_taken_waits_instead_of_looking_again() -
     idle_wait_ms), it does not look again every millisecond."""
     jobs = Jobs(slots=1)
     loop, queue = fetch_loop(["a"], jobs)
-    looks = 0
-    ask = loop._ask
-
-    async def counted(turn: int) -> None:
-        nonlocal looks
-        looks += 1
-        await ask(turn)
-
-    loop._ask = counted  # type: ignore[method-assign]
+    looks = counted_looks(loop)
     running = asyncio.create_task(loop.run())
     try:
         await wait_for(lambda: "a" in queue.pulls, timeout_ms=WAIT_MS, what="the pull")
@@ -235,10 +232,10 @@ async def test_a_worker_with_every_slot_taken_waits_instead_of_looking_again() -
         await wait_for(lambda: loop.short, timeout_ms=WAIT_MS, what="the slot taken")
         loop.full_look_at = 0.0  # (the look at every type is due: no slot, so no look)
         assert loop._look_again_ms() == idle_wait_ms
-        before = looks
+        before = looks[0]
         jobs.running.clear()
         loop.job_ended()
-        await wait_for(lambda: looks > before, timeout_ms=WAIT_MS, what="a look at the end")
+        await wait_for(lambda: looks[0] > before, timeout_ms=WAIT_MS, what="a look at the end")
     finally:
         await stopped(loop, running)
 
