@@ -108,17 +108,26 @@ def router(client: Client) -> _Router:
     return router
 
 
-def header_int(headers: bytes, name: bytes) -> int | None:
-    """The number a raw header block holds after `name` (the header's name with its
-    leading CRLF and trailing colon and space, e.g. b"\\r\\nNats-Sequence: "), None when the
-    header is missing or not a number."""
+def header_value(headers: bytes, name: bytes) -> bytes | None:
+    """What a raw header block holds after `name` (the header's name with its leading CRLF
+    and trailing colon and space, e.g. b"\\r\\nNats-Sequence: "), up to the line's end; None
+    when the header is missing."""
     at = headers.find(name)
     if at < 0:
         return None
     start = at + len(name)
     end = headers.find(b"\r\n", start)
+    return headers[start : end if end >= 0 else len(headers)]
+
+
+def header_int(headers: bytes, name: bytes) -> int | None:
+    """The number a raw header block holds after `name` (`header_value`), None when the
+    header is missing or not a number."""
+    value = header_value(headers, name)
+    if value is None:
+        return None
     try:
-        return int(headers[start : end if end >= 0 else len(headers)])
+        return int(value)
     except ValueError:
         return None
 
@@ -214,7 +223,7 @@ class PushReader:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[bytes] = loop.create_future()
         self._answer = answer
-        expiry = loop.call_later(timeout_s, _expire_answer, answer)
+        expiry = loop.call_later(timeout_s, expire_answer, answer)
         try:
             await self.client.publish(subject, body, reply=self._inbox)
             return await answer
@@ -479,6 +488,7 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
         waiter.set_result(False)
 
 
-def _expire_answer(answer: asyncio.Future[bytes]) -> None:
+def expire_answer(answer: asyncio.Future[Any]) -> None:
+    """Fail an answer still awaited with nats' TimeoutError (a request's timer)."""
     if not answer.done():
         answer.set_exception(nats.errors.TimeoutError())

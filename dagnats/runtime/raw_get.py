@@ -30,11 +30,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from dagnats.runtime.log import history_replicated
-from dagnats.runtime.log_read import STATUS_AT, header_int, router
+from dagnats.runtime.log_read import STATUS_AT, expire_answer, header_int, header_value, router
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 
 raw_requests_max: Final = 4_096  # requests one connection has waiting at once (a bound)
 SEQUENCE_AT: Final = b"\r\nNats-Sequence: "  # in a direct get's answer headers
+KV_OPERATION_AT: Final = b"\r\nKV-Operation: "  # in a deleted or purged KV entry's headers
 NOT_FOUND: Final = 404
 REQUESTS_ATTRIBUTE: Final = "_dagnats_raw_requests"
 
@@ -88,7 +89,7 @@ class _Requests:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Answer] = loop.create_future()
         self.waiting[token] = answer
-        expiry = loop.call_later(timeout_s, _expire, answer)
+        expiry = loop.call_later(timeout_s, expire_answer, answer)
         try:
             await self.client.publish(subject, body, reply=f"{self.inbox}.{token.decode()}")
             return await answer
@@ -179,20 +180,8 @@ def _raise_status(headers: bytes | None) -> None:
 
 def kv_operation(headers: bytes | None) -> bytes:
     """The `KV-Operation` header's value of a KV entry (b"" for a put: it has none)."""
-    if headers is None:
-        return b""
-    name = b"\r\nKV-Operation: "
-    at = headers.find(name)
-    if at < 0:
-        return b""
-    start = at + len(name)
-    end = headers.find(b"\r\n", start)
-    return headers[start : end if end >= 0 else len(headers)].strip()
-
-
-def _expire(answer: asyncio.Future[Answer]) -> None:
-    if not answer.done():
-        answer.set_exception(nats.errors.TimeoutError())
+    value = None if headers is None else header_value(headers, KV_OPERATION_AT)
+    return b"" if value is None else value.strip()
 
 
 async def first_message(js: JetStreamContext, run_id: str) -> tuple[int, bytes] | None:
