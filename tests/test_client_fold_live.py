@@ -16,8 +16,9 @@ import time
 import pytest
 from nats.js import JetStreamContext
 
+from dagnats.client import live_watch
 from dagnats.client.live_watch import LiveWatch
-from dagnats.client.watches import Seen, fold_until_end
+from dagnats.client.watches import Fold, Seen, fold_until_end
 from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.resources import history_subject
 from dagnats.runtime.wakeup import Wakeup
@@ -143,6 +144,26 @@ async def test_a_message_that_does_not_decode_is_raised_to_the_waiter_not_the_re
     finally:
         await watch.close()
         await other_watch.close()
+
+
+async def test_what_a_folding_watch_holds_keeps_its_bound(
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages a folding watch cannot fold (a read of the stream is under way) are held
+    within live_pending_messages_max like any others; beyond it they are dropped and read."""
+    monkeypatch.setattr(live_watch, "live_pending_messages_max", 2)
+    run = History(js, unique("fold-bound"))
+    watch = await LiveWatch.open(js, run.run_id, stored=False)
+    try:
+        watch.fold_into(Fold(0))
+        watch._reading = True  # (as while `_read_stored` reads: what comes is held)
+        await run.start()
+        for name in ("a", "b", "c"):
+            await run.signal(name)
+        await wait_for(lambda: watch._read_now, timeout_ms=int(WAIT_S * 1000), what="a drop")
+        assert len(watch._incoming) == 2, "the bound held"
+    finally:
+        await watch.close()
 
 
 async def given_one(watch: LiveWatch) -> Seen:

@@ -170,25 +170,25 @@ class LiveWatch:
         """A republished message (in the read loop): folded at once when a `wait` folds and
         it is the next one, else held for `next`; one beyond the bound is dropped, and the
         stream is read instead."""
+        seq, last_seq = _sequences(headers)
         fold = self._fold
-        if fold is not None and not (self._incoming or self._read or self._reading):
-            seq, last_seq = sequences = _sequences(headers)
-            if seq > self.last_seq == last_seq and not fold.ended and self._failure is None:
-                self._fold_received(fold, seq, data)
-                return
-            self._hold((*sequences, data))
-        elif (
+        if (
+            fold is not None
+            and not (self._incoming or self._read or self._reading)
+            and seq > self.last_seq == last_seq
+            and not fold.ended
+            and self._failure is None
+        ):
+            self._fold_received(fold, seq, data)
+            return
+        if (
             len(self._incoming) >= live_pending_messages_max
             or self._incoming_bytes + len(data) > live_pending_bytes_max
         ):
             self._read_now = True
-            self._wakeup.wake()
         else:
-            self._hold((*_sequences(headers), data))
-
-    def _hold(self, incoming: Incoming) -> None:
-        self._incoming.append(incoming)
-        self._incoming_bytes += len(incoming[2])
+            self._incoming.append((seq, last_seq, data))
+            self._incoming_bytes += len(data)
         self._wakeup.wake()
 
     def _fold_received(self, fold: Fold, seq: int, data: bytes) -> None:
