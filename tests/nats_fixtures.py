@@ -20,6 +20,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from dagnats.client import Client as DagnatsClient
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import ensure_resources
@@ -159,6 +160,17 @@ async def private_js(private_server: EmbeddedNats) -> AsyncIterator[JetStreamCon
         yield context
     finally:
         await client.close()
+
+
+@pytest_asyncio.fixture
+async def private_client(private_server: EmbeddedNats) -> AsyncIterator[DagnatsClient]:
+    """The public Client on this test's own server, every resource in place."""
+    the_client = await DagnatsClient.connect(private_server.url)
+    try:
+        await ensure_resources(the_client.connection.js)
+        yield the_client
+    finally:
+        await the_client.close()
 
 
 @pytest_asyncio.fixture

@@ -21,7 +21,6 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import pytest
-import pytest_asyncio
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -40,7 +39,6 @@ from dagnats.runtime.resources import (
     ENGINE_CONSUMER,
     HISTORY_STREAM,
     STORED_PREFIX,
-    ensure_resources,
     run_commands_filter,
 )
 from dagnats.runtime.serve import Server
@@ -64,14 +62,10 @@ NAP = WorkflowDef(
 BROKEN = WorkflowDef(name="broken", steps=(StepDef(id="a", task="t", depends_on=("nope",)),))
 
 
-@pytest_asyncio.fixture
-async def client(private_server: EmbeddedNats) -> AsyncIterator[Client]:
-    the_client = await Client.connect(private_server.url)
-    try:
-        await ensure_resources(the_client.connection.js)
-        yield the_client
-    finally:
-        await the_client.close()
+@pytest.fixture
+def client(private_client: Client) -> Client:
+    """This module's tests run on a server of their own."""
+    return private_client
 
 
 @contextlib.asynccontextmanager

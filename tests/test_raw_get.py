@@ -11,14 +11,12 @@ purged one is not found, as before.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import nats
 import nats.errors
 import pytest
-import pytest_asyncio
 from nats.js import JetStreamContext
 
 from dagnats.client import Client, RunExistsError, WorkflowNotFoundError
@@ -29,7 +27,6 @@ from dagnats.runtime.resources import (
     HISTORY_STREAM,
     RUNS_BUCKET,
     WORKFLOWS_BUCKET,
-    ensure_resources,
     history_subject,
 )
 from kernel.workflow import StepDef, WorkflowDef
@@ -45,14 +42,10 @@ def js(private_js: JetStreamContext) -> JetStreamContext:
     return private_js
 
 
-@pytest_asyncio.fixture
-async def client(private_server: EmbeddedNats) -> AsyncIterator[Client]:
-    the_client = await Client.connect(private_server.url)
-    try:
-        await ensure_resources(the_client.connection.js)
-        yield the_client
-    finally:
-        await the_client.close()
+@pytest.fixture
+def client(private_client: Client) -> Client:
+    """This module's tests run on a server of their own."""
+    return private_client
 
 
 async def test_a_message_get_gives_the_latest_entry_and_none_for_a_missing_one(
