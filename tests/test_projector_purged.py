@@ -20,6 +20,7 @@ from projections.base import Message
 from projections.sqlite import QueryTables
 from tests.nats_fixtures import RestartableServer, wait_for
 from tests.projection_support import completed_run
+from tests.test_projector_read import Recorder
 from tests.test_projector_shared import alone, append, dump, snapshots
 
 BOUND_S = 30.0
@@ -58,17 +59,13 @@ async def _collect(messages: AsyncGenerator[Message, None]) -> list[Message]:
     return [m async for m in messages]
 
 
-class Keeper:
+class Keeper(Recorder):
     """A projector target that keeps what it applied (its position is its last message), and
     fails the batches `fail_at` names once each (after recording nothing of them)."""
 
-    kind = "test"
-    version = "1"
-    where = "memory"
-
     def __init__(self, name: str, fail_at: frozenset[int] = frozenset(), pause_s: float = 0.0):
+        super().__init__()
         self.name = name
-        self.seen: list[Message] = []
         self.fail_at = set(fail_at)
         self.pause_s = pause_s
         self.batches = 0
@@ -84,18 +81,7 @@ class Keeper:
             raise RuntimeError(f"{self.name}: batch {self.batches} fails once")
         if self.pause_s:
             await asyncio.sleep(self.pause_s)  # (a slow target: the reader runs ahead)
-        fresh = [m for m in messages if m[0] > after_seq]
-        self.seen.extend(fresh)
-        return max([after_seq, *(m[0] for m in messages)]), len(fresh)
-
-    async def stored_seq(self) -> int:
-        return self.seen[-1][0] if self.seen else 0
-
-    async def settle(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
+        return await super().apply(messages, after_seq)
 
 
 async def seen_all(targets: list[Keeper], count: int, runner: asyncio.Task[None]) -> None:
