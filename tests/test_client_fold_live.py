@@ -52,6 +52,14 @@ async def folded(watch: LiveWatch, known_seq: int = 0) -> RunState:
     return await fold_until_end(watch, time.monotonic() + WAIT_S, None, known_seq)
 
 
+async def folding(watch: LiveWatch) -> asyncio.Future[RunState]:
+    """A `wait`'s fold under way, once the watch folds for it in the read loop."""
+    waiting = asyncio.ensure_future(folded(watch))
+    await wait_for(lambda: watch._fold is not None, timeout_ms=int(WAIT_S * 1000),
+                   what="the fold set")  # fmt: skip
+    return waiting
+
+
 async def test_messages_held_before_the_fold_began_are_folded_first_in_order(
     js: JetStreamContext,
 ) -> None:
@@ -84,9 +92,7 @@ async def test_messages_folded_in_the_read_loop_wake_the_waiter_only_at_the_end(
     watch.seen.append(await given_one(watch))
     wakes = CountedWakes(watch)
     try:
-        waiting = asyncio.ensure_future(folded(watch))
-        await wait_for(lambda: watch._fold is not None, timeout_ms=int(WAIT_S * 1000),
-                       what="the fold set")  # fmt: skip
+        waiting = await folding(watch)
         for name in ("a", "b", "c", "d"):
             await run.signal(name)
         await wait_for(lambda: watch.last_seq > first + 3, timeout_ms=int(WAIT_S * 1000),
@@ -110,9 +116,7 @@ async def test_a_message_missed_while_folding_is_read_from_the_stream_in_order(
     await run.signal("a")
     watch = await LiveWatch.open(js, run.run_id, stored=False)
     try:
-        waiting = asyncio.ensure_future(folded(watch))
-        await wait_for(lambda: watch._fold is not None, timeout_ms=int(WAIT_S * 1000),
-                       what="the fold set")  # fmt: skip
+        waiting = await folding(watch)
         await run.signal("b")
         await run.cancel()
         state = await waiting
@@ -132,9 +136,7 @@ async def test_a_message_that_does_not_decode_is_raised_to_the_waiter_not_the_re
     try:
         await run.start()
         watch.seen.append(await given_one(watch))
-        waiting = asyncio.ensure_future(folded(watch))
-        await wait_for(lambda: watch._fold is not None, timeout_ms=int(WAIT_S * 1000),
-                       what="the fold set")  # fmt: skip
+        waiting = await folding(watch)
         ack = await js.publish(history_subject(run.run_id), b"not a decision",
                                headers={EXPECTED_LAST: str(run.last_seq)})  # fmt: skip
         with pytest.raises(RunParkedError, match=rf"{run.run_id}.*sequence {ack.seq}"):

@@ -17,7 +17,6 @@ from nats.js import JetStreamContext
 from dagnats.client import Client
 from dagnats.client.errors import WorkflowNotFoundError
 from dagnats.client.live_watch import LiveWatch
-from dagnats.client.watches import fold_until_end
 from dagnats.runtime import raw_get
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import ensure_resources, stored_subject
@@ -26,6 +25,7 @@ from kernel.commands import ReopenRun, SendSignal
 from kernel.decide import decide
 from kernel.workflow import StepDef, WorkflowDef
 from tests.nats_fixtures import unique, wait_for
+from tests.test_client_fold_live import folding
 from tests.test_live_watch import History
 
 WAIT_S = 20.0
@@ -84,9 +84,7 @@ async def test_a_message_after_the_end_received_with_it_ends_the_wait(
         assert first is not None
         watch.seen.append(first)
         live = watch
-        waiting = asyncio.ensure_future(fold_until_end(watch, time.monotonic() + WAIT_S, None, 0))
-        await wait_for(lambda: live._fold is not None, timeout_ms=int(WAIT_S * 1000),
-                       what="the fold set")  # fmt: skip
+        waiting = await folding(live)
         transport = nc._transport._io_writer.transport  # type: ignore[union-attr]
         transport.pause_reading()  # both reach the socket before the read loop reads either
         end = await run.cancel()
@@ -125,9 +123,7 @@ async def test_a_stray_republished_message_behind_the_watch_leaves_the_read_loop
         assert first is not None
         watch.seen.append(first)
         live = watch
-        waiting = asyncio.ensure_future(fold_until_end(watch, time.monotonic() + WAIT_S, None, 0))
-        await wait_for(lambda: live._fold is not None, timeout_ms=int(WAIT_S * 1000),
-                       what="the fold set")  # fmt: skip
+        waiting = await folding(live)
         assert run.state is not None
         signal = SendSignal(run_id=run.run_id, at_ms=2, name="stray")
         events = decide(run.state, signal)  # a decision that folds (not appended)
