@@ -14,7 +14,7 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext, api
 
-from dagnats.runtime import log as log_module
+from dagnats.runtime import raw_get
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.log import WRONG_LAST_SEQUENCE, JetStreamEventLog, position
@@ -212,7 +212,7 @@ async def test_a_missing_run_is_asked_of_the_leader_only_where_history_is_replic
     """A direct get may be answered by a follower of a replicated history stream before it
     has the message: there a miss is asked again of the stream's leader; on one replica a
     miss is a miss, and whether the stream is replicated is asked once per connection."""
-    log_module._replicated.pop(js._nc, None)
+    raw_get._replicated.pop(js._nc, None)
     infos: list[str] = []
     stream_info = js.stream_info
 
@@ -227,15 +227,12 @@ async def test_a_missing_run_is_asked_of_the_leader_only_where_history_is_replic
     assert await history.last_seq(unique("other")) == 0
     assert infos == [HISTORY_STREAM]  # (one replica here: the miss stands)
     seq = await history.append(run_id, b"x", msg_id=f"{run_id}:1", expected_last_seq=0)
-    get_last_msg = js.get_last_msg
 
-    async def lagging(stream: str, subject: str, direct: bool = False) -> api.RawStreamMsg:
-        if direct:  # (a follower that has not the message yet)
-            raise nats.js.errors.NotFoundError
-        return await get_last_msg(stream, subject, direct=False)
+    async def lagging(*_: object) -> None:
+        return None  # (a follower that has not the message yet answers every direct get)
 
-    monkeypatch.setattr(js, "get_last_msg", lagging)
+    monkeypatch.setattr(raw_get, "direct_get", lagging)
     assert await history.last_seq(run_id) == 0  # one replica: a follower cannot answer
-    monkeypatch.setitem(log_module._replicated, js._nc, True)  # (as an R3 stream reports)
+    monkeypatch.setitem(raw_get._replicated, js._nc, True)  # (as an R3 stream reports)
     assert await history.last_seq(run_id) == seq
     assert await history.last_seq(unique("none")) == 0

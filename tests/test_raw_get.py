@@ -11,6 +11,7 @@ purged one is not found, as before.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -74,7 +75,9 @@ async def test_a_direct_get_gives_a_subjects_first_message_and_none_when_it_has_
     run_id = unique("direct")
     acks = [await js.publish(history_subject(run_id), f"m{n}".encode()) for n in range(3)]
     request: dict[str, object] = {"seq": 1, "next_by_subj": history_subject(run_id)}
-    assert await direct_get(js, HISTORY_STREAM, request) == (acks[0].seq, b"m0")
+    found = await direct_get(js, HISTORY_STREAM, request)
+    assert found is not None
+    assert (found.subject, found.seq, found.data) == (history_subject(run_id), acks[0].seq, b"m0")
     assert await first_message(js, run_id) == (acks[0].seq, b"m0")
     assert await first_message(js, unique("none")) is None
     # A stream that allows no direct gets has no one to answer them.
@@ -181,15 +184,17 @@ async def test_a_wait_for_another_clients_run_reads_its_last_sequence_once(
     async with engine(private_server.url, tmp_path / "data"):
         run_id = await client.start(NAP)
         async with await Client.connect(private_server.url) as other:
-            js = other.connection.js
-            get_msg = js.get_msg
             reads: list[str] = []
+            direct = raw_get.direct_get
 
-            async def counted(stream: str, *args: object, **kwargs: object) -> object:
-                reads.append(stream)
-                return await get_msg(stream, *args, **kwargs)  # type: ignore[arg-type]
+            async def counted(
+                js: JetStreamContext, stream: str, request: Mapping[str, object]
+            ) -> raw_get.StoredMessage | None:
+                if js._nc is other.connection.js._nc:
+                    reads.append(stream)
+                return await direct(js, stream, request)
 
-            monkeypatch.setattr(js, "get_msg", counted)
+            monkeypatch.setattr(raw_get, "direct_get", counted)
             assert (await other.wait(run_id, timeout_s=WAIT_S)).status == "completed"
             # One for the wait, one for its watch's read of what the run holds (was three).
             assert reads.count(HISTORY_STREAM) == 2, reads

@@ -25,18 +25,17 @@ This module may publish to and read the history stream only; it does not decode 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import AsyncGenerator
 from typing import Final
 
 import nats.js.errors
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
 from dagnats.runtime import projector_read, settings
 from dagnats.runtime.js_publish import JetStreamPublisher
-from dagnats.runtime.log_read import HistoryReader
+from dagnats.runtime.log_read import HistoryReader, header_value
+from dagnats.runtime.raw_get import StoredMessage, history_message
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
     HISTORY_SUBJECTS,
@@ -47,6 +46,7 @@ from kernel.errors import AppendConflictError, DagnatsError, PayloadTooLargeErro
 
 WRONG_LAST_SEQUENCE: Final = 10071
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+MSG_ID_AT: Final = b"\r\nNats-Msg-Id: "  # in a raw header block
 EXPECTED_LAST_SUBJECT_SEQ_HEADER: Final = "Nats-Expected-Last-Subject-Sequence"
 V1_ACK_TOKENS: Final = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<ts>.<pending>
 V2_ACK_TOKENS: Final = 12  # $JS.ACK.<domain>.<account hash>.<stream>... (nats-py accepts 11)
@@ -63,19 +63,6 @@ class HistoryReadError(DagnatsError):
             f"run {run_id!r}: history read stalled after sequence {seq} of {last_seq} "
             f"(nothing for {timeout_ms} ms)"
         )
-
-
-# Whether each connection's history stream has more than one replica (asked once).
-_replicated: weakref.WeakKeyDictionary[NatsClient, bool] = weakref.WeakKeyDictionary()
-
-
-async def history_replicated(js: JetStreamContext) -> bool:
-    """Whether the history stream has more than one replica (one stream info per connection)."""
-    known = _replicated.get(js._nc)
-    if known is None:
-        info = await js.stream_info(HISTORY_STREAM)
-        known = _replicated[js._nc] = info.config.num_replicas not in (None, 1)
-    return known
 
 
 class JetStreamEventLog:
@@ -135,33 +122,21 @@ class JetStreamEventLog:
     async def _seq_if_last_is(self, run_id: str, msg_id: str) -> int | None:
         """The sequence of the run's last message if it carries msg_id, else None."""
         last = await self._last_message(run_id)
-        if last is None or last.headers is None or last.headers.get(MSG_ID_HEADER) != msg_id:
+        if last is None or last.hdrs is None:
             return None
-        return last.seq
+        return last.seq if header_value(last.hdrs, MSG_ID_AT) == msg_id.encode() else None
 
-    async def _last_message(self, run_id: str) -> api.RawStreamMsg | None:
-        """The run's last message: a direct get, which any replica of a replicated stream may
-        answer, a follower before it has the message (a run just started, read through
-        another server of the cluster); so on a replicated stream a miss is asked again of
-        the stream's leader (`$JS.API.STREAM.MSG.GET`). One stream info per connection tells
-        whether it is replicated."""
-        subject = history_subject(run_id)
-        try:
-            return await self.js.get_last_msg(HISTORY_STREAM, subject, direct=True)
-        except nats.js.errors.NotFoundError:
-            if not await history_replicated(self.js):
-                return None
-        try:
-            return await self.js.get_last_msg(HISTORY_STREAM, subject, direct=False)
-        except nats.js.errors.NotFoundError:
-            return None
+    async def _last_message(self, run_id: str) -> StoredMessage | None:
+        """The run's last message (raw_get.history_message: a direct get, asked again of the
+        leader on a replicated stream's miss)."""
+        return await history_message(self.js, {"last_by_subj": history_subject(run_id)})
 
     async def last_seq(self, run_id: str) -> int:
         """The stream sequence of the run's last history message; 0 if it has none."""
         last = await self._last_message(run_id)
         if last is None:
             return 0
-        assert last.seq is not None and last.seq > 0
+        assert last.seq > 0, last.seq
         return last.seq
 
     async def last(self, run_id: str) -> tuple[int, bytes] | None:
@@ -169,8 +144,8 @@ class JetStreamEventLog:
         last = await self._last_message(run_id)
         if last is None:
             return None
-        assert last.seq is not None and last.seq > 0
-        return last.seq, last.data or b""
+        assert last.seq > 0, last.seq
+        return last.seq, last.data
 
     async def read(
         self, run_id: str, *, after_seq: int = 0

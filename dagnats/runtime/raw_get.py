@@ -20,6 +20,7 @@ module reads; it publishes only requests.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -29,15 +30,28 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from dagnats.runtime.log import history_replicated
 from dagnats.runtime.log_read import STATUS_AT, expire_answer, header_int, header_value, router
 from dagnats.runtime.resources import HISTORY_STREAM, history_subject
 
 raw_requests_max: Final = 4_096  # requests one connection has waiting at once (a bound)
 SEQUENCE_AT: Final = b"\r\nNats-Sequence: "  # in a direct get's answer headers
+SUBJECT_AT: Final = b"\r\nNats-Subject: "  # (the same)
 KV_OPERATION_AT: Final = b"\r\nKV-Operation: "  # in a deleted or purged KV entry's headers
 NOT_FOUND: Final = 404
 REQUESTS_ATTRIBUTE: Final = "_dagnats_raw_requests"
+
+
+# Whether each connection's history stream has more than one replica (asked once).
+_replicated: weakref.WeakKeyDictionary[Client, bool] = weakref.WeakKeyDictionary()
+
+
+async def history_replicated(js: JetStreamContext) -> bool:
+    """Whether the history stream has more than one replica (one stream info per connection)."""
+    known = _replicated.get(js._nc)
+    if known is None:
+        info = await js.stream_info(HISTORY_STREAM)
+        known = _replicated[js._nc] = info.config.num_replicas not in (None, 1)
+    return known
 
 
 class StoredMessage(msgspec.Struct):
@@ -147,9 +161,10 @@ async def message_get(
 
 async def direct_get(
     js: JetStreamContext, stream: str, request: Mapping[str, object]
-) -> tuple[int, bytes] | None:
-    """The (stream sequence, data) of the message a DIRECT.GET `request` names (as for
-    `message_get`) from any replica; None when that one has none.
+) -> StoredMessage | None:
+    """The message a DIRECT.GET `request` names (as for `message_get`) from any replica, its
+    headers the stored message's with the server's (`Nats-Sequence`, ...); None when that
+    replica has none.
 
     Raises:
         nats.js.errors.APIError: a status other than 404; nats.errors.TimeoutError, ...
@@ -161,9 +176,10 @@ async def direct_get(
         return None
     _raise_status(headers)
     seq = None if headers is None else header_int(headers, SEQUENCE_AT)
-    if seq is None or seq <= 0:
+    if headers is None or seq is None or seq <= 0:
         raise nats.js.errors.APIError(description=f"{subject} answered without a sequence")
-    return seq, data
+    stored = header_value(headers, SUBJECT_AT)
+    return StoredMessage(subject=(stored or b"").decode(), seq=seq, hdrs=headers, data=data)
 
 
 def _raise_status(headers: bytes | None) -> None:
@@ -184,13 +200,21 @@ def kv_operation(headers: bytes | None) -> bytes:
     return b"" if value is None else value.strip()
 
 
-async def first_message(js: JetStreamContext, run_id: str) -> tuple[int, bytes] | None:
-    """The run's first history message as (seq, data), None when it has none: a direct get,
-    which any replica may answer, a follower before it has the message; so on a replicated
-    history stream a miss is asked again of its leader (as `JetStreamEventLog.last_seq`)."""
-    request: dict[str, object] = {"seq": 1, "next_by_subj": history_subject(run_id)}
+async def history_message(
+    js: JetStreamContext, request: Mapping[str, object]
+) -> StoredMessage | None:
+    """The history message a get `request` names (`{"last_by_subj": ...}`, `{"seq": 1,
+    "next_by_subj": ...}`), None when there is none: a direct get, which any replica may
+    answer, a follower before it has the message (a run just started, read through another
+    server of the cluster); so on a replicated history stream a miss is asked again of its
+    leader (STREAM.MSG.GET). One stream info per connection tells whether it is replicated."""
     found = await direct_get(js, HISTORY_STREAM, request)
     if found is not None or not await history_replicated(js):
         return found
-    message = await message_get(js, HISTORY_STREAM, request)
-    return None if message is None else (message.seq, message.data)
+    return await message_get(js, HISTORY_STREAM, request)
+
+
+async def first_message(js: JetStreamContext, run_id: str) -> tuple[int, bytes] | None:
+    """The run's first history message as (seq, data), None when it has none."""
+    found = await history_message(js, {"seq": 1, "next_by_subj": history_subject(run_id)})
+    return None if found is None else (found.seq, found.data)
