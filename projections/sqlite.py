@@ -15,6 +15,7 @@ This module may import only `kernel`, the standard library, msgspec and sqlite-u
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 import msgspec
@@ -363,6 +364,47 @@ class QueryTables(SqliteProjectionBase):
         self._events.clear()
         self._turns.clear()
         self._calls.clear()
+
+
+def rebuilt_rows(
+    positioned: Iterable[tuple[Position, AnyEvent]], folds: Mapping[str, RunState]
+) -> tuple[dict[str, list[Row]], int] | None:
+    """The rows a rebuild of `QueryTables` from zero writes in each of its tables, and how many
+    events it applies, without a database: each event's row, and each run's rows from its state
+    after all of its events (`folds`, the caller's fold of those same events: shared, not
+    folded again here). A caller compares a projection fed in batches with these.
+
+    Args:
+        positioned: every event of the history in stream order, with its position (what
+            `positioned_events` yields from sequence 0).
+        folds: run id -> the fold of all of that run's events.
+    Returns:
+        ({table: rows}, events applied), or None where the rows are not a function of the
+        final states alone (agent loop events and approvals: rows merged event by event).
+    """
+    events: list[Row] = []
+    last_seq: dict[str, int] = {}
+    for at, event in positioned:
+        if type(event) in _AGENT_EVENT_TYPES:
+            return None
+        events.append(event_row(event, at))
+        last_seq[at.run_id] = at.seq
+    runs: list[Row] = []
+    steps: list[Row] = []
+    states: list[Row] = []
+    for run_id, seq in last_seq.items():
+        state = folds.get(run_id)
+        if state is None or state.approvals:
+            return None
+        if state.workflow is None:
+            continue  # (a run whose history does not start: `apply` reports it)
+        assert state.run_id == run_id, (state.run_id, run_id)
+        runs.append(run_row(state, seq))
+        steps.extend(step_row(state, index) for index in range(len(state.steps)))
+        states.append((run_id, seq, codec.encode(state)))
+    tables: dict[str, list[Row]] = {table: [] for table in QueryTables.tables}
+    tables.update({"runs": runs, "steps": steps, "events": events, STATES_TABLE: states})
+    return tables, len(events)
 
 
 def stored_rows(db: Database, run_id: str) -> tuple[Row | None, list[Row]]:

@@ -13,10 +13,14 @@ state, and the snapshot folder reloads each run from its snapshot and the histor
 Checked (invariants `snapshots_equal_fold` and `projections_equal_rebuild`):
 - every snapshot the folder writes holds the oracle's fold of the run at its `last_seq`;
 - at the end of the seed, after catching up, every table of the SQLite projection (and its
-  checkpoint: sequence and events applied) equals a rebuild from zero over the whole history in
-  a fresh database; for the query tables, each `runs` and `steps` row also equals the row of
-  the oracle's fold (`run_row`, `step_row`), so a projection that is wrong the same way twice
-  is caught too; the projection reports no problems and raises nothing.
+  checkpoint: sequence and events applied) equals a rebuild from zero over the whole history;
+  for the query tables, each `runs` and `steps` row also equals the row of the oracle's fold
+  (`run_row`, `step_row`), so a projection that is wrong the same way twice is caught too; the
+  projection reports no problems and raises nothing. The query tables' rebuild shares the
+  oracle's folds: `rebuilt_rows` computes the rows a rebuild writes from the history's events
+  (decoded from its bytes again) and the folds, so their runs and steps rows are the folds'
+  own; where it cannot (agent loop events, approvals) and for any other projection class, the
+  rebuild runs in a fresh database.
 
 The two SQLite databases are in memory and reused across the seeds of one call (each seed
 restores them as a first open left them: `ProjectionStores.fresh`): creating the schema costs
@@ -45,10 +49,13 @@ from kernel.events import AnyEvent, Decision
 from kernel.state import INITIAL_STATE, RunState
 from projections.base import (
     CHECKPOINTS_TABLE,
+    Checkpoint,
     Message,
     Position,
     SqliteProjection,
     SqliteRunner,
+    batch_messages_max,
+    positioned_events,
     read_checkpoint,
     write_transaction,
 )
@@ -61,7 +68,7 @@ from projections.snapshot import (
     fold_messages,
     snapshot_every_events,
 )
-from projections.sqlite import QueryTables, run_row, step_row, stored_rows
+from projections.sqlite import QueryTables, Row, rebuilt_rows, run_row, step_row, stored_rows
 
 ProjectionFactory = Callable[[], SqliteProjection]
 # Appends after which each projector applies a batch (a SQLite transaction costs ~0.1 ms).
@@ -384,18 +391,51 @@ class SeedProjector:
         if self.broken or self.runner is None or self.projection is None:
             return
         assert self.stores is not None and self.factory is not None
-        rebuilt = self.factory()
         everything = [(m.seq, m.run_id, m.payload) for m in self.log.messages]
+        if type(self.projection) is QueryTables and self._compare_rebuilt_rows(
+            everything, final_states
+        ):
+            return
+        rebuilt = self.factory()
         try:
-            self.stores.fresh(self.stores.rebuild, rebuilt, now_ms).apply_all(
-                everything, now_ms=now_ms
-            )
+            runner = self.stores.fresh(self.stores.rebuild, rebuilt, now_ms)
+            seq = 0
+            for first in range(0, len(everything), batch_messages_max):
+                batch = everything[first : first + batch_messages_max]
+                seq = runner.apply_batch(batch, after_seq=seq, now_ms=now_ms).seq
         except Exception as error:
             self._broke(f"the rebuild from zero raised {error!r}")
             return
         self._compare(self.stores.live, self.stores.rebuild, self.projection)
         if isinstance(self.projection, QueryTables):
             self._compare_folds(final_states)
+
+    def _compare_rebuilt_rows(
+        self, everything: list[Message], final_states: dict[str, RunState]
+    ) -> bool:
+        """The query tables against the rows a rebuild from zero writes, computed from the
+        history's events (decoded from its bytes again) and the oracle's folds (`rebuilt_rows`:
+        no second database, no second fold); their runs and steps rows are then the folds' own.
+
+        Returns:
+            False when those rows cannot be computed (the caller rebuilds in a database).
+        """
+        assert self.stores is not None and self.projection is not None
+        problems: list[str] = []
+        rebuilt = rebuilt_rows(positioned_events(everything, 0, None, problems), final_states)
+        if rebuilt is None or problems:
+            return False
+        rows, events = rebuilt
+        live = self.stores.live
+        for table in self.projection.tables:
+            found = Counter(tuple(row) for row in live.conn.execute(f'SELECT * FROM "{table}"'))
+            if self._differs(table, found, Counter(rows[table])):
+                return True
+        seq = max([0, *(message[0] for message in everything)])
+        self._checkpoints_differ(
+            _position(read_checkpoint(live, self.projection.name)), (seq, events)
+        )
+        return True
 
     def _compare(self, live: Database, rebuilt: Database, projection: SqliteProjection) -> None:
         assert self.stores is not None
@@ -406,23 +446,34 @@ class SeedProjector:
                 continue
             found = Counter(tuple(row) for row in live.execute(f'SELECT * FROM "{table}"'))
             want = Counter(tuple(row) for row in rebuilt.execute(f'SELECT * FROM "{table}"'))
-            if found != want:
-                extra = list((found - want).elements())[:ROWS_SHOWN_MAX]
-                missing = list((want - found).elements())[:ROWS_SHOWN_MAX]
-                self.violate(
-                    "projections_equal_rebuild",
-                    f"table {table!r} differs from its rebuild from zero: rows only in the "
-                    f"live one {_short(extra)}, only in the rebuild {_short(missing)}",
-                    "",
-                )
+            if self._differs(table, found, want):
                 return
-        mine = read_checkpoint(live, projection.name)
-        theirs = read_checkpoint(rebuilt, projection.name)
-        pair = [(c.seq, c.events) if c is not None else None for c in (mine, theirs)]
-        if pair[0] != pair[1]:
+        self._checkpoints_differ(
+            _position(read_checkpoint(live, projection.name)),
+            _position(read_checkpoint(rebuilt, projection.name)),
+        )
+
+    def _differs(self, table: str, found: Counter[Row], want: Counter[Row]) -> bool:
+        """Whether the live table's rows differ from the rebuild's (a violation when they do)."""
+        if found == want:
+            return False
+        extra = list((found - want).elements())[:ROWS_SHOWN_MAX]
+        missing = list((want - found).elements())[:ROWS_SHOWN_MAX]
+        self.violate(
+            "projections_equal_rebuild",
+            f"table {table!r} differs from its rebuild from zero: rows only in the "
+            f"live one {_short(extra)}, only in the rebuild {_short(missing)}",
+            "",
+        )
+        return True
+
+    def _checkpoints_differ(
+        self, mine: tuple[int, int] | None, theirs: tuple[int, int] | None
+    ) -> None:
+        if mine != theirs:
             self.violate(
                 "projections_equal_rebuild",
-                f"checkpoint (seq, events applied) {pair[0]} differs from the rebuild's {pair[1]}",
+                f"checkpoint (seq, events applied) {mine} differs from the rebuild's {theirs}",
                 "",
             )
 
@@ -450,6 +501,11 @@ class SeedProjector:
                     run_id,
                 )
                 return
+
+
+def _position(checkpoint: Checkpoint | None) -> tuple[int, int] | None:
+    """(sequence, events applied) of a stored checkpoint."""
+    return (checkpoint.seq, checkpoint.events) if checkpoint is not None else None
 
 
 def _short(value: object, chars_max: int = 300) -> str:
