@@ -189,6 +189,13 @@ class ModelRun:
                 roles[s.compensate] = ("compensate", s.id)
         self.steps = {s.id: ModelStep(s.id, *roles.get(s.id, ("body", ""))) for s in workflow.steps}
         self.order = [s.id for s in workflow.steps]
+        # Body steps with their definitions, in order, and those nothing depends on (the run's
+        # output): the steps never change, only their fields.
+        self.body = [
+            (self.steps[s.id], s) for s in workflow.steps if self.steps[s.id].role == "body"
+        ]
+        depended = {d for s in workflow.steps for d in s.depends_on}
+        self.ends = [step for step, _ in self.body if step.id not in depended]
         if self.modelled:
             self._advance()
 
@@ -362,23 +369,21 @@ class ModelRun:
         for _ in range(len(self.order) + 1):
             if self.status != "running" or not self._advance_once():
                 break
-        body = [s for s in self.steps.values() if s.role == "body"]
-        if self.status == "running" and all(s.status in DONE for s in body):
-            depended = {d for s in self.workflow.steps for d in s.depends_on}
-            ends = [s for s in body if s.id not in depended]
+        if self.status == "running" and all(step.status in DONE for step, _ in self.body):
+            ends = self.ends
             outputs = {s.id: json.loads(s.output) for s in ends}
             self.output = outputs[ends[0].id] if len(ends) == 1 else outputs
             self._end("completed")
 
     def _advance_once(self) -> bool:
+        pending = [(step, step_def) for step, step_def in self.body if step.status == "pending"]
+        if not pending:
+            return False
         limit = self.workflow.max_concurrent_steps
         active = sum(1 for s in self.steps.values() if s.status in ACTIVE)
         done = {s.id for s in self.steps.values() if s.status in DONE}  # as the pass begins
         moved = False
-        for step_id in self.order:
-            step, step_def = self.steps[step_id], self.defs[step_id]
-            if step.role != "body" or step.status != "pending":
-                continue
+        for step, step_def in pending:  # (a pass changes only the step it is at)
             if not done.issuperset(step_def.depends_on):
                 continue
             skip = step_def.skip_if
