@@ -6,7 +6,9 @@ oracle's), and a seed compares its live tables with those.
   table, with its count of events applied; where they cannot be computed (agent loop events,
   approvals) it says so and the simulator rebuilds in a database as before;
 - a seed of the query tables writes nothing to the rebuild database, and a live table or
-  checkpoint that differs from the rows is still a `projections_equal_rebuild` violation;
+  checkpoint that differs from the rows is still a `projections_equal_rebuild` violation, as
+  are the planted projection bugs of tests/sim_mutants.py put in `QueryTables` itself; a run
+  whose runs row is not at its last message is still compared with its fold there;
 - a projection of another class (a subclass too) is still rebuilt in a database.
 """
 
@@ -14,18 +16,41 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from sqlite_utils import Database
 
-from dagnats.sim.projector import ProjectionStores
+from dagnats.sim import SimCase, run_seeds
+from dagnats.sim.projector import ProjectionStores, SeedProjector
 from dagnats.sim.scheduler import Simulation
-from kernel.events import AgentToolCompleted, AgentToolScheduled, AgentTurnCompleted
+from kernel import codec
+from kernel.commands import CancelRun
+from kernel.events import (
+    AgentToolCompleted,
+    AgentToolScheduled,
+    AgentTurnCompleted,
+    AnyEvent,
+    Decision,
+    RunStarted,
+)
 from kernel.reducer import fold
 from kernel.state import RunState
-from projections.base import Message, SqliteRunner, positioned_events, read_checkpoint
+from projections.base import (
+    Message,
+    Position,
+    SqliteRunner,
+    positioned_events,
+    read_checkpoint,
+)
 from projections.sqlite import QueryTables, Row, rebuilt_rows
 from tests.projection_support import History, completed_run, histories
-from tests.sim_mutants import ProjectionForgetsRunsOnRestart, simulate_chain
+from tests.sim_mutants import (
+    PROJECTION_MUTANTS,
+    ProjectionForgetsRunsOnRestart,
+    chain_worker,
+    chain_workflow,
+    simulate_chain,
+)
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 AGENT_EVENTS = (AgentTurnCompleted, AgentToolScheduled, AgentToolCompleted)
@@ -126,8 +151,23 @@ def test_a_steps_row_that_is_not_the_folds_is_a_violation() -> None:
     stores = ProjectionStores()
     simulation = simulate_chain(seed=14, stores=stores)
     stores.live.conn.execute("UPDATE steps SET attempt = attempt + 7 WHERE step_id = 's0'")
-    (found,) = _final_violations(simulation)
-    assert "table 'steps' differs" in found, found
+    table, folds = _final_violations(simulation)  # (as a rebuild in a database reports it)
+    assert "table 'steps' differs" in table, table
+    assert "its steps rows are not the fold's" in folds, folds
+
+
+def test_a_run_whose_last_message_has_no_event_is_compared_with_its_fold_there() -> None:
+    """Its runs row stays at its last message with events (the rebuild's too): the comparison
+    with the fold at the log's last sequence names the difference, as before."""
+    stores = ProjectionStores()
+    simulation = simulate_chain(seed=15, stores=stores)
+    (run_id,) = simulation.log.run_ids()
+    cancel = CancelRun(run_id=run_id, at_ms=1, reason="late")
+    empty = codec.encode(Decision(command=cancel, events=()))  # (no engine appends one)
+    last = simulation.log.last_seq_now(run_id)
+    simulation.log.append_now(run_id, empty, "empty-decision", last)
+    found = [v for v in _final_violations(simulation) if "projections_equal_rebuild" in v]
+    assert len(found) == 1 and "its runs row" in found[0], found
 
 
 def test_a_projection_of_another_class_is_still_rebuilt_in_a_database() -> None:
@@ -138,3 +178,51 @@ def test_a_projection_of_another_class_is_still_rebuilt_in_a_database() -> None:
     simulation.projector.factory = ProjectionForgetsRunsOnRestart
     assert _final_violations(simulation) == []
     assert [s for s in statements if "INSERT INTO events" in s], "the rebuild wrote no events"
+
+
+def _planted(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The planted projection bugs of tests/sim_mutants.py, in `QueryTables` itself (its
+    class unchanged, so a seed compares with the rows computed from the folds)."""
+    flush, apply = QueryTables.flush, QueryTables.apply
+    started: set[str] = set()
+
+    def commits_in_flush(self: QueryTables, db: Database) -> None:
+        flush(self, db)
+        db.conn.commit()
+
+    def forgets_runs_on_restart(
+        self: QueryTables, db: Database, event: AnyEvent, at: Position
+    ) -> None:
+        if isinstance(event, RunStarted):
+            started.add(at.run_id)
+        elif at.run_id not in started:
+            return
+        apply(self, db, event, at)
+
+    def restarted(self: QueryTables) -> None:  # (a new instance knows no run)
+        started.clear()
+        init(self)
+
+    init = QueryTables.__init__
+    if name == "projection_commits_in_flush":
+        monkeypatch.setattr(QueryTables, "flush", commits_in_flush)
+    else:
+        monkeypatch.setattr(QueryTables, "apply", forgets_runs_on_restart)
+        monkeypatch.setattr(QueryTables, "__init__", restarted)
+
+
+@pytest.mark.parametrize("name", sorted(PROJECTION_MUTANTS))
+def test_a_planted_projection_bug_is_caught_by_the_rows_of_the_folds(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    _planted(monkeypatch, name)
+
+    def no_database_rebuild(*args: object) -> None:
+        raise AssertionError("the query tables were rebuilt in a database")
+
+    monkeypatch.setattr(SeedProjector, "_compare", no_database_rebuild)
+    case = SimCase(workflow=chain_workflow(), worker=chain_worker())
+    report = run_seeds(case, range(200))
+    assert report.failures, f"{name} survived 200 seeds"
+    broken = {violation.invariant for violation in report.failures[0].violations}
+    assert broken == {"projections_equal_rebuild"}, broken

@@ -68,7 +68,15 @@ from projections.snapshot import (
     fold_messages,
     snapshot_every_events,
 )
-from projections.sqlite import QueryTables, Row, rebuilt_rows, run_row, step_row, stored_rows
+from projections.sqlite import (
+    RUN_COLUMNS,
+    QueryTables,
+    Row,
+    rebuilt_rows,
+    run_row,
+    step_row,
+    stored_rows,
+)
 
 ProjectionFactory = Callable[[], SqliteProjection]
 # Appends after which each projector applies a batch (a SQLite transaction costs ~0.1 ms).
@@ -434,12 +442,19 @@ class SeedProjector:
             if not want and table in empty:
                 continue
             found = [tuple(row) for row in live.conn.execute(f'SELECT * FROM "{table}"')]
+            # (equal lists are equal rows; unequal ones may hold them in another order)
             if found != want and self._differs(table, Counter(found), Counter(want)):
-                return True  # (equal lists are equal rows; unequal ones may be in another order)
+                self._compare_folds(final_states)  # (as after a rebuild in a database)
+                return True
         seq = max([0, *(message[0] for message in everything)])
         self._checkpoints_differ(
             _position(read_checkpoint(live, self.projection.name)), (seq, events)
         )
+        # The runs rows are the folds' at each run's last message with events; where that is
+        # not the run's last message, the comparison with the folds says how they differ.
+        last = RUN_COLUMNS.index("last_seq")
+        if any(row[last] != self.log.last_seq_now(str(row[0])) for row in rows["runs"]):
+            self._compare_folds(final_states)
         return True
 
     def _compare(self, live: Database, rebuilt: Database, projection: SqliteProjection) -> None:
