@@ -188,6 +188,23 @@ class SimLoop(asyncio.AbstractEventLoop):
             self._running = False
         return task.result()
 
+    def drop_timers(self) -> int:
+        """Cancel and forget every timer left: what a finished simulation leaves on the loop
+        belongs to its dead world (its workers' heartbeat timers, never due), and held by the
+        loop it would keep that world alive, and able to fire, into the next one.
+
+        Returns:
+            How many timers were still live.
+        """
+        assert not self._running, "timers are dropped between runs"
+        live = 0
+        for _, _, handle in self._timers:
+            if not handle.cancelled():
+                live += 1
+                handle.cancel()
+        self._timers.clear()
+        return live
+
     def _abandon(self) -> None:
         """Cancel every unfinished task and let the cancellations run their course, so no
         coroutine is left suspended (and later closed mid-`finally`)."""
