@@ -17,6 +17,9 @@ depend on it), `runs_per_s_one_process` in one, `runs_per_s_one_process_without_
 same without the SQLite projection (what its invariant costs); `fold_runs_per_s` is how fast
 the pure kernel decodes and folds the same histories (what any replay costs at least).
 
+The `*_per_cpu_s` figures divide by this process's CPU time instead of the wall clock: on a
+machine shared with other work they move less (the ratio of two checkouts is steadier).
+
 `python -m bench.sim` prints one JSON line.
 """
 
@@ -107,9 +110,13 @@ def fold_rate(case: SimCase) -> float:
 
 
 def main() -> dict[str, object]:
+    cpu_started = time.process_time()
     order = run_seeds(order_case(), range(ORDER_SEEDS), failures_max=ORDER_SEEDS)
+    order_cpu_s = time.process_time() - cpu_started
     case = SimCase(workflow=chain(), worker=chain_worker(), faults=FaultPlan(), runs=RUNS_PER_SEED)
+    cpu_started = time.process_time()
     one = run_seeds(case, range(SEEDS_ONE_PROCESS), failures_max=SEEDS)
+    one_cpu_s = time.process_time() - cpu_started
     bare = SimCase(
         workflow=case.workflow, worker=case.worker, faults=case.faults, runs=RUNS_PER_SEED,
         projection=None,
@@ -129,9 +136,11 @@ def main() -> dict[str, object]:
         "ratio_to": "target",
         "workload": "order example, one process, default faults",
         "order_seeds": order.seeds,
+        "order_runs_per_cpu_s": round(order.runs / order_cpu_s),
         "chain_runs_per_s": round(report.runs / report.elapsed_s),
         "jobs": jobs,
         "runs_per_s_one_process": round(one.runs / one.elapsed_s),
+        "runs_per_cpu_s_one_process": round(one.runs / one_cpu_s),
         "runs_per_s_one_process_without_tables": round(
             without_tables.runs / without_tables.elapsed_s
         ),
