@@ -398,7 +398,6 @@ def rebuilt_rows(
             return None
         if state.workflow is None:
             continue  # (a run whose history does not start: `apply` reports it)
-        assert state.run_id == run_id, (state.run_id, run_id)
         runs.append(run_row(state, seq))
         steps.extend(step_row(state, index) for index in range(len(state.steps)))
         states.append((run_id, seq, codec.encode(state)))
