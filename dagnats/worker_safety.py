@@ -7,7 +7,10 @@ error texts cut to their limit, and the check of what it returned before it is e
   with a marker saying how long the text was.
 - `short_traceback(error)`: the last lines of its traceback, cut to the error limit; the
   frames of a stack already seen (the same code at the same instructions) are not formatted
-  again (`traceback_stacks_cached_max` stacks kept, per process).
+  again (`traceback_stacks_cached_max` stacks kept, per process). A file under an entry of
+  `sys.path` is named relative to it (`dagnats/examples/order/worker.py`, `asyncio/tasks.py`):
+  the text stored in history does not depend on where the code was installed, so a simulated
+  seed gives the same history digest in any checkout, and a host's layout is not recorded.
 - `output_problem(value)`: why a handler's return value cannot be the step's output (JSON
   nesting deeper than `json_depth_max`, a NaN or an infinity, bytes of any kind), with the
   JSON path of the first offending place (`$.items[3].score`), or None. The walk is
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import sys
 import traceback
 from collections.abc import Iterable, Iterator
@@ -104,7 +109,7 @@ def short_traceback(error: BaseException) -> str:
     try:
         lines = _simple_traceback(error)
         if lines is None:
-            lines = traceback.format_exception(error)
+            lines = [portable_paths(line) for line in traceback.format_exception(error)]
     except BaseException as problem:  # (a traceback that cannot be formatted)
         return cut_text(f"(the traceback could not be rendered: {_why(problem)})")
     return cut_text("".join(lines[-traceback_lines_max:]))
@@ -139,14 +144,38 @@ def _stack_lines(error: BaseException, tb: TracebackType) -> tuple[str, ...]:
         key.append((code, code.co_filename, walked.tb_lasti))
         walked = walked.tb_next
     if walked is not None:  # (too deep to keep)
-        return tuple(traceback.TracebackException(type(error), error, tb).stack.format())
+        return _formatted_stack(error, tb)
     cached = _stacks.get(tuple(key))
     if cached is None:
-        cached = tuple(traceback.TracebackException(type(error), error, tb).stack.format())
+        cached = _formatted_stack(error, tb)
         if len(_stacks) >= traceback_stacks_cached_max:
             _stacks.clear()
         _stacks[tuple(key)] = cached
     return cached
+
+
+def _formatted_stack(error: BaseException, tb: TracebackType) -> tuple[str, ...]:
+    stack = traceback.TracebackException(type(error), error, tb).stack
+    return tuple(portable_paths(entry) for entry in stack.format())
+
+
+_FILE_LINE: Final = re.compile(r'^(\s*File ")([^"]+)(", line )', re.MULTILINE)
+
+
+def portable_paths(text: str) -> str:
+    """`text` (formatted traceback lines) with each `File "..."` path under an entry of
+    `sys.path` made relative to the longest such entry; other paths are left as they are."""
+    roots = sorted({os.path.join(os.path.abspath(entry), "") for entry in sys.path if entry},
+                   key=len, reverse=True)  # fmt: skip
+
+    def relative(found: re.Match[str]) -> str:
+        path = found.group(2)
+        for root in roots:
+            if path.startswith(root):
+                return f"{found.group(1)}{path[len(root):]}{found.group(3)}"
+        return found.group(0)
+
+    return _FILE_LINE.sub(relative, text)
 
 
 def _children(value: object) -> Iterator[tuple[str, object]] | None:

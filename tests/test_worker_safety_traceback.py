@@ -1,9 +1,11 @@
 """`short_traceback` with its cache of formatted stacks says exactly what the traceback module
 says: the last `traceback_lines_max` lines of `traceback.format_exception`, for errors of every
-shape (deep, recursive, chained, grouped, with notes, never raised), seen once or again."""
+shape (deep, recursive, chained, grouped, with notes, never raised), seen once or again, with
+each file under an entry of `sys.path` named relative to it."""
 
 from __future__ import annotations
 
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagnats import worker_safety
-from dagnats.worker_safety import cut_text, short_traceback, traceback_lines_max
+from dagnats.worker_safety import cut_text, portable_paths, short_traceback, traceback_lines_max
 
 
 def _expected(error: BaseException) -> str:
     lines = traceback.format_exception(error)
-    return cut_text("".join(lines[-traceback_lines_max:]))
+    return cut_text("".join(portable_paths(line) for line in lines[-traceback_lines_max:]))
 
 
 def _recurse(depth: int, message: str) -> None:
@@ -119,3 +121,40 @@ def test_two_files_with_the_same_handler_each_get_their_own_file_name(tmp_path: 
     assert short_traceback(first) == _expected(first)
     assert short_traceback(second) == _expected(second)
     assert "b_handler.py" in short_traceback(second)
+
+
+def _raised_in(path: Path) -> ValueError:
+    source = "def handle(x):\n    raise ValueError(x)\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    namespace: dict[str, Any] = {}
+    exec(compile(source, str(path), "exec"), namespace)
+    try:
+        namespace["handle"]("boom")
+    except ValueError as error:
+        return error
+    raise AssertionError("nothing was raised")
+
+
+def test_a_file_under_sys_path_is_named_relative_to_it_in_any_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same handler installed in two places gives the same text (a simulated seed's history
+    digest does not depend on the checkout); the deepest sys.path entry wins."""
+    texts = []
+    for checkout in ("one", "two"):
+        root = tmp_path / checkout
+        monkeypatch.setattr(sys, "path", [str(tmp_path), str(root), *sys.path])
+        error = _raised_in(root / "shop" / "handlers.py")
+        texts.append(short_traceback(error))
+        assert 'File "shop/handlers.py", line 2, in handle' in texts[-1], texts[-1]
+        assert str(tmp_path) not in texts[-1]
+        assert "raise ValueError(x)" in texts[-1]  # the source line is still shown
+    assert texts[0] == texts[1]
+
+
+def test_a_file_outside_sys_path_keeps_its_whole_path(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere" / "handler.py"
+    assert not any(str(path).startswith(entry + "/") for entry in sys.path if entry)
+    text = short_traceback(_raised_in(path))
+    assert f'File "{path}", line 2, in handle' in text, text
