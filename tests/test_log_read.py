@@ -244,3 +244,24 @@ async def test_a_full_reader_drops_and_starts_again_from_the_next_sequence(
     assert [data for _, data in read] == [b"%d" % i for i in range(300)]
     assert most <= 20
     assert made[0].overflows > 0 and made[0].restarts == 0
+
+
+async def test_a_read_ends_when_its_whole_range_goes_meanwhile(
+    private_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's messages are the stream's last, and all go (retention purged the run) after
+    the read took its last sequence: no message ever comes to say the rest is gone, so only a
+    look at what is left (after a silence) ends the read; it used to stall twice, then fail."""
+    run_id = unique("run")
+    seqs = [(await private_js.publish(history_subject(run_id), b"m", stream=HISTORY_STREAM)).seq
+            for _ in range(6)]  # fmt: skip
+
+    class Purged(HistoryReader):
+        async def open(self) -> None:
+            if not self.restarts:
+                await private_js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id))
+            await super().open()
+
+    monkeypatch.setattr(log_module, "HistoryReader", Purged)
+    log = JetStreamEventLog(private_js, read_idle_timeout_ms=1_000)
+    assert seqs and await asyncio.wait_for(collect(log, run_id), timeout=15) == []

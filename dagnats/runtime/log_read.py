@@ -369,10 +369,22 @@ class HistoryReader(PushReader):
                 await self.request()
                 continue
             if not await self._sleep(timeout_s):
+                if not await self._rest_is_held():
+                    self.finished = True  # (what was left was purged meanwhile)
+                    return False
                 if silent:
                     raise TimeoutError()
                 silent = True
                 await self._restart()
+
+    async def _rest_is_held(self) -> bool:
+        """Whether the stream still holds a message of the subject in next_seq..last_seq (one
+        request, after a silence): a range purged or deleted after the read began hears only
+        heartbeats, and would end in a stall error instead of with what was there."""
+        try:
+            return await holds_any(self.js, self.stream, self.subject, self.next_seq, self.last_seq)
+        except nats.errors.Error:  # (no answer: the silence is the server's, restart as before)
+            return True
 
     async def _restart(self, *, counted: bool = True) -> None:
         """Make the consumer again from next_seq. A full reader's restart is not counted
@@ -481,6 +493,22 @@ class LiveReader(PushReader):
             self.restarts += 1
         self._quiet_since = time.monotonic()
         return True
+
+
+async def holds_any(
+    js: JetStreamContext, stream: str, subject: str, first_seq: int, last_seq: int
+) -> bool:
+    """Whether `stream` holds a message of `subject` (wildcards allowed) with first_seq <= seq
+    <= last_seq (one request).
+
+    Raises:
+        nats.errors.Error: no answer (a missing message is an answer: False).
+    """
+    try:
+        found = await js.get_msg(stream, first_seq, subject, next=True)
+    except nats.js.errors.NotFoundError:
+        return False
+    return found.seq is not None and found.seq <= last_seq
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:

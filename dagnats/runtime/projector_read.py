@@ -18,11 +18,10 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Final
 
-import nats.js.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
-from dagnats.runtime.log_read import HistoryReader, LiveReader, PushReader
+from dagnats.runtime.log_read import HistoryReader, LiveReader, PushReader, holds_any
 from dagnats.runtime.resources import HISTORY_STREAM, HISTORY_SUBJECTS, run_id_of_history_subject
 from kernel.errors import DagnatsError
 
@@ -63,7 +62,10 @@ async def read_until(
     Raises:
         DagnatsError: no message arrived within settings.read_idle_timeout_ms, twice.
     """
-    if last_seq <= after_seq or not await _holds_any(js, after_seq, last_seq):
+    # (a range purged whole ends at once, not after a silence of read_idle_timeout_ms)
+    if last_seq <= after_seq or not await holds_any(
+        js, HISTORY_STREAM, HISTORY_SUBJECTS, after_seq + 1, last_seq
+    ):
         return
     reader = _SubjectReader(js, after_seq, last_seq)
     subjects = reader.subjects
@@ -78,17 +80,6 @@ async def read_until(
             f"no message within read_idle_timeout_ms={settings.read_idle_timeout_ms}, "
             "twice (is nats-server up?)"
         ) from None
-
-
-async def _holds_any(js: JetStreamContext, after_seq: int, last_seq: int) -> bool:
-    """Whether the stream still holds a history message with after_seq < seq <= last_seq (one
-    request): a consumer started on a range purged whole, with nothing after it, hears only
-    heartbeats, and the read would end in a stall error instead of with nothing."""
-    try:
-        found = await js.get_msg(HISTORY_STREAM, after_seq + 1, HISTORY_SUBJECTS, next=True)
-    except nats.js.errors.NotFoundError:
-        return False
-    return found.seq is not None and found.seq <= last_seq
 
 
 class _LiveSubjectReader(_KeepsSubjects, LiveReader):
