@@ -15,7 +15,7 @@ from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector import Projector, SnapshotTarget, SqliteTarget, stream_last_seq
 from dagnats.runtime.projector_read import read_until
 from dagnats.runtime.projector_shared import SharedTail
-from dagnats.runtime.resources import HISTORY_STREAM, history_subject
+from dagnats.runtime.resources import HISTORY_STREAM, ensure_resources, history_subject
 from projections.base import Message
 from projections.sqlite import QueryTables
 from tests.nats_fixtures import RestartableServer, wait_for
@@ -267,3 +267,35 @@ async def test_inline_tables_while_another_writer_holds_the_file(
     await Projector(private_js, again).catch_up()
     await again.close()
     assert dump(path) == dump(rebuilt)
+
+
+async def test_a_history_stream_made_again_rebuilds_the_tables_and_the_snapshots(
+    private_js: JetStreamContext, tmp_path: Path
+) -> None:
+    """The history stream is made again (its NATS store lost; the SQLite file and the KV
+    buckets kept): the checkpoints are ahead of the new stream. Each projection starts over
+    from sequence 0 and holds the new stream's runs only, as a rebuild from zero does."""
+    log = JetStreamEventLog(private_js)
+    path = tmp_path / "tables.sqlite"
+
+    async def project() -> tuple[dict[str, list[tuple[object, ...]]], list[str]]:
+        sqlite = SqliteTarget(path, QueryTables())
+        await Projector(private_js, sqlite, batch_max=4).catch_up()
+        await sqlite.close()
+        await Projector(private_js, SnapshotTarget(private_js), batch_max=4).catch_up()
+        return dump(path), sorted(await snapshots(private_js))
+
+    for index in range(6):
+        await append(log, f"old-{index}", completed_run(f"old-{index}", at_ms=1_000))
+    _, runs = await project()
+    assert runs == [f"old-{index}" for index in range(6)]
+    await private_js.delete_stream(HISTORY_STREAM)
+    await ensure_resources(private_js)
+    await append(log, "new-0", completed_run("new-0", at_ms=2_000))
+    tables, runs = await project()
+    assert runs == ["new-0"]
+    fresh = SqliteTarget(tmp_path / "fresh.sqlite", QueryTables())
+    await Projector(private_js, fresh).catch_up()
+    await fresh.close()
+    assert tables == dump(tmp_path / "fresh.sqlite")
+    assert [row[0] for row in tables["runs"]] == ["new-0"]

@@ -123,6 +123,9 @@ class Recorder:
     async def settle(self) -> None:
         pass
 
+    async def reset(self) -> None:
+        self.seen.clear()
+
     async def close(self) -> None:
         pass
 

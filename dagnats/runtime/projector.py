@@ -132,6 +132,11 @@ class ProjectionTarget(Protocol):
         """
         ...
 
+    async def reset(self) -> None:
+        """Drop what the projection holds and set its checkpoint to 0 (`open` then rebuilds it
+        from sequence 0): its checkpoint is of another history stream."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -159,6 +164,27 @@ async def stream_last_seq(js: JetStreamContext) -> int:
     """The last sequence of the history stream (0 when empty)."""
     info = await js.stream_info(HISTORY_STREAM)
     return int(info.state.last_seq)
+
+
+async def open_target(js: JetStreamContext, target: ProjectionTarget) -> int:
+    """Open `target`; the sequence to resume after. A checkpoint ahead of the history stream's
+    last sequence is of another stream (this one was made again: its NATS store lost, or the
+    stream deleted and created anew; sequences never go back otherwise): what the target holds
+    is dropped and it is rebuilt from sequence 0, not left serving runs that are gone while it
+    skips the new stream's first messages. (A new stream already past the checkpoint cannot be
+    told apart this way: the projector looks when it opens, before most of a new history.)"""
+    position = await target.open()
+    if position > 0:
+        last = await stream_last_seq(js)
+        if last < position:
+            log.warning(
+                "projection %s: its checkpoint %d is ahead of the history stream (last "
+                "sequence %d): the stream was made again; rebuilding from sequence 0",
+                target.name, position, last,
+            )  # fmt: skip
+            await target.reset()
+            position = await target.open()
+    return position
 
 
 # -- the runner ----------------------------------------------------------------------------
@@ -273,7 +299,7 @@ class Projector:
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         try:
-            self.position = await self.target.open()
+            self.position = await open_target(self.js, self.target)
             await self._follow(stop, until_seq=None)
         except LeaseLostError as lost:
             log.info("projection %s: %s; standing by", self.target.name, lost)
@@ -327,7 +353,7 @@ class Projector:
         keeper = asyncio.create_task(self._keep_lease(done)) if self.lease else None
         try:
             await self._wait_for_lease()
-            self.position = await self.target.open()
+            self.position = await open_target(self.js, self.target)
             until = await stream_last_seq(self.js)
             if until > self.position:
                 await self._follow(asyncio.Event(), until_seq=until)

@@ -44,6 +44,7 @@ from dagnats.runtime.projector import (
     batch_linger_ms,
     idle_check_ms,
     next_batch,
+    open_target,
     read_then_tail,
     retry_delay_ms,
     stream_last_seq,
@@ -118,7 +119,7 @@ class SharedTail:
         names = ", ".join(lane.target.name for lane in group)
         try:
             for lane in group:
-                lane.position = await lane.target.open()
+                lane.position = await open_target(lane.js, lane.target)
             await self._follow(group, stop)
         except RegroupError:
             log.info("projections %s: the projections this process runs changed", names)

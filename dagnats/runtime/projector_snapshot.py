@@ -180,6 +180,14 @@ class SnapshotTarget:
         self._applied_seq = 0
         return 0
 
+    async def reset(self) -> None:
+        """Drop every snapshot (the runs bucket purged, its marker with them) and set the
+        checkpoint to 0 under its revision check (open first)."""
+        await self.js.purge_stream(f"KV_{RUNS_BUCKET}")
+        self.folder.clear()
+        self._events_total = 0
+        await self._write_checkpoint(0, 0, 0.0, 0)
+
     async def _marked(self) -> bool:
         """Whether the runs bucket holds its marker (it is the bucket the checkpoint is of).
 

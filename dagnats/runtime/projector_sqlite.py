@@ -28,6 +28,7 @@ from projections.base import (
     SqliteProjection,
     SqliteRunner,
     read_checkpoint,
+    reset_projection,
 )
 
 log = logging.getLogger("dagnats.projector")
@@ -107,6 +108,13 @@ class SqliteTarget:
         runner = self.runner
         assert runner is not None
         return await asyncio.to_thread(runner.open, now_ms())
+
+    async def reset(self) -> None:
+        """Drop the projection's tables and set its checkpoint to 0 (open first)."""
+        assert self.db is not None, "open first"
+        self._set_busy_timeout(_busy_timeout_ms)
+        tables = self.projection.tables
+        await asyncio.to_thread(reset_projection, self.db, self.projection.name, tables)
 
     async def apply(self, messages: list[Message], after_seq: int) -> tuple[int, int]:
         runner = self.runner
