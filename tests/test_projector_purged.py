@@ -11,8 +11,16 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
+from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
-from dagnats.runtime.projector import Projector, SnapshotTarget, SqliteTarget, stream_last_seq
+from dagnats.runtime.projector import (
+    Projector,
+    SnapshotTarget,
+    SqliteTarget,
+    read_status,
+    status_key,
+    stream_last_seq,
+)
 from dagnats.runtime.projector_read import read_until
 from dagnats.runtime.projector_shared import SharedTail
 from dagnats.runtime.resources import HISTORY_STREAM, ensure_resources, history_subject
@@ -299,3 +307,40 @@ async def test_a_history_stream_made_again_rebuilds_the_tables_and_the_snapshots
     await fresh.close()
     assert tables == dump(tmp_path / "fresh.sqlite")
     assert [row[0] for row in tables["runs"]] == ["new-0"]
+
+
+async def test_the_lag_goes_to_zero_when_the_streams_last_messages_are_purged(
+    private_js: JetStreamContext,
+) -> None:
+    """Retention purged the run appended last before the projector applied it: nothing is
+    left to apply, so the status a running projector mirrors into KV must come to lag 0 (it
+    used to show the purged messages as lag until something else was appended)."""
+    kept = await publish(private_js, 4, "kept")
+    lane = Keeper("lagging")
+    projector = Projector(private_js, lane)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        await wait_for(
+            lambda: projector.position == kept[-1],
+            timeout_ms=int(BOUND_S * 1000), what="the kept messages",
+        )  # fmt: skip
+        stop.set()
+        await asyncio.wait_for(task, BOUND_S)
+        for _ in range(5):
+            await private_js.publish(history_subject("purged-run"), b"x")
+        await private_js.purge_stream(HISTORY_STREAM, subject=history_subject("purged-run"))
+        purged_at_ms = now_ms()
+        stop = asyncio.Event()
+        task = asyncio.create_task(projector.run(stop))
+
+        async def lag_zero() -> bool:
+            status = await read_status(private_js, status_key(lane.name))
+            if status is None or status.updated_at_ms < purged_at_ms:
+                return False  # (the status the first run wrote when it stopped)
+            return status.seq == kept[-1] and status.lag == 0
+
+        await wait_for(lag_zero, timeout_ms=int(BOUND_S * 1000), what="lag 0")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, BOUND_S)

@@ -51,6 +51,7 @@ from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.lease import Lease, LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.log_read import holds_any
 from dagnats.runtime.parked import RunParkedError, decode_message, unfoldable
 from dagnats.runtime.projector_read import read_until, tail
 from dagnats.runtime.projector_snapshot import (  # re-exported: see __all__
@@ -69,6 +70,7 @@ from dagnats.runtime.projector_sqlite import (  # re-exported: see __all__
 )
 from dagnats.runtime.resources import (
     HISTORY_STREAM,
+    HISTORY_SUBJECTS,
     PROJECTIONS_BUCKET,
 )
 from kernel import codec
@@ -269,6 +271,7 @@ class Projector:
         self._window_events = 0
         self._status_due = 0.0
         self._status_kv: KeyValue | None = None
+        self._status_position = -1  # the position the last status was written at
         # A projection every engine on one NATS would run (KV snapshots) runs under a lease:
         # one engine at a time, the others stand by and take over when it stops.
         shared = bool(getattr(target, "shared", False))
@@ -434,16 +437,29 @@ class Projector:
             self._window_started = time.monotonic()
             self._window_events = 0
 
-    async def lag(self) -> int:
-        """Messages of the stream not yet applied."""
-        return max(0, await stream_last_seq(self.js) - self.position)
+    async def lag(self, stream_last: int | None = None) -> int:
+        """Messages of the stream not yet applied (`stream_last`: its last sequence, when the
+        caller just read it). Behind with no progress since the last status, it looks whether
+        the stream still holds any of them (one request): the stream's last messages purged
+        (retention) would otherwise show a lag that never goes."""
+        if stream_last is None:
+            stream_last = await stream_last_seq(self.js)
+        position = self.position
+        behind = max(0, stream_last - position)
+        if behind and position == self._status_position:
+            held = await holds_any(
+                self.js, HISTORY_STREAM, HISTORY_SUBJECTS, position + 1, stream_last
+            )
+            return behind if held else 0
+        return behind
 
     async def _write_status(self, stream_last: int | None = None) -> None:
         """Mirror the status into KV; `stream_last`: the stream's last sequence when the
         caller just read it (a shared tail reads it once for all its lanes)."""
         self._status_due = time.monotonic() + status_interval_ms / 1000
         try:
-            lag = await self.lag() if stream_last is None else max(0, stream_last - self.position)
+            lag = await self.lag(stream_last)
+            self._status_position = self.position
             status = ProjectionStatus(
                 name=self.target.name, kind=self.target.kind, version=self.target.version,
                 seq=self.position, lag=lag, events_per_s=round(self.rate, 1),
