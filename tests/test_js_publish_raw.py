@@ -15,6 +15,7 @@ HEADER_SETS: list[dict[str, str]] = [
     {"Nats-Msg-Id": "run-1:4:0a1b2c", "Nats-Expected-Last-Subject-Sequence": "4"},
     {"Nats-Msg-Id": "run-1:s:1", "Dagnats-Task-Token": "ab12", "traceparent": "00-ab-cd-01"},
     {"Dagnats-Dead-Reason": " a reason\r\nwith a break \n"},  # nats-py: spaces, stripped
+    {"Nats-Msg-Id": "  padded\t", "Nats-Expected-Last-Subject-Sequence": "\t7 "},  # stripped
     {},
 ]
 

@@ -53,12 +53,15 @@ _LINE_BREAKS: Final = str.maketrans({"\r": " ", "\n": " "})  # (nats-py's, in he
 
 
 def header_block(headers: dict[str, str]) -> bytes:
-    """The NATS/1.0 header block of `headers` as nats-py writes it (`Name: value` lines; in
-    a value that holds a line break, as nats-py: breaks made spaces, ends stripped). The names
-    are the code's own constants (tokens, no colon)."""
+    """The NATS/1.0 header block of `headers` as nats-py writes it (`Name: value` lines; a
+    value's line breaks made spaces, its ends stripped: looked for in the block built, not
+    value by value). The names are the code's own constants (tokens, no colon)."""
     lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
     breaks = len(headers)
-    if lines.count("\n") != breaks or lines.count("\r") != breaks:  # (a value holds one)
+    if (
+        lines.count("\n") != breaks or lines.count("\r") != breaks  # (a value holds one)
+        or ":  " in lines or " \r" in lines or "\t" in lines  # (or space at an end)
+    ):  # fmt: skip
         lines = "".join([
             f"{name}: {value.strip().translate(_LINE_BREAKS)}\r\n"
             for name, value in headers.items()
