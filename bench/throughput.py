@@ -11,7 +11,9 @@ measured on the same server in this run). Target: >= 5,000 steps/s. Workers run 
 `report_started=True` (`with_started_steps_per_s`).
 
 Beside it: CPU per step of each process, JetStream API requests and stored messages per step
-(`bench.metrics`), over the default workers' RUNS.
+(`bench.metrics`), over the default workers' RUNS; and the engine's split between its event
+loop's thread and its other threads (`engine_loop_cpu_ms_per_step`,
+`engine_threads_cpu_ms_per_step`: the SQLite projection's batches run in a worker thread).
 
 `python -m bench.throughput` prints one JSON line.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import Final
 
 from bench.common import (
@@ -33,6 +36,7 @@ from bench.common import (
     publish_starts,
     rounded,
 )
+from bench.metrics import CLOCK_TICKS_PER_S, STAT_UTIME_FIELD, cpu_ms
 from bench.workers import NOOP_TASK
 from kernel.workflow import WorkflowDef
 
@@ -60,6 +64,27 @@ async def wave(
     return wall_s, watcher.appends - appends_before
 
 
+def thread_cpu_ms(pid: int) -> tuple[float, float]:
+    """(utime + stime of `pid`'s main thread, of the whole process) in ms; (0, 0) when gone."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return 0.0, 0.0
+    fields = text.rsplit(")", 1)[1].split()  # (the layout of /proc/<pid>/stat)
+    ticks = int(fields[STAT_UTIME_FIELD - 2]) + int(fields[STAT_UTIME_FIELD - 1])
+    return ticks * 1000 / CLOCK_TICKS_PER_S, cpu_ms(pid)
+
+
+def engine_split(before: tuple[float, float], after: tuple[float, float]) -> dict[str, float]:
+    """The engine's CPU per step of RUNS * STEPS steps: its loop's thread, its other threads."""
+    steps = RUNS * STEPS
+    loop_ms, all_ms = after[0] - before[0], after[1] - before[1]
+    return {
+        "engine_loop_cpu_ms_per_step": rounded(loop_ms / steps, 3),
+        "engine_threads_cpu_ms_per_step": rounded(max(all_ms - loop_ms, 0.0) / steps, 3),
+    }
+
+
 async def measure(workers: int = WORKERS) -> dict[str, object]:
     async with bench_server("throughput") as bench:
         floor = await bench.floor()
@@ -74,7 +99,9 @@ async def measure(workers: int = WORKERS) -> dict[str, object]:
         await wave(bench, watcher, workflow, f"warm-{tag}", WARMUP_RUNS)
         metered = bench.metered()
         await metered.start()
+        threads_before = thread_cpu_ms(engine.pid)
         wall_s, appends = await wave(bench, watcher, workflow, f"tp-{tag}", RUNS)
+        split = engine_split(threads_before, thread_cpu_ms(engine.pid))
         per_step = await metered.per_step(RUNS * STEPS)
         stats = await engine.stats()
         # The same with workers that report TaskStarted (one command and append more per step).
@@ -101,6 +128,7 @@ async def measure(workers: int = WORKERS) -> dict[str, object]:
         "history_appends_per_s": rounded(appends / wall_s, 1),
         "engine_counters": stats.get("counters", {}),
         **per_step,
+        **split,
         "with_started_steps_per_s": rounded(started_steps_per_s, 1),
         **floor_fields(floor),
     }

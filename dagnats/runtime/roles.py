@@ -241,13 +241,15 @@ def command_kind_tokens(role: Role, identity: str = "") -> str:
     return kind
 
 
+_COMMAND_PREFIX_DOT: Final = COMMAND_PREFIX + "."
+_PREFIX_TOKENS: Final = COMMAND_PREFIX.count(".") + 1  # (the prefix's tokens: 2)
+
+
 def split_command_subject(subject: str) -> tuple[str, str, str]:
     """(run_id, kind, identity) of a command subject; kind "legacy" for the layout before
     roles (`dagnats.cmd.<p>.<run>`), "" for a subject of no known kind."""
-    tokens = subject.split(".")
-    prefix = len(COMMAND_PREFIX.split("."))
-    assert tokens[:prefix] == COMMAND_PREFIX.split("."), f"{subject!r} is not a command subject"
-    rest = tokens[prefix + 1 :]  # after the partition
+    assert subject.startswith(_COMMAND_PREFIX_DOT), f"{subject!r} is not a command subject"
+    rest = subject.split(".")[_PREFIX_TOKENS + 1 :]  # after the partition
     if len(rest) == 1:
         return rest[0], "legacy", ""
     if len(rest) == 2 and rest[1] in (KIND_RESULT, KIND_CLIENT, KIND_ENGINE):

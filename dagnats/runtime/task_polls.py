@@ -43,7 +43,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from dagnats.runtime import settings
-from dagnats.runtime.js_publish import listen
+from dagnats.runtime.js_publish import listen, publish_raw
 from dagnats.runtime.log_read import STATUS_AT, header_int, router
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.pull_credit import PullCredit
@@ -185,7 +185,7 @@ class RawTaskMessage:
         Raises:
             nats.errors.MsgAlreadyAckdError: it was settled before (as nats-py's `Msg`)."""
         self._settle()
-        await self._client.publish(self._reply, b"+ACK")
+        await publish_raw(self._client, self._reply, "", b"+ACK")
 
     async def nak(self, delay_ms: int = 0) -> None:
         """Deliver again after delay_ms."""
@@ -194,16 +194,16 @@ class RawTaskMessage:
         payload = b"-NAK"
         if delay_ms:
             payload += b" " + json.dumps({"delay": delay_ms * 1_000_000}).encode()
-        await self._client.publish(self._reply, payload)
+        await publish_raw(self._client, self._reply, "", payload)
 
     async def in_progress(self) -> None:
         """Still working: restart the ack wait (the heartbeat)."""
-        await self._client.publish(self._reply, b"+WPI")
+        await publish_raw(self._client, self._reply, "", b"+WPI")
 
     async def term(self) -> None:
         """Never deliver again."""
         self._settle()
-        await self._client.publish(self._reply, b"+TERM")
+        await publish_raw(self._client, self._reply, "", b"+TERM")
 
     def _settle(self) -> None:
         if self._settled:
