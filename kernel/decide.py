@@ -12,7 +12,7 @@ for a step is its type's answer (`kernel.lifecycle.ask`); what follows an attemp
 
 from __future__ import annotations
 
-from typing import assert_never
+from typing import assert_never, cast
 
 import msgspec
 
@@ -101,6 +101,10 @@ LIFECYCLE_TYPES = frozenset({
     StepScheduled, StepStarted, StepCompleted, StepFailed, StepTimedOut, StepRetryScheduled,
     StepSkipped, StepRecovered, StepCompensated, StepLost,
 })  # fmt: skip
+OneStepEvent = (
+    StepScheduled | StepStarted | StepCompleted | StepFailed | StepTimedOut | StepRetryScheduled
+    | StepSkipped | StepRecovered | StepCompensated | StepLost | StepEvent
+)  # fmt: skip
 
 
 def decide(state: RunState, command: AnyCommand) -> Decided:
@@ -486,7 +490,7 @@ def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | Non
     for event in builder.events[marked:]:
         if type(event) not in LIFECYCLE_TYPES and not isinstance(event, StepEvent):
             return None
-        position = state.index_of(event.step_id)
+        position = state.index_of(cast(OneStepEvent, event).step_id)
         if position < 0:
             return None
         status = steps[position].status
@@ -554,19 +558,19 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
 
 
 def _deps_done(index: DagIndex, steps: tuple[StepState, ...], position: int) -> bool:
-    for dep in index.dependencies[position]:  # (a loop, not all(): no generator per step)
-        if steps[dep].status not in DONE_STEP_STATUSES:
-            return False
-    return True
+    deps = index.dependencies[position]
+    if len(deps) == 1:  # most steps (a chain's): one look, no generator
+        return steps[deps[0]].status in DONE_STEP_STATUSES
+    return all(steps[dep].status in DONE_STEP_STATUSES for dep in deps)
 
 
 def _body_finished(index: DagIndex, steps: tuple[StepState, ...]) -> bool:
     """Whether every step outside the handlers is finished (kernel.appended.finished), looked
     at last to first: a join or a chain's end is the first unfinished one."""
-    for position in index.body_reversed:
-        if not appended.finished(steps[position]):
-            return False
-    return True
+    body = index.body_reversed
+    if body and not appended.finished(steps[body[0]]):
+        return False  # most decisions: the run's last step is not finished (no generator)
+    return all(appended.finished(steps[position]) for position in body)
 
 
 def _output_of(state: RunState, step_id: str) -> msgspec.Raw:
