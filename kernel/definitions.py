@@ -17,7 +17,7 @@ values, as before); the oldest goes first.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -26,6 +26,8 @@ from kernel.state import StepState
 from kernel.workflow import WorkflowDef
 
 _encoder: Final = msgspec.json.Encoder()
+KeyT = TypeVar("KeyT")
+ValueT = TypeVar("ValueT")
 
 
 class Definition:
@@ -41,19 +43,32 @@ class Definition:
 
 
 _definitions: dict[bytes, Definition] = {}
+# The definitions met as objects: a RunStarted is folded more than once (in `decide`, then by
+# its caller; again by every replay of the same decoded event), and its workflow object needs
+# no second encoding. Keyed by the object's id and checked by identity (the entry holds the
+# object, so its id is not reused while kept); bounded alike.
+_objects: dict[int, tuple[WorkflowDef, Definition]] = {}
 
 
 def shared(workflow: WorkflowDef) -> Definition:
     """The shared value of `workflow`'s definition (equal to it; built on first use)."""
+    met = _objects.get(id(workflow))
+    if met is not None and met[0] is workflow:
+        return met[1]
     key = _encoder.encode(workflow)
     found = _definitions.get(key)
-    if found is not None:
-        return found
-    built = Definition(workflow)
-    if len(key) > limits.definition_bytes_cached_max:
-        return built
-    if len(_definitions) >= limits.definitions_cached_max:
-        del _definitions[next(iter(_definitions))]  # the oldest (dicts keep insertion order)
-    _definitions[key] = built
-    assert len(_definitions) <= limits.definitions_cached_max
-    return built
+    if found is None:
+        found = Definition(workflow)
+        if len(key) > limits.definition_bytes_cached_max:
+            return found  # not kept: its runs build their own values
+        _kept(_definitions, key, found)
+    _kept(_objects, id(workflow), (workflow, found))
+    return found
+
+
+def _kept(memo: dict[KeyT, ValueT], key: KeyT, value: ValueT) -> None:
+    """Keep `value` under `key`, letting the oldest entry go when the memo is full."""
+    if len(memo) >= limits.definitions_cached_max:
+        del memo[next(iter(memo))]  # the oldest (dicts keep insertion order)
+    memo[key] = value
+    assert len(memo) <= limits.definitions_cached_max

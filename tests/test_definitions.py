@@ -32,7 +32,10 @@ PROPERTY = settings(
 @pytest.fixture(autouse=True)
 def cold_memo() -> Iterator[None]:
     """Each test starts with no shared definition and leaves none behind."""
-    with patch.dict(definitions._definitions, clear=True):
+    with (
+        patch.dict(definitions._definitions, clear=True),
+        patch.dict(definitions._objects, clear=True),
+    ):
         yield
 
 
@@ -95,6 +98,28 @@ def test_the_memo_is_bounded_and_lets_the_oldest_go() -> None:
     assert definitions.shared(_copy(kept[-1].workflow)) is kept[-1], "the newest is kept"
     assert definitions.shared(_copy(kept[0].workflow)) is not kept[0], "the oldest went"
     assert len(definitions._definitions) == limits.definitions_cached_max
+    assert len(definitions._objects) == limits.definitions_cached_max
+
+
+class _CountingEncoder:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.encoder = msgspec.json.Encoder()
+
+    def encode(self, value: object) -> bytes:
+        self.calls += 1
+        return self.encoder.encode(value)
+
+
+def test_a_definition_object_met_again_is_not_encoded_again() -> None:
+    counting = _CountingEncoder()
+    workflow = _workflow()
+    with patch.object(definitions, "_encoder", counting):
+        first = definitions.shared(workflow)
+        assert definitions.shared(workflow) is first
+        assert counting.calls == 1, "the same object: found by identity"
+        assert definitions.shared(_copy(workflow)) is first
+        assert counting.calls == 2, "an equal object decoded anew: found by its bytes"
 
 
 def test_a_large_definition_is_not_kept_and_still_folds() -> None:
