@@ -15,7 +15,6 @@ import msgspec
 
 from kernel import limits, registry, reopen
 from kernel.admission_tasks import evolve_deferral
-from kernel.definitions import shared
 from kernel.events import (
     AnyEvent,
     CompensationStarted,
@@ -270,14 +269,14 @@ def fold_from(state: RunState, events: Iterable[AnyEvent]) -> RunState:
 
 
 def _run_started(event: RunStarted) -> RunState:
-    definition = shared(event.workflow)  # one value per definition (kernel.definitions)
+    workflow = event.workflow
     assert event.run_id, "a run has an id"
     assert event.depth >= 0 and event.chain_index >= 0, (event.depth, event.chain_index)
     assert event.depth == 0 or event.parent_run_id, f"run {event.run_id!r}: depth > 0, no parent"
     return RunState(
         run_id=event.run_id,
         status="running",
-        workflow=definition.workflow,
+        workflow=workflow,
         input=event.input,
         seed=event.seed,
         parent_run_id=event.parent_run_id,
@@ -288,9 +287,9 @@ def _run_started(event: RunStarted) -> RunState:
         chain_root=event.chain_root,
         chain_index=event.chain_index,
         started_at_ms=event.at_ms,
-        step_ids=definition.step_ids,
-        step_defs=definition.workflow.steps,
-        steps=definition.steps,
+        step_ids=tuple(step.id for step in workflow.steps),
+        step_defs=workflow.steps,
+        steps=tuple(StepState(step_id=step.id) for step in workflow.steps),
         event_count=1,
         dynamic=_control_root(event),
     )
