@@ -117,15 +117,17 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     Returns:
         The events to append (possibly none), or a Rejection saying why the command is refused.
     """
-    if isinstance(command, StartRun):
-        return _start_run(state, command)
-    if isinstance(command, StartGated | ScheduleRun):  # admission (kernel/admission_run.py)
-        return _start_run(state, command.start, held=command)
+    kind = type(command)  # (commands are final types: exact tests, cheaper than isinstance)
+    if kind is StartRun:
+        return _start_run(state, cast(StartRun, command))
+    if kind is StartGated or kind is ScheduleRun:  # admission (kernel/admission_run.py)
+        held = cast("StartGated | ScheduleRun", command)
+        return _start_run(state, held.start, held=held)
     if state.status == "new":
         return Rejection(run_id=command.run_id, code="unknown_run", message=queries.no_run(command))
     assert command.run_id == state.run_id, f"command for {command.run_id!r} on {state.run_id!r}"
-    if isinstance(command, ReopenRun | DiscardDeadLetter):
-        return _lifecycle_operation(state, command)
+    if kind is ReopenRun or kind is DiscardDeadLetter:
+        return _lifecycle_operation(state, cast("ReopenRun | DiscardDeadLetter", command))
     if is_terminal(state):
         return _after_end(state, command)
     builder = Builder(state, command.at_ms, command.seed)
@@ -304,22 +306,18 @@ def _task_started(builder: Builder, command: TaskStarted) -> Rejection | None:
 
 def _complete_task(builder: Builder, command: CompleteTask) -> Rejection | None:
     state = builder.state
-    if state.step(command.step_id) is None:
-        return queries.unknown_step(state, command.step_id)
     live = queries.current_attempt(state, command.step_id, command.attempt)
-    if live is None:
-        return None  # stale attempt or a second completion
+    if live is None:  # stale attempt or a second completion (or no such step: refused)
+        return queries.unknown_step(state, command.step_id) if _unknown(state, command) else None
     _record_start(builder, command, live)
     return ask(builder, command.step_id, command)
 
 
 def _fail_task(builder: Builder, command: FailTask) -> Rejection | None:
     state = builder.state
-    if state.step(command.step_id) is None:
-        return queries.unknown_step(state, command.step_id)
     live = queries.current_attempt(state, command.step_id, command.attempt)
     if live is None:
-        return None
+        return queries.unknown_step(state, command.step_id) if _unknown(state, command) else None
     if appended.runs_appended(state, command.step_id, command.attempt):
         return None  # the attempt's appended steps run: a late failure report is stale
     _record_start(builder, command, live)
@@ -337,6 +335,10 @@ def _fail_task(builder: Builder, command: FailTask) -> Rejection | None:
         builder, command.step_id, error, retryable=retryable, retry_after_ms=command.retry_after_ms
     )
     return None
+
+
+def _unknown(state: RunState, command: CompleteTask | FailTask) -> bool:
+    return state.index_of(command.step_id) < 0
 
 
 def _record_start(builder: Builder, command: CompleteTask | FailTask, step: StepState) -> None:
