@@ -179,6 +179,7 @@ def _stamped(state: RunState, effects: tuple[AnyEffect, ...]) -> tuple[AnyEffect
 def _stamp_task(state: RunState, task: EnqueueTask) -> EnqueueTask:
     size = state.event_count
     assert size >= 1, "a task follows a started run"
+    assert task.run_id == state.run_id, f"a task of run {task.run_id!r} from {state.run_id!r}"
     group = _worker_group(state, task.step_id)
     return msgspec.structs.replace(task, history_events=size, group=group)
 
