@@ -8,7 +8,10 @@ these is timed (best of REPEATS, `time.perf_counter`):
 - fold: `evolve` over the already-decoded events of every run;
 - decode+fold: `kernel.codec.decode_decision` of every message, then `evolve` (a replay);
 - encode: `kernel.codec.encode_decision` of every decision;
-- bare decode: `msgspec.json.Decoder(Decision).decode` of the same bytes, nothing else.
+- bare decode: `msgspec.json.Decoder(Decision).decode` of the same bytes, nothing else;
+- decide: what the engine does per command, `decide` on the state before it, then `evolve` and
+  `react` of each event it decided (`decide_us_per_command`: one decision's cost, the fold
+  inside `decide` included).
 
 Prints one JSON line; `value` is the decode+fold rate, `ratio` that rate over the bare decode
 rate (the floor a replay cannot beat: how much the codec's checks and the fold add).
@@ -27,6 +30,7 @@ from kernel.codec import decode_decision, encode_decision
 from kernel.commands import AnyCommand, CompleteTask, FailTask, FireTimer, StartRun
 from kernel.decide import decide
 from kernel.events import AnyEvent, Decision, StepRetryScheduled
+from kernel.react import react
 from kernel.reducer import evolve, fold
 from kernel.state import INITIAL_STATE, RunState
 from kernel.timers import retry_timer_id
@@ -99,6 +103,22 @@ def build_run(workflow: WorkflowDef, run_id: str, start_ms: int) -> list[Message
     return messages
 
 
+def decide_all(runs: list[list[Message]]) -> Callable[[], None]:
+    """The engine's work per command over `runs`: decide, then evolve and react per event."""
+
+    def work() -> None:
+        for run in runs:
+            state = INITIAL_STATE
+            for command, _ in run:
+                decided = decide(state, command)
+                assert isinstance(decided, tuple)
+                for event in decided:
+                    state = evolve(state, event)
+                    react(state, event)
+
+    return work
+
+
 def _best(repeats: int, work: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -148,6 +168,7 @@ def main() -> dict[str, object]:
     replay_rate = total / _best(REPEATS, decode_and_fold)
     encode_rate = total / _best(REPEATS, encode_only)
     bare_rate = total / _best(REPEATS, bare_decode)
+    decide_s = _best(REPEATS, decide_all(runs))
     result: dict[str, object] = {
         "bench": "kernel_fold",
         "value": round(replay_rate),
@@ -156,6 +177,7 @@ def main() -> dict[str, object]:
         "fold_events_per_s": round(fold_rate),
         "encode_events_per_s": round(encode_rate),
         "bare_decode_events_per_s": round(bare_rate),
+        "decide_us_per_command": round(decide_s / len(flat) * 1e6, 2),
         "events": total,
         "messages": len(flat),
         "runs": RUNS,

@@ -12,7 +12,7 @@ for a step is its type's answer (`kernel.lifecycle.ask`); what follows an attemp
 
 from __future__ import annotations
 
-from typing import assert_never
+from typing import assert_never, cast
 
 import msgspec
 
@@ -93,11 +93,17 @@ from kernel.state import (
 
 Decided = tuple[AnyEvent, ...] | Rejection
 LIVE = ("scheduled", "running")
-# Events that change only the step they name (the shared lifecycle, and a type's own events,
-# which change the step's state or its type's record; an append changes `step_defs`).
-ONE_STEP_EVENTS = (
+WORKER_COMMANDS = (CompleteTask, TaskStarted, FailTask, FireTimer)  # those naming a task's id
+# Events that change only the step they name: the shared lifecycle (these types exactly), and
+# a type's own events (a `StepEvent`), which change the step's state or its type's record (an
+# append changes `step_defs`).
+LIFECYCLE_TYPES = frozenset({
     StepScheduled, StepStarted, StepCompleted, StepFailed, StepTimedOut, StepRetryScheduled,
-    StepSkipped, StepRecovered, StepCompensated, StepLost, StepEvent,
+    StepSkipped, StepRecovered, StepCompensated, StepLost,
+})  # fmt: skip
+OneStepEvent = (
+    StepScheduled | StepStarted | StepCompleted | StepFailed | StepTimedOut | StepRetryScheduled
+    | StepSkipped | StepRecovered | StepCompensated | StepLost | StepEvent
 )  # fmt: skip
 
 
@@ -111,15 +117,17 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     Returns:
         The events to append (possibly none), or a Rejection saying why the command is refused.
     """
-    if isinstance(command, StartRun):
-        return _start_run(state, command)
-    if isinstance(command, StartGated | ScheduleRun):  # admission (kernel/admission_run.py)
-        return _start_run(state, command.start, held=command)
+    kind = type(command)  # (commands are final types: exact tests, cheaper than isinstance)
+    if kind is StartRun:
+        return _start_run(state, cast(StartRun, command))
+    if kind is StartGated or kind is ScheduleRun:  # admission (kernel/admission_run.py)
+        held = cast("StartGated | ScheduleRun", command)
+        return _start_run(state, held.start, held=held)
     if state.status == "new":
         return Rejection(run_id=command.run_id, code="unknown_run", message=queries.no_run(command))
     assert command.run_id == state.run_id, f"command for {command.run_id!r} on {state.run_id!r}"
-    if isinstance(command, ReopenRun | DiscardDeadLetter):
-        return _lifecycle_operation(state, command)
+    if kind is ReopenRun or kind is DiscardDeadLetter:
+        return _lifecycle_operation(state, cast("ReopenRun | DiscardDeadLetter", command))
     if is_terminal(state):
         return _after_end(state, command)
     builder = Builder(state, command.at_ms, command.seed)
@@ -169,12 +177,21 @@ def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
     if admission_run.is_flow_command(command):  # flow control (kernel/admission_tasks.py)
         admission_run.decide_flow_command(builder, command)
         return None
-    if isinstance(command, TaskStarted | CompleteTask | FailTask | FireTimer):
+    if isinstance(command, WORKER_COMMANDS):
         item = appended.item_owner(builder.state, command.step_id)
         if item is not None:  # an item of a step (not a step itself): its owner decides
             owner, key = item
             return ask(builder, owner, ItemReport(key=key, command=command))
-    match command:
+    match command:  # (the commands of most decisions first: a case is an isinstance test)
+        case CompleteTask():
+            return _complete_task(builder, command)
+        case TaskStarted():
+            return _task_started(builder, command)
+        case FailTask():
+            return _fail_task(builder, command)
+        case FireTimer():
+            _fire_timer(builder, command)
+            return None
         case StartRun() | StartGated() | ScheduleRun():
             raise AssertionError("a start is decided before")
         case AdmitRun():
@@ -182,15 +199,6 @@ def _apply(builder: Builder, command: AnyCommand) -> Rejection | None:
             return None
         case DeferTask() | ReleaseTask():
             raise AssertionError("decided before")
-        case TaskStarted():
-            return _task_started(builder, command)
-        case CompleteTask():
-            return _complete_task(builder, command)
-        case FailTask():
-            return _fail_task(builder, command)
-        case FireTimer():
-            _fire_timer(builder, command)
-            return None
         case CancelRun():
             _cancel_run(builder, command)
             return None
@@ -298,23 +306,21 @@ def _task_started(builder: Builder, command: TaskStarted) -> Rejection | None:
 
 def _complete_task(builder: Builder, command: CompleteTask) -> Rejection | None:
     state = builder.state
-    if state.step(command.step_id) is None:
-        return queries.unknown_step(state, command.step_id)
-    if queries.current_attempt(state, command.step_id, command.attempt) is None:
-        return None  # stale attempt or a second completion
-    _record_start(builder, command)
+    live = queries.current_attempt(state, command.step_id, command.attempt)
+    if live is None:  # stale attempt or a second completion (or no such step: refused)
+        return queries.unknown_step(state, command.step_id) if _unknown(state, command) else None
+    _record_start(builder, command, live)
     return ask(builder, command.step_id, command)
 
 
 def _fail_task(builder: Builder, command: FailTask) -> Rejection | None:
     state = builder.state
-    if state.step(command.step_id) is None:
-        return queries.unknown_step(state, command.step_id)
-    if queries.current_attempt(state, command.step_id, command.attempt) is None:
-        return None
+    live = queries.current_attempt(state, command.step_id, command.attempt)
+    if live is None:
+        return queries.unknown_step(state, command.step_id) if _unknown(state, command) else None
     if appended.runs_appended(state, command.step_id, command.attempt):
         return None  # the attempt's appended steps run: a late failure report is stale
-    _record_start(builder, command)
+    _record_start(builder, command, live)
     kind: ErrorKind = "lost" if command.kind in LOST_KINDS else command.kind
     error = ErrorInfo(
         message=queries.truncate(command.error),
@@ -331,10 +337,14 @@ def _fail_task(builder: Builder, command: FailTask) -> Rejection | None:
     return None
 
 
-def _record_start(builder: Builder, command: CompleteTask | FailTask) -> None:
-    """Record `step.started` from a result whose worker did not report it separately."""
-    step = builder.state.step(command.step_id)
-    assert step is not None and step.attempt == command.attempt
+def _unknown(state: RunState, command: CompleteTask | FailTask) -> bool:
+    return state.index_of(command.step_id) < 0
+
+
+def _record_start(builder: Builder, command: CompleteTask | FailTask, step: StepState) -> None:
+    """Record `step.started` from a result whose worker did not report it separately (`step`:
+    the live attempt's state, in the decision's state as it is)."""
+    assert step.step_id == command.step_id and step.attempt == command.attempt
     if step.status == "scheduled" and command.started_at_ms is not None:
         builder.emit(
             StepStarted(
@@ -430,7 +440,8 @@ def _advance(builder: Builder, before: RunState) -> None:
     holds no ready step unless a concurrency limit held it back (every decision advances to
     this fixpoint), so without a limit only the steps this decision's events touched and their
     dependents can be ready (`_touched`); after a start or a reopen (a run not running
-    before), every step is looked at.
+    before), every step is looked at once, and the passes after that one look only at the
+    steps its events touched.
     """
     marked = 0
     for _ in range(limits.advance_iterations_max):
@@ -438,6 +449,10 @@ def _advance(builder: Builder, before: RunState) -> None:
             break
         candidates = _touched(builder, before, marked)
         marked = len(builder.events)
+        if candidates is None:  # a full pass leaves ready only the steps its events touch
+            before = builder.state
+        if candidates == [] and not builder.state.dynamic.parents:
+            break  # no step can be ready and no owner waits to be told: a pass would do nothing
         if not _advance_once(builder, candidates):
             break
     else:
@@ -445,9 +460,8 @@ def _advance(builder: Builder, before: RunState) -> None:
     state = builder.state
     if state.status != "running":
         return
-    steps = state.steps
-    index = dag_index(state.step_defs)  # last to first: a join or a chain's end is unfinished
-    if all(appended.finished(steps[position]) for position in index.body_reversed):
+    index = dag_index(state.step_defs)
+    if _body_finished(index, state.steps):
         output = queries.run_output(state, index.handlers)
         if len(output) > limits.payload_bytes_max:
             message = (
@@ -462,8 +476,10 @@ def _advance(builder: Builder, before: RunState) -> None:
 
 def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | None:
     """The positions of the steps that may have become ready since `marked` (events of this
-    decision): each step an event names and its dependents, in DAG order; None when any step
-    may have (a start or reopen, a run-level event, steps appended, a concurrency limit)."""
+    decision), in DAG order: each step an event names that is pending now, and the dependents
+    of each that is done now (a step's status changes only by an event naming it, and a step
+    is ready only when pending with every dependency done); None when any step may have (a
+    start or reopen, a run-level event, steps appended, a concurrency limit)."""
     state = builder.state
     if before.status != "running" or before.step_defs is not state.step_defs:
         return None
@@ -471,21 +487,27 @@ def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | Non
     if state.workflow.max_concurrent_steps is not None:
         return None
     index = dag_index(state.step_defs)
+    steps = state.steps
     found: set[int] = set()
     for event in builder.events[marked:]:
-        if not isinstance(event, ONE_STEP_EVENTS):
+        if type(event) not in LIFECYCLE_TYPES and not isinstance(event, StepEvent):
             return None
-        position = state.index_of(event.step_id)
+        position = state.index_of(cast(OneStepEvent, event).step_id)
         if position < 0:
             return None
-        found.add(position)
-        found.update(index.dependents[position])
+        status = steps[position].status
+        if status == "pending":
+            found.add(position)
+        elif status in DONE_STEP_STATUSES:
+            found.update(index.dependents[position])
     assert len(found) <= len(state.step_defs), "positions of the run's steps"
     return sorted(found)
 
 
 def _settle_owners(builder: Builder) -> bool:
     """Tell each live owner whose appended steps are all done; whether any was told."""
+    if not builder.state.dynamic.parents:
+        return False  # no step appended steps (most runs)
     told = False
     for owner in appended.owners(builder.state):
         if not appended.settled(builder.state, owner):
@@ -538,7 +560,19 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
 
 
 def _deps_done(index: DagIndex, steps: tuple[StepState, ...], position: int) -> bool:
-    return all(steps[dep].status in DONE_STEP_STATUSES for dep in index.dependencies[position])
+    deps = index.dependencies[position]
+    if len(deps) == 1:  # most steps (a chain's): one look, no generator
+        return steps[deps[0]].status in DONE_STEP_STATUSES
+    return all(steps[dep].status in DONE_STEP_STATUSES for dep in deps)
+
+
+def _body_finished(index: DagIndex, steps: tuple[StepState, ...]) -> bool:
+    """Whether every step outside the handlers is finished (kernel.appended.finished), looked
+    at last to first: a join or a chain's end is the first unfinished one."""
+    body = index.body_reversed
+    if body and not appended.finished(steps[body[0]]):
+        return False  # most decisions: the run's last step is not finished (no generator)
+    return all(appended.finished(steps[position]) for position in body)
 
 
 def _output_of(state: RunState, step_id: str) -> msgspec.Raw:

@@ -69,11 +69,7 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
 
 
 def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
-    match event:
-        case RunStarted():
-            timer = _run_timeout_timer(state)
-            started = ((timer,) if timer is not None else ()) + run_links.report_started(state)
-            return started + watch_cancel_on(state)
+    match event:  # (the events of most decisions first: a case is an isinstance test)
         case StepScheduled():
             effects = _step_type(state, event.step_id).react(state, event)
             timer = step_timeout_timer(state, event.step_id)
@@ -82,6 +78,12 @@ def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
             if event.attempt == 0:
                 return ()  # failed before any attempt: nothing was armed
             return _cancel_step_timeout(state, event.step_id, event.attempt)
+        case StepStarted():
+            return ()
+        case RunStarted():
+            timer = _run_timeout_timer(state)
+            started = ((timer,) if timer is not None else ()) + run_links.report_started(state)
+            return started + watch_cancel_on(state)
         case StepRetryScheduled():
             return (_retry_timer(state, event.step_id, event.attempt, event.due_at_ms),)
         case RunCompleted() | RunFailed() | RunCancelled() | RunContinuedAsNew() | RunTerminated():
@@ -92,8 +94,7 @@ def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
         case StepTimedOut():
             return _step_type(state, event.step_id).react(state, event)
         case (
-            StepStarted()
-            | SignalReceived()
+            SignalReceived()
             | StepSkipped()
             | StepRecovered()
             | CompensationStarted()
@@ -167,18 +168,20 @@ def resume(state: RunState) -> tuple[AnyEffect, ...]:
 def _stamped(state: RunState, effects: tuple[AnyEffect, ...]) -> tuple[AnyEffect, ...]:
     """`effects` with each task message telling its handler the run's history size, and
     addressed to its step's worker group (README "Worker groups")."""
-    if not any(isinstance(effect, EnqueueTask) for effect in effects):
-        return effects
-    size = state.event_count
-    assert size >= 1, "a task follows a started run"
+    if not effects:
+        return effects  # (most events: nothing to stamp)
     return tuple(
-        msgspec.structs.replace(
-            effect, history_events=size, group=_worker_group(state, effect.step_id)
-        )
-        if isinstance(effect, EnqueueTask)
-        else effect
+        _stamp_task(state, effect) if isinstance(effect, EnqueueTask) else effect
         for effect in effects
     )
+
+
+def _stamp_task(state: RunState, task: EnqueueTask) -> EnqueueTask:
+    size = state.event_count
+    assert size >= 1, "a task follows a started run"
+    assert task.run_id == state.run_id, f"a task of run {task.run_id!r} from {state.run_id!r}"
+    group = _worker_group(state, task.step_id)
+    return msgspec.structs.replace(task, history_events=size, group=group)
 
 
 def _worker_group(state: RunState, step_id: str) -> str:

@@ -122,6 +122,9 @@ def get(name: str) -> StepType:
     Raises:
         KeyError: no such step type (callers validate names first; see `names()`).
     """
+    found = _table.get(name)  # (loaded: one look-up)
+    if found is not None:
+        return found
     _load()
     return _table[name]
 

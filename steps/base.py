@@ -96,7 +96,7 @@ class StepTypeBase:
         return None
 
     def decide(self, context: DecideContext, step_id: str, given: StepInput) -> Outcome | Rejection:
-        assert context.state.step_def(step_id) is not None, f"no step {step_id!r}"
+        assert step_id, "a step has an id (the caller found its definition: kernel.lifecycle.ask)"
         draft = Draft(context)
         rejection = self.on(draft, step_id, given)
         if rejection is not None:
