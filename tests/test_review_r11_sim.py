@@ -8,11 +8,14 @@ check of the query tables and `portable_paths` still catch, shown by planted bug
 - a traceback of the project's own code named its file relative to the checkout only when the
   checkout was on `sys.path`: with the editable install `make venv` makes (a finder hook, not a
   path entry) and the `dagnats` console script, it kept the checkout's absolute path (fixed:
-  an imported module's file is named from its module's name).
+  an imported module's file is named from its module's name);
+- the loop's clock, the one a handler reads, carried from seed to seed: a handler timing itself
+  gave seed N another history in a range than alone (fixed: `drop_timers` sets it back to 0).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -21,9 +24,12 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from dagnats.sim import SimCase, run_seeds
+from dagnats.sim import SimCase, run_seed, run_seeds
+from dagnats.sim.loop import SimLoop
 from dagnats.sim.projector import CATCH_UP_BATCH_MAX, FEED_BATCH_MAX, REDELIVERED_MAX
+from dagnats.worker import TaskContext, Worker
 from dagnats.worker_safety import portable_paths, short_traceback
+from kernel.workflow.builder import Workflow
 from projections.sqlite import QueryTables
 from tests.sim_mutants import chain_worker, chain_workflow
 
@@ -115,3 +121,40 @@ def test_a_module_found_by_a_finder_is_named_from_its_module(
     assert str(folder) not in text
     outside = f'  File "{folder / "revpkg" / "other.py"}", line 1, in f\n'
     assert portable_paths(outside) == outside
+
+
+def _timed_worker() -> Worker:
+    worker = Worker()
+
+    @worker.task("timed")
+    async def timed(context: TaskContext) -> dict[str, object]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(0.3)
+        return {"took_s": loop.time() - started}
+
+    return worker
+
+
+def test_a_seed_of_a_handler_timing_itself_is_the_same_alone_and_after_others() -> None:
+    """The loop's clock is the one a handler reads (`loop.time()`): it starts each seed at 0,
+    so `--seed N` replays seed N of a range (float sums of another base round otherwise:
+    0.9000000000000001 - 0.6000000000000001 != 0.3)."""
+    workflow = Workflow("timed").task("a", task="timed").build()
+    case = SimCase(workflow=workflow, worker=_timed_worker())
+    seeds = range(6)
+    in_range: dict[int, str] = {}
+    run_seeds(case, seeds, on_result=lambda r: in_range.__setitem__(r.seed, r.digest))
+    alone = {seed: run_seed(case, seed, keep_trace=False).digest for seed in seeds}
+    assert in_range == alone
+
+
+def test_dropping_a_runs_timers_sets_the_loop_clock_back() -> None:
+    loop = SimLoop()  # type: ignore[abstract]
+    try:
+        loop.run_until_complete(asyncio.sleep(0.7))
+        assert loop.time() == 0.7
+        loop.drop_timers()
+        assert loop.time() == 0.0
+    finally:
+        loop.close()
