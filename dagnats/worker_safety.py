@@ -165,19 +165,21 @@ _FILE_LINE: Final = re.compile(r'^(\s*File ")([^"]+)(", line )', re.MULTILINE)
 
 
 def portable_paths(text: str) -> str:
-    """`text` (formatted traceback lines) with each `File "..."` path under an entry of
-    `sys.path` made relative to the longest such entry; else, the file of an imported module
-    named by its module's path (`dagnats/worker.py`: an editable install finds the checkout by
-    a finder, not by a `sys.path` entry); other paths are left as they are."""
+    """`text` (formatted traceback lines) with each `File "..."` path of an imported module
+    named from its module's name (`dagnats/worker.py`, whether the checkout is found by a
+    `sys.path` entry, by a parent folder's entry or by an editable install's finder), else
+    under an entry of `sys.path` made relative to the longest such entry; other paths are left
+    as they are."""
     roots = sorted({os.path.join(os.path.abspath(entry), "") for entry in sys.path if entry},
                    key=len, reverse=True)  # fmt: skip
 
     def relative(found: re.Match[str]) -> str:
         path = found.group(2)
-        for root in roots:
-            if path.startswith(root):
-                return f"{found.group(1)}{path[len(root):]}{found.group(3)}"
         named = _module_files().get(path)
+        for root in roots if named is None else ():
+            if path.startswith(root):
+                named = path[len(root) :]
+                break
         return found.group(0) if named is None else f"{found.group(1)}{named}{found.group(3)}"
 
     return _FILE_LINE.sub(relative, text)

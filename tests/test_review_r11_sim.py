@@ -158,3 +158,30 @@ def test_dropping_a_runs_timers_sets_the_loop_clock_back() -> None:
         assert loop.time() == 0.0
     finally:
         loop.close()
+
+
+def test_a_module_under_a_parent_folders_entry_is_named_from_its_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the folder holding the checkout on `sys.path` (a script run from there), the
+    checkout's own name does not go into the text."""
+    import importlib
+
+    folder = tmp_path / "checkout-one"
+    (folder / "revpkg2").mkdir(parents=True)
+    (folder / "revpkg2" / "__init__.py").write_text("", encoding="utf-8")
+    (folder / "revpkg2" / "mod.py").write_text(
+        "def handle(x):\n    raise ValueError(x)\n", encoding="utf-8"
+    )
+    monkeypatch.setattr(sys, "path", [str(tmp_path), str(folder), *sys.path])
+    module = importlib.import_module("revpkg2.mod")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(folder)])
+    try:
+        module.handle("boom")
+    except ValueError as error:
+        text = short_traceback(error)
+    finally:
+        for name in ("revpkg2.mod", "revpkg2"):
+            sys.modules.pop(name, None)
+    assert 'File "revpkg2/mod.py", line 2, in handle' in text, text
+    assert "checkout-one" not in text
