@@ -8,9 +8,11 @@ error texts cut to their limit, and the check of what it returned before it is e
 - `short_traceback(error)`: the last lines of its traceback, cut to the error limit; the
   frames of a stack already seen (the same code at the same instructions) are not formatted
   again (`traceback_stacks_cached_max` stacks kept, per process). A file under an entry of
-  `sys.path` is named relative to it (`dagnats/examples/order/worker.py`, `asyncio/tasks.py`):
-  the text stored in history does not depend on where the code was installed, so a simulated
-  seed gives the same history digest in any checkout, and a host's layout is not recorded.
+  `sys.path` is named relative to it (`dagnats/examples/order/worker.py`, `asyncio/tasks.py`),
+  and another file of an imported module by its module's name (an editable install's checkout
+  is found by a finder, not by a `sys.path` entry): the text stored in history does not depend
+  on where the code was installed, so a simulated seed gives the same history digest in any
+  checkout, and a host's layout is not recorded.
 - `output_problem(value)`: why a handler's return value cannot be the step's output (JSON
   nesting deeper than `json_depth_max`, a NaN or an infinity, bytes of any kind), with the
   JSON path of the first offending place (`$.items[3].score`), or None. The walk is
@@ -163,19 +165,50 @@ _FILE_LINE: Final = re.compile(r'^(\s*File ")([^"]+)(", line )', re.MULTILINE)
 
 
 def portable_paths(text: str) -> str:
-    """`text` (formatted traceback lines) with each `File "..."` path under an entry of
-    `sys.path` made relative to the longest such entry; other paths are left as they are."""
+    """`text` (formatted traceback lines) with each `File "..."` path of an imported module
+    named from its module's name (`dagnats/worker.py`, whether the checkout is found by a
+    `sys.path` entry, by a parent folder's entry or by an editable install's finder), else
+    under an entry of `sys.path` made relative to the longest such entry; other paths are left
+    as they are."""
     roots = sorted({os.path.join(os.path.abspath(entry), "") for entry in sys.path if entry},
                    key=len, reverse=True)  # fmt: skip
 
     def relative(found: re.Match[str]) -> str:
         path = found.group(2)
-        for root in roots:
+        named = _module_files().get(path)
+        for root in roots if named is None else ():
             if path.startswith(root):
-                return f"{found.group(1)}{path[len(root):]}{found.group(3)}"
-        return found.group(0)
+                named = path[len(root) :]
+                break
+        return found.group(0) if named is None else f"{found.group(1)}{named}{found.group(3)}"
 
     return _FILE_LINE.sub(relative, text)
+
+
+# (len(sys.modules) when it was made, each imported module's file -> its name from its module)
+_module_names: list[tuple[int, dict[str, str]]] = [(-1, {})]
+
+
+def _module_files() -> dict[str, str]:
+    """Each imported module's file -> the same file named from its module's name
+    (`dagnats.sim.loop` -> `dagnats/sim/loop.py`), where the file's path ends so. Made again
+    when modules were imported since."""
+    seen, names = _module_names[0]
+    if seen == len(sys.modules):
+        return names
+    modules = list(sys.modules.values())
+    names = {}
+    for module in modules:
+        spec, path = getattr(module, "__spec__", None), getattr(module, "__file__", None)
+        name = getattr(spec, "name", None)
+        if not isinstance(path, str) or not isinstance(name, str) or name == "__main__":
+            continue
+        parts, base = name.split("."), os.path.basename(path)
+        named = os.path.join(*(parts if base.startswith("__init__.") else parts[:-1]), base)
+        if path.endswith(os.sep + named):
+            names[path] = named
+    _module_names[0] = (len(modules), names)
+    return names
 
 
 def _children(value: object) -> Iterator[tuple[str, object]] | None:

@@ -189,9 +189,12 @@ class SimLoop(asyncio.AbstractEventLoop):
         return task.result()
 
     def drop_timers(self) -> int:
-        """Cancel and forget every timer left: what a finished simulation leaves on the loop
-        belongs to its dead world (its workers' heartbeat timers, never due), and held by the
-        loop it would keep that world alive, and able to fire, into the next one.
+        """Cancel and forget every timer left, and set the clock back to 0: what a finished
+        simulation leaves on the loop belongs to its dead world (its workers' heartbeat timers,
+        never due), and held by the loop it would keep that world alive, and able to fire, into
+        the next one; and the clock it moved would be where the next run's handlers start (a
+        handler timing itself with `loop.time()`, or two sleeps that tie, would then depend on
+        the runs before it: float sums of another base round otherwise).
 
         Returns:
             How many timers were still live.
@@ -203,6 +206,7 @@ class SimLoop(asyncio.AbstractEventLoop):
                 live += 1
                 handle.cancel()
         self._timers.clear()
+        self._now = 0.0
         return live
 
     def _abandon(self) -> None:
