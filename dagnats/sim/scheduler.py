@@ -70,7 +70,7 @@ from dagnats.sim.processes import (
     enter_call,
     simulated_handler,
 )
-from dagnats.sim.projector import ProjectionStores, SeedProjector
+from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, ProjectionStores, SeedProjector
 from dagnats.sim.trace import Trace
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
@@ -121,6 +121,7 @@ class Simulation:
             states_at=self.oracle.state_at,
             violate=self.oracle.violate,
             decision_at=self.oracle.decision_at,
+            rebuild_in_database=seed % DATABASE_REBUILD_EVERY_SEEDS == 0,
         )
         self.log.listeners.append(self.projector.on_append)
         self.tasks.on_publish.append(self.oracle.on_task_published)

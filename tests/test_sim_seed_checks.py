@@ -1,17 +1,14 @@
-"""Review of the simulator changes merged in round 11 (1fa7dea..7188332): what the end-of-seed
-check of the query tables and `portable_paths` still catch, shown by planted bugs and odd paths.
+"""What a seed's checks catch and what makes a seed's history the same wherever it runs:
 
 - a query-tables bug that shows only in a batch larger than the live feed ever takes (the
   batches a rebuild from zero, or a projector catching up on NATS, applies: up to
-  `batch_messages_max` messages) was caught by the rebuild in a database, and is not by the rows
-  computed from the folds;
-- a traceback of the project's own code named its file relative to the checkout only when the
-  checkout was on `sys.path`: with the editable install `make venv` makes (a finder hook, not a
-  path entry) and the `dagnats` console script, it kept the checkout's absolute path (fixed:
-  an imported module's file is named from its module's name);
-- the loop's clock, the one a handler reads, carried from seed to seed: a handler timing itself
-  gave seed N another history in a range than alone (fixed: `drop_timers` sets it back to 0).
-"""
+  `batch_messages_max` messages) is caught by the seeds that rebuild in a database
+  (`DATABASE_REBUILD_EVERY_SEEDS`); the rows computed from the folds alone would not;
+- a traceback of the project's own code names its file from its module (the editable install
+  finds the checkout by a finder hook, not a path entry, and the `dagnats` console script does
+  not put it on `sys.path`), so no checkout path goes into history;
+- the loop's clock, the one a handler reads, starts again at each seed: a handler timing itself
+  gives seed N the same history alone, in a range or in another `--jobs` chunk."""
 
 from __future__ import annotations
 
@@ -37,11 +34,6 @@ RUNS: int = 10  # runs per seed: a rebuild's one batch holds ~400 events, a live
 EVENTS_PER_FLUSH_KEPT: int = 256  # the planted bug drops the events rows of a flush past these
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the live feed takes at most CATCH_UP_BATCH_MAX + REDELIVERED_MAX messages per batch "
-    "and the rebuild in a database no longer runs for the query tables (caught at 1fa7dea)",
-)
 def test_a_bug_of_large_batches_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Planted: a flush writes the events rows in chunks (as for SQLite's variable limit) and
     loses what is past the first chunk. The live feed's batches (at most
