@@ -78,7 +78,7 @@ from dagnats.worker_groups import (
     presence_of,
 )
 from dagnats.worker_heartbeat import Heartbeats
-from dagnats.worker_invoke import Handler, Raised, Returned, invoke, invoke_here
+from dagnats.worker_invoke import Handler, Raised, Returned, invoke, invoke_here, start_job
 from dagnats.worker_safety import (
     cut_text,
     output_problem,
@@ -269,8 +269,8 @@ class Worker:
     def _dispatch(
         self, messages: Sequence[TaskMessage], commands: CommandPublisher, dead: DeadLetters
     ) -> None:
-        for message in messages:
-            job = asyncio.create_task(self._run_job(message, commands, dead))
+        for message in messages:  # (a job may be done already: its callback comes soon)
+            job = start_job(self._run_job(message, commands, dead))
             self._in_flight.add(job)
             job.add_done_callback(self._job_done)
 

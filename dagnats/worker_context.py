@@ -43,6 +43,9 @@ class TaskEnvelope(msgspec.Struct, frozen=True, kw_only=True):
 
 
 NO_ENVELOPE: Final = TaskEnvelope()
+# The usage of a task that is no agent turn (frozen: one for all; a frozen dataclass made per
+# task was a good part of a no-op task's Python work in the worker).
+NO_USAGE: Final = Usage()
 
 
 def read_envelope(task: EnqueueTask) -> TaskEnvelope:
@@ -73,7 +76,7 @@ class TaskContext:
         self.turn = envelope.turn
         self.state: Any = None
         self.tool_results: tuple[ToolResult, ...] = ()
-        self.usage = Usage()
+        self.usage = NO_USAGE
         if envelope.turn > 0:
             turn_input = read_turn_input(self.input_raw)
             self.input_raw = turn_input.input_raw

@@ -276,7 +276,12 @@ class FetchLoop:
         (half of it or less standing: `PullCredit.wanted`) or failed. A task per message no
         longer costs a look (the loop's wake, its timer and future); renewals of requests
         that would expire are the full look's, every idle_wait_ms. Once stopping, what came
-        stays in the pull: `end` gives it back."""
+        stays in the pull: `end` gives it back.
+
+        The wake is set one loop iteration later (`call_soon`), after the jobs it handed
+        over took their first step: a job's first write (a no-op handler's result) goes out
+        before the look, not behind it (a look cost ~60 us of the critical path in one task
+        of 16 when it ran between a job's publish and the client's flush)."""
         self.to_ask.add(name)
         pull = self.pulls.get(name)
         if pull is None or self.stop.is_set():
@@ -290,7 +295,7 @@ class FetchLoop:
         if messages:
             self.dispatch(messages)
         if error is not None or pull.credit.pending <= self.credit_max // 2:
-            self.wake.set()
+            asyncio.get_running_loop().call_soon(self.wake.set)
 
     def _failed(self, name: str, error: BaseException) -> None:
         if self.stop.is_set():

@@ -3,14 +3,20 @@ runs each handler through `invoke` (in a task of its own, when the attempt has a
 `invoke_here` (in the caller's task), so nothing a handler raises, BaseException included,
 reaches the event loop or ends the worker's job.
 
+`start_job` starts a worker's job (one task message) where Python can start a task at once
+(3.12+, `eager_start`): the job runs up to its first real wait (a handler's own I/O, or the
+result's acknowledgement) in the read-loop callback that brought its message, instead of one
+loop iteration later: a no-op handler's result is written in the next iteration.
+
 This module runs the handler it is given and nothing else: no I/O of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dagnats.worker_context import TaskContext
@@ -57,3 +63,13 @@ async def invoke_here(handler: Handler, context: TaskContext) -> Returned | Rais
         return Raised(error)
     except BaseException as error:  # (that is the point)
         return Raised(error)
+
+
+def start_job(job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task running `job`: started at once on Python 3.12+ (its first step runs now, in
+    the caller: what it does before its first wait is done when this returns, and it may be
+    done already), else scheduled for the next loop iteration (Python 3.11)."""
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(job, loop=loop, eager_start=True)
+    return loop.create_task(job)

@@ -129,6 +129,12 @@ def fetch_loop(names: list[str], jobs: Jobs, batch_max: int = 64) -> tuple[Fetch
     return loop, queue
 
 
+async def looked(loop: FetchLoop) -> None:
+    """Until a look the last callback woke (one loop iteration after it) has run."""
+    await asyncio.sleep(0)
+    await wait_for(lambda: not loop.wake.is_set(), timeout_ms=WAIT_MS, what="a look")
+
+
 async def stopped(loop: FetchLoop, running: asyncio.Task[None]) -> None:
     loop.stop.set()
     await asyncio.wait_for(running, WAIT_MS / 1000)  # stop wakes it
@@ -154,10 +160,10 @@ async def test_a_chain_of_one_type_is_asked_for_in_chunks() -> None:
         for _ in range(12):  # a chain: one task at a time, each ends before the next
             pull.bring(object())  # type: ignore[arg-type]
             assert len(jobs.running) == 1, "handed over at once"
-            await wait_for(lambda: not loop.wake.is_set(), timeout_ms=WAIT_MS, what="a look")
+            await looked(loop)
             jobs.running.clear()
             loop.job_ended()
-            await wait_for(lambda: not loop.wake.is_set(), timeout_ms=WAIT_MS, what="a look")
+            await looked(loop)
         assert pull.asks[0] == 16 and len(pull.asks) == 2, pull.asks  # a chunk when half came
         assert 1 < pull.asks[1] <= 8
         assert pull.credit.pending == 16 - 12 + pull.asks[1]
@@ -179,6 +185,7 @@ async def test_a_task_is_handed_over_at_once_and_wakes_the_loop_only_for_credit(
         for brought in range(1, 8):  # more than half of the credit still stands
             pull.bring(object())  # type: ignore[arg-type]
             assert jobs.taken == brought, "handed over in the pull's callback"
+            await asyncio.sleep(0)  # (a wake is set one loop iteration after the callback)
             assert not loop.wake.is_set(), f"task {brought} woke the loop for nothing"
             jobs.running.clear()
             loop.job_ended()
@@ -186,9 +193,55 @@ async def test_a_task_is_handed_over_at_once_and_wakes_the_loop_only_for_credit(
         assert looks[0] == looks_before, (looks, looks_before)
         # (the eighth: half of the credit left, the loop is woken to ask)
         pull.bring(object())  # type: ignore[arg-type]
-        assert jobs.taken == 8 and loop.wake.is_set()
+        assert jobs.taken == 8 and not loop.wake.is_set(), "woken after the jobs' first step"
+        await asyncio.sleep(0)
+        assert loop.wake.is_set()
         await wait_for(lambda: len(pull.asks) == 2, timeout_ms=WAIT_MS, what="the renewal")
         assert looks[0] == looks_before + 1, (looks, looks_before)
+    finally:
+        await stopped(loop, running)
+
+
+async def test_a_jobs_first_write_goes_out_before_the_look_its_task_woke() -> None:
+    """A publish is written on the client's flusher's next turn (nats-py: one loop iteration
+    after the publish). The look a task's arrival wakes (half of the credit came) runs after
+    that write, not between the job's publish and it (its pull request goes out next)."""
+    order: list[str] = []
+    running_loop = asyncio.get_running_loop()
+
+    async def job() -> None:
+        order.append("published")
+        running_loop.call_soon(order.append, "written")  # (the flusher's turn)
+
+    jobs: list[asyncio.Task[None]] = []
+
+    def dispatch(messages: Sequence[TaskMessage]) -> None:
+        for _ in messages:
+            jobs.append(running_loop.create_task(job()))  # (as Python 3.11 starts a job)
+
+    queue = FakeQueue()
+    loop = FetchLoop(
+        ["a"], queue, asyncio.Event(), dispatch=dispatch, free_slots=lambda: 2,
+        wake=asyncio.Event(), outage=OutageLog(logging.getLogger("test"), "fetching"),
+        batch_max=64,
+    )  # fmt: skip
+    running = asyncio.create_task(loop.run())
+    try:
+        await wait_for(lambda: "a" in queue.pulls, timeout_ms=WAIT_MS, what="the pull")
+        pull = queue.pulls["a"]
+        await wait_for(lambda: pull.asks == [2], timeout_ms=WAIT_MS, what="the first ask")
+        await looked(loop)
+        ask = pull.ask
+
+        async def logged(count: int) -> None:
+            order.append("asked")
+            await ask(count)
+
+        pull.ask = logged  # type: ignore[method-assign]
+        pull.bring(object())  # type: ignore[arg-type]  # (half of the credit came: a look)
+        await wait_for(lambda: len(pull.asks) == 2, timeout_ms=WAIT_MS, what="the look")
+        await wait_for(lambda: "written" in order, timeout_ms=WAIT_MS, what="the write")
+        assert order == ["published", "written", "asked"], order
     finally:
         await stopped(loop, running)
 
