@@ -99,7 +99,8 @@ def _summary(report: SimReport, bound_ms: int) -> Table:
         "virtual time", f"{_duration(report.virtual_ms)} (bound per run {_duration(bound_ms)})"
     )
     table.add_row("scheduler steps", str(report.steps))
-    table.add_row("projection batches", f"{report.projection_batches} (and a check against a rebuild per seed)")
+    batches = f"{report.projection_batches} (and a check against a rebuild per seed)"
+    table.add_row("projection batches", batches)
     faults = "\n".join(f"{name} {count}" for name, count in sorted(report.faults.items()))
     table.add_row("faults injected", faults or "none")
     table.add_row("failing seeds", str(len(report.failures)))
