@@ -83,7 +83,7 @@ def mixed_workflows(draw: st.DrawFn) -> WorkflowDef:
             step["task"] = "work"
         if kind == "planner":
             step["task"] = "plan"
-            step["config"] = {"max_steps": 4, "allowed_types": ["task", "map"]}
+            step["config"] = {"max_steps": 4, "allowed_types": ["task", "map", "log"]}
         if kind == "sleep":
             step["config"] = {"duration": draw(st.sampled_from(("0s", "1s", "5m")))}
         if kind == "wait_signal":
@@ -145,8 +145,18 @@ def _plan(draw: Draw) -> msgspec.Raw:
             else []
         )
         step: dict[str, Any] = {"id": f"p{index}", "task": "work", "depends_on": deps}
-        if len(deps) == 1 and draw(st.booleans()):  # a map over its one dependency's items
+        shape = draw(st.integers(0, 3))
+        if len(deps) == 1 and shape == 0:  # a map over its one dependency's items
             step |= {"type": "map", "config": {"items_path": "items"}}
+        elif shape == 1:  # a step that completes as it starts
+            step = {
+                "id": f"p{index}",
+                "type": "log",
+                "depends_on": deps,
+                "config": {"message": "plan"},
+            }
+        if deps and draw(st.integers(0, 3)) == 0:
+            step["skip_if"] = {"step_id": deps[0], "field": "flag", "op": "==", "value": True}
         steps.append(step)
     if draw(st.integers(0, 9)) == 0:
         steps.append({"id": "bad", "task": "work", "depends_on": ["nowhere"]})
