@@ -537,6 +537,8 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
     for position in range(len(steps)) if candidates is None else candidates:
         if steps[position].status != "pending" or not _deps_done(index, steps, position):
             continue
+        if builder.state.steps[position].status != "pending":
+            continue  # an earlier start of this pass ended it (its plan's owner skipped it)
         step_def = state.step_defs[position]
         if step_def.id in index.handlers:
             continue
