@@ -17,7 +17,7 @@ This module may import only `kernel`, the standard library, msgspec and sqlite-u
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 import msgspec
@@ -55,6 +55,7 @@ STEP_COLUMNS: Final = (
 EVENT_COLUMNS: Final = ("seq", "idx", "run_id", "type", "step_id", "attempt", "at_ms", "body")
 
 Row = tuple[object, ...]
+Folded = Callable[[int, str], RunState | None]  # (seq, run id) -> the state after that message
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL,
@@ -280,7 +281,9 @@ class _Touched:
     """A run touched by the batch: its state before the batch and now, the sequence of its
     last folded message, and the state to store at the end of a message (if any is due)."""
 
-    __slots__ = ("before", "last_seq", "message_count", "message_seq", "state", "stored")
+    __slots__ = (
+        "before", "last_seq", "message_count", "message_seq", "shared", "state", "stored",
+    )  # fmt: skip
 
     def __init__(self, before: RunState, last_seq: int) -> None:
         self.before = before
@@ -288,6 +291,7 @@ class _Touched:
         self.last_seq = last_seq
         self.message_seq = last_seq  # the message being folded
         self.message_count = before.event_count  # its event count when that message began
+        self.shared: RunState | None = None  # the state after that message, as given
         self.stored: tuple[int, RunState] | None = None
 
     def end_message(self) -> None:
@@ -313,7 +317,11 @@ class QueryTables(SqliteProjectionBase):
     tables = ("runs", "steps", "events", "approvals", "agent_turns", "tool_calls", STATES_TABLE)
     schema = _SCHEMA
 
-    def __init__(self) -> None:
+    def __init__(self, folded: Folded | None = None) -> None:
+        """`folded(seq, run_id)`: the run's state after the message at `seq` as its writer
+        folded it (the engine of this process), taken instead of evolving its events; None
+        where it is not known."""
+        self._folded = folded
         self._touched: dict[str, _Touched] = {}
         self._events: list[Row] = []
         self._turns: list[Row] = []
@@ -341,11 +349,18 @@ class QueryTables(SqliteProjectionBase):
         if at.seq != touched.message_seq:
             touched.end_message()
             touched.message_seq = at.seq
-        try:
-            touched.state = evolve(touched.state, event)
-        except AssertionError as error:
-            self.problems.append(f"run {at.run_id!r}: message {at.seq} does not fold: {error}")
-            return
+            shared = self._folded(at.seq, at.run_id) if self._folded else None
+            # (a given state that is not ahead of this one is not taken: folded here instead)
+            ahead = shared is not None and shared.event_count > touched.message_count
+            touched.shared = shared if ahead else None
+        if touched.shared is not None:  # (after the whole message: the same for its events)
+            touched.state = touched.shared
+        else:
+            try:
+                touched.state = evolve(touched.state, event)
+            except AssertionError as error:
+                self.problems.append(f"run {at.run_id!r}: message {at.seq} does not fold: {error}")
+                return
         touched.last_seq = at.seq
         self._events.append(event_row(event, at))
         if type(event) in _AGENT_EVENT_TYPES:  # (most events fill no agent row)
