@@ -32,9 +32,8 @@ from bench.workers import noop_worker, recovery_worker
 from dagnats.runtime import collector, projector
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
-from dagnats.runtime.projector_shared import SharedTail
+from dagnats.runtime.projector_shared import SharedTail, builtin_targets
 from dagnats.worker import Worker
-from projections.sqlite import QueryTables
 
 STATUS_FILE: Final = Path("/proc/self/status")
 
@@ -97,10 +96,7 @@ def start_projections(
     js = connection.js
     engine.snapshots = projector.KvSnapshotStore(js)
     directory.mkdir(parents=True, exist_ok=True)
-    targets: tuple[projector.ProjectionTarget, ...] = (
-        projector.SnapshotTarget(js),
-        projector.SqliteTarget(directory / projector.SQLITE_FILE, QueryTables(), inline=True),
-    )
+    targets = builtin_targets(js, directory / projector.SQLITE_FILE, engine)
     return [asyncio.create_task(SharedTail(js, targets).run(stop))]
 
 

@@ -134,6 +134,15 @@ class SqliteProjectionBase:
     def discard(self) -> None:
         """Nothing buffered by default."""
 
+    def begin(self, after_seq: int) -> None:
+        """A batch begins, in its transaction, after the checkpoint `after_seq` (checked to be
+        the stored one). Nothing to do by default: a projection that keeps what it wrote in
+        memory across batches trusts it only when this is the sequence it last committed."""
+
+    def committed(self, seq: int) -> None:
+        """The batch's transaction committed; the stored checkpoint is `seq`. Nothing to do
+        by default."""
+
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     """A projection's stored position: the last applied stream sequence."""
@@ -420,27 +429,33 @@ class SqliteRunner:
         projection = self.projection
         problems: list[str] = []
         connection = self.db.conn
-        with write_transaction(self.db):
-            stored = _stored_position(self.db, projection.name)
-            if stored is None or stored[1] != after_seq or stored[0] != projection.version:
-                raise CheckpointMovedError(
-                    projection.name, after_seq, stored[1] if stored is not None else 0
-                )
-            applied = 0
-            try:
+        begin = getattr(projection, "begin", None)  # (optional: SqliteProjectionBase has them)
+        committed = getattr(projection, "committed", None)
+        try:  # (a failed commit too: what the projection kept of this batch is forgotten)
+            with write_transaction(self.db):
+                stored = _stored_position(self.db, projection.name)
+                if stored is None or stored[1] != after_seq or stored[0] != projection.version:
+                    raise CheckpointMovedError(
+                        projection.name, after_seq, stored[1] if stored is not None else 0
+                    )
+                if begin is not None:
+                    begin(after_seq)
+                applied = 0
                 for at, event in positioned_events(
                     messages, after_seq, projection.events, problems, decoded
                 ):
                     projection.apply(self.db, event, at)
                     applied += 1
                 projection.flush(self.db)
-            except BaseException:
-                projection.discard()
-                raise
-            last_seq = max([after_seq, *(message[0] for message in messages)])
-            connection.execute(
-                _POSITION_UPDATE, [last_seq, stored[2] + applied, now_ms, projection.name]
-            )
+                last_seq = max([after_seq, *(message[0] for message in messages)])
+                connection.execute(
+                    _POSITION_UPDATE, [last_seq, stored[2] + applied, now_ms, projection.name]
+                )
+        except BaseException:
+            projection.discard()
+            raise
+        if committed is not None:
+            committed(last_seq)
         return BatchResult(seq=last_seq, applied=applied, problems=tuple(problems))
 
     def apply_all(self, messages: Iterable[Message], *, now_ms: int = 0) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import typing
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -133,8 +133,17 @@ class _Run:
 class SnapshotFolder:
     """The states of the runs a snapshot projection is folding (a bounded LRU)."""
 
-    def __init__(self, runs_max: int = folder_runs_max, every_events: int = snapshot_every_events):
+    def __init__(
+        self,
+        runs_max: int = folder_runs_max,
+        every_events: int = snapshot_every_events,
+        folded: Callable[[int, str], RunState | None] | None = None,
+    ):
+        """`folded(seq, run_id)`: the run's state after the message at `seq` as its writer
+        folded it (the engine of this process), taken instead of evolving its events; None
+        where it is not known."""
         assert runs_max >= 1 and every_events >= 1
+        self.folded = folded
         self.runs_max = runs_max
         self.every_events = every_events
         self._runs: OrderedDict[str, _Run] = OrderedDict()
@@ -177,9 +186,12 @@ class SnapshotFolder:
             run = self._runs.get(run_id)
             if run is None or seq <= run.last_seq:
                 continue  # not loadable (named in problems), or a redelivery
+            shared = self.folded(seq, run_id) if self.folded is not None else None
+            if shared is not None and shared.event_count != run.state.event_count + len(events):
+                shared = None  # (not the state after these events on this one: fold them)
             try:
-                state = run.state
-                for event in events:
+                state = run.state if shared is None else shared
+                for event in events if shared is None else ():
                     state = evolve(state, event)
             except AssertionError as error:
                 self.problems.append(f"run {run_id!r}: message {seq} does not fold: {error}")

@@ -1,8 +1,10 @@
 """The query tables: runs, steps, events, approvals, agent turns and tool calls, in SQLite.
 
 `QueryTables` is the built-in SQLite projection (name `dagnats`). It folds each run's events
-with the kernel's own `evolve` (its state kept in `_run_states`, written in the same
-transaction), so a `runs` or `steps` row is by construction a function of the folded state:
+with the kernel's own `evolve` (the state after each batch kept in memory for the next; in
+`_run_states`, written in the same transaction, when a message takes a run's event count past
+a multiple of `state_every_events`; a run's state is its stored one and its `events` rows
+after it), so a `runs` or `steps` row is by construction a function of the folded state:
 `run_row(state, last_seq)` and `step_row(state, index, last_seq)`, which the replay audit uses
 to check the rows. `events` holds one row per event with its JSON body.
 
@@ -15,7 +17,7 @@ This module may import only `kernel`, the standard library, msgspec and sqlite-u
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 import msgspec
@@ -34,8 +36,11 @@ from kernel.state import DONE_STEP_STATUSES, INITIAL_STATE, RunState
 from projections.base import Position, SqliteProjectionBase, tag_of
 
 NAME: Final = "dagnats"
-VERSION: Final = 2  # 2: agent_turns and tool_calls are filled
+VERSION: Final = 3  # 2: agent_turns and tool_calls are filled; 3: states stored every 64 events
 STATES_TABLE: Final = "_run_states"
+# A run's state is stored when one of its messages takes its event count past a multiple of
+# this; a run no longer in memory is folded from there with its `events` rows after it.
+state_every_events: Final = 64
 error_message_chars_max: Final = 1_000  # error text kept in a row (the event keeps it whole)
 
 RUN_COLUMNS: Final = (
@@ -50,6 +55,7 @@ STEP_COLUMNS: Final = (
 EVENT_COLUMNS: Final = ("seq", "idx", "run_id", "type", "step_id", "attempt", "at_ms", "body")
 
 Row = tuple[object, ...]
+Folded = Callable[[int, str], RunState | None]  # (seq, run id) -> the state after that message
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL,
@@ -259,19 +265,51 @@ APPROVAL_UPSERT: Final = _upsert_sql(
 
 
 _STATE_SELECT: Final = f"SELECT last_seq, state FROM {STATES_TABLE} WHERE run_id = ?"
+_EVENTS_AFTER_SELECT: Final = (
+    "SELECT seq, body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq, idx"
+)
+
+
+def state_stored_after(before_count: int, after_count: int) -> bool:
+    """Whether a run's state is stored (`_run_states`) after a message that took its event
+    count from `before_count` to `after_count`: when it crossed a multiple of
+    `state_every_events` (a function of the stream, so a rebuild stores the same states)."""
+    return after_count // state_every_events > before_count // state_every_events
 
 
 class _Touched:
-    __slots__ = ("before", "last_seq", "state")
+    """A run touched by the batch: its state before the batch and now, the sequence of its
+    last folded message, and the state to store at the end of a message (if any is due)."""
 
-    def __init__(self, before: RunState, state: RunState, last_seq: int) -> None:
+    __slots__ = (
+        "before", "last_seq", "message_count", "message_seq", "shared", "state", "stored",
+    )  # fmt: skip
+
+    def __init__(self, before: RunState, last_seq: int) -> None:
         self.before = before
-        self.state = state
+        self.state = before
         self.last_seq = last_seq
+        self.message_seq = last_seq  # the message being folded
+        self.message_count = before.event_count  # its event count when that message began
+        self.shared: RunState | None = None  # the state after that message, as given
+        self.stored: tuple[int, RunState] | None = None
+
+    def end_message(self) -> None:
+        """The message being folded is over: note its state when it is one to store."""
+        count = self.state.event_count
+        if state_stored_after(self.message_count, count):
+            self.stored = (self.last_seq, self.state)
+        self.message_count = count
 
 
 class QueryTables(SqliteProjectionBase):
-    """The built-in SQLite projection: the tables `dagnats run list` and `dagnats query` read."""
+    """The built-in SQLite projection: the tables `dagnats run list` and `dagnats query` read.
+
+    A run's state after the batch is kept in memory (bounded, LRU) for the next batch, and
+    trusted only while the stored checkpoint is the one this instance last committed (`begin`;
+    a failed or rolled-back batch forgets them all). A run not in memory is loaded from its
+    stored state (`_run_states`, written when a message crosses a multiple of
+    `state_every_events`) and its `events` rows after it, folded again."""
 
     name = NAME
     version = VERSION
@@ -279,31 +317,50 @@ class QueryTables(SqliteProjectionBase):
     tables = ("runs", "steps", "events", "approvals", "agent_turns", "tool_calls", STATES_TABLE)
     schema = _SCHEMA
 
-    def __init__(self) -> None:
+    def __init__(self, folded: Folded | None = None) -> None:
+        """`folded(seq, run_id)`: the run's state after the message at `seq` as its writer
+        folded it (the engine of this process), taken instead of evolving its events; None
+        where it is not known."""
+        self._folded = folded
         self._touched: dict[str, _Touched] = {}
         self._events: list[Row] = []
         self._turns: list[Row] = []
         self._calls: list[Row] = []
         self.problems: list[str] = []
-        # States this projection last wrote, with their sequence: a stored state whose row
-        # still has that sequence is this one, and is not decoded again (bounded, LRU).
-        self._written: OrderedDict[str, tuple[int, RunState]] = OrderedDict()
+        # Run id -> (last seq, state) after the last committed batch (bounded, LRU), valid
+        # while the stored checkpoint is `_states_seq`.
+        self._states: OrderedDict[str, tuple[int, RunState]] = OrderedDict()
+        self._states_seq = -1
+
+    def begin(self, after_seq: int) -> None:
+        if after_seq != self._states_seq:  # (another checkpoint: a rebuild, a restart)
+            self._states.clear()
+        self._states_seq = -1  # (until this batch commits)
+
+    def committed(self, seq: int) -> None:
+        self._states_seq = seq
 
     def apply(self, db: Database, event: AnyEvent, at: Position) -> None:
         touched = self._touched.get(at.run_id)
         if touched is None:
-            before = self._stored_state(db, at.run_id)
-            if before is None:
-                if not isinstance(event, RunStarted):
-                    self.problems.append(f"run {at.run_id!r}: {tag_of(event)} before run.started")
-                    return
-                before = INITIAL_STATE
-            touched = self._touched[at.run_id] = _Touched(before, before, at.seq)
-        try:
-            touched.state = evolve(touched.state, event)
-        except AssertionError as error:
-            self.problems.append(f"run {at.run_id!r}: message {at.seq} does not fold: {error}")
-            return
+            touched = self._touch(db, event, at)
+            if touched is None:
+                return
+        if at.seq != touched.message_seq:
+            touched.end_message()
+            touched.message_seq = at.seq
+            shared = self._folded(at.seq, at.run_id) if self._folded else None
+            # (a given state that is not ahead of this one is not taken: folded here instead)
+            ahead = shared is not None and shared.event_count > touched.message_count
+            touched.shared = shared if ahead else None
+        if touched.shared is not None:  # (after the whole message: the same for its events)
+            touched.state = touched.shared
+        else:
+            try:
+                touched.state = evolve(touched.state, event)
+            except AssertionError as error:
+                self.problems.append(f"run {at.run_id!r}: message {at.seq} does not fold: {error}")
+                return
         touched.last_seq = at.seq
         self._events.append(event_row(event, at))
         if type(event) in _AGENT_EVENT_TYPES:  # (most events fill no agent row)
@@ -311,17 +368,32 @@ class QueryTables(SqliteProjectionBase):
             self._turns.extend(turns)
             self._calls.extend(calls)
 
+    def _touch(self, db: Database, event: AnyEvent, at: Position) -> _Touched | None:
+        known = self._states.get(at.run_id)
+        if known is None:
+            known = _stored_state(db, at.run_id)
+        if known is None:
+            if not isinstance(event, RunStarted):
+                self.problems.append(f"run {at.run_id!r}: {tag_of(event)} before run.started")
+                return None
+            known = (0, INITIAL_STATE)
+        touched = self._touched[at.run_id] = _Touched(known[1], known[0])
+        return touched
+
     def flush(self, db: Database) -> None:
         runs: list[Row] = []
         steps: list[Row] = []
         states: list[Row] = []
         approvals: list[Row] = []
         for touched in self._touched.values():
+            touched.end_message()
             state, before = touched.state, touched.before
+            if touched.stored is not None:
+                seq, stored = touched.stored
+                states.append((stored.run_id, seq, codec.encode(stored)))
             if state.workflow is None:
                 continue
             runs.append(run_row(state, touched.last_seq))
-            states.append((state.run_id, touched.last_seq, codec.encode(state)))
             self._remember(state.run_id, touched.last_seq, state)
             for index, step in enumerate(state.steps):
                 if index >= len(before.steps) or before.steps[index] is not step:
@@ -340,30 +412,41 @@ class QueryTables(SqliteProjectionBase):
         ):
             if rows:  # an empty executemany still prepares and steps its statement
                 connection.executemany(statement, rows)
-        self.discard()
-
-    def _stored_state(self, db: Database, run_id: str) -> RunState | None:
-        """The run's stored state: the one this projection wrote when the row still has its
-        sequence (a rolled-back or rebuilt row has another), else decoded from the row."""
-        row = db.conn.execute(_STATE_SELECT, [run_id]).fetchone()
-        if row is None:
-            return None
-        written = self._written.get(run_id)
-        if written is not None and written[0] == row[0]:
-            return written[1]
-        return codec.decode_state(row[1])
+        self._forget_batch()
 
     def _remember(self, run_id: str, last_seq: int, state: RunState) -> None:
-        self._written[run_id] = (last_seq, state)
-        self._written.move_to_end(run_id)
-        while len(self._written) > limits.query_states_cached_max:
-            self._written.popitem(last=False)
+        self._states[run_id] = (last_seq, state)
+        self._states.move_to_end(run_id)
+        while len(self._states) > limits.query_states_cached_max:
+            self._states.popitem(last=False)
 
-    def discard(self) -> None:
+    def _forget_batch(self) -> None:
         self._touched.clear()
         self._events.clear()
         self._turns.clear()
         self._calls.clear()
+
+    def discard(self) -> None:
+        self._forget_batch()
+        self._states.clear()  # (what the batch remembered was rolled back with it)
+        self._states_seq = -1
+
+
+def _stored_state(db: Database, run_id: str) -> tuple[int, RunState] | None:
+    """(last seq, state) of a run as its rows hold it: its stored state (if any) and its
+    `events` rows after that, folded; None when neither is stored (not started).
+
+    Raises:
+        DagnatsError: a stored state or event does not decode. AssertionError: it does not fold.
+    """
+    row = db.conn.execute(_STATE_SELECT, [run_id]).fetchone()
+    seq, state = (row[0], codec.decode_state(row[1])) if row is not None else (0, INITIAL_STATE)
+    rows = db.conn.execute(_EVENTS_AFTER_SELECT, [run_id, seq]).fetchall()
+    if row is None and not rows:
+        return None
+    for _, body in rows:
+        state = evolve(state, codec.decode_event(body.encode()))
+    return (rows[-1][0] if rows else seq), state
 
 
 def rebuilt_rows(
@@ -380,7 +463,8 @@ def rebuilt_rows(
         folds: run id -> the fold of all of that run's events.
     Returns:
         ({table: rows}, events applied), or None where the rows are not a function of the
-        final states alone (agent loop events and approvals: rows merged event by event).
+        final states alone (agent loop events and approvals: rows merged event by event; a
+        run with a stored state: `state_every_events` events or more).
     """
     events: list[Row] = []
     last_seq: dict[str, int] = {}
@@ -391,18 +475,16 @@ def rebuilt_rows(
         last_seq[at.run_id] = at.seq
     runs: list[Row] = []
     steps: list[Row] = []
-    states: list[Row] = []
     for run_id, seq in last_seq.items():
         state = folds.get(run_id)
-        if state is None or state.approvals:
+        if state is None or state.approvals or state.event_count >= state_every_events:
             return None
         if state.workflow is None:
             continue  # (a run whose history does not start: `apply` reports it)
         runs.append(run_row(state, seq))
         steps.extend(step_row(state, index) for index in range(len(state.steps)))
-        states.append((run_id, seq, codec.encode(state)))
     tables: dict[str, list[Row]] = {table: [] for table in QueryTables.tables}
-    tables.update({"runs": runs, "steps": steps, "events": events, STATES_TABLE: states})
+    tables.update({"runs": runs, "steps": steps, "events": events})
     return tables, len(events)
 
 

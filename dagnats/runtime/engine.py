@@ -33,6 +33,7 @@ from dagnats.runtime.ended_runs import EndedRuns
 from dagnats.runtime.fresh_runs import fresh_start
 from dagnats.runtime.links import RunLinks
 from dagnats.runtime.parked import RunParkedError, undecodable, unfoldable
+from dagnats.runtime.projector_folds import SharedFolds
 from dagnats.runtime.protocols import (
     CommandMessage,
     CommandQueue,
@@ -128,6 +129,8 @@ class Engine:
         self.admission = AdmissionRuntime(self, self._handle_command)  # (runtime/admission.py)
         self.ended: EndedRuns | None = None  # ended-run markers for workers (set by serve)
         self._valid_workflows: OrderedDict[bytes, None] = OrderedDict()  # (_workflow_problems)
+        # What it appends, for the projections of this process (serve's): not folded again.
+        self.folds: SharedFolds | None = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -347,6 +350,8 @@ class Engine:
         )
         assert seq > loaded.last_seq, f"append returned {seq} after {loaded.last_seq}"
         self._remember(command.run_id, Loaded(state=state, last_seq=seq))
+        if self.folds is not None:
+            self.folds.appended(seq, command.run_id, events, state)
         self.observer.appended(loaded.state, state, events)
         if self.links is not None and is_terminal(state):
             self.links.forget_run(command.run_id)

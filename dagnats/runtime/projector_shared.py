@@ -30,17 +30,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 import nats.errors
 from nats.js import JetStreamContext
 
 from dagnats.runtime import settings
+from dagnats.runtime.engine import Engine
 from dagnats.runtime.lease import LeaseLostError
 from dagnats.runtime.projector import (
     PendingMessages,
     ProjectionTarget,
     Projector,
+    SnapshotTarget,
+    SqliteTarget,
     batch_linger_ms,
     idle_check_ms,
     next_batch,
@@ -49,8 +53,10 @@ from dagnats.runtime.projector import (
     retry_delay_ms,
     stream_last_seq,
 )
+from dagnats.runtime.projector_folds import SharedFolds
 from kernel.errors import DagnatsError
 from projections.base import CheckpointMovedError, Message, batch_messages_max
+from projections.sqlite import QueryTables
 
 log = logging.getLogger("dagnats.projector")
 
@@ -213,6 +219,19 @@ class SharedTail:
             await lane._write_status(stream_last)
 
 
+def builtin_targets(
+    js: JetStreamContext, sqlite: Path, engine: Engine
+) -> tuple[ProjectionTarget, ...]:
+    """Serve's built-in projections (KV snapshots, the SQLite query tables in the file
+    `sqlite`), handed what `engine` appends (`projector_folds.SharedFolds`): a message it
+    appended is not decoded nor folded again."""
+    folds = engine.folds = SharedFolds()
+    return (
+        SnapshotTarget(js, folds),
+        SqliteTarget(sqlite, QueryTables(folded=folds.state), inline=True, folds=folds),
+    )
+
+
 async def _stream_last_or_none(js: JetStreamContext) -> int | None:
     """The history stream's last sequence, or None when it cannot be read now (each lane's
     status write then tries, and logs, on its own)."""
@@ -222,4 +241,4 @@ async def _stream_last_or_none(js: JetStreamContext) -> int | None:
         return None
 
 
-__all__ = ["RegroupError", "SharedTail", "lanes_max"]
+__all__ = ["RegroupError", "SharedTail", "builtin_targets", "lanes_max"]

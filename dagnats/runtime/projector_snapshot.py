@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.projector_folds import SharedFolds
 from dagnats.runtime.resources import (
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
@@ -137,11 +138,14 @@ class SnapshotTarget:
     where = f"KV {RUNS_BUCKET}"
     shared = True
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, folds: SharedFolds | None = None) -> None:
+        """`folds`: the events of messages this process's engine appended and its states
+        after them, taken instead of decoding and folding those messages again."""
         self.js = js
         self.store = KvSnapshotStore(js)
         self.history = JetStreamEventLog(js)
-        self.folder = SnapshotFolder()
+        self.folds = folds
+        self.folder = SnapshotFolder(folded=folds.state if folds is not None else None)
         self._events_total = 0
         self._revision = 0  # of the checkpoint entry as last read or written (0: none)
         self._seq = 0  # the checkpoint as last read or written
@@ -239,11 +243,13 @@ class SnapshotTarget:
             raise CheckpointMovedError(SNAPSHOTS, self._applied_seq, after_seq)
         decoded: list[Decoded] = []
         events = 0
+        shared = self.folds.events_of(messages) if self.folds is not None else None
         for seq, run_id, data in messages:
             if is_gate_id(run_id):
                 continue  # an admission gate's history (kernel/admission.py), not a run's
             try:
-                decoded_events = codec.decode_events(data)  # (the command is not needed)
+                found = shared(seq) if shared is not None else None
+                decoded_events = found or codec.decode_events(data)  # (no command needed)
             except DagnatsError as error:
                 log.warning("snapshots: message %d of run %s skipped: %s", seq, run_id, error)
                 continue

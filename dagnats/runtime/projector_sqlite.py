@@ -20,10 +20,12 @@ from sqlite_utils import Database
 from dagnats.loading import load_attribute
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
+from dagnats.runtime.projector_folds import SharedFolds
 from dagnats.runtime.resources import check_token
 from kernel.errors import DagnatsError
 from projections.base import (
     BatchResult,
+    Decoded,
     Message,
     SqliteProjection,
     SqliteRunner,
@@ -85,10 +87,19 @@ class SqliteTarget:
 
     kind = "sqlite"
 
-    def __init__(self, path: Path, projection: SqliteProjection, *, inline: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        projection: SqliteProjection,
+        *,
+        inline: bool = False,
+        folds: SharedFolds | None = None,
+    ) -> None:
         """`inline`: apply small batches in the event loop's thread (`inline_batch_*`); for
         a projection whose cost per event is known and small (the query tables), never a
-        user's, which may be slow."""
+        user's, which may be slow. `folds`: the events of messages this process's engine
+        appended, taken instead of decoding those messages again."""
+        self.folds = folds
         self.name = check_name(projection.name)
         self.version = str(projection.version)
         self.path = path
@@ -120,13 +131,18 @@ class SqliteTarget:
         runner = self.runner
         assert runner is not None, "open first"
         result = None
+        decoded = self.folds.events_of(messages) if self.folds is not None else None
         if self.inline and _small(messages):
             self._set_busy_timeout(0)  # inline never waits for another writer's lock
-            result = _apply_inline(runner, messages, after_seq)
+            result = _apply_inline(runner, messages, after_seq, decoded)
         if result is None:
             self._set_busy_timeout(_busy_timeout_ms)
             result = await asyncio.to_thread(
-                runner.apply_batch, messages, after_seq=after_seq, now_ms=now_ms()
+                runner.apply_batch,
+                messages,
+                after_seq=after_seq,
+                now_ms=now_ms(),
+                decoded=decoded,
             )
         problems = [*result.problems, *_drain_problems(self.projection)]
         for problem in problems[:10]:
@@ -164,13 +180,13 @@ def _small(messages: list[Message]) -> bool:
 
 
 def _apply_inline(
-    runner: SqliteRunner, messages: list[Message], after_seq: int
+    runner: SqliteRunner, messages: list[Message], after_seq: int, decoded: Decoded | None
 ) -> BatchResult | None:
     """Apply a small batch in this thread, on a connection whose busy timeout is 0 (it never
     waits for the file's write lock); None when another connection holds it (nothing was
     applied: the caller uses a thread)."""
     try:
-        return runner.apply_batch(messages, after_seq=after_seq, now_ms=now_ms())
+        return runner.apply_batch(messages, after_seq=after_seq, now_ms=now_ms(), decoded=decoded)
     except sqlite3.OperationalError as error:
         if "locked" not in str(error) and "busy" not in str(error):
             raise

@@ -449,19 +449,14 @@ class Server:
         `<data dir>/dagnats.sqlite`. Each catches up from its own checkpoint; both follow one
         tail of the history stream (`projector_shared.SharedTail`) while this process holds
         the snapshots' lease, the query tables alone while another engine holds it."""
-        from dagnats.runtime import projector
-        from dagnats.runtime.projector_shared import SharedTail
-        from projections.sqlite import QueryTables
+        from dagnats.runtime.projector_shared import SharedTail, builtin_targets
 
         assert self.engine is not None and self.connection is not None
         js = self.connection.js
         sqlite = self._sqlite_path()
         if self.nats is not None:  # our own data dir: the query tables (inputs in clear) 0600
             create_private_file(sqlite)
-        targets: tuple[projector.ProjectionTarget, ...] = (
-            projector.SnapshotTarget(js),
-            projector.SqliteTarget(sqlite, QueryTables(), inline=True),
-        )
+        targets = builtin_targets(js, sqlite, self.engine)  # (handed what the engine appends)
         return [asyncio.create_task(SharedTail(js, targets).run(stop))]
 
     async def _watch_child(self, stop: asyncio.Event) -> None:
