@@ -86,29 +86,39 @@ def test_the_projects_own_files_are_named_relative_to_the_checkout_by_the_consol
     assert checkout not in found, f"the checkout's path went into the text: {found}"
 
 
+def _traceback_of_package(
+    monkeypatch: pytest.MonkeyPatch, folder: Path, package: str, entries: list[str]
+) -> str:
+    """The traceback text of `package.mod.handle` raising, the package made in `folder` and
+    imported with `entries` then `folder` on `sys.path`, `folder` taken off it again (as an
+    editable install's finder finds a checkout)."""
+    import importlib
+
+    (folder / package).mkdir(parents=True)
+    (folder / package / "__init__.py").write_text("", encoding="utf-8")
+    (folder / package / "mod.py").write_text(
+        "def handle(x):\n    raise ValueError(x)\n", encoding="utf-8"
+    )
+    monkeypatch.setattr(sys, "path", [*entries, str(folder), *sys.path])
+    module = importlib.import_module(f"{package}.mod")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(folder)])
+    try:
+        module.handle("boom")
+    except ValueError as error:
+        return short_traceback(error)
+    finally:
+        for name in (f"{package}.mod", package):
+            sys.modules.pop(name, None)
+    raise AssertionError("nothing was raised")
+
+
 def test_a_module_found_by_a_finder_is_named_from_its_module(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A package imported from a folder that is then no longer on `sys.path` (as an editable
     install's finder finds it) is named from its module; a file of no module keeps its path."""
-    import importlib
-
     folder = tmp_path / "checkout"
-    (folder / "revpkg").mkdir(parents=True)
-    (folder / "revpkg" / "__init__.py").write_text("", encoding="utf-8")
-    (folder / "revpkg" / "mod.py").write_text(
-        "def handle(x):\n    raise ValueError(x)\n", encoding="utf-8"
-    )
-    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
-    module = importlib.import_module("revpkg.mod")
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(folder)])
-    try:
-        module.handle("boom")
-    except ValueError as error:
-        text = short_traceback(error)
-    finally:
-        for name in ("revpkg.mod", "revpkg"):
-            sys.modules.pop(name, None)
+    text = _traceback_of_package(monkeypatch, folder, "revpkg", [])
     assert 'File "revpkg/mod.py", line 2, in handle' in text, text
     assert str(folder) not in text
     outside = f'  File "{folder / "revpkg" / "other.py"}", line 1, in f\n'
@@ -157,23 +167,7 @@ def test_a_module_under_a_parent_folders_entry_is_named_from_its_module(
 ) -> None:
     """With the folder holding the checkout on `sys.path` (a script run from there), the
     checkout's own name does not go into the text."""
-    import importlib
-
     folder = tmp_path / "checkout-one"
-    (folder / "revpkg2").mkdir(parents=True)
-    (folder / "revpkg2" / "__init__.py").write_text("", encoding="utf-8")
-    (folder / "revpkg2" / "mod.py").write_text(
-        "def handle(x):\n    raise ValueError(x)\n", encoding="utf-8"
-    )
-    monkeypatch.setattr(sys, "path", [str(tmp_path), str(folder), *sys.path])
-    module = importlib.import_module("revpkg2.mod")
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(folder)])
-    try:
-        module.handle("boom")
-    except ValueError as error:
-        text = short_traceback(error)
-    finally:
-        for name in ("revpkg2.mod", "revpkg2"):
-            sys.modules.pop(name, None)
+    text = _traceback_of_package(monkeypatch, folder, "revpkg2", [str(tmp_path)])
     assert 'File "revpkg2/mod.py", line 2, in handle' in text, text
     assert "checkout-one" not in text

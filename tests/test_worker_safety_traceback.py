@@ -105,18 +105,7 @@ def test_a_cached_stack_is_reused_and_the_cache_is_bounded(
 def test_two_files_with_the_same_handler_each_get_their_own_file_name(tmp_path: Path) -> None:
     """Equal code objects of two files compare equal (the file name is not compared): the
     cache tells them apart by the file, so each traceback names its own."""
-    source = "def handle(x):\n    raise ValueError(x)\n"
-    errors = []
-    for name in ("a_handler", "b_handler"):
-        path = tmp_path / f"{name}.py"
-        path.write_text(source, encoding="utf-8")
-        namespace: dict[str, Any] = {}
-        exec(compile(source, str(path), "exec"), namespace)
-        try:
-            namespace["handle"]("boom")
-        except ValueError as error:
-            errors.append(error)
-    first, second = errors
+    first, second = (_raised_in(tmp_path / f"{name}.py") for name in ("a_handler", "b_handler"))
     assert first.__traceback__ is not None and second.__traceback__ is not None
     assert short_traceback(first) == _expected(first)
     assert short_traceback(second) == _expected(second)
