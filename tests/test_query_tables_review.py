@@ -10,21 +10,32 @@ are changed under a running instance by another connection.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 from pathlib import Path
 
+import msgspec
+from msgspec.structs import replace
 from nats.js import JetStreamContext
 
-from dagnats.runtime.clock import now_ms
+from dagnats.client.errors import RunNotFoundError
+from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.log import JetStreamEventLog
-from dagnats.runtime.projector import Projector, SqliteTarget
+from dagnats.runtime.projector import SQLITE_FILE, Projector, SqliteTarget
 from dagnats.runtime.resources import ensure_resources
 from dagnats.runtime.retention import delete_rows, purge_run
+from kernel.commands import StartRun
 from projections.sqlite import QueryTables
+from tests.fault_support import Processes, connected, workflow
+from tests.nats_fixtures import wait_for
 from tests.projection_support import completed_run
+from tests.test_lifecycle_e2e import cli_json, wait_status
 from tests.test_projector_shared import dump
+from tests.test_retention_e2e import QUICK
 
 RUN = "again"
+WAIT_MS = 20_000
 
 
 async def append(log: JetStreamEventLog, run_id: str, messages: list[bytes]) -> None:
@@ -70,3 +81,55 @@ async def test_a_run_started_again_after_its_purge_is_folded_from_its_start(
     assert [row[0] for row in rebuilt["runs"]] == ["again", "other"], rebuilt["runs"]
     assert incremental["runs"] == rebuilt["runs"]
     assert incremental == rebuilt
+
+
+async def test_serve_shows_a_run_started_again_after_run_delete(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """The same, through a real `dagnats serve` (its engine's folds handed to the tables),
+    `dagnats run delete` and a worker: the new run's row is in serve's query tables."""
+    data = tmp_path / "data"
+    serve = await procs.serve(data, http=None)
+    procs.cli_worker(serve.url)
+    async with connected(serve.url) as client:
+        await client.register_workflow(workflow("quick", QUICK))
+        await client.start("quick", {"n": 1}, run_id=RUN)
+        await wait_status(client, RUN, "completed")
+        first = await client.get_run(RUN)
+        await wait_for(lambda: _runs_row(data) is not None, timeout_ms=WAIT_MS, what="its row")
+        deleted = cli_json(procs, "run", "delete", RUN, "--nats-url", serve.url)
+        assert deleted["run_id"] == RUN, deleted
+        await wait_for(lambda: _runs_row(data) is None, timeout_ms=WAIT_MS, what="rows gone")
+        # (`client.start` sends `start:<id>`, which the commands stream drops as a duplicate
+        # for its duplicate window: the start is sent as it does, under another message id.)
+        definition = replace(await client.get_workflow("quick"), triggers=msgspec.UNSET)
+        again = StartRun(run_id=RUN, at_ms=now_ms(), seed=new_seed(), workflow=definition,
+                         input=msgspec.Raw(b'{"n":2}'))  # fmt: skip
+        await client.send(again, msg_id=f"start:{RUN}:again")
+
+        async def second_started() -> bool:
+            with contextlib.suppress(RunNotFoundError):
+                return (await client.get_run(RUN)).started_at_ms > first.started_at_ms
+            return False
+
+        await wait_for(second_started, timeout_ms=WAIT_MS, what="the second run started")
+        second = await client.get_run(RUN)
+
+        def shows_the_second() -> bool:
+            row = _runs_row(data)
+            return row is not None and row[1:] == (second.started_at_ms, '{"n":2}')
+
+        await wait_for(shows_the_second, timeout_ms=WAIT_MS, what="the second run's row")
+
+
+def _runs_row(data: Path) -> tuple[object, ...] | None:
+    db = sqlite3.connect(data / SQLITE_FILE, timeout=5.0)
+    try:
+        row = db.execute(
+            "SELECT status, started_at_ms, input FROM runs WHERE run_id = ?", (RUN,)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        db.close()
+    return tuple(row) if row is not None else None
