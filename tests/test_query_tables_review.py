@@ -19,10 +19,11 @@ import msgspec
 from msgspec.structs import replace
 from nats.js import JetStreamContext
 
+from dagnats.client import Client
 from dagnats.client.errors import RunNotFoundError
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.log import JetStreamEventLog
-from dagnats.runtime.projector import SQLITE_FILE, Projector, SqliteTarget
+from dagnats.runtime.projector import SQLITE_FILE, Projector, SqliteTarget, stream_last_seq
 from dagnats.runtime.resources import ensure_resources
 from dagnats.runtime.retention import delete_rows, purge_run
 from kernel.commands import StartRun
@@ -31,7 +32,7 @@ from tests.fault_support import Processes, connected, workflow
 from tests.nats_fixtures import wait_for
 from tests.projection_support import completed_run
 from tests.test_lifecycle_e2e import cli_json, wait_status
-from tests.test_projector_shared import dump
+from tests.test_projector_shared import dump, sqlite_checkpoint
 from tests.test_retention_e2e import QUICK
 
 RUN = "again"
@@ -133,3 +134,48 @@ def _runs_row(data: Path) -> tuple[object, ...] | None:
     finally:
         db.close()
     return tuple(row) if row is not None else None
+
+
+LONG: list[dict[str, object]] = [
+    {
+        "id": f"s{index}",
+        "task": "fault.work",
+        **({"depends_on": [f"s{index - 1}"]} if index else {}),
+    }
+    for index in range(45)
+]  # (a chain: over 128 events a run, so states are stored at 64 and 128 and loaded back)
+
+
+async def _serve_tables_at_the_end(client: Client, data: Path) -> None:
+    last = await stream_last_seq(client.connection.js)
+    await wait_for(
+        lambda: sqlite_checkpoint(data / SQLITE_FILE, "dagnats")[0] >= last,
+        timeout_ms=WAIT_MS, what="serve's query tables at the stream's end",
+    )  # fmt: skip
+
+
+async def test_serve_tables_equal_a_rebuild_before_and_after_projection_rebuild(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Serve's query tables (its engine's folds taken, its states kept in memory) equal an
+    offline rebuild from zero, for runs past 64 and 128 events; and again after
+    `dagnats projection rebuild dagnats` while it runs."""
+    data = tmp_path / "data"
+    serve = await procs.serve(data, http=None)
+    procs.cli_worker(serve.url)
+    async with connected(serve.url) as client:
+        await client.register_workflow(workflow("long", LONG))
+        runs = [await client.start("long", {"n": index}) for index in range(3)]
+        for run_id in runs:
+            await wait_status(client, run_id, "completed")
+        assert (await client.get_run(runs[0])).event_count > 128
+        await _serve_tables_at_the_end(client, data)
+        expected = await _rebuilt(client.connection.js, tmp_path / "offline.sqlite")
+        assert len(expected["runs"]) == 3 and len(expected["_run_states"]) == 3
+        assert dump(data / SQLITE_FILE) == expected
+        rebuilt = procs.cli("projection", "rebuild", "dagnats", "--data-dir", str(data))
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        await wait_status(client, await client.start("long", {"n": 9}), "completed")
+        await _serve_tables_at_the_end(client, data)
+        expected = await _rebuilt(client.connection.js, tmp_path / "offline-2.sqlite")
+        assert dump(data / SQLITE_FILE) == expected
