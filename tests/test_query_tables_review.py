@@ -179,3 +179,44 @@ async def test_serve_tables_equal_a_rebuild_before_and_after_projection_rebuild(
         await _serve_tables_at_the_end(client, data)
         expected = await _rebuilt(client.connection.js, tmp_path / "offline-2.sqlite")
         assert dump(data / SQLITE_FILE) == expected
+
+
+async def test_two_serves_one_killed_mid_batch_each_tables_equal_a_rebuild(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Two serves on one NATS (two engines, each its own folds and SQLite file, one snapshot
+    lease); B is SIGKILLed while runs go on and started again: both files equal an offline
+    rebuild from zero once every run completed (runs past 128 events, moving between
+    engines, so a message's state comes from this engine's folds, or from its own fold of the
+    other engine's message)."""
+    serve = await procs.serve(tmp_path / "a", http=None)
+    other = await procs.serve(tmp_path / "b", nats_url=serve.url, http=None)
+    procs.cli_worker(serve.url)
+    procs.cli_worker(serve.url)
+    async with connected(serve.url) as client:
+        js = client.connection.js
+        await client.register_workflow(workflow("long", LONG))
+        runs = [await client.start("long", {"n": index}) for index in range(6)]
+        start = await stream_last_seq(js)
+
+        async def well_under_way() -> bool:
+            return await stream_last_seq(js) > start + 150
+
+        await wait_for(well_under_way, timeout_ms=4 * WAIT_MS, what="150 messages appended")
+        await other.process.kill()
+        other = await procs.serve(tmp_path / "b", nats_url=serve.url, http=None)
+        for run_id in runs:
+            await wait_for(
+                lambda run_id=run_id: _completed(client, run_id),
+                timeout_ms=4 * WAIT_MS, what=f"run {run_id} completed",
+            )  # fmt: skip
+        await _serve_tables_at_the_end(client, tmp_path / "a")
+        await _serve_tables_at_the_end(client, tmp_path / "b")
+        expected = await _rebuilt(js, tmp_path / "offline.sqlite")
+    assert len(expected["runs"]) == 6 and len(expected["_run_states"]) == 6
+    assert dump(tmp_path / "a" / SQLITE_FILE) == expected
+    assert dump(tmp_path / "b" / SQLITE_FILE) == expected
+
+
+async def _completed(client: Client, run_id: str) -> bool:
+    return (await client.get_run(run_id)).status == "completed"
