@@ -21,7 +21,9 @@ from nats.js import JetStreamContext
 
 from dagnats.client import Client
 from dagnats.client.errors import RunNotFoundError
+from dagnats.observe.status import collect
 from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.connection import Connection
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector import SQLITE_FILE, Projector, SqliteTarget, stream_last_seq
 from dagnats.runtime.resources import ensure_resources
@@ -205,11 +207,11 @@ async def test_two_serves_one_killed_mid_batch_each_tables_equal_a_rebuild(
         await wait_for(well_under_way, timeout_ms=4 * WAIT_MS, what="150 messages appended")
         await other.process.kill()
         other = await procs.serve(tmp_path / "b", nats_url=serve.url, http=None)
-        for run_id in runs:
-            await wait_for(
-                lambda run_id=run_id: _completed(client, run_id),
-                timeout_ms=4 * WAIT_MS, what=f"run {run_id} completed",
-            )  # fmt: skip
+
+        async def all_completed() -> bool:
+            return all([await _completed(client, run_id) for run_id in runs])
+
+        await wait_for(all_completed, timeout_ms=4 * WAIT_MS, what="every run completed")
         await _serve_tables_at_the_end(client, tmp_path / "a")
         await _serve_tables_at_the_end(client, tmp_path / "b")
         expected = await _rebuilt(js, tmp_path / "offline.sqlite")
@@ -220,3 +222,27 @@ async def test_two_serves_one_killed_mid_batch_each_tables_equal_a_rebuild(
 
 async def _completed(client: Client, run_id: str) -> bool:
     return (await client.get_run(run_id)).status == "completed"
+
+
+async def test_the_lag_in_status_and_metrics_goes_to_zero_when_the_last_run_is_purged(
+    connection: Connection, tmp_path: Path
+) -> None:
+    """d6e79cc brought the lag a running projector mirrors into KV to 0 when the stream's last
+    messages were purged before it applied them; `dagnats status`, `dagnats projection status`
+    and the `projection_lag` metric take the lag from the checkpoint and the stream's last
+    sequence (observe/status.py), and kept showing those messages as lag."""
+    js = connection.js
+    log = JetStreamEventLog(js)
+    await append(log, "kept", completed_run("kept", at_ms=500))
+    path = tmp_path / "dagnats.sqlite"
+    target = SqliteTarget(path, QueryTables())
+    try:
+        await Projector(js, target, batch_max=50).catch_up()
+    finally:
+        await target.close()
+    await append(log, RUN, completed_run(RUN, at_ms=1_000))  # appended last, then purged:
+    await purge_run(js, RUN, reason="run delete", at_ms=now_ms())  # (nothing left to apply)
+    facts = await collect(connection.nc, js, url="nats://test", sqlite_path=path)
+    [tables] = [p for p in facts.projections if p.name == "dagnats"]
+    assert tables.position == sqlite_checkpoint(path, "dagnats")[0] < await stream_last_seq(js)
+    assert tables.lag == 0, tables
