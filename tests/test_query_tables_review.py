@@ -34,7 +34,7 @@ from tests.fault_support import Processes, connected, workflow
 from tests.nats_fixtures import wait_for
 from tests.projection_support import completed_run
 from tests.test_lifecycle_e2e import cli_json, wait_status
-from tests.test_projector_shared import dump, sqlite_checkpoint
+from tests.test_projector_shared import dump, full_fold, snapshots, sqlite_checkpoint
 from tests.test_retention_e2e import QUICK
 
 RUN = "again"
@@ -197,6 +197,7 @@ async def test_two_serves_one_killed_mid_batch_each_tables_equal_a_rebuild(
     procs.cli_worker(serve.url)
     async with connected(serve.url) as client:
         js = client.connection.js
+        log = JetStreamEventLog(js)
         await client.register_workflow(workflow("long", LONG))
         runs = [await client.start("long", {"n": index}) for index in range(6)]
         start = await stream_last_seq(js)
@@ -215,6 +216,15 @@ async def test_two_serves_one_killed_mid_batch_each_tables_equal_a_rebuild(
         await _serve_tables_at_the_end(client, tmp_path / "a")
         await _serve_tables_at_the_end(client, tmp_path / "b")
         expected = await _rebuilt(js, tmp_path / "offline.sqlite")
+
+        async def snapshots_at_the_end() -> bool:
+            found = await snapshots(js)
+            return all((s := found.get(r)) and s.state.status == "completed" for r in runs)
+
+        await wait_for(snapshots_at_the_end, timeout_ms=WAIT_MS, what="every run's snapshot")
+        for run_id, snapshot in (await snapshots(js)).items():
+            assert snapshot is not None
+            assert (snapshot.state, snapshot.last_seq) == await full_fold(log, run_id), run_id
     assert len(expected["runs"]) == 6 and len(expected["_run_states"]) == 6
     assert dump(tmp_path / "a" / SQLITE_FILE) == expected
     assert dump(tmp_path / "b" / SQLITE_FILE) == expected
