@@ -265,6 +265,7 @@ APPROVAL_UPSERT: Final = _upsert_sql(
 
 
 _STATE_SELECT: Final = f"SELECT last_seq, state FROM {STATES_TABLE} WHERE run_id = ?"
+_RUN_SEQ_SELECT: Final = "SELECT last_seq FROM runs WHERE run_id = ?"
 _EVENTS_AFTER_SELECT: Final = (
     "SELECT seq, body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq, idx"
 )
@@ -307,7 +308,9 @@ class QueryTables(SqliteProjectionBase):
 
     A run's state after the batch is kept in memory (bounded, LRU) for the next batch, and
     trusted only while the stored checkpoint is the one this instance last committed (`begin`;
-    a failed or rolled-back batch forgets them all). A run not in memory is loaded from its
+    a failed or rolled-back batch forgets them all) and the run's `runs` row is still at the
+    sequence kept with it (retention deletes a purged run's rows, its checkpoint left as it
+    was; the id may start a new run). A run not in memory is loaded from its
     stored state (`_run_states`, written when a message crosses a multiple of
     `state_every_events`) and its `events` rows after it, folded again."""
 
@@ -370,6 +373,11 @@ class QueryTables(SqliteProjectionBase):
 
     def _touch(self, db: Database, event: AnyEvent, at: Position) -> _Touched | None:
         known = self._states.get(at.run_id)
+        if known is not None and not _run_row_at(db, at.run_id, known[0]):
+            # Its rows changed under this instance with the checkpoint left where it was:
+            # retention deleted them (`dagnats run delete`; the id may then start a new run).
+            del self._states[at.run_id]
+            known = None
         if known is None:
             known = _stored_state(db, at.run_id)
         if known is None:
@@ -430,6 +438,12 @@ class QueryTables(SqliteProjectionBase):
         self._forget_batch()
         self._states.clear()  # (what the batch remembered was rolled back with it)
         self._states_seq = -1
+
+
+def _run_row_at(db: Database, run_id: str, last_seq: int) -> bool:
+    """Whether the run's `runs` row is there and at `last_seq` (one lookup by key)."""
+    row = db.conn.execute(_RUN_SEQ_SELECT, [run_id]).fetchone()
+    return row is not None and row[0] == last_seq
 
 
 def _stored_state(db: Database, run_id: str) -> tuple[int, RunState] | None:

@@ -32,6 +32,7 @@ from dagnats.cli.common import (
     with_client,
 )
 from dagnats.client import Client
+from dagnats.observe.status import projection_lag
 from dagnats.query_tables import list_runs_sql, read_only_authorizer, state_matches
 from dagnats.replay import audit_file
 from dagnats.runtime import projector
@@ -316,7 +317,7 @@ def projection_status(
             rate = status.events_per_s if status is not None and fresh else 0.0
             rows.append({
                 "name": name, "kind": kind, "version": version, "position": seq,
-                "lag": max(0, last - seq), "events_per_s": rate,
+                "lag": await projection_lag(js, seq, last), "events_per_s": rate,
                 "updated_at_ms": status.updated_at_ms if status is not None else None,
             })  # fmt: skip
         return rows

@@ -31,11 +31,13 @@ from nats.js import JetStreamContext
 
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.kv_keys import kv_keys
+from dagnats.runtime.log_read import holds_any
 from dagnats.runtime.queue_anchor import queued
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     DEAD_STREAM,
     HISTORY_STREAM,
+    HISTORY_SUBJECTS,
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
     TASKS_ANCHOR_SUBJECT,
@@ -239,6 +241,21 @@ async def _engine_records(js: JetStreamContext, at_ms: int) -> list[EngineRecord
     return records
 
 
+async def projection_lag(js: JetStreamContext, seq: int, history_last: int) -> int:
+    """History messages after a projection's checkpoint `seq` that it has still to apply: 0
+    when the stream holds none of them any more (the runs appended last were purged before
+    it applied them; its checkpoint stays where it is until something else is appended), as
+    the projector's own status says (`Projector.lag`). One request, only when behind.
+
+    Raises:
+        nats.errors.Error: NATS does not answer.
+    """
+    behind = max(0, history_last - seq)
+    if behind and not await holds_any(js, HISTORY_STREAM, HISTORY_SUBJECTS, seq + 1, history_last):
+        return 0
+    return behind
+
+
 async def _projections(
     js: JetStreamContext, sqlite_path: Path | None, history_last: int
 ) -> list[ProjectionFacts]:
@@ -251,7 +268,7 @@ async def _projections(
             for checkpoint in read_checkpoints(database):
                 found.append(ProjectionFacts(
                     name=checkpoint.name, kind="sqlite", position=checkpoint.seq,
-                    lag=max(0, history_last - checkpoint.seq),
+                    lag=await projection_lag(js, checkpoint.seq, history_last),
                     updated_at_ms=checkpoint.updated_at_ms,
                 ))  # fmt: skip
         finally:
@@ -260,7 +277,8 @@ async def _projections(
     if snapshot is not None:
         found.append(ProjectionFacts(
             name=projector.SNAPSHOTS, kind="kv", position=snapshot.seq,
-            lag=max(0, history_last - snapshot.seq), updated_at_ms=snapshot.updated_at_ms,
+            lag=await projection_lag(js, snapshot.seq, history_last),
+            updated_at_ms=snapshot.updated_at_ms,
         ))  # fmt: skip
     return sorted(found, key=lambda p: p.name)
 
