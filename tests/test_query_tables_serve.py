@@ -1,6 +1,8 @@
-"""Review of the query tables' run states kept in memory between batches (projections/sqlite.py,
-version 3), against a real nats-server: the tables equal a rebuild from zero when a run's rows
-are changed under a running instance by another connection.
+"""The query tables' run states kept in memory between batches (projections/sqlite.py,
+version 3), against a real nats-server and real serves: the tables equal a rebuild from zero
+when a run's rows are changed under a running instance by another connection, across a
+`projection rebuild` while serve runs and across a serve killed and started again beside
+another; a purged run's lag is gone from status and metrics.
 
 - retention (`run delete`, `serve --retention`) deletes a purged run's rows from every table
   (`retention.delete_rows`, its own connection) without moving the checkpoint: the state the
