@@ -255,7 +255,7 @@ async def test_a_publish_while_connected_is_written_before_the_loop_turns(
             got_all.set()
 
     await nc.subscribe(subject, cb=on_message)
-    await nc.flush(READ_TIMEOUT_S)
+    await nc.flush()
     await publish_raw(nc, subject, "", b"now")
     assert nc._pending_data_size == 0 and nc._pending == [], nc._pending
     await nc._send_command(b"PUB %b 6\r\nbefore\r\n" % subject.encode())  # (held: pending)

@@ -42,6 +42,8 @@ from dagnats.runtime.wakeup import Wakeup
 
 CONFLICT_STATUS = 409
 log = logging.getLogger("dagnats.engine")
+# Hands a batch of what came over to be handled (True), or refuses it (False: at a limit).
+Dispatch = Callable[[list[TaskMessage]], bool]
 
 
 class CommandPull:
@@ -58,10 +60,13 @@ class CommandPull:
         assert 1 <= credit_max <= settings.fetch_batch_max, credit_max
         self._wakeup = Wakeup()
         self.pull = StandingPull(
-            subscription._nc, subscription._nms, credit_max, self._wakeup.wake, expires_ms
+            subscription._nc, subscription._nms, credit_max, self._changed, expires_ms
         )
         self._held: deque[TaskMessage] = deque()
         self._error: Exception | None = None
+        self.dispatch: Dispatch | None = None  # (the engine's, handed what came at once)
+        self.dispatched = 0  # batches handed to `dispatch`, in all
+        self._taking = False  # a fetch holds messages it took and has not returned yet
 
     @property
     def requests(self) -> int:
@@ -86,8 +91,11 @@ class CommandPull:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         conflicts = 0
+        dispatched = self.dispatched
         while True:
             self._collect()
+            if self.dispatched != dispatched and self._error is None:
+                return []  # (some handed to `dispatch` meanwhile: the caller's limit first)
             error, self._error = self._error, None
             if error is not None:
                 conflict = getattr(error, "code", None) == CONFLICT_STATUS
@@ -117,6 +125,13 @@ class CommandPull:
         """Up to `batch` of what is held; after it, what the last one's pending count says is
         on its way (while the credit covers it), waited for at most
         standing_pull_more_wait_ms."""
+        self._taking = True  # (no `dispatch` meanwhile: what is taken goes first, in order)
+        try:
+            return await self._take_more(batch, deadline)
+        finally:
+            self._taking = False
+
+    async def _take_more(self, batch: int, deadline: float) -> list[TaskMessage]:
         held = self._held
         taken: list[TaskMessage] = []
         loop = asyncio.get_running_loop()
@@ -137,6 +152,33 @@ class CommandPull:
             self._collect()
         return taken
 
+    def _changed(self) -> None:
+        """The pull changed (in the client's read loop): hand what came to `dispatch` now
+        when nothing more is on its way (the last one's pending count, the credit: as `_take`
+        waits) and no fetch is taking, so a command is handled in the loop iteration after
+        its message came (its group's task), not after a fetch's wake and then its task's
+        start; `dispatch` may refuse (at its limit): a fetch takes them. Then the waiting
+        fetch is woken (it returns [], its caller looking at its limit before it takes more)."""
+        if self.dispatch is not None and not self._taking:
+            self._collect()
+            held = self._held
+            if held and self._error is None and self._complete(held[-1]):
+                count = min(len(held), settings.command_batch_max)
+                taken = [held.popleft() for _ in range(count)]
+                if self.dispatch(taken):
+                    self.dispatched += 1
+                else:
+                    held.extendleft(reversed(taken))
+        self._wakeup.wake()
+
+    def _complete(self, last: TaskMessage) -> bool:
+        """Whether nothing more is on its way after `last` (`_take` would not wait)."""
+        return (
+            len(self._held) >= settings.command_batch_max
+            or self.pull.credit.pending <= 0
+            or getattr(last, "num_pending", 0) <= 0
+        )
+
     def _collect(self) -> None:
         arrived, error = self.pull.take()
         self._held.extend(arrived)
@@ -151,10 +193,29 @@ class CommandPull:
     async def close(self) -> int:
         """Stop asking (the server drops the requests) and give back, with a nak, what came
         and no fetch took; how many."""
+        self.dispatch = None
         self._collect()
         held = [*self._held, *await self.pull.close()]
         self._held.clear()
         return await give_back(held)
+
+
+def dispatch_below(
+    in_flight: set[asyncio.Future[Any]], stop: asyncio.Event,
+    schedule: Callable[[list[TaskMessage]], asyncio.Future[Any]],
+) -> Dispatch:  # fmt: skip
+    """The engine's `Dispatch`: a batch handed over is scheduled at once (its future kept in
+    `in_flight` until done) while fewer than command_batches_in_flight_max are, until `stop`."""
+
+    def dispatch(messages: list[TaskMessage]) -> bool:
+        if stop.is_set() or len(in_flight) >= settings.command_batches_in_flight_max:
+            return False
+        batch = schedule(messages)
+        in_flight.add(batch)
+        batch.add_done_callback(in_flight.discard)
+        return True
+
+    return dispatch
 
 
 async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -> None:
@@ -176,4 +237,4 @@ async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -
     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
 
-__all__ = ["CommandPull", "wait_at_limit"]
+__all__ = ["CommandPull", "Dispatch", "dispatch_below", "wait_at_limit"]

@@ -1,0 +1,95 @@
+"""The engine's standing pull hands commands over as they come (runtime/standing_pull
+`CommandPull._changed`), against a real nats-server: a command is handed to `dispatch` in the
+client's read loop, in the callback its message came in (not by a fetch woken afterwards),
+and the engine's group task for it is created there; a refused one is taken by a fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.engine import Engine
+from dagnats.runtime.nats_server import EmbeddedNats
+from dagnats.runtime.protocols import CommandMessage, TaskMessage
+from dagnats.runtime.queue import JetStreamCommandQueue
+from tests.nats_fixtures import unique, wait_for
+from tests.test_standing_pull import _start
+
+WAIT_MS = 10_000
+
+
+async def test_a_command_is_handed_over_in_the_read_loop_and_the_fetch_returns_nothing(
+    private_server: EmbeddedNats, private_js: JetStreamContext
+) -> None:
+    commands = JetStreamCommandQueue(private_js)
+    handed: list[tuple[bytes, asyncio.Task[Any] | None]] = []
+
+    def dispatch(messages: list[TaskMessage]) -> bool:
+        handed.extend((message.data, asyncio.current_task()) for message in messages)
+        return True
+
+    commands.dispatch_to(dispatch)
+    await commands.fetch_commands(batch=8, timeout_ms=50)  # (the pull stands from here on)
+    fetching = asyncio.create_task(commands.fetch_commands(batch=8, timeout_ms=WAIT_MS))
+    run_id = unique("run")
+    await commands.publish_command(run_id, b"c0", f"{run_id}:0")
+    assert await asyncio.wait_for(fetching, WAIT_MS / 1000) == []
+    [(data, task)] = handed
+    assert data == b"c0"
+    reading = private_js._nc._reading_task
+    assert task is reading and task is not fetching, (task, reading)
+    await commands.close()
+
+
+async def test_a_command_dispatch_refuses_is_taken_by_a_fetch(
+    private_server: EmbeddedNats, private_js: JetStreamContext
+) -> None:
+    commands = JetStreamCommandQueue(private_js)
+    refused: list[bytes] = []
+
+    def dispatch(messages: list[TaskMessage]) -> bool:
+        refused.extend(message.data for message in messages)
+        return False  # (at its limit)
+
+    commands.dispatch_to(dispatch)
+    run_id = unique("run")
+    await commands.publish_command(run_id, b"c0", f"{run_id}:0")
+    [message] = await commands.fetch_commands(batch=8, timeout_ms=WAIT_MS)
+    assert message.data == b"c0"
+    assert refused in ([], [b"c0"]), refused  # (refused, if it came before the fetch took it)
+    assert commands.held() == []
+    await message.ack()
+    await commands.close()
+
+
+async def test_the_engine_starts_a_command_s_group_in_the_read_loop(
+    connection: Connection,
+) -> None:
+    engine = Engine(connection.history, connection.tasks, connection.timers, connection.commands)
+    scheduled_in: list[asyncio.Task[Any] | None] = []
+    schedule = engine._schedule_batch
+
+    def recorded(messages: list[CommandMessage]) -> asyncio.Future[Any]:
+        scheduled_in.append(asyncio.current_task())
+        return schedule(messages)
+
+    engine._schedule_batch = recorded  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    serving = asyncio.create_task(engine.serve(connection.commands, stop))
+    try:
+        run_id = unique("run")
+        await connection.commands.publish_command(run_id, _start(run_id, unique("t")), run_id)
+
+        async def started() -> bool:
+            return await connection.history.last_seq(run_id) > 0
+
+        await wait_for(started, timeout_ms=WAIT_MS, what="the run started")
+        reading = connection.commands.js._nc._reading_task
+        assert scheduled_in == [reading], (scheduled_in, reading, serving)
+    finally:
+        stop.set()
+        await serving
