@@ -58,7 +58,7 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
     valid_workflows_remembered_max,
 )
-from dagnats.runtime.standing_pull import dispatch_below, wait_at_limit
+from dagnats.runtime.standing_pull import BelowLimit, wait_at_limit
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
 from kernel.admission import is_gate_id
@@ -564,7 +564,7 @@ class Engine:
         progress = asyncio.create_task(self.keep_in_progress(stop, waiting))
         dispatch_to = getattr(commands, "dispatch_to", None)  # (a standing pull's too)
         if dispatch_to is not None:
-            dispatch_to(dispatch_below(in_flight, stop, self._schedule_batch))
+            dispatch_to(BelowLimit(in_flight, stop, self._schedule_batch))
         try:
             while not stop.is_set():
                 if resuming.done():

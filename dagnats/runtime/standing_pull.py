@@ -29,7 +29,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -42,8 +42,18 @@ from dagnats.runtime.wakeup import Wakeup
 
 CONFLICT_STATUS = 409
 log = logging.getLogger("dagnats.engine")
-# Hands a batch of what came over to be handled (True), or refuses it (False: at a limit).
-Dispatch = Callable[[list[TaskMessage]], bool]
+
+
+class Dispatch(Protocol):
+    """Where what the pull brings is handed over as it comes (the engine's: `BelowLimit`)."""
+
+    def ready(self) -> bool:
+        """Whether a batch handed over now would be taken (False: at a limit)."""
+        ...
+
+    def __call__(self, messages: list[TaskMessage]) -> None:
+        """Take a batch (asked only when `ready`)."""
+        ...
 
 
 class CommandPull:
@@ -157,18 +167,17 @@ class CommandPull:
         when nothing more is on its way (the last one's pending count, the credit: as `_take`
         waits) and no fetch is taking, so a command is handled in the loop iteration after
         its message came (its group's task), not after a fetch's wake and then its task's
-        start; `dispatch` may refuse (at its limit): a fetch takes them. Then the waiting
-        fetch is woken (it returns [], its caller looking at its limit before it takes more)."""
-        if self.dispatch is not None and not self._taking:
+        start. Then the waiting
+        fetch is woken (it returns [], its caller looking at its limit before it takes more);
+        at the limit (`dispatch.ready()` False), a fetch takes them."""
+        dispatch = self.dispatch
+        if dispatch is not None and not self._taking and dispatch.ready():
             self._collect()
             held = self._held
             if held and self._error is None and self._complete(held[-1]):
                 count = min(len(held), settings.command_batch_max)
-                taken = [held.popleft() for _ in range(count)]
-                if self.dispatch(taken):
-                    self.dispatched += 1
-                else:
-                    held.extendleft(reversed(taken))
+                dispatch([held.popleft() for _ in range(count)])
+                self.dispatched += 1
         self._wakeup.wake()
 
     def _complete(self, last: TaskMessage) -> bool:
@@ -200,22 +209,28 @@ class CommandPull:
         return await give_back(held)
 
 
-def dispatch_below(
-    in_flight: set[asyncio.Future[Any]], stop: asyncio.Event,
-    schedule: Callable[[list[TaskMessage]], asyncio.Future[Any]],
-) -> Dispatch:  # fmt: skip
+class BelowLimit:
     """The engine's `Dispatch`: a batch handed over is scheduled at once (its future kept in
     `in_flight` until done) while fewer than command_batches_in_flight_max are, until `stop`."""
 
-    def dispatch(messages: list[TaskMessage]) -> bool:
-        if stop.is_set() or len(in_flight) >= settings.command_batches_in_flight_max:
-            return False
-        batch = schedule(messages)
-        in_flight.add(batch)
-        batch.add_done_callback(in_flight.discard)
-        return True
+    def __init__(
+        self, in_flight: set[asyncio.Future[Any]], stop: asyncio.Event,
+        schedule: Callable[[list[TaskMessage]], asyncio.Future[Any]],
+    ) -> None:  # fmt: skip
+        self.in_flight = in_flight
+        self.stop = stop
+        self.schedule = schedule
 
-    return dispatch
+    def ready(self) -> bool:
+        return not self.stop.is_set() and (
+            len(self.in_flight) < settings.command_batches_in_flight_max
+        )
+
+    def __call__(self, messages: list[TaskMessage]) -> None:
+        assert messages and self.ready(), len(messages)
+        batch = self.schedule(messages)
+        self.in_flight.add(batch)
+        batch.add_done_callback(self.in_flight.discard)
 
 
 async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -> None:
@@ -237,4 +252,4 @@ async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -
     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
 
-__all__ = ["CommandPull", "Dispatch", "dispatch_below", "wait_at_limit"]
+__all__ = ["BelowLimit", "CommandPull", "Dispatch", "wait_at_limit"]
