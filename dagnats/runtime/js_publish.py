@@ -13,8 +13,9 @@ so callers behave exactly as with `js.publish`. The publish itself is written as
 command built here (`publish_raw`): nats-py's `Client.publish` checks each subject and each
 header name with a regular expression and builds the header block piece by piece, about 5 us a
 publish (the engine makes two or three per step); the names here are the code's own constants.
-While connected with nothing pending, the command is written to the socket at once, not at
-the turn of nats-py's flusher task (a loop iteration later, on a step's critical path).
+The first publish of a loop iteration, connected with nothing pending, is written to the socket
+at once, not at the turn of nats-py's flusher task (a loop iteration later, on a step's
+critical path); the ones after it in that iteration go together at the flusher's turn.
 
 A connection lost while publishes wait for their acknowledgements: what was written to the
 lost socket (or stored, with its acknowledgement sent there) is never acknowledged over the
@@ -116,15 +117,19 @@ async def publish_raw(
 
 
 def _write_now(nc: NatsClient, command: bytes) -> bool:
-    """Write `command` to the socket now (True) when the client is connected, holds nothing
-    pending (what it holds goes first: its flusher's turn) and its socket's write buffer is
-    small; else False, and nats-py's path takes it (its pending buffer, kept across a
-    reconnect, and its flusher task, which drains a full socket buffer). Written now, a
-    publish goes out before the loop's next iteration, not at the flusher's turn (~7-18 us
-    of a chain step's critical path, twice a step)."""
+    """Write `command` to the socket now (True) when it is the client's first write of this
+    loop iteration, the client is connected, holds nothing pending (what it holds goes first:
+    its flusher's turn) and its socket's write buffer is small; else False, and nats-py's
+    path takes it (its pending buffer, kept across a reconnect, and its flusher task, which
+    drains a full socket buffer). Written now, a lone publish goes out before the loop's next
+    iteration, not at the flusher's turn (~7-18 us of a chain step's critical path, twice a
+    step); the publishes after it in the same iteration (a busy engine's, a fan-out's) go
+    together at the flusher's turn, one socket write and one read of the server's for many
+    (written each at once, they cost the server twice the CPU per step: bench.throughput)."""
     transport = nc._transport
     if (
-        not isinstance(transport, TcpTransport)
+        nc in _written_this_turn
+        or not isinstance(transport, TcpTransport)
         or nc._pending_data_size > 0
         or not nc.is_connected
     ):  # fmt: skip
@@ -134,8 +139,14 @@ def _write_now(nc: NatsClient, command: bytes) -> bool:
         return False
     if writer.transport.get_write_buffer_size() > direct_write_buffered_max:
         return False
+    _written_this_turn.add(nc)  # (forgotten at the loop's next iteration)
+    asyncio.get_running_loop().call_soon(_written_this_turn.discard, nc)
     writer.write(command)
     return True
+
+
+# The clients that wrote to their socket at once in this loop iteration (`_write_now`).
+_written_this_turn: weakref.WeakSet[NatsClient] = weakref.WeakSet()
 
 
 class PubAck(msgspec.Struct, frozen=True):
