@@ -13,9 +13,9 @@ so callers behave exactly as with `js.publish`. The publish itself is written as
 command built here (`publish_raw`): nats-py's `Client.publish` checks each subject and each
 header name with a regular expression and builds the header block piece by piece, about 5 us a
 publish (the engine makes two or three per step); the names here are the code's own constants.
-The first publish of a loop iteration, connected with nothing pending, is written to the socket
-at once, not at the turn of nats-py's flusher task (a loop iteration later, on a step's
-critical path); the ones after it in that iteration go together at the flusher's turn.
+A lone publish of a loop iteration (connected, nothing pending) is written to the socket at
+once, not at the turn of nats-py's flusher task (a loop iteration later, on a step's critical
+path); a busy client's publishes go together at the flusher's turn (`_end_turn`).
 
 A connection lost while publishes wait for their acknowledgements: what was written to the
 lost socket (or stored, with its acknowledgement sent there) is never acknowledged over the
@@ -109,7 +109,11 @@ async def publish_raw(
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += size
     command = b"".join((line, head, payload, b"\r\n"))
-    if _write_now(nc, command):
+    turn_writes = _turn_writes.get(nc, 0)
+    if turn_writes == 0:  # (the iteration's count ends at the loop's next iteration)
+        asyncio.get_running_loop().call_soon(_end_turn, nc)
+    _turn_writes[nc] = turn_writes + 1
+    if turn_writes == 0 and nc not in _busy and _write_now(nc, command):
         return
     await nc._send_command(command)
     if nc._flush_queue is not None and nc._flush_queue.empty():
@@ -117,19 +121,14 @@ async def publish_raw(
 
 
 def _write_now(nc: NatsClient, command: bytes) -> bool:
-    """Write `command` to the socket now (True) when it is the client's first write of this
-    loop iteration, the client is connected, holds nothing pending (what it holds goes first:
-    its flusher's turn) and its socket's write buffer is small; else False, and nats-py's
-    path takes it (its pending buffer, kept across a reconnect, and its flusher task, which
-    drains a full socket buffer). Written now, a lone publish goes out before the loop's next
-    iteration, not at the flusher's turn (~7-18 us of a chain step's critical path, twice a
-    step); the publishes after it in the same iteration (a busy engine's, a fan-out's) go
-    together at the flusher's turn, one socket write and one read of the server's for many
-    (written each at once, they cost the server twice the CPU per step: bench.throughput)."""
+    """Write `command` to the socket now (True) when the client is connected, holds nothing
+    pending (what it holds goes first: its flusher's turn) and its socket's write buffer is
+    small; else False, and nats-py's path takes it (its pending buffer, kept across a
+    reconnect, and its flusher task, which drains a full socket buffer). Asked only for the
+    first publish of a loop iteration of a client that is not busy (`_end_turn`)."""
     transport = nc._transport
     if (
-        nc in _written_this_turn
-        or not isinstance(transport, TcpTransport)
+        not isinstance(transport, TcpTransport)
         or nc._pending_data_size > 0
         or not nc.is_connected
     ):  # fmt: skip
@@ -139,14 +138,28 @@ def _write_now(nc: NatsClient, command: bytes) -> bool:
         return False
     if writer.transport.get_write_buffer_size() > direct_write_buffered_max:
         return False
-    _written_this_turn.add(nc)  # (forgotten at the loop's next iteration)
-    asyncio.get_running_loop().call_soon(_written_this_turn.discard, nc)
     writer.write(command)
     return True
 
 
-# The clients that wrote to their socket at once in this loop iteration (`_write_now`).
-_written_this_turn: weakref.WeakSet[NatsClient] = weakref.WeakSet()
+def _end_turn(nc: NatsClient) -> None:
+    """A loop iteration in which `nc` published ended: the client is busy while its last such
+    iteration made two publishes or more. A lone publish (a chain's step) is written at once,
+    before the loop's next iteration, not at the flusher's turn (~7-18 us of a step's critical
+    path, twice a step); a busy client's (a loaded engine's, a fan-out's) go together at the
+    flusher's turn, one socket write and one read of the server's for many (written at once,
+    the first of each iteration apart, bench.throughput lost ~5% and the server's CPU per
+    step rose ~10%)."""
+    if _turn_writes.pop(nc, 0) > 1:
+        _busy.add(nc)
+    else:
+        _busy.discard(nc)
+
+
+# Per client: its publishes in this loop iteration (while the count's end is due), and
+# whether it is busy (`_end_turn`).
+_turn_writes: weakref.WeakKeyDictionary[NatsClient, int] = weakref.WeakKeyDictionary()
+_busy: weakref.WeakSet[NatsClient] = weakref.WeakSet()
 
 
 class PubAck(msgspec.Struct, frozen=True):
