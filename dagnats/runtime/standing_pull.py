@@ -9,6 +9,13 @@ commands, an idle one a request every few seconds, where a long poll per fetch c
 per command in a chain. The commands are read raw in the client's read loop
 (`RawTaskMessage`: no nats-py `Msg`, headers parsed when read).
 
+Handed over as it comes: with a `dispatch` (the engine's, below its in-flight limit), what
+the pull brings is handed to it in the client's read loop once nothing more is on its way (a
+chain's command: at once), so its handling starts in the next loop iteration; a fetch then
+returns [] and the engine looks at its limit before it takes more. A fetch waiting for more of
+a burst (`_take`) holds what it took: nothing is handed over meanwhile (a run's commands stay
+in order).
+
 What came and no fetch took yet waits here (`held`): the engine sends it progress acks
 beside the commands it handles (engine.py `keep_in_progress`), so a command that came while
 the engine was at its in-flight limit does not run out its ack wait and come again. At close,
@@ -122,6 +129,8 @@ class CommandPull:
             if self._held or now >= deadline:
                 break
             await self._wait(min(deadline, now + settings.fetch_closed_check_ms / 1000))
+        if self.dispatched != dispatched:
+            return []  # (as above: handed over during the ask, the caller's limit first)
         return await self._take(batch, deadline)
 
     async def _ask(self, now: float, deadline: float) -> None:
@@ -167,9 +176,9 @@ class CommandPull:
         when nothing more is on its way (the last one's pending count, the credit: as `_take`
         waits) and no fetch is taking, so a command is handled in the loop iteration after
         its message came (its group's task), not after a fetch's wake and then its task's
-        start. Then the waiting
-        fetch is woken (it returns [], its caller looking at its limit before it takes more);
-        at the limit (`dispatch.ready()` False), a fetch takes them."""
+        start. Then the waiting fetch is woken (it returns [], its caller looking at its
+        limit before it takes more); at the limit (`dispatch.ready()` False), a fetch takes
+        what came."""
         dispatch = self.dispatch
         if dispatch is not None and not self._taking and dispatch.ready():
             self._collect()
