@@ -58,7 +58,7 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
     valid_workflows_remembered_max,
 )
-from dagnats.runtime.standing_pull import BelowLimit, wait_at_limit
+from dagnats.runtime.standing_pull import WhenIdle, wait_at_limit
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
 from kernel.admission import is_gate_id
@@ -550,8 +550,8 @@ class Engine:
 
     async def serve(self, commands: CommandQueue, stop: asyncio.Event) -> None:
         """Handle commands until `stop` is set, resuming every unfinished run meanwhile. A
-        queue that can (`dispatch_to`: a standing pull's) hands commands over as they come,
-        below the in-flight limit, and fetches take the rest.
+        queue that can (`dispatch_to`: a standing pull's) hands commands over as they come
+        while no batch is in flight, and fetches take the rest.
 
         Resuming runs beside the commands (not before them): an engine restarted with many
         unfinished runs decides new commands at once. Both only issue idempotent effects; an
@@ -564,7 +564,7 @@ class Engine:
         progress = asyncio.create_task(self.keep_in_progress(stop, waiting))
         dispatch_to = getattr(commands, "dispatch_to", None)  # (a standing pull's too)
         if dispatch_to is not None:
-            dispatch_to(BelowLimit(in_flight, stop, self._schedule_batch))
+            dispatch_to(WhenIdle(in_flight, stop, self._schedule_batch))
         try:
             while not stop.is_set():
                 if resuming.done():

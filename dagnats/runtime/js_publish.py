@@ -138,7 +138,7 @@ def _write_now(nc: NatsClient, command: bytes) -> bool:
         return False
     if writer.transport.get_write_buffer_size() > direct_write_buffered_max:
         return False
-    transport.write(command)  # type: ignore[no-untyped-call]  (nats-py's, untyped)
+    transport.write(command)  # type: ignore[no-untyped-call]  # (nats-py: untyped)
     return True
 
 
