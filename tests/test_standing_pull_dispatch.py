@@ -1,14 +1,15 @@
 """The engine's standing pull hands commands over as they come (runtime/standing_pull
 `CommandPull._changed`), against a real nats-server: a command is handed to `dispatch` in the
 client's read loop, in the callback its message came in (not by a fetch woken afterwards),
-and the engine's group task for it is created there; one that comes at the limit is
-taken by a fetch.
+and the engine's group task for it is created there; one that comes when nothing takes it
+(the engine busy) is taken by a fetch; the engine takes them so only while it has no batch in
+flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from nats.js import JetStreamContext
 
@@ -17,6 +18,7 @@ from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.protocols import CommandMessage, TaskMessage
 from dagnats.runtime.queue import JetStreamCommandQueue
+from dagnats.runtime.standing_pull import WhenIdle
 from tests.nats_fixtures import unique, wait_for
 from tests.test_standing_pull import _start
 
@@ -101,3 +103,27 @@ async def test_the_engine_starts_a_command_s_group_in_the_read_loop(
     finally:
         stop.set()
         await serving
+
+
+async def test_the_engine_takes_commands_as_they_come_only_while_no_batch_is_in_flight() -> None:
+    """A busy engine's commands go the fetch's way (batched as they came while it worked)."""
+    in_flight: set[asyncio.Future[Any]] = set()
+    stop = asyncio.Event()
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    scheduled: list[list[TaskMessage]] = []
+
+    def schedule(messages: list[TaskMessage]) -> asyncio.Future[Any]:
+        scheduled.append(messages)
+        return done
+
+    idle = WhenIdle(in_flight, stop, schedule)
+    assert idle.ready()
+    message = cast(TaskMessage, object())
+    idle([message])
+    assert scheduled == [[message]] and in_flight == {done}
+    assert not idle.ready(), "a batch is in flight: the fetch's way"
+    done.set_result(None)
+    await asyncio.sleep(0)  # (its done callback)
+    assert not in_flight and idle.ready()
+    stop.set()
+    assert not idle.ready(), "stopping: nothing handed over"
