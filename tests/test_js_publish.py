@@ -16,7 +16,7 @@ from nats.js import JetStreamContext, api
 
 from dagnats.runtime import raw_get
 from dagnats.runtime.engine import Engine
-from dagnats.runtime.js_publish import JetStreamPublisher
+from dagnats.runtime.js_publish import JetStreamPublisher, publish_raw
 from dagnats.runtime.log import WRONG_LAST_SEQUENCE, JetStreamEventLog, position
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue
@@ -236,3 +236,45 @@ async def test_a_missing_run_is_asked_of_the_leader_only_where_history_is_replic
     monkeypatch.setitem(raw_get._replicated, js._nc, True)  # (as an R3 stream reports)
     assert await history.last_seq(run_id) == seq
     assert await history.last_seq(unique("none")) == 0
+
+
+async def test_a_publish_while_connected_is_written_before_the_loop_turns(
+    js: JetStreamContext,
+) -> None:
+    """Connected with nothing pending: a lone publish of a loop iteration is on the socket
+    when `publish_raw` returns, not in the client's pending buffer waiting for the flusher's
+    turn; the ones after it in that iteration, those of the next iteration with publishes
+    (the client is busy), and any behind something pending go through the flusher, in
+    order."""
+    nc = js._nc
+    subject = unique("direct")
+    seen: list[bytes] = []
+    got_all = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        seen.append(message.data)
+        if len(seen) == 6:
+            got_all.set()
+
+    def sent_now() -> bool:
+        return nc._pending_data_size == 0 and nc._pending == []
+
+    await nc.subscribe(subject, cb=on_message)
+    await nc.flush()
+    await publish_raw(nc, subject, "", b"first")
+    assert sent_now(), nc._pending
+    await publish_raw(nc, subject, "", b"second")  # (the same iteration: the flusher's)
+    assert nc._pending[-1].endswith(b"second\r\n"), nc._pending
+    await nc.flush()  # (the next iterations)
+    await publish_raw(nc, subject, "", b"third")  # (busy: two publishes in its last turn)
+    assert nc._pending[-1].endswith(b"third\r\n"), nc._pending
+    await nc.flush()
+    await publish_raw(nc, subject, "", b"fourth")  # (one in its last turn: not busy)
+    assert sent_now(), nc._pending
+    await nc.flush()
+    await nc._send_command(b"PUB %b 6\r\nbefore\r\n" % subject.encode())  # (held: pending)
+    await publish_raw(nc, subject, "", b"after")
+    assert nc._pending[-1].endswith(b"after\r\n"), nc._pending
+    await nc._flush_pending()
+    await asyncio.wait_for(got_all.wait(), READ_TIMEOUT_S)
+    assert seen == [b"first", b"second", b"third", b"fourth", b"before", b"after"], seen

@@ -9,10 +9,9 @@ the ack wait); after a server restart the pull asks again and commands flow.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import nats
@@ -27,7 +26,7 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.protocols import TaskMessage
+from dagnats.runtime.protocols import CommandMessage
 from dagnats.runtime.queue import JetStreamCommandQueue, JetStreamTaskQueue, bind_pull_consumer
 from dagnats.runtime.resources import COMMANDS_STREAM
 from dagnats.runtime.standing_pull import CommandPull
@@ -204,18 +203,17 @@ async def test_an_engine_stuck_at_its_limit_gives_what_it_holds_to_an_idle_engin
     then given back after command_progress_interval_ms: an idle engine two starts every fast
     run while engine one's slow batches are still under way."""
     assert settings.command_ack_wait_ms < SLOW_S * 1000
-    fetched: list[str] = []
-    fetch = connection.commands.fetch_commands
-
-    async def recorded(*, batch: int, timeout_ms: int) -> Sequence[TaskMessage]:
-        got = await fetch(batch=batch, timeout_ms=timeout_ms)
-        fetched.extend(message.subject for message in got)
-        return got
-
-    connection.commands.fetch_commands = recorded  # type: ignore[method-assign]
+    fetched: list[str] = []  # (scheduled by engine one: fetched, or handed over as they came)
     slow = SlowTasks(connection.tasks)
     one = Engine(connection.history, cast(JetStreamTaskQueue, slow), connection.timers,
                  connection.commands)  # fmt: skip
+    schedule = one._schedule_batch
+
+    def recorded(messages: list[CommandMessage]) -> asyncio.Future[Any]:
+        fetched.extend(message.subject for message in messages)
+        return schedule(messages)
+
+    one._schedule_batch = recorded  # type: ignore[method-assign]
     other = Connection(await connect(private_server.url))
     two = Engine(other.history, other.tasks, other.timers, other.commands)
     stop = asyncio.Event()

@@ -59,7 +59,7 @@ from dagnats.runtime.settings import (
     unknown_run_deliveries_max,
     valid_workflows_remembered_max,
 )
-from dagnats.runtime.standing_pull import wait_at_limit
+from dagnats.runtime.standing_pull import WhenIdle, wait_at_limit
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel import codec, registry
 from kernel.admission import is_gate_id
@@ -554,7 +554,9 @@ class Engine:
         self.forget(run_id_of_command_subject(subject))
 
     async def serve(self, commands: CommandQueue, stop: asyncio.Event) -> None:
-        """Handle commands until `stop` is set, resuming every unfinished run meanwhile.
+        """Handle commands until `stop` is set, resuming every unfinished run meanwhile. A
+        queue that can (`dispatch_to`: a standing pull's) hands commands over as they come
+        while no batch is in flight, and fetches take the rest.
 
         Resuming runs beside the commands (not before them): an engine restarted with many
         unfinished runs decides new commands at once. Both only issue idempotent effects; an
@@ -565,6 +567,9 @@ class Engine:
         in_flight: set[asyncio.Future[Any]] = set()
         waiting = getattr(commands, "held", tuple)  # (a standing pull's: runtime/queue)
         progress = asyncio.create_task(self.keep_in_progress(stop, waiting))
+        dispatch_to = getattr(commands, "dispatch_to", None)  # (a standing pull's too)
+        if dispatch_to is not None:
+            dispatch_to(WhenIdle(in_flight, stop, self._schedule_batch))
         try:
             while not stop.is_set():
                 if resuming.done():
@@ -582,6 +587,8 @@ class Engine:
                 if self.needs_resume:
                     await self.resume_pending()
         finally:
+            if dispatch_to is not None:
+                dispatch_to(None)
             if not resuming.done():
                 resuming.cancel()
             with contextlib.suppress(asyncio.CancelledError):

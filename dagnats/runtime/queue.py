@@ -52,7 +52,7 @@ from dagnats.runtime.resources import (
     task_consumer_name,
     task_subject,
 )
-from dagnats.runtime.standing_pull import CommandPull
+from dagnats.runtime.standing_pull import CommandPull, Dispatch
 from dagnats.runtime.task_polls import (
     MSG_ID_HEADER,
     SCHEDULER_HEADER,
@@ -262,6 +262,7 @@ class JetStreamCommandQueue:
         self.publisher = JetStreamPublisher(js)
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._pull: CommandPull | None = None
+        self._dispatch: Dispatch | None = None
 
     async def publish_live(self, subject: str, data: bytes) -> None:
         """Publish on core NATS, outside every stream (a handler's live output: never
@@ -298,7 +299,16 @@ class JetStreamCommandQueue:
             self._subscription = await bind_pull_consumer(self.js, COMMANDS_STREAM, config)
         if self._pull is None:
             self._pull = CommandPull(self._subscription, credit_max=settings.command_batch_max)
+            self._pull.dispatch = self._dispatch
         return await self._pull.fetch(batch, timeout_ms)
+
+    def dispatch_to(self, dispatch: Dispatch | None) -> None:
+        """Hand what the standing pull brings to `dispatch` as it comes, in the client's read
+        loop, where it accepts (runtime/standing_pull `CommandPull._changed`); None: only
+        fetches take it."""
+        self._dispatch = dispatch
+        if self._pull is not None:
+            self._pull.dispatch = dispatch
 
     async def release(self) -> int:
         """Close the standing pull (the server drops its requests) and give back what it

@@ -113,6 +113,9 @@ bridge_worker_id_length_max: Final = 128
 bridge_body_bytes_max: Final = limits.payload_bytes_max + 4 * limits.error_message_bytes_max
 
 # Connections (dagnats/runtime/connection.py).
+# A publish is written to the socket at once (runtime/js_publish) while the socket's write
+# buffer holds at most this; beyond it, nats-py's flusher writes it (and drains the socket).
+direct_write_buffered_max: Final = 65_536
 connection_close_timeout_ms: Final = 5_000  # closing a connection (unsubscribe, flush) at the end
 outage_log_interval_ms: Final = 10_000  # while NATS is unreachable: one summary line per
 

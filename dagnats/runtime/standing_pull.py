@@ -9,6 +9,13 @@ commands, an idle one a request every few seconds, where a long poll per fetch c
 per command in a chain. The commands are read raw in the client's read loop
 (`RawTaskMessage`: no nats-py `Msg`, headers parsed when read).
 
+Handed over as it comes: with a `dispatch` (the engine's, while it has no batch in flight), what
+the pull brings is handed to it in the client's read loop once nothing more is on its way (a
+chain's command: at once), so its handling starts in the next loop iteration; a fetch then
+returns [] and the engine looks at its limit before it takes more. A fetch waiting for more of
+a burst (`_take`) holds what it took: nothing is handed over meanwhile (a run's commands stay
+in order).
+
 What came and no fetch took yet waits here (`held`): the engine sends it progress acks
 beside the commands it handles (engine.py `keep_in_progress`), so a command that came while
 the engine was at its in-flight limit does not run out its ack wait and come again. At close,
@@ -29,7 +36,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -42,6 +49,18 @@ from dagnats.runtime.wakeup import Wakeup
 
 CONFLICT_STATUS = 409
 log = logging.getLogger("dagnats.engine")
+
+
+class Dispatch(Protocol):
+    """Where what the pull brings is handed over as it comes (the engine's: `WhenIdle`)."""
+
+    def ready(self) -> bool:
+        """Whether a batch handed over now would be taken (False: at a limit)."""
+        ...
+
+    def __call__(self, messages: list[TaskMessage]) -> None:
+        """Take a batch (asked only when `ready`)."""
+        ...
 
 
 class CommandPull:
@@ -58,10 +77,13 @@ class CommandPull:
         assert 1 <= credit_max <= settings.fetch_batch_max, credit_max
         self._wakeup = Wakeup()
         self.pull = StandingPull(
-            subscription._nc, subscription._nms, credit_max, self._wakeup.wake, expires_ms
+            subscription._nc, subscription._nms, credit_max, self._changed, expires_ms
         )
         self._held: deque[TaskMessage] = deque()
         self._error: Exception | None = None
+        self.dispatch: Dispatch | None = None  # (the engine's, handed what came at once)
+        self.dispatched = 0  # batches handed to `dispatch`, in all
+        self._taking = False  # a fetch holds messages it took and has not returned yet
 
     @property
     def requests(self) -> int:
@@ -86,8 +108,11 @@ class CommandPull:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
         conflicts = 0
+        dispatched = self.dispatched
         while True:
             self._collect()
+            if self.dispatched != dispatched and self._error is None:
+                return []  # (some handed to `dispatch` meanwhile: the caller's limit first)
             error, self._error = self._error, None
             if error is not None:
                 conflict = getattr(error, "code", None) == CONFLICT_STATUS
@@ -104,6 +129,8 @@ class CommandPull:
             if self._held or now >= deadline:
                 break
             await self._wait(min(deadline, now + settings.fetch_closed_check_ms / 1000))
+        if self.dispatched != dispatched:
+            return []  # (as above: handed over during the ask, the caller's limit first)
         return await self._take(batch, deadline)
 
     async def _ask(self, now: float, deadline: float) -> None:
@@ -117,6 +144,13 @@ class CommandPull:
         """Up to `batch` of what is held; after it, what the last one's pending count says is
         on its way (while the credit covers it), waited for at most
         standing_pull_more_wait_ms."""
+        self._taking = True  # (no `dispatch` meanwhile: what is taken goes first, in order)
+        try:
+            return await self._take_more(batch, deadline)
+        finally:
+            self._taking = False
+
+    async def _take_more(self, batch: int, deadline: float) -> list[TaskMessage]:
         held = self._held
         taken: list[TaskMessage] = []
         loop = asyncio.get_running_loop()
@@ -137,6 +171,32 @@ class CommandPull:
             self._collect()
         return taken
 
+    def _changed(self) -> None:
+        """The pull changed (in the client's read loop): hand what came to `dispatch` now
+        when nothing more is on its way (the last one's pending count, the credit: as `_take`
+        waits) and no fetch is taking, so a command is handled in the loop iteration after
+        its message came (its group's task), not after a fetch's wake and then its task's
+        start. Then the waiting fetch is woken (it returns [], its caller looking at its
+        limit before it takes more); at the limit (`dispatch.ready()` False), a fetch takes
+        what came."""
+        dispatch = self.dispatch
+        if dispatch is not None and not self._taking and dispatch.ready():
+            self._collect()
+            held = self._held
+            if held and self._error is None and self._complete(held[-1]):
+                count = min(len(held), settings.command_batch_max)
+                dispatch([held.popleft() for _ in range(count)])
+                self.dispatched += 1
+        self._wakeup.wake()
+
+    def _complete(self, last: TaskMessage) -> bool:
+        """Whether nothing more is on its way after `last` (`_take` would not wait)."""
+        return (
+            len(self._held) >= settings.command_batch_max
+            or self.pull.credit.pending <= 0
+            or getattr(last, "num_pending", 0) <= 0
+        )
+
     def _collect(self) -> None:
         arrived, error = self.pull.take()
         self._held.extend(arrived)
@@ -151,10 +211,36 @@ class CommandPull:
     async def close(self) -> int:
         """Stop asking (the server drops the requests) and give back, with a nak, what came
         and no fetch took; how many."""
+        self.dispatch = None
         self._collect()
         held = [*self._held, *await self.pull.close()]
         self._held.clear()
         return await give_back(held)
+
+
+class WhenIdle:
+    """The engine's `Dispatch`: a batch handed over is scheduled at once (its future kept in
+    `in_flight` until done) while no batch is in flight (a chain's command), until `stop`. A
+    busy engine's commands go the fetch's way, batched as they come while it works (handed
+    over one by one, a loaded engine's batches were smaller and more: bench.throughput lost
+    5-10%)."""
+
+    def __init__(
+        self, in_flight: set[asyncio.Future[Any]], stop: asyncio.Event,
+        schedule: Callable[[list[TaskMessage]], asyncio.Future[Any]],
+    ) -> None:  # fmt: skip
+        self.in_flight = in_flight
+        self.stop = stop
+        self.schedule = schedule
+
+    def ready(self) -> bool:
+        return not self.in_flight and not self.stop.is_set()
+
+    def __call__(self, messages: list[TaskMessage]) -> None:
+        assert messages and self.ready(), len(messages)
+        batch = self.schedule(messages)
+        self.in_flight.add(batch)
+        batch.add_done_callback(self.in_flight.discard)
 
 
 async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -> None:
@@ -176,4 +262,4 @@ async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -
     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
 
 
-__all__ = ["CommandPull", "wait_at_limit"]
+__all__ = ["CommandPull", "Dispatch", "WhenIdle", "wait_at_limit"]
