@@ -185,8 +185,15 @@ class CommandPull:
             held = self._held
             if held and self._error is None and self._complete(held[-1]):
                 count = min(len(held), settings.command_batch_max)
-                dispatch([held.popleft() for _ in range(count)])
-                self.dispatched += 1
+                batch = [held.popleft() for _ in range(count)]
+                try:
+                    dispatch(batch)
+                except Exception as error:  # (raised here, it would end the read loop)
+                    log.exception("commands not handed over; the next fetch raises")
+                    held.extendleft(reversed(batch))
+                    self._error = error
+                else:
+                    self.dispatched += 1
         self._wakeup.wake()
 
     def _complete(self, last: TaskMessage) -> bool:

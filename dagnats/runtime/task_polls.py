@@ -149,7 +149,9 @@ class RawTaskMessage:
 
     @property
     def subject(self) -> str:
-        return self._subject.decode()
+        """The subject (bytes not UTF-8, which nats-server lets any client publish, replaced:
+        such a command is refused as malformed, never an error where it is read)."""
+        return self._subject.decode(errors="replace")
 
     @property
     def headers(self) -> dict[str, str] | None:
