@@ -195,6 +195,18 @@ def _start(run_id: str, task: str) -> bytes:
     return codec.encode(command)
 
 
+async def start_and_see_it_started(connection: Connection, wait_ms: int = WAIT_MS) -> str:
+    """Publish a new one-step run's start; its id once the engine appended its first message."""
+    run_id = unique("run")
+    await connection.commands.publish_command(run_id, _start(run_id, unique("t")), run_id)
+
+    async def started() -> bool:
+        return await connection.history.last_seq(run_id) > 0
+
+    await wait_for(started, timeout_ms=wait_ms, what=f"run {run_id} started")
+    return run_id
+
+
 async def test_an_engine_stuck_at_its_limit_gives_what_it_holds_to_an_idle_engine(
     private_server: EmbeddedNats, connection: Connection
 ) -> None:

@@ -19,8 +19,8 @@ from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.protocols import CommandMessage, TaskMessage
 from dagnats.runtime.queue import JetStreamCommandQueue
 from dagnats.runtime.standing_pull import WhenIdle
-from tests.nats_fixtures import unique, wait_for
-from tests.test_standing_pull import _start
+from tests.nats_fixtures import unique
+from tests.test_standing_pull import start_and_see_it_started
 
 WAIT_MS = 10_000
 
@@ -91,13 +91,7 @@ async def test_the_engine_starts_a_command_s_group_in_the_read_loop(
     stop = asyncio.Event()
     serving = asyncio.create_task(engine.serve(connection.commands, stop))
     try:
-        run_id = unique("run")
-        await connection.commands.publish_command(run_id, _start(run_id, unique("t")), run_id)
-
-        async def started() -> bool:
-            return await connection.history.last_seq(run_id) > 0
-
-        await wait_for(started, timeout_ms=WAIT_MS, what="the run started")
+        await start_and_see_it_started(connection, WAIT_MS)
         reading = connection.commands.js._nc._reading_task
         assert scheduled_in == [reading], (scheduled_in, reading, serving)
     finally:

@@ -19,7 +19,7 @@ from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.queue import JetStreamCommandQueue
 from tests.nats_fixtures import connect, unique, wait_for
-from tests.test_standing_pull import _start
+from tests.test_standing_pull import start_and_see_it_started
 
 WAIT_MS = 10_000
 
@@ -41,13 +41,7 @@ async def test_a_command_with_a_subject_not_utf8_leaves_the_read_loop_running(
         bad = b"dagnats.cmd.0.r\xff\xfe.client"
         await other._send_command(b"PUB %b 2\r\n{}\r\n" % bad)
         await other.flush()
-        run_id = unique("run")
-        await connection.commands.publish_command(run_id, _start(run_id, unique("t")), run_id)
-
-        async def started() -> bool:
-            return await connection.history.last_seq(run_id) > 0
-
-        await wait_for(started, timeout_ms=WAIT_MS, what="the good command handled")
+        await start_and_see_it_started(connection, WAIT_MS)
         reading = connection.commands.js._nc._reading_task
         assert reading is not None and not reading.done(), "the read loop ended"
     finally:
