@@ -30,7 +30,7 @@ client's pending buffer, goes out on the reconnect, and keeps waiting for its ac
 This module may publish and subscribe on the connection it is given, and chain the client's
 disconnected/reconnected callbacks; it decodes only the server's acknowledgements. It writes
 to the client's pending buffer as `Client.publish` does, or to its socket when that buffer
-is empty (nats-py 2.9 to 2.16 internals).
+is empty (nats-py 2.16 internals: pyproject pins that version).
 """
 
 from __future__ import annotations
