@@ -76,6 +76,9 @@ from projections.snapshot import SnapshotReader
 log = logging.getLogger("dagnats.engine")
 
 
+Tail = tuple["asyncio.Task[None]", list[CommandMessage]]  # a run's last group, its task
+
+
 class Loaded(msgspec.Struct, frozen=True):
     """A run's state and the stream sequence of its last history message (0: none)."""
 
@@ -113,7 +116,7 @@ class Engine:
         self.needs_resume: set[str] = set()
         self._redone: OrderedDict[str, tuple[int, StoredCommand]] = OrderedDict()  # (below)
         self._parked_news: list[tuple[str, str]] = []  # parked runs not yet dead-lettered
-        self._tails: dict[str, asyncio.Task[None]] = {}  # per run subject: its last group
+        self._tails: dict[str, Tail] = {}  # per run subject: its last group (and its task)
         self.parked: dict[str, str] = {}
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
@@ -499,9 +502,11 @@ class Engine:
             groups.setdefault(run_id_of_command_subject(message.subject), []).append(message)
         self._unsettled.update(messages)
         jobs: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
         for subject, group in groups.items():
-            job = asyncio.ensure_future(self._run_group(subject, group, self._tails.get(subject)))
-            self._tails[subject] = job
+            tail = self._tails.get(subject)
+            job = loop.create_task(self._run_group(subject, group, tail[0] if tail else None))
+            self._tails[subject] = (job, group)
             jobs.append(job)
         return jobs[0] if len(jobs) == 1 else asyncio.gather(*jobs)
 
@@ -514,7 +519,8 @@ class Engine:
             await self._handle_group(group)
         finally:  # (a group cancelled before it settled: no progress acks for it forever)
             self._unsettled.difference_update(group)
-            if self._tails.get(subject) is asyncio.current_task():
+            tail = self._tails.get(subject)
+            if tail is not None and tail[1] is group:  # (the run's last group: this one)
                 del self._tails[subject]
 
     async def _handle_group(self, group: list[CommandMessage]) -> None:
