@@ -100,12 +100,10 @@ async def test_the_engine_starts_a_command_s_group_in_the_read_loop(
 
 
 async def test_the_engine_takes_commands_as_they_come_only_while_no_batch_is_in_flight() -> None:
-    """A busy engine's commands go the fetch's way (batched as they came while it worked); a
-    lone command in flight (a chain's previous step) does not make it busy."""
+    """A busy engine's commands go the fetch's way (batched as they came while it worked)."""
     in_flight: set[asyncio.Future[Any]] = set()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[Any] = loop.create_future()
+    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     scheduled: list[list[TaskMessage]] = []
 
     def schedule(messages: list[TaskMessage]) -> asyncio.Future[Any]:
@@ -114,47 +112,12 @@ async def test_the_engine_takes_commands_as_they_come_only_while_no_batch_is_in_
 
     idle = WhenIdle(in_flight, stop, schedule)
     assert idle.ready()
-    message, other = cast(TaskMessage, object()), cast(TaskMessage, object())
-    idle([message, other])
-    assert scheduled == [[message, other]] and in_flight == {done}
+    message = cast(TaskMessage, object())
+    idle([message])
+    assert scheduled == [[message]] and in_flight == {done}
     assert not idle.ready(), "a batch is in flight: the fetch's way"
     done.set_result(None)
     await asyncio.sleep(0)  # (its done callback)
     assert not in_flight and idle.ready()
     stop.set()
     assert not idle.ready(), "stopping: nothing handed over"
-
-
-async def test_a_lone_command_in_flight_leaves_the_engine_taking_commands_as_they_come() -> None:
-    """A chain's next command is handed over while its previous step's lone command waits
-    for its task's acknowledgement (not the fetch's way: a wake and a loop turn more); with
-    two batches in flight, or a fetched batch of several, the fetch's way."""
-    in_flight: set[asyncio.Future[Any]] = set()
-    loop = asyncio.get_running_loop()
-    futures = [loop.create_future() for _ in range(3)]
-    scheduled: list[list[TaskMessage]] = []
-
-    def schedule(messages: list[TaskMessage]) -> asyncio.Future[Any]:
-        scheduled.append(messages)
-        return futures[len(scheduled) - 1]
-
-    idle = WhenIdle(in_flight, asyncio.Event(), schedule)
-    first, second = cast(TaskMessage, object()), cast(TaskMessage, object())
-    idle([first])
-    assert in_flight == {futures[0]} and idle.ready(), "one lone command in flight"
-    idle([second])
-    assert in_flight == {futures[0], futures[1]}
-    assert not idle.ready(), "two batches in flight (the limit): the fetch's way"
-    futures[0].set_result(None)
-    await asyncio.sleep(0)
-    assert in_flight == {futures[1]} and idle.ready()
-    fetched = loop.create_future()  # (a fetched batch of several, scheduled by the engine)
-    in_flight.add(fetched)
-    fetched.add_done_callback(in_flight.discard)
-    idle.scheduled(fetched, 2)
-    futures[1].set_result(None)
-    await asyncio.sleep(0)
-    assert in_flight == {fetched} and not idle.ready(), "a batch of several: busy"
-    fetched.set_result(None)
-    await asyncio.sleep(0)
-    assert not in_flight and idle.ready()

@@ -566,9 +566,8 @@ class Engine:
         waiting = getattr(commands, "held", tuple)  # (a standing pull's: runtime/queue)
         progress = asyncio.create_task(self.keep_in_progress(stop, waiting))
         dispatch_to = getattr(commands, "dispatch_to", None)  # (a standing pull's too)
-        idle = WhenIdle(in_flight, stop, self._schedule_batch)
         if dispatch_to is not None:
-            dispatch_to(idle)
+            dispatch_to(WhenIdle(in_flight, stop, self._schedule_batch))
         try:
             while not stop.is_set():
                 if resuming.done():
@@ -583,7 +582,6 @@ class Engine:
                     batch = self._schedule_batch(list(messages))
                     in_flight.add(batch)
                     batch.add_done_callback(in_flight.discard)
-                    idle.scheduled(batch, len(messages))
                 if self.needs_resume:
                     await self.resume_pending()
         finally:

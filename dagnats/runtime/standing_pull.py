@@ -227,12 +227,10 @@ class CommandPull:
 
 class WhenIdle:
     """The engine's `Dispatch`: a batch handed over is scheduled at once (its future kept in
-    `in_flight` until done) while no batch is in flight, or only one lone command (a chain's
-    previous step, waiting for its task's acknowledgement: the next command of its run waits
-    behind it, in order, and the fetch's way cost a wake and a loop turn more: a third of a
-    loaded machine's chain steps went that way), until `stop`. A busy engine's commands go the
-    fetch's way, batched as they come while it works (handed over one by one, a loaded
-    engine's batches were smaller and more: bench.throughput lost 5-10%)."""
+    `in_flight` until done) while no batch is in flight (a chain's command), until `stop`. A
+    busy engine's commands go the fetch's way, batched as they come while it works (handed
+    over one by one, a loaded engine's batches were smaller and more: bench.throughput lost
+    5-10%)."""
 
     def __init__(
         self, in_flight: set[asyncio.Future[Any]], stop: asyncio.Event,
@@ -241,26 +239,15 @@ class WhenIdle:
         self.in_flight = in_flight
         self.stop = stop
         self.schedule = schedule
-        self._lone: asyncio.Future[Any] | None = None  # the last batch scheduled, if of one
 
     def ready(self) -> bool:
-        in_flight = self.in_flight
-        if self.stop.is_set():
-            return False
-        return not in_flight or (len(in_flight) == 1 and self._lone in in_flight)
-
-    def scheduled(self, batch: asyncio.Future[Any], count: int) -> None:
-        """A batch of `count` commands was scheduled (handed over here, or fetched)."""
-        assert count >= 1, count
-        self._lone = batch if count == 1 else None
+        return not self.in_flight and not self.stop.is_set()
 
     def __call__(self, messages: list[TaskMessage]) -> None:
         assert messages and self.ready(), len(messages)
         batch = self.schedule(messages)
         self.in_flight.add(batch)
         batch.add_done_callback(self.in_flight.discard)
-        self.scheduled(batch, len(messages))
-        assert len(self.in_flight) <= settings.command_batches_in_flight_max, len(self.in_flight)
 
 
 async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -> None:
