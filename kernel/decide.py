@@ -92,6 +92,7 @@ from kernel.state import (
 )
 
 Decided = tuple[AnyEvent, ...] | Rejection
+Folded = tuple[Decided, tuple[RunState, ...]]  # (`decide_folded`)
 LIVE = ("scheduled", "running")
 WORKER_COMMANDS = (CompleteTask, TaskStarted, FailTask, FireTimer)  # those naming a task's id
 # Events that change only the step they name: the shared lifecycle (these types exactly), and
@@ -117,6 +118,22 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     Returns:
         The events to append (possibly none), or a Rejection saying why the command is refused.
     """
+    decided = _decide(state, command)
+    return tuple(decided.events) if type(decided) is Builder else cast(Decided, decided)
+
+
+def decide_folded(state: RunState, command: AnyCommand) -> Folded:
+    """`decide`, with the state after each event (`states[i]`: `state` folded with the events
+    up to i; () for none): deciding folds them already, so the engine need not again."""
+    decided = _decide(state, command)
+    if type(decided) is Builder:
+        assert len(decided.states) == len(decided.events), "a state after each event"
+        return tuple(decided.events), tuple(decided.states)
+    return cast(Decided, decided), ()
+
+
+def _decide(state: RunState, command: AnyCommand) -> Decided | Builder:
+    """`decide`'s rules; events decided by a builder come as the builder (its states)."""
     kind = type(command)  # (commands are final types: exact tests, cheaper than isinstance)
     if kind is StartRun:
         return _start_run(state, cast(StartRun, command))
@@ -138,22 +155,27 @@ def decide(state: RunState, command: AnyCommand) -> Decided:
     if builder.events:
         _advance(builder, state)
     assert len(builder.events) <= limits.events_per_decision_max
-    return tuple(builder.events)
+    return builder
 
 
-def _lifecycle_operation(state: RunState, command: ReopenRun | DiscardDeadLetter) -> Decided:
+def _lifecycle_operation(
+    state: RunState, command: ReopenRun | DiscardDeadLetter
+) -> Decided | Builder:
     """An operator's reopen or discard (kernel.reopen), which may follow the run's end: a
     reopen's events are followed by the DAG's advance (the reset steps start)."""
+    decided: Decided
     if isinstance(command, DiscardDeadLetter):
-        return reopen.decide_discard(state, command)
-    decided = reopen.decide_reopen(state, command)
+        decided = reopen.decide_discard(state, command)
+    else:
+        decided = reopen.decide_reopen(state, command)
     if isinstance(decided, Rejection) or not decided:
         return decided
     builder = Builder(state, command.at_ms, command.seed)
     for event in decided:
         builder.emit(event)
-    _advance(builder, state)
-    return tuple(builder.events)
+    if isinstance(command, ReopenRun):
+        _advance(builder, state)
+    return builder
 
 
 def _after_end(state: RunState, command: AnyCommand) -> Decided:
@@ -251,7 +273,7 @@ def _deliver_event(builder: Builder, command: DeliverEvent) -> None:
 
 def _start_run(
     state: RunState, command: StartRun, held: StartGated | ScheduleRun | None = None
-) -> Decided:
+) -> Decided | Builder:
     if state.status != "new":
         if state.workflow == command.workflow and state.input == command.input:
             return ()  # the same start again: idempotent
@@ -263,28 +285,19 @@ def _start_run(
         )
         return Rejection(run_id=command.run_id, code="invalid", message=message)
     builder = Builder(state, command.at_ms, command.seed)
-    builder.emit(
-        RunStarted(
-            run_id=command.run_id,
-            workflow=command.workflow,
-            input=command.input,
-            at_ms=command.at_ms,
-            seed=command.seed,
-            parent_run_id=command.parent_run_id,
-            parent_step_id=command.parent_step_id,
-            depth=command.depth,
-            detached=command.detached,
-            continued_from=command.continued_from,
-            chain_root=command.chain_root,
-            chain_index=command.chain_index,
-            control_root=command.control_root,
-            control_root_step=command.control_root_step,
-        )
-    )
+    started = RunStarted(
+        run_id=command.run_id, workflow=command.workflow, input=command.input,
+        at_ms=command.at_ms, seed=command.seed, parent_run_id=command.parent_run_id,
+        parent_step_id=command.parent_step_id, depth=command.depth, detached=command.detached,
+        continued_from=command.continued_from, chain_root=command.chain_root,
+        chain_index=command.chain_index, control_root=command.control_root,
+        control_root_step=command.control_root_step,
+    )  # fmt: skip
+    builder.emit(started)
     if held is not None:
         admission_run.hold(builder, held)
     _advance(builder, state)
-    return tuple(builder.events)
+    return builder
 
 
 def _task_started(builder: Builder, command: TaskStarted) -> Rejection | None:

@@ -48,16 +48,18 @@ from kernel.state import RunState
 
 
 class Builder:
-    """Events decided so far and the state they lead to; local to one `decide` call. It is
-    the read-only `DecideContext` step types are given (kernel.registry)."""
+    """Events decided so far and the state they lead to (`states`: the state after each
+    event, so a caller need not fold them again); local to one `decide` call. It is the
+    read-only `DecideContext` step types are given (kernel.registry)."""
 
-    __slots__ = ("at_ms", "events", "seed", "state")
+    __slots__ = ("at_ms", "events", "seed", "state", "states")
 
     def __init__(self, state: RunState, at_ms: int, seed: int) -> None:
         self.state = state
         self.at_ms = at_ms
         self.seed = seed
         self.events: list[AnyEvent] = []
+        self.states: list[RunState] = []
 
     def emit(self, event: AnyEvent, folded: tuple[RunState, RunState] | None = None) -> None:
         """Record `event` and fold it; `folded` (before, after): a step's draft folded it
@@ -68,6 +70,7 @@ class Builder:
             self.state = folded[1]  # evolve is pure: folding it again gives the same state
         else:
             self.state = evolve(self.state, event)
+        self.states.append(self.state)
         assert self.state.event_count >= len(self.events), "every event is counted"
 
 

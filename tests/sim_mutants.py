@@ -95,11 +95,11 @@ class IgnoreExpectedSequence(Engine):
 
     async def _append(
         self, loaded: Loaded, command: StoredCommand, events: tuple[AnyEvent, ...],
-        payload: bytes = b"",
+        payload: bytes = b"", states: tuple[RunState, ...] = (),
     ) -> tuple[list[AnyEffect], RunState]:  # fmt: skip
         current = await self.history.last_seq(command.run_id)
         unchecked = Loaded(state=loaded.state, last_seq=current)
-        return await super()._append(unchecked, command, events, payload)
+        return await super()._append(unchecked, command, events, payload, states)
 
 
 class RedispatchCompletedOnResume(Engine):
@@ -133,9 +133,9 @@ class TimerFiresTwice(Engine):
 
     async def _append(
         self, loaded: Loaded, command: StoredCommand, events: tuple[AnyEvent, ...],
-        payload: bytes = b"",
+        payload: bytes = b"", states: tuple[RunState, ...] = (),
     ) -> tuple[list[AnyEffect], RunState]:  # fmt: skip
-        effects, state = await super()._append(loaded, command, events, payload)
+        effects, state = await super()._append(loaded, command, events, payload, states)
         if not isinstance(command, FireTimer):
             return effects, state
         again = [

@@ -157,6 +157,9 @@ class EngineSide:
     async def load(self, run_id: str) -> Any:
         raise AssertionError(f"no run is loaded here ({run_id})")
 
+    def cached(self, run_id: str) -> Any:
+        return None  # (no run is cached here)
+
 
 async def _never(*_: object) -> Any:
     raise AssertionError("no run is decided here")

@@ -104,6 +104,10 @@ class EngineSide(Protocol):
 
     async def load(self, run_id: str) -> Loaded: ...
 
+    def cached(self, run_id: str) -> Loaded | None: ...
+
+
+_NO_FOLLOW_UPS: Final = FollowUps()  # (frozen: shared)
 
 Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
 
@@ -154,30 +158,33 @@ class AdmissionRuntime:
     # -- around one command ---------------------------------------------------------------
 
     async def handle(self, command: AnyCommand, data: bytes, deliveries: int) -> Outcome:
-        """Decide `command` with admission before and after it (see the module)."""
-        try:
-            before = await self._before(command)
-        except RunParkedError:
-            before = None  # the engine parks the run when it decides the command
-        if before is None:
-            return (await self.decide_run(command, data, deliveries)).outcome
-        if isinstance(before, tuple):
-            command, follow = before
-        else:
-            command, follow = before, FollowUps()
+        """Decide `command` with admission before and after it (see the module). Only a
+        start or a timer is looked at before (`_before`: any other command goes as it is)."""
+        follow = _NO_FOLLOW_UPS
+        if isinstance(command, StartRun | ScheduleRun | FireTimer):
+            try:
+                before = await self._before(command)
+            except RunParkedError:
+                before = None  # the engine parks the run when it decides the command
+            if before is None:
+                return (await self.decide_run(command, data, deliveries)).outcome
+            command, follow = before if isinstance(before, tuple) else (before, _NO_FOLLOW_UPS)
         decided = await self.decide_run(command, data, deliveries)
         outcome = decided.outcome
         if outcome != "applied":
-            await self._follow(follow, command.at_ms)
+            if follow.admit or follow.cancel:
+                await self._follow(follow, command.at_ms)
             return outcome
         # The states the append went from and to, never a cached copy that another engine's
         # append made stale (which missed an ended attempt's release: `dagnats sim` found it).
         state_before, state_after = decided.before, decided.after
         assert state_before is not None and state_after is not None, command
-        await self.flow.after(state_before, state_after, command.at_ms)
+        if state_after.workflow is not None and state_after.workflow.admission is not None:
+            await self.flow.after(state_before, state_after, command.at_ms)  # (else: no limits)
         if is_terminal(state_after) and not is_terminal(state_before):
             follow = _merge(follow, await self._release(state_after, command.at_ms))
-        await self._follow(follow, command.at_ms)
+        if follow.admit or follow.cancel:
+            await self._follow(follow, command.at_ms)
         return outcome
 
     async def _before(

@@ -79,6 +79,8 @@ class EngineSide(Protocol):
 
     async def load(self, run_id: str) -> Loaded: ...
 
+    def cached(self, run_id: str) -> Loaded | None: ...
+
 
 Handle = Callable[[AnyCommand], Awaitable[object]]
 
@@ -102,6 +104,16 @@ class FlowRuntime:
         self.counters: dict[str, int] = {}
 
     # -- before a task is published -------------------------------------------------------
+
+    def may_hold(self, effect: EnqueueTask) -> bool:
+        """Whether `may_publish` may hold the task back: False, with no call, for a run the
+        engine holds cached whose workflow limits no task (most runs)."""
+        cached = self.engine.cached(effect.run_id)
+        if cached is None:
+            return True  # (may_publish loads the run and looks)
+        workflow = cached.state.workflow
+        admission = workflow.admission if workflow is not None else None
+        return admission is not None and admission.limits_tasks
 
     async def may_publish(self, effect: EnqueueTask) -> bool:
         """Whether the task message may be published now; when not, its run records why."""

@@ -83,13 +83,15 @@ async def handle_group(engine: Engine, group: list[CommandMessage]) -> None:
             ):
                 pending.append((message, command))
                 continue
-            await _flush(engine, pending)
-            pending = []
+            if pending:
+                await _flush(engine, pending)
+                pending = []
             if isinstance(command, str):  # set aside ("dead"), its run parked, or "retry"
                 await _settle_one(engine, message, command, _delay(command))
             else:
                 await _one(engine, message, command)
-        await _flush(engine, pending)
+        if pending:
+            await _flush(engine, pending)
     finally:
         engine._unsettled.difference_update(group)
 
@@ -115,7 +117,8 @@ async def _one(
         data, deliveries = message.data, message.num_delivered
         if command is not None and seen is not None:
             seen.outcome = outcome = await engine.admission.handle(command, data, deliveries)
-            await engine._report_parked()
+            if engine._parked_news:
+                await engine._report_parked()
         elif command is not None:
             outcome = await engine._handle_authorized(command, data, deliveries)
         else:  # (its scheduler and task token: JetStream messages only)

@@ -57,27 +57,26 @@ from dagnats.runtime.settings import (
     run_cache_max,
     runs_listed_max,
     unknown_run_deliveries_max,
-    valid_workflows_remembered_max,
 )
 from dagnats.runtime.standing_pull import WhenIdle, wait_at_limit
 from dagnats.runtime.task_tokens import TaskTokens
+from dagnats.runtime.valid_workflows import ValidWorkflows
 from kernel import codec, registry
 from kernel.admission import is_gate_id
 from kernel.commands import AnyCommand, Rejection, StartRun, StoredCommand
-from kernel.decide import decide
+from kernel.decide import decide_folded
 from kernel.effects import AnyEffect, EnqueueTask, StartContinuation
 from kernel.errors import AppendConflictError, DecodeError
 from kernel.events import AnyEvent, RunStarted
 from kernel.react import react, repeated, resume
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
-from kernel.workflow import validate_workflow
 from projections.snapshot import SnapshotReader
 
 log = logging.getLogger("dagnats.engine")
 
 
-_encode_workflow = msgspec.json.Encoder().encode  # (a workflow's bytes: _workflow_problems)
+Tail = tuple["asyncio.Task[None]", list[CommandMessage]]  # a run's last group, its task
 
 
 class Loaded(msgspec.Struct, frozen=True):
@@ -117,7 +116,7 @@ class Engine:
         self.needs_resume: set[str] = set()
         self._redone: OrderedDict[str, tuple[int, StoredCommand]] = OrderedDict()  # (below)
         self._parked_news: list[tuple[str, str]] = []  # parked runs not yet dead-lettered
-        self._tails: dict[str, asyncio.Task[None]] = {}  # per run subject: its last group
+        self._tails: dict[str, Tail] = {}  # per run subject: its last group (and its task)
         self.parked: dict[str, str] = {}
         self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
         self.counters: dict[str, int] = {}
@@ -128,7 +127,7 @@ class Engine:
         self._unsettled: set[CommandMessage] = set()
         self.admission = AdmissionRuntime(self, self._handle_command)  # (runtime/admission.py)
         self.ended: EndedRuns | None = None  # ended-run markers for workers (set by serve)
-        self._valid_workflows: OrderedDict[bytes, None] = OrderedDict()  # (_workflow_problems)
+        self._valid_workflows = ValidWorkflows()  # (StartRun's workflows: runtime/valid_workflows)
         # What it appends, for the projections of this process (serve's): not folded again.
         self.folds: SharedFolds | None = None
 
@@ -204,6 +203,10 @@ class Engine:
         while len(self._cache) > self.cache_runs_max:
             self._cache.popitem(last=False)
 
+    def cached(self, run_id: str) -> Loaded | None:
+        """The run's cached state, if any (no read, no change of the cache's order)."""
+        return self._cache.get(run_id)
+
     def forget(self, run_id: str) -> None:
         """Drop a run from the cache (the next command folds its history again)."""
         self._cache.pop(run_id, None)
@@ -259,7 +262,8 @@ class Engine:
         """`handle`'s back half: decide an authorized command and append what it decides."""
         with self.observer.decision(command) as seen:
             seen.outcome = outcome = await self.admission.handle(command, data, deliveries)
-        await self._report_parked()
+        if self._parked_news:
+            await self._report_parked()
         return outcome
 
     async def _report_parked(self) -> None:
@@ -271,14 +275,14 @@ class Engine:
     async def _handle_command(self, command: AnyCommand, data: bytes, deliveries: int) -> Decided:
         run_id = command.run_id
         if isinstance(command, StartRun):
-            reason = self._workflow_problems(command)
+            reason = self._valid_workflows.problems(command)
             if reason:
                 await self._dead_letter("command", data, reason, command)
                 return Decided("dead")
         for attempt in range(append_attempts_max):  # a fresh start: no read (runtime/fresh_runs)
             try:
                 loaded = await self.load(run_id, attempt == 0 and fresh_start(command, deliveries))
-                decided = decide(loaded.state, command)
+                decided, states = decide_folded(loaded.state, command)
             except RunParkedError as error:
                 return Decided(self._park(run_id, error.reason))
             except AssertionError as error:
@@ -300,7 +304,7 @@ class Engine:
                 self._count("ignored")
                 return Decided("ignored")
             try:
-                effects, after = await self._append(loaded, command, decided)
+                effects, after = await self._append(loaded, command, decided, states=states)
             except AppendConflictError:
                 self._count("conflicts")
                 self.forget(run_id)
@@ -317,34 +321,26 @@ class Engine:
         log.warning("run %s: %d append conflicts in a row; will retry", run_id, append_attempts_max)
         return Decided("retry")
 
-    def _workflow_problems(self, command: StartRun) -> str:
-        """Why a StartRun's workflow is invalid ("" when valid), by the typed definition's
-        rules; a workflow found valid before (the same bytes) is not validated again."""
-        key = hashlib.blake2b(_encode_workflow(command.workflow), digest_size=16).digest()
-        if key in self._valid_workflows:
-            self._valid_workflows.move_to_end(key)
-            return ""
-        problems = validate_workflow(command.workflow)
-        if problems:
-            return "start_run carries an invalid workflow: " + "; ".join(map(str, problems))
-        self._valid_workflows[key] = None
-        while len(self._valid_workflows) > valid_workflows_remembered_max:
-            self._valid_workflows.popitem(last=False)
-        return ""
-
     async def _append(
         self, loaded: Loaded, command: StoredCommand, events: tuple[AnyEvent, ...],
-        payload: bytes = b"",
+        payload: bytes = b"", states: tuple[RunState, ...] = (),
     ) -> tuple[list[AnyEffect], RunState]:  # fmt: skip
-        """Append one decision under the expected last sequence; its effects and the state."""
+        """Append one decision under the expected last sequence; its effects and the state.
+        `states`: the state after each event, as deciding folded them (kernel
+        `decide_folded`: not folded again); else the events are folded here."""
         payload = payload or codec.encode_decision(command, events)  # (or the batch path's)
         digest = hashlib.blake2b(payload, digest_size=8).hexdigest()
         msg_id = f"{command.run_id}:{loaded.last_seq}:{digest}"
         state = loaded.state
         effects: list[AnyEffect] = []
-        for event in events:
-            state = evolve(state, event)
-            effects.extend(react(state, event))
+        if states:
+            assert len(states) == len(events), (len(states), len(events))
+            for state, event in zip(states, events, strict=True):
+                effects.extend(react(state, event))
+        else:
+            for event in events:
+                state = evolve(state, event)
+                effects.extend(react(state, event))
         seq = await self.history.append(
             command.run_id, payload, msg_id=msg_id, expected_last_seq=loaded.last_seq
         )
@@ -358,12 +354,6 @@ class Engine:
         if self.ended is not None and is_terminal(state) and not is_terminal(loaded.state):
             await self.ended.mark(state, command.at_ms)  # workers skip its tasks (ended_runs)
         return effects, state
-
-    @staticmethod
-    def _evolve_all(state: RunState, events: tuple[AnyEvent, ...]) -> RunState:
-        for event in events:
-            state = evolve(state, event)
-        return state
 
     async def _moved(self, loaded: Loaded, run_id: str) -> bool:
         """Whether the run's history moved past `loaded` (then forget it). A command that
@@ -422,14 +412,19 @@ class Engine:
             await asyncio.gather(*(self._execute_one(effect) for effect in effects))
 
     async def _execute_one(self, effect: AnyEffect) -> None:
-        if isinstance(effect, EnqueueTask) and not await self.admission.flow.may_publish(effect):
+        if not isinstance(effect, EnqueueTask):
+            async with self._effect_slots:
+                await run_effect(effect, self.tasks, self.timers, self.links)
+            return
+        flow = self.admission.flow
+        if flow.may_hold(effect) and not await flow.may_publish(effect):
             return  # deferred by flow control (runtime/admission_flow.py)
         async with self._effect_slots:
-            if isinstance(effect, EnqueueTask):
+            if self.observer.tracing is None:  # (no trace context to make current)
+                await run_effect(effect, self.tasks, self.timers, self.links)
+            else:
                 with self.observer.enqueueing(effect):
                     await run_effect(effect, self.tasks, self.timers, self.links)
-            else:
-                await run_effect(effect, self.tasks, self.timers, self.links)
 
     # -- restart -------------------------------------------------------------------------
 
@@ -507,9 +502,11 @@ class Engine:
             groups.setdefault(run_id_of_command_subject(message.subject), []).append(message)
         self._unsettled.update(messages)
         jobs: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
         for subject, group in groups.items():
-            job = asyncio.ensure_future(self._run_group(subject, group, self._tails.get(subject)))
-            self._tails[subject] = job
+            tail = self._tails.get(subject)
+            job = loop.create_task(self._run_group(subject, group, tail[0] if tail else None))
+            self._tails[subject] = (job, group)
             jobs.append(job)
         return jobs[0] if len(jobs) == 1 else asyncio.gather(*jobs)
 
@@ -522,7 +519,8 @@ class Engine:
             await self._handle_group(group)
         finally:  # (a group cancelled before it settled: no progress acks for it forever)
             self._unsettled.difference_update(group)
-            if self._tails.get(subject) is asyncio.current_task():
+            tail = self._tails.get(subject)
+            if tail is not None and tail[1] is group:  # (the run's last group: this one)
                 del self._tails[subject]
 
     async def _handle_group(self, group: list[CommandMessage]) -> None:

@@ -19,9 +19,10 @@ from kernel.batch import holds
 from kernel.commands import AnyCommand
 from kernel.effects import AnyEffect
 from kernel.errors import DecodeError
+from kernel.events import AnyEvent
 from kernel.react import react, resume
 from kernel.reducer import evolve
-from kernel.state import INITIAL_STATE, is_terminal
+from kernel.state import INITIAL_STATE, RunState, is_terminal
 
 if TYPE_CHECKING:
     from dagnats.runtime.engine import Engine, Loaded
@@ -45,7 +46,7 @@ async def effects_again(engine: Engine, loaded: Loaded, command: AnyCommand) -> 
         async for seq, data in engine.history.read(command.run_id):
             decision = codec.decode_decision(data)
             if seq > loaded.last_seq or not holds(decision.command, command):
-                state = engine._evolve_all(state, decision.events)
+                state = _evolve_all(state, decision.events)
                 continue
             found = True
             if seq == loaded.last_seq:
@@ -58,10 +59,16 @@ async def effects_again(engine: Engine, loaded: Loaded, command: AnyCommand) -> 
                 while len(engine._redone) > command_batch_max:
                     engine._redone.popitem(last=False)
                 return effects
-            state = engine._evolve_all(state, decision.events)
+            state = _evolve_all(state, decision.events)
     except (DecodeError, AssertionError):  # (a command this code no longer reads, say)
         engine.needs_resume.add(command.run_id)  # its resume issues what is outstanding
         return []
     if not found or is_terminal(loaded.state):
         return []
     return list(resume(loaded.state))
+
+
+def _evolve_all(state: RunState, events: tuple[AnyEvent, ...]) -> RunState:
+    for event in events:
+        state = evolve(state, event)
+    return state
