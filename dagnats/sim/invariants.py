@@ -265,8 +265,10 @@ class Oracle:
 
     def check_engine(self, name: str, engine: Engine) -> None:
         """The engine's cached states equal the folds; it parked nothing."""
-        cache: dict[str, object] = getattr(engine, "_cache", {})
-        checked = self._checked.setdefault(name, {})
+        cache: dict[str, object] = getattr(engine, "_cache", None) or {}
+        checked = self._checked.get(name)
+        if checked is None:
+            checked = self._checked[name] = {}
         for run_id, loaded in cache.items():
             if checked.get(run_id) is loaded:
                 continue
@@ -284,7 +286,7 @@ class Oracle:
                     "fold of its history there",
                     run_id,
                 )
-        for run_id, reason in sorted(engine.parked.items()):
+        for run_id, reason in sorted(engine.parked.items()) if engine.parked else ():
             self.violate("run_not_parked", f"{name} parked the run: {reason}", run_id)
 
     def check_user(self, track: RunTrack, *, final: bool) -> None:

@@ -402,7 +402,11 @@ class MemoryTimers:
         return any(timer.fire_at_ms <= now for timer in self.armed.values())
 
     def next_due_ms(self) -> int | None:
-        return min((timer.fire_at_ms for timer in self.armed.values()), default=None)
+        due: int | None = None
+        for timer in self.armed.values():
+            if due is None or timer.fire_at_ms < due:
+                due = timer.fire_at_ms
+        return due
 
     def fire(self, timer: ArmedTimer, delay_ms: int = 0) -> None:
         """Deliver the timer's command to its run (no msg id: fires are not deduplicated)."""

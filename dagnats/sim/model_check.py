@@ -66,13 +66,13 @@ class AttemptLog:
     def __init__(self, time: VirtualTime) -> None:
         self.time = time
         self.attempts: dict[tuple[str, str, int], AttemptRecord] = {}
+        # A task message's (run, step, attempt), decoded once: each delivery records 2-3 times.
+        self._keys: dict[bytes, tuple[str, str, int] | None] = {}
 
     def record(self, data: bytes, worker: str, text: str, *, sent: bool = False) -> None:
-        try:
-            task = decode_task(data)
-        except DecodeError:
+        key = self._key(data)
+        if key is None:
             return
-        key = (task.run_id, task.step_id, task.attempt)
         record = self.attempts.get(key)
         if record is None:
             record = self.attempts[key] = AttemptRecord()
@@ -81,6 +81,19 @@ class AttemptLog:
             record.story.append(f"@{now - settings.epoch_ms} ms {worker}: {text}")
         if sent and record.result_sent_at_ms is None:
             record.result_sent_at_ms = now
+
+    def _key(self, data: bytes) -> tuple[str, str, int] | None:
+        if data in self._keys:
+            return self._keys[data]
+        try:
+            task = decode_task(data)
+        except DecodeError:
+            key = None
+        else:
+            key = (task.run_id, task.step_id, task.attempt)
+        if len(self._keys) < settings.task_keys_remembered_max:
+            self._keys[data] = key
+        return key
 
     def story(self, run_id: str, step_id: str) -> list[str]:
         lines: list[str] = []
@@ -166,8 +179,9 @@ class ModelCheck:
     # -- due work -------------------------------------------------------------------------
 
     def _check_due(self, run_id: str, model: ModelRun, now_ms: int) -> None:
-        if any(queue.stats.dropped for queue in self.queues):
-            return  # the substrate gave up on a message: nothing is owed any more
+        for queue in self.queues:
+            if queue.stats.dropped:
+                return  # the substrate gave up on a message: nothing is owed any more
         for step in model.retry_waits():
             due = step.retry_due_ms + DISPATCH_SLACK_MS
             if now_ms > due:

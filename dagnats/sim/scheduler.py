@@ -68,9 +68,9 @@ from dagnats.sim.processes import (
     WorkerProcess,
     drain,
     enter_call,
-    simulated_handler,
 )
 from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, ProjectionStores, SeedProjector
+from dagnats.sim.shared import CaseShared, case_shared
 from dagnats.sim.trace import Trace
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
@@ -91,8 +91,11 @@ class Simulation:
         bound_ms: int,
         keep_trace: bool = False,
         stores: ProjectionStores | None = None,
+        shared: CaseShared | None = None,
     ) -> None:
+        """`shared`: what the seeds of one call reuse (shared.py); `stores` without it."""
         self.case = case
+        self.shared = shared if shared is not None else case_shared(case, stores)
         self.keep_trace = keep_trace
         self.seed = seed
         self.bound_ms = bound_ms
@@ -117,7 +120,7 @@ class Simulation:
             faults=self.faults,
             trace=self.trace,
             factory=case.projection,
-            stores=stores,
+            stores=self.shared.stores,
             states_at=self.oracle.state_at,
             violate=self.oracle.violate,
             decision_at=self.oracle.decision_at,
@@ -142,7 +145,7 @@ class Simulation:
             WorkerProcess(name=f"worker-{i + 1}", clock=ProcessClock(self.time))
             for i in range(case.workers)
         ]
-        self.handlers = {name: simulated_handler(h) for name, h in case.worker.handlers.items()}
+        self.handlers = self.shared.handlers
         self.calls: list[HandlerCall] = []
         self.client_actions: list[ClientAction] = []
         self.started_at_ms: dict[str, int] = {}
@@ -328,6 +331,7 @@ class Simulation:
             commands,
         )
         engine.snapshots = SnapshotPort(self.snapshots, gate)
+        self.shared.share_with(engine)
         process.engine, process.gate, process.restart_at_ms = engine, gate, None
         self.actor = gate.name
         self.trace.add(self.time.now_ms, gate.name, "starts (resume_all)")
@@ -342,9 +346,9 @@ class Simulation:
         engine, gate = process.engine, process.gate
         assert engine is not None and gate is not None
         self.actor = gate.name
-        cache: dict[str, object] = getattr(engine, "_cache", {})
-        held = sorted(set(cache) | set(self.snapshots.stored))
-        if held and self.faults.hit("snapshot_lost"):
+        cache: dict[str, object] = getattr(engine, "_cache", None) or {}
+        if (cache or self.snapshots.stored) and self.faults.hit("snapshot_lost"):
+            held = sorted(set(cache) | set(self.snapshots.stored))
             run_id = held[self.rng.randrange(len(held))]
             engine.forget(run_id)
             self.snapshots.delete(run_id)
