@@ -13,8 +13,10 @@ from dagnats.sim import model_check as model_check_module
 from dagnats.sim.case import SeedResult
 from dagnats.sim.faults import FaultPlan
 from dagnats.sim.shared import case_shared
+from dagnats.worker import decode_task
 from kernel.effects import EnqueueTask
 from kernel.workflow import WorkflowDef
+from kernel.workflow.rules import validate_workflow
 from tests.sim_mutants import chain_worker, chain_workflow
 
 SEEDS = 6
@@ -26,7 +28,7 @@ def _case(workflow: WorkflowDef | None = None) -> SimCase:
 
 def _counting_validation(monkeypatch: pytest.MonkeyPatch) -> list[WorkflowDef]:
     seen: list[WorkflowDef] = []
-    validate = engine_module.validate_workflow
+    validate = validate_workflow
 
     def counting(workflow: WorkflowDef) -> object:
         seen.append(workflow)
@@ -83,7 +85,7 @@ def test_the_handlers_are_wrapped_once_per_case() -> None:
 
 def test_the_attempt_log_decodes_each_task_message_once(monkeypatch: pytest.MonkeyPatch) -> None:
     decoded: list[bytes] = []
-    decode = model_check_module.decode_task
+    decode = decode_task
 
     def counting(data: bytes) -> EnqueueTask:
         decoded.append(data)
