@@ -1,6 +1,7 @@
 """What the seeds of one call share is set up once and changes no seed's outcome: the engines'
 memo of valid workflows (a valid workflow is validated once per call, an invalid one by every
-engine that meets it), the wrapped handlers; the attempt log decodes each task message once."""
+engine that meets it), the wrapped handlers; each task message is decoded once (the oracle's
+decoding is the attempt log's)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from dagnats.runtime import engine as engine_module
 from dagnats.sim import SimCase, run_seed, run_seeds
+from dagnats.sim import invariants as invariants_module
 from dagnats.sim import model_check as model_check_module
 from dagnats.sim.case import SeedResult
 from dagnats.sim.faults import FaultPlan
@@ -83,16 +85,18 @@ def test_the_handlers_are_wrapped_once_per_case() -> None:
     assert all(shared.handlers[n] is not h for n, h in case.worker.handlers.items())
 
 
-def test_the_attempt_log_decodes_each_task_message_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_task_message_is_decoded_once_by_the_oracle_and_the_attempt_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     decoded: list[bytes] = []
-    decode = decode_task
 
     def counting(data: bytes) -> EnqueueTask:
         decoded.append(data)
-        return decode(data)
+        return decode_task(data)
 
-    monkeypatch.setattr(model_check_module, "decode_task", counting)
+    for module in (model_check_module, invariants_module):
+        monkeypatch.setattr(module, "decode_task", counting)
     result = run_seed(_case(), 3, keep_trace=False)
     assert result.ok, result.violations
-    assert decoded, "no task was recorded"
+    assert decoded, "no task was published"
     assert len(decoded) == len(set(decoded)), "a task message was decoded twice"

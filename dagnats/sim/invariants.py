@@ -123,6 +123,9 @@ class Oracle:
         # the invariants, the snapshot check and the reference model share them).
         self.decodes = 0
         self.folds = 0
+        # Each task message the queue accepted: its (run, step, attempt), decoded once here
+        # (the attempt log reads it: model_check.AttemptLog).
+        self.task_keys: dict[bytes, tuple[str, str, int]] = {}
 
     # -- recording ------------------------------------------------------------------------
 
@@ -210,6 +213,8 @@ class Oracle:
         except DecodeError as error:
             self.violate("completed_step_not_dispatched", f"undecodable task message: {error}")
             return
+        if len(self.task_keys) < settings.task_keys_remembered_max:
+            self.task_keys[entry.data] = (task.run_id, task.step_id, task.attempt)
         track = self.runs.get(task.run_id)
         if track is None:
             self.violate(

@@ -63,9 +63,14 @@ class AttemptRecord:
 class AttemptLog:
     """Per (run, step, attempt): each delivery and how it ended, written by the scheduler."""
 
-    def __init__(self, time: VirtualTime) -> None:
+    def __init__(
+        self, time: VirtualTime, keys: dict[bytes, tuple[str, str, int]] | None = None
+    ) -> None:
+        """`keys`: task messages already decoded to their (run, step, attempt) by another
+        listener (the oracle's, at publish), read before decoding one here."""
         self.time = time
         self.attempts: dict[tuple[str, str, int], AttemptRecord] = {}
+        self.decoded = keys if keys is not None else {}
         # A task message's (run, step, attempt), decoded once: each delivery records 2-3 times.
         self._keys: dict[bytes, tuple[str, str, int] | None] = {}
 
@@ -83,6 +88,9 @@ class AttemptLog:
             record.result_sent_at_ms = now
 
     def _key(self, data: bytes) -> tuple[str, str, int] | None:
+        known = self.decoded.get(data)
+        if known is not None:
+            return known
         if data in self._keys:
             return self._keys[data]
         try:

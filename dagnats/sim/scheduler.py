@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
@@ -61,7 +62,6 @@ from dagnats.sim.memory_queue import (
 from dagnats.sim.model_check import AttemptLog, ModelCheck
 from dagnats.sim.processes import (
     CURRENT_CALL,
-    ClientAction,
     EngineProcess,
     HandlerCall,
     ProcessGate,
@@ -71,13 +71,24 @@ from dagnats.sim.processes import (
 )
 from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, ProjectionStores, SeedProjector
 from dagnats.sim.shared import CaseShared, case_shared
-from dagnats.sim.trace import Trace
+from dagnats.sim.trace import Trace, describe_batch
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
 from kernel.state import is_terminal
 
 Action = Callable[[], Awaitable[None]]
 CLIENT_CANCEL_MS_MAX: Final = 60_000  # a client cancel comes this long after the start, at most
+
+
+@dataclass(eq=False)
+class ClientAction:
+    """A command the simulated client sends at `at_ms` (stamped by its clock then)."""
+
+    at_ms: int
+    run_id: str
+    command: StartRun | CancelRun
+    msg_id: str
+    label: str
 
 
 class Simulation:
@@ -301,27 +312,26 @@ class Simulation:
                 workflow=workflow,
                 input=msgspec.Raw(self.case.input),
             )
-            payload = codec.encode(start)
             self.client_actions.append(
-                ClientAction(at_ms, run_id, payload, f"start:{run_id}", "start")
+                ClientAction(at_ms, run_id, start, f"start:{run_id}", "start")
             )
             if self.faults.hit("duplicate_delivery", "client_start_twice"):
                 again = at_ms + self.rng.randint(1, settings.late_delivery_ms_max)
                 self.client_actions.append(
-                    ClientAction(again, run_id, payload, f"start:{run_id}:again", "start again")
+                    ClientAction(again, run_id, start, f"start:{run_id}:again", "start again")
                 )
             if self.faults.hit("client_cancel"):
                 at = at_ms + self.rng.randint(0, CLIENT_CANCEL_MS_MAX)
                 cancel = CancelRun(run_id=run_id, at_ms=at, reason="simulated client cancel")
                 self.client_actions.append(
-                    ClientAction(at, run_id, codec.encode(cancel), f"cancel:{run_id}", "cancel")
+                    ClientAction(at, run_id, cancel, f"cancel:{run_id}", "cancel")
                 )
 
     async def _client_send(self, action: ClientAction) -> None:
         self.client_actions.remove(action)
         self.started_at_ms.setdefault(action.run_id, self.time.now_ms)
-        command = codec.decode_command(action.payload)  # stamped now, by the client's clock
-        payload = codec.encode(msgspec.structs.replace(command, at_ms=self.client_clock.now_ms()))
+        stamped = msgspec.structs.replace(action.command, at_ms=self.client_clock.now_ms())
+        payload = codec.encode(stamped)  # (stamped now, by the client's clock)
         self.trace.add(self.time.now_ms, "client", f"{action.label} {action.run_id}")
         await self.client.publish_command(action.run_id, payload, action.msg_id)
 
@@ -365,7 +375,7 @@ class Simulation:
         commands = CommandPort(self.commands, self.dead, gate, gate)
         try:
             messages = await commands.fetch_commands(batch=batch, timeout_ms=1)
-            self.trace.add(self.time.now_ms, gate.name, partial(_describe_batch, messages))
+            self.trace.add(self.time.now_ms, gate.name, partial(describe_batch, messages))
             batch_messages: list[CommandMessage] = list(messages)
             await engine.handle_batch(batch_messages)
             if engine.needs_resume:
@@ -583,8 +593,3 @@ class Simulation:
 
     def _traced_append(self, message: HistoryMessage) -> None:
         self.trace.add_append(self.time.now_ms, self.actor, message)
-
-
-def _describe_batch(messages: list[MemoryMessage]) -> str:
-    numbers = ", ".join(f"#{m.entry.number}" for m in messages)
-    return f"takes command(s) {numbers}"
