@@ -153,8 +153,10 @@ class ModelCheck:
             applied = applied or fed
             if fed and model.lost_now:
                 lost_fed.add(getattr(each, "step_id", ""))
+        if not applied:
+            return
         lost_recorded = {e.step_id for e in decision.events if isinstance(e, StepLost)}
-        if applied and lost_fed != lost_recorded:
+        if lost_fed != lost_recorded:
             step_id = min(lost_fed ^ lost_recorded)  # (the first step they differ on)
             lost = step_id in lost_fed
             recorded = "did not record" if lost else "recorded"

@@ -140,7 +140,7 @@ class Simulation:
         self.log.listeners.append(self.projector.on_append)
         self.tasks.on_publish.append(self.oracle.on_task_published)
         self.commands.on_ack.append(self.oracle.on_command_acked)
-        self.attempts = AttemptLog(self.time)
+        self.attempts = AttemptLog(self.time, self.oracle.task_keys)
         self.model = ModelCheck(
             self.time, self.oracle.violate, self.attempts, [self.tasks, self.commands]
         )
