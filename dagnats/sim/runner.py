@@ -79,7 +79,8 @@ class SimReport(msgspec.Struct, kw_only=True):
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
+    """Mute the engine's, the worker's and asyncio's logs (a crash is their daily bread here)."""
     loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -200,7 +201,7 @@ def _run_seeds(
     loop.set_exception_handler(_ignore_crashes)
     started = time.perf_counter()
     try:
-        with _quiet(), _fewer_collections():
+        with quiet(), _fewer_collections():
             for count, seed in enumerate(seeds):
                 assert count < settings.seeds_per_call_max, "too many seeds in one call"
                 simulation = Simulation(
