@@ -5,10 +5,11 @@ decoding is the attempt log's)."""
 
 from __future__ import annotations
 
+import sys
+
 import msgspec
 import pytest
 
-from dagnats.runtime import engine as engine_module
 from dagnats.sim import SimCase, run_seed, run_seeds
 from dagnats.sim import invariants as invariants_module
 from dagnats.sim import model_check as model_check_module
@@ -29,14 +30,22 @@ def _case(workflow: WorkflowDef | None = None) -> SimCase:
 
 
 def _counting_validation(monkeypatch: pytest.MonkeyPatch) -> list[WorkflowDef]:
+    """Count the calls of `validate_workflow` in the runtime modules that import it."""
     seen: list[WorkflowDef] = []
-    validate = validate_workflow
 
     def counting(workflow: WorkflowDef) -> object:
         seen.append(workflow)
-        return validate(workflow)
+        return validate_workflow(workflow)
 
-    monkeypatch.setattr(engine_module, "validate_workflow", counting)
+    importers = [
+        module
+        for name, module in sorted(sys.modules.items())
+        if name.startswith("dagnats.runtime")
+        and getattr(module, "validate_workflow", None) is validate_workflow
+    ]
+    assert importers, "no runtime module imports validate_workflow"
+    for module in importers:
+        monkeypatch.setattr(module, "validate_workflow", counting)
     return seen
 
 

@@ -10,22 +10,25 @@ depends on the case alone and that no seed can change in a way another one could
   the definition's bytes): each engine incarnation of each seed validated the case's one
   workflow again (~2% of a seed of the order example), with the same result every time
   (`validate_workflow` is a pure function of those bytes). An invalid workflow is never
-  memoized, so a case that starts one is still refused by every engine.
+  memoized, so a case that starts one is still refused by every engine. The first engine's
+  memo is given to the later ones, whatever its type (a dict of digests, or an object that
+  keeps them), as long as theirs is of the same type and still empty.
 
 This module may not read the wall clock, draw randomness or do I/O.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Sized
+from dataclasses import dataclass
+from typing import Final
 
 from dagnats.sim.case import SimCase
 from dagnats.sim.processes import simulated_handler
 from dagnats.sim.projector import ProjectionStores
 from dagnats.worker import Handler
 
-ENGINE_VALID_WORKFLOWS: str = "_valid_workflows"  # the engine's memo (dagnats/runtime/engine.py)
+ENGINE_VALID_WORKFLOWS: Final = "_valid_workflows"  # the engine's memo (dagnats/runtime/engine.py)
 
 
 @dataclass(eq=False)
@@ -34,13 +37,17 @@ class CaseShared:
 
     handlers: dict[str, Handler]
     stores: ProjectionStores | None
-    valid_workflows: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    valid_workflows: Sized | None = None  # the first engine's memo, then every engine's
 
     def share_with(self, engine: object) -> None:
         """Give a new engine the call's memo of valid workflows instead of its own empty one
-        (an engine without such a memo, a mutant's, is left as it is)."""
+        (an engine without such a memo, or with one of another type, is left as it is)."""
         memo = getattr(engine, ENGINE_VALID_WORKFLOWS, None)
-        if type(memo) is OrderedDict and not memo:
+        if not isinstance(memo, Sized) or len(memo):
+            return
+        if self.valid_workflows is None:
+            self.valid_workflows = memo
+        elif type(memo) is type(self.valid_workflows):
             setattr(engine, ENGINE_VALID_WORKFLOWS, self.valid_workflows)
 
 
