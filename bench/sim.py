@@ -37,6 +37,7 @@ from dagnats.examples.order.worker import worker as order_worker
 from dagnats.sim import FaultPlan, SimCase, run_bound_ms, run_seeds
 from dagnats.sim.loop import SimLoop
 from dagnats.sim.memory import HistoryMessage
+from dagnats.sim.runner import quiet
 from dagnats.sim.scheduler import Simulation
 from dagnats.worker import TaskContext, Worker
 from kernel.codec import decode_decision
@@ -95,7 +96,8 @@ def fold_rate(case: SimCase) -> float:
         simulation = Simulation(case, seed, bound_ms=run_bound_ms(case.workflow))
         loop = SimLoop()  # type: ignore[abstract]
         try:
-            loop.run_until_complete(simulation.run())
+            with quiet():  # (the worker's warnings about lost results, as run_seeds mutes them)
+                loop.run_until_complete(simulation.run())
         finally:
             loop.close()
         for run_id in simulation.log.run_ids():

@@ -13,6 +13,7 @@ No I/O; reads the workflow, the settings of the simulation and the history's dec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -111,3 +112,30 @@ class LostAttempts:
     def bound_ms(self, base_ms: int, run_id: str) -> int:
         """A run's bound: `base_ms`, plus what its lost attempts so far add."""
         return base_ms + self.extra_ms.get(run_id, 0)
+
+    def check_ends(
+        self,
+        base_ms: int,
+        started_at_ms: dict[str, int],
+        ends: dict[str, tuple[str, int | None]],
+        now_ms: int,
+        violate: Callable[[str, str, str], None],
+    ) -> None:
+        """`run_ends_in_bound`: each run started (run id -> its start) ended within its bound
+        (`ends`: run id -> its status and when it ended, None while it has not)."""
+        for run_id, started in sorted(started_at_ms.items()):
+            status, ended = ends.get(run_id, ("new", None))
+            bound = self.bound_ms(base_ms, run_id)
+            if ended is None:
+                violate(
+                    "run_ends_in_bound",
+                    f"the run is still {status} after {now_ms - started} ms of virtual time "
+                    f"(its bound is {bound} ms)",
+                    run_id,
+                )
+            elif ended - started > bound:
+                violate(
+                    "run_ends_in_bound",
+                    f"the run ended {ended - started} ms after its start; its bound is {bound} ms",
+                    run_id,
+                )

@@ -123,6 +123,9 @@ class Oracle:
         # the invariants, the snapshot check and the reference model share them).
         self.decodes = 0
         self.folds = 0
+        # Each task message the queue accepted: its (run, step, attempt), decoded once here
+        # (the attempt log reads it: model_check.AttemptLog).
+        self.task_keys: dict[bytes, tuple[str, str, int]] = {}
 
     # -- recording ------------------------------------------------------------------------
 
@@ -210,6 +213,8 @@ class Oracle:
         except DecodeError as error:
             self.violate("completed_step_not_dispatched", f"undecodable task message: {error}")
             return
+        if len(self.task_keys) < settings.task_keys_remembered_max:
+            self.task_keys[entry.data] = (task.run_id, task.step_id, task.attempt)
         track = self.runs.get(task.run_id)
         if track is None:
             self.violate(
@@ -265,8 +270,10 @@ class Oracle:
 
     def check_engine(self, name: str, engine: Engine) -> None:
         """The engine's cached states equal the folds; it parked nothing."""
-        cache: dict[str, object] = getattr(engine, "_cache", {})
-        checked = self._checked.setdefault(name, {})
+        cache: dict[str, object] = getattr(engine, "_cache", None) or {}
+        checked = self._checked.get(name)
+        if checked is None:
+            checked = self._checked[name] = {}
         for run_id, loaded in cache.items():
             if checked.get(run_id) is loaded:
                 continue
@@ -284,7 +291,7 @@ class Oracle:
                     "fold of its history there",
                     run_id,
                 )
-        for run_id, reason in sorted(engine.parked.items()):
+        for run_id, reason in sorted(engine.parked.items()) if engine.parked else ():
             self.violate("run_not_parked", f"{name} parked the run: {reason}", run_id)
 
     def check_user(self, track: RunTrack, *, final: bool) -> None:

@@ -63,16 +63,21 @@ class AttemptRecord:
 class AttemptLog:
     """Per (run, step, attempt): each delivery and how it ended, written by the scheduler."""
 
-    def __init__(self, time: VirtualTime) -> None:
+    def __init__(
+        self, time: VirtualTime, keys: dict[bytes, tuple[str, str, int]] | None = None
+    ) -> None:
+        """`keys`: task messages already decoded to their (run, step, attempt) by another
+        listener (the oracle's, at publish), read before decoding one here."""
         self.time = time
         self.attempts: dict[tuple[str, str, int], AttemptRecord] = {}
+        self.decoded = keys if keys is not None else {}
+        # A task message's (run, step, attempt), decoded once: each delivery records 2-3 times.
+        self._keys: dict[bytes, tuple[str, str, int] | None] = {}
 
     def record(self, data: bytes, worker: str, text: str, *, sent: bool = False) -> None:
-        try:
-            task = decode_task(data)
-        except DecodeError:
+        key = self._key(data)
+        if key is None:
             return
-        key = (task.run_id, task.step_id, task.attempt)
         record = self.attempts.get(key)
         if record is None:
             record = self.attempts[key] = AttemptRecord()
@@ -81,6 +86,22 @@ class AttemptLog:
             record.story.append(f"@{now - settings.epoch_ms} ms {worker}: {text}")
         if sent and record.result_sent_at_ms is None:
             record.result_sent_at_ms = now
+
+    def _key(self, data: bytes) -> tuple[str, str, int] | None:
+        known = self.decoded.get(data)
+        if known is not None:
+            return known
+        if data in self._keys:
+            return self._keys[data]
+        try:
+            task = decode_task(data)
+        except DecodeError:
+            key = None
+        else:
+            key = (task.run_id, task.step_id, task.attempt)
+        if len(self._keys) < settings.task_keys_remembered_max:
+            self._keys[data] = key
+        return key
 
     def story(self, run_id: str, step_id: str) -> list[str]:
         lines: list[str] = []
@@ -132,8 +153,10 @@ class ModelCheck:
             applied = applied or fed
             if fed and model.lost_now:
                 lost_fed.add(getattr(each, "step_id", ""))
+        if not applied:
+            return
         lost_recorded = {e.step_id for e in decision.events if isinstance(e, StepLost)}
-        if applied and lost_fed != lost_recorded:
+        if lost_fed != lost_recorded:
             step_id = min(lost_fed ^ lost_recorded)  # (the first step they differ on)
             lost = step_id in lost_fed
             recorded = "did not record" if lost else "recorded"
@@ -166,8 +189,9 @@ class ModelCheck:
     # -- due work -------------------------------------------------------------------------
 
     def _check_due(self, run_id: str, model: ModelRun, now_ms: int) -> None:
-        if any(queue.stats.dropped for queue in self.queues):
-            return  # the substrate gave up on a message: nothing is owed any more
+        for queue in self.queues:
+            if queue.stats.dropped:
+                return  # the substrate gave up on a message: nothing is owed any more
         for step in model.retry_waits():
             due = step.retry_due_ms + DISPATCH_SLACK_MS
             if now_ms > due:

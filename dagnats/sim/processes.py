@@ -1,5 +1,5 @@
-"""The simulated processes of one seed: their gates, engines, workers, handler calls and the
-client's planned commands.
+"""The simulated processes of one seed: their gates, engines, workers and handler calls (the
+client's planned commands are the scheduler's).
 
 A `ProcessGate` is `memory.Gate` for one process incarnation: where the seed's faults strike
 (a crash at a named point, a late or lost delivery) and where a dead process is stopped from
@@ -142,15 +142,6 @@ def simulated_handler(handler: Handler) -> Handler:
         return value
 
     return run
-
-
-@dataclass(eq=False)
-class ClientAction:
-    at_ms: int
-    run_id: str
-    payload: bytes
-    msg_id: str
-    label: str
 
 
 def enter_call(call: HandlerCall, _task: object) -> None:

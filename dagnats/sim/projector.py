@@ -452,7 +452,7 @@ class SeedProjector:
             want = rows[table]
             if not want and table in empty:
                 continue
-            found = [tuple(row) for row in live.conn.execute(f'SELECT * FROM "{table}"')]
+            found = _rows(live, table)
             # (equal lists are equal rows; unequal ones may hold them in another order)
             if found != want and self._differs(table, Counter(found), Counter(want)):
                 self._compare_folds(final_states)  # (as after a rebuild in a database)
@@ -532,6 +532,15 @@ class SeedProjector:
                     run_id,
                 )
                 return
+
+
+def _rows(db: Database, table: str) -> list[Row]:
+    """Every row of `table` as tuples (what the connection returns unless it has a factory)."""
+    cursor = db.conn.execute(f'SELECT * FROM "{table}"')
+    if db.conn.row_factory is None:
+        rows: list[Row] = cursor.fetchall()
+        return rows
+    return [tuple(row) for row in cursor]
 
 
 def _position(checkpoint: Checkpoint | None) -> tuple[int, int] | None:

@@ -27,8 +27,8 @@ from dagnats.sim.bounds import run_bound_ms
 from dagnats.sim.case import SeedResult, SimCase
 from dagnats.sim.faults import SimulatedCrash
 from dagnats.sim.loop import SimLoop
-from dagnats.sim.projector import ProjectionStores
 from dagnats.sim.scheduler import Simulation
+from dagnats.sim.shared import case_shared
 
 QUIET_LOGGERS: Final = ("dagnats.engine", "dagnats.worker", "dagnats.task", "asyncio")
 JOBS_MAX: Final = 64  # processes one call may spread its seeds over
@@ -79,7 +79,8 @@ class SimReport(msgspec.Struct, kw_only=True):
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
+    """Mute the engine's, the worker's and asyncio's logs (a crash is their daily bread here)."""
     loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -195,16 +196,16 @@ def _run_seeds(
 ) -> SimReport:
     bound_ms = case.bound_ms if case.bound_ms is not None else run_bound_ms(case.workflow)
     report = SimReport()
-    stores = ProjectionStores() if case.projection is not None else None
+    shared = case_shared(case)  # (once per call: what no seed's outcome depends on)
     loop = SimLoop()  # type: ignore[abstract]  # (no I/O: the abstract I/O methods go unused)
     loop.set_exception_handler(_ignore_crashes)
     started = time.perf_counter()
     try:
-        with _quiet(), _fewer_collections():
+        with quiet(), _fewer_collections():
             for count, seed in enumerate(seeds):
                 assert count < settings.seeds_per_call_max, "too many seeds in one call"
                 simulation = Simulation(
-                    case, seed, bound_ms=bound_ms, keep_trace=keep_trace, stores=stores
+                    case, seed, bound_ms=bound_ms, keep_trace=keep_trace, shared=shared
                 )
                 result = loop.run_until_complete(simulation.run())
                 loop.drop_timers()  # (nothing of a seed lives on into the next one)

@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
@@ -61,23 +62,33 @@ from dagnats.sim.memory_queue import (
 from dagnats.sim.model_check import AttemptLog, ModelCheck
 from dagnats.sim.processes import (
     CURRENT_CALL,
-    ClientAction,
     EngineProcess,
     HandlerCall,
     ProcessGate,
     WorkerProcess,
     drain,
     enter_call,
-    simulated_handler,
 )
 from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, ProjectionStores, SeedProjector
-from dagnats.sim.trace import Trace
+from dagnats.sim.shared import CaseShared, case_shared
+from dagnats.sim.trace import Trace, describe_batch
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
 from kernel.state import is_terminal
 
 Action = Callable[[], Awaitable[None]]
 CLIENT_CANCEL_MS_MAX: Final = 60_000  # a client cancel comes this long after the start, at most
+
+
+@dataclass(eq=False)
+class ClientAction:
+    """A command the simulated client sends at `at_ms` (stamped by its clock then)."""
+
+    at_ms: int
+    run_id: str
+    command: StartRun | CancelRun
+    msg_id: str
+    label: str
 
 
 class Simulation:
@@ -91,8 +102,11 @@ class Simulation:
         bound_ms: int,
         keep_trace: bool = False,
         stores: ProjectionStores | None = None,
+        shared: CaseShared | None = None,
     ) -> None:
+        """`shared`: what the seeds of one call reuse (shared.py); `stores` without it."""
         self.case = case
+        self.shared = shared if shared is not None else case_shared(case, stores)
         self.keep_trace = keep_trace
         self.seed = seed
         self.bound_ms = bound_ms
@@ -117,7 +131,7 @@ class Simulation:
             faults=self.faults,
             trace=self.trace,
             factory=case.projection,
-            stores=stores,
+            stores=self.shared.stores,
             states_at=self.oracle.state_at,
             violate=self.oracle.violate,
             decision_at=self.oracle.decision_at,
@@ -126,7 +140,7 @@ class Simulation:
         self.log.listeners.append(self.projector.on_append)
         self.tasks.on_publish.append(self.oracle.on_task_published)
         self.commands.on_ack.append(self.oracle.on_command_acked)
-        self.attempts = AttemptLog(self.time)
+        self.attempts = AttemptLog(self.time, self.oracle.task_keys)
         self.model = ModelCheck(
             self.time, self.oracle.violate, self.attempts, [self.tasks, self.commands]
         )
@@ -142,7 +156,7 @@ class Simulation:
             WorkerProcess(name=f"worker-{i + 1}", clock=ProcessClock(self.time))
             for i in range(case.workers)
         ]
-        self.handlers = {name: simulated_handler(h) for name, h in case.worker.handlers.items()}
+        self.handlers = self.shared.handlers
         self.calls: list[HandlerCall] = []
         self.client_actions: list[ClientAction] = []
         self.started_at_ms: dict[str, int] = {}
@@ -209,8 +223,9 @@ class Simulation:
                     actions.append(partial(self._engine_step, process))
         if self.tasks.entries:
             subjects = self.tasks.ready_subjects()
-            if subjects and any(w.worker is not None for w in self.workers):
-                actions.extend(partial(self._deliver, subject) for subject in subjects)
+            if subjects and self._a_worker_lives():
+                for subject in subjects:
+                    actions.append(partial(self._deliver, subject))
         for call in self.calls:
             if call.finish_at_ms is not None and call.finish_at_ms <= now:
                 actions.append(partial(self._finish, call))
@@ -226,6 +241,12 @@ class Simulation:
             if client_action.at_ms <= now:
                 actions.append(partial(self._client_send, client_action))
         return actions
+
+    def _a_worker_lives(self) -> bool:
+        for worker in self.workers:  # noqa: SIM110 (each pass asks: a loop costs a fourth of any())
+            if worker.worker is not None:
+                return True
+        return False
 
     def _next_due(self) -> int | None:
         """The next moment after now at which something can happen (None: nothing will)."""
@@ -291,27 +312,26 @@ class Simulation:
                 workflow=workflow,
                 input=msgspec.Raw(self.case.input),
             )
-            payload = codec.encode(start)
             self.client_actions.append(
-                ClientAction(at_ms, run_id, payload, f"start:{run_id}", "start")
+                ClientAction(at_ms, run_id, start, f"start:{run_id}", "start")
             )
             if self.faults.hit("duplicate_delivery", "client_start_twice"):
                 again = at_ms + self.rng.randint(1, settings.late_delivery_ms_max)
                 self.client_actions.append(
-                    ClientAction(again, run_id, payload, f"start:{run_id}:again", "start again")
+                    ClientAction(again, run_id, start, f"start:{run_id}:again", "start again")
                 )
             if self.faults.hit("client_cancel"):
                 at = at_ms + self.rng.randint(0, CLIENT_CANCEL_MS_MAX)
                 cancel = CancelRun(run_id=run_id, at_ms=at, reason="simulated client cancel")
                 self.client_actions.append(
-                    ClientAction(at, run_id, codec.encode(cancel), f"cancel:{run_id}", "cancel")
+                    ClientAction(at, run_id, cancel, f"cancel:{run_id}", "cancel")
                 )
 
     async def _client_send(self, action: ClientAction) -> None:
         self.client_actions.remove(action)
         self.started_at_ms.setdefault(action.run_id, self.time.now_ms)
-        command = codec.decode_command(action.payload)  # stamped now, by the client's clock
-        payload = codec.encode(msgspec.structs.replace(command, at_ms=self.client_clock.now_ms()))
+        stamped = msgspec.structs.replace(action.command, at_ms=self.client_clock.now_ms())
+        payload = codec.encode(stamped)  # (stamped now, by the client's clock)
         self.trace.add(self.time.now_ms, "client", f"{action.label} {action.run_id}")
         await self.client.publish_command(action.run_id, payload, action.msg_id)
 
@@ -328,6 +348,7 @@ class Simulation:
             commands,
         )
         engine.snapshots = SnapshotPort(self.snapshots, gate)
+        self.shared.share_with(engine)
         process.engine, process.gate, process.restart_at_ms = engine, gate, None
         self.actor = gate.name
         self.trace.add(self.time.now_ms, gate.name, "starts (resume_all)")
@@ -342,9 +363,9 @@ class Simulation:
         engine, gate = process.engine, process.gate
         assert engine is not None and gate is not None
         self.actor = gate.name
-        cache: dict[str, object] = getattr(engine, "_cache", {})
-        held = sorted(set(cache) | set(self.snapshots.stored))
-        if held and self.faults.hit("snapshot_lost"):
+        cache: dict[str, object] = getattr(engine, "_cache", None) or {}
+        if (cache or self.snapshots.stored) and self.faults.hit("snapshot_lost"):
+            held = sorted(set(cache) | set(self.snapshots.stored))
             run_id = held[self.rng.randrange(len(held))]
             engine.forget(run_id)
             self.snapshots.delete(run_id)
@@ -354,7 +375,7 @@ class Simulation:
         commands = CommandPort(self.commands, self.dead, gate, gate)
         try:
             messages = await commands.fetch_commands(batch=batch, timeout_ms=1)
-            self.trace.add(self.time.now_ms, gate.name, partial(_describe_batch, messages))
+            self.trace.add(self.time.now_ms, gate.name, partial(describe_batch, messages))
             batch_messages: list[CommandMessage] = list(messages)
             await engine.handle_batch(batch_messages)
             if engine.needs_resume:
@@ -537,7 +558,13 @@ class Simulation:
                     "settles_in_steps",
                     f"the seed did not settle within {self.case.steps_max} scheduler steps",
                 )
-            self._check_bounds()
+            ends: dict[str, tuple[str, int | None]] = {
+                run_id: (track.state.status, track.ended_at_ms)
+                for run_id, track in oracle.runs.items()
+            }
+            self.lost.check_ends(
+                self.bound_ms, self.started_at_ms, ends, self.time.now_ms, oracle.violate
+            )
         if not oracle.violations:
             states = {run_id: track.state for run_id, track in oracle.runs.items()}
             self.projector.check_final(self.time.now_ms, states)
@@ -564,31 +591,5 @@ class Simulation:
             folds=oracle.folds,
         )
 
-    def _check_bounds(self) -> None:
-        for run_id, started in sorted(self.started_at_ms.items()):
-            track = self.oracle.runs.get(run_id)
-            status = track.state.status if track is not None else "new"
-            ended = track.ended_at_ms if track is not None else None
-            bound = self.lost.bound_ms(self.bound_ms, run_id)
-            if ended is None:
-                elapsed = self.time.now_ms - started
-                self.oracle.violate(
-                    "run_ends_in_bound",
-                    f"the run is still {status} after {elapsed} ms of virtual time "
-                    f"(its bound is {bound} ms)",
-                    run_id,
-                )
-            elif ended - started > bound:
-                self.oracle.violate(
-                    "run_ends_in_bound",
-                    f"the run ended {ended - started} ms after its start; its bound is {bound} ms",
-                    run_id,
-                )
-
     def _traced_append(self, message: HistoryMessage) -> None:
         self.trace.add_append(self.time.now_ms, self.actor, message)
-
-
-def _describe_batch(messages: list[MemoryMessage]) -> str:
-    numbers = ", ".join(f"#{m.entry.number}" for m in messages)
-    return f"takes command(s) {numbers}"

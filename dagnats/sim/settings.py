@@ -58,3 +58,5 @@ worker_heartbeat_interval_ms: Final = 10 * 365 * 24 * 3_600_000
 trace_lines_max: Final = 60  # the short trace printed with a failing seed
 trace_entries_max: Final = 200_000  # entries kept for `--trace` of one seed
 violations_per_seed_max: Final = 20
+# Task messages whose (run, step, attempt) the attempt log keeps decoded, per seed.
+task_keys_remembered_max: Final = 100_000

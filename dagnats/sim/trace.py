@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from dagnats.sim import settings
 from dagnats.sim.memory import HistoryMessage
+from dagnats.sim.memory_queue import MemoryMessage
 from kernel import codec
 from kernel.admission import is_gate_id
 from kernel.errors import DecodeError
@@ -64,6 +65,12 @@ def _text(what: Text | HistoryMessage) -> str:
     command = type(decision.command).__name__
     events = "; ".join(describe_event(event) for event in decision.events)
     return f"appends #{what.seq} to {what.run_id}: {command} -> {events}"
+
+
+def describe_batch(messages: list[MemoryMessage]) -> str:
+    """`takes command(s) #3, #4`: what an engine step took from the command queue."""
+    numbers = ", ".join(f"#{m.entry.number}" for m in messages)
+    return f"takes command(s) {numbers}"
 
 
 def describe_event(event: AnyEvent) -> str:
