@@ -36,12 +36,19 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
-from dagnats.runtime.resources import HISTORY_STREAM, RUNS_BUCKET, check_run_id, history_subject
+from dagnats.runtime.resources import (
+    ENDED_BUCKET,
+    HISTORY_STREAM,
+    RUNS_BUCKET,
+    check_run_id,
+    history_subject,
+)
 from kernel.errors import DagnatsError
 from kernel.state import TERMINAL_RUN_STATUSES, RunState, is_terminal
 
@@ -138,8 +145,9 @@ async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: in
         headers={"Nats-Msg-Id": f"purge:{run_id}:{last_seq}"},
     )
     await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id), seq=last_seq + 1)
-    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-        await (await js.key_value(RUNS_BUCKET)).purge(run_id)
+    for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
+        with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
+            await (await js.key_value(bucket)).purge(run_id)
     left = await history.last_seq(run_id)
     if left:
         raise ReopenedWhilePurgingError(run_id, left)
