@@ -57,7 +57,7 @@ def enqueue(
         task=step_id,
         input=raw(input),
         metadata=raw({}),
-        msg_id=f"r1:{step_id}:{attempt}",
+        msg_id=f"r1:{step_id}:{attempt}~00000000",  # (the run's seed: 0)
         deadline_ms=deadline_ms,
     )
 

@@ -278,4 +278,5 @@ async def test_a_worker_gives_up_on_a_result_after_its_bound_with_one_readable_l
     assert "gave up sending result:r1:s1:3~0000002a after" in str(caught.value)
     assert "delivered again and reported lost" in str(caught.value)
     warnings = [r.getMessage() for r in caplog.records if r.name == "dagnats.worker"]
-    assert len(warnings) == 1 and "result:r1:s1:3 not acknowledged" in warnings[0], warnings
+    assert len(warnings) == 1, warnings
+    assert "result:r1:s1:3~0000002a not acknowledged" in warnings[0], warnings
