@@ -305,7 +305,7 @@ class Worker:
             await dead.publish_dead("task", message.data, str(error))
             await message.term()
             return
-        key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+        key = task.msg_id  # this attempt of this life of the run (kernel/effects.task_msg_id)
         riding = self._running.get(key)
         if riding is not None:
             # The server lost its delivery state (a crash) and sent a running attempt again:
@@ -328,7 +328,7 @@ class Worker:
             # attempt under a new message id, and let this delivery go.
             reason = f"worker lost: the task was delivered again (delivery {message.num_delivered})"
             lost = self._fail(task, reason, kind="lost")
-            await self._send(commands, lost, "lost", getattr(message, "task_token", None))
+            await self._send(commands, lost, "lost", key, getattr(message, "task_token", None))
             await message.ack()
             return
         deliveries = self._running[key] = [message]
@@ -345,7 +345,7 @@ class Worker:
                     result = await self._call_in_slot(task, commands)
                     traced.finish(result.error if isinstance(result, FailTask) else None)
             if result is not None:
-                await self._send(commands, result, "result")
+                await self._send(commands, result, "result", key)
         finally:
             await beat.stop()
             del self._running[key]
@@ -378,7 +378,7 @@ class Worker:
                 attempt=task.attempt,
                 worker_id=self.worker_id,
             )
-            await self._send(commands, started, "started")
+            await self._send(commands, started, "started", task.msg_id)
         started_at_ms = self.now_ms()
         result = await self._call(task)
         if result is not None and not self.report_started:
@@ -485,20 +485,20 @@ class Worker:
         )
 
     async def _send(
-        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str,
+        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str, key: str,
         token: str | None = None,
     ) -> None:  # fmt: skip
         """Publish `command` until the server acknowledges it: the same bytes under the same
-        message id each time (`<kind>:<run>:<step>:<attempt>`), so a copy the server stored
-        before an ack was lost is dropped by the duplicate window (and decided as nothing
-        by the engine past it).
+        message id each time (`<kind>:<task message id>`, `key`: `<run>:<step>:<attempt>~<life>`),
+        so a copy the server stored before an ack was lost is dropped by the duplicate window
+        (and decided as nothing by the engine past it), and a run deleted and started again
+        under its id within the window has its results kept (another life tag).
 
         Raises:
             ResultNotSentError: not acknowledged within `settings.result_send_ms_max` (or
                 the drain's bound).
             DagnatsError: the command cannot be sent at all (too large: no retry helps).
         """
-        key = f"{command.run_id}:{command.step_id}:{command.attempt}"
         msg_id = f"{kind}:{key}"
         if token is None and (deliveries := self._running.get(key)):
             token = getattr(deliveries[0], "task_token", None)  # the engine's, of this task

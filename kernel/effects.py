@@ -1,7 +1,9 @@
 """Effects: what the shell must do after events are appended. Data only, never stored.
 
 The shell executes them with an exhaustive `match` ending in `assert_never`. Every effect is
-idempotent: task messages carry the message id `<run>:<step>:<attempt>`, timers a stable id.
+idempotent: task messages carry the message id `<run>:<step>:<attempt>~<life>`, timers a stable
+id. `<life>` tells apart two runs under one id (a run deleted, its id started again within the
+tasks' duplicate window): the run's seed, which each start draws anew.
 """
 
 from __future__ import annotations
@@ -141,7 +143,23 @@ AnyEffect = (
 )  # fmt: skip
 
 
-def task_msg_id(run_id: str, step_id: str, attempt: int) -> str:
-    """The idempotency key of one attempt: `<run>:<step>:<attempt>`."""
+def attempt_key(run_id: str, step_id: str, attempt: int) -> str:
+    """One attempt of a step of a run: `<run>:<step>:<attempt>` (what a task token signs)."""
     assert attempt >= 1, f"attempt {attempt} must be >= 1"
     return f"{run_id}:{step_id}:{attempt}"
+
+
+def life_tag(seed: int) -> str:
+    """The run's life in message ids: the low 32 bits of its seed, as 8 hex digits."""
+    return f"{seed & 0xFFFFFFFF:08x}"
+
+
+def task_msg_id(run_id: str, step_id: str, attempt: int, seed: int) -> str:
+    """The idempotency key of one attempt of one life of a run: `<run>:<step>:<attempt>~<life>`
+    (`seed`: the run's, RunState.seed). Run and step ids never hold `~`."""
+    return f"{attempt_key(run_id, step_id, attempt)}~{life_tag(seed)}"
+
+
+def attempt_key_of(msg_id: str) -> str:
+    """The attempt key of a task message id (an id without a life tag is one already)."""
+    return msg_id.partition("~")[0]

@@ -29,8 +29,8 @@ import msgspec
 from kernel import codec
 from kernel.errors import DagnatsError
 from kernel.events import AnyEvent, RunStarted
-from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState, is_terminal
+from projections.lives import fold
 
 SNAPSHOT_FORMAT: Final = 1
 # Bump when evolve changes what a state means while RunState keeps its shape.
@@ -192,7 +192,7 @@ class SnapshotFolder:
             try:
                 state = run.state if shared is None else shared
                 for event in events if shared is None else ():
-                    state = evolve(state, event)
+                    state = fold(state, event)  # (a run.started: a purged id's new life)
             except AssertionError as error:
                 self.problems.append(f"run {run_id!r}: message {seq} does not fold: {error}")
                 del self._runs[run_id]
@@ -235,6 +235,6 @@ def fold_messages(
         if seq <= last_seq:
             continue
         for event in codec.decode_events(data):
-            state = evolve(state, event)
+            state = fold(state, event)  # (a stale snapshot of a purged id's old life)
         last_seq = seq
     return state, last_seq

@@ -31,9 +31,9 @@ from kernel.events import (
     AnyEvent,
     RunStarted,
 )
-from kernel.reducer import evolve
 from kernel.state import DONE_STEP_STATUSES, INITIAL_STATE, RunState
 from projections.base import Position, SqliteProjectionBase, tag_of
+from projections.lives import begins_life, fold
 
 NAME: Final = "dagnats"
 VERSION: Final = 3  # 2: agent_turns and tool_calls are filled; 3: states stored every 64 events
@@ -326,6 +326,7 @@ class QueryTables(SqliteProjectionBase):
         where it is not known."""
         self._folded = folded
         self._touched: dict[str, _Touched] = {}
+        self._lives: set[str] = set()  # runs of the batch begun again (a purged id reused)
         self._events: list[Row] = []
         self._turns: list[Row] = []
         self._calls: list[Row] = []
@@ -356,11 +357,13 @@ class QueryTables(SqliteProjectionBase):
             # (a given state that is not ahead of this one is not taken: folded here instead)
             ahead = shared is not None and shared.event_count > touched.message_count
             touched.shared = shared if ahead else None
+        if begins_life(touched.state, event):  # (its old life purged: README "Retention")
+            self._lives.add(at.run_id)
         if touched.shared is not None:  # (after the whole message: the same for its events)
             touched.state = touched.shared
         else:
             try:
-                touched.state = evolve(touched.state, event)
+                touched.state = fold(touched.state, event)
             except AssertionError as error:
                 self.problems.append(f"run {at.run_id!r}: message {at.seq} does not fold: {error}")
                 return
@@ -409,6 +412,8 @@ class QueryTables(SqliteProjectionBase):
             if state.approvals:
                 approvals.extend(approval_rows(state, touched.last_seq))
         connection = db.conn
+        for run_id in self._lives:  # its old life's steps (the rest has sequences: retention)
+            connection.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
         for statement, rows in (
             (EVENT_INSERT, self._events),
             (RUN_UPSERT, runs),
@@ -430,6 +435,7 @@ class QueryTables(SqliteProjectionBase):
 
     def _forget_batch(self) -> None:
         self._touched.clear()
+        self._lives.clear()
         self._events.clear()
         self._turns.clear()
         self._calls.clear()
@@ -458,8 +464,8 @@ def _stored_state(db: Database, run_id: str) -> tuple[int, RunState] | None:
     rows = db.conn.execute(_EVENTS_AFTER_SELECT, [run_id, seq]).fetchall()
     if row is None and not rows:
         return None
-    for _, body in rows:
-        state = evolve(state, codec.decode_event(body.encode()))
+    for _, body in rows:  # (rows of a purged life not dropped yet: a new life starts over)
+        state = fold(state, codec.decode_event(body.encode()))
     return (rows[-1][0] if rows else seq), state
 
 

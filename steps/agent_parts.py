@@ -226,7 +226,7 @@ def turn_effects(state: RunState, agent: AgentState) -> tuple[AnyEffect, ...]:
     task = EnqueueTask(
         run_id=state.run_id, step_id=item_id, attempt=agent.turn_attempt, task=step_def.task,
         input=turn_envelope(step.input, agent, agent.turn), metadata=step_def.metadata,
-        msg_id=task_msg_id(state.run_id, item_id, agent.turn_attempt),
+        msg_id=task_msg_id(state.run_id, item_id, agent.turn_attempt, state.seed),
         deadline_ms=agent.turn_deadline_ms, envelope=turn_task_envelope(agent.turn),
     )  # fmt: skip
     if agent.turn_deadline_ms is None:
@@ -265,7 +265,8 @@ def tool_effects(state: RunState, agent: AgentState, index: int) -> tuple[AnyEff
     task = EnqueueTask(
         run_id=state.run_id, step_id=item_id, attempt=tool.attempt,
         task=tool_task(state, agent.step_id, tool), input=tool.arguments,
-        metadata=step_def.metadata, msg_id=task_msg_id(state.run_id, item_id, tool.attempt),
+        metadata=step_def.metadata,
+        msg_id=task_msg_id(state.run_id, item_id, tool.attempt, state.seed),
         deadline_ms=tool.deadline_ms,
     )  # fmt: skip
     if tool.deadline_ms is None:

@@ -195,7 +195,7 @@ def enqueue_task(state: RunState, step_id: str, envelope: msgspec.Raw = NULL) ->
         task=step_def.task,
         input=step.input,
         metadata=step_def.metadata,
-        msg_id=task_msg_id(state.run_id, step_id, step.attempt),
+        msg_id=task_msg_id(state.run_id, step_id, step.attempt, state.seed),
         deadline_ms=step.deadline_ms,
         envelope=envelope,
     )

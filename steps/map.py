@@ -421,7 +421,7 @@ def _item_effects(state: RunState, step_id: str, index: int) -> tuple[AnyEffect,
         task=step_def.task,
         input=map_state.items[index],
         metadata=step_def.metadata,
-        msg_id=task_msg_id(state.run_id, item_id, item.attempt),
+        msg_id=task_msg_id(state.run_id, item_id, item.attempt, state.seed),
         deadline_ms=item.deadline_ms,
     )
     if item.deadline_ms is None:

@@ -121,7 +121,7 @@ class RedispatchCompletedOnResume(Engine):
                 task=step_def.task,
                 input=step.input,
                 metadata=step_def.metadata,
-                msg_id=task_msg_id(run_id, step.step_id, attempt),
+                msg_id=task_msg_id(run_id, step.step_id, attempt, state.seed),
             )
             await self.tasks.publish(step_def.task, codec.encode(task), task.msg_id)
         return resumed
@@ -180,13 +180,13 @@ class LoseResult(Worker):
     timeout; the task was acked, so no worker finds it again and reports it lost)."""
 
     async def _send(
-        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str,
+        self, commands: CommandPublisher, command: TaskStarted | TaskResult, kind: str, key: str,
         token: str | None = None,
     ) -> None:  # fmt: skip
         if kind != "result":
-            await super()._send(commands, command, kind, token)
+            await super()._send(commands, command, kind, key, token)
             return
-        msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
+        msg_id = f"{kind}:{key}"
         with contextlib.suppress(ConnectionError):
             await commands.publish_command(
                 command.run_id, codec.encode(command), msg_id, token=token

@@ -35,12 +35,18 @@ def result(kind: str, run_id: str, step_id: str, attempt: int) -> TaskStarted | 
     return CompleteTask(run_id=run_id, at_ms=1, step_id=step_id, attempt=attempt)
 
 
-@given(st.sampled_from(["started", "complete"]), names, names, st.integers(1, 50))
+seeds = st.integers(0, 2**63 - 1)
+
+
+@given(st.sampled_from(["started", "complete"]), names, names, st.integers(1, 50), seeds)
 def test_a_result_with_its_own_token_is_accepted(
-    kind: str, run_id: str, step_id: str, attempt: int
+    kind: str, run_id: str, step_id: str, attempt: int, seed: int
 ) -> None:
+    """The token is signed over the task's message id (life tag included) and checked
+    against the result's attempt key: the same token."""
     command = result(kind, run_id, step_id, attempt)
-    assert TOKENS.refusal(command, TOKENS.sign(task_msg_id(run_id, step_id, attempt))) is None
+    token = TOKENS.sign(task_msg_id(run_id, step_id, attempt, seed))
+    assert TOKENS.refusal(command, token) is None
 
 
 @given(names, names, st.integers(1, 50))
@@ -49,7 +55,7 @@ def test_a_refusal_names_the_result_and_the_rule(run_id: str, step_id: str, atte
     where = f"CompleteTask for run {run_id!r} step {step_id!r} attempt {attempt}"
     missing = TOKENS.refusal(command, None)
     assert missing == f"{where} carries no task token: only its task's worker may report it"
-    other = TOKENS.sign(task_msg_id(run_id, step_id, attempt + 1))
+    other = TOKENS.sign(task_msg_id(run_id, step_id, attempt + 1, 7))
     wrong = TOKENS.refusal(command, other)
     assert wrong == f"{where} carries another task's token: only its worker may report it"
 

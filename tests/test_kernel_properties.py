@@ -32,7 +32,7 @@ from kernel.commands import (
     StartRun,
 )
 from kernel.decide import decide
-from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask
+from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask, task_msg_id
 from kernel.events import (
     TERMINAL_EVENT_TYPES,
     AnyEvent,
@@ -516,7 +516,7 @@ def test_resume_reissues_only_what_unfinished_steps_need(run: Run) -> None:
                     step = state.step(effect.step_id)
                     assert step is not None and step.status in ("scheduled", "running")
                     assert effect.attempt == step.attempt and effect.input == step.input
-                    expected = f"{state.run_id}:{effect.step_id}:{step.attempt}"
+                    expected = task_msg_id(state.run_id, effect.step_id, step.attempt, state.seed)
                     assert effect.msg_id == expected, f"{effect.msg_id} != {expected}"
                 case ArmTimer():
                     armed.add(effect.timer_id)

@@ -12,7 +12,15 @@ import pytest
 from kernel import limits
 from kernel.commands import AnyCommand, FireTimer, Rejection
 from kernel.decide import decide
-from kernel.effects import AnyEffect, ArmTimer, CancelTimer, EnqueueTask, task_msg_id
+from kernel.effects import (
+    AnyEffect,
+    ArmTimer,
+    CancelTimer,
+    EnqueueTask,
+    attempt_key,
+    attempt_key_of,
+    task_msg_id,
+)
 from kernel.events import StepCompleted, StepFailed, StepTimedOut
 from kernel.react import react, resume
 from kernel.reducer import evolve
@@ -49,7 +57,7 @@ def enqueue(
         task=step_id,
         input=raw(input),
         metadata=raw({}),
-        msg_id=f"r1:{step_id}:{attempt}",
+        msg_id=f"r1:{step_id}:{attempt}~00000000",  # (the run's seed: 0)
         deadline_ms=deadline_ms,
     )
 
@@ -100,10 +108,15 @@ def cancel_timer(timer_id: str) -> CancelTimer:
 # --- react --------------------------------------------------------------------------------
 
 
-def test_the_task_message_id_is_run_step_attempt() -> None:
-    assert task_msg_id("r9", "fetch", 3) == "r9:fetch:3"
+def test_the_task_message_id_is_run_step_attempt_and_the_runs_life() -> None:
+    assert task_msg_id("r9", "fetch", 3, 0x1_2345_6789) == "r9:fetch:3~23456789"
+    assert attempt_key_of(task_msg_id("r9", "fetch", 3, 5)) == attempt_key("r9", "fetch", 3)
+    assert attempt_key_of("r9:fetch:3") == "r9:fetch:3"  # (an id of before life tags)
+    # A run deleted and started again under its id draws another seed: other message ids,
+    # so the tasks' duplicate window does not drop the new run's tasks.
+    assert task_msg_id("r9", "fetch", 1, 11) != task_msg_id("r9", "fetch", 1, 12)
     with pytest.raises(AssertionError):
-        task_msg_id("r9", "fetch", 0)
+        task_msg_id("r9", "fetch", 0, 1)
 
 
 def test_a_scheduled_task_is_enqueued_with_its_input_and_message_id() -> None:
@@ -274,7 +287,7 @@ def _outstanding_after(
                 elif isinstance(effect, CancelTimer):
                     outstanding.pop(effect.timer_id, None)
             if isinstance(event, StepCompleted | StepFailed | StepTimedOut):
-                outstanding.pop(task_msg_id("r1", event.step_id, event.attempt), None)
+                outstanding.pop(task_msg_id("r1", event.step_id, event.attempt, state.seed), None)
         result.append((state, dict(outstanding)))
     return result
 

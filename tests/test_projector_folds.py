@@ -22,6 +22,7 @@ from kernel import codec
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState
 from projections.base import Message, SqliteRunner
+from projections.lives import fold
 from projections.snapshot import SnapshotFolder
 from projections.sqlite import QueryTables
 from tests.kernel_dsl import RUN_ID, complete, start, task, workflow
@@ -49,7 +50,7 @@ class _Counted:
 
     def __call__(self, state: RunState, event: object) -> RunState:
         self.calls += 1
-        return evolve(state, event)  # type: ignore[arg-type]
+        return fold(state, event)  # type: ignore[arg-type]
 
 
 def test_the_query_tables_take_the_given_states_and_equal_their_own_fold(
@@ -58,7 +59,7 @@ def test_the_query_tables_take_the_given_states_and_equal_their_own_fold(
     whole = rebuilt(HISTORY, QueryTables())
     folds = _folds_of(HISTORY)
     counted = _Counted()
-    monkeypatch.setattr(sqlite_module, "evolve", counted)
+    monkeypatch.setattr(sqlite_module, "fold", counted)
     db = Database(memory=True)
     runner = SqliteRunner(db, QueryTables(folded=folds.state))
     seq = runner.open()
@@ -76,7 +77,7 @@ def test_a_given_state_not_ahead_of_the_tables_is_not_taken(
 ) -> None:
     whole = rebuilt(HISTORY, QueryTables())
     counted = _Counted()
-    monkeypatch.setattr(sqlite_module, "evolve", counted)
+    monkeypatch.setattr(sqlite_module, "fold", counted)
     db = Database(memory=True)
     SqliteRunner(db, QueryTables(folded=lambda _seq, _run: INITIAL_STATE)).apply_all(HISTORY)
     assert counted.calls == sum(len(codec.decode_events(data)) for _, _, data in HISTORY)
@@ -101,7 +102,7 @@ def test_the_snapshot_folder_takes_the_given_states_and_writes_the_same_snapshot
     expected = _snapshots(SnapshotFolder())
     folds = _folds_of(HISTORY)
     counted = _Counted()
-    monkeypatch.setattr(snapshot_module, "evolve", counted)
+    monkeypatch.setattr(snapshot_module, "fold", counted)
     assert _snapshots(SnapshotFolder(folded=folds.state)) == expected
     assert counted.calls == 0 and expected
     wrong = SnapshotFolder(folded=lambda _seq, _run: INITIAL_STATE)  # (counts do not add up)

@@ -76,7 +76,7 @@ async def test_a_run_started_again_after_its_purge_is_folded_from_its_start(
         await projector.catch_up()
         assert dump(path)["runs"], "the first run is in the tables"
         await purge_run(js, RUN, reason="run delete", at_ms=now_ms())
-        assert delete_rows(path, [RUN]) > 0  # (what serve's Retention.drop_rows does)
+        assert delete_rows(path, [(RUN, None)]) > 0  # (what serve's Retention.drop_rows does)
         await append(log, RUN, completed_run(RUN, at_ms=90_000))  # the same id, started again
         await projector.catch_up()
         incremental = dump(path)

@@ -270,12 +270,13 @@ async def test_a_worker_gives_up_on_a_result_after_its_bound_with_one_readable_l
             caplog.at_level(logging.INFO, logger="dagnats.worker"),
             pytest.raises(ResultNotSentError) as caught,
         ):
-            await worker._send(connection.commands, result, "result")
+            await worker._send(connection.commands, result, "result", "r1:s1:3~0000002a")
     finally:
         await connection.close()
-    assert caught.value.msg_id == "result:r1:s1:3"
+    assert caught.value.msg_id == "result:r1:s1:3~0000002a"
     assert caught.value.tries >= 2
-    assert "gave up sending result:r1:s1:3 after" in str(caught.value)
+    assert "gave up sending result:r1:s1:3~0000002a after" in str(caught.value)
     assert "delivered again and reported lost" in str(caught.value)
     warnings = [r.getMessage() for r in caplog.records if r.name == "dagnats.worker"]
-    assert len(warnings) == 1 and "result:r1:s1:3 not acknowledged" in warnings[0], warnings
+    assert len(warnings) == 1, warnings
+    assert "result:r1:s1:3~0000002a not acknowledged" in warnings[0], warnings

@@ -76,7 +76,7 @@ from dagnats.worker import ResultNotSentError, decode_task, read_envelope
 from dagnats.worker_safety import cut_text, render_error
 from kernel import limits
 from kernel.commands import CompleteTask, FailTask, FailureKind
-from kernel.effects import EnqueueTask
+from kernel.effects import EnqueueTask, attempt_key
 from kernel.errors import DecodeError
 
 log = logging.getLogger("dagnats.bridge")
@@ -100,7 +100,7 @@ class _Lease:
                  handed_at_ms: int, expires_at: float) -> None:  # fmt: skip
         self.id = task_id
         self.task = task
-        self.key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+        self.key = task.msg_id  # `<run>:<step>:<attempt>~<life>` (kernel/effects.task_msg_id)
         self.deliveries = [message]
         self.worker_id = worker_id
         self.handed_at_ms = handed_at_ms
@@ -273,7 +273,7 @@ class TaskBridge:
                 await self.dead.publish_dead("task", message.data, str(error))
                 await message.term()
                 continue
-            key = f"{task.run_id}:{task.step_id}:{task.attempt}"
+            key = task.msg_id  # this attempt of this life of the run
             riding = self._by_key.get(key)
             if riding is not None:  # the server sent a held attempt again: it rides along
                 riding.deliveries.append(message)
@@ -285,7 +285,7 @@ class TaskBridge:
                 reason = (
                     f"worker lost: the task was delivered again (delivery {message.num_delivered})"
                 )
-                self._start_sending([message], self._lost(task, reason, "lost"), "lost")
+                self._start_sending([message], self._lost(task, reason, "lost"), "lost", key)
                 continue
             lease = self._lease(task, message, worker_id)
             view = self._view(lease)
@@ -322,7 +322,8 @@ class TaskBridge:
             return None
         return BridgeTask(
             id=lease.id, task=task.task, run_id=task.run_id, step_id=task.step_id,
-            attempt=task.attempt, idempotency_key=lease.key, deadline_ms=task.deadline_ms,
+            attempt=task.attempt, deadline_ms=task.deadline_ms,
+            idempotency_key=attempt_key(task.run_id, task.step_id, task.attempt),
             lease_ms=self.ack_wait_ms, heartbeat_ms=self.heartbeat_ms,
             input=msgspec.Raw(input_raw), metadata=metadata,
             previous_errors=envelope.previous_errors, history_events=task.history_events,
@@ -526,8 +527,8 @@ class TaskBridge:
         """Send the result; once acknowledged, forget the lease and ack its deliveries (only
         then: a crash before leaves them to come back, reported lost)."""
         try:
-            await send_command(self.commands, command, "result", task_token(lease.deliveries),
-                               self.result_send_ms_max)  # fmt: skip
+            await send_command(self.commands, command, "result", lease.key,
+                               task_token(lease.deliveries), self.result_send_ms_max)  # fmt: skip
         except ResultNotSentError as error:
             log.error("%s", error)
             self._leases.pop(lease.id, None)  # its deliveries come back: reported lost
@@ -540,12 +541,14 @@ class TaskBridge:
         for message in lease.deliveries:
             await ack_quietly(message, lease.key)
 
-    def _start_sending(self, deliveries: list[TaskMessage], command: FailTask, kind: str) -> None:
+    def _start_sending(
+        self, deliveries: list[TaskMessage], command: FailTask, kind: str, key: str
+    ) -> None:
         """Report a lost attempt (in the background, as a native worker does), then ack."""
 
         async def report() -> None:
             try:
-                await send_command(self.commands, command, kind, task_token(deliveries),
+                await send_command(self.commands, command, kind, key, task_token(deliveries),
                                    self.result_send_ms_max)  # fmt: skip
             except ResultNotSentError as error:
                 log.error("%s", error)

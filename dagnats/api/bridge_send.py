@@ -28,17 +28,17 @@ def task_token(deliveries: list[TaskMessage]) -> str | None:
 
 
 async def send_command(
-    commands: CommandPublisher, command: CompleteTask | FailTask, kind: str, token: str | None,
-    send_ms_max: int,
+    commands: CommandPublisher, command: CompleteTask | FailTask, kind: str, key: str,
+    token: str | None, send_ms_max: int,
 ) -> None:  # fmt: skip
     """Publish until acknowledged, the same bytes under the same message id each time
-    (`<kind>:<run>:<step>:<attempt>`), with the task's token (the engine takes results only
-    for tasks it handed out).
+    (`<kind>:<task message id>`, `key`: `<run>:<step>:<attempt>~<life>`), with the task's
+    token (the engine takes results only for tasks it handed out).
 
     Raises:
         ResultNotSentError: not acknowledged within `send_ms_max`.
     """
-    msg_id = f"{kind}:{command.run_id}:{command.step_id}:{command.attempt}"
+    msg_id = f"{kind}:{key}"
     payload = codec.encode(command)
     loop = asyncio.get_running_loop()
     started = loop.time()

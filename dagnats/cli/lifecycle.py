@@ -224,7 +224,8 @@ def run_delete(
         emit_json(msgspec.to_builtins(record))
     else:
         out.print(
-            f"run {run_id} deleted ({record.status}; {record.history_messages} history messages)"
+            f"run {run_id} deleted ({record.status}; its history up to stream sequence "
+            f"{record.history_messages})"
         )
 
 

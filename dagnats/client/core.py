@@ -62,6 +62,7 @@ from dagnats.runtime.triggers_plan import check_zones
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, ScheduleRun, SendSignal, StartGated, StartRun
 from kernel.decide import decide
+from kernel.effects import life_tag
 from kernel.errors import DagnatsError, PayloadTooLargeError, WorkflowInvalidError
 from kernel.events import ChildStarted, Decision
 from kernel.state import RunState, is_terminal
@@ -268,7 +269,11 @@ class Client:
         first message, so it misses nothing appended before its consumer exists); the run's
         first decision (within `wait_started_s`), and the watch parked for `wait` (one
         consumer for both)."""
-        await self.send(command, msg_id=f"start:{(run_id := command.run_id)}")
+        # `start:<run>~<life>`: a retried send is one message; a run deleted and started
+        # again under its id (a new seed) is another, even within the duplicate window.
+        seed = command.seed if isinstance(command, StartRun) else command.start.seed
+        run_id = command.run_id
+        await self.send(command, msg_id=f"start:{run_id}~{life_tag(seed)}")
         self._remember_started(run_id)
         try:  # (shielded: a caller cancelled here has it closed once open, by `start`)
             watch = await asyncio.shield(opening)

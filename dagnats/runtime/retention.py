@@ -36,12 +36,19 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
-from dagnats.runtime.resources import HISTORY_STREAM, RUNS_BUCKET, check_run_id, history_subject
+from dagnats.runtime.resources import (
+    ENDED_BUCKET,
+    HISTORY_STREAM,
+    RUNS_BUCKET,
+    check_run_id,
+    history_subject,
+)
 from kernel.errors import DagnatsError
 from kernel.state import TERMINAL_RUN_STATUSES, RunState, is_terminal
 
@@ -138,12 +145,13 @@ async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: in
         headers={"Nats-Msg-Id": f"purge:{run_id}:{last_seq}"},
     )
     await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id), seq=last_seq + 1)
-    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-        await (await js.key_value(RUNS_BUCKET)).purge(run_id)
+    for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
+        with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
+            await (await js.key_value(bucket)).purge(run_id)
     left = await history.last_seq(run_id)
     if left:
         raise ReopenedWhilePurgingError(run_id, left)
-    log.info("run %s purged (%s): %d history messages", run_id, reason, last_seq)
+    log.info("run %s purged (%s): its history up to sequence %d", run_id, reason, last_seq)
     return record
 
 
@@ -216,10 +224,16 @@ def expired_runs(sqlite_path: Path, ended_before_ms: int, limit: int) -> list[st
     return [str(row[0]) for row in rows]
 
 
-def delete_rows(sqlite_path: Path, run_ids: Iterable[str]) -> int:
-    """Delete the runs' rows from every query table that has a `run_id` column; rows gone."""
-    ids = list(run_ids)
-    if not ids or not sqlite_path.exists():
+def delete_rows(sqlite_path: Path, purged: Iterable[tuple[str, int | None]]) -> int:
+    """Delete purged runs' rows from every query table that has a `run_id` column; rows gone.
+
+    `purged`: (run id, the last history sequence purged; None: every row of the run). A run id
+    started again after its purge (a new life of it, README "Retention") keeps the new life's
+    rows: a table with a `last_seq` or `seq` column loses only the rows at or below the purged
+    sequence; one without (`steps`, a user's table) loses the run's rows unless its `runs` row
+    is newer than the purge."""
+    runs = list(purged)
+    if not runs or not sqlite_path.exists():
         return 0
     db = _connect(sqlite_path)
     deleted = 0
@@ -227,17 +241,42 @@ def delete_rows(sqlite_path: Path, run_ids: Iterable[str]) -> int:
         tables = [
             str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
+        columns = {
+            table: {str(c[1]) for c in db.execute(f'PRAGMA table_info("{table}")')}
+            for table in tables
+        }
         with db:
-            for table in tables:
-                columns = {str(c[1]) for c in db.execute(f'PRAGMA table_info("{table}")')}
-                if "run_id" not in columns:
-                    continue
-                for run_id in ids:
-                    cursor = db.execute(f'DELETE FROM "{table}" WHERE run_id = ?', (run_id,))
-                    deleted += cursor.rowcount
+            for run_id, last_seq in runs:
+                newer = last_seq is not None and _newer_life(db, run_id, last_seq)
+                for table in tables:
+                    deleted += _delete_run_rows(db, table, columns[table], run_id, last_seq, newer)
     finally:
         db.close()
     return deleted
+
+
+def _newer_life(db: sqlite3.Connection, run_id: str, last_seq: int) -> bool:
+    """Whether the run's `runs` row is of a life begun after the purge of `last_seq`."""
+    try:
+        row = db.execute("SELECT last_seq FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    except sqlite3.OperationalError:  # no runs table
+        return False
+    return row is not None and int(row[0]) > last_seq
+
+
+def _delete_run_rows(
+    db: sqlite3.Connection, table: str, columns: set[str], run_id: str, last_seq: int | None,
+    newer: bool,
+) -> int:  # fmt: skip
+    if "run_id" not in columns:
+        return 0
+    seq_column = next((c for c in ("last_seq", "seq") if c in columns), None)
+    if last_seq is not None and seq_column is not None:
+        sql = f'DELETE FROM "{table}" WHERE run_id = ? AND "{seq_column}" <= ?'
+        return int(db.execute(sql, (run_id, last_seq)).rowcount)
+    if newer:
+        return 0  # (rows of the new life, keyed by the run: they replaced the old ones)
+    return int(db.execute(f'DELETE FROM "{table}" WHERE run_id = ?', (run_id,)).rowcount)
 
 
 class Retention:
@@ -288,11 +327,11 @@ class Retention:
         if info.state.last_seq == self._log_seen:
             return  # nothing purged since the last look
         records = await purged_runs(self.reader, settings.retention_listed_max)
-        fresh = [(r.run_id, r.purged_at_ms) for r in records]
-        fresh = [key for key in fresh if key not in self._rows_dropped]
+        fresh = [r for r in records if (r.run_id, r.purged_at_ms) not in self._rows_dropped]
         if fresh:
-            await asyncio.to_thread(delete_rows, self.sqlite_path, [key[0] for key in fresh])
-            self._rows_dropped.update(fresh)
+            purged = [(r.run_id, r.history_messages or None) for r in fresh]
+            await asyncio.to_thread(delete_rows, self.sqlite_path, purged)
+            self._rows_dropped.update((r.run_id, r.purged_at_ms) for r in fresh)
         self._log_seen = info.state.last_seq
 
     async def sweep(self, at_ms: int) -> int:
@@ -315,7 +354,7 @@ class Retention:
                 await purge_run(self.admin, run_id, reason=self.reason, at_ms=at_ms)
                 purged += 1
             except RunNotFoundError:  # its history is gone already: its rows go too
-                await asyncio.to_thread(delete_rows, self.sqlite_path, [run_id])
+                await asyncio.to_thread(delete_rows, self.sqlite_path, [(run_id, None)])
             except RunStillOpenError:
                 continue  # reopened since: never purged while it runs
             except ReopenedWhilePurgingError as error:

@@ -2,12 +2,13 @@
 
 nats-server pins who may publish a result (the `worker` role, on `...<run>.result`), but a
 subject cannot say which attempt a worker holds. So the engine signs each task message it
-publishes: the `Dagnats-Task-Token` header is an HMAC of the attempt's idempotency key
-(`<run>:<step>:<attempt>`, kernel/effects.task_msg_id) under a secret derived from the engine's
-own credential. A worker copies the token of the task it took onto every result of that
-attempt; the engine refuses (and sets aside as `forbidden`) a result whose token is missing or
-wrong. A worker scoped to some task types can fetch only those (its server permissions), so
-it can complete nothing else; a worker cannot make up a result for a run it never served.
+publishes: the `Dagnats-Task-Token` header is an HMAC of the attempt's key
+(`<run>:<step>:<attempt>`, kernel/effects.attempt_key: its message id without the run's life
+tag) under a secret derived from the engine's own credential. A worker copies the token of
+the task it took onto every result of that attempt; the engine refuses (and sets aside as
+`forbidden`) a result whose token is missing or wrong. A worker scoped to some task types can
+fetch only those (its server permissions), so it can complete nothing else; a worker cannot
+make up a result for a run it never served.
 
 Engines that share a deployment share the engine credential, so they share the secret; an
 engine with no credential (an open external NATS) neither signs nor checks.
@@ -21,7 +22,7 @@ from collections import OrderedDict
 from typing import Final
 
 from kernel.commands import AnyCommand, CompleteTask, FailTask, TaskStarted
-from kernel.effects import task_msg_id
+from kernel.effects import attempt_key, attempt_key_of
 
 TASK_TOKEN_HEADER: Final = "Dagnats-Task-Token"
 _DERIVATION: Final = b"dagnats task tokens v1\x00"
@@ -39,11 +40,13 @@ class TaskTokens:
         self._signed: OrderedDict[str, str] = OrderedDict()
 
     def sign(self, msg_id: str) -> str:
-        """The token of the task published under `msg_id` (`<run>:<step>:<attempt>`)."""
-        token = self._signed.get(msg_id)
+        """The token of the task published under `msg_id` (`<run>:<step>:<attempt>~<life>`):
+        the HMAC of its attempt key (`<run>:<step>:<attempt>`), which a result names."""
+        key = attempt_key_of(msg_id)
+        token = self._signed.get(key)
         if token is None:
-            digest = hmac.new(self._key, msg_id.encode(), hashlib.sha256).hexdigest()
-            token = self._signed[msg_id] = digest[:token_hex_length]
+            digest = hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()
+            token = self._signed[key] = digest[:token_hex_length]
             if len(self._signed) > signed_tokens_remembered_max:
                 self._signed.popitem(last=False)
         return token
@@ -57,7 +60,7 @@ class TaskTokens:
             return f"{_named(command)}: attempts start at 1"
         if not token:
             return f"{_named(command)} carries no task token: only its task's worker may report it"
-        expected = self.sign(task_msg_id(command.run_id, command.step_id, command.attempt))
+        expected = self.sign(attempt_key(command.run_id, command.step_id, command.attempt))
         if not hmac.compare_digest(expected, token):
             return f"{_named(command)} carries another task's token: only its worker may report it"
         return None
