@@ -27,8 +27,8 @@ from nats.js import JetStreamContext, api
 from dagnats.client import Client, RunNotFoundError
 from dagnats.client.live_watch import LiveWatch
 from dagnats.client.watches import parked_watches_max
-from dagnats.runtime import engine as engine_module
 from dagnats.runtime import settings
+from dagnats.runtime import valid_workflows as valid_workflows_module
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
@@ -344,7 +344,7 @@ async def test_the_engine_validates_a_workflow_once_and_still_refuses_an_invalid
         validated.append(workflow.name)
         return real_validate(workflow)
 
-    monkeypatch.setattr(engine_module, "validate_workflow", counted)
+    monkeypatch.setattr(valid_workflows_module, "validate_workflow", counted)
     bad = [
         StartRun(run_id=unique("bad"), at_ms=now_ms(), seed=new_seed(), workflow=BROKEN,
                  input=msgspec.Raw(b"null"))
