@@ -21,6 +21,7 @@ from dagnats.loading import load_attribute
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.projector_folds import SharedFolds
+from dagnats.runtime.projector_pace import Pacer, slices
 from dagnats.runtime.resources import check_token
 from kernel.errors import DagnatsError
 from projections.base import (
@@ -94,12 +95,16 @@ class SqliteTarget:
         *,
         inline: bool = False,
         folds: SharedFolds | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         """`inline`: apply small batches in the event loop's thread (`inline_batch_*`); for
         a projection whose cost per event is known and small (the query tables), never a
         user's, which may be slow. `folds`: the events of messages this process's engine
-        appended, taken instead of decoding those messages again."""
+        appended, taken instead of decoding those messages again. `pacer`: an inline batch
+        is applied in slices, each when the pacer gives it a turn (`projector_pace`), and
+        committed in a thread."""
         self.folds = folds
+        self.pacer = pacer
         self.name = check_name(projection.name)
         self.version = str(projection.version)
         self.path = path
@@ -134,7 +139,10 @@ class SqliteTarget:
         decoded = self.folds.events_of(messages) if self.folds is not None else None
         if self.inline and _small(messages):
             self._set_busy_timeout(0)  # inline never waits for another writer's lock
-            result = _apply_inline(runner, messages, after_seq, decoded)
+            if self.pacer is not None:
+                result = await _apply_paced(runner, messages, after_seq, decoded, self.pacer)
+            else:
+                result = _apply_inline(runner, messages, after_seq, decoded)
         if result is None:
             self._set_busy_timeout(_busy_timeout_ms)
             result = await asyncio.to_thread(
@@ -191,6 +199,63 @@ def _apply_inline(
         if "locked" not in str(error) and "busy" not in str(error):
             raise
         return None  # the transaction was rolled back (or never began)
+
+
+async def _apply_paced(
+    runner: SqliteRunner,
+    messages: list[Message],
+    after_seq: int,
+    decoded: Decoded | None,
+    pacer: Pacer,
+) -> BatchResult | None:
+    """Apply a small batch in this thread in slices, one transaction for the whole batch
+    (its checkpoint with it), each slice when `pacer` gives it a turn; the commit (the WAL's
+    writes, the GIL let go) runs in a thread. None when another connection holds the file's
+    write lock (nothing was applied: the caller uses a thread, as `_apply_inline`)."""
+    pacer.start_batch()
+    await pacer.turn()
+    connection = runner.db.conn
+    assert not connection.in_transaction, "a write transaction is already open"
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise
+        return None
+    problems: list[str] = []
+    try:
+        stored_events = runner.begin_checked(after_seq)
+        applied = 0
+        for index, part in enumerate(slices(messages)):
+            if index:
+                await pacer.turn()
+            applied += runner.apply_part(part, after_seq, problems, decoded)
+        last_seq = max([after_seq, *(message[0] for message in messages)])
+        flush_parts = getattr(runner.projection, "flush_parts", None)  # (QueryTables' own)
+        if flush_parts is not None:
+            for _ in flush_parts(runner.db):
+                await pacer.turn()
+        else:
+            await pacer.turn()
+        runner.end_batch(last_seq, stored_events + applied, now_ms(), flushed=bool(flush_parts))
+        await _commit_in_thread(connection)
+    except BaseException:
+        connection.rollback()  # (a no-op once committed, or when an error ended it)
+        runner.projection.discard()
+        raise
+    runner.committed(last_seq)
+    return BatchResult(seq=last_seq, applied=applied, problems=tuple(problems))
+
+
+async def _commit_in_thread(connection: sqlite3.Connection) -> None:
+    """Commit in a worker thread; a cancel waits for the commit to end before it goes on (the
+    connection is not used from two threads at once)."""
+    commit = asyncio.ensure_future(asyncio.to_thread(connection.commit))
+    try:
+        await asyncio.shield(commit)
+    except asyncio.CancelledError:
+        await asyncio.wait((commit,))
+        raise
 
 
 def _drain_problems(projection: object) -> list[str]:
