@@ -20,6 +20,9 @@ its first message arrived (at most `batch_max`; `PendingMessages`): one SQLite t
 one set of KV writes per batch, not per message, so a live projection trails history by about
 the linger plus the batch's own time. Catching up (reading what the stream held when the
 tail started), what the reader holds is taken at once, as is a backlog of `batch_max`.
+Serve's built-in projections run on the engine's event loop: they apply a batch in slices,
+paced by the engine's commands in flight (`projector_pace`), so a command is not held up
+behind a whole batch.
 
 A target shared by every engine on one NATS (the snapshots) runs under a lease
 (`dagnats.runtime.lease`): one engine's projector follows it, the others stand by and take
