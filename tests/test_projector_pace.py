@@ -11,13 +11,13 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlite_utils import Database
 
 from dagnats.runtime.projector_pace import Pacer, slice_messages_max, slices
 from dagnats.runtime.projector_sqlite import SqliteTarget
 from kernel.events import AnyEvent
 from projections.base import Message, Position
 from projections.sqlite import QueryTables
-from sqlite_utils import Database
 from tests.projection_support import History, completed_run, histories
 from tests.test_projector_sqlite_inline import dump, project
 
@@ -169,9 +169,9 @@ async def test_a_batch_cancelled_between_slices_leaves_nothing(tmp_path: Path) -
         applying = asyncio.create_task(target.apply(messages, position))
         for _ in range(1_000):  # until the batch is between two slices
             await asyncio.sleep(0)
-            if 0 < tables.seen:
+            if tables.seen > 0:
                 break
-        assert 0 < tables.seen and not applying.done()
+        assert tables.seen > 0 and not applying.done()
         applying.cancel()
         await asyncio.gather(applying, return_exceptions=True)
         assert applying.cancelled()
