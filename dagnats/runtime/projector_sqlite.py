@@ -102,8 +102,8 @@ class SqliteTarget:
         user's, which may be slow. `folds`: the events of messages this process's engine
         appended, taken instead of decoding those messages again. `pacer`: every inline batch,
         whatever its size, is applied in slices, each when the pacer gives it a turn
-        (`projector_pace`), and committed in a thread: in a thread, its Python held the GIL
-        against the engine's loop (bench.throughput: the engine's CPU a step 0.80x)."""
+        (`projector_pace`): in a thread, its Python held the GIL against the engine's loop
+        (bench.throughput: the engine's CPU a step 0.80x)."""
         self.folds = folds
         self.pacer = pacer
         self.name = check_name(projection.name)
@@ -209,10 +209,10 @@ async def _apply_paced(
     decoded: Decoded | None,
     pacer: Pacer,
 ) -> BatchResult | None:
-    """Apply a small batch in this thread in slices, one transaction for the whole batch
-    (its checkpoint with it), each slice when `pacer` gives it a turn; the commit (the WAL's
-    writes, the GIL let go) runs in a thread. None when another connection holds the file's
-    write lock (nothing was applied: the caller uses a thread, as `_apply_inline`)."""
+    """Apply a batch in this thread in slices, one transaction for the whole batch
+    (its checkpoint with it), each slice, each part of its writes and its commit when
+    `pacer` gives it a turn. None when another connection holds the file's write lock
+    (nothing was applied: the caller uses a thread, as `_apply_inline`)."""
     pacer.start_batch()
     await pacer.turn()
     connection = runner.db.conn
@@ -239,24 +239,14 @@ async def _apply_paced(
         else:
             await pacer.turn()
         runner.end_batch(last_seq, stored_events + applied, now_ms(), flushed=bool(flush_parts))
-        await _commit_in_thread(connection)
+        await pacer.turn()
+        connection.commit()  # (in a thread, its hand-off of the GIL stalled the loop)
     except BaseException:
         connection.rollback()  # (a no-op once committed, or when an error ended it)
         runner.projection.discard()
         raise
     runner.committed(last_seq)
     return BatchResult(seq=last_seq, applied=applied, problems=tuple(problems))
-
-
-async def _commit_in_thread(connection: sqlite3.Connection) -> None:
-    """Commit in a worker thread; a cancel waits for the commit to end before it goes on (the
-    connection is not used from two threads at once)."""
-    commit = asyncio.ensure_future(asyncio.to_thread(connection.commit))
-    try:
-        await asyncio.shield(commit)
-    except asyncio.CancelledError:
-        await asyncio.wait((commit,))
-        raise
 
 
 def _drain_problems(projection: object) -> list[str]:
