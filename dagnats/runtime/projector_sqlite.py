@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Final, cast
 
@@ -50,6 +51,12 @@ name_length_max: Final = 64
 # lock there: a locked file goes to the thread.
 inline_batch_messages_max: Final = 128
 inline_batch_bytes_max: Final = 256 * 1024
+# A projection's file is checkpointed (its WAL copied into it, and synced) in a worker thread
+# at most this often, after a batch, not by SQLite inside a commit: every 1,000 pages of WAL a
+# commit ran that checkpoint and its fsyncs, a commit of 0.2 ms took 4-28 ms then (p90 4.4
+# ms, max 28 ms over 150 batches of 40 messages), in the event loop's thread for an inline
+# batch. The WAL grows meanwhile by what this long of batches write.
+wal_checkpoint_interval_ms: Final = 1_000
 
 
 def check_name(name: str) -> str:
@@ -115,10 +122,12 @@ class SqliteTarget:
         self.db: Database | None = None
         self.runner: SqliteRunner | None = None
         self._busy_ms = _busy_timeout_ms  # the connection's busy timeout, as last set
+        self._checkpoint_due = 0.0  # monotonic time of the next WAL checkpoint
 
     async def open(self) -> int:
         if self.db is None:
             self.db = open_database(self.path)
+            self.db.conn.execute("PRAGMA wal_autocheckpoint = 0")  # (`_checkpoint_wal`)
             self.runner = SqliteRunner(self.db, self.projection)
             self._busy_ms = _busy_timeout_ms
         self._set_busy_timeout(_busy_timeout_ms)
@@ -156,7 +165,22 @@ class SqliteTarget:
         problems = [*result.problems, *_drain_problems(self.projection)]
         for problem in problems[:10]:
             log.warning("projection %s: %s", self.name, problem)
+        if time.monotonic() >= self._checkpoint_due:
+            await self._checkpoint_wal()
         return result.seq, result.applied
+
+    async def _checkpoint_wal(self) -> None:
+        """Copy the WAL into the file in a worker thread (PASSIVE: it waits for no reader
+        or writer, doing what it can); nothing else uses the connection meanwhile."""
+        self._checkpoint_due = time.monotonic() + wal_checkpoint_interval_ms / 1000
+        db = self.db
+        assert db is not None and not db.conn.in_transaction
+        checkpoint = asyncio.ensure_future(asyncio.to_thread(_checkpoint, db.conn))
+        try:
+            await asyncio.shield(checkpoint)
+        except asyncio.CancelledError:  # (the connection is not closed under the thread)
+            await asyncio.wait((checkpoint,))
+            raise
 
     def _set_busy_timeout(self, busy_ms: int) -> None:
         """Set the connection's busy timeout when it is not already `busy_ms` (two PRAGMA
@@ -180,6 +204,10 @@ class SqliteTarget:
             self.db.close()
             self.db = None
             self.runner = None
+
+
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 def _small(messages: list[Message]) -> bool:
