@@ -79,7 +79,7 @@ def test_inline_batches_write_what_batches_in_a_thread_write(
 async def test_a_locked_file_never_blocks_the_event_loop(tmp_path: Path, paced: bool) -> None:
     path = tmp_path / "dagnats.sqlite"
     messages = [(seq, "run-1", data) for seq, data in enumerate(completed_run("run-1"), 1)]
-    pacer = Pacer(lambda: 0) if paced else None  # (paced: serve's, inline at any size)
+    pacer = Pacer(lambda: 0) if paced else None  # (paced: serve's)
     target = SqliteTarget(path, QueryTables(), inline=True, pacer=pacer)
     position = await target.open()
     locked, loop_ran, loop_blocked = threading.Event(), threading.Event(), threading.Event()
