@@ -426,37 +426,73 @@ class SqliteRunner:
                 is applied.
         """
         assert len(messages) <= batch_messages_max, len(messages)
-        projection = self.projection
         problems: list[str] = []
-        connection = self.db.conn
-        begin = getattr(projection, "begin", None)  # (optional: SqliteProjectionBase has them)
-        committed = getattr(projection, "committed", None)
         try:  # (a failed commit too: what the projection kept of this batch is forgotten)
             with write_transaction(self.db):
-                stored = _stored_position(self.db, projection.name)
-                if stored is None or stored[1] != after_seq or stored[0] != projection.version:
-                    raise CheckpointMovedError(
-                        projection.name, after_seq, stored[1] if stored is not None else 0
-                    )
-                if begin is not None:
-                    begin(after_seq)
-                applied = 0
-                for at, event in positioned_events(
-                    messages, after_seq, projection.events, problems, decoded
-                ):
-                    projection.apply(self.db, event, at)
-                    applied += 1
-                projection.flush(self.db)
+                stored_events = self.begin_checked(after_seq)
+                applied = self.apply_part(messages, after_seq, problems, decoded)
                 last_seq = max([after_seq, *(message[0] for message in messages)])
-                connection.execute(
-                    _POSITION_UPDATE, [last_seq, stored[2] + applied, now_ms, projection.name]
-                )
+                self.end_batch(last_seq, stored_events + applied, now_ms)
         except BaseException:
-            projection.discard()
+            self.projection.discard()
             raise
-        if committed is not None:
-            committed(last_seq)
+        self.committed(last_seq)
         return BatchResult(seq=last_seq, applied=applied, problems=tuple(problems))
+
+    # A batch in steps, for a caller that lets other work run between them (inside one write
+    # transaction it opened: `begin_checked`, then `apply_part` for each slice of the batch,
+    # then `end_batch`, commit, and `committed`; on a failure, roll back and `discard`).
+
+    def begin_checked(self, after_seq: int) -> int:
+        """Check, inside the batch's transaction, that the stored checkpoint is `after_seq`,
+        and tell the projection a batch begins; the events applied so far (stored with it).
+
+        Raises:
+            CheckpointMovedError: the stored checkpoint is not `after_seq` (a rebuild).
+        """
+        projection = self.projection
+        assert self.db.conn.in_transaction, "begin the batch's transaction first"
+        stored = _stored_position(self.db, projection.name)
+        if stored is None or stored[1] != after_seq or stored[0] != projection.version:
+            raise CheckpointMovedError(
+                projection.name, after_seq, stored[1] if stored is not None else 0
+            )
+        begin = getattr(projection, "begin", None)  # (optional: SqliteProjectionBase has it)
+        if begin is not None:
+            begin(after_seq)
+        return int(stored[2])
+
+    def apply_part(
+        self,
+        messages: list[Message],
+        after_seq: int,
+        problems: list[str],
+        decoded: Decoded | None = None,
+    ) -> int:
+        """Apply the events of a slice of the batch (messages with seq > after_seq, the
+        batch's checkpoint); how many were applied. Undecodable messages go to `problems`."""
+        projection = self.projection
+        applied = 0
+        for at, event in positioned_events(
+            messages, after_seq, projection.events, problems, decoded
+        ):
+            projection.apply(self.db, event, at)
+            applied += 1
+        return applied
+
+    def end_batch(self, last_seq: int, events: int, now_ms: int, *, flushed: bool = False) -> None:
+        """Write what the projection buffered (unless the caller `flushed` it) and the
+        checkpoint `last_seq` (with `events` applied in all), in the batch's transaction; the
+        caller commits it."""
+        if not flushed:
+            self.projection.flush(self.db)
+        self.db.conn.execute(_POSITION_UPDATE, [last_seq, events, now_ms, self.projection.name])
+
+    def committed(self, seq: int) -> None:
+        """The batch's transaction committed at checkpoint `seq`: tell the projection."""
+        committed = getattr(self.projection, "committed", None)
+        if committed is not None:
+            committed(seq)
 
     def apply_all(self, messages: Iterable[Message], *, now_ms: int = 0) -> int:
         """Apply messages in batches from the stored checkpoint (tests, offline rebuilds).

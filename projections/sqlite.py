@@ -17,7 +17,7 @@ This module may import only `kernel`, the standard library, msgspec and sqlite-u
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 import msgspec
@@ -41,6 +41,8 @@ STATES_TABLE: Final = "_run_states"
 # A run's state is stored when one of its messages takes its event count past a multiple of
 # this; a run no longer in memory is folded from there with its `events` rows after it.
 state_every_events: Final = 64
+# Rows `flush_parts` writes between two pauses.
+flush_rows_max: Final = 64
 error_message_chars_max: Final = 1_000  # error text kept in a row (the event keeps it whole)
 
 RUN_COLUMNS: Final = (
@@ -392,6 +394,12 @@ class QueryTables(SqliteProjectionBase):
         return touched
 
     def flush(self, db: Database) -> None:
+        for _ in self.flush_parts(db):
+            pass
+
+    def flush_parts(self, db: Database) -> Iterator[None]:
+        """`flush`, in parts: it pauses after each `flush_rows_max` rows written (a caller
+        lets other work run there; the batch's transaction stays open)."""
         runs: list[Row] = []
         steps: list[Row] = []
         states: list[Row] = []
@@ -423,8 +431,9 @@ class QueryTables(SqliteProjectionBase):
             (TURN_UPSERT, self._turns),
             (CALL_UPSERT, self._calls),
         ):
-            if rows:  # an empty executemany still prepares and steps its statement
-                connection.executemany(statement, rows)
+            for start in range(0, len(rows), flush_rows_max):  # (none: no executemany)
+                connection.executemany(statement, rows[start : start + flush_rows_max])
+                yield
         self._forget_batch()
 
     def _remember(self, run_id: str, last_seq: int, state: RunState) -> None:

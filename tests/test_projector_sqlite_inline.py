@@ -11,9 +11,11 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dagnats.runtime.projector_pace import Pacer
 from dagnats.runtime.projector_sqlite import (
     SqliteTarget,
     inline_batch_messages_max,
@@ -73,10 +75,12 @@ def test_inline_batches_write_what_batches_in_a_thread_write(
     assert want[1] == history.messages[-1][0], "the checkpoint is the last message"
 
 
-async def test_a_locked_file_never_blocks_the_event_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("paced", [False, True])
+async def test_a_locked_file_never_blocks_the_event_loop(tmp_path: Path, paced: bool) -> None:
     path = tmp_path / "dagnats.sqlite"
     messages = [(seq, "run-1", data) for seq, data in enumerate(completed_run("run-1"), 1)]
-    target = SqliteTarget(path, QueryTables(), inline=True)
+    pacer = Pacer(lambda: 0) if paced else None  # (paced: serve's)
+    target = SqliteTarget(path, QueryTables(), inline=True, pacer=pacer)
     position = await target.open()
     locked, loop_ran, loop_blocked = threading.Event(), threading.Event(), threading.Event()
 

@@ -20,6 +20,9 @@ its first message arrived (at most `batch_max`; `PendingMessages`): one SQLite t
 one set of KV writes per batch, not per message, so a live projection trails history by about
 the linger plus the batch's own time. Catching up (reading what the stream held when the
 tail started), what the reader holds is taken at once, as is a backlog of `batch_max`.
+Serve's built-in projections run on the engine's event loop: they apply a batch in slices,
+paced by the engine's commands in flight (`projector_pace`), so a command is not held up
+behind a whole batch.
 
 A target shared by every engine on one NATS (the snapshots) runs under a lease
 (`dagnats.runtime.lease`): one engine's projector follows it, the others stand by and take
@@ -53,7 +56,7 @@ from dagnats.runtime.lease import Lease, LeaseLostError
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.log_read import holds_any
 from dagnats.runtime.parked import RunParkedError, decode_message, unfoldable
-from dagnats.runtime.projector_read import read_until, tail
+from dagnats.runtime.projector_read import read_until, tail_batches
 from dagnats.runtime.projector_snapshot import (  # re-exported: see __all__
     MARKER_KEY,
     SNAPSHOTS,
@@ -100,6 +103,11 @@ retry_delay_ms: Final = 1_000  # after a failed batch, before starting again
 # 7 interleaved pairs (README "Benchmarks"); a live query table or snapshot trails history by
 # about this much plus the batch's own time. Must stay below `idle_check_ms`.
 batch_linger_ms: Final = 100
+# A live tail takes what its reader gathered at most this often: its task was woken once per
+# history message (in serve, once per append, on the engine's loop, just as the append's ack
+# came back). A batch then holds what came up to this much later than its first message.
+# Below `batch_linger_ms`.
+tail_gather_ms: Final = 20
 
 
 class ProjectionTarget(Protocol):
@@ -475,14 +483,18 @@ class Projector:
 
 async def read_then_tail(js: JetStreamContext, after_seq: int, pending: PendingMessages) -> None:
     """Put every history message after `after_seq` into `pending`: what the stream holds now
-    by the lean reader (`projector_read.read_until`), then, marked live, as it is appended."""
+    by the lean reader (`projector_read.read_until`), then, marked live, as it is appended
+    (what came, every `tail_gather_ms`)."""
     until = await stream_last_seq(js)
     async for message in read_until(js, after_seq, until):
         after_seq = message[0]
         await pending.put(message)
     pending.live = True
-    async for message in tail(js, after_seq):
-        await pending.put(message)
+    async with contextlib.aclosing(tail_batches(js, after_seq)) as batches:
+        async for messages in batches:
+            for message in messages:
+                await pending.put(message)
+            await asyncio.sleep(tail_gather_ms / 1000)  # (let more come: one wake-up for all)
 
 
 # -- loading a run: snapshot + tail --------------------------------------------------------

@@ -29,6 +29,7 @@ Message = tuple[int, str, bytes]
 # How long a tail waits for the next message before it looks again (a bound on one wait; the
 # reader itself makes its consumer again when it hears nothing, not even a heartbeat).
 tail_wait_ms: Final = 60_000
+tail_batch_messages_max: Final = 1_024  # messages `tail_batches` gives at once
 
 
 class _KeepsSubjects(PushReader):
@@ -97,19 +98,40 @@ async def tail(js: JetStreamContext, after_seq: int) -> AsyncGenerator[Message, 
     Raises:
         nats.errors.Error, nats.js.errors.Error: the first consumer was not made.
     """
+    async with contextlib.aclosing(tail_batches(js, after_seq)) as batches:
+        async for batch in batches:
+            for message in batch:
+                yield message
+
+
+async def tail_batches(js: JetStreamContext, after_seq: int) -> AsyncGenerator[list[Message], None]:
+    """`tail`, a list at a time: what came since the caller last asked (at least one message,
+    at most `tail_batch_messages_max`), so a caller that asks now and then is not woken per
+    message.
+
+    Raises:
+        nats.errors.Error, nats.js.errors.Error: the first consumer was not made.
+    """
     assert after_seq >= 0, after_seq
     reader = _LiveSubjectReader(js, after_seq)
     subjects = reader.subjects
     try:
         await reader.open()
         while True:
-            item = await reader.next(time.monotonic() + tail_wait_ms / 1000)
+            deadline = time.monotonic() + tail_wait_ms / 1000
+            item = await reader.next(deadline)
             if item is None:
                 continue  # (nothing came: wait again)
-            seq, data = item
-            yield seq, run_id_of_history_subject(subjects.popleft().decode()), data
+            batch = [(item[0], run_id_of_history_subject(subjects.popleft().decode()), item[1])]
+            while reader.items and len(batch) < tail_batch_messages_max:
+                item = await reader.next(deadline)  # (at once: it holds one)
+                assert item is not None
+                batch.append(
+                    (item[0], run_id_of_history_subject(subjects.popleft().decode()), item[1])
+                )
+            yield batch
     finally:
         await reader.close()
 
 
-__all__ = ["read_until", "tail"]
+__all__ = ["read_until", "tail", "tail_batch_messages_max", "tail_batches"]

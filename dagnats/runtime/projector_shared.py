@@ -54,6 +54,7 @@ from dagnats.runtime.projector import (
     stream_last_seq,
 )
 from dagnats.runtime.projector_folds import SharedFolds
+from dagnats.runtime.projector_pace import Busy, Pacer
 from kernel.errors import DagnatsError
 from projections.base import CheckpointMovedError, Message, batch_messages_max
 from projections.sqlite import QueryTables
@@ -224,12 +225,23 @@ def builtin_targets(
 ) -> tuple[ProjectionTarget, ...]:
     """Serve's built-in projections (KV snapshots, the SQLite query tables in the file
     `sqlite`), handed what `engine` appends (`projector_folds.SharedFolds`): a message it
-    appended is not decoded nor folded again."""
+    appended is not decoded nor folded again. Each applies a batch in slices, paced by
+    `engine`'s commands in flight (`projector_pace`)."""
     folds = engine.folds = SharedFolds()
+    busy = engine_in_flight(engine)
     return (
-        SnapshotTarget(js, folds),
-        SqliteTarget(sqlite, QueryTables(folded=folds.state), inline=True, folds=folds),
+        SnapshotTarget(js, folds, pacer=Pacer(busy)),
+        SqliteTarget(
+            sqlite, QueryTables(folded=folds.state), inline=True, folds=folds, pacer=Pacer(busy)
+        ),
     )
+
+
+def engine_in_flight(engine: Engine) -> Busy:
+    """How many commands `engine` has fetched and not yet settled (acked, naked or parked):
+    the projections' batches wait for none (`projector_pace`). Read from the engine's own set
+    of them (its progress acks' set; engine.py is at its 600-line bound: no accessor there)."""
+    return engine._unsettled.__len__
 
 
 async def _stream_last_or_none(js: JetStreamContext) -> int | None:
@@ -241,4 +253,4 @@ async def _stream_last_or_none(js: JetStreamContext) -> int | None:
         return None
 
 
-__all__ = ["RegroupError", "SharedTail", "builtin_targets", "lanes_max"]
+__all__ = ["RegroupError", "SharedTail", "builtin_targets", "engine_in_flight", "lanes_max"]

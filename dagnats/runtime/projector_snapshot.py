@@ -31,6 +31,7 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector_folds import SharedFolds
+from dagnats.runtime.projector_pace import Pacer, slices
 from dagnats.runtime.resources import (
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
@@ -138,10 +139,14 @@ class SnapshotTarget:
     where = f"KV {RUNS_BUCKET}"
     shared = True
 
-    def __init__(self, js: JetStreamContext, folds: SharedFolds | None = None) -> None:
+    def __init__(
+        self, js: JetStreamContext, folds: SharedFolds | None = None, pacer: Pacer | None = None
+    ) -> None:
         """`folds`: the events of messages this process's engine appended and its states
-        after them, taken instead of decoding and folding those messages again."""
+        after them, taken instead of decoding and folding those messages again. `pacer`: a
+        batch is folded in slices, each when the pacer gives it a turn (`projector_pace`)."""
         self.js = js
+        self.pacer = pacer
         self.store = KvSnapshotStore(js)
         self.history = JetStreamEventLog(js)
         self.folds = folds
@@ -241,6 +246,24 @@ class SnapshotTarget:
         costs only a refold after a crash (each snapshot carries its own last sequence)."""
         if after_seq != self._applied_seq:
             raise CheckpointMovedError(SNAPSHOTS, self._applied_seq, after_seq)
+        pacer = self.pacer
+        events = 0
+        if pacer is None:
+            events = await self._apply_part(messages)
+        else:
+            pacer.start_batch()
+            for part in slices(messages):
+                await pacer.turn()
+                events += await self._apply_part(part)
+        self._applied_seq = max([after_seq, *(message[0] for message in messages)])
+        self._events_total += events
+        if time.monotonic() >= self._settle_due:
+            await self.settle()
+        return self._applied_seq, events
+
+    async def _apply_part(self, messages: list[Message]) -> int:
+        """Fold messages of a batch (or all of it) and write the snapshots now due; how many
+        events they held."""
         decoded: list[Decoded] = []
         events = 0
         shared = self.folds.events_of(messages) if self.folds is not None else None
@@ -264,11 +287,7 @@ class SnapshotTarget:
         if due:
             await self.store.put_many(due)
             self.folder.written(due)
-        self._applied_seq = max([after_seq, *(message[0] for message in messages)])
-        self._events_total += events
-        if time.monotonic() >= self._settle_due:
-            await self.settle()
-        return self._applied_seq, events
+        return events
 
     async def settle(self) -> None:
         """Write the checkpoint when it is behind what was applied (under its revision)."""
