@@ -42,6 +42,7 @@ import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -60,7 +61,6 @@ from dagnats.runtime.protocols import (
     TaskMessage,
     TaskQueue,
 )
-from dagnats.runtime.resend import NotAcknowledgedError, publish_until_acked
 from dagnats.worker_context import (
     NO_ENVELOPE,
     LivePublisher,
@@ -81,13 +81,15 @@ from dagnats.worker_heartbeat import Heartbeats
 from dagnats.worker_invoke import Handler, Raised, Returned, invoke, invoke_here, start_job
 from dagnats.worker_safety import (
     cut_text,
-    output_problem,
+    output_json,
     render_error,
     render_message,
     render_raised,
     short_traceback,
 )
-from kernel import codec, limits
+from dagnats.worker_send import ResultNotSentError, send_until_acked
+from dagnats.worker_slots import HandlerSlots
+from kernel import codec
 from kernel.commands import CompleteTask, FailTask, FailureKind, TaskStarted
 from kernel.effects import EnqueueTask
 from kernel.errors import DagnatsError, DecodeError
@@ -106,18 +108,6 @@ handler_cancel_grace_ms_default = 2_000
 drain_handlers_ms_default = 30_000
 
 _task_decoder = msgspec.json.Decoder(EnqueueTask)
-
-
-class ResultNotSentError(DagnatsError):
-    """A result the server did not acknowledge within its bound (the task comes back)."""
-
-    def __init__(self, msg_id: str, tries: int, waited_ms: int, last_error: str) -> None:
-        self.msg_id = msg_id
-        self.tries = tries
-        super().__init__(
-            f"gave up sending {msg_id} after {tries} tries in {waited_ms} ms (last error: "
-            f"{last_error}); the task will be delivered again and reported lost"
-        )
 
 
 class RetryAfter(DagnatsError):  # noqa: N818 (the name users know from other engines)
@@ -168,7 +158,7 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         # Handlers that ignored their cancellation past the grace: left running, not counted.
         self.hung: set[asyncio.Task[Any]] = set()
-        self._slots: asyncio.Semaphore | None = None  # set by serve (the simulator runs jobs)
+        self._slots: HandlerSlots | None = None  # set by serve (the simulator runs jobs)
         self._wake = asyncio.Event()  # a poll came back, a slot freed (when needed), stop
         self._fetching: FetchLoop | None = None  # told when a job ends (it may want the slot)
         # Deliveries of each attempt this process runs, and recently finished attempts: a
@@ -218,7 +208,7 @@ class Worker:
         if not self.handlers:
             raise DagnatsError("the worker has no handlers; register one with @worker.task(name)")
         check_concurrency(self.concurrency)
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots = HandlerSlots(self.concurrency)
         self._wake = asyncio.Event()
         if self.live is None and isinstance(commands, LivePublisher):
             self.live = commands
@@ -347,7 +337,10 @@ class Worker:
             if result is not None:
                 await self._send(commands, result, "result", key)
         finally:
-            await beat.stop()
+            if beat.sending is None:  # (most tasks: no beat is being sent)
+                beat.cancel()
+            else:
+                await beat.stop()
             del self._running[key]
         self._finished[key] = None
         while len(self._finished) > finished_attempts_remembered_max:
@@ -362,49 +355,57 @@ class Worker:
     async def _call_in_slot(
         self, task: EnqueueTask, commands: CommandPublisher
     ) -> TaskResult | None:
-        """The attempt's result (None: it passed its deadline), run in a handler slot."""
+        """The attempt's result (None: it passed its deadline), run in a handler slot (the
+        simulator bounds its jobs itself: no slots)."""
         slots = self._slots
-        if slots is None:  # jobs run by the simulator: it bounds them itself
-            return await self._attempt(task, commands)
-        async with slots:
-            return await self._attempt(task, commands)
+        if slots is not None and not slots.take_now():
+            await slots.take()
+        try:
+            if self.report_started:
+                started = TaskStarted(
+                    run_id=task.run_id,
+                    at_ms=self.now_ms(),
+                    step_id=task.step_id,
+                    attempt=task.attempt,
+                    worker_id=self.worker_id,
+                )
+                await self._send(commands, started, "started", task.msg_id)
+                return await self._call(task, None)
+            return await self._call(task, self.now_ms())
+        finally:
+            if slots is not None:
+                slots.give()
 
-    async def _attempt(self, task: EnqueueTask, commands: CommandPublisher) -> TaskResult | None:
-        if self.report_started:
-            started = TaskStarted(
-                run_id=task.run_id,
-                at_ms=self.now_ms(),
-                step_id=task.step_id,
-                attempt=task.attempt,
-                worker_id=self.worker_id,
-            )
-            await self._send(commands, started, "started", task.msg_id)
-        started_at_ms = self.now_ms()
-        result = await self._call(task)
-        if result is not None and not self.report_started:
-            result = msgspec.structs.replace(
-                result, worker_id=self.worker_id, started_at_ms=started_at_ms
-            )
-        return result
-
-    async def _call(self, task: EnqueueTask) -> TaskResult | None:
+    async def _call(self, task: EnqueueTask, started_at_ms: int | None) -> TaskResult | None:
         """Run the task's handler and make its result; None when the attempt passed its
-        deadline (the engine's step timer records the timeout; nothing is sent)."""
+        deadline (the engine's step timer records the timeout; nothing is sent). With
+        `started_at_ms` (no TaskStarted was sent), the result says who ran it since when."""
         handler = self.handlers.get(task.task)
         if handler is None:
-            return self._fail(task, f"no handler for task {task.task!r} in this worker", "error")
+            failed = self._fail(task, f"no handler for task {task.task!r} in this worker", "error")
+            return self._ran_by(failed, started_at_ms)
         try:
             context = TaskContext(task, self.worker_id)
             context.live = self.live
         except Exception as error:
             message = f"the task's input or metadata cannot be read: {render_error(error)}"
-            return self._fail(task, message, "non_retryable")
-        outcome = await self._run_handler(handler, context, task)
+            return self._ran_by(self._fail(task, message, "non_retryable"), started_at_ms)
+        if task.deadline_ms is None:  # (no task of its own: `_run_handler`)
+            outcome: Returned | Raised | None = await invoke_here(handler, context)
+        else:
+            outcome = await self._run_handler(handler, context, task)
         if outcome is None:
             return None
         if isinstance(outcome, Raised):
-            return self._failure_of(task, outcome.error)
-        return self._output_of(task, with_children(outcome.value, context.children))
+            return self._ran_by(self._failure_of(task, outcome.error), started_at_ms)
+        value = with_children(outcome.value, context.children)
+        return self._output_of(task, value, started_at_ms)
+
+    def _ran_by(self, result: TaskResult, started_at_ms: int | None) -> TaskResult:
+        if started_at_ms is None:
+            return result
+        started = started_at_ms
+        return msgspec.structs.replace(result, worker_id=self.worker_id, started_at_ms=started)
 
     async def _run_handler(
         self, handler: Handler, context: TaskContext, task: EnqueueTask
@@ -453,28 +454,18 @@ class Worker:
         # KeyboardInterrupt, SystemExit, GeneratorExit, ...: the handler's, not the worker's.
         return self._fail(task, render_raised(error), "error", short_traceback(error))
 
-    def _output_of(self, task: EnqueueTask, value: object) -> TaskResult:
+    def _output_of(
+        self, task: EnqueueTask, value: object, started_at_ms: int | None = None
+    ) -> TaskResult:
         """The step output of what a handler returned, or an invalid_output failure saying
-        what is wrong and where."""
-        if read_envelope(task).turn > 0:
-            value = turn_result(value)
-            if value is None:
-                message = "an agent turn handler must return Continue(...) or Done(...)"
-                return self._fail(task, message, "invalid_output")
-        problem = output_problem(value)
-        if problem is not None:
-            return self._fail(task, cut_text(f"the output cannot be sent: {problem}"),
-                              "invalid_output")  # fmt: skip
-        try:
-            output = msgspec.json.encode(value)
-        except Exception as error:
-            message = f"the output cannot be encoded as JSON: {render_error(error)}"
-            return self._fail(task, cut_text(message), "invalid_output")
-        if len(output) > limits.payload_bytes_max:
-            message = (
-                f"the output is {len(output)} bytes; the limit is {limits.payload_bytes_max} bytes"
-            )
-            return self._fail(task, message, "invalid_output")
+        what is wrong and where; with `started_at_ms`, saying who ran it since when."""
+        output: bytes | str
+        if read_envelope(task).turn > 0 and (value := turn_result(value)) is None:
+            output = "an agent turn handler must return Continue(...) or Done(...)"
+        else:
+            output = output_json(value)
+        if isinstance(output, str):
+            return self._ran_by(self._fail(task, output, "invalid_output"), started_at_ms)
         return CompleteTask(
             run_id=task.run_id,
             at_ms=self.now_ms(),
@@ -482,6 +473,8 @@ class Worker:
             step_id=task.step_id,
             attempt=task.attempt,
             output=msgspec.Raw(output),
+            worker_id=self.worker_id if started_at_ms is not None else "",
+            started_at_ms=started_at_ms,
         )
 
     async def _send(
@@ -503,24 +496,17 @@ class Worker:
         if token is None and (deliveries := self._running.get(key)):
             token = getattr(deliveries[0], "task_token", None)  # the engine's, of this task
         payload = codec.encode(command)
-
-        def said(error: BaseException) -> None:
-            self.log.warning("%s not acknowledged (%s); sending it again until it is",
-                             msg_id, _described(error))  # fmt: skip
-
-        try:
-            tries = await publish_until_acked(
-                lambda: commands.publish_command(command.run_id, payload, msg_id, token=token),
-                send_ms_max=self.result_send_ms_max, retry_on=(Exception,),
-                never=(DagnatsError,), cut_off=lambda: self._drain_deadline,
-                delay_ms_min=settings.result_retry_delay_ms_min,
-                delay_ms_max=settings.result_retry_delay_ms_max, on_first_retry=said,
-            )  # fmt: skip
-        except NotAcknowledgedError as gave_up:
-            last_error = _described(gave_up.last)
-            raise ResultNotSentError(msg_id, gave_up.tries, gave_up.waited_ms, last_error) from None
+        tries = await send_until_acked(
+            partial(commands.publish_command, command.run_id, payload, msg_id, token=token),
+            msg_id, send_ms_max=self.result_send_ms_max, cut_off=self._drain_cut_off,
+            delay_ms_min=settings.result_retry_delay_ms_min,
+            delay_ms_max=settings.result_retry_delay_ms_max, log=self.log,
+        )  # fmt: skip
         if tries > 1:
             self.log.info("%s acknowledged after %d tries", msg_id, tries)
+
+    def _drain_cut_off(self) -> float:
+        return self._drain_deadline
 
     def _beats(self) -> Heartbeats:
         """The worker's heartbeats (one timer for all its attempts), at its interval."""
@@ -580,7 +566,3 @@ __all__ = [
     "read_envelope",
     "short_traceback",
 ]
-
-
-def _described(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}" if str(error) else repr(error)

@@ -17,6 +17,8 @@ error texts cut to their limit, and the check of what it returned before it is e
   nesting deeper than `json_depth_max`, a NaN or an infinity, bytes of any kind), with the
   JSON path of the first offending place (`$.items[3].score`), or None. The walk is
   iterative (an explicit stack), so a 100,000-deep value costs no recursion.
+- `output_json(value)`: the output's JSON bytes, or the text of why it cannot be sent (the
+  problem above, an encoder error, or its size over `payload_bytes_max`).
 
 This module does no I/O; it is pure functions over values the handler gave.
 """
@@ -240,6 +242,21 @@ def output_problem(value: object, depth_max: int = limits.json_depth_max) -> str
     """
     assert 1 <= depth_max <= 10_000, depth_max
     return None if _plain_json(value, depth_max) else walked_problem(value, depth_max)
+
+
+def output_json(value: object) -> bytes | str:
+    """The JSON bytes of a step output, or why it cannot be sent (a text naming the problem:
+    `output_problem`, what the encoder raised, or the size over `payload_bytes_max`)."""
+    problem = output_problem(value)
+    if problem is not None:
+        return cut_text(f"the output cannot be sent: {problem}")
+    try:
+        output = msgspec.json.encode(value)
+    except Exception as error:
+        return cut_text(f"the output cannot be encoded as JSON: {render_error(error)}")
+    if len(output) > limits.payload_bytes_max:
+        return f"the output is {len(output)} bytes; the limit is {limits.payload_bytes_max} bytes"
+    return output
 
 
 def walked_problem(value: object, depth_max: int) -> str | None:

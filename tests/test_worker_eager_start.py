@@ -22,6 +22,7 @@ import pytest
 
 from dagnats.worker import TaskContext, Worker
 from dagnats.worker_invoke import start_job
+from dagnats.worker_slots import HandlerSlots
 from kernel.effects import EnqueueTask
 
 TASK_TYPE = "eager.work"
@@ -85,7 +86,7 @@ def worker_logging(log: list[str]) -> Worker:
         return "done"
 
     worker.add(TASK_TYPE, handler)
-    worker._slots = asyncio.Semaphore(worker.concurrency)  # (as `serve` sets them)
+    worker._slots = HandlerSlots(worker.concurrency)  # (as `serve` sets them)
     return worker
 
 

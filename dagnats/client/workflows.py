@@ -5,12 +5,17 @@ Each workflow name has its own revisions 1, 2, 3 ... (stored in the value, see
 key's last bucket sequence, so two registrations at once get two numbers. Older entries
 without a stored number are numbered by their place in the key's history. An entry that is
 not a definition raises `StoredWorkflowError` (one line), never a decoder's traceback.
+The latest entry is read on every `get` (a start sees a registration at once), but decoded
+once per stored value: the definitions of the values seen last are kept (`decoded_kept_max`
+of at most `decoded_value_bytes_max` each, keyed by the stored bytes, so a new registration
+is decoded again), not decoded twice per start as before.
 `Client` delegates here; this module imports `dagnats.runtime` and `kernel`, never the CLI.
 """
 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Final
 
 import nats.js.errors
@@ -37,17 +42,25 @@ if TYPE_CHECKING:
 register_attempts_max: Final = 8  # compare-and-set retries when registrations race
 DELETED: Final = (b"DEL", b"PURGE")  # a KV entry's `KV-Operation` when it was deleted
 _KV_KEY: Final = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*")  # what a KV key may be
+decoded_kept_max: Final = 32  # decoded stored values kept (frozen definitions: shared safely)
+decoded_value_bytes_max: Final = 256 * 1024  # a larger stored value is decoded at each read
+# stored value -> (its definition, its own revision): the latest entries read, decoded once
+_decoded: OrderedDict[bytes, tuple[WorkflowDef, int | None]] = OrderedDict()
 
 
 class Revision:
     """One stored revision of a workflow: its own number and the bucket entry's value."""
 
-    __slots__ = ("kv_revision", "number", "value")
+    __slots__ = ("kv_revision", "number", "value", "workflow")
 
-    def __init__(self, number: int, value: bytes, kv_revision: int | None) -> None:
+    def __init__(
+        self, number: int, value: bytes, kv_revision: int | None,
+        workflow: WorkflowDef | None = None,
+    ) -> None:  # fmt: skip
         self.number = number
         self.value = value
         self.kv_revision = kv_revision
+        self.workflow = workflow  # the value decoded (None: not yet, or it is no definition)
 
 
 async def register(client: Client, workflow: WorkflowDef) -> int:
@@ -95,6 +108,8 @@ async def get(client: Client, name: str, revision: int | None) -> WorkflowDef:
         if not found:
             raise WorkflowRevisionNotFoundError(name, revision, [r.number for r in revisions])
         chosen = found[0]
+    if chosen.workflow is not None:
+        return chosen.workflow
     workflow, _ = decode_stored_workflow(name, chosen.value, chosen.kv_revision)
     return workflow
 
@@ -122,10 +137,32 @@ async def _latest(kv: KeyValue, name: str) -> Revision | None:
     if entry is None or kv_operation(entry.hdrs) in DELETED or not entry.data:
         return None  # none, or deleted or purged since
     try:
-        _, stored = decode_stored_workflow(name, entry.data, entry.seq)
+        workflow, stored = decoded_once(name, entry.data, entry.seq)
     except StoredWorkflowError:  # reported when it is read as a definition
-        stored = None
-    return Revision(stored or 0, entry.data, entry.seq)
+        return Revision(0, entry.data, entry.seq)
+    return Revision(stored or 0, entry.data, entry.seq, workflow)
+
+
+def decoded_once(name: str, value: bytes, kv_revision: int) -> tuple[WorkflowDef, int | None]:
+    """`decode_stored_workflow` of a stored value, kept for the next read of the same value
+    (at most `decoded_kept_max` values, the least recently read dropped first; not one over
+    `decoded_value_bytes_max`).
+
+    Raises:
+        StoredWorkflowError: the value is not a stored workflow definition (not kept).
+    """
+    kept = _decoded.get(value)
+    if kept is not None:
+        _decoded.move_to_end(value)
+        return kept
+    kept = decode_stored_workflow(name, value, kv_revision)
+    if len(value) > decoded_value_bytes_max:
+        return kept
+    _decoded[value] = kept
+    while len(_decoded) > decoded_kept_max:
+        _decoded.popitem(last=False)
+    assert len(_decoded) <= decoded_kept_max
+    return kept
 
 
 async def _next_number(js: JetStreamContext, name: str, latest: Revision) -> int:
