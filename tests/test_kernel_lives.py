@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from kernel.commands import CompleteTask, FailTask, TaskStarted
 from kernel.decide import decide
-from kernel.effects import EnqueueTask, life_tag
+from kernel.effects import EnqueueTask, life_of, life_tag
 from kernel.react import react
 from kernel.reducer import evolve
 from kernel.state import INITIAL_STATE, RunState
@@ -69,3 +69,9 @@ def test_a_result_without_a_life_tag_is_stored_as_before() -> None:
     encoded = msgspec.json.encode(_result("complete", msgspec.UNSET))
     assert b"life" not in encoded
     assert b'"life":"0000000b"' in msgspec.json.encode(_result("complete", life_tag(11)))
+
+
+def test_a_task_message_ids_life_is_what_its_results_carry() -> None:
+    state, enqueued = _running(0x1_2345_6789)
+    assert life_of(enqueued.msg_id) == life_tag(state.seed) == "23456789"
+    assert life_of("r1:a:1") is msgspec.UNSET  # (a task of before life tags)
