@@ -47,10 +47,18 @@ class StartRun(Command, frozen=True, kw_only=True, tag="start_run"):
     control_root_step: str | msgspec.UnsetType = msgspec.UNSET
 
 
+# A result's `life`: the life tag of the task it reports on (`<life>` of its message id
+# `<run>:<step>:<attempt>~<life>`, kernel/effects.task_msg_id). A result of another life of
+# the run (its id purged and started again while the old task ran) decides nothing. Unset in
+# results of workers of before life tags (and then not checked).
+Life = str | msgspec.UnsetType
+
+
 class TaskStarted(Command, frozen=True, kw_only=True, tag="task_started"):
     step_id: str
     attempt: int
     worker_id: str = ""
+    life: Life = msgspec.UNSET
 
 
 class CompleteTask(Command, frozen=True, kw_only=True, tag="complete_task"):
@@ -62,6 +70,7 @@ class CompleteTask(Command, frozen=True, kw_only=True, tag="complete_task"):
     output: msgspec.Raw = msgspec.Raw(b"null")
     worker_id: str = ""
     started_at_ms: int | None = None
+    life: Life = msgspec.UNSET
 
 
 class FailTask(Command, frozen=True, kw_only=True, tag="fail_task"):
@@ -75,6 +84,7 @@ class FailTask(Command, frozen=True, kw_only=True, tag="fail_task"):
     retry_after_ms: int | None = None
     worker_id: str = ""
     started_at_ms: int | None = None
+    life: Life = msgspec.UNSET
 
 
 class FireTimer(Command, frozen=True, kw_only=True, tag="fire_timer"):

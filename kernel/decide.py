@@ -147,6 +147,8 @@ def _decide(state: RunState, command: AnyCommand) -> Decided | Builder:
         return _lifecycle_operation(state, cast("ReopenRun | DiscardDeadLetter", command))
     if is_terminal(state):
         return _after_end(state, command)
+    if queries.of_another_life(state, command):  # (a task of an earlier run under this id)
+        return ()
     builder = Builder(state, command.at_ms, command.seed)
     rejection = _apply(builder, command)
     if rejection is not None:

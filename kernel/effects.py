@@ -160,6 +160,12 @@ def task_msg_id(run_id: str, step_id: str, attempt: int, seed: int) -> str:
     return f"{attempt_key(run_id, step_id, attempt)}~{life_tag(seed)}"
 
 
+def life_of(msg_id: str) -> str | msgspec.UnsetType:
+    """The life tag of a task message id (what its results carry: kernel/commands `Life`);
+    unset for an id without one."""
+    return msg_id.partition("~")[2] or msgspec.UNSET
+
+
 def attempt_key_of(msg_id: str) -> str:
     """The attempt key of a task message id (an id without a life tag is one already)."""
     return msg_id.partition("~")[0]

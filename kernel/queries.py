@@ -12,6 +12,7 @@ import msgspec
 from kernel import appended, limits
 from kernel.commands import AnyCommand, Rejection, SendSignal
 from kernel.dag_index import HandlerRole, dag_index
+from kernel.effects import life_tag
 from kernel.payloads import compose_object
 from kernel.state import DONE_STEP_STATUSES, RunState, StepState
 from kernel.workflow import NO_RETRY, RetryPolicy, StepDef
@@ -35,6 +36,14 @@ def current_attempt(state: RunState, step_id: str, attempt: int) -> StepState | 
         return None
     assert step.attempt <= limits.attempt_number_max, f"{step_id!r} at attempt {step.attempt}"
     return step if step.status in ("scheduled", "running") else None
+
+
+def of_another_life(state: RunState, command: AnyCommand) -> bool:
+    """Whether `command` is a result (TaskStarted, CompleteTask, FailTask) of a task of
+    another life of the run: its run id purged and started again while the old task ran
+    (kernel/commands `Life`; a result without a life tag is not checked)."""
+    life = getattr(command, "life", msgspec.UNSET)
+    return life is not msgspec.UNSET and life != life_tag(state.seed)
 
 
 def truncate(text: str) -> str:

@@ -22,6 +22,8 @@ from dagnats import TaskContext, Worker
 from dagnats.api.checks import HEARTBEAT_ENV, BridgeSettingError, bridge_ack_wait_ms
 from dagnats.runtime import settings
 from kernel import limits
+from kernel.commands import CompleteTask
+from kernel.effects import life_tag
 from kernel.events import StepCompleted, StepFailed, StepLost, StepStarted
 from kernel.workflow.builder import Retry, Workflow
 from tests.bridge_support import BridgeStack, bridge_stack
@@ -72,6 +74,11 @@ async def test_poll_complete_runs_the_step_once_with_the_workers_id(stack: Bridg
     assert [e.attempt for e in events if isinstance(e, StepCompleted)] == [1]
     started = [e for e in events if isinstance(e, StepStarted)]
     assert [e.worker_id for e in started] == [stack.bridge.worker_id]
+    # The result carries the life tag of its task (a run's seed: kernel/commands `Life`).
+    state_seed = (await stack.client.get_run(run_id)).seed
+    results = [d.command async for _, d in stack.client.history(run_id)]
+    completes = [c for c in results if isinstance(c, CompleteTask)]
+    assert [c.life for c in completes] == [life_tag(state_seed)], completes
 
 
 async def test_a_retryable_failure_then_a_completion_is_a_retry(stack: BridgeStack) -> None:

@@ -76,7 +76,7 @@ from dagnats.worker import ResultNotSentError, decode_task, read_envelope
 from dagnats.worker_safety import cut_text, render_error
 from kernel import limits
 from kernel.commands import CompleteTask, FailTask, FailureKind
-from kernel.effects import EnqueueTask, attempt_key
+from kernel.effects import EnqueueTask, attempt_key, life_of
 from kernel.errors import DecodeError
 
 log = logging.getLogger("dagnats.bridge")
@@ -460,7 +460,7 @@ class TaskBridge:
             run_id=lease.task.run_id, at_ms=self.now_ms(), seed=self.new_seed(),
             step_id=lease.task.step_id, attempt=lease.task.attempt,
             output=msgspec.Raw(encoded), worker_id=lease.worker_id,
-            started_at_ms=lease.handed_at_ms,
+            started_at_ms=lease.handed_at_ms, life=life_of(lease.task.msg_id),
         )  # fmt: skip
         return lease, command, "completed", None
 
@@ -575,5 +575,6 @@ class TaskBridge:
         return FailTask(
             run_id=task.run_id, at_ms=self.now_ms(), seed=self.new_seed(), step_id=task.step_id,
             attempt=task.attempt, error=cut_text(error), kind=kind, traceback=cut_text(trace),
+            life=life_of(task.msg_id),
         )  # fmt: skip
 
