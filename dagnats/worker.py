@@ -91,7 +91,7 @@ from dagnats.worker_send import ResultNotSentError, send_until_acked
 from dagnats.worker_slots import HandlerSlots
 from kernel import codec
 from kernel.commands import CompleteTask, FailTask, FailureKind, TaskStarted
-from kernel.effects import EnqueueTask
+from kernel.effects import EnqueueTask, life_of
 from kernel.errors import DagnatsError, DecodeError
 
 TaskResult = CompleteTask | FailTask
@@ -368,6 +368,7 @@ class Worker:
                     step_id=task.step_id,
                     attempt=task.attempt,
                     worker_id=self.worker_id,
+                    life=life_of(task.msg_id),
                 )
                 await self._send(commands, started, "started", task.msg_id)
                 return await self._call(task, None)
@@ -475,6 +476,7 @@ class Worker:
             output=msgspec.Raw(output),
             worker_id=self.worker_id if started_at_ms is not None else "",
             started_at_ms=started_at_ms,
+            life=life_of(task.msg_id),
         )
 
     async def _send(
@@ -535,6 +537,7 @@ def _fail(
         error=cut_text(error),
         kind=kind,
         traceback=cut_text(trace),
+        life=life_of(task.msg_id),
     )
 
 

@@ -14,6 +14,9 @@ import pytest
 
 from dagnats.client.errors import RunNotFoundError
 from dagnats.runtime.ended_runs import EndedRuns
+from kernel.codec import decode_decision
+from kernel.commands import CompleteTask, FailTask, TaskStarted
+from kernel.effects import life_tag
 from tests.fault_support import Processes, connected, workflow
 from tests.nats_fixtures import wait_for
 from tests.test_lifecycle_e2e import cli_json, wait_status
@@ -52,3 +55,15 @@ async def test_a_deleted_runs_id_starts_a_new_run_that_completes(
         history = [item async for item in client.history_bytes(run_id)]
         assert len(history) == len(first_history)
         assert min(seq for seq, _ in history) > max(seq for seq, _ in first_history)
+        # Its results carry its life's tag (a result of the first life would decide nothing).
+        state = await client.get_run(run_id)
+        lives = {
+            decision.command.life
+            async for _, decision in client.history(run_id)
+            if isinstance(decision.command, CompleteTask | TaskStarted | FailTask)
+        }
+        assert lives == {life_tag(state.seed)}, lives
+        first_lives = {
+            decode_decision(data).command.seed for _, data in first_history[:1]
+        }
+        assert {life_tag(seed) for seed in first_lives} != lives
