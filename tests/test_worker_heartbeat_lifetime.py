@@ -127,7 +127,8 @@ async def test_the_tail_names_each_message_by_its_own_run_across_overflows(
     await append(1)
     tail = log.tail(after_seq=0)
     seen = [await anext(tail)]
-    reader = tail.ag_frame.f_locals["reader"]  # type: ignore[attr-defined]
+    batches = tail.ag_frame.f_locals["batches"]  # type: ignore[attr-defined]  # (tail_batches)
+    reader = batches.ag_frame.f_locals["reader"]
     try:
         for _ in range(4):
             await append(40)  # while nothing is taken: the reader fills and drops
