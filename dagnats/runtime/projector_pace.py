@@ -10,7 +10,8 @@ asks its `Pacer` for a turn: the pacer lets the loop run what is ready (one `sle
 while the engine has commands in flight (fetched, not yet acked) it waits for a moment when it
 has none, looking every `pace_poll_ms`. The wait is bounded: once a batch has waited
 `pace_defer_ms_max` in all, its remaining slices run without waiting, yielding to the loop
-every `pace_run_ms_max`, so under constant load (the engine never without a command) the
+every `pace_run_ms_max` (a backlog batch, of more than `pace_defer_batch_messages_max`
+messages, does so from its start), so under constant load (the engine never without a command) the
 projections still get their turn and their lag stays bounded (about the linger, plus this
 bound, plus the batch's own time), while a command waits at most that long behind them.
 
@@ -40,6 +41,13 @@ pace_poll_ms: Final = 1
 # yields: a loop iteration under load runs many callbacks of the engine, and one slice per
 # iteration could fall behind a constant stream of appends for as long as it lasts.
 pace_run_ms_max: Final = 2
+# A batch of more messages than this is a backlog (the tail is behind the stream: a batch
+# gathers what came while the last one was applied): it does not wait for the engine, only
+# yields between slices. Waiting `pace_defer_ms_max` per batch under constant load capped a
+# lane at about `batch_messages_max` messages per that wait (the snapshots: about 12,000 a
+# second against 16,000-45,000 unpaced), past which its lag grew without bound. The query
+# tables apply such a batch in a thread (`projector_sqlite.inline_batch_messages_max`).
+pace_defer_batch_messages_max: Final = 128
 
 Busy = Callable[[], int]  # how many commands the engine has in flight (0: none)
 
@@ -67,9 +75,10 @@ class Pacer:
         self.deferred_s = 0.0  # time batches spent waiting for the engine (for tests, stats)
         self.turns = 0
 
-    def start_batch(self) -> None:
-        """A batch begins: its deferral budget starts now."""
-        self._deadline = time.monotonic() + self.defer_s
+    def start_batch(self, *, defer: bool = True) -> None:
+        """A batch begins: its deferral budget starts now (none when not `defer`: it only
+        yields between slices, as a batch past its budget)."""
+        self._deadline = time.monotonic() + (self.defer_s if defer else 0.0)
         self._yielded_at = 0.0
 
     async def turn(self) -> None:
@@ -103,6 +112,6 @@ def slices(messages: list[tuple[int, str, bytes]], size: int = slice_messages_ma
 
 
 __all__ = [
-    "Busy", "Pacer", "pace_defer_ms_max", "pace_poll_ms", "pace_run_ms_max", "slice_messages_max",
-    "slices",
+    "Busy", "Pacer", "pace_defer_batch_messages_max", "pace_defer_ms_max", "pace_poll_ms",
+    "pace_run_ms_max", "slice_messages_max", "slices",
 ]  # fmt: skip

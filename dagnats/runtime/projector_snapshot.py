@@ -31,7 +31,7 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector_folds import SharedFolds
-from dagnats.runtime.projector_pace import Pacer, slices
+from dagnats.runtime.projector_pace import Pacer, pace_defer_batch_messages_max, slices
 from dagnats.runtime.resources import (
     PROJECTIONS_BUCKET,
     RUNS_BUCKET,
@@ -251,7 +251,7 @@ class SnapshotTarget:
         if pacer is None:
             events = await self._apply_part(messages)
         else:
-            pacer.start_batch()
+            pacer.start_batch(defer=len(messages) <= pace_defer_batch_messages_max)
             for part in slices(messages):
                 await pacer.turn()
                 events += await self._apply_part(part)
