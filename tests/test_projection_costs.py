@@ -21,7 +21,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from sqlite_utils import Database
 
-from dagnats.runtime.projector_sqlite import SqliteTarget
+from dagnats.runtime.projector_sqlite import SqliteTarget, wal_size_limit_bytes
 from projections.base import Message, SqliteRunner, read_checkpoint
 from projections.sqlite import QueryTables
 from tests.projection_support import History, completed_run, histories
@@ -128,3 +128,26 @@ async def test_a_live_tails_batch_of_a_hundred_ms_is_applied_inline(tmp_path: Pa
         await target.close()
     pragmas = [s for s in statements if s.startswith("PRAGMA busy_timeout")]
     assert pragmas == ["PRAGMA busy_timeout = 0"], f"not applied inline: {pragmas}"
+
+
+async def test_the_query_tables_wal_is_cut_back_after_a_checkpoint(tmp_path: Path) -> None:
+    """The WAL is checkpointed by serve's thread, not inside commits (projector_sqlite): it
+    grows by a second of batches, and is cut back to `wal_size_limit_bytes` after a
+    checkpoint, not left at its largest while serve runs."""
+    path = tmp_path / "dagnats.sqlite"
+    target = SqliteTarget(path, QueryTables(), inline=True)
+    await target.open()
+    assert target.db is not None
+    try:
+        limit = target.db.conn.execute("PRAGMA journal_size_limit").fetchone()[0]
+        assert limit == wal_size_limit_bytes
+        target.db.conn.execute("CREATE TABLE filler (x BLOB)")
+        for _ in range(2 * wal_size_limit_bytes // 4_000):
+            target.db.conn.execute("INSERT INTO filler VALUES (randomblob(4000))")
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size > wal_size_limit_bytes
+        target.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        target.db.conn.execute("INSERT INTO filler VALUES (x'00')")  # (the WAL starts over)
+        assert wal.stat().st_size <= wal_size_limit_bytes
+    finally:
+        await target.close()
