@@ -144,10 +144,12 @@ async def test_the_query_tables_wal_is_cut_back_after_a_checkpoint(tmp_path: Pat
         target.db.conn.execute("CREATE TABLE filler (x BLOB)")
         for _ in range(2 * wal_size_limit_bytes // 4_000):
             target.db.conn.execute("INSERT INTO filler VALUES (randomblob(4000))")
+        target.db.conn.commit()
         wal = path.with_name(path.name + "-wal")
         assert wal.stat().st_size > wal_size_limit_bytes
         target.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         target.db.conn.execute("INSERT INTO filler VALUES (x'00')")  # (the WAL starts over)
+        target.db.conn.commit()
         assert wal.stat().st_size <= wal_size_limit_bytes
     finally:
         await target.close()
