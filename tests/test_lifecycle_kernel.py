@@ -63,7 +63,8 @@ def test_a_failed_run_reopens_from_its_failed_step_keeping_earlier_outputs() -> 
     assert kept is not None and kept.output == raw("A") and kept.attempt == 1
     assert when.state.error is None and when.state.ended_at_ms is None and when.state.reopens == 1
     tasks = [e for e in when.effects if isinstance(e, EnqueueTask)]
-    assert [t.msg_id for t in tasks] == [f"{RUN_ID}:b:2"], "a new attempt: a new message id"
+    ids = [t.msg_id for t in tasks]
+    assert ids == [f"{RUN_ID}:b:2~00000000"], "a new attempt: a new message id"
 
 
 def test_a_reopened_run_completes_and_its_policy_counts_afresh() -> None:

@@ -85,8 +85,8 @@ def test_a_map_expands_and_schedules_up_to_max_concurrency_items() -> None:
     when.then_lacks(MapItemScheduled, index=2)
     tasks = [e for e in when.effects if isinstance(e, EnqueueTask)]
     assert [(t.step_id, t.task, bytes(t.input), t.msg_id) for t in tasks] == [
-        ("m.0", "work", b'"p"', "r1:m.0:1"),
-        ("m.1", "work", b'"q"', "r1:m.1:1"),
+        ("m.0", "work", b'"p"', "r1:m.0:1~00000000"),  # (the run's seed: 0)
+        ("m.1", "work", b'"q"', "r1:m.1:1~00000000"),
     ]
 
 

@@ -87,7 +87,7 @@ def test_a_valid_plan_is_recorded_namespaced_and_its_roots_start_with_the_planne
     when.then_lacks(StepScheduled, step_id="p.y").then_lacks(StepScheduled, step_id="b")
     when.then_lacks(StepCompleted, step_id="p")
     tasks = [(e.step_id, e.msg_id) for e in when.effects if isinstance(e, EnqueueTask)]
-    assert tasks == [("p.x", "r1:p.x:1"), ("p.z", "r1:p.z:1")]
+    assert tasks == [("p.x", "r1:p.x:1~00000000"), ("p.z", "r1:p.z:1~00000000")]
 
 
 def test_downstream_waits_for_the_whole_plan_then_gets_its_terminal_outputs() -> None:

@@ -13,7 +13,9 @@ import dagnats.runtime.engine
 import kernel.batch
 from dagnats import NonRetryableError, TaskContext, Worker
 from dagnats.testing import simulate
-from kernel.decide import decide
+from kernel.commands import AnyCommand
+from kernel.decide import Folded, decide, decide_folded
+from kernel.state import RunState
 from tests.decide_oracle import oracle_decide
 
 WORKFLOW: dict[str, Any] = {
@@ -82,7 +84,12 @@ def test_every_decision_of_simulated_mixed_runs_is_the_full_scans(
 ) -> None:
     checked: list[int] = []
     checking = oracle_decide(decide, checked)
-    monkeypatch.setattr(dagnats.runtime.engine, "decide", checking)
+
+    def checking_folded(state: RunState, command: AnyCommand) -> Folded:
+        checking(state, command)  # (the engine decides by decide_folded: decide's, folded)
+        return decide_folded(state, command)
+
+    monkeypatch.setattr(dagnats.runtime.engine, "decide_folded", checking_folded)
     monkeypatch.setattr(kernel.batch, "decide", checking)
     report = simulate(WORKFLOW, _worker(), seeds=10, runs=6)
     assert report.failures == [], report.failures
