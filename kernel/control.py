@@ -39,7 +39,7 @@ from kernel.control_events import (
     ControlTreeRefused,
     ControlTreeReleased,
 )
-from kernel.effects import AnyEffect, CancelChild, SendCommand
+from kernel.effects import AnyEffect, CancelChild, SendCommand, life_tag
 from kernel.errors import WorkflowInvalidError
 from kernel.event_base import NULL
 from kernel.state import RunState
@@ -323,6 +323,7 @@ def cancel_children(state: RunState, step_id: str) -> tuple[AnyEffect, ...]:
             child_run_id=child.child_run_id,
             at_ms=child.at_ms,
             reason=f"cancelled by parent run {state.run_id!r}: agent loop {step_id!r} ended",
+            seed=state.seed,
         )
         for child in control_of(state).active
         if child.step_id == step_id
@@ -422,7 +423,8 @@ def ask(state: RunState, child: ActiveChild) -> SendCommand:
         requester_run_id=state.run_id, requester_step_id=child.step_id, turn=child.turn,
         index=child.index, generation=state.depth + 1, writes=bytes(child.definition) != b"null",
     )  # fmt: skip
-    return SendCommand(run_id=state.run_id, command=command, msg_id=f"ask:{child.child_run_id}")
+    msg_id = f"ask:{child.child_run_id}~{life_tag(state.seed)}"  # (a run id used again)
+    return SendCommand(run_id=state.run_id, command=command, msg_id=msg_id)
 
 
 def answer(root: RunState, verdict: TreeChild) -> SendCommand:
@@ -433,7 +435,7 @@ def answer(root: RunState, verdict: TreeChild) -> SendCommand:
         child_run_id=verdict.child_run_id, turn=verdict.turn, index=verdict.index,
         granted=not verdict.rule, rule=verdict.rule, message=verdict.message,
     )  # fmt: skip
-    msg_id = f"answer:{verdict.child_run_id}"
+    msg_id = f"answer:{verdict.child_run_id}~{life_tag(root.seed)}"
     return SendCommand(run_id=root.run_id, command=command, msg_id=msg_id)
 
 
@@ -447,4 +449,5 @@ def release(state: RunState, step_id: str, child_run_id: str, at_ms: int) -> Sen
     """Tell the root to stop counting `child_run_id` (it ended, or its loop did)."""
     root, root_step = root_of(state, step_id)
     command = ReleaseChild(run_id=root, at_ms=at_ms, step_id=root_step, child_run_id=child_run_id)
-    return SendCommand(run_id=state.run_id, command=command, msg_id=f"release:{child_run_id}")
+    msg_id = f"release:{child_run_id}~{life_tag(state.seed)}"
+    return SendCommand(run_id=state.run_id, command=command, msg_id=msg_id)

@@ -80,6 +80,7 @@ class ReportToParent(Effect, frozen=True, kw_only=True):
     output: msgspec.Raw
     error: str
     at_ms: int
+    seed: int = 0  # the reporting run's (its life tag in the message id: `life_tag`)
 
 
 class CancelChild(Effect, frozen=True, kw_only=True):
@@ -88,6 +89,7 @@ class CancelChild(Effect, frozen=True, kw_only=True):
     child_run_id: str
     reason: str
     at_ms: int
+    seed: int = 0  # the parent run's (its life tag in the message id: `life_tag`)
 
 
 class WatchEvents(Effect, frozen=True, kw_only=True):

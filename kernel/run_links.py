@@ -34,6 +34,7 @@ def _report(state: RunState, status: ChildStatus) -> ReportToParent:
         output=state.output if status == "completed" else msgspec.Raw(b"null"),
         error=error,
         at_ms=at_ms,
+        seed=state.seed,
     )
 
 

@@ -243,7 +243,10 @@ def _cancel_child(
         return ()  # a detached child outlives its parent
     child = child_run_id(state.run_id, step_id, attempt)
     reason = f"cancelled by parent run {state.run_id!r} (step {step_id!r}): {why}"
-    return (CancelChild(run_id=state.run_id, child_run_id=child, reason=reason, at_ms=at_ms),)
+    cancel = CancelChild(
+        run_id=state.run_id, child_run_id=child, reason=reason, at_ms=at_ms, seed=state.seed
+    )
+    return (cancel,)
 
 
 SUB_WORKFLOW = registry.register(SubWorkflowStep())

@@ -160,6 +160,9 @@ class EngineSide:
     def cached(self, run_id: str) -> Any:
         return None  # (no run is cached here)
 
+    def forget(self, run_id: str) -> None:
+        raise AssertionError(f"no run is cached here ({run_id})")
+
 
 async def _never(*_: object) -> Any:
     raise AssertionError("no run is decided here")

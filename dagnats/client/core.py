@@ -492,7 +492,7 @@ class Client:
         if is_terminal(state):
             raise RunFinishedError(run_id, state.status)
         command = CancelRun(run_id=run_id, at_ms=now_ms(), seed=new_seed(), reason=reason)
-        await self.send(command, msg_id=f"cancel:{run_id}")
+        await self.send(command, msg_id=f"cancel:{run_id}~{life_tag(state.seed)}")  # (its life)
 
     async def signal(self, run_id: str, name: str, payload: object = None) -> None:
         """Send a named signal with a JSON payload to a run (recorded in its history, in order).

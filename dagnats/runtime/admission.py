@@ -96,6 +96,9 @@ class Loaded(Protocol):
     @property
     def state(self) -> RunState: ...
 
+    @property
+    def last_seq(self) -> int: ...
+
 
 class EngineSide(Protocol):
     """What admission needs of the engine (runtime/engine.py)."""
@@ -105,6 +108,8 @@ class EngineSide(Protocol):
     async def load(self, run_id: str) -> Loaded: ...
 
     def cached(self, run_id: str) -> Loaded | None: ...
+
+    def forget(self, run_id: str) -> None: ...
 
 
 _NO_FOLLOW_UPS: Final = FollowUps()  # (frozen: shared)
@@ -200,7 +205,7 @@ class AdmissionRuntime:
                 return await self._continued(command)
             if admission is None:
                 return None
-            if (await self.engine.load(command.run_id)).state.status != "new":
+            if (await self._run_now(command.run_id)).status != "new":
                 return command  # the same start again: the run decides it to nothing
             errors = input_errors(workflow, bytes(start.input))
             if errors:
@@ -213,18 +218,32 @@ class AdmissionRuntime:
                 return command
             return await self._ask(command.run_id, command.at_ms, start, start)
         if isinstance(command, FireTimer) and command.kind == "run_at":  # a scheduled start
-            state = (await self.engine.load(command.run_id)).state
+            state = await self._run_now(command.run_id)
             if state.status != "scheduled":
                 return command
             admit = AdmitRun(run_id=command.run_id, at_ms=command.at_ms)
             return await self._ask(command.run_id, command.at_ms, state, admit)
         return command
 
+    async def _run_now(self, run_id: str) -> RunState:
+        """The run's state as its history holds it now, for a look before its start: a state
+        the engine holds of a run that has since been deleted (whose id may be starting a new
+        run, README "Retention") would let that start pass its gate unasked, so a cached run
+        that is not new is checked against its history's last sequence (one read, for a
+        start of a gated workflow whose run exists: a duplicate, or an id used again)."""
+        loaded = await self.engine.load(run_id)
+        if loaded.state.status == "new":
+            return loaded.state  # (its start is asked at the gate: nothing passes unasked)
+        if await self.engine.history.last_seq(run_id) == loaded.last_seq:
+            return loaded.state
+        self.engine.forget(run_id)  # (another life of the id, or another engine appended)
+        return (await self.engine.load(run_id)).state
+
     async def _continued(self, command: StartRun) -> AnyCommand | tuple[AnyCommand, FollowUps]:
         """The start of a continue-as-new successor: it takes over its predecessor's slot
         when both runs land on the same gate; else the predecessor's slot is released."""
         previous = command.continued_from or ""
-        state = (await self.engine.load(command.run_id)).state
+        state = await self._run_now(command.run_id)
         predecessor = (await self.engine.load(previous)).state
         held = _gate_of_run(predecessor)
         admission = command.workflow.admission
