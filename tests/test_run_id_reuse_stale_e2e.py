@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from dagnats.client.errors import RunNotFoundError
 from dagnats.runtime.resources import COMMANDS_STREAM, ENGINE_CONSUMER
 from kernel.events import StepCompleted, StepScheduled
@@ -27,11 +25,6 @@ def _steps(gate: str) -> list[dict[str, Any]]:
     return [{"id": "only", "task": "fault.work", "metadata": {"gate": gate}}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a result names no life and its task token signs `<run>:<step>:<attempt>`, "
-    "so the old life's late result completes the new life's attempt (review r12-rev-a)",
-)
 async def test_a_late_result_of_a_deleted_run_does_not_complete_its_ids_new_run(
     procs: Processes, tmp_path: Path
 ) -> None:
