@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.js import JetStreamContext
 
 from dagnats.client.errors import RunNotFoundError
+from dagnats.runtime.clock import now_ms
 from dagnats.runtime.ended_runs import EndedRuns
+from dagnats.runtime.resources import COMMANDS_STREAM, SCHEDULE_PREFIX
+from dagnats.runtime.timers import JetStreamTimers
 from kernel.codec import decode_decision
 from kernel.commands import CompleteTask, FailTask, TaskStarted
 from kernel.effects import life_tag
@@ -25,6 +29,13 @@ STEPS: list[dict[str, Any]] = [
     {"id": "first", "task": "fault.work"},
     {"id": "second", "task": "fault.work", "depends_on": ["first"]},
 ]
+
+
+async def _schedules(js: JetStreamContext, run_id: str) -> int:
+    """The run's armed timers (message schedules in the commands stream)."""
+    subject = f"{SCHEDULE_PREFIX}.{run_id}.>"
+    info = await js.stream_info(COMMANDS_STREAM, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
 
 
 async def test_a_deleted_runs_id_starts_a_new_run_that_completes(
@@ -43,11 +54,17 @@ async def test_a_deleted_runs_id_starts_a_new_run_that_completes(
             return await markers.ended(run_id) is not None
 
         await wait_for(marked, timeout_ms=15_000, what="the ended-run marker")
+        async with connected(serve.url, "admin") as admin:  # a timer left armed (a crash)
+            timers = JetStreamTimers(admin.connection.js)
+            await timers.arm(run_id, "leftover", now_ms() + 3_600_000, b"{}")
+            assert await _schedules(admin.connection.js, run_id) == 1
 
         cli_json(procs, "run", "delete", run_id, "--nats-url", serve.url)
         with pytest.raises(RunNotFoundError):
             await client.get_run(run_id)
         assert await markers.ended(run_id) is None
+        async with connected(serve.url, "admin") as admin:
+            assert await _schedules(admin.connection.js, run_id) == 0
 
         again = await client.start("twice", {"n": 1}, run_id="order-7")
         assert again == run_id

@@ -43,9 +43,11 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.resources import (
+    COMMANDS_STREAM,
     ENDED_BUCKET,
     HISTORY_STREAM,
     RUNS_BUCKET,
+    SCHEDULE_PREFIX,
     check_run_id,
     history_subject,
 )
@@ -145,6 +147,9 @@ async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: in
         headers={"Nats-Msg-Id": f"purge:{run_id}:{last_seq}"},
     )
     await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id), seq=last_seq + 1)
+    # Its timers left armed (an engine stopped between the run's last append and their
+    # cancels) would fire into a new run under its id: the run's schedules go too.
+    await js.purge_stream(COMMANDS_STREAM, subject=f"{SCHEDULE_PREFIX}.{run_id}.>")
     for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
         with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
             await (await js.key_value(bucket)).purge(run_id)
