@@ -210,6 +210,7 @@ class Worker:
         check_concurrency(self.concurrency)
         self._slots = HandlerSlots(self.concurrency)
         self._wake = asyncio.Event()
+        self._drain_deadline = float("inf")  # (a worker served again: not its last drain's)
         if self.live is None and isinstance(commands, LivePublisher):
             self.live = commands
         fetching = FetchLoop(
