@@ -39,7 +39,7 @@ from kernel.control_events import (
     ControlTreeRefused,
     ControlTreeReleased,
 )
-from kernel.effects import AnyEffect, CancelChild, SendCommand, life_tag
+from kernel.effects import AnyEffect, CancelChild, SendCommand, in_life
 from kernel.errors import WorkflowInvalidError
 from kernel.event_base import NULL
 from kernel.state import RunState
@@ -423,7 +423,7 @@ def ask(state: RunState, child: ActiveChild) -> SendCommand:
         requester_run_id=state.run_id, requester_step_id=child.step_id, turn=child.turn,
         index=child.index, generation=state.depth + 1, writes=bytes(child.definition) != b"null",
     )  # fmt: skip
-    msg_id = f"ask:{child.child_run_id}~{life_tag(state.seed)}"  # (a run id used again)
+    msg_id = in_life(f"ask:{child.child_run_id}", state.seed)
     return SendCommand(run_id=state.run_id, command=command, msg_id=msg_id)
 
 
@@ -435,7 +435,7 @@ def answer(root: RunState, verdict: TreeChild) -> SendCommand:
         child_run_id=verdict.child_run_id, turn=verdict.turn, index=verdict.index,
         granted=not verdict.rule, rule=verdict.rule, message=verdict.message,
     )  # fmt: skip
-    msg_id = f"answer:{verdict.child_run_id}~{life_tag(root.seed)}"
+    msg_id = in_life(f"answer:{verdict.child_run_id}", root.seed)
     return SendCommand(run_id=root.run_id, command=command, msg_id=msg_id)
 
 
@@ -449,5 +449,5 @@ def release(state: RunState, step_id: str, child_run_id: str, at_ms: int) -> Sen
     """Tell the root to stop counting `child_run_id` (it ended, or its loop did)."""
     root, root_step = root_of(state, step_id)
     command = ReleaseChild(run_id=root, at_ms=at_ms, step_id=root_step, child_run_id=child_run_id)
-    msg_id = f"release:{child_run_id}~{life_tag(state.seed)}"
+    msg_id = in_life(f"release:{child_run_id}", state.seed)
     return SendCommand(run_id=state.run_id, command=command, msg_id=msg_id)

@@ -8,6 +8,8 @@ tasks' duplicate window): the run's seed, which each start draws anew.
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 
 from kernel.commands import ChildStatus, ControlCommand, FireTimer
@@ -156,18 +158,28 @@ def life_tag(seed: int) -> str:
     return f"{seed & 0xFFFFFFFF:08x}"
 
 
+LIFE_SEPARATOR: Final = "~"  # (never in a run or step id: a subject token's characters)
+
+
+def in_life(msg_id: str, seed: int) -> str:
+    """`msg_id` of the life of the run whose seed is `seed`: `<msg_id>~<life>`. Every message
+    id a run's life sends under is so tagged, so a run id purged and started again within a
+    duplicate window has its messages kept, not dropped as copies of the old life's."""
+    return f"{msg_id}{LIFE_SEPARATOR}{life_tag(seed)}"
+
+
 def task_msg_id(run_id: str, step_id: str, attempt: int, seed: int) -> str:
     """The idempotency key of one attempt of one life of a run: `<run>:<step>:<attempt>~<life>`
-    (`seed`: the run's, RunState.seed). Run and step ids never hold `~`."""
-    return f"{attempt_key(run_id, step_id, attempt)}~{life_tag(seed)}"
+    (`seed`: the run's, RunState.seed)."""
+    return in_life(attempt_key(run_id, step_id, attempt), seed)
 
 
 def life_of(msg_id: str) -> str | msgspec.UnsetType:
     """The life tag of a task message id (what its results carry: kernel/commands `Life`);
     unset for an id without one."""
-    return msg_id.partition("~")[2] or msgspec.UNSET
+    return msg_id.partition(LIFE_SEPARATOR)[2] or msgspec.UNSET
 
 
 def attempt_key_of(msg_id: str) -> str:
     """The attempt key of a task message id (an id without a life tag is one already)."""
-    return msg_id.partition("~")[0]
+    return msg_id.partition(LIFE_SEPARATOR)[0]

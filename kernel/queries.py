@@ -7,10 +7,12 @@ are decided here; `kernel/decide.py` does that.
 
 from __future__ import annotations
 
+from typing import Final, cast
+
 import msgspec
 
 from kernel import appended, limits
-from kernel.commands import AnyCommand, Rejection, SendSignal
+from kernel.commands import AnyCommand, CompleteTask, FailTask, Rejection, SendSignal, TaskStarted
 from kernel.dag_index import HandlerRole, dag_index
 from kernel.effects import life_tag
 from kernel.payloads import compose_object
@@ -42,8 +44,13 @@ def of_another_life(state: RunState, command: AnyCommand) -> bool:
     """Whether `command` is a result (TaskStarted, CompleteTask, FailTask) of a task of
     another life of the run: its run id purged and started again while the old task ran
     (kernel/commands `Life`; a result without a life tag is not checked)."""
-    life = getattr(command, "life", msgspec.UNSET)
+    if type(command) not in _RESULTS:  # (every command comes here: no attribute look-up)
+        return False
+    life = cast("TaskStarted | CompleteTask | FailTask", command).life
     return life is not msgspec.UNSET and life != life_tag(state.seed)
+
+
+_RESULTS: Final = frozenset({TaskStarted, CompleteTask, FailTask})
 
 
 def truncate(text: str) -> str:

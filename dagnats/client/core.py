@@ -62,7 +62,7 @@ from dagnats.runtime.triggers_plan import check_zones
 from kernel import codec, limits
 from kernel.commands import AnyCommand, CancelRun, ScheduleRun, SendSignal, StartGated, StartRun
 from kernel.decide import decide
-from kernel.effects import life_tag
+from kernel.effects import in_life
 from kernel.errors import DagnatsError, PayloadTooLargeError, WorkflowInvalidError
 from kernel.events import ChildStarted, Decision
 from kernel.state import RunState, is_terminal
@@ -273,7 +273,7 @@ class Client:
         # again under its id (a new seed) is another, even within the duplicate window.
         seed = command.seed if isinstance(command, StartRun) else command.start.seed
         run_id = command.run_id
-        await self.send(command, msg_id=f"start:{run_id}~{life_tag(seed)}")
+        await self.send(command, msg_id=in_life(f"start:{run_id}", seed))
         self._remember_started(run_id)
         try:  # (shielded: a caller cancelled here has it closed once open, by `start`)
             watch = await asyncio.shield(opening)
@@ -492,7 +492,7 @@ class Client:
         if is_terminal(state):
             raise RunFinishedError(run_id, state.status)
         command = CancelRun(run_id=run_id, at_ms=now_ms(), seed=new_seed(), reason=reason)
-        await self.send(command, msg_id=f"cancel:{run_id}~{life_tag(state.seed)}")  # (its life)
+        await self.send(command, msg_id=in_life(f"cancel:{run_id}", state.seed))
 
     async def signal(self, run_id: str, name: str, payload: object = None) -> None:
         """Send a named signal with a JSON payload to a run (recorded in its history, in order).

@@ -30,7 +30,7 @@ from kernel.commands import (
     TerminateRun,
 )
 from kernel.decide import decide
-from kernel.effects import life_tag
+from kernel.effects import in_life
 from kernel.errors import DagnatsError
 from kernel.reducer import evolve
 from kernel.reopen import DeadLetter, dead_letters
@@ -83,7 +83,7 @@ async def retry(
         reopens=state.reopens, reason=reason,
     )  # fmt: skip
     _checked(state, command)
-    await client.send(command, msg_id=f"reopen:{run_id}~{life_tag(state.seed)}:{state.reopens}")
+    await client.send(command, msg_id=in_life(f"reopen:{run_id}:{state.reopens}", state.seed))
     return await _await(client, run_id, lambda s: s.reopens > state.reopens, confirm_wait_s)
 
 
@@ -106,7 +106,7 @@ async def terminate(client: Client, run_id: str, reason: str) -> None:
     if is_terminal(state):
         raise RunFinishedError(run_id, state.status)
     command = TerminateRun(run_id=run_id, at_ms=now_ms(), seed=new_seed(), reason=reason)
-    await client.send(command, msg_id=f"terminate:{run_id}~{life_tag(state.seed)}")
+    await client.send(command, msg_id=in_life(f"terminate:{run_id}", state.seed))
 
 
 async def discard(
@@ -120,8 +120,8 @@ async def discard(
         attempt=letter.attempt, reason=reason,
     )  # fmt: skip
     _checked(state, command)
-    life = life_tag(state.seed)  # (a run deleted and its id started again: another life)
-    await client.send(command, msg_id=f"discard:{run_id}~{life}:{step_id}:{letter.attempt}")
+    msg_id = in_life(f"discard:{run_id}:{step_id}:{letter.attempt}", state.seed)
+    await client.send(command, msg_id=msg_id)
     key = f"{step_id}:{letter.attempt}"
     await _await(client, run_id, lambda s: key in s.discarded, confirm_wait_s_default)
     return letter

@@ -41,7 +41,7 @@ from kernel.effects import (
     StartChild,
     StartContinuation,
     WatchEvents,
-    life_tag,
+    in_life,
 )
 from kernel.errors import DagnatsError
 from kernel.workflow import WorkflowDef
@@ -110,13 +110,13 @@ class RunLinks:
                     output=effect.output,
                     error=effect.error,
                 )
-                life = life_tag(effect.seed)  # (a run id used again: another life)
-                await self._send(command, f"child:{effect.run_id}~{life}:{effect.status}")
+                msg_id = in_life(f"child:{effect.run_id}:{effect.status}", effect.seed)
+                await self._send(command, msg_id)
             case CancelChild():
                 cancel = CancelRun(
                     run_id=effect.child_run_id, at_ms=effect.at_ms, reason=effect.reason
                 )
-                await self._send(cancel, f"cancel:{effect.child_run_id}~{life_tag(effect.seed)}")
+                await self._send(cancel, in_life(f"cancel:{effect.child_run_id}", effect.seed))
             case WatchEvents():
                 await self._watch(effect)
             case PublishNotice():
@@ -144,7 +144,7 @@ class RunLinks:
                 error=f"workflow {effect.workflow!r} is not registered; the child cannot start",
                 retryable=False,
             )
-            await self._send(failure, f"child:{child}~{life_tag(effect.seed)}:missing")
+            await self._send(failure, in_life(f"child:{child}:missing", effect.seed))
             return
         start = StartRun(
             run_id=child,
@@ -159,7 +159,7 @@ class RunLinks:
             control_root=effect.control_root or msgspec.UNSET,
             control_root_step=effect.control_root_step or msgspec.UNSET,
         )
-        await self._send(start, f"start:{child}~{life_tag(effect.seed)}")  # (its life: seed)
+        await self._send(start, in_life(f"start:{child}", effect.seed))
 
     async def _publish_notice(self, effect: PublishNotice) -> None:
         """Publish a step's notice on `dagnats.<topic>.<run>.<step>`; fire and forget (at
@@ -191,7 +191,7 @@ class RunLinks:
             chain_root=effect.chain_root,
             chain_index=effect.chain_index,
         )
-        await self._send(start, f"start:{effect.new_run_id}~{life_tag(effect.seed)}")
+        await self._send(start, in_life(f"start:{effect.new_run_id}", effect.seed))
 
     # -- external events -----------------------------------------------------------------
 
