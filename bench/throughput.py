@@ -1,43 +1,64 @@
 """Throughput across runs: RUNS runs of a STEPS-step no-op chain, all started at once.
 
-An engine process with the built-in projections beside it (KV snapshots and SQLite query
-tables, as `dagnats serve` runs them) and WORKERS worker processes on one embedded
-nats-server; every StartRun is
-published (pipelined) at once, then the bench waits for every run to complete. `value` is
-steps per second across runs (RUNS * STEPS / wall time from the first start published to the
-last run completed); `ratio` is that over the batched raw JetStream hop rate (`bench.floor`,
-measured on the same server in this run). Target: >= 5,000 steps/s. Workers run with
-`dagnats.Worker`'s defaults; the same RUNS are then run again with workers built with
-`report_started=True` (`with_started_steps_per_s`).
+The documented path: `dagnats serve` (its embedded nats-server, roles, metrics and built-in
+projections: KV snapshots and SQLite query tables) and WORKERS worker processes
+(`bench.procs worker`: `dagnats.Worker` with the serve's worker credential, as `dagnats
+worker` runs it), every StartRun sent at once through the public `Client.send` (START_SENDS_
+IN_FLIGHT awaited at a time), then the bench waits for every run to complete (a core
+subscription of an admin connection sees each history append: the stopwatch, not a user's
+path). `value` is steps per second across runs (RUNS * STEPS / wall time from the first start
+sent to the last run completed); `ratio` is that over the batched raw JetStream hop rate
+(`bench.floor`, measured on serve's nats-server in this run). Target: >= 5,000 steps/s.
+Workers run with `dagnats.Worker`'s defaults; the same RUNS are then run again with workers
+built with `report_started=True` (`with_started_steps_per_s`).
 
 Beside it: CPU per step of each process, JetStream API requests and stored messages per step
-(`bench.metrics`), over the default workers' RUNS; and the engine's split between its event
+(`bench.metrics`), over the default workers' RUNS; and serve's split between its event
 loop's thread and its other threads (`engine_loop_cpu_ms_per_step`,
 `engine_threads_cpu_ms_per_step`: the SQLite projection's batches run in a worker thread).
 
-`python -m bench.throughput` prints one JSON line.
+`python -m bench.throughput` prints one JSON line. It starts processes and writes only inside
+the temporary directory it creates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+import msgspec
+
 from bench.common import (
-    BenchServer,
+    Child,
     RunWatcher,
-    bench_server,
     chain_workflow,
     emit,
     floor_fields,
-    publish_starts,
+    procs_command,
     rounded,
 )
-from bench.metrics import CLOCK_TICKS_PER_S, STAT_UTIME_FIELD, cpu_ms
+from bench.floor import measure_floor
+from bench.metrics import (
+    CLOCK_TICKS_PER_S,
+    STAT_UTIME_FIELD,
+    CpuMeter,
+    JsMeter,
+    children_of,
+    cpu_ms,
+)
+from bench.recovery import serve_command
 from bench.workers import NOOP_TASK
+from dagnats.client import Client
+from dagnats.runtime.clock import new_seed, now_ms
+from dagnats.runtime.connection import Connection
+from dagnats.runtime.nats_server import pick_free_port
+from kernel.commands import StartRun
 from kernel.workflow import WorkflowDef
 
 RUNS: Final = 2_000
@@ -46,17 +67,33 @@ WORKERS: Final = 2
 WORKER_CONCURRENCY: Final = 256
 WARMUP_RUNS: Final = 20
 RUN_TIMEOUT_S: Final = 60.0
+START_SENDS_IN_FLIGHT: Final = 256
+
+
+async def send_starts(client: Client, workflow: WorkflowDef, run_ids: Sequence[str]) -> None:
+    """A StartRun for every run through `Client.send`, START_SENDS_IN_FLIGHT at a time."""
+    nothing = msgspec.Raw(b"null")
+    for first in range(0, len(run_ids), START_SENDS_IN_FLIGHT):
+        starts = [
+            StartRun(
+                run_id=run_id, at_ms=now_ms(), seed=new_seed(), workflow=workflow, input=nothing
+            )
+            for run_id in run_ids[first : first + START_SENDS_IN_FLIGHT]
+        ]
+        await asyncio.gather(
+            *(client.send(start, msg_id=f"start:{start.run_id}") for start in starts)
+        )
 
 
 async def wave(
-    bench: BenchServer, watcher: RunWatcher, workflow: WorkflowDef, prefix: str, count: int
+    client: Client, watcher: RunWatcher, workflow: WorkflowDef, prefix: str, count: int
 ) -> tuple[float, int]:
     """Start `count` runs at once and wait for all: (wall s, history appends seen)."""
     run_ids = [f"{prefix}-{index}" for index in range(count)]
     ended = [watcher.expect(run_id) for run_id in run_ids]
     appends_before = watcher.appends
     started = time.perf_counter()
-    await publish_starts(bench.connection, workflow, run_ids)
+    await send_starts(client, workflow, run_ids)
     await watcher.wait_all(ended, RUN_TIMEOUT_S)
     wall_s = time.perf_counter() - started
     failed = [future.result() for future in ended if future.result() != "completed"]
@@ -85,32 +122,62 @@ def engine_split(before: tuple[float, float], after: tuple[float, float]) -> dic
     }
 
 
+async def start_workers(url: str, data_dir: Path, count: int, started: bool | None) -> list[Child]:
+    """`count` worker processes with the serve's worker credential (`bench.procs worker`)."""
+    arguments = ["worker", "--url", url, "--kind", "noop", "--data-dir", str(data_dir)]
+    arguments += ["--concurrency", str(WORKER_CONCURRENCY)]
+    if started is not None:
+        arguments += ["--report-started", "yes" if started else "no"]
+    tag = "started" if started else "default"
+    return [
+        await Child.start(procs_command(arguments), data_dir.parent / f"worker-{tag}-{index}.log")
+        for index in range(count)
+    ]
+
+
 async def measure(workers: int = WORKERS) -> dict[str, object]:
-    async with bench_server("throughput") as bench:
-        floor = await bench.floor()
-        engine = await bench.engine(projections=True)
-        workers_started = [
-            await bench.worker(concurrency=WORKER_CONCURRENCY) for _ in range(workers)
-        ]
-        watcher = RunWatcher(bench.nc)
-        await watcher.start()
-        workflow = chain_workflow("bench-throughput", STEPS, NOOP_TASK)
-        tag = uuid.uuid4().hex[:8]
-        await wave(bench, watcher, workflow, f"warm-{tag}", WARMUP_RUNS)
-        metered = bench.metered()
-        await metered.start()
-        threads_before = thread_cpu_ms(engine.pid)
-        wall_s, appends = await wave(bench, watcher, workflow, f"tp-{tag}", RUNS)
-        split = engine_split(threads_before, thread_cpu_ms(engine.pid))
-        per_step = await metered.per_step(RUNS * STEPS)
-        stats = await engine.stats()
-        # The same with workers that report TaskStarted (one command and append more per step).
-        for worker in workers_started:
-            await worker.stop()
-        for _ in range(workers):
-            await bench.worker(concurrency=WORKER_CONCURRENCY, report_started=True)
-        with_started_s, _ = await wave(bench, watcher, workflow, f"started-{tag}", RUNS)
-        await watcher.close()
+    with tempfile.TemporaryDirectory(prefix="dagnats-bench-throughput-") as directory:
+        root = Path(directory)
+        data_dir = root / "data"
+        serve = await Child.start(serve_command(data_dir, pick_free_port()), root / "serve.log")
+        children = [serve]
+        try:
+            url = str(serve.ready["nats_url"])
+            admin = await Connection.open(url, role="admin", data_dir=data_dir)
+            client = await Client.connect(url, data_dir=data_dir)
+            try:
+                floor = await measure_floor(admin.nc)
+                workers_started = await start_workers(url, data_dir, workers, None)
+                children += workers_started
+                watcher = RunWatcher(admin.nc)
+                await watcher.start()
+                workflow = chain_workflow("bench-throughput", STEPS, NOOP_TASK)
+                tag = uuid.uuid4().hex[:8]
+                await wave(client, watcher, workflow, f"warm-{tag}", WARMUP_RUNS)
+                [nats_pid] = children_of(serve.pid)
+                pids = {"nats_server": nats_pid, "engine": serve.pid}
+                pids |= {f"worker{index or ''}": w.pid for index, w in enumerate(workers_started)}
+                cpu, meter = CpuMeter({**pids, "client": os.getpid()}), JsMeter(admin.js)
+                await meter.start()
+                cpu.start()
+                threads_before = thread_cpu_ms(serve.pid)
+                wall_s, appends = await wave(client, watcher, workflow, f"tp-{tag}", RUNS)
+                split = engine_split(threads_before, thread_cpu_ms(serve.pid))
+                per_step: dict[str, object] = {"cpu_ms_per_step": cpu.per_step(RUNS * STEPS)}
+                per_step |= await meter.per_step(RUNS * STEPS)
+                # The same with workers that report TaskStarted (a command and an append more
+                # per step).
+                for worker in workers_started:
+                    await worker.stop()
+                children += await start_workers(url, data_dir, workers, True)
+                with_started_s, _ = await wave(client, watcher, workflow, f"started-{tag}", RUNS)
+                await watcher.close()
+            finally:
+                await client.close()
+                await admin.close()
+        finally:
+            for child in reversed(children):
+                await child.stop()
     steps_per_s = RUNS * STEPS / wall_s
     started_steps_per_s = RUNS * STEPS / with_started_s
     return {
@@ -126,7 +193,7 @@ async def measure(workers: int = WORKERS) -> dict[str, object]:
         "wall_s": rounded(wall_s, 3),
         "runs_per_s": rounded(RUNS / wall_s, 1),
         "history_appends_per_s": rounded(appends / wall_s, 1),
-        "engine_counters": stats.get("counters", {}),
+        "path": "documented: dagnats serve (projections on) + worker processes + Client.send",
         **per_step,
         **split,
         "with_started_steps_per_s": rounded(started_steps_per_s, 1),
