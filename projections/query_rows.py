@@ -205,6 +205,7 @@ RUN_PROGRESS_COLUMNS: Final = (
 PROGRESS_FIRST: Final = RUN_COLUMNS.index(RUN_PROGRESS_COLUMNS[0])
 PROGRESS_END: Final = PROGRESS_FIRST + len(RUN_PROGRESS_COLUMNS)
 assert RUN_COLUMNS[PROGRESS_FIRST:PROGRESS_END] == RUN_PROGRESS_COLUMNS
+assert RUN_COLUMNS[PROGRESS_END:] == ("input", "output")  # (compared as the states' own)
 RUN_PROGRESS_UPDATE: Final = (
     f"UPDATE runs SET {', '.join(f'{c} = ?' for c in RUN_PROGRESS_COLUMNS)} WHERE run_id = ?"
 )

@@ -5,13 +5,14 @@ with the kernel's own `evolve` (the state after each batch kept in memory for th
 `_run_states`, written in the same transaction, when a message takes a run's event count past
 a multiple of `state_every_events`; a run's state is its stored one and its `events` rows
 after it), so a `runs` or `steps` row is by construction a function of the folded state:
-`run_row(state, last_seq)` and `step_row(state, index, last_seq)`, which the replay audit uses
+`run_row(state, last_seq)` and `step_row(state, index)`, which the replay audit uses
 to check the rows. `events` holds one row per event with its JSON body.
 
 `approvals` holds one row per approval a run asked (`approval_rows`, from the run's state).
 `agent_turns` (one row per completed turn, with its usage) and `tool_calls` (one row per tool
-call, scheduled then completed or failed) come from agent loop events (`agent_rows`).
-This module may import only `kernel`, the standard library, msgspec and sqlite-utils.
+call, scheduled then completed or failed) come from agent loop events (`agent_rows`). The
+rows and the statements that write them are built in `projections.query_rows` (re-exported
+here). This module may import only `kernel`, the standard library, msgspec and sqlite-utils.
 """
 
 from __future__ import annotations
@@ -124,17 +125,17 @@ def state_stored_after(before_count: int, after_count: int) -> bool:
 
 class _Touched:
     """A run touched by the batch: its state before the batch and now, the sequence of its
-    last folded message, the state to store at the end of a message (if any is due), and its
-    `runs` row as stored before the batch, when this instance wrote it and trusts it (`row`;
-    None: its rows are written whole)."""
+    last folded message, the state to store at the end of a message (if any is due), and the
+    columns of its `runs` row before its progress (`PROGRESS_FIRST`) as stored before the
+    batch, when this instance wrote them and trusts them (`head`; None: rows written whole)."""
 
     __slots__ = (
-        "before", "last_seq", "message_count", "message_seq", "row", "shared", "state", "stored",
+        "before", "head", "last_seq", "message_count", "message_seq", "shared", "state", "stored",
     )  # fmt: skip
 
-    def __init__(self, before: RunState, last_seq: int, row: Row | None = None) -> None:
+    def __init__(self, before: RunState, last_seq: int, head: Row | None = None) -> None:
         self.before = before
-        self.row = row
+        self.head = head
         self.state = before
         self.last_seq = last_seq
         self.message_seq = last_seq  # the message being folded
@@ -182,8 +183,8 @@ class QueryTables(SqliteProjectionBase):
         self._turns: list[Row] = []
         self._calls: list[Row] = []
         self.problems: list[str] = []
-        # Run id -> (last seq, state) after the last committed batch (bounded, LRU), valid
-        # while the stored checkpoint is `_states_seq`.
+        # Run id -> (last seq, state, the head of its `runs` row) after the last committed
+        # batch (bounded, LRU), valid while the stored checkpoint is `_states_seq`.
         self._states: OrderedDict[str, tuple[int, RunState, Row]] = OrderedDict()
         self._states_seq = -1
         # SQLite's `data_version` as this batch read it (None: not read yet) and as the last
@@ -215,7 +216,7 @@ class QueryTables(SqliteProjectionBase):
             touched.shared = shared if ahead else None
         if begins_life(touched.state, event):  # (its old life purged: README "Retention")
             self._lives.add(at.run_id)
-            touched.row = None  # (its old life's steps are deleted: every row written whole)
+            touched.head = None  # (its old life's steps are deleted: every row written whole)
         if touched.shared is not None:  # (after the whole message: the same for its events)
             touched.state = touched.shared
         else:
@@ -282,8 +283,8 @@ class QueryTables(SqliteProjectionBase):
             if state.workflow is None:
                 continue
             row = run_row(state, touched.last_seq)
-            self._remember(state.run_id, touched.last_seq, state, row)
-            if _progressed(touched.row, row):
+            self._remember(state.run_id, touched.last_seq, state, row[:PROGRESS_FIRST])
+            if _progressed(touched, row):
                 progress.append((*row[PROGRESS_FIRST:PROGRESS_END], state.run_id))
             else:
                 runs.append(row)
@@ -312,8 +313,8 @@ class QueryTables(SqliteProjectionBase):
                 yield
         self._forget_batch()
 
-    def _remember(self, run_id: str, last_seq: int, state: RunState, row: Row) -> None:
-        self._states[run_id] = (last_seq, state, row)
+    def _remember(self, run_id: str, last_seq: int, state: RunState, head: Row) -> None:
+        self._states[run_id] = (last_seq, state, head)
         self._states.move_to_end(run_id)
         while len(self._states) > limits.query_states_cached_max:
             self._states.popitem(last=False)
@@ -329,24 +330,28 @@ class QueryTables(SqliteProjectionBase):
         self._forget_batch()
         self._states.clear()  # (what the batch remembered was rolled back with it)
         self._states_seq = -1
+        self._data_version_last = None
 
 
-def _progressed(old: Row | None, row: Row) -> bool:
-    """Whether a run's `runs` row is `old` (as stored, trusted) but for its progress columns
-    (`RUN_PROGRESS_COLUMNS`), which alone are then updated."""
+def _progressed(touched: _Touched, row: Row) -> bool:
+    """Whether a run's new `runs` row is the one stored (trusted: `touched.head`) but for its
+    progress columns (`RUN_PROGRESS_COLUMNS`), which alone are then updated. (Its input and
+    output, the columns after them, are compared in the states.)"""
+    head, before, state = touched.head, touched.before, touched.state
     return (
-        old is not None
-        and old[:PROGRESS_FIRST] == row[:PROGRESS_FIRST]
-        and old[PROGRESS_END:] == row[PROGRESS_END:]
+        head is not None
+        and head == row[:PROGRESS_FIRST]
+        and before.output == state.output
+        and before.input == state.input
     )
 
 
 def _changed_steps(touched: _Touched, steps: list[Row], updates: list[Row]) -> None:
     """The `steps` rows of a run's steps changed by the batch: in `updates` (parameters of
     STEP_UPDATE) a step whose row this instance wrote before the batch with the same step and
-    definition (a held run: `touched.row`), in `steps` (rows to upsert) the others."""
+    definition (a held run: `touched.head`), in `steps` (rows to upsert) the others."""
     state, before = touched.state, touched.before
-    held = touched.row is not None
+    held = touched.head is not None
     old_steps, old_defs = before.steps, before.step_defs
     for index, step in enumerate(state.steps):
         if index < len(old_steps):
