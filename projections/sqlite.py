@@ -5,13 +5,14 @@ with the kernel's own `evolve` (the state after each batch kept in memory for th
 `_run_states`, written in the same transaction, when a message takes a run's event count past
 a multiple of `state_every_events`; a run's state is its stored one and its `events` rows
 after it), so a `runs` or `steps` row is by construction a function of the folded state:
-`run_row(state, last_seq)` and `step_row(state, index, last_seq)`, which the replay audit uses
+`run_row(state, last_seq)` and `step_row(state, index)`, which the replay audit uses
 to check the rows. `events` holds one row per event with its JSON body.
 
 `approvals` holds one row per approval a run asked (`approval_rows`, from the run's state).
 `agent_turns` (one row per completed turn, with its usage) and `tool_calls` (one row per tool
-call, scheduled then completed or failed) come from agent loop events (`agent_rows`).
-This module may import only `kernel`, the standard library, msgspec and sqlite-utils.
+call, scheduled then completed or failed) come from agent loop events (`agent_rows`). The
+rows and the statements that write them are built in `projections.query_rows` (re-exported
+here). This module may import only `kernel`, the standard library, msgspec and sqlite-utils.
 """
 
 from __future__ import annotations
@@ -20,20 +21,38 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
-import msgspec
 from sqlite_utils import Database
 
 from kernel import codec, limits
-from kernel.events import (
-    AgentToolCompleted,
-    AgentToolScheduled,
-    AgentTurnCompleted,
-    AnyEvent,
-    RunStarted,
-)
-from kernel.state import DONE_STEP_STATUSES, INITIAL_STATE, RunState
+from kernel.events import AnyEvent, RunStarted
+from kernel.state import INITIAL_STATE, RunState
 from projections.base import Position, SqliteProjectionBase, tag_of
 from projections.lives import begins_life, fold
+from projections.query_rows import (  # (the rows' names are re-exported: see __all__)
+    AGENT_EVENT_TYPES,
+    APPROVAL_UPSERT,
+    CALL_UPSERT,
+    EVENT_COLUMNS,
+    EVENT_INSERT,
+    PROGRESS_END,
+    PROGRESS_FIRST,
+    RUN_COLUMNS,
+    RUN_PROGRESS_UPDATE,
+    RUN_UPSERT,
+    STEP_COLUMNS,
+    STEP_STATE_FIRST,
+    STEP_UPDATE,
+    STEP_UPSERT,
+    STEPS_DELETE,
+    TURN_UPSERT,
+    Row,
+    agent_rows,
+    approval_rows,
+    event_row,
+    run_row,
+    step_row,
+    upsert_sql,
+)
 
 NAME: Final = "dagnats"
 VERSION: Final = 3  # 2: agent_turns and tool_calls are filled; 3: states stored every 64 events
@@ -43,20 +62,6 @@ STATES_TABLE: Final = "_run_states"
 state_every_events: Final = 64
 # Rows `flush_parts` writes between two pauses.
 flush_rows_max: Final = 64
-error_message_chars_max: Final = 1_000  # error text kept in a row (the event keeps it whole)
-
-RUN_COLUMNS: Final = (
-    "run_id", "workflow", "workflow_version", "status", "parent_run_id", "started_at_ms",
-    "ended_at_ms", "failed_step_id", "error_kind", "error_message", "cancel_reason",
-    "steps_total", "steps_done", "steps_failed", "event_count", "last_seq", "input", "output",
-)  # fmt: skip
-STEP_COLUMNS: Final = (
-    "run_id", "step_id", "workflow", "type", "task", "status", "attempt", "worker_id",
-    "first_scheduled_at_ms", "ended_at_ms", "error_kind", "error_message",
-)  # fmt: skip
-EVENT_COLUMNS: Final = ("seq", "idx", "run_id", "type", "step_id", "attempt", "at_ms", "body")
-
-Row = tuple[object, ...]
 Folded = Callable[[int, str], RunState | None]  # (seq, run id) -> the state after that message
 
 _SCHEMA: Final = (
@@ -103,169 +108,7 @@ _SCHEMA: Final = (
     f"""CREATE TABLE IF NOT EXISTS {STATES_TABLE} (run_id TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL, state BLOB NOT NULL)""",
 )
-
-
-def _text(raw: msgspec.Raw) -> str:
-    return bytes(raw).decode()
-
-
-def _error_text(message: str) -> str:
-    return message[:error_message_chars_max]
-
-
-def run_row(state: RunState, last_seq: int) -> Row:
-    """The `runs` row of a run's state (columns in RUN_COLUMNS order)."""
-    workflow = state.workflow
-    assert workflow is not None, f"run {state.run_id!r} has not started"
-    error = state.error
-    return (
-        state.run_id,
-        workflow.name,
-        workflow.version,
-        state.status,
-        state.parent_run_id,
-        state.started_at_ms,
-        state.ended_at_ms,
-        state.failed_step_id or None,
-        error.kind if error is not None else None,
-        _error_text(error.message) if error is not None else None,
-        state.cancel_reason,
-        len(state.steps),
-        sum(1 for step in state.steps if step.status in DONE_STEP_STATUSES),
-        sum(1 for step in state.steps if step.status == "failed"),
-        state.event_count,
-        last_seq,
-        _text(state.input),
-        _text(state.output),
-    )
-
-
-def step_row(state: RunState, index: int) -> Row:
-    """The `steps` row of the run's step at `index` (columns in STEP_COLUMNS order)."""
-    workflow = state.workflow
-    assert workflow is not None
-    step, step_def = state.steps[index], state.step_defs[index]
-    error = step.error
-    return (
-        state.run_id,
-        step.step_id,
-        workflow.name,
-        step_def.type,
-        step_def.task,
-        step.status,
-        step.attempt,
-        step.worker_id or None,
-        step.first_scheduled_at_ms,
-        step.ended_at_ms,
-        error.kind if error is not None else None,
-        _error_text(error.message) if error is not None else None,
-    )
-
-
-def approval_rows(state: RunState, last_seq: int) -> list[Row]:
-    """The `approvals` rows of a run: one per approval it asked (keyed by the approval's key,
-    the step id of an `approval` step); `outcome` is approved/rejected once resolved."""
-    return [
-        (
-            state.run_id,
-            approval.key,
-            approval.question,
-            approval.requested_at_ms,
-            approval.deadline_ms,
-            approval.resolved_at_ms,
-            ("approved" if approval.decision == "approve" else "rejected")
-            if approval.decision
-            else None,
-            approval.by or None,
-            last_seq,
-        )
-        for approval in state.approvals
-    ]
-
-
-TURN_UPSERT: Final = (
-    "INSERT OR REPLACE INTO agent_turns (run_id, step_id, turn, at_ms, model, input_tokens, "
-    "output_tokens, cost_usd, tool_calls, duration_ms, seq) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-)
-CALL_UPSERT: Final = (
-    "INSERT INTO tool_calls (run_id, step_id, call_id, turn, tool, status, scheduled_at_ms, "
-    "completed_at_ms, error, seq) VALUES (?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT (run_id, step_id, call_id) DO UPDATE SET status = excluded.status, "
-    "tool = CASE WHEN excluded.tool = '' THEN tool_calls.tool ELSE excluded.tool END, "
-    "scheduled_at_ms = COALESCE(excluded.scheduled_at_ms, tool_calls.scheduled_at_ms), "
-    "completed_at_ms = excluded.completed_at_ms, error = excluded.error, seq = excluded.seq"
-)
-
-
-def agent_rows(event: AnyEvent, at: Position) -> tuple[list[Row], list[Row]]:
-    """(`agent_turns` rows, `tool_calls` rows) of one event: a completed turn with its usage;
-    a tool call when scheduled and when its result is in (`turn<n>-tool<i>` keys a call)."""
-    match event:
-        case AgentTurnCompleted():
-            turn: Row = (
-                at.run_id, event.step_id, event.turn, event.at_ms, None, event.tokens_in,
-                event.tokens_out, event.cost, len(event.tool_calls), None, at.seq,
-            )  # fmt: skip
-            return [turn], []
-        case AgentToolScheduled():
-            call: Row = (
-                at.run_id, event.step_id, f"turn{event.turn}-tool{event.index}", event.turn,
-                event.name, "scheduled", event.at_ms, None, None, at.seq,
-            )  # fmt: skip
-            return [], [call]
-        case AgentToolCompleted():
-            status = "completed" if event.ok else "failed"
-            error = event.error.message if event.error is not None else None
-            call = (
-                at.run_id, event.step_id, f"turn{event.turn}-tool{event.index}", event.turn,
-                "", status, None, event.at_ms, error, at.seq,
-            )  # fmt: skip
-            return [], [call]
-    return [], []
-
-
-_AGENT_EVENT_TYPES: Final = frozenset({AgentTurnCompleted, AgentToolScheduled, AgentToolCompleted})
-
-
-def event_row(event: AnyEvent, at: Position) -> Row:
-    """The `events` row of one event (columns in EVENT_COLUMNS order)."""
-    return (
-        at.seq,
-        at.index,
-        at.run_id,
-        tag_of(event),
-        getattr(event, "step_id", None),
-        getattr(event, "attempt", None),
-        getattr(event, "at_ms", None),
-        codec.encode(event).decode(),
-    )
-
-
-def _upsert_sql(table: str, columns: tuple[str, ...], keys: tuple[str, ...]) -> str:
-    names = ", ".join(columns)
-    marks = ", ".join("?" for _ in columns)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-    return (
-        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
-        f"ON CONFLICT({', '.join(keys)}) DO UPDATE SET {updates}"
-    )
-
-
-RUN_UPSERT: Final = _upsert_sql("runs", RUN_COLUMNS, ("run_id",))
-STEP_UPSERT: Final = _upsert_sql("steps", STEP_COLUMNS, ("run_id", "step_id"))
-EVENT_INSERT: Final = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES "
-    f"({', '.join('?' for _ in EVENT_COLUMNS)})"
-)
-STATE_UPSERT: Final = _upsert_sql(STATES_TABLE, ("run_id", "last_seq", "state"), ("run_id",))
-APPROVAL_UPSERT: Final = _upsert_sql(
-    "approvals",
-    ("run_id", "step_id", "question", "requested_at_ms", "timeout_at_ms", "resolved_at_ms",
-     "outcome", "resolved_by", "last_seq"),
-    ("run_id", "step_id"),
-)  # fmt: skip
-
-
+STATE_UPSERT: Final = upsert_sql(STATES_TABLE, ("run_id", "last_seq", "state"), ("run_id",))
 _STATE_SELECT: Final = f"SELECT last_seq, state FROM {STATES_TABLE} WHERE run_id = ?"
 _RUN_SEQ_SELECT: Final = "SELECT last_seq FROM runs WHERE run_id = ?"
 _EVENTS_AFTER_SELECT: Final = (
@@ -282,14 +125,17 @@ def state_stored_after(before_count: int, after_count: int) -> bool:
 
 class _Touched:
     """A run touched by the batch: its state before the batch and now, the sequence of its
-    last folded message, and the state to store at the end of a message (if any is due)."""
+    last folded message, the state to store at the end of a message (if any is due), and the
+    columns of its `runs` row before its progress (`PROGRESS_FIRST`) as stored before the
+    batch, when this instance wrote them and trusts them (`head`; None: rows written whole)."""
 
     __slots__ = (
-        "before", "last_seq", "message_count", "message_seq", "shared", "state", "stored",
+        "before", "head", "last_seq", "message_count", "message_seq", "shared", "state", "stored",
     )  # fmt: skip
 
-    def __init__(self, before: RunState, last_seq: int) -> None:
+    def __init__(self, before: RunState, last_seq: int, head: Row | None = None) -> None:
         self.before = before
+        self.head = head
         self.state = before
         self.last_seq = last_seq
         self.message_seq = last_seq  # the message being folded
@@ -312,9 +158,13 @@ class QueryTables(SqliteProjectionBase):
     trusted only while the stored checkpoint is the one this instance last committed (`begin`;
     a failed or rolled-back batch forgets them all) and the run's `runs` row is still at the
     sequence kept with it (retention deletes a purged run's rows, its checkpoint left as it
-    was; the id may start a new run). A run not in memory is loaded from its
-    stored state (`_run_states`, written when a message crosses a multiple of
-    `state_every_events`) and its `events` rows after it, folded again."""
+    was; the id may start a new run): looked up per run only in a batch after another
+    connection wrote the file (SQLite's `data_version` moved). A run not in memory is loaded
+    from its stored state (`_run_states`, written when a message crosses a multiple of
+    `state_every_events`) and its `events` rows after it, folded again; a run whose first
+    event in the batch is its `run.started` needs neither: its rows begin here (an old life's
+    steps, if any, are deleted). A held run's rows are updated in the columns that change (its
+    progress alone while its status, times and output stay), not written whole."""
 
     name = NAME
     version = VERSION
@@ -328,20 +178,25 @@ class QueryTables(SqliteProjectionBase):
         where it is not known."""
         self._folded = folded
         self._touched: dict[str, _Touched] = {}
-        self._lives: set[str] = set()  # runs of the batch begun again (a purged id reused)
+        self._lives: set[str] = set()  # runs of the batch begun (again: a purged id reused)
         self._events: list[Row] = []
         self._turns: list[Row] = []
         self._calls: list[Row] = []
         self.problems: list[str] = []
-        # Run id -> (last seq, state) after the last committed batch (bounded, LRU), valid
-        # while the stored checkpoint is `_states_seq`.
-        self._states: OrderedDict[str, tuple[int, RunState]] = OrderedDict()
+        # Run id -> (last seq, state, the head of its `runs` row) after the last committed
+        # batch (bounded, LRU), valid while the stored checkpoint is `_states_seq`.
+        self._states: OrderedDict[str, tuple[int, RunState, Row]] = OrderedDict()
         self._states_seq = -1
+        # SQLite's `data_version` as this batch read it (None: not read yet) and as the last
+        # one did: equal, no other connection wrote the file in between.
+        self._data_version: int | None = None
+        self._data_version_last: int | None = None
 
     def begin(self, after_seq: int) -> None:
         if after_seq != self._states_seq:  # (another checkpoint: a rebuild, a restart)
             self._states.clear()
         self._states_seq = -1  # (until this batch commits)
+        self._data_version = None
 
     def committed(self, seq: int) -> None:
         self._states_seq = seq
@@ -361,6 +216,7 @@ class QueryTables(SqliteProjectionBase):
             touched.shared = shared if ahead else None
         if begins_life(touched.state, event):  # (its old life purged: README "Retention")
             self._lives.add(at.run_id)
+            touched.head = None  # (its old life's steps are deleted: every row written whole)
         if touched.shared is not None:  # (after the whole message: the same for its events)
             touched.state = touched.shared
         else:
@@ -371,27 +227,39 @@ class QueryTables(SqliteProjectionBase):
                 return
         touched.last_seq = at.seq
         self._events.append(event_row(event, at))
-        if type(event) in _AGENT_EVENT_TYPES:  # (most events fill no agent row)
+        if type(event) in AGENT_EVENT_TYPES:  # (most events fill no agent row)
             turns, calls = agent_rows(event, at)
             self._turns.extend(turns)
             self._calls.extend(calls)
 
     def _touch(self, db: Database, event: AnyEvent, at: Position) -> _Touched | None:
-        known = self._states.get(at.run_id)
-        if known is not None and not _run_row_at(db, at.run_id, known[0]):
+        run_id = at.run_id
+        if type(event) is RunStarted:  # its rows begin here: nothing stored is read
+            self._lives.add(run_id)  # (an old life's steps, if its id was used before)
+            touched = self._touched[run_id] = _Touched(INITIAL_STATE, 0)
+            return touched
+        held = self._states.get(run_id)
+        if held is not None and self._others_wrote(db) and not _run_row_at(db, run_id, held[0]):
             # Its rows changed under this instance with the checkpoint left where it was:
             # retention deleted them (`dagnats run delete`; the id may then start a new run).
-            del self._states[at.run_id]
-            known = None
+            del self._states[run_id]
+            held = None
+        if held is not None:
+            touched = self._touched[run_id] = _Touched(held[1], held[0], held[2])
+            return touched
+        known = _stored_state(db, run_id)
         if known is None:
-            known = _stored_state(db, at.run_id)
-        if known is None:
-            if not isinstance(event, RunStarted):
-                self.problems.append(f"run {at.run_id!r}: {tag_of(event)} before run.started")
-                return None
-            known = (0, INITIAL_STATE)
-        touched = self._touched[at.run_id] = _Touched(known[1], known[0])
+            self.problems.append(f"run {run_id!r}: {tag_of(event)} before run.started")
+            return None
+        touched = self._touched[run_id] = _Touched(known[1], known[0])
         return touched
+
+    def _others_wrote(self, db: Database) -> bool:
+        """Whether another connection may have written the file since the last batch (its
+        `data_version` read once per batch, in the batch's transaction, moved; or unknown)."""
+        if self._data_version is None:
+            self._data_version = int(db.conn.execute("PRAGMA data_version").fetchone()[0])
+        return self._data_version != self._data_version_last
 
     def flush(self, db: Database) -> None:
         for _ in self.flush_parts(db):
@@ -401,31 +269,40 @@ class QueryTables(SqliteProjectionBase):
         """`flush`, in parts: it pauses after each `flush_rows_max` rows written (a caller
         lets other work run there; the batch's transaction stays open)."""
         runs: list[Row] = []
+        progress: list[Row] = []
         steps: list[Row] = []
+        step_updates: list[Row] = []
         states: list[Row] = []
         approvals: list[Row] = []
         for touched in self._touched.values():
             touched.end_message()
-            state, before = touched.state, touched.before
+            state = touched.state
             if touched.stored is not None:
                 seq, stored = touched.stored
                 states.append((stored.run_id, seq, codec.encode(stored)))
             if state.workflow is None:
                 continue
-            runs.append(run_row(state, touched.last_seq))
-            self._remember(state.run_id, touched.last_seq, state)
-            for index, step in enumerate(state.steps):
-                if index >= len(before.steps) or before.steps[index] is not step:
-                    steps.append(step_row(state, index))
+            row = run_row(state, touched.last_seq)
+            self._remember(state.run_id, touched.last_seq, state, row[:PROGRESS_FIRST])
+            if _progressed(touched, row):
+                progress.append((*row[PROGRESS_FIRST:PROGRESS_END], state.run_id))
+            else:
+                runs.append(row)
+            _changed_steps(touched, steps, step_updates)
             if state.approvals:
                 approvals.extend(approval_rows(state, touched.last_seq))
+        self._others_wrote(db)  # (`data_version` read in every batch: the next compares)
+        self._data_version_last = self._data_version
         connection = db.conn
-        for run_id in self._lives:  # its old life's steps (the rest has sequences: retention)
-            connection.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
+        # (an old life's steps; the rest of its rows has sequences: retention drops them)
+        if self._lives:  # (an empty executemany still prepares and steps its statement)
+            connection.executemany(STEPS_DELETE, [(run_id,) for run_id in self._lives])
         for statement, rows in (
             (EVENT_INSERT, self._events),
             (RUN_UPSERT, runs),
+            (RUN_PROGRESS_UPDATE, progress),
             (STEP_UPSERT, steps),
+            (STEP_UPDATE, step_updates),
             (STATE_UPSERT, states),
             (APPROVAL_UPSERT, approvals),
             (TURN_UPSERT, self._turns),
@@ -436,8 +313,8 @@ class QueryTables(SqliteProjectionBase):
                 yield
         self._forget_batch()
 
-    def _remember(self, run_id: str, last_seq: int, state: RunState) -> None:
-        self._states[run_id] = (last_seq, state)
+    def _remember(self, run_id: str, last_seq: int, state: RunState, head: Row) -> None:
+        self._states[run_id] = (last_seq, state, head)
         self._states.move_to_end(run_id)
         while len(self._states) > limits.query_states_cached_max:
             self._states.popitem(last=False)
@@ -453,6 +330,39 @@ class QueryTables(SqliteProjectionBase):
         self._forget_batch()
         self._states.clear()  # (what the batch remembered was rolled back with it)
         self._states_seq = -1
+        self._data_version_last = None
+
+
+def _progressed(touched: _Touched, row: Row) -> bool:
+    """Whether a run's new `runs` row is the one stored (trusted: `touched.head`) but for its
+    progress columns (`RUN_PROGRESS_COLUMNS`), which alone are then updated. (Its input and
+    output, the columns after them, are compared in the states.)"""
+    head, before, state = touched.head, touched.before, touched.state
+    return (
+        head is not None
+        and head == row[:PROGRESS_FIRST]
+        and before.output == state.output
+        and before.input == state.input
+    )
+
+
+def _changed_steps(touched: _Touched, steps: list[Row], updates: list[Row]) -> None:
+    """The `steps` rows of a run's steps changed by the batch: in `updates` (parameters of
+    STEP_UPDATE) a step whose row this instance wrote before the batch with the same step and
+    definition (a held run: `touched.head`), in `steps` (rows to upsert) the others."""
+    state, before = touched.state, touched.before
+    held = touched.head is not None
+    old_steps, old_defs = before.steps, before.step_defs
+    for index, step in enumerate(state.steps):
+        if index < len(old_steps):
+            old = old_steps[index]
+            if old is step:
+                continue
+            if held and old.step_id == step.step_id and old_defs[index] is state.step_defs[index]:
+                row = step_row(state, index)
+                updates.append((*row[STEP_STATE_FIRST:], row[0], row[1]))
+                continue
+        steps.append(step_row(state, index))
 
 
 def _run_row_at(db: Database, run_id: str, last_seq: int) -> bool:
@@ -498,7 +408,7 @@ def rebuilt_rows(
     events: list[Row] = []
     last_seq: dict[str, int] = {}
     for at, event in positioned:
-        if type(event) in _AGENT_EVENT_TYPES:
+        if type(event) in AGENT_EVENT_TYPES:
             return None
         events.append(event_row(event, at))
         last_seq[at.run_id] = at.seq
@@ -526,3 +436,10 @@ def stored_rows(db: Database, run_id: str) -> tuple[Row | None, list[Row]]:
         f"SELECT {', '.join(STEP_COLUMNS)} FROM steps WHERE run_id = ?", [run_id]
     ).fetchall()
     return (tuple(run) if run is not None else None), [tuple(row) for row in steps]
+
+
+__all__ = [
+    "EVENT_COLUMNS", "NAME", "RUN_COLUMNS", "STATES_TABLE", "STEP_COLUMNS", "VERSION", "Folded",
+    "QueryTables", "Row", "agent_rows", "approval_rows", "event_row", "rebuilt_rows", "run_row",
+    "state_every_events", "state_stored_after", "step_row", "stored_rows",
+]  # fmt: skip
