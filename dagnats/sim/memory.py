@@ -223,10 +223,29 @@ class LogPort:
 
 
 class MemorySnapshots:
-    """The run snapshot bucket: each run's latest snapshot, stored encoded as in the KV."""
+    """The run snapshot bucket: each run's latest snapshot, stored encoded as in the KV.
+
+    Each stored value is decoded once (`load`): every engine incarnation of a seed loads every
+    run at its start (`resume_all`), most of them from a snapshot nobody wrote since."""
 
     def __init__(self) -> None:
         self.stored: dict[str, bytes] = {}
+        # run id -> the stored bytes last decoded (held: its identity says it is still the
+        # stored value) and what they decoded to (`decode_snapshot` is a function of them)
+        self._decoded: dict[str, tuple[bytes, Snapshot | None]] = {}
+
+    def load(self, run_id: str) -> Snapshot | None:
+        """The run's stored snapshot decoded (`decode_snapshot`: None when missing or not
+        usable), decoded again only when another value was stored since."""
+        data = self.stored.get(run_id)
+        if not data:
+            return None
+        known = self._decoded.get(run_id)
+        if known is not None and known[0] is data:
+            return known[1]
+        snapshot = decode_snapshot(data, run_id)
+        self._decoded[run_id] = (data, snapshot)
+        return snapshot
 
     def put(self, state: RunState, last_seq: int) -> None:
         self.stored[state.run_id] = encode_snapshot(make_snapshot(state, last_seq))
@@ -246,4 +265,4 @@ class SnapshotPort:
 
     async def get(self, run_id: str) -> Snapshot | None:
         self.gate.check("read_snapshot")
-        return decode_snapshot(self.snapshots.stored.get(run_id), run_id)
+        return self.snapshots.load(run_id)

@@ -63,7 +63,6 @@ from projections.snapshot import (
     Decoded,
     Snapshot,
     SnapshotFolder,
-    decode_snapshot,
     encode_snapshot,
     fold_messages,
     snapshot_every_events,
@@ -367,7 +366,7 @@ class SeedProjector:
 
     def _load(self, run_id: str) -> None:
         """Seed the folder with the run's stored snapshot plus the history after it."""
-        stored = decode_snapshot(self.snapshots.stored.get(run_id), run_id)
+        stored = self.snapshots.load(run_id)
         state, last_seq = (stored.state, stored.last_seq) if stored else (INITIAL_STATE, 0)
         tail = [(m.seq, m.payload) for m in self.log.history(run_id)]
         try:

@@ -206,8 +206,12 @@ class Simulation:
 
     def _overdue(self, due: int) -> bool:
         """Whether some run will be past its bound by `due` (stop early: it will not end)."""
+        # (each jump asks, of every run: the sum first, `LostAttempts.bound_ms` inlined; a
+        # run's state only for the runs past their bound)
+        after = due - self.bound_ms
+        extra_ms = self.lost.extra_ms
         for run_id, started in self.started_at_ms.items():
-            if due > started + self.lost.bound_ms(self.bound_ms, run_id) and not is_terminal(
+            if after > started + extra_ms.get(run_id, 0) and not is_terminal(
                 self.oracle.state(run_id)
             ):
                 return True
@@ -474,7 +478,10 @@ class Simulation:
             self.trace.add(self.time.now_ms, process.gate.name, "FAULT crash mid-task")
             await self._worker_crashed(process, "mid_task")
             return
-        call.release.set_result(None)
+        if not call.release.done():
+            call.release.set_result(None)
+        # (else the worker cancelled the handler itself: its deadline passed on the loop's
+        # clock, which jumps while the simulation awaits a worker's sleep: see `_settle`)
         await self._settle(call)
 
     async def _settle(self, call: HandlerCall) -> None:
@@ -498,8 +505,13 @@ class Simulation:
             self.trace.add(self.time.now_ms, process.name, f"task failed: {error!r}")
             self.attempts.record(call.entry.data, name, f"{call.outcome}; {error}")
         else:
-            text = f"{call.outcome}; result sent" if call.outcome else "reported (no handler call)"
-            self.attempts.record(call.entry.data, name, text, sent=bool(call.outcome))
+            if call.release.cancelled():  # (cut at its deadline by the worker: nothing sent)
+                text, sent = f"{call.outcome}; cancelled by its worker at its deadline", False
+            elif call.outcome:
+                text, sent = f"{call.outcome}; result sent", True
+            else:
+                text, sent = "reported (no handler call)", False
+            self.attempts.record(call.entry.data, name, text, sent=sent)
         entry = call.entry  # unacked (an ack lost): its heartbeats stop with the call
         if not entry.done and entry.holder is process.gate:
             deadline = self.time.now_ms + self.tasks.ack_wait_ms
