@@ -71,6 +71,7 @@ class MemoryQueue:
         self.deliver_max = deliver_max
         self.duplicate_window_ms = duplicate_window_ms
         self.entries: list[QueueEntry] = []  # not yet done, in stream order
+        self.held = 0  # entries with a holder (`expire` has nothing to look at without one)
         self._msg_ids: dict[str, int] = {}
         self._number = 0
         self.stats = QueueStats()
@@ -141,6 +142,7 @@ class MemoryQueue:
         assert entry.deliveries < self.deliver_max
         entry.deliveries += 1
         entry.holder = holder
+        self.held += 1
         entry.deadline_ms = (
             deadline_ms if deadline_ms is not None else self.time.now_ms + self.ack_wait_ms
         )
@@ -172,8 +174,10 @@ class MemoryQueue:
 
     def expire(self) -> list[QueueEntry]:
         """Release every held entry whose ack deadline passed (it will be redelivered)."""
-        now = self.time.now_ms
         expired: list[QueueEntry] = []
+        if not self.held:  # (asked every scheduler pass)
+            return expired
+        now = self.time.now_ms
         for entry in self.entries:
             if entry.holder is not None and entry.deadline_ms <= now:
                 expired.append(entry)
@@ -201,6 +205,8 @@ class MemoryQueue:
         return len(self.entries)
 
     def _release(self, entry: QueueEntry, available_at_ms: int) -> None:
+        if entry.holder is not None:
+            self.held -= 1
         entry.holder = None
         entry.deadline_ms = NEVER_MS
         if entry.deliveries >= self.deliver_max:
@@ -211,8 +217,11 @@ class MemoryQueue:
 
     def _finish(self, entry: QueueEntry) -> None:
         entry.done = True
+        if entry.holder is not None:
+            self.held -= 1
         entry.holder = None
         self.entries.remove(entry)
+        assert self.held >= 0, self.held
 
 
 class MemoryMessage:
