@@ -225,7 +225,7 @@ class LogPort:
 class MemorySnapshots:
     """The run snapshot bucket: each run's latest snapshot, stored encoded as in the KV.
 
-    Each stored value is decoded once (`load`): every engine incarnation of a seed loads every
+    Each stored value is decoded once (`decoded`): every engine incarnation of a seed loads every
     run at its start (`resume_all`), most of them from a snapshot nobody wrote since."""
 
     def __init__(self) -> None:
@@ -234,7 +234,7 @@ class MemorySnapshots:
         # stored value) and what they decoded to (`decode_snapshot` is a function of them)
         self._decoded: dict[str, tuple[bytes, Snapshot | None]] = {}
 
-    def load(self, run_id: str) -> Snapshot | None:
+    def decoded(self, run_id: str) -> Snapshot | None:
         """The run's stored snapshot decoded (`decode_snapshot`: None when missing or not
         usable), decoded again only when another value was stored since."""
         data = self.stored.get(run_id)
@@ -265,4 +265,4 @@ class SnapshotPort:
 
     async def get(self, run_id: str) -> Snapshot | None:
         self.gate.check("read_snapshot")
-        return self.snapshots.load(run_id)
+        return self.snapshots.decoded(run_id)

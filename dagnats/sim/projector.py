@@ -366,7 +366,7 @@ class SeedProjector:
 
     def _load(self, run_id: str) -> None:
         """Seed the folder with the run's stored snapshot plus the history after it."""
-        stored = self.snapshots.load(run_id)
+        stored = self.snapshots.decoded(run_id)
         state, last_seq = (stored.state, stored.last_seq) if stored else (INITIAL_STATE, 0)
         tail = [(m.seq, m.payload) for m in self.log.history(run_id)]
         try:

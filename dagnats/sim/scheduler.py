@@ -206,14 +206,9 @@ class Simulation:
 
     def _overdue(self, due: int) -> bool:
         """Whether some run will be past its bound by `due` (stop early: it will not end)."""
-        # (each jump asks, of every run: the sum first, `LostAttempts.bound_ms` inlined; a
-        # run's state only for the runs past their bound)
-        after = due - self.bound_ms
-        extra_ms = self.lost.extra_ms
-        for run_id, started in self.started_at_ms.items():
-            if after > started + extra_ms.get(run_id, 0) and not is_terminal(
-                self.oracle.state(run_id)
-            ):
+        after, extra_ms, state = due - self.bound_ms, self.lost.extra_ms, self.oracle.state
+        for run_id, started in self.started_at_ms.items():  # (`LostAttempts.bound_ms` inlined)
+            if after > started + extra_ms.get(run_id, 0) and not is_terminal(state(run_id)):
                 return True
         return False
 
@@ -478,10 +473,8 @@ class Simulation:
             self.trace.add(self.time.now_ms, process.gate.name, "FAULT crash mid-task")
             await self._worker_crashed(process, "mid_task")
             return
-        if not call.release.done():
+        if not call.release.done():  # (done: its worker cut it at its deadline, see `_settle`)
             call.release.set_result(None)
-        # (else the worker cancelled the handler itself: its deadline passed on the loop's
-        # clock, which jumps while the simulation awaits a worker's sleep: see `_settle`)
         await self._settle(call)
 
     async def _settle(self, call: HandlerCall) -> None:
@@ -505,12 +498,12 @@ class Simulation:
             self.trace.add(self.time.now_ms, process.name, f"task failed: {error!r}")
             self.attempts.record(call.entry.data, name, f"{call.outcome}; {error}")
         else:
-            if call.release.cancelled():  # (cut at its deadline by the worker: nothing sent)
-                text, sent = f"{call.outcome}; cancelled by its worker at its deadline", False
-            elif call.outcome:
-                text, sent = f"{call.outcome}; result sent", True
-            else:
-                text, sent = "reported (no handler call)", False
+            # A handler its worker cut at its deadline sent nothing (that deadline's timer is on
+            # the loop's clock, which jumps while the simulation awaits a worker's sleep).
+            cut = call.release.cancelled()
+            sent = bool(call.outcome) and not cut
+            text = "cut by its worker at its deadline" if cut else "result sent"
+            text = f"{call.outcome}; {text}" if call.outcome else "reported (no handler call)"
             self.attempts.record(call.entry.data, name, text, sent=sent)
         entry = call.entry  # unacked (an ack lost): its heartbeats stop with the call
         if not entry.done and entry.holder is process.gate:
