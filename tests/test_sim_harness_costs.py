@@ -1,22 +1,27 @@
-"""What the simulator's in-memory world keeps to spend less per step, and a multi-run seed that
-broke the scheduler: a stored snapshot is decoded once, the timers keep their earliest fire time,
-a work queue counts the entries it holds, and a handler its worker cut at its deadline is settled
-without the scheduler raising."""
+"""What the simulator's in-memory world keeps to spend less per step and per seed, and a multi-run
+seed that broke the scheduler: a stored snapshot is decoded once, the timers keep their earliest
+fire time, a work queue counts the entries it holds, the projection's database is emptied by rows
+(not by restoring its pages, which makes SQLite prepare every statement again), and a handler its
+worker cut at its deadline is settled without the scheduler raising."""
 
 from __future__ import annotations
 
+import sqlite3
 from importlib import resources
 
 import msgspec
 import pytest
+from sqlite_utils import Database
 
 from dagnats.examples.order.worker import worker as order_worker
 from dagnats.sim import FaultPlan, SimCase, run_seed
 from dagnats.sim import memory as sim_memory
 from dagnats.sim.memory import MemorySnapshots, SnapshotPort, VirtualTime
 from dagnats.sim.memory_queue import ArmedTimer, MemoryTimers, new_command_queue, new_task_queue
+from dagnats.sim.stores import ProjectionStores
 from kernel.state import RunState
 from kernel.workflow import parse_workflow
+from projections.base import SqliteProjectionBase, read_checkpoint
 from projections.snapshot import Snapshot, decode_snapshot
 
 
@@ -129,3 +134,59 @@ def test_a_handler_cut_by_its_worker_at_its_deadline_does_not_break_the_schedule
     assert result.ok, [violation.message for violation in result.violations]
     assert set(result.runs.values()) == {"completed"}, result.runs
     assert result.faults.get("lost_result", 0) > 0, result.faults  # (the resend that sleeps)
+
+
+class _Counted(SqliteProjectionBase):
+    """A projection with an AUTOINCREMENT key (what a seed leaves in its counter shows)."""
+
+    name = "counted"
+    tables = ("counted",)
+
+    def create(self, db: Database) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS counted (id INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT)"
+        )
+
+
+class _CountingConnection:
+    """The database's connection, counting the restores of its pages (`deserialize`)."""
+
+    def __init__(self, inner: sqlite3.Connection) -> None:
+        self.inner = inner
+        self.restores = 0
+
+    def deserialize(self, data: bytes) -> None:
+        self.restores += 1
+        self.inner.deserialize(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def _a_seed(stores: ProjectionStores, db: Database, rows: int) -> list[int]:
+    stores.fresh(db, _Counted())
+    for index in range(rows):
+        db.execute("INSERT INTO counted (tag) VALUES (?)", [f"row {index}"])
+    return [row[0] for row in db.execute("SELECT id FROM counted ORDER BY id")]
+
+
+def test_fresh_puts_the_rows_back_and_restores_the_pages_only_when_the_schema_moved() -> None:
+    """Once a first `fresh` left the database emptied, later ones empty the tables and put the
+    checkpoint and counters back by rows (the statements SQLite prepared stay prepared); a seed
+    that changed the schema gets the pages back instead, and then rows again."""
+    stores = ProjectionStores()
+    db = stores.live
+    connection = _CountingConnection(db.conn)
+    db.conn = connection  # type: ignore[assignment]
+    assert _a_seed(stores, db, 3) == [1, 2, 3]
+    assert _a_seed(stores, db, 5) == [1, 2, 3, 4, 5]
+    checkpoint = read_checkpoint(db, _Counted.name)
+    for _ in range(3):
+        assert _a_seed(stores, db, 2) == [1, 2]
+        assert read_checkpoint(db, _Counted.name) == checkpoint
+    assert connection.restores == 0, "the rows were put back, no page restored"
+    db.execute("CREATE TABLE scratch (x)")  # a seed that moved the schema
+    assert _a_seed(stores, db, 1) == [1]
+    assert connection.restores == 1 and "scratch" not in db.table_names()
+    assert _a_seed(stores, db, 4) == [1, 2, 3, 4] and connection.restores == 1
+    assert read_checkpoint(db, _Counted.name) == checkpoint

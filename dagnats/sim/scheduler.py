@@ -31,9 +31,7 @@ from typing import Final
 
 import msgspec
 
-from dagnats.runtime.protocols import (
-    CommandMessage,
-)
+from dagnats.runtime.protocols import CommandMessage
 from dagnats.sim import settings
 from dagnats.sim.bounds import LostAttempts
 from dagnats.sim.case import SeedResult, SimCase
@@ -69,8 +67,9 @@ from dagnats.sim.processes import (
     drain,
     enter_call,
 )
-from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, ProjectionStores, SeedProjector
+from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, SeedProjector
 from dagnats.sim.shared import CaseShared, case_shared
+from dagnats.sim.stores import ProjectionStores
 from dagnats.sim.trace import Trace, describe_batch
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
