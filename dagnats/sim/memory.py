@@ -18,6 +18,7 @@ This module may not read the wall clock, draw randomness or do I/O.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -110,6 +111,10 @@ class HistoryMessage:
     at_ms: int  # virtual time of the append
 
 
+def _seq_of(message: HistoryMessage) -> int:
+    return message.seq
+
+
 class MemoryEventLog:
     """The history stream: every run's subject, one global sequence, msg-id dedup."""
 
@@ -191,10 +196,10 @@ class LogPort:
     async def read(self, run_id: str, *, after_seq: int = 0) -> AsyncIterator[tuple[int, bytes]]:
         assert after_seq >= 0
         self.gate.check("read")
-        run = list(self.log.history(run_id))  # as of the start of the read
-        for message in run:
-            if message.seq > after_seq:
-                yield message.seq, message.payload
+        run = self.log.history(run_id)
+        first = bisect.bisect_right(run, after_seq, key=_seq_of) if after_seq else 0
+        for message in run[first:]:  # (a copy: as of the start of the read)
+            yield message.seq, message.payload
 
     async def last_seq(self, run_id: str) -> int:
         self.gate.check("read")
