@@ -32,8 +32,8 @@ from dagnats.sim import SimCase
 from dagnats.sim.bounds import run_bound_ms
 from dagnats.sim.case import EngineFactory
 from dagnats.sim.loop import SimLoop
-from dagnats.sim.projector import ProjectionStores
 from dagnats.sim.scheduler import Simulation
+from dagnats.sim.stores import ProjectionStores
 from dagnats.worker import TaskContext, TaskResult, Worker
 from kernel import codec
 from kernel.commands import FireTimer, StoredCommand, TaskStarted

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from sqlite_utils import Database
 
 from dagnats.sim import SimCase, run_seeds
-from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, ProjectionStores, SeedProjector
+from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, SeedProjector
 from dagnats.sim.scheduler import Simulation
+from dagnats.sim.stores import ProjectionStores
 from kernel import codec
 from kernel.commands import CancelRun
 from kernel.events import (

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlite_utils import Database
 
-from dagnats.sim.projector import ProjectionStores
+from dagnats.sim.stores import ProjectionStores
 from dagnats.worker_safety import output_problem, walked_problem
 from kernel import codec, limits
 from kernel.admission import is_gate_id

@@ -13,7 +13,7 @@ from sqlite_utils import Database
 
 from dagnats.sim import SimCase, run_seeds
 from dagnats.sim import projector as sim_projector
-from dagnats.sim.projector import ProjectionStores
+from dagnats.sim.stores import ProjectionStores
 from kernel import codec
 from kernel.events import AnyEvent, Decision, RunStarted, StepStarted
 from kernel.reducer import evolve
@@ -60,8 +60,6 @@ def test_tables_of_different_shapes_fall_back_to_the_slow_comparison() -> None:
     stores.live.execute("CREATE TABLE t (a INTEGER, b TEXT, c)")
     stores.rebuild.execute("CREATE TABLE t (a INTEGER)")
     assert not stores.same_rows(stores.live, stores.rebuild, "t")
-
-
 
 
 def test_the_snapshot_projector_folds_the_oracles_decoded_messages(

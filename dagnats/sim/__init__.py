@@ -9,8 +9,8 @@ Modules: `memory` and `memory_queue` (the protocols in memory, over virtual time
 rules, written apart from the kernel) and `model_check` (its invariant, `model_matches`),
 `case` (what to simulate, what a seed gives), `processes` (the simulated engines, workers and
 their gates), `scheduler` (one seed), `bounds` (each run's bound of virtual time), `runner`
-(many seeds, reports), `loop`, `projector`,
-`trace`, `settings` (every bound of the simulator).
+(many seeds, reports), `loop`, `projector`, `stores`
+(the projection's in-memory databases), `trace`, `settings` (every bound of the simulator).
 The `dagnats sim` command lives in `dagnats/cli/sim.py`.
 
 sim/ may import `dagnats.runtime` (the engine and its protocols), `dagnats.worker`, `kernel`

@@ -18,6 +18,7 @@ This module may not read the wall clock, draw randomness or do I/O.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -110,6 +111,10 @@ class HistoryMessage:
     at_ms: int  # virtual time of the append
 
 
+def _seq_of(message: HistoryMessage) -> int:
+    return message.seq
+
+
 class MemoryEventLog:
     """The history stream: every run's subject, one global sequence, msg-id dedup."""
 
@@ -191,10 +196,10 @@ class LogPort:
     async def read(self, run_id: str, *, after_seq: int = 0) -> AsyncIterator[tuple[int, bytes]]:
         assert after_seq >= 0
         self.gate.check("read")
-        run = list(self.log.history(run_id))  # as of the start of the read
-        for message in run:
-            if message.seq > after_seq:
-                yield message.seq, message.payload
+        run = self.log.history(run_id)
+        first = bisect.bisect_right(run, after_seq, key=_seq_of) if after_seq else 0
+        for message in run[first:]:  # (a copy: as of the start of the read)
+            yield message.seq, message.payload
 
     async def last_seq(self, run_id: str) -> int:
         self.gate.check("read")
@@ -223,10 +228,29 @@ class LogPort:
 
 
 class MemorySnapshots:
-    """The run snapshot bucket: each run's latest snapshot, stored encoded as in the KV."""
+    """The run snapshot bucket: each run's latest snapshot, stored encoded as in the KV.
+
+    Each stored value is decoded once (`decoded`): every engine incarnation of a seed loads every
+    run at its start (`resume_all`), most of them from a snapshot nobody wrote since."""
 
     def __init__(self) -> None:
         self.stored: dict[str, bytes] = {}
+        # run id -> the stored bytes last decoded (held: its identity says it is still the
+        # stored value) and what they decoded to (`decode_snapshot` is a function of them)
+        self._decoded: dict[str, tuple[bytes, Snapshot | None]] = {}
+
+    def decoded(self, run_id: str) -> Snapshot | None:
+        """The run's stored snapshot decoded (`decode_snapshot`: None when missing or not
+        usable), decoded again only when another value was stored since."""
+        data = self.stored.get(run_id)
+        if not data:
+            return None
+        known = self._decoded.get(run_id)
+        if known is not None and known[0] is data:
+            return known[1]
+        snapshot = decode_snapshot(data, run_id)
+        self._decoded[run_id] = (data, snapshot)
+        return snapshot
 
     def put(self, state: RunState, last_seq: int) -> None:
         self.stored[state.run_id] = encode_snapshot(make_snapshot(state, last_seq))
@@ -246,4 +270,4 @@ class SnapshotPort:
 
     async def get(self, run_id: str) -> Snapshot | None:
         self.gate.check("read_snapshot")
-        return decode_snapshot(self.snapshots.stored.get(run_id), run_id)
+        return self.snapshots.decoded(run_id)

@@ -71,6 +71,7 @@ class MemoryQueue:
         self.deliver_max = deliver_max
         self.duplicate_window_ms = duplicate_window_ms
         self.entries: list[QueueEntry] = []  # not yet done, in stream order
+        self.held = 0  # entries with a holder (`expire` has nothing to look at without one)
         self._msg_ids: dict[str, int] = {}
         self._number = 0
         self.stats = QueueStats()
@@ -141,6 +142,7 @@ class MemoryQueue:
         assert entry.deliveries < self.deliver_max
         entry.deliveries += 1
         entry.holder = holder
+        self.held += 1
         entry.deadline_ms = (
             deadline_ms if deadline_ms is not None else self.time.now_ms + self.ack_wait_ms
         )
@@ -172,8 +174,10 @@ class MemoryQueue:
 
     def expire(self) -> list[QueueEntry]:
         """Release every held entry whose ack deadline passed (it will be redelivered)."""
-        now = self.time.now_ms
         expired: list[QueueEntry] = []
+        if not self.held:  # (asked every scheduler pass)
+            return expired
+        now = self.time.now_ms
         for entry in self.entries:
             if entry.holder is not None and entry.deadline_ms <= now:
                 expired.append(entry)
@@ -201,6 +205,8 @@ class MemoryQueue:
         return len(self.entries)
 
     def _release(self, entry: QueueEntry, available_at_ms: int) -> None:
+        if entry.holder is not None:
+            self.held -= 1
         entry.holder = None
         entry.deadline_ms = NEVER_MS
         if entry.deliveries >= self.deliver_max:
@@ -211,8 +217,11 @@ class MemoryQueue:
 
     def _finish(self, entry: QueueEntry) -> None:
         entry.done = True
+        if entry.holder is not None:
+            self.held -= 1
         entry.holder = None
         self.entries.remove(entry)
+        assert self.held >= 0, self.held
 
 
 class MemoryMessage:
@@ -392,6 +401,10 @@ class MemoryTimers:
     commands: MemoryQueue
     armed: dict[tuple[str, str], ArmedTimer] = field(default_factory=dict)
     fired: int = 0
+    # The earliest fire time armed (None: none armed), kept while `armed` changes only through
+    # `arm`, `cancel` and `fire`: the scheduler asks every pass, over every run's timers.
+    _earliest_ms: int | None = None
+    _earliest_known: bool = True
 
     def due(self) -> list[ArmedTimer]:
         """Armed timers whose time has come, in (time, run, id) order."""
@@ -401,22 +414,31 @@ class MemoryTimers:
 
     def has_due(self) -> bool:
         """Whether `due()` is not empty."""
-        now = self.time.now_ms
-        for timer in self.armed.values():  # noqa: SIM110 (asked every pass, as has_ready)
-            if timer.fire_at_ms <= now:
-                return True
-        return False
+        earliest = self.next_due_ms()
+        return earliest is not None and earliest <= self.time.now_ms
 
     def next_due_ms(self) -> int | None:
-        due: int | None = None
-        for timer in self.armed.values():
-            if due is None or timer.fire_at_ms < due:
-                due = timer.fire_at_ms
-        return due
+        """The earliest fire time armed (None: no timer is armed)."""
+        if not self._earliest_known:
+            due: int | None = None
+            for timer in self.armed.values():
+                if due is None or timer.fire_at_ms < due:
+                    due = timer.fire_at_ms
+            self._earliest_ms, self._earliest_known = due, True
+        return self._earliest_ms
+
+    def arm(self, timer: ArmedTimer) -> None:
+        """Arm `timer` (one armed under its run and id is replaced)."""
+        self.armed[(timer.run_id, timer.timer_id)] = timer
+        self._earliest_known = False
+
+    def cancel(self, run_id: str, timer_id: str) -> None:
+        if self.armed.pop((run_id, timer_id), None) is not None:
+            self._earliest_known = False
 
     def fire(self, timer: ArmedTimer, delay_ms: int = 0) -> None:
         """Deliver the timer's command to its run (no msg id: fires are not deduplicated)."""
-        self.armed.pop((timer.run_id, timer.timer_id), None)
+        self.cancel(timer.run_id, timer.timer_id)
         subject = command_subject(timer.run_id, COMMAND_PARTITIONS)
         self.commands.publish_now(subject, timer.payload, "", delay_ms)
         self.fired += 1
@@ -436,17 +458,19 @@ class TimerPort:
         _check_size("timer payload", payload)
         self.gate.check("arm_timer")
         now = self.timers.time.now_ms
-        self.timers.armed[(run_id, timer_id)] = ArmedTimer(
-            run_id=run_id,
-            timer_id=timer_id,
-            fire_at_ms=fire_at_ms,
-            payload=payload,
-            armed_at_ms=now,
+        self.timers.arm(
+            ArmedTimer(
+                run_id=run_id,
+                timer_id=timer_id,
+                fire_at_ms=fire_at_ms,
+                payload=payload,
+                armed_at_ms=now,
+            )
         )
 
     async def cancel(self, run_id: str, timer_id: str) -> None:
         self.gate.check("cancel_timer")
-        self.timers.armed.pop((run_id, timer_id), None)
+        self.timers.cancel(run_id, timer_id)
 
 
 def message_of(queue: MemoryQueue, entry: QueueEntry, holder: object) -> QueueMessage:

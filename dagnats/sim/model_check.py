@@ -56,7 +56,8 @@ Violate = Callable[[str, str, str], None]
 class AttemptRecord:
     """What the workers did with one attempt."""
 
-    story: list[str] = field(default_factory=list)
+    # (virtual ms, worker, what): made into lines only for a mismatch's report (`story`)
+    story: list[tuple[int, str, str]] = field(default_factory=list)
     result_sent_at_ms: int | None = None  # a handler returned or raised and its worker sent it
 
 
@@ -83,7 +84,7 @@ class AttemptLog:
             record = self.attempts[key] = AttemptRecord()
         now = self.time.now_ms
         if len(record.story) < settings.violations_per_seed_max:
-            record.story.append(f"@{now - settings.epoch_ms} ms {worker}: {text}")
+            record.story.append((now, worker, text))
         if sent and record.result_sent_at_ms is None:
             record.result_sent_at_ms = now
 
@@ -107,7 +108,10 @@ class AttemptLog:
         lines: list[str] = []
         for (run, step, attempt), record in sorted(self.attempts.items()):
             if run == run_id and step == step_id:
-                lines.extend(f"    {step}#{attempt} {line}" for line in record.story)
+                lines.extend(
+                    f"    {step}#{attempt} @{at_ms - settings.epoch_ms} ms {worker}: {text}"
+                    for at_ms, worker, text in record.story
+                )
         return lines[-STORY_LINES_MAX:]
 
 

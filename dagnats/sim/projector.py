@@ -32,7 +32,6 @@ clock, draw randomness other than from the seed's `random.Random`, or do I/O.
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from typing import Final
@@ -41,6 +40,7 @@ from sqlite_utils import Database
 
 from dagnats.sim.faults import SeedFaults, SimulatedCrash
 from dagnats.sim.memory import HistoryMessage, MemoryEventLog, MemorySnapshots
+from dagnats.sim.stores import ProjectionStores
 from dagnats.sim.trace import Trace
 from kernel import codec
 from kernel.admission import is_gate_id
@@ -48,7 +48,6 @@ from kernel.errors import DagnatsError
 from kernel.events import AnyEvent, Decision
 from kernel.state import INITIAL_STATE, RunState
 from projections.base import (
-    CHECKPOINTS_TABLE,
     Checkpoint,
     Message,
     Position,
@@ -57,13 +56,11 @@ from projections.base import (
     batch_messages_max,
     positioned_events,
     read_checkpoint,
-    write_transaction,
 )
 from projections.snapshot import (
     Decoded,
     Snapshot,
     SnapshotFolder,
-    decode_snapshot,
     encode_snapshot,
     fold_messages,
     snapshot_every_events,
@@ -93,98 +90,10 @@ SNAPSHOT_EVERY_CHOICES: Final = (1, 3, snapshot_every_events)  # the folder's ca
 DATABASE_REBUILD_EVERY_SEEDS: Final = 8
 CATCH_UP_BATCHES_MAX: Final = 10_000  # batches of the final catch-up (crashes included)
 ROWS_SHOWN_MAX: Final = 2  # differing rows named in a violation
-SEQUENCES_TABLE: Final = "sqlite_sequence"  # SQLite's own: each AUTOINCREMENT table's counter
 
 Violate = Callable[[str, str, str], None]
 StatesAt = Callable[[str, int], RunState | None]  # the oracle's fold of a run at a sequence
 DecisionAt = Callable[[int], Decision | None]  # the oracle's decoded message at a sequence
-
-
-class ProjectionStores:
-    """The two in-memory databases of the SQLite projection (live, rebuild), kept across the
-    seeds of one call: each seed opens the projection on emptied tables (`fresh`)."""
-
-    def __init__(self) -> None:
-        self.live = Database(memory=True)
-        self.rebuild = Database(memory=True)
-        # Tables seen in each database: no table is ever dropped, so one seen stays there.
-        self._tables: dict[int, set[str]] = {id(self.live): set(), id(self.rebuild): set()}
-        self._columns: dict[str, int] = {}  # table -> its column count (the same in both)
-        # Each database as `fresh` first left it with all of a projection's tables (its pages).
-        self._templates: dict[tuple[int, str, tuple[str, ...]], bytes] = {}
-
-    def fresh(self, db: Database, projection: SqliteProjection, now_ms: int = 0) -> SqliteRunner:
-        """The projection opened on emptied tables: no row, its checkpoint at sequence 0.
-
-        The first times, its rows and checkpoint are deleted (`empty`) and it is opened
-        (`SqliteRunner.open`); once the database held all its tables before that, the pages
-        this leaves are kept (a copy of a few pages), and each later call restores them in one
-        step, so the database is then exactly what it was that time (counters such as
-        AUTOINCREMENT's set back too: no seed leaves anything to the next; the checkpoint's
-        schema stamp too, so the open finds the tables made)."""
-        key = (id(db), projection.name, projection.tables)
-        template = self._templates.get(key)
-        if template is not None:
-            try:
-                db.conn.deserialize(template)
-            except sqlite3.Error:  # (a statement still open: delete the rows instead)
-                template = None
-        whole = template is None and self.empty(db, projection)
-        runner = SqliteRunner(db, projection)
-        position = runner.open(now_ms)
-        assert position == 0, f"{projection.name}: opened at {position} on emptied tables"
-        if whole:
-            self._templates[key] = db.conn.serialize()
-        return runner
-
-    def empty(self, db: Database, projection: SqliteProjection) -> bool:
-        """Delete the projection's rows and its checkpoint (its tables stay).
-
-        Returns:
-            Whether the database held all the projection's tables (then they are all empty).
-        """
-        existing = self._tables.setdefault(id(db), set())
-        if not existing.issuperset((*projection.tables, CHECKPOINTS_TABLE)):
-            existing.update(db.table_names())
-        with write_transaction(db):
-            for table in projection.tables:
-                if table in existing:
-                    db.execute(f'DELETE FROM "{table}"')
-            if CHECKPOINTS_TABLE in existing:
-                db.execute(f"DELETE FROM {CHECKPOINTS_TABLE} WHERE name = ?", [projection.name])
-            if SEQUENCES_TABLE in existing:  # (AUTOINCREMENT counters start again too)
-                for table in projection.tables:
-                    db.execute(f"DELETE FROM {SEQUENCES_TABLE} WHERE name = ?", [table])
-        return existing.issuperset((*projection.tables, CHECKPOINTS_TABLE))
-
-    def empty_tables(self, db: Database, tables: tuple[str, ...]) -> set[str]:
-        """The tables without a row, found in one query (none when some table is missing)."""
-        if not tables:
-            return set()
-        query = "SELECT " + ", ".join(f'NOT EXISTS (SELECT 1 FROM "{table}")' for table in tables)
-        try:
-            row = db.conn.execute(query).fetchone()
-        except sqlite3.Error:  # (a table missing: each is compared on its own)
-            return set()
-        return {table for table, empty in zip(tables, row, strict=True) if empty}
-
-    def same_rows(self, live: Database, rebuilt: Database, table: str) -> bool:
-        """Whether the table holds the same rows in both databases, found cheaply: each sorted
-        by every column (by SQLite, a total order) and compared as lists. Equal lists are equal
-        multisets; unequal ones may still be (an order that ties unequal rows, such as NOCASE):
-        False means "compare them the slow way", never "they differ"."""
-        try:
-            columns = self._columns.get(table)
-            if columns is None:
-                cursor = live.execute(f'SELECT * FROM "{table}" LIMIT 0')
-                columns = self._columns[table] = len(cursor.description)
-            order = ", ".join(str(index) for index in range(1, columns + 1))
-            query = f'SELECT * FROM "{table}" ORDER BY {order}'
-            return bool(
-                live.conn.execute(query).fetchall() == rebuilt.conn.execute(query).fetchall()
-            )
-        except sqlite3.Error:  # (schemas that differ: the slow comparison says how)
-            return False
 
 
 class _CrashAfterFlush:
@@ -367,7 +276,7 @@ class SeedProjector:
 
     def _load(self, run_id: str) -> None:
         """Seed the folder with the run's stored snapshot plus the history after it."""
-        stored = decode_snapshot(self.snapshots.stored.get(run_id), run_id)
+        stored = self.snapshots.decoded(run_id)
         state, last_seq = (stored.state, stored.last_seq) if stored else (INITIAL_STATE, 0)
         tail = [(m.seq, m.payload) for m in self.log.history(run_id)]
         try:

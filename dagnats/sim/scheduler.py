@@ -31,9 +31,7 @@ from typing import Final
 
 import msgspec
 
-from dagnats.runtime.protocols import (
-    CommandMessage,
-)
+from dagnats.runtime.protocols import CommandMessage
 from dagnats.sim import settings
 from dagnats.sim.bounds import LostAttempts
 from dagnats.sim.case import SeedResult, SimCase
@@ -69,8 +67,9 @@ from dagnats.sim.processes import (
     drain,
     enter_call,
 )
-from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, ProjectionStores, SeedProjector
+from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, SeedProjector
 from dagnats.sim.shared import CaseShared, case_shared
+from dagnats.sim.stores import ProjectionStores
 from dagnats.sim.trace import Trace, describe_batch
 from kernel import codec
 from kernel.commands import CancelRun, StartRun
@@ -206,10 +205,9 @@ class Simulation:
 
     def _overdue(self, due: int) -> bool:
         """Whether some run will be past its bound by `due` (stop early: it will not end)."""
-        for run_id, started in self.started_at_ms.items():
-            if due > started + self.lost.bound_ms(self.bound_ms, run_id) and not is_terminal(
-                self.oracle.state(run_id)
-            ):
+        after, extra_ms, state = due - self.bound_ms, self.lost.extra_ms, self.oracle.state
+        for run_id, started in self.started_at_ms.items():  # (`LostAttempts.bound_ms` inlined)
+            if after > started + extra_ms.get(run_id, 0) and not is_terminal(state(run_id)):
                 return True
         return False
 
@@ -474,7 +472,8 @@ class Simulation:
             self.trace.add(self.time.now_ms, process.gate.name, "FAULT crash mid-task")
             await self._worker_crashed(process, "mid_task")
             return
-        call.release.set_result(None)
+        if not call.release.done():  # (done: its worker cut it at its deadline, see `_settle`)
+            call.release.set_result(None)
         await self._settle(call)
 
     async def _settle(self, call: HandlerCall) -> None:
@@ -498,8 +497,13 @@ class Simulation:
             self.trace.add(self.time.now_ms, process.name, f"task failed: {error!r}")
             self.attempts.record(call.entry.data, name, f"{call.outcome}; {error}")
         else:
-            text = f"{call.outcome}; result sent" if call.outcome else "reported (no handler call)"
-            self.attempts.record(call.entry.data, name, text, sent=bool(call.outcome))
+            # A handler its worker cut at its deadline sent nothing (that deadline's timer is on
+            # the loop's clock, which jumps while the simulation awaits a worker's sleep).
+            cut = call.release.cancelled()
+            sent = bool(call.outcome) and not cut
+            text = "cut by its worker at its deadline" if cut else "result sent"
+            text = f"{call.outcome}; {text}" if call.outcome else "reported (no handler call)"
+            self.attempts.record(call.entry.data, name, text, sent=sent)
         entry = call.entry  # unacked (an ack lost): its heartbeats stop with the call
         if not entry.done and entry.holder is process.gate:
             deadline = self.time.now_ms + self.tasks.ack_wait_ms

@@ -5,7 +5,7 @@ depends on the case alone and that no seed can change in a way another one could
 - the user's handlers wrapped for the simulator (`processes.simulated_handler`: stateless
   wrappers that read the current call from a context variable);
 - the projection's two in-memory databases, each seed restoring them as a first open left them
-  (`projector.ProjectionStores.fresh`);
+  (`stores.ProjectionStores.fresh`);
 - the engines' memo of workflow definitions found valid (`Engine._valid_workflows`, keyed by
   the definition's bytes): each engine incarnation of each seed validated the case's one
   workflow again (~2% of a seed of the order example), with the same result every time
@@ -25,7 +25,7 @@ from typing import Final
 
 from dagnats.sim.case import SimCase
 from dagnats.sim.processes import simulated_handler
-from dagnats.sim.projector import ProjectionStores
+from dagnats.sim.stores import ProjectionStores
 from dagnats.worker import Handler
 
 ENGINE_VALID_WORKFLOWS: Final = "_valid_workflows"  # the engine's memo (dagnats/runtime/engine.py)
