@@ -216,3 +216,29 @@ def test_numbers_read_stay_within_their_bound() -> None:
     from dagnats.runtime import wire_parser
 
     assert len(wire_parser._numbers) <= numbers_kept_max
+
+
+TRICKY_STREAMS = [
+    b"HMSG a 1 10 20\r\n30\r\n" + b"x" * 40 + b"\r\nPING\r\n",  # nats-py reads 30 as the size
+    b"HMSG a 1 10 20\r\n \t30\r\n" + b"x" * 40 + b"\r\n",
+    b"HMSG a 1 12 12\r\nNATS/1.0\r\n\r\n\r\nMSG b 2 r 1\r\nx\r\n",
+    b"MSG a 1 r\n5\r\nabcde\r\n",
+    b"MSG a 1 r\r5\r\nabcde\r\n",
+    b"MSG\ta\t1\t5\r\nabcde\r\n",
+    b"MSG a  1   r  5\r\nabcde\r\n",
+    b"HMSG a 1 r\x0b12 12\r\nNATS/1.0\r\n\r\n\r\n",
+    b"MSG a 1 5 \r\nabcde\r\n",
+    b"MSG a 1 +5\r\nabcde\r\n",
+    b"MSG a +1 5\r\nabcde\r\n",
+    b"MSG a 1 \xd9\xa1\r\nx\r\n",
+]
+
+
+def test_tricky_lines_read_as_nats_py_reads_them_at_every_cut() -> None:
+    for stream in TRICKY_STREAMS:
+        for point in range(len(stream)):
+            reads = cut(stream, [point])
+            theirs, their_states = feed(Parser, reads)
+            ours, our_states = feed(WireParser, reads)
+            assert ours.events == theirs.events, (stream, point)
+            assert our_states == their_states, (stream, point)

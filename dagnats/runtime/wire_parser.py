@@ -57,6 +57,13 @@ PONG_LINE: Final = _at_position(nats_parser.PONG_RE)
 INFO_LINE: Final = _at_position(nats_parser.INFO_RE)
 _M: Final = ord("M")
 _H: Final = ord("H")
+_CR: Final = ord("\r")
+_ZERO: Final = ord("0")
+_NINE: Final = ord("9")
+_SPACE_OR_DIGIT: Final = frozenset(b" \t\n\r\x0b\x0c0123456789")
+# A MSG or HMSG line read: (where its payload starts, subject, sid, reply, bytes after the
+# line before their CRLF, header bytes of them).
+MessageLine = tuple[int, bytes, int, bytes, int, int]
 # The numbers of control lines (sids, sizes) read already, as `int` reads them: an `int` of
 # bytes costs several dict look-ups, and a connection's sids and sizes repeat.
 numbers_kept_max: Final = 4096
@@ -98,12 +105,8 @@ class WireParser(nats_parser.Parser):
                 if state == CONTROL_LINE:
                     if pos >= size:
                         break
-                    first = data[pos]
-                    line = (
-                        HMSG_LINE.match(data, pos) if first == _H
-                        else MSG_LINE.match(data, pos) if first == _M else None
-                    )  # fmt: skip
-                    if line is None:
+                    read = _message_line(data, pos)
+                    if read is None:
                         after = await self._other_line(data, pos)
                         if self.buf is not buf:
                             return  # (reset by the callback: these bytes are done with)
@@ -111,8 +114,8 @@ class WireParser(nats_parser.Parser):
                             break
                         pos = after
                         continue
-                    subject, sid, reply, needed, header_needed = _message_line(line, first)
-                    pos, state = line.end(), PAYLOAD
+                    pos, subject, sid, reply, needed, header_needed = read
+                    state = PAYLOAD
                 end = pos + needed
                 if size < end + CRLF_SIZE:
                     break  # (wait for the rest of the payload)
@@ -165,43 +168,100 @@ class WireParser(nats_parser.Parser):
         return _NEED_MORE
 
 
-def _message_line(line: re.Match[bytes], first: int) -> tuple[bytes, int, bytes, int, int]:
-    """(subject, sid, reply, bytes after the line before its CRLF, header bytes of them) of
-    a matched MSG or HMSG line, read as nats-py reads it (`int` of its numbers, through
-    `_numbers`).
+def _message_line(data: bytes, pos: int) -> MessageLine | None:
+    """The MSG or HMSG line at `pos`, read as nats-py's patterns read `data[pos:]`: (where
+    its payload starts, subject, sid, reply, bytes after the line before their CRLF, header
+    bytes of them); None when no such line is there (yet).
 
     Raises:
         nats.errors.ProtocolError: the sid is not a number ("nats: malformed MSG").
     """
-    numbers = _numbers
+    first = data[pos]
+    if first not in (_H, _M):
+        return None
+    quick = _plain_line(data, pos, first)
+    if quick is not None:
+        return quick
+    line = (HMSG_LINE if first == _H else MSG_LINE).match(data, pos)
+    if line is None:
+        return None
     try:
         if first == _M:
             subject, sid, _, reply, needed = line.groups()
             header_needed = 0
         else:
             subject, sid, _, reply, header_size, needed = line.groups()
-            header_needed = numbers.get(header_size) or _number(header_size)
-        sid_number = numbers.get(sid) or _number(sid)
-        return (
-            subject,
-            sid_number,
-            reply or b"",
-            numbers.get(needed) or _number(needed),
-            header_needed,
-        )
+            header_needed = _number(header_size)
+        return line.end(), subject, _number(sid), reply or b"", _number(needed), header_needed
     except Exception:
         raise ProtocolError("nats: malformed MSG") from None
 
 
+def _plain_line(
+    data: bytes, pos: int, first: int
+) -> tuple[int, bytes, int, bytes, int, int] | None:
+    """The MSG or HMSG line at `pos` when it is plain, read without the pattern; None when
+    it is not (the pattern reads it then).
+
+    Plain: the line ends at the first LF after `pos`, with a CR before it and no other CR
+    in it, its last byte is a digit, its fields split by whitespace count as the pattern's
+    (MSG: 4 or 5, HMSG: 5 or 6) with the sizes all digits; for an HMSG without a reply, the
+    byte after the line (if any) is neither whitespace nor a digit. The pattern's only match
+    of `data[pos:]` is then these fields: its optional reply group fails at the CR (MSG) or
+    at the next line's first byte (HMSG), and every other field is a maximal run of
+    non-whitespace.
+
+    Raises:
+        nats.errors.ProtocolError: the sid is not a number ("nats: malformed MSG").
+    """
+    end = data.find(b"\n", pos)
+    if end < 0 or data[end - 1] != _CR or data.find(b"\r", pos, end - 1) >= 0:
+        return None
+    if not _ZERO <= data[end - 2] <= _NINE:
+        return None
+    fields = data[pos : end - 1].split()
+    count = len(fields)
+    if first == _M:
+        if fields[0] != b"MSG" or not 4 <= count <= 5:
+            return None
+        header_size, reply = b"0", fields[3] if count == 5 else b""
+    else:
+        if fields[0] != b"HMSG" or not 5 <= count <= 6:
+            return None
+        if count == 5 and end + 1 < len(data) and data[end + 1] in _SPACE_OR_DIGIT:
+            return None  # (the pattern may read the next line as this one's size)
+        header_size, reply = fields[count - 2], fields[3] if count == 6 else b""
+    needed = fields[count - 1]
+    if not (needed.isdigit() and header_size.isdigit()):
+        return None
+    numbers = _numbers
+    try:
+        sid = numbers.get(fields[2]) or int(fields[2])
+        needed_number = numbers.get(needed) or _number(needed)
+        return (
+            end + 1,
+            fields[1],
+            sid,
+            reply,
+            needed_number,
+            numbers.get(header_size) or _number(header_size),
+        )
+    except ValueError:
+        raise ProtocolError("nats: malformed MSG") from None
+
+
 def _number(text: bytes) -> int:
-    """`int(text)`, kept in `_numbers` while it has room.
+    """`int(text)`; kept in `_numbers` while it has room, when `text` is all ASCII digits
+    (so a number found there is one the patterns' `\\d+` read).
 
     Raises:
         ValueError: `text` is no number `int` reads.
     """
-    number = int(text)
-    if len(_numbers) < numbers_kept_max:
-        _numbers[text] = number
+    number = _numbers.get(text)
+    if number is None:
+        number = int(text)
+        if len(_numbers) < numbers_kept_max and text.isdigit():
+            _numbers[text] = number
     return number
 
 
