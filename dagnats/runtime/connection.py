@@ -6,7 +6,8 @@ connection whose URL came from that file reads it again whenever a reconnect att
 follows a new URL (a restarted serve whose old port was taken). Losing the server is logged
 once, then summarised every `settings.outage_log_interval_ms`, and its recovery once.
 Each connection has a role (runtime/roles) and authenticates with that role's credential
-(runtime/credentials); its commands go out on the subjects of its role's kind.
+(runtime/credentials); its commands go out on the subjects of its role's kind. Each reads the
+wire with runtime/wire_parser (nats-py's protocol semantics, less CPU a message).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dagnats.runtime.resources import WORKFLOWS_BUCKET
 from dagnats.runtime.roles import Role, command_kind_tokens
 from dagnats.runtime.task_tokens import TaskTokens
 from dagnats.runtime.timers import JetStreamTimers
+from dagnats.runtime.wire_parser import install as install_wire_parser
 from kernel.errors import DagnatsError
 
 URL_ENV = "DAGNATS_NATS_URL"
@@ -291,6 +293,7 @@ async def _first_connect(
         ConnectError: one readable line and a hint.
     """
     nc = NatsClient()
+    install_wire_parser(nc)  # (nats-py's semantics, read with less CPU: runtime/wire_parser)
     settings_: dict[str, Any] = dict(
         options, connect_timeout=connect_timeout_s,
         max_reconnect_attempts=initial_connect_attempts_max, allow_reconnect=True,
