@@ -24,8 +24,7 @@ from projections.base import (
 )
 
 SEQUENCES_TABLE: Final = "sqlite_sequence"  # SQLite's own: each AUTOINCREMENT table's counter
-# (the schema version then, and the rows of the projection's, SQLite's and the checkpoints'
-# tables then)
+# (the schema version then, and the rows of SQLite's and the checkpoints' tables then)
 _Kept = tuple[int, dict[str, list[tuple[object, ...]]]] | None
 
 
@@ -45,19 +44,17 @@ class ProjectionStores:
         self._kept: dict[tuple[int, str, tuple[str, ...]], _Kept] = {}
 
     def fresh(self, db: Database, projection: SqliteProjection, now_ms: int = 0) -> SqliteRunner:
-        """The projection opened on emptied tables: no row but those its first open wrote, its
-        checkpoint at sequence 0.
+        """The projection opened on emptied tables: no row, its checkpoint at sequence 0.
 
         The first times, its rows and checkpoint are deleted (`empty`) and it is opened
         (`SqliteRunner.open`); once the database held all its tables before that, what this
-        leaves is kept: its pages (a copy of a few pages) and the rows of the projection's
-        tables (those its `create` wrote: an open whose schema stamp holds does not run it
-        again) and of SQLite's and the projections' own tables (counters such as
-        AUTOINCREMENT's; the checkpoint with its schema stamp, so the open finds the tables
-        made). Each later call gives the database back those rows, in one transaction, and no
-        other: no seed leaves anything to the next. The pages are restored instead
-        (`deserialize`) when that cannot be so (a seed changed the schema, a transaction is
-        open, or the database has tables the projection does not name): a restore of the pages
+        leaves is kept: its pages (a copy of a few pages) and the rows of SQLite's and the
+        projections' own tables (counters such as AUTOINCREMENT's; the checkpoint with its
+        schema stamp, so the open finds the tables made). Each later call gives the database
+        back those rows, in one transaction, and no other: no seed leaves anything to the next.
+        The pages are restored instead (`deserialize`) when that cannot be so (a seed changed
+        the schema, a transaction is open, the database has tables the projection does not
+        name, or the first open wrote rows in the projection's tables): a restore of the pages
         makes SQLite prepare every statement again (~25 us each, ~10 a seed), which rows put
         back do not."""
         key = (id(db), projection.name, projection.tables)
@@ -93,11 +90,8 @@ class ProjectionStores:
         with write_transaction(db):
             for table in projection.tables:
                 db.conn.execute(f'DELETE FROM "{table}"')
-            # (the projection's own rows first: SQLite's counters, put back last, are then
-            # those the first open left, whatever these inserts moved)
             for table, rows in own_rows.items():
-                if table not in projection.tables:
-                    db.conn.execute(f'DELETE FROM "{table}"')
+                db.conn.execute(f'DELETE FROM "{table}"')
                 if rows:
                     marks = ", ".join("?" * len(rows[0]))
                     db.conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
@@ -154,17 +148,19 @@ class ProjectionStores:
 
 
 def _kept_rows(db: Database, projection: SqliteProjection) -> _Kept:
-    """What `_put_back` gives the database back, read just after a first `fresh` left it (the
-    rows of the projection's tables, which its `create` may have written, then those of
-    SQLite's and the checkpoints' tables); None when rows cannot make it so (it holds a table
-    the projection does not name)."""
+    """What `_put_back` gives the database back, read just after a first `fresh` left it; None
+    when rows cannot make it so (it holds a table the projection does not name, or rows in the
+    projection's tables: its `create` wrote them, and an open whose schema stamp holds does not
+    run it again)."""
     own = (CHECKPOINTS_TABLE, SEQUENCES_TABLE)
     names = [row[0] for row in db.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     if any(name not in own and name not in projection.tables for name in names):
         return None
-    # (the projection's tables too: its `create` may write rows an open whose schema stamp
-    # holds does not write again)
-    kept = [name for name in (*projection.tables, *own) if name in names]
-    rows = {name: db.conn.execute(f'SELECT * FROM "{name}"').fetchall() for name in kept}
+    for table in projection.tables:  # (rows its `create` wrote: an open does not write again)
+        if table in names and db.conn.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone():
+            return None
+    rows = {
+        name: db.conn.execute(f'SELECT * FROM "{name}"').fetchall() for name in own if name in names
+    }
     (schema_version,) = db.conn.execute("PRAGMA schema_version").fetchone()
     return int(schema_version), rows
