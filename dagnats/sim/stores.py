@@ -53,9 +53,10 @@ class ProjectionStores:
         schema stamp, so the open finds the tables made). Each later call gives the database
         back those rows, in one transaction, and no other: no seed leaves anything to the next.
         The pages are restored instead (`deserialize`) when that cannot be so (a seed changed
-        the schema, a transaction is open, or the database has tables the projection does not
-        name): a restore of the pages makes SQLite prepare every statement again (~25 us each,
-        ~10 a seed), which rows put back do not."""
+        the schema, a transaction is open, the database has tables the projection does not
+        name, or the first open wrote rows in the projection's tables): a restore of the pages
+        makes SQLite prepare every statement again (~25 us each, ~10 a seed), which rows put
+        back do not."""
         key = (id(db), projection.name, projection.tables)
         kept = self._kept.get(key)
         if kept is not None and self._put_back(db, projection, kept):
@@ -87,8 +88,7 @@ class ProjectionStores:
         if db.conn.execute("PRAGMA schema_version").fetchone()[0] != schema_version:
             return False  # (a table made or changed since: restore the pages)
         with write_transaction(db):
-            for table in projection.tables:
-                db.conn.execute(f'DELETE FROM "{table}"')
+            _delete_rows(db, projection.tables)
             for table, rows in own_rows.items():
                 db.conn.execute(f'DELETE FROM "{table}"')
                 if rows:
@@ -106,9 +106,7 @@ class ProjectionStores:
         if not existing.issuperset((*projection.tables, CHECKPOINTS_TABLE)):
             existing.update(db.table_names())
         with write_transaction(db):
-            for table in projection.tables:
-                if table in existing:
-                    db.execute(f'DELETE FROM "{table}"')
+            _delete_rows(db, tuple(table for table in projection.tables if table in existing))
             if CHECKPOINTS_TABLE in existing:
                 db.execute(f"DELETE FROM {CHECKPOINTS_TABLE} WHERE name = ?", [projection.name])
             if SEQUENCES_TABLE in existing:  # (AUTOINCREMENT counters start again too)
@@ -146,13 +144,32 @@ class ProjectionStores:
             return False
 
 
+def _delete_rows(db: Database, tables: tuple[str, ...]) -> None:
+    """Delete every row of `tables`, again while one still has rows (a trigger of a table
+    deleted after it wrote them: the tables' order would otherwise leave the last seed's)."""
+    if not tables:
+        return
+    empty = "SELECT " + " AND ".join(f'NOT EXISTS (SELECT 1 FROM "{t}")' for t in tables)
+    for _ in range(len(tables)):
+        for table in tables:
+            db.conn.execute(f'DELETE FROM "{table}"')
+        if db.conn.execute(empty).fetchone()[0]:
+            return
+    raise AssertionError(f"rows come back in {tables} after every delete (triggers)")
+
+
 def _kept_rows(db: Database, projection: SqliteProjection) -> _Kept:
     """What `_put_back` gives the database back, read just after a first `fresh` left it; None
-    when rows cannot make it so (it holds a table the projection does not name)."""
+    when rows cannot make it so (it holds a table the projection does not name, or rows in the
+    projection's tables: its `create` wrote them, and an open whose schema stamp holds does not
+    run it again)."""
     own = (CHECKPOINTS_TABLE, SEQUENCES_TABLE)
     names = [row[0] for row in db.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     if any(name not in own and name not in projection.tables for name in names):
         return None
+    for table in projection.tables:  # (rows its `create` wrote: an open does not write again)
+        if table in names and db.conn.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone():
+            return None
     rows = {
         name: db.conn.execute(f'SELECT * FROM "{name}"').fetchall() for name in own if name in names
     }
