@@ -105,22 +105,34 @@ async def wait_for_room(commands: object, window: CommandWindow) -> None:
 
 async def keep_in_progress(
     engine: Engine, stop: asyncio.Event,
-    waiting: Callable[[], Sequence[CommandMessage]] = tuple,
+    waiting: Callable[[], Sequence[CommandMessage]] | None = None,
 ) -> None:  # fmt: skip
     """Until `stop`: a progress ack (`+WPI`) every command_progress_interval_ms for each
     command fetched and not yet settled, and for each the queue brought that no fetch took
     yet (`waiting`: a standing pull's, while the engine's window is full), so the commands
     consumer's short ack wait (`command_ack_wait_ms`) ends only for an engine that stopped
-    working: its commands then go to another engine within that wait."""
+    working: its commands then go to another engine within that wait.
+
+    With `waiting` (a standing pull, which shows every command from when it came: held, then
+    in hand), a command gets its first progress ack at the second look after it came, within
+    two intervals (<= the ack wait), not at the first: most commands settle within an
+    interval and need none (a throughput run sent one per two commands, each a message for
+    the engine and the server). Without it (a partitioned engine's buffer, which a command
+    may wait in unseen), every look sends one to each."""
     assert command_progress_interval_ms * 2 <= command_ack_wait_ms
+    seen: set[CommandMessage] = set()  # in hand or held at the last look (with `waiting`)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), command_progress_interval_ms / 1000)
         held = list(engine._unsettled)
         assert len(held) <= commands_unsettled_max + command_batch_max, len(held)
-        brought = waiting()
+        brought = () if waiting is None else waiting()
         assert len(brought) <= fetch_batch_max * (credit_bound_share + 1), len(brought)
-        for message in [*held, *brought]:
+        due = [*held, *brought]
+        if waiting is not None:
+            looked, seen = seen, set(due)
+            due = [message for message in due if message in looked]
+        for message in due:
             try:
                 await message.in_progress()
             except Exception as error:  # a lost progress ack costs one redelivery
@@ -134,7 +146,7 @@ async def serve(engine: Engine, commands: CommandQueue, stop: asyncio.Event) -> 
     window = engine._unsettled
     resuming = asyncio.create_task(engine.resume_all())
     in_flight: set[asyncio.Future[Any]] = set()  # scheduled batches not done (WhenIdle's)
-    waiting = getattr(commands, "held", tuple)  # (a standing pull's: runtime/queue)
+    waiting = getattr(commands, "held", None)  # (a standing pull's: runtime/queue)
     progress = asyncio.create_task(keep_in_progress(engine, stop, waiting))
     dispatch_to = getattr(commands, "dispatch_to", None)  # (a standing pull's too)
     if dispatch_to is not None:
