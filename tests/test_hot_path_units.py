@@ -18,6 +18,7 @@ from dagnats.observe import metrics as metrics_module
 from dagnats.observe.hooks import EngineObserver
 from dagnats.observe.metrics import Metrics, render
 from dagnats.runtime import task_tokens
+from dagnats.runtime.command_pump import CommandWindow
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.task_tokens import TaskTokens
 from kernel.commands import CancelRun, CompleteTask, FailTask, TaskStarted
@@ -127,7 +128,7 @@ def scheduler() -> tuple[Engine, list[str], dict[str, asyncio.Event]]:
     """An engine whose group handler logs each group's start and end, holds the groups
     whose first command names a gate until it is set, and fails those named "boom"."""
     engine = Engine.__new__(Engine)  # (only the scheduling: no history, no queues)
-    engine._tails, engine._unsettled = {}, set()
+    engine._tails, engine._unsettled = {}, CommandWindow()
     log: list[str] = []
     gates: dict[str, asyncio.Event] = {}
 

@@ -23,6 +23,7 @@ from nats.js import JetStreamContext, api
 
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
+from dagnats.runtime.command_pump import CommandWindow
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
@@ -210,15 +211,16 @@ async def start_and_see_it_started(connection: Connection, wait_ms: int = WAIT_M
 async def test_an_engine_stuck_at_its_limit_gives_what_it_holds_to_an_idle_engine(
     private_server: EmbeddedNats, connection: Connection
 ) -> None:
-    """Two slow batches (their task publishes held up past the ack wait) fill engine one's
-    in-flight limit; the commands its standing pull brings meanwhile are kept in progress,
-    then given back after command_progress_interval_ms: an idle engine two starts every fast
-    run while engine one's slow batches are still under way."""
+    """Two slow commands (their task publishes held up past the ack wait) fill engine one's
+    window (of two, here); the commands its standing pull brings meanwhile are kept in
+    progress, then given back after command_progress_interval_ms: an idle engine two starts
+    every fast run while engine one's slow commands are still under way."""
     assert settings.command_ack_wait_ms < SLOW_S * 1000
     fetched: list[str] = []  # (scheduled by engine one: fetched, or handed over as they came)
     slow = SlowTasks(connection.tasks)
     one = Engine(connection.history, cast(JetStreamTaskQueue, slow), connection.timers,
                  connection.commands)  # fmt: skip
+    one._unsettled = CommandWindow(size_max=2, room_min=1)
     schedule = one._schedule_batch
 
     def recorded(messages: list[CommandMessage]) -> asyncio.Future[Any]:

@@ -19,15 +19,15 @@ import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
 from dagnats.observe.hooks import EngineObserver
-from dagnats.runtime import batched, redelivered
+from dagnats.runtime import batched, command_pump, redelivered
 from dagnats.runtime.admission import AdmissionRuntime, Decided, Outcome
 from dagnats.runtime.assertions import require_assertions
+from dagnats.runtime.command_pump import CommandWindow
 from dagnats.runtime.effect_runner import run_effect
 from dagnats.runtime.ended_runs import EndedRuns
 from dagnats.runtime.fresh_runs import fresh_start
@@ -42,23 +42,15 @@ from dagnats.runtime.protocols import (
     TaskPublisher,
     Timers,
 )
-from dagnats.runtime.pull_credit import credit_bound_share
 from dagnats.runtime.roles import authorize_command, run_id_of_command_subject
 from dagnats.runtime.settings import (
     append_attempts_max,
-    command_ack_wait_ms,
-    command_batch_max,
-    command_batches_in_flight_max,
-    command_fetch_timeout_ms,
-    command_progress_interval_ms,
     effects_in_flight_max,
-    fetch_batch_max,
     resume_concurrency_max,
     run_cache_max,
     runs_listed_max,
     unknown_run_deliveries_max,
 )
-from dagnats.runtime.standing_pull import WhenIdle, wait_at_limit
 from dagnats.runtime.task_tokens import TaskTokens
 from dagnats.runtime.valid_workflows import ValidWorkflows
 from kernel import codec, registry
@@ -122,9 +114,9 @@ class Engine:
         self.counters: dict[str, int] = {}
         self.links = links  # child runs and external events (None: the engine has neither)
         self.observer = EngineObserver()  # traces (from the env) and metrics (serve's)
-        # Commands fetched and not yet acked or naked: each gets a progress ack every
-        # command_progress_interval_ms while the engine lives (see `keep_in_progress`).
-        self._unsettled: set[CommandMessage] = set()
+        # Commands fetched and not yet acked or naked, at most commands_unsettled_max: each
+        # gets a progress ack every command_progress_interval_ms (runtime/command_pump).
+        self._unsettled = CommandWindow()
         self.admission = AdmissionRuntime(self, self._handle_command)  # (runtime/admission.py)
         self.ended: EndedRuns | None = None  # ended-run markers for workers (set by serve)
         self._valid_workflows = ValidWorkflows()  # (StartRun's workflows: runtime/valid_workflows)
@@ -526,73 +518,17 @@ class Engine:
     async def _handle_group(self, group: list[CommandMessage]) -> None:
         await batched.handle_group(self, group)  # rows of results: one append (runtime/batched)
 
-    async def keep_in_progress(
-        self, stop: asyncio.Event, waiting: Callable[[], Sequence[CommandMessage]] = tuple
-    ) -> None:
-        """Until `stop`: a progress ack (`+WPI`) every command_progress_interval_ms for each
-        command fetched and not yet settled, and for each the queue brought that no fetch took
-        yet (`waiting`: a standing pull's, while the engine is at its in-flight limit), so the
-        commands consumer's short ack wait (`command_ack_wait_ms`) ends only for an engine that
-        stopped working: its commands then go to another engine within that wait."""
-        assert command_progress_interval_ms * 2 <= command_ack_wait_ms
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), command_progress_interval_ms / 1000)
-            held = list(self._unsettled)
-            assert len(held) <= command_batch_max * (command_batches_in_flight_max + 1)
-            brought = waiting()
-            assert len(brought) <= fetch_batch_max * (credit_bound_share + 1), len(brought)
-            for message in [*held, *brought]:
-                try:
-                    await message.in_progress()
-                except Exception as error:  # a lost progress ack costs one redelivery
-                    log.debug("progress ack of %s failed: %s", message.subject, error)
-
     def forget_subject(self, subject: str) -> None:
         self.forget(run_id_of_command_subject(subject))
 
     async def serve(self, commands: CommandQueue, stop: asyncio.Event) -> None:
-        """Handle commands until `stop` is set, resuming every unfinished run meanwhile. A
-        queue that can (`dispatch_to`: a standing pull's) hands commands over as they come
-        while no batch is in flight, and fetches take the rest.
+        """Handle commands until `stop` is set, resuming every unfinished run meanwhile: at
+        most commands_unsettled_max in hand, fetched again as they settle (a standing pull
+        hands them over as they come while nothing is in flight: runtime/command_pump).
 
         Resuming runs beside the commands (not before them): an engine restarted with many
         unfinished runs decides new commands at once. Both only issue idempotent effects; an
         effect resumed from a state a command has just moved past is a stale attempt or timer,
         which `decide` turns into nothing.
         """
-        resuming = asyncio.create_task(self.resume_all())
-        in_flight: set[asyncio.Future[Any]] = set()
-        waiting = getattr(commands, "held", tuple)  # (a standing pull's: runtime/queue)
-        progress = asyncio.create_task(self.keep_in_progress(stop, waiting))
-        dispatch_to = getattr(commands, "dispatch_to", None)  # (a standing pull's too)
-        if dispatch_to is not None:
-            dispatch_to(WhenIdle(in_flight, stop, self._schedule_batch))
-        try:
-            while not stop.is_set():
-                if resuming.done():
-                    resuming.result()  # a resume that failed stops the engine, as before
-                if len(in_flight) >= command_batches_in_flight_max:
-                    await wait_at_limit(commands, in_flight)
-                    continue
-                messages = await commands.fetch_commands(
-                    batch=command_batch_max, timeout_ms=command_fetch_timeout_ms
-                )
-                if messages:
-                    batch = self._schedule_batch(list(messages))
-                    in_flight.add(batch)
-                    batch.add_done_callback(in_flight.discard)
-                if self.needs_resume:
-                    await self.resume_pending()
-        finally:
-            if dispatch_to is not None:
-                dispatch_to(None)
-            if not resuming.done():
-                resuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(resuming, return_exceptions=True)
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
+        await command_pump.serve(self, commands, stop)

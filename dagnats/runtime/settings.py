@@ -212,7 +212,10 @@ command_batch_max: Final = 256  # commands fetched at once
 command_fetch_timeout_ms: Final = 1_000
 # What a fetch waits, after its first command, for more the server says are on their way.
 standing_pull_more_wait_ms: Final = 20
-command_batches_in_flight_max: Final = 2  # fetched batches handled at once (runs stay ordered)
+# Commands fetched and not yet settled (acked or naked) the engine holds at most; it fetches
+# again as soon as there is room for command_fetch_room_min more (runtime/command_pump).
+commands_unsettled_max: Final = command_batch_max * 2
+command_fetch_room_min: Final = command_batch_max // 2
 unknown_run_deliveries_max: Final = 5  # a command for an unknown run is retried, then dead
 retry_delay_ms: Final = 1_000  # a command to retry (OCC conflicts, unknown run) comes back then
 parked_retry_delay_ms: Final = 60_000  # a parked run's commands come back then

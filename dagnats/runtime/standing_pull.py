@@ -17,8 +17,8 @@ a burst (`_take`) holds what it took: nothing is handed over meanwhile (a run's 
 in order).
 
 What came and no fetch took yet waits here (`held`): the engine sends it progress acks
-beside the commands it handles (engine.py `keep_in_progress`), so a command that came while
-the engine was at its in-flight limit does not run out its ack wait and come again. At close,
+beside the commands it handles (command_pump.py `keep_in_progress`), so a command that came
+while the engine's window was full does not run out its ack wait and come again. At close,
 the pull's inbox is unsubscribed first (the server drops the requests) and what was held or
 on its way is given back with a nak, for another engine at once.
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import nats.errors
@@ -250,23 +250,4 @@ class WhenIdle:
         batch.add_done_callback(self.in_flight.discard)
 
 
-async def wait_at_limit(commands: object, in_flight: set[asyncio.Future[Any]]) -> None:
-    """The engine at its in-flight limit: wait for a batch to end. One that lasts past
-    command_progress_interval_ms makes the queue give back what it brought and no fetch took
-    (its `release`, when it has one: runtime/queue), for an idle engine at once, instead of
-    holding it in progress behind a slow batch (the next fetch asks again)."""
-    done, _ = await asyncio.wait(
-        in_flight, timeout=settings.command_progress_interval_ms / 1000,
-        return_when=asyncio.FIRST_COMPLETED,
-    )  # fmt: skip
-    if done:
-        return
-    release: Callable[[], Awaitable[int]] | None = getattr(commands, "release", None)
-    if release is not None:
-        given = await release()
-        log.info("at the in-flight limit for %d ms: gave back %d command(s)",
-                 settings.command_progress_interval_ms, given)  # fmt: skip
-    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-
-
-__all__ = ["CommandPull", "Dispatch", "WhenIdle", "wait_at_limit"]
+__all__ = ["CommandPull", "Dispatch", "WhenIdle"]
