@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable
 from typing import Final
 
 from nats.aio.client import Client
@@ -109,11 +110,13 @@ class WireParser(nats_parser.Parser):
                         break
                     read = _message_line(data, pos)
                     if read is None:
-                        after = await self._other_line(data, pos)
-                        if self.buf is not buf:
-                            return  # (reset by the callback: these bytes are done with)
+                        after, pos, call = self._other_line(data, pos)
                         if after == _NEED_MORE:
                             break
+                        if call is not None:
+                            await call
+                            if self.buf is not buf:
+                                return  # (reset by the callback: these bytes are done with)
                         pos = after
                         continue
                     pos, subject, sid, reply, needed, header_needed = read
@@ -143,31 +146,29 @@ class WireParser(nats_parser.Parser):
                 elif pos < size:
                     buf += memoryview(data)[pos:]
 
-    async def _other_line(self, data: bytes, pos: int) -> int:
+    def _other_line(self, data: bytes, pos: int) -> tuple[int, int, Awaitable[None] | None]:
         """Read the control line at `pos` that is no MSG or HMSG as nats-py does (its patterns
-        in its order, its callbacks): where the next line starts, or `_NEED_MORE`.
+        in its order): (where the next line starts or `_NEED_MORE`, where the read stands
+        while the client's call for the line runs, that call or None). nats-py consumes a
+        PING or PONG before its call, an -ERR or INFO after (a call that fails leaves it).
 
         Raises:
             nats.errors.ProtocolError: an unknown line (a CRLF within the control line size).
         """
         nc = self.nc
         if ok := OK_LINE.match(data, pos):
-            return ok.end()
+            return ok.end(), pos, None
         if err := ERR_LINE.match(data, pos):
-            await nc._process_err(err.groups()[0].decode().lower())
-            return err.end()
+            return err.end(), pos, nc._process_err(err.groups()[0].decode().lower())
         if ping := PING_LINE.match(data, pos):
-            await nc._process_ping()
-            return ping.end()
+            return ping.end(), ping.end(), nc._process_ping()
         if pong := PONG_LINE.match(data, pos):
-            await nc._process_pong()
-            return pong.end()
+            return pong.end(), pong.end(), nc._process_pong()
         if info := INFO_LINE.match(data, pos):
-            await nc._process_info(json.loads(info.groups()[0].decode()))
-            return info.end()
+            return info.end(), pos, nc._process_info(json.loads(info.groups()[0].decode()))
         if len(data) - pos < CONTROL_LINE_MAX and data.find(CRLF, pos) >= 0:
             raise ProtocolError("nats: unknown protocol")
-        return _NEED_MORE
+        return _NEED_MORE, pos, None
 
 
 def _message_line(data: bytes, pos: int) -> MessageLine | None:
