@@ -22,20 +22,27 @@ Like nats-py's parser it does not check a payload's size against the server's ma
 
 `install(client)` puts one on a client before its first connect (nats-py 2.16 internals:
 `Client._ps`, called only by its read loop, and the client's `_process_*` methods, looked up
-at each call since runtime/log_read swaps `_process_msg`). This module reads what the server
+at each call since runtime/log_read swaps `_process_msg`), when nats-py's parser is the one it
+was checked against (`CHECKED_PARSER_SHA256`); another nats-py (a patch release that changed
+its parser) keeps its own parser, and says so once in the log. This module reads what the server
 sent and hands it to the client; it sends nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import logging
 import re
+from collections.abc import Awaitable
 from typing import Final
 
 from nats.aio.client import Client
 from nats.errors import ProtocolError
 from nats.protocol import parser as nats_parser
 
+log = logging.getLogger("dagnats.wire_parser")
 CONTROL_LINE: Final = nats_parser.AWAITING_CONTROL_LINE
 PAYLOAD: Final = nats_parser.AWAITING_MSG_PAYLOAD
 CRLF: Final = b"\r\n"
@@ -45,9 +52,10 @@ CONTROL_LINE_MAX: Final = nats_parser.MAX_CONTROL_LINE_SIZE
 
 def _at_position(pattern: re.Pattern[bytes]) -> re.Pattern[bytes]:
     """nats-py's `pattern` (anchored at the buffer's start, `\\A`) anchored where `match`
-    starts instead: on the same bytes from that position it matches exactly as nats-py's."""
-    assert pattern.pattern.startswith(b"\\A"), pattern.pattern
-    return re.compile(pattern.pattern[2:], pattern.flags)
+    starts instead: on the same bytes from that position it matches exactly as nats-py's.
+    (A pattern without the anchor is another nats-py's: `install` keeps its parser then.)"""
+    text = pattern.pattern
+    return re.compile(text[2:] if text.startswith(b"\\A") else text, pattern.flags)
 
 
 MSG_LINE: Final = _at_position(nats_parser.MSG_RE)
@@ -109,11 +117,13 @@ class WireParser(nats_parser.Parser):
                         break
                     read = _message_line(data, pos)
                     if read is None:
-                        after = await self._other_line(data, pos)
-                        if self.buf is not buf:
-                            return  # (reset by the callback: these bytes are done with)
+                        after, pos, call = self._other_line(data, pos)
                         if after == _NEED_MORE:
                             break
+                        if call is not None:
+                            await call
+                            if self.buf is not buf:
+                                return  # (reset by the callback: these bytes are done with)
                         pos = after
                         continue
                     pos, subject, sid, reply, needed, header_needed = read
@@ -143,31 +153,29 @@ class WireParser(nats_parser.Parser):
                 elif pos < size:
                     buf += memoryview(data)[pos:]
 
-    async def _other_line(self, data: bytes, pos: int) -> int:
+    def _other_line(self, data: bytes, pos: int) -> tuple[int, int, Awaitable[None] | None]:
         """Read the control line at `pos` that is no MSG or HMSG as nats-py does (its patterns
-        in its order, its callbacks): where the next line starts, or `_NEED_MORE`.
+        in its order): (where the next line starts or `_NEED_MORE`, where the read stands
+        while the client's call for the line runs, that call or None). nats-py consumes a
+        PING or PONG before its call, an -ERR or INFO after (a call that fails leaves it).
 
         Raises:
             nats.errors.ProtocolError: an unknown line (a CRLF within the control line size).
         """
         nc = self.nc
         if ok := OK_LINE.match(data, pos):
-            return ok.end()
+            return ok.end(), pos, None
         if err := ERR_LINE.match(data, pos):
-            await nc._process_err(err.groups()[0].decode().lower())
-            return err.end()
+            return err.end(), pos, nc._process_err(err.groups()[0].decode().lower())
         if ping := PING_LINE.match(data, pos):
-            await nc._process_ping()
-            return ping.end()
+            return ping.end(), ping.end(), nc._process_ping()
         if pong := PONG_LINE.match(data, pos):
-            await nc._process_pong()
-            return pong.end()
+            return pong.end(), pong.end(), nc._process_pong()
         if info := INFO_LINE.match(data, pos):
-            await nc._process_info(json.loads(info.groups()[0].decode()))
-            return info.end()
+            return info.end(), pos, nc._process_info(json.loads(info.groups()[0].decode()))
         if len(data) - pos < CONTROL_LINE_MAX and data.find(CRLF, pos) >= 0:
             raise ProtocolError("nats: unknown protocol")
-        return _NEED_MORE
+        return _NEED_MORE, pos, None
 
 
 def _message_line(data: bytes, pos: int) -> MessageLine | None:
@@ -267,7 +275,39 @@ def _number(text: bytes) -> int:
     return number
 
 
-def install(client: Client) -> None:
-    """Read `client`'s wire with a `WireParser` (before its first connect)."""
+# What `WireParser` was checked against, nats-py 2.16.0's (`parser_digest`).
+CHECKED_PARSER_SHA256: Final = "90f3ca4afa6695d72995f898eb3442a8dc29c1e1427ca8763e09ec0916e0671d"
+_PATTERNS: Final = ("MSG_RE", "HMSG_RE", "OK_RE", "ERR_RE", "PING_RE", "PONG_RE", "INFO_RE")
+_told_other_parser: list[str] = []  # (another parser's digest, logged once: at most one)
+
+
+def parser_digest() -> str:
+    """A digest of what `WireParser` relies on in nats-py's parser: the source of its `parse`
+    and `reset`, its patterns, states and control line size ("" when the source is not
+    there to read)."""
+    try:
+        parts = [inspect.getsource(nats_parser.Parser.parse)]
+        parts.append(inspect.getsource(nats_parser.Parser.reset))
+        for name in _PATTERNS:
+            parts.append(getattr(nats_parser, name).pattern.decode("latin-1"))
+    except (OSError, TypeError, AttributeError):
+        return ""
+    states = (nats_parser.AWAITING_CONTROL_LINE, nats_parser.AWAITING_MSG_PAYLOAD)
+    parts.append(repr((*states, nats_parser.MAX_CONTROL_LINE_SIZE)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def install(client: Client) -> bool:
+    """Read `client`'s wire with a `WireParser` (before its first connect) when nats-py's
+    parser is the one it was checked against; else keep nats-py's (logged once). Whether
+    it did."""
     assert type(client._ps) is nats_parser.Parser, type(client._ps)
+    digest = parser_digest()
+    if digest != CHECKED_PARSER_SHA256:
+        if not _told_other_parser:
+            _told_other_parser.append(digest)
+            log.warning("nats-py's wire parser is not the one runtime/wire_parser was checked "
+                        "against (digest %r): its own parser reads the wire", digest)  # fmt: skip
+        return False
     client._ps = WireParser(client)
+    return True
