@@ -282,6 +282,24 @@ class Connection:
             self._workflows = await self.js.key_value(WORKFLOWS_BUCKET)
         return self._workflows
 
+def _keep_reading_after_cancelled_flush(nc: NatsClient) -> None:
+    """nats-py 2.16's `_process_pong` sets the result of the oldest flush's future, which a
+    flush whose wait timed out or was cancelled left there cancelled: the `InvalidStateError`
+    ended the client's read loop, and the connection read nothing more, silently, until its
+    pings called it stale (an engine's commands and acks stalled meanwhile). The PONG answers
+    that flush's PING all the same: it is counted, and a future already done passed over."""
+
+    async def process_pong() -> None:
+        if nc._pongs:
+            future = nc._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            nc._pongs_received += 1
+            nc._pings_outstanding = 0
+
+    nc._process_pong = process_pong  # type: ignore[method-assign]
+
+
 async def _first_connect(
     target: str, options: dict[str, Any], watch: ConnectionWatch
 ) -> NatsClient:
@@ -294,6 +312,7 @@ async def _first_connect(
     """
     nc = NatsClient()
     install_wire_parser(nc)  # (nats-py's semantics, read with less CPU: runtime/wire_parser)
+    _keep_reading_after_cancelled_flush(nc)
     settings_: dict[str, Any] = dict(
         options, connect_timeout=connect_timeout_s,
         max_reconnect_attempts=initial_connect_attempts_max, allow_reconnect=True,
