@@ -77,6 +77,7 @@ MessageLine = tuple[int, bytes, int, bytes, int, int]
 # The numbers of control lines (sids, sizes) read already, as `int` reads them: an `int` of
 # bytes costs several dict look-ups, and a connection's sids and sizes repeat.
 numbers_kept_max: Final = 4096
+number_digits_kept_max: Final = 10  # (a sid or a size; a longer number is read, not kept)
 _numbers: dict[bytes, int] = {}
 # What a read handed to `_other_line` came to: a line consumed, or more bytes needed.
 _NEED_MORE: Final = -1
@@ -270,7 +271,11 @@ def _number(text: bytes) -> int:
     number = _numbers.get(text)
     if number is None:
         number = int(text)
-        if len(_numbers) < numbers_kept_max and text.isdigit():
+        if (
+            len(text) <= number_digits_kept_max
+            and len(_numbers) < numbers_kept_max
+            and text.isdigit()
+        ):
             _numbers[text] = number
     return number
 
