@@ -245,13 +245,13 @@ def test_tricky_lines_read_as_nats_py_reads_them_at_every_cut() -> None:
 
 
 def test_long_numbers_are_read_but_not_kept() -> None:
-    """A sid or size of more digits than `number_digits_kept_max` (a hostile server's: up to
-    4,300 digits each) is read as nats-py reads it and not kept (4,096 of them held ~24 MiB)."""
+    """A size of more digits than `number_digits_kept_max` (a hostile server's: up to 4,300
+    digits each) is read as nats-py reads it and not kept (4,096 of them held ~24 MiB)."""
     from dagnats.runtime import wire_parser
 
-    sids = [int("7" * (number_digits_kept_max + extra)) for extra in range(1, 20)]
-    frames = b"".join(b"MSG a %d 0\r\n\r\n" % sid for sid in sids)
+    sizes = [b"0" * (number_digits_kept_max + extra) + b"5" for extra in range(20)]
+    frames = b"".join(b"MSG a 1 %s\r\nabcde\r\n" % size for size in sizes)
     theirs, _ = feed(Parser, [frames])
     ours, _ = feed(WireParser, [frames])
-    assert ours.events == theirs.events and len(ours.events) == len(sids)
+    assert ours.events == theirs.events and len(ours.events) == len(sizes)
     assert not any(len(text) > number_digits_kept_max for text in wire_parser._numbers)
