@@ -10,6 +10,7 @@ ends when a settle makes room, and not before.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
@@ -28,20 +29,31 @@ from tests.test_standing_pull import SLOW_S, SlowTasks, _start
 WAIT_MS = 10_000
 
 
-async def test_slow_commands_do_not_hold_back_the_fetches_after_them(
-    connection: Connection,
-) -> None:
-    fetched: list[str] = []  # (scheduled: fetched, or handed over as they came)
+def recording_engine(
+    connection: Connection, record: Callable[[list[CommandMessage]], None]
+) -> tuple[Engine, SlowTasks]:
+    """An engine whose task publishes are held up (`SlowTasks`) and which hands every batch
+    it schedules (fetched, or handed over as it came) to `record` first."""
     slow = SlowTasks(connection.tasks)
     engine = Engine(connection.history, cast(JetStreamTaskQueue, slow), connection.timers,
                     connection.commands)  # fmt: skip
     schedule = engine._schedule_batch
 
     def recorded(messages: list[CommandMessage]) -> asyncio.Future[Any]:
-        fetched.extend(message.subject for message in messages)
+        record(messages)
         return schedule(messages)
 
     engine._schedule_batch = recorded  # type: ignore[method-assign]
+    return engine, slow
+
+
+async def test_slow_commands_do_not_hold_back_the_fetches_after_them(
+    connection: Connection,
+) -> None:
+    fetched: list[str] = []  # (scheduled: fetched, or handed over as they came)
+    engine, slow = recording_engine(
+        connection, lambda messages: fetched.extend(message.subject for message in messages)
+    )
     stop = asyncio.Event()
     serving = asyncio.create_task(engine.serve(connection.commands, stop))
     try:
@@ -86,16 +98,9 @@ async def test_a_command_in_hand_past_its_ack_wait_is_kept_in_progress_not_deliv
     await observer.subscribe("$JS.ACK.>", cb=record)
     await observer.flush()
     deliveries: list[int] = []
-    slow = SlowTasks(connection.tasks)
-    engine = Engine(connection.history, cast(JetStreamTaskQueue, slow), connection.timers,
-                    connection.commands)  # fmt: skip
-    schedule = engine._schedule_batch
-
-    def recorded(messages: list[CommandMessage]) -> asyncio.Future[Any]:
-        deliveries.extend(message.num_delivered for message in messages)
-        return schedule(messages)
-
-    engine._schedule_batch = recorded  # type: ignore[method-assign]
+    engine, slow = recording_engine(
+        connection, lambda messages: deliveries.extend(m.num_delivered for m in messages)
+    )
     stop = asyncio.Event()
     serving = asyncio.create_task(engine.serve(connection.commands, stop))
     try:
