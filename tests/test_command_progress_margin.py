@@ -20,6 +20,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from dagnats.runtime import settings
+from dagnats.runtime.command_pump import CommandWindow
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
@@ -148,3 +149,43 @@ async def test_a_command_in_hand_at_stop_is_kept_in_progress_until_it_settled(
             await asyncio.gather(serving_two, return_exceptions=True)
         await other.close()
     assert not handled, f"engine two got engine one's command while it was in hand: {handled}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review r13c: each give-back at a full window (command_pump wait_for_room) costs a"
+    " delivery; at command_deliver_max the server delivers the command no more",
+)
+async def test_commands_given_back_at_a_full_window_again_and_again_are_not_lost(
+    private_server: EmbeddedNats, connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone engine whose window (of one, here) stays full past command_progress_interval_ms
+    gives back what its pull brought (a nak), and fetches it again once there is room: each
+    give-back is one more delivery. Two slow starts come while a third is in hand: both are
+    given back; once there is room one is taken (its slow publish fills the window again) and
+    the other is given back a second time. With command_deliver_max at 2 (100 in production:
+    100 such rounds) the server then never delivers it again and its run never starts: no
+    engine died, nothing is dead-lettered, the command just stays in the stream."""
+    monkeypatch.setattr(settings, "command_deliver_max", 2)  # (read when the consumer is made)
+    slow = SlowTasks(connection.tasks)
+    engine = Engine(connection.history, cast(JetStreamTaskQueue, slow), connection.timers,
+                    connection.commands)  # fmt: skip
+    engine._unsettled = CommandWindow(size_max=1, room_min=1)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(engine.serve(connection.commands, stop))
+    try:
+        send = connection.commands.publish_command
+        first = unique("slow")
+        await send(first, _start(first, unique("slow")), first)
+        await wait_for(lambda: bool(engine._unsettled), timeout_ms=WAIT_MS, what="in hand")
+        later = [unique("slow") for _ in range(2)]
+        for run_id in later:
+            await send(run_id, _start(run_id, unique("slow")), run_id)
+
+        async def both_started() -> bool:
+            return all([await connection.history.last_seq(run_id) > 0 for run_id in later])
+
+        await wait_for(both_started, timeout_ms=int(4 * SLOW_S * 1000), what="both started")
+    finally:
+        stop.set()
+        await serving
