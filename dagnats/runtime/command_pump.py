@@ -142,12 +142,14 @@ async def keep_in_progress(
 async def serve(engine: Engine, commands: CommandQueue, stop: asyncio.Event) -> None:
     """`Engine.serve`: fetch while the window has room, hand each batch to the engine's
     scheduler, resume every unfinished run meanwhile, until `stop`; then wait for what is
-    in hand to settle."""
+    in hand to settle, still keeping it in progress (a drain longer than the ack wait would
+    otherwise hand a command to another engine while this one works on it)."""
     window = engine._unsettled
     resuming = asyncio.create_task(engine.resume_all())
     in_flight: set[asyncio.Future[Any]] = set()  # scheduled batches not done (WhenIdle's)
     waiting = getattr(commands, "held", None)  # (a standing pull's: runtime/queue)
-    progress = asyncio.create_task(keep_in_progress(engine, stop, waiting))
+    drained = asyncio.Event()  # set once what is in hand settled, after `stop`
+    progress = asyncio.create_task(keep_in_progress(engine, drained, waiting))
     dispatch_to = getattr(commands, "dispatch_to", None)  # (a standing pull's too)
     if dispatch_to is not None:
         dispatch_to(WhenIdle(in_flight, stop, engine._schedule_batch))
@@ -177,6 +179,7 @@ async def serve(engine: Engine, commands: CommandQueue, stop: asyncio.Event) -> 
             await asyncio.gather(resuming, return_exceptions=True)
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
+        drained.set()
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress
