@@ -114,16 +114,21 @@ async def keep_in_progress(
     working: its commands then go to another engine within that wait.
 
     With `waiting` (a standing pull, which shows every command from when it came: held, then
-    in hand), a command gets its first progress ack at the second look after it came, within
-    two intervals (<= the ack wait), not at the first: most commands settle within an
-    interval and need none (a throughput run sent one per two commands, each a message for
-    the engine and the server). Without it (a partitioned engine's buffer, which a command
-    may wait in unseen), every look sends one to each."""
+    in hand), it looks twice an interval and a command gets its first progress ack at the
+    second look after it came (within one interval, as when every look sent one: the ack
+    wait keeps two intervals of slack for a loop held up), then one every other look (one an
+    interval): most commands settle within half an interval and need none (a throughput run
+    sent one per three commands at one look an interval, each a message for the engine and
+    the server). Without it (a partitioned engine's buffer, which a command may wait in
+    unseen), every look, once an interval, sends one to each."""
     assert command_progress_interval_ms * 2 <= command_ack_wait_ms
+    looks_per_interval = 1 if waiting is None else 2
     seen: set[CommandMessage] = set()  # in hand or held at the last look (with `waiting`)
+    acked: set[CommandMessage] = set()  # progress-acked at the last look (with `waiting`)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), command_progress_interval_ms / 1000)
+            pause_s = command_progress_interval_ms / 1000 / looks_per_interval
+            await asyncio.wait_for(stop.wait(), pause_s)
         held = list(engine._unsettled)
         assert len(held) <= commands_unsettled_max + command_batch_max, len(held)
         brought = () if waiting is None else waiting()
@@ -131,7 +136,8 @@ async def keep_in_progress(
         due = [*held, *brought]
         if waiting is not None:
             looked, seen = seen, set(due)
-            due = [message for message in due if message in looked]
+            due = [message for message in due if message in looked and message not in acked]
+            acked = set(due)
         for message in due:
             try:
                 await message.in_progress()
