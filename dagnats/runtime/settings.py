@@ -62,6 +62,10 @@ task_deliver_max_default: Final = 20  # deliveries of one task message (lost wor
 command_ack_wait_ms: Final = 3_000
 command_progress_interval_ms: Final = 1_000
 command_deliver_max: Final = 100
+# An engine whose window stays full gives back what its pull brought (runtime/command_pump),
+# each give-back a delivery more: a command delivered this often is kept instead, so
+# give-backs never bring it to command_deliver_max (past which the server stops).
+command_give_back_deliveries_max: Final = command_deliver_max // 2
 fetch_batch_max: Final = 1_000
 fetch_timeout_ms_max: Final = 60_000
 partition_buffer_full_wait_ms: Final = 50  # a partition pump whose buffer is full looks again after
