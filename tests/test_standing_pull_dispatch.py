@@ -121,3 +121,15 @@ async def test_the_engine_takes_commands_as_they_come_only_while_no_batch_is_in_
     assert not in_flight and idle.ready()
     stop.set()
     assert not idle.ready(), "stopping: nothing handed over"
+
+
+async def test_the_engine_takes_no_commands_as_they_come_while_some_are_in_hand() -> None:
+    """A batch whose gather ended early (a run's group raised) leaves its other runs'
+    commands in the engine's window with nothing in flight: no hand-over then (it could take
+    the window past its bound), only fetches, which ask for what the window has room for."""
+    in_flight: set[asyncio.Future[Any]] = set()
+    window: set[TaskMessage] = {cast(TaskMessage, object())}  # still in hand
+    idle = WhenIdle(in_flight, asyncio.Event(), lambda messages: asyncio.Future(), window)
+    assert not idle.ready(), "commands in hand: the fetch's way"
+    window.clear()
+    assert idle.ready()

@@ -158,7 +158,7 @@ async def serve(engine: Engine, commands: CommandQueue, stop: asyncio.Event) -> 
     progress = asyncio.create_task(keep_in_progress(engine, drained, waiting))
     dispatch_to = getattr(commands, "dispatch_to", None)  # (a standing pull's too)
     if dispatch_to is not None:
-        dispatch_to(WhenIdle(in_flight, stop, engine._schedule_batch))
+        dispatch_to(WhenIdle(in_flight, stop, engine._schedule_batch, window))
     try:
         while not stop.is_set():
             if resuming.done():

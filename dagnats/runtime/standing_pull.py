@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from typing import Any, Protocol
 
 import nats.errors
@@ -244,14 +244,17 @@ class WhenIdle:
 
     def __init__(
         self, in_flight: set[asyncio.Future[Any]], stop: asyncio.Event,
-        schedule: Callable[[list[TaskMessage]], asyncio.Future[Any]],
+        schedule: Callable[[list[TaskMessage]], asyncio.Future[Any]], window: Sized = (),
     ) -> None:  # fmt: skip
         self.in_flight = in_flight
         self.stop = stop
         self.schedule = schedule
+        # The commands in hand (the engine's window): a batch whose gather ended early (a
+        # run's group raised) leaves its other runs' commands there with nothing in flight.
+        self.window = window
 
     def ready(self) -> bool:
-        return not self.in_flight and not self.stop.is_set()
+        return not self.in_flight and not self.window and not self.stop.is_set()
 
     def __call__(self, messages: list[TaskMessage]) -> None:
         assert messages and self.ready(), len(messages)
