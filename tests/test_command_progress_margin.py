@@ -156,10 +156,10 @@ async def test_commands_given_back_at_a_full_window_again_and_again_are_not_lost
     given back; once there is room one is taken (its slow publish fills the window again) and
     the other is given back a second time. With command_deliver_max at 2 (100 in production:
     100 such rounds) the server then never delivers it again and its run never starts: no
-    engine died, nothing is dead-lettered, the command just stays in the stream. A command
-    delivered command_give_back_deliveries_max times (1 here, half the deliveries in
-    production) is now kept for the next fetch instead of given back (runtime/queue
-    `release`)."""
+    engine died, nothing is dead-lettered, the command just stays in the stream. An engine
+    holding a command delivered command_give_back_deliveries_max times (1 here, half the
+    deliveries in production) now gives nothing back (runtime/queue `release`): it stays held,
+    kept in progress, for the next fetch."""
     monkeypatch.setattr(settings, "command_deliver_max", 2)  # (read when the consumer is made)
     monkeypatch.setattr(settings, "command_give_back_deliveries_max", 1)
     slow = SlowTasks(connection.tasks)

@@ -12,8 +12,8 @@ engine's `_tails`), so a fetch may bring a run's next command while its last is 
 Beside it: a progress ack every command_progress_interval_ms for each command in hand and for
 each one the standing pull brought and no fetch took yet (`keep_in_progress`), and, when the
 window stays full that long, what the pull brought goes back for an idle engine
-(`wait_for_room`), but for commands delivered `command_give_back_deliveries_max` times
-already, which the next fetch takes (runtime/queue `release`: each give-back is a delivery).
+(`wait_for_room`), unless it holds a command delivered `command_give_back_deliveries_max`
+times already (runtime/queue `release`: each give-back is a delivery).
 A standing pull hands a command over as it comes while the engine has nothing in hand
 (runtime/standing_pull `WhenIdle`: a chain's command, at once).
 

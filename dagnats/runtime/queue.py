@@ -262,7 +262,6 @@ class JetStreamCommandQueue:
         self.publisher = JetStreamPublisher(js)
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._pull: CommandPull | None = None
-        self._kept: list[TaskMessage] = []  # what the last `release` kept, for the next pull
         self._dispatch: Dispatch | None = None
 
     async def publish_live(self, subject: str, data: bytes) -> None:
@@ -299,10 +298,7 @@ class JetStreamCommandQueue:
             await _settle_ack_wait(self.js, COMMANDS_STREAM, config)
             self._subscription = await bind_pull_consumer(self.js, COMMANDS_STREAM, config)
         if self._pull is None:
-            self._pull = CommandPull(
-                self._subscription, credit_max=settings.command_batch_max, kept=self._kept
-            )
-            self._kept = []
+            self._pull = CommandPull(self._subscription, credit_max=settings.command_batch_max)
             self._pull.dispatch = self._dispatch
         return await self._pull.fetch(batch, timeout_ms)
 
@@ -317,21 +313,23 @@ class JetStreamCommandQueue:
     async def release(self) -> int:
         """Close the standing pull (the server drops its requests) and give back what it
         brought and no fetch took, for another engine at once; the next fetch asks again.
-        A command delivered `command_give_back_deliveries_max` times is kept for the next
-        fetch instead (each give-back is a delivery: an engine long at its limit would
-        otherwise bring it to `command_deliver_max`, past which the server never delivers
-        it again). How many were given back."""
-        pull, self._pull = self._pull, None
+        Not while it holds a command delivered `command_give_back_deliveries_max` times: each
+        give-back is a delivery, and an engine long at its limit would bring it to
+        `command_deliver_max`, past which the server never delivers it again (it stays held,
+        kept in progress, for this engine's next fetch). How many were given back."""
+        pull = self._pull
         if pull is None:
             return 0
-        given, kept = await pull.release(settings.command_give_back_deliveries_max)
-        self._kept.extend(kept)
-        return given
+        often = settings.command_give_back_deliveries_max
+        if any(message.num_delivered >= often for message in pull.held()):
+            return 0
+        self._pull = None
+        return await pull.close()
 
     def held(self) -> Sequence[TaskMessage]:
-        """Commands the standing pull brought (or its last release kept) that no fetch took
-        yet (the engine keeps them in progress)."""
-        return self._kept if self._pull is None else self._pull.held()
+        """Commands the standing pull brought that no fetch took yet (the engine keeps them in
+        progress)."""
+        return () if self._pull is None else self._pull.held()
 
     async def publish_dead(self, kind: str, payload: bytes, reason: str) -> None:
         """Keep `payload` on `dagnats.dead.<kind>` with its reason (one line, bounded)."""
@@ -347,8 +345,6 @@ class JetStreamCommandQueue:
         if self._pull is not None:
             await self._pull.close()
             self._pull = None
-        kept, self._kept = self._kept, []
-        await give_back(kept)  # (at stop: another engine takes them at once)
         if self._subscription is not None:
             await self._subscription.unsubscribe()
             self._subscription = None

@@ -63,8 +63,8 @@ command_ack_wait_ms: Final = 3_000
 command_progress_interval_ms: Final = 1_000
 command_deliver_max: Final = 100
 # An engine whose window stays full gives back what its pull brought (runtime/command_pump),
-# each give-back a delivery more: a command delivered this often is kept instead, so
-# give-backs never bring it to command_deliver_max (past which the server stops).
+# each give-back a delivery more: not while it holds a command delivered this often, so
+# give-backs never bring one to command_deliver_max (past which the server stops).
 command_give_back_deliveries_max: Final = command_deliver_max // 2
 fetch_batch_max: Final = 1_000
 fetch_timeout_ms_max: Final = 60_000

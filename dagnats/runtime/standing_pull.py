@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Sized
 from typing import Any, Protocol
 
 import nats.errors
@@ -73,14 +73,13 @@ class CommandPull:
         *,
         credit_max: int,
         expires_ms: int = pull_expires_ms,
-        kept: Sequence[TaskMessage] = (),
     ) -> None:
         assert 1 <= credit_max <= settings.fetch_batch_max, credit_max
         self._wakeup = Wakeup()
         self.pull = StandingPull(
             subscription._nc, subscription._nms, credit_max, self._changed, expires_ms
         )
-        self._held: deque[TaskMessage] = deque(kept)  # (kept by the last pull's `release`)
+        self._held: deque[TaskMessage] = deque()
         self._error: Exception | None = None
         self.dispatch: Dispatch | None = None  # (the engine's, handed what came at once)
         self.dispatched = 0  # batches handed to `dispatch`, in all
@@ -219,20 +218,11 @@ class CommandPull:
     async def close(self) -> int:
         """Stop asking (the server drops the requests) and give back, with a nak, what came
         and no fetch took; how many."""
-        given, _ = await self.release(None)
-        return given
-
-    async def release(self, deliveries_max: int | None) -> tuple[int, list[TaskMessage]]:
-        """`close`, keeping what was delivered `deliveries_max` times or more (None: keep
-        nothing): (how many given back, the messages kept, for the next pull)."""
         self.dispatch = None
         self._collect()
         held = [*self._held, *await self.pull.close()]
         self._held.clear()
-        kept = [] if deliveries_max is None else [
-            message for message in held if message.num_delivered >= deliveries_max
-        ]  # fmt: skip
-        return await give_back([m for m in held if m not in kept]), kept
+        return await give_back(held)
 
 
 class WhenIdle:
