@@ -153,14 +153,12 @@ class BenchServer:
         """The raw JetStream hop on this server (`bench.floor.measure_floor`)."""
         return await measure_floor(self.nc)
 
-    async def engine(self, *, profile: Path | None = None, projections: bool = False) -> Child:
-        """An engine process (`bench.procs engine`) on this server; with `projections`, the
-        built-in projections run beside it as in `dagnats serve` (KV snapshots, SQLite)."""
+    async def engine(self, *, profile: Path | None = None) -> Child:
+        """An engine process (`bench.procs engine`) on this server, without projections (the
+        engine-only microbenches; `bench.throughput` and `bench.chain` run `dagnats serve`)."""
         arguments = ["engine", "--url", self.url]
         if profile is not None:
             arguments += ["--profile", str(profile)]
-        if projections:
-            arguments += ["--projections", str(self.data_dir / "projections")]
         child = await Child.start(procs_command(arguments), self.data_dir / "engine.log")
         self.children.append(child)
         self.roles["engine"] = child.pid

@@ -1,6 +1,6 @@
 """The processes the benches start: an engine alone, or a worker alone, against a NATS URL.
 
-    python -m bench.procs engine --url URL [--profile FILE] [--projections DIR]
+    python -m bench.procs engine --url URL [--profile FILE]
     python -m bench.procs worker --url URL --kind noop|recovery [--concurrency N]
                                  [--report-started default|yes|no]
                                  [--data-dir DIR] [--profile FILE]
@@ -8,10 +8,9 @@
 Each prints one JSON line `{"kind": "ready", "pid": ...}` on stdout when connected, a
 `{"kind": "stats", ...}` line on SIGUSR1 (the engine: its VmRSS/VmHWM, cached runs, counters;
 the worker: tasks handled) and a last stats line after SIGTERM or SIGINT, when it has stopped.
-With --projections, the engine runs the built-in projections beside it as `dagnats serve`
-does (SQLite file in DIR). With --data-dir, the worker connects with that data dir's worker
-credential (a `dagnats serve`'s, which enforces roles). With --profile, the process runs
-under cProfile and writes its stats to FILE at exit.
+With --data-dir, the worker connects with that data dir's worker credential (a `dagnats
+serve`'s, which enforces roles). With --profile, the process runs under cProfile and writes
+its stats to FILE at exit.
 
 This module may connect to the given URL only; it creates no streams (the bench does).
 """
@@ -29,10 +28,9 @@ from pathlib import Path
 from typing import Final
 
 from bench.workers import noop_worker, recovery_worker
-from dagnats.runtime import collector, projector
+from dagnats.runtime import collector
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
-from dagnats.runtime.projector_shared import SharedTail, builtin_targets
 from dagnats.worker import Worker
 
 STATUS_FILE: Final = Path("/proc/self/status")
@@ -70,34 +68,20 @@ def install_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def run_engine(url: str, projections: Path | None = None) -> None:
+async def run_engine(url: str) -> None:
     connection = await Connection.open(url, role="engine")
     engine = Engine(connection.history, connection.tasks, connection.timers, connection.commands)
     stop = asyncio.Event()
     install_signals(stop)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: say(engine_stats(engine)))
-    tasks = [] if projections is None else start_projections(engine, connection, projections, stop)
     collector.settle()  # as `dagnats serve` and `dagnats worker` do once up
     say({"kind": "ready", "pid": os.getpid()})
     try:
         await engine.serve(connection.commands, stop)
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
         say(engine_stats(engine))
         await connection.close()
-
-
-def start_projections(
-    engine: Engine, connection: Connection, directory: Path, stop: asyncio.Event
-) -> list[asyncio.Task[None]]:
-    """The built-in projections beside the engine, as `dagnats serve` runs them (KV snapshots
-    the engine loads, the SQLite query tables in `directory`) on one shared tail."""
-    js = connection.js
-    engine.snapshots = projector.KvSnapshotStore(js)
-    directory.mkdir(parents=True, exist_ok=True)
-    targets = builtin_targets(js, directory / projector.SQLITE_FILE, engine)
-    return [asyncio.create_task(SharedTail(js, targets).run(stop))]
 
 
 async def run_worker(
@@ -136,12 +120,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--report-started", choices=["default", "yes", "no"], default="default")
     parser.add_argument("--profile", type=Path, default=None)
-    parser.add_argument("--projections", type=Path, default=None)
     parser.add_argument("--data-dir", type=Path, default=None)
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if arguments.role == "engine":
-        coroutine = run_engine(arguments.url, arguments.projections)
+        coroutine = run_engine(arguments.url)
     else:
         coroutine = run_worker(
             arguments.url,
