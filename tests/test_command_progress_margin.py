@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from nats.aio.msg import Msg
@@ -25,10 +25,10 @@ from dagnats.runtime.command_pump import CommandWindow
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.engine import Engine
 from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.protocols import CommandMessage
 from dagnats.runtime.queue import JetStreamTaskQueue
 from dagnats.runtime.task_polls import pull_expires_ms
 from tests.nats_fixtures import connect, unique, wait_for
+from tests.test_command_window import record_schedules, recording_engine
 from tests.test_standing_pull import SLOW_S, SlowTasks, _start
 
 WAIT_MS = 20_000
@@ -54,16 +54,10 @@ async def test_a_stall_of_the_loop_before_the_second_look_does_not_let_a_command
     await observer.subscribe("$JS.ACK.>", cb=record)
     await observer.flush()
     deliveries: list[tuple[str, int]] = []
-    slow = SlowTasks(connection.tasks)
-    engine = Engine(connection.history, cast(JetStreamTaskQueue, slow), connection.timers,
-                    connection.commands)  # fmt: skip
-    schedule = engine._schedule_batch
-
-    def recorded(messages: list[CommandMessage]) -> asyncio.Future[Any]:
-        deliveries.extend((message.subject, message.num_delivered) for message in messages)
-        return schedule(messages)
-
-    engine._schedule_batch = recorded  # type: ignore[method-assign]
+    engine, slow = recording_engine(
+        connection,
+        lambda messages: deliveries.extend((m.subject, m.num_delivered) for m in messages),
+    )
     stop = asyncio.Event()
     serving = asyncio.create_task(engine.serve(connection.commands, stop))
     try:
@@ -119,13 +113,9 @@ async def test_a_command_in_hand_at_stop_is_kept_in_progress_until_it_settled(
                  connection.commands)  # fmt: skip
     other = Connection(await connect(private_server.url))
     two = Engine(other.history, other.tasks, other.timers, other.commands)
-    schedule = two._schedule_batch
-
-    def recorded(messages: list[CommandMessage]) -> asyncio.Future[Any]:
-        handled.extend((message.subject, message.num_delivered) for message in messages)
-        return schedule(messages)
-
-    two._schedule_batch = recorded  # type: ignore[method-assign]
+    record_schedules(
+        two, lambda messages: handled.extend((m.subject, m.num_delivered) for m in messages)
+    )
     stop_one, stop_two = asyncio.Event(), asyncio.Event()
     serving_one = asyncio.create_task(one.serve(connection.commands, stop_one))
     serving_two: asyncio.Task[None] | None = None

@@ -29,14 +29,9 @@ from tests.test_standing_pull import SLOW_S, SlowTasks, _start
 WAIT_MS = 10_000
 
 
-def recording_engine(
-    connection: Connection, record: Callable[[list[CommandMessage]], None]
-) -> tuple[Engine, SlowTasks]:
-    """An engine whose task publishes are held up (`SlowTasks`) and which hands every batch
-    it schedules (fetched, or handed over as it came) to `record` first."""
-    slow = SlowTasks(connection.tasks)
-    engine = Engine(connection.history, cast(JetStreamTaskQueue, slow), connection.timers,
-                    connection.commands)  # fmt: skip
+def record_schedules(engine: Engine, record: Callable[[list[CommandMessage]], None]) -> None:
+    """`engine` hands every batch it schedules (fetched, or handed over as it came) to
+    `record` first."""
     schedule = engine._schedule_batch
 
     def recorded(messages: list[CommandMessage]) -> asyncio.Future[Any]:
@@ -44,6 +39,17 @@ def recording_engine(
         return schedule(messages)
 
     engine._schedule_batch = recorded  # type: ignore[method-assign]
+
+
+def recording_engine(
+    connection: Connection, record: Callable[[list[CommandMessage]], None]
+) -> tuple[Engine, SlowTasks]:
+    """An engine whose task publishes are held up (`SlowTasks`), recording what it schedules
+    (`record_schedules`)."""
+    slow = SlowTasks(connection.tasks)
+    engine = Engine(connection.history, cast(JetStreamTaskQueue, slow), connection.timers,
+                    connection.commands)  # fmt: skip
+    record_schedules(engine, record)
     return engine, slow
 
 
