@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from functools import partial
 from typing import Any, cast
 
 from nats.aio.msg import Msg
@@ -24,7 +23,7 @@ from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.protocols import CommandMessage
 from dagnats.runtime.queue import JetStreamTaskQueue
 from tests.nats_fixtures import connect, unique, wait_for
-from tests.test_standing_pull import SLOW_S, SlowTasks, _start
+from tests.test_standing_pull import SLOW_S, SlowTasks, _start, send_slow_starts, start_fast_runs
 
 WAIT_MS = 10_000
 
@@ -63,22 +62,8 @@ async def test_slow_commands_do_not_hold_back_the_fetches_after_them(
     stop = asyncio.Event()
     serving = asyncio.create_task(engine.serve(connection.commands, stop))
     try:
-        send = connection.commands.publish_command
-        for _ in range(2):  # two batches of one slow command each
-            run_id, fetched_before = unique("slow"), len(fetched)
-            await send(run_id, _start(run_id, unique("slow")), run_id)
-            await wait_for(
-                partial(lambda count: len(fetched) > count, fetched_before),
-                timeout_ms=WAIT_MS, what="a slow start fetched",
-            )  # fmt: skip
-        fast = [unique(f"fast{n}") for n in range(10)]
-        for run_id in fast:
-            await send(run_id, _start(run_id, unique("fast")), run_id)
-
-        async def all_started() -> bool:
-            return all([await connection.history.last_seq(r) > 0 for r in fast])
-
-        await wait_for(all_started, timeout_ms=WAIT_MS, what="every fast run started")
+        await send_slow_starts(connection, fetched, 2)  # two batches of one slow command each
+        await start_fast_runs(connection)
         assert not slow.slow_done.is_set(), "the fast runs waited for the slow commands"
         assert len(engine._unsettled) >= 2, "the slow commands are still in hand"
     finally:

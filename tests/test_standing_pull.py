@@ -196,6 +196,29 @@ def _start(run_id: str, task: str) -> bytes:
     return codec.encode(command)
 
 
+async def send_slow_starts(connection: Connection, fetched: list[str], count: int) -> None:
+    """`count` slow starts, each sent once the last one was fetched (a batch each)."""
+    for _ in range(count):
+        run_id, fetched_before = unique("slow"), len(fetched)
+        await connection.commands.publish_command(run_id, _start(run_id, unique("slow")), run_id)
+        await wait_for(
+            partial(lambda before: len(fetched) > before, fetched_before),
+            timeout_ms=WAIT_MS, what="a slow start fetched",
+        )  # fmt: skip
+
+
+async def start_fast_runs(connection: Connection, count: int = 10) -> None:
+    """`count` fast starts sent at once; returns when every run has started."""
+    fast = [unique(f"fast{n}") for n in range(count)]
+    for run_id in fast:
+        await connection.commands.publish_command(run_id, _start(run_id, unique("fast")), run_id)
+
+    async def all_started() -> bool:
+        return all([await connection.history.last_seq(r) > 0 for r in fast])
+
+    await wait_for(all_started, timeout_ms=WAIT_MS, what="every fast run started")
+
+
 async def start_and_see_it_started(connection: Connection, wait_ms: int = WAIT_MS) -> str:
     """Publish a new one-step run's start; its id once the engine appended its first message."""
     run_id = unique("run")
@@ -233,23 +256,9 @@ async def test_an_engine_stuck_at_its_limit_gives_what_it_holds_to_an_idle_engin
     stop = asyncio.Event()
     serving = [asyncio.create_task(one.serve(connection.commands, stop))]
     try:
-        send = connection.commands.publish_command
-        for _ in range(2):  # (engine two is not there yet: both go to engine one)
-            run_id, fetched_before = unique("slow"), len(fetched)
-            await send(run_id, _start(run_id, unique("slow")), run_id)
-            await wait_for(
-                partial(lambda count: len(fetched) > count, fetched_before),
-                timeout_ms=WAIT_MS, what="a slow start fetched",
-            )  # fmt: skip
+        await send_slow_starts(connection, fetched, 2)  # (both to engine one: two not there)
         serving.append(asyncio.create_task(two.serve(other.commands, stop)))
-        fast = [unique(f"fast{n}") for n in range(10)]
-        for run_id in fast:
-            await send(run_id, _start(run_id, unique("fast")), run_id)
-
-        async def all_started() -> bool:
-            return all([await connection.history.last_seq(r) > 0 for r in fast])
-
-        await wait_for(all_started, timeout_ms=WAIT_MS, what="every fast run started")
+        await start_fast_runs(connection)
         assert not slow.slow_done.is_set(), "the fast runs waited for engine one's slow batches"
     finally:
         stop.set()
