@@ -84,3 +84,34 @@ async def test_a_command_buffered_past_its_ack_wait_is_kept_in_progress_not_deli
     assert deliveries[fast_subject] == [1], f"the buffered command came again: {deliveries}"
     assert progress, "no progress ack for a command buffered past the ack wait"
     assert engine.counters.get("ignored", 0) == 0, engine.counters
+
+
+async def test_a_partition_given_up_hands_back_its_buffered_commands_at_once(
+    connection: Connection,
+) -> None:
+    """A command buffered for a partition this engine then gives up (lost, or released to a
+    new engine) is naked by its pump as it ends, not held until a fetch takes it (a full
+    window holds fetches off): the partition's hand empties, and a release can finish."""
+    parts = await partitioned_parts(connection.js, settings.partitions_default)
+    assert parts is not None
+    stop = asyncio.Event()
+    owning = asyncio.create_task(parts.ownership.run(stop))
+    try:
+        await wait_for(lambda: len(parts.ownership.owned()) == settings.partitions_default,
+                       timeout_ms=WAIT_MS, what="every partition owned")  # fmt: skip
+        parts.commands._steer()  # (the pumps, started as the engine's first fetch does)
+        run_id = unique("given")
+        await connection.commands.publish_command(run_id, _start(run_id, "work"), run_id)
+        await wait_for(lambda: len(parts.commands.held()) == 1, timeout_ms=WAIT_MS,
+                       what="the command buffered")  # fmt: skip
+        [message] = parts.commands.held()
+        partition = message._partition
+        parts.ownership._lose(partition, "given up by the test")
+        await wait_for(lambda: not parts.commands.held(), timeout_ms=WAIT_MS,
+                       what="the command handed back")  # fmt: skip
+        assert parts.ownership.in_hand[partition] == 0
+        assert all(m._partition != partition for m in parts.commands.held())
+    finally:
+        stop.set()
+        await owning
+        await parts.commands.close()

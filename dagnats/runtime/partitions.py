@@ -440,6 +440,25 @@ class PartitionedCommands:
                 batch, timeout_ms = waiting, settings.fetch_no_wait_answer_ms_max
             else:
                 batch, timeout_ms = 1, settings.command_fetch_timeout_ms
+        await self._give_back(partition)
+
+    async def _give_back(self, partition: int) -> None:
+        """Nak what the buffer holds of `partition` (lost, or being released), so that its
+        next owner gets it at once and a release waits no longer for it (else it waited for
+        a fetch of this engine, which a full window may hold off)."""
+        kept: list[OwnedMessage] = []
+        gone: list[OwnedMessage] = []
+        while not self._buffer.empty():
+            message = self._buffer.get_nowait()
+            (gone if message._partition == partition else kept).append(message)
+        for message in kept:  # (no await above: the buffer is as it was, in order, but these)
+            self._buffer.put_nowait(message)
+        for message in gone:
+            self._held.pop(message, None)
+            with contextlib.suppress(Exception):
+                await message.nak()
+        if gone:
+            log.info("partition %d: gave back %d buffered command(s)", partition, len(gone))
 
     async def _subscription(self, partition: int) -> JetStreamContext.PullSubscription:
         subscription = self._subscriptions.get(partition)
