@@ -41,6 +41,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.log_read import HistoryReader
 from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.resources import (
@@ -61,6 +62,7 @@ RETENTION_STREAM: Final = "DAGNATS_RETENTION"
 RETENTION_PREFIX: Final = "dagnats.retention"
 sqlite_busy_timeout_s: Final = 5.0
 sweep_pages_max: Final = 4  # pages of listed runs one sweep looks at, at most
+log_read_timeout_s: Final = 5.0  # a read of the log waits this for the server, twice
 
 
 class PurgedRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,28 +207,39 @@ def _record(state: RunState, last_seq: int, reason: str, at_ms: int) -> PurgedRu
 
 
 async def purged_runs(js: JetStreamContext, limit: int) -> list[PurgedRun]:
-    """The retention log's records, newest purge first, at most
-    min(limit, settings.retention_listed_max); [] when nothing was ever purged."""
+    """The retention log's newest records, newest purge first: at most
+    min(limit, settings.retention_listed_max), of the log's last `retention_listed_max`
+    sequences (a run purged again keeps its newest record only); [] when nothing was purged."""
     bound = min(limit, settings.retention_listed_max)
     try:
-        info = await js.stream_info(RETENTION_STREAM, subjects_filter=f"{RETENTION_PREFIX}.>")
+        info = await js.stream_info(RETENTION_STREAM)
     except nats.js.errors.NotFoundError:
         return []
-    subjects = sorted(info.state.subjects or {})[: settings.retention_listed_max]
-    slots = asyncio.Semaphore(32)
-
-    async def one(subject: str) -> PurgedRun | None:
-        async with slots:
-            try:
-                message = await js.get_last_msg(RETENTION_STREAM, subject)
-            except nats.js.errors.NotFoundError:
-                return None
-            assert message.data is not None
-            return msgspec.json.decode(message.data, type=PurgedRun)
-
-    records = [r for r in await asyncio.gather(*(one(s) for s in subjects)) if r is not None]
+    last = info.state.last_seq
+    after = max(info.state.first_seq - 1, last - settings.retention_listed_max, 0)
+    records = [record for _, record in await read_records(js, after, last)]
     records.sort(key=lambda r: (r.purged_at_ms, r.run_id), reverse=True)
     return records[:bound]
+
+
+async def read_records(
+    js: JetStreamContext, after_seq: int, last_seq: int
+) -> list[tuple[int, PurgedRun]]:
+    """(sequence, record) of the log's records with after_seq < sequence <= last_seq, in
+    order, at most `retention_listed_max` sequences of them.
+
+    Raises:
+        TimeoutError: the server sent nothing for `log_read_timeout_s`, twice.
+    """
+    assert last_seq - after_seq <= settings.retention_listed_max, (after_seq, last_seq)
+    if last_seq <= after_seq:
+        return []
+    reader = HistoryReader(js, RETENTION_STREAM, f"{RETENTION_PREFIX}.>", after_seq, last_seq)
+    found: list[tuple[int, PurgedRun]] = []
+    async with contextlib.aclosing(reader.messages(log_read_timeout_s)) as read:
+        async for seq, data in read:
+            found.append((seq, msgspec.json.decode(data, type=PurgedRun)))
+    return found
 
 
 # -- serve's part: the sweep and the query rows ------------------------------------------
@@ -350,8 +363,7 @@ class Retention:
         self.sqlite_path = sqlite_path
         self.retention_ms = retention_ms
         self.admin = admin
-        self._rows_dropped: set[tuple[str, int]] = set()
-        self._log_seen = 0  # the log's last sequence when its rows were last dropped
+        self._log_seen = 0  # the log's sequence up to which the records' rows were dropped
         self.purged = 0  # runs purged by this service (for logs and tests)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -369,20 +381,21 @@ class Retention:
                 await asyncio.wait_for(stop.wait(), timeout=settings.retention_log_poll_ms / 1000)
 
     async def drop_rows(self) -> None:
-        """Delete the query rows of purged runs not dropped yet by this process."""
+        """Delete the query rows of the runs of the log's records not read yet by this
+        process (from its start: the whole log, `retention_listed_max` records a call)."""
         try:
             info = await self.reader.stream_info(RETENTION_STREAM)
         except nats.js.errors.NotFoundError:
             return
-        if info.state.last_seq == self._log_seen:
+        after = max(self._log_seen, info.state.first_seq - 1)
+        until = min(info.state.last_seq, after + settings.retention_listed_max)
+        if until <= after:
             return  # nothing purged since the last look
-        records = await purged_runs(self.reader, settings.retention_listed_max)
-        fresh = [r for r in records if (r.run_id, r.purged_at_ms) not in self._rows_dropped]
-        if fresh:
-            purged = [(r.run_id, r.history_last_seq or None) for r in fresh]
+        records = [record for _, record in await read_records(self.reader, after, until)]
+        if records:
+            purged = [(r.run_id, r.history_last_seq or None) for r in records]
             await asyncio.to_thread(delete_rows, self.sqlite_path, purged)
-            self._rows_dropped.update((r.run_id, r.purged_at_ms) for r in fresh)
-        self._log_seen = info.state.last_seq
+        self._log_seen = until
 
     async def sweep(self, at_ms: int) -> int:
         """Purge finished runs that ended more than the retention age before `at_ms`: at most
