@@ -9,6 +9,7 @@ truth from history.
   runs listed after it (a parked run used to end every sweep; a gone one was listed first
   for good, the purges of one sweep being bounded).
 - A new life of a listed id that ended after the cutoff is not purged.
+- A purge cancels the purged life's timers, not a new life's.
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ from dagnats.client.errors import RunNotFoundError
 from dagnats.runtime import retention, settings
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector import Projector, SqliteTarget
-from dagnats.runtime.resources import HISTORY_STREAM, history_subject
+from dagnats.runtime.resources import (
+    COMMANDS_STREAM,
+    HISTORY_STREAM,
+    SCHEDULE_PREFIX,
+    history_subject,
+)
 from dagnats.runtime.retention import Retention
+from dagnats.runtime.timers import JetStreamTimers
 from projections.sqlite import QueryTables
 from tests.projection_support import completed_run
 from tests.test_query_tables_serve import append
@@ -147,3 +154,33 @@ async def test_a_new_life_of_a_listed_id_that_ended_after_the_cutoff_is_not_purg
 
     assert await sweeper(js, tables.path).sweep(SWEEP_AT_MS) == 0
     assert await log.last_seq("again") == new_last, "the new life's history is kept"
+
+
+async def test_a_timer_armed_after_the_purge_read_the_run_is_kept(
+    private_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge cancels the purged life's timers left armed, not those of a life begun under
+    the id (or a reopen) between its read of the run and its purge of the schedules: it
+    purges the run's schedules stored up to the commands stream's last sequence at the read
+    (a purge of the subject used to take them all, and the new life's sleep never fired)."""
+    js, log = private_js, JetStreamEventLog(private_js)
+    await append(log, "timed", completed_run("timed", at_ms=1_000))
+    timers = JetStreamTimers(js, partitions=1)
+    await timers.arm("timed", "old.1", SWEEP_AT_MS * 10, b"{}")  # (left armed by the old life)
+    purge = js.purge_stream
+
+    async def purge_stream(name: str, **options: Any) -> bool:
+        done = await purge(name, **options)
+        if name == HISTORY_STREAM:  # the history is gone: the id is started again, a timer set
+            await timers.arm("timed", "new.1", SWEEP_AT_MS * 10, b"{}")
+        return done
+
+    monkeypatch.setattr(js, "purge_stream", purge_stream)
+    await retention.purge_run(js, "timed", reason="run delete", at_ms=2_000_000)
+    assert await schedules(js, "timed") == ["dagnats.sched.timed.new.1"]
+
+
+async def schedules(js: JetStreamContext, run_id: str) -> list[str]:
+    """The run's armed timers' subjects."""
+    info = await js.stream_info(COMMANDS_STREAM, subjects_filter=f"{SCHEDULE_PREFIX}.{run_id}.>")
+    return sorted(info.state.subjects or {})

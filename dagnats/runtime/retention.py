@@ -172,6 +172,11 @@ async def purge_run(
     if ended_before_ms is not None and (ended is None or ended >= ended_before_ms):
         raise RunNotExpiredError(run_id, ended)
     record = _record(state, last_seq, reason, at_ms)
+    # Its timers left armed (an engine stopped between the run's last append and their
+    # cancels) would fire into a new run under its id: the run's schedules go too, those
+    # stored by now (each armed before the append that ended it), not a new life's or a
+    # reopen's armed once the history purge below let one start.
+    timers_last_seq = (await js.stream_info(COMMANDS_STREAM)).state.last_seq
     await ensure_log(js)
     await js.publish(
         retention_subject(run_id),
@@ -180,9 +185,8 @@ async def purge_run(
         headers={"Nats-Msg-Id": f"purge:{run_id}:{last_seq}"},
     )
     await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id), seq=last_seq + 1)
-    # Its timers left armed (an engine stopped between the run's last append and their
-    # cancels) would fire into a new run under its id: the run's schedules go too.
-    await js.purge_stream(COMMANDS_STREAM, subject=f"{SCHEDULE_PREFIX}.{run_id}.>")
+    schedules = f"{SCHEDULE_PREFIX}.{run_id}.>"
+    await js.purge_stream(COMMANDS_STREAM, subject=schedules, seq=timers_last_seq + 1)
     for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
         with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
             await (await js.key_value(bucket)).purge(run_id)
