@@ -32,8 +32,9 @@ async def test_a_lease_another_owner_took_is_lost(private_js: JetStreamContext) 
     lease = Lease(private_js, "taken", owner="owner-a")
     assert await lease.acquire()
     kv = await private_js.key_value(LEASES_BUCKET)
-    assert lease.revision is not None
-    await kv.update("taken", b"owner-b", last=lease.revision)
+    held_at = lease.revision
+    assert held_at is not None
+    await kv.update("taken", b"owner-b", last=held_at)
 
     assert not await lease.refresh()
     assert not lease.held() and lease.revision is None
