@@ -71,6 +71,7 @@ async def test_run_delete_purges_one_finished_run_and_refuses_a_running_one(
         await wait_for(lambda: rows_of(data, gone) > 0, timeout_ms=purge_timeout_ms, what="rows")
         kept_history = [item async for item in client.history_bytes(kept)]
         running_history = await history_count(client, running)
+        gone_last_seq = [seq async for seq, _ in client.history_bytes(gone)][-1]
 
         refused = procs.cli("run", "delete", running, *url)
         assert refused.returncode == 1, refused.stdout
@@ -80,6 +81,8 @@ async def test_run_delete_purges_one_finished_run_and_refuses_a_running_one(
         deleted = cli_json(procs, "run", "delete", gone, *url)
         assert deleted["run_id"] == gone and deleted["status"] == "completed", deleted
         assert deleted["reason"] == "run delete"
+        assert deleted["history_last_seq"] == gone_last_seq, deleted  # (a sequence, no count)
+        assert "history_messages" not in deleted, deleted
         with pytest.raises(RunNotFoundError):
             await client.get_run(gone)
         assert await history_count(client, gone) == 0
@@ -90,6 +93,7 @@ async def test_run_delete_purges_one_finished_run_and_refuses_a_running_one(
 
         listed = cli_json(procs, "run", "list", "--purged", *url)
         assert [r["run_id"] for r in listed] == [gone], listed
+        assert listed[0]["history_last_seq"] == gone_last_seq, listed
         again = procs.cli("run", "retry", gone, *url)
         assert again.returncode == 1 and "run list" in again.stderr, again.stderr
 

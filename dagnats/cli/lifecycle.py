@@ -12,7 +12,6 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Final
 
-import msgspec
 import typer
 from rich.table import Table
 
@@ -221,11 +220,11 @@ def run_delete(
         with_client(nats_url, lambda c: client_lifecycle.delete_run(c, run_id), role="admin")
     )
     if as_json:
-        emit_json(msgspec.to_builtins(record))
+        emit_json(record.as_json())
     else:
         out.print(
             f"run {run_id} deleted ({record.status}; its history up to stream sequence "
-            f"{record.history_messages})"
+            f"{record.history_last_seq})"
         )
 
 
@@ -255,7 +254,7 @@ def print_purged(limit: int, nats_url: str | None, as_json: bool) -> None:
         with_client(nats_url, lambda c: client_lifecycle.purged_runs(c, limit=limit))
     )
     if as_json:
-        emit_json([msgspec.to_builtins(record) for record in records])
+        emit_json([record.as_json() for record in records])
         return
     table = Table(title="purged runs", title_justify="left")
     for column in ("run", "workflow", "status", "ended (UTC)", "purged (UTC)", "reason"):

@@ -94,6 +94,11 @@ class PartitionedSource:
     async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[OwnedMessage]:
         return await self.commands.fetch_commands(batch=batch, timeout_ms=timeout_ms)
 
+    def held(self) -> list[OwnedMessage]:
+        """What the partitions' pumps buffered and no fetch took yet (the engine's pump keeps
+        it in progress: runtime/command_pump `keep_in_progress`)."""
+        return self.commands.held()
+
     async def publish_command(
         self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
     ) -> None:

@@ -98,14 +98,31 @@ class Lease:
             kv = await self._bucket()
             revision = await kv.update(self.key, self.owner.encode(), last=self.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            self.revision = None
-            return False
+            return await self._adopt(kv)
         except (nats.errors.Error, TimeoutError) as error:
             self._kv = None
             log.debug("lease %s: not refreshed (%s)", self.key, error)
             return self.held()  # a failed write: held until the last good one goes stale
         self._note(revision, sent)
         return True
+
+    async def _adopt(self, kv: KeyValue) -> bool:
+        """The lease moved past the revision this owner knows: if the value there is still
+        this owner's (an earlier write of ours went through but its answer was lost), keep
+        it under that revision, held until the last answered write goes stale (the next
+        refresh renews it); else it is lost. Owner ids are unique, so the value proves it."""
+        assert self.revision is not None
+        try:
+            entry = await kv.get(self.key)
+        except (nats.errors.Error, TimeoutError):  # (KeyNotFoundError: it expired)
+            entry = None
+        ours = entry is not None and entry.value == self.owner.encode()
+        if entry is None or not ours or (entry.revision or 0) <= self.revision:
+            self.revision = None
+            return False
+        log.info("lease %s: a refresh whose answer was lost went through; kept", self.key)
+        self.revision = entry.revision
+        return self.held()
 
     def _note(self, revision: int, sent: float) -> None:
         assert revision > 0, revision

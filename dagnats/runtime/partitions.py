@@ -357,14 +357,29 @@ class OwnedMessage(JetStreamMessage):
 
 class PartitionedCommands:
     """`protocols.CommandQueue`'s fetch side for a partitioned engine: one pump per owned
-    partition pulls its consumer into a bounded buffer; `fetch_commands` takes from it."""
+    partition pulls its consumer into a bounded buffer; `fetch_commands` takes from it.
+
+    What waits in the buffer is shown by `held`, which the engine keeps in progress beside
+    the commands in hand (runtime/command_pump `keep_in_progress`: a first progress ack
+    within an interval of its coming), so a command that waits there while the engine's
+    window is full is not delivered again when its ack wait ends. The pumps fetch no more
+    than the buffer has room for, counting what the others' fetches under way may bring
+    (`_reserved`), so it never holds more than `command_batch_max` (a pump used to fetch
+    the room it saw and wait, holding what it fetched unseen, for the buffer to take it)."""
 
     def __init__(self, js: JetStreamContext, ownership: Ownership) -> None:
         self.js = js
         self.ownership = ownership
         self._buffer: asyncio.Queue[OwnedMessage] = asyncio.Queue(settings.command_batch_max)
+        self._held: dict[OwnedMessage, None] = {}  # in the buffer: fetched, no fetch took yet
+        self._reserved = 0  # room the pumps' fetches under way may fill
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
+
+    def held(self) -> list[OwnedMessage]:
+        """The commands in the buffer (at most `command_batch_max`), oldest first."""
+        assert len(self._held) <= self._buffer.maxsize, len(self._held)
+        return list(self._held)
 
     async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[OwnedMessage]:
         """Up to `batch` commands of owned partitions, waiting at most timeout_ms."""
@@ -377,6 +392,8 @@ class PartitionedCommands:
         messages.append(first)
         while len(messages) < batch and not self._buffer.empty():
             messages.append(self._buffer.get_nowait())
+        for message in messages:
+            self._held.pop(message, None)
         owned = set(self.ownership.owned())
         kept = [m for m in messages if m._partition in owned]
         for message in messages:
@@ -393,23 +410,55 @@ class PartitionedCommands:
                 self._pumps[partition] = asyncio.create_task(self._pump(partition))
 
     async def _pump(self, partition: int) -> None:
+        """Pull `partition` into the buffer while it is owned: a long poll for one command
+        (room for it kept), then at once what its pending count says waits, as far as the
+        buffer has room (the other pumps' polls keep theirs: none waits behind a busy one)."""
         subscription = await self._subscription(partition)
+        batch, timeout_ms = 1, settings.command_fetch_timeout_ms
         while partition in self.ownership.owned():
-            room = self._buffer.maxsize - self._buffer.qsize()
-            if room <= 0:
+            batch = min(batch, self._buffer.maxsize - len(self._held) - self._reserved)
+            if batch <= 0:
                 await asyncio.sleep(settings.partition_buffer_full_wait_ms / 1000)
+                batch, timeout_ms = 1, settings.command_fetch_timeout_ms
                 continue
+            self._reserved += batch
             try:
-                fetched = await fetch_batch(
-                    subscription, batch=room, timeout_ms=settings.command_fetch_timeout_ms
-                )
+                fetched = await fetch_batch(subscription, batch=batch, timeout_ms=timeout_ms)
             except (nats.errors.Error, TimeoutError, OSError) as error:
                 log.debug("partition %d: fetch failed: %s", partition, error)
+                fetched = []
                 await asyncio.sleep(settings.command_fetch_timeout_ms / 1000)
-                continue
+            finally:
+                self._reserved -= batch
+            assert len(fetched) <= batch, (len(fetched), batch)
             for message in fetched:
                 owned = OwnedMessage(message._message, self.ownership, partition)
-                await self._buffer.put(owned)
+                self._held[owned] = None
+                self._buffer.put_nowait(owned)  # (room was kept for it)
+            waiting = fetched[-1].num_pending if fetched else 0
+            if waiting > 0:
+                batch, timeout_ms = waiting, settings.fetch_no_wait_answer_ms_max
+            else:
+                batch, timeout_ms = 1, settings.command_fetch_timeout_ms
+        await self._give_back(partition)
+
+    async def _give_back(self, partition: int) -> None:
+        """Nak what the buffer holds of `partition` (lost, or being released), so that its
+        next owner gets it at once and a release waits no longer for it (else it waited for
+        a fetch of this engine, which a full window may hold off)."""
+        kept: list[OwnedMessage] = []
+        gone: list[OwnedMessage] = []
+        while not self._buffer.empty():
+            message = self._buffer.get_nowait()
+            (gone if message._partition == partition else kept).append(message)
+        for message in kept:  # (no await above: the buffer is as it was, in order, but these)
+            self._buffer.put_nowait(message)
+        for message in gone:
+            self._held.pop(message, None)
+            with contextlib.suppress(Exception):
+                await message.nak()
+        if gone:
+            log.info("partition %d: gave back %d buffered command(s)", partition, len(gone))
 
     async def _subscription(self, partition: int) -> JetStreamContext.PullSubscription:
         subscription = self._subscriptions.get(partition)
@@ -435,6 +484,7 @@ class PartitionedCommands:
         while not self._buffer.empty():
             with contextlib.suppress(Exception):
                 await self._buffer.get_nowait().nak()
+        self._held.clear()
         for subscription in self._subscriptions.values():
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

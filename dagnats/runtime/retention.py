@@ -30,7 +30,7 @@ import logging
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 import nats.errors
@@ -41,6 +41,8 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
+from dagnats.runtime.log_read import HistoryReader
+from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.resources import (
     COMMANDS_STREAM,
@@ -59,6 +61,8 @@ log = logging.getLogger("dagnats.retention")
 RETENTION_STREAM: Final = "DAGNATS_RETENTION"
 RETENTION_PREFIX: Final = "dagnats.retention"
 sqlite_busy_timeout_s: Final = 5.0
+sweep_pages_max: Final = 4  # pages of listed runs one sweep looks at, at most
+log_read_timeout_s: Final = 5.0  # a read of the log waits this for the server, twice
 
 
 class PurgedRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,8 +74,14 @@ class PurgedRun(msgspec.Struct, frozen=True, kw_only=True):
     started_at_ms: int
     ended_at_ms: int | None
     purged_at_ms: int
-    history_messages: int  # the last history sequence purged (the run's messages up to it)
+    # The last history sequence purged: the run's messages up to it went (a new life of the
+    # id has only later ones). Stored under its first name, which said a count it never was.
+    history_last_seq: int = msgspec.field(name="history_messages")
     reason: str  # "retention 30d" or "run delete"
+
+    def as_json(self) -> dict[str, object]:
+        """The record as the CLI and API show it (by its fields' names, not its stored keys)."""
+        return {field: getattr(self, field) for field in self.__struct_fields__}
 
 
 class RunStillOpenError(DagnatsError):
@@ -83,6 +93,14 @@ class RunStillOpenError(DagnatsError):
         self.run_id = run_id
         self.status = status
         super().__init__(f"run {run_id!r} is {status}: only a finished run can be deleted")
+
+
+class RunNotExpiredError(DagnatsError):
+    """The run under the id ended too recently for retention (a new life of a swept id)."""
+
+    def __init__(self, run_id: str, ended_at_ms: int | None) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} ended at {ended_at_ms}: not old enough to purge")
 
 
 class ReopenedWhilePurgingError(DagnatsError):
@@ -120,14 +138,26 @@ async def ensure_log(js: JetStreamContext) -> None:
     await ensure_stream(js, stream_config())
 
 
-async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: int) -> PurgedRun:
+async def purge_run(
+    js: JetStreamContext,
+    run_id: str,
+    *,
+    reason: str,
+    at_ms: int,
+    ended_before_ms: int | None = None,
+) -> PurgedRun:
     """Purge one finished run: record it in the retention log, then purge its history (up to
     the last message read) and its snapshot. `js` must be an admin connection's.
+
+    `ended_before_ms` (retention's cutoff): the life found must have ended before it (the
+    sweep listed an old life; a new life under the id, ended since, is not its to purge).
 
     Raises:
         RunNotFoundError: the run has no history.
         RunStillOpenError: the run has not ended (nothing is purged).
+        RunNotExpiredError: it ended at or after `ended_before_ms` (nothing is purged).
         ReopenedWhilePurgingError: it was reopened meanwhile (its newer messages are kept).
+        RunParkedError: its history does not decode or fold (nothing is purged).
     """
     from dagnats.client.errors import RunNotFoundError
     from dagnats.runtime.projector import load_state
@@ -138,7 +168,15 @@ async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: in
         raise RunNotFoundError(run_id)
     if not is_terminal(state):
         raise RunStillOpenError(run_id, state.status)
+    ended = state.ended_at_ms
+    if ended_before_ms is not None and (ended is None or ended >= ended_before_ms):
+        raise RunNotExpiredError(run_id, ended)
     record = _record(state, last_seq, reason, at_ms)
+    # Its timers left armed (an engine stopped between the run's last append and their
+    # cancels) would fire into a new run under its id: the run's schedules go too, those
+    # stored by now (each armed before the append that ended it), not a new life's or a
+    # reopen's armed once the history purge below let one start.
+    timers_last_seq = (await js.stream_info(COMMANDS_STREAM)).state.last_seq
     await ensure_log(js)
     await js.publish(
         retention_subject(run_id),
@@ -147,9 +185,8 @@ async def purge_run(js: JetStreamContext, run_id: str, *, reason: str, at_ms: in
         headers={"Nats-Msg-Id": f"purge:{run_id}:{last_seq}"},
     )
     await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id), seq=last_seq + 1)
-    # Its timers left armed (an engine stopped between the run's last append and their
-    # cancels) would fire into a new run under its id: the run's schedules go too.
-    await js.purge_stream(COMMANDS_STREAM, subject=f"{SCHEDULE_PREFIX}.{run_id}.>")
+    schedules = f"{SCHEDULE_PREFIX}.{run_id}.>"
+    await js.purge_stream(COMMANDS_STREAM, subject=schedules, seq=timers_last_seq + 1)
     for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
         with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
             await (await js.key_value(bucket)).purge(run_id)
@@ -168,34 +205,45 @@ def _record(state: RunState, last_seq: int, reason: str, at_ms: int) -> PurgedRu
         started_at_ms=state.started_at_ms,
         ended_at_ms=state.ended_at_ms,
         purged_at_ms=at_ms,
-        history_messages=last_seq,
+        history_last_seq=last_seq,
         reason=reason,
     )
 
 
 async def purged_runs(js: JetStreamContext, limit: int) -> list[PurgedRun]:
-    """The retention log's records, newest purge first, at most
-    min(limit, settings.retention_listed_max); [] when nothing was ever purged."""
+    """The retention log's newest records, newest purge first: at most
+    min(limit, settings.retention_listed_max), of the log's last `retention_listed_max`
+    sequences (a run purged again keeps its newest record only); [] when nothing was purged."""
     bound = min(limit, settings.retention_listed_max)
     try:
-        info = await js.stream_info(RETENTION_STREAM, subjects_filter=f"{RETENTION_PREFIX}.>")
+        info = await js.stream_info(RETENTION_STREAM)
     except nats.js.errors.NotFoundError:
         return []
-    subjects = sorted(info.state.subjects or {})[: settings.retention_listed_max]
-    slots = asyncio.Semaphore(32)
-
-    async def one(subject: str) -> PurgedRun | None:
-        async with slots:
-            try:
-                message = await js.get_last_msg(RETENTION_STREAM, subject)
-            except nats.js.errors.NotFoundError:
-                return None
-            assert message.data is not None
-            return msgspec.json.decode(message.data, type=PurgedRun)
-
-    records = [r for r in await asyncio.gather(*(one(s) for s in subjects)) if r is not None]
+    last = info.state.last_seq
+    after = max(info.state.first_seq - 1, last - settings.retention_listed_max, 0)
+    records = [record for _, record in await read_records(js, after, last)]
     records.sort(key=lambda r: (r.purged_at_ms, r.run_id), reverse=True)
     return records[:bound]
+
+
+async def read_records(
+    js: JetStreamContext, after_seq: int, last_seq: int
+) -> list[tuple[int, PurgedRun]]:
+    """(sequence, record) of the log's records with after_seq < sequence <= last_seq, in
+    order, at most `retention_listed_max` sequences of them.
+
+    Raises:
+        TimeoutError: the server sent nothing for `log_read_timeout_s`, twice.
+    """
+    assert last_seq - after_seq <= settings.retention_listed_max, (after_seq, last_seq)
+    if last_seq <= after_seq:
+        return []
+    reader = HistoryReader(js, RETENTION_STREAM, f"{RETENTION_PREFIX}.>", after_seq, last_seq)
+    found: list[tuple[int, PurgedRun]] = []
+    async with contextlib.aclosing(reader.messages(log_read_timeout_s)) as read:
+        async for seq, data in read:
+            found.append((seq, msgspec.json.decode(data, type=PurgedRun)))
+    return found
 
 
 # -- serve's part: the sweep and the query rows ------------------------------------------
@@ -210,23 +258,37 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, timeout=sqlite_busy_timeout_s)
 
 
-def expired_runs(sqlite_path: Path, ended_before_ms: int, limit: int) -> list[str]:
-    """Ids of finished runs (as the query tables know them) that ended before the time."""
+class Expired(NamedTuple):
+    """A finished run as the query tables list it: its id, end, and the sequence its rows
+    are at (the rows of that life: none of a later one is at or below it)."""
+
+    ended_at_ms: int
+    run_id: str
+    last_seq: int
+
+
+def expired_runs(
+    sqlite_path: Path, ended_before_ms: int, limit: int, after: Expired | None = None
+) -> list[Expired]:
+    """Finished runs (as the query tables know them) that ended before the time, oldest
+    first, at most `limit`, after `after` in that order (None: from the oldest)."""
     if not sqlite_path.exists():
         return []
     marks = ",".join("?" for _ in TERMINAL_RUN_STATUSES)
+    cursor = (after.ended_at_ms, after.run_id) if after is not None else (-1, "")
     db = _connect(sqlite_path)
     try:
         rows = db.execute(
-            f"SELECT run_id FROM runs WHERE status IN ({marks}) AND ended_at_ms IS NOT NULL "
-            "AND ended_at_ms < ? ORDER BY ended_at_ms LIMIT ?",
-            (*sorted(TERMINAL_RUN_STATUSES), ended_before_ms, limit),
+            f"SELECT ended_at_ms, run_id, last_seq FROM runs WHERE status IN ({marks}) "
+            "AND ended_at_ms IS NOT NULL AND ended_at_ms < ? AND (ended_at_ms, run_id) > (?, ?) "
+            "ORDER BY ended_at_ms, run_id LIMIT ?",
+            (*sorted(TERMINAL_RUN_STATUSES), ended_before_ms, *cursor, limit),
         ).fetchall()
     except sqlite3.OperationalError:  # no runs table yet
         return []
     finally:
         db.close()
-    return [str(row[0]) for row in rows]
+    return [Expired(int(row[0]), str(row[1]), int(row[2])) for row in rows]
 
 
 def delete_rows(sqlite_path: Path, purged: Iterable[tuple[str, int | None]]) -> int:
@@ -305,8 +367,7 @@ class Retention:
         self.sqlite_path = sqlite_path
         self.retention_ms = retention_ms
         self.admin = admin
-        self._rows_dropped: set[tuple[str, int]] = set()
-        self._log_seen = 0  # the log's last sequence when its rows were last dropped
+        self._log_seen = 0  # the log's sequence up to which the records' rows were dropped
         self.purged = 0  # runs purged by this service (for logs and tests)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -324,50 +385,66 @@ class Retention:
                 await asyncio.wait_for(stop.wait(), timeout=settings.retention_log_poll_ms / 1000)
 
     async def drop_rows(self) -> None:
-        """Delete the query rows of purged runs not dropped yet by this process."""
+        """Delete the query rows of the runs of the log's records not read yet by this
+        process (from its start: the whole log, `retention_listed_max` records a call)."""
         try:
             info = await self.reader.stream_info(RETENTION_STREAM)
         except nats.js.errors.NotFoundError:
             return
-        if info.state.last_seq == self._log_seen:
+        after = max(self._log_seen, info.state.first_seq - 1)
+        until = min(info.state.last_seq, after + settings.retention_listed_max)
+        if until <= after:
             return  # nothing purged since the last look
-        records = await purged_runs(self.reader, settings.retention_listed_max)
-        fresh = [r for r in records if (r.run_id, r.purged_at_ms) not in self._rows_dropped]
-        if fresh:
-            purged = [(r.run_id, r.history_messages or None) for r in fresh]
+        records = [record for _, record in await read_records(self.reader, after, until)]
+        if records:
+            purged = [(r.run_id, r.history_last_seq or None) for r in records]
             await asyncio.to_thread(delete_rows, self.sqlite_path, purged)
-            self._rows_dropped.update((r.run_id, r.purged_at_ms) for r in fresh)
-        self._log_seen = info.state.last_seq
+        self._log_seen = until
 
     async def sweep(self, at_ms: int) -> int:
-        """Purge finished runs that ended more than the retention age before `at_ms`."""
-        from dagnats.client.errors import RunNotFoundError
-        from dagnats.runtime.projector import load_state
-
+        """Purge finished runs that ended more than the retention age before `at_ms`: at most
+        `retention_purges_per_sweep_max`, looking at most `sweep_pages_max` pages of that many
+        listed runs (a run it cannot purge, parked or reopened, holds back none after it)."""
         assert self.retention_ms is not None and self.admin is not None
         limit = settings.retention_purges_per_sweep_max
         cutoff = at_ms - self.retention_ms
-        run_ids = await asyncio.to_thread(expired_runs, self.sqlite_path, cutoff, limit)
         purged = 0
-        for run_id in run_ids:
-            try:
-                state, _ = await load_state(
-                    JetStreamEventLog(self.admin), KvSnapshotStore(self.admin), run_id
-                )
-                if state.ended_at_ms is None or state.ended_at_ms >= cutoff:
-                    continue  # reopened (and perhaps ended again) since the row was written
-                await purge_run(self.admin, run_id, reason=self.reason, at_ms=at_ms)
-                purged += 1
-            except RunNotFoundError:  # its history is gone already: its rows go too
-                await asyncio.to_thread(delete_rows, self.sqlite_path, [(run_id, None)])
-            except RunStillOpenError:
-                continue  # reopened since: never purged while it runs
-            except ReopenedWhilePurgingError as error:
-                log.error("retention: %s", error)
+        after: Expired | None = None
+        for _ in range(sweep_pages_max):
+            page = await asyncio.to_thread(expired_runs, self.sqlite_path, cutoff, limit, after)
+            for listed in page[: limit - purged]:
+                purged += await self._purge(listed, at_ms, cutoff)
+            if len(page) < limit or purged >= limit:
+                break
+            after = page[-1]
         self.purged += purged
         if purged:
             await self.drop_rows()
         return purged
+
+    async def _purge(self, listed: Expired, at_ms: int, cutoff: int) -> int:
+        """Purge one listed run; 1 if it was purged, else 0."""
+        from dagnats.client.errors import RunNotFoundError
+
+        admin = self.admin
+        assert admin is not None
+        try:
+            await purge_run(
+                admin, listed.run_id, reason=self.reason, at_ms=at_ms, ended_before_ms=cutoff
+            )
+            return 1
+        except RunNotFoundError:
+            # Its history is gone (purged meanwhile, or by hand): the rows of the life listed
+            # go, up to the sequence they were at; a life begun since keeps its rows.
+            bound = [(listed.run_id, listed.last_seq)]
+            await asyncio.to_thread(delete_rows, self.sqlite_path, bound)
+        except (RunStillOpenError, RunNotExpiredError):
+            pass  # reopened (or a new life of the id) since the row was written
+        except ReopenedWhilePurgingError as error:
+            log.error("retention: %s", error)
+        except RunParkedError as error:
+            log.warning("retention: %s (not purged; the sweep goes on)", error)
+        return 0
 
     @property
     def reason(self) -> str:

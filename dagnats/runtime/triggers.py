@@ -7,7 +7,9 @@ latest revision, overridden by those managed with `dagnats trigger`, bucket
   (bucket `dagnats_trigger_state`, advanced with compare-and-set). Each fire's run id comes
   from the trigger and the fire time, and its start is published under that id, so a fire
   runs at most once even with two engines or a crash between start and the state's update;
-  fires due while no engine ran are missed, and the newest `backfill` of them run.
+  fires due while no engine ran are missed, and the newest `backfill` of them run. The last
+  fire advances only over fires whose start went out: a start that failed (NATS did not
+  answer) is tried again at the next tick (a missed fire then, once `cron_late_ms` passed);
 - subject: a durable JetStream consumer per trigger (on the stream the user names, or
   `DAGNATS_TRIGGER_IN`, which DagNats keeps covering every such subject), so a message
   published while serve was down still starts its run; one run per message, its run id from
@@ -321,13 +323,16 @@ class TriggerService:
         if skipped:
             log.info("trigger %s: %d fires missed while down were skipped (backfill %d)",
                      entry.trigger.id, skipped, cron.backfill)  # fmt: skip
+        newest = (fires[0] - 1) if fires else (now if skipped else last)  # (past the skipped)
         for fire_ms in fires:
-            await self.fire(entry, cron_fire_name(fire_ms), {"fire_time": cron_fire_name(fire_ms),
-                                                             "fire_ms": fire_ms})  # fmt: skip
-        if fires or skipped:
-            newest = fires[-1] if fires else now
+            record = await self.fire(entry, cron_fire_name(fire_ms), {
+                "fire_time": cron_fire_name(fire_ms), "fire_ms": fire_ms})  # fmt: skip
+            if record.outcome == "failed":  # its start did not go out: again at the next tick
+                break
+            newest = fire_ms
+        if newest > last:
             with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
-                await kv.update(entry.key, str(max(newest, last)).encode(), last=revision)
+                await kv.update(entry.key, str(newest).encode(), last=revision)
 
     async def fire(self, entry: Entry, fire: str, value: object) -> FireRecord:
         """One fire: recorded, debounced, or a run started (its id from the fire)."""
