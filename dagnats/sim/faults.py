@@ -9,7 +9,8 @@ replays the same faults at the same points.
 Kinds and where they strike (the probability is per opportunity):
 
 - engine_crash: each engine call into the world (a read, before an append, after it and
-  before the effects, each effect, before the ack);
+  before the effects, each effect, before the ack), except in a resume after a start: one
+  roll for the whole resume, striking at one of its calls (processes.ProcessGate.resuming);
 - worker_crash: each worker call (task started, result, ack) and each handler in flight;
 - duplicate_delivery: each ack (lost: the message comes back after its ack wait), each timer
   fire (it fires twice), each client start (sent twice), each projection batch (it carries
@@ -175,6 +176,10 @@ class SeedFaults:
         name = f"{kind}:{label}" if label else kind
         self.counts[name] = self.counts.get(name, 0) + 1
         return True
+
+    def rolls(self, kind: str) -> bool:
+        """Roll for `kind` without counting it (the caller counts it where it strikes)."""
+        return self._random() < self.probability[kind]
 
     def count(self, name: str) -> None:
         """Count something the substrate did on its own (a redelivery after an ack wait)."""

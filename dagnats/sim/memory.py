@@ -175,6 +175,9 @@ class MemoryEventLog:
     def run_ids(self) -> list[str]:
         return sorted(self._by_run)
 
+    def run_count(self) -> int:
+        return len(self._by_run)
+
 
 class LogPort:
     """`protocols.EventLog` for one process, through its gate."""

@@ -36,23 +36,56 @@ class GateWorld(Protocol):
 
 
 class ProcessGate:
-    """`memory.Gate` of one process incarnation: its crash points and delivery faults."""
+    """`memory.Gate` of one process incarnation: its crash points and delivery faults.
 
-    __slots__ = ("alive", "crash_kind", "name", "sim")
+    Each call into the world rolls the process's crash, except while it resumes after a start
+    (`resuming`): a resume makes a few calls per run in the log, so rolling at each would make
+    a seed's restarts, each resuming every run again, grow with the square of its runs; the
+    resume rolls once instead and, when that strikes, crashes at one of its calls."""
+
+    __slots__ = ("alive", "crash_kind", "name", "sim", "strike_in")
 
     def __init__(self, sim: GateWorld, name: str, crash_kind: str) -> None:
         self.sim = sim
         self.name = name
         self.crash_kind = crash_kind  # "" for a process that never crashes (the client)
         self.alive = True
+        # While resuming: the calls left before the crash the resume's roll decided (negative:
+        # none); None when not resuming (each call rolls).
+        self.strike_in: int | None = None
 
     def check(self, point: str) -> None:
         if not self.alive:
             raise SimulatedCrash(self.name, "after its death")
+        strike_in = self.strike_in
+        if strike_in is not None:
+            self.strike_in = strike_in - 1
+            if strike_in == 0:
+                self.sim.faults.count(f"{self.crash_kind}:{point}")
+                self._crash(point)
+            return
         if self.crash_kind and self.sim.faults.hit(self.crash_kind, point):
-            self.alive = False
-            self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT crash {point}")
-            raise SimulatedCrash(self.name, point)
+            self._crash(point)
+
+    def resuming(self, runs: int) -> None:
+        """A resume begins over a log of `runs` runs: roll its crash once (see the class)."""
+        assert runs >= 0
+        if not self.crash_kind:
+            self.strike_in = -1
+            return
+        strikes = self.sim.faults.rolls(self.crash_kind)
+        # (drawn even when it does not strike: a kind switched off changes nothing else)
+        call = self.sim.rng.randrange(max(1, settings.resume_calls_per_run * runs))
+        self.strike_in = call if strikes else -1
+
+    def resumed(self) -> None:
+        """The resume ended (done or crashed): each call rolls again."""
+        self.strike_in = None
+
+    def _crash(self, point: str) -> None:
+        self.alive = False
+        self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT crash {point}")
+        raise SimulatedCrash(self.name, point)
 
     def delay_ms(self, point: str) -> int:
         if not self.sim.faults.hit("late_delivery", point):
@@ -73,6 +106,15 @@ class ProcessGate:
         how = "lost" if self.sim.rng.random() < 0.5 else "unacked"
         self.sim.trace.add(self.sim.time.now_ms, self.name, f"FAULT {point} {how}")
         return how
+
+
+async def resume_all(engine: Engine, gate: ProcessGate, runs: int) -> None:
+    """`engine.resume_all()` over a log of `runs` runs, its crash rolled once (`resuming`)."""
+    gate.resuming(runs)
+    try:
+        await engine.resume_all()
+    finally:
+        gate.resumed()
 
 
 @dataclass(eq=False)

@@ -66,6 +66,7 @@ from dagnats.sim.processes import (
     WorkerProcess,
     drain,
     enter_call,
+    resume_all,
 )
 from dagnats.sim.projector import DATABASE_REBUILD_EVERY_SEEDS, SeedProjector
 from dagnats.sim.shared import CaseShared, case_shared
@@ -351,7 +352,7 @@ class Simulation:
         self.actor = gate.name
         self.trace.add(self.time.now_ms, gate.name, "starts (resume_all)")
         try:
-            await engine.resume_all()
+            await resume_all(engine, gate, self.log.run_count())
         except SimulatedCrash as crash:
             await self._engine_crashed(process, crash)
             return

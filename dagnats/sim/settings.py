@@ -28,6 +28,10 @@ workers_default: Final = 2
 workers_max: Final = 16
 engine_restart_ms_max: Final = 2_000  # a crashed engine is back within this
 worker_restart_ms_max: Final = 5_000
+# An engine's resume after a start rolls its crash once; when it strikes, it does at one of
+# the resume's first (this many times the runs in the log) calls into the world (about what
+# a run's resume makes: a read, a snapshot read, its effects again).
+resume_calls_per_run: Final = 3
 
 # Latencies and handler durations (virtual).
 delivery_ms_max: Final = 3  # publish -> available to a consumer
