@@ -38,6 +38,7 @@ from dagnats.runtime.settings import (
     command_progress_interval_ms,
     commands_unsettled_max,
     fetch_batch_max,
+    partitions_max,
 )
 from dagnats.runtime.standing_pull import WhenIdle
 from dagnats.runtime.wakeup import Wakeup
@@ -124,6 +125,10 @@ async def keep_in_progress(
     the server). Without it (a partitioned engine's buffer, which a command may wait in
     unseen), every look, once an interval, sends one to each."""
     assert command_progress_interval_ms * 2 <= command_ack_wait_ms
+    # (a standing pull's, runtime/pull_credit; a partitioned buffer's, runtime/partitions)
+    brought_max = max(
+        fetch_batch_max * (credit_bound_share + 1), command_batch_max + partitions_max
+    )
     looks_per_interval = 1 if waiting is None else 2
     seen: set[CommandMessage] = set()  # in hand or held at the last look (with `waiting`)
     acked: set[CommandMessage] = set()  # progress-acked at the last look (with `waiting`)
@@ -134,7 +139,7 @@ async def keep_in_progress(
         held = list(engine._unsettled)
         assert len(held) <= commands_unsettled_max + command_batch_max, len(held)
         brought = () if waiting is None else waiting()
-        assert len(brought) <= fetch_batch_max * (credit_bound_share + 1), len(brought)
+        assert len(brought) <= brought_max, len(brought)
         due = [*held, *brought]
         if waiting is not None:
             looked, seen = seen, set(due)

@@ -362,23 +362,29 @@ class PartitionedCommands:
     What waits in the buffer is shown by `held`, which the engine keeps in progress beside
     the commands in hand (runtime/command_pump `keep_in_progress`: a first progress ack
     within an interval of its coming), so a command that waits there while the engine's
-    window is full is not delivered again when its ack wait ends. The pumps fetch no more
-    than the buffer has room for, counting what the others' fetches under way may bring
-    (`_reserved`), so it never holds more than `command_batch_max` (a pump used to fetch
-    the room it saw and wait, holding what it fetched unseen, for the buffer to take it)."""
+    window is full is not delivered again when its ack wait ends.
+
+    Each pump long-polls for one command while the buffer is not full (counting what the
+    pumps' fetches of more may bring, `_reserved`), and fetches more than one only into the
+    room left (reserved first); so the buffer holds at most `command_batch_max` plus one per
+    pump: every owned partition is polled, however many an engine owns (a long poll that
+    reserved room of its own left, with more partitions than room, pumps that never polled
+    while the others stayed idle)."""
 
     def __init__(self, js: JetStreamContext, ownership: Ownership) -> None:
         self.js = js
         self.ownership = ownership
-        self._buffer: asyncio.Queue[OwnedMessage] = asyncio.Queue(settings.command_batch_max)
+        self._buffer: asyncio.Queue[OwnedMessage] = asyncio.Queue()  # (bounded by the pumps)
         self._held: dict[OwnedMessage, None] = {}  # in the buffer: fetched, no fetch took yet
-        self._reserved = 0  # room the pumps' fetches under way may fill
+        self._reserved = 0  # room the pumps' fetches of more than one under way may fill
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
 
     def held(self) -> list[OwnedMessage]:
-        """The commands in the buffer (at most `command_batch_max`), oldest first."""
-        assert len(self._held) <= self._buffer.maxsize, len(self._held)
+        """The commands in the buffer (at most `command_batch_max` plus one per partition),
+        oldest first."""
+        bound = settings.command_batch_max + self.ownership.partitions
+        assert len(self._held) <= bound, (len(self._held), bound)
         return list(self._held)
 
     async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[OwnedMessage]:
@@ -411,30 +417,35 @@ class PartitionedCommands:
 
     async def _pump(self, partition: int) -> None:
         """Pull `partition` into the buffer while it is owned: a long poll for one command
-        (room for it kept), then at once what its pending count says waits, as far as the
-        buffer has room (the other pumps' polls keep theirs: none waits behind a busy one)."""
+        while the buffer is not full, then at once what its pending count says waits, as far
+        as the buffer has room (reserved: see the class's docstring)."""
         subscription = await self._subscription(partition)
         batch, timeout_ms = 1, settings.command_fetch_timeout_ms
         while partition in self.ownership.owned():
-            batch = min(batch, self._buffer.maxsize - len(self._held) - self._reserved)
+            room = settings.command_batch_max - len(self._held) - self._reserved
+            batch = min(batch, room)
             if batch <= 0:
                 await asyncio.sleep(settings.partition_buffer_full_wait_ms / 1000)
                 batch, timeout_ms = 1, settings.command_fetch_timeout_ms
                 continue
+            if batch == 1:
+                batch = 0  # (a long poll for one reserves nothing: at most one a pump)
             self._reserved += batch
             try:
-                fetched = await fetch_batch(subscription, batch=batch, timeout_ms=timeout_ms)
+                fetched = await fetch_batch(
+                    subscription, batch=max(1, batch), timeout_ms=timeout_ms
+                )
             except (nats.errors.Error, TimeoutError, OSError) as error:
                 log.debug("partition %d: fetch failed: %s", partition, error)
                 fetched = []
                 await asyncio.sleep(settings.command_fetch_timeout_ms / 1000)
             finally:
                 self._reserved -= batch
-            assert len(fetched) <= batch, (len(fetched), batch)
+            assert len(fetched) <= max(1, batch), (len(fetched), batch)
             for message in fetched:
                 owned = OwnedMessage(message._message, self.ownership, partition)
                 self._held[owned] = None
-                self._buffer.put_nowait(owned)  # (room was kept for it)
+                self._buffer.put_nowait(owned)  # (room was kept for it, or it is a poll's one)
             waiting = fetched[-1].num_pending if fetched else 0
             if waiting > 0:
                 batch, timeout_ms = waiting, settings.fetch_no_wait_answer_ms_max

@@ -368,6 +368,7 @@ class Retention:
         self.retention_ms = retention_ms
         self.admin = admin
         self._log_seen = 0  # the log's sequence up to which the records' rows were dropped
+        self._swept_to: Expired | None = None  # the next sweep looks after it (None: oldest)
         self.purged = 0  # runs purged by this service (for logs and tests)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -404,19 +405,27 @@ class Retention:
     async def sweep(self, at_ms: int) -> int:
         """Purge finished runs that ended more than the retention age before `at_ms`: at most
         `retention_purges_per_sweep_max`, looking at most `sweep_pages_max` pages of that many
-        listed runs (a run it cannot purge, parked or reopened, holds back none after it)."""
+        listed runs, from where the last sweep stopped (from the oldest again once a sweep
+        reached the end of the list): runs it cannot purge, parked or reopened, however many,
+        hold back none after them."""
         assert self.retention_ms is not None and self.admin is not None
         limit = settings.retention_purges_per_sweep_max
         cutoff = at_ms - self.retention_ms
         purged = 0
-        after: Expired | None = None
+        after = self._swept_to
         for _ in range(sweep_pages_max):
             page = await asyncio.to_thread(expired_runs, self.sqlite_path, cutoff, limit, after)
-            for listed in page[: limit - purged]:
+            for listed in page:
+                if purged >= limit:
+                    break
                 purged += await self._purge(listed, at_ms, cutoff)
-            if len(page) < limit or purged >= limit:
+                after = listed
+            if len(page) < limit and (not page or after == page[-1]):
+                after = None  # the end of the list: the next sweep starts from the oldest
                 break
-            after = page[-1]
+            if purged >= limit:
+                break
+        self._swept_to = after
         self.purged += purged
         if purged:
             await self.drop_rows()
