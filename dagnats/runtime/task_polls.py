@@ -43,7 +43,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from dagnats.runtime import settings
-from dagnats.runtime.js_publish import listen, publish_raw
+from dagnats.runtime.js_publish import listen, publish_raw, send_raw
 from dagnats.runtime.log_read import STATUS_AT, header_int, router
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.pull_credit import PullCredit
@@ -51,6 +51,7 @@ from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 SCHEDULER_HEADER: Final = "Nats-Scheduler"  # set by the server on a message a schedule fired
+SCHEDULER_NAME: Final = SCHEDULER_HEADER.encode()  # (not in a block: no such header)
 HEADER_LINE_BYTES: Final = len(b"NATS/1.0")
 STATUS_HEARTBEAT: Final = b"100"
 STATUS_EXPIRED: Final = b"408"  # the oldest live request ended with what it brought
@@ -171,7 +172,10 @@ class RawTaskMessage:
     @property
     def scheduler(self) -> str | None:
         """The schedule's subject when a message schedule fired this message (a command), else
-        None."""
+        None (without parsing the header block when the header's name is nowhere in it)."""
+        raw = self._raw_headers
+        if raw is None or (self._headers is None and SCHEDULER_NAME not in raw):
+            return None
         headers = self.headers
         return None if headers is None else headers.get(SCHEDULER_HEADER)
 
@@ -187,7 +191,9 @@ class RawTaskMessage:
         Raises:
             nats.errors.MsgAlreadyAckdError: it was settled before (as nats-py's `Msg`)."""
         self._settle()
-        await publish_raw(self._client, self._reply, "", b"+ACK")
+        rest = send_raw(self._client, self._reply, "", b"+ACK")  # (a plain call, mostly)
+        if rest is not None:
+            await rest
 
     async def nak(self, delay_ms: int = 0) -> None:
         """Deliver again after delay_ms."""

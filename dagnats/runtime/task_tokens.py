@@ -36,6 +36,7 @@ class TaskTokens:
     def __init__(self, engine_secret: str) -> None:
         assert engine_secret, "an empty secret signs nothing"
         self._key = hashlib.sha256(_DERIVATION + engine_secret.encode()).digest()
+        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)  # (copied per token)
         # The tokens signed last: a task's token is asked again when its result comes back.
         self._signed: OrderedDict[str, str] = OrderedDict()
 
@@ -45,8 +46,9 @@ class TaskTokens:
         key = attempt_key_of(msg_id)
         token = self._signed.get(key)
         if token is None:
-            digest = hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()
-            token = self._signed[key] = digest[:token_hex_length]
+            signer = self._keyed.copy()  # (keyed once: a copy, not the key's set-up each)
+            signer.update(key.encode())
+            token = self._signed[key] = signer.hexdigest()[:token_hex_length]
             if len(self._signed) > signed_tokens_remembered_max:
                 self._signed.popitem(last=False)
         return token
