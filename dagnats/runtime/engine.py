@@ -368,10 +368,11 @@ class Engine:
         if self.folds is not None:
             self.folds.appended(seq, command.run_id, events, state)
         self.observer.appended(loaded.state, state, events)
-        if self.links is not None and is_terminal(state):
-            self.links.forget_run(command.run_id)
-        if self.ended is not None and is_terminal(state) and not is_terminal(loaded.state):
-            await self.ended.mark(state, command.at_ms)  # workers skip its tasks (ended_runs)
+        if is_terminal(state):
+            if self.links is not None:
+                self.links.forget_run(command.run_id)
+            if self.ended is not None and not is_terminal(loaded.state):
+                await self.ended.mark(state, command.at_ms)  # workers skip its tasks
         return effects, state
 
     async def _moved(self, loaded: Loaded, run_id: str) -> bool:

@@ -123,11 +123,12 @@ def send_raw(
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += size
     command = b"".join((line, head, payload, b"\r\n"))
-    turn_writes = _turn_writes.get(nc, 0)
+    state = nc.__dict__  # (this module's marks on the client: `_end_turn`)
+    turn_writes: int = state.get(_TURN_WRITES, 0)
     if turn_writes == 0:  # (the iteration's count ends at the loop's next iteration)
         asyncio.get_running_loop().call_soon(_end_turn, nc)
-    _turn_writes[nc] = turn_writes + 1
-    if turn_writes == 0 and nc not in _busy and _write_now(nc, command):
+    state[_TURN_WRITES] = turn_writes + 1
+    if turn_writes == 0 and not state.get(_BUSY, False) and _write_now(nc, command):
         return None
     return _buffer(nc, command)
 
@@ -193,16 +194,15 @@ def _end_turn(nc: NatsClient) -> None:
     flusher's turn, one socket write and one read of the server's for many (written at once,
     the first of each iteration apart, bench.throughput lost ~5% and the server's CPU per
     step rose ~10%)."""
-    if _turn_writes.pop(nc, 0) > 1:
-        _busy.add(nc)
-    else:
-        _busy.discard(nc)
+    state = nc.__dict__
+    state[_BUSY] = state.pop(_TURN_WRITES, 0) > 1
 
 
-# Per client: its publishes in this loop iteration (while the count's end is due), and
-# whether it is busy (`_end_turn`).
-_turn_writes: weakref.WeakKeyDictionary[NatsClient, int] = weakref.WeakKeyDictionary()
-_busy: weakref.WeakSet[NatsClient] = weakref.WeakSet()
+# This module's marks on a client (attributes of its own: no weak reference made per publish,
+# gone with the client): its publishes in this loop iteration (while the count's end is
+# due), and whether it is busy (`_end_turn`).
+_TURN_WRITES: Final = "_dagnats_turn_writes"
+_BUSY: Final = "_dagnats_busy"
 
 
 class PubAck(msgspec.Struct, frozen=True):
@@ -283,6 +283,7 @@ class JetStreamPublisher:
         self.js = js  # its timeout (`js._timeout`, read at each publish) bounds each wait
         self.nc = js._nc
         self._prefix: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._starting: asyncio.Lock | None = None
         self._waiting: dict[str, asyncio.Future[PubAck]] = {}
         # (deadline, token) of the waits, oldest first; answered ones leave at the next timer
@@ -312,7 +313,8 @@ class JetStreamPublisher:
             return self._publish_first(subject, payload, stream, headers)
         self._next_token += 1
         token = str(self._next_token)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # (set with the prefix)
         future: asyncio.Future[PubAck] = loop.create_future()
         timeout_s = self.js._timeout
         assert timeout_s > 0, timeout_s
@@ -367,6 +369,7 @@ class JetStreamPublisher:
                 # Read raw in the client's read loop (runtime/log_read router): no `Msg`, no
                 # queue and no task between an acknowledgement and the publish waiting for it.
                 router(self.nc).handlers[replies._id] = self._on_reply
+                self._loop = asyncio.get_running_loop()  # (the client's, which it stays on)
                 self._prefix = prefix
         return self._prefix
 

@@ -51,7 +51,6 @@ from dagnats.runtime.task_tokens import TASK_TOKEN_HEADER
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 SCHEDULER_HEADER: Final = "Nats-Scheduler"  # set by the server on a message a schedule fired
-SCHEDULER_NAME: Final = SCHEDULER_HEADER.encode()  # (not in a block: no such header)
 HEADER_LINE_BYTES: Final = len(b"NATS/1.0")
 STATUS_HEARTBEAT: Final = b"100"
 STATUS_EXPIRED: Final = b"408"  # the oldest live request ended with what it brought
@@ -124,6 +123,22 @@ def header_lines(raw: bytes) -> dict[str, str]:
     return headers
 
 
+def header_of(raw: bytes, name: str) -> str | None:
+    """The value `header_lines(raw)` gives `name`, found without parsing every line when the
+    name is nowhere in the block (None) or in one line only, as that line's name (its value
+    up to the line's end); else by `header_lines` itself."""
+    wanted = name.encode()
+    count = raw.count(wanted)
+    if count == 0:
+        return None
+    start = raw.find(b"\n" + wanted + b":") + 1
+    if count > 1 or start == 0 or raw[start - 2 : start] != b"\r\n":
+        return header_lines(raw).get(name)  # (a name padded or repeated, a value naming it)
+    start += len(wanted) + 1
+    end = raw.find(b"\r\n", start)
+    return raw[start : end if end >= 0 else len(raw)].strip().decode("utf-8", "replace")
+
+
 class RawTaskMessage:
     """`protocols.QueueMessage` over the raw parts of a delivered JetStream message: its
     header block is parsed only when read (most tasks read it once, for their trace and
@@ -172,18 +187,24 @@ class RawTaskMessage:
     @property
     def scheduler(self) -> str | None:
         """The schedule's subject when a message schedule fired this message (a command), else
-        None (without parsing the header block when the header's name is nowhere in it)."""
+        None (read alone, `header_of`, when the header block is not parsed yet)."""
         raw = self._raw_headers
-        if raw is None or (self._headers is None and SCHEDULER_NAME not in raw):
+        if raw is None:
             return None
-        headers = self.headers
-        return None if headers is None else headers.get(SCHEDULER_HEADER)
+        if self._headers is None:
+            return header_of(raw[HEADER_LINE_BYTES:], SCHEDULER_HEADER)
+        return self._headers.get(SCHEDULER_HEADER)
 
     @property
     def task_token(self) -> str | None:
-        """The engine's token of this task (runtime/task_tokens)."""
-        headers = self.headers
-        return None if headers is None else headers.get(TASK_TOKEN_HEADER)
+        """The engine's token of this task (runtime/task_tokens), read alone (`header_of`)
+        when the header block is not parsed yet."""
+        raw = self._raw_headers
+        if raw is None:
+            return None
+        if self._headers is None:
+            return header_of(raw[HEADER_LINE_BYTES:], TASK_TOKEN_HEADER)
+        return self._headers.get(TASK_TOKEN_HEADER)
 
     async def ack(self) -> None:
         """Done (fire-and-forget: a lost ack means one redelivery, which the worker absorbs).
