@@ -28,6 +28,7 @@ TASK_TOKEN_HEADER: Final = "Dagnats-Task-Token"
 _DERIVATION: Final = b"dagnats task tokens v1\x00"
 token_hex_length: Final = 32  # 128 bits of the HMAC-SHA256: ample against guessing
 signed_tokens_remembered_max: Final = 4_096  # tokens kept for the results that come back
+_RESULTS: Final = (TaskStarted, CompleteTask, FailTask)  # (the commands a token must sign)
 
 
 class TaskTokens:
@@ -56,7 +57,7 @@ class TaskTokens:
     def refusal(self, command: AnyCommand, token: str | None) -> str | None:
         """Why a result may not be decided (None: it may, or it is not a result). The
         reason's text is built only for a refusal (the accepted path formats nothing)."""
-        if not isinstance(command, TaskStarted | CompleteTask | FailTask):
+        if not isinstance(command, _RESULTS):
             return None
         if command.attempt < 1:
             return f"{_named(command)}: attempts start at 1"
