@@ -15,7 +15,10 @@ header name with a regular expression and builds the header block piece by piece
 publish (the engine makes two or three per step); the names here are the code's own constants.
 A lone publish of a loop iteration (connected, nothing pending) is written to the socket at
 once, not at the turn of nats-py's flusher task (a loop iteration later, on a step's critical
-path); a busy client's publishes go together at the flusher's turn (`_end_turn`).
+path); a busy client's publishes go together at the flusher's turn (`_end_turn`). Both by
+plain calls (`send_raw`: what nats-py's `_send_command` and `_flush_pending` do, as one call,
+but where they would wait), so `JetStreamPublisher.publish` returns the acknowledgement's
+future itself: the caller awaits the answer with no coroutine of the publish between.
 
 A connection lost while publishes wait for their acknowledgements: what was written to the
 lost socket (or stored, with its acknowledgement sent there) is never acknowledged over the
