@@ -57,11 +57,11 @@ async def test_a_wait_at_the_disconnect_fails_at_the_reconnect_after_the_old_cal
         await nc.subscribe(subject)  # interest, so no 503: an acknowledgement never comes
         js = nc.jetstream(timeout=120.0)
         publisher = JetStreamPublisher(js)
-        before = asyncio.create_task(publisher.publish(subject, b"a", stream="S", headers={}))
+        before = asyncio.ensure_future(publisher.publish(subject, b"a", stream="S", headers={}))
         await settle()
         assert publisher.pending() == 1
         await lose(nc)
-        during = asyncio.create_task(publisher.publish(subject, b"b", stream="S", headers={}))
+        during = asyncio.ensure_future(publisher.publish(subject, b"b", stream="S", headers={}))
         await settle()
         assert not before.done(), "a lost acknowledgement is known only at the reconnect"
         await regain(nc)
@@ -92,7 +92,7 @@ async def test_every_publisher_of_a_client_is_told_and_a_second_outage_cuts_agai
         publishers = [JetStreamPublisher(js), JetStreamPublisher(js)]
         for round_ in range(2):
             waits = [
-                asyncio.create_task(p.publish(subject, b"x", stream="S", headers={}))
+                asyncio.ensure_future(p.publish(subject, b"x", stream="S", headers={}))
                 for p in publishers
             ]
             await settle()

@@ -79,11 +79,12 @@ class EngineObserver:
 
     def decision(self, command: AnyCommand) -> Decision:
         """Around one command's handling (`with`): its span and its latency."""
-        if not self.on:
+        tracing = self.tracing
+        if tracing is None and self.metrics is None:
             return Decision()
         decision = Decision(self)
-        if self.tracing is not None:
-            decision._span = self.tracing.start_decision(command)
+        if tracing is not None:
+            decision._span = tracing.start_decision(command)
         decision._started = time.perf_counter()
         return decision
 
@@ -106,7 +107,6 @@ class EngineObserver:
 
     def _appended(self, before: RunState, after: RunState, events: tuple[AnyEvent, ...]) -> None:
         run_id = after.run_id
-        workflow = after.workflow.name if after.workflow is not None else ""
         for event in events:
             if isinstance(event, StepScheduled):
                 self._remember((run_id, event.step_id, event.attempt), event.at_ms)
@@ -128,6 +128,7 @@ class EngineObserver:
             if self.tracing is not None:
                 self.tracing.run_ended(after)
             if self.metrics is not None:
+                workflow = after.workflow.name if after.workflow is not None else ""
                 self.metrics.run_finished(workflow, after.status)
 
     def _remember(self, key: tuple[str, str, int], at_ms: int) -> None:

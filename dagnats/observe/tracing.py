@@ -213,10 +213,8 @@ def inject(headers: dict[str, str]) -> dict[str, str]:
 
 def task_of(state: RunState, step_id: str) -> str:
     """The task type of a step of the run (its step type when it runs no task; "" unknown)."""
-    for step_def in state.step_defs:
-        if step_def.id == step_id:
-            return step_def.task or step_def.type
-    return ""
+    step_def = state.step_def(step_id)
+    return "" if step_def is None else step_def.task or step_def.type
 
 
 # -- configuration ---------------------------------------------------------------------------

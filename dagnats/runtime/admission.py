@@ -113,6 +113,7 @@ class EngineSide(Protocol):
 
 
 _NO_FOLLOW_UPS: Final = FollowUps()  # (frozen: shared)
+_LOOKED_AT_BEFORE: Final = (StartRun, ScheduleRun, FireTimer)  # (`handle`: the rest go as is)
 
 Outcome = Literal["applied", "ignored", "rejected", "dead", "parked", "retry"]
 
@@ -166,7 +167,7 @@ class AdmissionRuntime:
         """Decide `command` with admission before and after it (see the module). Only a
         start or a timer is looked at before (`_before`: any other command goes as it is)."""
         follow = _NO_FOLLOW_UPS
-        if isinstance(command, StartRun | ScheduleRun | FireTimer):
+        if isinstance(command, _LOOKED_AT_BEFORE):
             try:
                 before = await self._before(command)
             except RunParkedError:
@@ -175,11 +176,36 @@ class AdmissionRuntime:
                 return (await self.decide_run(command, data, deliveries)).outcome
             command, follow = before if isinstance(before, tuple) else (before, _NO_FOLLOW_UPS)
         decided = await self.decide_run(command, data, deliveries)
-        outcome = decided.outcome
-        if outcome != "applied":
+        if decided.outcome == "applied" or follow.admit or follow.cancel:
+            await self.after(command, decided, follow)
+        return decided.outcome
+
+    @staticmethod
+    def looks_before(command: AnyCommand) -> bool:
+        """Whether `handle` looks at `command` before it is decided (a start or a timer).
+        For any other command, deciding it with the engine's own path and then calling
+        `after` when `after_needed` says so is what `handle` does, without its await."""
+        return isinstance(command, _LOOKED_AT_BEFORE)
+
+    @staticmethod
+    def after_needed(decided: Decided) -> bool:
+        """Whether admission has anything to do after a command (of no follow-ups) was
+        decided: it appended, in a run whose workflow has admission rules (a gate's
+        release and flow control's slots are of such runs only: `_release`, `flow.after`)."""
+        after = decided.after
+        if decided.outcome != "applied" or after is None or after.workflow is None:
+            return False
+        return after.workflow.admission is not None
+
+    async def after(
+        self, command: AnyCommand, decided: Decided, follow: FollowUps = _NO_FOLLOW_UPS
+    ) -> None:
+        """After the engine decided `command`: the slots its attempts held, the gate's
+        release when its run ended, and the follow-ups (the gate's, `follow`, too)."""
+        if decided.outcome != "applied":
             if follow.admit or follow.cancel:
                 await self._follow(follow, command.at_ms)
-            return outcome
+            return
         # The states the append went from and to, never a cached copy that another engine's
         # append made stale (which missed an ended attempt's release: `dagnats sim` found it).
         state_before, state_after = decided.before, decided.after
@@ -190,7 +216,6 @@ class AdmissionRuntime:
             follow = _merge(follow, await self._release(state_after, command.at_ms))
         if follow.admit or follow.cancel:
             await self._follow(follow, command.at_ms)
-        return outcome
 
     async def _before(
         self, command: AnyCommand

@@ -33,8 +33,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -42,6 +43,7 @@ from dagnats.observe.hooks import Decision as Seen
 from dagnats.runtime.admission import Outcome
 from dagnats.runtime.parked import RunParkedError
 from dagnats.runtime.protocols import CommandMessage
+from dagnats.runtime.roles import Refused
 from dagnats.runtime.settings import (
     append_attempts_max,
     history_message_bytes_max,
@@ -68,19 +70,22 @@ Entry = tuple[CommandMessage, AnyCommand]
 Spans = dict[int, tuple[AbstractContextManager[Seen], Seen]]
 
 
-async def handle_group(engine: Engine, group: list[CommandMessage]) -> None:
+def handle_group(engine: Engine, group: list[CommandMessage]) -> Coroutine[Any, Any, None]:
     """Handle one run's commands of a fetch in order: rows of results together, the rest
     one by one (the per-command path, handed each command decoded and authorized once).
-    Whatever happens, none stays held in progress."""
+    Whatever happens, none stays held in progress. A group of one command is the
+    per-command path's own coroutine (`_one`: no frame between it and the run's task)."""
+    if len(group) == 1:
+        return _one(engine, group[0])
+    return _handle_rows(engine, group)
+
+
+async def _handle_rows(engine: Engine, group: list[CommandMessage]) -> None:
     try:
         pending: list[Entry] = []
         for message in group:
-            command = await _authorized(engine, message) if len(group) > 1 else None
-            if (
-                command is not None
-                and not isinstance(command, str)
-                and _batchable(message, command)
-            ):
+            command = await _authorized(engine, message)
+            if not isinstance(command, str) and _batchable(message, command):
                 pending.append((message, command))
                 continue
             if pending:
@@ -112,7 +117,8 @@ async def _one(
     seen: Seen | None = None,
 ) -> None:  # fmt: skip
     """The per-command path for one fetched message (its `command`: authorized already;
-    `seen`: its decision span, opened already)."""
+    `seen`: its decision span, opened already), settled whatever happens (none stays held
+    in progress)."""
     try:
         data, deliveries = message.data, message.num_delivered
         if command is not None and seen is not None:
@@ -123,7 +129,11 @@ async def _one(
             outcome = await engine._handle_authorized(command, data, deliveries)
         else:  # (its scheduler and task token: JetStream messages only)
             extra = (getattr(message, "scheduler", None), getattr(message, "task_token", None))
-            outcome = await engine.handle(data, deliveries, message.subject, *extra)
+            authorized = engine._authorize(data, message.subject, *extra)
+            if isinstance(authorized, Refused) or authorized.run_id in engine.parked:
+                outcome = await engine._not_decided(data, authorized)
+            else:
+                outcome = await engine._handle_authorized(authorized, data, deliveries)
     except Exception as error:  # the transport failed: let the command come back
         log.warning("command on %s not handled: %s", message.subject, error)
         engine.forget_subject(message.subject)

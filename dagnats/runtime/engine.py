@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ from dagnats.runtime import batched, command_pump, redelivered
 from dagnats.runtime.admission import AdmissionRuntime, Decided, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.command_pump import CommandWindow
-from dagnats.runtime.effect_runner import run_effect
+from dagnats.runtime.effect_runner import EffectSlots, enqueue_task, run_effect
 from dagnats.runtime.ended_runs import EndedRuns
 from dagnats.runtime.fresh_runs import fresh_start
 from dagnats.runtime.links import RunLinks
@@ -42,7 +43,7 @@ from dagnats.runtime.protocols import (
     TaskPublisher,
     Timers,
 )
-from dagnats.runtime.roles import authorize_command, run_id_of_command_subject
+from dagnats.runtime.roles import Refused, authorize_command, run_id_of_command_subject
 from dagnats.runtime.settings import (
     append_attempts_max,
     effects_in_flight_max,
@@ -110,7 +111,7 @@ class Engine:
         self._parked_news: list[tuple[str, str]] = []  # parked runs not yet dead-lettered
         self._tails: dict[str, Tail] = {}  # per run subject: its last group (and its task)
         self.parked: dict[str, str] = {}
-        self._effect_slots = asyncio.Semaphore(effects_in_flight_max)
+        self._effect_slots = EffectSlots(effects_in_flight_max)
         self.counters: dict[str, int] = {}
         self.links = links  # child runs and external events (None: the engine has neither)
         self.observer = EngineObserver()  # traces (from the env) and metrics (serve's)
@@ -223,9 +224,9 @@ class Engine:
         Returns:
             What happened, so the caller acks (all but "parked" and "retry") or not.
         """
-        command = await self._authorized(data, subject, scheduler, token)
-        if isinstance(command, str):
-            return command
+        command = self._authorize(data, subject, scheduler, token)
+        if isinstance(command, Refused) or command.run_id in self.parked:
+            return await self._not_decided(data, command)
         return await self._handle_authorized(command, data, deliveries)
 
     async def _authorized(
@@ -233,27 +234,53 @@ class Engine:
     ) -> AnyCommand | Outcome:
         """`handle`'s front half: the command, decoded and authorized; else what became of it
         ("dead": set aside, naming why; "parked": its run is parked)."""
+        command = self._authorize(data, subject, scheduler, token)
+        if isinstance(command, Refused) or command.run_id in self.parked:
+            return await self._not_decided(data, command)
+        return command
+
+    def _authorize(
+        self, data: bytes, subject: str | None, scheduler: str | None, token: str | None
+    ) -> AnyCommand | Refused:
+        """The command decoded and authorized, or why it is refused (a plain call: most
+        commands pass, and only a refused one has I/O to do, `_not_decided`)."""
         try:
             command = codec.decode_command(data)
         except DecodeError as error:
-            await self._dead_letter("command", data, str(error), None)
-            return "dead"
-        if subject is not None:
-            authorized = authorize_command(subject, command, scheduler)
-            if self.task_tokens is not None and not isinstance(authorized, str):
-                authorized = self.task_tokens.refusal(authorized, token) or authorized
-            if isinstance(authorized, str):
-                await self._dead_letter("forbidden", data, authorized, command)
-                return "dead"
-            command = authorized
-        return "parked" if command.run_id in self.parked else command
+            return Refused("command", str(error), None)
+        if subject is None:
+            return command
+        authorized = authorize_command(subject, command, scheduler)
+        if self.task_tokens is not None and not isinstance(authorized, str):
+            authorized = self.task_tokens.refusal(authorized, token) or authorized
+        if isinstance(authorized, str):
+            return Refused("forbidden", authorized, command)
+        return authorized
+
+    async def _not_decided(self, data: bytes, refused: AnyCommand | Refused) -> Outcome:
+        """A refused command set aside ("dead"), or "parked" (the command's run is parked)."""
+        if not isinstance(refused, Refused):
+            assert refused.run_id in self.parked, refused.run_id
+            return "parked"
+        await self._dead_letter(refused.kind, data, refused.reason, refused.command)
+        return "dead"
 
     async def _handle_authorized(
         self, command: AnyCommand, data: bytes, deliveries: int
     ) -> Outcome:
-        """`handle`'s back half: decide an authorized command and append what it decides."""
+        """`handle`'s back half: decide an authorized command and append what it decides.
+        Admission is asked around it (`AdmissionRuntime.handle`) only where it looks before
+        or after (a start, a timer, a run with admission rules): else no await between."""
+        admission = self.admission
         with self.observer.decision(command) as seen:
-            seen.outcome = outcome = await self.admission.handle(command, data, deliveries)
+            if admission.looks_before(command):
+                outcome = await admission.handle(command, data, deliveries)
+            else:
+                decided = await self._handle_command(command, data, deliveries)
+                if admission.after_needed(decided):
+                    await admission.after(command, decided)
+                outcome = decided.outcome
+            seen.outcome = outcome
         if self._parked_news:
             await self._report_parked()
         return outcome
@@ -341,10 +368,11 @@ class Engine:
         if self.folds is not None:
             self.folds.appended(seq, command.run_id, events, state)
         self.observer.appended(loaded.state, state, events)
-        if self.links is not None and is_terminal(state):
-            self.links.forget_run(command.run_id)
-        if self.ended is not None and is_terminal(state) and not is_terminal(loaded.state):
-            await self.ended.mark(state, command.at_ms)  # workers skip its tasks (ended_runs)
+        if is_terminal(state):
+            if self.links is not None:
+                self.links.forget_run(command.run_id)
+            if self.ended is not None and not is_terminal(loaded.state):
+                await self.ended.mark(state, command.at_ms)  # workers skip its tasks
         return effects, state
 
     async def _moved(self, loaded: Loaded, run_id: str) -> bool:
@@ -396,27 +424,35 @@ class Engine:
 
     # -- effects -------------------------------------------------------------------------
 
-    async def execute(self, effects: list[AnyEffect]) -> None:
-        """Run effects concurrently (each is idempotent); raises the first failure."""
+    def execute(self, effects: list[AnyEffect]) -> Awaitable[object]:
+        """Run effects concurrently (each is idempotent); raises the first failure (awaited:
+        one effect's own coroutine, with no frame between)."""
         if len(effects) == 1:
-            await self._execute_one(effects[0])
-        elif effects:
-            await asyncio.gather(*(self._execute_one(effect) for effect in effects))
+            return self._execute_one(effects[0])
+        return asyncio.gather(*(self._execute_one(effect) for effect in effects))
 
     async def _execute_one(self, effect: AnyEffect) -> None:
+        slots = self._effect_slots
         if not isinstance(effect, EnqueueTask):
-            async with self._effect_slots:
+            await slots.take()
+            try:
                 await run_effect(effect, self.tasks, self.timers, self.links)
+            finally:
+                slots.give()
             return
         flow = self.admission.flow
         if flow.may_hold(effect) and not await flow.may_publish(effect):
             return  # deferred by flow control (runtime/admission_flow.py)
-        async with self._effect_slots:
+        if not slots.take_now():
+            await slots.take()
+        try:
             if self.observer.tracing is None:  # (no trace context to make current)
-                await run_effect(effect, self.tasks, self.timers, self.links)
+                await enqueue_task(effect, self.tasks)
             else:
                 with self.observer.enqueueing(effect):
-                    await run_effect(effect, self.tasks, self.timers, self.links)
+                    await enqueue_task(effect, self.tasks)
+        finally:
+            slots.give()
 
     # -- restart -------------------------------------------------------------------------
 
@@ -515,8 +551,10 @@ class Engine:
             if tail is not None and tail[1] is group:  # (the run's last group: this one)
                 del self._tails[subject]
 
-    async def _handle_group(self, group: list[CommandMessage]) -> None:
-        await batched.handle_group(self, group)  # rows of results: one append (runtime/batched)
+    def _handle_group(self, group: list[CommandMessage]) -> Coroutine[Any, Any, None]:
+        """Rows of results: one append (runtime/batched); the coroutine itself (no frame of
+        its own between the group's task and the path that handles it)."""
+        return batched.handle_group(self, group)
 
     def forget_subject(self, subject: str) -> None:
         self.forget(run_id_of_command_subject(subject))

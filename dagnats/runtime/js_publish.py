@@ -15,7 +15,10 @@ header name with a regular expression and builds the header block piece by piece
 publish (the engine makes two or three per step); the names here are the code's own constants.
 A lone publish of a loop iteration (connected, nothing pending) is written to the socket at
 once, not at the turn of nats-py's flusher task (a loop iteration later, on a step's critical
-path); a busy client's publishes go together at the flusher's turn (`_end_turn`).
+path); a busy client's publishes go together at the flusher's turn (`_end_turn`). Both by
+plain calls (`send_raw`: what nats-py's `_send_command` and `_flush_pending` do, as one call,
+but where they would wait), so `JetStreamPublisher.publish` returns the acknowledgement's
+future itself: the caller awaits the answer with no coroutine of the publish between.
 
 A connection lost while publishes wait for their acknowledgements: what was written to the
 lost socket (or stored, with its acknowledgement sent there) is never acknowledged over the
@@ -39,8 +42,8 @@ import asyncio
 import collections
 import re
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Final, Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, Protocol
 
 import msgspec
 import nats.errors
@@ -79,14 +82,28 @@ async def publish_raw(
     nc: NatsClient, subject: str, reply: str, payload: bytes, head: bytes = b""
 ) -> None:
     """What `nc.publish(subject, payload, reply=reply, headers=...)` does, with the header
-    block `head` built already (`header_block`; b"": none): the same checks and errors, the
-    command written to the socket at once (`_write_now`), else to the client's pending buffer
-    with the flusher woken as nats-py wakes it.
+    block `head` built already (`header_block`; b"": none): `send_raw`, awaited.
 
     Raises:
         nats.errors.BadSubjectError: an empty subject, or one holding a space or line break.
         nats.errors.ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError,
         MaxPayloadError: as `Client.publish` raises them.
+    """
+    rest = send_raw(nc, subject, reply, payload, head)
+    if rest is not None:
+        await rest
+
+
+def send_raw(
+    nc: NatsClient, subject: str, reply: str, payload: bytes, head: bytes = b""
+) -> Coroutine[Any, Any, None] | None:
+    """`publish_raw` as a plain call: the same checks and errors, the command written to the
+    socket at once (`_write_now`), else to the client's pending buffer with the flusher woken
+    as nats-py wakes it (`_buffer`). None: done; else what is left to await (nats-py's own
+    path, when its pending buffer is over its bound or its flusher task is gone).
+
+    Raises:
+        as `publish_raw`.
     """
     if not subject or _SUBJECT_INVALID.search(subject) is not None:
         raise nats.errors.BadSubjectError
@@ -109,15 +126,45 @@ async def publish_raw(
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += size
     command = b"".join((line, head, payload, b"\r\n"))
-    turn_writes = _turn_writes.get(nc, 0)
+    state = nc.__dict__  # (this module's marks on the client: `_end_turn`)
+    turn_writes: int = state.get(_TURN_WRITES, 0)
     if turn_writes == 0:  # (the iteration's count ends at the loop's next iteration)
         asyncio.get_running_loop().call_soon(_end_turn, nc)
-    _turn_writes[nc] = turn_writes + 1
-    if turn_writes == 0 and nc not in _busy and _write_now(nc, command):
-        return
+    state[_TURN_WRITES] = turn_writes + 1
+    if turn_writes == 0 and not state.get(_BUSY, False) and _write_now(nc, command):
+        return None
+    return _buffer(nc, command)
+
+
+def _buffer(nc: NatsClient, command: bytes) -> Coroutine[Any, Any, None] | None:
+    """What nats-py's `_send_command` and `_flush_pending` do with a publish (the command
+    appended to the pending buffer; the flusher woken with a future of its queue when the
+    queue is empty and the client connected), as a plain call; their own coroutines where
+    they would wait (a pending buffer over its bound: nats-py flushes it and waits; a
+    flusher task gone: it writes inline)."""
+    size = len(command)
+    if nc._max_pending_size > 0 and nc._pending_data_size + size > nc._max_pending_size:
+        return _buffer_waiting(nc, command)
+    nc._pending.append(command)
+    nc._pending_data_size += size
+    queue = nc._flush_queue
+    if queue is None or not queue.empty() or not nc.is_connected:
+        return None
+    flusher = nc._flusher_task
+    if flusher is None or flusher.done():
+        return _flush_inline(nc)
+    queue.put_nowait(asyncio.get_running_loop().create_future())  # (room: it is empty)
+    return None
+
+
+async def _buffer_waiting(nc: NatsClient, command: bytes) -> None:
     await nc._send_command(command)
     if nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
+
+
+async def _flush_inline(nc: NatsClient) -> None:
+    await nc._flush_pending()
 
 
 def _write_now(nc: NatsClient, command: bytes) -> bool:
@@ -150,16 +197,15 @@ def _end_turn(nc: NatsClient) -> None:
     flusher's turn, one socket write and one read of the server's for many (written at once,
     the first of each iteration apart, bench.throughput lost ~5% and the server's CPU per
     step rose ~10%)."""
-    if _turn_writes.pop(nc, 0) > 1:
-        _busy.add(nc)
-    else:
-        _busy.discard(nc)
+    state = nc.__dict__
+    state[_BUSY] = state.pop(_TURN_WRITES, 0) > 1
 
 
-# Per client: its publishes in this loop iteration (while the count's end is due), and
-# whether it is busy (`_end_turn`).
-_turn_writes: weakref.WeakKeyDictionary[NatsClient, int] = weakref.WeakKeyDictionary()
-_busy: weakref.WeakSet[NatsClient] = weakref.WeakSet()
+# This module's marks on a client (attributes of its own: no weak reference made per publish,
+# gone with the client): its publishes in this loop iteration (while the count's end is
+# due), and whether it is busy (`_end_turn`).
+_TURN_WRITES: Final = "_dagnats_turn_writes"
+_BUSY: Final = "_dagnats_busy"
 
 
 class PubAck(msgspec.Struct, frozen=True):
@@ -240,6 +286,7 @@ class JetStreamPublisher:
         self.js = js  # its timeout (`js._timeout`, read at each publish) bounds each wait
         self.nc = js._nc
         self._prefix: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._starting: asyncio.Lock | None = None
         self._waiting: dict[str, asyncio.Future[PubAck]] = {}
         # (deadline, token) of the waits, oldest first; answered ones leave at the next timer
@@ -250,21 +297,27 @@ class JetStreamPublisher:
         self.acks_lost = 0  # waits cut short at a reconnect (AckLostError), in all
         _watch(self.nc, self)
 
-    async def publish(
+    def publish(
         self, subject: str, payload: bytes, *, stream: str, headers: dict[str, str]
-    ) -> PubAck:
-        """Publish `payload` to `subject` (stored in `stream`) and return its acknowledgement.
+    ) -> Awaitable[PubAck]:
+        """Publish `payload` to `subject` (stored in `stream`); await the acknowledgement.
+        A plain call that returns the acknowledgement's future itself when the publish is
+        written at once (most are: no coroutine between the caller and the answer).
 
-        Raises:
+        Raises (when awaited; a publish refused before it is written, when called):
             nats.js.errors.APIError: JetStream refused it (err_code says why).
             nats.js.errors.NoStreamResponseError: no stream listens on `subject`.
             nats.errors.TimeoutError: no acknowledgement within the context's timeout
                 (`AckLostError`: the connection was lost while waiting; sooner).
+            nats.errors.BadSubjectError, ConnectionClosedError, ...: as `publish_raw`.
         """
-        prefix = self._prefix or await self._start()
+        prefix = self._prefix
+        if prefix is None:
+            return self._publish_first(subject, payload, stream, headers)
         self._next_token += 1
         token = str(self._next_token)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # (set with the prefix)
         future: asyncio.Future[PubAck] = loop.create_future()
         timeout_s = self.js._timeout
         assert timeout_s > 0, timeout_s
@@ -272,14 +325,29 @@ class JetStreamPublisher:
         self._waiting[token] = future
         headers[EXPECTED_STREAM_HEADER] = stream
         try:
-            await publish_raw(self.nc, subject, prefix + token, payload, header_block(headers))
-            ack = await future
-        finally:
+            rest = send_raw(self.nc, subject, prefix + token, payload, header_block(headers))
+        except BaseException:
             self._waiting.pop(token, None)
-            self._lost.discard(token)
-        if ack.error is not None:
-            nats.js.errors.APIError.from_error(dict(ack.error))  # raises its kind
-        return ack
+            raise
+        return future if rest is None else self._written(rest, token, future)
+
+    async def _publish_first(
+        self, subject: str, payload: bytes, stream: str, headers: dict[str, str]
+    ) -> PubAck:
+        """The first publish: the reply subscription made first (`_start`)."""
+        await self._start()
+        return await self.publish(subject, payload, stream=stream, headers=headers)
+
+    async def _written(
+        self, rest: Coroutine[Any, Any, None], token: str, future: asyncio.Future[PubAck]
+    ) -> PubAck:
+        """A publish whose writing must be awaited (`send_raw`'s rest), then its answer."""
+        try:
+            await rest
+        except BaseException:
+            self._waiting.pop(token, None)
+            raise
+        return await future
 
     def _bound(self, token: str, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
         """Fail the wait of `token` at `deadline` unless answered. The context's timeout is
@@ -304,6 +372,7 @@ class JetStreamPublisher:
                 # Read raw in the client's read loop (runtime/log_read router): no `Msg`, no
                 # queue and no task between an acknowledgement and the publish waiting for it.
                 router(self.nc).handlers[replies._id] = self._on_reply
+                self._loop = asyncio.get_running_loop()  # (the client's, which it stays on)
                 self._prefix = prefix
         return self._prefix
 
@@ -311,36 +380,49 @@ class JetStreamPublisher:
         self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
         token = subject.rpartition(b".")[2].decode()
-        future = self._waiting.get(token)
+        future = self._waiting.pop(token, None)
         if future is None or future.done():
-            return  # timed out meanwhile
+            return  # timed out meanwhile, or its caller is gone
+        if self._lost:
+            self._lost.discard(token)
         if headers is not None and headers[STATUS_AT : STATUS_AT + 3] == NO_RESPONDERS_STATUS:
             future.set_exception(nats.js.errors.NoStreamResponseError())
             return
         try:
-            future.set_result(_decode_ack(data))
+            ack = _decode_ack(data)
         except msgspec.DecodeError as error:
             future.set_exception(nats.js.errors.APIError(description=f"bad PubAck: {error}"))
+            return
+        if ack.error is None:
+            future.set_result(ack)
+            return
+        try:
+            nats.js.errors.APIError.from_error(dict(ack.error))  # raises its kind
+        except nats.js.errors.APIError as refused:
+            future.set_exception(refused)
 
     def _expire(self, token: str) -> None:
-        future = self._waiting.get(token)
+        future = self._waiting.pop(token, None)
         if future is not None and not future.done():
             future.set_exception(nats.errors.TimeoutError())
 
     def _expire_due(self) -> None:
-        """Fail the waits past their deadline (oldest first), drop the answered ones, and set
-        the timer at the oldest left."""
+        """Fail the waits past their deadline (oldest first), drop the answered ones and
+        those whose caller is gone, and set the timer at the oldest left."""
         self._timer = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadlines = self._deadlines
+        waiting = self._waiting
         while deadlines:
             deadline, token = deadlines[0]
-            future = self._waiting.get(token)
-            if future is not None and not future.done():
-                if deadline > now:
-                    break
-                future.set_exception(nats.errors.TimeoutError())
+            future = waiting.get(token)
+            if future is not None:
+                if not future.done():
+                    if deadline > now:
+                        break
+                    future.set_exception(nats.errors.TimeoutError())
+                del waiting[token]
             deadlines.popleft()
         if deadlines:
             self._timer = loop.call_at(deadlines[0][0], self._expire_due)
@@ -354,11 +436,12 @@ class JetStreamPublisher:
         publish made before the disconnect, so its caller sends it again now."""
         lost, self._lost = self._lost, set()
         for token in lost:
-            waiting = self._waiting.get(token)
+            waiting = self._waiting.pop(token, None)
             if waiting is not None and not waiting.done():
                 waiting.set_exception(AckLostError())
                 self.acks_lost += 1
 
     def pending(self) -> int:
-        """Publishes waiting for their acknowledgement."""
-        return len(self._waiting)
+        """Publishes waiting for their acknowledgement (not those whose caller stopped
+        waiting, which leave `_waiting` at their deadline)."""
+        return sum(not future.done() for future in self._waiting.values())

@@ -25,7 +25,7 @@ This module is pure data and rules: it does no I/O.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 
@@ -262,6 +262,16 @@ def split_command_subject(subject: str) -> tuple[str, str, str]:
 def run_id_of_command_subject(subject: str) -> str:
     """The run id of a command subject, either layout."""
     return split_command_subject(subject)[0]
+
+
+class Refused(NamedTuple):
+    """A command set aside before it is decided (the engine's `_authorize`): the
+    dead-letter kind ("command": it does not decode; "forbidden"), why, and the command
+    when it decoded."""
+
+    kind: str
+    reason: str
+    command: AnyCommand | None
 
 
 def authorize_command(

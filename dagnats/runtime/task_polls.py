@@ -43,7 +43,7 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
 from dagnats.runtime import settings
-from dagnats.runtime.js_publish import listen, publish_raw
+from dagnats.runtime.js_publish import listen, publish_raw, send_raw
 from dagnats.runtime.log_read import STATUS_AT, header_int, router
 from dagnats.runtime.protocols import TaskMessage
 from dagnats.runtime.pull_credit import PullCredit
@@ -123,6 +123,22 @@ def header_lines(raw: bytes) -> dict[str, str]:
     return headers
 
 
+def header_of(raw: bytes, name: str) -> str | None:
+    """The value `header_lines(raw)` gives `name`, found without parsing every line when the
+    name is nowhere in the block (None) or in one line only, as that line's name (its value
+    up to the line's end); else by `header_lines` itself."""
+    wanted = name.encode()
+    count = raw.count(wanted)
+    if count == 0:
+        return None
+    start = raw.find(b"\n" + wanted + b":") + 1
+    if count > 1 or start == 0 or raw[start - 2 : start] != b"\r\n":
+        return header_lines(raw).get(name)  # (a name padded or repeated, a value naming it)
+    start += len(wanted) + 1
+    end = raw.find(b"\r\n", start)
+    return raw[start : end if end >= 0 else len(raw)].strip().decode("utf-8", "replace")
+
+
 class RawTaskMessage:
     """`protocols.QueueMessage` over the raw parts of a delivered JetStream message: its
     header block is parsed only when read (most tasks read it once, for their trace and
@@ -171,15 +187,24 @@ class RawTaskMessage:
     @property
     def scheduler(self) -> str | None:
         """The schedule's subject when a message schedule fired this message (a command), else
-        None."""
-        headers = self.headers
-        return None if headers is None else headers.get(SCHEDULER_HEADER)
+        None (read alone, `header_of`, when the header block is not parsed yet)."""
+        raw = self._raw_headers
+        if raw is None:
+            return None
+        if self._headers is None:
+            return header_of(raw[HEADER_LINE_BYTES:], SCHEDULER_HEADER)
+        return self._headers.get(SCHEDULER_HEADER)
 
     @property
     def task_token(self) -> str | None:
-        """The engine's token of this task (runtime/task_tokens)."""
-        headers = self.headers
-        return None if headers is None else headers.get(TASK_TOKEN_HEADER)
+        """The engine's token of this task (runtime/task_tokens), read alone (`header_of`)
+        when the header block is not parsed yet."""
+        raw = self._raw_headers
+        if raw is None:
+            return None
+        if self._headers is None:
+            return header_of(raw[HEADER_LINE_BYTES:], TASK_TOKEN_HEADER)
+        return self._headers.get(TASK_TOKEN_HEADER)
 
     async def ack(self) -> None:
         """Done (fire-and-forget: a lost ack means one redelivery, which the worker absorbs).
@@ -187,7 +212,9 @@ class RawTaskMessage:
         Raises:
             nats.errors.MsgAlreadyAckdError: it was settled before (as nats-py's `Msg`)."""
         self._settle()
-        await publish_raw(self._client, self._reply, "", b"+ACK")
+        rest = send_raw(self._client, self._reply, "", b"+ACK")  # (a plain call, mostly)
+        if rest is not None:
+            await rest
 
     async def nak(self, delay_ms: int = 0) -> None:
         """Deliver again after delay_ms."""

@@ -28,6 +28,7 @@ TASK_TOKEN_HEADER: Final = "Dagnats-Task-Token"
 _DERIVATION: Final = b"dagnats task tokens v1\x00"
 token_hex_length: Final = 32  # 128 bits of the HMAC-SHA256: ample against guessing
 signed_tokens_remembered_max: Final = 4_096  # tokens kept for the results that come back
+_RESULTS: Final = (TaskStarted, CompleteTask, FailTask)  # (the commands a token must sign)
 
 
 class TaskTokens:
@@ -36,6 +37,7 @@ class TaskTokens:
     def __init__(self, engine_secret: str) -> None:
         assert engine_secret, "an empty secret signs nothing"
         self._key = hashlib.sha256(_DERIVATION + engine_secret.encode()).digest()
+        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)  # (copied per token)
         # The tokens signed last: a task's token is asked again when its result comes back.
         self._signed: OrderedDict[str, str] = OrderedDict()
 
@@ -45,8 +47,9 @@ class TaskTokens:
         key = attempt_key_of(msg_id)
         token = self._signed.get(key)
         if token is None:
-            digest = hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()
-            token = self._signed[key] = digest[:token_hex_length]
+            signer = self._keyed.copy()  # (keyed once: a copy, not the key's set-up each)
+            signer.update(key.encode())
+            token = self._signed[key] = signer.hexdigest()[:token_hex_length]
             if len(self._signed) > signed_tokens_remembered_max:
                 self._signed.popitem(last=False)
         return token
@@ -54,7 +57,7 @@ class TaskTokens:
     def refusal(self, command: AnyCommand, token: str | None) -> str | None:
         """Why a result may not be decided (None: it may, or it is not a result). The
         reason's text is built only for a refusal (the accepted path formats nothing)."""
-        if not isinstance(command, TaskStarted | CompleteTask | FailTask):
+        if not isinstance(command, _RESULTS):
             return None
         if command.attempt < 1:
             return f"{_named(command)}: attempts start at 1"
