@@ -108,9 +108,6 @@ handler_cancel_grace_ms_default = 2_000
 # On SIGTERM, in-flight attempts get this long to end (a handler without a deadline may hang);
 # those still running are then cancelled and their tasks come back to other workers.
 drain_handlers_ms_default = 30_000
-# A result's publish begun just before its drain bound waits this long at most for its ack
-# (the connection's request timeout is 5 s): the drain's wait for results being sent.
-drain_result_ack_ms_max = 6_000
 
 _task_decoder = msgspec.json.Decoder(EnqueueTask)
 
@@ -171,8 +168,8 @@ class Worker:
         self._running: dict[str, list[TaskMessage]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
-        # How long a result is sent again before the worker gives up on it; and the loop
-        # time by which sending ends anyway (set when draining starts).
+        # How long a result is sent again before the worker gives up on it; and when the
+        # drain began (its results' bound counts from then: `_results_cut_off`).
         self.result_send_ms_max = settings.result_send_ms_max
         self._drain_began = float("inf")  # loop time the drain began (inf: not draining)
         # Jobs whose handler ended and whose result is being sent: the drain's handler bound
@@ -268,7 +265,7 @@ class Worker:
                 job.add_done_callback(self.hung.discard)
         sending = {job for job in self._in_flight - handling if not job.done()}
         if sending:  # (sent since the handlers' bound, at most its own bound from now)
-            bound_s = (settings.drain_results_ms_max + drain_result_ack_ms_max) / 1000
+            bound_s = (settings.drain_results_ms_max + settings.drain_result_ack_ms_max) / 1000
             _, unsent = await asyncio.wait(sending, timeout=bound_s)
             for job in unsent:  # (its publish outlived its ack timeout: not expected)
                 job.cancel()
