@@ -16,7 +16,9 @@ delivered to another worker after the heartbeat timeout, which reports the lost 
 engine schedules the next one. A result is kept (and its task heartbeated) until the server
 acknowledged it: its publish is retried under the same `Nats-Msg-Id` across reconnects, for at
 most `settings.result_send_ms_max`. On SIGTERM the worker drains: in-flight handlers finish,
-their results get at most `settings.drain_results_ms_max` more, nothing new is taken.
+nothing new is taken, and each result not yet acknowledged gets at most
+`settings.drain_results_ms_max` more, from when the drain began or, for a handler that ended
+in the drain, from when its result was first sent (the handlers' bound cancels handlers only).
 
 Hostile handlers: whatever a handler raises, BaseException included (KeyboardInterrupt,
 SystemExit, GeneratorExit, its own CancelledError), is caught where it runs (in a task of its
@@ -166,10 +168,13 @@ class Worker:
         self._running: dict[str, list[TaskMessage]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
-        # How long a result is sent again before the worker gives up on it; and the loop
-        # time by which sending ends anyway (set when draining starts).
+        # How long a result is sent again before the worker gives up on it; and when the
+        # drain began (its results' bound counts from then: `_results_cut_off`).
         self.result_send_ms_max = settings.result_send_ms_max
-        self._drain_deadline = float("inf")
+        self._drain_began = float("inf")  # loop time the drain began (inf: not draining)
+        # Jobs whose handler ended and whose result is being sent: the drain's handler bound
+        # does not cancel them (their own bound ends their sending: `_results_cut_off`).
+        self._sending: set[asyncio.Task[Any] | None] = set()
         self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
         self.live: LivePublisher | None = None  # live output of handlers (dagnats/llm/live.py)
         self._ended_runs: EndedRuns | None = None  # set by serve from its task queue
@@ -210,7 +215,7 @@ class Worker:
         check_concurrency(self.concurrency)
         self._slots = HandlerSlots(self.concurrency)
         self._wake = asyncio.Event()
-        self._drain_deadline = float("inf")  # (a worker served again: not its last drain's)
+        self._drain_began = float("inf")  # (a worker served again: not its last drain's)
         if self.live is None and isinstance(commands, LivePublisher):
             self.live = commands
         fetching = FetchLoop(
@@ -234,26 +239,36 @@ class Worker:
             await fetching.end()
             if presence is not None:
                 await presence.stop(self.worker_id)
-            loop_time = asyncio.get_running_loop().time()
-            self._drain_deadline = loop_time + settings.drain_results_ms_max / 1000
+            self._drain_began = asyncio.get_running_loop().time()
             await self._drain()
 
     async def _drain(self) -> None:
+        """Wait for the jobs in flight: their handlers get `drain_handlers_ms` (then they are
+        cancelled); a job whose handler ended is sending its result, which its own bound ends
+        (`_results_cut_off`): it is waited for that long, not cancelled with the handlers."""
         if not self._in_flight:
             return
         self.log.info("draining %d in-flight task(s)", len(self._in_flight))
         _, pending = await asyncio.wait(self._in_flight, timeout=self.drain_handlers_ms / 1000)
-        if pending:
+        sending = pending & self._sending
+        handling = pending - sending
+        if handling:
             self.log.warning(
                 "%d task(s) still running %d ms after the drain began: cancelled (their "
-                "tasks come back to other workers)", len(pending), self.drain_handlers_ms,
+                "tasks come back to other workers)", len(handling), self.drain_handlers_ms,
             )  # fmt: skip
-            for job in pending:
+            for job in handling:
                 job.cancel()
-            _, ignoring = await asyncio.wait(pending, timeout=self.handler_cancel_grace_ms / 1000)
+            _, ignoring = await asyncio.wait(handling, timeout=self.handler_cancel_grace_ms / 1000)
             for job in ignoring:  # its handler ignored it: the CLI exits without waiting
                 self.hung.add(job)
                 job.add_done_callback(self.hung.discard)
+        sending = {job for job in self._in_flight - handling if not job.done()}
+        if sending:  # (sent since the handlers' bound, at most its own bound from now)
+            bound_s = (settings.drain_results_ms_max + settings.drain_result_ack_ms_max) / 1000
+            _, unsent = await asyncio.wait(sending, timeout=bound_s)
+            for job in unsent:  # (its publish outlived its ack timeout: not expected)
+                job.cancel()
         if self.hung:
             self.log.warning("%d hung handler(s) left running at exit", len(self.hung))
 
@@ -336,7 +351,11 @@ class Worker:
                     result = await self._call_in_slot(task, commands)
                     traced.finish(result.error if isinstance(result, FailTask) else None)
             if result is not None:
-                await self._send(commands, result, "result", key)
+                self._sending.add(job := asyncio.current_task())  # (the drain lets it send)
+                try:
+                    await self._send(commands, result, "result", key)
+                finally:
+                    self._sending.discard(job)
         finally:
             if beat.sending is None:  # (most tasks: no beat is being sent)
                 beat.cancel()
@@ -501,15 +520,18 @@ class Worker:
         payload = codec.encode(command)
         tries = await send_until_acked(
             partial(commands.publish_command, command.run_id, payload, msg_id, token=token),
-            msg_id, send_ms_max=self.result_send_ms_max, cut_off=self._drain_cut_off,
+            msg_id, send_ms_max=self.result_send_ms_max, cut_off=self._results_cut_off,
             delay_ms_min=settings.result_retry_delay_ms_min,
             delay_ms_max=settings.result_retry_delay_ms_max, log=self.log,
         )  # fmt: skip
         if tries > 1:
             self.log.info("%s acknowledged after %d tries", msg_id, tries)
 
-    def _drain_cut_off(self) -> float:
-        return self._drain_deadline
+    def _results_cut_off(self, first_sent: float) -> float:
+        """The loop time by which a result first sent at `first_sent` is given up: never
+        before a drain; in one, `drain_results_ms_max` after the drain began or after it was
+        first sent, whichever came later."""
+        return max(self._drain_began, first_sent) + settings.drain_results_ms_max / 1000
 
     def _beats(self) -> Heartbeats:
         """The worker's heartbeats (one timer for all its attempts), at its interval."""

@@ -19,7 +19,7 @@ import os
 import ssl
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import nats
 import nats.errors
@@ -29,6 +29,7 @@ from nats.js.kv import KeyValue
 
 from dagnats.runtime import credentials, settings
 from dagnats.runtime.credentials import TlsFiles, default_approver_identity
+from dagnats.runtime.inline_reads import install as install_inline_reads
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.partition_count import PartitionCount
@@ -52,6 +53,9 @@ reconnect_wait_s = 0.1  # between reconnect attempts, after the first seconds of
 reconnect_wait_fast_s = 0.02
 reconnect_fast_window_s = 2.0
 log = logging.getLogger("dagnats.connection")
+# Roles whose connections parse their reads where they arrive (runtime/inline_reads): a
+# worker's tasks and acknowledgements, a client's history messages, one loop iteration sooner.
+INLINE_READ_ROLES: Final = frozenset({"worker", "client", "approver"})
 # Errors the client reports when it lost (or cannot reach) the server: part of an outage.
 CONNECTION_ERRORS = (
     OSError,
@@ -247,7 +251,7 @@ class Connection:
         else:
             identity = ""
         watch = ConnectionWatch(target, url_file)
-        nc = await _first_connect(target, options, watch)
+        nc = await _first_connect(target, options, watch, inline=role in INLINE_READ_ROLES)
         # Once connected, ride out server restarts: reconnect without a bound on attempts.
         nc.options["max_reconnect_attempts"] = -1
         watch.nc = nc
@@ -301,17 +305,19 @@ def _keep_reading_after_cancelled_flush(nc: NatsClient) -> None:
 
 
 async def _first_connect(
-    target: str, options: dict[str, Any], watch: ConnectionWatch
+    target: str, options: dict[str, Any], watch: ConnectionWatch, *, inline: bool = False
 ) -> NatsClient:
     """The first connection, bounded: a refused credential or a failed TLS handshake ends it
     at once with its own line (nats-py would go on trying), anything else within
-    `first_connect_timeout_s`.
+    `first_connect_timeout_s`. `inline`: its reads parsed where they arrive
+    (runtime/inline_reads).
 
     Raises:
         ConnectError: one readable line and a hint.
     """
     nc = NatsClient()
-    install_wire_parser(nc)  # (nats-py's semantics, read with less CPU: runtime/wire_parser)
+    if install_wire_parser(nc) and inline:  # (nats-py's semantics, less CPU: wire_parser)
+        install_inline_reads(nc)
     _keep_reading_after_cancelled_flush(nc)
     settings_: dict[str, Any] = dict(
         options, connect_timeout=connect_timeout_s,
