@@ -396,9 +396,11 @@ class JetStreamPublisher:
         if ack.error is None:
             future.set_result(ack)
             return
+        # An odd `error` (no code, a field APIError does not take) raises KeyError or
+        # TypeError: the publish's to raise, as `js.publish` would, never the read loop's.
         try:
             nats.js.errors.APIError.from_error(dict(ack.error))  # raises its kind
-        except nats.js.errors.APIError as refused:
+        except Exception as refused:
             future.set_exception(refused)
 
     def _expire(self, token: str) -> None:
