@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import nats
+import nats.aio.client
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -56,3 +58,35 @@ async def test_an_odd_error_answer_fails_the_publish_and_the_client_keeps_readin
         assert publisher.pending() == 0
     finally:
         await responder.unsubscribe()
+
+
+async def test_an_answer_to_a_subject_not_in_utf8_leaves_the_client_reading(
+    js: JetStreamContext,
+) -> None:
+    """A message on the publisher's reply prefix whose last token is not UTF-8 (no publish's:
+    any client may publish there) is passed over, not raised into the read loop."""
+    nc = js._nc
+    publisher = JetStreamPublisher(nc.jetstream(timeout=ACK_TIMEOUT_S))
+    first = history_subject(unique("run"))
+    started = publisher.publish(first, b"m", stream=HISTORY_STREAM, headers={})
+    await asyncio.wait_for(started, WAIT_S)  # (the reply prefix exists from the first publish)
+    prefix = publisher._prefix
+    assert prefix is not None
+    other = await nats_connect_like(nc)
+    try:
+        await other._send_command(b"PUB " + prefix.encode() + b"\xff\xfe 1\r\nx\r\n")
+        await asyncio.wait_for(other.flush(), WAIT_S)
+        run_subject = history_subject(unique("run"))
+        ack = await asyncio.wait_for(
+            publisher.publish(run_subject, b"m", stream=HISTORY_STREAM, headers={}), WAIT_S
+        )
+        assert ack.stream == HISTORY_STREAM and ack.seq > 0
+    finally:
+        await other.close()
+
+
+async def nats_connect_like(nc: nats.aio.client.Client) -> nats.aio.client.Client:
+    """A second plain connection to the server `nc` is connected to."""
+    url = nc.connected_url
+    assert url is not None
+    return await nats.connect(f"nats://{url.hostname}:{url.port}")

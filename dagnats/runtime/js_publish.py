@@ -379,7 +379,8 @@ class JetStreamPublisher:
     async def _on_reply(
         self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        token = subject.rpartition(b".")[2].decode()
+        # (any client may publish on the prefix: a token not in UTF-8 is no publish's)
+        token = subject.rpartition(b".")[2].decode(errors="replace")
         future = self._waiting.pop(token, None)
         if future is None or future.done():
             return  # timed out meanwhile, or its caller is gone
