@@ -26,8 +26,9 @@ from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.projector import Projector, SqliteTarget
 from dagnats.runtime.retention import RETENTION_STREAM, Retention, ensure_log, purge_run
+from dagnats.runtime.retention_rows import QUERY_TABLES
 from projections.base import Message
-from projections.sqlite import QueryTables
+from projections.sqlite import NAME, QueryTables
 from tests.projection_support import completed_run
 from tests.test_query_tables_serve import append
 
@@ -126,3 +127,7 @@ async def test_rows_a_lagging_projector_wrote_after_the_drop_go_too(
     reads = reads_of(monkeypatch)
     await reader.drop_rows()
     assert reads == [], "the projections passed the purged history: the record is done with"
+
+
+def test_the_query_tables_projection_is_the_one_waited_for() -> None:
+    assert QUERY_TABLES == NAME

@@ -321,6 +321,7 @@ class Retention:
         self.retention_ms = retention_ms
         self.admin = admin
         self._purged_here: set[str] = set()  # purged by `sweep`, not read back from the log
+        self._finished_to = 0  # the log's sequence up to which `_finish` looked at records
         self._swept_to: Expired | None = None  # the next sweep looks after it (None: oldest)
         self.purged = 0  # runs purged by this service (for logs and tests)
 
@@ -373,9 +374,12 @@ class Retention:
         service's sweep (carried out), nor records older than `ended_marker_ttl_ms`."""
         oldest_ms = now_ms() - settings.ended_marker_ttl_ms
         done, self._purged_here = self._purged_here, set()
-        for _, record in records:
-            if record.run_id in done or record.purged_at_ms < oldest_ms:
-                continue
+        finished_to, self._finished_to = self._finished_to, max(
+            [self._finished_to, *(seq for seq, _ in records)]
+        )
+        for seq, record in records:
+            if seq <= finished_to or record.run_id in done or record.purged_at_ms < oldest_ms:
+                continue  # (finished by now, or read again: held for a lagging projector)
             try:
                 left = await finish_purge(self.admin or self.reader, record.run_id)
                 if self.admin is not None and 0 < left <= record.history_last_seq:

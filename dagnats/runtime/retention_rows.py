@@ -5,10 +5,10 @@ Serve keeps its position in the retention log (the sequence up to which the reco
 were dropped, and which stream that was) in the file itself, in the transaction of the
 deletes (`drop_logged`): a restart reads on from it, not the whole log again, and a log made
 again (its stream's creation time changed, or its last sequence below the position) is read
-from its start. The position stops short of a record whose purged history the file's
-projections have not all applied yet (their checkpoints, `projections.base`): a lagging
-projector may still commit rows of that run read before the purge, so the record is read and
-its rows dropped again until the projections passed it.
+from its start. The position stops short of a record whose purged history the query tables'
+projection has not applied yet (its checkpoint, `projections.base`): a lagging projector may
+still commit rows of that run read before the purge, so the record is read and its rows
+dropped again until the projection passed it.
 
 This module touches the SQLite file only: no NATS (retention.py reads the log).
 """
@@ -24,6 +24,7 @@ from kernel.state import TERMINAL_RUN_STATUSES
 from projections.base import CHECKPOINTS_TABLE
 
 sqlite_busy_timeout_s: Final = 5.0
+QUERY_TABLES: Final = "dagnats"  # the query tables' projection (projections.sqlite NAME)
 POSITION_TABLE: Final = "_dagnats_retention"  # (no run_id column: no purge deletes its row)
 
 
@@ -152,8 +153,8 @@ def drop_logged(
 ) -> LogPosition:
     """Delete the rows of the runs of the log's records (sequence, run id, last history
     sequence purged), read up to `until`, and store the position reached, in one transaction:
-    `until`, or short of the first record whose purged history a projection of the file has
-    not applied (the next read drops its rows again). Returns the position stored."""
+    `until`, or short of the first record whose purged history the query tables' projection
+    has not applied (the next read drops its rows again). Returns the position stored."""
     assert all(seq <= until.seq for seq, _, _ in records), (records, until)
     db = _connect(sqlite_path)
     try:
@@ -180,10 +181,13 @@ def drop_logged(
 
 
 def _applied_seq(db: sqlite3.Connection) -> int | None:
-    """The history sequence every projection of the file has applied (the lowest of their
-    checkpoints); None when none has one."""
+    """The history sequence the query tables' projection has applied (its checkpoint); None
+    when it has none. (A projection of a user's sharing the file is not waited for: its
+    checkpoint may be one left by a projection no longer run.)"""
     try:
-        row = db.execute(f"SELECT MIN(seq) FROM {CHECKPOINTS_TABLE}").fetchone()
+        row = db.execute(
+            f"SELECT seq FROM {CHECKPOINTS_TABLE} WHERE name = ?", (QUERY_TABLES,)
+        ).fetchone()
     except sqlite3.OperationalError:  # no projection wrote the file yet
         return None
-    return None if row is None or row[0] is None else int(row[0])
+    return None if row is None else int(row[0])
