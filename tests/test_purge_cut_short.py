@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from dagnats.client.errors import RunNotFoundError
+from dagnats.runtime import settings
 from dagnats.runtime.ended_runs import EndedRuns, skip_reason
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.nats_server import EmbeddedNats
@@ -48,9 +50,11 @@ from kernel.effects import EnqueueTask, task_msg_id
 from kernel.state import RunState
 from projections.snapshot import make_snapshot
 from projections.sqlite import QueryTables
+from tests.fault_support import Processes, connected, workflow
 from tests.nats_fixtures import wait_for
 from tests.projection_support import run_messages, two_step_workflow
 from tests.strategies import RUN_ID, replay
+from tests.test_lifecycle_e2e import wait_status
 from tests.test_query_tables_serve import append
 
 FAR_MS = 4_000_000_000_000  # (a timer that never fires during a test)
@@ -61,8 +65,12 @@ KILLED_AFTER_HISTORY = textwrap.dedent(
     from dagnats.runtime import retention
     from dagnats.runtime.resources import HISTORY_STREAM
 
-    async def main(url, run_id, flag):
-        js = (await nats.connect(url)).jetstream()
+    async def main(url, run_id, flag, role=""):
+        if role:  # (a serve's server: its admin credential, from $DAGNATS_DATA_DIR)
+            from dagnats.client import Client
+            js = (await Client.connect(url, role=role)).connection.js
+        else:
+            js = (await nats.connect(url)).jetstream()
         purge = js.purge_stream
 
         async def purge_stream(name, **options):
@@ -131,12 +139,16 @@ def new_life_task(run_id: str, seed: int) -> EnqueueTask:
     )  # fmt: skip
 
 
-async def killed_after_history_purge(server: EmbeddedNats, run_id: str, tmp_path: Path) -> None:
-    """`purge_run` in a process of its own, SIGKILLed once it purged the run's history."""
+async def killed_after_history_purge(
+    url: str, run_id: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> None:
+    """`purge_run` in a process of its own, SIGKILLed once it purged the run's history
+    (`env`: a serve's, the purge connecting as its admin)."""
     flag = tmp_path / f"{run_id}.purged"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    role = [] if env is None else ["admin"]
+    env = env or {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_AFTER_HISTORY, server.url, run_id, str(flag)], env=env
+        [sys.executable, "-c", KILLED_AFTER_HISTORY, url, run_id, str(flag), *role], env=env
     )
     try:
         await wait_for(flag.exists, timeout_ms=20_000, what="the purge to purge the history")
@@ -164,7 +176,7 @@ async def test_run_delete_finishes_a_purge_killed_after_its_history_purge(
 ) -> None:
     js = private_js
     await ended_run(js, "cut", seed=1)
-    await killed_after_history_purge(private_server, "cut", tmp_path)
+    await killed_after_history_purge(private_server.url, "cut", tmp_path)
     assert await JetStreamEventLog(js).last_seq("cut") == 0, "the history purge was done"
     assert await leftovers(js, "cut") == {"marker": True, "snapshot": True, "timer": True}
 
@@ -184,7 +196,7 @@ async def test_serve_finishes_a_purge_killed_after_its_history_purge(
         await Projector(js, target, batch_max=50).catch_up()
     finally:
         await target.close()
-    await killed_after_history_purge(private_server, "cut", tmp_path)
+    await killed_after_history_purge(private_server.url, "cut", tmp_path)
 
     await Retention(js, path).drop_rows()  # (serve's reader of the log, without an age)
     assert await leftovers(js, "cut") == {"marker": False, "snapshot": False, "timer": False}
@@ -231,3 +243,37 @@ async def test_a_retry_landing_mid_purge_keeps_its_timers(
         "the reopen's timer is kept"
     )
     assert await log.last_seq("retried") > 0, "the reopen's history is kept"
+
+
+async def test_a_new_run_under_the_id_of_a_purge_killed_midway_completes(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """Through a real serve and worker: a run completes, its purge is SIGKILLed after the
+    history purge (the ended marker left), the id is started again while no worker serves
+    (its tasks wait, so the worker reads the marker): the new run completes (its worker
+    skipped its first task as of the old run's end, and it stalled)."""
+    serve = await procs.serve(tmp_path / "data", http=None)
+    worker = procs.cli_worker(serve.url)
+    steps: list[dict[str, Any]] = [{"id": "only", "task": "fault.work"}]
+    async with connected(serve.url) as client, connected(serve.url, "admin") as admin:
+        await client.register_workflow(workflow("again", steps))
+        run_id = await client.start("again", {"n": 1}, run_id="order-9")
+        await wait_status(client, run_id, "completed")
+        markers = EndedRuns(admin.connection.js)
+
+        async def marked() -> bool:
+            return await markers.ended(run_id) is not None
+
+        await wait_for(marked, timeout_ms=15_000, what="the ended-run marker")
+        await worker.terminate()
+        await killed_after_history_purge(serve.url, run_id, tmp_path, procs.env())
+        started = time.monotonic()
+        assert await client.start("again", {"n": 2}, run_id=run_id) == run_id
+        waited_s = 2 * settings.ended_check_min_age_ms / 1000
+        await wait_for(lambda: time.monotonic() - started >= waited_s, timeout_ms=5_000,
+                       what="the new run's task to be one that waited")  # fmt: skip
+        procs.cli_worker(serve.url)
+        await wait_status(client, run_id, "completed")
+    assert [call["attempt"] for call in procs.calls_of(run_id, "only")] == [1, 1], (
+        "each run's task ran once"
+    )
