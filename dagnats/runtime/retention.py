@@ -1,10 +1,13 @@
 """Retention: purging finished runs (their history, snapshot and query rows), and its log.
 
 A purge takes one finished run away for good: its history subject in the history stream,
-its snapshot in the runs bucket, and (done by serve, which owns the file) its rows in the
-SQLite query tables. Each purge is first written to the retention log (the stream
-`DAGNATS_RETENTION`, one record per run on `dagnats.retention.<run>`), then carried out, so a
-crash between the two is finished by the next sweep and no purge goes unrecorded.
+its snapshot in the runs bucket, its ended marker, its timers left armed, and (done by
+serve, which owns the file) its rows in the SQLite query tables. Each purge is first written
+to the retention log (the stream `DAGNATS_RETENTION`, one record per run on
+`dagnats.retention.<run>`), then carried out, history first, so no purge goes unrecorded; one
+cut short is finished by serve's reader of the log (`Retention._finish`: the caches of a run
+whose history is gone; with an age, a purge redone whose history is still there) and by
+`run delete` again (`finish_purge`).
 
 - `serve --retention 30d` purges runs that ended more than that age ago (off by default),
   a bounded number per sweep (`Retention.run`).
