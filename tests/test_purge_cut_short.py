@@ -65,7 +65,7 @@ KILLED_AFTER_HISTORY = textwrap.dedent(
     from dagnats.runtime import retention
     from dagnats.runtime.resources import HISTORY_STREAM
 
-    async def main(url, run_id, flag, role=""):
+    async def main(url, run_id, flag, stage, role=""):
         if role:  # (a serve's server: its admin credential, from $DAGNATS_DATA_DIR)
             from dagnats.client import Client
             js = (await Client.connect(url, role=role)).connection.js
@@ -74,6 +74,9 @@ KILLED_AFTER_HISTORY = textwrap.dedent(
         purge = js.purge_stream
 
         async def purge_stream(name, **options):
+            if name == HISTORY_STREAM and stage == "before":  # recorded: held until killed
+                pathlib.Path(flag).write_text("recorded")
+                await asyncio.Event().wait()
             done = await purge(name, **options)
             if name == HISTORY_STREAM:  # the history is gone: hold here until killed
                 pathlib.Path(flag).write_text("purged")
@@ -140,18 +143,20 @@ def new_life_task(run_id: str, seed: int) -> EnqueueTask:
 
 
 async def killed_after_history_purge(
-    url: str, run_id: str, tmp_path: Path, env: dict[str, str] | None = None
-) -> None:
-    """`purge_run` in a process of its own, SIGKILLed once it purged the run's history
-    (`env`: a serve's, the purge connecting as its admin)."""
+    url: str, run_id: str, tmp_path: Path, env: dict[str, str] | None = None,
+    stage: str = "after",
+) -> None:  # fmt: skip
+    """`purge_run` in a process of its own, SIGKILLed once it purged the run's history (or,
+    `stage` "before", once it recorded the purge, before the history purge; `env`: a serve's,
+    the purge connecting as its admin)."""
     flag = tmp_path / f"{run_id}.purged"
     role = [] if env is None else ["admin"]
     env = env or {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_AFTER_HISTORY, url, run_id, str(flag), *role], env=env
+        [sys.executable, "-c", KILLED_AFTER_HISTORY, url, run_id, str(flag), stage, *role], env=env
     )
     try:
-        await wait_for(flag.exists, timeout_ms=20_000, what="the purge to purge the history")
+        await wait_for(flag.exists, timeout_ms=20_000, what=f"the purge {stage} its history purge")
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
@@ -200,6 +205,28 @@ async def test_serve_finishes_a_purge_killed_after_its_history_purge(
 
     await Retention(js, path).drop_rows()  # (serve's reader of the log, without an age)
     assert await leftovers(js, "cut") == {"marker": False, "snapshot": False, "timer": False}
+
+
+async def test_serve_with_an_age_redoes_a_purge_killed_before_its_history_purge(
+    private_server: EmbeddedNats, private_js: JetStreamContext, tmp_path: Path
+) -> None:
+    """The record was written, the history not purged: serve dropped the run's rows, so its
+    sweep never listed the run again and the history stayed; now its reader of the log (with
+    the admin connection of `--retention`) purges it again."""
+    js = private_js
+    await ended_run(js, "held", seed=1)
+    path = tmp_path / "serve.sqlite"
+    target = SqliteTarget(path, QueryTables())
+    try:
+        await Projector(js, target, batch_max=50).catch_up()
+    finally:
+        await target.close()
+    await killed_after_history_purge(private_server.url, "held", tmp_path, stage="before")
+    assert await JetStreamEventLog(js).last_seq("held") > 0, "the history was not purged"
+
+    await Retention(js, path, retention_ms=3_600_000, admin=js).drop_rows()
+    assert await JetStreamEventLog(js).last_seq("held") == 0, "the purge was done again"
+    assert await leftovers(js, "held") == {"marker": False, "snapshot": False, "timer": False}
 
 
 @pytest.mark.parametrize("when", ["before the cut-off", "after the record"])
