@@ -116,14 +116,15 @@ async def keep_in_progress(
     consumer's short ack wait (`command_ack_wait_ms`) ends only for an engine that stopped
     working: its commands then go to another engine within that wait.
 
-    With `waiting` (a standing pull, which shows every command from when it came: held, then
-    in hand), it looks twice an interval and a command gets its first progress ack at the
+    With `waiting` (a standing pull's, or a partitioned engine's buffer's,
+    `PartitionedSource.held`: each shows every command from when it came, held, then in
+    hand), it looks twice an interval and a command gets its first progress ack at the
     second look after it came (within one interval, as when every look sent one: the ack
     wait keeps two intervals of slack for a loop held up), then one every other look (one an
     interval): most commands settle within half an interval and need none (a throughput run
     sent one per three commands at one look an interval, each a message for the engine and
-    the server). Without it (a partitioned engine's buffer, which a command may wait in
-    unseen), every look, once an interval, sends one to each."""
+    the server). Without it (a source that shows no waiting commands, whose commands may
+    wait unseen), every look, once an interval, sends one to each."""
     assert command_progress_interval_ms * 2 <= command_ack_wait_ms
     # (a standing pull's, runtime/pull_credit; a partitioned buffer's, runtime/partitions)
     brought_max = max(

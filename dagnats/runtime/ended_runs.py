@@ -7,7 +7,10 @@ direct get, not a JetStream API request; nats-server lets the worker role read t
 no other) and skips the task, acked and logged, when the run had ended by the time the task
 was decided: a task carries the history size it was decided at
 (`EnqueueTask.history_events`), so the task of a run reopened after its end (`dagnats run
-retry`) is newer than the marker and runs. Markers are a cache: one that was not written (the
+retry`) is newer than the marker and runs. A marker also names the life of the run that ended
+(its life tag, kernel/effects `life_tag`): the task of another life of the id (started again
+after a purge, whose marker a purge cut short left behind) is never skipped by it, however
+few events its history holds. Markers are a cache: one that was not written (the
 engine stopped in between) only means the handler runs and the engine sets its stale result
 aside, as before; they expire after `ended_marker_ttl_ms`.
 
@@ -31,7 +34,7 @@ from nats.js.api import RawStreamMsg
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
 from dagnats.runtime.resources import ENDED_BUCKET, check_run_id
-from kernel.effects import EnqueueTask
+from kernel.effects import EnqueueTask, life_of, life_tag
 from kernel.state import RunState, is_terminal
 
 log = logging.getLogger("dagnats.ended")
@@ -43,6 +46,7 @@ class EndedMarker(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     events: int  # the run's history size when it ended
     at_ms: int
+    life: str = ""  # the life tag of the run that ended ("": a marker written before it was)
 
 
 def marker_subject(run_id: str) -> str:
@@ -76,7 +80,9 @@ class EndedRuns:
     async def mark(self, state: RunState, at_ms: int) -> None:
         """Record that the run of `state` ended (never raises: markers are a cache)."""
         assert is_terminal(state), state.status
-        marker = EndedMarker(status=state.status, events=state.event_count, at_ms=at_ms)
+        marker = EndedMarker(
+            status=state.status, events=state.event_count, at_ms=at_ms, life=life_tag(state.seed)
+        )
         if self._publisher is None:  # (acknowledged through one reply subscription in all)
             self._publisher = JetStreamPublisher(self.js._nc.jetstream(timeout=request_timeout_s))
         try:
@@ -129,7 +135,9 @@ async def skip_reason(markers: EndedRuns | None, task: EnqueueTask) -> str:
         return ""
     marker = await markers.ended(task.run_id)
     if marker is None or task.history_events > marker.events:
-        return ""  # not ended, or the task is of a later life of the run (reopened)
+        return ""  # not ended, or the task is newer than its end (reopened)
+    if marker.life and life_of(task.msg_id) not in (marker.life, msgspec.UNSET):
+        return ""  # the task is of another life of the id: the marker is an old life's
     return (
         f"run {task.run_id} is {marker.status}: its task {task.step_id} attempt {task.attempt} "
         "is skipped without calling the handler"

@@ -1,10 +1,13 @@
 """Retention: purging finished runs (their history, snapshot and query rows), and its log.
 
 A purge takes one finished run away for good: its history subject in the history stream,
-its snapshot in the runs bucket, and (done by serve, which owns the file) its rows in the
-SQLite query tables. Each purge is first written to the retention log (the stream
-`DAGNATS_RETENTION`, one record per run on `dagnats.retention.<run>`), then carried out, so a
-crash between the two is finished by the next sweep and no purge goes unrecorded.
+its snapshot in the runs bucket, its ended marker, its timers left armed, and (done by
+serve, which owns the file) its rows in the SQLite query tables. Each purge is first written
+to the retention log (the stream `DAGNATS_RETENTION`, one record per run on
+`dagnats.retention.<run>`), then carried out, history first, so no purge goes unrecorded; one
+cut short is finished by serve's reader of the log (`Retention._finish`: the caches of a run
+whose history is gone; with an age, a purge redone whose history is still there) and by
+`run delete` again (`finish_purge`).
 
 - `serve --retention 30d` purges runs that ended more than that age ago (off by default),
   a bounded number per sweep (`Retention.run`).
@@ -28,9 +31,8 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 import msgspec
 import nats.errors
@@ -53,14 +55,21 @@ from dagnats.runtime.resources import (
     check_run_id,
     history_subject,
 )
+from dagnats.runtime.retention_rows import (
+    Expired,
+    LogPosition,
+    delete_rows,
+    drop_logged,
+    expired_runs,
+    read_position,
+)
 from kernel.errors import DagnatsError
-from kernel.state import TERMINAL_RUN_STATUSES, RunState, is_terminal
+from kernel.state import RunState, is_terminal
 
 log = logging.getLogger("dagnats.retention")
 
 RETENTION_STREAM: Final = "DAGNATS_RETENTION"
 RETENTION_PREFIX: Final = "dagnats.retention"
-sqlite_busy_timeout_s: Final = 5.0
 sweep_pages_max: Final = 4  # pages of listed runs one sweep looks at, at most
 log_read_timeout_s: Final = 5.0  # a read of the log waits this for the server, twice
 
@@ -108,8 +117,9 @@ class ReopenedWhilePurgingError(DagnatsError):
 
     def __init__(self, run_id: str, left: int) -> None:
         super().__init__(
-            f"run {run_id!r} was reopened while it was being purged: its {left} newer history "
-            "message(s) are kept (the earlier ones are gone)"
+            f"run {run_id!r} was reopened (or started again) while it was being purged: the "
+            f"messages appended since (its history up to sequence {left}) are kept, with its "
+            "timers; the earlier ones are gone"
         )
 
 
@@ -147,24 +157,32 @@ async def purge_run(
     ended_before_ms: int | None = None,
 ) -> PurgedRun:
     """Purge one finished run: record it in the retention log, then purge its history (up to
-    the last message read) and its snapshot. `js` must be an admin connection's.
+    the last message read), then its caches (`finish_purge`). `js` must be an admin
+    connection's.
 
     `ended_before_ms` (retention's cutoff): the life found must have ended before it (the
     sweep listed an old life; a new life under the id, ended since, is not its to purge).
 
     Raises:
-        RunNotFoundError: the run has no history.
+        RunNotFoundError: the run has no history (the caches of a purge of it the log
+            records are emptied first: one cut short after its history purge is finished).
         RunStillOpenError: the run has not ended (nothing is purged).
         RunNotExpiredError: it ended at or after `ended_before_ms` (nothing is purged).
-        ReopenedWhilePurgingError: it was reopened meanwhile (its newer messages are kept).
+        ReopenedWhilePurgingError: it was reopened meanwhile (its newer messages are kept,
+            and its timers and snapshot).
         RunParkedError: its history does not decode or fold (nothing is purged).
     """
     from dagnats.client.errors import RunNotFoundError
     from dagnats.runtime.projector import load_state
 
+    # The cut-off of its timers, read before the run: every append after the one read (a
+    # `run retry`, a new life once the history is purged) and the timers it arms come after.
+    timers_last_seq = await _commands_last_seq(js)
     history = JetStreamEventLog(js)
     state, last_seq = await load_state(history, KvSnapshotStore(js), check_run_id(run_id))
     if state.status == "new":
+        if await recorded_purge(js, run_id) is not None:
+            await finish_purge(js, run_id)
         raise RunNotFoundError(run_id)
     if not is_terminal(state):
         raise RunStillOpenError(run_id, state.status)
@@ -172,11 +190,6 @@ async def purge_run(
     if ended_before_ms is not None and (ended is None or ended >= ended_before_ms):
         raise RunNotExpiredError(run_id, ended)
     record = _record(state, last_seq, reason, at_ms)
-    # Its timers left armed (an engine stopped between the run's last append and their
-    # cancels) would fire into a new run under its id: the run's schedules go too, those
-    # stored by now (each armed before the append that ended it), not a new life's or a
-    # reopen's armed once the history purge below let one start.
-    timers_last_seq = (await js.stream_info(COMMANDS_STREAM)).state.last_seq
     await ensure_log(js)
     await js.publish(
         retention_subject(run_id),
@@ -185,16 +198,51 @@ async def purge_run(
         headers={"Nats-Msg-Id": f"purge:{run_id}:{last_seq}"},
     )
     await js.purge_stream(HISTORY_STREAM, subject=history_subject(run_id), seq=last_seq + 1)
-    schedules = f"{SCHEDULE_PREFIX}.{run_id}.>"
-    await js.purge_stream(COMMANDS_STREAM, subject=schedules, seq=timers_last_seq + 1)
-    for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
-        with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
-            await (await js.key_value(bucket)).purge(run_id)
-    left = await history.last_seq(run_id)
+    left = await finish_purge(js, run_id, timers_last_seq)
     if left:
         raise ReopenedWhilePurgingError(run_id, left)
     log.info("run %s purged (%s): its history up to sequence %d", run_id, reason, last_seq)
     return record
+
+
+async def finish_purge(js: JetStreamContext, run_id: str, timers_last_seq: int = 0) -> int:
+    """Empty the caches of a run whose history was purged: its timers left armed (an engine
+    stopped between the run's last append and their cancels: they would fire into a new run
+    under its id), its snapshot and its ended marker (ended_runs), those of a life of the id
+    with history again excepted. Returns the id's last history sequence (0: none).
+
+    `timers_last_seq`: the cut-off of the schedules purged, read before the run was (0: read
+    here, before the history is looked at). A `run retry` or a new life appended after the
+    read arms its timers past it: they are kept (a cut-off read after the run, before its
+    history purge, lost the timers of a retry landing in between), and so are, when the id
+    has history, its snapshot and marker (a reopened run's; a new life's own)."""
+    if timers_last_seq <= 0:
+        timers_last_seq = await _commands_last_seq(js)
+        left = await JetStreamEventLog(js).last_seq(check_run_id(run_id))
+        if left:
+            return left  # (a life of the id since, which timers are its is not known here)
+    schedules = f"{SCHEDULE_PREFIX}.{run_id}.>"
+    await js.purge_stream(COMMANDS_STREAM, subject=schedules, seq=timers_last_seq + 1)
+    left = await JetStreamEventLog(js).last_seq(check_run_id(run_id))
+    if left:
+        return left
+    for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
+        with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
+            await (await js.key_value(bucket)).purge(run_id)
+    return 0
+
+
+async def _commands_last_seq(js: JetStreamContext) -> int:
+    return int((await js.stream_info(COMMANDS_STREAM)).state.last_seq)
+
+
+async def recorded_purge(js: JetStreamContext, run_id: str) -> PurgedRun | None:
+    """The retention log's record of the run's last purge, None when it has none."""
+    try:
+        found = await js.get_last_msg(RETENTION_STREAM, retention_subject(run_id))
+    except nats.js.errors.NotFoundError:
+        return None
+    return msgspec.json.decode(found.data or b"", type=PurgedRun)
 
 
 def _record(state: RunState, last_seq: int, reason: str, at_ms: int) -> PurgedRun:
@@ -254,98 +302,6 @@ def sweep_interval_ms(retention_ms: int) -> int:
     return max(settings.retention_sweep_min_ms, min(settings.retention_sweep_max_ms, quarter))
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path, timeout=sqlite_busy_timeout_s)
-
-
-class Expired(NamedTuple):
-    """A finished run as the query tables list it: its id, end, and the sequence its rows
-    are at (the rows of that life: none of a later one is at or below it)."""
-
-    ended_at_ms: int
-    run_id: str
-    last_seq: int
-
-
-def expired_runs(
-    sqlite_path: Path, ended_before_ms: int, limit: int, after: Expired | None = None
-) -> list[Expired]:
-    """Finished runs (as the query tables know them) that ended before the time, oldest
-    first, at most `limit`, after `after` in that order (None: from the oldest)."""
-    if not sqlite_path.exists():
-        return []
-    marks = ",".join("?" for _ in TERMINAL_RUN_STATUSES)
-    cursor = (after.ended_at_ms, after.run_id) if after is not None else (-1, "")
-    db = _connect(sqlite_path)
-    try:
-        rows = db.execute(
-            f"SELECT ended_at_ms, run_id, last_seq FROM runs WHERE status IN ({marks}) "
-            "AND ended_at_ms IS NOT NULL AND ended_at_ms < ? AND (ended_at_ms, run_id) > (?, ?) "
-            "ORDER BY ended_at_ms, run_id LIMIT ?",
-            (*sorted(TERMINAL_RUN_STATUSES), ended_before_ms, *cursor, limit),
-        ).fetchall()
-    except sqlite3.OperationalError:  # no runs table yet
-        return []
-    finally:
-        db.close()
-    return [Expired(int(row[0]), str(row[1]), int(row[2])) for row in rows]
-
-
-def delete_rows(sqlite_path: Path, purged: Iterable[tuple[str, int | None]]) -> int:
-    """Delete purged runs' rows from every query table that has a `run_id` column; rows gone.
-
-    `purged`: (run id, the last history sequence purged; None: every row of the run). A run id
-    started again after its purge (a new life of it, README "Retention") keeps the new life's
-    rows: a table with a `last_seq` or `seq` column loses only the rows at or below the purged
-    sequence; one without (`steps`, a user's table) loses the run's rows unless its `runs` row
-    is newer than the purge."""
-    runs = list(purged)
-    if not runs or not sqlite_path.exists():
-        return 0
-    db = _connect(sqlite_path)
-    deleted = 0
-    try:
-        tables = [
-            str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
-        columns = {
-            table: {str(c[1]) for c in db.execute(f'PRAGMA table_info("{table}")')}
-            for table in tables
-        }
-        with db:
-            for run_id, last_seq in runs:
-                newer = last_seq is not None and _newer_life(db, run_id, last_seq)
-                for table in tables:
-                    deleted += _delete_run_rows(db, table, columns[table], run_id, last_seq, newer)
-    finally:
-        db.close()
-    return deleted
-
-
-def _newer_life(db: sqlite3.Connection, run_id: str, last_seq: int) -> bool:
-    """Whether the run's `runs` row is of a life begun after the purge of `last_seq`."""
-    try:
-        row = db.execute("SELECT last_seq FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    except sqlite3.OperationalError:  # no runs table
-        return False
-    return row is not None and int(row[0]) > last_seq
-
-
-def _delete_run_rows(
-    db: sqlite3.Connection, table: str, columns: set[str], run_id: str, last_seq: int | None,
-    newer: bool,
-) -> int:  # fmt: skip
-    if "run_id" not in columns:
-        return 0
-    seq_column = next((c for c in ("last_seq", "seq") if c in columns), None)
-    if last_seq is not None and seq_column is not None:
-        sql = f'DELETE FROM "{table}" WHERE run_id = ? AND "{seq_column}" <= ?'
-        return int(db.execute(sql, (run_id, last_seq)).rowcount)
-    if newer:
-        return 0  # (rows of the new life, keyed by the run: they replaced the old ones)
-    return int(db.execute(f'DELETE FROM "{table}" WHERE run_id = ?', (run_id,)).rowcount)
-
-
 class Retention:
     """Serve's retention: drops the query rows of every run in the retention log (however it
     was purged), and with an age, purges the finished runs older than it.
@@ -367,7 +323,8 @@ class Retention:
         self.sqlite_path = sqlite_path
         self.retention_ms = retention_ms
         self.admin = admin
-        self._log_seen = 0  # the log's sequence up to which the records' rows were dropped
+        self._purged_here: set[str] = set()  # purged by `sweep`, not read back from the log
+        self._finished_to = 0  # the log's sequence up to which `_finish` looked at records
         self._swept_to: Expired | None = None  # the next sweep looks after it (None: oldest)
         self.purged = 0  # runs purged by this service (for logs and tests)
 
@@ -386,21 +343,55 @@ class Retention:
                 await asyncio.wait_for(stop.wait(), timeout=settings.retention_log_poll_ms / 1000)
 
     async def drop_rows(self) -> None:
-        """Delete the query rows of the runs of the log's records not read yet by this
-        process (from its start: the whole log, `retention_listed_max` records a call)."""
+        """Delete the query rows of the runs of the log's records past the position stored in
+        the SQLite file (`retention_rows.drop_logged`; the whole log, `retention_listed_max`
+        records a call, when it holds none or the log was made again), and finish the purges
+        among them cut short (`_finish`)."""
         try:
             info = await self.reader.stream_info(RETENTION_STREAM)
         except nats.js.errors.NotFoundError:
             return
-        after = max(self._log_seen, info.state.first_seq - 1)
+        if not self.sqlite_path.exists():
+            return  # (no rows yet: the projections make the file)
+        stream = info.created.isoformat() if info.created is not None else ""
+        stored = await asyncio.to_thread(read_position, self.sqlite_path)
+        seen = 0
+        if stored is not None and stored.stream == stream and stored.seq <= info.state.last_seq:
+            seen = stored.seq  # (else a log made again: read from its start)
+        after = max(seen, info.state.first_seq - 1)
         until = min(info.state.last_seq, after + settings.retention_listed_max)
         if until <= after:
             return  # nothing purged since the last look
-        records = [record for _, record in await read_records(self.reader, after, until)]
-        if records:
-            purged = [(r.run_id, r.history_last_seq or None) for r in records]
-            await asyncio.to_thread(delete_rows, self.sqlite_path, purged)
-        self._log_seen = until
+        records = await read_records(self.reader, after, until)
+        await self._finish(records)
+        logged = [(seq, r.run_id, r.history_last_seq or None) for seq, r in records]
+        await asyncio.to_thread(
+            drop_logged, self.sqlite_path, logged, LogPosition(until, stream)
+        )  # fmt: skip
+
+    async def _finish(self, records: list[tuple[int, PurgedRun]]) -> None:
+        """Finish the purges of the records that were cut short (a process stopped in the
+        middle): the caches of a run whose history is gone (`finish_purge`: its timers, which
+        would fire into a new run under its id, its snapshot, its ended marker), and, with the
+        admin connection, a run whose purged history is still there. Not the purges of this
+        service's sweep (carried out), nor records older than `ended_marker_ttl_ms`."""
+        oldest_ms = now_ms() - settings.ended_marker_ttl_ms
+        done, self._purged_here = self._purged_here, set()
+        finished_to, self._finished_to = self._finished_to, max(
+            [self._finished_to, *(seq for seq, _ in records)]
+        )
+        for seq, record in records:
+            if seq <= finished_to or record.run_id in done or record.purged_at_ms < oldest_ms:
+                continue  # (finished by now, or read again: held for a lagging projector)
+            try:
+                left = await finish_purge(self.admin or self.reader, record.run_id)
+                if self.admin is not None and 0 < left <= record.history_last_seq:
+                    await purge_run(
+                        self.admin, record.run_id, reason=record.reason,
+                        at_ms=record.purged_at_ms,
+                    )  # fmt: skip
+            except (nats.errors.Error, TimeoutError, DagnatsError) as error:
+                log.warning("retention: finishing the purge of %s: %s", record.run_id, error)
 
     async def sweep(self, at_ms: int) -> int:
         """Purge finished runs that ended more than the retention age before `at_ms`: at most
@@ -441,6 +432,7 @@ class Retention:
             await purge_run(
                 admin, listed.run_id, reason=self.reason, at_ms=at_ms, ended_before_ms=cutoff
             )
+            self._purged_here.add(listed.run_id)
             return 1
         except RunNotFoundError:
             # Its history is gone (purged meanwhile, or by hand): the rows of the life listed
@@ -459,3 +451,11 @@ class Retention:
     def reason(self) -> str:
         assert self.retention_ms is not None
         return f"retention {self.retention_ms // 1000}s"
+
+
+__all__ = [
+    "RETENTION_PREFIX", "RETENTION_STREAM", "Expired", "PurgedRun", "ReopenedWhilePurgingError",
+    "Retention", "RunNotExpiredError", "RunStillOpenError",
+    "delete_rows", "ensure_log", "expired_runs", "finish_purge", "purge_run", "purged_runs",
+    "read_records", "recorded_purge", "retention_subject", "stream_config", "sweep_interval_ms",
+]  # fmt: skip
