@@ -9,8 +9,10 @@ came one iteration later than it could. Here, while the read loop waits on an em
 (nothing fed and not read yet, no end of file), the bytes are parsed at once by the client's
 own parser (runtime/wire_parser `WireParser.parse`), in the selector's callback: the same
 parser, callbacks and order, one iteration sooner. Any other time (the read loop holds bytes
-or is parsing, a reconnect, a close) they are fed to the reader as before, so the bytes are
-parsed in the order they came whichever way they go.
+or is parsing, a reconnect, a close, the client's unsent bytes near its `pending_size`: a send
+would force a flush under `asyncio.wait_for`, which from Python 3.12 needs a task) they are
+fed to the reader as before, so the bytes are parsed in the order they came whichever way they
+go.
 
 A parse that must wait (nats-py's own processing awaits something: a full flush queue, a
 close) is finished by a task of its own while the socket's reading is paused (nothing is read
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import nats.errors
 from nats.aio.client import Client
@@ -41,6 +43,11 @@ from nats.aio.transport import TcpTransport
 from dagnats.runtime.wire_parser import WireParser
 
 log = logging.getLogger("nats.aio.client")  # (nats-py's read loop logs its errors there)
+# Room left under the client's `pending_size` for what a read's parse sends (PONGs, flow-control
+# answers, naks: each smaller than what asked for it, and one read is at most 256 KiB). With
+# less, nats-py's `_send_command` would force a flush, under `asyncio.wait_for`: from Python
+# 3.12 an `asyncio.timeout`, which raises in `data_received` (no task is current there).
+pending_room_bytes_min: Final = 256 * 1024
 
 
 class InlineReads:
@@ -73,6 +80,7 @@ class InlineReads:
             or client._ps is not self.parser
             or client.is_closed
             or client.is_reconnecting
+            or client._pending_data_size + pending_room_bytes_min > client._max_pending_size > 0
         ):  # fmt: skip
             if not self.stopped:
                 self._feed(data)
