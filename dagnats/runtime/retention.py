@@ -325,6 +325,7 @@ class Retention:
         self.admin = admin
         self._purged_here: set[str] = set()  # purged by `sweep`, not read back from the log
         self._finished_to = 0  # the log's sequence up to which `_finish` looked at records
+        self._unfinished: set[int] = set()  # sequences of records whose finish failed
         self._swept_to: Expired | None = None  # the next sweep looks after it (None: oldest)
         self.purged = 0  # runs purged by this service (for logs and tests)
 
@@ -363,35 +364,56 @@ class Retention:
         if until <= after:
             return  # nothing purged since the last look
         records = await read_records(self.reader, after, until)
-        await self._finish(records)
+        unfinished = await self._finish(records)
         logged = [(seq, r.run_id, r.history_last_seq or None) for seq, r in records]
         await asyncio.to_thread(
-            drop_logged, self.sqlite_path, logged, LogPosition(until, stream)
+            drop_logged, self.sqlite_path, logged, LogPosition(until, stream), unfinished
         )  # fmt: skip
 
-    async def _finish(self, records: list[tuple[int, PurgedRun]]) -> None:
+    async def _finish(self, records: list[tuple[int, PurgedRun]]) -> int | None:
         """Finish the purges of the records that were cut short (a process stopped in the
         middle): the caches of a run whose history is gone (`finish_purge`: its timers, which
         would fire into a new run under its id, its snapshot, its ended marker), and, with the
         admin connection, a run whose purged history is still there. Not the purges of this
-        service's sweep (carried out), nor records older than `ended_marker_ttl_ms`."""
+        service's sweep (carried out), nor records older than `ended_marker_ttl_ms`. Returns
+        the sequence of the first record whose finish failed (the server did not answer):
+        the position in the log is held short of it and it is tried again at the next read
+        (until it is older than that bound); None when none failed."""
         oldest_ms = now_ms() - settings.ended_marker_ttl_ms
         done, self._purged_here = self._purged_here, set()
         finished_to, self._finished_to = self._finished_to, max(
             [self._finished_to, *(seq for seq, _ in records)]
         )
+        failed: set[int] = set()
         for seq, record in records:
-            if seq <= finished_to or record.run_id in done or record.purged_at_ms < oldest_ms:
+            again = seq in self._unfinished
+            if (seq <= finished_to and not again) or record.run_id in done:
                 continue  # (finished by now, or read again: held for a lagging projector)
+            if record.purged_at_ms < oldest_ms:
+                continue  # (its marker expired; a failed one is no longer tried again)
             try:
-                left = await finish_purge(self.admin or self.reader, record.run_id)
-                if self.admin is not None and 0 < left <= record.history_last_seq:
-                    await purge_run(
-                        self.admin, record.run_id, reason=record.reason,
-                        at_ms=record.purged_at_ms,
-                    )  # fmt: skip
+                await self._finish_one(record)
             except (nats.errors.Error, TimeoutError, DagnatsError) as error:
-                log.warning("retention: finishing the purge of %s: %s", record.run_id, error)
+                log.warning("retention: finishing the purge of %s: %s (tried again)",
+                            record.run_id, error)  # fmt: skip
+                failed.add(seq)
+        self._unfinished = (self._unfinished - {seq for seq, _ in records}) | failed
+        return min(failed, default=None)
+
+    async def _finish_one(self, record: PurgedRun) -> None:
+        """Finish one recorded purge (`_finish`); raises what the server did not answer."""
+        from dagnats.client.errors import RunNotFoundError
+
+        left = await finish_purge(self.admin or self.reader, record.run_id)
+        if self.admin is None or not 0 < left <= record.history_last_seq:
+            return
+        answers = (RunNotFoundError, RunStillOpenError, ReopenedWhilePurgingError, RunParkedError)
+        try:  # (its history still there: the purge is done again)
+            await purge_run(
+                self.admin, record.run_id, reason=record.reason, at_ms=record.purged_at_ms
+            )
+        except answers as error:  # (not to be purged, or purged meanwhile: not tried again)
+            log.warning("retention: finishing the purge of %s: %s", record.run_id, error)
 
     async def sweep(self, at_ms: int) -> int:
         """Purge finished runs that ended more than the retention age before `at_ms`: at most

@@ -149,13 +149,18 @@ def read_position(sqlite_path: Path) -> LogPosition | None:
 
 
 def drop_logged(
-    sqlite_path: Path, records: Sequence[tuple[int, str, int | None]], until: LogPosition
+    sqlite_path: Path,
+    records: Sequence[tuple[int, str, int | None]],
+    until: LogPosition,
+    unfinished_seq: int | None = None,
 ) -> LogPosition:
     """Delete the rows of the runs of the log's records (sequence, run id, last history
     sequence purged), read up to `until`, and store the position reached, in one transaction:
     `until`, or short of the first record whose purged history the query tables' projection
-    has not applied (the next read drops its rows again). Returns the position stored."""
+    has not applied (the next read drops its rows again), or of `unfinished_seq` (a record
+    whose purge is to be finished again). Returns the position stored."""
     assert all(seq <= until.seq for seq, _, _ in records), (records, until)
+    assert unfinished_seq is None or 0 < unfinished_seq <= until.seq, (unfinished_seq, until)
     db = _connect(sqlite_path)
     try:
         with db:
@@ -166,6 +171,7 @@ def drop_logged(
                 for seq, _, last in records
                 if applied is not None and last is not None and last > applied
             ]
+            held += [] if unfinished_seq is None else [unfinished_seq]
             reached = LogPosition(min(held) - 1, until.stream) if held else until
             db.execute(
                 f"CREATE TABLE IF NOT EXISTS {POSITION_TABLE} (id INTEGER PRIMARY KEY "
