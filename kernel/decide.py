@@ -496,27 +496,31 @@ def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | Non
     is ready only when pending with every dependency done); None when any step may have (a
     start or reopen, a run-level event, steps appended, a concurrency limit)."""
     state = builder.state
-    if before.status != "running" or before.step_defs is not state.step_defs:
+    step_defs = state.step_defs
+    if before.status != "running" or before.step_defs is not step_defs:
         return None
-    assert state.workflow is not None
-    if state.workflow.max_concurrent_steps is not None:
+    workflow = state.workflow
+    assert workflow is not None
+    if workflow.max_concurrent_steps is not None:
         return None
-    index = dag_index(state.step_defs)
+    dependents = dag_index(step_defs).dependents
     steps = state.steps
+    index_of = state.index_of
     found: set[int] = set()
     for event in builder.events[marked:]:
         if type(event) not in LIFECYCLE_TYPES and not isinstance(event, StepEvent):
             return None
-        position = state.index_of(cast(OneStepEvent, event).step_id)
+        one_step: OneStepEvent = event  # type: ignore[assignment]  # (checked above; no cast call)
+        position = index_of(one_step.step_id)
         if position < 0:
             return None
         status = steps[position].status
         if status == "pending":
             found.add(position)
         elif status in DONE_STEP_STATUSES:
-            found.update(index.dependents[position])
-    assert len(found) <= len(state.step_defs), "positions of the run's steps"
-    return sorted(found)
+            found.update(dependents[position])
+    assert len(found) <= len(step_defs), "positions of the run's steps"
+    return sorted(found) if len(found) > 1 else list(found)
 
 
 def _settle_owners(builder: Builder) -> bool:
@@ -567,7 +571,9 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
             continue
         if limit is not None and active >= limit:
             continue
-        start_step(builder, step_def.id, queries.resolve_input(state, step_def))
+        deps = index.dependencies[position]  # (one done dependency: its output, by position)
+        given = steps[deps[0]].output if len(deps) == 1 else queries.resolve_input(state, step_def)
+        start_step(builder, step_def.id, given)
         active += 1
         progressed = True
         if builder.state.status != "running":
