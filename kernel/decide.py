@@ -496,22 +496,19 @@ def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | Non
     is ready only when pending with every dependency done); None when any step may have (a
     start or reopen, a run-level event, steps appended, a concurrency limit)."""
     state = builder.state
-    step_defs = state.step_defs
-    if before.status != "running" or before.step_defs is not step_defs:
+    if before.status != "running" or before.step_defs is not state.step_defs:
         return None
-    workflow = state.workflow
-    assert workflow is not None
-    if workflow.max_concurrent_steps is not None:
+    assert state.workflow is not None
+    if state.workflow.max_concurrent_steps is not None:
         return None
-    dependents = dag_index(step_defs).dependents
+    dependents = dag_index(state.step_defs).dependents
     steps = state.steps
-    index_of = state.index_of
     found: set[int] = set()
     for event in builder.events[marked:]:
         if type(event) not in LIFECYCLE_TYPES and not isinstance(event, StepEvent):
             return None
         one_step: OneStepEvent = event  # type: ignore[assignment]  # (checked above; no cast call)
-        position = index_of(one_step.step_id)
+        position = state.index_of(one_step.step_id)
         if position < 0:
             return None
         status = steps[position].status
@@ -519,7 +516,7 @@ def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | Non
             found.add(position)
         elif status in DONE_STEP_STATUSES:
             found.update(dependents[position])
-    assert len(found) <= len(step_defs), "positions of the run's steps"
+    assert len(found) <= len(state.step_defs), "positions of the run's steps"
     return sorted(found) if len(found) > 1 else list(found)
 
 
@@ -571,8 +568,7 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
             continue
         if limit is not None and active >= limit:
             continue
-        deps = index.dependencies[position]  # (one done dependency: its output, by position)
-        given = steps[deps[0]].output if len(deps) == 1 else queries.resolve_input(state, step_def)
+        given = queries.resolve_input(state, step_def, index.dependencies[position])
         start_step(builder, step_def.id, given)
         active += 1
         progressed = True
