@@ -504,11 +504,15 @@ def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | Non
     dependents = dag_index(state.step_defs).dependents
     steps = state.steps
     found: set[int] = set()
+    last = ""  # (a step's events in a row: its status now is looked at once)
     for event in builder.events[marked:]:
         if type(event) not in LIFECYCLE_TYPES and not isinstance(event, StepEvent):
             return None
         one_step: OneStepEvent = event  # type: ignore[assignment]  # (checked above; no cast call)
-        position = state.index_of(one_step.step_id)
+        if one_step.step_id == last:
+            continue
+        last = one_step.step_id
+        position = state.index_of(last)
         if position < 0:
             return None
         status = steps[position].status
@@ -551,7 +555,7 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
     if limit is not None:
         active = sum(1 for step in steps if step.status in ACTIVE_STEP_STATUSES)
     for position in range(len(steps)) if candidates is None else candidates:
-        if steps[position].status != "pending" or not _deps_done(index, steps, position):
+        if steps[position].status != "pending" or not index.deps_done(steps, position):
             continue
         if builder.state.steps[position].status != "pending":
             continue  # an earlier start of this pass ended it (its plan's owner skipped it)
@@ -576,13 +580,6 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
             break
     assert limit is None or active <= max(limit, len(steps)), "concurrency is bounded"
     return progressed
-
-
-def _deps_done(index: DagIndex, steps: tuple[StepState, ...], position: int) -> bool:
-    deps = index.dependencies[position]
-    if len(deps) == 1:  # most steps (a chain's): one look, no generator
-        return steps[deps[0]].status in DONE_STEP_STATUSES
-    return all(steps[dep].status in DONE_STEP_STATUSES for dep in deps)
 
 
 def _body_finished(index: DagIndex, steps: tuple[StepState, ...]) -> bool:

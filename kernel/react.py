@@ -72,8 +72,10 @@ def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
 
 def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
     match event:  # (the events of most decisions first: a case is an isinstance test)
-        case StepScheduled():
+        case StepScheduled():  # (its deadline is the attempt's: a timer only for one)
             effects = _step_type(state, event.step_id).react(state, event)
+            if event.deadline_ms is None:
+                return effects
             timer = step_timeout_timer(state, event.step_id)
             return effects + ((timer,) if timer is not None else ())
         case StepCompleted() | StepFailed() | StepLost():
