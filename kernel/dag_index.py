@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Literal
 
 from kernel import limits
+from kernel.state import DONE_STEP_STATUSES, StepState
 from kernel.workflow import StepDef
 
 HandlerRole = tuple[Literal["on_failure", "compensate"], str]
@@ -56,6 +57,13 @@ class DagIndex:
             for index in reversed(range(len(step_defs)))
             if step_defs[index].id not in self.handlers
         )
+
+    def deps_done(self, steps: tuple[StepState, ...], position: int) -> bool:
+        """Whether every dependency of the step at `position` is done, in `steps`."""
+        deps = self.dependencies[position]
+        if len(deps) == 1:  # most steps (a chain's): one look, no generator
+            return steps[deps[0]].status in DONE_STEP_STATUSES
+        return all(steps[dep].status in DONE_STEP_STATUSES for dep in deps)
 
 
 _indexes: dict[int, tuple[tuple[StepDef, ...], DagIndex]] = {}

@@ -501,22 +501,27 @@ def _touched(builder: Builder, before: RunState, marked: int) -> list[int] | Non
     assert state.workflow is not None
     if state.workflow.max_concurrent_steps is not None:
         return None
-    index = dag_index(state.step_defs)
+    dependents = dag_index(state.step_defs).dependents
     steps = state.steps
     found: set[int] = set()
+    last = ""  # (a step's events in a row: its status now is looked at once)
     for event in builder.events[marked:]:
         if type(event) not in LIFECYCLE_TYPES and not isinstance(event, StepEvent):
             return None
-        position = state.index_of(cast(OneStepEvent, event).step_id)
+        one_step: OneStepEvent = event  # type: ignore[assignment]  # (checked above; no cast call)
+        if one_step.step_id == last:
+            continue
+        last = one_step.step_id
+        position = state.index_of(last)
         if position < 0:
             return None
         status = steps[position].status
         if status == "pending":
             found.add(position)
         elif status in DONE_STEP_STATUSES:
-            found.update(index.dependents[position])
+            found.update(dependents[position])
     assert len(found) <= len(state.step_defs), "positions of the run's steps"
-    return sorted(found)
+    return sorted(found) if len(found) > 1 else list(found)
 
 
 def _settle_owners(builder: Builder) -> bool:
@@ -550,7 +555,7 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
     if limit is not None:
         active = sum(1 for step in steps if step.status in ACTIVE_STEP_STATUSES)
     for position in range(len(steps)) if candidates is None else candidates:
-        if steps[position].status != "pending" or not _deps_done(index, steps, position):
+        if steps[position].status != "pending" or not index.deps_done(steps, position):
             continue
         if builder.state.steps[position].status != "pending":
             continue  # an earlier start of this pass ended it (its plan's owner skipped it)
@@ -567,20 +572,14 @@ def _advance_once(builder: Builder, candidates: list[int] | None = None) -> bool
             continue
         if limit is not None and active >= limit:
             continue
-        start_step(builder, step_def.id, queries.resolve_input(state, step_def))
+        given = queries.resolve_input(state, step_def, index.dependencies[position])
+        start_step(builder, step_def.id, given)
         active += 1
         progressed = True
         if builder.state.status != "running":
             break
     assert limit is None or active <= max(limit, len(steps)), "concurrency is bounded"
     return progressed
-
-
-def _deps_done(index: DagIndex, steps: tuple[StepState, ...], position: int) -> bool:
-    deps = index.dependencies[position]
-    if len(deps) == 1:  # most steps (a chain's): one look, no generator
-        return steps[deps[0]].status in DONE_STEP_STATUSES
-    return all(steps[dep].status in DONE_STEP_STATUSES for dep in deps)
 
 
 def _body_finished(index: DagIndex, steps: tuple[StepState, ...]) -> bool:

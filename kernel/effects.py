@@ -12,6 +12,7 @@ from typing import Final
 
 import msgspec
 
+from kernel import limits
 from kernel.commands import ChildStatus, ControlCommand, FireTimer
 from kernel.workflow import WorkflowDef
 
@@ -155,8 +156,18 @@ def attempt_key(run_id: str, step_id: str, attempt: int) -> str:
 
 def life_tag(seed: int) -> str:
     """The run's life in message ids: the low 32 bits of its seed, as 8 hex digits."""
-    return f"{seed & 0xFFFFFFFF:08x}"
+    tag = _life_tags.get(seed)  # (every task message and every result asks: formatted once)
+    if tag is None:
+        tag = f"{seed & 0xFFFFFFFF:08x}"
+        if len(_life_tags) >= limits.life_tags_cached_max:
+            _life_tags.clear()
+        _life_tags[seed] = tag
+    return tag
 
+
+# Life tags by seed: a run's seed is fixed for its life, so each run formats its tag once. A
+# pure memo (the same answer as formatting), cleared when full.
+_life_tags: dict[int, str] = {}
 
 LIFE_SEPARATOR: Final = "~"  # (never in a run or step id: a subject token's characters)
 
@@ -170,8 +181,9 @@ def in_life(msg_id: str, seed: int) -> str:
 
 def task_msg_id(run_id: str, step_id: str, attempt: int, seed: int) -> str:
     """The idempotency key of one attempt of one life of a run: `<run>:<step>:<attempt>~<life>`
-    (`seed`: the run's, RunState.seed)."""
-    return in_life(attempt_key(run_id, step_id, attempt), seed)
+    (`seed`: the run's, RunState.seed): `in_life(attempt_key(...), seed)`, in one format."""
+    assert attempt >= 1, f"attempt {attempt} must be >= 1"
+    return f"{run_id}:{step_id}:{attempt}{LIFE_SEPARATOR}{life_tag(seed)}"
 
 
 def life_of(msg_id: str) -> str | msgspec.UnsetType:

@@ -100,6 +100,7 @@ history_events_soft_max: Final = 10_000  # past this, workers are told to contin
 step_positions_cached_max: Final = 4_096  # runs' step-position maps kept (kernel.state)
 dag_indexes_cached_max: Final = 4_096  # runs' DAG indexes kept (kernel.dag_index)
 dags_cached_max: Final = 256  # DAG indexes shared by runs of one DAG (kernel.dag_index)
+life_tags_cached_max: Final = 4_096  # runs' life tags kept (kernel.effects)
 query_states_cached_max: Final = 4_096  # decoded run states the query tables keep
 json_depth_max: Final = 64  # nesting of any JSON accepted at the edge (inputs, outputs, files)
 

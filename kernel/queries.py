@@ -119,8 +119,16 @@ def compensable(state: RunState) -> tuple[str, ...]:
     return tuple(step_id for _, step_id in sorted(candidates, reverse=True))
 
 
-def resolve_input(state: RunState, step_def: StepDef) -> msgspec.Raw:
-    """Root: the run input; one dependency: its output; several: an object keyed by step id."""
+def resolve_input(
+    state: RunState, step_def: StepDef, positions: tuple[int, ...] | None = None
+) -> msgspec.Raw:
+    """Root: the run input; one dependency: its output; several: an object keyed by step id.
+    `positions`: those of the dependencies (kernel.dag_index), when the caller knows them and
+    each is done (one dependency's output is then found without a look-up by id)."""
+    if positions is not None and len(positions) == 1:
+        done = state.steps[positions[0]]
+        assert done.status in DONE_STEP_STATUSES, f"{done.step_id!r} is done"
+        return done.output
     deps = step_def.depends_on
     outputs = [_done_output(state, dep) for dep in deps]
     if not deps:

@@ -65,13 +65,17 @@ LIVE = ("scheduled", "running")
 def react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
     """What the shell must do now that `event` is appended (`state` includes it)."""
     assert state.status != "new", "react follows an appended event"
+    if type(event) is StepStarted:
+        return ()  # (a worker took an attempt: nothing to do, and the most frequent event)
     return _stamped(state, _react(state, event))
 
 
 def _react(state: RunState, event: AnyEvent) -> tuple[AnyEffect, ...]:
     match event:  # (the events of most decisions first: a case is an isinstance test)
-        case StepScheduled():
+        case StepScheduled():  # (its deadline is the attempt's: a timer only for one)
             effects = _step_type(state, event.step_id).react(state, event)
+            if event.deadline_ms is None:
+                return effects
             timer = step_timeout_timer(state, event.step_id)
             return effects + ((timer,) if timer is not None else ())
         case StepCompleted() | StepFailed() | StepLost():
@@ -170,6 +174,9 @@ def _stamped(state: RunState, effects: tuple[AnyEffect, ...]) -> tuple[AnyEffect
     addressed to its step's worker group (README "Worker groups")."""
     if not effects:
         return effects  # (most events: nothing to stamp)
+    if len(effects) == 1:  # (a scheduled task: its message alone, no generator)
+        effect = effects[0]
+        return (_stamp_task(state, effect),) if isinstance(effect, EnqueueTask) else effects
     return tuple(
         _stamp_task(state, effect) if isinstance(effect, EnqueueTask) else effect
         for effect in effects

@@ -184,9 +184,9 @@ def schedule_attempt(
 def enqueue_task(state: RunState, step_id: str, envelope: msgspec.Raw = NULL) -> EnqueueTask:
     """The task message for the step's current attempt (`envelope`: what the step type tells
     its handler beside the input, as a JSON object; see `EnqueueTask.envelope`)."""
-    step_def = state.step_def(step_id)
-    step = state.step(step_id)
-    assert step_def is not None and step is not None, f"no step {step_id!r}"
+    position = state.index_of(step_id)  # (one look-up for the definition and the state)
+    assert position >= 0, f"no step {step_id!r}"
+    step_def, step = state.step_defs[position], state.steps[position]
     assert step.attempt >= 1, f"step {step_id!r} is not scheduled"
     return EnqueueTask(
         run_id=state.run_id,

@@ -42,10 +42,12 @@ class SharedFolds:
     ) -> None:
         """Note the message the engine appended at `seq` and the run's state after it."""
         assert seq > 0 and events and state.run_id == run_id, (seq, run_id, state.run_id)
+        order = self._order
         self._by_seq[seq] = (run_id, events, state)
-        self._order.append(seq)
-        while len(self._order) > self.size_max:
-            self._by_seq.pop(self._order.popleft(), None)
+        order.append(seq)
+        if len(order) > self.size_max:  # (one in, so at most one out)
+            self._by_seq.pop(order.popleft(), None)
+        assert len(order) <= self.size_max, "bounded"
 
     def state(self, seq: int, run_id: str) -> RunState | None:
         """The state of `run_id` after the message at `seq`, or None (not noted here)."""

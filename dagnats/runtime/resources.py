@@ -129,7 +129,25 @@ def partition_of(run_id: str, partitions: int) -> int:
 
 def history_subject(run_id: str) -> str:
     """`dagnats.history.<run_id>`: the run's whole story."""
-    return f"{HISTORY_PREFIX}.{check_run_id(run_id)}"
+    subject = _history_subjects.get(run_id)  # (every append asks: a run's id checked once)
+    if subject is None:
+        subject = f"{HISTORY_PREFIX}.{check_run_id(run_id)}"
+        _remember(_history_subjects, run_id, subject)
+    return subject
+
+
+# Subjects built from ids already checked (history subjects by run id, task subjects by lane):
+# a pure memo (only a valid id is kept, and its subject is what the builder makes), bounded by
+# `subjects_cached_max` and cleared when full.
+subjects_cached_max: Final = 4_096
+_history_subjects: dict[str, str] = {}
+_task_subjects: dict[str, str] = {}
+
+
+def _remember(memo: dict[str, str], key: str, subject: str) -> None:
+    if len(memo) >= subjects_cached_max:
+        memo.clear()
+    memo[key] = subject
 
 
 def stored_subject(run_id: str) -> str:
@@ -186,6 +204,14 @@ def split_lane(lane: str) -> tuple[str, str]:
 def task_subject(lane: str) -> str:
     """`dagnats.task.<task_type>` (task types may be dotted: `email.send`), or for a grouped
     lane `dagnats.task.<task_type>.@<group>`: no task type's subject is a grouped one's."""
+    subject = _task_subjects.get(lane)  # (every task message asks: a lane checked once)
+    if subject is None:
+        subject = _task_subject(lane)
+        _remember(_task_subjects, lane, subject)
+    return subject
+
+
+def _task_subject(lane: str) -> str:
     task_type, group = split_lane(lane)
     check_token("task_type", task_type, settings.task_type_length_max, dotted=True)
     if GROUP_MARK in lane:
