@@ -6,6 +6,7 @@ no-op task's slot cost. Here a free slot is taken by a plain call (`take_now`); 
 that finds none waits (`take`), in the order they came; a slot given back goes to the
 oldest waiter, or is counted free. A waiter cancelled after it was handed a slot gives it on.
 
+The engine bounds its effects in flight (`effects_in_flight_max`) with the same class.
 This module counts slots; it does no I/O.
 """
 

@@ -1,8 +1,9 @@
 """The engine's per-command path made cheaper keeps its answers: effects bounded first come
-first served by plain calls (`EffectSlots`), a header read alone from a raw block as the
-whole block's parse reads it (`header_of`), a task token the same HMAC as before, and a
-publish written by a plain call (`send_raw`) the very bytes `publish_raw` writes, with
-nats-py's flusher woken once for what one loop iteration buffers.
+first served by plain calls (the worker's `HandlerSlots`, which the engine counts its effects
+with), a header read alone from a raw block as the whole block's parse reads it
+(`header_of`), a task token the same HMAC as before, and a publish written by a plain call
+(`send_raw`) the very bytes `publish_raw` writes, with nats-py's flusher woken once for what
+one loop iteration buffers.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from dagnats.runtime.effect_runner import EffectSlots
 from dagnats.runtime.js_publish import header_block, publish_raw, send_raw
 from dagnats.runtime.task_polls import header_lines, header_of
 from dagnats.runtime.task_tokens import TaskTokens
+from dagnats.worker_slots import HandlerSlots as EffectSlots
 
 WAIT_S = 10.0
 

@@ -8,9 +8,6 @@ appended and before the command is acked.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import assert_never
@@ -75,46 +72,3 @@ def enqueue_task(effect: EnqueueTask, tasks: TaskPublisher) -> Awaitable[None]:
     return tasks.publish(task_lane(effect.task, effect.group), codec.encode(effect), effect.msg_id)
 
 
-class EffectSlots:
-    """At most `size` effects in flight (the engine's `effects_in_flight_max`): what
-    `asyncio.Semaphore` does, first come first served, with a plain call to take a free slot
-    (`take_now`; `take` waits for one) and to give it back (`give`)."""
-
-    def __init__(self, size: int) -> None:
-        assert size >= 1, size
-        self.size = size
-        self.free = size
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    def take_now(self) -> bool:
-        """Take a free slot now (True), unless none is free or others wait for one."""
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return True
-        return False
-
-    async def take(self) -> None:
-        """Wait for a slot (handed over by `give`, in the order the waits began)."""
-        if self.take_now():
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.give()  # (handed a slot as it was cancelled: it goes to the next)
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            raise
-
-    def give(self) -> None:
-        """Give a slot back: to the oldest wait still waiting, else to the free ones."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.free += 1
-        assert self.free <= self.size, (self.free, self.size)

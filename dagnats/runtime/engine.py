@@ -29,7 +29,7 @@ from dagnats.runtime import batched, command_pump, redelivered
 from dagnats.runtime.admission import AdmissionRuntime, Decided, Outcome
 from dagnats.runtime.assertions import require_assertions
 from dagnats.runtime.command_pump import CommandWindow
-from dagnats.runtime.effect_runner import EffectSlots, enqueue_task, run_effect
+from dagnats.runtime.effect_runner import enqueue_task, run_effect
 from dagnats.runtime.ended_runs import EndedRuns
 from dagnats.runtime.fresh_runs import fresh_start
 from dagnats.runtime.links import RunLinks
@@ -54,6 +54,7 @@ from dagnats.runtime.settings import (
 )
 from dagnats.runtime.task_tokens import TaskTokens
 from dagnats.runtime.valid_workflows import ValidWorkflows
+from dagnats.worker_slots import HandlerSlots
 from kernel import codec, registry
 from kernel.admission import is_gate_id
 from kernel.commands import AnyCommand, Rejection, StartRun, StoredCommand
@@ -111,7 +112,7 @@ class Engine:
         self._parked_news: list[tuple[str, str]] = []  # parked runs not yet dead-lettered
         self._tails: dict[str, Tail] = {}  # per run subject: its last group (and its task)
         self.parked: dict[str, str] = {}
-        self._effect_slots = EffectSlots(effects_in_flight_max)
+        self._effect_slots = HandlerSlots(effects_in_flight_max)  # (the worker's slot counter)
         self.counters: dict[str, int] = {}
         self.links = links  # child runs and external events (None: the engine has neither)
         self.observer = EngineObserver()  # traces (from the env) and metrics (serve's)
