@@ -43,6 +43,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
+from dagnats.runtime.ended_runs import purge_old_marker
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.log_read import HistoryReader
 from dagnats.runtime.parked import RunParkedError
@@ -222,7 +223,9 @@ async def purge_run(
     return record
 
 
-async def finish_purge(js: JetStreamContext, run_id: str, timers_last_seq: int = 0) -> int:
+async def finish_purge(
+    js: JetStreamContext, run_id: str, timers_last_seq: int = 0, purged_at_ms: int | None = None
+) -> int:
     """Empty the caches of a run whose history was purged: its timers left armed (an engine
     stopped between the run's last append and their cancels: they would fire into a new run
     under its id), its snapshot and its ended marker (ended_runs), those of a life of the id
@@ -232,21 +235,36 @@ async def finish_purge(js: JetStreamContext, run_id: str, timers_last_seq: int =
     here, before the history is looked at). A `run retry` or a new life appended after the
     read arms its timers past it: they are kept (a cut-off read after the run, before its
     history purge, lost the timers of a retry landing in between), and so are, when the id
-    has history, its snapshot and marker (a reopened run's; a new life's own)."""
+    has history, its snapshot and marker (a reopened run's; a new life's own).
+
+    `purged_at_ms` (the record's, finishing a recorded purge): when the id has history, a
+    marker naming no life written at or before it goes all the same (`purge_old_marker`: an
+    older version's, of the life purged; it would skip the tasks of the new run).
+    """
     if timers_last_seq <= 0:
         timers_last_seq = await _commands_last_seq(js)
         left = await JetStreamEventLog(js).last_seq(check_run_id(run_id))
-        if left:
-            return left  # (a life of the id since, which timers are its is not known here)
+        if left:  # (a life of the id since, which timers are its is not known here)
+            return await _kept_for(js, run_id, left, purged_at_ms)
     schedules = f"{SCHEDULE_PREFIX}.{run_id}.>"
     await js.purge_stream(COMMANDS_STREAM, subject=schedules, seq=timers_last_seq + 1)
     left = await JetStreamEventLog(js).last_seq(check_run_id(run_id))
     if left:
-        return left
+        return await _kept_for(js, run_id, left, purged_at_ms)
     for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
         with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
             await (await js.key_value(bucket)).purge(run_id)
     return 0
+
+
+async def _kept_for(
+    js: JetStreamContext, run_id: str, left: int, purged_at_ms: int | None
+) -> int:
+    """`left` (the id's history is there again: its caches are kept), once the ended marker
+    of the purged life is purged if it names none (`purge_old_marker`)."""
+    if purged_at_ms is not None:
+        await purge_old_marker(js, run_id, purged_at_ms)
+    return left
 
 
 async def _first_history_seq(js: JetStreamContext, from_seq: int) -> int | None:
@@ -459,7 +477,8 @@ class Retention:
         """Finish one recorded purge (`_finish`); raises what the server did not answer."""
         from dagnats.client.errors import RunNotFoundError
 
-        left = await finish_purge(self.admin or self.reader, record.run_id)
+        js = self.admin or self.reader
+        left = await finish_purge(js, record.run_id, purged_at_ms=record.purged_at_ms)
         if self.admin is None or not 0 < left <= record.history_last_seq:
             return
         answers = (RunNotFoundError, RunStillOpenError, ReopenedWhilePurgingError, RunParkedError)
