@@ -36,6 +36,7 @@ from dagnats.runtime.ended_runs import (
     EndedMarker,
     EndedRuns,
     marker_subject,
+    purge_old_marker,
     skip_reason,
 )
 from dagnats.runtime.log import JetStreamEventLog
@@ -365,3 +366,24 @@ async def test_finish_purge_with_history_purges_only_an_old_marker_of_the_purged
     assert await finish_purge(js, "again", purged_at_ms=purged_at_ms) > 0
     found = await EndedRuns(js).ended("again")
     assert (found is None) == purged, (found, purged)
+
+
+async def test_a_marker_written_while_the_old_one_is_purged_stays(
+    private_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new run under the id ends between the read of the old marker and its purge: the
+    purge (conditional on the marker read) keeps the new run's marker."""
+    js = private_js
+    await old_format_marker(js, "again", events=3, at_ms=1_000)
+    get_last_msg = js.get_last_msg
+
+    async def read_then_new_marker(*args: Any, **options: Any) -> Any:
+        found = await get_last_msg(*args, **options)
+        await old_format_marker(js, "again", events=2, at_ms=9_000)  # (the new run ended)
+        return found
+
+    monkeypatch.setattr(js, "get_last_msg", read_then_new_marker)
+    assert not await purge_old_marker(js, "again", purged_at_ms=5_000)
+    monkeypatch.undo()
+    found = await EndedRuns(js).ended("again")
+    assert found is not None and found.at_ms == 9_000, found
