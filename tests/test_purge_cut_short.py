@@ -31,7 +31,14 @@ from nats.js import JetStreamContext
 
 from dagnats.client.errors import RunNotFoundError
 from dagnats.runtime import settings
-from dagnats.runtime.ended_runs import EndedRuns, skip_reason
+from dagnats.runtime.ended_runs import (
+    ENDED_STREAM,
+    EndedMarker,
+    EndedRuns,
+    marker_subject,
+    purge_old_marker,
+    skip_reason,
+)
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.projector import Projector, SqliteTarget, load_state
@@ -42,6 +49,7 @@ from dagnats.runtime.retention import (
     ReopenedWhilePurgingError,
     Retention,
     RunStillOpenError,
+    finish_purge,
     purge_run,
 )
 from dagnats.runtime.timers import JetStreamTimers
@@ -304,3 +312,78 @@ async def test_a_new_run_under_the_id_of_a_purge_killed_midway_completes(
     assert [call["attempt"] for call in procs.calls_of(run_id, "only")] == [1, 1], (
         "each run's task ran once"
     )
+
+
+async def old_format_marker(js: JetStreamContext, run_id: str, events: int, at_ms: int) -> None:
+    """An ended marker as a version before life tags wrote it (no `life`)."""
+    data = msgspec.json.encode({"status": "cancelled", "events": events, "at_ms": at_ms})
+    await js.publish(marker_subject(run_id), data, stream=ENDED_STREAM)
+
+
+async def test_serve_purges_an_old_versions_marker_of_a_run_cut_short_started_again(
+    private_server: EmbeddedNats, private_js: JetStreamContext, tmp_path: Path
+) -> None:
+    """An older version's purge, cut short after its history purge, left a marker naming no
+    life; the id has a new run by the time serve reads the record: serve kept the marker (the
+    id has history), and the new run's tasks were skipped (it stalled)."""
+    js = private_js
+    old = await ended_run(js, "again", seed=1)
+    await old_format_marker(js, "again", old.event_count, at_ms=3_000)
+    path = tmp_path / "serve.sqlite"
+    target = SqliteTarget(path, QueryTables())
+    try:
+        await Projector(js, target, batch_max=50).catch_up()
+    finally:
+        await target.close()
+    await killed_after_history_purge(private_server.url, "again", tmp_path)
+    await append(JetStreamEventLog(js), "again", cancelled("again", seed=2)[:1])  # (new run)
+    markers = EndedRuns(js)
+    assert "skipped" in await skip_reason(markers, new_life_task("again", seed=2)), (
+        "the old marker skips the new run's task"
+    )
+
+    await Retention(js, path).drop_rows()  # (serve's reader of the log)
+    assert await markers.ended("again") is None, "the old version's marker is purged"
+    assert await skip_reason(markers, new_life_task("again", seed=2)) == ""
+    assert await JetStreamEventLog(js).last_seq("again") > 0, "the new run is kept"
+
+
+@pytest.mark.parametrize(
+    ("life", "after_purge_ms", "purged"),
+    [("", 0, True), ("", 1, False), ("x", 0, False)],
+    ids=["old-format-before", "old-format-after", "new-format-before"],
+)
+async def test_finish_purge_with_history_purges_only_an_old_marker_of_the_purged_run(
+    private_js: JetStreamContext, life: str, after_purge_ms: int, purged: bool
+) -> None:
+    """The id has history again: a marker naming no life written at or before the purge
+    goes; one written after it (an older engine's, of the new run) or naming a life stays."""
+    js, purged_at_ms = private_js, 5_000
+    await append(JetStreamEventLog(js), "again", cancelled("again", seed=2)[:1])
+    marker = EndedMarker(status="cancelled", events=3, at_ms=purged_at_ms + after_purge_ms,
+                         life=life)  # fmt: skip
+    await js.publish(marker_subject("again"), msgspec.json.encode(marker), stream=ENDED_STREAM)
+    assert await finish_purge(js, "again", purged_at_ms=purged_at_ms) > 0
+    found = await EndedRuns(js).ended("again")
+    assert (found is None) == purged, (found, purged)
+
+
+async def test_a_marker_written_while_the_old_one_is_purged_stays(
+    private_js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new run under the id ends between the read of the old marker and its purge: the
+    purge (conditional on the marker read) keeps the new run's marker."""
+    js = private_js
+    await old_format_marker(js, "again", events=3, at_ms=1_000)
+    get_last_msg = js.get_last_msg
+
+    async def read_then_new_marker(*args: Any, **options: Any) -> Any:
+        found = await get_last_msg(*args, **options)
+        await old_format_marker(js, "again", events=2, at_ms=9_000)  # (the new run ended)
+        return found
+
+    monkeypatch.setattr(js, "get_last_msg", read_then_new_marker)
+    assert not await purge_old_marker(js, "again", purged_at_ms=5_000)
+    monkeypatch.undo()
+    found = await EndedRuns(js).ended("again")
+    assert found is not None and found.at_ms == 9_000, found

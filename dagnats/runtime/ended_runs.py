@@ -10,7 +10,9 @@ was decided: a task carries the history size it was decided at
 retry`) is newer than the marker and runs. A marker also names the life of the run that ended
 (its life tag, kernel/effects `life_tag`): the task of another life of the id (started again
 after a purge, whose marker a purge cut short left behind) is never skipped by it, however
-few events its history holds. Markers are a cache: one that was not written (the
+few events its history holds; a marker written before markers named their life, which a purge
+cut short by an older version left behind, is purged by the purge's finish however long its
+id has a new run (`purge_old_marker`). Markers are a cache: one that was not written (the
 engine stopped in between) only means the handler runs and the engine sets its stale result
 aside, as before; they expire after `ended_marker_ttl_ms`.
 
@@ -33,6 +35,7 @@ from nats.js.api import RawStreamMsg
 
 from dagnats.runtime import settings
 from dagnats.runtime.js_publish import JetStreamPublisher
+from dagnats.runtime.log import EXPECTED_LAST_SUBJECT_SEQ_HEADER, WRONG_LAST_SEQUENCE
 from dagnats.runtime.resources import ENDED_BUCKET, check_run_id
 from kernel.effects import EnqueueTask, life_of, life_tag
 from kernel.state import RunState, is_terminal
@@ -115,6 +118,42 @@ class EndedRuns:
             return msgspec.json.decode(found.data or b"", type=EndedMarker)
         except msgspec.DecodeError:
             return None  # a delete marker, or not ours
+
+
+async def purge_old_marker(js: JetStreamContext, run_id: str, purged_at_ms: int) -> bool:
+    """Purge the run's ended marker if it names no life (written by a version before life
+    tags: it would skip the tasks of any run under the id) and was written at or before a
+    purge of the id at `purged_at_ms` (it is of the life purged, not of a run since). The
+    purge is conditional on the marker read: one written meanwhile stays. Returns whether it
+    purged one.
+
+    Raises:
+        nats.errors.Error: the server did not answer.
+    """
+    subject = marker_subject(run_id)
+    try:
+        found = await js.get_last_msg(ENDED_STREAM, subject)
+    except nats.js.errors.NotFoundError:
+        return False
+    try:
+        marker = msgspec.json.decode(found.data or b"", type=EndedMarker)
+    except msgspec.DecodeError:
+        return False  # (purged or deleted already)
+    if marker.life or marker.at_ms > purged_at_ms or found.seq is None:
+        return False
+    headers = {
+        "KV-Operation": "PURGE",
+        "Nats-Rollup": "sub",
+        EXPECTED_LAST_SUBJECT_SEQ_HEADER: str(found.seq),
+    }
+    try:
+        await js.publish(subject, b"", stream=ENDED_STREAM, headers=headers)
+    except nats.js.errors.APIError as error:
+        if error.err_code != WRONG_LAST_SEQUENCE:
+            raise
+        return False  # (a marker written since the read: a run of the id ended again)
+    log.info("run %s: the ended marker of its purged run (at %d) purged", run_id, marker.at_ms)
+    return True
 
 
 def check_due(num_delivered: int, stored_ms: int | None, now_ms: int) -> bool:

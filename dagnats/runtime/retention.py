@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Final
 
@@ -42,6 +43,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
+from dagnats.runtime.ended_runs import purge_old_marker
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.log_read import HistoryReader
 from dagnats.runtime.parked import RunParkedError
@@ -50,6 +52,7 @@ from dagnats.runtime.resources import (
     COMMANDS_STREAM,
     ENDED_BUCKET,
     HISTORY_STREAM,
+    HISTORY_SUBJECTS,
     RUNS_BUCKET,
     SCHEDULE_PREFIX,
     check_run_id,
@@ -58,6 +61,7 @@ from dagnats.runtime.resources import (
 from dagnats.runtime.retention_rows import (
     Expired,
     LogPosition,
+    applied_seq,
     delete_rows,
     drop_logged,
     expired_runs,
@@ -72,6 +76,20 @@ RETENTION_STREAM: Final = "DAGNATS_RETENTION"
 RETENTION_PREFIX: Final = "dagnats.retention"
 sweep_pages_max: Final = 4  # pages of listed runs one sweep looks at, at most
 log_read_timeout_s: Final = 5.0  # a read of the log waits this for the server, twice
+# A record held for the query tables' projection (retention_rows.drop_logged) is released
+# once the history stream holds no message between the projection's checkpoint and the
+# record's purged history and the checkpoint stood still this long: a projector that fetched
+# the run's messages before the purge (its batch lingering or being applied, and those its
+# reader holds ahead) has committed them by then, and the reads of the log meanwhile and the
+# release itself dropped their rows. (Purged messages are never delivered: without it, the
+# checkpoint of a run purged before the projection applied it held the record until some
+# run appended history, and every poll read it and deleted its rows again.)
+held_release_ms: Final = 10_000
+
+
+def monotonic_ms() -> int:
+    """Milliseconds of the monotonic clock (how long a record was held; tests replace it)."""
+    return time.monotonic_ns() // 1_000_000
 
 
 class PurgedRun(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,7 +223,9 @@ async def purge_run(
     return record
 
 
-async def finish_purge(js: JetStreamContext, run_id: str, timers_last_seq: int = 0) -> int:
+async def finish_purge(
+    js: JetStreamContext, run_id: str, timers_last_seq: int = 0, purged_at_ms: int | None = None
+) -> int:
     """Empty the caches of a run whose history was purged: its timers left armed (an engine
     stopped between the run's last append and their cancels: they would fire into a new run
     under its id), its snapshot and its ended marker (ended_runs), those of a life of the id
@@ -215,21 +235,46 @@ async def finish_purge(js: JetStreamContext, run_id: str, timers_last_seq: int =
     here, before the history is looked at). A `run retry` or a new life appended after the
     read arms its timers past it: they are kept (a cut-off read after the run, before its
     history purge, lost the timers of a retry landing in between), and so are, when the id
-    has history, its snapshot and marker (a reopened run's; a new life's own)."""
+    has history, its snapshot and marker (a reopened run's; a new life's own).
+
+    `purged_at_ms` (the record's, finishing a recorded purge): when the id has history, a
+    marker naming no life written at or before it goes all the same (`purge_old_marker`: an
+    older version's, of the life purged; it would skip the tasks of the new run).
+    """
     if timers_last_seq <= 0:
         timers_last_seq = await _commands_last_seq(js)
         left = await JetStreamEventLog(js).last_seq(check_run_id(run_id))
-        if left:
-            return left  # (a life of the id since, which timers are its is not known here)
+        if left:  # (a life of the id since, which timers are its is not known here)
+            return await _kept_for(js, run_id, left, purged_at_ms)
     schedules = f"{SCHEDULE_PREFIX}.{run_id}.>"
     await js.purge_stream(COMMANDS_STREAM, subject=schedules, seq=timers_last_seq + 1)
     left = await JetStreamEventLog(js).last_seq(check_run_id(run_id))
     if left:
-        return left
+        return await _kept_for(js, run_id, left, purged_at_ms)
     for bucket in (RUNS_BUCKET, ENDED_BUCKET):  # its snapshot; its ended marker (ended_runs)
         with contextlib.suppress(KeyNotFoundError, BucketNotFoundError):
             await (await js.key_value(bucket)).purge(run_id)
     return 0
+
+
+async def _kept_for(
+    js: JetStreamContext, run_id: str, left: int, purged_at_ms: int | None
+) -> int:
+    """`left` (the id's history is there again: its caches are kept), once the ended marker
+    of the purged life is purged if it names none (`purge_old_marker`)."""
+    if purged_at_ms is not None:
+        await purge_old_marker(js, run_id, purged_at_ms)
+    return left
+
+
+async def _first_history_seq(js: JetStreamContext, from_seq: int) -> int | None:
+    """The sequence of the history stream's first message at or after `from_seq` (None:
+    none); one request."""
+    try:
+        found = await js.get_msg(HISTORY_STREAM, from_seq, HISTORY_SUBJECTS, next=True)
+    except nats.js.errors.NotFoundError:
+        return None
+    return found.seq
 
 
 async def _commands_last_seq(js: JetStreamContext) -> int:
@@ -326,6 +371,8 @@ class Retention:
         self._purged_here: set[str] = set()  # purged by `sweep`, not read back from the log
         self._finished_to = 0  # the log's sequence up to which `_finish` looked at records
         self._unfinished: set[int] = set()  # sequences of records whose finish failed
+        # Records held for the projection: sequence -> (its checkpoint, since when, ms).
+        self._held: dict[int, tuple[int, int]] = {}
         self._swept_to: Expired | None = None  # the next sweep looks after it (None: oldest)
         self.purged = 0  # runs purged by this service (for logs and tests)
 
@@ -347,7 +394,9 @@ class Retention:
         """Delete the query rows of the runs of the log's records past the position stored in
         the SQLite file (`retention_rows.drop_logged`; the whole log, `retention_listed_max`
         records a call, when it holds none or the log was made again), and finish the purges
-        among them cut short (`_finish`)."""
+        among them cut short (`_finish`). The position is held short of a record the query
+        tables' projection has not passed, until it does or the record is released
+        (`_released`)."""
         try:
             info = await self.reader.stream_info(RETENTION_STREAM)
         except nats.js.errors.NotFoundError:
@@ -365,10 +414,34 @@ class Retention:
             return  # nothing purged since the last look
         records = await read_records(self.reader, after, until)
         unfinished = await self._finish(records)
+        released = await self._released(records)
         logged = [(seq, r.run_id, r.history_last_seq or None) for seq, r in records]
+        position = LogPosition(until, stream)
         await asyncio.to_thread(
-            drop_logged, self.sqlite_path, logged, LogPosition(until, stream), unfinished
+            drop_logged, self.sqlite_path, logged, position, unfinished, released
         )  # fmt: skip
+
+    async def _released(self, records: list[tuple[int, PurgedRun]]) -> set[int]:
+        """Sequences of the records held for the query tables' projection (their purged
+        history past its checkpoint) that are held no longer: the checkpoint stood still
+        `held_release_ms` since the record was first held at it, and the history stream holds
+        no message after the checkpoint up to the record's last purged sequence (one request
+        for all of them)."""
+        applied = await asyncio.to_thread(applied_seq, self.sqlite_path)
+        if applied is None:
+            self._held = {}
+            return set()
+        held = {seq: r.history_last_seq for seq, r in records if r.history_last_seq > applied}
+        now, was = monotonic_ms(), self._held
+        self._held = {}
+        for seq in held:  # (since when each is held at this checkpoint: a move starts again)
+            at, since_ms = was.get(seq, (applied, now))
+            self._held[seq] = (applied, since_ms if at == applied else now)
+        due = [seq for seq, (_, ms) in self._held.items() if now - ms >= held_release_ms]
+        if not due:
+            return set()
+        first = await _first_history_seq(self.reader, applied + 1)
+        return {seq for seq in due if first is None or held[seq] < first}
 
     async def _finish(self, records: list[tuple[int, PurgedRun]]) -> int | None:
         """Finish the purges of the records that were cut short (a process stopped in the
@@ -404,7 +477,8 @@ class Retention:
         """Finish one recorded purge (`_finish`); raises what the server did not answer."""
         from dagnats.client.errors import RunNotFoundError
 
-        left = await finish_purge(self.admin or self.reader, record.run_id)
+        js = self.admin or self.reader
+        left = await finish_purge(js, record.run_id, purged_at_ms=record.purged_at_ms)
         if self.admin is None or not 0 < left <= record.history_last_seq:
             return
         answers = (RunNotFoundError, RunStillOpenError, ReopenedWhilePurgingError, RunParkedError)

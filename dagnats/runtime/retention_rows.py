@@ -8,7 +8,10 @@ again (its stream's creation time changed, or its last sequence below the positi
 from its start. The position stops short of a record whose purged history the query tables'
 projection has not applied yet (its checkpoint, `projections.base`): a lagging projector may
 still commit rows of that run read before the purge, so the record is read and its rows
-dropped again until the projection passed it.
+dropped again until the projection passed it, or until retention.py releases it (the history
+stream holds nothing the projection has still to apply up to the record, and a projector's
+batch in hand had time to be committed: the checkpoint of a run purged before the projection
+applied it stays below it until some run appends history).
 
 This module touches the SQLite file only: no NATS (retention.py reads the log).
 """
@@ -16,7 +19,7 @@ This module touches the SQLite file only: no NATS (retention.py reads the log).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -153,12 +156,14 @@ def drop_logged(
     records: Sequence[tuple[int, str, int | None]],
     until: LogPosition,
     unfinished_seq: int | None = None,
+    released: Collection[int] = (),
 ) -> LogPosition:
     """Delete the rows of the runs of the log's records (sequence, run id, last history
     sequence purged), read up to `until`, and store the position reached, in one transaction:
     `until`, or short of the first record whose purged history the query tables' projection
-    has not applied (the next read drops its rows again), or of `unfinished_seq` (a record
-    whose purge is to be finished again). Returns the position stored."""
+    has not applied (the next read drops its rows again) and whose sequence is not in
+    `released` (records no longer waited for), or of `unfinished_seq` (a record whose purge is
+    to be finished again). Returns the position stored."""
     assert all(seq <= until.seq for seq, _, _ in records), (records, until)
     assert unfinished_seq is None or 0 < unfinished_seq <= until.seq, (unfinished_seq, until)
     db = _connect(sqlite_path)
@@ -170,6 +175,7 @@ def drop_logged(
                 seq
                 for seq, _, last in records
                 if applied is not None and last is not None and last > applied
+                and seq not in released
             ]
             held += [] if unfinished_seq is None else [unfinished_seq]
             reached = LogPosition(min(held) - 1, until.stream) if held else until
@@ -184,6 +190,18 @@ def drop_logged(
     finally:
         db.close()
     return reached
+
+
+def applied_seq(sqlite_path: Path) -> int | None:
+    """The history sequence the query tables' projection has applied (`_applied_seq`); None
+    when it has none or there is no file."""
+    if not sqlite_path.exists():
+        return None
+    db = _connect(sqlite_path)
+    try:
+        return _applied_seq(db)
+    finally:
+        db.close()
 
 
 def _applied_seq(db: sqlite3.Connection) -> int | None:
