@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypothesis import strategies as st
+from nats.js import JetStreamContext
 
+from dagnats.runtime.projector import Projector, SqliteTarget
 from kernel import codec
 from kernel.commands import AnyCommand, CompleteTask, StartRun
 from kernel.events import AnyEvent
 from kernel.workflow import StepDef, WorkflowDef
 from projections.base import Message
+from projections.sqlite import QueryTables
 from tests.strategies import RUN_ID, Run, replay, runs
 
 
@@ -80,3 +84,13 @@ def completed_run(run_id: str = RUN_ID, name: str = "pair", at_ms: int = 1_000) 
         CompleteTask(run_id=RUN_ID, at_ms=at_ms + 2_000, step_id="b", attempt=1),
     ]
     return run_messages(replay(workflow, commands), run_id)
+
+
+async def tables_caught_up(js: JetStreamContext, path: Path) -> int:
+    """Run the query tables' projector (as serve does) into the SQLite file at `path` over
+    what the history stream holds, and close it; its checkpoint."""
+    target = SqliteTarget(path, QueryTables())
+    try:
+        return await Projector(js, target, batch_max=50).catch_up()
+    finally:
+        await target.close()

@@ -41,7 +41,7 @@ from dagnats.runtime.ended_runs import (
 )
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.projector import Projector, SqliteTarget, load_state
+from dagnats.runtime.projector import load_state
 from dagnats.runtime.projector_snapshot import KvSnapshotStore
 from dagnats.runtime.resources import COMMANDS_STREAM, SCHEDULE_PREFIX
 from dagnats.runtime.retention import (
@@ -57,10 +57,9 @@ from kernel.commands import AnyCommand, CancelRun, CompleteTask, ReopenRun, Star
 from kernel.effects import EnqueueTask, task_msg_id
 from kernel.state import RunState
 from projections.snapshot import make_snapshot
-from projections.sqlite import QueryTables
 from tests.fault_support import Processes, connected, workflow
 from tests.nats_fixtures import wait_for
-from tests.projection_support import run_messages, two_step_workflow
+from tests.projection_support import run_messages, tables_caught_up, two_step_workflow
 from tests.strategies import RUN_ID, replay
 from tests.test_lifecycle_e2e import wait_status
 from tests.test_query_tables_serve import append
@@ -204,11 +203,7 @@ async def test_serve_finishes_a_purge_killed_after_its_history_purge(
     js = private_js
     await ended_run(js, "cut", seed=1)
     path = tmp_path / "serve.sqlite"
-    target = SqliteTarget(path, QueryTables())
-    try:
-        await Projector(js, target, batch_max=50).catch_up()
-    finally:
-        await target.close()
+    await tables_caught_up(js, path)
     await killed_after_history_purge(private_server.url, "cut", tmp_path)
 
     await Retention(js, path).drop_rows()  # (serve's reader of the log, without an age)
@@ -224,11 +219,7 @@ async def test_serve_with_an_age_redoes_a_purge_killed_before_its_history_purge(
     js = private_js
     await ended_run(js, "held", seed=1)
     path = tmp_path / "serve.sqlite"
-    target = SqliteTarget(path, QueryTables())
-    try:
-        await Projector(js, target, batch_max=50).catch_up()
-    finally:
-        await target.close()
+    await tables_caught_up(js, path)
     await killed_after_history_purge(private_server.url, "held", tmp_path, stage="before")
     assert await JetStreamEventLog(js).last_seq("held") > 0, "the history was not purged"
 
@@ -330,11 +321,7 @@ async def test_serve_purges_an_old_versions_marker_of_a_run_cut_short_started_ag
     old = await ended_run(js, "again", seed=1)
     await old_format_marker(js, "again", old.event_count, at_ms=3_000)
     path = tmp_path / "serve.sqlite"
-    target = SqliteTarget(path, QueryTables())
-    try:
-        await Projector(js, target, batch_max=50).catch_up()
-    finally:
-        await target.close()
+    await tables_caught_up(js, path)
     await killed_after_history_purge(private_server.url, "again", tmp_path)
     await append(JetStreamEventLog(js), "again", cancelled("again", seed=2)[:1])  # (new run)
     markers = EndedRuns(js)

@@ -17,10 +17,8 @@ from nats.js import JetStreamContext
 from dagnats.runtime import settings
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
-from dagnats.runtime.projector import Projector, SqliteTarget
 from dagnats.runtime.retention import Retention, purge_run, purged_runs
-from projections.sqlite import QueryTables
-from tests.projection_support import completed_run
+from tests.projection_support import completed_run, tables_caught_up
 from tests.test_query_tables_serve import append
 
 RUNS = ("c-run", "a-run", "b-run")  # purged in this order (the last, by name, in the middle)
@@ -38,11 +36,7 @@ async def test_every_purged_runs_rows_are_dropped_and_the_newest_purges_listed_f
     for run_id in (*RUNS, "kept"):
         await append(log, run_id, completed_run(run_id))
     path = tmp_path / "serve.sqlite"
-    target = SqliteTarget(path, QueryTables())
-    try:
-        await Projector(js, target, batch_max=50).catch_up()
-    finally:
-        await target.close()
+    await tables_caught_up(js, path)
     assert runs_rows(path) == sorted((*RUNS, "kept"))
     at_ms = now_ms()
     for offset, run_id in enumerate(RUNS):

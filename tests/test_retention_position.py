@@ -24,12 +24,12 @@ from nats.js import JetStreamContext
 from dagnats.runtime import retention
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
-from dagnats.runtime.projector import Projector, SqliteTarget
+from dagnats.runtime.projector import SqliteTarget
 from dagnats.runtime.retention import RETENTION_STREAM, Retention, ensure_log, purge_run
 from dagnats.runtime.retention_rows import QUERY_TABLES
 from projections.base import Message
 from projections.sqlite import NAME, QueryTables
-from tests.projection_support import completed_run
+from tests.projection_support import completed_run, tables_caught_up
 from tests.test_query_tables_serve import append
 
 
@@ -44,11 +44,7 @@ async def tables_of(
     log = JetStreamEventLog(js)
     for run_id in run_ids:
         await append(log, run_id, completed_run(run_id, at_ms=at_ms))
-    target = SqliteTarget(path, QueryTables())
-    try:
-        await Projector(js, target, batch_max=50).catch_up()
-    finally:
-        await target.close()
+    await tables_caught_up(js, path)
 
 
 def reads_of(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:

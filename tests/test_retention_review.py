@@ -30,26 +30,17 @@ from dagnats.runtime import retention
 from dagnats.runtime.clock import now_ms
 from dagnats.runtime.log import JetStreamEventLog
 from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.projector import Projector, SqliteTarget
+from dagnats.runtime.projector import SqliteTarget
 from dagnats.runtime.retention import Retention, purge_run
 from dagnats.runtime.retention_rows import read_position
 from projections.base import Message
 from projections.sqlite import QueryTables
-from tests.projection_support import completed_run
+from tests.projection_support import completed_run, tables_caught_up
 from tests.test_purge_cut_short import ended_run, killed_after_history_purge, leftovers
 from tests.test_query_tables_serve import append
 from tests.test_retention_position import reads_of, runs_rows, tables_of
 
 paused_request_timeout_s = 0.5  # (the reader's requests while the server is paused)
-
-
-async def caught_up(js: JetStreamContext, path: Path) -> int:
-    """Run the query tables' projector over what the history stream holds; its checkpoint."""
-    target = SqliteTarget(path, QueryTables())
-    try:
-        return await Projector(js, target, batch_max=50).catch_up()
-    finally:
-        await target.close()
 
 
 async def test_a_finish_that_failed_is_tried_again(
@@ -63,7 +54,7 @@ async def test_a_finish_that_failed_is_tried_again(
     later read (or a restarted serve) must finish it."""
     js, path = private_js, tmp_path / "serve.sqlite"
     await ended_run(js, "cut", seed=1)
-    await caught_up(js, path)
+    await tables_caught_up(js, path)
     await killed_after_history_purge(private_server.url, "cut", tmp_path)
     pid = private_server.pid
     assert pid is not None
@@ -115,7 +106,7 @@ async def test_a_history_purged_before_the_projector_read_it_does_not_hold_the_p
     await tables_of(js, path, "kept")
     await append(JetStreamEventLog(js), "late", completed_run("late"))  # (not applied yet)
     await purge_run(js, "late", reason="run delete", at_ms=now_ms())
-    checkpoint = await caught_up(js, path)  # (the purged messages are never delivered)
+    checkpoint = await tables_caught_up(js, path)  # (the purged messages are never delivered)
     reader = Retention(js, path)
     await reader.drop_rows()
 
@@ -191,7 +182,7 @@ async def test_history_the_projector_has_still_to_apply_holds_the_record(
     position = read_position(path)
     assert position is not None and position.seq == 0, "held: the stream holds 'other'"
 
-    await caught_up(js, path)
+    await tables_caught_up(js, path)
     await reader.drop_rows()
     clock.ms += retention.held_release_ms - 1
     await reader.drop_rows()
