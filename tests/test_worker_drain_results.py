@@ -25,22 +25,11 @@ from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import COMMANDS_STREAM, ensure_resources
 from dagnats.worker import TaskContext, Worker
-from kernel.effects import EnqueueTask
 from tests.nats_fixtures import connect, unique, wait_for
+from tests.test_worker_served_again_resend import GAVE_UP, RETRIED, task_of
 
 WAIT_MS = 20_000
-RETRIED = "not acknowledged"  # the worker's warning at a first failure it sends again
-GAVE_UP = "gave up sending"  # its error when it gives a result up
 CANCELLED = "cancelled (their tasks come back"  # its warning when the handlers' bound cancels
-
-
-def task_of(name: str) -> EnqueueTask:
-    run_id = unique("run")
-    return EnqueueTask(
-        run_id=run_id, step_id="only", attempt=1, task=name,
-        input=msgspec.Raw(b"{}"), metadata=msgspec.Raw(b"{}"), msg_id=f"{run_id}:only:1",
-        history_events=2,
-    )  # fmt: skip
 
 
 async def drain_one(
