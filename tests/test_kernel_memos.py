@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagnats.runtime import resources
+from dagnats.runtime import settings as runtime_settings
 from kernel import effects, limits
 
 seeds = st.integers(-(2**64), 2**64)
@@ -69,6 +70,6 @@ def test_task_subjects_from_the_memo_equal_the_built_ones() -> None:
 
 
 def test_the_subject_memos_are_bounded() -> None:
-    for index in range(resources.subjects_cached_max + 10):
+    for index in range(runtime_settings.subjects_cached_max + 10):
         resources.history_subject(f"run-{index}")
-    assert len(resources._history_subjects) <= resources.subjects_cached_max
+    assert len(resources._history_subjects) <= runtime_settings.subjects_cached_max

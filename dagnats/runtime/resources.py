@@ -138,14 +138,13 @@ def history_subject(run_id: str) -> str:
 
 # Subjects built from ids already checked (history subjects by run id, task subjects by lane):
 # a pure memo (only a valid id is kept, and its subject is what the builder makes), bounded by
-# `subjects_cached_max` and cleared when full.
-subjects_cached_max: Final = 4_096
+# `settings.subjects_cached_max` and cleared when full.
 _history_subjects: dict[str, str] = {}
 _task_subjects: dict[str, str] = {}
 
 
 def _remember(memo: dict[str, str], key: str, subject: str) -> None:
-    if len(memo) >= subjects_cached_max:
+    if len(memo) >= settings.subjects_cached_max:
         memo.clear()
     memo[key] = subject
 

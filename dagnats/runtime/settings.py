@@ -290,3 +290,5 @@ api_after_resume_wait_max_s: Final = 10.0
 # The query tables' SQLite file in the data dir (runtime.projector_sqlite; named here, a
 # module without heavy imports, so that serve names it before importing sqlite-utils).
 sqlite_file: Final = "dagnats.sqlite"
+# Subjects built from run ids and task lanes already checked (runtime.resources), per kind.
+subjects_cached_max: Final = 4_096
