@@ -130,7 +130,7 @@ async def _one(
         else:  # (its scheduler and task token: JetStream messages only)
             extra = (getattr(message, "scheduler", None), getattr(message, "task_token", None))
             authorized = engine._authorize(data, message.subject, *extra)
-            if isinstance(authorized, Refused) or authorized.run_id in engine.parked:
+            if isinstance(authorized, Refused):
                 outcome = await engine._not_decided(data, authorized)
             else:
                 outcome = await engine._handle_authorized(authorized, data, deliveries)

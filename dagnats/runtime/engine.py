@@ -226,7 +226,7 @@ class Engine:
             What happened, so the caller acks (all but "parked" and "retry") or not.
         """
         command = self._authorize(data, subject, scheduler, token)
-        if isinstance(command, Refused) or command.run_id in self.parked:
+        if isinstance(command, Refused):
             return await self._not_decided(data, command)
         return await self._handle_authorized(command, data, deliveries)
 
@@ -236,32 +236,33 @@ class Engine:
         """`handle`'s front half: the command, decoded and authorized; else what became of it
         ("dead": set aside, naming why; "parked": its run is parked)."""
         command = self._authorize(data, subject, scheduler, token)
-        if isinstance(command, Refused) or command.run_id in self.parked:
+        if isinstance(command, Refused):
             return await self._not_decided(data, command)
         return command
 
     def _authorize(
         self, data: bytes, subject: str | None, scheduler: str | None, token: str | None
     ) -> AnyCommand | Refused:
-        """The command decoded and authorized, or why it is refused (a plain call: most
-        commands pass, and only a refused one has I/O to do, `_not_decided`)."""
+        """The command decoded and authorized, or why it is not decided now (a plain call:
+        most commands pass, and only a refused one has I/O to do, `_not_decided`)."""
         try:
             command = codec.decode_command(data)
         except DecodeError as error:
             return Refused("command", str(error), None)
-        if subject is None:
-            return command
-        authorized = authorize_command(subject, command, scheduler)
-        if self.task_tokens is not None and not isinstance(authorized, str):
-            authorized = self.task_tokens.refusal(authorized, token) or authorized
-        if isinstance(authorized, str):
-            return Refused("forbidden", authorized, command)
-        return authorized
+        if subject is not None:
+            authorized = authorize_command(subject, command, scheduler)
+            if self.task_tokens is not None and not isinstance(authorized, str):
+                authorized = self.task_tokens.refusal(authorized, token) or authorized
+            if isinstance(authorized, str):
+                return Refused("forbidden", authorized, command)
+            command = authorized
+        if command.run_id in self.parked:
+            return Refused("parked", "its run is parked", command)
+        return command
 
-    async def _not_decided(self, data: bytes, refused: AnyCommand | Refused) -> Outcome:
+    async def _not_decided(self, data: bytes, refused: Refused) -> Outcome:
         """A refused command set aside ("dead"), or "parked" (the command's run is parked)."""
-        if not isinstance(refused, Refused):
-            assert refused.run_id in self.parked, refused.run_id
+        if refused.kind == "parked":
             return "parked"
         await self._dead_letter(refused.kind, data, refused.reason, refused.command)
         return "dead"

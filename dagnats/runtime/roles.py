@@ -265,8 +265,9 @@ def run_id_of_command_subject(subject: str) -> str:
 
 
 class Refused(NamedTuple):
-    """A command set aside before it is decided (the engine's `_authorize`): the
-    dead-letter kind ("command": it does not decode; "forbidden"), why, and the command
+    """A command not decided when it comes (the engine's `_authorize`): why in a word
+    ("command": it does not decode, "forbidden": both set aside as dead letters of that
+    kind; "parked": its run is parked, the command comes back), why in full, and the command
     when it decoded."""
 
     kind: str
