@@ -187,24 +187,22 @@ class RawTaskMessage:
     @property
     def scheduler(self) -> str | None:
         """The schedule's subject when a message schedule fired this message (a command), else
-        None (read alone, `header_of`, when the header block is not parsed yet)."""
-        raw = self._raw_headers
-        if raw is None:
-            return None
-        if self._headers is None:
-            return header_of(raw[HEADER_LINE_BYTES:], SCHEDULER_HEADER)
-        return self._headers.get(SCHEDULER_HEADER)
+        None."""
+        return self._header(SCHEDULER_HEADER)
 
     @property
     def task_token(self) -> str | None:
-        """The engine's token of this task (runtime/task_tokens), read alone (`header_of`)
-        when the header block is not parsed yet."""
+        """The engine's token of this task (runtime/task_tokens)."""
+        return self._header(TASK_TOKEN_HEADER)
+
+    def _header(self, name: str) -> str | None:
+        """The header `name`, read alone (`header_of`) while the block is not parsed yet."""
         raw = self._raw_headers
         if raw is None:
             return None
         if self._headers is None:
-            return header_of(raw[HEADER_LINE_BYTES:], TASK_TOKEN_HEADER)
-        return self._headers.get(TASK_TOKEN_HEADER)
+            return header_of(raw[HEADER_LINE_BYTES:], name)
+        return self._headers.get(name)
 
     async def ack(self) -> None:
         """Done (fire-and-forget: a lost ack means one redelivery, which the worker absorbs).
