@@ -70,5 +70,3 @@ def enqueue_task(effect: EnqueueTask, tasks: TaskPublisher) -> Awaitable[None]:
     """The task message of `effect`, published on its lane (README "Worker groups"): the
     publish's own awaitable (the engine's hot path awaits it with no frame between)."""
     return tasks.publish(task_lane(effect.task, effect.group), codec.encode(effect), effect.msg_id)
-
-

@@ -152,7 +152,7 @@ def _buffer(nc: NatsClient, command: bytes) -> Coroutine[Any, Any, None] | None:
         return None
     flusher = nc._flusher_task
     if flusher is None or flusher.done():
-        return _flush_inline(nc)
+        return nc._flush_pending()  # (written inline, as nats-py does)
     queue.put_nowait(asyncio.get_running_loop().create_future())  # (room: it is empty)
     return None
 
@@ -161,10 +161,6 @@ async def _buffer_waiting(nc: NatsClient, command: bytes) -> None:
     await nc._send_command(command)
     if nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
-
-
-async def _flush_inline(nc: NatsClient) -> None:
-    await nc._flush_pending()
 
 
 def _write_now(nc: NatsClient, command: bytes) -> bool:
