@@ -250,8 +250,7 @@ class Worker:
             return
         self.log.info("draining %d in-flight task(s)", len(self._in_flight))
         _, pending = await asyncio.wait(self._in_flight, timeout=self.drain_handlers_ms / 1000)
-        sending = pending & self._sending
-        handling = pending - sending
+        handling = pending - self._sending  # (the others are sending their results)
         if handling:
             self.log.warning(
                 "%d task(s) still running %d ms after the drain began: cancelled (their "
