@@ -19,6 +19,9 @@ from dagnats.worker_drain import (
     drain_timeout_ms_max,
     drain_timeout_ms_min,
 )
+from tests.fault_support import Processes
+
+CLI_TIMEOUT_S = 30.0
 
 
 @given(
@@ -46,3 +49,14 @@ def test_a_worker_refuses_a_drain_timeout_out_of_range(value: int) -> None:
     rule = rf"drain_timeout_ms {value} must be within {drain_timeout_ms_min}\.\.\d+"
     with pytest.raises(ValueError, match=rule):
         Worker(drain_timeout_ms=value)
+
+
+@pytest.mark.parametrize("value", ["0.5", "3601", "nan", "inf", "-1"])
+def test_the_cli_refuses_a_drain_timeout_out_of_range(procs: Processes, value: str) -> None:
+    result = procs.cli(
+        "worker", "tests.fault_workers:worker", "--drain-timeout", value, timeout_s=CLI_TIMEOUT_S
+    )
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    rule = "it must be within 1..3600 s (from SIGTERM to the exit)"
+    assert lines == [f"error: --drain-timeout {float(value):g}: {rule}"], lines
