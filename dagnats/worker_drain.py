@@ -11,9 +11,9 @@ would cut a result off mid-send; so the whole drain, from the stop to the proces
     [results_end .. exit_by)     results still unacknowledged are given up; the connection
                                  closes and the process exits
 
-The results' part is a quarter of the drain, at most `drain_results_ms_max` (a result is
+The results' part is a quarter of the drain, at most `drain_results_part_ms_max` (a result is
 normally acknowledged within a millisecond; this covers a few resends across a brief outage);
-the exit's part a tenth, at most `drain_exit_ms_max`; handlers get what is left.
+the exit's part a tenth, at most `drain_exit_part_ms_max`; handlers get what is left.
 
 A task whose handler was cancelled, or whose result was not acknowledged, is not acked: the
 server delivers it again after its heartbeat timeout, another worker reports the attempt lost,
@@ -34,8 +34,8 @@ from typing import Any, Final, NamedTuple
 drain_timeout_ms_default: Final = 25_000  # fits a 30 s termination grace with 5 s of margin
 drain_timeout_ms_min: Final = 1_000
 drain_timeout_ms_max: Final = 3_600_000
-drain_results_ms_max: Final = 5_000  # the drain's part kept for sending results, at most
-drain_exit_ms_max: Final = 1_000  # its last part, for closing the connection and exiting
+drain_results_part_ms_max: Final = 5_000  # the drain's part kept for sending results, at most
+drain_exit_part_ms_max: Final = 1_000  # its last part, for closing the connection and exiting
 drain_attempts_logged_max: Final = 20  # attempt ids named in one drain log line
 FATE_DELIVERED_AGAIN: Final = "delivered_again"  # the log's `fate` of a task given back
 
@@ -69,8 +69,8 @@ class DrainPlan(NamedTuple):
     @classmethod
     def of(cls, began: float, drain_timeout_ms: int) -> DrainPlan:
         timeout_ms = check_drain_timeout(drain_timeout_ms)
-        exit_ms = min(drain_exit_ms_max, timeout_ms // 10)
-        results_ms = min(drain_results_ms_max, timeout_ms // 4)
+        exit_ms = min(drain_exit_part_ms_max, timeout_ms // 10)
+        results_ms = min(drain_results_part_ms_max, timeout_ms // 4)
         handlers_ms = timeout_ms - results_ms - exit_ms
         assert handlers_ms > 0 and results_ms > 0 and exit_ms > 0, timeout_ms
         return cls(

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from dagnats.worker import Worker
 from dagnats.worker_drain import (
     DrainPlan,
-    drain_exit_ms_max,
-    drain_results_ms_max,
+    drain_exit_part_ms_max,
+    drain_results_part_ms_max,
     drain_timeout_ms_default,
     drain_timeout_ms_max,
     drain_timeout_ms_min,
@@ -33,8 +33,8 @@ def test_the_parts_of_a_drain_fill_its_bound_in_order(began: float, timeout_ms: 
     assert began < plan.handlers_end < plan.results_end < plan.exit_by, plan
     assert math.isclose(plan.exit_by - began, timeout_ms / 1000, abs_tol=1e-6), plan
     results_s, exit_s = plan.results_end - plan.handlers_end, plan.exit_by - plan.results_end
-    assert results_s <= drain_results_ms_max / 1000 + 1e-6, plan
-    assert exit_s <= drain_exit_ms_max / 1000 + 1e-6, plan
+    assert results_s <= drain_results_part_ms_max / 1000 + 1e-6, plan
+    assert exit_s <= drain_exit_part_ms_max / 1000 + 1e-6, plan
     assert plan.handlers_end - began >= (timeout_ms / 1000) * 0.6, "handlers get the most"
 
 
