@@ -408,9 +408,13 @@ async def serve_worker(the_worker: Worker, nats_url: str | None, ack_wait_ms: in
     if exit_by is not None:
         grace_ms = min(grace_ms, int((exit_by - loop.time()) * 1000))
     left = "" if closed else "the connection's close"
-    if the_worker.hung or grace_ms <= 0 or not await threads_ended(grace_ms):
-        # A handler that ignored its cancellation, or a thread a cancelled handler left
-        # blocked, would hold the interpreter's exit forever (it joins the thread pool).
+    # A handler that ignored its cancellation, or a thread a cancelled handler left blocked,
+    # would hold the interpreter's exit forever (it joins the thread pool).
+    if the_worker.hung:
+        left = "hung handler(s)"
+    elif grace_ms <= 0:
+        left = "the handlers' threads (the drain's bound passed)"
+    elif not await threads_ended(grace_ms):
         left = "hung handler(s)"
     if left:
         err.print(f"exiting without waiting for {left}", highlight=False)
