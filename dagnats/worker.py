@@ -15,10 +15,10 @@ heartbeats the task message so it stays with this worker; if the worker dies, th
 delivered to another worker after the heartbeat timeout, which reports the lost attempt so the
 engine schedules the next one. A result is kept (and its task heartbeated) until the server
 acknowledged it: its publish is retried under the same `Nats-Msg-Id` across reconnects, for at
-most `settings.result_send_ms_max`. On SIGTERM the worker drains: in-flight handlers finish,
-nothing new is taken, and each result not yet acknowledged gets at most
-`settings.drain_results_ms_max` more, from when the drain began or, for a handler that ended
-in the drain, from when its result was first sent (the handlers' bound cancels handlers only).
+most `settings.result_send_ms_max`. On SIGTERM the worker drains within `drain_timeout_ms`
+(dagnats/worker_drain.py): nothing new is taken, in-flight handlers finish within its first
+part (then they are cancelled), results are sent within its second, and what is still not
+acknowledged is left to come back to another worker.
 
 Hostile handlers: whatever a handler raises, BaseException included (KeyboardInterrupt,
 SystemExit, GeneratorExit, its own CancelledError), is caught where it runs (in a task of its
@@ -27,11 +27,11 @@ messages and tracebacks are cut to `limits.error_message_bytes_max` (dagnats/wor
 renders them without trusting `__str__`). A handler past its task's `deadline_ms` is
 cancelled; one that ignores it for `handler_cancel_grace_ms` is left running, logged once, and
 its slot taken back (the engine's step timer records the timeout; the worker sends nothing for
-that attempt). On SIGTERM, handlers get `drain_handlers_ms`, then are cancelled (one that
-ignores that too is counted hung: the CLI exits without waiting for it). An output is refused
-(`invalid_output`, with its JSON path) when it nests deeper than `json_depth_max`, holds NaN
-or an infinity (JSON has neither: encoders write null), or holds bytes/bytearray/memoryview
-(encoders write base64 the reader never asked for).
+that attempt). On SIGTERM, handlers still running at the drain's handler bound are cancelled
+(one that ignores that too is counted hung: the CLI exits without waiting for it). An output
+is refused (`invalid_output`, with its JSON path) when it nests deeper than `json_depth_max`,
+holds NaN or an infinity (JSON has neither: encoders write null), or holds bytes, bytearray
+or memoryview (encoders write base64 the reader never asked for).
 
 Fetching: one fair loop over all the worker's task types (dagnats/worker_fetch.py).
 """
@@ -39,6 +39,7 @@ Fetching: one fair loop over all the worker's task types (dagnats/worker_fetch.p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -70,6 +71,13 @@ from dagnats.worker_context import (
     TaskContext,
     TaskEnvelope,
     read_envelope,
+)
+from dagnats.worker_drain import (
+    FATE_DELIVERED_AGAIN,
+    DrainPlan,
+    check_drain_timeout,
+    drain,
+    drain_timeout_ms_default,
 )
 from dagnats.worker_fetch import FetchLoop
 from dagnats.worker_groups import (
@@ -105,9 +113,6 @@ finished_attempts_remembered_max = 10_000
 # A handler cancelled at its deadline gets this long to end before its slot is taken back
 # (it is then left running, logged once, and no longer counted).
 handler_cancel_grace_ms_default = 2_000
-# On SIGTERM, in-flight attempts get this long to end (a handler without a deadline may hang);
-# those still running are then cancelled and their tasks come back to other workers.
-drain_handlers_ms_default = 30_000
 
 _task_decoder = msgspec.json.Decoder(EnqueueTask)
 
@@ -135,12 +140,15 @@ class Worker:
         clock: Clock | None = None,
         seeds: Callable[[], int] | None = None,
         groups: Sequence[str] = (),
+        drain_timeout_ms: int = drain_timeout_ms_default,
     ) -> None:
         """`clock` stamps `at_ms` and `seeds` draws command seeds: the wall clock and `random`
         unless given (the simulator passes virtual time and a seeded source).
+        `drain_timeout_ms`: on SIGTERM, the whole drain to the exit (dagnats/worker_drain.py).
 
         Raises:
-            ValueError: concurrency or fetch_batch_max out of range (naming value and rule).
+            ValueError: concurrency, fetch_batch_max or drain_timeout_ms out of range (naming
+                the value and the rule).
         """
         self.concurrency = check_concurrency(concurrency)
         self.groups = check_groups(groups)  # README "Worker groups" (dagnats/worker_groups)
@@ -154,7 +162,7 @@ class Worker:
             raise ValueError(f"fetch_batch_max {fetch_batch_max} must be within 1..1000")
         self.fetch_batch_max = fetch_batch_max
         self.handler_cancel_grace_ms = handler_cancel_grace_ms_default
-        self.drain_handlers_ms = drain_handlers_ms_default
+        self.drain_timeout_ms = check_drain_timeout(drain_timeout_ms)
         self.handlers: dict[str, Handler] = {}
         self.log = logging.getLogger("dagnats.worker")
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -168,13 +176,13 @@ class Worker:
         self._running: dict[str, list[TaskMessage]] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self.handled = 0
-        # How long a result is sent again before the worker gives up on it; and when the
-        # drain began (its results' bound counts from then: `_results_cut_off`).
+        # How long a result is sent again before the worker gives up on it; and the drain's
+        # bounds once it began (its results are given up at its results' end).
         self.result_send_ms_max = settings.result_send_ms_max
-        self._drain_began = float("inf")  # loop time the drain began (inf: not draining)
-        # Jobs whose handler ended and whose result is being sent: the drain's handler bound
-        # does not cancel them (their own bound ends their sending: `_results_cut_off`).
-        self._sending: set[asyncio.Task[Any] | None] = set()
+        self._drain_plan: DrainPlan | None = None  # (None: not draining)
+        # Jobs whose handler ended and whose result is being sent (-> their attempt): the
+        # drain's handler bound does not cancel them (its results' bound ends their sending).
+        self._sending: dict[asyncio.Task[Any] | None, str] = {}
         self._fetch_outage = OutageLog(self.log, "fetching tasks", quiet_failures=1)
         self.live: LivePublisher | None = None  # live output of handlers (dagnats/llm/live.py)
         self._ended_runs: EndedRuns | None = None  # set by serve from its task queue
@@ -203,19 +211,21 @@ class Worker:
         stop: asyncio.Event,
     ) -> None:
         """Fetch and run tasks of every registered type until `stop` is set, then drain
-        (at most `drain_handlers_ms` for the handlers, then their results' own bound).
+        within `drain_timeout_ms` of it (dagnats/worker_drain.py).
 
         Raises:
             AssertionsDisabledError: under `python -O` (assertions are part of the safety).
             DagnatsError: the worker has no handlers.
+            ValueError: concurrency or drain_timeout_ms (set since) out of range.
         """
         require_assertions("the worker")
         if not self.handlers:
             raise DagnatsError("the worker has no handlers; register one with @worker.task(name)")
         check_concurrency(self.concurrency)
+        check_drain_timeout(self.drain_timeout_ms)
         self._slots = HandlerSlots(self.concurrency)
         self._wake = asyncio.Event()
-        self._drain_began = float("inf")  # (a worker served again: not its last drain's)
+        self._drain_plan = None  # (a worker served again: not its last drain's)
         if self.live is None and isinstance(commands, LivePublisher):
             self.live = commands
         fetching = FetchLoop(
@@ -236,40 +246,24 @@ class Worker:
         try:
             await fetching.run()
         finally:
+            loop = asyncio.get_running_loop()
+            plan = self._drain_plan = DrainPlan.of(loop.time(), self.drain_timeout_ms)
             await fetching.end()
-            if presence is not None:
-                await presence.stop(self.worker_id)
-            self._drain_began = asyncio.get_running_loop().time()
-            await self._drain()
-
-    async def _drain(self) -> None:
-        """Wait for the jobs in flight: their handlers get `drain_handlers_ms` (then they are
-        cancelled); a job whose handler ended is sending its result, which its own bound ends
-        (`_results_cut_off`): it is waited for that long, not cancelled with the handlers."""
-        if not self._in_flight:
-            return
-        self.log.info("draining %d in-flight task(s)", len(self._in_flight))
-        _, pending = await asyncio.wait(self._in_flight, timeout=self.drain_handlers_ms / 1000)
-        handling = pending - self._sending  # (the others are sending their results)
-        if handling:
-            self.log.warning(
-                "%d task(s) still running %d ms after the drain began: cancelled (their "
-                "tasks come back to other workers)", len(handling), self.drain_handlers_ms,
+            if presence is not None:  # (its entry expires by itself if this is cut short)
+                with contextlib.suppress(TimeoutError):
+                    left_s = max(0.0, plan.handlers_end - loop.time())
+                    await asyncio.wait_for(presence.stop(self.worker_id), timeout=left_s)
+            handled = self.handled
+            await drain(
+                self._in_flight, plan, sending=self._sending, running=self._running.keys,
+                cancel_grace_ms=self.handler_cancel_grace_ms, hung=self.hung, log=self.log,
             )  # fmt: skip
-            for job in handling:
-                job.cancel()
-            _, ignoring = await asyncio.wait(handling, timeout=self.handler_cancel_grace_ms / 1000)
-            for job in ignoring:  # its handler ignored it: the CLI exits without waiting
-                self.hung.add(job)
-                job.add_done_callback(self.hung.discard)
-        sending = {job for job in self._in_flight - handling if not job.done()}
-        if sending:  # (sent since the handlers' bound, at most its own bound from now)
-            bound_s = (settings.drain_results_ms_max + settings.drain_result_ack_ms_max) / 1000
-            _, unsent = await asyncio.wait(sending, timeout=bound_s)
-            for job in unsent:  # (its publish outlived its ack timeout: not expected)
-                job.cancel()
-        if self.hung:
-            self.log.warning("%d hung handler(s) left running at exit", len(self.hung))
+            drain_ms = int((loop.time() - plan.began) * 1000)
+            acknowledged = self.handled - handled
+            self.log.info(
+                "drained in %d ms: %d result(s) acknowledged during the drain", drain_ms,
+                acknowledged, extra={"drain_ms": drain_ms, "acknowledged": acknowledged},
+            )  # fmt: skip
 
     def _dispatch(
         self, messages: Sequence[TaskMessage], commands: CommandPublisher, dead: DeadLetters
@@ -294,8 +288,9 @@ class Worker:
         was not settled comes back after the heartbeat timeout."""
         try:
             await self._run_message(message, commands, dead)
-        except ResultNotSentError as error:
-            self.log.error("%s", error)
+        except ResultNotSentError as error:  # (its task comes back: say so, structured)
+            fate = {"msg_id": error.msg_id, "fate": FATE_DELIVERED_AGAIN}
+            self.log.error("%s", error, extra=fate)
         except Exception as error:
             self.log.warning(
                 "a task message was left unsettled (it comes back): %s", render_error(error)
@@ -350,11 +345,11 @@ class Worker:
                     result = await self._call_in_slot(task, commands)
                     traced.finish(result.error if isinstance(result, FailTask) else None)
             if result is not None:
-                self._sending.add(job := asyncio.current_task())  # (the drain lets it send)
+                self._sending[job := asyncio.current_task()] = key  # (the drain lets it send)
                 try:
                     await self._send(commands, result, "result", key)
                 finally:
-                    self._sending.discard(job)
+                    del self._sending[job]
         finally:
             if beat.sending is None:  # (most tasks: no beat is being sent)
                 beat.cancel()
@@ -510,7 +505,7 @@ class Worker:
 
         Raises:
             ResultNotSentError: not acknowledged within `settings.result_send_ms_max` (or
-                the drain's bound).
+                the drain's results' bound).
             DagnatsError: the command cannot be sent at all (too large: no retry helps).
         """
         msg_id = f"{kind}:{key}"
@@ -526,11 +521,11 @@ class Worker:
         if tries > 1:
             self.log.info("%s acknowledged after %d tries", msg_id, tries)
 
-    def _results_cut_off(self, first_sent: float) -> float:
-        """The loop time by which a result first sent at `first_sent` is given up: never
-        before a drain; in one, `drain_results_ms_max` after the drain began or after it was
-        first sent, whichever came later."""
-        return max(self._drain_began, first_sent) + settings.drain_results_ms_max / 1000
+    def _results_cut_off(self) -> float:
+        """The loop time by which a result being sent is given up: never before a drain; in
+        one, at its results' bound (dagnats/worker_drain.py)."""
+        plan = self._drain_plan
+        return float("inf") if plan is None else plan.results_end
 
     def _beats(self) -> Heartbeats:
         """The worker's heartbeats (one timer for all its attempts), at its interval."""

@@ -6,10 +6,9 @@ result is acknowledged at once, and that loop's set-up (its coroutine, its bound
 callbacks) was a good part of a no-op task's Python work in the worker. A publish that fails
 is made again as `publish_until_acked` would have made it: the same pauses (doubling from
 `delay_ms_min` to `delay_ms_max`), the same bound from the first publish (`send_ms_max`, or
-the caller's `cut_off(started)` loop time when that comes first, `started` the loop time of
-the first publish: a draining worker's bound counts from when the drain began, or from when
-its result was first sent if that came later), the same errors raised at once
-(`DagnatsError`: too large, no retry helps).
+the caller's `cut_off()` loop time when that comes first: a draining worker's results' bound,
+dagnats/worker_drain.py), the same errors raised at once (`DagnatsError`: too large, no retry
+helps).
 
 This module publishes through the function it is given, and logs; nothing else.
 """
@@ -41,7 +40,7 @@ async def send_until_acked(
     msg_id: str,
     *,
     send_ms_max: int,
-    cut_off: Callable[[float], float],
+    cut_off: Callable[[], float],
     delay_ms_min: int,
     delay_ms_max: int,
     log: logging.Logger,
@@ -50,7 +49,7 @@ async def send_until_acked(
 
     Raises:
         ResultNotSentError: none acknowledged within `send_ms_max` of the first (or by
-            `cut_off(started)`).
+            `cut_off()`).
         DagnatsError: the command cannot be sent at all.
     """
     assert send_ms_max > 0 and 0 < delay_ms_min <= delay_ms_max, (send_ms_max, delay_ms_min)
@@ -66,7 +65,7 @@ async def send_until_acked(
     give_up_at = started + send_ms_max / 1000
 
     def deadline() -> float:
-        return min(give_up_at, cut_off(started))
+        return min(give_up_at, cut_off())
 
     left_s = deadline() - loop.time()
     if left_s <= 0:

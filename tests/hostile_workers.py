@@ -20,7 +20,7 @@ ignore_rounds_max: Final = 10_000
 
 worker = Worker(concurrency=2, worker_id="hostile")
 worker.handler_cancel_grace_ms = 300
-worker.drain_handlers_ms = 2_000
+worker.drain_timeout_ms = 3_000
 _release = threading.Event()
 
 

@@ -1,13 +1,13 @@
-"""A draining worker's results get their whole bound (`settings.drain_results_ms_max`) from
-when their handler ended, not from when the drain began; and the handlers' bound
-(`drain_handlers_ms`) cancels handlers, never a result being sent.
+"""A draining worker's results (dagnats/worker_drain.py): a result being sent is not cancelled
+with the handlers at the drain's handler bound (it is sent until the results' bound), and one
+still not acknowledged at the results' bound is given up, its task left to come back (the log
+says so, structured), and `serve` returns within the drain's bound.
 
 Against a real nats-server of the test's own (the CLI's `dagnats worker` drains through the
 same `Worker.serve`, on SIGTERM setting the stop event set here). The handler waits until the
 drain has gone on for a while, then deletes the commands stream, so its result's first publish
-finds no stream; once the worker says so (and, in the second case, once the handlers' bound
-has passed too), the stream is put back: the result must then be acknowledged (the task
-handled), not given up at its first failure nor cancelled with the handlers.
+finds no stream; once the worker says so (and no sooner than a given time into the drain), the
+stream is put back, or (`stream_back_at_s` None) not before `serve` returned.
 """
 
 from __future__ import annotations
@@ -20,25 +20,32 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from dagnats.runtime import settings
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats
-from dagnats.runtime.resources import COMMANDS_STREAM, ensure_resources
+from dagnats.runtime.resources import (
+    COMMANDS_STREAM,
+    TASKS_STREAM,
+    ensure_resources,
+    task_consumer_name,
+)
 from dagnats.worker import TaskContext, Worker
+from dagnats.worker_drain import FATE_DELIVERED_AGAIN, DrainPlan
 from tests.nats_fixtures import connect, unique, wait_for
 from tests.test_worker_served_again_resend import GAVE_UP, RETRIED, task_of
 
 WAIT_MS = 20_000
-CANCELLED = "cancelled (their tasks come back"  # its warning when the handlers' bound cancels
+CANCELLED = "cancelled;"  # the drain's line when the handlers' bound cancels
+RETURN_SLACK_S = 3.0  # `serve` returns by the drain's bound, give or take a loaded machine
 
 
 async def drain_one(
     url: str, worker: Worker, caplog: pytest.LogCaptureFixture, *, ends_at_s: float,
-    stream_back_at_s: float,
-) -> None:  # fmt: skip
+    stream_back_at_s: float | None,
+) -> tuple[float, int]:  # fmt: skip
     """Serve `worker` with one task whose handler ends `ends_at_s` into the drain (its result's
     first publish fails: no commands stream); the stream is put back once the worker said so,
-    no sooner than `stream_back_at_s` into the drain. Returns when `serve` returned."""
+    no sooner than `stream_back_at_s` into the drain (None: once `serve` returned). Returns the
+    seconds from the stop to `serve`'s return, and the task messages left unacked."""
     client = await connect(url)
     js = client.jetstream()
     await ensure_resources(js)
@@ -74,43 +81,68 @@ async def drain_one(
         stop.set()  # (what SIGTERM does in `dagnats worker`)
         await wait_for(lambda: said(RETRIED) or said(GAVE_UP), timeout_ms=WAIT_MS,
                        what="the result's first publish failed")  # fmt: skip
-        await wait_for(lambda: into_drain_s() >= stream_back_at_s or serving.done(),
-                       timeout_ms=WAIT_MS, what=f"the drain {stream_back_at_s} s old")  # fmt: skip
-        await ensure_resources(js)
-        await asyncio.wait_for(serving, WAIT_MS / 1000)
+        if (back_at_s := stream_back_at_s) is not None:
+            await wait_for(lambda: into_drain_s() >= back_at_s or serving.done(),
+                           timeout_ms=WAIT_MS, what=f"the drain {back_at_s} s old")  # fmt: skip
+            await ensure_resources(js)
+        await asyncio.wait_for(asyncio.shield(serving), WAIT_MS / 1000)
+        returned_s = into_drain_s()
+        info = await js.consumer_info(TASKS_STREAM, task_consumer_name(name))
+        return returned_s, info.num_ack_pending + info.num_pending
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.shield(serving), WAIT_MS / 1000)
+        await ensure_resources(js)
         await connection.close()
 
 
-@pytest.mark.parametrize(
-    ("results_ms", "handlers_ms", "ends_at_s", "stream_back_at_s"),
-    [
-        # The handler ends past the results' bound counted from the drain's start.
-        (1_000, 20_000, 1.3, 0.0),
-        # It ends within the handlers' bound; its result is still being sent past it (and
-        # within the results' bound from the drain's start).
-        (3_000, 1_000, 0.5, 1.3),
-    ],
-    ids=["ends-after-the-results-bound-from-the-drain-start", "sends-past-the-handlers-bound"],
-)
-def test_a_result_of_a_handler_that_ends_during_the_drain_gets_its_whole_bound(
-    server_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
-    results_ms: int, handlers_ms: int, ends_at_s: float, stream_back_at_s: float,
-) -> None:  # fmt: skip
-    monkeypatch.setattr(settings, "drain_results_ms_max", results_ms)
+def test_a_result_being_sent_is_not_cancelled_at_the_handlers_bound(
+    server_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its handler ends within the handlers' bound; its result is still being sent past it
+    (the stream is back only then), and is acknowledged within the results' bound."""
+    drain_timeout_ms = 8_000
+    plan = DrainPlan.of(0.0, drain_timeout_ms)
     server = EmbeddedNats(server_dir)
     server.start_sync()
     try:
-        worker = Worker(concurrency=2)
-        worker.drain_handlers_ms = handlers_ms
+        worker = Worker(concurrency=2, drain_timeout_ms=drain_timeout_ms)
         with caplog.at_level(logging.INFO, logger="dagnats.worker"):
-            asyncio.run(drain_one(server.url, worker, caplog, ends_at_s=ends_at_s,
-                                  stream_back_at_s=stream_back_at_s))  # fmt: skip
+            _, unacked = asyncio.run(drain_one(
+                server.url, worker, caplog, ends_at_s=plan.handlers_end - 0.2,
+                stream_back_at_s=plan.handlers_end + 0.1,
+            ))  # fmt: skip
         lines = [r.getMessage() for r in caplog.records]
         assert not [line for line in lines if GAVE_UP in line or CANCELLED in line], lines
         assert any(RETRIED in line for line in lines), "the first publish did not fail"
         assert worker.handled == 1, f"the result was not acknowledged: {lines}"
+        assert unacked == 0, "its task was not acked"
+    finally:
+        server.stop_sync()
+
+
+def test_a_result_unacknowledged_at_the_results_bound_leaves_its_task_to_come_back(
+    server_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream never comes back within the drain: the result is given up at the results'
+    bound, `serve` returns by the drain's bound, the task is not acked (it comes back), and
+    the log says so with the fate field."""
+    drain_timeout_ms = 2_000
+    plan = DrainPlan.of(0.0, drain_timeout_ms)
+    server = EmbeddedNats(server_dir)
+    server.start_sync()
+    try:
+        worker = Worker(concurrency=2)
+        worker.drain_timeout_ms = drain_timeout_ms
+        with caplog.at_level(logging.INFO, logger="dagnats.worker"):
+            returned_s, unacked = asyncio.run(drain_one(
+                server.url, worker, caplog, ends_at_s=0.2, stream_back_at_s=None,
+            ))  # fmt: skip
+        lines = [r.getMessage() for r in caplog.records]
+        assert plan.results_end <= returned_s < plan.exit_by + RETURN_SLACK_S, (returned_s, lines)
+        fates = [r for r in caplog.records if getattr(r, "fate", None) == FATE_DELIVERED_AGAIN]
+        assert len(fates) == 1, lines
+        assert worker.handled == 0, lines
+        assert unacked == 1, "its task was acked, or lost"
     finally:
         server.stop_sync()

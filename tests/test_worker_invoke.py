@@ -95,7 +95,7 @@ async def test_a_drained_handler_that_ignores_its_cancellation_is_counted_hung(
 
     worker = Worker(concurrency=1)
     worker.add(task_type, stubborn)
-    worker.drain_handlers_ms = worker.handler_cancel_grace_ms = 100
+    worker.drain_timeout_ms, worker.handler_cancel_grace_ms = 1_000, 100
     task = task_of(task_type)
     await connection.tasks.publish(task_type, msgspec.json.encode(task), task.msg_id)
     stop = asyncio.Event()

@@ -32,7 +32,7 @@ class Publisher:
             raise self.errors.pop(0)
 
 
-def never(_first_sent: float) -> float:
+def never() -> float:
     return float("inf")
 
 
@@ -81,7 +81,7 @@ async def test_a_cut_off_passed_gives_up_at_the_first_failure() -> None:
     past = asyncio.get_running_loop().time() - 1
     with pytest.raises(ResultNotSentError) as gave_up:
         await send_until_acked(
-            publish, "result:r:s:1", send_ms_max=60_000, cut_off=lambda _first_sent: past,
+            publish, "result:r:s:1", send_ms_max=60_000, cut_off=lambda: past,
             delay_ms_min=1, delay_ms_max=1, log=log,
         )  # fmt: skip
     assert gave_up.value.tries == len(publish.at) == 1

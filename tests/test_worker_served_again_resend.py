@@ -1,7 +1,7 @@
 """A `Worker` served again (a module-level worker run by `asyncio.run` twice: a supervisor that
 starts the process's main again, a loop per test) sends its results again until acknowledged,
-as in its first serve: the bound of the first serve's drain (`drain_results_ms_max` from when
-its drain began) is not the bound of the results of the next serve.
+as in its first serve: the bound of the first serve's drain (its results' end, from when its
+drain began: dagnats/worker_drain.py) is not the bound of the results of the next serve.
 
 Against a real nats-server of the test's own: in the second serve the handler deletes the
 commands stream, so the result's first publish finds no stream (no responders); the test
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from dagnats.runtime import settings
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.nats_server import EmbeddedNats
 from dagnats.runtime.resources import COMMANDS_STREAM, ensure_resources
 from dagnats.worker import TaskContext, Worker
+from dagnats.worker_drain import drain_timeout_ms_min
 from kernel.effects import EnqueueTask
 from tests.nats_fixtures import connect, unique, wait_for
 
@@ -85,17 +86,20 @@ async def serve_one(
 
 
 def test_a_worker_served_again_sends_its_results_again_until_acknowledged(
-    server_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    server_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The first serve's drain bound ends at once (rather than waiting out 15 s).
-    monkeypatch.setattr(settings, "drain_results_ms_max", 1)
     server = EmbeddedNats(server_dir)
     server.start_sync()
     try:
-        worker = Worker(concurrency=2)
+        # The first serve's drain is short, and its results' bound has passed (loop times
+        # are the monotonic clock's in every loop) when the second serve's result is sent.
+        worker = Worker(concurrency=2, drain_timeout_ms=drain_timeout_ms_min)
         with caplog.at_level(logging.INFO, logger="dagnats.worker"):
             asyncio.run(serve_one(server.url, worker, caplog, lose_stream=False))
             assert worker.handled == 1
+            first_drain_passed = time.monotonic() + drain_timeout_ms_min / 1000
+            while time.monotonic() < first_drain_passed:  # (bounded: the clock's condition)
+                time.sleep(0.01)
             asyncio.run(serve_one(server.url, worker, caplog, lose_stream=True))
         gave_up = [r.getMessage() for r in caplog.records if GAVE_UP in r.getMessage()]
         assert not gave_up, gave_up

@@ -43,6 +43,7 @@ from kernel.errors import DagnatsError
 
 if TYPE_CHECKING:
     from dagnats.api.serving import RunningApi
+    from dagnats.worker import Worker
 
 
 def refuse_without_assertions(what: str) -> None:
@@ -326,6 +327,14 @@ def worker(
             "worker with groups takes no ungrouped tasks.",
         ),
     ] = None,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds from SIGTERM to the exit: handlers finish, results are sent, what "
+            "is left comes back to other workers (keep it under the supervisor's grace; "
+            "default 25)."
+        ),
+    ] = None,
     log_json: LogJsonOption = False,
 ) -> None:
     """Serve the task handlers of a Worker until SIGTERM (then drain)."""
@@ -339,6 +348,7 @@ def worker(
         except ValueError:
             rule = f"it must be within 1..{concurrency_max} (handlers run at once)"
             raise fail(f"--concurrency {concurrency}: {rule}", "", 2) from None
+    drain_timeout_ms = drain_timeout_of(drain_timeout)
     the_worker = load_worker(spec)
     if group:
         try:
@@ -346,35 +356,84 @@ def worker(
         except ValueError as error:
             raise fail(f"--group: {error}", "", 2) from None
     the_worker.concurrency = concurrency or the_worker.concurrency  # (checked above)
+    the_worker.drain_timeout_ms = drain_timeout_ms or the_worker.drain_timeout_ms
     ack_wait_ms: int | None = None
     if heartbeat_timeout is not None:
         if not 0.5 <= heartbeat_timeout <= 3600:
             raise fail(f"--heartbeat-timeout {heartbeat_timeout} is outside 0.5..3600 s", "", 2)
         ack_wait_ms = int(heartbeat_timeout * 1000)
         the_worker.heartbeat_interval_ms = max(100, ack_wait_ms // 3)
+    run_async(serve_worker(the_worker, nats_url, ack_wait_ms))
 
-    async def main() -> None:
-        # A worker needs a connection, not a Client: its role may not read history.
-        connection = await Connection.open(nats_url, task_ack_wait_ms=ack_wait_ms, role="worker")
-        stop = asyncio.Event()
-        install_stop_signals(stop, lambda name: err.print(f"{name}: draining"))
-        tasks = ", ".join(sorted(the_worker.handlers))
-        groups = f" in group(s) {', '.join(the_worker.groups)}" if the_worker.groups else ""
-        err.print(f"worker {the_worker.worker_id}: serving {tasks}{groups}", highlight=False)
-        collector.settle()
-        try:
-            await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
-        finally:
-            await connection.close()
-        if the_worker.hung or not await threads_ended(the_worker.handler_cancel_grace_ms):
-            # A handler that ignored its cancellation, or a thread a cancelled handler left
-            # blocked, would hold the interpreter's exit forever (it joins the thread pool).
-            err.print("exiting without waiting for hung handler(s)", highlight=False)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
 
-    run_async(main())
+def drain_timeout_of(seconds: float | None) -> int | None:
+    """--drain-timeout in ms (None without it); out of range exits with a usage error."""
+    from dagnats.worker_drain import check_drain_timeout, drain_timeout_ms_max, drain_timeout_ms_min
+
+    if seconds is None:
+        return None
+    try:
+        return check_drain_timeout(round(seconds * 1000))
+    except (ValueError, OverflowError):  # (nan, inf)
+        low, high = drain_timeout_ms_min / 1000, drain_timeout_ms_max / 1000
+        rule = f"it must be within {low:g}..{high:g} s (from SIGTERM to the exit)"
+        raise fail(f"--drain-timeout {seconds:g}: {rule}", "", 2) from None
+
+
+async def serve_worker(the_worker: Worker, nats_url: str | None, ack_wait_ms: int | None) -> None:
+    """Serve `the_worker` until SIGTERM, then exit within its `drain_timeout_ms` of the signal:
+    the drain, closing the connection and the threads' end share it; what outlasts it (a hung
+    handler, a blocked thread, a server that does not answer the close) is not waited for."""
+    # A worker needs a connection, not a Client: its role may not read history.
+    connection = await Connection.open(nats_url, task_ack_wait_ms=ack_wait_ms, role="worker")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signalled: list[float] = []  # the loop time of the first stop signal
+
+    def on_signal(name: str) -> None:
+        signalled.append(loop.time())
+        err.print(f"{name}: draining", highlight=False)
+
+    install_stop_signals(stop, on_signal)
+    tasks = ", ".join(sorted(the_worker.handlers))
+    groups = f" in group(s) {', '.join(the_worker.groups)}" if the_worker.groups else ""
+    err.print(f"worker {the_worker.worker_id}: serving {tasks}{groups}", highlight=False)
+    collector.settle()
+    try:
+        await the_worker.serve(connection.tasks, connection.commands, connection.commands, stop)
+    finally:
+        exit_by = signalled[0] + the_worker.drain_timeout_ms / 1000 if signalled else None
+        closed = await closed_by(connection, exit_by)
+    grace_ms = the_worker.handler_cancel_grace_ms
+    if exit_by is not None:
+        grace_ms = min(grace_ms, int((exit_by - loop.time()) * 1000))
+    left = "" if closed else "the connection's close"
+    # A handler that ignored its cancellation, or a thread a cancelled handler left blocked,
+    # would hold the interpreter's exit forever (it joins the thread pool).
+    if the_worker.hung:
+        left = "hung handler(s)"
+    elif grace_ms <= 0:
+        left = "the handlers' threads (the drain's bound passed)"
+    elif not await threads_ended(grace_ms):
+        left = "hung handler(s)"
+    if left:
+        err.print(f"exiting without waiting for {left}", highlight=False)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+async def closed_by(connection: Connection, exit_by: float | None) -> bool:
+    """Close `connection`, by the loop time `exit_by` when given; False when cut short."""
+    if exit_by is None:
+        await connection.close()
+        return True
+    try:
+        left_s = max(0.0, exit_by - asyncio.get_running_loop().time())
+        await asyncio.wait_for(connection.close(), timeout=left_s)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def threads_ended(timeout_ms: int) -> bool:

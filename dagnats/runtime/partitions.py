@@ -41,8 +41,9 @@ import hashlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 import msgspec
 import nats.errors
@@ -77,6 +78,7 @@ PARTITION_KEY_PREFIX: Final = "partition."
 ENGINE_KEY_PREFIX: Final = "engine."
 CONSUMER_PREFIX: Final = "dagnats_engine_p"
 log = logging.getLogger("dagnats.partitions")
+M = TypeVar("M")
 
 
 class PartitionLostError(DagnatsError):
@@ -355,6 +357,66 @@ class OwnedMessage(JetStreamMessage):
         await super().term()
 
 
+class CommandBuffer(Generic[M]):
+    """Commands fetched and not yet taken, in the order they came, and a wake-up for a taker
+    waiting on an empty buffer: one structure (no queue beside a copy of it that could drift).
+    `partition_of` says which partition a command is of (a partition given up takes its own
+    out, keeping the others' order). Its size is bounded by the pumps that put into it."""
+
+    def __init__(self, partition_of: Callable[[M], int]) -> None:
+        self._partition_of = partition_of
+        self._commands: deque[M] = deque()
+        self._arrived = asyncio.Event()  # set by a put; cleared by a taker about to wait
+
+    def __len__(self) -> int:
+        return len(self._commands)
+
+    def held(self) -> list[M]:
+        """The commands buffered, oldest first."""
+        return list(self._commands)
+
+    def put(self, command: M) -> None:
+        self._commands.append(command)
+        self._arrived.set()
+
+    def take(self, count_max: int) -> list[M]:
+        """The oldest commands, at most `count_max` (none when empty)."""
+        assert count_max >= 1, count_max
+        commands = self._commands
+        return [commands.popleft() for _ in range(min(count_max, len(commands)))]
+
+    def take_partition(self, partition: int) -> list[M]:
+        """Every command of `partition`, oldest first; the others stay in their order."""
+        kept: deque[M] = deque()
+        gone: list[M] = []
+        for command in self._commands:
+            (gone if self._partition_of(command) == partition else kept).append(command)
+        self._commands = kept
+        return gone
+
+    def take_all(self) -> list[M]:
+        """Every command, oldest first; the buffer is then empty."""
+        commands, self._commands = self._commands, deque()
+        return list(commands)
+
+    async def wait(self, timeout_ms: int) -> None:
+        """Until a command is buffered, at most timeout_ms (one timer, no task)."""
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            self._arrived.set()
+
+        timer = asyncio.get_running_loop().call_later(timeout_ms / 1000, expire)
+        try:
+            while not self._commands and not expired:
+                self._arrived.clear()
+                await self._arrived.wait()
+        finally:
+            timer.cancel()
+
+
 class PartitionedCommands:
     """`protocols.CommandQueue`'s fetch side for a partitioned engine: one pump per owned
     partition pulls its consumer into a bounded buffer; `fetch_commands` takes from it.
@@ -374,8 +436,7 @@ class PartitionedCommands:
     def __init__(self, js: JetStreamContext, ownership: Ownership) -> None:
         self.js = js
         self.ownership = ownership
-        self._buffer: asyncio.Queue[OwnedMessage] = asyncio.Queue()  # (bounded by the pumps)
-        self._held: dict[OwnedMessage, None] = {}  # in the buffer: fetched, no fetch took yet
+        self._buffer: CommandBuffer[OwnedMessage] = CommandBuffer(_partition_of)
         self._reserved = 0  # room the pumps' fetches of more than one under way may fill
         self._pumps: dict[int, asyncio.Task[None]] = {}
         self._subscriptions: dict[int, JetStreamContext.PullSubscription] = {}
@@ -383,23 +444,19 @@ class PartitionedCommands:
     def held(self) -> list[OwnedMessage]:
         """The commands in the buffer (at most `command_batch_max` plus one per partition),
         oldest first."""
+        held = self._buffer.held()
         bound = settings.command_batch_max + self.ownership.partitions
-        assert len(self._held) <= bound, (len(self._held), bound)
-        return list(self._held)
+        assert len(held) <= bound, (len(held), bound)
+        return held
 
     async def fetch_commands(self, *, batch: int, timeout_ms: int) -> Sequence[OwnedMessage]:
         """Up to `batch` commands of owned partitions, waiting at most timeout_ms."""
         self._steer()
-        messages: list[OwnedMessage] = []
-        try:
-            first = await asyncio.wait_for(self._buffer.get(), timeout=timeout_ms / 1000)
-        except TimeoutError:
+        if not self._buffer:
+            await self._buffer.wait(timeout_ms)
+        messages = self._buffer.take(batch)
+        if not messages:
             return messages
-        messages.append(first)
-        while len(messages) < batch and not self._buffer.empty():
-            messages.append(self._buffer.get_nowait())
-        for message in messages:
-            self._held.pop(message, None)
         owned = set(self.ownership.owned())
         kept = [m for m in messages if m._partition in owned]
         for message in messages:
@@ -422,7 +479,7 @@ class PartitionedCommands:
         subscription = await self._subscription(partition)
         batch, timeout_ms = 1, settings.command_fetch_timeout_ms
         while partition in self.ownership.owned():
-            room = settings.command_batch_max - len(self._held) - self._reserved
+            room = settings.command_batch_max - len(self._buffer) - self._reserved
             batch = min(batch, room)
             if batch <= 0:
                 await asyncio.sleep(settings.partition_buffer_full_wait_ms / 1000)
@@ -442,10 +499,8 @@ class PartitionedCommands:
             finally:
                 self._reserved -= batch
             assert len(fetched) <= max(1, batch), (len(fetched), batch)
-            for message in fetched:
-                owned = OwnedMessage(message._message, self.ownership, partition)
-                self._held[owned] = None
-                self._buffer.put_nowait(owned)  # (room was kept for it, or it is a poll's one)
+            for message in fetched:  # (room was kept for them, or it is a poll's one)
+                self._buffer.put(OwnedMessage(message._message, self.ownership, partition))
             waiting = fetched[-1].num_pending if fetched else 0
             if waiting > 0:
                 batch, timeout_ms = waiting, settings.fetch_no_wait_answer_ms_max
@@ -457,15 +512,8 @@ class PartitionedCommands:
         """Nak what the buffer holds of `partition` (lost, or being released), so that its
         next owner gets it at once and a release waits no longer for it (else it waited for
         a fetch of this engine, which a full window may hold off)."""
-        kept: list[OwnedMessage] = []
-        gone: list[OwnedMessage] = []
-        while not self._buffer.empty():
-            message = self._buffer.get_nowait()
-            (gone if message._partition == partition else kept).append(message)
-        for message in kept:  # (no await above: the buffer is as it was, in order, but these)
-            self._buffer.put_nowait(message)
+        gone = self._buffer.take_partition(partition)
         for message in gone:
-            self._held.pop(message, None)
             with contextlib.suppress(Exception):
                 await message.nak()
         if gone:
@@ -492,11 +540,14 @@ class PartitionedCommands:
             pump.cancel()
         await asyncio.gather(*self._pumps.values(), return_exceptions=True)
         self._pumps.clear()
-        while not self._buffer.empty():
+        for message in self._buffer.take_all():
             with contextlib.suppress(Exception):
-                await self._buffer.get_nowait().nak()
-        self._held.clear()
+                await message.nak()
         for subscription in self._subscriptions.values():
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
         self._subscriptions.clear()
+
+
+def _partition_of(message: OwnedMessage) -> int:
+    return message._partition

@@ -1,0 +1,141 @@
+"""`dagnats worker --drain-timeout S`: on SIGTERM the whole drain, to the process's exit, fits
+S seconds (dagnats/worker_drain.py), and each task's fate is what the worker's log says.
+
+Real processes: one `dagnats serve` and `dagnats worker tests.fault_workers:worker` processes
+(their handler records each call and blocks on a gate file). A worker is SIGTERMed while its
+handler is inside; it must exit before the bound plus a slack for the interpreter's exit
+(a bound on the wait, not a measure of speed), and:
+- a handler that never ends is cancelled at the drain's handler bound (not before: the exit
+  comes after it), the log says its task is delivered again, and it is: another worker reports
+  the attempt lost and runs the next one, which completes the step, once;
+- a handler that ends in the drain has its result acknowledged (the log says so) and its task
+  acked (the server holds no task), and the step completes once, by that attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import nats
+
+from dagnats.runtime.resources import TASKS_STREAM, task_consumer_name
+from dagnats.worker_drain import FATE_DELIVERED_AGAIN, DrainPlan
+from kernel.events import StepCompleted, StepLost
+from tests.fault_support import (
+    Process,
+    Processes,
+    connected,
+    dagnats_command,
+    decisions_of,
+    events_of,
+    role_options,
+    workflow,
+)
+from tests.nats_fixtures import wait_for
+
+DRAIN_TIMEOUT_S: Final = 3.0
+HEARTBEAT_TIMEOUT_S: Final = 2.0  # the task consumer's ack wait: how soon a task comes back
+EXIT_SLACK_S: Final = 5.0  # the interpreter's own exit, on 2 cores shared with other tests
+STEP_TIMEOUT_MS: Final = 20_000
+RUN_TIMEOUT_S: Final = 30.0
+SPEC: Final = "tests.fault_workers:worker"
+
+
+def start_worker(procs: Processes, url: str) -> Process:
+    argv = [
+        *dagnats_command(), "worker", SPEC, "--nats-url", url, "--log-json",
+        "--drain-timeout", str(DRAIN_TIMEOUT_S), "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT_S),
+    ]  # fmt: skip
+    return procs.start("drain-worker", argv)
+
+
+def log_lines(process: Process) -> list[dict[str, Any]]:
+    """The worker's structured log lines (its other stderr lines are plain text)."""
+    lines = process.stderr().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+async def sigterm_inside(procs: Processes, url: str, name: str, gate: str) -> tuple[str, Process]:
+    """Start a run of one gated step on a new worker; once its handler is inside, SIGTERM
+    the worker. Returns the run id and the worker (still draining)."""
+    worker = start_worker(procs, url)
+    step = {"id": "only", "task": "fault.work", "metadata": {"gate": gate}}
+    async with connected(url) as client:
+        await client.register_workflow(workflow(name, [step]))
+        run_id = await client.start(name, None)
+    await wait_for(lambda: len(procs.calls_of(run_id, "only")) == 1, timeout_ms=STEP_TIMEOUT_MS,
+                   what="the worker's handler to be inside the step")  # fmt: skip
+    os.kill(worker.pid, signal.SIGTERM)
+    return run_id, worker
+
+
+async def exit_within_the_bound(worker: Process) -> float:
+    """Seconds from now (the SIGTERM) to the worker's exit, waiting at most the bound and its
+    slack; the exit is clean."""
+    sent = time.monotonic()
+    code = await worker.wait_exit(timeout_ms=int((DRAIN_TIMEOUT_S + EXIT_SLACK_S) * 1000))
+    assert code == 0, worker.tail()
+    return time.monotonic() - sent
+
+
+async def unsettled_tasks(url: str, data_dir: Path) -> int:
+    """Task messages of `fault.work` the server holds, delivered or not, still unacked."""
+    nc = await nats.connect(url, **role_options(data_dir))
+    try:
+        consumer = task_consumer_name("fault.work")
+        info = await nc.jetstream().consumer_info(TASKS_STREAM, consumer)
+        return int(info.num_ack_pending or 0) + int(info.num_pending or 0)
+    finally:
+        await nc.close()
+
+
+async def test_a_handler_that_outlasts_its_share_is_cancelled_and_runs_again_elsewhere(
+    procs: Processes, tmp_path: Path
+) -> None:
+    serve = await procs.serve(tmp_path / "data", http=None)
+    run_id, first = await sigterm_inside(procs, serve.url, "drain-cancel", "never-opened")
+    exited_s = await exit_within_the_bound(first)
+    assert await unsettled_tasks(serve.url, tmp_path / "data") == 1, "left to redelivery"
+    plan = DrainPlan.of(0.0, int(DRAIN_TIMEOUT_S * 1000))
+    assert exited_s >= plan.handlers_end, f"cancelled before its share: {exited_s} s"
+    lines = log_lines(first)
+    given_back = [line for line in lines if line.get("fate") == FATE_DELIVERED_AGAIN]
+    assert len(given_back) == 1, lines
+    assert [a.split("~")[0] for a in given_back[0]["attempts"]] == [f"{run_id}:only:1"], lines
+    assert [line["acknowledged"] for line in lines if "acknowledged" in line] == [0], lines
+
+    second = start_worker(procs, serve.url)  # the task comes back to it
+    async with connected(serve.url) as client:
+        final = await client.wait(run_id, timeout_s=RUN_TIMEOUT_S)
+        events = events_of(await decisions_of(client, run_id))
+    assert final.status == "completed", final.error
+    calls = [(c["attempt"], c["pid"]) for c in procs.calls_of(run_id, "only")]
+    assert calls == [(1, first.pid), (2, second.pid)]
+    assert [(e.attempt, e.error.kind) for e in events if isinstance(e, StepLost)] == [(1, "lost")]
+    assert [e.attempt for e in events if isinstance(e, StepCompleted)] == [2]
+
+
+async def test_a_handler_that_ends_in_the_drain_completes_its_step_once(
+    procs: Processes, tmp_path: Path
+) -> None:
+    serve = await procs.serve(tmp_path / "data", http=None)
+    run_id, first = await sigterm_inside(procs, serve.url, "drain-finish", "opened")
+    procs.open_gate("opened")
+    await exit_within_the_bound(first)
+    assert await unsettled_tasks(serve.url, tmp_path / "data") == 0, "its task was not acked"
+    lines = log_lines(first)
+    assert not [line for line in lines if line.get("fate") == FATE_DELIVERED_AGAIN], lines
+    assert [line["acknowledged"] for line in lines if "acknowledged" in line] == [1], lines
+
+    async with connected(serve.url) as client:
+        final = await client.wait(run_id, timeout_s=RUN_TIMEOUT_S)
+        events = events_of(await decisions_of(client, run_id))
+    assert final.status == "completed", final.error
+    assert [(c["attempt"], c["pid"]) for c in procs.calls_of(run_id, "only")] == [(1, first.pid)]
+    assert not [e for e in events if isinstance(e, StepLost)], events
+    assert [e.attempt for e in events if isinstance(e, StepCompleted)] == [1]
