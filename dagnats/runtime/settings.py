@@ -89,11 +89,9 @@ task_types_per_queue_max: Final = 1_000  # task types one worker process consume
 result_send_ms_max: Final = 10 * 60_000
 result_retry_delay_ms_min: Final = 100
 result_retry_delay_ms_max: Final = 2_000
-drain_results_ms_max: Final = 15_000  # on SIGTERM, unacknowledged results get this long
-# (from the drain's start, or from their first send when their handler ended in the drain)
-# A result's publish begun just before that bound waits this long at most for its ack (the
-# connection's request timeout is 5 s): how long the drain waits beyond it for a result.
-drain_result_ack_ms_max: Final = 6_000
+# The HTTP worker bridge's drain on stop: unacknowledged results get this long. (A `dagnats
+# worker`'s whole drain has its own bound, `drain_timeout_ms`: dagnats/worker_drain.py.)
+drain_results_ms_max: Final = 15_000
 # A client's command (a start, a signal, a cancel) that no stream acknowledged (a stream
 # electing its leader in a cluster, a server restarting): published again, under the same
 # Nats-Msg-Id (so stored once), until this long has passed; then the last error is raised.
