@@ -436,6 +436,12 @@ class Worker:
             done, _ = await asyncio.wait({call}, timeout=timeout_s)
         except asyncio.CancelledError:  # the worker's own cancellation (drain bound, a crash)
             call.cancel()
+            try:  # (a handler that ignores it is hung: the CLI's exit does not wait for it)
+                await asyncio.wait({call}, timeout=self.handler_cancel_grace_ms / 1000)
+            finally:
+                if not call.done():
+                    self.hung.add(call)
+                    call.add_done_callback(self.hung.discard)
             raise
         if done:
             return call.result()

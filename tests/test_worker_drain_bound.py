@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import nats
+import nats.js.errors
 
 from dagnats.runtime.resources import TASKS_STREAM, task_consumer_name
 from dagnats.worker_drain import FATE_DELIVERED_AGAIN, DrainPlan
@@ -83,13 +84,19 @@ async def exit_within_the_bound(worker: Process) -> float:
     return time.monotonic() - sent
 
 
-async def unsettled_tasks(url: str, data_dir: Path) -> int:
-    """Task messages of `fault.work` the server holds, delivered or not, still unacked."""
+async def unsettled_tasks(url: str, data_dir: Path, task_type: str = "fault.work") -> int:
+    """Task messages of `task_type` the server holds, delivered or not, still unacked."""
+    delivered, waiting = await task_counts(url, data_dir, task_type)
+    return delivered + waiting
+
+
+async def task_counts(url: str, data_dir: Path, task_type: str) -> tuple[int, int]:
+    """Task messages of `task_type`: delivered and unacked, and not yet delivered."""
     nc = await nats.connect(url, **role_options(data_dir))
     try:
-        consumer = task_consumer_name("fault.work")
+        consumer = task_consumer_name(task_type)
         info = await nc.jetstream().consumer_info(TASKS_STREAM, consumer)
-        return int(info.num_ack_pending or 0) + int(info.num_pending or 0)
+        return int(info.num_ack_pending or 0), int(info.num_pending or 0)
     finally:
         await nc.close()
 
@@ -139,3 +146,31 @@ async def test_a_handler_that_ends_in_the_drain_completes_its_step_once(
     assert [(c["attempt"], c["pid"]) for c in procs.calls_of(run_id, "only")] == [(1, first.pid)]
     assert not [e for e in events if isinstance(e, StepLost)], events
     assert [e.attempt for e in events if isinstance(e, StepCompleted)] == [1]
+
+
+async def test_a_handler_with_a_deadline_that_ignores_its_cancellation_is_not_waited_for(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """A step with a timeout runs its handler in a task of its own: cancelled at the drain's
+    handler bound, a handler that ignores it is hung too, and the process exits within the
+    bound (the interpreter's exit would otherwise wait for it)."""
+    serve = await procs.serve(tmp_path / "data", http=None)
+    argv = [*dagnats_command(), "worker", "tests.hostile_workers:worker", "--nats-url",
+            serve.url, "--drain-timeout", str(DRAIN_TIMEOUT_S)]  # fmt: skip
+    worker = procs.start("stubborn-worker", argv)
+    step = {"id": "only", "task": "hostile.ignores_cancel", "timeout": "60s"}
+    async with connected(serve.url) as client:
+        await client.register_workflow(workflow("drain-stubborn", [step]))
+        await client.start("drain-stubborn", None)
+    data_dir = tmp_path / "data"
+
+    async def delivered() -> bool:  # (taken by the worker, whose handler starts at once)
+        try:
+            return await task_counts(serve.url, data_dir, "hostile.ignores_cancel") == (1, 0)
+        except nats.js.errors.NotFoundError:  # (the worker has not made its consumer yet)
+            return False
+
+    await wait_for(delivered, timeout_ms=STEP_TIMEOUT_MS, what="the worker to take the task")
+    os.kill(worker.pid, signal.SIGTERM)
+    await exit_within_the_bound(worker)
+    assert "exiting without waiting for hung handler(s)" in worker.stderr(), worker.tail()
