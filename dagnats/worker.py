@@ -248,7 +248,9 @@ class Worker:
         finally:
             loop = asyncio.get_running_loop()
             plan = self._drain_plan = DrainPlan.of(loop.time(), self.drain_timeout_ms)
-            await fetching.end()
+            with contextlib.suppress(TimeoutError):  # (what it did not give back comes back)
+                left_s = max(0.0, plan.handlers_end - loop.time())
+                await asyncio.wait_for(fetching.end(), timeout=left_s)
             if presence is not None:  # (its entry expires by itself if this is cut short)
                 with contextlib.suppress(TimeoutError):
                     left_s = max(0.0, plan.handlers_end - loop.time())

@@ -37,6 +37,7 @@ from tests.fault_support import (
     role_options,
     workflow,
 )
+from tests.hostile_workers import HANDLERS as HOSTILE_HANDLERS
 from tests.nats_fixtures import wait_for
 
 DRAIN_TIMEOUT_S: Final = 3.0
@@ -45,6 +46,7 @@ EXIT_SLACK_S: Final = 5.0  # the interpreter's own exit, on 2 cores shared with 
 STEP_TIMEOUT_MS: Final = 20_000
 RUN_TIMEOUT_S: Final = 30.0
 SPEC: Final = "tests.fault_workers:worker"
+HOSTILE_TYPES: Final = tuple(HOSTILE_HANDLERS)
 
 
 def start_worker(procs: Processes, url: str) -> Process:
@@ -174,3 +176,39 @@ async def test_a_handler_with_a_deadline_that_ignores_its_cancellation_is_not_wa
     os.kill(worker.pid, signal.SIGTERM)
     await exit_within_the_bound(worker)
     assert "exiting without waiting for hung handler(s)" in worker.stderr(), worker.tail()
+
+
+async def test_a_server_that_stops_answering_does_not_hold_the_drain_past_its_bound(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """The drain closes each task type's pull (a flush waits for the server, at most a
+    second each): with a server that stopped answering (paused, a partition the connection
+    has not noticed) and many task types, that alone outlasted the bound."""
+    serve = await procs.serve(tmp_path / "data", http=None)
+    argv = [*dagnats_command(), "worker", "tests.hostile_workers:worker", "--nats-url",
+            serve.url, "--drain-timeout", str(DRAIN_TIMEOUT_S)]  # fmt: skip
+    worker = procs.start("many-types-worker", argv)
+    data_dir = tmp_path / "data"
+
+    async def pulling() -> bool:  # (every type's pull stands on the server)
+        nc = await nats.connect(serve.url, **role_options(data_dir))
+        try:
+            js = nc.jetstream()
+            for task_type in HOSTILE_TYPES:
+                info = await js.consumer_info(TASKS_STREAM, task_consumer_name(task_type))
+                if not info.num_waiting:
+                    return False
+            return True
+        except nats.js.errors.NotFoundError:  # (the worker has not made it yet)
+            return False
+        finally:
+            await nc.close()
+
+    await wait_for(pulling, timeout_ms=STEP_TIMEOUT_MS, what="the worker's pulls to stand")
+    nats_pid = serve.nats_pid()
+    os.kill(nats_pid, signal.SIGSTOP)
+    try:
+        os.kill(worker.pid, signal.SIGTERM)
+        await exit_within_the_bound(worker)
+    finally:
+        os.kill(nats_pid, signal.SIGCONT)
