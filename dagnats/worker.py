@@ -248,6 +248,7 @@ class Worker:
         finally:
             loop = asyncio.get_running_loop()
             plan = self._drain_plan = DrainPlan.of(loop.time(), self.drain_timeout_ms)
+            handled = self.handled  # (results acknowledged from here on are the drain's)
             with contextlib.suppress(TimeoutError):  # (what it did not give back comes back)
                 left_s = max(0.0, plan.handlers_end - loop.time())
                 await asyncio.wait_for(fetching.end(), timeout=left_s)
@@ -255,7 +256,6 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     left_s = max(0.0, plan.handlers_end - loop.time())
                     await asyncio.wait_for(presence.stop(self.worker_id), timeout=left_s)
-            handled = self.handled
             await drain(
                 self._in_flight, plan, sending=self._sending, running=self._running.keys,
                 cancel_grace_ms=self.handler_cancel_grace_ms, hung=self.hung, log=self.log,
