@@ -78,6 +78,7 @@ from dagnats.worker_drain import (
     check_drain_timeout,
     drain,
     drain_timeout_ms_default,
+    fetch_until_stop,
 )
 from dagnats.worker_fetch import FetchLoop
 from dagnats.worker_groups import (
@@ -244,7 +245,7 @@ class Worker:
         if presence is not None:
             presence.start()
         try:
-            await fetching.run()
+            await fetch_until_stop(fetching.run(), stop)
         finally:
             loop = asyncio.get_running_loop()
             plan = self._drain_plan = DrainPlan.of(loop.time(), self.drain_timeout_ms)
