@@ -78,6 +78,7 @@ from dagnats.worker_drain import (
     check_drain_timeout,
     drain,
     drain_timeout_ms_default,
+    fetch_until_stop,
 )
 from dagnats.worker_fetch import FetchLoop
 from dagnats.worker_groups import (
@@ -244,16 +245,18 @@ class Worker:
         if presence is not None:
             presence.start()
         try:
-            await fetching.run()
+            await fetch_until_stop(fetching.run(), stop)
         finally:
             loop = asyncio.get_running_loop()
             plan = self._drain_plan = DrainPlan.of(loop.time(), self.drain_timeout_ms)
-            await fetching.end()
+            handled = self.handled  # (results acknowledged from here on are the drain's)
+            with contextlib.suppress(TimeoutError):  # (what it did not give back comes back)
+                left_s = max(0.0, plan.handlers_end - loop.time())
+                await asyncio.wait_for(fetching.end(), timeout=left_s)
             if presence is not None:  # (its entry expires by itself if this is cut short)
                 with contextlib.suppress(TimeoutError):
                     left_s = max(0.0, plan.handlers_end - loop.time())
                     await asyncio.wait_for(presence.stop(self.worker_id), timeout=left_s)
-            handled = self.handled
             await drain(
                 self._in_flight, plan, sending=self._sending, running=self._running.keys,
                 cancel_grace_ms=self.handler_cancel_grace_ms, hung=self.hung, log=self.log,
@@ -436,6 +439,12 @@ class Worker:
             done, _ = await asyncio.wait({call}, timeout=timeout_s)
         except asyncio.CancelledError:  # the worker's own cancellation (drain bound, a crash)
             call.cancel()
+            try:  # (a handler that ignores it is hung: the CLI's exit does not wait for it)
+                await asyncio.wait({call}, timeout=self.handler_cancel_grace_ms / 1000)
+            finally:
+                if not call.done():
+                    self.hung.add(call)
+                    call.add_done_callback(self.hung.discard)
             raise
         if done:
             return call.result()

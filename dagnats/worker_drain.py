@@ -21,14 +21,18 @@ and the engine runs it again (a result the server did store before its ack was l
 completed the step already, and the lost report is then decided as nothing): never lost, never
 completed twice. The drain says which in structured log lines (`fate`, `attempts`).
 
-This module waits for and cancels the jobs it is given, and logs; nothing else.
+The drain counts from the stop: a fetch loop still waiting on the server then (a look opening
+a pull) is cut at once (`fetch_until_stop`), not waited for.
+
+This module waits for and cancels the jobs (and the fetch loop) it is given, and logs; nothing
+else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
 drain_timeout_ms_default: Final = 25_000  # fits a 30 s termination grace with 5 s of margin
@@ -79,6 +83,27 @@ class DrainPlan(NamedTuple):
             results_end=began + (handlers_ms + results_ms) / 1000,
             exit_by=began + timeout_ms / 1000,
         )
+
+
+async def fetch_until_stop(fetching: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run the fetch loop `fetching` until `stop`; a look still waiting on the server at the
+    stop (opening a pull: JetStream requests bounded only by the client's timeout) is cut
+    then, so that the drain's bound counts from the stop.
+
+    Raises:
+        Exception: what the fetch loop raised.
+    """
+    run = asyncio.ensure_future(fetching)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not run.done():
+            run.cancel()
+            await asyncio.wait({run})
+    if not run.cancelled():
+        run.result()
 
 
 async def drain(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import nats
+import nats.js.errors
 
 from dagnats.runtime.resources import TASKS_STREAM, task_consumer_name
 from dagnats.worker_drain import FATE_DELIVERED_AGAIN, DrainPlan
@@ -36,6 +37,7 @@ from tests.fault_support import (
     role_options,
     workflow,
 )
+from tests.hostile_workers import HANDLERS as HOSTILE_HANDLERS
 from tests.nats_fixtures import wait_for
 
 DRAIN_TIMEOUT_S: Final = 3.0
@@ -44,6 +46,7 @@ EXIT_SLACK_S: Final = 5.0  # the interpreter's own exit, on 2 cores shared with 
 STEP_TIMEOUT_MS: Final = 20_000
 RUN_TIMEOUT_S: Final = 30.0
 SPEC: Final = "tests.fault_workers:worker"
+HOSTILE_TYPES: Final = tuple(HOSTILE_HANDLERS)
 
 
 def start_worker(procs: Processes, url: str) -> Process:
@@ -83,13 +86,19 @@ async def exit_within_the_bound(worker: Process) -> float:
     return time.monotonic() - sent
 
 
-async def unsettled_tasks(url: str, data_dir: Path) -> int:
-    """Task messages of `fault.work` the server holds, delivered or not, still unacked."""
+async def unsettled_tasks(url: str, data_dir: Path, task_type: str = "fault.work") -> int:
+    """Task messages of `task_type` the server holds, delivered or not, still unacked."""
+    delivered, waiting = await task_counts(url, data_dir, task_type)
+    return delivered + waiting
+
+
+async def task_counts(url: str, data_dir: Path, task_type: str) -> tuple[int, int]:
+    """Task messages of `task_type`: delivered and unacked, and not yet delivered."""
     nc = await nats.connect(url, **role_options(data_dir))
     try:
-        consumer = task_consumer_name("fault.work")
+        consumer = task_consumer_name(task_type)
         info = await nc.jetstream().consumer_info(TASKS_STREAM, consumer)
-        return int(info.num_ack_pending or 0) + int(info.num_pending or 0)
+        return int(info.num_ack_pending or 0), int(info.num_pending or 0)
     finally:
         await nc.close()
 
@@ -139,3 +148,67 @@ async def test_a_handler_that_ends_in_the_drain_completes_its_step_once(
     assert [(c["attempt"], c["pid"]) for c in procs.calls_of(run_id, "only")] == [(1, first.pid)]
     assert not [e for e in events if isinstance(e, StepLost)], events
     assert [e.attempt for e in events if isinstance(e, StepCompleted)] == [1]
+
+
+async def test_a_handler_with_a_deadline_that_ignores_its_cancellation_is_not_waited_for(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """A step with a timeout runs its handler in a task of its own: cancelled at the drain's
+    handler bound, a handler that ignores it is hung too, and the process exits within the
+    bound (the interpreter's exit would otherwise wait for it)."""
+    serve = await procs.serve(tmp_path / "data", http=None)
+    argv = [*dagnats_command(), "worker", "tests.hostile_workers:worker", "--nats-url",
+            serve.url, "--drain-timeout", str(DRAIN_TIMEOUT_S)]  # fmt: skip
+    worker = procs.start("stubborn-worker", argv)
+    step = {"id": "only", "task": "hostile.ignores_cancel", "timeout": "60s"}
+    async with connected(serve.url) as client:
+        await client.register_workflow(workflow("drain-stubborn", [step]))
+        await client.start("drain-stubborn", None)
+    data_dir = tmp_path / "data"
+
+    async def delivered() -> bool:  # (taken by the worker, whose handler starts at once)
+        try:
+            return await task_counts(serve.url, data_dir, "hostile.ignores_cancel") == (1, 0)
+        except nats.js.errors.NotFoundError:  # (the worker has not made its consumer yet)
+            return False
+
+    await wait_for(delivered, timeout_ms=STEP_TIMEOUT_MS, what="the worker to take the task")
+    os.kill(worker.pid, signal.SIGTERM)
+    await exit_within_the_bound(worker)
+    assert "exiting without waiting for hung handler(s)" in worker.stderr(), worker.tail()
+
+
+async def test_a_server_that_stops_answering_does_not_hold_the_drain_past_its_bound(
+    procs: Processes, tmp_path: Path
+) -> None:
+    """The drain closes each task type's pull (a flush waits for the server, at most a
+    second each): with a server that stopped answering (paused, a partition the connection
+    has not noticed) and many task types, that alone outlasted the bound."""
+    serve = await procs.serve(tmp_path / "data", http=None)
+    argv = [*dagnats_command(), "worker", "tests.hostile_workers:worker", "--nats-url",
+            serve.url, "--drain-timeout", str(DRAIN_TIMEOUT_S)]  # fmt: skip
+    worker = procs.start("many-types-worker", argv)
+    data_dir = tmp_path / "data"
+
+    async def pulling() -> bool:  # (every type's pull stands on the server)
+        nc = await nats.connect(serve.url, **role_options(data_dir))
+        try:
+            js = nc.jetstream()
+            for task_type in HOSTILE_TYPES:
+                info = await js.consumer_info(TASKS_STREAM, task_consumer_name(task_type))
+                if not info.num_waiting:
+                    return False
+            return True
+        except nats.js.errors.NotFoundError:  # (the worker has not made it yet)
+            return False
+        finally:
+            await nc.close()
+
+    await wait_for(pulling, timeout_ms=STEP_TIMEOUT_MS, what="the worker's pulls to stand")
+    nats_pid = serve.nats_pid()
+    os.kill(nats_pid, signal.SIGSTOP)
+    try:
+        os.kill(worker.pid, signal.SIGTERM)
+        await exit_within_the_bound(worker)
+    finally:
+        os.kill(nats_pid, signal.SIGCONT)
