@@ -60,3 +60,18 @@ def test_the_cli_refuses_a_drain_timeout_out_of_range(procs: Processes, value: s
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     rule = "it must be within 1..3600 s (from SIGTERM to the exit)"
     assert lines == [f"error: --drain-timeout {float(value):g}: {rule}"], lines
+
+
+@pytest.mark.parametrize(
+    ("attr", "field"), [("short_drain", "drain_timeout_ms 5"), ("no_concurrency", "concurrency 0")]
+)
+def test_the_cli_refuses_a_module_setting_out_of_range_in_one_line(
+    procs: Processes, attr: str, field: str
+) -> None:
+    spec = f"tests.misconfigured_workers:{attr}"
+    result = procs.cli("worker", spec, timeout_s=CLI_TIMEOUT_S)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith(f"error: {spec}: {field}"), lines
+    assert lines[1].startswith("hint:"), lines
+    assert "Traceback" not in result.stderr

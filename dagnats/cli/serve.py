@@ -357,6 +357,7 @@ def worker(
             raise fail(f"--group: {error}", "", 2) from None
     the_worker.concurrency = concurrency or the_worker.concurrency  # (checked above)
     the_worker.drain_timeout_ms = drain_timeout_ms or the_worker.drain_timeout_ms
+    check_worker_settings(spec, the_worker)
     ack_wait_ms: int | None = None
     if heartbeat_timeout is not None:
         if not 0.5 <= heartbeat_timeout <= 3600:
@@ -364,6 +365,19 @@ def worker(
         ack_wait_ms = int(heartbeat_timeout * 1000)
         the_worker.heartbeat_interval_ms = max(100, ack_wait_ms // 3)
     run_async(serve_worker(the_worker, nats_url, ack_wait_ms))
+
+
+def check_worker_settings(spec: str, the_worker: Worker) -> None:
+    """A setting the worker's module gave out of range exits with one line, not a traceback
+    from `serve` (the options given on the command line were checked already)."""
+    from dagnats.worker import check_concurrency
+    from dagnats.worker_drain import check_drain_timeout
+
+    try:
+        check_concurrency(the_worker.concurrency)
+        check_drain_timeout(the_worker.drain_timeout_ms)
+    except ValueError as error:
+        raise fail(f"{spec}: {error}", "fix the Worker's settings in its module", 2) from None
 
 
 def drain_timeout_of(seconds: float | None) -> int | None:
