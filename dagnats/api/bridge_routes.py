@@ -311,15 +311,18 @@ def bridge_route_handlers(bridge: TaskBridge) -> list[Router]:
         if data.poll is not None:  # a bad poll is refused before anything is sent
             polled = data.poll
             check_poll(polled.task_types, polled.max_tasks, polled.timeout_ms, polled.worker_id)
-        answers = await bridge.settle([result_item(item) for item in data.results])
-        pairs = zip(data.results, answers, strict=True)
-        replies = [result_reply(item, answer) for item, answer in pairs]
+        items = [result_item(item) for item in data.results]
+        tasks: list[BridgeTask] | BridgeError = []
         if data.poll is None:
-            return ResultsReply(results=replies)
-        tasks = await bridge.poll(
-            polled.task_types, max_tasks=polled.max_tasks, timeout_ms=polled.timeout_ms,
-            worker_id=polled.worker_id,
-        )  # fmt: skip
+            answers = await bridge.settle(items)
+        else:
+            answers, tasks = await bridge.settle_then_poll(
+                items, polled.task_types, max_tasks=polled.max_tasks,
+                timeout_ms=polled.timeout_ms, worker_id=polled.worker_id,
+            )  # fmt: skip
+        if isinstance(tasks, BridgeError):
+            raise tasks  # (the results stand)
+        replies = [result_reply(i, a) for i, a in zip(data.results, answers, strict=True)]
         return ResultsReply(results=replies, tasks=tasks)
 
     router = Router(
