@@ -18,7 +18,8 @@ POST /v1/tasks/results          {"results": [{"id", "output"} | {"id", "turn"} |
 many returned): each item as its own complete (no `error`) or fail (`error` given), all sent at
 once, one answer per item in order; an item refused (unknown id, settled, past its deadline,
 output refused) is `"refused"` with its problem and changes nothing of the others. With a
-`poll` (the body of /poll, checked before anything is sent) it then polls, and answers the
+`poll` (the body of /poll, checked before anything is sent) it also polls, while the results
+are sent (the leases being sent do not count as held), and answers, once both are done, the
 tasks taken under `tasks`; should that poll be refused (429, 503) the answer is its problem,
 and the results stand (sent again, each is refused as settled: nothing is recorded twice).
 
@@ -307,7 +308,7 @@ def bridge_route_handlers(bridge: TaskBridge) -> list[Router]:
     async def settle_tasks(data: Annotated[ResultsBody, JSON]) -> ResultsReply:
         """Each item completes (no `error`) or fails (`error` given) its task; all are sent
         at once, and each gets its own answer, in order (a refused one: its problem). With
-        `poll`, the next tasks are then taken (as by /poll) and answered under `tasks`."""
+        `poll`, the next tasks are taken meanwhile (as by /poll), answered under `tasks`."""
         if data.poll is not None:  # a bad poll is refused before anything is sent
             polled = data.poll
             check_poll(polled.task_types, polled.max_tasks, polled.timeout_ms, polled.worker_id)
