@@ -1,7 +1,8 @@
 """How the HTTP worker bridge sends a result and settles its task messages: the result
 published until the server acknowledged it (the same bytes under the same message id each
 time, as dagnats/worker.py sends them), then each delivery acked. dagnats/api/bridge.py
-decides what to send; this module only sends it.
+decides what to send; this module only sends it, for the `Lease` (a delivered task held for
+an HTTP worker) it is given.
 """
 
 from __future__ import annotations
