@@ -29,7 +29,9 @@ may still be deciding the runs; the bridge shares serve's loop with that engine.
 `cpu_ms_per_task` is the CPU per task of serve (engine, projections, HTTP, bridge), its
 nats-server and the worker process, while each side runs; `cpu_ratio` compares the totals (the
 bridge moves a worker's NATS work into serve: its wall time on a 2-core machine is bound by
-serve's one loop).
+serve's one loop). Those windows hold different shares of the engine's work (a native drain's
+ends while serve still decides its runs), so `settled_serve_cpu_ms_per_task` is serve's CPU
+per task from the same start until the engine took every result: the same work on each side.
 
 `python -m bench.http` prints one JSON line. It starts processes and writes only inside the
 temporary directory it creates.
@@ -198,13 +200,14 @@ async def queue_tasks(stack: Stack, task_type: str, count: int) -> None:
 class Drain(NamedTuple):
     """One worker's run of queued tasks: its wall and CPU seconds (its own process), the CPU
     ms of serve and its nats-server meanwhile, and the seconds from its first task until the
-    engine took every result."""
+    engine took every result, and serve's CPU ms until then."""
 
     wall_s: float
     cpu_s: float
     serve_cpu_ms: float
     nats_cpu_ms: float
     settled_s: float
+    settled_serve_cpu_ms: float
 
     def per_task(self, count: int) -> dict[str, float]:
         return {
@@ -213,6 +216,7 @@ class Drain(NamedTuple):
             "cpu_ms": (self.cpu_s * 1000 + self.serve_cpu_ms + self.nats_cpu_ms) / count,
             "serve_cpu_ms": self.serve_cpu_ms / count,
             "worker_cpu_ms": self.cpu_s * 1000 / count,
+            "settled_serve_cpu_ms": self.settled_serve_cpu_ms / count,
         }
 
 
@@ -235,7 +239,8 @@ async def native_drain(stack: Stack, task_type: str, count: int, batch: int) -> 
         await worker.stop()
     line = json.loads(out.read_text())
     settled_s = await settled(stack, line["began_s"])
-    return Drain(line["wall_s"], line["cpu_s"], spent["serve"], spent["nats"], settled_s)
+    serve_ms = cpu.per_step(1)["serve"]
+    return Drain(line["wall_s"], line["cpu_s"], spent["serve"], spent["nats"], settled_s, serve_ms)
 
 
 async def bridge_drain(stack: Stack, task_type: str, count: int, batch: int) -> Drain:
@@ -251,7 +256,8 @@ async def bridge_drain(stack: Stack, task_type: str, count: int, batch: int) -> 
     assert process.returncode == 0, (argv, process.returncode)
     line = json.loads(out.decode().strip().splitlines()[-1])
     settled_s = await settled(stack, line["began_s"])
-    return Drain(line["wall_s"], line["cpu_s"], spent["serve"], spent["nats"], settled_s)
+    serve_ms = cpu.per_step(1)["serve"]
+    return Drain(line["wall_s"], line["cpu_s"], spent["serve"], spent["nats"], settled_s, serve_ms)
 
 
 async def settled(stack: Stack, began_s: float) -> float:
@@ -328,9 +334,16 @@ def result(line: dict[str, object], batched: Sides, serial: Sides) -> dict[str, 
         "settled_ms_per_task": {
             "bridge": rounded(bridge["settled_ms"]), "native": rounded(native["settled_ms"])
         },
+        "settled_serve_cpu_ms_per_task": {
+            "bridge": rounded(bridge["settled_serve_cpu_ms"]),
+            "native": rounded(native["settled_serve_cpu_ms"]),
+        },
         "cpu_ratio": rounded(bridge["cpu_ms"] / native["cpu_ms"], 3),
         "cpu_ms_per_task": {
-            side: {key: rounded(value) for key, value in batched[side].items() if "cpu" in key}
+            side: {
+                key: rounded(value) for key, value in batched[side].items()
+                if "cpu" in key and not key.startswith("settled")
+            }
             for side in ("bridge", "native")
         },
         "serial_tasks": SERIAL_TASKS,

@@ -21,6 +21,7 @@ import pytest_asyncio
 from dagnats import TaskContext, Worker
 from dagnats.api.checks import HEARTBEAT_ENV, BridgeSettingError, bridge_ack_wait_ms
 from dagnats.runtime import settings
+from dagnats.runtime.protocols import CommandPublisher
 from kernel import limits
 from kernel.commands import CompleteTask
 from kernel.effects import life_tag
@@ -420,3 +421,51 @@ def test_the_bridge_heartbeat_timeout_comes_from_its_variable_within_bounds() ->
             bridge_ack_wait_ms({HEARTBEAT_ENV: bad})
         assert HEARTBEAT_ENV in str(refused.value) and "0.5..3600" in str(refused.value)
         assert refused.value.hint
+
+
+class GatedCommands:
+    """The bridge's command publisher, each publish held until `opened` is set (the real
+    publish to NATS follows): a result's send that has not come back yet."""
+
+    def __init__(self, inner: CommandPublisher) -> None:
+        self.inner = inner
+        self.opened = asyncio.Event()
+        self.waiting = 0
+
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        self.waiting += 1
+        await self.opened.wait()
+        await self.inner.publish_command(run_id, payload, msg_id, token=token)
+
+
+async def test_results_with_a_poll_take_the_next_task_while_the_results_are_sent(
+    stack: BridgeStack,
+) -> None:
+    """/v1/tasks/results with a poll: the next task is leased while the result is still on
+    its way (two independent round trips); the answer comes once the result is stored."""
+    task_type = unique("t")
+    runs = [await start_one(stack, task_type, {"n": index}) for index in range(2)]
+    first = await stack.poll_one(task_type)
+    gated = GatedCommands(stack.bridge.commands)
+    stack.bridge.commands = gated
+    stack.bridge.result_wait_ms = 60_000  # (the answer waits for the result, held back)
+    body = {"results": [{"id": first["id"], "output": 1}],
+            "poll": {"task_types": [task_type], "timeout_ms": 10_000}}  # fmt: skip
+    answering = asyncio.ensure_future(stack.post("/v1/tasks/results", body))
+    try:
+        await wait_for(lambda: gated.waiting == 1 and stack.bridge.held == 2, timeout_ms=10_000,
+                       what="the next task leased while the result is held back")  # fmt: skip
+    finally:
+        gated.opened.set()
+    answer = await answering
+    assert answer.status_code == 200, answer.text
+    reply = answer.json()
+    assert [r["status"] for r in reply["results"]] == ["completed"], reply
+    [second] = reply["tasks"]
+    assert {first["run_id"], second["run_id"]} == set(runs), (first, second)
+    last = await stack.post("/v1/tasks/results", {"results": [{"id": second["id"], "output": 2}]})
+    assert [r["status"] for r in last.json()["results"]] == ["completed"], last.text
+    for run_id in runs:
+        assert (await stack.client.wait(run_id, timeout_s=WAIT_S)).status == "completed"

@@ -39,12 +39,12 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from dagnats.agent import Continue, Done, read_turn_input
-from dagnats.api.bridge_send import SendBatch, ack_quietly, send_command, task_token
+from dagnats.api.bridge_send import Lease, SendBatch, ack_quietly, send_command, task_token
 from dagnats.api.bridge_wire import (
     AgentTurnView,
     BridgeBusyError,
@@ -90,24 +90,6 @@ class ReadyTaskQueue(Protocol):
     async def fetch_ready(self, task_type: str, *, batch: int) -> Sequence[TaskMessage]: ...
 
 
-class _Lease:
-    """A delivered task message held for an HTTP worker."""
-
-    __slots__ = ("deliveries", "expires_at", "handed_at_ms", "id", "key", "state", "task",
-                 "worker_id")  # fmt: skip
-
-    def __init__(self, task_id: str, task: EnqueueTask, message: TaskMessage, worker_id: str,
-                 handed_at_ms: int, expires_at: float) -> None:  # fmt: skip
-        self.id = task_id
-        self.task = task
-        self.key = task.msg_id  # `<run>:<step>:<attempt>~<life>` (kernel/effects.task_msg_id)
-        self.deliveries = [message]
-        self.worker_id = worker_id
-        self.handed_at_ms = handed_at_ms
-        self.expires_at = expires_at
-        self.state: Literal["held", "settling", "sent"] = "held"
-
-
 class TaskBridge:
     """Tasks for HTTP workers: poll, complete, fail, heartbeat (see the module doc)."""
 
@@ -134,8 +116,8 @@ class TaskBridge:
         self.new_seed: Callable[[], int] = seeds if seeds is not None else new_seed
         self.result_send_ms_max = settings.result_send_ms_max
         self.result_wait_ms = settings.bridge_result_wait_ms
-        self._leases: dict[str, _Lease] = {}
-        self._by_key: dict[str, _Lease] = {}
+        self._leases: dict[str, Lease] = {}
+        self._by_key: dict[str, Lease] = {}
         self._settled: OrderedDict[str, str] = OrderedDict()  # task id -> how
         self._finished: OrderedDict[str, None] = OrderedDict()  # settled attempt keys
         self._locks: dict[str, asyncio.Lock] = {}
@@ -193,18 +175,28 @@ class TaskBridge:
             BridgeRequestError: a task type, max_tasks, timeout_ms or worker_id out of bounds.
             BridgeBusyError: the bridge holds `bridge_leases_max` tasks already.
         """
+        job = self._start_poll(task_types, max_tasks, timeout_ms, worker_id)
+        return await asyncio.shield(job)  # cancelled: what it takes is leased (and expires)
+
+    def _start_poll(
+        self, task_types: Sequence[str], max_tasks: int, timeout_ms: int, worker_id: str,
+        sending: int = 0,
+    ) -> asyncio.Future[list[BridgeTask]]:  # fmt: skip
+        """The poll, checked and started; `sending` leases (results just sent, which a poll
+        after their acknowledgements would find released) are not counted as held."""
         types = check_poll(task_types, max_tasks, timeout_ms, worker_id)
         self._reap()
-        if len(self._leases) + max_tasks > settings.bridge_leases_max:
+        held = len(self._leases) - sending
+        assert held >= 0, (len(self._leases), sending)
+        if held + max_tasks > settings.bridge_leases_max:
             raise BridgeBusyError(
-                f"the bridge holds {len(self._leases)} tasks; a poll of {max_tasks} more would "
+                f"the bridge holds {held} tasks; a poll of {max_tasks} more would "
                 f"pass the limit of {settings.bridge_leases_max}",
                 "complete, fail or let expire the tasks held, then poll again",
             )
-        job = asyncio.ensure_future(
+        return asyncio.ensure_future(
             self._poll(types, max_tasks, timeout_ms, worker_id or self.worker_id)
         )
-        return await asyncio.shield(job)  # cancelled: what it takes is leased (and expires)
 
     async def _poll(
         self, types: list[str], max_tasks: int, timeout_ms: int, worker_id: str
@@ -294,15 +286,15 @@ class TaskBridge:
             leased.append(view)
         return leased
 
-    def _lease(self, task: EnqueueTask, message: TaskMessage, worker_id: str) -> _Lease:
+    def _lease(self, task: EnqueueTask, message: TaskMessage, worker_id: str) -> Lease:
         task_id = secrets.token_urlsafe(18)
         expires_at = asyncio.get_running_loop().time() + self.ack_wait_ms / 1000
-        lease = _Lease(task_id, task, message, worker_id, self.now_ms(), expires_at)
+        lease = Lease(task_id, task, message, worker_id, self.now_ms(), expires_at)
         self._leases[task_id] = lease
         self._by_key[lease.key] = lease
         return lease
 
-    def _view(self, lease: _Lease) -> BridgeTask | None:
+    def _view(self, lease: Lease) -> BridgeTask | None:
         """The task as the HTTP worker sees it; None (and failed for good, as a native worker
         does) when its input or metadata cannot be read."""
         task = lease.task
@@ -407,6 +399,26 @@ class TaskBridge:
         once; one answer per item, in order: its status, or the error refusing it (that item
         changes nothing of the others). Waits at most `bridge_result_wait_ms` for the
         server's acknowledgements; a result not acknowledged by then is "sending"."""
+        return await self._answers(*self._start_settling(items))
+
+    async def settle_then_poll(
+        self, items: Sequence[ResultItem], task_types: Sequence[str], *, max_tasks: int = 1,
+        timeout_ms: int = 0, worker_id: str = "",
+    ) -> tuple[list[Status | BridgeError], list[BridgeTask] | BridgeError]:  # fmt: skip
+        """`settle`, then `poll` (its tasks, or the error refusing it: the results stand),
+        the poll taken while the results are sent (a round trip each, independent)."""
+        answers, jobs = self._start_settling(items)
+        try:
+            polling = self._start_poll(task_types, max_tasks, timeout_ms, worker_id, len(jobs))
+        except BridgeError as error:
+            return await self._answers(answers, jobs), error
+        answers = await self._answers(answers, jobs)
+        return answers, await asyncio.shield(polling)
+
+    def _start_settling(
+        self, items: Sequence[ResultItem]
+    ) -> tuple[list[Status | BridgeError], dict[int, asyncio.Task[None]]]:
+        """Each item's answer so far, and the sends of the results settled (by index)."""
         assert len(items) <= settings.bridge_poll_tasks_max, len(items)
         self._reap()
         answers: list[Status | BridgeError] = []
@@ -421,9 +433,16 @@ class TaskBridge:
             jobs[index] = self._settle(lease, command, how, batch)
             settled: Status = "completed" if isinstance(command, CompleteTask) else "failed"
             answers.append(refusal or settled)
+        if jobs:
+            batch.arm(self.heartbeat_ms)
+        return answers, jobs
+
+    async def _answers(
+        self, answers: list[Status | BridgeError], jobs: dict[int, asyncio.Task[None]]
+    ) -> list[Status | BridgeError]:
+        """The answers once the sends are done, or "sending" for those not done in time."""
         if not jobs:
             return answers
-        batch.arm(self.heartbeat_ms)
         _, pending = await asyncio.wait(jobs.values(), timeout=self.result_wait_ms / 1000)
         for index, job in jobs.items():
             if job in pending and not isinstance(answers[index], BridgeError):
@@ -432,7 +451,7 @@ class TaskBridge:
 
     def _prepare(
         self, item: ResultItem
-    ) -> tuple[_Lease, CompleteTask | FailTask, str, BridgeError | None]:
+    ) -> tuple[Lease, CompleteTask | FailTask, str, BridgeError | None]:
         """The held lease of `item`, the command that settles it, how, and (an output refused)
         the error to answer once the invalid_output failure is sent.
 
@@ -464,7 +483,7 @@ class TaskBridge:
         )  # fmt: skip
         return lease, command, "completed", None
 
-    def _held(self, task_id: str) -> _Lease:
+    def _held(self, task_id: str) -> Lease:
         """The lease of `task_id`, held (the caller reaped expired leases first)."""
         lease = self._leases.get(task_id)
         if lease is None:
@@ -476,7 +495,7 @@ class TaskBridge:
             raise TaskSettledError(task_id, self._settled.get(task_id, "settled"))
         return lease
 
-    def _check_deadline(self, lease: _Lease) -> None:
+    def _check_deadline(self, lease: Lease) -> None:
         deadline_ms = lease.task.deadline_ms
         if deadline_ms is None or self.now_ms() <= deadline_ms:
             return
@@ -491,7 +510,7 @@ class TaskBridge:
         )
 
     def _settle(
-        self, lease: _Lease, command: CompleteTask | FailTask, how: str,
+        self, lease: Lease, command: CompleteTask | FailTask, how: str,
         batch: SendBatch | None = None,
     ) -> asyncio.Task[None]:  # fmt: skip
         """Mark the lease settled (now, before any await: a second settle is refused) and
@@ -507,12 +526,12 @@ class TaskBridge:
             batch.arm(self.heartbeat_ms)
         return self._spawn(self._send_result(lease, command, batch))
 
-    def _remember(self, lease: _Lease, how: str) -> None:
+    def _remember(self, lease: Lease, how: str) -> None:
         self._settled[lease.id] = how
         while len(self._settled) > settings.bridge_settled_remembered_max:
             self._settled.popitem(last=False)
 
-    def _release(self, lease: _Lease) -> None:
+    def _release(self, lease: Lease) -> None:
         """The attempt is done here: forget the lease, remember the attempt."""
         self._leases.pop(lease.id, None)
         if self._by_key.get(lease.key) is lease:
@@ -522,7 +541,7 @@ class TaskBridge:
             self._finished.popitem(last=False)
 
     async def _send_result(
-        self, lease: _Lease, command: CompleteTask | FailTask, batch: SendBatch
+        self, lease: Lease, command: CompleteTask | FailTask, batch: SendBatch
     ) -> None:
         """Send the result; once acknowledged, forget the lease and ack its deliveries (only
         then: a crash before leaves them to come back, reported lost)."""
@@ -564,7 +583,7 @@ class TaskBridge:
         job.add_done_callback(self._sending.discard)
         return job
 
-    def _fail(self, lease: _Lease, error: str, kind: FailureKind, trace: str = "") -> FailTask:
+    def _fail(self, lease: Lease, error: str, kind: FailureKind, trace: str = "") -> FailTask:
         """The FailTask of the lease's attempt, by the HTTP worker that held it."""
         return msgspec.structs.replace(
             self._lost(lease.task, error, kind, trace), worker_id=lease.worker_id,

@@ -18,7 +18,8 @@ POST /v1/tasks/results          {"results": [{"id", "output"} | {"id", "turn"} |
 many returned): each item as its own complete (no `error`) or fail (`error` given), all sent at
 once, one answer per item in order; an item refused (unknown id, settled, past its deadline,
 output refused) is `"refused"` with its problem and changes nothing of the others. With a
-`poll` (the body of /poll, checked before anything is sent) it then polls, and answers the
+`poll` (the body of /poll, checked before anything is sent) it also polls, while the results
+are sent (the leases being sent do not count as held), and answers, once both are done, the
 tasks taken under `tasks`; should that poll be refused (429, 503) the answer is its problem,
 and the results stand (sent again, each is refused as settled: nothing is recorded twice).
 
@@ -307,19 +308,22 @@ def bridge_route_handlers(bridge: TaskBridge) -> list[Router]:
     async def settle_tasks(data: Annotated[ResultsBody, JSON]) -> ResultsReply:
         """Each item completes (no `error`) or fails (`error` given) its task; all are sent
         at once, and each gets its own answer, in order (a refused one: its problem). With
-        `poll`, the next tasks are then taken (as by /poll) and answered under `tasks`."""
+        `poll`, the next tasks are taken meanwhile (as by /poll), answered under `tasks`."""
         if data.poll is not None:  # a bad poll is refused before anything is sent
             polled = data.poll
             check_poll(polled.task_types, polled.max_tasks, polled.timeout_ms, polled.worker_id)
-        answers = await bridge.settle([result_item(item) for item in data.results])
-        pairs = zip(data.results, answers, strict=True)
-        replies = [result_reply(item, answer) for item, answer in pairs]
+        items = [result_item(item) for item in data.results]
+        tasks: list[BridgeTask] | BridgeError = []
         if data.poll is None:
-            return ResultsReply(results=replies)
-        tasks = await bridge.poll(
-            polled.task_types, max_tasks=polled.max_tasks, timeout_ms=polled.timeout_ms,
-            worker_id=polled.worker_id,
-        )  # fmt: skip
+            answers = await bridge.settle(items)
+        else:
+            answers, tasks = await bridge.settle_then_poll(
+                items, polled.task_types, max_tasks=polled.max_tasks,
+                timeout_ms=polled.timeout_ms, worker_id=polled.worker_id,
+            )  # fmt: skip
+        if isinstance(tasks, BridgeError):
+            raise tasks  # (the results stand)
+        replies = [result_reply(i, a) for i, a in zip(data.results, answers, strict=True)]
         return ResultsReply(results=replies, tasks=tasks)
 
     router = Router(

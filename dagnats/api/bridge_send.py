@@ -1,14 +1,15 @@
 """How the HTTP worker bridge sends a result and settles its task messages: the result
 published until the server acknowledged it (the same bytes under the same message id each
 time, as dagnats/worker.py sends them), then each delivery acked. dagnats/api/bridge.py
-decides what to send; this module only sends it.
+decides what to send; this module only sends it, for the `Lease` (a delivered task held for
+an HTTP worker) it is given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Literal, Protocol
 
 from dagnats.runtime import settings
 from dagnats.runtime.protocols import CommandPublisher, TaskMessage
@@ -17,6 +18,7 @@ from dagnats.worker_heartbeat import Heartbeat
 from dagnats.worker_safety import render_error
 from kernel import codec
 from kernel.commands import CompleteTask, FailTask
+from kernel.effects import EnqueueTask
 from kernel.errors import DagnatsError
 
 log = logging.getLogger("dagnats.bridge")
@@ -67,6 +69,24 @@ async def ack_quietly(message: TaskMessage, key: str) -> None:
         await message.ack()
     except Exception as error:
         log.info("acking %s failed (it comes back and is acked then): %s", key, error)
+
+
+class Lease:
+    """A delivered task message held for an HTTP worker (dagnats/api/bridge.py)."""
+
+    __slots__ = ("deliveries", "expires_at", "handed_at_ms", "id", "key", "state", "task",
+                 "worker_id")  # fmt: skip
+
+    def __init__(self, task_id: str, task: EnqueueTask, message: TaskMessage, worker_id: str,
+                 handed_at_ms: int, expires_at: float) -> None:  # fmt: skip
+        self.id = task_id
+        self.task = task
+        self.key = task.msg_id  # `<run>:<step>:<attempt>~<life>` (kernel/effects.task_msg_id)
+        self.deliveries = [message]
+        self.worker_id = worker_id
+        self.handed_at_ms = handed_at_ms
+        self.expires_at = expires_at
+        self.state: Literal["held", "settling", "sent"] = "held"
 
 
 class Settling(Protocol):
