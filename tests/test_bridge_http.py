@@ -25,6 +25,7 @@ from dagnats.runtime.protocols import CommandPublisher
 from kernel import limits
 from kernel.commands import CompleteTask
 from kernel.effects import life_tag
+from kernel.errors import DagnatsError
 from kernel.events import StepCompleted, StepFailed, StepLost, StepStarted
 from kernel.workflow.builder import Retry, Workflow
 from tests.bridge_support import BridgeStack, bridge_stack
@@ -469,3 +470,39 @@ async def test_results_with_a_poll_take_the_next_task_while_the_results_are_sent
     assert [r["status"] for r in last.json()["results"]] == ["completed"], last.text
     for run_id in runs:
         assert (await stack.client.wait(run_id, timeout_s=WAIT_S)).status == "completed"
+
+
+class RefusingCommands:
+    """A command publisher that refuses every command before sending it (as one refuses a
+    command over its size bound): nothing is stored."""
+
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        raise DagnatsError(f"command {msg_id} refused before sending")
+
+
+async def test_a_result_refused_before_it_was_stored_is_answered_so_and_its_task_comes_back(
+    stack: BridgeStack,
+) -> None:
+    """A result the publisher refused is not "completed": its item answers the error, the
+    lease is dropped (no bound held), and the task comes back, its attempt reported lost."""
+    task_type = unique("t")
+    run_id = await start_one(stack, task_type)
+    first = await stack.poll_one(task_type)
+    real = stack.bridge.commands
+    stack.bridge.commands = RefusingCommands()
+    reply = await stack.post("/v1/tasks/results", {"results": [{"id": first["id"], "output": 1}]})
+    stack.bridge.commands = real
+    assert reply.status_code == 200, reply.text
+    [answer] = reply.json()["results"]
+    assert answer.get("status") != "completed", answer
+    assert answer["problem"]["status"] == 503, answer
+    assert "was not stored" in answer["problem"]["detail"], answer
+    assert stack.bridge.held == 0
+    again = await stack.poll_one(task_type)  # after the heartbeat timeout, attempt 2
+    assert (again["run_id"], again["attempt"]) == (run_id, 2), again
+    done = await stack.post("/v1/tasks/results", {"results": [{"id": again["id"], "output": 2}]})
+    assert [r["status"] for r in done.json()["results"]] == ["completed"], done.text
+    assert (await stack.client.wait(run_id, timeout_s=WAIT_S)).status == "completed"
+    assert sum(isinstance(e, StepLost) for e in await stack.events(run_id)) == 1

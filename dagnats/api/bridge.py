@@ -39,11 +39,12 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
 from dagnats.agent import Continue, Done, read_turn_input
+from dagnats.api import bridge_send
 from dagnats.api.bridge_send import Lease, SendBatch, ack_quietly, send_command, task_token
 from dagnats.api.bridge_wire import (
     AgentTurnView,
@@ -65,21 +66,16 @@ from dagnats.runtime import settings
 from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.outage import OutageLog
-from dagnats.runtime.protocols import (
-    Clock,
-    CommandPublisher,
-    DeadLetters,
-    TaskMessage,
-    TaskQueue,
-)
+from dagnats.runtime.protocols import Clock, CommandPublisher, DeadLetters, TaskMessage, TaskQueue
 from dagnats.worker import ResultNotSentError, decode_task, read_envelope
 from dagnats.worker_safety import cut_text, render_error
 from kernel import limits
 from kernel.commands import CompleteTask, FailTask, FailureKind
 from kernel.effects import EnqueueTask, attempt_key, life_of
-from kernel.errors import DecodeError
+from kernel.errors import DagnatsError, DecodeError
 
 log = logging.getLogger("dagnats.bridge")
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -121,7 +117,7 @@ class TaskBridge:
         self._settled: OrderedDict[str, str] = OrderedDict()  # task id -> how
         self._finished: OrderedDict[str, None] = OrderedDict()  # settled attempt keys
         self._locks: dict[str, asyncio.Lock] = {}
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[Any]] = set()
         self._turn = 0
         self._outage = OutageLog(log, "fetching tasks for HTTP workers", quiet_failures=1)
         self.connection: Connection | None = None
@@ -417,12 +413,12 @@ class TaskBridge:
 
     def _start_settling(
         self, items: Sequence[ResultItem]
-    ) -> tuple[list[Status | BridgeError], dict[int, asyncio.Task[None]]]:
+    ) -> tuple[list[Status | BridgeError], dict[int, asyncio.Task[BridgeError | None]]]:
         """Each item's answer so far, and the sends of the results settled (by index)."""
         assert len(items) <= settings.bridge_poll_tasks_max, len(items)
         self._reap()
         answers: list[Status | BridgeError] = []
-        jobs: dict[int, asyncio.Task[None]] = {}
+        jobs: dict[int, asyncio.Task[BridgeError | None]] = {}
         batch = SendBatch()
         for index, item in enumerate(items):
             try:
@@ -438,16 +434,10 @@ class TaskBridge:
         return answers, jobs
 
     async def _answers(
-        self, answers: list[Status | BridgeError], jobs: dict[int, asyncio.Task[None]]
-    ) -> list[Status | BridgeError]:
-        """The answers once the sends are done, or "sending" for those not done in time."""
-        if not jobs:
-            return answers
-        _, pending = await asyncio.wait(jobs.values(), timeout=self.result_wait_ms / 1000)
-        for index, job in jobs.items():
-            if job in pending and not isinstance(answers[index], BridgeError):
-                answers[index] = "sending"
-        return answers
+        self, answers: list[Status | BridgeError],
+        jobs: dict[int, asyncio.Task[BridgeError | None]],
+    ) -> list[Status | BridgeError]:  # fmt: skip
+        return await bridge_send.answers_once_sent(answers, jobs, self.result_wait_ms)
 
     def _prepare(
         self, item: ResultItem
@@ -512,7 +502,7 @@ class TaskBridge:
     def _settle(
         self, lease: Lease, command: CompleteTask | FailTask, how: str,
         batch: SendBatch | None = None,
-    ) -> asyncio.Task[None]:  # fmt: skip
+    ) -> asyncio.Task[BridgeError | None]:  # fmt: skip
         """Mark the lease settled (now, before any await: a second settle is refused) and
         send its result in a task of its own, its deliveries heartbeated (with the rest of
         `batch`) while it is not acknowledged."""
@@ -542,23 +532,25 @@ class TaskBridge:
 
     async def _send_result(
         self, lease: Lease, command: CompleteTask | FailTask, batch: SendBatch
-    ) -> None:
+    ) -> BridgeError | None:
         """Send the result; once acknowledged, forget the lease and ack its deliveries (only
-        then: a crash before leaves them to come back, reported lost)."""
+        then: a crash before leaves them to come back, reported lost). Not stored (given up,
+        or refused before it was sent): the error to answer, the deliveries left to come back."""
         try:
             await send_command(self.commands, command, "result", lease.key,
                                task_token(lease.deliveries), self.result_send_ms_max)  # fmt: skip
-        except ResultNotSentError as error:
-            log.error("%s", error)
+        except DagnatsError as error:  # (ResultNotSentError, or one the publisher refused)
+            log.error("the result of %s was not stored: %s", lease.key, error)
             self._leases.pop(lease.id, None)  # its deliveries come back: reported lost
             self._by_key.pop(lease.key, None)
-            return
+            return bridge_send.not_stored_error(lease.id, error)
         finally:
             lease.state = "sent"
             batch.one_done()
         self._release(lease)
         for message in lease.deliveries:
             await ack_quietly(message, lease.key)
+        return None
 
     def _start_sending(
         self, deliveries: list[TaskMessage], command: FailTask, kind: str, key: str
@@ -577,8 +569,8 @@ class TaskBridge:
 
         self._spawn(report())
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        job: asyncio.Task[None] = asyncio.ensure_future(work)
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        job: asyncio.Task[T] = asyncio.ensure_future(work)
         self._sending.add(job)
         job.add_done_callback(self._sending.discard)
         return job

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import Literal, Protocol
 
+from dagnats.api.bridge_wire import BridgeError, BridgeUnavailableError, Status
 from dagnats.runtime import settings
 from dagnats.runtime.protocols import CommandPublisher, TaskMessage
 from dagnats.worker import ResultNotSentError
@@ -61,6 +62,34 @@ async def send_command(
             await asyncio.sleep(min(delay_s, left_s))
             delay_s = min(delay_s * 2, settings.result_retry_delay_ms_max / 1000)
     raise AssertionError("unreachable: the send loop is bounded by its time")
+
+
+def not_stored_error(task_id: str, error: DagnatsError) -> BridgeUnavailableError:
+    """The answer to a result that was not stored (its task comes back, reported lost)."""
+    return BridgeUnavailableError(
+        f"the result of task {task_id[:80]!r} was not stored: {render_error(error)}",
+        "its task will be delivered again after its heartbeat timeout, its attempt reported "
+        "lost, and run again",
+    )
+
+
+async def answers_once_sent(
+    answers: list[Status | BridgeError], jobs: dict[int, asyncio.Task[BridgeError | None]],
+    wait_ms: int,
+) -> list[Status | BridgeError]:  # fmt: skip
+    """`answers` (by item) once the sends `jobs` (by item) are done, waiting at most
+    `wait_ms`: "sending" for those not done in time, the error of those not stored."""
+    if not jobs:
+        return answers
+    _, pending = await asyncio.wait(jobs.values(), timeout=wait_ms / 1000)
+    for index, job in jobs.items():
+        if isinstance(answers[index], BridgeError):
+            continue
+        if job in pending:
+            answers[index] = "sending"
+        elif not job.cancelled() and (unsent := job.result()) is not None:
+            answers[index] = unsent
+    return answers
 
 
 async def ack_quietly(message: TaskMessage, key: str) -> None:
