@@ -13,6 +13,7 @@ stream is put back, or (`stream_back_at_s` None) not before `serve` returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -35,17 +36,19 @@ from tests.test_worker_served_again_resend import GAVE_UP, RETRIED, task_of
 
 WAIT_MS = 20_000
 CANCELLED = "cancelled;"  # the drain's line when the handlers' bound cancels
+ACK_APPLIED_MS = 5_000  # a task message's ack (no reply awaited) reaches its consumer by then
 RETURN_SLACK_S = 3.0  # `serve` returns by the drain's bound, give or take a loaded machine
 
 
 async def drain_one(
     url: str, worker: Worker, caplog: pytest.LogCaptureFixture, *, ends_at_s: float,
-    stream_back_at_s: float | None,
+    stream_back_at_s: float | None, expect_unacked: int,
 ) -> tuple[float, int]:  # fmt: skip
     """Serve `worker` with one task whose handler ends `ends_at_s` into the drain (its result's
     first publish fails: no commands stream); the stream is put back once the worker said so,
     no sooner than `stream_back_at_s` into the drain (None: once `serve` returned). Returns the
-    seconds from the stop to `serve`'s return, and the task messages left unacked."""
+    seconds from the stop to `serve`'s return, and the task messages left unacked (read until
+    they are `expect_unacked`, for at most ACK_APPLIED_MS)."""
     client = await connect(url)
     js = client.jetstream()
     await ensure_resources(js)
@@ -87,8 +90,16 @@ async def drain_one(
             await ensure_resources(js)
         await asyncio.wait_for(asyncio.shield(serving), WAIT_MS / 1000)
         returned_s = into_drain_s()
-        info = await js.consumer_info(TASKS_STREAM, task_consumer_name(name))
-        return returned_s, info.num_ack_pending + info.num_pending
+        left = [-1]
+
+        async def unacked() -> bool:  # (an ack is applied by the server after it was read)
+            info = await js.consumer_info(TASKS_STREAM, task_consumer_name(name))
+            left[0] = info.num_ack_pending + info.num_pending
+            return left[0] == expect_unacked
+
+        with contextlib.suppress(AssertionError):  # (the caller asserts the count)
+            await wait_for(unacked, timeout_ms=ACK_APPLIED_MS, what="the task's ack applied")
+        return returned_s, left[0]
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.shield(serving), WAIT_MS / 1000)
@@ -110,7 +121,7 @@ def test_a_result_being_sent_is_not_cancelled_at_the_handlers_bound(
         with caplog.at_level(logging.INFO, logger="dagnats.worker"):
             _, unacked = asyncio.run(drain_one(
                 server.url, worker, caplog, ends_at_s=plan.handlers_end - 0.2,
-                stream_back_at_s=plan.handlers_end + 0.1,
+                stream_back_at_s=plan.handlers_end + 0.1, expect_unacked=0,
             ))  # fmt: skip
         lines = [r.getMessage() for r in caplog.records]
         assert not [line for line in lines if GAVE_UP in line or CANCELLED in line], lines
@@ -137,6 +148,7 @@ def test_a_result_unacknowledged_at_the_results_bound_leaves_its_task_to_come_ba
         with caplog.at_level(logging.INFO, logger="dagnats.worker"):
             returned_s, unacked = asyncio.run(drain_one(
                 server.url, worker, caplog, ends_at_s=0.2, stream_back_at_s=None,
+                expect_unacked=1,
             ))  # fmt: skip
         lines = [r.getMessage() for r in caplog.records]
         assert plan.results_end <= returned_s < plan.exit_by + RETURN_SLACK_S, (returned_s, lines)
