@@ -543,6 +543,7 @@ class TaskBridge:
             log.error("the result of %s was not stored: %s", lease.key, error)
             self._leases.pop(lease.id, None)  # its deliveries come back: reported lost
             self._by_key.pop(lease.key, None)
+            self._settled.pop(lease.id, None)  # sent again: unknown (404), not "completed"
             return bridge_send.not_stored_error(lease.id, error)
         finally:
             lease.state = "sent"
