@@ -1,25 +1,34 @@
-"""A result the bridge did not store, sent again: never answered as settled (real HTTP, a real
-nats-server and engine; tests/bridge_support.py).
+"""/v1/tasks/results with a poll, when things go wrong (real HTTP, a real nats-server and
+engine; tests/bridge_support.py).
 
-/v1/tasks/results with a poll answers a refused poll's problem alone, and its docs send the
-worker back to sending the results again (each then refused as settled); a result that was
-not stored must not come back as "already completed" then: its task comes back.
+A refused poll is answered with its problem alone, and the docs send the worker back to
+sending the results again (each then refused as settled); a result that was not stored must
+not come back as "already completed" then: its task comes back. A request abandoned while its
+results are sent leaves its poll running: a failure of that poll is retrieved, not left to
+asyncio's "Task exception was never retrieved".
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
 import pytest_asyncio
 
-from dagnats.runtime import settings
+from dagnats.api.bridge_wire import ResultItem
+from dagnats.runtime import credentials, settings
+from dagnats.runtime.resources import TASKS_STREAM, task_subject
 from kernel.errors import DagnatsError
 from kernel.events import StepLost
 from kernel.workflow.builder import Retry, Workflow
 from tests.bridge_support import BridgeStack, bridge_stack
-from tests.nats_fixtures import unique
+from tests.nats_fixtures import unique, wait_for
 
 WAIT_S = 30.0
 SHORT_ACK_WAIT_MS = 1_500
@@ -75,3 +84,76 @@ async def test_a_result_not_stored_is_not_settled_when_sent_again_after_a_refuse
     assert (await stack.client.wait(first["run_id"], timeout_s=WAIT_S)).status == "completed"
     events = [e async for _, d in stack.client.history(first["run_id"]) for e in d.events]
     assert sum(isinstance(e, StepLost) for e in events) == 1
+
+
+class HeldCommands:
+    """The bridge's command publisher, each publish held until `opened` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.opened = asyncio.Event()
+        self.waiting = 0
+
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        self.waiting += 1
+        await self.opened.wait()
+        await self.inner.publish_command(run_id, payload, msg_id, token=token)
+
+
+class FailingDeadLetters:
+    """Dead letters that cannot be written (NATS gone while a poll takes a bad message)."""
+
+    def __init__(self) -> None:
+        self.tried = 0
+
+    async def publish_dead(self, kind: str, payload: bytes, reason: str) -> None:
+        self.tried += 1
+        raise ConnectionError("dead letters unreachable")
+
+
+async def publish_garbage_task(stack: BridgeStack, task_type: str) -> None:
+    url = stack.info.nats_url
+    options = credentials.connect_options(url, role="admin", data_dir=Path(stack.info.data_dir))
+    options.pop("credential", None)
+    nc = await nats.connect(url, **options)
+    try:
+        await nc.jetstream().publish(task_subject(task_type), b"\x00not a task",
+                                     stream=TASKS_STREAM)  # fmt: skip
+    finally:
+        await nc.close()
+
+
+async def test_a_results_and_poll_abandoned_while_sending_leaves_no_poll_error_unretrieved(
+    stack: BridgeStack,
+) -> None:
+    """The request is cancelled while its results are sent; its poll then fails: that failure
+    is retrieved (no "Task exception was never retrieved"), as an abandoned /poll's is."""
+    task_type = unique("t")
+    workflow = Workflow(unique("w")).task("s", task=task_type, retry=Retry(max_attempts=3))
+    await stack.client.start(workflow.build(), {"n": 1})
+    first = await stack.poll_one(task_type)
+    held, dead = HeldCommands(stack.bridge.commands), FailingDeadLetters()
+    stack.bridge.commands, stack.bridge.dead = held, dead
+    stack.bridge.result_wait_ms = 60_000
+    await publish_garbage_task(stack, task_type)
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        job = asyncio.ensure_future(stack.bridge.settle_then_poll(
+            [ResultItem(first["id"], 1)], [task_type], timeout_ms=5_000))  # fmt: skip
+        await wait_for(lambda: held.waiting == 1 and dead.tried >= 1, timeout_ms=10_000,
+                       what="the result held back and the poll failed")  # fmt: skip
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+        del job
+        held.opened.set()
+        await wait_for(lambda: stack.bridge.held == 0, timeout_ms=10_000, what="the result sent")
+        gc.collect()  # (a task never retrieved calls the handler when it is collected)
+    finally:
+        loop.set_exception_handler(None)
+    never = [c for c in unretrieved if "never retrieved" in str(c.get("message"))]
+    assert never == [], never

@@ -408,7 +408,11 @@ class TaskBridge:
             polling = self._start_poll(task_types, max_tasks, timeout_ms, worker_id, len(jobs))
         except BridgeError as error:
             return await self._answers(answers, jobs), error
-        answers = await self._answers(answers, jobs)
+        try:
+            answers = await self._answers(answers, jobs)
+        except asyncio.CancelledError:  # abandoned: what the poll takes is leased (and expires)
+            polling.add_done_callback(bridge_send.log_abandoned)
+            raise
         return answers, await asyncio.shield(polling)
 
     def _start_settling(

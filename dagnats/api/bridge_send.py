@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from dagnats.api.bridge_wire import BridgeError, BridgeUnavailableError, Status
 from dagnats.runtime import settings
@@ -90,6 +90,13 @@ async def answers_once_sent(
         elif not job.cancelled() and (unsent := job.result()) is not None:
             answers[index] = unsent
     return answers
+
+
+def log_abandoned(job: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a job nobody awaits any more (a poll whose request was
+    cancelled): its failure is logged, not left "never retrieved"."""
+    if not job.cancelled() and (error := job.exception()) is not None:
+        log.warning("an abandoned poll failed: %s", render_error(error))
 
 
 async def ack_quietly(message: TaskMessage, key: str) -> None:
