@@ -157,3 +157,41 @@ async def test_a_results_and_poll_abandoned_while_sending_leaves_no_poll_error_u
         loop.set_exception_handler(None)
     never = [c for c in unretrieved if "never retrieved" in str(c.get("message"))]
     assert never == [], never
+
+
+class LostAckCommands:
+    """The bridge's command publisher whose acknowledgements are lost: each publish is stored
+    by the server, then times out (as a reply that never comes back)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.stored = 0
+
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        await self.inner.publish_command(run_id, payload, msg_id, token=token)
+        self.stored += 1
+        raise TimeoutError("the acknowledgement never came")
+
+
+async def test_a_result_given_up_unacknowledged_is_not_answered_as_surely_not_stored(
+    stack: BridgeStack,
+) -> None:
+    """A result whose acknowledgements were lost may be stored: its answer is an error that
+    says so, never "was not stored" (here it was: the run completes with its output)."""
+    task_type = unique("t")
+    workflow = Workflow(unique("w")).task("s", task=task_type, retry=Retry(max_attempts=3))
+    run_id = await stack.client.start(workflow.build(), {"n": 1})
+    first = await stack.poll_one(task_type)
+    lost = LostAckCommands(stack.bridge.commands)
+    stack.bridge.commands, stack.bridge.result_send_ms_max = lost, 300
+    reply = await stack.post("/v1/tasks/results", {"results": [{"id": first["id"], "output": 7}]})
+    assert reply.status_code == 200, reply.text
+    [answer] = reply.json()["results"]
+    assert answer["problem"]["status"] == 503, answer
+    assert "was not stored" not in answer["problem"]["detail"], answer
+    assert "not acknowledged" in answer["problem"]["detail"], answer
+    assert lost.stored >= 1
+    final = await stack.client.wait(run_id, timeout_s=WAIT_S)
+    assert final.status == "completed", final

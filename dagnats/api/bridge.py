@@ -544,7 +544,7 @@ class TaskBridge:
             await send_command(self.commands, command, "result", lease.key,
                                task_token(lease.deliveries), self.result_send_ms_max)  # fmt: skip
         except DagnatsError as error:  # (ResultNotSentError, or one the publisher refused)
-            log.error("the result of %s was not stored: %s", lease.key, error)
+            log.error("the result of %s was given up: %s", lease.key, error)
             self._leases.pop(lease.id, None)  # its deliveries come back: reported lost
             self._by_key.pop(lease.key, None)
             self._settled.pop(lease.id, None)  # sent again: unknown (404), not "completed"

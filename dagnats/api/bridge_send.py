@@ -65,7 +65,15 @@ async def send_command(
 
 
 def not_stored_error(task_id: str, error: DagnatsError) -> BridgeUnavailableError:
-    """The answer to a result that was not stored (its task comes back, reported lost)."""
+    """The answer to a result given up (its task comes back, reported lost): not stored when
+    refused before it was sent; maybe stored when only its acknowledgements were lost."""
+    if isinstance(error, ResultNotSentError):
+        return BridgeUnavailableError(
+            f"the result of task {task_id[:80]!r} was not acknowledged, so it may or may not be "
+            f"stored: {render_error(error)}",
+            "stored, the run goes on; if not, its task will be delivered again after its "
+            "heartbeat timeout, its attempt reported lost, and run again",
+        )
     return BridgeUnavailableError(
         f"the result of task {task_id[:80]!r} was not stored: {render_error(error)}",
         "its task will be delivered again after its heartbeat timeout, its attempt reported "
