@@ -5,7 +5,8 @@ A refused poll is answered with its problem alone, and the docs send the worker 
 sending the results again (each then refused as settled); a result that was not stored must
 not come back as "already completed" then: its task comes back. A request abandoned while its
 results are sent leaves its poll running: a failure of that poll is retrieved, not left to
-asyncio's "Task exception was never retrieved".
+asyncio's "Task exception was never retrieved"; so is a lost attempt's report the publisher
+refused. A result given up unacknowledged may be stored: its answer says so.
 """
 
 from __future__ import annotations
@@ -195,3 +196,46 @@ async def test_a_result_given_up_unacknowledged_is_not_answered_as_surely_not_st
     assert lost.stored >= 1
     final = await stack.client.wait(run_id, timeout_s=WAIT_S)
     assert final.status == "completed", final
+
+
+class RefusingLostReports(RefusingCommands):
+    """Refuses every command before sending it, counting the lost attempts' reports."""
+
+    def __init__(self) -> None:
+        self.lost = 0
+
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        self.lost += msg_id.startswith("lost:")
+        await super().publish_command(run_id, payload, msg_id, token=token)
+
+
+async def test_a_lost_report_refused_before_it_was_sent_leaves_no_task_exception_unretrieved(
+    stack: BridgeStack,
+) -> None:
+    """A vanished HTTP worker's task comes back; its lost report is refused by the publisher
+    (as a result's can be): logged, not "Task exception was never retrieved"."""
+    task_type = unique("t")
+    workflow = Workflow(unique("w")).task("s", task=task_type, retry=Retry(max_attempts=3))
+    await stack.client.start(workflow.build(), {"n": 1})
+    await stack.poll_one(task_type)  # held, never completed: it comes back
+    refusing = RefusingLostReports()
+    stack.bridge.commands = refusing
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+
+        async def reported() -> bool:
+            await stack.poll(task_type, timeout_ms=500)
+            return refusing.lost >= 1
+
+        await wait_for(reported, timeout_ms=15_000, what="the lost attempt's report refused")
+        await wait_for(lambda: not stack.bridge._sending, timeout_ms=10_000,
+                       what="the report's task done")  # fmt: skip
+        gc.collect()  # (a task never retrieved calls the handler when it is collected)
+    finally:
+        loop.set_exception_handler(None)
+    never = [c for c in unretrieved if "never retrieved" in str(c.get("message"))]
+    assert never == [], never

@@ -67,7 +67,7 @@ from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import Clock, CommandPublisher, DeadLetters, TaskMessage, TaskQueue
-from dagnats.worker import ResultNotSentError, decode_task, read_envelope
+from dagnats.worker import decode_task, read_envelope
 from dagnats.worker_safety import cut_text, render_error
 from kernel import limits
 from kernel.commands import CompleteTask, FailTask, FailureKind
@@ -566,7 +566,7 @@ class TaskBridge:
             try:
                 await send_command(self.commands, command, kind, key, task_token(deliveries),
                                    self.result_send_ms_max)  # fmt: skip
-            except ResultNotSentError as error:
+            except DagnatsError as error:  # (given up, or one the publisher refused)
                 log.error("%s", error)
                 return
             for message in deliveries:
