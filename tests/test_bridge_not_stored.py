@@ -6,7 +6,8 @@ sending the results again (each then refused as settled); a result that was not 
 not come back as "already completed" then: its task comes back. A request abandoned while its
 results are sent leaves its poll running: a failure of that poll is retrieved, not left to
 asyncio's "Task exception was never retrieved"; so is a lost attempt's report the publisher
-refused. A result given up unacknowledged may be stored: its answer says so.
+refused. A result given up unacknowledged may be stored: its answer says so. A task the poll
+leased while the results were sent is not handed over once its lease ran out.
 """
 
 from __future__ import annotations
@@ -239,3 +240,44 @@ async def test_a_lost_report_refused_before_it_was_sent_leaves_no_task_exception
         loop.set_exception_handler(None)
     never = [c for c in unretrieved if "never retrieved" in str(c.get("message"))]
     assert never == [], never
+
+
+async def test_a_task_whose_lease_ran_out_while_the_results_were_sent_is_not_handed_over(
+    stack: BridgeStack,
+) -> None:
+    """The poll leases the next task while the result is held back, past that lease's end:
+    the answer does not hand it over (the server delivers it again, maybe to another worker);
+    it comes back, its attempt reported lost, and runs again."""
+    task_type = unique("t")
+    workflow = Workflow(unique("w")).task("s", task=task_type, retry=Retry(max_attempts=3))
+    for n in range(2):
+        await stack.client.start(workflow.build(), {"n": n})
+    first = await stack.poll_one(task_type)
+    held = HeldCommands(stack.bridge.commands)
+    stack.bridge.commands, stack.bridge.result_wait_ms = held, 60_000
+    body = {"results": [{"id": first["id"], "output": 1}],
+            "poll": {"task_types": [task_type], "timeout_ms": 10_000}}  # fmt: skip
+    answering = asyncio.ensure_future(stack.post("/v1/tasks/results", body))
+    try:
+        await wait_for(lambda: held.waiting == 1 and stack.bridge.held == 2, timeout_ms=10_000,
+                       what="the next task leased while the result is held back")  # fmt: skip
+        [second] = [lease for lease in stack.bridge._leases.values() if lease.id != first["id"]]
+        loop = asyncio.get_running_loop()
+        await wait_for(lambda: loop.time() > second.expires_at, timeout_ms=10_000,
+                       what="the next task's lease to run out")  # fmt: skip
+    finally:
+        held.opened.set()
+    answer = await answering
+    assert answer.status_code == 200, answer.text
+    assert [r["status"] for r in answer.json()["results"]] == ["completed"], answer.text
+    handed = answer.json()["tasks"]
+    for task in handed:  # a task handed over is the worker's: it can keep it
+        kept = await stack.post(f"/v1/tasks/{task['id']}/heartbeat", {})
+        assert kept.status_code == 200, (task["id"] == second.id, kept.text)
+    assert [task["id"] for task in handed] == [], handed
+    again = await stack.poll_one(task_type)
+    assert (again["run_id"], again["attempt"]) == (second.task.run_id, 2), again
+    done = await stack.post("/v1/tasks/results", {"results": [{"id": again["id"], "output": 2}]})
+    assert [r["status"] for r in done.json()["results"]] == ["completed"], done.text
+    final = await stack.client.wait(second.task.run_id, timeout_s=WAIT_S)
+    assert final.status == "completed", final

@@ -413,7 +413,9 @@ class TaskBridge:
         except asyncio.CancelledError:  # abandoned: what the poll takes is leased (and expires)
             polling.add_done_callback(bridge_send.log_abandoned)
             raise
-        return answers, await asyncio.shield(polling)
+        tasks = await asyncio.shield(polling)  # (leased a while ago: as handed over now)
+        return answers, await bridge_send.handed_over(
+            self._leases, tasks, self.ack_wait_ms, self.heartbeat_ms)  # fmt: skip
 
     def _start_settling(
         self, items: Sequence[ResultItem]
