@@ -67,7 +67,7 @@ from dagnats.runtime.clock import new_seed, now_ms
 from dagnats.runtime.connection import Connection
 from dagnats.runtime.outage import OutageLog
 from dagnats.runtime.protocols import Clock, CommandPublisher, DeadLetters, TaskMessage, TaskQueue
-from dagnats.worker import ResultNotSentError, decode_task, read_envelope
+from dagnats.worker import decode_task, read_envelope
 from dagnats.worker_safety import cut_text, render_error
 from kernel import limits
 from kernel.commands import CompleteTask, FailTask, FailureKind
@@ -408,8 +408,14 @@ class TaskBridge:
             polling = self._start_poll(task_types, max_tasks, timeout_ms, worker_id, len(jobs))
         except BridgeError as error:
             return await self._answers(answers, jobs), error
-        answers = await self._answers(answers, jobs)
-        return answers, await asyncio.shield(polling)
+        try:
+            answers = await self._answers(answers, jobs)
+        except asyncio.CancelledError:  # abandoned: what the poll takes is leased (and expires)
+            polling.add_done_callback(bridge_send.log_abandoned)
+            raise
+        tasks = await asyncio.shield(polling)  # (leased a while ago: as handed over now)
+        return answers, await bridge_send.handed_over(
+            self._leases, tasks, self.ack_wait_ms, self.heartbeat_ms)  # fmt: skip
 
     def _start_settling(
         self, items: Sequence[ResultItem]
@@ -540,9 +546,10 @@ class TaskBridge:
             await send_command(self.commands, command, "result", lease.key,
                                task_token(lease.deliveries), self.result_send_ms_max)  # fmt: skip
         except DagnatsError as error:  # (ResultNotSentError, or one the publisher refused)
-            log.error("the result of %s was not stored: %s", lease.key, error)
+            log.error("the result of %s was given up: %s", lease.key, error)
             self._leases.pop(lease.id, None)  # its deliveries come back: reported lost
             self._by_key.pop(lease.key, None)
+            self._settled.pop(lease.id, None)  # sent again: unknown (404), not "completed"
             return bridge_send.not_stored_error(lease.id, error)
         finally:
             lease.state = "sent"
@@ -561,7 +568,7 @@ class TaskBridge:
             try:
                 await send_command(self.commands, command, kind, key, task_token(deliveries),
                                    self.result_send_ms_max)  # fmt: skip
-            except ResultNotSentError as error:
+            except DagnatsError as error:  # (given up, or one the publisher refused)
                 log.error("%s", error)
                 return
             for message in deliveries:

@@ -20,8 +20,10 @@ once, one answer per item in order; an item refused (unknown id, settled, past i
 output refused) is `"refused"` with its problem and changes nothing of the others. With a
 `poll` (the body of /poll, checked before anything is sent) it also polls, while the results
 are sent (the leases being sent do not count as held), and answers, once both are done, the
-tasks taken under `tasks`; should that poll be refused (429, 503) the answer is its problem,
-and the results stand (sent again, each is refused as settled: nothing is recorded twice).
+tasks taken under `tasks` (their leases counted from then; one run out meanwhile left to come
+back); should that poll be refused (429, 503) the answer is its problem,
+and the results stand (sent again, each is refused as settled: nothing is recorded twice; one
+not stored is unknown, 404: its task comes back).
 
 complete/fail answer 200 once the server acknowledged the result, 202 while it is still
 being sent (it is kept and sent on). Errors are RFC 9457 problem details

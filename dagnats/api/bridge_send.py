@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal, Protocol
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
 
-from dagnats.api.bridge_wire import BridgeError, BridgeUnavailableError, Status
+from dagnats.api.bridge_wire import BridgeError, BridgeTask, BridgeUnavailableError, Status
 from dagnats.runtime import settings
 from dagnats.runtime.protocols import CommandPublisher, TaskMessage
 from dagnats.worker import ResultNotSentError
@@ -65,7 +66,15 @@ async def send_command(
 
 
 def not_stored_error(task_id: str, error: DagnatsError) -> BridgeUnavailableError:
-    """The answer to a result that was not stored (its task comes back, reported lost)."""
+    """The answer to a result given up (its task comes back, reported lost): not stored when
+    refused before it was sent; maybe stored when only its acknowledgements were lost."""
+    if isinstance(error, ResultNotSentError):
+        return BridgeUnavailableError(
+            f"the result of task {task_id[:80]!r} was not acknowledged, so it may or may not be "
+            f"stored: {render_error(error)}",
+            "stored, the run goes on; if not, its task will be delivered again after its "
+            "heartbeat timeout, its attempt reported lost, and run again",
+        )
     return BridgeUnavailableError(
         f"the result of task {task_id[:80]!r} was not stored: {render_error(error)}",
         "its task will be delivered again after its heartbeat timeout, its attempt reported "
@@ -90,6 +99,37 @@ async def answers_once_sent(
         elif not job.cancelled() and (unsent := job.result()) is not None:
             answers[index] = unsent
     return answers
+
+
+async def handed_over(
+    leases: Mapping[str, Lease], tasks: list[BridgeTask], ack_wait_ms: int, heartbeat_ms: int
+) -> list[BridgeTask]:
+    """`tasks`, leased a while ago (while results were sent), as handed over now: one whose
+    lease ran out is left out (the server delivers it again); one older than a heartbeat
+    interval is heartbeated, its lease restarted (the worker counts `lease_ms` from now)."""
+    assert 0 < heartbeat_ms <= ack_wait_ms, (heartbeat_ms, ack_wait_ms)
+    now = asyncio.get_running_loop().time()
+    kept: list[BridgeTask] = []
+    for task in tasks:
+        lease = leases.get(task.id)
+        if lease is None or lease.state != "held" or lease.expires_at <= now:
+            continue
+        if lease.expires_at - now < (ack_wait_ms - heartbeat_ms) / 1000:
+            try:
+                for message in list(lease.deliveries):
+                    await message.in_progress()
+                lease.expires_at = asyncio.get_running_loop().time() + ack_wait_ms / 1000
+            except Exception as error:  # (its lease runs on until its expiry)
+                log.info("heartbeating %s failed: %s", lease.key, render_error(error))
+        kept.append(task)
+    return kept
+
+
+def log_abandoned(job: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a job nobody awaits any more (a poll whose request was
+    cancelled): its failure is logged, not left "never retrieved"."""
+    if not job.cancelled() and (error := job.exception()) is not None:
+        log.warning("an abandoned poll failed: %s", render_error(error))
 
 
 async def ack_quietly(message: TaskMessage, key: str) -> None:
