@@ -22,7 +22,9 @@ from litestar import Litestar
 from dagnats.api.bridge import TaskBridge
 from dagnats.api.bridge_routes import bridge_route_handlers
 from dagnats.client import Client
+from dagnats.runtime.protocols import CommandPublisher
 from dagnats.runtime.serve import ServeInfo, Server
+from kernel.errors import DagnatsError
 from kernel.events import AnyEvent
 from tests.nats_fixtures import wait_for
 
@@ -114,3 +116,30 @@ async def bridge_stack(data_dir: Path, *, ack_wait_ms: int = 10_000) -> AsyncIte
         await client.close()
         await bridge.close()
         await server.stop()
+
+
+class GatedCommands:
+    """The bridge's command publisher, each publish held until `opened` is set (the real
+    publish to NATS follows): a result's send that has not come back yet."""
+
+    def __init__(self, inner: CommandPublisher) -> None:
+        self.inner = inner
+        self.opened = asyncio.Event()
+        self.waiting = 0
+
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        self.waiting += 1
+        await self.opened.wait()
+        await self.inner.publish_command(run_id, payload, msg_id, token=token)
+
+
+class RefusingCommands:
+    """A command publisher that refuses every command before sending it (as one refuses a
+    command over its size bound): nothing is stored."""
+
+    async def publish_command(
+        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
+    ) -> None:
+        raise DagnatsError(f"command {msg_id} refused before sending")

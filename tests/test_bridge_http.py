@@ -21,14 +21,12 @@ import pytest_asyncio
 from dagnats import TaskContext, Worker
 from dagnats.api.checks import HEARTBEAT_ENV, BridgeSettingError, bridge_ack_wait_ms
 from dagnats.runtime import settings
-from dagnats.runtime.protocols import CommandPublisher
 from kernel import limits
 from kernel.commands import CompleteTask
 from kernel.effects import life_tag
-from kernel.errors import DagnatsError
 from kernel.events import StepCompleted, StepFailed, StepLost, StepStarted
 from kernel.workflow.builder import Retry, Workflow
-from tests.bridge_support import BridgeStack, bridge_stack
+from tests.bridge_support import BridgeStack, GatedCommands, RefusingCommands, bridge_stack
 from tests.nats_fixtures import unique, wait_for
 
 WAIT_S = 30.0
@@ -424,23 +422,6 @@ def test_the_bridge_heartbeat_timeout_comes_from_its_variable_within_bounds() ->
         assert refused.value.hint
 
 
-class GatedCommands:
-    """The bridge's command publisher, each publish held until `opened` is set (the real
-    publish to NATS follows): a result's send that has not come back yet."""
-
-    def __init__(self, inner: CommandPublisher) -> None:
-        self.inner = inner
-        self.opened = asyncio.Event()
-        self.waiting = 0
-
-    async def publish_command(
-        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
-    ) -> None:
-        self.waiting += 1
-        await self.opened.wait()
-        await self.inner.publish_command(run_id, payload, msg_id, token=token)
-
-
 async def test_results_with_a_poll_take_the_next_task_while_the_results_are_sent(
     stack: BridgeStack,
 ) -> None:
@@ -470,16 +451,6 @@ async def test_results_with_a_poll_take_the_next_task_while_the_results_are_sent
     assert [r["status"] for r in last.json()["results"]] == ["completed"], last.text
     for run_id in runs:
         assert (await stack.client.wait(run_id, timeout_s=WAIT_S)).status == "completed"
-
-
-class RefusingCommands:
-    """A command publisher that refuses every command before sending it (as one refuses a
-    command over its size bound): nothing is stored."""
-
-    async def publish_command(
-        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
-    ) -> None:
-        raise DagnatsError(f"command {msg_id} refused before sending")
 
 
 async def test_a_result_refused_before_it_was_stored_is_answered_so_and_its_task_comes_back(

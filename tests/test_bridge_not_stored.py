@@ -26,10 +26,9 @@ import pytest_asyncio
 from dagnats.api.bridge_wire import ResultItem
 from dagnats.runtime import credentials, settings
 from dagnats.runtime.resources import TASKS_STREAM, task_subject
-from kernel.errors import DagnatsError
 from kernel.events import StepLost
 from kernel.workflow.builder import Retry, Workflow
-from tests.bridge_support import BridgeStack, bridge_stack
+from tests.bridge_support import BridgeStack, GatedCommands, RefusingCommands, bridge_stack
 from tests.nats_fixtures import unique, wait_for
 
 WAIT_S = 30.0
@@ -40,15 +39,6 @@ SHORT_ACK_WAIT_MS = 1_500
 async def stack(tmp_path: Path) -> AsyncIterator[BridgeStack]:
     async with bridge_stack(tmp_path / "data", ack_wait_ms=SHORT_ACK_WAIT_MS) as running:
         yield running
-
-
-class RefusingCommands:
-    """A command publisher that refuses every command before sending it: nothing is stored."""
-
-    async def publish_command(
-        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
-    ) -> None:
-        raise DagnatsError(f"command {msg_id} refused before sending")
 
 
 async def test_a_result_not_stored_is_not_settled_when_sent_again_after_a_refused_poll(
@@ -88,22 +78,6 @@ async def test_a_result_not_stored_is_not_settled_when_sent_again_after_a_refuse
     assert sum(isinstance(e, StepLost) for e in events) == 1
 
 
-class HeldCommands:
-    """The bridge's command publisher, each publish held until `opened` is set."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.opened = asyncio.Event()
-        self.waiting = 0
-
-    async def publish_command(
-        self, run_id: str, payload: bytes, msg_id: str, *, token: str | None = None
-    ) -> None:
-        self.waiting += 1
-        await self.opened.wait()
-        await self.inner.publish_command(run_id, payload, msg_id, token=token)
-
-
 class FailingDeadLetters:
     """Dead letters that cannot be written (NATS gone while a poll takes a bad message)."""
 
@@ -136,7 +110,7 @@ async def test_a_results_and_poll_abandoned_while_sending_leaves_no_poll_error_u
     workflow = Workflow(unique("w")).task("s", task=task_type, retry=Retry(max_attempts=3))
     await stack.client.start(workflow.build(), {"n": 1})
     first = await stack.poll_one(task_type)
-    held, dead = HeldCommands(stack.bridge.commands), FailingDeadLetters()
+    held, dead = GatedCommands(stack.bridge.commands), FailingDeadLetters()
     stack.bridge.commands, stack.bridge.dead = held, dead
     stack.bridge.result_wait_ms = 60_000
     await publish_garbage_task(stack, task_type)
@@ -253,7 +227,7 @@ async def test_a_task_whose_lease_ran_out_while_the_results_were_sent_is_not_han
     for n in range(2):
         await stack.client.start(workflow.build(), {"n": n})
     first = await stack.poll_one(task_type)
-    held = HeldCommands(stack.bridge.commands)
+    held = GatedCommands(stack.bridge.commands)
     stack.bridge.commands, stack.bridge.result_wait_ms = held, 60_000
     body = {"results": [{"id": first["id"], "output": 1}],
             "poll": {"task_types": [task_type], "timeout_ms": 10_000}}  # fmt: skip
