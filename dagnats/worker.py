@@ -39,7 +39,6 @@ Fetching: one fair loop over all the worker's task types (dagnats/worker_fetch.p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -79,6 +78,7 @@ from dagnats.worker_drain import (
     drain,
     drain_timeout_ms_default,
     fetch_until_stop,
+    until,
 )
 from dagnats.worker_fetch import FetchLoop
 from dagnats.worker_groups import (
@@ -250,13 +250,9 @@ class Worker:
             loop = asyncio.get_running_loop()
             plan = self._drain_plan = DrainPlan.of(loop.time(), self.drain_timeout_ms)
             handled = self.handled  # (results acknowledged from here on are the drain's)
-            with contextlib.suppress(TimeoutError):  # (what it did not give back comes back)
-                left_s = max(0.0, plan.handlers_end - loop.time())
-                await asyncio.wait_for(fetching.end(), timeout=left_s)
+            await until(fetching.end(), plan.handlers_end)  # (what it left comes back)
             if presence is not None:  # (its entry expires by itself if this is cut short)
-                with contextlib.suppress(TimeoutError):
-                    left_s = max(0.0, plan.handlers_end - loop.time())
-                    await asyncio.wait_for(presence.stop(self.worker_id), timeout=left_s)
+                await until(presence.stop(self.worker_id), plan.handlers_end)
             await drain(
                 self._in_flight, plan, sending=self._sending, running=self._running.keys,
                 cancel_grace_ms=self.handler_cancel_grace_ms, hung=self.hung, log=self.log,

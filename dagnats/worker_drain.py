@@ -31,6 +31,7 @@ else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, NamedTuple
@@ -104,6 +105,13 @@ async def fetch_until_stop(fetching: Coroutine[Any, Any, None], stop: asyncio.Ev
             await asyncio.wait({run})
     if not run.cancelled():
         run.result()
+
+
+async def until(work: Coroutine[Any, Any, None], end: float) -> None:
+    """Await `work` until the loop time `end`; cut there (what it did not finish is left)."""
+    left_s = max(0.0, end - asyncio.get_running_loop().time())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(work, timeout=left_s)
 
 
 async def drain(
